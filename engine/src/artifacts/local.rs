@@ -1,0 +1,130 @@
+//! The embedded blob store: one file per blob under `<root>/blobs/<2 hex>/<62 hex>`.
+//!
+//! Writes go to a temporary file in `<root>/tmp` and are renamed into place, so a crash
+//! never leaves a partial blob under a digest name. Copies use the kernel's copy path
+//! (`copy_file_range`, reflinks where the filesystem has them) and hashing memory-maps the
+//! copy, so a blob of any size needs no more than a constant amount of anonymous memory.
+use super::{BlobStore, Digest, StoreError, io};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// Blobs in a local directory.
+#[derive(Debug, Clone)]
+pub struct LocalStore {
+    root: PathBuf,
+}
+
+impl LocalStore {
+    /// Open (creating if needed) a store rooted at `root`.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let root = root.into();
+        fs::create_dir_all(root.join("blobs")).map_err(io(format!("create {}", root.display())))?;
+        fs::create_dir_all(root.join("tmp")).map_err(io(format!("create {}", root.display())))?;
+        Ok(LocalStore { root })
+    }
+
+    /// Where the blob with this digest lives (whether or not it exists).
+    pub fn blob_path(&self, d: &Digest) -> PathBuf {
+        let hex = d.hex();
+        self.root.join("blobs").join(&hex[..2]).join(&hex[2..])
+    }
+
+    fn temp_in(&self, dir: &Path) -> Result<tempfile::TempPath, StoreError> {
+        Ok(tempfile::Builder::new()
+            .prefix(".sluice-tmp-")
+            .tempfile_in(dir)
+            .map_err(io(format!("create a temporary file in {}", dir.display())))?
+            .into_temp_path())
+    }
+
+    /// Move a fully written, hashed temp file to its digest name (dedup if already there).
+    fn commit(&self, temp: tempfile::TempPath, digest: Digest) -> Result<Digest, StoreError> {
+        let dest = self.blob_path(&digest);
+        if dest.exists() {
+            return Ok(digest); // dedup: the temp file is removed on drop
+        }
+        fs::create_dir_all(dest.parent().expect("blob path has a parent")).map_err(io("create blob directory"))?;
+        let mut perms = fs::metadata(&temp).map_err(io("stat temporary blob"))?.permissions();
+        perms.set_readonly(true);
+        fs::set_permissions(&temp, perms).map_err(io("make blob read-only"))?;
+        temp.persist(&dest).map_err(|e| StoreError::Io { context: format!("store {digest}"), source: e.error })?;
+        Ok(digest)
+    }
+}
+
+/// Hash a file without reading it into memory: mmap + multithreaded for large files.
+pub fn hash_file(path: &Path) -> Result<(Digest, u64), StoreError> {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update_mmap_rayon(path).map_err(io(format!("hash {}", path.display())))?;
+    Ok((Digest(*hasher.finalize().as_bytes()), hasher.count()))
+}
+
+impl BlobStore for LocalStore {
+    fn put_file(&self, path: &Path) -> Result<Digest, StoreError> {
+        // Hash the copy we own, not the source, so a source changing under us cannot put
+        // bytes under the wrong name.
+        let temp = self.temp_in(&self.root.join("tmp"))?;
+        fs::copy(path, &temp).map_err(io(format!("read {}", path.display())))?;
+        let (digest, _) = hash_file(&temp)?;
+        self.commit(temp, digest)
+    }
+
+    fn put_bytes(&self, bytes: &[u8]) -> Result<Digest, StoreError> {
+        let digest = Digest::of(bytes);
+        if self.contains(&digest) {
+            return Ok(digest);
+        }
+        let temp = self.temp_in(&self.root.join("tmp"))?;
+        fs::write(&temp, bytes).map_err(io("write blob"))?;
+        self.commit(temp, digest)
+    }
+
+    fn get_to_file(&self, digest: &Digest, dest: &Path) -> Result<(), StoreError> {
+        let src = self.blob_path(digest);
+        if !src.exists() {
+            return Err(StoreError::NotFound(*digest));
+        }
+        let dir = dest.parent().unwrap_or(Path::new("."));
+        let temp = self.temp_in(dir)?;
+        fs::copy(&src, &temp).map_err(io(format!("read {digest}")))?;
+        // Verify the bytes actually delivered, then make them visible.
+        let (actual, _) = hash_file(&temp)?;
+        if actual != *digest {
+            return Err(StoreError::Corrupted { expected: *digest, actual });
+        }
+        let mut perms = fs::metadata(&temp).map_err(io("stat"))?.permissions();
+        #[allow(clippy::permissions_set_readonly_false)]
+        perms.set_readonly(false);
+        fs::set_permissions(&temp, perms).map_err(io("chmod"))?;
+        temp.persist(dest).map_err(|e| StoreError::Io { context: format!("write {}", dest.display()), source: e.error })?;
+        Ok(())
+    }
+
+    fn get_bytes(&self, digest: &Digest) -> Result<Vec<u8>, StoreError> {
+        let bytes = fs::read(self.blob_path(digest)).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => StoreError::NotFound(*digest),
+            _ => StoreError::Io { context: format!("read {digest}"), source: e },
+        })?;
+        let actual = Digest::of(&bytes);
+        if actual != *digest {
+            return Err(StoreError::Corrupted { expected: *digest, actual });
+        }
+        Ok(bytes)
+    }
+
+    fn verify(&self, digest: &Digest) -> Result<u64, StoreError> {
+        let path = self.blob_path(digest);
+        if !path.exists() {
+            return Err(StoreError::NotFound(*digest));
+        }
+        let (actual, size) = hash_file(&path)?;
+        if actual != *digest {
+            return Err(StoreError::Corrupted { expected: *digest, actual });
+        }
+        Ok(size)
+    }
+
+    fn contains(&self, digest: &Digest) -> bool {
+        self.blob_path(digest).exists()
+    }
+}

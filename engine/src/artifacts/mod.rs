@@ -1,0 +1,115 @@
+//! Content-addressed artifacts: blobs named by their blake3 digest, and trees (directory
+//! manifests, themselves blobs) that name an artifact as a whole — like git trees or the
+//! Bazel CAS. Every read is verified against the digest.
+//!
+//! [`BlobStore`] is the edge: [`local::LocalStore`] is the embedded backend (a directory);
+//! a NATS Object Store backend implements the same trait. Trees are built on top in [`tree`].
+
+pub mod local;
+pub mod tree;
+
+pub use local::LocalStore;
+pub use tree::{Entry, Tree};
+
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+
+/// A blake3 digest, written `blake3:<64 hex>`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Digest(pub [u8; 32]);
+
+impl Digest {
+    /// Digest of in-memory bytes.
+    pub fn of(bytes: &[u8]) -> Self {
+        Digest(*blake3::hash(bytes).as_bytes())
+    }
+    /// Lower-case hex, without the `blake3:` prefix.
+    pub fn hex(&self) -> String {
+        blake3::Hash::from_bytes(self.0).to_hex().to_string()
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "blake3:{}", self.hex())
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl FromStr for Digest {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let hex = s.strip_prefix("blake3:").ok_or_else(|| format!("{s:?} is not a digest: expected blake3:<64 hex digits>"))?;
+        let hash = blake3::Hash::from_hex(hex).map_err(|_| format!("{s:?} is not a digest: expected blake3:<64 hex digits>"))?;
+        Ok(Digest(*hash.as_bytes()))
+    }
+}
+
+impl serde::Serialize for Digest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Digest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Errors from a blob store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// No blob with that digest.
+    #[error("{0} is not in the artifact store")]
+    NotFound(Digest),
+    /// The stored bytes no longer hash to their name.
+    #[error("{expected} is corrupted: its content hashes to {actual}; it was not used")]
+    Corrupted {
+        /// The blob's name.
+        expected: Digest,
+        /// What its content hashes to now.
+        actual: Digest,
+    },
+    /// A tree that cannot be stored or restored safely.
+    #[error("{0}")]
+    Invalid(String),
+    /// The filesystem failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// Attach context to an I/O error.
+pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {
+    let context = context.into();
+    move |source| StoreError::Io { context, source }
+}
+
+/// Where blobs live. Implementations stream (memory stays bounded whatever the blob size),
+/// write atomically, deduplicate, and verify every read.
+pub trait BlobStore: Send + Sync {
+    /// Store the file at `path` as a blob; returns its digest.
+    fn put_file(&self, path: &Path) -> Result<Digest, StoreError>;
+    /// Store bytes as a blob.
+    fn put_bytes(&self, bytes: &[u8]) -> Result<Digest, StoreError>;
+    /// Write the blob to `dest` (atomically), verifying it on the way.
+    fn get_to_file(&self, digest: &Digest, dest: &Path) -> Result<(), StoreError>;
+    /// Read a (small) blob into memory, verified.
+    fn get_bytes(&self, digest: &Digest) -> Result<Vec<u8>, StoreError>;
+    /// Re-hash a stored blob and report corruption.
+    fn verify(&self, digest: &Digest) -> Result<u64, StoreError>;
+    /// Whether the blob is present (not verified).
+    fn contains(&self, digest: &Digest) -> bool;
+}

@@ -1,0 +1,217 @@
+//! Trees: an artifact is a directory manifest naming its files' blobs and its
+//! subdirectories' trees, serialised canonically (sorted, compact JSON) and stored as a blob.
+use super::{BlobStore, Digest, StoreError, io};
+use serde::{Deserialize, Serialize};
+use std::fs;
+use std::path::{Component, Path, PathBuf};
+
+/// One directory level of an artifact.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tree {
+    /// Format version.
+    pub sluice_tree: u32,
+    /// Entries sorted by name.
+    pub entries: Vec<Entry>,
+}
+
+/// An entry of a [`Tree`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Entry {
+    /// A regular file.
+    File {
+        /// Name within the directory.
+        name: String,
+        /// Its blob.
+        digest: Digest,
+        /// Size in bytes.
+        size: u64,
+        /// Owner-executable.
+        executable: bool,
+    },
+    /// A subdirectory.
+    Dir {
+        /// Name within the directory.
+        name: String,
+        /// Its tree.
+        digest: Digest,
+    },
+    /// A relative symbolic link that stays inside the artifact.
+    Symlink {
+        /// Name within the directory.
+        name: String,
+        /// Link target, relative.
+        target: String,
+    },
+}
+
+impl Entry {
+    /// The entry's name.
+    pub fn name(&self) -> &str {
+        match self {
+            Entry::File { name, .. } | Entry::Dir { name, .. } | Entry::Symlink { name, .. } => name,
+        }
+    }
+}
+
+fn check_name(name: &str) -> Result<(), StoreError> {
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
+        return Err(StoreError::Invalid(format!("unsafe entry name {name:?} in artifact")));
+    }
+    Ok(())
+}
+
+/// Whether a symlink at `link_dir` (relative to the artifact root) pointing to `target`
+/// stays inside the artifact.
+fn link_stays_inside(link_dir: &Path, target: &Path) -> bool {
+    if target.is_absolute() {
+        return false;
+    }
+    let mut depth: i64 = link_dir.components().count() as i64;
+    for c in target.components() {
+        match c {
+            Component::ParentDir => depth -= 1,
+            Component::Normal(_) => depth += 1,
+            Component::CurDir => {}
+            _ => return false,
+        }
+        if depth < 0 {
+            return false;
+        }
+    }
+    true
+}
+
+/// Summary of a stored artifact.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TreeStats {
+    /// Regular files.
+    pub files: u64,
+    /// Total bytes of regular files.
+    pub bytes: u64,
+}
+
+/// Store the directory `root` as an artifact. Symlinks leading out of it, absolute symlinks,
+/// non-UTF-8 names and special files are rejected with the offending path.
+pub fn put_tree(store: &dyn BlobStore, root: &Path) -> Result<(Digest, TreeStats), StoreError> {
+    let mut stats = TreeStats::default();
+    let d = put_dir(store, root, Path::new(""), &mut stats)?;
+    Ok((d, stats))
+}
+
+fn put_dir(store: &dyn BlobStore, root: &Path, rel: &Path, stats: &mut TreeStats) -> Result<Digest, StoreError> {
+    let dir = root.join(rel);
+    let mut entries = Vec::new();
+    for item in fs::read_dir(&dir).map_err(io(format!("list {}", dir.display())))? {
+        let item = item.map_err(io(format!("list {}", dir.display())))?;
+        let name = item
+            .file_name()
+            .into_string()
+            .map_err(|n| StoreError::Invalid(format!("{}: file names must be UTF-8", rel.join(n).display())))?;
+        check_name(&name)?;
+        let path = item.path();
+        let meta = fs::symlink_metadata(&path).map_err(io(format!("stat {}", path.display())))?;
+        let shown = rel.join(&name);
+        if meta.is_symlink() {
+            let target = fs::read_link(&path).map_err(io(format!("readlink {}", path.display())))?;
+            if !link_stays_inside(rel, &target) {
+                return Err(StoreError::Invalid(format!(
+                    "symlink {} -> {} leads outside the artifact; only relative links inside it are kept",
+                    shown.display(),
+                    target.display()
+                )));
+            }
+            let target = target.into_os_string().into_string().map_err(|_| StoreError::Invalid(format!("{}: link target must be UTF-8", shown.display())))?;
+            entries.push(Entry::Symlink { name, target });
+        } else if meta.is_dir() {
+            entries.push(Entry::Dir { digest: put_dir(store, root, &shown, stats)?, name });
+        } else if meta.is_file() {
+            use std::os::unix::fs::PermissionsExt;
+            let digest = store.put_file(&path)?;
+            stats.files += 1;
+            stats.bytes += meta.len();
+            entries.push(Entry::File { name, digest, size: meta.len(), executable: meta.permissions().mode() & 0o100 != 0 });
+        } else {
+            return Err(StoreError::Invalid(format!("{} is not a regular file, directory or symlink", shown.display())));
+        }
+    }
+    entries.sort_by(|a, b| a.name().cmp(b.name()));
+    let tree = Tree { sluice_tree: 1, entries };
+    store.put_bytes(&serde_json::to_vec(&tree).expect("trees serialise"))
+}
+
+/// Read and check one tree.
+pub fn get_tree(store: &dyn BlobStore, digest: &Digest) -> Result<Tree, StoreError> {
+    let bytes = store.get_bytes(digest)?;
+    let tree: Tree = serde_json::from_slice(&bytes).map_err(|e| StoreError::Invalid(format!("{digest} is not a tree: {e}")))?;
+    for e in &tree.entries {
+        check_name(e.name())?;
+    }
+    Ok(tree)
+}
+
+/// Write the artifact `digest` into `dest` (created), verifying every blob.
+pub fn materialize(store: &dyn BlobStore, digest: &Digest, dest: &Path) -> Result<TreeStats, StoreError> {
+    let mut stats = TreeStats::default();
+    materialize_dir(store, digest, dest, Path::new(""), &mut stats)?;
+    Ok(stats)
+}
+
+fn materialize_dir(store: &dyn BlobStore, digest: &Digest, root: &Path, rel: &Path, stats: &mut TreeStats) -> Result<(), StoreError> {
+    let dir = root.join(rel);
+    fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
+    for entry in get_tree(store, digest)?.entries {
+        match entry {
+            Entry::File { name, digest, size, executable } => {
+                use std::os::unix::fs::PermissionsExt;
+                let path = dir.join(&name);
+                store.get_to_file(&digest, &path)?;
+                let mode = if executable { 0o755 } else { 0o644 };
+                fs::set_permissions(&path, fs::Permissions::from_mode(mode)).map_err(io(format!("chmod {}", path.display())))?;
+                stats.files += 1;
+                stats.bytes += size;
+            }
+            Entry::Dir { name, digest } => materialize_dir(store, &digest, root, &rel.join(name), stats)?,
+            Entry::Symlink { name, target } => {
+                if !link_stays_inside(rel, Path::new(&target)) {
+                    return Err(StoreError::Invalid(format!("symlink {} -> {target} leads outside the artifact", rel.join(&name).display())));
+                }
+                std::os::unix::fs::symlink(&target, dir.join(&name)).map_err(io(format!("symlink {}", rel.join(&name).display())))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every file of an artifact with its path, for `sluice artifact ls`.
+pub fn list(store: &dyn BlobStore, digest: &Digest) -> Result<Vec<(PathBuf, Entry)>, StoreError> {
+    let mut out = Vec::new();
+    list_into(store, digest, Path::new(""), &mut out)?;
+    Ok(out)
+}
+
+fn list_into(store: &dyn BlobStore, digest: &Digest, rel: &Path, out: &mut Vec<(PathBuf, Entry)>) -> Result<(), StoreError> {
+    for entry in get_tree(store, digest)?.entries {
+        let path = rel.join(entry.name());
+        if let Entry::Dir { digest, .. } = &entry {
+            let d = *digest;
+            out.push((path.clone(), entry));
+            list_into(store, &d, &path, out)?;
+        } else {
+            out.push((path, entry));
+        }
+    }
+    Ok(())
+}
+
+/// Verify an artifact: every tree and blob re-hashed.
+pub fn verify(store: &dyn BlobStore, digest: &Digest) -> Result<TreeStats, StoreError> {
+    let mut stats = TreeStats::default();
+    for (_, entry) in list(store, digest)? {
+        if let Entry::File { digest, .. } = entry {
+            stats.bytes += store.verify(&digest)?;
+            stats.files += 1;
+        }
+    }
+    Ok(stats)
+}

@@ -1,0 +1,122 @@
+//! Events out: every change of an execution's state leaves as an [`Event`]. The embedded bus
+//! is an in-process broadcast; the NATS bus publishes to `sluice.<tenant>.events.<kind>.<pipeline>`.
+use crate::scheduler::{Execution, Status, Timestamp};
+use serde::{Deserialize, Serialize};
+
+/// What changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// The execution as a whole.
+    Pipeline,
+    /// A stage.
+    Stage,
+    /// An action.
+    Action,
+}
+
+/// A change of state, with CodePipeline's detail.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// What kind of thing changed.
+    pub kind: Kind,
+    /// Tenant.
+    pub tenant: String,
+    /// Pipeline.
+    pub pipeline: String,
+    /// Execution.
+    pub execution_id: String,
+    /// Stage, for stage and action events.
+    pub stage: Option<String>,
+    /// Action, for action events.
+    pub action: Option<String>,
+    /// New status.
+    pub status: Status,
+    /// Attempt, for action events.
+    pub attempt: Option<u32>,
+    /// When.
+    pub at: Timestamp,
+    /// Time since the thing started, when it ended.
+    pub duration_ms: Option<u64>,
+    /// Summary or error, when there is one.
+    pub detail: Option<String>,
+}
+
+/// Where events go.
+pub trait EventBus: Send + Sync {
+    /// Publish one event (at least once).
+    fn publish(&self, event: Event);
+}
+
+/// The embedded bus: a tokio broadcast channel; slow subscribers miss old events rather
+/// than slowing the engine.
+pub struct MemoryBus {
+    tx: tokio::sync::broadcast::Sender<Event>,
+}
+
+impl Default for MemoryBus {
+    fn default() -> Self {
+        MemoryBus { tx: tokio::sync::broadcast::channel(4096).0 }
+    }
+}
+
+impl MemoryBus {
+    /// Receive events published from now on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Event> {
+        self.tx.subscribe()
+    }
+}
+
+impl EventBus for MemoryBus {
+    fn publish(&self, event: Event) {
+        let _ = self.tx.send(event);
+    }
+}
+
+/// The events that take `before` to `after`: one per execution, stage or action whose status
+/// (or action attempt) changed. Deriving events from state means no change can go unannounced.
+pub fn diff(before: &Execution, after: &Execution) -> Vec<Event> {
+    let base = |kind, stage: Option<&str>, action: Option<&str>, status, at: Option<Timestamp>| Event {
+        kind,
+        tenant: after.tenant.clone(),
+        pipeline: after.pipeline.clone(),
+        execution_id: after.execution_id.clone(),
+        stage: stage.map(str::to_string),
+        action: action.map(str::to_string),
+        status,
+        attempt: None,
+        at: at.unwrap_or_else(Timestamp::now),
+        duration_ms: None,
+        detail: None,
+    };
+    // Sort key: what finished first (actions before their stage), then what started
+    // (pipeline, stage, its actions), and the pipeline's own end last.
+    let mut out: Vec<((u8, usize, u8), Event)> = Vec::new();
+    let span = |s: Option<Timestamp>, f: Option<Timestamp>| match (s, f) {
+        (Some(s), Some(f)) => Some(f.since(s).as_millis() as u64),
+        _ => None,
+    };
+    if before.status != after.status {
+        let mut e = base(Kind::Pipeline, None, None, after.status, after.finished_at.or(after.started_at));
+        e.duration_ms = span(after.started_at, after.finished_at);
+        out.push((if after.status.is_terminal() { (2, 0, 0) } else { (1, 0, 0) }, e));
+    }
+    for (si, (sb, sa)) in before.stages.iter().zip(&after.stages).enumerate() {
+        if sb.status != sa.status {
+            let mut e = base(Kind::Stage, Some(&sa.name), None, sa.status, sa.finished_at.or(sa.started_at));
+            e.duration_ms = span(sa.started_at, sa.finished_at);
+            out.push((if sa.status.is_terminal() { (0, si, 1) } else { (1, si + 1, 0) }, e));
+        }
+        for (ab, aa) in sb.actions.iter().zip(&sa.actions) {
+            if ab.status != aa.status || ab.attempt != aa.attempt {
+                let mut e = base(Kind::Action, Some(&sa.name), Some(&aa.name), aa.status, aa.finished_at.or(aa.started_at));
+                e.attempt = Some(aa.attempt);
+                e.duration_ms = span(aa.started_at, aa.finished_at);
+                e.detail = aa.error.clone().or_else(|| aa.summary.clone());
+                out.push((if aa.status.is_terminal() { (0, si, 0) } else { (1, si + 1, 1) }, e));
+            }
+        }
+    }
+    out.sort_by_key(|(k, _)| *k);
+    out.into_iter().map(|(_, e)| e).collect()
+}

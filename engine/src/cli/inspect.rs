@@ -1,0 +1,176 @@
+//! Read-only commands: history, show, logs, plugin describe, artifact ls/get/verify.
+use super::existing_data;
+use crate::artifacts::{Digest, Entry, LocalStore, tree};
+use crate::executor::{DataDir, LogStore};
+use crate::model::units::short_duration;
+use crate::state::{RedbStore, StateStore};
+use anyhow::Context as _;
+use std::path::Path;
+use std::process::ExitCode;
+
+fn state(data: &Path) -> anyhow::Result<RedbStore> {
+    existing_data(data)?;
+    Ok(RedbStore::open(&DataDir { root: data.to_path_buf() }.state())?)
+}
+
+fn blobs(data: &Path) -> anyhow::Result<LocalStore> {
+    existing_data(data)?;
+    Ok(LocalStore::open(DataDir { root: data.to_path_buf() }.cas())?)
+}
+
+pub fn history(data: &Path, pipeline: Option<&str>, limit: usize) -> anyhow::Result<ExitCode> {
+    let execs = state(data)?.list(crate::executor::DEFAULT_TENANT, pipeline, limit)?;
+    if execs.is_empty() {
+        println!("no executions yet");
+    }
+    for e in execs {
+        let took = match (e.started_at, e.finished_at) {
+            (Some(s), Some(f)) => short_duration(f.since(s)),
+            _ => "-".into(),
+        };
+        let started = e.started_at.map(|t| t.to_string()).unwrap_or_default();
+        println!("{}  {:<20} {:<11} {:>8}  {started}", e.execution_id, e.pipeline, e.status.to_string(), took);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn show(data: &Path, id: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let (e, _) = state(data)?.get(crate::executor::DEFAULT_TENANT, id)?.with_context(|| format!("no execution {id} in {}", data.display()))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&e)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("execution {}  pipeline {}  {}", e.execution_id, e.pipeline, e.status);
+    if let Some(s) = e.started_at {
+        println!("started   {s}");
+    }
+    if let (Some(s), Some(f)) = (e.started_at, e.finished_at) {
+        println!("finished  {f} ({})", short_duration(f.since(s)));
+    }
+    for (k, v) in &e.variables {
+        println!("variable  {k} = {v}");
+    }
+    for stage in &e.stages {
+        println!("\nstage {}  {}", stage.name, stage.status);
+        for a in &stage.actions {
+            let took = match (a.started_at, a.finished_at) {
+                (Some(s), Some(f)) => short_duration(f.since(s)),
+                _ => "-".into(),
+            };
+            println!("  action {}  {}  attempt {}  {took}  {} ({})", a.name, a.status, a.attempt, a.plugin.reference, a.plugin.digest);
+            for (k, v) in &a.config {
+                println!("    with      {k} = {v}");
+            }
+            for (k, v) in &a.inputs {
+                println!("    input     {k} = {v}");
+            }
+            for (k, v) in &a.artifacts {
+                println!("    output    {k} = {v}");
+            }
+            for (k, v) in &a.variables {
+                println!("    variable  {k} = {v}");
+            }
+            if let Some(s) = &a.summary {
+                println!("    summary   {s}");
+            }
+            if let Some(err) = &a.error {
+                println!("    error     {}", err.replace('\n', "\n              "));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn logs(data: &Path, id: &str, only: Option<&str>) -> anyhow::Result<ExitCode> {
+    existing_data(data)?;
+    let store = LogStore::new(DataDir { root: data.to_path_buf() }.logs());
+    let actions = match only {
+        Some(sa) => {
+            let (s, a) = sa.split_once('/').context("name the action as STAGE/ACTION")?;
+            vec![(s.to_string(), a.to_string())]
+        }
+        None => store.actions(id),
+    };
+    if actions.is_empty() {
+        anyhow::bail!("no logs for execution {id} in {}", data.display());
+    }
+    for (stage, action) in actions {
+        let lines = store.read(id, &stage, &action).with_context(|| format!("no log for {stage}/{action} in execution {id}"))?;
+        for l in lines {
+            let fields: String = l.fields.iter().map(|(k, v)| format!(" {k}={v}")).collect();
+            println!("{stage}/{action} #{} {} {:>5} {}{fields}", l.attempt, l.at, format!("{:?}", l.level).to_uppercase(), l.message);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn describe_plugin(reference: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let scratch = tempfile::tempdir()?;
+    let runtime = std::sync::Arc::new(crate::runtime::Runtime::new(Default::default())?);
+    let store = std::sync::Arc::new(LocalStore::open(scratch.path())?);
+    let registry = crate::plugins::Registry::new(runtime, store);
+    let plugin = registry.resolve(reference, &std::env::current_dir()?).await.map_err(anyhow::Error::msg)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&*plugin)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let d = &plugin.description;
+    println!("{} {} ({})  {}", d.name, d.version, d.category, plugin.digest);
+    println!("{}", d.summary);
+    println!("side effects: {}", if d.side_effects { "yes" } else { "no" });
+    if !d.config.is_empty() {
+        println!("configuration:");
+        for k in &d.config {
+            let req = if k.required { "required" } else { "optional" };
+            let default = k.default_value.as_deref().map(|v| format!(" [default: {v}]")).unwrap_or_default();
+            println!("  {:<12} {req:<8} {}{default}", k.name, k.description);
+        }
+    }
+    if !d.capabilities.is_empty() {
+        println!("capabilities:");
+        for c in &d.capabilities {
+            println!("  {c}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_digest(s: &str) -> anyhow::Result<Digest> {
+    s.parse().map_err(anyhow::Error::msg)
+}
+
+pub fn artifact_ls(data: &Path, digest: &str) -> anyhow::Result<ExitCode> {
+    let store = blobs(data)?;
+    for (path, entry) in tree::list(&store, &parse_digest(digest)?)? {
+        match entry {
+            Entry::File { size, executable, digest, .. } => println!("{} {:>10}  {}  {}", if executable { "x" } else { "-" }, size, digest, path.display()),
+            Entry::Dir { .. } => println!("d {:>10}  {:<71}  {}/", "", "", path.display()),
+            Entry::Symlink { target, .. } => println!("l {:>10}  {:<71}  {} -> {target}", "", "", path.display()),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn artifact_get(data: &Path, digest: &str, dest: &Path) -> anyhow::Result<ExitCode> {
+    let store = blobs(data)?;
+    if dest.exists() && std::fs::read_dir(dest)?.next().is_some() {
+        anyhow::bail!("{} exists and is not empty", dest.display());
+    }
+    let stats = tree::materialize(&store, &parse_digest(digest)?, dest)?;
+    println!("{} files, {} bytes, verified, written to {}", stats.files, stats.bytes, dest.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn artifact_verify(data: &Path, digest: &str) -> anyhow::Result<ExitCode> {
+    let store = blobs(data)?;
+    match tree::verify(&store, &parse_digest(digest)?) {
+        Ok(stats) => {
+            println!("{digest}: ok ({} files, {} bytes)", stats.files, stats.bytes);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("{digest}: {e}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! The `sluice` command line.
+
+mod inspect;
+mod progress;
+
+use crate::bus::MemoryBus;
+use crate::executor::{Engine, LogStore, load_pipeline};
+use crate::model::Diagnostics;
+use clap::{Parser, Subcommand};
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+/// Sluice: CI/CD pipelines of sandboxed WebAssembly actions.
+#[derive(Parser, Debug)]
+#[command(name = "sluice", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run a pipeline file locally and show its progress.
+    Run {
+        /// The pipeline file (YAML).
+        file: PathBuf,
+        /// Override a pipeline variable (repeatable).
+        #[arg(long = "var", value_name = "KEY=VALUE", value_parser = parse_var)]
+        vars: Vec<(String, String)>,
+        /// Data directory [default: .sluice next to the pipeline file].
+        #[arg(long, env = "SLUICE_DATA")]
+        data: Option<PathBuf>,
+        /// Print the execution record as JSON on stdout at the end (progress goes to stderr).
+        #[arg(long)]
+        json: bool,
+        /// Stream every action's log lines while it runs.
+        #[arg(short, long)]
+        verbose: bool,
+    },
+    /// Check a pipeline file and report every problem as FILE:LINE:COL: message.
+    Validate {
+        /// The pipeline file (YAML).
+        file: PathBuf,
+        /// Variables, as for `run`.
+        #[arg(long = "var", value_name = "KEY=VALUE", value_parser = parse_var)]
+        vars: Vec<(String, String)>,
+    },
+    /// List past executions, newest first.
+    History {
+        /// Only this pipeline.
+        #[arg(long)]
+        pipeline: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Data directory [default: ./.sluice].
+        #[arg(long, env = "SLUICE_DATA")]
+        data: Option<PathBuf>,
+    },
+    /// Show one execution: stages, actions, attempts, timings, configuration, artifacts, variables.
+    Show {
+        /// Execution id.
+        execution_id: String,
+        /// Print the record as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Data directory [default: ./.sluice].
+        #[arg(long, env = "SLUICE_DATA")]
+        data: Option<PathBuf>,
+    },
+    /// Print the logs of an execution, or of one STAGE/ACTION of it.
+    Logs {
+        /// Execution id.
+        execution_id: String,
+        /// Only this action, as STAGE/ACTION.
+        action: Option<String>,
+        /// Data directory [default: ./.sluice].
+        #[arg(long, env = "SLUICE_DATA")]
+        data: Option<PathBuf>,
+    },
+    /// Inspect plugins.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCmd,
+    },
+    /// Inspect the content-addressed artifact store.
+    Artifact {
+        #[command(subcommand)]
+        command: ArtifactCmd,
+        /// Data directory [default: ./.sluice].
+        #[arg(long, env = "SLUICE_DATA", global = true)]
+        data: Option<PathBuf>,
+    },
+    /// Measure the engine against bare wasmtime, fork/exec and b3sum (see BENCHMARKS.md).
+    Bench(crate::bench::BenchArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum PluginCmd {
+    /// Show what a plugin says about itself (a .wasm file, NAME@MAJOR, or blake3:<hex>).
+    Describe {
+        /// Plugin reference.
+        plugin: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the built-in plugins.
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+enum ArtifactCmd {
+    /// List the files of an artifact.
+    Ls {
+        /// Artifact digest (blake3:<hex>).
+        digest: String,
+    },
+    /// Write an artifact's files into a directory, verifying each.
+    Get {
+        /// Artifact digest.
+        digest: String,
+        /// Destination directory (must not exist or be empty).
+        dest: PathBuf,
+    },
+    /// Re-hash every blob of an artifact.
+    Verify {
+        /// Artifact digest.
+        digest: String,
+    },
+}
+
+fn parse_var(s: &str) -> Result<(String, String), String> {
+    s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
+}
+
+/// Exit codes: 0 succeeded, 1 failed, 2 usage or validation error.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    match rt.block_on(dispatch(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn default_data(data: Option<PathBuf>) -> PathBuf {
+    data.unwrap_or_else(|| PathBuf::from(".sluice"))
+}
+
+fn validation_failed(d: &Diagnostics) -> ExitCode {
+    eprintln!("{d}");
+    eprintln!("{} problem{} found", d.items.len(), if d.items.len() == 1 { "" } else { "s" });
+    ExitCode::from(2)
+}
+
+async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        Cmd::Run { file, vars, data, json, verbose } => {
+            let pipeline = match load_pipeline(&file) {
+                Ok(p) => Arc::new(p),
+                Err(d) => return Ok(validation_failed(&d)),
+            };
+            let data = data.unwrap_or_else(|| pipeline.dir.join(".sluice"));
+            let overrides: BTreeMap<String, String> = vars.into_iter().collect();
+            let bus = Arc::new(MemoryBus::default());
+            let (live_tx, live_rx) = tokio::sync::mpsc::unbounded_channel();
+            let logs = LogStore::new(data.join("logs"));
+            let logs = if verbose { logs.with_live(live_tx) } else { logs };
+            let engine = Engine::embedded(&data, bus.clone(), logs)?;
+            let plugins = match engine.check(&pipeline, &overrides).await {
+                Ok(p) => p,
+                Err(d) => return Ok(validation_failed(&d)),
+            };
+            let style = progress::Style { color: std::io::stderr().is_terminal() && !json, to_stderr: json };
+            let printer = progress::spawn(bus.subscribe(), verbose.then_some(live_rx), style);
+            let exec = engine.run(pipeline.clone(), &plugins, &overrides).await?;
+            drop(engine);
+            let _ = printer.await;
+            progress::summary(&exec, &LogStore::new(data.join("logs")), style);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&exec)?);
+            }
+            Ok(if crate::executor::succeeded(exec.status) { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Cmd::Validate { file, vars } => {
+            let pipeline = match load_pipeline(&file) {
+                Ok(p) => p,
+                Err(d) => return Ok(validation_failed(&d)),
+            };
+            let scratch = tempfile::tempdir()?;
+            let engine = Engine::embedded(scratch.path(), Arc::new(MemoryBus::default()), LogStore::new(scratch.path().join("logs")))?;
+            match engine.check(&pipeline, &vars.into_iter().collect()).await {
+                Ok(_) => {
+                    let actions = pipeline.actions().count();
+                    println!("{}: ok ({} stages, {actions} actions)", file.display(), pipeline.stages.len());
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(d) => Ok(validation_failed(&d)),
+            }
+        }
+        Cmd::History { pipeline, limit, data } => inspect::history(&default_data(data), pipeline.as_deref(), limit),
+        Cmd::Show { execution_id, json, data } => inspect::show(&default_data(data), &execution_id, json),
+        Cmd::Logs { execution_id, action, data } => inspect::logs(&default_data(data), &execution_id, action.as_deref()),
+        Cmd::Plugin { command } => match command {
+            PluginCmd::Describe { plugin, json } => inspect::describe_plugin(&plugin, json).await,
+            PluginCmd::List => {
+                for name in crate::plugins::builtin::names() {
+                    println!("{name}");
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+        },
+        Cmd::Artifact { command, data } => {
+            let data = default_data(data);
+            match command {
+                ArtifactCmd::Ls { digest } => inspect::artifact_ls(&data, &digest),
+                ArtifactCmd::Get { digest, dest } => inspect::artifact_get(&data, &digest, &dest),
+                ArtifactCmd::Verify { digest } => inspect::artifact_verify(&data, &digest),
+            }
+        }
+        Cmd::Bench(args) => crate::bench::run(args).await,
+    }
+}
+
+/// The data dir must exist for read-only commands; say so clearly instead of creating one.
+fn existing_data(data: &Path) -> anyhow::Result<()> {
+    if !data.is_dir() {
+        anyhow::bail!("no Sluice data directory at {} (run a pipeline first, or pass --data DIR)", data.display());
+    }
+    Ok(())
+}

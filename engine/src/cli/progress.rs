@@ -1,0 +1,114 @@
+//! Live progress of a run: one line per change of state, colored on a terminal.
+use crate::bus::{Event, Kind};
+use crate::executor::LogStore;
+use crate::executor::logs::LogLine;
+use crate::model::units::short_duration;
+use crate::scheduler::{Execution, Status};
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc};
+
+/// How to print.
+#[derive(Clone, Copy, Debug)]
+pub struct Style {
+    /// ANSI colors.
+    pub color: bool,
+    /// Print on stderr (stdout is reserved for --json).
+    pub to_stderr: bool,
+}
+
+impl Style {
+    fn paint(&self, status: Status, text: &str) -> String {
+        if !self.color {
+            return text.to_string();
+        }
+        let code = match status {
+            Status::Succeeded => "32",
+            Status::Failed => "31",
+            Status::InProgress => "36",
+            _ => "33",
+        };
+        format!("\x1b[{code}m{text}\x1b[0m")
+    }
+    fn out(&self, line: &str) {
+        if self.to_stderr {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    }
+}
+
+fn symbol(status: Status) -> &'static str {
+    match status {
+        Status::InProgress => "▶",
+        Status::Succeeded => "✓",
+        Status::Failed => "✗",
+        Status::Stopped => "■",
+        _ => "·",
+    }
+}
+
+/// Print events (and, when given, live log lines) until the execution ends.
+pub fn spawn(mut events: broadcast::Receiver<Event>, mut logs: Option<mpsc::UnboundedReceiver<(String, String, LogLine)>>, style: Style) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Ok(e) => {
+                        style.out(&format_event(&e, style));
+                        if e.kind == Kind::Pipeline && e.status.is_terminal() {
+                            break;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => style.out(&format!("  ({n} progress events skipped)")),
+                    Err(_) => break,
+                },
+                Some((stage, action, line)) = async { match logs.as_mut() { Some(l) => l.recv().await, None => std::future::pending().await } } => {
+                    style.out(&format!("      {stage}/{action} | {}", line.message));
+                }
+            }
+        }
+    })
+}
+
+fn format_event(e: &Event, style: Style) -> String {
+    let took = e.duration_ms.filter(|_| e.status.is_terminal()).map(|ms| format!(" in {}", short_duration(Duration::from_millis(ms)))).unwrap_or_default();
+    let status = style.paint(e.status, &format!("{} {}", symbol(e.status), e.status));
+    match e.kind {
+        Kind::Pipeline => format!("{status} pipeline {} ({}){took}", e.pipeline, e.execution_id),
+        Kind::Stage => format!("  {status} stage {}{took}", e.stage.as_deref().unwrap_or("")),
+        Kind::Action => {
+            let attempt = match e.attempt {
+                Some(a) if a > 1 => format!(" (attempt {a})"),
+                _ => String::new(),
+            };
+            let detail = match (&e.detail, e.status.is_terminal()) {
+                (Some(d), true) => format!(": {}", d.lines().next().unwrap_or("")),
+                _ => String::new(),
+            };
+            format!("    {status} {}/{}{attempt}{took}{detail}", e.stage.as_deref().unwrap_or(""), e.action.as_deref().unwrap_or(""))
+        }
+    }
+}
+
+/// After the run: where to look next, and for a failure the error and the log's last lines.
+pub fn summary(exec: &Execution, logs: &LogStore, style: Style) {
+    for stage in &exec.stages {
+        for a in stage.actions.iter().filter(|a| a.status == Status::Failed) {
+            style.out(&format!("\n{} {}/{} failed:", style.paint(Status::Failed, "✗"), stage.name, a.name));
+            for line in a.error.as_deref().unwrap_or("").lines() {
+                style.out(&format!("    {line}"));
+            }
+            if let Ok(lines) = logs.read(&exec.execution_id, &stage.name, &a.name) {
+                let tail: Vec<_> = lines.iter().filter(|l| l.attempt == a.attempt).collect();
+                if !tail.is_empty() {
+                    style.out("  last log lines:");
+                    for l in tail.iter().skip(tail.len().saturating_sub(10)) {
+                        style.out(&format!("    | {}", l.message));
+                    }
+                }
+            }
+        }
+    }
+    style.out(&format!("\nexecution {}: sluice show {0} · sluice logs {0}", exec.execution_id));
+}

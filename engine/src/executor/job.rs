@@ -1,0 +1,269 @@
+//! One action attempt as a self-contained job: everything needed to run it (resolved
+//! configuration, input digests, grants, limits), so any worker with the blob store can run
+//! it. The NATS engine ships the same [`JobSpec`] over a work queue.
+use super::logs::LogStore;
+use crate::artifacts::{BlobStore, Digest, tree};
+use crate::model::validate::ResolvedPlugins;
+use crate::model::{Access, Pipeline, template};
+use crate::plugins::Capability;
+use crate::runtime::{ActionContext, Invocation, Level, LogSink, Mount, RunError, RunOutcome, Runtime};
+use crate::scheduler::{ActionResult, Execution, Status};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Default wall-clock limit of an action attempt.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// A job: one attempt of one action, fully resolved.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// Tenant.
+    pub tenant: String,
+    /// Pipeline name.
+    pub pipeline: String,
+    /// Execution id.
+    pub execution_id: String,
+    /// Stage name.
+    pub stage: String,
+    /// Action name.
+    pub action: String,
+    /// Attempt, from 1.
+    pub attempt: u32,
+    /// tenant/execution/stage/action/attempt.
+    pub idempotency_key: String,
+    /// Component digest.
+    pub plugin: Digest,
+    /// Resolved `with:`.
+    pub config: BTreeMap<String, String>,
+    /// Inputs: name → tree digest.
+    pub inputs: BTreeMap<String, Digest>,
+    /// Declared outputs.
+    pub outputs: Vec<String>,
+    /// Host directories mounted at their own path.
+    pub dirs: Vec<(PathBuf, Access)>,
+    /// Granted host programs.
+    pub programs: Vec<String>,
+    /// Memory cap, bytes.
+    pub memory: u64,
+    /// Wall-clock limit.
+    pub timeout: Duration,
+    /// Directory of the pipeline file.
+    pub pipeline_dir: PathBuf,
+}
+
+impl JobSpec {
+    /// Resolve the action's configuration and inputs against the execution so far.
+    pub fn build(p: &Pipeline, plugins: &ResolvedPlugins, exec: &Execution, si: usize, ai: usize, attempt: u32) -> Result<JobSpec, String> {
+        let stage = &p.stages[si];
+        let action = &stage.actions[ai];
+        let plugin = plugins
+            .get(&action.uses.value)
+            .and_then(|r| r.as_ref().ok())
+            .ok_or_else(|| format!("plugin `{}` is not resolved", action.uses.value))?;
+        // Output variables of every earlier action, by namespace.
+        let mut namespaces: BTreeMap<&str, &BTreeMap<String, String>> = BTreeMap::new();
+        let mut artifacts: BTreeMap<&str, &str> = BTreeMap::new();
+        for (ps, rs) in p.stages.iter().zip(&exec.stages) {
+            for (pa, ra) in ps.actions.iter().zip(&rs.actions) {
+                if ra.status == Status::Succeeded {
+                    if let Some(ns) = &pa.namespace {
+                        namespaces.insert(ns.value.as_str(), &ra.variables);
+                    }
+                    for (name, digest) in &ra.artifacts {
+                        artifacts.insert(name.as_str(), digest.as_str());
+                    }
+                }
+            }
+        }
+        let lookup = |ns: &str, key: &str| -> Option<String> {
+            match ns {
+                "variables" => exec.variables.get(key).cloned(),
+                "sluice" => match key {
+                    "execution_id" => Some(exec.execution_id.clone()),
+                    "pipeline" => Some(p.name.clone()),
+                    "stage" => Some(stage.name.clone()),
+                    "action" => Some(action.name.clone()),
+                    _ => None,
+                },
+                other => namespaces.get(other).and_then(|vars| vars.get(key).cloned()),
+            }
+        };
+        let mut config = BTreeMap::new();
+        for (key, value) in &action.with {
+            let rendered = template::render(&value.value, lookup).map_err(|e| format!("`with.{key}`: {e}"))?;
+            config.insert(key.clone(), rendered);
+        }
+        let mut inputs = BTreeMap::new();
+        for input in &action.inputs {
+            let digest = artifacts.get(input.value.as_str()).ok_or_else(|| format!("input artifact `{}` was not produced", input.value))?;
+            inputs.insert(input.value.clone(), digest.parse::<Digest>()?);
+        }
+        let mut dirs: Vec<(PathBuf, Access)> = action.capabilities.dirs.iter().map(|(d, a)| (p.host_path(d), *a)).collect();
+        // A plugin that reads a directory named in its configuration gets exactly that
+        // directory, read-only: the path the pipeline author wrote is the grant.
+        for cap in &plugin.description.capabilities {
+            if let Capability::ReadConfigPath(key) = cap {
+                if let Some(v) = config.get(key) {
+                    let path = p.host_path(v);
+                    if !dirs.iter().any(|(d, _)| d == &path) {
+                        dirs.push((path, Access::Ro));
+                    }
+                }
+            }
+        }
+        let execution_id = exec.execution_id.clone();
+        Ok(JobSpec {
+            tenant: exec.tenant.clone(),
+            pipeline: p.name.clone(),
+            idempotency_key: format!("{}/{}/{}/{}/{}", exec.tenant, execution_id, stage.name, action.name, attempt),
+            execution_id,
+            stage: stage.name.clone(),
+            action: action.name.clone(),
+            attempt,
+            plugin: plugin.digest.parse()?,
+            config,
+            inputs,
+            outputs: action.outputs.iter().map(|o| o.value.clone()).collect(),
+            dirs,
+            programs: action.capabilities.process.clone(),
+            memory: action.memory.unwrap_or(crate::runtime::DEFAULT_MEMORY),
+            timeout: action.timeout.unwrap_or(DEFAULT_TIMEOUT),
+            pipeline_dir: p.dir.clone(),
+        })
+    }
+}
+
+/// What a worker needs besides the job.
+#[derive(Clone)]
+pub struct JobContext {
+    /// The sandbox.
+    pub runtime: Arc<Runtime>,
+    /// Artifact blobs.
+    pub blobs: Arc<dyn BlobStore>,
+    /// Action logs.
+    pub logs: Arc<LogStore>,
+    /// Workspaces are created under here.
+    pub work_dir: PathBuf,
+}
+
+/// Run a job: prepare its workspace, call the plugin, collect its outputs. Never panics or
+/// fails the engine: every problem becomes the action's failure.
+pub async fn execute(cx: &JobContext, job: &JobSpec) -> ActionResult {
+    let log: Arc<dyn LogSink> = Arc::new(cx.logs.sink(&job.execution_id, &job.stage, &job.action, job.attempt));
+    let ws = cx.work_dir.join(&job.execution_id).join(&job.stage).join(format!("{}.{}", job.action, job.attempt));
+    let result = run_in(cx, job, &ws, log.clone()).await;
+    if let Err(e) = std::fs::remove_dir_all(&ws) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            log.log(Level::Warn, &format!("could not remove workspace {}: {e}", ws.display()), &[]);
+        }
+    }
+    match result {
+        Ok(r) => r,
+        Err(error) => {
+            log.log(Level::Error, &error, &[]);
+            ActionResult::Failed { error }
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, String> + Send + 'static) -> Result<T, String> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| format!("internal error: {e}"))?
+}
+
+async fn run_in(cx: &JobContext, job: &JobSpec, ws: &Path, log: Arc<dyn LogSink>) -> Result<ActionResult, String> {
+    let mk = |p: &Path| std::fs::create_dir_all(p).map_err(|e| format!("create workspace {}: {e}", p.display()));
+    mk(&ws.join("scratch"))?;
+    let mut mounts = vec![Mount { host: ws.join("scratch"), guest: "/scratch".into(), access: Access::Rw }];
+    for name in &job.outputs {
+        mk(&ws.join("out").join(name))?;
+        mounts.push(Mount { host: ws.join("out").join(name), guest: Path::new("/out").join(name), access: Access::Rw });
+    }
+    if !job.inputs.is_empty() {
+        let (blobs, inputs, ws2) = (cx.blobs.clone(), job.inputs.clone(), ws.to_path_buf());
+        let stats = blocking(move || {
+            let mut out = Vec::new();
+            for (name, digest) in &inputs {
+                let stats = tree::materialize(&*blobs, digest, &ws2.join("in").join(name)).map_err(|e| format!("input artifact `{name}`: {e}"))?;
+                out.push((name.clone(), stats.files));
+            }
+            Ok(out)
+        })
+        .await?;
+        for (name, files) in stats {
+            log.log(Level::Debug, &format!("input `{name}`: {files} files"), &[]);
+            mounts.push(Mount { host: ws.join("in").join(&name), guest: Path::new("/in").join(&name), access: Access::Ro });
+        }
+    }
+    for (dir, access) in &job.dirs {
+        if *access == Access::Rw && !dir.exists() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("create granted directory {}: {e}", dir.display()))?;
+        }
+        if !dir.is_dir() {
+            return Err(format!("{} is not a directory", dir.display()));
+        }
+        mounts.push(Mount { host: dir.clone(), guest: dir.clone(), access: *access });
+    }
+    let output_env = ws.join("scratch").join(".sluice-output.env");
+    let program_env = vec![
+        ("SLUICE_OUTPUT".to_string(), output_env.display().to_string()),
+        ("SLUICE_WORKSPACE".to_string(), ws.display().to_string()),
+        ("SLUICE_PIPELINE".to_string(), job.pipeline.clone()),
+        ("SLUICE_EXECUTION_ID".to_string(), job.execution_id.clone()),
+        ("SLUICE_STAGE".to_string(), job.stage.clone()),
+        ("SLUICE_ACTION".to_string(), job.action.clone()),
+        ("SLUICE_ATTEMPT".to_string(), job.attempt.to_string()),
+        ("SLUICE_IDEMPOTENCY_KEY".to_string(), job.idempotency_key.clone()),
+    ];
+    let inv = Invocation {
+        context: ActionContext {
+            tenant: job.tenant.clone(),
+            pipeline: job.pipeline.clone(),
+            execution_id: job.execution_id.clone(),
+            stage: job.stage.clone(),
+            action: job.action.clone(),
+            attempt: job.attempt,
+            idempotency_key: job.idempotency_key.clone(),
+            continuation: None,
+            wake_payload: None,
+            inputs: job.inputs.keys().cloned().collect(),
+            outputs: job.outputs.clone(),
+            pipeline_dir: job.pipeline_dir.display().to_string(),
+        },
+        config: job.config.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        workspace: ws.to_path_buf(),
+        mounts,
+        programs: job.programs.clone(),
+        program_env,
+        memory_limit: job.memory,
+        timeout: job.timeout,
+        log: log.clone(),
+    };
+    match cx.runtime.run(&job.plugin, inv).await {
+        Ok(RunOutcome::Succeeded { variables, summary }) => {
+            let mut variables: BTreeMap<String, String> = variables.into_iter().collect();
+            let (blobs, outputs, ws2) = (cx.blobs.clone(), job.outputs.clone(), ws.to_path_buf());
+            let artifacts = blocking(move || {
+                let mut out = BTreeMap::new();
+                for name in &outputs {
+                    let (digest, _) = tree::put_tree(&*blobs, &ws2.join("out").join(name)).map_err(|e| format!("output artifact `{name}`: {e}"))?;
+                    out.insert(name.clone(), digest.to_string());
+                }
+                Ok(out)
+            })
+            .await?;
+            if let [(_, digest)] = artifacts.iter().collect::<Vec<_>>().as_slice() {
+                variables.entry("Digest".to_string()).or_insert_with(|| digest.to_string());
+            }
+            Ok(ActionResult::Succeeded { variables, artifacts, summary })
+        }
+        Ok(RunOutcome::Pending { summary, .. }) => Err(format!(
+            "the plugin returned `pending`{}; waiting actions (approvals, long-running invokes) are not supported by this engine version yet",
+            summary.map(|s| format!(" ({s})")).unwrap_or_default()
+        )),
+        Err(e @ RunError::Retryable(_)) => Err(e.to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}

@@ -1,0 +1,114 @@
+//! Action logs: one JSON-lines file per action under `<data>/logs/<execution>/<stage>/`.
+use crate::runtime::{Level, LogSink};
+use crate::scheduler::Timestamp;
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// One log entry.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LogLine {
+    /// When.
+    pub at: Timestamp,
+    /// Attempt that wrote it.
+    pub attempt: u32,
+    /// Level.
+    pub level: Level,
+    /// Text.
+    pub message: String,
+    /// Structured fields.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<(String, String)>,
+}
+
+/// A live copy of log lines for whoever watches a run (the CLI's `--verbose`).
+pub type LiveLog = tokio::sync::mpsc::UnboundedSender<(String, String, LogLine)>;
+
+/// Where action logs are kept.
+pub struct LogStore {
+    root: PathBuf,
+    live: Option<LiveLog>,
+}
+
+impl LogStore {
+    /// Logs under `root`.
+    pub fn new(root: PathBuf) -> Self {
+        LogStore { root, live: None }
+    }
+
+    /// Also send every line to `live`.
+    pub fn with_live(mut self, live: LiveLog) -> Self {
+        self.live = Some(live);
+        self
+    }
+
+    fn path(&self, execution: &str, stage: &str, action: &str) -> PathBuf {
+        self.root.join(execution).join(stage).join(format!("{action}.log"))
+    }
+
+    /// A sink for one action attempt. The file is created on the first line.
+    pub fn sink(&self, execution: &str, stage: &str, action: &str, attempt: u32) -> ActionLog {
+        ActionLog {
+            path: self.path(execution, stage, action),
+            attempt,
+            file: Mutex::new(None),
+            live: self.live.clone().map(|l| (l, stage.to_string(), action.to_string())),
+        }
+    }
+
+    /// Every line of one action, oldest first.
+    pub fn read(&self, execution: &str, stage: &str, action: &str) -> std::io::Result<Vec<LogLine>> {
+        read_lines(&self.path(execution, stage, action))
+    }
+
+    /// `(stage, action)` of every action of an execution that has a log.
+    pub fn actions(&self, execution: &str) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let Ok(stages) = std::fs::read_dir(self.root.join(execution)) else { return out };
+        for stage in stages.flatten() {
+            let Ok(actions) = std::fs::read_dir(stage.path()) else { continue };
+            for a in actions.flatten() {
+                if let (Some(s), Some(n)) = (stage.file_name().to_str(), a.file_name().to_str().and_then(|n| n.strip_suffix(".log"))) {
+                    out.push((s.to_string(), n.to_string()));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
+fn read_lines(path: &Path) -> std::io::Result<Vec<LogLine>> {
+    let text = std::fs::read_to_string(path)?;
+    Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+}
+
+/// The log of one action attempt.
+pub struct ActionLog {
+    path: PathBuf,
+    attempt: u32,
+    file: Mutex<Option<std::fs::File>>,
+    live: Option<(LiveLog, String, String)>,
+}
+
+impl LogSink for ActionLog {
+    fn log(&self, level: Level, message: &str, fields: &[(String, String)]) {
+        let line = LogLine { at: Timestamp::now(), attempt: self.attempt, level, message: message.to_string(), fields: fields.to_vec() };
+        let mut file = self.file.lock().unwrap();
+        if file.is_none() {
+            if let Some(dir) = self.path.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            *file = std::fs::OpenOptions::new().create(true).append(true).open(&self.path).ok();
+        }
+        if let Some(f) = file.as_mut() {
+            let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
+            bytes.push(b'\n');
+            let _ = f.write_all(&bytes);
+        }
+        if let Some((live, stage, action)) = &self.live {
+            let _ = live.send((stage.clone(), action.clone(), line));
+        }
+    }
+}

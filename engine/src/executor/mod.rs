@@ -1,0 +1,193 @@
+//! The shell around the pure scheduler: persists each new state (compare-and-swap),
+//! publishes the events it implies, and runs the jobs the scheduler asks for.
+
+pub mod job;
+pub mod logs;
+
+pub use job::JobSpec;
+pub use logs::LogStore;
+
+use crate::artifacts::{BlobStore, LocalStore};
+use crate::bus::{EventBus, MemoryBus, diff};
+use crate::model::validate::ResolvedPlugins;
+use crate::model::{Diagnostic, Diagnostics, Loc, Pipeline};
+use crate::plugins::Registry;
+use crate::runtime::{Runtime, RuntimeConfig};
+use crate::scheduler::{Command, Execution, Input, PluginRef, Status, Timestamp, step};
+use crate::state::{Durability, RedbStore, StateStore};
+use anyhow::Context as _;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Tenant used when there is only one.
+pub const DEFAULT_TENANT: &str = "default";
+
+/// A Sluice engine: the runtime plus one implementation of each edge.
+pub struct Engine {
+    /// Tenant whose executions this engine records.
+    pub tenant: String,
+    /// Plugin resolution (and the wasmtime runtime).
+    pub registry: Arc<Registry>,
+    /// Artifact blobs.
+    pub blobs: Arc<dyn BlobStore>,
+    /// Execution state.
+    pub state: Arc<dyn StateStore>,
+    /// Events out.
+    pub bus: Arc<dyn EventBus>,
+    /// Action logs.
+    pub logs: Arc<LogStore>,
+    /// Where action workspaces are created.
+    pub work_dir: PathBuf,
+}
+
+/// The embedded engine's data directory layout.
+pub struct DataDir {
+    /// Root (`.sluice/` next to the pipeline by default).
+    pub root: PathBuf,
+}
+
+impl DataDir {
+    /// Blobs.
+    pub fn cas(&self) -> PathBuf {
+        self.root.join("cas")
+    }
+    /// The redb state file.
+    pub fn state(&self) -> PathBuf {
+        self.root.join("state.redb")
+    }
+    /// Action logs.
+    pub fn logs(&self) -> PathBuf {
+        self.root.join("logs")
+    }
+    /// Action workspaces.
+    pub fn work(&self) -> PathBuf {
+        self.root.join("work")
+    }
+    /// Compiled components.
+    pub fn compiled(&self) -> PathBuf {
+        self.root.join("compiled")
+    }
+}
+
+impl Engine {
+    /// An engine on the embedded edges in `data` (created if missing).
+    pub fn embedded(data: &Path, bus: Arc<MemoryBus>, logs: LogStore) -> anyhow::Result<Self> {
+        let dirs = DataDir { root: data.to_path_buf() };
+        std::fs::create_dir_all(&dirs.root).with_context(|| format!("create data directory {}", dirs.root.display()))?;
+        let runtime = Arc::new(Runtime::new(RuntimeConfig { cache_dir: Some(dirs.compiled()) })?);
+        let blobs: Arc<dyn BlobStore> = Arc::new(LocalStore::open(dirs.cas())?);
+        let state: Arc<dyn StateStore> = Arc::new(RedbStore::open(&dirs.state())?);
+        Ok(Engine {
+            tenant: DEFAULT_TENANT.to_string(),
+            registry: Arc::new(Registry::new(runtime, blobs.clone())),
+            blobs,
+            state,
+            bus,
+            logs: Arc::new(logs),
+            work_dir: dirs.work(),
+        })
+    }
+
+    /// Resolve the pipeline's plugins and validate it; every problem at once.
+    pub async fn check(&self, pipeline: &Pipeline, overrides: &BTreeMap<String, String>) -> Result<ResolvedPlugins, Diagnostics> {
+        let plugins = self.registry.resolve_all(pipeline).await;
+        let mut items = crate::model::validate::validate(pipeline, &plugins, overrides);
+        if items.is_empty() {
+            return Ok(plugins);
+        }
+        items.sort_by_key(|d| d.loc);
+        Err(Diagnostics { file: pipeline.file.clone(), items })
+    }
+
+    /// Run a validated pipeline to the end. Returns the final execution record.
+    pub async fn run(
+        &self,
+        pipeline: Arc<Pipeline>,
+        plugins: &ResolvedPlugins,
+        overrides: &BTreeMap<String, String>,
+    ) -> anyhow::Result<Execution> {
+        let mut variables = pipeline.variables.clone();
+        variables.extend(overrides.clone());
+        let pin = |uses: &str| PluginRef {
+            reference: uses.to_string(),
+            digest: plugins.get(uses).and_then(|p| p.as_ref().ok()).map(|p| p.digest.clone()).unwrap_or_default(),
+        };
+        let exec = Execution::new(ulid::Ulid::new().to_string(), &self.tenant, &pipeline, &pin, variables);
+        let mut revision = self.state.put(&exec, None, Durability::Durable)?;
+        let plugins = Arc::new(plugins.clone());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Input>();
+        let mut current = exec;
+        let mut input = Input::Start { at: Timestamp::now() };
+        loop {
+            let (next, commands) = step(&current, &input);
+            if next != current {
+                let durability = if next.status.is_terminal() { Durability::Durable } else { Durability::Eventual };
+                revision = self.state.put(&next, Some(revision), durability)?;
+                for event in diff(&current, &next) {
+                    self.bus.publish(event);
+                }
+            }
+            current = next;
+            let mut finished = false;
+            for command in commands {
+                match command {
+                    Command::RunAction { stage, action, attempt } => {
+                        let spec = job::JobSpec::build(&pipeline, &plugins, &current, stage, action, attempt);
+                        let (tx, engine) = (tx.clone(), self.job_context());
+                        tokio::spawn(async move {
+                            let (result, config, inputs) = match spec {
+                                Ok(spec) => {
+                                    let config = spec.config.clone();
+                                    let inputs = spec.inputs.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
+                                    (job::execute(&engine, &spec).await, config, inputs)
+                                }
+                                Err(error) => (crate::scheduler::ActionResult::Failed { error }, BTreeMap::new(), BTreeMap::new()),
+                            };
+                            let _ = tx.send(Input::ActionCompleted { stage, action, attempt, result, config, inputs, at: Timestamp::now() });
+                        });
+                    }
+                    Command::Finish { .. } => finished = true,
+                }
+            }
+            if finished || current.status.is_terminal() {
+                return Ok(current);
+            }
+            input = rx.recv().await.context("all jobs ended without reporting")?;
+        }
+    }
+
+    fn job_context(&self) -> job::JobContext {
+        job::JobContext {
+            runtime: self.registry.runtime().clone(),
+            blobs: self.blobs.clone(),
+            logs: self.logs.clone(),
+            work_dir: self.work_dir.clone(),
+        }
+    }
+}
+
+/// Read and parse a pipeline file; structural problems come back as diagnostics.
+pub fn load_pipeline(path: &Path) -> Result<Pipeline, Diagnostics> {
+    let file = path.display().to_string();
+    let fail = |message: String| Diagnostics { file: file.clone(), items: vec![Diagnostic { loc: Loc { line: 1, col: 1 }, message }] };
+    let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read the pipeline file: {e}")))?;
+    let dir = std::fs::canonicalize(path)
+        .map_err(|e| fail(format!("cannot resolve the pipeline file's directory: {e}")))?
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("/"));
+    let (pipeline, mut items) = crate::model::parse::parse(&file, dir, &text);
+    match pipeline {
+        Some(p) if items.is_empty() => Ok(p),
+        _ => {
+            items.sort_by_key(|d| d.loc);
+            Err(Diagnostics { file, items })
+        }
+    }
+}
+
+/// Whether a status means the run went well (for exit codes).
+pub fn succeeded(status: Status) -> bool {
+    status == Status::Succeeded
+}

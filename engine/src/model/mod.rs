@@ -1,0 +1,176 @@
+//! The pipeline model: what a pipeline file says, parsed with positions and validated.
+//!
+//! Parsing (`parse`) turns YAML into a [`Pipeline`] and collects every structural problem;
+//! validation (`validate`) checks cross-references and plugin configuration. Both report
+//! [`Diagnostic`]s that name the file, line and column.
+
+pub mod parse;
+pub mod template;
+pub mod units;
+pub mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+/// A 1-based line and column in the pipeline file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Loc {
+    /// Line, from 1.
+    pub line: usize,
+    /// Column, from 1.
+    pub col: usize,
+}
+
+/// One problem found in a pipeline file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// Where it is.
+    pub loc: Loc,
+    /// What is wrong, in words a user can act on.
+    pub message: String,
+}
+
+/// Every problem found in one pipeline file; displays as `FILE:LINE:COL: message` lines.
+#[derive(Clone, Debug, thiserror::Error)]
+pub struct Diagnostics {
+    /// The file as the user named it.
+    pub file: String,
+    /// Problems, sorted by position.
+    pub items: Vec<Diagnostic>,
+}
+
+impl fmt::Display for Diagnostics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, d) in self.items.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}:{}:{}: {}", self.file, d.loc.line, d.loc.col, d.message)?;
+        }
+        Ok(())
+    }
+}
+
+/// A parsed pipeline.
+#[derive(Clone, Debug)]
+pub struct Pipeline {
+    /// `name:`; `[A-Za-z0-9._-]{1,100}`.
+    pub name: String,
+    /// `variables:`, with defaults as written.
+    pub variables: BTreeMap<String, String>,
+    /// `stages:`, in order.
+    pub stages: Vec<Stage>,
+    /// The file as the user named it (for messages).
+    pub file: String,
+    /// Absolute directory of the pipeline file; relative paths are resolved against it.
+    pub dir: PathBuf,
+}
+
+/// A stage: actions grouped by `run_order`.
+#[derive(Clone, Debug)]
+pub struct Stage {
+    /// Unique in the pipeline.
+    pub name: String,
+    /// Where the stage starts.
+    pub loc: Loc,
+    /// Actions, as written.
+    pub actions: Vec<Action>,
+}
+
+/// A value with the place it was written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Located<T> {
+    /// The value.
+    pub value: T,
+    /// Where it was written.
+    pub loc: Loc,
+}
+
+/// One action of a stage.
+#[derive(Clone, Debug)]
+pub struct Action {
+    /// Unique in the stage.
+    pub name: String,
+    /// Where the action starts.
+    pub loc: Loc,
+    /// `uses:`: `NAME@MAJOR`, `blake3:<hex>` or a path to a `.wasm` file.
+    pub uses: Located<String>,
+    /// `with:`: configuration; values may contain `#{...}`.
+    pub with: BTreeMap<String, Located<String>>,
+    /// Input artifact names.
+    pub inputs: Vec<Located<String>>,
+    /// Output artifact names.
+    pub outputs: Vec<Located<String>>,
+    /// Its output variables become `#{namespace.KEY}`.
+    pub namespace: Option<Located<String>>,
+    /// Lower runs first; equal runs in parallel.
+    pub run_order: u32,
+    /// Wall-clock limit for one attempt.
+    pub timeout: Option<Duration>,
+    /// Guest memory limit in bytes.
+    pub memory: Option<u64>,
+    /// Static grants.
+    pub capabilities: Capabilities,
+}
+
+/// What an action may reach outside its sandbox. Deny by default.
+#[derive(Clone, Debug, Default)]
+pub struct Capabilities {
+    /// Host programs the action may run.
+    pub process: Vec<String>,
+    /// Host directories (as written) preopened at their absolute path.
+    pub dirs: BTreeMap<String, Access>,
+    /// Outbound HTTP origins.
+    pub http: Vec<String>,
+    /// Where `capabilities:` was written (for messages about missing grants).
+    pub loc: Option<Loc>,
+}
+
+/// Access to a granted directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Access {
+    /// Read-only.
+    Ro,
+    /// Read-write.
+    Rw,
+}
+
+impl Pipeline {
+    /// Resolve a path written in the pipeline (relative to its directory), lexically.
+    /// Granted directories are mounted in the guest at exactly this path.
+    pub fn host_path(&self, written: &str) -> PathBuf {
+        normalize(&self.dir.join(written))
+    }
+
+    /// Every action with its stage index, in file order.
+    pub fn actions(&self) -> impl Iterator<Item = (usize, &Stage, &Action)> {
+        self.stages.iter().enumerate().flat_map(|(i, s)| s.actions.iter().map(move |a| (i, s, a)))
+    }
+}
+
+/// Lexically normalise an absolute path: drop `.`, apply `..`, never follow links.
+pub fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::from("/");
+    for part in path.components() {
+        match part {
+            Component::Normal(p) => out.push(p),
+            Component::ParentDir => {
+                out.pop();
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Names of pipelines, stages, actions, artifacts and namespaces: safe as file names and subjects.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 100
+        && name != "."
+        && name != ".."
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}

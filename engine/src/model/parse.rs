@@ -1,0 +1,292 @@
+//! YAML → [`Pipeline`], collecting every structural problem with its position.
+use super::{Access, Action, Capabilities, Diagnostic, Loc, Located, Pipeline, Stage, units};
+use marked_yaml::{LoaderOptions, Node, types::MarkedMappingNode};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// Keys accepted at the top level (kept in step with `schema/pipeline.schema.json`).
+pub const PIPELINE_KEYS: &[&str] = &["name", "variables", "stages"];
+/// Keys accepted in a stage.
+pub const STAGE_KEYS: &[&str] = &["name", "actions"];
+/// Keys accepted in an action.
+pub const ACTION_KEYS: &[&str] = &[
+    "name", "uses", "with", "inputs", "outputs", "namespace", "run_order", "timeout", "limits", "capabilities",
+];
+/// Keys accepted under `limits`.
+pub const LIMITS_KEYS: &[&str] = &["memory"];
+/// Keys accepted under `capabilities`.
+pub const CAPABILITY_KEYS: &[&str] = &["process", "dirs", "http"];
+
+/// Parse `text` (the contents of `file`, whose directory is `dir`). Returns the pipeline as far
+/// as it could be read and every problem found; a YAML syntax error yields no pipeline.
+pub fn parse(file: &str, dir: PathBuf, text: &str) -> (Option<Pipeline>, Vec<Diagnostic>) {
+    let options = LoaderOptions::default().error_on_duplicate_keys(true).prevent_coercion(false);
+    let root = match marked_yaml::parse_yaml_with_options(0, text, options) {
+        Ok(node) => node,
+        Err(e) => return (None, vec![load_error(e)]),
+    };
+    let mut p = Parser { diags: Vec::new() };
+    let pipeline = p.pipeline(&root, file, dir);
+    (Some(pipeline), p.diags)
+}
+
+fn load_error(e: marked_yaml::LoadError) -> Diagnostic {
+    use marked_yaml::LoadError::*;
+    let (marker, message) = match &e {
+        TopLevelMustBeMapping(m) => (*m, "the top level must be a mapping with `name` and `stages`".to_string()),
+        TopLevelMustBeSequence(m) => (*m, "unexpected top-level sequence".to_string()),
+        UnexpectedAnchor(m) => (*m, "YAML anchors are not supported".to_string()),
+        MappingKeyMustBeScalar(m) => (*m, "mapping keys must be plain strings".to_string()),
+        UnexpectedTag(m) => (*m, "YAML tags are not supported".to_string()),
+        ScanError(m, se) => (*m, format!("YAML syntax error: {}", se.info())),
+        DuplicateKey(inner) => {
+            let at = inner.prev_key.span().start().map(|m| format!(" (first at line {})", m.line())).unwrap_or_default();
+            let m = inner.key.span().start().copied().unwrap_or_else(|| marked_yaml::Marker::new(0, 0, 1, 1));
+            (m, format!("duplicate key `{}`{at}", inner.key.as_str()))
+        }
+    };
+    Diagnostic { loc: marker_loc(Some(&marker)), message }
+}
+
+fn marker_loc(m: Option<&marked_yaml::Marker>) -> Loc {
+    m.map(|m| Loc { line: m.line(), col: m.column() }).unwrap_or(Loc { line: 1, col: 1 })
+}
+
+fn loc(node: &Node) -> Loc {
+    marker_loc(node.span().start())
+}
+
+/// The closest known key, for "did you mean".
+pub fn suggest<'a>(word: &str, known: &[&'a str]) -> Option<&'a str> {
+    known
+        .iter()
+        .map(|k| (strsim::damerau_levenshtein(word, k), *k))
+        .filter(|(d, k)| *d <= 2.max(k.len() / 3))
+        .min()
+        .map(|(_, k)| k)
+}
+
+struct Parser {
+    diags: Vec<Diagnostic>,
+}
+
+impl Parser {
+    fn err(&mut self, loc: Loc, message: impl Into<String>) {
+        self.diags.push(Diagnostic { loc, message: message.into() });
+    }
+
+    /// The node as a mapping whose keys are all in `known`; reports unknown keys.
+    fn mapping<'n>(&mut self, node: &'n Node, what: &str, known: &[&str]) -> Option<&'n MarkedMappingNode> {
+        let Some(map) = node.as_mapping() else {
+            self.err(loc(node), format!("{what} must be a mapping"));
+            return None;
+        };
+        for key in map.keys() {
+            if !known.contains(&key.as_str()) {
+                let hint = match suggest(key.as_str(), known) {
+                    Some(s) => format!("; did you mean `{s}`?"),
+                    None => format!("; expected one of: {}", known.join(", ")),
+                };
+                self.err(marker_loc(key.span().start()), format!("unknown key `{}` in {what}{hint}", key.as_str()));
+            }
+        }
+        Some(map)
+    }
+
+    fn scalar(&mut self, node: &Node, what: &str) -> Option<Located<String>> {
+        match node.as_scalar() {
+            Some(s) => Some(Located { value: s.as_str().to_string(), loc: loc(node) }),
+            None => {
+                self.err(loc(node), format!("{what} must be a string"));
+                None
+            }
+        }
+    }
+
+    fn required<'n>(&mut self, map: &'n MarkedMappingNode, key: &str, what: &str, at: Loc) -> Option<&'n Node> {
+        let node = map.get_node(key);
+        if node.is_none() {
+            self.err(at, format!("{what} is missing required key `{key}`"));
+        }
+        node
+    }
+
+    fn string_list(&mut self, node: &Node, what: &str) -> Vec<Located<String>> {
+        let Some(seq) = node.as_sequence() else {
+            self.err(loc(node), format!("{what} must be a list, e.g. [a, b]"));
+            return Vec::new();
+        };
+        seq.iter().filter_map(|n| self.scalar(n, &format!("an entry of {what}"))).collect()
+    }
+
+    fn pipeline(&mut self, root: &Node, file: &str, dir: PathBuf) -> Pipeline {
+        let mut pipeline = Pipeline { name: String::new(), variables: BTreeMap::new(), stages: Vec::new(), file: file.to_string(), dir };
+        let Some(map) = self.mapping(root, "the pipeline", PIPELINE_KEYS) else { return pipeline };
+        let at = loc(root);
+        if let Some(n) = self.required(map, "name", "the pipeline", at) {
+            if let Some(name) = self.scalar(n, "`name`") {
+                if !super::is_valid_name(&name.value) {
+                    self.err(name.loc, format!("pipeline name {:?} must match [A-Za-z0-9._-]{{1,100}}", name.value));
+                }
+                pipeline.name = name.value;
+            }
+        }
+        if let Some(vars) = map.get_node("variables") {
+            if let Some(vmap) = vars.as_mapping() {
+                for (k, v) in vmap.iter() {
+                    if let Some(value) = self.scalar(v, &format!("variable `{}`", k.as_str())) {
+                        if value.value.contains("#{") {
+                            self.err(value.loc, format!("variable `{}`: a default value cannot contain #{{...}}", k.as_str()));
+                        }
+                        pipeline.variables.insert(k.as_str().to_string(), value.value);
+                    }
+                }
+            } else {
+                self.err(loc(vars), "`variables` must be a mapping of NAME: value");
+            }
+        }
+        if let Some(stages) = self.required(map, "stages", "the pipeline", at) {
+            match stages.as_sequence() {
+                Some(seq) if seq.is_empty() => self.err(loc(stages), "`stages` is empty: a pipeline needs at least one stage"),
+                Some(seq) => pipeline.stages = seq.iter().filter_map(|n| self.stage(n)).collect(),
+                None => self.err(loc(stages), "`stages` must be a list of stages"),
+            }
+        }
+        pipeline
+    }
+
+    fn stage(&mut self, node: &Node) -> Option<Stage> {
+        let at = loc(node);
+        let map = self.mapping(node, "a stage", STAGE_KEYS)?;
+        let name = self.required(map, "name", "a stage", at).and_then(|n| self.scalar(n, "stage `name`"));
+        let name = name.map(|n| n.value).unwrap_or_default();
+        let mut stage = Stage { name: name.clone(), loc: at, actions: Vec::new() };
+        if let Some(actions) = self.required(map, "actions", &format!("stage `{name}`"), at) {
+            match actions.as_sequence() {
+                Some(seq) if seq.is_empty() => self.err(loc(actions), format!("stage `{name}` has no actions")),
+                Some(seq) => stage.actions = seq.iter().filter_map(|n| self.action(n)).collect(),
+                None => self.err(loc(actions), format!("`actions` of stage `{name}` must be a list")),
+            }
+        }
+        Some(stage)
+    }
+
+    fn action(&mut self, node: &Node) -> Option<Action> {
+        let at = loc(node);
+        let map = self.mapping(node, "an action", ACTION_KEYS)?;
+        let name = self.required(map, "name", "an action", at).and_then(|n| self.scalar(n, "action `name`"));
+        let name = name.map(|n| n.value).unwrap_or_default();
+        let what = format!("action `{name}`");
+        let uses = self
+            .required(map, "uses", &what, at)
+            .and_then(|n| self.scalar(n, "`uses`"))
+            .unwrap_or(Located { value: String::new(), loc: at });
+        let mut action = Action {
+            name,
+            loc: at,
+            uses,
+            with: BTreeMap::new(),
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+            namespace: None,
+            run_order: 1,
+            timeout: None,
+            memory: None,
+            capabilities: Capabilities::default(),
+        };
+        if let Some(with) = map.get_node("with") {
+            if let Some(wmap) = with.as_mapping() {
+                for (k, v) in wmap.iter() {
+                    if let Some(value) = self.scalar(v, &format!("`with.{}`", k.as_str())) {
+                        action.with.insert(k.as_str().to_string(), value);
+                    }
+                }
+            } else {
+                self.err(loc(with), format!("`with` of {what} must be a mapping of key: value"));
+            }
+        }
+        if let Some(n) = map.get_node("inputs") {
+            action.inputs = self.string_list(n, "`inputs`");
+        }
+        if let Some(n) = map.get_node("outputs") {
+            action.outputs = self.string_list(n, "`outputs`");
+        }
+        if let Some(n) = map.get_node("namespace") {
+            action.namespace = self.scalar(n, "`namespace`");
+        }
+        if let Some(n) = map.get_node("run_order") {
+            if let Some(v) = self.scalar(n, "`run_order`") {
+                match v.value.parse::<u32>() {
+                    Ok(r) if (1..=999).contains(&r) => action.run_order = r,
+                    _ => self.err(v.loc, format!("`run_order` must be a whole number from 1 to 999, got {:?}", v.value)),
+                }
+            }
+        }
+        if let Some(n) = map.get_node("timeout") {
+            if let Some(v) = self.scalar(n, "`timeout`") {
+                match units::parse_duration(&v.value) {
+                    Ok(d) => action.timeout = Some(d),
+                    Err(e) => self.err(v.loc, format!("`timeout`: {e}")),
+                }
+            }
+        }
+        if let Some(n) = map.get_node("limits") {
+            if let Some(lmap) = self.mapping(n, "`limits`", LIMITS_KEYS) {
+                if let Some(m) = lmap.get_node("memory") {
+                    if let Some(v) = self.scalar(m, "`limits.memory`") {
+                        match units::parse_size(&v.value) {
+                            Ok(bytes) => action.memory = Some(bytes),
+                            Err(e) => self.err(v.loc, format!("`limits.memory`: {e}")),
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(n) = map.get_node("capabilities") {
+            action.capabilities = self.capabilities(n);
+        }
+        Some(action)
+    }
+
+    fn capabilities(&mut self, node: &Node) -> Capabilities {
+        let mut caps = Capabilities { loc: Some(loc(node)), ..Default::default() };
+        let Some(map) = self.mapping(node, "`capabilities`", CAPABILITY_KEYS) else { return caps };
+        let no_templates = |p: &mut Self, v: &Located<String>| {
+            if v.value.contains("#{") {
+                p.err(v.loc, "capabilities are static grants: #{...} is not allowed here");
+                false
+            } else {
+                true
+            }
+        };
+        if let Some(n) = map.get_node("process") {
+            caps.process = self.string_list(n, "`capabilities.process`").into_iter().filter(|v| no_templates(self, v)).map(|v| v.value).collect();
+        }
+        if let Some(n) = map.get_node("http") {
+            caps.http = self.string_list(n, "`capabilities.http`").into_iter().filter(|v| no_templates(self, v)).map(|v| v.value).collect();
+        }
+        if let Some(n) = map.get_node("dirs") {
+            if let Some(dmap) = n.as_mapping() {
+                for (k, v) in dmap.iter() {
+                    let key = Located { value: k.as_str().to_string(), loc: marker_loc(k.span().start()) };
+                    if !no_templates(self, &key) {
+                        continue;
+                    }
+                    let Some(mode) = self.scalar(v, &format!("`capabilities.dirs.{}`", key.value)) else { continue };
+                    let access = match mode.value.as_str() {
+                        "ro" => Access::Ro,
+                        "rw" => Access::Rw,
+                        other => {
+                            self.err(mode.loc, format!("directory access must be `ro` or `rw`, got {other:?}"));
+                            continue;
+                        }
+                    };
+                    caps.dirs.insert(key.value, access);
+                }
+            } else {
+                self.err(loc(n), "`capabilities.dirs` must be a mapping of PATH: ro|rw");
+            }
+        }
+        caps
+    }
+}

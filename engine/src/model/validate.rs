@@ -1,0 +1,167 @@
+//! Cross-reference and plugin-configuration checks on a parsed [`Pipeline`].
+use super::{Access, Diagnostic, Loc, Pipeline, is_valid_name, parse::suggest, template};
+use crate::plugins::{Capability, Plugin};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+/// Keys available as `#{sluice.KEY}`.
+pub const SLUICE_KEYS: &[&str] = &["execution_id", "pipeline", "stage", "action"];
+
+/// How each `uses:` string resolved (or why it did not).
+pub type ResolvedPlugins = HashMap<String, Result<Arc<Plugin>, String>>;
+
+/// Check everything that needs more than one place of the file. `overrides` are `--var` values.
+pub fn validate(p: &Pipeline, plugins: &ResolvedPlugins, overrides: &BTreeMap<String, String>) -> Vec<Diagnostic> {
+    let mut diags = Vec::new();
+    let mut err = |loc: Loc, message: String| diags.push(Diagnostic { loc, message });
+
+    for key in overrides.keys() {
+        if !p.variables.contains_key(key) {
+            let declared: Vec<&str> = p.variables.keys().map(String::as_str).collect();
+            err(Loc { line: 1, col: 1 }, format!("--var {key}: the pipeline declares no variable `{key}` (declared: {})", if declared.is_empty() { "none".into() } else { declared.join(", ") }));
+        }
+    }
+
+    // Where each artifact and namespace is produced: (stage index, run_order, location).
+    let mut producers: HashMap<&str, (usize, u32, Loc)> = HashMap::new();
+    let mut namespaces: HashMap<&str, (usize, u32, Loc)> = HashMap::new();
+    let mut stage_names: HashMap<&str, Loc> = HashMap::new();
+    for (si, stage) in p.stages.iter().enumerate() {
+        if !is_valid_name(&stage.name) && !stage.name.is_empty() {
+            err(stage.loc, format!("stage name {:?} must match [A-Za-z0-9._-]{{1,100}}", stage.name));
+        }
+        if let Some(first) = stage_names.insert(&stage.name, stage.loc) {
+            err(stage.loc, format!("duplicate stage name `{}` (first at line {})", stage.name, first.line));
+        }
+        let mut action_names: HashMap<&str, Loc> = HashMap::new();
+        for a in &stage.actions {
+            if !is_valid_name(&a.name) && !a.name.is_empty() {
+                err(a.loc, format!("action name {:?} must match [A-Za-z0-9._-]{{1,100}}", a.name));
+            }
+            if let Some(first) = action_names.insert(&a.name, a.loc) {
+                err(a.loc, format!("duplicate action name `{}` in stage `{}` (first at line {})", a.name, stage.name, first.line));
+            }
+            for out in &a.outputs {
+                if !is_valid_name(&out.value) {
+                    err(out.loc, format!("artifact name {:?} must match [A-Za-z0-9._-]{{1,100}}", out.value));
+                }
+                if let Some((_, _, first)) = producers.insert(&out.value, (si, a.run_order, out.loc)) {
+                    err(out.loc, format!("artifact `{}` is already produced at line {}", out.value, first.line));
+                }
+            }
+            if let Some(ns) = &a.namespace {
+                if !is_valid_name(&ns.value) || ns.value == "variables" || ns.value == "sluice" {
+                    err(ns.loc, format!("namespace {:?} must match [A-Za-z0-9._-]{{1,100}} and not be `variables` or `sluice`", ns.value));
+                }
+                if let Some((_, _, first)) = namespaces.insert(&ns.value, (si, a.run_order, ns.loc)) {
+                    err(ns.loc, format!("namespace `{}` is already used at line {}", ns.value, first.line));
+                }
+            }
+        }
+    }
+
+    let earlier = |(psi, pro, _): (usize, u32, Loc), si: usize, ro: u32| psi < si || (psi == si && pro < ro);
+    for (si, stage, a) in p.actions() {
+        for input in &a.inputs {
+            match producers.get(input.value.as_str()) {
+                None => err(input.loc, format!("input artifact `{}` is not produced by any action", input.value)),
+                Some(&prod) if !earlier(prod, si, a.run_order) => err(
+                    input.loc,
+                    format!("input artifact `{}` is produced at line {}, which does not run before action `{}` (use an earlier stage or a lower run_order)", input.value, prod.2.line, a.name),
+                ),
+                _ => {}
+            }
+        }
+        for (key, value) in &a.with {
+            let refs = match template::references(&value.value) {
+                Ok(r) => r,
+                Err(e) => {
+                    err(value.loc, format!("`with.{key}`: {e}"));
+                    continue;
+                }
+            };
+            for r in refs {
+                let at = value.loc;
+                match r.namespace.as_str() {
+                    "variables" => {
+                        if !p.variables.contains_key(&r.key) {
+                            let known: Vec<&str> = p.variables.keys().map(String::as_str).collect();
+                            let hint = suggest(&r.key, &known).map(|s| format!("; did you mean `{s}`?")).unwrap_or_default();
+                            err(at, format!("`#{{variables.{}}}`: no such pipeline variable{hint}", r.key));
+                        }
+                    }
+                    "sluice" => {
+                        if !SLUICE_KEYS.contains(&r.key.as_str()) {
+                            err(at, format!("`#{{sluice.{}}}`: unknown; available: {}", r.key, SLUICE_KEYS.join(", ")));
+                        }
+                    }
+                    ns => match namespaces.get(ns) {
+                        None => err(at, format!("`#{{{ns}.{}}}`: no action has namespace `{ns}`", r.key)),
+                        Some(&prod) if !earlier(prod, si, a.run_order) => err(
+                            at,
+                            format!("`#{{{ns}.{}}}` points forward: namespace `{ns}` (line {}) does not run before action `{}`", r.key, prod.2.line, a.name),
+                        ),
+                        _ => {}
+                    },
+                }
+            }
+        }
+        let _ = stage;
+        if a.uses.value.is_empty() {
+            continue;
+        }
+        let plugin = match plugins.get(&a.uses.value) {
+            Some(Ok(p)) => p,
+            Some(Err(e)) => {
+                err(a.uses.loc, format!("`uses: {}`: {e}", a.uses.value));
+                continue;
+            }
+            None => {
+                err(a.uses.loc, format!("`uses: {}`: not resolved", a.uses.value));
+                continue;
+            }
+        };
+        let d = &plugin.description;
+        let known: Vec<&str> = d.config.iter().map(|k| k.name.as_str()).collect();
+        for (key, value) in &a.with {
+            if !known.contains(&key.as_str()) {
+                let hint = match suggest(key, &known) {
+                    Some(s) => format!("; did you mean `{s}`?"),
+                    None if known.is_empty() => "; it accepts no configuration".to_string(),
+                    None => format!("; it accepts: {}", known.join(", ")),
+                };
+                err(value.loc, format!("`{}` does not accept configuration key `{key}`{hint}", a.uses.value));
+            }
+        }
+        for k in d.config.iter().filter(|k| k.required) {
+            if !a.with.contains_key(&k.name) {
+                err(a.loc, format!("action `{}`: `{}` requires configuration key `{}` ({})", a.name, a.uses.value, k.name, k.description));
+            }
+        }
+        let cap_loc = a.capabilities.loc.unwrap_or(a.loc);
+        for cap in &d.capabilities {
+            match cap {
+                Capability::Process(prog) if !a.capabilities.process.contains(prog) => err(
+                    cap_loc,
+                    format!("action `{}`: `{}` runs host program `{prog}`; grant it with `capabilities: {{ process: [{prog}] }}`", a.name, a.uses.value),
+                ),
+                Capability::WriteConfigPath(key) => {
+                    let Some(value) = a.with.get(key) else { continue };
+                    // Resolve pipeline variables now; paths built from action outputs are checked at run time.
+                    let rendered = template::render(&value.value, |ns, k| match ns {
+                        "variables" => overrides.get(k).or(p.variables.get(k)).cloned(),
+                        _ => None,
+                    });
+                    let Ok(path) = rendered else { continue };
+                    let wanted = p.host_path(&path);
+                    let granted = a.capabilities.dirs.iter().any(|(dir, access)| *access == Access::Rw && wanted.starts_with(p.host_path(dir)));
+                    if !granted {
+                        err(value.loc, format!("action `{}`: `{}` writes to {path:?}; grant it with `capabilities: {{ dirs: {{ {path}: rw }} }}`", a.name, a.uses.value));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    diags
+}

@@ -1,0 +1,83 @@
+//! Resolves `uses:` references to loaded components and their descriptions.
+use super::{Plugin, builtin};
+use crate::artifacts::{BlobStore, Digest};
+use crate::model::Pipeline;
+use crate::model::validate::ResolvedPlugins;
+use crate::runtime::Runtime;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+/// Plugin resolution with a per-process cache of descriptions.
+pub struct Registry {
+    runtime: Arc<Runtime>,
+    store: Arc<dyn BlobStore>,
+    by_digest: Mutex<HashMap<Digest, super::Description>>,
+}
+
+impl Registry {
+    /// A registry loading components into `runtime` and plugin files into `store`.
+    pub fn new(runtime: Arc<Runtime>, store: Arc<dyn BlobStore>) -> Self {
+        Registry { runtime, store, by_digest: Mutex::new(HashMap::new()) }
+    }
+
+    /// The runtime plugins are loaded into.
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    /// Resolve one `uses:` value: `NAME@MAJOR` (built-in), `blake3:<hex>` (in the store), or a
+    /// path to a `.wasm` file (relative to the pipeline file; stored so its digest works later).
+    pub async fn resolve(&self, uses: &str, base: &Path) -> Result<Arc<Plugin>, String> {
+        let bytes: Vec<u8> = if uses.starts_with("blake3:") {
+            let digest: Digest = uses.parse()?;
+            self.store.get_bytes(&digest).map_err(|e| format!("{e} (store a plugin first by using it by path)"))?
+        } else if uses.ends_with(".wasm") || uses.starts_with("./") || uses.starts_with('/') || uses.starts_with("../") {
+            let path = base.join(uses);
+            let bytes = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            self.store.put_bytes(&bytes).map_err(|e| e.to_string())?;
+            bytes
+        } else {
+            let (name, major) = uses.split_once('@').ok_or_else(|| format!("expected NAME@MAJOR (e.g. command@1), blake3:<hex> or a path to a .wasm file"))?;
+            let major: u32 = major.parse().map_err(|_| format!("`{major}` is not a major version; write e.g. {name}@1"))?;
+            builtin::find(name, major)
+                .ok_or_else(|| format!("no built-in or installed plugin `{name}@{major}`; built-in: {}", builtin::names().join(", ")))?
+                .to_vec()
+        };
+        self.load(uses, &bytes).await
+    }
+
+    /// Load component bytes and describe them.
+    pub async fn load(&self, reference: &str, bytes: &[u8]) -> Result<Arc<Plugin>, String> {
+        let digest = Digest::of(bytes);
+        let cached = self.by_digest.lock().unwrap().get(&digest).cloned();
+        let description = match cached {
+            Some(d) => d,
+            None => {
+                let runtime = self.runtime.clone();
+                let owned = bytes.to_vec();
+                tokio::task::spawn_blocking(move || runtime.load(&owned))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| format!("{e:#}"))?;
+                let d = self.runtime.describe(&digest).await.map_err(|e| format!("`describe` failed: {e}"))?;
+                self.by_digest.lock().unwrap().insert(digest, d.clone());
+                d
+            }
+        };
+        Ok(Arc::new(Plugin { reference: reference.to_string(), digest: digest.to_string(), description }))
+    }
+
+    /// Resolve every distinct `uses:` of a pipeline.
+    pub async fn resolve_all(&self, pipeline: &Pipeline) -> ResolvedPlugins {
+        let mut out = ResolvedPlugins::new();
+        for (_, _, a) in pipeline.actions() {
+            let uses = &a.uses.value;
+            if !uses.is_empty() && !out.contains_key(uses) {
+                let r = self.resolve(uses, &pipeline.dir).await;
+                out.insert(uses.clone(), r);
+            }
+        }
+        out
+    }
+}

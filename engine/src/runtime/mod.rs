@@ -1,0 +1,366 @@
+//! The sandbox: runs action components with wasmtime.
+//!
+//! One [`wasmtime::Engine`] and one [`Linker`] per process; a pre-instantiated component
+//! (`InstancePre`) cached per digest; a fresh [`Store`] per call. Every call is bounded:
+//! memory by a [`ResourceLimiter`], CPU by epoch interruption (the guest yields every tick,
+//! so the wall-clock timeout around the call can always cancel it, host calls included).
+//! Compiled code is cached on disk by digest and the engine's compatibility hash.
+
+mod cache;
+mod host;
+
+pub use host::{Level, LogSink, Mount};
+
+use crate::artifacts::Digest;
+use crate::model::Access;
+use crate::plugins::{Capability, ConfigKey, Description};
+use anyhow::Context as _;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, Store};
+use wasmtime_wasi::WasiCtx;
+
+#[allow(missing_docs)]
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "sluice:action/action",
+        imports: { "sluice:action/process.run": async },
+        exports: { default: async },
+    });
+}
+
+use bindings::sluice::action::types as wit;
+
+/// How often the epoch advances; a looping guest yields this often.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// Default guest memory cap (`limits.memory` overrides).
+pub const DEFAULT_MEMORY: u64 = 256 << 20;
+/// How long `describe` may take.
+const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Guest stdout/stderr kept for the log, per stream.
+const STDIO_CAPTURE: usize = 1 << 20;
+
+/// Everything the engine tells a plugin about one run (the WIT `context`).
+#[derive(Clone, Debug, Default)]
+pub struct ActionContext {
+    /// Tenant.
+    pub tenant: String,
+    /// Pipeline name.
+    pub pipeline: String,
+    /// Execution id.
+    pub execution_id: String,
+    /// Stage name.
+    pub stage: String,
+    /// Action name.
+    pub action: String,
+    /// Attempt, from 1.
+    pub attempt: u32,
+    /// tenant/execution/stage/action/attempt.
+    pub idempotency_key: String,
+    /// Set when resuming a pending action.
+    pub continuation: Option<String>,
+    /// Payload of the wake event.
+    pub wake_payload: Option<String>,
+    /// Input artifact names.
+    pub inputs: Vec<String>,
+    /// Output artifact names.
+    pub outputs: Vec<String>,
+    /// Host directory of the pipeline file.
+    pub pipeline_dir: String,
+}
+
+/// One call of `run`, with everything the sandbox is allowed to reach.
+pub struct Invocation {
+    /// The context passed to the guest.
+    pub context: ActionContext,
+    /// Resolved configuration.
+    pub config: Vec<(String, String)>,
+    /// Host workspace: `in/`, `out/`, `scratch/`; the working directory of host programs.
+    pub workspace: PathBuf,
+    /// Directories visible to the guest (workspace mounts and granted directories).
+    pub mounts: Vec<Mount>,
+    /// Host programs the guest may run.
+    pub programs: Vec<String>,
+    /// Extra environment for host programs (SLUICE_*).
+    pub program_env: Vec<(String, String)>,
+    /// Guest memory cap in bytes.
+    pub memory_limit: u64,
+    /// Wall-clock limit for the whole call.
+    pub timeout: Duration,
+    /// Where logs go.
+    pub log: Arc<dyn LogSink>,
+}
+
+/// A `run` that did not fail.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RunOutcome {
+    /// Finished.
+    Succeeded {
+        /// Output variables.
+        variables: Vec<(String, String)>,
+        /// One line.
+        summary: Option<String>,
+    },
+    /// Not finished: call again with `continuation` when `wake` fires.
+    Pending {
+        /// Opaque state for the next call.
+        continuation: String,
+        /// Wake condition, as text (`timer:<ms>`, `approval`, `event:<subject>`).
+        wake: String,
+        /// One line.
+        summary: Option<String>,
+        /// 0–100.
+        percent_complete: Option<u8>,
+    },
+}
+
+/// Why a `run` failed. The first three come from the plugin; the rest from the sandbox.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// The plugin rejected its configuration.
+    #[error("configuration error: {0}")]
+    Config(String),
+    /// The plugin ran and failed.
+    #[error("{0}")]
+    Failed(String),
+    /// The plugin failed transiently.
+    #[error("retryable error: {0}")]
+    Retryable(String),
+    /// The wall-clock limit was reached; the guest was stopped.
+    #[error("timeout: the action did not finish within {}", humantime::format_duration(*.0))]
+    Timeout(Duration),
+    /// The guest tried to grow memory past its limit and was stopped.
+    #[error("memory limit exceeded: the guest tried to grow its memory past {}", bytesize::ByteSize(*.0))]
+    MemoryExceeded(u64),
+    /// The guest trapped (panic, unreachable, out-of-bounds access...).
+    #[error("the plugin crashed: {0}")]
+    Trap(String),
+    /// The component could not be loaded or instantiated.
+    #[error("the plugin could not be started: {0}")]
+    Instantiate(String),
+}
+
+/// Runtime settings.
+#[derive(Clone, Debug, Default)]
+pub struct RuntimeConfig {
+    /// Where compiled components are cached; `None` disables the disk cache.
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// The wasmtime engine, linker and caches. Cheap to share (`Arc`).
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<host::HostState>,
+    cache: cache::CompileCache,
+    loaded: Mutex<HashMap<Digest, bindings::ActionPre<host::HostState>>>,
+    _ticker: EpochTicker,
+}
+
+impl Runtime {
+    /// Build the engine and linker and start the epoch ticker.
+    pub fn new(config: RuntimeConfig) -> anyhow::Result<Self> {
+        let mut c = Config::new();
+        c.epoch_interruption(true);
+        c.wasm_component_model(true);
+        let engine = Engine::new(&c)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        bindings::Action::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
+        let cache = cache::CompileCache::new(&engine, config.cache_dir)?;
+        Ok(Runtime { _ticker: EpochTicker::start(&engine), engine, linker, cache, loaded: Mutex::new(HashMap::new()) })
+    }
+
+    /// The wasmtime engine (for the benchmark's bare baseline).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Compile (or load from cache) a component and pre-link it; returns its digest.
+    pub fn load(&self, bytes: &[u8]) -> anyhow::Result<Digest> {
+        let digest = Digest::of(bytes);
+        if self.loaded.lock().unwrap().contains_key(&digest) {
+            return Ok(digest);
+        }
+        let component: Component = self.cache.load(&self.engine, &digest, bytes)?;
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| anyhow::anyhow!("{e:#}")).context("the component does not fit the sluice:action@0.1.0 world (or imports something this engine does not provide)")?;
+        let pre = bindings::ActionPre::new(pre).map_err(|e| anyhow::anyhow!("{e:#}")).context("the component does not export the sluice:action@0.1.0 `action` world")?;
+        self.loaded.lock().unwrap().insert(digest, pre);
+        Ok(digest)
+    }
+
+    fn pre(&self, digest: &Digest) -> Result<bindings::ActionPre<host::HostState>, RunError> {
+        self.loaded.lock().unwrap().get(digest).cloned().ok_or_else(|| RunError::Instantiate(format!("{digest} is not loaded")))
+    }
+
+    /// Call `describe` on a loaded component, with no grants.
+    pub async fn describe(&self, digest: &Digest) -> Result<Description, RunError> {
+        let pre = self.pre(digest)?;
+        let state = host::HostState::new(WasiCtx::builder().build(), DEFAULT_MEMORY, Arc::new(host::NullLog), PathBuf::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut store = self.store(state);
+        let call = async {
+            let action = pre.instantiate_async(&mut store).await?;
+            action.call_describe(&mut store).await
+        };
+        let d = match tokio::time::timeout(DESCRIBE_TIMEOUT, call).await {
+            Err(_) => return Err(RunError::Timeout(DESCRIBE_TIMEOUT)),
+            Ok(Err(e)) => return Err(trap_error(e, store.data())),
+            Ok(Ok(d)) => d,
+        };
+        Ok(Description {
+            name: d.name,
+            version: d.version,
+            category: format!("{:?}", d.category).to_lowercase(),
+            summary: d.summary,
+            config: d.config.into_iter().map(|k| ConfigKey { name: k.name, required: k.required, description: k.description, default_value: k.default_value }).collect(),
+            capabilities: d
+                .capabilities
+                .into_iter()
+                .map(|c| match c {
+                    wit::Capability::Process(p) => Capability::Process(p),
+                    wit::Capability::Http => Capability::Http,
+                    wit::Capability::ReadConfigPath(k) => Capability::ReadConfigPath(k),
+                    wit::Capability::WriteConfigPath(k) => Capability::WriteConfigPath(k),
+                })
+                .collect(),
+            side_effects: d.side_effects,
+        })
+    }
+
+    fn store(&self, state: host::HostState) -> Store<host::HostState> {
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_async_yield_and_update(1);
+        store
+    }
+
+    /// Run one action attempt in a fresh sandbox.
+    pub async fn run(&self, digest: &Digest, inv: Invocation) -> Result<RunOutcome, RunError> {
+        let pre = self.pre(digest)?;
+        let stdout = wasmtime_wasi::p2::pipe::MemoryOutputPipe::new(STDIO_CAPTURE);
+        let stderr = wasmtime_wasi::p2::pipe::MemoryOutputPipe::new(STDIO_CAPTURE);
+        let mut wasi = WasiCtx::builder();
+        wasi.stdout(stdout.clone()).stderr(stderr.clone());
+        for m in &inv.mounts {
+            let perms = match m.access {
+                Access::Ro => wasmtime_wasi::FsPerms::ReadOnly,
+                Access::Rw => wasmtime_wasi::FsPerms::ReadWrite,
+            };
+            wasi.preopened_dir(&m.host, m.guest.to_string_lossy(), perms)
+                .map_err(|e| RunError::Instantiate(format!("cannot mount {} at {}: {e}", m.host.display(), m.guest.display())))?;
+        }
+        let log = inv.log.clone();
+        let state = host::HostState::new(wasi.build(), inv.memory_limit, inv.log.clone(), inv.workspace.clone(), inv.mounts.clone(), inv.programs.clone(), inv.program_env.clone());
+        let mut store = self.store(state);
+        let ctx = to_wit_context(&inv.context);
+        let call = async {
+            let action = pre.instantiate_async(&mut store).await?;
+            action.call_run(&mut store, &ctx, &inv.config).await
+        };
+        let result = tokio::time::timeout(inv.timeout, call).await;
+        for (pipe, level) in [(&stdout, Level::Info), (&stderr, Level::Warn)] {
+            let text = pipe.contents();
+            for line in String::from_utf8_lossy(&text).lines() {
+                log.log(level, line, &[]);
+            }
+        }
+        match result {
+            Err(_) => Err(RunError::Timeout(inv.timeout)),
+            Ok(Err(e)) => Err(trap_error(e, store.data())),
+            Ok(Ok(Err(e))) => Err(match e {
+                wit::ActionError::Config(m) => RunError::Config(m),
+                wit::ActionError::Failed(m) => RunError::Failed(m),
+                wit::ActionError::Retryable(m) => RunError::Retryable(m),
+            }),
+            Ok(Ok(Ok(wit::Outcome::Succeeded(s)))) => Ok(RunOutcome::Succeeded { variables: s.variables, summary: s.summary }),
+            Ok(Ok(Ok(wit::Outcome::Pending(p)))) => Ok(RunOutcome::Pending {
+                continuation: p.continuation,
+                wake: match p.wake {
+                    wit::WakeOn::Timer(ms) => format!("timer:{ms}"),
+                    wit::WakeOn::Approval => "approval".into(),
+                    wit::WakeOn::Event(s) => format!("event:{s}"),
+                },
+                summary: p.summary,
+                percent_complete: p.percent_complete,
+            }),
+        }
+    }
+
+    /// Instantiate and call `describe` with a minimal store, nothing else: the benchmark's
+    /// "bare wasmtime" baseline, sharing this runtime's engine and linker.
+    pub async fn bare_call(&self, digest: &Digest) -> anyhow::Result<()> {
+        let pre = self.pre(digest)?;
+        let state = host::HostState::new(WasiCtx::builder().build(), DEFAULT_MEMORY, Arc::new(host::NullLog), PathBuf::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut store = self.store(state);
+        let action = pre.instantiate_async(&mut store).await.map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        let ctx = to_wit_context(&ActionContext::default());
+        let _ = action.call_run(&mut store, &ctx, &Vec::new()).await.map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        Ok(())
+    }
+}
+
+fn to_wit_context(c: &ActionContext) -> wit::Context {
+    wit::Context {
+        tenant: c.tenant.clone(),
+        pipeline: c.pipeline.clone(),
+        execution_id: c.execution_id.clone(),
+        stage: c.stage.clone(),
+        action: c.action.clone(),
+        attempt: c.attempt,
+        idempotency_key: c.idempotency_key.clone(),
+        continuation: c.continuation.clone(),
+        wake_payload: c.wake_payload.clone(),
+        inputs: c.inputs.clone(),
+        outputs: c.outputs.clone(),
+        pipeline_dir: c.pipeline_dir.clone(),
+    }
+}
+
+/// Turn a wasmtime error into the user's words: memory limit, trap, or start failure.
+fn trap_error(e: wasmtime::Error, state: &host::HostState) -> RunError {
+    if let Some(limit) = state.limits.exceeded {
+        return RunError::MemoryExceeded(limit);
+    }
+    if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
+        return RunError::Trap(format!("{trap}"));
+    }
+    let text = format!("{e:#}");
+    if text.contains("wasm trap") || e.downcast_ref::<wasmtime::WasmBacktrace>().is_some() {
+        RunError::Trap(text)
+    } else {
+        RunError::Instantiate(text)
+    }
+}
+
+/// Advances the engine's epoch on a background thread; stops when dropped.
+struct EpochTicker {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl EpochTicker {
+    fn start(engine: &Engine) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (engine, flag) = (engine.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("sluice-epoch".into())
+            .spawn(move || {
+                while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .expect("spawn epoch thread");
+        EpochTicker { stop }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}

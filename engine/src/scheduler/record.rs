@@ -1,0 +1,208 @@
+//! The execution record: the scheduler's state, persisted by the state store and printed by
+//! `sluice run --json` / `sluice show`.
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// CodePipeline's status words.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Status {
+    /// Not reached (yet).
+    NotStarted,
+    /// Running.
+    InProgress,
+    /// Ended well.
+    Succeeded,
+    /// Ended badly.
+    Failed,
+    /// Stopped by an operator.
+    Stopped,
+    /// Skipped by a condition.
+    Skipped,
+}
+
+impl Status {
+    /// Whether nothing more will happen.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Status::Succeeded | Status::Failed | Status::Stopped | Status::Skipped)
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
+/// Milliseconds since the Unix epoch; serialised as RFC 3339.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Timestamp(pub u64);
+
+impl Timestamp {
+    /// The current wall-clock time (only the executor calls this; the scheduler is pure).
+    pub fn now() -> Self {
+        Timestamp(SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0))
+    }
+    /// Time elapsed from `earlier` to `self`.
+    pub fn since(self, earlier: Timestamp) -> Duration {
+        Duration::from_millis(self.0.saturating_sub(earlier.0))
+    }
+}
+
+impl std::fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let t = UNIX_EPOCH + Duration::from_millis(self.0);
+        write!(f, "{}", humantime::format_rfc3339_millis(t))
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        let t = humantime::parse_rfc3339(&text).map_err(serde::de::Error::custom)?;
+        Ok(Timestamp(t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)))
+    }
+}
+
+/// One execution of a pipeline.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Execution {
+    /// ULID: sorts by start time.
+    pub execution_id: String,
+    /// Owner.
+    pub tenant: String,
+    /// Pipeline name.
+    pub pipeline: String,
+    /// Overall status.
+    pub status: Status,
+    /// Resolved pipeline variables (defaults plus overrides).
+    pub variables: BTreeMap<String, String>,
+    /// When it started.
+    pub started_at: Option<Timestamp>,
+    /// When it ended.
+    pub finished_at: Option<Timestamp>,
+    /// Stages in order.
+    pub stages: Vec<StageRun>,
+}
+
+/// One stage of an execution.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StageRun {
+    /// Stage name.
+    pub name: String,
+    /// Status.
+    pub status: Status,
+    /// When it started.
+    pub started_at: Option<Timestamp>,
+    /// When it ended.
+    pub finished_at: Option<Timestamp>,
+    /// Actions in file order.
+    pub actions: Vec<ActionRun>,
+}
+
+/// The plugin an action ran, pinned by digest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginRef {
+    /// As written in `uses:`.
+    #[serde(rename = "ref")]
+    pub reference: String,
+    /// `blake3:<hex>` of the component.
+    pub digest: String,
+}
+
+/// One action of an execution.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ActionRun {
+    /// Action name.
+    pub name: String,
+    /// Its group in the stage.
+    pub run_order: u32,
+    /// Status.
+    pub status: Status,
+    /// Attempts made so far (0 before the first).
+    pub attempt: u32,
+    /// The plugin, pinned.
+    pub plugin: PluginRef,
+    /// Resolved configuration of the last attempt.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+    /// Input artifacts consumed: name → digest.
+    #[serde(default)]
+    pub inputs: BTreeMap<String, String>,
+    /// Output artifacts: name → digest.
+    pub artifacts: BTreeMap<String, String>,
+    /// Output variables.
+    pub variables: BTreeMap<String, String>,
+    /// One line from the plugin.
+    pub summary: Option<String>,
+    /// When the current attempt started.
+    pub started_at: Option<Timestamp>,
+    /// When it ended.
+    pub finished_at: Option<Timestamp>,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+impl Execution {
+    /// A fresh, not yet started execution with every stage and action `NotStarted`.
+    pub fn new(
+        execution_id: String,
+        tenant: &str,
+        pipeline: &crate::model::Pipeline,
+        plugins: &dyn Fn(&str) -> PluginRef,
+        variables: BTreeMap<String, String>,
+    ) -> Self {
+        let stages = pipeline
+            .stages
+            .iter()
+            .map(|s| StageRun {
+                name: s.name.clone(),
+                status: Status::NotStarted,
+                started_at: None,
+                finished_at: None,
+                actions: s
+                    .actions
+                    .iter()
+                    .map(|a| ActionRun {
+                        name: a.name.clone(),
+                        run_order: a.run_order,
+                        status: Status::NotStarted,
+                        attempt: 0,
+                        plugin: plugins(&a.uses.value),
+                        config: BTreeMap::new(),
+                        inputs: BTreeMap::new(),
+                        artifacts: BTreeMap::new(),
+                        variables: BTreeMap::new(),
+                        summary: None,
+                        started_at: None,
+                        finished_at: None,
+                        error: None,
+                    })
+                    .collect(),
+            })
+            .collect();
+        Execution {
+            execution_id,
+            tenant: tenant.to_string(),
+            pipeline: pipeline.name.clone(),
+            status: Status::NotStarted,
+            variables,
+            started_at: None,
+            finished_at: None,
+            stages,
+        }
+    }
+
+    /// Find an action by `STAGE/ACTION` names.
+    pub fn find_action(&self, stage: &str, action: &str) -> Option<(usize, usize)> {
+        let si = self.stages.iter().position(|s| s.name == stage)?;
+        let ai = self.stages[si].actions.iter().position(|a| a.name == action)?;
+        Some((si, ai))
+    }
+}
