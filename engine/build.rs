@@ -11,6 +11,15 @@ fn main() {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
     let wasm_dir = build_guests(&root, &plugins.join("Cargo.toml"));
+    // Guests used only by the integration tests (tests/guests): adversarial and probing plugins.
+    println!("cargo:rerun-if-changed={}", root.join("tests/guests").display());
+    let test_dir = build_guests(&root, &root.join("tests/guests/Cargo.toml"));
+    let probe = test_dir.join("sluice_test_probe.wasm");
+    std::fs::write(
+        PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("test_guests.rs"),
+        format!("/// The probe test plugin (tests/guests/probe).\npub const PROBE: &str = {:?};\n", probe.display().to_string()),
+    )
+    .unwrap();
 
     let manifest = std::fs::read_to_string(plugins.join("Cargo.toml")).unwrap();
     let members = list_after(&manifest, "members");
@@ -38,19 +47,4 @@ fn list_after(toml: &str, key: &str) -> Vec<String> {
     toml[start..end].split(',').map(|s| s.trim().trim_matches('"').to_string()).filter(|s| !s.is_empty()).collect()
 }
 
-/// Run `cargo build --release --target wasm32-wasip2` on a guest workspace with its own
-/// target directory (so it never waits on the outer build's lock); returns the .wasm dir.
-pub fn build_guests(root: &Path, manifest: &Path) -> PathBuf {
-    let target_dir = root.join("target").join("guests");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
-        .arg(manifest)
-        .env("CARGO_TARGET_DIR", &target_dir);
-    for var in ["CARGO_ENCODED_RUSTFLAGS", "RUSTFLAGS", "CARGO_BUILD_TARGET", "RUSTC_WORKSPACE_WRAPPER", "CARGO_PROFILE_RELEASE_DEBUG"] {
-        cmd.env_remove(var);
-    }
-    let status = cmd.status().expect("run cargo for the guest components");
-    assert!(status.success(), "building guest components from {} failed (is the wasm32-wasip2 target installed? rust-toolchain.toml asks rustup for it)", manifest.display());
-    target_dir.join("wasm32-wasip2").join("release")
-}
+include!("build_guests.rs");

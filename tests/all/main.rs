@@ -1,1 +1,12 @@
+//! End-to-end tests: the real `sluice` binary running real pipelines of real components
+//! (compiled from plugins/ and tests/guests/ during the build).
 
+#[path = "../harness/mod.rs"]
+mod harness;
+
+mod cli;
+mod quickstart;
+mod sandbox;
+mod schema;
+mod semantics;
+mod validation;

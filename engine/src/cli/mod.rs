@@ -167,8 +167,8 @@ fn validation_failed(d: &Diagnostics) -> ExitCode {
 async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
     match cmd {
         Cmd::Run { file, vars, data, json, verbose } => {
-            let pipeline = match load_pipeline(&file) {
-                Ok(p) => Arc::new(p),
+            let (pipeline, problems) = match load_pipeline(&file) {
+                Ok((p, problems)) => (Arc::new(p), problems),
                 Err(d) => return Ok(validation_failed(&d)),
             };
             let data = data.unwrap_or_else(|| pipeline.dir.join(".sluice"));
@@ -178,7 +178,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             let logs = LogStore::new(data.join("logs"));
             let logs = if verbose { logs.with_live(live_tx) } else { logs };
             let engine = Engine::embedded(&data, bus.clone(), logs)?;
-            let plugins = match engine.check(&pipeline, &overrides).await {
+            let plugins = match engine.check(&pipeline, problems, &overrides).await {
                 Ok(p) => p,
                 Err(d) => return Ok(validation_failed(&d)),
             };
@@ -194,13 +194,13 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             Ok(if crate::executor::succeeded(exec.status) { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
         Cmd::Validate { file, vars } => {
-            let pipeline = match load_pipeline(&file) {
-                Ok(p) => p,
+            let (pipeline, problems) = match load_pipeline(&file) {
+                Ok(loaded) => loaded,
                 Err(d) => return Ok(validation_failed(&d)),
             };
             let scratch = tempfile::tempdir()?;
             let engine = Engine::embedded(scratch.path(), Arc::new(MemoryBus::default()), LogStore::new(scratch.path().join("logs")))?;
-            match engine.check(&pipeline, &vars.into_iter().collect()).await {
+            match engine.check(&pipeline, problems, &vars.into_iter().collect()).await {
                 Ok(_) => {
                     let actions = pipeline.actions().count();
                     println!("{}: ok ({} stages, {actions} actions)", file.display(), pipeline.stages.len());

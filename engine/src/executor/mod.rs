@@ -89,10 +89,12 @@ impl Engine {
         })
     }
 
-    /// Resolve the pipeline's plugins and validate it; every problem at once.
-    pub async fn check(&self, pipeline: &Pipeline, overrides: &BTreeMap<String, String>) -> Result<ResolvedPlugins, Diagnostics> {
+    /// Resolve the pipeline's plugins and validate it. `problems` are the parser's; every
+    /// problem, structural or not, is reported at once.
+    pub async fn check(&self, pipeline: &Pipeline, problems: Vec<Diagnostic>, overrides: &BTreeMap<String, String>) -> Result<ResolvedPlugins, Diagnostics> {
         let plugins = self.registry.resolve_all(pipeline).await;
-        let mut items = crate::model::validate::validate(pipeline, &plugins, overrides);
+        let mut items = problems;
+        items.extend(crate::model::validate::validate(pipeline, &plugins, overrides));
         if items.is_empty() {
             return Ok(plugins);
         }
@@ -167,8 +169,10 @@ impl Engine {
     }
 }
 
-/// Read and parse a pipeline file; structural problems come back as diagnostics.
-pub fn load_pipeline(path: &Path) -> Result<Pipeline, Diagnostics> {
+/// Read and parse a pipeline file. A file that cannot be read or is not YAML is an error;
+/// otherwise the pipeline comes back with the structural problems found (to be reported
+/// together with validation's by [`Engine::check`]).
+pub fn load_pipeline(path: &Path) -> Result<(Pipeline, Vec<Diagnostic>), Diagnostics> {
     let file = path.display().to_string();
     let fail = |message: String| Diagnostics { file: file.clone(), items: vec![Diagnostic { loc: Loc { line: 1, col: 1 }, message }] };
     let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read the pipeline file: {e}")))?;
@@ -179,8 +183,8 @@ pub fn load_pipeline(path: &Path) -> Result<Pipeline, Diagnostics> {
         .unwrap_or_else(|| PathBuf::from("/"));
     let (pipeline, mut items) = crate::model::parse::parse(&file, dir, &text);
     match pipeline {
-        Some(p) if items.is_empty() => Ok(p),
-        _ => {
+        Some(p) => Ok((p, items)),
+        None => {
             items.sort_by_key(|d| d.loc);
             Err(Diagnostics { file, items })
         }

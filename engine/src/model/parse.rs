@@ -52,7 +52,12 @@ fn marker_loc(m: Option<&marked_yaml::Marker>) -> Loc {
     m.map(|m| Loc { line: m.line(), col: m.column() }).unwrap_or(Loc { line: 1, col: 1 })
 }
 
+/// Where a node starts; for a mapping, its first key (the mapping's own span may start
+/// at its first value).
 fn loc(node: &Node) -> Loc {
+    if let Some(first) = node.as_mapping().and_then(|m| m.keys().next()) {
+        return marker_loc(first.span().start());
+    }
     marker_loc(node.span().start())
 }
 

@@ -214,7 +214,16 @@ impl Runtime {
         Ok(Description {
             name: d.name,
             version: d.version,
-            category: format!("{:?}", d.category).to_lowercase(),
+            category: match d.category {
+                wit::Category::Source => "source",
+                wit::Category::Build => "build",
+                wit::Category::Test => "test",
+                wit::Category::Deploy => "deploy",
+                wit::Category::Approval => "approval",
+                wit::Category::Invoke => "invoke",
+                wit::Category::Other => "other",
+            }
+            .to_string(),
             summary: d.summary,
             config: d.config.into_iter().map(|k| ConfigKey { name: k.name, required: k.required, description: k.description, default_value: k.default_value }).collect(),
             capabilities: d

@@ -1,0 +1,32 @@
+//! The published JSON Schema matches the parser's accepted keys.
+use crate::harness::repo;
+use serde_json::Value;
+use sluice_engine::model::parse;
+
+fn keys(v: &Value) -> Vec<String> {
+    let mut k: Vec<String> = v["properties"].as_object().expect("properties").keys().cloned().collect();
+    k.sort();
+    k
+}
+
+fn sorted(k: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = k.iter().map(|s| s.to_string()).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn json_schema_accepts_exactly_the_keys_the_parser_accepts() {
+    let schema: Value = serde_json::from_str(&std::fs::read_to_string(repo().join("schema/pipeline.schema.json")).unwrap()).unwrap();
+    let defs = &schema["$defs"];
+    assert_eq!(keys(&schema), sorted(parse::PIPELINE_KEYS));
+    assert_eq!(keys(&defs["stage"]), sorted(parse::STAGE_KEYS));
+    assert_eq!(keys(&defs["action"]), sorted(parse::ACTION_KEYS));
+    assert_eq!(keys(&defs["action"]["properties"]["limits"]), sorted(parse::LIMITS_KEYS));
+    assert_eq!(keys(&defs["action"]["properties"]["capabilities"]), sorted(parse::CAPABILITY_KEYS));
+    for obj in [&schema, &defs["stage"], &defs["action"]] {
+        assert_eq!(obj["additionalProperties"], false, "unknown keys are errors in the parser too");
+    }
+    assert_eq!(schema["required"], serde_json::json!(["name", "stages"]));
+    assert_eq!(defs["action"]["required"], serde_json::json!(["name", "uses"]));
+}

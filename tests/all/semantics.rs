@@ -1,0 +1,101 @@
+//! CodePipeline's execution rules, end to end through the CLI.
+use crate::harness::*;
+
+#[test]
+fn failure_in_a_parallel_group_lets_siblings_finish_and_stops_later_groups_and_stages() {
+    let p = Project::new(
+        r##"
+name: groups
+stages:
+  - name: Build
+    actions:
+      - { name: Breaks, uses: PROBE, with: { mode: fail } }
+      - { name: Sibling, uses: PROBE, with: { mode: ok } }
+      - { name: Later, uses: PROBE, run_order: 2, with: { mode: ok } }
+  - name: Deploy
+    actions:
+      - { name: Ship, uses: PROBE, with: { mode: ok } }
+"##,
+    );
+    let run = p.run(&[]);
+    assert_eq!(run.code, 1);
+    let exec = run.json();
+    assert_eq!(status(&exec), "Failed");
+    assert_eq!(status(action(&exec, "Build/Breaks")), "Failed");
+    assert_eq!(error(action(&exec, "Build/Breaks")), "the probe was told to fail");
+    assert_eq!(status(action(&exec, "Build/Sibling")), "Succeeded");
+    assert_eq!(status(action(&exec, "Build/Later")), "NotStarted");
+    assert_eq!(stage_status(&exec, "Build"), "Failed");
+    assert_eq!(stage_status(&exec, "Deploy"), "NotStarted");
+}
+
+#[test]
+fn variables_flow_from_earlier_actions_and_overrides_apply() {
+    let p = Project::new(
+        r##"
+name: vars
+variables: { greeting: hello }
+stages:
+  - name: One
+    actions:
+      - { name: First, uses: PROBE, namespace: First, with: { mode: ok, value: "#{variables.greeting}" } }
+      - { name: Second, uses: PROBE, run_order: 2, with: { mode: ok, value: "#{First.Value}/#{sluice.pipeline}/#{sluice.stage}/#{sluice.action}" } }
+  - name: Two
+    actions:
+      - { name: Third, uses: PROBE, with: { mode: context } }
+"##,
+    );
+    let exec = p.run(&["--var", "greeting=bonjour"]).json();
+    assert_eq!(status(&exec), "Succeeded");
+    assert_eq!(exec["variables"]["greeting"], "bonjour");
+    assert_eq!(action(&exec, "One/Second")["variables"]["Value"], "bonjour/vars/One/Second");
+    assert_eq!(action(&exec, "One/Second")["config"]["value"], "bonjour/vars/One/Second");
+    let third = action(&exec, "Two/Third");
+    let id = exec["execution_id"].as_str().unwrap();
+    assert_eq!(third["variables"]["ExecutionId"], id);
+    assert_eq!(third["variables"]["Attempt"], "1");
+    assert_eq!(third["variables"]["IdempotencyKey"], format!("default/{id}/Two/Third/1").as_str());
+}
+
+#[test]
+fn artifacts_pass_between_stages_by_digest_and_identical_content_has_one_digest() {
+    let p = Project::new(
+        r##"
+name: artifacts
+stages:
+  - name: Make
+    actions:
+      - name: Write
+        uses: command@1
+        outputs: [a]
+        capabilities: { process: [sh] }
+        with: { run: "mkdir -p out/a/docs && echo hi > out/a/docs/readme.txt && printf '#!/bin/sh\n' > out/a/run.sh && chmod +x out/a/run.sh && ln -s docs/readme.txt out/a/link" }
+  - name: Copy
+    actions:
+      - { name: Copy, uses: PROBE, inputs: [a], outputs: [b], with: { mode: copy } }
+  - name: Check
+    actions:
+      - name: Read
+        uses: command@1
+        inputs: [b]
+        capabilities: { process: [sh] }
+        with: { run: "test -x in/b/run.sh && test \"$(cat in/b/link)\" = hi && echo Ok=yes >> $SLUICE_OUTPUT" }
+"##,
+    );
+    let run = p.run(&[]);
+    let exec = run.json();
+    assert_eq!(status(&exec), "Succeeded", "{}", run.stderr);
+    assert_eq!(action(&exec, "Check/Read")["variables"]["Ok"], "yes");
+    let a = action(&exec, "Make/Write")["artifacts"]["a"].as_str().unwrap();
+    let b = action(&exec, "Copy/Copy")["artifacts"]["b"].as_str().unwrap();
+    // The guest copied the tree exactly (content, exec bit, relative symlink): same digest.
+    assert_eq!(a, b);
+    assert_eq!(action(&exec, "Copy/Copy")["inputs"]["a"], a);
+}
+
+#[test]
+fn a_plugin_returning_pending_fails_clearly_until_waiting_is_supported() {
+    let p = Project::new("name: wait\nstages:\n  - name: S\n    actions:\n      - { name: W, uses: PROBE, with: { mode: pending } }\n");
+    let exec = p.run(&[]).json();
+    assert!(error(action(&exec, "S/W")).contains("returned `pending`"));
+}

@@ -1,0 +1,75 @@
+//! `sluice validate`: every problem as FILE:LINE:COL: message, all at once, exit code 2.
+use crate::harness::*;
+
+/// (pipeline, expected "LINE:COL: message fragment")
+const CASES: &[(&str, &str)] = &[
+    ("name: x\nstages:\n  - name: [a\n", "4:1: YAML syntax error"),
+    ("name: x\nstages: []\n", "2:9: `stages` is empty"),
+    ("name: bad name\nstages:\n  - { name: S, actions: [{ name: A, uses: noop@1 }] }\n", "1:7: pipeline name \"bad name\""),
+    ("name: x\nstagse: []\nstages:\n  - { name: S, actions: [{ name: A, uses: noop@1 }] }\n", "2:1: unknown key `stagse` in the pipeline; did you mean `stages`?"),
+    ("name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: noop@1, run_ordr: 2 }\n", "5:34: unknown key `run_ordr` in an action; did you mean `run_order`?"),
+    ("stages:\n  - { name: S, actions: [{ name: A, uses: noop@1 }] }\n", "1:1: the pipeline is missing required key `name`"),
+    ("name: x\nstages:\n  - name: S\n    actions:\n      - { name: A }\n", "5:11: action `A` is missing required key `uses`"),
+    ("name: x\nstages:\n  - { name: S, actions: [{ name: A, uses: noop@1 }] }\n  - { name: S, actions: [{ name: B, uses: noop@1 }] }\n", "4:7: duplicate stage name `S` (first at line 3)"),
+    ("name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: noop@1 }\n      - { name: A, uses: noop@1 }\n", "6:11: duplicate action name `A` in stage `S`"),
+    ("name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: noop@1, outputs: [o] }\n      - { name: B, uses: noop@1, outputs: [o] }\n", "6:44: artifact `o` is already produced at line 5"),
+    ("name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: noop@1, inputs: [ghost] }\n", "5:43: input artifact `ghost` is not produced by any action"),
+    ("name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: noop@1, inputs: [o] }\n      - { name: B, uses: noop@1, outputs: [o] }\n", "5:43: input artifact `o` is produced at line 6, which does not run before action `A`"),
+    ("name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: PROBE, with: { mode: \"#{variables.nope}\" } }\n", "`#{variables.nope}`: no such pipeline variable"),
+    ("name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: PROBE, with: { mode: \"#{B.X}\" } }\n      - { name: B, uses: noop@1, namespace: B }\n", "`#{B.X}` points forward"),
+    ("name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: PROBE, with: { mode: \"#{Who.X}\" } }\n", "`#{Who.X}`: no action has namespace `Who`"),
+    ("name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: PROBE, with: { mode: \"#{oops\" } }\n", "`with.mode`: unclosed `#{`"),
+    ("name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: nope@1 }\n", "5:26: `uses: nope@1`: no built-in or installed plugin `nope@1`"),
+    ("name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: ./missing.wasm }\n", "5:26: `uses: ./missing.wasm`: cannot read"),
+    ("name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: PROBE, with: { mode: ok, colour: red } }\n", "does not accept configuration key `colour`"),
+    ("name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: PROBE, with: { path: x } }\n", "5:11: action `A`: `PROBE` requires configuration key `mode`"),
+    ("name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: noop@1, timeout: forever }\n", "5:43: `timeout`: invalid duration \"forever\""),
+    ("name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: noop@1, limits: { memory: 12 bananas } }\n", "5:52: `limits.memory`: invalid size"),
+    ("name: x\nstages:\n  - { name: S, actions: [] }\n", "3:25: stage `S` has no actions"),
+    ("name: x\nvariables: { d: /tmp }\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: noop@1, capabilities: { dirs: { \"#{variables.d}\": ro } } }\n", "6:58: capabilities are static grants"),
+    ("name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: command@1, with: { run: ls } }\n", "5:11: action `A`: `command@1` runs host program `sh`; grant it with `capabilities: { process: [sh] }`"),
+    ("name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: deploy-release@1, with: { target: ./out } }\n", "5:60: action `A`: `deploy-release@1` writes to \"./out\"; grant it"),
+    ("name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: noop@1, run_order: 0 }\n", "5:45: `run_order` must be a whole number from 1 to 999"),
+];
+
+#[test]
+fn each_problem_is_reported_with_file_line_and_column() {
+    for (yaml, expected) in CASES {
+        let p = Project::new(yaml);
+        let run = p.sluice(&["validate", "pipeline.yaml"]);
+        assert_eq!(run.code, 2, "expected a validation failure for:\n{yaml}\n{}", run.stderr);
+        let expected = expected.replace("PROBE", PROBE);
+        let wanted = if expected.chars().next().unwrap().is_ascii_digit() { format!("pipeline.yaml:{expected}") } else { expected.clone() };
+        assert!(run.stderr.contains(&wanted), "expected {wanted:?} for:\n{yaml}\ngot:\n{}", run.stderr);
+    }
+}
+
+#[test]
+fn all_problems_are_reported_at_once_and_run_refuses_to_start() {
+    let p = Project::new(
+        "name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: nope@1, inputs: [ghost] }\n      - { name: A, uses: noop@1, timeout: never }\n",
+    );
+    let run = p.sluice(&["validate", "pipeline.yaml"]);
+    assert_eq!(run.code, 2);
+    let problems: Vec<&str> = run.stderr.lines().filter(|l| l.starts_with("pipeline.yaml:")).collect();
+    assert_eq!(problems.len(), 4, "{}", run.stderr);
+    assert!(run.stderr.contains("4 problems found"));
+    let r = p.sluice(&["run", "pipeline.yaml"]);
+    assert_eq!(r.code, 2);
+    assert!(!p.path(".sluice/state.redb").exists() || r.stdout.is_empty(), "nothing ran");
+}
+
+#[test]
+fn unknown_variable_override_is_rejected_and_valid_pipelines_pass() {
+    let p = Project::copy_of("examples/quickstart");
+    let ok = p.sluice(&["validate", "pipeline.yaml"]);
+    assert_eq!(ok.code, 0, "{}", ok.stderr);
+    assert!(ok.stdout.contains("ok (3 stages, 4 actions)"));
+    let bad = p.sluice(&["validate", "pipeline.yaml", "--var", "titel=x"]);
+    assert_eq!(bad.code, 2);
+    assert!(bad.stderr.contains("--var titel: the pipeline declares no variable `titel`"));
+    // A target outside the granted directory is caught before anything runs.
+    let outside = p.sluice(&["validate", "pipeline.yaml", "--var", "target=/tmp/elsewhere"]);
+    assert_eq!(outside.code, 2);
+    assert!(outside.stderr.contains("writes to \"/tmp/elsewhere\""), "{}", outside.stderr);
+}

@@ -1,0 +1,98 @@
+//! The probe: a plugin whose behaviour is chosen by its `mode` configuration, so tests can
+//! make an action succeed, fail, loop, exhaust memory, panic or reach outside its sandbox.
+use sluice_sdk::prelude::*;
+use std::path::Path;
+
+struct Probe;
+
+impl Action for Probe {
+    fn describe() -> Description {
+        Description::new("probe", "1.0.0", Category::Test)
+            .summary("Test plugin: behaves as `mode` says")
+            .required("mode", "ok | fail | retryable | config | pending | loop | alloc | panic | sleep | read | write | symlink | exec | context | copy")
+            .optional("path", "a guest path for read/write/symlink")
+            .optional("target", "symlink target")
+            .optional("program", "host program for exec")
+            .optional("value", "a value echoed back as the `Value` variable")
+    }
+
+    fn run(ctx: &Context, config: &Config) -> Result<Outcome, ActionError> {
+        let path = || config.require("path");
+        let done = || {
+            let mut o = Outcome::success();
+            if let Some(v) = config.get("value") {
+                o = o.var("Value", v);
+            }
+            o
+        };
+        match config.require("mode")? {
+            "ok" => {
+                log::info("probe ok");
+                Ok(done())
+            }
+            "fail" => Err(ActionError::Failed("the probe was told to fail".into())),
+            "retryable" => Err(ActionError::Retryable("the probe was told to fail transiently".into())),
+            "config" => Err(ActionError::Config("the probe rejects its configuration".into())),
+            "pending" => Ok(Outcome::pending("step-1", sluice_sdk::WakeOn::Timer(10))),
+            "loop" => {
+                let mut x: u64 = 0;
+                loop {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+            }
+            "alloc" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "panic" => panic!("the probe was told to panic"),
+            "sleep" => {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+                Ok(done())
+            }
+            "read" => {
+                let p = path()?;
+                match std::fs::read(p) {
+                    Ok(bytes) => Ok(done().var("Bytes", bytes.len())),
+                    Err(e) => Err(ActionError::Failed(format!("cannot read {p}: {e}"))),
+                }
+            }
+            "write" => {
+                let p = path()?;
+                if let Some(parent) = Path::new(p).parent() {
+                    let _ = std::fs::create_dir_all(parent);
+                }
+                std::fs::write(p, config.get("value").unwrap_or("probe")).map_err(|e| ActionError::Failed(format!("cannot write {p}: {e}")))?;
+                Ok(done())
+            }
+            "symlink" => {
+                let p = path()?;
+                sluice_sdk::fs::symlink(Path::new(config.require("target")?), Path::new(p))
+                    .map_err(|e| ActionError::Failed(format!("cannot create symlink {p}: {e}")))?;
+                Ok(done())
+            }
+            "exec" => {
+                let program = config.require("program")?;
+                let status = process::run(program, &[]).map_err(ActionError::Failed)?;
+                Ok(done().var("Code", status.code.unwrap_or(-1)))
+            }
+            "context" => Ok(done()
+                .var("ExecutionId", &ctx.execution_id)
+                .var("Attempt", ctx.attempt)
+                .var("IdempotencyKey", &ctx.idempotency_key)
+                .var("Inputs", ctx.inputs.join(","))
+                .var("Outputs", ctx.outputs.join(","))),
+            "copy" => {
+                let from = ctx.input_dir(ctx.single_input()?);
+                let to = ctx.output_dir(ctx.single_output()?);
+                let n = sluice_sdk::fs::copy_tree(&from, &to, &[]).map_err(ActionError::Failed)?;
+                Ok(done().var("Files", n))
+            }
+            other => Err(ActionError::Config(format!("unknown mode {other:?}"))),
+        }
+    }
+}
+
+export_action!(Probe);

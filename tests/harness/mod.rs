@@ -1,0 +1,119 @@
+//! Shared test harness: temporary projects, the real `sluice` binary, JSON helpers.
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+include!(concat!(env!("OUT_DIR"), "/test_guests.rs"));
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// The result of one `sluice` invocation.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// The execution record printed by `--json`.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr))
+    }
+}
+
+/// A temporary directory holding a pipeline and whatever else a test writes.
+pub struct Project {
+    pub dir: tempfile::TempDir,
+}
+
+impl Project {
+    /// A project whose `pipeline.yaml` is `yaml`, with `PROBE` replaced by the probe plugin's path.
+    pub fn new(yaml: &str) -> Self {
+        let p = Project { dir: tempfile::tempdir().unwrap() };
+        p.write("pipeline.yaml", &yaml.replace("PROBE", PROBE));
+        p
+    }
+
+    /// A copy of a directory of the repository (modes kept).
+    pub fn copy_of(rel: &str) -> Self {
+        let p = Project { dir: tempfile::tempdir().unwrap() };
+        let status = Command::new("cp").arg("-a").arg(format!("{}/.", repo().join(rel).display())).arg(p.dir.path()).status().unwrap();
+        assert!(status.success());
+        let _ = std::fs::remove_dir_all(p.path(".sluice"));
+        p
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn write(&self, rel: &str, contents: &str) {
+        let path = self.path(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, contents).unwrap();
+    }
+
+    pub fn read(&self, rel: &str) -> String {
+        std::fs::read_to_string(self.path(rel)).unwrap_or_else(|e| panic!("read {rel}: {e}"))
+    }
+
+    /// Run `sluice ARGS` in the project directory.
+    pub fn sluice(&self, args: &[&str]) -> Run {
+        sluice_in(self.dir.path(), args, &[])
+    }
+
+    /// Run `sluice ARGS` with extra environment.
+    pub fn sluice_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        sluice_in(self.dir.path(), args, env)
+    }
+
+    /// `sluice run pipeline.yaml --json EXTRA...`
+    pub fn run(&self, extra: &[&str]) -> Run {
+        let mut args = vec!["run", "pipeline.yaml", "--json"];
+        args.extend_from_slice(extra);
+        self.sluice(&args)
+    }
+}
+
+pub fn sluice_in(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("SLUICE_DATA")
+        .env_remove("SLUICE_LOG")
+        .envs(env.iter().copied())
+        .output()
+        .expect("run sluice");
+    Run { code: out.status.code().unwrap_or(-1), stdout: String::from_utf8_lossy(&out.stdout).into(), stderr: String::from_utf8_lossy(&out.stderr).into() }
+}
+
+/// The action `STAGE/ACTION` of an execution record.
+pub fn action<'a>(exec: &'a Value, path: &str) -> &'a Value {
+    let (stage, action) = path.split_once('/').unwrap();
+    exec["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == stage)
+        .and_then(|s| s["actions"].as_array().unwrap().iter().find(|a| a["name"] == action))
+        .unwrap_or_else(|| panic!("no action {path} in {exec:#}"))
+}
+
+/// The status of stage `name`.
+pub fn stage_status(exec: &Value, name: &str) -> String {
+    exec["stages"].as_array().unwrap().iter().find(|s| s["name"] == name).unwrap()["status"].as_str().unwrap().to_string()
+}
+
+pub fn status(v: &Value) -> &str {
+    v["status"].as_str().unwrap()
+}
+
+pub fn error(v: &Value) -> &str {
+    v["error"].as_str().unwrap_or("")
+}
