@@ -113,3 +113,6 @@ pub trait BlobStore: Send + Sync {
     /// Whether the blob is present (not verified).
     fn contains(&self, digest: &Digest) -> bool;
 }
+
+#[cfg(test)]
+mod tests;
