@@ -1,14 +1,189 @@
 //! `sluice bench`: the engine measured against baselines taken in the same run.
+//!
+//! (a) bare wasmtime: instantiate a pre-linked no-op component and call it;
+//! (b) the engine running a pipeline of N no-op actions (validated, persisted, evented), per action;
+//! (c) fork/exec of `/bin/true`;
+//! (d) artifact put and verified get of a large file, against `b3sum` hashing the same file.
+use crate::bus::MemoryBus;
+use crate::executor::{Engine, LogStore, load_pipeline};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Benchmark options.
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// No-op actions in the pipeline benchmark.
-    #[arg(long, default_value_t = 200)]
+    /// No-op actions in the pipeline benchmark (sequential run_orders, at most 999).
+    #[arg(long, default_value_t = 500)]
     pub actions: usize,
+    /// Iterations of the bare instantiate+call and fork/exec baselines.
+    #[arg(long, default_value_t = 2000)]
+    pub iterations: usize,
+    /// Size of the artifact benchmark's file in MiB (0 skips it).
+    #[arg(long, default_value_t = 1024)]
+    pub artifact_mib: u64,
+    /// Where to put temporary data [default: the system temp dir].
+    #[arg(long)]
+    pub dir: Option<std::path::PathBuf>,
 }
 
-/// Run the benchmarks.
-pub async fn run(_args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
-    anyhow::bail!("not built yet")
+fn per(d: Duration, n: usize) -> Duration {
+    d / n.max(1) as u32
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.1} µs", d.as_secs_f64() * 1e6)
+}
+
+/// Run the benchmarks and print a Markdown report.
+pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    if cfg!(debug_assertions) {
+        eprintln!("warning: this is a debug build; run `cargo run --release -- bench` for real figures");
+    }
+    let tmp = match &args.dir {
+        Some(d) => tempfile::tempdir_in(d)?,
+        None => tempfile::tempdir()?,
+    };
+    let engine = Engine::embedded(&tmp.path().join("data"), Arc::new(MemoryBus::default()), LogStore::new(tmp.path().join("data/logs")))?;
+    let noop = engine.registry.resolve("noop@1", tmp.path()).await.map_err(anyhow::Error::msg)?;
+    let digest = noop.digest.parse().map_err(anyhow::Error::msg)?;
+    let runtime = engine.registry.runtime().clone();
+
+    // (a) bare instantiate + call.
+    for _ in 0..100 {
+        runtime.bare_call(&digest).await?;
+    }
+    let t = Instant::now();
+    for _ in 0..args.iterations {
+        runtime.bare_call(&digest).await?;
+    }
+    let bare = per(t.elapsed(), args.iterations);
+
+    // (b) the engine: a pipeline of N sequential no-op actions, and N parallel ones.
+    let n = args.actions.clamp(1, 999);
+    let seq = pipeline_file(tmp.path(), "seq", n, true)?;
+    let par = pipeline_file(tmp.path(), "par", n, false)?;
+    let engine_seq = run_pipeline(&engine, &seq).await?;
+    let _ = run_pipeline(&engine, &seq).await?; // warm caches, then measure again
+    let engine_seq = engine_seq.min(run_pipeline(&engine, &seq).await?);
+    let engine_par = run_pipeline(&engine, &par).await?;
+    let per_action = per(engine_seq, n);
+    let per_action_par = per(engine_par, n);
+
+    // (c) fork/exec.
+    let forks = (args.iterations / 4).max(10);
+    let t = Instant::now();
+    for _ in 0..forks {
+        std::process::Command::new("/bin/true").status()?;
+    }
+    let fork = per(t.elapsed(), forks);
+
+    let b_over_a = per_action.as_secs_f64() / bare.as_secs_f64();
+    let c_over_b = fork.as_secs_f64() / per_action.as_secs_f64();
+    println!("## Action overhead ({n} no-op actions, {} baseline iterations)\n", args.iterations);
+    println!("| measure | per call | |");
+    println!("|---|---|---|");
+    println!("| (a) bare wasmtime InstancePre instantiate + call | {} | baseline |", us(bare));
+    println!("| (b) engine, sequential pipeline, per action | {} | {:.2}× (a) — target ≤ 2× |", us(per_action), b_over_a);
+    println!("| (b') engine, one parallel group, per action | {} | {:.2}× (a) |", us(per_action_par), per_action_par.as_secs_f64() / bare.as_secs_f64());
+    println!("| (c) fork/exec `/bin/true` | {} | {:.1}× (b) — target ≥ 20× |", us(fork), c_over_b);
+    let mut ok = b_over_a <= 2.0 && c_over_b >= 20.0;
+
+    if args.artifact_mib > 0 {
+        ok &= artifacts(tmp.path(), args.artifact_mib)?;
+    }
+    println!("\n{}", if ok { "all targets met" } else { "SOME TARGETS MISSED" });
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn pipeline_file(dir: &Path, name: &str, n: usize, sequential: bool) -> anyhow::Result<std::path::PathBuf> {
+    let mut yaml = format!("name: bench-{name}\nstages:\n  - name: S\n    actions:\n");
+    for i in 1..=n {
+        let order = if sequential { i } else { 1 };
+        yaml.push_str(&format!("      - {{ name: A{i}, uses: noop@1, run_order: {order} }}\n"));
+    }
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(&path, yaml)?;
+    Ok(path)
+}
+
+/// Validate and run a pipeline; returns the time from start to the recorded end.
+async fn run_pipeline(engine: &Engine, file: &Path) -> anyhow::Result<Duration> {
+    let (pipeline, problems) = load_pipeline(file).map_err(|d| anyhow::anyhow!("{d}"))?;
+    let plugins = engine.check(&pipeline, problems, &BTreeMap::new()).await.map_err(|d| anyhow::anyhow!("{d}"))?;
+    let t = Instant::now();
+    let exec = engine.run(Arc::new(pipeline), &plugins, &BTreeMap::new()).await?;
+    let took = t.elapsed();
+    anyhow::ensure!(exec.status == crate::scheduler::Status::Succeeded, "benchmark pipeline failed");
+    Ok(took)
+}
+
+fn best_of<T>(n: usize, mut f: impl FnMut() -> anyhow::Result<T>) -> anyhow::Result<Duration> {
+    let mut best = Duration::MAX;
+    for _ in 0..n {
+        let t = Instant::now();
+        f()?;
+        best = best.min(t.elapsed());
+    }
+    Ok(best)
+}
+
+fn artifacts(dir: &Path, mib: u64) -> anyhow::Result<bool> {
+    use crate::artifacts::{BlobStore, LocalStore};
+    let file = dir.join("big.bin");
+    {
+        use std::io::Write;
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&file)?);
+        let mut x: u64 = 0x9E3779B97F4A7C15;
+        let mut chunk = vec![0u8; 1 << 20];
+        for _ in 0..mib {
+            for b in chunk.chunks_mut(8) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                b.copy_from_slice(&x.to_le_bytes()[..b.len()]);
+            }
+            f.write_all(&chunk)?;
+        }
+    }
+    let bytes = (mib << 20) as f64;
+    let gibs = |d: Duration| bytes / d.as_secs_f64() / (1u64 << 30) as f64;
+    let b3 = best_of(3, || {
+        let out = std::process::Command::new("b3sum").arg(&file).output().map_err(|e| anyhow::anyhow!("b3sum: {e} (install it: apt-get install b3sum, or cargo install b3sum)"))?;
+        anyhow::ensure!(out.status.success(), "b3sum failed");
+        Ok(())
+    })?;
+    let mut digest = None;
+    let put = best_of(3, || {
+        // A fresh store each time so the put is never a dedup hit.
+        let store_dir = tempfile::tempdir_in(dir)?;
+        let store = LocalStore::open(store_dir.path())?;
+        let t = Instant::now();
+        let d = store.put_file(&file)?;
+        let took = t.elapsed();
+        digest = Some(d);
+        std::mem::forget(store_dir); // removed with `dir`; deleting 1 GiB here would skew the next run
+        let _ = took;
+        Ok(())
+    })?;
+    let store = LocalStore::open(dir.join("get-store"))?;
+    let d = store.put_file(&file)?;
+    anyhow::ensure!(Some(d) == digest, "digests differ between runs");
+    let get = best_of(3, || {
+        let dest = dir.join("restored.bin");
+        let _ = std::fs::remove_file(&dest);
+        store.get_to_file(&d, &dest)?;
+        Ok(())
+    })?;
+    let put_ratio = gibs(put) / gibs(b3);
+    let get_ratio = gibs(get) / gibs(b3);
+    println!("\n## Artifact store ({mib} MiB file)\n");
+    println!("| measure | time | throughput | |");
+    println!("|---|---|---|---|");
+    println!("| `b3sum FILE` | {:.0} ms | {:.2} GiB/s | baseline |", b3.as_secs_f64() * 1e3, gibs(b3));
+    println!("| put (copy in, hash, rename) | {:.0} ms | {:.2} GiB/s | {:.2}× b3sum — target ≥ 0.7× |", put.as_secs_f64() * 1e3, gibs(put), put_ratio);
+    println!("| verified get (copy out, hash, rename) | {:.0} ms | {:.2} GiB/s | {:.2}× b3sum — target ≥ 0.7× |", get.as_secs_f64() * 1e3, gibs(get), get_ratio);
+    Ok(put_ratio >= 0.7 && get_ratio >= 0.7)
 }

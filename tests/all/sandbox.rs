@@ -102,7 +102,7 @@ stages:
     assert_eq!(env["variables"]["Secret"], "unset", "host environment leaked into the command");
     let id = exec["execution_id"].as_str().unwrap();
     assert_eq!(env["variables"]["Key"], format!("default/{id}/Run/Env/1").as_str());
-    assert!(env["variables"]["Cwd"].as_str().unwrap().contains(id), "runs in the action's workspace");
+    assert!(env["variables"]["Cwd"].as_str().unwrap().contains(".sluice/work/ws-"), "runs in the action's workspace");
 
     let broken = action(&exec, "Run/Broken");
     assert!(error(broken).contains("exited with code 3"), "{}", error(broken));
@@ -113,6 +113,9 @@ stages:
     assert!(error(action(&exec, "Run/Leak")).contains("leads outside the artifact"));
     assert!(error(action(&exec, "Run/Background")).contains("timeout"));
     assert!(started.elapsed() < std::time::Duration::from_secs(60));
-    // The workspace is cleaned up.
-    assert!(!p.path(&format!(".sluice/work/{id}")).join("Run").join("Env.1").exists());
+    // Workspaces are emptied after each action.
+    for ws in std::fs::read_dir(p.path(".sluice/work")).unwrap() {
+        let ws = ws.unwrap().path();
+        assert!(!ws.join("out").exists() && std::fs::read_dir(ws.join("scratch")).unwrap().next().is_none(), "{} not emptied", ws.display());
+    }
 }

@@ -145,21 +145,24 @@ pub struct JobContext {
     pub blobs: Arc<dyn BlobStore>,
     /// Action logs.
     pub logs: Arc<LogStore>,
-    /// Workspaces are created under here.
-    pub work_dir: PathBuf,
+    /// Action workspaces.
+    pub workspaces: Arc<super::WorkspacePool>,
 }
 
 /// Run a job: prepare its workspace, call the plugin, collect its outputs. Never panics or
 /// fails the engine: every problem becomes the action's failure.
 pub async fn execute(cx: &JobContext, job: &JobSpec) -> ActionResult {
     let log: Arc<dyn LogSink> = Arc::new(cx.logs.sink(&job.execution_id, &job.stage, &job.action, job.attempt));
-    let ws = cx.work_dir.join(&job.execution_id).join(&job.stage).join(format!("{}.{}", job.action, job.attempt));
-    let result = run_in(cx, job, &ws, log.clone()).await;
-    if let Err(e) = std::fs::remove_dir_all(&ws) {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            log.log(Level::Warn, &format!("could not remove workspace {}: {e}", ws.display()), &[]);
+    let result = match cx.workspaces.take() {
+        Ok(ws) => {
+            let r = run_in(cx, job, &ws, log.clone()).await;
+            if let Err(e) = cx.workspaces.give_back(ws.clone()) {
+                log.log(Level::Warn, &format!("could not empty workspace {}: {e}", ws.display()), &[]);
+            }
+            r
         }
-    }
+        Err(e) => Err(format!("cannot create a workspace: {e}")),
+    };
     match result {
         Ok(r) => r,
         Err(error) => {
@@ -175,7 +178,6 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, String> + Sen
 
 async fn run_in(cx: &JobContext, job: &JobSpec, ws: &Path, log: Arc<dyn LogSink>) -> Result<ActionResult, String> {
     let mk = |p: &Path| std::fs::create_dir_all(p).map_err(|e| format!("create workspace {}: {e}", p.display()));
-    mk(&ws.join("scratch"))?;
     let mut mounts = vec![Mount { host: ws.join("scratch"), guest: "/scratch".into(), access: Access::Rw }];
     for name in &job.outputs {
         mk(&ws.join("out").join(name))?;

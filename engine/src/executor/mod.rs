@@ -3,6 +3,10 @@
 
 pub mod job;
 pub mod logs;
+mod workspace;
+mod writer;
+
+pub use workspace::WorkspacePool;
 
 pub use job::JobSpec;
 pub use logs::LogStore;
@@ -37,8 +41,8 @@ pub struct Engine {
     pub bus: Arc<dyn EventBus>,
     /// Action logs.
     pub logs: Arc<LogStore>,
-    /// Where action workspaces are created.
-    pub work_dir: PathBuf,
+    /// Action workspaces.
+    pub workspaces: Arc<WorkspacePool>,
 }
 
 /// The embedded engine's data directory layout.
@@ -85,7 +89,7 @@ impl Engine {
             state,
             bus,
             logs: Arc::new(logs),
-            work_dir: dirs.work(),
+            workspaces: Arc::new(WorkspacePool::new(dirs.work()).with_context(|| format!("prepare {}", dirs.work().display()))?),
         })
     }
 
@@ -116,7 +120,8 @@ impl Engine {
             digest: plugins.get(uses).and_then(|p| p.as_ref().ok()).map(|p| p.digest.clone()).unwrap_or_default(),
         };
         let exec = Execution::new(ulid::Ulid::new().to_string(), &self.tenant, &pipeline, &pin, variables);
-        let mut revision = self.state.put(&exec, None, Durability::Durable)?;
+        let revision = self.state.put(&exec, None, Durability::Durable)?;
+        let writer = writer::StateWriter::spawn(self.state.clone(), revision);
         let plugins = Arc::new(plugins.clone());
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Input>();
         let mut current = exec;
@@ -125,7 +130,7 @@ impl Engine {
             let (next, commands) = step(&current, &input);
             if next != current {
                 let durability = if next.status.is_terminal() { Durability::Durable } else { Durability::Eventual };
-                revision = self.state.put(&next, Some(revision), durability)?;
+                writer.put(&next, durability)?;
                 for event in diff(&current, &next) {
                     self.bus.publish(event);
                 }
@@ -153,6 +158,7 @@ impl Engine {
                 }
             }
             if finished || current.status.is_terminal() {
+                writer.finish()?;
                 return Ok(current);
             }
             input = rx.recv().await.context("all jobs ended without reporting")?;
@@ -164,7 +170,7 @@ impl Engine {
             runtime: self.registry.runtime().clone(),
             blobs: self.blobs.clone(),
             logs: self.logs.clone(),
-            work_dir: self.work_dir.clone(),
+            workspaces: self.workspaces.clone(),
         }
     }
 }

@@ -39,6 +39,10 @@ use bindings::sluice::action::types as wit;
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// Default guest memory cap (`limits.memory` overrides).
 pub const DEFAULT_MEMORY: u64 = 256 << 20;
+/// The largest `limits.memory` a pipeline may ask for.
+pub const MAX_GUEST_MEMORY: u64 = 4 << 30;
+/// Guest calls running at once (the rest wait their turn).
+const MAX_CONCURRENT_CALLS: u32 = 64;
 /// How long `describe` may take.
 const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Guest stdout/stderr kept for the log, per stream.
@@ -158,6 +162,7 @@ pub struct Runtime {
     linker: Linker<host::HostState>,
     cache: cache::CompileCache,
     loaded: Mutex<HashMap<Digest, bindings::ActionPre<host::HostState>>>,
+    runs: Arc<tokio::sync::Semaphore>,
     _ticker: EpochTicker,
 }
 
@@ -167,12 +172,29 @@ impl Runtime {
         let mut c = Config::new();
         c.epoch_interruption(true);
         c.wasm_component_model(true);
+        // Pooled instance slots make instantiation a matter of microseconds; `runs` below
+        // keeps concurrent calls within the pool.
+        let mut pool = wasmtime::PoolingAllocationConfig::default();
+        pool.total_component_instances(MAX_CONCURRENT_CALLS * 2)
+            .total_core_instances(MAX_CONCURRENT_CALLS * 20)
+            .total_memories(MAX_CONCURRENT_CALLS * 4)
+            .total_tables(MAX_CONCURRENT_CALLS * 8)
+            .total_stacks(MAX_CONCURRENT_CALLS * 2)
+            .max_memory_size(MAX_GUEST_MEMORY as usize);
+        c.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&c)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         bindings::Action::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
         let cache = cache::CompileCache::new(&engine, config.cache_dir)?;
-        Ok(Runtime { _ticker: EpochTicker::start(&engine), engine, linker, cache, loaded: Mutex::new(HashMap::new()) })
+        Ok(Runtime {
+            _ticker: EpochTicker::start(&engine),
+            engine,
+            linker,
+            cache,
+            loaded: Mutex::new(HashMap::new()),
+            runs: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_CALLS as usize)),
+        })
     }
 
     /// The wasmtime engine (for the benchmark's bare baseline).
@@ -200,6 +222,7 @@ impl Runtime {
     /// Call `describe` on a loaded component, with no grants.
     pub async fn describe(&self, digest: &Digest) -> Result<Description, RunError> {
         let pre = self.pre(digest)?;
+        let _slot = self.runs.acquire().await.expect("semaphore is never closed");
         let state = host::HostState::new(WasiCtx::builder().build(), DEFAULT_MEMORY, Arc::new(host::NullLog), PathBuf::new(), Vec::new(), Vec::new(), Vec::new());
         let mut store = self.store(state);
         let call = async {
@@ -251,6 +274,10 @@ impl Runtime {
     /// Run one action attempt in a fresh sandbox.
     pub async fn run(&self, digest: &Digest, inv: Invocation) -> Result<RunOutcome, RunError> {
         let pre = self.pre(digest)?;
+        if inv.memory_limit > MAX_GUEST_MEMORY {
+            return Err(RunError::Instantiate(format!("limits.memory may be at most {}", bytesize::ByteSize(MAX_GUEST_MEMORY))));
+        }
+        let _slot = self.runs.acquire().await.expect("semaphore is never closed");
         let stdout = wasmtime_wasi::p2::pipe::MemoryOutputPipe::new(STDIO_CAPTURE);
         let stderr = wasmtime_wasi::p2::pipe::MemoryOutputPipe::new(STDIO_CAPTURE);
         let mut wasi = WasiCtx::builder();
@@ -304,6 +331,7 @@ impl Runtime {
     /// "bare wasmtime" baseline, sharing this runtime's engine and linker.
     pub async fn bare_call(&self, digest: &Digest) -> anyhow::Result<()> {
         let pre = self.pre(digest)?;
+        let _slot = self.runs.acquire().await.expect("semaphore is never closed");
         let state = host::HostState::new(WasiCtx::builder().build(), DEFAULT_MEMORY, Arc::new(host::NullLog), PathBuf::new(), Vec::new(), Vec::new(), Vec::new());
         let mut store = self.store(state);
         let action = pre.instantiate_async(&mut store).await.map_err(|e| anyhow::anyhow!("{e:#}"))?;

@@ -4,13 +4,17 @@ use crate::scheduler::Execution;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::Path;
 
-/// key: "<tenant>/<execution id>", value: JSON `{"revision": n, "execution": {...}}`.
+/// key: "<tenant>/<execution id>", value: 8-byte big-endian revision, then the record as
+/// JSON. The revision prefix lets compare-and-swap check without parsing the record.
 const EXECUTIONS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("executions");
 
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Stored {
-    revision: u64,
-    execution: Execution,
+fn revision_of(value: &[u8]) -> Result<u64, StateError> {
+    let prefix: [u8; 8] = value.get(..8).and_then(|b| b.try_into().ok()).ok_or_else(|| StateError::Backend("truncated record".into()))?;
+    Ok(u64::from_be_bytes(prefix))
+}
+
+fn decode(value: &[u8]) -> Result<(Execution, u64), StateError> {
+    Ok((serde_json::from_slice(&value[8..]).map_err(backend)?, revision_of(value)?))
 }
 
 /// Executions in a redb database file.
@@ -51,14 +55,15 @@ impl StateStore for RedbStore {
         let revision = {
             let mut table = tx.open_table(EXECUTIONS).map_err(backend)?;
             let found = match table.get(key.as_str()).map_err(backend)? {
-                Some(v) => Some(serde_json::from_slice::<Stored>(v.value()).map_err(backend)?.revision),
+                Some(v) => Some(revision_of(v.value())?),
                 None => None,
             };
             if found != expected {
                 return Err(StateError::Conflict { id: exec.execution_id.clone(), expected, found });
             }
             let revision = found.unwrap_or(0) + 1;
-            let bytes = serde_json::to_vec(&Stored { revision, execution: exec.clone() }).map_err(backend)?;
+            let mut bytes = revision.to_be_bytes().to_vec();
+            serde_json::to_writer(&mut bytes, exec).map_err(backend)?;
             table.insert(key.as_str(), bytes.as_slice()).map_err(backend)?;
             revision
         };
@@ -70,10 +75,7 @@ impl StateStore for RedbStore {
         let tx = self.db.begin_read().map_err(backend)?;
         let table = tx.open_table(EXECUTIONS).map_err(backend)?;
         match table.get(format!("{tenant}/{execution_id}").as_str()).map_err(backend)? {
-            Some(v) => {
-                let s: Stored = serde_json::from_slice(v.value()).map_err(backend)?;
-                Ok(Some((s.execution, s.revision)))
-            }
+            Some(v) => Ok(Some(decode(v.value())?)),
             None => Ok(None),
         }
     }
@@ -89,9 +91,9 @@ impl StateStore for RedbStore {
             if !k.value().starts_with(&prefix) {
                 continue;
             }
-            let s: Stored = serde_json::from_slice(v.value()).map_err(backend)?;
-            if pipeline.is_none_or(|p| p == s.execution.pipeline) {
-                out.push(s.execution);
+            let (execution, _) = decode(v.value())?;
+            if pipeline.is_none_or(|p| p == execution.pipeline) {
+                out.push(execution);
                 if out.len() >= limit {
                     break;
                 }
