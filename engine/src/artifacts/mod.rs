@@ -102,10 +102,20 @@ pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> S
 pub trait BlobStore: Send + Sync {
     /// Store the file at `path` as a blob; returns its digest.
     fn put_file(&self, path: &Path) -> Result<Digest, StoreError>;
+    /// Store a file the caller gives up (an action's output): the store may move it in
+    /// instead of copying. The file must not be written by anyone afterwards.
+    fn put_owned(&self, path: &Path) -> Result<Digest, StoreError> {
+        self.put_file(path)
+    }
     /// Store bytes as a blob.
     fn put_bytes(&self, bytes: &[u8]) -> Result<Digest, StoreError>;
     /// Write the blob to `dest` (atomically), verifying it on the way.
     fn get_to_file(&self, digest: &Digest, dest: &Path) -> Result<(), StoreError>;
+    /// Like [`BlobStore::get_to_file`], but `dest` may share storage with the blob (a hard
+    /// link): only for readers that cannot write it. Verified all the same.
+    fn link_to_file(&self, digest: &Digest, dest: &Path) -> Result<(), StoreError> {
+        self.get_to_file(digest, dest)
+    }
     /// Read a (small) blob into memory, verified.
     fn get_bytes(&self, digest: &Digest) -> Result<Vec<u8>, StoreError>;
     /// Re-hash a stored blob and report corruption.

@@ -91,15 +91,31 @@ pub struct TreeStats {
     pub bytes: u64,
 }
 
+/// How files travel between the store and a directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transfer {
+    /// Copy; the directory and the store never share storage.
+    Copy,
+    /// Share storage where possible: on put, files are moved into the store (the directory
+    /// is the caller's and is discarded); on get, read-only files are hard links. Only for
+    /// directories nobody writes afterwards.
+    Share,
+}
+
 /// Store the directory `root` as an artifact. Symlinks leading out of it, absolute symlinks,
 /// non-UTF-8 names and special files are rejected with the offending path.
 pub fn put_tree(store: &dyn BlobStore, root: &Path) -> Result<(Digest, TreeStats), StoreError> {
+    put_tree_with(store, root, Transfer::Copy)
+}
+
+/// [`put_tree`] with a choice of [`Transfer`].
+pub fn put_tree_with(store: &dyn BlobStore, root: &Path, transfer: Transfer) -> Result<(Digest, TreeStats), StoreError> {
     let mut stats = TreeStats::default();
-    let d = put_dir(store, root, Path::new(""), &mut stats)?;
+    let d = put_dir(store, root, Path::new(""), transfer, &mut stats)?;
     Ok((d, stats))
 }
 
-fn put_dir(store: &dyn BlobStore, root: &Path, rel: &Path, stats: &mut TreeStats) -> Result<Digest, StoreError> {
+fn put_dir(store: &dyn BlobStore, root: &Path, rel: &Path, transfer: Transfer, stats: &mut TreeStats) -> Result<Digest, StoreError> {
     let dir = root.join(rel);
     let mut entries = Vec::new();
     for item in fs::read_dir(&dir).map_err(io(format!("list {}", dir.display())))? {
@@ -124,10 +140,13 @@ fn put_dir(store: &dyn BlobStore, root: &Path, rel: &Path, stats: &mut TreeStats
             let target = target.into_os_string().into_string().map_err(|_| StoreError::Invalid(format!("{}: link target must be UTF-8", shown.display())))?;
             entries.push(Entry::Symlink { name, target });
         } else if meta.is_dir() {
-            entries.push(Entry::Dir { digest: put_dir(store, root, &shown, stats)?, name });
+            entries.push(Entry::Dir { digest: put_dir(store, root, &shown, transfer, stats)?, name });
         } else if meta.is_file() {
             use std::os::unix::fs::PermissionsExt;
-            let digest = store.put_file(&path)?;
+            let digest = match transfer {
+                Transfer::Copy => store.put_file(&path)?,
+                Transfer::Share => store.put_owned(&path)?,
+            };
             stats.files += 1;
             stats.bytes += meta.len();
             entries.push(Entry::File { name, digest, size: meta.len(), executable: meta.permissions().mode() & 0o100 != 0 });
@@ -152,12 +171,18 @@ pub fn get_tree(store: &dyn BlobStore, digest: &Digest) -> Result<Tree, StoreErr
 
 /// Write the artifact `digest` into `dest` (created), verifying every blob.
 pub fn materialize(store: &dyn BlobStore, digest: &Digest, dest: &Path) -> Result<TreeStats, StoreError> {
+    materialize_with(store, digest, dest, Transfer::Copy)
+}
+
+/// [`materialize`] with a choice of [`Transfer`]. Shared files are read-only; executable
+/// files are always copied (their mode cannot be shared with the blob's).
+pub fn materialize_with(store: &dyn BlobStore, digest: &Digest, dest: &Path, transfer: Transfer) -> Result<TreeStats, StoreError> {
     let mut stats = TreeStats::default();
-    materialize_dir(store, digest, dest, Path::new(""), &mut stats)?;
+    materialize_dir(store, digest, dest, Path::new(""), transfer, &mut stats)?;
     Ok(stats)
 }
 
-fn materialize_dir(store: &dyn BlobStore, digest: &Digest, root: &Path, rel: &Path, stats: &mut TreeStats) -> Result<(), StoreError> {
+fn materialize_dir(store: &dyn BlobStore, digest: &Digest, root: &Path, rel: &Path, transfer: Transfer, stats: &mut TreeStats) -> Result<(), StoreError> {
     let dir = root.join(rel);
     fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
     for entry in get_tree(store, digest)?.entries {
@@ -165,13 +190,17 @@ fn materialize_dir(store: &dyn BlobStore, digest: &Digest, root: &Path, rel: &Pa
             Entry::File { name, digest, size, executable } => {
                 use std::os::unix::fs::PermissionsExt;
                 let path = dir.join(&name);
-                store.get_to_file(&digest, &path)?;
-                let mode = if executable { 0o755 } else { 0o644 };
-                fs::set_permissions(&path, fs::Permissions::from_mode(mode)).map_err(io(format!("chmod {}", path.display())))?;
+                if transfer == Transfer::Share && !executable {
+                    store.link_to_file(&digest, &path)?;
+                } else {
+                    store.get_to_file(&digest, &path)?;
+                    let mode = if executable { 0o755 } else { 0o644 };
+                    fs::set_permissions(&path, fs::Permissions::from_mode(mode)).map_err(io(format!("chmod {}", path.display())))?;
+                }
                 stats.files += 1;
                 stats.bytes += size;
             }
-            Entry::Dir { name, digest } => materialize_dir(store, &digest, root, &rel.join(name), stats)?,
+            Entry::Dir { name, digest } => materialize_dir(store, &digest, root, &rel.join(name), transfer, stats)?,
             Entry::Symlink { name, target } => {
                 if !link_stays_inside(rel, Path::new(&target)) {
                     return Err(StoreError::Invalid(format!("symlink {} -> {target} leads outside the artifact", rel.join(&name).display())));

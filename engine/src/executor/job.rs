@@ -185,10 +185,13 @@ async fn run_in(cx: &JobContext, job: &JobSpec, ws: &Path, log: Arc<dyn LogSink>
     }
     if !job.inputs.is_empty() {
         let (blobs, inputs, ws2) = (cx.blobs.clone(), job.inputs.clone(), ws.to_path_buf());
+        // The guest sees inputs read-only, so they may share storage with the store; a host
+        // program could write them, so actions with process grants get copies.
+        let transfer = if job.programs.is_empty() { tree::Transfer::Share } else { tree::Transfer::Copy };
         let stats = blocking(move || {
             let mut out = Vec::new();
             for (name, digest) in &inputs {
-                let stats = tree::materialize(&*blobs, digest, &ws2.join("in").join(name)).map_err(|e| format!("input artifact `{name}`: {e}"))?;
+                let stats = tree::materialize_with(&*blobs, digest, &ws2.join("in").join(name), transfer).map_err(|e| format!("input artifact `{name}`: {e}"))?;
                 out.push((name.clone(), stats.files));
             }
             Ok(out)
@@ -250,7 +253,8 @@ async fn run_in(cx: &JobContext, job: &JobSpec, ws: &Path, log: Arc<dyn LogSink>
             let artifacts = blocking(move || {
                 let mut out = BTreeMap::new();
                 for name in &outputs {
-                    let (digest, _) = tree::put_tree(&*blobs, &ws2.join("out").join(name)).map_err(|e| format!("output artifact `{name}`: {e}"))?;
+                    // The workspace is ours and about to be emptied: move outputs into the store.
+                    let (digest, _) = tree::put_tree_with(&*blobs, &ws2.join("out").join(name), tree::Transfer::Share).map_err(|e| format!("output artifact `{name}`: {e}"))?;
                     out.insert(name.clone(), digest.to_string());
                 }
                 Ok(out)
