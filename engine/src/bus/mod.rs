@@ -73,9 +73,32 @@ impl EventBus for MemoryBus {
     }
 }
 
+/// The statuses of an execution, its stages and actions (and action attempts): what events
+/// are derived from. Cheap to take before each step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    status: Status,
+    stages: Vec<(Status, Vec<(Status, u32)>)>,
+}
+
+impl Snapshot {
+    /// Take a snapshot.
+    pub fn of(exec: &Execution) -> Self {
+        Snapshot {
+            status: exec.status,
+            stages: exec.stages.iter().map(|s| (s.status, s.actions.iter().map(|a| (a.status, a.attempt)).collect())).collect(),
+        }
+    }
+}
+
 /// The events that take `before` to `after`: one per execution, stage or action whose status
 /// (or action attempt) changed. Deriving events from state means no change can go unannounced.
 pub fn diff(before: &Execution, after: &Execution) -> Vec<Event> {
+    diff_since(&Snapshot::of(before), after)
+}
+
+/// [`diff`] from a [`Snapshot`] of the earlier state.
+pub fn diff_since(before: &Snapshot, after: &Execution) -> Vec<Event> {
     let base = |kind, stage: Option<&str>, action: Option<&str>, status, at: Option<Timestamp>| Event {
         kind,
         tenant: after.tenant.clone(),
@@ -101,14 +124,14 @@ pub fn diff(before: &Execution, after: &Execution) -> Vec<Event> {
         e.duration_ms = span(after.started_at, after.finished_at);
         out.push((if after.status.is_terminal() { (2, 0, 0) } else { (1, 0, 0) }, e));
     }
-    for (si, (sb, sa)) in before.stages.iter().zip(&after.stages).enumerate() {
-        if sb.status != sa.status {
+    for (si, ((stage_before, actions_before), sa)) in before.stages.iter().zip(&after.stages).enumerate() {
+        if *stage_before != sa.status {
             let mut e = base(Kind::Stage, Some(&sa.name), None, sa.status, sa.finished_at.or(sa.started_at));
             e.duration_ms = span(sa.started_at, sa.finished_at);
             out.push((if sa.status.is_terminal() { (0, si, 1) } else { (1, si + 1, 0) }, e));
         }
-        for (ab, aa) in sb.actions.iter().zip(&sa.actions) {
-            if ab.status != aa.status || ab.attempt != aa.attempt {
+        for ((status_before, attempt_before), aa) in actions_before.iter().zip(&sa.actions) {
+            if *status_before != aa.status || *attempt_before != aa.attempt {
                 let mut e = base(Kind::Action, Some(&sa.name), Some(&aa.name), aa.status, aa.finished_at.or(aa.started_at));
                 e.attempt = Some(aa.attempt);
                 e.duration_ms = span(aa.started_at, aa.finished_at);

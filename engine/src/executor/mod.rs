@@ -12,17 +12,17 @@ pub use job::JobSpec;
 pub use logs::LogStore;
 
 use crate::artifacts::{BlobStore, LocalStore};
-use crate::bus::{EventBus, MemoryBus, diff};
+use crate::bus::{EventBus, MemoryBus, Snapshot, diff_since};
 use crate::model::validate::ResolvedPlugins;
 use crate::model::{Diagnostic, Diagnostics, Loc, Pipeline};
 use crate::plugins::Registry;
 use crate::runtime::{Runtime, RuntimeConfig};
-use crate::scheduler::{Command, Execution, Input, PluginRef, Status, Timestamp, step};
+use crate::scheduler::{Command, Execution, Input, PluginRef, Status, Timestamp, apply};
 use crate::state::{Durability, RedbStore, StateStore};
 use anyhow::Context as _;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Tenant used when there is only one.
 pub const DEFAULT_TENANT: &str = "default";
@@ -121,45 +121,54 @@ impl Engine {
         };
         let exec = Execution::new(ulid::Ulid::new().to_string(), &self.tenant, &pipeline, &pin, variables);
         let revision = self.state.put(&exec, None, Durability::Durable)?;
-        let writer = writer::StateWriter::spawn(self.state.clone(), revision);
+        // The executor changes the execution in place; the writer copies it now and then.
+        let exec = Arc::new(Mutex::new(exec));
+        let writer = writer::StateWriter::spawn(self.state.clone(), revision, exec.clone());
         let plugins = Arc::new(plugins.clone());
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Input>();
-        let mut current = exec;
         let mut input = Input::Start { at: Timestamp::now() };
         loop {
-            let (next, commands) = step(&current, &input);
-            if next != current {
-                let durability = if next.status.is_terminal() { Durability::Durable } else { Durability::Eventual };
-                writer.put(&next, durability)?;
-                for event in diff(&current, &next) {
+            let (events, jobs, finished) = {
+                let mut current = exec.lock().unwrap();
+                let before = Snapshot::of(&current);
+                let commands = apply(&mut current, &input);
+                let events = diff_since(&before, &current);
+                let mut jobs = Vec::new();
+                let mut finished = current.status.is_terminal();
+                for command in commands {
+                    match command {
+                        Command::RunAction { stage, action, attempt } => {
+                            jobs.push((stage, action, attempt, job::JobSpec::build(&pipeline, &plugins, &current, stage, action, attempt)))
+                        }
+                        Command::Finish { .. } => finished = true,
+                    }
+                }
+                (events, jobs, finished)
+            };
+            if !events.is_empty() {
+                writer.changed(if finished { Durability::Durable } else { Durability::Eventual })?;
+                for event in events {
                     self.bus.publish(event);
                 }
             }
-            current = next;
-            let mut finished = false;
-            for command in commands {
-                match command {
-                    Command::RunAction { stage, action, attempt } => {
-                        let spec = job::JobSpec::build(&pipeline, &plugins, &current, stage, action, attempt);
-                        let (tx, engine) = (tx.clone(), self.job_context());
-                        tokio::spawn(async move {
-                            let (result, config, inputs) = match spec {
-                                Ok(spec) => {
-                                    let config = spec.config.clone();
-                                    let inputs = spec.inputs.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
-                                    (job::execute(&engine, &spec).await, config, inputs)
-                                }
-                                Err(error) => (crate::scheduler::ActionResult::Failed { error }, BTreeMap::new(), BTreeMap::new()),
-                            };
-                            let _ = tx.send(Input::ActionCompleted { stage, action, attempt, result, config, inputs, at: Timestamp::now() });
-                        });
-                    }
-                    Command::Finish { .. } => finished = true,
-                }
+            for (stage, action, attempt, spec) in jobs {
+                let (tx, engine) = (tx.clone(), self.job_context());
+                tokio::spawn(async move {
+                    let (result, config, inputs) = match spec {
+                        Ok(spec) => {
+                            let config = spec.config.clone();
+                            let inputs = spec.inputs.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
+                            (job::execute(&engine, &spec).await, config, inputs)
+                        }
+                        Err(error) => (crate::scheduler::ActionResult::Failed { error }, BTreeMap::new(), BTreeMap::new()),
+                    };
+                    let _ = tx.send(Input::ActionCompleted { stage, action, attempt, result, config, inputs, at: Timestamp::now() });
+                });
             }
-            if finished || current.status.is_terminal() {
+            if finished {
                 writer.finish()?;
-                return Ok(current);
+                let done = exec.lock().unwrap().clone();
+                return Ok(done);
             }
             input = rx.recv().await.context("all jobs ended without reporting")?;
         }

@@ -1,86 +1,111 @@
-//! Write-behind persistence of one execution's state. Progress writes leave the critical
-//! path and coalesce (the newest state wins); the terminal state is written durably before
-//! [`StateWriter::finish`] returns. Every write is still a compare-and-swap on the revision.
+//! Write-behind persistence of one execution's state. The executor changes the execution in
+//! place and says "dirty"; this thread takes a copy at most every [`PROGRESS_INTERVAL`] and
+//! writes it (a compare-and-swap on the revision). A durable (terminal) change is written at
+//! once, and [`StateWriter::finish`] returns only after everything is written.
 use crate::scheduler::Execution;
 use crate::state::{Durability, StateError, StateStore};
-use std::sync::mpsc::{Receiver, Sender, channel};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-
-pub(super) struct StateWriter {
-    tx: Option<Sender<(Execution, Durability)>>,
-    thread: Option<JoinHandle<()>>,
-    failed: Arc<Mutex<Option<StateError>>>,
-}
-
-impl StateWriter {
-    /// Start writing after `revision`, the revision of the record as first stored.
-    pub(super) fn spawn(store: Arc<dyn StateStore>, revision: u64) -> Self {
-        let (tx, rx) = channel();
-        let failed = Arc::new(Mutex::new(None));
-        let flag = failed.clone();
-        let thread = std::thread::Builder::new()
-            .name("sluice-state".into())
-            .spawn(move || {
-                if let Err(e) = write_loop(&*store, revision, rx) {
-                    *flag.lock().unwrap() = Some(e);
-                }
-            })
-            .expect("spawn state writer");
-        StateWriter { tx: Some(tx), thread: Some(thread), failed }
-    }
-
-    /// Queue a state. Returns an error if an earlier write failed (the run must stop).
-    pub(super) fn put(&self, exec: &Execution, durability: Durability) -> Result<(), StateError> {
-        if let Some(e) = self.failed.lock().unwrap().take() {
-            return Err(e);
-        }
-        let _ = self.tx.as_ref().expect("writer open").send((exec.clone(), durability));
-        Ok(())
-    }
-
-    /// Wait until everything queued is written.
-    pub(super) fn finish(mut self) -> Result<(), StateError> {
-        drop(self.tx.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        match self.failed.lock().unwrap().take() {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
-    }
-}
 
 /// Progress is written at most this often; a crash loses at most this much progress
 /// (actions then run again, with the same idempotency keys).
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(20);
 
-fn write_loop(store: &dyn StateStore, mut revision: u64, rx: Receiver<(Execution, Durability)>) -> Result<(), StateError> {
-    while let Ok((mut exec, mut durability)) = rx.recv() {
-        // Coalesce what arrives within the interval: only the newest state matters, and a
-        // durable (terminal) state is written at once.
-        let deadline = Instant::now() + PROGRESS_INTERVAL;
-        while durability == Durability::Eventual {
-            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok((newer, d)) => {
-                    exec = newer;
-                    durability = d;
+#[derive(Default)]
+struct Flags {
+    dirty: bool,
+    durable: bool,
+    closed: bool,
+    failed: Option<StateError>,
+}
+
+struct Shared {
+    flags: Mutex<Flags>,
+    wake: Condvar,
+}
+
+pub(super) struct StateWriter {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl StateWriter {
+    /// Write `exec` whenever told, starting after `revision` (the record as first stored).
+    pub(super) fn spawn(store: Arc<dyn StateStore>, revision: u64, exec: Arc<Mutex<Execution>>) -> Self {
+        let shared = Arc::new(Shared { flags: Mutex::new(Flags::default()), wake: Condvar::new() });
+        let s = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("sluice-state".into())
+            .spawn(move || {
+                if let Err(e) = write_loop(&*store, revision, &exec, &s) {
+                    s.flags.lock().unwrap().failed = Some(e);
                 }
-                Err(_) => break,
-            }
-        }
-        revision = store.put(&exec, Some(revision), durability)?;
+            })
+            .expect("spawn state writer");
+        StateWriter { shared, thread: Some(thread) }
     }
-    Ok(())
+
+    /// The execution changed. Returns an error if an earlier write failed (the run must stop).
+    pub(super) fn changed(&self, durability: Durability) -> Result<(), StateError> {
+        let mut f = self.shared.flags.lock().unwrap();
+        if let Some(e) = f.failed.take() {
+            return Err(e);
+        }
+        f.dirty = true;
+        f.durable |= durability == Durability::Durable;
+        self.shared.wake.notify_one();
+        Ok(())
+    }
+
+    /// Wait until every change is written.
+    pub(super) fn finish(mut self) -> Result<(), StateError> {
+        self.close();
+        match self.shared.flags.lock().unwrap().failed.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn close(&mut self) {
+        self.shared.flags.lock().unwrap().closed = true;
+        self.shared.wake.notify_one();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl Drop for StateWriter {
     fn drop(&mut self) {
-        drop(self.tx.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.close();
+    }
+}
+
+fn write_loop(store: &dyn StateStore, mut revision: u64, exec: &Mutex<Execution>, shared: &Shared) -> Result<(), StateError> {
+    loop {
+        let durability = {
+            let mut f = shared.flags.lock().unwrap();
+            while !f.dirty && !f.closed {
+                f = shared.wake.wait(f).unwrap();
+            }
+            if !f.dirty {
+                return Ok(()); // closed and nothing left to write
+            }
+            // Let progress accumulate for a moment; durable changes and closing cut it short.
+            let deadline = Instant::now() + PROGRESS_INTERVAL;
+            while !f.durable && !f.closed {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                f = shared.wake.wait_timeout(f, left).unwrap().0;
+            }
+            f.dirty = false;
+            std::mem::take(&mut f.durable)
+        };
+        let snapshot = exec.lock().unwrap().clone();
+        let d = if durability || snapshot.status.is_terminal() { Durability::Durable } else { Durability::Eventual };
+        revision = store.put(&snapshot, Some(revision), d)?;
     }
 }

@@ -77,25 +77,32 @@ pub enum Command {
     },
 }
 
-/// Apply one input. Inputs that do not apply (a duplicate or stale completion, a second
-/// start) leave the execution unchanged and produce no commands, so redelivery is harmless.
+/// Apply one input: the pure function `(execution, input) -> (execution, commands)`.
+/// Inputs that do not apply (a duplicate or stale completion, a second start) leave the
+/// execution unchanged and produce no commands, so redelivery is harmless.
 pub fn step(exec: &Execution, input: &Input) -> (Execution, Vec<Command>) {
     let mut next = exec.clone();
+    let commands = apply(&mut next, input);
+    (next, commands)
+}
+
+/// [`step`] in place, for the executor: the same rules without copying the execution.
+pub fn apply(next: &mut Execution, input: &Input) -> Vec<Command> {
     let mut commands = Vec::new();
     match input {
         Input::Start { at } => {
-            if exec.status == Status::NotStarted {
+            if next.status == Status::NotStarted {
                 next.status = Status::InProgress;
                 next.started_at = Some(*at);
-                enter_stage(&mut next, 0, *at, &mut commands);
+                enter_stage(next, 0, *at, &mut commands);
             }
         }
         Input::ActionCompleted { stage, action, attempt, result, config, inputs, at } => {
             let Some(run) = next.stages.get_mut(*stage).and_then(|s| s.actions.get_mut(*action)) else {
-                return (next, commands);
+                return commands;
             };
             if run.status != Status::InProgress || run.attempt != *attempt {
-                return (next, commands);
+                return commands;
             }
             run.finished_at = Some(*at);
             run.config = config.clone();
@@ -114,10 +121,10 @@ pub fn step(exec: &Execution, input: &Input) -> (Execution, Vec<Command>) {
                     run.error = Some(error.clone());
                 }
             }
-            group_settled(&mut next, *stage, group, *at, &mut commands);
+            group_settled(next, *stage, group, *at, &mut commands);
         }
     }
-    (next, commands)
+    commands
 }
 
 /// After an action of `group` ended: wait for the rest of the group, then fail the stage or
