@@ -250,7 +250,7 @@ async fn run_in(cx: &JobContext, job: &JobSpec, ws: &Path, log: Arc<dyn LogSink>
         Ok(RunOutcome::Succeeded { variables, summary }) => {
             let mut variables: BTreeMap<String, String> = variables.into_iter().collect();
             let (blobs, outputs, ws2) = (cx.blobs.clone(), job.outputs.clone(), ws.to_path_buf());
-            let artifacts = blocking(move || {
+            let artifacts = if outputs.is_empty() { BTreeMap::new() } else { blocking(move || {
                 let mut out = BTreeMap::new();
                 for name in &outputs {
                     // The workspace is ours and about to be emptied: move outputs into the store.
@@ -259,7 +259,7 @@ async fn run_in(cx: &JobContext, job: &JobSpec, ws: &Path, log: Arc<dyn LogSink>
                 }
                 Ok(out)
             })
-            .await?;
+            .await? };
             if let [(_, digest)] = artifacts.iter().collect::<Vec<_>>().as_slice() {
                 variables.entry("Digest".to_string()).or_insert_with(|| digest.to_string());
             }

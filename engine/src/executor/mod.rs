@@ -113,6 +113,38 @@ impl Engine {
         plugins: &ResolvedPlugins,
         overrides: &BTreeMap<String, String>,
     ) -> anyhow::Result<Execution> {
+        // Drive the execution on a runtime worker: job tasks it spawns start on the same
+        // worker and their completions wake it without a cross-thread handoff.
+        let driver = Driver {
+            tenant: self.tenant.clone(),
+            state: self.state.clone(),
+            bus: self.bus.clone(),
+            jobs: self.job_context(),
+        };
+        let (plugins, overrides) = (plugins.clone(), overrides.clone());
+        tokio::spawn(async move { driver.drive(pipeline, &plugins, &overrides).await }).await?
+    }
+
+    fn job_context(&self) -> job::JobContext {
+        job::JobContext {
+            runtime: self.registry.runtime().clone(),
+            blobs: self.blobs.clone(),
+            logs: self.logs.clone(),
+            workspaces: self.workspaces.clone(),
+        }
+    }
+}
+
+/// What one execution's loop needs from the engine.
+struct Driver {
+    tenant: String,
+    state: Arc<dyn StateStore>,
+    bus: Arc<dyn EventBus>,
+    jobs: job::JobContext,
+}
+
+impl Driver {
+    async fn drive(&self, pipeline: Arc<Pipeline>, plugins: &ResolvedPlugins, overrides: &BTreeMap<String, String>) -> anyhow::Result<Execution> {
         let mut variables = pipeline.variables.clone();
         variables.extend(overrides.clone());
         let pin = |uses: &str| PluginRef {
@@ -152,7 +184,7 @@ impl Engine {
                 }
             }
             for (stage, action, attempt, spec) in jobs {
-                let (tx, engine) = (tx.clone(), self.job_context());
+                let (tx, engine) = (tx.clone(), self.jobs.clone());
                 tokio::spawn(async move {
                     let (result, config, inputs) = match spec {
                         Ok(spec) => {
@@ -174,14 +206,6 @@ impl Engine {
         }
     }
 
-    fn job_context(&self) -> job::JobContext {
-        job::JobContext {
-            runtime: self.registry.runtime().clone(),
-            blobs: self.blobs.clone(),
-            logs: self.logs.clone(),
-            workspaces: self.workspaces.clone(),
-        }
-    }
 }
 
 /// Read and parse a pipeline file. A file that cannot be read or is not YAML is an error;

@@ -35,9 +35,9 @@ impl WorkspacePool {
     pub fn give_back(&self, ws: PathBuf) -> std::io::Result<()> {
         let emptied = (|| {
             for sub in ["in", "out"] {
-                match std::fs::remove_dir_all(ws.join(sub)) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-                    _ => {}
+                let dir = ws.join(sub);
+                if dir.symlink_metadata().is_ok() {
+                    std::fs::remove_dir_all(dir)?;
                 }
             }
             empty_dir(&ws.join("scratch"))
