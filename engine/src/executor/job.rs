@@ -149,27 +149,37 @@ pub struct JobContext {
     pub workspaces: Arc<super::WorkspacePool>,
 }
 
-/// Run a job: prepare its workspace, call the plugin, collect its outputs. Never panics or
-/// fails the engine: every problem becomes the action's failure.
-pub async fn execute(cx: &JobContext, job: &JobSpec) -> ActionResult {
-    let log: Arc<dyn LogSink> = Arc::new(cx.logs.sink(&job.execution_id, &job.stage, &job.action, job.attempt));
-    let result = match cx.workspaces.take() {
-        Ok(ws) => {
-            let r = run_in(cx, job, &ws, log.clone()).await;
+/// A workspace to hand back to the pool once the job's result has been reported.
+pub struct Leftover(Option<PathBuf>);
+
+impl Leftover {
+    /// Empty the workspace and return it to the pool.
+    pub fn release(self, cx: &JobContext) {
+        if let Some(ws) = self.0 {
             if let Err(e) = cx.workspaces.give_back(ws.clone()) {
-                log.log(Level::Warn, &format!("could not empty workspace {}: {e}", ws.display()), &[]);
+                tracing::warn!("could not empty workspace {}: {e}", ws.display());
             }
-            r
         }
-        Err(e) => Err(format!("cannot create a workspace: {e}")),
+    }
+}
+
+/// Run a job: prepare its workspace, call the plugin, collect its outputs. Never panics or
+/// fails the engine: every problem becomes the action's failure. The workspace comes back as
+/// a [`Leftover`] so that emptying it happens after the result is on its way.
+pub async fn execute(cx: &JobContext, job: &JobSpec) -> (ActionResult, Leftover) {
+    let log: Arc<dyn LogSink> = Arc::new(cx.logs.sink(&job.execution_id, &job.stage, &job.action, job.attempt));
+    let (result, leftover) = match cx.workspaces.take() {
+        Ok(ws) => (run_in(cx, job, &ws, log.clone()).await, Leftover(Some(ws))),
+        Err(e) => (Err(format!("cannot create a workspace: {e}")), Leftover(None)),
     };
-    match result {
+    let result = match result {
         Ok(r) => r,
         Err(error) => {
             log.log(Level::Error, &error, &[]);
             ActionResult::Failed { error }
         }
-    }
+    };
+    (result, leftover)
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, String> + Send + 'static) -> Result<T, String> {

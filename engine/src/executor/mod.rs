@@ -186,15 +186,19 @@ impl Driver {
             for (stage, action, attempt, spec) in jobs {
                 let (tx, engine) = (tx.clone(), self.jobs.clone());
                 tokio::spawn(async move {
-                    let (result, config, inputs) = match spec {
+                    match spec {
                         Ok(spec) => {
-                            let config = spec.config.clone();
+                            let (result, leftover) = job::execute(&engine, &spec).await;
                             let inputs = spec.inputs.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
-                            (job::execute(&engine, &spec).await, config, inputs)
+                            let config = spec.config;
+                            let _ = tx.send(Input::ActionCompleted { stage, action, attempt, result, config, inputs, at: Timestamp::now() });
+                            leftover.release(&engine);
                         }
-                        Err(error) => (crate::scheduler::ActionResult::Failed { error }, BTreeMap::new(), BTreeMap::new()),
-                    };
-                    let _ = tx.send(Input::ActionCompleted { stage, action, attempt, result, config, inputs, at: Timestamp::now() });
+                        Err(error) => {
+                            let result = crate::scheduler::ActionResult::Failed { error };
+                            let _ = tx.send(Input::ActionCompleted { stage, action, attempt, result, config: BTreeMap::new(), inputs: BTreeMap::new(), at: Timestamp::now() });
+                        }
+                    }
                 });
             }
             if finished {

@@ -14,6 +14,8 @@ const PROGRESS_INTERVAL: Duration = Duration::from_millis(20);
 
 #[derive(Default)]
 struct Flags {
+    /// The writer is blocked until something changes (and must be woken for a change).
+    idle: bool,
     dirty: bool,
     durable: bool,
     closed: bool,
@@ -54,7 +56,10 @@ impl StateWriter {
         }
         f.dirty = true;
         f.durable |= durability == Durability::Durable;
-        self.shared.wake.notify_one();
+        // While the writer lets progress accumulate it needs no wake-up for more progress.
+        if f.idle || f.durable {
+            self.shared.wake.notify_one();
+        }
         Ok(())
     }
 
@@ -87,8 +92,10 @@ fn write_loop(store: &dyn StateStore, mut revision: u64, exec: &Mutex<Execution>
         let durability = {
             let mut f = shared.flags.lock().unwrap();
             while !f.dirty && !f.closed {
+                f.idle = true;
                 f = shared.wake.wait(f).unwrap();
             }
+            f.idle = false;
             if !f.dirty {
                 return Ok(()); // closed and nothing left to write
             }
