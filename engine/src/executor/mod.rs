@@ -152,15 +152,16 @@ impl Driver {
             digest: plugins.get(uses).and_then(|p| p.as_ref().ok()).map(|p| p.digest.clone()).unwrap_or_default(),
         };
         let exec = Execution::new(ulid::Ulid::new().to_string(), &self.tenant, &pipeline, &pin, variables);
-        let revision = self.state.put(&exec, None, Durability::Durable)?;
-        // The executor changes the execution in place; the writer copies it now and then.
+        // The executor changes the execution in place; the writer copies it now and then. Its
+        // first write (durable) creates the record while the first action already starts.
         let exec = Arc::new(Mutex::new(exec));
-        let writer = writer::StateWriter::spawn(self.state.clone(), revision, exec.clone());
+        let writer = writer::StateWriter::spawn(self.state.clone(), None, exec.clone());
+        writer.changed(Durability::Durable)?;
         let plugins = Arc::new(plugins.clone());
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Input>();
         let mut input = Input::Start { at: Timestamp::now() };
         loop {
-            let (events, jobs, finished) = {
+            let (events, mut jobs, finished) = {
                 let mut current = exec.lock().unwrap();
                 let before = Snapshot::of(&current);
                 let commands = apply(&mut current, &input);
@@ -183,6 +184,35 @@ impl Driver {
                     self.bus.publish(event);
                 }
             }
+            if finished {
+                writer.finish()?;
+                let done = exec.lock().unwrap().clone();
+                return Ok(done);
+            }
+            // A lone action (the common sequential case) runs right here: nothing else of this
+            // execution can happen until it ends, so a task and a channel would only add hand-offs.
+            if jobs.len() == 1 && rx.is_empty() {
+                let (stage, action, attempt, spec) = jobs.pop().expect("one job");
+                input = match spec {
+                    Ok(spec) => {
+                        let (result, leftover) = job::execute(&self.jobs, &spec).await;
+                        let inputs = spec.inputs.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
+                        let cx = self.jobs.clone();
+                        tokio::spawn(async move { leftover.release(&cx) });
+                        Input::ActionCompleted { stage, action, attempt, result, config: spec.config, inputs, at: Timestamp::now() }
+                    }
+                    Err(error) => Input::ActionCompleted {
+                        stage,
+                        action,
+                        attempt,
+                        result: crate::scheduler::ActionResult::Failed { error },
+                        config: BTreeMap::new(),
+                        inputs: BTreeMap::new(),
+                        at: Timestamp::now(),
+                    },
+                };
+                continue;
+            }
             for (stage, action, attempt, spec) in jobs {
                 let (tx, engine) = (tx.clone(), self.jobs.clone());
                 tokio::spawn(async move {
@@ -200,11 +230,6 @@ impl Driver {
                         }
                     }
                 });
-            }
-            if finished {
-                writer.finish()?;
-                let done = exec.lock().unwrap().clone();
-                return Ok(done);
             }
             input = rx.recv().await.context("all jobs ended without reporting")?;
         }

@@ -33,8 +33,8 @@ pub(super) struct StateWriter {
 }
 
 impl StateWriter {
-    /// Write `exec` whenever told, starting after `revision` (the record as first stored).
-    pub(super) fn spawn(store: Arc<dyn StateStore>, revision: u64, exec: Arc<Mutex<Execution>>) -> Self {
+    /// Write `exec` whenever told; the first write creates the record (`revision` None).
+    pub(super) fn spawn(store: Arc<dyn StateStore>, revision: Option<u64>, exec: Arc<Mutex<Execution>>) -> Self {
         let shared = Arc::new(Shared { flags: Mutex::new(Flags::default()), wake: Condvar::new() });
         let s = shared.clone();
         let thread = std::thread::Builder::new()
@@ -87,7 +87,7 @@ impl Drop for StateWriter {
     }
 }
 
-fn write_loop(store: &dyn StateStore, mut revision: u64, exec: &Mutex<Execution>, shared: &Shared) -> Result<(), StateError> {
+fn write_loop(store: &dyn StateStore, mut revision: Option<u64>, exec: &Mutex<Execution>, shared: &Shared) -> Result<(), StateError> {
     loop {
         let durability = {
             let mut f = shared.flags.lock().unwrap();
@@ -113,6 +113,6 @@ fn write_loop(store: &dyn StateStore, mut revision: u64, exec: &Mutex<Execution>
         };
         let snapshot = exec.lock().unwrap().clone();
         let d = if durability || snapshot.status.is_terminal() { Durability::Durable } else { Durability::Eventual };
-        revision = store.put(&snapshot, Some(revision), d)?;
+        revision = Some(store.put(&snapshot, revision, d)?);
     }
 }
