@@ -60,6 +60,11 @@ fn plugin_describe_shows_configuration_and_capabilities() {
     let json: serde_json::Value = serde_json::from_str(&probe.stdout).unwrap();
     assert_eq!(json["description"]["name"], "probe");
     assert_eq!(json["description"]["side_effects"], false);
-    let broken = p.sluice(&["plugin", "describe", "./pipeline.yaml.wasm"]);
-    assert_ne!(broken.code, 0);
+    let missing = p.sluice(&["plugin", "describe", "./missing.wasm"]);
+    assert_ne!(missing.code, 0);
+    assert!(missing.stderr.contains("cannot read"), "{}", missing.stderr);
+    p.write("garbage.wasm", "\0asm\x0d\0\x01\0 not really a component");
+    let garbage = p.sluice(&["plugin", "describe", "./garbage.wasm"]);
+    assert_ne!(garbage.code, 0);
+    assert!(garbage.stderr.contains("compile component"), "{}", garbage.stderr);
 }

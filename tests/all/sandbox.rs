@@ -16,7 +16,7 @@ stages:
       - { name: Panic, uses: PROBE, with: { mode: panic } }
       - { name: EtcPasswd, uses: PROBE, with: { mode: read, path: /etc/passwd } }
       - { name: DotDot, uses: PROBE, with: { mode: read, path: /scratch/../../etc/passwd } }
-      - { name: WriteInput, uses: PROBE, with: { mode: write, path: /etc/sluice-was-here } }
+      - { name: WriteOutsideMounts, uses: PROBE, with: { mode: write, path: /etc/sluice-was-here } }
       - { name: SymlinkOut, uses: PROBE, with: { mode: symlink, path: /scratch/leak, target: ../../etc/passwd } }
       - { name: SymlinkAbs, uses: PROBE, with: { mode: symlink, path: /scratch/leak, target: /etc/passwd } }
       - { name: Exec, uses: PROBE, with: { mode: exec, program: cat } }
@@ -38,7 +38,7 @@ stages:
         ("Hostile/Panic", "crashed"),
         ("Hostile/EtcPasswd", "cannot read /etc/passwd"),
         ("Hostile/DotDot", "cannot read /scratch/../../etc/passwd"),
-        ("Hostile/WriteInput", "cannot write /etc/sluice-was-here"),
+        ("Hostile/WriteOutsideMounts", "cannot write /etc/sluice-was-here"),
         ("Hostile/SymlinkOut", "leads outside /scratch"),
         ("Hostile/SymlinkAbs", "must be a relative path"),
         ("Hostile/Exec", "program `cat` is not granted"),
@@ -118,4 +118,133 @@ stages:
         let ws = ws.unwrap().path();
         assert!(!ws.join("out").exists() && std::fs::read_dir(ws.join("scratch")).unwrap().next().is_none(), "{} not emptied", ws.display());
     }
+}
+
+#[test]
+fn host_programs_cannot_be_redirected_and_their_output_cannot_stall_the_engine() {
+    let p = Project::new(
+        r##"
+name: programs
+stages:
+  - name: Run
+    actions:
+      - name: Background
+        uses: command@1
+        timeout: 60s
+        capabilities: { process: [sh] }
+        with:
+          run: |
+            sleep 600 &
+            echo "Pid=$!" >> "$SLUICE_OUTPUT"
+      - name: Binary
+        uses: command@1
+        capabilities: { process: [sh] }
+        with:
+          run: head -c 3000000 /dev/urandom; echo; echo done-marker
+      - { name: PathOverride, uses: PROBE, capabilities: { process: [sh] }, with: { mode: exec, program: sh, env: "PATH=/tmp" } }
+      - { name: PreloadOverride, uses: PROBE, capabilities: { process: [sh] }, with: { mode: exec, program: sh, env: "LD_PRELOAD=/tmp/x.so" } }
+      - { name: Chatty, uses: PROBE, with: { mode: spam } }
+"##,
+    );
+    let started = std::time::Instant::now();
+    let run = p.run(&[]);
+    let exec = run.json();
+    // A program that leaves a background child does not wait for it: the child is killed.
+    let bg = action(&exec, "Run/Background");
+    assert_eq!(status(bg), "Succeeded", "{bg:#}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30), "waited for the background child");
+    let pid = bg["variables"]["Pid"].as_str().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let alive = std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| !s.contains(") Z ")).unwrap_or(false);
+    assert!(!alive, "background child {pid} survived its action");
+    // Binary output without newlines neither stalls nor breaks the log.
+    assert_eq!(status(action(&exec, "Run/Binary")), "Succeeded");
+    let id = exec["execution_id"].as_str().unwrap();
+    assert!(p.sluice(&["logs", id, "Run/Binary"]).stdout.contains("done-marker"));
+    // The guest cannot change which program runs or what it loads.
+    for name in ["Run/PathOverride", "Run/PreloadOverride"] {
+        assert!(error(action(&exec, name)).contains("cannot be set for a host program"), "{name}: {}", error(action(&exec, name)));
+    }
+    // A guest printing 2 MiB is not failed for it.
+    assert_eq!(status(action(&exec, "Run/Chatty")), "Succeeded", "{:#}", action(&exec, "Run/Chatty"));
+}
+
+#[test]
+fn outputs_cannot_smuggle_links_or_take_the_users_files() {
+    let p = Project::new(
+        r##"
+name: smuggling
+stages:
+  - name: Make
+    actions:
+      - name: Chain
+        uses: command@1
+        outputs: [chain]
+        capabilities: { process: [sh] }
+        with: { run: "ln -s . out/chain/a && ln -s a/a/a/../../../etc/passwd out/chain/x" }
+      - name: RootLink
+        uses: command@1
+        outputs: [root]
+        capabilities: { process: [sh] }
+        with: { run: "rmdir out/root && ln -s / out/root" }
+      - name: HardLink
+        uses: PROBE
+        outputs: [linked]
+        capabilities: { dirs: { ./mine: rw } }
+        with: { mode: hardlink, path: MINE/precious.txt, target: /out/linked/precious.txt }
+      - name: Internals
+        uses: PROBE
+        capabilities: { dirs: { ./.sluice: rw } }
+        with: { mode: ok }
+      - name: Data
+        uses: command@1
+        outputs: [data]
+        capabilities: { process: [sh] }
+        with: { run: "echo data > out/data/file" }
+  - name: Use
+    actions:
+      - { name: WriteInput, uses: PROBE, inputs: [data], with: { mode: write, path: /in/data/file, value: changed } }
+      - { name: NewInInput, uses: PROBE, inputs: [data], with: { mode: write, path: /in/data/new, value: x } }
+"##
+        .replace("MINE", &format!("{}/mine", "PIPELINE_DIR"))
+        .as_str(),
+    );
+    // The probe resolves nothing itself: give it the absolute path of the granted directory.
+    let yaml = p.read("pipeline.yaml").replace("PIPELINE_DIR", p.dir.path().canonicalize().unwrap().to_str().unwrap());
+    p.write("pipeline.yaml", &yaml);
+    p.write("mine/precious.txt", "mine");
+    let exec = p.run(&[]).json();
+    assert!(error(action(&exec, "Make/Chain")).contains("leads outside the artifact"), "{}", error(action(&exec, "Make/Chain")));
+    assert!(error(action(&exec, "Make/RootLink")).contains("must be a directory"), "{}", error(action(&exec, "Make/RootLink")));
+    // A hard link to the user's file is copied into the store, never moved or made read-only.
+    assert_eq!(status(action(&exec, "Make/HardLink")), "Succeeded", "{:#}", action(&exec, "Make/HardLink"));
+    assert_eq!(p.read("mine/precious.txt"), "mine");
+    assert!(!std::fs::metadata(p.path("mine/precious.txt")).unwrap().permissions().readonly());
+    std::fs::write(p.path("mine/precious.txt"), "still mine").expect("the user's file stays writable");
+    assert!(error(action(&exec, "Make/Internals")).contains("would let the action write Sluice's own data"));
+    // Stage Make failed, so Use never ran; run the input checks on their own.
+    assert_eq!(stage_status(&exec, "Use"), "NotStarted");
+    let q = Project::new(
+        r##"
+name: inputs
+stages:
+  - name: Make
+    actions:
+      - { name: Data, uses: command@1, outputs: [data], capabilities: { process: [sh] }, with: { run: "echo data > out/data/file" } }
+  - name: Use
+    actions:
+      - { name: WriteInput, uses: PROBE, inputs: [data], with: { mode: write, path: /in/data/file, value: changed } }
+      - { name: NewInInput, uses: PROBE, inputs: [data], with: { mode: write, path: /in/data/new, value: x } }
+  - name: Check
+    actions:
+      - { name: Read, uses: command@1, inputs: [data], capabilities: { process: [sh] }, with: { run: "echo Content=$(cat in/data/file) >> $SLUICE_OUTPUT" } }
+"##,
+    );
+    let exec = q.run(&[]).json();
+    for name in ["Use/WriteInput", "Use/NewInInput"] {
+        assert_eq!(status(action(&exec, name)), "Failed", "{name} wrote into a read-only input");
+    }
+    let data = action(&exec, "Make/Data")["artifacts"]["data"].as_str().unwrap().to_string();
+    let verify = q.sluice(&["artifact", "verify", &data]);
+    assert_eq!(verify.code, 0, "the shared input blob was modified: {}", verify.stderr);
 }

@@ -30,12 +30,16 @@ const CASES: &[(&str, &str)] = &[
     ("name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: command@1, with: { run: ls } }\n", "5:11: action `A`: `command@1` runs host program `sh`; grant it with `capabilities: { process: [sh] }`"),
     ("name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: deploy-release@1, with: { target: ./out } }\n", "5:60: action `A`: `deploy-release@1` writes to \"./out\"; grant it"),
     ("name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: noop@1, run_order: 0 }\n", "5:45: `run_order` must be a whole number from 1 to 999"),
+    ("name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: noop@1, limits: { memory: 8GiB } }\n", "5:52: `limits.memory`: 8GiB is more than the maximum of 4GiB"),
+    ("name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: PROBE, namespace: A, outputs: [o], with: { mode: ok } }\n      - { name: B, uses: source-dir@1, run_order: 2, outputs: [p], with: { path: \"#{A.Value}\" } }\n", "6:82: `with.path` names a directory the action is granted, so it cannot come from another action's output"),
+    ("name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: ./broken.wasm }\n", "5:26: `uses: ./broken.wasm`: the component"),
 ];
 
 #[test]
 fn each_problem_is_reported_with_file_line_and_column() {
     for (yaml, expected) in CASES {
         let p = Project::new(yaml);
+        p.write("broken.wasm", "\0asm this is not a component");
         let run = p.sluice(&["validate", "pipeline.yaml"]);
         assert_eq!(run.code, 2, "expected a validation failure for:\n{yaml}\n{}", run.stderr);
         let expected = expected.replace("PROBE", PROBE);
@@ -56,7 +60,7 @@ fn all_problems_are_reported_at_once_and_run_refuses_to_start() {
     assert!(run.stderr.contains("4 problems found"));
     let r = p.sluice(&["run", "pipeline.yaml"]);
     assert_eq!(r.code, 2);
-    assert!(!p.path(".sluice/state.redb").exists() || r.stdout.is_empty(), "nothing ran");
+    assert_eq!(p.sluice(&["history"]).stdout.trim(), "no executions yet", "nothing was recorded");
 }
 
 #[test]

@@ -70,6 +70,12 @@ impl BlobStore for LocalStore {
     }
 
     fn put_owned(&self, path: &Path) -> Result<Digest, StoreError> {
+        use std::os::unix::fs::MetadataExt;
+        // A file with other names (a hard link from somewhere the writer could reach) is not
+        // ours to take: moving it would turn someone else's file into a blob.
+        if fs::symlink_metadata(path).map_err(io(format!("stat {}", path.display())))?.nlink() > 1 {
+            return self.put_file(path);
+        }
         // Hash in place, then rename into the store: no copy at all on the same filesystem.
         let (digest, _) = hash_file(path)?;
         let dest = self.blob_path(&digest);

@@ -63,23 +63,27 @@ fn check_name(name: &str) -> Result<(), StoreError> {
 
 /// Whether a symlink at `link_dir` (relative to the artifact root) pointing to `target`
 /// stays inside the artifact.
-fn link_stays_inside(link_dir: &Path, target: &Path) -> bool {
+///
+/// The target must be relative, with any `..` only at its start (at most as many as the
+/// link's depth). A `..` after a name is refused: the name could itself be a link (`a -> .`),
+/// and the kernel resolves `..` after following it, which a lexical check cannot see. With
+/// this rule every link stays inside on its own, so chains of links do too.
+pub fn link_stays_inside(link_dir: &Path, target: &Path) -> bool {
     if target.is_absolute() {
         return false;
     }
-    let mut depth: i64 = link_dir.components().count() as i64;
+    let mut ups = 0;
+    let mut seen_name = false;
     for c in target.components() {
         match c {
-            Component::ParentDir => depth -= 1,
-            Component::Normal(_) => depth += 1,
+            Component::ParentDir if seen_name => return false,
+            Component::ParentDir => ups += 1,
+            Component::Normal(_) => seen_name = true,
             Component::CurDir => {}
             _ => return false,
         }
-        if depth < 0 {
-            return false;
-        }
     }
-    true
+    ups <= link_dir.components().count()
 }
 
 /// Summary of a stored artifact.
@@ -110,6 +114,11 @@ pub fn put_tree(store: &dyn BlobStore, root: &Path) -> Result<(Digest, TreeStats
 
 /// [`put_tree`] with a choice of [`Transfer`].
 pub fn put_tree_with(store: &dyn BlobStore, root: &Path, transfer: Transfer) -> Result<(Digest, TreeStats), StoreError> {
+    // The root itself must be a directory, not a link to one (`ln -s ~ out/site`).
+    let meta = fs::symlink_metadata(root).map_err(io(format!("stat {}", root.display())))?;
+    if !meta.is_dir() {
+        return Err(StoreError::Invalid(format!("{} must be a directory, not a symlink or a file", root.display())));
+    }
     let mut stats = TreeStats::default();
     let d = put_dir(store, root, Path::new(""), transfer, &mut stats)?;
     Ok((d, stats))

@@ -147,12 +147,19 @@ pub struct JobContext {
     pub logs: Arc<LogStore>,
     /// Action workspaces.
     pub workspaces: Arc<super::WorkspacePool>,
+    /// Engine internals that no writable grant may contain or lie within.
+    pub protected: Arc<Vec<PathBuf>>,
 }
 
 /// A workspace to hand back to the pool once the job's result has been reported.
 pub struct Leftover(Option<PathBuf>);
 
 impl Leftover {
+    /// Nothing to release.
+    pub fn none() -> Self {
+        Leftover(None)
+    }
+
     /// Empty the workspace and return it to the pool.
     pub fn release(self, cx: &JobContext) {
         if let Some(ws) = self.0 {
@@ -213,6 +220,15 @@ async fn run_in(cx: &JobContext, job: &JobSpec, ws: &Path, log: Arc<dyn LogSink>
         }
     }
     for (dir, access) in &job.dirs {
+        if *access == Access::Rw {
+            if let Some(p) = cx.protected.iter().find(|p| p.starts_with(dir) || dir.starts_with(p)) {
+                return Err(format!(
+                    "the grant `{}: rw` would let the action write Sluice's own data ({}); grant a directory outside it",
+                    dir.display(),
+                    p.display()
+                ));
+            }
+        }
         if *access == Access::Rw && !dir.exists() {
             std::fs::create_dir_all(dir).map_err(|e| format!("create granted directory {}: {e}", dir.display()))?;
         }

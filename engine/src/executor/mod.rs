@@ -43,6 +43,9 @@ pub struct Engine {
     pub logs: Arc<LogStore>,
     /// Action workspaces.
     pub workspaces: Arc<WorkspacePool>,
+    /// Engine internals no grant may expose for writing (compiled code, blobs, state, logs,
+    /// workspaces).
+    pub protected: Arc<Vec<PathBuf>>,
 }
 
 /// The embedded engine's data directory layout.
@@ -72,6 +75,12 @@ impl DataDir {
     pub fn compiled(&self) -> PathBuf {
         self.root.join("compiled")
     }
+    /// Everything the engine keeps here that an action must never be granted to write, as
+    /// absolute, lexically normalised paths.
+    pub fn protected(&self) -> Vec<PathBuf> {
+        let root = std::path::absolute(&self.root).map(|p| crate::model::normalize(&p)).unwrap_or_else(|_| self.root.clone());
+        ["cas", "compiled", "work", "logs", "state.redb"].iter().map(|p| root.join(p)).collect()
+    }
 }
 
 impl Engine {
@@ -90,6 +99,7 @@ impl Engine {
             bus,
             logs: Arc::new(logs),
             workspaces: Arc::new(WorkspacePool::new(dirs.work()).with_context(|| format!("prepare {}", dirs.work().display()))?),
+            protected: Arc::new(dirs.protected()),
         })
     }
 
@@ -131,6 +141,7 @@ impl Engine {
             blobs: self.blobs.clone(),
             logs: self.logs.clone(),
             workspaces: self.workspaces.clone(),
+            protected: self.protected.clone(),
         }
     }
 }
@@ -218,7 +229,13 @@ impl Driver {
                 tokio::spawn(async move {
                     match spec {
                         Ok(spec) => {
-                            let (result, leftover) = job::execute(&engine, &spec).await;
+                            // A bug that panics inside a job must fail that action, not leave
+                            // the execution waiting for a result that never comes.
+                            let (cx, job) = (engine.clone(), spec.clone());
+                            let (result, leftover) = match tokio::spawn(async move { job::execute(&cx, &job).await }).await {
+                                Ok(done) => done,
+                                Err(e) => (crate::scheduler::ActionResult::Failed { error: format!("internal error while running the action: {e}") }, job::Leftover::none()),
+                            };
                             let inputs = spec.inputs.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
                             let config = spec.config;
                             let _ = tx.send(Input::ActionCompleted { stage, action, attempt, result, config, inputs, at: Timestamp::now() });

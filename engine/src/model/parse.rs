@@ -240,6 +240,9 @@ impl Parser {
                 if let Some(m) = lmap.get_node("memory") {
                     if let Some(v) = self.scalar(m, "`limits.memory`") {
                         match units::parse_size(&v.value) {
+                            Ok(bytes) if bytes > crate::runtime::MAX_GUEST_MEMORY => {
+                                self.err(v.loc, format!("`limits.memory`: {} is more than the maximum of 4GiB", v.value))
+                            }
                             Ok(bytes) => action.memory = Some(bytes),
                             Err(e) => self.err(v.loc, format!("`limits.memory`: {e}")),
                         }

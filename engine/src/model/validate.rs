@@ -139,6 +139,17 @@ pub fn validate(p: &Pipeline, plugins: &ResolvedPlugins, overrides: &BTreeMap<St
             }
         }
         let cap_loc = a.capabilities.loc.unwrap_or(a.loc);
+        // A configuration key that names a directory to grant must be fixed by the pipeline
+        // author: pipeline variables and `sluice.*` only, never another action's output.
+        for cap in &d.capabilities {
+            let (Capability::ReadConfigPath(key) | Capability::WriteConfigPath(key)) = cap else { continue };
+            let Some(value) = a.with.get(key) else { continue };
+            if let Ok(refs) = template::references(&value.value) {
+                if let Some(r) = refs.iter().find(|r| r.namespace != "variables" && r.namespace != "sluice") {
+                    err(value.loc, format!("`with.{key}` names a directory the action is granted, so it cannot come from another action's output (`#{{{}.{}}}`)", r.namespace, r.key));
+                }
+            }
+        }
         for cap in &d.capabilities {
             match cap {
                 Capability::Process(prog) if !a.capabilities.process.contains(prog) => err(

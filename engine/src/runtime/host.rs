@@ -3,9 +3,9 @@
 use super::bindings::sluice::action::{files, log, process, types};
 use crate::model::{Access, normalize};
 use std::collections::VecDeque;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -162,18 +162,12 @@ impl files::Host for HostState {
 
     fn symlink(&mut self, target: String, link: String) -> Result<(), String> {
         let (mount, rel) = self.resolve(&link, true)?;
-        // The link must resolve inside its mount: count depth lexically from the link's directory.
-        let mut depth = rel.components().count() as i64 - 1;
-        for c in Path::new(&target).components() {
-            match c {
-                Component::Normal(_) => depth += 1,
-                Component::ParentDir => depth -= 1,
-                Component::CurDir => {}
-                _ => return Err(format!("symlink target {target:?} must be a relative path")),
-            }
-            if depth < 0 {
-                return Err(format!("symlink target {target:?} leads outside {}", mount.guest.display()));
-            }
+        // The same rule as artifacts: relative, `..` only leading, never above the mount.
+        if Path::new(&target).is_absolute() {
+            return Err(format!("symlink target {target:?} must be a relative path"));
+        }
+        if !crate::artifacts::tree::link_stays_inside(rel.parent().unwrap_or(Path::new("")), Path::new(&target)) {
+            return Err(format!("symlink target {target:?} leads outside {}", mount.guest.display()));
         }
         let dir = Self::open_mount(mount)?;
         dir.symlink(&target, &rel).map_err(|e| format!("{link}: {e}"))
@@ -182,6 +176,33 @@ impl files::Host for HostState {
 
 /// Lines of program output kept for the error message.
 const TAIL_LINES: usize = 20;
+/// Longest line kept from a program's output; the rest of the line is dropped.
+const MAX_LINE: usize = 16 << 10;
+/// Output logged per stream; the rest is read and dropped (the tail is still kept).
+const MAX_LOGGED: usize = 32 << 20;
+/// After the program exits, how long its output may still drain (background children that
+/// inherited the pipes are killed with the group; this only bounds the final read).
+const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Environment variables a guest may not set for a host program: they would change which
+/// program runs or what it loads, turning one granted program into any program.
+fn forbidden_env(key: &str) -> bool {
+    matches!(key, "PATH" | "HOME" | "IFS" | "ENV" | "BASH_ENV" | "SHELLOPTS" | "BASHOPTS" | "PS4" | "CDPATH" | "GLOBIGNORE")
+        || key.starts_with("LD_")
+        || key.starts_with("SLUICE_")
+        || key.starts_with("BASH_FUNC_")
+}
+
+/// Resolve a granted program name on the engine's own PATH (never the workspace's).
+fn resolve_program(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    if name.contains('/') {
+        return None;
+    }
+    std::env::var_os("PATH")?.to_str()?.split(':').filter(|d| d.starts_with('/')).map(|d| Path::new(d).join(name)).find(|p| {
+        std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+    })
+}
 
 impl process::Host for HostState {
     async fn run(&mut self, cmd: process::Command) -> Result<process::ExitStatus, String> {
@@ -191,13 +212,17 @@ impl process::Host for HostState {
                 cmd.program, cmd.program
             ));
         }
-        let mut command = tokio::process::Command::new(&cmd.program);
+        if let Some((k, _)) = cmd.env.iter().find(|(k, _)| forbidden_env(k)) {
+            return Err(format!("environment variable `{k}` cannot be set for a host program"));
+        }
+        let program = resolve_program(&cmd.program).ok_or_else(|| format!("program `{}` was not found on the engine's PATH", cmd.program))?;
+        let mut command = tokio::process::Command::new(&program);
         command
             .args(&cmd.args)
             .env_clear()
             .envs(["PATH", "HOME"].iter().filter_map(|k| std::env::var(k).ok().map(|v| (*k, v))))
             .envs(self.program_env.iter().cloned())
-            .envs(cmd.env.iter().filter(|(k, _)| !k.starts_with("SLUICE_")).cloned())
+            .envs(cmd.env.iter().cloned())
             .current_dir(&self.workspace)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
@@ -205,18 +230,33 @@ impl process::Host for HostState {
             .process_group(0)
             .kill_on_drop(true);
         let mut child = command.spawn().map_err(|e| format!("cannot start `{}`: {e}", cmd.program))?;
-        // Whatever happens (timeout drops this future, or the program exits leaving
+        // Whatever happens (a timeout drops this future, or the program exits leaving
         // background children), the whole process group is killed.
-        let _group = ProcessGroup(child.id());
+        let group = ProcessGroup(child.id());
         let stdout = child.stdout.take().expect("piped");
         let stderr = child.stderr.take().expect("piped");
         let tail = std::sync::Mutex::new(VecDeque::with_capacity(TAIL_LINES));
-        let pump = |stream, level| {
+        let pump = |stream: std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>, level| {
             let (log, tail) = (self.log.clone(), &tail);
             async move {
-                let mut lines = BufReader::new(stream).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    log.log(level, &line, &[]);
+                let mut reader = BufReader::new(stream);
+                let mut buf = Vec::new();
+                let mut logged = 0usize;
+                loop {
+                    buf.clear();
+                    // Read by bytes with a cap: output that is not UTF-8 or has no newlines
+                    // must neither stop the draining nor grow without bound.
+                    match (&mut reader).take(MAX_LINE as u64).read_until(b'\n', &mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                    let line = String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_string();
+                    logged += buf.len();
+                    if logged <= MAX_LOGGED {
+                        log.log(level, &line, &[]);
+                    } else if logged - buf.len() <= MAX_LOGGED {
+                        log.log(Level::Warn, &format!("output beyond {} MiB is not logged", MAX_LOGGED >> 20), &[]);
+                    }
                     let mut t = tail.lock().unwrap();
                     if t.len() == TAIL_LINES {
                         t.pop_front();
@@ -225,9 +265,23 @@ impl process::Host for HostState {
                 }
             }
         };
-        let (status, _, _) = tokio::join!(child.wait(), pump(Box::pin(stdout) as std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>, Level::Info), pump(Box::pin(stderr), Level::Warn));
+        let drain = async { tokio::join!(pump(Box::pin(stdout), Level::Info), pump(Box::pin(stderr), Level::Warn)) };
+        tokio::pin!(drain);
+        let mut drained = false;
+        let status = tokio::select! {
+            status = child.wait() => status,
+            _ = &mut drain => {
+                drained = true;
+                child.wait().await
+            }
+        };
         let status = status.map_err(|e| format!("waiting for `{}`: {e}", cmd.program))?;
-        let output_tail = tail.into_inner().unwrap().into_iter().collect::<Vec<_>>().join("\n");
+        // The program is done: background children go with its group, then the pipes close.
+        drop(group);
+        if !drained {
+            let _ = tokio::time::timeout(DRAIN_GRACE, &mut drain).await;
+        }
+        let output_tail = tail.lock().unwrap().iter().cloned().collect::<Vec<_>>().join("\n");
         Ok(process::ExitStatus { code: status.code(), output_tail })
     }
 }

@@ -7,6 +7,7 @@
 //! Compiled code is cached on disk by digest and the engine's compatibility hash.
 
 mod cache;
+mod capture;
 mod host;
 
 pub use host::{Level, LogSink, Mount};
@@ -278,8 +279,8 @@ impl Runtime {
             return Err(RunError::Instantiate(format!("limits.memory may be at most {}", bytesize::ByteSize(MAX_GUEST_MEMORY))));
         }
         let _slot = self.runs.acquire().await.expect("semaphore is never closed");
-        let stdout = wasmtime_wasi::p2::pipe::MemoryOutputPipe::new(STDIO_CAPTURE);
-        let stderr = wasmtime_wasi::p2::pipe::MemoryOutputPipe::new(STDIO_CAPTURE);
+        let stdout = capture::Capture::new(STDIO_CAPTURE);
+        let stderr = capture::Capture::new(STDIO_CAPTURE);
         let mut wasi = WasiCtx::builder();
         wasi.stdout(stdout.clone()).stderr(stderr.clone());
         for m in &inv.mounts {

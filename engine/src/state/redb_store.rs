@@ -14,7 +14,8 @@ fn revision_of(value: &[u8]) -> Result<u64, StateError> {
 }
 
 fn decode(value: &[u8]) -> Result<(Execution, u64), StateError> {
-    Ok((serde_json::from_slice(&value[8..]).map_err(backend)?, revision_of(value)?))
+    let revision = revision_of(value)?;
+    Ok((serde_json::from_slice(&value[8..]).map_err(backend)?, revision))
 }
 
 /// Executions in a redb database file.

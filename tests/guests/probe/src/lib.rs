@@ -9,11 +9,12 @@ impl Action for Probe {
     fn describe() -> Description {
         Description::new("probe", "1.0.0", Category::Test)
             .summary("Test plugin: behaves as `mode` says")
-            .required("mode", "ok | fail | retryable | config | pending | loop | alloc | panic | sleep | read | write | symlink | exec | context | copy")
+            .required("mode", "ok | fail | retryable | config | pending | loop | alloc | panic | sleep | read | write | symlink | exec | spam | hardlink | context | copy")
             .optional("path", "a guest path for read/write/symlink")
             .optional("target", "symlink target")
             .optional("program", "host program for exec")
             .optional("value", "a value echoed back as the `Value` variable")
+            .optional("env", "KEY=VALUE passed to the program in exec mode")
     }
 
     fn run(ctx: &Context, config: &Config) -> Result<Outcome, ActionError> {
@@ -75,8 +76,21 @@ impl Action for Probe {
             }
             "exec" => {
                 let program = config.require("program")?;
-                let status = process::run(program, &[]).map_err(ActionError::Failed)?;
+                let env: Vec<(&str, &str)> = config.get("env").and_then(|e| e.split_once('=')).into_iter().collect();
+                let status = process::run_with_env(program, &["-c", "true"], &env).map_err(ActionError::Failed)?;
                 Ok(done().var("Code", status.code.unwrap_or(-1)))
+            }
+            "spam" => {
+                let line = "x".repeat(1023);
+                for _ in 0..2048 {
+                    println!("{line}");
+                }
+                Ok(done())
+            }
+            "hardlink" => {
+                let (from, to) = (path()?, config.require("target")?);
+                std::fs::hard_link(from, to).map_err(|e| ActionError::Failed(format!("cannot link {from} to {to}: {e}")))?;
+                Ok(done())
             }
             "context" => Ok(done()
                 .var("ExecutionId", &ctx.execution_id)
