@@ -32,7 +32,7 @@ const CASES: &[(&str, &str)] = &[
     ("name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: noop@1, run_order: 0 }\n", "5:45: `run_order` must be a whole number from 1 to 999"),
     ("name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: noop@1, limits: { memory: 8GiB } }\n", "5:52: `limits.memory`: 8GiB is more than the maximum of 4GiB"),
     ("name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: PROBE, namespace: A, outputs: [o], with: { mode: ok } }\n      - { name: B, uses: source-dir@1, run_order: 2, outputs: [p], with: { path: \"#{A.Value}\" } }\n", "6:82: `with.path` names a directory the action is granted, so it cannot come from another action's output"),
-    ("name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: ./broken.wasm }\n", "5:26: `uses: ./broken.wasm`: the component"),
+    ("name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: ./broken.wasm }\n", "5:26: `uses: ./broken.wasm`: compile component: failed to parse WebAssembly"),
 ];
 
 #[test]
