@@ -4,6 +4,7 @@
 #[path = "../harness/mod.rs"]
 mod harness;
 
+mod authoring;
 mod cli;
 mod quickstart;
 mod sandbox;

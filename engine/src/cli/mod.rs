@@ -1,7 +1,9 @@
 //! The `sluice` command line.
 
 mod inspect;
+mod plugin_test;
 mod progress;
+mod scaffold;
 
 use crate::bus::MemoryBus;
 use crate::executor::{Engine, LogStore, load_pipeline};
@@ -110,6 +112,11 @@ enum PluginCmd {
     },
     /// List the built-in plugins.
     List,
+    /// Run one action of a plugin outside any pipeline and print its outcome, variables, logs
+    /// and outputs.
+    Test(plugin_test::TestArgs),
+    /// Create a new plugin crate that builds with `cargo build --release`.
+    New(scaffold::NewArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -133,7 +140,7 @@ enum ArtifactCmd {
     },
 }
 
-fn parse_var(s: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_var(s: &str) -> Result<(String, String), String> {
     s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
 }
 
@@ -214,6 +221,8 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Logs { execution_id, action, data } => inspect::logs(&default_data(data), &execution_id, action.as_deref()),
         Cmd::Plugin { command } => match command {
             PluginCmd::Describe { plugin, json } => inspect::describe_plugin(&plugin, json).await,
+            PluginCmd::Test(args) => plugin_test::run(args).await,
+            PluginCmd::New(args) => scaffold::run(args),
             PluginCmd::List => {
                 for name in crate::plugins::builtin::names() {
                     println!("{name}");

@@ -135,7 +135,7 @@ impl Engine {
         tokio::spawn(async move { driver.drive(pipeline, &plugins, &overrides).await }).await?
     }
 
-    fn job_context(&self) -> job::JobContext {
+    pub(crate) fn job_context(&self) -> job::JobContext {
         job::JobContext {
             runtime: self.registry.runtime().clone(),
             blobs: self.blobs.clone(),

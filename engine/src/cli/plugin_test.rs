@@ -1,0 +1,155 @@
+//! `sluice plugin test`: run one action of a plugin outside any pipeline and show everything
+//! it did — the plugin author's inner loop. Uses the same job runner as pipelines.
+use crate::artifacts::{Digest, tree};
+use crate::bus::MemoryBus;
+use crate::executor::{Engine, JobSpec, LogStore};
+use crate::model::{Access, normalize, units};
+use crate::plugins::Capability;
+use crate::scheduler::ActionResult;
+use anyhow::Context as _;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+/// Options of `sluice plugin test`.
+#[derive(clap::Args, Debug)]
+pub struct TestArgs {
+    /// The plugin: a .wasm file, NAME@MAJOR or blake3:<hex>.
+    pub plugin: String,
+    /// Configuration (repeatable), as under `with:`.
+    #[arg(long = "config", value_name = "KEY=VALUE", value_parser = super::parse_var)]
+    pub config: Vec<(String, String)>,
+    /// An input artifact from a directory (repeatable).
+    #[arg(long = "input", value_name = "NAME=DIR", value_parser = super::parse_var)]
+    pub inputs: Vec<(String, String)>,
+    /// An output artifact to collect (repeatable).
+    #[arg(long = "output", value_name = "NAME")]
+    pub outputs: Vec<String>,
+    /// A grant: `process=PROGRAM`, `dir=PATH:ro|rw` or `http=ORIGIN` (repeatable).
+    #[arg(long = "grant", value_name = "KIND=VALUE")]
+    pub grants: Vec<String>,
+    /// Wall-clock limit.
+    #[arg(long, default_value = "5m")]
+    pub timeout: String,
+    /// Memory limit.
+    #[arg(long, default_value = "256MiB")]
+    pub memory: String,
+    /// Write output artifacts into DIR/<name>.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+}
+
+pub async fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
+    let cwd = std::env::current_dir()?;
+    let scratch = tempfile::tempdir()?;
+    let engine = Engine::embedded(scratch.path(), Arc::new(MemoryBus::default()), LogStore::new(scratch.path().join("logs")))?;
+    let plugin = engine.registry.resolve(&args.plugin, &cwd).await.map_err(anyhow::Error::msg)?;
+    let d = &plugin.description;
+    let config: BTreeMap<String, String> = args.config.into_iter().collect();
+    let mut problems = Vec::new();
+    for key in config.keys() {
+        if !d.config.iter().any(|k| &k.name == key) {
+            problems.push(format!("`{}` does not accept configuration key `{key}`", d.name));
+        }
+    }
+    for k in d.config.iter().filter(|k| k.required && !config.contains_key(&k.name)) {
+        problems.push(format!("`{}` requires configuration key `{}` ({})", d.name, k.name, k.description));
+    }
+    let (mut programs, mut dirs) = (Vec::new(), Vec::new());
+    for g in &args.grants {
+        match g.split_once('=') {
+            Some(("process", p)) => programs.push(p.to_string()),
+            Some(("dir", spec)) => {
+                let (path, access) = match spec.rsplit_once(':') {
+                    Some((p, "rw")) => (p, Access::Rw),
+                    Some((p, "ro")) => (p, Access::Ro),
+                    _ => (spec, Access::Ro),
+                };
+                dirs.push((normalize(&cwd.join(path)), access));
+            }
+            Some(("http", _)) => problems.push("http grants are not supported by this engine version yet".into()),
+            _ => problems.push(format!("--grant {g}: expected process=PROGRAM, dir=PATH:ro|rw or http=ORIGIN")),
+        }
+    }
+    for cap in &d.capabilities {
+        match cap {
+            Capability::Process(p) if !programs.contains(p) => problems.push(format!("`{}` runs `{p}`: add --grant process={p}", d.name)),
+            Capability::ReadConfigPath(key) => {
+                if let Some(v) = config.get(key) {
+                    dirs.push((normalize(&cwd.join(v)), Access::Ro));
+                }
+            }
+            _ => {}
+        }
+    }
+    if !problems.is_empty() {
+        for p in &problems {
+            eprintln!("error: {p}");
+        }
+        return Ok(ExitCode::from(2));
+    }
+    let mut inputs = BTreeMap::new();
+    for (name, dir) in &args.inputs {
+        let (digest, stats) = tree::put_tree(&*engine.blobs, &cwd.join(dir)).with_context(|| format!("input {name}={dir}"))?;
+        println!("input   {name} = {digest} ({} files from {dir})", stats.files);
+        inputs.insert(name.clone(), digest);
+    }
+    let execution_id = format!("plugin-test-{}", ulid::Ulid::new());
+    let spec = JobSpec {
+        tenant: crate::executor::DEFAULT_TENANT.into(),
+        pipeline: "plugin-test".into(),
+        idempotency_key: format!("default/{execution_id}/Test/{}/1", d.name),
+        execution_id: execution_id.clone(),
+        stage: "Test".into(),
+        action: d.name.clone(),
+        attempt: 1,
+        plugin: plugin.digest.parse().map_err(anyhow::Error::msg)?,
+        config,
+        inputs,
+        outputs: args.outputs.clone(),
+        dirs,
+        programs,
+        memory: units::parse_size(&args.memory).map_err(anyhow::Error::msg)?,
+        timeout: units::parse_duration(&args.timeout).map_err(anyhow::Error::msg)?,
+        pipeline_dir: cwd.clone(),
+    };
+    let started = std::time::Instant::now();
+    let (result, leftover) = crate::executor::job::execute(&engine.job_context(), &spec).await;
+    leftover.release(&engine.job_context());
+    println!("plugin  {} {} ({})", d.name, d.version, plugin.digest);
+    println!("took    {}", units::short_duration(started.elapsed()));
+    for line in engine.logs.read(&execution_id, "Test", &d.name).unwrap_or_default() {
+        println!("log     {:>5} {}", format!("{:?}", line.level).to_uppercase(), line.message);
+    }
+    match result {
+        ActionResult::Succeeded { variables, artifacts, summary } => {
+            println!("outcome Succeeded");
+            if let Some(s) = summary {
+                println!("summary {s}");
+            }
+            for (k, v) in &variables {
+                println!("var     {k} = {v}");
+            }
+            for (name, digest) in &artifacts {
+                let digest: Digest = digest.parse().map_err(anyhow::Error::msg)?;
+                println!("output  {name} = {digest}");
+                for (path, _) in tree::list(&*engine.blobs, &digest)? {
+                    println!("          {}", path.display());
+                }
+                if let Some(out) = &args.out {
+                    tree::materialize(&*engine.blobs, &digest, &out.join(name))?;
+                    println!("          written to {}", out.join(name).display());
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ActionResult::Failed { error } => {
+            println!("outcome Failed");
+            for line in error.lines() {
+                println!("error   {line}");
+            }
+            Ok(ExitCode::from(1))
+        }
+    }
+}

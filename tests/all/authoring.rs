@@ -1,0 +1,58 @@
+//! A plugin author's loop: scaffold, build, test outside a pipeline, use in a pipeline.
+use crate::harness::*;
+use std::process::Command;
+
+#[test]
+fn a_scaffolded_plugin_builds_tests_and_runs_in_a_pipeline() {
+    let p = Project::new("name: placeholder\nstages: []\n");
+    let new = p.sluice(&["plugin", "new", "greeter"]);
+    assert_eq!(new.code, 0, "{}", new.stderr);
+    assert!(p.path("greeter/wit/action.wit").exists() && p.path("greeter/vendor/sluice-sdk/src/lib.rs").exists());
+    // Build it exactly as the scaffold says (sharing the guests' target dir keeps this quick).
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let target = repo().join("target/guests");
+    let out = Command::new(cargo)
+        .args(["build", "--release"])
+        .current_dir(p.path("greeter"))
+        .env("CARGO_TARGET_DIR", &target)
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let wasm = target.join("wasm32-wasip2/release/greeter.wasm");
+    let wasm = wasm.to_str().unwrap();
+
+    let t = p.sluice(&["plugin", "test", wasm, "--config", "name=tester", "--output", "greeting", "--out", "result"]);
+    assert_eq!(t.code, 0, "{}\n{}", t.stdout, t.stderr);
+    assert!(t.stdout.contains("outcome Succeeded") && t.stdout.contains("var     Greeting = hello, tester"), "{}", t.stdout);
+    assert!(t.stdout.contains("log      INFO hello, tester"));
+    assert_eq!(p.read("result/greeting/greeting.txt"), "hello, tester\n");
+    // Wrong configuration is caught before anything runs.
+    let bad = p.sluice(&["plugin", "test", wasm, "--config", "nmae=x"]);
+    assert_eq!(bad.code, 2);
+    assert!(bad.stderr.contains("does not accept configuration key `nmae`"));
+
+    p.write(
+        "pipeline.yaml",
+        &format!("name: greet\nstages:\n  - name: S\n    actions:\n      - {{ name: Greet, uses: {wasm}, outputs: [g], namespace: G, with: {{ name: pipeline }} }}\n      - {{ name: Echo, uses: PROBE, run_order: 2, with: {{ mode: ok, value: \"#{{G.Greeting}}\" }} }}\n").replace("PROBE", PROBE),
+    );
+    let exec = p.run(&[]).json();
+    assert_eq!(status(&exec), "Succeeded");
+    assert_eq!(action(&exec, "S/Echo")["variables"]["Value"], "hello, pipeline");
+}
+
+#[test]
+fn plugin_test_runs_built_in_plugins_with_inputs_grants_and_failures() {
+    let p = Project::new("name: placeholder\nstages: []\n");
+    p.write("src/a.txt", "a");
+    let ok = p.sluice(&["plugin", "test", "command@1", "--config", "run=cp -r in/src/. out/copy && echo N=1 >> $SLUICE_OUTPUT", "--input", "src=src", "--output", "copy", "--grant", "process=sh"]);
+    assert_eq!(ok.code, 0, "{}\n{}", ok.stdout, ok.stderr);
+    assert!(ok.stdout.contains("var     N = 1") && ok.stdout.contains("a.txt"), "{}", ok.stdout);
+    let ungranted = p.sluice(&["plugin", "test", "command@1", "--config", "run=true"]);
+    assert_eq!(ungranted.code, 2);
+    assert!(ungranted.stderr.contains("--grant process=sh"));
+    let failing = p.sluice(&["plugin", "test", "command@1", "--config", "run=echo nope; exit 4", "--grant", "process=sh"]);
+    assert_eq!(failing.code, 1);
+    assert!(failing.stdout.contains("outcome Failed") && failing.stdout.contains("exited with code 4"), "{}", failing.stdout);
+}
