@@ -6,6 +6,7 @@ mod harness;
 
 mod authoring;
 mod cli;
+mod plugins;
 mod quickstart;
 mod sandbox;
 mod schema;

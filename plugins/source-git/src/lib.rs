@@ -1,0 +1,72 @@
+//! `source-git@1`: export one revision of a git repository (without `.git`) into an output
+//! artifact, with CodePipeline-style output variables.
+//!
+//! git runs on the host through the `process` capability (`process: [git]`): the repository
+//! is cloned into the action's scratch directory, the revision checked out there, and the tree
+//! copied into the output. The repository itself is only read.
+use sluice_sdk::prelude::*;
+
+struct SourceGit;
+
+/// Run `git ARGS`; `what` names the step in the error (e.g. "checkout").
+fn git(what: &str, args: &[&str]) -> Result<String, ActionError> {
+    let status = process::run("git", args).map_err(ActionError::Config)?;
+    match status.code {
+        Some(0) => Ok(status.output_tail),
+        _ => Err(ActionError::Failed(format!("git {what} failed:\n{}", status.output_tail))),
+    }
+}
+
+impl Action for SourceGit {
+    fn describe() -> Description {
+        Description::new("source-git", env!("CARGO_PKG_VERSION"), Category::Source)
+            .summary("Exports a branch, tag or commit of a git repository into one output artifact (without .git)")
+            .required("repository", "a local path (relative to the pipeline file) or a file:// URL")
+            .optional("branch", "branch to export (exactly one of branch, tag, commit)")
+            .optional("tag", "tag to export")
+            .optional("commit", "commit to export")
+            .needs(Capability::Process("git".into()))
+    }
+
+    fn run(ctx: &Context, config: &Config) -> Result<Outcome, ActionError> {
+        let out = ctx.single_output()?;
+        let repo = config.require("repository")?;
+        let source = if let Some(rest) = repo.strip_prefix("file://") {
+            format!("file://{rest}")
+        } else if repo.contains("://") {
+            return Err(ActionError::Config(format!("`repository`: {repo} — only local paths and file:// URLs are supported (remote URLs need the http capability)")));
+        } else {
+            ctx.host_path(repo).display().to_string()
+        };
+        let (kind, rev) = match (config.get("branch"), config.get("tag"), config.get("commit")) {
+            (Some(b), None, None) => ("branch", format!("origin/{b}")),
+            (None, Some(t), None) => ("tag", format!("refs/tags/{t}")),
+            (None, None, Some(c)) => ("commit", c.to_string()),
+            _ => return Err(ActionError::Config("set exactly one of `branch`, `tag`, `commit`".into())),
+        };
+        if rev.starts_with('-') || rev.contains("..") {
+            return Err(ActionError::Config(format!("`{kind}`: {rev:?} is not a valid revision")));
+        }
+        // Host paths are relative to the workspace, which the guest sees at / (scratch/ = /scratch).
+        git("clone", &["clone", "--quiet", "--no-checkout", "--", &source, "scratch/clone"])?;
+        git("checkout", &["-C", "scratch/clone", "-c", "advice.detachedHead=false", "checkout", "--quiet", "--detach", &rev, "--"])?;
+        let meta = git("log", &["-C", "scratch/clone", "log", "-1", "--format=%H%n%aI%n%s"])?;
+        let mut lines = meta.lines().rev().take(3).collect::<Vec<_>>();
+        lines.reverse();
+        let [commit, date, message] = lines.as_slice() else {
+            return Err(ActionError::Failed(format!("unexpected git log output:\n{meta}")));
+        };
+        let files = sluice_sdk::fs::copy_tree(&ctx.scratch_dir().join("clone"), &ctx.output_dir(out), &[".git"]).map_err(ActionError::Failed)?;
+        let name = repo.trim_end_matches('/').rsplit('/').next().unwrap_or(repo).trim_end_matches(".git");
+        log::info(&format!("{name} {kind} {} at {commit}: {files} files", config.get(kind).unwrap_or("")));
+        Ok(Outcome::success()
+            .var("CommitId", commit)
+            .var("AuthorDate", date)
+            .var("CommitMessage", message)
+            .var("BranchName", config.get("branch").unwrap_or(""))
+            .var("RepositoryName", name)
+            .summary(format!("{} {}", &commit[..commit.len().min(12)], message)))
+    }
+}
+
+export_action!(SourceGit);

@@ -1,0 +1,196 @@
+//! First-party plugins against real inputs, and plugins written in other languages.
+use crate::harness::*;
+use std::process::Command;
+
+fn git(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(["-c", "user.name=Test", "-c", "user.email=test@example.com", "-c", "init.defaultBranch=main"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("git is installed");
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn source_git_exports_branches_tags_and_commits_without_dot_git() {
+    let p = Project::new("name: placeholder\nstages: []\n");
+    let repo = p.path("app");
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "-q"]);
+    p.write("app/README.md", "v1\n");
+    p.write("app/build.sh", "#!/bin/sh\necho build\n");
+    Command::new("chmod").args(["+x", repo.join("build.sh").to_str().unwrap()]).status().unwrap();
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-q", "-m", "First commit"]);
+    let first = git(&repo, &["rev-parse", "HEAD"]);
+    git(&repo, &["tag", "v1"]);
+    p.write("app/README.md", "v2\n");
+    git(&repo, &["commit", "-q", "-am", "Second commit"]);
+    git(&repo, &["checkout", "-q", "-b", "feature"]);
+    p.write("app/feature.txt", "feature\n");
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-q", "-m", "Feature work"]);
+    let feature = git(&repo, &["rev-parse", "HEAD"]);
+    git(&repo, &["checkout", "-q", "main"]);
+
+    p.write(
+        "pipeline.yaml",
+        r##"
+name: git
+stages:
+  - name: Source
+    actions:
+      - { name: Main, uses: source-git@1, outputs: [main], capabilities: { process: [git] }, with: { repository: app, branch: main } }
+      - { name: Feature, uses: source-git@1, outputs: [feature], capabilities: { process: [git] }, with: { repository: app, branch: feature } }
+      - { name: Tag, uses: source-git@1, outputs: [tagged], capabilities: { process: [git] }, with: { repository: app, tag: v1 } }
+      - { name: Commit, uses: source-git@1, outputs: [pinned], capabilities: { process: [git] }, with: { repository: app, commit: FIRST } }
+      - { name: Missing, uses: source-git@1, outputs: [missing], capabilities: { process: [git] }, with: { repository: app, branch: nope } }
+  - name: Check
+    actions:
+      - name: Files
+        uses: command@1
+        inputs: [main, feature, tagged, pinned]
+        capabilities: { process: [sh] }
+        with:
+          run: |
+            set -e
+            test ! -e in/main/.git
+            test -x in/main/build.sh
+            test "$(cat in/main/README.md)" = v2 && test ! -e in/main/feature.txt
+            test -f in/feature/feature.txt
+            test "$(cat in/tagged/README.md)" = v1 && test "$(cat in/pinned/README.md)" = v1
+"##
+        .replace("FIRST", &first)
+        .as_str(),
+    );
+    let exec = p.run(&[]).json();
+    let main = action(&exec, "Source/Main");
+    assert_eq!(status(main), "Succeeded", "{main:#}");
+    assert_eq!(main["variables"]["CommitMessage"], "Second commit");
+    assert_eq!(main["variables"]["BranchName"], "main");
+    assert_eq!(main["variables"]["RepositoryName"], "app");
+    assert!(main["variables"]["AuthorDate"].as_str().unwrap().contains('T'));
+    assert_eq!(action(&exec, "Source/Feature")["variables"]["CommitId"], feature.as_str());
+    assert_eq!(action(&exec, "Source/Tag")["variables"]["CommitId"], first.as_str());
+    assert_eq!(action(&exec, "Source/Commit")["variables"]["CommitMessage"], "First commit");
+    assert!(error(action(&exec, "Source/Missing")).contains("git checkout failed"), "{}", error(action(&exec, "Source/Missing")));
+    // The repository was only read.
+    assert_eq!(git(&repo, &["rev-parse", "--abbrev-ref", "HEAD"]), "main");
+    assert_eq!(git(&repo, &["status", "--porcelain"]), "");
+    assert_eq!(stage_status(&exec, "Check"), "NotStarted", "Missing failed the Source stage");
+}
+
+#[test]
+fn source_git_refuses_remote_urls_and_ambiguous_revisions() {
+    let p = Project::new(
+        r##"
+name: git-config
+stages:
+  - name: Source
+    actions:
+      - { name: Remote, uses: source-git@1, outputs: [a], capabilities: { process: [git] }, with: { repository: "https://example.com/x.git", branch: main } }
+      - { name: Both, uses: source-git@1, outputs: [b], capabilities: { process: [git] }, with: { repository: ., branch: main, tag: v1 } }
+      - { name: Option, uses: source-git@1, outputs: [c], capabilities: { process: [git] }, with: { repository: ., commit: "--upload-pack=touch /tmp/pwned" } }
+"##,
+    );
+    let exec = p.run(&[]).json();
+    assert!(error(action(&exec, "Source/Remote")).contains("only local paths and file:// URLs"));
+    assert!(error(action(&exec, "Source/Both")).contains("exactly one of"));
+    assert!(error(action(&exec, "Source/Option")).contains("not a valid revision"));
+}
+
+/// Build a Python plugin from source with componentize-py (PyPI, pinned in .ci/run).
+fn componentize_python(src: &std::path::Path, out: &std::path::Path) {
+    let status = Command::new("componentize-py")
+        .args(["-d", repo().join("wit").to_str().unwrap(), "-w", "sluice:action/action@0.1.0", "componentize", "app", "-p"])
+        .arg(src)
+        .arg("-o")
+        .arg(out)
+        .status()
+        .unwrap_or_else(|e| panic!("componentize-py is needed to build the Python example plugin ({e}); install it: pip install componentize-py==0.25.1"));
+    assert!(status.success(), "componentize-py failed");
+}
+
+#[test]
+fn a_python_plugin_runs_in_a_pipeline() {
+    let p = Project::new("name: placeholder\nstages: []\n");
+    componentize_python(&repo().join("examples/plugins/python-wordcount"), &p.path("wordcount.wasm"));
+    let d = p.sluice(&["plugin", "describe", "./wordcount.wasm"]);
+    assert!(d.stdout.contains("wordcount 1.0.0 (test)"), "{}\n{}", d.stdout, d.stderr);
+    p.write("docs/a.txt", "one two three\nfour\n");
+    p.write("docs/sub/b.txt", "five six\n");
+    p.write("docs/skip.md", "not counted at all\n");
+    p.write(
+        "pipeline.yaml",
+        r##"
+name: python
+stages:
+  - name: Source
+    actions:
+      - { name: Docs, uses: source-dir@1, outputs: [docs], with: { path: docs } }
+  - name: Count
+    actions:
+      - { name: Words, uses: ./wordcount.wasm, inputs: [docs], outputs: [report], namespace: WC }
+      - { name: TooMany, uses: ./wordcount.wasm, inputs: [docs], outputs: [report2], with: { max_words: "3" } }
+"##,
+    );
+    let run = p.run(&[]);
+    let exec = run.json();
+    let words = action(&exec, "Count/Words");
+    assert_eq!(status(words), "Succeeded", "{words:#}\n{}", run.stderr);
+    assert_eq!(words["variables"]["Words"], "6");
+    assert_eq!(words["variables"]["Files"], "2");
+    assert_eq!(words["variables"]["Lines"], "3");
+    assert!(error(action(&exec, "Count/TooMany")).contains("6 words is more than the limit of 3"));
+    let digest = words["artifacts"]["report"].as_str().unwrap();
+    let got = p.sluice(&["artifact", "get", digest, "report"]);
+    assert_eq!(got.code, 0, "{}", got.stderr);
+    assert_eq!(p.read("report/wordcount.tsv"), "a.txt\t4\nsub/b.txt\t2\n");
+}
+
+#[test]
+fn test_report_counts_junit_results_and_fails_above_the_threshold() {
+    let p = Project::new(
+        r##"
+name: reports
+stages:
+  - name: Test
+    actions:
+      - name: Run
+        uses: command@1
+        outputs: [results]
+        capabilities: { process: [sh] }
+        with:
+          run: |
+            mkdir -p out/results/junit
+            cat > out/results/junit/unit.xml <<'XML'
+            <?xml version="1.0"?>
+            <testsuites>
+              <testsuite name="unit" tests="4">
+                <testcase classname="math" name="adds"/>
+                <testcase classname="math" name="divides"><failure message="by zero">boom</failure></testcase>
+                <testcase classname="io" name="reads"><skipped/></testcase>
+                <testcase classname="io" name="writes"><error type="IOError"/></testcase>
+              </testsuite>
+            </testsuites>
+            XML
+            echo '<testsuite><testcase name="broken"' > out/results/bad.xml.txt
+  - name: Report
+    actions:
+      - { name: Lenient, uses: test-report@1, inputs: [results], with: { path: junit, max_failures: "2" } }
+      - { name: Strict, uses: test-report@1, inputs: [results], with: { path: junit } }
+      - { name: Nothing, uses: test-report@1, inputs: [results], with: { path: nowhere } }
+"##,
+    );
+    let exec = p.run(&[]).json();
+    let lenient = action(&exec, "Report/Lenient");
+    assert_eq!(status(lenient), "Succeeded", "{lenient:#}");
+    for (k, v) in [("Tests", "4"), ("Failures", "1"), ("Errors", "1"), ("Skipped", "1")] {
+        assert_eq!(lenient["variables"][k], v, "{k}");
+    }
+    let strict = error(action(&exec, "Report/Strict"));
+    assert!(strict.contains("4 tests, 1 failures, 1 errors, 1 skipped") && strict.contains("math.divides") && strict.contains("io.writes"), "{strict}");
+    assert!(error(action(&exec, "Report/Nothing")).contains("no JUnit XML report found"));
+}
