@@ -24,6 +24,8 @@ fn json_schema_accepts_exactly_the_keys_the_parser_accepts() {
     assert_eq!(keys(&defs["action"]), sorted(parse::ACTION_KEYS));
     assert_eq!(keys(&defs["action"]["properties"]["limits"]), sorted(parse::LIMITS_KEYS));
     assert_eq!(keys(&defs["action"]["properties"]["capabilities"]), sorted(parse::CAPABILITY_KEYS));
+    assert_eq!(keys(&defs["action"]["properties"]["retry"]), sorted(parse::RETRY_KEYS));
+    assert_eq!(keys(&defs["action"]["properties"]["retry"]["properties"]["backoff"]), sorted(parse::BACKOFF_KEYS));
     for obj in [&schema, &defs["stage"], &defs["action"]] {
         assert_eq!(obj["additionalProperties"], false, "unknown keys are errors in the parser too");
     }

@@ -99,3 +99,44 @@ fn a_plugin_returning_pending_fails_clearly_until_waiting_is_supported() {
     let exec = p.run(&[]).json();
     assert!(error(action(&exec, "S/W")).contains("returned `pending`"));
 }
+
+#[test]
+fn automatic_retry_retries_only_retryable_failures_with_backoff() {
+    let p = Project::new(
+        r##"
+name: retries
+timeout: 2s
+stages:
+  - name: S
+    actions:
+      - { name: Flaky, uses: PROBE, with: { mode: flaky, value: "3" }, retry: { max_attempts: 3, backoff: { initial: 50ms, multiplier: 2 } } }
+      - { name: GivesUp, uses: PROBE, with: { mode: flaky, value: "5" }, retry: { max_attempts: 2, backoff: { initial: 10ms } } }
+      - { name: Permanent, uses: PROBE, with: { mode: fail }, retry: { max_attempts: 3, backoff: { initial: 10ms } } }
+      - { name: SlowOnce, uses: PROBE, with: { mode: loop }, retry: { max_attempts: 2, on_timeout: true, backoff: { initial: 10ms } } }
+      - { name: SlowNoRetry, uses: PROBE, with: { mode: loop }, retry: { max_attempts: 2, backoff: { initial: 10ms } } }
+"##,
+    );
+    let started = std::time::Instant::now();
+    let run = p.run(&[]);
+    let exec = run.json();
+    let flaky = action(&exec, "S/Flaky");
+    assert_eq!((status(flaky), flaky["attempt"].as_u64()), ("Succeeded", Some(3)), "{flaky:#}");
+    assert_eq!(flaky["variables"]["Attempt"], "3");
+    assert!(flaky["error"].is_null(), "a success clears the retried error");
+    let gives_up = action(&exec, "S/GivesUp");
+    assert_eq!((status(gives_up), gives_up["attempt"].as_u64()), ("Failed", Some(2)));
+    assert!(error(gives_up).contains("attempt 2 of a flaky probe"));
+    assert_eq!(action(&exec, "S/Permanent")["attempt"], 1, "failures not marked retryable are final");
+    // The pipeline-level timeout applies; timeouts are retried only with on_timeout.
+    let slow = action(&exec, "S/SlowOnce");
+    assert_eq!((status(slow), slow["attempt"].as_u64()), ("Failed", Some(2)));
+    assert!(error(slow).contains("timeout"));
+    assert_eq!(action(&exec, "S/SlowNoRetry")["attempt"], 1);
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    // Progress shows the attempts; the log keeps each attempt's failure.
+    let id = exec["execution_id"].as_str().unwrap();
+    let logs = p.sluice(&["logs", id, "S/Flaky"]).stdout;
+    assert!(logs.contains("S/Flaky #1") && logs.contains("S/Flaky #2") && logs.contains("attempt 2 failed (Retryable)"), "{logs}");
+    let progress = p.sluice(&["run", "pipeline.yaml"]).stdout;
+    assert!(progress.contains("S/Flaky (attempt 3)"), "{progress}");
+}

@@ -30,6 +30,8 @@ const CASES: &[(&str, &str)] = &[
     ("name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: command@1, with: { run: ls } }\n", "5:11: action `A`: `command@1` runs host program `sh`; grant it with `capabilities: { process: [sh] }`"),
     ("name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: deploy-release@1, with: { target: ./out } }\n", "5:60: action `A`: `deploy-release@1` writes to \"./out\"; grant it"),
     ("name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: noop@1, run_order: 0 }\n", "5:45: `run_order` must be a whole number from 1 to 999"),
+    ("name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: noop@1, retry: { max_attmpts: 3 } }\n", "5:43: unknown key `max_attmpts` in `retry`; did you mean `max_attempts`?"),
+    ("name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: noop@1, retry: { max_attempts: 0 } }\n", "5:57: `retry.max_attempts` must be a number from 1 to 100"),
     ("name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: noop@1, limits: { memory: 8GiB } }\n", "5:52: `limits.memory`: 8GiB is more than the maximum of 4GiB"),
     ("name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: PROBE, namespace: A, outputs: [o], with: { mode: ok } }\n      - { name: B, uses: source-dir@1, run_order: 2, outputs: [p], with: { path: \"#{A.Value}\" } }\n", "6:82: `with.path` names a directory the action is granted, so it cannot come from another action's output"),
     ("name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: ./broken.wasm }\n", "5:26: `uses: ./broken.wasm`: compile component: failed to parse WebAssembly"),

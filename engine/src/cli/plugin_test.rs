@@ -144,7 +144,7 @@ pub async fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        ActionResult::Failed { error } => {
+        ActionResult::Failed { error, .. } => {
             println!("outcome Failed");
             for line in error.lines() {
                 println!("error   {line}");

@@ -7,7 +7,7 @@ use crate::model::validate::ResolvedPlugins;
 use crate::model::{Access, Pipeline, template};
 use crate::plugins::Capability;
 use crate::runtime::{ActionContext, Invocation, Level, LogSink, Mount, RunError, RunOutcome, Runtime};
-use crate::scheduler::{ActionResult, Execution, Status};
+use crate::scheduler::{ActionResult, Execution, FailureKind, Status};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -130,7 +130,7 @@ impl JobSpec {
             dirs,
             programs: action.capabilities.process.clone(),
             memory: action.memory.unwrap_or(crate::runtime::DEFAULT_MEMORY),
-            timeout: action.timeout.unwrap_or(DEFAULT_TIMEOUT),
+            timeout: action.timeout.or(p.timeout).unwrap_or(DEFAULT_TIMEOUT),
             pipeline_dir: p.dir.clone(),
         })
     }
@@ -183,9 +183,12 @@ pub async fn execute(cx: &JobContext, job: &JobSpec) -> (ActionResult, Leftover)
         Ok(r) => r,
         Err(error) => {
             log.log(Level::Error, &error, &[]);
-            ActionResult::Failed { error }
+            ActionResult::Failed { error, kind: FailureKind::Permanent }
         }
     };
+    if let ActionResult::Failed { error, kind: kind @ (FailureKind::Retryable | FailureKind::Timeout) } = &result {
+        log.log(Level::Warn, &format!("attempt {} failed ({kind:?}): {error}", job.attempt), &[]);
+    }
     (result, leftover)
 }
 
@@ -295,7 +298,8 @@ async fn run_in(cx: &JobContext, job: &JobSpec, ws: &Path, log: Arc<dyn LogSink>
             "the plugin returned `pending`{}; waiting actions (approvals, long-running invokes) are not supported by this engine version yet",
             summary.map(|s| format!(" ({s})")).unwrap_or_default()
         )),
-        Err(e @ RunError::Retryable(_)) => Err(e.to_string()),
+        Err(e @ RunError::Retryable(_)) => Ok(ActionResult::Failed { error: e.to_string(), kind: FailureKind::Retryable }),
+        Err(e @ RunError::Timeout(_)) => Ok(ActionResult::Failed { error: e.to_string(), kind: FailureKind::Timeout }),
         Err(e) => Err(e.to_string()),
     }
 }

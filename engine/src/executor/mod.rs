@@ -181,8 +181,8 @@ impl Driver {
                 let mut finished = current.status.is_terminal();
                 for command in commands {
                     match command {
-                        Command::RunAction { stage, action, attempt } => {
-                            jobs.push((stage, action, attempt, job::JobSpec::build(&pipeline, &plugins, &current, stage, action, attempt)))
+                        Command::RunAction { stage, action, attempt, delay_ms } => {
+                            jobs.push((stage, action, attempt, delay_ms, job::JobSpec::build(&pipeline, &plugins, &current, stage, action, attempt)))
                         }
                         Command::Finish { .. } => finished = true,
                     }
@@ -203,7 +203,10 @@ impl Driver {
             // A lone action (the common sequential case) runs right here: nothing else of this
             // execution can happen until it ends, so a task and a channel would only add hand-offs.
             if jobs.len() == 1 && rx.is_empty() {
-                let (stage, action, attempt, spec) = jobs.pop().expect("one job");
+                let (stage, action, attempt, delay_ms, spec) = jobs.pop().expect("one job");
+                if delay_ms > 0 {
+                    tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+                }
                 input = match spec {
                     Ok(spec) => {
                         let (result, leftover) = job::execute(&self.jobs, &spec).await;
@@ -216,7 +219,7 @@ impl Driver {
                         stage,
                         action,
                         attempt,
-                        result: crate::scheduler::ActionResult::Failed { error },
+                        result: crate::scheduler::ActionResult::Failed { error, kind: crate::scheduler::FailureKind::Permanent },
                         config: BTreeMap::new(),
                         inputs: BTreeMap::new(),
                         at: Timestamp::now(),
@@ -224,9 +227,12 @@ impl Driver {
                 };
                 continue;
             }
-            for (stage, action, attempt, spec) in jobs {
+            for (stage, action, attempt, delay_ms, spec) in jobs {
                 let (tx, engine) = (tx.clone(), self.jobs.clone());
                 tokio::spawn(async move {
+                    if delay_ms > 0 {
+                        tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+                    }
                     match spec {
                         Ok(spec) => {
                             // A bug that panics inside a job must fail that action, not leave
@@ -234,7 +240,13 @@ impl Driver {
                             let (cx, job) = (engine.clone(), spec.clone());
                             let (result, leftover) = match tokio::spawn(async move { job::execute(&cx, &job).await }).await {
                                 Ok(done) => done,
-                                Err(e) => (crate::scheduler::ActionResult::Failed { error: format!("internal error while running the action: {e}") }, job::Leftover::none()),
+                                Err(e) => (
+                                    crate::scheduler::ActionResult::Failed {
+                                        error: format!("internal error while running the action: {e}"),
+                                        kind: crate::scheduler::FailureKind::Permanent,
+                                    },
+                                    job::Leftover::none(),
+                                ),
                             };
                             let inputs = spec.inputs.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
                             let config = spec.config;
@@ -242,7 +254,7 @@ impl Driver {
                             leftover.release(&engine);
                         }
                         Err(error) => {
-                            let result = crate::scheduler::ActionResult::Failed { error };
+                            let result = crate::scheduler::ActionResult::Failed { error, kind: crate::scheduler::FailureKind::Permanent };
                             let _ = tx.send(Input::ActionCompleted { stage, action, attempt, result, config: BTreeMap::new(), inputs: BTreeMap::new(), at: Timestamp::now() });
                         }
                     }

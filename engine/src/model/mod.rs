@@ -62,6 +62,8 @@ pub struct Pipeline {
     pub variables: BTreeMap<String, String>,
     /// `stages:`, in order.
     pub stages: Vec<Stage>,
+    /// `timeout:`: the default wall-clock limit of every action attempt.
+    pub timeout: Option<Duration>,
     /// The file as the user named it (for messages).
     pub file: String,
     /// Absolute directory of the pipeline file; relative paths are resolved against it.
@@ -111,6 +113,8 @@ pub struct Action {
     pub timeout: Option<Duration>,
     /// Guest memory limit in bytes.
     pub memory: Option<u64>,
+    /// `retry:`: automatic retry of retryable failures.
+    pub retry: Option<crate::scheduler::RetryPolicy>,
     /// Static grants.
     pub capabilities: Capabilities,
 }

@@ -5,13 +5,17 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// Keys accepted at the top level (kept in step with `schema/pipeline.schema.json`).
-pub const PIPELINE_KEYS: &[&str] = &["name", "variables", "stages"];
+pub const PIPELINE_KEYS: &[&str] = &["name", "variables", "timeout", "stages"];
 /// Keys accepted in a stage.
 pub const STAGE_KEYS: &[&str] = &["name", "actions"];
 /// Keys accepted in an action.
 pub const ACTION_KEYS: &[&str] = &[
-    "name", "uses", "with", "inputs", "outputs", "namespace", "run_order", "timeout", "limits", "capabilities",
+    "name", "uses", "with", "inputs", "outputs", "namespace", "run_order", "timeout", "retry", "limits", "capabilities",
 ];
+/// Keys accepted under `retry`.
+pub const RETRY_KEYS: &[&str] = &["max_attempts", "backoff", "on_timeout"];
+/// Keys accepted under `retry.backoff`.
+pub const BACKOFF_KEYS: &[&str] = &["initial", "max", "multiplier"];
 /// Keys accepted under `limits`.
 pub const LIMITS_KEYS: &[&str] = &["memory"];
 /// Keys accepted under `capabilities`.
@@ -125,7 +129,7 @@ impl Parser {
     }
 
     fn pipeline(&mut self, root: &Node, file: &str, dir: PathBuf) -> Pipeline {
-        let mut pipeline = Pipeline { name: String::new(), variables: BTreeMap::new(), stages: Vec::new(), file: file.to_string(), dir };
+        let mut pipeline = Pipeline { name: String::new(), variables: BTreeMap::new(), stages: Vec::new(), timeout: None, file: file.to_string(), dir };
         let Some(map) = self.mapping(root, "the pipeline", PIPELINE_KEYS) else { return pipeline };
         let at = loc(root);
         if let Some(n) = self.required(map, "name", "the pipeline", at) {
@@ -135,6 +139,9 @@ impl Parser {
                 }
                 pipeline.name = name.value;
             }
+        }
+        if let Some(n) = map.get_node("timeout") {
+            pipeline.timeout = self.duration(n, "`timeout`");
         }
         if let Some(vars) = map.get_node("variables") {
             if let Some(vmap) = vars.as_mapping() {
@@ -197,6 +204,7 @@ impl Parser {
             run_order: 1,
             timeout: None,
             memory: None,
+            retry: None,
             capabilities: Capabilities::default(),
         };
         if let Some(with) = map.get_node("with") {
@@ -228,12 +236,10 @@ impl Parser {
             }
         }
         if let Some(n) = map.get_node("timeout") {
-            if let Some(v) = self.scalar(n, "`timeout`") {
-                match units::parse_duration(&v.value) {
-                    Ok(d) => action.timeout = Some(d),
-                    Err(e) => self.err(v.loc, format!("`timeout`: {e}")),
-                }
-            }
+            action.timeout = self.duration(n, "`timeout`");
+        }
+        if let Some(n) = map.get_node("retry") {
+            action.retry = self.retry(n);
         }
         if let Some(n) = map.get_node("limits") {
             if let Some(lmap) = self.mapping(n, "`limits`", LIMITS_KEYS) {
@@ -254,6 +260,64 @@ impl Parser {
             action.capabilities = self.capabilities(n);
         }
         Some(action)
+    }
+
+    fn duration(&mut self, node: &Node, what: &str) -> Option<std::time::Duration> {
+        let v = self.scalar(node, what)?;
+        match units::parse_duration(&v.value) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.err(v.loc, format!("{what}: {e}"));
+                None
+            }
+        }
+    }
+
+    fn number<T: std::str::FromStr + PartialOrd + std::fmt::Display>(&mut self, node: &Node, what: &str, min: T, max: T) -> Option<T> {
+        let v = self.scalar(node, what)?;
+        match v.value.trim().parse::<T>() {
+            Ok(n) if n >= min && n <= max => Some(n),
+            _ => {
+                self.err(v.loc, format!("{what} must be a number from {min} to {max}, got {:?}", v.value));
+                None
+            }
+        }
+    }
+
+    /// `retry: { max_attempts, backoff: { initial, max, multiplier }, on_timeout }`
+    fn retry(&mut self, node: &Node) -> Option<crate::scheduler::RetryPolicy> {
+        let map = self.mapping(node, "`retry`", RETRY_KEYS)?;
+        let at = loc(node);
+        let max_attempts = match map.get_node("max_attempts") {
+            Some(n) => self.number(n, "`retry.max_attempts`", 1u32, 100)?,
+            None => {
+                self.err(at, "`retry` is missing required key `max_attempts`");
+                return None;
+            }
+        };
+        let mut policy = crate::scheduler::RetryPolicy { max_attempts, initial_ms: 1000, max_ms: 60_000, multiplier: 2.0, on_timeout: false };
+        if let Some(n) = map.get_node("on_timeout") {
+            match n.as_scalar().and_then(|s| s.as_bool()) {
+                Some(b) => policy.on_timeout = b,
+                None => self.err(loc(n), "`retry.on_timeout` must be true or false"),
+            }
+        }
+        if let Some(b) = map.get_node("backoff") {
+            let bmap = self.mapping(b, "`retry.backoff`", BACKOFF_KEYS)?;
+            if let Some(n) = bmap.get_node("initial") {
+                policy.initial_ms = self.duration(n, "`retry.backoff.initial`")?.as_millis() as u64;
+            }
+            if let Some(n) = bmap.get_node("max") {
+                policy.max_ms = self.duration(n, "`retry.backoff.max`")?.as_millis() as u64;
+            }
+            if let Some(n) = bmap.get_node("multiplier") {
+                policy.multiplier = self.number(n, "`retry.backoff.multiplier`", 1.0f64, 100.0)?;
+            }
+        }
+        if policy.max_ms < policy.initial_ms {
+            self.err(at, "`retry.backoff.max` must not be shorter than `retry.backoff.initial`");
+        }
+        Some(policy)
     }
 
     fn capabilities(&mut self, node: &Node) -> Capabilities {

@@ -8,7 +8,7 @@ mod record;
 #[cfg(test)]
 mod tests;
 
-pub use record::{ActionRun, Execution, PluginRef, StageRun, Status, Timestamp};
+pub use record::{ActionRun, Execution, PluginRef, RetryPolicy, StageRun, Status, Timestamp};
 
 use std::collections::BTreeMap;
 
@@ -55,7 +55,20 @@ pub enum ActionResult {
     Failed {
         /// Why, for humans.
         error: String,
+        /// What kind of failure: decides whether automatic retry applies.
+        kind: FailureKind,
     },
+}
+
+/// Kinds of failure, as far as retrying is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureKind {
+    /// Retrying cannot help (configuration error, failure, crash, limits).
+    Permanent,
+    /// The plugin said a retry may help.
+    Retryable,
+    /// The attempt ran out of time.
+    Timeout,
 }
 
 /// Work for the executor.
@@ -69,6 +82,8 @@ pub enum Command {
         action: usize,
         /// Attempt number, from 1.
         attempt: u32,
+        /// Wait this long first (automatic retry backoff), in milliseconds.
+        delay_ms: u64,
     },
     /// The execution reached a terminal status.
     Finish {
@@ -116,9 +131,21 @@ pub fn apply(next: &mut Execution, input: &Input) -> Vec<Command> {
                     run.summary = summary.clone();
                     run.error = None;
                 }
-                ActionResult::Failed { error } => {
-                    run.status = Status::Failed;
+                ActionResult::Failed { error, kind } => {
                     run.error = Some(error.clone());
+                    let retry = run.retry.as_ref().filter(|p| {
+                        run.attempt < p.max_attempts && (*kind == FailureKind::Retryable || (*kind == FailureKind::Timeout && p.on_timeout))
+                    });
+                    if let Some(policy) = retry {
+                        // Same action, next attempt, after the backoff; the group is not settled.
+                        let delay_ms = policy.delay_ms(run.attempt + 1);
+                        run.attempt += 1;
+                        run.started_at = Some(*at);
+                        run.finished_at = None;
+                        commands.push(Command::RunAction { stage: *stage, action: *action, attempt: run.attempt, delay_ms });
+                        return commands;
+                    }
+                    run.status = Status::Failed;
                 }
             }
             group_settled(next, *stage, group, *at, &mut commands);
@@ -173,7 +200,7 @@ fn start_group(exec: &mut Execution, si: usize, group: u32, at: Timestamp, comma
             run.attempt += 1;
             run.started_at = Some(at);
             run.finished_at = None;
-            commands.push(Command::RunAction { stage: si, action: ai, attempt: run.attempt });
+            commands.push(Command::RunAction { stage: si, action: ai, attempt: run.attempt, delay_ms: 0 });
         }
     }
 }

@@ -106,6 +106,30 @@ pub struct StageRun {
     pub actions: Vec<ActionRun>,
 }
 
+/// Automatic retry of an action (`retry:` in the pipeline). Only failures the plugin marked
+/// retryable are retried, and timeouts when `on_timeout` is set.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included.
+    pub max_attempts: u32,
+    /// Delay before the second attempt, in milliseconds.
+    pub initial_ms: u64,
+    /// Longest delay, in milliseconds.
+    pub max_ms: u64,
+    /// Each delay is the previous one times this.
+    pub multiplier: f64,
+    /// Retry timeouts too.
+    pub on_timeout: bool,
+}
+
+impl RetryPolicy {
+    /// Delay before attempt `next` (2, 3, …): initial × multiplier^(next−2), capped at max.
+    pub fn delay_ms(&self, next: u32) -> u64 {
+        let factor = self.multiplier.max(1.0).powi(next.saturating_sub(2) as i32);
+        ((self.initial_ms as f64) * factor).min(self.max_ms as f64) as u64
+    }
+}
+
 /// The plugin an action ran, pinned by digest.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PluginRef {
@@ -145,8 +169,11 @@ pub struct ActionRun {
     pub started_at: Option<Timestamp>,
     /// When it ended.
     pub finished_at: Option<Timestamp>,
-    /// Why it failed.
+    /// Why it failed (the last attempt's error while retrying).
     pub error: Option<String>,
+    /// Automatic retry, if the pipeline asks for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
 }
 
 impl Execution {
@@ -183,6 +210,7 @@ impl Execution {
                         started_at: None,
                         finished_at: None,
                         error: None,
+                        retry: a.retry.clone(),
                     })
                     .collect(),
             })

@@ -36,6 +36,7 @@ fn exec(layout: &[&[u32]]) -> Execution {
                         started_at: None,
                         finished_at: None,
                         error: None,
+                        retry: None,
                     })
                     .collect(),
             })
@@ -53,12 +54,12 @@ fn done(stage: usize, action: usize, attempt: u32, success: bool) -> Input {
     let result = if success {
         ActionResult::Succeeded { variables: BTreeMap::new(), artifacts: BTreeMap::new(), summary: None }
     } else {
-        ActionResult::Failed { error: "boom".into() }
+        ActionResult::Failed { error: "boom".into(), kind: FailureKind::Permanent }
     };
     Input::ActionCompleted { stage, action, attempt, result, config: BTreeMap::new(), inputs: BTreeMap::new(), at: Timestamp(2) }
 }
 fn run(stage: usize, action: usize) -> Command {
-    Command::RunAction { stage, action, attempt: 1 }
+    Command::RunAction { stage, action, attempt: 1, delay_ms: 0 }
 }
 
 struct Case {
@@ -170,4 +171,68 @@ fn failed_action_records_error_and_not_started_actions_stay_untouched() {
     assert_eq!(s.stages[0].actions[0].error.as_deref(), Some("boom"));
     assert_eq!(s.stages[0].actions[1].status, Status::NotStarted);
     assert_eq!(s.stages[0].actions[1].attempt, 0);
+}
+
+fn failed(attempt: u32, kind: FailureKind) -> Input {
+    Input::ActionCompleted {
+        stage: 0,
+        action: 0,
+        attempt,
+        result: ActionResult::Failed { error: format!("attempt {attempt} failed"), kind },
+        config: BTreeMap::new(),
+        inputs: BTreeMap::new(),
+        at: Timestamp(attempt as u64 * 10),
+    }
+}
+
+fn with_retry(on_timeout: bool) -> Execution {
+    let mut e = exec(&[&[1]]);
+    e.stages[0].actions[0].retry = Some(RetryPolicy { max_attempts: 3, initial_ms: 100, max_ms: 150, multiplier: 2.0, on_timeout });
+    e
+}
+
+fn retry_cmd(attempt: u32, delay_ms: u64) -> Command {
+    Command::RunAction { stage: 0, action: 0, attempt, delay_ms }
+}
+
+#[test]
+fn automatic_retry_rules() {
+    use FailureKind::*;
+    use Status::*;
+    // (policy allows timeouts?, failures in order, expected commands after each, final status, attempts)
+    let cases: Vec<(&str, bool, Vec<(Input, Vec<Command>)>, Status, u32)> = vec![
+        (
+            "retryable failures are retried with growing, capped backoff until success",
+            false,
+            vec![(failed(1, Retryable), vec![retry_cmd(2, 100)]), (failed(2, Retryable), vec![retry_cmd(3, 150)]), (done(0, 0, 3, true), vec![Command::Finish { status: Succeeded }])],
+            Succeeded,
+            3,
+        ),
+        ("permanent failures are not retried", false, vec![(failed(1, Permanent), vec![Command::Finish { status: Failed }])], Failed, 1),
+        (
+            "attempts stop at max_attempts; the last error stays",
+            false,
+            vec![(failed(1, Retryable), vec![retry_cmd(2, 100)]), (failed(2, Retryable), vec![retry_cmd(3, 150)]), (failed(3, Retryable), vec![Command::Finish { status: Failed }])],
+            Failed,
+            3,
+        ),
+        ("timeouts are not retried unless on_timeout", false, vec![(failed(1, Timeout), vec![Command::Finish { status: Failed }])], Failed, 1),
+        ("timeouts are retried with on_timeout", true, vec![(failed(1, Timeout), vec![retry_cmd(2, 100)]), (done(0, 0, 2, true), vec![Command::Finish { status: Succeeded }])], Succeeded, 2),
+        ("a stale failure of an earlier attempt is ignored", false, vec![(failed(1, Retryable), vec![retry_cmd(2, 100)]), (failed(1, Retryable), vec![]), (done(0, 0, 2, true), vec![Command::Finish { status: Succeeded }])], Succeeded, 2),
+    ];
+    for (name, on_timeout, steps, final_status, attempts) in cases {
+        let (mut state, _) = step(&with_retry(on_timeout), &Input::Start { at: Timestamp(1) });
+        for (i, (input, expected)) in steps.iter().enumerate() {
+            let (next, cmds) = step(&state, input);
+            assert_eq!(&cmds, expected, "{name}: step {i}");
+            state = next;
+        }
+        let a = &state.stages[0].actions[0];
+        assert_eq!((state.status, a.attempt), (final_status, attempts), "{name}");
+        if final_status == Failed {
+            assert_eq!(a.error.as_deref(), Some(format!("attempt {attempts} failed").as_str()), "{name}");
+        } else {
+            assert_eq!(a.error, None, "{name}");
+        }
+    }
 }

@@ -9,7 +9,7 @@ impl Action for Probe {
     fn describe() -> Description {
         Description::new("probe", "1.0.0", Category::Test)
             .summary("Test plugin: behaves as `mode` says")
-            .required("mode", "ok | fail | retryable | config | pending | loop | alloc | panic | sleep | read | write | symlink | exec | spam | hardlink | context | copy")
+            .required("mode", "ok | fail | flaky | retryable | config | pending | loop | alloc | panic | sleep | read | write | symlink | exec | spam | hardlink | context | copy")
             .optional("path", "a guest path for read/write/symlink")
             .optional("target", "symlink target")
             .optional("program", "host program for exec")
@@ -32,6 +32,13 @@ impl Action for Probe {
                 Ok(done())
             }
             "fail" => Err(ActionError::Failed("the probe was told to fail".into())),
+            "flaky" => {
+                let succeed_at: u32 = config.parse_or("value", 3)?;
+                if ctx.attempt < succeed_at {
+                    return Err(ActionError::Retryable(format!("attempt {} of a flaky probe", ctx.attempt)));
+                }
+                Ok(Outcome::success().var("Attempt", ctx.attempt))
+            }
             "retryable" => Err(ActionError::Retryable("the probe was told to fail transiently".into())),
             "config" => Err(ActionError::Config("the probe rejects its configuration".into())),
             "pending" => Ok(Outcome::pending("step-1", sluice_sdk::WakeOn::Timer(10))),
