@@ -91,14 +91,10 @@ impl Snapshot {
     }
 }
 
-/// The events that take `before` to `after`: one per execution, stage or action whose status
-/// (or action attempt) changed. Deriving events from state means no change can go unannounced.
-pub fn diff(before: &Execution, after: &Execution) -> Vec<Event> {
-    diff_since(&Snapshot::of(before), after)
-}
-
-/// [`diff`] from a [`Snapshot`] of the earlier state.
-pub fn diff_since(before: &Snapshot, after: &Execution) -> Vec<Event> {
+/// The events that take the state `before` (a [`Snapshot`]) to `after`: one per execution,
+/// stage or action whose status (or action attempt) changed. Deriving events from state means
+/// no change can go unannounced.
+pub fn diff(before: &Snapshot, after: &Execution) -> Vec<Event> {
     let base = |kind, stage: Option<&str>, action: Option<&str>, status, at: Option<Timestamp>| Event {
         kind,
         tenant: after.tenant.clone(),

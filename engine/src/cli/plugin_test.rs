@@ -3,7 +3,7 @@
 use crate::artifacts::{Digest, tree};
 use crate::bus::MemoryBus;
 use crate::executor::{Engine, JobSpec, LogStore};
-use crate::model::{Access, normalize, units};
+use crate::model::{Access, normalize, units, validate};
 use crate::plugins::Capability;
 use crate::scheduler::ActionResult;
 use anyhow::Context as _;
@@ -47,15 +47,8 @@ pub async fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
     let plugin = engine.registry.resolve(&args.plugin, &cwd).await.map_err(anyhow::Error::msg)?;
     let d = &plugin.description;
     let config: BTreeMap<String, String> = args.config.into_iter().collect();
-    let mut problems = Vec::new();
-    for key in config.keys() {
-        if !d.config.iter().any(|k| &k.name == key) {
-            problems.push(format!("`{}` does not accept configuration key `{key}`", d.name));
-        }
-    }
-    for k in d.config.iter().filter(|k| k.required && !config.contains_key(&k.name)) {
-        problems.push(format!("`{}` requires configuration key `{}` ({})", d.name, k.name, k.description));
-    }
+    let mut problems: Vec<String> = validate::unknown_config_keys(&args.plugin, d, config.keys().map(String::as_str)).into_iter().map(|(_, m)| m).collect();
+    problems.extend(validate::missing_config_keys(&args.plugin, d, |k| config.contains_key(k)));
     let (mut programs, mut dirs) = (Vec::new(), Vec::new());
     for g in &args.grants {
         match g.split_once('=') {

@@ -7,7 +7,7 @@ use crate::model::validate::ResolvedPlugins;
 use crate::model::{Access, Pipeline, template};
 use crate::plugins::Capability;
 use crate::runtime::{ActionContext, Invocation, Level, LogSink, Mount, RunError, RunOutcome, Runtime};
-use crate::scheduler::{ActionResult, Execution, FailureKind, Status};
+use crate::scheduler::{ActionResult, Execution, FailureKind, Input, Status, Timestamp};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -151,6 +151,51 @@ pub struct JobContext {
     pub protected: Arc<Vec<PathBuf>>,
 }
 
+/// One attempt the scheduler asked for, with its job resolved (or the reason it could not be).
+pub struct Attempt {
+    /// Stage index.
+    pub stage: usize,
+    /// Action index within the stage.
+    pub action: usize,
+    /// Attempt number.
+    pub attempt: u32,
+    /// Backoff to wait first, in milliseconds.
+    pub delay_ms: u64,
+    /// The job, or why its configuration could not be resolved.
+    pub spec: Result<JobSpec, String>,
+}
+
+impl Attempt {
+    /// Wait out the backoff, run the job, and say how it went as the scheduler's next input.
+    pub async fn run(self, cx: &JobContext) -> (Input, Leftover) {
+        if self.delay_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(self.delay_ms)).await;
+        }
+        match self.spec {
+            Ok(spec) => {
+                let (result, leftover) = execute(cx, &spec).await;
+                let inputs = spec.inputs.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
+                let input = Input::ActionCompleted { stage: self.stage, action: self.action, attempt: self.attempt, result, config: spec.config, inputs, at: Timestamp::now() };
+                (input, leftover)
+            }
+            Err(error) => (Self::failure(self.stage, self.action, self.attempt, error), Leftover::none()),
+        }
+    }
+
+    /// The input for an attempt that failed before or outside its plugin.
+    pub fn failure(stage: usize, action: usize, attempt: u32, error: String) -> Input {
+        Input::ActionCompleted {
+            stage,
+            action,
+            attempt,
+            result: ActionResult::Failed { error, kind: FailureKind::Permanent },
+            config: BTreeMap::new(),
+            inputs: BTreeMap::new(),
+            at: Timestamp::now(),
+        }
+    }
+}
+
 /// A workspace to hand back to the pool once the job's result has been reported.
 pub struct Leftover(Option<PathBuf>);
 
@@ -241,7 +286,8 @@ async fn run_in(cx: &JobContext, job: &JobSpec, ws: &Path, log: Arc<dyn LogSink>
         mounts.push(Mount { host: dir.clone(), guest: dir.clone(), access: *access });
     }
     let output_env = ws.join("scratch").join(".sluice-output.env");
-    let program_env = vec![
+    // Only host programs see these; an action with no program grants needs none of them.
+    let program_env = if job.programs.is_empty() { Vec::new() } else { vec![
         ("SLUICE_OUTPUT".to_string(), output_env.display().to_string()),
         ("SLUICE_WORKSPACE".to_string(), ws.display().to_string()),
         ("SLUICE_PIPELINE".to_string(), job.pipeline.clone()),
@@ -250,7 +296,7 @@ async fn run_in(cx: &JobContext, job: &JobSpec, ws: &Path, log: Arc<dyn LogSink>
         ("SLUICE_ACTION".to_string(), job.action.clone()),
         ("SLUICE_ATTEMPT".to_string(), job.attempt.to_string()),
         ("SLUICE_IDEMPOTENCY_KEY".to_string(), job.idempotency_key.clone()),
-    ];
+    ] };
     let inv = Invocation {
         context: ActionContext {
             tenant: job.tenant.clone(),

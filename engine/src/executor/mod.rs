@@ -12,7 +12,7 @@ pub use job::JobSpec;
 pub use logs::LogStore;
 
 use crate::artifacts::{BlobStore, LocalStore};
-use crate::bus::{EventBus, MemoryBus, Snapshot, diff_since};
+use crate::bus::{EventBus, MemoryBus, Snapshot, diff};
 use crate::model::validate::ResolvedPlugins;
 use crate::model::{Diagnostic, Diagnostics, Loc, Pipeline};
 use crate::plugins::Registry;
@@ -176,14 +176,18 @@ impl Driver {
                 let mut current = exec.lock().unwrap();
                 let before = Snapshot::of(&current);
                 let commands = apply(&mut current, &input);
-                let events = diff_since(&before, &current);
+                let events = diff(&before, &current);
                 let mut jobs = Vec::new();
                 let mut finished = current.status.is_terminal();
                 for command in commands {
                     match command {
-                        Command::RunAction { stage, action, attempt, delay_ms } => {
-                            jobs.push((stage, action, attempt, delay_ms, job::JobSpec::build(&pipeline, &plugins, &current, stage, action, attempt)))
-                        }
+                        Command::RunAction { stage, action, attempt, delay_ms } => jobs.push(job::Attempt {
+                            stage,
+                            action,
+                            attempt,
+                            delay_ms,
+                            spec: job::JobSpec::build(&pipeline, &plugins, &current, stage, action, attempt),
+                        }),
                         Command::Finish { .. } => finished = true,
                     }
                 }
@@ -203,61 +207,25 @@ impl Driver {
             // A lone action (the common sequential case) runs right here: nothing else of this
             // execution can happen until it ends, so a task and a channel would only add hand-offs.
             if jobs.len() == 1 && rx.is_empty() {
-                let (stage, action, attempt, delay_ms, spec) = jobs.pop().expect("one job");
-                if delay_ms > 0 {
-                    tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
-                }
-                input = match spec {
-                    Ok(spec) => {
-                        let (result, leftover) = job::execute(&self.jobs, &spec).await;
-                        let inputs = spec.inputs.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
-                        let cx = self.jobs.clone();
-                        tokio::spawn(async move { leftover.release(&cx) });
-                        Input::ActionCompleted { stage, action, attempt, result, config: spec.config, inputs, at: Timestamp::now() }
-                    }
-                    Err(error) => Input::ActionCompleted {
-                        stage,
-                        action,
-                        attempt,
-                        result: crate::scheduler::ActionResult::Failed { error, kind: crate::scheduler::FailureKind::Permanent },
-                        config: BTreeMap::new(),
-                        inputs: BTreeMap::new(),
-                        at: Timestamp::now(),
-                    },
-                };
+                let (next, leftover) = jobs.pop().expect("one job").run(&self.jobs).await;
+                let cx = self.jobs.clone();
+                tokio::spawn(async move { leftover.release(&cx) });
+                input = next;
                 continue;
             }
-            for (stage, action, attempt, delay_ms, spec) in jobs {
-                let (tx, engine) = (tx.clone(), self.jobs.clone());
+            for attempt in jobs {
+                let (tx, cx) = (tx.clone(), self.jobs.clone());
                 tokio::spawn(async move {
-                    if delay_ms > 0 {
-                        tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
-                    }
-                    match spec {
-                        Ok(spec) => {
-                            // A bug that panics inside a job must fail that action, not leave
-                            // the execution waiting for a result that never comes.
-                            let (cx, job) = (engine.clone(), spec.clone());
-                            let (result, leftover) = match tokio::spawn(async move { job::execute(&cx, &job).await }).await {
-                                Ok(done) => done,
-                                Err(e) => (
-                                    crate::scheduler::ActionResult::Failed {
-                                        error: format!("internal error while running the action: {e}"),
-                                        kind: crate::scheduler::FailureKind::Permanent,
-                                    },
-                                    job::Leftover::none(),
-                                ),
-                            };
-                            let inputs = spec.inputs.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
-                            let config = spec.config;
-                            let _ = tx.send(Input::ActionCompleted { stage, action, attempt, result, config, inputs, at: Timestamp::now() });
-                            leftover.release(&engine);
-                        }
-                        Err(error) => {
-                            let result = crate::scheduler::ActionResult::Failed { error, kind: crate::scheduler::FailureKind::Permanent };
-                            let _ = tx.send(Input::ActionCompleted { stage, action, attempt, result, config: BTreeMap::new(), inputs: BTreeMap::new(), at: Timestamp::now() });
-                        }
-                    }
+                    // A bug that panics inside a job must fail that action, not leave the
+                    // execution waiting for a result that never comes.
+                    let (stage, action, number) = (attempt.stage, attempt.action, attempt.attempt);
+                    let inner = cx.clone();
+                    let (next, leftover) = match tokio::spawn(async move { attempt.run(&inner).await }).await {
+                        Ok(done) => done,
+                        Err(e) => (job::Attempt::failure(stage, action, number, format!("internal error while running the action: {e}")), job::Leftover::none()),
+                    };
+                    let _ = tx.send(next);
+                    leftover.release(&cx);
                 });
             }
             input = rx.recv().await.context("all jobs ended without reporting")?;

@@ -1,6 +1,6 @@
 //! Cross-reference and plugin-configuration checks on a parsed [`Pipeline`].
 use super::{Access, Diagnostic, Loc, Pipeline, is_valid_name, parse::suggest, template};
-use crate::plugins::{Capability, Plugin};
+use crate::plugins::{Capability, Description, Plugin};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -9,6 +9,31 @@ pub const SLUICE_KEYS: &[&str] = &["execution_id", "pipeline", "stage", "action"
 
 /// How each `uses:` string resolved (or why it did not).
 pub type ResolvedPlugins = HashMap<String, Result<Arc<Plugin>, String>>;
+
+/// Configuration keys a plugin does not accept, each with a message (and a "did you mean").
+pub fn unknown_config_keys<'k>(uses: &str, d: &Description, keys: impl IntoIterator<Item = &'k str>) -> Vec<(&'k str, String)> {
+    let known: Vec<&str> = d.config.iter().map(|k| k.name.as_str()).collect();
+    keys.into_iter()
+        .filter(|key| !known.contains(key))
+        .map(|key| {
+            let hint = match suggest(key, &known) {
+                Some(s) => format!("; did you mean `{s}`?"),
+                None if known.is_empty() => "; it accepts no configuration".to_string(),
+                None => format!("; it accepts: {}", known.join(", ")),
+            };
+            (key, format!("`{uses}` does not accept configuration key `{key}`{hint}"))
+        })
+        .collect()
+}
+
+/// A message for each required configuration key that `has` says is missing.
+pub fn missing_config_keys(uses: &str, d: &Description, has: impl Fn(&str) -> bool) -> Vec<String> {
+    d.config
+        .iter()
+        .filter(|k| k.required && !has(&k.name))
+        .map(|k| format!("`{uses}` requires configuration key `{}` ({})", k.name, k.description))
+        .collect()
+}
 
 /// Check everything that needs more than one place of the file. `overrides` are `--var` values.
 pub fn validate(p: &Pipeline, plugins: &ResolvedPlugins, overrides: &BTreeMap<String, String>) -> Vec<Diagnostic> {
@@ -122,21 +147,11 @@ pub fn validate(p: &Pipeline, plugins: &ResolvedPlugins, overrides: &BTreeMap<St
             }
         };
         let d = &plugin.description;
-        let known: Vec<&str> = d.config.iter().map(|k| k.name.as_str()).collect();
-        for (key, value) in &a.with {
-            if !known.contains(&key.as_str()) {
-                let hint = match suggest(key, &known) {
-                    Some(s) => format!("; did you mean `{s}`?"),
-                    None if known.is_empty() => "; it accepts no configuration".to_string(),
-                    None => format!("; it accepts: {}", known.join(", ")),
-                };
-                err(value.loc, format!("`{}` does not accept configuration key `{key}`{hint}", a.uses.value));
-            }
+        for (key, message) in unknown_config_keys(&a.uses.value, d, a.with.keys().map(String::as_str)) {
+            err(a.with[key].loc, message);
         }
-        for k in d.config.iter().filter(|k| k.required) {
-            if !a.with.contains_key(&k.name) {
-                err(a.loc, format!("action `{}`: `{}` requires configuration key `{}` ({})", a.name, a.uses.value, k.name, k.description));
-            }
+        for message in missing_config_keys(&a.uses.value, d, |k| a.with.contains_key(k)) {
+            err(a.loc, format!("action `{}`: {message}", a.name));
         }
         let cap_loc = a.capabilities.loc.unwrap_or(a.loc);
         // A configuration key that names a directory to grant must be fixed by the pipeline

@@ -93,6 +93,11 @@ impl HostState {
         HostState { wasi, table: ResourceTable::new(), limits: Limits { memory, exceeded: None }, log, workspace, mounts, programs, program_env }
     }
 
+    /// A store with nothing granted and nothing logged (`describe`, the bare benchmark).
+    pub(super) fn without_grants() -> Self {
+        Self::new(WasiCtx::builder().build(), super::DEFAULT_MEMORY, Arc::new(NullLog), PathBuf::new(), Vec::new(), Vec::new(), Vec::new())
+    }
+
     /// Map a guest path to (mount, path relative to the mount), refusing anything outside.
     fn resolve(&self, guest: &str, need_write: bool) -> Result<(&Mount, PathBuf), String> {
         let path = Path::new(guest);

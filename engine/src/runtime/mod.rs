@@ -224,7 +224,7 @@ impl Runtime {
     pub async fn describe(&self, digest: &Digest) -> Result<Description, RunError> {
         let pre = self.pre(digest)?;
         let _slot = self.runs.acquire().await.expect("semaphore is never closed");
-        let state = host::HostState::new(WasiCtx::builder().build(), DEFAULT_MEMORY, Arc::new(host::NullLog), PathBuf::new(), Vec::new(), Vec::new(), Vec::new());
+        let state = host::HostState::without_grants();
         let mut store = self.store(state);
         let call = async {
             let action = pre.instantiate_async(&mut store).await?;
@@ -333,7 +333,7 @@ impl Runtime {
     pub async fn bare_call(&self, digest: &Digest) -> anyhow::Result<()> {
         let pre = self.pre(digest)?;
         let _slot = self.runs.acquire().await.expect("semaphore is never closed");
-        let state = host::HostState::new(WasiCtx::builder().build(), DEFAULT_MEMORY, Arc::new(host::NullLog), PathBuf::new(), Vec::new(), Vec::new(), Vec::new());
+        let state = host::HostState::without_grants();
         let mut store = self.store(state);
         let action = pre.instantiate_async(&mut store).await.map_err(|e| anyhow::anyhow!("{e:#}"))?;
         let ctx = to_wit_context(&ActionContext::default());
