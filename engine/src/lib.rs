@@ -6,7 +6,10 @@
 //! - [`executor`]: the shell that persists state, publishes events and runs jobs;
 //! - [`runtime`]: wasmtime, the sandbox and the host capabilities;
 //! - [`plugins`]: `uses:` resolution and the built-in first-party components;
-//! - [`artifacts`], [`state`], [`bus`]: the edges, each a trait with an embedded implementation.
+//! - [`service`]: `sluice serve` — engines that start pipelines from trigger events and share
+//!   the work through a queue, on the embedded edges or on NATS;
+//! - [`artifacts`], [`state`], [`bus`], [`kv`], [`queue`]: the edges, each a trait with an
+//!   embedded implementation (and a NATS one where the service needs it: [`nats`]).
 #![deny(missing_docs)]
 
 pub mod artifacts;
@@ -14,8 +17,13 @@ pub mod bench;
 pub mod bus;
 pub mod cli;
 pub mod executor;
+pub mod identity;
+pub mod kv;
 pub mod model;
+pub mod nats;
 pub mod plugins;
+pub mod queue;
 pub mod runtime;
 pub mod scheduler;
+pub mod service;
 pub mod state;

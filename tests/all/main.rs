@@ -6,9 +6,11 @@ mod harness;
 
 mod authoring;
 mod cli;
+mod conformance;
 mod plugins;
 mod quickstart;
 mod sandbox;
 mod schema;
 mod semantics;
+mod service;
 mod validation;

@@ -26,7 +26,12 @@ fn json_schema_accepts_exactly_the_keys_the_parser_accepts() {
     assert_eq!(keys(&defs["action"]["properties"]["capabilities"]), sorted(parse::CAPABILITY_KEYS));
     assert_eq!(keys(&defs["action"]["properties"]["retry"]), sorted(parse::RETRY_KEYS));
     assert_eq!(keys(&defs["action"]["properties"]["retry"]["properties"]["backoff"]), sorted(parse::BACKOFF_KEYS));
-    for obj in [&schema, &defs["stage"], &defs["action"]] {
+    assert_eq!(keys(&defs["triggers"]), sorted(parse::TRIGGER_KEYS));
+    assert_eq!(keys(&defs["triggers"]["properties"]["git"]["items"]), sorted(parse::GIT_FILTER_KEYS));
+    assert_eq!(keys(&defs["triggers"]["properties"]["schedule"]["items"]), sorted(parse::SCHEDULE_KEYS));
+    assert_eq!(keys(&defs["triggers"]["properties"]["webhook"]), sorted(parse::WEBHOOK_KEYS));
+    assert_eq!(keys(&defs["patterns"]["oneOf"][1]), sorted(parse::PATTERN_KEYS));
+    for obj in [&schema, &defs["stage"], &defs["action"], &defs["triggers"]] {
         assert_eq!(obj["additionalProperties"], false, "unknown keys are errors in the parser too");
     }
     assert_eq!(schema["required"], serde_json::json!(["name", "stages"]));

@@ -117,3 +117,4 @@ pub fn status(v: &Value) -> &str {
 pub fn error(v: &Value) -> &str {
     v["error"].as_str().unwrap_or("")
 }
+pub mod nats;

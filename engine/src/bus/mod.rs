@@ -4,7 +4,7 @@ use crate::scheduler::{Execution, Status, Timestamp};
 use serde::{Deserialize, Serialize};
 
 /// What changed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     /// The execution as a whole.
@@ -13,6 +13,20 @@ pub enum Kind {
     Stage,
     /// An action.
     Action,
+    /// A trigger event the engine could not act on (it went to the dead letter).
+    Trigger,
+}
+
+impl Kind {
+    /// The subject token.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Pipeline => "pipeline",
+            Kind::Stage => "stage",
+            Kind::Action => "action",
+            Kind::Trigger => "trigger",
+        }
+    }
 }
 
 /// A change of state, with CodePipeline's detail.
@@ -40,6 +54,9 @@ pub struct Event {
     pub duration_ms: Option<u64>,
     /// Summary or error, when there is one.
     pub detail: Option<String>,
+    /// The registered pipeline version (service mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline_version: Option<u64>,
 }
 
 /// Where events go.
@@ -82,6 +99,11 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// The snapshot of `exec` before it started: diffing against it replays every change.
+    pub fn blank(exec: &Execution) -> Self {
+        Snapshot { status: Status::NotStarted, stages: exec.stages.iter().map(|s| (Status::NotStarted, s.actions.iter().map(|_| (Status::NotStarted, 0)).collect())).collect() }
+    }
+
     /// Take a snapshot.
     pub fn of(exec: &Execution) -> Self {
         Snapshot {
@@ -107,6 +129,7 @@ pub fn diff(before: &Snapshot, after: &Execution) -> Vec<Event> {
         at: at.unwrap_or_else(Timestamp::now),
         duration_ms: None,
         detail: None,
+        pipeline_version: (after.pipeline_version > 0).then_some(after.pipeline_version),
     };
     // Sort key: what finished first (actions before their stage), then what started
     // (pipeline, stage, its actions), and the pipeline's own end last.

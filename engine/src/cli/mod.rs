@@ -4,6 +4,7 @@ mod inspect;
 mod plugin_test;
 mod progress;
 mod scaffold;
+mod service;
 
 use crate::bus::MemoryBus;
 use crate::executor::{Engine, LogStore, load_pipeline};
@@ -98,6 +99,68 @@ enum Cmd {
     },
     /// Measure the engine against bare wasmtime, fork/exec and b3sum (see BENCHMARKS.md).
     Bench(crate::bench::BenchArgs),
+    /// Run the service: start pipelines from trigger events (embedded, or on NATS with --nats).
+    Serve(service::ServeArgs),
+    /// Register and inspect pipelines in the service.
+    Pipeline {
+        #[command(subcommand)]
+        command: service::PipelineCmd,
+        #[command(flatten)]
+        target: service::Target,
+    },
+    /// Start a registered pipeline in the service; prints the execution id.
+    Start {
+        /// Pipeline name.
+        pipeline: String,
+        /// Override a pipeline variable (repeatable).
+        #[arg(long = "var", value_name = "KEY=VALUE", value_parser = parse_var)]
+        vars: Vec<(String, String)>,
+        /// Event id: starting twice with the same id starts one execution.
+        #[arg(long)]
+        event_id: Option<String>,
+        /// Follow the execution until it ends (exit 0 only if it succeeds).
+        #[arg(long)]
+        watch: bool,
+        #[command(flatten)]
+        target: service::Target,
+    },
+    /// Show an execution in the service.
+    Status {
+        /// Execution id.
+        execution_id: String,
+        /// Print the record as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: service::Target,
+    },
+    /// Follow an execution in the service until it ends.
+    Watch {
+        /// Execution id.
+        execution_id: String,
+        #[command(flatten)]
+        target: service::Target,
+    },
+    /// List executions in the service, newest first.
+    Executions {
+        /// Only this pipeline.
+        pipeline: Option<String>,
+        /// Only this status (InProgress, Succeeded, Failed, ...).
+        #[arg(long, value_parser = parse_status)]
+        status: Option<crate::scheduler::Status>,
+        /// At most this many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: service::Target,
+    },
+}
+
+fn parse_status(s: &str) -> Result<crate::scheduler::Status, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|_| format!("unknown status {s:?} (InProgress, Succeeded, Failed, Stopped, ...)"))
 }
 
 #[derive(Subcommand, Debug)]
@@ -239,6 +302,12 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             }
         }
         Cmd::Bench(args) => crate::bench::run(args).await,
+        Cmd::Serve(args) => service::serve(args).await,
+        Cmd::Pipeline { command, target } => service::pipeline(command, target).await,
+        Cmd::Start { pipeline, vars, event_id, watch, target } => service::start(pipeline, vars, event_id, watch, target).await,
+        Cmd::Status { execution_id, json, target } => service::status(execution_id, json, target).await,
+        Cmd::Watch { execution_id, target } => service::watch(execution_id, target).await,
+        Cmd::Executions { pipeline, status, limit, json, target } => service::executions(pipeline, status, limit, json, target).await,
     }
 }
 

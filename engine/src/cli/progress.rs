@@ -29,7 +29,8 @@ impl Style {
         };
         format!("\x1b[{code}m{text}\x1b[0m")
     }
-    fn out(&self, line: &str) {
+    /// Print a line.
+    pub fn out(&self, line: &str) {
         if self.to_stderr {
             eprintln!("{line}");
         } else {
@@ -71,7 +72,8 @@ pub fn spawn(mut events: broadcast::Receiver<Event>, mut logs: Option<mpsc::Unbo
     })
 }
 
-fn format_event(e: &Event, style: Style) -> String {
+/// One line for one event.
+pub fn format_event(e: &Event, style: Style) -> String {
     let took = e.duration_ms.filter(|_| e.status.is_terminal()).map(|ms| format!(" in {}", short_duration(Duration::from_millis(ms)))).unwrap_or_default();
     let status = style.paint(e.status, &format!("{} {}", symbol(e.status), e.status));
     match e.kind {
@@ -88,6 +90,7 @@ fn format_event(e: &Event, style: Style) -> String {
             };
             format!("    {status} {}/{}{attempt}{took}{detail}", e.stage.as_deref().unwrap_or(""), e.action.as_deref().unwrap_or(""))
         }
+        Kind::Trigger => format!("{status} trigger for {} rejected: {}", e.pipeline, e.detail.as_deref().unwrap_or("")),
     }
 }
 

@@ -79,7 +79,7 @@ impl DataDir {
     /// absolute, lexically normalised paths.
     pub fn protected(&self) -> Vec<PathBuf> {
         let root = std::path::absolute(&self.root).map(|p| crate::model::normalize(&p)).unwrap_or_else(|_| self.root.clone());
-        ["cas", "compiled", "work", "logs", "state.redb"].iter().map(|p| root.join(p)).collect()
+        ["cas", "compiled", "work", "logs", "state.redb", "service.redb"].iter().map(|p| root.join(p)).collect()
     }
 }
 
@@ -98,6 +98,29 @@ impl Engine {
             state,
             bus,
             logs: Arc::new(logs),
+            workspaces: Arc::new(WorkspacePool::new(dirs.work()).with_context(|| format!("prepare {}", dirs.work().display()))?),
+            protected: Arc::new(dirs.protected()),
+        })
+    }
+
+    /// An engine for the service: the runtime, blobs, logs and workspaces in `data`, events
+    /// to `bus`. Executions live in the service's own store, so no state file is opened (two
+    /// engines may share a data directory).
+    pub fn for_service(data: &Path, bus: Arc<dyn EventBus>, blobs: Option<Arc<dyn BlobStore>>) -> anyhow::Result<Self> {
+        let dirs = DataDir { root: data.to_path_buf() };
+        std::fs::create_dir_all(&dirs.root).with_context(|| format!("create data directory {}", dirs.root.display()))?;
+        let runtime = Arc::new(Runtime::new(RuntimeConfig { cache_dir: Some(dirs.compiled()) })?);
+        let blobs: Arc<dyn BlobStore> = match blobs {
+            Some(b) => b,
+            None => Arc::new(LocalStore::open(dirs.cas())?),
+        };
+        Ok(Engine {
+            tenant: DEFAULT_TENANT.to_string(),
+            registry: Arc::new(Registry::new(runtime, blobs.clone())),
+            blobs,
+            state: Arc::new(crate::state::Detached),
+            bus,
+            logs: Arc::new(LogStore::new(dirs.logs())),
             workspaces: Arc::new(WorkspacePool::new(dirs.work()).with_context(|| format!("prepare {}", dirs.work().display()))?),
             protected: Arc::new(dirs.protected()),
         })

@@ -4,6 +4,7 @@
 //! validation (`validate`) checks cross-references and plugin configuration. Both report
 //! [`Diagnostic`]s that name the file, line and column.
 
+pub mod cron;
 pub mod parse;
 pub mod template;
 pub mod units;
@@ -64,10 +65,62 @@ pub struct Pipeline {
     pub stages: Vec<Stage>,
     /// `timeout:`: the default wall-clock limit of every action attempt.
     pub timeout: Option<Duration>,
+    /// `triggers:`: what starts the pipeline in the service.
+    pub triggers: Triggers,
     /// The file as the user named it (for messages).
     pub file: String,
     /// Absolute directory of the pipeline file; relative paths are resolved against it.
     pub dir: PathBuf,
+}
+
+/// `triggers:` of a pipeline (used by `sluice serve`; `sluice run` ignores them).
+#[derive(Clone, Debug, Default)]
+pub struct Triggers {
+    /// `git:` push filters; an event from git must match one of them (none: every push).
+    pub git: Vec<GitFilter>,
+    /// `schedule:` cron entries.
+    pub schedule: Vec<Schedule>,
+    /// `webhook:`.
+    pub webhook: Option<Webhook>,
+}
+
+/// One git push filter, like a CodePipeline V2 trigger: the push matches when its branch
+/// (or tag) matches and, if `file_paths` is given, one changed file does.
+#[derive(Clone, Debug, Default)]
+pub struct GitFilter {
+    /// Branch names (`main`, `release/*`).
+    pub branches: Option<Patterns>,
+    /// Tag names (`v*`).
+    pub tags: Option<Patterns>,
+    /// Changed files (`src/**`).
+    pub file_paths: Option<Patterns>,
+    /// Where the filter starts.
+    pub loc: Loc,
+}
+
+/// Include and exclude globs; exclude wins.
+#[derive(Clone, Debug, Default)]
+pub struct Patterns {
+    /// Globs that select (empty: everything).
+    pub include: Vec<Located<String>>,
+    /// Globs that reject.
+    pub exclude: Vec<Located<String>>,
+}
+
+/// A cron schedule.
+#[derive(Clone, Debug)]
+pub struct Schedule {
+    /// Cron expression (5 fields, or 6 with seconds).
+    pub cron: Located<String>,
+    /// IANA timezone, UTC when absent.
+    pub timezone: Option<Located<String>>,
+}
+
+/// A webhook endpoint.
+#[derive(Clone, Debug)]
+pub struct Webhook {
+    /// Name of the environment variable holding the HMAC secret.
+    pub secret_env: Located<String>,
 }
 
 /// A stage: actions grouped by `run_order`.

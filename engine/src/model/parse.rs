@@ -1,11 +1,21 @@
 //! YAML → [`Pipeline`], collecting every structural problem with its position.
-use super::{Access, Action, Capabilities, Diagnostic, Loc, Located, Pipeline, Stage, units};
+use super::{Access, Action, Capabilities, Diagnostic, GitFilter, Loc, Located, Patterns, Pipeline, Schedule, Stage, Triggers, Webhook, units};
 use marked_yaml::{LoaderOptions, Node, types::MarkedMappingNode};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// Keys accepted at the top level (kept in step with `schema/pipeline.schema.json`).
-pub const PIPELINE_KEYS: &[&str] = &["name", "variables", "timeout", "stages"];
+pub const PIPELINE_KEYS: &[&str] = &["name", "variables", "timeout", "triggers", "stages"];
+/// Keys accepted under `triggers`.
+pub const TRIGGER_KEYS: &[&str] = &["git", "schedule", "webhook"];
+/// Keys accepted in a `triggers.git` filter.
+pub const GIT_FILTER_KEYS: &[&str] = &["branches", "tags", "file_paths"];
+/// Keys accepted in a pattern list.
+pub const PATTERN_KEYS: &[&str] = &["include", "exclude"];
+/// Keys accepted in a `triggers.schedule` entry.
+pub const SCHEDULE_KEYS: &[&str] = &["cron", "timezone"];
+/// Keys accepted under `triggers.webhook`.
+pub const WEBHOOK_KEYS: &[&str] = &["secret_env"];
 /// Keys accepted in a stage.
 pub const STAGE_KEYS: &[&str] = &["name", "actions"];
 /// Keys accepted in an action.
@@ -129,7 +139,7 @@ impl Parser {
     }
 
     fn pipeline(&mut self, root: &Node, file: &str, dir: PathBuf) -> Pipeline {
-        let mut pipeline = Pipeline { name: String::new(), variables: BTreeMap::new(), stages: Vec::new(), timeout: None, file: file.to_string(), dir };
+        let mut pipeline = Pipeline { name: String::new(), variables: BTreeMap::new(), stages: Vec::new(), timeout: None, triggers: Triggers::default(), file: file.to_string(), dir };
         let Some(map) = self.mapping(root, "the pipeline", PIPELINE_KEYS) else { return pipeline };
         let at = loc(root);
         if let Some(n) = self.required(map, "name", "the pipeline", at) {
@@ -142,6 +152,9 @@ impl Parser {
         }
         if let Some(n) = map.get_node("timeout") {
             pipeline.timeout = self.duration(n, "`timeout`");
+        }
+        if let Some(n) = map.get_node("triggers") {
+            pipeline.triggers = self.triggers(n);
         }
         if let Some(vars) = map.get_node("variables") {
             if let Some(vmap) = vars.as_mapping() {
@@ -165,6 +178,77 @@ impl Parser {
             }
         }
         pipeline
+    }
+
+    fn triggers(&mut self, node: &Node) -> Triggers {
+        let mut out = Triggers::default();
+        let Some(map) = self.mapping(node, "`triggers`", TRIGGER_KEYS) else { return out };
+        if let Some(git) = map.get_node("git") {
+            match git.as_sequence() {
+                Some(seq) => {
+                    for f in seq.iter() {
+                        let at = loc(f);
+                        let Some(fm) = self.mapping(f, "a git filter", GIT_FILTER_KEYS) else { continue };
+                        let mut filter = GitFilter { loc: at, ..Default::default() };
+                        filter.branches = fm.get_node("branches").map(|n| self.patterns(n, "`branches`"));
+                        filter.tags = fm.get_node("tags").map(|n| self.patterns(n, "`tags`"));
+                        filter.file_paths = fm.get_node("file_paths").map(|n| self.patterns(n, "`file_paths`"));
+                        if filter.branches.is_none() && filter.tags.is_none() {
+                            self.err(at, "a git filter needs `branches` or `tags`");
+                        }
+                        out.git.push(filter);
+                    }
+                }
+                None => self.err(loc(git), "`triggers.git` must be a list of filters"),
+            }
+        }
+        if let Some(schedule) = map.get_node("schedule") {
+            match schedule.as_sequence() {
+                Some(seq) => {
+                    for e in seq.iter() {
+                        let at = loc(e);
+                        let Some(em) = self.mapping(e, "a schedule", SCHEDULE_KEYS) else { continue };
+                        let cron = self.required(em, "cron", "a schedule", at).and_then(|n| self.scalar(n, "`cron`"));
+                        let timezone = em.get_node("timezone").and_then(|n| self.scalar(n, "`timezone`"));
+                        if let Some(cron) = cron {
+                            out.schedule.push(Schedule { cron, timezone });
+                        }
+                    }
+                }
+                None => self.err(loc(schedule), "`triggers.schedule` must be a list of {cron, timezone}"),
+            }
+        }
+        if let Some(hook) = map.get_node("webhook") {
+            let at = loc(hook);
+            if let Some(hm) = self.mapping(hook, "`triggers.webhook`", WEBHOOK_KEYS) {
+                if let Some(secret_env) = self.required(hm, "secret_env", "`triggers.webhook`", at).and_then(|n| self.scalar(n, "`secret_env`")) {
+                    out.webhook = Some(Webhook { secret_env });
+                }
+            }
+        }
+        out
+    }
+
+    /// `{include: [...], exclude: [...]}` or a plain list (includes).
+    fn patterns(&mut self, node: &Node, what: &str) -> Patterns {
+        if node.as_sequence().is_some() {
+            return Patterns { include: self.string_list(node, what), exclude: Vec::new() };
+        }
+        let mut out = Patterns::default();
+        if let Some(map) = self.mapping(node, what, PATTERN_KEYS) {
+            if let Some(n) = map.get_node("include") {
+                out.include = self.string_list(n, &format!("{what}.include"));
+            }
+            if let Some(n) = map.get_node("exclude") {
+                out.exclude = self.string_list(n, &format!("{what}.exclude"));
+            }
+        }
+        for p in out.include.iter().chain(&out.exclude) {
+            if let Err(e) = globset::Glob::new(&p.value) {
+                self.diags.push(Diagnostic { loc: p.loc, message: format!("bad glob {:?}: {}", p.value, e.kind()) });
+            }
+        }
+        out
     }
 
     fn stage(&mut self, node: &Node) -> Option<Stage> {

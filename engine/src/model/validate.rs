@@ -47,6 +47,19 @@ pub fn validate(p: &Pipeline, plugins: &ResolvedPlugins, overrides: &BTreeMap<St
         }
     }
 
+    for schedule in &p.triggers.schedule {
+        if let Err(e) = super::cron::CronSchedule::parse(&schedule.cron.value, schedule.timezone.as_ref().map(|t| t.value.as_str())) {
+            let loc = if e.starts_with("unknown timezone") { schedule.timezone.as_ref().map(|t| t.loc).unwrap_or(schedule.cron.loc) } else { schedule.cron.loc };
+            err(loc, format!("`triggers.schedule`: {e}"));
+        }
+    }
+    if let Some(hook) = &p.triggers.webhook {
+        let name = &hook.secret_env.value;
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            err(hook.secret_env.loc, format!("`secret_env` must name an environment variable, got {name:?}"));
+        }
+    }
+
     // Where each artifact and namespace is produced: (stage index, run_order, location).
     let mut producers: HashMap<&str, (usize, u32, Loc)> = HashMap::new();
     let mut namespaces: HashMap<&str, (usize, u32, Loc)> = HashMap::new();

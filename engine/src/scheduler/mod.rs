@@ -8,7 +8,7 @@ mod record;
 #[cfg(test)]
 mod tests;
 
-pub use record::{ActionRun, Execution, PluginRef, RetryPolicy, StageRun, Status, Timestamp};
+pub use record::{ActionRun, Execution, PluginRef, RetryPolicy, StageRun, Status, Timestamp, TriggerInfo};
 
 use std::collections::BTreeMap;
 

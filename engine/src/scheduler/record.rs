@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// CodePipeline's status words.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Status {
     /// Not reached (yet).
     NotStarted,
@@ -89,6 +89,37 @@ pub struct Execution {
     pub finished_at: Option<Timestamp>,
     /// Stages in order.
     pub stages: Vec<StageRun>,
+    /// The registered pipeline version it runs (service mode; 0 for a local file).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub pipeline_version: u64,
+    /// What started it (service mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<TriggerInfo>,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+/// What started an execution, as recorded in it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TriggerInfo {
+    /// The trigger event's id (one event id, one execution).
+    pub event_id: String,
+    /// `manual`, `nats`, `webhook`, `schedule`.
+    pub kind: String,
+    /// Who started it (the pusher, or the caller of `start`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_by: Option<String>,
+    /// Repository of a git event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+    /// Git ref (`refs/heads/main`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git_ref: Option<String>,
+    /// Commit id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
 }
 
 /// One stage of an execution.
@@ -224,6 +255,8 @@ impl Execution {
             started_at: None,
             finished_at: None,
             stages,
+            pipeline_version: 0,
+            trigger: None,
         }
     }
 

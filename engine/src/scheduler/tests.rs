@@ -41,6 +41,8 @@ fn exec(layout: &[&[u32]]) -> Execution {
                     .collect(),
             })
             .collect(),
+        pipeline_version: 0,
+        trigger: None,
     }
 }
 

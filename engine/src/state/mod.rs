@@ -45,3 +45,18 @@ pub trait StateStore: Send + Sync {
     /// Newest first, optionally for one pipeline.
     fn list(&self, tenant: &str, pipeline: Option<&str>, limit: usize) -> Result<Vec<Execution>, StateError>;
 }
+
+/// The state store of an engine whose executions live elsewhere (the service's bucket).
+pub struct Detached;
+
+impl StateStore for Detached {
+    fn put(&self, exec: &Execution, _: Option<u64>, _: Durability) -> Result<u64, StateError> {
+        Err(StateError::Backend(format!("execution {}: this engine keeps executions in the service's store", exec.execution_id)))
+    }
+    fn get(&self, _: &str, _: &str) -> Result<Option<(Execution, u64)>, StateError> {
+        Ok(None)
+    }
+    fn list(&self, _: &str, _: Option<&str>, _: usize) -> Result<Vec<Execution>, StateError> {
+        Ok(Vec::new())
+    }
+}

@@ -9,12 +9,14 @@ impl Action for Probe {
     fn describe() -> Description {
         Description::new("probe", "1.0.0", Category::Test)
             .summary("Test plugin: behaves as `mode` says")
-            .required("mode", "ok | fail | flaky | retryable | config | pending | loop | alloc | panic | sleep | read | write | symlink | exec | spam | hardlink | context | copy")
+            .required("mode", "ok | fail | flaky | retryable | config | pending | loop | alloc | panic | sleep | read | write | symlink | exec | spam | hardlink | context | copy | effect")
             .optional("path", "a guest path for read/write/symlink")
             .optional("target", "symlink target")
             .optional("program", "host program for exec")
             .optional("value", "a value echoed back as the `Value` variable")
             .optional("env", "KEY=VALUE passed to the program in exec mode")
+            .optional("dir", "effect mode: a granted directory where the side effect is recorded")
+            .optional("pause_ms", "effect mode: how long to keep working after the side effect")
     }
 
     fn run(ctx: &Context, config: &Config) -> Result<Outcome, ActionError> {
@@ -110,6 +112,23 @@ impl Action for Probe {
                 let to = ctx.output_dir(ctx.single_output()?);
                 let n = sluice_sdk::fs::copy_tree(&from, &to, &[]).map_err(ActionError::Failed)?;
                 Ok(done().var("Files", n))
+            }
+            // A deploy-like side effect, done once per idempotency key: a redelivered job (same
+            // key) finds its marker and does not repeat it. Then it keeps "working" a while.
+            "effect" => {
+                let dir = Path::new(config.require("dir")?);
+                let marker = dir.join(format!("done-{}", ctx.idempotency_key.replace('/', "_")));
+                let repeated = marker.exists();
+                if !repeated {
+                    use std::io::Write;
+                    let mut log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("effects.log")).map_err(|e| ActionError::Failed(format!("effects.log: {e}")))?;
+                    writeln!(log, "{}", ctx.idempotency_key).map_err(|e| ActionError::Failed(e.to_string()))?;
+                    std::fs::write(&marker, b"").map_err(|e| ActionError::Failed(format!("marker: {e}")))?;
+                }
+                log::info(&format!("side effect {} for {}", if repeated { "already done" } else { "done" }, ctx.idempotency_key));
+                let pause: u64 = config.parse_or("pause_ms", 0)?;
+                std::thread::sleep(std::time::Duration::from_millis(pause));
+                Ok(done().var("Repeated", repeated))
             }
             other => Err(ActionError::Config(format!("unknown mode {other:?}"))),
         }

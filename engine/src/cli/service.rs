@@ -1,0 +1,252 @@
+//! Commands of the service: `serve`, and the clients `pipeline`, `start`, `status`, `watch`,
+//! `executions`.
+use super::progress::{Style, format_event};
+use crate::model::units::short_duration;
+use crate::scheduler::{Execution, Status};
+use crate::service::api::{ExecutionSummary, Request};
+use crate::service::client::{Client, Refused};
+use clap::{Args, Subcommand};
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Where the service is.
+#[derive(Args, Debug, Clone)]
+pub struct Target {
+    /// NATS server of the service (else the embedded `sluice serve` in --data).
+    #[arg(long, env = "SLUICE_NATS_URL", global = true)]
+    pub nats: Option<String>,
+    /// Tenant.
+    #[arg(long, env = "SLUICE_TENANT", default_value = "default", global = true)]
+    pub tenant: String,
+    /// Data directory of the embedded service [default: ./.sluice].
+    #[arg(long, env = "SLUICE_DATA", global = true)]
+    pub data: Option<PathBuf>,
+}
+
+impl Target {
+    async fn client(&self) -> anyhow::Result<Client> {
+        Client::connect(self.nats.as_deref(), &super::default_data(self.data.clone()), &self.tenant).await
+    }
+}
+
+/// `sluice serve`.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Run on NATS JetStream at this URL (several engines share the work); without it, the
+    /// embedded service (one process, data in --data).
+    #[arg(long, env = "SLUICE_NATS_URL")]
+    pub nats: Option<String>,
+    /// Data directory: the embedded store, or the NATS engine's local cache
+    /// (compiled components, workspaces, logs) [default: ./.sluice].
+    #[arg(long, env = "SLUICE_DATA")]
+    pub data: Option<PathBuf>,
+    /// Jobs run at once by this engine.
+    #[arg(long, default_value_t = 8)]
+    pub workers: usize,
+    /// Serve webhooks (`POST /hooks/<tenant>/<pipeline>`) on this address, e.g. 127.0.0.1:8080.
+    #[arg(long)]
+    pub http: Option<std::net::SocketAddr>,
+    /// NATS: redelivery deadline of a job whose engine stops reporting progress.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub ack_wait: Duration,
+}
+
+/// `sluice pipeline …`.
+#[derive(Subcommand, Debug)]
+pub enum PipelineCmd {
+    /// Register (a new version of) a pipeline file with the service.
+    Put {
+        /// The pipeline file.
+        file: PathBuf,
+    },
+    /// List registered pipelines.
+    Ls,
+    /// Print a registered pipeline's YAML.
+    Get {
+        /// Pipeline name.
+        name: String,
+        /// Version [default: current].
+        #[arg(long)]
+        version: Option<u64>,
+    },
+    /// Unregister a pipeline (running executions finish).
+    Rm {
+        /// Pipeline name.
+        name: String,
+    },
+}
+
+/// Run `sluice serve`.
+pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let data = super::default_data(args.data);
+    match args.nats {
+        None => {
+            let (service, bus) = crate::service::wiring::embedded(&data).await?;
+            eprintln!("sluice serve: embedded engine, data in {}; control socket {}", data.display(), crate::service::socket::socket_path(&data).display());
+            let socket = crate::service::socket::serve(service.clone(), bus, &data);
+            let hooks = webhooks(service.clone(), args.http);
+            tokio::select! {
+                r = hooks => r?,
+                r = socket => r?,
+                _ = service.run(args.workers) => {},
+                _ = tokio::signal::ctrl_c() => {},
+            }
+            let _ = std::fs::remove_file(crate::service::socket::socket_path(&data));
+        }
+        Some(url) => {
+            let (service, client) = crate::service::wiring::nats(&url, &data, crate::nats::Timing { ack_wait: args.ack_wait }).await?;
+            eprintln!("sluice serve: engine on NATS {url}, local cache in {}", data.display());
+            let api = crate::service::wiring::serve_nats_api(service.clone(), client.clone());
+            let hooks = webhooks(service.clone(), args.http);
+            tokio::select! {
+                r = hooks => r?,
+                r = api => r?,
+                _ = service.run(args.workers) => {},
+                _ = tokio::signal::ctrl_c() => {},
+            }
+            let _ = client.flush().await;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn webhooks(service: std::sync::Arc<crate::service::Service>, addr: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
+    match addr {
+        Some(addr) => {
+            eprintln!("sluice serve: webhooks on http://{addr}/hooks/<tenant>/<pipeline>");
+            crate::service::webhook::serve(service, addr).await
+        }
+        None => std::future::pending().await,
+    }
+}
+
+fn refused(e: anyhow::Error) -> anyhow::Result<ExitCode> {
+    match e.downcast::<Refused>() {
+        Ok(r) => {
+            if let Some(d) = &r.diagnostics {
+                eprintln!("{d}");
+            }
+            eprintln!("error: {}", r.message);
+            Ok(ExitCode::from(2))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Run `sluice pipeline …`.
+pub async fn pipeline(cmd: PipelineCmd, target: Target) -> anyhow::Result<ExitCode> {
+    let client = target.client().await?;
+    let request = match &cmd {
+        PipelineCmd::Put { file } => {
+            let yaml = std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+            let dir = std::fs::canonicalize(file)?.parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/"));
+            Request::PipelinePut { file: file.display().to_string(), dir, yaml }
+        }
+        PipelineCmd::Ls => Request::PipelineLs {},
+        PipelineCmd::Get { name, version } => Request::PipelineGet { name: name.clone(), version: *version },
+        PipelineCmd::Rm { name } => Request::PipelineRm { name: name.clone() },
+    };
+    let reply = match client.call(&request).await {
+        Ok(v) => v,
+        Err(e) => return refused(e),
+    };
+    match cmd {
+        PipelineCmd::Put { .. } => println!("registered {} version {}", reply["name"].as_str().unwrap_or(""), reply["version"]),
+        PipelineCmd::Ls => {
+            for p in reply.as_array().into_iter().flatten() {
+                println!("{}\tv{}\t{}", p["name"].as_str().unwrap_or(""), p["version"], p["file"].as_str().unwrap_or(""));
+            }
+        }
+        PipelineCmd::Get { .. } => print!("{}", reply["yaml"].as_str().unwrap_or("")),
+        PipelineCmd::Rm { name } => println!("removed {name}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Run `sluice start`.
+pub async fn start(pipeline: String, vars: Vec<(String, String)>, event_id: Option<String>, watch: bool, target: Target) -> anyhow::Result<ExitCode> {
+    let client = target.client().await?;
+    let variables: BTreeMap<String, String> = vars.into_iter().collect();
+    let reply = match client.call(&Request::Start { pipeline, variables, event_id, started_by: Some(crate::identity::current()) }).await {
+        Ok(v) => v,
+        Err(e) => return refused(e),
+    };
+    let id = reply["execution_id"].as_str().unwrap_or("").to_string();
+    println!("{id}");
+    if watch {
+        return follow(&client, &id).await;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Run `sluice watch`.
+pub async fn watch(execution_id: String, target: Target) -> anyhow::Result<ExitCode> {
+    let client = target.client().await?;
+    follow(&client, &execution_id).await
+}
+
+async fn follow(client: &Client, id: &str) -> anyhow::Result<ExitCode> {
+    let style = Style { color: std::io::stderr().is_terminal(), to_stderr: true };
+    let exec = match client.watch(id, |e| style.out(&format_event(e, style))).await {
+        Ok(e) => e,
+        Err(e) => return refused(e),
+    };
+    style.out(&format!("execution {} {}", exec.execution_id, exec.status));
+    Ok(if exec.status == Status::Succeeded { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// Run `sluice status`.
+pub async fn status(execution_id: String, json: bool, target: Target) -> anyhow::Result<ExitCode> {
+    let client = target.client().await?;
+    let reply = match client.call(&Request::Status { execution_id }).await {
+        Ok(v) => v,
+        Err(e) => return refused(e),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&reply)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let exec: Execution = serde_json::from_value(reply)?;
+    println!("{} {} v{} {}", exec.execution_id, exec.pipeline, exec.pipeline_version, exec.status);
+    if let Some(t) = &exec.trigger {
+        println!("  trigger: {} {}{}", t.kind, t.event_id, t.started_by.as_ref().map(|s| format!(" by {s}")).unwrap_or_default());
+    }
+    for stage in &exec.stages {
+        println!("  {} {}", stage.name, stage.status);
+        for a in &stage.actions {
+            let took = match (a.started_at, a.finished_at) {
+                (Some(s), Some(f)) => format!(" in {}", short_duration(f.since(s))),
+                _ => String::new(),
+            };
+            let attempt = if a.attempt > 1 { format!(" (attempt {})", a.attempt) } else { String::new() };
+            let detail = a.error.as_ref().or(a.summary.as_ref()).map(|d| format!(": {}", d.lines().next().unwrap_or(""))).unwrap_or_default();
+            println!("    {} {}{attempt}{took}{detail}", a.name, a.status);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Run `sluice executions`.
+pub async fn executions(pipeline: Option<String>, status: Option<Status>, limit: usize, json: bool, target: Target) -> anyhow::Result<ExitCode> {
+    let client = target.client().await?;
+    let reply = match client.call(&Request::Executions { pipeline, status, limit: Some(limit) }).await {
+        Ok(v) => v,
+        Err(e) => return refused(e),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&reply)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<ExecutionSummary> = serde_json::from_value(reply)?;
+    for r in rows {
+        let took = match (r.started_at, r.finished_at) {
+            (Some(s), Some(f)) => short_duration(f.since(s)),
+            _ => "-".into(),
+        };
+        println!("{}\t{}\tv{}\t{}\t{}\t{}", r.execution_id, r.pipeline, r.pipeline_version, r.status, took, r.trigger.unwrap_or_default());
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,13 @@
+//! Who is asking. One function, so that the coming authentication replaces it in one place.
+
+/// The caller's identity: `SLUICE_USER`, else the login name, else `unknown`.
+pub fn current() -> String {
+    for var in ["SLUICE_USER", "USER", "LOGNAME"] {
+        if let Ok(v) = std::env::var(var) {
+            if !v.trim().is_empty() {
+                return v;
+            }
+        }
+    }
+    "unknown".to_string()
+}

@@ -1,0 +1,78 @@
+//! The NATS bucket: a JetStream KV bucket. Revisions are the stream sequence numbers, and
+//! `update` sends the expected last sequence, so compare-and-swap holds across engines.
+use super::{Kv, KvError, KvResult};
+use async_nats::jetstream::kv::{CreateErrorKind, Operation, Store, UpdateErrorKind};
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, TryStreamExt};
+
+/// A JetStream KV bucket.
+#[derive(Clone)]
+pub struct NatsKv {
+    store: Store,
+}
+
+fn backend(e: impl std::fmt::Display) -> KvError {
+    KvError::Backend(e.to_string())
+}
+
+impl NatsKv {
+    /// The bucket `name` (created if missing), keeping `history` revisions per key.
+    pub async fn open(js: &async_nats::jetstream::Context, name: &str, history: i64) -> KvResult<Self> {
+        let store = match js.get_key_value(name).await {
+            Ok(store) => store,
+            Err(_) => js
+                .create_key_value(async_nats::jetstream::kv::Config { bucket: name.to_string(), history, ..Default::default() })
+                .await
+                .map_err(|e| KvError::Backend(format!("create KV bucket {name}: {e}")))?,
+        };
+        Ok(NatsKv { store })
+    }
+}
+
+impl Kv for NatsKv {
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, KvResult<Option<(Vec<u8>, u64)>>> {
+        async move {
+            match self.store.entry(key).await.map_err(backend)? {
+                Some(e) if e.operation == Operation::Put => Ok(Some((e.value.to_vec(), e.revision))),
+                _ => Ok(None),
+            }
+        }
+        .boxed()
+    }
+
+    fn create<'a>(&'a self, key: &'a str, value: Vec<u8>) -> BoxFuture<'a, KvResult<u64>> {
+        async move {
+            self.store.create(key, value.into()).await.map_err(|e| match e.kind() {
+                CreateErrorKind::AlreadyExists => KvError::Conflict { key: key.to_string() },
+                _ => backend(e),
+            })
+        }
+        .boxed()
+    }
+
+    fn update<'a>(&'a self, key: &'a str, value: Vec<u8>, revision: u64) -> BoxFuture<'a, KvResult<u64>> {
+        async move {
+            self.store.update(key, value.into(), revision).await.map_err(|e| match e.kind() {
+                UpdateErrorKind::WrongLastRevision => KvError::Conflict { key: key.to_string() },
+                _ => backend(e),
+            })
+        }
+        .boxed()
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, KvResult<()>> {
+        async move { self.store.delete(key).await.map_err(backend) }.boxed()
+    }
+
+    fn keys<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, KvResult<Vec<String>>> {
+        async move {
+            let mut keys: Vec<String> = match self.store.keys().await {
+                Ok(stream) => stream.try_filter(|k| std::future::ready(k.starts_with(prefix))).try_collect().await.map_err(backend)?,
+                Err(e) => return Err(backend(e)),
+            };
+            keys.sort();
+            Ok(keys)
+        }
+        .boxed()
+    }
+}

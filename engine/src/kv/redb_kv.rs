@@ -1,0 +1,118 @@
+//! The embedded bucket: one redb table per bucket. Values carry an 8-byte big-endian
+//! revision prefix, like the embedded state store.
+use super::{Kv, KvError, KvResult};
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use std::path::Path;
+use std::sync::Arc;
+
+/// A bucket in a redb database file. Several buckets may share one [`Database`].
+pub struct RedbKv {
+    db: Arc<Database>,
+    table: String,
+}
+
+fn backend(e: impl std::fmt::Display) -> KvError {
+    KvError::Backend(e.to_string())
+}
+
+impl RedbKv {
+    /// Open (or create) the database file at `path`.
+    pub fn open_database(path: &Path) -> KvResult<Arc<Database>> {
+        Database::create(path).map(Arc::new).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => {
+                KvError::Backend(format!("{} is in use by another sluice process; pass a different --data directory", path.display()))
+            }
+            other => KvError::Backend(format!("{}: {other}", path.display())),
+        })
+    }
+
+    /// The bucket `name` in `db` (created if missing).
+    pub fn bucket(db: Arc<Database>, name: &str) -> KvResult<Self> {
+        let table = name.to_string();
+        let tx = db.begin_write().map_err(backend)?;
+        tx.open_table(TableDefinition::<&str, &[u8]>::new(&table)).map_err(backend)?;
+        tx.commit().map_err(backend)?;
+        Ok(RedbKv { db, table })
+    }
+
+    fn def(&self) -> TableDefinition<'_, &'static str, &'static [u8]> {
+        TableDefinition::new(&self.table)
+    }
+
+    fn read(&self, key: &str) -> KvResult<Option<(Vec<u8>, u64)>> {
+        let tx = self.db.begin_read().map_err(backend)?;
+        let table = tx.open_table(self.def()).map_err(backend)?;
+        Ok(table.get(key).map_err(backend)?.map(|v| split(v.value())))
+    }
+
+    /// Write `value` if the current revision is `expected` (`None`: absent).
+    fn write(&self, key: &str, value: &[u8], expected: Option<u64>) -> KvResult<u64> {
+        if !super::valid_key(key) {
+            return Err(KvError::Backend(format!("invalid key `{key}`")));
+        }
+        let tx = self.db.begin_write().map_err(backend)?;
+        let revision = {
+            let mut table = tx.open_table(self.def()).map_err(backend)?;
+            let found = table.get(key).map_err(backend)?.map(|v| split(v.value()).1);
+            if found != expected {
+                return Err(KvError::Conflict { key: key.to_string() });
+            }
+            let revision = found.unwrap_or(0) + 1;
+            let mut bytes = revision.to_be_bytes().to_vec();
+            bytes.extend_from_slice(value);
+            table.insert(key, bytes.as_slice()).map_err(backend)?;
+            revision
+        };
+        tx.commit().map_err(backend)?;
+        Ok(revision)
+    }
+}
+
+fn split(stored: &[u8]) -> (Vec<u8>, u64) {
+    let mut prefix = [0u8; 8];
+    prefix.copy_from_slice(&stored[..8]);
+    (stored[8..].to_vec(), u64::from_be_bytes(prefix))
+}
+
+// redb calls are short and synchronous; running them inline keeps the embedded service simple.
+impl Kv for RedbKv {
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, KvResult<Option<(Vec<u8>, u64)>>> {
+        async move { self.read(key) }.boxed()
+    }
+
+    fn create<'a>(&'a self, key: &'a str, value: Vec<u8>) -> BoxFuture<'a, KvResult<u64>> {
+        async move { self.write(key, &value, None) }.boxed()
+    }
+
+    fn update<'a>(&'a self, key: &'a str, value: Vec<u8>, revision: u64) -> BoxFuture<'a, KvResult<u64>> {
+        async move { self.write(key, &value, Some(revision)) }.boxed()
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, KvResult<()>> {
+        async move {
+            let tx = self.db.begin_write().map_err(backend)?;
+            tx.open_table(self.def()).map_err(backend)?.remove(key).map_err(backend)?;
+            tx.commit().map_err(backend)
+        }
+        .boxed()
+    }
+
+    fn keys<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, KvResult<Vec<String>>> {
+        async move {
+            let tx = self.db.begin_read().map_err(backend)?;
+            let table = tx.open_table(self.def()).map_err(backend)?;
+            let mut out = Vec::new();
+            for item in table.range(prefix..).map_err(backend)? {
+                let (k, _) = item.map_err(backend)?;
+                if !k.value().starts_with(prefix) {
+                    break;
+                }
+                out.push(k.value().to_string());
+            }
+            Ok(out)
+        }
+        .boxed()
+    }
+}

@@ -1,0 +1,133 @@
+//! Sluice's layout on NATS: subjects, streams and buckets, and the connection that sets
+//! them up. Every subject and key starts with the tenant.
+//!
+//! | what                | where                                            |
+//! |---------------------|--------------------------------------------------|
+//! | trigger events in   | `sluice.<tenant>.trigger.<pipeline>` → stream `SLUICE_TRIGGERS` (dedup by `Nats-Msg-Id`) |
+//! | jobs                | `sluice.<tenant>.jobs` → work-queue stream `SLUICE_JOBS` |
+//! | state changes out   | `sluice.<tenant>.events.<kind>.<pipeline>` → stream `SLUICE_EVENTS` |
+//! | rejected triggers   | `sluice.<tenant>.deadletter.<pipeline>` → stream `SLUICE_DEADLETTER` |
+//! | control             | `sluice.<tenant>.api.<verb>` (request/reply, queue group `sluice-engines`) |
+//! | pipelines           | KV `sluice-pipelines`, key `<tenant>/<pipeline>[/<version>]` |
+//! | executions, claims  | KV `sluice-executions`, keys `<tenant>/x/<id>`, `<tenant>/claim/<pipeline>/<hash>` |
+//! | artifacts           | Object Store `sluice-artifacts`, objects named by blake3 hex |
+
+pub mod bus;
+
+use crate::kv::NatsKv;
+use crate::queue::nats_queue::QueueConfig;
+use crate::queue::NatsQueue;
+use anyhow::Context as _;
+use async_nats::jetstream::{self, stream};
+use std::time::Duration;
+
+/// Subject a trigger event for `pipeline` is published to.
+pub fn trigger_subject(tenant: &str, pipeline: &str) -> String {
+    format!("sluice.{tenant}.trigger.{pipeline}")
+}
+
+/// Subject of the job queue.
+pub fn jobs_subject(tenant: &str) -> String {
+    format!("sluice.{tenant}.jobs")
+}
+
+/// Subject of a control verb.
+pub fn api_subject(tenant: &str, verb: &str) -> String {
+    format!("sluice.{tenant}.api.{verb}")
+}
+
+/// Subject of rejected trigger events.
+pub fn dead_letter_subject(tenant: &str, pipeline: &str) -> String {
+    format!("sluice.{tenant}.deadletter.{pipeline}")
+}
+
+/// Subject of state-change events.
+pub fn event_subject(tenant: &str, kind: &str, pipeline: &str) -> String {
+    format!("sluice.{tenant}.events.{kind}.{pipeline}")
+}
+
+/// Queue group of the engines' control subscriptions: one engine answers each request.
+pub const API_GROUP: &str = "sluice-engines";
+
+/// Connect a client that keeps retrying (a NATS restart delays work, it does not stop it).
+pub async fn connect(url: &str) -> anyhow::Result<async_nats::Client> {
+    async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(5))
+        .request_timeout(Some(Duration::from_secs(30)))
+        .connect(url)
+        .await
+        .with_context(|| format!("connect to NATS at {url}"))
+}
+
+/// Connect for a short client command: fail fast when nothing listens.
+pub async fn connect_client(url: &str) -> anyhow::Result<async_nats::Client> {
+    async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(5))
+        .request_timeout(Some(Duration::from_secs(60)))
+        .connect(url)
+        .await
+        .with_context(|| format!("cannot reach NATS at {url} (is `nats-server -js` running?)"))
+}
+
+/// Everything the engine keeps on NATS.
+pub struct Layout {
+    /// The JetStream context.
+    pub js: jetstream::Context,
+    /// Pipelines.
+    pub pipelines: NatsKv,
+    /// Executions and trigger claims.
+    pub executions: NatsKv,
+    /// Trigger events.
+    pub triggers: NatsQueue,
+    /// Jobs.
+    pub jobs: NatsQueue,
+}
+
+/// Timing knobs (shortened by tests).
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    /// Redelivery deadline of a job whose engine stopped reporting progress.
+    pub ack_wait: Duration,
+}
+
+impl Layout {
+    /// Create (or bind to) every stream, consumer and bucket.
+    pub async fn open(client: &async_nats::Client, timing: Timing) -> anyhow::Result<Self> {
+        let js = jetstream::new(client.clone());
+        for (name, subject, max_age) in [
+            ("SLUICE_EVENTS", "sluice.*.events.>", Duration::from_secs(7 * 24 * 3600)),
+            ("SLUICE_DEADLETTER", "sluice.*.deadletter.>", Duration::from_secs(30 * 24 * 3600)),
+        ] {
+            js.get_or_create_stream(stream::Config { name: name.into(), subjects: vec![subject.into()], max_age, ..Default::default() })
+                .await
+                .map_err(|e| anyhow::anyhow!("stream {name}: {e}"))?;
+        }
+        let triggers = NatsQueue::open(
+            &js,
+            QueueConfig {
+                stream: "SLUICE_TRIGGERS",
+                subjects: vec!["sluice.*.trigger.>".into()],
+                consumer: "sluice-engines",
+                ack_wait: Duration::from_secs(30),
+                duplicate_window: Duration::from_secs(3600),
+            },
+        )
+        .await?;
+        let jobs = NatsQueue::open(
+            &js,
+            QueueConfig {
+                stream: "SLUICE_JOBS",
+                subjects: vec!["sluice.*.jobs".into()],
+                consumer: "sluice-workers",
+                ack_wait: timing.ack_wait,
+                duplicate_window: Duration::from_secs(3600),
+            },
+        )
+        .await?;
+        let pipelines = NatsKv::open(&js, "sluice-pipelines", 16).await?;
+        let executions = NatsKv::open(&js, "sluice-executions", 4).await?;
+        Ok(Layout { js, pipelines, executions, triggers, jobs })
+    }
+}

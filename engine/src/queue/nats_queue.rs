@@ -1,0 +1,123 @@
+//! The NATS queue: a JetStream stream read through one durable pull consumer that every
+//! engine shares, so each message goes to one engine at a time. Pushes carry `Nats-Msg-Id`
+//! for the stream's duplicate window. An engine fetches one message per free worker, so no
+//! message waits in a client buffer while its ack deadline runs.
+use super::{Delivery, QueueError, QueueResult, Settle, WorkQueue};
+use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
+use async_nats::jetstream::message::{AckKind, Acker, PublishMessage};
+use async_nats::jetstream::stream::{self, RetentionPolicy};
+use async_nats::jetstream::Context;
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, StreamExt};
+use std::time::Duration;
+
+/// A JetStream work queue.
+pub struct NatsQueue {
+    js: Context,
+    consumer: PullConsumer,
+    ack_wait: Duration,
+}
+
+fn err(context: &str) -> impl Fn(async_nats::Error) -> QueueError + '_ {
+    move |e| QueueError(format!("{context}: {e}"))
+}
+
+/// What a queue stream looks like.
+pub struct QueueConfig<'a> {
+    /// Stream name.
+    pub stream: &'a str,
+    /// Subjects it captures.
+    pub subjects: Vec<String>,
+    /// Durable consumer name.
+    pub consumer: &'a str,
+    /// Redelivery deadline without progress.
+    pub ack_wait: Duration,
+    /// How long a message id is remembered for deduplication.
+    pub duplicate_window: Duration,
+}
+
+impl NatsQueue {
+    /// Create (or bind to) the stream and its durable consumer.
+    pub async fn open(js: &Context, config: QueueConfig<'_>) -> QueueResult<Self> {
+        let stream = js
+            .get_or_create_stream(stream::Config {
+                name: config.stream.to_string(),
+                subjects: config.subjects.clone(),
+                retention: RetentionPolicy::WorkQueue,
+                duplicate_window: config.duplicate_window,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| QueueError(format!("stream {}: {e}", config.stream)))?;
+        let consumer: PullConsumer = stream
+            .get_or_create_consumer(
+                config.consumer,
+                pull::Config {
+                    durable_name: Some(config.consumer.to_string()),
+                    ack_policy: AckPolicy::Explicit,
+                    ack_wait: config.ack_wait,
+                    max_ack_pending: 10_000,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| QueueError(format!("consumer {}: {e}", config.consumer)))?;
+        Ok(NatsQueue { js: js.clone(), consumer, ack_wait: config.ack_wait })
+    }
+}
+
+struct Handle(Acker);
+
+impl Settle for Handle {
+    fn ack(&self) -> BoxFuture<'_, QueueResult<()>> {
+        // Double ack: wait for the server to confirm, so an acknowledged message is gone.
+        async move { self.0.double_ack().await.map_err(err("ack")) }.boxed()
+    }
+    fn nak(&self, delay: Duration) -> BoxFuture<'_, QueueResult<()>> {
+        async move { self.0.ack_with(AckKind::Nak(Some(delay))).await.map_err(err("nak")) }.boxed()
+    }
+    fn progress(&self) -> BoxFuture<'_, QueueResult<()>> {
+        async move { self.0.ack_with(AckKind::Progress).await.map_err(err("progress")) }.boxed()
+    }
+}
+
+impl WorkQueue for NatsQueue {
+    fn push<'a>(&'a self, subject: &'a str, id: &'a str, payload: Vec<u8>) -> BoxFuture<'a, QueueResult<()>> {
+        async move {
+            let ack = self
+                .js
+                .send_publish(subject.to_string(), PublishMessage::build().message_id(id).payload(payload.into()))
+                .await
+                .map_err(|e| QueueError(format!("publish to {subject}: {e}")))?;
+            ack.await.map_err(|e| QueueError(format!("publish to {subject}: {e}")))?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn next(&self) -> BoxFuture<'_, QueueResult<Delivery>> {
+        async move {
+            loop {
+                let mut batch = self
+                    .consumer
+                    .fetch()
+                    .max_messages(1)
+                    .expires(Duration::from_secs(5))
+                    .messages()
+                    .await
+                    .map_err(|e| QueueError(format!("fetch: {e}")))?;
+                let Some(message) = batch.next().await else { continue };
+                let message = message.map_err(|e| QueueError(format!("fetch: {e}")))?;
+                let delivered = message.info().map(|i| i.delivered as u64).unwrap_or(1);
+                let subject = message.subject.to_string();
+                let (message, acker) = message.split();
+                return Ok(Delivery { subject, payload: message.payload.to_vec(), delivered, handle: Box::new(Handle(acker)) });
+            }
+        }
+        .boxed()
+    }
+
+    fn ack_wait(&self) -> Duration {
+        self.ack_wait
+    }
+}

@@ -1,0 +1,535 @@
+//! The service: engines that start pipelines from trigger events, run their jobs from a
+//! shared queue, and keep every execution in a key-value bucket, so that any engine can
+//! continue any execution. The same code runs on the embedded edges (`sluice serve`) and on
+//! NATS (`sluice serve --nats URL`, many engines).
+//!
+//! Flow: trigger event → claim (one event id, one execution) → execution record created and
+//! started (scheduler) → jobs pushed → a worker runs a job → its result applied to the record
+//! with compare-and-swap → next jobs pushed → … Each message is acknowledged only after what
+//! it caused is durable; redelivery after a crash is harmless because the scheduler ignores
+//! stale completions and pushes are deduplicated.
+
+pub mod api;
+pub mod client;
+pub mod pipelines;
+pub mod schedule;
+pub mod socket;
+pub mod trigger;
+pub mod webhook;
+pub mod wiring;
+
+use crate::bus::{Event, EventBus, Kind, Snapshot, diff};
+use crate::executor::{Engine, job};
+use crate::kv::{Kv, KvError, get_json};
+use crate::model::validate::ResolvedPlugins;
+use crate::model::{Diagnostics, Pipeline};
+use crate::queue::{Delivery, WorkQueue};
+use crate::scheduler::{Command, Execution, Input, PluginRef, Status, Timestamp, apply};
+use pipelines::StoredPipeline;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use trigger::TriggerEvent;
+
+/// A job on the queue: which attempt of which action to run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JobMessage {
+    /// Tenant.
+    pub tenant: String,
+    /// Execution id.
+    pub execution_id: String,
+    /// Stage index.
+    pub stage: usize,
+    /// Action index.
+    pub action: usize,
+    /// Attempt.
+    pub attempt: u32,
+    /// Not before this time (retry backoff), milliseconds since the epoch.
+    #[serde(default)]
+    pub not_before: u64,
+}
+
+/// How a job delivery ended.
+enum Settled {
+    /// Handled: acknowledge it.
+    Done,
+    /// Handed back to the queue for later.
+    Deferred,
+}
+
+/// A rejected trigger event, as kept in the dead letter.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// Tenant.
+    pub tenant: String,
+    /// The pipeline the event was addressed to.
+    pub pipeline: String,
+    /// Why it was rejected.
+    pub reason: String,
+    /// The event as received (lossy UTF-8).
+    pub payload: String,
+    /// When.
+    pub at: Timestamp,
+}
+
+/// What the service runs on.
+pub struct Edges {
+    /// Registered pipelines.
+    pub pipelines: Arc<dyn Kv>,
+    /// Executions, trigger claims and dead letters.
+    pub executions: Arc<dyn Kv>,
+    /// Trigger events in.
+    pub triggers: Arc<dyn WorkQueue>,
+    /// Jobs.
+    pub jobs: Arc<dyn WorkQueue>,
+    /// Events out.
+    pub bus: Arc<dyn EventBus>,
+    /// Where rejected events also go (the NATS dead-letter subject); the bucket keeps them always.
+    pub dead_letters: Option<Arc<dyn Fn(&DeadLetter) + Send + Sync>>,
+}
+
+/// A parsed, resolved pipeline version.
+struct Loaded {
+    pipeline: Arc<Pipeline>,
+    plugins: ResolvedPlugins,
+}
+
+/// One engine of the service.
+pub struct Service {
+    engine: Engine,
+    edges: Edges,
+    loaded: Mutex<HashMap<(String, String, u64), Arc<Loaded>>>,
+}
+
+fn exec_key(tenant: &str, id: &str) -> String {
+    format!("{tenant}/x/{id}")
+}
+
+fn claim_key(tenant: &str, pipeline: &str, event_id: &str) -> String {
+    format!("{tenant}/claim/{pipeline}/{}", &blake3::hash(event_id.as_bytes()).to_hex()[..32])
+}
+
+/// Split `sluice.<tenant>.<kind>.<rest>` into (tenant, rest).
+fn subject_parts<'a>(subject: &'a str, kind: &str) -> Option<(&'a str, &'a str)> {
+    let rest = subject.strip_prefix("sluice.")?;
+    let (tenant, rest) = rest.split_once('.')?;
+    let rest = rest.strip_prefix(kind)?.strip_prefix('.')?;
+    Some((tenant, rest))
+}
+
+/// The jobs an execution is waiting for: every action in progress.
+fn outstanding(exec: &Execution) -> Vec<JobMessage> {
+    let mut out = Vec::new();
+    for (si, stage) in exec.stages.iter().enumerate() {
+        for (ai, action) in stage.actions.iter().enumerate() {
+            if action.status == Status::InProgress {
+                out.push(JobMessage { tenant: exec.tenant.clone(), execution_id: exec.execution_id.clone(), stage: si, action: ai, attempt: action.attempt, not_before: 0 });
+            }
+        }
+    }
+    out
+}
+
+impl Service {
+    /// An engine on `edges`, running jobs with `engine`'s runtime, blobs and workspaces.
+    pub fn new(engine: Engine, edges: Edges) -> Arc<Self> {
+        Arc::new(Service { engine, edges, loaded: Mutex::new(HashMap::new()) })
+    }
+
+    /// The engine (plugins, runtime).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The edges.
+    pub fn edges(&self) -> &Edges {
+        &self.edges
+    }
+
+    /// Run the trigger consumer and `workers` job workers until the process ends.
+    pub async fn run(self: Arc<Self>, workers: usize) {
+        let mut tasks = tokio::task::JoinSet::new();
+        let me = self.clone();
+        tasks.spawn(async move { me.consume_triggers().await });
+        let me = self.clone();
+        tasks.spawn(async move { me.run_schedules().await });
+        for _ in 0..workers.max(1) {
+            let me = self.clone();
+            tasks.spawn(async move { me.consume_jobs().await });
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    /// Push the outstanding jobs of every execution still running: the embedded queue does
+    /// not survive a restart, the records do.
+    pub async fn recover(&self) -> anyhow::Result<usize> {
+        let mut n = 0;
+        for key in self.edges.executions.keys("").await? {
+            if !key.contains("/x/") {
+                continue;
+            }
+            if let Some((exec, _)) = get_json::<Execution>(&*self.edges.executions, &key).await? {
+                if !exec.status.is_terminal() {
+                    self.push_jobs(&outstanding(&exec)).await;
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    async fn consume_triggers(&self) {
+        loop {
+            match self.edges.triggers.next().await {
+                Ok(delivery) => self.handle_trigger(delivery).await,
+                Err(e) => {
+                    tracing::warn!("trigger queue: {e}; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+
+    async fn consume_jobs(&self) {
+        loop {
+            match self.edges.jobs.next().await {
+                Ok(delivery) => self.handle_job(delivery).await,
+                Err(e) => {
+                    tracing::warn!("job queue: {e}; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+
+    /// Load (and cache) one version of a registered pipeline, parsed and with its plugins
+    /// resolved.
+    async fn load(&self, tenant: &str, name: &str, version: Option<u64>) -> Result<Option<Arc<Loaded>>, String> {
+        let Some(stored) = pipelines::get(&*self.edges.pipelines, tenant, name, version).await.map_err(|e| e.to_string())? else {
+            return Ok(None);
+        };
+        let key = (tenant.to_string(), name.to_string(), stored.version);
+        if let Some(hit) = self.loaded.lock().unwrap().get(&key) {
+            return Ok(Some(hit.clone()));
+        }
+        let loaded = Arc::new(self.check(&stored).await.map_err(|d| d.to_string())?);
+        self.loaded.lock().unwrap().insert(key, loaded.clone());
+        Ok(Some(loaded))
+    }
+
+    /// Parse and validate a pipeline as registered.
+    async fn check(&self, stored: &StoredPipeline) -> Result<Loaded, Diagnostics> {
+        let (pipeline, problems) = crate::model::parse::parse(&stored.file, stored.dir.clone(), &stored.yaml);
+        let Some(pipeline) = pipeline else {
+            return Err(Diagnostics { file: stored.file.clone(), items: problems });
+        };
+        let plugins = self.engine.check(&pipeline, problems, &Default::default()).await?;
+        Ok(Loaded { pipeline: Arc::new(pipeline), plugins })
+    }
+
+    async fn reject(&self, tenant: &str, pipeline: &str, reason: String, payload: &[u8]) {
+        tracing::warn!("trigger for {tenant}/{pipeline} rejected: {reason}");
+        let letter = DeadLetter { tenant: tenant.into(), pipeline: pipeline.into(), reason: reason.clone(), payload: String::from_utf8_lossy(payload).into_owned(), at: Timestamp::now() };
+        let key = format!("{}/dead/{}", if crate::kv::valid_key(tenant) { tenant } else { "_invalid" }, ulid::Ulid::new());
+        if let Ok(bytes) = serde_json::to_vec(&letter) {
+            if let Err(e) = self.edges.executions.create(&key, bytes).await {
+                tracing::warn!("could not record the dead letter: {e}");
+            }
+        }
+        if let Some(publish) = &self.edges.dead_letters {
+            publish(&letter);
+        }
+        self.edges.bus.publish(Event {
+            kind: Kind::Trigger,
+            tenant: tenant.into(),
+            pipeline: pipeline.into(),
+            execution_id: String::new(),
+            stage: None,
+            action: None,
+            status: Status::Failed,
+            attempt: None,
+            at: Timestamp::now(),
+            duration_ms: None,
+            detail: Some(reason),
+            pipeline_version: None,
+        });
+    }
+
+    async fn handle_trigger(&self, delivery: Delivery) {
+        let Some((tenant, pipeline)) = subject_parts(&delivery.subject, "trigger") else {
+            self.reject("_invalid", "_invalid", format!("unexpected subject {}", delivery.subject), &delivery.payload).await;
+            let _ = delivery.ack().await;
+            return;
+        };
+        let (tenant, pipeline) = (tenant.to_string(), pipeline.to_string());
+        match self.start(&tenant, &pipeline, &delivery.payload).await {
+            Ok(Ok(id)) => tracing::info!("trigger for {tenant}/{pipeline}: execution {id}"),
+            Ok(Err(reason)) => self.reject(&tenant, &pipeline, reason, &delivery.payload).await,
+            Err(e) => {
+                // The store is unreachable: leave the event for later (or another engine).
+                tracing::warn!("trigger for {tenant}/{pipeline} not handled yet: {e}");
+                let _ = delivery.nak(Duration::from_secs(1)).await;
+                return;
+            }
+        }
+        if let Err(e) = delivery.ack().await {
+            tracing::warn!("ack of a trigger failed ({e}); it will come again and start nothing new");
+        }
+    }
+
+    /// Start an execution for a trigger event, at most once per event id. The outer error is
+    /// a store failure (try again); the inner one a reason to reject the event.
+    async fn start(&self, tenant: &str, name: &str, payload: &[u8]) -> Result<Result<String, String>, KvError> {
+        let event = match TriggerEvent::parse(payload) {
+            Ok(e) => e,
+            Err(reason) => return Ok(Err(reason)),
+        };
+        if !crate::kv::valid_key(tenant) || !crate::model::is_valid_name(name) {
+            return Ok(Err(format!("invalid tenant or pipeline name in `{tenant}`/`{name}`")));
+        }
+        let kv = &*self.edges.executions;
+        // One event id → one execution: the claim names the execution before it exists.
+        let claim = claim_key(tenant, name, &event.id);
+        let execution_id = match get_json::<String>(kv, &claim).await? {
+            Some((id, _)) => id,
+            None => {
+                let loaded = match self.load(tenant, name, None).await {
+                    Ok(Some(l)) => l,
+                    Ok(None) => return Ok(Err(format!("unknown pipeline `{name}` (register it with `sluice pipeline put`)"))),
+                    Err(e) => return Ok(Err(format!("pipeline `{name}` does not load: {e}"))),
+                };
+                if let Err(reason) = trigger::accepts(&loaded.pipeline.triggers, &event) {
+                    return Ok(Err(reason));
+                }
+                if let Some(k) = event.variables.keys().find(|k| !loaded.pipeline.variables.contains_key(*k)) {
+                    return Ok(Err(format!("the event sets variable `{k}`, which pipeline `{name}` does not declare")));
+                }
+                let id = ulid::Ulid::new().to_string();
+                match kv.create(&claim, serde_json::to_vec(&id).unwrap_or_default()).await {
+                    Ok(_) => id,
+                    Err(KvError::Conflict { .. }) => get_json::<String>(kv, &claim).await?.map(|(id, _)| id).unwrap_or(id),
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        let key = exec_key(tenant, &execution_id);
+        let exec = match get_json::<Execution>(kv, &key).await? {
+            Some((exec, _)) => exec,
+            None => {
+                // The claim's version is the head at claim time, or a later one after a crash:
+                // either way a registered version.
+                let loaded = match self.load(tenant, name, None).await {
+                    Ok(Some(l)) => l,
+                    Ok(None) => return Ok(Err(format!("unknown pipeline `{name}`"))),
+                    Err(e) => return Ok(Err(format!("pipeline `{name}` does not load: {e}"))),
+                };
+                let version = pipelines::get(&*self.edges.pipelines, tenant, name, None).await?.map(|p| p.version).unwrap_or(0);
+                let plugins = &loaded.plugins;
+                let pin = |uses: &str| PluginRef {
+                    reference: uses.to_string(),
+                    digest: plugins.get(uses).and_then(|p| p.as_ref().ok()).map(|p| p.digest.clone()).unwrap_or_default(),
+                };
+                let mut variables = loaded.pipeline.variables.clone();
+                variables.extend(event.variables.clone());
+                let mut exec = Execution::new(execution_id.clone(), tenant, &loaded.pipeline, &pin, variables);
+                exec.pipeline_version = version;
+                exec.trigger = Some(event.info());
+                let before = Snapshot::of(&exec);
+                apply(&mut exec, &Input::Start { at: Timestamp::now() });
+                match kv.create(&key, serde_json::to_vec(&exec).unwrap_or_default()).await {
+                    Ok(_) => {
+                        for e in diff(&before, &exec) {
+                            self.edges.bus.publish(e);
+                        }
+                        exec
+                    }
+                    Err(KvError::Conflict { .. }) => match get_json::<Execution>(kv, &key).await? {
+                        Some((exec, _)) => exec,
+                        None => return Err(KvError::Backend("execution vanished while starting".into())),
+                    },
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        self.push_jobs(&outstanding(&exec)).await;
+        Ok(Ok(execution_id))
+    }
+
+    async fn push_jobs(&self, jobs: &[JobMessage]) {
+        for job in jobs {
+            let id = format!("{}/{}/{}/{}/{}", job.tenant, job.execution_id, job.stage, job.action, job.attempt);
+            let subject = crate::nats::jobs_subject(&job.tenant);
+            let payload = serde_json::to_vec(job).unwrap_or_default();
+            let mut delay = Duration::from_millis(50);
+            // A job that cannot be queued would stall its execution: keep trying.
+            while let Err(e) = self.edges.jobs.push(&subject, &id, payload.clone()).await {
+                tracing::warn!("queueing job {id} failed ({e}); retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+
+    async fn handle_job(&self, delivery: Delivery) {
+        let job: JobMessage = match serde_json::from_slice(&delivery.payload) {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::error!("dropping a malformed job: {e}");
+                let _ = delivery.ack().await;
+                return;
+            }
+        };
+        match self.run_job(&job, &delivery).await {
+            Ok(Settled::Deferred) => {}
+            Ok(Settled::Done) => {
+                if let Err(e) = delivery.ack().await {
+                    tracing::warn!("ack of job {}/{} failed: {e}", job.execution_id, job.attempt);
+                }
+            }
+            Err(e) => {
+                tracing::warn!("job of {} not finished: {e}; it will be retried", job.execution_id);
+                let _ = delivery.nak(Duration::from_secs(1)).await;
+            }
+        }
+    }
+
+    async fn run_job(&self, job: &JobMessage, delivery: &Delivery) -> Result<Settled, String> {
+        let kv = &*self.edges.executions;
+        let key = exec_key(&job.tenant, &job.execution_id);
+        let Some((exec, _)) = get_json::<Execution>(kv, &key).await.map_err(|e| e.to_string())? else {
+            tracing::error!("job for unknown execution {}", job.execution_id);
+            return Ok(Settled::Done);
+        };
+        let Some(run) = exec.stages.get(job.stage).and_then(|s| s.actions.get(job.action)) else { return Ok(Settled::Done) };
+        if exec.status.is_terminal() {
+            return Ok(Settled::Done);
+        }
+        if run.status != Status::InProgress || run.attempt != job.attempt {
+            // Already recorded (a redelivery after a crash): make sure what followed is queued.
+            self.push_jobs(&outstanding(&exec)).await;
+            return Ok(Settled::Done);
+        }
+        let now = Timestamp::now().0;
+        if job.not_before > now {
+            delivery.nak(Duration::from_millis(job.not_before - now)).await.map_err(|e| e.to_string())?;
+            return Ok(Settled::Deferred);
+        }
+        let loaded = match self.load(&job.tenant, &exec.pipeline, Some(exec.pipeline_version)).await {
+            Ok(Some(l)) => Ok(l),
+            Ok(None) => Err(format!("pipeline `{}` version {} is not registered", exec.pipeline, exec.pipeline_version)),
+            Err(e) => Err(e),
+        };
+        let attempt = job::Attempt {
+            stage: job.stage,
+            action: job.action,
+            attempt: job.attempt,
+            delay_ms: 0,
+            spec: loaded.and_then(|l| job::JobSpec::build(&l.pipeline, &l.plugins, &exec, job.stage, job.action, job.attempt)),
+        };
+        tracing::info!("running {}/{}/{} attempt {} (delivery {})", job.execution_id, exec.stages[job.stage].name, exec.stages[job.stage].actions[job.action].name, job.attempt, delivery.delivered);
+        // Keep the job ours while it runs: report progress well within the ack deadline.
+        let cx = self.engine.job_context();
+        let every = (self.edges.jobs.ack_wait() / 3).max(Duration::from_millis(100));
+        let run = attempt.run(&cx);
+        tokio::pin!(run);
+        let mut ticker = tokio::time::interval(every);
+        ticker.tick().await;
+        let (input, leftover) = loop {
+            tokio::select! {
+                done = &mut run => break done,
+                _ = ticker.tick() => {
+                    if let Err(e) = delivery.handle.progress().await {
+                        tracing::warn!("progress report failed: {e}");
+                    }
+                }
+            }
+        };
+        let result = self.complete(&key, &input).await;
+        leftover.release(&cx);
+        result.map(|()| Settled::Done)
+    }
+
+    /// Apply an input to a stored execution with compare-and-swap (retried on conflict), then
+    /// publish its events and queue its jobs.
+    async fn complete(&self, key: &str, input: &Input) -> Result<(), String> {
+        // The store may be briefly unreachable (a NATS restart): keep the result rather than
+        // run the action again, for up to a minute.
+        let mut delay = Duration::from_millis(100);
+        let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            match self.try_complete(key, input).await {
+                Err(KvError::Backend(e)) if tokio::time::Instant::now() < give_up => {
+                    tracing::warn!("recording a result failed ({e}); retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                other => return other.map_err(|e| e.to_string()),
+            }
+        }
+    }
+
+    async fn try_complete(&self, key: &str, input: &Input) -> Result<(), KvError> {
+        let kv = &*self.edges.executions;
+        loop {
+            let Some((mut exec, revision)) = get_json::<Execution>(kv, key).await? else {
+                return Err(KvError::Backend(format!("execution {key} vanished")));
+            };
+            let before = Snapshot::of(&exec);
+            let commands = apply(&mut exec, input);
+            let events = diff(&before, &exec);
+            if events.is_empty() && commands.is_empty() {
+                return Ok(());
+            }
+            match kv.update(key, serde_json::to_vec(&exec).map_err(|e| KvError::Backend(e.to_string()))?, revision).await {
+                Ok(_) => {
+                    for e in events {
+                        self.edges.bus.publish(e);
+                    }
+                    let mut jobs = Vec::new();
+                    for c in commands {
+                        if let Command::RunAction { stage, action, attempt, delay_ms } = c {
+                            let not_before = if delay_ms > 0 { Timestamp::now().0 + delay_ms } else { 0 };
+                            jobs.push(JobMessage { tenant: exec.tenant.clone(), execution_id: exec.execution_id.clone(), stage, action, attempt, not_before });
+                        }
+                    }
+                    self.push_jobs(&jobs).await;
+                    return Ok(());
+                }
+                Err(KvError::Conflict { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Read an execution.
+    pub async fn execution(&self, tenant: &str, id: &str) -> Result<Option<Execution>, KvError> {
+        if !crate::kv::valid_key(id) {
+            return Ok(None);
+        }
+        Ok(get_json::<Execution>(&*self.edges.executions, &exec_key(tenant, id)).await?.map(|(e, _)| e))
+    }
+
+    /// Executions of a tenant, newest first.
+    pub async fn executions(&self, tenant: &str, pipeline: Option<&str>, status: Option<Status>, limit: usize) -> Result<Vec<Execution>, KvError> {
+        let mut keys = self.edges.executions.keys(&format!("{tenant}/x/")).await?;
+        keys.reverse(); // ULIDs: newest last
+        let mut out = Vec::new();
+        for key in keys {
+            if out.len() >= limit {
+                break;
+            }
+            if let Some((exec, _)) = get_json::<Execution>(&*self.edges.executions, &key).await? {
+                if pipeline.is_none_or(|p| p == exec.pipeline) && status.is_none_or(|s| s == exec.status) {
+                    out.push(exec);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Look up the execution a trigger event started, if any.
+    pub async fn claimed(&self, tenant: &str, pipeline: &str, event_id: &str) -> Result<Option<String>, KvError> {
+        Ok(get_json::<String>(&*self.edges.executions, &claim_key(tenant, pipeline, event_id)).await?.map(|(id, _)| id))
+    }
+}

@@ -1,0 +1,85 @@
+//! Putting a service together on either set of edges.
+use super::{DeadLetter, Edges, Service};
+use crate::bus::{EventBus, MemoryBus};
+use crate::executor::Engine;
+use crate::kv::{Kv, RedbKv};
+use crate::nats::{Layout, Timing};
+use crate::queue::MemoryQueue;
+use futures_util::StreamExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The embedded service in `data`: a redb file for pipelines and executions, in-process
+/// queues, an in-process bus. Jobs of unfinished executions are queued again.
+pub async fn embedded(data: &Path) -> anyhow::Result<(Arc<Service>, Arc<MemoryBus>)> {
+    std::fs::create_dir_all(data)?;
+    let bus = Arc::new(MemoryBus::default());
+    let engine = Engine::for_service(data, bus.clone(), None)?;
+    let db = RedbKv::open_database(&data.join("service.redb"))?;
+    let edges = Edges {
+        pipelines: Arc::new(RedbKv::bucket(db.clone(), "pipelines")?) as Arc<dyn Kv>,
+        executions: Arc::new(RedbKv::bucket(db, "executions")?),
+        triggers: MemoryQueue::new(Duration::from_secs(3600)),
+        jobs: MemoryQueue::new(Duration::from_secs(3600)),
+        bus: bus.clone(),
+        dead_letters: None,
+    };
+    let service = Service::new(engine, edges);
+    let resumed = service.recover().await?;
+    if resumed > 0 {
+        tracing::info!("resumed {resumed} unfinished executions");
+    }
+    Ok((service, bus))
+}
+
+/// A service engine on NATS at `url`, with its local cache (compiled components, workspaces)
+/// in `data`.
+pub async fn nats(url: &str, data: &Path, timing: Timing) -> anyhow::Result<(Arc<Service>, async_nats::Client)> {
+    let client = crate::nats::connect(url).await?;
+    let layout = Layout::open(&client, timing).await?;
+    let bus: Arc<dyn EventBus> = Arc::new(crate::nats::bus::NatsBus::new(layout.js.clone()));
+    let engine = Engine::for_service(data, bus.clone(), None)?;
+    let js = layout.js.clone();
+    let dead_letters = Arc::new(move |letter: &DeadLetter| {
+        let (js, subject) = (js.clone(), crate::nats::dead_letter_subject(&letter.tenant, &letter.pipeline));
+        let payload = serde_json::to_vec(letter).unwrap_or_default();
+        tokio::spawn(async move {
+            if let Ok(ack) = js.publish(subject, payload.into()).await {
+                let _ = ack.await;
+            }
+        });
+    });
+    let edges = Edges {
+        pipelines: Arc::new(layout.pipelines),
+        executions: Arc::new(layout.executions),
+        triggers: Arc::new(layout.triggers),
+        jobs: Arc::new(layout.jobs),
+        bus,
+        dead_letters: Some(dead_letters),
+    };
+    Ok((Service::new(engine, edges), client))
+}
+
+/// Answer control requests on `sluice.*.api.>` (one engine of the queue group answers each).
+pub async fn serve_nats_api(service: Arc<Service>, client: async_nats::Client) -> anyhow::Result<()> {
+    let mut requests = client.queue_subscribe("sluice.*.api.>", crate::nats::API_GROUP.to_string()).await?;
+    while let Some(message) = requests.next().await {
+        let (service, client) = (service.clone(), client.clone());
+        tokio::spawn(async move {
+            let Some(reply) = message.reply.clone() else { return };
+            let subject = message.subject.to_string();
+            let answer = match subject.strip_prefix("sluice.").and_then(|r| r.split_once(".api.")) {
+                Some((tenant, verb)) => match super::api::request_for_verb(verb, &message.payload) {
+                    Ok(request) => service.handle(tenant, request).await,
+                    Err(e) => serde_json::json!({ "error": e }),
+                },
+                None => serde_json::json!({ "error": format!("unexpected subject {subject}") }),
+            };
+            if let Err(e) = client.publish(reply, answer.to_string().into()).await {
+                tracing::warn!("reply to {subject}: {e}");
+            }
+        });
+    }
+    Ok(())
+}

