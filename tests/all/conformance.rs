@@ -2,6 +2,7 @@
 //! (redb, in-process queue) and the NATS ones (JetStream KV, work-queue stream), the latter
 //! against a real nats-server.
 use crate::harness::nats::NatsServer;
+use sluice_engine::artifacts::{BlobStore, Digest, LocalStore, StoreError, nats_store::NatsStore};
 use sluice_engine::kv::{Kv, KvError, NatsKv, RedbKv};
 use sluice_engine::queue::nats_queue::QueueConfig;
 use sluice_engine::queue::{MemoryQueue, NatsQueue, WorkQueue};
@@ -103,5 +104,56 @@ fn nats_queue_conforms() {
         .await
         .unwrap();
         queue_suite(&q).await;
+    });
+}
+
+/// Blob stores: what one writes, another reads, verified; unknown digests are `NotFound`.
+fn blob_suite(writer: &dyn BlobStore, reader: &dyn BlobStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect(); // several chunks
+    std::fs::write(dir.path().join("big"), &big).unwrap();
+    let d = writer.put_file(&dir.path().join("big")).unwrap();
+    assert_eq!(d, Digest::of(&big));
+    let small = writer.put_bytes(b"hello").unwrap();
+    assert!(reader.contains(&d) && reader.contains(&small));
+    reader.get_to_file(&d, &dir.path().join("copy")).unwrap();
+    assert_eq!(std::fs::read(dir.path().join("copy")).unwrap(), big);
+    assert_eq!(reader.get_bytes(&small).unwrap(), b"hello");
+    assert_eq!(reader.verify(&d).unwrap(), big.len() as u64);
+    let missing = Digest::of(b"never stored");
+    assert!(!reader.contains(&missing));
+    assert!(matches!(reader.get_bytes(&missing), Err(StoreError::NotFound(_))));
+}
+
+#[test]
+fn local_blob_store_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(dir.path().join("cas")).unwrap();
+    blob_suite(&store, &store);
+}
+
+#[test]
+fn nats_blob_store_shares_verified_blobs_between_engines() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        // Two engines: separate caches, one bucket.
+        let a = NatsStore::open(&js, &dir.path().join("a")).await.unwrap();
+        let b = NatsStore::open(&js, &dir.path().join("b")).await.unwrap();
+        tokio::task::spawn_blocking(move || {
+            blob_suite(&a, &b);
+            a
+        })
+        .await
+        .unwrap();
+        // An object whose content does not hash to its name is refused, not used.
+        let objects = js.get_object_store("sluice-artifacts").await.unwrap();
+        let claimed = Digest::of(b"the real content");
+        objects.put(claimed.hex().as_str(), &mut &b"forged content"[..]).await.unwrap();
+        let c = NatsStore::open(&js, &dir.path().join("c")).await.unwrap();
+        let err = tokio::task::spawn_blocking(move || c.get_bytes(&claimed)).await.unwrap().unwrap_err();
+        assert!(matches!(err, StoreError::Corrupted { .. }), "{err}");
     });
 }

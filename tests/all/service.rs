@@ -233,7 +233,8 @@ stages:
     actions:
       - name: Fetch
         uses: PROBE
-        with: { mode: ok }
+        with: { mode: write, path: /out/site/index.html, value: "<h1>hi</h1>" }
+        outputs: [site]
   - name: Deploy
     actions:
       - name: Release
@@ -244,7 +245,8 @@ stages:
     actions:
       - name: Check
         uses: PROBE
-        with: { mode: ok }
+        with: { mode: read, path: /in/site/index.html }
+        inputs: [site]
 "##;
 
 #[test]
@@ -277,7 +279,8 @@ fn kill_9_of_an_engine_mid_deploy_finishes_on_the_other_with_one_side_effect() {
     let log = std::fs::read_to_string(effects.path().join("effects.log")).unwrap();
     assert_eq!(log.lines().count(), 1, "side effect recorded exactly once: {log}");
     assert_eq!(log.trim(), format!("default/{id}/Deploy/Release/1"));
-    assert_eq!(status(action(&exec, "Verify/Check")), "Succeeded");
+    // The survivor read the artifact, whichever engine wrote it (shared through the Object Store).
+    assert_eq!(action(&exec, "Verify/Check")["variables"]["Bytes"], "11");
 }
 
 #[test]

@@ -6,6 +6,7 @@
 //! a NATS Object Store backend implements the same trait. Trees are built on top in [`tree`].
 
 pub mod local;
+pub mod nats_store;
 pub mod tree;
 
 pub use local::LocalStore;

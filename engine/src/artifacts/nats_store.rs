@@ -1,0 +1,125 @@
+//! Artifacts on NATS: blobs in a JetStream Object Store (`sluice-artifacts`, objects named by
+//! their blake3 hex), so that an action on one engine reads what an action on another wrote.
+//! Each engine keeps a [`LocalStore`] as its cache: writes go to the cache and are uploaded
+//! before the action reports success; reads fetch missing blobs into the cache, streamed, and
+//! check that they hash to their name before anything uses them.
+use super::{BlobStore, Digest, LocalStore, StoreError, io};
+use async_nats::jetstream::object_store::ObjectStore;
+use std::path::Path;
+use tokio::runtime::Handle;
+
+/// A [`BlobStore`] on a JetStream Object Store with a local cache.
+pub struct NatsStore {
+    cache: LocalStore,
+    objects: ObjectStore,
+    tmp: std::path::PathBuf,
+    runtime: Handle,
+}
+
+fn remote(context: &str) -> impl Fn(String) -> StoreError + '_ {
+    move |e| StoreError::Io { context: context.to_string(), source: std::io::Error::other(e) }
+}
+
+impl NatsStore {
+    /// Bind to (or create) the object store bucket; cache blobs in `cache_dir`.
+    pub async fn open(js: &async_nats::jetstream::Context, cache_dir: &Path) -> anyhow::Result<Self> {
+        let objects = match js.get_object_store("sluice-artifacts").await {
+            Ok(o) => o,
+            Err(_) => js
+                .create_object_store(async_nats::jetstream::object_store::Config { bucket: "sluice-artifacts".into(), ..Default::default() })
+                .await
+                .map_err(|e| anyhow::anyhow!("create object store sluice-artifacts: {e}"))?,
+        };
+        let tmp = cache_dir.join("tmp");
+        Ok(NatsStore { cache: LocalStore::open(cache_dir)?, objects, tmp, runtime: Handle::current() })
+    }
+
+    /// Run async NATS I/O from the synchronous trait. Blob I/O runs on blocking threads (or
+    /// in `block_in_place` on a worker), never holding up the async workers.
+    fn block<T>(&self, f: impl std::future::Future<Output = T>) -> T {
+        if Handle::try_current().is_ok() {
+            tokio::task::block_in_place(|| self.runtime.block_on(f))
+        } else {
+            self.runtime.block_on(f)
+        }
+    }
+
+    /// Make the blob shared: upload it unless the bucket has it.
+    fn publish(&self, digest: Digest) -> Result<Digest, StoreError> {
+        let name = digest.hex();
+        let path = self.cache.blob_path(&digest);
+        self.block(async {
+            if self.objects.info(&name).await.is_ok() {
+                return Ok(());
+            }
+            let mut file = tokio::fs::File::open(&path).await.map_err(|e| e.to_string())?;
+            self.objects.put(name.as_str(), &mut file).await.map(|_| ()).map_err(|e| e.to_string())
+        })
+        .map_err(remote("upload to the object store"))?;
+        Ok(digest)
+    }
+
+    /// Bring a blob into the cache, verified.
+    fn fetch(&self, digest: &Digest) -> Result<(), StoreError> {
+        if self.cache.contains(digest) {
+            return Ok(());
+        }
+        let temp = tempfile::Builder::new().prefix(".sluice-fetch-").tempfile_in(&self.tmp).map_err(io("create a temporary file"))?.into_temp_path();
+        let name = digest.hex();
+        let found = self
+            .block(async {
+                let mut object = match self.objects.get(&name).await {
+                    Ok(o) => o,
+                    Err(e) if e.kind() == async_nats::jetstream::object_store::GetErrorKind::NotFound => return Ok(false),
+                    Err(e) => return Err(e.to_string()),
+                };
+                let mut file = tokio::fs::File::create(&temp).await.map_err(|e| e.to_string())?;
+                tokio::io::copy(&mut object, &mut file).await.map_err(|e| e.to_string())?;
+                tokio::io::AsyncWriteExt::flush(&mut file).await.map_err(|e| e.to_string())?;
+                Ok(true)
+            })
+            .map_err(remote("download from the object store"))?;
+        if !found {
+            return Err(StoreError::NotFound(*digest));
+        }
+        let actual = self.cache.put_owned(&temp)?;
+        if actual != *digest {
+            return Err(StoreError::Corrupted { expected: *digest, actual });
+        }
+        Ok(())
+    }
+}
+
+impl BlobStore for NatsStore {
+    fn put_file(&self, path: &Path) -> Result<Digest, StoreError> {
+        let d = self.cache.put_file(path)?;
+        self.publish(d)
+    }
+    fn put_owned(&self, path: &Path) -> Result<Digest, StoreError> {
+        let d = self.cache.put_owned(path)?;
+        self.publish(d)
+    }
+    fn put_bytes(&self, bytes: &[u8]) -> Result<Digest, StoreError> {
+        let d = self.cache.put_bytes(bytes)?;
+        self.publish(d)
+    }
+    fn get_to_file(&self, digest: &Digest, dest: &Path) -> Result<(), StoreError> {
+        self.fetch(digest)?;
+        self.cache.get_to_file(digest, dest)
+    }
+    fn link_to_file(&self, digest: &Digest, dest: &Path) -> Result<(), StoreError> {
+        self.fetch(digest)?;
+        self.cache.link_to_file(digest, dest)
+    }
+    fn get_bytes(&self, digest: &Digest) -> Result<Vec<u8>, StoreError> {
+        self.fetch(digest)?;
+        self.cache.get_bytes(digest)
+    }
+    fn verify(&self, digest: &Digest) -> Result<u64, StoreError> {
+        self.fetch(digest)?;
+        self.cache.verify(digest)
+    }
+    fn contains(&self, digest: &Digest) -> bool {
+        self.cache.contains(digest) || self.block(self.objects.info(digest.hex())).is_ok()
+    }
+}
