@@ -4,6 +4,7 @@
 #[path = "../harness/mod.rs"]
 mod harness;
 
+mod approvals;
 mod authoring;
 mod cli;
 mod conformance;

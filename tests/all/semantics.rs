@@ -94,10 +94,16 @@ stages:
 }
 
 #[test]
-fn a_plugin_returning_pending_fails_clearly_until_waiting_is_supported() {
+fn a_pending_action_on_a_timer_is_run_again_with_its_continuation() {
     let p = Project::new("name: wait\nstages:\n  - name: S\n    actions:\n      - { name: W, uses: PROBE, with: { mode: pending } }\n");
-    let exec = p.run(&[]).json();
-    assert!(error(action(&exec, "S/W")).contains("returned `pending`"));
+    let started = std::time::Instant::now();
+    let r = p.run(&[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let exec = r.json();
+    let w = action(&exec, "S/W");
+    assert_eq!(w["variables"]["Resumed"], "step-2", "the third call saw the second call's continuation");
+    assert_eq!(w["attempt"], 3);
+    assert!(started.elapsed() >= std::time::Duration::from_millis(100), "two 50 ms timers were waited out");
 }
 
 #[test]

@@ -392,3 +392,67 @@ fn cron_schedules_start_pipelines() {
     assert_eq!(bad.code, 2, "{bad:?}");
     assert!(bad.stderr.contains("bad.yaml:5:13: `triggers.schedule`: bad cron expression"), "{}", bad.stderr);
 }
+
+const CONTROLLED: &str = r##"
+name: ctl
+stages:
+  - name: Build
+    actions:
+      - name: Flaky
+        uses: PROBE
+        with: { mode: flaky, value: "2" }
+  - name: Deploy
+    actions:
+      - name: Wait
+        uses: PROBE
+        with: { mode: sleep }
+"##;
+
+#[test]
+fn operators_retry_a_failed_stage_and_stop_a_running_execution() {
+    let p = Project::new(CONTROLLED);
+    let engine = Engine::start(p.dir.path(), ".sluice", &[]);
+    wait_for(Duration::from_secs(30), "the control socket", || p.path(".sluice/sluice.sock").exists().then_some(()));
+    assert_eq!(p.sluice(&["pipeline", "put", "pipeline.yaml"]).code, 0);
+    let status_of = |id: &str| -> Value { serde_json::from_str(&p.sluice(&["status", id, "--json"]).stdout).unwrap() };
+
+    // Attempt 1 fails (no automatic retry configured): the execution fails in Build.
+    let start = p.sluice(&["start", "ctl", "--watch"]);
+    assert_eq!(start.code, 1, "{start:?}");
+    let id = start.stdout.trim().to_string();
+    assert_eq!(status(&status_of(&id)), "Failed");
+
+    // Retry the failed stage: attempt 2 succeeds and the execution carries on into Deploy.
+    let retry = p.sluice(&["retry", &id, "Build"]);
+    assert_eq!(retry.code, 0, "{retry:?}");
+    let running = wait_for(Duration::from_secs(30), "Deploy/Wait to run", || {
+        let e = status_of(&id);
+        (status(action(&e, "Deploy/Wait")) == "InProgress" && engine.log().contains("/Deploy/Wait attempt 1")).then_some(e)
+    });
+    assert_eq!(action(&running, "Build/Flaky")["attempt"], 2);
+    assert_eq!(status(action(&running, "Build/Flaky")), "Succeeded");
+    // A stage that did not fail cannot be retried.
+    let refused = p.sluice(&["retry", &id, "Build"]);
+    assert_eq!(refused.code, 2);
+    assert!(refused.stderr.contains("only a failed or stopped execution can be retried"), "{}", refused.stderr);
+
+    // Stop without --abandon waits for the running action (which never ends)…
+    let stop = p.sluice(&["stop", &id, "--reason", "wrong build"]);
+    assert_eq!(stop.code, 0, "{stop:?}");
+    assert!(stop.stdout.contains("Stopping"), "{}", stop.stdout);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(status(&status_of(&id)), "Stopping");
+    // …--abandon cancels it: the guest is stopped and the action marked Abandoned.
+    let abandon = p.sluice(&["stop", &id, "--abandon"]);
+    assert_eq!(abandon.code, 0, "{abandon:?}");
+    let stopped = status_of(&id);
+    assert_eq!(status(&stopped), "Stopped");
+    assert_eq!(stopped["stop_reason"], "wrong build");
+    assert_eq!(status(action(&stopped, "Deploy/Wait")), "Abandoned");
+    wait_for(Duration::from_secs(10), "the engine to cancel the job", || engine.log().contains("cancelled").then_some(()));
+    let again = p.sluice(&["stop", &id]);
+    assert_eq!(again.code, 2);
+    assert!(again.stderr.contains("the execution is Stopped"), "{}", again.stderr);
+    let unknown = p.sluice(&["retry", &id, "Nope"]);
+    assert!(unknown.stderr.contains("has no stage `Nope`"), "{}", unknown.stderr);
+}

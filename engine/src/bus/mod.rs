@@ -15,6 +15,8 @@ pub enum Kind {
     Action,
     /// A trigger event the engine could not act on (it went to the dead letter).
     Trigger,
+    /// An action waits for an approval: notify the approvers.
+    Approval,
 }
 
 impl Kind {
@@ -25,6 +27,7 @@ impl Kind {
             Kind::Stage => "stage",
             Kind::Action => "action",
             Kind::Trigger => "trigger",
+            Kind::Approval => "approval",
         }
     }
 }
@@ -57,6 +60,55 @@ pub struct Event {
     /// The registered pipeline version (service mode).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pipeline_version: Option<u64>,
+    /// For approval events: what to show the approvers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalNotice>,
+}
+
+/// What an approval notification carries.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ApprovalNotice {
+    /// Names this wait; a decision may quote it.
+    pub token: String,
+    /// When the approval times out.
+    pub expires_at: Option<Timestamp>,
+    /// Who may decide.
+    pub approvers: Vec<String>,
+    /// `external_link` of the action.
+    pub external_link: Option<String>,
+    /// `custom_data` of the action, `#{...}` resolved.
+    pub custom_data: Option<String>,
+    /// How to decide.
+    pub how: String,
+}
+
+/// The approval notification for the action (stage, action) of `exec`, if it waits for one.
+pub fn approval_event(exec: &Execution, stage: usize, action: usize) -> Option<Event> {
+    let s = exec.stages.get(stage)?;
+    let a = s.actions.get(action)?;
+    let w = a.waiting.as_ref()?;
+    Some(Event {
+        kind: Kind::Approval,
+        tenant: exec.tenant.clone(),
+        pipeline: exec.pipeline.clone(),
+        execution_id: exec.execution_id.clone(),
+        stage: Some(s.name.clone()),
+        action: Some(a.name.clone()),
+        status: a.status,
+        attempt: Some(a.attempt),
+        at: w.since,
+        duration_ms: None,
+        detail: a.summary.clone(),
+        pipeline_version: (exec.pipeline_version > 0).then_some(exec.pipeline_version),
+        approval: Some(ApprovalNotice {
+            token: w.token.clone(),
+            expires_at: w.deadline,
+            approvers: crate::scheduler::approvers(&a.config),
+            external_link: a.config.get("external_link").cloned(),
+            custom_data: a.config.get("custom_data").cloned(),
+            how: format!("sluice approve {} {}/{} [--summary TEXT]  (or reject)", exec.execution_id, s.name, a.name),
+        }),
+    })
 }
 
 /// Where events go.
@@ -130,6 +182,7 @@ pub fn diff(before: &Snapshot, after: &Execution) -> Vec<Event> {
         duration_ms: None,
         detail: None,
         pipeline_version: (after.pipeline_version > 0).then_some(after.pipeline_version),
+        approval: None,
     };
     // Sort key: what finished first (actions before their stage), then what started
     // (pipeline, stage, its actions), and the pipeline's own end last.

@@ -42,6 +42,13 @@ enum Cmd {
         /// Stream every action's log lines while it runs.
         #[arg(short, long)]
         verbose: bool,
+        /// Approve this STAGE/ACTION in advance when it asks (repeatable). Without it, approvals
+        /// are asked for on a terminal, and fail the action when there is none.
+        #[arg(long, value_name = "STAGE/ACTION")]
+        approve: Vec<String>,
+        /// Approve as this identity [default: SLUICE_USER, else the login name].
+        #[arg(long = "as", value_name = "NAME")]
+        as_: Option<String>,
     },
     /// Check a pipeline file and report every problem as FILE:LINE:COL: message.
     Validate {
@@ -124,6 +131,47 @@ enum Cmd {
         #[command(flatten)]
         target: service::Target,
     },
+    /// Stop an execution in the service: running actions finish (or, with --abandon, are cancelled).
+    Stop {
+        /// Execution id.
+        execution_id: String,
+        /// Cancel running actions (marked Abandoned) instead of waiting for them.
+        #[arg(long)]
+        abandon: bool,
+        /// Why, for the record.
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        target: service::Target,
+    },
+    /// Approve an action waiting for approval (service).
+    Approve(DecideArgs),
+    /// Reject an action waiting for approval (service): the action fails with your summary.
+    Reject(DecideArgs),
+    /// Wake an action waiting for an external event, handing it a payload (service).
+    Wake {
+        /// Execution id.
+        execution_id: String,
+        /// STAGE/ACTION.
+        action: String,
+        /// Payload handed to the action.
+        #[arg(long)]
+        payload: Option<String>,
+        #[command(flatten)]
+        target: service::Target,
+    },
+    /// Re-run a failed or stopped stage of an execution in the service, then carry on.
+    Retry {
+        /// Execution id.
+        execution_id: String,
+        /// Stage name.
+        stage: String,
+        /// Re-run every action of the stage, not only the failed ones.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        target: service::Target,
+    },
     /// Show an execution in the service.
     Status {
         /// Execution id.
@@ -157,6 +205,26 @@ enum Cmd {
         #[command(flatten)]
         target: service::Target,
     },
+}
+
+/// Arguments of `approve` and `reject`.
+#[derive(clap::Args, Debug)]
+struct DecideArgs {
+    /// Execution id.
+    execution_id: String,
+    /// STAGE/ACTION of the approval.
+    action: String,
+    /// Why, for the record (and the action's summary).
+    #[arg(long)]
+    summary: Option<String>,
+    /// Decide as this identity [default: SLUICE_USER, else the login name].
+    #[arg(long = "as", value_name = "NAME")]
+    as_: Option<String>,
+    /// The token from the approval notification (checked when given).
+    #[arg(long)]
+    token: Option<String>,
+    #[command(flatten)]
+    target: service::Target,
 }
 
 fn parse_status(s: &str) -> Result<crate::scheduler::Status, String> {
@@ -236,7 +304,7 @@ fn validation_failed(d: &Diagnostics) -> ExitCode {
 
 async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        Cmd::Run { file, vars, data, json, verbose } => {
+        Cmd::Run { file, vars, data, json, verbose, approve, as_ } => {
             let (pipeline, problems) = match load_pipeline(&file) {
                 Ok((p, problems)) => (Arc::new(p), problems),
                 Err(d) => return Ok(validation_failed(&d)),
@@ -254,7 +322,12 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             };
             let style = progress::Style { color: std::io::stderr().is_terminal() && !json, to_stderr: json };
             let printer = progress::spawn(bus.subscribe(), verbose.then_some(live_rx), style);
-            let exec = engine.run(pipeline.clone(), &plugins, &overrides).await?;
+            let approvals = crate::executor::LocalApprovals {
+                pre_approved: approve,
+                interactive: std::io::stdin().is_terminal() && std::io::stderr().is_terminal(),
+                identity: crate::identity::resolve(as_.as_deref()),
+            };
+            let exec = engine.run_with(pipeline.clone(), &plugins, &overrides, approvals).await?;
             drop(engine);
             let _ = printer.await;
             progress::summary(&exec, &LogStore::new(data.join("logs")), style);
@@ -305,10 +378,21 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Serve(args) => service::serve(args).await,
         Cmd::Pipeline { command, target } => service::pipeline(command, target).await,
         Cmd::Start { pipeline, vars, event_id, watch, target } => service::start(pipeline, vars, event_id, watch, target).await,
+        Cmd::Stop { execution_id, abandon, reason, target } => service::control(crate::service::api::Request::Stop { execution_id, abandon, reason }, target).await,
+        Cmd::Approve(a) => decide(a, true).await,
+        Cmd::Reject(a) => decide(a, false).await,
+        Cmd::Wake { execution_id, action, payload, target } => service::control(crate::service::api::Request::Wake { execution_id, action, payload }, target).await,
+        Cmd::Retry { execution_id, stage, all, target } => service::control(crate::service::api::Request::Retry { execution_id, stage, all }, target).await,
         Cmd::Status { execution_id, json, target } => service::status(execution_id, json, target).await,
         Cmd::Watch { execution_id, target } => service::watch(execution_id, target).await,
         Cmd::Executions { pipeline, status, limit, json, target } => service::executions(pipeline, status, limit, json, target).await,
     }
+}
+
+async fn decide(a: DecideArgs, approved: bool) -> anyhow::Result<ExitCode> {
+    let by = crate::identity::resolve(a.as_.as_deref());
+    let request = crate::service::api::Request::Approve { execution_id: a.execution_id, action: a.action, approved, by, summary: a.summary, token: a.token };
+    service::control(request, a.target).await
 }
 
 /// The data dir must exist for read-only commands; say so clearly instead of creating one.

@@ -90,6 +90,8 @@ pub async fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
     }
     let execution_id = format!("plugin-test-{}", ulid::Ulid::new());
     let spec = JobSpec {
+        continuation: None,
+        wake_payload: None,
         tenant: crate::executor::DEFAULT_TENANT.into(),
         pipeline: "plugin-test".into(),
         idempotency_key: format!("default/{execution_id}/Test/{}/1", d.name),
@@ -134,6 +136,17 @@ pub async fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
                     tree::materialize(&*engine.blobs, &digest, &out.join(name))?;
                     println!("          written to {}", out.join(name).display());
                 }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ActionResult::Pending { continuation, wake, summary, percent, .. } => {
+            println!("outcome Pending (the engine would run it again when {wake:?} fires)");
+            println!("continuation {continuation}");
+            if let Some(s) = summary {
+                println!("summary {s}");
+            }
+            if let Some(p) = percent {
+                println!("percent {p}");
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -44,7 +44,8 @@ fn symbol(status: Status) -> &'static str {
         Status::InProgress => "▶",
         Status::Succeeded => "✓",
         Status::Failed => "✗",
-        Status::Stopped => "■",
+        Status::Stopped | Status::Stopping => "■",
+        Status::Abandoned => "⊘",
         _ => "·",
     }
 }
@@ -90,6 +91,13 @@ pub fn format_event(e: &Event, style: Style) -> String {
             };
             format!("    {status} {}/{}{attempt}{took}{detail}", e.stage.as_deref().unwrap_or(""), e.action.as_deref().unwrap_or(""))
         }
+        Kind::Approval => format!(
+            "    {} {}/{} waits for approval: {}",
+            style.paint(Status::InProgress, "?"),
+            e.stage.as_deref().unwrap_or(""),
+            e.action.as_deref().unwrap_or(""),
+            e.approval.as_ref().map(|a| a.how.as_str()).unwrap_or("")
+        ),
         Kind::Trigger => format!("{status} trigger for {} rejected: {}", e.pipeline, e.detail.as_deref().unwrap_or("")),
     }
 }

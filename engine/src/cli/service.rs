@@ -182,6 +182,18 @@ pub async fn start(pipeline: String, vars: Vec<(String, String)>, event_id: Opti
     Ok(ExitCode::SUCCESS)
 }
 
+/// Run `sluice stop` / `sluice retry`.
+pub async fn control(request: Request, target: Target) -> anyhow::Result<ExitCode> {
+    let client = target.client().await?;
+    match client.call(&request).await {
+        Ok(v) => {
+            println!("{} {}", v["execution_id"].as_str().unwrap_or(""), v["status"].as_str().unwrap_or(""));
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => refused(e),
+    }
+}
+
 /// Run `sluice watch`.
 pub async fn watch(execution_id: String, target: Target) -> anyhow::Result<ExitCode> {
     let client = target.client().await?;

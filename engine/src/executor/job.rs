@@ -7,12 +7,25 @@ use crate::model::validate::ResolvedPlugins;
 use crate::model::{Access, Pipeline, template};
 use crate::plugins::Capability;
 use crate::runtime::{ActionContext, Invocation, Level, LogSink, Mount, RunError, RunOutcome, Runtime};
-use crate::scheduler::{ActionResult, Execution, FailureKind, Input, Status, Timestamp};
+use crate::scheduler::{ActionResult, Execution, FailureKind, Input, Status, Timestamp, Wake};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// How long an approval waits when its `timeout` does not say.
+pub const APPROVAL_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The runtime's wake text (`timer:<ms>`, `approval`, `event:<subject>`) as a [`Wake`].
+fn parse_wake(text: &str) -> Result<Wake, String> {
+    match text.split_once(':') {
+        Some(("timer", ms)) => ms.parse().map(Wake::Timer).map_err(|_| format!("bad timer {ms:?}")),
+        Some(("event", subject)) => Ok(Wake::Event(subject.to_string())),
+        _ if text == "approval" => Ok(Wake::Approval),
+        _ => Err(format!("unknown wake condition {text:?}")),
+    }
+}
 
 /// Default wall-clock limit of an action attempt.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
@@ -52,6 +65,12 @@ pub struct JobSpec {
     pub timeout: Duration,
     /// Directory of the pipeline file.
     pub pipeline_dir: PathBuf,
+    /// What the previous attempt returned in `pending`, when this one resumes it.
+    #[serde(default)]
+    pub continuation: Option<String>,
+    /// The payload of what woke it (approval decisions, an event).
+    #[serde(default)]
+    pub wake_payload: Option<String>,
 }
 
 impl JobSpec {
@@ -115,7 +134,10 @@ impl JobSpec {
             }
         }
         let execution_id = exec.execution_id.clone();
+        let run = &exec.stages[si].actions[ai];
         Ok(JobSpec {
+            continuation: run.continuation.clone(),
+            wake_payload: run.wake_payload.clone(),
             tenant: exec.tenant.clone(),
             pipeline: p.name.clone(),
             idempotency_key: format!("{}/{}/{}/{}/{}", exec.tenant, execution_id, stage.name, action.name, attempt),
@@ -306,8 +328,8 @@ async fn run_in(cx: &JobContext, job: &JobSpec, ws: &Path, log: Arc<dyn LogSink>
             action: job.action.clone(),
             attempt: job.attempt,
             idempotency_key: job.idempotency_key.clone(),
-            continuation: None,
-            wake_payload: None,
+            continuation: job.continuation.clone(),
+            wake_payload: job.wake_payload.clone(),
             inputs: job.inputs.keys().cloned().collect(),
             outputs: job.outputs.clone(),
             pipeline_dir: job.pipeline_dir.display().to_string(),
@@ -340,10 +362,15 @@ async fn run_in(cx: &JobContext, job: &JobSpec, ws: &Path, log: Arc<dyn LogSink>
             }
             Ok(ActionResult::Succeeded { variables, artifacts, summary })
         }
-        Ok(RunOutcome::Pending { summary, .. }) => Err(format!(
-            "the plugin returned `pending`{}; waiting actions (approvals, long-running invokes) are not supported by this engine version yet",
-            summary.map(|s| format!(" ({s})")).unwrap_or_default()
-        )),
+        Ok(RunOutcome::Pending { continuation, wake, summary, percent_complete }) => {
+            let wake = parse_wake(&wake)?;
+            // An approval waits until its `timeout` (7 days unless configured).
+            let deadline = (wake == Wake::Approval).then(|| {
+                let limit = job.config.get("timeout").and_then(|t| crate::model::units::parse_duration(t).ok()).unwrap_or(APPROVAL_TIMEOUT);
+                Timestamp(Timestamp::now().0 + limit.as_millis() as u64)
+            });
+            Ok(ActionResult::Pending { continuation, wake, summary, percent: percent_complete.map(|p| p.min(100)), deadline })
+        }
         Err(e @ RunError::Retryable(_)) => Ok(ActionResult::Failed { error: e.to_string(), kind: FailureKind::Retryable }),
         Err(e @ RunError::Timeout(_)) => Ok(ActionResult::Failed { error: e.to_string(), kind: FailureKind::Timeout }),
         Err(e) => Err(e.to_string()),

@@ -146,6 +146,17 @@ impl Engine {
         plugins: &ResolvedPlugins,
         overrides: &BTreeMap<String, String>,
     ) -> anyhow::Result<Execution> {
+        self.run_with(pipeline, plugins, overrides, LocalApprovals::default()).await
+    }
+
+    /// [`Engine::run`], answering approvals as `approvals` says.
+    pub async fn run_with(
+        &self,
+        pipeline: Arc<Pipeline>,
+        plugins: &ResolvedPlugins,
+        overrides: &BTreeMap<String, String>,
+        approvals: LocalApprovals,
+    ) -> anyhow::Result<Execution> {
         // Drive the execution on a runtime worker: job tasks it spawns start on the same
         // worker and their completions wake it without a cross-thread handoff.
         let driver = Driver {
@@ -153,6 +164,7 @@ impl Engine {
             state: self.state.clone(),
             bus: self.bus.clone(),
             jobs: self.job_context(),
+            approvals,
         };
         let (plugins, overrides) = (plugins.clone(), overrides.clone());
         tokio::spawn(async move { driver.drive(pipeline, &plugins, &overrides).await }).await?
@@ -169,12 +181,67 @@ impl Engine {
     }
 }
 
+/// How `sluice run` answers an approval: pre-approved (`--approve STAGE/ACTION`), by a prompt
+/// on a terminal, or not at all (the action fails with a message saying how).
+#[derive(Clone, Debug, Default)]
+pub struct LocalApprovals {
+    /// `STAGE/ACTION`s approved in advance.
+    pub pre_approved: Vec<String>,
+    /// Ask on the terminal.
+    pub interactive: bool,
+    /// Who approves.
+    pub identity: String,
+}
+
+impl LocalApprovals {
+    /// The input that answers the wait of (stage, action, attempt) of `exec`.
+    async fn answer(&self, exec: &Execution, stage: usize, action: usize, attempt: u32) -> Input {
+        let run = &exec.stages[stage].actions[action];
+        let name = format!("{}/{}", exec.stages[stage].name, run.name);
+        let at = Timestamp::now;
+        let expire = |reason: String| Input::Expire { stage, action, attempt, reason, at: at() };
+        let Some(waiting) = &run.waiting else { return expire("internal error: not waiting".into()) };
+        if waiting.wake != crate::scheduler::Wake::Approval {
+            return expire(format!("{name} waits for an event, which needs the service (`sluice serve`); `sluice run` cannot wake it"));
+        }
+        let decide = |approved: bool, summary: Option<String>| Input::Decide {
+            stage,
+            action,
+            decision: crate::scheduler::Decision { approved, by: self.identity.clone(), at: at(), summary },
+            at: at(),
+        };
+        let input = if self.pre_approved.contains(&name) {
+            decide(true, Some("approved in advance with --approve".into()))
+        } else if self.interactive {
+            let prompt = format!("\n  ? {name} needs approval{}. Approve as {}? [y/N] ", run.summary.as_ref().map(|s| format!(" ({s})")).unwrap_or_default(), self.identity);
+            let answer = tokio::task::spawn_blocking(move || {
+                use std::io::Write;
+                eprint!("{prompt}");
+                let _ = std::io::stderr().flush();
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line).map(|_| line).unwrap_or_default()
+            })
+            .await
+            .unwrap_or_default();
+            let yes = matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes");
+            decide(yes, Some(if yes { "approved at the prompt" } else { "rejected at the prompt" }.into()))
+        } else {
+            return expire(format!("{name} needs an approval and there is no terminal to ask on: pass --approve {name} to approve it in advance"));
+        };
+        match crate::scheduler::refusal(exec, &input) {
+            Some(why) => expire(format!("approval refused: {why}")),
+            None => input,
+        }
+    }
+}
+
 /// What one execution's loop needs from the engine.
 struct Driver {
     tenant: String,
     state: Arc<dyn StateStore>,
     bus: Arc<dyn EventBus>,
     jobs: job::JobContext,
+    approvals: LocalApprovals,
 }
 
 impl Driver {
@@ -195,6 +262,7 @@ impl Driver {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Input>();
         let mut input = Input::Start { at: Timestamp::now() };
         loop {
+            let mut waits = Vec::new();
             let (events, mut jobs, finished) = {
                 let mut current = exec.lock().unwrap();
                 let before = Snapshot::of(&current);
@@ -211,6 +279,7 @@ impl Driver {
                             delay_ms,
                             spec: job::JobSpec::build(&pipeline, &plugins, &current, stage, action, attempt),
                         }),
+                        Command::Await { stage, action, attempt } => waits.push((stage, action, attempt)),
                         Command::Finish { .. } => finished = true,
                     }
                 }
@@ -226,6 +295,25 @@ impl Driver {
                 writer.finish()?;
                 let done = exec.lock().unwrap().clone();
                 return Ok(done);
+            }
+            if let Some((stage, action, attempt)) = waits.pop() {
+                // Answer an approval before anything else (a stage with one approval has nothing
+                // else running; others keep running meanwhile and report through the channel).
+                for attempt in jobs {
+                    let (tx, cx) = (tx.clone(), self.jobs.clone());
+                    tokio::spawn(async move {
+                        let (next, leftover) = attempt.run(&cx).await;
+                        let _ = tx.send(next);
+                        leftover.release(&cx);
+                    });
+                }
+                let snapshot = exec.lock().unwrap().clone();
+                input = self.approvals.answer(&snapshot, stage, action, attempt).await;
+                for (stage, action, attempt) in waits {
+                    let answer = self.approvals.answer(&snapshot, stage, action, attempt).await;
+                    let _ = tx.send(answer);
+                }
+                continue;
             }
             // A lone action (the common sequential case) runs right here: nothing else of this
             // execution can happen until it ends, so a task and a channel would only add hand-offs.

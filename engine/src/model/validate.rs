@@ -100,6 +100,23 @@ pub fn validate(p: &Pipeline, plugins: &ResolvedPlugins, overrides: &BTreeMap<St
 
     let earlier = |(psi, pro, _): (usize, u32, Loc), si: usize, ro: u32| psi < si || (psi == si && pro < ro);
     for (si, stage, a) in p.actions() {
+        if a.uses.value == "approval@1" {
+            // The engine keeps the approval's deadline, so its limits are checked here.
+            if let Some(t) = a.with.get("timeout").filter(|t| !t.value.contains("#{")) {
+                match super::units::parse_duration(&t.value) {
+                    Ok(d) if d < std::time::Duration::from_secs(300) || d > std::time::Duration::from_secs(60 * 86400) => {
+                        err(t.loc, format!("approval `timeout` must be between 5m and 60d, got {}", t.value))
+                    }
+                    Ok(_) => {}
+                    Err(e) => err(t.loc, format!("approval `timeout`: {e}")),
+                }
+            }
+            if let Some(m) = a.with.get("min_approvals").filter(|m| !m.value.contains("#{")) {
+                if !m.value.trim().parse::<u32>().is_ok_and(|n| n >= 1) {
+                    err(m.loc, format!("`min_approvals` must be a whole number of at least 1, got {:?}", m.value));
+                }
+            }
+        }
         for input in &a.inputs {
             match producers.get(input.value.as_str()) {
                 None => err(input.loc, format!("input artifact `{}` is not produced by any action", input.value)),

@@ -8,7 +8,7 @@ mod record;
 #[cfg(test)]
 mod tests;
 
-pub use record::{ActionRun, Execution, PluginRef, RetryPolicy, StageRun, Status, Timestamp, TriggerInfo};
+pub use record::{ActionRun, Decision, Execution, PluginRef, RetryPolicy, StageRun, Status, Timestamp, TriggerInfo, Wake, Waiting};
 
 use std::collections::BTreeMap;
 
@@ -37,6 +37,73 @@ pub enum Input {
         /// When.
         at: Timestamp,
     },
+    /// Stop the execution. Without `abandon`, running actions finish and nothing new starts
+    /// (`Stopping`, then `Stopped`); with it, they are marked `Abandoned` and it stops now.
+    Stop {
+        /// Cancel running actions instead of waiting for them.
+        abandon: bool,
+        /// Why, for the record.
+        reason: Option<String>,
+        /// When.
+        at: Timestamp,
+    },
+    /// Wake a pending action waiting for an event: its next attempt runs with `payload`.
+    Wake {
+        /// Stage index.
+        stage: usize,
+        /// Action index.
+        action: usize,
+        /// The event's payload.
+        payload: Option<String>,
+        /// When.
+        at: Timestamp,
+    },
+    /// Record an approval decision for an action waiting for one, and wake it (its next attempt
+    /// receives every decision so far and decides whether it is approved).
+    Decide {
+        /// Stage index.
+        stage: usize,
+        /// Action index.
+        action: usize,
+        /// The decision.
+        decision: Decision,
+        /// When.
+        at: Timestamp,
+    },
+    /// A wait ran out (approval timeout) or cannot be served: the action fails with `reason`.
+    Expire {
+        /// Stage index.
+        stage: usize,
+        /// Action index.
+        action: usize,
+        /// The attempt that is waiting; a later one makes this stale.
+        attempt: u32,
+        /// Why, recorded as the action's error.
+        reason: String,
+        /// When.
+        at: Timestamp,
+    },
+    /// Re-run a failed or stopped stage of a failed or stopped execution: its failed,
+    /// abandoned and never-started actions (or all of them), then carry on.
+    Retry {
+        /// Stage index.
+        stage: usize,
+        /// Re-run every action of the stage, not only those that did not succeed.
+        all: bool,
+        /// When.
+        at: Timestamp,
+    },
+}
+
+/// Operator controls (`sluice stop`, `sluice retry`) are inputs too.
+impl Input {
+    /// When it happened.
+    pub fn at(&self) -> Timestamp {
+        match self {
+            Input::Start { at } | Input::ActionCompleted { at, .. } | Input::Stop { at, .. } | Input::Retry { at, .. } => *at,
+            Input::Wake { at, .. } | Input::Decide { at, .. } | Input::Expire { at, .. } => *at,
+        }
+    }
 }
 
 /// How an action attempt ended.
@@ -50,6 +117,19 @@ pub enum ActionResult {
         artifacts: BTreeMap<String, String>,
         /// One line for humans.
         summary: Option<String>,
+    },
+    /// It is not finished: run it again, with `continuation`, when `wake` fires.
+    Pending {
+        /// Opaque state for the next attempt.
+        continuation: String,
+        /// What wakes it.
+        wake: Wake,
+        /// One line for humans.
+        summary: Option<String>,
+        /// 0–100.
+        percent: Option<u8>,
+        /// When waiting fails the action (approvals: their timeout).
+        deadline: Option<Timestamp>,
     },
     /// It failed.
     Failed {
@@ -85,6 +165,15 @@ pub enum Command {
         /// Wait this long first (automatic retry backoff), in milliseconds.
         delay_ms: u64,
     },
+    /// An action now waits for a decision or an event: notify, and arm its deadline.
+    Await {
+        /// Stage index.
+        stage: usize,
+        /// Action index.
+        action: usize,
+        /// The waiting attempt.
+        attempt: u32,
+    },
     /// The execution reached a terminal status.
     Finish {
         /// Final status.
@@ -119,11 +208,28 @@ pub fn apply(next: &mut Execution, input: &Input) -> Vec<Command> {
             if run.status != Status::InProgress || run.attempt != *attempt {
                 return commands;
             }
-            run.finished_at = Some(*at);
             run.config = config.clone();
             run.inputs = inputs.clone();
+            if let ActionResult::Pending { continuation, wake, summary, percent, deadline } = result {
+                run.summary = summary.clone();
+                run.continuation = Some(continuation.clone());
+                run.wake_payload = None;
+                let token = format!("{}-{}", run.name, run.attempt);
+                run.waiting = Some(Waiting { wake: wake.clone(), since: *at, deadline: *deadline, percent: *percent, token });
+                if let Wake::Timer(ms) = wake {
+                    // A timer is a delayed next attempt, like a retry's backoff.
+                    run.attempt += 1;
+                    commands.push(Command::RunAction { stage: *stage, action: *action, attempt: run.attempt, delay_ms: *ms });
+                } else {
+                    commands.push(Command::Await { stage: *stage, action: *action, attempt: run.attempt });
+                }
+                return commands;
+            }
+            run.finished_at = Some(*at);
+            run.waiting = None;
             let group = run.run_order;
             match result {
+                ActionResult::Pending { .. } => unreachable!("handled above"),
                 ActionResult::Succeeded { variables, artifacts, summary } => {
                     run.status = Status::Succeeded;
                     run.variables = variables.clone();
@@ -150,8 +256,160 @@ pub fn apply(next: &mut Execution, input: &Input) -> Vec<Command> {
             }
             group_settled(next, *stage, group, *at, &mut commands);
         }
+        Input::Wake { stage, action, payload, at } => {
+            if let Some(run) = waiting_action(next, *stage, *action, |w| matches!(w, Wake::Event(_))) {
+                run.wake_payload = payload.clone();
+                wake_up(run, *stage, *action, *at, &mut commands);
+            }
+        }
+        Input::Decide { stage, action, decision, at } => {
+            if refusal(next, input).is_some() {
+                return commands;
+            }
+            if let Some(run) = waiting_action(next, *stage, *action, |w| *w == Wake::Approval) {
+                run.decisions.push(decision.clone());
+                run.wake_payload = Some(serde_json::json!({ "decisions": run.decisions }).to_string());
+                wake_up(run, *stage, *action, *at, &mut commands);
+            }
+        }
+        Input::Expire { stage, action, attempt, reason, at } => {
+            let Some(run) = next.stages.get_mut(*stage).and_then(|s| s.actions.get_mut(*action)) else { return commands };
+            if run.status != Status::InProgress || run.attempt != *attempt || run.waiting.is_none() {
+                return commands;
+            }
+            run.waiting = None;
+            run.status = Status::Failed;
+            run.error = Some(reason.clone());
+            run.finished_at = Some(*at);
+            let group = run.run_order;
+            group_settled(next, *stage, group, *at, &mut commands);
+        }
+        Input::Stop { abandon, reason, at } => {
+            let stoppable = next.status == Status::InProgress || (next.status == Status::Stopping && *abandon);
+            if !stoppable {
+                return commands;
+            }
+            next.stop_reason = reason.clone().or(next.stop_reason.take());
+            // Actions waiting for a decision or an event hold nothing: they end now.
+            for stage in next.stages.iter_mut() {
+                for a in stage.actions.iter_mut().filter(|a| a.status == Status::InProgress && a.waiting.as_ref().is_some_and(|w| !matches!(w.wake, Wake::Timer(_)))) {
+                    a.status = Status::Abandoned;
+                    a.waiting = None;
+                    a.finished_at = Some(*at);
+                    a.error = Some(format!("abandoned by stop while waiting{}", reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default()));
+                }
+            }
+            let running = next.stages.iter().any(|s| s.actions.iter().any(|a| a.status == Status::InProgress));
+            if *abandon || !running {
+                for stage in next.stages.iter_mut().filter(|s| matches!(s.status, Status::InProgress | Status::Stopping)) {
+                    for a in stage.actions.iter_mut().filter(|a| a.status == Status::InProgress) {
+                        a.status = Status::Abandoned;
+                        a.finished_at = Some(*at);
+                        a.error = Some(format!("abandoned by stop{}", reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default()));
+                    }
+                    stage.status = Status::Stopped;
+                    stage.finished_at = Some(*at);
+                }
+                finish(next, Status::Stopped, *at, &mut commands);
+            } else {
+                next.status = Status::Stopping;
+            }
+        }
+        Input::Retry { stage, all, at } => {
+            let retryable = matches!(next.status, Status::Failed | Status::Stopped)
+                && next.stages.get(*stage).is_some_and(|s| matches!(s.status, Status::Failed | Status::Stopped));
+            if !retryable {
+                return commands;
+            }
+            next.status = Status::InProgress;
+            next.finished_at = None;
+            next.stop_reason = None;
+            let run = &mut next.stages[*stage];
+            run.status = Status::InProgress;
+            run.finished_at = None;
+            for a in run.actions.iter_mut() {
+                if *all || a.status != Status::Succeeded {
+                    a.status = Status::NotStarted;
+                    a.finished_at = None;
+                    a.waiting = None;
+                    a.continuation = None;
+                    a.wake_payload = None;
+                    a.decisions.clear();
+                }
+            }
+            match run.actions.iter().filter(|a| a.status == Status::NotStarted).map(|a| a.run_order).min() {
+                Some(first) => start_group(next, *stage, first, *at, &mut commands),
+                None => group_settled(next, *stage, 0, *at, &mut commands),
+            }
+        }
     }
     commands
+}
+
+/// The action at (stage, action) if it is waiting for a wake that `kind` accepts.
+fn waiting_action(exec: &mut Execution, stage: usize, action: usize, kind: impl Fn(&Wake) -> bool) -> Option<&mut ActionRun> {
+    if !matches!(exec.status, Status::InProgress | Status::Stopping) {
+        return None;
+    }
+    let run = exec.stages.get_mut(stage)?.actions.get_mut(action)?;
+    (run.status == Status::InProgress && run.waiting.as_ref().is_some_and(|w| kind(&w.wake))).then_some(run)
+}
+
+/// A waiting action's next attempt: with its continuation and wake payload.
+fn wake_up(run: &mut ActionRun, stage: usize, action: usize, at: Timestamp, commands: &mut Vec<Command>) {
+    run.waiting = None;
+    run.attempt += 1;
+    run.started_at = Some(at);
+    commands.push(Command::RunAction { stage, action, attempt: run.attempt, delay_ms: 0 });
+}
+
+/// Who may approve: the action's resolved `approvers` (comma- or space-separated; `*` means
+/// anyone but the one who started the execution).
+pub fn approvers(config: &BTreeMap<String, String>) -> Vec<String> {
+    config.get("approvers").map(|a| a.split([',', ' ']).map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect()).unwrap_or_default()
+}
+
+/// Why an operator control cannot apply to `exec` (for a clear error), or `None` if it can.
+pub fn refusal(exec: &Execution, input: &Input) -> Option<String> {
+    match input {
+        Input::Stop { abandon, .. } => match exec.status {
+            Status::InProgress => None,
+            Status::Stopping if *abandon => None,
+            Status::Stopping => Some("the execution is already stopping; use --abandon to cancel its running actions".into()),
+            s => Some(format!("the execution is {s}; only a running execution can be stopped")),
+        },
+        Input::Decide { stage, action, decision, .. } => {
+            let Some(run) = exec.stages.get(*stage).and_then(|s| s.actions.get(*action)) else { return Some("no such action".into()) };
+            if run.status != Status::InProgress || run.waiting.as_ref().is_none_or(|w| w.wake != Wake::Approval) {
+                return Some(format!("{} is not waiting for an approval (it is {})", run.name, run.status));
+            }
+            if !matches!(exec.status, Status::InProgress | Status::Stopping) {
+                return Some(format!("the execution is {}", exec.status));
+            }
+            if exec.trigger.as_ref().and_then(|t| t.started_by.as_deref()) == Some(decision.by.as_str()) {
+                return Some(format!("{} started this execution and may not approve it", decision.by));
+            }
+            let allowed = approvers(&run.config);
+            if !allowed.iter().any(|a| a == "*" || *a == decision.by) {
+                return Some(format!("{} is not an approver of {} (approvers: {})", decision.by, run.name, allowed.join(", ")));
+            }
+            if run.decisions.iter().any(|d| d.by == decision.by) {
+                return Some(format!("{} has already decided on {}", decision.by, run.name));
+            }
+            None
+        }
+        Input::Retry { stage, .. } => {
+            let Some(run) = exec.stages.get(*stage) else { return Some("no such stage".into()) };
+            if !matches!(exec.status, Status::Failed | Status::Stopped) {
+                Some(format!("the execution is {}; only a failed or stopped execution can be retried", exec.status))
+            } else if !matches!(run.status, Status::Failed | Status::Stopped) {
+                Some(format!("stage `{}` is {}; only a failed or stopped stage can be retried", run.name, run.status))
+            } else {
+                None
+            }
+        }
+        _ => None,
+    }
 }
 
 /// After an action of `group` ended: wait for the rest of the group, then fail the stage or
@@ -159,6 +417,13 @@ pub fn apply(next: &mut Execution, input: &Input) -> Vec<Command> {
 fn group_settled(exec: &mut Execution, si: usize, group: u32, at: Timestamp, commands: &mut Vec<Command>) {
     let stage = &mut exec.stages[si];
     if stage.actions.iter().any(|a| a.status == Status::InProgress) {
+        return;
+    }
+    if exec.status == Status::Stopping {
+        // The last running action of a stopping execution ended: nothing new starts.
+        stage.status = Status::Stopped;
+        stage.finished_at = Some(at);
+        finish(exec, Status::Stopped, at, commands);
         return;
     }
     if stage.actions.iter().any(|a| a.run_order == group && a.status == Status::Failed) {
@@ -195,7 +460,7 @@ fn enter_stage(exec: &mut Execution, si: usize, at: Timestamp, commands: &mut Ve
 
 fn start_group(exec: &mut Execution, si: usize, group: u32, at: Timestamp, commands: &mut Vec<Command>) {
     for (ai, run) in exec.stages[si].actions.iter_mut().enumerate() {
-        if run.run_order == group {
+        if run.run_order == group && run.status == Status::NotStarted {
             run.status = Status::InProgress;
             run.attempt += 1;
             run.started_at = Some(at);

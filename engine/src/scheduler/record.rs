@@ -15,8 +15,12 @@ pub enum Status {
     Succeeded,
     /// Ended badly.
     Failed,
+    /// Asked to stop: running actions finish, nothing new starts.
+    Stopping,
     /// Stopped by an operator.
     Stopped,
+    /// Cancelled by `stop --abandon` while it ran.
+    Abandoned,
     /// Skipped by a condition.
     Skipped,
 }
@@ -24,7 +28,7 @@ pub enum Status {
 impl Status {
     /// Whether nothing more will happen.
     pub fn is_terminal(self) -> bool {
-        matches!(self, Status::Succeeded | Status::Failed | Status::Stopped | Status::Skipped)
+        matches!(self, Status::Succeeded | Status::Failed | Status::Stopped | Status::Skipped | Status::Abandoned)
     }
 }
 
@@ -95,6 +99,9 @@ pub struct Execution {
     /// What started it (service mode).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trigger: Option<TriggerInfo>,
+    /// Why an operator stopped it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_reason: Option<String>,
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -205,6 +212,61 @@ pub struct ActionRun {
     /// Automatic retry, if the pipeline asks for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetryPolicy>,
+    /// What a pending action waits for (it stays `InProgress` meanwhile).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<Waiting>,
+    /// The continuation the next attempt receives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continuation: Option<String>,
+    /// The wake payload the next attempt receives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wake_payload: Option<String>,
+    /// Approval decisions recorded so far.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub decisions: Vec<Decision>,
+}
+
+/// What wakes a pending action.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Wake {
+    /// Run again after this many milliseconds.
+    Timer(u64),
+    /// Run again when an approval decision is recorded.
+    Approval,
+    /// Run again when an external event names it (`sluice wake`, `api.wake`).
+    Event(String),
+}
+
+/// A pending action's wait.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Waiting {
+    /// What wakes it.
+    pub wake: Wake,
+    /// Since when.
+    pub since: Timestamp,
+    /// When the wait fails the action (approval timeout), if ever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<Timestamp>,
+    /// 0–100, when the plugin can tell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<u8>,
+    /// Names this wait (in approval notifications and decisions).
+    pub token: String,
+}
+
+/// One approval decision.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    /// Approved (else rejected).
+    pub approved: bool,
+    /// Who decided.
+    pub by: String,
+    /// When.
+    pub at: Timestamp,
+    /// Why, in their words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
 }
 
 impl Execution {
@@ -242,6 +304,10 @@ impl Execution {
                         finished_at: None,
                         error: None,
                         retry: a.retry.clone(),
+                        waiting: None,
+                        continuation: None,
+                        wake_payload: None,
+                        decisions: Vec::new(),
                     })
                     .collect(),
             })
@@ -257,6 +323,7 @@ impl Execution {
             stages,
             pipeline_version: 0,
             trigger: None,
+            stop_reason: None,
         }
     }
 

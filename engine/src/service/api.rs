@@ -4,7 +4,13 @@
 use super::pipelines::{self, StoredPipeline};
 use super::trigger::{Source, TriggerEvent};
 use super::Service;
-use crate::scheduler::{Execution, Status, Timestamp};
+use crate::scheduler::{Decision, Execution, Input, Status, Timestamp};
+
+/// The (stage, action) indices of `STAGE/ACTION` in `e`.
+fn find(e: &Execution, id: &str, path: &str) -> Result<(usize, usize), String> {
+    let (stage, action) = path.split_once('/').ok_or_else(|| format!("expected STAGE/ACTION, got `{path}`"))?;
+    e.find_action(stage, action).ok_or_else(|| format!("execution `{id}` has no action {path}"))
+}
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -64,6 +70,59 @@ pub enum Request {
         /// Execution id.
         execution_id: String,
     },
+    /// Stop an execution.
+    #[serde(rename = "stop")]
+    Stop {
+        /// Execution id.
+        execution_id: String,
+        /// Cancel running actions instead of letting them finish.
+        #[serde(default)]
+        abandon: bool,
+        /// Why.
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    /// Re-run a failed or stopped stage.
+    #[serde(rename = "retry")]
+    Retry {
+        /// Execution id.
+        execution_id: String,
+        /// Stage name.
+        stage: String,
+        /// Every action, not only those that did not succeed.
+        #[serde(default)]
+        all: bool,
+    },
+    /// Approve or reject an action waiting for approval.
+    #[serde(rename = "approve")]
+    Approve {
+        /// Execution id.
+        execution_id: String,
+        /// `STAGE/ACTION`.
+        action: String,
+        /// Approve (default) or reject.
+        #[serde(default = "yes")]
+        approved: bool,
+        /// Who decides (the caller's identity).
+        by: String,
+        /// Why.
+        #[serde(default)]
+        summary: Option<String>,
+        /// The token of the approval notification, if the caller quotes it.
+        #[serde(default)]
+        token: Option<String>,
+    },
+    /// Wake an action waiting for an external event.
+    #[serde(rename = "wake")]
+    Wake {
+        /// Execution id.
+        execution_id: String,
+        /// `STAGE/ACTION`.
+        action: String,
+        /// The event's payload, handed to the action.
+        #[serde(default)]
+        payload: Option<String>,
+    },
     /// Executions, newest first.
     #[serde(rename = "executions")]
     Executions {
@@ -80,7 +139,11 @@ pub enum Request {
 }
 
 /// The verbs, for subscriptions and help.
-pub const VERBS: &[&str] = &["pipeline.put", "pipeline.get", "pipeline.ls", "pipeline.rm", "start", "status", "executions"];
+pub const VERBS: &[&str] = &["pipeline.put", "pipeline.get", "pipeline.ls", "pipeline.rm", "start", "status", "executions", "stop", "retry", "approve", "wake"];
+
+fn yes() -> bool {
+    true
+}
 
 /// Parse a request whose verb travels separately (the NATS subject).
 pub fn request_for_verb(verb: &str, body: &[u8]) -> Result<Request, String> {
@@ -189,6 +252,50 @@ impl Service {
                 Some(e) => Ok(ok(e)),
                 None => Err(format!("no execution `{execution_id}`")),
             },
+            Request::Stop { execution_id, abandon, reason } => {
+                let at = Timestamp::now();
+                let exec = self.control(tenant, &execution_id, |_| Ok(Input::Stop { abandon, reason: reason.clone(), at })).await?;
+                Ok(ok(json!({ "execution_id": execution_id, "status": exec.status })))
+            }
+            Request::Retry { execution_id, stage, all } => {
+                let at = Timestamp::now();
+                let exec = self
+                    .control(tenant, &execution_id, |e| {
+                        let index = e.stages.iter().position(|s| s.name == stage).ok_or_else(|| format!("execution `{execution_id}` has no stage `{stage}`"))?;
+                        Ok(Input::Retry { stage: index, all, at })
+                    })
+                    .await?;
+                Ok(ok(json!({ "execution_id": execution_id, "status": exec.status })))
+            }
+            Request::Approve { execution_id, action, approved, by, summary, token } => {
+                let at = Timestamp::now();
+                let exec = self
+                    .control(tenant, &execution_id, |e| {
+                        let (stage, index) = find(e, &execution_id, &action)?;
+                        let waiting = e.stages[stage].actions[index].waiting.as_ref();
+                        if let (Some(t), Some(w)) = (&token, waiting) {
+                            if *t != w.token {
+                                return Err(format!("token `{t}` does not match the pending approval of {action} (`{}`)", w.token));
+                            }
+                        }
+                        Ok(Input::Decide { stage, action: index, decision: Decision { approved, by: by.clone(), at, summary: summary.clone() }, at })
+                    })
+                    .await?;
+                Ok(ok(json!({ "execution_id": execution_id, "status": exec.status, "decision": if approved { "approved" } else { "rejected" } })))
+            }
+            Request::Wake { execution_id, action, payload } => {
+                let at = Timestamp::now();
+                let exec = self
+                    .control(tenant, &execution_id, |e| {
+                        let (stage, index) = find(e, &execution_id, &action)?;
+                        match e.stages[stage].actions[index].waiting.as_ref().map(|w| &w.wake) {
+                            Some(crate::scheduler::Wake::Event(_)) => Ok(Input::Wake { stage, action: index, payload: payload.clone(), at }),
+                            _ => Err(format!("{action} is not waiting for an event")),
+                        }
+                    })
+                    .await?;
+                Ok(ok(json!({ "execution_id": execution_id, "status": exec.status })))
+            }
             Request::Executions { pipeline, status, limit } => {
                 let list = self.executions(tenant, pipeline.as_deref(), status, limit.unwrap_or(20)).await.map_err(|e| e.to_string())?;
                 Ok(ok(list.iter().map(ExecutionSummary::from).collect::<Vec<_>>()))

@@ -24,7 +24,7 @@ use crate::kv::{Kv, KvError, get_json};
 use crate::model::validate::ResolvedPlugins;
 use crate::model::{Diagnostics, Pipeline};
 use crate::queue::{Delivery, WorkQueue};
-use crate::scheduler::{Command, Execution, Input, PluginRef, Status, Timestamp, apply};
+use crate::scheduler::{Command, Execution, Input, PluginRef, Status, Timestamp, Wake, apply};
 use pipelines::StoredPipeline;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -48,6 +48,9 @@ pub struct JobMessage {
     /// Not before this time (retry backoff), milliseconds since the epoch.
     #[serde(default)]
     pub not_before: u64,
+    /// Not a run: fail the attempt if it is still waiting (an approval's deadline).
+    #[serde(default)]
+    pub expire: bool,
 }
 
 /// How a job delivery ended.
@@ -87,6 +90,8 @@ pub struct Edges {
     pub bus: Arc<dyn EventBus>,
     /// Where rejected events also go (the NATS dead-letter subject); the bucket keeps them always.
     pub dead_letters: Option<Arc<dyn Fn(&DeadLetter) + Send + Sync>>,
+    /// Tells the other engines to cancel jobs (by id) that `stop --abandon` abandoned.
+    pub cancel_elsewhere: Option<Arc<dyn Fn(&str, Vec<String>) + Send + Sync>>,
 }
 
 /// A parsed, resolved pipeline version.
@@ -100,6 +105,13 @@ pub struct Service {
     engine: Engine,
     edges: Edges,
     loaded: Mutex<HashMap<(String, String, u64), Arc<Loaded>>>,
+    /// Jobs running in this engine, by job id, to cancel on `stop --abandon`.
+    running: Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
+}
+
+/// A job's id: its idempotency key with indices (`tenant/execution/stage/action/attempt`).
+fn job_id(tenant: &str, execution_id: &str, stage: usize, action: usize, attempt: u32) -> String {
+    format!("{tenant}/{execution_id}/{stage}/{action}/{attempt}")
 }
 
 fn exec_key(tenant: &str, id: &str) -> String {
@@ -118,23 +130,61 @@ fn subject_parts<'a>(subject: &'a str, kind: &str) -> Option<(&'a str, &'a str)>
     Some((tenant, rest))
 }
 
-/// The jobs an execution is waiting for: every action in progress.
+/// The jobs an execution is waiting for: a run of every action in progress, or for one that
+/// waits, the job that ends its wait (a timer's next attempt, an approval's deadline).
 fn outstanding(exec: &Execution) -> Vec<JobMessage> {
     let mut out = Vec::new();
     for (si, stage) in exec.stages.iter().enumerate() {
         for (ai, action) in stage.actions.iter().enumerate() {
-            if action.status == Status::InProgress {
-                out.push(JobMessage { tenant: exec.tenant.clone(), execution_id: exec.execution_id.clone(), stage: si, action: ai, attempt: action.attempt, not_before: 0 });
+            if action.status != Status::InProgress {
+                continue;
             }
+            let mut job = JobMessage { tenant: exec.tenant.clone(), execution_id: exec.execution_id.clone(), stage: si, action: ai, attempt: action.attempt, not_before: 0, expire: false };
+            match action.waiting.as_ref().map(|w| (&w.wake, w)) {
+                None => {}
+                Some((Wake::Timer(ms), w)) => job.not_before = w.since.0 + ms,
+                Some((_, w)) => match w.deadline {
+                    Some(deadline) => {
+                        job.expire = true;
+                        job.not_before = deadline.0;
+                    }
+                    None => continue, // woken only by an event
+                },
+            }
+            out.push(job);
         }
     }
     out
 }
 
+/// The jobs and notifications that `commands` (just applied to `exec`) ask for.
+fn follow_up(exec: &Execution, commands: Vec<Command>) -> (Vec<JobMessage>, Vec<Event>) {
+    let (mut jobs, mut events) = (Vec::new(), Vec::new());
+    for c in commands {
+        match c {
+            Command::RunAction { stage, action, attempt, delay_ms } => {
+                let not_before = if delay_ms > 0 { Timestamp::now().0 + delay_ms } else { 0 };
+                jobs.push(JobMessage { tenant: exec.tenant.clone(), execution_id: exec.execution_id.clone(), stage, action, attempt, not_before, expire: false });
+            }
+            Command::Await { stage, action, attempt } => {
+                let waiting = exec.stages[stage].actions[action].waiting.as_ref();
+                if let Some(deadline) = waiting.and_then(|w| w.deadline) {
+                    jobs.push(JobMessage { tenant: exec.tenant.clone(), execution_id: exec.execution_id.clone(), stage, action, attempt, not_before: deadline.0, expire: true });
+                }
+                if waiting.is_some_and(|w| w.wake == Wake::Approval) {
+                    events.extend(crate::bus::approval_event(exec, stage, action));
+                }
+            }
+            Command::Finish { .. } => {}
+        }
+    }
+    (jobs, events)
+}
+
 impl Service {
     /// An engine on `edges`, running jobs with `engine`'s runtime, blobs and workspaces.
     pub fn new(engine: Engine, edges: Edges) -> Arc<Self> {
-        Arc::new(Service { engine, edges, loaded: Mutex::new(HashMap::new()) })
+        Arc::new(Service { engine, edges, loaded: Mutex::new(HashMap::new()), running: Mutex::new(HashMap::new()) })
     }
 
     /// The engine (plugins, runtime).
@@ -253,6 +303,7 @@ impl Service {
             duration_ms: None,
             detail: Some(reason),
             pipeline_version: None,
+            approval: None,
         });
     }
 
@@ -358,7 +409,10 @@ impl Service {
 
     async fn push_jobs(&self, jobs: &[JobMessage]) {
         for job in jobs {
-            let id = format!("{}/{}/{}/{}/{}", job.tenant, job.execution_id, job.stage, job.action, job.attempt);
+            let mut id = job_id(&job.tenant, &job.execution_id, job.stage, job.action, job.attempt);
+            if job.expire {
+                id.push_str("/expire");
+            }
             let subject = crate::nats::jobs_subject(&job.tenant);
             let payload = serde_json::to_vec(job).unwrap_or_default();
             let mut delay = Duration::from_millis(50);
@@ -405,7 +459,7 @@ impl Service {
         if exec.status.is_terminal() {
             return Ok(Settled::Done);
         }
-        if run.status != Status::InProgress || run.attempt != job.attempt {
+        if run.status != Status::InProgress || run.attempt != job.attempt || (run.waiting.is_some() && !job.expire && !matches!(run.waiting.as_ref().map(|w| &w.wake), Some(Wake::Timer(_)))) {
             // Already recorded (a redelivery after a crash): make sure what followed is queued.
             self.push_jobs(&outstanding(&exec)).await;
             return Ok(Settled::Done);
@@ -414,6 +468,11 @@ impl Service {
         if job.not_before > now {
             delivery.nak(Duration::from_millis(job.not_before - now)).await.map_err(|e| e.to_string())?;
             return Ok(Settled::Deferred);
+        }
+        if job.expire {
+            let waited = run.waiting.as_ref().map(|w| crate::model::units::short_duration(Duration::from_millis(Timestamp::now().0.saturating_sub(w.since.0)))).unwrap_or_default();
+            let input = Input::Expire { stage: job.stage, action: job.action, attempt: job.attempt, reason: format!("timeout: no approval decision within {waited}"), at: Timestamp::now() };
+            return self.complete(&key, &input).await.map(|()| Settled::Done);
         }
         let loaded = match self.load(&job.tenant, &exec.pipeline, Some(exec.pipeline_version)).await {
             Ok(Some(l)) => Ok(l),
@@ -435,15 +494,26 @@ impl Service {
         tokio::pin!(run);
         let mut ticker = tokio::time::interval(every);
         ticker.tick().await;
-        let (input, leftover) = loop {
+        let id = job_id(&job.tenant, &job.execution_id, job.stage, job.action, job.attempt);
+        let cancel = Arc::new(tokio::sync::Notify::new());
+        self.running.lock().unwrap().insert(id.clone(), cancel.clone());
+        let finished = loop {
             tokio::select! {
-                done = &mut run => break done,
+                done = &mut run => break Some(done),
+                _ = cancel.notified() => break None,
                 _ = ticker.tick() => {
                     if let Err(e) = delivery.handle.progress().await {
                         tracing::warn!("progress report failed: {e}");
                     }
                 }
             }
+        };
+        self.running.lock().unwrap().remove(&id);
+        let Some((input, leftover)) = finished else {
+            // Abandoned by `stop --abandon`: dropping the call stopped the guest (and killed its
+            // host processes); the record already says Abandoned.
+            tracing::info!("job {id} cancelled");
+            return Ok(Settled::Done);
         };
         let result = self.complete(&key, &input).await;
         leftover.release(&cx);
@@ -483,15 +553,9 @@ impl Service {
             }
             match kv.update(key, serde_json::to_vec(&exec).map_err(|e| KvError::Backend(e.to_string()))?, revision).await {
                 Ok(_) => {
-                    for e in events {
+                    let (jobs, notices) = follow_up(&exec, commands);
+                    for e in events.into_iter().chain(notices) {
                         self.edges.bus.publish(e);
-                    }
-                    let mut jobs = Vec::new();
-                    for c in commands {
-                        if let Command::RunAction { stage, action, attempt, delay_ms } = c {
-                            let not_before = if delay_ms > 0 { Timestamp::now().0 + delay_ms } else { 0 };
-                            jobs.push(JobMessage { tenant: exec.tenant.clone(), execution_id: exec.execution_id.clone(), stage, action, attempt, not_before });
-                        }
                     }
                     self.push_jobs(&jobs).await;
                     return Ok(());
@@ -500,6 +564,67 @@ impl Service {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Cancel jobs running in this engine.
+    pub fn cancel_local(&self, ids: &[String]) {
+        let running = self.running.lock().unwrap();
+        for id in ids {
+            if let Some(n) = running.get(id) {
+                n.notify_one();
+            }
+        }
+    }
+
+    /// Apply an operator control (stop, retry) to a stored execution: refused with the reason
+    /// when it does not apply, else recorded (compare-and-swap) with its events and jobs.
+    pub async fn control(&self, tenant: &str, id: &str, make: impl Fn(&Execution) -> Result<Input, String>) -> Result<Execution, String> {
+        let kv = &*self.edges.executions;
+        let key = exec_key(tenant, id);
+        loop {
+            let Some((mut exec, revision)) = self.execution_rev(tenant, id).await.map_err(|e| e.to_string())? else {
+                return Err(format!("no execution `{id}`"));
+            };
+            let input = make(&exec)?;
+            if let Some(why) = crate::scheduler::refusal(&exec, &input) {
+                return Err(why);
+            }
+            let before = Snapshot::of(&exec);
+            let was_running: Vec<(usize, usize, u32)> = exec.stages.iter().enumerate().flat_map(|(si, s)| s.actions.iter().enumerate().filter(|(_, a)| a.status == Status::InProgress).map(move |(ai, a)| (si, ai, a.attempt))).collect();
+            let commands = apply(&mut exec, &input);
+            match kv.update(&key, serde_json::to_vec(&exec).map_err(|e| e.to_string())?, revision).await {
+                Ok(_) => {}
+                Err(KvError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.to_string()),
+            }
+            for e in diff(&before, &exec) {
+                self.edges.bus.publish(e);
+            }
+            let abandoned: Vec<String> = was_running
+                .into_iter()
+                .filter(|(si, ai, _)| exec.stages[*si].actions[*ai].status == Status::Abandoned)
+                .map(|(si, ai, attempt)| job_id(tenant, id, si, ai, attempt))
+                .collect();
+            if !abandoned.is_empty() {
+                self.cancel_local(&abandoned);
+                if let Some(elsewhere) = &self.edges.cancel_elsewhere {
+                    elsewhere(tenant, abandoned);
+                }
+            }
+            let (jobs, notices) = follow_up(&exec, commands);
+            for e in notices {
+                self.edges.bus.publish(e);
+            }
+            self.push_jobs(&jobs).await;
+            return Ok(exec);
+        }
+    }
+
+    async fn execution_rev(&self, tenant: &str, id: &str) -> Result<Option<(Execution, u64)>, KvError> {
+        if !crate::kv::valid_key(id) {
+            return Ok(None);
+        }
+        get_json::<Execution>(&*self.edges.executions, &exec_key(tenant, id)).await
     }
 
     /// Read an execution.

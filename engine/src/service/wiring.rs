@@ -24,6 +24,7 @@ pub async fn embedded(data: &Path) -> anyhow::Result<(Arc<Service>, Arc<MemoryBu
         jobs: MemoryQueue::new(Duration::from_secs(3600)),
         bus: bus.clone(),
         dead_letters: None,
+        cancel_elsewhere: None,
     };
     let service = Service::new(engine, edges);
     let resumed = service.recover().await?;
@@ -51,6 +52,13 @@ pub async fn nats(url: &str, data: &Path, timing: Timing) -> anyhow::Result<(Arc
             }
         });
     });
+    let cancel_client = client.clone();
+    let cancel_elsewhere = Arc::new(move |tenant: &str, ids: Vec<String>| {
+        let (client, subject) = (cancel_client.clone(), format!("sluice.{tenant}.cancel"));
+        tokio::spawn(async move {
+            let _ = client.publish(subject, serde_json::to_vec(&ids).unwrap_or_default().into()).await;
+        });
+    });
     let edges = Edges {
         pipelines: Arc::new(layout.pipelines),
         executions: Arc::new(layout.executions),
@@ -58,12 +66,25 @@ pub async fn nats(url: &str, data: &Path, timing: Timing) -> anyhow::Result<(Arc
         jobs: Arc::new(layout.jobs),
         bus,
         dead_letters: Some(dead_letters),
+        cancel_elsewhere: Some(cancel_elsewhere),
     };
     Ok((Service::new(engine, edges), client))
 }
 
+/// Cancel jobs abandoned elsewhere: every engine hears `sluice.*.cancel`.
+pub async fn serve_nats_cancellations(service: Arc<Service>, client: async_nats::Client) -> anyhow::Result<()> {
+    let mut cancels = client.subscribe("sluice.*.cancel").await?;
+    while let Some(message) = cancels.next().await {
+        if let Ok(ids) = serde_json::from_slice::<Vec<String>>(&message.payload) {
+            service.cancel_local(&ids);
+        }
+    }
+    Ok(())
+}
+
 /// Answer control requests on `sluice.*.api.>` (one engine of the queue group answers each).
 pub async fn serve_nats_api(service: Arc<Service>, client: async_nats::Client) -> anyhow::Result<()> {
+    tokio::spawn(serve_nats_cancellations(service.clone(), client.clone()));
     let mut requests = client.queue_subscribe("sluice.*.api.>", crate::nats::API_GROUP.to_string()).await?;
     while let Some(message) = requests.next().await {
         let (service, client) = (service.clone(), client.clone());

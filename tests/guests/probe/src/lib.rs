@@ -9,7 +9,7 @@ impl Action for Probe {
     fn describe() -> Description {
         Description::new("probe", "1.0.0", Category::Test)
             .summary("Test plugin: behaves as `mode` says")
-            .required("mode", "ok | fail | flaky | retryable | config | pending | loop | alloc | panic | sleep | read | write | symlink | exec | spam | hardlink | context | copy | effect")
+            .required("mode", "ok | fail | flaky | retryable | config | pending | loop | alloc | panic | sleep | read | write | symlink | exec | spam | hardlink | context | copy | effect | approval")
             .optional("path", "a guest path for read/write/symlink")
             .optional("target", "symlink target")
             .optional("program", "host program for exec")
@@ -17,6 +17,8 @@ impl Action for Probe {
             .optional("env", "KEY=VALUE passed to the program in exec mode")
             .optional("dir", "effect mode: a granted directory where the side effect is recorded")
             .optional("pause_ms", "effect mode: how long to keep working after the side effect")
+            .optional("approvers", "approval mode: who may decide")
+            .optional("timeout", "approval mode: how long the engine waits for a decision")
     }
 
     fn run(ctx: &Context, config: &Config) -> Result<Outcome, ActionError> {
@@ -43,7 +45,13 @@ impl Action for Probe {
             }
             "retryable" => Err(ActionError::Retryable("the probe was told to fail transiently".into())),
             "config" => Err(ActionError::Config("the probe rejects its configuration".into())),
-            "pending" => Ok(Outcome::pending("step-1", sluice_sdk::WakeOn::Timer(10))),
+            // Long-running work polled on a timer: two waits, then done; each call sees the
+            // continuation the previous one returned.
+            "pending" => match ctx.continuation.as_deref() {
+                None => Ok(Outcome::pending("step-1", sluice_sdk::WakeOn::Timer(50)).summary("step 1 of 3")),
+                Some("step-1") => Ok(Outcome::pending("step-2", sluice_sdk::WakeOn::Timer(50)).summary("step 2 of 3")),
+                Some(other) => Ok(done().var("Resumed", other)),
+            },
             "loop" => {
                 let mut x: u64 = 0;
                 loop {
@@ -130,6 +138,12 @@ impl Action for Probe {
                 std::thread::sleep(std::time::Duration::from_millis(pause));
                 Ok(done().var("Repeated", repeated))
             }
+            // Waits for an approval like approval@1 but with no lower bound on its timeout;
+            // succeeds with the decisions it was woken with.
+            "approval" => match &ctx.wake_payload {
+                None => Ok(Outcome::pending("probe-wait", sluice_sdk::WakeOn::Approval).summary("probe waiting")),
+                Some(p) => Ok(done().var("Decisions", p)),
+            },
             other => Err(ActionError::Config(format!("unknown mode {other:?}"))),
         }
     }

@@ -4,6 +4,8 @@
 //! (b) the engine running a pipeline of N no-op actions (validated, persisted, evented), per action;
 //! (c) fork/exec of `/bin/true`;
 //! (d) artifact put and verified get of a large file, against `b3sum` hashing the same file.
+mod service;
+
 use crate::bus::MemoryBus;
 use crate::executor::{Engine, LogStore, load_pipeline};
 use std::collections::BTreeMap;
@@ -30,6 +32,15 @@ pub struct BenchArgs {
     /// Where to put temporary data [default: the system temp dir].
     #[arg(long)]
     pub dir: Option<std::path::PathBuf>,
+    /// Benchmark the service on the NATS server at this URL instead (run `nats-server -js`).
+    #[arg(long)]
+    pub nats: Option<String>,
+    /// Samples of the NATS latency measures.
+    #[arg(long, default_value_t = 200)]
+    pub samples: usize,
+    /// Executions per throughput burst on NATS.
+    #[arg(long, default_value_t = 200)]
+    pub burst: usize,
 }
 
 fn per(d: Duration, n: usize) -> Duration {
@@ -44,6 +55,10 @@ fn us(d: Duration) -> String {
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if cfg!(debug_assertions) {
         eprintln!("warning: this is a debug build; run `cargo run --release -- bench` for real figures");
+    }
+    if let Some(url) = &args.nats {
+        service::run(url, args.samples, args.burst).await?;
+        return Ok(ExitCode::SUCCESS);
     }
     let tmp = match &args.dir {
         Some(d) => tempfile::tempdir_in(d)?,

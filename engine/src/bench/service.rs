@@ -1,0 +1,135 @@
+//! `sluice bench --nats URL`: the service on NATS against raw JetStream, in one run.
+//!
+//! (floor) a JetStream publish (acknowledged) consumed by a pull consumer: round trip;
+//! (latency) trigger event published → pipeline-succeeded event received, for a 3-stage,
+//!   5-action no-op pipeline, one execution at a time;
+//! (throughput) executions per second for a burst of events, with one and with two engines.
+use crate::bus::{Event, Kind};
+use crate::scheduler::Status;
+use crate::service::Service;
+use crate::service::api::Request;
+use futures_util::StreamExt;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const PIPELINE: &str = "name: bench
+stages:
+  - name: Source
+    actions:
+      - { name: A, uses: noop@1 }
+  - name: Build
+    actions:
+      - { name: B, uses: noop@1 }
+      - { name: C, uses: noop@1 }
+      - { name: D, uses: noop@1, run_order: 2 }
+  - name: Deploy
+    actions:
+      - { name: E, uses: noop@1 }
+";
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+async fn engine(url: &str, dir: &std::path::Path, name: &str, workers: usize) -> anyhow::Result<Arc<Service>> {
+    let (service, client) = crate::service::wiring::nats(url, &dir.join(name), crate::nats::Timing { ack_wait: Duration::from_secs(30) }).await?;
+    tokio::spawn(crate::service::wiring::serve_nats_api(service.clone(), client));
+    tokio::spawn(service.clone().run(workers));
+    Ok(service)
+}
+
+/// Publish `n` trigger events and wait until each has a terminal pipeline event.
+async fn burst(client: &async_nats::Client, js: &async_nats::jetstream::Context, prefix: &str, n: usize) -> anyhow::Result<Duration> {
+    let mut events = client.subscribe("sluice.default.events.pipeline.bench").await?;
+    let t = Instant::now();
+    for i in 0..n {
+        let id = format!("{prefix}-{i}");
+        let body = serde_json::json!({ "id": id }).to_string();
+        js.send_publish("sluice.default.trigger.bench", async_nats::jetstream::message::PublishMessage::build().message_id(&id).payload(body.into())).await?.await?;
+    }
+    let mut done = HashSet::new();
+    while done.len() < n {
+        let m = tokio::time::timeout(Duration::from_secs(120), events.next()).await?.ok_or_else(|| anyhow::anyhow!("events closed"))?;
+        let e: Event = serde_json::from_slice(&m.payload)?;
+        if e.kind == Kind::Pipeline && e.status.is_terminal() {
+            anyhow::ensure!(e.status == Status::Succeeded, "execution {} {}", e.execution_id, e.status);
+            done.insert(e.execution_id);
+        }
+    }
+    Ok(t.elapsed())
+}
+
+/// Run the NATS benchmark against the server at `url`.
+pub async fn run(url: &str, samples: usize, burst_size: usize) -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let client = crate::nats::connect_client(url).await?;
+    let js = async_nats::jetstream::new(client.clone());
+
+    // (floor) publish → consume round trip.
+    let _ = js.delete_stream("SLUICE_BENCH_RTT").await;
+    let stream = js
+        .create_stream(async_nats::jetstream::stream::Config { name: "SLUICE_BENCH_RTT".into(), subjects: vec!["sluice-bench.rtt".into()], ..Default::default() })
+        .await?;
+    let consumer: async_nats::jetstream::consumer::PullConsumer =
+        stream.create_consumer(async_nats::jetstream::consumer::pull::Config { durable_name: Some("rtt".into()), ..Default::default() }).await?;
+    let mut messages = consumer.messages().await?;
+    let mut floor = Vec::new();
+    for i in 0..samples + 20 {
+        let t = Instant::now();
+        js.publish("sluice-bench.rtt", format!("{i}").into()).await?.await?;
+        let m = messages.next().await.ok_or_else(|| anyhow::anyhow!("no message"))?.map_err(|e| anyhow::anyhow!("{e}"))?;
+        m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        if i >= 20 {
+            floor.push(t.elapsed());
+        }
+    }
+    drop(messages);
+    js.delete_stream("SLUICE_BENCH_RTT").await?;
+    floor.sort();
+
+    // One engine; register the pipeline.
+    let first = engine(url, tmp.path(), "engine-1", 8).await?;
+    std::fs::write(tmp.path().join("bench.yaml"), PIPELINE)?;
+    let put = first.handle("default", Request::PipelinePut { file: "bench.yaml".into(), dir: tmp.path().to_path_buf(), yaml: PIPELINE.into() }).await;
+    anyhow::ensure!(put.get("ok").is_some(), "register the pipeline: {put}");
+    let run_id = ulid::Ulid::new().to_string();
+
+    // (latency) one execution at a time.
+    burst(&client, &js, &format!("warm-{run_id}"), 10).await?;
+    let mut latency = Vec::new();
+    for i in 0..samples {
+        latency.push(burst(&client, &js, &format!("lat-{run_id}-{i}"), 1).await?);
+    }
+    latency.sort();
+
+    // (throughput) a burst, with one engine and then with two.
+    let one = burst(&client, &js, &format!("one-{run_id}"), burst_size).await?;
+    let _second = engine(url, tmp.path(), "engine-2", 8).await?;
+    burst(&client, &js, &format!("warm2-{run_id}"), 10).await?;
+    let two = burst(&client, &js, &format!("two-{run_id}"), burst_size).await?;
+
+    let (f50, f99, l50, l99) = (pct(&floor, 0.5), pct(&floor, 0.99), pct(&latency, 0.5), pct(&latency, 0.99));
+    let r50 = l50.as_secs_f64() / f50.as_secs_f64();
+    let r99 = l99.as_secs_f64() / f99.as_secs_f64();
+    println!("## Service on NATS ({samples} samples, bursts of {burst_size} executions)\n");
+    println!("| measure | p50 | p99 | |");
+    println!("|---|---|---|---|");
+    println!("| (floor) JetStream publish (acked) → pull consume | {} | {} | baseline |", ms(f50), ms(f99));
+    println!(
+        "| trigger event → pipeline succeeded event, 3 stages, 5 no-op actions | {} | {} | {r50:.1}× / {r99:.1}× the floor — target ≤ 10× / ≤ 30× |",
+        ms(l50),
+        ms(l99)
+    );
+    let rate = |d: Duration| burst_size as f64 / d.as_secs_f64();
+    println!("\n| throughput | executions/s |");
+    println!("|---|---|");
+    println!("| one engine (8 workers) | {:.0} |", rate(one));
+    println!("| two engines (8 workers each, same process and cores) | {:.0} |", rate(two));
+    println!("\n{}", if r50 <= 10.0 && r99 <= 30.0 { "latency targets met" } else { "LATENCY TARGETS MISSED" });
+    Ok(())
+}

@@ -1,0 +1,216 @@
+//! Manual approvals: `pending` on an approval, decisions with who may decide, timeouts, and
+//! waits that survive a restart — with `sluice run` (local) and `sluice serve` (embedded and NATS).
+use crate::harness::nats::{Engine, NatsServer, wait_for};
+use crate::harness::{Project, action, error, status};
+use serde_json::Value;
+use std::time::Duration;
+
+const GATED: &str = r##"
+name: gated
+variables:
+  version: "1.0"
+stages:
+  - name: Build
+    actions:
+      - name: Compile
+        uses: PROBE
+        with: { mode: ok, value: "v#{variables.version}" }
+        namespace: build
+  - name: Production
+    actions:
+      - name: Gate
+        uses: approval@1
+        with:
+          approvers: "ana, bo"
+          min_approvals: "APPROVALS"
+          custom_data: "release #{build.Value}"
+          external_link: https://example.com/release-notes
+      - name: Deploy
+        uses: PROBE
+        run_order: 2
+        with: { mode: ok, value: "#{gate.ApprovedBy}" }
+"##;
+
+fn gated(approvals: u32) -> Project {
+    Project::new(&GATED.replace("APPROVALS", &approvals.to_string()).replace("      - name: Gate\n        uses: approval@1\n", "      - name: Gate\n        uses: approval@1\n        namespace: gate\n"))
+}
+
+#[test]
+fn local_runs_pre_approve_or_fail_clearly_without_a_terminal() {
+    let p = gated(1);
+    let r = p.run(&["--approve", "Production/Gate", "--as", "ana"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let exec = r.json();
+    assert_eq!(action(&exec, "Production/Gate")["variables"]["ApprovedBy"], "ana");
+    assert_eq!(action(&exec, "Production/Deploy")["variables"]["Value"], "ana");
+    assert_eq!(action(&exec, "Production/Gate")["attempt"], 2, "waiting and deciding: two runs of the plugin");
+
+    // No terminal (tests have none) and no --approve: a clear failure, not a hang.
+    let r = p.run(&[]);
+    assert_eq!(r.code, 1);
+    let exec = r.json();
+    assert!(error(action(&exec, "Production/Gate")).contains("pass --approve Production/Gate"), "{exec:#}");
+    assert_eq!(status(action(&exec, "Production/Deploy")), "NotStarted");
+
+    // Pre-approving as someone who is not an approver is refused.
+    let r = p.run(&["--approve", "Production/Gate", "--as", "mallory"]);
+    assert_eq!(r.code, 1);
+    assert!(error(action(&r.json(), "Production/Gate")).contains("mallory is not an approver"), "{}", r.stdout);
+
+    // Limits are checked when the pipeline is validated.
+    p.write("bad.yaml", &p.read("pipeline.yaml").replace("min_approvals: \"1\"", "min_approvals: \"0\"\n          timeout: 90d"));
+    let v = p.sluice(&["validate", "bad.yaml"]);
+    assert_eq!(v.code, 2);
+    assert!(v.stderr.contains("`min_approvals` must be a whole number of at least 1"), "{}", v.stderr);
+    assert!(v.stderr.contains("approval `timeout` must be between 5m and 60d"), "{}", v.stderr);
+}
+
+fn serve(p: &Project) -> Engine {
+    let e = Engine::start(p.dir.path(), ".sluice", &[]);
+    // A killed engine leaves its socket file behind: wait for an answer, not for the file.
+    wait_for(Duration::from_secs(30), "the engine to answer", || (p.sluice(&["pipeline", "ls"]).code == 0).then_some(()));
+    e
+}
+
+fn as_user(p: &Project, who: &str, args: &[&str]) -> crate::harness::Run {
+    p.sluice_env(args, &[("SLUICE_USER", who)])
+}
+
+fn record(p: &Project, id: &str) -> Value {
+    serde_json::from_str(&p.sluice(&["status", id, "--json"]).stdout).unwrap()
+}
+
+fn waiting(p: &Project, id: &str) -> Value {
+    wait_for(Duration::from_secs(30), "the gate to wait", || {
+        let e = record(p, id);
+        action(&e, "Production/Gate")["waiting"].is_object().then_some(e)
+    })
+}
+
+fn finished(p: &Project, id: &str) -> Value {
+    wait_for(Duration::from_secs(30), "the execution to end", || {
+        let e = record(p, id);
+        matches!(status(&e), "Succeeded" | "Failed" | "Stopped").then_some(e)
+    })
+}
+
+#[test]
+fn service_approvals_check_who_decides_and_survive_a_restart() {
+    let p = gated(2);
+    let mut engine = serve(&p);
+    assert_eq!(p.sluice(&["pipeline", "put", "pipeline.yaml"]).code, 0);
+    let id = as_user(&p, "cy", &["start", "gated"]).stdout.trim().to_string();
+    let e = waiting(&p, &id);
+    let gate = action(&e, "Production/Gate");
+    assert_eq!(status(gate), "InProgress");
+    assert_eq!(gate["summary"], "waiting for 0 of 2 approvals from ana, bo");
+    let token = gate["waiting"]["token"].as_str().unwrap().to_string();
+
+    // Refusals change nothing and say why.
+    let refused = |who: &str, args: &[&str], why: &str| {
+        let r = as_user(&p, who, args);
+        assert_eq!(r.code, 2, "{r:?}");
+        assert!(r.stderr.contains(why), "{why:?} not in {}", r.stderr);
+    };
+    refused("mallory", &["approve", &id, "Production/Gate"], "mallory is not an approver of Gate (approvers: ana, bo)");
+    refused("ana", &["approve", &id, "Production/Gate", "--token", "wrong"], "does not match the pending approval");
+    refused("ana", &["approve", "01ARZ3NDEKTSV4RRFFQ69G5FAV", "Production/Gate"], "no execution");
+    refused("ana", &["approve", &id, "Build/Compile"], "Compile is not waiting for an approval");
+
+    // One approval of two: still waiting, and it survives a restart of the engine.
+    let ok = as_user(&p, "ana", &["approve", &id, "Production/Gate", "--summary", "looks good", "--token", &token]);
+    assert_eq!(ok.code, 0, "{ok:?}");
+    refused("ana", &["approve", &id, "Production/Gate"], "ana has already decided on Gate");
+    let e = waiting(&p, &id);
+    assert_eq!(action(&e, "Production/Gate")["decisions"][0]["by"], "ana");
+    engine.kill9();
+    let _engine = serve(&p);
+    let e = waiting(&p, &id);
+    assert_eq!(action(&e, "Production/Gate")["summary"], "waiting for 1 of 2 approvals from ana, bo, approved so far by ana");
+    let ok = as_user(&p, "bo", &["approve", &id, "Production/Gate", "--summary", "ship it"]);
+    assert_eq!(ok.code, 0, "{ok:?}");
+    let e = finished(&p, &id);
+    assert_eq!(status(&e), "Succeeded", "{e:#}");
+    assert_eq!(action(&e, "Production/Deploy")["variables"]["Value"], "ana, bo");
+    let decisions = action(&e, "Production/Gate")["decisions"].as_array().unwrap().clone();
+    assert_eq!(decisions.iter().map(|d| d["by"].as_str().unwrap()).collect::<Vec<_>>(), ["ana", "bo"]);
+    assert_eq!(decisions[1]["summary"], "ship it");
+    assert!(decisions[1]["at"].is_string());
+    // Deciding on what is no longer pending is refused.
+    refused("bo", &["reject", &id, "Production/Gate"], "not waiting for an approval");
+
+    // The starter may not approve; a rejection fails the action with the approver's words.
+    let id = as_user(&p, "ana", &["start", "gated"]).stdout.trim().to_string();
+    waiting(&p, &id);
+    refused("ana", &["approve", &id, "Production/Gate"], "ana started this execution and may not approve it");
+    assert_eq!(as_user(&p, "bo", &["reject", &id, "Production/Gate", "--summary", "not on a Friday"]).code, 0);
+    let e = finished(&p, &id);
+    assert_eq!(status(&e), "Failed");
+    assert_eq!(error(action(&e, "Production/Gate")), "rejected by bo: not on a Friday");
+}
+
+const SHORT_WAIT: &str = r##"
+name: short
+stages:
+  - name: Gate
+    actions:
+      - name: Wait
+        uses: PROBE
+        with: { mode: approval, approvers: ana, timeout: 2s }
+"##;
+
+#[test]
+fn an_approval_that_nobody_decides_times_out() {
+    let p = Project::new(SHORT_WAIT);
+    let _engine = serve(&p);
+    assert_eq!(p.sluice(&["pipeline", "put", "pipeline.yaml"]).code, 0);
+    let start = p.sluice(&["start", "short", "--watch"]);
+    assert_eq!(start.code, 1, "{start:?}");
+    let e = record(&p, start.stdout.trim());
+    assert_eq!(status(action(&e, "Gate/Wait")), "Failed");
+    assert!(error(action(&e, "Gate/Wait")).starts_with("timeout: no approval decision within 2"), "{e:#}");
+}
+
+#[test]
+fn approvals_over_nats_notify_and_accept_decisions_by_request() {
+    use futures_util::StreamExt;
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let p = gated(1);
+    let _engine = Engine::start(p.dir.path(), "engine", &["--nats", &url]);
+    let client = |who: &str, args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--nats", &url]);
+        p.sluice_env(&all, &[("SLUICE_USER", who)])
+    };
+    wait_for(Duration::from_secs(30), "the engine", || (client("x", &["pipeline", "put", "pipeline.yaml"]).code == 0).then_some(()));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let nc = async_nats::connect(&url).await.unwrap();
+        let mut notices = nc.subscribe("sluice.default.events.approval.gated").await.unwrap();
+        nc.flush().await.unwrap(); // the server knows the subscription before anything starts
+        let id = client("cy", &["start", "gated"]).stdout.trim().to_string();
+        let notice: Value = serde_json::from_slice(&tokio::time::timeout(Duration::from_secs(30), notices.next()).await.unwrap().unwrap().payload).unwrap();
+        assert_eq!(notice["execution_id"], id.as_str());
+        assert_eq!((notice["stage"].as_str(), notice["action"].as_str()), (Some("Production"), Some("Gate")));
+        let a = &notice["approval"];
+        assert_eq!(a["custom_data"], "release v1.0");
+        assert_eq!(a["external_link"], "https://example.com/release-notes");
+        assert_eq!(a["approvers"], serde_json::json!(["ana", "bo"]));
+        assert!(a["expires_at"].is_string() && a["token"].is_string(), "{notice:#}");
+        // Decide with a plain NATS request, as a chat bot would.
+        let body = serde_json::json!({"execution_id": id, "action": "Production/Gate", "by": "bo", "summary": "go", "token": a["token"]});
+        let reply = nc.request("sluice.default.api.approve", body.to_string().into()).await.unwrap();
+        let reply: Value = serde_json::from_slice(&reply.payload).unwrap();
+        assert_eq!(reply["ok"]["decision"], "approved", "{reply}");
+        let bad = nc.request("sluice.default.api.approve", serde_json::json!({"execution_id": id, "action": "Production/Gate", "by": "bo"}).to_string().into()).await.unwrap();
+        let bad: Value = serde_json::from_slice(&bad.payload).unwrap();
+        assert!(bad["error"].as_str().unwrap().contains("bo has already decided") || bad["error"].as_str().unwrap().contains("not waiting"), "{bad}");
+        let e = wait_for(Duration::from_secs(30), "the execution to end", || {
+            let r = client("x", &["status", &id, "--json"]);
+            let e: Value = serde_json::from_str(&r.stdout).ok()?;
+            (status(&e) == "Succeeded").then_some(e)
+        });
+        assert_eq!(action(&e, "Production/Deploy")["variables"]["Value"], "bo");
+    });
+}
