@@ -4,6 +4,7 @@
 //! (b) the engine running a pipeline of N no-op actions (validated, persisted, evented), per action;
 //! (c) fork/exec of `/bin/true`;
 //! (d) artifact put and verified get of a large file, against `b3sum` hashing the same file.
+mod approvals;
 mod service;
 
 use crate::bus::MemoryBus;
@@ -41,6 +42,9 @@ pub struct BenchArgs {
     /// Executions per throughput burst on NATS.
     #[arg(long, default_value_t = 200)]
     pub burst: usize,
+    /// Measure this many executions waiting at an approval instead (embedded service).
+    #[arg(long)]
+    pub approvals: Option<usize>,
 }
 
 fn per(d: Duration, n: usize) -> Duration {
@@ -55,6 +59,10 @@ fn us(d: Duration) -> String {
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if cfg!(debug_assertions) {
         eprintln!("warning: this is a debug build; run `cargo run --release -- bench` for real figures");
+    }
+    if let Some(n) = args.approvals {
+        approvals::run(n).await?;
+        return Ok(ExitCode::SUCCESS);
     }
     if let Some(url) = &args.nats {
         service::run(url, args.samples, args.burst).await?;
