@@ -15,9 +15,16 @@ fn main() {
     println!("cargo:rerun-if-changed={}", root.join("tests/guests").display());
     let test_dir = build_guests(&root, &root.join("tests/guests/Cargo.toml"));
     let probe = test_dir.join("sluice_test_probe.wasm");
+    // The example Rust function (examples/functions), built so the tests can register it.
+    println!("cargo:rerun-if-changed={}", root.join("examples/functions/rust-release-notes").display());
+    let function = build_guests(&root, &root.join("examples/functions/rust-release-notes/Cargo.toml")).join("release_notes.wasm");
     std::fs::write(
         PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("test_guests.rs"),
-        format!("/// The probe test plugin (tests/guests/probe).\npub const PROBE: &str = {:?};\n", probe.display().to_string()),
+        format!(
+            "/// The probe test plugin (tests/guests/probe).\npub const PROBE: &str = {:?};\n/// The example Rust function (examples/functions/rust-release-notes).\npub const RUST_FUNCTION: &str = {:?};\n",
+            probe.display().to_string(),
+            function.display().to_string()
+        ),
     )
     .unwrap();
 

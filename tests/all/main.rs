@@ -8,6 +8,7 @@ mod approvals;
 mod authoring;
 mod cli;
 mod conformance;
+mod functions;
 mod plugins;
 mod quickstart;
 mod sandbox;

@@ -52,7 +52,8 @@ async fn answering(dir: &Path) -> anyhow::Result<Client> {
 
 async fn waiting(client: &Client, limit: usize) -> anyhow::Result<usize> {
     let v = client.call(&Request::Executions { pipeline: Some("gated".into()), status: Some(Status::InProgress), limit: Some(limit) }).await?;
-    Ok(v.as_array().map(Vec::len).unwrap_or(0))
+    // Executions whose gate has run and now waits (not merely started).
+    Ok(v.as_array().map(|a| a.iter().filter(|e| e["waiting"].as_array().is_some_and(|w| !w.is_empty())).count()).unwrap_or(0))
 }
 
 async fn start_many(dir: &Path, n: usize) -> anyhow::Result<Vec<String>> {

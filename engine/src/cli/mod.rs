@@ -115,6 +115,13 @@ enum Cmd {
         #[command(flatten)]
         target: service::Target,
     },
+    /// Register and list functions for `invoke@1` in the service.
+    Function {
+        #[command(subcommand)]
+        command: service::FunctionCmd,
+        #[command(flatten)]
+        target: service::Target,
+    },
     /// Start a registered pipeline in the service; prints the execution id.
     Start {
         /// Pipeline name.
@@ -377,6 +384,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Bench(args) => crate::bench::run(args).await,
         Cmd::Serve(args) => service::serve(args).await,
         Cmd::Pipeline { command, target } => service::pipeline(command, target).await,
+        Cmd::Function { command, target } => service::function(command, target).await,
         Cmd::Start { pipeline, vars, event_id, watch, target } => service::start(pipeline, vars, event_id, watch, target).await,
         Cmd::Stop { execution_id, abandon, reason, target } => service::control(crate::service::api::Request::Stop { execution_id, abandon, reason }, target).await,
         Cmd::Approve(a) => decide(a, true).await,

@@ -90,6 +90,7 @@ pub async fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
     }
     let execution_id = format!("plugin-test-{}", ulid::Ulid::new());
     let spec = JobSpec {
+        invoke: None,
         continuation: None,
         wake_payload: None,
         tenant: crate::executor::DEFAULT_TENANT.into(),

@@ -79,6 +79,61 @@ pub enum PipelineCmd {
     },
 }
 
+/// `sluice function …`.
+#[derive(Subcommand, Debug)]
+pub enum FunctionCmd {
+    /// Register (or replace) a function for `invoke@1` from a component file.
+    Put {
+        /// Function name.
+        name: String,
+        /// The component (`function` world of wit/action.wit).
+        file: PathBuf,
+    },
+    /// List registered functions.
+    Ls,
+    /// Unregister a function.
+    Rm {
+        /// Function name.
+        name: String,
+    },
+}
+
+/// Run `sluice function …`.
+pub async fn function(cmd: FunctionCmd, target: Target) -> anyhow::Result<ExitCode> {
+    let client = target.client().await?;
+    let request = match &cmd {
+        FunctionCmd::Put { name, file } => match &client {
+            // Components can be larger than a NATS message: upload to the artifact store, then
+            // register by digest.
+            Client::Nats { client: nc, .. } => {
+                let js = async_nats::jetstream::new(nc.clone());
+                let cache = tempfile::tempdir()?;
+                let store = crate::artifacts::nats_store::NatsStore::open(&js, cache.path()).await?;
+                let path = file.clone();
+                let digest = tokio::task::spawn_blocking(move || crate::artifacts::BlobStore::put_file(&store, &path)).await??;
+                Request::FunctionPut { name: name.clone(), path: None, digest: Some(digest.to_string()) }
+            }
+            Client::Local { .. } => Request::FunctionPut { name: name.clone(), path: Some(std::fs::canonicalize(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?), digest: None },
+        },
+        FunctionCmd::Ls => Request::FunctionLs {},
+        FunctionCmd::Rm { name } => Request::FunctionRm { name: name.clone() },
+    };
+    let reply = match client.call(&request).await {
+        Ok(v) => v,
+        Err(e) => return refused(e),
+    };
+    match cmd {
+        FunctionCmd::Put { .. } => println!("registered function {} {} ({} bytes)", reply["name"].as_str().unwrap_or(""), reply["digest"].as_str().unwrap_or(""), reply["size"]),
+        FunctionCmd::Ls => {
+            for f in reply.as_array().into_iter().flatten() {
+                println!("{}\t{}\t{}", f["name"].as_str().unwrap_or(""), f["digest"].as_str().unwrap_or(""), f["size"]);
+            }
+        }
+        FunctionCmd::Rm { name } => println!("removed function {name}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Run `sluice serve`.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let data = super::default_data(args.data);
@@ -258,7 +313,8 @@ pub async fn executions(pipeline: Option<String>, status: Option<Status>, limit:
             (Some(s), Some(f)) => short_duration(f.since(s)),
             _ => "-".into(),
         };
-        println!("{}\t{}\tv{}\t{}\t{}\t{}", r.execution_id, r.pipeline, r.pipeline_version, r.status, took, r.trigger.unwrap_or_default());
+        let waiting = if r.waiting.is_empty() { String::new() } else { format!("\twaiting: {}", r.waiting.join(", ")) };
+        println!("{}\t{}\tv{}\t{}\t{}\t{}{waiting}", r.execution_id, r.pipeline, r.pipeline_version, r.status, took, r.trigger.unwrap_or_default());
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -71,6 +71,51 @@ pub struct JobSpec {
     /// The payload of what woke it (approval decisions, an event).
     #[serde(default)]
     pub wake_payload: Option<String>,
+    /// For `invoke@1`: the function to call and its parameters.
+    #[serde(default)]
+    pub invoke: Option<InvokeSpec>,
+}
+
+/// What `invoke@1` calls.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct InvokeSpec {
+    /// A registered function's name, or a `.wasm` file (relative to the pipeline).
+    pub function: String,
+    /// `parameters`, as written.
+    pub parameters: String,
+}
+
+/// Finds the component of a function named by `invoke@1` and loads it into the runtime.
+pub trait FunctionResolver: Send + Sync {
+    /// The digest of the loaded function component.
+    fn resolve<'a>(&'a self, tenant: &'a str, function: &'a str, pipeline_dir: &'a Path) -> futures_util::future::BoxFuture<'a, Result<Digest, String>>;
+}
+
+/// Functions as `.wasm` files next to the pipeline: what `sluice run` can reach. Registered
+/// functions (`sluice function put`) live in the service.
+pub struct FileFunctions {
+    /// The runtime to load them into.
+    pub runtime: Arc<Runtime>,
+}
+
+/// Load a function component from a file.
+pub fn load_function_file(runtime: &Runtime, function: &str, pipeline_dir: &Path) -> Result<Digest, String> {
+    let path = pipeline_dir.join(function);
+    let bytes = std::fs::read(&path).map_err(|e| format!("cannot read function {}: {e}", path.display()))?;
+    runtime.load_function(&bytes).map_err(|e| format!("function {}: {e:#}", path.display()))
+}
+
+impl FunctionResolver for FileFunctions {
+    fn resolve<'a>(&'a self, _tenant: &'a str, function: &'a str, pipeline_dir: &'a Path) -> futures_util::future::BoxFuture<'a, Result<Digest, String>> {
+        Box::pin(async move {
+            if function.ends_with(".wasm") {
+                return load_function_file(&self.runtime, function, pipeline_dir);
+            }
+            Err(format!(
+                "function `{function}` is not a .wasm file; registered functions (`sluice function put {function} FILE.wasm`) run in the service (`sluice serve`)"
+            ))
+        })
+    }
 }
 
 impl JobSpec {
@@ -135,7 +180,16 @@ impl JobSpec {
         }
         let execution_id = exec.execution_id.clone();
         let run = &exec.stages[si].actions[ai];
+        let invoke = if action.uses.value == "invoke@1" {
+            Some(InvokeSpec {
+                function: config.get("function").cloned().ok_or("`invoke@1` needs `function`")?,
+                parameters: config.get("parameters").cloned().unwrap_or_default(),
+            })
+        } else {
+            None
+        };
         Ok(JobSpec {
+            invoke,
             continuation: run.continuation.clone(),
             wake_payload: run.wake_payload.clone(),
             tenant: exec.tenant.clone(),
@@ -171,6 +225,8 @@ pub struct JobContext {
     pub workspaces: Arc<super::WorkspacePool>,
     /// Engine internals that no writable grant may contain or lie within.
     pub protected: Arc<Vec<PathBuf>>,
+    /// Where `invoke@1` finds its functions.
+    pub functions: Arc<dyn FunctionResolver>,
 }
 
 /// One attempt the scheduler asked for, with its job resolved (or the reason it could not be).
@@ -343,7 +399,15 @@ async fn run_in(cx: &JobContext, job: &JobSpec, ws: &Path, log: Arc<dyn LogSink>
         timeout: job.timeout,
         log: log.clone(),
     };
-    match cx.runtime.run(&job.plugin, inv).await {
+    let outcome = match &job.invoke {
+        None => cx.runtime.run(&job.plugin, inv).await,
+        Some(call) => {
+            let digest = cx.functions.resolve(&job.tenant, &call.function, &job.pipeline_dir).await?;
+            log.log(Level::Debug, &format!("invoking function {} ({digest})", call.function), &[]);
+            cx.runtime.run_function(&digest, inv, call.parameters.clone()).await
+        }
+    };
+    match outcome {
         Ok(RunOutcome::Succeeded { variables, summary }) => {
             let mut variables: BTreeMap<String, String> = variables.into_iter().collect();
             let (blobs, outputs, ws2) = (cx.blobs.clone(), job.outputs.clone(), ws.to_path_buf());

@@ -177,6 +177,7 @@ impl Engine {
             logs: self.logs.clone(),
             workspaces: self.workspaces.clone(),
             protected: self.protected.clone(),
+            functions: Arc::new(job::FileFunctions { runtime: self.registry.runtime().clone() }),
         }
     }
 }

@@ -9,6 +9,7 @@
 //! | rejected triggers   | `sluice.<tenant>.deadletter.<pipeline>` → stream `SLUICE_DEADLETTER` |
 //! | control             | `sluice.<tenant>.api.<verb>` (request/reply, queue group `sluice-engines`) |
 //! | pipelines           | KV `sluice-pipelines`, key `<tenant>/<pipeline>[/<version>]` |
+//! | functions           | KV `sluice-functions`, key `<tenant>/<name>` → digest (component in the Object Store) |
 //! | executions, claims  | KV `sluice-executions`, keys `<tenant>/x/<id>`, `<tenant>/claim/<pipeline>/<hash>` |
 //! | artifacts           | Object Store `sluice-artifacts`, objects named by blake3 hex |
 
@@ -79,6 +80,8 @@ pub struct Layout {
     pub pipelines: NatsKv,
     /// Executions and trigger claims.
     pub executions: NatsKv,
+    /// Registered functions.
+    pub functions: NatsKv,
     /// Trigger events.
     pub triggers: NatsQueue,
     /// Jobs.
@@ -128,6 +131,7 @@ impl Layout {
         .await?;
         let pipelines = NatsKv::open(&js, "sluice-pipelines", 16).await?;
         let executions = NatsKv::open(&js, "sluice-executions", 4).await?;
-        Ok(Layout { js, pipelines, executions, triggers, jobs })
+        let functions = NatsKv::open(&js, "sluice-functions", 4).await?;
+        Ok(Layout { js, pipelines, executions, functions, triggers, jobs })
     }
 }

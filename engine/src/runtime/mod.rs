@@ -34,7 +34,18 @@ mod bindings {
     });
 }
 
+#[allow(missing_docs)]
+mod function_bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "sluice:action/function",
+        with: { "sluice:action/log": super::bindings::sluice::action::log },
+        exports: { default: async },
+    });
+}
+
 use bindings::sluice::action::types as wit;
+use function_bindings::sluice::action::function_types as fwit;
 
 /// How often the epoch advances; a looping guest yields this often.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -163,6 +174,7 @@ pub struct Runtime {
     linker: Linker<host::HostState>,
     cache: cache::CompileCache,
     loaded: Mutex<HashMap<Digest, bindings::ActionPre<host::HostState>>>,
+    functions: Mutex<HashMap<Digest, function_bindings::FunctionPre<host::HostState>>>,
     runs: Arc<tokio::sync::Semaphore>,
     _ticker: EpochTicker,
 }
@@ -194,6 +206,7 @@ impl Runtime {
             linker,
             cache,
             loaded: Mutex::new(HashMap::new()),
+            functions: Mutex::new(HashMap::new()),
             runs: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_CALLS as usize)),
         })
     }
@@ -214,6 +227,82 @@ impl Runtime {
         let pre = bindings::ActionPre::new(pre).map_err(|e| anyhow::anyhow!("{e:#}")).context("the component does not export the sluice:action@0.1.0 `action` world")?;
         self.loaded.lock().unwrap().insert(digest, pre);
         Ok(digest)
+    }
+
+    /// Compile (or load from cache) a function component (the `function` world) and pre-link
+    /// it; returns its digest.
+    pub fn load_function(&self, bytes: &[u8]) -> anyhow::Result<Digest> {
+        let digest = Digest::of(bytes);
+        if self.functions.lock().unwrap().contains_key(&digest) {
+            return Ok(digest);
+        }
+        let component: Component = self.cache.load(&self.engine, &digest, bytes)?;
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| anyhow::anyhow!("{e:#}")).context("the component does not fit the sluice:action@0.1.0 `function` world")?;
+        let pre = function_bindings::FunctionPre::new(pre).map_err(|e| anyhow::anyhow!("{e:#}")).context("the component does not export the sluice:action@0.1.0 `function` world")?;
+        self.functions.lock().unwrap().insert(digest, pre);
+        Ok(digest)
+    }
+
+    /// Whether a function component is loaded.
+    pub fn has_function(&self, digest: &Digest) -> bool {
+        self.functions.lock().unwrap().contains_key(digest)
+    }
+
+    /// Call a function's `handle` in a fresh sandbox set up like an action's; its reply is
+    /// mapped onto an action's outcome (`continue-later` is `pending` on a timer).
+    pub async fn run_function(&self, digest: &Digest, inv: Invocation, parameters: String) -> Result<RunOutcome, RunError> {
+        let pre = self.functions.lock().unwrap().get(digest).cloned().ok_or_else(|| RunError::Instantiate(format!("function {digest} is not loaded")))?;
+        let _slot = self.runs.acquire().await.expect("semaphore is never closed");
+        let (mut store, stdout, stderr) = self.sandbox(&inv)?;
+        let c = &inv.context;
+        let job = fwit::Job {
+            pipeline: c.pipeline.clone(),
+            execution_id: c.execution_id.clone(),
+            stage: c.stage.clone(),
+            action: c.action.clone(),
+            attempt: c.attempt,
+            idempotency_key: c.idempotency_key.clone(),
+            parameters,
+            continuation: c.continuation.clone(),
+            inputs: c.inputs.clone(),
+            outputs: c.outputs.clone(),
+        };
+        let call = async {
+            let f = pre.instantiate_async(&mut store).await?;
+            f.call_handle(&mut store, &job).await
+        };
+        let result = tokio::time::timeout(inv.timeout, call).await;
+        drain(&inv.log, &stdout, &stderr);
+        match result {
+            Err(_) => Err(RunError::Timeout(inv.timeout)),
+            Ok(Err(e)) => Err(trap_error(e, store.data())),
+            Ok(Ok(fwit::Reply::Success(variables))) => Ok(RunOutcome::Succeeded { variables, summary: None }),
+            Ok(Ok(fwit::Reply::Failure(message))) => Err(RunError::Failed(message)),
+            Ok(Ok(fwit::Reply::ContinueLater(later))) => {
+                Ok(RunOutcome::Pending { continuation: later.token, wake: format!("timer:{}", later.delay_ms), summary: later.summary, percent_complete: None })
+            }
+        }
+    }
+
+    /// A store with the invocation's sandbox: WASI with its mounts, captured stdio, limits.
+    fn sandbox(&self, inv: &Invocation) -> Result<(Store<host::HostState>, capture::Capture, capture::Capture), RunError> {
+        if inv.memory_limit > MAX_GUEST_MEMORY {
+            return Err(RunError::Instantiate(format!("limits.memory may be at most {}", bytesize::ByteSize(MAX_GUEST_MEMORY))));
+        }
+        let stdout = capture::Capture::new(STDIO_CAPTURE);
+        let stderr = capture::Capture::new(STDIO_CAPTURE);
+        let mut wasi = WasiCtx::builder();
+        wasi.stdout(stdout.clone()).stderr(stderr.clone());
+        for m in &inv.mounts {
+            let perms = match m.access {
+                Access::Ro => wasmtime_wasi::FsPerms::ReadOnly,
+                Access::Rw => wasmtime_wasi::FsPerms::ReadWrite,
+            };
+            wasi.preopened_dir(&m.host, m.guest.to_string_lossy(), perms)
+                .map_err(|e| RunError::Instantiate(format!("cannot mount {} at {}: {e}", m.host.display(), m.guest.display())))?;
+        }
+        let state = host::HostState::new(wasi.build(), inv.memory_limit, inv.log.clone(), inv.workspace.clone(), inv.mounts.clone(), inv.programs.clone(), inv.program_env.clone());
+        Ok((self.store(state), stdout, stderr))
     }
 
     fn pre(&self, digest: &Digest) -> Result<bindings::ActionPre<host::HostState>, RunError> {
@@ -275,37 +364,15 @@ impl Runtime {
     /// Run one action attempt in a fresh sandbox.
     pub async fn run(&self, digest: &Digest, inv: Invocation) -> Result<RunOutcome, RunError> {
         let pre = self.pre(digest)?;
-        if inv.memory_limit > MAX_GUEST_MEMORY {
-            return Err(RunError::Instantiate(format!("limits.memory may be at most {}", bytesize::ByteSize(MAX_GUEST_MEMORY))));
-        }
         let _slot = self.runs.acquire().await.expect("semaphore is never closed");
-        let stdout = capture::Capture::new(STDIO_CAPTURE);
-        let stderr = capture::Capture::new(STDIO_CAPTURE);
-        let mut wasi = WasiCtx::builder();
-        wasi.stdout(stdout.clone()).stderr(stderr.clone());
-        for m in &inv.mounts {
-            let perms = match m.access {
-                Access::Ro => wasmtime_wasi::FsPerms::ReadOnly,
-                Access::Rw => wasmtime_wasi::FsPerms::ReadWrite,
-            };
-            wasi.preopened_dir(&m.host, m.guest.to_string_lossy(), perms)
-                .map_err(|e| RunError::Instantiate(format!("cannot mount {} at {}: {e}", m.host.display(), m.guest.display())))?;
-        }
-        let log = inv.log.clone();
-        let state = host::HostState::new(wasi.build(), inv.memory_limit, inv.log.clone(), inv.workspace.clone(), inv.mounts.clone(), inv.programs.clone(), inv.program_env.clone());
-        let mut store = self.store(state);
+        let (mut store, stdout, stderr) = self.sandbox(&inv)?;
         let ctx = to_wit_context(&inv.context);
         let call = async {
             let action = pre.instantiate_async(&mut store).await?;
             action.call_run(&mut store, &ctx, &inv.config).await
         };
         let result = tokio::time::timeout(inv.timeout, call).await;
-        for (pipe, level) in [(&stdout, Level::Info), (&stderr, Level::Warn)] {
-            let text = pipe.contents();
-            for line in String::from_utf8_lossy(&text).lines() {
-                log.log(level, line, &[]);
-            }
-        }
+        drain(&inv.log, &stdout, &stderr);
         match result {
             Err(_) => Err(RunError::Timeout(inv.timeout)),
             Ok(Err(e)) => Err(trap_error(e, store.data())),
@@ -339,6 +406,16 @@ impl Runtime {
         let ctx = to_wit_context(&ActionContext::default());
         let _ = action.call_run(&mut store, &ctx, &Vec::new()).await.map_err(|e| anyhow::anyhow!("{e:#}"))?;
         Ok(())
+    }
+}
+
+/// Guest stdout (info) and stderr (warn) into the action's log.
+fn drain(log: &Arc<dyn LogSink>, stdout: &capture::Capture, stderr: &capture::Capture) {
+    for (pipe, level) in [(stdout, Level::Info), (stderr, Level::Warn)] {
+        let text = pipe.contents();
+        for line in String::from_utf8_lossy(&text).lines() {
+            log.log(level, line, &[]);
+        }
     }
 }
 

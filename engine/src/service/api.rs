@@ -123,6 +123,27 @@ pub enum Request {
         #[serde(default)]
         payload: Option<String>,
     },
+    /// Register a function for `invoke@1`.
+    #[serde(rename = "function.put")]
+    FunctionPut {
+        /// Name.
+        name: String,
+        /// A component file on the engine's machine (the embedded service)…
+        #[serde(default)]
+        path: Option<PathBuf>,
+        /// …or the digest of a component already uploaded to the artifact store (NATS).
+        #[serde(default)]
+        digest: Option<String>,
+    },
+    /// Registered functions.
+    #[serde(rename = "function.ls")]
+    FunctionLs {},
+    /// Unregister a function.
+    #[serde(rename = "function.rm")]
+    FunctionRm {
+        /// Name.
+        name: String,
+    },
     /// Executions, newest first.
     #[serde(rename = "executions")]
     Executions {
@@ -139,7 +160,7 @@ pub enum Request {
 }
 
 /// The verbs, for subscriptions and help.
-pub const VERBS: &[&str] = &["pipeline.put", "pipeline.get", "pipeline.ls", "pipeline.rm", "start", "status", "executions", "stop", "retry", "approve", "wake"];
+pub const VERBS: &[&str] = &["pipeline.put", "pipeline.get", "pipeline.ls", "pipeline.rm", "start", "status", "executions", "stop", "retry", "approve", "wake", "function.put", "function.ls", "function.rm"];
 
 fn yes() -> bool {
     true
@@ -179,6 +200,9 @@ pub struct ExecutionSummary {
     pub finished_at: Option<Timestamp>,
     /// Trigger kind and event id.
     pub trigger: Option<String>,
+    /// `STAGE/ACTION`s waiting for an approval or an event.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiting: Vec<String>,
 }
 
 impl From<&Execution> for ExecutionSummary {
@@ -191,6 +215,11 @@ impl From<&Execution> for ExecutionSummary {
             started_at: e.started_at,
             finished_at: e.finished_at,
             trigger: e.trigger.as_ref().map(|t| format!("{} {}", t.kind, t.event_id)),
+            waiting: e
+                .stages
+                .iter()
+                .flat_map(|s| s.actions.iter().filter(|a| a.status == Status::InProgress && a.waiting.as_ref().is_some_and(|w| !matches!(w.wake, crate::scheduler::Wake::Timer(_)))).map(move |a| format!("{}/{}", s.name, a.name)))
+                .collect(),
         }
     }
 }
@@ -295,6 +324,12 @@ impl Service {
                     })
                     .await?;
                 Ok(ok(json!({ "execution_id": execution_id, "status": exec.status })))
+            }
+            Request::FunctionPut { name, path, digest } => Ok(ok(self.put_function(tenant, &name, path.as_deref(), digest.as_deref()).await?)),
+            Request::FunctionLs {} => Ok(ok(self.list_functions(tenant).await?)),
+            Request::FunctionRm { name } => {
+                self.remove_function(tenant, &name).await?;
+                Ok(ok(json!({ "name": name })))
             }
             Request::Executions { pipeline, status, limit } => {
                 let list = self.executions(tenant, pipeline.as_deref(), status, limit.unwrap_or(20)).await.map_err(|e| e.to_string())?;

@@ -10,6 +10,7 @@
 //! stale completions and pushes are deduplicated.
 
 pub mod api;
+pub mod functions;
 pub mod client;
 pub mod pipelines;
 pub mod schedule;
@@ -82,6 +83,8 @@ pub struct Edges {
     pub pipelines: Arc<dyn Kv>,
     /// Executions, trigger claims and dead letters.
     pub executions: Arc<dyn Kv>,
+    /// Registered functions (`invoke@1`): `<tenant>/<name>` → digest.
+    pub functions: Arc<dyn Kv>,
     /// Trigger events in.
     pub triggers: Arc<dyn WorkQueue>,
     /// Jobs.
@@ -488,7 +491,8 @@ impl Service {
         };
         tracing::info!("running {}/{}/{} attempt {} (delivery {})", job.execution_id, exec.stages[job.stage].name, exec.stages[job.stage].actions[job.action].name, job.attempt, delivery.delivered);
         // Keep the job ours while it runs: report progress well within the ack deadline.
-        let cx = self.engine.job_context();
+        let mut cx = self.engine.job_context();
+        cx.functions = Arc::new(functions::Registered { kv: self.edges.functions.clone(), runtime: self.engine.registry.runtime().clone(), blobs: self.engine.blobs.clone() });
         let every = (self.edges.jobs.ack_wait() / 3).max(Duration::from_millis(100));
         let run = attempt.run(&cx);
         tokio::pin!(run);

@@ -19,7 +19,8 @@ pub async fn embedded(data: &Path) -> anyhow::Result<(Arc<Service>, Arc<MemoryBu
     let db = RedbKv::open_database(&data.join("service.redb"))?;
     let edges = Edges {
         pipelines: Arc::new(RedbKv::bucket(db.clone(), "pipelines")?) as Arc<dyn Kv>,
-        executions: Arc::new(RedbKv::bucket(db, "executions")?),
+        executions: Arc::new(RedbKv::bucket(db.clone(), "executions")?),
+        functions: Arc::new(RedbKv::bucket(db, "functions")?),
         triggers: MemoryQueue::new(Duration::from_secs(3600)),
         jobs: MemoryQueue::new(Duration::from_secs(3600)),
         bus: bus.clone(),
@@ -62,6 +63,7 @@ pub async fn nats(url: &str, data: &Path, timing: Timing) -> anyhow::Result<(Arc
     let edges = Edges {
         pipelines: Arc::new(layout.pipelines),
         executions: Arc::new(layout.executions),
+        functions: Arc::new(layout.functions),
         triggers: Arc::new(layout.triggers),
         jobs: Arc::new(layout.jobs),
         bus,
