@@ -172,12 +172,12 @@ fn an_approval_that_nobody_decides_times_out() {
 }
 
 #[test]
-fn approvals_over_nats_notify_and_accept_decisions_by_request() {
+fn approvals_over_nats_notify_survive_an_engine_restart_and_accept_decisions_by_request() {
     use futures_util::StreamExt;
     let nats = NatsServer::start();
     let url = nats.url();
     let p = gated(1);
-    let _engine = Engine::start(p.dir.path(), "engine", &["--nats", &url]);
+    let mut engine = Engine::start(p.dir.path(), "engine", &["--nats", &url]);
     let client = |who: &str, args: &[&str]| {
         let mut all = args.to_vec();
         all.extend(["--nats", &url]);
@@ -198,9 +198,22 @@ fn approvals_over_nats_notify_and_accept_decisions_by_request() {
         assert_eq!(a["external_link"], "https://example.com/release-notes");
         assert_eq!(a["approvers"], serde_json::json!(["ana", "bo"]));
         assert!(a["expires_at"].is_string() && a["token"].is_string(), "{notice:#}");
-        // Decide with a plain NATS request, as a chat bot would.
+        // The wait survives the engine: kill -9 it and start another.
+        engine.kill9();
+        let _engine = Engine::start(p.dir.path(), "engine-2", &["--nats", &url]);
+        // Decide with a plain NATS request, as a chat bot would (retried until an engine answers).
         let body = serde_json::json!({"execution_id": id, "action": "Production/Gate", "by": "bo", "summary": "go", "token": a["token"]});
-        let reply = nc.request("sluice.default.api.approve", body.to_string().into()).await.unwrap();
+        let mut reply = None;
+        for _ in 0..300 {
+            match nc.request("sluice.default.api.approve", body.to_string().into()).await {
+                Ok(r) => {
+                    reply = Some(r);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        let reply = reply.expect("an engine answers");
         let reply: Value = serde_json::from_slice(&reply.payload).unwrap();
         assert_eq!(reply["ok"]["decision"], "approved", "{reply}");
         let bad = nc.request("sluice.default.api.approve", serde_json::json!({"execution_id": id, "action": "Production/Gate", "by": "bo"}).to_string().into()).await.unwrap();
