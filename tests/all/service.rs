@@ -456,3 +456,18 @@ fn operators_retry_a_failed_stage_and_stop_a_running_execution() {
     let unknown = p.sluice(&["retry", &id, "Nope"]);
     assert!(unknown.stderr.contains("has no stage `Nope`"), "{}", unknown.stderr);
 }
+
+#[test]
+fn the_quickstart_runs_in_the_embedded_service_as_the_readme_shows() {
+    let p = Project::copy_of("examples/quickstart");
+    let _engine = Engine::start(p.dir.path(), ".sluice", &[]);
+    wait_for(Duration::from_secs(30), "the engine to answer", || (p.sluice(&["pipeline", "ls"]).code == 0).then_some(()));
+    assert_eq!(p.sluice(&["pipeline", "put", "pipeline.yaml"]).code, 0);
+    let r = p.sluice(&["start", "quickstart", "--var", "title=Hi", "--watch"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    // Replayed and live events come in the order things happened.
+    let first = r.stderr.lines().next().unwrap_or("");
+    assert!(first.contains("InProgress pipeline quickstart"), "{}", r.stderr);
+    assert!(r.stderr.find("Source/Snapshot").unwrap() < r.stderr.find("Deploy/Release").unwrap(), "{}", r.stderr);
+    assert!(p.read(".sluice/site/current/index.html").contains("<h1>Hi</h1>"));
+}

@@ -101,11 +101,12 @@ impl Engine {
         let data = dir.join(name);
         std::fs::create_dir_all(&data).unwrap();
         let log = dir.join(format!("{name}.log"));
+        // A relative data directory, as a user typing `sluice serve` in a project gets.
         let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
             .arg("serve")
             .args(args)
             .arg("--data")
-            .arg(&data)
+            .arg(name)
             .current_dir(dir)
             .env("SLUICE_LOG", "sluice_engine=info")
             .env_remove("SLUICE_DATA")

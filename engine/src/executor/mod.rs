@@ -107,7 +107,8 @@ impl Engine {
     /// to `bus`. Executions live in the service's own store, so no state file is opened (two
     /// engines may share a data directory).
     pub fn for_service(data: &Path, bus: Arc<dyn EventBus>, blobs: Option<Arc<dyn BlobStore>>) -> anyhow::Result<Self> {
-        let dirs = DataDir { root: data.to_path_buf() };
+        // Absolute: workspaces and their paths are handed to host programs that run elsewhere.
+        let dirs = DataDir { root: std::path::absolute(data).with_context(|| format!("data directory {}", data.display()))? };
         std::fs::create_dir_all(&dirs.root).with_context(|| format!("create data directory {}", dirs.root.display()))?;
         let runtime = Arc::new(Runtime::new(RuntimeConfig { cache_dir: Some(dirs.compiled()) })?);
         let blobs: Arc<dyn BlobStore> = match blobs {

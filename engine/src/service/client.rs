@@ -101,8 +101,19 @@ impl Client {
     }
 
     async fn watch_inner(&self, execution_id: &str, on_event: &mut dyn FnMut(&Event)) -> anyhow::Result<Execution> {
+        // Replayed in the order things happened: by time, starts before ends.
         let replay = |exec: &Execution, on_event: &mut dyn FnMut(&Event)| {
-            for e in crate::bus::diff(&crate::bus::Snapshot::blank(exec), exec) {
+            let mut events = crate::bus::diff(&crate::bus::Snapshot::blank(exec), exec);
+            let rank = |e: &Event| match (e.kind, e.status.is_terminal()) {
+                (Kind::Pipeline, false) => 0,
+                (Kind::Stage, false) => 1,
+                (_, false) => 2,
+                (Kind::Action, true) => 3,
+                (Kind::Stage, true) => 4,
+                _ => 5,
+            };
+            events.sort_by_key(|e| (e.at, rank(e)));
+            for e in events {
                 on_event(&e);
             }
         };
