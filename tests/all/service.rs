@@ -471,3 +471,44 @@ fn the_quickstart_runs_in_the_embedded_service_as_the_readme_shows() {
     assert!(r.stderr.find("Source/Snapshot").unwrap() < r.stderr.find("Deploy/Release").unwrap(), "{}", r.stderr);
     assert!(p.read(".sluice/site/current/index.html").contains("<h1>Hi</h1>"));
 }
+
+const EXTRA: &str = r##"
+name: extra
+triggers:
+  nats: ["acme.deploys.>"]
+stages:
+  - name: Build
+    actions:
+      - name: Compile
+        uses: PROBE
+        with: { mode: ok }
+"##;
+
+#[test]
+fn events_on_a_pipelines_own_nats_subjects_start_it() {
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let p = Project::new(EXTRA);
+    let _engine = Engine::start(p.dir.path(), "engine", &["--nats", &url]);
+    wait_for(Duration::from_secs(30), "the engine to answer", || (client(&p, &url, &["pipeline", "put", "pipeline.yaml"]).code == 0).then_some(()));
+    // Plain core NATS publishes (as `nats pub` would) are captured durably; one id, one execution.
+    let runs = wait_for(Duration::from_secs(60), "an execution from acme.deploys.prod", || {
+        rt().block_on(async {
+            let nc = async_nats::connect(&url).await.unwrap();
+            nc.publish("acme.deploys.prod", r#"{"id": "deploy-1"}"#.into()).await.unwrap();
+            nc.flush().await.unwrap();
+        });
+        let r = client(&p, &url, &["executions", "extra", "--json"]);
+        let list: Vec<Value> = serde_json::from_str(&r.stdout).ok()?;
+        list.iter().any(|e| e["status"] == "Succeeded").then_some(list)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let list: Vec<Value> = serde_json::from_str(&client(&p, &url, &["executions", "extra", "--json"]).stdout).unwrap();
+    assert_eq!(list.len(), 1, "the same event id published repeatedly started one execution: {runs:#?}");
+    assert_eq!(list[0]["trigger"], "nats deploy-1");
+    // Subjects under sluice.> are Sluice's own: refused with the position.
+    p.write("bad.yaml", &EXTRA.replace("acme.deploys.>", "sluice.default.trigger.x"));
+    let bad = client(&p, &url, &["pipeline", "put", "bad.yaml"]);
+    assert_eq!(bad.code, 2, "{bad:?}");
+    assert!(bad.stderr.contains("bad.yaml:4:10: `triggers.nats`: \"sluice.default.trigger.x\" is reserved"), "{}", bad.stderr);
+}

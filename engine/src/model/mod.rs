@@ -73,9 +73,27 @@ pub struct Pipeline {
     pub dir: PathBuf,
 }
 
+/// Whether `subject` may be an extra trigger subject: a valid NATS subject (wildcards allowed)
+/// outside Sluice's own `sluice.>` space.
+pub fn valid_trigger_subject(subject: &str) -> Result<(), String> {
+    let tokens: Vec<&str> = subject.split('.').collect();
+    if subject.is_empty() || tokens.iter().any(|t| t.is_empty() || t.chars().any(char::is_whitespace)) {
+        return Err(format!("{subject:?} is not a NATS subject (dot-separated tokens, no spaces)"));
+    }
+    if tokens[..tokens.len() - 1].contains(&">") {
+        return Err(format!("{subject:?}: `>` may only be the last token"));
+    }
+    if tokens[0] == "sluice" || tokens[0] == ">" || tokens[0].starts_with('$') {
+        return Err(format!("{subject:?} is reserved (sluice.> is Sluice's own; publish to sluice.<tenant>.trigger.<pipeline> directly)"));
+    }
+    Ok(())
+}
+
 /// `triggers:` of a pipeline (used by `sluice serve`; `sluice run` ignores them).
 #[derive(Clone, Debug, Default)]
 pub struct Triggers {
+    /// `nats:` extra subjects whose events start the pipeline (NATS service only).
+    pub nats: Vec<Located<String>>,
     /// `git:` push filters; an event from git must match one of them (none: every push).
     pub git: Vec<GitFilter>,
     /// `schedule:` cron entries.

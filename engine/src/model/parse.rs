@@ -7,7 +7,7 @@ use std::path::PathBuf;
 /// Keys accepted at the top level (kept in step with `schema/pipeline.schema.json`).
 pub const PIPELINE_KEYS: &[&str] = &["name", "variables", "timeout", "triggers", "stages"];
 /// Keys accepted under `triggers`.
-pub const TRIGGER_KEYS: &[&str] = &["git", "schedule", "webhook"];
+pub const TRIGGER_KEYS: &[&str] = &["nats", "git", "schedule", "webhook"];
 /// Keys accepted in a `triggers.git` filter.
 pub const GIT_FILTER_KEYS: &[&str] = &["branches", "tags", "file_paths"];
 /// Keys accepted in a pattern list.
@@ -183,6 +183,14 @@ impl Parser {
     fn triggers(&mut self, node: &Node) -> Triggers {
         let mut out = Triggers::default();
         let Some(map) = self.mapping(node, "`triggers`", TRIGGER_KEYS) else { return out };
+        if let Some(n) = map.get_node("nats") {
+            out.nats = self.string_list(n, "`triggers.nats`");
+            for s in &out.nats {
+                if let Err(e) = super::valid_trigger_subject(&s.value) {
+                    self.diags.push(Diagnostic { loc: s.loc, message: format!("`triggers.nats`: {e}") });
+                }
+            }
+        }
         if let Some(git) = map.get_node("git") {
             match git.as_sequence() {
                 Some(seq) => {

@@ -245,6 +245,10 @@ impl Service {
                     Ok(l) => l,
                     Err(d) => return Ok(json!({ "error": "the pipeline is not valid", "diagnostics": d.to_string() })),
                 };
+                let subjects: Vec<String> = loaded.pipeline.triggers.nats.iter().map(|s| s.value.clone()).collect();
+                if let (false, Some(hook)) = (subjects.is_empty(), &self.edges.extra_subjects) {
+                    hook(tenant.to_string(), loaded.pipeline.name.clone(), subjects).await.map_err(|e| format!("`triggers.nats`: {e}"))?;
+                }
                 let stored = StoredPipeline { name: loaded.pipeline.name.clone(), ..stored };
                 let name = stored.name.clone();
                 let version = pipelines::put(store, tenant, stored).await.map_err(|e| e.to_string())?;

@@ -93,6 +93,9 @@ pub struct Edges {
     pub bus: Arc<dyn EventBus>,
     /// Where rejected events also go (the NATS dead-letter subject); the bucket keeps them always.
     pub dead_letters: Option<Arc<dyn Fn(&DeadLetter) + Send + Sync>>,
+    /// Makes a pipeline's extra `triggers.nats` subjects deliver to the engines (NATS: a stream
+    /// per pipeline); an error refuses the registration.
+    pub extra_subjects: Option<Arc<dyn Fn(String, String, Vec<String>) -> futures_util::future::BoxFuture<'static, Result<(), String>> + Send + Sync>>,
     /// Tells the other engines to cancel jobs (by id) that `stop --abandon` abandoned.
     pub cancel_elsewhere: Option<Arc<dyn Fn(&str, Vec<String>) + Send + Sync>>,
 }
@@ -316,6 +319,13 @@ impl Service {
             let _ = delivery.ack().await;
             return;
         };
+        let (tenant, pipeline) = (tenant.to_string(), pipeline.to_string());
+        self.handle_trigger_for(&tenant, &pipeline, delivery).await
+    }
+
+    /// Handle a trigger event addressed to `tenant`/`pipeline` (by its subject, or because it
+    /// arrived on one of the pipeline's extra `triggers.nats` subjects).
+    pub async fn handle_trigger_for(&self, tenant: &str, pipeline: &str, delivery: Delivery) {
         let (tenant, pipeline) = (tenant.to_string(), pipeline.to_string());
         match self.start(&tenant, &pipeline, &delivery.payload).await {
             Ok(Ok(id)) => tracing::info!("trigger for {tenant}/{pipeline}: execution {id}"),

@@ -25,6 +25,7 @@ pub async fn embedded(data: &Path) -> anyhow::Result<(Arc<Service>, Arc<MemoryBu
         jobs: MemoryQueue::new(Duration::from_secs(3600)),
         bus: bus.clone(),
         dead_letters: None,
+        extra_subjects: None,
         cancel_elsewhere: None,
     };
     let service = Service::new(engine, edges);
@@ -53,6 +54,7 @@ pub async fn nats(url: &str, data: &Path, timing: Timing) -> anyhow::Result<(Arc
             }
         });
     });
+    let extra_js = layout.js.clone();
     let cancel_client = client.clone();
     let cancel_elsewhere = Arc::new(move |tenant: &str, ids: Vec<String>| {
         let (client, subject) = (cancel_client.clone(), format!("sluice.{tenant}.cancel"));
@@ -68,6 +70,10 @@ pub async fn nats(url: &str, data: &Path, timing: Timing) -> anyhow::Result<(Arc
         jobs: Arc::new(layout.jobs),
         bus,
         dead_letters: Some(dead_letters),
+        extra_subjects: Some(Arc::new(move |tenant: String, pipeline: String, subjects: Vec<String>| {
+            let js = extra_js.clone();
+            Box::pin(async move { extra_stream(&js, &tenant, &pipeline, subjects).await.map(|_| ()) }) as futures_util::future::BoxFuture<'static, Result<(), String>>
+        })),
         cancel_elsewhere: Some(cancel_elsewhere),
     };
     Ok((Service::new(engine, edges), client))
@@ -87,6 +93,7 @@ pub async fn serve_nats_cancellations(service: Arc<Service>, client: async_nats:
 /// Answer control requests on `sluice.*.api.>` (one engine of the queue group answers each).
 pub async fn serve_nats_api(service: Arc<Service>, client: async_nats::Client) -> anyhow::Result<()> {
     tokio::spawn(serve_nats_cancellations(service.clone(), client.clone()));
+    tokio::spawn(serve_extra_triggers(service.clone(), async_nats::jetstream::new(client.clone())));
     let mut requests = client.queue_subscribe("sluice.*.api.>", crate::nats::API_GROUP.to_string()).await?;
     while let Some(message) = requests.next().await {
         let (service, client) = (service.clone(), client.clone());
@@ -106,4 +113,67 @@ pub async fn serve_nats_api(service: Arc<Service>, client: async_nats::Client) -
         });
     }
     Ok(())
+}
+
+/// The stream (and shared durable consumer) carrying a pipeline's extra `triggers.nats`
+/// subjects, created or updated to exactly `subjects`.
+async fn extra_stream(js: &async_nats::jetstream::Context, tenant: &str, pipeline: &str, subjects: Vec<String>) -> Result<crate::queue::NatsQueue, String> {
+    let name = format!("SLUICE_X_{}", &blake3::hash(format!("{tenant}/{pipeline}").as_bytes()).to_hex()[..20]);
+    let config = async_nats::jetstream::stream::Config {
+        name: name.clone(),
+        subjects: subjects.clone(),
+        retention: async_nats::jetstream::stream::RetentionPolicy::WorkQueue,
+        duplicate_window: Duration::from_secs(3600),
+        ..Default::default()
+    };
+    // Subjects may have changed since the last registration: update, or create.
+    if js.get_stream(&name).await.is_ok() {
+        js.update_stream(&config).await.map_err(|e| format!("cannot capture {subjects:?}: {e}"))?;
+    }
+    crate::queue::NatsQueue::open(
+        js,
+        crate::queue::nats_queue::QueueConfig { stream: &name, subjects, consumer: "sluice-engines", ack_wait: Duration::from_secs(30), duplicate_window: Duration::from_secs(3600) },
+    )
+    .await
+    .map_err(|e| format!("cannot capture the subjects: {e}"))
+}
+
+/// Consume the extra trigger subjects of every registered pipeline: checks the registry every
+/// two seconds and runs one consumer per pipeline that has any.
+pub async fn serve_extra_triggers(service: Arc<Service>, js: async_nats::jetstream::Context) {
+    let mut running: std::collections::HashMap<(String, String), (Vec<String>, tokio::task::JoinHandle<()>)> = std::collections::HashMap::new();
+    loop {
+        if let Ok(heads) = super::pipelines::all_heads(&*service.edges().pipelines).await {
+            for (tenant, stored) in heads {
+                let (p, _) = crate::model::parse::parse(&stored.file, stored.dir.clone(), &stored.yaml);
+                let subjects: Vec<String> = p.map(|p| p.triggers.nats.iter().map(|s| s.value.clone()).collect()).unwrap_or_default();
+                let key = (tenant.clone(), stored.name.clone());
+                if subjects.is_empty() || running.get(&key).is_some_and(|(s, _)| *s == subjects) {
+                    continue;
+                }
+                if let Some((_, old)) = running.remove(&key) {
+                    old.abort();
+                }
+                match extra_stream(&js, &tenant, &stored.name, subjects.clone()).await {
+                    Ok(queue) => {
+                        let (service, tenant2, name) = (service.clone(), tenant.clone(), stored.name.clone());
+                        let task = tokio::spawn(async move {
+                            loop {
+                                match crate::queue::WorkQueue::next(&queue).await {
+                                    Ok(d) => service.handle_trigger_for(&tenant2, &name, d).await,
+                                    Err(e) => {
+                                        tracing::warn!("extra triggers of {tenant2}/{name}: {e}");
+                                        tokio::time::sleep(Duration::from_millis(500)).await;
+                                    }
+                                }
+                            }
+                        });
+                        running.insert(key, (subjects, task));
+                    }
+                    Err(e) => tracing::warn!("extra triggers of {tenant}/{}: {e}", stored.name),
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
 }
