@@ -20,24 +20,41 @@ impl NatsBus {
             while let Some(event) = rx.recv().await {
                 let subject = super::event_subject(&event.tenant, event.kind.as_str(), &event.pipeline);
                 let payload: bytes::Bytes = serde_json::to_vec(&event).unwrap_or_default().into();
-                let mut delay = Duration::from_millis(50);
-                loop {
-                    let sent = match js.publish(subject.clone(), payload.clone()).await {
-                        Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
-                        Err(e) => Err(e.to_string()),
-                    };
-                    match sent {
-                        Ok(()) => break,
-                        Err(e) => {
-                            tracing::warn!("publishing an event to {subject} failed ({e}); retrying");
-                            tokio::time::sleep(delay).await;
-                            delay = (delay * 2).min(Duration::from_secs(5));
-                        }
+                // Sent in order; the stream's acknowledgements are awaited off this loop, so one
+                // event's round trip does not hold up the next (a failure is sent again).
+                match js.publish(subject.clone(), payload.clone()).await {
+                    Ok(ack) => {
+                        let js = js.clone();
+                        tokio::spawn(async move {
+                            if ack.await.is_err() {
+                                resend(&js, subject, payload).await;
+                            }
+                        });
                     }
+                    Err(_) => resend(&js, subject, payload).await,
                 }
             }
         });
         NatsBus { tx }
+    }
+}
+
+/// Publish until the stream acknowledges, backing off.
+async fn resend(js: &Context, subject: String, payload: bytes::Bytes) {
+    let mut delay = Duration::from_millis(50);
+    loop {
+        let sent = match js.publish(subject.clone(), payload.clone()).await {
+            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match sent {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!("publishing an event to {subject} failed ({e}); retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
     }
 }
 
