@@ -222,11 +222,16 @@ impl Runtime {
         if self.loaded.lock().unwrap().contains_key(&digest) {
             return Ok(digest);
         }
-        let component: Component = self.cache.load(&self.engine, &digest, bytes)?;
-        let pre = self.linker.instantiate_pre(&component).map_err(|e| anyhow::anyhow!("{e:#}")).context("the component does not fit the sluice:action@0.1.0 world (or imports something this engine does not provide)")?;
+        let pre = self.prelink(&digest, bytes, "the component does not fit the sluice:action@0.1.0 world (or imports something this engine does not provide)")?;
         let pre = bindings::ActionPre::new(pre).map_err(|e| anyhow::anyhow!("{e:#}")).context("the component does not export the sluice:action@0.1.0 `action` world")?;
         self.loaded.lock().unwrap().insert(digest, pre);
         Ok(digest)
+    }
+
+    /// Compile (or load from the disk cache) and link against this engine's imports.
+    fn prelink(&self, digest: &Digest, bytes: &[u8], misfit: &'static str) -> anyhow::Result<wasmtime::component::InstancePre<host::HostState>> {
+        let component: Component = self.cache.load(&self.engine, digest, bytes)?;
+        self.linker.instantiate_pre(&component).map_err(|e| anyhow::anyhow!("{e:#}")).context(misfit)
     }
 
     /// Compile (or load from cache) a function component (the `function` world) and pre-link
@@ -236,8 +241,7 @@ impl Runtime {
         if self.functions.lock().unwrap().contains_key(&digest) {
             return Ok(digest);
         }
-        let component: Component = self.cache.load(&self.engine, &digest, bytes)?;
-        let pre = self.linker.instantiate_pre(&component).map_err(|e| anyhow::anyhow!("{e:#}")).context("the component does not fit the sluice:action@0.1.0 `function` world")?;
+        let pre = self.prelink(&digest, bytes, "the component does not fit the sluice:action@0.1.0 `function` world")?;
         let pre = function_bindings::FunctionPre::new(pre).map_err(|e| anyhow::anyhow!("{e:#}")).context("the component does not export the sluice:action@0.1.0 `function` world")?;
         self.functions.lock().unwrap().insert(digest, pre);
         Ok(digest)

@@ -101,9 +101,12 @@ pub struct Edges {
 }
 
 /// A parsed, resolved pipeline version.
-struct Loaded {
-    pipeline: Arc<Pipeline>,
+pub struct Loaded {
+    /// The pipeline.
+    pub pipeline: Arc<Pipeline>,
     plugins: ResolvedPlugins,
+    /// Its registered version.
+    pub version: u64,
 }
 
 /// One engine of the service.
@@ -111,6 +114,8 @@ pub struct Service {
     engine: Engine,
     edges: Edges,
     loaded: Mutex<HashMap<(String, String, u64), Arc<Loaded>>>,
+    /// Where `invoke@1` finds registered functions.
+    functions: Arc<functions::Registered>,
     /// Jobs running in this engine, by job id, to cancel on `stop --abandon`.
     running: Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
 }
@@ -187,10 +192,24 @@ fn follow_up(exec: &Execution, commands: Vec<Command>) -> (Vec<JobMessage>, Vec<
     (jobs, events)
 }
 
+/// Handle every delivery of `queue`, for ever; a failing queue (NATS reconnecting) is retried.
+pub(crate) async fn consume<F: std::future::Future<Output = ()>>(queue: &dyn WorkQueue, what: &str, handle: impl Fn(Delivery) -> F) {
+    loop {
+        match queue.next().await {
+            Ok(delivery) => handle(delivery).await,
+            Err(e) => {
+                tracing::warn!("{what}: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
 impl Service {
     /// An engine on `edges`, running jobs with `engine`'s runtime, blobs and workspaces.
     pub fn new(engine: Engine, edges: Edges) -> Arc<Self> {
-        Arc::new(Service { engine, edges, loaded: Mutex::new(HashMap::new()), running: Mutex::new(HashMap::new()) })
+        let functions = Arc::new(functions::Registered { kv: edges.functions.clone(), runtime: engine.registry.runtime().clone(), blobs: engine.blobs.clone() });
+        Arc::new(Service { engine, edges, loaded: Mutex::new(HashMap::new()), functions, running: Mutex::new(HashMap::new()) })
     }
 
     /// The engine (plugins, runtime).
@@ -236,42 +255,31 @@ impl Service {
     }
 
     async fn consume_triggers(&self) {
-        loop {
-            match self.edges.triggers.next().await {
-                Ok(delivery) => self.handle_trigger(delivery).await,
-                Err(e) => {
-                    tracing::warn!("trigger queue: {e}; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-            }
-        }
+        consume(&*self.edges.triggers, "trigger queue", |d| self.handle_trigger(d)).await
     }
 
     async fn consume_jobs(&self) {
-        loop {
-            match self.edges.jobs.next().await {
-                Ok(delivery) => self.handle_job(delivery).await,
-                Err(e) => {
-                    tracing::warn!("job queue: {e}; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-            }
-        }
+        consume(&*self.edges.jobs, "job queue", |d| self.handle_job(d)).await
     }
 
     /// Load (and cache) one version of a registered pipeline, parsed and with its plugins
     /// resolved.
     async fn load(&self, tenant: &str, name: &str, version: Option<u64>) -> Result<Option<Arc<Loaded>>, String> {
-        let Some(stored) = pipelines::get(&*self.edges.pipelines, tenant, name, version).await.map_err(|e| e.to_string())? else {
-            return Ok(None);
-        };
-        let key = (tenant.to_string(), name.to_string(), stored.version);
-        if let Some(hit) = self.loaded.lock().unwrap().get(&key) {
-            return Ok(Some(hit.clone()));
+        match pipelines::get(&*self.edges.pipelines, tenant, name, version).await.map_err(|e| e.to_string())? {
+            Some(stored) => self.loaded(tenant, &stored).await.map(Some),
+            None => Ok(None),
         }
-        let loaded = Arc::new(self.check(&stored).await.map_err(|d| d.to_string())?);
+    }
+
+    /// A stored pipeline version, parsed and resolved once per engine.
+    pub async fn loaded(&self, tenant: &str, stored: &StoredPipeline) -> Result<Arc<Loaded>, String> {
+        let key = (tenant.to_string(), stored.name.clone(), stored.version);
+        if let Some(hit) = self.loaded.lock().unwrap().get(&key) {
+            return Ok(hit.clone());
+        }
+        let loaded = Arc::new(self.check(stored).await.map_err(|d| d.to_string())?);
         self.loaded.lock().unwrap().insert(key, loaded.clone());
-        Ok(Some(loaded))
+        Ok(loaded)
     }
 
     /// Parse and validate a pipeline as registered.
@@ -281,7 +289,7 @@ impl Service {
             return Err(Diagnostics { file: stored.file.clone(), items: problems });
         };
         let plugins = self.engine.check(&pipeline, problems, &Default::default()).await?;
-        Ok(Loaded { pipeline: Arc::new(pipeline), plugins })
+        Ok(Loaded { pipeline: Arc::new(pipeline), plugins, version: stored.version })
     }
 
     async fn reject(&self, tenant: &str, pipeline: &str, reason: String, payload: &[u8]) {
@@ -388,7 +396,6 @@ impl Service {
                     Ok(None) => return Ok(Err(format!("unknown pipeline `{name}`"))),
                     Err(e) => return Ok(Err(format!("pipeline `{name}` does not load: {e}"))),
                 };
-                let version = pipelines::get(&*self.edges.pipelines, tenant, name, None).await?.map(|p| p.version).unwrap_or(0);
                 let plugins = &loaded.plugins;
                 let pin = |uses: &str| PluginRef {
                     reference: uses.to_string(),
@@ -397,7 +404,7 @@ impl Service {
                 let mut variables = loaded.pipeline.variables.clone();
                 variables.extend(event.variables.clone());
                 let mut exec = Execution::new(execution_id.clone(), tenant, &loaded.pipeline, &pin, variables);
-                exec.pipeline_version = version;
+                exec.pipeline_version = loaded.version;
                 exec.trigger = Some(event.info());
                 let before = Snapshot::of(&exec);
                 apply(&mut exec, &Input::Start { at: Timestamp::now() });
@@ -502,7 +509,7 @@ impl Service {
         tracing::info!("running {}/{}/{} attempt {} (delivery {})", job.execution_id, exec.stages[job.stage].name, exec.stages[job.stage].actions[job.action].name, job.attempt, delivery.delivered);
         // Keep the job ours while it runs: report progress well within the ack deadline.
         let mut cx = self.engine.job_context();
-        cx.functions = Arc::new(functions::Registered { kv: self.edges.functions.clone(), runtime: self.engine.registry.runtime().clone(), blobs: self.engine.blobs.clone() });
+        cx.functions = self.functions.clone();
         let every = (self.edges.jobs.ack_wait() / 3).max(Duration::from_millis(100));
         let run = attempt.run(&cx);
         tokio::pin!(run);

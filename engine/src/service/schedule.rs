@@ -27,11 +27,12 @@ impl Service {
             };
             for (tenant, stored) in heads {
                 let key = (tenant.clone(), stored.name.clone(), stored.version);
-                let schedules = parsed.entry(key).or_insert_with(|| {
-                    let (p, _) = crate::model::parse::parse(&stored.file, stored.dir.clone(), &stored.yaml);
-                    p.map(|p| p.triggers.schedule.iter().filter_map(|s| CronSchedule::parse(&s.cron.value, s.timezone.as_ref().map(|t| t.value.as_str())).ok()).collect())
-                        .unwrap_or_default()
-                });
+                if !parsed.contains_key(&key) {
+                    let Ok(loaded) = self.loaded(&tenant, &stored).await else { continue };
+                    let schedules = loaded.pipeline.triggers.schedule.iter().filter_map(|s| CronSchedule::parse(&s.cron.value, s.timezone.as_ref().map(|t| t.value.as_str())).ok()).collect();
+                    parsed.insert(key.clone(), schedules);
+                }
+                let schedules = &parsed[&key];
                 for (i, schedule) in schedules.iter().enumerate() {
                     let Some(fire) = schedule.next_after(last) else { continue };
                     if fire > now {

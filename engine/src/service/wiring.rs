@@ -145,8 +145,10 @@ pub async fn serve_extra_triggers(service: Arc<Service>, js: async_nats::jetstre
     loop {
         if let Ok(heads) = super::pipelines::all_heads(&*service.edges().pipelines).await {
             for (tenant, stored) in heads {
-                let (p, _) = crate::model::parse::parse(&stored.file, stored.dir.clone(), &stored.yaml);
-                let subjects: Vec<String> = p.map(|p| p.triggers.nats.iter().map(|s| s.value.clone()).collect()).unwrap_or_default();
+                let subjects: Vec<String> = match service.loaded(&tenant, &stored).await {
+                    Ok(l) => l.pipeline.triggers.nats.iter().map(|s| s.value.clone()).collect(),
+                    Err(_) => continue,
+                };
                 let key = (tenant.clone(), stored.name.clone());
                 if subjects.is_empty() || running.get(&key).is_some_and(|(s, _)| *s == subjects) {
                     continue;
@@ -158,15 +160,8 @@ pub async fn serve_extra_triggers(service: Arc<Service>, js: async_nats::jetstre
                     Ok(queue) => {
                         let (service, tenant2, name) = (service.clone(), tenant.clone(), stored.name.clone());
                         let task = tokio::spawn(async move {
-                            loop {
-                                match crate::queue::WorkQueue::next(&queue).await {
-                                    Ok(d) => service.handle_trigger_for(&tenant2, &name, d).await,
-                                    Err(e) => {
-                                        tracing::warn!("extra triggers of {tenant2}/{name}: {e}");
-                                        tokio::time::sleep(Duration::from_millis(500)).await;
-                                    }
-                                }
-                            }
+                            let what = format!("extra triggers of {tenant2}/{name}");
+                            super::consume(&queue, &what, |d| service.handle_trigger_for(&tenant2, &name, d)).await
                         });
                         running.insert(key, (subjects, task));
                     }
