@@ -9,6 +9,7 @@ mod authoring;
 mod cli;
 mod conformance;
 mod functions;
+mod operating;
 mod plugins;
 mod quickstart;
 mod sandbox;

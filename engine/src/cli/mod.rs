@@ -179,6 +179,29 @@ enum Cmd {
         #[command(flatten)]
         target: service::Target,
     },
+    /// Roll a stage back: a new `Rollback` execution re-runs STAGE with the artifacts and
+    /// variables of an earlier execution that succeeded in it (service).
+    Rollback {
+        /// Pipeline name.
+        pipeline: String,
+        /// Stage to roll back (not the first).
+        stage: String,
+        /// The execution to roll back to.
+        #[arg(long = "to", value_name = "EXECUTION_ID")]
+        to: String,
+        /// Follow the rollback until it ends (exit 0 only if it succeeds).
+        #[arg(long)]
+        watch: bool,
+        #[command(flatten)]
+        target: service::Target,
+    },
+    /// Disable or enable the transition into a stage: executions wait before it while disabled (service).
+    Transition {
+        #[command(subcommand)]
+        command: service::TransitionCmd,
+        #[command(flatten)]
+        target: service::Target,
+    },
     /// Show an execution in the service.
     Status {
         /// Execution id.
@@ -391,6 +414,8 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Reject(a) => decide(a, false).await,
         Cmd::Wake { execution_id, action, payload, target } => service::control(crate::service::api::Request::Wake { execution_id, action, payload }, target).await,
         Cmd::Retry { execution_id, stage, all, target } => service::control(crate::service::api::Request::Retry { execution_id, stage, all }, target).await,
+        Cmd::Rollback { pipeline, stage, to, watch, target } => service::rollback(pipeline, stage, to, watch, target).await,
+        Cmd::Transition { command, target } => service::transition(command, target).await,
         Cmd::Status { execution_id, json, target } => service::status(execution_id, json, target).await,
         Cmd::Watch { execution_id, target } => service::watch(execution_id, target).await,
         Cmd::Executions { pipeline, status, limit, json, target } => service::executions(pipeline, status, limit, json, target).await,

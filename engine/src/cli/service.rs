@@ -77,6 +77,33 @@ pub enum PipelineCmd {
         /// Pipeline name.
         name: String,
     },
+    /// Show which executions are inside or waiting before each stage, and disabled transitions.
+    State {
+        /// Pipeline name.
+        name: String,
+    },
+}
+
+/// `sluice transition …`.
+#[derive(Subcommand, Debug)]
+pub enum TransitionCmd {
+    /// Hold executions before STAGE until the transition is enabled again.
+    Disable {
+        /// Pipeline name.
+        pipeline: String,
+        /// The stage the transition leads into (not the first).
+        stage: String,
+        /// Why, for whoever looks (required).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Let executions into STAGE again.
+    Enable {
+        /// Pipeline name.
+        pipeline: String,
+        /// The stage the transition leads into.
+        stage: String,
+    },
 }
 
 /// `sluice function …`.
@@ -203,6 +230,7 @@ pub async fn pipeline(cmd: PipelineCmd, target: Target) -> anyhow::Result<ExitCo
         PipelineCmd::Ls => Request::PipelineLs {},
         PipelineCmd::Get { name, version } => Request::PipelineGet { name: name.clone(), version: *version },
         PipelineCmd::Rm { name } => Request::PipelineRm { name: name.clone() },
+        PipelineCmd::State { name } => Request::PipelineState { name: name.clone() },
     };
     let reply = match client.call(&request).await {
         Ok(v) => v,
@@ -217,6 +245,56 @@ pub async fn pipeline(cmd: PipelineCmd, target: Target) -> anyhow::Result<ExitCo
         }
         PipelineCmd::Get { .. } => print!("{}", reply["yaml"].as_str().unwrap_or("")),
         PipelineCmd::Rm { name } => println!("removed {name}"),
+        PipelineCmd::State { name } => print_lanes(&name, serde_json::from_value(reply)?),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_lanes(pipeline: &str, lanes: crate::scheduler::lanes::Lanes) {
+    println!("{pipeline} ({})", lanes.mode);
+    if lanes.stages.is_empty() {
+        println!("  no execution inside or waiting; every transition enabled");
+    }
+    for (stage, lane) in &lanes.stages {
+        let disabled = lane.disabled.as_ref().map(|d| format!(" transition disabled by {} at {}: {}", d.by, d.at, d.reason)).unwrap_or_default();
+        println!("  {stage}:{disabled}");
+        if !lane.inside.is_empty() {
+            println!("    inside: {}", lane.inside.join(", "));
+        }
+        if !lane.waiting.is_empty() {
+            println!("    waiting: {}", lane.waiting.join(", "));
+        }
+    }
+}
+
+/// Run `sluice transition`.
+pub async fn transition(cmd: TransitionCmd, target: Target) -> anyhow::Result<ExitCode> {
+    let client = target.client().await?;
+    let by = Some(crate::identity::current());
+    let (pipeline, request) = match cmd {
+        TransitionCmd::Disable { pipeline, stage, reason } => (pipeline.clone(), Request::Transition { pipeline, stage, enable: false, reason: Some(reason), by }),
+        TransitionCmd::Enable { pipeline, stage } => (pipeline.clone(), Request::Transition { pipeline, stage, enable: true, reason: None, by }),
+    };
+    match client.call(&request).await {
+        Ok(v) => {
+            print_lanes(&pipeline, serde_json::from_value(v)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => refused(e),
+    }
+}
+
+/// Run `sluice rollback`.
+pub async fn rollback(pipeline: String, stage: String, to: String, watch: bool, target: Target) -> anyhow::Result<ExitCode> {
+    let client = target.client().await?;
+    let reply = match client.call(&Request::Rollback { pipeline, stage, to, by: Some(crate::identity::current()) }).await {
+        Ok(v) => v,
+        Err(e) => return refused(e),
+    };
+    let id = reply["execution_id"].as_str().unwrap_or("").to_string();
+    println!("{id}");
+    if watch {
+        return follow(&client, &id).await;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -281,8 +359,21 @@ pub async fn status(execution_id: String, json: bool, target: Target) -> anyhow:
     if let Some(t) = &exec.trigger {
         println!("  trigger: {} {}{}", t.kind, t.event_id, t.started_by.as_ref().map(|s| format!(" by {s}")).unwrap_or_default());
     }
-    for stage in &exec.stages {
-        println!("  {} {}", stage.name, stage.status);
+    if let Some(r) = &exec.rollback {
+        println!("  rollback of stage {} to {}{}", r.stage, r.target, r.after.as_ref().map(|a| format!(" (after {a} failed)")).unwrap_or_default());
+    }
+    if let Some(by) = &exec.superseded_by {
+        println!("  superseded by {by}");
+    }
+    if let Some(reason) = &exec.stop_reason {
+        println!("  stopped: {reason}");
+    }
+    for (si, stage) in exec.stages.iter().enumerate() {
+        if exec.entering == Some(si) {
+            println!("  (waiting to enter {})", stage.name);
+        }
+        let condition = stage.condition.as_ref().map(|c| format!(" [{c}]")).unwrap_or_default();
+        println!("  {} {}{condition}", stage.name, stage.status);
         for a in &stage.actions {
             let took = match (a.started_at, a.finished_at) {
                 (Some(s), Some(f)) => format!(" in {}", short_duration(f.since(s))),

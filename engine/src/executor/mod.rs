@@ -283,6 +283,9 @@ impl Driver {
                         }),
                         Command::Await { stage, action, attempt } => waits.push((stage, action, attempt)),
                         Command::Finish { .. } => finished = true,
+                        // A local run is alone: it enters stages directly (never gated).
+                        Command::Enter { .. } | Command::Leave { .. } => {}
+                        Command::Rollback { stage } => tracing::warn!("stage {} asks for a rollback; rollbacks need the service (`sluice serve`), which keeps the history to roll back to", current.stages[stage].name),
                     }
                 }
                 (events, jobs, finished)

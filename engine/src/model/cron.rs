@@ -24,6 +24,13 @@ impl CronSchedule {
         Ok(CronSchedule { cron, tz })
     }
 
+    /// Whether `at` falls in a minute (or second, with six fields) the expression matches:
+    /// a deployment window is open at `at`.
+    pub fn matches(&self, at: Timestamp) -> bool {
+        let zoned = at.to_zoned(self.tz.clone());
+        self.cron.is_time_matching(&zoned).unwrap_or(false)
+    }
+
     /// The first fire time strictly after `after`.
     pub fn next_after(&self, after: Timestamp) -> Option<Timestamp> {
         let zoned = after.to_zoned(self.tz.clone());

@@ -65,6 +65,8 @@ pub struct Pipeline {
     pub stages: Vec<Stage>,
     /// `timeout:`: the default wall-clock limit of every action attempt.
     pub timeout: Option<Duration>,
+    /// `execution_mode:`: how concurrent executions share stages (service mode).
+    pub mode: crate::scheduler::Mode,
     /// `triggers:`: what starts the pipeline in the service.
     pub triggers: Triggers,
     /// The file as the user named it (for messages).
@@ -150,6 +152,8 @@ pub struct Stage {
     pub loc: Loc,
     /// Actions, as written.
     pub actions: Vec<Action>,
+    /// `before_entry`, `on_success`, `on_failure`.
+    pub conditions: crate::scheduler::StageConditions,
 }
 
 /// A value with the place it was written.

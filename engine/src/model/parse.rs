@@ -4,8 +4,11 @@ use marked_yaml::{LoaderOptions, Node, types::MarkedMappingNode};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use crate::scheduler::Mode;
+use crate::scheduler::conditions::{Condition, Operator, Outcome, Rule, StageConditions};
+
 /// Keys accepted at the top level (kept in step with `schema/pipeline.schema.json`).
-pub const PIPELINE_KEYS: &[&str] = &["name", "variables", "timeout", "triggers", "stages"];
+pub const PIPELINE_KEYS: &[&str] = &["name", "variables", "timeout", "execution_mode", "triggers", "stages"];
 /// Keys accepted under `triggers`.
 pub const TRIGGER_KEYS: &[&str] = &["nats", "git", "schedule", "webhook"];
 /// Keys accepted in a `triggers.git` filter.
@@ -17,7 +20,13 @@ pub const SCHEDULE_KEYS: &[&str] = &["cron", "timezone"];
 /// Keys accepted under `triggers.webhook`.
 pub const WEBHOOK_KEYS: &[&str] = &["secret_env"];
 /// Keys accepted in a stage.
-pub const STAGE_KEYS: &[&str] = &["name", "actions"];
+pub const STAGE_KEYS: &[&str] = &["name", "actions", "before_entry", "on_success", "on_failure"];
+/// Keys accepted in a stage condition.
+pub const CONDITION_KEYS: &[&str] = &["result", "rules", "retry"];
+/// Keys accepted in a `variable-check` rule.
+pub const VARIABLE_CHECK_KEYS: &[&str] = &["rule", "input", "operator", "value"];
+/// Keys accepted in a `deployment-window` rule.
+pub const DEPLOYMENT_WINDOW_KEYS: &[&str] = &["rule", "cron", "timezone"];
 /// Keys accepted in an action.
 pub const ACTION_KEYS: &[&str] = &[
     "name", "uses", "with", "inputs", "outputs", "namespace", "run_order", "timeout", "retry", "limits", "capabilities",
@@ -139,7 +148,7 @@ impl Parser {
     }
 
     fn pipeline(&mut self, root: &Node, file: &str, dir: PathBuf) -> Pipeline {
-        let mut pipeline = Pipeline { name: String::new(), variables: BTreeMap::new(), stages: Vec::new(), timeout: None, triggers: Triggers::default(), file: file.to_string(), dir };
+        let mut pipeline = Pipeline { name: String::new(), variables: BTreeMap::new(), stages: Vec::new(), timeout: None, mode: Mode::default(), triggers: Triggers::default(), file: file.to_string(), dir };
         let Some(map) = self.mapping(root, "the pipeline", PIPELINE_KEYS) else { return pipeline };
         let at = loc(root);
         if let Some(n) = self.required(map, "name", "the pipeline", at) {
@@ -152,6 +161,14 @@ impl Parser {
         }
         if let Some(n) = map.get_node("timeout") {
             pipeline.timeout = self.duration(n, "`timeout`");
+        }
+        if let Some(n) = map.get_node("execution_mode") {
+            if let Some(m) = self.scalar(n, "`execution_mode`") {
+                match Mode::parse(&m.value) {
+                    Some(mode) => pipeline.mode = mode,
+                    None => self.err(m.loc, format!("`execution_mode` must be one of {}, got {:?}", Mode::NAMES.join(", "), m.value)),
+                }
+            }
         }
         if let Some(n) = map.get_node("triggers") {
             pipeline.triggers = self.triggers(n);
@@ -173,7 +190,16 @@ impl Parser {
         if let Some(stages) = self.required(map, "stages", "the pipeline", at) {
             match stages.as_sequence() {
                 Some(seq) if seq.is_empty() => self.err(loc(stages), "`stages` is empty: a pipeline needs at least one stage"),
-                Some(seq) => pipeline.stages = seq.iter().filter_map(|n| self.stage(n)).collect(),
+                Some(seq) => {
+                    pipeline.stages = seq.iter().filter_map(|n| self.stage(n)).collect();
+                    // The first stage brings the source: there is nothing earlier to roll back to.
+                    if let Some(first) = pipeline.stages.first() {
+                        let c = &first.conditions;
+                        if [&c.on_success, &c.on_failure].iter().any(|c| c.as_ref().is_some_and(|c| c.result == Outcome::Rollback)) {
+                            self.err(first.loc, format!("stage `{}`: the first stage cannot be rolled back (ROLLBACK is for later stages)", first.name));
+                        }
+                    }
+                }
                 None => self.err(loc(stages), "`stages` must be a list of stages"),
             }
         }
@@ -264,7 +290,10 @@ impl Parser {
         let map = self.mapping(node, "a stage", STAGE_KEYS)?;
         let name = self.required(map, "name", "a stage", at).and_then(|n| self.scalar(n, "stage `name`"));
         let name = name.map(|n| n.value).unwrap_or_default();
-        let mut stage = Stage { name: name.clone(), loc: at, actions: Vec::new() };
+        let mut stage = Stage { name: name.clone(), loc: at, actions: Vec::new(), conditions: StageConditions::default() };
+        stage.conditions.before_entry = map.get_node("before_entry").and_then(|n| self.condition(n, "before_entry", &[Outcome::Fail, Outcome::Skip]));
+        stage.conditions.on_success = map.get_node("on_success").and_then(|n| self.condition(n, "on_success", &[Outcome::Fail, Outcome::Rollback]));
+        stage.conditions.on_failure = map.get_node("on_failure").and_then(|n| self.condition(n, "on_failure", &[Outcome::Rollback, Outcome::Retry]));
         if let Some(actions) = self.required(map, "actions", &format!("stage `{name}`"), at) {
             match actions.as_sequence() {
                 Some(seq) if seq.is_empty() => self.err(loc(actions), format!("stage `{name}` has no actions")),
@@ -352,6 +381,88 @@ impl Parser {
             action.capabilities = self.capabilities(n);
         }
         Some(action)
+    }
+
+    /// `{ result, rules: [...], retry: failed|all }` of a stage; `results` are those allowed here.
+    fn condition(&mut self, node: &Node, key: &str, results: &[Outcome]) -> Option<Condition> {
+        let at = loc(node);
+        let what = format!("`{key}`");
+        let map = self.mapping(node, &what, CONDITION_KEYS)?;
+        let result = self.required(map, "result", &what, at).and_then(|n| self.scalar(n, &format!("`{key}.result`")))?;
+        let names: Vec<String> = results.iter().map(|r| format!("{r:?}").to_uppercase()).collect();
+        let outcome = match Outcome::parse(&result.value) {
+            Some(o) if results.contains(&o) => o,
+            _ => {
+                self.err(result.loc, format!("`{key}.result` must be {}, got {:?}", names.join(" or "), result.value));
+                return None;
+            }
+        };
+        let mut condition = Condition { result: outcome, rules: Vec::new(), retry_all: false };
+        if let Some(n) = map.get_node("retry") {
+            let v = self.scalar(n, &format!("`{key}.retry`"))?;
+            match (outcome, v.value.as_str()) {
+                (Outcome::Retry, "failed") => {}
+                (Outcome::Retry, "all") => condition.retry_all = true,
+                (Outcome::Retry, other) => self.err(v.loc, format!("`{key}.retry` must be `failed` or `all`, got {other:?}")),
+                _ => self.err(v.loc, format!("`{key}.retry` only goes with `result: RETRY`")),
+            }
+        }
+        if let Some(rules) = map.get_node("rules") {
+            let Some(seq) = rules.as_sequence() else {
+                self.err(loc(rules), format!("`{key}.rules` must be a list of rules"));
+                return None;
+            };
+            for r in seq.iter() {
+                if let Some(rule) = self.rule(r, key) {
+                    condition.rules.push(rule);
+                }
+            }
+        }
+        Some(condition)
+    }
+
+    /// One rule: `variable-check` or `deployment-window`.
+    fn rule(&mut self, node: &Node, key: &str) -> Option<Rule> {
+        let at = loc(node);
+        let Some(kind) = node.as_mapping().and_then(|m| m.get_node("rule")).and_then(|n| n.as_scalar()).map(|s| s.as_str().to_string()) else {
+            self.err(at, format!("a rule of `{key}` needs `rule: variable-check` or `rule: deployment-window`"));
+            return None;
+        };
+        match kind.as_str() {
+            "variable-check" => {
+                let map = self.mapping(node, "a `variable-check` rule", VARIABLE_CHECK_KEYS)?;
+                let input = self.required(map, "input", "a `variable-check` rule", at).and_then(|n| self.scalar(n, "`input`"))?;
+                if let Err(e) = super::template::references(&input.value) {
+                    self.err(input.loc, format!("`input`: {e}"));
+                }
+                let op = self.required(map, "operator", "a `variable-check` rule", at).and_then(|n| self.scalar(n, "`operator`"))?;
+                let Some(operator) = Operator::parse(&op.value) else {
+                    self.err(op.loc, format!("`operator` must be one of {}, got {:?}", Operator::NAMES.join(", "), op.value));
+                    return None;
+                };
+                let value = self.required(map, "value", "a `variable-check` rule", at).and_then(|n| self.scalar(n, "`value`"))?;
+                if operator == Operator::Matches {
+                    if let Err(e) = regex::Regex::new(&value.value) {
+                        self.err(value.loc, format!("`value` is not a regular expression: {e}"));
+                    }
+                }
+                Some(Rule::VariableCheck { input: input.value, operator, value: value.value })
+            }
+            "deployment-window" => {
+                let map = self.mapping(node, "a `deployment-window` rule", DEPLOYMENT_WINDOW_KEYS)?;
+                let cron = self.required(map, "cron", "a `deployment-window` rule", at).and_then(|n| self.scalar(n, "`cron`"))?;
+                let timezone = map.get_node("timezone").and_then(|n| self.scalar(n, "`timezone`"));
+                if let Err(e) = super::cron::CronSchedule::parse(&cron.value, timezone.as_ref().map(|t| t.value.as_str())) {
+                    self.err(cron.loc, e);
+                }
+                Some(Rule::DeploymentWindow { cron: cron.value, timezone: timezone.map(|t| t.value) })
+            }
+            other => {
+                let hint = suggest(other, &["variable-check", "deployment-window"]).map(|s| format!("; did you mean `{s}`?")).unwrap_or_default();
+                self.err(at, format!("unknown rule `{other}`: the rules are variable-check and deployment-window{hint}"));
+                None
+            }
+        }
     }
 
     fn duration(&mut self, node: &Node, what: &str) -> Option<std::time::Duration> {

@@ -4,11 +4,17 @@
 //! CodePipeline rule lives here so that it is a table-driven unit test; the executor
 //! around it runs the commands (run a job, finish) and feeds back the outcomes.
 
+pub mod conditions;
+pub mod lanes;
 mod record;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_operating;
 
-pub use record::{ActionRun, Decision, Execution, PluginRef, RetryPolicy, StageRun, Status, Timestamp, TriggerInfo, Wake, Waiting};
+pub use conditions::{Condition, Outcome, StageConditions};
+pub use lanes::Mode;
+pub use record::{ActionRun, Decision, Execution, PluginRef, RetryPolicy, RollbackOf, StageRun, Status, Timestamp, TriggerInfo, Wake, Waiting};
 
 use std::collections::BTreeMap;
 
@@ -83,6 +89,22 @@ pub enum Input {
         /// When.
         at: Timestamp,
     },
+    /// The pipeline's lanes let the execution into the stage it waits for (gated executions).
+    Admit {
+        /// Stage index.
+        stage: usize,
+        /// When.
+        at: Timestamp,
+    },
+    /// A newer execution replaced this one while it waited to enter `stage`.
+    Supersede {
+        /// Stage index.
+        stage: usize,
+        /// The newer execution's id.
+        by: String,
+        /// When.
+        at: Timestamp,
+    },
     /// Re-run a failed or stopped stage of a failed or stopped execution: its failed,
     /// abandoned and never-started actions (or all of them), then carry on.
     Retry {
@@ -102,6 +124,7 @@ impl Input {
         match self {
             Input::Start { at } | Input::ActionCompleted { at, .. } | Input::Stop { at, .. } | Input::Retry { at, .. } => *at,
             Input::Wake { at, .. } | Input::Decide { at, .. } | Input::Expire { at, .. } => *at,
+            Input::Admit { at, .. } | Input::Supersede { at, .. } => *at,
         }
     }
 }
@@ -174,6 +197,22 @@ pub enum Command {
         /// The waiting attempt.
         attempt: u32,
     },
+    /// A gated execution wants to enter a stage: ask the pipeline's lanes (`Input::Admit`
+    /// comes back when it may).
+    Enter {
+        /// Stage index.
+        stage: usize,
+    },
+    /// A gated execution left a stage, or stopped waiting for it: free its place.
+    Leave {
+        /// Stage index.
+        stage: usize,
+    },
+    /// A condition asks to roll `stage` back to the last execution that succeeded in it.
+    Rollback {
+        /// Stage index.
+        stage: usize,
+    },
     /// The execution reached a terminal status.
     Finish {
         /// Final status.
@@ -198,7 +237,22 @@ pub fn apply(next: &mut Execution, input: &Input) -> Vec<Command> {
             if next.status == Status::NotStarted {
                 next.status = Status::InProgress;
                 next.started_at = Some(*at);
-                enter_stage(next, 0, *at, &mut commands);
+                // A rollback execution runs only its stage; the earlier ones are carried over.
+                let first = next.rollback.as_ref().and_then(|r| next.stages.iter().position(|s| s.name == r.stage)).unwrap_or(0);
+                enter_stage(next, first, *at, &mut commands);
+            }
+        }
+        Input::Admit { stage, at } => {
+            if next.status == Status::InProgress && next.entering == Some(*stage) {
+                next.entering = None;
+                begin_stage(next, *stage, *at, &mut commands);
+            }
+        }
+        Input::Supersede { stage, by, at } => {
+            if next.status == Status::InProgress && next.entering == Some(*stage) {
+                next.entering = None;
+                next.superseded_by = Some(by.clone());
+                finish(next, Status::Superseded, *at, &mut commands);
             }
         }
         Input::ActionCompleted { stage, action, attempt, result, config, inputs, at } => {
@@ -301,7 +355,14 @@ pub fn apply(next: &mut Execution, input: &Input) -> Vec<Command> {
             }
             let running = next.stages.iter().any(|s| s.actions.iter().any(|a| a.status == Status::InProgress));
             if *abandon || !running {
-                for stage in next.stages.iter_mut().filter(|s| matches!(s.status, Status::InProgress | Status::Stopping)) {
+                if let Some(waited) = next.entering.take() {
+                    leave(next, waited, &mut commands);
+                }
+                let gated = next.gated;
+                for (si, stage) in next.stages.iter_mut().enumerate().filter(|(_, s)| matches!(s.status, Status::InProgress | Status::Stopping)) {
+                    if gated {
+                        commands.push(Command::Leave { stage: si });
+                    }
                     for a in stage.actions.iter_mut().filter(|a| a.status == Status::InProgress) {
                         a.status = Status::Abandoned;
                         a.finished_at = Some(*at);
@@ -325,8 +386,10 @@ pub fn apply(next: &mut Execution, input: &Input) -> Vec<Command> {
             next.finished_at = None;
             next.stop_reason = None;
             let run = &mut next.stages[*stage];
-            run.status = Status::InProgress;
+            run.status = Status::NotStarted;
             run.finished_at = None;
+            run.condition = None;
+            run.auto_retried = false;
             for a in run.actions.iter_mut() {
                 if *all || a.status != Status::Succeeded {
                     a.status = Status::NotStarted;
@@ -337,10 +400,8 @@ pub fn apply(next: &mut Execution, input: &Input) -> Vec<Command> {
                     a.decisions.clear();
                 }
             }
-            match run.actions.iter().filter(|a| a.status == Status::NotStarted).map(|a| a.run_order).min() {
-                Some(first) => start_group(next, *stage, first, *at, &mut commands),
-                None => group_settled(next, *stage, 0, *at, &mut commands),
-            }
+            // Back through the stage's entry: its lane (gated) and its `before_entry` condition.
+            enter_stage(next, *stage, *at, &mut commands);
         }
     }
     commands
@@ -413,7 +474,8 @@ pub fn refusal(exec: &Execution, input: &Input) -> Option<String> {
 }
 
 /// After an action of `group` ended: wait for the rest of the group, then fail the stage or
-/// move on to the next group, the next stage, or the end.
+/// move on to the next group, the next stage, or the end — with the stage's `on_success` and
+/// `on_failure` conditions deciding at the stage's end.
 fn group_settled(exec: &mut Execution, si: usize, group: u32, at: Timestamp, commands: &mut Vec<Command>) {
     let stage = &mut exec.stages[si];
     if stage.actions.iter().any(|a| a.status == Status::InProgress) {
@@ -423,37 +485,129 @@ fn group_settled(exec: &mut Execution, si: usize, group: u32, at: Timestamp, com
         // The last running action of a stopping execution ended: nothing new starts.
         stage.status = Status::Stopped;
         stage.finished_at = Some(at);
+        leave(exec, si, commands);
         finish(exec, Status::Stopped, at, commands);
         return;
     }
     if stage.actions.iter().any(|a| a.run_order == group && a.status == Status::Failed) {
         stage.status = Status::Failed;
         stage.finished_at = Some(at);
+        if let Some(c) = stage.conditions.on_failure.clone() {
+            if let Some(why) = conditions::applies(&c, exec, at) {
+                let stage = &mut exec.stages[si];
+                match c.result {
+                    Outcome::Retry if !stage.auto_retried => {
+                        stage.auto_retried = true;
+                        stage.condition = Some(format!("on_failure RETRY: {why}"));
+                        stage.status = Status::InProgress;
+                        stage.finished_at = None;
+                        for a in stage.actions.iter_mut().filter(|a| c.retry_all || a.status != Status::Succeeded) {
+                            a.status = Status::NotStarted;
+                            a.finished_at = None;
+                        }
+                        let first = stage.actions.iter().filter(|a| a.status == Status::NotStarted).map(|a| a.run_order).min().unwrap_or(0);
+                        start_group(exec, si, first, at, commands);
+                        return;
+                    }
+                    Outcome::Rollback if exec.rollback.is_none() => {
+                        stage.condition = Some(format!("on_failure ROLLBACK: {why}"));
+                        commands.push(Command::Rollback { stage: si });
+                    }
+                    _ => {}
+                }
+            }
+        }
+        leave(exec, si, commands);
         finish(exec, Status::Failed, at, commands);
         return;
     }
     let next_group = stage.actions.iter().filter(|a| a.status == Status::NotStarted && a.run_order > group).map(|a| a.run_order).min();
-    match next_group {
-        Some(g) => start_group(exec, si, g, at, commands),
-        None => {
-            stage.status = Status::Succeeded;
+    if let Some(g) = next_group {
+        start_group(exec, si, g, at, commands);
+        return;
+    }
+    if let Some(c) = stage.conditions.on_success.clone() {
+        if let Some(why) = conditions::applies(&c, exec, at) {
+            let stage = &mut exec.stages[si];
+            stage.status = Status::Failed;
             stage.finished_at = Some(at);
-            if si + 1 < exec.stages.len() {
-                enter_stage(exec, si + 1, at, commands);
+            if c.result == Outcome::Rollback && exec.rollback.is_none() {
+                stage.condition = Some(format!("on_success ROLLBACK: {why}"));
+                commands.push(Command::Rollback { stage: si });
             } else {
-                finish(exec, Status::Succeeded, at, commands);
+                stage.condition = Some(format!("on_success FAIL: {why}"));
             }
+            leave(exec, si, commands);
+            finish(exec, Status::Failed, at, commands);
+            return;
         }
+    }
+    let stage = &mut exec.stages[si];
+    stage.status = Status::Succeeded;
+    stage.finished_at = Some(at);
+    leave(exec, si, commands);
+    after_stage(exec, si, at, commands);
+}
+
+/// The stage `si` is done well (succeeded or skipped): the next stage, or the end.
+fn after_stage(exec: &mut Execution, si: usize, at: Timestamp, commands: &mut Vec<Command>) {
+    let rolled_back = exec.rollback.as_ref().is_some_and(|r| r.stage == exec.stages[si].name);
+    if si + 1 < exec.stages.len() && !rolled_back {
+        enter_stage(exec, si + 1, at, commands);
+    } else {
+        finish(exec, Status::Succeeded, at, commands);
     }
 }
 
+/// Go to stage `si`: through its lane when gated, else straight in.
 fn enter_stage(exec: &mut Execution, si: usize, at: Timestamp, commands: &mut Vec<Command>) {
+    if exec.gated {
+        exec.entering = Some(si);
+        commands.push(Command::Enter { stage: si });
+    } else {
+        begin_stage(exec, si, at, commands);
+    }
+}
+
+/// Free a gated execution's place in stage `si`'s lane.
+fn leave(exec: &Execution, si: usize, commands: &mut Vec<Command>) {
+    if exec.gated {
+        commands.push(Command::Leave { stage: si });
+    }
+}
+
+/// Inside stage `si`: check `before_entry`, then start its first group of actions not yet
+/// run (all of them on first entry; those reset by a retry otherwise).
+fn begin_stage(exec: &mut Execution, si: usize, at: Timestamp, commands: &mut Vec<Command>) {
     let stage = &mut exec.stages[si];
     stage.status = Status::InProgress;
     stage.started_at = Some(at);
-    match stage.actions.iter().map(|a| a.run_order).min() {
+    stage.finished_at = None;
+    if let Some(c) = stage.conditions.before_entry.clone() {
+        if let Some(why) = conditions::applies(&c, exec, at) {
+            let stage = &mut exec.stages[si];
+            stage.finished_at = Some(at);
+            for a in stage.actions.iter_mut().filter(|a| a.status == Status::NotStarted) {
+                a.status = Status::Skipped;
+            }
+            leave(exec, si, commands);
+            if c.result == Outcome::Skip {
+                let stage = &mut exec.stages[si];
+                stage.status = Status::Skipped;
+                stage.condition = Some(format!("before_entry SKIP: {why}"));
+                after_stage(exec, si, at, commands);
+            } else {
+                let stage = &mut exec.stages[si];
+                stage.status = Status::Failed;
+                stage.condition = Some(format!("before_entry FAIL: {why}"));
+                finish(exec, Status::Failed, at, commands);
+            }
+            return;
+        }
+    }
+    match exec.stages[si].actions.iter().filter(|a| a.status == Status::NotStarted).map(|a| a.run_order).min() {
         Some(first) => start_group(exec, si, first, at, commands),
-        // Validation rejects empty stages; an empty one would simply succeed.
+        // Validation rejects empty stages; an empty (or fully succeeded) one simply succeeds.
         None => group_settled(exec, si, 0, at, commands),
     }
 }

@@ -4,6 +4,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use super::conditions::StageConditions;
+use super::lanes::Mode;
+
 /// CodePipeline's status words.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Status {
@@ -23,12 +26,14 @@ pub enum Status {
     Abandoned,
     /// Skipped by a condition.
     Skipped,
+    /// Replaced, while it waited between stages, by a newer execution (`superseded` mode).
+    Superseded,
 }
 
 impl Status {
     /// Whether nothing more will happen.
     pub fn is_terminal(self) -> bool {
-        matches!(self, Status::Succeeded | Status::Failed | Status::Stopped | Status::Skipped | Status::Abandoned)
+        matches!(self, Status::Succeeded | Status::Failed | Status::Stopped | Status::Skipped | Status::Abandoned | Status::Superseded)
     }
 }
 
@@ -102,6 +107,35 @@ pub struct Execution {
     /// Why an operator stopped it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_reason: Option<String>,
+    /// Stage entry goes through the pipeline's lanes (the service: execution modes and
+    /// transitions); a lone local run enters stages directly.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub gated: bool,
+    /// The pipeline's execution mode when it started.
+    #[serde(default)]
+    pub mode: Mode,
+    /// The stage it waits to enter (gated executions only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entering: Option<usize>,
+    /// Set on a `Rollback` execution: the stage it re-runs and the execution whose artifacts
+    /// and variables it re-runs it with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<RollbackOf>,
+    /// The newer execution that replaced it (`Superseded`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub superseded_by: Option<String>,
+}
+
+/// What a rollback execution rolls back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RollbackOf {
+    /// The stage it re-runs.
+    pub stage: String,
+    /// The earlier execution it takes artifacts and variables from.
+    pub target: String,
+    /// The execution whose failure caused it (automatic rollback), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -142,6 +176,15 @@ pub struct StageRun {
     pub finished_at: Option<Timestamp>,
     /// Actions in file order.
     pub actions: Vec<ActionRun>,
+    /// Its conditions, copied from the pipeline.
+    #[serde(default, skip_serializing_if = "StageConditions::is_empty")]
+    pub conditions: StageConditions,
+    /// What a condition did to it, for the record (`before_entry SKIP: …`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition: Option<String>,
+    /// An `on_failure: RETRY` already re-ran it (it retries once).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub auto_retried: bool,
 }
 
 /// Automatic retry of an action (`retry:` in the pipeline). Only failures the plugin marked
@@ -185,6 +228,9 @@ pub struct ActionRun {
     pub name: String,
     /// Its group in the stage.
     pub run_order: u32,
+    /// Its output variables' namespace (`#{NAMESPACE.KEY}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
     /// Status.
     pub status: Status,
     /// Attempts made so far (0 before the first).
@@ -286,12 +332,16 @@ impl Execution {
                 status: Status::NotStarted,
                 started_at: None,
                 finished_at: None,
+                conditions: s.conditions.clone(),
+                condition: None,
+                auto_retried: false,
                 actions: s
                     .actions
                     .iter()
                     .map(|a| ActionRun {
                         name: a.name.clone(),
                         run_order: a.run_order,
+                        namespace: a.namespace.as_ref().map(|n| n.value.clone()),
                         status: Status::NotStarted,
                         attempt: 0,
                         plugin: plugins(&a.uses.value),
@@ -324,7 +374,52 @@ impl Execution {
             pipeline_version: 0,
             trigger: None,
             stop_reason: None,
+            gated: false,
+            mode: pipeline.mode,
+            entering: None,
+            rollback: None,
+            superseded_by: None,
         }
+    }
+
+    /// A `Rollback` execution: re-runs `stage` of `target` (which succeeded in it) with
+    /// `target`'s artifacts and variables. The stages before it are carried over as they
+    /// were (they produced those artifacts); it ends when the stage does.
+    pub fn rollback_of(target: &Execution, stage: usize, execution_id: String, after: Option<String>) -> Self {
+        let mut exec = target.clone();
+        exec.execution_id = execution_id;
+        exec.status = Status::NotStarted;
+        exec.started_at = None;
+        exec.finished_at = None;
+        exec.stop_reason = None;
+        exec.entering = None;
+        exec.superseded_by = None;
+        exec.trigger = None;
+        exec.rollback = Some(RollbackOf { stage: target.stages[stage].name.clone(), target: target.execution_id.clone(), after });
+        for s in exec.stages.iter_mut().skip(stage) {
+            s.status = Status::NotStarted;
+            s.started_at = None;
+            s.finished_at = None;
+            s.condition = None;
+            s.auto_retried = false;
+            for a in s.actions.iter_mut() {
+                a.status = Status::NotStarted;
+                a.attempt = 0;
+                a.config.clear();
+                a.inputs.clear();
+                a.artifacts.clear();
+                a.variables.clear();
+                a.summary = None;
+                a.started_at = None;
+                a.finished_at = None;
+                a.error = None;
+                a.waiting = None;
+                a.continuation = None;
+                a.wake_payload = None;
+                a.decisions.clear();
+            }
+        }
+        exec
     }
 
     /// Find an action by `STAGE/ACTION` names.

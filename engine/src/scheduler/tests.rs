@@ -2,7 +2,7 @@
 use super::*;
 
 /// Build an execution from a layout: one `&[u32]` of run_orders per stage.
-fn exec(layout: &[&[u32]]) -> Execution {
+pub(super) fn exec(layout: &[&[u32]]) -> Execution {
     Execution {
         execution_id: "e1".into(),
         tenant: "default".into(),
@@ -19,12 +19,16 @@ fn exec(layout: &[&[u32]]) -> Execution {
                 status: Status::NotStarted,
                 started_at: None,
                 finished_at: None,
+                conditions: StageConditions::default(),
+                condition: None,
+                auto_retried: false,
                 actions: orders
                     .iter()
                     .enumerate()
                     .map(|(ai, ro)| ActionRun {
                         name: format!("A{ai}"),
                         run_order: *ro,
+                        namespace: None,
                         status: Status::NotStarted,
                         attempt: 0,
                         plugin: PluginRef { reference: "noop@1".into(), digest: "blake3:00".into() },
@@ -48,13 +52,18 @@ fn exec(layout: &[&[u32]]) -> Execution {
         pipeline_version: 0,
         trigger: None,
         stop_reason: None,
+        gated: false,
+        mode: Mode::Superseded,
+        entering: None,
+        rollback: None,
+        superseded_by: None,
     }
 }
 
-fn ok(stage: usize, action: usize) -> Input {
+pub(super) fn ok(stage: usize, action: usize) -> Input {
     done(stage, action, 1, true)
 }
-fn fail(stage: usize, action: usize) -> Input {
+pub(super) fn fail(stage: usize, action: usize) -> Input {
     done(stage, action, 1, false)
 }
 fn done(stage: usize, action: usize, attempt: u32, success: bool) -> Input {
@@ -65,7 +74,7 @@ fn done(stage: usize, action: usize, attempt: u32, success: bool) -> Input {
     };
     Input::ActionCompleted { stage, action, attempt, result, config: BTreeMap::new(), inputs: BTreeMap::new(), at: Timestamp(2) }
 }
-fn run(stage: usize, action: usize) -> Command {
+pub(super) fn run(stage: usize, action: usize) -> Command {
     Command::RunAction { stage, action, attempt: 1, delay_ms: 0 }
 }
 

@@ -144,6 +144,41 @@ pub enum Request {
         /// Name.
         name: String,
     },
+    /// Disable or enable the transition into a stage.
+    #[serde(rename = "transition")]
+    Transition {
+        /// Pipeline name.
+        pipeline: String,
+        /// The stage the transition leads into.
+        stage: String,
+        /// Enable (else disable).
+        enable: bool,
+        /// Why (required to disable).
+        #[serde(default)]
+        reason: Option<String>,
+        /// Who asks.
+        #[serde(default)]
+        by: Option<String>,
+    },
+    /// A pipeline's stage lanes: executions inside and waiting, disabled transitions.
+    #[serde(rename = "pipeline.state")]
+    PipelineState {
+        /// Pipeline name.
+        name: String,
+    },
+    /// Start a rollback execution of a stage to an earlier execution.
+    #[serde(rename = "rollback")]
+    Rollback {
+        /// Pipeline name.
+        pipeline: String,
+        /// Stage name.
+        stage: String,
+        /// The execution (which succeeded in the stage) to roll back to.
+        to: String,
+        /// Who asks.
+        #[serde(default)]
+        by: Option<String>,
+    },
     /// Executions, newest first.
     #[serde(rename = "executions")]
     Executions {
@@ -160,7 +195,7 @@ pub enum Request {
 }
 
 /// The verbs, for subscriptions and help.
-pub const VERBS: &[&str] = &["pipeline.put", "pipeline.get", "pipeline.ls", "pipeline.rm", "start", "status", "executions", "stop", "retry", "approve", "wake", "function.put", "function.ls", "function.rm"];
+pub const VERBS: &[&str] = &["pipeline.put", "pipeline.get", "pipeline.ls", "pipeline.rm", "pipeline.state", "transition", "rollback", "start", "status", "executions", "stop", "retry", "approve", "wake", "function.put", "function.ls", "function.rm"];
 
 fn yes() -> bool {
     true
@@ -200,7 +235,8 @@ pub struct ExecutionSummary {
     pub finished_at: Option<Timestamp>,
     /// Trigger kind and event id.
     pub trigger: Option<String>,
-    /// `STAGE/ACTION`s waiting for an approval or an event.
+    /// `STAGE/ACTION`s waiting for an approval or an event, and `entry to STAGE` while it
+    /// waits before a stage.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub waiting: Vec<String>,
 }
@@ -219,6 +255,7 @@ impl From<&Execution> for ExecutionSummary {
                 .stages
                 .iter()
                 .flat_map(|s| s.actions.iter().filter(|a| a.status == Status::InProgress && a.waiting.as_ref().is_some_and(|w| !matches!(w.wake, crate::scheduler::Wake::Timer(_)))).map(move |a| format!("{}/{}", s.name, a.name)))
+                .chain(e.entering.map(|si| format!("entry to {}", e.stages[si].name)))
                 .collect(),
         }
     }
@@ -334,6 +371,20 @@ impl Service {
             Request::FunctionRm { name } => {
                 self.remove_function(tenant, &name).await?;
                 Ok(ok(json!({ "name": name })))
+            }
+            Request::Transition { pipeline, stage, enable, reason, by } => {
+                let lanes = self.transition(tenant, &pipeline, &stage, enable, reason, by.as_deref().unwrap_or("unknown")).await?;
+                Ok(ok(lanes))
+            }
+            Request::PipelineState { name } => {
+                if pipelines::get(store, tenant, &name, None).await.map_err(|e| e.to_string())?.is_none() {
+                    return Err(format!("no pipeline `{name}` is registered"));
+                }
+                Ok(ok(self.lanes(tenant, &name).await.map_err(|e| e.to_string())?))
+            }
+            Request::Rollback { pipeline, stage, to, by } => {
+                let id = self.rollback(tenant, &pipeline, &stage, &to, by, None).await?;
+                Ok(ok(json!({ "execution_id": id })))
             }
             Request::Executions { pipeline, status, limit } => {
                 let list = self.executions(tenant, pipeline.as_deref(), status, limit.unwrap_or(20)).await.map_err(|e| e.to_string())?;

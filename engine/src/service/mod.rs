@@ -12,6 +12,7 @@
 pub mod api;
 pub mod functions;
 pub mod client;
+pub mod lanes;
 pub mod pipelines;
 pub mod schedule;
 pub mod socket;
@@ -125,7 +126,7 @@ fn job_id(tenant: &str, execution_id: &str, stage: usize, action: usize, attempt
     format!("{tenant}/{execution_id}/{stage}/{action}/{attempt}")
 }
 
-fn exec_key(tenant: &str, id: &str) -> String {
+pub(crate) fn exec_key(tenant: &str, id: &str) -> String {
     format!("{tenant}/x/{id}")
 }
 
@@ -168,9 +169,10 @@ fn outstanding(exec: &Execution) -> Vec<JobMessage> {
     out
 }
 
-/// The jobs and notifications that `commands` (just applied to `exec`) ask for.
-fn follow_up(exec: &Execution, commands: Vec<Command>) -> (Vec<JobMessage>, Vec<Event>) {
-    let (mut jobs, mut events) = (Vec::new(), Vec::new());
+/// The jobs, notifications and cross-record work that `commands` (just applied to `exec`)
+/// ask for.
+fn follow_up(exec: &Execution, commands: Vec<Command>) -> (Vec<JobMessage>, Vec<Event>, Vec<lanes::After>) {
+    let (mut jobs, mut events, mut after) = (Vec::new(), Vec::new(), Vec::new());
     for c in commands {
         match c {
             Command::RunAction { stage, action, attempt, delay_ms } => {
@@ -186,10 +188,13 @@ fn follow_up(exec: &Execution, commands: Vec<Command>) -> (Vec<JobMessage>, Vec<
                     events.extend(crate::bus::approval_event(exec, stage, action));
                 }
             }
+            Command::Enter { stage } => after.push(lanes::After::arrive(exec, stage)),
+            Command::Leave { stage } => after.push(lanes::After::leave(exec, stage)),
+            Command::Rollback { stage } => after.push(lanes::After::Rollback { tenant: exec.tenant.clone(), pipeline: exec.pipeline.clone(), stage: exec.stages[stage].name.clone(), failed: exec.execution_id.clone() }),
             Command::Finish { .. } => {}
         }
     }
-    (jobs, events)
+    (jobs, events, after)
 }
 
 /// Handle every delivery of `queue`, for ever; a failing queue (NATS reconnecting) is retried.
@@ -240,6 +245,7 @@ impl Service {
     /// not survive a restart, the records do.
     pub async fn recover(&self) -> anyhow::Result<usize> {
         let mut n = 0;
+        let mut arrivals = Vec::new();
         for key in self.edges.executions.keys("").await? {
             if !key.contains("/x/") {
                 continue;
@@ -247,10 +253,14 @@ impl Service {
             if let Some((exec, _)) = get_json::<Execution>(&*self.edges.executions, &key).await? {
                 if !exec.status.is_terminal() {
                     self.push_jobs(&outstanding(&exec)).await;
+                    arrivals.extend(exec.entering.map(|stage| lanes::After::arrive(&exec, stage)));
                     n += 1;
                 }
             }
         }
+        // A crash between recording a change and updating the lanes left them behind.
+        self.settle(arrivals).await;
+        self.reconcile_lanes().await?;
         Ok(n)
     }
 
@@ -406,6 +416,7 @@ impl Service {
                 let mut exec = Execution::new(execution_id.clone(), tenant, &loaded.pipeline, &pin, variables);
                 exec.pipeline_version = loaded.version;
                 exec.trigger = Some(event.info());
+                exec.gated = true;
                 let before = Snapshot::of(&exec);
                 apply(&mut exec, &Input::Start { at: Timestamp::now() });
                 match kv.create(&key, serde_json::to_vec(&exec).unwrap_or_default()).await {
@@ -424,6 +435,10 @@ impl Service {
             }
         };
         self.push_jobs(&outstanding(&exec)).await;
+        // Waiting before its first stage: join the lane (again, after a crash: harmless).
+        if let Some(stage) = exec.entering {
+            self.settle(vec![lanes::After::arrive(&exec, stage)]).await;
+        }
         Ok(Ok(execution_id))
     }
 
@@ -544,12 +559,20 @@ impl Service {
     /// Apply an input to a stored execution with compare-and-swap (retried on conflict), then
     /// publish its events and queue its jobs.
     async fn complete(&self, key: &str, input: &Input) -> Result<(), String> {
+        let after = self.record(key, &|_: &Execution| Some(input.clone())).await?;
+        self.settle(after).await;
+        Ok(())
+    }
+
+    /// Apply the input `make` gives for a stored execution (none: nothing to do), retrying
+    /// while the store is unreachable; returns the cross-record work it caused.
+    async fn record(&self, key: &str, make: &(dyn Fn(&Execution) -> Option<Input> + Send + Sync)) -> Result<Vec<lanes::After>, String> {
         // The store may be briefly unreachable (a NATS restart): keep the result rather than
         // run the action again, for up to a minute.
         let mut delay = Duration::from_millis(100);
         let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
-            match self.try_complete(key, input).await {
+            match self.try_complete(key, make).await {
                 Err(KvError::Backend(e)) if tokio::time::Instant::now() < give_up => {
                     tracing::warn!("recording a result failed ({e}); retrying");
                     tokio::time::sleep(delay).await;
@@ -560,26 +583,27 @@ impl Service {
         }
     }
 
-    async fn try_complete(&self, key: &str, input: &Input) -> Result<(), KvError> {
+    async fn try_complete(&self, key: &str, make: &(dyn Fn(&Execution) -> Option<Input> + Send + Sync)) -> Result<Vec<lanes::After>, KvError> {
         let kv = &*self.edges.executions;
         loop {
             let Some((mut exec, revision)) = get_json::<Execution>(kv, key).await? else {
                 return Err(KvError::Backend(format!("execution {key} vanished")));
             };
+            let Some(input) = make(&exec) else { return Ok(Vec::new()) };
             let before = Snapshot::of(&exec);
-            let commands = apply(&mut exec, input);
+            let commands = apply(&mut exec, &input);
             let events = diff(&before, &exec);
             if events.is_empty() && commands.is_empty() {
-                return Ok(());
+                return Ok(Vec::new());
             }
             match kv.update(key, serde_json::to_vec(&exec).map_err(|e| KvError::Backend(e.to_string()))?, revision).await {
                 Ok(_) => {
-                    let (jobs, notices) = follow_up(&exec, commands);
+                    let (jobs, notices, after) = follow_up(&exec, commands);
                     for e in events.into_iter().chain(notices) {
                         self.edges.bus.publish(e);
                     }
                     self.push_jobs(&jobs).await;
-                    return Ok(());
+                    return Ok(after);
                 }
                 Err(KvError::Conflict { .. }) => continue,
                 Err(e) => return Err(e),
@@ -632,11 +656,12 @@ impl Service {
                     elsewhere(tenant, abandoned);
                 }
             }
-            let (jobs, notices) = follow_up(&exec, commands);
+            let (jobs, notices, after) = follow_up(&exec, commands);
             for e in notices {
                 self.edges.bus.publish(e);
             }
             self.push_jobs(&jobs).await;
+            self.settle(after).await;
             return Ok(exec);
         }
     }

@@ -9,7 +9,7 @@ impl Action for Probe {
     fn describe() -> Description {
         Description::new("probe", "1.0.0", Category::Test)
             .summary("Test plugin: behaves as `mode` says")
-            .required("mode", "ok | fail | flaky | retryable | config | pending | loop | alloc | panic | sleep | read | write | symlink | exec | spam | hardlink | context | copy | effect | approval")
+            .required("mode", "ok | fail | flaky | retryable | config | pending | loop | alloc | panic | sleep | read | write | symlink | exec | spam | hardlink | context | copy | effect | approval | hold")
             .optional("path", "a guest path for read/write/symlink")
             .optional("target", "symlink target")
             .optional("program", "host program for exec")
@@ -143,6 +143,11 @@ impl Action for Probe {
             "approval" => match &ctx.wake_payload {
                 None => Ok(Outcome::pending("probe-wait", sluice_sdk::WakeOn::Approval).summary("probe waiting")),
                 Some(p) => Ok(done().var("Decisions", p)),
+            },
+            // Holds until woken (`sluice wake`): lets tests keep an execution inside a stage.
+            "hold" => match ctx.continuation.as_deref() {
+                None => Ok(Outcome::pending("held", sluice_sdk::WakeOn::Event("release".into())).summary("held until woken")),
+                Some(_) => Ok(done().var("Released", ctx.wake_payload.clone().unwrap_or_default())),
             },
             other => Err(ActionError::Config(format!("unknown mode {other:?}"))),
         }

@@ -1,0 +1,241 @@
+//! Work that crosses executions: stage lanes (execution modes, disabled transitions) and
+//! rollbacks. A pipeline's lanes are one record, `<tenant>/lane/<pipeline>`, next to its
+//! executions and changed with compare-and-swap; the rules are the pure
+//! [`crate::scheduler::lanes::step`].
+//!
+//! Order of writes: an execution records that it wants to enter a stage (`entering`), then the
+//! lanes record the arrival, then the execution records its admission. A crash between two
+//! writes leaves the records disagreeing; [`Service::recover`] (every engine start) puts them
+//! back in step, and every step is idempotent.
+use super::{Service, exec_key};
+use crate::bus::{Snapshot, diff};
+use crate::kv::{KvError, get_json};
+use crate::scheduler::lanes::{self, Disabled, Effect, LaneOp, Lanes};
+use crate::scheduler::{Execution, Input, Status, Timestamp, TriggerInfo, apply};
+use std::collections::VecDeque;
+
+/// Cross-record work caused by a recorded change of one execution.
+#[derive(Clone, Debug)]
+pub enum After {
+    /// Change a pipeline's lanes.
+    Lane {
+        /// Tenant.
+        tenant: String,
+        /// Pipeline.
+        pipeline: String,
+        /// The change.
+        op: LaneOp,
+    },
+    /// Roll `stage` back to the last execution that succeeded in it (a stage condition).
+    Rollback {
+        /// Tenant.
+        tenant: String,
+        /// Pipeline.
+        pipeline: String,
+        /// Stage name.
+        stage: String,
+        /// The execution whose condition asked for it.
+        failed: String,
+    },
+}
+
+impl After {
+    /// `exec` waits to enter stage `stage`.
+    pub fn arrive(exec: &Execution, stage: usize) -> After {
+        After::Lane {
+            tenant: exec.tenant.clone(),
+            pipeline: exec.pipeline.clone(),
+            op: LaneOp::Arrive { execution: exec.execution_id.clone(), stage: exec.stages[stage].name.clone(), mode: exec.mode },
+        }
+    }
+
+    /// `exec` left stage `stage` (or stopped waiting for it).
+    pub fn leave(exec: &Execution, stage: usize) -> After {
+        After::Lane { tenant: exec.tenant.clone(), pipeline: exec.pipeline.clone(), op: LaneOp::Leave { execution: exec.execution_id.clone(), stage: exec.stages[stage].name.clone() } }
+    }
+}
+
+fn lane_key(tenant: &str, pipeline: &str) -> String {
+    format!("{tenant}/lane/{pipeline}")
+}
+
+impl Service {
+    /// Do `work` and everything it leads to (an admission starts actions, whose stage end
+    /// frees a lane, which admits the next execution, …), one record at a time.
+    pub(crate) async fn settle(&self, work: Vec<After>) {
+        let mut work: VecDeque<After> = work.into();
+        while let Some(next) = work.pop_front() {
+            match next {
+                After::Lane { tenant, pipeline, op } => match self.lane(&tenant, &pipeline, &op).await {
+                    Ok(effects) => {
+                        for effect in effects {
+                            work.extend(self.apply_effect(&tenant, &pipeline, effect).await);
+                        }
+                    }
+                    // Left for `recover` to put right; the execution waits meanwhile.
+                    Err(e) => tracing::warn!("lanes of {tenant}/{pipeline}: {e} ({op:?} not recorded)"),
+                },
+                After::Rollback { tenant, pipeline, stage, failed } => match self.auto_rollback(&tenant, &pipeline, &stage, &failed).await {
+                    Ok(more) => work.extend(more),
+                    Err(e) => tracing::warn!("rollback of {tenant}/{pipeline} stage {stage} after {failed}: {e}"),
+                },
+            }
+        }
+    }
+
+    /// Record a lane effect in the execution it names.
+    async fn apply_effect(&self, tenant: &str, pipeline: &str, effect: Effect) -> Vec<After> {
+        let (execution, stage, input): (String, String, Box<dyn Fn(usize) -> Input + Send + Sync>) = match effect {
+            Effect::Admit { execution, stage } => (execution, stage, Box::new(|si| Input::Admit { stage: si, at: Timestamp::now() })),
+            Effect::Supersede { execution, stage, by } => (execution, stage, Box::new(move |si| Input::Supersede { stage: si, by: by.clone(), at: Timestamp::now() })),
+        };
+        let make = |exec: &Execution| {
+            let si = exec.stages.iter().position(|s| s.name == stage)?;
+            (exec.entering == Some(si)).then(|| input(si))
+        };
+        match self.record(&exec_key(tenant, &execution), &make).await {
+            Ok(after) => after,
+            Err(e) => {
+                // Gone (or unreadable): do not let it hold the stage.
+                tracing::warn!("execution {execution} of {pipeline} did not take its lane effect: {e}");
+                vec![After::Lane { tenant: tenant.into(), pipeline: pipeline.into(), op: LaneOp::Leave { execution, stage } }]
+            }
+        }
+    }
+
+    /// Apply one change to a pipeline's lanes with compare-and-swap.
+    async fn lane(&self, tenant: &str, pipeline: &str, op: &LaneOp) -> Result<Vec<Effect>, KvError> {
+        let kv = &*self.edges.executions;
+        let key = lane_key(tenant, pipeline);
+        loop {
+            let (mut lanes, revision) = match get_json::<Lanes>(kv, &key).await? {
+                Some((l, r)) => (l, Some(r)),
+                None => (Lanes::default(), None),
+            };
+            let before = lanes.clone();
+            let effects = lanes::step(&mut lanes, op);
+            if lanes == before {
+                return Ok(effects);
+            }
+            let bytes = serde_json::to_vec(&lanes).map_err(|e| KvError::Backend(e.to_string()))?;
+            let written = match revision {
+                Some(r) => kv.update(&key, bytes, r).await,
+                None => kv.create(&key, bytes).await,
+            };
+            match written {
+                Ok(_) => return Ok(effects),
+                Err(KvError::Conflict { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// A pipeline's lanes: who is inside or waiting before each stage, and disabled transitions.
+    pub async fn lanes(&self, tenant: &str, pipeline: &str) -> Result<Lanes, KvError> {
+        Ok(get_json::<Lanes>(&*self.edges.executions, &lane_key(tenant, pipeline)).await?.map(|(l, _)| l).unwrap_or_default())
+    }
+
+    /// Put every lane back in step with the executions it names: forget those that ended or
+    /// moved on, re-admit those admitted but not yet told.
+    pub(crate) async fn reconcile_lanes(&self) -> Result<(), KvError> {
+        let mut work = Vec::new();
+        for key in self.edges.executions.keys("").await? {
+            let Some((tenant, pipeline)) = key.split_once("/lane/") else { continue };
+            let Some((lanes, _)) = get_json::<Lanes>(&*self.edges.executions, &key).await? else { continue };
+            for (stage, lane) in &lanes.stages {
+                for (id, inside) in lane.inside.iter().map(|i| (i, true)).chain(lane.waiting.iter().map(|w| (w, false))) {
+                    let exec = self.execution(tenant, id).await?;
+                    let si = exec.as_ref().and_then(|e| e.stages.iter().position(|s| &s.name == stage));
+                    let state = exec.as_ref().zip(si).map(|(e, si)| (e.status.is_terminal(), e.entering == Some(si), e.stages[si].status));
+                    let leave = || After::Lane { tenant: tenant.into(), pipeline: pipeline.into(), op: LaneOp::Leave { execution: id.clone(), stage: stage.clone() } };
+                    match state {
+                        None | Some((true, _, _)) => work.push(leave()),
+                        Some((false, true, _)) if inside => {
+                            work.extend(self.apply_effect(tenant, pipeline, Effect::Admit { execution: id.clone(), stage: stage.clone() }).await);
+                        }
+                        Some((false, true, _)) => {}
+                        Some((false, false, status)) if inside && matches!(status, Status::InProgress | Status::Stopping) => {}
+                        Some((false, false, _)) => work.push(leave()),
+                    }
+                }
+            }
+        }
+        self.settle(work).await;
+        Ok(())
+    }
+
+    /// Disable or enable the transition into `stage` of a registered pipeline.
+    pub async fn transition(&self, tenant: &str, pipeline: &str, stage: &str, enable: bool, reason: Option<String>, by: &str) -> Result<Lanes, String> {
+        let loaded = self.load(tenant, pipeline, None).await?.ok_or_else(|| format!("no pipeline `{pipeline}` is registered"))?;
+        match loaded.pipeline.stages.iter().position(|s| s.name == stage) {
+            None => return Err(format!("pipeline `{pipeline}` has no stage `{stage}`")),
+            Some(0) => return Err(format!("`{stage}` is the first stage: there is no transition into it")),
+            Some(_) => {}
+        }
+        let op = if enable {
+            LaneOp::Enable { stage: stage.into() }
+        } else {
+            let reason = reason.filter(|r| !r.trim().is_empty()).ok_or("disabling a transition needs a reason (--reason TEXT)")?;
+            LaneOp::Disable { stage: stage.into(), disabled: Disabled { reason, by: by.into(), at: Timestamp::now() } }
+        };
+        self.settle(vec![After::Lane { tenant: tenant.into(), pipeline: pipeline.into(), op }]).await;
+        self.lanes(tenant, pipeline).await.map_err(|e| e.to_string())
+    }
+
+    /// Start a `Rollback` execution that re-runs `stage` with the artifacts and variables of
+    /// `target`, which must have succeeded in it. Returns the new execution's id.
+    pub async fn rollback(&self, tenant: &str, pipeline: &str, stage: &str, target: &str, by: Option<String>, after: Option<String>) -> Result<String, String> {
+        let (id, work) = self.start_rollback(tenant, pipeline, stage, target, by, after).await?;
+        self.settle(work).await;
+        Ok(id)
+    }
+
+    /// [`Service::rollback`] up to the cross-record work it causes.
+    async fn start_rollback(&self, tenant: &str, pipeline: &str, stage: &str, target: &str, by: Option<String>, after: Option<String>) -> Result<(String, Vec<After>), String> {
+        let target_exec = self.execution(tenant, target).await.map_err(|e| e.to_string())?.ok_or_else(|| format!("no execution `{target}`"))?;
+        if target_exec.pipeline != pipeline {
+            return Err(format!("execution `{target}` belongs to pipeline `{}`, not `{pipeline}`", target_exec.pipeline));
+        }
+        let si = target_exec.stages.iter().position(|s| s.name == stage).ok_or_else(|| format!("execution `{target}` has no stage `{stage}`"))?;
+        if si == 0 {
+            return Err(format!("`{stage}` is the first (source) stage: it cannot be rolled back"));
+        }
+        if target_exec.stages[si].status != Status::Succeeded {
+            return Err(format!("execution `{target}` did not succeed in stage `{stage}` (it is {}): roll back only to an execution that did", target_exec.stages[si].status));
+        }
+        if self.load(tenant, pipeline, Some(target_exec.pipeline_version)).await?.is_none() {
+            return Err(format!("pipeline `{pipeline}` version {} (which `{target}` ran) is no longer registered", target_exec.pipeline_version));
+        }
+        let id = ulid::Ulid::new().to_string();
+        let mut exec = Execution::rollback_of(&target_exec, si, id.clone(), after);
+        exec.gated = true;
+        exec.trigger = Some(TriggerInfo { event_id: format!("rollback-{id}"), kind: "rollback".into(), started_by: by, ..Default::default() });
+        let before = Snapshot::of(&exec);
+        let commands = apply(&mut exec, &Input::Start { at: Timestamp::now() });
+        self.edges.executions.create(&exec_key(tenant, &id), serde_json::to_vec(&exec).map_err(|e| e.to_string())?).await.map_err(|e| e.to_string())?;
+        for e in diff(&before, &exec) {
+            self.edges.bus.publish(e);
+        }
+        let (jobs, notices, work) = super::follow_up(&exec, commands);
+        for e in notices {
+            self.edges.bus.publish(e);
+        }
+        self.push_jobs(&jobs).await;
+        Ok((id, work))
+    }
+
+    /// A stage condition asked for a rollback: to the newest other execution that succeeded
+    /// in the stage.
+    async fn auto_rollback(&self, tenant: &str, pipeline: &str, stage: &str, failed: &str) -> Result<Vec<After>, String> {
+        let history = self.executions(tenant, Some(pipeline), None, usize::MAX).await.map_err(|e| e.to_string())?;
+        let target = history.iter().find(|e| e.execution_id != failed && e.stages.iter().any(|s| s.name == stage && s.status == Status::Succeeded));
+        match target {
+            Some(t) => {
+                let (id, work) = self.start_rollback(tenant, pipeline, stage, &t.execution_id, Some("sluice (condition)".into()), Some(failed.into())).await?;
+                tracing::info!("{pipeline}: stage {stage} of {failed} rolled back to {} as {id}", t.execution_id);
+                Ok(work)
+            }
+            None => Err(format!("no earlier execution succeeded in stage `{stage}`: nothing to roll back to")),
+        }
+    }
+}
