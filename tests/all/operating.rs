@@ -194,6 +194,9 @@ fn rollback(s: &Service<'_>) {
     assert_eq!(rb["trigger"]["kind"], "rollback");
     let shown = s.ok(&["status", &r]);
     assert!(shown.contains(&format!("rollback of stage Deploy to {e1}")), "{shown}");
+    // `show` finds service executions too: everything about it, resolved configuration included.
+    let shown = s.ok(&["show", &r]);
+    assert!(shown.contains(&format!("rollback  of stage Deploy to {e1}")) && shown.contains("with      value = v1"), "{shown}");
     // Guards: not the first stage; only to an execution that succeeded in the stage.
     let first = s.sluice(&["rollback", "lanes", "Build", "--to", &e1]);
     assert!(first.code == 2 && first.stderr.contains("first (source) stage"), "{first:?}");

@@ -35,6 +35,13 @@ const CASES: &[(&str, &str)] = &[
     ("name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: noop@1, limits: { memory: 8GiB } }\n", "5:52: `limits.memory`: 8GiB is more than the maximum of 4GiB"),
     ("name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: PROBE, namespace: A, outputs: [o], with: { mode: ok } }\n      - { name: B, uses: source-dir@1, run_order: 2, outputs: [p], with: { path: \"#{A.Value}\" } }\n", "6:82: `with.path` names a directory the action is granted, so it cannot come from another action's output"),
     ("name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: ./broken.wasm }\n", "5:26: `uses: ./broken.wasm`: compile component: failed to parse WebAssembly"),
+    ("name: x\nexecution_mode: fifo\nstages:\n  - { name: S, actions: [{ name: A, uses: noop@1 }] }\n", "2:17: `execution_mode` must be one of superseded, queued, parallel, got \"fifo\""),
+    ("name: x\nstages:\n  - name: S\n    on_failure: { result: ROLLBACK }\n    actions: [{ name: A, uses: noop@1 }]\n", "3:5: stage `S`: the first stage cannot be rolled back"),
+    ("name: x\nstages:\n  - { name: S, actions: [{ name: A, uses: noop@1 }] }\n  - name: T\n    before_entry: { result: RETRY }\n    actions: [{ name: A, uses: noop@1 }]\n", "5:29: `before_entry.result` must be FAIL or SKIP, got \"RETRY\""),
+    ("name: x\nstages:\n  - { name: S, actions: [{ name: A, uses: noop@1 }] }\n  - name: T\n    before_entry:\n      result: SKIP\n      rules:\n        - { rule: variable-chek, input: x, operator: equals, value: y }\n    actions: [{ name: A, uses: noop@1 }]\n", "8:13: unknown rule `variable-chek`: the rules are variable-check and deployment-window; did you mean `variable-check`?"),
+    ("name: x\nstages:\n  - { name: S, actions: [{ name: A, uses: noop@1 }] }\n  - name: T\n    before_entry:\n      result: SKIP\n      rules:\n        - { rule: variable-check, input: x, operator: like, value: y }\n    actions: [{ name: A, uses: noop@1 }]\n", "8:55: `operator` must be one of equals, not-equals, matches"),
+    ("name: x\nstages:\n  - { name: S, actions: [{ name: A, uses: noop@1 }] }\n  - name: T\n    on_success:\n      result: FAIL\n      rules:\n        - { rule: deployment-window, cron: \"* 25 * * *\" }\n    actions: [{ name: A, uses: noop@1 }]\n", "8:44: bad cron expression \"* 25 * * *\""),
+    ("name: x\nstages:\n  - { name: S, actions: [{ name: A, uses: noop@1 }] }\n  - name: T\n    on_success:\n      result: FAIL\n      rules:\n        - { rule: variable-check, input: x, operator: matches, value: \"(\" }\n    actions: [{ name: A, uses: noop@1 }]\n", "8:71: `value` is not a regular expression: unclosed group"),
 ];
 
 #[test]

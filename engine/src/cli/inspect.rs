@@ -3,6 +3,7 @@ use super::existing_data;
 use crate::artifacts::{Digest, Entry, LocalStore, tree};
 use crate::executor::{DataDir, LogStore};
 use crate::model::units::short_duration;
+use crate::scheduler::Execution;
 use crate::state::{RedbStore, StateStore};
 use anyhow::Context as _;
 use std::path::Path;
@@ -34,13 +35,35 @@ pub fn history(data: &Path, pipeline: Option<&str>, limit: usize) -> anyhow::Res
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn show(data: &Path, id: &str, json: bool) -> anyhow::Result<ExitCode> {
-    let (e, _) = state(data)?.get(crate::executor::DEFAULT_TENANT, id)?.with_context(|| format!("no execution {id} in {}", data.display()))?;
+/// The execution `id` from the local history, if it is there.
+pub fn local_execution(data: &Path, id: &str) -> anyhow::Result<Option<Execution>> {
+    if !(DataDir { root: data.to_path_buf() }).state().exists() {
+        return Ok(None);
+    }
+    Ok(state(data)?.get(crate::executor::DEFAULT_TENANT, id)?.map(|(e, _)| e))
+}
+
+/// Print an execution record in full: for `sluice show`, local or from the service.
+pub fn print_execution(e: &Execution, json: bool) -> anyhow::Result<ExitCode> {
     if json {
         println!("{}", serde_json::to_string_pretty(&e)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("execution {}  pipeline {}  {}", e.execution_id, e.pipeline, e.status);
+    let version = if e.pipeline_version > 0 { format!(" v{}", e.pipeline_version) } else { String::new() };
+    println!("execution {}  pipeline {}{version}  {}  ({} mode)", e.execution_id, e.pipeline, e.status, e.mode);
+    if let Some(t) = &e.trigger {
+        let git = [t.repository.as_deref(), t.git_ref.as_deref(), t.commit.as_deref()].into_iter().flatten().collect::<Vec<_>>().join(" ");
+        println!("trigger   {} {}{}{}", t.kind, t.event_id, t.started_by.as_ref().map(|s| format!(" by {s}")).unwrap_or_default(), if git.is_empty() { String::new() } else { format!(" ({git})") });
+    }
+    if let Some(r) = &e.rollback {
+        println!("rollback  of stage {} to {}{}", r.stage, r.target, r.after.as_ref().map(|a| format!(" after {a} failed")).unwrap_or_default());
+    }
+    if let Some(by) = &e.superseded_by {
+        println!("superseded by {by}");
+    }
+    if let Some(reason) = &e.stop_reason {
+        println!("stopped   {reason}");
+    }
     if let Some(s) = e.started_at {
         println!("started   {s}");
     }
@@ -50,8 +73,14 @@ pub fn show(data: &Path, id: &str, json: bool) -> anyhow::Result<ExitCode> {
     for (k, v) in &e.variables {
         println!("variable  {k} = {v}");
     }
-    for stage in &e.stages {
+    for (si, stage) in e.stages.iter().enumerate() {
+        if e.entering == Some(si) {
+            println!("\n(waiting to enter stage {})", stage.name);
+        }
         println!("\nstage {}  {}", stage.name, stage.status);
+        if let Some(c) = &stage.condition {
+            println!("  condition {c}");
+        }
         for a in &stage.actions {
             let took = match (a.started_at, a.finished_at) {
                 (Some(s), Some(f)) => short_duration(f.since(s)),
@@ -72,6 +101,12 @@ pub fn show(data: &Path, id: &str, json: bool) -> anyhow::Result<ExitCode> {
             }
             if let Some(s) = &a.summary {
                 println!("    summary   {s}");
+            }
+            if let Some(w) = &a.waiting {
+                println!("    waiting   {:?} since {}{}", w.wake, w.since, w.deadline.map(|d| format!(" until {d}")).unwrap_or_default());
+            }
+            for d in &a.decisions {
+                println!("    decision  {} by {} at {}{}", if d.approved { "approved" } else { "rejected" }, d.by, d.at, d.summary.as_ref().map(|s| format!(": {s}")).unwrap_or_default());
             }
             if let Some(err) = &a.error {
                 println!("    error     {}", err.replace('\n', "\n              "));

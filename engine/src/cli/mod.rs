@@ -70,16 +70,16 @@ enum Cmd {
         #[arg(long, env = "SLUICE_DATA")]
         data: Option<PathBuf>,
     },
-    /// Show one execution: stages, actions, attempts, timings, configuration, artifacts, variables.
+    /// Show one execution: stages, actions, attempts, timings, configuration, artifacts,
+    /// variables, trigger — from the local history, else from the service.
     Show {
         /// Execution id.
         execution_id: String,
         /// Print the record as JSON.
         #[arg(long)]
         json: bool,
-        /// Data directory [default: ./.sluice].
-        #[arg(long, env = "SLUICE_DATA")]
-        data: Option<PathBuf>,
+        #[command(flatten)]
+        target: service::Target,
     },
     /// Print the logs of an execution, or of one STAGE/ACTION of it.
     Logs {
@@ -383,7 +383,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             }
         }
         Cmd::History { pipeline, limit, data } => inspect::history(&default_data(data), pipeline.as_deref(), limit),
-        Cmd::Show { execution_id, json, data } => inspect::show(&default_data(data), &execution_id, json),
+        Cmd::Show { execution_id, json, target } => service::show(execution_id, json, target).await,
         Cmd::Logs { execution_id, action, data } => inspect::logs(&default_data(data), &execution_id, action.as_deref()),
         Cmd::Plugin { command } => match command {
             PluginCmd::Describe { plugin, json } => inspect::describe_plugin(&plugin, json).await,

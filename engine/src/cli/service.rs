@@ -387,6 +387,20 @@ pub async fn status(execution_id: String, json: bool, target: Target) -> anyhow:
     Ok(ExitCode::SUCCESS)
 }
 
+/// Run `sluice show`: a local run's record, else the service's.
+pub async fn show(execution_id: String, json: bool, target: Target) -> anyhow::Result<ExitCode> {
+    if target.nats.is_none() {
+        if let Some(e) = super::inspect::local_execution(&super::default_data(target.data.clone()), &execution_id)? {
+            return super::inspect::print_execution(&e, json);
+        }
+    }
+    let client = target.client().await?;
+    match client.call(&Request::Status { execution_id }).await {
+        Ok(v) => super::inspect::print_execution(&serde_json::from_value(v)?, json),
+        Err(e) => refused(e),
+    }
+}
+
 /// Run `sluice executions`.
 pub async fn executions(pipeline: Option<String>, status: Option<Status>, limit: usize, json: bool, target: Target) -> anyhow::Result<ExitCode> {
     let client = target.client().await?;

@@ -443,7 +443,7 @@ impl Parser {
                 let value = self.required(map, "value", "a `variable-check` rule", at).and_then(|n| self.scalar(n, "`value`"))?;
                 if operator == Operator::Matches {
                     if let Err(e) = regex::Regex::new(&value.value) {
-                        self.err(value.loc, format!("`value` is not a regular expression: {e}"));
+                        self.err(value.loc, format!("`value` is not a regular expression: {}", e.to_string().lines().last().unwrap_or_default().trim_start_matches("error: ")));
                     }
                 }
                 Some(Rule::VariableCheck { input: input.value, operator, value: value.value })
