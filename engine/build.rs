@@ -18,12 +18,16 @@ fn main() {
     // The example Rust function (examples/functions), built so the tests can register it.
     println!("cargo:rerun-if-changed={}", root.join("examples/functions/rust-release-notes").display());
     let function = build_guests(&root, &root.join("examples/functions/rust-release-notes/Cargo.toml")).join("release_notes.wasm");
+    // The example custom condition rule (examples/rules).
+    println!("cargo:rerun-if-changed={}", root.join("examples/rules/release-version").display());
+    let rule = build_guests(&root, &root.join("examples/rules/release-version/Cargo.toml")).join("release_version.wasm");
     std::fs::write(
         PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("test_guests.rs"),
         format!(
-            "/// The probe test plugin (tests/guests/probe).\npub const PROBE: &str = {:?};\n/// The example Rust function (examples/functions/rust-release-notes).\npub const RUST_FUNCTION: &str = {:?};\n",
+            "/// The probe test plugin (tests/guests/probe).\npub const PROBE: &str = {:?};\n/// The example Rust function (examples/functions/rust-release-notes).\npub const RUST_FUNCTION: &str = {:?};\n/// The example custom rule (examples/rules/release-version).\npub const RUST_RULE: &str = {:?};\n",
             probe.display().to_string(),
-            function.display().to_string()
+            function.display().to_string(),
+            rule.display().to_string()
         ),
     )
     .unwrap();

@@ -312,3 +312,66 @@ fn stage_conditions_skip_fail_and_roll_back_in_the_service() {
     assert_eq!(action(&rolled, "Deploy/Ship")["variables"]["Value"], "v1", "with that execution's variables");
     assert_eq!(rolled["rollback"]["after"], bad.as_str());
 }
+
+const RULED: &str = r##"
+name: ruled
+variables:
+  version: "1.4.0"
+stages:
+  - name: Build
+    actions:
+      - name: Compile
+        uses: PROBE
+        with: { mode: ok, value: "#{variables.version}" }
+        namespace: build
+  - name: Production
+    before_entry:
+      result: FAIL
+      rules:
+        - rule: ./release_version.wasm
+          with: { version: "#{build.Value}" }
+    actions:
+      - name: Ship
+        uses: PROBE
+        with: { mode: ok }
+"##;
+
+#[test]
+fn custom_rule_components_decide_conditions_locally_and_in_the_service() {
+    let p = Project::new(RULED);
+    std::fs::copy(crate::harness::RUST_RULE, p.path("release_version.wasm")).unwrap();
+    // Local run: a release version passes, a pre-release fails the stage with the rule's reason.
+    let r = p.run(&[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(stage_status(&r.json(), "Production"), "Succeeded");
+    let r = p.run(&["--var", "version=1.5.0-rc.1"]);
+    assert_eq!(r.code, 1);
+    let e = r.json();
+    assert_eq!(stage_status(&e, "Production"), "Failed");
+    assert_eq!(status(action(&e, "Production/Ship")), "Skipped");
+    assert_eq!(e["stages"][1]["condition"], "before_entry FAIL: rule ./release_version.wasm: 1.5.0-rc.1 is a pre-release (rc.1)");
+    // The rule's log lines are kept with the execution.
+    let logs = p.sluice(&["logs", e["execution_id"].as_str().unwrap()]);
+    assert!(logs.stdout.contains("checking version \"1.5.0-rc.1\""), "{logs:?}");
+
+    // The service runs the check as a job, the same way.
+    let s = Service::embedded(&p);
+    s.ok(&["pipeline", "put", "pipeline.yaml"]);
+    let good = s.ok(&["start", "ruled"]).trim().to_string();
+    assert_eq!(status(&s.done(&good)), "Succeeded");
+    let bad = s.ok(&["start", "ruled", "--var", "version=2"]).trim().to_string();
+    let e = s.done(&bad);
+    assert_eq!(e["stages"][1]["condition"], "before_entry FAIL: rule ./release_version.wasm: \"2\" is not a MAJOR.MINOR.PATCH version");
+
+    // A rule that is not a rule component is refused when the pipeline is validated.
+    p.write("not-a-rule.wasm", "\0asm nope");
+    p.write("bad.yaml", &p.read("pipeline.yaml").replace("./release_version.wasm", "./not-a-rule.wasm"));
+    let v = p.sluice(&["validate", "bad.yaml"]);
+    assert_eq!(v.code, 2);
+    assert!(v.stderr.contains("bad.yaml:12:5: stage `Production`: `before_entry` rule ./not-a-rule.wasm:"), "{}", v.stderr);
+    // Neither is an action component (the probe plugin).
+    std::fs::copy(crate::harness::PROBE, p.path("action.wasm")).unwrap();
+    p.write("bad.yaml", &p.read("pipeline.yaml").replace("./release_version.wasm", "./action.wasm"));
+    let v = p.sluice(&["validate", "bad.yaml"]);
+    assert!(v.code == 2 && v.stderr.contains("does not export the sluice:action@0.1.0 `rule` world: no export `check` found"), "{}", v.stderr);
+}

@@ -3,6 +3,7 @@
 
 pub mod job;
 pub mod logs;
+pub mod rules;
 mod workspace;
 mod writer;
 
@@ -133,6 +134,24 @@ impl Engine {
         let plugins = self.registry.resolve_all(pipeline).await;
         let mut items = problems;
         items.extend(crate::model::validate::validate(pipeline, &plugins, overrides));
+        // Custom condition rules given as files must exist and fit the `rule` world.
+        for stage in &pipeline.stages {
+            let c = &stage.conditions;
+            for (phase, condition) in [("before_entry", &c.before_entry), ("on_success", &c.on_success), ("on_failure", &c.on_failure)] {
+                for rule in condition.iter().flat_map(|c| &c.rules) {
+                    if let crate::scheduler::Rule::Custom { uses, .. } = rule {
+                        if uses.starts_with("blake3:") {
+                            continue;
+                        }
+                        let path = pipeline.host_path(uses);
+                        let loaded = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display())).and_then(|b| self.registry.runtime().load_rule(&b).map_err(|e| format!("{e:#}")));
+                        if let Err(e) = loaded {
+                            items.push(Diagnostic { loc: stage.loc, message: format!("stage `{}`: `{phase}` rule {uses}: {e}", stage.name) });
+                        }
+                    }
+                }
+            }
+        }
         if items.is_empty() {
             return Ok(plugins);
         }
@@ -265,6 +284,7 @@ impl Driver {
         let mut input = Input::Start { at: Timestamp::now() };
         loop {
             let mut waits = Vec::new();
+            let mut check = None;
             let (events, mut jobs, finished) = {
                 let mut current = exec.lock().unwrap();
                 let before = Snapshot::of(&current);
@@ -285,6 +305,7 @@ impl Driver {
                         Command::Finish { .. } => finished = true,
                         // A local run is alone: it enters stages directly (never gated).
                         Command::Enter { .. } | Command::Leave { .. } => {}
+                        Command::CheckRules { stage, phase } => check = Some((stage, phase, current.clone())),
                         Command::Rollback { stage } => tracing::warn!("stage {} asks for a rollback; rollbacks need the service (`sluice serve`), which keeps the history to roll back to", current.stages[stage].name),
                     }
                 }
@@ -300,6 +321,11 @@ impl Driver {
                 writer.finish()?;
                 let done = exec.lock().unwrap().clone();
                 return Ok(done);
+            }
+            if let Some((stage, phase, snapshot)) = check {
+                // A stage boundary: nothing else of this execution runs meanwhile.
+                input = rules::check(&self.jobs, &pipeline, &snapshot, stage, phase).await;
+                continue;
             }
             if let Some((stage, action, attempt)) = waits.pop() {
                 // Answer an approval before anything else (a stage with one approval has nothing

@@ -25,6 +25,8 @@ pub const STAGE_KEYS: &[&str] = &["name", "actions", "before_entry", "on_success
 pub const CONDITION_KEYS: &[&str] = &["result", "rules", "retry"];
 /// Keys accepted in a `variable-check` rule.
 pub const VARIABLE_CHECK_KEYS: &[&str] = &["rule", "input", "operator", "value"];
+/// Keys accepted in a custom rule (`rule: ./my-rule.wasm`).
+pub const CUSTOM_RULE_KEYS: &[&str] = &["rule", "with"];
 /// Keys accepted in a `deployment-window` rule.
 pub const DEPLOYMENT_WINDOW_KEYS: &[&str] = &["rule", "cron", "timezone"];
 /// Keys accepted in an action.
@@ -425,7 +427,7 @@ impl Parser {
     fn rule(&mut self, node: &Node, key: &str) -> Option<Rule> {
         let at = loc(node);
         let Some(kind) = node.as_mapping().and_then(|m| m.get_node("rule")).and_then(|n| n.as_scalar()).map(|s| s.as_str().to_string()) else {
-            self.err(at, format!("a rule of `{key}` needs `rule: variable-check` or `rule: deployment-window`"));
+            self.err(at, format!("a rule of `{key}` needs `rule: variable-check`, `rule: deployment-window` or `rule: ./custom-rule.wasm`"));
             return None;
         };
         match kind.as_str() {
@@ -457,9 +459,29 @@ impl Parser {
                 }
                 Some(Rule::DeploymentWindow { cron: cron.value, timezone: timezone.map(|t| t.value) })
             }
+            custom if custom.ends_with(".wasm") || custom.starts_with("blake3:") => {
+                let map = self.mapping(node, "a custom rule", CUSTOM_RULE_KEYS)?;
+                let mut with = BTreeMap::new();
+                if let Some(w) = map.get_node("with") {
+                    match w.as_mapping() {
+                        Some(wm) => {
+                            for (k, v) in wm.iter() {
+                                if let Some(value) = self.scalar(v, &format!("`with.{}`", k.as_str())) {
+                                    if let Err(e) = super::template::references(&value.value) {
+                                        self.err(value.loc, format!("`with.{}`: {e}", k.as_str()));
+                                    }
+                                    with.insert(k.as_str().to_string(), value.value);
+                                }
+                            }
+                        }
+                        None => self.err(loc(w), "`with` of a rule must be a mapping of KEY: value"),
+                    }
+                }
+                Some(Rule::Custom { uses: custom.to_string(), with })
+            }
             other => {
                 let hint = suggest(other, &["variable-check", "deployment-window"]).map(|s| format!("; did you mean `{s}`?")).unwrap_or_default();
-                self.err(at, format!("unknown rule `{other}`: the rules are variable-check and deployment-window{hint}"));
+                self.err(at, format!("unknown rule `{other}`: the rules are variable-check, deployment-window, or a custom rule component (a .wasm path or blake3:<hex>){hint}"));
                 None
             }
         }

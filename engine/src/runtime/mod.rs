@@ -44,6 +44,16 @@ mod function_bindings {
     });
 }
 
+#[allow(missing_docs)]
+mod rule_bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "sluice:action/rule",
+        with: { "sluice:action/log": super::bindings::sluice::action::log },
+        exports: { default: async },
+    });
+}
+
 use bindings::sluice::action::types as wit;
 use function_bindings::sluice::action::function_types as fwit;
 
@@ -111,6 +121,30 @@ pub struct Invocation {
     pub log: Arc<dyn LogSink>,
 }
 
+/// One check of a custom condition rule (the WIT `rule` world).
+pub struct RuleCheck {
+    /// Tenant.
+    pub tenant: String,
+    /// Pipeline name.
+    pub pipeline: String,
+    /// Execution id.
+    pub execution_id: String,
+    /// The stage the condition belongs to.
+    pub stage: String,
+    /// `before_entry`, `on_success` or `on_failure`.
+    pub condition: String,
+    /// The time of the check, ms since the epoch.
+    pub now_ms: u64,
+    /// `#{...}` values by reference (`variables.KEY`, `NS.KEY`, `sluice.*`).
+    pub values: Vec<(String, String)>,
+    /// Resolved `with:` configuration.
+    pub config: Vec<(String, String)>,
+    /// Wall-clock limit.
+    pub timeout: Duration,
+    /// Where its logs go.
+    pub log: Arc<dyn LogSink>,
+}
+
 /// A `run` that did not fail.
 #[derive(Clone, Debug, PartialEq)]
 pub enum RunOutcome {
@@ -175,6 +209,7 @@ pub struct Runtime {
     cache: cache::CompileCache,
     loaded: Mutex<HashMap<Digest, bindings::ActionPre<host::HostState>>>,
     functions: Mutex<HashMap<Digest, function_bindings::FunctionPre<host::HostState>>>,
+    rules: Mutex<HashMap<Digest, rule_bindings::RulePre<host::HostState>>>,
     runs: Arc<tokio::sync::Semaphore>,
     _ticker: EpochTicker,
 }
@@ -207,6 +242,7 @@ impl Runtime {
             cache,
             loaded: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
+            rules: Mutex::new(HashMap::new()),
             runs: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_CALLS as usize)),
         })
     }
@@ -285,6 +321,57 @@ impl Runtime {
             Ok(Ok(fwit::Reply::ContinueLater(later))) => {
                 Ok(RunOutcome::Pending { continuation: later.token, wake: format!("timer:{}", later.delay_ms), summary: later.summary, percent_complete: None })
             }
+        }
+    }
+
+    /// Compile (or load from cache) a custom rule component (the `rule` world) and pre-link it.
+    pub fn load_rule(&self, bytes: &[u8]) -> anyhow::Result<Digest> {
+        let digest = Digest::of(bytes);
+        if self.rules.lock().unwrap().contains_key(&digest) {
+            return Ok(digest);
+        }
+        let pre = self.prelink(&digest, bytes, "the component does not fit the sluice:action@0.1.0 `rule` world")?;
+        let pre = rule_bindings::RulePre::new(pre).map_err(|e| anyhow::anyhow!("{e:#}")).context("the component does not export the sluice:action@0.1.0 `rule` world")?;
+        self.rules.lock().unwrap().insert(digest, pre);
+        Ok(digest)
+    }
+
+    /// Call a rule's `check` in a sandbox with no grants at all (no files, programs or
+    /// network), bounded like an action. `Ok(Err(reason))` is a failing rule.
+    pub async fn check_rule(&self, digest: &Digest, check: RuleCheck) -> Result<Result<(), String>, RunError> {
+        let pre = self.rules.lock().unwrap().get(digest).cloned().ok_or_else(|| RunError::Instantiate(format!("rule {digest} is not loaded")))?;
+        let _slot = self.runs.acquire().await.expect("semaphore is never closed");
+        let inv = Invocation {
+            context: ActionContext::default(),
+            config: Vec::new(),
+            workspace: std::env::temp_dir(),
+            mounts: Vec::new(),
+            programs: Vec::new(),
+            program_env: Vec::new(),
+            memory_limit: DEFAULT_MEMORY,
+            timeout: check.timeout,
+            log: check.log.clone(),
+        };
+        let (mut store, stdout, stderr) = self.sandbox(&inv)?;
+        let ctx = rule_bindings::sluice::action::rule_types::CheckContext {
+            tenant: check.tenant,
+            pipeline: check.pipeline,
+            execution_id: check.execution_id,
+            stage: check.stage,
+            condition: check.condition,
+            now_ms: check.now_ms,
+            values: check.values,
+        };
+        let call = async {
+            let rule = pre.instantiate_async(&mut store).await?;
+            rule.call_check(&mut store, &ctx, &check.config).await
+        };
+        let result = tokio::time::timeout(check.timeout, call).await;
+        drain(&check.log, &stdout, &stderr);
+        match result {
+            Err(_) => Err(RunError::Timeout(check.timeout)),
+            Ok(Err(e)) => Err(trap_error(e, store.data())),
+            Ok(Ok(verdict)) => Ok(verdict),
         }
     }
 

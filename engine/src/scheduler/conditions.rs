@@ -3,6 +3,7 @@
 //! built-in rules are pure (they read the execution and the input's timestamp), so the
 //! scheduler evaluates them itself.
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 use super::{Execution, Timestamp};
 use crate::model::template;
@@ -77,6 +78,14 @@ pub enum Rule {
         /// What to compare with.
         value: String,
     },
+    /// A custom rule: a component of the `rule` world, checked by the executor.
+    Custom {
+        /// A `.wasm` path (relative to the pipeline file) or `blake3:<hex>`.
+        uses: String,
+        /// Its configuration; values may contain `#{...}`.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        with: BTreeMap<String, String>,
+    },
     /// Passes while the cron expression matches the current minute in `timezone`.
     DeploymentWindow {
         /// Cron expression of the allowed minutes (`* 9-16 * * MON-FRI`).
@@ -85,6 +94,36 @@ pub enum Rule {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         timezone: Option<String>,
     },
+}
+
+impl Rule {
+    /// Whether the executor must check it (it runs a component).
+    pub fn is_custom(&self) -> bool {
+        matches!(self, Rule::Custom { .. })
+    }
+}
+
+/// Which of a stage's conditions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// `before_entry`.
+    BeforeEntry,
+    /// `on_success`.
+    OnSuccess,
+    /// `on_failure`.
+    OnFailure,
+}
+
+impl Phase {
+    /// As written in a pipeline.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::BeforeEntry => "before_entry",
+            Phase::OnSuccess => "on_success",
+            Phase::OnFailure => "on_failure",
+        }
+    }
 }
 
 /// A condition as the execution record keeps it.
@@ -115,6 +154,15 @@ pub struct StageConditions {
 }
 
 impl StageConditions {
+    /// The condition for `phase`, if any.
+    pub fn get(&self, phase: Phase) -> Option<&Condition> {
+        match phase {
+            Phase::BeforeEntry => self.before_entry.as_ref(),
+            Phase::OnSuccess => self.on_success.as_ref(),
+            Phase::OnFailure => self.on_failure.as_ref(),
+        }
+    }
+
     /// No condition at all.
     pub fn is_empty(&self) -> bool {
         self.before_entry.is_none() && self.on_success.is_none() && self.on_failure.is_none()
@@ -153,6 +201,7 @@ pub fn check(rule: &Rule, exec: &Execution, at: Timestamp) -> Result<(), String>
             let op = serde_json::to_value(operator).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
             if pass { Ok(()) } else { Err(format!("variable-check: {input} is {actual:?}; expected {op} {value:?}")) }
         }
+        Rule::Custom { uses, .. } => Err(format!("{uses}: a custom rule is checked by the executor, not here")),
         Rule::DeploymentWindow { cron, timezone } => {
             let schedule = crate::model::cron::CronSchedule::parse(cron, timezone.as_deref()).map_err(|e| format!("deployment-window: {e}"))?;
             let now = jiff::Timestamp::from_millisecond(at.0 as i64).map_err(|e| format!("deployment-window: {e}"))?;

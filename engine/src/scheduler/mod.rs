@@ -12,7 +12,7 @@ mod tests;
 #[cfg(test)]
 mod tests_operating;
 
-pub use conditions::{Condition, Outcome, StageConditions};
+pub use conditions::{Condition, Outcome, Phase, Rule, StageConditions};
 pub use lanes::Mode;
 pub use record::{ActionRun, Decision, Execution, PluginRef, RetryPolicy, RollbackOf, StageRun, Status, Timestamp, TriggerInfo, Wake, Waiting};
 
@@ -96,6 +96,17 @@ pub enum Input {
         /// When.
         at: Timestamp,
     },
+    /// The verdict on a condition with custom rules (`Command::CheckRules`).
+    Checked {
+        /// Stage index.
+        stage: usize,
+        /// Which condition.
+        phase: Phase,
+        /// `Some(reason)`: a rule failed (or could not run), so the condition's result applies.
+        failure: Option<String>,
+        /// When.
+        at: Timestamp,
+    },
     /// A newer execution replaced this one while it waited to enter `stage`.
     Supersede {
         /// Stage index.
@@ -124,7 +135,7 @@ impl Input {
         match self {
             Input::Start { at } | Input::ActionCompleted { at, .. } | Input::Stop { at, .. } | Input::Retry { at, .. } => *at,
             Input::Wake { at, .. } | Input::Decide { at, .. } | Input::Expire { at, .. } => *at,
-            Input::Admit { at, .. } | Input::Supersede { at, .. } => *at,
+            Input::Admit { at, .. } | Input::Supersede { at, .. } | Input::Checked { at, .. } => *at,
         }
     }
 }
@@ -208,6 +219,14 @@ pub enum Command {
         /// Stage index.
         stage: usize,
     },
+    /// Evaluate the condition of `stage` for `phase`, which has custom (WASM) rules; answer
+    /// with `Input::Checked`.
+    CheckRules {
+        /// Stage index.
+        stage: usize,
+        /// Which condition.
+        phase: Phase,
+    },
     /// A condition asks to roll `stage` back to the last execution that succeeded in it.
     Rollback {
         /// Stage index.
@@ -246,6 +265,13 @@ pub fn apply(next: &mut Execution, input: &Input) -> Vec<Command> {
             if next.status == Status::InProgress && next.entering == Some(*stage) {
                 next.entering = None;
                 begin_stage(next, *stage, *at, &mut commands);
+            }
+        }
+        Input::Checked { stage, phase, failure, at } => {
+            let checking = next.stages.get(*stage).is_some_and(|s| s.checking == Some(*phase));
+            if next.status == Status::InProgress && checking {
+                next.stages[*stage].checking = None;
+                decide(next, *stage, *phase, failure.clone(), *at, &mut commands);
             }
         }
         Input::Supersede { stage, by, at } => {
@@ -370,6 +396,7 @@ pub fn apply(next: &mut Execution, input: &Input) -> Vec<Command> {
                     }
                     stage.status = Status::Stopped;
                     stage.finished_at = Some(*at);
+                    stage.checking = None;
                 }
                 finish(next, Status::Stopped, *at, &mut commands);
             } else {
@@ -474,8 +501,8 @@ pub fn refusal(exec: &Execution, input: &Input) -> Option<String> {
 }
 
 /// After an action of `group` ended: wait for the rest of the group, then fail the stage or
-/// move on to the next group, the next stage, or the end — with the stage's `on_success` and
-/// `on_failure` conditions deciding at the stage's end.
+/// move on to the next group; at the stage's end its `on_success` or `on_failure` condition
+/// decides what follows.
 fn group_settled(exec: &mut Execution, si: usize, group: u32, at: Timestamp, commands: &mut Vec<Command>) {
     let stage = &mut exec.stages[si];
     if stage.actions.iter().any(|a| a.status == Status::InProgress) {
@@ -492,46 +519,65 @@ fn group_settled(exec: &mut Execution, si: usize, group: u32, at: Timestamp, com
     if stage.actions.iter().any(|a| a.run_order == group && a.status == Status::Failed) {
         stage.status = Status::Failed;
         stage.finished_at = Some(at);
-        if let Some(c) = stage.conditions.on_failure.clone() {
-            if let Some(why) = conditions::applies(&c, exec, at) {
-                let stage = &mut exec.stages[si];
-                match c.result {
-                    Outcome::Retry if !stage.auto_retried => {
-                        stage.auto_retried = true;
-                        stage.condition = Some(format!("on_failure RETRY: {why}"));
-                        stage.status = Status::InProgress;
-                        stage.finished_at = None;
-                        for a in stage.actions.iter_mut().filter(|a| c.retry_all || a.status != Status::Succeeded) {
-                            a.status = Status::NotStarted;
-                            a.finished_at = None;
-                        }
-                        let first = stage.actions.iter().filter(|a| a.status == Status::NotStarted).map(|a| a.run_order).min().unwrap_or(0);
-                        start_group(exec, si, first, at, commands);
-                        return;
-                    }
-                    Outcome::Rollback if exec.rollback.is_none() => {
-                        stage.condition = Some(format!("on_failure ROLLBACK: {why}"));
-                        commands.push(Command::Rollback { stage: si });
-                    }
-                    _ => {}
-                }
-            }
-        }
-        leave(exec, si, commands);
-        finish(exec, Status::Failed, at, commands);
+        judge(exec, si, Phase::OnFailure, at, commands);
         return;
     }
     let next_group = stage.actions.iter().filter(|a| a.status == Status::NotStarted && a.run_order > group).map(|a| a.run_order).min();
-    if let Some(g) = next_group {
-        start_group(exec, si, g, at, commands);
+    match next_group {
+        Some(g) => start_group(exec, si, g, at, commands),
+        None => judge(exec, si, Phase::OnSuccess, at, commands),
+    }
+}
+
+/// Evaluate the stage's condition for `phase` and act on it. Built-in rules are evaluated
+/// here; a condition with a custom (WASM) rule is handed to the executor
+/// (`Command::CheckRules`), whose verdict comes back as `Input::Checked`.
+fn judge(exec: &mut Execution, si: usize, phase: Phase, at: Timestamp, commands: &mut Vec<Command>) {
+    let Some(condition) = exec.stages[si].conditions.get(phase).cloned() else {
+        return decide(exec, si, phase, None, at, commands);
+    };
+    if condition.rules.iter().any(Rule::is_custom) {
+        exec.stages[si].checking = Some(phase);
+        commands.push(Command::CheckRules { stage: si, phase });
         return;
     }
-    if let Some(c) = stage.conditions.on_success.clone() {
-        if let Some(why) = conditions::applies(&c, exec, at) {
+    let verdict = conditions::applies(&condition, exec, at);
+    decide(exec, si, phase, verdict, at, commands);
+}
+
+/// Act on a condition's verdict (`Some(why)`: its result applies) for `phase` of stage `si`.
+fn decide(exec: &mut Execution, si: usize, phase: Phase, verdict: Option<String>, at: Timestamp, commands: &mut Vec<Command>) {
+    let result = exec.stages[si].conditions.get(phase).map(|c| (c.result, c.retry_all));
+    let rollback_allowed = exec.rollback.is_none(); // a rollback never asks for another
+    match (phase, verdict, result) {
+        (Phase::BeforeEntry, Some(why), Some((outcome, _))) => {
+            let stage = &mut exec.stages[si];
+            stage.finished_at = Some(at);
+            for a in stage.actions.iter_mut().filter(|a| a.status == Status::NotStarted) {
+                a.status = Status::Skipped;
+            }
+            leave(exec, si, commands);
+            let stage = &mut exec.stages[si];
+            if outcome == Outcome::Skip {
+                stage.status = Status::Skipped;
+                stage.condition = Some(format!("before_entry SKIP: {why}"));
+                after_stage(exec, si, at, commands);
+            } else {
+                stage.status = Status::Failed;
+                stage.condition = Some(format!("before_entry FAIL: {why}"));
+                finish(exec, Status::Failed, at, commands);
+            }
+        }
+        (Phase::BeforeEntry, _, _) => match exec.stages[si].actions.iter().filter(|a| a.status == Status::NotStarted).map(|a| a.run_order).min() {
+            Some(first) => start_group(exec, si, first, at, commands),
+            // Validation rejects empty stages; an empty (or fully succeeded) one simply succeeds.
+            None => group_settled(exec, si, 0, at, commands),
+        },
+        (Phase::OnSuccess, Some(why), Some((outcome, _))) => {
             let stage = &mut exec.stages[si];
             stage.status = Status::Failed;
             stage.finished_at = Some(at);
-            if c.result == Outcome::Rollback && exec.rollback.is_none() {
+            if outcome == Outcome::Rollback && rollback_allowed {
                 stage.condition = Some(format!("on_success ROLLBACK: {why}"));
                 commands.push(Command::Rollback { stage: si });
             } else {
@@ -539,14 +585,40 @@ fn group_settled(exec: &mut Execution, si: usize, group: u32, at: Timestamp, com
             }
             leave(exec, si, commands);
             finish(exec, Status::Failed, at, commands);
-            return;
+        }
+        (Phase::OnSuccess, _, _) => {
+            let stage = &mut exec.stages[si];
+            stage.status = Status::Succeeded;
+            stage.finished_at = Some(at);
+            leave(exec, si, commands);
+            after_stage(exec, si, at, commands);
+        }
+        (Phase::OnFailure, verdict, result) => {
+            let stage = &mut exec.stages[si];
+            match (verdict, result) {
+                (Some(why), Some((Outcome::Retry, all))) if !stage.auto_retried => {
+                    stage.auto_retried = true;
+                    stage.condition = Some(format!("on_failure RETRY: {why}"));
+                    stage.status = Status::InProgress;
+                    stage.finished_at = None;
+                    for a in stage.actions.iter_mut().filter(|a| all || a.status != Status::Succeeded) {
+                        a.status = Status::NotStarted;
+                        a.finished_at = None;
+                    }
+                    let first = stage.actions.iter().filter(|a| a.status == Status::NotStarted).map(|a| a.run_order).min().unwrap_or(0);
+                    start_group(exec, si, first, at, commands);
+                    return;
+                }
+                (Some(why), Some((Outcome::Rollback, _))) if rollback_allowed => {
+                    stage.condition = Some(format!("on_failure ROLLBACK: {why}"));
+                    commands.push(Command::Rollback { stage: si });
+                }
+                _ => {}
+            }
+            leave(exec, si, commands);
+            finish(exec, Status::Failed, at, commands);
         }
     }
-    let stage = &mut exec.stages[si];
-    stage.status = Status::Succeeded;
-    stage.finished_at = Some(at);
-    leave(exec, si, commands);
-    after_stage(exec, si, at, commands);
 }
 
 /// The stage `si` is done well (succeeded or skipped): the next stage, or the end.
@@ -583,33 +655,7 @@ fn begin_stage(exec: &mut Execution, si: usize, at: Timestamp, commands: &mut Ve
     stage.status = Status::InProgress;
     stage.started_at = Some(at);
     stage.finished_at = None;
-    if let Some(c) = stage.conditions.before_entry.clone() {
-        if let Some(why) = conditions::applies(&c, exec, at) {
-            let stage = &mut exec.stages[si];
-            stage.finished_at = Some(at);
-            for a in stage.actions.iter_mut().filter(|a| a.status == Status::NotStarted) {
-                a.status = Status::Skipped;
-            }
-            leave(exec, si, commands);
-            if c.result == Outcome::Skip {
-                let stage = &mut exec.stages[si];
-                stage.status = Status::Skipped;
-                stage.condition = Some(format!("before_entry SKIP: {why}"));
-                after_stage(exec, si, at, commands);
-            } else {
-                let stage = &mut exec.stages[si];
-                stage.status = Status::Failed;
-                stage.condition = Some(format!("before_entry FAIL: {why}"));
-                finish(exec, Status::Failed, at, commands);
-            }
-            return;
-        }
-    }
-    match exec.stages[si].actions.iter().filter(|a| a.status == Status::NotStarted).map(|a| a.run_order).min() {
-        Some(first) => start_group(exec, si, first, at, commands),
-        // Validation rejects empty stages; an empty (or fully succeeded) one simply succeeds.
-        None => group_settled(exec, si, 0, at, commands),
-    }
+    judge(exec, si, Phase::BeforeEntry, at, commands);
 }
 
 fn start_group(exec: &mut Execution, si: usize, group: u32, at: Timestamp, commands: &mut Vec<Command>) {

@@ -182,6 +182,9 @@ pub struct StageRun {
     /// What a condition did to it, for the record (`before_entry SKIP: …`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub condition: Option<String>,
+    /// A condition with custom rules is being checked (`Command::CheckRules`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checking: Option<super::conditions::Phase>,
     /// An `on_failure: RETRY` already re-ran it (it retries once).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub auto_retried: bool,
@@ -334,6 +337,7 @@ impl Execution {
                 finished_at: None,
                 conditions: s.conditions.clone(),
                 condition: None,
+                checking: None,
                 auto_retried: false,
                 actions: s
                     .actions
@@ -401,6 +405,7 @@ impl Execution {
             s.started_at = None;
             s.finished_at = None;
             s.condition = None;
+            s.checking = None;
             s.auto_retried = false;
             for a in s.actions.iter_mut() {
                 a.status = Status::NotStarted;

@@ -21,6 +21,7 @@ pub(super) fn exec(layout: &[&[u32]]) -> Execution {
                 finished_at: None,
                 conditions: StageConditions::default(),
                 condition: None,
+                checking: None,
                 auto_retried: false,
                 actions: orders
                     .iter()

@@ -1,6 +1,6 @@
 //! Table-driven tests of the operating rules: execution modes and transitions (lanes),
 //! gated stage entry, supersession, rollback executions and stage conditions.
-use super::conditions::{Condition, Operator, Outcome, Rule, check};
+use super::conditions::{Condition, Operator, Outcome, Phase, Rule, check};
 use super::lanes::{self, Disabled, Effect, LaneOp, Lanes};
 use super::tests::{exec, fail, ok, run};
 use super::*;
@@ -396,4 +396,29 @@ fn built_in_rules() {
     assert!(check(&window("* 16-17 * * MON-FRI", Some("Europe/Berlin")), &e, at).is_err());
     let closed = check(&window("* * * * SAT,SUN", None), &e, at).unwrap_err();
     assert!(closed.contains("outside"), "{closed}");
+}
+
+#[test]
+fn conditions_with_custom_rules_wait_for_the_executors_verdict() {
+    let custom = Rule::Custom { uses: "./rule.wasm".into(), with: BTreeMap::new() };
+    let mut e = exec(&[&[1], &[1]]);
+    e.stages[1].conditions.before_entry = cond(Outcome::Fail, vec![equals("#{sluice.pipeline}", "p"), custom]);
+    let (e, _) = step(&e, &Input::Start { at: Timestamp(1) });
+    let (e, cmds) = step(&e, &ok(0, 0));
+    assert_eq!(cmds, vec![Command::CheckRules { stage: 1, phase: Phase::BeforeEntry }]);
+    assert_eq!((e.stages[1].status, e.stages[1].checking), (Status::InProgress, Some(Phase::BeforeEntry)));
+    // A verdict for another phase is stale; a passing one starts the stage.
+    let checked = |phase, failure: Option<&str>| Input::Checked { stage: 1, phase, failure: failure.map(str::to_string), at: Timestamp(3) };
+    assert!(step(&e, &checked(Phase::OnSuccess, None)).1.is_empty());
+    let (passed, cmds) = step(&e, &checked(Phase::BeforeEntry, None));
+    assert_eq!(cmds, vec![run(1, 0)]);
+    assert!(step(&passed, &checked(Phase::BeforeEntry, Some("late"))).1.is_empty(), "a second verdict changes nothing");
+    // A failing one applies the result, with the rule's reason on the record.
+    let (failed, cmds) = step(&e, &checked(Phase::BeforeEntry, Some("rule ./rule.wasm: 1.0-rc is a pre-release")));
+    assert_eq!(cmds, vec![Command::Finish { status: Status::Failed }]);
+    assert_eq!(failed.stages[1].condition.as_deref(), Some("before_entry FAIL: rule ./rule.wasm: 1.0-rc is a pre-release"));
+    // Stopping while a rule is checked ends it; the verdict that arrives later is ignored.
+    let (stopped, _) = step(&e, &Input::Stop { abandon: false, reason: None, at: Timestamp(4) });
+    assert_eq!((stopped.status, stopped.stages[1].checking), (Status::Stopped, None));
+    assert!(step(&stopped, &checked(Phase::BeforeEntry, None)).1.is_empty());
 }

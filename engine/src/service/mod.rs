@@ -53,6 +53,10 @@ pub struct JobMessage {
     /// Not a run: fail the attempt if it is still waiting (an approval's deadline).
     #[serde(default)]
     pub expire: bool,
+    /// Not a run: check the stage's condition for this phase (it has custom rules). The
+    /// number is the stage's start time, which tells checks of a re-entered stage apart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<(crate::scheduler::Phase, u64)>,
 }
 
 /// How a job delivery ended.
@@ -151,7 +155,7 @@ fn outstanding(exec: &Execution) -> Vec<JobMessage> {
             if action.status != Status::InProgress {
                 continue;
             }
-            let mut job = JobMessage { tenant: exec.tenant.clone(), execution_id: exec.execution_id.clone(), stage: si, action: ai, attempt: action.attempt, not_before: 0, expire: false };
+            let mut job = JobMessage { tenant: exec.tenant.clone(), execution_id: exec.execution_id.clone(), stage: si, action: ai, attempt: action.attempt, not_before: 0, expire: false, check: None };
             match action.waiting.as_ref().map(|w| (&w.wake, w)) {
                 None => {}
                 Some((Wake::Timer(ms), w)) => job.not_before = w.since.0 + ms,
@@ -165,8 +169,17 @@ fn outstanding(exec: &Execution) -> Vec<JobMessage> {
             }
             out.push(job);
         }
+        if let Some(phase) = stage.checking {
+            out.push(check_job(exec, si, phase));
+        }
     }
     out
+}
+
+/// The job that checks stage `si`'s condition for `phase`.
+fn check_job(exec: &Execution, si: usize, phase: crate::scheduler::Phase) -> JobMessage {
+    let round = exec.stages[si].started_at.map(|t| t.0).unwrap_or(0);
+    JobMessage { tenant: exec.tenant.clone(), execution_id: exec.execution_id.clone(), stage: si, action: 0, attempt: 0, not_before: 0, expire: false, check: Some((phase, round)) }
 }
 
 /// The jobs, notifications and cross-record work that `commands` (just applied to `exec`)
@@ -177,17 +190,18 @@ fn follow_up(exec: &Execution, commands: Vec<Command>) -> (Vec<JobMessage>, Vec<
         match c {
             Command::RunAction { stage, action, attempt, delay_ms } => {
                 let not_before = if delay_ms > 0 { Timestamp::now().0 + delay_ms } else { 0 };
-                jobs.push(JobMessage { tenant: exec.tenant.clone(), execution_id: exec.execution_id.clone(), stage, action, attempt, not_before, expire: false });
+                jobs.push(JobMessage { tenant: exec.tenant.clone(), execution_id: exec.execution_id.clone(), stage, action, attempt, not_before, expire: false, check: None });
             }
             Command::Await { stage, action, attempt } => {
                 let waiting = exec.stages[stage].actions[action].waiting.as_ref();
                 if let Some(deadline) = waiting.and_then(|w| w.deadline) {
-                    jobs.push(JobMessage { tenant: exec.tenant.clone(), execution_id: exec.execution_id.clone(), stage, action, attempt, not_before: deadline.0, expire: true });
+                    jobs.push(JobMessage { tenant: exec.tenant.clone(), execution_id: exec.execution_id.clone(), stage, action, attempt, not_before: deadline.0, expire: true, check: None });
                 }
                 if waiting.is_some_and(|w| w.wake == Wake::Approval) {
                     events.extend(crate::bus::approval_event(exec, stage, action));
                 }
             }
+            Command::CheckRules { stage, phase } => jobs.push(check_job(exec, stage, phase)),
             Command::Enter { stage } => after.push(lanes::After::arrive(exec, stage)),
             Command::Leave { stage } => after.push(lanes::After::leave(exec, stage)),
             Command::Rollback { stage } => after.push(lanes::After::Rollback { tenant: exec.tenant.clone(), pipeline: exec.pipeline.clone(), stage: exec.stages[stage].name.clone(), failed: exec.execution_id.clone() }),
@@ -448,6 +462,9 @@ impl Service {
             if job.expire {
                 id.push_str("/expire");
             }
+            if let Some((phase, round)) = job.check {
+                id = format!("{}/{}/{}/check/{}/{round}", job.tenant, job.execution_id, job.stage, phase.as_str());
+            }
             let subject = crate::nats::jobs_subject(&job.tenant);
             let payload = serde_json::to_vec(job).unwrap_or_default();
             let mut delay = Duration::from_millis(50);
@@ -490,10 +507,18 @@ impl Service {
             tracing::error!("job for unknown execution {}", job.execution_id);
             return Ok(Settled::Done);
         };
-        let Some(run) = exec.stages.get(job.stage).and_then(|s| s.actions.get(job.action)) else { return Ok(Settled::Done) };
         if exec.status.is_terminal() {
             return Ok(Settled::Done);
         }
+        if let Some((phase, _)) = job.check {
+            if exec.stages.get(job.stage).is_none_or(|s| s.checking != Some(phase)) {
+                return Ok(Settled::Done); // already decided (a redelivery)
+            }
+            let loaded = self.load(&job.tenant, &exec.pipeline, Some(exec.pipeline_version)).await?.ok_or_else(|| format!("pipeline `{}` version {} is not registered", exec.pipeline, exec.pipeline_version))?;
+            let input = crate::executor::rules::check(&self.engine.job_context(), &loaded.pipeline, &exec, job.stage, phase).await;
+            return self.complete(&key, &input).await.map(|()| Settled::Done);
+        }
+        let Some(run) = exec.stages.get(job.stage).and_then(|s| s.actions.get(job.action)) else { return Ok(Settled::Done) };
         if run.status != Status::InProgress || run.attempt != job.attempt || (run.waiting.is_some() && !job.expire && !matches!(run.waiting.as_ref().map(|w| &w.wake), Some(Wake::Timer(_)))) {
             // Already recorded (a redelivery after a crash): make sure what followed is queued.
             self.push_jobs(&outstanding(&exec)).await;
