@@ -228,8 +228,7 @@ pub fn lookup(exec: &Execution, ns: &str, key: &str) -> Option<String> {
             .stages
             .iter()
             .flat_map(|s| &s.actions)
-            .filter(|a| a.status == super::Status::Succeeded && a.namespace.as_deref() == Some(other))
-            .last()
+            .rfind(|a| a.status == super::Status::Succeeded && a.namespace.as_deref() == Some(other))
             .and_then(|a| a.variables.get(key).cloned()),
     }
 }
