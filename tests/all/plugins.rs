@@ -194,3 +194,40 @@ stages:
     assert!(strict.contains("4 tests, 1 failures, 1 errors, 1 skipped") && strict.contains("math.divides") && strict.contains("io.writes"), "{strict}");
     assert!(error(action(&exec, "Report/Nothing")).contains("no JUnit XML report found"));
 }
+
+#[test]
+fn the_release_example_takes_a_git_project_through_build_tests_approval_and_deploy() {
+    let p = Project::copy_of("examples/release");
+    let made = Command::new("sh").arg("make-repo.sh").arg("repo").current_dir(p.dir.path()).output().unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let head = git(&p.path("repo"), &["rev-parse", "main"]);
+
+    let r = p.run(&["--approve", "Approve/Gate", "--as", "ana"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let exec = r.json();
+    let checkout = action(&exec, "Source/Checkout");
+    assert_eq!(checkout["variables"]["CommitId"], head.as_str());
+    assert_eq!(checkout["variables"]["BranchName"], "main");
+    assert_eq!(action(&exec, "Build/Report")["variables"]["Tests"], "2");
+    assert_eq!(action(&exec, "Approve/Gate")["config"]["custom_data"], format!("greeter 1.0.0+{head}: 2 tests passed").as_str());
+    // The release is live: the packaged greeter, stamped with the commit.
+    assert_eq!(p.read(".sluice/releases/current/VERSION").trim(), format!("1.0.0+{head}"));
+    let greet = Command::new(p.path(".sluice/releases/current/bin/greet")).arg("Ana").output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&greet.stdout), "Hello, Ana!\n");
+
+    // The `broken` branch fails its tests: the report names them and nothing is approved or deployed.
+    let r = p.run(&["--var", "branch=broken", "--approve", "Approve/Gate", "--as", "ana"]);
+    assert_eq!(r.code, 1);
+    let exec = r.json();
+    let report = action(&exec, "Build/Report");
+    assert!(error(report).contains("2 tests, 2 failures") && error(report).contains("greet.named"), "{report:#}");
+    assert_eq!(status(action(&exec, "Approve/Gate")), "NotStarted");
+    assert_eq!(std::fs::read_link(p.path(".sluice/releases/current")).unwrap().file_name().unwrap().to_str().unwrap(), head_release(&p));
+}
+
+/// The release `current` points to (there is exactly one).
+fn head_release(p: &Project) -> String {
+    let mut entries: Vec<String> = std::fs::read_dir(p.path(".sluice/releases/releases")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    entries.pop().unwrap()
+}
