@@ -9,6 +9,7 @@ mod authoring;
 mod cli;
 mod conformance;
 mod functions;
+mod http_plugins;
 mod operating;
 mod plugins;
 mod quickstart;

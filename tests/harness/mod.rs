@@ -117,4 +117,5 @@ pub fn status(v: &Value) -> &str {
 pub fn error(v: &Value) -> &str {
     v["error"].as_str().unwrap_or("")
 }
+pub mod http;
 pub mod nats;

@@ -49,7 +49,7 @@ pub async fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
     let config: BTreeMap<String, String> = args.config.into_iter().collect();
     let mut problems: Vec<String> = validate::unknown_config_keys(&args.plugin, d, config.keys().map(String::as_str)).into_iter().map(|(_, m)| m).collect();
     problems.extend(validate::missing_config_keys(&args.plugin, d, |k| config.contains_key(k)));
-    let (mut programs, mut dirs) = (Vec::new(), Vec::new());
+    let (mut programs, mut dirs, mut http) = (Vec::new(), Vec::new(), Vec::new());
     for g in &args.grants {
         match g.split_once('=') {
             Some(("process", p)) => programs.push(p.to_string()),
@@ -61,7 +61,10 @@ pub async fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
                 };
                 dirs.push((normalize(&cwd.join(path)), access));
             }
-            Some(("http", _)) => problems.push("http grants are not supported by this engine version yet".into()),
+            Some(("http", origin)) => match crate::runtime::http::valid_grant(origin) {
+                Ok(o) => http.push(o),
+                Err(e) => problems.push(format!("--grant {g}: {e}")),
+            },
             _ => problems.push(format!("--grant {g}: expected process=PROGRAM, dir=PATH:ro|rw or http=ORIGIN")),
         }
     }
@@ -106,6 +109,7 @@ pub async fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
         outputs: args.outputs.clone(),
         dirs,
         programs,
+        http,
         memory: units::parse_size(&args.memory).map_err(anyhow::Error::msg)?,
         timeout: units::parse_duration(&args.timeout).map_err(anyhow::Error::msg)?,
         pipeline_dir: cwd.clone(),

@@ -59,6 +59,9 @@ pub struct JobSpec {
     pub dirs: Vec<(PathBuf, Access)>,
     /// Granted host programs.
     pub programs: Vec<String>,
+    /// Granted outbound HTTP origins.
+    #[serde(default)]
+    pub http: Vec<String>,
     /// Memory cap, bytes.
     pub memory: u64,
     /// Wall-clock limit.
@@ -205,6 +208,7 @@ impl JobSpec {
             outputs: action.outputs.iter().map(|o| o.value.clone()).collect(),
             dirs,
             programs: action.capabilities.process.clone(),
+            http: action.capabilities.http.clone(),
             memory: action.memory.unwrap_or(crate::runtime::DEFAULT_MEMORY),
             timeout: action.timeout.or(p.timeout).unwrap_or(DEFAULT_TIMEOUT),
             pipeline_dir: p.dir.clone(),
@@ -395,6 +399,7 @@ async fn run_in(cx: &JobContext, job: &JobSpec, ws: &Path, log: Arc<dyn LogSink>
         mounts,
         programs: job.programs.clone(),
         program_env,
+        http: job.http.clone(),
         memory_limit: job.memory,
         timeout: job.timeout,
         log: log.clone(),

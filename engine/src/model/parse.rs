@@ -560,7 +560,13 @@ impl Parser {
             caps.process = self.string_list(n, "`capabilities.process`").into_iter().filter(|v| no_templates(self, v)).map(|v| v.value).collect();
         }
         if let Some(n) = map.get_node("http") {
-            caps.http = self.string_list(n, "`capabilities.http`").into_iter().filter(|v| no_templates(self, v)).map(|v| v.value).collect();
+            let grants: Vec<Located<String>> = self.string_list(n, "`capabilities.http`").into_iter().filter(|v| no_templates(self, v)).collect();
+            for grant in grants {
+                match crate::runtime::http::valid_grant(&grant.value) {
+                    Ok(origin) => caps.http.push(origin),
+                    Err(e) => self.err(grant.loc, format!("`capabilities.http`: {e}")),
+                }
+            }
         }
         if let Some(n) = map.get_node("dirs") {
             if let Some(dmap) = n.as_mapping() {

@@ -197,6 +197,10 @@ pub fn validate(p: &Pipeline, plugins: &ResolvedPlugins, overrides: &BTreeMap<St
         }
         for cap in &d.capabilities {
             match cap {
+                Capability::Http if a.capabilities.http.is_empty() => err(
+                    cap_loc,
+                    format!("action `{}`: `{}` makes outbound HTTP requests; grant the origins it may reach with `capabilities: {{ http: [https://host] }}`", a.name, a.uses.value),
+                ),
                 Capability::Process(prog) if !a.capabilities.process.contains(prog) => err(
                     cap_loc,
                     format!("action `{}`: `{}` runs host program `{prog}`; grant it with `capabilities: {{ process: [{prog}] }}`", a.name, a.uses.value),

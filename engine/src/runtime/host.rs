@@ -78,6 +78,8 @@ pub(super) struct HostState {
     mounts: Vec<super::Mount>,
     programs: Vec<String>,
     program_env: Vec<(String, String)>,
+    http: wasmtime_wasi_http::WasiHttpCtx,
+    http_guard: super::http::OriginGuard,
 }
 
 impl HostState {
@@ -89,13 +91,26 @@ impl HostState {
         mounts: Vec<Mount>,
         programs: Vec<String>,
         program_env: Vec<(String, String)>,
+        http_origins: &[String],
     ) -> Self {
-        HostState { wasi, table: ResourceTable::new(), limits: Limits { memory, exceeded: None }, log, workspace, mounts, programs, program_env }
+        let http_guard = super::http::OriginGuard::new(http_origins, log.clone());
+        HostState {
+            wasi,
+            table: ResourceTable::new(),
+            limits: Limits { memory, exceeded: None },
+            log,
+            workspace,
+            mounts,
+            programs,
+            program_env,
+            http: wasmtime_wasi_http::WasiHttpCtx::new(),
+            http_guard,
+        }
     }
 
     /// A store with nothing granted and nothing logged (`describe`, the bare benchmark).
     pub(super) fn without_grants() -> Self {
-        Self::new(WasiCtx::builder().build(), super::DEFAULT_MEMORY, Arc::new(NullLog), PathBuf::new(), Vec::new(), Vec::new(), Vec::new())
+        Self::new(WasiCtx::builder().build(), super::DEFAULT_MEMORY, Arc::new(NullLog), PathBuf::new(), Vec::new(), Vec::new(), Vec::new(), &[])
     }
 
     /// Map a guest path to (mount, path relative to the mount), refusing anything outside.
@@ -126,6 +141,12 @@ impl HostState {
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl wasmtime_wasi_http::WasiHttpView for HostState {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.http_guard }
     }
 }
 

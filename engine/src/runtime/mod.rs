@@ -9,6 +9,7 @@
 mod cache;
 mod capture;
 mod host;
+pub mod http;
 
 pub use host::{Level, LogSink, Mount};
 
@@ -113,6 +114,8 @@ pub struct Invocation {
     pub programs: Vec<String>,
     /// Extra environment for host programs (SLUICE_*).
     pub program_env: Vec<(String, String)>,
+    /// Origins the guest may send HTTP requests to (`scheme://host[:port]`).
+    pub http: Vec<String>,
     /// Guest memory cap in bytes.
     pub memory_limit: u64,
     /// Wall-clock limit for the whole call.
@@ -233,6 +236,8 @@ impl Runtime {
         let engine = Engine::new(&c)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        // Outbound HTTP: linked for every guest, denied unless the call grants the origin.
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         bindings::Action::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
         let cache = cache::CompileCache::new(&engine, config.cache_dir)?;
         Ok(Runtime {
@@ -348,6 +353,7 @@ impl Runtime {
             mounts: Vec::new(),
             programs: Vec::new(),
             program_env: Vec::new(),
+            http: Vec::new(),
             memory_limit: DEFAULT_MEMORY,
             timeout: check.timeout,
             log: check.log.clone(),
@@ -392,7 +398,7 @@ impl Runtime {
             wasi.preopened_dir(&m.host, m.guest.to_string_lossy(), perms)
                 .map_err(|e| RunError::Instantiate(format!("cannot mount {} at {}: {e}", m.host.display(), m.guest.display())))?;
         }
-        let state = host::HostState::new(wasi.build(), inv.memory_limit, inv.log.clone(), inv.workspace.clone(), inv.mounts.clone(), inv.programs.clone(), inv.program_env.clone());
+        let state = host::HostState::new(wasi.build(), inv.memory_limit, inv.log.clone(), inv.workspace.clone(), inv.mounts.clone(), inv.programs.clone(), inv.program_env.clone(), &inv.http);
         Ok((self.store(state), stdout, stderr))
     }
 

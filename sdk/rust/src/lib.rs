@@ -24,6 +24,9 @@
 //! Build with `cargo build --release --target wasm32-wasip2`; the `.wasm` file is the plugin.
 #![deny(missing_docs)]
 
+#[cfg(feature = "http")]
+pub mod http;
+
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
