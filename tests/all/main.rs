@@ -10,6 +10,7 @@ mod cli;
 mod conformance;
 mod functions;
 mod http_plugins;
+mod notify;
 mod operating;
 mod plugins;
 mod quickstart;

@@ -26,7 +26,7 @@ pub struct TestArgs {
     /// An output artifact to collect (repeatable).
     #[arg(long = "output", value_name = "NAME")]
     pub outputs: Vec<String>,
-    /// A grant: `process=PROGRAM`, `dir=PATH:ro|rw` or `http=ORIGIN` (repeatable).
+    /// A grant: `process=PROGRAM`, `dir=PATH:ro|rw`, `http=ORIGIN` or `nats=SUBJECT` (repeatable).
     #[arg(long = "grant", value_name = "KIND=VALUE")]
     pub grants: Vec<String>,
     /// Wall-clock limit.
@@ -49,7 +49,7 @@ pub async fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
     let config: BTreeMap<String, String> = args.config.into_iter().collect();
     let mut problems: Vec<String> = validate::unknown_config_keys(&args.plugin, d, config.keys().map(String::as_str)).into_iter().map(|(_, m)| m).collect();
     problems.extend(validate::missing_config_keys(&args.plugin, d, |k| config.contains_key(k)));
-    let (mut programs, mut dirs, mut http) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut programs, mut dirs, mut http, mut nats) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for g in &args.grants {
         match g.split_once('=') {
             Some(("process", p)) => programs.push(p.to_string()),
@@ -65,7 +65,11 @@ pub async fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
                 Ok(o) => http.push(o),
                 Err(e) => problems.push(format!("--grant {g}: {e}")),
             },
-            _ => problems.push(format!("--grant {g}: expected process=PROGRAM, dir=PATH:ro|rw or http=ORIGIN")),
+            Some(("nats", subject)) => match crate::runtime::messaging::valid_grant(subject) {
+                Ok(()) => nats.push(subject.to_string()),
+                Err(e) => problems.push(format!("--grant {g}: {e}")),
+            },
+            _ => problems.push(format!("--grant {g}: expected process=PROGRAM, dir=PATH:ro|rw, http=ORIGIN or nats=SUBJECT")),
         }
     }
     for cap in &d.capabilities {
@@ -110,6 +114,7 @@ pub async fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
         dirs,
         programs,
         http,
+        nats,
         memory: units::parse_size(&args.memory).map_err(anyhow::Error::msg)?,
         timeout: units::parse_duration(&args.timeout).map_err(anyhow::Error::msg)?,
         pipeline_dir: cwd.clone(),

@@ -62,6 +62,9 @@ pub struct JobSpec {
     /// Granted outbound HTTP origins.
     #[serde(default)]
     pub http: Vec<String>,
+    /// Granted NATS subjects (patterns).
+    #[serde(default)]
+    pub nats: Vec<String>,
     /// Memory cap, bytes.
     pub memory: u64,
     /// Wall-clock limit.
@@ -209,6 +212,7 @@ impl JobSpec {
             dirs,
             programs: action.capabilities.process.clone(),
             http: action.capabilities.http.clone(),
+            nats: action.capabilities.nats.clone(),
             memory: action.memory.unwrap_or(crate::runtime::DEFAULT_MEMORY),
             timeout: action.timeout.or(p.timeout).unwrap_or(DEFAULT_TIMEOUT),
             pipeline_dir: p.dir.clone(),
@@ -400,6 +404,7 @@ async fn run_in(cx: &JobContext, job: &JobSpec, ws: &Path, log: Arc<dyn LogSink>
         programs: job.programs.clone(),
         program_env,
         http: job.http.clone(),
+        nats: job.nats.clone(),
         memory_limit: job.memory,
         timeout: job.timeout,
         log: log.clone(),

@@ -203,6 +203,8 @@ pub struct Capabilities {
     pub dirs: BTreeMap<String, Access>,
     /// Outbound HTTP origins.
     pub http: Vec<String>,
+    /// NATS subjects (patterns) the action may publish to.
+    pub nats: Vec<String>,
     /// Where `capabilities:` was written (for messages about missing grants).
     pub loc: Option<Loc>,
 }

@@ -40,7 +40,7 @@ pub const BACKOFF_KEYS: &[&str] = &["initial", "max", "multiplier"];
 /// Keys accepted under `limits`.
 pub const LIMITS_KEYS: &[&str] = &["memory"];
 /// Keys accepted under `capabilities`.
-pub const CAPABILITY_KEYS: &[&str] = &["process", "dirs", "http"];
+pub const CAPABILITY_KEYS: &[&str] = &["process", "dirs", "http", "nats"];
 
 /// Parse `text` (the contents of `file`, whose directory is `dir`). Returns the pipeline as far
 /// as it could be read and every problem found; a YAML syntax error yields no pipeline.
@@ -565,6 +565,15 @@ impl Parser {
                 match crate::runtime::http::valid_grant(&grant.value) {
                     Ok(origin) => caps.http.push(origin),
                     Err(e) => self.err(grant.loc, format!("`capabilities.http`: {e}")),
+                }
+            }
+        }
+        if let Some(n) = map.get_node("nats") {
+            let grants: Vec<Located<String>> = self.string_list(n, "`capabilities.nats`").into_iter().filter(|v| no_templates(self, v)).collect();
+            for grant in grants {
+                match crate::runtime::messaging::valid_grant(&grant.value) {
+                    Ok(()) => caps.nats.push(grant.value),
+                    Err(e) => self.err(grant.loc, format!("`capabilities.nats`: {e}")),
                 }
             }
         }

@@ -201,6 +201,10 @@ pub fn validate(p: &Pipeline, plugins: &ResolvedPlugins, overrides: &BTreeMap<St
                     cap_loc,
                     format!("action `{}`: `{}` makes outbound HTTP requests; grant the origins it may reach with `capabilities: {{ http: [https://host] }}`", a.name, a.uses.value),
                 ),
+                Capability::Nats if a.capabilities.nats.is_empty() => err(
+                    cap_loc,
+                    format!("action `{}`: `{}` publishes to NATS; grant the subjects it may use with `capabilities: {{ nats: [chat.releases] }}`", a.name, a.uses.value),
+                ),
                 Capability::Process(prog) if !a.capabilities.process.contains(prog) => err(
                     cap_loc,
                     format!("action `{}`: `{}` runs host program `{prog}`; grant it with `capabilities: {{ process: [{prog}] }}`", a.name, a.uses.value),

@@ -52,6 +52,8 @@ pub enum Capability {
     ReadConfigPath(String),
     /// Write the directory named by this config key (must be granted rw).
     WriteConfigPath(String),
+    /// Publish to NATS subjects (granted in `capabilities.nats`).
+    Nats,
 }
 
 impl std::fmt::Display for Capability {
@@ -59,6 +61,7 @@ impl std::fmt::Display for Capability {
         match self {
             Capability::Process(p) => write!(f, "process: {p}"),
             Capability::Http => write!(f, "http"),
+            Capability::Nats => write!(f, "nats"),
             Capability::ReadConfigPath(k) => write!(f, "reads the directory in `{k}`"),
             Capability::WriteConfigPath(k) => write!(f, "writes the directory in `{k}` (grant it under dirs as rw)"),
         }

@@ -1,6 +1,6 @@
 //! What the host gives a guest: logging, granted host programs, file metadata, and the
 //! store's resource limits.
-use super::bindings::sluice::action::{files, log, process, types};
+use super::bindings::sluice::action::{files, log, messaging, process, types};
 use crate::model::{Access, normalize};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -80,6 +80,8 @@ pub(super) struct HostState {
     program_env: Vec<(String, String)>,
     http: wasmtime_wasi_http::WasiHttpCtx,
     http_guard: super::http::OriginGuard,
+    nats_grants: Vec<String>,
+    nats: Option<Arc<super::messaging::NatsAccess>>,
 }
 
 impl HostState {
@@ -105,7 +107,15 @@ impl HostState {
             program_env,
             http: wasmtime_wasi_http::WasiHttpCtx::new(),
             http_guard,
+            nats_grants: Vec::new(),
+            nats: None,
         }
+    }
+
+    /// Let the guest publish to NATS subjects matching `grants`.
+    pub(super) fn grant_nats(&mut self, grants: Vec<String>, access: Arc<super::messaging::NatsAccess>) {
+        self.nats_grants = grants;
+        self.nats = Some(access);
     }
 
     /// A store with nothing granted and nothing logged (`describe`, the bare benchmark).
@@ -151,6 +161,18 @@ impl wasmtime_wasi_http::WasiHttpView for HostState {
 }
 
 impl types::Host for HostState {}
+
+impl messaging::Host for HostState {
+    async fn publish(&mut self, subject: String, payload: Vec<u8>, server: Option<String>) -> Result<(), String> {
+        if !self.nats_grants.iter().any(|g| super::messaging::subject_matches(g, &subject)) {
+            let message = format!("publishing to {subject} denied: not granted (capabilities: {{ nats: [{subject}] }})");
+            self.log.log(Level::Warn, &message, &[]);
+            return Err(message);
+        }
+        let access = self.nats.clone().ok_or("NATS is not available to this call")?;
+        access.publish(server.as_deref(), &subject, payload).await
+    }
+}
 
 impl log::Host for HostState {
     fn log(&mut self, level: log::Level, message: String, fields: Vec<(String, String)>) {

@@ -10,6 +10,7 @@ mod cache;
 mod capture;
 mod host;
 pub mod http;
+pub mod messaging;
 
 pub use host::{Level, LogSink, Mount};
 
@@ -30,7 +31,7 @@ mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "sluice:action/action",
-        imports: { "sluice:action/process.run": async },
+        imports: { "sluice:action/process.run": async, "sluice:action/messaging.publish": async },
         exports: { default: async },
     });
 }
@@ -116,6 +117,8 @@ pub struct Invocation {
     pub program_env: Vec<(String, String)>,
     /// Origins the guest may send HTTP requests to (`scheme://host[:port]`).
     pub http: Vec<String>,
+    /// NATS subjects (patterns) the guest may publish to.
+    pub nats: Vec<String>,
     /// Guest memory cap in bytes.
     pub memory_limit: u64,
     /// Wall-clock limit for the whole call.
@@ -213,6 +216,8 @@ pub struct Runtime {
     loaded: Mutex<HashMap<Digest, bindings::ActionPre<host::HostState>>>,
     functions: Mutex<HashMap<Digest, function_bindings::FunctionPre<host::HostState>>>,
     rules: Mutex<HashMap<Digest, rule_bindings::RulePre<host::HostState>>>,
+    /// NATS connections for the `messaging` import.
+    pub nats: Arc<messaging::NatsAccess>,
     runs: Arc<tokio::sync::Semaphore>,
     _ticker: EpochTicker,
 }
@@ -248,6 +253,7 @@ impl Runtime {
             loaded: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
             rules: Mutex::new(HashMap::new()),
+            nats: Arc::new(messaging::NatsAccess::from_env()),
             runs: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_CALLS as usize)),
         })
     }
@@ -354,6 +360,7 @@ impl Runtime {
             programs: Vec::new(),
             program_env: Vec::new(),
             http: Vec::new(),
+            nats: Vec::new(),
             memory_limit: DEFAULT_MEMORY,
             timeout: check.timeout,
             log: check.log.clone(),
@@ -398,7 +405,8 @@ impl Runtime {
             wasi.preopened_dir(&m.host, m.guest.to_string_lossy(), perms)
                 .map_err(|e| RunError::Instantiate(format!("cannot mount {} at {}: {e}", m.host.display(), m.guest.display())))?;
         }
-        let state = host::HostState::new(wasi.build(), inv.memory_limit, inv.log.clone(), inv.workspace.clone(), inv.mounts.clone(), inv.programs.clone(), inv.program_env.clone(), &inv.http);
+        let mut state = host::HostState::new(wasi.build(), inv.memory_limit, inv.log.clone(), inv.workspace.clone(), inv.mounts.clone(), inv.programs.clone(), inv.program_env.clone(), &inv.http);
+        state.grant_nats(inv.nats.clone(), self.nats.clone());
         Ok((self.store(state), stdout, stderr))
     }
 
@@ -442,6 +450,7 @@ impl Runtime {
                 .map(|c| match c {
                     wit::Capability::Process(p) => Capability::Process(p),
                     wit::Capability::Http => Capability::Http,
+                    wit::Capability::Nats => Capability::Nats,
                     wit::Capability::ReadConfigPath(k) => Capability::ReadConfigPath(k),
                     wit::Capability::WriteConfigPath(k) => Capability::WriteConfigPath(k),
                 })

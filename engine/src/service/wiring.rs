@@ -44,6 +44,8 @@ pub async fn nats(url: &str, data: &Path, timing: Timing) -> anyhow::Result<(Arc
     let bus: Arc<dyn EventBus> = Arc::new(crate::nats::bus::NatsBus::new(layout.js.clone()));
     let blobs = crate::artifacts::nats_store::NatsStore::open(&layout.js, &data.join("cas")).await?;
     let engine = Engine::for_service(data, bus.clone(), Some(std::sync::Arc::new(blobs)))?;
+    // `notify-nats@1` and other publishers without a `server` use the service's NATS.
+    engine.registry.runtime().nats.set_default(url);
     let js = layout.js.clone();
     let dead_letters = Arc::new(move |letter: &DeadLetter| {
         let (js, subject) = (js.clone(), crate::nats::dead_letter_subject(&letter.tenant, &letter.pipeline));

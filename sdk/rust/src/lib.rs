@@ -328,6 +328,16 @@ pub mod process {
     }
 }
 
+/// Publish to NATS (the `messaging` import). Declare [`Capability::Nats`]; the pipeline grants
+/// the subjects in `capabilities.nats`.
+pub mod messaging {
+    /// Publish `payload` to `subject` on `server` (none: the engine's NATS) and wait until the
+    /// server has it.
+    pub fn publish(subject: &str, payload: &[u8], server: Option<&str>) -> Result<(), String> {
+        crate::bindings::sluice::action::messaging::publish(subject, payload, server)
+    }
+}
+
 /// Parse `KEY=VALUE` lines (the `$SLUICE_OUTPUT` file format) into variables.
 /// Blank lines and lines starting with `#` are ignored.
 pub fn parse_output_vars(text: &str) -> Result<Vec<(String, String)>, String> {
