@@ -43,6 +43,33 @@ fn a_scaffolded_plugin_builds_tests_and_runs_in_a_pipeline() {
 }
 
 #[test]
+fn python_and_javascript_scaffolds_build_and_pass_plugin_test() {
+    let p = Project::new("name: placeholder\nstages: []\n");
+    // Python, built as its README says.
+    assert_eq!(p.sluice(&["plugin", "new", "hello-py", "--lang", "python"]).code, 0);
+    let out = Command::new("componentize-py")
+        .args(["-d", "wit", "-w", "sluice:action/action@0.1.0", "componentize", "app", "-o", "hello-py.wasm"])
+        .current_dir(p.path("hello-py"))
+        .output()
+        .expect("componentize-py is needed (pip install componentize-py==0.25.1)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let t = p.sluice(&["plugin", "test", "hello-py/hello-py.wasm", "--config", "name=py", "--output", "greeting", "--out", "py"]);
+    assert!(t.code == 0 && t.stdout.contains("var     Greeting = hello, py"), "{}\n{}", t.stdout, t.stderr);
+    assert_eq!(p.read("py/greeting/greeting.txt"), "hello, py\n");
+
+    // JavaScript, with the repository's componentize-js (instead of a second `npm install`).
+    assert_eq!(p.sluice(&["plugin", "new", "hello-js", "--lang", "js"]).code, 0);
+    std::os::unix::fs::symlink(crate::plugins::componentize_js_modules(), p.path("hello-js/node_modules")).unwrap();
+    let built = crate::plugins::node_tool(&p.path("hello-js"), "node", &["build.mjs"]);
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    let t = p.sluice(&["plugin", "test", "hello-js/hello-js.wasm", "--config", "name=js"]);
+    assert!(t.code == 0 && t.stdout.contains("var     Greeting = hello, js"), "{}\n{}", t.stdout, t.stderr);
+    let bad = p.sluice(&["plugin", "test", "hello-js/hello-js.wasm", "--config", "name= "]);
+    assert!(bad.stdout.contains("configuration error: `name` must not be empty"), "{}", bad.stdout);
+    assert!(p.sluice(&["plugin", "new", "x", "--lang", "cobol"]).stderr.contains("choose rust, python or js"));
+}
+
+#[test]
 fn plugin_test_runs_built_in_plugins_with_inputs_grants_and_failures() {
     let p = Project::new("name: placeholder\nstages: []\n");
     p.write("src/a.txt", "a");

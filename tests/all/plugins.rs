@@ -102,7 +102,7 @@ stages:
 }
 
 /// Build a Python plugin from source with componentize-py (PyPI, pinned in .ci/run).
-fn componentize_python(src: &std::path::Path, out: &std::path::Path) {
+pub fn componentize_python(src: &std::path::Path, out: &std::path::Path) {
     let status = Command::new("componentize-py")
         .args(["-d", repo().join("wit").to_str().unwrap(), "-w", "sluice:action/action@0.1.0", "componentize", "app", "-p"])
         .arg(src)
@@ -111,6 +111,68 @@ fn componentize_python(src: &std::path::Path, out: &std::path::Path) {
         .status()
         .unwrap_or_else(|e| panic!("componentize-py is needed to build the Python example plugin ({e}); install it: pip install componentize-py==0.25.1"));
     assert!(status.success(), "componentize-py failed");
+}
+
+/// Run a Node.js tool in `dir`; a missing one is a loud failure that says what to install.
+pub fn node_tool(dir: &std::path::Path, cmd: &str, args: &[&str]) -> std::process::Output {
+    Command::new(cmd)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd} is needed to build JavaScript plugins ({e}); install Node.js 18 or newer (apt-get install nodejs npm)"))
+}
+
+/// componentize-js, installed once for the repository (npm, pinned in the JS example's
+/// package-lock.json; `npm ci` fetches it when node_modules is missing).
+pub fn componentize_js_modules() -> std::path::PathBuf {
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = INSTALL.lock().unwrap();
+    let dir = repo().join("examples/plugins/js-semver");
+    if !dir.join("node_modules/@bytecodealliance/componentize-js").exists() {
+        let ci = node_tool(&dir, "npm", &["ci", "--no-audit", "--no-fund"]);
+        assert!(ci.status.success(), "npm ci failed: {}", String::from_utf8_lossy(&ci.stderr));
+    }
+    dir.join("node_modules")
+}
+
+/// Build the JavaScript example plugin from source with componentize-js.
+fn componentize_js(out: &std::path::Path) {
+    componentize_js_modules();
+    let built = node_tool(&repo().join("examples/plugins/js-semver"), "node", &["build.mjs", out.to_str().unwrap()]);
+    assert!(built.status.success(), "building the JavaScript plugin failed: {}", String::from_utf8_lossy(&built.stderr));
+}
+
+#[test]
+fn a_javascript_plugin_runs_in_a_pipeline() {
+    let p = Project::new(
+        r##"
+name: js
+variables:
+  version: "1.4.2"
+stages:
+  - name: Version
+    actions:
+      - { name: Next, uses: ./semver.wasm, namespace: Semver, with: { version: "#{variables.version}", bump: minor } }
+      - { name: Bad, uses: ./semver.wasm, with: { version: "one" } }
+  - name: Use
+    actions:
+      - { name: Echo, uses: PROBE, with: { mode: ok, value: "v#{Semver.Next}" } }
+"##,
+    );
+    componentize_js(&p.path("semver.wasm"));
+    let d = p.sluice(&["plugin", "describe", "./semver.wasm"]);
+    assert!(d.stdout.contains("semver-bump 1.0.0 (other)"), "{}\n{}", d.stdout, d.stderr);
+    let exec = p.run(&[]).json();
+    let next = action(&exec, "Version/Next");
+    assert_eq!(status(next), "Succeeded", "{next:#}");
+    assert_eq!((next["variables"]["Next"].as_str(), next["summary"].as_str()), (Some("1.5.0"), Some("1.4.2 → 1.5.0 (minor)")));
+    assert!(error(action(&exec, "Version/Bad")).contains("configuration error: `version` must be MAJOR.MINOR.PATCH"));
+    // Fix the bad one: the next stage sees the JavaScript action's output.
+    p.write("pipeline.yaml", &p.read("pipeline.yaml").replace("version: \"one\"", "version: \"2.0.0\""));
+    let exec = p.run(&[]).json();
+    assert_eq!(action(&exec, "Use/Echo")["variables"]["Value"], "v1.5.0");
+    let logs = p.sluice(&["logs", exec["execution_id"].as_str().unwrap(), "Version/Next"]);
+    assert!(logs.stdout.contains("js/Version/Next: 1.4.2 -> 1.5.0"), "{}", logs.stdout);
 }
 
 #[test]

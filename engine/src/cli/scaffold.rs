@@ -1,10 +1,12 @@
-//! `sluice plugin new NAME`: a plugin crate that builds on its own, with the SDK and the WIT
-//! contract vendored in (they are embedded in the `sluice` binary, so no network is needed
-//! beyond crates.io for `wit-bindgen`).
+//! `sluice plugin new NAME [--lang rust|python|js]`: a plugin project that builds on its own,
+//! with the WIT contract (and for Rust the SDK) vendored in — they are embedded in the `sluice`
+//! binary. Rust needs crates.io for `wit-bindgen`; Python needs componentize-py (PyPI); JS
+//! needs componentize-js (npm).
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 const SDK_LIB: &str = include_str!("../../../sdk/rust/src/lib.rs");
+const SDK_HTTP: &str = include_str!("../../../sdk/rust/src/http.rs");
 const SDK_MANIFEST: &str = include_str!("../../../sdk/rust/Cargo.toml");
 const WIT: &str = include_str!("../../../wit/action.wit");
 const TOOLCHAIN: &str = include_str!("../../../rust-toolchain.toml");
@@ -14,7 +16,7 @@ const TOOLCHAIN: &str = include_str!("../../../rust-toolchain.toml");
 pub struct NewArgs {
     /// Plugin name: lowercase letters, digits and dashes.
     pub name: String,
-    /// Language of the plugin (rust; python and js are planned).
+    /// Language of the plugin: rust, python or js.
     #[arg(long, default_value = "rust")]
     pub lang: String,
     /// Parent directory [default: the current directory].
@@ -82,9 +84,104 @@ codegen-units = 16
     )
 }
 
+fn app_py(name: &str) -> String {
+    format!(
+        r#""""{name}@1: a Sluice action in Python. Edit `describe` and `run`, then build it with
+componentize-py 0.25.1 (pip install componentize-py==0.25.1):
+
+    componentize-py -d wit -w sluice:action/action@0.1.0 componentize app -o {name}.wasm
+    sluice plugin test {name}.wasm --config name=you --output greeting
+"""
+import os
+
+import wit_world
+from componentize_py_types import Err
+from wit_world.imports import log, types
+
+
+class WitWorld(wit_world.WitWorld):
+    def describe(self) -> types.Description:
+        return types.Description(
+            name="{name}",
+            version="1.0.0",
+            category=types.Category.OTHER,
+            summary="Writes a greeting into its output artifact",
+            config=[types.ConfigKey("name", False, "who to greet", "world")],
+            capabilities=[],
+            side_effects=False,
+        )
+
+    def run(self, ctx: types.Context, config) -> types.Outcome:
+        settings = dict(config)
+        name = settings.get("name", "world")
+        if not name.strip():
+            raise Err(types.ActionError_Config("`name` must not be empty"))
+        greeting = f"hello, {{name}}"
+        log.log(log.Level.INFO, greeting, [])
+        if len(ctx.outputs) == 1:
+            with open(os.path.join("/out", ctx.outputs[0], "greeting.txt"), "w") as out:
+                out.write(greeting + "\n")
+        return types.Outcome_Succeeded(types.Success([("Greeting", greeting)], greeting))
+"#
+    )
+}
+
+fn action_js(name: &str) -> String {
+    format!(
+        r#"// {name}@1: a Sluice action in JavaScript. Edit `describe` and `run`, then build it:
+//   npm install && npm run build
+//   sluice plugin test {name}.wasm --config name=you
+// Exports follow the `action` world of wit/action.wit in camelCase; `run` returns an
+// `outcome` variant ({{ tag, val }}) or throws an `action-error` variant.
+import {{ log }} from 'sluice:action/log@0.1.0';
+
+export function describe() {{
+  return {{
+    name: '{name}',
+    version: '1.0.0',
+    category: 'other',
+    summary: 'Greets someone',
+    config: [{{ name: 'name', required: false, description: 'who to greet', defaultValue: 'world' }}],
+    capabilities: [],
+    sideEffects: false,
+  }};
+}}
+
+export function run(ctx, config) {{
+  const name = config.find(([k]) => k === 'name')?.[1] ?? 'world';
+  if (!name.trim()) {{
+    throw {{ tag: 'config', val: '`name` must not be empty' }};
+  }}
+  const greeting = `hello, ${{name}}`;
+  log('info', greeting, []);
+  return {{ tag: 'succeeded', val: {{ variables: [['Greeting', greeting]], summary: greeting }} }};
+}}
+"#
+    )
+}
+
+fn build_mjs(name: &str) -> String {
+    format!(
+        r#"// Build action.js into {name}.wasm, a component of the sluice:action `action` world.
+import {{ componentize }} from '@bytecodealliance/componentize-js';
+import {{ writeFile }} from 'node:fs/promises';
+
+const {{ component }} = await componentize({{
+  sourcePath: 'action.js',
+  witPath: 'wit',
+  worldName: 'sluice:action/action@0.1.0',
+  disableFeatures: ['http', 'fetch-event'],
+}});
+const out = process.argv[2] ?? '{name}.wasm';
+await writeFile(out, component);
+console.log(`wrote ${{out}} (${{component.length}} bytes)`);
+"#
+    )
+}
+
 pub fn run(args: NewArgs) -> anyhow::Result<ExitCode> {
-    if args.lang != "rust" {
-        anyhow::bail!("--lang {}: only rust is supported by this version (python and js are planned)", args.lang);
+    if !["rust", "python", "js"].contains(&args.lang.as_str()) {
+        anyhow::bail!("--lang {}: choose rust, python or js", args.lang);
     }
     let ok = !args.name.is_empty()
         && args.name.len() <= 64
@@ -104,6 +201,31 @@ pub fn run(args: NewArgs) -> anyhow::Result<ExitCode> {
         std::fs::write(path, text)?;
         Ok(())
     };
+    let name = args.name.as_str();
+    file("wit/action.wit", WIT)?;
+    if args.lang == "python" {
+        file("app.py", &app_py(name))?;
+        file(".gitignore", "*.wasm\n__pycache__/\n")?;
+        file("README.md", &format!("# {name}\n\nA Sluice action plugin in Python.\n\n```sh\npip install componentize-py==0.25.1\ncomponentize-py -d wit -w sluice:action/action@0.1.0 componentize app -o {name}.wasm\nsluice plugin test {name}.wasm --config name=you --output greeting\n```\n\nUse it in a pipeline with `uses: ./{name}/{name}.wasm`. The contract is `wit/action.wit`.\n"))?;
+        println!("created {} (Python plugin)", root.display());
+        println!("  cd {} && componentize-py -d wit -w sluice:action/action@0.1.0 componentize app -o {name}.wasm", root.display());
+        println!("  sluice plugin test {name}.wasm --config name=you --output greeting");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.lang == "js" {
+        file("action.js", &action_js(name))?;
+        file("build.mjs", &build_mjs(name))?;
+        file(
+            "package.json",
+            &format!("{{\n  \"name\": \"{name}\",\n  \"private\": true,\n  \"type\": \"module\",\n  \"scripts\": {{ \"build\": \"node build.mjs\" }},\n  \"devDependencies\": {{ \"@bytecodealliance/componentize-js\": \"0.23.0\" }}\n}}\n"),
+        )?;
+        file(".gitignore", "*.wasm\nnode_modules/\n")?;
+        file("README.md", &format!("# {name}\n\nA Sluice action plugin in JavaScript (componentize-js 0.23, Node.js 18 or newer).\n\n```sh\nnpm install\nnpm run build\nsluice plugin test {name}.wasm --config name=you\n```\n\nUse it in a pipeline with `uses: ./{name}/{name}.wasm`. The contract is `wit/action.wit`.\n"))?;
+        println!("created {} (JavaScript plugin)", root.display());
+        println!("  cd {} && npm install && npm run build", root.display());
+        println!("  sluice plugin test {name}.wasm --config name=you");
+        return Ok(ExitCode::SUCCESS);
+    }
     file("Cargo.toml", &manifest(&args.name))?;
     file("src/lib.rs", &lib_rs(&args.name))?;
     file("rust-toolchain.toml", TOOLCHAIN)?;
@@ -111,7 +233,7 @@ pub fn run(args: NewArgs) -> anyhow::Result<ExitCode> {
     file(".gitignore", "target/\n")?;
     file("vendor/sluice-sdk/Cargo.toml", SDK_MANIFEST)?;
     file("vendor/sluice-sdk/src/lib.rs", SDK_LIB)?;
-    file("wit/action.wit", WIT)?;
+    file("vendor/sluice-sdk/src/http.rs", SDK_HTTP)?;
     let wasm = format!("target/wasm32-wasip2/release/{}.wasm", args.name.replace('-', "_"));
     file(
         "README.md",
