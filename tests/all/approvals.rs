@@ -227,3 +227,52 @@ fn approvals_over_nats_notify_survive_an_engine_restart_and_accept_decisions_by_
         assert_eq!(action(&e, "Production/Deploy")["variables"]["Value"], "bo");
     });
 }
+
+#[test]
+fn an_action_waiting_for_a_nats_event_wakes_on_it_even_when_published_while_no_engine_runs() {
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let p = Project::new(
+        r##"
+name: deploy
+stages:
+  - name: Deploy
+    actions:
+      - { name: Wait, uses: PROBE, with: { mode: hold, subject: deploys.done.42 } }
+      - { name: Wildcard, uses: PROBE, with: { mode: hold, subject: "deploys.*" } }
+"##,
+    );
+    let client = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--nats", &url]);
+        p.sluice(&all)
+    };
+    let mut engine = Engine::start(p.dir.path(), "engine", &["--nats", &url]);
+    wait_for(Duration::from_secs(30), "the engine", || (client(&["pipeline", "put", "pipeline.yaml"]).code == 0).then_some(()));
+    let started = client(&["start", "deploy"]);
+    assert_eq!(started.code, 0, "{started:?}");
+    let id = started.stdout.trim().to_string();
+    // None while no engine answers (it restarts below).
+    let record = |id: &str| -> Option<Value> { serde_json::from_str(&client(&["status", id, "--json"]).stdout).ok() };
+    let e = wait_for(Duration::from_secs(30), "the action to wait for its event", || {
+        let e = record(&id)?;
+        (action(&e, "Deploy/Wait")["waiting"]["wake"]["event"] == "deploys.done.42" && status(action(&e, "Deploy/Wildcard")) == "Failed").then_some(e)
+    });
+    assert!(error(action(&e, "Deploy/Wildcard")).contains("cannot wait for an event on deploys.*: \"deploys.*\": wait for a concrete subject"), "{e:#}");
+    // The engine goes away; the deploy system reports completion meanwhile.
+    engine.kill9();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let nc = async_nats::connect(&url).await.unwrap();
+        nc.publish("deploys.done.42", "{\"status\":\"deployed\"}".into()).await.unwrap();
+        nc.flush().await.unwrap();
+    });
+    let _engine = Engine::start(p.dir.path(), "engine", &["--nats", &url]);
+    let e = wait_for(Duration::from_secs(30), "the event to wake the action", || {
+        let e = record(&id)?;
+        (status(action(&e, "Deploy/Wait")) == "Succeeded").then_some(e)
+    });
+    let wait = action(&e, "Deploy/Wait");
+    assert_eq!(wait["variables"]["Released"], "{\"status\":\"deployed\"}");
+    assert_eq!(wait["attempt"], 2, "woken: a new attempt with the event as its payload");
+}

@@ -129,6 +129,16 @@ impl Layout {
             },
         )
         .await?;
+        // Subjects actions wait for are added at run time (service/wiring.rs); this one is its own.
+        js.get_or_create_stream(stream::Config {
+            name: "SLUICE_WAKES".into(),
+            subjects: vec!["sluice._wakes".into()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("stream SLUICE_WAKES: {e}"))?;
         let pipelines = NatsKv::open(&js, "sluice-pipelines", 16).await?;
         let executions = NatsKv::open(&js, "sluice-executions", 4).await?;
         let functions = NatsKv::open(&js, "sluice-functions", 4).await?;

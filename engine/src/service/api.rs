@@ -264,7 +264,7 @@ impl From<&Execution> for ExecutionSummary {
 impl Service {
     /// Handle one request for `tenant`.
     pub async fn handle(&self, tenant: &str, request: Request) -> Value {
-        if !crate::kv::valid_key(tenant) || tenant.contains('/') {
+        if !crate::kv::valid_key(tenant) || tenant.contains('/') || tenant.starts_with('_') {
             return error(format!("invalid tenant `{tenant}`"));
         }
         match self.handle_inner(tenant, request).await {

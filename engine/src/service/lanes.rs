@@ -1,5 +1,5 @@
-//! Work that crosses executions: stage lanes (execution modes, disabled transitions) and
-//! rollbacks. A pipeline's lanes are one record, `<tenant>/lane/<pipeline>`, next to its
+//! Work that crosses executions: stage lanes (execution modes, disabled transitions),
+//! rollbacks, and the index of actions waiting for NATS events. A pipeline's lanes are one record, `<tenant>/lane/<pipeline>`, next to its
 //! executions and changed with compare-and-swap; the rules are the pure
 //! [`crate::scheduler::lanes::step`].
 //!
@@ -25,6 +25,13 @@ pub enum After {
         pipeline: String,
         /// The change.
         op: LaneOp,
+    },
+    /// Record that an action waits for an event on a NATS subject.
+    AwaitEvent {
+        /// Who waits.
+        waiter: super::wakes::Waiter,
+        /// For what.
+        subject: String,
     },
     /// Roll `stage` back to the last execution that succeeded in it (a stage condition).
     Rollback {
@@ -75,6 +82,16 @@ impl Service {
                     // Left for `recover` to put right; the execution waits meanwhile.
                     Err(e) => tracing::warn!("lanes of {tenant}/{pipeline}: {e} ({op:?} not recorded)"),
                 },
+                After::AwaitEvent { waiter, subject } => {
+                    if let Err(reason) = self.await_event(waiter.clone(), &subject).await {
+                        // A subject that cannot be waited for fails the action, with the reason.
+                        let input = Input::Expire { stage: waiter.stage, action: waiter.action, attempt: waiter.attempt, reason: format!("cannot wait for an event on {subject}: {reason}"), at: Timestamp::now() };
+                        match self.record(&exec_key(&waiter.tenant, &waiter.execution), &|_: &Execution| Some(input.clone())).await {
+                            Ok(more) => work.extend(more),
+                            Err(e) => tracing::warn!("{}: {e}", waiter.execution),
+                        }
+                    }
+                }
                 After::Rollback { tenant, pipeline, stage, failed } => match self.auto_rollback(&tenant, &pipeline, &stage, &failed).await {
                     Ok(more) => work.extend(more),
                     Err(e) => tracing::warn!("rollback of {tenant}/{pipeline} stage {stage} after {failed}: {e}"),

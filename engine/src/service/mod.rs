@@ -17,6 +17,7 @@ pub mod pipelines;
 pub mod schedule;
 pub mod socket;
 pub mod trigger;
+pub mod wakes;
 pub mod webhook;
 pub mod wiring;
 
@@ -103,6 +104,9 @@ pub struct Edges {
     pub extra_subjects: Option<Arc<dyn Fn(String, String, Vec<String>) -> futures_util::future::BoxFuture<'static, Result<(), String>> + Send + Sync>>,
     /// Tells the other engines to cancel jobs (by id) that `stop --abandon` abandoned.
     pub cancel_elsewhere: Option<Arc<dyn Fn(&str, Vec<String>) + Send + Sync>>,
+    /// Makes NATS capture a subject an action waits for (`wake: event(subject)`); none: the
+    /// embedded service, where only `sluice wake` wakes such actions.
+    pub wake_subject: Option<Arc<dyn Fn(String) -> futures_util::future::BoxFuture<'static, Result<(), String>> + Send + Sync>>,
 }
 
 /// A parsed, resolved pipeline version.
@@ -199,6 +203,10 @@ fn follow_up(exec: &Execution, commands: Vec<Command>) -> (Vec<JobMessage>, Vec<
                 }
                 if waiting.is_some_and(|w| w.wake == Wake::Approval) {
                     events.extend(crate::bus::approval_event(exec, stage, action));
+                }
+                if let Some(Wake::Event(subject)) = waiting.map(|w| &w.wake) {
+                    let waiter = wakes::Waiter { tenant: exec.tenant.clone(), execution: exec.execution_id.clone(), stage, action, attempt };
+                    after.push(lanes::After::AwaitEvent { waiter, subject: subject.clone() });
                 }
             }
             Command::CheckRules { stage, phase } => jobs.push(check_job(exec, stage, phase)),
@@ -381,7 +389,7 @@ impl Service {
             Ok(e) => e,
             Err(reason) => return Ok(Err(reason)),
         };
-        if !crate::kv::valid_key(tenant) || !crate::model::is_valid_name(name) {
+        if !crate::kv::valid_key(tenant) || tenant.starts_with('_') || !crate::model::is_valid_name(name) {
             return Ok(Err(format!("invalid tenant or pipeline name in `{tenant}`/`{name}`")));
         }
         let kv = &*self.edges.executions;

@@ -27,6 +27,7 @@ pub async fn embedded(data: &Path) -> anyhow::Result<(Arc<Service>, Arc<MemoryBu
         dead_letters: None,
         extra_subjects: None,
         cancel_elsewhere: None,
+        wake_subject: None,
     };
     let service = Service::new(engine, edges);
     let resumed = service.recover().await?;
@@ -57,6 +58,7 @@ pub async fn nats(url: &str, data: &Path, timing: Timing) -> anyhow::Result<(Arc
         });
     });
     let extra_js = layout.js.clone();
+    let wake_js = layout.js.clone();
     let cancel_client = client.clone();
     let cancel_elsewhere = Arc::new(move |tenant: &str, ids: Vec<String>| {
         let (client, subject) = (cancel_client.clone(), format!("sluice.{tenant}.cancel"));
@@ -77,8 +79,80 @@ pub async fn nats(url: &str, data: &Path, timing: Timing) -> anyhow::Result<(Arc
             Box::pin(async move { extra_stream(&js, &tenant, &pipeline, subjects).await.map(|_| ()) }) as futures_util::future::BoxFuture<'static, Result<(), String>>
         })),
         cancel_elsewhere: Some(cancel_elsewhere),
+        wake_subject: Some(Arc::new(move |subject: String| {
+            let js = wake_js.clone();
+            Box::pin(async move { capture_wake_subjects(&js, &[subject], false).await }) as futures_util::future::BoxFuture<'static, Result<(), String>>
+        })),
     };
     Ok((Service::new(engine, edges), client))
+}
+
+/// The stream capturing the subjects actions wait for; it always holds this one, its own.
+const WAKES_STREAM: &str = "SLUICE_WAKES";
+const WAKES_SENTINEL: &str = "sluice._wakes";
+
+/// Make `SLUICE_WAKES` capture `subjects`: added to what it has, or (`exact`) exactly these.
+async fn capture_wake_subjects(js: &async_nats::jetstream::Context, subjects: &[String], exact: bool) -> Result<(), String> {
+    let mut stream = js.get_stream(WAKES_STREAM).await.map_err(|e| format!("stream {WAKES_STREAM}: {e}"))?;
+    let mut config = stream.info().await.map_err(|e| format!("stream {WAKES_STREAM}: {e}"))?.config.clone();
+    let mut wanted: Vec<String> = if exact { vec![WAKES_SENTINEL.to_string()] } else { config.subjects.clone() };
+    for s in subjects {
+        if !wanted.contains(s) {
+            wanted.push(s.clone());
+        }
+    }
+    let (mut have, mut want) = (config.subjects.clone(), wanted.clone());
+    have.sort();
+    want.sort();
+    if have == want {
+        return Ok(());
+    }
+    config.subjects = wanted;
+    js.update_stream(&config).await.map(|_| ()).map_err(|e| format!("cannot capture {subjects:?} (does another stream capture it?): {e}"))
+}
+
+/// Wake actions waiting for NATS events: consume `SLUICE_WAKES`, and every few seconds make
+/// its subjects exactly those some action waits for (repairing concurrent updates).
+pub async fn serve_wakes(service: Arc<Service>, js: async_nats::jetstream::Context) {
+    let queue = match crate::queue::NatsQueue::open(
+        &js,
+        crate::queue::nats_queue::QueueConfig { stream: WAKES_STREAM, subjects: vec![WAKES_SENTINEL.into()], consumer: "sluice-engines", ack_wait: Duration::from_secs(30), duplicate_window: Duration::from_secs(120) },
+    )
+    .await
+    {
+        Ok(q) => q,
+        Err(e) => {
+            tracing::error!("event wakes are off: {e}");
+            return;
+        }
+    };
+    let keeper = service.clone();
+    tokio::spawn(async move {
+        loop {
+            if let Ok(subjects) = keeper.awaited_subjects().await {
+                if let Err(e) = capture_wake_subjects(&js, &subjects, true).await {
+                    tracing::warn!("event wakes: {e}");
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    });
+    super::consume(&queue, "event wakes", |delivery| {
+        let service = service.clone();
+        async move {
+            match service.wake_by_subject(&delivery.subject, &delivery.payload).await {
+                Ok(n) => {
+                    tracing::info!("event on {}: {n} action(s) woken", delivery.subject);
+                    let _ = delivery.ack().await;
+                }
+                Err(e) => {
+                    tracing::warn!("event on {} not handled yet: {e}", delivery.subject);
+                    let _ = delivery.nak(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    })
+    .await
 }
 
 /// Cancel jobs abandoned elsewhere: every engine hears `sluice.*.cancel`.
@@ -96,6 +170,7 @@ pub async fn serve_nats_cancellations(service: Arc<Service>, client: async_nats:
 pub async fn serve_nats_api(service: Arc<Service>, client: async_nats::Client) -> anyhow::Result<()> {
     tokio::spawn(serve_nats_cancellations(service.clone(), client.clone()));
     tokio::spawn(serve_extra_triggers(service.clone(), async_nats::jetstream::new(client.clone())));
+    tokio::spawn(serve_wakes(service.clone(), async_nats::jetstream::new(client.clone())));
     let mut requests = client.queue_subscribe("sluice.*.api.>", crate::nats::API_GROUP.to_string()).await?;
     while let Some(message) = requests.next().await {
         let (service, client) = (service.clone(), client.clone());

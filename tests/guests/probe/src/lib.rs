@@ -19,6 +19,7 @@ impl Action for Probe {
             .optional("pause_ms", "effect mode: how long to keep working after the side effect")
             .optional("approvers", "approval mode: who may decide")
             .optional("timeout", "approval mode: how long the engine waits for a decision")
+            .optional("subject", "hold mode: the NATS subject whose event wakes it")
     }
 
     fn run(ctx: &Context, config: &Config) -> Result<Outcome, ActionError> {
@@ -146,7 +147,7 @@ impl Action for Probe {
             },
             // Holds until woken (`sluice wake`): lets tests keep an execution inside a stage.
             "hold" => match ctx.continuation.as_deref() {
-                None => Ok(Outcome::pending("held", sluice_sdk::WakeOn::Event("release".into())).summary("held until woken")),
+                None => Ok(Outcome::pending("held", sluice_sdk::WakeOn::Event(config.get("subject").unwrap_or("release").into())).summary("held until woken")),
                 Some(_) => Ok(done().var("Released", ctx.wake_payload.clone().unwrap_or_default())),
             },
             other => Err(ActionError::Config(format!("unknown mode {other:?}"))),
