@@ -98,11 +98,13 @@ impl WorkQueue for NatsQueue {
     fn next(&self) -> BoxFuture<'_, QueueResult<Delivery>> {
         async move {
             loop {
+                // `batch` waits at the server (up to `expires`) for a message; `fetch` would
+                // return at once when the queue is empty and turn this loop into a busy poll.
                 let mut batch = self
                     .consumer
-                    .fetch()
+                    .batch()
                     .max_messages(1)
-                    .expires(Duration::from_secs(5))
+                    .expires(Duration::from_secs(10))
                     .messages()
                     .await
                     .map_err(|e| QueueError(format!("fetch: {e}")))?;
