@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const PIPELINE: &str = "name: gated
+execution_mode: parallel
 stages:
   - name: Production
     actions:

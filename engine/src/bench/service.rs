@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const PIPELINE: &str = "name: bench
+execution_mode: parallel
 stages:
   - name: Source
     actions:

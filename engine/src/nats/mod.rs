@@ -82,6 +82,8 @@ pub struct Layout {
     pub executions: NatsKv,
     /// Registered functions.
     pub functions: NatsKv,
+    /// Who waits for which subject (event wakes).
+    pub waits: NatsKv,
     /// Trigger events.
     pub triggers: NatsQueue,
     /// Jobs.
@@ -142,6 +144,7 @@ impl Layout {
         let pipelines = NatsKv::open(&js, "sluice-pipelines", 16).await?;
         let executions = NatsKv::open(&js, "sluice-executions", 4).await?;
         let functions = NatsKv::open(&js, "sluice-functions", 4).await?;
-        Ok(Layout { js, pipelines, executions, functions, triggers, jobs })
+        let waits = NatsKv::open(&js, "sluice-waits", 4).await?;
+        Ok(Layout { js, pipelines, executions, functions, waits, triggers, jobs })
     }
 }

@@ -6,7 +6,8 @@
 //! - `superseded` (default): one execution inside a stage; at most one waits before it, and a
 //!   newer arrival replaces the one waiting (which ends `Superseded`).
 //! - `queued`: one execution inside a stage; the others wait first in, first out.
-//! - `parallel`: no stage lock; only a disabled transition holds executions back.
+//! - `parallel`: no stage lock; only a disabled transition holds executions back (and only
+//!   those waiting are recorded).
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -193,13 +194,17 @@ pub fn step(lanes: &mut Lanes, op: &LaneOp) -> Vec<Effect> {
     effects
 }
 
-/// Let waiting executions into `stage` while the mode and the transition allow.
+/// Let waiting executions into `stage` while the mode and the transition allow. In `parallel`
+/// mode nobody is recorded as inside (there is no lock to hold), so an execution passing an
+/// enabled transition changes nothing: no write, no contention between executions.
 fn admit(lanes: &mut Lanes, stage: &str, effects: &mut Vec<Effect>) {
     let parallel = lanes.mode == Mode::Parallel;
     let Some(lane) = lanes.stages.get_mut(stage) else { return };
     while lane.disabled.is_none() && !lane.waiting.is_empty() && (parallel || lane.inside.is_empty()) {
         let execution = lane.waiting.remove(0);
-        lane.inside.push(execution.clone());
+        if !parallel {
+            lane.inside.push(execution.clone());
+        }
         effects.push(Effect::Admit { execution, stage: stage.to_string() });
     }
 }

@@ -91,6 +91,8 @@ pub struct Edges {
     pub executions: Arc<dyn Kv>,
     /// Registered functions (`invoke@1`): `<tenant>/<name>` → digest.
     pub functions: Arc<dyn Kv>,
+    /// Who waits for which NATS subject (`_waits/<hash>`).
+    pub waits: Arc<dyn Kv>,
     /// Trigger events in.
     pub triggers: Arc<dyn WorkQueue>,
     /// Jobs.

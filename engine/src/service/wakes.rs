@@ -1,6 +1,6 @@
 //! Actions that wait for an event on a NATS subject (`pending` with `wake: event(subject)`,
-//! e.g. a deploy system reporting completion). The index `_waits/<hash of subject>` lists who
-//! waits for each subject; on NATS the subjects are captured by the stream `SLUICE_WAKES`, so
+//! e.g. a deploy system reporting completion). The index `_waits/<hash of subject>` (in a
+//! bucket of its own, so listing it stays cheap) lists who waits for each subject; on NATS the subjects are captured by the stream `SLUICE_WAKES`, so
 //! an event published while no engine runs is kept, and the first message on a subject wakes
 //! every action waiting for it, with the message as the wake payload. `sluice wake` works in
 //! every mode; subjects need NATS.
@@ -64,7 +64,7 @@ impl Service {
         };
         valid_wake_subject(subject)?;
         let key = index_key(subject);
-        modify::<WaitIndex, _>(&*self.edges.executions, &key, |current| {
+        modify::<WaitIndex, _>(&*self.edges.waits, &key, |current| {
             let mut index = current.unwrap_or_else(|| WaitIndex { subject: subject.to_string(), waiters: Vec::new() });
             if index.waiters.contains(&waiter) {
                 return None;
@@ -80,7 +80,7 @@ impl Service {
     /// An event arrived on `subject`: wake every action waiting for it. Returns how many woke.
     pub async fn wake_by_subject(&self, subject: &str, payload: &[u8]) -> Result<usize, KvError> {
         let key = index_key(subject);
-        let Some((index, _)) = get_json::<WaitIndex>(&*self.edges.executions, &key).await? else { return Ok(0) };
+        let Some((index, _)) = get_json::<WaitIndex>(&*self.edges.waits, &key).await? else { return Ok(0) };
         let payload = String::from_utf8_lossy(payload).into_owned();
         let mut woken = 0;
         for w in &index.waiters {
@@ -99,14 +99,14 @@ impl Service {
         }
         // Those woken, and those no longer waiting, leave the index.
         let done = index.waiters.clone();
-        modify::<WaitIndex, _>(&*self.edges.executions, &key, |current| {
+        modify::<WaitIndex, _>(&*self.edges.waits, &key, |current| {
             let mut index = current?;
             index.waiters.retain(|w| !done.contains(w));
             Some(index)
         })
         .await?;
-        if get_json::<WaitIndex>(&*self.edges.executions, &key).await?.is_some_and(|(i, _)| i.waiters.is_empty()) {
-            let _ = self.edges.executions.delete(&key).await;
+        if get_json::<WaitIndex>(&*self.edges.waits, &key).await?.is_some_and(|(i, _)| i.waiters.is_empty()) {
+            let _ = self.edges.waits.delete(&key).await;
         }
         Ok(woken)
     }
@@ -114,8 +114,8 @@ impl Service {
     /// Every subject some action waits for.
     pub async fn awaited_subjects(&self) -> Result<Vec<String>, KvError> {
         let mut out = Vec::new();
-        for key in self.edges.executions.keys(INDEX_PREFIX).await? {
-            if let Some((index, _)) = get_json::<WaitIndex>(&*self.edges.executions, &key).await? {
+        for key in self.edges.waits.keys(INDEX_PREFIX).await? {
+            if let Some((index, _)) = get_json::<WaitIndex>(&*self.edges.waits, &key).await? {
                 if !index.waiters.is_empty() {
                     out.push(index.subject);
                 }

@@ -20,7 +20,8 @@ pub async fn embedded(data: &Path) -> anyhow::Result<(Arc<Service>, Arc<MemoryBu
     let edges = Edges {
         pipelines: Arc::new(RedbKv::bucket(db.clone(), "pipelines")?) as Arc<dyn Kv>,
         executions: Arc::new(RedbKv::bucket(db.clone(), "executions")?),
-        functions: Arc::new(RedbKv::bucket(db, "functions")?),
+        functions: Arc::new(RedbKv::bucket(db.clone(), "functions")?),
+        waits: Arc::new(RedbKv::bucket(db, "waits")?),
         triggers: MemoryQueue::new(Duration::from_secs(3600)),
         jobs: MemoryQueue::new(Duration::from_secs(3600)),
         bus: bus.clone(),
@@ -70,6 +71,7 @@ pub async fn nats(url: &str, data: &Path, timing: Timing) -> anyhow::Result<(Arc
         pipelines: Arc::new(layout.pipelines),
         executions: Arc::new(layout.executions),
         functions: Arc::new(layout.functions),
+        waits: Arc::new(layout.waits),
         triggers: Arc::new(layout.triggers),
         jobs: Arc::new(layout.jobs),
         bus,
