@@ -142,14 +142,18 @@ pub enum Effect {
 }
 
 /// Apply one change: the pure function `(lanes, op) -> (lanes, effects)`. Repeating an op
-/// is harmless (an arrival already inside or waiting, a leave of one absent change nothing).
+/// is harmless: an arrival already inside is admitted again and one waiting keeps waiting; a
+/// leave of one absent changes nothing.
 pub fn step(lanes: &mut Lanes, op: &LaneOp) -> Vec<Effect> {
     let mut effects = Vec::new();
     let stage = match op {
         LaneOp::Arrive { execution, stage, mode } => {
             lanes.mode = *mode;
             let lane = lanes.stages.entry(stage.clone()).or_default();
-            if !lane.inside.contains(execution) && !lane.waiting.contains(execution) {
+            if lane.inside.contains(execution) {
+                // Already let in (the arrival is repeated, e.g. its write was retried): it still is.
+                effects.push(Effect::Admit { execution: execution.clone(), stage: stage.clone() });
+            } else if !lane.waiting.contains(execution) {
                 if lanes.mode == Mode::Superseded {
                     // At most one waits: the newer of the two (by id, i.e. start time) stays.
                     if let Some(older) = lane.waiting.first().cloned() {

@@ -105,10 +105,10 @@ fn execution_modes_and_transitions() {
             end: vec![],
         },
         LaneCase {
-            name: "repeats are harmless: arriving twice, leaving twice",
+            name: "repeats are harmless: arriving twice (admitted again), leaving twice",
             steps: vec![
                 (arrive("e1", "Build", Queued), vec![admit("e1", "Build")]),
-                (arrive("e1", "Build", Queued), vec![]),
+                (arrive("e1", "Build", Queued), vec![admit("e1", "Build")]),
                 (leave("e1", "Build"), vec![]),
                 (leave("e1", "Build"), vec![]),
             ],

@@ -26,6 +26,15 @@ pub enum After {
         /// The change.
         op: LaneOp,
     },
+    /// Tell an execution what a lane change means for it.
+    Effect {
+        /// Tenant.
+        tenant: String,
+        /// Pipeline.
+        pipeline: String,
+        /// The effect.
+        effect: Effect,
+    },
     /// Record that an action waits for an event on a NATS subject.
     AwaitEvent {
         /// Who waits.
@@ -82,6 +91,7 @@ impl Service {
                     // Left for `recover` to put right; the execution waits meanwhile.
                     Err(e) => tracing::warn!("lanes of {tenant}/{pipeline}: {e} ({op:?} not recorded)"),
                 },
+                After::Effect { tenant, pipeline, effect } => work.extend(self.apply_effect(&tenant, &pipeline, effect).await),
                 After::AwaitEvent { waiter, subject } => {
                     if let Err(reason) = self.await_event(waiter.clone(), &subject).await {
                         // A subject that cannot be waited for fails the action, with the reason.
@@ -121,7 +131,7 @@ impl Service {
     }
 
     /// Apply one change to a pipeline's lanes with compare-and-swap.
-    async fn lane(&self, tenant: &str, pipeline: &str, op: &LaneOp) -> Result<Vec<Effect>, KvError> {
+    pub(crate) async fn lane(&self, tenant: &str, pipeline: &str, op: &LaneOp) -> Result<Vec<Effect>, KvError> {
         let kv = &*self.edges.executions;
         let key = lane_key(tenant, pipeline);
         loop {
@@ -228,16 +238,18 @@ impl Service {
         exec.gated = true;
         exec.trigger = Some(TriggerInfo { event_id: format!("rollback-{id}"), kind: "rollback".into(), started_by: by, ..Default::default() });
         let before = Snapshot::of(&exec);
-        let commands = apply(&mut exec, &Input::Start { at: Timestamp::now() });
+        let mut commands = apply(&mut exec, &Input::Start { at: Timestamp::now() });
+        let others = self.admit_inline(&mut exec, &mut commands).await.map_err(|e| e.to_string())?;
         self.edges.executions.create(&exec_key(tenant, &id), serde_json::to_vec(&exec).map_err(|e| e.to_string())?).await.map_err(|e| e.to_string())?;
         for e in diff(&before, &exec) {
             self.edges.bus.publish(e);
         }
-        let (jobs, notices, work) = super::follow_up(&exec, commands);
+        let (jobs, notices, mut work) = super::follow_up(&exec, commands);
         for e in notices {
             self.edges.bus.publish(e);
         }
         self.push_jobs(&jobs).await;
+        work.extend(others);
         Ok((id, work))
     }
 

@@ -442,12 +442,14 @@ impl Service {
                 exec.trigger = Some(event.info());
                 exec.gated = true;
                 let before = Snapshot::of(&exec);
-                apply(&mut exec, &Input::Start { at: Timestamp::now() });
+                let mut commands = apply(&mut exec, &Input::Start { at: Timestamp::now() });
+                let others = self.admit_inline(&mut exec, &mut commands).await?;
                 match kv.create(&key, serde_json::to_vec(&exec).unwrap_or_default()).await {
                     Ok(_) => {
                         for e in diff(&before, &exec) {
                             self.edges.bus.publish(e);
                         }
+                        self.settle(others).await;
                         exec
                     }
                     Err(KvError::Conflict { .. }) => match get_json::<Execution>(kv, &key).await? {
@@ -620,16 +622,19 @@ impl Service {
 
     async fn try_complete(&self, key: &str, make: &(dyn Fn(&Execution) -> Option<Input> + Send + Sync)) -> Result<Vec<lanes::After>, KvError> {
         let kv = &*self.edges.executions;
+        let mut carried = Vec::new();
         loop {
             let Some((mut exec, revision)) = get_json::<Execution>(kv, key).await? else {
                 return Err(KvError::Backend(format!("execution {key} vanished")));
             };
-            let Some(input) = make(&exec) else { return Ok(Vec::new()) };
+            let Some(input) = make(&exec) else { return Ok(carried) };
             let before = Snapshot::of(&exec);
-            let commands = apply(&mut exec, &input);
+            let mut commands = apply(&mut exec, &input);
+            // Lane changes for other executions stand even if this write must be retried.
+            carried.extend(self.admit_inline(&mut exec, &mut commands).await?);
             let events = diff(&before, &exec);
             if events.is_empty() && commands.is_empty() {
-                return Ok(Vec::new());
+                return Ok(carried);
             }
             match kv.update(key, serde_json::to_vec(&exec).map_err(|e| KvError::Backend(e.to_string()))?, revision).await {
                 Ok(_) => {
@@ -638,12 +643,34 @@ impl Service {
                         self.edges.bus.publish(e);
                     }
                     self.push_jobs(&jobs).await;
-                    return Ok(after);
+                    carried.extend(after);
+                    return Ok(carried);
                 }
                 Err(KvError::Conflict { .. }) => continue,
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Enter stages through their lanes before the change is written: when the lane lets the
+    /// execution in at once (the common case), the admission is part of the same write instead
+    /// of a second one. Effects on other executions are returned, to be applied after.
+    pub(crate) async fn admit_inline(&self, exec: &mut Execution, commands: &mut Vec<Command>) -> Result<Vec<lanes::After>, KvError> {
+        let mut others = Vec::new();
+        while let Some(i) = commands.iter().position(|c| matches!(c, Command::Enter { .. })) {
+            let Command::Enter { stage } = commands.remove(i) else { unreachable!("matched above") };
+            let name = exec.stages[stage].name.clone();
+            let op = crate::scheduler::lanes::LaneOp::Arrive { execution: exec.execution_id.clone(), stage: name.clone(), mode: exec.mode };
+            for effect in self.lane(&exec.tenant, &exec.pipeline, &op).await? {
+                match effect {
+                    crate::scheduler::lanes::Effect::Admit { execution, stage: s } if execution == exec.execution_id && s == name && exec.entering == Some(stage) => {
+                        commands.extend(apply(exec, &Input::Admit { stage, at: Timestamp::now() }));
+                    }
+                    other => others.push(lanes::After::Effect { tenant: exec.tenant.clone(), pipeline: exec.pipeline.clone(), effect: other }),
+                }
+            }
+        }
+        Ok(others)
     }
 
     /// Cancel jobs running in this engine.
