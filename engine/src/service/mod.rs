@@ -468,24 +468,27 @@ impl Service {
         Ok(Ok(execution_id))
     }
 
+    /// Queue jobs, all at once (each waits for the stream's acknowledgement).
     async fn push_jobs(&self, jobs: &[JobMessage]) {
-        for job in jobs {
-            let mut id = job_id(&job.tenant, &job.execution_id, job.stage, job.action, job.attempt);
-            if job.expire {
-                id.push_str("/expire");
-            }
-            if let Some((phase, round)) = job.check {
-                id = format!("{}/{}/{}/check/{}/{round}", job.tenant, job.execution_id, job.stage, phase.as_str());
-            }
-            let subject = crate::nats::jobs_subject(&job.tenant);
-            let payload = serde_json::to_vec(job).unwrap_or_default();
-            let mut delay = Duration::from_millis(50);
-            // A job that cannot be queued would stall its execution: keep trying.
-            while let Err(e) = self.edges.jobs.push(&subject, &id, payload.clone()).await {
-                tracing::warn!("queueing job {id} failed ({e}); retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
+        futures_util::future::join_all(jobs.iter().map(|job| self.push_job(job))).await;
+    }
+
+    async fn push_job(&self, job: &JobMessage) {
+        let mut id = job_id(&job.tenant, &job.execution_id, job.stage, job.action, job.attempt);
+        if job.expire {
+            id.push_str("/expire");
+        }
+        if let Some((phase, round)) = job.check {
+            id = format!("{}/{}/{}/check/{}/{round}", job.tenant, job.execution_id, job.stage, phase.as_str());
+        }
+        let subject = crate::nats::jobs_subject(&job.tenant);
+        let payload = serde_json::to_vec(job).unwrap_or_default();
+        let mut delay = Duration::from_millis(50);
+        // A job that cannot be queued would stall its execution: keep trying.
+        while let Err(e) = self.edges.jobs.push(&subject, &id, payload.clone()).await {
+            tracing::warn!("queueing job {id} failed ({e}); retrying");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
         }
     }
 
@@ -565,8 +568,9 @@ impl Service {
         let every = (self.edges.jobs.ack_wait() / 3).max(Duration::from_millis(100));
         let run = attempt.run(&cx);
         tokio::pin!(run);
-        let mut ticker = tokio::time::interval(every);
-        ticker.tick().await;
+        // The first report is due after one period. (Not `interval` + its immediate first tick:
+        // awaiting even an elapsed timer waits for the timer wheel's next millisecond.)
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         let id = job_id(&job.tenant, &job.execution_id, job.stage, job.action, job.attempt);
         let cancel = Arc::new(tokio::sync::Notify::new());
         self.running.lock().unwrap().insert(id.clone(), cancel.clone());
