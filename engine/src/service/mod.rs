@@ -129,6 +129,8 @@ pub struct Service {
     functions: Arc<functions::Registered>,
     /// Jobs running in this engine, by job id, to cancel on `stop --abandon`.
     running: Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
+    /// Triggers and jobs handled so far (the idle trimmer watches it).
+    handled: std::sync::atomic::AtomicU64,
 }
 
 /// A job's id: its idempotency key with indices (`tenant/execution/stage/action/attempt`).
@@ -238,7 +240,7 @@ impl Service {
     /// An engine on `edges`, running jobs with `engine`'s runtime, blobs and workspaces.
     pub fn new(engine: Engine, edges: Edges) -> Arc<Self> {
         let functions = Arc::new(functions::Registered { kv: edges.functions.clone(), runtime: engine.registry.runtime().clone(), blobs: engine.blobs.clone() });
-        Arc::new(Service { engine, edges, loaded: Mutex::new(HashMap::new()), functions, running: Mutex::new(HashMap::new()) })
+        Arc::new(Service { engine, edges, loaded: Mutex::new(HashMap::new()), functions, running: Mutex::new(HashMap::new()), handled: Default::default() })
     }
 
     /// The engine (plugins, runtime).
@@ -262,7 +264,31 @@ impl Service {
             let me = self.clone();
             tasks.spawn(async move { me.consume_jobs().await });
         }
+        let me = self.clone();
+        tasks.spawn(async move { me.trim_when_idle().await });
         while tasks.join_next().await.is_some() {}
+    }
+
+    /// After a burst of work, once the engine is idle, give the memory the allocator kept for
+    /// it back to the operating system: thousands of waiting executions cost only their records,
+    /// not the peak of starting them.
+    #[allow(unsafe_code)]
+    async fn trim_when_idle(&self) {
+        let (mut seen, mut busy) = (0, false);
+        loop {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let now = self.handled.load(std::sync::atomic::Ordering::Relaxed);
+            if now != seen {
+                (seen, busy) = (now, true);
+            } else if busy {
+                busy = false;
+                #[cfg(all(target_os = "linux", target_env = "gnu"))]
+                // SAFETY: malloc_trim only releases free memory at the top of the heaps.
+                unsafe {
+                    libc::malloc_trim(0);
+                }
+            }
+        }
     }
 
     /// Push the outstanding jobs of every execution still running: the embedded queue does
@@ -356,6 +382,7 @@ impl Service {
     }
 
     async fn handle_trigger(&self, delivery: Delivery) {
+        self.handled.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let Some((tenant, pipeline)) = subject_parts(&delivery.subject, "trigger") else {
             self.reject("_invalid", "_invalid", format!("unexpected subject {}", delivery.subject), &delivery.payload).await;
             let _ = delivery.ack().await;
@@ -493,6 +520,7 @@ impl Service {
     }
 
     async fn handle_job(&self, delivery: Delivery) {
+        self.handled.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let job: JobMessage = match serde_json::from_slice(&delivery.payload) {
             Ok(j) => j,
             Err(e) => {
