@@ -83,6 +83,48 @@ stages:
 }
 
 #[test]
+fn source_git_clones_over_http_from_a_granted_origin() {
+    let p = Project::new("name: placeholder\nstages: []\n");
+    let work = p.path("work");
+    std::fs::create_dir_all(&work).unwrap();
+    git(&work, &["init", "-q"]);
+    p.write("work/app.txt", "served over http\n");
+    git(&work, &["add", "."]);
+    git(&work, &["commit", "-q", "-m", "Over the wire"]);
+    let head = git(&work, &["rev-parse", "HEAD"]);
+    git(p.dir.path(), &["clone", "-q", "--bare", "work", "repo.git"]);
+    git(&p.path("repo.git"), &["update-server-info"]);
+    // A "dumb" HTTP git server: the bare repository's files, as static files.
+    let server = crate::harness::http::HttpServer::start();
+    fn walk(dir: &std::path::Path, root: &std::path::Path, server: &crate::harness::http::HttpServer) {
+        for e in std::fs::read_dir(dir).unwrap().map(|e| e.unwrap()) {
+            if e.file_type().unwrap().is_dir() {
+                walk(&e.path(), root, server);
+            } else {
+                let rel = e.path().strip_prefix(root).unwrap().display().to_string();
+                server.file(&format!("/repo.git/{rel}"), std::fs::read(e.path()).unwrap());
+            }
+        }
+    }
+    walk(&p.path("repo.git"), &p.path("repo.git"), &server);
+    server.file("/repo.git/info/refs?service=git-upload-pack", std::fs::read(p.path("repo.git/info/refs")).unwrap());
+    let url = format!("{}/repo.git", server.origin());
+    p.write(
+        "pipeline.yaml",
+        &format!(
+            "name: remote\nstages:\n  - name: Source\n    actions:\n      - {{ name: Granted, uses: source-git@1, outputs: [a], capabilities: {{ process: [git], http: [\"{}\"] }}, with: {{ repository: \"{url}\", branch: main }} }}\n      - {{ name: NotGranted, uses: source-git@1, outputs: [b], capabilities: {{ process: [git] }}, with: {{ repository: \"{url}\", branch: main }} }}\n",
+            server.origin()
+        ),
+    );
+    let exec = p.run(&[]).json();
+    let granted = action(&exec, "Source/Granted");
+    assert_eq!(status(granted), "Succeeded", "{granted:#}");
+    assert_eq!(granted["variables"]["CommitId"], head.as_str());
+    assert_eq!(granted["variables"]["RepositoryName"], "repo");
+    assert!(error(action(&exec, "Source/NotGranted")).contains("is not granted"), "{exec:#}");
+}
+
+#[test]
 fn source_git_refuses_remote_urls_and_ambiguous_revisions() {
     let p = Project::new(
         r##"
@@ -96,7 +138,7 @@ stages:
 "##,
     );
     let exec = p.run(&[]).json();
-    assert!(error(action(&exec, "Source/Remote")).contains("only local paths and file:// URLs"));
+    assert!(error(action(&exec, "Source/Remote")).contains("https://example.com/x.git is not granted; add its origin to `capabilities: { http: [...] }`"), "{}", error(action(&exec, "Source/Remote")));
     assert!(error(action(&exec, "Source/Both")).contains("exactly one of"));
     assert!(error(action(&exec, "Source/Option")).contains("not a valid revision"));
 }

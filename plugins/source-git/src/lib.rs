@@ -4,6 +4,10 @@
 //! git runs on the host through the `process` capability (`process: [git]`): the repository
 //! is cloned into the action's scratch directory, the revision checked out there, and the tree
 //! copied into the output. The repository itself is only read.
+//!
+//! A remote repository (`http://` or `https://`) must be granted like any outbound HTTP:
+//! before git runs, the plugin asks for the repository's `info/refs` through `wasi:http`, which
+//! the engine refuses unless the pipeline granted the origin in `capabilities.http`.
 use sluice_sdk::prelude::*;
 
 struct SourceGit;
@@ -21,7 +25,7 @@ impl Action for SourceGit {
     fn describe() -> Description {
         Description::new("source-git", env!("CARGO_PKG_VERSION"), Category::Source)
             .summary("Exports a branch, tag or commit of a git repository into one output artifact (without .git)")
-            .required("repository", "a local path (relative to the pipeline file) or a file:// URL")
+            .required("repository", "a local path (relative to the pipeline file), a file:// URL, or an http(s):// URL whose origin is granted in capabilities.http")
             .optional("branch", "branch to export (exactly one of branch, tag, commit)")
             .optional("tag", "tag to export")
             .optional("commit", "commit to export")
@@ -33,8 +37,19 @@ impl Action for SourceGit {
         let repo = config.require("repository")?;
         let source = if let Some(rest) = repo.strip_prefix("file://") {
             format!("file://{rest}")
+        } else if repo.starts_with("http://") || repo.starts_with("https://") {
+            // The engine's HTTP guard is the authority on remote repositories.
+            let probe = format!("{}/info/refs?service=git-upload-pack", repo.trim_end_matches('/'));
+            match sluice_sdk::http::request("GET", &probe, &[], &[]) {
+                Ok(r) => log::info(&format!("{repo}: reachable (HTTP {})", r.status)),
+                Err(e) if e.contains("denied") => {
+                    return Err(ActionError::Config(format!("`repository`: {repo} is not granted; add its origin to `capabilities: {{ http: [...] }}`")));
+                }
+                Err(e) => return Err(ActionError::Retryable(format!("`repository`: {e}"))),
+            }
+            repo.to_string()
         } else if repo.contains("://") {
-            return Err(ActionError::Config(format!("`repository`: {repo} — only local paths and file:// URLs are supported (remote URLs need the http capability)")));
+            return Err(ActionError::Config(format!("`repository`: {repo} — use a local path, a file:// URL, or an http(s):// URL")));
         } else {
             ctx.host_path(repo).display().to_string()
         };
