@@ -170,7 +170,8 @@ pub fn componentize_js_modules() -> std::path::PathBuf {
     static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one_at_a_time = INSTALL.lock().unwrap();
     let dir = repo().join("examples/plugins/js-semver");
-    if !dir.join("node_modules/@bytecodealliance/componentize-js").exists() {
+    let installed = ["componentize-js", "preview2-shim"].iter().all(|p| dir.join("node_modules/@bytecodealliance").join(p).exists());
+    if !installed {
         let ci = node_tool(&dir, "npm", &["ci", "--no-audit", "--no-fund"]);
         assert!(ci.status.success(), "npm ci failed: {}", String::from_utf8_lossy(&ci.stderr));
     }

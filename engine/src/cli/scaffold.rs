@@ -217,7 +217,7 @@ pub fn run(args: NewArgs) -> anyhow::Result<ExitCode> {
         file("build.mjs", &build_mjs(name))?;
         file(
             "package.json",
-            &format!("{{\n  \"name\": \"{name}\",\n  \"private\": true,\n  \"type\": \"module\",\n  \"scripts\": {{ \"build\": \"node build.mjs\" }},\n  \"devDependencies\": {{ \"@bytecodealliance/componentize-js\": \"0.23.0\" }}\n}}\n"),
+            &format!("{{\n  \"name\": \"{name}\",\n  \"private\": true,\n  \"type\": \"module\",\n  \"scripts\": {{ \"build\": \"node build.mjs\" }},\n  \"devDependencies\": {{ \"@bytecodealliance/componentize-js\": \"0.23.0\", \"@bytecodealliance/preview2-shim\": \"0.25.0\" }}\n}}\n"),
         )?;
         file(".gitignore", "*.wasm\nnode_modules/\n")?;
         file("README.md", &format!("# {name}\n\nA Sluice action plugin in JavaScript (componentize-js 0.23, Node.js 18 or newer).\n\n```sh\nnpm install\nnpm run build\nsluice plugin test {name}.wasm --config name=you\n```\n\nUse it in a pipeline with `uses: ./{name}/{name}.wasm`. The contract is `wit/action.wit`.\n"))?;
