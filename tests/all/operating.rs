@@ -273,7 +273,17 @@ stages:
 #[test]
 fn stage_conditions_skip_fail_and_roll_back_in_the_service() {
     let p = Project::new(CONDITIONED);
-    let s = Service::embedded(&p);
+    stage_conditions(&Service::embedded(&p));
+}
+
+#[test]
+fn stage_conditions_skip_fail_and_roll_back_on_nats() {
+    let nats = NatsServer::start();
+    let p = Project::new(CONDITIONED);
+    stage_conditions(&Service::on_nats(&p, &nats.url()));
+}
+
+fn stage_conditions(s: &Service<'_>) {
     s.ok(&["pipeline", "put", "pipeline.yaml"]);
     let start = |vars: &[&str]| {
         let mut args = vec!["start", "conditioned"];
