@@ -61,7 +61,11 @@ impl<'a> Service<'a> {
     }
 
     fn start(&self, vars: &[&str]) -> String {
-        let mut args = vec!["start", "lanes"];
+        self.start_pipeline("lanes", vars)
+    }
+
+    fn start_pipeline(&self, pipeline: &str, vars: &[&str]) -> String {
+        let mut args = vec!["start", pipeline];
         for v in vars {
             args.extend(["--var", v]);
         }
@@ -285,13 +289,7 @@ fn stage_conditions_skip_fail_and_roll_back_on_nats() {
 
 fn stage_conditions(s: &Service<'_>) {
     s.ok(&["pipeline", "put", "pipeline.yaml"]);
-    let start = |vars: &[&str]| {
-        let mut args = vec!["start", "conditioned"];
-        for v in vars {
-            args.extend(["--var", *v]);
-        }
-        s.ok(&args).trim().to_string()
-    };
+    let start = |vars: &[&str]| s.start_pipeline("conditioned", vars);
     // env=dev: Audit is skipped by its before_entry rule, Deploy runs.
     let good = start(&[]);
     let e = s.done(&good);

@@ -419,12 +419,7 @@ pub fn apply(next: &mut Execution, input: &Input) -> Vec<Command> {
             run.auto_retried = false;
             for a in run.actions.iter_mut() {
                 if *all || a.status != Status::Succeeded {
-                    a.status = Status::NotStarted;
-                    a.finished_at = None;
-                    a.waiting = None;
-                    a.continuation = None;
-                    a.wake_payload = None;
-                    a.decisions.clear();
+                    a.prepare_rerun();
                 }
             }
             // Back through the stage's entry: its lane (gated) and its `before_entry` condition.
@@ -602,8 +597,7 @@ fn decide(exec: &mut Execution, si: usize, phase: Phase, verdict: Option<String>
                     stage.status = Status::InProgress;
                     stage.finished_at = None;
                     for a in stage.actions.iter_mut().filter(|a| all || a.status != Status::Succeeded) {
-                        a.status = Status::NotStarted;
-                        a.finished_at = None;
+                        a.prepare_rerun();
                     }
                     let first = stage.actions.iter().filter(|a| a.status == Status::NotStarted).map(|a| a.run_order).min().unwrap_or(0);
                     start_group(exec, si, first, at, commands);

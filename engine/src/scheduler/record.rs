@@ -318,6 +318,32 @@ pub struct Decision {
     pub summary: Option<String>,
 }
 
+impl ActionRun {
+    /// Make it runnable again (a retry): not started, nothing pending or decided. Its attempt
+    /// count goes on, and its last results stay until the new attempt replaces them.
+    pub fn prepare_rerun(&mut self) {
+        self.status = Status::NotStarted;
+        self.finished_at = None;
+        self.waiting = None;
+        self.continuation = None;
+        self.wake_payload = None;
+        self.decisions.clear();
+    }
+
+    /// As if it had never run (a rollback execution's copy of the stage it re-runs).
+    pub fn reset(&mut self) {
+        self.prepare_rerun();
+        self.attempt = 0;
+        self.config.clear();
+        self.inputs.clear();
+        self.artifacts.clear();
+        self.variables.clear();
+        self.summary = None;
+        self.started_at = None;
+        self.error = None;
+    }
+}
+
 impl Execution {
     /// A fresh, not yet started execution with every stage and action `NotStarted`.
     pub fn new(
@@ -408,20 +434,7 @@ impl Execution {
             s.checking = None;
             s.auto_retried = false;
             for a in s.actions.iter_mut() {
-                a.status = Status::NotStarted;
-                a.attempt = 0;
-                a.config.clear();
-                a.inputs.clear();
-                a.artifacts.clear();
-                a.variables.clear();
-                a.summary = None;
-                a.started_at = None;
-                a.finished_at = None;
-                a.error = None;
-                a.waiting = None;
-                a.continuation = None;
-                a.wake_payload = None;
-                a.decisions.clear();
+                a.reset();
             }
         }
         exec
