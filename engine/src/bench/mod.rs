@@ -87,6 +87,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     let bare = per(t.elapsed(), args.iterations);
 
+    // (a2) the same component as the engine runs one job: workspace, preopened `/scratch`,
+    // stdio capture, log sink, wall-clock timeout, and the workspace emptied afterwards.
+    let cx = engine.job_context();
+    let job = noop_job(digest.clone(), tmp.path());
+    for _ in 0..100 {
+        sandboxed_call(&cx, &job).await?;
+    }
+    let t = Instant::now();
+    for _ in 0..args.iterations {
+        sandboxed_call(&cx, &job).await?;
+    }
+    let sandboxed = per(t.elapsed(), args.iterations);
+
     // (b) the engine: a pipeline of N sequential no-op actions, and N parallel ones.
     let n = args.actions.clamp(1, 999);
     let seq = pipeline_file(tmp.path(), "seq", n, true)?;
@@ -112,6 +125,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     println!("| measure | per call | |");
     println!("|---|---|---|");
     println!("| (a) bare wasmtime InstancePre instantiate + call | {} | baseline |", us(bare));
+    println!("| (a2) one job in the engine's sandbox, no scheduler | {} | {:.2}× (a) |", us(sandboxed), sandboxed.as_secs_f64() / bare.as_secs_f64());
     println!("| (b) engine, sequential pipeline, per action | {} | {:.2}× (a) — target ≤ 2× |", us(per_action), b_over_a);
     println!("| (b') engine, one parallel group, per action | {} | {:.2}× (a) |", us(per_action_par), per_action_par.as_secs_f64() / bare.as_secs_f64());
     println!("| (c) fork/exec `/bin/true` | {} | {:.1}× (b) — target ≥ 20× |", us(fork), c_over_b);
@@ -125,6 +139,40 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     println!("\n{}", if ok { "all targets met" } else { "SOME TARGETS MISSED" });
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// A job for the no-op plugin, as the scheduler would build it.
+fn noop_job(plugin: crate::artifacts::Digest, dir: &Path) -> crate::executor::job::JobSpec {
+    crate::executor::job::JobSpec {
+        tenant: "default".into(),
+        pipeline: "bench".into(),
+        execution_id: "bench".into(),
+        stage: "S".into(),
+        action: "A".into(),
+        attempt: 1,
+        idempotency_key: "default/bench/S/A/1".into(),
+        plugin,
+        config: BTreeMap::new(),
+        inputs: BTreeMap::new(),
+        outputs: Vec::new(),
+        dirs: Vec::new(),
+        programs: Vec::new(),
+        http: Vec::new(),
+        nats: Vec::new(),
+        memory: crate::runtime::DEFAULT_MEMORY,
+        timeout: crate::executor::job::DEFAULT_TIMEOUT,
+        pipeline_dir: dir.to_path_buf(),
+        continuation: None,
+        wake_payload: None,
+        invoke: None,
+    }
+}
+
+async fn sandboxed_call(cx: &crate::executor::job::JobContext, job: &crate::executor::job::JobSpec) -> anyhow::Result<()> {
+    let (result, leftover) = crate::executor::job::execute(cx, job).await;
+    leftover.release(cx);
+    anyhow::ensure!(matches!(result, crate::scheduler::ActionResult::Succeeded { .. }), "the no-op job failed: {result:?}");
+    Ok(())
 }
 
 fn pipeline_file(dir: &Path, name: &str, n: usize, sequential: bool) -> anyhow::Result<std::path::PathBuf> {

@@ -122,6 +122,7 @@ pub async fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
     let (result, leftover) = crate::executor::job::execute(&engine.job_context(), &spec).await;
     leftover.release(&engine.job_context());
+    engine.workspaces.flush();
     println!("plugin  {} {} ({})", d.name, d.version, plugin.digest);
     println!("took    {}", units::short_duration(started.elapsed()));
     for line in engine.logs.read(&execution_id, "Test", &d.name).unwrap_or_default() {

@@ -136,7 +136,10 @@ impl JobSpec {
         // Output variables of every earlier action, by namespace.
         let mut namespaces: BTreeMap<&str, &BTreeMap<String, String>> = BTreeMap::new();
         let mut artifacts: BTreeMap<&str, &str> = BTreeMap::new();
-        for (ps, rs) in p.stages.iter().zip(&exec.stages) {
+        // Only inputs and `#{...}` references need them: skip the scan (it grows with the
+        // pipeline) for the rest.
+        let needs_earlier = !action.inputs.is_empty() || action.with.values().any(|v| v.value.contains("#{"));
+        for (ps, rs) in p.stages.iter().zip(&exec.stages).filter(|_| needs_earlier) {
             for (pa, ra) in ps.actions.iter().zip(&rs.actions) {
                 if ra.status == Status::Succeeded {
                     if let Some(ns) = &pa.namespace {
@@ -283,7 +286,7 @@ impl Attempt {
 }
 
 /// A workspace to hand back to the pool once the job's result has been reported.
-pub struct Leftover(Option<PathBuf>);
+pub struct Leftover(Option<(PathBuf, super::workspace::Used)>);
 
 impl Leftover {
     /// Nothing to release.
@@ -293,10 +296,8 @@ impl Leftover {
 
     /// Empty the workspace and return it to the pool.
     pub fn release(self, cx: &JobContext) {
-        if let Some(ws) = self.0 {
-            if let Err(e) = cx.workspaces.give_back(ws.clone()) {
-                tracing::warn!("could not empty workspace {}: {e}", ws.display());
-            }
+        if let Some((ws, used)) = self.0 {
+            cx.workspaces.give_back(ws, used);
         }
     }
 }
@@ -307,7 +308,12 @@ impl Leftover {
 pub async fn execute(cx: &JobContext, job: &JobSpec) -> (ActionResult, Leftover) {
     let log: Arc<dyn LogSink> = Arc::new(cx.logs.sink(&job.execution_id, &job.stage, &job.action, job.attempt));
     let (result, leftover) = match cx.workspaces.take() {
-        Ok(ws) => (run_in(cx, job, &ws, log.clone()).await, Leftover(Some(ws))),
+        Ok(ws) => {
+            // `in/` and `out/` exist only if the job has inputs or outputs; host programs run
+            // in the workspace and may create anything.
+            let used = super::workspace::Used { inputs: !job.inputs.is_empty(), outputs: !job.outputs.is_empty(), anything: !job.programs.is_empty() };
+            (run_in(cx, job, &ws, log.clone()).await, Leftover(Some((ws, used))))
+        }
         Err(e) => (Err(format!("cannot create a workspace: {e}")), Leftover(None)),
     };
     let result = match result {

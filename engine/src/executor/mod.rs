@@ -187,7 +187,11 @@ impl Engine {
             approvals,
         };
         let (plugins, overrides) = (plugins.clone(), overrides.clone());
-        tokio::spawn(async move { driver.drive(pipeline, &plugins, &overrides).await }).await?
+        let done = tokio::spawn(async move { driver.drive(pipeline, &plugins, &overrides).await }).await?;
+        // Used workspaces are emptied in the background; at the end of a run, nothing an
+        // action wrote may stay on disk.
+        self.workspaces.flush();
+        done
     }
 
     pub(crate) fn job_context(&self) -> job::JobContext {
@@ -350,8 +354,7 @@ impl Driver {
             // execution can happen until it ends, so a task and a channel would only add hand-offs.
             if jobs.len() == 1 && rx.is_empty() {
                 let (next, leftover) = jobs.pop().expect("one job").run(&self.jobs).await;
-                let cx = self.jobs.clone();
-                tokio::spawn(async move { leftover.release(&cx) });
+                leftover.release(&self.jobs);
                 input = next;
                 continue;
             }

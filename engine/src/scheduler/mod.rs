@@ -500,7 +500,17 @@ pub fn refusal(exec: &Execution, input: &Input) -> Option<String> {
 /// decides what follows.
 fn group_settled(exec: &mut Execution, si: usize, group: u32, at: Timestamp, commands: &mut Vec<Command>) {
     let stage = &mut exec.stages[si];
-    if stage.actions.iter().any(|a| a.status == Status::InProgress) {
+    // One pass over the stage (it runs once per finished action).
+    let (mut running, mut failed, mut next_group) = (false, false, None::<u32>);
+    for a in &stage.actions {
+        match a.status {
+            Status::InProgress => running = true,
+            Status::Failed if a.run_order == group => failed = true,
+            Status::NotStarted if a.run_order > group => next_group = Some(next_group.map_or(a.run_order, |g| g.min(a.run_order))),
+            _ => {}
+        }
+    }
+    if running {
         return;
     }
     if exec.status == Status::Stopping {
@@ -511,13 +521,12 @@ fn group_settled(exec: &mut Execution, si: usize, group: u32, at: Timestamp, com
         finish(exec, Status::Stopped, at, commands);
         return;
     }
-    if stage.actions.iter().any(|a| a.run_order == group && a.status == Status::Failed) {
+    if failed {
         stage.status = Status::Failed;
         stage.finished_at = Some(at);
         judge(exec, si, Phase::OnFailure, at, commands);
         return;
     }
-    let next_group = stage.actions.iter().filter(|a| a.status == Status::NotStarted && a.run_order > group).map(|a| a.run_order).min();
     match next_group {
         Some(g) => start_group(exec, si, g, at, commands),
         None => judge(exec, si, Phase::OnSuccess, at, commands),
