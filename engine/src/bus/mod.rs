@@ -169,6 +169,12 @@ impl Snapshot {
 /// stage or action whose status (or action attempt) changed. Deriving events from state means
 /// no change can go unannounced.
 pub fn diff(before: &Snapshot, after: &Execution) -> Vec<Event> {
+    advance(&mut before.clone(), after)
+}
+
+/// [`diff`], and `seen` becomes the snapshot of `after`, in the same pass: an executor that
+/// keeps one snapshot across its steps need not take a new one before each.
+pub fn advance(seen: &mut Snapshot, after: &Execution) -> Vec<Event> {
     let base = |kind, stage: Option<&str>, action: Option<&str>, status, at: Option<Timestamp>| Event {
         kind,
         tenant: after.tenant.clone(),
@@ -191,24 +197,27 @@ pub fn diff(before: &Snapshot, after: &Execution) -> Vec<Event> {
         (Some(s), Some(f)) => Some(f.since(s).as_millis() as u64),
         _ => None,
     };
-    if before.status != after.status {
+    if seen.status != after.status {
         let mut e = base(Kind::Pipeline, None, None, after.status, after.finished_at.or(after.started_at));
         e.duration_ms = span(after.started_at, after.finished_at);
         out.push((if after.status.is_terminal() { (2, 0, 0) } else { (1, 0, 0) }, e));
+        seen.status = after.status;
     }
-    for (si, ((stage_before, actions_before), sa)) in before.stages.iter().zip(&after.stages).enumerate() {
+    for (si, ((stage_before, actions_before), sa)) in seen.stages.iter_mut().zip(&after.stages).enumerate() {
         if *stage_before != sa.status {
             let mut e = base(Kind::Stage, Some(&sa.name), None, sa.status, sa.finished_at.or(sa.started_at));
             e.duration_ms = span(sa.started_at, sa.finished_at);
             out.push((if sa.status.is_terminal() { (0, si, 1) } else { (1, si + 1, 0) }, e));
+            *stage_before = sa.status;
         }
-        for ((status_before, attempt_before), aa) in actions_before.iter().zip(&sa.actions) {
+        for ((status_before, attempt_before), aa) in actions_before.iter_mut().zip(&sa.actions) {
             if *status_before != aa.status || *attempt_before != aa.attempt {
                 let mut e = base(Kind::Action, Some(&sa.name), Some(&aa.name), aa.status, aa.finished_at.or(aa.started_at));
                 e.attempt = Some(aa.attempt);
                 e.duration_ms = span(aa.started_at, aa.finished_at);
                 e.detail = aa.error.clone().or_else(|| aa.summary.clone());
                 out.push((if aa.status.is_terminal() { (0, si, 0) } else { (1, si + 1, 1) }, e));
+                (*status_before, *attempt_before) = (aa.status, aa.attempt);
             }
         }
     }

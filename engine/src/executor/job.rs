@@ -377,10 +377,9 @@ async fn run_in(cx: &JobContext, job: &JobSpec, ws: &Path, log: Arc<dyn LogSink>
         }
         mounts.push(Mount { host: dir.clone(), guest: dir.clone(), access: *access });
     }
-    let output_env = ws.join("scratch").join(".sluice-output.env");
     // Only host programs see these; an action with no program grants needs none of them.
     let program_env = if job.programs.is_empty() { Vec::new() } else { vec![
-        ("SLUICE_OUTPUT".to_string(), output_env.display().to_string()),
+        ("SLUICE_OUTPUT".to_string(), ws.join("scratch").join(".sluice-output.env").display().to_string()),
         ("SLUICE_WORKSPACE".to_string(), ws.display().to_string()),
         ("SLUICE_PIPELINE".to_string(), job.pipeline.clone()),
         ("SLUICE_EXECUTION_ID".to_string(), job.execution_id.clone()),

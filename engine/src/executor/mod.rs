@@ -13,7 +13,7 @@ pub use job::JobSpec;
 pub use logs::LogStore;
 
 use crate::artifacts::{BlobStore, LocalStore};
-use crate::bus::{EventBus, MemoryBus, Snapshot, diff};
+use crate::bus::{EventBus, MemoryBus, Snapshot, advance};
 use crate::model::validate::ResolvedPlugins;
 use crate::model::{Diagnostic, Diagnostics, Loc, Pipeline};
 use crate::plugins::Registry;
@@ -286,14 +286,16 @@ impl Driver {
         let plugins = Arc::new(plugins.clone());
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Input>();
         let mut input = Input::Start { at: Timestamp::now() };
+        // Only this loop changes the execution, so one snapshot, advanced at each step, is
+        // what the last step left.
+        let mut seen = Snapshot::of(&exec.lock().unwrap());
         loop {
             let mut waits = Vec::new();
             let mut check = None;
             let (events, mut jobs, finished) = {
                 let mut current = exec.lock().unwrap();
-                let before = Snapshot::of(&current);
                 let commands = apply(&mut current, &input);
-                let events = diff(&before, &current);
+                let events = advance(&mut seen, &current);
                 let mut jobs = Vec::new();
                 let mut finished = current.status.is_terminal();
                 for command in commands {

@@ -313,10 +313,10 @@ impl Runtime {
 
     /// Call a function's `handle` in a fresh sandbox set up like an action's; its reply is
     /// mapped onto an action's outcome (`continue-later` is `pending` on a timer).
-    pub async fn run_function(&self, digest: &Digest, inv: Invocation, parameters: String) -> Result<RunOutcome, RunError> {
+    pub async fn run_function(&self, digest: &Digest, mut inv: Invocation, parameters: String) -> Result<RunOutcome, RunError> {
         let pre = self.functions.lock().unwrap().get(digest).cloned().ok_or_else(|| RunError::Instantiate(format!("function {digest} is not loaded")))?;
         let _slot = self.runs.acquire().await.expect("semaphore is never closed");
-        let (mut store, stdout, stderr) = self.sandbox(&inv)?;
+        let (mut store, stdout, stderr) = self.sandbox(&mut inv)?;
         let c = &inv.context;
         let job = fwit::Job {
             pipeline: c.pipeline.clone(),
@@ -364,7 +364,7 @@ impl Runtime {
     pub async fn check_rule(&self, digest: &Digest, check: RuleCheck) -> Result<Result<(), String>, RunError> {
         let pre = self.rules.lock().unwrap().get(digest).cloned().ok_or_else(|| RunError::Instantiate(format!("rule {digest} is not loaded")))?;
         let _slot = self.runs.acquire().await.expect("semaphore is never closed");
-        let inv = Invocation {
+        let mut inv = Invocation {
             context: ActionContext::default(),
             config: Vec::new(),
             workspace: std::env::temp_dir(),
@@ -377,7 +377,7 @@ impl Runtime {
             timeout: check.timeout,
             log: check.log.clone(),
         };
-        let (mut store, stdout, stderr) = self.sandbox(&inv)?;
+        let (mut store, stdout, stderr) = self.sandbox(&mut inv)?;
         let ctx = rule_bindings::sluice::action::rule_types::CheckContext {
             tenant: check.tenant,
             pipeline: check.pipeline,
@@ -401,7 +401,9 @@ impl Runtime {
     }
 
     /// A store with the invocation's sandbox: WASI with its mounts, captured stdio, limits.
-    fn sandbox(&self, inv: &Invocation) -> Result<(Store<host::HostState>, capture::Capture, capture::Capture), RunError> {
+    /// A store set up for one call: stdio captured, `inv`'s mounts preopened, its grants in
+    /// the host state (moved out of `inv`, which keeps its context, configuration and log).
+    fn sandbox(&self, inv: &mut Invocation) -> Result<(Store<host::HostState>, capture::Capture, capture::Capture), RunError> {
         if inv.memory_limit > MAX_GUEST_MEMORY {
             return Err(RunError::Instantiate(format!("limits.memory may be at most {}", bytesize::ByteSize(MAX_GUEST_MEMORY))));
         }
@@ -417,8 +419,9 @@ impl Runtime {
             wasi.preopened_dir(&m.host, m.guest.to_string_lossy(), perms)
                 .map_err(|e| RunError::Instantiate(format!("cannot mount {} at {}: {e}", m.host.display(), m.guest.display())))?;
         }
-        let mut state = host::HostState::new(wasi.build(), inv.memory_limit, inv.log.clone(), inv.workspace.clone(), inv.mounts.clone(), inv.programs.clone(), inv.program_env.clone(), &inv.http);
-        state.grant_nats(inv.nats.clone(), self.nats.clone());
+        use std::mem::take;
+        let mut state = host::HostState::new(wasi.build(), inv.memory_limit, inv.log.clone(), take(&mut inv.workspace), take(&mut inv.mounts), take(&mut inv.programs), take(&mut inv.program_env), &inv.http);
+        state.grant_nats(take(&mut inv.nats), self.nats.clone());
         Ok((self.store(state), stdout, stderr))
     }
 
@@ -480,11 +483,11 @@ impl Runtime {
     }
 
     /// Run one action attempt in a fresh sandbox.
-    pub async fn run(&self, digest: &Digest, inv: Invocation) -> Result<RunOutcome, RunError> {
+    pub async fn run(&self, digest: &Digest, mut inv: Invocation) -> Result<RunOutcome, RunError> {
         let pre = self.pre(digest)?;
         let _slot = self.runs.acquire().await.expect("semaphore is never closed");
-        let (mut store, stdout, stderr) = self.sandbox(&inv)?;
-        let ctx = to_wit_context(&inv.context);
+        let (mut store, stdout, stderr) = self.sandbox(&mut inv)?;
+        let ctx = to_wit_context(std::mem::take(&mut inv.context));
         let call = async {
             let action = pre.instantiate_async(&mut store).await?;
             action.call_run(&mut store, &ctx, &inv.config).await
@@ -521,7 +524,7 @@ impl Runtime {
         let state = host::HostState::without_grants();
         let mut store = self.store(state);
         let action = pre.instantiate_async(&mut store).await.map_err(|e| anyhow::anyhow!("{e:#}"))?;
-        let ctx = to_wit_context(&ActionContext::default());
+        let ctx = to_wit_context(ActionContext::default());
         let _ = action.call_run(&mut store, &ctx, &Vec::new()).await.map_err(|e| anyhow::anyhow!("{e:#}"))?;
         Ok(())
     }
@@ -537,20 +540,20 @@ fn drain(log: &Arc<dyn LogSink>, stdout: &capture::Capture, stderr: &capture::Ca
     }
 }
 
-fn to_wit_context(c: &ActionContext) -> wit::Context {
+fn to_wit_context(c: ActionContext) -> wit::Context {
     wit::Context {
-        tenant: c.tenant.clone(),
-        pipeline: c.pipeline.clone(),
-        execution_id: c.execution_id.clone(),
-        stage: c.stage.clone(),
-        action: c.action.clone(),
+        tenant: c.tenant,
+        pipeline: c.pipeline,
+        execution_id: c.execution_id,
+        stage: c.stage,
+        action: c.action,
         attempt: c.attempt,
-        idempotency_key: c.idempotency_key.clone(),
-        continuation: c.continuation.clone(),
-        wake_payload: c.wake_payload.clone(),
-        inputs: c.inputs.clone(),
-        outputs: c.outputs.clone(),
-        pipeline_dir: c.pipeline_dir.clone(),
+        idempotency_key: c.idempotency_key,
+        continuation: c.continuation,
+        wake_payload: c.wake_payload,
+        inputs: c.inputs,
+        outputs: c.outputs,
+        pipeline_dir: c.pipeline_dir,
     }
 }
 

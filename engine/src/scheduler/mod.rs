@@ -501,12 +501,21 @@ pub fn refusal(exec: &Execution, input: &Input) -> Option<String> {
 fn group_settled(exec: &mut Execution, si: usize, group: u32, at: Timestamp, commands: &mut Vec<Command>) {
     let stage = &mut exec.stages[si];
     // One pass over the stage (it runs once per finished action).
-    let (mut running, mut failed, mut next_group) = (false, false, None::<u32>);
-    for a in &stage.actions {
+    let (mut running, mut failed, mut next_group, mut next) = (false, false, None::<u32>, Vec::new());
+    for (ai, a) in stage.actions.iter().enumerate() {
         match a.status {
             Status::InProgress => running = true,
             Status::Failed if a.run_order == group => failed = true,
-            Status::NotStarted if a.run_order > group => next_group = Some(next_group.map_or(a.run_order, |g| g.min(a.run_order))),
+            // The next group: the lowest run_order above this one that has not started.
+            Status::NotStarted if a.run_order > group => match next_group {
+                Some(g) if g < a.run_order => {}
+                Some(g) if g == a.run_order => next.push(ai),
+                _ => {
+                    next_group = Some(a.run_order);
+                    next.clear();
+                    next.push(ai);
+                }
+            },
             _ => {}
         }
     }
@@ -528,7 +537,7 @@ fn group_settled(exec: &mut Execution, si: usize, group: u32, at: Timestamp, com
         return;
     }
     match next_group {
-        Some(g) => start_group(exec, si, g, at, commands),
+        Some(_) => start_actions(exec, si, &next, at, commands),
         None => judge(exec, si, Phase::OnSuccess, at, commands),
     }
 }
@@ -662,14 +671,18 @@ fn begin_stage(exec: &mut Execution, si: usize, at: Timestamp, commands: &mut Ve
 }
 
 fn start_group(exec: &mut Execution, si: usize, group: u32, at: Timestamp, commands: &mut Vec<Command>) {
-    for (ai, run) in exec.stages[si].actions.iter_mut().enumerate() {
-        if run.run_order == group && run.status == Status::NotStarted {
-            run.status = Status::InProgress;
-            run.attempt += 1;
-            run.started_at = Some(at);
-            run.finished_at = None;
-            commands.push(Command::RunAction { stage: si, action: ai, attempt: run.attempt, delay_ms: 0 });
-        }
+    let members: Vec<usize> = exec.stages[si].actions.iter().enumerate().filter(|(_, r)| r.run_order == group && r.status == Status::NotStarted).map(|(ai, _)| ai).collect();
+    start_actions(exec, si, &members, at, commands);
+}
+
+fn start_actions(exec: &mut Execution, si: usize, members: &[usize], at: Timestamp, commands: &mut Vec<Command>) {
+    for &ai in members {
+        let run = &mut exec.stages[si].actions[ai];
+        run.status = Status::InProgress;
+        run.attempt += 1;
+        run.started_at = Some(at);
+        run.finished_at = None;
+        commands.push(Command::RunAction { stage: si, action: ai, attempt: run.attempt, delay_ms: 0 });
     }
 }
 
