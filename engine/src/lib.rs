@@ -12,6 +12,7 @@
 //!   embedded implementation (and a NATS one where the service needs it: [`nats`]).
 #![deny(missing_docs)]
 
+pub mod alloc;
 pub mod artifacts;
 pub mod bench;
 pub mod bus;

@@ -175,6 +175,44 @@ pub fn diff(before: &Snapshot, after: &Execution) -> Vec<Event> {
 /// [`diff`], and `seen` becomes the snapshot of `after`, in the same pass: an executor that
 /// keeps one snapshot across its steps need not take a new one before each.
 pub fn advance(seen: &mut Snapshot, after: &Execution) -> Vec<Event> {
+    advance_in(seen, after, Scope::All)
+}
+
+/// Which actions one scheduler step may have changed: what [`advance_in`] compares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Any action of the execution.
+    All,
+    /// The actions of this stage, and of every stage whose own status changed. True of a step
+    /// whose input names this stage: the scheduler then changes actions only there, or in a
+    /// stage it enters, leaves or finishes (whose status thus changes).
+    Stage(usize),
+}
+
+impl Scope {
+    /// The scope of one step on `input`.
+    pub fn of(input: &crate::scheduler::Input) -> Scope {
+        use crate::scheduler::Input;
+        match input {
+            Input::ActionCompleted { stage, .. }
+            | Input::Decide { stage, .. }
+            | Input::Expire { stage, .. }
+            | Input::Wake { stage, .. }
+            | Input::Checked { stage, .. }
+            | Input::Admit { stage, .. }
+            | Input::Supersede { stage, .. } => Scope::Stage(*stage),
+            // A stop abandons waiting actions wherever they are; a retry resets the stage's
+            // actions and may leave its status as it was.
+            Input::Start { .. } | Input::Stop { .. } | Input::Retry { .. } => Scope::All,
+        }
+    }
+}
+
+/// [`advance`] over what one step in `scope` may have changed: a step of a long pipeline
+/// compares one stage's actions, not every action of the execution.
+pub fn advance_in(seen: &mut Snapshot, after: &Execution, scope: Scope) -> Vec<Event> {
+    #[cfg(debug_assertions)]
+    let expected = (scope != Scope::All).then(|| advance_in(&mut seen.clone(), after, Scope::All));
     let base = |kind, stage: Option<&str>, action: Option<&str>, status, at: Option<Timestamp>| Event {
         kind,
         tenant: after.tenant.clone(),
@@ -209,6 +247,8 @@ pub fn advance(seen: &mut Snapshot, after: &Execution) -> Vec<Event> {
             e.duration_ms = span(sa.started_at, sa.finished_at);
             out.push((if sa.status.is_terminal() { (0, si, 1) } else { (1, si + 1, 0) }, e));
             *stage_before = sa.status;
+        } else if matches!(scope, Scope::Stage(only) if only != si) {
+            continue;
         }
         for ((status_before, attempt_before), aa) in actions_before.iter_mut().zip(&sa.actions) {
             if *status_before != aa.status || *attempt_before != aa.attempt {
@@ -222,5 +262,12 @@ pub fn advance(seen: &mut Snapshot, after: &Execution) -> Vec<Event> {
         }
     }
     out.sort_by_key(|(k, _)| *k);
-    out.into_iter().map(|(_, e)| e).collect()
+    let events: Vec<Event> = out.into_iter().map(|(_, e)| e).collect();
+    // Every test run checks the scope's promise against the full comparison.
+    #[cfg(debug_assertions)]
+    if let Some(expected) = expected {
+        let key = |e: &Event| (e.kind, e.stage.clone(), e.action.clone(), e.status, e.attempt);
+        assert_eq!(events.iter().map(key).collect::<Vec<_>>(), expected.iter().map(key).collect::<Vec<_>>(), "a step in {scope:?} changed actions outside it");
+    }
+    events
 }

@@ -13,7 +13,7 @@ pub use job::JobSpec;
 pub use logs::LogStore;
 
 use crate::artifacts::{BlobStore, LocalStore};
-use crate::bus::{EventBus, MemoryBus, Snapshot, advance};
+use crate::bus::{EventBus, MemoryBus, Scope, Snapshot, advance_in};
 use crate::model::validate::ResolvedPlugins;
 use crate::model::{Diagnostic, Diagnostics, Loc, Pipeline};
 use crate::plugins::Registry;
@@ -295,7 +295,7 @@ impl Driver {
             let (events, mut jobs, finished) = {
                 let mut current = exec.lock().unwrap();
                 let commands = apply(&mut current, &input);
-                let events = advance(&mut seen, &current);
+                let events = advance_in(&mut seen, &current, Scope::of(&input));
                 let mut jobs = Vec::new();
                 let mut finished = current.status.is_terminal();
                 for command in commands {
@@ -325,7 +325,11 @@ impl Driver {
             }
             if finished {
                 writer.finish()?;
-                let done = exec.lock().unwrap().clone();
+                // The writer is gone: the execution is ours alone.
+                let done = match Arc::try_unwrap(exec) {
+                    Ok(only) => only.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner()),
+                    Err(shared) => shared.lock().unwrap().clone(),
+                };
                 return Ok(done);
             }
             if let Some((stage, phase, snapshot)) = check {

@@ -171,8 +171,10 @@ pub struct StageRun {
     /// Status.
     pub status: Status,
     /// When it started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Timestamp>,
     /// When it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<Timestamp>,
     /// Actions in file order.
     pub actions: Vec<ActionRun>,
@@ -241,22 +243,28 @@ pub struct ActionRun {
     /// The plugin, pinned.
     pub plugin: PluginRef,
     /// Resolved configuration of the last attempt.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub config: BTreeMap<String, String>,
     /// Input artifacts consumed: name → digest.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub inputs: BTreeMap<String, String>,
     /// Output artifacts: name → digest.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub artifacts: BTreeMap<String, String>,
     /// Output variables.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub variables: BTreeMap<String, String>,
     /// One line from the plugin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<String>,
     /// When the current attempt started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Timestamp>,
     /// When it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<Timestamp>,
     /// Why it failed (the last attempt's error while retrying).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// Automatic retry, if the pipeline asks for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]

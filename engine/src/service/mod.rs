@@ -255,6 +255,7 @@ impl Service {
 
     /// Run the trigger consumer and `workers` job workers until the process ends.
     pub async fn run(self: Arc<Self>, workers: usize) {
+        crate::alloc::return_freed_memory_promptly();
         let mut tasks = tokio::task::JoinSet::new();
         let me = self.clone();
         tasks.spawn(async move { me.consume_triggers().await });
@@ -272,7 +273,6 @@ impl Service {
     /// After a burst of work, once the engine is idle, give the memory the allocator kept for
     /// it back to the operating system: thousands of waiting executions cost only their records,
     /// not the peak of starting them.
-    #[allow(unsafe_code)]
     async fn trim_when_idle(&self) {
         let (mut seen, mut busy) = (0, false);
         loop {
@@ -282,11 +282,7 @@ impl Service {
                 (seen, busy) = (now, true);
             } else if busy {
                 busy = false;
-                #[cfg(all(target_os = "linux", target_env = "gnu"))]
-                // SAFETY: malloc_trim only releases free memory at the top of the heaps.
-                unsafe {
-                    libc::malloc_trim(0);
-                }
+                crate::alloc::release_free_memory();
             }
         }
     }
