@@ -281,6 +281,21 @@ fn kill_9_of_an_engine_mid_deploy_finishes_on_the_other_with_one_side_effect() {
     assert_eq!(log.trim(), format!("default/{id}/Deploy/Release/1"));
     // The survivor read the artifact, whichever engine wrote it (shared through the Object Store).
     assert_eq!(action(&exec, "Verify/Check")["variables"]["Bytes"], "11");
+
+    // Every action's end went out as an event, and each event is stored once, even when an
+    // engine sent again the events of a change the other recorded.
+    let events: Vec<Value> = stored(&url, "SLUICE_EVENTS", "sluice.default.events.>").into_iter().filter(|e| e["execution_id"] == id.as_str()).collect();
+    for stage in exec["stages"].as_array().unwrap() {
+        for a in stage["actions"].as_array().unwrap() {
+            assert!(events.iter().any(|e| e["kind"] == "action" && e["action"] == a["name"] && e["status"] == "Succeeded"), "no Succeeded event for {}: {events:#?}", a["name"]);
+        }
+    }
+    assert!(events.iter().any(|e| e["kind"] == "pipeline" && e["status"] == "Succeeded"), "{events:#?}");
+    let mut ids: Vec<&str> = events.iter().map(|e| e["id"].as_str().expect("every event has an id")).collect();
+    let stored_events = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), stored_events, "an event was stored twice: {events:#?}");
 }
 
 #[test]

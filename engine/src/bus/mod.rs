@@ -35,6 +35,12 @@ impl Kind {
 /// A change of state, with CodePipeline's detail.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Event {
+    /// Unique id (service mode): `<execution>.<change>.<n>`, the n-th event of the execution's
+    /// change number `change`. An event sent again (because the engine that recorded the change
+    /// may have died before sending it) has the same id: dedupe on it. The NATS stream does,
+    /// within its two-minute duplicate window (`Nats-Msg-Id`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub id: String,
     /// What kind of thing changed.
     pub kind: Kind,
     /// Tenant.
@@ -88,6 +94,7 @@ pub fn approval_event(exec: &Execution, stage: usize, action: usize) -> Option<E
     let a = s.actions.get(action)?;
     let w = a.waiting.as_ref()?;
     Some(Event {
+        id: String::new(),
         kind: Kind::Approval,
         tenant: exec.tenant.clone(),
         pipeline: exec.pipeline.clone(),
@@ -113,8 +120,18 @@ pub fn approval_event(exec: &Execution, stage: usize, action: usize) -> Option<E
 
 /// Where events go.
 pub trait EventBus: Send + Sync {
-    /// Publish one event (at least once).
+    /// Publish one event (sent at least once while this process lives).
     fn publish(&self, event: Event);
+
+    /// Publish events in order; the future ends once the bus holds them durably (on NATS: the
+    /// stream acknowledged each). Whoever acknowledges the cause of a change (a job, a trigger)
+    /// waits for this first, so a crash before it leads to a redelivery, which sends them again.
+    fn publish_all(&self, events: Vec<Event>) -> futures_util::future::BoxFuture<'static, ()> {
+        for event in events {
+            self.publish(event);
+        }
+        Box::pin(std::future::ready(()))
+    }
 }
 
 /// The embedded bus: a tokio broadcast channel; slow subscribers miss old events rather
@@ -144,7 +161,7 @@ impl EventBus for MemoryBus {
 
 /// The statuses of an execution, its stages and actions (and action attempts): what events
 /// are derived from. Cheap to take before each step.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
     status: Status,
     stages: Vec<(Status, Vec<(Status, u32)>)>,
@@ -163,6 +180,19 @@ impl Snapshot {
             stages: exec.stages.iter().map(|s| (s.status, s.actions.iter().map(|a| (a.status, a.attempt)).collect())).collect(),
         }
     }
+}
+
+/// The events of the execution's last recorded change (its [`Outbox`](crate::scheduler::Outbox)),
+/// with their ids: `<execution>.<change>.<n>`. The same on every engine that derives them.
+pub fn outbox_events(exec: &Execution) -> Vec<Event> {
+    let outbox = &exec.outbox;
+    let Some(before) = &outbox.before else { return Vec::new() };
+    let mut events = diff(before, exec);
+    events.extend(outbox.notices.iter().filter_map(|&(stage, action)| approval_event(exec, stage, action)));
+    for (n, e) in events.iter_mut().enumerate() {
+        e.id = format!("{}.{}.{n}", exec.execution_id, outbox.change);
+    }
+    events
 }
 
 /// The events that take the state `before` (a [`Snapshot`]) to `after`: one per execution,
@@ -214,6 +244,7 @@ pub fn advance_in(seen: &mut Snapshot, after: &Execution, scope: Scope) -> Vec<E
     #[cfg(debug_assertions)]
     let expected = (scope != Scope::All).then(|| advance_in(&mut seen.clone(), after, Scope::All));
     let base = |kind, stage: Option<&str>, action: Option<&str>, status, at: Option<Timestamp>| Event {
+        id: String::new(),
         kind,
         tenant: after.tenant.clone(),
         pipeline: after.pipeline.clone(),

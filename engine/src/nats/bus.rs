@@ -1,49 +1,71 @@
 //! Events out on NATS: each event is published to the `SLUICE_EVENTS` stream on
-//! `sluice.<tenant>.events.<kind>.<pipeline>` and the publish acknowledged, retried until it
-//! is (at least once). Core subscribers see the same messages live.
+//! `sluice.<tenant>.events.<kind>.<pipeline>` with its id as `Nats-Msg-Id` (so an event sent
+//! again is stored once), and the publish acknowledged, retried until it is. Core subscribers
+//! see the same messages live.
 use crate::bus::{Event, EventBus};
 use async_nats::jetstream::Context;
+use async_nats::jetstream::message::PublishMessage;
+use futures_util::future::BoxFuture;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
+
+/// Events to send in order, and who to tell once the stream has them all.
+struct Batch {
+    events: Vec<Event>,
+    done: Option<oneshot::Sender<()>>,
+}
 
 /// An [`EventBus`] on JetStream. Publishing never blocks the engine: events queue in
 /// order and a background task sends them.
 pub struct NatsBus {
-    tx: mpsc::UnboundedSender<Event>,
+    tx: mpsc::UnboundedSender<Batch>,
 }
 
 impl NatsBus {
     /// Start the sender task.
     pub fn new(js: Context) -> Self {
-        let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Batch>();
         tokio::spawn(async move {
-            while let Some(event) = rx.recv().await {
-                let subject = super::event_subject(&event.tenant, event.kind.as_str(), &event.pipeline);
-                let payload: bytes::Bytes = serde_json::to_vec(&event).unwrap_or_default().into();
+            while let Some(batch) = rx.recv().await {
                 // Sent in order; the stream's acknowledgements are awaited off this loop, so one
                 // event's round trip does not hold up the next (a failure is sent again).
-                match js.publish(subject.clone(), payload.clone()).await {
-                    Ok(ack) => {
-                        let js = js.clone();
-                        tokio::spawn(async move {
-                            if ack.await.is_err() {
-                                resend(&js, subject, payload).await;
-                            }
-                        });
-                    }
-                    Err(_) => resend(&js, subject, payload).await,
+                let mut acks = Vec::with_capacity(batch.events.len());
+                for event in batch.events {
+                    let subject = super::event_subject(&event.tenant, event.kind.as_str(), &event.pipeline);
+                    let payload: bytes::Bytes = serde_json::to_vec(&event).unwrap_or_default().into();
+                    let sent = js.send_publish(subject.clone(), message(&event.id, payload.clone())).await;
+                    acks.push((sent, subject, event.id, payload));
                 }
+                let js = js.clone();
+                tokio::spawn(async move {
+                    for (sent, subject, id, payload) in acks {
+                        let acked = match sent {
+                            Ok(ack) => ack.await.is_ok(),
+                            Err(_) => false,
+                        };
+                        if !acked {
+                            resend(&js, subject, &id, payload).await;
+                        }
+                    }
+                    if let Some(done) = batch.done {
+                        let _ = done.send(());
+                    }
+                });
             }
         });
         NatsBus { tx }
     }
 }
 
-/// Publish until the stream acknowledges, backing off.
-async fn resend(js: &Context, subject: String, payload: bytes::Bytes) {
+fn message(id: &str, payload: bytes::Bytes) -> PublishMessage {
+    let message = PublishMessage::build().payload(payload);
+    if id.is_empty() { message } else { message.message_id(id) }
+}
+
+async fn resend(js: &Context, subject: String, id: &str, payload: bytes::Bytes) {
     let mut delay = Duration::from_millis(50);
     loop {
-        let sent = match js.publish(subject.clone(), payload.clone()).await {
+        let sent = match js.send_publish(subject.clone(), message(id, payload.clone())).await {
             Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
@@ -60,6 +82,17 @@ async fn resend(js: &Context, subject: String, payload: bytes::Bytes) {
 
 impl EventBus for NatsBus {
     fn publish(&self, event: Event) {
-        let _ = self.tx.send(event);
+        let _ = self.tx.send(Batch { events: vec![event], done: None });
+    }
+
+    fn publish_all(&self, events: Vec<Event>) -> BoxFuture<'static, ()> {
+        if events.is_empty() {
+            return Box::pin(std::future::ready(()));
+        }
+        let (done, acked) = oneshot::channel();
+        let _ = self.tx.send(Batch { events, done: Some(done) });
+        Box::pin(async move {
+            let _ = acked.await;
+        })
     }
 }

@@ -14,7 +14,7 @@ mod tests_operating;
 
 pub use conditions::{Condition, Outcome, Phase, Rule, StageConditions};
 pub use lanes::Mode;
-pub use record::{ActionRun, Decision, Execution, PluginRef, RetryPolicy, RollbackOf, StageRun, Status, Timestamp, TriggerInfo, Wake, Waiting};
+pub use record::{ActionRun, Decision, Execution, Outbox, PluginRef, RetryPolicy, RollbackOf, StageRun, Status, Timestamp, TriggerInfo, Wake, Waiting};
 
 use std::collections::BTreeMap;
 

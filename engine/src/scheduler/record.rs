@@ -124,6 +124,37 @@ pub struct Execution {
     /// The newer execution that replaced it (`Superseded`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub superseded_by: Option<String>,
+    /// The service's delivery bookkeeping for the events of the last recorded change.
+    #[serde(default, skip_serializing_if = "Outbox::is_empty")]
+    pub outbox: Outbox,
+}
+
+/// What it takes to publish the events of an execution's last recorded change again, written
+/// with the change itself (service mode): the statuses before it (its events are what differs
+/// between them and the record) and the approvals it began waiting for. The engine that records
+/// a change publishes its events; if it dies before the stream has them, whoever handles the
+/// execution next publishes them again: the engine that records the next change (when the
+/// writer was another engine, or an earlier run of this one), the engine a redelivered job or
+/// trigger reaches, and an engine recovering at start. Events keep their ids, so a re-sent event
+/// is stored once.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Outbox {
+    /// Changes recorded so far; the last one's number.
+    pub change: u64,
+    /// The engine process (an id made when it starts) that recorded it.
+    pub writer: String,
+    /// The statuses before the change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<crate::bus::Snapshot>,
+    /// (stage, action) of each approval the change began waiting for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notices: Vec<(usize, usize)>,
+}
+
+impl Outbox {
+    fn is_empty(&self) -> bool {
+        self.change == 0
+    }
 }
 
 /// What a rollback execution rolls back.
@@ -417,6 +448,7 @@ impl Execution {
             entering: None,
             rollback: None,
             superseded_by: None,
+            outbox: Outbox::default(),
         }
     }
 
@@ -432,6 +464,7 @@ impl Execution {
         exec.stop_reason = None;
         exec.entering = None;
         exec.superseded_by = None;
+        exec.outbox = Outbox::default();
         exec.trigger = None;
         exec.rollback = Some(RollbackOf { stage: target.stages[stage].name.clone(), target: target.execution_id.clone(), after });
         for s in exec.stages.iter_mut().skip(stage) {

@@ -58,6 +58,7 @@ pub(super) fn exec(layout: &[&[u32]]) -> Execution {
         entering: None,
         rollback: None,
         superseded_by: None,
+        outbox: Default::default(),
     }
 }
 

@@ -319,7 +319,8 @@ impl Service {
                 Ok(ok(json!({ "execution_id": id, "event_id": event.id })))
             }
             Request::Status { execution_id } => match self.execution(tenant, &execution_id).await.map_err(|e| e.to_string())? {
-                Some(e) => Ok(ok(e)),
+                // The outbox is the engines' delivery bookkeeping; its events went out already.
+                Some(e) => Ok(ok(crate::scheduler::Execution { outbox: Default::default(), ..e })),
                 None => Err(format!("no execution `{execution_id}`")),
             },
             Request::Stop { execution_id, abandon, reason } => {

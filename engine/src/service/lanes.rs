@@ -8,7 +8,7 @@
 //! writes leaves the records disagreeing; [`Service::recover`] (every engine start) puts them
 //! back in step, and every step is idempotent.
 use super::{Service, exec_key};
-use crate::bus::{Snapshot, diff};
+use crate::bus::Snapshot;
 use crate::kv::{KvError, get_json};
 use crate::scheduler::lanes::{self, Disabled, Effect, LaneOp, Lanes};
 use crate::scheduler::{Execution, Input, Status, Timestamp, TriggerInfo, apply};
@@ -240,15 +240,10 @@ impl Service {
         let before = Snapshot::of(&exec);
         let mut commands = apply(&mut exec, &Input::Start { at: Timestamp::now() });
         let others = self.admit_inline(&mut exec, &mut commands).await.map_err(|e| e.to_string())?;
-        self.edges.executions.create(&exec_key(tenant, &id), serde_json::to_vec(&exec).map_err(|e| e.to_string())?).await.map_err(|e| e.to_string())?;
-        for e in diff(&before, &exec) {
-            self.edges.bus.publish(e);
-        }
         let (jobs, notices, mut work) = super::follow_up(&exec, commands);
-        for e in notices {
-            self.edges.bus.publish(e);
-        }
-        self.push_jobs(&jobs).await;
+        let publish = self.stamp(&mut exec, before, notices, Vec::new());
+        self.edges.executions.create(&exec_key(tenant, &id), serde_json::to_vec(&exec).map_err(|e| e.to_string())?).await.map_err(|e| e.to_string())?;
+        futures_util::future::join(self.edges.bus.publish_all(publish), self.push_jobs(&jobs)).await;
         work.extend(others);
         Ok((id, work))
     }

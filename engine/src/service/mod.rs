@@ -20,8 +20,10 @@ pub mod trigger;
 pub mod wakes;
 pub mod webhook;
 pub mod wiring;
+#[cfg(test)]
+mod tests;
 
-use crate::bus::{Event, EventBus, Kind, Snapshot, diff};
+use crate::bus::{Event, EventBus, Kind, Snapshot};
 use crate::executor::{Engine, job};
 use crate::kv::{Kv, KvError, get_json};
 use crate::model::validate::ResolvedPlugins;
@@ -131,6 +133,8 @@ pub struct Service {
     running: Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
     /// Triggers and jobs handled so far (the idle trimmer watches it).
     handled: std::sync::atomic::AtomicU64,
+    /// This engine process, as named in the outboxes of the changes it records.
+    incarnation: String,
 }
 
 /// A job's id: its idempotency key with indices (`tenant/execution/stage/action/attempt`).
@@ -192,8 +196,8 @@ fn check_job(exec: &Execution, si: usize, phase: crate::scheduler::Phase) -> Job
 
 /// The jobs, notifications and cross-record work that `commands` (just applied to `exec`)
 /// ask for.
-fn follow_up(exec: &Execution, commands: Vec<Command>) -> (Vec<JobMessage>, Vec<Event>, Vec<lanes::After>) {
-    let (mut jobs, mut events, mut after) = (Vec::new(), Vec::new(), Vec::new());
+fn follow_up(exec: &Execution, commands: Vec<Command>) -> (Vec<JobMessage>, Vec<(usize, usize)>, Vec<lanes::After>) {
+    let (mut jobs, mut notices, mut after) = (Vec::new(), Vec::new(), Vec::new());
     for c in commands {
         match c {
             Command::RunAction { stage, action, attempt, delay_ms } => {
@@ -206,7 +210,7 @@ fn follow_up(exec: &Execution, commands: Vec<Command>) -> (Vec<JobMessage>, Vec<
                     jobs.push(JobMessage { tenant: exec.tenant.clone(), execution_id: exec.execution_id.clone(), stage, action, attempt, not_before: deadline.0, expire: true, check: None });
                 }
                 if waiting.is_some_and(|w| w.wake == Wake::Approval) {
-                    events.extend(crate::bus::approval_event(exec, stage, action));
+                    notices.push((stage, action));
                 }
                 if let Some(Wake::Event(subject)) = waiting.map(|w| &w.wake) {
                     let waiter = wakes::Waiter { tenant: exec.tenant.clone(), execution: exec.execution_id.clone(), stage, action, attempt };
@@ -220,7 +224,7 @@ fn follow_up(exec: &Execution, commands: Vec<Command>) -> (Vec<JobMessage>, Vec<
             Command::Finish { .. } => {}
         }
     }
-    (jobs, events, after)
+    (jobs, notices, after)
 }
 
 /// Handle every delivery of `queue`, for ever; a failing queue (NATS reconnecting) is retried.
@@ -240,7 +244,31 @@ impl Service {
     /// An engine on `edges`, running jobs with `engine`'s runtime, blobs and workspaces.
     pub fn new(engine: Engine, edges: Edges) -> Arc<Self> {
         let functions = Arc::new(functions::Registered { kv: edges.functions.clone(), runtime: engine.registry.runtime().clone(), blobs: engine.blobs.clone() });
-        Arc::new(Service { engine, edges, loaded: Mutex::new(HashMap::new()), functions, running: Mutex::new(HashMap::new()), handled: Default::default() })
+        let incarnation = ulid::Ulid::new().to_string();
+        Arc::new(Service { engine, edges, loaded: Mutex::new(HashMap::new()), functions, running: Mutex::new(HashMap::new()), handled: Default::default(), incarnation })
+    }
+
+    /// Before applying a change to a stored execution: the events of its last change when
+    /// another engine (or an earlier run of this one) recorded that, since it may have died
+    /// before publishing them. They go out again with the new change's.
+    pub(crate) fn unsent(&self, exec: &Execution) -> Vec<Event> {
+        if exec.outbox.writer == self.incarnation { Vec::new() } else { crate::bus::outbox_events(exec) }
+    }
+
+    /// Number a change about to be recorded and keep in the record what its events are
+    /// derived from (`before`, and the approvals it began waiting for). Returns what to
+    /// publish once it is recorded: `unsent`, then its events.
+    pub(crate) fn stamp(&self, exec: &mut Execution, before: Snapshot, notices: Vec<(usize, usize)>, mut unsent: Vec<Event>) -> Vec<Event> {
+        let change = exec.outbox.change + 1;
+        exec.outbox = crate::scheduler::Outbox { change, writer: self.incarnation.clone(), before: Some(before), notices };
+        unsent.extend(crate::bus::outbox_events(exec));
+        unsent
+    }
+
+    /// Publish the last change's events again unless this engine process recorded it (then
+    /// they are on their way): for a cause (job, trigger) delivered again, or at recovery.
+    pub(crate) async fn republish(&self, exec: &Execution) {
+        self.edges.bus.publish_all(self.unsent(exec)).await;
     }
 
     /// The engine (plugins, runtime).
@@ -298,6 +326,7 @@ impl Service {
             }
             if let Some((exec, _)) = get_json::<Execution>(&*self.edges.executions, &key).await? {
                 if !exec.status.is_terminal() {
+                    self.republish(&exec).await;
                     self.push_jobs(&outstanding(&exec)).await;
                     arrivals.extend(exec.entering.map(|stage| lanes::After::arrive(&exec, stage)));
                     n += 1;
@@ -361,6 +390,7 @@ impl Service {
             publish(&letter);
         }
         self.edges.bus.publish(Event {
+            id: String::new(),
             kind: Kind::Trigger,
             tenant: tenant.into(),
             pipeline: pipeline.into(),
@@ -444,7 +474,14 @@ impl Service {
         };
         let key = exec_key(tenant, &execution_id);
         let exec = match get_json::<Execution>(kv, &key).await? {
-            Some((exec, _)) => exec,
+            Some((exec, _)) => {
+                // A trigger delivered again: the engine that started the execution may have died
+                // before its first events were stored.
+                if !exec.status.is_terminal() {
+                    self.republish(&exec).await;
+                }
+                exec
+            }
             None => {
                 // The claim's version is the head at claim time, or a later one after a crash:
                 // either way a registered version.
@@ -467,11 +504,11 @@ impl Service {
                 let before = Snapshot::of(&exec);
                 let mut commands = apply(&mut exec, &Input::Start { at: Timestamp::now() });
                 let others = self.admit_inline(&mut exec, &mut commands).await?;
+                let publish = self.stamp(&mut exec, before, Vec::new(), Vec::new());
                 match kv.create(&key, serde_json::to_vec(&exec).unwrap_or_default()).await {
                     Ok(_) => {
-                        for e in diff(&before, &exec) {
-                            self.edges.bus.publish(e);
-                        }
+                        // The trigger is acknowledged after this: its events are stored by then.
+                        self.edges.bus.publish_all(publish).await;
                         self.settle(others).await;
                         exec
                     }
@@ -559,7 +596,9 @@ impl Service {
         }
         let Some(run) = exec.stages.get(job.stage).and_then(|s| s.actions.get(job.action)) else { return Ok(Settled::Done) };
         if run.status != Status::InProgress || run.attempt != job.attempt || (run.waiting.is_some() && !job.expire && !matches!(run.waiting.as_ref().map(|w| &w.wake), Some(Wake::Timer(_)))) {
-            // Already recorded (a redelivery after a crash): make sure what followed is queued.
+            // Already recorded (a redelivery after a crash): make sure what followed is
+            // published and queued.
+            self.republish(&exec).await;
             self.push_jobs(&outstanding(&exec)).await;
             return Ok(Settled::Done);
         }
@@ -656,21 +695,21 @@ impl Service {
                 return Err(KvError::Backend(format!("execution {key} vanished")));
             };
             let Some(input) = make(&exec) else { return Ok(carried) };
+            let unsent = self.unsent(&exec);
             let before = Snapshot::of(&exec);
             let mut commands = apply(&mut exec, &input);
             // Lane changes for other executions stand even if this write must be retried.
             carried.extend(self.admit_inline(&mut exec, &mut commands).await?);
-            let events = diff(&before, &exec);
-            if events.is_empty() && commands.is_empty() {
+            if commands.is_empty() && before == Snapshot::of(&exec) {
                 return Ok(carried);
             }
+            let (jobs, notices, after) = follow_up(&exec, commands);
+            let publish = self.stamp(&mut exec, before, notices, unsent);
             match kv.update(key, serde_json::to_vec(&exec).map_err(|e| KvError::Backend(e.to_string()))?, revision).await {
                 Ok(_) => {
-                    let (jobs, notices, after) = follow_up(&exec, commands);
-                    for e in events.into_iter().chain(notices) {
-                        self.edges.bus.publish(e);
-                    }
-                    self.push_jobs(&jobs).await;
+                    // What caused the change is acknowledged after this: its events and jobs
+                    // are stored by then.
+                    futures_util::future::join(self.edges.bus.publish_all(publish), self.push_jobs(&jobs)).await;
                     carried.extend(after);
                     return Ok(carried);
                 }
@@ -724,16 +763,16 @@ impl Service {
             if let Some(why) = crate::scheduler::refusal(&exec, &input) {
                 return Err(why);
             }
+            let unsent = self.unsent(&exec);
             let before = Snapshot::of(&exec);
             let was_running: Vec<(usize, usize, u32)> = exec.stages.iter().enumerate().flat_map(|(si, s)| s.actions.iter().enumerate().filter(|(_, a)| a.status == Status::InProgress).map(move |(ai, a)| (si, ai, a.attempt))).collect();
             let commands = apply(&mut exec, &input);
+            let (jobs, notices, after) = follow_up(&exec, commands);
+            let publish = self.stamp(&mut exec, before, notices, unsent);
             match kv.update(&key, serde_json::to_vec(&exec).map_err(|e| e.to_string())?, revision).await {
                 Ok(_) => {}
                 Err(KvError::Conflict { .. }) => continue,
                 Err(e) => return Err(e.to_string()),
-            }
-            for e in diff(&before, &exec) {
-                self.edges.bus.publish(e);
             }
             let abandoned: Vec<String> = was_running
                 .into_iter()
@@ -746,11 +785,7 @@ impl Service {
                     elsewhere(tenant, abandoned);
                 }
             }
-            let (jobs, notices, after) = follow_up(&exec, commands);
-            for e in notices {
-                self.edges.bus.publish(e);
-            }
-            self.push_jobs(&jobs).await;
+            futures_util::future::join(self.edges.bus.publish_all(publish), self.push_jobs(&jobs)).await;
             self.settle(after).await;
             return Ok(exec);
         }

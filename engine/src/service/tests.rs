@@ -1,0 +1,91 @@
+//! Service behaviour that needs two engines sharing one set of edges, with one of them made
+//! to fail at a chosen point.
+use super::*;
+use crate::bus::MemoryBus;
+use crate::kv::RedbKv;
+use crate::queue::MemoryQueue;
+use std::path::Path;
+
+/// A bus that loses everything: an engine that died right after recording a change, before
+/// its events were stored.
+struct LostBus;
+
+impl EventBus for LostBus {
+    fn publish(&self, _event: Event) {}
+}
+
+fn engine(data: &Path, bus: Arc<dyn EventBus>, shared: &Edges) -> Arc<Service> {
+    let engine = Engine::for_service(data, bus.clone(), None).unwrap();
+    let edges = Edges {
+        pipelines: shared.pipelines.clone(),
+        executions: shared.executions.clone(),
+        functions: shared.functions.clone(),
+        waits: shared.waits.clone(),
+        triggers: shared.triggers.clone(),
+        jobs: shared.jobs.clone(),
+        bus,
+        dead_letters: None,
+        extra_subjects: None,
+        cancel_elsewhere: None,
+        wake_subject: None,
+    };
+    Service::new(engine, edges)
+}
+
+const PIPELINE: &str = "name: relay\nstages:\n  - name: One\n    actions:\n      - { name: A, uses: noop@1 }\n  - name: Two\n    actions:\n      - { name: B, uses: noop@1 }\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_of_a_change_whose_engine_died_before_sending_them_are_sent_by_the_next_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = RedbKv::open_database(&dir.path().join("service.redb")).unwrap();
+    let shared = Edges {
+        pipelines: Arc::new(RedbKv::bucket(db.clone(), "pipelines").unwrap()),
+        executions: Arc::new(RedbKv::bucket(db.clone(), "executions").unwrap()),
+        functions: Arc::new(RedbKv::bucket(db.clone(), "functions").unwrap()),
+        waits: Arc::new(RedbKv::bucket(db, "waits").unwrap()),
+        triggers: MemoryQueue::new(Duration::from_secs(3600)),
+        jobs: MemoryQueue::new(Duration::from_secs(3600)),
+        bus: Arc::new(LostBus),
+        dead_letters: None,
+        extra_subjects: None,
+        cancel_elsewhere: None,
+        wake_subject: None,
+    };
+    // Engine A records the start and "dies" before its events are stored; engine B runs the jobs.
+    let a = engine(&dir.path().join("a"), Arc::new(LostBus), &shared);
+    let bus_b = Arc::new(MemoryBus::default());
+    let mut seen = bus_b.subscribe();
+    let b = engine(&dir.path().join("b"), bus_b.clone(), &shared);
+    let put = a.handle("default", api::Request::PipelinePut { file: "relay.yaml".into(), dir: dir.path().to_path_buf(), yaml: PIPELINE.into() }).await;
+    assert!(put.get("ok").is_some(), "{put}");
+    let id = a.start("default", "relay", br#"{"id":"e-1"}"#).await.unwrap().unwrap();
+    tokio::spawn(b.clone().run(1));
+
+    let mut events = Vec::new();
+    let finished = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let e = seen.recv().await.unwrap();
+            let end = e.kind == Kind::Pipeline && e.status.is_terminal();
+            events.push(e);
+            if end {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(finished.is_ok(), "the execution did not finish: {events:#?}");
+    let has = |kind: Kind, name: Option<&str>, status: Status| events.iter().any(|e| e.kind == kind && e.status == status && (e.action.as_deref() == name || e.stage.as_deref() == name || name.is_none()));
+    // What A recorded: the pipeline and its first stage and action started.
+    assert!(has(Kind::Pipeline, None, Status::InProgress), "{events:#?}");
+    assert!(has(Kind::Stage, Some("One"), Status::InProgress) && has(Kind::Action, Some("A"), Status::InProgress), "{events:#?}");
+    // What B recorded.
+    assert!(has(Kind::Action, Some("B"), Status::Succeeded) && has(Kind::Pipeline, None, Status::Succeeded), "{events:#?}");
+    // Ids name the execution, the change and the event; none repeats here.
+    let first = events.iter().find(|e| e.kind == Kind::Pipeline).unwrap();
+    assert_eq!(first.id, format!("{id}.1.0"));
+    let mut ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), events.len(), "{events:#?}");
+}
+
