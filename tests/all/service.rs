@@ -296,6 +296,19 @@ fn kill_9_of_an_engine_mid_deploy_finishes_on_the_other_with_one_side_effect() {
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), stored_events, "an event was stored twice: {events:#?}");
+
+    // Every action's log is readable through NATS, whichever engine ran it: the client has no
+    // data directory with logs of its own.
+    let logs = client(&p, &url, &["logs", &id]);
+    assert_eq!(logs.code, 0, "{logs:?}");
+    assert!(logs.stdout.contains(&format!("side effect already done for default/{id}/Deploy/Release/1")), "the survivor's attempt:\n{}", logs.stdout);
+    assert!(logs.stdout.lines().any(|l| l.starts_with("Verify/Check #1")), "{}", logs.stdout);
+    let one = client(&p, &url, &["logs", &id, "Deploy/Release"]);
+    assert_eq!(one.code, 0, "{one:?}");
+    assert!(one.stdout.lines().all(|l| l.starts_with("Deploy/Release #1")), "only that action: {}", one.stdout);
+    let none = client(&p, &url, &["logs", &id, "Nope/Nothing"]);
+    assert_ne!(none.code, 0, "{none:?}");
+    assert!(none.stderr.contains("no logs for Nope/Nothing"), "{none:?}");
 }
 
 #[test]

@@ -132,11 +132,16 @@ pub fn logs(data: &Path, id: &str, only: Option<&str>) -> anyhow::Result<ExitCod
     for (stage, action) in actions {
         let lines = store.read(id, &stage, &action).with_context(|| format!("no log for {stage}/{action} in execution {id}"))?;
         for l in lines {
-            let fields: String = l.fields.iter().map(|(k, v)| format!(" {k}={v}")).collect();
-            println!("{stage}/{action} #{} {} {:>5} {}{fields}", l.attempt, l.at, format!("{:?}", l.level).to_uppercase(), l.message);
+            print_log_line(&stage, &action, &l);
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One log line as `sluice logs` prints it.
+pub fn print_log_line(stage: &str, action: &str, l: &crate::executor::LogLine) {
+    let fields: String = l.fields.iter().map(|(k, v)| format!(" {k}={v}")).collect();
+    println!("{stage}/{action} #{} {} {:>5} {}{fields}", l.attempt, l.at, format!("{:?}", l.level).to_uppercase(), l.message);
 }
 
 pub async fn describe_plugin(reference: &str, json: bool) -> anyhow::Result<ExitCode> {

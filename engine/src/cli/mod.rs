@@ -81,15 +81,15 @@ enum Cmd {
         #[command(flatten)]
         target: service::Target,
     },
-    /// Print the logs of an execution, or of one STAGE/ACTION of it.
+    /// Print the logs of an execution, or of one STAGE/ACTION of it: from the data directory,
+    /// or with --nats from the logs every engine of the service shares.
     Logs {
         /// Execution id.
         execution_id: String,
         /// Only this action, as STAGE/ACTION.
         action: Option<String>,
-        /// Data directory [default: ./.sluice].
-        #[arg(long, env = "SLUICE_DATA")]
-        data: Option<PathBuf>,
+        #[command(flatten)]
+        target: service::Target,
     },
     /// Inspect plugins.
     Plugin {
@@ -384,7 +384,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
         }
         Cmd::History { pipeline, limit, data } => inspect::history(&default_data(data), pipeline.as_deref(), limit),
         Cmd::Show { execution_id, json, target } => service::show(execution_id, json, target).await,
-        Cmd::Logs { execution_id, action, data } => inspect::logs(&default_data(data), &execution_id, action.as_deref()),
+        Cmd::Logs { execution_id, action, target } => service::logs(execution_id, action, target).await,
         Cmd::Plugin { command } => match command {
             PluginCmd::Describe { plugin, json } => inspect::describe_plugin(&plugin, json).await,
             PluginCmd::Test(args) => plugin_test::run(args).await,

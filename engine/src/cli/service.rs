@@ -5,6 +5,7 @@ use crate::model::units::short_duration;
 use crate::scheduler::{Execution, Status};
 use crate::service::api::{ExecutionSummary, Request};
 use crate::service::client::{Client, Refused};
+use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -399,6 +400,43 @@ pub async fn show(execution_id: String, json: bool, target: Target) -> anyhow::R
         Ok(v) => super::inspect::print_execution(&serde_json::from_value(v)?, json),
         Err(e) => refused(e),
     }
+}
+
+/// Run `sluice logs`: from the data directory, or with --nats from the shared copies
+/// (`sluice-logs`), whichever engine ran each action.
+pub async fn logs(execution_id: String, only: Option<String>, target: Target) -> anyhow::Result<ExitCode> {
+    let Some(url) = target.nats.clone() else {
+        return super::inspect::logs(&super::default_data(target.data), &execution_id, only.as_deref());
+    };
+    let only = match &only {
+        Some(sa) => Some(sa.split_once('/').context("name the action as STAGE/ACTION")?),
+        None => None,
+    };
+    let client = target.client().await?;
+    let exec: Execution = match client.call(&Request::Status { execution_id: execution_id.clone() }).await {
+        Ok(v) => serde_json::from_value(v)?,
+        Err(e) => return refused(e),
+    };
+    let Client::Nats { client: nats, .. } = &client else { unreachable!("a --nats target connects over NATS") };
+    let Ok(store) = async_nats::jetstream::new(nats.clone()).get_object_store(crate::nats::logs::BUCKET).await else {
+        anyhow::bail!("no logs on {url} yet (no engine has stored any)");
+    };
+    let mut any = false;
+    for stage in &exec.stages {
+        for action in stage.actions.iter().filter(|a| only.is_none_or(|(s, n)| s == stage.name && n == a.name)) {
+            for attempt in 1..=action.attempt {
+                let name = crate::nats::logs::object_name(&target.tenant, &execution_id, &stage.name, &action.name, attempt);
+                for line in crate::nats::logs::get(&store, &name).await?.unwrap_or_default() {
+                    super::inspect::print_log_line(&stage.name, &action.name, &line);
+                    any = true;
+                }
+            }
+        }
+    }
+    if !any {
+        anyhow::bail!("no logs for {} of execution {execution_id} on {url}", only.map(|(s, a)| format!("{s}/{a}")).unwrap_or_else(|| "any action".into()));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Run `sluice executions`.

@@ -10,7 +10,7 @@ mod writer;
 pub use workspace::WorkspacePool;
 
 pub use job::JobSpec;
-pub use logs::LogStore;
+pub use logs::{LogLine, LogStore};
 
 use crate::artifacts::{BlobStore, LocalStore};
 use crate::bus::{EventBus, MemoryBus, Scope, Snapshot, advance_in};

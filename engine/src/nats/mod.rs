@@ -12,8 +12,10 @@
 //! | functions           | KV `sluice-functions`, key `<tenant>/<name>` → digest (component in the Object Store) |
 //! | executions, claims  | KV `sluice-executions`, keys `<tenant>/x/<id>`, `<tenant>/claim/<pipeline>/<hash>` |
 //! | artifacts           | Object Store `sluice-artifacts`, objects named by blake3 hex |
+//! | action logs         | Object Store `sluice-logs`, `<tenant>/<execution>/<stage>/<action>/<attempt>` (30 days) |
 
 pub mod bus;
+pub mod logs;
 
 use crate::kv::NatsKv;
 use crate::queue::nats_queue::QueueConfig;

@@ -111,6 +111,10 @@ pub struct Edges {
     /// Makes NATS capture a subject an action waits for (`wake: event(subject)`); none: the
     /// embedded service, where only `sluice wake` wakes such actions.
     pub wake_subject: Option<Arc<dyn Fn(String) -> futures_util::future::BoxFuture<'static, Result<(), String>> + Send + Sync>>,
+    /// Keeps a copy of each attempt's log lines where every engine and client can read them
+    /// (NATS: the `sluice-logs` Object Store), given the attempt's object name; none: the
+    /// embedded service, whose one engine's data directory has them all.
+    pub archive_log: Option<Arc<dyn Fn(String, Vec<crate::executor::LogLine>) -> futures_util::future::BoxFuture<'static, ()> + Send + Sync>>,
 }
 
 /// A parsed, resolved pipeline version.
@@ -655,9 +659,22 @@ impl Service {
             tracing::info!("job {id} cancelled");
             return Ok(Settled::Done);
         };
+        self.archive_log(&job, &exec).await;
         let result = self.complete(&key, &input).await;
         leftover.release(&cx);
         result.map(|()| Settled::Done)
+    }
+
+    /// Copy the lines the attempt logged to the shared archive, if there is one. Done before
+    /// its result is recorded: an attempt that shows as ended has its log there.
+    async fn archive_log(&self, job: &JobMessage, exec: &Execution) {
+        let Some(archive) = &self.edges.archive_log else { return };
+        let (stage, action) = (&exec.stages[job.stage].name, &exec.stages[job.stage].actions[job.action].name);
+        let Ok(mut lines) = self.engine.logs.read(&job.execution_id, stage, action) else { return };
+        lines.retain(|l| l.attempt == job.attempt);
+        if !lines.is_empty() {
+            archive(crate::nats::logs::object_name(&job.tenant, &job.execution_id, stage, action, job.attempt), lines).await;
+        }
     }
 
     /// Apply an input to a stored execution with compare-and-swap (retried on conflict), then

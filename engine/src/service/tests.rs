@@ -28,6 +28,7 @@ fn engine(data: &Path, bus: Arc<dyn EventBus>, shared: &Edges) -> Arc<Service> {
         extra_subjects: None,
         cancel_elsewhere: None,
         wake_subject: None,
+        archive_log: None,
     };
     Service::new(engine, edges)
 }
@@ -50,6 +51,7 @@ async fn events_of_a_change_whose_engine_died_before_sending_them_are_sent_by_th
         extra_subjects: None,
         cancel_elsewhere: None,
         wake_subject: None,
+        archive_log: None,
     };
     // Engine A records the start and "dies" before its events are stored; engine B runs the jobs.
     let a = engine(&dir.path().join("a"), Arc::new(LostBus), &shared);

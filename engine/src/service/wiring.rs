@@ -29,6 +29,7 @@ pub async fn embedded(data: &Path) -> anyhow::Result<(Arc<Service>, Arc<MemoryBu
         extra_subjects: None,
         cancel_elsewhere: None,
         wake_subject: None,
+        archive_log: None,
     };
     let service = Service::new(engine, edges);
     let resumed = service.recover().await?;
@@ -58,6 +59,7 @@ pub async fn nats(url: &str, data: &Path, timing: Timing) -> anyhow::Result<(Arc
             }
         });
     });
+    let logs = crate::nats::logs::open(&layout.js).await?;
     let extra_js = layout.js.clone();
     let wake_js = layout.js.clone();
     let cancel_client = client.clone();
@@ -84,6 +86,15 @@ pub async fn nats(url: &str, data: &Path, timing: Timing) -> anyhow::Result<(Arc
         wake_subject: Some(Arc::new(move |subject: String| {
             let js = wake_js.clone();
             Box::pin(async move { capture_wake_subjects(&js, &[subject], false).await }) as futures_util::future::BoxFuture<'static, Result<(), String>>
+        })),
+        archive_log: Some(Arc::new(move |name: String, lines: Vec<crate::executor::LogLine>| {
+            let logs = logs.clone();
+            Box::pin(async move {
+                // A log that cannot be copied stays on this engine; the action's result stands.
+                if let Err(e) = crate::nats::logs::put(&logs, &name, &lines).await {
+                    tracing::warn!("{e:#}");
+                }
+            }) as futures_util::future::BoxFuture<'static, ()>
         })),
     };
     Ok((Service::new(engine, edges), client))

@@ -1,0 +1,51 @@
+//! Action logs shared between engines. Every engine writes an action's log in its own data
+//! directory; on NATS it also puts a copy of each attempt's lines into the Object Store bucket
+//! `sluice-logs`, so that `sluice logs --nats` shows them whichever engine ran the action.
+use crate::executor::LogLine;
+use async_nats::jetstream::{self, object_store::ObjectStore};
+use std::time::Duration;
+
+/// The bucket.
+pub const BUCKET: &str = "sluice-logs";
+/// How long the bucket keeps a log.
+pub const KEEP: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// The object holding one attempt's lines (JSON lines, as in the engine's own log files).
+pub fn object_name(tenant: &str, execution: &str, stage: &str, action: &str, attempt: u32) -> String {
+    format!("{tenant}/{execution}/{stage}/{action}/{attempt}")
+}
+
+/// Bind to (or create) the bucket.
+pub async fn open(js: &jetstream::Context) -> anyhow::Result<ObjectStore> {
+    match js.get_object_store(BUCKET).await {
+        Ok(o) => Ok(o),
+        Err(_) => js
+            .create_object_store(jetstream::object_store::Config { bucket: BUCKET.into(), max_age: KEEP, ..Default::default() })
+            .await
+            .map_err(|e| anyhow::anyhow!("create object store {BUCKET}: {e}")),
+    }
+}
+
+/// Store one attempt's lines.
+pub async fn put(store: &ObjectStore, name: &str, lines: &[LogLine]) -> anyhow::Result<()> {
+    let mut bytes = Vec::new();
+    for line in lines {
+        serde_json::to_writer(&mut bytes, line)?;
+        bytes.push(b'\n');
+    }
+    store.put(name, &mut bytes.as_slice()).await.map_err(|e| anyhow::anyhow!("store log {name}: {e}"))?;
+    Ok(())
+}
+
+/// One attempt's lines; none if it has no log in the bucket.
+pub async fn get(store: &ObjectStore, name: &str) -> anyhow::Result<Option<Vec<LogLine>>> {
+    use tokio::io::AsyncReadExt;
+    let mut object = match store.get(name).await {
+        Ok(o) => o,
+        Err(e) if e.kind() == jetstream::object_store::GetErrorKind::NotFound => return Ok(None),
+        Err(e) => anyhow::bail!("read log {name}: {e}"),
+    };
+    let mut text = String::new();
+    object.read_to_string(&mut text).await?;
+    Ok(Some(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()))
+}
