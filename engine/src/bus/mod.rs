@@ -231,8 +231,8 @@ impl Scope {
             | Input::Checked { stage, .. }
             | Input::Admit { stage, .. }
             | Input::Supersede { stage, .. } => Scope::Stage(*stage),
-            // A stop abandons waiting actions wherever they are; a retry resets the stage's
-            // actions and may leave its status as it was.
+            // A stop abandons waiting actions wherever they are. Start and retry are rare:
+            // they compare everything.
             Input::Start { .. } | Input::Stop { .. } | Input::Retry { .. } => Scope::All,
         }
     }
