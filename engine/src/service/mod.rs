@@ -669,11 +669,15 @@ impl Service {
     /// its result is recorded: an attempt that shows as ended has its log there.
     async fn archive_log(&self, job: &JobMessage, exec: &Execution) {
         let Some(archive) = &self.edges.archive_log else { return };
-        let (stage, action) = (&exec.stages[job.stage].name, &exec.stages[job.stage].actions[job.action].name);
-        let Ok(mut lines) = self.engine.logs.read(&job.execution_id, stage, action) else { return };
-        lines.retain(|l| l.attempt == job.attempt);
-        if !lines.is_empty() {
-            archive(crate::nats::logs::object_name(&job.tenant, &job.execution_id, stage, action, job.attempt), lines).await;
+        let (stage, action) = (exec.stages[job.stage].name.clone(), exec.stages[job.stage].actions[job.action].name.clone());
+        let (logs, execution, attempt) = (self.engine.logs.clone(), job.execution_id.clone(), job.attempt);
+        let name = crate::nats::logs::object_name(&job.tenant, &execution, &stage, &action, attempt);
+        // A build's log may be large: read it off the async workers.
+        let read = tokio::task::spawn_blocking(move || logs.read(&execution, &stage, &action).map(|lines| lines.into_iter().filter(|l| l.attempt == attempt).collect::<Vec<_>>()));
+        if let Ok(Ok(lines)) = read.await {
+            if !lines.is_empty() {
+                archive(name, lines).await;
+            }
         }
     }
 
