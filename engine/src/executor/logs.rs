@@ -62,6 +62,11 @@ impl LogStore {
         read_lines(&self.path(execution, stage, action))
     }
 
+    /// Whether the action has logged anything (its file exists): a cheap check before reading.
+    pub fn exists(&self, execution: &str, stage: &str, action: &str) -> bool {
+        self.path(execution, stage, action).exists()
+    }
+
     /// `(stage, action)` of every action of an execution that has a log.
     pub fn actions(&self, execution: &str) -> Vec<(String, String)> {
         let mut out = Vec::new();

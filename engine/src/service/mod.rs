@@ -670,6 +670,10 @@ impl Service {
     async fn archive_log(&self, job: &JobMessage, exec: &Execution) {
         let Some(archive) = &self.edges.archive_log else { return };
         let (stage, action) = (exec.stages[job.stage].name.clone(), exec.stages[job.stage].actions[job.action].name.clone());
+        // Most small actions log nothing: no hand-off to a blocking thread for them.
+        if !self.engine.logs.exists(&job.execution_id, &stage, &action) {
+            return;
+        }
         let (logs, execution, attempt) = (self.engine.logs.clone(), job.execution_id.clone(), job.attempt);
         let name = crate::nats::logs::object_name(&job.tenant, &execution, &stage, &action, attempt);
         // A build's log may be large: read it off the async workers.
