@@ -312,6 +312,11 @@ pub struct ActionRun {
     /// Approval decisions recorded so far.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub decisions: Vec<Decision>,
+    /// The service's job chain running this attempt without queueing it (the id of the
+    /// delivery it runs under), if one does: only that delivery coming back (its engine died)
+    /// queues the attempt again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runner: Option<String>,
 }
 
 /// What wakes a pending action.
@@ -427,6 +432,7 @@ impl Execution {
                         continuation: None,
                         wake_payload: None,
                         decisions: Vec::new(),
+                        runner: None,
                     })
                     .collect(),
             })

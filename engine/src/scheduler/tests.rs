@@ -46,6 +46,7 @@ pub(super) fn exec(layout: &[&[u32]]) -> Execution {
                         continuation: None,
                         wake_payload: None,
                         decisions: Vec::new(),
+                        runner: None,
                     })
                     .collect(),
             })

@@ -12,6 +12,7 @@
 pub mod api;
 pub mod functions;
 pub mod client;
+mod jobs;
 pub mod lanes;
 pub mod pipelines;
 pub mod schedule;
@@ -24,7 +25,7 @@ pub mod wiring;
 mod tests;
 
 use crate::bus::{Event, EventBus, Kind, Snapshot};
-use crate::executor::{Engine, job};
+use crate::executor::Engine;
 use crate::kv::{Kv, KvError, get_json};
 use crate::model::validate::ResolvedPlugins;
 use crate::model::{Diagnostics, Pipeline};
@@ -60,14 +61,6 @@ pub struct JobMessage {
     /// number is the stage's start time, which tells checks of a re-entered stage apart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub check: Option<(crate::scheduler::Phase, u64)>,
-}
-
-/// How a job delivery ended.
-enum Settled {
-    /// Handled: acknowledge it.
-    Done,
-    /// Handed back to the queue for later.
-    Deferred,
 }
 
 /// A rejected trigger event, as kept in the dead letter.
@@ -139,6 +132,10 @@ pub struct Service {
     handled: std::sync::atomic::AtomicU64,
     /// This engine process, as named in the outboxes of the changes it records.
     incarnation: String,
+    /// Job workers (set by [`Service::run`]) and how many are busy, counting the parallel
+    /// jobs a chain runs in idle workers' places.
+    workers: std::sync::atomic::AtomicUsize,
+    busy: std::sync::atomic::AtomicUsize,
 }
 
 /// A job's id: its idempotency key with indices (`tenant/execution/stage/action/attempt`).
@@ -163,12 +160,13 @@ fn subject_parts<'a>(subject: &'a str, kind: &str) -> Option<(&'a str, &'a str)>
 }
 
 /// The jobs an execution is waiting for: a run of every action in progress, or for one that
-/// waits, the job that ends its wait (a timer's next attempt, an approval's deadline).
-fn outstanding(exec: &Execution) -> Vec<JobMessage> {
+/// waits, the job that ends its wait (a timer's next attempt, an approval's deadline). Runs
+/// that a job chain holds are left out when `held` says that chain is alive.
+fn outstanding(exec: &Execution, held: impl Fn(&str) -> bool) -> Vec<JobMessage> {
     let mut out = Vec::new();
     for (si, stage) in exec.stages.iter().enumerate() {
         for (ai, action) in stage.actions.iter().enumerate() {
-            if action.status != Status::InProgress {
+            if action.status != Status::InProgress || action.runner.as_deref().is_some_and(&held) {
                 continue;
             }
             let mut job = JobMessage { tenant: exec.tenant.clone(), execution_id: exec.execution_id.clone(), stage: si, action: ai, attempt: action.attempt, not_before: 0, expire: false, check: None };
@@ -249,7 +247,7 @@ impl Service {
     pub fn new(engine: Engine, edges: Edges) -> Arc<Self> {
         let functions = Arc::new(functions::Registered { kv: edges.functions.clone(), runtime: engine.registry.runtime().clone(), blobs: engine.blobs.clone() });
         let incarnation = ulid::Ulid::new().to_string();
-        Arc::new(Service { engine, edges, loaded: Mutex::new(HashMap::new()), functions, running: Mutex::new(HashMap::new()), handled: Default::default(), incarnation })
+        Arc::new(Service { engine, edges, loaded: Mutex::new(HashMap::new()), functions, running: Mutex::new(HashMap::new()), handled: Default::default(), incarnation, workers: Default::default(), busy: Default::default() })
     }
 
     /// Before applying a change to a stored execution: the events of its last change when
@@ -288,6 +286,7 @@ impl Service {
     /// Run the trigger consumer and `workers` job workers until the process ends.
     pub async fn run(self: Arc<Self>, workers: usize) {
         crate::alloc::return_freed_memory_promptly();
+        self.workers.store(workers.max(1), std::sync::atomic::Ordering::Relaxed);
         let mut tasks = tokio::task::JoinSet::new();
         let me = self.clone();
         tasks.spawn(async move { me.consume_triggers().await });
@@ -331,7 +330,8 @@ impl Service {
             if let Some((exec, _)) = get_json::<Execution>(&*self.edges.executions, &key).await? {
                 if !exec.status.is_terminal() {
                     self.republish(&exec).await;
-                    self.push_jobs(&outstanding(&exec)).await;
+                    // Every chain of this process died with it.
+                    self.push_jobs(&outstanding(&exec, |_| false)).await;
                     arrivals.extend(exec.entering.map(|stage| lanes::After::arrive(&exec, stage)));
                     n += 1;
                 }
@@ -354,6 +354,12 @@ impl Service {
     /// Load (and cache) one version of a registered pipeline, parsed and with its plugins
     /// resolved.
     async fn load(&self, tenant: &str, name: &str, version: Option<u64>) -> Result<Option<Arc<Loaded>>, String> {
+        // A version, once registered, never changes: no need to read it again.
+        if let Some(v) = version {
+            if let Some(hit) = self.loaded.lock().unwrap().get(&(tenant.to_string(), name.to_string(), v)) {
+                return Ok(Some(hit.clone()));
+            }
+        }
         match pipelines::get(&*self.edges.pipelines, tenant, name, version).await.map_err(|e| e.to_string())? {
             Some(stored) => self.loaded(tenant, &stored).await.map(Some),
             None => Ok(None),
@@ -426,7 +432,7 @@ impl Service {
     /// arrived on one of the pipeline's extra `triggers.nats` subjects).
     pub async fn handle_trigger_for(&self, tenant: &str, pipeline: &str, delivery: Delivery) {
         let (tenant, pipeline) = (tenant.to_string(), pipeline.to_string());
-        match self.start(&tenant, &pipeline, &delivery.payload).await {
+        match self.start(&tenant, &pipeline, &delivery.payload, delivery.delivered > 1).await {
             Ok(Ok(id)) => tracing::info!("trigger for {tenant}/{pipeline}: execution {id}"),
             Ok(Err(reason)) => self.reject(&tenant, &pipeline, reason, &delivery.payload).await,
             Err(e) => {
@@ -442,8 +448,9 @@ impl Service {
     }
 
     /// Start an execution for a trigger event, at most once per event id. The outer error is
-    /// a store failure (try again); the inner one a reason to reject the event.
-    async fn start(&self, tenant: &str, name: &str, payload: &[u8]) -> Result<Result<String, String>, KvError> {
+    /// a store failure (try again); the inner one a reason to reject the event. `redelivered`:
+    /// the event came back because the engine that had it did not acknowledge it.
+    async fn start(&self, tenant: &str, name: &str, payload: &[u8], redelivered: bool) -> Result<Result<String, String>, KvError> {
         let event = match TriggerEvent::parse(payload) {
             Ok(e) => e,
             Err(reason) => return Ok(Err(reason)),
@@ -452,296 +459,91 @@ impl Service {
             return Ok(Err(format!("invalid tenant or pipeline name in `{tenant}`/`{name}`")));
         }
         let kv = &*self.edges.executions;
-        // One event id → one execution: the claim names the execution before it exists.
+        let checked = match self.load(tenant, name, None).await {
+            Ok(Some(loaded)) => match trigger::accepts(&loaded.pipeline.triggers, &event) {
+                Err(reason) => Err(reason),
+                Ok(()) => match event.variables.keys().find(|k| !loaded.pipeline.variables.contains_key(*k)) {
+                    Some(k) => Err(format!("the event sets variable `{k}`, which pipeline `{name}` does not declare")),
+                    None => Ok(loaded),
+                },
+            },
+            Ok(None) => Err(format!("unknown pipeline `{name}` (register it with `sluice pipeline put`)")),
+            Err(e) => Err(format!("pipeline `{name}` does not load: {e}")),
+        };
+        // One event id → one execution: the claim names the execution before it exists. The
+        // usual case, a new event, costs one write; a claimed one (a duplicate) a read more.
         let claim = claim_key(tenant, name, &event.id);
-        let execution_id = match get_json::<String>(kv, &claim).await? {
-            Some((id, _)) => id,
-            None => {
-                let loaded = match self.load(tenant, name, None).await {
-                    Ok(Some(l)) => l,
-                    Ok(None) => return Ok(Err(format!("unknown pipeline `{name}` (register it with `sluice pipeline put`)"))),
-                    Err(e) => return Ok(Err(format!("pipeline `{name}` does not load: {e}"))),
-                };
-                if let Err(reason) = trigger::accepts(&loaded.pipeline.triggers, &event) {
-                    return Ok(Err(reason));
-                }
-                if let Some(k) = event.variables.keys().find(|k| !loaded.pipeline.variables.contains_key(*k)) {
-                    return Ok(Err(format!("the event sets variable `{k}`, which pipeline `{name}` does not declare")));
-                }
+        let (execution_id, fresh) = match &checked {
+            Ok(_) => {
                 let id = ulid::Ulid::new().to_string();
                 match kv.create(&claim, serde_json::to_vec(&id).unwrap_or_default()).await {
-                    Ok(_) => id,
-                    Err(KvError::Conflict { .. }) => get_json::<String>(kv, &claim).await?.map(|(id, _)| id).unwrap_or(id),
+                    Ok(_) => (id, true),
+                    Err(KvError::Conflict { .. }) => (get_json::<String>(kv, &claim).await?.map(|(id, _)| id).unwrap_or(id), false),
                     Err(e) => return Err(e),
                 }
             }
+            // An event claimed before the pipeline changed still names its execution.
+            Err(reason) => match get_json::<String>(kv, &claim).await? {
+                Some((id, _)) => (id, false),
+                None => return Ok(Err(reason.clone())),
+            },
         };
         let key = exec_key(tenant, &execution_id);
-        let exec = match get_json::<Execution>(kv, &key).await? {
-            Some((exec, _)) => {
-                // A trigger delivered again: the engine that started the execution may have died
-                // before its first events were stored.
-                if !exec.status.is_terminal() {
-                    self.republish(&exec).await;
-                }
-                exec
-            }
-            None => {
-                // The claim's version is the head at claim time, or a later one after a crash:
-                // either way a registered version.
-                let loaded = match self.load(tenant, name, None).await {
-                    Ok(Some(l)) => l,
-                    Ok(None) => return Ok(Err(format!("unknown pipeline `{name}`"))),
-                    Err(e) => return Ok(Err(format!("pipeline `{name}` does not load: {e}"))),
-                };
-                let plugins = &loaded.plugins;
-                let pin = |uses: &str| PluginRef {
-                    reference: uses.to_string(),
-                    digest: plugins.get(uses).and_then(|p| p.as_ref().ok()).map(|p| p.digest.clone()).unwrap_or_default(),
-                };
-                let mut variables = loaded.pipeline.variables.clone();
-                variables.extend(event.variables.clone());
-                let mut exec = Execution::new(execution_id.clone(), tenant, &loaded.pipeline, &pin, variables);
-                exec.pipeline_version = loaded.version;
-                exec.trigger = Some(event.info());
-                exec.gated = true;
-                let before = Snapshot::of(&exec);
-                let mut commands = apply(&mut exec, &Input::Start { at: Timestamp::now() });
-                let others = self.admit_inline(&mut exec, &mut commands).await?;
-                let publish = self.stamp(&mut exec, before, Vec::new(), Vec::new());
-                match kv.create(&key, serde_json::to_vec(&exec).unwrap_or_default()).await {
-                    Ok(_) => {
-                        // The trigger is acknowledged after this: its events are stored by then.
-                        self.edges.bus.publish_all(publish).await;
-                        self.settle(others).await;
-                        exec
+        // A fresh claim has no execution yet.
+        let found = if fresh { None } else { get_json::<Execution>(kv, &key).await? };
+        if let Some((exec, _)) = found {
+            if !exec.status.is_terminal() {
+                // The engine that started it may have died before its first events were
+                // stored, and, if this event is a redelivery, before its first jobs were
+                // queued. (Runs a chain holds are that chain's to hand back.)
+                self.republish(&exec).await;
+                if redelivered {
+                    self.push_jobs(&outstanding(&exec, |_| true)).await;
+                    if let Some(stage) = exec.entering {
+                        self.settle(vec![lanes::After::arrive(&exec, stage)]).await;
                     }
-                    Err(KvError::Conflict { .. }) => match get_json::<Execution>(kv, &key).await? {
-                        Some((exec, _)) => exec,
-                        None => return Err(KvError::Backend("execution vanished while starting".into())),
-                    },
-                    Err(e) => return Err(e),
                 }
             }
+            return Ok(Ok(execution_id));
+        }
+        // The claim's version is the head at claim time, or a later one after a crash:
+        // either way a registered version.
+        let loaded = match checked {
+            Ok(l) => l,
+            Err(reason) => return Ok(Err(reason)),
         };
-        self.push_jobs(&outstanding(&exec)).await;
-        // Waiting before its first stage: join the lane (again, after a crash: harmless).
-        if let Some(stage) = exec.entering {
-            self.settle(vec![lanes::After::arrive(&exec, stage)]).await;
+        let plugins = &loaded.plugins;
+        let pin = |uses: &str| PluginRef {
+            reference: uses.to_string(),
+            digest: plugins.get(uses).and_then(|p| p.as_ref().ok()).map(|p| p.digest.clone()).unwrap_or_default(),
+        };
+        let mut variables = loaded.pipeline.variables.clone();
+        variables.extend(event.variables.clone());
+        let mut exec = Execution::new(execution_id.clone(), tenant, &loaded.pipeline, &pin, variables);
+        exec.pipeline_version = loaded.version;
+        exec.trigger = Some(event.info());
+        exec.gated = true;
+        let before = Snapshot::of(&exec);
+        let mut commands = apply(&mut exec, &Input::Start { at: Timestamp::now() });
+        let others = self.admit_inline(&mut exec, &mut commands).await?;
+        let publish = self.stamp(&mut exec, before, Vec::new(), Vec::new());
+        match kv.create(&key, serde_json::to_vec(&exec).unwrap_or_default()).await {
+            Ok(_) => {
+                // The trigger is acknowledged after this: its events and first jobs are stored
+                // by then.
+                let jobs = outstanding(&exec, |_| true);
+                futures_util::future::join(self.edges.bus.publish_all(publish), self.push_jobs(&jobs)).await;
+                self.settle(others).await;
+                // Waiting before its first stage: join the lane.
+                if let Some(stage) = exec.entering {
+                    self.settle(vec![lanes::After::arrive(&exec, stage)]).await;
+                }
+            }
+            // Another engine had the same event (delivered again) and created it first.
+            Err(KvError::Conflict { .. }) => {}
+            Err(e) => return Err(e),
         }
         Ok(Ok(execution_id))
-    }
-
-    /// Queue jobs, all at once (each waits for the stream's acknowledgement).
-    async fn push_jobs(&self, jobs: &[JobMessage]) {
-        futures_util::future::join_all(jobs.iter().map(|job| self.push_job(job))).await;
-    }
-
-    async fn push_job(&self, job: &JobMessage) {
-        let mut id = job_id(&job.tenant, &job.execution_id, job.stage, job.action, job.attempt);
-        if job.expire {
-            id.push_str("/expire");
-        }
-        if let Some((phase, round)) = job.check {
-            id = format!("{}/{}/{}/check/{}/{round}", job.tenant, job.execution_id, job.stage, phase.as_str());
-        }
-        let subject = crate::nats::jobs_subject(&job.tenant);
-        let payload = serde_json::to_vec(job).unwrap_or_default();
-        let mut delay = Duration::from_millis(50);
-        // A job that cannot be queued would stall its execution: keep trying.
-        while let Err(e) = self.edges.jobs.push(&subject, &id, payload.clone()).await {
-            tracing::warn!("queueing job {id} failed ({e}); retrying");
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(5));
-        }
-    }
-
-    async fn handle_job(&self, delivery: Delivery) {
-        self.handled.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let job: JobMessage = match serde_json::from_slice(&delivery.payload) {
-            Ok(j) => j,
-            Err(e) => {
-                tracing::error!("dropping a malformed job: {e}");
-                let _ = delivery.ack().await;
-                return;
-            }
-        };
-        match self.run_job(&job, &delivery).await {
-            Ok(Settled::Deferred) => {}
-            Ok(Settled::Done) => {
-                if let Err(e) = delivery.ack().await {
-                    tracing::warn!("ack of job {}/{} failed: {e}", job.execution_id, job.attempt);
-                }
-            }
-            Err(e) => {
-                tracing::warn!("job of {} not finished: {e}; it will be retried", job.execution_id);
-                let _ = delivery.nak(Duration::from_secs(1)).await;
-            }
-        }
-    }
-
-    async fn run_job(&self, job: &JobMessage, delivery: &Delivery) -> Result<Settled, String> {
-        let kv = &*self.edges.executions;
-        let key = exec_key(&job.tenant, &job.execution_id);
-        let Some((exec, _)) = get_json::<Execution>(kv, &key).await.map_err(|e| e.to_string())? else {
-            tracing::error!("job for unknown execution {}", job.execution_id);
-            return Ok(Settled::Done);
-        };
-        if exec.status.is_terminal() {
-            return Ok(Settled::Done);
-        }
-        if let Some((phase, _)) = job.check {
-            if exec.stages.get(job.stage).is_none_or(|s| s.checking != Some(phase)) {
-                return Ok(Settled::Done); // already decided (a redelivery)
-            }
-            let loaded = self.load(&job.tenant, &exec.pipeline, Some(exec.pipeline_version)).await?.ok_or_else(|| format!("pipeline `{}` version {} is not registered", exec.pipeline, exec.pipeline_version))?;
-            let input = crate::executor::rules::check(&self.engine.job_context(), &loaded.pipeline, &exec, job.stage, phase).await;
-            return self.complete(&key, &input).await.map(|()| Settled::Done);
-        }
-        let Some(run) = exec.stages.get(job.stage).and_then(|s| s.actions.get(job.action)) else { return Ok(Settled::Done) };
-        if run.status != Status::InProgress || run.attempt != job.attempt || (run.waiting.is_some() && !job.expire && !matches!(run.waiting.as_ref().map(|w| &w.wake), Some(Wake::Timer(_)))) {
-            // Already recorded (a redelivery after a crash): make sure what followed is
-            // published and queued.
-            self.republish(&exec).await;
-            self.push_jobs(&outstanding(&exec)).await;
-            return Ok(Settled::Done);
-        }
-        let now = Timestamp::now().0;
-        if job.not_before > now {
-            delivery.nak(Duration::from_millis(job.not_before - now)).await.map_err(|e| e.to_string())?;
-            return Ok(Settled::Deferred);
-        }
-        if job.expire {
-            let waited = run.waiting.as_ref().map(|w| crate::model::units::short_duration(Duration::from_millis(Timestamp::now().0.saturating_sub(w.since.0)))).unwrap_or_default();
-            let input = Input::Expire { stage: job.stage, action: job.action, attempt: job.attempt, reason: format!("timeout: no approval decision within {waited}"), at: Timestamp::now() };
-            return self.complete(&key, &input).await.map(|()| Settled::Done);
-        }
-        let loaded = match self.load(&job.tenant, &exec.pipeline, Some(exec.pipeline_version)).await {
-            Ok(Some(l)) => Ok(l),
-            Ok(None) => Err(format!("pipeline `{}` version {} is not registered", exec.pipeline, exec.pipeline_version)),
-            Err(e) => Err(e),
-        };
-        let attempt = job::Attempt {
-            stage: job.stage,
-            action: job.action,
-            attempt: job.attempt,
-            delay_ms: 0,
-            spec: loaded.and_then(|l| job::JobSpec::build(&l.pipeline, &l.plugins, &exec, job.stage, job.action, job.attempt)),
-        };
-        tracing::info!("running {}/{}/{} attempt {} (delivery {})", job.execution_id, exec.stages[job.stage].name, exec.stages[job.stage].actions[job.action].name, job.attempt, delivery.delivered);
-        // Keep the job ours while it runs: report progress well within the ack deadline.
-        let mut cx = self.engine.job_context();
-        cx.functions = self.functions.clone();
-        let every = (self.edges.jobs.ack_wait() / 3).max(Duration::from_millis(100));
-        let run = attempt.run(&cx);
-        tokio::pin!(run);
-        // The first report is due after one period. (Not `interval` + its immediate first tick:
-        // awaiting even an elapsed timer waits for the timer wheel's next millisecond.)
-        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        let id = job_id(&job.tenant, &job.execution_id, job.stage, job.action, job.attempt);
-        let cancel = Arc::new(tokio::sync::Notify::new());
-        self.running.lock().unwrap().insert(id.clone(), cancel.clone());
-        let finished = loop {
-            tokio::select! {
-                done = &mut run => break Some(done),
-                _ = cancel.notified() => break None,
-                _ = ticker.tick() => {
-                    if let Err(e) = delivery.handle.progress().await {
-                        tracing::warn!("progress report failed: {e}");
-                    }
-                }
-            }
-        };
-        self.running.lock().unwrap().remove(&id);
-        let Some((input, leftover)) = finished else {
-            // Abandoned by `stop --abandon`: dropping the call stopped the guest (and killed its
-            // host processes); the record already says Abandoned.
-            tracing::info!("job {id} cancelled");
-            return Ok(Settled::Done);
-        };
-        self.archive_log(&job, &exec).await;
-        let result = self.complete(&key, &input).await;
-        leftover.release(&cx);
-        result.map(|()| Settled::Done)
-    }
-
-    /// Copy the lines the attempt logged to the shared archive, if there is one. Done before
-    /// its result is recorded: an attempt that shows as ended has its log there.
-    async fn archive_log(&self, job: &JobMessage, exec: &Execution) {
-        let Some(archive) = &self.edges.archive_log else { return };
-        let (stage, action) = (exec.stages[job.stage].name.clone(), exec.stages[job.stage].actions[job.action].name.clone());
-        // Most small actions log nothing: no hand-off to a blocking thread for them.
-        if !self.engine.logs.exists(&job.execution_id, &stage, &action) {
-            return;
-        }
-        let (logs, execution, attempt) = (self.engine.logs.clone(), job.execution_id.clone(), job.attempt);
-        let name = crate::nats::logs::object_name(&job.tenant, &execution, &stage, &action, attempt);
-        // A build's log may be large: read it off the async workers.
-        let read = tokio::task::spawn_blocking(move || logs.read(&execution, &stage, &action).map(|lines| lines.into_iter().filter(|l| l.attempt == attempt).collect::<Vec<_>>()));
-        if let Ok(Ok(lines)) = read.await {
-            if !lines.is_empty() {
-                archive(name, lines).await;
-            }
-        }
-    }
-
-    /// Apply an input to a stored execution with compare-and-swap (retried on conflict), then
-    /// publish its events and queue its jobs.
-    async fn complete(&self, key: &str, input: &Input) -> Result<(), String> {
-        let after = self.record(key, &|_: &Execution| Some(input.clone())).await?;
-        self.settle(after).await;
-        Ok(())
-    }
-
-    /// Apply the input `make` gives for a stored execution (none: nothing to do), retrying
-    /// while the store is unreachable; returns the cross-record work it caused.
-    async fn record(&self, key: &str, make: &(dyn Fn(&Execution) -> Option<Input> + Send + Sync)) -> Result<Vec<lanes::After>, String> {
-        // The store may be briefly unreachable (a NATS restart): keep the result rather than
-        // run the action again, for up to a minute.
-        let mut delay = Duration::from_millis(100);
-        let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            match self.try_complete(key, make).await {
-                Err(KvError::Backend(e)) if tokio::time::Instant::now() < give_up => {
-                    tracing::warn!("recording a result failed ({e}); retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-                other => return other.map_err(|e| e.to_string()),
-            }
-        }
-    }
-
-    async fn try_complete(&self, key: &str, make: &(dyn Fn(&Execution) -> Option<Input> + Send + Sync)) -> Result<Vec<lanes::After>, KvError> {
-        let kv = &*self.edges.executions;
-        let mut carried = Vec::new();
-        loop {
-            let Some((mut exec, revision)) = get_json::<Execution>(kv, key).await? else {
-                return Err(KvError::Backend(format!("execution {key} vanished")));
-            };
-            let Some(input) = make(&exec) else { return Ok(carried) };
-            let unsent = self.unsent(&exec);
-            let before = Snapshot::of(&exec);
-            let mut commands = apply(&mut exec, &input);
-            // Lane changes for other executions stand even if this write must be retried.
-            carried.extend(self.admit_inline(&mut exec, &mut commands).await?);
-            if commands.is_empty() && before == Snapshot::of(&exec) {
-                return Ok(carried);
-            }
-            let (jobs, notices, after) = follow_up(&exec, commands);
-            let publish = self.stamp(&mut exec, before, notices, unsent);
-            match kv.update(key, serde_json::to_vec(&exec).map_err(|e| KvError::Backend(e.to_string()))?, revision).await {
-                Ok(_) => {
-                    // What caused the change is acknowledged after this: its events and jobs
-                    // are stored by then.
-                    futures_util::future::join(self.edges.bus.publish_all(publish), self.push_jobs(&jobs)).await;
-                    carried.extend(after);
-                    return Ok(carried);
-                }
-                Err(KvError::Conflict { .. }) => continue,
-                Err(e) => return Err(e),
-            }
-        }
     }
 
     /// Enter stages through their lanes before the change is written: when the lane lets the

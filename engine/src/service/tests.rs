@@ -60,7 +60,7 @@ async fn events_of_a_change_whose_engine_died_before_sending_them_are_sent_by_th
     let b = engine(&dir.path().join("b"), bus_b.clone(), &shared);
     let put = a.handle("default", api::Request::PipelinePut { file: "relay.yaml".into(), dir: dir.path().to_path_buf(), yaml: PIPELINE.into() }).await;
     assert!(put.get("ok").is_some(), "{put}");
-    let id = a.start("default", "relay", br#"{"id":"e-1"}"#).await.unwrap().unwrap();
+    let id = a.start("default", "relay", br#"{"id":"e-1"}"#, false).await.unwrap().unwrap();
     tokio::spawn(b.clone().run(1));
 
     let mut events = Vec::new();
@@ -91,3 +91,25 @@ async fn events_of_a_change_whose_engine_died_before_sending_them_are_sent_by_th
     assert_eq!(ids.len(), events.len(), "{events:#?}");
 }
 
+
+/// When a job chain's delivery comes back (its engine died), the engine that gets it queues
+/// again only what that chain ran, not what another engine's live chain is running; a
+/// restarted embedded service queues everything; a trigger delivered again, only runs that
+/// no chain holds.
+#[test]
+fn a_dead_chain_hands_back_only_its_own_runs() {
+    let yaml = "name: fan\nstages:\n  - name: One\n    actions:\n      - { name: A, uses: noop@1 }\n      - { name: B, uses: noop@1 }\n      - { name: C, uses: noop@1 }\n";
+    let (pipeline, problems) = crate::model::parse::parse("fan.yaml", std::path::PathBuf::new(), yaml);
+    assert!(problems.is_empty(), "{problems:?}");
+    let pin = |uses: &str| PluginRef { reference: uses.to_string(), digest: String::new() };
+    let mut exec = Execution::new("x1".into(), "default", &pipeline.unwrap(), &pin, Default::default());
+    for (action, runner) in exec.stages[0].actions.iter_mut().zip([Some("lease-1"), Some("lease-2"), None]) {
+        action.status = Status::InProgress;
+        action.attempt = 1;
+        action.runner = runner.map(str::to_string);
+    }
+    let names = |jobs: Vec<JobMessage>| jobs.iter().map(|j| exec.stages[j.stage].actions[j.action].name.clone()).collect::<Vec<_>>();
+    assert_eq!(names(outstanding(&exec, |runner| runner != "lease-1")), ["A", "C"]);
+    assert_eq!(names(outstanding(&exec, |_| false)), ["A", "B", "C"]);
+    assert_eq!(names(outstanding(&exec, |_| true)), ["C"]);
+}

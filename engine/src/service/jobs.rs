@@ -1,0 +1,369 @@
+//! The job path: a worker takes a job from the queue, runs its action, records the result
+//! with compare-and-swap, and goes on with what that result made runnable.
+//!
+//! **Chains.** The job that the result of a run makes runnable is not queued for some engine
+//! to fetch: the worker runs it at once, from the record it has just written, under the
+//! *lease* of the delivery it started from. The delivery stays unacknowledged (its deadline
+//! pushed back while work goes on) until the chain ends. If the engine dies, that delivery
+//! comes back to another engine, which finds the results recorded so far and queues the jobs
+//! still outstanding; while the engine lives, nobody else runs what its chain runs. A chain
+//! saves each hop the queue's round trips and the record's read. Parallel actions beyond the
+//! first run here only while this engine has idle workers; the rest go to the queue, where
+//! every engine can take them.
+
+use super::{JobMessage, Service, exec_key, job_id, lanes, outstanding};
+use crate::bus::Snapshot;
+use crate::executor::job;
+use crate::kv::{KvError, get_json};
+use crate::queue::Delivery;
+use crate::scheduler::{Execution, Input, Status, Timestamp, Wake, apply};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// How a job delivery ended.
+pub(super) enum Settled {
+    /// Handled: acknowledge it.
+    Done,
+    /// Handed back to the queue for later.
+    Deferred,
+}
+
+/// An execution record as written, with its revision: the next job of a chain starts from it.
+type Written = (Execution, u64);
+
+/// The delivery a chain runs under, and how often to push its deadline back.
+pub(super) struct Lease<'a> {
+    delivery: &'a Delivery,
+    /// The delivered message's id, which the record names as the runner of what the chain runs.
+    id: String,
+    every: Duration,
+}
+
+/// What recording a change leaves to do.
+pub(super) struct Recorded {
+    /// Work on other records (lanes, waits).
+    pub after: Vec<lanes::After>,
+    /// Jobs to run here, under the caller's lease, instead of queued.
+    kept: Vec<JobMessage>,
+    /// The record as written, if it was.
+    written: Option<Written>,
+}
+
+/// A job's message id on the queue (duplicates within the stream's window are dropped).
+fn message_id(job: &JobMessage) -> String {
+    if let Some((phase, round)) = job.check {
+        return format!("{}/{}/{}/check/{}/{round}", job.tenant, job.execution_id, job.stage, phase.as_str());
+    }
+    let id = job_id(&job.tenant, &job.execution_id, job.stage, job.action, job.attempt);
+    if job.expire { id + "/expire" } else { id }
+}
+
+/// A job the worker may run itself: one that should start now.
+fn runs_now(job: &JobMessage) -> bool {
+    job.not_before == 0 && !job.expire && job.check.is_none()
+}
+
+impl Service {
+    /// Queue jobs, all at once (each waits for the stream's acknowledgement).
+    pub(super) async fn push_jobs(&self, jobs: &[JobMessage]) {
+        futures_util::future::join_all(jobs.iter().map(|job| self.push_job(job))).await;
+    }
+
+    async fn push_job(&self, job: &JobMessage) {
+        let id = message_id(job);
+        let subject = crate::nats::jobs_subject(&job.tenant);
+        let payload = serde_json::to_vec(job).unwrap_or_default();
+        let mut delay = Duration::from_millis(50);
+        // A job that cannot be queued would stall its execution: keep trying.
+        while let Err(e) = self.edges.jobs.push(&subject, &id, payload.clone()).await {
+            tracing::warn!("queueing job {id} failed ({e}); retrying");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// Take an idle worker's place for a parallel job run here; false when all are busy.
+    fn take_idle_worker(&self) -> bool {
+        let workers = self.workers.load(Ordering::Relaxed);
+        self.busy.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |b| (b < workers).then_some(b + 1)).is_ok()
+    }
+
+    pub(super) async fn handle_job(&self, delivery: Delivery) {
+        self.handled.fetch_add(1, Ordering::Relaxed);
+        let job: JobMessage = match serde_json::from_slice(&delivery.payload) {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::error!("dropping a malformed job: {e}");
+                let _ = delivery.ack().await;
+                return;
+            }
+        };
+        self.busy.fetch_add(1, Ordering::AcqRel);
+        let lease = Lease { delivery: &delivery, id: message_id(&job), every: (self.edges.jobs.ack_wait() / 3).max(Duration::from_millis(100)) };
+        let result = self.run_job(&job, &lease, None).await;
+        self.busy.fetch_sub(1, Ordering::AcqRel);
+        match result {
+            Ok(Settled::Deferred) => {}
+            Ok(Settled::Done) => {
+                if let Err(e) = delivery.ack().await {
+                    tracing::warn!("ack of job {}/{} failed: {e}", job.execution_id, job.attempt);
+                }
+            }
+            Err(e) => {
+                tracing::warn!("job of {} not finished: {e}; it will be retried", job.execution_id);
+                let _ = delivery.nak(Duration::from_secs(1)).await;
+            }
+        }
+    }
+
+    /// Run one job: the delivered one (`chained` none), or one of its chain, starting from the
+    /// record the chain's previous step wrote.
+    async fn run_job(&self, job: &JobMessage, lease: &Lease<'_>, chained: Option<Written>) -> Result<Settled, String> {
+        let kv = &*self.edges.executions;
+        let key = exec_key(&job.tenant, &job.execution_id);
+        let is_chained = chained.is_some();
+        let (exec, revision) = match chained {
+            Some(written) => written,
+            None => match get_json::<Execution>(kv, &key).await.map_err(|e| e.to_string())? {
+                Some(found) => found,
+                None => {
+                    tracing::error!("job for unknown execution {}", job.execution_id);
+                    return Ok(Settled::Done);
+                }
+            },
+        };
+        if exec.status.is_terminal() {
+            return Ok(Settled::Done);
+        }
+        if let Some((phase, _)) = job.check {
+            if exec.stages.get(job.stage).is_none_or(|s| s.checking != Some(phase)) {
+                return Ok(Settled::Done); // already decided (a redelivery)
+            }
+            let loaded = self.load(&job.tenant, &exec.pipeline, Some(exec.pipeline_version)).await?.ok_or_else(|| format!("pipeline `{}` version {} is not registered", exec.pipeline, exec.pipeline_version))?;
+            let input = crate::executor::rules::check(&self.engine.job_context(), &loaded.pipeline, &exec, job.stage, phase).await;
+            return self.complete(&key, &input).await.map(|()| Settled::Done);
+        }
+        let Some(run) = exec.stages.get(job.stage).and_then(|s| s.actions.get(job.action)) else { return Ok(Settled::Done) };
+        if run.status != Status::InProgress || run.attempt != job.attempt || (run.waiting.is_some() && !job.expire && !matches!(run.waiting.as_ref().map(|w| &w.wake), Some(Wake::Timer(_)))) {
+            // A delivery that comes back finds its result recorded: its engine died (or lost
+            // the lease) after recording it, maybe in the middle of a chain. Publish and queue
+            // what followed. (A first delivery found stale is a duplicate: whoever runs the
+            // execution has it in hand.)
+            if !is_chained && lease.delivery.delivered > 1 {
+                self.republish(&exec).await;
+                self.push_jobs(&outstanding(&exec, |runner| runner != lease.id)).await;
+            }
+            return Ok(Settled::Done);
+        }
+        let now = Timestamp::now().0;
+        if job.not_before > now {
+            if is_chained {
+                self.push_job(job).await;
+                return Ok(Settled::Done);
+            }
+            lease.delivery.nak(Duration::from_millis(job.not_before - now)).await.map_err(|e| e.to_string())?;
+            return Ok(Settled::Deferred);
+        }
+        if job.expire {
+            let waited = run.waiting.as_ref().map(|w| crate::model::units::short_duration(Duration::from_millis(Timestamp::now().0.saturating_sub(w.since.0)))).unwrap_or_default();
+            let input = Input::Expire { stage: job.stage, action: job.action, attempt: job.attempt, reason: format!("timeout: no approval decision within {waited}"), at: Timestamp::now() };
+            return self.complete(&key, &input).await.map(|()| Settled::Done);
+        }
+        let loaded = match self.load(&job.tenant, &exec.pipeline, Some(exec.pipeline_version)).await {
+            Ok(Some(l)) => Ok(l),
+            Ok(None) => Err(format!("pipeline `{}` version {} is not registered", exec.pipeline, exec.pipeline_version)),
+            Err(e) => Err(e),
+        };
+        let attempt = job::Attempt {
+            stage: job.stage,
+            action: job.action,
+            attempt: job.attempt,
+            delay_ms: 0,
+            spec: loaded.and_then(|l| job::JobSpec::build(&l.pipeline, &l.plugins, &exec, job.stage, job.action, job.attempt)),
+        };
+        let how = if is_chained { "chained".to_string() } else { format!("delivery {}", lease.delivery.delivered) };
+        tracing::info!("running {}/{}/{} attempt {} ({how})", job.execution_id, exec.stages[job.stage].name, exec.stages[job.stage].actions[job.action].name, job.attempt);
+        // Keep the lease ours while the job runs: report progress well within its deadline.
+        let mut cx = self.engine.job_context();
+        cx.functions = self.functions.clone();
+        let run = attempt.run(&cx);
+        tokio::pin!(run);
+        // The first report is due after one period. (Not `interval` + its immediate first tick:
+        // awaiting even an elapsed timer waits for the timer wheel's next millisecond.)
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + lease.every, lease.every);
+        let id = job_id(&job.tenant, &job.execution_id, job.stage, job.action, job.attempt);
+        let cancel = Arc::new(tokio::sync::Notify::new());
+        self.running.lock().unwrap().insert(id.clone(), cancel.clone());
+        let finished = loop {
+            tokio::select! {
+                done = &mut run => break Some(done),
+                _ = cancel.notified() => break None,
+                _ = ticker.tick() => {
+                    if let Err(e) = lease.delivery.handle.progress().await {
+                        tracing::warn!("progress report failed: {e}");
+                    }
+                }
+            }
+        };
+        self.running.lock().unwrap().remove(&id);
+        let Some((input, leftover)) = finished else {
+            // Abandoned by `stop --abandon`: dropping the call stopped the guest (and killed its
+            // host processes); the record already says Abandoned.
+            tracing::info!("job {id} cancelled");
+            return Ok(Settled::Done);
+        };
+        self.archive_log(job, &exec).await;
+        let recorded = self.record_from(&key, &|_: &Execution| Some(input.clone()), Some(&lease.id), Some((exec, revision))).await;
+        leftover.release(&cx);
+        let recorded = recorded?;
+        // The lanes' bookkeeping does not hold up the next job.
+        let (_, chain) = futures_util::future::join(self.settle(recorded.after), self.run_chain(recorded.kept, recorded.written, lease)).await;
+        chain.map(|()| Settled::Done)
+    }
+
+    /// Run the jobs a recorded result kept here, in parallel, each from the written record.
+    /// The first took the place of the job that made it runnable; each other one holds an
+    /// idle worker's place until it ends.
+    async fn run_chain(&self, kept: Vec<JobMessage>, written: Option<Written>, lease: &Lease<'_>) -> Result<(), String> {
+        let Some(written) = written else { return Ok(()) };
+        let runs = kept.iter().enumerate().map(|(i, job)| {
+            let written = written.clone();
+            async move {
+                let result = Box::pin(self.run_job(job, lease, Some(written))).await;
+                if i > 0 {
+                    self.busy.fetch_sub(1, Ordering::AcqRel);
+                }
+                result
+            }
+        });
+        futures_util::future::join_all(runs).await.into_iter().find(|r| r.is_err()).unwrap_or(Ok(Settled::Done)).map(|_| ())
+    }
+
+    /// Copy the lines the attempt logged to the shared archive, if there is one. Done before
+    /// its result is recorded: an attempt that shows as ended has its log there.
+    async fn archive_log(&self, job: &JobMessage, exec: &Execution) {
+        let Some(archive) = &self.edges.archive_log else { return };
+        let (stage, action) = (exec.stages[job.stage].name.clone(), exec.stages[job.stage].actions[job.action].name.clone());
+        // Most small actions log nothing: no hand-off to a blocking thread for them.
+        if !self.engine.logs.exists(&job.execution_id, &stage, &action) {
+            return;
+        }
+        let (logs, execution, attempt) = (self.engine.logs.clone(), job.execution_id.clone(), job.attempt);
+        let name = crate::nats::logs::object_name(&job.tenant, &execution, &stage, &action, attempt);
+        // A build's log may be large: read it off the async workers.
+        let read = tokio::task::spawn_blocking(move || logs.read(&execution, &stage, &action).map(|lines| lines.into_iter().filter(|l| l.attempt == attempt).collect::<Vec<_>>()));
+        if let Ok(Ok(lines)) = read.await {
+            if !lines.is_empty() {
+                archive(name, lines).await;
+            }
+        }
+    }
+
+    /// Apply an input to a stored execution with compare-and-swap (retried on conflict), then
+    /// publish its events and queue its jobs.
+    pub(super) async fn complete(&self, key: &str, input: &Input) -> Result<(), String> {
+        let after = self.record(key, &|_: &Execution| Some(input.clone())).await?;
+        self.settle(after).await;
+        Ok(())
+    }
+
+    /// Apply the input `make` gives for a stored execution (none: nothing to do), retrying
+    /// while the store is unreachable; returns the cross-record work it caused.
+    pub(super) async fn record(&self, key: &str, make: &(dyn Fn(&Execution) -> Option<Input> + Send + Sync)) -> Result<Vec<lanes::After>, String> {
+        self.record_from(key, make, None, None).await.map(|r| r.after)
+    }
+
+    /// [`Service::record`], starting from a record already read (`known`, else read it), and
+    /// with a lease (`chain`: its id), keeping jobs to run now for the caller's chain instead
+    /// of queueing them.
+    async fn record_from(&self, key: &str, make: &(dyn Fn(&Execution) -> Option<Input> + Send + Sync), chain: Option<&str>, mut known: Option<Written>) -> Result<Recorded, String> {
+        // The store may be briefly unreachable (a NATS restart): keep the result rather than
+        // run the action again, for up to a minute.
+        let mut delay = Duration::from_millis(100);
+        let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            match self.try_complete(key, make, chain, known.take()).await {
+                Err(KvError::Backend(e)) if tokio::time::Instant::now() < give_up => {
+                    tracing::warn!("recording a result failed ({e}); retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                other => return other.map_err(|e| e.to_string()),
+            }
+        }
+    }
+
+    async fn try_complete(&self, key: &str, make: &(dyn Fn(&Execution) -> Option<Input> + Send + Sync), chain: Option<&str>, mut known: Option<Written>) -> Result<Recorded, KvError> {
+        let kv = &*self.edges.executions;
+        let mut carried = Vec::new();
+        loop {
+            let (mut exec, revision) = match known.take() {
+                Some(k) => k,
+                None => get_json::<Execution>(kv, key).await?.ok_or_else(|| KvError::Backend(format!("execution {key} vanished")))?,
+            };
+            let unchanged = |after| Recorded { after, kept: Vec::new(), written: None };
+            let Some(input) = make(&exec) else { return Ok(unchanged(carried)) };
+            let unsent = self.unsent(&exec);
+            let before = Snapshot::of(&exec);
+            let mut commands = apply(&mut exec, &input);
+            // Lane changes for other executions stand even if this write must be retried.
+            carried.extend(self.admit_inline(&mut exec, &mut commands).await?);
+            if commands.is_empty() && before == Snapshot::of(&exec) {
+                return Ok(unchanged(carried));
+            }
+            let (jobs, notices, after) = super::follow_up(&exec, commands);
+            let (kept, queued) = match chain {
+                Some(lease) => self.keep_for_chain(&mut exec, lease, jobs),
+                None => (Vec::new(), jobs),
+            };
+            let publish = self.stamp(&mut exec, before, notices, unsent);
+            let written = match serde_json::to_vec(&exec) {
+                Ok(bytes) => kv.update(key, bytes, revision).await,
+                Err(e) => Err(KvError::Backend(e.to_string())),
+            };
+            match written {
+                Ok(revision) => {
+                    // What caused the change is acknowledged after this: its events and queued
+                    // jobs are stored by then (and its kept jobs' results are recorded).
+                    futures_util::future::join(self.edges.bus.publish_all(publish), self.push_jobs(&queued)).await;
+                    carried.extend(after);
+                    return Ok(Recorded { after: carried, kept, written: Some((exec, revision)) });
+                }
+                Err(e) => {
+                    // Not written: the idle workers' places taken for kept jobs are free again.
+                    self.busy.fetch_sub(kept.len().saturating_sub(1), Ordering::AcqRel);
+                    match e {
+                        KvError::Conflict { .. } => continue,
+                        e => return Err(e),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Split the jobs a change made runnable into those the chain runs here (the first that
+    /// should start now, and more while idle workers allow) and those to queue, and name the
+    /// chain in the record as the runner of those it keeps.
+    fn keep_for_chain(&self, exec: &mut Execution, lease: &str, jobs: Vec<JobMessage>) -> (Vec<JobMessage>, Vec<JobMessage>) {
+        for action in exec.stages.iter_mut().flat_map(|s| s.actions.iter_mut()) {
+            if action.status != Status::InProgress {
+                action.runner = None;
+            }
+        }
+        let (mut kept, mut queued) = (Vec::new(), Vec::new());
+        for job in jobs {
+            let run = &mut exec.stages[job.stage].actions[job.action];
+            if runs_now(&job) && (kept.is_empty() || self.take_idle_worker()) {
+                run.runner = Some(lease.to_string());
+                kept.push(job);
+            } else {
+                if job.check.is_none() {
+                    run.runner = None;
+                }
+                queued.push(job);
+            }
+        }
+        (kept, queued)
+    }
+}
