@@ -95,7 +95,7 @@ pub struct Layout {
 /// Timing knobs (shortened by tests).
 #[derive(Clone, Copy, Debug)]
 pub struct Timing {
-    /// Redelivery deadline of a job whose engine stopped reporting progress.
+    /// Redelivery deadline of a job (or trigger) whose engine stopped reporting progress.
     pub ack_wait: Duration,
 }
 
@@ -117,7 +117,8 @@ impl Layout {
                 stream: "SLUICE_TRIGGERS",
                 subjects: vec!["sluice.*.trigger.>".into()],
                 consumer: "sluice-engines",
-                ack_wait: Duration::from_secs(30),
+                // A trigger's delivery may hold the chain of its execution's first jobs.
+                ack_wait: timing.ack_wait,
                 duplicate_window: Duration::from_secs(3600),
             },
         )

@@ -32,6 +32,11 @@ pub(super) enum Settled {
 /// An execution record as written, with its revision: the next job of a chain starts from it.
 type Written = (Execution, u64);
 
+/// The events of a change on their way to the bus: done once it holds them. The next change
+/// of the same execution is recorded only after that (a record's outbox names only its last
+/// change), but the job in between may run meanwhile.
+type Sent = futures_util::future::Shared<futures_util::future::BoxFuture<'static, ()>>;
+
 /// The delivery a chain runs under, and how often to push its deadline back.
 pub(super) struct Lease<'a> {
     delivery: &'a Delivery,
@@ -43,11 +48,25 @@ pub(super) struct Lease<'a> {
 /// What recording a change leaves to do.
 pub(super) struct Recorded {
     /// Work on other records (lanes, waits).
-    pub after: Vec<lanes::After>,
+    after: Vec<lanes::After>,
     /// Jobs to run here, under the caller's lease, instead of queued.
     kept: Vec<JobMessage>,
     /// The record as written, if it was.
     written: Option<Written>,
+    /// Its events, when the kept jobs may start before the bus holds them.
+    sent: Option<Sent>,
+}
+
+impl Recorded {
+    /// A record just written whose events are stored, with the jobs it keeps.
+    pub(super) fn kept(kept: Vec<JobMessage>, written: Written) -> Self {
+        Recorded { after: Vec::new(), kept, written: Some(written), sent: None }
+    }
+
+    /// Whether it kept jobs to run here.
+    pub(super) fn runs_here(&self) -> bool {
+        !self.kept.is_empty()
+    }
 }
 
 /// A job's message id on the queue (duplicates within the stream's window are dropped).
@@ -83,8 +102,8 @@ impl Service {
         }
     }
 
-    /// Take an idle worker's place for a parallel job run here; false when all are busy.
-    fn take_idle_worker(&self) -> bool {
+    /// Take an idle worker's place for a job run here; false when all are busy.
+    pub(super) fn take_idle_worker(&self) -> bool {
         let workers = self.workers.load(Ordering::Relaxed);
         self.busy.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |b| (b < workers).then_some(b + 1)).is_ok()
     }
@@ -103,26 +122,47 @@ impl Service {
         let lease = Lease { delivery: &delivery, id: message_id(&job), every: (self.edges.jobs.ack_wait() / 3).max(Duration::from_millis(100)) };
         let result = self.run_job(&job, &lease, None).await;
         self.busy.fetch_sub(1, Ordering::AcqRel);
+        self.settle_delivery(&delivery, result, &lease.id).await;
+    }
+
+    /// Acknowledge a delivery whose work (and chain) is done, or hand it back.
+    pub(super) async fn settle_delivery(&self, delivery: &Delivery, result: Result<Settled, String>, what: &str) {
         match result {
             Ok(Settled::Deferred) => {}
             Ok(Settled::Done) => {
                 if let Err(e) = delivery.ack().await {
-                    tracing::warn!("ack of job {}/{} failed: {e}", job.execution_id, job.attempt);
+                    tracing::warn!("ack of {what} failed: {e}");
                 }
             }
             Err(e) => {
-                tracing::warn!("job of {} not finished: {e}; it will be retried", job.execution_id);
+                tracing::warn!("{what} not finished: {e}; it will be retried");
                 let _ = delivery.nak(Duration::from_secs(1)).await;
             }
         }
     }
 
+    /// Run the jobs a new execution kept, under its trigger's delivery (lease `id`, from a
+    /// queue whose deadline is `ack_wait`).
+    pub(super) async fn chain_under(&self, recorded: Recorded, delivery: &Delivery, id: String, ack_wait: Duration) -> Result<Settled, String> {
+        let lease = Lease { delivery, id, every: (ack_wait / 3).max(Duration::from_millis(100)) };
+        self.run_chain(recorded.kept, recorded.written, recorded.sent, &lease).await.map(|()| Settled::Done)
+    }
+
+    /// Give back the idle workers' places taken for kept jobs beyond the first.
+    pub(super) fn release_idle_workers(&self, kept: &[JobMessage]) {
+        self.busy.fetch_sub(kept.len().saturating_sub(1), Ordering::AcqRel);
+    }
+
     /// Run one job: the delivered one (`chained` none), or one of its chain, starting from the
     /// record the chain's previous step wrote.
-    async fn run_job(&self, job: &JobMessage, lease: &Lease<'_>, chained: Option<Written>) -> Result<Settled, String> {
+    async fn run_job(&self, job: &JobMessage, lease: &Lease<'_>, chained: Option<(Written, Sent)>) -> Result<Settled, String> {
         let kv = &*self.edges.executions;
         let key = exec_key(&job.tenant, &job.execution_id);
         let is_chained = chained.is_some();
+        let (sent, chained) = match chained {
+            Some((written, sent)) => (Some(sent), Some(written)),
+            None => (None, None),
+        };
         let (exec, revision) = match chained {
             Some(written) => written,
             None => match get_json::<Execution>(kv, &key).await.map_err(|e| e.to_string())? {
@@ -214,30 +254,37 @@ impl Service {
             return Ok(Settled::Done);
         };
         self.archive_log(job, &exec).await;
+        if let Some(sent) = sent {
+            sent.await;
+        }
         let recorded = self.record_from(&key, &|_: &Execution| Some(input.clone()), Some(&lease.id), Some((exec, revision))).await;
         leftover.release(&cx);
         let recorded = recorded?;
         // The lanes' bookkeeping does not hold up the next job.
-        let (_, chain) = futures_util::future::join(self.settle(recorded.after), self.run_chain(recorded.kept, recorded.written, lease)).await;
+        let (_, chain) = futures_util::future::join(self.settle(recorded.after), self.run_chain(recorded.kept, recorded.written, recorded.sent, lease)).await;
         chain.map(|()| Settled::Done)
     }
 
     /// Run the jobs a recorded result kept here, in parallel, each from the written record.
     /// The first took the place of the job that made it runnable; each other one holds an
     /// idle worker's place until it ends.
-    async fn run_chain(&self, kept: Vec<JobMessage>, written: Option<Written>, lease: &Lease<'_>) -> Result<(), String> {
+    async fn run_chain(&self, kept: Vec<JobMessage>, written: Option<Written>, sent: Option<Sent>, lease: &Lease<'_>) -> Result<(), String> {
         let Some(written) = written else { return Ok(()) };
+        let sent = sent.unwrap_or_else(|| futures_util::FutureExt::shared(Box::pin(std::future::ready(())) as futures_util::future::BoxFuture<'static, ()>));
         let runs = kept.iter().enumerate().map(|(i, job)| {
-            let written = written.clone();
+            let chained = (written.clone(), sent.clone());
             async move {
-                let result = Box::pin(self.run_job(job, lease, Some(written))).await;
+                let result = Box::pin(self.run_job(job, lease, Some(chained))).await;
                 if i > 0 {
                     self.busy.fetch_sub(1, Ordering::AcqRel);
                 }
                 result
             }
         });
-        futures_util::future::join_all(runs).await.into_iter().find(|r| r.is_err()).unwrap_or(Ok(Settled::Done)).map(|_| ())
+        let results = futures_util::future::join_all(runs).await;
+        // The lease is acknowledged after this: the change's events are stored by then.
+        sent.await;
+        results.into_iter().find(|r| r.is_err()).unwrap_or(Ok(Settled::Done)).map(|_| ())
     }
 
     /// Copy the lines the attempt logged to the shared archive, if there is one. Done before
@@ -302,7 +349,7 @@ impl Service {
                 Some(k) => k,
                 None => get_json::<Execution>(kv, key).await?.ok_or_else(|| KvError::Backend(format!("execution {key} vanished")))?,
             };
-            let unchanged = |after| Recorded { after, kept: Vec::new(), written: None };
+            let unchanged = |after| Recorded { after, kept: Vec::new(), written: None, sent: None };
             let Some(input) = make(&exec) else { return Ok(unchanged(carried)) };
             let unsent = self.unsent(&exec);
             let before = Snapshot::of(&exec);
@@ -326,13 +373,20 @@ impl Service {
                 Ok(revision) => {
                     // What caused the change is acknowledged after this: its events and queued
                     // jobs are stored by then (and its kept jobs' results are recorded).
-                    futures_util::future::join(self.edges.bus.publish_all(publish), self.push_jobs(&queued)).await;
+                    let sent = self.edges.bus.publish_all(publish);
+                    let sent = if kept.is_empty() {
+                        futures_util::future::join(sent, self.push_jobs(&queued)).await;
+                        None
+                    } else {
+                        self.push_jobs(&queued).await;
+                        Some(futures_util::FutureExt::shared(sent))
+                    };
                     carried.extend(after);
-                    return Ok(Recorded { after: carried, kept, written: Some((exec, revision)) });
+                    return Ok(Recorded { after: carried, kept, written: Some((exec, revision)), sent });
                 }
                 Err(e) => {
                     // Not written: the idle workers' places taken for kept jobs are free again.
-                    self.busy.fetch_sub(kept.len().saturating_sub(1), Ordering::AcqRel);
+                    self.release_idle_workers(&kept);
                     match e {
                         KvError::Conflict { .. } => continue,
                         e => return Err(e),
@@ -345,7 +399,7 @@ impl Service {
     /// Split the jobs a change made runnable into those the chain runs here (the first that
     /// should start now, and more while idle workers allow) and those to queue, and name the
     /// chain in the record as the runner of those it keeps.
-    fn keep_for_chain(&self, exec: &mut Execution, lease: &str, jobs: Vec<JobMessage>) -> (Vec<JobMessage>, Vec<JobMessage>) {
+    pub(super) fn keep_for_chain(&self, exec: &mut Execution, lease: &str, jobs: Vec<JobMessage>) -> (Vec<JobMessage>, Vec<JobMessage>) {
         for action in exec.stages.iter_mut().flat_map(|s| s.actions.iter_mut()) {
             if action.status != Status::InProgress {
                 action.runner = None;

@@ -147,6 +147,11 @@ pub(crate) fn exec_key(tenant: &str, id: &str) -> String {
     format!("{tenant}/x/{id}")
 }
 
+/// The lease a trigger's delivery gives the chain of its execution's first jobs.
+fn trigger_lease(tenant: &str, execution_id: &str) -> String {
+    format!("{tenant}/{execution_id}/trigger")
+}
+
 fn claim_key(tenant: &str, pipeline: &str, event_id: &str) -> String {
     format!("{tenant}/claim/{pipeline}/{}", &blake3::hash(event_id.as_bytes()).to_hex()[..32])
 }
@@ -343,7 +348,7 @@ impl Service {
         Ok(n)
     }
 
-    async fn consume_triggers(&self) {
+    async fn consume_triggers(self: &Arc<Self>) {
         consume(&*self.edges.triggers, "trigger queue", |d| self.handle_trigger(d)).await
     }
 
@@ -417,7 +422,7 @@ impl Service {
         });
     }
 
-    async fn handle_trigger(&self, delivery: Delivery) {
+    async fn handle_trigger(self: &Arc<Self>, delivery: Delivery) {
         self.handled.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let Some((tenant, pipeline)) = subject_parts(&delivery.subject, "trigger") else {
             self.reject("_invalid", "_invalid", format!("unexpected subject {}", delivery.subject), &delivery.payload).await;
@@ -425,22 +430,43 @@ impl Service {
             return;
         };
         let (tenant, pipeline) = (tenant.to_string(), pipeline.to_string());
-        self.handle_trigger_for(&tenant, &pipeline, delivery).await
+        self.handle_trigger_for(&tenant, &pipeline, delivery, self.edges.triggers.ack_wait()).await
     }
 
     /// Handle a trigger event addressed to `tenant`/`pipeline` (by its subject, or because it
-    /// arrived on one of the pipeline's extra `triggers.nats` subjects).
-    pub async fn handle_trigger_for(&self, tenant: &str, pipeline: &str, delivery: Delivery) {
+    /// arrived on one of the pipeline's extra `triggers.nats` subjects), delivered from a queue
+    /// whose deadline is `ack_wait`. When a job worker is idle, the execution's first jobs run
+    /// here in a chain under the event's delivery (see `jobs`), and the next event is taken
+    /// meanwhile.
+    pub async fn handle_trigger_for(self: &Arc<Self>, tenant: &str, pipeline: &str, delivery: Delivery, ack_wait: Duration) {
         let (tenant, pipeline) = (tenant.to_string(), pipeline.to_string());
-        match self.start(&tenant, &pipeline, &delivery.payload, delivery.delivered > 1).await {
-            Ok(Ok(id)) => tracing::info!("trigger for {tenant}/{pipeline}: execution {id}"),
+        let chain = self.take_idle_worker();
+        match self.start(&tenant, &pipeline, &delivery.payload, delivery.delivered > 1, chain).await {
+            Ok(Ok((id, recorded))) => {
+                tracing::info!("trigger for {tenant}/{pipeline}: execution {id}");
+                if let Some(recorded) = recorded.filter(|r| r.runs_here()) {
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        let result = me.chain_under(recorded, &delivery, trigger_lease(&tenant, &id), ack_wait).await;
+                        me.busy.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                        me.settle_delivery(&delivery, result, "trigger").await;
+                    });
+                    return;
+                }
+            }
             Ok(Err(reason)) => self.reject(&tenant, &pipeline, reason, &delivery.payload).await,
             Err(e) => {
                 // The store is unreachable: leave the event for later (or another engine).
                 tracing::warn!("trigger for {tenant}/{pipeline} not handled yet: {e}");
                 let _ = delivery.nak(Duration::from_secs(1)).await;
+                if chain {
+                    self.busy.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                }
                 return;
             }
+        }
+        if chain {
+            self.busy.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
         }
         if let Err(e) = delivery.ack().await {
             tracing::warn!("ack of a trigger failed ({e}); it will come again and start nothing new");
@@ -449,8 +475,9 @@ impl Service {
 
     /// Start an execution for a trigger event, at most once per event id. The outer error is
     /// a store failure (try again); the inner one a reason to reject the event. `redelivered`:
-    /// the event came back because the engine that had it did not acknowledge it.
-    async fn start(&self, tenant: &str, name: &str, payload: &[u8], redelivered: bool) -> Result<Result<String, String>, KvError> {
+    /// the event came back because the engine that had it did not acknowledge it. With a
+    /// `chain`, a new execution's first jobs are returned to run under the event's delivery.
+    async fn start(&self, tenant: &str, name: &str, payload: &[u8], redelivered: bool, chain: bool) -> Result<Result<(String, Option<jobs::Recorded>), String>, KvError> {
         let event = match TriggerEvent::parse(payload) {
             Ok(e) => e,
             Err(reason) => return Ok(Err(reason)),
@@ -498,13 +525,15 @@ impl Service {
                 // queued. (Runs a chain holds are that chain's to hand back.)
                 self.republish(&exec).await;
                 if redelivered {
-                    self.push_jobs(&outstanding(&exec, |_| true)).await;
+                    // A chain under this event's earlier delivery died with its engine.
+                    let lease = trigger_lease(tenant, &execution_id);
+                    self.push_jobs(&outstanding(&exec, |runner| runner != lease)).await;
                     if let Some(stage) = exec.entering {
                         self.settle(vec![lanes::After::arrive(&exec, stage)]).await;
                     }
                 }
             }
-            return Ok(Ok(execution_id));
+            return Ok(Ok((execution_id, None)));
         }
         // The claim's version is the head at claim time, or a later one after a crash:
         // either way a registered version.
@@ -526,24 +555,30 @@ impl Service {
         let before = Snapshot::of(&exec);
         let mut commands = apply(&mut exec, &Input::Start { at: Timestamp::now() });
         let others = self.admit_inline(&mut exec, &mut commands).await?;
+        let first = outstanding(&exec, |_| true);
+        let (kept, queued) = if chain { self.keep_for_chain(&mut exec, &trigger_lease(tenant, &execution_id), first) } else { (Vec::new(), first) };
         let publish = self.stamp(&mut exec, before, Vec::new(), Vec::new());
         match kv.create(&key, serde_json::to_vec(&exec).unwrap_or_default()).await {
-            Ok(_) => {
+            Ok(revision) => {
                 // The trigger is acknowledged after this: its events and first jobs are stored
-                // by then.
-                let jobs = outstanding(&exec, |_| true);
-                futures_util::future::join(self.edges.bus.publish_all(publish), self.push_jobs(&jobs)).await;
+                // by then (or, for kept jobs, their results).
+                futures_util::future::join(self.edges.bus.publish_all(publish), self.push_jobs(&queued)).await;
                 self.settle(others).await;
                 // Waiting before its first stage: join the lane.
                 if let Some(stage) = exec.entering {
                     self.settle(vec![lanes::After::arrive(&exec, stage)]).await;
                 }
+                Ok(Ok((execution_id, Some(jobs::Recorded::kept(kept, (exec, revision))))))
             }
-            // Another engine had the same event (delivered again) and created it first.
-            Err(KvError::Conflict { .. }) => {}
-            Err(e) => return Err(e),
+            Err(e) => {
+                self.release_idle_workers(&kept);
+                match e {
+                    // Another engine had the same event (delivered again) and created it first.
+                    KvError::Conflict { .. } => Ok(Ok((execution_id, None))),
+                    e => Err(e),
+                }
+            }
         }
-        Ok(Ok(execution_id))
     }
 
     /// Enter stages through their lanes before the change is written: when the lane lets the

@@ -60,7 +60,7 @@ async fn events_of_a_change_whose_engine_died_before_sending_them_are_sent_by_th
     let b = engine(&dir.path().join("b"), bus_b.clone(), &shared);
     let put = a.handle("default", api::Request::PipelinePut { file: "relay.yaml".into(), dir: dir.path().to_path_buf(), yaml: PIPELINE.into() }).await;
     assert!(put.get("ok").is_some(), "{put}");
-    let id = a.start("default", "relay", br#"{"id":"e-1"}"#, false).await.unwrap().unwrap();
+    let (id, _) = a.start("default", "relay", br#"{"id":"e-1"}"#, false, false).await.unwrap().unwrap();
     tokio::spawn(b.clone().run(1));
 
     let mut events = Vec::new();

@@ -251,7 +251,7 @@ pub async fn serve_extra_triggers(service: Arc<Service>, js: async_nats::jetstre
                         let (service, tenant2, name) = (service.clone(), tenant.clone(), stored.name.clone());
                         let task = tokio::spawn(async move {
                             let what = format!("extra triggers of {tenant2}/{name}");
-                            super::consume(&queue, &what, |d| service.handle_trigger_for(&tenant2, &name, d)).await
+                            super::consume(&queue, &what, |d| service.handle_trigger_for(&tenant2, &name, d, crate::queue::WorkQueue::ack_wait(&queue))).await
                         });
                         running.insert(key, (subjects, task));
                     }
