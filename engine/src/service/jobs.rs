@@ -400,8 +400,9 @@ impl Service {
     /// should start now, and more while idle workers allow) and those to queue, and name the
     /// chain in the record as the runner of those it keeps.
     pub(super) fn keep_for_chain(&self, exec: &mut Execution, lease: &str, jobs: Vec<JobMessage>) -> (Vec<JobMessage>, Vec<JobMessage>) {
+        // A run that ended, or waits (for an approval, an event, a timer), has no runner.
         for action in exec.stages.iter_mut().flat_map(|s| s.actions.iter_mut()) {
-            if action.status != Status::InProgress {
+            if action.status != Status::InProgress || action.waiting.is_some() {
                 action.runner = None;
             }
         }

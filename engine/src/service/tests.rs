@@ -113,3 +113,60 @@ fn a_dead_chain_hands_back_only_its_own_runs() {
     assert_eq!(names(outstanding(&exec, |_| false)), ["A", "B", "C"]);
     assert_eq!(names(outstanding(&exec, |_| true)), ["C"]);
 }
+
+/// An engine dies in the middle of a job chain: the action its chain was running is named in
+/// the record with the chain's delivery, and when that delivery comes back, the engine that
+/// gets it runs the action again (same attempt, so the same idempotency key) and the
+/// execution finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_whose_engine_dies_is_finished_by_the_engine_its_delivery_comes_back_to() {
+    const CHAIN: &str = "name: chain\nstages:\n  - name: One\n    actions:\n      - { name: A, uses: noop@1 }\n  - name: Two\n    actions:\n      - name: B\n        uses: command@1\n        with: { run: sleep 1 }\n        capabilities: { process: [sh] }\n";
+    let dir = tempfile::tempdir().unwrap();
+    let db = RedbKv::open_database(&dir.path().join("service.redb")).unwrap();
+    let shared = Edges {
+        pipelines: Arc::new(RedbKv::bucket(db.clone(), "pipelines").unwrap()),
+        executions: Arc::new(RedbKv::bucket(db.clone(), "executions").unwrap()),
+        functions: Arc::new(RedbKv::bucket(db.clone(), "functions").unwrap()),
+        waits: Arc::new(RedbKv::bucket(db, "waits").unwrap()),
+        triggers: MemoryQueue::new(Duration::from_secs(3600)),
+        jobs: MemoryQueue::new(Duration::from_secs(3600)),
+        bus: Arc::new(LostBus),
+        dead_letters: None,
+        extra_subjects: None,
+        cancel_elsewhere: None,
+        wake_subject: None,
+        archive_log: None,
+    };
+    let a = engine(&dir.path().join("a"), Arc::new(MemoryBus::default()), &shared);
+    let bus_b = Arc::new(MemoryBus::default());
+    let mut seen = bus_b.subscribe();
+    let b = engine(&dir.path().join("b"), bus_b.clone(), &shared);
+    let put = a.handle("default", api::Request::PipelinePut { file: "chain.yaml".into(), dir: dir.path().to_path_buf(), yaml: CHAIN.into() }).await;
+    assert!(put.get("ok").is_some(), "{put}");
+    let (id, _) = a.start("default", "chain", br#"{"id":"e-1"}"#, false, false).await.unwrap().unwrap();
+
+    // Engine A takes A's job, runs it, and its chain goes on to B; A dies while B sleeps.
+    let delivery = shared.jobs.next().await.unwrap();
+    assert!(tokio::time::timeout(Duration::from_millis(600), a.handle_job(delivery)).await.is_err(), "the chain should still be running B");
+    let exec = a.execution("default", &id).await.unwrap().unwrap();
+    let (one, two) = (&exec.stages[0].actions[0], &exec.stages[1].actions[0]);
+    assert_eq!((one.status, one.runner.as_deref()), (Status::Succeeded, None));
+    assert_eq!(two.status, Status::InProgress);
+    assert_eq!(two.runner.as_deref(), Some(format!("default/{id}/0/0/1").as_str()), "B runs in the chain of A's delivery");
+
+    // A's delivery comes back to engine B, which finds A recorded and runs B again.
+    tokio::spawn(b.clone().run(1));
+    let finished = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let e = seen.recv().await.unwrap();
+            if e.kind == Kind::Pipeline && e.status.is_terminal() {
+                return e.status;
+            }
+        }
+    })
+    .await;
+    assert_eq!(finished, Ok(Status::Succeeded));
+    let exec = b.execution("default", &id).await.unwrap().unwrap();
+    let two = &exec.stages[1].actions[0];
+    assert_eq!((two.status, two.attempt, two.runner.as_deref()), (Status::Succeeded, 1, None));
+}
