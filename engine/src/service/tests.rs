@@ -33,13 +33,10 @@ fn engine(data: &Path, bus: Arc<dyn EventBus>, shared: &Edges) -> Arc<Service> {
     Service::new(engine, edges)
 }
 
-const PIPELINE: &str = "name: relay\nstages:\n  - name: One\n    actions:\n      - { name: A, uses: noop@1 }\n  - name: Two\n    actions:\n      - { name: B, uses: noop@1 }\n";
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn events_of_a_change_whose_engine_died_before_sending_them_are_sent_by_the_next_engine() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = RedbKv::open_database(&dir.path().join("service.redb")).unwrap();
-    let shared = Edges {
+/// Embedded edges in `dir` for engines to share (each engine gets its own bus).
+fn shared_edges(dir: &Path) -> Edges {
+    let db = RedbKv::open_database(&dir.join("service.redb")).unwrap();
+    Edges {
         pipelines: Arc::new(RedbKv::bucket(db.clone(), "pipelines").unwrap()),
         executions: Arc::new(RedbKv::bucket(db.clone(), "executions").unwrap()),
         functions: Arc::new(RedbKv::bucket(db.clone(), "functions").unwrap()),
@@ -52,7 +49,15 @@ async fn events_of_a_change_whose_engine_died_before_sending_them_are_sent_by_th
         cancel_elsewhere: None,
         wake_subject: None,
         archive_log: None,
-    };
+    }
+}
+
+const PIPELINE: &str = "name: relay\nstages:\n  - name: One\n    actions:\n      - { name: A, uses: noop@1 }\n  - name: Two\n    actions:\n      - { name: B, uses: noop@1 }\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_of_a_change_whose_engine_died_before_sending_them_are_sent_by_the_next_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = shared_edges(dir.path());
     // Engine A records the start and "dies" before its events are stored; engine B runs the jobs.
     let a = engine(&dir.path().join("a"), Arc::new(LostBus), &shared);
     let bus_b = Arc::new(MemoryBus::default());
@@ -122,21 +127,7 @@ fn a_dead_chain_hands_back_only_its_own_runs() {
 async fn a_chain_whose_engine_dies_is_finished_by_the_engine_its_delivery_comes_back_to() {
     const CHAIN: &str = "name: chain\nstages:\n  - name: One\n    actions:\n      - { name: A, uses: noop@1 }\n  - name: Two\n    actions:\n      - name: B\n        uses: command@1\n        with: { run: sleep 1 }\n        capabilities: { process: [sh] }\n";
     let dir = tempfile::tempdir().unwrap();
-    let db = RedbKv::open_database(&dir.path().join("service.redb")).unwrap();
-    let shared = Edges {
-        pipelines: Arc::new(RedbKv::bucket(db.clone(), "pipelines").unwrap()),
-        executions: Arc::new(RedbKv::bucket(db.clone(), "executions").unwrap()),
-        functions: Arc::new(RedbKv::bucket(db.clone(), "functions").unwrap()),
-        waits: Arc::new(RedbKv::bucket(db, "waits").unwrap()),
-        triggers: MemoryQueue::new(Duration::from_secs(3600)),
-        jobs: MemoryQueue::new(Duration::from_secs(3600)),
-        bus: Arc::new(LostBus),
-        dead_letters: None,
-        extra_subjects: None,
-        cancel_elsewhere: None,
-        wake_subject: None,
-        archive_log: None,
-    };
+    let shared = shared_edges(dir.path());
     let a = engine(&dir.path().join("a"), Arc::new(MemoryBus::default()), &shared);
     let bus_b = Arc::new(MemoryBus::default());
     let mut seen = bus_b.subscribe();
