@@ -45,6 +45,28 @@ pub(super) struct Lease<'a> {
     every: Duration,
 }
 
+impl Lease<'_> {
+    /// Await `work` while keeping the lease: report progress well within its deadline, so
+    /// that no other engine gets the delivery while the chain runs, records or publishes
+    /// (NATS may be slow or reconnecting meanwhile).
+    async fn hold<F: std::future::Future>(&self, work: F) -> F::Output {
+        tokio::pin!(work);
+        // The first report is due after one period. (Not `interval` + its immediate first tick:
+        // awaiting even an elapsed timer waits for the timer wheel's next millisecond.)
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + self.every, self.every);
+        loop {
+            tokio::select! {
+                done = &mut work => return done,
+                _ = ticker.tick() => {
+                    if let Err(e) = self.delivery.handle.progress().await {
+                        tracing::warn!("progress report failed: {e}");
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// What recording a change leaves to do.
 pub(super) struct Recorded {
     /// Work on other records (lanes, waits).
@@ -224,28 +246,19 @@ impl Service {
         };
         let how = if is_chained { "chained".to_string() } else { format!("delivery {}", lease.delivery.delivered) };
         tracing::info!("running {}/{}/{} attempt {} ({how})", job.execution_id, exec.stages[job.stage].name, exec.stages[job.stage].actions[job.action].name, job.attempt);
-        // Keep the lease ours while the job runs: report progress well within its deadline.
         let mut cx = self.engine.job_context();
         cx.functions = self.functions.clone();
-        let run = attempt.run(&cx);
-        tokio::pin!(run);
-        // The first report is due after one period. (Not `interval` + its immediate first tick:
-        // awaiting even an elapsed timer waits for the timer wheel's next millisecond.)
-        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + lease.every, lease.every);
         let id = job_id(&job.tenant, &job.execution_id, job.stage, job.action, job.attempt);
         let cancel = Arc::new(tokio::sync::Notify::new());
         self.running.lock().unwrap().insert(id.clone(), cancel.clone());
-        let finished = loop {
-            tokio::select! {
-                done = &mut run => break Some(done),
-                _ = cancel.notified() => break None,
-                _ = ticker.tick() => {
-                    if let Err(e) = lease.delivery.handle.progress().await {
-                        tracing::warn!("progress report failed: {e}");
-                    }
+        let finished = lease
+            .hold(async {
+                tokio::select! {
+                    done = attempt.run(&cx) => Some(done),
+                    _ = cancel.notified() => None,
                 }
-            }
-        };
+            })
+            .await;
         self.running.lock().unwrap().remove(&id);
         let Some((input, leftover)) = finished else {
             // Abandoned by `stop --abandon`: dropping the call stopped the guest (and killed its
@@ -255,9 +268,9 @@ impl Service {
         };
         self.archive_log(job, &exec).await;
         if let Some(sent) = sent {
-            sent.await;
+            lease.hold(sent).await;
         }
-        let recorded = self.record_from(&key, &|_: &Execution| Some(input.clone()), Some(&lease.id), Some((exec, revision))).await;
+        let recorded = lease.hold(self.record_from(&key, &|_: &Execution| Some(input.clone()), Some(&lease.id), Some((exec, revision)))).await;
         leftover.release(&cx);
         let recorded = recorded?;
         // The lanes' bookkeeping does not hold up the next job.
@@ -283,7 +296,7 @@ impl Service {
         });
         let results = futures_util::future::join_all(runs).await;
         // The lease is acknowledged after this: the change's events are stored by then.
-        sent.await;
+        lease.hold(sent).await;
         results.into_iter().find(|r| r.is_err()).unwrap_or(Ok(Settled::Done)).map(|_| ())
     }
 
