@@ -37,6 +37,16 @@ type Written = (Execution, u64);
 /// change), but the job in between may run meanwhile.
 type Sent = futures_util::future::Shared<futures_util::future::BoxFuture<'static, ()>>;
 
+/// The last change a chain's parallel jobs know of: the record as written, and its events on
+/// their way. The jobs record their results one after another from it, each once the previous
+/// change's events are stored, so they neither conflict on the record nor read it again.
+struct Latest {
+    written: Written,
+    sent: Option<Sent>,
+}
+
+type Siblings = Arc<tokio::sync::Mutex<Latest>>;
+
 /// The delivery a chain runs under, and how often to push its deadline back.
 pub(super) struct Lease<'a> {
     delivery: &'a Delivery,
@@ -177,16 +187,12 @@ impl Service {
 
     /// Run one job: the delivered one (`chained` none), or one of its chain, starting from the
     /// record the chain's previous step wrote.
-    async fn run_job(&self, job: &JobMessage, lease: &Lease<'_>, chained: Option<(Written, Sent)>) -> Result<Settled, String> {
+    async fn run_job(&self, job: &JobMessage, lease: &Lease<'_>, chained: Option<Siblings>) -> Result<Settled, String> {
         let kv = &*self.edges.executions;
         let key = exec_key(&job.tenant, &job.execution_id);
         let is_chained = chained.is_some();
-        let (sent, chained) = match chained {
-            Some((written, sent)) => (Some(sent), Some(written)),
-            None => (None, None),
-        };
-        let (exec, revision) = match chained {
-            Some(written) => written,
+        let (exec, revision) = match &chained {
+            Some(latest) => latest.lock().await.written.clone(),
             None => match get_json::<Execution>(kv, &key).await.map_err(|e| e.to_string())? {
                 Some(found) => found,
                 None => {
@@ -267,10 +273,21 @@ impl Service {
             return Ok(Settled::Done);
         };
         self.archive_log(job, &exec).await;
-        if let Some(sent) = sent {
-            lease.hold(sent).await;
-        }
-        let recorded = lease.hold(self.record_from(&key, &|_: &Execution| Some(input.clone()), Some(&lease.id), Some((exec, revision)))).await;
+        let make = |_: &Execution| Some(input.clone());
+        let recorded = match &chained {
+            None => lease.hold(self.record_from(&key, &make, Some(&lease.id), Some((exec, revision)))).await,
+            Some(latest) => {
+                let mut latest = lease.hold(latest.lock()).await;
+                if let Some(sent) = latest.sent.take() {
+                    lease.hold(sent).await;
+                }
+                let recorded = lease.hold(self.record_from(&key, &make, Some(&lease.id), Some(latest.written.clone()))).await;
+                if let Some(written) = recorded.as_ref().ok().and_then(|r| r.written.clone()) {
+                    *latest = Latest { written, sent: recorded.as_ref().ok().and_then(|r| r.sent.clone()) };
+                }
+                recorded
+            }
+        };
         leftover.release(&cx);
         let recorded = recorded?;
         // The lanes' bookkeeping does not hold up the next job.
@@ -283,11 +300,11 @@ impl Service {
     /// idle worker's place until it ends.
     async fn run_chain(&self, kept: Vec<JobMessage>, written: Option<Written>, sent: Option<Sent>, lease: &Lease<'_>) -> Result<(), String> {
         let Some(written) = written else { return Ok(()) };
-        let sent = sent.unwrap_or_else(|| futures_util::FutureExt::shared(Box::pin(std::future::ready(())) as futures_util::future::BoxFuture<'static, ()>));
+        let latest = Arc::new(tokio::sync::Mutex::new(Latest { written, sent }));
         let runs = kept.iter().enumerate().map(|(i, job)| {
-            let chained = (written.clone(), sent.clone());
+            let latest = latest.clone();
             async move {
-                let result = Box::pin(self.run_job(job, lease, Some(chained))).await;
+                let result = Box::pin(self.run_job(job, lease, Some(latest))).await;
                 if i > 0 {
                     self.busy.fetch_sub(1, Ordering::AcqRel);
                 }
@@ -295,8 +312,11 @@ impl Service {
             }
         });
         let results = futures_util::future::join_all(runs).await;
-        // The lease is acknowledged after this: the change's events are stored by then.
-        lease.hold(sent).await;
+        // The lease is acknowledged after this: the last change's events are stored by then.
+        let pending = latest.lock().await.sent.take();
+        if let Some(sent) = pending {
+            lease.hold(sent).await;
+        }
         results.into_iter().find(|r| r.is_err()).unwrap_or(Ok(Settled::Done)).map(|_| ())
     }
 

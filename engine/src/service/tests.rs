@@ -161,3 +161,58 @@ async fn a_chain_whose_engine_dies_is_finished_by_the_engine_its_delivery_comes_
     let two = &exec.stages[1].actions[0];
     assert_eq!((two.status, two.attempt, two.runner.as_deref()), (Status::Succeeded, 1, None));
 }
+
+/// A bus whose stores acknowledge a batch of events only when the test lets them (one permit
+/// each).
+struct GatedBus(Arc<tokio::sync::Semaphore>);
+
+impl EventBus for GatedBus {
+    fn publish(&self, _event: Event) {}
+    fn publish_all(&self, events: Vec<Event>) -> futures_util::future::BoxFuture<'static, ()> {
+        let gate = self.0.clone();
+        Box::pin(async move {
+            if !events.is_empty() {
+                gate.acquire().await.unwrap().forget();
+            }
+        })
+    }
+}
+
+/// A record names only its last change's events (the outbox), so a change is recorded only
+/// once the previous change's events are stored: in a chain, the next action runs meanwhile but
+/// records after; and parallel actions of one chain record one after another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_records_a_change_only_after_the_previous_changes_events_are_stored() {
+    const FAN: &str = "name: fan\nstages:\n  - name: One\n    actions:\n      - { name: A, uses: noop@1 }\n  - name: Two\n    actions:\n      - { name: B, uses: noop@1 }\n      - { name: C, uses: noop@1 }\n";
+    let dir = tempfile::tempdir().unwrap();
+    let shared = shared_edges(dir.path());
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let a = engine(&dir.path().join("a"), Arc::new(GatedBus(gate.clone())), &shared);
+    a.workers.store(4, std::sync::atomic::Ordering::Relaxed); // idle workers: B and C both run here
+    let put = a.handle("default", api::Request::PipelinePut { file: "fan.yaml".into(), dir: dir.path().to_path_buf(), yaml: FAN.into() }).await;
+    assert!(put.get("ok").is_some(), "{put}");
+    gate.add_permits(1); // the start's events
+    let (id, _) = a.start("default", "fan", br#"{"id":"e-1"}"#, false, false).await.unwrap().unwrap();
+    let delivery = shared.jobs.next().await.unwrap();
+    let chain = tokio::spawn({
+        let a = a.clone();
+        async move { a.handle_job(delivery).await }
+    });
+    let statuses = || async {
+        let exec = a.execution("default", &id).await.unwrap().unwrap();
+        exec.stages.iter().flat_map(|s| s.actions.iter().map(|a| a.status)).collect::<Vec<_>>()
+    };
+    let succeeded = |s: &[Status]| s.iter().filter(|s| **s == Status::Succeeded).count();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let now = statuses().await;
+    assert_eq!(now, [Status::Succeeded, Status::InProgress, Status::InProgress], "A's result is recorded; B and C ran but wait for A's events");
+    gate.add_permits(1); // A's events: one of B, C records
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(succeeded(&statuses().await), 2, "one of B, C records, the other waits for its events");
+    gate.add_permits(1); // that one's events: the other records
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(succeeded(&statuses().await), 3);
+    gate.add_permits(100);
+    tokio::time::timeout(Duration::from_secs(10), chain).await.expect("the chain ends once its events are stored").unwrap();
+    assert_eq!(a.execution("default", &id).await.unwrap().unwrap().status, Status::Succeeded);
+}
