@@ -62,7 +62,9 @@ impl NatsQueue {
             )
             .await
             .map_err(|e| QueueError(format!("consumer {}: {e}", config.consumer)))?;
-        Ok(NatsQueue { js: js.clone(), consumer, ack_wait: config.ack_wait })
+        // An existing consumer keeps the deadline it was created with: report progress by that.
+        let ack_wait = consumer.cached_info().config.ack_wait;
+        Ok(NatsQueue { js: js.clone(), consumer, ack_wait })
     }
 }
 

@@ -56,9 +56,9 @@ pub(super) struct Lease<'a> {
 }
 
 impl Lease<'_> {
-    /// Await `work` while keeping the lease: report progress well within its deadline, so
-    /// that no other engine gets the delivery while the chain runs, records or publishes
-    /// (NATS may be slow or reconnecting meanwhile).
+    /// Await `work` (a whole chain) while keeping the lease: report progress well within its
+    /// deadline, so that no other engine gets the delivery while the chain runs its actions,
+    /// records or publishes (NATS may be slow or reconnecting meanwhile).
     async fn hold<F: std::future::Future>(&self, work: F) -> F::Output {
         tokio::pin!(work);
         // The first report is due after one period. (Not `interval` + its immediate first tick:
@@ -152,7 +152,8 @@ impl Service {
         };
         self.busy.fetch_add(1, Ordering::AcqRel);
         let lease = Lease { delivery: &delivery, id: message_id(&job), every: (self.edges.jobs.ack_wait() / 3).max(Duration::from_millis(100)) };
-        let result = self.run_job(&job, &lease, None).await;
+        // One heartbeat for the whole chain, however many short steps it takes.
+        let result = lease.hold(self.run_job(&job, &lease, None)).await;
         self.busy.fetch_sub(1, Ordering::AcqRel);
         self.settle_delivery(&delivery, result, &lease.id).await;
     }
@@ -177,7 +178,9 @@ impl Service {
     /// queue whose deadline is `ack_wait`).
     pub(super) async fn chain_under(&self, recorded: Recorded, delivery: &Delivery, id: String, ack_wait: Duration) -> Result<Settled, String> {
         let lease = Lease { delivery, id, every: (ack_wait / 3).max(Duration::from_millis(100)) };
-        self.run_chain(recorded.kept, recorded.written, recorded.sent, &lease).await.map(|()| Settled::Done)
+        let Some(written) = recorded.written else { return Ok(Settled::Done) };
+        let latest = Arc::new(tokio::sync::Mutex::new(Latest { written, sent: recorded.sent }));
+        lease.hold(self.run_chain(recorded.kept, latest, &lease)).await.map(|()| Settled::Done)
     }
 
     /// Give back the idle workers' places taken for kept jobs beyond the first.
@@ -257,14 +260,10 @@ impl Service {
         let id = job_id(&job.tenant, &job.execution_id, job.stage, job.action, job.attempt);
         let cancel = Arc::new(tokio::sync::Notify::new());
         self.running.lock().unwrap().insert(id.clone(), cancel.clone());
-        let finished = lease
-            .hold(async {
-                tokio::select! {
-                    done = attempt.run(&cx) => Some(done),
-                    _ = cancel.notified() => None,
-                }
-            })
-            .await;
+        let finished = tokio::select! {
+            done = attempt.run(&cx) => Some(done),
+            _ = cancel.notified() => None,
+        };
         self.running.lock().unwrap().remove(&id);
         let Some((input, leftover)) = finished else {
             // Abandoned by `stop --abandon`: dropping the call stopped the guest (and killed its
@@ -274,33 +273,38 @@ impl Service {
         };
         self.archive_log(job, &exec).await;
         let make = |_: &Execution| Some(input.clone());
-        let recorded = match &chained {
-            None => lease.hold(self.record_from(&key, &make, Some(&lease.id), Some((exec, revision)))).await,
-            Some(latest) => {
-                let mut latest = lease.hold(latest.lock()).await;
+        let (recorded, next) = match chained {
+            None => {
+                let recorded = self.record_from(&key, &make, Some(&lease.id), Some((exec, revision))).await;
+                let next = recorded.as_ref().ok().and_then(|r| Some(Latest { written: r.written.clone()?, sent: r.sent.clone() }));
+                (recorded, next.map(|l| Arc::new(tokio::sync::Mutex::new(l))))
+            }
+            // The whole chain records one change after another from the latest record.
+            Some(siblings) => {
+                let mut latest = siblings.lock().await;
                 if let Some(sent) = latest.sent.take() {
-                    lease.hold(sent).await;
+                    sent.await;
                 }
-                let recorded = lease.hold(self.record_from(&key, &make, Some(&lease.id), Some(latest.written.clone()))).await;
+                let recorded = self.record_from(&key, &make, Some(&lease.id), Some(latest.written.clone())).await;
                 if let Some(written) = recorded.as_ref().ok().and_then(|r| r.written.clone()) {
                     *latest = Latest { written, sent: recorded.as_ref().ok().and_then(|r| r.sent.clone()) };
                 }
-                recorded
+                drop(latest);
+                (recorded, Some(siblings))
             }
         };
         leftover.release(&cx);
         let recorded = recorded?;
+        let Some(next) = next else { return Ok(Settled::Done) };
         // The lanes' bookkeeping does not hold up the next job.
-        let (_, chain) = futures_util::future::join(self.settle(recorded.after), self.run_chain(recorded.kept, recorded.written, recorded.sent, lease)).await;
+        let (_, chain) = futures_util::future::join(self.settle(recorded.after), self.run_chain(recorded.kept, next, lease)).await;
         chain.map(|()| Settled::Done)
     }
 
     /// Run the jobs a recorded result kept here, in parallel, each from the written record.
     /// The first took the place of the job that made it runnable; each other one holds an
     /// idle worker's place until it ends.
-    async fn run_chain(&self, kept: Vec<JobMessage>, written: Option<Written>, sent: Option<Sent>, lease: &Lease<'_>) -> Result<(), String> {
-        let Some(written) = written else { return Ok(()) };
-        let latest = Arc::new(tokio::sync::Mutex::new(Latest { written, sent }));
+    async fn run_chain(&self, kept: Vec<JobMessage>, latest: Siblings, lease: &Lease<'_>) -> Result<(), String> {
         let runs = kept.iter().enumerate().map(|(i, job)| {
             let latest = latest.clone();
             async move {
@@ -313,9 +317,9 @@ impl Service {
         });
         let results = futures_util::future::join_all(runs).await;
         // The lease is acknowledged after this: the last change's events are stored by then.
-        let pending = latest.lock().await.sent.take();
+        let pending = latest.lock().await.sent.clone();
         if let Some(sent) = pending {
-            lease.hold(sent).await;
+            sent.await;
         }
         results.into_iter().find(|r| r.is_err()).unwrap_or(Ok(Settled::Done)).map(|_| ())
     }

@@ -216,3 +216,61 @@ async fn a_chain_records_a_change_only_after_the_previous_changes_events_are_sto
     tokio::time::timeout(Duration::from_secs(10), chain).await.expect("the chain ends once its events are stored").unwrap();
     assert_eq!(a.execution("default", &id).await.unwrap().unwrap().status, Status::Succeeded);
 }
+
+/// A job queue whose deliveries must report progress every 100 ms (a 300 ms deadline).
+struct ShortDeadline(Arc<MemoryQueue>);
+
+impl WorkQueue for ShortDeadline {
+    fn push<'a>(&'a self, subject: &'a str, id: &'a str, payload: Vec<u8>) -> futures_util::future::BoxFuture<'a, crate::queue::QueueResult<()>> {
+        self.0.push(subject, id, payload)
+    }
+    fn next(&self) -> futures_util::future::BoxFuture<'_, crate::queue::QueueResult<Delivery>> {
+        self.0.next()
+    }
+    fn ack_wait(&self) -> Duration {
+        Duration::from_millis(300)
+    }
+}
+
+/// Counts a delivery's progress reports.
+struct Counting(Arc<std::sync::atomic::AtomicUsize>);
+
+impl crate::queue::Settle for Counting {
+    fn ack(&self) -> futures_util::future::BoxFuture<'_, crate::queue::QueueResult<()>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn nak(&self, _delay: Duration) -> futures_util::future::BoxFuture<'_, crate::queue::QueueResult<()>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn progress(&self) -> futures_util::future::BoxFuture<'_, crate::queue::QueueResult<()>> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// A chain of steps each shorter than the progress period still reports progress: the lease
+/// is kept for the whole chain, not restarted at each step (or another engine would get the
+/// delivery while the chain still runs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_of_short_steps_keeps_its_lease() {
+    let step = |n: usize| format!("  - name: S{n}\n    actions:\n      - name: A\n        uses: command@1\n        with: {{ run: sleep 0.03 }}\n        capabilities: {{ process: [sh] }}\n");
+    let yaml = format!("name: steps\nstages:\n{}", (1..=8).map(step).collect::<String>());
+    let dir = tempfile::tempdir().unwrap();
+    let mut shared = shared_edges(dir.path());
+    shared.jobs = Arc::new(ShortDeadline(MemoryQueue::new(Duration::from_secs(3600))));
+    let a = engine(&dir.path().join("a"), Arc::new(MemoryBus::default()), &shared);
+    let put = a.handle("default", api::Request::PipelinePut { file: "steps.yaml".into(), dir: dir.path().to_path_buf(), yaml }).await;
+    assert!(put.get("ok").is_some(), "{put}");
+    let (id, _) = a.start("default", "steps", br#"{"id":"e-1"}"#, false, false).await.unwrap().unwrap();
+    let queued = shared.jobs.next().await.unwrap();
+    let reports = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let watched = Delivery { subject: queued.subject.clone(), payload: queued.payload.clone(), delivered: 1, handle: Box::new(Counting(reports.clone())) };
+    queued.ack().await.unwrap();
+    let t = std::time::Instant::now();
+    a.handle_job(watched).await;
+    let took = t.elapsed();
+    assert_eq!(a.execution("default", &id).await.unwrap().unwrap().status, Status::Succeeded);
+    assert!(took >= Duration::from_millis(240), "8 steps of 30 ms ran in {took:?}");
+    let reports = reports.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(reports as u128 >= took.as_millis() / 100 - 1, "{reports} progress reports in {took:?}");
+}
