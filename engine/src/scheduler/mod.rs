@@ -7,6 +7,7 @@
 pub mod conditions;
 pub mod lanes;
 mod record;
+mod shared;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -14,6 +15,7 @@ mod tests_operating;
 
 pub use conditions::{Condition, Outcome, Phase, Rule, StageConditions};
 pub use lanes::Mode;
+pub use shared::Shared;
 pub use record::{ActionRun, Decision, Execution, Outbox, PluginRef, RetryPolicy, RollbackOf, StageRun, Status, Timestamp, TriggerInfo, Wake, Waiting};
 
 use std::collections::BTreeMap;

@@ -207,8 +207,8 @@ pub struct StageRun {
     /// When it ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<Timestamp>,
-    /// Actions in file order.
-    pub actions: Vec<ActionRun>,
+    /// Actions in file order (shared between copies of the record until changed).
+    pub actions: Vec<super::Shared<ActionRun>>,
     /// Its conditions, copied from the pipeline.
     #[serde(default, skip_serializing_if = "StageConditions::is_empty")]
     pub conditions: StageConditions,
@@ -434,6 +434,7 @@ impl Execution {
                         decisions: Vec::new(),
                         runner: None,
                     })
+                    .map(super::Shared::new)
                     .collect(),
             })
             .collect();

@@ -48,6 +48,7 @@ pub(super) fn exec(layout: &[&[u32]]) -> Execution {
                         decisions: Vec::new(),
                         runner: None,
                     })
+                    .map(Shared::new)
                     .collect(),
             })
             .collect(),

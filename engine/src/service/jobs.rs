@@ -134,10 +134,11 @@ impl Service {
         }
     }
 
-    /// Take an idle worker's place for a job run here; false when all are busy.
+    /// Take an idle worker's place for a job run here; false when all are busy. The place
+    /// is the caller's to give back ([`Place`]).
     pub(super) fn take_idle_worker(&self) -> bool {
         let workers = self.workers.load(Ordering::Relaxed);
-        self.busy.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |b| (b < workers).then_some(b + 1)).is_ok()
+        self.busy.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |b| (b < workers).then(|| b + 1)).is_ok()
     }
 
     pub(super) async fn handle_job(&self, delivery: Delivery) {
@@ -151,10 +152,11 @@ impl Service {
             }
         };
         self.busy.fetch_add(1, Ordering::AcqRel);
+        let place = Place(self);
         let lease = Lease { delivery: &delivery, id: message_id(&job), every: (self.edges.jobs.ack_wait() / 3).max(Duration::from_millis(100)) };
         // One heartbeat for the whole chain, however many short steps it takes.
         let result = lease.hold(self.run_job(&job, &lease, None)).await;
-        self.busy.fetch_sub(1, Ordering::AcqRel);
+        drop(place);
         self.settle_delivery(&delivery, result, &lease.id).await;
     }
 
@@ -308,11 +310,9 @@ impl Service {
         let runs = kept.iter().enumerate().map(|(i, job)| {
             let latest = latest.clone();
             async move {
-                let result = Box::pin(self.run_job(job, lease, Some(latest))).await;
-                if i > 0 {
-                    self.busy.fetch_sub(1, Ordering::AcqRel);
-                }
-                result
+                // Each kept job beyond the first took an idle worker's place.
+                let _place = (i > 0).then(|| Place(self));
+                Box::pin(self.run_job(job, lease, Some(latest))).await
             }
         });
         let results = futures_util::future::join_all(runs).await;
@@ -439,7 +439,8 @@ impl Service {
     pub(super) fn keep_for_chain(&self, exec: &mut Execution, lease: &str, jobs: Vec<JobMessage>) -> (Vec<JobMessage>, Vec<JobMessage>) {
         // A run that ended, or waits (for an approval, an event, a timer), has no runner.
         for action in exec.stages.iter_mut().flat_map(|s| s.actions.iter_mut()) {
-            if action.status != Status::InProgress || action.waiting.is_some() {
+            // (Only written when set: a write copies an action the record shares.)
+            if action.runner.is_some() && (action.status != Status::InProgress || action.waiting.is_some()) {
                 action.runner = None;
             }
         }
@@ -457,5 +458,15 @@ impl Service {
             }
         }
         (kept, queued)
+    }
+}
+
+/// A worker's place in the busy count, given back when dropped: also when the task holding it
+/// is aborted mid-chain (a consumer replaced while it runs), so no place leaks.
+pub(super) struct Place<S: std::ops::Deref<Target = Service>>(pub(super) S);
+
+impl<S: std::ops::Deref<Target = Service>> Drop for Place<S> {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -130,18 +130,32 @@ impl Service {
         }
     }
 
-    /// Apply one change to a pipeline's lanes with compare-and-swap.
+    /// Apply one change to a pipeline's lanes with compare-and-swap. The lanes as this engine
+    /// last read or wrote them are tried first: a stage entry then costs one write instead of
+    /// a read and a write. A stale copy costs nothing but a retry, because the write's
+    /// compare-and-swap refuses it; and a change that writes nothing is decided on a fresh read.
     pub(crate) async fn lane(&self, tenant: &str, pipeline: &str, op: &LaneOp) -> Result<Vec<Effect>, KvError> {
         let kv = &*self.edges.executions;
         let key = lane_key(tenant, pipeline);
+        let mut cached = self.lanes_seen.lock().unwrap().get(&key).cloned();
         loop {
-            let (mut lanes, revision) = match get_json::<Lanes>(kv, &key).await? {
+            let from_cache = cached.is_some();
+            let (mut lanes, revision) = match cached.take() {
                 Some((l, r)) => (l, Some(r)),
-                None => (Lanes::default(), None),
+                None => match get_json::<Lanes>(kv, &key).await? {
+                    Some((l, r)) => (l, Some(r)),
+                    None => (Lanes::default(), None),
+                },
             };
             let before = lanes.clone();
             let effects = lanes::step(&mut lanes, op);
             if lanes == before {
+                if from_cache {
+                    continue;
+                }
+                if let Some(r) = revision {
+                    self.lanes_seen.lock().unwrap().insert(key, (before, r));
+                }
                 return Ok(effects);
             }
             let bytes = serde_json::to_vec(&lanes).map_err(|e| KvError::Backend(e.to_string()))?;
@@ -150,9 +164,20 @@ impl Service {
                 None => kv.create(&key, bytes).await,
             };
             match written {
-                Ok(_) => return Ok(effects),
+                Ok(r) => {
+                    self.lanes_seen.lock().unwrap().insert(key, (lanes, r));
+                    return Ok(effects);
+                }
+                // Stale (or, for an error, unknown: steps are idempotent): read and try again.
                 Err(KvError::Conflict { .. }) => continue,
-                Err(e) => return Err(e),
+                Err(_) if from_cache => {
+                    self.lanes_seen.lock().unwrap().remove(&key);
+                    continue;
+                }
+                Err(e) => {
+                    self.lanes_seen.lock().unwrap().remove(&key);
+                    return Err(e);
+                }
             }
         }
     }

@@ -136,6 +136,8 @@ pub struct Service {
     /// jobs a chain runs in idle workers' places.
     workers: std::sync::atomic::AtomicUsize,
     busy: std::sync::atomic::AtomicUsize,
+    /// Each pipeline's lanes as this engine last read or wrote them, with their revision.
+    lanes_seen: Mutex<HashMap<String, (crate::scheduler::lanes::Lanes, u64)>>,
 }
 
 /// A job's id: its idempotency key with indices (`tenant/execution/stage/action/attempt`).
@@ -252,7 +254,7 @@ impl Service {
     pub fn new(engine: Engine, edges: Edges) -> Arc<Self> {
         let functions = Arc::new(functions::Registered { kv: edges.functions.clone(), runtime: engine.registry.runtime().clone(), blobs: engine.blobs.clone() });
         let incarnation = ulid::Ulid::new().to_string();
-        Arc::new(Service { engine, edges, loaded: Mutex::new(HashMap::new()), functions, running: Mutex::new(HashMap::new()), handled: Default::default(), incarnation, workers: Default::default(), busy: Default::default() })
+        Arc::new(Service { engine, edges, loaded: Mutex::new(HashMap::new()), functions, running: Mutex::new(HashMap::new()), handled: Default::default(), incarnation, workers: Default::default(), busy: Default::default(), lanes_seen: Default::default() })
     }
 
     /// Before applying a change to a stored execution: the events of its last change when
@@ -440,15 +442,16 @@ impl Service {
     /// meanwhile.
     pub async fn handle_trigger_for(self: &Arc<Self>, tenant: &str, pipeline: &str, delivery: Delivery, ack_wait: Duration) {
         let (tenant, pipeline) = (tenant.to_string(), pipeline.to_string());
-        let chain = self.take_idle_worker();
-        match self.start(&tenant, &pipeline, &delivery.payload, delivery.delivered > 1, chain).await {
+        // The idle worker's place the chain runs in; given back however this ends.
+        let place = self.take_idle_worker().then(|| jobs::Place(self.clone()));
+        match self.start(&tenant, &pipeline, &delivery.payload, delivery.delivered > 1, place.is_some()).await {
             Ok(Ok((id, recorded))) => {
                 tracing::info!("trigger for {tenant}/{pipeline}: execution {id}");
                 if let Some(recorded) = recorded.filter(|r| r.runs_here()) {
                     let me = self.clone();
                     tokio::spawn(async move {
                         let result = me.chain_under(recorded, &delivery, trigger_lease(&tenant, &id), ack_wait).await;
-                        me.busy.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                        drop(place);
                         me.settle_delivery(&delivery, result, "trigger").await;
                     });
                     return;
@@ -458,16 +461,12 @@ impl Service {
             Err(e) => {
                 // The store is unreachable: leave the event for later (or another engine).
                 tracing::warn!("trigger for {tenant}/{pipeline} not handled yet: {e}");
+                drop(place);
                 let _ = delivery.nak(Duration::from_secs(1)).await;
-                if chain {
-                    self.busy.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-                }
                 return;
             }
         }
-        if chain {
-            self.busy.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-        }
+        drop(place);
         if let Err(e) = delivery.ack().await {
             tracing::warn!("ack of a trigger failed ({e}); it will come again and start nothing new");
         }

@@ -139,6 +139,7 @@ async fn a_chain_whose_engine_dies_is_finished_by_the_engine_its_delivery_comes_
     // Engine A takes A's job, runs it, and its chain goes on to B; A dies while B sleeps.
     let delivery = shared.jobs.next().await.unwrap();
     assert!(tokio::time::timeout(Duration::from_millis(600), a.handle_job(delivery)).await.is_err(), "the chain should still be running B");
+    assert_eq!(a.busy.load(std::sync::atomic::Ordering::Relaxed), 0, "a chain dropped mid-run gives its worker place back");
     let exec = a.execution("default", &id).await.unwrap().unwrap();
     let (one, two) = (&exec.stages[0].actions[0], &exec.stages[1].actions[0]);
     assert_eq!((one.status, one.runner.as_deref()), (Status::Succeeded, None));
@@ -215,6 +216,7 @@ async fn a_chain_records_a_change_only_after_the_previous_changes_events_are_sto
     gate.add_permits(100);
     tokio::time::timeout(Duration::from_secs(10), chain).await.expect("the chain ends once its events are stored").unwrap();
     assert_eq!(a.execution("default", &id).await.unwrap().unwrap().status, Status::Succeeded);
+    assert_eq!(a.busy.load(std::sync::atomic::Ordering::Relaxed), 0, "every worker place the chain took is given back");
 }
 
 /// A job queue whose deliveries must report progress every 100 ms (a 300 ms deadline).
@@ -273,4 +275,33 @@ async fn a_chain_of_short_steps_keeps_its_lease() {
     assert!(took >= Duration::from_millis(240), "8 steps of 30 ms ran in {took:?}");
     let reports = reports.load(std::sync::atomic::Ordering::Relaxed);
     assert!(reports as u128 >= took.as_millis() / 100 - 1, "{reports} progress reports in {took:?}");
+}
+
+/// Each engine tries its own last copy of a pipeline's lanes first. When another engine has
+/// changed them since, the compare-and-swap refuses the stale copy and the change is made to
+/// the current lanes; a change that writes nothing is decided on a fresh read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_copy_of_the_lanes_never_decides_a_change() {
+    use crate::scheduler::lanes::{Effect, LaneOp, Mode};
+    let dir = tempfile::tempdir().unwrap();
+    let shared = shared_edges(dir.path());
+    let a = engine(&dir.path().join("a"), Arc::new(MemoryBus::default()), &shared);
+    let b = engine(&dir.path().join("b"), Arc::new(MemoryBus::default()), &shared);
+    let arrive = |x: &str| LaneOp::Arrive { execution: x.into(), stage: "Deploy".into(), mode: Mode::Queued };
+    let leave = |x: &str| LaneOp::Leave { execution: x.into(), stage: "Deploy".into() };
+    let admit = |x: &str| vec![Effect::Admit { execution: x.into(), stage: "Deploy".into() }];
+
+    assert_eq!(a.lane("default", "p", &arrive("X")).await.unwrap(), admit("X"));
+    // B queues Y behind X: A's copy no longer says so.
+    assert_eq!(b.lane("default", "p", &arrive("Y")).await.unwrap(), vec![]);
+    // X leaves on A: from A's copy nobody waits, but Y does, and is let in.
+    assert_eq!(a.lane("default", "p", &leave("X")).await.unwrap(), admit("Y"));
+    let lane = &a.lanes("default", "p").await.unwrap().stages["Deploy"];
+    assert_eq!((lane.inside.clone(), lane.waiting.clone()), (vec!["Y".to_string()], vec![]));
+
+    // A's copy now says Y is inside; B lets Y leave. Y arriving again on A would change
+    // nothing in A's copy (inside already), so A reads: Y is let in again, and recorded.
+    assert_eq!(b.lane("default", "p", &leave("Y")).await.unwrap(), vec![]);
+    assert_eq!(a.lane("default", "p", &arrive("Y")).await.unwrap(), admit("Y"));
+    assert_eq!(b.lanes("default", "p").await.unwrap().stages["Deploy"].inside, vec!["Y".to_string()]);
 }
