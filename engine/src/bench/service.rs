@@ -37,11 +37,19 @@ fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }
 
-async fn engine(url: &str, dir: &std::path::Path, name: &str, workers: usize) -> anyhow::Result<Arc<Service>> {
+/// An engine on its own connection (returned too: its message counts are the benchmark's
+/// noise-free measure of the service's round trips).
+async fn engine(url: &str, dir: &std::path::Path, name: &str, workers: usize) -> anyhow::Result<(Arc<Service>, async_nats::Client)> {
     let (service, client) = crate::service::wiring::nats(url, &dir.join(name), crate::nats::Timing { ack_wait: Duration::from_secs(30) }).await?;
-    tokio::spawn(crate::service::wiring::serve_nats_api(service.clone(), client));
+    tokio::spawn(crate::service::wiring::serve_nats_api(service.clone(), client.clone()));
     tokio::spawn(service.clone().run(workers));
-    Ok(service)
+    Ok((service, client))
+}
+
+/// Messages an engine's connection has (sent, received).
+fn message_counts(client: &async_nats::Client) -> (u64, u64) {
+    let s = client.statistics();
+    (s.out_messages.load(std::sync::atomic::Ordering::Relaxed), s.in_messages.load(std::sync::atomic::Ordering::Relaxed))
 }
 
 /// Publish `n` trigger events and wait until each has a terminal pipeline event.
@@ -94,7 +102,7 @@ pub async fn run(url: &str, samples: usize, burst_size: usize) -> anyhow::Result
     floor.sort();
 
     // One engine; register the pipeline.
-    let first = engine(url, tmp.path(), "engine-1", 8).await?;
+    let (first, first_client) = engine(url, tmp.path(), "engine-1", 8).await?;
     std::fs::write(tmp.path().join("bench.yaml"), PIPELINE)?;
     let put = first.handle("default", Request::PipelinePut { file: "bench.yaml".into(), dir: tmp.path().to_path_buf(), yaml: PIPELINE.into() }).await;
     anyhow::ensure!(put.get("ok").is_some(), "register the pipeline: {put}");
@@ -103,9 +111,14 @@ pub async fn run(url: &str, samples: usize, burst_size: usize) -> anyhow::Result
     // (latency) one execution at a time.
     burst(&client, &js, &format!("warm-{run_id}"), 10).await?;
     let mut latency = Vec::new();
+    let (sent, received) = message_counts(&first_client);
     for i in 0..samples {
         latency.push(burst(&client, &js, &format!("lat-{run_id}-{i}"), 1).await?);
     }
+    let (sent, received) = {
+        let (s, r) = message_counts(&first_client);
+        ((s - sent) as f64 / samples as f64, (r - received) as f64 / samples as f64)
+    };
     latency.sort();
 
     // (throughput) a burst, with one engine and then with two.
@@ -126,6 +139,7 @@ pub async fn run(url: &str, samples: usize, burst_size: usize) -> anyhow::Result
         ms(l50),
         ms(l99)
     );
+    println!("\nThe engine's messages to and from NATS per execution (latency runs; requests, publishes, acks, pulls, replies — not timing, so not noisy): {sent:.1} sent, {received:.1} received.");
     let rate = |d: Duration| burst_size as f64 / d.as_secs_f64();
     println!("\n| throughput | executions/s |");
     println!("|---|---|");
