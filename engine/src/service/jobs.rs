@@ -35,7 +35,7 @@ type Written = (Execution, u64);
 /// The events of a change on their way to the bus: done once it holds them. The next change
 /// of the same execution is recorded only after that (a record's outbox names only its last
 /// change), but the job in between may run meanwhile.
-type Sent = futures_util::future::Shared<futures_util::future::BoxFuture<'static, ()>>;
+pub(super) type Sent = futures_util::future::Shared<futures_util::future::BoxFuture<'static, ()>>;
 
 /// The last change a chain's parallel jobs know of: the record as written, and its events on
 /// their way. The jobs record their results one after another from it, each once the previous
@@ -90,9 +90,10 @@ pub(super) struct Recorded {
 }
 
 impl Recorded {
-    /// A record just written whose events are stored, with the jobs it keeps.
-    pub(super) fn kept(kept: Vec<JobMessage>, written: Written) -> Self {
-        Recorded { after: Vec::new(), kept, written: Some(written), sent: None }
+    /// A record just written, with the jobs it keeps and, if the bus may not hold them yet,
+    /// its events (the kept jobs record nothing before they are stored).
+    pub(super) fn kept(kept: Vec<JobMessage>, written: Written, sent: Option<Sent>) -> Self {
+        Recorded { after: Vec::new(), kept, written: Some(written), sent }
     }
 
     /// Whether it kept jobs to run here.

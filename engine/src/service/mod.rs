@@ -559,15 +559,24 @@ impl Service {
         let publish = self.stamp(&mut exec, before, Vec::new(), Vec::new());
         match kv.create(&key, serde_json::to_vec(&exec).unwrap_or_default()).await {
             Ok(revision) => {
-                // The trigger is acknowledged after this: its events and first jobs are stored
-                // by then (or, for kept jobs, their results).
-                futures_util::future::join(self.edges.bus.publish_all(publish), self.push_jobs(&queued)).await;
+                let sent = self.edges.bus.publish_all(publish);
+                let sent = if kept.is_empty() {
+                    // The trigger is acknowledged after this: its events and first jobs are
+                    // stored by then.
+                    futures_util::future::join(sent, self.push_jobs(&queued)).await;
+                    None
+                } else {
+                    // The chain runs its first jobs while the bus stores the events; it records
+                    // their results, and acknowledges the trigger, only after that.
+                    self.push_jobs(&queued).await;
+                    Some(futures_util::FutureExt::shared(sent))
+                };
                 self.settle(others).await;
                 // Waiting before its first stage: join the lane.
                 if let Some(stage) = exec.entering {
                     self.settle(vec![lanes::After::arrive(&exec, stage)]).await;
                 }
-                Ok(Ok((execution_id, Some(jobs::Recorded::kept(kept, (exec, revision))))))
+                Ok(Ok((execution_id, Some(jobs::Recorded::kept(kept, (exec, revision), sent)))))
             }
             Err(e) => {
                 self.release_idle_workers(&kept);

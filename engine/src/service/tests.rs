@@ -305,3 +305,59 @@ async fn a_stale_copy_of_the_lanes_never_decides_a_change() {
     assert_eq!(a.lane("default", "p", &arrive("Y")).await.unwrap(), admit("Y"));
     assert_eq!(b.lanes("default", "p").await.unwrap().stages["Deploy"].inside, vec!["Y".to_string()]);
 }
+
+/// A trigger's chain runs its first action while the bus stores the start's events, and records
+/// the action's result only once they are stored (the record names only its last change's events).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_triggers_chain_runs_its_first_action_while_the_starts_events_are_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let ran = dir.path().join("ran-A");
+    let yaml = format!(
+        "name: overlap\nstages:\n  - name: One\n    actions:\n      - name: A\n        uses: command@1\n        with: {{ run: touch {} }}\n        capabilities: {{ process: [sh] }}\n  - name: Two\n    actions:\n      - {{ name: B, uses: noop@1 }}\n",
+        ran.display()
+    );
+    let shared = shared_edges(dir.path());
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let a = engine(&dir.path().join("a"), Arc::new(GatedBus(gate.clone())), &shared);
+    a.workers.store(4, std::sync::atomic::Ordering::Relaxed);
+    let put = a.handle("default", api::Request::PipelinePut { file: "overlap.yaml".into(), dir: dir.path().to_path_buf(), yaml }).await;
+    assert!(put.get("ok").is_some(), "{put}");
+    let acks = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let trigger = Delivery { subject: "sluice.default.trigger.overlap".into(), payload: br#"{"id":"e-1"}"#.to_vec(), delivered: 1, handle: Box::new(Acks(acks.clone())) };
+    tokio::time::timeout(Duration::from_secs(5), a.handle_trigger_for("default", "overlap", trigger, Duration::from_secs(30)))
+        .await
+        .expect("the trigger goes to its chain without waiting for the start's events");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let exec = a.executions("default", Some("overlap"), None, 10).await.unwrap().pop().expect("the execution is recorded");
+    let status = |e: &Execution| (e.stages[0].actions[0].status, e.stages[1].actions[0].status);
+    assert!(ran.exists(), "A ran before the start's events were stored");
+    assert_eq!(status(&exec), (Status::InProgress, Status::NotStarted), "but its result waits for them");
+    assert_eq!(acks.load(std::sync::atomic::Ordering::Relaxed), 0, "and so does the trigger's acknowledgement");
+    gate.add_permits(100);
+    let done = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let e = a.execution("default", &exec.execution_id).await.unwrap().unwrap();
+            if e.status.is_terminal() && acks.load(std::sync::atomic::Ordering::Relaxed) == 1 {
+                return e;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    assert_eq!(done.await.expect("the execution ends and the trigger is acknowledged").status, Status::Succeeded);
+}
+
+/// Counts a delivery's acknowledgements.
+struct Acks(Arc<std::sync::atomic::AtomicUsize>);
+
+impl crate::queue::Settle for Acks {
+    fn ack(&self) -> futures_util::future::BoxFuture<'_, crate::queue::QueueResult<()>> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Box::pin(async { Ok(()) })
+    }
+    fn nak(&self, _delay: Duration) -> futures_util::future::BoxFuture<'_, crate::queue::QueueResult<()>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn progress(&self) -> futures_util::future::BoxFuture<'_, crate::queue::QueueResult<()>> {
+        Box::pin(async { Ok(()) })
+    }
+}
