@@ -186,6 +186,22 @@ impl Service {
         lease.hold(self.run_chain(recorded.kept, latest, &lease)).await.map(|()| Settled::Done)
     }
 
+    /// After a change is written: publish its events and queue the jobs it does not keep.
+    /// What caused the change is acknowledged after this, so the events and queued jobs are
+    /// stored by the time it returns; except when the change keeps jobs to run here (`keeps`):
+    /// they start while the bus stores the events, which are returned to be awaited before
+    /// their results are recorded and before the chain's delivery is acknowledged.
+    pub(super) async fn send_and_queue(&self, events: Vec<crate::bus::Event>, queued: &[JobMessage], keeps: bool) -> Option<Sent> {
+        let sent = self.edges.bus.publish_all(events);
+        if keeps {
+            self.push_jobs(queued).await;
+            Some(futures_util::FutureExt::shared(sent))
+        } else {
+            futures_util::future::join(sent, self.push_jobs(queued)).await;
+            None
+        }
+    }
+
     /// Give back the idle workers' places taken for kept jobs beyond the first.
     pub(super) fn release_idle_workers(&self, kept: &[JobMessage]) {
         self.busy.fetch_sub(kept.len().saturating_sub(1), Ordering::AcqRel);
@@ -409,16 +425,7 @@ impl Service {
             };
             match written {
                 Ok(revision) => {
-                    // What caused the change is acknowledged after this: its events and queued
-                    // jobs are stored by then (and its kept jobs' results are recorded).
-                    let sent = self.edges.bus.publish_all(publish);
-                    let sent = if kept.is_empty() {
-                        futures_util::future::join(sent, self.push_jobs(&queued)).await;
-                        None
-                    } else {
-                        self.push_jobs(&queued).await;
-                        Some(futures_util::FutureExt::shared(sent))
-                    };
+                    let sent = self.send_and_queue(publish, &queued, !kept.is_empty()).await;
                     carried.extend(after);
                     return Ok(Recorded { after: carried, kept, written: Some((exec, revision)), sent });
                 }

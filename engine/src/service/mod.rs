@@ -559,18 +559,8 @@ impl Service {
         let publish = self.stamp(&mut exec, before, Vec::new(), Vec::new());
         match kv.create(&key, serde_json::to_vec(&exec).unwrap_or_default()).await {
             Ok(revision) => {
-                let sent = self.edges.bus.publish_all(publish);
-                let sent = if kept.is_empty() {
-                    // The trigger is acknowledged after this: its events and first jobs are
-                    // stored by then.
-                    futures_util::future::join(sent, self.push_jobs(&queued)).await;
-                    None
-                } else {
-                    // The chain runs its first jobs while the bus stores the events; it records
-                    // their results, and acknowledges the trigger, only after that.
-                    self.push_jobs(&queued).await;
-                    Some(futures_util::FutureExt::shared(sent))
-                };
+                // A chain runs the first jobs while the bus stores the start's events.
+                let sent = self.send_and_queue(publish, &queued, !kept.is_empty()).await;
                 self.settle(others).await;
                 // Waiting before its first stage: join the lane.
                 if let Some(stage) = exec.entering {
