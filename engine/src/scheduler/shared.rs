@@ -8,19 +8,13 @@ use std::sync::Arc;
 
 /// A value shared between copies of a record until one of them changes it. Reads go through
 /// `Deref`; a write (`DerefMut`) copies the value first if another record still shares it.
-#[derive(Clone, Default, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Shared<T>(Arc<T>);
 
 impl<T> Shared<T> {
     /// Wrap a value.
     pub fn new(value: T) -> Self {
         Shared(Arc::new(value))
-    }
-}
-
-impl<T> From<T> for Shared<T> {
-    fn from(value: T) -> Self {
-        Shared::new(value)
     }
 }
 

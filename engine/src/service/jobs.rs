@@ -47,6 +47,13 @@ struct Latest {
 
 type Siblings = Arc<tokio::sync::Mutex<Latest>>;
 
+impl Latest {
+    /// The latest change, for a chain's jobs to share.
+    fn shared(written: Written, sent: Option<Sent>) -> Siblings {
+        Arc::new(tokio::sync::Mutex::new(Latest { written, sent }))
+    }
+}
+
 /// The delivery a chain runs under, and how often to push its deadline back.
 pub(super) struct Lease<'a> {
     delivery: &'a Delivery,
@@ -152,8 +159,7 @@ impl Service {
                 return;
             }
         };
-        self.busy.fetch_add(1, Ordering::AcqRel);
-        let place = Place(self);
+        let place = Place::occupy(self);
         let lease = Lease { delivery: &delivery, id: message_id(&job), every: (self.edges.jobs.ack_wait() / 3).max(Duration::from_millis(100)) };
         // One heartbeat for the whole chain, however many short steps it takes.
         let result = lease.hold(self.run_job(&job, &lease, None)).await;
@@ -182,8 +188,7 @@ impl Service {
     pub(super) async fn chain_under(&self, recorded: Recorded, delivery: &Delivery, id: String, ack_wait: Duration) -> Result<Settled, String> {
         let lease = Lease { delivery, id, every: (ack_wait / 3).max(Duration::from_millis(100)) };
         let Some(written) = recorded.written else { return Ok(Settled::Done) };
-        let latest = Arc::new(tokio::sync::Mutex::new(Latest { written, sent: recorded.sent }));
-        lease.hold(self.run_chain(recorded.kept, latest, &lease)).await.map(|()| Settled::Done)
+        lease.hold(self.run_chain(recorded.kept, Latest::shared(written, recorded.sent), &lease)).await.map(|()| Settled::Done)
     }
 
     /// After a change is written: publish its events and queue the jobs it does not keep.
@@ -295,8 +300,8 @@ impl Service {
         let (recorded, next) = match chained {
             None => {
                 let recorded = self.record_from(&key, &make, Some(&lease.id), Some((exec, revision))).await;
-                let next = recorded.as_ref().ok().and_then(|r| Some(Latest { written: r.written.clone()?, sent: r.sent.clone() }));
-                (recorded, next.map(|l| Arc::new(tokio::sync::Mutex::new(l))))
+                let next = recorded.as_ref().ok().and_then(|r| Some(Latest::shared(r.written.clone()?, r.sent.clone())));
+                (recorded, next)
             }
             // The whole chain records one change after another from the latest record.
             Some(siblings) => {
@@ -305,8 +310,8 @@ impl Service {
                     sent.await;
                 }
                 let recorded = self.record_from(&key, &make, Some(&lease.id), Some(latest.written.clone())).await;
-                if let Some(written) = recorded.as_ref().ok().and_then(|r| r.written.clone()) {
-                    *latest = Latest { written, sent: recorded.as_ref().ok().and_then(|r| r.sent.clone()) };
+                if let Ok(Recorded { written: Some(written), sent, .. }) = &recorded {
+                    *latest = Latest { written: written.clone(), sent: sent.clone() };
                 }
                 drop(latest);
                 (recorded, Some(siblings))
@@ -472,6 +477,14 @@ impl Service {
 /// A worker's place in the busy count, given back when dropped: also when the task holding it
 /// is aborted mid-chain (a consumer replaced while it runs), so no place leaks.
 pub(super) struct Place<S: std::ops::Deref<Target = Service>>(pub(super) S);
+
+impl<S: std::ops::Deref<Target = Service>> Place<S> {
+    /// Count one more busy worker (a delivered job), until the place is dropped.
+    pub(super) fn occupy(service: S) -> Self {
+        service.busy.fetch_add(1, Ordering::AcqRel);
+        Place(service)
+    }
+}
 
 impl<S: std::ops::Deref<Target = Service>> Drop for Place<S> {
     fn drop(&mut self) {

@@ -168,15 +168,15 @@ impl Service {
                     self.lanes_seen.lock().unwrap().insert(key, (lanes, r));
                     return Ok(effects);
                 }
-                // Stale (or, for an error, unknown: steps are idempotent): read and try again.
+                // Stale: read and try again.
                 Err(KvError::Conflict { .. }) => continue,
-                Err(_) if from_cache => {
-                    self.lanes_seen.lock().unwrap().remove(&key);
-                    continue;
-                }
+                // Unknown whether it was written: forget the copy. A copy's write is tried again
+                // from a fresh read (steps are idempotent); a fresh read's failure is the caller's.
                 Err(e) => {
                     self.lanes_seen.lock().unwrap().remove(&key);
-                    return Err(e);
+                    if !from_cache {
+                        return Err(e);
+                    }
                 }
             }
         }

@@ -234,18 +234,23 @@ impl WorkQueue for ShortDeadline {
     }
 }
 
-/// Counts a delivery's progress reports.
-struct Counting(Arc<std::sync::atomic::AtomicUsize>);
+/// Counts a delivery's acknowledgements and progress reports.
+#[derive(Clone, Default)]
+struct Counts {
+    acks: Arc<std::sync::atomic::AtomicUsize>,
+    progress: Arc<std::sync::atomic::AtomicUsize>,
+}
 
-impl crate::queue::Settle for Counting {
+impl crate::queue::Settle for Counts {
     fn ack(&self) -> futures_util::future::BoxFuture<'_, crate::queue::QueueResult<()>> {
+        self.acks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Box::pin(async { Ok(()) })
     }
     fn nak(&self, _delay: Duration) -> futures_util::future::BoxFuture<'_, crate::queue::QueueResult<()>> {
         Box::pin(async { Ok(()) })
     }
     fn progress(&self) -> futures_util::future::BoxFuture<'_, crate::queue::QueueResult<()>> {
-        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.progress.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Box::pin(async { Ok(()) })
     }
 }
@@ -265,15 +270,15 @@ async fn a_chain_of_short_steps_keeps_its_lease() {
     assert!(put.get("ok").is_some(), "{put}");
     let (id, _) = a.start("default", "steps", br#"{"id":"e-1"}"#, false, false).await.unwrap().unwrap();
     let queued = shared.jobs.next().await.unwrap();
-    let reports = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let watched = Delivery { subject: queued.subject.clone(), payload: queued.payload.clone(), delivered: 1, handle: Box::new(Counting(reports.clone())) };
+    let counts = Counts::default();
+    let watched = Delivery { subject: queued.subject.clone(), payload: queued.payload.clone(), delivered: 1, handle: Box::new(counts.clone()) };
     queued.ack().await.unwrap();
     let t = std::time::Instant::now();
     a.handle_job(watched).await;
     let took = t.elapsed();
     assert_eq!(a.execution("default", &id).await.unwrap().unwrap().status, Status::Succeeded);
     assert!(took >= Duration::from_millis(240), "8 steps of 30 ms ran in {took:?}");
-    let reports = reports.load(std::sync::atomic::Ordering::Relaxed);
+    let reports = counts.progress.load(std::sync::atomic::Ordering::Relaxed);
     assert!(reports as u128 >= took.as_millis() / 100 - 1, "{reports} progress reports in {took:?}");
 }
 
@@ -322,8 +327,9 @@ async fn a_triggers_chain_runs_its_first_action_while_the_starts_events_are_stor
     a.workers.store(4, std::sync::atomic::Ordering::Relaxed);
     let put = a.handle("default", api::Request::PipelinePut { file: "overlap.yaml".into(), dir: dir.path().to_path_buf(), yaml }).await;
     assert!(put.get("ok").is_some(), "{put}");
-    let acks = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let trigger = Delivery { subject: "sluice.default.trigger.overlap".into(), payload: br#"{"id":"e-1"}"#.to_vec(), delivered: 1, handle: Box::new(Acks(acks.clone())) };
+    let counts = Counts::default();
+    let acks = counts.acks.clone();
+    let trigger = Delivery { subject: "sluice.default.trigger.overlap".into(), payload: br#"{"id":"e-1"}"#.to_vec(), delivered: 1, handle: Box::new(counts) };
     tokio::time::timeout(Duration::from_secs(5), a.handle_trigger_for("default", "overlap", trigger, Duration::from_secs(30)))
         .await
         .expect("the trigger goes to its chain without waiting for the start's events");
@@ -344,20 +350,4 @@ async fn a_triggers_chain_runs_its_first_action_while_the_starts_events_are_stor
         }
     });
     assert_eq!(done.await.expect("the execution ends and the trigger is acknowledged").status, Status::Succeeded);
-}
-
-/// Counts a delivery's acknowledgements.
-struct Acks(Arc<std::sync::atomic::AtomicUsize>);
-
-impl crate::queue::Settle for Acks {
-    fn ack(&self) -> futures_util::future::BoxFuture<'_, crate::queue::QueueResult<()>> {
-        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Box::pin(async { Ok(()) })
-    }
-    fn nak(&self, _delay: Duration) -> futures_util::future::BoxFuture<'_, crate::queue::QueueResult<()>> {
-        Box::pin(async { Ok(()) })
-    }
-    fn progress(&self) -> futures_util::future::BoxFuture<'_, crate::queue::QueueResult<()>> {
-        Box::pin(async { Ok(()) })
-    }
 }
