@@ -414,7 +414,7 @@ impl Service {
             let before = Snapshot::of(&exec);
             let mut commands = apply(&mut exec, &input);
             // Lane changes for other executions stand even if this write must be retried.
-            carried.extend(self.admit_inline(&mut exec, &mut commands).await?);
+            carried.extend(self.admit_inline(&mut exec, &mut commands, None).await?);
             if commands.is_empty() && before == Snapshot::of(&exec) {
                 return Ok(unchanged(carried));
             }

@@ -71,6 +71,9 @@ impl After {
     }
 }
 
+/// A pipeline's lanes as read from the store (none yet: `None`), with their revision.
+pub(crate) struct FreshLanes(Option<(Lanes, u64)>);
+
 fn lane_key(tenant: &str, pipeline: &str) -> String {
     format!("{tenant}/lane/{pipeline}")
 }
@@ -135,17 +138,25 @@ impl Service {
     /// a read and a write. A stale copy costs nothing but a retry, because the write's
     /// compare-and-swap refuses it; and a change that writes nothing is decided on a fresh read.
     pub(crate) async fn lane(&self, tenant: &str, pipeline: &str, op: &LaneOp) -> Result<Vec<Effect>, KvError> {
+        self.lane_from(tenant, pipeline, op, None).await
+    }
+
+    /// [`Service::lane`], starting from `fresh` when given: the lanes as read after the change
+    /// became due ([`Service::read_lanes`]), which count as the fresh read.
+    pub(crate) async fn lane_from(&self, tenant: &str, pipeline: &str, op: &LaneOp, mut fresh: Option<FreshLanes>) -> Result<Vec<Effect>, KvError> {
         let kv = &*self.edges.executions;
         let key = lane_key(tenant, pipeline);
-        let mut cached = self.lanes_seen.lock().unwrap().get(&key).cloned();
+        let mut cached = if fresh.is_some() { None } else { self.lanes_seen.lock().unwrap().get(&key).cloned() };
         loop {
             let from_cache = cached.is_some();
-            let (mut lanes, revision) = match cached.take() {
+            let read = match fresh.take() {
+                Some(f) => f.0,
+                None if from_cache => cached.take(),
+                None => get_json::<Lanes>(kv, &key).await?,
+            };
+            let (mut lanes, revision) = match read {
                 Some((l, r)) => (l, Some(r)),
-                None => match get_json::<Lanes>(kv, &key).await? {
-                    Some((l, r)) => (l, Some(r)),
-                    None => (Lanes::default(), None),
-                },
+                None => (Lanes::default(), None),
             };
             let before = lanes.clone();
             let effects = lanes::step(&mut lanes, op);
@@ -180,6 +191,12 @@ impl Service {
                 }
             }
         }
+    }
+
+    /// Read a pipeline's lanes ahead of a stage entry, to be handed to [`Service::lane_from`]:
+    /// the read can then overlap other work of the same step.
+    pub(crate) async fn read_lanes(&self, tenant: &str, pipeline: &str) -> Result<FreshLanes, KvError> {
+        Ok(FreshLanes(get_json::<Lanes>(&*self.edges.executions, &lane_key(tenant, pipeline)).await?))
     }
 
     /// A pipeline's lanes: who is inside or waiting before each stage, and disabled transitions.
@@ -264,7 +281,7 @@ impl Service {
         exec.trigger = Some(TriggerInfo { event_id: format!("rollback-{id}"), kind: "rollback".into(), started_by: by, ..Default::default() });
         let before = Snapshot::of(&exec);
         let mut commands = apply(&mut exec, &Input::Start { at: Timestamp::now() });
-        let others = self.admit_inline(&mut exec, &mut commands).await.map_err(|e| e.to_string())?;
+        let others = self.admit_inline(&mut exec, &mut commands, None).await.map_err(|e| e.to_string())?;
         let (jobs, notices, mut work) = super::follow_up(&exec, commands);
         let publish = self.stamp(&mut exec, before, notices, Vec::new());
         self.edges.executions.create(&exec_key(tenant, &id), serde_json::to_vec(&exec).map_err(|e| e.to_string())?).await.map_err(|e| e.to_string())?;

@@ -485,7 +485,11 @@ impl Service {
             return Ok(Err(format!("invalid tenant or pipeline name in `{tenant}`/`{name}`")));
         }
         let kv = &*self.edges.executions;
-        let checked = match self.load(tenant, name, None).await {
+        // The lanes the first stage is entered through are read while the pipeline loads:
+        // both are reads, so the entry below costs no round trip of its own. (Should the read
+        // fail, the entry reads again.)
+        let (loaded, lanes) = futures_util::future::join(self.load(tenant, name, None), self.read_lanes(tenant, name)).await;
+        let checked = match loaded {
             Ok(Some(loaded)) => match trigger::accepts(&loaded.pipeline.triggers, &event) {
                 Err(reason) => Err(reason),
                 Ok(()) => match event.variables.keys().find(|k| !loaded.pipeline.variables.contains_key(*k)) {
@@ -553,7 +557,7 @@ impl Service {
         exec.gated = true;
         let before = Snapshot::of(&exec);
         let mut commands = apply(&mut exec, &Input::Start { at: Timestamp::now() });
-        let others = self.admit_inline(&mut exec, &mut commands).await?;
+        let others = self.admit_inline(&mut exec, &mut commands, lanes.ok()).await?;
         let first = outstanding(&exec, |_| true);
         let (kept, queued) = if chain { self.keep_for_chain(&mut exec, &trigger_lease(tenant, &execution_id), first) } else { (Vec::new(), first) };
         let publish = self.stamp(&mut exec, before, Vec::new(), Vec::new());
@@ -582,13 +586,14 @@ impl Service {
     /// Enter stages through their lanes before the change is written: when the lane lets the
     /// execution in at once (the common case), the admission is part of the same write instead
     /// of a second one. Effects on other executions are returned, to be applied after.
-    pub(crate) async fn admit_inline(&self, exec: &mut Execution, commands: &mut Vec<Command>) -> Result<Vec<lanes::After>, KvError> {
+    /// `fresh`: the lanes read since the change became due, for the first entry.
+    pub(crate) async fn admit_inline(&self, exec: &mut Execution, commands: &mut Vec<Command>, mut fresh: Option<lanes::FreshLanes>) -> Result<Vec<lanes::After>, KvError> {
         let mut others = Vec::new();
         while let Some(i) = commands.iter().position(|c| matches!(c, Command::Enter { .. })) {
             let Command::Enter { stage } = commands.remove(i) else { unreachable!("matched above") };
             let name = exec.stages[stage].name.clone();
             let op = crate::scheduler::lanes::LaneOp::Arrive { execution: exec.execution_id.clone(), stage: name.clone(), mode: exec.mode };
-            for effect in self.lane(&exec.tenant, &exec.pipeline, &op).await? {
+            for effect in self.lane_from(&exec.tenant, &exec.pipeline, &op, fresh.take()).await? {
                 match effect {
                     crate::scheduler::lanes::Effect::Admit { execution, stage: s } if execution == exec.execution_id && s == name && exec.entering == Some(stage) => {
                         commands.extend(apply(exec, &Input::Admit { stage, at: Timestamp::now() }));

@@ -351,3 +351,62 @@ async fn a_triggers_chain_runs_its_first_action_while_the_starts_events_are_stor
     });
     assert_eq!(done.await.expect("the execution ends and the trigger is acknowledged").status, Status::Succeeded);
 }
+
+/// A store whose reads take a while, counting how many are in flight at once.
+struct SlowReads {
+    inner: Arc<dyn crate::kv::Kv>,
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    most: Arc<std::sync::atomic::AtomicUsize>,
+    keys: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl crate::kv::Kv for SlowReads {
+    fn get<'a>(&'a self, key: &'a str) -> futures_util::future::BoxFuture<'a, crate::kv::KvResult<Option<(Vec<u8>, u64)>>> {
+        use std::sync::atomic::Ordering::SeqCst;
+        Box::pin(async move {
+            self.keys.lock().unwrap().push(key.to_string());
+            let now = self.in_flight.fetch_add(1, SeqCst) + 1;
+            self.most.fetch_max(now, SeqCst);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let read = self.inner.get(key).await;
+            self.in_flight.fetch_sub(1, SeqCst);
+            read
+        })
+    }
+    fn create<'a>(&'a self, key: &'a str, value: Vec<u8>) -> futures_util::future::BoxFuture<'a, crate::kv::KvResult<u64>> {
+        self.inner.create(key, value)
+    }
+    fn update<'a>(&'a self, key: &'a str, value: Vec<u8>, revision: u64) -> futures_util::future::BoxFuture<'a, crate::kv::KvResult<u64>> {
+        self.inner.update(key, value, revision)
+    }
+    fn delete<'a>(&'a self, key: &'a str) -> futures_util::future::BoxFuture<'a, crate::kv::KvResult<()>> {
+        self.inner.delete(key)
+    }
+    fn keys<'a>(&'a self, prefix: &'a str) -> futures_util::future::BoxFuture<'a, crate::kv::KvResult<Vec<String>>> {
+        self.inner.keys(prefix)
+    }
+}
+
+/// Starting an execution reads the pipeline and the lanes of its first stage at the same time
+/// (one round trip, not two, before the start is written), and the stage is entered as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_reads_the_pipeline_and_its_first_lanes_at_once() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempfile::tempdir().unwrap();
+    let mut shared = shared_edges(dir.path());
+    let (in_flight, most, keys) = (Arc::default(), Arc::new(std::sync::atomic::AtomicUsize::new(0)), Arc::new(std::sync::Mutex::new(Vec::new())));
+    let slow = |inner: Arc<dyn crate::kv::Kv>| -> Arc<dyn crate::kv::Kv> { Arc::new(SlowReads { inner, in_flight: Arc::clone(&in_flight), most: most.clone(), keys: keys.clone() }) };
+    shared.pipelines = slow(shared.pipelines.clone());
+    shared.executions = slow(shared.executions.clone());
+    let a = engine(&dir.path().join("a"), Arc::new(MemoryBus::default()), &shared);
+    let put = a.handle("default", api::Request::PipelinePut { file: "relay.yaml".into(), dir: dir.path().to_path_buf(), yaml: PIPELINE.into() }).await;
+    assert!(put.get("ok").is_some(), "{put}");
+    most.store(0, SeqCst);
+    keys.lock().unwrap().clear();
+    let (id, _) = a.start("default", "relay", br#"{"id":"e-1"}"#, false, false).await.unwrap().unwrap();
+    assert_eq!(most.load(SeqCst), 2, "the pipeline and the lanes are read together");
+    let lane_reads = keys.lock().unwrap().iter().filter(|k| k.as_str() == "default/lane/relay").count();
+    assert_eq!(lane_reads, 1, "and the stage entry uses that read: {:?}", keys.lock().unwrap());
+    let exec = a.execution("default", &id).await.unwrap().unwrap();
+    assert_eq!((exec.stages[0].status, exec.entering), (Status::InProgress, None), "the first stage is entered");
+}
