@@ -185,6 +185,13 @@ impl Snapshot {
 /// The events of the execution's last recorded change (its [`Outbox`](crate::scheduler::Outbox)),
 /// with their ids: `<execution>.<change>.<n>`. The same on every engine that derives them.
 pub fn outbox_events(exec: &Execution) -> Vec<Event> {
+    let mut events = exec.outbox.earlier.clone();
+    events.extend(change_events(exec));
+    events
+}
+
+/// The events of the last recorded change alone (without the outbox's `earlier` ones).
+pub fn change_events(exec: &Execution) -> Vec<Event> {
     let outbox = &exec.outbox;
     let Some(before) = &outbox.before else { return Vec::new() };
     let mut events = diff(before, exec);

@@ -149,6 +149,11 @@ pub struct Outbox {
     /// (stage, action) of each approval the change began waiting for.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notices: Vec<(usize, usize)>,
+    /// Events of the same writer's earlier changes that were still on their way to the bus
+    /// when this change was recorded (a chain does not wait for them): sent again with this
+    /// change's own, should the writer die before they are stored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub earlier: Vec<crate::bus::Event>,
 }
 
 impl Outbox {

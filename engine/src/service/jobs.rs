@@ -12,7 +12,7 @@
 //! every engine can take them.
 
 use super::{JobMessage, Service, exec_key, job_id, lanes, outstanding};
-use crate::bus::Snapshot;
+use crate::bus::{Event, Snapshot};
 use crate::executor::job;
 use crate::kv::{KvError, get_json};
 use crate::queue::Delivery;
@@ -37,20 +37,50 @@ type Written = (Execution, u64);
 /// change), but the job in between may run meanwhile.
 pub(super) type Sent = futures_util::future::Shared<futures_util::future::BoxFuture<'static, ()>>;
 
-/// The last change a chain's parallel jobs know of: the record as written, and its events on
-/// their way. The jobs record their results one after another from it, each once the previous
-/// change's events are stored, so they neither conflict on the record nor read it again.
+/// The last change a chain's parallel jobs know of: the record as written, and the events of
+/// its changes still on their way to the bus. The jobs record their results one after another
+/// from it, so they neither conflict on the record nor read it again; and without waiting for
+/// those events: each record carries the ones not yet stored (`Outbox::earlier`), for the next
+/// engine to send should this one die first.
 struct Latest {
     written: Written,
-    sent: Option<Sent>,
+    /// The chain's batches of events with their sending (done once the bus stores them);
+    /// stored ones are dropped as they are found.
+    batches: Vec<(Sent, Vec<Event>)>,
 }
 
 type Siblings = Arc<tokio::sync::Mutex<Latest>>;
 
 impl Latest {
-    /// The latest change, for a chain's jobs to share.
-    fn shared(written: Written, sent: Option<Sent>) -> Siblings {
-        Arc::new(tokio::sync::Mutex::new(Latest { written, sent }))
+    /// The latest change, for a chain's jobs to share, with its events on their way (`sent`)
+    /// or stored (none).
+    fn shared(written: Written, sent: Option<Sent>, events: Vec<Event>) -> Siblings {
+        let batches = sent.map(|s| vec![(s, events)]).unwrap_or_default();
+        Arc::new(tokio::sync::Mutex::new(Latest { written, batches }))
+    }
+
+    /// Events of the changes so far that may not be stored yet.
+    fn in_flight(&mut self) -> Vec<Event> {
+        // (Polled here: nothing else polls a sending until the chain's end.)
+        self.batches.retain(|(sent, _)| futures_util::FutureExt::now_or_never(sent.clone()).is_none());
+        self.batches.iter().flat_map(|(_, events)| events.iter().cloned()).collect()
+    }
+
+    /// A change was written on top, with its own `events` on their way by `sent` (none: already
+    /// stored).
+    fn advance(&mut self, written: Written, events: Vec<Event>, sent: Option<Sent>) {
+        self.written = written;
+        if let Some(sent) = sent {
+            self.batches.push((sent, events));
+        }
+    }
+
+    /// Done once the bus stores every batch.
+    fn all_sent(&self) -> impl std::future::Future<Output = ()> + use<> {
+        let pending: Vec<Sent> = self.batches.iter().map(|(sent, _)| sent.clone()).collect();
+        async move {
+            futures_util::future::join_all(pending).await;
+        }
     }
 }
 
@@ -92,15 +122,15 @@ pub(super) struct Recorded {
     kept: Vec<JobMessage>,
     /// The record as written, if it was.
     written: Option<Written>,
-    /// Its events, when the kept jobs may start before the bus holds them.
+    /// Its events, and when they may not be stored yet, their sending.
+    events: Vec<Event>,
     sent: Option<Sent>,
 }
 
 impl Recorded {
-    /// A record just written, with the jobs it keeps and, if the bus may not hold them yet,
-    /// its events (the kept jobs record nothing before they are stored).
-    pub(super) fn kept(kept: Vec<JobMessage>, written: Written, sent: Option<Sent>) -> Self {
-        Recorded { after: Vec::new(), kept, written: Some(written), sent }
+    /// A record just written, with the jobs it keeps and its events (`sent`: on their way).
+    pub(super) fn kept(kept: Vec<JobMessage>, written: Written, events: Vec<Event>, sent: Option<Sent>) -> Self {
+        Recorded { after: Vec::new(), kept, written: Some(written), events, sent }
     }
 
     /// Whether it kept jobs to run here.
@@ -188,17 +218,17 @@ impl Service {
     pub(super) async fn chain_under(&self, recorded: Recorded, delivery: &Delivery, id: String, ack_wait: Duration) -> Result<Settled, String> {
         let lease = Lease { delivery, id, every: (ack_wait / 3).max(Duration::from_millis(100)) };
         let Some(written) = recorded.written else { return Ok(Settled::Done) };
-        lease.hold(self.run_chain(recorded.kept, Latest::shared(written, recorded.sent), &lease)).await.map(|()| Settled::Done)
+        lease.hold(self.run_chain(recorded.kept, Latest::shared(written, recorded.sent, recorded.events), &lease)).await.map(|()| Settled::Done)
     }
 
     /// After a change is written: publish its events and queue the jobs it does not keep.
     /// What caused the change is acknowledged after this, so the events and queued jobs are
-    /// stored by the time it returns; except when the change keeps jobs to run here (`keeps`):
-    /// they start while the bus stores the events, which are returned to be awaited before
-    /// their results are recorded and before the chain's delivery is acknowledged.
-    pub(super) async fn send_and_queue(&self, events: Vec<crate::bus::Event>, queued: &[JobMessage], keeps: bool) -> Option<Sent> {
+    /// stored by the time it returns; except in a chain (`defer`): its work goes on while the
+    /// bus stores the events, which are returned to be awaited before the chain's delivery is
+    /// acknowledged.
+    pub(super) async fn send_and_queue(&self, events: Vec<crate::bus::Event>, queued: &[JobMessage], defer: bool) -> Option<Sent> {
         let sent = self.edges.bus.publish_all(events);
-        if keeps {
+        if defer {
             self.push_jobs(queued).await;
             Some(futures_util::FutureExt::shared(sent))
         } else {
@@ -229,6 +259,11 @@ impl Service {
             },
         };
         if exec.status.is_terminal() {
+            // A delivery that comes back to an ended execution: its engine may have died
+            // before the bus stored the last changes' events (the record carries them).
+            if !is_chained && lease.delivery.delivered > 1 {
+                self.republish(&exec).await;
+            }
             return Ok(Settled::Done);
         }
         if let Some((phase, _)) = job.check {
@@ -299,19 +334,17 @@ impl Service {
         let make = |_: &Execution| Some(input.clone());
         let (recorded, next) = match chained {
             None => {
-                let recorded = self.record_from(&key, &make, Some(&lease.id), Some((exec, revision))).await;
-                let next = recorded.as_ref().ok().and_then(|r| Some(Latest::shared(r.written.clone()?, r.sent.clone())));
+                let recorded = self.record_from(&key, &make, Some(&lease.id), Some((exec, revision)), &[]).await;
+                let next = recorded.as_ref().ok().and_then(|r| Some(Latest::shared(r.written.clone()?, r.sent.clone(), r.events.clone())));
                 (recorded, next)
             }
             // The whole chain records one change after another from the latest record.
             Some(siblings) => {
                 let mut latest = siblings.lock().await;
-                if let Some(sent) = latest.sent.take() {
-                    sent.await;
-                }
-                let recorded = self.record_from(&key, &make, Some(&lease.id), Some(latest.written.clone())).await;
-                if let Ok(Recorded { written: Some(written), sent, .. }) = &recorded {
-                    *latest = Latest { written: written.clone(), sent: sent.clone() };
+                let earlier = latest.in_flight();
+                let recorded = self.record_from(&key, &make, Some(&lease.id), Some(latest.written.clone()), &earlier).await;
+                if let Ok(Recorded { written: Some(written), events, sent, .. }) = &recorded {
+                    latest.advance(written.clone(), events.clone(), sent.clone());
                 }
                 drop(latest);
                 (recorded, Some(siblings))
@@ -339,10 +372,8 @@ impl Service {
         });
         let results = futures_util::future::join_all(runs).await;
         // The lease is acknowledged after this: the last change's events are stored by then.
-        let pending = latest.lock().await.sent.clone();
-        if let Some(sent) = pending {
-            sent.await;
-        }
+        let pending = latest.lock().await.all_sent();
+        pending.await;
         results.into_iter().find(|r| r.is_err()).unwrap_or(Ok(Settled::Done)).map(|_| ())
     }
 
@@ -377,19 +408,19 @@ impl Service {
     /// Apply the input `make` gives for a stored execution (none: nothing to do), retrying
     /// while the store is unreachable; returns the cross-record work it caused.
     pub(super) async fn record(&self, key: &str, make: &(dyn Fn(&Execution) -> Option<Input> + Send + Sync)) -> Result<Vec<lanes::After>, String> {
-        self.record_from(key, make, None, None).await.map(|r| r.after)
+        self.record_from(key, make, None, None, &[]).await.map(|r| r.after)
     }
 
     /// [`Service::record`], starting from a record already read (`known`, else read it), and
     /// with a lease (`chain`: its id), keeping jobs to run now for the caller's chain instead
-    /// of queueing them.
-    async fn record_from(&self, key: &str, make: &(dyn Fn(&Execution) -> Option<Input> + Send + Sync), chain: Option<&str>, mut known: Option<Written>) -> Result<Recorded, String> {
+    /// of queueing them, and carrying the chain's `earlier` events not yet stored.
+    async fn record_from(&self, key: &str, make: &(dyn Fn(&Execution) -> Option<Input> + Send + Sync), chain: Option<&str>, mut known: Option<Written>, earlier: &[Event]) -> Result<Recorded, String> {
         // The store may be briefly unreachable (a NATS restart): keep the result rather than
         // run the action again, for up to a minute.
         let mut delay = Duration::from_millis(100);
         let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
-            match self.try_complete(key, make, chain, known.take()).await {
+            match self.try_complete(key, make, chain, known.take(), earlier).await {
                 Err(KvError::Backend(e)) if tokio::time::Instant::now() < give_up => {
                     tracing::warn!("recording a result failed ({e}); retrying");
                     tokio::time::sleep(delay).await;
@@ -400,7 +431,7 @@ impl Service {
         }
     }
 
-    async fn try_complete(&self, key: &str, make: &(dyn Fn(&Execution) -> Option<Input> + Send + Sync), chain: Option<&str>, mut known: Option<Written>) -> Result<Recorded, KvError> {
+    async fn try_complete(&self, key: &str, make: &(dyn Fn(&Execution) -> Option<Input> + Send + Sync), chain: Option<&str>, mut known: Option<Written>, earlier: &[Event]) -> Result<Recorded, KvError> {
         let kv = &*self.edges.executions;
         let mut carried = Vec::new();
         loop {
@@ -408,7 +439,7 @@ impl Service {
                 Some(k) => k,
                 None => get_json::<Execution>(kv, key).await?.ok_or_else(|| KvError::Backend(format!("execution {key} vanished")))?,
             };
-            let unchanged = |after| Recorded { after, kept: Vec::new(), written: None, sent: None };
+            let unchanged = |after| Recorded { after, kept: Vec::new(), written: None, events: Vec::new(), sent: None };
             let Some(input) = make(&exec) else { return Ok(unchanged(carried)) };
             let unsent = self.unsent(&exec);
             let before = Snapshot::of(&exec);
@@ -423,16 +454,17 @@ impl Service {
                 Some(lease) => self.keep_for_chain(&mut exec, lease, jobs),
                 None => (Vec::new(), jobs),
             };
-            let publish = self.stamp(&mut exec, before, notices, unsent);
+            let publish = self.stamp(&mut exec, before, notices, unsent, earlier.to_vec());
             let written = match serde_json::to_vec(&exec) {
                 Ok(bytes) => kv.update(key, bytes, revision).await,
                 Err(e) => Err(KvError::Backend(e.to_string())),
             };
             match written {
                 Ok(revision) => {
-                    let sent = self.send_and_queue(publish, &queued, !kept.is_empty()).await;
+                    // A chain goes on while the bus stores the events (the record carries them).
+                    let sent = self.send_and_queue(publish.clone(), &queued, chain.is_some()).await;
                     carried.extend(after);
-                    return Ok(Recorded { after: carried, kept, written: Some((exec, revision)), sent });
+                    return Ok(Recorded { after: carried, kept, written: Some((exec, revision)), events: publish, sent });
                 }
                 Err(e) => {
                     // Not written: the idle workers' places taken for kept jobs are free again.

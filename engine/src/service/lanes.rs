@@ -283,7 +283,7 @@ impl Service {
         let mut commands = apply(&mut exec, &Input::Start { at: Timestamp::now() });
         let others = self.admit_inline(&mut exec, &mut commands, None).await.map_err(|e| e.to_string())?;
         let (jobs, notices, mut work) = super::follow_up(&exec, commands);
-        let publish = self.stamp(&mut exec, before, notices, Vec::new());
+        let publish = self.stamp(&mut exec, before, notices, Vec::new(), Vec::new());
         self.edges.executions.create(&exec_key(tenant, &id), serde_json::to_vec(&exec).map_err(|e| e.to_string())?).await.map_err(|e| e.to_string())?;
         futures_util::future::join(self.edges.bus.publish_all(publish), self.push_jobs(&jobs)).await;
         work.extend(others);

@@ -265,12 +265,13 @@ impl Service {
     }
 
     /// Number a change about to be recorded and keep in the record what its events are
-    /// derived from (`before`, and the approvals it began waiting for). Returns what to
-    /// publish once it is recorded: `unsent`, then its events.
-    pub(crate) fn stamp(&self, exec: &mut Execution, before: Snapshot, notices: Vec<(usize, usize)>, mut unsent: Vec<Event>) -> Vec<Event> {
+    /// derived from (`before`, and the approvals it began waiting for), and this engine's
+    /// `earlier` events still on their way. Returns what to publish once it is recorded:
+    /// `unsent`, then its events.
+    pub(crate) fn stamp(&self, exec: &mut Execution, before: Snapshot, notices: Vec<(usize, usize)>, mut unsent: Vec<Event>, earlier: Vec<Event>) -> Vec<Event> {
         let change = exec.outbox.change + 1;
-        exec.outbox = crate::scheduler::Outbox { change, writer: self.incarnation.clone(), before: Some(before), notices };
-        unsent.extend(crate::bus::outbox_events(exec));
+        exec.outbox = crate::scheduler::Outbox { change, writer: self.incarnation.clone(), before: Some(before), notices, earlier };
+        unsent.extend(crate::bus::change_events(exec));
         unsent
     }
 
@@ -535,6 +536,10 @@ impl Service {
                         self.settle(vec![lanes::After::arrive(&exec, stage)]).await;
                     }
                 }
+            } else if redelivered {
+                // Ended, but its engine may have died before the bus stored the last changes'
+                // events (the record carries them).
+                self.republish(&exec).await;
             }
             return Ok(Ok((execution_id, None)));
         }
@@ -560,17 +565,17 @@ impl Service {
         let others = self.admit_inline(&mut exec, &mut commands, lanes.ok()).await?;
         let first = outstanding(&exec, |_| true);
         let (kept, queued) = if chain { self.keep_for_chain(&mut exec, &trigger_lease(tenant, &execution_id), first) } else { (Vec::new(), first) };
-        let publish = self.stamp(&mut exec, before, Vec::new(), Vec::new());
+        let publish = self.stamp(&mut exec, before, Vec::new(), Vec::new(), Vec::new());
         match kv.create(&key, serde_json::to_vec(&exec).unwrap_or_default()).await {
             Ok(revision) => {
                 // A chain runs the first jobs while the bus stores the start's events.
-                let sent = self.send_and_queue(publish, &queued, !kept.is_empty()).await;
+                let sent = self.send_and_queue(publish.clone(), &queued, !kept.is_empty()).await;
                 self.settle(others).await;
                 // Waiting before its first stage: join the lane.
                 if let Some(stage) = exec.entering {
                     self.settle(vec![lanes::After::arrive(&exec, stage)]).await;
                 }
-                Ok(Ok((execution_id, Some(jobs::Recorded::kept(kept, (exec, revision), sent)))))
+                Ok(Ok((execution_id, Some(jobs::Recorded::kept(kept, (exec, revision), publish, sent)))))
             }
             Err(e) => {
                 self.release_idle_workers(&kept);
@@ -633,7 +638,7 @@ impl Service {
             let was_running: Vec<(usize, usize, u32)> = exec.stages.iter().enumerate().flat_map(|(si, s)| s.actions.iter().enumerate().filter(|(_, a)| a.status == Status::InProgress).map(move |(ai, a)| (si, ai, a.attempt))).collect();
             let commands = apply(&mut exec, &input);
             let (jobs, notices, after) = follow_up(&exec, commands);
-            let publish = self.stamp(&mut exec, before, notices, unsent);
+            let publish = self.stamp(&mut exec, before, notices, unsent, Vec::new());
             match kv.update(&key, serde_json::to_vec(&exec).map_err(|e| e.to_string())?, revision).await {
                 Ok(_) => {}
                 Err(KvError::Conflict { .. }) => continue,

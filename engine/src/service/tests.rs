@@ -179,11 +179,12 @@ impl EventBus for GatedBus {
     }
 }
 
-/// A record names only its last change's events (the outbox), so a change is recorded only
-/// once the previous change's events are stored: in a chain, the next action runs meanwhile but
-/// records after; and parallel actions of one chain record one after another.
+/// A chain records its changes one after another without waiting for their events: each
+/// record carries the events the bus has not stored yet (its outbox's `earlier`), so an engine
+/// that dies before they are stored leaves them to the next; and the chain's delivery is
+/// acknowledged only once they are. Parallel actions of one chain record one after another.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_chain_records_a_change_only_after_the_previous_changes_events_are_stored() {
+async fn a_chain_records_its_changes_while_their_events_are_stored() {
     const FAN: &str = "name: fan\nstages:\n  - name: One\n    actions:\n      - { name: A, uses: noop@1 }\n  - name: Two\n    actions:\n      - { name: B, uses: noop@1 }\n      - { name: C, uses: noop@1 }\n";
     let dir = tempfile::tempdir().unwrap();
     let shared = shared_edges(dir.path());
@@ -195,28 +196,54 @@ async fn a_chain_records_a_change_only_after_the_previous_changes_events_are_sto
     gate.add_permits(1); // the start's events
     let (id, _) = a.start("default", "fan", br#"{"id":"e-1"}"#, false, false).await.unwrap().unwrap();
     let delivery = shared.jobs.next().await.unwrap();
+    let job = delivery.payload.clone();
     let chain = tokio::spawn({
         let a = a.clone();
         async move { a.handle_job(delivery).await }
     });
-    let statuses = || async {
-        let exec = a.execution("default", &id).await.unwrap().unwrap();
-        exec.stages.iter().flat_map(|s| s.actions.iter().map(|a| a.status)).collect::<Vec<_>>()
-    };
-    let succeeded = |s: &[Status]| s.iter().filter(|s| **s == Status::Succeeded).count();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let now = statuses().await;
-    assert_eq!(now, [Status::Succeeded, Status::InProgress, Status::InProgress], "A's result is recorded; B and C ran but wait for A's events");
-    gate.add_permits(1); // A's events: one of B, C records
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(succeeded(&statuses().await), 2, "one of B, C records, the other waits for its events");
-    gate.add_permits(1); // that one's events: the other records
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(succeeded(&statuses().await), 3);
-    gate.add_permits(100);
-    tokio::time::timeout(Duration::from_secs(10), chain).await.expect("the chain ends once its events are stored").unwrap();
-    assert_eq!(a.execution("default", &id).await.unwrap().unwrap().status, Status::Succeeded);
+    // Every result is recorded while none of their events is stored.
+    let exec = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let e = a.execution("default", &id).await.unwrap().unwrap();
+            if e.status.is_terminal() {
+                return e;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the chain records without waiting for the bus");
+    assert_eq!(exec.status, Status::Succeeded);
+    // The last record carries the events of every change the chain made (A, then B and C one
+    // after the other: changes 2 to 4), as the bus has stored none of them.
+    assert_eq!(exec.outbox.change, 4);
+    let carried = crate::bus::outbox_events(&exec);
+    for change in 2..=4 {
+        assert!(carried.iter().any(|e| e.id == format!("{id}.{change}.0")), "change {change} is carried: {carried:#?}");
+    }
+    let succeeded = |name: &str| carried.iter().any(|e| e.kind == Kind::Action && e.action.as_deref() == Some(name) && e.status == Status::Succeeded);
+    assert!(succeeded("A") && succeeded("B") && succeeded("C"), "{carried:#?}");
+    assert!(carried.iter().any(|e| e.kind == Kind::Pipeline && e.status == Status::Succeeded));
+    // The chain's delivery waits for the bus.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!chain.is_finished(), "the chain ends only once its events are stored");
+    // Engine A dies now: its job comes back to engine B, which finds the execution ended and
+    // sends the events the record carries.
+    chain.abort();
+    assert!(chain.await.unwrap_err().is_cancelled());
     assert_eq!(a.busy.load(std::sync::atomic::Ordering::Relaxed), 0, "every worker place the chain took is given back");
+    let bus_b = Arc::new(MemoryBus::default());
+    let mut seen = bus_b.subscribe();
+    let b = engine(&dir.path().join("b"), bus_b.clone(), &shared);
+    let counts = Counts::default();
+    let acks = counts.acks.clone();
+    b.handle_job(Delivery { subject: "sluice.default.jobs".into(), payload: job, delivered: 2, handle: Box::new(counts) }).await;
+    let mut sent = Vec::new();
+    while let Ok(e) = seen.try_recv() {
+        sent.push(e.id);
+    }
+    assert_eq!(sent, carried.iter().map(|e| e.id.clone()).collect::<Vec<_>>());
+    assert_eq!(acks.load(std::sync::atomic::Ordering::Relaxed), 1);
 }
 
 /// A job queue whose deliveries must report progress every 100 ms (a 300 ms deadline).
@@ -312,7 +339,8 @@ async fn a_stale_copy_of_the_lanes_never_decides_a_change() {
 }
 
 /// A trigger's chain runs its first action while the bus stores the start's events, and records
-/// the action's result only once they are stored (the record names only its last change's events).
+/// its result without waiting for them: the record carries them until they are stored. The
+/// trigger is acknowledged only once they are.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_triggers_chain_runs_its_first_action_while_the_starts_events_are_stored() {
     let dir = tempfile::tempdir().unwrap();
@@ -335,10 +363,11 @@ async fn a_triggers_chain_runs_its_first_action_while_the_starts_events_are_stor
         .expect("the trigger goes to its chain without waiting for the start's events");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let exec = a.executions("default", Some("overlap"), None, 10).await.unwrap().pop().expect("the execution is recorded");
-    let status = |e: &Execution| (e.stages[0].actions[0].status, e.stages[1].actions[0].status);
     assert!(ran.exists(), "A ran before the start's events were stored");
-    assert_eq!(status(&exec), (Status::InProgress, Status::NotStarted), "but its result waits for them");
-    assert_eq!(acks.load(std::sync::atomic::Ordering::Relaxed), 0, "and so does the trigger's acknowledgement");
+    assert_eq!(exec.stages[0].actions[0].status, Status::Succeeded, "and its result is recorded");
+    let carried = crate::bus::outbox_events(&exec);
+    assert!(carried.iter().any(|e| e.id == format!("{}.1.0", exec.execution_id)), "with the start's events, not stored yet: {carried:#?}");
+    assert_eq!(acks.load(std::sync::atomic::Ordering::Relaxed), 0, "the trigger's acknowledgement waits for them");
     gate.add_permits(100);
     let done = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
