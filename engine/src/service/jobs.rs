@@ -37,16 +37,14 @@ type Written = (Execution, u64);
 /// change), but the job in between may run meanwhile.
 pub(super) type Sent = futures_util::future::Shared<futures_util::future::BoxFuture<'static, ()>>;
 
-/// The last change a chain's parallel jobs know of: the record as written, and the events of
-/// its changes still on their way to the bus. The jobs record their results one after another
-/// from it, so they neither conflict on the record nor read it again; and without waiting for
-/// those events: each record carries the ones not yet stored (`Outbox::earlier`), for the next
-/// engine to send should this one die first.
+/// The last change a chain's parallel jobs know of: the record as written, and the sending of
+/// the chain's events. The jobs record their results one after another from it, so they neither
+/// conflict on the record nor read it again; and without waiting for the events: each change
+/// this engine records carries those not stored yet ([`Service::in_flight`]).
 struct Latest {
     written: Written,
-    /// The chain's batches of events with their sending (done once the bus stores them);
-    /// stored ones are dropped as they are found.
-    batches: Vec<(Sent, Vec<Event>)>,
+    /// The chain's events on their way: its delivery is acknowledged once all are stored.
+    sending: Vec<Sent>,
 }
 
 type Siblings = Arc<tokio::sync::Mutex<Latest>>;
@@ -54,30 +52,13 @@ type Siblings = Arc<tokio::sync::Mutex<Latest>>;
 impl Latest {
     /// The latest change, for a chain's jobs to share, with its events on their way (`sent`)
     /// or stored (none).
-    fn shared(written: Written, sent: Option<Sent>, events: Vec<Event>) -> Siblings {
-        let batches = sent.map(|s| vec![(s, events)]).unwrap_or_default();
-        Arc::new(tokio::sync::Mutex::new(Latest { written, batches }))
+    fn shared(written: Written, sent: Option<Sent>) -> Siblings {
+        Arc::new(tokio::sync::Mutex::new(Latest { written, sending: sent.into_iter().collect() }))
     }
 
-    /// Events of the changes so far that may not be stored yet.
-    fn in_flight(&mut self) -> Vec<Event> {
-        // (Polled here: nothing else polls a sending until the chain's end.)
-        self.batches.retain(|(sent, _)| futures_util::FutureExt::now_or_never(sent.clone()).is_none());
-        self.batches.iter().flat_map(|(_, events)| events.iter().cloned()).collect()
-    }
-
-    /// A change was written on top, with its own `events` on their way by `sent` (none: already
-    /// stored).
-    fn advance(&mut self, written: Written, events: Vec<Event>, sent: Option<Sent>) {
-        self.written = written;
-        if let Some(sent) = sent {
-            self.batches.push((sent, events));
-        }
-    }
-
-    /// Done once the bus stores every batch.
+    /// Done once the bus stores every event of the chain.
     fn all_sent(&self) -> impl std::future::Future<Output = ()> + use<> {
-        let pending: Vec<Sent> = self.batches.iter().map(|(sent, _)| sent.clone()).collect();
+        let pending = self.sending.clone();
         async move {
             futures_util::future::join_all(pending).await;
         }
@@ -119,18 +100,18 @@ pub(super) struct Recorded {
     /// Work on other records (lanes, waits).
     after: Vec<lanes::After>,
     /// Jobs to run here, under the caller's lease, instead of queued.
-    kept: Vec<JobMessage>,
+    kept: Kept,
     /// The record as written, if it was.
     written: Option<Written>,
-    /// Its events, and when they may not be stored yet, their sending.
-    events: Vec<Event>,
+    /// Its events' sending, when they may not be stored yet.
     sent: Option<Sent>,
 }
 
 impl Recorded {
-    /// A record just written, with the jobs it keeps and its events (`sent`: on their way).
-    pub(super) fn kept(kept: Vec<JobMessage>, written: Written, events: Vec<Event>, sent: Option<Sent>) -> Self {
-        Recorded { after: Vec::new(), kept, written: Some(written), events, sent }
+    /// A record just written, with the jobs it keeps and its events' sending (if they may not
+    /// be stored yet).
+    pub(super) fn kept(kept: Kept, written: Written, sent: Option<Sent>) -> Self {
+        Recorded { after: Vec::new(), kept, written: Some(written), sent }
     }
 
     /// Whether it kept jobs to run here.
@@ -172,11 +153,10 @@ impl Service {
         }
     }
 
-    /// Take an idle worker's place for a job run here; false when all are busy. The place
-    /// is the caller's to give back ([`Place`]).
-    pub(super) fn take_idle_worker(&self) -> bool {
+    /// Take an idle worker's place for a job run here; none when all are busy.
+    pub(super) fn take_idle_place(&self) -> Option<Place> {
         let workers = self.workers.load(Ordering::Relaxed);
-        self.busy.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |b| (b < workers).then(|| b + 1)).is_ok()
+        self.busy.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |b| (b < workers).then(|| b + 1)).ok().map(|_| Place(self.busy.clone()))
     }
 
     pub(super) async fn handle_job(&self, delivery: Delivery) {
@@ -218,7 +198,7 @@ impl Service {
     pub(super) async fn chain_under(&self, recorded: Recorded, delivery: &Delivery, id: String, ack_wait: Duration) -> Result<Settled, String> {
         let lease = Lease { delivery, id, every: (ack_wait / 3).max(Duration::from_millis(100)) };
         let Some(written) = recorded.written else { return Ok(Settled::Done) };
-        lease.hold(self.run_chain(recorded.kept, Latest::shared(written, recorded.sent, recorded.events), &lease)).await.map(|()| Settled::Done)
+        lease.hold(self.run_chain(recorded.kept, Latest::shared(written, recorded.sent), &lease)).await.map(|()| Settled::Done)
     }
 
     /// After a change is written: publish its events and queue the jobs it does not keep.
@@ -226,20 +206,33 @@ impl Service {
     /// stored by the time it returns; except in a chain (`defer`): its work goes on while the
     /// bus stores the events, which are returned to be awaited before the chain's delivery is
     /// acknowledged.
-    pub(super) async fn send_and_queue(&self, events: Vec<crate::bus::Event>, queued: &[JobMessage], defer: bool) -> Option<Sent> {
-        let sent = self.edges.bus.publish_all(events);
+    /// Deferred events are tracked as in flight for the execution `key` until stored.
+    pub(super) async fn send_and_queue(&self, key: &str, events: Vec<crate::bus::Event>, queued: &[JobMessage], defer: bool) -> Option<Sent> {
         if defer {
+            let sent = futures_util::FutureExt::shared(self.edges.bus.publish_all(events.clone()));
+            self.unacked.lock().unwrap().entry(key.to_string()).or_default().push((sent.clone(), events));
             self.push_jobs(queued).await;
-            Some(futures_util::FutureExt::shared(sent))
+            Some(sent)
         } else {
+            let sent = self.edges.bus.publish_all(events);
             futures_util::future::join(sent, self.push_jobs(queued)).await;
             None
         }
     }
 
-    /// Give back the idle workers' places taken for kept jobs beyond the first.
-    pub(super) fn release_idle_workers(&self, kept: &[JobMessage]) {
-        self.busy.fetch_sub(kept.len().saturating_sub(1), Ordering::AcqRel);
+    /// Events this engine sent for the execution `key` that the bus has not stored yet: a
+    /// change recorded now carries them in its outbox (`earlier`), so that if this engine dies
+    /// before they are stored, whoever takes over sends them. Forgets those stored.
+    pub(super) fn in_flight(&self, key: &str) -> Vec<Event> {
+        let mut unacked = self.unacked.lock().unwrap();
+        let Some(batches) = unacked.get_mut(key) else { return Vec::new() };
+        // (Polled here: nothing else polls a sending until its chain's end.)
+        batches.retain(|(sent, _)| futures_util::FutureExt::now_or_never(sent.clone()).is_none());
+        if batches.is_empty() {
+            unacked.remove(key);
+            return Vec::new();
+        }
+        batches.iter().flat_map(|(_, events)| events.iter().cloned()).collect()
     }
 
     /// Run one job: the delivered one (`chained` none), or one of its chain, starting from the
@@ -334,17 +327,17 @@ impl Service {
         let make = |_: &Execution| Some(input.clone());
         let (recorded, next) = match chained {
             None => {
-                let recorded = self.record_from(&key, &make, Some(&lease.id), Some((exec, revision)), &[]).await;
-                let next = recorded.as_ref().ok().and_then(|r| Some(Latest::shared(r.written.clone()?, r.sent.clone(), r.events.clone())));
+                let recorded = self.record_from(&key, &make, Some(&lease.id), Some((exec, revision))).await;
+                let next = recorded.as_ref().ok().and_then(|r| Some(Latest::shared(r.written.clone()?, r.sent.clone())));
                 (recorded, next)
             }
             // The whole chain records one change after another from the latest record.
             Some(siblings) => {
                 let mut latest = siblings.lock().await;
-                let earlier = latest.in_flight();
-                let recorded = self.record_from(&key, &make, Some(&lease.id), Some(latest.written.clone()), &earlier).await;
-                if let Ok(Recorded { written: Some(written), events, sent, .. }) = &recorded {
-                    latest.advance(written.clone(), events.clone(), sent.clone());
+                let recorded = self.record_from(&key, &make, Some(&lease.id), Some(latest.written.clone())).await;
+                if let Ok(Recorded { written: Some(written), sent, .. }) = &recorded {
+                    latest.written = written.clone();
+                    latest.sending.extend(sent.clone());
                 }
                 drop(latest);
                 (recorded, Some(siblings))
@@ -361,19 +354,22 @@ impl Service {
     /// Run the jobs a recorded result kept here, in parallel, each from the written record.
     /// The first took the place of the job that made it runnable; each other one holds an
     /// idle worker's place until it ends.
-    async fn run_chain(&self, kept: Vec<JobMessage>, latest: Siblings, lease: &Lease<'_>) -> Result<(), String> {
-        let runs = kept.iter().enumerate().map(|(i, job)| {
+    async fn run_chain(&self, kept: Kept, latest: Siblings, lease: &Lease<'_>) -> Result<(), String> {
+        let runs = kept.into_iter().map(|(job, place)| {
             let latest = latest.clone();
             async move {
-                // Each kept job beyond the first took an idle worker's place.
-                let _place = (i > 0).then(|| Place(self));
-                Box::pin(self.run_job(job, lease, Some(latest))).await
+                let _place = place;
+                Box::pin(self.run_job(&job, lease, Some(latest))).await
             }
         });
         let results = futures_util::future::join_all(runs).await;
         // The lease is acknowledged after this: the last change's events are stored by then.
-        let pending = latest.lock().await.all_sent();
+        let (pending, key) = {
+            let latest = latest.lock().await;
+            (latest.all_sent(), exec_key(&latest.written.0.tenant, &latest.written.0.execution_id))
+        };
         pending.await;
+        self.in_flight(&key); // (forgets the stored events)
         results.into_iter().find(|r| r.is_err()).unwrap_or(Ok(Settled::Done)).map(|_| ())
     }
 
@@ -408,19 +404,19 @@ impl Service {
     /// Apply the input `make` gives for a stored execution (none: nothing to do), retrying
     /// while the store is unreachable; returns the cross-record work it caused.
     pub(super) async fn record(&self, key: &str, make: &(dyn Fn(&Execution) -> Option<Input> + Send + Sync)) -> Result<Vec<lanes::After>, String> {
-        self.record_from(key, make, None, None, &[]).await.map(|r| r.after)
+        self.record_from(key, make, None, None).await.map(|r| r.after)
     }
 
     /// [`Service::record`], starting from a record already read (`known`, else read it), and
     /// with a lease (`chain`: its id), keeping jobs to run now for the caller's chain instead
-    /// of queueing them, and carrying the chain's `earlier` events not yet stored.
-    async fn record_from(&self, key: &str, make: &(dyn Fn(&Execution) -> Option<Input> + Send + Sync), chain: Option<&str>, mut known: Option<Written>, earlier: &[Event]) -> Result<Recorded, String> {
+    /// of queueing them.
+    async fn record_from(&self, key: &str, make: &(dyn Fn(&Execution) -> Option<Input> + Send + Sync), chain: Option<&str>, mut known: Option<Written>) -> Result<Recorded, String> {
         // The store may be briefly unreachable (a NATS restart): keep the result rather than
         // run the action again, for up to a minute.
         let mut delay = Duration::from_millis(100);
         let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
-            match self.try_complete(key, make, chain, known.take(), earlier).await {
+            match self.try_complete(key, make, chain, known.take()).await {
                 Err(KvError::Backend(e)) if tokio::time::Instant::now() < give_up => {
                     tracing::warn!("recording a result failed ({e}); retrying");
                     tokio::time::sleep(delay).await;
@@ -431,7 +427,7 @@ impl Service {
         }
     }
 
-    async fn try_complete(&self, key: &str, make: &(dyn Fn(&Execution) -> Option<Input> + Send + Sync), chain: Option<&str>, mut known: Option<Written>, earlier: &[Event]) -> Result<Recorded, KvError> {
+    async fn try_complete(&self, key: &str, make: &(dyn Fn(&Execution) -> Option<Input> + Send + Sync), chain: Option<&str>, mut known: Option<Written>) -> Result<Recorded, KvError> {
         let kv = &*self.edges.executions;
         let mut carried = Vec::new();
         loop {
@@ -439,7 +435,7 @@ impl Service {
                 Some(k) => k,
                 None => get_json::<Execution>(kv, key).await?.ok_or_else(|| KvError::Backend(format!("execution {key} vanished")))?,
             };
-            let unchanged = |after| Recorded { after, kept: Vec::new(), written: None, events: Vec::new(), sent: None };
+            let unchanged = |after| Recorded { after, kept: Vec::new(), written: None, sent: None };
             let Some(input) = make(&exec) else { return Ok(unchanged(carried)) };
             let unsent = self.unsent(&exec);
             let before = Snapshot::of(&exec);
@@ -454,7 +450,7 @@ impl Service {
                 Some(lease) => self.keep_for_chain(&mut exec, lease, jobs),
                 None => (Vec::new(), jobs),
             };
-            let publish = self.stamp(&mut exec, before, notices, unsent, earlier.to_vec());
+            let publish = self.stamp(&mut exec, before, notices, unsent, self.in_flight(key));
             let written = match serde_json::to_vec(&exec) {
                 Ok(bytes) => kv.update(key, bytes, revision).await,
                 Err(e) => Err(KvError::Backend(e.to_string())),
@@ -462,18 +458,13 @@ impl Service {
             match written {
                 Ok(revision) => {
                     // A chain goes on while the bus stores the events (the record carries them).
-                    let sent = self.send_and_queue(publish.clone(), &queued, chain.is_some()).await;
+                    let sent = self.send_and_queue(key, publish, &queued, chain.is_some()).await;
                     carried.extend(after);
-                    return Ok(Recorded { after: carried, kept, written: Some((exec, revision)), events: publish, sent });
+                    return Ok(Recorded { after: carried, kept, written: Some((exec, revision)), sent });
                 }
-                Err(e) => {
-                    // Not written: the idle workers' places taken for kept jobs are free again.
-                    self.release_idle_workers(&kept);
-                    match e {
-                        KvError::Conflict { .. } => continue,
-                        e => return Err(e),
-                    }
-                }
+                // Not written: the idle workers' places the kept jobs took are given back with them.
+                Err(KvError::Conflict { .. }) => continue,
+                Err(e) => return Err(e),
             }
         }
     }
@@ -481,7 +472,7 @@ impl Service {
     /// Split the jobs a change made runnable into those the chain runs here (the first that
     /// should start now, and more while idle workers allow) and those to queue, and name the
     /// chain in the record as the runner of those it keeps.
-    pub(super) fn keep_for_chain(&self, exec: &mut Execution, lease: &str, jobs: Vec<JobMessage>) -> (Vec<JobMessage>, Vec<JobMessage>) {
+    pub(super) fn keep_for_chain(&self, exec: &mut Execution, lease: &str, jobs: Vec<JobMessage>) -> (Kept, Vec<JobMessage>) {
         // A run that ended, or waits (for an approval, an event, a timer), has no runner.
         for action in exec.stages.iter_mut().flat_map(|s| s.actions.iter_mut()) {
             // (Only written when set: a write copies an action the record shares.)
@@ -492,9 +483,15 @@ impl Service {
         let (mut kept, mut queued) = (Vec::new(), Vec::new());
         for job in jobs {
             let run = &mut exec.stages[job.stage].actions[job.action];
-            if runs_now(&job) && (kept.is_empty() || self.take_idle_worker()) {
+            // The first runs in the place of what made it runnable; others need an idle one.
+            let place = match runs_now(&job) {
+                false => None,
+                true if kept.is_empty() => Some(None),
+                true => self.take_idle_place().map(Some),
+            };
+            if let Some(place) = place {
                 run.runner = Some(lease.to_string());
-                kept.push(job);
+                kept.push((job, place));
             } else {
                 if job.check.is_none() {
                     run.runner = None;
@@ -506,20 +503,24 @@ impl Service {
     }
 }
 
-/// A worker's place in the busy count, given back when dropped: also when the task holding it
-/// is aborted mid-chain (a consumer replaced while it runs), so no place leaks.
-pub(super) struct Place<S: std::ops::Deref<Target = Service>>(pub(super) S);
+/// Jobs a chain runs here, each with the idle worker's place it took (none for the first: it
+/// runs in the place of what made it runnable).
+pub(super) type Kept = Vec<(JobMessage, Option<Place>)>;
 
-impl<S: std::ops::Deref<Target = Service>> Place<S> {
+/// A worker's place in the busy count, given back when dropped: also when the task holding it
+/// is aborted (a consumer replaced while it runs), before or during its chain, so no place leaks.
+pub(super) struct Place(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Place {
     /// Count one more busy worker (a delivered job), until the place is dropped.
-    pub(super) fn occupy(service: S) -> Self {
+    pub(super) fn occupy(service: &Service) -> Self {
         service.busy.fetch_add(1, Ordering::AcqRel);
-        Place(service)
+        Place(service.busy.clone())
     }
 }
 
-impl<S: std::ops::Deref<Target = Service>> Drop for Place<S> {
+impl Drop for Place {
     fn drop(&mut self) {
-        self.0.busy.fetch_sub(1, Ordering::AcqRel);
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }

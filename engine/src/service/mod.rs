@@ -135,9 +135,12 @@ pub struct Service {
     /// Job workers (set by [`Service::run`]) and how many are busy, counting the parallel
     /// jobs a chain runs in idle workers' places.
     workers: std::sync::atomic::AtomicUsize,
-    busy: std::sync::atomic::AtomicUsize,
+    busy: Arc<std::sync::atomic::AtomicUsize>,
     /// Each pipeline's lanes as this engine last read or wrote them, with their revision.
     lanes_seen: Mutex<HashMap<String, (crate::scheduler::lanes::Lanes, u64)>>,
+    /// Events this engine published and the stream has not acknowledged yet, by execution key:
+    /// every change this engine records carries them in its outbox (see `jobs::in_flight`).
+    unacked: Mutex<HashMap<String, Vec<(jobs::Sent, Vec<Event>)>>>,
 }
 
 /// A job's id: its idempotency key with indices (`tenant/execution/stage/action/attempt`).
@@ -254,7 +257,7 @@ impl Service {
     pub fn new(engine: Engine, edges: Edges) -> Arc<Self> {
         let functions = Arc::new(functions::Registered { kv: edges.functions.clone(), runtime: engine.registry.runtime().clone(), blobs: engine.blobs.clone() });
         let incarnation = ulid::Ulid::new().to_string();
-        Arc::new(Service { engine, edges, loaded: Mutex::new(HashMap::new()), functions, running: Mutex::new(HashMap::new()), handled: Default::default(), incarnation, workers: Default::default(), busy: Default::default(), lanes_seen: Default::default() })
+        Arc::new(Service { engine, edges, loaded: Mutex::new(HashMap::new()), functions, running: Mutex::new(HashMap::new()), handled: Default::default(), incarnation, workers: Default::default(), busy: Default::default(), lanes_seen: Default::default(), unacked: Default::default() })
     }
 
     /// Before applying a change to a stored execution: the events of its last change when
@@ -444,7 +447,7 @@ impl Service {
     pub async fn handle_trigger_for(self: &Arc<Self>, tenant: &str, pipeline: &str, delivery: Delivery, ack_wait: Duration) {
         let (tenant, pipeline) = (tenant.to_string(), pipeline.to_string());
         // The idle worker's place the chain runs in; given back however this ends.
-        let place = self.take_idle_worker().then(|| jobs::Place(self.clone()));
+        let place = self.take_idle_place();
         match self.start(&tenant, &pipeline, &delivery.payload, delivery.delivered > 1, place.is_some()).await {
             Ok(Ok((id, recorded))) => {
                 tracing::info!("trigger for {tenant}/{pipeline}: execution {id}");
@@ -569,22 +572,18 @@ impl Service {
         match kv.create(&key, serde_json::to_vec(&exec).unwrap_or_default()).await {
             Ok(revision) => {
                 // A chain runs the first jobs while the bus stores the start's events.
-                let sent = self.send_and_queue(publish.clone(), &queued, !kept.is_empty()).await;
+                let sent = self.send_and_queue(&key, publish, &queued, !kept.is_empty()).await;
                 self.settle(others).await;
                 // Waiting before its first stage: join the lane.
                 if let Some(stage) = exec.entering {
                     self.settle(vec![lanes::After::arrive(&exec, stage)]).await;
                 }
-                Ok(Ok((execution_id, Some(jobs::Recorded::kept(kept, (exec, revision), publish, sent)))))
+                Ok(Ok((execution_id, Some(jobs::Recorded::kept(kept, (exec, revision), sent)))))
             }
-            Err(e) => {
-                self.release_idle_workers(&kept);
-                match e {
-                    // Another engine had the same event (delivered again) and created it first.
-                    KvError::Conflict { .. } => Ok(Ok((execution_id, None))),
-                    e => Err(e),
-                }
-            }
+            // (The kept jobs give back the idle workers' places they took.)
+            // Another engine had the same event (delivered again) and created it first.
+            Err(KvError::Conflict { .. }) => Ok(Ok((execution_id, None))),
+            Err(e) => Err(e),
         }
     }
 
@@ -638,7 +637,7 @@ impl Service {
             let was_running: Vec<(usize, usize, u32)> = exec.stages.iter().enumerate().flat_map(|(si, s)| s.actions.iter().enumerate().filter(|(_, a)| a.status == Status::InProgress).map(move |(ai, a)| (si, ai, a.attempt))).collect();
             let commands = apply(&mut exec, &input);
             let (jobs, notices, after) = follow_up(&exec, commands);
-            let publish = self.stamp(&mut exec, before, notices, unsent, Vec::new());
+            let publish = self.stamp(&mut exec, before, notices, unsent, self.in_flight(&key));
             match kv.update(&key, serde_json::to_vec(&exec).map_err(|e| e.to_string())?, revision).await {
                 Ok(_) => {}
                 Err(KvError::Conflict { .. }) => continue,

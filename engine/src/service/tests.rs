@@ -439,3 +439,82 @@ async fn a_start_reads_the_pipeline_and_its_first_lanes_at_once() {
     let exec = a.execution("default", &id).await.unwrap().unwrap();
     assert_eq!((exec.stages[0].status, exec.entering), (Status::InProgress, None), "the first stage is entered");
 }
+
+/// A bus whose stores never acknowledge what is sent while `hold` is set (and acknowledge at
+/// once otherwise).
+struct HoldBus(Arc<std::sync::atomic::AtomicBool>);
+
+impl EventBus for HoldBus {
+    fn publish(&self, _event: Event) {}
+    fn publish_all(&self, events: Vec<Event>) -> futures_util::future::BoxFuture<'static, ()> {
+        if !events.is_empty() && self.0.load(std::sync::atomic::Ordering::SeqCst) {
+            return Box::pin(std::future::pending());
+        }
+        Box::pin(std::future::ready(()))
+    }
+}
+
+/// Every change an engine records carries the events it sent that are not stored yet, also a
+/// change that does not come from the chain that sent them: here an approval recorded while the
+/// chain's events are still on their way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_recorded_beside_a_chain_carries_the_chains_events_not_yet_stored() {
+    const GATE: &str = "name: gate\nstages:\n  - name: One\n    actions:\n      - { name: A, uses: noop@1 }\n  - name: Two\n    actions:\n      - { name: Ok, uses: approval@1, with: { approvers: ana } }\n";
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempfile::tempdir().unwrap();
+    let shared = shared_edges(dir.path());
+    let hold = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let a = engine(&dir.path().join("a"), Arc::new(HoldBus(hold.clone())), &shared);
+    let put = a.handle("default", api::Request::PipelinePut { file: "gate.yaml".into(), dir: dir.path().to_path_buf(), yaml: GATE.into() }).await;
+    assert!(put.get("ok").is_some(), "{put}");
+    let (id, _) = a.start("default", "gate", br#"{"id":"e-1"}"#, false, false).await.unwrap().unwrap();
+    hold.store(true, SeqCst); // what the chain sends is never stored
+    let delivery = shared.jobs.next().await.unwrap();
+    let chain = tokio::spawn({
+        let a = a.clone();
+        async move { a.handle_job(delivery).await }
+    });
+    let waiting = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let e = a.execution("default", &id).await.unwrap().unwrap();
+            if e.stages[1].actions[0].waiting.is_some() {
+                return e;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the approval waits");
+    let chains = crate::bus::outbox_events(&waiting).into_iter().map(|e| e.id).collect::<Vec<_>>();
+    assert!(chains.contains(&format!("{id}.2.0")), "{chains:?}");
+    hold.store(false, SeqCst);
+    let approved = a.handle("default", api::Request::Approve { execution_id: id.clone(), action: "Two/Ok".into(), approved: true, by: "ana".into(), summary: None, token: None }).await;
+    assert!(approved.get("ok").is_some(), "{approved}");
+    let exec = a.execution("default", &id).await.unwrap().unwrap();
+    assert!(exec.outbox.change > waiting.outbox.change, "the approval is recorded");
+    let carried = exec.outbox.earlier.iter().map(|e| e.id.clone()).collect::<Vec<_>>();
+    for id in &chains {
+        assert!(carried.contains(id), "the approval's record carries {id}, which the chain sent and the bus has not stored: {carried:?}");
+    }
+    chain.abort();
+}
+
+/// The idle workers' places a start takes for the parallel jobs its chain will run are given
+/// back with those jobs, also when the chain never runs (its task aborted in between).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_that_never_runs_gives_back_its_places() {
+    const WIDE: &str = "name: wide\nstages:\n  - name: One\n    actions:\n      - { name: A, uses: noop@1 }\n      - { name: B, uses: noop@1 }\n      - { name: C, uses: noop@1 }\n";
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempfile::tempdir().unwrap();
+    let shared = shared_edges(dir.path());
+    let a = engine(&dir.path().join("a"), Arc::new(MemoryBus::default()), &shared);
+    a.workers.store(4, SeqCst);
+    let put = a.handle("default", api::Request::PipelinePut { file: "wide.yaml".into(), dir: dir.path().to_path_buf(), yaml: WIDE.into() }).await;
+    assert!(put.get("ok").is_some(), "{put}");
+    let (_, recorded) = a.start("default", "wide", br#"{"id":"e-1"}"#, false, true).await.unwrap().unwrap();
+    let recorded = recorded.expect("the start keeps its first jobs");
+    assert!(recorded.runs_here());
+    assert_eq!(a.busy.load(SeqCst), 2, "B and C each took an idle worker's place (A runs in the trigger's)");
+    drop(recorded);
+    assert_eq!(a.busy.load(SeqCst), 0, "given back with the jobs");
+}
