@@ -163,6 +163,21 @@ async fn a_chain_whose_engine_dies_is_finished_by_the_engine_its_delivery_comes_
     assert_eq!((two.status, two.attempt, two.runner.as_deref()), (Status::Succeeded, 1, None));
 }
 
+/// The execution `id` as soon as it satisfies `until` (within 10 s), else `None`.
+async fn poll_until(service: &Service, id: &str, until: impl Fn(&Execution) -> bool) -> Option<Execution> {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let e = service.execution("default", id).await.unwrap().unwrap();
+            if until(&e) {
+                return e;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .ok()
+}
+
 /// A bus whose stores acknowledge a batch of events only when the test lets them (one permit
 /// each).
 struct GatedBus(Arc<tokio::sync::Semaphore>);
@@ -202,17 +217,7 @@ async fn a_chain_records_its_changes_while_their_events_are_stored() {
         async move { a.handle_job(delivery).await }
     });
     // Every result is recorded while none of their events is stored.
-    let exec = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let e = a.execution("default", &id).await.unwrap().unwrap();
-            if e.status.is_terminal() {
-                return e;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("the chain records without waiting for the bus");
+    let exec = poll_until(&a, &id, |e| e.status.is_terminal()).await.expect("the chain records without waiting for the bus");
     assert_eq!(exec.status, Status::Succeeded);
     // The last record carries the events of every change the chain made (A, then B and C one
     // after the other: changes 2 to 4), as the bus has stored none of them.
@@ -369,16 +374,8 @@ async fn a_triggers_chain_runs_its_first_action_while_the_starts_events_are_stor
     assert!(carried.iter().any(|e| e.id == format!("{}.1.0", exec.execution_id)), "with the start's events, not stored yet: {carried:#?}");
     assert_eq!(acks.load(std::sync::atomic::Ordering::Relaxed), 0, "the trigger's acknowledgement waits for them");
     gate.add_permits(100);
-    let done = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let e = a.execution("default", &exec.execution_id).await.unwrap().unwrap();
-            if e.status.is_terminal() && acks.load(std::sync::atomic::Ordering::Relaxed) == 1 {
-                return e;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    });
-    assert_eq!(done.await.expect("the execution ends and the trigger is acknowledged").status, Status::Succeeded);
+    let done = poll_until(&a, &exec.execution_id, |e| e.status.is_terminal() && acks.load(std::sync::atomic::Ordering::Relaxed) == 1).await;
+    assert_eq!(done.expect("the execution ends and the trigger is acknowledged").status, Status::Succeeded);
 }
 
 /// A store whose reads take a while, counting how many are in flight at once.
@@ -474,17 +471,7 @@ async fn a_change_recorded_beside_a_chain_carries_the_chains_events_not_yet_stor
         let a = a.clone();
         async move { a.handle_job(delivery).await }
     });
-    let waiting = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let e = a.execution("default", &id).await.unwrap().unwrap();
-            if e.stages[1].actions[0].waiting.is_some() {
-                return e;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("the approval waits");
+    let waiting = poll_until(&a, &id, |e| e.stages[1].actions[0].waiting.is_some()).await.expect("the approval waits");
     let chains = crate::bus::outbox_events(&waiting).into_iter().map(|e| e.id).collect::<Vec<_>>();
     assert!(chains.contains(&format!("{id}.2.0")), "{chains:?}");
     hold.store(false, SeqCst);
