@@ -32,9 +32,8 @@ pub(super) enum Settled {
 /// An execution record as written, with its revision: the next job of a chain starts from it.
 type Written = (Execution, u64);
 
-/// The events of a change on their way to the bus: done once it holds them. The next change
-/// of the same execution is recorded only after that (a record's outbox names only its last
-/// change), but the job in between may run meanwhile.
+/// The events of a change on their way to the bus: done once it holds them. Until then every
+/// change this engine records of the same execution carries them ([`Service::in_flight`]).
 pub(super) type Sent = futures_util::future::Shared<futures_util::future::BoxFuture<'static, ()>>;
 
 /// The last change a chain's parallel jobs know of: the record as written, and the sending of
@@ -205,8 +204,7 @@ impl Service {
     /// What caused the change is acknowledged after this, so the events and queued jobs are
     /// stored by the time it returns; except in a chain (`defer`): its work goes on while the
     /// bus stores the events, which are returned to be awaited before the chain's delivery is
-    /// acknowledged.
-    /// Deferred events are tracked as in flight for the execution `key` until stored.
+    /// acknowledged, and meanwhile count as in flight for the execution `key`.
     pub(super) async fn send_and_queue(&self, key: &str, events: Vec<crate::bus::Event>, queued: &[JobMessage], defer: bool) -> Option<Sent> {
         if defer {
             let sent = futures_util::FutureExt::shared(self.edges.bus.publish_all(events.clone()));
