@@ -36,32 +36,14 @@ type Written = (Execution, u64);
 /// change this engine records of the same execution carries them ([`Service::in_flight`]).
 pub(super) type Sent = futures_util::future::Shared<futures_util::future::BoxFuture<'static, ()>>;
 
-/// The last change a chain's parallel jobs know of: the record as written, and the sending of
-/// the chain's events. The jobs record their results one after another from it, so they neither
-/// conflict on the record nor read it again; and without waiting for the events: each change
-/// this engine records carries those not stored yet ([`Service::in_flight`]).
-struct Latest {
-    written: Written,
-    /// The chain's events on their way: its delivery is acknowledged once all are stored.
-    sending: Vec<Sent>,
-}
+/// The last change a chain's parallel jobs know of: the record as written. The jobs record
+/// their results one after another from it, so they neither conflict on the record nor read it
+/// again; and without waiting for the events of earlier changes: each change this engine
+/// records carries those not stored yet ([`Service::in_flight`]).
+type Siblings = Arc<tokio::sync::Mutex<Written>>;
 
-type Siblings = Arc<tokio::sync::Mutex<Latest>>;
-
-impl Latest {
-    /// The latest change, for a chain's jobs to share, with its events on their way (`sent`)
-    /// or stored (none).
-    fn shared(written: Written, sent: Option<Sent>) -> Siblings {
-        Arc::new(tokio::sync::Mutex::new(Latest { written, sending: sent.into_iter().collect() }))
-    }
-
-    /// Done once the bus stores every event of the chain.
-    fn all_sent(&self) -> impl std::future::Future<Output = ()> + use<> {
-        let pending = self.sending.clone();
-        async move {
-            futures_util::future::join_all(pending).await;
-        }
-    }
+fn siblings(written: Written) -> Siblings {
+    Arc::new(tokio::sync::Mutex::new(written))
 }
 
 /// The delivery a chain runs under, and how often to push its deadline back.
@@ -102,15 +84,12 @@ pub(super) struct Recorded {
     kept: Kept,
     /// The record as written, if it was.
     written: Option<Written>,
-    /// Its events' sending, when they may not be stored yet.
-    sent: Option<Sent>,
 }
 
 impl Recorded {
-    /// A record just written, with the jobs it keeps and its events' sending (if they may not
-    /// be stored yet).
-    pub(super) fn kept(kept: Kept, written: Written, sent: Option<Sent>) -> Self {
-        Recorded { after: Vec::new(), kept, written: Some(written), sent }
+    /// A record just written, with the jobs it keeps.
+    pub(super) fn kept(kept: Kept, written: Written) -> Self {
+        Recorded { after: Vec::new(), kept, written: Some(written) }
     }
 
     /// Whether it kept jobs to run here.
@@ -197,24 +176,29 @@ impl Service {
     pub(super) async fn chain_under(&self, recorded: Recorded, delivery: &Delivery, id: String, ack_wait: Duration) -> Result<Settled, String> {
         let lease = Lease { delivery, id, every: (ack_wait / 3).max(Duration::from_millis(100)) };
         let Some(written) = recorded.written else { return Ok(Settled::Done) };
-        lease.hold(self.run_chain(recorded.kept, Latest::shared(written, recorded.sent), &lease)).await.map(|()| Settled::Done)
+        lease.hold(self.run_chain(recorded.kept, siblings(written), &lease)).await.map(|()| Settled::Done)
     }
 
     /// After a change is written: publish its events and queue the jobs it does not keep.
     /// What caused the change is acknowledged after this, so the events and queued jobs are
     /// stored by the time it returns; except in a chain (`defer`): its work goes on while the
-    /// bus stores the events, which are returned to be awaited before the chain's delivery is
-    /// acknowledged, and meanwhile count as in flight for the execution `key`.
-    pub(super) async fn send_and_queue(&self, key: &str, events: Vec<crate::bus::Event>, queued: &[JobMessage], defer: bool) -> Option<Sent> {
+    /// bus stores the events, which count as in flight for the execution `key` until they are
+    /// stored, and the chain's delivery is acknowledged only after that ([`Service::sending`]).
+    pub(super) async fn send_and_queue(&self, key: &str, events: Vec<crate::bus::Event>, queued: &[JobMessage], defer: bool) {
         if defer {
             let sent = futures_util::FutureExt::shared(self.edges.bus.publish_all(events.clone()));
-            self.unacked.lock().unwrap().entry(key.to_string()).or_default().push((sent.clone(), events));
+            self.unacked.lock().unwrap().entry(key.to_string()).or_default().push((sent, events));
             self.push_jobs(queued).await;
-            Some(sent)
         } else {
-            let sent = self.edges.bus.publish_all(events);
-            futures_util::future::join(sent, self.push_jobs(queued)).await;
-            None
+            futures_util::future::join(self.edges.bus.publish_all(events), self.push_jobs(queued)).await;
+        }
+    }
+
+    /// Done once the bus stores every event this engine sent for the execution `key`.
+    fn sending(&self, key: &str) -> impl std::future::Future<Output = ()> + use<> {
+        let pending: Vec<Sent> = self.unacked.lock().unwrap().get(key).into_iter().flatten().map(|(sent, _)| sent.clone()).collect();
+        async move {
+            futures_util::future::join_all(pending).await;
         }
     }
 
@@ -240,7 +224,7 @@ impl Service {
         let key = exec_key(&job.tenant, &job.execution_id);
         let is_chained = chained.is_some();
         let (exec, revision) = match &chained {
-            Some(latest) => latest.lock().await.written.clone(),
+            Some(latest) => latest.lock().await.clone(),
             None => match get_json::<Execution>(kv, &key).await.map_err(|e| e.to_string())? {
                 Some(found) => found,
                 None => {
@@ -326,16 +310,15 @@ impl Service {
         let (recorded, next) = match chained {
             None => {
                 let recorded = self.record_from(&key, &make, Some(&lease.id), Some((exec, revision))).await;
-                let next = recorded.as_ref().ok().and_then(|r| Some(Latest::shared(r.written.clone()?, r.sent.clone())));
+                let next = recorded.as_ref().ok().and_then(|r| Some(siblings(r.written.clone()?)));
                 (recorded, next)
             }
             // The whole chain records one change after another from the latest record.
             Some(siblings) => {
                 let mut latest = siblings.lock().await;
-                let recorded = self.record_from(&key, &make, Some(&lease.id), Some(latest.written.clone())).await;
-                if let Ok(Recorded { written: Some(written), sent, .. }) = &recorded {
-                    latest.written = written.clone();
-                    latest.sending.extend(sent.clone());
+                let recorded = self.record_from(&key, &make, Some(&lease.id), Some((*latest).clone())).await;
+                if let Ok(Recorded { written: Some(written), .. }) = &recorded {
+                    *latest = written.clone();
                 }
                 drop(latest);
                 (recorded, Some(siblings))
@@ -362,11 +345,11 @@ impl Service {
         });
         let results = futures_util::future::join_all(runs).await;
         // The lease is acknowledged after this: the last change's events are stored by then.
-        let (pending, key) = {
-            let latest = latest.lock().await;
-            (latest.all_sent(), exec_key(&latest.written.0.tenant, &latest.written.0.execution_id))
+        let key = {
+            let (exec, _) = &*latest.lock().await;
+            exec_key(&exec.tenant, &exec.execution_id)
         };
-        pending.await;
+        self.sending(&key).await;
         self.in_flight(&key); // (forgets the stored events)
         results.into_iter().find(|r| r.is_err()).unwrap_or(Ok(Settled::Done)).map(|_| ())
     }
@@ -433,7 +416,7 @@ impl Service {
                 Some(k) => k,
                 None => get_json::<Execution>(kv, key).await?.ok_or_else(|| KvError::Backend(format!("execution {key} vanished")))?,
             };
-            let unchanged = |after| Recorded { after, kept: Vec::new(), written: None, sent: None };
+            let unchanged = |after| Recorded { after, kept: Vec::new(), written: None };
             let Some(input) = make(&exec) else { return Ok(unchanged(carried)) };
             let unsent = self.unsent(&exec);
             let before = Snapshot::of(&exec);
@@ -456,9 +439,9 @@ impl Service {
             match written {
                 Ok(revision) => {
                     // A chain goes on while the bus stores the events (the record carries them).
-                    let sent = self.send_and_queue(key, publish, &queued, chain.is_some()).await;
+                    self.send_and_queue(key, publish, &queued, chain.is_some()).await;
                     carried.extend(after);
-                    return Ok(Recorded { after: carried, kept, written: Some((exec, revision)), sent });
+                    return Ok(Recorded { after: carried, kept, written: Some((exec, revision)) });
                 }
                 // Not written: the idle workers' places the kept jobs took are given back with them.
                 Err(KvError::Conflict { .. }) => continue,

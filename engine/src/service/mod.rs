@@ -572,13 +572,13 @@ impl Service {
         match kv.create(&key, serde_json::to_vec(&exec).unwrap_or_default()).await {
             Ok(revision) => {
                 // A chain runs the first jobs while the bus stores the start's events.
-                let sent = self.send_and_queue(&key, publish, &queued, !kept.is_empty()).await;
+                self.send_and_queue(&key, publish, &queued, !kept.is_empty()).await;
                 self.settle(others).await;
                 // Waiting before its first stage: join the lane.
                 if let Some(stage) = exec.entering {
                     self.settle(vec![lanes::After::arrive(&exec, stage)]).await;
                 }
-                Ok(Ok((execution_id, Some(jobs::Recorded::kept(kept, (exec, revision), sent)))))
+                Ok(Ok((execution_id, Some(jobs::Recorded::kept(kept, (exec, revision))))))
             }
             // (The kept jobs give back the idle workers' places they took.)
             // Another engine had the same event (delivered again) and created it first.

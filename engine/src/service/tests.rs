@@ -52,6 +52,12 @@ fn shared_edges(dir: &Path) -> Edges {
     }
 }
 
+/// Register `yaml` (from `file` in `dir`) on `service`.
+async fn register(service: &Service, dir: &Path, file: &str, yaml: &str) {
+    let put = service.handle("default", api::Request::PipelinePut { file: file.into(), dir: dir.to_path_buf(), yaml: yaml.into() }).await;
+    assert!(put.get("ok").is_some(), "{put}");
+}
+
 const PIPELINE: &str = "name: relay\nstages:\n  - name: One\n    actions:\n      - { name: A, uses: noop@1 }\n  - name: Two\n    actions:\n      - { name: B, uses: noop@1 }\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -63,8 +69,7 @@ async fn events_of_a_change_whose_engine_died_before_sending_them_are_sent_by_th
     let bus_b = Arc::new(MemoryBus::default());
     let mut seen = bus_b.subscribe();
     let b = engine(&dir.path().join("b"), bus_b.clone(), &shared);
-    let put = a.handle("default", api::Request::PipelinePut { file: "relay.yaml".into(), dir: dir.path().to_path_buf(), yaml: PIPELINE.into() }).await;
-    assert!(put.get("ok").is_some(), "{put}");
+    register(&a, dir.path(), "relay.yaml", PIPELINE).await;
     let (id, _) = a.start("default", "relay", br#"{"id":"e-1"}"#, false, false).await.unwrap().unwrap();
     tokio::spawn(b.clone().run(1));
 
@@ -132,8 +137,7 @@ async fn a_chain_whose_engine_dies_is_finished_by_the_engine_its_delivery_comes_
     let bus_b = Arc::new(MemoryBus::default());
     let mut seen = bus_b.subscribe();
     let b = engine(&dir.path().join("b"), bus_b.clone(), &shared);
-    let put = a.handle("default", api::Request::PipelinePut { file: "chain.yaml".into(), dir: dir.path().to_path_buf(), yaml: CHAIN.into() }).await;
-    assert!(put.get("ok").is_some(), "{put}");
+    register(&a, dir.path(), "chain.yaml", CHAIN).await;
     let (id, _) = a.start("default", "chain", br#"{"id":"e-1"}"#, false, false).await.unwrap().unwrap();
 
     // Engine A takes A's job, runs it, and its chain goes on to B; A dies while B sleeps.
@@ -206,8 +210,7 @@ async fn a_chain_records_its_changes_while_their_events_are_stored() {
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let a = engine(&dir.path().join("a"), Arc::new(GatedBus(gate.clone())), &shared);
     a.workers.store(4, std::sync::atomic::Ordering::Relaxed); // idle workers: B and C both run here
-    let put = a.handle("default", api::Request::PipelinePut { file: "fan.yaml".into(), dir: dir.path().to_path_buf(), yaml: FAN.into() }).await;
-    assert!(put.get("ok").is_some(), "{put}");
+    register(&a, dir.path(), "fan.yaml", FAN).await;
     gate.add_permits(1); // the start's events
     let (id, _) = a.start("default", "fan", br#"{"id":"e-1"}"#, false, false).await.unwrap().unwrap();
     let delivery = shared.jobs.next().await.unwrap();
@@ -298,8 +301,7 @@ async fn a_chain_of_short_steps_keeps_its_lease() {
     let mut shared = shared_edges(dir.path());
     shared.jobs = Arc::new(ShortDeadline(MemoryQueue::new(Duration::from_secs(3600))));
     let a = engine(&dir.path().join("a"), Arc::new(MemoryBus::default()), &shared);
-    let put = a.handle("default", api::Request::PipelinePut { file: "steps.yaml".into(), dir: dir.path().to_path_buf(), yaml }).await;
-    assert!(put.get("ok").is_some(), "{put}");
+    register(&a, dir.path(), "steps.yaml", &yaml).await;
     let (id, _) = a.start("default", "steps", br#"{"id":"e-1"}"#, false, false).await.unwrap().unwrap();
     let queued = shared.jobs.next().await.unwrap();
     let counts = Counts::default();
@@ -358,8 +360,7 @@ async fn a_triggers_chain_runs_its_first_action_while_the_starts_events_are_stor
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let a = engine(&dir.path().join("a"), Arc::new(GatedBus(gate.clone())), &shared);
     a.workers.store(4, std::sync::atomic::Ordering::Relaxed);
-    let put = a.handle("default", api::Request::PipelinePut { file: "overlap.yaml".into(), dir: dir.path().to_path_buf(), yaml }).await;
-    assert!(put.get("ok").is_some(), "{put}");
+    register(&a, dir.path(), "overlap.yaml", &yaml).await;
     let counts = Counts::default();
     let acks = counts.acks.clone();
     let trigger = Delivery { subject: "sluice.default.trigger.overlap".into(), payload: br#"{"id":"e-1"}"#.to_vec(), delivered: 1, handle: Box::new(counts) };
@@ -425,8 +426,7 @@ async fn a_start_reads_the_pipeline_and_its_first_lanes_at_once() {
     shared.pipelines = slow(shared.pipelines.clone());
     shared.executions = slow(shared.executions.clone());
     let a = engine(&dir.path().join("a"), Arc::new(MemoryBus::default()), &shared);
-    let put = a.handle("default", api::Request::PipelinePut { file: "relay.yaml".into(), dir: dir.path().to_path_buf(), yaml: PIPELINE.into() }).await;
-    assert!(put.get("ok").is_some(), "{put}");
+    register(&a, dir.path(), "relay.yaml", PIPELINE).await;
     most.store(0, SeqCst);
     keys.lock().unwrap().clear();
     let (id, _) = a.start("default", "relay", br#"{"id":"e-1"}"#, false, false).await.unwrap().unwrap();
@@ -462,8 +462,7 @@ async fn a_change_recorded_beside_a_chain_carries_the_chains_events_not_yet_stor
     let shared = shared_edges(dir.path());
     let hold = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let a = engine(&dir.path().join("a"), Arc::new(HoldBus(hold.clone())), &shared);
-    let put = a.handle("default", api::Request::PipelinePut { file: "gate.yaml".into(), dir: dir.path().to_path_buf(), yaml: GATE.into() }).await;
-    assert!(put.get("ok").is_some(), "{put}");
+    register(&a, dir.path(), "gate.yaml", GATE).await;
     let (id, _) = a.start("default", "gate", br#"{"id":"e-1"}"#, false, false).await.unwrap().unwrap();
     hold.store(true, SeqCst); // what the chain sends is never stored
     let delivery = shared.jobs.next().await.unwrap();
@@ -496,8 +495,7 @@ async fn a_chain_that_never_runs_gives_back_its_places() {
     let shared = shared_edges(dir.path());
     let a = engine(&dir.path().join("a"), Arc::new(MemoryBus::default()), &shared);
     a.workers.store(4, SeqCst);
-    let put = a.handle("default", api::Request::PipelinePut { file: "wide.yaml".into(), dir: dir.path().to_path_buf(), yaml: WIDE.into() }).await;
-    assert!(put.get("ok").is_some(), "{put}");
+    register(&a, dir.path(), "wide.yaml", WIDE).await;
     let (_, recorded) = a.start("default", "wide", br#"{"id":"e-1"}"#, false, true).await.unwrap().unwrap();
     let recorded = recorded.expect("the start keeps its first jobs");
     assert!(recorded.runs_here());
