@@ -11,6 +11,7 @@
 //! first run here only while this engine has idle workers; the rest go to the queue, where
 //! every engine can take them.
 
+use super::journal::{self, Journal};
 use super::{JobMessage, Service, exec_key, job_id, lanes, outstanding};
 use crate::bus::{Event, Snapshot};
 use crate::executor::job;
@@ -30,21 +31,11 @@ pub(super) enum Settled {
 }
 
 /// An execution record as written, with its revision: the next job of a chain starts from it.
-type Written = (Execution, u64);
+pub(super) type Written = (Execution, u64);
 
 /// The events of a change on their way to the bus: done once it holds them. Until then every
 /// change this engine records of the same execution carries them ([`Service::in_flight`]).
 pub(super) type Sent = futures_util::future::Shared<futures_util::future::BoxFuture<'static, ()>>;
-
-/// The last change a chain's parallel jobs know of: the record as written. The jobs record
-/// their results one after another from it, so they neither conflict on the record nor read it
-/// again; and without waiting for the events of earlier changes: each change this engine
-/// records carries those not stored yet ([`Service::in_flight`]).
-type Siblings = Arc<tokio::sync::Mutex<Written>>;
-
-fn siblings(written: Written) -> Siblings {
-    Arc::new(tokio::sync::Mutex::new(written))
-}
 
 /// The delivery a chain runs under, and how often to push its deadline back.
 pub(super) struct Lease<'a> {
@@ -76,20 +67,16 @@ impl Lease<'_> {
     }
 }
 
-/// What recording a change leaves to do.
+/// A new execution's record as written, with the jobs to run here under its trigger's lease.
 pub(super) struct Recorded {
-    /// Work on other records (lanes, waits).
-    after: Vec<lanes::After>,
-    /// Jobs to run here, under the caller's lease, instead of queued.
     kept: Kept,
-    /// The record as written, if it was.
-    written: Option<Written>,
+    written: Written,
 }
 
 impl Recorded {
     /// A record just written, with the jobs it keeps.
     pub(super) fn kept(kept: Kept, written: Written) -> Self {
-        Recorded { after: Vec::new(), kept, written: Some(written) }
+        Recorded { kept, written }
     }
 
     /// Whether it kept jobs to run here.
@@ -150,7 +137,13 @@ impl Service {
         let place = Place::occupy(self);
         let lease = Lease { delivery: &delivery, id: message_id(&job), every: (self.edges.jobs.ack_wait() / 3).max(Duration::from_millis(100)) };
         // One heartbeat for the whole chain, however many short steps it takes.
-        let result = lease.hold(self.run_job(&job, &lease, None)).await;
+        let key = exec_key(&job.tenant, &job.execution_id);
+        let result = lease.hold(async {
+            let result = self.run_job(&job, &lease, None).await;
+            self.sent(&key).await;
+            result
+        })
+        .await;
         drop(place);
         self.settle_delivery(&delivery, result, &lease.id).await;
     }
@@ -175,8 +168,14 @@ impl Service {
     /// queue whose deadline is `ack_wait`).
     pub(super) async fn chain_under(&self, recorded: Recorded, delivery: &Delivery, id: String, ack_wait: Duration) -> Result<Settled, String> {
         let lease = Lease { delivery, id, every: (ack_wait / 3).max(Duration::from_millis(100)) };
-        let Some(written) = recorded.written else { return Ok(Settled::Done) };
-        lease.hold(self.run_chain(recorded.kept, siblings(written), &lease)).await.map(|()| Settled::Done)
+        let written = recorded.written;
+        let journal = Journal::new(exec_key(&written.0.tenant, &written.0.execution_id), lease.id.clone(), written);
+        let chain = async {
+            let result = self.run_chain(recorded.kept, 0, &journal, &lease).await;
+            self.sent(&journal.key).await;
+            result
+        };
+        lease.hold(chain).await.map(|()| Settled::Done)
     }
 
     /// After a change is written: publish its events and queue the jobs it does not keep.
@@ -186,12 +185,27 @@ impl Service {
     /// stored, and the chain's delivery is acknowledged only after that ([`Service::sending`]).
     pub(super) async fn send_and_queue(&self, key: &str, events: Vec<crate::bus::Event>, queued: &[JobMessage], defer: bool) {
         if defer {
-            let sent = futures_util::FutureExt::shared(self.edges.bus.publish_all(events.clone()));
-            self.unacked.lock().unwrap().entry(key.to_string()).or_default().push((sent, events));
+            self.sending_now(key, events);
             self.push_jobs(queued).await;
         } else {
             futures_util::future::join(self.edges.bus.publish_all(events), self.push_jobs(queued)).await;
         }
+    }
+
+    /// Send `events` of the execution `key` and count them in flight until the bus stores them.
+    pub(super) fn sending_now(&self, key: &str, events: Vec<Event>) {
+        if events.is_empty() {
+            return;
+        }
+        let sent = futures_util::FutureExt::shared(self.edges.bus.publish_all(events.clone()));
+        self.unacked.lock().unwrap().entry(key.to_string()).or_default().push((sent, events));
+    }
+
+    /// The end of a chain: wait until the bus stores every event this engine sent for the
+    /// execution `key` (its delivery is acknowledged after this), and forget them.
+    async fn sent(&self, key: &str) {
+        self.sending(key).await;
+        self.in_flight(key);
     }
 
     /// Done once the bus stores every event this engine sent for the execution `key`.
@@ -217,14 +231,28 @@ impl Service {
         batches.iter().flat_map(|(_, events)| events.iter().cloned()).collect()
     }
 
-    /// Run one job: the delivered one (`chained` none), or one of its chain, starting from the
-    /// record the chain's previous step wrote.
-    async fn run_job(&self, job: &JobMessage, lease: &Lease<'_>, chained: Option<Siblings>) -> Result<Settled, String> {
+    /// Run one job: the delivered one (`chained` none), or one of its chain, from the chain's
+    /// copy of the record, once the change numbered as given is stored if it must wait for
+    /// that (an action that is not [`journal::contained`]).
+    async fn run_job(&self, job: &JobMessage, lease: &Lease<'_>, chained: Option<(Arc<Journal>, u64)>) -> Result<Settled, String> {
         let kv = &*self.edges.executions;
         let key = exec_key(&job.tenant, &job.execution_id);
         let is_chained = chained.is_some();
         let (exec, revision) = match &chained {
-            Some(latest) => latest.lock().await.clone(),
+            Some((journal, change)) => {
+                let exec = journal.latest().await;
+                let contained = match self.load(&job.tenant, &exec.pipeline, Some(exec.pipeline_version)).await {
+                    Ok(Some(loaded)) => journal::contained(&loaded, job.stage, job.action),
+                    _ => false,
+                };
+                // (What the checks below see is the record as it is once the start is stored.)
+                if contained {
+                    (exec, 0)
+                } else {
+                    journal.stored(*change).await?;
+                    (journal.latest().await, 0)
+                }
+            }
             None => match get_json::<Execution>(kv, &key).await.map_err(|e| e.to_string())? {
                 Some(found) => found,
                 None => {
@@ -306,51 +334,38 @@ impl Service {
             return Ok(Settled::Done);
         };
         self.archive_log(job, &exec).await;
-        let make = |_: &Execution| Some(input.clone());
-        let (recorded, next) = match chained {
-            None => {
-                let recorded = self.record_from(&key, &make, Some(&lease.id), Some((exec, revision))).await;
-                let next = recorded.as_ref().ok().and_then(|r| Some(siblings(r.written.clone()?)));
-                (recorded, next)
-            }
-            // The whole chain records one change after another from the latest record.
-            Some(siblings) => {
-                let mut latest = siblings.lock().await;
-                let recorded = self.record_from(&key, &make, Some(&lease.id), Some((*latest).clone())).await;
-                if let Ok(Recorded { written: Some(written), .. }) = &recorded {
-                    *latest = written.clone();
-                }
-                drop(latest);
-                (recorded, Some(siblings))
+        // The result is applied to the chain's copy of the record (a delivered job starts the
+        // copy) and written behind while what it made runnable goes on (see `journal`).
+        let journal = match chained {
+            Some((journal, _)) => journal,
+            None => Journal::new(key, lease.id.clone(), (exec, revision)),
+        };
+        let applied = self.apply_to(&journal, &input).await;
+        leftover.release(&cx);
+        let applied = applied?;
+        let write = async {
+            match applied.write {
+                true => self.write_behind(&journal).await,
+                false => Ok(()),
             }
         };
-        leftover.release(&cx);
-        let recorded = recorded?;
-        let Some(next) = next else { return Ok(Settled::Done) };
-        // The lanes' bookkeeping does not hold up the next job.
-        let (_, chain) = futures_util::future::join(self.settle(recorded.after), self.run_chain(recorded.kept, next, lease)).await;
+        let (written, (), chain) = futures_util::future::join3(write, self.settle(applied.settle), self.run_chain(applied.kept, applied.change, &journal, lease)).await;
+        written?;
         chain.map(|()| Settled::Done)
     }
 
-    /// Run the jobs a recorded result kept here, in parallel, each from the written record.
-    /// The first took the place of the job that made it runnable; each other one holds an
-    /// idle worker's place until it ends.
-    async fn run_chain(&self, kept: Kept, latest: Siblings, lease: &Lease<'_>) -> Result<(), String> {
+    /// Run the jobs a result kept here, in parallel, each from the chain's copy of the record;
+    /// those that are not contained once `change` is stored. The first took the place of the
+    /// job that made it runnable; each other one holds an idle worker's place until it ends.
+    async fn run_chain(&self, kept: Kept, change: u64, journal: &Arc<Journal>, lease: &Lease<'_>) -> Result<(), String> {
         let runs = kept.into_iter().map(|(job, place)| {
-            let latest = latest.clone();
+            let journal = journal.clone();
             async move {
                 let _place = place;
-                Box::pin(self.run_job(&job, lease, Some(latest))).await
+                Box::pin(self.run_job(&job, lease, Some((journal, change)))).await
             }
         });
         let results = futures_util::future::join_all(runs).await;
-        // The lease is acknowledged after this: the last change's events are stored by then.
-        let key = {
-            let (exec, _) = &*latest.lock().await;
-            exec_key(&exec.tenant, &exec.execution_id)
-        };
-        self.sending(&key).await;
-        self.in_flight(&key); // (forgets the stored events)
         results.into_iter().find(|r| r.is_err()).unwrap_or(Ok(Settled::Done)).map(|_| ())
     }
 
@@ -382,22 +397,16 @@ impl Service {
         Ok(())
     }
 
-    /// Apply the input `make` gives for a stored execution (none: nothing to do), retrying
-    /// while the store is unreachable; returns the cross-record work it caused.
+    /// Apply the input `make` gives for a stored execution (none: nothing to do) with
+    /// compare-and-swap, retrying while the store is unreachable, then publish its events and
+    /// queue its jobs; returns the cross-record work it caused.
     pub(super) async fn record(&self, key: &str, make: &(dyn Fn(&Execution) -> Option<Input> + Send + Sync)) -> Result<Vec<lanes::After>, String> {
-        self.record_from(key, make, None, None).await.map(|r| r.after)
-    }
-
-    /// [`Service::record`], starting from a record already read (`known`, else read it), and
-    /// with a lease (`chain`: its id), keeping jobs to run now for the caller's chain instead
-    /// of queueing them.
-    async fn record_from(&self, key: &str, make: &(dyn Fn(&Execution) -> Option<Input> + Send + Sync), chain: Option<&str>, mut known: Option<Written>) -> Result<Recorded, String> {
         // The store may be briefly unreachable (a NATS restart): keep the result rather than
         // run the action again, for up to a minute.
         let mut delay = Duration::from_millis(100);
         let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
-            match self.try_complete(key, make, chain, known.take()).await {
+            match self.try_record(key, make).await {
                 Err(KvError::Backend(e)) if tokio::time::Instant::now() < give_up => {
                     tracing::warn!("recording a result failed ({e}); retrying");
                     tokio::time::sleep(delay).await;
@@ -408,42 +417,32 @@ impl Service {
         }
     }
 
-    async fn try_complete(&self, key: &str, make: &(dyn Fn(&Execution) -> Option<Input> + Send + Sync), chain: Option<&str>, mut known: Option<Written>) -> Result<Recorded, KvError> {
+    async fn try_record(&self, key: &str, make: &(dyn Fn(&Execution) -> Option<Input> + Send + Sync)) -> Result<Vec<lanes::After>, KvError> {
         let kv = &*self.edges.executions;
         let mut carried = Vec::new();
         loop {
-            let (mut exec, revision) = match known.take() {
-                Some(k) => k,
-                None => get_json::<Execution>(kv, key).await?.ok_or_else(|| KvError::Backend(format!("execution {key} vanished")))?,
-            };
-            let unchanged = |after| Recorded { after, kept: Vec::new(), written: None };
-            let Some(input) = make(&exec) else { return Ok(unchanged(carried)) };
+            let (mut exec, revision) = get_json::<Execution>(kv, key).await?.ok_or_else(|| KvError::Backend(format!("execution {key} vanished")))?;
+            let Some(input) = make(&exec) else { return Ok(carried) };
             let unsent = self.unsent(&exec);
             let before = Snapshot::of(&exec);
             let mut commands = apply(&mut exec, &input);
             // Lane changes for other executions stand even if this write must be retried.
             carried.extend(self.admit_inline(&mut exec, &mut commands, None).await?);
             if commands.is_empty() && before == Snapshot::of(&exec) {
-                return Ok(unchanged(carried));
+                return Ok(carried);
             }
-            let (jobs, notices, after) = super::follow_up(&exec, commands);
-            let (kept, queued) = match chain {
-                Some(lease) => self.keep_for_chain(&mut exec, lease, jobs),
-                None => (Vec::new(), jobs),
-            };
+            let (queued, notices, after) = super::follow_up(&exec, commands);
             let publish = self.stamp(&mut exec, before, notices, unsent, self.in_flight(key));
             let written = match serde_json::to_vec(&exec) {
                 Ok(bytes) => kv.update(key, bytes, revision).await,
                 Err(e) => Err(KvError::Backend(e.to_string())),
             };
             match written {
-                Ok(revision) => {
-                    // A chain goes on while the bus stores the events (the record carries them).
-                    self.send_and_queue(key, publish, &queued, chain.is_some()).await;
+                Ok(_) => {
+                    self.send_and_queue(key, publish, &queued, false).await;
                     carried.extend(after);
-                    return Ok(Recorded { after: carried, kept, written: Some((exec, revision)) });
+                    return Ok(carried);
                 }
-                // Not written: the idle workers' places the kept jobs took are given back with them.
                 Err(KvError::Conflict { .. }) => continue,
                 Err(e) => return Err(e),
             }
@@ -454,13 +453,7 @@ impl Service {
     /// should start now, and more while idle workers allow) and those to queue, and name the
     /// chain in the record as the runner of those it keeps.
     pub(super) fn keep_for_chain(&self, exec: &mut Execution, lease: &str, jobs: Vec<JobMessage>) -> (Kept, Vec<JobMessage>) {
-        // A run that ended, or waits (for an approval, an event, a timer), has no runner.
-        for action in exec.stages.iter_mut().flat_map(|s| s.actions.iter_mut()) {
-            // (Only written when set: a write copies an action the record shares.)
-            if action.runner.is_some() && (action.status != Status::InProgress || action.waiting.is_some()) {
-                action.runner = None;
-            }
-        }
+        forget_ended_runners(exec);
         let (mut kept, mut queued) = (Vec::new(), Vec::new());
         for job in jobs {
             let run = &mut exec.stages[job.stage].actions[job.action];
@@ -481,6 +474,16 @@ impl Service {
             }
         }
         (kept, queued)
+    }
+}
+
+/// A run that ended, or waits (for an approval, an event, a timer), has no runner.
+pub(super) fn forget_ended_runners(exec: &mut Execution) {
+    for action in exec.stages.iter_mut().flat_map(|s| s.actions.iter_mut()) {
+        // (Only written when set: a write copies an action the record shares.)
+        if action.runner.is_some() && (action.status != Status::InProgress || action.waiting.is_some()) {
+            action.runner = None;
+        }
     }
 }
 

@@ -13,6 +13,7 @@ pub mod api;
 pub mod functions;
 pub mod client;
 mod jobs;
+mod journal;
 pub mod lanes;
 pub mod pipelines;
 pub mod schedule;
@@ -23,6 +24,8 @@ pub mod webhook;
 pub mod wiring;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_journal;
 
 use crate::bus::{Event, EventBus, Kind, Snapshot};
 use crate::executor::Engine;

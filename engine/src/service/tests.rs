@@ -14,7 +14,7 @@ impl EventBus for LostBus {
     fn publish(&self, _event: Event) {}
 }
 
-fn engine(data: &Path, bus: Arc<dyn EventBus>, shared: &Edges) -> Arc<Service> {
+pub(super) fn engine(data: &Path, bus: Arc<dyn EventBus>, shared: &Edges) -> Arc<Service> {
     let engine = Engine::for_service(data, bus.clone(), None).unwrap();
     let edges = Edges {
         pipelines: shared.pipelines.clone(),
@@ -34,7 +34,7 @@ fn engine(data: &Path, bus: Arc<dyn EventBus>, shared: &Edges) -> Arc<Service> {
 }
 
 /// Embedded edges in `dir` for engines to share (each engine gets its own bus).
-fn shared_edges(dir: &Path) -> Edges {
+pub(super) fn shared_edges(dir: &Path) -> Edges {
     let db = RedbKv::open_database(&dir.join("service.redb")).unwrap();
     Edges {
         pipelines: Arc::new(RedbKv::bucket(db.clone(), "pipelines").unwrap()),
@@ -53,7 +53,7 @@ fn shared_edges(dir: &Path) -> Edges {
 }
 
 /// Register `yaml` (from `file` in `dir`) on `service`.
-async fn register(service: &Service, dir: &Path, file: &str, yaml: &str) {
+pub(super) async fn register(service: &Service, dir: &Path, file: &str, yaml: &str) {
     let put = service.handle("default", api::Request::PipelinePut { file: file.into(), dir: dir.to_path_buf(), yaml: yaml.into() }).await;
     assert!(put.get("ok").is_some(), "{put}");
 }
@@ -168,7 +168,7 @@ async fn a_chain_whose_engine_dies_is_finished_by_the_engine_its_delivery_comes_
 }
 
 /// The execution `id` as soon as it satisfies `until` (within 10 s), else `None`.
-async fn poll_until(service: &Service, id: &str, until: impl Fn(&Execution) -> bool) -> Option<Execution> {
+pub(super) async fn poll_until(service: &Service, id: &str, until: impl Fn(&Execution) -> bool) -> Option<Execution> {
     tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             let e = service.execution("default", id).await.unwrap().unwrap();

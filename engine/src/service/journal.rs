@@ -1,0 +1,294 @@
+//! A chain's copy of its execution record: each result applied at once, written behind.
+//!
+//! A job chain (see `jobs`) applies each result to its own copy of the record and goes on
+//! with what the result made runnable while the change is written; changes that come in while
+//! a write is in flight go out together in the next one. A chain of short actions is then not
+//! held up by one store round trip per action.
+//!
+//! **What may run before the change that made it runnable is stored**: only a *contained*
+//! action, whose plugin declares no side effects and which is granted no host program, network
+//! origin, NATS subject or writable directory. If the engine dies first, the chain's delivery
+//! comes back to another engine, which runs again whatever the stored record shows running:
+//! for a contained action, harmless (its outputs are content-addressed). Any other action
+//! waits until the record that shows it running is stored, as before.
+//!
+//! **Nothing leaves the engine before it is stored**: a change's events are sent, the jobs it
+//! hands to other engines queued, and its effects on other records (lanes) applied only once a
+//! write that holds it succeeded. Every write's outbox carries the events of the changes before
+//! it that the bus has not stored yet, so a successor sends them if this engine dies.
+//!
+//! **A write that conflicts** (someone else changed the record: an approval, a stop, a job run
+//! elsewhere) is made again on the stored record with the chain's unwritten results applied
+//! anew, in order. Runs the chain already started are not started twice: the new record names
+//! the chain as their runner; whatever else the results now make runnable is queued.
+
+use super::jobs::Kept;
+use super::{JobMessage, Loaded, Service, lanes};
+use crate::bus::{Event, Snapshot};
+use crate::kv::{KvError, get_json};
+use crate::model::Access;
+use crate::scheduler::{Execution, Input, apply};
+use std::collections::HashSet;
+use std::time::Duration;
+
+/// A chain's copy of one execution record.
+pub(super) struct Journal {
+    /// The record's key.
+    pub(super) key: String,
+    /// The chain's lease id, named in the record as the runner of what the chain runs.
+    lease: String,
+    head: tokio::sync::Mutex<Head>,
+    stored: tokio::sync::watch::Sender<Stored>,
+}
+
+/// How far the chain's changes are stored.
+#[derive(Clone, Copy, Default)]
+struct Stored {
+    /// Every change numbered up to this one is stored (or was undone by a conflict).
+    upto: u64,
+    /// Writing failed: nothing more will be stored by this chain.
+    failed: bool,
+}
+
+struct Head {
+    /// The record with every change applied.
+    exec: Execution,
+    /// The stored revision it was last written at.
+    revision: u64,
+    /// Changes applied and not stored yet, in order.
+    pending: Vec<Change>,
+    /// Changes applied so far (their numbers).
+    applied: u64,
+    /// A write is in flight: changes applied meanwhile go out with the next one.
+    writing: bool,
+    /// The runs this chain started (stage, action, attempt).
+    started: HashSet<(usize, usize, u32)>,
+    /// Lane work of changes a conflict undid: the lanes were changed already, so it stands.
+    carried: Vec<lanes::After>,
+    /// Why writing failed.
+    failed: Option<String>,
+}
+
+/// One applied result, and what to do once it is stored.
+struct Change {
+    input: Input,
+    publish: Vec<Event>,
+    queued: Vec<JobMessage>,
+    after: Vec<lanes::After>,
+    /// Lane work of entering stages (the lanes were changed already).
+    entered: Vec<lanes::After>,
+}
+
+/// What applying a result to a chain's record leaves to the caller.
+pub(super) struct Applied {
+    /// Jobs to run here (their start is the change numbered `change`).
+    pub(super) kept: Kept,
+    /// The change's number.
+    pub(super) change: u64,
+    /// No write was in flight: the caller writes (see [`Service::write_behind`]).
+    pub(super) write: bool,
+    /// Lane work for a result that changed nothing in the record.
+    pub(super) settle: Vec<lanes::After>,
+}
+
+impl Journal {
+    /// A chain's copy of the record `exec`, stored at `revision`.
+    pub(super) fn new(key: String, lease: String, (exec, revision): (Execution, u64)) -> std::sync::Arc<Self> {
+        let head = Head { exec, revision, pending: Vec::new(), applied: 0, writing: false, started: HashSet::new(), carried: Vec::new(), failed: None };
+        std::sync::Arc::new(Journal { key, lease, head: tokio::sync::Mutex::new(head), stored: tokio::sync::watch::channel(Stored::default()).0 })
+    }
+
+    /// The record with every change applied so far.
+    pub(super) async fn latest(&self) -> Execution {
+        self.head.lock().await.exec.clone()
+    }
+
+    /// Wait until change `change` is stored; an error if the chain can no longer store it.
+    pub(super) async fn stored(&self, change: u64) -> Result<(), String> {
+        let mut rx = self.stored.subscribe();
+        match rx.wait_for(|s| s.failed || s.upto >= change).await {
+            Ok(s) if !s.failed => Ok(()),
+            _ => Err("the chain's changes could not be stored".into()),
+        }
+    }
+
+    /// Count the jobs `kept` as started by this chain.
+    fn started(head: &mut Head, kept: &Kept) {
+        head.started.extend(kept.iter().map(|(j, _)| (j.stage, j.action, j.attempt)));
+    }
+}
+
+/// Whether the action at `stage`/`action` touches nothing outside its workspace: its plugin
+/// declares no side effects and it is granted no host program, origin, subject or writable
+/// directory. Such a run may start before the change that made it runnable is stored.
+pub(super) fn contained(loaded: &Loaded, stage: usize, action: usize) -> bool {
+    let Some(a) = loaded.pipeline.stages.get(stage).and_then(|s| s.actions.get(action)) else { return false };
+    let pure = loaded.plugins.get(&a.uses.value).and_then(|p| p.as_ref().ok()).is_some_and(|p| !p.description.side_effects);
+    let c = &a.capabilities;
+    pure && c.process.is_empty() && c.http.is_empty() && c.nats.is_empty() && c.dirs.values().all(|access| *access == Access::Ro)
+}
+
+impl Service {
+    /// Apply a result to the chain's record. Returns the jobs it made runnable that run here,
+    /// and whether the caller must write the record ([`Service::write_behind`]): when no write
+    /// is in flight; otherwise the change goes out with the next one.
+    pub(super) async fn apply_to(&self, journal: &Journal, input: &Input) -> Result<Applied, String> {
+        let mut head = journal.head.lock().await;
+        if let Some(e) = &head.failed {
+            return Err(e.clone());
+        }
+        // The lanes may be briefly unreachable (a NATS restart): keep the result.
+        let mut delay = Duration::from_millis(100);
+        let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
+        let (kept, settle) = loop {
+            match self.change(journal, &mut head, input.clone(), true).await {
+                Err(KvError::Backend(e)) if tokio::time::Instant::now() < give_up => {
+                    tracing::warn!("applying a result failed ({e}); retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                other => break other.map_err(|e| e.to_string())?,
+            }
+        };
+        let write = !head.pending.is_empty() && !head.writing;
+        head.writing |= write;
+        Ok(Applied { kept, change: head.applied, write, settle })
+    }
+
+    /// Apply `input` to the head as one change (none if it changes nothing). With `keep`, the
+    /// jobs it makes runnable are split between this chain and the queue as usual; without
+    /// (a change made again after a conflict), only runs the chain started are kept, named as
+    /// the chain's, and everything else is queued. Returns the kept jobs, and lane work for a
+    /// change that left the record as it was.
+    async fn change(&self, journal: &Journal, head: &mut Head, input: Input, keep: bool) -> Result<(Kept, Vec<lanes::After>), KvError> {
+        // (Applied to a copy: a failed lane read leaves the head as it was.)
+        let mut exec = head.exec.clone();
+        let unsent = self.unsent(&exec);
+        let before = Snapshot::of(&exec);
+        let mut commands = apply(&mut exec, &input);
+        let entered = self.admit_inline(&mut exec, &mut commands, None).await?;
+        if commands.is_empty() && before == Snapshot::of(&exec) {
+            return Ok((Vec::new(), entered));
+        }
+        let (jobs, notices, after) = super::follow_up(&exec, commands);
+        let (kept, queued) = if keep {
+            let (kept, queued) = self.keep_for_chain(&mut exec, &journal.lease, jobs);
+            Journal::started(head, &kept);
+            (kept, queued)
+        } else {
+            (Vec::new(), requeue(&mut exec, &journal.lease, &head.started, jobs))
+        };
+        // This engine's events not stored yet: those sent, then those of earlier changes
+        // still to be written.
+        let mut earlier = self.in_flight(&journal.key);
+        earlier.extend(head.pending.iter().flat_map(|c| c.publish.iter().cloned()));
+        let publish = self.stamp(&mut exec, before, notices, unsent, earlier);
+        head.exec = exec;
+        head.applied += 1;
+        head.pending.push(Change { input, publish, queued, after, entered });
+        Ok((kept, Vec::new()))
+    }
+
+    /// Write the chain's record until every change applied is stored, then send their events,
+    /// queue their jobs and do their lane work. Called by whoever applied a change while no
+    /// write was in flight; changes applied meanwhile are written by the same call.
+    pub(super) async fn write_behind(&self, journal: &Journal) -> Result<(), String> {
+        let kv = &*self.edges.executions;
+        let mut lane_work = Vec::new();
+        let mut delay = Duration::from_millis(100);
+        let mut give_up = tokio::time::Instant::now() + Duration::from_secs(60);
+        let result = loop {
+            let (bytes, revision, count, upto) = {
+                let mut head = journal.head.lock().await;
+                if head.pending.is_empty() {
+                    head.writing = false;
+                    break Ok(());
+                }
+                (serde_json::to_vec(&head.exec), head.revision, head.pending.len(), head.applied)
+            };
+            let written = match bytes {
+                Ok(bytes) => kv.update(&journal.key, bytes, revision).await,
+                Err(e) => break Err(e.to_string()),
+            };
+            let failure = match written {
+                Ok(revision) => {
+                    let mut head = journal.head.lock().await;
+                    head.revision = revision;
+                    let (mut events, mut queued) = (Vec::new(), Vec::new());
+                    lane_work.append(&mut head.carried);
+                    for change in head.pending.drain(..count) {
+                        events.extend(change.publish);
+                        queued.extend(change.queued);
+                        lane_work.extend(change.entered);
+                        lane_work.extend(change.after);
+                    }
+                    // Counted as in flight before the head is let go: a change applied from
+                    // now on carries them.
+                    self.sending_now(&journal.key, events);
+                    drop(head);
+                    journal.stored.send_modify(|s| s.upto = s.upto.max(upto));
+                    self.push_jobs(&queued).await;
+                    delay = Duration::from_millis(100);
+                    give_up = tokio::time::Instant::now() + Duration::from_secs(60);
+                    continue;
+                }
+                Err(KvError::Conflict { .. }) => match self.reapply(journal).await {
+                    Ok(()) => continue,
+                    Err(e) => e,
+                },
+                Err(e) => e,
+            };
+            // The store may be briefly unreachable (a NATS restart): keep the results.
+            match failure {
+                KvError::Backend(e) if tokio::time::Instant::now() < give_up => {
+                    tracing::warn!("recording results failed ({e}); retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                e => break Err(e.to_string()),
+            }
+        };
+        if let Err(e) = &result {
+            let mut head = journal.head.lock().await;
+            head.failed = Some(e.clone());
+            head.writing = false;
+            journal.stored.send_modify(|s| s.failed = true);
+        }
+        self.settle(lane_work).await;
+        result
+    }
+
+    /// After a conflict: read the stored record and apply the chain's unwritten results to it
+    /// again, in order. (All or nothing: a failed read leaves the head as it was.)
+    async fn reapply(&self, journal: &Journal) -> Result<(), KvError> {
+        let kv = &*self.edges.executions;
+        let (exec, revision) = get_json::<Execution>(kv, &journal.key).await?.ok_or_else(|| KvError::Backend(format!("execution {} vanished", journal.key)))?;
+        let mut head = journal.head.lock().await;
+        let mut again = Head { exec, revision, pending: Vec::new(), applied: head.applied, writing: true, started: head.started.clone(), carried: Vec::new(), failed: None };
+        for change in &head.pending {
+            let (_, entered) = self.change(journal, &mut again, change.input.clone(), false).await?;
+            again.carried.extend(entered);
+        }
+        again.carried.extend(head.carried.drain(..));
+        again.carried.extend(head.pending.iter_mut().flat_map(|c| std::mem::take(&mut c.entered)));
+        *head = again;
+        Ok(())
+    }
+}
+
+/// Jobs made runnable again by a change made after a conflict: runs this chain started stay
+/// the chain's (named its runner, not started again); everything else is queued.
+fn requeue(exec: &mut Execution, lease: &str, started: &HashSet<(usize, usize, u32)>, jobs: Vec<JobMessage>) -> Vec<JobMessage> {
+    super::jobs::forget_ended_runners(exec);
+    let mut queued = Vec::new();
+    for job in jobs {
+        let ours = job.check.is_none() && started.contains(&(job.stage, job.action, job.attempt));
+        if job.check.is_none() {
+            exec.stages[job.stage].actions[job.action].runner = ours.then(|| lease.to_string());
+        }
+        if !ours {
+            queued.push(job);
+        }
+    }
+    queued
+}

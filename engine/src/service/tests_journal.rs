@@ -1,0 +1,225 @@
+//! A chain's record written behind (`journal`): what runs before a change is stored, what
+//! waits for it, and a write that conflicts.
+use super::tests::{engine, register, shared_edges};
+use super::*;
+use crate::bus::MemoryBus;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+
+/// An execution store that holds the first update of an execution record until the test
+/// releases it, and keeps every update of one as it was attempted.
+struct HeldWrite {
+    inner: Arc<dyn Kv>,
+    release: Arc<tokio::sync::Semaphore>,
+    updates: Arc<Mutex<Vec<Execution>>>,
+    held: Arc<AtomicUsize>,
+}
+
+impl Kv for HeldWrite {
+    fn get<'a>(&'a self, key: &'a str) -> futures_util::future::BoxFuture<'a, crate::kv::KvResult<Option<(Vec<u8>, u64)>>> {
+        self.inner.get(key)
+    }
+    fn create<'a>(&'a self, key: &'a str, value: Vec<u8>) -> futures_util::future::BoxFuture<'a, crate::kv::KvResult<u64>> {
+        self.inner.create(key, value)
+    }
+    fn update<'a>(&'a self, key: &'a str, value: Vec<u8>, revision: u64) -> futures_util::future::BoxFuture<'a, crate::kv::KvResult<u64>> {
+        Box::pin(async move {
+            if key.starts_with("default/x/") {
+                let first = {
+                    let mut updates = self.updates.lock().unwrap();
+                    updates.push(serde_json::from_slice(&value).unwrap());
+                    updates.len() == 1
+                };
+                if first {
+                    self.held.store(1, SeqCst);
+                    self.release.acquire().await.unwrap().forget();
+                }
+            }
+            self.inner.update(key, value, revision).await
+        })
+    }
+    fn delete<'a>(&'a self, key: &'a str) -> futures_util::future::BoxFuture<'a, crate::kv::KvResult<()>> {
+        self.inner.delete(key)
+    }
+    fn keys<'a>(&'a self, prefix: &'a str) -> futures_util::future::BoxFuture<'a, crate::kv::KvResult<Vec<String>>> {
+        self.inner.keys(prefix)
+    }
+}
+
+struct Held {
+    dir: tempfile::TempDir,
+    shared: Edges,
+    release: Arc<tokio::sync::Semaphore>,
+    updates: Arc<Mutex<Vec<Execution>>>,
+    held: Arc<AtomicUsize>,
+}
+
+fn held_edges() -> Held {
+    let dir = tempfile::tempdir().unwrap();
+    let mut shared = shared_edges(dir.path());
+    let (release, updates, held) = (Arc::new(tokio::sync::Semaphore::new(0)), Arc::new(Mutex::new(Vec::new())), Arc::new(AtomicUsize::new(0)));
+    shared.executions = Arc::new(HeldWrite { inner: shared.executions.clone(), release: release.clone(), updates: updates.clone(), held: held.clone() });
+    Held { dir, shared, release, updates, held }
+}
+
+impl Held {
+    /// Wait until the first update is being held.
+    async fn until_held(&self) {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while self.held.load(SeqCst) == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the chain writes its first result");
+    }
+}
+
+/// Start `pipeline` (queued, not chained) and run its first job's chain on `service`.
+async fn start_chain(service: &Arc<Service>, shared: &Edges, pipeline: &str) -> (String, tokio::task::JoinHandle<()>) {
+    let (id, _) = service.start("default", pipeline, br#"{"id":"e-1"}"#, false, false).await.unwrap().unwrap();
+    let delivery = shared.jobs.next().await.unwrap();
+    let service = service.clone();
+    (id, tokio::spawn(async move { service.handle_job(delivery).await }))
+}
+
+/// Three contained actions one after another, in three stages.
+const RELAY: &str = "name: relay3\nstages:\n  - name: One\n    actions:\n      - { name: A, uses: noop@1 }\n  - name: Two\n    actions:\n      - { name: B, uses: noop@1 }\n  - name: Three\n    actions:\n      - { name: C, uses: noop@1 }\n";
+
+struct Relay {
+    h: Held,
+    a: Arc<Service>,
+    seen: tokio::sync::broadcast::Receiver<Event>,
+    id: String,
+    chain: tokio::task::JoinHandle<()>,
+}
+
+/// [`RELAY`] started on an engine whose chain is writing A's result, held.
+async fn relay_held() -> Relay {
+    let h = held_edges();
+    let bus = Arc::new(MemoryBus::default());
+    let seen = bus.subscribe();
+    let a = engine(&h.dir.path().join("a"), bus.clone(), &h.shared);
+    register(&a, h.dir.path(), "relay3.yaml", RELAY).await;
+    let (id, chain) = start_chain(&a, &h.shared, "relay3").await;
+    h.until_held().await;
+    Relay { h, a, seen, id, chain }
+}
+
+/// Contained actions run while the change that made them runnable is being written, and the
+/// changes made meanwhile are written together: three actions one after another cost two
+/// writes, not three, and every change's events are sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_goes_on_while_its_record_is_written_and_writes_what_came_meanwhile_at_once() {
+    let Relay { h, a, mut seen, id, chain } = relay_held().await;
+    // B and C run meanwhile (microseconds each); nothing of theirs is stored or sent yet.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(h.updates.lock().unwrap().len(), 1, "no second write while the first is in flight");
+    let stored = a.execution("default", &id).await.unwrap().unwrap();
+    assert_eq!(stored.stages[0].actions[0].status, Status::InProgress, "A's result is not stored yet");
+    h.release.add_permits(1);
+    tokio::time::timeout(Duration::from_secs(10), chain).await.expect("the chain ends").unwrap();
+    let updates = h.updates.lock().unwrap().clone();
+    assert_eq!(updates.len(), 2, "A's result, then B's and C's in one write");
+    assert_eq!(updates[0].stages[0].actions[0].status, Status::Succeeded);
+    assert_eq!(updates[0].stages[1].actions[0].status, Status::InProgress);
+    assert_eq!(updates[1].status, Status::Succeeded, "the second write holds B's and C's results");
+    let exec = a.execution("default", &id).await.unwrap().unwrap();
+    assert_eq!(exec.status, Status::Succeeded);
+    // Every change's events, each once, in order of the changes.
+    let mut events = Vec::new();
+    while let Ok(e) = seen.try_recv() {
+        events.push(e);
+    }
+    let said = |name: &str, status: Status| events.iter().filter(|e| e.kind == Kind::Action && e.action.as_deref() == Some(name) && e.status == status).count();
+    for name in ["A", "B", "C"] {
+        assert_eq!((said(name, Status::InProgress), said(name, Status::Succeeded)), (1, 1), "{name}: {events:#?}");
+    }
+    let changes: Vec<u64> = events.iter().map(|e| e.id.split('.').nth(1).unwrap().parse().unwrap()).collect();
+    assert!(changes.windows(2).all(|w| w[0] <= w[1]), "{changes:?}");
+    assert_eq!(changes.last(), Some(&exec.outbox.change));
+}
+
+/// An action that is not contained (here a deploy, which declares side effects) starts only
+/// once the record that shows it running is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_action_with_side_effects_waits_until_its_start_is_stored() {
+    let h = held_edges();
+    let target = h.dir.path().join("site");
+    std::fs::create_dir_all(h.dir.path().join("app")).unwrap();
+    std::fs::write(h.dir.path().join("app/index.html"), "hi").unwrap();
+    let ship = format!(
+        "name: ship\nstages:\n  - name: Source\n    actions:\n      - {{ name: Snap, uses: source-dir@1, with: {{ path: app }}, outputs: [src] }}\n  - name: Deploy\n    actions:\n      - name: Release\n        uses: deploy-release@1\n        inputs: [src]\n        with: {{ target: '{t}' }}\n        capabilities: {{ dirs: {{ '{t}': rw }} }}\n",
+        t = target.display()
+    );
+    let a = engine(&h.dir.path().join("a"), Arc::new(MemoryBus::default()), &h.shared);
+    register(&a, h.dir.path(), "ship.yaml", &ship).await;
+    let (id, chain) = start_chain(&a, &h.shared, "ship").await;
+    h.until_held().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!target.join("current").exists(), "the deploy did not start before its start was stored");
+    h.release.add_permits(1);
+    tokio::time::timeout(Duration::from_secs(20), chain).await.expect("the chain ends").unwrap();
+    let exec = a.execution("default", &id).await.unwrap().unwrap();
+    assert_eq!(exec.status, Status::Succeeded, "{exec:#?}");
+    assert!(target.join("current/index.html").exists());
+    let updates = h.updates.lock().unwrap();
+    assert_eq!(updates[0].stages[1].actions[0].status, Status::InProgress, "the first write is the deploy's start");
+}
+
+/// A change recorded beside the chain (here a stop) makes the chain's write conflict: the
+/// chain's results are applied again to the stored record, so what the stop forbids does not
+/// stand even though it already ran here, and nothing of it is sent or queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conflicting_change_undoes_what_the_chain_ran_ahead() {
+    let Relay { h, a, mut seen, id, chain } = relay_held().await;
+    tokio::time::sleep(Duration::from_millis(300)).await; // B and C ran ahead
+    // A stop (letting running actions finish) is recorded while A's result is being written.
+    let stopped = a.control("default", &id, |_| Ok(Input::Stop { abandon: false, reason: Some("test".into()), at: Timestamp::now() })).await.unwrap();
+    assert_eq!(stopped.status, Status::Stopping);
+    h.release.add_permits(1);
+    tokio::time::timeout(Duration::from_secs(10), chain).await.expect("the chain ends").unwrap();
+    let exec = a.execution("default", &id).await.unwrap().unwrap();
+    assert_eq!(exec.status, Status::Stopped, "{exec:#?}");
+    assert_eq!(exec.stages[0].actions[0].status, Status::Succeeded, "A's result still counts");
+    for stage in &exec.stages[1..] {
+        assert_ne!(stage.actions[0].status, Status::Succeeded, "{} ran ahead, but the stop came first", stage.actions[0].name);
+    }
+    let mut events = Vec::new();
+    while let Ok(e) = seen.try_recv() {
+        events.push(e);
+    }
+    assert!(events.iter().all(|e| !matches!(e.action.as_deref(), Some("B") | Some("C"))), "nothing of B or C is sent: {events:#?}");
+    assert!(tokio::time::timeout(Duration::from_millis(200), h.shared.jobs.next()).await.is_err(), "nothing is queued");
+}
+
+/// A conflicting change that leaves the chain's runs alone (here the record written again as
+/// it was, as by another engine): the chain's results are applied again, its runs are not
+/// queued for another engine, and every change's events are sent once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_a_chain_started_are_not_queued_again_after_a_conflict() {
+    let Relay { h, a, mut seen, id, chain } = relay_held().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let key = exec_key("default", &id);
+    let (bytes, revision) = h.shared.executions.get(&key).await.unwrap().unwrap();
+    h.shared.executions.update(&key, bytes, revision).await.unwrap();
+    h.release.add_permits(1);
+    tokio::time::timeout(Duration::from_secs(10), chain).await.expect("the chain ends").unwrap();
+    let exec = a.execution("default", &id).await.unwrap().unwrap();
+    assert_eq!(exec.status, Status::Succeeded, "{exec:#?}");
+    for stage in &exec.stages {
+        let run = &stage.actions[0];
+        assert_eq!((run.status, run.attempt, run.runner.as_deref()), (Status::Succeeded, 1, None), "{}", run.name);
+    }
+    assert!(tokio::time::timeout(Duration::from_millis(200), h.shared.jobs.next()).await.is_err(), "nothing is queued again");
+    let mut events = Vec::new();
+    while let Ok(e) = seen.try_recv() {
+        events.push(e);
+    }
+    let mut ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), events.len(), "{events:#?}");
+    for name in ["A", "B", "C"] {
+        assert_eq!(events.iter().filter(|e| e.action.as_deref() == Some(name) && e.status == Status::Succeeded).count(), 1, "{name}: {events:#?}");
+    }
+}
