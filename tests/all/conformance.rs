@@ -41,6 +41,19 @@ async fn kv_suite(kv: &dyn Kv) {
     futures_util::future::join_all(tasks).await;
     let (v, _) = sluice_engine::kv::get_json::<u64>(kv, "t/counter").await.unwrap().unwrap();
     assert_eq!(v, 40);
+
+    // A watch delivers every later change of its key, in order, and nothing of other keys.
+    use futures_util::StreamExt;
+    let mut changes = kv.watch("t/w").await.unwrap().expect("both buckets can watch");
+    let w1 = kv.create("t/w", b"one".to_vec()).await.unwrap();
+    kv.create("t/other", b"not watched".to_vec()).await.unwrap();
+    let w2 = kv.update("t/w", b"two".to_vec(), w1).await.unwrap();
+    kv.delete("t/w").await.unwrap();
+    let mut next = async || tokio::time::timeout(Duration::from_secs(5), changes.next()).await.expect("a change within 5 s").expect("the watch goes on").unwrap();
+    assert_eq!(next().await, Some((b"one".to_vec(), w1)));
+    assert_eq!(next().await, Some((b"two".to_vec(), w2)));
+    assert_eq!(next().await, None, "a deletion");
+    assert!(tokio::time::timeout(Duration::from_millis(200), changes.next()).await.is_err(), "nothing else");
 }
 
 async fn queue_suite(q: &dyn WorkQueue) {

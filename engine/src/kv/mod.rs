@@ -42,7 +42,17 @@ pub trait Kv: Send + Sync {
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, KvResult<()>>;
     /// Keys that start with `prefix`, sorted.
     fn keys<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, KvResult<Vec<String>>>;
+    /// Watch `key`: once this returns, every later change of it is delivered, in order. The
+    /// stream ends, or yields an error, when the watch is lost. `None`: this bucket cannot
+    /// watch (callers read instead).
+    fn watch<'a>(&'a self, key: &'a str) -> BoxFuture<'a, KvResult<Option<KvChanges>>> {
+        let _ = key;
+        Box::pin(async { Ok(None) })
+    }
 }
+
+/// The changes of one watched key: each new value with its revision, `None` for a deletion.
+pub type KvChanges = futures_util::stream::BoxStream<'static, KvResult<Option<(Vec<u8>, u64)>>>;
 
 /// Whether `key` is acceptable to every backend.
 pub fn valid_key(key: &str) -> bool {

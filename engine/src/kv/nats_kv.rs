@@ -3,7 +3,7 @@
 use super::{Kv, KvError, KvResult};
 use async_nats::jetstream::kv::{CreateErrorKind, Operation, Store, UpdateErrorKind};
 use futures_util::future::BoxFuture;
-use futures_util::{FutureExt, TryStreamExt};
+use futures_util::{FutureExt, StreamExt, TryStreamExt};
 
 /// A JetStream KV bucket.
 #[derive(Clone)]
@@ -72,6 +72,21 @@ impl Kv for NatsKv {
             };
             keys.sort();
             Ok(keys)
+        }
+        .boxed()
+    }
+
+    fn watch<'a>(&'a self, key: &'a str) -> BoxFuture<'a, KvResult<Option<super::KvChanges>>> {
+        async move {
+            // An ordered consumer delivering only what is written from now on; it recreates
+            // itself (from the last sequence seen) after a reconnect or a missed heartbeat.
+            let watch = self.store.watch(key).await.map_err(backend)?;
+            let changes = watch.map(|entry| match entry {
+                Ok(e) if e.operation == Operation::Put => Ok(Some((e.value.to_vec(), e.revision))),
+                Ok(_) => Ok(None),
+                Err(e) => Err(backend(e)),
+            });
+            Ok(Some(changes.boxed()))
         }
         .boxed()
     }

@@ -1,17 +1,22 @@
 //! The embedded bucket: one redb table per bucket. Values carry an 8-byte big-endian
 //! revision prefix, like the embedded state store.
 use super::{Kv, KvError, KvResult};
-use futures_util::FutureExt;
+use futures_util::{FutureExt, StreamExt};
 use futures_util::future::BoxFuture;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::Path;
 use std::sync::Arc;
 
-/// A bucket in a redb database file. Several buckets may share one [`Database`].
+/// A bucket in a redb database file. Several buckets may share one [`Database`]. Watches see
+/// the changes made through the same `RedbKv` (share it, as the embedded service does).
 pub struct RedbKv {
     db: Arc<Database>,
     table: String,
+    changes: tokio::sync::broadcast::Sender<Change>,
 }
+
+/// A committed change, for watches: the key and its new value and revision (`None`: deleted).
+type Change = (String, Option<(Vec<u8>, u64)>);
 
 fn backend(e: impl std::fmt::Display) -> KvError {
     KvError::Backend(e.to_string())
@@ -34,7 +39,7 @@ impl RedbKv {
         let tx = db.begin_write().map_err(backend)?;
         tx.open_table(TableDefinition::<&str, &[u8]>::new(&table)).map_err(backend)?;
         tx.commit().map_err(backend)?;
-        Ok(RedbKv { db, table })
+        Ok(RedbKv { db, table, changes: tokio::sync::broadcast::channel(1024).0 })
     }
 
     fn def(&self) -> TableDefinition<'_, &'static str, &'static [u8]> {
@@ -66,7 +71,15 @@ impl RedbKv {
             revision
         };
         tx.commit().map_err(backend)?;
+        self.announce(key, Some((value.to_vec(), revision)));
         Ok(revision)
+    }
+
+    /// Tell the watches (if any) about a committed change.
+    fn announce(&self, key: &str, value: Option<(Vec<u8>, u64)>) {
+        if self.changes.receiver_count() > 0 {
+            let _ = self.changes.send((key.to_string(), value));
+        }
     }
 }
 
@@ -94,9 +107,32 @@ impl Kv for RedbKv {
         async move {
             let tx = self.db.begin_write().map_err(backend)?;
             tx.open_table(self.def()).map_err(backend)?.remove(key).map_err(backend)?;
-            tx.commit().map_err(backend)
+            tx.commit().map_err(backend)?;
+            self.announce(key, None);
+            Ok(())
         }
         .boxed()
+    }
+
+    fn watch<'a>(&'a self, key: &'a str) -> BoxFuture<'a, KvResult<Option<super::KvChanges>>> {
+        let rx = self.changes.subscribe();
+        let key = key.to_string();
+        let changes = futures_util::stream::unfold(Some(rx), move |rx| {
+            let key = key.clone();
+            async move {
+                let mut rx = rx?;
+                loop {
+                    match rx.recv().await {
+                        Ok((k, value)) if k == key => return Some((Ok(value), Some(rx))),
+                        Ok(_) => continue,
+                        // A watch that fell behind has lost changes: it ends with the reason.
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => return Some((Err(KvError::Backend(format!("watch of `{key}` missed {n} changes"))), None)),
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                    }
+                }
+            }
+        });
+        async move { Ok(Some(changes.boxed())) }.boxed()
     }
 
     fn keys<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, KvResult<Vec<String>>> {

@@ -10,7 +10,7 @@
 use super::{Service, exec_key};
 use crate::bus::Snapshot;
 use crate::kv::{KvError, get_json};
-use crate::scheduler::lanes::{self, Disabled, Effect, LaneOp, Lanes};
+use crate::scheduler::lanes::{self, Disabled, Effect, LaneOp, Lanes, Mode};
 use crate::scheduler::{Execution, Input, Status, Timestamp, TriggerInfo, apply};
 use std::collections::VecDeque;
 
@@ -134,9 +134,11 @@ impl Service {
     }
 
     /// Apply one change to a pipeline's lanes with compare-and-swap. The lanes as this engine
-    /// last read or wrote them are tried first: a stage entry then costs one write instead of
-    /// a read and a write. A stale copy costs nothing but a retry, because the write's
-    /// compare-and-swap refuses it; and a change that writes nothing is decided on a fresh read.
+    /// last read, wrote or watched them are tried first: a stage entry then costs one write
+    /// instead of a read and a write. A stale copy costs nothing but a retry, because the
+    /// write's compare-and-swap refuses it; and a change that writes nothing is decided on a
+    /// fresh read, except in `parallel` mode on a copy a watch keeps current
+    /// ([`super::lane_copies`]).
     pub(crate) async fn lane(&self, tenant: &str, pipeline: &str, op: &LaneOp) -> Result<Vec<Effect>, KvError> {
         self.lane_from(tenant, pipeline, op, None).await
     }
@@ -146,13 +148,22 @@ impl Service {
     pub(crate) async fn lane_from(&self, tenant: &str, pipeline: &str, op: &LaneOp, mut fresh: Option<FreshLanes>) -> Result<Vec<Effect>, KvError> {
         let kv = &*self.edges.executions;
         let key = lane_key(tenant, pipeline);
-        let mut cached = if fresh.is_some() { None } else { self.lanes_seen.lock().unwrap().get(&key).cloned() };
+        let mut cached = if fresh.is_some() { None } else { self.lane_copies.get(&key) };
         loop {
-            let from_cache = cached.is_some();
+            let (from_cache, current) = (cached.is_some(), cached.as_ref().is_some_and(|c| c.current));
+            let ticket = self.lane_copies.ticket(&key);
             let read = match fresh.take() {
                 Some(f) => f.0,
-                None if from_cache => cached.take(),
-                None => get_json::<Lanes>(kv, &key).await?,
+                None => match cached.take() {
+                    Some(c) => Some((c.lanes, c.revision)),
+                    None => {
+                        let read = get_json::<Lanes>(kv, &key).await?;
+                        if let Some((lanes, r)) = &read {
+                            self.lane_copies.keep(&key, lanes.clone(), *r, ticket);
+                        }
+                        read
+                    }
+                },
             };
             let (mut lanes, revision) = match read {
                 Some((l, r)) => (l, Some(r)),
@@ -161,11 +172,10 @@ impl Service {
             let before = lanes.clone();
             let effects = lanes::step(&mut lanes, op);
             if lanes == before {
-                if from_cache {
+                // Nothing to write: decided on a fresh read, or in `parallel` mode on a copy a
+                // watch keeps current (passing an enabled transition; see `lane_copies`).
+                if from_cache && !(current && before.mode == Mode::Parallel) {
                     continue;
-                }
-                if let Some(r) = revision {
-                    self.lanes_seen.lock().unwrap().insert(key, (before, r));
                 }
                 return Ok(effects);
             }
@@ -176,7 +186,7 @@ impl Service {
             };
             match written {
                 Ok(r) => {
-                    self.lanes_seen.lock().unwrap().insert(key, (lanes, r));
+                    self.lane_copies.keep(&key, lanes, r, ticket);
                     return Ok(effects);
                 }
                 // Stale: read and try again.
@@ -184,7 +194,7 @@ impl Service {
                 // Unknown whether it was written: forget the copy. A copy's write is tried again
                 // from a fresh read (steps are idempotent); a fresh read's failure is the caller's.
                 Err(e) => {
-                    self.lanes_seen.lock().unwrap().remove(&key);
+                    self.lane_copies.forget(&key);
                     if !from_cache {
                         return Err(e);
                     }
@@ -194,9 +204,19 @@ impl Service {
     }
 
     /// Read a pipeline's lanes ahead of a stage entry, to be handed to [`Service::lane_from`]:
-    /// the read can then overlap other work of the same step.
+    /// the read can then overlap other work of the same step. In `parallel` mode, a copy a
+    /// watch keeps current stands for the read.
     pub(crate) async fn read_lanes(&self, tenant: &str, pipeline: &str) -> Result<FreshLanes, KvError> {
-        Ok(FreshLanes(get_json::<Lanes>(&*self.edges.executions, &lane_key(tenant, pipeline)).await?))
+        let key = lane_key(tenant, pipeline);
+        if let Some(seen) = self.lane_copies.get(&key).filter(|c| c.current && c.lanes.mode == Mode::Parallel) {
+            return Ok(FreshLanes(Some((seen.lanes, seen.revision))));
+        }
+        let ticket = self.lane_copies.ticket(&key);
+        let read = get_json::<Lanes>(&*self.edges.executions, &key).await?;
+        if let Some((lanes, r)) = &read {
+            self.lane_copies.keep(&key, lanes.clone(), *r, ticket);
+        }
+        Ok(FreshLanes(read))
     }
 
     /// A pipeline's lanes: who is inside or waiting before each stage, and disabled transitions.

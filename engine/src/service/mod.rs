@@ -14,6 +14,7 @@ pub mod functions;
 pub mod client;
 mod jobs;
 mod journal;
+mod lane_copies;
 pub mod lanes;
 pub mod pipelines;
 pub mod schedule;
@@ -26,6 +27,8 @@ pub mod wiring;
 mod tests;
 #[cfg(test)]
 mod tests_journal;
+#[cfg(test)]
+mod tests_lanes;
 
 use crate::bus::{Event, EventBus, Kind, Snapshot};
 use crate::executor::Engine;
@@ -140,7 +143,7 @@ pub struct Service {
     workers: std::sync::atomic::AtomicUsize,
     busy: Arc<std::sync::atomic::AtomicUsize>,
     /// Each pipeline's lanes as this engine last read or wrote them, with their revision.
-    lanes_seen: Mutex<HashMap<String, (crate::scheduler::lanes::Lanes, u64)>>,
+    lane_copies: lane_copies::LaneCopies,
     /// Events this engine published and the stream has not acknowledged yet, by execution key:
     /// every change this engine records carries them in its outbox (see `jobs::in_flight`).
     unacked: Mutex<HashMap<String, Vec<(jobs::Sent, Vec<Event>)>>>,
@@ -260,7 +263,8 @@ impl Service {
     pub fn new(engine: Engine, edges: Edges) -> Arc<Self> {
         let functions = Arc::new(functions::Registered { kv: edges.functions.clone(), runtime: engine.registry.runtime().clone(), blobs: engine.blobs.clone() });
         let incarnation = ulid::Ulid::new().to_string();
-        Arc::new(Service { engine, edges, loaded: Mutex::new(HashMap::new()), functions, running: Mutex::new(HashMap::new()), handled: Default::default(), incarnation, workers: Default::default(), busy: Default::default(), lanes_seen: Default::default(), unacked: Default::default() })
+        let lane_copies = lane_copies::LaneCopies::new(edges.executions.clone());
+        Arc::new(Service { engine, edges, loaded: Mutex::new(HashMap::new()), functions, running: Mutex::new(HashMap::new()), handled: Default::default(), incarnation, workers: Default::default(), busy: Default::default(), lane_copies, unacked: Default::default() })
     }
 
     /// Before applying a change to a stored execution: the events of its last change when
