@@ -496,10 +496,14 @@ impl Service {
             return Ok(Err(format!("invalid tenant or pipeline name in `{tenant}`/`{name}`")));
         }
         let kv = &*self.edges.executions;
-        // The lanes the first stage is entered through are read while the pipeline loads:
-        // both are reads, so the entry below costs no round trip of its own. (Should the read
-        // fail, the entry reads again.)
-        let (loaded, lanes) = futures_util::future::join(self.load(tenant, name, None), self.read_lanes(tenant, name)).await;
+        // One event id → one execution: the claim names the execution before it exists. It is
+        // written while the pipeline loads and the lanes the first stage is entered through are
+        // read (the entry below then costs no round trip of its own; should that read fail, the
+        // entry reads again): the usual case, a new event, costs one round trip for all three.
+        let claim = claim_key(tenant, name, &event.id);
+        let new_id = ulid::Ulid::new().to_string();
+        let claim_bytes = serde_json::to_vec(&new_id).unwrap_or_default();
+        let (loaded, lanes, claimed) = futures_util::future::join3(self.load(tenant, name, None), self.read_lanes(tenant, name), kv.create(&claim, claim_bytes)).await;
         let checked = match loaded {
             Ok(Some(loaded)) => match trigger::accepts(&loaded.pipeline.triggers, &event) {
                 Err(reason) => Err(reason),
@@ -511,23 +515,24 @@ impl Service {
             Ok(None) => Err(format!("unknown pipeline `{name}` (register it with `sluice pipeline put`)")),
             Err(e) => Err(format!("pipeline `{name}` does not load: {e}")),
         };
-        // One event id → one execution: the claim names the execution before it exists. The
-        // usual case, a new event, costs one write; a claimed one (a duplicate) a read more.
-        let claim = claim_key(tenant, name, &event.id);
-        let (execution_id, fresh) = match &checked {
-            Ok(_) => {
-                let id = ulid::Ulid::new().to_string();
-                match kv.create(&claim, serde_json::to_vec(&id).unwrap_or_default()).await {
-                    Ok(_) => (id, true),
-                    Err(KvError::Conflict { .. }) => (get_json::<String>(kv, &claim).await?.map(|(id, _)| id).unwrap_or(id), false),
-                    Err(e) => return Err(e),
+        // A claimed event (a duplicate) costs a read more.
+        let (execution_id, fresh) = match claimed {
+            Ok(_) => match &checked {
+                Ok(_) => (new_id, true),
+                // Refused: the claim made for it goes (nothing will exist under it).
+                Err(reason) => {
+                    if let Err(e) = kv.delete(&claim).await {
+                        tracing::warn!("claim {claim} of a refused event not removed: {e}");
+                    }
+                    return Ok(Err(reason.clone()));
                 }
-            }
-            // An event claimed before the pipeline changed still names its execution.
-            Err(reason) => match get_json::<String>(kv, &claim).await? {
-                Some((id, _)) => (id, false),
-                None => return Ok(Err(reason.clone())),
             },
+            // An event claimed before the pipeline changed still names its execution.
+            Err(KvError::Conflict { .. }) => match get_json::<String>(kv, &claim).await? {
+                Some((id, _)) => (id, false),
+                None => return Err(KvError::Backend(format!("claim {claim} vanished"))),
+            },
+            Err(e) => return Err(e),
         };
         let key = exec_key(tenant, &execution_id);
         // A fresh claim has no execution yet.

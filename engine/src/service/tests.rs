@@ -379,7 +379,7 @@ async fn a_triggers_chain_runs_its_first_action_while_the_starts_events_are_stor
     assert_eq!(done.expect("the execution ends and the trigger is acknowledged").status, Status::Succeeded);
 }
 
-/// A store whose reads take a while, counting how many are in flight at once.
+/// A store whose reads (and claims) take a while, counting how many are in flight at once.
 struct SlowReads {
     inner: Arc<dyn crate::kv::Kv>,
     in_flight: Arc<std::sync::atomic::AtomicUsize>,
@@ -401,7 +401,18 @@ impl crate::kv::Kv for SlowReads {
         })
     }
     fn create<'a>(&'a self, key: &'a str, value: Vec<u8>) -> futures_util::future::BoxFuture<'a, crate::kv::KvResult<u64>> {
-        self.inner.create(key, value)
+        use std::sync::atomic::Ordering::SeqCst;
+        if !key.contains("/claim/") {
+            return self.inner.create(key, value);
+        }
+        Box::pin(async move {
+            let now = self.in_flight.fetch_add(1, SeqCst) + 1;
+            self.most.fetch_max(now, SeqCst);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let created = self.inner.create(key, value).await;
+            self.in_flight.fetch_sub(1, SeqCst);
+            created
+        })
     }
     fn update<'a>(&'a self, key: &'a str, value: Vec<u8>, revision: u64) -> futures_util::future::BoxFuture<'a, crate::kv::KvResult<u64>> {
         self.inner.update(key, value, revision)
@@ -414,10 +425,11 @@ impl crate::kv::Kv for SlowReads {
     }
 }
 
-/// Starting an execution reads the pipeline and the lanes of its first stage at the same time
-/// (one round trip, not two, before the start is written), and the stage is entered as before.
+/// Starting an execution reads the pipeline and the lanes of its first stage and writes the
+/// event's claim at the same time (one round trip, not three, before the record is created),
+/// and the stage is entered as before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_start_reads_the_pipeline_and_its_first_lanes_at_once() {
+async fn a_start_reads_the_pipeline_and_its_lanes_while_it_claims_the_event() {
     use std::sync::atomic::Ordering::SeqCst;
     let dir = tempfile::tempdir().unwrap();
     let mut shared = shared_edges(dir.path());
@@ -430,7 +442,7 @@ async fn a_start_reads_the_pipeline_and_its_first_lanes_at_once() {
     most.store(0, SeqCst);
     keys.lock().unwrap().clear();
     let (id, _) = a.start("default", "relay", br#"{"id":"e-1"}"#, false, false).await.unwrap().unwrap();
-    assert_eq!(most.load(SeqCst), 2, "the pipeline and the lanes are read together");
+    assert_eq!(most.load(SeqCst), 3, "the pipeline and the lanes are read, and the claim written, together");
     let lane_reads = keys.lock().unwrap().iter().filter(|k| k.as_str() == "default/lane/relay").count();
     assert_eq!(lane_reads, 1, "and the stage entry uses that read: {:?}", keys.lock().unwrap());
     let exec = a.execution("default", &id).await.unwrap().unwrap();
@@ -502,4 +514,21 @@ async fn a_chain_that_never_runs_gives_back_its_places() {
     assert_eq!(a.busy.load(SeqCst), 2, "B and C each took an idle worker's place (A runs in the trigger's)");
     drop(recorded);
     assert_eq!(a.busy.load(SeqCst), 0, "given back with the jobs");
+}
+
+/// An event the pipeline refuses (here: no such pipeline yet) leaves no claim behind: once the
+/// pipeline is registered, the same event starts an execution.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_event_leaves_no_claim() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = shared_edges(dir.path());
+    let a = engine(&dir.path().join("a"), Arc::new(MemoryBus::default()), &shared);
+    let refused = a.start("default", "relay", br#"{"id":"e-1"}"#, false, false).await.unwrap();
+    assert!(matches!(&refused, Err(reason) if reason.contains("unknown pipeline")), "refused");
+    assert_eq!(shared.executions.get(&claim_key("default", "relay", "e-1")).await.unwrap(), None, "no claim");
+    register(&a, dir.path(), "relay.yaml", PIPELINE).await;
+    let (id, _) = a.start("default", "relay", br#"{"id":"e-1"}"#, false, false).await.unwrap().unwrap();
+    assert!(a.execution("default", &id).await.unwrap().is_some());
+    let (again, _) = a.start("default", "relay", br#"{"id":"e-1"}"#, false, false).await.unwrap().unwrap();
+    assert_eq!(again, id, "one event id, one execution");
 }
