@@ -9,6 +9,7 @@ use futures_util::{FutureExt, StreamExt, TryStreamExt};
 #[derive(Clone)]
 pub struct NatsKv {
     store: Store,
+    client: async_nats::Client,
 }
 
 fn backend(e: impl std::fmt::Display) -> KvError {
@@ -25,7 +26,7 @@ impl NatsKv {
                 .await
                 .map_err(|e| KvError::Backend(format!("create KV bucket {name}: {e}")))?,
         };
-        Ok(NatsKv { store })
+        Ok(NatsKv { store, client: js.client() })
     }
 }
 
@@ -78,13 +79,35 @@ impl Kv for NatsKv {
 
     fn watch<'a>(&'a self, key: &'a str) -> BoxFuture<'a, KvResult<Option<super::KvChanges>>> {
         async move {
-            // An ordered consumer delivering only what is written from now on; it recreates
-            // itself (from the last sequence seen) after a reconnect or a missed heartbeat.
+            // An ordered consumer delivering only what is written from now on. It would quietly
+            // recreate itself after a reconnect, but changes made meanwhile reach it late: the
+            // watch ends instead as soon as the connection is seen down (checked every 100 ms),
+            // and the watcher reads again.
             let watch = self.store.watch(key).await.map_err(backend)?;
-            let changes = watch.map(|entry| match entry {
-                Ok(e) if e.operation == Operation::Put => Ok(Some((e.value.to_vec(), e.revision))),
-                Ok(_) => Ok(None),
-                Err(e) => Err(backend(e)),
+            let client = self.client.clone();
+            let changes = futures_util::stream::unfold(Some(watch), move |watch| {
+                let client = client.clone();
+                async move {
+                    let mut watch = watch?;
+                    let mut check = tokio::time::interval(std::time::Duration::from_millis(100));
+                    loop {
+                        tokio::select! {
+                            entry = watch.next() => {
+                                let change = match entry? {
+                                    Ok(e) if e.operation == Operation::Put => Ok(Some((e.value.to_vec(), e.revision))),
+                                    Ok(_) => Ok(None),
+                                    Err(e) => return Some((Err(backend(e)), None)),
+                                };
+                                return Some((change, Some(watch)));
+                            }
+                            _ = check.tick() => {
+                                if client.connection_state() != async_nats::connection::State::Connected {
+                                    return Some((Err(KvError::Backend("disconnected from NATS".into())), None));
+                                }
+                            }
+                        }
+                    }
+                }
             });
             Ok(Some(changes.boxed()))
         }

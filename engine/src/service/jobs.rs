@@ -2,8 +2,8 @@
 //! with compare-and-swap, and goes on with what that result made runnable.
 //!
 //! **Chains.** The job that the result of a run makes runnable is not queued for some engine
-//! to fetch: the worker runs it at once, from the record it has just written, under the
-//! *lease* of the delivery it started from. The delivery stays unacknowledged (its deadline
+//! to fetch: the worker runs it at once, from the chain's copy of the record (written behind:
+//! see `journal`), under the *lease* of the delivery it started from. The delivery stays unacknowledged (its deadline
 //! pushed back while work goes on) until the chain ends. If the engine dies, that delivery
 //! comes back to another engine, which finds the results recorded so far and queues the jobs
 //! still outstanding; while the engine lives, nobody else runs what its chain runs. A chain
@@ -278,6 +278,11 @@ impl Service {
             return self.complete(&key, &input).await.map(|()| Settled::Done);
         }
         let Some(run) = exec.stages.get(job.stage).and_then(|s| s.actions.get(job.action)) else { return Ok(Settled::Done) };
+        if is_chained && run.runner.as_deref() != Some(lease.id.as_str()) {
+            // A change made elsewhere (a conflict the chain's write met) gave the run to
+            // another runner meanwhile: it is theirs.
+            return Ok(Settled::Done);
+        }
         if run.status != Status::InProgress || run.attempt != job.attempt || (run.waiting.is_some() && !job.expire && !matches!(run.waiting.as_ref().map(|w| &w.wake), Some(Wake::Timer(_)))) {
             // A delivery that comes back finds its result recorded: its engine died (or lost
             // the lease) after recording it, maybe in the middle of a chain. Publish and queue

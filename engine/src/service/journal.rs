@@ -25,7 +25,7 @@
 use super::jobs::Kept;
 use super::{JobMessage, Loaded, Service, lanes};
 use crate::bus::{Event, Snapshot};
-use crate::kv::{KvError, get_json};
+use crate::kv::KvError;
 use crate::model::Access;
 use crate::scheduler::{Execution, Input, apply};
 use std::collections::HashSet;
@@ -194,49 +194,45 @@ impl Service {
     /// write was in flight; changes applied meanwhile are written by the same call.
     pub(super) async fn write_behind(&self, journal: &Journal) -> Result<(), String> {
         let kv = &*self.edges.executions;
-        let mut lane_work = Vec::new();
         let mut delay = Duration::from_millis(100);
         let mut give_up = tokio::time::Instant::now() + Duration::from_secs(60);
+        // A write whose outcome is unknown (the store failed to answer): it may be stored.
+        let mut uncertain: Option<Attempt> = None;
         let result = loop {
-            let (bytes, revision, count, upto) = {
+            let attempt = {
                 let mut head = journal.head.lock().await;
                 if head.pending.is_empty() {
                     head.writing = false;
+                    // Changes a conflict undid are settled too: nobody waits for them.
+                    let applied = head.applied;
+                    journal.stored.send_modify(|s| s.upto = s.upto.max(applied));
                     break Ok(());
                 }
-                (serde_json::to_vec(&head.exec), head.revision, head.pending.len(), head.applied)
+                match serde_json::to_vec(&head.exec) {
+                    Ok(bytes) => Attempt { bytes, revision: head.revision, count: head.pending.len(), upto: head.applied },
+                    Err(e) => break Err(e.to_string()),
+                }
             };
-            let written = match bytes {
-                Ok(bytes) => kv.update(&journal.key, bytes, revision).await,
-                Err(e) => break Err(e.to_string()),
-            };
-            let failure = match written {
+            let failure = match kv.update(&journal.key, attempt.bytes.clone(), attempt.revision).await {
                 Ok(revision) => {
-                    let mut head = journal.head.lock().await;
-                    head.revision = revision;
-                    let (mut events, mut queued) = (Vec::new(), Vec::new());
-                    lane_work.append(&mut head.carried);
-                    for change in head.pending.drain(..count) {
-                        events.extend(change.publish);
-                        queued.extend(change.queued);
-                        lane_work.extend(change.entered);
-                        lane_work.extend(change.after);
-                    }
-                    // Counted as in flight before the head is let go: a change applied from
-                    // now on carries them.
-                    self.sending_now(&journal.key, events);
-                    drop(head);
-                    journal.stored.send_modify(|s| s.upto = s.upto.max(upto));
-                    self.push_jobs(&queued).await;
+                    uncertain = None;
+                    self.stored_as(journal, revision, &attempt).await;
                     delay = Duration::from_millis(100);
                     give_up = tokio::time::Instant::now() + Duration::from_secs(60);
                     continue;
                 }
-                Err(KvError::Conflict { .. }) => match self.reapply(journal).await {
-                    Ok(()) => continue,
+                Err(KvError::Conflict { .. }) => match self.reapply(journal, uncertain.take()).await {
+                    Ok(Reapplied::Again) => continue,
+                    Ok(Reapplied::Landed(revision, landed)) => {
+                        self.stored_as(journal, revision, &landed).await;
+                        continue;
+                    }
                     Err(e) => e,
                 },
-                Err(e) => e,
+                Err(e) => {
+                    uncertain = Some(attempt);
+                    e
+                }
             };
             // The store may be briefly unreachable (a NATS restart): keep the results.
             match failure {
@@ -252,17 +248,46 @@ impl Service {
             let mut head = journal.head.lock().await;
             head.failed = Some(e.clone());
             head.writing = false;
+            // The lanes were changed for these entries already: that stands.
+            let mut entered = std::mem::take(&mut head.carried);
+            entered.extend(head.pending.iter_mut().flat_map(|c| std::mem::take(&mut c.entered)));
+            drop(head);
             journal.stored.send_modify(|s| s.failed = true);
+            self.settle(entered).await;
         }
-        self.settle(lane_work).await;
         result
     }
 
-    /// After a conflict: read the stored record and apply the chain's unwritten results to it
-    /// again, in order. (All or nothing: a failed read leaves the head as it was.)
-    async fn reapply(&self, journal: &Journal) -> Result<(), KvError> {
+    /// The write `attempt` is stored, at `revision`: send its changes' events, queue their
+    /// jobs and do their lane work.
+    async fn stored_as(&self, journal: &Journal, revision: u64, attempt: &Attempt) {
+        let mut head = journal.head.lock().await;
+        head.revision = revision;
+        let (mut events, mut queued, mut lane_work) = (Vec::new(), Vec::new(), std::mem::take(&mut head.carried));
+        for change in head.pending.drain(..attempt.count) {
+            events.extend(change.publish);
+            queued.extend(change.queued);
+            lane_work.extend(change.entered);
+            lane_work.extend(change.after);
+        }
+        // Counted as in flight before the head is let go: a change applied from now on
+        // carries them.
+        self.sending_now(&journal.key, events);
+        drop(head);
+        journal.stored.send_modify(|s| s.upto = s.upto.max(attempt.upto));
+        futures_util::future::join(self.push_jobs(&queued), self.settle(lane_work)).await;
+    }
+
+    /// After a conflict: read the stored record. If it is the `uncertain` write, that write
+    /// was stored after all. Otherwise apply the chain's unwritten results to it again, in
+    /// order. (All or nothing: a failed read leaves the head as it was.)
+    async fn reapply(&self, journal: &Journal, uncertain: Option<Attempt>) -> Result<Reapplied, KvError> {
         let kv = &*self.edges.executions;
-        let (exec, revision) = get_json::<Execution>(kv, &journal.key).await?.ok_or_else(|| KvError::Backend(format!("execution {} vanished", journal.key)))?;
+        let (bytes, revision) = kv.get(&journal.key).await?.ok_or_else(|| KvError::Backend(format!("execution {} vanished", journal.key)))?;
+        if let Some(attempt) = uncertain.filter(|a| a.bytes == bytes) {
+            return Ok(Reapplied::Landed(revision, attempt));
+        }
+        let exec: Execution = serde_json::from_slice(&bytes).map_err(|e| KvError::Backend(format!("execution {} unreadable: {e}", journal.key)))?;
         let mut head = journal.head.lock().await;
         let mut again = Head { exec, revision, pending: Vec::new(), applied: head.applied, writing: true, started: head.started.clone(), carried: Vec::new(), failed: None };
         for change in &head.pending {
@@ -272,8 +297,26 @@ impl Service {
         again.carried.extend(head.carried.drain(..));
         again.carried.extend(head.pending.iter_mut().flat_map(|c| std::mem::take(&mut c.entered)));
         *head = again;
-        Ok(())
+        Ok(Reapplied::Again)
     }
+}
+
+/// One write of the chain's record: what was sent, at which revision, holding which changes.
+struct Attempt {
+    bytes: Vec<u8>,
+    revision: u64,
+    /// The first `count` pending changes, numbered up to `upto`.
+    count: usize,
+    upto: u64,
+}
+
+/// What a conflict turned out to be.
+enum Reapplied {
+    /// The stored record was changed by someone else: the head now holds it, with the chain's
+    /// results applied again.
+    Again,
+    /// It is the uncertain write, stored after all (at this revision).
+    Landed(u64, Attempt),
 }
 
 /// Jobs made runnable again by a change made after a conflict: runs this chain started stay

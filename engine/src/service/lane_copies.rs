@@ -11,9 +11,9 @@
 //! stops the executions that arrive after the change has reached this one. In the other modes,
 //! whose no-change decisions guard who is inside a stage, a fresh read still decides.
 //!
-//! A watch that ends (lost, or a bucket that cannot watch) makes the copies of its key no
-//! longer current; the next use starts another. A watch unused for [`IDLE`] ends, so an engine
-//! keeps watches only on the pipelines it runs.
+//! A watch that ends (lost, NATS disconnected, or a bucket that cannot watch) makes the copies
+//! of its key no longer current; the next use starts another. A watch unused for [`IDLE`]
+//! ends, so an engine keeps watches only on the pipelines it runs.
 
 use crate::kv::{Kv, KvChanges};
 use crate::scheduler::lanes::Lanes;
@@ -107,9 +107,12 @@ impl LaneCopies {
         }
     }
 
-    /// Forget the copy of `key` (a write whose outcome is unknown).
-    pub(crate) fn forget(&self, key: &str) {
-        self.state.lock().unwrap().copies.remove(key);
+    /// Trust the copy of `key` no more (a write whose outcome is unknown): it is tried as a
+    /// stale copy would be, and keeps its revision, so that no older copy replaces it.
+    pub(crate) fn distrust(&self, key: &str) {
+        if let Some(c) = self.state.lock().unwrap().copies.get_mut(key) {
+            c.current = None;
+        }
     }
 
     /// Start watching `key` unless a watch exists (or failed to start a moment ago).

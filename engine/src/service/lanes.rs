@@ -191,10 +191,11 @@ impl Service {
                 }
                 // Stale: read and try again.
                 Err(KvError::Conflict { .. }) => continue,
-                // Unknown whether it was written: forget the copy. A copy's write is tried again
-                // from a fresh read (steps are idempotent); a fresh read's failure is the caller's.
+                // Unknown whether it was written: distrust the copy. A copy's write is tried
+                // again from a fresh read (steps are idempotent); a fresh read's failure is the
+                // caller's.
                 Err(e) => {
-                    self.lane_copies.forget(&key);
+                    self.lane_copies.distrust(&key);
                     if !from_cache {
                         return Err(e);
                     }

@@ -519,13 +519,10 @@ impl Service {
         let (execution_id, fresh) = match claimed {
             Ok(_) => match &checked {
                 Ok(_) => (new_id, true),
-                // Refused: the claim made for it goes (nothing will exist under it).
-                Err(reason) => {
-                    if let Err(e) = kv.delete(&claim).await {
-                        tracing::warn!("claim {claim} of a refused event not removed: {e}");
-                    }
-                    return Ok(Err(reason.clone()));
-                }
+                // Refused: the claim stays. (Removing it could race with an engine that accepts
+                // the same event at the same time under this claim; a later delivery that is
+                // accepted starts the execution under the claimed id.)
+                Err(reason) => return Ok(Err(reason.clone())),
             },
             // An event claimed before the pipeline changed still names its execution.
             Err(KvError::Conflict { .. }) => match get_json::<String>(kv, &claim).await? {

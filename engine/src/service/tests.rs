@@ -516,18 +516,20 @@ async fn a_chain_that_never_runs_gives_back_its_places() {
     assert_eq!(a.busy.load(SeqCst), 0, "given back with the jobs");
 }
 
-/// An event the pipeline refuses (here: no such pipeline yet) leaves no claim behind: once the
-/// pipeline is registered, the same event starts an execution.
+/// An event the pipeline refuses (here: no such pipeline yet) keeps the claim written for it
+/// while the pipeline was read: once the pipeline is registered, a delivery of the same event
+/// starts its execution under the claimed id, and only that one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_event_leaves_no_claim() {
+async fn a_refused_event_is_started_under_its_claim_once_accepted() {
     let dir = tempfile::tempdir().unwrap();
     let shared = shared_edges(dir.path());
     let a = engine(&dir.path().join("a"), Arc::new(MemoryBus::default()), &shared);
     let refused = a.start("default", "relay", br#"{"id":"e-1"}"#, false, false).await.unwrap();
     assert!(matches!(&refused, Err(reason) if reason.contains("unknown pipeline")), "refused");
-    assert_eq!(shared.executions.get(&claim_key("default", "relay", "e-1")).await.unwrap(), None, "no claim");
+    let (claimed, _) = crate::kv::get_json::<String>(&*shared.executions, &claim_key("default", "relay", "e-1")).await.unwrap().expect("the claim stays");
     register(&a, dir.path(), "relay.yaml", PIPELINE).await;
     let (id, _) = a.start("default", "relay", br#"{"id":"e-1"}"#, false, false).await.unwrap().unwrap();
+    assert_eq!(id, claimed);
     assert!(a.execution("default", &id).await.unwrap().is_some());
     let (again, _) = a.start("default", "relay", br#"{"id":"e-1"}"#, false, false).await.unwrap().unwrap();
     assert_eq!(again, id, "one event id, one execution");

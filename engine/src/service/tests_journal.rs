@@ -223,3 +223,83 @@ async fn runs_a_chain_started_are_not_queued_again_after_a_conflict() {
         assert_eq!(events.iter().filter(|e| e.action.as_deref() == Some(name) && e.status == Status::Succeeded).count(), 1, "{name}: {events:#?}");
     }
 }
+
+/// A conflict whose results, applied again, change nothing (here a stop that abandons the
+/// execution while the chain's first result is being written) leaves nothing to write: what
+/// waits for the chain's changes to be stored (a deploy) is let go, finds the run stopped, and
+/// the chain ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conflict_that_leaves_nothing_to_write_lets_the_waiting_runs_go() {
+    let h = held_edges();
+    let target = h.dir.path().join("site");
+    std::fs::create_dir_all(h.dir.path().join("app")).unwrap();
+    let ship = format!(
+        "name: ship\nstages:\n  - name: Source\n    actions:\n      - {{ name: Snap, uses: source-dir@1, with: {{ path: app }}, outputs: [src] }}\n  - name: Deploy\n    actions:\n      - name: Release\n        uses: deploy-release@1\n        inputs: [src]\n        with: {{ target: '{t}' }}\n        capabilities: {{ dirs: {{ '{t}': rw }} }}\n",
+        t = target.display()
+    );
+    let a = engine(&h.dir.path().join("a"), Arc::new(MemoryBus::default()), &h.shared);
+    register(&a, h.dir.path(), "ship.yaml", &ship).await;
+    let (id, chain) = start_chain(&a, &h.shared, "ship").await;
+    h.until_held().await;
+    let stopped = a.control("default", &id, |_| Ok(Input::Stop { abandon: true, reason: Some("test".into()), at: Timestamp::now() })).await.unwrap();
+    assert_eq!(stopped.status, Status::Stopped);
+    h.release.add_permits(1);
+    tokio::time::timeout(Duration::from_secs(10), chain).await.expect("the chain ends").unwrap();
+    assert!(!target.join("current").exists(), "the deploy never ran");
+    assert_eq!(a.execution("default", &id).await.unwrap().unwrap().status, Status::Stopped);
+}
+
+/// An execution store whose first update of an execution record is stored but answered with
+/// an error (a reply lost on the way back).
+struct LostAnswer {
+    inner: Arc<dyn Kv>,
+    lost: AtomicUsize,
+}
+
+impl Kv for LostAnswer {
+    fn get<'a>(&'a self, key: &'a str) -> futures_util::future::BoxFuture<'a, crate::kv::KvResult<Option<(Vec<u8>, u64)>>> {
+        self.inner.get(key)
+    }
+    fn create<'a>(&'a self, key: &'a str, value: Vec<u8>) -> futures_util::future::BoxFuture<'a, crate::kv::KvResult<u64>> {
+        self.inner.create(key, value)
+    }
+    fn update<'a>(&'a self, key: &'a str, value: Vec<u8>, revision: u64) -> futures_util::future::BoxFuture<'a, crate::kv::KvResult<u64>> {
+        Box::pin(async move {
+            let stored = self.inner.update(key, value, revision).await;
+            if key.starts_with("default/x/") && stored.is_ok() && self.lost.fetch_add(1, SeqCst) == 0 {
+                return Err(crate::kv::KvError::Backend("no answer".into()));
+            }
+            stored
+        })
+    }
+    fn delete<'a>(&'a self, key: &'a str) -> futures_util::future::BoxFuture<'a, crate::kv::KvResult<()>> {
+        self.inner.delete(key)
+    }
+    fn keys<'a>(&'a self, prefix: &'a str) -> futures_util::future::BoxFuture<'a, crate::kv::KvResult<Vec<String>>> {
+        self.inner.keys(prefix)
+    }
+}
+
+/// A write that was stored although the store answered with an error is recognised as the
+/// chain's own when the retry conflicts with it: its changes' events are sent (once), not lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_stored_though_its_answer_was_lost_still_sends_its_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut shared = shared_edges(dir.path());
+    shared.executions = Arc::new(LostAnswer { inner: shared.executions.clone(), lost: AtomicUsize::new(0) });
+    let bus = Arc::new(MemoryBus::default());
+    let mut seen = bus.subscribe();
+    let a = engine(&dir.path().join("a"), bus.clone(), &shared);
+    register(&a, dir.path(), "relay3.yaml", RELAY).await;
+    let (id, chain) = start_chain(&a, &shared, "relay3").await;
+    tokio::time::timeout(Duration::from_secs(10), chain).await.expect("the chain ends").unwrap();
+    assert_eq!(a.execution("default", &id).await.unwrap().unwrap().status, Status::Succeeded);
+    let mut events = Vec::new();
+    while let Ok(e) = seen.try_recv() {
+        events.push(e);
+    }
+    for name in ["A", "B", "C"] {
+        let said = |status: Status| events.iter().filter(|e| e.kind == Kind::Action && e.action.as_deref() == Some(name) && e.status == status).count();
+        assert_eq!((said(Status::InProgress), said(Status::Succeeded)), (1, 1), "{name}: {events:#?}");
+    }
+}
