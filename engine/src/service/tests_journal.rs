@@ -6,12 +6,14 @@ use crate::bus::MemoryBus;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 
 /// An execution store that holds the first update of an execution record until the test
-/// releases it, and keeps every update of one as it was attempted.
+/// releases it (or, with `lose_answer`, stores it and answers with an error, as when the reply
+/// is lost on the way back), and keeps every update of one as it was attempted.
 struct HeldWrite {
     inner: Arc<dyn Kv>,
     release: Arc<tokio::sync::Semaphore>,
     updates: Arc<Mutex<Vec<Execution>>>,
     held: Arc<AtomicUsize>,
+    lose_answer: bool,
 }
 
 impl Kv for HeldWrite {
@@ -29,6 +31,10 @@ impl Kv for HeldWrite {
                     updates.push(serde_json::from_slice(&value).unwrap());
                     updates.len() == 1
                 };
+                if first && self.lose_answer {
+                    self.inner.update(key, value, revision).await?;
+                    return Err(crate::kv::KvError::Backend("no answer".into()));
+                }
                 if first {
                     self.held.store(1, SeqCst);
                     self.release.acquire().await.unwrap().forget();
@@ -54,10 +60,15 @@ struct Held {
 }
 
 fn held_edges() -> Held {
+    first_update(false)
+}
+
+/// Edges whose first update of an execution record is held, or stored with its answer lost.
+fn first_update(lose_answer: bool) -> Held {
     let dir = tempfile::tempdir().unwrap();
     let mut shared = shared_edges(dir.path());
     let (release, updates, held) = (Arc::new(tokio::sync::Semaphore::new(0)), Arc::new(Mutex::new(Vec::new())), Arc::new(AtomicUsize::new(0)));
-    shared.executions = Arc::new(HeldWrite { inner: shared.executions.clone(), release: release.clone(), updates: updates.clone(), held: held.clone() });
+    shared.executions = Arc::new(HeldWrite { inner: shared.executions.clone(), release: release.clone(), updates: updates.clone(), held: held.clone(), lose_answer });
     Held { dir, shared, release, updates, held }
 }
 
@@ -249,49 +260,16 @@ async fn a_conflict_that_leaves_nothing_to_write_lets_the_waiting_runs_go() {
     assert_eq!(a.execution("default", &id).await.unwrap().unwrap().status, Status::Stopped);
 }
 
-/// An execution store whose first update of an execution record is stored but answered with
-/// an error (a reply lost on the way back).
-struct LostAnswer {
-    inner: Arc<dyn Kv>,
-    lost: AtomicUsize,
-}
-
-impl Kv for LostAnswer {
-    fn get<'a>(&'a self, key: &'a str) -> futures_util::future::BoxFuture<'a, crate::kv::KvResult<Option<(Vec<u8>, u64)>>> {
-        self.inner.get(key)
-    }
-    fn create<'a>(&'a self, key: &'a str, value: Vec<u8>) -> futures_util::future::BoxFuture<'a, crate::kv::KvResult<u64>> {
-        self.inner.create(key, value)
-    }
-    fn update<'a>(&'a self, key: &'a str, value: Vec<u8>, revision: u64) -> futures_util::future::BoxFuture<'a, crate::kv::KvResult<u64>> {
-        Box::pin(async move {
-            let stored = self.inner.update(key, value, revision).await;
-            if key.starts_with("default/x/") && stored.is_ok() && self.lost.fetch_add(1, SeqCst) == 0 {
-                return Err(crate::kv::KvError::Backend("no answer".into()));
-            }
-            stored
-        })
-    }
-    fn delete<'a>(&'a self, key: &'a str) -> futures_util::future::BoxFuture<'a, crate::kv::KvResult<()>> {
-        self.inner.delete(key)
-    }
-    fn keys<'a>(&'a self, prefix: &'a str) -> futures_util::future::BoxFuture<'a, crate::kv::KvResult<Vec<String>>> {
-        self.inner.keys(prefix)
-    }
-}
-
 /// A write that was stored although the store answered with an error is recognised as the
 /// chain's own when the retry conflicts with it: its changes' events are sent (once), not lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_stored_though_its_answer_was_lost_still_sends_its_events() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut shared = shared_edges(dir.path());
-    shared.executions = Arc::new(LostAnswer { inner: shared.executions.clone(), lost: AtomicUsize::new(0) });
+    let h = first_update(true);
     let bus = Arc::new(MemoryBus::default());
     let mut seen = bus.subscribe();
-    let a = engine(&dir.path().join("a"), bus.clone(), &shared);
-    register(&a, dir.path(), "relay3.yaml", RELAY).await;
-    let (id, chain) = start_chain(&a, &shared, "relay3").await;
+    let a = engine(&h.dir.path().join("a"), bus.clone(), &h.shared);
+    register(&a, h.dir.path(), "relay3.yaml", RELAY).await;
+    let (id, chain) = start_chain(&a, &h.shared, "relay3").await;
     tokio::time::timeout(Duration::from_secs(10), chain).await.expect("the chain ends").unwrap();
     assert_eq!(a.execution("default", &id).await.unwrap().unwrap().status, Status::Succeeded);
     let mut events = Vec::new();
