@@ -211,3 +211,32 @@ async fn follow(state: &Mutex<State>, key: &str, generation: u64, mut changes: K
         c.current = None;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lanes(mode: crate::scheduler::lanes::Mode) -> Lanes {
+        Lanes { mode, ..Lanes::default() }
+    }
+
+    /// A copy is replaced only by a newer one, also after it is distrusted (a write whose
+    /// outcome is unknown): an older read arriving late never takes its place.
+    #[test]
+    fn an_older_copy_never_replaces_a_newer_one() {
+        use crate::scheduler::lanes::Mode;
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::kv::RedbKv::open_database(&dir.path().join("kv.redb")).unwrap();
+        let copies = LaneCopies::new(Arc::new(crate::kv::RedbKv::bucket(db, "x").unwrap()));
+        let key = "default/lane/p";
+        copies.keep(key, lanes(Mode::Queued), 7, copies.ticket(key));
+        copies.keep(key, lanes(Mode::Parallel), 6, copies.ticket(key));
+        assert_eq!(copies.get(key).map(|c| (c.revision, c.lanes.mode)), Some((7, Mode::Queued)));
+        copies.distrust(key);
+        copies.keep(key, lanes(Mode::Parallel), 6, copies.ticket(key));
+        let seen = copies.get(key).unwrap();
+        assert_eq!((seen.revision, seen.lanes.mode, seen.current), (7, Mode::Queued, false));
+        copies.keep(key, lanes(Mode::Parallel), 8, copies.ticket(key));
+        assert_eq!(copies.get(key).map(|c| c.revision), Some(8));
+    }
+}
