@@ -238,13 +238,15 @@ impl Service {
         let kv = &*self.edges.executions;
         let key = exec_key(&job.tenant, &job.execution_id);
         let is_chained = chained.is_some();
+        // A chained job loads its pipeline first (to know whether it may run ahead of the
+        // store); the run below uses the same.
+        let mut early = None;
         let (exec, revision) = match &chained {
             Some((journal, change)) => {
                 let exec = journal.latest().await;
-                let contained = match self.load(&job.tenant, &exec.pipeline, Some(exec.pipeline_version)).await {
-                    Ok(Some(loaded)) => journal::contained(&loaded, job.stage, job.action),
-                    _ => false,
-                };
+                let loaded = self.load(&job.tenant, &exec.pipeline, Some(exec.pipeline_version)).await;
+                let contained = matches!(&loaded, Ok(Some(l)) if journal::contained(l, job.stage, job.action));
+                early = Some(loaded);
                 // (What the checks below see is the record as it is once the start is stored.)
                 if contained {
                     (exec, 0)
@@ -308,7 +310,11 @@ impl Service {
             let input = Input::Expire { stage: job.stage, action: job.action, attempt: job.attempt, reason: format!("timeout: no approval decision within {waited}"), at: Timestamp::now() };
             return self.complete(&key, &input).await.map(|()| Settled::Done);
         }
-        let loaded = match self.load(&job.tenant, &exec.pipeline, Some(exec.pipeline_version)).await {
+        let loaded = match early {
+            Some(loaded) => loaded,
+            None => self.load(&job.tenant, &exec.pipeline, Some(exec.pipeline_version)).await,
+        };
+        let loaded = match loaded {
             Ok(Some(l)) => Ok(l),
             Ok(None) => Err(format!("pipeline `{}` version {} is not registered", exec.pipeline, exec.pipeline_version)),
             Err(e) => Err(e),

@@ -6,6 +6,42 @@ use crate::kv::RedbKv;
 use crate::queue::MemoryQueue;
 use std::path::Path;
 
+/// The `Kv` methods a store double passes through to `self.inner` unchanged.
+macro_rules! passthrough {
+    ($($method:ident),*) => { $(super::tests::passthrough!(@ $method);)* };
+    (@ get) => {
+        fn get<'a>(&'a self, key: &'a str) -> futures_util::future::BoxFuture<'a, crate::kv::KvResult<Option<(Vec<u8>, u64)>>> {
+            self.inner.get(key)
+        }
+    };
+    (@ create) => {
+        fn create<'a>(&'a self, key: &'a str, value: Vec<u8>) -> futures_util::future::BoxFuture<'a, crate::kv::KvResult<u64>> {
+            self.inner.create(key, value)
+        }
+    };
+    (@ update) => {
+        fn update<'a>(&'a self, key: &'a str, value: Vec<u8>, revision: u64) -> futures_util::future::BoxFuture<'a, crate::kv::KvResult<u64>> {
+            self.inner.update(key, value, revision)
+        }
+    };
+    (@ delete) => {
+        fn delete<'a>(&'a self, key: &'a str) -> futures_util::future::BoxFuture<'a, crate::kv::KvResult<()>> {
+            self.inner.delete(key)
+        }
+    };
+    (@ keys) => {
+        fn keys<'a>(&'a self, prefix: &'a str) -> futures_util::future::BoxFuture<'a, crate::kv::KvResult<Vec<String>>> {
+            self.inner.keys(prefix)
+        }
+    };
+    (@ watch) => {
+        fn watch<'a>(&'a self, key: &'a str) -> futures_util::future::BoxFuture<'a, crate::kv::KvResult<Option<crate::kv::KvChanges>>> {
+            self.inner.watch(key)
+        }
+    };
+}
+pub(super) use passthrough;
+
 /// A bus that loses everything: an engine that died right after recording a change, before
 /// its events were stored.
 struct LostBus;
@@ -414,15 +450,7 @@ impl crate::kv::Kv for SlowReads {
             created
         })
     }
-    fn update<'a>(&'a self, key: &'a str, value: Vec<u8>, revision: u64) -> futures_util::future::BoxFuture<'a, crate::kv::KvResult<u64>> {
-        self.inner.update(key, value, revision)
-    }
-    fn delete<'a>(&'a self, key: &'a str) -> futures_util::future::BoxFuture<'a, crate::kv::KvResult<()>> {
-        self.inner.delete(key)
-    }
-    fn keys<'a>(&'a self, prefix: &'a str) -> futures_util::future::BoxFuture<'a, crate::kv::KvResult<Vec<String>>> {
-        self.inner.keys(prefix)
-    }
+    passthrough!(update, delete, keys);
 }
 
 /// Starting an execution reads the pipeline and the lanes of its first stage and writes the

@@ -17,12 +17,6 @@ struct HeldWrite {
 }
 
 impl Kv for HeldWrite {
-    fn get<'a>(&'a self, key: &'a str) -> futures_util::future::BoxFuture<'a, crate::kv::KvResult<Option<(Vec<u8>, u64)>>> {
-        self.inner.get(key)
-    }
-    fn create<'a>(&'a self, key: &'a str, value: Vec<u8>) -> futures_util::future::BoxFuture<'a, crate::kv::KvResult<u64>> {
-        self.inner.create(key, value)
-    }
     fn update<'a>(&'a self, key: &'a str, value: Vec<u8>, revision: u64) -> futures_util::future::BoxFuture<'a, crate::kv::KvResult<u64>> {
         Box::pin(async move {
             if key.starts_with("default/x/") {
@@ -43,12 +37,7 @@ impl Kv for HeldWrite {
             self.inner.update(key, value, revision).await
         })
     }
-    fn delete<'a>(&'a self, key: &'a str) -> futures_util::future::BoxFuture<'a, crate::kv::KvResult<()>> {
-        self.inner.delete(key)
-    }
-    fn keys<'a>(&'a self, prefix: &'a str) -> futures_util::future::BoxFuture<'a, crate::kv::KvResult<Vec<String>>> {
-        self.inner.keys(prefix)
-    }
+    super::tests::passthrough!(get, create, delete, keys);
 }
 
 struct Held {
@@ -150,10 +139,17 @@ async fn a_chain_goes_on_while_its_record_is_written_and_writes_what_came_meanwh
     assert_eq!(changes.last(), Some(&exec.outbox.change));
 }
 
-/// An action that is not contained (here a deploy, which declares side effects) starts only
-/// once the record that shows it running is stored.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_action_with_side_effects_waits_until_its_start_is_stored() {
+/// A source snapshot, then a deploy into `target` (which declares side effects).
+struct Ship {
+    h: Held,
+    a: Arc<Service>,
+    target: std::path::PathBuf,
+    id: String,
+    chain: tokio::task::JoinHandle<()>,
+}
+
+/// [`Ship`] started on an engine whose chain is writing the snapshot's result, held.
+async fn ship_held() -> Ship {
     let h = held_edges();
     let target = h.dir.path().join("site");
     std::fs::create_dir_all(h.dir.path().join("app")).unwrap();
@@ -166,6 +162,14 @@ async fn an_action_with_side_effects_waits_until_its_start_is_stored() {
     register(&a, h.dir.path(), "ship.yaml", &ship).await;
     let (id, chain) = start_chain(&a, &h.shared, "ship").await;
     h.until_held().await;
+    Ship { h, a, target, id, chain }
+}
+
+/// An action that is not contained (here a deploy, which declares side effects) starts only
+/// once the record that shows it running is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_action_with_side_effects_waits_until_its_start_is_stored() {
+    let Ship { h, a, target, id, chain } = ship_held().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!target.join("current").exists(), "the deploy did not start before its start was stored");
     h.release.add_permits(1);
@@ -241,17 +245,7 @@ async fn runs_a_chain_started_are_not_queued_again_after_a_conflict() {
 /// the chain ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_conflict_that_leaves_nothing_to_write_lets_the_waiting_runs_go() {
-    let h = held_edges();
-    let target = h.dir.path().join("site");
-    std::fs::create_dir_all(h.dir.path().join("app")).unwrap();
-    let ship = format!(
-        "name: ship\nstages:\n  - name: Source\n    actions:\n      - {{ name: Snap, uses: source-dir@1, with: {{ path: app }}, outputs: [src] }}\n  - name: Deploy\n    actions:\n      - name: Release\n        uses: deploy-release@1\n        inputs: [src]\n        with: {{ target: '{t}' }}\n        capabilities: {{ dirs: {{ '{t}': rw }} }}\n",
-        t = target.display()
-    );
-    let a = engine(&h.dir.path().join("a"), Arc::new(MemoryBus::default()), &h.shared);
-    register(&a, h.dir.path(), "ship.yaml", &ship).await;
-    let (id, chain) = start_chain(&a, &h.shared, "ship").await;
-    h.until_held().await;
+    let Ship { h, a, target, id, chain } = ship_held().await;
     let stopped = a.control("default", &id, |_| Ok(Input::Stop { abandon: true, reason: Some("test".into()), at: Timestamp::now() })).await.unwrap();
     assert_eq!(stopped.status, Status::Stopped);
     h.release.add_permits(1);

@@ -18,21 +18,7 @@ impl Kv for CountLaneReads {
         }
         self.inner.get(key)
     }
-    fn create<'a>(&'a self, key: &'a str, value: Vec<u8>) -> futures_util::future::BoxFuture<'a, crate::kv::KvResult<u64>> {
-        self.inner.create(key, value)
-    }
-    fn update<'a>(&'a self, key: &'a str, value: Vec<u8>, revision: u64) -> futures_util::future::BoxFuture<'a, crate::kv::KvResult<u64>> {
-        self.inner.update(key, value, revision)
-    }
-    fn delete<'a>(&'a self, key: &'a str) -> futures_util::future::BoxFuture<'a, crate::kv::KvResult<()>> {
-        self.inner.delete(key)
-    }
-    fn keys<'a>(&'a self, prefix: &'a str) -> futures_util::future::BoxFuture<'a, crate::kv::KvResult<Vec<String>>> {
-        self.inner.keys(prefix)
-    }
-    fn watch<'a>(&'a self, key: &'a str) -> futures_util::future::BoxFuture<'a, crate::kv::KvResult<Option<crate::kv::KvChanges>>> {
-        self.inner.watch(key)
-    }
+    super::tests::passthrough!(create, update, delete, keys, watch);
 }
 
 const PARALLEL: &str = "name: par\nexecution_mode: parallel\nstages:\n  - name: One\n    actions:\n      - { name: A, uses: noop@1 }\n  - name: Two\n    actions:\n      - { name: B, uses: noop@1 }\n  - name: Three\n    actions:\n      - { name: C, uses: noop@1 }\n";
