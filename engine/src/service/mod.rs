@@ -142,7 +142,7 @@ pub struct Service {
     /// jobs a chain runs in idle workers' places.
     workers: std::sync::atomic::AtomicUsize,
     busy: Arc<std::sync::atomic::AtomicUsize>,
-    /// Each pipeline's lanes as this engine last read or wrote them, with their revision.
+    /// Each pipeline's lanes as this engine last read, wrote or watched them (see `lane_copies`).
     lane_copies: lane_copies::LaneCopies,
     /// Events this engine published and the stream has not acknowledged yet, by execution key:
     /// every change this engine records carries them in its outbox (see `jobs::in_flight`).
