@@ -30,9 +30,6 @@ pub(super) enum Settled {
     Deferred,
 }
 
-/// An execution record as written, with its revision: the next job of a chain starts from it.
-pub(super) type Written = (Execution, u64);
-
 /// The events of a change on their way to the bus: done once it holds them. Until then every
 /// change this engine records of the same execution carries them ([`Service::in_flight`]).
 pub(super) type Sent = futures_util::future::Shared<futures_util::future::BoxFuture<'static, ()>>;
@@ -67,21 +64,18 @@ impl Lease<'_> {
     }
 }
 
-/// A new execution's record as written, with the jobs to run here under its trigger's lease.
+/// A new execution's record, not created yet, with the jobs to run here under its trigger's
+/// lease and its start (the chain's first write creates the record).
 pub(super) struct Recorded {
     kept: Kept,
-    written: Written,
+    exec: Execution,
+    start: journal::Change,
 }
 
 impl Recorded {
-    /// A record just written, with the jobs it keeps.
-    pub(super) fn kept(kept: Kept, written: Written) -> Self {
-        Recorded { kept, written }
-    }
-
-    /// Whether it kept jobs to run here.
-    pub(super) fn runs_here(&self) -> bool {
-        !self.kept.is_empty()
+    /// A new record and its start, with the jobs it keeps.
+    pub(super) fn unwritten(kept: Kept, exec: Execution, start: journal::Change) -> Self {
+        Recorded { kept, exec, start }
     }
 }
 
@@ -164,32 +158,28 @@ impl Service {
         }
     }
 
-    /// Run the jobs a new execution kept, under its trigger's delivery (lease `id`, from a
-    /// queue whose deadline is `ack_wait`).
+    /// Create a new execution's record and run the jobs it kept, under its trigger's delivery
+    /// (lease `id`, from a queue whose deadline is `ack_wait`).
     pub(super) async fn chain_under(&self, recorded: Recorded, delivery: &Delivery, id: String, ack_wait: Duration) -> Result<Settled, String> {
         let lease = Lease { delivery, id, every: (ack_wait / 3).max(Duration::from_millis(100)) };
-        let written = recorded.written;
-        let journal = Journal::new(exec_key(&written.0.tenant, &written.0.execution_id), lease.id.clone(), written);
+        let Recorded { kept, exec, start } = recorded;
+        let key = exec_key(&exec.tenant, &exec.execution_id);
+        let journal = Journal::new(key, lease.id.clone(), exec, journal::Base::Unwritten(start), self.gather(), kept.len());
         let chain = async {
-            let result = self.run_chain(recorded.kept, 0, &journal, &lease).await;
+            // The start is change 1: written (the record created) while contained runs go on.
+            let (created, result) = futures_util::future::join(self.write_behind(&journal), self.run_chain(kept, 1, &journal, &lease)).await;
             self.sent(&journal.key).await;
-            result
+            created.and(result)
         };
         lease.hold(chain).await.map(|()| Settled::Done)
     }
 
     /// After a change is written: publish its events and queue the jobs it does not keep.
     /// What caused the change is acknowledged after this, so the events and queued jobs are
-    /// stored by the time it returns; except in a chain (`defer`): its work goes on while the
-    /// bus stores the events, which count as in flight for the execution `key` until they are
-    /// stored, and the chain's delivery is acknowledged only after that ([`Service::sending`]).
-    pub(super) async fn send_and_queue(&self, key: &str, events: Vec<crate::bus::Event>, queued: &[JobMessage], defer: bool) {
-        if defer {
-            self.sending_now(key, events);
-            self.push_jobs(queued).await;
-        } else {
-            futures_util::future::join(self.edges.bus.publish_all(events), self.push_jobs(queued)).await;
-        }
+    /// stored by the time it returns. (A chain's writes send theirs without waiting: see
+    /// [`Service::sending_now`].)
+    pub(super) async fn send_and_queue(&self, events: Vec<crate::bus::Event>, queued: &[JobMessage]) {
+        futures_util::future::join(self.edges.bus.publish_all(events), self.push_jobs(queued)).await;
     }
 
     /// Send `events` of the execution `key` and count them in flight until the bus stores them.
@@ -241,6 +231,8 @@ impl Service {
         // A chained job loads its pipeline first (to know whether it may run ahead of the
         // store); the run below uses the same.
         let mut early = None;
+        // A chained run counts as going on until its result is applied.
+        let running = chained.as_ref().map(|(journal, _)| journal.running());
         let (exec, revision) = match &chained {
             Some((journal, change)) => {
                 let exec = journal.latest().await;
@@ -349,9 +341,10 @@ impl Service {
         // copy) and written behind while what it made runnable goes on (see `journal`).
         let journal = match chained {
             Some((journal, _)) => journal,
-            None => Journal::new(key, lease.id.clone(), (exec, revision)),
+            None => Journal::new(key, lease.id.clone(), exec, journal::Base::Stored(revision), self.gather(), 0),
         };
         let applied = self.apply_to(&journal, &input).await;
+        drop(running);
         leftover.release(&cx);
         let applied = applied?;
         let write = async {
@@ -450,7 +443,7 @@ impl Service {
             };
             match written {
                 Ok(_) => {
-                    self.send_and_queue(key, publish, &queued, false).await;
+                    self.send_and_queue(publish, &queued).await;
                     carried.extend(after);
                     return Ok(carried);
                 }

@@ -17,6 +17,13 @@
 //! write that holds it succeeded. Every write's outbox carries the events of the changes before
 //! it that the bus has not stored yet, so a successor sends them if this engine dies.
 //!
+//! **Changes are gathered while the chain's contained runs go on**: a write waits until every run
+//! the chain started has its result applied, or a run waits for a change to be stored, or a
+//! change hands jobs to other engines, or [`GATHER`] has passed. A chain of short contained
+//! actions then costs one write at its end instead of one per action (two in a row at its end
+//! when the last result comes while an earlier write is in flight), and its progress is still
+//! stored and told within a few milliseconds when an action takes longer.
+//!
 //! **A write that conflicts** (someone else changed the record: an approval, a stop, a job run
 //! elsewhere) is made again on the stored record with the chain's unwritten results applied
 //! anew, in order. Runs the chain already started are not started twice: the new record names
@@ -29,7 +36,11 @@ use crate::kv::KvError;
 use crate::model::Access;
 use crate::scheduler::{Execution, Input, apply};
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
+
+/// How long a chain gathers changes before writing them while its contained runs go on.
+pub(super) const GATHER: Duration = Duration::from_millis(2);
 
 /// A chain's copy of one execution record.
 pub(super) struct Journal {
@@ -39,6 +50,35 @@ pub(super) struct Journal {
     lease: String,
     head: tokio::sync::Mutex<Head>,
     stored: tokio::sync::watch::Sender<Stored>,
+    /// Runs of this chain whose results are not applied yet: more changes are coming.
+    running: AtomicUsize,
+    /// Runs waiting until a change is stored.
+    waiting: AtomicUsize,
+    /// Wakes a write that gathers changes (see [`Journal::due`]).
+    wake: tokio::sync::Notify,
+    /// How long a write gathers changes at most.
+    gather: Duration,
+}
+
+/// A run of the chain counted in [`Journal::running`] until its result is applied (or it ends
+/// without one): dropped then.
+pub(super) struct Running(std::sync::Arc<Journal>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.0.running.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.wake.notify_one();
+        }
+    }
+}
+
+/// A run waiting until a change is stored, counted in [`Journal::waiting`].
+struct Waiting<'a>(&'a Journal);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// How far the chain's changes are stored.
@@ -53,8 +93,9 @@ struct Stored {
 struct Head {
     /// The record with every change applied.
     exec: Execution,
-    /// The stored revision it was last written at.
-    revision: u64,
+    /// The stored revision it was last written at; none while the record is not created yet
+    /// (a new execution whose creation is its chain's first write).
+    revision: Option<u64>,
     /// Changes applied and not stored yet, in order.
     pending: Vec<Change>,
     /// Changes applied so far (their numbers).
@@ -70,7 +111,7 @@ struct Head {
 }
 
 /// One applied result, and what to do once it is stored.
-struct Change {
+pub(super) struct Change {
     input: Input,
     publish: Vec<Event>,
     queued: Vec<JobMessage>,
@@ -92,10 +133,47 @@ pub(super) struct Applied {
 }
 
 impl Journal {
-    /// A chain's copy of the record `exec`, stored at `revision`.
-    pub(super) fn new(key: String, lease: String, (exec, revision): (Execution, u64)) -> std::sync::Arc<Self> {
-        let head = Head { exec, revision, pending: Vec::new(), applied: 0, writing: false, started: HashSet::new(), carried: Vec::new(), failed: None };
-        std::sync::Arc::new(Journal { key, lease, head: tokio::sync::Mutex::new(head), stored: tokio::sync::watch::channel(Stored::default()).0 })
+    /// A chain's copy of the record `exec`, stored as `base` says, whose writes gather changes
+    /// for up to `gather`; `runs` of the chain are about to start from it.
+    pub(super) fn new(key: String, lease: String, exec: Execution, base: Base, gather: Duration, runs: usize) -> std::sync::Arc<Self> {
+        let (revision, pending, writing) = match base {
+            Base::Stored(revision) => (Some(revision), Vec::new(), false),
+            // (Its creation is written by whoever made the journal.)
+            Base::Unwritten(start) => (None, vec![start], true),
+        };
+        let applied = pending.len() as u64;
+        let head = Head { exec, revision, pending, applied, writing, started: HashSet::new(), carried: Vec::new(), failed: None };
+        let stored = tokio::sync::watch::channel(Stored::default()).0;
+        std::sync::Arc::new(Journal { key, lease, head: tokio::sync::Mutex::new(head), stored, running: AtomicUsize::new(runs), waiting: AtomicUsize::new(0), wake: tokio::sync::Notify::new(), gather })
+    }
+
+    /// One of the runs counted as started (by [`Journal::new`] or when a change kept it), until
+    /// its result is applied.
+    pub(super) fn running(self: &std::sync::Arc<Self>) -> Running {
+        Running(self.clone())
+    }
+
+    /// Wait until the changes applied so far should be written: no run of the chain is still
+    /// going (nothing more is coming soon), a run waits for a change to be stored, a change
+    /// hands jobs to other engines, or `gather` has passed since `since`.
+    async fn due(&self, since: tokio::time::Instant) {
+        if self.gather.is_zero() {
+            return;
+        }
+        let deadline = since + self.gather;
+        loop {
+            let woken = self.wake.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            let queues = self.head.lock().await.pending.iter().any(|c| !c.queued.is_empty());
+            if queues || self.running.load(Ordering::Acquire) == 0 || self.waiting.load(Ordering::Acquire) > 0 {
+                return;
+            }
+            tokio::select! {
+                _ = woken => {}
+                _ = tokio::time::sleep_until(deadline) => return,
+            }
+        }
     }
 
     /// The record with every change applied so far.
@@ -106,6 +184,13 @@ impl Journal {
     /// Wait until change `change` is stored; an error if the chain can no longer store it.
     pub(super) async fn stored(&self, change: u64) -> Result<(), String> {
         let mut rx = self.stored.subscribe();
+        let behind = rx.borrow().upto < change;
+        let _waiting = behind.then(|| {
+            // A write gathering changes goes now.
+            self.waiting.fetch_add(1, Ordering::AcqRel);
+            self.wake.notify_one();
+            Waiting(self)
+        });
         match rx.wait_for(|s| s.failed || s.upto >= change).await {
             Ok(s) if !s.failed => Ok(()),
             _ => Err("the chain's changes could not be stored".into()),
@@ -115,6 +200,23 @@ impl Journal {
     /// Count the jobs `kept` as started by this chain.
     fn started(head: &mut Head, kept: &Kept) {
         head.started.extend(kept.iter().map(|(j, _)| (j.stage, j.action, j.attempt)));
+    }
+}
+
+/// Where a chain's copy of a record starts from.
+pub(super) enum Base {
+    /// The record as stored at this revision.
+    Stored(u64),
+    /// A new execution's record, not created yet: its start is the change numbered 1, and the
+    /// chain's first write creates it. (Its first contained runs go on meanwhile.)
+    Unwritten(Change),
+}
+
+impl Change {
+    /// A new execution's start: its events, the jobs it queues and its lane work, all for once
+    /// the record is created.
+    pub(super) fn start(input: Input, publish: Vec<Event>, queued: Vec<JobMessage>, after: Vec<lanes::After>) -> Self {
+        Change { input, publish, queued, after, entered: Vec::new() }
     }
 }
 
@@ -174,6 +276,7 @@ impl Service {
         let (kept, queued) = if keep {
             let (kept, queued) = self.keep_for_chain(&mut exec, &journal.lease, jobs);
             Journal::started(head, &kept);
+            journal.running.fetch_add(kept.len(), Ordering::AcqRel);
             (kept, queued)
         } else {
             (Vec::new(), requeue(&mut exec, &journal.lease, &head.started, jobs))
@@ -198,7 +301,9 @@ impl Service {
         let mut give_up = tokio::time::Instant::now() + Duration::from_secs(60);
         // A write whose outcome is unknown (the store failed to answer): it may be stored.
         let mut uncertain: Option<Attempt> = None;
+        let mut since = tokio::time::Instant::now();
         let result = loop {
+            journal.due(since).await;
             let attempt = {
                 let mut head = journal.head.lock().await;
                 if head.pending.is_empty() {
@@ -213,10 +318,15 @@ impl Service {
                     Err(e) => break Err(e.to_string()),
                 }
             };
-            let failure = match kv.update(&journal.key, attempt.bytes.clone(), attempt.revision).await {
+            let written = match attempt.revision {
+                Some(revision) => kv.update(&journal.key, attempt.bytes.clone(), revision).await,
+                None => kv.create(&journal.key, attempt.bytes.clone()).await,
+            };
+            let failure = match written {
                 Ok(revision) => {
                     uncertain = None;
                     self.stored_as(journal, revision, &attempt).await;
+                    since = tokio::time::Instant::now();
                     delay = Duration::from_millis(100);
                     give_up = tokio::time::Instant::now() + Duration::from_secs(60);
                     continue;
@@ -262,7 +372,7 @@ impl Service {
     /// jobs and do their lane work.
     async fn stored_as(&self, journal: &Journal, revision: u64, attempt: &Attempt) {
         let mut head = journal.head.lock().await;
-        head.revision = revision;
+        head.revision = Some(revision);
         let (mut events, mut queued, mut lane_work) = (Vec::new(), Vec::new(), std::mem::take(&mut head.carried));
         for change in head.pending.drain(..attempt.count) {
             events.extend(change.publish);
@@ -287,9 +397,14 @@ impl Service {
         if let Some(attempt) = uncertain.filter(|a| a.bytes == bytes) {
             return Ok(Reapplied::Landed(revision, attempt));
         }
+        if journal.head.lock().await.revision.is_none() {
+            // Created by another engine (the trigger delivered to both): theirs to run. What
+            // ran here was contained; none of it is sent.
+            return Err(KvError::Conflict { key: journal.key.clone() });
+        }
         let exec: Execution = serde_json::from_slice(&bytes).map_err(|e| KvError::Backend(format!("execution {} unreadable: {e}", journal.key)))?;
         let mut head = journal.head.lock().await;
-        let mut again = Head { exec, revision, pending: Vec::new(), applied: head.applied, writing: true, started: head.started.clone(), carried: Vec::new(), failed: None };
+        let mut again = Head { exec, revision: Some(revision), pending: Vec::new(), applied: head.applied, writing: true, started: head.started.clone(), carried: Vec::new(), failed: None };
         for change in &head.pending {
             let (_, entered) = self.change(journal, &mut again, change.input.clone(), false).await?;
             again.carried.extend(entered);
@@ -304,7 +419,8 @@ impl Service {
 /// One write of the chain's record: what was sent, at which revision, holding which changes.
 struct Attempt {
     bytes: Vec<u8>,
-    revision: u64,
+    /// None: the record's creation.
+    revision: Option<u64>,
     /// The first `count` pending changes, numbered up to `upto`.
     count: usize,
     upto: u64,

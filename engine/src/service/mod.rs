@@ -147,6 +147,8 @@ pub struct Service {
     /// Events this engine published and the stream has not acknowledged yet, by execution key:
     /// every change this engine records carries them in its outbox (see `jobs::in_flight`).
     unacked: Mutex<HashMap<String, Vec<(jobs::Sent, Vec<Event>)>>>,
+    /// How long a chain gathers changes before writing them, in microseconds (see `journal`).
+    gather_us: std::sync::atomic::AtomicU64,
 }
 
 /// A job's id: its idempotency key with indices (`tenant/execution/stage/action/attempt`).
@@ -264,7 +266,7 @@ impl Service {
         let functions = Arc::new(functions::Registered { kv: edges.functions.clone(), runtime: engine.registry.runtime().clone(), blobs: engine.blobs.clone() });
         let incarnation = ulid::Ulid::new().to_string();
         let lane_copies = lane_copies::LaneCopies::new(edges.executions.clone());
-        Arc::new(Service { engine, edges, loaded: Mutex::new(HashMap::new()), functions, running: Mutex::new(HashMap::new()), handled: Default::default(), incarnation, workers: Default::default(), busy: Default::default(), lane_copies, unacked: Default::default() })
+        Arc::new(Service { engine, edges, loaded: Mutex::new(HashMap::new()), functions, running: Mutex::new(HashMap::new()), handled: Default::default(), incarnation, workers: Default::default(), busy: Default::default(), lane_copies, unacked: Default::default(), gather_us: (journal::GATHER.as_micros() as u64).into() })
     }
 
     /// Before applying a change to a stored execution: the events of its last change when
@@ -289,6 +291,18 @@ impl Service {
     /// they are on their way): for a cause (job, trigger) delivered again, or at recovery.
     pub(crate) async fn republish(&self, exec: &Execution) {
         self.edges.bus.publish_all(self.unsent(exec)).await;
+    }
+
+    /// How long a chain gathers changes before writing them.
+    fn gather(&self) -> Duration {
+        Duration::from_micros(self.gather_us.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Make chains gather changes for up to `gather` (zero: write each at once, for tests that
+    /// watch writes one by one).
+    #[cfg(test)]
+    pub(crate) fn gather_for(&self, gather: Duration) {
+        self.gather_us.store(gather.as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The engine (plugins, runtime).
@@ -458,7 +472,7 @@ impl Service {
         match self.start(&tenant, &pipeline, &delivery.payload, delivery.delivered > 1, place.is_some()).await {
             Ok(Ok((id, recorded))) => {
                 tracing::info!("trigger for {tenant}/{pipeline}: execution {id}");
-                if let Some(recorded) = recorded.filter(|r| r.runs_here()) {
+                if let Some(recorded) = recorded {
                     let me = self.clone();
                     tokio::spawn(async move {
                         let result = me.chain_under(recorded, &delivery, trigger_lease(&tenant, &id), ack_wait).await;
@@ -486,7 +500,8 @@ impl Service {
     /// Start an execution for a trigger event, at most once per event id. The outer error is
     /// a store failure (try again); the inner one a reason to reject the event. `redelivered`:
     /// the event came back because the engine that had it did not acknowledge it. With a
-    /// `chain`, a new execution's first jobs are returned to run under the event's delivery.
+    /// `chain`, a new execution whose first jobs run here is returned unwritten, with them: its
+    /// chain creates the record (see `journal`). Otherwise the record is created here.
     async fn start(&self, tenant: &str, name: &str, payload: &[u8], redelivered: bool, chain: bool) -> Result<Result<(String, Option<jobs::Recorded>), String>, KvError> {
         let event = match TriggerEvent::parse(payload) {
             Ok(e) => e,
@@ -573,23 +588,26 @@ impl Service {
         exec.trigger = Some(event.info());
         exec.gated = true;
         let before = Snapshot::of(&exec);
-        let mut commands = apply(&mut exec, &Input::Start { at: Timestamp::now() });
-        let others = self.admit_inline(&mut exec, &mut commands, lanes.ok()).await?;
+        let input = Input::Start { at: Timestamp::now() };
+        let mut commands = apply(&mut exec, &input);
+        let mut others = self.admit_inline(&mut exec, &mut commands, lanes.ok()).await?;
         let first = outstanding(&exec, |_| true);
         let (kept, queued) = if chain { self.keep_for_chain(&mut exec, &trigger_lease(tenant, &execution_id), first) } else { (Vec::new(), first) };
         let publish = self.stamp(&mut exec, before, Vec::new(), Vec::new(), Vec::new());
+        // Waiting before its first stage: join the lane once recorded.
+        others.extend(exec.entering.map(|stage| lanes::After::arrive(&exec, stage)));
+        if !kept.is_empty() {
+            // The chain creates the record as its first write, gathering the results of the
+            // contained runs that start meanwhile (see `journal`); the rest waits for it.
+            let start = journal::Change::start(input, publish, queued, others);
+            return Ok(Ok((execution_id, Some(jobs::Recorded::unwritten(kept, exec, start)))));
+        }
         match kv.create(&key, serde_json::to_vec(&exec).unwrap_or_default()).await {
-            Ok(revision) => {
-                // A chain runs the first jobs while the bus stores the start's events.
-                self.send_and_queue(&key, publish, &queued, !kept.is_empty()).await;
+            Ok(_) => {
+                self.send_and_queue(publish, &queued).await;
                 self.settle(others).await;
-                // Waiting before its first stage: join the lane.
-                if let Some(stage) = exec.entering {
-                    self.settle(vec![lanes::After::arrive(&exec, stage)]).await;
-                }
-                Ok(Ok((execution_id, Some(jobs::Recorded::kept(kept, (exec, revision))))))
+                Ok(Ok((execution_id, None)))
             }
-            // (The kept jobs give back the idle workers' places they took.)
             // Another engine had the same event (delivered again) and created it first.
             Err(KvError::Conflict { .. }) => Ok(Ok((execution_id, None))),
             Err(e) => Err(e),

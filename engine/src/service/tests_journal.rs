@@ -1,6 +1,6 @@
 //! A chain's record written behind (`journal`): what runs before a change is stored, what
 //! waits for it, and a write that conflicts.
-use super::tests::{engine, register, shared_edges};
+use super::tests::{Counts, engine, register, shared_edges};
 use super::*;
 use crate::bus::MemoryBus;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
@@ -99,6 +99,8 @@ async fn relay_held() -> Relay {
     let bus = Arc::new(MemoryBus::default());
     let seen = bus.subscribe();
     let a = engine(&h.dir.path().join("a"), bus.clone(), &h.shared);
+    // Each change written at once: A's result alone is the held write.
+    a.gather_for(Duration::ZERO);
     register(&a, h.dir.path(), "relay3.yaml", RELAY).await;
     let (id, chain) = start_chain(&a, &h.shared, "relay3").await;
     h.until_held().await;
@@ -274,4 +276,173 @@ async fn a_write_stored_though_its_answer_was_lost_still_sends_its_events() {
         let said = |status: Status| events.iter().filter(|e| e.kind == Kind::Action && e.action.as_deref() == Some(name) && e.status == status).count();
         assert_eq!((said(Status::InProgress), said(Status::Succeeded)), (1, 1), "{name}: {events:#?}");
     }
+}
+
+/// The execution `id` once it exists and `until` holds (none after 10 s).
+async fn once_recorded(a: &Service, id: &str, until: impl Fn(&Execution) -> bool) -> Option<Execution> {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match a.execution("default", id).await.unwrap() {
+                Some(e) if until(&e) => return e,
+                _ => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    })
+    .await
+    .ok()
+}
+
+/// Events sent so far.
+fn drain(seen: &mut tokio::sync::broadcast::Receiver<Event>) -> Vec<Event> {
+    let mut events = Vec::new();
+    while let Ok(e) = seen.try_recv() {
+        events.push(e);
+    }
+    events
+}
+
+/// Each action's (started, succeeded) events.
+fn told(events: &[Event], name: &str) -> (usize, usize) {
+    let said = |status: Status| events.iter().filter(|e| e.kind == Kind::Action && e.action.as_deref() == Some(name) && e.status == status).count();
+    (said(Status::InProgress), said(Status::Succeeded))
+}
+
+/// While a chain's contained runs go on, their changes are gathered: three short actions one
+/// after another cost one write, at the end, with every change's events sent once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_of_contained_actions_writes_once_when_its_runs_are_done() {
+    let h = held_edges();
+    h.release.add_permits(1); // nothing held
+    let bus = Arc::new(MemoryBus::default());
+    let mut seen = bus.subscribe();
+    let a = engine(&h.dir.path().join("a"), bus.clone(), &h.shared);
+    // (Long enough that only the runs' end, not the time limit, makes the write go.)
+    a.gather_for(Duration::from_secs(30));
+    register(&a, h.dir.path(), "relay3.yaml", RELAY).await;
+    let (id, chain) = start_chain(&a, &h.shared, "relay3").await;
+    tokio::time::timeout(Duration::from_secs(10), chain).await.expect("the chain ends").unwrap();
+    let updates = h.updates.lock().unwrap().clone();
+    assert_eq!(updates.len(), 1, "A's, B's and C's results in one write");
+    assert_eq!(updates[0].status, Status::Succeeded);
+    assert_eq!(a.execution("default", &id).await.unwrap().unwrap().status, Status::Succeeded);
+    let events = drain(&mut seen);
+    for name in ["A", "B", "C"] {
+        assert_eq!(told(&events, name), (1, 1), "{name}: {events:#?}");
+    }
+}
+
+/// An execution store that holds the creation of execution records until the test releases
+/// it, and keeps each record as it was created.
+struct HeldCreate {
+    inner: Arc<dyn Kv>,
+    release: Arc<tokio::sync::Semaphore>,
+    created: Arc<Mutex<Vec<Execution>>>,
+}
+
+impl Kv for HeldCreate {
+    fn create<'a>(&'a self, key: &'a str, value: Vec<u8>) -> futures_util::future::BoxFuture<'a, crate::kv::KvResult<u64>> {
+        Box::pin(async move {
+            if key.starts_with("default/x/") {
+                self.created.lock().unwrap().push(serde_json::from_slice(&value).unwrap());
+                self.release.acquire().await.unwrap().forget();
+            }
+            self.inner.create(key, value).await
+        })
+    }
+    super::tests::passthrough!(get, update, delete, keys);
+}
+
+/// A trigger for `pipeline`, handled on `a` as its chain's first write (the record's creation)
+/// is held: (the creations so far, how to release them, the trigger's settlement counts).
+struct Creating {
+    a: Arc<Service>,
+    inner: Arc<dyn Kv>,
+    release: Arc<tokio::sync::Semaphore>,
+    created: Arc<Mutex<Vec<Execution>>>,
+    counts: Counts,
+    seen: tokio::sync::broadcast::Receiver<Event>,
+    _dir: tempfile::TempDir,
+}
+
+async fn creating(pipeline: &str, yaml: &str) -> Creating {
+    let dir = tempfile::tempdir().unwrap();
+    let mut shared = shared_edges(dir.path());
+    let (release, created) = (Arc::new(tokio::sync::Semaphore::new(0)), Arc::new(Mutex::new(Vec::new())));
+    let inner = shared.executions.clone();
+    shared.executions = Arc::new(HeldCreate { inner: inner.clone(), release: release.clone(), created: created.clone() });
+    let bus = Arc::new(MemoryBus::default());
+    let seen = bus.subscribe();
+    let a = engine(&dir.path().join("a"), bus, &shared);
+    a.workers.store(4, SeqCst); // an idle worker: the trigger's jobs run in its chain
+    a.gather_for(Duration::from_secs(30));
+    register(&a, dir.path(), &format!("{pipeline}.yaml"), yaml).await;
+    let counts = Counts::default();
+    let trigger = Delivery { subject: format!("sluice.default.trigger.{pipeline}"), payload: br#"{"id":"e-1"}"#.to_vec(), delivered: 1, handle: Box::new(counts.clone()) };
+    a.handle_trigger_for("default", pipeline, trigger, Duration::from_secs(30)).await;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while created.lock().unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the chain creates the record");
+    Creating { a, inner, release, created, counts, seen, _dir: dir }
+}
+
+/// A new execution's first contained runs go on while its record is not created yet, and
+/// their results are part of the creation: a chain of three short actions is one write. Nothing
+/// is sent before the record exists, and the trigger is acknowledged after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_executions_contained_runs_go_on_before_its_record_is_created() {
+    let Creating { a, release, created, counts, mut seen, .. } = creating("relay3", RELAY).await;
+    let first = created.lock().unwrap()[0].clone();
+    assert_eq!(first.status, Status::Succeeded, "A, B and C ran before the record was created: {first:#?}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(a.execution("default", &first.execution_id).await.unwrap().is_none(), "not stored yet");
+    assert!(drain(&mut seen).is_empty(), "nothing sent before the record exists");
+    assert_eq!(counts.acks.load(SeqCst), 0);
+    release.add_permits(1);
+    let done = once_recorded(&a, &first.execution_id, |e| e.status == Status::Succeeded && counts.acks.load(SeqCst) == 1).await;
+    assert!(done.is_some(), "recorded, and the trigger acknowledged");
+    assert_eq!(created.lock().unwrap().len(), 1);
+    let events = drain(&mut seen);
+    for name in ["A", "B", "C"] {
+        assert_eq!(told(&events, name), (1, 1), "{name}: {events:#?}");
+    }
+    assert!(events.iter().any(|e| e.kind == Kind::Pipeline && e.status == Status::Succeeded));
+}
+
+/// An action that is not contained (a command) does not start before the record that shows it
+/// running is created: the creation goes at once, without gathering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_executions_command_waits_until_its_record_is_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let ran = dir.path().join("ran-A");
+    let yaml = format!("name: cmd\nstages:\n  - name: One\n    actions:\n      - name: A\n        uses: command@1\n        with: {{ run: touch {} }}\n        capabilities: {{ process: [sh] }}\n", ran.display());
+    let Creating { a, release, created, .. } = creating("cmd", &yaml).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!ran.exists(), "the command did not run before its start was stored");
+    assert_eq!(created.lock().unwrap()[0].stages[0].actions[0].status, Status::InProgress);
+    release.add_permits(1);
+    let id = created.lock().unwrap()[0].execution_id.clone();
+    assert_eq!(once_recorded(&a, &id, |e| e.status.is_terminal()).await.map(|e| e.status), Some(Status::Succeeded));
+    assert!(ran.exists());
+}
+
+/// Another engine created the record first (the same trigger delivered to both): the chain's
+/// creation conflicts, and nothing it ran is sent or recorded; the execution is theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_created_elsewhere_first_is_left_to_its_creator() {
+    let Creating { a, inner, release, created, counts, mut seen, .. } = creating("relay3", RELAY).await;
+    let mut theirs = created.lock().unwrap()[0].clone();
+    theirs.status = Status::InProgress;
+    theirs.outbox.writer = "another engine".into();
+    let key = exec_key("default", &theirs.execution_id);
+    inner.create(&key, serde_json::to_vec(&theirs).unwrap()).await.unwrap();
+    release.add_permits(1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stored = a.execution("default", &theirs.execution_id).await.unwrap().unwrap();
+    assert_eq!(stored.outbox.writer, "another engine", "their record stands");
+    assert!(drain(&mut seen).is_empty(), "nothing of what ran here is sent");
+    assert_eq!(counts.acks.load(SeqCst), 0, "the trigger is handed back, not acknowledged");
 }
