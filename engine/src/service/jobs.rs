@@ -409,8 +409,10 @@ impl Service {
         // run the action again, for up to a minute.
         let mut delay = Duration::from_millis(100);
         let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
+        // A write whose answer was lost: it may be stored (see `try_record`).
+        let mut uncertain = None;
         loop {
-            match self.try_record(key, make).await {
+            match self.try_record(key, make, &mut uncertain).await {
                 Err(KvError::Backend(e)) if tokio::time::Instant::now() < give_up => {
                     tracing::warn!("recording a result failed ({e}); retrying");
                     tokio::time::sleep(delay).await;
@@ -421,11 +423,22 @@ impl Service {
         }
     }
 
-    async fn try_record(&self, key: &str, make: &(dyn Fn(&Execution) -> Option<Input> + Send + Sync)) -> Result<Vec<lanes::After>, KvError> {
+    /// One try of [`Service::record`]. A write that fails with a backend error may have been
+    /// stored all the same (its answer lost): it is kept in `uncertain`, and if the next try
+    /// finds the record exactly as that write left it, the write stood, and its events, jobs and
+    /// lane work go out then (applying the input again would find nothing to do, and they
+    /// would be lost).
+    async fn try_record(&self, key: &str, make: &(dyn Fn(&Execution) -> Option<Input> + Send + Sync), uncertain: &mut Option<Unanswered>) -> Result<Vec<lanes::After>, KvError> {
         let kv = &*self.edges.executions;
         let mut carried = Vec::new();
         loop {
-            let (mut exec, revision) = get_json::<Execution>(kv, key).await?.ok_or_else(|| KvError::Backend(format!("execution {key} vanished")))?;
+            let (bytes, revision) = kv.get(key).await?.ok_or_else(|| KvError::Backend(format!("execution {key} vanished")))?;
+            if let Some(landed) = uncertain.take().filter(|u| u.bytes == bytes) {
+                self.send_and_queue(landed.publish, &landed.queued).await;
+                carried.extend(landed.after);
+                return Ok(carried);
+            }
+            let mut exec: Execution = serde_json::from_slice(&bytes).map_err(|e| KvError::Backend(format!("execution {key} unreadable: {e}")))?;
             let Some(input) = make(&exec) else { return Ok(carried) };
             let unsent = self.unsent(&exec);
             let before = Snapshot::of(&exec);
@@ -437,18 +450,18 @@ impl Service {
             }
             let (queued, notices, after) = super::follow_up(&exec, commands);
             let publish = self.stamp(&mut exec, before, notices, unsent, self.in_flight(key));
-            let written = match serde_json::to_vec(&exec) {
-                Ok(bytes) => kv.update(key, bytes, revision).await,
-                Err(e) => Err(KvError::Backend(e.to_string())),
-            };
-            match written {
+            let bytes = serde_json::to_vec(&exec).map_err(|e| KvError::Backend(e.to_string()))?;
+            match kv.update(key, bytes.clone(), revision).await {
                 Ok(_) => {
                     self.send_and_queue(publish, &queued).await;
                     carried.extend(after);
                     return Ok(carried);
                 }
                 Err(KvError::Conflict { .. }) => continue,
-                Err(e) => return Err(e),
+                Err(e) => {
+                    *uncertain = Some(Unanswered { bytes, publish, queued, after });
+                    return Err(e);
+                }
             }
         }
     }
@@ -489,6 +502,14 @@ pub(super) fn forget_ended_runners(exec: &mut Execution) {
             action.runner = None;
         }
     }
+}
+
+/// A write of [`Service::record`] that failed without an answer, and what to do if it stood.
+struct Unanswered {
+    bytes: Vec<u8>,
+    publish: Vec<Event>,
+    queued: Vec<JobMessage>,
+    after: Vec<lanes::After>,
 }
 
 /// Jobs a chain runs here, each with the idle worker's place it took (none for the first: it

@@ -665,10 +665,17 @@ impl Service {
             let commands = apply(&mut exec, &input);
             let (jobs, notices, after) = follow_up(&exec, commands);
             let publish = self.stamp(&mut exec, before, notices, unsent, self.in_flight(&key));
-            match kv.update(&key, serde_json::to_vec(&exec).map_err(|e| e.to_string())?, revision).await {
+            let bytes = serde_json::to_vec(&exec).map_err(|e| e.to_string())?;
+            match kv.update(&key, bytes.clone(), revision).await {
                 Ok(_) => {}
                 Err(KvError::Conflict { .. }) => continue,
-                Err(e) => return Err(e.to_string()),
+                // The write may be stored though its answer was lost: then it stands (refusing
+                // it now would lose its events, and a retry would be refused as done already).
+                Err(e) => {
+                    if !matches!(kv.get(&key).await, Ok(Some((stored, _))) if stored == bytes) {
+                        return Err(e.to_string());
+                    }
+                }
             }
             let abandoned: Vec<String> = was_running
                 .into_iter()

@@ -1,5 +1,6 @@
 //! A chain's record written behind (`journal`): what runs before a change is stored, what
-//! waits for it, and a write that conflicts.
+//! waits for it, a write that conflicts, and a new record created by its chain; and writes
+//! whose answer was lost, in a chain and outside one.
 use super::tests::{Counts, engine, register, shared_edges};
 use super::*;
 use crate::bus::MemoryBus;
@@ -445,4 +446,42 @@ async fn a_record_created_elsewhere_first_is_left_to_its_creator() {
     assert_eq!(stored.outbox.writer, "another engine", "their record stands");
     assert!(drain(&mut seen).is_empty(), "nothing of what ran here is sent");
     assert_eq!(counts.acks.load(SeqCst), 0, "the trigger is handed back, not acknowledged");
+}
+
+/// Outside a chain too (`record`: a timeout, a wake, a lane's admission, here a stop), a write
+/// stored although the store answered with an error is recognised by the retry as its own: its
+/// events are sent once, not lost because the input, applied again, finds nothing to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_change_whose_answer_was_lost_still_sends_its_events() {
+    let h = first_update(true);
+    let bus = Arc::new(MemoryBus::default());
+    let mut seen = bus.subscribe();
+    let a = engine(&h.dir.path().join("a"), bus.clone(), &h.shared);
+    register(&a, h.dir.path(), "relay3.yaml", RELAY).await;
+    let (id, _) = a.start("default", "relay3", br#"{"id":"e-1"}"#, false, false).await.unwrap().unwrap();
+    drain(&mut seen); // the start's
+    let stop = Input::Stop { abandon: true, reason: Some("test".into()), at: Timestamp::now() };
+    a.complete(&exec_key("default", &id), &stop).await.unwrap();
+    assert_eq!(a.execution("default", &id).await.unwrap().unwrap().status, Status::Stopped);
+    assert_eq!(h.updates.lock().unwrap().len(), 1, "written once, its answer lost");
+    let events = drain(&mut seen);
+    let stopped = events.iter().filter(|e| e.kind == Kind::Pipeline && e.status == Status::Stopped).count();
+    assert_eq!(stopped, 1, "{events:#?}");
+}
+
+/// An operator's control (a stop) whose write was stored although its answer was lost stands:
+/// the caller is told it was done, and its events are sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_whose_answer_was_lost_stands() {
+    let h = first_update(true);
+    let bus = Arc::new(MemoryBus::default());
+    let mut seen = bus.subscribe();
+    let a = engine(&h.dir.path().join("a"), bus.clone(), &h.shared);
+    register(&a, h.dir.path(), "relay3.yaml", RELAY).await;
+    let (id, _) = a.start("default", "relay3", br#"{"id":"e-1"}"#, false, false).await.unwrap().unwrap();
+    drain(&mut seen);
+    let stopped = a.control("default", &id, |_| Ok(Input::Stop { abandon: true, reason: Some("test".into()), at: Timestamp::now() })).await;
+    assert_eq!(stopped.map(|e| e.status), Ok(Status::Stopped));
+    let events = drain(&mut seen);
+    assert_eq!(events.iter().filter(|e| e.kind == Kind::Pipeline && e.status == Status::Stopped).count(), 1, "{events:#?}");
 }
