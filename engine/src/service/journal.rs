@@ -153,7 +153,8 @@ impl Journal {
         Running(self.clone())
     }
 
-    /// Wait until the changes applied so far should be written: no run of the chain is still
+    /// Wait until the changes applied so far should be written (at once when there are none:
+    /// the caller finds that out): no run of the chain is still
     /// going (nothing more is coming soon), a run waits for a change to be stored, a change
     /// hands jobs to other engines, or `gather` has passed since `since`.
     async fn due(&self, since: tokio::time::Instant) {
@@ -165,8 +166,11 @@ impl Journal {
             let woken = self.wake.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
-            let queues = self.head.lock().await.pending.iter().any(|c| !c.queued.is_empty());
-            if queues || self.running.load(Ordering::Acquire) == 0 || self.waiting.load(Ordering::Acquire) > 0 {
+            let (nothing, queues) = {
+                let head = self.head.lock().await;
+                (head.pending.is_empty(), head.pending.iter().any(|c| !c.queued.is_empty()))
+            };
+            if nothing || queues || self.running.load(Ordering::Acquire) == 0 || self.waiting.load(Ordering::Acquire) > 0 {
                 return;
             }
             tokio::select! {
