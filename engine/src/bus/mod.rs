@@ -186,8 +186,86 @@ impl Snapshot {
 /// with their ids: `<execution>.<change>.<n>`. The same on every engine that derives them.
 pub fn outbox_events(exec: &Execution) -> Vec<Event> {
     let mut events = exec.outbox.earlier.clone();
+    // Stored without what the record says already (see `stored_events`).
+    for e in &mut events {
+        if e.execution_id.is_empty() {
+            e.tenant.clone_from(&exec.tenant);
+            e.pipeline.clone_from(&exec.pipeline);
+            e.execution_id.clone_from(&exec.execution_id);
+            e.pipeline_version = (exec.pipeline_version > 0).then_some(exec.pipeline_version);
+        }
+    }
     events.extend(change_events(exec));
     events
+}
+
+/// The outbox's `earlier` events as an execution record stores them: without what the record
+/// says itself (tenant, pipeline, execution, pipeline version; [`outbox_events`] puts them back)
+/// and without empty fields. A chain's write may carry many; a record that keeps them (one that
+/// waits for an approval, or ended) stays small. Records that stored them whole read the same.
+pub(crate) mod stored_events {
+    use super::{ApprovalNotice, Event, Kind};
+    use crate::scheduler::{Status, Timestamp};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    struct Stored {
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        id: String,
+        kind: Kind,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stage: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        action: Option<String>,
+        status: Status,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        attempt: Option<u32>,
+        at: Timestamp,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        duration_ms: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        approval: Option<ApprovalNotice>,
+    }
+
+    pub(crate) fn serialize<S: Serializer>(events: &[Event], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(events.iter().map(|e| Stored {
+            id: e.id.clone(),
+            kind: e.kind,
+            stage: e.stage.clone(),
+            action: e.action.clone(),
+            status: e.status,
+            attempt: e.attempt,
+            at: e.at,
+            duration_ms: e.duration_ms,
+            detail: e.detail.clone(),
+            approval: e.approval.clone(),
+        }))
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Event>, D::Error> {
+        let stored = Vec::<Stored>::deserialize(d)?;
+        Ok(stored
+            .into_iter()
+            .map(|s| Event {
+                id: s.id,
+                kind: s.kind,
+                tenant: String::new(),
+                pipeline: String::new(),
+                execution_id: String::new(),
+                stage: s.stage,
+                action: s.action,
+                status: s.status,
+                attempt: s.attempt,
+                at: s.at,
+                duration_ms: s.duration_ms,
+                detail: s.detail,
+                pipeline_version: None,
+                approval: s.approval,
+            })
+            .collect())
+    }
 }
 
 /// The events of the last recorded change alone (without the outbox's `earlier` ones).
@@ -308,4 +386,50 @@ pub fn advance_in(seen: &mut Snapshot, after: &Execution, scope: Scope) -> Vec<E
         assert_eq!(events.iter().map(key).collect::<Vec<_>>(), expected.iter().map(key).collect::<Vec<_>>(), "a step in {scope:?} changed actions outside it");
     }
     events
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Events kept in a record's outbox are stored without what the record says itself, come
+    /// back whole, and records that stored them whole (before) read the same.
+    #[test]
+    fn outbox_events_are_stored_compactly_and_read_back_whole() {
+        let event = |id: &str| Event {
+            id: id.into(),
+            kind: Kind::Action,
+            tenant: "acme".into(),
+            pipeline: "web".into(),
+            execution_id: "01X".into(),
+            stage: Some("Build".into()),
+            action: Some("Compile".into()),
+            status: Status::Succeeded,
+            attempt: Some(1),
+            at: Timestamp(1_700_000_000_000),
+            duration_ms: Some(12),
+            detail: None,
+            pipeline_version: Some(3),
+            approval: None,
+        };
+        let mut exec: Execution = serde_json::from_value(serde_json::json!({
+            "execution_id": "01X", "tenant": "acme", "pipeline": "web", "status": "InProgress",
+            "variables": {}, "stages": [], "pipeline_version": 3
+        }))
+        .unwrap();
+        exec.outbox.change = 2;
+        exec.outbox.earlier = vec![event("01X.1.0")];
+        let stored = serde_json::to_value(&exec).unwrap();
+        let kept = &stored["outbox"]["earlier"][0];
+        for redundant in ["tenant", "pipeline", "execution_id", "pipeline_version", "detail"] {
+            assert!(kept.get(redundant).is_none(), "{redundant} is not stored: {kept}");
+        }
+        let read: Execution = serde_json::from_value(stored).unwrap();
+        assert_eq!(outbox_events(&read), vec![event("01X.1.0")]);
+        // A record written before: its events stored whole.
+        let mut whole = serde_json::to_value(&exec).unwrap();
+        whole["outbox"]["earlier"] = serde_json::json!([serde_json::to_value(event("01X.1.0")).unwrap()]);
+        let read: Execution = serde_json::from_value(whole).unwrap();
+        assert_eq!(outbox_events(&read), vec![event("01X.1.0")]);
+    }
 }

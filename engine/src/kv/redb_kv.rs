@@ -18,14 +18,19 @@ pub struct RedbKv {
 /// A committed change, for watches: the key and its new value and revision (`None`: deleted).
 type Change = (String, Option<(Vec<u8>, u64)>);
 
+/// The embedded store's page cache.
+const CACHE: usize = 16 << 20;
+
 fn backend(e: impl std::fmt::Display) -> KvError {
     KvError::Backend(e.to_string())
 }
 
 impl RedbKv {
-    /// Open (or create) the database file at `path`.
+    /// Open (or create) the database file at `path`. Its page cache is bounded (redb's default
+    /// is 1 GiB): records at rest (executions waiting for days) are read from the file, through
+    /// the operating system's cache, instead of each costing the engine memory.
     pub fn open_database(path: &Path) -> KvResult<Arc<Database>> {
-        Database::create(path).map(Arc::new).map_err(|e| match e {
+        Database::builder().set_cache_size(CACHE).create(path).map(Arc::new).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => {
                 KvError::Backend(format!("{} is in use by another sluice process; pass a different --data directory", path.display()))
             }

@@ -152,7 +152,7 @@ pub struct Outbox {
     /// Events of the same writer's earlier changes that were still on their way to the bus
     /// when this change was recorded (a chain does not wait for them): sent again with this
     /// change's own, should the writer die before they are stored.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "crate::bus::stored_events")]
     pub earlier: Vec<crate::bus::Event>,
 }
 

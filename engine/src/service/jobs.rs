@@ -169,6 +169,7 @@ impl Service {
             // The start is change 1: written (the record created) while contained runs go on.
             let (created, result) = futures_util::future::join(self.write_behind(&journal), self.run_chain(kept, 1, &journal, &lease)).await;
             self.sent(&journal.key).await;
+            self.compact(&journal).await;
             created.and(result)
         };
         lease.hold(chain).await.map(|()| Settled::Done)
@@ -355,6 +356,11 @@ impl Service {
         };
         let (written, (), chain) = futures_util::future::join3(write, self.settle(applied.settle), self.run_chain(applied.kept, applied.change, &journal, lease)).await;
         written?;
+        if !is_chained {
+            // The chain this delivered job started has ended.
+            self.sent(&journal.key).await;
+            self.compact(&journal).await;
+        }
         chain.map(|()| Settled::Done)
     }
 

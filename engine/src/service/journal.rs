@@ -392,6 +392,27 @@ impl Service {
         futures_util::future::join(self.push_jobs(&queued), self.settle(lane_work)).await;
     }
 
+    /// At a chain's end, once every event this engine sent for the execution is stored: if the
+    /// record as last written still carries events of earlier changes in its outbox (a chain's
+    /// write gathers several changes, whose events must stay there until stored), write it once
+    /// more without them, so that a record that now rests (waiting for an approval, or ended)
+    /// stays small. Best effort: a conflict (someone changed the record, and so its outbox) or a
+    /// failure leaves it as it is.
+    pub(super) async fn compact(&self, journal: &Journal) {
+        let mut head = journal.head.lock().await;
+        let Some(revision) = head.revision else { return };
+        if head.failed.is_some() || !head.pending.is_empty() || head.exec.outbox.earlier.is_empty() {
+            return;
+        }
+        let mut exec = head.exec.clone();
+        exec.outbox.earlier.clear();
+        let Ok(bytes) = serde_json::to_vec(&exec) else { return };
+        if let Ok(revision) = self.edges.executions.update(&journal.key, bytes, revision).await {
+            head.exec = exec;
+            head.revision = Some(revision);
+        }
+    }
+
     /// After a conflict: read the stored record. If it is the `uncertain` write, that write
     /// was stored after all. Otherwise apply the chain's unwritten results to it again, in
     /// order. (All or nothing: a failed read leaves the head as it was.)

@@ -122,7 +122,7 @@ async fn a_chain_goes_on_while_its_record_is_written_and_writes_what_came_meanwh
     h.release.add_permits(1);
     tokio::time::timeout(Duration::from_secs(10), chain).await.expect("the chain ends").unwrap();
     let updates = h.updates.lock().unwrap().clone();
-    assert_eq!(updates.len(), 2, "A's result, then B's and C's in one write");
+    assert_eq!(updates.len(), 3, "A's result, then B's and C's in one write, then the record without the events it carried");
     assert_eq!(updates[0].stages[0].actions[0].status, Status::Succeeded);
     assert_eq!(updates[0].stages[1].actions[0].status, Status::InProgress);
     assert_eq!(updates[1].status, Status::Succeeded, "the second write holds B's and C's results");
@@ -323,8 +323,9 @@ async fn a_chain_of_contained_actions_writes_once_when_its_runs_are_done() {
     let (id, chain) = start_chain(&a, &h.shared, "relay3").await;
     tokio::time::timeout(Duration::from_secs(10), chain).await.expect("the chain ends").unwrap();
     let updates = h.updates.lock().unwrap().clone();
-    assert_eq!(updates.len(), 1, "A's, B's and C's results in one write");
-    assert_eq!(updates[0].status, Status::Succeeded);
+    assert_eq!(updates[0].status, Status::Succeeded, "A's, B's and C's results in one write");
+    assert_eq!(updates.len(), 2, "then only the record without the events it carried");
+    assert_eq!((updates[1].outbox.change, updates[1].outbox.earlier.len()), (updates[0].outbox.change, 0));
     assert_eq!(a.execution("default", &id).await.unwrap().unwrap().status, Status::Succeeded);
     let events = drain(&mut seen);
     for name in ["A", "B", "C"] {
@@ -484,4 +485,23 @@ async fn a_control_whose_answer_was_lost_stands() {
     assert_eq!(stopped.map(|e| e.status), Ok(Status::Stopped));
     let events = drain(&mut seen);
     assert_eq!(events.iter().filter(|e| e.kind == Kind::Pipeline && e.status == Status::Stopped).count(), 1, "{events:#?}");
+}
+
+/// A chain's write that gathered several changes carries the earlier ones' events in its
+/// outbox until they are stored; once the chain ends, the record that rests (here waiting for
+/// an approval) is written once more without them, and what a successor would send from it is
+/// the events whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_at_rest_keeps_no_events_of_earlier_changes() {
+    const GATED: &str = "name: gated\nstages:\n  - name: Gate\n    actions:\n      - { name: Approve, uses: approval@1, with: { approvers: '*' } }\n  - name: Go\n    actions:\n      - { name: Run, uses: noop@1 }\n";
+    let Creating { a, release, created, counts, .. } = creating("gated", GATED).await;
+    let first = created.lock().unwrap()[0].clone();
+    assert_eq!(first.stages[0].actions[0].waiting.as_ref().map(|w| w.wake.clone()), Some(Wake::Approval), "the approval began waiting before the record was created");
+    let carried = crate::bus::outbox_events(&first);
+    assert!(carried.iter().any(|e| e.kind == Kind::Pipeline && e.status == Status::InProgress), "the start's events ride along: {carried:#?}");
+    assert!(carried.iter().all(|e| e.tenant == "default" && e.pipeline == "gated" && e.execution_id == first.execution_id && e.pipeline_version == Some(1)), "whole: {carried:#?}");
+    release.add_permits(1);
+    let rests = once_recorded(&a, &first.execution_id, |e| e.outbox.earlier.is_empty() && counts.acks.load(SeqCst) == 1).await;
+    let rests = rests.expect("written once more without them, and the trigger acknowledged");
+    assert_eq!(rests.outbox.change, first.outbox.change, "the same change");
 }
