@@ -28,6 +28,8 @@ pub(super) enum Settled {
     Done,
     /// Handed back to the queue for later.
     Deferred,
+    /// An early start its gate did not confirm: start the trigger again the usual way.
+    Refused,
 }
 
 /// The events of a change on their way to the bus: done once it holds them. Until then every
@@ -70,12 +72,14 @@ pub(super) struct Recorded {
     kept: Kept,
     exec: Execution,
     start: journal::Change,
+    gate: Option<journal::Gate>,
 }
 
 impl Recorded {
-    /// A new record and its start, with the jobs it keeps.
-    pub(super) fn unwritten(kept: Kept, exec: Execution, start: journal::Change) -> Self {
-        Recorded { kept, exec, start }
+    /// A new record and its start, with the jobs it keeps; created once `gate` (if any)
+    /// confirms it.
+    pub(super) fn unwritten(kept: Kept, exec: Execution, start: journal::Change, gate: Option<journal::Gate>) -> Self {
+        Recorded { kept, exec, start, gate }
     }
 }
 
@@ -145,7 +149,7 @@ impl Service {
     /// Acknowledge a delivery whose work (and chain) is done, or hand it back.
     pub(super) async fn settle_delivery(&self, delivery: &Delivery, result: Result<Settled, String>, what: &str) {
         match result {
-            Ok(Settled::Deferred) => {}
+            Ok(Settled::Deferred | Settled::Refused) => {}
             Ok(Settled::Done) => {
                 if let Err(e) = delivery.ack().await {
                     tracing::warn!("ack of {what} failed: {e}");
@@ -162,9 +166,9 @@ impl Service {
     /// (lease `id`, from a queue whose deadline is `ack_wait`).
     pub(super) async fn chain_under(&self, recorded: Recorded, delivery: &Delivery, id: String, ack_wait: Duration) -> Result<Settled, String> {
         let lease = Lease { delivery, id, every: (ack_wait / 3).max(Duration::from_millis(100)) };
-        let Recorded { kept, exec, start } = recorded;
+        let Recorded { kept, exec, start, gate } = recorded;
         let key = exec_key(&exec.tenant, &exec.execution_id);
-        let journal = Journal::new(key, lease.id.clone(), exec, journal::Base::Unwritten(start), self.gather(), kept.len());
+        let journal = Journal::new(key, lease.id.clone(), exec, journal::Base::Unwritten(start, gate), self.gather(), kept.len());
         let chain = async {
             // The start is change 1: written (the record created) while contained runs go on.
             let (created, result) = futures_util::future::join(self.write_behind(&journal), self.run_chain(kept, 1, &journal, &lease)).await;
@@ -172,7 +176,11 @@ impl Service {
             self.compact(&journal).await;
             created.and(result)
         };
-        lease.hold(chain).await.map(|()| Settled::Done)
+        let result = lease.hold(chain).await;
+        if journal.refused() {
+            return Ok(Settled::Refused);
+        }
+        result.map(|()| Settled::Done)
     }
 
     /// After a change is written: publish its events and queue the jobs it does not keep.

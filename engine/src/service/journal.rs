@@ -58,7 +58,15 @@ pub(super) struct Journal {
     wake: tokio::sync::Notify,
     /// How long a write gathers changes at most.
     gather: Duration,
+    /// What the record's creation waits for (an early start: see `early`), until it is taken.
+    gate: std::sync::Mutex<Option<Gate>>,
+    /// The gate refused: the record must not be created (and was not).
+    refused: std::sync::atomic::AtomicBool,
 }
+
+/// What a new record's creation waits for: the trigger's claim written and its pipeline read,
+/// confirming what the chain started from (an error: they do not).
+pub(super) type Gate = futures_util::future::BoxFuture<'static, Result<(), String>>;
 
 /// A run of the chain counted in [`Journal::running`] until its result is applied (or it ends
 /// without one): dropped then.
@@ -136,15 +144,20 @@ impl Journal {
     /// A chain's copy of the record `exec`, stored as `base` says, whose writes gather changes
     /// for up to `gather`; `runs` of the chain are about to start from it.
     pub(super) fn new(key: String, lease: String, exec: Execution, base: Base, gather: Duration, runs: usize) -> std::sync::Arc<Self> {
-        let (revision, pending, writing) = match base {
-            Base::Stored(revision) => (Some(revision), Vec::new(), false),
+        let (revision, pending, writing, gate) = match base {
+            Base::Stored(revision) => (Some(revision), Vec::new(), false, None),
             // (Its creation is written by whoever made the journal.)
-            Base::Unwritten(start) => (None, vec![start], true),
+            Base::Unwritten(start, gate) => (None, vec![start], true, gate),
         };
         let applied = pending.len() as u64;
         let head = Head { exec, revision, pending, applied, writing, started: HashSet::new(), carried: Vec::new(), failed: None };
         let stored = tokio::sync::watch::channel(Stored::default()).0;
-        std::sync::Arc::new(Journal { key, lease, head: tokio::sync::Mutex::new(head), stored, running: AtomicUsize::new(runs), waiting: AtomicUsize::new(0), wake: tokio::sync::Notify::new(), gather })
+        std::sync::Arc::new(Journal { key, lease, head: tokio::sync::Mutex::new(head), stored, running: AtomicUsize::new(runs), waiting: AtomicUsize::new(0), wake: tokio::sync::Notify::new(), gather, gate: std::sync::Mutex::new(gate), refused: Default::default() })
+    }
+
+    /// Whether the record's creation was refused by its gate (nothing of the chain stands).
+    pub(super) fn refused(&self) -> bool {
+        self.refused.load(Ordering::Acquire)
     }
 
     /// One of the runs counted as started (by [`Journal::new`] or when a change kept it), until
@@ -212,8 +225,9 @@ pub(super) enum Base {
     /// The record as stored at this revision.
     Stored(u64),
     /// A new execution's record, not created yet: its start is the change numbered 1, and the
-    /// chain's first write creates it. (Its first contained runs go on meanwhile.)
-    Unwritten(Change),
+    /// chain's first write creates it (once the gate, if any, confirms it). Its first contained
+    /// runs go on meanwhile.
+    Unwritten(Change, Option<Gate>),
 }
 
 impl Change {
@@ -322,6 +336,13 @@ impl Service {
                     Err(e) => break Err(e.to_string()),
                 }
             };
+            let gate = journal.gate.lock().unwrap().take();
+            if let Some(gate) = gate {
+                if let Err(why) = gate.await {
+                    journal.refused.store(true, Ordering::Release);
+                    break Err(why);
+                }
+            }
             let written = match attempt.revision {
                 Some(revision) => kv.update(&journal.key, attempt.bytes.clone(), revision).await,
                 None => kv.create(&journal.key, attempt.bytes.clone()).await,

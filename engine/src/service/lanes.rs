@@ -74,7 +74,7 @@ impl After {
 /// A pipeline's lanes as read from the store (none yet: `None`), with their revision.
 pub(crate) struct FreshLanes(Option<(Lanes, u64)>);
 
-fn lane_key(tenant: &str, pipeline: &str) -> String {
+pub(super) fn lane_key(tenant: &str, pipeline: &str) -> String {
     format!("{tenant}/lane/{pipeline}")
 }
 

@@ -12,6 +12,7 @@
 pub mod api;
 pub mod functions;
 pub mod client;
+mod early;
 mod jobs;
 mod journal;
 mod lane_copies;
@@ -25,6 +26,8 @@ pub mod webhook;
 pub mod wiring;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_early;
 #[cfg(test)]
 mod tests_journal;
 #[cfg(test)]
@@ -149,6 +152,8 @@ pub struct Service {
     unacked: Mutex<HashMap<String, Vec<(jobs::Sent, Vec<Event>)>>>,
     /// How long a chain gathers changes before writing them, in microseconds (see `journal`).
     gather_us: std::sync::atomic::AtomicU64,
+    /// Each pipeline's head as this engine last read it: what an early start runs (see `early`).
+    heads: Mutex<HashMap<(String, String), Arc<Loaded>>>,
 }
 
 /// A job's id: its idempotency key with indices (`tenant/execution/stage/action/attempt`).
@@ -175,6 +180,36 @@ fn subject_parts<'a>(subject: &'a str, kind: &str) -> Option<(&'a str, &'a str)>
     let (tenant, rest) = rest.split_once('.')?;
     let rest = rest.strip_prefix(kind)?.strip_prefix('.')?;
     Some((tenant, rest))
+}
+
+/// Whether `loaded` (pipeline `name`) takes `event`: its git filters let it through, and it
+/// declares every variable the event sets.
+fn takes(loaded: &Loaded, event: &TriggerEvent, name: &str) -> Result<(), String> {
+    trigger::accepts(&loaded.pipeline.triggers, event)?;
+    match event.variables.keys().find(|k| !loaded.pipeline.variables.contains_key(*k)) {
+        Some(k) => Err(format!("the event sets variable `{k}`, which pipeline `{name}` does not declare")),
+        None => Ok(()),
+    }
+}
+
+/// A new execution of `loaded` for `event`, named `execution_id`, and started: its record (not
+/// written yet), its statuses before, the start, and the commands the start gave.
+fn begin(tenant: &str, loaded: &Loaded, event: &TriggerEvent, execution_id: &str) -> (Execution, Snapshot, Input, Vec<Command>) {
+    let plugins = &loaded.plugins;
+    let pin = |uses: &str| PluginRef {
+        reference: uses.to_string(),
+        digest: plugins.get(uses).and_then(|p| p.as_ref().ok()).map(|p| p.digest.clone()).unwrap_or_default(),
+    };
+    let mut variables = loaded.pipeline.variables.clone();
+    variables.extend(event.variables.clone());
+    let mut exec = Execution::new(execution_id.to_string(), tenant, &loaded.pipeline, &pin, variables);
+    exec.pipeline_version = loaded.version;
+    exec.trigger = Some(event.info());
+    exec.gated = true;
+    let before = Snapshot::of(&exec);
+    let input = Input::Start { at: Timestamp::now() };
+    let commands = apply(&mut exec, &input);
+    (exec, before, input, commands)
 }
 
 /// The jobs an execution is waiting for: a run of every action in progress, or for one that
@@ -266,7 +301,7 @@ impl Service {
         let functions = Arc::new(functions::Registered { kv: edges.functions.clone(), runtime: engine.registry.runtime().clone(), blobs: engine.blobs.clone() });
         let incarnation = ulid::Ulid::new().to_string();
         let lane_copies = lane_copies::LaneCopies::new(edges.executions.clone());
-        Arc::new(Service { engine, edges, loaded: Mutex::new(HashMap::new()), functions, running: Mutex::new(HashMap::new()), handled: Default::default(), incarnation, workers: Default::default(), busy: Default::default(), lane_copies, unacked: Default::default(), gather_us: (journal::GATHER.as_micros() as u64).into() })
+        Arc::new(Service { engine, edges, loaded: Mutex::new(HashMap::new()), functions, running: Mutex::new(HashMap::new()), handled: Default::default(), incarnation, workers: Default::default(), busy: Default::default(), lane_copies, unacked: Default::default(), gather_us: (journal::GATHER.as_micros() as u64).into(), heads: Default::default() })
     }
 
     /// Before applying a change to a stored execution: the events of its last change when
@@ -392,10 +427,20 @@ impl Service {
                 return Ok(Some(hit.clone()));
             }
         }
-        match pipelines::get(&*self.edges.pipelines, tenant, name, version).await.map_err(|e| e.to_string())? {
-            Some(stored) => self.loaded(tenant, &stored).await.map(Some),
-            None => Ok(None),
+        let found = pipelines::get(&*self.edges.pipelines, tenant, name, version).await.map_err(|e| e.to_string());
+        let loaded = match found? {
+            Some(stored) => self.loaded(tenant, &stored).await.map(Some)?,
+            None => None,
+        };
+        if version.is_none() {
+            let key = (tenant.to_string(), name.to_string());
+            let mut heads = self.heads.lock().unwrap();
+            match &loaded {
+                Some(l) => heads.insert(key, l.clone()),
+                None => heads.remove(&key),
+            };
         }
+        Ok(loaded)
     }
 
     /// A stored pipeline version, parsed and resolved once per engine.
@@ -469,6 +514,17 @@ impl Service {
         let (tenant, pipeline) = (tenant.to_string(), pipeline.to_string());
         // The idle worker's place the chain runs in; given back however this ends.
         let place = self.take_idle_place();
+        match place {
+            // A first delivery may start early (see `early`).
+            Some(place) if delivery.delivered == 1 => self.start_early_or_not(tenant, pipeline, delivery, ack_wait, place).await,
+            place => self.start_as_usual(&tenant, &pipeline, delivery, ack_wait, place).await,
+        }
+    }
+
+    /// Handle a trigger: claim its event, then start its execution, in a chain under the
+    /// delivery when an idle worker's `place` is at hand.
+    async fn start_as_usual(self: &Arc<Self>, tenant: &str, pipeline: &str, delivery: Delivery, ack_wait: Duration, place: Option<jobs::Place>) {
+        let (tenant, pipeline) = (tenant.to_string(), pipeline.to_string());
         match self.start(&tenant, &pipeline, &delivery.payload, delivery.delivered > 1, place.is_some()).await {
             Ok(Ok((id, recorded))) => {
                 tracing::info!("trigger for {tenant}/{pipeline}: execution {id}");
@@ -520,13 +576,7 @@ impl Service {
         let claim_bytes = serde_json::to_vec(&new_id).unwrap_or_default();
         let (loaded, lanes, claimed) = futures_util::future::join3(self.load(tenant, name, None), self.read_lanes(tenant, name), kv.create(&claim, claim_bytes)).await;
         let checked = match loaded {
-            Ok(Some(loaded)) => match trigger::accepts(&loaded.pipeline.triggers, &event) {
-                Err(reason) => Err(reason),
-                Ok(()) => match event.variables.keys().find(|k| !loaded.pipeline.variables.contains_key(*k)) {
-                    Some(k) => Err(format!("the event sets variable `{k}`, which pipeline `{name}` does not declare")),
-                    None => Ok(loaded),
-                },
-            },
+            Ok(Some(loaded)) => takes(&loaded, &event, name).map(|()| loaded),
             Ok(None) => Err(format!("unknown pipeline `{name}` (register it with `sluice pipeline put`)")),
             Err(e) => Err(format!("pipeline `{name}` does not load: {e}")),
         };
@@ -576,20 +626,7 @@ impl Service {
             Ok(l) => l,
             Err(reason) => return Ok(Err(reason)),
         };
-        let plugins = &loaded.plugins;
-        let pin = |uses: &str| PluginRef {
-            reference: uses.to_string(),
-            digest: plugins.get(uses).and_then(|p| p.as_ref().ok()).map(|p| p.digest.clone()).unwrap_or_default(),
-        };
-        let mut variables = loaded.pipeline.variables.clone();
-        variables.extend(event.variables.clone());
-        let mut exec = Execution::new(execution_id.clone(), tenant, &loaded.pipeline, &pin, variables);
-        exec.pipeline_version = loaded.version;
-        exec.trigger = Some(event.info());
-        exec.gated = true;
-        let before = Snapshot::of(&exec);
-        let input = Input::Start { at: Timestamp::now() };
-        let mut commands = apply(&mut exec, &input);
+        let (mut exec, before, input, mut commands) = begin(tenant, &loaded, &event, &execution_id);
         let mut others = self.admit_inline(&mut exec, &mut commands, lanes.ok()).await?;
         let first = outstanding(&exec, |_| true);
         let (kept, queued) = if chain { self.keep_for_chain(&mut exec, &trigger_lease(tenant, &execution_id), first) } else { (Vec::new(), first) };
@@ -600,7 +637,7 @@ impl Service {
             // The chain creates the record as its first write, gathering the results of the
             // contained runs that start meanwhile (see `journal`); the rest waits for it.
             let start = journal::Change::start(input, publish, queued, others);
-            return Ok(Ok((execution_id, Some(jobs::Recorded::unwritten(kept, exec, start)))));
+            return Ok(Ok((execution_id, Some(jobs::Recorded::unwritten(kept, exec, start, None)))));
         }
         match kv.create(&key, serde_json::to_vec(&exec).unwrap_or_default()).await {
             Ok(_) => {
