@@ -28,6 +28,14 @@
 //! elsewhere) is made again on the stored record with the chain's unwritten results applied
 //! anew, in order. Runs the chain already started are not started twice: the new record names
 //! the chain as their runner; whatever else the results now make runnable is queued.
+//!
+//! **A new execution's record** is created by its trigger chain's first write ([`Base::Unwritten`]),
+//! gathered like any other: its first contained runs go on before it exists. An early start
+//! (see `early`) gives that write a *gate*, which must confirm before the record is created. If
+//! another engine created the record first, or the gate refuses, nothing of the chain is sent.
+//!
+//! **At a chain's end**, a record whose last write carried earlier changes' events (kept until
+//! the bus stores them) is written once more without them ([`Service::compact`]).
 
 use super::jobs::Kept;
 use super::{JobMessage, Loaded, Service, lanes};
