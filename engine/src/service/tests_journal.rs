@@ -449,18 +449,25 @@ async fn a_record_created_elsewhere_first_is_left_to_its_creator() {
     assert_eq!(counts.acks.load(SeqCst), 0, "the trigger is handed back, not acknowledged");
 }
 
-/// Outside a chain too (`record`: a timeout, a wake, a lane's admission, here a stop), a write
-/// stored although the store answered with an error is recognised by the retry as its own: its
-/// events are sent once, not lost because the input, applied again, finds nothing to do.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_recorded_change_whose_answer_was_lost_still_sends_its_events() {
+/// [`RELAY`] started (not chained) on an engine whose first update of a record is stored with
+/// its answer lost; the start's events already drained.
+async fn started_losing_an_answer() -> (Held, Arc<Service>, tokio::sync::broadcast::Receiver<Event>, String) {
     let h = first_update(true);
     let bus = Arc::new(MemoryBus::default());
     let mut seen = bus.subscribe();
     let a = engine(&h.dir.path().join("a"), bus.clone(), &h.shared);
     register(&a, h.dir.path(), "relay3.yaml", RELAY).await;
     let (id, _) = a.start("default", "relay3", br#"{"id":"e-1"}"#, false, false).await.unwrap().unwrap();
-    drain(&mut seen); // the start's
+    drain(&mut seen);
+    (h, a, seen, id)
+}
+
+/// Outside a chain too (`record`: a timeout, a wake, a lane's admission, here a stop), a write
+/// stored although the store answered with an error is recognised by the retry as its own: its
+/// events are sent once, not lost because the input, applied again, finds nothing to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_change_whose_answer_was_lost_still_sends_its_events() {
+    let (h, a, mut seen, id) = started_losing_an_answer().await;
     let stop = Input::Stop { abandon: true, reason: Some("test".into()), at: Timestamp::now() };
     a.complete(&exec_key("default", &id), &stop).await.unwrap();
     assert_eq!(a.execution("default", &id).await.unwrap().unwrap().status, Status::Stopped);
@@ -474,13 +481,7 @@ async fn a_recorded_change_whose_answer_was_lost_still_sends_its_events() {
 /// the caller is told it was done, and its events are sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_control_whose_answer_was_lost_stands() {
-    let h = first_update(true);
-    let bus = Arc::new(MemoryBus::default());
-    let mut seen = bus.subscribe();
-    let a = engine(&h.dir.path().join("a"), bus.clone(), &h.shared);
-    register(&a, h.dir.path(), "relay3.yaml", RELAY).await;
-    let (id, _) = a.start("default", "relay3", br#"{"id":"e-1"}"#, false, false).await.unwrap().unwrap();
-    drain(&mut seen);
+    let (_h, a, mut seen, id) = started_losing_an_answer().await;
     let stopped = a.control("default", &id, |_| Ok(Input::Stop { abandon: true, reason: Some("test".into()), at: Timestamp::now() })).await;
     assert_eq!(stopped.map(|e| e.status), Ok(Status::Stopped));
     let events = drain(&mut seen);
