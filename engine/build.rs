@@ -12,15 +12,32 @@ fn main() {
     }
     let wasm_dir = build_guests(&root, &plugins.join("Cargo.toml"));
     // Guests used only by the integration tests (tests/guests): adversarial and probing plugins.
-    println!("cargo:rerun-if-changed={}", root.join("tests/guests").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("tests/guests").display()
+    );
     let test_dir = build_guests(&root, &root.join("tests/guests/Cargo.toml"));
     let probe = test_dir.join("sluice_test_probe.wasm");
     // The example Rust function (examples/functions), built so the tests can register it.
-    println!("cargo:rerun-if-changed={}", root.join("examples/functions/rust-release-notes").display());
-    let function = build_guests(&root, &root.join("examples/functions/rust-release-notes/Cargo.toml")).join("release_notes.wasm");
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("examples/functions/rust-release-notes").display()
+    );
+    let function = build_guests(
+        &root,
+        &root.join("examples/functions/rust-release-notes/Cargo.toml"),
+    )
+    .join("release_notes.wasm");
     // The example custom condition rule (examples/rules).
-    println!("cargo:rerun-if-changed={}", root.join("examples/rules/release-version").display());
-    let rule = build_guests(&root, &root.join("examples/rules/release-version/Cargo.toml")).join("release_version.wasm");
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("examples/rules/release-version").display()
+    );
+    let rule = build_guests(
+        &root,
+        &root.join("examples/rules/release-version/Cargo.toml"),
+    )
+    .join("release_version.wasm");
     std::fs::write(
         PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("test_guests.rs"),
         format!(
@@ -40,11 +57,16 @@ fn main() {
         .and_then(|v| v.split('.').next())
         .expect("plugins/Cargo.toml sets [workspace.package] version")
         .to_string();
-    let mut out = String::from("/// First-party plugins compiled from `plugins/`: (name, major version, component bytes).\npub const BUILTINS: &[(&str, u32, &[u8])] = &[\n");
+    let mut out = String::from(
+        "/// First-party plugins compiled from `plugins/`: (name, major version, component bytes).\npub const BUILTINS: &[(&str, u32, &[u8])] = &[\n",
+    );
     for member in members {
         let wasm = wasm_dir.join(format!("sluice_plugin_{}.wasm", member.replace('-', "_")));
         assert!(wasm.exists(), "missing {}", wasm.display());
-        out.push_str(&format!("    ({member:?}, {major}, include_bytes!({:?})),\n", wasm.display().to_string()));
+        out.push_str(&format!(
+            "    ({member:?}, {major}, include_bytes!({:?})),\n",
+            wasm.display().to_string()
+        ));
     }
     out.push_str("];\n");
     let dest = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("builtin_plugins.rs");
@@ -55,7 +77,11 @@ fn main() {
 fn list_after(toml: &str, key: &str) -> Vec<String> {
     let start = toml.find(&format!("{key} = [")).expect("members list") + key.len() + 4;
     let end = start + toml[start..].find(']').unwrap();
-    toml[start..end].split(',').map(|s| s.trim().trim_matches('"').to_string()).filter(|s| !s.is_empty()).collect()
+    toml[start..end]
+        .split(',')
+        .map(|s| s.trim().trim_matches('"').to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 include!("build_guests.rs");

@@ -32,7 +32,10 @@ stages:
 "##;
 
 fn gated(approvals: u32) -> Project {
-    Project::new(&GATED.replace("APPROVALS", &approvals.to_string()).replace("      - name: Gate\n        uses: approval@1\n", "      - name: Gate\n        uses: approval@1\n        namespace: gate\n"))
+    Project::new(&GATED.replace("APPROVALS", &approvals.to_string()).replace(
+        "      - name: Gate\n        uses: approval@1\n",
+        "      - name: Gate\n        uses: approval@1\n        namespace: gate\n",
+    ))
 }
 
 #[test]
@@ -41,34 +44,69 @@ fn local_runs_pre_approve_or_fail_clearly_without_a_terminal() {
     let r = p.run(&["--approve", "Production/Gate", "--as", "ana"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let exec = r.json();
-    assert_eq!(action(&exec, "Production/Gate")["variables"]["ApprovedBy"], "ana");
-    assert_eq!(action(&exec, "Production/Deploy")["variables"]["Value"], "ana");
-    assert_eq!(action(&exec, "Production/Gate")["attempt"], 2, "waiting and deciding: two runs of the plugin");
+    assert_eq!(
+        action(&exec, "Production/Gate")["variables"]["ApprovedBy"],
+        "ana"
+    );
+    assert_eq!(
+        action(&exec, "Production/Deploy")["variables"]["Value"],
+        "ana"
+    );
+    assert_eq!(
+        action(&exec, "Production/Gate")["attempt"],
+        2,
+        "waiting and deciding: two runs of the plugin"
+    );
 
     // No terminal (tests have none) and no --approve: a clear failure, not a hang.
     let r = p.run(&[]);
     assert_eq!(r.code, 1);
     let exec = r.json();
-    assert!(error(action(&exec, "Production/Gate")).contains("pass --approve Production/Gate"), "{exec:#}");
+    assert!(
+        error(action(&exec, "Production/Gate")).contains("pass --approve Production/Gate"),
+        "{exec:#}"
+    );
     assert_eq!(status(action(&exec, "Production/Deploy")), "NotStarted");
 
     // Pre-approving as someone who is not an approver is refused.
     let r = p.run(&["--approve", "Production/Gate", "--as", "mallory"]);
     assert_eq!(r.code, 1);
-    assert!(error(action(&r.json(), "Production/Gate")).contains("mallory is not an approver"), "{}", r.stdout);
+    assert!(
+        error(action(&r.json(), "Production/Gate")).contains("mallory is not an approver"),
+        "{}",
+        r.stdout
+    );
 
     // Limits are checked when the pipeline is validated.
-    p.write("bad.yaml", &p.read("pipeline.yaml").replace("min_approvals: \"1\"", "min_approvals: \"0\"\n          timeout: 90d"));
+    p.write(
+        "bad.yaml",
+        &p.read("pipeline.yaml").replace(
+            "min_approvals: \"1\"",
+            "min_approvals: \"0\"\n          timeout: 90d",
+        ),
+    );
     let v = p.sluice(&["validate", "bad.yaml"]);
     assert_eq!(v.code, 2);
-    assert!(v.stderr.contains("`min_approvals` must be a whole number of at least 1"), "{}", v.stderr);
-    assert!(v.stderr.contains("approval `timeout` must be between 5m and 60d"), "{}", v.stderr);
+    assert!(
+        v.stderr
+            .contains("`min_approvals` must be a whole number of at least 1"),
+        "{}",
+        v.stderr
+    );
+    assert!(
+        v.stderr
+            .contains("approval `timeout` must be between 5m and 60d"),
+        "{}",
+        v.stderr
+    );
 }
 
 fn serve(p: &Project) -> Engine {
     let e = Engine::start(p.dir.path(), ".sluice", &[]);
     // A killed engine leaves its socket file behind: wait for an answer, not for the file.
-    wait_for(Duration::from_secs(30), "the engine to answer", || (p.sluice(&["pipeline", "ls"]).code == 0).then_some(()));
+    wait_for(Duration::from_secs(30), "the engine to answer", || {
+        (p.sluice(&["pipeline", "ls"]).code == 0).then_some(())
+    });
     e
 }
 
@@ -83,7 +121,9 @@ fn record(p: &Project, id: &str) -> Value {
 fn waiting(p: &Project, id: &str) -> Value {
     wait_for(Duration::from_secs(30), "the gate to wait", || {
         let e = record(p, id);
-        action(&e, "Production/Gate")["waiting"].is_object().then_some(e)
+        action(&e, "Production/Gate")["waiting"]
+            .is_object()
+            .then_some(e)
     })
 }
 
@@ -99,7 +139,10 @@ fn service_approvals_check_who_decides_and_survive_a_restart() {
     let p = gated(2);
     let mut engine = serve(&p);
     assert_eq!(p.sluice(&["pipeline", "put", "pipeline.yaml"]).code, 0);
-    let id = as_user(&p, "cy", &["start", "gated"]).stdout.trim().to_string();
+    let id = as_user(&p, "cy", &["start", "gated"])
+        .stdout
+        .trim()
+        .to_string();
     let e = waiting(&p, &id);
     let gate = action(&e, "Production/Gate");
     assert_eq!(status(gate), "InProgress");
@@ -112,41 +155,120 @@ fn service_approvals_check_who_decides_and_survive_a_restart() {
         assert_eq!(r.code, 2, "{r:?}");
         assert!(r.stderr.contains(why), "{why:?} not in {}", r.stderr);
     };
-    refused("mallory", &["approve", &id, "Production/Gate"], "mallory is not an approver of Gate (approvers: ana, bo)");
-    refused("ana", &["approve", &id, "Production/Gate", "--token", "wrong"], "does not match the pending approval");
-    refused("ana", &["approve", "01ARZ3NDEKTSV4RRFFQ69G5FAV", "Production/Gate"], "no execution");
-    refused("ana", &["approve", &id, "Build/Compile"], "Compile is not waiting for an approval");
+    refused(
+        "mallory",
+        &["approve", &id, "Production/Gate"],
+        "mallory is not an approver of Gate (approvers: ana, bo)",
+    );
+    refused(
+        "ana",
+        &["approve", &id, "Production/Gate", "--token", "wrong"],
+        "does not match the pending approval",
+    );
+    refused(
+        "ana",
+        &["approve", "01ARZ3NDEKTSV4RRFFQ69G5FAV", "Production/Gate"],
+        "no execution",
+    );
+    refused(
+        "ana",
+        &["approve", &id, "Build/Compile"],
+        "Compile is not waiting for an approval",
+    );
 
     // One approval of two: still waiting, and it survives a restart of the engine.
-    let ok = as_user(&p, "ana", &["approve", &id, "Production/Gate", "--summary", "looks good", "--token", &token]);
+    let ok = as_user(
+        &p,
+        "ana",
+        &[
+            "approve",
+            &id,
+            "Production/Gate",
+            "--summary",
+            "looks good",
+            "--token",
+            &token,
+        ],
+    );
     assert_eq!(ok.code, 0, "{ok:?}");
-    refused("ana", &["approve", &id, "Production/Gate"], "ana has already decided on Gate");
+    refused(
+        "ana",
+        &["approve", &id, "Production/Gate"],
+        "ana has already decided on Gate",
+    );
     let e = waiting(&p, &id);
     assert_eq!(action(&e, "Production/Gate")["decisions"][0]["by"], "ana");
     engine.kill9();
     let _engine = serve(&p);
     let e = waiting(&p, &id);
-    assert_eq!(action(&e, "Production/Gate")["summary"], "waiting for 1 of 2 approvals from ana, bo, approved so far by ana");
-    let ok = as_user(&p, "bo", &["approve", &id, "Production/Gate", "--summary", "ship it"]);
+    assert_eq!(
+        action(&e, "Production/Gate")["summary"],
+        "waiting for 1 of 2 approvals from ana, bo, approved so far by ana"
+    );
+    let ok = as_user(
+        &p,
+        "bo",
+        &["approve", &id, "Production/Gate", "--summary", "ship it"],
+    );
     assert_eq!(ok.code, 0, "{ok:?}");
     let e = finished(&p, &id);
     assert_eq!(status(&e), "Succeeded", "{e:#}");
-    assert_eq!(action(&e, "Production/Deploy")["variables"]["Value"], "ana, bo");
-    let decisions = action(&e, "Production/Gate")["decisions"].as_array().unwrap().clone();
-    assert_eq!(decisions.iter().map(|d| d["by"].as_str().unwrap()).collect::<Vec<_>>(), ["ana", "bo"]);
+    assert_eq!(
+        action(&e, "Production/Deploy")["variables"]["Value"],
+        "ana, bo"
+    );
+    let decisions = action(&e, "Production/Gate")["decisions"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        decisions
+            .iter()
+            .map(|d| d["by"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["ana", "bo"]
+    );
     assert_eq!(decisions[1]["summary"], "ship it");
     assert!(decisions[1]["at"].is_string());
     // Deciding on what is no longer pending is refused.
-    refused("bo", &["reject", &id, "Production/Gate"], "not waiting for an approval");
+    refused(
+        "bo",
+        &["reject", &id, "Production/Gate"],
+        "not waiting for an approval",
+    );
 
     // The starter may not approve; a rejection fails the action with the approver's words.
-    let id = as_user(&p, "ana", &["start", "gated"]).stdout.trim().to_string();
+    let id = as_user(&p, "ana", &["start", "gated"])
+        .stdout
+        .trim()
+        .to_string();
     waiting(&p, &id);
-    refused("ana", &["approve", &id, "Production/Gate"], "ana started this execution and may not approve it");
-    assert_eq!(as_user(&p, "bo", &["reject", &id, "Production/Gate", "--summary", "not on a Friday"]).code, 0);
+    refused(
+        "ana",
+        &["approve", &id, "Production/Gate"],
+        "ana started this execution and may not approve it",
+    );
+    assert_eq!(
+        as_user(
+            &p,
+            "bo",
+            &[
+                "reject",
+                &id,
+                "Production/Gate",
+                "--summary",
+                "not on a Friday"
+            ]
+        )
+        .code,
+        0
+    );
     let e = finished(&p, &id);
     assert_eq!(status(&e), "Failed");
-    assert_eq!(error(action(&e, "Production/Gate")), "rejected by bo: not on a Friday");
+    assert_eq!(
+        error(action(&e, "Production/Gate")),
+        "rejected by bo: not on a Friday"
+    );
 }
 
 const SHORT_WAIT: &str = r##"
@@ -168,7 +290,10 @@ fn an_approval_that_nobody_decides_times_out() {
     assert_eq!(start.code, 1, "{start:?}");
     let e = record(&p, start.stdout.trim());
     assert_eq!(status(action(&e, "Gate/Wait")), "Failed");
-    assert!(error(action(&e, "Gate/Wait")).starts_with("timeout: no approval decision within 2"), "{e:#}");
+    assert!(
+        error(action(&e, "Gate/Wait")).starts_with("timeout: no approval decision within 2"),
+        "{e:#}"
+    );
 }
 
 #[test]
@@ -183,8 +308,13 @@ fn approvals_over_nats_notify_survive_an_engine_restart_and_accept_decisions_by_
         all.extend(["--nats", &url]);
         p.sluice_env(&all, &[("SLUICE_USER", who)])
     };
-    wait_for(Duration::from_secs(30), "the engine", || (client("x", &["pipeline", "put", "pipeline.yaml"]).code == 0).then_some(()));
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    wait_for(Duration::from_secs(30), "the engine", || {
+        (client("x", &["pipeline", "put", "pipeline.yaml"]).code == 0).then_some(())
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let nc = async_nats::connect(&url).await.unwrap();
         let mut notices = nc.subscribe("sluice.default.events.approval.gated").await.unwrap();
@@ -248,31 +378,58 @@ stages:
         p.sluice(&all)
     };
     let mut engine = Engine::start(p.dir.path(), "engine", &["--nats", &url]);
-    wait_for(Duration::from_secs(30), "the engine", || (client(&["pipeline", "put", "pipeline.yaml"]).code == 0).then_some(()));
+    wait_for(Duration::from_secs(30), "the engine", || {
+        (client(&["pipeline", "put", "pipeline.yaml"]).code == 0).then_some(())
+    });
     let started = client(&["start", "deploy"]);
     assert_eq!(started.code, 0, "{started:?}");
     let id = started.stdout.trim().to_string();
     // None while no engine answers (it restarts below).
-    let record = |id: &str| -> Option<Value> { serde_json::from_str(&client(&["status", id, "--json"]).stdout).ok() };
-    let e = wait_for(Duration::from_secs(30), "the action to wait for its event", || {
-        let e = record(&id)?;
-        (action(&e, "Deploy/Wait")["waiting"]["wake"]["event"] == "deploys.done.42" && status(action(&e, "Deploy/Wildcard")) == "Failed").then_some(e)
-    });
-    assert!(error(action(&e, "Deploy/Wildcard")).contains("cannot wait for an event on deploys.*: \"deploys.*\": wait for a concrete subject"), "{e:#}");
+    let record = |id: &str| -> Option<Value> {
+        serde_json::from_str(&client(&["status", id, "--json"]).stdout).ok()
+    };
+    let e = wait_for(
+        Duration::from_secs(30),
+        "the action to wait for its event",
+        || {
+            let e = record(&id)?;
+            (action(&e, "Deploy/Wait")["waiting"]["wake"]["event"] == "deploys.done.42"
+                && status(action(&e, "Deploy/Wildcard")) == "Failed")
+                .then_some(e)
+        },
+    );
+    assert!(
+        error(action(&e, "Deploy/Wildcard")).contains(
+            "cannot wait for an event on deploys.*: \"deploys.*\": wait for a concrete subject"
+        ),
+        "{e:#}"
+    );
     // The engine goes away; the deploy system reports completion meanwhile.
     engine.kill9();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let nc = async_nats::connect(&url).await.unwrap();
-        nc.publish("deploys.done.42", "{\"status\":\"deployed\"}".into()).await.unwrap();
+        nc.publish("deploys.done.42", "{\"status\":\"deployed\"}".into())
+            .await
+            .unwrap();
         nc.flush().await.unwrap();
     });
     let _engine = Engine::start(p.dir.path(), "engine", &["--nats", &url]);
-    let e = wait_for(Duration::from_secs(30), "the event to wake the action", || {
-        let e = record(&id)?;
-        (status(action(&e, "Deploy/Wait")) == "Succeeded").then_some(e)
-    });
+    let e = wait_for(
+        Duration::from_secs(30),
+        "the event to wake the action",
+        || {
+            let e = record(&id)?;
+            (status(action(&e, "Deploy/Wait")) == "Succeeded").then_some(e)
+        },
+    );
     let wait = action(&e, "Deploy/Wait");
     assert_eq!(wait["variables"]["Released"], "{\"status\":\"deployed\"}");
-    assert_eq!(wait["attempt"], 2, "woken: a new attempt with the event as its payload");
+    assert_eq!(
+        wait["attempt"], 2,
+        "woken: a new attempt with the event as its payload"
+    );
 }

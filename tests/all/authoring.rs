@@ -7,7 +7,10 @@ fn a_scaffolded_plugin_builds_tests_and_runs_in_a_pipeline() {
     let p = Project::new("name: placeholder\nstages: []\n");
     let new = p.sluice(&["plugin", "new", "greeter"]);
     assert_eq!(new.code, 0, "{}", new.stderr);
-    assert!(p.path("greeter/wit/action.wit").exists() && p.path("greeter/vendor/sluice-sdk/src/lib.rs").exists());
+    assert!(
+        p.path("greeter/wit/action.wit").exists()
+            && p.path("greeter/vendor/sluice-sdk/src/lib.rs").exists()
+    );
     // Build it exactly as the scaffold says (sharing the guests' target dir keeps this quick).
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let target = repo().join("target/guests");
@@ -19,19 +22,41 @@ fn a_scaffolded_plugin_builds_tests_and_runs_in_a_pipeline() {
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let wasm = target.join("wasm32-wasip2/release/greeter.wasm");
     let wasm = wasm.to_str().unwrap();
 
-    let t = p.sluice(&["plugin", "test", wasm, "--config", "name=tester", "--output", "greeting", "--out", "result"]);
+    let t = p.sluice(&[
+        "plugin",
+        "test",
+        wasm,
+        "--config",
+        "name=tester",
+        "--output",
+        "greeting",
+        "--out",
+        "result",
+    ]);
     assert_eq!(t.code, 0, "{}\n{}", t.stdout, t.stderr);
-    assert!(t.stdout.contains("outcome Succeeded") && t.stdout.contains("var     Greeting = hello, tester"), "{}", t.stdout);
+    assert!(
+        t.stdout.contains("outcome Succeeded")
+            && t.stdout.contains("var     Greeting = hello, tester"),
+        "{}",
+        t.stdout
+    );
     assert!(t.stdout.contains("log      INFO hello, tester"));
     assert_eq!(p.read("result/greeting/greeting.txt"), "hello, tester\n");
     // Wrong configuration is caught before anything runs.
     let bad = p.sluice(&["plugin", "test", wasm, "--config", "nmae=x"]);
     assert_eq!(bad.code, 2);
-    assert!(bad.stderr.contains("does not accept configuration key `nmae`"));
+    assert!(
+        bad.stderr
+            .contains("does not accept configuration key `nmae`")
+    );
 
     p.write(
         "pipeline.yaml",
@@ -39,47 +64,148 @@ fn a_scaffolded_plugin_builds_tests_and_runs_in_a_pipeline() {
     );
     let exec = p.run(&[]).json();
     assert_eq!(status(&exec), "Succeeded");
-    assert_eq!(action(&exec, "S/Echo")["variables"]["Value"], "hello, pipeline");
+    assert_eq!(
+        action(&exec, "S/Echo")["variables"]["Value"],
+        "hello, pipeline"
+    );
 }
 
 #[test]
 fn python_and_javascript_scaffolds_build_and_pass_plugin_test() {
     let p = Project::new("name: placeholder\nstages: []\n");
     // Python, built as its README says.
-    assert_eq!(p.sluice(&["plugin", "new", "hello-py", "--lang", "python"]).code, 0);
+    assert_eq!(
+        p.sluice(&["plugin", "new", "hello-py", "--lang", "python"])
+            .code,
+        0
+    );
     let out = Command::new("componentize-py")
-        .args(["-d", "wit", "-w", "sluice:action/action@0.1.0", "componentize", "app", "-o", "hello-py.wasm"])
+        .args([
+            "-d",
+            "wit",
+            "-w",
+            "sluice:action/action@0.1.0",
+            "componentize",
+            "app",
+            "-o",
+            "hello-py.wasm",
+        ])
         .current_dir(p.path("hello-py"))
         .output()
         .expect("componentize-py is needed (pip install componentize-py==0.25.1)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let t = p.sluice(&["plugin", "test", "hello-py/hello-py.wasm", "--config", "name=py", "--output", "greeting", "--out", "py"]);
-    assert!(t.code == 0 && t.stdout.contains("var     Greeting = hello, py"), "{}\n{}", t.stdout, t.stderr);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t = p.sluice(&[
+        "plugin",
+        "test",
+        "hello-py/hello-py.wasm",
+        "--config",
+        "name=py",
+        "--output",
+        "greeting",
+        "--out",
+        "py",
+    ]);
+    assert!(
+        t.code == 0 && t.stdout.contains("var     Greeting = hello, py"),
+        "{}\n{}",
+        t.stdout,
+        t.stderr
+    );
     assert_eq!(p.read("py/greeting/greeting.txt"), "hello, py\n");
 
     // JavaScript, with the repository's componentize-js (instead of a second `npm install`).
-    assert_eq!(p.sluice(&["plugin", "new", "hello-js", "--lang", "js"]).code, 0);
-    std::os::unix::fs::symlink(crate::plugins::componentize_js_modules(), p.path("hello-js/node_modules")).unwrap();
+    assert_eq!(
+        p.sluice(&["plugin", "new", "hello-js", "--lang", "js"])
+            .code,
+        0
+    );
+    std::os::unix::fs::symlink(
+        crate::plugins::componentize_js_modules(),
+        p.path("hello-js/node_modules"),
+    )
+    .unwrap();
     let built = crate::plugins::node_tool(&p.path("hello-js"), "node", &["build.mjs"]);
-    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
-    let t = p.sluice(&["plugin", "test", "hello-js/hello-js.wasm", "--config", "name=js"]);
-    assert!(t.code == 0 && t.stdout.contains("var     Greeting = hello, js"), "{}\n{}", t.stdout, t.stderr);
-    let bad = p.sluice(&["plugin", "test", "hello-js/hello-js.wasm", "--config", "name= "]);
-    assert!(bad.stdout.contains("configuration error: `name` must not be empty"), "{}", bad.stdout);
-    assert!(p.sluice(&["plugin", "new", "x", "--lang", "cobol"]).stderr.contains("choose rust, python or js"));
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let t = p.sluice(&[
+        "plugin",
+        "test",
+        "hello-js/hello-js.wasm",
+        "--config",
+        "name=js",
+    ]);
+    assert!(
+        t.code == 0 && t.stdout.contains("var     Greeting = hello, js"),
+        "{}\n{}",
+        t.stdout,
+        t.stderr
+    );
+    let bad = p.sluice(&[
+        "plugin",
+        "test",
+        "hello-js/hello-js.wasm",
+        "--config",
+        "name= ",
+    ]);
+    assert!(
+        bad.stdout
+            .contains("configuration error: `name` must not be empty"),
+        "{}",
+        bad.stdout
+    );
+    assert!(
+        p.sluice(&["plugin", "new", "x", "--lang", "cobol"])
+            .stderr
+            .contains("choose rust, python or js")
+    );
 }
 
 #[test]
 fn plugin_test_runs_built_in_plugins_with_inputs_grants_and_failures() {
     let p = Project::new("name: placeholder\nstages: []\n");
     p.write("src/a.txt", "a");
-    let ok = p.sluice(&["plugin", "test", "command@1", "--config", "run=cp -r in/src/. out/copy && echo N=1 >> $SLUICE_OUTPUT", "--input", "src=src", "--output", "copy", "--grant", "process=sh"]);
+    let ok = p.sluice(&[
+        "plugin",
+        "test",
+        "command@1",
+        "--config",
+        "run=cp -r in/src/. out/copy && echo N=1 >> $SLUICE_OUTPUT",
+        "--input",
+        "src=src",
+        "--output",
+        "copy",
+        "--grant",
+        "process=sh",
+    ]);
     assert_eq!(ok.code, 0, "{}\n{}", ok.stdout, ok.stderr);
-    assert!(ok.stdout.contains("var     N = 1") && ok.stdout.contains("a.txt"), "{}", ok.stdout);
+    assert!(
+        ok.stdout.contains("var     N = 1") && ok.stdout.contains("a.txt"),
+        "{}",
+        ok.stdout
+    );
     let ungranted = p.sluice(&["plugin", "test", "command@1", "--config", "run=true"]);
     assert_eq!(ungranted.code, 2);
     assert!(ungranted.stderr.contains("--grant process=sh"));
-    let failing = p.sluice(&["plugin", "test", "command@1", "--config", "run=echo nope; exit 4", "--grant", "process=sh"]);
+    let failing = p.sluice(&[
+        "plugin",
+        "test",
+        "command@1",
+        "--config",
+        "run=echo nope; exit 4",
+        "--grant",
+        "process=sh",
+    ]);
     assert_eq!(failing.code, 1);
-    assert!(failing.stdout.contains("outcome Failed") && failing.stdout.contains("exited with code 4"), "{}", failing.stdout);
+    assert!(
+        failing.stdout.contains("outcome Failed") && failing.stdout.contains("exited with code 4"),
+        "{}",
+        failing.stdout
+    );
 }

@@ -8,30 +8,66 @@ fn history_show_logs_and_artifacts_after_a_run() {
     let id = exec["execution_id"].as_str().unwrap();
 
     let history = p.sluice(&["history", "--data", ".sluice"]);
-    assert!(history.stdout.contains(id) && history.stdout.contains("Succeeded"), "{}", history.stdout);
+    assert!(
+        history.stdout.contains(id) && history.stdout.contains("Succeeded"),
+        "{}",
+        history.stdout
+    );
 
     let show = p.sluice(&["show", id, "--data", ".sluice"]);
-    assert!(show.stdout.contains("action Compile  Succeeded  attempt 1"), "{}", show.stdout);
+    assert!(
+        show.stdout.contains("action Compile  Succeeded  attempt 1"),
+        "{}",
+        show.stdout
+    );
     assert!(show.stdout.contains("with      path = app"));
-    let shown: serde_json::Value = serde_json::from_str(&p.sluice(&["show", id, "--json", "--data", ".sluice"]).stdout).unwrap();
+    let shown: serde_json::Value = serde_json::from_str(
+        &p.sluice(&["show", id, "--json", "--data", ".sluice"])
+            .stdout,
+    )
+    .unwrap();
     assert_eq!(shown, exec, "show --json returns the stored record");
 
     let logs = p.sluice(&["logs", id, "--data", ".sluice"]);
-    assert!(logs.stdout.contains("Build/Compile #1") && logs.stdout.contains("built 3 pages"), "{}", logs.stdout);
+    assert!(
+        logs.stdout.contains("Build/Compile #1") && logs.stdout.contains("built 3 pages"),
+        "{}",
+        logs.stdout
+    );
     assert!(logs.stdout.contains("Build/Test #1") && logs.stdout.contains("all links resolve"));
 
-    let site = action(&exec, "Build/Compile")["artifacts"]["site"].as_str().unwrap();
+    let site = action(&exec, "Build/Compile")["artifacts"]["site"]
+        .as_str()
+        .unwrap();
     let ls = p.sluice(&["artifact", "ls", site, "--data", ".sluice"]);
-    assert!(ls.stdout.contains("index.html") && ls.stdout.lines().any(|l| l.starts_with('x') && l.ends_with("healthcheck.sh")), "{}", ls.stdout);
+    assert!(
+        ls.stdout.contains("index.html")
+            && ls
+                .stdout
+                .lines()
+                .any(|l| l.starts_with('x') && l.ends_with("healthcheck.sh")),
+        "{}",
+        ls.stdout
+    );
     let verify = p.sluice(&["artifact", "verify", site, "--data", ".sluice"]);
     assert_eq!(verify.code, 0, "{}", verify.stderr);
     let got = p.sluice(&["artifact", "get", site, "restored", "--data", ".sluice"]);
     assert_eq!(got.code, 0, "{}", got.stderr);
-    assert_eq!(p.read("restored/index.html"), p.read(".sluice/site/current/index.html"));
+    assert_eq!(
+        p.read("restored/index.html"),
+        p.read(".sluice/site/current/index.html")
+    );
 
     // Corrupt the blob behind index.html: verify and get both refuse, naming the digest.
-    let line = ls.stdout.lines().find(|l| l.ends_with("index.html")).unwrap();
-    let blob = line.split_whitespace().find(|w| w.starts_with("blake3:")).unwrap();
+    let line = ls
+        .stdout
+        .lines()
+        .find(|l| l.ends_with("index.html"))
+        .unwrap();
+    let blob = line
+        .split_whitespace()
+        .find(|w| w.starts_with("blake3:"))
+        .unwrap();
     let hex = &blob["blake3:".len()..];
     let path = p.path(&format!(".sluice/cas/blobs/{}/{}", &hex[..2], &hex[2..]));
     let mut perms = std::fs::metadata(&path).unwrap().permissions();
@@ -41,10 +77,17 @@ fn history_show_logs_and_artifacts_after_a_run() {
     std::fs::write(&path, "tampered").unwrap();
     let verify = p.sluice(&["artifact", "verify", site, "--data", ".sluice"]);
     assert_eq!(verify.code, 1);
-    assert!(verify.stderr.contains(&format!("{blob} is corrupted")), "{}", verify.stderr);
+    assert!(
+        verify.stderr.contains(&format!("{blob} is corrupted")),
+        "{}",
+        verify.stderr
+    );
     let got = p.sluice(&["artifact", "get", site, "again", "--data", ".sluice"]);
     assert_ne!(got.code, 0);
-    assert!(!p.path("again/index.html").exists(), "a corrupted blob is never served");
+    assert!(
+        !p.path("again/index.html").exists(),
+        "a corrupted blob is never served"
+    );
 }
 
 #[test]
@@ -66,5 +109,9 @@ fn plugin_describe_shows_configuration_and_capabilities() {
     p.write("garbage.wasm", "\0asm\x0d\0\x01\0 not really a component");
     let garbage = p.sluice(&["plugin", "describe", "./garbage.wasm"]);
     assert_ne!(garbage.code, 0);
-    assert!(garbage.stderr.contains("compile component"), "{}", garbage.stderr);
+    assert!(
+        garbage.stderr.contains("compile component"),
+        "{}",
+        garbage.stderr
+    );
 }

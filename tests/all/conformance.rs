@@ -9,72 +9,134 @@ use sluice_engine::queue::{MemoryQueue, NatsQueue, WorkQueue};
 use std::time::Duration;
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 async fn kv_suite(kv: &dyn Kv) {
     assert_eq!(kv.get("t/a").await.unwrap(), None);
     let r1 = kv.create("t/a", b"one".to_vec()).await.unwrap();
-    assert!(matches!(kv.create("t/a", b"again".to_vec()).await, Err(KvError::Conflict { .. })), "create of an existing key conflicts");
+    assert!(
+        matches!(
+            kv.create("t/a", b"again".to_vec()).await,
+            Err(KvError::Conflict { .. })
+        ),
+        "create of an existing key conflicts"
+    );
     assert_eq!(kv.get("t/a").await.unwrap(), Some((b"one".to_vec(), r1)));
     let r2 = kv.update("t/a", b"two".to_vec(), r1).await.unwrap();
     assert!(r2 > r1);
-    assert!(matches!(kv.update("t/a", b"stale".to_vec(), r1).await, Err(KvError::Conflict { .. })), "a stale revision conflicts");
+    assert!(
+        matches!(
+            kv.update("t/a", b"stale".to_vec(), r1).await,
+            Err(KvError::Conflict { .. })
+        ),
+        "a stale revision conflicts"
+    );
     assert_eq!(kv.get("t/a").await.unwrap().unwrap().0, b"two");
     for k in ["t/x/2", "t/x/1", "u/x/3"] {
         kv.create(k, vec![]).await.unwrap();
     }
-    assert_eq!(kv.keys("t/x/").await.unwrap(), vec!["t/x/1", "t/x/2"], "keys by prefix, sorted");
+    assert_eq!(
+        kv.keys("t/x/").await.unwrap(),
+        vec!["t/x/1", "t/x/2"],
+        "keys by prefix, sorted"
+    );
     kv.delete("t/a").await.unwrap();
     assert_eq!(kv.get("t/a").await.unwrap(), None);
-    kv.create("t/a", b"three".to_vec()).await.expect("a deleted key can be created again");
+    kv.create("t/a", b"three".to_vec())
+        .await
+        .expect("a deleted key can be created again");
     assert!(!kv.keys("t/").await.unwrap().is_empty());
 
     // Concurrent read-modify-write never loses an increment.
     let tasks: Vec<_> = (0..8)
         .map(|_| async {
             for _ in 0..5 {
-                sluice_engine::kv::modify::<u64, _>(kv, "t/counter", |v| Some(v.unwrap_or(0) + 1)).await.unwrap();
+                sluice_engine::kv::modify::<u64, _>(kv, "t/counter", |v| Some(v.unwrap_or(0) + 1))
+                    .await
+                    .unwrap();
             }
         })
         .collect();
     futures_util::future::join_all(tasks).await;
-    let (v, _) = sluice_engine::kv::get_json::<u64>(kv, "t/counter").await.unwrap().unwrap();
+    let (v, _) = sluice_engine::kv::get_json::<u64>(kv, "t/counter")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(v, 40);
 
     // A watch delivers every later change of its key, in order, and nothing of other keys.
     use futures_util::StreamExt;
-    let mut changes = kv.watch("t/w").await.unwrap().expect("both buckets can watch");
+    let mut changes = kv
+        .watch("t/w")
+        .await
+        .unwrap()
+        .expect("both buckets can watch");
     let w1 = kv.create("t/w", b"one".to_vec()).await.unwrap();
     kv.create("t/other", b"not watched".to_vec()).await.unwrap();
     let w2 = kv.update("t/w", b"two".to_vec(), w1).await.unwrap();
     kv.delete("t/w").await.unwrap();
-    let mut next = async || tokio::time::timeout(Duration::from_secs(5), changes.next()).await.expect("a change within 5 s").expect("the watch goes on").unwrap();
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(5), changes.next())
+            .await
+            .expect("a change within 5 s")
+            .expect("the watch goes on")
+            .unwrap()
+    };
     assert_eq!(next().await, Some((b"one".to_vec(), w1)));
     assert_eq!(next().await, Some((b"two".to_vec(), w2)));
     assert_eq!(next().await, None, "a deletion");
-    assert!(tokio::time::timeout(Duration::from_millis(200), changes.next()).await.is_err(), "nothing else");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), changes.next())
+            .await
+            .is_err(),
+        "nothing else"
+    );
 }
 
 async fn queue_suite(q: &dyn WorkQueue) {
     q.push("sluice.t.jobs", "a", b"A".to_vec()).await.unwrap();
-    q.push("sluice.t.jobs", "a", b"A again".to_vec()).await.unwrap();
+    q.push("sluice.t.jobs", "a", b"A again".to_vec())
+        .await
+        .unwrap();
     q.push("sluice.t.jobs", "b", b"B".to_vec()).await.unwrap();
     let first = q.next().await.unwrap();
-    assert_eq!((first.subject.as_str(), first.payload.as_slice(), first.delivered), ("sluice.t.jobs", &b"A"[..], 1));
+    assert_eq!(
+        (
+            first.subject.as_str(),
+            first.payload.as_slice(),
+            first.delivered
+        ),
+        ("sluice.t.jobs", &b"A"[..], 1)
+    );
     first.ack().await.unwrap();
     let second = q.next().await.unwrap();
     assert_eq!(second.payload, b"B", "a re-push of a recent id is dropped");
     // Not now: it comes back after the delay, counted as a second delivery.
     second.nak(Duration::from_millis(100)).await.unwrap();
-    let again = tokio::time::timeout(Duration::from_secs(10), q.next()).await.expect("redelivered").unwrap();
+    let again = tokio::time::timeout(Duration::from_secs(10), q.next())
+        .await
+        .expect("redelivered")
+        .unwrap();
     assert_eq!((again.payload.as_slice(), again.delivered), (&b"B"[..], 2));
     // Dropped unsettled (its consumer died): it is delivered again after the ack deadline.
     drop(again);
-    let third = tokio::time::timeout(Duration::from_secs(10), q.next()).await.expect("redelivered after the deadline").unwrap();
+    let third = tokio::time::timeout(Duration::from_secs(10), q.next())
+        .await
+        .expect("redelivered after the deadline")
+        .unwrap();
     assert_eq!((third.payload.as_slice(), third.delivered), (&b"B"[..], 3));
     third.ack().await.unwrap();
-    assert!(tokio::time::timeout(Duration::from_millis(1500), q.next()).await.is_err(), "nothing left after acks");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1500), q.next())
+            .await
+            .is_err(),
+        "nothing left after acks"
+    );
 }
 
 #[test]
@@ -112,7 +174,13 @@ fn nats_queue_conforms() {
         let js = async_nats::jetstream::new(client);
         let q = NatsQueue::open(
             &js,
-            QueueConfig { stream: "TEST", subjects: vec!["sluice.t.jobs".into()], consumer: "w", ack_wait: Duration::from_secs(1), duplicate_window: Duration::from_secs(60) },
+            QueueConfig {
+                stream: "TEST",
+                subjects: vec!["sluice.t.jobs".into()],
+                consumer: "w",
+                ack_wait: Duration::from_secs(1),
+                duplicate_window: Duration::from_secs(60),
+            },
         )
         .await
         .unwrap();
@@ -135,7 +203,10 @@ fn blob_suite(writer: &dyn BlobStore, reader: &dyn BlobStore) {
     assert_eq!(reader.verify(&d).unwrap(), big.len() as u64);
     let missing = Digest::of(b"never stored");
     assert!(!reader.contains(&missing));
-    assert!(matches!(reader.get_bytes(&missing), Err(StoreError::NotFound(_))));
+    assert!(matches!(
+        reader.get_bytes(&missing),
+        Err(StoreError::NotFound(_))
+    ));
 }
 
 #[test]
@@ -164,9 +235,15 @@ fn nats_blob_store_shares_verified_blobs_between_engines() {
         // An object whose content does not hash to its name is refused, not used.
         let objects = js.get_object_store("sluice-artifacts").await.unwrap();
         let claimed = Digest::of(b"the real content");
-        objects.put(claimed.hex().as_str(), &mut &b"forged content"[..]).await.unwrap();
+        objects
+            .put(claimed.hex().as_str(), &mut &b"forged content"[..])
+            .await
+            .unwrap();
         let c = NatsStore::open(&js, &dir.path().join("c")).await.unwrap();
-        let err = tokio::task::spawn_blocking(move || c.get_bytes(&claimed)).await.unwrap().unwrap_err();
+        let err = tokio::task::spawn_blocking(move || c.get_bytes(&claimed))
+            .await
+            .unwrap()
+            .unwrap_err();
         assert!(matches!(err, StoreError::Corrupted { .. }), "{err}");
     });
 }

@@ -39,16 +39,40 @@ stages:
 /// What every function run must show: immediate success, two continuations then success,
 /// failure, and outputs (variables, artifact) used by later actions.
 fn check(exec: &Value, notes_contain: &str) {
-    assert_eq!(status(exec), "Failed", "Fails/Broken fails the last stage: {exec:#}");
+    assert_eq!(
+        status(exec),
+        "Failed",
+        "Fails/Broken fails the last stage: {exec:#}"
+    );
     let now = action(exec, "Notes/Now");
     assert_eq!(status(now), "Succeeded", "{now:#}");
     assert_eq!(now["attempt"], 1);
-    assert!(now["variables"]["Notes"].as_str().unwrap().contains(notes_contain), "{now:#}");
+    assert!(
+        now["variables"]["Notes"]
+            .as_str()
+            .unwrap()
+            .contains(notes_contain),
+        "{now:#}"
+    );
     let later = action(exec, "Notes/Later");
-    assert_eq!((status(later), later["attempt"].as_u64()), ("Succeeded", Some(3)), "two continuations, then success: {later:#}");
+    assert_eq!(
+        (status(later), later["attempt"].as_u64()),
+        ("Succeeded", Some(3)),
+        "two continuations, then success: {later:#}"
+    );
     assert_eq!(action(exec, "Use/Check")["variables"]["Value"], "1/3");
-    assert!(action(exec, "Use/Read")["variables"]["Bytes"].as_str().unwrap().parse::<u32>().unwrap() > 10);
-    assert_eq!(error(action(exec, "Fails/Broken")), "asked to fail by its parameters (fail)");
+    assert!(
+        action(exec, "Use/Read")["variables"]["Bytes"]
+            .as_str()
+            .unwrap()
+            .parse::<u32>()
+            .unwrap()
+            > 10
+    );
+    assert_eq!(
+        error(action(exec, "Fails/Broken")),
+        "asked to fail by its parameters (fail)"
+    );
 }
 
 #[test]
@@ -79,21 +103,45 @@ fn registered_functions_in_rust_and_python_run_in_the_service() {
     let p = Project::new(&INVOKING.replace("FN", "release-notes"));
     componentize(&p.path("release-notes-py.wasm"));
     let _engine = Engine::start(p.dir.path(), ".sluice", &[]);
-    wait_for(Duration::from_secs(30), "the engine to answer", || (p.sluice(&["pipeline", "ls"]).code == 0).then_some(()));
+    wait_for(Duration::from_secs(30), "the engine to answer", || {
+        (p.sluice(&["pipeline", "ls"]).code == 0).then_some(())
+    });
     assert_eq!(p.sluice(&["pipeline", "put", "pipeline.yaml"]).code, 0);
 
     // Not a function: refused, nothing registered.
     let bad = p.sluice(&["function", "put", "release-notes", crate::harness::PROBE]);
     assert_eq!(bad.code, 2, "{bad:?}");
-    assert!(bad.stderr.contains("does not export the sluice:action@0.1.0 `function` world"), "{}", bad.stderr);
+    assert!(
+        bad.stderr
+            .contains("does not export the sluice:action@0.1.0 `function` world"),
+        "{}",
+        bad.stderr
+    );
 
-    for (file, notes) in [(RUST_FUNCTION.to_string(), "Release 1.2 of inv"), (p.path("release-notes-py.wasm").display().to_string(), "[python]")] {
+    for (file, notes) in [
+        (RUST_FUNCTION.to_string(), "Release 1.2 of inv"),
+        (
+            p.path("release-notes-py.wasm").display().to_string(),
+            "[python]",
+        ),
+    ] {
         let put = p.sluice(&["function", "put", "release-notes", &file]);
         assert_eq!(put.code, 0, "{put:?}");
-        assert!(put.stdout.contains("registered function release-notes blake3:"), "{}", put.stdout);
-        assert!(p.sluice(&["function", "ls"]).stdout.starts_with("release-notes\tblake3:"));
+        assert!(
+            put.stdout
+                .contains("registered function release-notes blake3:"),
+            "{}",
+            put.stdout
+        );
+        assert!(
+            p.sluice(&["function", "ls"])
+                .stdout
+                .starts_with("release-notes\tblake3:")
+        );
         let start = p.sluice(&["start", "inv", "--watch"]);
-        let exec: Value = serde_json::from_str(&p.sluice(&["status", start.stdout.trim(), "--json"]).stdout).unwrap();
+        let exec: Value =
+            serde_json::from_str(&p.sluice(&["status", start.stdout.trim(), "--json"]).stdout)
+                .unwrap();
         check(&exec, notes);
     }
     assert_eq!(p.sluice(&["function", "rm", "release-notes"]).code, 0);

@@ -31,8 +31,16 @@ with zipfile.ZipFile(f"{out}/dotdot.zip", "w") as z:
 fn archives(p: &Project) -> std::path::PathBuf {
     let dir = p.path("archives");
     std::fs::create_dir_all(&dir).unwrap();
-    let out = Command::new("python3").args(["-c", MAKE_ARCHIVES]).arg(&dir).output().expect("python3 is needed to build the test archives (apt-get install python3)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("python3")
+        .args(["-c", MAKE_ARCHIVES])
+        .arg(&dir)
+        .output()
+        .expect("python3 is needed to build the test archives (apt-get install python3)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     dir
 }
 
@@ -41,19 +49,32 @@ fn source_http_downloads_verifies_and_unpacks_safely_from_granted_origins_only()
     let server = HttpServer::start();
     let p = Project::new("name: placeholder\nstages: []\n");
     let dir = archives(&p);
-    for f in ["good.tar.gz", "dotdot.tar.gz", "absolute.tar.gz", "link.tar.gz", "good.zip", "dotdot.zip"] {
+    for f in [
+        "good.tar.gz",
+        "dotdot.tar.gz",
+        "absolute.tar.gz",
+        "link.tar.gz",
+        "good.zip",
+        "dotdot.zip",
+    ] {
         server.file(&format!("/{f}"), std::fs::read(dir.join(f)).unwrap());
     }
     let good = std::fs::read(dir.join("good.tar.gz")).unwrap();
     let b3 = blake3::hash(&good).to_hex().to_string();
     let origin = server.origin();
     let fetch = |name: &str, file: &str, extra: &str| {
-        format!("      - {{ name: {name}, uses: source-http@1, outputs: [{name}], capabilities: {{ http: [\"{origin}\"] }}, with: {{ url: \"{origin}/{file}\"{extra} }} }}\n")
+        format!(
+            "      - {{ name: {name}, uses: source-http@1, outputs: [{name}], capabilities: {{ http: [\"{origin}\"] }}, with: {{ url: \"{origin}/{file}\"{extra} }} }}\n"
+        )
     };
     let mut yaml = String::from("name: fetch\nstages:\n  - name: Source\n    actions:\n");
     yaml += &fetch("Good", "good.tar.gz", &format!(", blake3: \"blake3:{b3}\""));
     yaml += &fetch("Zip", "good.zip", "");
-    yaml += &fetch("WrongDigest", "good.tar.gz", ", sha256: \"0000000000000000000000000000000000000000000000000000000000000000\"");
+    yaml += &fetch(
+        "WrongDigest",
+        "good.tar.gz",
+        ", sha256: \"0000000000000000000000000000000000000000000000000000000000000000\"",
+    );
     yaml += &fetch("DotDot", "dotdot.tar.gz", "");
     yaml += &fetch("Absolute", "absolute.tar.gz", "");
     yaml += &fetch("Link", "link.tar.gz", "");
@@ -82,22 +103,52 @@ fn source_http_downloads_verifies_and_unpacks_safely_from_granted_origins_only()
     expect_error("Missing", "answered 404");
     expect_error("NotGranted", "outbound HTTP denied");
     assert!(!std::path::Path::new("/tmp/sluice-evil.txt").exists());
-    assert_eq!(server.received("/good.tar.gz").len(), 2, "Good and WrongDigest; the denied request never left the sandbox");
+    assert_eq!(
+        server.received("/good.tar.gz").len(),
+        2,
+        "Good and WrongDigest; the denied request never left the sandbox"
+    );
     // One stage failed, so Use did not run; run only the good part to see the files.
-    let only_good: String = yaml.lines().filter(|l| !["WrongDigest", "DotDot", "Absolute", "Link", "ZipDotDot", "Missing", "NotGranted"].iter().any(|n| l.contains(&format!("name: {n},")))).collect::<Vec<_>>().join("\n");
+    let only_good: String = yaml
+        .lines()
+        .filter(|l| {
+            ![
+                "WrongDigest",
+                "DotDot",
+                "Absolute",
+                "Link",
+                "ZipDotDot",
+                "Missing",
+                "NotGranted",
+            ]
+            .iter()
+            .any(|n| l.contains(&format!("name: {n},")))
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
     p.write("pipeline.yaml", &only_good);
     let r = p.run(&[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert_eq!(action(&r.json(), "Use/Read")["variables"]["A"], "hello B=deep Z=<h1>zip</h1>");
+    assert_eq!(
+        action(&r.json(), "Use/Read")["variables"]["A"],
+        "hello B=deep Z=<h1>zip</h1>"
+    );
 }
 
 #[test]
 fn http_plugins_need_an_origin_grant_to_validate() {
-    let p = Project::new("name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: source-http@1, outputs: [a], with: { url: \"https://example.com/a.tar.gz\" } }\n      - { name: B, uses: source-http@1, outputs: [b], capabilities: { http: [\"https://example.com/path\"] }, with: { url: \"https://example.com/a.tar.gz\" } }\n");
+    let p = Project::new(
+        "name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: source-http@1, outputs: [a], with: { url: \"https://example.com/a.tar.gz\" } }\n      - { name: B, uses: source-http@1, outputs: [b], capabilities: { http: [\"https://example.com/path\"] }, with: { url: \"https://example.com/a.tar.gz\" } }\n",
+    );
     let v = p.sluice(&["validate", "pipeline.yaml"]);
     assert_eq!(v.code, 2);
     assert!(v.stderr.contains("pipeline.yaml:5:11: action `A`: `source-http@1` makes outbound HTTP requests; grant the origins"), "{}", v.stderr);
-    assert!(v.stderr.contains("grant an origin (scheme://host[:port]), without a path"), "{}", v.stderr);
+    assert!(
+        v.stderr
+            .contains("grant an origin (scheme://host[:port]), without a path"),
+        "{}",
+        v.stderr
+    );
 }
 
 #[test]
@@ -149,20 +200,54 @@ stages:
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].method, "PUT");
     assert_eq!(sent[0].headers["authorization"], "Bearer t0ken");
-    assert_eq!(sent[0].headers["x-release"], exec["execution_id"].as_str().unwrap());
+    assert_eq!(
+        sent[0].headers["x-release"],
+        exec["execution_id"].as_str().unwrap()
+    );
     assert_eq!(sent[0].headers["content-type"], "application/gzip");
-    assert!(sent[0].headers["idempotency-key"].ends_with("/Deploy/Upload/1"), "{:?}", sent[0].headers);
+    assert!(
+        sent[0].headers["idempotency-key"].ends_with("/Deploy/Upload/1"),
+        "{:?}",
+        sent[0].headers
+    );
     // The body is the artifact as a tar.gz.
     p.write("upload.tar.gz", "");
     std::fs::write(p.path("upload.tar.gz"), &sent[0].body).unwrap();
-    let listing = Command::new("tar").args(["tzf", "upload.tar.gz"]).current_dir(p.dir.path()).output().unwrap();
+    let listing = Command::new("tar")
+        .args(["tzf", "upload.tar.gz"])
+        .current_dir(p.dir.path())
+        .output()
+        .unwrap();
     let listing = String::from_utf8_lossy(&listing.stdout);
-    assert_eq!(listing.lines().collect::<Vec<_>>(), ["css", "css/app.css", "index.html"], "{listing}");
+    assert_eq!(
+        listing.lines().collect::<Vec<_>>(),
+        ["css", "css/app.css", "index.html"],
+        "{listing}"
+    );
 
     let flaky = action(&exec, "Deploy/Flaky");
-    assert_eq!((status(flaky), flaky["attempt"].as_u64()), ("Succeeded", Some(3)), "{flaky:#}");
-    assert_eq!(server.received("/flaky").iter().map(|r| r.method.as_str()).collect::<Vec<_>>(), ["POST", "POST", "POST"]);
+    assert_eq!(
+        (status(flaky), flaky["attempt"].as_u64()),
+        ("Succeeded", Some(3)),
+        "{flaky:#}"
+    );
+    assert_eq!(
+        server
+            .received("/flaky")
+            .iter()
+            .map(|r| r.method.as_str())
+            .collect::<Vec<_>>(),
+        ["POST", "POST", "POST"]
+    );
     let forbidden = action(&exec, "Deploy/Forbidden");
-    assert_eq!((status(forbidden), forbidden["attempt"].as_u64()), ("Failed", Some(1)), "a 4xx is not retried");
-    assert!(error(forbidden).contains("answered 403"), "{}", error(forbidden));
+    assert_eq!(
+        (status(forbidden), forbidden["attempt"].as_u64()),
+        ("Failed", Some(1)),
+        "a 4xx is not retried"
+    );
+    assert!(
+        error(forbidden).contains("answered 403"),
+        "{}",
+        error(forbidden)
+    );
 }

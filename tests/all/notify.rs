@@ -26,7 +26,10 @@ stages:
 fn notify_nats_publishes_to_granted_subjects_only() {
     let nats = NatsServer::start();
     let url = nats.url();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let (nc, mut chat, mut ops) = rt.block_on(async {
         let nc = async_nats::connect(&url).await.unwrap();
         let chat = nc.subscribe("chat.>").await.unwrap();
@@ -40,19 +43,45 @@ fn notify_nats_publishes_to_granted_subjects_only() {
     let exec = r.json();
     let chat_action = action(&exec, "Tell/Chat");
     assert_eq!(status(chat_action), "Succeeded", "{chat_action:#}");
-    let msg = rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), chat.next()).await.unwrap().unwrap() });
-    assert_eq!((msg.subject.as_str(), &msg.payload[..]), ("chat.releases", &b"notify 2.1 is out"[..]));
+    let msg = rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), chat.next())
+            .await
+            .unwrap()
+            .unwrap()
+    });
+    assert_eq!(
+        (msg.subject.as_str(), &msg.payload[..]),
+        ("chat.releases", &b"notify 2.1 is out"[..])
+    );
     let denied = action(&exec, "Tell/Elsewhere");
-    assert!(error(denied).contains("publishing to ops.alerts denied"), "{denied:#}");
+    assert!(
+        error(denied).contains("publishing to ops.alerts denied"),
+        "{denied:#}"
+    );
     rt.block_on(async {
         nc.flush().await.unwrap();
-        assert!(tokio::time::timeout(Duration::from_millis(300), ops.next()).await.is_err(), "nothing reached ops.>");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), ops.next())
+                .await
+                .is_err(),
+            "nothing reached ops.>"
+        );
     });
 
     // Without a grant the pipeline does not validate.
-    p.write("bad.yaml", &p.read("pipeline.yaml").replace("capabilities: { nats: [\"chat.>\"] }", "capabilities: { nats: [\">\"] }"));
+    p.write(
+        "bad.yaml",
+        &p.read("pipeline.yaml").replace(
+            "capabilities: { nats: [\"chat.>\"] }",
+            "capabilities: { nats: [\">\"] }",
+        ),
+    );
     let v = p.sluice(&["validate", "bad.yaml"]);
-    assert!(v.code == 2 && v.stderr.contains("grant subjects of your own"), "{}", v.stderr);
+    assert!(
+        v.code == 2 && v.stderr.contains("grant subjects of your own"),
+        "{}",
+        v.stderr
+    );
 
     // The service on NATS publishes through its own connection when `server` is not set.
     let p = Project::new(&NOTIFY.replace("SERVER", ""));
@@ -62,9 +91,16 @@ fn notify_nats_publishes_to_granted_subjects_only() {
         all.extend(["--nats", &url]);
         p.sluice(&all)
     };
-    wait_for(Duration::from_secs(30), "the engine", || (client(&["pipeline", "put", "pipeline.yaml"]).code == 0).then_some(()));
+    wait_for(Duration::from_secs(30), "the engine", || {
+        (client(&["pipeline", "put", "pipeline.yaml"]).code == 0).then_some(())
+    });
     let start = client(&["start", "notify", "--var", "version=3.0", "--watch"]);
     assert_eq!(start.code, 1, "Elsewhere fails: {start:?}");
-    let msg = rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), chat.next()).await.unwrap().unwrap() });
+    let msg = rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), chat.next())
+            .await
+            .unwrap()
+            .unwrap()
+    });
     assert_eq!(&msg.payload[..], b"notify 3.0 is out");
 }

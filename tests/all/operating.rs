@@ -34,15 +34,30 @@ struct Service<'a> {
 
 impl<'a> Service<'a> {
     fn embedded(p: &'a Project) -> Self {
-        let s = Service { p, nats: None, _engines: vec![Engine::start(p.dir.path(), ".sluice", &[])] };
-        wait_for(Duration::from_secs(30), "the engine to answer", || (s.sluice(&["pipeline", "ls"]).code == 0).then_some(()));
+        let s = Service {
+            p,
+            nats: None,
+            _engines: vec![Engine::start(p.dir.path(), ".sluice", &[])],
+        };
+        wait_for(Duration::from_secs(30), "the engine to answer", || {
+            (s.sluice(&["pipeline", "ls"]).code == 0).then_some(())
+        });
         s
     }
 
     fn on_nats(p: &'a Project, url: &str) -> Self {
-        let engines = vec![Engine::start(p.dir.path(), "engine-a", &["--nats", url]), Engine::start(p.dir.path(), "engine-b", &["--nats", url])];
-        let s = Service { p, nats: Some(url.to_string()), _engines: engines };
-        wait_for(Duration::from_secs(30), "the engines to answer", || (s.sluice(&["pipeline", "ls"]).code == 0).then_some(()));
+        let engines = vec![
+            Engine::start(p.dir.path(), "engine-a", &["--nats", url]),
+            Engine::start(p.dir.path(), "engine-b", &["--nats", url]),
+        ];
+        let s = Service {
+            p,
+            nats: Some(url.to_string()),
+            _engines: engines,
+        };
+        wait_for(Duration::from_secs(30), "the engines to answer", || {
+            (s.sluice(&["pipeline", "ls"]).code == 0).then_some(())
+        });
         s
     }
 
@@ -85,7 +100,9 @@ impl<'a> Service<'a> {
     }
 
     fn holding(&self, id: &str) -> Value {
-        self.until(id, &format!("{id} to hold in Build"), |e| action(e, "Build/Hold")["waiting"].is_object())
+        self.until(id, &format!("{id} to hold in Build"), |e| {
+            action(e, "Build/Hold")["waiting"].is_object()
+        })
     }
 
     fn release(&self, id: &str) {
@@ -93,7 +110,9 @@ impl<'a> Service<'a> {
     }
 
     fn done(&self, id: &str) -> Value {
-        self.until(id, &format!("{id} to end"), |e| !matches!(status(e), "InProgress" | "Stopping"))
+        self.until(id, &format!("{id} to end"), |e| {
+            !matches!(status(e), "InProgress" | "Stopping")
+        })
     }
 
     fn lanes(&self) -> String {
@@ -120,8 +139,16 @@ fn superseded_mode(s: &Service<'_>) {
     // The newer waiting execution replaces the older one; e1, inside, is untouched.
     let old = s.until(&e2, "e2 to be superseded", |e| status(e) == "Superseded");
     assert_eq!(old["superseded_by"], e3.as_str());
-    assert_eq!(stage_status(&old, "Build"), "NotStarted", "superseded between stages, never inside one");
-    assert!(s.lanes().contains(&format!("waiting: {e3}")), "{}", s.lanes());
+    assert_eq!(
+        stage_status(&old, "Build"),
+        "NotStarted",
+        "superseded between stages, never inside one"
+    );
+    assert!(
+        s.lanes().contains(&format!("waiting: {e3}")),
+        "{}",
+        s.lanes()
+    );
     s.release(&e1);
     assert_eq!(status(&s.done(&e1)), "Succeeded");
     s.holding(&e3);
@@ -132,7 +159,11 @@ fn superseded_mode(s: &Service<'_>) {
 }
 
 fn queued_mode_and_transitions(s: &Service<'_>) {
-    s.p.write("pipeline.yaml", &s.p.read("pipeline.yaml").replace("execution_mode: superseded", "execution_mode: queued"));
+    s.p.write(
+        "pipeline.yaml",
+        &s.p.read("pipeline.yaml")
+            .replace("execution_mode: superseded", "execution_mode: queued"),
+    );
     s.ok(&["pipeline", "put", "pipeline.yaml"]);
     let e1 = s.start(&[]);
     s.holding(&e1);
@@ -143,10 +174,22 @@ fn queued_mode_and_transitions(s: &Service<'_>) {
     let refused = s.sluice(&["transition", "disable", "lanes", "Build", "--reason", "x"]);
     assert_eq!(refused.code, 2, "{refused:?}");
     assert!(refused.stderr.contains("first stage"), "{}", refused.stderr);
-    let state = s.ok(&["transition", "disable", "lanes", "Deploy", "--reason", "change freeze"]);
-    assert!(state.contains("transition disabled") && state.contains("change freeze"), "{state}");
+    let state = s.ok(&[
+        "transition",
+        "disable",
+        "lanes",
+        "Deploy",
+        "--reason",
+        "change freeze",
+    ]);
+    assert!(
+        state.contains("transition disabled") && state.contains("change freeze"),
+        "{state}"
+    );
     s.release(&e1);
-    s.until(&e1, "e1 to wait before Deploy", |e| entering(e) == Some(1) && stage_status(e, "Build") == "Succeeded");
+    s.until(&e1, "e1 to wait before Deploy", |e| {
+        entering(e) == Some(1) && stage_status(e, "Build") == "Succeeded"
+    });
     // First in, first out: e2 (not e3) enters Build as e1 leaves it; nobody is superseded.
     s.holding(&e2);
     assert_eq!(entering(&s.record(&e3)), Some(0));
@@ -168,7 +211,11 @@ fn queued_mode_and_transitions(s: &Service<'_>) {
 }
 
 fn parallel_mode(s: &Service<'_>) {
-    s.p.write("pipeline.yaml", &s.p.read("pipeline.yaml").replace("execution_mode: queued", "execution_mode: parallel"));
+    s.p.write(
+        "pipeline.yaml",
+        &s.p.read("pipeline.yaml")
+            .replace("execution_mode: queued", "execution_mode: parallel"),
+    );
     s.ok(&["pipeline", "put", "pipeline.yaml"]);
     let (e1, e2) = (s.start(&[]), s.start(&[]));
     // Both inside Build at once.
@@ -188,28 +235,47 @@ fn rollback(s: &Service<'_>) {
     let e2 = s.start(&["version=2"]);
     s.holding(&e2);
     s.release(&e2);
-    assert_eq!(action(&s.done(&e2), "Deploy/Ship")["variables"]["Value"], "v2");
+    assert_eq!(
+        action(&s.done(&e2), "Deploy/Ship")["variables"]["Value"],
+        "v2"
+    );
     // Roll Deploy back to e1: a new execution re-runs Deploy with e1's variables.
-    let r = s.ok(&["rollback", "lanes", "Deploy", "--to", &e1]).trim().to_string();
+    let r = s
+        .ok(&["rollback", "lanes", "Deploy", "--to", &e1])
+        .trim()
+        .to_string();
     let rb = s.done(&r);
     assert_eq!(status(&rb), "Succeeded", "{rb:#}");
     assert_eq!(action(&rb, "Deploy/Ship")["variables"]["Value"], "v1");
     assert_eq!(rb["rollback"]["target"], e1.as_str());
     assert_eq!(rb["trigger"]["kind"], "rollback");
     let shown = s.ok(&["status", &r]);
-    assert!(shown.contains(&format!("rollback of stage Deploy to {e1}")), "{shown}");
+    assert!(
+        shown.contains(&format!("rollback of stage Deploy to {e1}")),
+        "{shown}"
+    );
     // `show` finds service executions too: everything about it, resolved configuration included.
     let shown = s.ok(&["show", &r]);
-    assert!(shown.contains(&format!("rollback  of stage Deploy to {e1}")) && shown.contains("with      value = v1"), "{shown}");
+    assert!(
+        shown.contains(&format!("rollback  of stage Deploy to {e1}"))
+            && shown.contains("with      value = v1"),
+        "{shown}"
+    );
     // Guards: not the first stage; only to an execution that succeeded in the stage.
     let first = s.sluice(&["rollback", "lanes", "Build", "--to", &e1]);
-    assert!(first.code == 2 && first.stderr.contains("first (source) stage"), "{first:?}");
+    assert!(
+        first.code == 2 && first.stderr.contains("first (source) stage"),
+        "{first:?}"
+    );
     let e3 = s.start(&[]);
     s.holding(&e3);
     s.ok(&["stop", &e3, "--abandon"]);
     s.done(&e3);
     let never = s.sluice(&["rollback", "lanes", "Deploy", "--to", &e3]);
-    assert!(never.code == 2 && never.stderr.contains("did not succeed in stage `Deploy`"), "{never:?}");
+    assert!(
+        never.code == 2 && never.stderr.contains("did not succeed in stage `Deploy`"),
+        "{never:?}"
+    );
 }
 
 #[test]
@@ -296,28 +362,57 @@ fn stage_conditions(s: &Service<'_>) {
     assert_eq!(status(&e), "Succeeded", "{e:#}");
     assert_eq!(stage_status(&e, "Audit"), "Skipped");
     let shown = s.ok(&["status", &good]);
-    assert!(shown.contains("before_entry SKIP: variable-check: #{variables.env} is \"dev\""), "{shown}");
+    assert!(
+        shown.contains("before_entry SKIP: variable-check: #{variables.env} is \"dev\""),
+        "{shown}"
+    );
     // env=prod: Audit runs.
     let prod = start(&["env=prod"]);
     let e = s.done(&prod);
     assert_eq!(stage_status(&e, "Audit"), "Succeeded");
     // A version that is not a number: Deploy's before_entry fails the stage before it runs.
     let e = s.done(&start(&["version=1.x"]));
-    assert_eq!((status(&e), stage_status(&e, "Deploy")), ("Failed", "Failed".to_string()));
+    assert_eq!(
+        (status(&e), stage_status(&e, "Deploy")),
+        ("Failed", "Failed".to_string())
+    );
     assert_eq!(status(action(&e, "Deploy/Ship")), "Skipped");
-    assert!(e["stages"][2]["condition"].as_str().unwrap().starts_with("before_entry FAIL"), "{e:#}");
+    assert!(
+        e["stages"][2]["condition"]
+            .as_str()
+            .unwrap()
+            .starts_with("before_entry FAIL"),
+        "{e:#}"
+    );
     // Deploy fails: on_failure rolls it back to the last execution that succeeded in it.
     let bad = start(&["version=7", "outcome=fail"]);
     let e = s.done(&bad);
     assert_eq!(status(&e), "Failed");
     let rb = wait_for(Duration::from_secs(30), "the automatic rollback", || {
-        let list: Value = serde_json::from_str(&s.ok(&["executions", "conditioned", "--json"])).unwrap();
-        list.as_array().unwrap().iter().find(|x| x["trigger"].as_str().is_some_and(|t| t.starts_with("rollback"))).map(|x| x["execution_id"].as_str().unwrap().to_string())
+        let list: Value =
+            serde_json::from_str(&s.ok(&["executions", "conditioned", "--json"])).unwrap();
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|x| {
+                x["trigger"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with("rollback"))
+            })
+            .map(|x| x["execution_id"].as_str().unwrap().to_string())
     });
     let rolled = s.done(&rb);
     assert_eq!(status(&rolled), "Succeeded", "{rolled:#}");
-    assert_eq!(rolled["rollback"]["target"], prod.as_str(), "the newest execution that succeeded in Deploy");
-    assert_eq!(action(&rolled, "Deploy/Ship")["variables"]["Value"], "v1", "with that execution's variables");
+    assert_eq!(
+        rolled["rollback"]["target"],
+        prod.as_str(),
+        "the newest execution that succeeded in Deploy"
+    );
+    assert_eq!(
+        action(&rolled, "Deploy/Ship")["variables"]["Value"],
+        "v1",
+        "with that execution's variables"
+    );
     assert_eq!(rolled["rollback"]["after"], bad.as_str());
 }
 
@@ -357,29 +452,61 @@ fn custom_rule_components_decide_conditions_locally_and_in_the_service() {
     let e = r.json();
     assert_eq!(stage_status(&e, "Production"), "Failed");
     assert_eq!(status(action(&e, "Production/Ship")), "Skipped");
-    assert_eq!(e["stages"][1]["condition"], "before_entry FAIL: rule ./release_version.wasm: 1.5.0-rc.1 is a pre-release (rc.1)");
+    assert_eq!(
+        e["stages"][1]["condition"],
+        "before_entry FAIL: rule ./release_version.wasm: 1.5.0-rc.1 is a pre-release (rc.1)"
+    );
     // The rule's log lines are kept with the execution.
     let logs = p.sluice(&["logs", e["execution_id"].as_str().unwrap()]);
-    assert!(logs.stdout.contains("checking version \"1.5.0-rc.1\""), "{logs:?}");
+    assert!(
+        logs.stdout.contains("checking version \"1.5.0-rc.1\""),
+        "{logs:?}"
+    );
 
     // The service runs the check as a job, the same way.
     let s = Service::embedded(&p);
     s.ok(&["pipeline", "put", "pipeline.yaml"]);
     let good = s.ok(&["start", "ruled"]).trim().to_string();
     assert_eq!(status(&s.done(&good)), "Succeeded");
-    let bad = s.ok(&["start", "ruled", "--var", "version=2"]).trim().to_string();
+    let bad = s
+        .ok(&["start", "ruled", "--var", "version=2"])
+        .trim()
+        .to_string();
     let e = s.done(&bad);
-    assert_eq!(e["stages"][1]["condition"], "before_entry FAIL: rule ./release_version.wasm: \"2\" is not a MAJOR.MINOR.PATCH version");
+    assert_eq!(
+        e["stages"][1]["condition"],
+        "before_entry FAIL: rule ./release_version.wasm: \"2\" is not a MAJOR.MINOR.PATCH version"
+    );
 
     // A rule that is not a rule component is refused when the pipeline is validated.
     p.write("not-a-rule.wasm", "\0asm nope");
-    p.write("bad.yaml", &p.read("pipeline.yaml").replace("./release_version.wasm", "./not-a-rule.wasm"));
+    p.write(
+        "bad.yaml",
+        &p.read("pipeline.yaml")
+            .replace("./release_version.wasm", "./not-a-rule.wasm"),
+    );
     let v = p.sluice(&["validate", "bad.yaml"]);
     assert_eq!(v.code, 2);
-    assert!(v.stderr.contains("bad.yaml:12:5: stage `Production`: `before_entry` rule ./not-a-rule.wasm:"), "{}", v.stderr);
+    assert!(
+        v.stderr
+            .contains("bad.yaml:12:5: stage `Production`: `before_entry` rule ./not-a-rule.wasm:"),
+        "{}",
+        v.stderr
+    );
     // Neither is an action component (the probe plugin).
     std::fs::copy(crate::harness::PROBE, p.path("action.wasm")).unwrap();
-    p.write("bad.yaml", &p.read("pipeline.yaml").replace("./release_version.wasm", "./action.wasm"));
+    p.write(
+        "bad.yaml",
+        &p.read("pipeline.yaml")
+            .replace("./release_version.wasm", "./action.wasm"),
+    );
     let v = p.sluice(&["validate", "bad.yaml"]);
-    assert!(v.code == 2 && v.stderr.contains("does not export the sluice:action@0.1.0 `rule` world: no export `check` found"), "{}", v.stderr);
+    assert!(
+        v.code == 2
+            && v.stderr.contains(
+                "does not export the sluice:action@0.1.0 `rule` world: no export `check` found"
+            ),
+        "{}",
+        v.stderr
+    );
 }

@@ -4,12 +4,23 @@ use std::process::Command;
 
 fn git(dir: &std::path::Path, args: &[&str]) -> String {
     let out = Command::new("git")
-        .args(["-c", "user.name=Test", "-c", "user.email=test@example.com", "-c", "init.defaultBranch=main"])
+        .args([
+            "-c",
+            "user.name=Test",
+            "-c",
+            "user.email=test@example.com",
+            "-c",
+            "init.defaultBranch=main",
+        ])
         .args(args)
         .current_dir(dir)
         .output()
         .expect("git is installed");
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -21,7 +32,10 @@ fn source_git_exports_branches_tags_and_commits_without_dot_git() {
     git(&repo, &["init", "-q"]);
     p.write("app/README.md", "v1\n");
     p.write("app/build.sh", "#!/bin/sh\necho build\n");
-    Command::new("chmod").args(["+x", repo.join("build.sh").to_str().unwrap()]).status().unwrap();
+    Command::new("chmod")
+        .args(["+x", repo.join("build.sh").to_str().unwrap()])
+        .status()
+        .unwrap();
     git(&repo, &["add", "."]);
     git(&repo, &["commit", "-q", "-m", "First commit"]);
     let first = git(&repo, &["rev-parse", "HEAD"]);
@@ -71,15 +85,37 @@ stages:
     assert_eq!(main["variables"]["CommitMessage"], "Second commit");
     assert_eq!(main["variables"]["BranchName"], "main");
     assert_eq!(main["variables"]["RepositoryName"], "app");
-    assert!(main["variables"]["AuthorDate"].as_str().unwrap().contains('T'));
-    assert_eq!(action(&exec, "Source/Feature")["variables"]["CommitId"], feature.as_str());
-    assert_eq!(action(&exec, "Source/Tag")["variables"]["CommitId"], first.as_str());
-    assert_eq!(action(&exec, "Source/Commit")["variables"]["CommitMessage"], "First commit");
-    assert!(error(action(&exec, "Source/Missing")).contains("git checkout failed"), "{}", error(action(&exec, "Source/Missing")));
+    assert!(
+        main["variables"]["AuthorDate"]
+            .as_str()
+            .unwrap()
+            .contains('T')
+    );
+    assert_eq!(
+        action(&exec, "Source/Feature")["variables"]["CommitId"],
+        feature.as_str()
+    );
+    assert_eq!(
+        action(&exec, "Source/Tag")["variables"]["CommitId"],
+        first.as_str()
+    );
+    assert_eq!(
+        action(&exec, "Source/Commit")["variables"]["CommitMessage"],
+        "First commit"
+    );
+    assert!(
+        error(action(&exec, "Source/Missing")).contains("git checkout failed"),
+        "{}",
+        error(action(&exec, "Source/Missing"))
+    );
     // The repository was only read.
     assert_eq!(git(&repo, &["rev-parse", "--abbrev-ref", "HEAD"]), "main");
     assert_eq!(git(&repo, &["status", "--porcelain"]), "");
-    assert_eq!(stage_status(&exec, "Check"), "NotStarted", "Missing failed the Source stage");
+    assert_eq!(
+        stage_status(&exec, "Check"),
+        "NotStarted",
+        "Missing failed the Source stage"
+    );
 }
 
 #[test]
@@ -96,18 +132,28 @@ fn source_git_clones_over_http_from_a_granted_origin() {
     git(&p.path("repo.git"), &["update-server-info"]);
     // A "dumb" HTTP git server: the bare repository's files, as static files.
     let server = crate::harness::http::HttpServer::start();
-    fn walk(dir: &std::path::Path, root: &std::path::Path, server: &crate::harness::http::HttpServer) {
+    fn walk(
+        dir: &std::path::Path,
+        root: &std::path::Path,
+        server: &crate::harness::http::HttpServer,
+    ) {
         for e in std::fs::read_dir(dir).unwrap().map(|e| e.unwrap()) {
             if e.file_type().unwrap().is_dir() {
                 walk(&e.path(), root, server);
             } else {
                 let rel = e.path().strip_prefix(root).unwrap().display().to_string();
-                server.file(&format!("/repo.git/{rel}"), std::fs::read(e.path()).unwrap());
+                server.file(
+                    &format!("/repo.git/{rel}"),
+                    std::fs::read(e.path()).unwrap(),
+                );
             }
         }
     }
     walk(&p.path("repo.git"), &p.path("repo.git"), &server);
-    server.file("/repo.git/info/refs?service=git-upload-pack", std::fs::read(p.path("repo.git/info/refs")).unwrap());
+    server.file(
+        "/repo.git/info/refs?service=git-upload-pack",
+        std::fs::read(p.path("repo.git/info/refs")).unwrap(),
+    );
     let url = format!("{}/repo.git", server.origin());
     p.write(
         "pipeline.yaml",
@@ -121,7 +167,10 @@ fn source_git_clones_over_http_from_a_granted_origin() {
     assert_eq!(status(granted), "Succeeded", "{granted:#}");
     assert_eq!(granted["variables"]["CommitId"], head.as_str());
     assert_eq!(granted["variables"]["RepositoryName"], "repo");
-    assert!(error(action(&exec, "Source/NotGranted")).contains("is not granted"), "{exec:#}");
+    assert!(
+        error(action(&exec, "Source/NotGranted")).contains("is not granted"),
+        "{exec:#}"
+    );
 }
 
 #[test]
@@ -170,10 +219,16 @@ pub fn componentize_js_modules() -> std::path::PathBuf {
     static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one_at_a_time = INSTALL.lock().unwrap();
     let dir = repo().join("examples/plugins/js-semver");
-    let installed = ["componentize-js", "preview2-shim"].iter().all(|p| dir.join("node_modules/@bytecodealliance").join(p).exists());
+    let installed = ["componentize-js", "preview2-shim"]
+        .iter()
+        .all(|p| dir.join("node_modules/@bytecodealliance").join(p).exists());
     if !installed {
         let ci = node_tool(&dir, "npm", &["ci", "--no-audit", "--no-fund"]);
-        assert!(ci.status.success(), "npm ci failed: {}", String::from_utf8_lossy(&ci.stderr));
+        assert!(
+            ci.status.success(),
+            "npm ci failed: {}",
+            String::from_utf8_lossy(&ci.stderr)
+        );
     }
     dir.join("node_modules")
 }
@@ -181,8 +236,16 @@ pub fn componentize_js_modules() -> std::path::PathBuf {
 /// Build the JavaScript example plugin from source with componentize-js.
 fn componentize_js(out: &std::path::Path) {
     componentize_js_modules();
-    let built = node_tool(&repo().join("examples/plugins/js-semver"), "node", &["build.mjs", out.to_str().unwrap()]);
-    assert!(built.status.success(), "building the JavaScript plugin failed: {}", String::from_utf8_lossy(&built.stderr));
+    let built = node_tool(
+        &repo().join("examples/plugins/js-semver"),
+        "node",
+        &["build.mjs", out.to_str().unwrap()],
+    );
+    assert!(
+        built.status.success(),
+        "building the JavaScript plugin failed: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
 }
 
 #[test]
@@ -204,26 +267,57 @@ stages:
     );
     componentize_js(&p.path("semver.wasm"));
     let d = p.sluice(&["plugin", "describe", "./semver.wasm"]);
-    assert!(d.stdout.contains("semver-bump 1.0.0 (other)"), "{}\n{}", d.stdout, d.stderr);
+    assert!(
+        d.stdout.contains("semver-bump 1.0.0 (other)"),
+        "{}\n{}",
+        d.stdout,
+        d.stderr
+    );
     let exec = p.run(&[]).json();
     let next = action(&exec, "Version/Next");
     assert_eq!(status(next), "Succeeded", "{next:#}");
-    assert_eq!((next["variables"]["Next"].as_str(), next["summary"].as_str()), (Some("1.5.0"), Some("1.4.2 → 1.5.0 (minor)")));
-    assert!(error(action(&exec, "Version/Bad")).contains("configuration error: `version` must be MAJOR.MINOR.PATCH"));
+    assert_eq!(
+        (next["variables"]["Next"].as_str(), next["summary"].as_str()),
+        (Some("1.5.0"), Some("1.4.2 → 1.5.0 (minor)"))
+    );
+    assert!(
+        error(action(&exec, "Version/Bad"))
+            .contains("configuration error: `version` must be MAJOR.MINOR.PATCH")
+    );
     // Fix the bad one: the next stage sees the JavaScript action's output.
-    p.write("pipeline.yaml", &p.read("pipeline.yaml").replace("version: \"one\"", "version: \"2.0.0\""));
+    p.write(
+        "pipeline.yaml",
+        &p.read("pipeline.yaml")
+            .replace("version: \"one\"", "version: \"2.0.0\""),
+    );
     let exec = p.run(&[]).json();
     assert_eq!(action(&exec, "Use/Echo")["variables"]["Value"], "v1.5.0");
-    let logs = p.sluice(&["logs", exec["execution_id"].as_str().unwrap(), "Version/Next"]);
-    assert!(logs.stdout.contains("js/Version/Next: 1.4.2 -> 1.5.0"), "{}", logs.stdout);
+    let logs = p.sluice(&[
+        "logs",
+        exec["execution_id"].as_str().unwrap(),
+        "Version/Next",
+    ]);
+    assert!(
+        logs.stdout.contains("js/Version/Next: 1.4.2 -> 1.5.0"),
+        "{}",
+        logs.stdout
+    );
 }
 
 #[test]
 fn a_python_plugin_runs_in_a_pipeline() {
     let p = Project::new("name: placeholder\nstages: []\n");
-    componentize_python(&repo().join("examples/plugins/python-wordcount"), &p.path("wordcount.wasm"));
+    componentize_python(
+        &repo().join("examples/plugins/python-wordcount"),
+        &p.path("wordcount.wasm"),
+    );
     let d = p.sluice(&["plugin", "describe", "./wordcount.wasm"]);
-    assert!(d.stdout.contains("wordcount 1.0.0 (test)"), "{}\n{}", d.stdout, d.stderr);
+    assert!(
+        d.stdout.contains("wordcount 1.0.0 (test)"),
+        "{}\n{}",
+        d.stdout,
+        d.stderr
+    );
     p.write("docs/a.txt", "one two three\nfour\n");
     p.write("docs/sub/b.txt", "five six\n");
     p.write("docs/skip.md", "not counted at all\n");
@@ -292,19 +386,38 @@ stages:
     let exec = p.run(&[]).json();
     let lenient = action(&exec, "Report/Lenient");
     assert_eq!(status(lenient), "Succeeded", "{lenient:#}");
-    for (k, v) in [("Tests", "4"), ("Failures", "1"), ("Errors", "1"), ("Skipped", "1")] {
+    for (k, v) in [
+        ("Tests", "4"),
+        ("Failures", "1"),
+        ("Errors", "1"),
+        ("Skipped", "1"),
+    ] {
         assert_eq!(lenient["variables"][k], v, "{k}");
     }
     let strict = error(action(&exec, "Report/Strict"));
-    assert!(strict.contains("4 tests, 1 failures, 1 errors, 1 skipped") && strict.contains("math.divides") && strict.contains("io.writes"), "{strict}");
+    assert!(
+        strict.contains("4 tests, 1 failures, 1 errors, 1 skipped")
+            && strict.contains("math.divides")
+            && strict.contains("io.writes"),
+        "{strict}"
+    );
     assert!(error(action(&exec, "Report/Nothing")).contains("no JUnit XML report found"));
 }
 
 #[test]
 fn the_release_example_takes_a_git_project_through_build_tests_approval_and_deploy() {
     let p = Project::copy_of("examples/release");
-    let made = Command::new("sh").arg("make-repo.sh").arg("repo").current_dir(p.dir.path()).output().unwrap();
-    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let made = Command::new("sh")
+        .arg("make-repo.sh")
+        .arg("repo")
+        .current_dir(p.dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
     let head = git(&p.path("repo"), &["rev-parse", "main"]);
 
     let r = p.run(&["--approve", "Approve/Gate", "--as", "ana"]);
@@ -314,25 +427,55 @@ fn the_release_example_takes_a_git_project_through_build_tests_approval_and_depl
     assert_eq!(checkout["variables"]["CommitId"], head.as_str());
     assert_eq!(checkout["variables"]["BranchName"], "main");
     assert_eq!(action(&exec, "Build/Report")["variables"]["Tests"], "2");
-    assert_eq!(action(&exec, "Approve/Gate")["config"]["custom_data"], format!("greeter 1.0.0+{head}: 2 tests passed").as_str());
+    assert_eq!(
+        action(&exec, "Approve/Gate")["config"]["custom_data"],
+        format!("greeter 1.0.0+{head}: 2 tests passed").as_str()
+    );
     // The release is live: the packaged greeter, stamped with the commit.
-    assert_eq!(p.read(".sluice/releases/current/VERSION").trim(), format!("1.0.0+{head}"));
-    let greet = Command::new(p.path(".sluice/releases/current/bin/greet")).arg("Ana").output().unwrap();
+    assert_eq!(
+        p.read(".sluice/releases/current/VERSION").trim(),
+        format!("1.0.0+{head}")
+    );
+    let greet = Command::new(p.path(".sluice/releases/current/bin/greet"))
+        .arg("Ana")
+        .output()
+        .unwrap();
     assert_eq!(String::from_utf8_lossy(&greet.stdout), "Hello, Ana!\n");
 
     // The `broken` branch fails its tests: the report names them and nothing is approved or deployed.
-    let r = p.run(&["--var", "branch=broken", "--approve", "Approve/Gate", "--as", "ana"]);
+    let r = p.run(&[
+        "--var",
+        "branch=broken",
+        "--approve",
+        "Approve/Gate",
+        "--as",
+        "ana",
+    ]);
     assert_eq!(r.code, 1);
     let exec = r.json();
     let report = action(&exec, "Build/Report");
-    assert!(error(report).contains("2 tests, 2 failures") && error(report).contains("greet.named"), "{report:#}");
+    assert!(
+        error(report).contains("2 tests, 2 failures") && error(report).contains("greet.named"),
+        "{report:#}"
+    );
     assert_eq!(status(action(&exec, "Approve/Gate")), "NotStarted");
-    assert_eq!(std::fs::read_link(p.path(".sluice/releases/current")).unwrap().file_name().unwrap().to_str().unwrap(), head_release(&p));
+    assert_eq!(
+        std::fs::read_link(p.path(".sluice/releases/current"))
+            .unwrap()
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        head_release(&p)
+    );
 }
 
 /// The release `current` points to (there is exactly one).
 fn head_release(p: &Project) -> String {
-    let mut entries: Vec<String> = std::fs::read_dir(p.path(".sluice/releases/releases")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut entries: Vec<String> = std::fs::read_dir(p.path(".sluice/releases/releases"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     assert_eq!(entries.len(), 1, "{entries:?}");
     entries.pop().unwrap()
 }

@@ -38,7 +38,10 @@ stages:
         ("Hostile/Panic", "crashed"),
         ("Hostile/EtcPasswd", "cannot read /etc/passwd"),
         ("Hostile/DotDot", "cannot read /scratch/../../etc/passwd"),
-        ("Hostile/WriteOutsideMounts", "cannot write /etc/sluice-was-here"),
+        (
+            "Hostile/WriteOutsideMounts",
+            "cannot write /etc/sluice-was-here",
+        ),
         ("Hostile/SymlinkOut", "leads outside /scratch"),
         ("Hostile/SymlinkAbs", "must be a relative path"),
         ("Hostile/Exec", "program `cat` is not granted"),
@@ -46,7 +49,11 @@ stages:
     for (path, needle) in expect {
         let a = action(&exec, path);
         assert_eq!(status(a), "Failed", "{path}: {a:#}");
-        assert!(error(a).contains(needle), "{path}: expected {needle:?} in {:?}", error(a));
+        assert!(
+            error(a).contains(needle),
+            "{path}: expected {needle:?} in {:?}",
+            error(a)
+        );
     }
     let fine = action(&exec, "Hostile/Fine");
     assert_eq!(status(fine), "Succeeded");
@@ -54,7 +61,11 @@ stages:
     assert_eq!(stage_status(&exec, "Never"), "NotStarted");
     assert!(!std::path::Path::new("/etc/sluice-was-here").exists());
     // The looping and sleeping guests were stopped at their 2 s timeout, not left running.
-    assert!(started.elapsed() < std::time::Duration::from_secs(60), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "took {:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
@@ -94,21 +105,48 @@ stages:
 "##,
     );
     let started = std::time::Instant::now();
-    let run = p.sluice_env(&["run", "pipeline.yaml", "--json"], &[("SECRET_TOKEN", "hunter2")]);
+    let run = p.sluice_env(
+        &["run", "pipeline.yaml", "--json"],
+        &[("SECRET_TOKEN", "hunter2")],
+    );
     assert_eq!(run.code, 1);
     let exec = run.json();
     let env = action(&exec, "Run/Env");
     assert_eq!(status(env), "Succeeded", "{env:#}");
-    assert_eq!(env["variables"]["Secret"], "unset", "host environment leaked into the command");
+    assert_eq!(
+        env["variables"]["Secret"], "unset",
+        "host environment leaked into the command"
+    );
     let id = exec["execution_id"].as_str().unwrap();
-    assert_eq!(env["variables"]["Key"], format!("default/{id}/Run/Env/1").as_str());
-    assert!(env["variables"]["Cwd"].as_str().unwrap().contains(".sluice/work/ws-"), "runs in the action's workspace");
+    assert_eq!(
+        env["variables"]["Key"],
+        format!("default/{id}/Run/Env/1").as_str()
+    );
+    assert!(
+        env["variables"]["Cwd"]
+            .as_str()
+            .unwrap()
+            .contains(".sluice/work/ws-"),
+        "runs in the action's workspace"
+    );
 
     let broken = action(&exec, "Run/Broken");
-    assert!(error(broken).contains("exited with code 3"), "{}", error(broken));
-    assert!(error(broken).contains("error: missing semicolon"), "{}", error(broken));
+    assert!(
+        error(broken).contains("exited with code 3"),
+        "{}",
+        error(broken)
+    );
+    assert!(
+        error(broken).contains("error: missing semicolon"),
+        "{}",
+        error(broken)
+    );
     let logs = p.sluice(&["logs", id, "Run/Broken"]);
-    assert!(logs.stdout.contains("compiling...") && logs.stdout.contains("missing semicolon"), "{}", logs.stdout);
+    assert!(
+        logs.stdout.contains("compiling...") && logs.stdout.contains("missing semicolon"),
+        "{}",
+        logs.stdout
+    );
 
     assert!(error(action(&exec, "Run/Leak")).contains("leads outside the artifact"));
     assert!(error(action(&exec, "Run/Background")).contains("timeout"));
@@ -116,7 +154,15 @@ stages:
     // Workspaces are emptied after each action.
     for ws in std::fs::read_dir(p.path(".sluice/work")).unwrap() {
         let ws = ws.unwrap().path();
-        assert!(!ws.join("out").exists() && std::fs::read_dir(ws.join("scratch")).unwrap().next().is_none(), "{} not emptied", ws.display());
+        assert!(
+            !ws.join("out").exists()
+                && std::fs::read_dir(ws.join("scratch"))
+                    .unwrap()
+                    .next()
+                    .is_none(),
+            "{} not emptied",
+            ws.display()
+        );
     }
 }
 
@@ -152,21 +198,39 @@ stages:
     // A program that leaves a background child does not wait for it: the child is killed.
     let bg = action(&exec, "Run/Background");
     assert_eq!(status(bg), "Succeeded", "{bg:#}");
-    assert!(started.elapsed() < std::time::Duration::from_secs(30), "waited for the background child");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "waited for the background child"
+    );
     let pid = bg["variables"]["Pid"].as_str().unwrap();
     std::thread::sleep(std::time::Duration::from_millis(200));
-    let alive = std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| !s.contains(") Z ")).unwrap_or(false);
+    let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.contains(") Z "))
+        .unwrap_or(false);
     assert!(!alive, "background child {pid} survived its action");
     // Binary output without newlines neither stalls nor breaks the log.
     assert_eq!(status(action(&exec, "Run/Binary")), "Succeeded");
     let id = exec["execution_id"].as_str().unwrap();
-    assert!(p.sluice(&["logs", id, "Run/Binary"]).stdout.contains("done-marker"));
+    assert!(
+        p.sluice(&["logs", id, "Run/Binary"])
+            .stdout
+            .contains("done-marker")
+    );
     // The guest cannot change which program runs or what it loads.
     for name in ["Run/PathOverride", "Run/PreloadOverride"] {
-        assert!(error(action(&exec, name)).contains("cannot be set for a host program"), "{name}: {}", error(action(&exec, name)));
+        assert!(
+            error(action(&exec, name)).contains("cannot be set for a host program"),
+            "{name}: {}",
+            error(action(&exec, name))
+        );
     }
     // A guest printing 2 MiB is not failed for it.
-    assert_eq!(status(action(&exec, "Run/Chatty")), "Succeeded", "{:#}", action(&exec, "Run/Chatty"));
+    assert_eq!(
+        status(action(&exec, "Run/Chatty")),
+        "Succeeded",
+        "{:#}",
+        action(&exec, "Run/Chatty")
+    );
 }
 
 #[test]
@@ -210,18 +274,43 @@ stages:
         .as_str(),
     );
     // The probe resolves nothing itself: give it the absolute path of the granted directory.
-    let yaml = p.read("pipeline.yaml").replace("PIPELINE_DIR", p.dir.path().canonicalize().unwrap().to_str().unwrap());
+    let yaml = p.read("pipeline.yaml").replace(
+        "PIPELINE_DIR",
+        p.dir.path().canonicalize().unwrap().to_str().unwrap(),
+    );
     p.write("pipeline.yaml", &yaml);
     p.write("mine/precious.txt", "mine");
     let exec = p.run(&[]).json();
-    assert!(error(action(&exec, "Make/Chain")).contains("leads outside the artifact"), "{}", error(action(&exec, "Make/Chain")));
-    assert!(error(action(&exec, "Make/RootLink")).contains("must be a directory"), "{}", error(action(&exec, "Make/RootLink")));
+    assert!(
+        error(action(&exec, "Make/Chain")).contains("leads outside the artifact"),
+        "{}",
+        error(action(&exec, "Make/Chain"))
+    );
+    assert!(
+        error(action(&exec, "Make/RootLink")).contains("must be a directory"),
+        "{}",
+        error(action(&exec, "Make/RootLink"))
+    );
     // A hard link to the user's file is copied into the store, never moved or made read-only.
-    assert_eq!(status(action(&exec, "Make/HardLink")), "Succeeded", "{:#}", action(&exec, "Make/HardLink"));
+    assert_eq!(
+        status(action(&exec, "Make/HardLink")),
+        "Succeeded",
+        "{:#}",
+        action(&exec, "Make/HardLink")
+    );
     assert_eq!(p.read("mine/precious.txt"), "mine");
-    assert!(!std::fs::metadata(p.path("mine/precious.txt")).unwrap().permissions().readonly());
-    std::fs::write(p.path("mine/precious.txt"), "still mine").expect("the user's file stays writable");
-    assert!(error(action(&exec, "Make/Internals")).contains("would let the action write Sluice's own data"));
+    assert!(
+        !std::fs::metadata(p.path("mine/precious.txt"))
+            .unwrap()
+            .permissions()
+            .readonly()
+    );
+    std::fs::write(p.path("mine/precious.txt"), "still mine")
+        .expect("the user's file stays writable");
+    assert!(
+        error(action(&exec, "Make/Internals"))
+            .contains("would let the action write Sluice's own data")
+    );
     // Stage Make failed, so Use never ran; run the input checks on their own.
     assert_eq!(stage_status(&exec, "Use"), "NotStarted");
     let q = Project::new(
@@ -242,9 +331,20 @@ stages:
     );
     let exec = q.run(&[]).json();
     for name in ["Use/WriteInput", "Use/NewInInput"] {
-        assert_eq!(status(action(&exec, name)), "Failed", "{name} wrote into a read-only input");
+        assert_eq!(
+            status(action(&exec, name)),
+            "Failed",
+            "{name} wrote into a read-only input"
+        );
     }
-    let data = action(&exec, "Make/Data")["artifacts"]["data"].as_str().unwrap().to_string();
+    let data = action(&exec, "Make/Data")["artifacts"]["data"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let verify = q.sluice(&["artifact", "verify", &data]);
-    assert_eq!(verify.code, 0, "the shared input blob was modified: {}", verify.stderr);
+    assert_eq!(
+        verify.code, 0,
+        "the shared input blob was modified: {}",
+        verify.stderr
+    );
 }

@@ -22,7 +22,10 @@ stages:
     let exec = run.json();
     assert_eq!(status(&exec), "Failed");
     assert_eq!(status(action(&exec, "Build/Breaks")), "Failed");
-    assert_eq!(error(action(&exec, "Build/Breaks")), "the probe was told to fail");
+    assert_eq!(
+        error(action(&exec, "Build/Breaks")),
+        "the probe was told to fail"
+    );
     assert_eq!(status(action(&exec, "Build/Sibling")), "Succeeded");
     assert_eq!(status(action(&exec, "Build/Later")), "NotStarted");
     assert_eq!(stage_status(&exec, "Build"), "Failed");
@@ -48,13 +51,22 @@ stages:
     let exec = p.run(&["--var", "greeting=bonjour"]).json();
     assert_eq!(status(&exec), "Succeeded");
     assert_eq!(exec["variables"]["greeting"], "bonjour");
-    assert_eq!(action(&exec, "One/Second")["variables"]["Value"], "bonjour/vars/One/Second");
-    assert_eq!(action(&exec, "One/Second")["config"]["value"], "bonjour/vars/One/Second");
+    assert_eq!(
+        action(&exec, "One/Second")["variables"]["Value"],
+        "bonjour/vars/One/Second"
+    );
+    assert_eq!(
+        action(&exec, "One/Second")["config"]["value"],
+        "bonjour/vars/One/Second"
+    );
     let third = action(&exec, "Two/Third");
     let id = exec["execution_id"].as_str().unwrap();
     assert_eq!(third["variables"]["ExecutionId"], id);
     assert_eq!(third["variables"]["Attempt"], "1");
-    assert_eq!(third["variables"]["IdempotencyKey"], format!("default/{id}/Two/Third/1").as_str());
+    assert_eq!(
+        third["variables"]["IdempotencyKey"],
+        format!("default/{id}/Two/Third/1").as_str()
+    );
 }
 
 #[test]
@@ -86,8 +98,12 @@ stages:
     let exec = run.json();
     assert_eq!(status(&exec), "Succeeded", "{}", run.stderr);
     assert_eq!(action(&exec, "Check/Read")["variables"]["Ok"], "yes");
-    let a = action(&exec, "Make/Write")["artifacts"]["a"].as_str().unwrap();
-    let b = action(&exec, "Copy/Copy")["artifacts"]["b"].as_str().unwrap();
+    let a = action(&exec, "Make/Write")["artifacts"]["a"]
+        .as_str()
+        .unwrap();
+    let b = action(&exec, "Copy/Copy")["artifacts"]["b"]
+        .as_str()
+        .unwrap();
     // The guest copied the tree exactly (content, exec bit, relative symlink): same digest.
     assert_eq!(a, b);
     assert_eq!(action(&exec, "Copy/Copy")["inputs"]["a"], a);
@@ -95,15 +111,23 @@ stages:
 
 #[test]
 fn a_pending_action_on_a_timer_is_run_again_with_its_continuation() {
-    let p = Project::new("name: wait\nstages:\n  - name: S\n    actions:\n      - { name: W, uses: PROBE, with: { mode: pending } }\n");
+    let p = Project::new(
+        "name: wait\nstages:\n  - name: S\n    actions:\n      - { name: W, uses: PROBE, with: { mode: pending } }\n",
+    );
     let started = std::time::Instant::now();
     let r = p.run(&[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let exec = r.json();
     let w = action(&exec, "S/W");
-    assert_eq!(w["variables"]["Resumed"], "step-2", "the third call saw the second call's continuation");
+    assert_eq!(
+        w["variables"]["Resumed"], "step-2",
+        "the third call saw the second call's continuation"
+    );
     assert_eq!(w["attempt"], 3);
-    assert!(started.elapsed() >= std::time::Duration::from_millis(100), "two 50 ms timers were waited out");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(100),
+        "two 50 ms timers were waited out"
+    );
 }
 
 #[test]
@@ -126,23 +150,45 @@ stages:
     let run = p.run(&[]);
     let exec = run.json();
     let flaky = action(&exec, "S/Flaky");
-    assert_eq!((status(flaky), flaky["attempt"].as_u64()), ("Succeeded", Some(3)), "{flaky:#}");
+    assert_eq!(
+        (status(flaky), flaky["attempt"].as_u64()),
+        ("Succeeded", Some(3)),
+        "{flaky:#}"
+    );
     assert_eq!(flaky["variables"]["Attempt"], "3");
-    assert!(flaky["error"].is_null(), "a success clears the retried error");
+    assert!(
+        flaky["error"].is_null(),
+        "a success clears the retried error"
+    );
     let gives_up = action(&exec, "S/GivesUp");
-    assert_eq!((status(gives_up), gives_up["attempt"].as_u64()), ("Failed", Some(2)));
+    assert_eq!(
+        (status(gives_up), gives_up["attempt"].as_u64()),
+        ("Failed", Some(2))
+    );
     assert!(error(gives_up).contains("attempt 2 of a flaky probe"));
-    assert_eq!(action(&exec, "S/Permanent")["attempt"], 1, "failures not marked retryable are final");
+    assert_eq!(
+        action(&exec, "S/Permanent")["attempt"],
+        1,
+        "failures not marked retryable are final"
+    );
     // The pipeline-level timeout applies; timeouts are retried only with on_timeout.
     let slow = action(&exec, "S/SlowOnce");
-    assert_eq!((status(slow), slow["attempt"].as_u64()), ("Failed", Some(2)));
+    assert_eq!(
+        (status(slow), slow["attempt"].as_u64()),
+        ("Failed", Some(2))
+    );
     assert!(error(slow).contains("timeout"));
     assert_eq!(action(&exec, "S/SlowNoRetry")["attempt"], 1);
     assert!(started.elapsed() < std::time::Duration::from_secs(30));
     // Progress shows the attempts; the log keeps each attempt's failure.
     let id = exec["execution_id"].as_str().unwrap();
     let logs = p.sluice(&["logs", id, "S/Flaky"]).stdout;
-    assert!(logs.contains("S/Flaky #1") && logs.contains("S/Flaky #2") && logs.contains("attempt 2 failed (Retryable)"), "{logs}");
+    assert!(
+        logs.contains("S/Flaky #1")
+            && logs.contains("S/Flaky #2")
+            && logs.contains("attempt 2 failed (Retryable)"),
+        "{logs}"
+    );
     let progress = p.sluice(&["run", "pipeline.yaml"]).stdout;
     assert!(progress.contains("S/Flaky (attempt 3)"), "{progress}");
 }

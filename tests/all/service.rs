@@ -32,7 +32,10 @@ stages:
 "##;
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 /// Publish to JetStream (optionally with a `Nats-Msg-Id`), as any NATS client would.
@@ -40,11 +43,16 @@ fn publish(url: &str, subject: &str, payload: &str, msg_id: Option<&str>) {
     rt().block_on(async {
         let client = async_nats::connect(url).await.unwrap();
         let js = async_nats::jetstream::new(client);
-        let mut msg = async_nats::jetstream::message::PublishMessage::build().payload(payload.to_string().into());
+        let mut msg = async_nats::jetstream::message::PublishMessage::build()
+            .payload(payload.to_string().into());
         if let Some(id) = msg_id {
             msg = msg.message_id(id);
         }
-        js.send_publish(subject.to_string(), msg).await.unwrap().await.unwrap();
+        js.send_publish(subject.to_string(), msg)
+            .await
+            .unwrap()
+            .await
+            .unwrap();
     })
 }
 
@@ -56,12 +64,17 @@ fn stored(url: &str, stream: &str, subject: &str) -> Vec<Value> {
         let js = async_nats::jetstream::new(client);
         let stream = js.get_stream(stream).await.unwrap();
         let consumer = stream
-            .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig { filter_subject: subject.to_string(), ..Default::default() })
+            .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+                filter_subject: subject.to_string(),
+                ..Default::default()
+            })
             .await
             .unwrap();
         let mut out = Vec::new();
         let mut messages = consumer.messages().await.unwrap();
-        while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_millis(500), messages.next()).await {
+        while let Ok(Some(Ok(m))) =
+            tokio::time::timeout(Duration::from_millis(500), messages.next()).await
+        {
             out.push(serde_json::from_slice(&m.payload).unwrap_or(Value::Null));
         }
         out
@@ -88,33 +101,56 @@ fn exec_status(p: &Project, url: &str, id: &str) -> Value {
 
 /// Wait for an execution to end (status requests may fail while NATS restarts).
 fn wait_done(p: &Project, url: &str, id: &str) -> Value {
-    wait_for(Duration::from_secs(60), &format!("execution {id} to end"), || {
-        let r = client(p, url, &["status", id, "--json"]);
-        let e: Value = serde_json::from_str(&r.stdout).ok()?;
-        matches!(status(&e), "Succeeded" | "Failed" | "Stopped").then_some(e)
-    })
+    wait_for(
+        Duration::from_secs(60),
+        &format!("execution {id} to end"),
+        || {
+            let r = client(p, url, &["status", id, "--json"]);
+            let e: Value = serde_json::from_str(&r.stdout).ok()?;
+            matches!(status(&e), "Succeeded" | "Failed" | "Stopped").then_some(e)
+        },
+    )
 }
 
 #[test]
 fn embedded_service_registers_starts_and_watches_pipelines() {
     let p = Project::new(PIPELINE);
     let _engine = Engine::start(p.dir.path(), ".sluice", &[]);
-    wait_for(Duration::from_secs(30), "the control socket", || p.path(".sluice/sluice.sock").exists().then_some(()));
+    wait_for(Duration::from_secs(30), "the control socket", || {
+        p.path(".sluice/sluice.sock").exists().then_some(())
+    });
 
     let put = p.sluice(&["pipeline", "put", "pipeline.yaml"]);
     assert_eq!(put.code, 0, "{put:?}");
-    assert!(put.stdout.contains("registered svc version 1"), "{}", put.stdout);
+    assert!(
+        put.stdout.contains("registered svc version 1"),
+        "{}",
+        put.stdout
+    );
     let again = p.sluice(&["pipeline", "put", "pipeline.yaml"]);
     assert!(again.stdout.contains("version 2"), "{}", again.stdout);
     let ls = p.sluice(&["pipeline", "ls"]);
     assert!(ls.stdout.contains("svc\tv2"), "{}", ls.stdout);
 
     // Start and follow: the events of every stage and action, exit 0 on success.
-    let start = p.sluice_env(&["start", "svc", "--var", "who=alice", "--watch"], &[("SLUICE_USER", "tester")]);
+    let start = p.sluice_env(
+        &["start", "svc", "--var", "who=alice", "--watch"],
+        &[("SLUICE_USER", "tester")],
+    );
     assert_eq!(start.code, 0, "{start:?}");
     let id = start.stdout.trim().to_string();
-    for line in ["stage Source", "Source/Fetch", "Build/Compile", "Build/Lint", "✓ Succeeded pipeline svc"] {
-        assert!(start.stderr.contains(line), "missing {line:?} in\n{}", start.stderr);
+    for line in [
+        "stage Source",
+        "Source/Fetch",
+        "Build/Compile",
+        "Build/Lint",
+        "✓ Succeeded pipeline svc",
+    ] {
+        assert!(
+            start.stderr.contains(line),
+            "missing {line:?} in\n{}",
+            start.stderr
+        );
     }
     let r = p.sluice(&["status", &id, "--json"]);
     let exec: Value = serde_json::from_str(&r.stdout).unwrap();
@@ -122,12 +158,22 @@ fn embedded_service_registers_starts_and_watches_pipelines() {
     assert_eq!(exec["pipeline_version"], 2);
     assert_eq!(exec["trigger"]["kind"], "manual");
     assert_eq!(exec["trigger"]["started_by"], "tester");
-    assert_eq!(action(&exec, "Build/Compile")["variables"]["Value"], "built for alice");
+    assert_eq!(
+        action(&exec, "Build/Compile")["variables"]["Value"],
+        "built for alice"
+    );
     let list = p.sluice(&["executions"]);
-    assert!(list.stdout.contains(&id) && list.stdout.contains("Succeeded"), "{}", list.stdout);
+    assert!(
+        list.stdout.contains(&id) && list.stdout.contains("Succeeded"),
+        "{}",
+        list.stdout
+    );
 
     // A bad pipeline is refused with its positions and nothing is registered.
-    p.write("bad.yaml", "name: svc\nstages:\n  - name: S\n    actions:\n      - name: A\n        uses: nope@1\n");
+    p.write(
+        "bad.yaml",
+        "name: svc\nstages:\n  - name: S\n    actions:\n      - name: A\n        uses: nope@1\n",
+    );
     let bad = p.sluice(&["pipeline", "put", "bad.yaml"]);
     assert_eq!(bad.code, 2, "{bad:?}");
     assert!(bad.stderr.contains("bad.yaml:6:15"), "{}", bad.stderr);
@@ -135,9 +181,17 @@ fn embedded_service_registers_starts_and_watches_pipelines() {
     // Unknown pipelines and executions get clear errors.
     let unknown = p.sluice(&["start", "nope"]);
     assert_eq!(unknown.code, 2);
-    assert!(unknown.stderr.contains("no pipeline `nope` is registered"), "{}", unknown.stderr);
+    assert!(
+        unknown.stderr.contains("no pipeline `nope` is registered"),
+        "{}",
+        unknown.stderr
+    );
     let missing = p.sluice(&["status", "01ARZ3NDEKTSV4RRFFQ69G5FAV"]);
-    assert!(missing.stderr.contains("no execution"), "{}", missing.stderr);
+    assert!(
+        missing.stderr.contains("no execution"),
+        "{}",
+        missing.stderr
+    );
     // rm: gone from the list, and starting it is refused.
     assert_eq!(p.sluice(&["pipeline", "rm", "svc"]).code, 0);
     assert!(!p.sluice(&["pipeline", "ls"]).stdout.contains("svc"));
@@ -148,7 +202,12 @@ fn without_a_service_client_commands_say_how_to_start_one() {
     let p = Project::new(PIPELINE);
     let r = p.sluice(&["executions"]);
     assert_eq!(r.code, 2);
-    assert!(r.stderr.contains("no service is running: start one with `sluice serve`"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("no service is running: start one with `sluice serve`"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -166,22 +225,47 @@ fn nats_events_start_pipelines_once_per_event_id_and_filters_apply() {
     // A push to main touching src/ starts the pipeline, with the event's variables.
     let event = json!({"id": "push-1", "source": {"type": "git", "repository": "acme/app", "ref": "refs/heads/main", "commit": "abc123",
         "changed_files": ["src/main.rs"], "pusher": "alice"}, "variables": {"who": "bob"}});
-    publish(&url, "sluice.default.trigger.svc", &event.to_string(), Some("push-1"));
+    publish(
+        &url,
+        "sluice.default.trigger.svc",
+        &event.to_string(),
+        Some("push-1"),
+    );
     // The same event again: deduplicated by the stream (same Nats-Msg-Id)…
-    publish(&url, "sluice.default.trigger.svc", &event.to_string(), Some("push-1"));
+    publish(
+        &url,
+        "sluice.default.trigger.svc",
+        &event.to_string(),
+        Some("push-1"),
+    );
     // …and without the header (as if outside the dedup window): the claim stops it.
     publish(&url, "sluice.default.trigger.svc", &event.to_string(), None);
     // Filtered out: a branch not in the filters, an excluded branch, no file under src/.
-    for (id, git_ref, file) in [("push-2", "refs/heads/feature", "src/a.rs"), ("push-3", "refs/heads/release/old-1", "src/a.rs"), ("push-4", "refs/heads/main", "README.md")] {
-        let e = json!({"id": id, "source": {"type": "git", "ref": git_ref, "changed_files": [file]}});
+    for (id, git_ref, file) in [
+        ("push-2", "refs/heads/feature", "src/a.rs"),
+        ("push-3", "refs/heads/release/old-1", "src/a.rs"),
+        ("push-4", "refs/heads/main", "README.md"),
+    ] {
+        let e =
+            json!({"id": id, "source": {"type": "git", "ref": git_ref, "changed_files": [file]}});
         publish(&url, "sluice.default.trigger.svc", &e.to_string(), Some(id));
     }
     // Accepted: a release branch.
     let e = json!({"id": "push-5", "source": {"type": "git", "ref": "refs/heads/release/1.2", "changed_files": ["src/lib.rs"]}});
-    publish(&url, "sluice.default.trigger.svc", &e.to_string(), Some("push-5"));
+    publish(
+        &url,
+        "sluice.default.trigger.svc",
+        &e.to_string(),
+        Some("push-5"),
+    );
     // Malformed: not JSON, no id, an unknown pipeline. The engine keeps consuming.
     publish(&url, "sluice.default.trigger.svc", "this is not json", None);
-    publish(&url, "sluice.default.trigger.svc", r#"{"source": {"type": "git"}}"#, None);
+    publish(
+        &url,
+        "sluice.default.trigger.svc",
+        r#"{"source": {"type": "git"}}"#,
+        None,
+    );
     publish(&url, "sluice.default.trigger.ghost", r#"{"id": "x"}"#, None);
 
     let dead = wait_for(Duration::from_secs(30), "six dead letters", || {
@@ -189,11 +273,34 @@ fn nats_events_start_pipelines_once_per_event_id_and_filters_apply() {
         (d.len() >= 6).then_some(d)
     });
     let reasons: Vec<&str> = dead.iter().map(|d| d["reason"].as_str().unwrap()).collect();
-    assert_eq!(reasons.iter().filter(|r| r.starts_with("filtered out")).count(), 3, "{reasons:#?}");
-    assert!(reasons.iter().any(|r| r.contains("not a trigger event: expected")), "{reasons:#?}");
-    assert!(reasons.iter().any(|r| r.contains("missing field `id`")), "{reasons:#?}");
-    assert!(reasons.iter().any(|r| r.contains("unknown pipeline `ghost`")), "{reasons:#?}");
-    assert!(dead.iter().any(|d| d["payload"] == "this is not json"), "the event is kept as received");
+    assert_eq!(
+        reasons
+            .iter()
+            .filter(|r| r.starts_with("filtered out"))
+            .count(),
+        3,
+        "{reasons:#?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("not a trigger event: expected")),
+        "{reasons:#?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("missing field `id`")),
+        "{reasons:#?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("unknown pipeline `ghost`")),
+        "{reasons:#?}"
+    );
+    assert!(
+        dead.iter().any(|d| d["payload"] == "this is not json"),
+        "the event is kept as received"
+    );
     // Each rejection is also an event.
     let rejected = stored(&url, "SLUICE_EVENTS", "sluice.default.events.trigger.>");
     assert!(rejected.len() >= 6, "{rejected:#?}");
@@ -202,21 +309,54 @@ fn nats_events_start_pipelines_once_per_event_id_and_filters_apply() {
         let list = executions(&p, &url);
         (list.len() >= 2 && list.iter().all(|e| e["status"] == "Succeeded")).then_some(list)
     });
-    assert_eq!(runs.len(), 2, "push-1 (three publishes) and push-5 only: {runs:#?}");
-    let by_event = |id: &str| runs.iter().find(|e| e["trigger"].as_str().unwrap().ends_with(id)).unwrap_or_else(|| panic!("{id}: {runs:#?}"));
-    let first = exec_status(&p, &url, by_event("push-1")["execution_id"].as_str().unwrap());
+    assert_eq!(
+        runs.len(),
+        2,
+        "push-1 (three publishes) and push-5 only: {runs:#?}"
+    );
+    let by_event = |id: &str| {
+        runs.iter()
+            .find(|e| e["trigger"].as_str().unwrap().ends_with(id))
+            .unwrap_or_else(|| panic!("{id}: {runs:#?}"))
+    };
+    let first = exec_status(
+        &p,
+        &url,
+        by_event("push-1")["execution_id"].as_str().unwrap(),
+    );
     assert_eq!(first["trigger"]["commit"], "abc123");
     assert_eq!(first["trigger"]["started_by"], "alice");
-    assert_eq!(action(&first, "Build/Compile")["variables"]["Value"], "built for bob");
+    assert_eq!(
+        action(&first, "Build/Compile")["variables"]["Value"],
+        "built for bob"
+    );
     by_event("push-5");
 
     // Every state change went out as an event with CodePipeline's detail.
     let id = first["execution_id"].as_str().unwrap();
-    let events: Vec<Value> = stored(&url, "SLUICE_EVENTS", "sluice.default.events.>").into_iter().filter(|e| e["execution_id"] == id).collect();
-    let has = |kind: &str, what: &str, st: &str| events.iter().any(|e| e["kind"] == kind && e["status"] == st && (e["stage"] == what || e["action"] == what || what.is_empty()));
-    assert!(has("pipeline", "", "InProgress") && has("pipeline", "", "Succeeded"), "{events:#?}");
-    assert!(has("stage", "Build", "Succeeded") && has("action", "Lint", "Succeeded"), "{events:#?}");
-    assert!(events.iter().all(|e| e["pipeline_version"] == 1), "{events:#?}");
+    let events: Vec<Value> = stored(&url, "SLUICE_EVENTS", "sluice.default.events.>")
+        .into_iter()
+        .filter(|e| e["execution_id"] == id)
+        .collect();
+    let has = |kind: &str, what: &str, st: &str| {
+        events.iter().any(|e| {
+            e["kind"] == kind
+                && e["status"] == st
+                && (e["stage"] == what || e["action"] == what || what.is_empty())
+        })
+    };
+    assert!(
+        has("pipeline", "", "InProgress") && has("pipeline", "", "Succeeded"),
+        "{events:#?}"
+    );
+    assert!(
+        has("stage", "Build", "Succeeded") && has("action", "Lint", "Succeeded"),
+        "{events:#?}"
+    );
+    assert!(
+        events.iter().all(|e| e["pipeline_version"] == 1),
+        "{events:#?}"
+    );
 
     // `start` goes through the same path: a repeated event id starts nothing new.
     let a = client(&p, &url, &["start", "svc", "--event-id", "manual-7"]);
@@ -256,17 +396,37 @@ fn kill_9_of_an_engine_mid_deploy_finishes_on_the_other_with_one_side_effect() {
     let effects = tempfile::tempdir().unwrap();
     let p = Project::new(&EFFECT.replace("EFFECTS", &effects.path().display().to_string()));
     let mut engines = vec![
-        Engine::start(p.dir.path(), "engine-a", &["--nats", &url, "--ack-wait", "2s"]),
-        Engine::start(p.dir.path(), "engine-b", &["--nats", &url, "--ack-wait", "2s"]),
+        Engine::start(
+            p.dir.path(),
+            "engine-a",
+            &["--nats", &url, "--ack-wait", "2s"],
+        ),
+        Engine::start(
+            p.dir.path(),
+            "engine-b",
+            &["--nats", &url, "--ack-wait", "2s"],
+        ),
     ];
-    wait_for(Duration::from_secs(30), "the engines to answer", || (client(&p, &url, &["pipeline", "put", "pipeline.yaml"]).code == 0).then_some(()));
+    wait_for(Duration::from_secs(30), "the engines to answer", || {
+        (client(&p, &url, &["pipeline", "put", "pipeline.yaml"]).code == 0).then_some(())
+    });
     let start = client(&p, &url, &["start", "svc"]);
     assert_eq!(start.code, 0, "{start:?}");
     let id = start.stdout.trim().to_string();
 
     // Find the engine running the deploy, wait for its side effect, and kill it.
-    let victim = wait_for(Duration::from_secs(60), "an engine to run Deploy/Release", || engines.iter().position(|e| e.log().contains("/Deploy/Release attempt 1")));
-    wait_for(Duration::from_secs(30), "the side effect", || effects.path().join("effects.log").exists().then_some(()));
+    let victim = wait_for(
+        Duration::from_secs(60),
+        "an engine to run Deploy/Release",
+        || {
+            engines
+                .iter()
+                .position(|e| e.log().contains("/Deploy/Release attempt 1"))
+        },
+    );
+    wait_for(Duration::from_secs(30), "the side effect", || {
+        effects.path().join("effects.log").exists().then_some(())
+    });
     engines[victim].kill9();
     let survivor = &engines[1 - victim];
 
@@ -274,40 +434,93 @@ fn kill_9_of_an_engine_mid_deploy_finishes_on_the_other_with_one_side_effect() {
     assert_eq!(status(&exec), "Succeeded", "{exec:#}");
     // The deploy ran in the victim's job chain: the chain's delivery came back to the survivor,
     // which found the deploy unfinished and ran it again.
-    assert!(survivor.log().contains("/Deploy/Release attempt 1 ("), "the survivor ran the deploy again:\n{}", survivor.log());
+    assert!(
+        survivor.log().contains("/Deploy/Release attempt 1 ("),
+        "the survivor ran the deploy again:\n{}",
+        survivor.log()
+    );
     let release = action(&exec, "Deploy/Release");
-    assert_eq!(release["attempt"], 1, "the same attempt, so the same idempotency key");
-    assert_eq!(release["variables"]["Repeated"], "true", "the second run found the first one's marker");
+    assert_eq!(
+        release["attempt"], 1,
+        "the same attempt, so the same idempotency key"
+    );
+    assert_eq!(
+        release["variables"]["Repeated"], "true",
+        "the second run found the first one's marker"
+    );
     let log = std::fs::read_to_string(effects.path().join("effects.log")).unwrap();
-    assert_eq!(log.lines().count(), 1, "side effect recorded exactly once: {log}");
+    assert_eq!(
+        log.lines().count(),
+        1,
+        "side effect recorded exactly once: {log}"
+    );
     assert_eq!(log.trim(), format!("default/{id}/Deploy/Release/1"));
     // The survivor read the artifact, whichever engine wrote it (shared through the Object Store).
     assert_eq!(action(&exec, "Verify/Check")["variables"]["Bytes"], "11");
 
     // Every action's end went out as an event, and each event is stored once, even when an
     // engine sent again the events of a change the other recorded.
-    let events: Vec<Value> = stored(&url, "SLUICE_EVENTS", "sluice.default.events.>").into_iter().filter(|e| e["execution_id"] == id.as_str()).collect();
+    let events: Vec<Value> = stored(&url, "SLUICE_EVENTS", "sluice.default.events.>")
+        .into_iter()
+        .filter(|e| e["execution_id"] == id.as_str())
+        .collect();
     for stage in exec["stages"].as_array().unwrap() {
         for a in stage["actions"].as_array().unwrap() {
-            assert!(events.iter().any(|e| e["kind"] == "action" && e["action"] == a["name"] && e["status"] == "Succeeded"), "no Succeeded event for {}: {events:#?}", a["name"]);
+            assert!(
+                events.iter().any(|e| e["kind"] == "action"
+                    && e["action"] == a["name"]
+                    && e["status"] == "Succeeded"),
+                "no Succeeded event for {}: {events:#?}",
+                a["name"]
+            );
         }
     }
-    assert!(events.iter().any(|e| e["kind"] == "pipeline" && e["status"] == "Succeeded"), "{events:#?}");
-    let mut ids: Vec<&str> = events.iter().map(|e| e["id"].as_str().expect("every event has an id")).collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["kind"] == "pipeline" && e["status"] == "Succeeded"),
+        "{events:#?}"
+    );
+    let mut ids: Vec<&str> = events
+        .iter()
+        .map(|e| e["id"].as_str().expect("every event has an id"))
+        .collect();
     let stored_events = ids.len();
     ids.sort();
     ids.dedup();
-    assert_eq!(ids.len(), stored_events, "an event was stored twice: {events:#?}");
+    assert_eq!(
+        ids.len(),
+        stored_events,
+        "an event was stored twice: {events:#?}"
+    );
 
     // Every action's log is readable through NATS, whichever engine ran it: the client has no
     // data directory with logs of its own.
     let logs = client(&p, &url, &["logs", &id]);
     assert_eq!(logs.code, 0, "{logs:?}");
-    assert!(logs.stdout.contains(&format!("side effect already done for default/{id}/Deploy/Release/1")), "the survivor's attempt:\n{}", logs.stdout);
-    assert!(logs.stdout.lines().any(|l| l.starts_with("Verify/Check #1")), "{}", logs.stdout);
+    assert!(
+        logs.stdout.contains(&format!(
+            "side effect already done for default/{id}/Deploy/Release/1"
+        )),
+        "the survivor's attempt:\n{}",
+        logs.stdout
+    );
+    assert!(
+        logs.stdout
+            .lines()
+            .any(|l| l.starts_with("Verify/Check #1")),
+        "{}",
+        logs.stdout
+    );
     let one = client(&p, &url, &["logs", &id, "Deploy/Release"]);
     assert_eq!(one.code, 0, "{one:?}");
-    assert!(one.stdout.lines().all(|l| l.starts_with("Deploy/Release #1")), "only that action: {}", one.stdout);
+    assert!(
+        one.stdout
+            .lines()
+            .all(|l| l.starts_with("Deploy/Release #1")),
+        "only that action: {}",
+        one.stdout
+    );
     let none = client(&p, &url, &["logs", &id, "Nope/Nothing"]);
     assert_ne!(none.code, 0, "{none:?}");
     assert!(none.stderr.contains("no logs for Nope/Nothing"), "{none:?}");
@@ -319,10 +532,24 @@ fn a_nats_restart_mid_pipeline_delays_but_loses_nothing() {
     let url = nats.url();
     let effects = tempfile::tempdir().unwrap();
     let p = Project::new(&EFFECT.replace("EFFECTS", &effects.path().display().to_string()));
-    let engine = Engine::start(p.dir.path(), "engine-a", &["--nats", &url, "--ack-wait", "2s"]);
-    wait_for(Duration::from_secs(30), "the engine to answer", || (client(&p, &url, &["pipeline", "put", "pipeline.yaml"]).code == 0).then_some(()));
-    let id = client(&p, &url, &["start", "svc"]).stdout.trim().to_string();
-    wait_for(Duration::from_secs(60), "Deploy/Release to run", || engine.log().contains("/Deploy/Release attempt 1").then_some(()));
+    let engine = Engine::start(
+        p.dir.path(),
+        "engine-a",
+        &["--nats", &url, "--ack-wait", "2s"],
+    );
+    wait_for(Duration::from_secs(30), "the engine to answer", || {
+        (client(&p, &url, &["pipeline", "put", "pipeline.yaml"]).code == 0).then_some(())
+    });
+    let id = client(&p, &url, &["start", "svc"])
+        .stdout
+        .trim()
+        .to_string();
+    wait_for(Duration::from_secs(60), "Deploy/Release to run", || {
+        engine
+            .log()
+            .contains("/Deploy/Release attempt 1")
+            .then_some(())
+    });
     nats.restart(Duration::from_millis(500));
     let exec = wait_done(&p, &url, &id);
     assert_eq!(status(&exec), "Succeeded", "{exec:#}\n{}", engine.log());
@@ -349,7 +576,10 @@ fn sign(secret: &str, body: &[u8]) -> String {
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
     mac.update(body);
     let bytes = mac.finalize().into_bytes();
-    format!("sha256={}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+    format!(
+        "sha256={}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
 }
 
 #[test]
@@ -359,22 +589,53 @@ fn webhooks_verify_signatures_and_apply_git_filters() {
     let p = Project::new(HOOKED);
     let http_port = port();
     let addr = format!("127.0.0.1:{http_port}");
-    let _engine = Engine::start_env(p.dir.path(), "engine", &["--nats", &url, "--http", &addr], &[("HOOK_SECRET", "s3cret")]);
-    wait_for(Duration::from_secs(30), "the engine to answer", || (client(&p, &url, &["pipeline", "put", "pipeline.yaml"]).code == 0).then_some(()));
+    let _engine = Engine::start_env(
+        p.dir.path(),
+        "engine",
+        &["--nats", &url, "--http", &addr],
+        &[("HOOK_SECRET", "s3cret")],
+    );
+    wait_for(Duration::from_secs(30), "the engine to answer", || {
+        (client(&p, &url, &["pipeline", "put", "pipeline.yaml"]).code == 0).then_some(())
+    });
 
-    let push = |git_ref: &str, after: &str| json!({"ref": git_ref, "after": after, "repository": {"full_name": "acme/app"}, "pusher": {"name": "carol"},
-        "commits": [{"added": ["src/new.rs"], "modified": [], "removed": []}]}).to_string();
+    let push = |git_ref: &str, after: &str| {
+        json!({"ref": git_ref, "after": after, "repository": {"full_name": "acme/app"}, "pusher": {"name": "carol"},
+        "commits": [{"added": ["src/new.rs"], "modified": [], "removed": []}]}).to_string()
+    };
     let body = push("refs/heads/main", "c0ffee");
-    let headers = |sig: &str, guid: &'static str| vec![("x-github-event", "push"), ("x-github-delivery", guid), ("content-type", "application/json"), ("x-hub-signature-256", sig)].into_iter().map(|(k, v)| (k, v.to_string())).collect::<Vec<_>>();
+    let headers = |sig: &str, guid: &'static str| {
+        vec![
+            ("x-github-event", "push"),
+            ("x-github-delivery", guid),
+            ("content-type", "application/json"),
+            ("x-hub-signature-256", sig),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k, v.to_string()))
+        .collect::<Vec<_>>()
+    };
     let send = |h: &[(&str, String)], body: &str| {
         let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        http(http_port, "POST", "/hooks/default/hooked", &h, body.as_bytes())
+        http(
+            http_port,
+            "POST",
+            "/hooks/default/hooked",
+            &h,
+            body.as_bytes(),
+        )
     };
 
     // Bad signature (wrong secret, or none): 401 and nothing published.
     let (code, _) = send(&headers(&sign("wrong", body.as_bytes()), "g-bad"), &body);
     assert_eq!(code, 401);
-    let (code, _) = http(http_port, "POST", "/hooks/default/hooked", &[], body.as_bytes());
+    let (code, _) = http(
+        http_port,
+        "POST",
+        "/hooks/default/hooked",
+        &[],
+        body.as_bytes(),
+    );
     assert_eq!(code, 401);
     // Good signature: accepted and run.
     let (code, reply) = send(&headers(&sign("s3cret", body.as_bytes()), "g-1"), &body);
@@ -389,38 +650,74 @@ fn webhooks_verify_signatures_and_apply_git_filters() {
     let (code, _) = http(http_port, "POST", "/hooks/default/nope", &[], b"{}");
     assert_eq!(code, 404);
 
-    let list = wait_for(Duration::from_secs(60), "the webhook's execution to finish", || {
-        let r = client(&p, &url, &["executions", "--json"]);
-        let list: Vec<Value> = serde_json::from_str(&r.stdout).ok()?;
-        (!list.is_empty() && list.iter().all(|e| e["status"] == "Succeeded")).then_some(list)
-    });
+    let list = wait_for(
+        Duration::from_secs(60),
+        "the webhook's execution to finish",
+        || {
+            let r = client(&p, &url, &["executions", "--json"]);
+            let list: Vec<Value> = serde_json::from_str(&r.stdout).ok()?;
+            (!list.is_empty() && list.iter().all(|e| e["status"] == "Succeeded")).then_some(list)
+        },
+    );
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(client(&p, &url, &["executions", "--json"]).stdout.matches("execution_id").count(), 1, "only the good, matching push ran: {list:#?}");
+    assert_eq!(
+        client(&p, &url, &["executions", "--json"])
+            .stdout
+            .matches("execution_id")
+            .count(),
+        1,
+        "only the good, matching push ran: {list:#?}"
+    );
     let exec = exec_status(&p, &url, list[0]["execution_id"].as_str().unwrap());
     assert_eq!(exec["trigger"]["event_id"], "g-1");
     assert_eq!(exec["trigger"]["commit"], "c0ffee");
     assert_eq!(exec["trigger"]["started_by"], "carol");
-    let dead = stored(&url, "SLUICE_DEADLETTER", "sluice.default.deadletter.hooked");
+    let dead = stored(
+        &url,
+        "SLUICE_DEADLETTER",
+        "sluice.default.deadletter.hooked",
+    );
     assert_eq!(dead.len(), 1, "{dead:#?}");
 }
 
 #[test]
 fn cron_schedules_start_pipelines() {
-    let p = Project::new(&HOOKED.replace("  webhook: { secret_env: HOOK_SECRET }\n", "  schedule:\n    - cron: \"*/2 * * * * *\"\n      timezone: Europe/Berlin\n"));
+    let p = Project::new(&HOOKED.replace(
+        "  webhook: { secret_env: HOOK_SECRET }\n",
+        "  schedule:\n    - cron: \"*/2 * * * * *\"\n      timezone: Europe/Berlin\n",
+    ));
     let _engine = Engine::start(p.dir.path(), ".sluice", &[]);
-    wait_for(Duration::from_secs(30), "the control socket", || p.path(".sluice/sluice.sock").exists().then_some(()));
+    wait_for(Duration::from_secs(30), "the control socket", || {
+        p.path(".sluice/sluice.sock").exists().then_some(())
+    });
     let put = p.sluice(&["pipeline", "put", "pipeline.yaml"]);
     assert_eq!(put.code, 0, "{put:?}");
     let runs = wait_for(Duration::from_secs(30), "two scheduled executions", || {
-        let list: Vec<Value> = serde_json::from_str(&p.sluice(&["executions", "--json"]).stdout).ok()?;
+        let list: Vec<Value> =
+            serde_json::from_str(&p.sluice(&["executions", "--json"]).stdout).ok()?;
         (list.iter().filter(|e| e["status"] == "Succeeded").count() >= 2).then_some(list)
     });
-    assert!(runs.iter().all(|e| e["trigger"].as_str().unwrap().starts_with("schedule schedule-hooked-0-")), "{runs:#?}");
+    assert!(
+        runs.iter().all(|e| e["trigger"]
+            .as_str()
+            .unwrap()
+            .starts_with("schedule schedule-hooked-0-")),
+        "{runs:#?}"
+    );
     // An invalid schedule is refused at registration, with its position.
-    p.write("bad.yaml", &p.read("pipeline.yaml").replace("*/2 * * * * *", "99 * * * *"));
+    p.write(
+        "bad.yaml",
+        &p.read("pipeline.yaml")
+            .replace("*/2 * * * * *", "99 * * * *"),
+    );
     let bad = p.sluice(&["pipeline", "put", "bad.yaml"]);
     assert_eq!(bad.code, 2, "{bad:?}");
-    assert!(bad.stderr.contains("bad.yaml:5:13: `triggers.schedule`: bad cron expression"), "{}", bad.stderr);
+    assert!(
+        bad.stderr
+            .contains("bad.yaml:5:13: `triggers.schedule`: bad cron expression"),
+        "{}",
+        bad.stderr
+    );
 }
 
 const CONTROLLED: &str = r##"
@@ -442,9 +739,13 @@ stages:
 fn operators_retry_a_failed_stage_and_stop_a_running_execution() {
     let p = Project::new(CONTROLLED);
     let engine = Engine::start(p.dir.path(), ".sluice", &[]);
-    wait_for(Duration::from_secs(30), "the control socket", || p.path(".sluice/sluice.sock").exists().then_some(()));
+    wait_for(Duration::from_secs(30), "the control socket", || {
+        p.path(".sluice/sluice.sock").exists().then_some(())
+    });
     assert_eq!(p.sluice(&["pipeline", "put", "pipeline.yaml"]).code, 0);
-    let status_of = |id: &str| -> Value { serde_json::from_str(&p.sluice(&["status", id, "--json"]).stdout).unwrap() };
+    let status_of = |id: &str| -> Value {
+        serde_json::from_str(&p.sluice(&["status", id, "--json"]).stdout).unwrap()
+    };
 
     // Attempt 1 fails (no automatic retry configured): the execution fails in Build.
     let start = p.sluice(&["start", "ctl", "--watch"]);
@@ -457,14 +758,22 @@ fn operators_retry_a_failed_stage_and_stop_a_running_execution() {
     assert_eq!(retry.code, 0, "{retry:?}");
     let running = wait_for(Duration::from_secs(30), "Deploy/Wait to run", || {
         let e = status_of(&id);
-        (status(action(&e, "Deploy/Wait")) == "InProgress" && engine.log().contains("/Deploy/Wait attempt 1")).then_some(e)
+        (status(action(&e, "Deploy/Wait")) == "InProgress"
+            && engine.log().contains("/Deploy/Wait attempt 1"))
+        .then_some(e)
     });
     assert_eq!(action(&running, "Build/Flaky")["attempt"], 2);
     assert_eq!(status(action(&running, "Build/Flaky")), "Succeeded");
     // A stage that did not fail cannot be retried.
     let refused = p.sluice(&["retry", &id, "Build"]);
     assert_eq!(refused.code, 2);
-    assert!(refused.stderr.contains("only a failed or stopped execution can be retried"), "{}", refused.stderr);
+    assert!(
+        refused
+            .stderr
+            .contains("only a failed or stopped execution can be retried"),
+        "{}",
+        refused.stderr
+    );
 
     // Stop without --abandon waits for the running action (which never ends)…
     let stop = p.sluice(&["stop", &id, "--reason", "wrong build"]);
@@ -479,27 +788,52 @@ fn operators_retry_a_failed_stage_and_stop_a_running_execution() {
     assert_eq!(status(&stopped), "Stopped");
     assert_eq!(stopped["stop_reason"], "wrong build");
     assert_eq!(status(action(&stopped, "Deploy/Wait")), "Abandoned");
-    wait_for(Duration::from_secs(10), "the engine to cancel the job", || engine.log().contains("cancelled").then_some(()));
+    wait_for(
+        Duration::from_secs(10),
+        "the engine to cancel the job",
+        || engine.log().contains("cancelled").then_some(()),
+    );
     let again = p.sluice(&["stop", &id]);
     assert_eq!(again.code, 2);
-    assert!(again.stderr.contains("the execution is Stopped"), "{}", again.stderr);
+    assert!(
+        again.stderr.contains("the execution is Stopped"),
+        "{}",
+        again.stderr
+    );
     let unknown = p.sluice(&["retry", &id, "Nope"]);
-    assert!(unknown.stderr.contains("has no stage `Nope`"), "{}", unknown.stderr);
+    assert!(
+        unknown.stderr.contains("has no stage `Nope`"),
+        "{}",
+        unknown.stderr
+    );
 }
 
 #[test]
 fn the_quickstart_runs_in_the_embedded_service_as_the_readme_shows() {
     let p = Project::copy_of("examples/quickstart");
     let _engine = Engine::start(p.dir.path(), ".sluice", &[]);
-    wait_for(Duration::from_secs(30), "the engine to answer", || (p.sluice(&["pipeline", "ls"]).code == 0).then_some(()));
+    wait_for(Duration::from_secs(30), "the engine to answer", || {
+        (p.sluice(&["pipeline", "ls"]).code == 0).then_some(())
+    });
     assert_eq!(p.sluice(&["pipeline", "put", "pipeline.yaml"]).code, 0);
     let r = p.sluice(&["start", "quickstart", "--var", "title=Hi", "--watch"]);
     assert_eq!(r.code, 0, "{r:?}");
     // Replayed and live events come in the order things happened.
     let first = r.stderr.lines().next().unwrap_or("");
-    assert!(first.contains("InProgress pipeline quickstart"), "{}", r.stderr);
-    assert!(r.stderr.find("Source/Snapshot").unwrap() < r.stderr.find("Deploy/Release").unwrap(), "{}", r.stderr);
-    assert!(p.read(".sluice/site/current/index.html").contains("<h1>Hi</h1>"));
+    assert!(
+        first.contains("InProgress pipeline quickstart"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.find("Source/Snapshot").unwrap() < r.stderr.find("Deploy/Release").unwrap(),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        p.read(".sluice/site/current/index.html")
+            .contains("<h1>Hi</h1>")
+    );
 }
 
 const EXTRA: &str = r##"
@@ -520,25 +854,48 @@ fn events_on_a_pipelines_own_nats_subjects_start_it() {
     let url = nats.url();
     let p = Project::new(EXTRA);
     let _engine = Engine::start(p.dir.path(), "engine", &["--nats", &url]);
-    wait_for(Duration::from_secs(30), "the engine to answer", || (client(&p, &url, &["pipeline", "put", "pipeline.yaml"]).code == 0).then_some(()));
-    // Plain core NATS publishes (as `nats pub` would) are captured durably; one id, one execution.
-    let runs = wait_for(Duration::from_secs(60), "an execution from acme.deploys.prod", || {
-        rt().block_on(async {
-            let nc = async_nats::connect(&url).await.unwrap();
-            nc.publish("acme.deploys.prod", r#"{"id": "deploy-1"}"#.into()).await.unwrap();
-            nc.flush().await.unwrap();
-        });
-        let r = client(&p, &url, &["executions", "extra", "--json"]);
-        let list: Vec<Value> = serde_json::from_str(&r.stdout).ok()?;
-        list.iter().any(|e| e["status"] == "Succeeded").then_some(list)
+    wait_for(Duration::from_secs(30), "the engine to answer", || {
+        (client(&p, &url, &["pipeline", "put", "pipeline.yaml"]).code == 0).then_some(())
     });
+    // Plain core NATS publishes (as `nats pub` would) are captured durably; one id, one execution.
+    let runs = wait_for(
+        Duration::from_secs(60),
+        "an execution from acme.deploys.prod",
+        || {
+            rt().block_on(async {
+                let nc = async_nats::connect(&url).await.unwrap();
+                nc.publish("acme.deploys.prod", r#"{"id": "deploy-1"}"#.into())
+                    .await
+                    .unwrap();
+                nc.flush().await.unwrap();
+            });
+            let r = client(&p, &url, &["executions", "extra", "--json"]);
+            let list: Vec<Value> = serde_json::from_str(&r.stdout).ok()?;
+            list.iter()
+                .any(|e| e["status"] == "Succeeded")
+                .then_some(list)
+        },
+    );
     std::thread::sleep(Duration::from_millis(500));
-    let list: Vec<Value> = serde_json::from_str(&client(&p, &url, &["executions", "extra", "--json"]).stdout).unwrap();
-    assert_eq!(list.len(), 1, "the same event id published repeatedly started one execution: {runs:#?}");
+    let list: Vec<Value> =
+        serde_json::from_str(&client(&p, &url, &["executions", "extra", "--json"]).stdout).unwrap();
+    assert_eq!(
+        list.len(),
+        1,
+        "the same event id published repeatedly started one execution: {runs:#?}"
+    );
     assert_eq!(list[0]["trigger"], "nats deploy-1");
     // Subjects under sluice.> are Sluice's own: refused with the position.
-    p.write("bad.yaml", &EXTRA.replace("acme.deploys.>", "sluice.default.trigger.x"));
+    p.write(
+        "bad.yaml",
+        &EXTRA.replace("acme.deploys.>", "sluice.default.trigger.x"),
+    );
     let bad = client(&p, &url, &["pipeline", "put", "bad.yaml"]);
     assert_eq!(bad.code, 2, "{bad:?}");
-    assert!(bad.stderr.contains("bad.yaml:4:10: `triggers.nats`: \"sluice.default.trigger.x\" is reserved"), "{}", bad.stderr);
+    assert!(
+        bad.stderr
+            .contains("bad.yaml:4:10: `triggers.nats`: \"sluice.default.trigger.x\" is reserved"),
+        "{}",
+        bad.stderr
+    );
 }

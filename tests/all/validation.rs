@@ -5,43 +5,154 @@ use crate::harness::*;
 const CASES: &[(&str, &str)] = &[
     ("name: x\nstages:\n  - name: [a\n", "4:1: YAML syntax error"),
     ("name: x\nstages: []\n", "2:9: `stages` is empty"),
-    ("name: bad name\nstages:\n  - { name: S, actions: [{ name: A, uses: noop@1 }] }\n", "1:7: pipeline name \"bad name\""),
-    ("name: x\nstagse: []\nstages:\n  - { name: S, actions: [{ name: A, uses: noop@1 }] }\n", "2:1: unknown key `stagse` in the pipeline; did you mean `stages`?"),
-    ("name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: noop@1, run_ordr: 2 }\n", "5:34: unknown key `run_ordr` in an action; did you mean `run_order`?"),
-    ("stages:\n  - { name: S, actions: [{ name: A, uses: noop@1 }] }\n", "1:1: the pipeline is missing required key `name`"),
-    ("name: x\nstages:\n  - name: S\n    actions:\n      - { name: A }\n", "5:11: action `A` is missing required key `uses`"),
-    ("name: x\nstages:\n  - { name: S, actions: [{ name: A, uses: noop@1 }] }\n  - { name: S, actions: [{ name: B, uses: noop@1 }] }\n", "4:7: duplicate stage name `S` (first at line 3)"),
-    ("name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: noop@1 }\n      - { name: A, uses: noop@1 }\n", "6:11: duplicate action name `A` in stage `S`"),
-    ("name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: noop@1, outputs: [o] }\n      - { name: B, uses: noop@1, outputs: [o] }\n", "6:44: artifact `o` is already produced at line 5"),
-    ("name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: noop@1, inputs: [ghost] }\n", "5:43: input artifact `ghost` is not produced by any action"),
-    ("name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: noop@1, inputs: [o] }\n      - { name: B, uses: noop@1, outputs: [o] }\n", "5:43: input artifact `o` is produced at line 6, which does not run before action `A`"),
-    ("name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: PROBE, with: { mode: \"#{variables.nope}\" } }\n", "`#{variables.nope}`: no such pipeline variable"),
-    ("name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: PROBE, with: { mode: \"#{B.X}\" } }\n      - { name: B, uses: noop@1, namespace: B }\n", "`#{B.X}` points forward"),
-    ("name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: PROBE, with: { mode: \"#{Who.X}\" } }\n", "`#{Who.X}`: no action has namespace `Who`"),
-    ("name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: PROBE, with: { mode: \"#{oops\" } }\n", "`with.mode`: unclosed `#{`"),
-    ("name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: nope@1 }\n", "5:26: `uses: nope@1`: no built-in or installed plugin `nope@1`"),
-    ("name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: ./missing.wasm }\n", "5:26: `uses: ./missing.wasm`: cannot read"),
-    ("name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: PROBE, with: { mode: ok, colour: red } }\n", "does not accept configuration key `colour`"),
-    ("name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: PROBE, with: { path: x } }\n", "5:11: action `A`: `PROBE` requires configuration key `mode`"),
-    ("name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: noop@1, timeout: forever }\n", "5:43: `timeout`: invalid duration \"forever\""),
-    ("name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: noop@1, limits: { memory: 12 bananas } }\n", "5:52: `limits.memory`: invalid size"),
-    ("name: x\nstages:\n  - { name: S, actions: [] }\n", "3:25: stage `S` has no actions"),
-    ("name: x\nvariables: { d: /tmp }\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: noop@1, capabilities: { dirs: { \"#{variables.d}\": ro } } }\n", "6:58: capabilities are static grants"),
-    ("name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: command@1, with: { run: ls } }\n", "5:11: action `A`: `command@1` runs host program `sh`; grant it with `capabilities: { process: [sh] }`"),
-    ("name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: deploy-release@1, with: { target: ./out } }\n", "5:60: action `A`: `deploy-release@1` writes to \"./out\"; grant it"),
-    ("name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: noop@1, run_order: 0 }\n", "5:45: `run_order` must be a whole number from 1 to 999"),
-    ("name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: noop@1, retry: { max_attmpts: 3 } }\n", "5:43: unknown key `max_attmpts` in `retry`; did you mean `max_attempts`?"),
-    ("name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: noop@1, retry: { max_attempts: 0 } }\n", "5:57: `retry.max_attempts` must be a number from 1 to 100"),
-    ("name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: noop@1, limits: { memory: 8GiB } }\n", "5:52: `limits.memory`: 8GiB is more than the maximum of 4GiB"),
-    ("name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: PROBE, namespace: A, outputs: [o], with: { mode: ok } }\n      - { name: B, uses: source-dir@1, run_order: 2, outputs: [p], with: { path: \"#{A.Value}\" } }\n", "6:82: `with.path` names a directory the action is granted, so it cannot come from another action's output"),
-    ("name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: ./broken.wasm }\n", "5:26: `uses: ./broken.wasm`: compile component: failed to parse WebAssembly"),
-    ("name: x\nexecution_mode: fifo\nstages:\n  - { name: S, actions: [{ name: A, uses: noop@1 }] }\n", "2:17: `execution_mode` must be one of superseded, queued, parallel, got \"fifo\""),
-    ("name: x\nstages:\n  - name: S\n    on_failure: { result: ROLLBACK }\n    actions: [{ name: A, uses: noop@1 }]\n", "3:5: stage `S`: the first stage cannot be rolled back"),
-    ("name: x\nstages:\n  - { name: S, actions: [{ name: A, uses: noop@1 }] }\n  - name: T\n    before_entry: { result: RETRY }\n    actions: [{ name: A, uses: noop@1 }]\n", "5:29: `before_entry.result` must be FAIL or SKIP, got \"RETRY\""),
-    ("name: x\nstages:\n  - { name: S, actions: [{ name: A, uses: noop@1 }] }\n  - name: T\n    before_entry:\n      result: SKIP\n      rules:\n        - { rule: variable-chek, input: x, operator: equals, value: y }\n    actions: [{ name: A, uses: noop@1 }]\n", "8:13: unknown rule `variable-chek`: the rules are variable-check, deployment-window, or a custom rule component"),
-    ("name: x\nstages:\n  - { name: S, actions: [{ name: A, uses: noop@1 }] }\n  - name: T\n    before_entry:\n      result: SKIP\n      rules:\n        - { rule: variable-check, input: x, operator: like, value: y }\n    actions: [{ name: A, uses: noop@1 }]\n", "8:55: `operator` must be one of equals, not-equals, matches"),
-    ("name: x\nstages:\n  - { name: S, actions: [{ name: A, uses: noop@1 }] }\n  - name: T\n    on_success:\n      result: FAIL\n      rules:\n        - { rule: deployment-window, cron: \"* 25 * * *\" }\n    actions: [{ name: A, uses: noop@1 }]\n", "8:44: bad cron expression \"* 25 * * *\""),
-    ("name: x\nstages:\n  - { name: S, actions: [{ name: A, uses: noop@1 }] }\n  - name: T\n    on_success:\n      result: FAIL\n      rules:\n        - { rule: variable-check, input: x, operator: matches, value: \"(\" }\n    actions: [{ name: A, uses: noop@1 }]\n", "8:71: `value` is not a regular expression: unclosed group"),
+    (
+        "name: bad name\nstages:\n  - { name: S, actions: [{ name: A, uses: noop@1 }] }\n",
+        "1:7: pipeline name \"bad name\"",
+    ),
+    (
+        "name: x\nstagse: []\nstages:\n  - { name: S, actions: [{ name: A, uses: noop@1 }] }\n",
+        "2:1: unknown key `stagse` in the pipeline; did you mean `stages`?",
+    ),
+    (
+        "name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: noop@1, run_ordr: 2 }\n",
+        "5:34: unknown key `run_ordr` in an action; did you mean `run_order`?",
+    ),
+    (
+        "stages:\n  - { name: S, actions: [{ name: A, uses: noop@1 }] }\n",
+        "1:1: the pipeline is missing required key `name`",
+    ),
+    (
+        "name: x\nstages:\n  - name: S\n    actions:\n      - { name: A }\n",
+        "5:11: action `A` is missing required key `uses`",
+    ),
+    (
+        "name: x\nstages:\n  - { name: S, actions: [{ name: A, uses: noop@1 }] }\n  - { name: S, actions: [{ name: B, uses: noop@1 }] }\n",
+        "4:7: duplicate stage name `S` (first at line 3)",
+    ),
+    (
+        "name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: noop@1 }\n      - { name: A, uses: noop@1 }\n",
+        "6:11: duplicate action name `A` in stage `S`",
+    ),
+    (
+        "name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: noop@1, outputs: [o] }\n      - { name: B, uses: noop@1, outputs: [o] }\n",
+        "6:44: artifact `o` is already produced at line 5",
+    ),
+    (
+        "name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: noop@1, inputs: [ghost] }\n",
+        "5:43: input artifact `ghost` is not produced by any action",
+    ),
+    (
+        "name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: noop@1, inputs: [o] }\n      - { name: B, uses: noop@1, outputs: [o] }\n",
+        "5:43: input artifact `o` is produced at line 6, which does not run before action `A`",
+    ),
+    (
+        "name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: PROBE, with: { mode: \"#{variables.nope}\" } }\n",
+        "`#{variables.nope}`: no such pipeline variable",
+    ),
+    (
+        "name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: PROBE, with: { mode: \"#{B.X}\" } }\n      - { name: B, uses: noop@1, namespace: B }\n",
+        "`#{B.X}` points forward",
+    ),
+    (
+        "name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: PROBE, with: { mode: \"#{Who.X}\" } }\n",
+        "`#{Who.X}`: no action has namespace `Who`",
+    ),
+    (
+        "name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: PROBE, with: { mode: \"#{oops\" } }\n",
+        "`with.mode`: unclosed `#{`",
+    ),
+    (
+        "name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: nope@1 }\n",
+        "5:26: `uses: nope@1`: no built-in or installed plugin `nope@1`",
+    ),
+    (
+        "name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: ./missing.wasm }\n",
+        "5:26: `uses: ./missing.wasm`: cannot read",
+    ),
+    (
+        "name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: PROBE, with: { mode: ok, colour: red } }\n",
+        "does not accept configuration key `colour`",
+    ),
+    (
+        "name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: PROBE, with: { path: x } }\n",
+        "5:11: action `A`: `PROBE` requires configuration key `mode`",
+    ),
+    (
+        "name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: noop@1, timeout: forever }\n",
+        "5:43: `timeout`: invalid duration \"forever\"",
+    ),
+    (
+        "name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: noop@1, limits: { memory: 12 bananas } }\n",
+        "5:52: `limits.memory`: invalid size",
+    ),
+    (
+        "name: x\nstages:\n  - { name: S, actions: [] }\n",
+        "3:25: stage `S` has no actions",
+    ),
+    (
+        "name: x\nvariables: { d: /tmp }\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: noop@1, capabilities: { dirs: { \"#{variables.d}\": ro } } }\n",
+        "6:58: capabilities are static grants",
+    ),
+    (
+        "name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: command@1, with: { run: ls } }\n",
+        "5:11: action `A`: `command@1` runs host program `sh`; grant it with `capabilities: { process: [sh] }`",
+    ),
+    (
+        "name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: deploy-release@1, with: { target: ./out } }\n",
+        "5:60: action `A`: `deploy-release@1` writes to \"./out\"; grant it",
+    ),
+    (
+        "name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: noop@1, run_order: 0 }\n",
+        "5:45: `run_order` must be a whole number from 1 to 999",
+    ),
+    (
+        "name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: noop@1, retry: { max_attmpts: 3 } }\n",
+        "5:43: unknown key `max_attmpts` in `retry`; did you mean `max_attempts`?",
+    ),
+    (
+        "name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: noop@1, retry: { max_attempts: 0 } }\n",
+        "5:57: `retry.max_attempts` must be a number from 1 to 100",
+    ),
+    (
+        "name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: noop@1, limits: { memory: 8GiB } }\n",
+        "5:52: `limits.memory`: 8GiB is more than the maximum of 4GiB",
+    ),
+    (
+        "name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: PROBE, namespace: A, outputs: [o], with: { mode: ok } }\n      - { name: B, uses: source-dir@1, run_order: 2, outputs: [p], with: { path: \"#{A.Value}\" } }\n",
+        "6:82: `with.path` names a directory the action is granted, so it cannot come from another action's output",
+    ),
+    (
+        "name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: ./broken.wasm }\n",
+        "5:26: `uses: ./broken.wasm`: compile component: failed to parse WebAssembly",
+    ),
+    (
+        "name: x\nexecution_mode: fifo\nstages:\n  - { name: S, actions: [{ name: A, uses: noop@1 }] }\n",
+        "2:17: `execution_mode` must be one of superseded, queued, parallel, got \"fifo\"",
+    ),
+    (
+        "name: x\nstages:\n  - name: S\n    on_failure: { result: ROLLBACK }\n    actions: [{ name: A, uses: noop@1 }]\n",
+        "3:5: stage `S`: the first stage cannot be rolled back",
+    ),
+    (
+        "name: x\nstages:\n  - { name: S, actions: [{ name: A, uses: noop@1 }] }\n  - name: T\n    before_entry: { result: RETRY }\n    actions: [{ name: A, uses: noop@1 }]\n",
+        "5:29: `before_entry.result` must be FAIL or SKIP, got \"RETRY\"",
+    ),
+    (
+        "name: x\nstages:\n  - { name: S, actions: [{ name: A, uses: noop@1 }] }\n  - name: T\n    before_entry:\n      result: SKIP\n      rules:\n        - { rule: variable-chek, input: x, operator: equals, value: y }\n    actions: [{ name: A, uses: noop@1 }]\n",
+        "8:13: unknown rule `variable-chek`: the rules are variable-check, deployment-window, or a custom rule component",
+    ),
+    (
+        "name: x\nstages:\n  - { name: S, actions: [{ name: A, uses: noop@1 }] }\n  - name: T\n    before_entry:\n      result: SKIP\n      rules:\n        - { rule: variable-check, input: x, operator: like, value: y }\n    actions: [{ name: A, uses: noop@1 }]\n",
+        "8:55: `operator` must be one of equals, not-equals, matches",
+    ),
+    (
+        "name: x\nstages:\n  - { name: S, actions: [{ name: A, uses: noop@1 }] }\n  - name: T\n    on_success:\n      result: FAIL\n      rules:\n        - { rule: deployment-window, cron: \"* 25 * * *\" }\n    actions: [{ name: A, uses: noop@1 }]\n",
+        "8:44: bad cron expression \"* 25 * * *\"",
+    ),
+    (
+        "name: x\nstages:\n  - { name: S, actions: [{ name: A, uses: noop@1 }] }\n  - name: T\n    on_success:\n      result: FAIL\n      rules:\n        - { rule: variable-check, input: x, operator: matches, value: \"(\" }\n    actions: [{ name: A, uses: noop@1 }]\n",
+        "8:71: `value` is not a regular expression: unclosed group",
+    ),
 ];
 
 #[test]
@@ -50,10 +161,22 @@ fn each_problem_is_reported_with_file_line_and_column() {
         let p = Project::new(yaml);
         p.write("broken.wasm", "\0asm this is not a component");
         let run = p.sluice(&["validate", "pipeline.yaml"]);
-        assert_eq!(run.code, 2, "expected a validation failure for:\n{yaml}\n{}", run.stderr);
+        assert_eq!(
+            run.code, 2,
+            "expected a validation failure for:\n{yaml}\n{}",
+            run.stderr
+        );
         let expected = expected.replace("PROBE", PROBE);
-        let wanted = if expected.chars().next().unwrap().is_ascii_digit() { format!("pipeline.yaml:{expected}") } else { expected.clone() };
-        assert!(run.stderr.contains(&wanted), "expected {wanted:?} for:\n{yaml}\ngot:\n{}", run.stderr);
+        let wanted = if expected.chars().next().unwrap().is_ascii_digit() {
+            format!("pipeline.yaml:{expected}")
+        } else {
+            expected.clone()
+        };
+        assert!(
+            run.stderr.contains(&wanted),
+            "expected {wanted:?} for:\n{yaml}\ngot:\n{}",
+            run.stderr
+        );
     }
 }
 
@@ -64,12 +187,20 @@ fn all_problems_are_reported_at_once_and_run_refuses_to_start() {
     );
     let run = p.sluice(&["validate", "pipeline.yaml"]);
     assert_eq!(run.code, 2);
-    let problems: Vec<&str> = run.stderr.lines().filter(|l| l.starts_with("pipeline.yaml:")).collect();
+    let problems: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("pipeline.yaml:"))
+        .collect();
     assert_eq!(problems.len(), 4, "{}", run.stderr);
     assert!(run.stderr.contains("4 problems found"));
     let r = p.sluice(&["run", "pipeline.yaml"]);
     assert_eq!(r.code, 2);
-    assert_eq!(p.sluice(&["history"]).stdout.trim(), "no executions yet", "nothing was recorded");
+    assert_eq!(
+        p.sluice(&["history"]).stdout.trim(),
+        "no executions yet",
+        "nothing was recorded"
+    );
 }
 
 #[test]
@@ -80,9 +211,21 @@ fn unknown_variable_override_is_rejected_and_valid_pipelines_pass() {
     assert!(ok.stdout.contains("ok (3 stages, 4 actions)"));
     let bad = p.sluice(&["validate", "pipeline.yaml", "--var", "titel=x"]);
     assert_eq!(bad.code, 2);
-    assert!(bad.stderr.contains("--var titel: the pipeline declares no variable `titel`"));
+    assert!(
+        bad.stderr
+            .contains("--var titel: the pipeline declares no variable `titel`")
+    );
     // A target outside the granted directory is caught before anything runs.
-    let outside = p.sluice(&["validate", "pipeline.yaml", "--var", "target=/tmp/elsewhere"]);
+    let outside = p.sluice(&[
+        "validate",
+        "pipeline.yaml",
+        "--var",
+        "target=/tmp/elsewhere",
+    ]);
     assert_eq!(outside.code, 2);
-    assert!(outside.stderr.contains("writes to \"/tmp/elsewhere\""), "{}", outside.stderr);
+    assert!(
+        outside.stderr.contains("writes to \"/tmp/elsewhere\""),
+        "{}",
+        outside.stderr
+    );
 }

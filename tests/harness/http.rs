@@ -43,7 +43,10 @@ impl HttpServer {
                     continue;
                 }
                 let mut parts = line.split_whitespace();
-                let (method, path) = (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string());
+                let (method, path) = (
+                    parts.next().unwrap_or("").to_string(),
+                    parts.next().unwrap_or("").to_string(),
+                );
                 let mut headers = HashMap::new();
                 loop {
                     let mut h = String::new();
@@ -56,20 +59,34 @@ impl HttpServer {
                         headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
                     }
                 }
-                let len: usize = headers.get("content-length").and_then(|l| l.parse().ok()).unwrap_or(0);
+                let len: usize = headers
+                    .get("content-length")
+                    .and_then(|l| l.parse().ok())
+                    .unwrap_or(0);
                 let mut body = vec![0; len];
                 reader.read_exact(&mut body).unwrap_or(());
                 let (status, answer) = {
                     let mut r = shared.lock().unwrap();
-                    r.received.push(Received { method: method.clone(), path: path.clone(), headers, body });
-                    let scripted = r.statuses.get_mut(&path).map(|s| if s.len() > 1 { s.remove(0) } else { s[0] });
+                    r.received.push(Received {
+                        method: method.clone(),
+                        path: path.clone(),
+                        headers,
+                        body,
+                    });
+                    let scripted = r
+                        .statuses
+                        .get_mut(&path)
+                        .map(|s| if s.len() > 1 { s.remove(0) } else { s[0] });
                     match (scripted, method.as_str(), r.files.get(&path)) {
                         (Some(s), _, _) => (s, format!("status {s}").into_bytes()),
                         (None, "GET", Some(f)) => (200, f.clone()),
                         _ => (404, b"not found".to_vec()),
                     }
                 };
-                let head = format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", answer.len());
+                let head = format!(
+                    "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    answer.len()
+                );
                 let _ = stream.write_all(head.as_bytes());
                 let _ = stream.write_all(&answer);
             }
@@ -83,16 +100,31 @@ impl HttpServer {
 
     /// Serve `body` at GET `path`.
     pub fn file(&self, path: &str, body: Vec<u8>) {
-        self.routes.lock().unwrap().files.insert(path.to_string(), body);
+        self.routes
+            .lock()
+            .unwrap()
+            .files
+            .insert(path.to_string(), body);
     }
 
     /// Answer requests to `path` with these statuses in turn (the last repeats).
     pub fn statuses(&self, path: &str, statuses: &[u16]) {
-        self.routes.lock().unwrap().statuses.insert(path.to_string(), statuses.to_vec());
+        self.routes
+            .lock()
+            .unwrap()
+            .statuses
+            .insert(path.to_string(), statuses.to_vec());
     }
 
     /// Requests received so far for `path`.
     pub fn received(&self, path: &str) -> Vec<Received> {
-        self.routes.lock().unwrap().received.iter().filter(|r| r.path == path).cloned().collect()
+        self.routes
+            .lock()
+            .unwrap()
+            .received
+            .iter()
+            .filter(|r| r.path == path)
+            .cloned()
+            .collect()
     }
 }

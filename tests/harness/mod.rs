@@ -9,7 +9,10 @@ include!(concat!(env!("OUT_DIR"), "/test_guests.rs"));
 
 /// The repository root.
 pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// The result of one `sluice` invocation.
@@ -23,7 +26,12 @@ pub struct Run {
 impl Run {
     /// The execution record printed by `--json`.
     pub fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr))
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
+                self.stdout, self.stderr
+            )
+        })
     }
 }
 
@@ -35,15 +43,24 @@ pub struct Project {
 impl Project {
     /// A project whose `pipeline.yaml` is `yaml`, with `PROBE` replaced by the probe plugin's path.
     pub fn new(yaml: &str) -> Self {
-        let p = Project { dir: tempfile::tempdir().unwrap() };
+        let p = Project {
+            dir: tempfile::tempdir().unwrap(),
+        };
         p.write("pipeline.yaml", &yaml.replace("PROBE", PROBE));
         p
     }
 
     /// A copy of a directory of the repository (modes kept).
     pub fn copy_of(rel: &str) -> Self {
-        let p = Project { dir: tempfile::tempdir().unwrap() };
-        let status = Command::new("cp").arg("-a").arg(format!("{}/.", repo().join(rel).display())).arg(p.dir.path()).status().unwrap();
+        let p = Project {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg(format!("{}/.", repo().join(rel).display()))
+            .arg(p.dir.path())
+            .status()
+            .unwrap();
         assert!(status.success());
         let _ = std::fs::remove_dir_all(p.path(".sluice"));
         p
@@ -90,7 +107,11 @@ pub fn sluice_in(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
         .envs(env.iter().copied())
         .output()
         .expect("run sluice");
-    Run { code: out.status.code().unwrap_or(-1), stdout: String::from_utf8_lossy(&out.stdout).into(), stderr: String::from_utf8_lossy(&out.stderr).into() }
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into(),
+        stderr: String::from_utf8_lossy(&out.stderr).into(),
+    }
 }
 
 /// The action `STAGE/ACTION` of an execution record.
@@ -101,13 +122,27 @@ pub fn action<'a>(exec: &'a Value, path: &str) -> &'a Value {
         .unwrap()
         .iter()
         .find(|s| s["name"] == stage)
-        .and_then(|s| s["actions"].as_array().unwrap().iter().find(|a| a["name"] == action))
+        .and_then(|s| {
+            s["actions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|a| a["name"] == action)
+        })
         .unwrap_or_else(|| panic!("no action {path} in {exec:#}"))
 }
 
 /// The status of stage `name`.
 pub fn stage_status(exec: &Value, name: &str) -> String {
-    exec["stages"].as_array().unwrap().iter().find(|s| s["name"] == name).unwrap()["status"].as_str().unwrap().to_string()
+    exec["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap()["status"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 pub fn status(v: &Value) -> &str {

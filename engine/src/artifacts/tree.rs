@@ -49,14 +49,18 @@ impl Entry {
     /// The entry's name.
     pub fn name(&self) -> &str {
         match self {
-            Entry::File { name, .. } | Entry::Dir { name, .. } | Entry::Symlink { name, .. } => name,
+            Entry::File { name, .. } | Entry::Dir { name, .. } | Entry::Symlink { name, .. } => {
+                name
+            }
         }
     }
 }
 
 fn check_name(name: &str) -> Result<(), StoreError> {
     if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
-        return Err(StoreError::Invalid(format!("unsafe entry name {name:?} in artifact")));
+        return Err(StoreError::Invalid(format!(
+            "unsafe entry name {name:?} in artifact"
+        )));
     }
     Ok(())
 }
@@ -113,32 +117,48 @@ pub fn put_tree(store: &dyn BlobStore, root: &Path) -> Result<(Digest, TreeStats
 }
 
 /// [`put_tree`] with a choice of [`Transfer`].
-pub fn put_tree_with(store: &dyn BlobStore, root: &Path, transfer: Transfer) -> Result<(Digest, TreeStats), StoreError> {
+pub fn put_tree_with(
+    store: &dyn BlobStore,
+    root: &Path,
+    transfer: Transfer,
+) -> Result<(Digest, TreeStats), StoreError> {
     // The root itself must be a directory, not a link to one (`ln -s ~ out/site`).
     let meta = fs::symlink_metadata(root).map_err(io(format!("stat {}", root.display())))?;
     if !meta.is_dir() {
-        return Err(StoreError::Invalid(format!("{} must be a directory, not a symlink or a file", root.display())));
+        return Err(StoreError::Invalid(format!(
+            "{} must be a directory, not a symlink or a file",
+            root.display()
+        )));
     }
     let mut stats = TreeStats::default();
     let d = put_dir(store, root, Path::new(""), transfer, &mut stats)?;
     Ok((d, stats))
 }
 
-fn put_dir(store: &dyn BlobStore, root: &Path, rel: &Path, transfer: Transfer, stats: &mut TreeStats) -> Result<Digest, StoreError> {
+fn put_dir(
+    store: &dyn BlobStore,
+    root: &Path,
+    rel: &Path,
+    transfer: Transfer,
+    stats: &mut TreeStats,
+) -> Result<Digest, StoreError> {
     let dir = root.join(rel);
     let mut entries = Vec::new();
     for item in fs::read_dir(&dir).map_err(io(format!("list {}", dir.display())))? {
         let item = item.map_err(io(format!("list {}", dir.display())))?;
-        let name = item
-            .file_name()
-            .into_string()
-            .map_err(|n| StoreError::Invalid(format!("{}: file names must be UTF-8", rel.join(n).display())))?;
+        let name = item.file_name().into_string().map_err(|n| {
+            StoreError::Invalid(format!(
+                "{}: file names must be UTF-8",
+                rel.join(n).display()
+            ))
+        })?;
         check_name(&name)?;
         let path = item.path();
         let meta = fs::symlink_metadata(&path).map_err(io(format!("stat {}", path.display())))?;
         let shown = rel.join(&name);
         if meta.is_symlink() {
-            let target = fs::read_link(&path).map_err(io(format!("readlink {}", path.display())))?;
+            let target =
+                fs::read_link(&path).map_err(io(format!("readlink {}", path.display())))?;
             if !link_stays_inside(rel, &target) {
                 return Err(StoreError::Invalid(format!(
                     "symlink {} -> {} leads outside the artifact; only relative links inside it are kept",
@@ -146,10 +166,15 @@ fn put_dir(store: &dyn BlobStore, root: &Path, rel: &Path, transfer: Transfer, s
                     target.display()
                 )));
             }
-            let target = target.into_os_string().into_string().map_err(|_| StoreError::Invalid(format!("{}: link target must be UTF-8", shown.display())))?;
+            let target = target.into_os_string().into_string().map_err(|_| {
+                StoreError::Invalid(format!("{}: link target must be UTF-8", shown.display()))
+            })?;
             entries.push(Entry::Symlink { name, target });
         } else if meta.is_dir() {
-            entries.push(Entry::Dir { digest: put_dir(store, root, &shown, transfer, stats)?, name });
+            entries.push(Entry::Dir {
+                digest: put_dir(store, root, &shown, transfer, stats)?,
+                name,
+            });
         } else if meta.is_file() {
             use std::os::unix::fs::PermissionsExt;
             let digest = match transfer {
@@ -158,20 +183,32 @@ fn put_dir(store: &dyn BlobStore, root: &Path, rel: &Path, transfer: Transfer, s
             };
             stats.files += 1;
             stats.bytes += meta.len();
-            entries.push(Entry::File { name, digest, size: meta.len(), executable: meta.permissions().mode() & 0o100 != 0 });
+            entries.push(Entry::File {
+                name,
+                digest,
+                size: meta.len(),
+                executable: meta.permissions().mode() & 0o100 != 0,
+            });
         } else {
-            return Err(StoreError::Invalid(format!("{} is not a regular file, directory or symlink", shown.display())));
+            return Err(StoreError::Invalid(format!(
+                "{} is not a regular file, directory or symlink",
+                shown.display()
+            )));
         }
     }
     entries.sort_by(|a, b| a.name().cmp(b.name()));
-    let tree = Tree { sluice_tree: 1, entries };
+    let tree = Tree {
+        sluice_tree: 1,
+        entries,
+    };
     store.put_bytes(&serde_json::to_vec(&tree).expect("trees serialise"))
 }
 
 /// Read and check one tree.
 pub fn get_tree(store: &dyn BlobStore, digest: &Digest) -> Result<Tree, StoreError> {
     let bytes = store.get_bytes(digest)?;
-    let tree: Tree = serde_json::from_slice(&bytes).map_err(|e| StoreError::Invalid(format!("{digest} is not a tree: {e}")))?;
+    let tree: Tree = serde_json::from_slice(&bytes)
+        .map_err(|e| StoreError::Invalid(format!("{digest} is not a tree: {e}")))?;
     for e in &tree.entries {
         check_name(e.name())?;
     }
@@ -179,24 +216,45 @@ pub fn get_tree(store: &dyn BlobStore, digest: &Digest) -> Result<Tree, StoreErr
 }
 
 /// Write the artifact `digest` into `dest` (created), verifying every blob.
-pub fn materialize(store: &dyn BlobStore, digest: &Digest, dest: &Path) -> Result<TreeStats, StoreError> {
+pub fn materialize(
+    store: &dyn BlobStore,
+    digest: &Digest,
+    dest: &Path,
+) -> Result<TreeStats, StoreError> {
     materialize_with(store, digest, dest, Transfer::Copy)
 }
 
 /// [`materialize`] with a choice of [`Transfer`]. Shared files are read-only; executable
 /// files are always copied (their mode cannot be shared with the blob's).
-pub fn materialize_with(store: &dyn BlobStore, digest: &Digest, dest: &Path, transfer: Transfer) -> Result<TreeStats, StoreError> {
+pub fn materialize_with(
+    store: &dyn BlobStore,
+    digest: &Digest,
+    dest: &Path,
+    transfer: Transfer,
+) -> Result<TreeStats, StoreError> {
     let mut stats = TreeStats::default();
     materialize_dir(store, digest, dest, Path::new(""), transfer, &mut stats)?;
     Ok(stats)
 }
 
-fn materialize_dir(store: &dyn BlobStore, digest: &Digest, root: &Path, rel: &Path, transfer: Transfer, stats: &mut TreeStats) -> Result<(), StoreError> {
+fn materialize_dir(
+    store: &dyn BlobStore,
+    digest: &Digest,
+    root: &Path,
+    rel: &Path,
+    transfer: Transfer,
+    stats: &mut TreeStats,
+) -> Result<(), StoreError> {
     let dir = root.join(rel);
     fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
     for entry in get_tree(store, digest)?.entries {
         match entry {
-            Entry::File { name, digest, size, executable } => {
+            Entry::File {
+                name,
+                digest,
+                size,
+                executable,
+            } => {
                 use std::os::unix::fs::PermissionsExt;
                 let path = dir.join(&name);
                 if transfer == Transfer::Share && !executable {
@@ -204,17 +262,24 @@ fn materialize_dir(store: &dyn BlobStore, digest: &Digest, root: &Path, rel: &Pa
                 } else {
                     store.get_to_file(&digest, &path)?;
                     let mode = if executable { 0o755 } else { 0o644 };
-                    fs::set_permissions(&path, fs::Permissions::from_mode(mode)).map_err(io(format!("chmod {}", path.display())))?;
+                    fs::set_permissions(&path, fs::Permissions::from_mode(mode))
+                        .map_err(io(format!("chmod {}", path.display())))?;
                 }
                 stats.files += 1;
                 stats.bytes += size;
             }
-            Entry::Dir { name, digest } => materialize_dir(store, &digest, root, &rel.join(name), transfer, stats)?,
+            Entry::Dir { name, digest } => {
+                materialize_dir(store, &digest, root, &rel.join(name), transfer, stats)?
+            }
             Entry::Symlink { name, target } => {
                 if !link_stays_inside(rel, Path::new(&target)) {
-                    return Err(StoreError::Invalid(format!("symlink {} -> {target} leads outside the artifact", rel.join(&name).display())));
+                    return Err(StoreError::Invalid(format!(
+                        "symlink {} -> {target} leads outside the artifact",
+                        rel.join(&name).display()
+                    )));
                 }
-                std::os::unix::fs::symlink(&target, dir.join(&name)).map_err(io(format!("symlink {}", rel.join(&name).display())))?;
+                std::os::unix::fs::symlink(&target, dir.join(&name))
+                    .map_err(io(format!("symlink {}", rel.join(&name).display())))?;
             }
         }
     }
@@ -228,7 +293,12 @@ pub fn list(store: &dyn BlobStore, digest: &Digest) -> Result<Vec<(PathBuf, Entr
     Ok(out)
 }
 
-fn list_into(store: &dyn BlobStore, digest: &Digest, rel: &Path, out: &mut Vec<(PathBuf, Entry)>) -> Result<(), StoreError> {
+fn list_into(
+    store: &dyn BlobStore,
+    digest: &Digest,
+    rel: &Path,
+    out: &mut Vec<(PathBuf, Entry)>,
+) -> Result<(), StoreError> {
     for entry in get_tree(store, digest)?.entries {
         let path = rel.join(entry.name());
         if let Entry::Dir { digest, .. } = &entry {

@@ -24,7 +24,10 @@ stages:
 
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).ok_or_else(|| anyhow::anyhow!("no VmRSS"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .ok_or_else(|| anyhow::anyhow!("no VmRSS"))?;
     Ok(line.split_whitespace().nth(1).unwrap_or("0").parse()?)
 }
 
@@ -46,15 +49,30 @@ async fn answering(dir: &Path) -> anyhow::Result<Client> {
                 return Ok(c);
             }
         }
-        anyhow::ensure!(Instant::now() < deadline, "the engine did not answer within 60 s");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the engine did not answer within 60 s"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 async fn waiting(client: &Client, limit: usize) -> anyhow::Result<usize> {
-    let v = client.call(&Request::Executions { pipeline: Some("gated".into()), status: Some(Status::InProgress), limit: Some(limit) }).await?;
+    let v = client
+        .call(&Request::Executions {
+            pipeline: Some("gated".into()),
+            status: Some(Status::InProgress),
+            limit: Some(limit),
+        })
+        .await?;
     // Executions whose gate has run and now waits (not merely started).
-    Ok(v.as_array().map(|a| a.iter().filter(|e| e["waiting"].as_array().is_some_and(|w| !w.is_empty())).count()).unwrap_or(0))
+    Ok(v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|e| e["waiting"].as_array().is_some_and(|w| !w.is_empty()))
+                .count()
+        })
+        .unwrap_or(0))
 }
 
 async fn start_many(dir: &Path, n: usize) -> anyhow::Result<Vec<String>> {
@@ -67,7 +85,14 @@ async fn start_many(dir: &Path, n: usize) -> anyhow::Result<Vec<String>> {
             let data = dir.join("data");
             tasks.spawn(async move {
                 let c = Client::connect(None, &data, "default").await?;
-                let v = c.call(&Request::Start { pipeline: "gated".into(), variables: Default::default(), event_id: None, started_by: Some("bench".into()) }).await?;
+                let v = c
+                    .call(&Request::Start {
+                        pipeline: "gated".into(),
+                        variables: Default::default(),
+                        event_id: None,
+                        started_by: Some("bench".into()),
+                    })
+                    .await?;
                 anyhow::Ok(v["execution_id"].as_str().unwrap_or_default().to_string())
             });
         }
@@ -85,7 +110,13 @@ pub async fn run(n: usize) -> anyhow::Result<()> {
     std::fs::write(dir.join("gated.yaml"), PIPELINE)?;
     let mut engine = spawn(dir)?;
     let client = answering(dir).await?;
-    let put = client.call(&Request::PipelinePut { file: "gated.yaml".into(), dir: dir.to_path_buf(), yaml: PIPELINE.into() }).await;
+    let put = client
+        .call(&Request::PipelinePut {
+            file: "gated.yaml".into(),
+            dir: dir.to_path_buf(),
+            yaml: PIPELINE.into(),
+        })
+        .await;
     anyhow::ensure!(put.is_ok(), "register: {put:?}");
     // Warm up (compile the plugins, fill caches), then take the baseline.
     let warm = start_many(dir, 20).await?;
@@ -103,7 +134,9 @@ pub async fn run(n: usize) -> anyhow::Result<()> {
     let started_in = t.elapsed();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = rss_kib(engine.id())?;
-    let db = std::fs::metadata(dir.join("data/service.redb")).map(|m| m.len()).unwrap_or(0);
+    let db = std::fs::metadata(dir.join("data/service.redb"))
+        .map(|m| m.len())
+        .unwrap_or(0);
 
     // Restart: kill -9, start again; everything still waits.
     engine.kill()?;
@@ -115,13 +148,31 @@ pub async fn run(n: usize) -> anyhow::Result<()> {
     // Approve one: it completes.
     let id = ids.last().cloned().unwrap_or_default();
     let t = Instant::now();
-    client.call(&Request::Approve { execution_id: id.clone(), action: "Production/Gate".into(), approved: true, by: "bench-approver".into(), summary: None, token: None }).await?;
+    client
+        .call(&Request::Approve {
+            execution_id: id.clone(),
+            action: "Production/Gate".into(),
+            approved: true,
+            by: "bench-approver".into(),
+            summary: None,
+            token: None,
+        })
+        .await?;
     let done = loop {
-        let e: Execution = serde_json::from_value(client.call(&Request::Status { execution_id: id.clone() }).await?)?;
+        let e: Execution = serde_json::from_value(
+            client
+                .call(&Request::Status {
+                    execution_id: id.clone(),
+                })
+                .await?,
+        )?;
         if e.status.is_terminal() {
             break e;
         }
-        anyhow::ensure!(t.elapsed() < Duration::from_secs(60), "the approved execution did not finish");
+        anyhow::ensure!(
+            t.elapsed() < Duration::from_secs(60),
+            "the approved execution did not finish"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let approved_in = t.elapsed();
@@ -132,15 +183,47 @@ pub async fn run(n: usize) -> anyhow::Result<()> {
     println!("## Waiting costs nothing ({n} executions at an approval, embedded `sluice serve`)\n");
     println!("| measure | value | |");
     println!("|---|---|---|");
-    println!("| engine RSS, idle with {} waiting (baseline) | {:.1} MiB | |", warm.len(), before as f64 / 1024.0);
-    println!("| engine RSS with {total} waiting | {:.1} MiB | |", after as f64 / 1024.0);
-    println!("| growth | {:.1} MiB ({:.2} KiB per execution) | target ≤ 50 MiB, ≤ 4 KiB each |", growth as f64 / 1024.0, growth as f64 / n as f64);
-    println!("| store on disk (service.redb) | {:.1} MiB | |", db as f64 / (1 << 20) as f64);
-    println!("| starting them (through the trigger path) | {:.1} s ({:.0}/s) | |", started_in.as_secs_f64(), n as f64 / started_in.as_secs_f64());
+    println!(
+        "| engine RSS, idle with {} waiting (baseline) | {:.1} MiB | |",
+        warm.len(),
+        before as f64 / 1024.0
+    );
+    println!(
+        "| engine RSS with {total} waiting | {:.1} MiB | |",
+        after as f64 / 1024.0
+    );
+    println!(
+        "| growth | {:.1} MiB ({:.2} KiB per execution) | target ≤ 50 MiB, ≤ 4 KiB each |",
+        growth as f64 / 1024.0,
+        growth as f64 / n as f64
+    );
+    println!(
+        "| store on disk (service.redb) | {:.1} MiB | |",
+        db as f64 / (1 << 20) as f64
+    );
+    println!(
+        "| starting them (through the trigger path) | {:.1} s ({:.0}/s) | |",
+        started_in.as_secs_f64(),
+        n as f64 / started_in.as_secs_f64()
+    );
     println!("| after kill -9 and restart: still waiting | {still} of {total} | |");
-    println!("| engine RSS after restart | {:.1} MiB | |", restarted_rss as f64 / 1024.0);
-    println!("| approve one → its execution {} | {:.0} ms | |", done.status, approved_in.as_secs_f64() * 1e3);
+    println!(
+        "| engine RSS after restart | {:.1} MiB | |",
+        restarted_rss as f64 / 1024.0
+    );
+    println!(
+        "| approve one → its execution {} | {:.0} ms | |",
+        done.status,
+        approved_in.as_secs_f64() * 1e3
+    );
     let ok = growth <= 50 * 1024 && still == total && done.status == Status::Succeeded;
-    println!("\n{}", if ok { "targets met" } else { "SOME TARGETS MISSED" });
+    println!(
+        "\n{}",
+        if ok {
+            "targets met"
+        } else {
+            "SOME TARGETS MISSED"
+        }
+    );
     Ok(())
 }

@@ -59,7 +59,9 @@ fn us(d: Duration) -> String {
 /// Run the benchmarks and print a Markdown report.
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if cfg!(debug_assertions) {
-        eprintln!("warning: this is a debug build; run `cargo run --release -- bench` for real figures");
+        eprintln!(
+            "warning: this is a debug build; run `cargo run --release -- bench` for real figures"
+        );
     }
     if let Some(n) = args.approvals {
         approvals::run(n).await?;
@@ -73,8 +75,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         Some(d) => tempfile::tempdir_in(d)?,
         None => tempfile::tempdir()?,
     };
-    let engine = Engine::embedded(&tmp.path().join("data"), Arc::new(MemoryBus::default()), LogStore::new(tmp.path().join("data/logs")))?;
-    let noop = engine.registry.resolve("noop@1", tmp.path()).await.map_err(anyhow::Error::msg)?;
+    let engine = Engine::embedded(
+        &tmp.path().join("data"),
+        Arc::new(MemoryBus::default()),
+        LogStore::new(tmp.path().join("data/logs")),
+    )?;
+    let noop = engine
+        .registry
+        .resolve("noop@1", tmp.path())
+        .await
+        .map_err(anyhow::Error::msg)?;
     let digest: crate::artifacts::Digest = noop.digest.parse().map_err(anyhow::Error::msg)?;
     let runtime = engine.registry.runtime().clone();
 
@@ -97,7 +107,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let _ = run_pipeline(&engine, &seq).await?;
     let per_round = (args.iterations / ROUNDS).max(1);
     let forks = (per_round / 4).max(10);
-    let [mut bare, mut sandboxed, mut per_action, mut per_action_par, mut per_action_one, mut fork] = [Duration::MAX; 6];
+    let [
+        mut bare,
+        mut sandboxed,
+        mut per_action,
+        mut per_action_par,
+        mut per_action_one,
+        mut fork,
+    ] = [Duration::MAX; 6];
     for round in 0..ROUNDS {
         // (a) bare instantiate + call.
         let t = Instant::now();
@@ -119,8 +136,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         for turn in 0..3 {
             match (round + turn) % 3 {
                 0 => per_action = per_action.min(per(run_pipeline(&engine, &seq).await?, n)),
-                1 => per_action_par = per_action_par.min(per(run_pipeline(&engine, &par).await?, n)),
-                _ => per_action_one = per_action_one.min(per(run_pipeline(&engine, &one).await?, n)),
+                1 => {
+                    per_action_par = per_action_par.min(per(run_pipeline(&engine, &par).await?, n))
+                }
+                _ => {
+                    per_action_one = per_action_one.min(per(run_pipeline(&engine, &one).await?, n))
+                }
             }
         }
         // (c) fork/exec.
@@ -133,16 +154,41 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
 
     let b_over_a = per_action.as_secs_f64() / bare.as_secs_f64();
     let c_over_b = fork.as_secs_f64() / per_action.as_secs_f64();
-    println!("## Action overhead ({n} no-op actions; best of {ROUNDS} rounds of {per_round} calls, {forks} forks, one run of each pipeline)\n");
+    println!(
+        "## Action overhead ({n} no-op actions; best of {ROUNDS} rounds of {per_round} calls, {forks} forks, one run of each pipeline)\n"
+    );
     println!("| measure | per call | |");
     println!("|---|---|---|");
-    println!("| (a) bare wasmtime InstancePre instantiate + call | {} | baseline |", us(bare));
-    println!("| (a2) one job in the engine's sandbox, no scheduler | {} | {:.2}× (a) |", us(sandboxed), sandboxed.as_secs_f64() / bare.as_secs_f64());
+    println!(
+        "| (a) bare wasmtime InstancePre instantiate + call | {} | baseline |",
+        us(bare)
+    );
+    println!(
+        "| (a2) one job in the engine's sandbox, no scheduler | {} | {:.2}× (a) |",
+        us(sandboxed),
+        sandboxed.as_secs_f64() / bare.as_secs_f64()
+    );
     let stages = n.div_ceil(STAGE_LIMIT);
-    println!("| (b) engine, {n} actions one after another in {stages} stages, per action | {} | {:.2}× (a) — target ≤ 2× |", us(per_action), b_over_a);
-    println!("| (b') engine, the same in parallel groups of up to {STAGE_LIMIT}, per action | {} | {:.2}× (a) |", us(per_action_par), per_action_par.as_secs_f64() / bare.as_secs_f64());
-    println!("| (b'') engine, {n} actions one after another in one stage, per action | {} | {:.2}× (a) |", us(per_action_one), per_action_one.as_secs_f64() / bare.as_secs_f64());
-    println!("| (c) fork/exec `/bin/true` | {} | {:.1}× (b) — target ≥ 20× |", us(fork), c_over_b);
+    println!(
+        "| (b) engine, {n} actions one after another in {stages} stages, per action | {} | {:.2}× (a) — target ≤ 2× |",
+        us(per_action),
+        b_over_a
+    );
+    println!(
+        "| (b') engine, the same in parallel groups of up to {STAGE_LIMIT}, per action | {} | {:.2}× (a) |",
+        us(per_action_par),
+        per_action_par.as_secs_f64() / bare.as_secs_f64()
+    );
+    println!(
+        "| (b'') engine, {n} actions one after another in one stage, per action | {} | {:.2}× (a) |",
+        us(per_action_one),
+        per_action_one.as_secs_f64() / bare.as_secs_f64()
+    );
+    println!(
+        "| (c) fork/exec `/bin/true` | {} | {:.1}× (b) — target ≥ 20× |",
+        us(fork),
+        c_over_b
+    );
     let mut ok = b_over_a <= 2.0 && c_over_b >= 20.0;
 
     if let Some(path) = &args.component {
@@ -151,8 +197,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if args.artifact_mib > 0 {
         ok &= artifacts(tmp.path(), args.artifact_mib)?;
     }
-    println!("\n{}", if ok { "all targets met" } else { "SOME TARGETS MISSED" });
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    println!(
+        "\n{}",
+        if ok {
+            "all targets met"
+        } else {
+            "SOME TARGETS MISSED"
+        }
+    );
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// A job for the no-op plugin, as the scheduler would build it.
@@ -182,10 +239,16 @@ fn noop_job(plugin: crate::artifacts::Digest, dir: &Path) -> crate::executor::jo
     }
 }
 
-async fn sandboxed_call(cx: &crate::executor::job::JobContext, job: &crate::executor::job::JobSpec) -> anyhow::Result<()> {
+async fn sandboxed_call(
+    cx: &crate::executor::job::JobContext,
+    job: &crate::executor::job::JobSpec,
+) -> anyhow::Result<()> {
     let (result, leftover) = crate::executor::job::execute(cx, job).await;
     leftover.release(cx);
-    anyhow::ensure!(matches!(result, crate::scheduler::ActionResult::Succeeded { .. }), "the no-op job failed: {result:?}");
+    anyhow::ensure!(
+        matches!(result, crate::scheduler::ActionResult::Succeeded { .. }),
+        "the no-op job failed: {result:?}"
+    );
     Ok(())
 }
 
@@ -197,14 +260,23 @@ const STAGE_LIMIT: usize = 50;
 
 /// A pipeline of `n` no-op actions in stages of `per_stage`, each stage's actions one after
 /// another (`sequential`) or all in one group.
-fn pipeline_file(dir: &Path, name: &str, n: usize, per_stage: usize, sequential: bool) -> anyhow::Result<std::path::PathBuf> {
+fn pipeline_file(
+    dir: &Path,
+    name: &str,
+    n: usize,
+    per_stage: usize,
+    sequential: bool,
+) -> anyhow::Result<std::path::PathBuf> {
     let mut yaml = format!("name: bench-{name}\nstages:\n");
     for i in 0..n {
         if i % per_stage == 0 {
             yaml.push_str(&format!("  - name: S{}\n    actions:\n", i / per_stage + 1));
         }
         let order = if sequential { i % per_stage + 1 } else { 1 };
-        yaml.push_str(&format!("      - {{ name: A{}, uses: noop@1, run_order: {order} }}\n", i + 1));
+        yaml.push_str(&format!(
+            "      - {{ name: A{}, uses: noop@1, run_order: {order} }}\n",
+            i + 1
+        ));
     }
     let path = dir.join(format!("{name}.yaml"));
     std::fs::write(&path, yaml)?;
@@ -214,11 +286,19 @@ fn pipeline_file(dir: &Path, name: &str, n: usize, per_stage: usize, sequential:
 /// Validate and run a pipeline; returns the time from start to the recorded end.
 async fn run_pipeline(engine: &Engine, file: &Path) -> anyhow::Result<Duration> {
     let (pipeline, problems) = load_pipeline(file).map_err(|d| anyhow::anyhow!("{d}"))?;
-    let plugins = engine.check(&pipeline, problems, &BTreeMap::new()).await.map_err(|d| anyhow::anyhow!("{d}"))?;
+    let plugins = engine
+        .check(&pipeline, problems, &BTreeMap::new())
+        .await
+        .map_err(|d| anyhow::anyhow!("{d}"))?;
     let t = Instant::now();
-    let exec = engine.run(Arc::new(pipeline), &plugins, &BTreeMap::new()).await?;
+    let exec = engine
+        .run(Arc::new(pipeline), &plugins, &BTreeMap::new())
+        .await?;
     let took = t.elapsed();
-    anyhow::ensure!(exec.status == crate::scheduler::Status::Succeeded, "benchmark pipeline failed");
+    anyhow::ensure!(
+        exec.status == crate::scheduler::Status::Succeeded,
+        "benchmark pipeline failed"
+    );
     Ok(took)
 }
 
@@ -253,7 +333,14 @@ fn artifacts(dir: &Path, mib: u64) -> anyhow::Result<bool> {
     let bytes = (mib << 20) as f64;
     let gibs = |d: Duration| bytes / d.as_secs_f64() / (1u64 << 30) as f64;
     let b3 = best_of(3, || {
-        let out = std::process::Command::new("b3sum").arg(&file).output().map_err(|e| anyhow::anyhow!("b3sum: {e} (install it: apt-get install b3sum, or cargo install b3sum)"))?;
+        let out = std::process::Command::new("b3sum")
+            .arg(&file)
+            .output()
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "b3sum: {e} (install it: apt-get install b3sum, or cargo install b3sum)"
+                )
+            })?;
         anyhow::ensure!(out.status.success(), "b3sum failed");
         Ok(())
     })?;
@@ -297,11 +384,35 @@ fn artifacts(dir: &Path, mib: u64) -> anyhow::Result<bool> {
     println!("\n## Artifact store ({mib} MiB file)\n");
     println!("| measure | time | throughput | vs b3sum |");
     println!("|---|---|---|---|");
-    println!("| `b3sum FILE` | {:.0} ms | {:.2} GiB/s | baseline |", b3.as_secs_f64() * 1e3, gibs(b3));
-    println!("| put, engine path (action output: hash in place, move in) | {:.0} ms | {:.2} GiB/s | {:.2}× — target ≥ 0.7× |", put_move.as_secs_f64() * 1e3, gibs(put_move), ratio(put_move));
-    println!("| verified get, engine path (read-only input: verify, hard link) | {:.0} ms | {:.2} GiB/s | {:.2}× — target ≥ 0.7× |", get_link.as_secs_f64() * 1e3, gibs(get_link), ratio(get_link));
-    println!("| put, copy (caller keeps the file) | {:.0} ms | {:.2} GiB/s | {:.2}× |", put_copy.as_secs_f64() * 1e3, gibs(put_copy), ratio(put_copy));
-    println!("| verified get, copy (writable input of a process-granted action) | {:.0} ms | {:.2} GiB/s | {:.2}× |", get_copy.as_secs_f64() * 1e3, gibs(get_copy), ratio(get_copy));
+    println!(
+        "| `b3sum FILE` | {:.0} ms | {:.2} GiB/s | baseline |",
+        b3.as_secs_f64() * 1e3,
+        gibs(b3)
+    );
+    println!(
+        "| put, engine path (action output: hash in place, move in) | {:.0} ms | {:.2} GiB/s | {:.2}× — target ≥ 0.7× |",
+        put_move.as_secs_f64() * 1e3,
+        gibs(put_move),
+        ratio(put_move)
+    );
+    println!(
+        "| verified get, engine path (read-only input: verify, hard link) | {:.0} ms | {:.2} GiB/s | {:.2}× — target ≥ 0.7× |",
+        get_link.as_secs_f64() * 1e3,
+        gibs(get_link),
+        ratio(get_link)
+    );
+    println!(
+        "| put, copy (caller keeps the file) | {:.0} ms | {:.2} GiB/s | {:.2}× |",
+        put_copy.as_secs_f64() * 1e3,
+        gibs(put_copy),
+        ratio(put_copy)
+    );
+    println!(
+        "| verified get, copy (writable input of a process-granted action) | {:.0} ms | {:.2} GiB/s | {:.2}× |",
+        get_copy.as_secs_f64() * 1e3,
+        gibs(get_copy),
+        ratio(get_copy)
+    );
     let (put_ratio, get_ratio) = (ratio(put_move), ratio(get_link));
     Ok(put_ratio >= 0.7 && get_ratio >= 0.7)
 }
@@ -312,14 +423,18 @@ async fn compile_cache(dir: &Path, component: &Path, bare: Duration) -> anyhow::
     use crate::runtime::{Runtime, RuntimeConfig};
     let bytes = std::fs::read(component)?;
     let cache = dir.join("compile-cache");
-    let cold_rt = Runtime::new(RuntimeConfig { cache_dir: Some(cache.clone()) })?;
+    let cold_rt = Runtime::new(RuntimeConfig {
+        cache_dir: Some(cache.clone()),
+    })?;
     let t = Instant::now();
     let digest = cold_rt.load(&bytes)?;
     let cold = t.elapsed();
     let mut cached = Duration::MAX;
     for _ in 0..3 {
         // A fresh runtime each time: nothing in memory, only the cache on disk.
-        let rt = Runtime::new(RuntimeConfig { cache_dir: Some(cache.clone()) })?;
+        let rt = Runtime::new(RuntimeConfig {
+            cache_dir: Some(cache.clone()),
+        })?;
         let t = Instant::now();
         rt.load(&bytes)?;
         cached = cached.min(t.elapsed());
@@ -334,11 +449,27 @@ async fn compile_cache(dir: &Path, component: &Path, bare: Duration) -> anyhow::
     }
     let per_call = per(t.elapsed(), calls);
     let ratio = cached.as_secs_f64() / cold.as_secs_f64();
-    println!("\n## Compile cache: {} ({:.1} MiB)\n", component.display(), bytes.len() as f64 / (1 << 20) as f64);
+    println!(
+        "\n## Compile cache: {} ({:.1} MiB)\n",
+        component.display(),
+        bytes.len() as f64 / (1 << 20) as f64
+    );
     println!("| measure | time | |");
     println!("|---|---|---|");
-    println!("| cold: compile with cranelift, write the cache | {:.0} ms | baseline |", cold.as_secs_f64() * 1e3);
-    println!("| cached: load from the cache (mmap) | {:.2} ms | {:.2}% of cold — target ≤ 1% |", cached.as_secs_f64() * 1e3, ratio * 100.0);
-    println!("| instantiate + call, this component | {} | {:.1}× the Rust no-op's {} |", us(per_call), per_call.as_secs_f64() / bare.as_secs_f64(), us(bare));
+    println!(
+        "| cold: compile with cranelift, write the cache | {:.0} ms | baseline |",
+        cold.as_secs_f64() * 1e3
+    );
+    println!(
+        "| cached: load from the cache (mmap) | {:.2} ms | {:.2}% of cold — target ≤ 1% |",
+        cached.as_secs_f64() * 1e3,
+        ratio * 100.0
+    );
+    println!(
+        "| instantiate + call, this component | {} | {:.1}× the Rust no-op's {} |",
+        us(per_call),
+        per_call.as_secs_f64() / bare.as_secs_f64(),
+        us(bare)
+    );
     Ok(ratio <= 0.01)
 }

@@ -39,9 +39,24 @@ fn ms(d: Duration) -> String {
 
 /// An engine on its own connection (returned too: its message counts are the benchmark's
 /// noise-free measure of the service's round trips).
-async fn engine(url: &str, dir: &std::path::Path, name: &str, workers: usize) -> anyhow::Result<(Arc<Service>, async_nats::Client)> {
-    let (service, client) = crate::service::wiring::nats(url, &dir.join(name), crate::nats::Timing { ack_wait: Duration::from_secs(30) }).await?;
-    tokio::spawn(crate::service::wiring::serve_nats_api(service.clone(), client.clone()));
+async fn engine(
+    url: &str,
+    dir: &std::path::Path,
+    name: &str,
+    workers: usize,
+) -> anyhow::Result<(Arc<Service>, async_nats::Client)> {
+    let (service, client) = crate::service::wiring::nats(
+        url,
+        &dir.join(name),
+        crate::nats::Timing {
+            ack_wait: Duration::from_secs(30),
+        },
+    )
+    .await?;
+    tokio::spawn(crate::service::wiring::serve_nats_api(
+        service.clone(),
+        client.clone(),
+    ));
     tokio::spawn(service.clone().run(workers));
     Ok((service, client))
 }
@@ -49,24 +64,48 @@ async fn engine(url: &str, dir: &std::path::Path, name: &str, workers: usize) ->
 /// Messages an engine's connection has (sent, received).
 fn message_counts(client: &async_nats::Client) -> (u64, u64) {
     let s = client.statistics();
-    (s.out_messages.load(std::sync::atomic::Ordering::Relaxed), s.in_messages.load(std::sync::atomic::Ordering::Relaxed))
+    (
+        s.out_messages.load(std::sync::atomic::Ordering::Relaxed),
+        s.in_messages.load(std::sync::atomic::Ordering::Relaxed),
+    )
 }
 
 /// Publish `n` trigger events and wait until each has a terminal pipeline event.
-async fn burst(client: &async_nats::Client, js: &async_nats::jetstream::Context, prefix: &str, n: usize) -> anyhow::Result<Duration> {
-    let mut events = client.subscribe("sluice.default.events.pipeline.bench").await?;
+async fn burst(
+    client: &async_nats::Client,
+    js: &async_nats::jetstream::Context,
+    prefix: &str,
+    n: usize,
+) -> anyhow::Result<Duration> {
+    let mut events = client
+        .subscribe("sluice.default.events.pipeline.bench")
+        .await?;
     let t = Instant::now();
     for i in 0..n {
         let id = format!("{prefix}-{i}");
         let body = serde_json::json!({ "id": id }).to_string();
-        js.send_publish("sluice.default.trigger.bench", async_nats::jetstream::message::PublishMessage::build().message_id(&id).payload(body.into())).await?.await?;
+        js.send_publish(
+            "sluice.default.trigger.bench",
+            async_nats::jetstream::message::PublishMessage::build()
+                .message_id(&id)
+                .payload(body.into()),
+        )
+        .await?
+        .await?;
     }
     let mut done = HashSet::new();
     while done.len() < n {
-        let m = tokio::time::timeout(Duration::from_secs(120), events.next()).await?.ok_or_else(|| anyhow::anyhow!("events closed"))?;
+        let m = tokio::time::timeout(Duration::from_secs(120), events.next())
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("events closed"))?;
         let e: Event = serde_json::from_slice(&m.payload)?;
         if e.kind == Kind::Pipeline && e.status.is_terminal() {
-            anyhow::ensure!(e.status == Status::Succeeded, "execution {} {}", e.execution_id, e.status);
+            anyhow::ensure!(
+                e.status == Status::Succeeded,
+                "execution {} {}",
+                e.execution_id,
+                e.status
+            );
             done.insert(e.execution_id);
         }
     }
@@ -82,16 +121,30 @@ pub async fn run(url: &str, samples: usize, burst_size: usize) -> anyhow::Result
     // (floor) publish → consume round trip.
     let _ = js.delete_stream("SLUICE_BENCH_RTT").await;
     let stream = js
-        .create_stream(async_nats::jetstream::stream::Config { name: "SLUICE_BENCH_RTT".into(), subjects: vec!["sluice-bench.rtt".into()], ..Default::default() })
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "SLUICE_BENCH_RTT".into(),
+            subjects: vec!["sluice-bench.rtt".into()],
+            ..Default::default()
+        })
         .await?;
-    let consumer: async_nats::jetstream::consumer::PullConsumer =
-        stream.create_consumer(async_nats::jetstream::consumer::pull::Config { durable_name: Some("rtt".into()), ..Default::default() }).await?;
+    let consumer: async_nats::jetstream::consumer::PullConsumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some("rtt".into()),
+            ..Default::default()
+        })
+        .await?;
     let mut messages = consumer.messages().await?;
     let mut floor = Vec::new();
     for i in 0..samples + 20 {
         let t = Instant::now();
-        js.publish("sluice-bench.rtt", format!("{i}").into()).await?.await?;
-        let m = messages.next().await.ok_or_else(|| anyhow::anyhow!("no message"))?.map_err(|e| anyhow::anyhow!("{e}"))?;
+        js.publish("sluice-bench.rtt", format!("{i}").into())
+            .await?
+            .await?;
+        let m = messages
+            .next()
+            .await
+            .ok_or_else(|| anyhow::anyhow!("no message"))?
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
         if i >= 20 {
             floor.push(t.elapsed());
@@ -104,7 +157,16 @@ pub async fn run(url: &str, samples: usize, burst_size: usize) -> anyhow::Result
     // One engine; register the pipeline.
     let (first, first_client) = engine(url, tmp.path(), "engine-1", 8).await?;
     std::fs::write(tmp.path().join("bench.yaml"), PIPELINE)?;
-    let put = first.handle("default", Request::PipelinePut { file: "bench.yaml".into(), dir: tmp.path().to_path_buf(), yaml: PIPELINE.into() }).await;
+    let put = first
+        .handle(
+            "default",
+            Request::PipelinePut {
+                file: "bench.yaml".into(),
+                dir: tmp.path().to_path_buf(),
+                yaml: PIPELINE.into(),
+            },
+        )
+        .await;
     anyhow::ensure!(put.get("ok").is_some(), "register the pipeline: {put}");
     let run_id = ulid::Ulid::new().to_string();
 
@@ -117,7 +179,10 @@ pub async fn run(url: &str, samples: usize, burst_size: usize) -> anyhow::Result
     }
     let (sent, received) = {
         let (s, r) = message_counts(&first_client);
-        ((s - sent) as f64 / samples as f64, (r - received) as f64 / samples as f64)
+        (
+            (s - sent) as f64 / samples as f64,
+            (r - received) as f64 / samples as f64,
+        )
     };
     latency.sort();
 
@@ -127,24 +192,45 @@ pub async fn run(url: &str, samples: usize, burst_size: usize) -> anyhow::Result
     burst(&client, &js, &format!("warm2-{run_id}"), 10).await?;
     let two = burst(&client, &js, &format!("two-{run_id}"), burst_size).await?;
 
-    let (f50, f99, l50, l99) = (pct(&floor, 0.5), pct(&floor, 0.99), pct(&latency, 0.5), pct(&latency, 0.99));
+    let (f50, f99, l50, l99) = (
+        pct(&floor, 0.5),
+        pct(&floor, 0.99),
+        pct(&latency, 0.5),
+        pct(&latency, 0.99),
+    );
     let r50 = l50.as_secs_f64() / f50.as_secs_f64();
     let r99 = l99.as_secs_f64() / f99.as_secs_f64();
     println!("## Service on NATS ({samples} samples, bursts of {burst_size} executions)\n");
     println!("| measure | p50 | p99 | |");
     println!("|---|---|---|---|");
-    println!("| (floor) JetStream publish (acked) → pull consume | {} | {} | baseline |", ms(f50), ms(f99));
+    println!(
+        "| (floor) JetStream publish (acked) → pull consume | {} | {} | baseline |",
+        ms(f50),
+        ms(f99)
+    );
     println!(
         "| trigger event → pipeline succeeded event, 3 stages, 5 no-op actions | {} | {} | {r50:.1}× / {r99:.1}× the floor — target ≤ 10× / ≤ 30× |",
         ms(l50),
         ms(l99)
     );
-    println!("\nThe engine's messages to and from NATS per execution (latency runs; requests, publishes, acks, pulls, replies — not timing, so not noisy): {sent:.1} sent, {received:.1} received.");
+    println!(
+        "\nThe engine's messages to and from NATS per execution (latency runs; requests, publishes, acks, pulls, replies — not timing, so not noisy): {sent:.1} sent, {received:.1} received."
+    );
     let rate = |d: Duration| burst_size as f64 / d.as_secs_f64();
     println!("\n| throughput | executions/s |");
     println!("|---|---|");
     println!("| one engine (8 workers) | {:.0} |", rate(one));
-    println!("| two engines (8 workers each, same process and cores) | {:.0} |", rate(two));
-    println!("\n{}", if r50 <= 10.0 && r99 <= 30.0 { "latency targets met" } else { "LATENCY TARGETS MISSED" });
+    println!(
+        "| two engines (8 workers each, same process and cores) | {:.0} |",
+        rate(two)
+    );
+    println!(
+        "\n{}",
+        if r50 <= 10.0 && r99 <= 30.0 {
+            "latency targets met"
+        } else {
+            "LATENCY TARGETS MISSED"
+        }
+    );
     Ok(())
 }

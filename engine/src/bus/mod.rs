@@ -113,7 +113,10 @@ pub fn approval_event(exec: &Execution, stage: usize, action: usize) -> Option<E
             approvers: crate::scheduler::approvers(&a.config),
             external_link: a.config.get("external_link").cloned(),
             custom_data: a.config.get("custom_data").cloned(),
-            how: format!("sluice approve {} {}/{} [--summary TEXT]  (or reject)", exec.execution_id, s.name, a.name),
+            how: format!(
+                "sluice approve {} {}/{} [--summary TEXT]  (or reject)",
+                exec.execution_id, s.name, a.name
+            ),
         }),
     })
 }
@@ -142,7 +145,9 @@ pub struct MemoryBus {
 
 impl Default for MemoryBus {
     fn default() -> Self {
-        MemoryBus { tx: tokio::sync::broadcast::channel(4096).0 }
+        MemoryBus {
+            tx: tokio::sync::broadcast::channel(4096).0,
+        }
     }
 }
 
@@ -170,14 +175,35 @@ pub struct Snapshot {
 impl Snapshot {
     /// The snapshot of `exec` before it started: diffing against it replays every change.
     pub fn blank(exec: &Execution) -> Self {
-        Snapshot { status: Status::NotStarted, stages: exec.stages.iter().map(|s| (Status::NotStarted, s.actions.iter().map(|_| (Status::NotStarted, 0)).collect())).collect() }
+        Snapshot {
+            status: Status::NotStarted,
+            stages: exec
+                .stages
+                .iter()
+                .map(|s| {
+                    (
+                        Status::NotStarted,
+                        s.actions.iter().map(|_| (Status::NotStarted, 0)).collect(),
+                    )
+                })
+                .collect(),
+        }
     }
 
     /// Take a snapshot.
     pub fn of(exec: &Execution) -> Self {
         Snapshot {
             status: exec.status,
-            stages: exec.stages.iter().map(|s| (s.status, s.actions.iter().map(|a| (a.status, a.attempt)).collect())).collect(),
+            stages: exec
+                .stages
+                .iter()
+                .map(|s| {
+                    (
+                        s.status,
+                        s.actions.iter().map(|a| (a.status, a.attempt)).collect(),
+                    )
+                })
+                .collect(),
         }
     }
 }
@@ -271,9 +297,16 @@ pub(crate) mod stored_events {
 /// The events of the last recorded change alone (without the outbox's `earlier` ones).
 pub fn change_events(exec: &Execution) -> Vec<Event> {
     let outbox = &exec.outbox;
-    let Some(before) = &outbox.before else { return Vec::new() };
+    let Some(before) = &outbox.before else {
+        return Vec::new();
+    };
     let mut events = diff(before, exec);
-    events.extend(outbox.notices.iter().filter_map(|&(stage, action)| approval_event(exec, stage, action)));
+    events.extend(
+        outbox
+            .notices
+            .iter()
+            .filter_map(|&(stage, action)| approval_event(exec, stage, action)),
+    );
     for (n, e) in events.iter_mut().enumerate() {
         e.id = format!("{}.{}.{n}", exec.execution_id, outbox.change);
     }
@@ -328,22 +361,23 @@ impl Scope {
 pub fn advance_in(seen: &mut Snapshot, after: &Execution, scope: Scope) -> Vec<Event> {
     #[cfg(debug_assertions)]
     let expected = (scope != Scope::All).then(|| advance_in(&mut seen.clone(), after, Scope::All));
-    let base = |kind, stage: Option<&str>, action: Option<&str>, status, at: Option<Timestamp>| Event {
-        id: String::new(),
-        kind,
-        tenant: after.tenant.clone(),
-        pipeline: after.pipeline.clone(),
-        execution_id: after.execution_id.clone(),
-        stage: stage.map(str::to_string),
-        action: action.map(str::to_string),
-        status,
-        attempt: None,
-        at: at.unwrap_or_else(Timestamp::now),
-        duration_ms: None,
-        detail: None,
-        pipeline_version: (after.pipeline_version > 0).then_some(after.pipeline_version),
-        approval: None,
-    };
+    let base =
+        |kind, stage: Option<&str>, action: Option<&str>, status, at: Option<Timestamp>| Event {
+            id: String::new(),
+            kind,
+            tenant: after.tenant.clone(),
+            pipeline: after.pipeline.clone(),
+            execution_id: after.execution_id.clone(),
+            stage: stage.map(str::to_string),
+            action: action.map(str::to_string),
+            status,
+            attempt: None,
+            at: at.unwrap_or_else(Timestamp::now),
+            duration_ms: None,
+            detail: None,
+            pipeline_version: (after.pipeline_version > 0).then_some(after.pipeline_version),
+            approval: None,
+        };
     // Sort key: what finished first (actions before their stage), then what started
     // (pipeline, stage, its actions), and the pipeline's own end last.
     let mut out: Vec<((u8, usize, u8), Event)> = Vec::new();
@@ -352,27 +386,68 @@ pub fn advance_in(seen: &mut Snapshot, after: &Execution, scope: Scope) -> Vec<E
         _ => None,
     };
     if seen.status != after.status {
-        let mut e = base(Kind::Pipeline, None, None, after.status, after.finished_at.or(after.started_at));
+        let mut e = base(
+            Kind::Pipeline,
+            None,
+            None,
+            after.status,
+            after.finished_at.or(after.started_at),
+        );
         e.duration_ms = span(after.started_at, after.finished_at);
-        out.push((if after.status.is_terminal() { (2, 0, 0) } else { (1, 0, 0) }, e));
+        out.push((
+            if after.status.is_terminal() {
+                (2, 0, 0)
+            } else {
+                (1, 0, 0)
+            },
+            e,
+        ));
         seen.status = after.status;
     }
-    for (si, ((stage_before, actions_before), sa)) in seen.stages.iter_mut().zip(&after.stages).enumerate() {
+    for (si, ((stage_before, actions_before), sa)) in
+        seen.stages.iter_mut().zip(&after.stages).enumerate()
+    {
         if *stage_before != sa.status {
-            let mut e = base(Kind::Stage, Some(&sa.name), None, sa.status, sa.finished_at.or(sa.started_at));
+            let mut e = base(
+                Kind::Stage,
+                Some(&sa.name),
+                None,
+                sa.status,
+                sa.finished_at.or(sa.started_at),
+            );
             e.duration_ms = span(sa.started_at, sa.finished_at);
-            out.push((if sa.status.is_terminal() { (0, si, 1) } else { (1, si + 1, 0) }, e));
+            out.push((
+                if sa.status.is_terminal() {
+                    (0, si, 1)
+                } else {
+                    (1, si + 1, 0)
+                },
+                e,
+            ));
             *stage_before = sa.status;
         } else if matches!(scope, Scope::Stage(only) if only != si) {
             continue;
         }
         for ((status_before, attempt_before), aa) in actions_before.iter_mut().zip(&sa.actions) {
             if *status_before != aa.status || *attempt_before != aa.attempt {
-                let mut e = base(Kind::Action, Some(&sa.name), Some(&aa.name), aa.status, aa.finished_at.or(aa.started_at));
+                let mut e = base(
+                    Kind::Action,
+                    Some(&sa.name),
+                    Some(&aa.name),
+                    aa.status,
+                    aa.finished_at.or(aa.started_at),
+                );
                 e.attempt = Some(aa.attempt);
                 e.duration_ms = span(aa.started_at, aa.finished_at);
                 e.detail = aa.error.clone().or_else(|| aa.summary.clone());
-                out.push((if aa.status.is_terminal() { (0, si, 0) } else { (1, si + 1, 1) }, e));
+                out.push((
+                    if aa.status.is_terminal() {
+                        (0, si, 0)
+                    } else {
+                        (1, si + 1, 1)
+                    },
+                    e,
+                ));
                 (*status_before, *attempt_before) = (aa.status, aa.attempt);
             }
         }
@@ -382,8 +457,20 @@ pub fn advance_in(seen: &mut Snapshot, after: &Execution, scope: Scope) -> Vec<E
     // Every test run checks the scope's promise against the full comparison.
     #[cfg(debug_assertions)]
     if let Some(expected) = expected {
-        let key = |e: &Event| (e.kind, e.stage.clone(), e.action.clone(), e.status, e.attempt);
-        assert_eq!(events.iter().map(key).collect::<Vec<_>>(), expected.iter().map(key).collect::<Vec<_>>(), "a step in {scope:?} changed actions outside it");
+        let key = |e: &Event| {
+            (
+                e.kind,
+                e.stage.clone(),
+                e.action.clone(),
+                e.status,
+                e.attempt,
+            )
+        };
+        assert_eq!(
+            events.iter().map(key).collect::<Vec<_>>(),
+            expected.iter().map(key).collect::<Vec<_>>(),
+            "a step in {scope:?} changed actions outside it"
+        );
     }
     events
 }
@@ -421,14 +508,24 @@ mod tests {
         exec.outbox.earlier = vec![event("01X.1.0")];
         let stored = serde_json::to_value(&exec).unwrap();
         let kept = &stored["outbox"]["earlier"][0];
-        for redundant in ["tenant", "pipeline", "execution_id", "pipeline_version", "detail"] {
-            assert!(kept.get(redundant).is_none(), "{redundant} is not stored: {kept}");
+        for redundant in [
+            "tenant",
+            "pipeline",
+            "execution_id",
+            "pipeline_version",
+            "detail",
+        ] {
+            assert!(
+                kept.get(redundant).is_none(),
+                "{redundant} is not stored: {kept}"
+            );
         }
         let read: Execution = serde_json::from_value(stored).unwrap();
         assert_eq!(outbox_events(&read), vec![event("01X.1.0")]);
         // A record written before: its events stored whole.
         let mut whole = serde_json::to_value(&exec).unwrap();
-        whole["outbox"]["earlier"] = serde_json::json!([serde_json::to_value(event("01X.1.0")).unwrap()]);
+        whole["outbox"]["earlier"] =
+            serde_json::json!([serde_json::to_value(event("01X.1.0")).unwrap()]);
         let read: Execution = serde_json::from_value(whole).unwrap();
         assert_eq!(outbox_events(&read), vec![event("01X.1.0")]);
     }

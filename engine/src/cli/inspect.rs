@@ -11,12 +11,22 @@ use std::process::ExitCode;
 
 fn state(data: &Path) -> anyhow::Result<RedbStore> {
     existing_data(data)?;
-    Ok(RedbStore::open(&DataDir { root: data.to_path_buf() }.state())?)
+    Ok(RedbStore::open(
+        &DataDir {
+            root: data.to_path_buf(),
+        }
+        .state(),
+    )?)
 }
 
 fn blobs(data: &Path) -> anyhow::Result<LocalStore> {
     existing_data(data)?;
-    Ok(LocalStore::open(DataDir { root: data.to_path_buf() }.cas())?)
+    Ok(LocalStore::open(
+        DataDir {
+            root: data.to_path_buf(),
+        }
+        .cas(),
+    )?)
 }
 
 pub fn history(data: &Path, pipeline: Option<&str>, limit: usize) -> anyhow::Result<ExitCode> {
@@ -30,17 +40,30 @@ pub fn history(data: &Path, pipeline: Option<&str>, limit: usize) -> anyhow::Res
             _ => "-".into(),
         };
         let started = e.started_at.map(|t| t.to_string()).unwrap_or_default();
-        println!("{}  {:<20} {:<11} {:>8}  {started}", e.execution_id, e.pipeline, e.status.to_string(), took);
+        println!(
+            "{}  {:<20} {:<11} {:>8}  {started}",
+            e.execution_id,
+            e.pipeline,
+            e.status.to_string(),
+            took
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// The execution `id` from the local history, if it is there.
 pub fn local_execution(data: &Path, id: &str) -> anyhow::Result<Option<Execution>> {
-    if !(DataDir { root: data.to_path_buf() }).state().exists() {
+    if !(DataDir {
+        root: data.to_path_buf(),
+    })
+    .state()
+    .exists()
+    {
         return Ok(None);
     }
-    Ok(state(data)?.get(crate::executor::DEFAULT_TENANT, id)?.map(|(e, _)| e))
+    Ok(state(data)?
+        .get(crate::executor::DEFAULT_TENANT, id)?
+        .map(|(e, _)| e))
 }
 
 /// Print an execution record in full: for `sluice show`, local or from the service.
@@ -49,14 +72,50 @@ pub fn print_execution(e: &Execution, json: bool) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&e)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let version = if e.pipeline_version > 0 { format!(" v{}", e.pipeline_version) } else { String::new() };
-    println!("execution {}  pipeline {}{version}  {}  ({} mode)", e.execution_id, e.pipeline, e.status, e.mode);
+    let version = if e.pipeline_version > 0 {
+        format!(" v{}", e.pipeline_version)
+    } else {
+        String::new()
+    };
+    println!(
+        "execution {}  pipeline {}{version}  {}  ({} mode)",
+        e.execution_id, e.pipeline, e.status, e.mode
+    );
     if let Some(t) = &e.trigger {
-        let git = [t.repository.as_deref(), t.git_ref.as_deref(), t.commit.as_deref()].into_iter().flatten().collect::<Vec<_>>().join(" ");
-        println!("trigger   {} {}{}{}", t.kind, t.event_id, t.started_by.as_ref().map(|s| format!(" by {s}")).unwrap_or_default(), if git.is_empty() { String::new() } else { format!(" ({git})") });
+        let git = [
+            t.repository.as_deref(),
+            t.git_ref.as_deref(),
+            t.commit.as_deref(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(" ");
+        println!(
+            "trigger   {} {}{}{}",
+            t.kind,
+            t.event_id,
+            t.started_by
+                .as_ref()
+                .map(|s| format!(" by {s}"))
+                .unwrap_or_default(),
+            if git.is_empty() {
+                String::new()
+            } else {
+                format!(" ({git})")
+            }
+        );
     }
     if let Some(r) = &e.rollback {
-        println!("rollback  of stage {} to {}{}", r.stage, r.target, r.after.as_ref().map(|a| format!(" after {a} failed")).unwrap_or_default());
+        println!(
+            "rollback  of stage {} to {}{}",
+            r.stage,
+            r.target,
+            r.after
+                .as_ref()
+                .map(|a| format!(" after {a} failed"))
+                .unwrap_or_default()
+        );
     }
     if let Some(by) = &e.superseded_by {
         println!("superseded by {by}");
@@ -86,7 +145,10 @@ pub fn print_execution(e: &Execution, json: bool) -> anyhow::Result<ExitCode> {
                 (Some(s), Some(f)) => short_duration(f.since(s)),
                 _ => "-".into(),
             };
-            println!("  action {}  {}  attempt {}  {took}  {} ({})", a.name, a.status, a.attempt, a.plugin.reference, a.plugin.digest);
+            println!(
+                "  action {}  {}  attempt {}  {took}  {} ({})",
+                a.name, a.status, a.attempt, a.plugin.reference, a.plugin.digest
+            );
             for (k, v) in &a.config {
                 println!("    with      {k} = {v}");
             }
@@ -103,10 +165,26 @@ pub fn print_execution(e: &Execution, json: bool) -> anyhow::Result<ExitCode> {
                 println!("    summary   {s}");
             }
             if let Some(w) = &a.waiting {
-                println!("    waiting   {:?} since {}{}", w.wake, w.since, w.deadline.map(|d| format!(" until {d}")).unwrap_or_default());
+                println!(
+                    "    waiting   {:?} since {}{}",
+                    w.wake,
+                    w.since,
+                    w.deadline
+                        .map(|d| format!(" until {d}"))
+                        .unwrap_or_default()
+                );
             }
             for d in &a.decisions {
-                println!("    decision  {} by {} at {}{}", if d.approved { "approved" } else { "rejected" }, d.by, d.at, d.summary.as_ref().map(|s| format!(": {s}")).unwrap_or_default());
+                println!(
+                    "    decision  {} by {} at {}{}",
+                    if d.approved { "approved" } else { "rejected" },
+                    d.by,
+                    d.at,
+                    d.summary
+                        .as_ref()
+                        .map(|s| format!(": {s}"))
+                        .unwrap_or_default()
+                );
             }
             if let Some(err) = &a.error {
                 println!("    error     {}", err.replace('\n', "\n              "));
@@ -118,10 +196,17 @@ pub fn print_execution(e: &Execution, json: bool) -> anyhow::Result<ExitCode> {
 
 pub fn logs(data: &Path, id: &str, only: Option<&str>) -> anyhow::Result<ExitCode> {
     existing_data(data)?;
-    let store = LogStore::new(DataDir { root: data.to_path_buf() }.logs());
+    let store = LogStore::new(
+        DataDir {
+            root: data.to_path_buf(),
+        }
+        .logs(),
+    );
     let actions = match only {
         Some(sa) => {
-            let (s, a) = sa.split_once('/').context("name the action as STAGE/ACTION")?;
+            let (s, a) = sa
+                .split_once('/')
+                .context("name the action as STAGE/ACTION")?;
             vec![(s.to_string(), a.to_string())]
         }
         None => store.actions(id),
@@ -130,7 +215,9 @@ pub fn logs(data: &Path, id: &str, only: Option<&str>) -> anyhow::Result<ExitCod
         anyhow::bail!("no logs for execution {id} in {}", data.display());
     }
     for (stage, action) in actions {
-        let lines = store.read(id, &stage, &action).with_context(|| format!("no log for {stage}/{action} in execution {id}"))?;
+        let lines = store
+            .read(id, &stage, &action)
+            .with_context(|| format!("no log for {stage}/{action} in execution {id}"))?;
         for l in lines {
             print_log_line(&stage, &action, &l);
         }
@@ -141,7 +228,13 @@ pub fn logs(data: &Path, id: &str, only: Option<&str>) -> anyhow::Result<ExitCod
 /// One log line as `sluice logs` prints it.
 pub fn print_log_line(stage: &str, action: &str, l: &crate::executor::LogLine) {
     let fields: String = l.fields.iter().map(|(k, v)| format!(" {k}={v}")).collect();
-    println!("{stage}/{action} #{} {} {:>5} {}{fields}", l.attempt, l.at, format!("{:?}", l.level).to_uppercase(), l.message);
+    println!(
+        "{stage}/{action} #{} {} {:>5} {}{fields}",
+        l.attempt,
+        l.at,
+        format!("{:?}", l.level).to_uppercase(),
+        l.message
+    );
 }
 
 pub async fn describe_plugin(reference: &str, json: bool) -> anyhow::Result<ExitCode> {
@@ -149,20 +242,33 @@ pub async fn describe_plugin(reference: &str, json: bool) -> anyhow::Result<Exit
     let runtime = std::sync::Arc::new(crate::runtime::Runtime::new(Default::default())?);
     let store = std::sync::Arc::new(LocalStore::open(scratch.path())?);
     let registry = crate::plugins::Registry::new(runtime, store);
-    let plugin = registry.resolve(reference, &std::env::current_dir()?).await.map_err(anyhow::Error::msg)?;
+    let plugin = registry
+        .resolve(reference, &std::env::current_dir()?)
+        .await
+        .map_err(anyhow::Error::msg)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&*plugin)?);
         return Ok(ExitCode::SUCCESS);
     }
     let d = &plugin.description;
-    println!("{} {} ({})  {}", d.name, d.version, d.category, plugin.digest);
+    println!(
+        "{} {} ({})  {}",
+        d.name, d.version, d.category, plugin.digest
+    );
     println!("{}", d.summary);
-    println!("side effects: {}", if d.side_effects { "yes" } else { "no" });
+    println!(
+        "side effects: {}",
+        if d.side_effects { "yes" } else { "no" }
+    );
     if !d.config.is_empty() {
         println!("configuration:");
         for k in &d.config {
             let req = if k.required { "required" } else { "optional" };
-            let default = k.default_value.as_deref().map(|v| format!(" [default: {v}]")).unwrap_or_default();
+            let default = k
+                .default_value
+                .as_deref()
+                .map(|v| format!(" [default: {v}]"))
+                .unwrap_or_default();
             println!("  {:<12} {req:<8} {}{default}", k.name, k.description);
         }
     }
@@ -183,9 +289,22 @@ pub fn artifact_ls(data: &Path, digest: &str) -> anyhow::Result<ExitCode> {
     let store = blobs(data)?;
     for (path, entry) in tree::list(&store, &parse_digest(digest)?)? {
         match entry {
-            Entry::File { size, executable, digest, .. } => println!("{} {:>10}  {}  {}", if executable { "x" } else { "-" }, size, digest, path.display()),
+            Entry::File {
+                size,
+                executable,
+                digest,
+                ..
+            } => println!(
+                "{} {:>10}  {}  {}",
+                if executable { "x" } else { "-" },
+                size,
+                digest,
+                path.display()
+            ),
             Entry::Dir { .. } => println!("d {:>10}  {:<71}  {}/", "", "", path.display()),
-            Entry::Symlink { target, .. } => println!("l {:>10}  {:<71}  {} -> {target}", "", "", path.display()),
+            Entry::Symlink { target, .. } => {
+                println!("l {:>10}  {:<71}  {} -> {target}", "", "", path.display())
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -197,7 +316,12 @@ pub fn artifact_get(data: &Path, digest: &str, dest: &Path) -> anyhow::Result<Ex
         anyhow::bail!("{} exists and is not empty", dest.display());
     }
     let stats = tree::materialize(&store, &parse_digest(digest)?, dest)?;
-    println!("{} files, {} bytes, verified, written to {}", stats.files, stats.bytes, dest.display());
+    println!(
+        "{} files, {} bytes, verified, written to {}",
+        stats.files,
+        stats.bytes,
+        dest.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -205,7 +329,10 @@ pub fn artifact_verify(data: &Path, digest: &str) -> anyhow::Result<ExitCode> {
     let store = blobs(data)?;
     match tree::verify(&store, &parse_digest(digest)?) {
         Ok(stats) => {
-            println!("{digest}: ok ({} files, {} bytes)", stats.files, stats.bytes);
+            println!(
+                "{digest}: ok ({} files, {} bytes)",
+                stats.files, stats.bytes
+            );
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {

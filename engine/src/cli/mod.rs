@@ -258,7 +258,8 @@ struct DecideArgs {
 }
 
 fn parse_status(s: &str) -> Result<crate::scheduler::Status, String> {
-    serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|_| format!("unknown status {s:?} (InProgress, Succeeded, Failed, Stopped, ...)"))
+    serde_json::from_value(serde_json::Value::String(s.to_string()))
+        .map_err(|_| format!("unknown status {s:?} (InProgress, Succeeded, Failed, Stopped, ...)"))
 }
 
 #[derive(Subcommand, Debug)]
@@ -302,17 +303,25 @@ enum ArtifactCmd {
 }
 
 pub(crate) fn parse_var(s: &str) -> Result<(String, String), String> {
-    s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
 }
 
 /// Exit codes: 0 succeeded, 1 failed, 2 usage or validation error.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     match rt.block_on(dispatch(cli.command)) {
         Ok(code) => code,
         Err(e) => {
@@ -328,13 +337,25 @@ fn default_data(data: Option<PathBuf>) -> PathBuf {
 
 fn validation_failed(d: &Diagnostics) -> ExitCode {
     eprintln!("{d}");
-    eprintln!("{} problem{} found", d.items.len(), if d.items.len() == 1 { "" } else { "s" });
+    eprintln!(
+        "{} problem{} found",
+        d.items.len(),
+        if d.items.len() == 1 { "" } else { "s" }
+    );
     ExitCode::from(2)
 }
 
 async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        Cmd::Run { file, vars, data, json, verbose, approve, as_ } => {
+        Cmd::Run {
+            file,
+            vars,
+            data,
+            json,
+            verbose,
+            approve,
+            as_,
+        } => {
             let (pipeline, problems) = match load_pipeline(&file) {
                 Ok((p, problems)) => (Arc::new(p), problems),
                 Err(d) => return Ok(validation_failed(&d)),
@@ -344,27 +365,40 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             let bus = Arc::new(MemoryBus::default());
             let (live_tx, live_rx) = tokio::sync::mpsc::unbounded_channel();
             let logs = LogStore::new(data.join("logs"));
-            let logs = if verbose { logs.with_live(live_tx) } else { logs };
+            let logs = if verbose {
+                logs.with_live(live_tx)
+            } else {
+                logs
+            };
             let engine = Engine::embedded(&data, bus.clone(), logs)?;
             let plugins = match engine.check(&pipeline, problems, &overrides).await {
                 Ok(p) => p,
                 Err(d) => return Ok(validation_failed(&d)),
             };
-            let style = progress::Style { color: std::io::stderr().is_terminal() && !json, to_stderr: json };
+            let style = progress::Style {
+                color: std::io::stderr().is_terminal() && !json,
+                to_stderr: json,
+            };
             let printer = progress::spawn(bus.subscribe(), verbose.then_some(live_rx), style);
             let approvals = crate::executor::LocalApprovals {
                 pre_approved: approve,
                 interactive: std::io::stdin().is_terminal() && std::io::stderr().is_terminal(),
                 identity: crate::identity::resolve(as_.as_deref()),
             };
-            let exec = engine.run_with(pipeline.clone(), &plugins, &overrides, approvals).await?;
+            let exec = engine
+                .run_with(pipeline.clone(), &plugins, &overrides, approvals)
+                .await?;
             drop(engine);
             let _ = printer.await;
             progress::summary(&exec, &LogStore::new(data.join("logs")), style);
             if json {
                 println!("{}", serde_json::to_string_pretty(&exec)?);
             }
-            Ok(if crate::executor::succeeded(exec.status) { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if crate::executor::succeeded(exec.status) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Cmd::Validate { file, vars } => {
             let (pipeline, problems) = match load_pipeline(&file) {
@@ -372,19 +406,42 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
                 Err(d) => return Ok(validation_failed(&d)),
             };
             let scratch = tempfile::tempdir()?;
-            let engine = Engine::embedded(scratch.path(), Arc::new(MemoryBus::default()), LogStore::new(scratch.path().join("logs")))?;
-            match engine.check(&pipeline, problems, &vars.into_iter().collect()).await {
+            let engine = Engine::embedded(
+                scratch.path(),
+                Arc::new(MemoryBus::default()),
+                LogStore::new(scratch.path().join("logs")),
+            )?;
+            match engine
+                .check(&pipeline, problems, &vars.into_iter().collect())
+                .await
+            {
                 Ok(_) => {
                     let actions = pipeline.actions().count();
-                    println!("{}: ok ({} stages, {actions} actions)", file.display(), pipeline.stages.len());
+                    println!(
+                        "{}: ok ({} stages, {actions} actions)",
+                        file.display(),
+                        pipeline.stages.len()
+                    );
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(d) => Ok(validation_failed(&d)),
             }
         }
-        Cmd::History { pipeline, limit, data } => inspect::history(&default_data(data), pipeline.as_deref(), limit),
-        Cmd::Show { execution_id, json, target } => service::show(execution_id, json, target).await,
-        Cmd::Logs { execution_id, action, target } => service::logs(execution_id, action, target).await,
+        Cmd::History {
+            pipeline,
+            limit,
+            data,
+        } => inspect::history(&default_data(data), pipeline.as_deref(), limit),
+        Cmd::Show {
+            execution_id,
+            json,
+            target,
+        } => service::show(execution_id, json, target).await,
+        Cmd::Logs {
+            execution_id,
+            action,
+            target,
+        } => service::logs(execution_id, action, target).await,
         Cmd::Plugin { command } => match command {
             PluginCmd::Describe { plugin, json } => inspect::describe_plugin(&plugin, json).await,
             PluginCmd::Test(args) => plugin_test::run(args).await,
@@ -408,30 +465,110 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Serve(args) => service::serve(args).await,
         Cmd::Pipeline { command, target } => service::pipeline(command, target).await,
         Cmd::Function { command, target } => service::function(command, target).await,
-        Cmd::Start { pipeline, vars, event_id, watch, target } => service::start(pipeline, vars, event_id, watch, target).await,
-        Cmd::Stop { execution_id, abandon, reason, target } => service::control(crate::service::api::Request::Stop { execution_id, abandon, reason }, target).await,
+        Cmd::Start {
+            pipeline,
+            vars,
+            event_id,
+            watch,
+            target,
+        } => service::start(pipeline, vars, event_id, watch, target).await,
+        Cmd::Stop {
+            execution_id,
+            abandon,
+            reason,
+            target,
+        } => {
+            service::control(
+                crate::service::api::Request::Stop {
+                    execution_id,
+                    abandon,
+                    reason,
+                },
+                target,
+            )
+            .await
+        }
         Cmd::Approve(a) => decide(a, true).await,
         Cmd::Reject(a) => decide(a, false).await,
-        Cmd::Wake { execution_id, action, payload, target } => service::control(crate::service::api::Request::Wake { execution_id, action, payload }, target).await,
-        Cmd::Retry { execution_id, stage, all, target } => service::control(crate::service::api::Request::Retry { execution_id, stage, all }, target).await,
-        Cmd::Rollback { pipeline, stage, to, watch, target } => service::rollback(pipeline, stage, to, watch, target).await,
+        Cmd::Wake {
+            execution_id,
+            action,
+            payload,
+            target,
+        } => {
+            service::control(
+                crate::service::api::Request::Wake {
+                    execution_id,
+                    action,
+                    payload,
+                },
+                target,
+            )
+            .await
+        }
+        Cmd::Retry {
+            execution_id,
+            stage,
+            all,
+            target,
+        } => {
+            service::control(
+                crate::service::api::Request::Retry {
+                    execution_id,
+                    stage,
+                    all,
+                },
+                target,
+            )
+            .await
+        }
+        Cmd::Rollback {
+            pipeline,
+            stage,
+            to,
+            watch,
+            target,
+        } => service::rollback(pipeline, stage, to, watch, target).await,
         Cmd::Transition { command, target } => service::transition(command, target).await,
-        Cmd::Status { execution_id, json, target } => service::status(execution_id, json, target).await,
-        Cmd::Watch { execution_id, target } => service::watch(execution_id, target).await,
-        Cmd::Executions { pipeline, status, limit, json, target } => service::executions(pipeline, status, limit, json, target).await,
+        Cmd::Status {
+            execution_id,
+            json,
+            target,
+        } => service::status(execution_id, json, target).await,
+        Cmd::Watch {
+            execution_id,
+            target,
+        } => service::watch(execution_id, target).await,
+        Cmd::Executions {
+            pipeline,
+            status,
+            limit,
+            json,
+            target,
+        } => service::executions(pipeline, status, limit, json, target).await,
     }
 }
 
 async fn decide(a: DecideArgs, approved: bool) -> anyhow::Result<ExitCode> {
     let by = crate::identity::resolve(a.as_.as_deref());
-    let request = crate::service::api::Request::Approve { execution_id: a.execution_id, action: a.action, approved, by, summary: a.summary, token: a.token };
+    let request = crate::service::api::Request::Approve {
+        execution_id: a.execution_id,
+        action: a.action,
+        approved,
+        by,
+        summary: a.summary,
+        token: a.token,
+    };
     service::control(request, a.target).await
 }
 
 /// The data dir must exist for read-only commands; say so clearly instead of creating one.
 fn existing_data(data: &Path) -> anyhow::Result<()> {
     if !data.is_dir() {
-        anyhow::bail!("no Sluice data directory at {} (run a pipeline first, or pass --data DIR)", data.display());
+        anyhow::bail!(
+            "no Sluice data directory at {} (run a pipeline first, or pass --data DIR)",
+            data.display()
+        );
     }
     Ok(())
 }

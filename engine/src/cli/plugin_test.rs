@@ -43,13 +43,28 @@ pub struct TestArgs {
 pub async fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
     let cwd = std::env::current_dir()?;
     let scratch = tempfile::tempdir()?;
-    let engine = Engine::embedded(scratch.path(), Arc::new(MemoryBus::default()), LogStore::new(scratch.path().join("logs")))?;
-    let plugin = engine.registry.resolve(&args.plugin, &cwd).await.map_err(anyhow::Error::msg)?;
+    let engine = Engine::embedded(
+        scratch.path(),
+        Arc::new(MemoryBus::default()),
+        LogStore::new(scratch.path().join("logs")),
+    )?;
+    let plugin = engine
+        .registry
+        .resolve(&args.plugin, &cwd)
+        .await
+        .map_err(anyhow::Error::msg)?;
     let d = &plugin.description;
     let config: BTreeMap<String, String> = args.config.into_iter().collect();
-    let mut problems: Vec<String> = validate::unknown_config_keys(&args.plugin, d, config.keys().map(String::as_str)).into_iter().map(|(_, m)| m).collect();
-    problems.extend(validate::missing_config_keys(&args.plugin, d, |k| config.contains_key(k)));
-    let (mut programs, mut dirs, mut http, mut nats) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut problems: Vec<String> =
+        validate::unknown_config_keys(&args.plugin, d, config.keys().map(String::as_str))
+            .into_iter()
+            .map(|(_, m)| m)
+            .collect();
+    problems.extend(validate::missing_config_keys(&args.plugin, d, |k| {
+        config.contains_key(k)
+    }));
+    let (mut programs, mut dirs, mut http, mut nats) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for g in &args.grants {
         match g.split_once('=') {
             Some(("process", p)) => programs.push(p.to_string()),
@@ -69,12 +84,16 @@ pub async fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
                 Ok(()) => nats.push(subject.to_string()),
                 Err(e) => problems.push(format!("--grant {g}: {e}")),
             },
-            _ => problems.push(format!("--grant {g}: expected process=PROGRAM, dir=PATH:ro|rw, http=ORIGIN or nats=SUBJECT")),
+            _ => problems.push(format!(
+                "--grant {g}: expected process=PROGRAM, dir=PATH:ro|rw, http=ORIGIN or nats=SUBJECT"
+            )),
         }
     }
     for cap in &d.capabilities {
         match cap {
-            Capability::Process(p) if !programs.contains(p) => problems.push(format!("`{}` runs `{p}`: add --grant process={p}", d.name)),
+            Capability::Process(p) if !programs.contains(p) => {
+                problems.push(format!("`{}` runs `{p}`: add --grant process={p}", d.name))
+            }
             Capability::ReadConfigPath(key) => {
                 if let Some(v) = config.get(key) {
                     dirs.push((normalize(&cwd.join(v)), Access::Ro));
@@ -91,8 +110,12 @@ pub async fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
     }
     let mut inputs = BTreeMap::new();
     for (name, dir) in &args.inputs {
-        let (digest, stats) = tree::put_tree(&*engine.blobs, &cwd.join(dir)).with_context(|| format!("input {name}={dir}"))?;
-        println!("input   {name} = {digest} ({} files from {dir})", stats.files);
+        let (digest, stats) = tree::put_tree(&*engine.blobs, &cwd.join(dir))
+            .with_context(|| format!("input {name}={dir}"))?;
+        println!(
+            "input   {name} = {digest} ({} files from {dir})",
+            stats.files
+        );
         inputs.insert(name.clone(), digest);
     }
     let execution_id = format!("plugin-test-{}", ulid::Ulid::new());
@@ -125,11 +148,23 @@ pub async fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
     engine.workspaces.flush();
     println!("plugin  {} {} ({})", d.name, d.version, plugin.digest);
     println!("took    {}", units::short_duration(started.elapsed()));
-    for line in engine.logs.read(&execution_id, "Test", &d.name).unwrap_or_default() {
-        println!("log     {:>5} {}", format!("{:?}", line.level).to_uppercase(), line.message);
+    for line in engine
+        .logs
+        .read(&execution_id, "Test", &d.name)
+        .unwrap_or_default()
+    {
+        println!(
+            "log     {:>5} {}",
+            format!("{:?}", line.level).to_uppercase(),
+            line.message
+        );
     }
     match result {
-        ActionResult::Succeeded { variables, artifacts, summary } => {
+        ActionResult::Succeeded {
+            variables,
+            artifacts,
+            summary,
+        } => {
             println!("outcome Succeeded");
             if let Some(s) = summary {
                 println!("summary {s}");
@@ -150,7 +185,13 @@ pub async fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        ActionResult::Pending { continuation, wake, summary, percent, .. } => {
+        ActionResult::Pending {
+            continuation,
+            wake,
+            summary,
+            percent,
+            ..
+        } => {
             println!("outcome Pending (the engine would run it again when {wake:?} fires)");
             println!("continuation {continuation}");
             if let Some(s) = summary {

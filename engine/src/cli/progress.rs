@@ -51,7 +51,11 @@ fn symbol(status: Status) -> &'static str {
 }
 
 /// Print events (and, when given, live log lines) until the execution ends.
-pub fn spawn(mut events: broadcast::Receiver<Event>, mut logs: Option<mpsc::UnboundedReceiver<(String, String, LogLine)>>, style: Style) -> tokio::task::JoinHandle<()> {
+pub fn spawn(
+    mut events: broadcast::Receiver<Event>,
+    mut logs: Option<mpsc::UnboundedReceiver<(String, String, LogLine)>>,
+    style: Style,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -75,11 +79,21 @@ pub fn spawn(mut events: broadcast::Receiver<Event>, mut logs: Option<mpsc::Unbo
 
 /// One line for one event.
 pub fn format_event(e: &Event, style: Style) -> String {
-    let took = e.duration_ms.filter(|_| e.status.is_terminal()).map(|ms| format!(" in {}", short_duration(Duration::from_millis(ms)))).unwrap_or_default();
+    let took = e
+        .duration_ms
+        .filter(|_| e.status.is_terminal())
+        .map(|ms| format!(" in {}", short_duration(Duration::from_millis(ms))))
+        .unwrap_or_default();
     let status = style.paint(e.status, &format!("{} {}", symbol(e.status), e.status));
     match e.kind {
-        Kind::Pipeline => format!("{status} pipeline {} ({}){took}", e.pipeline, e.execution_id),
-        Kind::Stage => format!("  {status} stage {}{took}", e.stage.as_deref().unwrap_or("")),
+        Kind::Pipeline => format!(
+            "{status} pipeline {} ({}){took}",
+            e.pipeline, e.execution_id
+        ),
+        Kind::Stage => format!(
+            "  {status} stage {}{took}",
+            e.stage.as_deref().unwrap_or("")
+        ),
         Kind::Action => {
             let attempt = match e.attempt {
                 Some(a) if a > 1 => format!(" (attempt {a})"),
@@ -89,7 +103,11 @@ pub fn format_event(e: &Event, style: Style) -> String {
                 (Some(d), true) => format!(": {}", d.lines().next().unwrap_or("")),
                 _ => String::new(),
             };
-            format!("    {status} {}/{}{attempt}{took}{detail}", e.stage.as_deref().unwrap_or(""), e.action.as_deref().unwrap_or(""))
+            format!(
+                "    {status} {}/{}{attempt}{took}{detail}",
+                e.stage.as_deref().unwrap_or(""),
+                e.action.as_deref().unwrap_or("")
+            )
         }
         Kind::Approval => format!(
             "    {} {}/{} waits for approval: {}",
@@ -98,7 +116,11 @@ pub fn format_event(e: &Event, style: Style) -> String {
             e.action.as_deref().unwrap_or(""),
             e.approval.as_ref().map(|a| a.how.as_str()).unwrap_or("")
         ),
-        Kind::Trigger => format!("{status} trigger for {} rejected: {}", e.pipeline, e.detail.as_deref().unwrap_or("")),
+        Kind::Trigger => format!(
+            "{status} trigger for {} rejected: {}",
+            e.pipeline,
+            e.detail.as_deref().unwrap_or("")
+        ),
     }
 }
 
@@ -106,7 +128,12 @@ pub fn format_event(e: &Event, style: Style) -> String {
 pub fn summary(exec: &Execution, logs: &LogStore, style: Style) {
     for stage in &exec.stages {
         for a in stage.actions.iter().filter(|a| a.status == Status::Failed) {
-            style.out(&format!("\n{} {}/{} failed:", style.paint(Status::Failed, "✗"), stage.name, a.name));
+            style.out(&format!(
+                "\n{} {}/{} failed:",
+                style.paint(Status::Failed, "✗"),
+                stage.name,
+                a.name
+            ));
             for line in a.error.as_deref().unwrap_or("").lines() {
                 style.out(&format!("    {line}"));
             }
@@ -121,5 +148,8 @@ pub fn summary(exec: &Execution, logs: &LogStore, style: Style) {
             }
         }
     }
-    style.out(&format!("\nexecution {}: sluice show {0} · sluice logs {0}", exec.execution_id));
+    style.out(&format!(
+        "\nexecution {}: sluice show {0} · sluice logs {0}",
+        exec.execution_id
+    ));
 }

@@ -25,7 +25,10 @@ pub struct NewArgs {
 }
 
 fn lib_rs(name: &str) -> String {
-    let type_name: String = name.split('-').map(|w| w[..1].to_uppercase() + &w[1..]).collect();
+    let type_name: String = name
+        .split('-')
+        .map(|w| w[..1].to_uppercase() + &w[1..])
+        .collect();
     format!(
         r#"//! `{name}@1`: a Sluice action. Edit `describe` and `run`, then:
 //!   cargo build --release
@@ -186,12 +189,21 @@ pub fn run(args: NewArgs) -> anyhow::Result<ExitCode> {
     let ok = !args.name.is_empty()
         && args.name.len() <= 64
         && args.name.starts_with(|c: char| c.is_ascii_lowercase())
-        && args.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && args
+            .name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && !args.name.ends_with('-');
     if !ok {
-        anyhow::bail!("plugin name {:?} must be lowercase letters, digits and dashes, starting with a letter", args.name);
+        anyhow::bail!(
+            "plugin name {:?} must be lowercase letters, digits and dashes, starting with a letter",
+            args.name
+        );
     }
-    let root = args.dir.unwrap_or_else(|| PathBuf::from(".")).join(&args.name);
+    let root = args
+        .dir
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join(&args.name);
     if root.exists() {
         anyhow::bail!("{} already exists", root.display());
     }
@@ -206,9 +218,17 @@ pub fn run(args: NewArgs) -> anyhow::Result<ExitCode> {
     if args.lang == "python" {
         file("app.py", &app_py(name))?;
         file(".gitignore", "*.wasm\n__pycache__/\n")?;
-        file("README.md", &format!("# {name}\n\nA Sluice action plugin in Python.\n\n```sh\npip install componentize-py==0.25.1\ncomponentize-py -d wit -w sluice:action/action@0.1.0 componentize app -o {name}.wasm\nsluice plugin test {name}.wasm --config name=you --output greeting\n```\n\nUse it in a pipeline with `uses: ./{name}/{name}.wasm`. The contract is `wit/action.wit`.\n"))?;
+        file(
+            "README.md",
+            &format!(
+                "# {name}\n\nA Sluice action plugin in Python.\n\n```sh\npip install componentize-py==0.25.1\ncomponentize-py -d wit -w sluice:action/action@0.1.0 componentize app -o {name}.wasm\nsluice plugin test {name}.wasm --config name=you --output greeting\n```\n\nUse it in a pipeline with `uses: ./{name}/{name}.wasm`. The contract is `wit/action.wit`.\n"
+            ),
+        )?;
         println!("created {} (Python plugin)", root.display());
-        println!("  cd {} && componentize-py -d wit -w sluice:action/action@0.1.0 componentize app -o {name}.wasm", root.display());
+        println!(
+            "  cd {} && componentize-py -d wit -w sluice:action/action@0.1.0 componentize app -o {name}.wasm",
+            root.display()
+        );
         println!("  sluice plugin test {name}.wasm --config name=you --output greeting");
         return Ok(ExitCode::SUCCESS);
     }
@@ -217,10 +237,17 @@ pub fn run(args: NewArgs) -> anyhow::Result<ExitCode> {
         file("build.mjs", &build_mjs(name))?;
         file(
             "package.json",
-            &format!("{{\n  \"name\": \"{name}\",\n  \"private\": true,\n  \"type\": \"module\",\n  \"scripts\": {{ \"build\": \"node build.mjs\" }},\n  \"devDependencies\": {{ \"@bytecodealliance/componentize-js\": \"0.23.0\", \"@bytecodealliance/preview2-shim\": \"0.25.0\" }}\n}}\n"),
+            &format!(
+                "{{\n  \"name\": \"{name}\",\n  \"private\": true,\n  \"type\": \"module\",\n  \"scripts\": {{ \"build\": \"node build.mjs\" }},\n  \"devDependencies\": {{ \"@bytecodealliance/componentize-js\": \"0.23.0\", \"@bytecodealliance/preview2-shim\": \"0.25.0\" }}\n}}\n"
+            ),
         )?;
         file(".gitignore", "*.wasm\nnode_modules/\n")?;
-        file("README.md", &format!("# {name}\n\nA Sluice action plugin in JavaScript (componentize-js 0.23, Node.js 18 or newer).\n\n```sh\nnpm install\nnpm run build\nsluice plugin test {name}.wasm --config name=you\n```\n\nUse it in a pipeline with `uses: ./{name}/{name}.wasm`. The contract is `wit/action.wit`.\n"))?;
+        file(
+            "README.md",
+            &format!(
+                "# {name}\n\nA Sluice action plugin in JavaScript (componentize-js 0.23, Node.js 18 or newer).\n\n```sh\nnpm install\nnpm run build\nsluice plugin test {name}.wasm --config name=you\n```\n\nUse it in a pipeline with `uses: ./{name}/{name}.wasm`. The contract is `wit/action.wit`.\n"
+            ),
+        )?;
         println!("created {} (JavaScript plugin)", root.display());
         println!("  cd {} && npm install && npm run build", root.display());
         println!("  sluice plugin test {name}.wasm --config name=you");
@@ -229,12 +256,18 @@ pub fn run(args: NewArgs) -> anyhow::Result<ExitCode> {
     file("Cargo.toml", &manifest(&args.name))?;
     file("src/lib.rs", &lib_rs(&args.name))?;
     file("rust-toolchain.toml", TOOLCHAIN)?;
-    file(".cargo/config.toml", "[build]\ntarget = \"wasm32-wasip2\"\n")?;
+    file(
+        ".cargo/config.toml",
+        "[build]\ntarget = \"wasm32-wasip2\"\n",
+    )?;
     file(".gitignore", "target/\n")?;
     file("vendor/sluice-sdk/Cargo.toml", SDK_MANIFEST)?;
     file("vendor/sluice-sdk/src/lib.rs", SDK_LIB)?;
     file("vendor/sluice-sdk/src/http.rs", SDK_HTTP)?;
-    let wasm = format!("target/wasm32-wasip2/release/{}.wasm", args.name.replace('-', "_"));
+    let wasm = format!(
+        "target/wasm32-wasip2/release/{}.wasm",
+        args.name.replace('-', "_")
+    );
     file(
         "README.md",
         &format!(

@@ -29,7 +29,12 @@ pub struct Target {
 
 impl Target {
     async fn client(&self) -> anyhow::Result<Client> {
-        Client::connect(self.nats.as_deref(), &super::default_data(self.data.clone()), &self.tenant).await
+        Client::connect(
+            self.nats.as_deref(),
+            &super::default_data(self.data.clone()),
+            &self.tenant,
+        )
+        .await
     }
 }
 
@@ -136,12 +141,27 @@ pub async fn function(cmd: FunctionCmd, target: Target) -> anyhow::Result<ExitCo
             Client::Nats { client: nc, .. } => {
                 let js = async_nats::jetstream::new(nc.clone());
                 let cache = tempfile::tempdir()?;
-                let store = crate::artifacts::nats_store::NatsStore::open(&js, cache.path()).await?;
+                let store =
+                    crate::artifacts::nats_store::NatsStore::open(&js, cache.path()).await?;
                 let path = file.clone();
-                let digest = tokio::task::spawn_blocking(move || crate::artifacts::BlobStore::put_file(&store, &path)).await??;
-                Request::FunctionPut { name: name.clone(), path: None, digest: Some(digest.to_string()) }
+                let digest = tokio::task::spawn_blocking(move || {
+                    crate::artifacts::BlobStore::put_file(&store, &path)
+                })
+                .await??;
+                Request::FunctionPut {
+                    name: name.clone(),
+                    path: None,
+                    digest: Some(digest.to_string()),
+                }
             }
-            Client::Local { .. } => Request::FunctionPut { name: name.clone(), path: Some(std::fs::canonicalize(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?), digest: None },
+            Client::Local { .. } => Request::FunctionPut {
+                name: name.clone(),
+                path: Some(
+                    std::fs::canonicalize(file)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?,
+                ),
+                digest: None,
+            },
         },
         FunctionCmd::Ls => Request::FunctionLs {},
         FunctionCmd::Rm { name } => Request::FunctionRm { name: name.clone() },
@@ -151,10 +171,20 @@ pub async fn function(cmd: FunctionCmd, target: Target) -> anyhow::Result<ExitCo
         Err(e) => return refused(e),
     };
     match cmd {
-        FunctionCmd::Put { .. } => println!("registered function {} {} ({} bytes)", reply["name"].as_str().unwrap_or(""), reply["digest"].as_str().unwrap_or(""), reply["size"]),
+        FunctionCmd::Put { .. } => println!(
+            "registered function {} {} ({} bytes)",
+            reply["name"].as_str().unwrap_or(""),
+            reply["digest"].as_str().unwrap_or(""),
+            reply["size"]
+        ),
         FunctionCmd::Ls => {
             for f in reply.as_array().into_iter().flatten() {
-                println!("{}\t{}\t{}", f["name"].as_str().unwrap_or(""), f["digest"].as_str().unwrap_or(""), f["size"]);
+                println!(
+                    "{}\t{}\t{}",
+                    f["name"].as_str().unwrap_or(""),
+                    f["digest"].as_str().unwrap_or(""),
+                    f["size"]
+                );
             }
         }
         FunctionCmd::Rm { name } => println!("removed function {name}"),
@@ -168,7 +198,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     match args.nats {
         None => {
             let (service, bus) = crate::service::wiring::embedded(&data).await?;
-            eprintln!("sluice serve: embedded engine, data in {}; control socket {}", data.display(), crate::service::socket::socket_path(&data).display());
+            eprintln!(
+                "sluice serve: embedded engine, data in {}; control socket {}",
+                data.display(),
+                crate::service::socket::socket_path(&data).display()
+            );
             let socket = crate::service::socket::serve(service.clone(), bus, &data);
             let hooks = webhooks(service.clone(), args.http);
             tokio::select! {
@@ -180,8 +214,18 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             let _ = std::fs::remove_file(crate::service::socket::socket_path(&data));
         }
         Some(url) => {
-            let (service, client) = crate::service::wiring::nats(&url, &data, crate::nats::Timing { ack_wait: args.ack_wait }).await?;
-            eprintln!("sluice serve: engine on NATS {url}, local cache in {}", data.display());
+            let (service, client) = crate::service::wiring::nats(
+                &url,
+                &data,
+                crate::nats::Timing {
+                    ack_wait: args.ack_wait,
+                },
+            )
+            .await?;
+            eprintln!(
+                "sluice serve: engine on NATS {url}, local cache in {}",
+                data.display()
+            );
             let api = crate::service::wiring::serve_nats_api(service.clone(), client.clone());
             let hooks = webhooks(service.clone(), args.http);
             tokio::select! {
@@ -196,7 +240,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn webhooks(service: std::sync::Arc<crate::service::Service>, addr: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
+async fn webhooks(
+    service: std::sync::Arc<crate::service::Service>,
+    addr: Option<std::net::SocketAddr>,
+) -> anyhow::Result<()> {
     match addr {
         Some(addr) => {
             eprintln!("sluice serve: webhooks on http://{addr}/hooks/<tenant>/<pipeline>");
@@ -224,12 +271,23 @@ pub async fn pipeline(cmd: PipelineCmd, target: Target) -> anyhow::Result<ExitCo
     let client = target.client().await?;
     let request = match &cmd {
         PipelineCmd::Put { file } => {
-            let yaml = std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
-            let dir = std::fs::canonicalize(file)?.parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/"));
-            Request::PipelinePut { file: file.display().to_string(), dir, yaml }
+            let yaml = std::fs::read_to_string(file)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+            let dir = std::fs::canonicalize(file)?
+                .parent()
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("/"));
+            Request::PipelinePut {
+                file: file.display().to_string(),
+                dir,
+                yaml,
+            }
         }
         PipelineCmd::Ls => Request::PipelineLs {},
-        PipelineCmd::Get { name, version } => Request::PipelineGet { name: name.clone(), version: *version },
+        PipelineCmd::Get { name, version } => Request::PipelineGet {
+            name: name.clone(),
+            version: *version,
+        },
         PipelineCmd::Rm { name } => Request::PipelineRm { name: name.clone() },
         PipelineCmd::State { name } => Request::PipelineState { name: name.clone() },
     };
@@ -238,10 +296,19 @@ pub async fn pipeline(cmd: PipelineCmd, target: Target) -> anyhow::Result<ExitCo
         Err(e) => return refused(e),
     };
     match cmd {
-        PipelineCmd::Put { .. } => println!("registered {} version {}", reply["name"].as_str().unwrap_or(""), reply["version"]),
+        PipelineCmd::Put { .. } => println!(
+            "registered {} version {}",
+            reply["name"].as_str().unwrap_or(""),
+            reply["version"]
+        ),
         PipelineCmd::Ls => {
             for p in reply.as_array().into_iter().flatten() {
-                println!("{}\tv{}\t{}", p["name"].as_str().unwrap_or(""), p["version"], p["file"].as_str().unwrap_or(""));
+                println!(
+                    "{}\tv{}\t{}",
+                    p["name"].as_str().unwrap_or(""),
+                    p["version"],
+                    p["file"].as_str().unwrap_or("")
+                );
             }
         }
         PipelineCmd::Get { .. } => print!("{}", reply["yaml"].as_str().unwrap_or("")),
@@ -257,7 +324,11 @@ fn print_lanes(pipeline: &str, lanes: crate::scheduler::lanes::Lanes) {
         println!("  no execution inside or waiting; every transition enabled");
     }
     for (stage, lane) in &lanes.stages {
-        let disabled = lane.disabled.as_ref().map(|d| format!(" transition disabled by {} at {}: {}", d.by, d.at, d.reason)).unwrap_or_default();
+        let disabled = lane
+            .disabled
+            .as_ref()
+            .map(|d| format!(" transition disabled by {} at {}: {}", d.by, d.at, d.reason))
+            .unwrap_or_default();
         println!("  {stage}:{disabled}");
         if !lane.inside.is_empty() {
             println!("    inside: {}", lane.inside.join(", "));
@@ -273,8 +344,30 @@ pub async fn transition(cmd: TransitionCmd, target: Target) -> anyhow::Result<Ex
     let client = target.client().await?;
     let by = Some(crate::identity::current());
     let (pipeline, request) = match cmd {
-        TransitionCmd::Disable { pipeline, stage, reason } => (pipeline.clone(), Request::Transition { pipeline, stage, enable: false, reason: Some(reason), by }),
-        TransitionCmd::Enable { pipeline, stage } => (pipeline.clone(), Request::Transition { pipeline, stage, enable: true, reason: None, by }),
+        TransitionCmd::Disable {
+            pipeline,
+            stage,
+            reason,
+        } => (
+            pipeline.clone(),
+            Request::Transition {
+                pipeline,
+                stage,
+                enable: false,
+                reason: Some(reason),
+                by,
+            },
+        ),
+        TransitionCmd::Enable { pipeline, stage } => (
+            pipeline.clone(),
+            Request::Transition {
+                pipeline,
+                stage,
+                enable: true,
+                reason: None,
+                by,
+            },
+        ),
     };
     match client.call(&request).await {
         Ok(v) => {
@@ -286,9 +379,23 @@ pub async fn transition(cmd: TransitionCmd, target: Target) -> anyhow::Result<Ex
 }
 
 /// Run `sluice rollback`.
-pub async fn rollback(pipeline: String, stage: String, to: String, watch: bool, target: Target) -> anyhow::Result<ExitCode> {
+pub async fn rollback(
+    pipeline: String,
+    stage: String,
+    to: String,
+    watch: bool,
+    target: Target,
+) -> anyhow::Result<ExitCode> {
     let client = target.client().await?;
-    let reply = match client.call(&Request::Rollback { pipeline, stage, to, by: Some(crate::identity::current()) }).await {
+    let reply = match client
+        .call(&Request::Rollback {
+            pipeline,
+            stage,
+            to,
+            by: Some(crate::identity::current()),
+        })
+        .await
+    {
         Ok(v) => v,
         Err(e) => return refused(e),
     };
@@ -301,10 +408,24 @@ pub async fn rollback(pipeline: String, stage: String, to: String, watch: bool, 
 }
 
 /// Run `sluice start`.
-pub async fn start(pipeline: String, vars: Vec<(String, String)>, event_id: Option<String>, watch: bool, target: Target) -> anyhow::Result<ExitCode> {
+pub async fn start(
+    pipeline: String,
+    vars: Vec<(String, String)>,
+    event_id: Option<String>,
+    watch: bool,
+    target: Target,
+) -> anyhow::Result<ExitCode> {
     let client = target.client().await?;
     let variables: BTreeMap<String, String> = vars.into_iter().collect();
-    let reply = match client.call(&Request::Start { pipeline, variables, event_id, started_by: Some(crate::identity::current()) }).await {
+    let reply = match client
+        .call(&Request::Start {
+            pipeline,
+            variables,
+            event_id,
+            started_by: Some(crate::identity::current()),
+        })
+        .await
+    {
         Ok(v) => v,
         Err(e) => return refused(e),
     };
@@ -321,7 +442,11 @@ pub async fn control(request: Request, target: Target) -> anyhow::Result<ExitCod
     let client = target.client().await?;
     match client.call(&request).await {
         Ok(v) => {
-            println!("{} {}", v["execution_id"].as_str().unwrap_or(""), v["status"].as_str().unwrap_or(""));
+            println!(
+                "{} {}",
+                v["execution_id"].as_str().unwrap_or(""),
+                v["status"].as_str().unwrap_or("")
+            );
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => refused(e),
@@ -335,13 +460,23 @@ pub async fn watch(execution_id: String, target: Target) -> anyhow::Result<ExitC
 }
 
 async fn follow(client: &Client, id: &str) -> anyhow::Result<ExitCode> {
-    let style = Style { color: std::io::stderr().is_terminal(), to_stderr: true };
-    let exec = match client.watch(id, |e| style.out(&format_event(e, style))).await {
+    let style = Style {
+        color: std::io::stderr().is_terminal(),
+        to_stderr: true,
+    };
+    let exec = match client
+        .watch(id, |e| style.out(&format_event(e, style)))
+        .await
+    {
         Ok(e) => e,
         Err(e) => return refused(e),
     };
     style.out(&format!("execution {} {}", exec.execution_id, exec.status));
-    Ok(if exec.status == Status::Succeeded { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if exec.status == Status::Succeeded {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// Run `sluice status`.
@@ -356,12 +491,31 @@ pub async fn status(execution_id: String, json: bool, target: Target) -> anyhow:
         return Ok(ExitCode::SUCCESS);
     }
     let exec: Execution = serde_json::from_value(reply)?;
-    println!("{} {} v{} {}", exec.execution_id, exec.pipeline, exec.pipeline_version, exec.status);
+    println!(
+        "{} {} v{} {}",
+        exec.execution_id, exec.pipeline, exec.pipeline_version, exec.status
+    );
     if let Some(t) = &exec.trigger {
-        println!("  trigger: {} {}{}", t.kind, t.event_id, t.started_by.as_ref().map(|s| format!(" by {s}")).unwrap_or_default());
+        println!(
+            "  trigger: {} {}{}",
+            t.kind,
+            t.event_id,
+            t.started_by
+                .as_ref()
+                .map(|s| format!(" by {s}"))
+                .unwrap_or_default()
+        );
     }
     if let Some(r) = &exec.rollback {
-        println!("  rollback of stage {} to {}{}", r.stage, r.target, r.after.as_ref().map(|a| format!(" (after {a} failed)")).unwrap_or_default());
+        println!(
+            "  rollback of stage {} to {}{}",
+            r.stage,
+            r.target,
+            r.after
+                .as_ref()
+                .map(|a| format!(" (after {a} failed)"))
+                .unwrap_or_default()
+        );
     }
     if let Some(by) = &exec.superseded_by {
         println!("  superseded by {by}");
@@ -373,15 +527,28 @@ pub async fn status(execution_id: String, json: bool, target: Target) -> anyhow:
         if exec.entering == Some(si) {
             println!("  (waiting to enter {})", stage.name);
         }
-        let condition = stage.condition.as_ref().map(|c| format!(" [{c}]")).unwrap_or_default();
+        let condition = stage
+            .condition
+            .as_ref()
+            .map(|c| format!(" [{c}]"))
+            .unwrap_or_default();
         println!("  {} {}{condition}", stage.name, stage.status);
         for a in &stage.actions {
             let took = match (a.started_at, a.finished_at) {
                 (Some(s), Some(f)) => format!(" in {}", short_duration(f.since(s))),
                 _ => String::new(),
             };
-            let attempt = if a.attempt > 1 { format!(" (attempt {})", a.attempt) } else { String::new() };
-            let detail = a.error.as_ref().or(a.summary.as_ref()).map(|d| format!(": {}", d.lines().next().unwrap_or(""))).unwrap_or_default();
+            let attempt = if a.attempt > 1 {
+                format!(" (attempt {})", a.attempt)
+            } else {
+                String::new()
+            };
+            let detail = a
+                .error
+                .as_ref()
+                .or(a.summary.as_ref())
+                .map(|d| format!(": {}", d.lines().next().unwrap_or("")))
+                .unwrap_or_default();
             println!("    {} {}{attempt}{took}{detail}", a.name, a.status);
         }
     }
@@ -391,7 +558,10 @@ pub async fn status(execution_id: String, json: bool, target: Target) -> anyhow:
 /// Run `sluice show`: a local run's record, else the service's.
 pub async fn show(execution_id: String, json: bool, target: Target) -> anyhow::Result<ExitCode> {
     if target.nats.is_none() {
-        if let Some(e) = super::inspect::local_execution(&super::default_data(target.data.clone()), &execution_id)? {
+        if let Some(e) = super::inspect::local_execution(
+            &super::default_data(target.data.clone()),
+            &execution_id,
+        )? {
             return super::inspect::print_execution(&e, json);
         }
     }
@@ -404,29 +574,63 @@ pub async fn show(execution_id: String, json: bool, target: Target) -> anyhow::R
 
 /// Run `sluice logs`: from the data directory, or with --nats from the shared copies
 /// (`sluice-logs`), whichever engine ran each action.
-pub async fn logs(execution_id: String, only: Option<String>, target: Target) -> anyhow::Result<ExitCode> {
+pub async fn logs(
+    execution_id: String,
+    only: Option<String>,
+    target: Target,
+) -> anyhow::Result<ExitCode> {
     let Some(url) = target.nats.clone() else {
-        return super::inspect::logs(&super::default_data(target.data), &execution_id, only.as_deref());
+        return super::inspect::logs(
+            &super::default_data(target.data),
+            &execution_id,
+            only.as_deref(),
+        );
     };
     let only = match &only {
-        Some(sa) => Some(sa.split_once('/').context("name the action as STAGE/ACTION")?),
+        Some(sa) => Some(
+            sa.split_once('/')
+                .context("name the action as STAGE/ACTION")?,
+        ),
         None => None,
     };
     let client = target.client().await?;
-    let exec: Execution = match client.call(&Request::Status { execution_id: execution_id.clone() }).await {
+    let exec: Execution = match client
+        .call(&Request::Status {
+            execution_id: execution_id.clone(),
+        })
+        .await
+    {
         Ok(v) => serde_json::from_value(v)?,
         Err(e) => return refused(e),
     };
-    let Client::Nats { client: nats, .. } = &client else { unreachable!("a --nats target connects over NATS") };
-    let Ok(store) = async_nats::jetstream::new(nats.clone()).get_object_store(crate::nats::logs::BUCKET).await else {
+    let Client::Nats { client: nats, .. } = &client else {
+        unreachable!("a --nats target connects over NATS")
+    };
+    let Ok(store) = async_nats::jetstream::new(nats.clone())
+        .get_object_store(crate::nats::logs::BUCKET)
+        .await
+    else {
         anyhow::bail!("no logs on {url} yet (no engine has stored any)");
     };
     let mut any = false;
     for stage in &exec.stages {
-        for action in stage.actions.iter().filter(|a| only.is_none_or(|(s, n)| s == stage.name && n == a.name)) {
+        for action in stage
+            .actions
+            .iter()
+            .filter(|a| only.is_none_or(|(s, n)| s == stage.name && n == a.name))
+        {
             for attempt in 1..=action.attempt {
-                let name = crate::nats::logs::object_name(&target.tenant, &execution_id, &stage.name, &action.name, attempt);
-                for line in crate::nats::logs::get(&store, &name).await?.unwrap_or_default() {
+                let name = crate::nats::logs::object_name(
+                    &target.tenant,
+                    &execution_id,
+                    &stage.name,
+                    &action.name,
+                    attempt,
+                );
+                for line in crate::nats::logs::get(&store, &name)
+                    .await?
+                    .unwrap_or_default()
+                {
                     super::inspect::print_log_line(&stage.name, &action.name, &line);
                     any = true;
                 }
@@ -434,15 +638,32 @@ pub async fn logs(execution_id: String, only: Option<String>, target: Target) ->
         }
     }
     if !any {
-        anyhow::bail!("no logs for {} of execution {execution_id} on {url}", only.map(|(s, a)| format!("{s}/{a}")).unwrap_or_else(|| "any action".into()));
+        anyhow::bail!(
+            "no logs for {} of execution {execution_id} on {url}",
+            only.map(|(s, a)| format!("{s}/{a}"))
+                .unwrap_or_else(|| "any action".into())
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// Run `sluice executions`.
-pub async fn executions(pipeline: Option<String>, status: Option<Status>, limit: usize, json: bool, target: Target) -> anyhow::Result<ExitCode> {
+pub async fn executions(
+    pipeline: Option<String>,
+    status: Option<Status>,
+    limit: usize,
+    json: bool,
+    target: Target,
+) -> anyhow::Result<ExitCode> {
     let client = target.client().await?;
-    let reply = match client.call(&Request::Executions { pipeline, status, limit: Some(limit) }).await {
+    let reply = match client
+        .call(&Request::Executions {
+            pipeline,
+            status,
+            limit: Some(limit),
+        })
+        .await
+    {
         Ok(v) => v,
         Err(e) => return refused(e),
     };
@@ -456,8 +677,20 @@ pub async fn executions(pipeline: Option<String>, status: Option<Status>, limit:
             (Some(s), Some(f)) => short_duration(f.since(s)),
             _ => "-".into(),
         };
-        let waiting = if r.waiting.is_empty() { String::new() } else { format!("\twaiting: {}", r.waiting.join(", ")) };
-        println!("{}\t{}\tv{}\t{}\t{}\t{}{waiting}", r.execution_id, r.pipeline, r.pipeline_version, r.status, took, r.trigger.unwrap_or_default());
+        let waiting = if r.waiting.is_empty() {
+            String::new()
+        } else {
+            format!("\twaiting: {}", r.waiting.join(", "))
+        };
+        println!(
+            "{}\t{}\tv{}\t{}\t{}\t{}{waiting}",
+            r.execution_id,
+            r.pipeline,
+            r.pipeline_version,
+            r.status,
+            took,
+            r.trigger.unwrap_or_default()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

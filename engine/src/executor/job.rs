@@ -6,7 +6,9 @@ use crate::artifacts::{BlobStore, Digest, tree};
 use crate::model::validate::ResolvedPlugins;
 use crate::model::{Access, Pipeline, template};
 use crate::plugins::Capability;
-use crate::runtime::{ActionContext, Invocation, Level, LogSink, Mount, RunError, RunOutcome, Runtime};
+use crate::runtime::{
+    ActionContext, Invocation, Level, LogSink, Mount, RunError, RunOutcome, Runtime,
+};
 use crate::scheduler::{ActionResult, Execution, FailureKind, Input, Status, Timestamp, Wake};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -20,7 +22,10 @@ pub const APPROVAL_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
 /// The runtime's wake text (`timer:<ms>`, `approval`, `event:<subject>`) as a [`Wake`].
 fn parse_wake(text: &str) -> Result<Wake, String> {
     match text.split_once(':') {
-        Some(("timer", ms)) => ms.parse().map(Wake::Timer).map_err(|_| format!("bad timer {ms:?}")),
+        Some(("timer", ms)) => ms
+            .parse()
+            .map(Wake::Timer)
+            .map_err(|_| format!("bad timer {ms:?}")),
         Some(("event", subject)) => Ok(Wake::Event(subject.to_string())),
         _ if text == "approval" => Ok(Wake::Approval),
         _ => Err(format!("unknown wake condition {text:?}")),
@@ -94,7 +99,12 @@ pub struct InvokeSpec {
 /// Finds the component of a function named by `invoke@1` and loads it into the runtime.
 pub trait FunctionResolver: Send + Sync {
     /// The digest of the loaded function component.
-    fn resolve<'a>(&'a self, tenant: &'a str, function: &'a str, pipeline_dir: &'a Path) -> futures_util::future::BoxFuture<'a, Result<Digest, String>>;
+    fn resolve<'a>(
+        &'a self,
+        tenant: &'a str,
+        function: &'a str,
+        pipeline_dir: &'a Path,
+    ) -> futures_util::future::BoxFuture<'a, Result<Digest, String>>;
 }
 
 /// Functions as `.wasm` files next to the pipeline: what `sluice run` can reach. Registered
@@ -105,14 +115,26 @@ pub struct FileFunctions {
 }
 
 /// Load a function component from a file.
-pub fn load_function_file(runtime: &Runtime, function: &str, pipeline_dir: &Path) -> Result<Digest, String> {
+pub fn load_function_file(
+    runtime: &Runtime,
+    function: &str,
+    pipeline_dir: &Path,
+) -> Result<Digest, String> {
     let path = pipeline_dir.join(function);
-    let bytes = std::fs::read(&path).map_err(|e| format!("cannot read function {}: {e}", path.display()))?;
-    runtime.load_function(&bytes).map_err(|e| format!("function {}: {e:#}", path.display()))
+    let bytes = std::fs::read(&path)
+        .map_err(|e| format!("cannot read function {}: {e}", path.display()))?;
+    runtime
+        .load_function(&bytes)
+        .map_err(|e| format!("function {}: {e:#}", path.display()))
 }
 
 impl FunctionResolver for FileFunctions {
-    fn resolve<'a>(&'a self, _tenant: &'a str, function: &'a str, pipeline_dir: &'a Path) -> futures_util::future::BoxFuture<'a, Result<Digest, String>> {
+    fn resolve<'a>(
+        &'a self,
+        _tenant: &'a str,
+        function: &'a str,
+        pipeline_dir: &'a Path,
+    ) -> futures_util::future::BoxFuture<'a, Result<Digest, String>> {
         Box::pin(async move {
             if function.ends_with(".wasm") {
                 return load_function_file(&self.runtime, function, pipeline_dir);
@@ -126,7 +148,14 @@ impl FunctionResolver for FileFunctions {
 
 impl JobSpec {
     /// Resolve the action's configuration and inputs against the execution so far.
-    pub fn build(p: &Pipeline, plugins: &ResolvedPlugins, exec: &Execution, si: usize, ai: usize, attempt: u32) -> Result<JobSpec, String> {
+    pub fn build(
+        p: &Pipeline,
+        plugins: &ResolvedPlugins,
+        exec: &Execution,
+        si: usize,
+        ai: usize,
+        attempt: u32,
+    ) -> Result<JobSpec, String> {
         let stage = &p.stages[si];
         let action = &stage.actions[ai];
         let plugin = plugins
@@ -138,7 +167,8 @@ impl JobSpec {
         let mut artifacts: BTreeMap<&str, &str> = BTreeMap::new();
         // Only inputs and `#{...}` references need them: skip the scan (it grows with the
         // pipeline) for the rest.
-        let needs_earlier = !action.inputs.is_empty() || action.with.values().any(|v| v.value.contains("#{"));
+        let needs_earlier =
+            !action.inputs.is_empty() || action.with.values().any(|v| v.value.contains("#{"));
         for (ps, rs) in p.stages.iter().zip(&exec.stages).filter(|_| needs_earlier) {
             for (pa, ra) in ps.actions.iter().zip(&rs.actions) {
                 if ra.status == Status::Succeeded {
@@ -161,20 +191,30 @@ impl JobSpec {
                     "action" => Some(action.name.clone()),
                     _ => None,
                 },
-                other => namespaces.get(other).and_then(|vars| vars.get(key).cloned()),
+                other => namespaces
+                    .get(other)
+                    .and_then(|vars| vars.get(key).cloned()),
             }
         };
         let mut config = BTreeMap::new();
         for (key, value) in &action.with {
-            let rendered = template::render(&value.value, lookup).map_err(|e| format!("`with.{key}`: {e}"))?;
+            let rendered =
+                template::render(&value.value, lookup).map_err(|e| format!("`with.{key}`: {e}"))?;
             config.insert(key.clone(), rendered);
         }
         let mut inputs = BTreeMap::new();
         for input in &action.inputs {
-            let digest = artifacts.get(input.value.as_str()).ok_or_else(|| format!("input artifact `{}` was not produced", input.value))?;
+            let digest = artifacts
+                .get(input.value.as_str())
+                .ok_or_else(|| format!("input artifact `{}` was not produced", input.value))?;
             inputs.insert(input.value.clone(), digest.parse::<Digest>()?);
         }
-        let mut dirs: Vec<(PathBuf, Access)> = action.capabilities.dirs.iter().map(|(d, a)| (p.host_path(d), *a)).collect();
+        let mut dirs: Vec<(PathBuf, Access)> = action
+            .capabilities
+            .dirs
+            .iter()
+            .map(|(d, a)| (p.host_path(d), *a))
+            .collect();
         // A plugin that reads a directory named in its configuration gets exactly that
         // directory, read-only: the path the pipeline author wrote is the grant.
         for cap in &plugin.description.capabilities {
@@ -191,7 +231,10 @@ impl JobSpec {
         let run = &exec.stages[si].actions[ai];
         let invoke = if action.uses.value == "invoke@1" {
             Some(InvokeSpec {
-                function: config.get("function").cloned().ok_or("`invoke@1` needs `function`")?,
+                function: config
+                    .get("function")
+                    .cloned()
+                    .ok_or("`invoke@1` needs `function`")?,
                 parameters: config.get("parameters").cloned().unwrap_or_default(),
             })
         } else {
@@ -203,7 +246,10 @@ impl JobSpec {
             wake_payload: run.wake_payload.clone(),
             tenant: exec.tenant.clone(),
             pipeline: p.name.clone(),
-            idempotency_key: format!("{}/{}/{}/{}/{}", exec.tenant, execution_id, stage.name, action.name, attempt),
+            idempotency_key: format!(
+                "{}/{}/{}/{}/{}",
+                exec.tenant, execution_id, stage.name, action.name, attempt
+            ),
             execution_id,
             stage: stage.name.clone(),
             action: action.name.clone(),
@@ -263,11 +309,26 @@ impl Attempt {
         match self.spec {
             Ok(spec) => {
                 let (result, leftover) = execute(cx, &spec).await;
-                let inputs = spec.inputs.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
-                let input = Input::ActionCompleted { stage: self.stage, action: self.action, attempt: self.attempt, result, config: spec.config, inputs, at: Timestamp::now() };
+                let inputs = spec
+                    .inputs
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.to_string()))
+                    .collect();
+                let input = Input::ActionCompleted {
+                    stage: self.stage,
+                    action: self.action,
+                    attempt: self.attempt,
+                    result,
+                    config: spec.config,
+                    inputs,
+                    at: Timestamp::now(),
+                };
                 (input, leftover)
             }
-            Err(error) => (Self::failure(self.stage, self.action, self.attempt, error), Leftover::none()),
+            Err(error) => (
+                Self::failure(self.stage, self.action, self.attempt, error),
+                Leftover::none(),
+            ),
         }
     }
 
@@ -277,7 +338,10 @@ impl Attempt {
             stage,
             action,
             attempt,
-            result: ActionResult::Failed { error, kind: FailureKind::Permanent },
+            result: ActionResult::Failed {
+                error,
+                kind: FailureKind::Permanent,
+            },
             config: BTreeMap::new(),
             inputs: BTreeMap::new(),
             at: Timestamp::now(),
@@ -306,49 +370,99 @@ impl Leftover {
 /// fails the engine: every problem becomes the action's failure. The workspace comes back as
 /// a [`Leftover`] so that emptying it happens after the result is on its way.
 pub async fn execute(cx: &JobContext, job: &JobSpec) -> (ActionResult, Leftover) {
-    let log: Arc<dyn LogSink> = Arc::new(cx.logs.sink(&job.execution_id, &job.stage, &job.action, job.attempt));
+    let log: Arc<dyn LogSink> =
+        Arc::new(
+            cx.logs
+                .sink(&job.execution_id, &job.stage, &job.action, job.attempt),
+        );
     let (result, leftover) = match cx.workspaces.take() {
         Ok(ws) => {
             // `in/` and `out/` exist only if the job has inputs or outputs; host programs run
             // in the workspace and may create anything.
-            let used = super::workspace::Used { inputs: !job.inputs.is_empty(), outputs: !job.outputs.is_empty(), anything: !job.programs.is_empty() };
-            (run_in(cx, job, &ws, log.clone()).await, Leftover(Some((ws, used))))
+            let used = super::workspace::Used {
+                inputs: !job.inputs.is_empty(),
+                outputs: !job.outputs.is_empty(),
+                anything: !job.programs.is_empty(),
+            };
+            (
+                run_in(cx, job, &ws, log.clone()).await,
+                Leftover(Some((ws, used))),
+            )
         }
-        Err(e) => (Err(format!("cannot create a workspace: {e}")), Leftover(None)),
+        Err(e) => (
+            Err(format!("cannot create a workspace: {e}")),
+            Leftover(None),
+        ),
     };
     let result = match result {
         Ok(r) => r,
         Err(error) => {
             log.log(Level::Error, &error, &[]);
-            ActionResult::Failed { error, kind: FailureKind::Permanent }
+            ActionResult::Failed {
+                error,
+                kind: FailureKind::Permanent,
+            }
         }
     };
-    if let ActionResult::Failed { error, kind: kind @ (FailureKind::Retryable | FailureKind::Timeout) } = &result {
-        log.log(Level::Warn, &format!("attempt {} failed ({kind:?}): {error}", job.attempt), &[]);
+    if let ActionResult::Failed {
+        error,
+        kind: kind @ (FailureKind::Retryable | FailureKind::Timeout),
+    } = &result
+    {
+        log.log(
+            Level::Warn,
+            &format!("attempt {} failed ({kind:?}): {error}", job.attempt),
+            &[],
+        );
     }
     (result, leftover)
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, String> + Send + 'static) -> Result<T, String> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| format!("internal error: {e}"))?
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| format!("internal error: {e}"))?
 }
 
-async fn run_in(cx: &JobContext, job: &JobSpec, ws: &Path, log: Arc<dyn LogSink>) -> Result<ActionResult, String> {
-    let mk = |p: &Path| std::fs::create_dir_all(p).map_err(|e| format!("create workspace {}: {e}", p.display()));
-    let mut mounts = vec![Mount { host: ws.join("scratch"), guest: "/scratch".into(), access: Access::Rw }];
+async fn run_in(
+    cx: &JobContext,
+    job: &JobSpec,
+    ws: &Path,
+    log: Arc<dyn LogSink>,
+) -> Result<ActionResult, String> {
+    let mk = |p: &Path| {
+        std::fs::create_dir_all(p).map_err(|e| format!("create workspace {}: {e}", p.display()))
+    };
+    let mut mounts = vec![Mount {
+        host: ws.join("scratch"),
+        guest: "/scratch".into(),
+        access: Access::Rw,
+    }];
     for name in &job.outputs {
         mk(&ws.join("out").join(name))?;
-        mounts.push(Mount { host: ws.join("out").join(name), guest: Path::new("/out").join(name), access: Access::Rw });
+        mounts.push(Mount {
+            host: ws.join("out").join(name),
+            guest: Path::new("/out").join(name),
+            access: Access::Rw,
+        });
     }
     if !job.inputs.is_empty() {
         let (blobs, inputs, ws2) = (cx.blobs.clone(), job.inputs.clone(), ws.to_path_buf());
         // The guest sees inputs read-only, so they may share storage with the store; a host
         // program could write them, so actions with process grants get copies.
-        let transfer = if job.programs.is_empty() { tree::Transfer::Share } else { tree::Transfer::Copy };
+        let transfer = if job.programs.is_empty() {
+            tree::Transfer::Share
+        } else {
+            tree::Transfer::Copy
+        };
         let stats = blocking(move || {
             let mut out = Vec::new();
             for (name, digest) in &inputs {
-                let stats = tree::materialize_with(&*blobs, digest, &ws2.join("in").join(name), transfer).map_err(|e| format!("input artifact `{name}`: {e}"))?;
+                let stats =
+                    tree::materialize_with(&*blobs, digest, &ws2.join("in").join(name), transfer)
+                        .map_err(|e| format!("input artifact `{name}`: {e}"))?;
                 out.push((name.clone(), stats.files));
             }
             Ok(out)
@@ -356,12 +470,20 @@ async fn run_in(cx: &JobContext, job: &JobSpec, ws: &Path, log: Arc<dyn LogSink>
         .await?;
         for (name, files) in stats {
             log.log(Level::Debug, &format!("input `{name}`: {files} files"), &[]);
-            mounts.push(Mount { host: ws.join("in").join(&name), guest: Path::new("/in").join(&name), access: Access::Ro });
+            mounts.push(Mount {
+                host: ws.join("in").join(&name),
+                guest: Path::new("/in").join(&name),
+                access: Access::Ro,
+            });
         }
     }
     for (dir, access) in &job.dirs {
         if *access == Access::Rw {
-            if let Some(p) = cx.protected.iter().find(|p| p.starts_with(dir) || dir.starts_with(p)) {
+            if let Some(p) = cx
+                .protected
+                .iter()
+                .find(|p| p.starts_with(dir) || dir.starts_with(p))
+            {
                 return Err(format!(
                     "the grant `{}: rw` would let the action write Sluice's own data ({}); grant a directory outside it",
                     dir.display(),
@@ -370,24 +492,42 @@ async fn run_in(cx: &JobContext, job: &JobSpec, ws: &Path, log: Arc<dyn LogSink>
             }
         }
         if *access == Access::Rw && !dir.exists() {
-            std::fs::create_dir_all(dir).map_err(|e| format!("create granted directory {}: {e}", dir.display()))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("create granted directory {}: {e}", dir.display()))?;
         }
         if !dir.is_dir() {
             return Err(format!("{} is not a directory", dir.display()));
         }
-        mounts.push(Mount { host: dir.clone(), guest: dir.clone(), access: *access });
+        mounts.push(Mount {
+            host: dir.clone(),
+            guest: dir.clone(),
+            access: *access,
+        });
     }
     // Only host programs see these; an action with no program grants needs none of them.
-    let program_env = if job.programs.is_empty() { Vec::new() } else { vec![
-        ("SLUICE_OUTPUT".to_string(), ws.join("scratch").join(".sluice-output.env").display().to_string()),
-        ("SLUICE_WORKSPACE".to_string(), ws.display().to_string()),
-        ("SLUICE_PIPELINE".to_string(), job.pipeline.clone()),
-        ("SLUICE_EXECUTION_ID".to_string(), job.execution_id.clone()),
-        ("SLUICE_STAGE".to_string(), job.stage.clone()),
-        ("SLUICE_ACTION".to_string(), job.action.clone()),
-        ("SLUICE_ATTEMPT".to_string(), job.attempt.to_string()),
-        ("SLUICE_IDEMPOTENCY_KEY".to_string(), job.idempotency_key.clone()),
-    ] };
+    let program_env = if job.programs.is_empty() {
+        Vec::new()
+    } else {
+        vec![
+            (
+                "SLUICE_OUTPUT".to_string(),
+                ws.join("scratch")
+                    .join(".sluice-output.env")
+                    .display()
+                    .to_string(),
+            ),
+            ("SLUICE_WORKSPACE".to_string(), ws.display().to_string()),
+            ("SLUICE_PIPELINE".to_string(), job.pipeline.clone()),
+            ("SLUICE_EXECUTION_ID".to_string(), job.execution_id.clone()),
+            ("SLUICE_STAGE".to_string(), job.stage.clone()),
+            ("SLUICE_ACTION".to_string(), job.action.clone()),
+            ("SLUICE_ATTEMPT".to_string(), job.attempt.to_string()),
+            (
+                "SLUICE_IDEMPOTENCY_KEY".to_string(),
+                job.idempotency_key.clone(),
+            ),
+        ]
+    };
     let inv = Invocation {
         context: ActionContext {
             tenant: job.tenant.clone(),
@@ -403,7 +543,11 @@ async fn run_in(cx: &JobContext, job: &JobSpec, ws: &Path, log: Arc<dyn LogSink>
             outputs: job.outputs.clone(),
             pipeline_dir: job.pipeline_dir.display().to_string(),
         },
-        config: job.config.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        config: job
+            .config
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         workspace: ws.to_path_buf(),
         mounts,
         programs: job.programs.clone(),
@@ -417,41 +561,86 @@ async fn run_in(cx: &JobContext, job: &JobSpec, ws: &Path, log: Arc<dyn LogSink>
     let outcome = match &job.invoke {
         None => cx.runtime.run(&job.plugin, inv).await,
         Some(call) => {
-            let digest = cx.functions.resolve(&job.tenant, &call.function, &job.pipeline_dir).await?;
-            log.log(Level::Debug, &format!("invoking function {} ({digest})", call.function), &[]);
-            cx.runtime.run_function(&digest, inv, call.parameters.clone()).await
+            let digest = cx
+                .functions
+                .resolve(&job.tenant, &call.function, &job.pipeline_dir)
+                .await?;
+            log.log(
+                Level::Debug,
+                &format!("invoking function {} ({digest})", call.function),
+                &[],
+            );
+            cx.runtime
+                .run_function(&digest, inv, call.parameters.clone())
+                .await
         }
     };
     match outcome {
         Ok(RunOutcome::Succeeded { variables, summary }) => {
             let mut variables: BTreeMap<String, String> = variables.into_iter().collect();
             let (blobs, outputs, ws2) = (cx.blobs.clone(), job.outputs.clone(), ws.to_path_buf());
-            let artifacts = if outputs.is_empty() { BTreeMap::new() } else { blocking(move || {
-                let mut out = BTreeMap::new();
-                for name in &outputs {
-                    // The workspace is ours and about to be emptied: move outputs into the store.
-                    let (digest, _) = tree::put_tree_with(&*blobs, &ws2.join("out").join(name), tree::Transfer::Share).map_err(|e| format!("output artifact `{name}`: {e}"))?;
-                    out.insert(name.clone(), digest.to_string());
-                }
-                Ok(out)
-            })
-            .await? };
+            let artifacts = if outputs.is_empty() {
+                BTreeMap::new()
+            } else {
+                blocking(move || {
+                    let mut out = BTreeMap::new();
+                    for name in &outputs {
+                        // The workspace is ours and about to be emptied: move outputs into the store.
+                        let (digest, _) = tree::put_tree_with(
+                            &*blobs,
+                            &ws2.join("out").join(name),
+                            tree::Transfer::Share,
+                        )
+                        .map_err(|e| format!("output artifact `{name}`: {e}"))?;
+                        out.insert(name.clone(), digest.to_string());
+                    }
+                    Ok(out)
+                })
+                .await?
+            };
             if let [(_, digest)] = artifacts.iter().collect::<Vec<_>>().as_slice() {
-                variables.entry("Digest".to_string()).or_insert_with(|| digest.to_string());
+                variables
+                    .entry("Digest".to_string())
+                    .or_insert_with(|| digest.to_string());
             }
-            Ok(ActionResult::Succeeded { variables, artifacts, summary })
+            Ok(ActionResult::Succeeded {
+                variables,
+                artifacts,
+                summary,
+            })
         }
-        Ok(RunOutcome::Pending { continuation, wake, summary, percent_complete }) => {
+        Ok(RunOutcome::Pending {
+            continuation,
+            wake,
+            summary,
+            percent_complete,
+        }) => {
             let wake = parse_wake(&wake)?;
             // An approval waits until its `timeout` (7 days unless configured).
             let deadline = (wake == Wake::Approval).then(|| {
-                let limit = job.config.get("timeout").and_then(|t| crate::model::units::parse_duration(t).ok()).unwrap_or(APPROVAL_TIMEOUT);
+                let limit = job
+                    .config
+                    .get("timeout")
+                    .and_then(|t| crate::model::units::parse_duration(t).ok())
+                    .unwrap_or(APPROVAL_TIMEOUT);
                 Timestamp(Timestamp::now().0 + limit.as_millis() as u64)
             });
-            Ok(ActionResult::Pending { continuation, wake, summary, percent: percent_complete.map(|p| p.min(100)), deadline })
+            Ok(ActionResult::Pending {
+                continuation,
+                wake,
+                summary,
+                percent: percent_complete.map(|p| p.min(100)),
+                deadline,
+            })
         }
-        Err(e @ RunError::Retryable(_)) => Ok(ActionResult::Failed { error: e.to_string(), kind: FailureKind::Retryable }),
-        Err(e @ RunError::Timeout(_)) => Ok(ActionResult::Failed { error: e.to_string(), kind: FailureKind::Timeout }),
+        Err(e @ RunError::Retryable(_)) => Ok(ActionResult::Failed {
+            error: e.to_string(),
+            kind: FailureKind::Retryable,
+        }),
+        Err(e @ RunError::Timeout(_)) => Ok(ActionResult::Failed {
+            error: e.to_string(),
+            kind: FailureKind::Timeout,
+        }),
         Err(e) => Err(e.to_string()),
     }
 }

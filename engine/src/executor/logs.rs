@@ -44,7 +44,10 @@ impl LogStore {
     }
 
     fn path(&self, execution: &str, stage: &str, action: &str) -> PathBuf {
-        self.root.join(execution).join(stage).join(format!("{action}.log"))
+        self.root
+            .join(execution)
+            .join(stage)
+            .join(format!("{action}.log"))
     }
 
     /// A sink for one action attempt. The file is created on the first line.
@@ -53,12 +56,20 @@ impl LogStore {
             path: self.path(execution, stage, action),
             attempt,
             file: Mutex::new(None),
-            live: self.live.clone().map(|l| (l, stage.to_string(), action.to_string())),
+            live: self
+                .live
+                .clone()
+                .map(|l| (l, stage.to_string(), action.to_string())),
         }
     }
 
     /// Every line of one action, oldest first.
-    pub fn read(&self, execution: &str, stage: &str, action: &str) -> std::io::Result<Vec<LogLine>> {
+    pub fn read(
+        &self,
+        execution: &str,
+        stage: &str,
+        action: &str,
+    ) -> std::io::Result<Vec<LogLine>> {
         read_lines(&self.path(execution, stage, action))
     }
 
@@ -70,11 +81,18 @@ impl LogStore {
     /// `(stage, action)` of every action of an execution that has a log.
     pub fn actions(&self, execution: &str) -> Vec<(String, String)> {
         let mut out = Vec::new();
-        let Ok(stages) = std::fs::read_dir(self.root.join(execution)) else { return out };
+        let Ok(stages) = std::fs::read_dir(self.root.join(execution)) else {
+            return out;
+        };
         for stage in stages.flatten() {
-            let Ok(actions) = std::fs::read_dir(stage.path()) else { continue };
+            let Ok(actions) = std::fs::read_dir(stage.path()) else {
+                continue;
+            };
             for a in actions.flatten() {
-                if let (Some(s), Some(n)) = (stage.file_name().to_str(), a.file_name().to_str().and_then(|n| n.strip_suffix(".log"))) {
+                if let (Some(s), Some(n)) = (
+                    stage.file_name().to_str(),
+                    a.file_name().to_str().and_then(|n| n.strip_suffix(".log")),
+                ) {
                     out.push((s.to_string(), n.to_string()));
                 }
             }
@@ -86,7 +104,10 @@ impl LogStore {
 
 fn read_lines(path: &Path) -> std::io::Result<Vec<LogLine>> {
     let text = std::fs::read_to_string(path)?;
-    Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect())
 }
 
 /// The log of one action attempt.
@@ -99,13 +120,23 @@ pub struct ActionLog {
 
 impl LogSink for ActionLog {
     fn log(&self, level: Level, message: &str, fields: &[(String, String)]) {
-        let line = LogLine { at: Timestamp::now(), attempt: self.attempt, level, message: message.to_string(), fields: fields.to_vec() };
+        let line = LogLine {
+            at: Timestamp::now(),
+            attempt: self.attempt,
+            level,
+            message: message.to_string(),
+            fields: fields.to_vec(),
+        };
         let mut file = self.file.lock().unwrap();
         if file.is_none() {
             if let Some(dir) = self.path.parent() {
                 let _ = std::fs::create_dir_all(dir);
             }
-            *file = std::fs::OpenOptions::new().create(true).append(true).open(&self.path).ok();
+            *file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)
+                .ok();
         }
         if let Some(f) = file.as_mut() {
             let mut bytes = serde_json::to_vec(&line).unwrap_or_default();

@@ -79,17 +79,34 @@ impl DataDir {
     /// Everything the engine keeps here that an action must never be granted to write, as
     /// absolute, lexically normalised paths.
     pub fn protected(&self) -> Vec<PathBuf> {
-        let root = std::path::absolute(&self.root).map(|p| crate::model::normalize(&p)).unwrap_or_else(|_| self.root.clone());
-        ["cas", "compiled", "work", "logs", "state.redb", "service.redb"].iter().map(|p| root.join(p)).collect()
+        let root = std::path::absolute(&self.root)
+            .map(|p| crate::model::normalize(&p))
+            .unwrap_or_else(|_| self.root.clone());
+        [
+            "cas",
+            "compiled",
+            "work",
+            "logs",
+            "state.redb",
+            "service.redb",
+        ]
+        .iter()
+        .map(|p| root.join(p))
+        .collect()
     }
 }
 
 impl Engine {
     /// An engine on the embedded edges in `data` (created if missing).
     pub fn embedded(data: &Path, bus: Arc<MemoryBus>, logs: LogStore) -> anyhow::Result<Self> {
-        let dirs = DataDir { root: data.to_path_buf() };
-        std::fs::create_dir_all(&dirs.root).with_context(|| format!("create data directory {}", dirs.root.display()))?;
-        let runtime = Arc::new(Runtime::new(RuntimeConfig { cache_dir: Some(dirs.compiled()) })?);
+        let dirs = DataDir {
+            root: data.to_path_buf(),
+        };
+        std::fs::create_dir_all(&dirs.root)
+            .with_context(|| format!("create data directory {}", dirs.root.display()))?;
+        let runtime = Arc::new(Runtime::new(RuntimeConfig {
+            cache_dir: Some(dirs.compiled()),
+        })?);
         let blobs: Arc<dyn BlobStore> = Arc::new(LocalStore::open(dirs.cas())?);
         let state: Arc<dyn StateStore> = Arc::new(RedbStore::open(&dirs.state())?);
         Ok(Engine {
@@ -99,7 +116,10 @@ impl Engine {
             state,
             bus,
             logs: Arc::new(logs),
-            workspaces: Arc::new(WorkspacePool::new(dirs.work()).with_context(|| format!("prepare {}", dirs.work().display()))?),
+            workspaces: Arc::new(
+                WorkspacePool::new(dirs.work())
+                    .with_context(|| format!("prepare {}", dirs.work().display()))?,
+            ),
             protected: Arc::new(dirs.protected()),
         })
     }
@@ -107,11 +127,21 @@ impl Engine {
     /// An engine for the service: the runtime, blobs, logs and workspaces in `data`, events
     /// to `bus`. Executions live in the service's own store, so no state file is opened (two
     /// engines may share a data directory).
-    pub fn for_service(data: &Path, bus: Arc<dyn EventBus>, blobs: Option<Arc<dyn BlobStore>>) -> anyhow::Result<Self> {
+    pub fn for_service(
+        data: &Path,
+        bus: Arc<dyn EventBus>,
+        blobs: Option<Arc<dyn BlobStore>>,
+    ) -> anyhow::Result<Self> {
         // Absolute: workspaces and their paths are handed to host programs that run elsewhere.
-        let dirs = DataDir { root: std::path::absolute(data).with_context(|| format!("data directory {}", data.display()))? };
-        std::fs::create_dir_all(&dirs.root).with_context(|| format!("create data directory {}", dirs.root.display()))?;
-        let runtime = Arc::new(Runtime::new(RuntimeConfig { cache_dir: Some(dirs.compiled()) })?);
+        let dirs = DataDir {
+            root: std::path::absolute(data)
+                .with_context(|| format!("data directory {}", data.display()))?,
+        };
+        std::fs::create_dir_all(&dirs.root)
+            .with_context(|| format!("create data directory {}", dirs.root.display()))?;
+        let runtime = Arc::new(Runtime::new(RuntimeConfig {
+            cache_dir: Some(dirs.compiled()),
+        })?);
         let blobs: Arc<dyn BlobStore> = match blobs {
             Some(b) => b,
             None => Arc::new(LocalStore::open(dirs.cas())?),
@@ -123,30 +153,57 @@ impl Engine {
             state: Arc::new(crate::state::Detached),
             bus,
             logs: Arc::new(LogStore::new(dirs.logs())),
-            workspaces: Arc::new(WorkspacePool::new(dirs.work()).with_context(|| format!("prepare {}", dirs.work().display()))?),
+            workspaces: Arc::new(
+                WorkspacePool::new(dirs.work())
+                    .with_context(|| format!("prepare {}", dirs.work().display()))?,
+            ),
             protected: Arc::new(dirs.protected()),
         })
     }
 
     /// Resolve the pipeline's plugins and validate it. `problems` are the parser's; every
     /// problem, structural or not, is reported at once.
-    pub async fn check(&self, pipeline: &Pipeline, problems: Vec<Diagnostic>, overrides: &BTreeMap<String, String>) -> Result<ResolvedPlugins, Diagnostics> {
+    pub async fn check(
+        &self,
+        pipeline: &Pipeline,
+        problems: Vec<Diagnostic>,
+        overrides: &BTreeMap<String, String>,
+    ) -> Result<ResolvedPlugins, Diagnostics> {
         let plugins = self.registry.resolve_all(pipeline).await;
         let mut items = problems;
-        items.extend(crate::model::validate::validate(pipeline, &plugins, overrides));
+        items.extend(crate::model::validate::validate(
+            pipeline, &plugins, overrides,
+        ));
         // Custom condition rules given as files must exist and fit the `rule` world.
         for stage in &pipeline.stages {
             let c = &stage.conditions;
-            for (phase, condition) in [("before_entry", &c.before_entry), ("on_success", &c.on_success), ("on_failure", &c.on_failure)] {
+            for (phase, condition) in [
+                ("before_entry", &c.before_entry),
+                ("on_success", &c.on_success),
+                ("on_failure", &c.on_failure),
+            ] {
                 for rule in condition.iter().flat_map(|c| &c.rules) {
                     if let crate::scheduler::Rule::Custom { uses, .. } = rule {
                         if uses.starts_with("blake3:") {
                             continue;
                         }
                         let path = pipeline.host_path(uses);
-                        let loaded = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display())).and_then(|b| self.registry.runtime().load_rule(&b).map_err(|e| format!("{e:#}")));
+                        let loaded = std::fs::read(&path)
+                            .map_err(|e| format!("cannot read {}: {e}", path.display()))
+                            .and_then(|b| {
+                                self.registry
+                                    .runtime()
+                                    .load_rule(&b)
+                                    .map_err(|e| format!("{e:#}"))
+                            });
                         if let Err(e) = loaded {
-                            items.push(Diagnostic { loc: stage.loc, message: format!("stage `{}`: `{phase}` rule {uses}: {e}", stage.name) });
+                            items.push(Diagnostic {
+                                loc: stage.loc,
+                                message: format!(
+                                    "stage `{}`: `{phase}` rule {uses}: {e}",
+                                    stage.name
+                                ),
+                            });
                         }
                     }
                 }
@@ -156,7 +213,10 @@ impl Engine {
             return Ok(plugins);
         }
         items.sort_by_key(|d| d.loc);
-        Err(Diagnostics { file: pipeline.file.clone(), items })
+        Err(Diagnostics {
+            file: pipeline.file.clone(),
+            items,
+        })
     }
 
     /// Run a validated pipeline to the end. Returns the final execution record.
@@ -166,7 +226,8 @@ impl Engine {
         plugins: &ResolvedPlugins,
         overrides: &BTreeMap<String, String>,
     ) -> anyhow::Result<Execution> {
-        self.run_with(pipeline, plugins, overrides, LocalApprovals::default()).await
+        self.run_with(pipeline, plugins, overrides, LocalApprovals::default())
+            .await
     }
 
     /// [`Engine::run`], answering approvals as `approvals` says.
@@ -187,7 +248,8 @@ impl Engine {
             approvals,
         };
         let (plugins, overrides) = (plugins.clone(), overrides.clone());
-        let done = tokio::spawn(async move { driver.drive(pipeline, &plugins, &overrides).await }).await?;
+        let done =
+            tokio::spawn(async move { driver.drive(pipeline, &plugins, &overrides).await }).await?;
         // Used workspaces are emptied in the background; at the end of a run, nothing an
         // action wrote may stay on disk.
         self.workspaces.flush();
@@ -201,7 +263,9 @@ impl Engine {
             logs: self.logs.clone(),
             workspaces: self.workspaces.clone(),
             protected: self.protected.clone(),
-            functions: Arc::new(job::FileFunctions { runtime: self.registry.runtime().clone() }),
+            functions: Arc::new(job::FileFunctions {
+                runtime: self.registry.runtime().clone(),
+            }),
         }
     }
 }
@@ -224,34 +288,71 @@ impl LocalApprovals {
         let run = &exec.stages[stage].actions[action];
         let name = format!("{}/{}", exec.stages[stage].name, run.name);
         let at = Timestamp::now;
-        let expire = |reason: String| Input::Expire { stage, action, attempt, reason, at: at() };
-        let Some(waiting) = &run.waiting else { return expire("internal error: not waiting".into()) };
+        let expire = |reason: String| Input::Expire {
+            stage,
+            action,
+            attempt,
+            reason,
+            at: at(),
+        };
+        let Some(waiting) = &run.waiting else {
+            return expire("internal error: not waiting".into());
+        };
         if waiting.wake != crate::scheduler::Wake::Approval {
-            return expire(format!("{name} waits for an event, which needs the service (`sluice serve`); `sluice run` cannot wake it"));
+            return expire(format!(
+                "{name} waits for an event, which needs the service (`sluice serve`); `sluice run` cannot wake it"
+            ));
         }
         let decide = |approved: bool, summary: Option<String>| Input::Decide {
             stage,
             action,
-            decision: crate::scheduler::Decision { approved, by: self.identity.clone(), at: at(), summary },
+            decision: crate::scheduler::Decision {
+                approved,
+                by: self.identity.clone(),
+                at: at(),
+                summary,
+            },
             at: at(),
         };
         let input = if self.pre_approved.contains(&name) {
             decide(true, Some("approved in advance with --approve".into()))
         } else if self.interactive {
-            let prompt = format!("\n  ? {name} needs approval{}. Approve as {}? [y/N] ", run.summary.as_ref().map(|s| format!(" ({s})")).unwrap_or_default(), self.identity);
+            let prompt = format!(
+                "\n  ? {name} needs approval{}. Approve as {}? [y/N] ",
+                run.summary
+                    .as_ref()
+                    .map(|s| format!(" ({s})"))
+                    .unwrap_or_default(),
+                self.identity
+            );
             let answer = tokio::task::spawn_blocking(move || {
                 use std::io::Write;
                 eprint!("{prompt}");
                 let _ = std::io::stderr().flush();
                 let mut line = String::new();
-                std::io::stdin().read_line(&mut line).map(|_| line).unwrap_or_default()
+                std::io::stdin()
+                    .read_line(&mut line)
+                    .map(|_| line)
+                    .unwrap_or_default()
             })
             .await
             .unwrap_or_default();
             let yes = matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes");
-            decide(yes, Some(if yes { "approved at the prompt" } else { "rejected at the prompt" }.into()))
+            decide(
+                yes,
+                Some(
+                    if yes {
+                        "approved at the prompt"
+                    } else {
+                        "rejected at the prompt"
+                    }
+                    .into(),
+                ),
+            )
         } else {
-            return expire(format!("{name} needs an approval and there is no terminal to ask on: pass --approve {name} to approve it in advance"));
+            return expire(format!(
+                "{name} needs an approval and there is no terminal to ask on: pass --approve {name} to approve it in advance"
+            ));
         };
         match crate::scheduler::refusal(exec, &input) {
             Some(why) => expire(format!("approval refused: {why}")),
@@ -270,14 +371,29 @@ struct Driver {
 }
 
 impl Driver {
-    async fn drive(&self, pipeline: Arc<Pipeline>, plugins: &ResolvedPlugins, overrides: &BTreeMap<String, String>) -> anyhow::Result<Execution> {
+    async fn drive(
+        &self,
+        pipeline: Arc<Pipeline>,
+        plugins: &ResolvedPlugins,
+        overrides: &BTreeMap<String, String>,
+    ) -> anyhow::Result<Execution> {
         let mut variables = pipeline.variables.clone();
         variables.extend(overrides.clone());
         let pin = |uses: &str| PluginRef {
             reference: uses.to_string(),
-            digest: plugins.get(uses).and_then(|p| p.as_ref().ok()).map(|p| p.digest.clone()).unwrap_or_default(),
+            digest: plugins
+                .get(uses)
+                .and_then(|p| p.as_ref().ok())
+                .map(|p| p.digest.clone())
+                .unwrap_or_default(),
         };
-        let exec = Execution::new(ulid::Ulid::new().to_string(), &self.tenant, &pipeline, &pin, variables);
+        let exec = Execution::new(
+            ulid::Ulid::new().to_string(),
+            &self.tenant,
+            &pipeline,
+            &pin,
+            variables,
+        );
         // The executor changes the execution in place; the writer copies it now and then. Its
         // first write (durable) creates the record while the first action already starts.
         let exec = Arc::new(Mutex::new(exec));
@@ -285,7 +401,9 @@ impl Driver {
         writer.changed(Durability::Durable)?;
         let plugins = Arc::new(plugins.clone());
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Input>();
-        let mut input = Input::Start { at: Timestamp::now() };
+        let mut input = Input::Start {
+            at: Timestamp::now(),
+        };
         // Only this loop changes the execution, so one snapshot, advanced at each step, is
         // what the last step left.
         let mut seen = Snapshot::of(&exec.lock().unwrap());
@@ -300,25 +418,45 @@ impl Driver {
                 let mut finished = current.status.is_terminal();
                 for command in commands {
                     match command {
-                        Command::RunAction { stage, action, attempt, delay_ms } => jobs.push(job::Attempt {
+                        Command::RunAction {
                             stage,
                             action,
                             attempt,
                             delay_ms,
-                            spec: job::JobSpec::build(&pipeline, &plugins, &current, stage, action, attempt),
+                        } => jobs.push(job::Attempt {
+                            stage,
+                            action,
+                            attempt,
+                            delay_ms,
+                            spec: job::JobSpec::build(
+                                &pipeline, &plugins, &current, stage, action, attempt,
+                            ),
                         }),
-                        Command::Await { stage, action, attempt } => waits.push((stage, action, attempt)),
+                        Command::Await {
+                            stage,
+                            action,
+                            attempt,
+                        } => waits.push((stage, action, attempt)),
                         Command::Finish { .. } => finished = true,
                         // A local run is alone: it enters stages directly (never gated).
                         Command::Enter { .. } | Command::Leave { .. } => {}
-                        Command::CheckRules { stage, phase } => check = Some((stage, phase, current.clone())),
-                        Command::Rollback { stage } => tracing::warn!("stage {} asks for a rollback; rollbacks need the service (`sluice serve`), which keeps the history to roll back to", current.stages[stage].name),
+                        Command::CheckRules { stage, phase } => {
+                            check = Some((stage, phase, current.clone()))
+                        }
+                        Command::Rollback { stage } => tracing::warn!(
+                            "stage {} asks for a rollback; rollbacks need the service (`sluice serve`), which keeps the history to roll back to",
+                            current.stages[stage].name
+                        ),
                     }
                 }
                 (events, jobs, finished)
             };
             if !events.is_empty() {
-                writer.changed(if finished { Durability::Durable } else { Durability::Eventual })?;
+                writer.changed(if finished {
+                    Durability::Durable
+                } else {
+                    Durability::Eventual
+                })?;
                 for event in events {
                     self.bus.publish(event);
                 }
@@ -327,7 +465,9 @@ impl Driver {
                 writer.finish()?;
                 // The writer is gone: the execution is ours alone.
                 let done = match Arc::try_unwrap(exec) {
-                    Ok(only) => only.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner()),
+                    Ok(only) => only
+                        .into_inner()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner()),
                     Err(shared) => shared.lock().unwrap().clone(),
                 };
                 return Ok(done);
@@ -349,9 +489,15 @@ impl Driver {
                     });
                 }
                 let snapshot = exec.lock().unwrap().clone();
-                input = self.approvals.answer(&snapshot, stage, action, attempt).await;
+                input = self
+                    .approvals
+                    .answer(&snapshot, stage, action, attempt)
+                    .await;
                 for (stage, action, attempt) in waits {
-                    let answer = self.approvals.answer(&snapshot, stage, action, attempt).await;
+                    let answer = self
+                        .approvals
+                        .answer(&snapshot, stage, action, attempt)
+                        .await;
                     let _ = tx.send(answer);
                 }
                 continue;
@@ -371,18 +517,29 @@ impl Driver {
                     // execution waiting for a result that never comes.
                     let (stage, action, number) = (attempt.stage, attempt.action, attempt.attempt);
                     let inner = cx.clone();
-                    let (next, leftover) = match tokio::spawn(async move { attempt.run(&inner).await }).await {
-                        Ok(done) => done,
-                        Err(e) => (job::Attempt::failure(stage, action, number, format!("internal error while running the action: {e}")), job::Leftover::none()),
-                    };
+                    let (next, leftover) =
+                        match tokio::spawn(async move { attempt.run(&inner).await }).await {
+                            Ok(done) => done,
+                            Err(e) => (
+                                job::Attempt::failure(
+                                    stage,
+                                    action,
+                                    number,
+                                    format!("internal error while running the action: {e}"),
+                                ),
+                                job::Leftover::none(),
+                            ),
+                        };
                     let _ = tx.send(next);
                     leftover.release(&cx);
                 });
             }
-            input = rx.recv().await.context("all jobs ended without reporting")?;
+            input = rx
+                .recv()
+                .await
+                .context("all jobs ended without reporting")?;
         }
     }
-
 }
 
 /// Read and parse a pipeline file. A file that cannot be read or is not YAML is an error;
@@ -390,8 +547,15 @@ impl Driver {
 /// together with validation's by [`Engine::check`]).
 pub fn load_pipeline(path: &Path) -> Result<(Pipeline, Vec<Diagnostic>), Diagnostics> {
     let file = path.display().to_string();
-    let fail = |message: String| Diagnostics { file: file.clone(), items: vec![Diagnostic { loc: Loc { line: 1, col: 1 }, message }] };
-    let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read the pipeline file: {e}")))?;
+    let fail = |message: String| Diagnostics {
+        file: file.clone(),
+        items: vec![Diagnostic {
+            loc: Loc { line: 1, col: 1 },
+            message,
+        }],
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| fail(format!("cannot read the pipeline file: {e}")))?;
     let dir = std::fs::canonicalize(path)
         .map_err(|e| fail(format!("cannot resolve the pipeline file's directory: {e}")))?
         .parent()

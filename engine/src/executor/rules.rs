@@ -16,7 +16,13 @@ use std::time::Duration;
 const RULE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Check the condition of stage `si` for `phase`; the answer is the scheduler's next input.
-pub async fn check(cx: &JobContext, pipeline: &Pipeline, exec: &Execution, si: usize, phase: Phase) -> Input {
+pub async fn check(
+    cx: &JobContext,
+    pipeline: &Pipeline,
+    exec: &Execution,
+    si: usize,
+    phase: Phase,
+) -> Input {
     let at = Timestamp::now();
     let failure = match exec.stages.get(si).and_then(|s| s.conditions.get(phase)) {
         None => None,
@@ -25,7 +31,9 @@ pub async fn check(cx: &JobContext, pipeline: &Pipeline, exec: &Execution, si: u
             let mut failure = None;
             for rule in &c.rules {
                 let verdict = match rule {
-                    Rule::Custom { uses, with } => custom(cx, pipeline, exec, si, phase, uses, with, at).await,
+                    Rule::Custom { uses, with } => {
+                        custom(cx, pipeline, exec, si, phase, uses, with, at).await
+                    }
                     built_in => conditions::check(built_in, exec, at),
                 };
                 if let Err(why) = verdict {
@@ -36,15 +44,30 @@ pub async fn check(cx: &JobContext, pipeline: &Pipeline, exec: &Execution, si: u
             failure
         }
     };
-    Input::Checked { stage: si, phase, failure, at }
+    Input::Checked {
+        stage: si,
+        phase,
+        failure,
+        at,
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn custom(cx: &JobContext, pipeline: &Pipeline, exec: &Execution, si: usize, phase: Phase, uses: &str, with: &BTreeMap<String, String>, at: Timestamp) -> Result<(), String> {
+async fn custom(
+    cx: &JobContext,
+    pipeline: &Pipeline,
+    exec: &Execution,
+    si: usize,
+    phase: Phase,
+    uses: &str,
+    with: &BTreeMap<String, String>,
+    at: Timestamp,
+) -> Result<(), String> {
     let digest = load(cx, pipeline, uses).map_err(|e| format!("rule {uses}: {e}"))?;
     let mut config = Vec::new();
     for (k, v) in with {
-        let value = template::render(v, |ns, key| conditions::lookup(exec, ns, key)).map_err(|e| format!("rule {uses}: `with.{k}`: {e}"))?;
+        let value = template::render(v, |ns, key| conditions::lookup(exec, ns, key))
+            .map_err(|e| format!("rule {uses}: `with.{k}`: {e}"))?;
         config.push((k.clone(), value));
     }
     let stage = exec.stages[si].name.clone();
@@ -59,7 +82,12 @@ async fn custom(cx: &JobContext, pipeline: &Pipeline, exec: &Execution, si: usiz
         config,
         timeout: RULE_TIMEOUT,
         // Its log lines join the stage's, under a `<condition>` pseudo-action.
-        log: Arc::new(cx.logs.sink(&exec.execution_id, &stage, &format!("{}-rule", phase.as_str()), 1)),
+        log: Arc::new(cx.logs.sink(
+            &exec.execution_id,
+            &stage,
+            &format!("{}-rule", phase.as_str()),
+            1,
+        )),
     };
     match cx.runtime.check_rule(&digest, check).await {
         Ok(Ok(())) => Ok(()),
@@ -82,10 +110,19 @@ fn load(cx: &JobContext, pipeline: &Pipeline, uses: &str) -> Result<Digest, Stri
 
 /// Every value a `#{...}` reference could use, keyed by the reference.
 fn values(exec: &Execution) -> Vec<(String, String)> {
-    let mut out: BTreeMap<String, String> = exec.variables.iter().map(|(k, v)| (format!("variables.{k}"), v.clone())).collect();
+    let mut out: BTreeMap<String, String> = exec
+        .variables
+        .iter()
+        .map(|(k, v)| (format!("variables.{k}"), v.clone()))
+        .collect();
     out.insert("sluice.execution_id".into(), exec.execution_id.clone());
     out.insert("sluice.pipeline".into(), exec.pipeline.clone());
-    for a in exec.stages.iter().flat_map(|s| &s.actions).filter(|a| a.status == crate::scheduler::Status::Succeeded) {
+    for a in exec
+        .stages
+        .iter()
+        .flat_map(|s| &s.actions)
+        .filter(|a| a.status == crate::scheduler::Status::Succeeded)
+    {
         if let Some(ns) = &a.namespace {
             for (k, v) in &a.variables {
                 out.insert(format!("{ns}.{k}"), v.clone());

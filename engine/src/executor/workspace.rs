@@ -40,9 +40,15 @@ impl WorkspacePool {
             std::fs::remove_dir_all(&root)?;
         }
         std::fs::create_dir_all(&root)?;
-        let shared = Arc::new(Shared { root, state: Mutex::new(PoolState::default()), wake: Condvar::new() });
+        let shared = Arc::new(Shared {
+            root,
+            state: Mutex::new(PoolState::default()),
+            wake: Condvar::new(),
+        });
         let s = shared.clone();
-        std::thread::Builder::new().name("sluice-workspaces".into()).spawn(move || s.clean_loop())?;
+        std::thread::Builder::new()
+            .name("sluice-workspaces".into())
+            .spawn(move || s.clean_loop())?;
         Ok(WorkspacePool { shared })
     }
 
@@ -72,7 +78,8 @@ impl WorkspacePool {
             },
             None => {
                 let ws = self.shared.root.join(format!("ws-{}", ulid::Ulid::new()));
-                std::fs::create_dir_all(ws.join("scratch")).inspect_err(|_| self.shared.state.lock().unwrap().total -= 1)?;
+                std::fs::create_dir_all(ws.join("scratch"))
+                    .inspect_err(|_| self.shared.state.lock().unwrap().total -= 1)?;
                 Ok(ws)
             }
         }
@@ -115,7 +122,10 @@ impl Shared {
                 // Wake for a full batch, or now and then for what a quiet engine left.
                 while st.dirty.len() < CLEAN_BATCH && !st.closed {
                     st.cleaner_idle = true;
-                    let (next, timeout) = self.wake.wait_timeout(st, std::time::Duration::from_millis(100)).unwrap();
+                    let (next, timeout) = self
+                        .wake
+                        .wait_timeout(st, std::time::Duration::from_millis(100))
+                        .unwrap();
                     st = next;
                     if timeout.timed_out() && !st.dirty.is_empty() {
                         break;

@@ -34,8 +34,15 @@ pub(super) struct StateWriter {
 
 impl StateWriter {
     /// Write `exec` whenever told; the first write creates the record (`revision` None).
-    pub(super) fn spawn(store: Arc<dyn StateStore>, revision: Option<u64>, exec: Arc<Mutex<Execution>>) -> Self {
-        let shared = Arc::new(Shared { flags: Mutex::new(Flags::default()), wake: Condvar::new() });
+    pub(super) fn spawn(
+        store: Arc<dyn StateStore>,
+        revision: Option<u64>,
+        exec: Arc<Mutex<Execution>>,
+    ) -> Self {
+        let shared = Arc::new(Shared {
+            flags: Mutex::new(Flags::default()),
+            wake: Condvar::new(),
+        });
         let s = shared.clone();
         let thread = std::thread::Builder::new()
             .name("sluice-state".into())
@@ -45,7 +52,10 @@ impl StateWriter {
                 }
             })
             .expect("spawn state writer");
-        StateWriter { shared, thread: Some(thread) }
+        StateWriter {
+            shared,
+            thread: Some(thread),
+        }
     }
 
     /// The execution changed. Returns an error if an earlier write failed (the run must stop).
@@ -87,7 +97,12 @@ impl Drop for StateWriter {
     }
 }
 
-fn write_loop(store: &dyn StateStore, mut revision: Option<u64>, exec: &Mutex<Execution>, shared: &Shared) -> Result<(), StateError> {
+fn write_loop(
+    store: &dyn StateStore,
+    mut revision: Option<u64>,
+    exec: &Mutex<Execution>,
+    shared: &Shared,
+) -> Result<(), StateError> {
     loop {
         let durability = {
             let mut f = shared.flags.lock().unwrap();
@@ -112,7 +127,11 @@ fn write_loop(store: &dyn StateStore, mut revision: Option<u64>, exec: &Mutex<Ex
             std::mem::take(&mut f.durable)
         };
         let snapshot = exec.lock().unwrap().clone();
-        let d = if durability || snapshot.status.is_terminal() { Durability::Durable } else { Durability::Eventual };
+        let d = if durability || snapshot.status.is_terminal() {
+            Durability::Durable
+        } else {
+            Durability::Eventual
+        };
         revision = Some(store.put(&snapshot, revision, d)?);
     }
 }

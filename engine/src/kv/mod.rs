@@ -37,7 +37,12 @@ pub trait Kv: Send + Sync {
     /// Write a key that must not exist yet. Returns the new revision.
     fn create<'a>(&'a self, key: &'a str, value: Vec<u8>) -> BoxFuture<'a, KvResult<u64>>;
     /// Write a key whose current revision is `revision`. Returns the new revision.
-    fn update<'a>(&'a self, key: &'a str, value: Vec<u8>, revision: u64) -> BoxFuture<'a, KvResult<u64>>;
+    fn update<'a>(
+        &'a self,
+        key: &'a str,
+        value: Vec<u8>,
+        revision: u64,
+    ) -> BoxFuture<'a, KvResult<u64>>;
     /// Remove a key (absent keys are fine).
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, KvResult<()>>;
     /// Keys that start with `prefix`, sorted.
@@ -61,8 +66,12 @@ pub fn valid_key(key: &str) -> bool {
         && !key.ends_with('/')
         && !key.contains("//")
         && !key.contains("..")
-        && key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'/' | b'-'))
-        && !key.split('/').any(|part| part.starts_with('.') || part.ends_with('.'))
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'/' | b'-'))
+        && !key
+            .split('/')
+            .any(|part| part.starts_with('.') || part.ends_with('.'))
 }
 
 /// Read-modify-write with compare-and-swap, retried on conflict: `change` gets the current
@@ -79,7 +88,9 @@ where
             Some((bytes, rev)) => (Some(decode::<T>(key, &bytes)?), Some(rev)),
             None => (None, None),
         };
-        let Some(next) = change(value) else { return Ok(None) };
+        let Some(next) = change(value) else {
+            return Ok(None);
+        };
         let bytes = serde_json::to_vec(&next).map_err(|e| KvError::Backend(e.to_string()))?;
         let written = match revision {
             Some(rev) => kv.update(key, bytes, rev).await,
@@ -94,7 +105,10 @@ where
 }
 
 /// Read a JSON value.
-pub async fn get_json<T: serde::de::DeserializeOwned>(kv: &dyn Kv, key: &str) -> KvResult<Option<(T, u64)>> {
+pub async fn get_json<T: serde::de::DeserializeOwned>(
+    kv: &dyn Kv,
+    key: &str,
+) -> KvResult<Option<(T, u64)>> {
     match kv.get(key).await? {
         Some((bytes, rev)) => Ok(Some((decode(key, &bytes)?, rev))),
         None => Ok(None),
@@ -102,7 +116,11 @@ pub async fn get_json<T: serde::de::DeserializeOwned>(kv: &dyn Kv, key: &str) ->
 }
 
 fn decode<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> KvResult<T> {
-    serde_json::from_slice(bytes).map_err(|e| KvError::Backend(format!("`{key}` holds a record this version cannot read: {e}")))
+    serde_json::from_slice(bytes).map_err(|e| {
+        KvError::Backend(format!(
+            "`{key}` holds a record this version cannot read: {e}"
+        ))
+    })
 }
 
 #[cfg(test)]
@@ -112,7 +130,9 @@ mod tests {
         for ok in ["default/quickstart", "t/executions/01J0", "a.b_c-d/e"] {
             assert!(super::valid_key(ok), "{ok}");
         }
-        for bad in ["", "/a", "a/", "a//b", "a b", "a/*", "a/>", "a/.b", "a..b", "ü"] {
+        for bad in [
+            "", "/a", "a/", "a//b", "a b", "a/*", "a/>", "a/.b", "a..b", "ü",
+        ] {
             assert!(!super::valid_key(bad), "{bad}");
         }
     }

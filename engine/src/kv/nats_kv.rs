@@ -18,15 +18,26 @@ fn backend(e: impl std::fmt::Display) -> KvError {
 
 impl NatsKv {
     /// The bucket `name` (created if missing), keeping `history` revisions per key.
-    pub async fn open(js: &async_nats::jetstream::Context, name: &str, history: i64) -> KvResult<Self> {
+    pub async fn open(
+        js: &async_nats::jetstream::Context,
+        name: &str,
+        history: i64,
+    ) -> KvResult<Self> {
         let store = match js.get_key_value(name).await {
             Ok(store) => store,
             Err(_) => js
-                .create_key_value(async_nats::jetstream::kv::Config { bucket: name.to_string(), history, ..Default::default() })
+                .create_key_value(async_nats::jetstream::kv::Config {
+                    bucket: name.to_string(),
+                    history,
+                    ..Default::default()
+                })
                 .await
                 .map_err(|e| KvError::Backend(format!("create KV bucket {name}: {e}")))?,
         };
-        Ok(NatsKv { store, client: js.client() })
+        Ok(NatsKv {
+            store,
+            client: js.client(),
+        })
     }
 }
 
@@ -34,7 +45,9 @@ impl Kv for NatsKv {
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, KvResult<Option<(Vec<u8>, u64)>>> {
         async move {
             match self.store.entry(key).await.map_err(backend)? {
-                Some(e) if e.operation == Operation::Put => Ok(Some((e.value.to_vec(), e.revision))),
+                Some(e) if e.operation == Operation::Put => {
+                    Ok(Some((e.value.to_vec(), e.revision)))
+                }
                 _ => Ok(None),
             }
         }
@@ -43,20 +56,35 @@ impl Kv for NatsKv {
 
     fn create<'a>(&'a self, key: &'a str, value: Vec<u8>) -> BoxFuture<'a, KvResult<u64>> {
         async move {
-            self.store.create(key, value.into()).await.map_err(|e| match e.kind() {
-                CreateErrorKind::AlreadyExists => KvError::Conflict { key: key.to_string() },
-                _ => backend(e),
-            })
+            self.store
+                .create(key, value.into())
+                .await
+                .map_err(|e| match e.kind() {
+                    CreateErrorKind::AlreadyExists => KvError::Conflict {
+                        key: key.to_string(),
+                    },
+                    _ => backend(e),
+                })
         }
         .boxed()
     }
 
-    fn update<'a>(&'a self, key: &'a str, value: Vec<u8>, revision: u64) -> BoxFuture<'a, KvResult<u64>> {
+    fn update<'a>(
+        &'a self,
+        key: &'a str,
+        value: Vec<u8>,
+        revision: u64,
+    ) -> BoxFuture<'a, KvResult<u64>> {
         async move {
-            self.store.update(key, value.into(), revision).await.map_err(|e| match e.kind() {
-                UpdateErrorKind::WrongLastRevision => KvError::Conflict { key: key.to_string() },
-                _ => backend(e),
-            })
+            self.store
+                .update(key, value.into(), revision)
+                .await
+                .map_err(|e| match e.kind() {
+                    UpdateErrorKind::WrongLastRevision => KvError::Conflict {
+                        key: key.to_string(),
+                    },
+                    _ => backend(e),
+                })
         }
         .boxed()
     }
@@ -68,7 +96,11 @@ impl Kv for NatsKv {
     fn keys<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, KvResult<Vec<String>>> {
         async move {
             let mut keys: Vec<String> = match self.store.keys().await {
-                Ok(stream) => stream.try_filter(|k| std::future::ready(k.starts_with(prefix))).try_collect().await.map_err(backend)?,
+                Ok(stream) => stream
+                    .try_filter(|k| std::future::ready(k.starts_with(prefix)))
+                    .try_collect()
+                    .await
+                    .map_err(backend)?,
                 Err(e) => return Err(backend(e)),
             };
             keys.sort();

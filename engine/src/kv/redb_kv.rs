@@ -1,8 +1,8 @@
 //! The embedded bucket: one redb table per bucket. Values carry an 8-byte big-endian
 //! revision prefix, like the embedded state store.
 use super::{Kv, KvError, KvResult};
-use futures_util::{FutureExt, StreamExt};
 use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, StreamExt};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::Path;
 use std::sync::Arc;
@@ -30,21 +30,31 @@ impl RedbKv {
     /// is 1 GiB): records at rest (executions waiting for days) are read from the file, through
     /// the operating system's cache, instead of each costing the engine memory.
     pub fn open_database(path: &Path) -> KvResult<Arc<Database>> {
-        Database::builder().set_cache_size(CACHE).create(path).map(Arc::new).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => {
-                KvError::Backend(format!("{} is in use by another sluice process; pass a different --data directory", path.display()))
-            }
-            other => KvError::Backend(format!("{}: {other}", path.display())),
-        })
+        Database::builder()
+            .set_cache_size(CACHE)
+            .create(path)
+            .map(Arc::new)
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => KvError::Backend(format!(
+                    "{} is in use by another sluice process; pass a different --data directory",
+                    path.display()
+                )),
+                other => KvError::Backend(format!("{}: {other}", path.display())),
+            })
     }
 
     /// The bucket `name` in `db` (created if missing).
     pub fn bucket(db: Arc<Database>, name: &str) -> KvResult<Self> {
         let table = name.to_string();
         let tx = db.begin_write().map_err(backend)?;
-        tx.open_table(TableDefinition::<&str, &[u8]>::new(&table)).map_err(backend)?;
+        tx.open_table(TableDefinition::<&str, &[u8]>::new(&table))
+            .map_err(backend)?;
         tx.commit().map_err(backend)?;
-        Ok(RedbKv { db, table, changes: tokio::sync::broadcast::channel(1024).0 })
+        Ok(RedbKv {
+            db,
+            table,
+            changes: tokio::sync::broadcast::channel(1024).0,
+        })
     }
 
     fn def(&self) -> TableDefinition<'_, &'static str, &'static [u8]> {
@@ -67,7 +77,9 @@ impl RedbKv {
             let mut table = tx.open_table(self.def()).map_err(backend)?;
             let found = table.get(key).map_err(backend)?.map(|v| split(v.value()).1);
             if found != expected {
-                return Err(KvError::Conflict { key: key.to_string() });
+                return Err(KvError::Conflict {
+                    key: key.to_string(),
+                });
             }
             let revision = found.unwrap_or(0) + 1;
             let mut bytes = revision.to_be_bytes().to_vec();
@@ -104,14 +116,22 @@ impl Kv for RedbKv {
         async move { self.write(key, &value, None) }.boxed()
     }
 
-    fn update<'a>(&'a self, key: &'a str, value: Vec<u8>, revision: u64) -> BoxFuture<'a, KvResult<u64>> {
+    fn update<'a>(
+        &'a self,
+        key: &'a str,
+        value: Vec<u8>,
+        revision: u64,
+    ) -> BoxFuture<'a, KvResult<u64>> {
         async move { self.write(key, &value, Some(revision)) }.boxed()
     }
 
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, KvResult<()>> {
         async move {
             let tx = self.db.begin_write().map_err(backend)?;
-            tx.open_table(self.def()).map_err(backend)?.remove(key).map_err(backend)?;
+            tx.open_table(self.def())
+                .map_err(backend)?
+                .remove(key)
+                .map_err(backend)?;
             tx.commit().map_err(backend)?;
             self.announce(key, None);
             Ok(())
@@ -131,7 +151,14 @@ impl Kv for RedbKv {
                         Ok((k, value)) if k == key => return Some((Ok(value), Some(rx))),
                         Ok(_) => continue,
                         // A watch that fell behind has lost changes: it ends with the reason.
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => return Some((Err(KvError::Backend(format!("watch of `{key}` missed {n} changes"))), None)),
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                            return Some((
+                                Err(KvError::Backend(format!(
+                                    "watch of `{key}` missed {n} changes"
+                                ))),
+                                None,
+                            ));
+                        }
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
                     }
                 }

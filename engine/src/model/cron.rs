@@ -16,10 +16,16 @@ impl CronSchedule {
     /// Parse a 5-field (or 6-field, seconds first) expression and an IANA timezone (UTC when
     /// `None`).
     pub fn parse(expr: &str, timezone: Option<&str>) -> Result<Self, String> {
-        let cron = CronParser::builder().seconds(Seconds::Optional).build().parse(expr).map_err(|e| format!("bad cron expression {expr:?}: {e}"))?;
+        let cron = CronParser::builder()
+            .seconds(Seconds::Optional)
+            .build()
+            .parse(expr)
+            .map_err(|e| format!("bad cron expression {expr:?}: {e}"))?;
         let tz = match timezone {
             None => TimeZone::UTC,
-            Some(name) => TimeZone::get(name).map_err(|e| format!("unknown timezone {name:?}: {e}"))?,
+            Some(name) => {
+                TimeZone::get(name).map_err(|e| format!("unknown timezone {name:?}: {e}"))?
+            }
         };
         Ok(CronSchedule { cron, tz })
     }
@@ -34,7 +40,10 @@ impl CronSchedule {
     /// The first fire time strictly after `after`.
     pub fn next_after(&self, after: Timestamp) -> Option<Timestamp> {
         let zoned = after.to_zoned(self.tz.clone());
-        self.cron.find_next_occurrence(&zoned, false).ok().map(|z| z.timestamp())
+        self.cron
+            .find_next_occurrence(&zoned, false)
+            .ok()
+            .map(|z| z.timestamp())
     }
 }
 
@@ -47,11 +56,25 @@ mod tests {
         let at: Timestamp = "2026-03-01T00:00:00Z".parse().unwrap();
         // 03:00 in Berlin (UTC+1 in winter) is 02:00 UTC.
         let s = CronSchedule::parse("0 3 * * *", Some("Europe/Berlin")).unwrap();
-        assert_eq!(s.next_after(at).unwrap().to_string(), "2026-03-01T02:00:00Z");
+        assert_eq!(
+            s.next_after(at).unwrap().to_string(),
+            "2026-03-01T02:00:00Z"
+        );
         // Six fields: seconds first.
         let s = CronSchedule::parse("*/10 * * * * *", None).unwrap();
-        assert_eq!(s.next_after(at).unwrap().to_string(), "2026-03-01T00:00:10Z");
-        assert!(CronSchedule::parse("61 * * * *", None).unwrap_err().contains("bad cron"));
-        assert!(CronSchedule::parse("* * * * *", Some("Mars/Base")).unwrap_err().contains("unknown timezone"));
+        assert_eq!(
+            s.next_after(at).unwrap().to_string(),
+            "2026-03-01T00:00:10Z"
+        );
+        assert!(
+            CronSchedule::parse("61 * * * *", None)
+                .unwrap_err()
+                .contains("bad cron")
+        );
+        assert!(
+            CronSchedule::parse("* * * * *", Some("Mars/Base"))
+                .unwrap_err()
+                .contains("unknown timezone")
+        );
     }
 }

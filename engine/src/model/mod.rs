@@ -48,7 +48,11 @@ impl fmt::Display for Diagnostics {
             if i > 0 {
                 writeln!(f)?;
             }
-            write!(f, "{}:{}:{}: {}", self.file, d.loc.line, d.loc.col, d.message)?;
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file, d.loc.line, d.loc.col, d.message
+            )?;
         }
         Ok(())
     }
@@ -79,14 +83,22 @@ pub struct Pipeline {
 /// outside Sluice's own `sluice.>` space.
 pub fn valid_trigger_subject(subject: &str) -> Result<(), String> {
     let tokens: Vec<&str> = subject.split('.').collect();
-    if subject.is_empty() || tokens.iter().any(|t| t.is_empty() || t.chars().any(char::is_whitespace)) {
-        return Err(format!("{subject:?} is not a NATS subject (dot-separated tokens, no spaces)"));
+    if subject.is_empty()
+        || tokens
+            .iter()
+            .any(|t| t.is_empty() || t.chars().any(char::is_whitespace))
+    {
+        return Err(format!(
+            "{subject:?} is not a NATS subject (dot-separated tokens, no spaces)"
+        ));
     }
     if tokens[..tokens.len() - 1].contains(&">") {
         return Err(format!("{subject:?}: `>` may only be the last token"));
     }
     if tokens[0] == "sluice" || tokens[0] == ">" || tokens[0].starts_with('$') {
-        return Err(format!("{subject:?} is reserved (sluice.> is Sluice's own; publish to sluice.<tenant>.trigger.<pipeline> directly)"));
+        return Err(format!(
+            "{subject:?} is reserved (sluice.> is Sluice's own; publish to sluice.<tenant>.trigger.<pipeline> directly)"
+        ));
     }
     Ok(())
 }
@@ -228,7 +240,10 @@ impl Pipeline {
 
     /// Every action with its stage index, in file order.
     pub fn actions(&self) -> impl Iterator<Item = (usize, &Stage, &Action)> {
-        self.stages.iter().enumerate().flat_map(|(i, s)| s.actions.iter().map(move |a| (i, s, a)))
+        self.stages
+            .iter()
+            .enumerate()
+            .flat_map(|(i, s)| s.actions.iter().map(move |a| (i, s, a)))
     }
 }
 
@@ -253,5 +268,7 @@ pub fn is_valid_name(name: &str) -> bool {
         && name.len() <= 100
         && name != "."
         && name != ".."
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }

@@ -1,5 +1,8 @@
 //! YAML → [`Pipeline`], collecting every structural problem with its position.
-use super::{Access, Action, Capabilities, Diagnostic, GitFilter, Loc, Located, Patterns, Pipeline, Schedule, Stage, Triggers, Webhook, units};
+use super::{
+    Access, Action, Capabilities, Diagnostic, GitFilter, Loc, Located, Patterns, Pipeline,
+    Schedule, Stage, Triggers, Webhook, units,
+};
 use marked_yaml::{LoaderOptions, Node, types::MarkedMappingNode};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -8,7 +11,14 @@ use crate::scheduler::Mode;
 use crate::scheduler::conditions::{Condition, Operator, Outcome, Rule, StageConditions};
 
 /// Keys accepted at the top level (kept in step with `schema/pipeline.schema.json`).
-pub const PIPELINE_KEYS: &[&str] = &["name", "variables", "timeout", "execution_mode", "triggers", "stages"];
+pub const PIPELINE_KEYS: &[&str] = &[
+    "name",
+    "variables",
+    "timeout",
+    "execution_mode",
+    "triggers",
+    "stages",
+];
 /// Keys accepted under `triggers`.
 pub const TRIGGER_KEYS: &[&str] = &["nats", "git", "schedule", "webhook"];
 /// Keys accepted in a `triggers.git` filter.
@@ -20,7 +30,13 @@ pub const SCHEDULE_KEYS: &[&str] = &["cron", "timezone"];
 /// Keys accepted under `triggers.webhook`.
 pub const WEBHOOK_KEYS: &[&str] = &["secret_env"];
 /// Keys accepted in a stage.
-pub const STAGE_KEYS: &[&str] = &["name", "actions", "before_entry", "on_success", "on_failure"];
+pub const STAGE_KEYS: &[&str] = &[
+    "name",
+    "actions",
+    "before_entry",
+    "on_success",
+    "on_failure",
+];
 /// Keys accepted in a stage condition.
 pub const CONDITION_KEYS: &[&str] = &["result", "rules", "retry"];
 /// Keys accepted in a `variable-check` rule.
@@ -31,7 +47,17 @@ pub const CUSTOM_RULE_KEYS: &[&str] = &["rule", "with"];
 pub const DEPLOYMENT_WINDOW_KEYS: &[&str] = &["rule", "cron", "timezone"];
 /// Keys accepted in an action.
 pub const ACTION_KEYS: &[&str] = &[
-    "name", "uses", "with", "inputs", "outputs", "namespace", "run_order", "timeout", "retry", "limits", "capabilities",
+    "name",
+    "uses",
+    "with",
+    "inputs",
+    "outputs",
+    "namespace",
+    "run_order",
+    "timeout",
+    "retry",
+    "limits",
+    "capabilities",
 ];
 /// Keys accepted under `retry`.
 pub const RETRY_KEYS: &[&str] = &["max_attempts", "backoff", "on_timeout"];
@@ -45,7 +71,9 @@ pub const CAPABILITY_KEYS: &[&str] = &["process", "dirs", "http", "nats"];
 /// Parse `text` (the contents of `file`, whose directory is `dir`). Returns the pipeline as far
 /// as it could be read and every problem found; a YAML syntax error yields no pipeline.
 pub fn parse(file: &str, dir: PathBuf, text: &str) -> (Option<Pipeline>, Vec<Diagnostic>) {
-    let options = LoaderOptions::default().error_on_duplicate_keys(true).prevent_coercion(false);
+    let options = LoaderOptions::default()
+        .error_on_duplicate_keys(true)
+        .prevent_coercion(false);
     let root = match marked_yaml::parse_yaml_with_options(0, text, options) {
         Ok(node) => node,
         Err(e) => return (None, vec![load_error(e)]),
@@ -58,23 +86,43 @@ pub fn parse(file: &str, dir: PathBuf, text: &str) -> (Option<Pipeline>, Vec<Dia
 fn load_error(e: marked_yaml::LoadError) -> Diagnostic {
     use marked_yaml::LoadError::*;
     let (marker, message) = match &e {
-        TopLevelMustBeMapping(m) => (*m, "the top level must be a mapping with `name` and `stages`".to_string()),
+        TopLevelMustBeMapping(m) => (
+            *m,
+            "the top level must be a mapping with `name` and `stages`".to_string(),
+        ),
         TopLevelMustBeSequence(m) => (*m, "unexpected top-level sequence".to_string()),
         UnexpectedAnchor(m) => (*m, "YAML anchors are not supported".to_string()),
         MappingKeyMustBeScalar(m) => (*m, "mapping keys must be plain strings".to_string()),
         UnexpectedTag(m) => (*m, "YAML tags are not supported".to_string()),
         ScanError(m, se) => (*m, format!("YAML syntax error: {}", se.info())),
         DuplicateKey(inner) => {
-            let at = inner.prev_key.span().start().map(|m| format!(" (first at line {})", m.line())).unwrap_or_default();
-            let m = inner.key.span().start().copied().unwrap_or_else(|| marked_yaml::Marker::new(0, 0, 1, 1));
+            let at = inner
+                .prev_key
+                .span()
+                .start()
+                .map(|m| format!(" (first at line {})", m.line()))
+                .unwrap_or_default();
+            let m = inner
+                .key
+                .span()
+                .start()
+                .copied()
+                .unwrap_or_else(|| marked_yaml::Marker::new(0, 0, 1, 1));
             (m, format!("duplicate key `{}`{at}", inner.key.as_str()))
         }
     };
-    Diagnostic { loc: marker_loc(Some(&marker)), message }
+    Diagnostic {
+        loc: marker_loc(Some(&marker)),
+        message,
+    }
 }
 
 fn marker_loc(m: Option<&marked_yaml::Marker>) -> Loc {
-    m.map(|m| Loc { line: m.line(), col: m.column() }).unwrap_or(Loc { line: 1, col: 1 })
+    m.map(|m| Loc {
+        line: m.line(),
+        col: m.column(),
+    })
+    .unwrap_or(Loc { line: 1, col: 1 })
 }
 
 /// Where a node starts; for a mapping, its first key (the mapping's own span may start
@@ -102,11 +150,19 @@ struct Parser {
 
 impl Parser {
     fn err(&mut self, loc: Loc, message: impl Into<String>) {
-        self.diags.push(Diagnostic { loc, message: message.into() });
+        self.diags.push(Diagnostic {
+            loc,
+            message: message.into(),
+        });
     }
 
     /// The node as a mapping whose keys are all in `known`; reports unknown keys.
-    fn mapping<'n>(&mut self, node: &'n Node, what: &str, known: &[&str]) -> Option<&'n MarkedMappingNode> {
+    fn mapping<'n>(
+        &mut self,
+        node: &'n Node,
+        what: &str,
+        known: &[&str],
+    ) -> Option<&'n MarkedMappingNode> {
         let Some(map) = node.as_mapping() else {
             self.err(loc(node), format!("{what} must be a mapping"));
             return None;
@@ -117,7 +173,10 @@ impl Parser {
                     Some(s) => format!("; did you mean `{s}`?"),
                     None => format!("; expected one of: {}", known.join(", ")),
                 };
-                self.err(marker_loc(key.span().start()), format!("unknown key `{}` in {what}{hint}", key.as_str()));
+                self.err(
+                    marker_loc(key.span().start()),
+                    format!("unknown key `{}` in {what}{hint}", key.as_str()),
+                );
             }
         }
         Some(map)
@@ -125,7 +184,10 @@ impl Parser {
 
     fn scalar(&mut self, node: &Node, what: &str) -> Option<Located<String>> {
         match node.as_scalar() {
-            Some(s) => Some(Located { value: s.as_str().to_string(), loc: loc(node) }),
+            Some(s) => Some(Located {
+                value: s.as_str().to_string(),
+                loc: loc(node),
+            }),
             None => {
                 self.err(loc(node), format!("{what} must be a string"));
                 None
@@ -133,7 +195,13 @@ impl Parser {
         }
     }
 
-    fn required<'n>(&mut self, map: &'n MarkedMappingNode, key: &str, what: &str, at: Loc) -> Option<&'n Node> {
+    fn required<'n>(
+        &mut self,
+        map: &'n MarkedMappingNode,
+        key: &str,
+        what: &str,
+        at: Loc,
+    ) -> Option<&'n Node> {
         let node = map.get_node(key);
         if node.is_none() {
             self.err(at, format!("{what} is missing required key `{key}`"));
@@ -146,17 +214,36 @@ impl Parser {
             self.err(loc(node), format!("{what} must be a list, e.g. [a, b]"));
             return Vec::new();
         };
-        seq.iter().filter_map(|n| self.scalar(n, &format!("an entry of {what}"))).collect()
+        seq.iter()
+            .filter_map(|n| self.scalar(n, &format!("an entry of {what}")))
+            .collect()
     }
 
     fn pipeline(&mut self, root: &Node, file: &str, dir: PathBuf) -> Pipeline {
-        let mut pipeline = Pipeline { name: String::new(), variables: BTreeMap::new(), stages: Vec::new(), timeout: None, mode: Mode::default(), triggers: Triggers::default(), file: file.to_string(), dir };
-        let Some(map) = self.mapping(root, "the pipeline", PIPELINE_KEYS) else { return pipeline };
+        let mut pipeline = Pipeline {
+            name: String::new(),
+            variables: BTreeMap::new(),
+            stages: Vec::new(),
+            timeout: None,
+            mode: Mode::default(),
+            triggers: Triggers::default(),
+            file: file.to_string(),
+            dir,
+        };
+        let Some(map) = self.mapping(root, "the pipeline", PIPELINE_KEYS) else {
+            return pipeline;
+        };
         let at = loc(root);
         if let Some(n) = self.required(map, "name", "the pipeline", at) {
             if let Some(name) = self.scalar(n, "`name`") {
                 if !super::is_valid_name(&name.value) {
-                    self.err(name.loc, format!("pipeline name {:?} must match [A-Za-z0-9._-]{{1,100}}", name.value));
+                    self.err(
+                        name.loc,
+                        format!(
+                            "pipeline name {:?} must match [A-Za-z0-9._-]{{1,100}}",
+                            name.value
+                        ),
+                    );
                 }
                 pipeline.name = name.value;
             }
@@ -168,7 +255,14 @@ impl Parser {
             if let Some(m) = self.scalar(n, "`execution_mode`") {
                 match Mode::parse(&m.value) {
                     Some(mode) => pipeline.mode = mode,
-                    None => self.err(m.loc, format!("`execution_mode` must be one of {}, got {:?}", Mode::NAMES.join(", "), m.value)),
+                    None => self.err(
+                        m.loc,
+                        format!(
+                            "`execution_mode` must be one of {}, got {:?}",
+                            Mode::NAMES.join(", "),
+                            m.value
+                        ),
+                    ),
                 }
             }
         }
@@ -180,9 +274,17 @@ impl Parser {
                 for (k, v) in vmap.iter() {
                     if let Some(value) = self.scalar(v, &format!("variable `{}`", k.as_str())) {
                         if value.value.contains("#{") {
-                            self.err(value.loc, format!("variable `{}`: a default value cannot contain #{{...}}", k.as_str()));
+                            self.err(
+                                value.loc,
+                                format!(
+                                    "variable `{}`: a default value cannot contain #{{...}}",
+                                    k.as_str()
+                                ),
+                            );
                         }
-                        pipeline.variables.insert(k.as_str().to_string(), value.value);
+                        pipeline
+                            .variables
+                            .insert(k.as_str().to_string(), value.value);
                     }
                 }
             } else {
@@ -191,13 +293,19 @@ impl Parser {
         }
         if let Some(stages) = self.required(map, "stages", "the pipeline", at) {
             match stages.as_sequence() {
-                Some(seq) if seq.is_empty() => self.err(loc(stages), "`stages` is empty: a pipeline needs at least one stage"),
+                Some(seq) if seq.is_empty() => self.err(
+                    loc(stages),
+                    "`stages` is empty: a pipeline needs at least one stage",
+                ),
                 Some(seq) => {
                     pipeline.stages = seq.iter().filter_map(|n| self.stage(n)).collect();
                     // The first stage brings the source: there is nothing earlier to roll back to.
                     if let Some(first) = pipeline.stages.first() {
                         let c = &first.conditions;
-                        if [&c.on_success, &c.on_failure].iter().any(|c| c.as_ref().is_some_and(|c| c.result == Outcome::Rollback)) {
+                        if [&c.on_success, &c.on_failure]
+                            .iter()
+                            .any(|c| c.as_ref().is_some_and(|c| c.result == Outcome::Rollback))
+                        {
                             self.err(first.loc, format!("stage `{}`: the first stage cannot be rolled back (ROLLBACK is for later stages)", first.name));
                         }
                     }
@@ -210,12 +318,17 @@ impl Parser {
 
     fn triggers(&mut self, node: &Node) -> Triggers {
         let mut out = Triggers::default();
-        let Some(map) = self.mapping(node, "`triggers`", TRIGGER_KEYS) else { return out };
+        let Some(map) = self.mapping(node, "`triggers`", TRIGGER_KEYS) else {
+            return out;
+        };
         if let Some(n) = map.get_node("nats") {
             out.nats = self.string_list(n, "`triggers.nats`");
             for s in &out.nats {
                 if let Err(e) = super::valid_trigger_subject(&s.value) {
-                    self.diags.push(Diagnostic { loc: s.loc, message: format!("`triggers.nats`: {e}") });
+                    self.diags.push(Diagnostic {
+                        loc: s.loc,
+                        message: format!("`triggers.nats`: {e}"),
+                    });
                 }
             }
         }
@@ -224,11 +337,20 @@ impl Parser {
                 Some(seq) => {
                     for f in seq.iter() {
                         let at = loc(f);
-                        let Some(fm) = self.mapping(f, "a git filter", GIT_FILTER_KEYS) else { continue };
-                        let mut filter = GitFilter { loc: at, ..Default::default() };
-                        filter.branches = fm.get_node("branches").map(|n| self.patterns(n, "`branches`"));
+                        let Some(fm) = self.mapping(f, "a git filter", GIT_FILTER_KEYS) else {
+                            continue;
+                        };
+                        let mut filter = GitFilter {
+                            loc: at,
+                            ..Default::default()
+                        };
+                        filter.branches = fm
+                            .get_node("branches")
+                            .map(|n| self.patterns(n, "`branches`"));
                         filter.tags = fm.get_node("tags").map(|n| self.patterns(n, "`tags`"));
-                        filter.file_paths = fm.get_node("file_paths").map(|n| self.patterns(n, "`file_paths`"));
+                        filter.file_paths = fm
+                            .get_node("file_paths")
+                            .map(|n| self.patterns(n, "`file_paths`"));
                         if filter.branches.is_none() && filter.tags.is_none() {
                             self.err(at, "a git filter needs `branches` or `tags`");
                         }
@@ -243,21 +365,33 @@ impl Parser {
                 Some(seq) => {
                     for e in seq.iter() {
                         let at = loc(e);
-                        let Some(em) = self.mapping(e, "a schedule", SCHEDULE_KEYS) else { continue };
-                        let cron = self.required(em, "cron", "a schedule", at).and_then(|n| self.scalar(n, "`cron`"));
-                        let timezone = em.get_node("timezone").and_then(|n| self.scalar(n, "`timezone`"));
+                        let Some(em) = self.mapping(e, "a schedule", SCHEDULE_KEYS) else {
+                            continue;
+                        };
+                        let cron = self
+                            .required(em, "cron", "a schedule", at)
+                            .and_then(|n| self.scalar(n, "`cron`"));
+                        let timezone = em
+                            .get_node("timezone")
+                            .and_then(|n| self.scalar(n, "`timezone`"));
                         if let Some(cron) = cron {
                             out.schedule.push(Schedule { cron, timezone });
                         }
                     }
                 }
-                None => self.err(loc(schedule), "`triggers.schedule` must be a list of {cron, timezone}"),
+                None => self.err(
+                    loc(schedule),
+                    "`triggers.schedule` must be a list of {cron, timezone}",
+                ),
             }
         }
         if let Some(hook) = map.get_node("webhook") {
             let at = loc(hook);
             if let Some(hm) = self.mapping(hook, "`triggers.webhook`", WEBHOOK_KEYS) {
-                if let Some(secret_env) = self.required(hm, "secret_env", "`triggers.webhook`", at).and_then(|n| self.scalar(n, "`secret_env`")) {
+                if let Some(secret_env) = self
+                    .required(hm, "secret_env", "`triggers.webhook`", at)
+                    .and_then(|n| self.scalar(n, "`secret_env`"))
+                {
                     out.webhook = Some(Webhook { secret_env });
                 }
             }
@@ -268,7 +402,10 @@ impl Parser {
     /// `{include: [...], exclude: [...]}` or a plain list (includes).
     fn patterns(&mut self, node: &Node, what: &str) -> Patterns {
         if node.as_sequence().is_some() {
-            return Patterns { include: self.string_list(node, what), exclude: Vec::new() };
+            return Patterns {
+                include: self.string_list(node, what),
+                exclude: Vec::new(),
+            };
         }
         let mut out = Patterns::default();
         if let Some(map) = self.mapping(node, what, PATTERN_KEYS) {
@@ -281,7 +418,10 @@ impl Parser {
         }
         for p in out.include.iter().chain(&out.exclude) {
             if let Err(e) = globset::Glob::new(&p.value) {
-                self.diags.push(Diagnostic { loc: p.loc, message: format!("bad glob {:?}: {}", p.value, e.kind()) });
+                self.diags.push(Diagnostic {
+                    loc: p.loc,
+                    message: format!("bad glob {:?}: {}", p.value, e.kind()),
+                });
             }
         }
         out
@@ -290,17 +430,35 @@ impl Parser {
     fn stage(&mut self, node: &Node) -> Option<Stage> {
         let at = loc(node);
         let map = self.mapping(node, "a stage", STAGE_KEYS)?;
-        let name = self.required(map, "name", "a stage", at).and_then(|n| self.scalar(n, "stage `name`"));
+        let name = self
+            .required(map, "name", "a stage", at)
+            .and_then(|n| self.scalar(n, "stage `name`"));
         let name = name.map(|n| n.value).unwrap_or_default();
-        let mut stage = Stage { name: name.clone(), loc: at, actions: Vec::new(), conditions: StageConditions::default() };
-        stage.conditions.before_entry = map.get_node("before_entry").and_then(|n| self.condition(n, "before_entry", &[Outcome::Fail, Outcome::Skip]));
-        stage.conditions.on_success = map.get_node("on_success").and_then(|n| self.condition(n, "on_success", &[Outcome::Fail, Outcome::Rollback]));
-        stage.conditions.on_failure = map.get_node("on_failure").and_then(|n| self.condition(n, "on_failure", &[Outcome::Rollback, Outcome::Retry]));
+        let mut stage = Stage {
+            name: name.clone(),
+            loc: at,
+            actions: Vec::new(),
+            conditions: StageConditions::default(),
+        };
+        stage.conditions.before_entry = map
+            .get_node("before_entry")
+            .and_then(|n| self.condition(n, "before_entry", &[Outcome::Fail, Outcome::Skip]));
+        stage.conditions.on_success = map
+            .get_node("on_success")
+            .and_then(|n| self.condition(n, "on_success", &[Outcome::Fail, Outcome::Rollback]));
+        stage.conditions.on_failure = map
+            .get_node("on_failure")
+            .and_then(|n| self.condition(n, "on_failure", &[Outcome::Rollback, Outcome::Retry]));
         if let Some(actions) = self.required(map, "actions", &format!("stage `{name}`"), at) {
             match actions.as_sequence() {
-                Some(seq) if seq.is_empty() => self.err(loc(actions), format!("stage `{name}` has no actions")),
+                Some(seq) if seq.is_empty() => {
+                    self.err(loc(actions), format!("stage `{name}` has no actions"))
+                }
                 Some(seq) => stage.actions = seq.iter().filter_map(|n| self.action(n)).collect(),
-                None => self.err(loc(actions), format!("`actions` of stage `{name}` must be a list")),
+                None => self.err(
+                    loc(actions),
+                    format!("`actions` of stage `{name}` must be a list"),
+                ),
             }
         }
         Some(stage)
@@ -309,13 +467,18 @@ impl Parser {
     fn action(&mut self, node: &Node) -> Option<Action> {
         let at = loc(node);
         let map = self.mapping(node, "an action", ACTION_KEYS)?;
-        let name = self.required(map, "name", "an action", at).and_then(|n| self.scalar(n, "action `name`"));
+        let name = self
+            .required(map, "name", "an action", at)
+            .and_then(|n| self.scalar(n, "action `name`"));
         let name = name.map(|n| n.value).unwrap_or_default();
         let what = format!("action `{name}`");
         let uses = self
             .required(map, "uses", &what, at)
             .and_then(|n| self.scalar(n, "`uses`"))
-            .unwrap_or(Located { value: String::new(), loc: at });
+            .unwrap_or(Located {
+                value: String::new(),
+                loc: at,
+            });
         let mut action = Action {
             name,
             loc: at,
@@ -338,7 +501,10 @@ impl Parser {
                     }
                 }
             } else {
-                self.err(loc(with), format!("`with` of {what} must be a mapping of key: value"));
+                self.err(
+                    loc(with),
+                    format!("`with` of {what} must be a mapping of key: value"),
+                );
             }
         }
         if let Some(n) = map.get_node("inputs") {
@@ -354,7 +520,13 @@ impl Parser {
             if let Some(v) = self.scalar(n, "`run_order`") {
                 match v.value.parse::<u32>() {
                     Ok(r) if (1..=999).contains(&r) => action.run_order = r,
-                    _ => self.err(v.loc, format!("`run_order` must be a whole number from 1 to 999, got {:?}", v.value)),
+                    _ => self.err(
+                        v.loc,
+                        format!(
+                            "`run_order` must be a whole number from 1 to 999, got {:?}",
+                            v.value
+                        ),
+                    ),
                 }
             }
         }
@@ -369,9 +541,13 @@ impl Parser {
                 if let Some(m) = lmap.get_node("memory") {
                     if let Some(v) = self.scalar(m, "`limits.memory`") {
                         match units::parse_size(&v.value) {
-                            Ok(bytes) if bytes > crate::runtime::MAX_GUEST_MEMORY => {
-                                self.err(v.loc, format!("`limits.memory`: {} is more than the maximum of 4GiB", v.value))
-                            }
+                            Ok(bytes) if bytes > crate::runtime::MAX_GUEST_MEMORY => self.err(
+                                v.loc,
+                                format!(
+                                    "`limits.memory`: {} is more than the maximum of 4GiB",
+                                    v.value
+                                ),
+                            ),
                             Ok(bytes) => action.memory = Some(bytes),
                             Err(e) => self.err(v.loc, format!("`limits.memory`: {e}")),
                         }
@@ -390,23 +566,45 @@ impl Parser {
         let at = loc(node);
         let what = format!("`{key}`");
         let map = self.mapping(node, &what, CONDITION_KEYS)?;
-        let result = self.required(map, "result", &what, at).and_then(|n| self.scalar(n, &format!("`{key}.result`")))?;
-        let names: Vec<String> = results.iter().map(|r| format!("{r:?}").to_uppercase()).collect();
+        let result = self
+            .required(map, "result", &what, at)
+            .and_then(|n| self.scalar(n, &format!("`{key}.result`")))?;
+        let names: Vec<String> = results
+            .iter()
+            .map(|r| format!("{r:?}").to_uppercase())
+            .collect();
         let outcome = match Outcome::parse(&result.value) {
             Some(o) if results.contains(&o) => o,
             _ => {
-                self.err(result.loc, format!("`{key}.result` must be {}, got {:?}", names.join(" or "), result.value));
+                self.err(
+                    result.loc,
+                    format!(
+                        "`{key}.result` must be {}, got {:?}",
+                        names.join(" or "),
+                        result.value
+                    ),
+                );
                 return None;
             }
         };
-        let mut condition = Condition { result: outcome, rules: Vec::new(), retry_all: false };
+        let mut condition = Condition {
+            result: outcome,
+            rules: Vec::new(),
+            retry_all: false,
+        };
         if let Some(n) = map.get_node("retry") {
             let v = self.scalar(n, &format!("`{key}.retry`"))?;
             match (outcome, v.value.as_str()) {
                 (Outcome::Retry, "failed") => {}
                 (Outcome::Retry, "all") => condition.retry_all = true,
-                (Outcome::Retry, other) => self.err(v.loc, format!("`{key}.retry` must be `failed` or `all`, got {other:?}")),
-                _ => self.err(v.loc, format!("`{key}.retry` only goes with `result: RETRY`")),
+                (Outcome::Retry, other) => self.err(
+                    v.loc,
+                    format!("`{key}.retry` must be `failed` or `all`, got {other:?}"),
+                ),
+                _ => self.err(
+                    v.loc,
+                    format!("`{key}.retry` only goes with `result: RETRY`"),
+                ),
             }
         }
         if let Some(rules) = map.get_node("rules") {
@@ -426,38 +624,81 @@ impl Parser {
     /// One rule: `variable-check` or `deployment-window`.
     fn rule(&mut self, node: &Node, key: &str) -> Option<Rule> {
         let at = loc(node);
-        let Some(kind) = node.as_mapping().and_then(|m| m.get_node("rule")).and_then(|n| n.as_scalar()).map(|s| s.as_str().to_string()) else {
+        let Some(kind) = node
+            .as_mapping()
+            .and_then(|m| m.get_node("rule"))
+            .and_then(|n| n.as_scalar())
+            .map(|s| s.as_str().to_string())
+        else {
             self.err(at, format!("a rule of `{key}` needs `rule: variable-check`, `rule: deployment-window` or `rule: ./custom-rule.wasm`"));
             return None;
         };
         match kind.as_str() {
             "variable-check" => {
                 let map = self.mapping(node, "a `variable-check` rule", VARIABLE_CHECK_KEYS)?;
-                let input = self.required(map, "input", "a `variable-check` rule", at).and_then(|n| self.scalar(n, "`input`"))?;
+                let input = self
+                    .required(map, "input", "a `variable-check` rule", at)
+                    .and_then(|n| self.scalar(n, "`input`"))?;
                 if let Err(e) = super::template::references(&input.value) {
                     self.err(input.loc, format!("`input`: {e}"));
                 }
-                let op = self.required(map, "operator", "a `variable-check` rule", at).and_then(|n| self.scalar(n, "`operator`"))?;
+                let op = self
+                    .required(map, "operator", "a `variable-check` rule", at)
+                    .and_then(|n| self.scalar(n, "`operator`"))?;
                 let Some(operator) = Operator::parse(&op.value) else {
-                    self.err(op.loc, format!("`operator` must be one of {}, got {:?}", Operator::NAMES.join(", "), op.value));
+                    self.err(
+                        op.loc,
+                        format!(
+                            "`operator` must be one of {}, got {:?}",
+                            Operator::NAMES.join(", "),
+                            op.value
+                        ),
+                    );
                     return None;
                 };
-                let value = self.required(map, "value", "a `variable-check` rule", at).and_then(|n| self.scalar(n, "`value`"))?;
+                let value = self
+                    .required(map, "value", "a `variable-check` rule", at)
+                    .and_then(|n| self.scalar(n, "`value`"))?;
                 if operator == Operator::Matches {
                     if let Err(e) = regex::Regex::new(&value.value) {
-                        self.err(value.loc, format!("`value` is not a regular expression: {}", e.to_string().lines().last().unwrap_or_default().trim_start_matches("error: ")));
+                        self.err(
+                            value.loc,
+                            format!(
+                                "`value` is not a regular expression: {}",
+                                e.to_string()
+                                    .lines()
+                                    .last()
+                                    .unwrap_or_default()
+                                    .trim_start_matches("error: ")
+                            ),
+                        );
                     }
                 }
-                Some(Rule::VariableCheck { input: input.value, operator, value: value.value })
+                Some(Rule::VariableCheck {
+                    input: input.value,
+                    operator,
+                    value: value.value,
+                })
             }
             "deployment-window" => {
-                let map = self.mapping(node, "a `deployment-window` rule", DEPLOYMENT_WINDOW_KEYS)?;
-                let cron = self.required(map, "cron", "a `deployment-window` rule", at).and_then(|n| self.scalar(n, "`cron`"))?;
-                let timezone = map.get_node("timezone").and_then(|n| self.scalar(n, "`timezone`"));
-                if let Err(e) = super::cron::CronSchedule::parse(&cron.value, timezone.as_ref().map(|t| t.value.as_str())) {
+                let map =
+                    self.mapping(node, "a `deployment-window` rule", DEPLOYMENT_WINDOW_KEYS)?;
+                let cron = self
+                    .required(map, "cron", "a `deployment-window` rule", at)
+                    .and_then(|n| self.scalar(n, "`cron`"))?;
+                let timezone = map
+                    .get_node("timezone")
+                    .and_then(|n| self.scalar(n, "`timezone`"));
+                if let Err(e) = super::cron::CronSchedule::parse(
+                    &cron.value,
+                    timezone.as_ref().map(|t| t.value.as_str()),
+                ) {
                     self.err(cron.loc, e);
                 }
-                Some(Rule::DeploymentWindow { cron: cron.value, timezone: timezone.map(|t| t.value) })
+                Some(Rule::DeploymentWindow {
+                    cron: cron.value,
+                    timezone: timezone.map(|t| t.value),
+                })
             }
             custom if custom.ends_with(".wasm") || custom.starts_with("blake3:") => {
                 let map = self.mapping(node, "a custom rule", CUSTOM_RULE_KEYS)?;
@@ -466,7 +707,9 @@ impl Parser {
                     match w.as_mapping() {
                         Some(wm) => {
                             for (k, v) in wm.iter() {
-                                if let Some(value) = self.scalar(v, &format!("`with.{}`", k.as_str())) {
+                                if let Some(value) =
+                                    self.scalar(v, &format!("`with.{}`", k.as_str()))
+                                {
                                     if let Err(e) = super::template::references(&value.value) {
                                         self.err(value.loc, format!("`with.{}`: {e}", k.as_str()));
                                     }
@@ -474,13 +717,20 @@ impl Parser {
                                 }
                             }
                         }
-                        None => self.err(loc(w), "`with` of a rule must be a mapping of KEY: value"),
+                        None => {
+                            self.err(loc(w), "`with` of a rule must be a mapping of KEY: value")
+                        }
                     }
                 }
-                Some(Rule::Custom { uses: custom.to_string(), with })
+                Some(Rule::Custom {
+                    uses: custom.to_string(),
+                    with,
+                })
             }
             other => {
-                let hint = suggest(other, &["variable-check", "deployment-window"]).map(|s| format!("; did you mean `{s}`?")).unwrap_or_default();
+                let hint = suggest(other, &["variable-check", "deployment-window"])
+                    .map(|s| format!("; did you mean `{s}`?"))
+                    .unwrap_or_default();
                 self.err(at, format!("unknown rule `{other}`: the rules are variable-check, deployment-window, or a custom rule component (a .wasm path or blake3:<hex>){hint}"));
                 None
             }
@@ -498,12 +748,24 @@ impl Parser {
         }
     }
 
-    fn number<T: std::str::FromStr + PartialOrd + std::fmt::Display>(&mut self, node: &Node, what: &str, min: T, max: T) -> Option<T> {
+    fn number<T: std::str::FromStr + PartialOrd + std::fmt::Display>(
+        &mut self,
+        node: &Node,
+        what: &str,
+        min: T,
+        max: T,
+    ) -> Option<T> {
         let v = self.scalar(node, what)?;
         match v.value.trim().parse::<T>() {
             Ok(n) if n >= min && n <= max => Some(n),
             _ => {
-                self.err(v.loc, format!("{what} must be a number from {min} to {max}, got {:?}", v.value));
+                self.err(
+                    v.loc,
+                    format!(
+                        "{what} must be a number from {min} to {max}, got {:?}",
+                        v.value
+                    ),
+                );
                 None
             }
         }
@@ -520,7 +782,13 @@ impl Parser {
                 return None;
             }
         };
-        let mut policy = crate::scheduler::RetryPolicy { max_attempts, initial_ms: 1000, max_ms: 60_000, multiplier: 2.0, on_timeout: false };
+        let mut policy = crate::scheduler::RetryPolicy {
+            max_attempts,
+            initial_ms: 1000,
+            max_ms: 60_000,
+            multiplier: 2.0,
+            on_timeout: false,
+        };
         if let Some(n) = map.get_node("on_timeout") {
             match n.as_scalar().and_then(|s| s.as_bool()) {
                 Some(b) => policy.on_timeout = b,
@@ -540,27 +808,47 @@ impl Parser {
             }
         }
         if policy.max_ms < policy.initial_ms {
-            self.err(at, "`retry.backoff.max` must not be shorter than `retry.backoff.initial`");
+            self.err(
+                at,
+                "`retry.backoff.max` must not be shorter than `retry.backoff.initial`",
+            );
         }
         Some(policy)
     }
 
     fn capabilities(&mut self, node: &Node) -> Capabilities {
-        let mut caps = Capabilities { loc: Some(loc(node)), ..Default::default() };
-        let Some(map) = self.mapping(node, "`capabilities`", CAPABILITY_KEYS) else { return caps };
+        let mut caps = Capabilities {
+            loc: Some(loc(node)),
+            ..Default::default()
+        };
+        let Some(map) = self.mapping(node, "`capabilities`", CAPABILITY_KEYS) else {
+            return caps;
+        };
         let no_templates = |p: &mut Self, v: &Located<String>| {
             if v.value.contains("#{") {
-                p.err(v.loc, "capabilities are static grants: #{...} is not allowed here");
+                p.err(
+                    v.loc,
+                    "capabilities are static grants: #{...} is not allowed here",
+                );
                 false
             } else {
                 true
             }
         };
         if let Some(n) = map.get_node("process") {
-            caps.process = self.string_list(n, "`capabilities.process`").into_iter().filter(|v| no_templates(self, v)).map(|v| v.value).collect();
+            caps.process = self
+                .string_list(n, "`capabilities.process`")
+                .into_iter()
+                .filter(|v| no_templates(self, v))
+                .map(|v| v.value)
+                .collect();
         }
         if let Some(n) = map.get_node("http") {
-            let grants: Vec<Located<String>> = self.string_list(n, "`capabilities.http`").into_iter().filter(|v| no_templates(self, v)).collect();
+            let grants: Vec<Located<String>> = self
+                .string_list(n, "`capabilities.http`")
+                .into_iter()
+                .filter(|v| no_templates(self, v))
+                .collect();
             for grant in grants {
                 match crate::runtime::http::valid_grant(&grant.value) {
                     Ok(origin) => caps.http.push(origin),
@@ -569,7 +857,11 @@ impl Parser {
             }
         }
         if let Some(n) = map.get_node("nats") {
-            let grants: Vec<Located<String>> = self.string_list(n, "`capabilities.nats`").into_iter().filter(|v| no_templates(self, v)).collect();
+            let grants: Vec<Located<String>> = self
+                .string_list(n, "`capabilities.nats`")
+                .into_iter()
+                .filter(|v| no_templates(self, v))
+                .collect();
             for grant in grants {
                 match crate::runtime::messaging::valid_grant(&grant.value) {
                     Ok(()) => caps.nats.push(grant.value),
@@ -580,23 +872,35 @@ impl Parser {
         if let Some(n) = map.get_node("dirs") {
             if let Some(dmap) = n.as_mapping() {
                 for (k, v) in dmap.iter() {
-                    let key = Located { value: k.as_str().to_string(), loc: marker_loc(k.span().start()) };
+                    let key = Located {
+                        value: k.as_str().to_string(),
+                        loc: marker_loc(k.span().start()),
+                    };
                     if !no_templates(self, &key) {
                         continue;
                     }
-                    let Some(mode) = self.scalar(v, &format!("`capabilities.dirs.{}`", key.value)) else { continue };
+                    let Some(mode) = self.scalar(v, &format!("`capabilities.dirs.{}`", key.value))
+                    else {
+                        continue;
+                    };
                     let access = match mode.value.as_str() {
                         "ro" => Access::Ro,
                         "rw" => Access::Rw,
                         other => {
-                            self.err(mode.loc, format!("directory access must be `ro` or `rw`, got {other:?}"));
+                            self.err(
+                                mode.loc,
+                                format!("directory access must be `ro` or `rw`, got {other:?}"),
+                            );
                             continue;
                         }
                     };
                     caps.dirs.insert(key.value, access);
                 }
             } else {
-                self.err(loc(n), "`capabilities.dirs` must be a mapping of PATH: ro|rw");
+                self.err(
+                    loc(n),
+                    "`capabilities.dirs` must be a mapping of PATH: ro|rw",
+                );
             }
         }
         caps

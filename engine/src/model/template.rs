@@ -26,7 +26,11 @@ pub fn references(text: &str) -> Result<Vec<Reference>, String> {
                 key: key.to_string(),
                 offset: start,
             }),
-            _ => return Err(format!("`#{{{inner}}}` is not of the form #{{NAMESPACE.KEY}}")),
+            _ => {
+                return Err(format!(
+                    "`#{{{inner}}}` is not of the form #{{NAMESPACE.KEY}}"
+                ));
+            }
         }
         rest = end + 1;
     }
@@ -39,9 +43,14 @@ pub fn render(text: &str, lookup: impl Fn(&str, &str) -> Option<String>) -> Resu
     let mut rest = 0;
     while let Some(start) = text[rest..].find("#{").map(|i| i + rest) {
         out.push_str(&text[rest..start]);
-        let end = text[start..].find('}').map(|i| i + start).ok_or_else(|| format!("unclosed `#{{` in {text:?}"))?;
+        let end = text[start..]
+            .find('}')
+            .map(|i| i + start)
+            .ok_or_else(|| format!("unclosed `#{{` in {text:?}"))?;
         let inner = text[start + 2..end].trim();
-        let (ns, key) = inner.split_once('.').ok_or_else(|| format!("`#{{{inner}}}` is not of the form #{{NAMESPACE.KEY}}"))?;
+        let (ns, key) = inner
+            .split_once('.')
+            .ok_or_else(|| format!("`#{{{inner}}}` is not of the form #{{NAMESPACE.KEY}}"))?;
         let value = lookup(ns, key).ok_or_else(|| format!("`#{{{inner}}}` has no value"))?;
         out.push_str(&value);
         rest = end + 1;
@@ -58,11 +67,21 @@ mod tests {
     fn finds_and_renders_references() {
         let refs = references("deploy #{Build.Version} to #{ variables.target }").unwrap();
         assert_eq!(refs.len(), 2);
-        assert_eq!((refs[1].namespace.as_str(), refs[1].key.as_str()), ("variables", "target"));
-        let out = render("v#{Build.Version}-#{sluice.pipeline}", |ns, k| Some(format!("{ns}:{k}"))).unwrap();
+        assert_eq!(
+            (refs[1].namespace.as_str(), refs[1].key.as_str()),
+            ("variables", "target")
+        );
+        let out = render("v#{Build.Version}-#{sluice.pipeline}", |ns, k| {
+            Some(format!("{ns}:{k}"))
+        })
+        .unwrap();
         assert_eq!(out, "vBuild:Version-sluice:pipeline");
         assert!(references("broken #{oops").is_err());
         assert!(references("#{nodot}").is_err());
-        assert!(render("#{a.b}", |_, _| None).unwrap_err().contains("#{a.b}"));
+        assert!(
+            render("#{a.b}", |_, _| None)
+                .unwrap_err()
+                .contains("#{a.b}")
+        );
     }
 }

@@ -13,8 +13,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 
 /// Parse a size such as `128MiB`, `1GiB` or `512KB` into bytes.
 pub fn parse_size(text: &str) -> Result<u64, String> {
-    let size: bytesize::ByteSize =
-        text.trim().parse().map_err(|e| format!("invalid size {text:?} ({e}); use e.g. 64MiB, 1GiB"))?;
+    let size: bytesize::ByteSize = text
+        .trim()
+        .parse()
+        .map_err(|e| format!("invalid size {text:?} ({e}); use e.g. 64MiB, 1GiB"))?;
     if size.as_u64() == 0 {
         return Err(format!("size {text:?} must be greater than zero"));
     }

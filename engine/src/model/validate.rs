@@ -11,7 +11,11 @@ pub const SLUICE_KEYS: &[&str] = &["execution_id", "pipeline", "stage", "action"
 pub type ResolvedPlugins = HashMap<String, Result<Arc<Plugin>, String>>;
 
 /// Configuration keys a plugin does not accept, each with a message (and a "did you mean").
-pub fn unknown_config_keys<'k>(uses: &str, d: &Description, keys: impl IntoIterator<Item = &'k str>) -> Vec<(&'k str, String)> {
+pub fn unknown_config_keys<'k>(
+    uses: &str,
+    d: &Description,
+    keys: impl IntoIterator<Item = &'k str>,
+) -> Vec<(&'k str, String)> {
     let known: Vec<&str> = d.config.iter().map(|k| k.name.as_str()).collect();
     keys.into_iter()
         .filter(|key| !known.contains(key))
@@ -21,7 +25,10 @@ pub fn unknown_config_keys<'k>(uses: &str, d: &Description, keys: impl IntoItera
                 None if known.is_empty() => "; it accepts no configuration".to_string(),
                 None => format!("; it accepts: {}", known.join(", ")),
             };
-            (key, format!("`{uses}` does not accept configuration key `{key}`{hint}"))
+            (
+                key,
+                format!("`{uses}` does not accept configuration key `{key}`{hint}"),
+            )
         })
         .collect()
 }
@@ -31,32 +38,65 @@ pub fn missing_config_keys(uses: &str, d: &Description, has: impl Fn(&str) -> bo
     d.config
         .iter()
         .filter(|k| k.required && !has(&k.name))
-        .map(|k| format!("`{uses}` requires configuration key `{}` ({})", k.name, k.description))
+        .map(|k| {
+            format!(
+                "`{uses}` requires configuration key `{}` ({})",
+                k.name, k.description
+            )
+        })
         .collect()
 }
 
 /// Check everything that needs more than one place of the file. `overrides` are `--var` values.
-pub fn validate(p: &Pipeline, plugins: &ResolvedPlugins, overrides: &BTreeMap<String, String>) -> Vec<Diagnostic> {
+pub fn validate(
+    p: &Pipeline,
+    plugins: &ResolvedPlugins,
+    overrides: &BTreeMap<String, String>,
+) -> Vec<Diagnostic> {
     let mut diags = Vec::new();
     let mut err = |loc: Loc, message: String| diags.push(Diagnostic { loc, message });
 
     for key in overrides.keys() {
         if !p.variables.contains_key(key) {
             let declared: Vec<&str> = p.variables.keys().map(String::as_str).collect();
-            err(Loc { line: 1, col: 1 }, format!("--var {key}: the pipeline declares no variable `{key}` (declared: {})", if declared.is_empty() { "none".into() } else { declared.join(", ") }));
+            err(
+                Loc { line: 1, col: 1 },
+                format!(
+                    "--var {key}: the pipeline declares no variable `{key}` (declared: {})",
+                    if declared.is_empty() {
+                        "none".into()
+                    } else {
+                        declared.join(", ")
+                    }
+                ),
+            );
         }
     }
 
     for schedule in &p.triggers.schedule {
-        if let Err(e) = super::cron::CronSchedule::parse(&schedule.cron.value, schedule.timezone.as_ref().map(|t| t.value.as_str())) {
-            let loc = if e.starts_with("unknown timezone") { schedule.timezone.as_ref().map(|t| t.loc).unwrap_or(schedule.cron.loc) } else { schedule.cron.loc };
+        if let Err(e) = super::cron::CronSchedule::parse(
+            &schedule.cron.value,
+            schedule.timezone.as_ref().map(|t| t.value.as_str()),
+        ) {
+            let loc = if e.starts_with("unknown timezone") {
+                schedule
+                    .timezone
+                    .as_ref()
+                    .map(|t| t.loc)
+                    .unwrap_or(schedule.cron.loc)
+            } else {
+                schedule.cron.loc
+            };
             err(loc, format!("`triggers.schedule`: {e}"));
         }
     }
     if let Some(hook) = &p.triggers.webhook {
         let name = &hook.secret_env.value;
         if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-            err(hook.secret_env.loc, format!("`secret_env` must name an environment variable, got {name:?}"));
+            err(
+                hook.secret_env.loc,
+                format!("`secret_env` must name an environment variable, got {name:?}"),
+            );
         }
     }
 
@@ -66,63 +106,143 @@ pub fn validate(p: &Pipeline, plugins: &ResolvedPlugins, overrides: &BTreeMap<St
     let mut stage_names: HashMap<&str, Loc> = HashMap::new();
     for (si, stage) in p.stages.iter().enumerate() {
         if !is_valid_name(&stage.name) && !stage.name.is_empty() {
-            err(stage.loc, format!("stage name {:?} must match [A-Za-z0-9._-]{{1,100}}", stage.name));
+            err(
+                stage.loc,
+                format!(
+                    "stage name {:?} must match [A-Za-z0-9._-]{{1,100}}",
+                    stage.name
+                ),
+            );
         }
         if let Some(first) = stage_names.insert(&stage.name, stage.loc) {
-            err(stage.loc, format!("duplicate stage name `{}` (first at line {})", stage.name, first.line));
+            err(
+                stage.loc,
+                format!(
+                    "duplicate stage name `{}` (first at line {})",
+                    stage.name, first.line
+                ),
+            );
         }
         let mut action_names: HashMap<&str, Loc> = HashMap::new();
         for a in &stage.actions {
             if !is_valid_name(&a.name) && !a.name.is_empty() {
-                err(a.loc, format!("action name {:?} must match [A-Za-z0-9._-]{{1,100}}", a.name));
+                err(
+                    a.loc,
+                    format!(
+                        "action name {:?} must match [A-Za-z0-9._-]{{1,100}}",
+                        a.name
+                    ),
+                );
             }
             if let Some(first) = action_names.insert(&a.name, a.loc) {
-                err(a.loc, format!("duplicate action name `{}` in stage `{}` (first at line {})", a.name, stage.name, first.line));
+                err(
+                    a.loc,
+                    format!(
+                        "duplicate action name `{}` in stage `{}` (first at line {})",
+                        a.name, stage.name, first.line
+                    ),
+                );
             }
             for out in &a.outputs {
                 if !is_valid_name(&out.value) {
-                    err(out.loc, format!("artifact name {:?} must match [A-Za-z0-9._-]{{1,100}}", out.value));
+                    err(
+                        out.loc,
+                        format!(
+                            "artifact name {:?} must match [A-Za-z0-9._-]{{1,100}}",
+                            out.value
+                        ),
+                    );
                 }
-                if let Some((_, _, first)) = producers.insert(&out.value, (si, a.run_order, out.loc)) {
-                    err(out.loc, format!("artifact `{}` is already produced at line {}", out.value, first.line));
+                if let Some((_, _, first)) =
+                    producers.insert(&out.value, (si, a.run_order, out.loc))
+                {
+                    err(
+                        out.loc,
+                        format!(
+                            "artifact `{}` is already produced at line {}",
+                            out.value, first.line
+                        ),
+                    );
                 }
             }
             if let Some(ns) = &a.namespace {
                 if !is_valid_name(&ns.value) || ns.value == "variables" || ns.value == "sluice" {
-                    err(ns.loc, format!("namespace {:?} must match [A-Za-z0-9._-]{{1,100}} and not be `variables` or `sluice`", ns.value));
+                    err(
+                        ns.loc,
+                        format!(
+                            "namespace {:?} must match [A-Za-z0-9._-]{{1,100}} and not be `variables` or `sluice`",
+                            ns.value
+                        ),
+                    );
                 }
-                if let Some((_, _, first)) = namespaces.insert(&ns.value, (si, a.run_order, ns.loc)) {
-                    err(ns.loc, format!("namespace `{}` is already used at line {}", ns.value, first.line));
+                if let Some((_, _, first)) = namespaces.insert(&ns.value, (si, a.run_order, ns.loc))
+                {
+                    err(
+                        ns.loc,
+                        format!(
+                            "namespace `{}` is already used at line {}",
+                            ns.value, first.line
+                        ),
+                    );
                 }
             }
         }
     }
 
-    let earlier = |(psi, pro, _): (usize, u32, Loc), si: usize, ro: u32| psi < si || (psi == si && pro < ro);
+    let earlier =
+        |(psi, pro, _): (usize, u32, Loc), si: usize, ro: u32| psi < si || (psi == si && pro < ro);
     for (si, stage, a) in p.actions() {
         if a.uses.value == "approval@1" {
             // The engine keeps the approval's deadline, so its limits are checked here.
             if let Some(t) = a.with.get("timeout").filter(|t| !t.value.contains("#{")) {
                 match super::units::parse_duration(&t.value) {
-                    Ok(d) if d < std::time::Duration::from_secs(300) || d > std::time::Duration::from_secs(60 * 86400) => {
-                        err(t.loc, format!("approval `timeout` must be between 5m and 60d, got {}", t.value))
+                    Ok(d)
+                        if d < std::time::Duration::from_secs(300)
+                            || d > std::time::Duration::from_secs(60 * 86400) =>
+                    {
+                        err(
+                            t.loc,
+                            format!(
+                                "approval `timeout` must be between 5m and 60d, got {}",
+                                t.value
+                            ),
+                        )
                     }
                     Ok(_) => {}
                     Err(e) => err(t.loc, format!("approval `timeout`: {e}")),
                 }
             }
-            if let Some(m) = a.with.get("min_approvals").filter(|m| !m.value.contains("#{")) {
+            if let Some(m) = a
+                .with
+                .get("min_approvals")
+                .filter(|m| !m.value.contains("#{"))
+            {
                 if !m.value.trim().parse::<u32>().is_ok_and(|n| n >= 1) {
-                    err(m.loc, format!("`min_approvals` must be a whole number of at least 1, got {:?}", m.value));
+                    err(
+                        m.loc,
+                        format!(
+                            "`min_approvals` must be a whole number of at least 1, got {:?}",
+                            m.value
+                        ),
+                    );
                 }
             }
         }
         for input in &a.inputs {
             match producers.get(input.value.as_str()) {
-                None => err(input.loc, format!("input artifact `{}` is not produced by any action", input.value)),
+                None => err(
+                    input.loc,
+                    format!(
+                        "input artifact `{}` is not produced by any action",
+                        input.value
+                    ),
+                ),
                 Some(&prod) if !earlier(prod, si, a.run_order) => err(
                     input.loc,
-                    format!("input artifact `{}` is produced at line {}, which does not run before action `{}` (use an earlier stage or a lower run_order)", input.value, prod.2.line, a.name),
+                    format!(
+                        "input artifact `{}` is produced at line {}, which does not run before action `{}` (use an earlier stage or a lower run_order)",
+                        input.value, prod.2.line, a.name
+                    ),
                 ),
                 _ => {}
             }
@@ -141,20 +261,41 @@ pub fn validate(p: &Pipeline, plugins: &ResolvedPlugins, overrides: &BTreeMap<St
                     "variables" => {
                         if !p.variables.contains_key(&r.key) {
                             let known: Vec<&str> = p.variables.keys().map(String::as_str).collect();
-                            let hint = suggest(&r.key, &known).map(|s| format!("; did you mean `{s}`?")).unwrap_or_default();
-                            err(at, format!("`#{{variables.{}}}`: no such pipeline variable{hint}", r.key));
+                            let hint = suggest(&r.key, &known)
+                                .map(|s| format!("; did you mean `{s}`?"))
+                                .unwrap_or_default();
+                            err(
+                                at,
+                                format!(
+                                    "`#{{variables.{}}}`: no such pipeline variable{hint}",
+                                    r.key
+                                ),
+                            );
                         }
                     }
                     "sluice" => {
                         if !SLUICE_KEYS.contains(&r.key.as_str()) {
-                            err(at, format!("`#{{sluice.{}}}`: unknown; available: {}", r.key, SLUICE_KEYS.join(", ")));
+                            err(
+                                at,
+                                format!(
+                                    "`#{{sluice.{}}}`: unknown; available: {}",
+                                    r.key,
+                                    SLUICE_KEYS.join(", ")
+                                ),
+                            );
                         }
                     }
                     ns => match namespaces.get(ns) {
-                        None => err(at, format!("`#{{{ns}.{}}}`: no action has namespace `{ns}`", r.key)),
+                        None => err(
+                            at,
+                            format!("`#{{{ns}.{}}}`: no action has namespace `{ns}`", r.key),
+                        ),
                         Some(&prod) if !earlier(prod, si, a.run_order) => err(
                             at,
-                            format!("`#{{{ns}.{}}}` points forward: namespace `{ns}` (line {}) does not run before action `{}`", r.key, prod.2.line, a.name),
+                            format!(
+                                "`#{{{ns}.{}}}` points forward: namespace `{ns}` (line {}) does not run before action `{}`",
+                                r.key, prod.2.line, a.name
+                            ),
                         ),
                         _ => {}
                     },
@@ -172,12 +313,17 @@ pub fn validate(p: &Pipeline, plugins: &ResolvedPlugins, overrides: &BTreeMap<St
                 continue;
             }
             None => {
-                err(a.uses.loc, format!("`uses: {}`: not resolved", a.uses.value));
+                err(
+                    a.uses.loc,
+                    format!("`uses: {}`: not resolved", a.uses.value),
+                );
                 continue;
             }
         };
         let d = &plugin.description;
-        for (key, message) in unknown_config_keys(&a.uses.value, d, a.with.keys().map(String::as_str)) {
+        for (key, message) in
+            unknown_config_keys(&a.uses.value, d, a.with.keys().map(String::as_str))
+        {
             err(a.with[key].loc, message);
         }
         for message in missing_config_keys(&a.uses.value, d, |k| a.with.contains_key(k)) {
@@ -187,11 +333,24 @@ pub fn validate(p: &Pipeline, plugins: &ResolvedPlugins, overrides: &BTreeMap<St
         // A configuration key that names a directory to grant must be fixed by the pipeline
         // author: pipeline variables and `sluice.*` only, never another action's output.
         for cap in &d.capabilities {
-            let (Capability::ReadConfigPath(key) | Capability::WriteConfigPath(key)) = cap else { continue };
-            let Some(value) = a.with.get(key) else { continue };
+            let (Capability::ReadConfigPath(key) | Capability::WriteConfigPath(key)) = cap else {
+                continue;
+            };
+            let Some(value) = a.with.get(key) else {
+                continue;
+            };
             if let Ok(refs) = template::references(&value.value) {
-                if let Some(r) = refs.iter().find(|r| r.namespace != "variables" && r.namespace != "sluice") {
-                    err(value.loc, format!("`with.{key}` names a directory the action is granted, so it cannot come from another action's output (`#{{{}.{}}}`)", r.namespace, r.key));
+                if let Some(r) = refs
+                    .iter()
+                    .find(|r| r.namespace != "variables" && r.namespace != "sluice")
+                {
+                    err(
+                        value.loc,
+                        format!(
+                            "`with.{key}` names a directory the action is granted, so it cannot come from another action's output (`#{{{}.{}}}`)",
+                            r.namespace, r.key
+                        ),
+                    );
                 }
             }
         }
@@ -199,18 +358,29 @@ pub fn validate(p: &Pipeline, plugins: &ResolvedPlugins, overrides: &BTreeMap<St
             match cap {
                 Capability::Http if a.capabilities.http.is_empty() => err(
                     cap_loc,
-                    format!("action `{}`: `{}` makes outbound HTTP requests; grant the origins it may reach with `capabilities: {{ http: [https://host] }}`", a.name, a.uses.value),
+                    format!(
+                        "action `{}`: `{}` makes outbound HTTP requests; grant the origins it may reach with `capabilities: {{ http: [https://host] }}`",
+                        a.name, a.uses.value
+                    ),
                 ),
                 Capability::Nats if a.capabilities.nats.is_empty() => err(
                     cap_loc,
-                    format!("action `{}`: `{}` publishes to NATS; grant the subjects it may use with `capabilities: {{ nats: [chat.releases] }}`", a.name, a.uses.value),
+                    format!(
+                        "action `{}`: `{}` publishes to NATS; grant the subjects it may use with `capabilities: {{ nats: [chat.releases] }}`",
+                        a.name, a.uses.value
+                    ),
                 ),
                 Capability::Process(prog) if !a.capabilities.process.contains(prog) => err(
                     cap_loc,
-                    format!("action `{}`: `{}` runs host program `{prog}`; grant it with `capabilities: {{ process: [{prog}] }}`", a.name, a.uses.value),
+                    format!(
+                        "action `{}`: `{}` runs host program `{prog}`; grant it with `capabilities: {{ process: [{prog}] }}`",
+                        a.name, a.uses.value
+                    ),
                 ),
                 Capability::WriteConfigPath(key) => {
-                    let Some(value) = a.with.get(key) else { continue };
+                    let Some(value) = a.with.get(key) else {
+                        continue;
+                    };
                     // Resolve pipeline variables now; paths built from action outputs are checked at run time.
                     let rendered = template::render(&value.value, |ns, k| match ns {
                         "variables" => overrides.get(k).or(p.variables.get(k)).cloned(),
@@ -218,9 +388,17 @@ pub fn validate(p: &Pipeline, plugins: &ResolvedPlugins, overrides: &BTreeMap<St
                     });
                     let Ok(path) = rendered else { continue };
                     let wanted = p.host_path(&path);
-                    let granted = a.capabilities.dirs.iter().any(|(dir, access)| *access == Access::Rw && wanted.starts_with(p.host_path(dir)));
+                    let granted = a.capabilities.dirs.iter().any(|(dir, access)| {
+                        *access == Access::Rw && wanted.starts_with(p.host_path(dir))
+                    });
                     if !granted {
-                        err(value.loc, format!("action `{}`: `{}` writes to {path:?}; grant it with `capabilities: {{ dirs: {{ {path}: rw }} }}`", a.name, a.uses.value));
+                        err(
+                            value.loc,
+                            format!(
+                                "action `{}`: `{}` writes to {path:?}; grant it with `capabilities: {{ dirs: {{ {path}: rw }} }}`",
+                                a.name, a.uses.value
+                            ),
+                        );
                     }
                 }
                 _ => {}

@@ -31,9 +31,13 @@ impl NatsBus {
                 // event's round trip does not hold up the next (a failure is sent again).
                 let mut acks = Vec::with_capacity(batch.events.len());
                 for event in batch.events {
-                    let subject = super::event_subject(&event.tenant, event.kind.as_str(), &event.pipeline);
-                    let payload: bytes::Bytes = serde_json::to_vec(&event).unwrap_or_default().into();
-                    let sent = js.send_publish(subject.clone(), message(&event.id, payload.clone())).await;
+                    let subject =
+                        super::event_subject(&event.tenant, event.kind.as_str(), &event.pipeline);
+                    let payload: bytes::Bytes =
+                        serde_json::to_vec(&event).unwrap_or_default().into();
+                    let sent = js
+                        .send_publish(subject.clone(), message(&event.id, payload.clone()))
+                        .await;
                     acks.push((sent, subject, event.id, payload));
                 }
                 let js = js.clone();
@@ -59,13 +63,20 @@ impl NatsBus {
 
 fn message(id: &str, payload: bytes::Bytes) -> PublishMessage {
     let message = PublishMessage::build().payload(payload);
-    if id.is_empty() { message } else { message.message_id(id) }
+    if id.is_empty() {
+        message
+    } else {
+        message.message_id(id)
+    }
 }
 
 async fn resend(js: &Context, subject: String, id: &str, payload: bytes::Bytes) {
     let mut delay = Duration::from_millis(50);
     loop {
-        let sent = match js.send_publish(subject.clone(), message(id, payload.clone())).await {
+        let sent = match js
+            .send_publish(subject.clone(), message(id, payload.clone()))
+            .await
+        {
             Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
@@ -82,7 +93,10 @@ async fn resend(js: &Context, subject: String, id: &str, payload: bytes::Bytes) 
 
 impl EventBus for NatsBus {
     fn publish(&self, event: Event) {
-        let _ = self.tx.send(Batch { events: vec![event], done: None });
+        let _ = self.tx.send(Batch {
+            events: vec![event],
+            done: None,
+        });
     }
 
     fn publish_all(&self, events: Vec<Event>) -> BoxFuture<'static, ()> {
@@ -90,7 +104,10 @@ impl EventBus for NatsBus {
             return Box::pin(std::future::ready(()));
         }
         let (done, acked) = oneshot::channel();
-        let _ = self.tx.send(Batch { events, done: Some(done) });
+        let _ = self.tx.send(Batch {
+            events,
+            done: Some(done),
+        });
         Box::pin(async move {
             let _ = acked.await;
         })

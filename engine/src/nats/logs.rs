@@ -11,7 +11,13 @@ pub const BUCKET: &str = "sluice-logs";
 pub const KEEP: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// The object holding one attempt's lines (JSON lines, as in the engine's own log files).
-pub fn object_name(tenant: &str, execution: &str, stage: &str, action: &str, attempt: u32) -> String {
+pub fn object_name(
+    tenant: &str,
+    execution: &str,
+    stage: &str,
+    action: &str,
+    attempt: u32,
+) -> String {
     format!("{tenant}/{execution}/{stage}/{action}/{attempt}")
 }
 
@@ -20,7 +26,11 @@ pub async fn open(js: &jetstream::Context) -> anyhow::Result<ObjectStore> {
     match js.get_object_store(BUCKET).await {
         Ok(o) => Ok(o),
         Err(_) => js
-            .create_object_store(jetstream::object_store::Config { bucket: BUCKET.into(), max_age: KEEP, ..Default::default() })
+            .create_object_store(jetstream::object_store::Config {
+                bucket: BUCKET.into(),
+                max_age: KEEP,
+                ..Default::default()
+            })
             .await
             .map_err(|e| anyhow::anyhow!("create object store {BUCKET}: {e}")),
     }
@@ -33,7 +43,10 @@ pub async fn put(store: &ObjectStore, name: &str, lines: &[LogLine]) -> anyhow::
         serde_json::to_writer(&mut bytes, line)?;
         bytes.push(b'\n');
     }
-    store.put(name, &mut bytes.as_slice()).await.map_err(|e| anyhow::anyhow!("store log {name}: {e}"))?;
+    store
+        .put(name, &mut bytes.as_slice())
+        .await
+        .map_err(|e| anyhow::anyhow!("store log {name}: {e}"))?;
     Ok(())
 }
 
@@ -47,5 +60,9 @@ pub async fn get(store: &ObjectStore, name: &str) -> anyhow::Result<Option<Vec<L
     };
     let mut text = String::new();
     object.read_to_string(&mut text).await?;
-    Ok(Some(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()))
+    Ok(Some(
+        text.lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect(),
+    ))
 }

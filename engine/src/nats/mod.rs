@@ -18,8 +18,8 @@ pub mod bus;
 pub mod logs;
 
 use crate::kv::NatsKv;
-use crate::queue::nats_queue::QueueConfig;
 use crate::queue::NatsQueue;
+use crate::queue::nats_queue::QueueConfig;
 use anyhow::Context as _;
 use async_nats::jetstream::{self, stream};
 use std::time::Duration;
@@ -104,12 +104,25 @@ impl Layout {
     pub async fn open(client: &async_nats::Client, timing: Timing) -> anyhow::Result<Self> {
         let js = jetstream::new(client.clone());
         for (name, subject, max_age) in [
-            ("SLUICE_EVENTS", "sluice.*.events.>", Duration::from_secs(7 * 24 * 3600)),
-            ("SLUICE_DEADLETTER", "sluice.*.deadletter.>", Duration::from_secs(30 * 24 * 3600)),
+            (
+                "SLUICE_EVENTS",
+                "sluice.*.events.>",
+                Duration::from_secs(7 * 24 * 3600),
+            ),
+            (
+                "SLUICE_DEADLETTER",
+                "sluice.*.deadletter.>",
+                Duration::from_secs(30 * 24 * 3600),
+            ),
         ] {
-            js.get_or_create_stream(stream::Config { name: name.into(), subjects: vec![subject.into()], max_age, ..Default::default() })
-                .await
-                .map_err(|e| anyhow::anyhow!("stream {name}: {e}"))?;
+            js.get_or_create_stream(stream::Config {
+                name: name.into(),
+                subjects: vec![subject.into()],
+                max_age,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("stream {name}: {e}"))?;
         }
         let triggers = NatsQueue::open(
             &js,
@@ -148,6 +161,14 @@ impl Layout {
         let executions = NatsKv::open(&js, "sluice-executions", 4).await?;
         let functions = NatsKv::open(&js, "sluice-functions", 4).await?;
         let waits = NatsKv::open(&js, "sluice-waits", 4).await?;
-        Ok(Layout { js, pipelines, executions, functions, waits, triggers, jobs })
+        Ok(Layout {
+            js,
+            pipelines,
+            executions,
+            functions,
+            waits,
+            triggers,
+            jobs,
+        })
     }
 }

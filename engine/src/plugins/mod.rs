@@ -63,7 +63,10 @@ impl std::fmt::Display for Capability {
             Capability::Http => write!(f, "http"),
             Capability::Nats => write!(f, "nats"),
             Capability::ReadConfigPath(k) => write!(f, "reads the directory in `{k}`"),
-            Capability::WriteConfigPath(k) => write!(f, "writes the directory in `{k}` (grant it under dirs as rw)"),
+            Capability::WriteConfigPath(k) => write!(
+                f,
+                "writes the directory in `{k}` (grant it under dirs as rw)"
+            ),
         }
     }
 }

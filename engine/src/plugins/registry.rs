@@ -18,7 +18,11 @@ pub struct Registry {
 impl Registry {
     /// A registry loading components into `runtime` and plugin files into `store`.
     pub fn new(runtime: Arc<Runtime>, store: Arc<dyn BlobStore>) -> Self {
-        Registry { runtime, store, by_digest: Mutex::new(HashMap::new()) }
+        Registry {
+            runtime,
+            store,
+            by_digest: Mutex::new(HashMap::new()),
+        }
     }
 
     /// The runtime plugins are loaded into.
@@ -31,17 +35,35 @@ impl Registry {
     pub async fn resolve(&self, uses: &str, base: &Path) -> Result<Arc<Plugin>, String> {
         let bytes: Vec<u8> = if uses.starts_with("blake3:") {
             let digest: Digest = uses.parse()?;
-            self.store.get_bytes(&digest).map_err(|e| format!("{e} (store a plugin first by using it by path)"))?
-        } else if uses.ends_with(".wasm") || uses.starts_with("./") || uses.starts_with('/') || uses.starts_with("../") {
+            self.store
+                .get_bytes(&digest)
+                .map_err(|e| format!("{e} (store a plugin first by using it by path)"))?
+        } else if uses.ends_with(".wasm")
+            || uses.starts_with("./")
+            || uses.starts_with('/')
+            || uses.starts_with("../")
+        {
             let path = base.join(uses);
-            let bytes = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let bytes =
+                std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
             self.store.put_bytes(&bytes).map_err(|e| e.to_string())?;
             bytes
         } else {
-            let (name, major) = uses.split_once('@').ok_or_else(|| format!("expected NAME@MAJOR (e.g. command@1), blake3:<hex> or a path to a .wasm file"))?;
-            let major: u32 = major.parse().map_err(|_| format!("`{major}` is not a major version; write e.g. {name}@1"))?;
+            let (name, major) = uses.split_once('@').ok_or_else(|| {
+                format!(
+                    "expected NAME@MAJOR (e.g. command@1), blake3:<hex> or a path to a .wasm file"
+                )
+            })?;
+            let major: u32 = major
+                .parse()
+                .map_err(|_| format!("`{major}` is not a major version; write e.g. {name}@1"))?;
             builtin::find(name, major)
-                .ok_or_else(|| format!("no built-in or installed plugin `{name}@{major}`; built-in: {}", builtin::names().join(", ")))?
+                .ok_or_else(|| {
+                    format!(
+                        "no built-in or installed plugin `{name}@{major}`; built-in: {}",
+                        builtin::names().join(", ")
+                    )
+                })?
                 .to_vec()
         };
         self.load(uses, &bytes).await
@@ -60,12 +82,20 @@ impl Registry {
                     .await
                     .map_err(|e| e.to_string())?
                     .map_err(|e| format!("{e:#}"))?;
-                let d = self.runtime.describe(&digest).await.map_err(|e| format!("`describe` failed: {e}"))?;
+                let d = self
+                    .runtime
+                    .describe(&digest)
+                    .await
+                    .map_err(|e| format!("`describe` failed: {e}"))?;
                 self.by_digest.lock().unwrap().insert(digest, d.clone());
                 d
             }
         };
-        Ok(Arc::new(Plugin { reference: reference.to_string(), digest: digest.to_string(), description }))
+        Ok(Arc::new(Plugin {
+            reference: reference.to_string(),
+            digest: digest.to_string(),
+            description,
+        }))
     }
 
     /// Resolve every distinct `uses:` of a pipeline.

@@ -23,7 +23,12 @@ impl MemoryQueue {
     /// A queue that drops re-pushes of an id within `window`.
     pub fn new(window: Duration) -> Arc<Self> {
         let (tx, rx) = mpsc::unbounded_channel();
-        Arc::new(MemoryQueue { tx, rx: tokio::sync::Mutex::new(rx), seen: Mutex::new(HashMap::new()), window })
+        Arc::new(MemoryQueue {
+            tx,
+            rx: tokio::sync::Mutex::new(rx),
+            seen: Mutex::new(HashMap::new()),
+            window,
+        })
     }
 }
 
@@ -64,13 +69,20 @@ impl Drop for Handle {
 }
 
 impl WorkQueue for MemoryQueue {
-    fn push<'a>(&'a self, subject: &'a str, id: &'a str, payload: Vec<u8>) -> BoxFuture<'a, QueueResult<()>> {
+    fn push<'a>(
+        &'a self,
+        subject: &'a str,
+        id: &'a str,
+        payload: Vec<u8>,
+    ) -> BoxFuture<'a, QueueResult<()>> {
         {
             let mut seen = self.seen.lock().unwrap();
             let now = Instant::now();
             seen.retain(|_, at| now.duration_since(*at) < self.window);
             if seen.insert(id.to_string(), now).is_none() {
-                let _ = self.tx.send((subject.to_string(), id.to_string(), payload, 1));
+                let _ = self
+                    .tx
+                    .send((subject.to_string(), id.to_string(), payload, 1));
             }
         }
         async { Ok(()) }.boxed()
@@ -78,9 +90,23 @@ impl WorkQueue for MemoryQueue {
 
     fn next(&self) -> BoxFuture<'_, QueueResult<Delivery>> {
         async move {
-            let message = self.rx.lock().await.recv().await.ok_or_else(|| super::QueueError("queue closed".into()))?;
+            let message = self
+                .rx
+                .lock()
+                .await
+                .recv()
+                .await
+                .ok_or_else(|| super::QueueError("queue closed".into()))?;
             let (subject, payload, delivered) = (message.0.clone(), message.2.clone(), message.3);
-            Ok(Delivery { subject, payload, delivered, handle: Box::new(Handle { tx: self.tx.clone(), message: Mutex::new(Some(message)) }) })
+            Ok(Delivery {
+                subject,
+                payload,
+                delivered,
+                handle: Box::new(Handle {
+                    tx: self.tx.clone(),
+                    message: Mutex::new(Some(message)),
+                }),
+            })
         }
         .boxed()
     }

@@ -58,7 +58,12 @@ impl Delivery {
 /// A queue of messages.
 pub trait WorkQueue: Send + Sync {
     /// Add a message; `id` deduplicates re-pushes.
-    fn push<'a>(&'a self, subject: &'a str, id: &'a str, payload: Vec<u8>) -> BoxFuture<'a, QueueResult<()>>;
+    fn push<'a>(
+        &'a self,
+        subject: &'a str,
+        id: &'a str,
+        payload: Vec<u8>,
+    ) -> BoxFuture<'a, QueueResult<()>>;
     /// Wait for the next message.
     fn next(&self) -> BoxFuture<'_, QueueResult<Delivery>>;
     /// How long a delivery may go without progress before it is redelivered.

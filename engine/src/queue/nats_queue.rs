@@ -3,10 +3,10 @@
 //! for the stream's duplicate window. An engine fetches one message per free worker, so no
 //! message waits in a client buffer while its ack deadline runs.
 use super::{Delivery, QueueError, QueueResult, Settle, WorkQueue};
+use async_nats::jetstream::Context;
 use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
 use async_nats::jetstream::message::{AckKind, Acker, PublishMessage};
 use async_nats::jetstream::stream::{self, RetentionPolicy};
-use async_nats::jetstream::Context;
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
 use std::time::Duration;
@@ -64,7 +64,11 @@ impl NatsQueue {
             .map_err(|e| QueueError(format!("consumer {}: {e}", config.consumer)))?;
         // An existing consumer keeps the deadline it was created with: report progress by that.
         let ack_wait = consumer.cached_info().config.ack_wait;
-        Ok(NatsQueue { js: js.clone(), consumer, ack_wait })
+        Ok(NatsQueue {
+            js: js.clone(),
+            consumer,
+            ack_wait,
+        })
     }
 }
 
@@ -76,22 +80,45 @@ impl Settle for Handle {
         async move { self.0.double_ack().await.map_err(err("ack")) }.boxed()
     }
     fn nak(&self, delay: Duration) -> BoxFuture<'_, QueueResult<()>> {
-        async move { self.0.ack_with(AckKind::Nak(Some(delay))).await.map_err(err("nak")) }.boxed()
+        async move {
+            self.0
+                .ack_with(AckKind::Nak(Some(delay)))
+                .await
+                .map_err(err("nak"))
+        }
+        .boxed()
     }
     fn progress(&self) -> BoxFuture<'_, QueueResult<()>> {
-        async move { self.0.ack_with(AckKind::Progress).await.map_err(err("progress")) }.boxed()
+        async move {
+            self.0
+                .ack_with(AckKind::Progress)
+                .await
+                .map_err(err("progress"))
+        }
+        .boxed()
     }
 }
 
 impl WorkQueue for NatsQueue {
-    fn push<'a>(&'a self, subject: &'a str, id: &'a str, payload: Vec<u8>) -> BoxFuture<'a, QueueResult<()>> {
+    fn push<'a>(
+        &'a self,
+        subject: &'a str,
+        id: &'a str,
+        payload: Vec<u8>,
+    ) -> BoxFuture<'a, QueueResult<()>> {
         async move {
             let ack = self
                 .js
-                .send_publish(subject.to_string(), PublishMessage::build().message_id(id).payload(payload.into()))
+                .send_publish(
+                    subject.to_string(),
+                    PublishMessage::build()
+                        .message_id(id)
+                        .payload(payload.into()),
+                )
                 .await
                 .map_err(|e| QueueError(format!("publish to {subject}: {e}")))?;
-            ack.await.map_err(|e| QueueError(format!("publish to {subject}: {e}")))?;
+            ack.await
+                .map_err(|e| QueueError(format!("publish to {subject}: {e}")))?;
             Ok(())
         }
         .boxed()
@@ -110,12 +137,19 @@ impl WorkQueue for NatsQueue {
                     .messages()
                     .await
                     .map_err(|e| QueueError(format!("fetch: {e}")))?;
-                let Some(message) = batch.next().await else { continue };
+                let Some(message) = batch.next().await else {
+                    continue;
+                };
                 let message = message.map_err(|e| QueueError(format!("fetch: {e}")))?;
                 let delivered = message.info().map(|i| i.delivered as u64).unwrap_or(1);
                 let subject = message.subject.to_string();
                 let (message, acker) = message.split();
-                return Ok(Delivery { subject, payload: message.payload.to_vec(), delivered, handle: Box::new(Handle(acker)) });
+                return Ok(Delivery {
+                    subject,
+                    payload: message.payload.to_vec(),
+                    delivered,
+                    handle: Box::new(Handle(acker)),
+                });
             }
         }
         .boxed()

@@ -20,23 +20,40 @@ impl CompileCache {
         engine.precompile_compatibility_hash().hash(&mut h);
         env!("CARGO_PKG_VERSION").hash(&mut h);
         if let Some(d) = &dir {
-            std::fs::create_dir_all(d).with_context(|| format!("create compile cache {}", d.display()))?;
+            std::fs::create_dir_all(d)
+                .with_context(|| format!("create compile cache {}", d.display()))?;
         }
-        Ok(CompileCache { dir, engine_key: format!("{:016x}", h.finish()) })
+        Ok(CompileCache {
+            dir,
+            engine_key: format!("{:016x}", h.finish()),
+        })
     }
 
-    pub(super) fn load(&self, engine: &Engine, digest: &Digest, bytes: &[u8]) -> anyhow::Result<Component> {
+    pub(super) fn load(
+        &self,
+        engine: &Engine,
+        digest: &Digest,
+        bytes: &[u8],
+    ) -> anyhow::Result<Component> {
         let Some(dir) = &self.dir else {
-            return Component::new(engine, bytes).map_err(|e| anyhow::anyhow!("{e:#}")).context("compile component");
+            return Component::new(engine, bytes)
+                .map_err(|e| anyhow::anyhow!("{e:#}"))
+                .context("compile component");
         };
         let path = dir.join(format!("{}-{}.cwasm", digest.hex(), self.engine_key));
         if path.exists() {
             match deserialize(engine, &path) {
                 Ok(c) => return Ok(c),
-                Err(e) => tracing::warn!("discarding unusable compile cache entry {}: {e:#}", path.display()),
+                Err(e) => tracing::warn!(
+                    "discarding unusable compile cache entry {}: {e:#}",
+                    path.display()
+                ),
             }
         }
-        let compiled = engine.precompile_component(bytes).map_err(|e| anyhow::anyhow!("{e:#}")).context("compile component")?;
+        let compiled = engine
+            .precompile_component(bytes)
+            .map_err(|e| anyhow::anyhow!("{e:#}"))
+            .context("compile component")?;
         let temp = tempfile::NamedTempFile::new_in(dir)?;
         std::fs::write(temp.path(), &compiled)?;
         temp.persist(&path).map_err(|e| e.error)?;

@@ -16,7 +16,10 @@ pub(super) struct Capture {
 
 impl Capture {
     pub(super) fn new(cap: usize) -> Self {
-        Capture { buf: Arc::new(Mutex::new(Vec::new())), cap }
+        Capture {
+            buf: Arc::new(Mutex::new(Vec::new())),
+            cap,
+        }
     }
 
     fn push(&self, bytes: &[u8]) {
@@ -66,7 +69,11 @@ impl Pollable for Capture {
 }
 
 impl tokio::io::AsyncWrite for Capture {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         self.push(buf);
         Poll::Ready(Ok(buf.len()))
     }

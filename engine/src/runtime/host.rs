@@ -10,7 +10,9 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 /// Log levels, as in the WIT `log` interface.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Level {
     /// Very detailed.
@@ -54,16 +56,29 @@ pub(super) struct Limits {
 }
 
 impl wasmtime::ResourceLimiter for Limits {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired as u64 > self.memory {
             self.exceeded = Some(self.memory);
             // An error (not `Ok(false)`) traps the guest at once instead of letting it
             // observe a failed grow and limp on.
-            return Err(wasmtime::Error::msg(format!("memory limit of {} bytes exceeded", self.memory)));
+            return Err(wasmtime::Error::msg(format!(
+                "memory limit of {} bytes exceeded",
+                self.memory
+            )));
         }
         Ok(true)
     }
-    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= 1_000_000)
     }
 }
@@ -99,7 +114,10 @@ impl HostState {
         HostState {
             wasi,
             table: ResourceTable::new(),
-            limits: Limits { memory, exceeded: None },
+            limits: Limits {
+                memory,
+                exceeded: None,
+            },
             log,
             workspace,
             mounts,
@@ -113,21 +131,36 @@ impl HostState {
     }
 
     /// Let the guest publish to NATS subjects matching `grants`.
-    pub(super) fn grant_nats(&mut self, grants: Vec<String>, access: Arc<super::messaging::NatsAccess>) {
+    pub(super) fn grant_nats(
+        &mut self,
+        grants: Vec<String>,
+        access: Arc<super::messaging::NatsAccess>,
+    ) {
         self.nats_grants = grants;
         self.nats = Some(access);
     }
 
     /// A store with nothing granted and nothing logged (`describe`, the bare benchmark).
     pub(super) fn without_grants() -> Self {
-        Self::new(WasiCtx::builder().build(), super::DEFAULT_MEMORY, Arc::new(NullLog), PathBuf::new(), Vec::new(), Vec::new(), Vec::new(), &[])
+        Self::new(
+            WasiCtx::builder().build(),
+            super::DEFAULT_MEMORY,
+            Arc::new(NullLog),
+            PathBuf::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            &[],
+        )
     }
 
     /// Map a guest path to (mount, path relative to the mount), refusing anything outside.
     fn resolve(&self, guest: &str, need_write: bool) -> Result<(&Mount, PathBuf), String> {
         let path = Path::new(guest);
         if !path.is_absolute() {
-            return Err(format!("{guest}: paths must be absolute (e.g. /out/site/run.sh)"));
+            return Err(format!(
+                "{guest}: paths must be absolute (e.g. /out/site/run.sh)"
+            ));
         }
         let path = normalize(path);
         let mount = self
@@ -137,39 +170,67 @@ impl HostState {
             .max_by_key(|m| m.guest.components().count())
             .ok_or_else(|| format!("{guest}: not inside any directory this action was granted"))?;
         if need_write && mount.access != Access::Rw {
-            return Err(format!("{guest}: {} is mounted read-only", mount.guest.display()));
+            return Err(format!(
+                "{guest}: {} is mounted read-only",
+                mount.guest.display()
+            ));
         }
-        let rel = path.strip_prefix(&mount.guest).expect("prefix checked").to_path_buf();
+        let rel = path
+            .strip_prefix(&mount.guest)
+            .expect("prefix checked")
+            .to_path_buf();
         Ok((mount, rel))
     }
 
     fn open_mount(mount: &Mount) -> Result<cap_std::fs::Dir, String> {
-        cap_std::fs::Dir::open_ambient_dir(&mount.host, cap_std::ambient_authority()).map_err(|e| format!("{}: {e}", mount.guest.display()))
+        cap_std::fs::Dir::open_ambient_dir(&mount.host, cap_std::ambient_authority())
+            .map_err(|e| format!("{}: {e}", mount.guest.display()))
     }
 }
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
 impl wasmtime_wasi_http::WasiHttpView for HostState {
     fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
-        wasmtime_wasi_http::WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.http_guard }
+        wasmtime_wasi_http::WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.http_guard,
+        }
     }
 }
 
 impl types::Host for HostState {}
 
 impl messaging::Host for HostState {
-    async fn publish(&mut self, subject: String, payload: Vec<u8>, server: Option<String>) -> Result<(), String> {
-        if !self.nats_grants.iter().any(|g| super::messaging::subject_matches(g, &subject)) {
-            let message = format!("publishing to {subject} denied: not granted (capabilities: {{ nats: [{subject}] }})");
+    async fn publish(
+        &mut self,
+        subject: String,
+        payload: Vec<u8>,
+        server: Option<String>,
+    ) -> Result<(), String> {
+        if !self
+            .nats_grants
+            .iter()
+            .any(|g| super::messaging::subject_matches(g, &subject))
+        {
+            let message = format!(
+                "publishing to {subject} denied: not granted (capabilities: {{ nats: [{subject}] }})"
+            );
             self.log.log(Level::Warn, &message, &[]);
             return Err(message);
         }
-        let access = self.nats.clone().ok_or("NATS is not available to this call")?;
+        let access = self
+            .nats
+            .clone()
+            .ok_or("NATS is not available to this call")?;
         access.publish(server.as_deref(), &subject, payload).await
     }
 }
@@ -200,12 +261,15 @@ impl files::Host for HostState {
         use cap_std::fs::PermissionsExt;
         let (mount, rel) = self.resolve(&path, true)?;
         let dir = Self::open_mount(mount)?;
-        let meta = dir.symlink_metadata(&rel).map_err(|e| format!("{path}: {e}"))?;
+        let meta = dir
+            .symlink_metadata(&rel)
+            .map_err(|e| format!("{path}: {e}"))?;
         if !meta.is_file() {
             return Err(format!("{path}: not a regular file"));
         }
         let mode = if executable { 0o755 } else { 0o644 };
-        dir.set_permissions(&rel, cap_std::fs::Permissions::from_mode(mode)).map_err(|e| format!("{path}: {e}"))
+        dir.set_permissions(&rel, cap_std::fs::Permissions::from_mode(mode))
+            .map_err(|e| format!("{path}: {e}"))
     }
 
     fn symlink(&mut self, target: String, link: String) -> Result<(), String> {
@@ -214,11 +278,18 @@ impl files::Host for HostState {
         if Path::new(&target).is_absolute() {
             return Err(format!("symlink target {target:?} must be a relative path"));
         }
-        if !crate::artifacts::tree::link_stays_inside(rel.parent().unwrap_or(Path::new("")), Path::new(&target)) {
-            return Err(format!("symlink target {target:?} leads outside {}", mount.guest.display()));
+        if !crate::artifacts::tree::link_stays_inside(
+            rel.parent().unwrap_or(Path::new("")),
+            Path::new(&target),
+        ) {
+            return Err(format!(
+                "symlink target {target:?} leads outside {}",
+                mount.guest.display()
+            ));
         }
         let dir = Self::open_mount(mount)?;
-        dir.symlink(&target, &rel).map_err(|e| format!("{link}: {e}"))
+        dir.symlink(&target, &rel)
+            .map_err(|e| format!("{link}: {e}"))
     }
 }
 
@@ -235,8 +306,19 @@ const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 /// Environment variables a guest may not set for a host program: they would change which
 /// program runs or what it loads, turning one granted program into any program.
 fn forbidden_env(key: &str) -> bool {
-    matches!(key, "PATH" | "HOME" | "IFS" | "ENV" | "BASH_ENV" | "SHELLOPTS" | "BASHOPTS" | "PS4" | "CDPATH" | "GLOBIGNORE")
-        || key.starts_with("LD_")
+    matches!(
+        key,
+        "PATH"
+            | "HOME"
+            | "IFS"
+            | "ENV"
+            | "BASH_ENV"
+            | "SHELLOPTS"
+            | "BASHOPTS"
+            | "PS4"
+            | "CDPATH"
+            | "GLOBIGNORE"
+    ) || key.starts_with("LD_")
         || key.starts_with("SLUICE_")
         || key.starts_with("BASH_FUNC_")
 }
@@ -247,9 +329,16 @@ fn resolve_program(name: &str) -> Option<PathBuf> {
     if name.contains('/') {
         return None;
     }
-    std::env::var_os("PATH")?.to_str()?.split(':').filter(|d| d.starts_with('/')).map(|d| Path::new(d).join(name)).find(|p| {
-        std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
-    })
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .filter(|d| d.starts_with('/'))
+        .map(|d| Path::new(d).join(name))
+        .find(|p| {
+            std::fs::metadata(p)
+                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false)
+        })
 }
 
 impl process::Host for HostState {
@@ -261,14 +350,25 @@ impl process::Host for HostState {
             ));
         }
         if let Some((k, _)) = cmd.env.iter().find(|(k, _)| forbidden_env(k)) {
-            return Err(format!("environment variable `{k}` cannot be set for a host program"));
+            return Err(format!(
+                "environment variable `{k}` cannot be set for a host program"
+            ));
         }
-        let program = resolve_program(&cmd.program).ok_or_else(|| format!("program `{}` was not found on the engine's PATH", cmd.program))?;
+        let program = resolve_program(&cmd.program).ok_or_else(|| {
+            format!(
+                "program `{}` was not found on the engine's PATH",
+                cmd.program
+            )
+        })?;
         let mut command = tokio::process::Command::new(&program);
         command
             .args(&cmd.args)
             .env_clear()
-            .envs(["PATH", "HOME"].iter().filter_map(|k| std::env::var(k).ok().map(|v| (*k, v))))
+            .envs(
+                ["PATH", "HOME"]
+                    .iter()
+                    .filter_map(|k| std::env::var(k).ok().map(|v| (*k, v))),
+            )
             .envs(self.program_env.iter().cloned())
             .envs(cmd.env.iter().cloned())
             .current_dir(&self.workspace)
@@ -277,7 +377,9 @@ impl process::Host for HostState {
             .stderr(std::process::Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
-        let mut child = command.spawn().map_err(|e| format!("cannot start `{}`: {e}", cmd.program))?;
+        let mut child = command
+            .spawn()
+            .map_err(|e| format!("cannot start `{}`: {e}", cmd.program))?;
         // Whatever happens (a timeout drops this future, or the program exits leaving
         // background children), the whole process group is killed.
         let group = ProcessGroup(child.id());
@@ -294,16 +396,26 @@ impl process::Host for HostState {
                     buf.clear();
                     // Read by bytes with a cap: output that is not UTF-8 or has no newlines
                     // must neither stop the draining nor grow without bound.
-                    match (&mut reader).take(MAX_LINE as u64).read_until(b'\n', &mut buf).await {
+                    match (&mut reader)
+                        .take(MAX_LINE as u64)
+                        .read_until(b'\n', &mut buf)
+                        .await
+                    {
                         Ok(0) | Err(_) => break,
                         Ok(_) => {}
                     }
-                    let line = String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_string();
+                    let line = String::from_utf8_lossy(&buf)
+                        .trim_end_matches(['\n', '\r'])
+                        .to_string();
                     logged += buf.len();
                     if logged <= MAX_LOGGED {
                         log.log(level, &line, &[]);
                     } else if logged - buf.len() <= MAX_LOGGED {
-                        log.log(Level::Warn, &format!("output beyond {} MiB is not logged", MAX_LOGGED >> 20), &[]);
+                        log.log(
+                            Level::Warn,
+                            &format!("output beyond {} MiB is not logged", MAX_LOGGED >> 20),
+                            &[],
+                        );
                     }
                     let mut t = tail.lock().unwrap();
                     if t.len() == TAIL_LINES {
@@ -313,7 +425,12 @@ impl process::Host for HostState {
                 }
             }
         };
-        let drain = async { tokio::join!(pump(Box::pin(stdout), Level::Info), pump(Box::pin(stderr), Level::Warn)) };
+        let drain = async {
+            tokio::join!(
+                pump(Box::pin(stdout), Level::Info),
+                pump(Box::pin(stderr), Level::Warn)
+            )
+        };
         tokio::pin!(drain);
         let mut drained = false;
         let status = tokio::select! {
@@ -329,8 +446,17 @@ impl process::Host for HostState {
         if !drained {
             let _ = tokio::time::timeout(DRAIN_GRACE, &mut drain).await;
         }
-        let output_tail = tail.lock().unwrap().iter().cloned().collect::<Vec<_>>().join("\n");
-        Ok(process::ExitStatus { code: status.code(), output_tail })
+        let output_tail = tail
+            .lock()
+            .unwrap()
+            .iter()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n");
+        Ok(process::ExitStatus {
+            code: status.code(),
+            output_tail,
+        })
     }
 }
 

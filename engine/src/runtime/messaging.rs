@@ -19,7 +19,14 @@ pub struct NatsAccess {
 impl NatsAccess {
     /// Access with the default server from `SLUICE_NATS_URL`, if set.
     pub fn from_env() -> Self {
-        NatsAccess { default_url: Mutex::new(std::env::var("SLUICE_NATS_URL").ok().filter(|u| !u.is_empty())), ..Default::default() }
+        NatsAccess {
+            default_url: Mutex::new(
+                std::env::var("SLUICE_NATS_URL")
+                    .ok()
+                    .filter(|u| !u.is_empty()),
+            ),
+            ..Default::default()
+        }
     }
 
     /// Make `url` the default server (the service on NATS uses its own).
@@ -28,10 +35,20 @@ impl NatsAccess {
     }
 
     /// Publish and wait for the server to have it.
-    pub async fn publish(&self, server: Option<&str>, subject: &str, payload: Vec<u8>) -> Result<(), String> {
+    pub async fn publish(
+        &self,
+        server: Option<&str>,
+        subject: &str,
+        payload: Vec<u8>,
+    ) -> Result<(), String> {
         let url = match server {
             Some(s) => s.to_string(),
-            None => self.default_url.lock().unwrap().clone().ok_or("no NATS server: set `server`, or SLUICE_NATS_URL for the engine")?,
+            None => self
+                .default_url
+                .lock()
+                .unwrap()
+                .clone()
+                .ok_or("no NATS server: set `server`, or SLUICE_NATS_URL for the engine")?,
         };
         let client = {
             let mut clients = self.clients.lock().await;
@@ -48,10 +65,16 @@ impl NatsAccess {
             }
         };
         let sent = async {
-            client.publish(subject.to_string(), payload.into()).await.map_err(|e| e.to_string())?;
+            client
+                .publish(subject.to_string(), payload.into())
+                .await
+                .map_err(|e| e.to_string())?;
             client.flush().await.map_err(|e| e.to_string())
         };
-        tokio::time::timeout(NATS_TIMEOUT, sent).await.map_err(|_| format!("publishing to {url} timed out"))?.map_err(|e| format!("publishing to {url}: {e}"))
+        tokio::time::timeout(NATS_TIMEOUT, sent)
+            .await
+            .map_err(|_| format!("publishing to {url} timed out"))?
+            .map_err(|e| format!("publishing to {url}: {e}"))
     }
 }
 
@@ -72,14 +95,22 @@ pub fn subject_matches(pattern: &str, subject: &str) -> bool {
 /// Check a grant as written in a pipeline: a subject pattern.
 pub fn valid_grant(pattern: &str) -> Result<(), String> {
     let tokens: Vec<&str> = pattern.split('.').collect();
-    if pattern.is_empty() || tokens.iter().any(|t| t.is_empty() || t.chars().any(char::is_whitespace)) {
-        return Err(format!("{pattern:?} is not a NATS subject (dot-separated tokens, no spaces)"));
+    if pattern.is_empty()
+        || tokens
+            .iter()
+            .any(|t| t.is_empty() || t.chars().any(char::is_whitespace))
+    {
+        return Err(format!(
+            "{pattern:?} is not a NATS subject (dot-separated tokens, no spaces)"
+        ));
     }
     if tokens[..tokens.len() - 1].contains(&">") {
         return Err(format!("{pattern:?}: `>` may only be the last token"));
     }
     if tokens[0] == ">" || tokens[0] == "sluice" || tokens[0].starts_with('$') {
-        return Err(format!("{pattern:?}: grant subjects of your own, not everything or Sluice's `sluice.>` / system `$` subjects"));
+        return Err(format!(
+            "{pattern:?}: grant subjects of your own, not everything or Sluice's `sluice.>` / system `$` subjects"
+        ));
     }
     Ok(())
 }
@@ -91,7 +122,10 @@ mod tests {
     #[test]
     fn wildcards_and_grants() {
         assert!(subject_matches("chat.*.releases", "chat.ops.releases"));
-        assert!(!subject_matches("chat.*.releases", "chat.ops.team.releases"));
+        assert!(!subject_matches(
+            "chat.*.releases",
+            "chat.ops.team.releases"
+        ));
         assert!(subject_matches("chat.>", "chat.ops.team"));
         assert!(!subject_matches("chat.>", "chat"));
         assert!(!subject_matches("chat.ops", "chat.ops.more"));

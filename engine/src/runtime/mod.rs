@@ -283,15 +283,25 @@ impl Runtime {
             return Ok(digest);
         }
         let pre = self.prelink(&digest, bytes, "the component does not fit the sluice:action@0.1.0 world (or imports something this engine does not provide)")?;
-        let pre = bindings::ActionPre::new(pre).map_err(|e| anyhow::anyhow!("{e:#}")).context("the component does not export the sluice:action@0.1.0 `action` world")?;
+        let pre = bindings::ActionPre::new(pre)
+            .map_err(|e| anyhow::anyhow!("{e:#}"))
+            .context("the component does not export the sluice:action@0.1.0 `action` world")?;
         self.loaded.lock().unwrap().insert(digest, pre);
         Ok(digest)
     }
 
     /// Compile (or load from the disk cache) and link against this engine's imports.
-    fn prelink(&self, digest: &Digest, bytes: &[u8], misfit: &'static str) -> anyhow::Result<wasmtime::component::InstancePre<host::HostState>> {
+    fn prelink(
+        &self,
+        digest: &Digest,
+        bytes: &[u8],
+        misfit: &'static str,
+    ) -> anyhow::Result<wasmtime::component::InstancePre<host::HostState>> {
         let component: Component = self.cache.load(&self.engine, digest, bytes)?;
-        self.linker.instantiate_pre(&component).map_err(|e| anyhow::anyhow!("{e:#}")).context(misfit)
+        self.linker
+            .instantiate_pre(&component)
+            .map_err(|e| anyhow::anyhow!("{e:#}"))
+            .context(misfit)
     }
 
     /// Compile (or load from cache) a function component (the `function` world) and pre-link
@@ -301,8 +311,14 @@ impl Runtime {
         if self.functions.lock().unwrap().contains_key(&digest) {
             return Ok(digest);
         }
-        let pre = self.prelink(&digest, bytes, "the component does not fit the sluice:action@0.1.0 `function` world")?;
-        let pre = function_bindings::FunctionPre::new(pre).map_err(|e| anyhow::anyhow!("{e:#}")).context("the component does not export the sluice:action@0.1.0 `function` world")?;
+        let pre = self.prelink(
+            &digest,
+            bytes,
+            "the component does not fit the sluice:action@0.1.0 `function` world",
+        )?;
+        let pre = function_bindings::FunctionPre::new(pre)
+            .map_err(|e| anyhow::anyhow!("{e:#}"))
+            .context("the component does not export the sluice:action@0.1.0 `function` world")?;
         self.functions.lock().unwrap().insert(digest, pre);
         Ok(digest)
     }
@@ -314,9 +330,24 @@ impl Runtime {
 
     /// Call a function's `handle` in a fresh sandbox set up like an action's; its reply is
     /// mapped onto an action's outcome (`continue-later` is `pending` on a timer).
-    pub async fn run_function(&self, digest: &Digest, mut inv: Invocation, parameters: String) -> Result<RunOutcome, RunError> {
-        let pre = self.functions.lock().unwrap().get(digest).cloned().ok_or_else(|| RunError::Instantiate(format!("function {digest} is not loaded")))?;
-        let _slot = self.runs.acquire().await.expect("semaphore is never closed");
+    pub async fn run_function(
+        &self,
+        digest: &Digest,
+        mut inv: Invocation,
+        parameters: String,
+    ) -> Result<RunOutcome, RunError> {
+        let pre = self
+            .functions
+            .lock()
+            .unwrap()
+            .get(digest)
+            .cloned()
+            .ok_or_else(|| RunError::Instantiate(format!("function {digest} is not loaded")))?;
+        let _slot = self
+            .runs
+            .acquire()
+            .await
+            .expect("semaphore is never closed");
         let (mut store, stdout, stderr) = self.sandbox(&mut inv)?;
         let c = &inv.context;
         let job = fwit::Job {
@@ -340,11 +371,17 @@ impl Runtime {
         match result {
             Err(_) => Err(RunError::Timeout(inv.timeout)),
             Ok(Err(e)) => Err(trap_error(e, store.data())),
-            Ok(Ok(fwit::Reply::Success(variables))) => Ok(RunOutcome::Succeeded { variables, summary: None }),
+            Ok(Ok(fwit::Reply::Success(variables))) => Ok(RunOutcome::Succeeded {
+                variables,
+                summary: None,
+            }),
             Ok(Ok(fwit::Reply::Failure(message))) => Err(RunError::Failed(message)),
-            Ok(Ok(fwit::Reply::ContinueLater(later))) => {
-                Ok(RunOutcome::Pending { continuation: later.token, wake: format!("timer:{}", later.delay_ms), summary: later.summary, percent_complete: None })
-            }
+            Ok(Ok(fwit::Reply::ContinueLater(later))) => Ok(RunOutcome::Pending {
+                continuation: later.token,
+                wake: format!("timer:{}", later.delay_ms),
+                summary: later.summary,
+                percent_complete: None,
+            }),
         }
     }
 
@@ -354,17 +391,37 @@ impl Runtime {
         if self.rules.lock().unwrap().contains_key(&digest) {
             return Ok(digest);
         }
-        let pre = self.prelink(&digest, bytes, "the component does not fit the sluice:action@0.1.0 `rule` world")?;
-        let pre = rule_bindings::RulePre::new(pre).map_err(|e| anyhow::anyhow!("{e:#}")).context("the component does not export the sluice:action@0.1.0 `rule` world")?;
+        let pre = self.prelink(
+            &digest,
+            bytes,
+            "the component does not fit the sluice:action@0.1.0 `rule` world",
+        )?;
+        let pre = rule_bindings::RulePre::new(pre)
+            .map_err(|e| anyhow::anyhow!("{e:#}"))
+            .context("the component does not export the sluice:action@0.1.0 `rule` world")?;
         self.rules.lock().unwrap().insert(digest, pre);
         Ok(digest)
     }
 
     /// Call a rule's `check` in a sandbox with no grants at all (no files, programs or
     /// network), bounded like an action. `Ok(Err(reason))` is a failing rule.
-    pub async fn check_rule(&self, digest: &Digest, check: RuleCheck) -> Result<Result<(), String>, RunError> {
-        let pre = self.rules.lock().unwrap().get(digest).cloned().ok_or_else(|| RunError::Instantiate(format!("rule {digest} is not loaded")))?;
-        let _slot = self.runs.acquire().await.expect("semaphore is never closed");
+    pub async fn check_rule(
+        &self,
+        digest: &Digest,
+        check: RuleCheck,
+    ) -> Result<Result<(), String>, RunError> {
+        let pre = self
+            .rules
+            .lock()
+            .unwrap()
+            .get(digest)
+            .cloned()
+            .ok_or_else(|| RunError::Instantiate(format!("rule {digest} is not loaded")))?;
+        let _slot = self
+            .runs
+            .acquire()
+            .await
+            .expect("semaphore is never closed");
         let mut inv = Invocation {
             context: ActionContext::default(),
             config: Vec::new(),
@@ -404,9 +461,15 @@ impl Runtime {
     /// A store with the invocation's sandbox: WASI with its mounts, captured stdio, limits.
     /// A store set up for one call: stdio captured, `inv`'s mounts preopened, its grants in
     /// the host state (moved out of `inv`, which keeps its context, configuration and log).
-    fn sandbox(&self, inv: &mut Invocation) -> Result<(Store<host::HostState>, capture::Capture, capture::Capture), RunError> {
+    fn sandbox(
+        &self,
+        inv: &mut Invocation,
+    ) -> Result<(Store<host::HostState>, capture::Capture, capture::Capture), RunError> {
         if inv.memory_limit > MAX_GUEST_MEMORY {
-            return Err(RunError::Instantiate(format!("limits.memory may be at most {}", bytesize::ByteSize(MAX_GUEST_MEMORY))));
+            return Err(RunError::Instantiate(format!(
+                "limits.memory may be at most {}",
+                bytesize::ByteSize(MAX_GUEST_MEMORY)
+            )));
         }
         let stdout = capture::Capture::new(STDIO_CAPTURE);
         let stderr = capture::Capture::new(STDIO_CAPTURE);
@@ -418,22 +481,46 @@ impl Runtime {
                 Access::Rw => wasmtime_wasi::FsPerms::ReadWrite,
             };
             wasi.preopened_dir(&m.host, m.guest.to_string_lossy(), perms)
-                .map_err(|e| RunError::Instantiate(format!("cannot mount {} at {}: {e}", m.host.display(), m.guest.display())))?;
+                .map_err(|e| {
+                    RunError::Instantiate(format!(
+                        "cannot mount {} at {}: {e}",
+                        m.host.display(),
+                        m.guest.display()
+                    ))
+                })?;
         }
         use std::mem::take;
-        let mut state = host::HostState::new(wasi.build(), inv.memory_limit, inv.log.clone(), take(&mut inv.workspace), take(&mut inv.mounts), take(&mut inv.programs), take(&mut inv.program_env), &inv.http);
+        let mut state = host::HostState::new(
+            wasi.build(),
+            inv.memory_limit,
+            inv.log.clone(),
+            take(&mut inv.workspace),
+            take(&mut inv.mounts),
+            take(&mut inv.programs),
+            take(&mut inv.program_env),
+            &inv.http,
+        );
         state.grant_nats(take(&mut inv.nats), self.nats.clone());
         Ok((self.store(state), stdout, stderr))
     }
 
     fn pre(&self, digest: &Digest) -> Result<bindings::ActionPre<host::HostState>, RunError> {
-        self.loaded.lock().unwrap().get(digest).cloned().ok_or_else(|| RunError::Instantiate(format!("{digest} is not loaded")))
+        self.loaded
+            .lock()
+            .unwrap()
+            .get(digest)
+            .cloned()
+            .ok_or_else(|| RunError::Instantiate(format!("{digest} is not loaded")))
     }
 
     /// Call `describe` on a loaded component, with no grants.
     pub async fn describe(&self, digest: &Digest) -> Result<Description, RunError> {
         let pre = self.pre(digest)?;
-        let _slot = self.runs.acquire().await.expect("semaphore is never closed");
+        let _slot = self
+            .runs
+            .acquire()
+            .await
+            .expect("semaphore is never closed");
         let state = host::HostState::without_grants();
         let mut store = self.store(state);
         let call = async {
@@ -459,7 +546,16 @@ impl Runtime {
             }
             .to_string(),
             summary: d.summary,
-            config: d.config.into_iter().map(|k| ConfigKey { name: k.name, required: k.required, description: k.description, default_value: k.default_value }).collect(),
+            config: d
+                .config
+                .into_iter()
+                .map(|k| ConfigKey {
+                    name: k.name,
+                    required: k.required,
+                    description: k.description,
+                    default_value: k.default_value,
+                })
+                .collect(),
             capabilities: d
                 .capabilities
                 .into_iter()
@@ -486,7 +582,11 @@ impl Runtime {
     /// Run one action attempt in a fresh sandbox.
     pub async fn run(&self, digest: &Digest, mut inv: Invocation) -> Result<RunOutcome, RunError> {
         let pre = self.pre(digest)?;
-        let _slot = self.runs.acquire().await.expect("semaphore is never closed");
+        let _slot = self
+            .runs
+            .acquire()
+            .await
+            .expect("semaphore is never closed");
         let (mut store, stdout, stderr) = self.sandbox(&mut inv)?;
         let ctx = to_wit_context(std::mem::take(&mut inv.context));
         let call = async {
@@ -503,7 +603,10 @@ impl Runtime {
                 wit::ActionError::Failed(m) => RunError::Failed(m),
                 wit::ActionError::Retryable(m) => RunError::Retryable(m),
             }),
-            Ok(Ok(Ok(wit::Outcome::Succeeded(s)))) => Ok(RunOutcome::Succeeded { variables: s.variables, summary: s.summary }),
+            Ok(Ok(Ok(wit::Outcome::Succeeded(s)))) => Ok(RunOutcome::Succeeded {
+                variables: s.variables,
+                summary: s.summary,
+            }),
             Ok(Ok(Ok(wit::Outcome::Pending(p)))) => Ok(RunOutcome::Pending {
                 continuation: p.continuation,
                 wake: match p.wake {
@@ -521,12 +624,22 @@ impl Runtime {
     /// "bare wasmtime" baseline, sharing this runtime's engine and linker.
     pub async fn bare_call(&self, digest: &Digest) -> anyhow::Result<()> {
         let pre = self.pre(digest)?;
-        let _slot = self.runs.acquire().await.expect("semaphore is never closed");
+        let _slot = self
+            .runs
+            .acquire()
+            .await
+            .expect("semaphore is never closed");
         let state = host::HostState::without_grants();
         let mut store = self.store(state);
-        let action = pre.instantiate_async(&mut store).await.map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        let action = pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e:#}"))?;
         let ctx = to_wit_context(ActionContext::default());
-        let _ = action.call_run(&mut store, &ctx, &Vec::new()).await.map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        let _ = action
+            .call_run(&mut store, &ctx, &Vec::new())
+            .await
+            .map_err(|e| anyhow::anyhow!("{e:#}"))?;
         Ok(())
     }
 }

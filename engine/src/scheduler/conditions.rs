@@ -57,7 +57,15 @@ pub enum Operator {
 
 impl Operator {
     /// The words a pipeline file uses.
-    pub const NAMES: &'static [&'static str] = &["equals", "not-equals", "matches", "less-than", "less-than-or-equal", "greater-than", "greater-than-or-equal"];
+    pub const NAMES: &'static [&'static str] = &[
+        "equals",
+        "not-equals",
+        "matches",
+        "less-than",
+        "less-than-or-equal",
+        "greater-than",
+        "greater-than-or-equal",
+    ];
 
     /// Parse one of [`Operator::NAMES`].
     pub fn parse(s: &str) -> Option<Operator> {
@@ -174,21 +182,35 @@ pub fn applies(condition: &Condition, exec: &Execution, at: Timestamp) -> Option
     if condition.rules.is_empty() {
         return Some("the condition has no rules".into());
     }
-    condition.rules.iter().find_map(|rule| check(rule, exec, at).err())
+    condition
+        .rules
+        .iter()
+        .find_map(|rule| check(rule, exec, at).err())
 }
 
 /// Check one rule: `Err(reason)` when it fails. A rule that cannot be evaluated (a reference
 /// with no value, a bad number) fails with the reason.
 pub fn check(rule: &Rule, exec: &Execution, at: Timestamp) -> Result<(), String> {
     match rule {
-        Rule::VariableCheck { input, operator, value } => {
-            let actual = template::render(input, |ns, key| lookup(exec, ns, key)).map_err(|e| format!("variable-check: {e}"))?;
+        Rule::VariableCheck {
+            input,
+            operator,
+            value,
+        } => {
+            let actual = template::render(input, |ns, key| lookup(exec, ns, key))
+                .map_err(|e| format!("variable-check: {e}"))?;
             let pass = match operator {
                 Operator::Equals => actual == *value,
                 Operator::NotEquals => actual != *value,
-                Operator::Matches => regex::Regex::new(value).map_err(|e| format!("variable-check: bad regular expression {value:?}: {e}"))?.is_match(&actual),
+                Operator::Matches => regex::Regex::new(value)
+                    .map_err(|e| format!("variable-check: bad regular expression {value:?}: {e}"))?
+                    .is_match(&actual),
                 numeric => {
-                    let number = |s: &str| s.trim().parse::<f64>().map_err(|_| format!("variable-check: {s:?} is not a number"));
+                    let number = |s: &str| {
+                        s.trim()
+                            .parse::<f64>()
+                            .map_err(|_| format!("variable-check: {s:?} is not a number"))
+                    };
                     let (a, b) = (number(&actual)?, number(value)?);
                     match numeric {
                         Operator::LessThan => a < b,
@@ -198,17 +220,33 @@ pub fn check(rule: &Rule, exec: &Execution, at: Timestamp) -> Result<(), String>
                     }
                 }
             };
-            let op = serde_json::to_value(operator).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
-            if pass { Ok(()) } else { Err(format!("variable-check: {input} is {actual:?}; expected {op} {value:?}")) }
+            let op = serde_json::to_value(operator)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            if pass {
+                Ok(())
+            } else {
+                Err(format!(
+                    "variable-check: {input} is {actual:?}; expected {op} {value:?}"
+                ))
+            }
         }
-        Rule::Custom { uses, .. } => Err(format!("{uses}: a custom rule is checked by the executor, not here")),
+        Rule::Custom { uses, .. } => Err(format!(
+            "{uses}: a custom rule is checked by the executor, not here"
+        )),
         Rule::DeploymentWindow { cron, timezone } => {
-            let schedule = crate::model::cron::CronSchedule::parse(cron, timezone.as_deref()).map_err(|e| format!("deployment-window: {e}"))?;
-            let now = jiff::Timestamp::from_millisecond(at.0 as i64).map_err(|e| format!("deployment-window: {e}"))?;
+            let schedule = crate::model::cron::CronSchedule::parse(cron, timezone.as_deref())
+                .map_err(|e| format!("deployment-window: {e}"))?;
+            let now = jiff::Timestamp::from_millisecond(at.0 as i64)
+                .map_err(|e| format!("deployment-window: {e}"))?;
             if schedule.matches(now) {
                 Ok(())
             } else {
-                Err(format!("deployment-window: {at} is outside `{cron}` ({})", timezone.as_deref().unwrap_or("UTC")))
+                Err(format!(
+                    "deployment-window: {at} is outside `{cron}` ({})",
+                    timezone.as_deref().unwrap_or("UTC")
+                ))
             }
         }
     }
@@ -228,7 +266,9 @@ pub fn lookup(exec: &Execution, ns: &str, key: &str) -> Option<String> {
             .stages
             .iter()
             .flat_map(|s| &s.actions)
-            .rfind(|a| a.status == super::Status::Succeeded && a.namespace.as_deref() == Some(other))
+            .rfind(|a| {
+                a.status == super::Status::Succeeded && a.namespace.as_deref() == Some(other)
+            })
             .and_then(|a| a.variables.get(key).cloned()),
     }
 }

@@ -147,12 +147,19 @@ pub enum Effect {
 pub fn step(lanes: &mut Lanes, op: &LaneOp) -> Vec<Effect> {
     let mut effects = Vec::new();
     let stage = match op {
-        LaneOp::Arrive { execution, stage, mode } => {
+        LaneOp::Arrive {
+            execution,
+            stage,
+            mode,
+        } => {
             lanes.mode = *mode;
             let lane = lanes.stages.entry(stage.clone()).or_default();
             if lane.inside.contains(execution) {
                 // Already let in (the arrival is repeated, e.g. its write was retried): it still is.
-                effects.push(Effect::Admit { execution: execution.clone(), stage: stage.clone() });
+                effects.push(Effect::Admit {
+                    execution: execution.clone(),
+                    stage: stage.clone(),
+                });
             } else if !lane.waiting.contains(execution) {
                 if lanes.mode == Mode::Superseded {
                     // At most one waits: the newer of the two (by id, i.e. start time) stays.
@@ -160,9 +167,17 @@ pub fn step(lanes: &mut Lanes, op: &LaneOp) -> Vec<Effect> {
                         if older < *execution {
                             lane.waiting.clear();
                             lane.waiting.push(execution.clone());
-                            effects.push(Effect::Supersede { execution: older, stage: stage.clone(), by: execution.clone() });
+                            effects.push(Effect::Supersede {
+                                execution: older,
+                                stage: stage.clone(),
+                                by: execution.clone(),
+                            });
                         } else {
-                            effects.push(Effect::Supersede { execution: execution.clone(), stage: stage.clone(), by: older });
+                            effects.push(Effect::Supersede {
+                                execution: execution.clone(),
+                                stage: stage.clone(),
+                                by: older,
+                            });
                         }
                     } else {
                         lane.waiting.push(execution.clone());
@@ -192,7 +207,11 @@ pub fn step(lanes: &mut Lanes, op: &LaneOp) -> Vec<Effect> {
         }
     };
     admit(lanes, stage, &mut effects);
-    if lanes.stages.get(stage).is_some_and(|l| *l == Lane::default()) {
+    if lanes
+        .stages
+        .get(stage)
+        .is_some_and(|l| *l == Lane::default())
+    {
         lanes.stages.remove(stage); // keep the record small: an idle lane is no lane
     }
     effects
@@ -203,12 +222,20 @@ pub fn step(lanes: &mut Lanes, op: &LaneOp) -> Vec<Effect> {
 /// enabled transition changes nothing: no write, no contention between executions.
 fn admit(lanes: &mut Lanes, stage: &str, effects: &mut Vec<Effect>) {
     let parallel = lanes.mode == Mode::Parallel;
-    let Some(lane) = lanes.stages.get_mut(stage) else { return };
-    while lane.disabled.is_none() && !lane.waiting.is_empty() && (parallel || lane.inside.is_empty()) {
+    let Some(lane) = lanes.stages.get_mut(stage) else {
+        return;
+    };
+    while lane.disabled.is_none()
+        && !lane.waiting.is_empty()
+        && (parallel || lane.inside.is_empty())
+    {
         let execution = lane.waiting.remove(0);
         if !parallel {
             lane.inside.push(execution.clone());
         }
-        effects.push(Effect::Admit { execution, stage: stage.to_string() });
+        effects.push(Effect::Admit {
+            execution,
+            stage: stage.to_string(),
+        });
     }
 }

@@ -15,8 +15,11 @@ mod tests_operating;
 
 pub use conditions::{Condition, Outcome, Phase, Rule, StageConditions};
 pub use lanes::Mode;
+pub use record::{
+    ActionRun, Decision, Execution, Outbox, PluginRef, RetryPolicy, RollbackOf, StageRun, Status,
+    Timestamp, TriggerInfo, Waiting, Wake,
+};
 pub use shared::Shared;
-pub use record::{ActionRun, Decision, Execution, Outbox, PluginRef, RetryPolicy, RollbackOf, StageRun, Status, Timestamp, TriggerInfo, Wake, Waiting};
 
 use std::collections::BTreeMap;
 
@@ -135,9 +138,14 @@ impl Input {
     /// When it happened.
     pub fn at(&self) -> Timestamp {
         match self {
-            Input::Start { at } | Input::ActionCompleted { at, .. } | Input::Stop { at, .. } | Input::Retry { at, .. } => *at,
+            Input::Start { at }
+            | Input::ActionCompleted { at, .. }
+            | Input::Stop { at, .. }
+            | Input::Retry { at, .. } => *at,
             Input::Wake { at, .. } | Input::Decide { at, .. } | Input::Expire { at, .. } => *at,
-            Input::Admit { at, .. } | Input::Supersede { at, .. } | Input::Checked { at, .. } => *at,
+            Input::Admit { at, .. } | Input::Supersede { at, .. } | Input::Checked { at, .. } => {
+                *at
+            }
         }
     }
 }
@@ -259,7 +267,11 @@ pub fn apply(next: &mut Execution, input: &Input) -> Vec<Command> {
                 next.status = Status::InProgress;
                 next.started_at = Some(*at);
                 // A rollback execution runs only its stage; the earlier ones are carried over.
-                let first = next.rollback.as_ref().and_then(|r| next.stages.iter().position(|s| s.name == r.stage)).unwrap_or(0);
+                let first = next
+                    .rollback
+                    .as_ref()
+                    .and_then(|r| next.stages.iter().position(|s| s.name == r.stage))
+                    .unwrap_or(0);
                 enter_stage(next, first, *at, &mut commands);
             }
         }
@@ -269,8 +281,16 @@ pub fn apply(next: &mut Execution, input: &Input) -> Vec<Command> {
                 begin_stage(next, *stage, *at, &mut commands);
             }
         }
-        Input::Checked { stage, phase, failure, at } => {
-            let checking = next.stages.get(*stage).is_some_and(|s| s.checking == Some(*phase));
+        Input::Checked {
+            stage,
+            phase,
+            failure,
+            at,
+        } => {
+            let checking = next
+                .stages
+                .get(*stage)
+                .is_some_and(|s| s.checking == Some(*phase));
             if next.status == Status::InProgress && checking {
                 next.stages[*stage].checking = None;
                 decide(next, *stage, *phase, failure.clone(), *at, &mut commands);
@@ -283,8 +303,20 @@ pub fn apply(next: &mut Execution, input: &Input) -> Vec<Command> {
                 finish(next, Status::Superseded, *at, &mut commands);
             }
         }
-        Input::ActionCompleted { stage, action, attempt, result, config, inputs, at } => {
-            let Some(run) = next.stages.get_mut(*stage).and_then(|s| s.actions.get_mut(*action)) else {
+        Input::ActionCompleted {
+            stage,
+            action,
+            attempt,
+            result,
+            config,
+            inputs,
+            at,
+        } => {
+            let Some(run) = next
+                .stages
+                .get_mut(*stage)
+                .and_then(|s| s.actions.get_mut(*action))
+            else {
                 return commands;
             };
             if run.status != Status::InProgress || run.attempt != *attempt {
@@ -292,18 +324,40 @@ pub fn apply(next: &mut Execution, input: &Input) -> Vec<Command> {
             }
             run.config = config.clone();
             run.inputs = inputs.clone();
-            if let ActionResult::Pending { continuation, wake, summary, percent, deadline } = result {
+            if let ActionResult::Pending {
+                continuation,
+                wake,
+                summary,
+                percent,
+                deadline,
+            } = result
+            {
                 run.summary = summary.clone();
                 run.continuation = Some(continuation.clone());
                 run.wake_payload = None;
                 let token = format!("{}-{}", run.name, run.attempt);
-                run.waiting = Some(Waiting { wake: wake.clone(), since: *at, deadline: *deadline, percent: *percent, token });
+                run.waiting = Some(Waiting {
+                    wake: wake.clone(),
+                    since: *at,
+                    deadline: *deadline,
+                    percent: *percent,
+                    token,
+                });
                 if let Wake::Timer(ms) = wake {
                     // A timer is a delayed next attempt, like a retry's backoff.
                     run.attempt += 1;
-                    commands.push(Command::RunAction { stage: *stage, action: *action, attempt: run.attempt, delay_ms: *ms });
+                    commands.push(Command::RunAction {
+                        stage: *stage,
+                        action: *action,
+                        attempt: run.attempt,
+                        delay_ms: *ms,
+                    });
                 } else {
-                    commands.push(Command::Await { stage: *stage, action: *action, attempt: run.attempt });
+                    commands.push(Command::Await {
+                        stage: *stage,
+                        action: *action,
+                        attempt: run.attempt,
+                    });
                 }
                 return commands;
             }
@@ -312,7 +366,11 @@ pub fn apply(next: &mut Execution, input: &Input) -> Vec<Command> {
             let group = run.run_order;
             match result {
                 ActionResult::Pending { .. } => unreachable!("handled above"),
-                ActionResult::Succeeded { variables, artifacts, summary } => {
+                ActionResult::Succeeded {
+                    variables,
+                    artifacts,
+                    summary,
+                } => {
                     run.status = Status::Succeeded;
                     run.variables = variables.clone();
                     run.artifacts = artifacts.clone();
@@ -322,7 +380,9 @@ pub fn apply(next: &mut Execution, input: &Input) -> Vec<Command> {
                 ActionResult::Failed { error, kind } => {
                     run.error = Some(error.clone());
                     let retry = run.retry.as_ref().filter(|p| {
-                        run.attempt < p.max_attempts && (*kind == FailureKind::Retryable || (*kind == FailureKind::Timeout && p.on_timeout))
+                        run.attempt < p.max_attempts
+                            && (*kind == FailureKind::Retryable
+                                || (*kind == FailureKind::Timeout && p.on_timeout))
                     });
                     if let Some(policy) = retry {
                         // Same action, next attempt, after the backoff; the group is not settled.
@@ -330,7 +390,12 @@ pub fn apply(next: &mut Execution, input: &Input) -> Vec<Command> {
                         run.attempt += 1;
                         run.started_at = Some(*at);
                         run.finished_at = None;
-                        commands.push(Command::RunAction { stage: *stage, action: *action, attempt: run.attempt, delay_ms });
+                        commands.push(Command::RunAction {
+                            stage: *stage,
+                            action: *action,
+                            attempt: run.attempt,
+                            delay_ms,
+                        });
                         return commands;
                     }
                     run.status = Status::Failed;
@@ -338,25 +403,51 @@ pub fn apply(next: &mut Execution, input: &Input) -> Vec<Command> {
             }
             group_settled(next, *stage, group, *at, &mut commands);
         }
-        Input::Wake { stage, action, payload, at } => {
-            if let Some(run) = waiting_action(next, *stage, *action, |w| matches!(w, Wake::Event(_))) {
+        Input::Wake {
+            stage,
+            action,
+            payload,
+            at,
+        } => {
+            if let Some(run) =
+                waiting_action(next, *stage, *action, |w| matches!(w, Wake::Event(_)))
+            {
                 run.wake_payload = payload.clone();
                 wake_up(run, *stage, *action, *at, &mut commands);
             }
         }
-        Input::Decide { stage, action, decision, at } => {
+        Input::Decide {
+            stage,
+            action,
+            decision,
+            at,
+        } => {
             if refusal(next, input).is_some() {
                 return commands;
             }
             if let Some(run) = waiting_action(next, *stage, *action, |w| *w == Wake::Approval) {
                 run.decisions.push(decision.clone());
-                run.wake_payload = Some(serde_json::json!({ "decisions": run.decisions }).to_string());
+                run.wake_payload =
+                    Some(serde_json::json!({ "decisions": run.decisions }).to_string());
                 wake_up(run, *stage, *action, *at, &mut commands);
             }
         }
-        Input::Expire { stage, action, attempt, reason, at } => {
-            let Some(run) = next.stages.get_mut(*stage).and_then(|s| s.actions.get_mut(*action)) else { return commands };
-            if run.status != Status::InProgress || run.attempt != *attempt || run.waiting.is_none() {
+        Input::Expire {
+            stage,
+            action,
+            attempt,
+            reason,
+            at,
+        } => {
+            let Some(run) = next
+                .stages
+                .get_mut(*stage)
+                .and_then(|s| s.actions.get_mut(*action))
+            else {
+                return commands;
+            };
+            if run.status != Status::InProgress || run.attempt != *attempt || run.waiting.is_none()
+            {
                 return commands;
             }
             run.waiting = None;
@@ -366,35 +457,69 @@ pub fn apply(next: &mut Execution, input: &Input) -> Vec<Command> {
             let group = run.run_order;
             group_settled(next, *stage, group, *at, &mut commands);
         }
-        Input::Stop { abandon, reason, at } => {
-            let stoppable = next.status == Status::InProgress || (next.status == Status::Stopping && *abandon);
+        Input::Stop {
+            abandon,
+            reason,
+            at,
+        } => {
+            let stoppable =
+                next.status == Status::InProgress || (next.status == Status::Stopping && *abandon);
             if !stoppable {
                 return commands;
             }
             next.stop_reason = reason.clone().or(next.stop_reason.take());
             // Actions waiting for a decision or an event hold nothing: they end now.
             for stage in next.stages.iter_mut() {
-                for a in stage.actions.iter_mut().filter(|a| a.status == Status::InProgress && a.waiting.as_ref().is_some_and(|w| !matches!(w.wake, Wake::Timer(_)))) {
+                for a in stage.actions.iter_mut().filter(|a| {
+                    a.status == Status::InProgress
+                        && a.waiting
+                            .as_ref()
+                            .is_some_and(|w| !matches!(w.wake, Wake::Timer(_)))
+                }) {
                     a.status = Status::Abandoned;
                     a.waiting = None;
                     a.finished_at = Some(*at);
-                    a.error = Some(format!("abandoned by stop while waiting{}", reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default()));
+                    a.error = Some(format!(
+                        "abandoned by stop while waiting{}",
+                        reason
+                            .as_ref()
+                            .map(|r| format!(": {r}"))
+                            .unwrap_or_default()
+                    ));
                 }
             }
-            let running = next.stages.iter().any(|s| s.actions.iter().any(|a| a.status == Status::InProgress));
+            let running = next
+                .stages
+                .iter()
+                .any(|s| s.actions.iter().any(|a| a.status == Status::InProgress));
             if *abandon || !running {
                 if let Some(waited) = next.entering.take() {
                     leave(next, waited, &mut commands);
                 }
                 let gated = next.gated;
-                for (si, stage) in next.stages.iter_mut().enumerate().filter(|(_, s)| matches!(s.status, Status::InProgress | Status::Stopping)) {
+                for (si, stage) in next
+                    .stages
+                    .iter_mut()
+                    .enumerate()
+                    .filter(|(_, s)| matches!(s.status, Status::InProgress | Status::Stopping))
+                {
                     if gated {
                         commands.push(Command::Leave { stage: si });
                     }
-                    for a in stage.actions.iter_mut().filter(|a| a.status == Status::InProgress) {
+                    for a in stage
+                        .actions
+                        .iter_mut()
+                        .filter(|a| a.status == Status::InProgress)
+                    {
                         a.status = Status::Abandoned;
                         a.finished_at = Some(*at);
-                        a.error = Some(format!("abandoned by stop{}", reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default()));
+                        a.error = Some(format!(
+                            "abandoned by stop{}",
+                            reason
+                                .as_ref()
+                                .map(|r| format!(": {r}"))
+                                .unwrap_or_default()
+                        ));
                     }
                     stage.status = Status::Stopped;
                     stage.finished_at = Some(*at);
@@ -407,7 +532,10 @@ pub fn apply(next: &mut Execution, input: &Input) -> Vec<Command> {
         }
         Input::Retry { stage, all, at } => {
             let retryable = matches!(next.status, Status::Failed | Status::Stopped)
-                && next.stages.get(*stage).is_some_and(|s| matches!(s.status, Status::Failed | Status::Stopped));
+                && next
+                    .stages
+                    .get(*stage)
+                    .is_some_and(|s| matches!(s.status, Status::Failed | Status::Stopped));
             if !retryable {
                 return commands;
             }
@@ -432,26 +560,52 @@ pub fn apply(next: &mut Execution, input: &Input) -> Vec<Command> {
 }
 
 /// The action at (stage, action) if it is waiting for a wake that `kind` accepts.
-fn waiting_action(exec: &mut Execution, stage: usize, action: usize, kind: impl Fn(&Wake) -> bool) -> Option<&mut ActionRun> {
+fn waiting_action(
+    exec: &mut Execution,
+    stage: usize,
+    action: usize,
+    kind: impl Fn(&Wake) -> bool,
+) -> Option<&mut ActionRun> {
     if !matches!(exec.status, Status::InProgress | Status::Stopping) {
         return None;
     }
     let run = exec.stages.get_mut(stage)?.actions.get_mut(action)?;
-    (run.status == Status::InProgress && run.waiting.as_ref().is_some_and(|w| kind(&w.wake))).then_some(run)
+    (run.status == Status::InProgress && run.waiting.as_ref().is_some_and(|w| kind(&w.wake)))
+        .then_some(run)
 }
 
 /// A waiting action's next attempt: with its continuation and wake payload.
-fn wake_up(run: &mut ActionRun, stage: usize, action: usize, at: Timestamp, commands: &mut Vec<Command>) {
+fn wake_up(
+    run: &mut ActionRun,
+    stage: usize,
+    action: usize,
+    at: Timestamp,
+    commands: &mut Vec<Command>,
+) {
     run.waiting = None;
     run.attempt += 1;
     run.started_at = Some(at);
-    commands.push(Command::RunAction { stage, action, attempt: run.attempt, delay_ms: 0 });
+    commands.push(Command::RunAction {
+        stage,
+        action,
+        attempt: run.attempt,
+        delay_ms: 0,
+    });
 }
 
 /// Who may approve: the action's resolved `approvers` (comma- or space-separated; `*` means
 /// anyone but the one who started the execution).
 pub fn approvers(config: &BTreeMap<String, String>) -> Vec<String> {
-    config.get("approvers").map(|a| a.split([',', ' ']).map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect()).unwrap_or_default()
+    config
+        .get("approvers")
+        .map(|a| {
+            a.split([',', ' '])
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Why an operator control cannot apply to `exec` (for a clear error), or `None` if it can.
@@ -460,35 +614,76 @@ pub fn refusal(exec: &Execution, input: &Input) -> Option<String> {
         Input::Stop { abandon, .. } => match exec.status {
             Status::InProgress => None,
             Status::Stopping if *abandon => None,
-            Status::Stopping => Some("the execution is already stopping; use --abandon to cancel its running actions".into()),
-            s => Some(format!("the execution is {s}; only a running execution can be stopped")),
+            Status::Stopping => Some(
+                "the execution is already stopping; use --abandon to cancel its running actions"
+                    .into(),
+            ),
+            s => Some(format!(
+                "the execution is {s}; only a running execution can be stopped"
+            )),
         },
-        Input::Decide { stage, action, decision, .. } => {
-            let Some(run) = exec.stages.get(*stage).and_then(|s| s.actions.get(*action)) else { return Some("no such action".into()) };
-            if run.status != Status::InProgress || run.waiting.as_ref().is_none_or(|w| w.wake != Wake::Approval) {
-                return Some(format!("{} is not waiting for an approval (it is {})", run.name, run.status));
+        Input::Decide {
+            stage,
+            action,
+            decision,
+            ..
+        } => {
+            let Some(run) = exec.stages.get(*stage).and_then(|s| s.actions.get(*action)) else {
+                return Some("no such action".into());
+            };
+            if run.status != Status::InProgress
+                || run
+                    .waiting
+                    .as_ref()
+                    .is_none_or(|w| w.wake != Wake::Approval)
+            {
+                return Some(format!(
+                    "{} is not waiting for an approval (it is {})",
+                    run.name, run.status
+                ));
             }
             if !matches!(exec.status, Status::InProgress | Status::Stopping) {
                 return Some(format!("the execution is {}", exec.status));
             }
-            if exec.trigger.as_ref().and_then(|t| t.started_by.as_deref()) == Some(decision.by.as_str()) {
-                return Some(format!("{} started this execution and may not approve it", decision.by));
+            if exec.trigger.as_ref().and_then(|t| t.started_by.as_deref())
+                == Some(decision.by.as_str())
+            {
+                return Some(format!(
+                    "{} started this execution and may not approve it",
+                    decision.by
+                ));
             }
             let allowed = approvers(&run.config);
             if !allowed.iter().any(|a| a == "*" || *a == decision.by) {
-                return Some(format!("{} is not an approver of {} (approvers: {})", decision.by, run.name, allowed.join(", ")));
+                return Some(format!(
+                    "{} is not an approver of {} (approvers: {})",
+                    decision.by,
+                    run.name,
+                    allowed.join(", ")
+                ));
             }
             if run.decisions.iter().any(|d| d.by == decision.by) {
-                return Some(format!("{} has already decided on {}", decision.by, run.name));
+                return Some(format!(
+                    "{} has already decided on {}",
+                    decision.by, run.name
+                ));
             }
             None
         }
         Input::Retry { stage, .. } => {
-            let Some(run) = exec.stages.get(*stage) else { return Some("no such stage".into()) };
+            let Some(run) = exec.stages.get(*stage) else {
+                return Some("no such stage".into());
+            };
             if !matches!(exec.status, Status::Failed | Status::Stopped) {
-                Some(format!("the execution is {}; only a failed or stopped execution can be retried", exec.status))
+                Some(format!(
+                    "the execution is {}; only a failed or stopped execution can be retried",
+                    exec.status
+                ))
             } else if !matches!(run.status, Status::Failed | Status::Stopped) {
-                Some(format!("stage `{}` is {}; only a failed or stopped stage can be retried", run.name, run.status))
+                Some(format!(
+                    "stage `{}` is {}; only a failed or stopped stage can be retried",
+                    run.name, run.status
+                ))
             } else {
                 None
             }
@@ -500,10 +695,17 @@ pub fn refusal(exec: &Execution, input: &Input) -> Option<String> {
 /// After an action of `group` ended: wait for the rest of the group, then fail the stage or
 /// move on to the next group; at the stage's end its `on_success` or `on_failure` condition
 /// decides what follows.
-fn group_settled(exec: &mut Execution, si: usize, group: u32, at: Timestamp, commands: &mut Vec<Command>) {
+fn group_settled(
+    exec: &mut Execution,
+    si: usize,
+    group: u32,
+    at: Timestamp,
+    commands: &mut Vec<Command>,
+) {
     let stage = &mut exec.stages[si];
     // One pass over the stage (it runs once per finished action).
-    let (mut running, mut failed, mut next_group, mut next) = (false, false, None::<u32>, Vec::new());
+    let (mut running, mut failed, mut next_group, mut next) =
+        (false, false, None::<u32>, Vec::new());
     for (ai, a) in stage.actions.iter().enumerate() {
         match a.status {
             Status::InProgress => running = true,
@@ -547,7 +749,13 @@ fn group_settled(exec: &mut Execution, si: usize, group: u32, at: Timestamp, com
 /// Evaluate the stage's condition for `phase` and act on it. Built-in rules are evaluated
 /// here; a condition with a custom (WASM) rule is handed to the executor
 /// (`Command::CheckRules`), whose verdict comes back as `Input::Checked`.
-fn judge(exec: &mut Execution, si: usize, phase: Phase, at: Timestamp, commands: &mut Vec<Command>) {
+fn judge(
+    exec: &mut Execution,
+    si: usize,
+    phase: Phase,
+    at: Timestamp,
+    commands: &mut Vec<Command>,
+) {
     let Some(condition) = exec.stages[si].conditions.get(phase).cloned() else {
         return decide(exec, si, phase, None, at, commands);
     };
@@ -561,14 +769,28 @@ fn judge(exec: &mut Execution, si: usize, phase: Phase, at: Timestamp, commands:
 }
 
 /// Act on a condition's verdict (`Some(why)`: its result applies) for `phase` of stage `si`.
-fn decide(exec: &mut Execution, si: usize, phase: Phase, verdict: Option<String>, at: Timestamp, commands: &mut Vec<Command>) {
-    let result = exec.stages[si].conditions.get(phase).map(|c| (c.result, c.retry_all));
+fn decide(
+    exec: &mut Execution,
+    si: usize,
+    phase: Phase,
+    verdict: Option<String>,
+    at: Timestamp,
+    commands: &mut Vec<Command>,
+) {
+    let result = exec.stages[si]
+        .conditions
+        .get(phase)
+        .map(|c| (c.result, c.retry_all));
     let rollback_allowed = exec.rollback.is_none(); // a rollback never asks for another
     match (phase, verdict, result) {
         (Phase::BeforeEntry, Some(why), Some((outcome, _))) => {
             let stage = &mut exec.stages[si];
             stage.finished_at = Some(at);
-            for a in stage.actions.iter_mut().filter(|a| a.status == Status::NotStarted) {
+            for a in stage
+                .actions
+                .iter_mut()
+                .filter(|a| a.status == Status::NotStarted)
+            {
                 a.status = Status::Skipped;
             }
             leave(exec, si, commands);
@@ -583,7 +805,13 @@ fn decide(exec: &mut Execution, si: usize, phase: Phase, verdict: Option<String>
                 finish(exec, Status::Failed, at, commands);
             }
         }
-        (Phase::BeforeEntry, _, _) => match exec.stages[si].actions.iter().filter(|a| a.status == Status::NotStarted).map(|a| a.run_order).min() {
+        (Phase::BeforeEntry, _, _) => match exec.stages[si]
+            .actions
+            .iter()
+            .filter(|a| a.status == Status::NotStarted)
+            .map(|a| a.run_order)
+            .min()
+        {
             Some(first) => start_group(exec, si, first, at, commands),
             // Validation rejects empty stages; an empty (or fully succeeded) one simply succeeds.
             None => group_settled(exec, si, 0, at, commands),
@@ -616,10 +844,20 @@ fn decide(exec: &mut Execution, si: usize, phase: Phase, verdict: Option<String>
                     stage.condition = Some(format!("on_failure RETRY: {why}"));
                     stage.status = Status::InProgress;
                     stage.finished_at = None;
-                    for a in stage.actions.iter_mut().filter(|a| all || a.status != Status::Succeeded) {
+                    for a in stage
+                        .actions
+                        .iter_mut()
+                        .filter(|a| all || a.status != Status::Succeeded)
+                    {
                         a.prepare_rerun();
                     }
-                    let first = stage.actions.iter().filter(|a| a.status == Status::NotStarted).map(|a| a.run_order).min().unwrap_or(0);
+                    let first = stage
+                        .actions
+                        .iter()
+                        .filter(|a| a.status == Status::NotStarted)
+                        .map(|a| a.run_order)
+                        .min()
+                        .unwrap_or(0);
                     start_group(exec, si, first, at, commands);
                     return;
                 }
@@ -637,7 +875,10 @@ fn decide(exec: &mut Execution, si: usize, phase: Phase, verdict: Option<String>
 
 /// The stage `si` is done well (succeeded or skipped): the next stage, or the end.
 fn after_stage(exec: &mut Execution, si: usize, at: Timestamp, commands: &mut Vec<Command>) {
-    let rolled_back = exec.rollback.as_ref().is_some_and(|r| r.stage == exec.stages[si].name);
+    let rolled_back = exec
+        .rollback
+        .as_ref()
+        .is_some_and(|r| r.stage == exec.stages[si].name);
     if si + 1 < exec.stages.len() && !rolled_back {
         enter_stage(exec, si + 1, at, commands);
     } else {
@@ -672,19 +913,42 @@ fn begin_stage(exec: &mut Execution, si: usize, at: Timestamp, commands: &mut Ve
     judge(exec, si, Phase::BeforeEntry, at, commands);
 }
 
-fn start_group(exec: &mut Execution, si: usize, group: u32, at: Timestamp, commands: &mut Vec<Command>) {
-    let members: Vec<usize> = exec.stages[si].actions.iter().enumerate().filter(|(_, r)| r.run_order == group && r.status == Status::NotStarted).map(|(ai, _)| ai).collect();
+fn start_group(
+    exec: &mut Execution,
+    si: usize,
+    group: u32,
+    at: Timestamp,
+    commands: &mut Vec<Command>,
+) {
+    let members: Vec<usize> = exec.stages[si]
+        .actions
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.run_order == group && r.status == Status::NotStarted)
+        .map(|(ai, _)| ai)
+        .collect();
     start_actions(exec, si, &members, at, commands);
 }
 
-fn start_actions(exec: &mut Execution, si: usize, members: &[usize], at: Timestamp, commands: &mut Vec<Command>) {
+fn start_actions(
+    exec: &mut Execution,
+    si: usize,
+    members: &[usize],
+    at: Timestamp,
+    commands: &mut Vec<Command>,
+) {
     for &ai in members {
         let run = &mut exec.stages[si].actions[ai];
         run.status = Status::InProgress;
         run.attempt += 1;
         run.started_at = Some(at);
         run.finished_at = None;
-        commands.push(Command::RunAction { stage: si, action: ai, attempt: run.attempt, delay_ms: 0 });
+        commands.push(Command::RunAction {
+            stage: si,
+            action: ai,
+            attempt: run.attempt,
+            delay_ms: 0,
+        });
     }
 }
 

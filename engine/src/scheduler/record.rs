@@ -33,7 +33,15 @@ pub enum Status {
 impl Status {
     /// Whether nothing more will happen.
     pub fn is_terminal(self) -> bool {
-        matches!(self, Status::Succeeded | Status::Failed | Status::Stopped | Status::Skipped | Status::Abandoned | Status::Superseded)
+        matches!(
+            self,
+            Status::Succeeded
+                | Status::Failed
+                | Status::Stopped
+                | Status::Skipped
+                | Status::Abandoned
+                | Status::Superseded
+        )
     }
 }
 
@@ -50,7 +58,12 @@ pub struct Timestamp(pub u64);
 impl Timestamp {
     /// The current wall-clock time (only the executor calls this; the scheduler is pure).
     pub fn now() -> Self {
-        Timestamp(SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0))
+        Timestamp(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+        )
     }
     /// Time elapsed from `earlier` to `self`.
     pub fn since(self, earlier: Timestamp) -> Duration {
@@ -75,7 +88,11 @@ impl<'de> Deserialize<'de> for Timestamp {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
         let t = humantime::parse_rfc3339(&text).map_err(serde::de::Error::custom)?;
-        Ok(Timestamp(t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)))
+        Ok(Timestamp(
+            t.duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+        ))
     }
 }
 
@@ -152,7 +169,11 @@ pub struct Outbox {
     /// Events of the same writer's earlier changes that were still on their way to the bus
     /// when this change was recorded (a chain does not wait for them): sent again with this
     /// change's own, should the writer die before they are stored.
-    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "crate::bus::stored_events")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        with = "crate::bus::stored_events"
+    )]
     pub earlier: Vec<crate::bus::Event>,
 }
 
@@ -467,7 +488,12 @@ impl Execution {
     /// A `Rollback` execution: re-runs `stage` of `target` (which succeeded in it) with
     /// `target`'s artifacts and variables. The stages before it are carried over as they
     /// were (they produced those artifacts); it ends when the stage does.
-    pub fn rollback_of(target: &Execution, stage: usize, execution_id: String, after: Option<String>) -> Self {
+    pub fn rollback_of(
+        target: &Execution,
+        stage: usize,
+        execution_id: String,
+        after: Option<String>,
+    ) -> Self {
         let mut exec = target.clone();
         exec.execution_id = execution_id;
         exec.status = Status::NotStarted;
@@ -478,7 +504,11 @@ impl Execution {
         exec.superseded_by = None;
         exec.outbox = Outbox::default();
         exec.trigger = None;
-        exec.rollback = Some(RollbackOf { stage: target.stages[stage].name.clone(), target: target.execution_id.clone(), after });
+        exec.rollback = Some(RollbackOf {
+            stage: target.stages[stage].name.clone(),
+            target: target.execution_id.clone(),
+            after,
+        });
         for s in exec.stages.iter_mut().skip(stage) {
             s.status = Status::NotStarted;
             s.started_at = None;
@@ -496,7 +526,10 @@ impl Execution {
     /// Find an action by `STAGE/ACTION` names.
     pub fn find_action(&self, stage: &str, action: &str) -> Option<(usize, usize)> {
         let si = self.stages.iter().position(|s| s.name == stage)?;
-        let ai = self.stages[si].actions.iter().position(|a| a.name == action)?;
+        let ai = self.stages[si]
+            .actions
+            .iter()
+            .position(|a| a.name == action)?;
         Some((si, ai))
     }
 }

@@ -55,7 +55,10 @@ mod tests {
 
     #[test]
     fn a_change_to_a_copy_leaves_the_original_alone() {
-        let original = vec![Shared::new(String::from("a")), Shared::new(String::from("b"))];
+        let original = vec![
+            Shared::new(String::from("a")),
+            Shared::new(String::from("b")),
+        ];
         let mut copy = original.clone();
         copy[1].push('!');
         assert_eq!((original[0].as_str(), original[1].as_str()), ("a", "b"));

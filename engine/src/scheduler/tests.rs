@@ -32,7 +32,10 @@ pub(super) fn exec(layout: &[&[u32]]) -> Execution {
                         namespace: None,
                         status: Status::NotStarted,
                         attempt: 0,
-                        plugin: PluginRef { reference: "noop@1".into(), digest: "blake3:00".into() },
+                        plugin: PluginRef {
+                            reference: "noop@1".into(),
+                            digest: "blake3:00".into(),
+                        },
                         config: BTreeMap::new(),
                         inputs: BTreeMap::new(),
                         artifacts: BTreeMap::new(),
@@ -72,14 +75,34 @@ pub(super) fn fail(stage: usize, action: usize) -> Input {
 }
 fn done(stage: usize, action: usize, attempt: u32, success: bool) -> Input {
     let result = if success {
-        ActionResult::Succeeded { variables: BTreeMap::new(), artifacts: BTreeMap::new(), summary: None }
+        ActionResult::Succeeded {
+            variables: BTreeMap::new(),
+            artifacts: BTreeMap::new(),
+            summary: None,
+        }
     } else {
-        ActionResult::Failed { error: "boom".into(), kind: FailureKind::Permanent }
+        ActionResult::Failed {
+            error: "boom".into(),
+            kind: FailureKind::Permanent,
+        }
     };
-    Input::ActionCompleted { stage, action, attempt, result, config: BTreeMap::new(), inputs: BTreeMap::new(), at: Timestamp(2) }
+    Input::ActionCompleted {
+        stage,
+        action,
+        attempt,
+        result,
+        config: BTreeMap::new(),
+        inputs: BTreeMap::new(),
+        at: Timestamp(2),
+    }
 }
 pub(super) fn run(stage: usize, action: usize) -> Command {
-    Command::RunAction { stage, action, attempt: 1, delay_ms: 0 }
+    Command::RunAction {
+        stage,
+        action,
+        attempt: 1,
+        delay_ms: 0,
+    }
 }
 
 struct Case {
@@ -101,7 +124,10 @@ fn codepipeline_rules() {
             name: "stages run in order, one action each",
             layout: &[&[1], &[1]],
             on_start: vec![run(0, 0)],
-            steps: vec![(ok(0, 0), vec![run(1, 0)]), (ok(1, 0), vec![Command::Finish { status: Succeeded }])],
+            steps: vec![
+                (ok(0, 0), vec![run(1, 0)]),
+                (ok(1, 0), vec![Command::Finish { status: Succeeded }]),
+            ],
             status: Succeeded,
             stage_status: vec![Succeeded, Succeeded],
         },
@@ -109,7 +135,11 @@ fn codepipeline_rules() {
             name: "same run_order runs in parallel; next group waits for the whole group",
             layout: &[&[1, 1, 2]],
             on_start: vec![run(0, 0), run(0, 1)],
-            steps: vec![(ok(0, 1), vec![]), (ok(0, 0), vec![run(0, 2)]), (ok(0, 2), vec![Command::Finish { status: Succeeded }])],
+            steps: vec![
+                (ok(0, 1), vec![]),
+                (ok(0, 0), vec![run(0, 2)]),
+                (ok(0, 2), vec![Command::Finish { status: Succeeded }]),
+            ],
             status: Succeeded,
             stage_status: vec![Succeeded],
         },
@@ -117,7 +147,10 @@ fn codepipeline_rules() {
             name: "a failure lets the running group finish, then fails stage and execution",
             layout: &[&[1, 1, 2], &[1]],
             on_start: vec![run(0, 0), run(0, 1)],
-            steps: vec![(fail(0, 0), vec![]), (ok(0, 1), vec![Command::Finish { status: Failed }])],
+            steps: vec![
+                (fail(0, 0), vec![]),
+                (ok(0, 1), vec![Command::Finish { status: Failed }]),
+            ],
             status: Failed,
             stage_status: vec![Failed, NotStarted],
         },
@@ -125,7 +158,11 @@ fn codepipeline_rules() {
             name: "a failure in the last group of a stage stops later stages",
             layout: &[&[1], &[1, 2], &[1]],
             on_start: vec![run(0, 0)],
-            steps: vec![(ok(0, 0), vec![run(1, 0)]), (ok(1, 0), vec![run(1, 1)]), (fail(1, 1), vec![Command::Finish { status: Failed }])],
+            steps: vec![
+                (ok(0, 0), vec![run(1, 0)]),
+                (ok(1, 0), vec![run(1, 1)]),
+                (fail(1, 1), vec![Command::Finish { status: Failed }]),
+            ],
             status: Failed,
             stage_status: vec![Succeeded, Failed, NotStarted],
         },
@@ -133,7 +170,11 @@ fn codepipeline_rules() {
             name: "run_order gaps are fine: groups run in ascending order",
             layout: &[&[5, 2, 9]],
             on_start: vec![run(0, 1)],
-            steps: vec![(ok(0, 1), vec![run(0, 0)]), (ok(0, 0), vec![run(0, 2)]), (ok(0, 2), vec![Command::Finish { status: Succeeded }])],
+            steps: vec![
+                (ok(0, 1), vec![run(0, 0)]),
+                (ok(0, 0), vec![run(0, 2)]),
+                (ok(0, 2), vec![Command::Finish { status: Succeeded }]),
+            ],
             status: Succeeded,
             stage_status: vec![Succeeded],
         },
@@ -155,7 +196,11 @@ fn codepipeline_rules() {
             name: "completions for unknown actions change nothing",
             layout: &[&[1]],
             on_start: vec![run(0, 0)],
-            steps: vec![(ok(3, 0), vec![]), (ok(0, 4), vec![]), (ok(0, 0), vec![Command::Finish { status: Succeeded }])],
+            steps: vec![
+                (ok(3, 0), vec![]),
+                (ok(0, 4), vec![]),
+                (ok(0, 0), vec![Command::Finish { status: Succeeded }]),
+            ],
             status: Succeeded,
             stage_status: vec![Succeeded],
         },
@@ -172,7 +217,12 @@ fn codepipeline_rules() {
         assert_eq!(state.status, case.status, "{}", case.name);
         let stages: Vec<Status> = state.stages.iter().map(|s| s.status).collect();
         assert_eq!(stages, case.stage_status, "{}", case.name);
-        assert_eq!(state.finished_at.is_some(), state.status.is_terminal(), "{}", case.name);
+        assert_eq!(
+            state.finished_at.is_some(),
+            state.status.is_terminal(),
+            "{}",
+            case.name
+        );
     }
 }
 
@@ -198,7 +248,10 @@ fn failed(attempt: u32, kind: FailureKind) -> Input {
         stage: 0,
         action: 0,
         attempt,
-        result: ActionResult::Failed { error: format!("attempt {attempt} failed"), kind },
+        result: ActionResult::Failed {
+            error: format!("attempt {attempt} failed"),
+            kind,
+        },
         config: BTreeMap::new(),
         inputs: BTreeMap::new(),
         at: Timestamp(attempt as u64 * 10),
@@ -207,12 +260,23 @@ fn failed(attempt: u32, kind: FailureKind) -> Input {
 
 fn with_retry(on_timeout: bool) -> Execution {
     let mut e = exec(&[&[1]]);
-    e.stages[0].actions[0].retry = Some(RetryPolicy { max_attempts: 3, initial_ms: 100, max_ms: 150, multiplier: 2.0, on_timeout });
+    e.stages[0].actions[0].retry = Some(RetryPolicy {
+        max_attempts: 3,
+        initial_ms: 100,
+        max_ms: 150,
+        multiplier: 2.0,
+        on_timeout,
+    });
     e
 }
 
 fn retry_cmd(attempt: u32, delay_ms: u64) -> Command {
-    Command::RunAction { stage: 0, action: 0, attempt, delay_ms }
+    Command::RunAction {
+        stage: 0,
+        action: 0,
+        attempt,
+        delay_ms,
+    }
 }
 
 #[test]
@@ -224,21 +288,75 @@ fn automatic_retry_rules() {
         (
             "retryable failures are retried with growing, capped backoff until success",
             false,
-            vec![(failed(1, Retryable), vec![retry_cmd(2, 100)]), (failed(2, Retryable), vec![retry_cmd(3, 150)]), (done(0, 0, 3, true), vec![Command::Finish { status: Succeeded }])],
+            vec![
+                (failed(1, Retryable), vec![retry_cmd(2, 100)]),
+                (failed(2, Retryable), vec![retry_cmd(3, 150)]),
+                (
+                    done(0, 0, 3, true),
+                    vec![Command::Finish { status: Succeeded }],
+                ),
+            ],
             Succeeded,
             3,
         ),
-        ("permanent failures are not retried", false, vec![(failed(1, Permanent), vec![Command::Finish { status: Failed }])], Failed, 1),
+        (
+            "permanent failures are not retried",
+            false,
+            vec![(
+                failed(1, Permanent),
+                vec![Command::Finish { status: Failed }],
+            )],
+            Failed,
+            1,
+        ),
         (
             "attempts stop at max_attempts; the last error stays",
             false,
-            vec![(failed(1, Retryable), vec![retry_cmd(2, 100)]), (failed(2, Retryable), vec![retry_cmd(3, 150)]), (failed(3, Retryable), vec![Command::Finish { status: Failed }])],
+            vec![
+                (failed(1, Retryable), vec![retry_cmd(2, 100)]),
+                (failed(2, Retryable), vec![retry_cmd(3, 150)]),
+                (
+                    failed(3, Retryable),
+                    vec![Command::Finish { status: Failed }],
+                ),
+            ],
             Failed,
             3,
         ),
-        ("timeouts are not retried unless on_timeout", false, vec![(failed(1, Timeout), vec![Command::Finish { status: Failed }])], Failed, 1),
-        ("timeouts are retried with on_timeout", true, vec![(failed(1, Timeout), vec![retry_cmd(2, 100)]), (done(0, 0, 2, true), vec![Command::Finish { status: Succeeded }])], Succeeded, 2),
-        ("a stale failure of an earlier attempt is ignored", false, vec![(failed(1, Retryable), vec![retry_cmd(2, 100)]), (failed(1, Retryable), vec![]), (done(0, 0, 2, true), vec![Command::Finish { status: Succeeded }])], Succeeded, 2),
+        (
+            "timeouts are not retried unless on_timeout",
+            false,
+            vec![(failed(1, Timeout), vec![Command::Finish { status: Failed }])],
+            Failed,
+            1,
+        ),
+        (
+            "timeouts are retried with on_timeout",
+            true,
+            vec![
+                (failed(1, Timeout), vec![retry_cmd(2, 100)]),
+                (
+                    done(0, 0, 2, true),
+                    vec![Command::Finish { status: Succeeded }],
+                ),
+            ],
+            Succeeded,
+            2,
+        ),
+        (
+            "a stale failure of an earlier attempt is ignored",
+            false,
+            vec![
+                (failed(1, Retryable), vec![retry_cmd(2, 100)]),
+                (failed(1, Retryable), vec![]),
+                (
+                    done(0, 0, 2, true),
+                    vec![Command::Finish { status: Succeeded }],
+                ),
+            ],
+            Succeeded,
+            2,
+        ),
     ];
     for (name, on_timeout, steps, final_status, attempts) in cases {
         let (mut state, _) = step(&with_retry(on_timeout), &Input::Start { at: Timestamp(1) });
@@ -248,9 +366,17 @@ fn automatic_retry_rules() {
             state = next;
         }
         let a = &state.stages[0].actions[0];
-        assert_eq!((state.status, a.attempt), (final_status, attempts), "{name}");
+        assert_eq!(
+            (state.status, a.attempt),
+            (final_status, attempts),
+            "{name}"
+        );
         if final_status == Failed {
-            assert_eq!(a.error.as_deref(), Some(format!("attempt {attempts} failed").as_str()), "{name}");
+            assert_eq!(
+                a.error.as_deref(),
+                Some(format!("attempt {attempts} failed").as_str()),
+                "{name}"
+            );
         } else {
             assert_eq!(a.error, None, "{name}");
         }
@@ -258,19 +384,35 @@ fn automatic_retry_rules() {
 }
 
 fn stop(abandon: bool) -> Input {
-    Input::Stop { abandon, reason: Some("bad deploy".into()), at: Timestamp(3) }
+    Input::Stop {
+        abandon,
+        reason: Some("bad deploy".into()),
+        at: Timestamp(3),
+    }
 }
 
 fn retry(stage: usize, all: bool) -> Input {
-    Input::Retry { stage, all, at: Timestamp(4) }
+    Input::Retry {
+        stage,
+        all,
+        at: Timestamp(4),
+    }
 }
 
 fn statuses(e: &Execution) -> Vec<Vec<Status>> {
-    e.stages.iter().map(|s| s.actions.iter().map(|a| a.status).collect()).collect()
+    e.stages
+        .iter()
+        .map(|s| s.actions.iter().map(|a| a.status).collect())
+        .collect()
 }
 
 fn attempt(stage: usize, action: usize, attempt: u32) -> Command {
-    Command::RunAction { stage, action, attempt, delay_ms: 0 }
+    Command::RunAction {
+        stage,
+        action,
+        attempt,
+        delay_ms: 0,
+    }
 }
 
 #[test]
@@ -289,7 +431,11 @@ fn operator_controls_stop_and_retry() {
         Control {
             name: "stop without abandon: running actions finish, nothing new starts",
             layout: &[&[1, 1, 2], &[1]],
-            steps: vec![(stop(false), vec![]), (ok(0, 0), vec![]), (fail(0, 1), vec![finish(Stopped)])],
+            steps: vec![
+                (stop(false), vec![]),
+                (ok(0, 0), vec![]),
+                (fail(0, 1), vec![finish(Stopped)]),
+            ],
             status: Stopped,
             stages: vec![Stopped, NotStarted],
             actions: vec![vec![Succeeded, Failed, NotStarted], vec![NotStarted]],
@@ -297,7 +443,11 @@ fn operator_controls_stop_and_retry() {
         Control {
             name: "stop with abandon: running actions are abandoned at once; late results are ignored",
             layout: &[&[1, 1], &[1]],
-            steps: vec![(ok(0, 0), vec![]), (stop(true), vec![finish(Stopped)]), (ok(0, 1), vec![])],
+            steps: vec![
+                (ok(0, 0), vec![]),
+                (stop(true), vec![finish(Stopped)]),
+                (ok(0, 1), vec![]),
+            ],
             status: Stopped,
             stages: vec![Stopped, NotStarted],
             actions: vec![vec![Succeeded, Abandoned], vec![NotStarted]],
@@ -335,7 +485,11 @@ fn operator_controls_stop_and_retry() {
         Control {
             name: "retry --all re-runs every action of the stage",
             layout: &[&[1, 1]],
-            steps: vec![(ok(0, 0), vec![]), (fail(0, 1), vec![finish(Failed)]), (retry(0, true), vec![attempt(0, 0, 2), attempt(0, 1, 2)])],
+            steps: vec![
+                (ok(0, 0), vec![]),
+                (fail(0, 1), vec![finish(Failed)]),
+                (retry(0, true), vec![attempt(0, 0, 2), attempt(0, 1, 2)]),
+            ],
             status: InProgress,
             stages: vec![InProgress],
             actions: vec![vec![InProgress, InProgress]],
@@ -343,7 +497,11 @@ fn operator_controls_stop_and_retry() {
         Control {
             name: "retry of a stopped stage runs its abandoned and never-started actions in run order",
             layout: &[&[1, 2]],
-            steps: vec![(stop(true), vec![finish(Stopped)]), (retry(0, false), vec![attempt(0, 0, 2)]), (done(0, 0, 2, true), vec![run(0, 1)])],
+            steps: vec![
+                (stop(true), vec![finish(Stopped)]),
+                (retry(0, false), vec![attempt(0, 0, 2)]),
+                (done(0, 0, 2, true), vec![run(0, 1)]),
+            ],
             status: InProgress,
             stages: vec![InProgress],
             actions: vec![vec![Succeeded, InProgress]],
@@ -351,7 +509,12 @@ fn operator_controls_stop_and_retry() {
         Control {
             name: "retry is refused for a running execution or a stage that did not fail",
             layout: &[&[1], &[1]],
-            steps: vec![(retry(0, false), vec![]), (ok(0, 0), vec![run(1, 0)]), (fail(1, 0), vec![finish(Failed)]), (retry(0, false), vec![])],
+            steps: vec![
+                (retry(0, false), vec![]),
+                (ok(0, 0), vec![run(1, 0)]),
+                (fail(1, 0), vec![finish(Failed)]),
+                (retry(0, false), vec![]),
+            ],
             status: Failed,
             stages: vec![Succeeded, Failed],
             actions: vec![vec![Succeeded], vec![Failed]],
@@ -365,9 +528,19 @@ fn operator_controls_stop_and_retry() {
             state = next;
         }
         assert_eq!(state.status, case.status, "{}", case.name);
-        assert_eq!(state.stages.iter().map(|s| s.status).collect::<Vec<_>>(), case.stages, "{}", case.name);
+        assert_eq!(
+            state.stages.iter().map(|s| s.status).collect::<Vec<_>>(),
+            case.stages,
+            "{}",
+            case.name
+        );
         assert_eq!(statuses(&state), case.actions, "{}", case.name);
-        assert_eq!(state.finished_at.is_some(), state.status.is_terminal(), "{}", case.name);
+        assert_eq!(
+            state.finished_at.is_some(),
+            state.status.is_terminal(),
+            "{}",
+            case.name
+        );
     }
 }
 
@@ -375,11 +548,23 @@ fn operator_controls_stop_and_retry() {
 fn refusals_explain_why_a_control_does_not_apply() {
     let (running, _) = step(&exec(&[&[1]]), &Input::Start { at: Timestamp(1) });
     assert!(super::refusal(&running, &stop(false)).is_none());
-    assert!(super::refusal(&running, &retry(0, false)).unwrap().contains("only a failed or stopped execution"));
+    assert!(
+        super::refusal(&running, &retry(0, false))
+            .unwrap()
+            .contains("only a failed or stopped execution")
+    );
     let (stopping, _) = step(&running, &stop(false));
-    assert!(super::refusal(&stopping, &stop(false)).unwrap().contains("--abandon"));
+    assert!(
+        super::refusal(&stopping, &stop(false))
+            .unwrap()
+            .contains("--abandon")
+    );
     let (done, _) = step(&running, &ok(0, 0));
-    assert!(super::refusal(&done, &stop(true)).unwrap().contains("Succeeded"));
+    assert!(
+        super::refusal(&done, &stop(true))
+            .unwrap()
+            .contains("Succeeded")
+    );
     assert_eq!(stopping.stop_reason.as_deref(), Some("bad deploy"));
 }
 
@@ -388,7 +573,13 @@ fn pending(stage: usize, action: usize, attempt: u32, wake: Wake) -> Input {
         stage,
         action,
         attempt,
-        result: ActionResult::Pending { continuation: format!("c{attempt}"), wake, summary: Some("waiting".into()), percent: Some(40), deadline: Some(Timestamp(1000)) },
+        result: ActionResult::Pending {
+            continuation: format!("c{attempt}"),
+            wake,
+            summary: Some("waiting".into()),
+            percent: Some(40),
+            deadline: Some(Timestamp(1000)),
+        },
         config: BTreeMap::from([("approvers".to_string(), "ana, bo".to_string())]),
         inputs: BTreeMap::new(),
         at: Timestamp(5),
@@ -396,38 +587,73 @@ fn pending(stage: usize, action: usize, attempt: u32, wake: Wake) -> Input {
 }
 
 fn decide(by: &str, approved: bool) -> Input {
-    Input::Decide { stage: 0, action: 0, decision: Decision { approved, by: by.into(), at: Timestamp(6), summary: None }, at: Timestamp(6) }
+    Input::Decide {
+        stage: 0,
+        action: 0,
+        decision: Decision {
+            approved,
+            by: by.into(),
+            at: Timestamp(6),
+            summary: None,
+        },
+        at: Timestamp(6),
+    }
 }
 
 fn started_by(who: &str) -> Execution {
     let mut e = exec(&[&[1], &[1]]);
-    e.trigger = Some(TriggerInfo { event_id: "e".into(), kind: "manual".into(), started_by: Some(who.into()), ..Default::default() });
+    e.trigger = Some(TriggerInfo {
+        event_id: "e".into(),
+        kind: "manual".into(),
+        started_by: Some(who.into()),
+        ..Default::default()
+    });
     e
 }
 
 #[test]
 fn waiting_rules() {
     use Status::*;
-    let await_cmd = |attempt| Command::Await { stage: 0, action: 0, attempt };
+    let await_cmd = |attempt| Command::Await {
+        stage: 0,
+        action: 0,
+        attempt,
+    };
     // (name, inputs after start with expected commands, final action status, attempt, decisions)
     let cases: Vec<(&str, Vec<(Input, Vec<Command>)>, Status, u32, usize)> = vec![
         (
             "pending on approval waits (InProgress); a decision wakes attempt 2 with the decisions",
-            vec![(pending(0, 0, 1, Wake::Approval), vec![await_cmd(1)]), (decide("ana", true), vec![attempt(0, 0, 2)]), (done(0, 0, 2, true), vec![run(1, 0)])],
+            vec![
+                (pending(0, 0, 1, Wake::Approval), vec![await_cmd(1)]),
+                (decide("ana", true), vec![attempt(0, 0, 2)]),
+                (done(0, 0, 2, true), vec![run(1, 0)]),
+            ],
             Succeeded,
             2,
             1,
         ),
         (
             "a timer is a delayed next attempt",
-            vec![(pending(0, 0, 1, Wake::Timer(250)), vec![Command::RunAction { stage: 0, action: 0, attempt: 2, delay_ms: 250 }])],
+            vec![(
+                pending(0, 0, 1, Wake::Timer(250)),
+                vec![Command::RunAction {
+                    stage: 0,
+                    action: 0,
+                    attempt: 2,
+                    delay_ms: 250,
+                }],
+            )],
             InProgress,
             2,
             0,
         ),
         (
             "the one who started the execution may not approve it; strangers neither; nothing changes",
-            vec![(pending(0, 0, 1, Wake::Approval), vec![await_cmd(1)]), (decide("cy", true), vec![]), (decide("zed", true), vec![])],
+            vec![
+                (pending(0, 0, 1, Wake::Approval), vec![await_cmd(1)]),
+                (decide("cy", true), vec![]),
+                (decide("zed", true), vec![]),
+            ],
             InProgress,
             1,
             0,
@@ -456,8 +682,26 @@ fn waiting_rules() {
             "expiry fails the waiting action with the reason; a stale expiry is ignored",
             vec![
                 (pending(0, 0, 1, Wake::Approval), vec![await_cmd(1)]),
-                (Input::Expire { stage: 0, action: 0, attempt: 9, reason: "stale".into(), at: Timestamp(7) }, vec![]),
-                (Input::Expire { stage: 0, action: 0, attempt: 1, reason: "timeout: no decision within 7d".into(), at: Timestamp(7) }, vec![Command::Finish { status: Failed }]),
+                (
+                    Input::Expire {
+                        stage: 0,
+                        action: 0,
+                        attempt: 9,
+                        reason: "stale".into(),
+                        at: Timestamp(7),
+                    },
+                    vec![],
+                ),
+                (
+                    Input::Expire {
+                        stage: 0,
+                        action: 0,
+                        attempt: 1,
+                        reason: "timeout: no decision within 7d".into(),
+                        at: Timestamp(7),
+                    },
+                    vec![Command::Finish { status: Failed }],
+                ),
             ],
             Failed,
             1,
@@ -466,9 +710,20 @@ fn waiting_rules() {
         (
             "an event wake carries its payload to the next attempt",
             vec![
-                (pending(0, 0, 1, Wake::Event("deploys.done".into())), vec![await_cmd(1)]),
+                (
+                    pending(0, 0, 1, Wake::Event("deploys.done".into())),
+                    vec![await_cmd(1)],
+                ),
                 (decide("ana", true), vec![]),
-                (Input::Wake { stage: 0, action: 0, payload: Some("{\"ok\":true}".into()), at: Timestamp(8) }, vec![attempt(0, 0, 2)]),
+                (
+                    Input::Wake {
+                        stage: 0,
+                        action: 0,
+                        payload: Some("{\"ok\":true}".into()),
+                        at: Timestamp(8),
+                    },
+                    vec![attempt(0, 0, 2)],
+                ),
             ],
             InProgress,
             2,
@@ -476,7 +731,10 @@ fn waiting_rules() {
         ),
         (
             "stop abandons a waiting action at once",
-            vec![(pending(0, 0, 1, Wake::Approval), vec![await_cmd(1)]), (stop(false), vec![Command::Finish { status: Stopped }])],
+            vec![
+                (pending(0, 0, 1, Wake::Approval), vec![await_cmd(1)]),
+                (stop(false), vec![Command::Finish { status: Stopped }]),
+            ],
             Abandoned,
             1,
             0,
@@ -490,7 +748,11 @@ fn waiting_rules() {
             state = next;
         }
         let a = &state.stages[0].actions[0];
-        assert_eq!((a.status, a.attempt, a.decisions.len()), (final_status, attempts, decisions), "{name}");
+        assert_eq!(
+            (a.status, a.attempt, a.decisions.len()),
+            (final_status, attempts, decisions),
+            "{name}"
+        );
     }
 }
 
@@ -499,13 +761,28 @@ fn a_woken_attempt_gets_its_continuation_and_payload() {
     let (s, _) = step(&started_by("cy"), &Input::Start { at: Timestamp(1) });
     let (s, _) = step(&s, &pending(0, 0, 1, Wake::Approval));
     let w = s.stages[0].actions[0].waiting.clone().unwrap();
-    assert_eq!((w.wake, w.percent, w.deadline), (Wake::Approval, Some(40), Some(Timestamp(1000))));
-    assert!(super::refusal(&s, &decide("cy", true)).unwrap().contains("started this execution"));
-    assert!(super::refusal(&s, &decide("zed", true)).unwrap().contains("not an approver"));
+    assert_eq!(
+        (w.wake, w.percent, w.deadline),
+        (Wake::Approval, Some(40), Some(Timestamp(1000)))
+    );
+    assert!(
+        super::refusal(&s, &decide("cy", true))
+            .unwrap()
+            .contains("started this execution")
+    );
+    assert!(
+        super::refusal(&s, &decide("zed", true))
+            .unwrap()
+            .contains("not an approver")
+    );
     let (s, _) = step(&s, &decide("bo", false));
     let a = &s.stages[0].actions[0];
     assert_eq!(a.continuation.as_deref(), Some("c1"));
     assert!(a.wake_payload.as_deref().unwrap().contains("\"by\":\"bo\""));
     assert!(a.waiting.is_none());
-    assert!(super::refusal(&s, &decide("ana", true)).unwrap().contains("not waiting for an approval"));
+    assert!(
+        super::refusal(&s, &decide("ana", true))
+            .unwrap()
+            .contains("not waiting for an approval")
+    );
 }

@@ -6,22 +6,45 @@ use super::tests::{exec, fail, ok, run};
 use super::*;
 
 fn arrive(id: &str, stage: &str, mode: Mode) -> LaneOp {
-    LaneOp::Arrive { execution: id.into(), stage: stage.into(), mode }
+    LaneOp::Arrive {
+        execution: id.into(),
+        stage: stage.into(),
+        mode,
+    }
 }
 fn leave(id: &str, stage: &str) -> LaneOp {
-    LaneOp::Leave { execution: id.into(), stage: stage.into() }
+    LaneOp::Leave {
+        execution: id.into(),
+        stage: stage.into(),
+    }
 }
 fn disable(stage: &str) -> LaneOp {
-    LaneOp::Disable { stage: stage.into(), disabled: Disabled { reason: "freeze".into(), by: "ops".into(), at: Timestamp(1) } }
+    LaneOp::Disable {
+        stage: stage.into(),
+        disabled: Disabled {
+            reason: "freeze".into(),
+            by: "ops".into(),
+            at: Timestamp(1),
+        },
+    }
 }
 fn enable(stage: &str) -> LaneOp {
-    LaneOp::Enable { stage: stage.into() }
+    LaneOp::Enable {
+        stage: stage.into(),
+    }
 }
 fn admit(id: &str, stage: &str) -> Effect {
-    Effect::Admit { execution: id.into(), stage: stage.into() }
+    Effect::Admit {
+        execution: id.into(),
+        stage: stage.into(),
+    }
 }
 fn supersede(id: &str, stage: &str, by: &str) -> Effect {
-    Effect::Supersede { execution: id.into(), stage: stage.into(), by: by.into() }
+    Effect::Supersede {
+        execution: id.into(),
+        stage: stage.into(),
+        by: by.into(),
+    }
 }
 
 struct LaneCase {
@@ -38,9 +61,15 @@ fn execution_modes_and_transitions() {
         LaneCase {
             name: "superseded: one inside; a newer arrival replaces the one waiting",
             steps: vec![
-                (arrive("e1", "Build", Superseded), vec![admit("e1", "Build")]),
+                (
+                    arrive("e1", "Build", Superseded),
+                    vec![admit("e1", "Build")],
+                ),
                 (arrive("e2", "Build", Superseded), vec![]),
-                (arrive("e3", "Build", Superseded), vec![supersede("e2", "Build", "e3")]),
+                (
+                    arrive("e3", "Build", Superseded),
+                    vec![supersede("e2", "Build", "e3")],
+                ),
                 (leave("e1", "Build"), vec![admit("e3", "Build")]),
             ],
             end: vec![("Build", vec!["e3"], vec![])],
@@ -48,9 +77,15 @@ fn execution_modes_and_transitions() {
         LaneCase {
             name: "superseded: an older execution arriving after a newer one is the one replaced",
             steps: vec![
-                (arrive("e1", "Build", Superseded), vec![admit("e1", "Build")]),
+                (
+                    arrive("e1", "Build", Superseded),
+                    vec![admit("e1", "Build")],
+                ),
                 (arrive("e3", "Build", Superseded), vec![]),
-                (arrive("e2", "Build", Superseded), vec![supersede("e2", "Build", "e3")]),
+                (
+                    arrive("e2", "Build", Superseded),
+                    vec![supersede("e2", "Build", "e3")],
+                ),
             ],
             end: vec![("Build", vec!["e1"], vec!["e3"])],
         },
@@ -89,7 +124,10 @@ fn execution_modes_and_transitions() {
             steps: vec![
                 (disable("Deploy"), vec![]),
                 (arrive("e1", "Deploy", Superseded), vec![]),
-                (arrive("e2", "Deploy", Superseded), vec![supersede("e1", "Deploy", "e2")]),
+                (
+                    arrive("e2", "Deploy", Superseded),
+                    vec![supersede("e1", "Deploy", "e2")],
+                ),
                 (enable("Deploy"), vec![admit("e2", "Deploy")]),
             ],
             end: vec![("Deploy", vec!["e2"], vec![])],
@@ -100,7 +138,10 @@ fn execution_modes_and_transitions() {
                 (disable("Deploy"), vec![]),
                 (arrive("e1", "Deploy", Parallel), vec![]),
                 (arrive("e2", "Deploy", Parallel), vec![]),
-                (enable("Deploy"), vec![admit("e1", "Deploy"), admit("e2", "Deploy")]),
+                (
+                    enable("Deploy"),
+                    vec![admit("e1", "Deploy"), admit("e2", "Deploy")],
+                ),
             ],
             end: vec![],
         },
@@ -129,10 +170,24 @@ fn execution_modes_and_transitions() {
     for case in cases {
         let mut l = Lanes::default();
         for (i, (op, expected)) in case.steps.iter().enumerate() {
-            assert_eq!(&lanes::step(&mut l, op), expected, "{}: step {i} ({op:?})", case.name);
+            assert_eq!(
+                &lanes::step(&mut l, op),
+                expected,
+                "{}: step {i} ({op:?})",
+                case.name
+            );
         }
-        let end: Vec<(&str, Vec<&str>, Vec<&str>)> =
-            l.stages.iter().map(|(s, lane)| (s.as_str(), lane.inside.iter().map(String::as_str).collect(), lane.waiting.iter().map(String::as_str).collect())).collect();
+        let end: Vec<(&str, Vec<&str>, Vec<&str>)> = l
+            .stages
+            .iter()
+            .map(|(s, lane)| {
+                (
+                    s.as_str(),
+                    lane.inside.iter().map(String::as_str).collect(),
+                    lane.waiting.iter().map(String::as_str).collect(),
+                )
+            })
+            .collect();
         assert_eq!(end, case.end, "{}", case.name);
     }
 }
@@ -147,85 +202,273 @@ fn gated(layout: &[&[u32]]) -> Execution {
 fn gated_executions_enter_and_leave_stages_through_lanes() {
     let (e, cmds) = step(&gated(&[&[1], &[1]]), &Input::Start { at: Timestamp(1) });
     assert_eq!(cmds, vec![Command::Enter { stage: 0 }]);
-    assert_eq!((e.entering, e.stages[0].status), (Some(0), Status::NotStarted));
+    assert_eq!(
+        (e.entering, e.stages[0].status),
+        (Some(0), Status::NotStarted)
+    );
     // An admission for another stage, or a second one, does nothing.
-    assert!(step(&e, &Input::Admit { stage: 1, at: Timestamp(2) }).1.is_empty());
-    let (e, cmds) = step(&e, &Input::Admit { stage: 0, at: Timestamp(2) });
+    assert!(
+        step(
+            &e,
+            &Input::Admit {
+                stage: 1,
+                at: Timestamp(2)
+            }
+        )
+        .1
+        .is_empty()
+    );
+    let (e, cmds) = step(
+        &e,
+        &Input::Admit {
+            stage: 0,
+            at: Timestamp(2),
+        },
+    );
     assert_eq!(cmds, vec![run(0, 0)]);
-    assert!(step(&e, &Input::Admit { stage: 0, at: Timestamp(2) }).1.is_empty());
+    assert!(
+        step(
+            &e,
+            &Input::Admit {
+                stage: 0,
+                at: Timestamp(2)
+            }
+        )
+        .1
+        .is_empty()
+    );
     let (e, cmds) = step(&e, &ok(0, 0));
-    assert_eq!(cmds, vec![Command::Leave { stage: 0 }, Command::Enter { stage: 1 }]);
-    let (e, _) = step(&e, &Input::Admit { stage: 1, at: Timestamp(3) });
+    assert_eq!(
+        cmds,
+        vec![Command::Leave { stage: 0 }, Command::Enter { stage: 1 }]
+    );
+    let (e, _) = step(
+        &e,
+        &Input::Admit {
+            stage: 1,
+            at: Timestamp(3),
+        },
+    );
     let (e, cmds) = step(&e, &ok(1, 0));
-    assert_eq!(cmds, vec![Command::Leave { stage: 1 }, Command::Finish { status: Status::Succeeded }]);
+    assert_eq!(
+        cmds,
+        vec![
+            Command::Leave { stage: 1 },
+            Command::Finish {
+                status: Status::Succeeded
+            }
+        ]
+    );
     assert_eq!(e.status, Status::Succeeded);
 }
 
 #[test]
 fn a_waiting_execution_is_superseded_only_between_stages() {
     let (e, _) = step(&gated(&[&[1], &[1]]), &Input::Start { at: Timestamp(1) });
-    let (e, _) = step(&e, &Input::Admit { stage: 0, at: Timestamp(2) });
+    let (e, _) = step(
+        &e,
+        &Input::Admit {
+            stage: 0,
+            at: Timestamp(2),
+        },
+    );
     // Inside stage 0: a supersession for stage 1 does not apply.
-    assert!(step(&e, &Input::Supersede { stage: 1, by: "e9".into(), at: Timestamp(3) }).1.is_empty());
+    assert!(
+        step(
+            &e,
+            &Input::Supersede {
+                stage: 1,
+                by: "e9".into(),
+                at: Timestamp(3)
+            }
+        )
+        .1
+        .is_empty()
+    );
     let (e, _) = step(&e, &ok(0, 0));
-    let (e, cmds) = step(&e, &Input::Supersede { stage: 1, by: "e9".into(), at: Timestamp(3) });
-    assert_eq!(cmds, vec![Command::Finish { status: Status::Superseded }]);
-    assert_eq!((e.status, e.superseded_by.as_deref(), e.stages[1].status), (Status::Superseded, Some("e9"), Status::NotStarted));
+    let (e, cmds) = step(
+        &e,
+        &Input::Supersede {
+            stage: 1,
+            by: "e9".into(),
+            at: Timestamp(3),
+        },
+    );
+    assert_eq!(
+        cmds,
+        vec![Command::Finish {
+            status: Status::Superseded
+        }]
+    );
+    assert_eq!(
+        (e.status, e.superseded_by.as_deref(), e.stages[1].status),
+        (Status::Superseded, Some("e9"), Status::NotStarted)
+    );
 }
 
 #[test]
 fn stopping_while_waiting_for_a_stage_frees_the_place() {
     let (e, _) = step(&gated(&[&[1], &[1]]), &Input::Start { at: Timestamp(1) });
-    let (e, _) = step(&e, &Input::Admit { stage: 0, at: Timestamp(2) });
+    let (e, _) = step(
+        &e,
+        &Input::Admit {
+            stage: 0,
+            at: Timestamp(2),
+        },
+    );
     let (e, _) = step(&e, &ok(0, 0));
-    let (e, cmds) = step(&e, &Input::Stop { abandon: false, reason: None, at: Timestamp(4) });
-    assert_eq!(cmds, vec![Command::Leave { stage: 1 }, Command::Finish { status: Status::Stopped }]);
+    let (e, cmds) = step(
+        &e,
+        &Input::Stop {
+            abandon: false,
+            reason: None,
+            at: Timestamp(4),
+        },
+    );
+    assert_eq!(
+        cmds,
+        vec![
+            Command::Leave { stage: 1 },
+            Command::Finish {
+                status: Status::Stopped
+            }
+        ]
+    );
     assert_eq!((e.status, e.entering), (Status::Stopped, None));
     // Stopping inside a stage frees that stage once its actions end.
     let (e, _) = step(&gated(&[&[1]]), &Input::Start { at: Timestamp(1) });
-    let (e, _) = step(&e, &Input::Admit { stage: 0, at: Timestamp(2) });
-    let (e, cmds) = step(&e, &Input::Stop { abandon: false, reason: None, at: Timestamp(3) });
+    let (e, _) = step(
+        &e,
+        &Input::Admit {
+            stage: 0,
+            at: Timestamp(2),
+        },
+    );
+    let (e, cmds) = step(
+        &e,
+        &Input::Stop {
+            abandon: false,
+            reason: None,
+            at: Timestamp(3),
+        },
+    );
     assert!(cmds.is_empty());
     let (_, cmds) = step(&e, &ok(0, 0));
-    assert_eq!(cmds, vec![Command::Leave { stage: 0 }, Command::Finish { status: Status::Stopped }]);
+    assert_eq!(
+        cmds,
+        vec![
+            Command::Leave { stage: 0 },
+            Command::Finish {
+                status: Status::Stopped
+            }
+        ]
+    );
 }
 
 #[test]
 fn a_retried_gated_stage_goes_back_through_its_lane() {
     let (e, _) = step(&gated(&[&[1]]), &Input::Start { at: Timestamp(1) });
-    let (e, _) = step(&e, &Input::Admit { stage: 0, at: Timestamp(2) });
+    let (e, _) = step(
+        &e,
+        &Input::Admit {
+            stage: 0,
+            at: Timestamp(2),
+        },
+    );
     let (e, cmds) = step(&e, &fail(0, 0));
-    assert_eq!(cmds, vec![Command::Leave { stage: 0 }, Command::Finish { status: Status::Failed }]);
-    let (e, cmds) = step(&e, &Input::Retry { stage: 0, all: false, at: Timestamp(5) });
+    assert_eq!(
+        cmds,
+        vec![
+            Command::Leave { stage: 0 },
+            Command::Finish {
+                status: Status::Failed
+            }
+        ]
+    );
+    let (e, cmds) = step(
+        &e,
+        &Input::Retry {
+            stage: 0,
+            all: false,
+            at: Timestamp(5),
+        },
+    );
     assert_eq!(cmds, vec![Command::Enter { stage: 0 }]);
-    let (_, cmds) = step(&e, &Input::Admit { stage: 0, at: Timestamp(6) });
-    assert_eq!(cmds, vec![Command::RunAction { stage: 0, action: 0, attempt: 2, delay_ms: 0 }]);
+    let (_, cmds) = step(
+        &e,
+        &Input::Admit {
+            stage: 0,
+            at: Timestamp(6),
+        },
+    );
+    assert_eq!(
+        cmds,
+        vec![Command::RunAction {
+            stage: 0,
+            action: 0,
+            attempt: 2,
+            delay_ms: 0
+        }]
+    );
 }
 
 #[test]
 fn a_rollback_execution_reruns_only_its_stage_with_the_targets_earlier_results() {
     let mut target = exec(&[&[1], &[1], &[1]]);
-    for input in [Input::Start { at: Timestamp(1) }, ok(0, 0), ok(1, 0), ok(2, 0)] {
+    for input in [
+        Input::Start { at: Timestamp(1) },
+        ok(0, 0),
+        ok(1, 0),
+        ok(2, 0),
+    ] {
         target = step(&target, &input).0;
     }
-    target.stages[0].actions[0].artifacts.insert("source".into(), "blake3:aa".into());
+    target.stages[0].actions[0]
+        .artifacts
+        .insert("source".into(), "blake3:aa".into());
     let rb = Execution::rollback_of(&target, 1, "r1".into(), None);
-    assert_eq!(rb.stages[0].status, Status::Succeeded, "earlier stages are carried over");
+    assert_eq!(
+        rb.stages[0].status,
+        Status::Succeeded,
+        "earlier stages are carried over"
+    );
     assert_eq!(rb.stages[0].actions[0].artifacts["source"], "blake3:aa");
-    assert_eq!((rb.stages[1].status, rb.stages[1].actions[0].attempt), (Status::NotStarted, 0));
+    assert_eq!(
+        (rb.stages[1].status, rb.stages[1].actions[0].attempt),
+        (Status::NotStarted, 0)
+    );
     let (rb, cmds) = step(&rb, &Input::Start { at: Timestamp(10) });
     assert_eq!(cmds, vec![run(1, 0)]);
     let (rb, cmds) = step(&rb, &ok(1, 0));
-    assert_eq!(cmds, vec![Command::Finish { status: Status::Succeeded }], "it ends with its stage");
+    assert_eq!(
+        cmds,
+        vec![Command::Finish {
+            status: Status::Succeeded
+        }],
+        "it ends with its stage"
+    );
     assert_eq!(rb.stages[2].status, Status::NotStarted);
-    assert_eq!(rb.rollback.as_ref().map(|r| (r.stage.as_str(), r.target.as_str())), Some(("S1", "e1")));
+    assert_eq!(
+        rb.rollback
+            .as_ref()
+            .map(|r| (r.stage.as_str(), r.target.as_str())),
+        Some(("S1", "e1"))
+    );
 }
 
 fn cond(result: Outcome, rules: Vec<Rule>) -> Option<Condition> {
-    Some(Condition { result, rules, retry_all: false })
+    Some(Condition {
+        result,
+        rules,
+        retry_all: false,
+    })
 }
 fn equals(input: &str, value: &str) -> Rule {
-    Rule::VariableCheck { input: input.into(), operator: Operator::Equals, value: value.into() }
+    Rule::VariableCheck {
+        input: input.into(),
+        operator: Operator::Equals,
+        value: value.into(),
+    }
 }
 
 struct ConditionCase {
@@ -248,10 +491,14 @@ fn stage_conditions() {
             layout: &[&[1], &[1], &[1]],
             setup: |e| {
                 e.variables.insert("env".into(), "dev".into());
-                e.stages[1].conditions.before_entry = cond(Outcome::Skip, vec![equals("#{variables.env}", "prod")]);
+                e.stages[1].conditions.before_entry =
+                    cond(Outcome::Skip, vec![equals("#{variables.env}", "prod")]);
             },
             on_start: vec![run(0, 0)],
-            steps: vec![(ok(0, 0), vec![run(2, 0)]), (ok(2, 0), vec![Command::Finish { status: Succeeded }])],
+            steps: vec![
+                (ok(0, 0), vec![run(2, 0)]),
+                (ok(2, 0), vec![Command::Finish { status: Succeeded }]),
+            ],
             status: Succeeded,
             stage_status: vec![Succeeded, Skipped, Succeeded],
         },
@@ -260,17 +507,24 @@ fn stage_conditions() {
             layout: &[&[1], &[1]],
             setup: |e| {
                 e.variables.insert("env".into(), "prod".into());
-                e.stages[1].conditions.before_entry = cond(Outcome::Fail, vec![equals("#{variables.env}", "prod")]);
+                e.stages[1].conditions.before_entry =
+                    cond(Outcome::Fail, vec![equals("#{variables.env}", "prod")]);
             },
             on_start: vec![run(0, 0)],
-            steps: vec![(ok(0, 0), vec![run(1, 0)]), (ok(1, 0), vec![Command::Finish { status: Succeeded }])],
+            steps: vec![
+                (ok(0, 0), vec![run(1, 0)]),
+                (ok(1, 0), vec![Command::Finish { status: Succeeded }]),
+            ],
             status: Succeeded,
             stage_status: vec![Succeeded, Succeeded],
         },
         ConditionCase {
             name: "before_entry FAIL: the stage fails without running",
             layout: &[&[1], &[1]],
-            setup: |e| e.stages[1].conditions.before_entry = cond(Outcome::Fail, vec![equals("#{variables.missing}", "x")]),
+            setup: |e| {
+                e.stages[1].conditions.before_entry =
+                    cond(Outcome::Fail, vec![equals("#{variables.missing}", "x")])
+            },
             on_start: vec![run(0, 0)],
             steps: vec![(ok(0, 0), vec![Command::Finish { status: Failed }])],
             status: Failed,
@@ -279,7 +533,10 @@ fn stage_conditions() {
         ConditionCase {
             name: "on_success FAIL: a stage whose actions succeeded fails",
             layout: &[&[1], &[1]],
-            setup: |e| e.stages[0].conditions.on_success = cond(Outcome::Fail, vec![equals("#{sluice.pipeline}", "other")]),
+            setup: |e| {
+                e.stages[0].conditions.on_success =
+                    cond(Outcome::Fail, vec![equals("#{sluice.pipeline}", "other")])
+            },
             on_start: vec![run(0, 0)],
             steps: vec![(ok(0, 0), vec![Command::Finish { status: Failed }])],
             status: Failed,
@@ -288,9 +545,23 @@ fn stage_conditions() {
         ConditionCase {
             name: "on_success ROLLBACK: the stage fails and asks for a rollback",
             layout: &[&[1], &[1]],
-            setup: |e| e.stages[1].conditions.on_success = cond(Outcome::Rollback, vec![equals("#{sluice.pipeline}", "other")]),
+            setup: |e| {
+                e.stages[1].conditions.on_success = cond(
+                    Outcome::Rollback,
+                    vec![equals("#{sluice.pipeline}", "other")],
+                )
+            },
             on_start: vec![run(0, 0)],
-            steps: vec![(ok(0, 0), vec![run(1, 0)]), (ok(1, 0), vec![Command::Rollback { stage: 1 }, Command::Finish { status: Failed }])],
+            steps: vec![
+                (ok(0, 0), vec![run(1, 0)]),
+                (
+                    ok(1, 0),
+                    vec![
+                        Command::Rollback { stage: 1 },
+                        Command::Finish { status: Failed },
+                    ],
+                ),
+            ],
             status: Failed,
             stage_status: vec![Succeeded, Failed],
         },
@@ -301,8 +572,19 @@ fn stage_conditions() {
             on_start: vec![run(0, 0), run(0, 1)],
             steps: vec![
                 (ok(0, 0), vec![]),
-                (fail(0, 1), vec![Command::RunAction { stage: 0, action: 1, attempt: 2, delay_ms: 0 }]),
-                (super::tests_operating::failed_at(0, 1, 2), vec![Command::Finish { status: Failed }]),
+                (
+                    fail(0, 1),
+                    vec![Command::RunAction {
+                        stage: 0,
+                        action: 1,
+                        attempt: 2,
+                        delay_ms: 0,
+                    }],
+                ),
+                (
+                    super::tests_operating::failed_at(0, 1, 2),
+                    vec![Command::Finish { status: Failed }],
+                ),
             ],
             status: Failed,
             stage_status: vec![Failed],
@@ -312,7 +594,16 @@ fn stage_conditions() {
             layout: &[&[1], &[1]],
             setup: |e| e.stages[1].conditions.on_failure = cond(Outcome::Rollback, vec![]),
             on_start: vec![run(0, 0)],
-            steps: vec![(ok(0, 0), vec![run(1, 0)]), (fail(1, 0), vec![Command::Rollback { stage: 1 }, Command::Finish { status: Failed }])],
+            steps: vec![
+                (ok(0, 0), vec![run(1, 0)]),
+                (
+                    fail(1, 0),
+                    vec![
+                        Command::Rollback { stage: 1 },
+                        Command::Finish { status: Failed },
+                    ],
+                ),
+            ],
             status: Failed,
             stage_status: vec![Succeeded, Failed],
         },
@@ -321,7 +612,11 @@ fn stage_conditions() {
             layout: &[&[1], &[1]],
             setup: |e| {
                 e.stages[1].conditions.on_failure = cond(Outcome::Rollback, vec![]);
-                e.rollback = Some(RollbackOf { stage: "S1".into(), target: "e0".into(), after: None });
+                e.rollback = Some(RollbackOf {
+                    stage: "S1".into(),
+                    target: "e0".into(),
+                    after: None,
+                });
                 e.stages[0].status = Status::Succeeded;
                 e.stages[0].actions[0].status = Status::Succeeded;
             },
@@ -345,7 +640,15 @@ fn stage_conditions() {
         let stages: Vec<Status> = state.stages.iter().map(|s| s.status).collect();
         assert_eq!(stages, case.stage_status, "{}", case.name);
         let conditioned = state.stages.iter().any(|s| s.condition.is_some());
-        assert_eq!(conditioned, case.name.contains("SKIP") || case.name.contains("FAIL:") || case.name.contains("ROLLBACK") && !case.name.contains("never") || case.name.contains("RETRY"), "{}: the record says what the condition did", case.name);
+        assert_eq!(
+            conditioned,
+            case.name.contains("SKIP")
+                || case.name.contains("FAIL:")
+                || case.name.contains("ROLLBACK") && !case.name.contains("never")
+                || case.name.contains("RETRY"),
+            "{}: the record says what the condition did",
+            case.name
+        );
     }
 }
 
@@ -354,7 +657,10 @@ pub(super) fn failed_at(stage: usize, action: usize, attempt: u32) -> Input {
         stage,
         action,
         attempt,
-        result: ActionResult::Failed { error: "boom again".into(), kind: FailureKind::Permanent },
+        result: ActionResult::Failed {
+            error: "boom again".into(),
+            kind: FailureKind::Permanent,
+        },
         config: BTreeMap::new(),
         inputs: BTreeMap::new(),
         at: Timestamp(9),
@@ -368,8 +674,14 @@ fn built_in_rules() {
     e.variables.insert("branch".into(), "release/1.4".into());
     e.stages[0].actions[0].namespace = Some("Build".into());
     e.stages[0].actions[0].status = Status::Succeeded;
-    e.stages[0].actions[0].variables.insert("Version".into(), "1.4.2".into());
-    let vc = |input: &str, operator, value: &str| Rule::VariableCheck { input: input.into(), operator, value: value.into() };
+    e.stages[0].actions[0]
+        .variables
+        .insert("Version".into(), "1.4.2".into());
+    let vc = |input: &str, operator, value: &str| Rule::VariableCheck {
+        input: input.into(),
+        operator,
+        value: value.into(),
+    };
     use Operator::*;
     let table: Vec<(Rule, bool)> = vec![
         (vc("#{Build.Version}", Equals, "1.4.2"), true),
@@ -385,41 +697,134 @@ fn built_in_rules() {
         (vc("#{Missing.Key}", Equals, ""), false),
     ];
     for (rule, pass) in table {
-        assert_eq!(check(&rule, &e, Timestamp(0)).is_ok(), pass, "{rule:?}: {:?}", check(&rule, &e, Timestamp(0)));
+        assert_eq!(
+            check(&rule, &e, Timestamp(0)).is_ok(),
+            pass,
+            "{rule:?}: {:?}",
+            check(&rule, &e, Timestamp(0))
+        );
     }
-    assert!(check(&vc("#{variables.branch}", GreaterThan, "1"), &e, Timestamp(0)).unwrap_err().contains("not a number"));
+    assert!(
+        check(
+            &vc("#{variables.branch}", GreaterThan, "1"),
+            &e,
+            Timestamp(0)
+        )
+        .unwrap_err()
+        .contains("not a number")
+    );
     // 2026-11-26 is a Thursday; 14:30 UTC is 15:30 in Berlin.
-    let at = Timestamp(jiff::Timestamp::from_second(1_795_703_400).unwrap().as_millisecond() as u64);
-    assert_eq!(jiff::Timestamp::from_millisecond(at.0 as i64).unwrap().to_string(), "2026-11-26T14:30:00Z");
-    let window = |cron: &str, tz: Option<&str>| Rule::DeploymentWindow { cron: cron.into(), timezone: tz.map(str::to_string) };
+    let at = Timestamp(
+        jiff::Timestamp::from_second(1_795_703_400)
+            .unwrap()
+            .as_millisecond() as u64,
+    );
+    assert_eq!(
+        jiff::Timestamp::from_millisecond(at.0 as i64)
+            .unwrap()
+            .to_string(),
+        "2026-11-26T14:30:00Z"
+    );
+    let window = |cron: &str, tz: Option<&str>| Rule::DeploymentWindow {
+        cron: cron.into(),
+        timezone: tz.map(str::to_string),
+    };
     assert!(check(&window("* 9-16 * * MON-FRI", None), &e, at).is_ok());
-    assert!(check(&window("* 15-16 * * MON-FRI", Some("Europe/Berlin")), &e, at).is_ok(), "15:30 in Berlin");
-    assert!(check(&window("* 16-17 * * MON-FRI", Some("Europe/Berlin")), &e, at).is_err());
+    assert!(
+        check(
+            &window("* 15-16 * * MON-FRI", Some("Europe/Berlin")),
+            &e,
+            at
+        )
+        .is_ok(),
+        "15:30 in Berlin"
+    );
+    assert!(
+        check(
+            &window("* 16-17 * * MON-FRI", Some("Europe/Berlin")),
+            &e,
+            at
+        )
+        .is_err()
+    );
     let closed = check(&window("* * * * SAT,SUN", None), &e, at).unwrap_err();
     assert!(closed.contains("outside"), "{closed}");
 }
 
 #[test]
 fn conditions_with_custom_rules_wait_for_the_executors_verdict() {
-    let custom = Rule::Custom { uses: "./rule.wasm".into(), with: BTreeMap::new() };
+    let custom = Rule::Custom {
+        uses: "./rule.wasm".into(),
+        with: BTreeMap::new(),
+    };
     let mut e = exec(&[&[1], &[1]]);
-    e.stages[1].conditions.before_entry = cond(Outcome::Fail, vec![equals("#{sluice.pipeline}", "p"), custom]);
+    e.stages[1].conditions.before_entry = cond(
+        Outcome::Fail,
+        vec![equals("#{sluice.pipeline}", "p"), custom],
+    );
     let (e, _) = step(&e, &Input::Start { at: Timestamp(1) });
     let (e, cmds) = step(&e, &ok(0, 0));
-    assert_eq!(cmds, vec![Command::CheckRules { stage: 1, phase: Phase::BeforeEntry }]);
-    assert_eq!((e.stages[1].status, e.stages[1].checking), (Status::InProgress, Some(Phase::BeforeEntry)));
+    assert_eq!(
+        cmds,
+        vec![Command::CheckRules {
+            stage: 1,
+            phase: Phase::BeforeEntry
+        }]
+    );
+    assert_eq!(
+        (e.stages[1].status, e.stages[1].checking),
+        (Status::InProgress, Some(Phase::BeforeEntry))
+    );
     // A verdict for another phase is stale; a passing one starts the stage.
-    let checked = |phase, failure: Option<&str>| Input::Checked { stage: 1, phase, failure: failure.map(str::to_string), at: Timestamp(3) };
+    let checked = |phase, failure: Option<&str>| Input::Checked {
+        stage: 1,
+        phase,
+        failure: failure.map(str::to_string),
+        at: Timestamp(3),
+    };
     assert!(step(&e, &checked(Phase::OnSuccess, None)).1.is_empty());
     let (passed, cmds) = step(&e, &checked(Phase::BeforeEntry, None));
     assert_eq!(cmds, vec![run(1, 0)]);
-    assert!(step(&passed, &checked(Phase::BeforeEntry, Some("late"))).1.is_empty(), "a second verdict changes nothing");
+    assert!(
+        step(&passed, &checked(Phase::BeforeEntry, Some("late")))
+            .1
+            .is_empty(),
+        "a second verdict changes nothing"
+    );
     // A failing one applies the result, with the rule's reason on the record.
-    let (failed, cmds) = step(&e, &checked(Phase::BeforeEntry, Some("rule ./rule.wasm: 1.0-rc is a pre-release")));
-    assert_eq!(cmds, vec![Command::Finish { status: Status::Failed }]);
-    assert_eq!(failed.stages[1].condition.as_deref(), Some("before_entry FAIL: rule ./rule.wasm: 1.0-rc is a pre-release"));
+    let (failed, cmds) = step(
+        &e,
+        &checked(
+            Phase::BeforeEntry,
+            Some("rule ./rule.wasm: 1.0-rc is a pre-release"),
+        ),
+    );
+    assert_eq!(
+        cmds,
+        vec![Command::Finish {
+            status: Status::Failed
+        }]
+    );
+    assert_eq!(
+        failed.stages[1].condition.as_deref(),
+        Some("before_entry FAIL: rule ./rule.wasm: 1.0-rc is a pre-release")
+    );
     // Stopping while a rule is checked ends it; the verdict that arrives later is ignored.
-    let (stopped, _) = step(&e, &Input::Stop { abandon: false, reason: None, at: Timestamp(4) });
-    assert_eq!((stopped.status, stopped.stages[1].checking), (Status::Stopped, None));
-    assert!(step(&stopped, &checked(Phase::BeforeEntry, None)).1.is_empty());
+    let (stopped, _) = step(
+        &e,
+        &Input::Stop {
+            abandon: false,
+            reason: None,
+            at: Timestamp(4),
+        },
+    );
+    assert_eq!(
+        (stopped.status, stopped.stages[1].checking),
+        (Status::Stopped, None)
+    );
+    assert!(
+        step(&stopped, &checked(Phase::BeforeEntry, None))
+            .1
+            .is_empty()
+    );
 }

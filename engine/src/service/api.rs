@@ -1,15 +1,18 @@
 //! The control API: one handler for every verb, whatever carries it (NATS request/reply on
 //! `sluice.<tenant>.api.<verb>`, or the embedded service's local socket). Requests and
 //! replies are JSON; a reply is `{"ok": …}` or `{"error": "…"}`.
+use super::Service;
 use super::pipelines::{self, StoredPipeline};
 use super::trigger::{Source, TriggerEvent};
-use super::Service;
 use crate::scheduler::{Decision, Execution, Input, Status, Timestamp};
 
 /// The (stage, action) indices of `STAGE/ACTION` in `e`.
 fn find(e: &Execution, id: &str, path: &str) -> Result<(usize, usize), String> {
-    let (stage, action) = path.split_once('/').ok_or_else(|| format!("expected STAGE/ACTION, got `{path}`"))?;
-    e.find_action(stage, action).ok_or_else(|| format!("execution `{id}` has no action {path}"))
+    let (stage, action) = path
+        .split_once('/')
+        .ok_or_else(|| format!("expected STAGE/ACTION, got `{path}`"))?;
+    e.find_action(stage, action)
+        .ok_or_else(|| format!("execution `{id}` has no action {path}"))
 }
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -195,7 +198,25 @@ pub enum Request {
 }
 
 /// The verbs, for subscriptions and help.
-pub const VERBS: &[&str] = &["pipeline.put", "pipeline.get", "pipeline.ls", "pipeline.rm", "pipeline.state", "transition", "rollback", "start", "status", "executions", "stop", "retry", "approve", "wake", "function.put", "function.ls", "function.rm"];
+pub const VERBS: &[&str] = &[
+    "pipeline.put",
+    "pipeline.get",
+    "pipeline.ls",
+    "pipeline.rm",
+    "pipeline.state",
+    "transition",
+    "rollback",
+    "start",
+    "status",
+    "executions",
+    "stop",
+    "retry",
+    "approve",
+    "wake",
+    "function.put",
+    "function.ls",
+    "function.rm",
+];
 
 fn yes() -> bool {
     true
@@ -203,8 +224,14 @@ fn yes() -> bool {
 
 /// Parse a request whose verb travels separately (the NATS subject).
 pub fn request_for_verb(verb: &str, body: &[u8]) -> Result<Request, String> {
-    let mut value: Value = if body.iter().all(u8::is_ascii_whitespace) { json!({}) } else { serde_json::from_slice(body).map_err(|e| format!("request body is not JSON: {e}"))? };
-    let Some(map) = value.as_object_mut() else { return Err("request body must be a JSON object".into()) };
+    let mut value: Value = if body.iter().all(u8::is_ascii_whitespace) {
+        json!({})
+    } else {
+        serde_json::from_slice(body).map_err(|e| format!("request body is not JSON: {e}"))?
+    };
+    let Some(map) = value.as_object_mut() else {
+        return Err("request body must be a JSON object".into());
+    };
     map.insert("verb".into(), Value::String(verb.to_string()));
     serde_json::from_value(value).map_err(|e| format!("bad `{verb}` request: {e}"))
 }
@@ -250,12 +277,28 @@ impl From<&Execution> for ExecutionSummary {
             status: e.status,
             started_at: e.started_at,
             finished_at: e.finished_at,
-            trigger: e.trigger.as_ref().map(|t| format!("{} {}", t.kind, t.event_id)),
+            trigger: e
+                .trigger
+                .as_ref()
+                .map(|t| format!("{} {}", t.kind, t.event_id)),
             waiting: e
                 .stages
                 .iter()
-                .flat_map(|s| s.actions.iter().filter(|a| a.status == Status::InProgress && a.waiting.as_ref().is_some_and(|w| !matches!(w.wake, crate::scheduler::Wake::Timer(_)))).map(move |a| format!("{}/{}", s.name, a.name)))
-                .chain(e.entering.map(|si| format!("entry to {}", e.stages[si].name)))
+                .flat_map(|s| {
+                    s.actions
+                        .iter()
+                        .filter(|a| {
+                            a.status == Status::InProgress
+                                && a.waiting.as_ref().is_some_and(|w| {
+                                    !matches!(w.wake, crate::scheduler::Wake::Timer(_))
+                                })
+                        })
+                        .map(move |a| format!("{}/{}", s.name, a.name))
+                })
+                .chain(
+                    e.entering
+                        .map(|si| format!("entry to {}", e.stages[si].name)),
+                )
                 .collect(),
         }
     }
@@ -277,68 +320,164 @@ impl Service {
         let store = &*self.edges.pipelines;
         match request {
             Request::PipelinePut { file, dir, yaml } => {
-                let stored = StoredPipeline { name: String::new(), version: 0, file, dir, yaml, registered_at: Timestamp::now() };
+                let stored = StoredPipeline {
+                    name: String::new(),
+                    version: 0,
+                    file,
+                    dir,
+                    yaml,
+                    registered_at: Timestamp::now(),
+                };
                 let loaded = match self.check(&stored).await {
                     Ok(l) => l,
-                    Err(d) => return Ok(json!({ "error": "the pipeline is not valid", "diagnostics": d.to_string() })),
+                    Err(d) => {
+                        return Ok(
+                            json!({ "error": "the pipeline is not valid", "diagnostics": d.to_string() }),
+                        );
+                    }
                 };
-                let subjects: Vec<String> = loaded.pipeline.triggers.nats.iter().map(|s| s.value.clone()).collect();
+                let subjects: Vec<String> = loaded
+                    .pipeline
+                    .triggers
+                    .nats
+                    .iter()
+                    .map(|s| s.value.clone())
+                    .collect();
                 if let (false, Some(hook)) = (subjects.is_empty(), &self.edges.extra_subjects) {
-                    hook(tenant.to_string(), loaded.pipeline.name.clone(), subjects).await.map_err(|e| format!("`triggers.nats`: {e}"))?;
+                    hook(tenant.to_string(), loaded.pipeline.name.clone(), subjects)
+                        .await
+                        .map_err(|e| format!("`triggers.nats`: {e}"))?;
                 }
-                let stored = StoredPipeline { name: loaded.pipeline.name.clone(), ..stored };
+                let stored = StoredPipeline {
+                    name: loaded.pipeline.name.clone(),
+                    ..stored
+                };
                 let name = stored.name.clone();
-                let version = pipelines::put(store, tenant, stored).await.map_err(|e| e.to_string())?;
+                let version = pipelines::put(store, tenant, stored)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 Ok(ok(json!({ "name": name, "version": version })))
             }
-            Request::PipelineGet { name, version } => match pipelines::get(store, tenant, &name, version).await.map_err(|e| e.to_string())? {
-                Some(p) => Ok(ok(p)),
-                None => Err(format!("no pipeline `{name}`{} is registered", version.map(|v| format!(" version {v}")).unwrap_or_default())),
-            },
+            Request::PipelineGet { name, version } => {
+                match pipelines::get(store, tenant, &name, version)
+                    .await
+                    .map_err(|e| e.to_string())?
+                {
+                    Some(p) => Ok(ok(p)),
+                    None => Err(format!(
+                        "no pipeline `{name}`{} is registered",
+                        version.map(|v| format!(" version {v}")).unwrap_or_default()
+                    )),
+                }
+            }
             Request::PipelineLs {} => {
-                let list = pipelines::list(store, tenant).await.map_err(|e| e.to_string())?;
+                let list = pipelines::list(store, tenant)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 Ok(ok(list.iter().map(|p| json!({ "name": p.name, "version": p.version, "file": p.file, "registered_at": p.registered_at })).collect::<Vec<_>>()))
             }
             Request::PipelineRm { name } => {
-                if pipelines::remove(store, tenant, &name).await.map_err(|e| e.to_string())? {
+                if pipelines::remove(store, tenant, &name)
+                    .await
+                    .map_err(|e| e.to_string())?
+                {
                     Ok(ok(json!({ "name": name })))
                 } else {
                     Err(format!("no pipeline `{name}` is registered"))
                 }
             }
-            Request::Start { pipeline, variables, event_id, started_by } => {
-                if pipelines::get(store, tenant, &pipeline, None).await.map_err(|e| e.to_string())?.is_none() {
-                    return Err(format!("no pipeline `{pipeline}` is registered (register it with `sluice pipeline put FILE`)"));
+            Request::Start {
+                pipeline,
+                variables,
+                event_id,
+                started_by,
+            } => {
+                if pipelines::get(store, tenant, &pipeline, None)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .is_none()
+                {
+                    return Err(format!(
+                        "no pipeline `{pipeline}` is registered (register it with `sluice pipeline put FILE`)"
+                    ));
                 }
                 let event = TriggerEvent {
                     id: event_id.unwrap_or_else(|| format!("manual-{}", ulid::Ulid::new())),
-                    source: Some(Source { kind: "manual".into(), pusher: started_by, ..Default::default() }),
+                    source: Some(Source {
+                        kind: "manual".into(),
+                        pusher: started_by,
+                        ..Default::default()
+                    }),
                     variables,
                 };
                 let id = self.trigger(tenant, &pipeline, &event).await?;
                 Ok(ok(json!({ "execution_id": id, "event_id": event.id })))
             }
-            Request::Status { execution_id } => match self.execution(tenant, &execution_id).await.map_err(|e| e.to_string())? {
+            Request::Status { execution_id } => match self
+                .execution(tenant, &execution_id)
+                .await
+                .map_err(|e| e.to_string())?
+            {
                 // The outbox is the engines' delivery bookkeeping; its events went out already.
-                Some(e) => Ok(ok(crate::scheduler::Execution { outbox: Default::default(), ..e })),
+                Some(e) => Ok(ok(crate::scheduler::Execution {
+                    outbox: Default::default(),
+                    ..e
+                })),
                 None => Err(format!("no execution `{execution_id}`")),
             },
-            Request::Stop { execution_id, abandon, reason } => {
+            Request::Stop {
+                execution_id,
+                abandon,
+                reason,
+            } => {
                 let at = Timestamp::now();
-                let exec = self.control(tenant, &execution_id, |_| Ok(Input::Stop { abandon, reason: reason.clone(), at })).await?;
-                Ok(ok(json!({ "execution_id": execution_id, "status": exec.status })))
+                let exec = self
+                    .control(tenant, &execution_id, |_| {
+                        Ok(Input::Stop {
+                            abandon,
+                            reason: reason.clone(),
+                            at,
+                        })
+                    })
+                    .await?;
+                Ok(ok(
+                    json!({ "execution_id": execution_id, "status": exec.status }),
+                ))
             }
-            Request::Retry { execution_id, stage, all } => {
+            Request::Retry {
+                execution_id,
+                stage,
+                all,
+            } => {
                 let at = Timestamp::now();
                 let exec = self
                     .control(tenant, &execution_id, |e| {
-                        let index = e.stages.iter().position(|s| s.name == stage).ok_or_else(|| format!("execution `{execution_id}` has no stage `{stage}`"))?;
-                        Ok(Input::Retry { stage: index, all, at })
+                        let index =
+                            e.stages
+                                .iter()
+                                .position(|s| s.name == stage)
+                                .ok_or_else(|| {
+                                    format!("execution `{execution_id}` has no stage `{stage}`")
+                                })?;
+                        Ok(Input::Retry {
+                            stage: index,
+                            all,
+                            at,
+                        })
                     })
                     .await?;
-                Ok(ok(json!({ "execution_id": execution_id, "status": exec.status })))
+                Ok(ok(
+                    json!({ "execution_id": execution_id, "status": exec.status }),
+                ))
             }
-            Request::Approve { execution_id, action, approved, by, summary, token } => {
+            Request::Approve {
+                execution_id,
+                action,
+                approved,
+                by,
+                summary,
+                token,
+            } => {
                 let at = Timestamp::now();
                 let exec = self
                     .control(tenant, &execution_id, |e| {
@@ -352,63 +491,146 @@ impl Service {
                         Ok(Input::Decide { stage, action: index, decision: Decision { approved, by: by.clone(), at, summary: summary.clone() }, at })
                     })
                     .await?;
-                Ok(ok(json!({ "execution_id": execution_id, "status": exec.status, "decision": if approved { "approved" } else { "rejected" } })))
+                Ok(ok(
+                    json!({ "execution_id": execution_id, "status": exec.status, "decision": if approved { "approved" } else { "rejected" } }),
+                ))
             }
-            Request::Wake { execution_id, action, payload } => {
+            Request::Wake {
+                execution_id,
+                action,
+                payload,
+            } => {
                 let at = Timestamp::now();
                 let exec = self
                     .control(tenant, &execution_id, |e| {
                         let (stage, index) = find(e, &execution_id, &action)?;
-                        match e.stages[stage].actions[index].waiting.as_ref().map(|w| &w.wake) {
-                            Some(crate::scheduler::Wake::Event(_)) => Ok(Input::Wake { stage, action: index, payload: payload.clone(), at }),
+                        match e.stages[stage].actions[index]
+                            .waiting
+                            .as_ref()
+                            .map(|w| &w.wake)
+                        {
+                            Some(crate::scheduler::Wake::Event(_)) => Ok(Input::Wake {
+                                stage,
+                                action: index,
+                                payload: payload.clone(),
+                                at,
+                            }),
                             _ => Err(format!("{action} is not waiting for an event")),
                         }
                     })
                     .await?;
-                Ok(ok(json!({ "execution_id": execution_id, "status": exec.status })))
+                Ok(ok(
+                    json!({ "execution_id": execution_id, "status": exec.status }),
+                ))
             }
-            Request::FunctionPut { name, path, digest } => Ok(ok(self.put_function(tenant, &name, path.as_deref(), digest.as_deref()).await?)),
+            Request::FunctionPut { name, path, digest } => Ok(ok(self
+                .put_function(tenant, &name, path.as_deref(), digest.as_deref())
+                .await?)),
             Request::FunctionLs {} => Ok(ok(self.list_functions(tenant).await?)),
             Request::FunctionRm { name } => {
                 self.remove_function(tenant, &name).await?;
                 Ok(ok(json!({ "name": name })))
             }
-            Request::Transition { pipeline, stage, enable, reason, by } => {
-                let lanes = self.transition(tenant, &pipeline, &stage, enable, reason, by.as_deref().unwrap_or("unknown")).await?;
+            Request::Transition {
+                pipeline,
+                stage,
+                enable,
+                reason,
+                by,
+            } => {
+                let lanes = self
+                    .transition(
+                        tenant,
+                        &pipeline,
+                        &stage,
+                        enable,
+                        reason,
+                        by.as_deref().unwrap_or("unknown"),
+                    )
+                    .await?;
                 Ok(ok(lanes))
             }
             Request::PipelineState { name } => {
-                if pipelines::get(store, tenant, &name, None).await.map_err(|e| e.to_string())?.is_none() {
+                if pipelines::get(store, tenant, &name, None)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .is_none()
+                {
                     return Err(format!("no pipeline `{name}` is registered"));
                 }
-                Ok(ok(self.lanes(tenant, &name).await.map_err(|e| e.to_string())?))
+                Ok(ok(self
+                    .lanes(tenant, &name)
+                    .await
+                    .map_err(|e| e.to_string())?))
             }
-            Request::Rollback { pipeline, stage, to, by } => {
-                let id = self.rollback(tenant, &pipeline, &stage, &to, by, None).await?;
+            Request::Rollback {
+                pipeline,
+                stage,
+                to,
+                by,
+            } => {
+                let id = self
+                    .rollback(tenant, &pipeline, &stage, &to, by, None)
+                    .await?;
                 Ok(ok(json!({ "execution_id": id })))
             }
-            Request::Executions { pipeline, status, limit } => {
-                let list = self.executions(tenant, pipeline.as_deref(), status, limit.unwrap_or(20)).await.map_err(|e| e.to_string())?;
-                Ok(ok(list.iter().map(ExecutionSummary::from).collect::<Vec<_>>()))
+            Request::Executions {
+                pipeline,
+                status,
+                limit,
+            } => {
+                let list = self
+                    .executions(tenant, pipeline.as_deref(), status, limit.unwrap_or(20))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(ok(list
+                    .iter()
+                    .map(ExecutionSummary::from)
+                    .collect::<Vec<_>>()))
             }
         }
     }
 
     /// Publish a trigger event the way any publisher would, and wait until an engine has
     /// recorded its execution. Returns the execution id.
-    pub async fn trigger(&self, tenant: &str, pipeline: &str, event: &TriggerEvent) -> Result<String, String> {
+    pub async fn trigger(
+        &self,
+        tenant: &str,
+        pipeline: &str,
+        event: &TriggerEvent,
+    ) -> Result<String, String> {
         let subject = crate::nats::trigger_subject(tenant, pipeline);
-        self.edges.triggers.push(&subject, &event.id, serde_json::to_vec(event).map_err(|e| e.to_string())?).await.map_err(|e| e.to_string())?;
+        self.edges
+            .triggers
+            .push(
+                &subject,
+                &event.id,
+                serde_json::to_vec(event).map_err(|e| e.to_string())?,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            if let Some(id) = self.claimed(tenant, pipeline, &event.id).await.map_err(|e| e.to_string())? {
+            if let Some(id) = self
+                .claimed(tenant, pipeline, &event.id)
+                .await
+                .map_err(|e| e.to_string())?
+            {
                 // The claim comes first; wait for the record itself.
-                if self.execution(tenant, &id).await.map_err(|e| e.to_string())?.is_some() {
+                if self
+                    .execution(tenant, &id)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .is_some()
+                {
                     return Ok(id);
                 }
             }
             if tokio::time::Instant::now() > deadline {
-                return Err(format!("event `{}` was queued but no engine started it within 30 s (see the dead letter)", event.id));
+                return Err(format!(
+                    "event `{}` was queued but no engine started it within 30 s (see the dead letter)",
+                    event.id
+                ));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

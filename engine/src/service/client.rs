@@ -43,7 +43,10 @@ impl Client {
     /// Connect to the service on NATS at `nats`, or else to the embedded one in `data`.
     pub async fn connect(nats: Option<&str>, data: &Path, tenant: &str) -> anyhow::Result<Self> {
         match nats {
-            Some(url) => Ok(Client::Nats { client: crate::nats::connect_client(url).await?, tenant: tenant.to_string() }),
+            Some(url) => Ok(Client::Nats {
+                client: crate::nats::connect_client(url).await?,
+                tenant: tenant.to_string(),
+            }),
             None => {
                 let socket = socket_path(data);
                 if !socket.exists() {
@@ -52,7 +55,10 @@ impl Client {
                         data.display()
                     );
                 }
-                Ok(Client::Local { socket, tenant: tenant.to_string() })
+                Ok(Client::Local {
+                    socket,
+                    tenant: tenant.to_string(),
+                })
             }
         }
     }
@@ -62,7 +68,11 @@ impl Client {
         let reply: Value = match self {
             Client::Nats { client, tenant } => {
                 let mut body = serde_json::to_value(request)?;
-                let verb = body.as_object_mut().and_then(|m| m.remove("verb")).and_then(|v| v.as_str().map(str::to_string)).context("request without verb")?;
+                let verb = body
+                    .as_object_mut()
+                    .and_then(|m| m.remove("verb"))
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .context("request without verb")?;
                 let subject = crate::nats::api_subject(tenant, &verb);
                 let reply = client.request(subject.clone(), serde_json::to_vec(&body)?.into()).await.map_err(|e| match e.kind() {
                     async_nats::RequestErrorKind::NoResponders => anyhow::anyhow!("no engine answers on {subject}: start one with `sluice serve --nats URL`"),
@@ -71,36 +81,73 @@ impl Client {
                 serde_json::from_slice(&reply.payload).context("reply is not JSON")?
             }
             Client::Local { socket, tenant } => {
-                let mut lines = self.send_local(socket, Envelope { tenant: tenant.clone(), request: Some(request.clone()), watch: None }).await?;
-                let line = lines.next_line().await?.context("the service closed the connection")?;
+                let mut lines = self
+                    .send_local(
+                        socket,
+                        Envelope {
+                            tenant: tenant.clone(),
+                            request: Some(request.clone()),
+                            watch: None,
+                        },
+                    )
+                    .await?;
+                let line = lines
+                    .next_line()
+                    .await?
+                    .context("the service closed the connection")?;
                 serde_json::from_str(&line)?
             }
         };
         unwrap_reply(reply)
     }
 
-    async fn send_local(&self, socket: &Path, envelope: Envelope) -> anyhow::Result<tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>> {
-        let stream = UnixStream::connect(socket).await.with_context(|| format!("cannot reach the service at {} (is `sluice serve` running?)", socket.display()))?;
+    async fn send_local(
+        &self,
+        socket: &Path,
+        envelope: Envelope,
+    ) -> anyhow::Result<tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>> {
+        let stream = UnixStream::connect(socket).await.with_context(|| {
+            format!(
+                "cannot reach the service at {} (is `sluice serve` running?)",
+                socket.display()
+            )
+        })?;
         let (read, mut write) = stream.into_split();
-        write.write_all(format!("{}\n", serde_json::to_string(&envelope)?).as_bytes()).await?;
+        write
+            .write_all(format!("{}\n", serde_json::to_string(&envelope)?).as_bytes())
+            .await?;
         Ok(BufReader::new(read).lines())
     }
 
     /// Follow an execution: `on_event` sees each of its events, from its start (replayed from
     /// the record) until it ends. Returns the final record.
-    pub async fn watch(&self, execution_id: &str, on_event: impl FnMut(&Event)) -> anyhow::Result<Execution> {
+    pub async fn watch(
+        &self,
+        execution_id: &str,
+        on_event: impl FnMut(&Event),
+    ) -> anyhow::Result<Execution> {
         // What the record already shows is replayed; live events repeating it are skipped.
         let mut seen = std::collections::HashSet::new();
         let mut on_event = on_event;
         let mut once = move |e: &Event| {
-            if seen.insert((e.kind, e.stage.clone(), e.action.clone(), e.status, e.attempt)) {
+            if seen.insert((
+                e.kind,
+                e.stage.clone(),
+                e.action.clone(),
+                e.status,
+                e.attempt,
+            )) {
                 on_event(e);
             }
         };
         self.watch_inner(execution_id, &mut once).await
     }
 
-    async fn watch_inner(&self, execution_id: &str, on_event: &mut dyn FnMut(&Event)) -> anyhow::Result<Execution> {
+    async fn watch_inner(
+        &self,
+        execution_id: &str,
+        on_event: &mut dyn FnMut(&Event),
+    ) -> anyhow::Result<Execution> {
         // Replayed in the order things happened: by time, starts before ends.
         let replay = |exec: &Execution, on_event: &mut dyn FnMut(&Event)| {
             let mut events = crate::bus::diff(&crate::bus::Snapshot::blank(exec), exec);
@@ -120,8 +167,18 @@ impl Client {
         match self {
             Client::Nats { client, tenant } => {
                 // Subscribe first, then read the record: nothing falls in between.
-                let mut events = client.subscribe(format!("sluice.{tenant}.events.>")).await?;
-                let status = || async { serde_json::from_value::<Execution>(self.call(&Request::Status { execution_id: execution_id.to_string() }).await?).map_err(anyhow::Error::from) };
+                let mut events = client
+                    .subscribe(format!("sluice.{tenant}.events.>"))
+                    .await?;
+                let status = || async {
+                    serde_json::from_value::<Execution>(
+                        self.call(&Request::Status {
+                            execution_id: execution_id.to_string(),
+                        })
+                        .await?,
+                    )
+                    .map_err(anyhow::Error::from)
+                };
                 let exec = status().await?;
                 replay(&exec, on_event);
                 if exec.status.is_terminal() {
@@ -153,7 +210,16 @@ impl Client {
                 }
             }
             Client::Local { socket, tenant } => {
-                let mut lines = self.send_local(socket, Envelope { tenant: tenant.clone(), request: None, watch: Some(execution_id.to_string()) }).await?;
+                let mut lines = self
+                    .send_local(
+                        socket,
+                        Envelope {
+                            tenant: tenant.clone(),
+                            request: None,
+                            watch: Some(execution_id.to_string()),
+                        },
+                    )
+                    .await?;
                 while let Some(line) = lines.next_line().await? {
                     let value: Value = serde_json::from_str(&line)?;
                     if let Some(exec) = value.get("snapshot") {
@@ -178,7 +244,18 @@ fn unwrap_reply(mut reply: Value) -> anyhow::Result<Value> {
     if let Some(ok) = reply.get_mut("ok") {
         return Ok(ok.take());
     }
-    let message = reply.get("error").and_then(Value::as_str).unwrap_or("malformed reply").to_string();
-    let diagnostics = reply.get("diagnostics").and_then(Value::as_str).map(str::to_string);
-    Err(Refused { message, diagnostics }.into())
+    let message = reply
+        .get("error")
+        .and_then(Value::as_str)
+        .unwrap_or("malformed reply")
+        .to_string();
+    let diagnostics = reply
+        .get("diagnostics")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    Err(Refused {
+        message,
+        diagnostics,
+    }
+    .into())
 }

@@ -36,20 +36,32 @@ pub struct Registered {
 }
 
 impl FunctionResolver for Registered {
-    fn resolve<'a>(&'a self, tenant: &'a str, function: &'a str, pipeline_dir: &'a Path) -> BoxFuture<'a, Result<Digest, String>> {
+    fn resolve<'a>(
+        &'a self,
+        tenant: &'a str,
+        function: &'a str,
+        pipeline_dir: &'a Path,
+    ) -> BoxFuture<'a, Result<Digest, String>> {
         Box::pin(async move {
             if function.ends_with(".wasm") {
                 return load_function_file(&self.runtime, function, pipeline_dir);
             }
             let key = format!("{tenant}/{function}");
-            let Some((f, _)) = get_json::<StoredFunction>(&*self.kv, &key).await.map_err(|e| e.to_string())? else {
-                return Err(format!("no function `{function}` is registered (sluice function put {function} FILE.wasm)"));
+            let Some((f, _)) = get_json::<StoredFunction>(&*self.kv, &key)
+                .await
+                .map_err(|e| e.to_string())?
+            else {
+                return Err(format!(
+                    "no function `{function}` is registered (sluice function put {function} FILE.wasm)"
+                ));
             };
             let digest: Digest = f.digest.parse()?;
             if !self.runtime.has_function(&digest) {
                 let (blobs, runtime) = (self.blobs.clone(), self.runtime.clone());
                 tokio::task::spawn_blocking(move || {
-                    let bytes = blobs.get_bytes(&digest).map_err(|e| format!("function component: {e}"))?;
+                    let bytes = blobs
+                        .get_bytes(&digest)
+                        .map_err(|e| format!("function component: {e}"))?;
                     runtime.load_function(&bytes).map_err(|e| format!("{e:#}"))
                 })
                 .await
@@ -63,38 +75,66 @@ impl FunctionResolver for Registered {
 impl Service {
     /// Register `name` as the component with `bytes` (read from a file on this machine) or
     /// the already uploaded `digest`.
-    pub async fn put_function(&self, tenant: &str, name: &str, path: Option<&Path>, digest: Option<&str>) -> Result<StoredFunction, String> {
+    pub async fn put_function(
+        &self,
+        tenant: &str,
+        name: &str,
+        path: Option<&Path>,
+        digest: Option<&str>,
+    ) -> Result<StoredFunction, String> {
         if !crate::model::is_valid_name(name) {
-            return Err(format!("function name {name:?} must match [A-Za-z0-9._-]{{1,100}}"));
+            return Err(format!(
+                "function name {name:?} must match [A-Za-z0-9._-]{{1,100}}"
+            ));
         }
         let blobs = self.engine.blobs.clone();
         let runtime = self.engine.registry.runtime().clone();
         let path = path.map(Path::to_path_buf);
         let digest = digest.map(str::to_string);
-        let (digest, size) = tokio::task::spawn_blocking(move || -> Result<(Digest, u64), String> {
-            let bytes = match (path, digest) {
-                (Some(p), _) => std::fs::read(&p).map_err(|e| format!("cannot read {}: {e}", p.display()))?,
-                (None, Some(d)) => blobs.get_bytes(&d.parse()?).map_err(|e| e.to_string())?,
-                (None, None) => return Err("give the function's file or digest".into()),
-            };
-            // Refuse what is not a function before registering it.
-            let digest = runtime.load_function(&bytes).map_err(|e| format!("{e:#}"))?;
-            blobs.put_bytes(&bytes).map_err(|e| e.to_string())?;
-            Ok((digest, bytes.len() as u64))
-        })
-        .await
-        .map_err(|e| e.to_string())??;
-        let f = StoredFunction { name: name.to_string(), digest: digest.to_string(), size, registered_at: Timestamp::now() };
+        let (digest, size) =
+            tokio::task::spawn_blocking(move || -> Result<(Digest, u64), String> {
+                let bytes = match (path, digest) {
+                    (Some(p), _) => std::fs::read(&p)
+                        .map_err(|e| format!("cannot read {}: {e}", p.display()))?,
+                    (None, Some(d)) => blobs.get_bytes(&d.parse()?).map_err(|e| e.to_string())?,
+                    (None, None) => return Err("give the function's file or digest".into()),
+                };
+                // Refuse what is not a function before registering it.
+                let digest = runtime
+                    .load_function(&bytes)
+                    .map_err(|e| format!("{e:#}"))?;
+                blobs.put_bytes(&bytes).map_err(|e| e.to_string())?;
+                Ok((digest, bytes.len() as u64))
+            })
+            .await
+            .map_err(|e| e.to_string())??;
+        let f = StoredFunction {
+            name: name.to_string(),
+            digest: digest.to_string(),
+            size,
+            registered_at: Timestamp::now(),
+        };
         let key = format!("{tenant}/{name}");
-        crate::kv::modify::<StoredFunction, _>(&*self.edges.functions, &key, |_| Some(f.clone())).await.map_err(|e| e.to_string())?;
+        crate::kv::modify::<StoredFunction, _>(&*self.edges.functions, &key, |_| Some(f.clone()))
+            .await
+            .map_err(|e| e.to_string())?;
         Ok(f)
     }
 
     /// Registered functions of a tenant.
     pub async fn list_functions(&self, tenant: &str) -> Result<Vec<StoredFunction>, String> {
         let mut out = Vec::new();
-        for key in self.edges.functions.keys(&format!("{tenant}/")).await.map_err(|e| e.to_string())? {
-            if let Some((f, _)) = get_json::<StoredFunction>(&*self.edges.functions, &key).await.map_err(|e| e.to_string())? {
+        for key in self
+            .edges
+            .functions
+            .keys(&format!("{tenant}/"))
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            if let Some((f, _)) = get_json::<StoredFunction>(&*self.edges.functions, &key)
+                .await
+                .map_err(|e| e.to_string())?
+            {
                 out.push(f);
             }
         }
@@ -104,9 +144,20 @@ impl Service {
     /// Unregister a function (its component stays in the artifact store).
     pub async fn remove_function(&self, tenant: &str, name: &str) -> Result<(), String> {
         let key = format!("{tenant}/{name}");
-        if self.edges.functions.get(&key).await.map_err(|e| e.to_string())?.is_none() {
+        if self
+            .edges
+            .functions
+            .get(&key)
+            .await
+            .map_err(|e| e.to_string())?
+            .is_none()
+        {
             return Err(format!("no function `{name}` is registered"));
         }
-        self.edges.functions.delete(&key).await.map_err(|e| e.to_string())
+        self.edges
+            .functions
+            .delete(&key)
+            .await
+            .map_err(|e| e.to_string())
     }
 }

@@ -52,7 +52,8 @@ impl Lease<'_> {
         tokio::pin!(work);
         // The first report is due after one period. (Not `interval` + its immediate first tick:
         // awaiting even an elapsed timer waits for the timer wheel's next millisecond.)
-        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + self.every, self.every);
+        let mut ticker =
+            tokio::time::interval_at(tokio::time::Instant::now() + self.every, self.every);
         loop {
             tokio::select! {
                 done = &mut work => return done,
@@ -78,17 +79,39 @@ pub(super) struct Recorded {
 impl Recorded {
     /// A new record and its start, with the jobs it keeps; created once `gate` (if any)
     /// confirms it.
-    pub(super) fn unwritten(kept: Kept, exec: Execution, start: journal::Change, gate: Option<journal::Gate>) -> Self {
-        Recorded { kept, exec, start, gate }
+    pub(super) fn unwritten(
+        kept: Kept,
+        exec: Execution,
+        start: journal::Change,
+        gate: Option<journal::Gate>,
+    ) -> Self {
+        Recorded {
+            kept,
+            exec,
+            start,
+            gate,
+        }
     }
 }
 
 /// A job's message id on the queue (duplicates within the stream's window are dropped).
 fn message_id(job: &JobMessage) -> String {
     if let Some((phase, round)) = job.check {
-        return format!("{}/{}/{}/check/{}/{round}", job.tenant, job.execution_id, job.stage, phase.as_str());
+        return format!(
+            "{}/{}/{}/check/{}/{round}",
+            job.tenant,
+            job.execution_id,
+            job.stage,
+            phase.as_str()
+        );
     }
-    let id = job_id(&job.tenant, &job.execution_id, job.stage, job.action, job.attempt);
+    let id = job_id(
+        &job.tenant,
+        &job.execution_id,
+        job.stage,
+        job.action,
+        job.attempt,
+    );
     if job.expire { id + "/expire" } else { id }
 }
 
@@ -119,7 +142,12 @@ impl Service {
     /// Take an idle worker's place for a job run here; none when all are busy.
     pub(super) fn take_idle_place(&self) -> Option<Place> {
         let workers = self.workers.load(Ordering::Relaxed);
-        self.busy.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |b| (b < workers).then(|| b + 1)).ok().map(|_| Place(self.busy.clone()))
+        self.busy
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |b| {
+                (b < workers).then(|| b + 1)
+            })
+            .ok()
+            .map(|_| Place(self.busy.clone()))
     }
 
     pub(super) async fn handle_job(&self, delivery: Delivery) {
@@ -133,21 +161,31 @@ impl Service {
             }
         };
         let place = Place::occupy(self);
-        let lease = Lease { delivery: &delivery, id: message_id(&job), every: (self.edges.jobs.ack_wait() / 3).max(Duration::from_millis(100)) };
+        let lease = Lease {
+            delivery: &delivery,
+            id: message_id(&job),
+            every: (self.edges.jobs.ack_wait() / 3).max(Duration::from_millis(100)),
+        };
         // One heartbeat for the whole chain, however many short steps it takes.
         let key = exec_key(&job.tenant, &job.execution_id);
-        let result = lease.hold(async {
-            let result = self.run_job(&job, &lease, None).await;
-            self.sent(&key).await;
-            result
-        })
-        .await;
+        let result = lease
+            .hold(async {
+                let result = self.run_job(&job, &lease, None).await;
+                self.sent(&key).await;
+                result
+            })
+            .await;
         drop(place);
         self.settle_delivery(&delivery, result, &lease.id).await;
     }
 
     /// Acknowledge a delivery whose work (and chain) is done, or hand it back.
-    pub(super) async fn settle_delivery(&self, delivery: &Delivery, result: Result<Settled, String>, what: &str) {
+    pub(super) async fn settle_delivery(
+        &self,
+        delivery: &Delivery,
+        result: Result<Settled, String>,
+        what: &str,
+    ) {
         match result {
             Ok(Settled::Deferred | Settled::Refused) => {}
             Ok(Settled::Done) => {
@@ -164,14 +202,40 @@ impl Service {
 
     /// Create a new execution's record and run the jobs it kept, under its trigger's delivery
     /// (lease `id`, from a queue whose deadline is `ack_wait`).
-    pub(super) async fn chain_under(&self, recorded: Recorded, delivery: &Delivery, id: String, ack_wait: Duration) -> Result<Settled, String> {
-        let lease = Lease { delivery, id, every: (ack_wait / 3).max(Duration::from_millis(100)) };
-        let Recorded { kept, exec, start, gate } = recorded;
+    pub(super) async fn chain_under(
+        &self,
+        recorded: Recorded,
+        delivery: &Delivery,
+        id: String,
+        ack_wait: Duration,
+    ) -> Result<Settled, String> {
+        let lease = Lease {
+            delivery,
+            id,
+            every: (ack_wait / 3).max(Duration::from_millis(100)),
+        };
+        let Recorded {
+            kept,
+            exec,
+            start,
+            gate,
+        } = recorded;
         let key = exec_key(&exec.tenant, &exec.execution_id);
-        let journal = Journal::new(key, lease.id.clone(), exec, journal::Base::Unwritten(start, gate), self.gather(), kept.len());
+        let journal = Journal::new(
+            key,
+            lease.id.clone(),
+            exec,
+            journal::Base::Unwritten(start, gate),
+            self.gather(),
+            kept.len(),
+        );
         let chain = async {
             // The start is change 1: written (the record created) while contained runs go on.
-            let (created, result) = futures_util::future::join(self.write_behind(&journal), self.run_chain(kept, 1, &journal, &lease)).await;
+            let (created, result) = futures_util::future::join(
+                self.write_behind(&journal),
+                self.run_chain(kept, 1, &journal, &lease),
+            )
+            .await;
             self.sent(&journal.key).await;
             self.compact(&journal).await;
             created.and(result)
@@ -187,8 +251,13 @@ impl Service {
     /// What caused the change is acknowledged after this, so the events and queued jobs are
     /// stored by the time it returns. (A chain's writes send theirs without waiting: see
     /// [`Service::sending_now`].)
-    pub(super) async fn send_and_queue(&self, events: Vec<crate::bus::Event>, queued: &[JobMessage]) {
-        futures_util::future::join(self.edges.bus.publish_all(events), self.push_jobs(queued)).await;
+    pub(super) async fn send_and_queue(
+        &self,
+        events: Vec<crate::bus::Event>,
+        queued: &[JobMessage],
+    ) {
+        futures_util::future::join(self.edges.bus.publish_all(events), self.push_jobs(queued))
+            .await;
     }
 
     /// Send `events` of the execution `key` and count them in flight until the bus stores them.
@@ -197,7 +266,12 @@ impl Service {
             return;
         }
         let sent = futures_util::FutureExt::shared(self.edges.bus.publish_all(events.clone()));
-        self.unacked.lock().unwrap().entry(key.to_string()).or_default().push((sent, events));
+        self.unacked
+            .lock()
+            .unwrap()
+            .entry(key.to_string())
+            .or_default()
+            .push((sent, events));
     }
 
     /// The end of a chain: wait until the bus stores every event this engine sent for the
@@ -209,7 +283,15 @@ impl Service {
 
     /// Done once the bus stores every event this engine sent for the execution `key`.
     fn sending(&self, key: &str) -> impl std::future::Future<Output = ()> + use<> {
-        let pending: Vec<Sent> = self.unacked.lock().unwrap().get(key).into_iter().flatten().map(|(sent, _)| sent.clone()).collect();
+        let pending: Vec<Sent> = self
+            .unacked
+            .lock()
+            .unwrap()
+            .get(key)
+            .into_iter()
+            .flatten()
+            .map(|(sent, _)| sent.clone())
+            .collect();
         async move {
             futures_util::future::join_all(pending).await;
         }
@@ -220,20 +302,30 @@ impl Service {
     /// before they are stored, whoever takes over sends them. Forgets those stored.
     pub(super) fn in_flight(&self, key: &str) -> Vec<Event> {
         let mut unacked = self.unacked.lock().unwrap();
-        let Some(batches) = unacked.get_mut(key) else { return Vec::new() };
+        let Some(batches) = unacked.get_mut(key) else {
+            return Vec::new();
+        };
         // (Polled here: nothing else polls a sending until its chain's end.)
         batches.retain(|(sent, _)| futures_util::FutureExt::now_or_never(sent.clone()).is_none());
         if batches.is_empty() {
             unacked.remove(key);
             return Vec::new();
         }
-        batches.iter().flat_map(|(_, events)| events.iter().cloned()).collect()
+        batches
+            .iter()
+            .flat_map(|(_, events)| events.iter().cloned())
+            .collect()
     }
 
     /// Run one job: the delivered one (`chained` none), or one of its chain, from the chain's
     /// copy of the record, once the change numbered as given is stored if it must wait for
     /// that (an action that is not [`journal::contained`]).
-    async fn run_job(&self, job: &JobMessage, lease: &Lease<'_>, chained: Option<(Arc<Journal>, u64)>) -> Result<Settled, String> {
+    async fn run_job(
+        &self,
+        job: &JobMessage,
+        lease: &Lease<'_>,
+        chained: Option<(Arc<Journal>, u64)>,
+    ) -> Result<Settled, String> {
         let kv = &*self.edges.executions;
         let key = exec_key(&job.tenant, &job.execution_id);
         let is_chained = chained.is_some();
@@ -245,8 +337,11 @@ impl Service {
         let (exec, revision) = match &chained {
             Some((journal, change)) => {
                 let exec = journal.latest().await;
-                let loaded = self.load(&job.tenant, &exec.pipeline, Some(exec.pipeline_version)).await;
-                let contained = matches!(&loaded, Ok(Some(l)) if journal::contained(l, job.stage, job.action));
+                let loaded = self
+                    .load(&job.tenant, &exec.pipeline, Some(exec.pipeline_version))
+                    .await;
+                let contained =
+                    matches!(&loaded, Ok(Some(l)) if journal::contained(l, job.stage, job.action));
                 early = Some(loaded);
                 // (What the checks below see is the record as it is once the start is stored.)
                 if contained {
@@ -256,7 +351,10 @@ impl Service {
                     (journal.latest().await, 0)
                 }
             }
-            None => match get_json::<Execution>(kv, &key).await.map_err(|e| e.to_string())? {
+            None => match get_json::<Execution>(kv, &key)
+                .await
+                .map_err(|e| e.to_string())?
+            {
                 Some(found) => found,
                 None => {
                     tracing::error!("job for unknown execution {}", job.execution_id);
@@ -273,27 +371,58 @@ impl Service {
             return Ok(Settled::Done);
         }
         if let Some((phase, _)) = job.check {
-            if exec.stages.get(job.stage).is_none_or(|s| s.checking != Some(phase)) {
+            if exec
+                .stages
+                .get(job.stage)
+                .is_none_or(|s| s.checking != Some(phase))
+            {
                 return Ok(Settled::Done); // already decided (a redelivery)
             }
-            let loaded = self.load(&job.tenant, &exec.pipeline, Some(exec.pipeline_version)).await?.ok_or_else(|| format!("pipeline `{}` version {} is not registered", exec.pipeline, exec.pipeline_version))?;
-            let input = crate::executor::rules::check(&self.engine.job_context(), &loaded.pipeline, &exec, job.stage, phase).await;
+            let loaded = self
+                .load(&job.tenant, &exec.pipeline, Some(exec.pipeline_version))
+                .await?
+                .ok_or_else(|| {
+                    format!(
+                        "pipeline `{}` version {} is not registered",
+                        exec.pipeline, exec.pipeline_version
+                    )
+                })?;
+            let input = crate::executor::rules::check(
+                &self.engine.job_context(),
+                &loaded.pipeline,
+                &exec,
+                job.stage,
+                phase,
+            )
+            .await;
             return self.complete(&key, &input).await.map(|()| Settled::Done);
         }
-        let Some(run) = exec.stages.get(job.stage).and_then(|s| s.actions.get(job.action)) else { return Ok(Settled::Done) };
+        let Some(run) = exec
+            .stages
+            .get(job.stage)
+            .and_then(|s| s.actions.get(job.action))
+        else {
+            return Ok(Settled::Done);
+        };
         if is_chained && run.runner.as_deref() != Some(lease.id.as_str()) {
             // A change made elsewhere (a conflict the chain's write met) gave the run to
             // another runner meanwhile: it is theirs.
             return Ok(Settled::Done);
         }
-        if run.status != Status::InProgress || run.attempt != job.attempt || (run.waiting.is_some() && !job.expire && !matches!(run.waiting.as_ref().map(|w| &w.wake), Some(Wake::Timer(_)))) {
+        if run.status != Status::InProgress
+            || run.attempt != job.attempt
+            || (run.waiting.is_some()
+                && !job.expire
+                && !matches!(run.waiting.as_ref().map(|w| &w.wake), Some(Wake::Timer(_))))
+        {
             // A delivery that comes back finds its result recorded: its engine died (or lost
             // the lease) after recording it, maybe in the middle of a chain. Publish and queue
             // what followed. (A first delivery found stale is a duplicate: whoever runs the
             // execution has it in hand.)
             if !is_chained && lease.delivery.delivered > 1 {
                 self.republish(&exec).await;
-                self.push_jobs(&outstanding(&exec, |runner| runner != lease.id)).await;
+                self.push_jobs(&outstanding(&exec, |runner| runner != lease.id))
+                    .await;
             }
             return Ok(Settled::Done);
         }
@@ -303,21 +432,45 @@ impl Service {
                 self.push_job(job).await;
                 return Ok(Settled::Done);
             }
-            lease.delivery.nak(Duration::from_millis(job.not_before - now)).await.map_err(|e| e.to_string())?;
+            lease
+                .delivery
+                .nak(Duration::from_millis(job.not_before - now))
+                .await
+                .map_err(|e| e.to_string())?;
             return Ok(Settled::Deferred);
         }
         if job.expire {
-            let waited = run.waiting.as_ref().map(|w| crate::model::units::short_duration(Duration::from_millis(Timestamp::now().0.saturating_sub(w.since.0)))).unwrap_or_default();
-            let input = Input::Expire { stage: job.stage, action: job.action, attempt: job.attempt, reason: format!("timeout: no approval decision within {waited}"), at: Timestamp::now() };
+            let waited = run
+                .waiting
+                .as_ref()
+                .map(|w| {
+                    crate::model::units::short_duration(Duration::from_millis(
+                        Timestamp::now().0.saturating_sub(w.since.0),
+                    ))
+                })
+                .unwrap_or_default();
+            let input = Input::Expire {
+                stage: job.stage,
+                action: job.action,
+                attempt: job.attempt,
+                reason: format!("timeout: no approval decision within {waited}"),
+                at: Timestamp::now(),
+            };
             return self.complete(&key, &input).await.map(|()| Settled::Done);
         }
         let loaded = match early {
             Some(loaded) => loaded,
-            None => self.load(&job.tenant, &exec.pipeline, Some(exec.pipeline_version)).await,
+            None => {
+                self.load(&job.tenant, &exec.pipeline, Some(exec.pipeline_version))
+                    .await
+            }
         };
         let loaded = match loaded {
             Ok(Some(l)) => Ok(l),
-            Ok(None) => Err(format!("pipeline `{}` version {} is not registered", exec.pipeline, exec.pipeline_version)),
+            Ok(None) => Err(format!(
+                "pipeline `{}` version {} is not registered",
+                exec.pipeline, exec.pipeline_version
+            )),
             Err(e) => Err(e),
         };
         let attempt = job::Attempt {
@@ -325,15 +478,43 @@ impl Service {
             action: job.action,
             attempt: job.attempt,
             delay_ms: 0,
-            spec: loaded.and_then(|l| job::JobSpec::build(&l.pipeline, &l.plugins, &exec, job.stage, job.action, job.attempt)),
+            spec: loaded.and_then(|l| {
+                job::JobSpec::build(
+                    &l.pipeline,
+                    &l.plugins,
+                    &exec,
+                    job.stage,
+                    job.action,
+                    job.attempt,
+                )
+            }),
         };
-        let how = if is_chained { "chained".to_string() } else { format!("delivery {}", lease.delivery.delivered) };
-        tracing::info!("running {}/{}/{} attempt {} ({how})", job.execution_id, exec.stages[job.stage].name, exec.stages[job.stage].actions[job.action].name, job.attempt);
+        let how = if is_chained {
+            "chained".to_string()
+        } else {
+            format!("delivery {}", lease.delivery.delivered)
+        };
+        tracing::info!(
+            "running {}/{}/{} attempt {} ({how})",
+            job.execution_id,
+            exec.stages[job.stage].name,
+            exec.stages[job.stage].actions[job.action].name,
+            job.attempt
+        );
         let mut cx = self.engine.job_context();
         cx.functions = self.functions.clone();
-        let id = job_id(&job.tenant, &job.execution_id, job.stage, job.action, job.attempt);
+        let id = job_id(
+            &job.tenant,
+            &job.execution_id,
+            job.stage,
+            job.action,
+            job.attempt,
+        );
         let cancel = Arc::new(tokio::sync::Notify::new());
-        self.running.lock().unwrap().insert(id.clone(), cancel.clone());
+        self.running
+            .lock()
+            .unwrap()
+            .insert(id.clone(), cancel.clone());
         let finished = tokio::select! {
             done = attempt.run(&cx) => Some(done),
             _ = cancel.notified() => None,
@@ -350,7 +531,14 @@ impl Service {
         // copy) and written behind while what it made runnable goes on (see `journal`).
         let journal = match chained {
             Some((journal, _)) => journal,
-            None => Journal::new(key, lease.id.clone(), exec, journal::Base::Stored(revision), self.gather(), 0),
+            None => Journal::new(
+                key,
+                lease.id.clone(),
+                exec,
+                journal::Base::Stored(revision),
+                self.gather(),
+                0,
+            ),
         };
         let applied = self.apply_to(&journal, &input).await;
         drop(running);
@@ -362,7 +550,12 @@ impl Service {
                 false => Ok(()),
             }
         };
-        let (written, (), chain) = futures_util::future::join3(write, self.settle(applied.settle), self.run_chain(applied.kept, applied.change, &journal, lease)).await;
+        let (written, (), chain) = futures_util::future::join3(
+            write,
+            self.settle(applied.settle),
+            self.run_chain(applied.kept, applied.change, &journal, lease),
+        )
+        .await;
         written?;
         if !is_chained {
             // The chain this delivered job started has ended.
@@ -375,7 +568,13 @@ impl Service {
     /// Run the jobs a result kept here, in parallel, each from the chain's copy of the record;
     /// those that are not contained once `change` is stored. The first took the place of the
     /// job that made it runnable; each other one holds an idle worker's place until it ends.
-    async fn run_chain(&self, kept: Kept, change: u64, journal: &Arc<Journal>, lease: &Lease<'_>) -> Result<(), String> {
+    async fn run_chain(
+        &self,
+        kept: Kept,
+        change: u64,
+        journal: &Arc<Journal>,
+        lease: &Lease<'_>,
+    ) -> Result<(), String> {
         let runs = kept.into_iter().map(|(job, place)| {
             let journal = journal.clone();
             async move {
@@ -384,22 +583,43 @@ impl Service {
             }
         });
         let results = futures_util::future::join_all(runs).await;
-        results.into_iter().find(|r| r.is_err()).unwrap_or(Ok(Settled::Done)).map(|_| ())
+        results
+            .into_iter()
+            .find(|r| r.is_err())
+            .unwrap_or(Ok(Settled::Done))
+            .map(|_| ())
     }
 
     /// Copy the lines the attempt logged to the shared archive, if there is one. Done before
     /// its result is recorded: an attempt that shows as ended has its log there.
     async fn archive_log(&self, job: &JobMessage, exec: &Execution) {
-        let Some(archive) = &self.edges.archive_log else { return };
-        let (stage, action) = (exec.stages[job.stage].name.clone(), exec.stages[job.stage].actions[job.action].name.clone());
+        let Some(archive) = &self.edges.archive_log else {
+            return;
+        };
+        let (stage, action) = (
+            exec.stages[job.stage].name.clone(),
+            exec.stages[job.stage].actions[job.action].name.clone(),
+        );
         // Most small actions log nothing: no hand-off to a blocking thread for them.
         if !self.engine.logs.exists(&job.execution_id, &stage, &action) {
             return;
         }
-        let (logs, execution, attempt) = (self.engine.logs.clone(), job.execution_id.clone(), job.attempt);
-        let name = crate::nats::logs::object_name(&job.tenant, &execution, &stage, &action, attempt);
+        let (logs, execution, attempt) = (
+            self.engine.logs.clone(),
+            job.execution_id.clone(),
+            job.attempt,
+        );
+        let name =
+            crate::nats::logs::object_name(&job.tenant, &execution, &stage, &action, attempt);
         // A build's log may be large: read it off the async workers.
-        let read = tokio::task::spawn_blocking(move || logs.read(&execution, &stage, &action).map(|lines| lines.into_iter().filter(|l| l.attempt == attempt).collect::<Vec<_>>()));
+        let read = tokio::task::spawn_blocking(move || {
+            logs.read(&execution, &stage, &action).map(|lines| {
+                lines
+                    .into_iter()
+                    .filter(|l| l.attempt == attempt)
+                    .collect::<Vec<_>>()
+            })
+        });
         if let Ok(Ok(lines)) = read.await {
             if !lines.is_empty() {
                 archive(name, lines).await;
@@ -410,7 +630,9 @@ impl Service {
     /// Apply an input to a stored execution with compare-and-swap (retried on conflict), then
     /// publish its events and queue its jobs.
     pub(super) async fn complete(&self, key: &str, input: &Input) -> Result<(), String> {
-        let after = self.record(key, &|_: &Execution| Some(input.clone())).await?;
+        let after = self
+            .record(key, &|_: &Execution| Some(input.clone()))
+            .await?;
         self.settle(after).await;
         Ok(())
     }
@@ -418,7 +640,11 @@ impl Service {
     /// Apply the input `make` gives for a stored execution (none: nothing to do) with
     /// compare-and-swap, retrying while the store is unreachable, then publish its events and
     /// queue its jobs; returns the cross-record work it caused.
-    pub(super) async fn record(&self, key: &str, make: &(dyn Fn(&Execution) -> Option<Input> + Send + Sync)) -> Result<Vec<lanes::After>, String> {
+    pub(super) async fn record(
+        &self,
+        key: &str,
+        make: &(dyn Fn(&Execution) -> Option<Input> + Send + Sync),
+    ) -> Result<Vec<lanes::After>, String> {
         // The store may be briefly unreachable (a NATS restart): keep the result rather than
         // run the action again, for up to a minute.
         let mut delay = Duration::from_millis(100);
@@ -442,18 +668,29 @@ impl Service {
     /// finds the record exactly as that write left it, the write stood, and its events, jobs and
     /// lane work go out then (applying the input again would find nothing to do, and they
     /// would be lost).
-    async fn try_record(&self, key: &str, make: &(dyn Fn(&Execution) -> Option<Input> + Send + Sync), uncertain: &mut Option<Unanswered>) -> Result<Vec<lanes::After>, KvError> {
+    async fn try_record(
+        &self,
+        key: &str,
+        make: &(dyn Fn(&Execution) -> Option<Input> + Send + Sync),
+        uncertain: &mut Option<Unanswered>,
+    ) -> Result<Vec<lanes::After>, KvError> {
         let kv = &*self.edges.executions;
         let mut carried = Vec::new();
         loop {
-            let (bytes, revision) = kv.get(key).await?.ok_or_else(|| KvError::Backend(format!("execution {key} vanished")))?;
+            let (bytes, revision) = kv
+                .get(key)
+                .await?
+                .ok_or_else(|| KvError::Backend(format!("execution {key} vanished")))?;
             if let Some(landed) = uncertain.take().filter(|u| u.bytes == bytes) {
                 self.send_and_queue(landed.publish, &landed.queued).await;
                 carried.extend(landed.after);
                 return Ok(carried);
             }
-            let mut exec: Execution = serde_json::from_slice(&bytes).map_err(|e| KvError::Backend(format!("execution {key} unreadable: {e}")))?;
-            let Some(input) = make(&exec) else { return Ok(carried) };
+            let mut exec: Execution = serde_json::from_slice(&bytes)
+                .map_err(|e| KvError::Backend(format!("execution {key} unreadable: {e}")))?;
+            let Some(input) = make(&exec) else {
+                return Ok(carried);
+            };
             let unsent = self.unsent(&exec);
             let before = Snapshot::of(&exec);
             let mut commands = apply(&mut exec, &input);
@@ -473,7 +710,12 @@ impl Service {
                 }
                 Err(KvError::Conflict { .. }) => continue,
                 Err(e) => {
-                    *uncertain = Some(Unanswered { bytes, publish, queued, after });
+                    *uncertain = Some(Unanswered {
+                        bytes,
+                        publish,
+                        queued,
+                        after,
+                    });
                     return Err(e);
                 }
             }
@@ -483,7 +725,12 @@ impl Service {
     /// Split the jobs a change made runnable into those the chain runs here (the first that
     /// should start now, and more while idle workers allow) and those to queue, and name the
     /// chain in the record as the runner of those it keeps.
-    pub(super) fn keep_for_chain(&self, exec: &mut Execution, lease: &str, jobs: Vec<JobMessage>) -> (Kept, Vec<JobMessage>) {
+    pub(super) fn keep_for_chain(
+        &self,
+        exec: &mut Execution,
+        lease: &str,
+        jobs: Vec<JobMessage>,
+    ) -> (Kept, Vec<JobMessage>) {
         forget_ended_runners(exec);
         let (mut kept, mut queued) = (Vec::new(), Vec::new());
         for job in jobs {
@@ -512,7 +759,9 @@ impl Service {
 pub(super) fn forget_ended_runners(exec: &mut Execution) {
     for action in exec.stages.iter_mut().flat_map(|s| s.actions.iter_mut()) {
         // (Only written when set: a write copies an action the record shares.)
-        if action.runner.is_some() && (action.status != Status::InProgress || action.waiting.is_some()) {
+        if action.runner.is_some()
+            && (action.status != Status::InProgress || action.waiting.is_some())
+        {
             action.runner = None;
         }
     }

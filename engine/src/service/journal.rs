@@ -151,16 +151,43 @@ pub(super) struct Applied {
 impl Journal {
     /// A chain's copy of the record `exec`, stored as `base` says, whose writes gather changes
     /// for up to `gather`; `runs` of the chain are about to start from it.
-    pub(super) fn new(key: String, lease: String, exec: Execution, base: Base, gather: Duration, runs: usize) -> std::sync::Arc<Self> {
+    pub(super) fn new(
+        key: String,
+        lease: String,
+        exec: Execution,
+        base: Base,
+        gather: Duration,
+        runs: usize,
+    ) -> std::sync::Arc<Self> {
         let (revision, pending, writing, gate) = match base {
             Base::Stored(revision) => (Some(revision), Vec::new(), false, None),
             // (Its creation is written by whoever made the journal.)
             Base::Unwritten(start, gate) => (None, vec![start], true, gate),
         };
         let applied = pending.len() as u64;
-        let head = Head { exec, revision, pending, applied, writing, started: HashSet::new(), carried: Vec::new(), failed: None };
+        let head = Head {
+            exec,
+            revision,
+            pending,
+            applied,
+            writing,
+            started: HashSet::new(),
+            carried: Vec::new(),
+            failed: None,
+        };
         let stored = tokio::sync::watch::channel(Stored::default()).0;
-        std::sync::Arc::new(Journal { key, lease, head: tokio::sync::Mutex::new(head), stored, running: AtomicUsize::new(runs), waiting: AtomicUsize::new(0), wake: tokio::sync::Notify::new(), gather, gate: std::sync::Mutex::new(gate), refused: Default::default() })
+        std::sync::Arc::new(Journal {
+            key,
+            lease,
+            head: tokio::sync::Mutex::new(head),
+            stored,
+            running: AtomicUsize::new(runs),
+            waiting: AtomicUsize::new(0),
+            wake: tokio::sync::Notify::new(),
+            gather,
+            gate: std::sync::Mutex::new(gate),
+            refused: Default::default(),
+        })
     }
 
     /// Whether the record's creation was refused by its gate (nothing of the chain stands).
@@ -189,9 +216,16 @@ impl Journal {
             woken.as_mut().enable();
             let (nothing, queues) = {
                 let head = self.head.lock().await;
-                (head.pending.is_empty(), head.pending.iter().any(|c| !c.queued.is_empty()))
+                (
+                    head.pending.is_empty(),
+                    head.pending.iter().any(|c| !c.queued.is_empty()),
+                )
             };
-            if nothing || queues || self.running.load(Ordering::Acquire) == 0 || self.waiting.load(Ordering::Acquire) > 0 {
+            if nothing
+                || queues
+                || self.running.load(Ordering::Acquire) == 0
+                || self.waiting.load(Ordering::Acquire) > 0
+            {
                 return;
             }
             tokio::select! {
@@ -224,7 +258,8 @@ impl Journal {
 
     /// Count the jobs `kept` as started by this chain.
     fn started(head: &mut Head, kept: &Kept) {
-        head.started.extend(kept.iter().map(|(j, _)| (j.stage, j.action, j.attempt)));
+        head.started
+            .extend(kept.iter().map(|(j, _)| (j.stage, j.action, j.attempt)));
     }
 }
 
@@ -241,8 +276,19 @@ pub(super) enum Base {
 impl Change {
     /// A new execution's start: its events, the jobs it queues and its lane work, all for once
     /// the record is created.
-    pub(super) fn start(input: Input, publish: Vec<Event>, queued: Vec<JobMessage>, after: Vec<lanes::After>) -> Self {
-        Change { input, publish, queued, after, entered: Vec::new() }
+    pub(super) fn start(
+        input: Input,
+        publish: Vec<Event>,
+        queued: Vec<JobMessage>,
+        after: Vec<lanes::After>,
+    ) -> Self {
+        Change {
+            input,
+            publish,
+            queued,
+            after,
+            entered: Vec::new(),
+        }
     }
 }
 
@@ -250,17 +296,35 @@ impl Change {
 /// declares no side effects and it is granted no host program, origin, subject or writable
 /// directory. Such a run may start before the change that made it runnable is stored.
 pub(super) fn contained(loaded: &Loaded, stage: usize, action: usize) -> bool {
-    let Some(a) = loaded.pipeline.stages.get(stage).and_then(|s| s.actions.get(action)) else { return false };
-    let pure = loaded.plugins.get(&a.uses.value).and_then(|p| p.as_ref().ok()).is_some_and(|p| !p.description.side_effects);
+    let Some(a) = loaded
+        .pipeline
+        .stages
+        .get(stage)
+        .and_then(|s| s.actions.get(action))
+    else {
+        return false;
+    };
+    let pure = loaded
+        .plugins
+        .get(&a.uses.value)
+        .and_then(|p| p.as_ref().ok())
+        .is_some_and(|p| !p.description.side_effects);
     let c = &a.capabilities;
-    pure && c.process.is_empty() && c.http.is_empty() && c.nats.is_empty() && c.dirs.values().all(|access| *access == Access::Ro)
+    pure && c.process.is_empty()
+        && c.http.is_empty()
+        && c.nats.is_empty()
+        && c.dirs.values().all(|access| *access == Access::Ro)
 }
 
 impl Service {
     /// Apply a result to the chain's record. Returns the jobs it made runnable that run here,
     /// and whether the caller must write the record ([`Service::write_behind`]): when no write
     /// is in flight; otherwise the change goes out with the next one.
-    pub(super) async fn apply_to(&self, journal: &Journal, input: &Input) -> Result<Applied, String> {
+    pub(super) async fn apply_to(
+        &self,
+        journal: &Journal,
+        input: &Input,
+    ) -> Result<Applied, String> {
         let mut head = journal.head.lock().await;
         if let Some(e) = &head.failed {
             return Err(e.clone());
@@ -280,7 +344,12 @@ impl Service {
         };
         let write = !head.pending.is_empty() && !head.writing;
         head.writing |= write;
-        Ok(Applied { kept, change: head.applied, write, settle })
+        Ok(Applied {
+            kept,
+            change: head.applied,
+            write,
+            settle,
+        })
     }
 
     /// Apply `input` to the head as one change (none if it changes nothing). With `keep`, the
@@ -288,7 +357,13 @@ impl Service {
     /// (a change made again after a conflict), only runs the chain started are kept, named as
     /// the chain's, and everything else is queued. Returns the kept jobs, and lane work for a
     /// change that left the record as it was.
-    async fn change(&self, journal: &Journal, head: &mut Head, input: Input, keep: bool) -> Result<(Kept, Vec<lanes::After>), KvError> {
+    async fn change(
+        &self,
+        journal: &Journal,
+        head: &mut Head,
+        input: Input,
+        keep: bool,
+    ) -> Result<(Kept, Vec<lanes::After>), KvError> {
         // (Applied to a copy: a failed lane read leaves the head as it was.)
         let mut exec = head.exec.clone();
         let unsent = self.unsent(&exec);
@@ -305,7 +380,10 @@ impl Service {
             journal.running.fetch_add(kept.len(), Ordering::AcqRel);
             (kept, queued)
         } else {
-            (Vec::new(), requeue(&mut exec, &journal.lease, &head.started, jobs))
+            (
+                Vec::new(),
+                requeue(&mut exec, &journal.lease, &head.started, jobs),
+            )
         };
         // This engine's events not stored yet: those sent, then those of earlier changes
         // still to be written.
@@ -314,7 +392,13 @@ impl Service {
         let publish = self.stamp(&mut exec, before, notices, unsent, earlier);
         head.exec = exec;
         head.applied += 1;
-        head.pending.push(Change { input, publish, queued, after, entered });
+        head.pending.push(Change {
+            input,
+            publish,
+            queued,
+            after,
+            entered,
+        });
         Ok((kept, Vec::new()))
     }
 
@@ -340,7 +424,12 @@ impl Service {
                     break Ok(());
                 }
                 match serde_json::to_vec(&head.exec) {
-                    Ok(bytes) => Attempt { bytes, revision: head.revision, count: head.pending.len(), upto: head.applied },
+                    Ok(bytes) => Attempt {
+                        bytes,
+                        revision: head.revision,
+                        count: head.pending.len(),
+                        upto: head.applied,
+                    },
                     Err(e) => break Err(e.to_string()),
                 }
             };
@@ -352,7 +441,10 @@ impl Service {
                 }
             }
             let written = match attempt.revision {
-                Some(revision) => kv.update(&journal.key, attempt.bytes.clone(), revision).await,
+                Some(revision) => {
+                    kv.update(&journal.key, attempt.bytes.clone(), revision)
+                        .await
+                }
                 None => kv.create(&journal.key, attempt.bytes.clone()).await,
             };
             let failure = match written {
@@ -364,14 +456,16 @@ impl Service {
                     give_up = tokio::time::Instant::now() + Duration::from_secs(60);
                     continue;
                 }
-                Err(KvError::Conflict { .. }) => match self.reapply(journal, uncertain.take()).await {
-                    Ok(Reapplied::Again) => continue,
-                    Ok(Reapplied::Landed(revision, landed)) => {
-                        self.stored_as(journal, revision, &landed).await;
-                        continue;
+                Err(KvError::Conflict { .. }) => {
+                    match self.reapply(journal, uncertain.take()).await {
+                        Ok(Reapplied::Again) => continue,
+                        Ok(Reapplied::Landed(revision, landed)) => {
+                            self.stored_as(journal, revision, &landed).await;
+                            continue;
+                        }
+                        Err(e) => e,
                     }
-                    Err(e) => e,
-                },
+                }
                 Err(e) => {
                     uncertain = Some(attempt);
                     e
@@ -393,7 +487,11 @@ impl Service {
             head.writing = false;
             // The lanes were changed for these entries already: that stands.
             let mut entered = std::mem::take(&mut head.carried);
-            entered.extend(head.pending.iter_mut().flat_map(|c| std::mem::take(&mut c.entered)));
+            entered.extend(
+                head.pending
+                    .iter_mut()
+                    .flat_map(|c| std::mem::take(&mut c.entered)),
+            );
             drop(head);
             journal.stored.send_modify(|s| s.failed = true);
             self.settle(entered).await;
@@ -406,7 +504,8 @@ impl Service {
     async fn stored_as(&self, journal: &Journal, revision: u64, attempt: &Attempt) {
         let mut head = journal.head.lock().await;
         head.revision = Some(revision);
-        let (mut events, mut queued, mut lane_work) = (Vec::new(), Vec::new(), std::mem::take(&mut head.carried));
+        let (mut events, mut queued, mut lane_work) =
+            (Vec::new(), Vec::new(), std::mem::take(&mut head.carried));
         for change in head.pending.drain(..attempt.count) {
             events.extend(change.publish);
             queued.extend(change.queued);
@@ -417,7 +516,9 @@ impl Service {
         // carries them.
         self.sending_now(&journal.key, events);
         drop(head);
-        journal.stored.send_modify(|s| s.upto = s.upto.max(attempt.upto));
+        journal
+            .stored
+            .send_modify(|s| s.upto = s.upto.max(attempt.upto));
         futures_util::future::join(self.push_jobs(&queued), self.settle(lane_work)).await;
     }
 
@@ -429,14 +530,24 @@ impl Service {
     /// failure leaves it as it is.
     pub(super) async fn compact(&self, journal: &Journal) {
         let mut head = journal.head.lock().await;
-        let Some(revision) = head.revision else { return };
-        if head.failed.is_some() || !head.pending.is_empty() || head.exec.outbox.earlier.is_empty() {
+        let Some(revision) = head.revision else {
+            return;
+        };
+        if head.failed.is_some() || !head.pending.is_empty() || head.exec.outbox.earlier.is_empty()
+        {
             return;
         }
         let mut exec = head.exec.clone();
         exec.outbox.earlier.clear();
-        let Ok(bytes) = serde_json::to_vec(&exec) else { return };
-        if let Ok(revision) = self.edges.executions.update(&journal.key, bytes, revision).await {
+        let Ok(bytes) = serde_json::to_vec(&exec) else {
+            return;
+        };
+        if let Ok(revision) = self
+            .edges
+            .executions
+            .update(&journal.key, bytes, revision)
+            .await
+        {
             head.exec = exec;
             head.revision = Some(revision);
         }
@@ -445,26 +556,51 @@ impl Service {
     /// After a conflict: read the stored record. If it is the `uncertain` write, that write
     /// was stored after all. Otherwise apply the chain's unwritten results to it again, in
     /// order. (All or nothing: a failed read leaves the head as it was.)
-    async fn reapply(&self, journal: &Journal, uncertain: Option<Attempt>) -> Result<Reapplied, KvError> {
+    async fn reapply(
+        &self,
+        journal: &Journal,
+        uncertain: Option<Attempt>,
+    ) -> Result<Reapplied, KvError> {
         let kv = &*self.edges.executions;
-        let (bytes, revision) = kv.get(&journal.key).await?.ok_or_else(|| KvError::Backend(format!("execution {} vanished", journal.key)))?;
+        let (bytes, revision) = kv
+            .get(&journal.key)
+            .await?
+            .ok_or_else(|| KvError::Backend(format!("execution {} vanished", journal.key)))?;
         if let Some(attempt) = uncertain.filter(|a| a.bytes == bytes) {
             return Ok(Reapplied::Landed(revision, attempt));
         }
         if journal.head.lock().await.revision.is_none() {
             // Created by another engine (the trigger delivered to both): theirs to run. What
             // ran here was contained; none of it is sent.
-            return Err(KvError::Conflict { key: journal.key.clone() });
+            return Err(KvError::Conflict {
+                key: journal.key.clone(),
+            });
         }
-        let exec: Execution = serde_json::from_slice(&bytes).map_err(|e| KvError::Backend(format!("execution {} unreadable: {e}", journal.key)))?;
+        let exec: Execution = serde_json::from_slice(&bytes)
+            .map_err(|e| KvError::Backend(format!("execution {} unreadable: {e}", journal.key)))?;
         let mut head = journal.head.lock().await;
-        let mut again = Head { exec, revision: Some(revision), pending: Vec::new(), applied: head.applied, writing: true, started: head.started.clone(), carried: Vec::new(), failed: None };
+        let mut again = Head {
+            exec,
+            revision: Some(revision),
+            pending: Vec::new(),
+            applied: head.applied,
+            writing: true,
+            started: head.started.clone(),
+            carried: Vec::new(),
+            failed: None,
+        };
         for change in &head.pending {
-            let (_, entered) = self.change(journal, &mut again, change.input.clone(), false).await?;
+            let (_, entered) = self
+                .change(journal, &mut again, change.input.clone(), false)
+                .await?;
             again.carried.extend(entered);
         }
         again.carried.extend(head.carried.drain(..));
-        again.carried.extend(head.pending.iter_mut().flat_map(|c| std::mem::take(&mut c.entered)));
+        again.carried.extend(
+            head.pending
+                .iter_mut()
+                .flat_map(|c| std::mem::take(&mut c.entered)),
+        );
         *head = again;
         Ok(Reapplied::Again)
     }
@@ -491,7 +627,12 @@ enum Reapplied {
 
 /// Jobs made runnable again by a change made after a conflict: runs this chain started stay
 /// the chain's (named its runner, not started again); everything else is queued.
-fn requeue(exec: &mut Execution, lease: &str, started: &HashSet<(usize, usize, u32)>, jobs: Vec<JobMessage>) -> Vec<JobMessage> {
+fn requeue(
+    exec: &mut Execution,
+    lease: &str,
+    started: &HashSet<(usize, usize, u32)>,
+    jobs: Vec<JobMessage>,
+) -> Vec<JobMessage> {
     super::jobs::forget_ended_runners(exec);
     let mut queued = Vec::new();
     for job in jobs {

@@ -70,14 +70,20 @@ pub(crate) struct Ticket(Option<u64>);
 
 impl State {
     fn live(&self, key: &str) -> Option<u64> {
-        self.watches.get(key).filter(|w| w.live).map(|w| w.generation)
+        self.watches
+            .get(key)
+            .filter(|w| w.live)
+            .map(|w| w.generation)
     }
 }
 
 impl LaneCopies {
     /// Copies of lanes kept in `kv` (the executions bucket).
     pub(crate) fn new(kv: Arc<dyn Kv>) -> Self {
-        LaneCopies { kv, state: Arc::default() }
+        LaneCopies {
+            kv,
+            state: Arc::default(),
+        }
     }
 
     /// The copy of `key`, if any; starts watching the key if nobody does.
@@ -85,7 +91,11 @@ impl LaneCopies {
         self.watch(key);
         let state = self.state.lock().unwrap();
         let live = state.live(key);
-        state.copies.get(key).map(|c| Seen { lanes: c.lanes.clone(), revision: c.revision, current: live.is_some() && c.current == live })
+        state.copies.get(key).map(|c| Seen {
+            lanes: c.lanes.clone(),
+            revision: c.revision,
+            current: live.is_some() && c.current == live,
+        })
     }
 
     /// Taken before a read or a write of `key` whose result is to be kept.
@@ -102,7 +112,14 @@ impl LaneCopies {
             Some(c) if c.revision > revision => {}
             Some(c) if c.revision == revision => c.current = c.current.or(current),
             _ => {
-                state.copies.insert(key.to_string(), Copy { lanes, revision, current });
+                state.copies.insert(
+                    key.to_string(),
+                    Copy {
+                        lanes,
+                        revision,
+                        current,
+                    },
+                );
             }
         }
     }
@@ -132,7 +149,15 @@ impl LaneCopies {
             }
             state.generations += 1;
             let generation = state.generations;
-            state.watches.insert(key.to_string(), Watch { generation, live: false, retry_at: None, last_used: now });
+            state.watches.insert(
+                key.to_string(),
+                Watch {
+                    generation,
+                    live: false,
+                    retry_at: None,
+                    last_used: now,
+                },
+            );
             generation
         };
         let (kv, state, key) = (self.kv.clone(), self.state.clone(), key.to_string());
@@ -153,7 +178,11 @@ fn retry_later(state: &Mutex<State>, key: &str, generation: u64, error: Option<S
         tracing::warn!("watching the lanes `{key}` failed ({e}); reading them instead");
     }
     let mut state = state.lock().unwrap();
-    if let Some(w) = state.watches.get_mut(key).filter(|w| w.generation == generation) {
+    if let Some(w) = state
+        .watches
+        .get_mut(key)
+        .filter(|w| w.generation == generation)
+    {
         w.retry_at = Some(Instant::now() + if error.is_some() { RETRY } else { IDLE });
     }
 }
@@ -163,7 +192,11 @@ async fn follow(state: &Mutex<State>, key: &str, generation: u64, mut changes: K
     let mut idle = tokio::time::interval_at(tokio::time::Instant::now() + IDLE / 4, IDLE / 4);
     {
         let mut s = state.lock().unwrap();
-        match s.watches.get_mut(key).filter(|w| w.generation == generation) {
+        match s
+            .watches
+            .get_mut(key)
+            .filter(|w| w.generation == generation)
+        {
             Some(w) => w.live = true,
             None => return,
         }
@@ -204,7 +237,10 @@ async fn follow(state: &Mutex<State>, key: &str, generation: u64, mut changes: K
     }
     // Ended: the copies of the key are current no longer, and the next use watches again.
     let mut s = state.lock().unwrap();
-    if s.watches.get(key).is_some_and(|w| w.generation == generation) {
+    if s.watches
+        .get(key)
+        .is_some_and(|w| w.generation == generation)
+    {
         s.watches.remove(key);
     }
     if let Some(c) = s.copies.get_mut(key) {
@@ -217,7 +253,10 @@ mod tests {
     use super::*;
 
     fn lanes(mode: crate::scheduler::lanes::Mode) -> Lanes {
-        Lanes { mode, ..Lanes::default() }
+        Lanes {
+            mode,
+            ..Lanes::default()
+        }
     }
 
     /// A copy is replaced only by a newer one, also after it is distrusted (a write whose
@@ -231,11 +270,17 @@ mod tests {
         let key = "default/lane/p";
         copies.keep(key, lanes(Mode::Queued), 7, copies.ticket(key));
         copies.keep(key, lanes(Mode::Parallel), 6, copies.ticket(key));
-        assert_eq!(copies.get(key).map(|c| (c.revision, c.lanes.mode)), Some((7, Mode::Queued)));
+        assert_eq!(
+            copies.get(key).map(|c| (c.revision, c.lanes.mode)),
+            Some((7, Mode::Queued))
+        );
         copies.distrust(key);
         copies.keep(key, lanes(Mode::Parallel), 6, copies.ticket(key));
         let seen = copies.get(key).unwrap();
-        assert_eq!((seen.revision, seen.lanes.mode, seen.current), (7, Mode::Queued, false));
+        assert_eq!(
+            (seen.revision, seen.lanes.mode, seen.current),
+            (7, Mode::Queued, false)
+        );
         copies.keep(key, lanes(Mode::Parallel), 8, copies.ticket(key));
         assert_eq!(copies.get(key).map(|c| c.revision), Some(8));
     }

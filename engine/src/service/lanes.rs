@@ -61,13 +61,24 @@ impl After {
         After::Lane {
             tenant: exec.tenant.clone(),
             pipeline: exec.pipeline.clone(),
-            op: LaneOp::Arrive { execution: exec.execution_id.clone(), stage: exec.stages[stage].name.clone(), mode: exec.mode },
+            op: LaneOp::Arrive {
+                execution: exec.execution_id.clone(),
+                stage: exec.stages[stage].name.clone(),
+                mode: exec.mode,
+            },
         }
     }
 
     /// `exec` left stage `stage` (or stopped waiting for it).
     pub fn leave(exec: &Execution, stage: usize) -> After {
-        After::Lane { tenant: exec.tenant.clone(), pipeline: exec.pipeline.clone(), op: LaneOp::Leave { execution: exec.execution_id.clone(), stage: exec.stages[stage].name.clone() } }
+        After::Lane {
+            tenant: exec.tenant.clone(),
+            pipeline: exec.pipeline.clone(),
+            op: LaneOp::Leave {
+                execution: exec.execution_id.clone(),
+                stage: exec.stages[stage].name.clone(),
+            },
+        }
     }
 }
 
@@ -85,29 +96,61 @@ impl Service {
         let mut work: VecDeque<After> = work.into();
         while let Some(next) = work.pop_front() {
             match next {
-                After::Lane { tenant, pipeline, op } => match self.lane(&tenant, &pipeline, &op).await {
+                After::Lane {
+                    tenant,
+                    pipeline,
+                    op,
+                } => match self.lane(&tenant, &pipeline, &op).await {
                     Ok(effects) => {
                         for effect in effects {
                             work.extend(self.apply_effect(&tenant, &pipeline, effect).await);
                         }
                     }
                     // Left for `recover` to put right; the execution waits meanwhile.
-                    Err(e) => tracing::warn!("lanes of {tenant}/{pipeline}: {e} ({op:?} not recorded)"),
+                    Err(e) => {
+                        tracing::warn!("lanes of {tenant}/{pipeline}: {e} ({op:?} not recorded)")
+                    }
                 },
-                After::Effect { tenant, pipeline, effect } => work.extend(self.apply_effect(&tenant, &pipeline, effect).await),
+                After::Effect {
+                    tenant,
+                    pipeline,
+                    effect,
+                } => work.extend(self.apply_effect(&tenant, &pipeline, effect).await),
                 After::AwaitEvent { waiter, subject } => {
                     if let Err(reason) = self.await_event(waiter.clone(), &subject).await {
                         // A subject that cannot be waited for fails the action, with the reason.
-                        let input = Input::Expire { stage: waiter.stage, action: waiter.action, attempt: waiter.attempt, reason: format!("cannot wait for an event on {subject}: {reason}"), at: Timestamp::now() };
-                        match self.record(&exec_key(&waiter.tenant, &waiter.execution), &|_: &Execution| Some(input.clone())).await {
+                        let input = Input::Expire {
+                            stage: waiter.stage,
+                            action: waiter.action,
+                            attempt: waiter.attempt,
+                            reason: format!("cannot wait for an event on {subject}: {reason}"),
+                            at: Timestamp::now(),
+                        };
+                        match self
+                            .record(
+                                &exec_key(&waiter.tenant, &waiter.execution),
+                                &|_: &Execution| Some(input.clone()),
+                            )
+                            .await
+                        {
                             Ok(more) => work.extend(more),
                             Err(e) => tracing::warn!("{}: {e}", waiter.execution),
                         }
                     }
                 }
-                After::Rollback { tenant, pipeline, stage, failed } => match self.auto_rollback(&tenant, &pipeline, &stage, &failed).await {
+                After::Rollback {
+                    tenant,
+                    pipeline,
+                    stage,
+                    failed,
+                } => match self
+                    .auto_rollback(&tenant, &pipeline, &stage, &failed)
+                    .await
+                {
                     Ok(more) => work.extend(more),
-                    Err(e) => tracing::warn!("rollback of {tenant}/{pipeline} stage {stage} after {failed}: {e}"),
+                    Err(e) => tracing::warn!(
+                        "rollback of {tenant}/{pipeline} stage {stage} after {failed}: {e}"
+                    ),
                 },
             }
         }
@@ -115,10 +158,30 @@ impl Service {
 
     /// Record a lane effect in the execution it names.
     async fn apply_effect(&self, tenant: &str, pipeline: &str, effect: Effect) -> Vec<After> {
-        let (execution, stage, input): (String, String, Box<dyn Fn(usize) -> Input + Send + Sync>) = match effect {
-            Effect::Admit { execution, stage } => (execution, stage, Box::new(|si| Input::Admit { stage: si, at: Timestamp::now() })),
-            Effect::Supersede { execution, stage, by } => (execution, stage, Box::new(move |si| Input::Supersede { stage: si, by: by.clone(), at: Timestamp::now() })),
-        };
+        let (execution, stage, input): (String, String, Box<dyn Fn(usize) -> Input + Send + Sync>) =
+            match effect {
+                Effect::Admit { execution, stage } => (
+                    execution,
+                    stage,
+                    Box::new(|si| Input::Admit {
+                        stage: si,
+                        at: Timestamp::now(),
+                    }),
+                ),
+                Effect::Supersede {
+                    execution,
+                    stage,
+                    by,
+                } => (
+                    execution,
+                    stage,
+                    Box::new(move |si| Input::Supersede {
+                        stage: si,
+                        by: by.clone(),
+                        at: Timestamp::now(),
+                    }),
+                ),
+            };
         let make = |exec: &Execution| {
             let si = exec.stages.iter().position(|s| s.name == stage)?;
             (exec.entering == Some(si)).then(|| input(si))
@@ -127,8 +190,14 @@ impl Service {
             Ok(after) => after,
             Err(e) => {
                 // Gone (or unreadable): do not let it hold the stage.
-                tracing::warn!("execution {execution} of {pipeline} did not take its lane effect: {e}");
-                vec![After::Lane { tenant: tenant.into(), pipeline: pipeline.into(), op: LaneOp::Leave { execution, stage } }]
+                tracing::warn!(
+                    "execution {execution} of {pipeline} did not take its lane effect: {e}"
+                );
+                vec![After::Lane {
+                    tenant: tenant.into(),
+                    pipeline: pipeline.into(),
+                    op: LaneOp::Leave { execution, stage },
+                }]
             }
         }
     }
@@ -139,18 +208,34 @@ impl Service {
     /// write's compare-and-swap refuses it; and a change that writes nothing is decided on a
     /// fresh read, except in `parallel` mode on a copy a watch keeps current
     /// ([`super::lane_copies`]).
-    pub(crate) async fn lane(&self, tenant: &str, pipeline: &str, op: &LaneOp) -> Result<Vec<Effect>, KvError> {
+    pub(crate) async fn lane(
+        &self,
+        tenant: &str,
+        pipeline: &str,
+        op: &LaneOp,
+    ) -> Result<Vec<Effect>, KvError> {
         self.lane_from(tenant, pipeline, op, None).await
     }
 
     /// [`Service::lane`], starting from `fresh` when given: the lanes as read after the change
     /// became due ([`Service::read_lanes`]), which count as the fresh read.
-    pub(crate) async fn lane_from(&self, tenant: &str, pipeline: &str, op: &LaneOp, mut fresh: Option<FreshLanes>) -> Result<Vec<Effect>, KvError> {
+    pub(crate) async fn lane_from(
+        &self,
+        tenant: &str,
+        pipeline: &str,
+        op: &LaneOp,
+        mut fresh: Option<FreshLanes>,
+    ) -> Result<Vec<Effect>, KvError> {
         let kv = &*self.edges.executions;
         let key = lane_key(tenant, pipeline);
-        let mut cached = if fresh.is_some() { None } else { self.lane_copies.get(&key) };
+        let mut cached = if fresh.is_some() {
+            None
+        } else {
+            self.lane_copies.get(&key)
+        };
         loop {
-            let (from_cache, current) = (cached.is_some(), cached.as_ref().is_some_and(|c| c.current));
+            let (from_cache, current) =
+                (cached.is_some(), cached.as_ref().is_some_and(|c| c.current));
             let ticket = self.lane_copies.ticket(&key);
             let read = match fresh.take() {
                 Some(f) => f.0,
@@ -207,9 +292,17 @@ impl Service {
     /// Read a pipeline's lanes ahead of a stage entry, to be handed to [`Service::lane_from`]:
     /// the read can then overlap other work of the same step. In `parallel` mode, a copy a
     /// watch keeps current stands for the read.
-    pub(crate) async fn read_lanes(&self, tenant: &str, pipeline: &str) -> Result<FreshLanes, KvError> {
+    pub(crate) async fn read_lanes(
+        &self,
+        tenant: &str,
+        pipeline: &str,
+    ) -> Result<FreshLanes, KvError> {
         let key = lane_key(tenant, pipeline);
-        if let Some(seen) = self.lane_copies.get(&key).filter(|c| c.current && c.lanes.mode == Mode::Parallel) {
+        if let Some(seen) = self
+            .lane_copies
+            .get(&key)
+            .filter(|c| c.current && c.lanes.mode == Mode::Parallel)
+        {
             return Ok(FreshLanes(Some((seen.lanes, seen.revision))));
         }
         let ticket = self.lane_copies.ticket(&key);
@@ -222,7 +315,12 @@ impl Service {
 
     /// A pipeline's lanes: who is inside or waiting before each stage, and disabled transitions.
     pub async fn lanes(&self, tenant: &str, pipeline: &str) -> Result<Lanes, KvError> {
-        Ok(get_json::<Lanes>(&*self.edges.executions, &lane_key(tenant, pipeline)).await?.map(|(l, _)| l).unwrap_or_default())
+        Ok(
+            get_json::<Lanes>(&*self.edges.executions, &lane_key(tenant, pipeline))
+                .await?
+                .map(|(l, _)| l)
+                .unwrap_or_default(),
+        )
     }
 
     /// Put every lane back in step with the executions it names: forget those that ended or
@@ -230,21 +328,57 @@ impl Service {
     pub(crate) async fn reconcile_lanes(&self) -> Result<(), KvError> {
         let mut work = Vec::new();
         for key in self.edges.executions.keys("").await? {
-            let Some((tenant, pipeline)) = key.split_once("/lane/") else { continue };
-            let Some((lanes, _)) = get_json::<Lanes>(&*self.edges.executions, &key).await? else { continue };
+            let Some((tenant, pipeline)) = key.split_once("/lane/") else {
+                continue;
+            };
+            let Some((lanes, _)) = get_json::<Lanes>(&*self.edges.executions, &key).await? else {
+                continue;
+            };
             for (stage, lane) in &lanes.stages {
-                for (id, inside) in lane.inside.iter().map(|i| (i, true)).chain(lane.waiting.iter().map(|w| (w, false))) {
+                for (id, inside) in lane
+                    .inside
+                    .iter()
+                    .map(|i| (i, true))
+                    .chain(lane.waiting.iter().map(|w| (w, false)))
+                {
                     let exec = self.execution(tenant, id).await?;
-                    let si = exec.as_ref().and_then(|e| e.stages.iter().position(|s| &s.name == stage));
-                    let state = exec.as_ref().zip(si).map(|(e, si)| (e.status.is_terminal(), e.entering == Some(si), e.stages[si].status));
-                    let leave = || After::Lane { tenant: tenant.into(), pipeline: pipeline.into(), op: LaneOp::Leave { execution: id.clone(), stage: stage.clone() } };
+                    let si = exec
+                        .as_ref()
+                        .and_then(|e| e.stages.iter().position(|s| &s.name == stage));
+                    let state = exec.as_ref().zip(si).map(|(e, si)| {
+                        (
+                            e.status.is_terminal(),
+                            e.entering == Some(si),
+                            e.stages[si].status,
+                        )
+                    });
+                    let leave = || After::Lane {
+                        tenant: tenant.into(),
+                        pipeline: pipeline.into(),
+                        op: LaneOp::Leave {
+                            execution: id.clone(),
+                            stage: stage.clone(),
+                        },
+                    };
                     match state {
                         None | Some((true, _, _)) => work.push(leave()),
                         Some((false, true, _)) if inside => {
-                            work.extend(self.apply_effect(tenant, pipeline, Effect::Admit { execution: id.clone(), stage: stage.clone() }).await);
+                            work.extend(
+                                self.apply_effect(
+                                    tenant,
+                                    pipeline,
+                                    Effect::Admit {
+                                        execution: id.clone(),
+                                        stage: stage.clone(),
+                                    },
+                                )
+                                .await,
+                            );
                         }
                         Some((false, true, _)) => {}
-                        Some((false, false, status)) if inside && matches!(status, Status::InProgress | Status::Stopping) => {}
+                        Some((false, false, status))
+                            if inside
+                                && matches!(status, Status::InProgress | Status::Stopping) => {}
                         Some((false, false, _)) => work.push(leave()),
                     }
                 }
@@ -255,74 +389,197 @@ impl Service {
     }
 
     /// Disable or enable the transition into `stage` of a registered pipeline.
-    pub async fn transition(&self, tenant: &str, pipeline: &str, stage: &str, enable: bool, reason: Option<String>, by: &str) -> Result<Lanes, String> {
-        let loaded = self.load(tenant, pipeline, None).await?.ok_or_else(|| format!("no pipeline `{pipeline}` is registered"))?;
+    pub async fn transition(
+        &self,
+        tenant: &str,
+        pipeline: &str,
+        stage: &str,
+        enable: bool,
+        reason: Option<String>,
+        by: &str,
+    ) -> Result<Lanes, String> {
+        let loaded = self
+            .load(tenant, pipeline, None)
+            .await?
+            .ok_or_else(|| format!("no pipeline `{pipeline}` is registered"))?;
         match loaded.pipeline.stages.iter().position(|s| s.name == stage) {
             None => return Err(format!("pipeline `{pipeline}` has no stage `{stage}`")),
-            Some(0) => return Err(format!("`{stage}` is the first stage: there is no transition into it")),
+            Some(0) => {
+                return Err(format!(
+                    "`{stage}` is the first stage: there is no transition into it"
+                ));
+            }
             Some(_) => {}
         }
         let op = if enable {
-            LaneOp::Enable { stage: stage.into() }
+            LaneOp::Enable {
+                stage: stage.into(),
+            }
         } else {
-            let reason = reason.filter(|r| !r.trim().is_empty()).ok_or("disabling a transition needs a reason (--reason TEXT)")?;
-            LaneOp::Disable { stage: stage.into(), disabled: Disabled { reason, by: by.into(), at: Timestamp::now() } }
+            let reason = reason
+                .filter(|r| !r.trim().is_empty())
+                .ok_or("disabling a transition needs a reason (--reason TEXT)")?;
+            LaneOp::Disable {
+                stage: stage.into(),
+                disabled: Disabled {
+                    reason,
+                    by: by.into(),
+                    at: Timestamp::now(),
+                },
+            }
         };
-        self.settle(vec![After::Lane { tenant: tenant.into(), pipeline: pipeline.into(), op }]).await;
-        self.lanes(tenant, pipeline).await.map_err(|e| e.to_string())
+        self.settle(vec![After::Lane {
+            tenant: tenant.into(),
+            pipeline: pipeline.into(),
+            op,
+        }])
+        .await;
+        self.lanes(tenant, pipeline)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// Start a `Rollback` execution that re-runs `stage` with the artifacts and variables of
     /// `target`, which must have succeeded in it. Returns the new execution's id.
-    pub async fn rollback(&self, tenant: &str, pipeline: &str, stage: &str, target: &str, by: Option<String>, after: Option<String>) -> Result<String, String> {
-        let (id, work) = self.start_rollback(tenant, pipeline, stage, target, by, after).await?;
+    pub async fn rollback(
+        &self,
+        tenant: &str,
+        pipeline: &str,
+        stage: &str,
+        target: &str,
+        by: Option<String>,
+        after: Option<String>,
+    ) -> Result<String, String> {
+        let (id, work) = self
+            .start_rollback(tenant, pipeline, stage, target, by, after)
+            .await?;
         self.settle(work).await;
         Ok(id)
     }
 
     /// [`Service::rollback`] up to the cross-record work it causes.
-    async fn start_rollback(&self, tenant: &str, pipeline: &str, stage: &str, target: &str, by: Option<String>, after: Option<String>) -> Result<(String, Vec<After>), String> {
-        let target_exec = self.execution(tenant, target).await.map_err(|e| e.to_string())?.ok_or_else(|| format!("no execution `{target}`"))?;
+    async fn start_rollback(
+        &self,
+        tenant: &str,
+        pipeline: &str,
+        stage: &str,
+        target: &str,
+        by: Option<String>,
+        after: Option<String>,
+    ) -> Result<(String, Vec<After>), String> {
+        let target_exec = self
+            .execution(tenant, target)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("no execution `{target}`"))?;
         if target_exec.pipeline != pipeline {
-            return Err(format!("execution `{target}` belongs to pipeline `{}`, not `{pipeline}`", target_exec.pipeline));
+            return Err(format!(
+                "execution `{target}` belongs to pipeline `{}`, not `{pipeline}`",
+                target_exec.pipeline
+            ));
         }
-        let si = target_exec.stages.iter().position(|s| s.name == stage).ok_or_else(|| format!("execution `{target}` has no stage `{stage}`"))?;
+        let si = target_exec
+            .stages
+            .iter()
+            .position(|s| s.name == stage)
+            .ok_or_else(|| format!("execution `{target}` has no stage `{stage}`"))?;
         if si == 0 {
-            return Err(format!("`{stage}` is the first (source) stage: it cannot be rolled back"));
+            return Err(format!(
+                "`{stage}` is the first (source) stage: it cannot be rolled back"
+            ));
         }
         if target_exec.stages[si].status != Status::Succeeded {
-            return Err(format!("execution `{target}` did not succeed in stage `{stage}` (it is {}): roll back only to an execution that did", target_exec.stages[si].status));
+            return Err(format!(
+                "execution `{target}` did not succeed in stage `{stage}` (it is {}): roll back only to an execution that did",
+                target_exec.stages[si].status
+            ));
         }
-        if self.load(tenant, pipeline, Some(target_exec.pipeline_version)).await?.is_none() {
-            return Err(format!("pipeline `{pipeline}` version {} (which `{target}` ran) is no longer registered", target_exec.pipeline_version));
+        if self
+            .load(tenant, pipeline, Some(target_exec.pipeline_version))
+            .await?
+            .is_none()
+        {
+            return Err(format!(
+                "pipeline `{pipeline}` version {} (which `{target}` ran) is no longer registered",
+                target_exec.pipeline_version
+            ));
         }
         let id = ulid::Ulid::new().to_string();
         let mut exec = Execution::rollback_of(&target_exec, si, id.clone(), after);
         exec.gated = true;
-        exec.trigger = Some(TriggerInfo { event_id: format!("rollback-{id}"), kind: "rollback".into(), started_by: by, ..Default::default() });
+        exec.trigger = Some(TriggerInfo {
+            event_id: format!("rollback-{id}"),
+            kind: "rollback".into(),
+            started_by: by,
+            ..Default::default()
+        });
         let before = Snapshot::of(&exec);
-        let mut commands = apply(&mut exec, &Input::Start { at: Timestamp::now() });
-        let others = self.admit_inline(&mut exec, &mut commands, None).await.map_err(|e| e.to_string())?;
+        let mut commands = apply(
+            &mut exec,
+            &Input::Start {
+                at: Timestamp::now(),
+            },
+        );
+        let others = self
+            .admit_inline(&mut exec, &mut commands, None)
+            .await
+            .map_err(|e| e.to_string())?;
         let (jobs, notices, mut work) = super::follow_up(&exec, commands);
         let publish = self.stamp(&mut exec, before, notices, Vec::new(), Vec::new());
-        self.edges.executions.create(&exec_key(tenant, &id), serde_json::to_vec(&exec).map_err(|e| e.to_string())?).await.map_err(|e| e.to_string())?;
-        futures_util::future::join(self.edges.bus.publish_all(publish), self.push_jobs(&jobs)).await;
+        self.edges
+            .executions
+            .create(
+                &exec_key(tenant, &id),
+                serde_json::to_vec(&exec).map_err(|e| e.to_string())?,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        futures_util::future::join(self.edges.bus.publish_all(publish), self.push_jobs(&jobs))
+            .await;
         work.extend(others);
         Ok((id, work))
     }
 
     /// A stage condition asked for a rollback: to the newest other execution that succeeded
     /// in the stage.
-    async fn auto_rollback(&self, tenant: &str, pipeline: &str, stage: &str, failed: &str) -> Result<Vec<After>, String> {
-        let history = self.executions(tenant, Some(pipeline), None, usize::MAX).await.map_err(|e| e.to_string())?;
-        let target = history.iter().find(|e| e.execution_id != failed && e.stages.iter().any(|s| s.name == stage && s.status == Status::Succeeded));
+    async fn auto_rollback(
+        &self,
+        tenant: &str,
+        pipeline: &str,
+        stage: &str,
+        failed: &str,
+    ) -> Result<Vec<After>, String> {
+        let history = self
+            .executions(tenant, Some(pipeline), None, usize::MAX)
+            .await
+            .map_err(|e| e.to_string())?;
+        let target = history.iter().find(|e| {
+            e.execution_id != failed
+                && e.stages
+                    .iter()
+                    .any(|s| s.name == stage && s.status == Status::Succeeded)
+        });
         match target {
             Some(t) => {
-                let (id, work) = self.start_rollback(tenant, pipeline, stage, &t.execution_id, Some("sluice (condition)".into()), Some(failed.into())).await?;
-                tracing::info!("{pipeline}: stage {stage} of {failed} rolled back to {} as {id}", t.execution_id);
+                let (id, work) = self
+                    .start_rollback(
+                        tenant,
+                        pipeline,
+                        stage,
+                        &t.execution_id,
+                        Some("sluice (condition)".into()),
+                        Some(failed.into()),
+                    )
+                    .await?;
+                tracing::info!(
+                    "{pipeline}: stage {stage} of {failed} rolled back to {} as {id}",
+                    t.execution_id
+                );
                 Ok(work)
             }
-            None => Err(format!("no earlier execution succeeded in stage `{stage}`: nothing to roll back to")),
+            None => Err(format!(
+                "no earlier execution succeeded in stage `{stage}`: nothing to roll back to"
+            )),
         }
     }
 }

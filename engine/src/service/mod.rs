@@ -10,9 +10,9 @@
 //! stale completions and pushes are deduplicated.
 
 pub mod api;
-pub mod functions;
 pub mod client;
 mod early;
+pub mod functions;
 mod jobs;
 mod journal;
 mod lane_copies;
@@ -20,10 +20,6 @@ pub mod lanes;
 pub mod pipelines;
 pub mod schedule;
 pub mod socket;
-pub mod trigger;
-pub mod wakes;
-pub mod webhook;
-pub mod wiring;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -32,6 +28,10 @@ mod tests_early;
 mod tests_journal;
 #[cfg(test)]
 mod tests_lanes;
+pub mod trigger;
+pub mod wakes;
+pub mod webhook;
+pub mod wiring;
 
 use crate::bus::{Event, EventBus, Kind, Snapshot};
 use crate::executor::Engine;
@@ -107,16 +107,41 @@ pub struct Edges {
     pub dead_letters: Option<Arc<dyn Fn(&DeadLetter) + Send + Sync>>,
     /// Makes a pipeline's extra `triggers.nats` subjects deliver to the engines (NATS: a stream
     /// per pipeline); an error refuses the registration.
-    pub extra_subjects: Option<Arc<dyn Fn(String, String, Vec<String>) -> futures_util::future::BoxFuture<'static, Result<(), String>> + Send + Sync>>,
+    pub extra_subjects: Option<
+        Arc<
+            dyn Fn(
+                    String,
+                    String,
+                    Vec<String>,
+                ) -> futures_util::future::BoxFuture<'static, Result<(), String>>
+                + Send
+                + Sync,
+        >,
+    >,
     /// Tells the other engines to cancel jobs (by id) that `stop --abandon` abandoned.
     pub cancel_elsewhere: Option<Arc<dyn Fn(&str, Vec<String>) + Send + Sync>>,
     /// Makes NATS capture a subject an action waits for (`wake: event(subject)`); none: the
     /// embedded service, where only `sluice wake` wakes such actions.
-    pub wake_subject: Option<Arc<dyn Fn(String) -> futures_util::future::BoxFuture<'static, Result<(), String>> + Send + Sync>>,
+    pub wake_subject: Option<
+        Arc<
+            dyn Fn(String) -> futures_util::future::BoxFuture<'static, Result<(), String>>
+                + Send
+                + Sync,
+        >,
+    >,
     /// Keeps a copy of each attempt's log lines where every engine and client can read them
     /// (NATS: the `sluice-logs` Object Store), given the attempt's object name; none: the
     /// embedded service, whose one engine's data directory has them all.
-    pub archive_log: Option<Arc<dyn Fn(String, Vec<crate::executor::LogLine>) -> futures_util::future::BoxFuture<'static, ()> + Send + Sync>>,
+    pub archive_log: Option<
+        Arc<
+            dyn Fn(
+                    String,
+                    Vec<crate::executor::LogLine>,
+                ) -> futures_util::future::BoxFuture<'static, ()>
+                + Send
+                + Sync,
+        >,
+    >,
 }
 
 /// A parsed, resolved pipeline version.
@@ -171,7 +196,10 @@ fn trigger_lease(tenant: &str, execution_id: &str) -> String {
 }
 
 fn claim_key(tenant: &str, pipeline: &str, event_id: &str) -> String {
-    format!("{tenant}/claim/{pipeline}/{}", &blake3::hash(event_id.as_bytes()).to_hex()[..32])
+    format!(
+        "{tenant}/claim/{pipeline}/{}",
+        &blake3::hash(event_id.as_bytes()).to_hex()[..32]
+    )
 }
 
 /// Split `sluice.<tenant>.<kind>.<rest>` into (tenant, rest).
@@ -186,28 +214,51 @@ fn subject_parts<'a>(subject: &'a str, kind: &str) -> Option<(&'a str, &'a str)>
 /// declares every variable the event sets.
 fn takes(loaded: &Loaded, event: &TriggerEvent, name: &str) -> Result<(), String> {
     trigger::accepts(&loaded.pipeline.triggers, event)?;
-    match event.variables.keys().find(|k| !loaded.pipeline.variables.contains_key(*k)) {
-        Some(k) => Err(format!("the event sets variable `{k}`, which pipeline `{name}` does not declare")),
+    match event
+        .variables
+        .keys()
+        .find(|k| !loaded.pipeline.variables.contains_key(*k))
+    {
+        Some(k) => Err(format!(
+            "the event sets variable `{k}`, which pipeline `{name}` does not declare"
+        )),
         None => Ok(()),
     }
 }
 
 /// A new execution of `loaded` for `event`, named `execution_id`, and started: its record (not
 /// written yet), its statuses before, the start, and the commands the start gave.
-fn begin(tenant: &str, loaded: &Loaded, event: &TriggerEvent, execution_id: &str) -> (Execution, Snapshot, Input, Vec<Command>) {
+fn begin(
+    tenant: &str,
+    loaded: &Loaded,
+    event: &TriggerEvent,
+    execution_id: &str,
+) -> (Execution, Snapshot, Input, Vec<Command>) {
     let plugins = &loaded.plugins;
     let pin = |uses: &str| PluginRef {
         reference: uses.to_string(),
-        digest: plugins.get(uses).and_then(|p| p.as_ref().ok()).map(|p| p.digest.clone()).unwrap_or_default(),
+        digest: plugins
+            .get(uses)
+            .and_then(|p| p.as_ref().ok())
+            .map(|p| p.digest.clone())
+            .unwrap_or_default(),
     };
     let mut variables = loaded.pipeline.variables.clone();
     variables.extend(event.variables.clone());
-    let mut exec = Execution::new(execution_id.to_string(), tenant, &loaded.pipeline, &pin, variables);
+    let mut exec = Execution::new(
+        execution_id.to_string(),
+        tenant,
+        &loaded.pipeline,
+        &pin,
+        variables,
+    );
     exec.pipeline_version = loaded.version;
     exec.trigger = Some(event.info());
     exec.gated = true;
     let before = Snapshot::of(&exec);
-    let input = Input::Start { at: Timestamp::now() };
+    let input = Input::Start {
+        at: Timestamp::now(),
+    };
     let commands = apply(&mut exec, &input);
     (exec, before, input, commands)
 }
@@ -222,7 +273,16 @@ fn outstanding(exec: &Execution, held: impl Fn(&str) -> bool) -> Vec<JobMessage>
             if action.status != Status::InProgress || action.runner.as_deref().is_some_and(&held) {
                 continue;
             }
-            let mut job = JobMessage { tenant: exec.tenant.clone(), execution_id: exec.execution_id.clone(), stage: si, action: ai, attempt: action.attempt, not_before: 0, expire: false, check: None };
+            let mut job = JobMessage {
+                tenant: exec.tenant.clone(),
+                execution_id: exec.execution_id.clone(),
+                stage: si,
+                action: ai,
+                attempt: action.attempt,
+                not_before: 0,
+                expire: false,
+                check: None,
+            };
             match action.waiting.as_ref().map(|w| (&w.wake, w)) {
                 None => {}
                 Some((Wake::Timer(ms), w)) => job.not_before = w.since.0 + ms,
@@ -246,36 +306,93 @@ fn outstanding(exec: &Execution, held: impl Fn(&str) -> bool) -> Vec<JobMessage>
 /// The job that checks stage `si`'s condition for `phase`.
 fn check_job(exec: &Execution, si: usize, phase: crate::scheduler::Phase) -> JobMessage {
     let round = exec.stages[si].started_at.map(|t| t.0).unwrap_or(0);
-    JobMessage { tenant: exec.tenant.clone(), execution_id: exec.execution_id.clone(), stage: si, action: 0, attempt: 0, not_before: 0, expire: false, check: Some((phase, round)) }
+    JobMessage {
+        tenant: exec.tenant.clone(),
+        execution_id: exec.execution_id.clone(),
+        stage: si,
+        action: 0,
+        attempt: 0,
+        not_before: 0,
+        expire: false,
+        check: Some((phase, round)),
+    }
 }
 
 /// The jobs, notifications and cross-record work that `commands` (just applied to `exec`)
 /// ask for.
-fn follow_up(exec: &Execution, commands: Vec<Command>) -> (Vec<JobMessage>, Vec<(usize, usize)>, Vec<lanes::After>) {
+fn follow_up(
+    exec: &Execution,
+    commands: Vec<Command>,
+) -> (Vec<JobMessage>, Vec<(usize, usize)>, Vec<lanes::After>) {
     let (mut jobs, mut notices, mut after) = (Vec::new(), Vec::new(), Vec::new());
     for c in commands {
         match c {
-            Command::RunAction { stage, action, attempt, delay_ms } => {
-                let not_before = if delay_ms > 0 { Timestamp::now().0 + delay_ms } else { 0 };
-                jobs.push(JobMessage { tenant: exec.tenant.clone(), execution_id: exec.execution_id.clone(), stage, action, attempt, not_before, expire: false, check: None });
+            Command::RunAction {
+                stage,
+                action,
+                attempt,
+                delay_ms,
+            } => {
+                let not_before = if delay_ms > 0 {
+                    Timestamp::now().0 + delay_ms
+                } else {
+                    0
+                };
+                jobs.push(JobMessage {
+                    tenant: exec.tenant.clone(),
+                    execution_id: exec.execution_id.clone(),
+                    stage,
+                    action,
+                    attempt,
+                    not_before,
+                    expire: false,
+                    check: None,
+                });
             }
-            Command::Await { stage, action, attempt } => {
+            Command::Await {
+                stage,
+                action,
+                attempt,
+            } => {
                 let waiting = exec.stages[stage].actions[action].waiting.as_ref();
                 if let Some(deadline) = waiting.and_then(|w| w.deadline) {
-                    jobs.push(JobMessage { tenant: exec.tenant.clone(), execution_id: exec.execution_id.clone(), stage, action, attempt, not_before: deadline.0, expire: true, check: None });
+                    jobs.push(JobMessage {
+                        tenant: exec.tenant.clone(),
+                        execution_id: exec.execution_id.clone(),
+                        stage,
+                        action,
+                        attempt,
+                        not_before: deadline.0,
+                        expire: true,
+                        check: None,
+                    });
                 }
                 if waiting.is_some_and(|w| w.wake == Wake::Approval) {
                     notices.push((stage, action));
                 }
                 if let Some(Wake::Event(subject)) = waiting.map(|w| &w.wake) {
-                    let waiter = wakes::Waiter { tenant: exec.tenant.clone(), execution: exec.execution_id.clone(), stage, action, attempt };
-                    after.push(lanes::After::AwaitEvent { waiter, subject: subject.clone() });
+                    let waiter = wakes::Waiter {
+                        tenant: exec.tenant.clone(),
+                        execution: exec.execution_id.clone(),
+                        stage,
+                        action,
+                        attempt,
+                    };
+                    after.push(lanes::After::AwaitEvent {
+                        waiter,
+                        subject: subject.clone(),
+                    });
                 }
             }
             Command::CheckRules { stage, phase } => jobs.push(check_job(exec, stage, phase)),
             Command::Enter { stage } => after.push(lanes::After::arrive(exec, stage)),
             Command::Leave { stage } => after.push(lanes::After::leave(exec, stage)),
-            Command::Rollback { stage } => after.push(lanes::After::Rollback { tenant: exec.tenant.clone(), pipeline: exec.pipeline.clone(), stage: exec.stages[stage].name.clone(), failed: exec.execution_id.clone() }),
+            Command::Rollback { stage } => after.push(lanes::After::Rollback {
+                tenant: exec.tenant.clone(),
+                pipeline: exec.pipeline.clone(),
+                stage: exec.stages[stage].name.clone(),
+                failed: exec.execution_id.clone(),
+            }),
             Command::Finish { .. } => {}
         }
     }
@@ -283,7 +400,11 @@ fn follow_up(exec: &Execution, commands: Vec<Command>) -> (Vec<JobMessage>, Vec<
 }
 
 /// Handle every delivery of `queue`, for ever; a failing queue (NATS reconnecting) is retried.
-pub(crate) async fn consume<F: std::future::Future<Output = ()>>(queue: &dyn WorkQueue, what: &str, handle: impl Fn(Delivery) -> F) {
+pub(crate) async fn consume<F: std::future::Future<Output = ()>>(
+    queue: &dyn WorkQueue,
+    what: &str,
+    handle: impl Fn(Delivery) -> F,
+) {
     loop {
         match queue.next().await {
             Ok(delivery) => handle(delivery).await,
@@ -298,26 +419,61 @@ pub(crate) async fn consume<F: std::future::Future<Output = ()>>(queue: &dyn Wor
 impl Service {
     /// An engine on `edges`, running jobs with `engine`'s runtime, blobs and workspaces.
     pub fn new(engine: Engine, edges: Edges) -> Arc<Self> {
-        let functions = Arc::new(functions::Registered { kv: edges.functions.clone(), runtime: engine.registry.runtime().clone(), blobs: engine.blobs.clone() });
+        let functions = Arc::new(functions::Registered {
+            kv: edges.functions.clone(),
+            runtime: engine.registry.runtime().clone(),
+            blobs: engine.blobs.clone(),
+        });
         let incarnation = ulid::Ulid::new().to_string();
         let lane_copies = lane_copies::LaneCopies::new(edges.executions.clone());
-        Arc::new(Service { engine, edges, loaded: Mutex::new(HashMap::new()), functions, running: Mutex::new(HashMap::new()), handled: Default::default(), incarnation, workers: Default::default(), busy: Default::default(), lane_copies, unacked: Default::default(), gather_us: (journal::GATHER.as_micros() as u64).into(), heads: Default::default() })
+        Arc::new(Service {
+            engine,
+            edges,
+            loaded: Mutex::new(HashMap::new()),
+            functions,
+            running: Mutex::new(HashMap::new()),
+            handled: Default::default(),
+            incarnation,
+            workers: Default::default(),
+            busy: Default::default(),
+            lane_copies,
+            unacked: Default::default(),
+            gather_us: (journal::GATHER.as_micros() as u64).into(),
+            heads: Default::default(),
+        })
     }
 
     /// Before applying a change to a stored execution: the events of its last change when
     /// another engine (or an earlier run of this one) recorded that, since it may have died
     /// before publishing them. They go out again with the new change's.
     pub(crate) fn unsent(&self, exec: &Execution) -> Vec<Event> {
-        if exec.outbox.writer == self.incarnation { Vec::new() } else { crate::bus::outbox_events(exec) }
+        if exec.outbox.writer == self.incarnation {
+            Vec::new()
+        } else {
+            crate::bus::outbox_events(exec)
+        }
     }
 
     /// Number a change about to be recorded and keep in the record what its events are
     /// derived from (`before`, and the approvals it began waiting for), and this engine's
     /// `earlier` events still on their way. Returns what to publish once it is recorded:
     /// `unsent`, then its events.
-    pub(crate) fn stamp(&self, exec: &mut Execution, before: Snapshot, notices: Vec<(usize, usize)>, mut unsent: Vec<Event>, earlier: Vec<Event>) -> Vec<Event> {
+    pub(crate) fn stamp(
+        &self,
+        exec: &mut Execution,
+        before: Snapshot,
+        notices: Vec<(usize, usize)>,
+        mut unsent: Vec<Event>,
+        earlier: Vec<Event>,
+    ) -> Vec<Event> {
         let change = exec.outbox.change + 1;
-        exec.outbox = crate::scheduler::Outbox { change, writer: self.incarnation.clone(), before: Some(before), notices, earlier };
+        exec.outbox = crate::scheduler::Outbox {
+            change,
+            writer: self.incarnation.clone(),
+            before: Some(before),
+            notices,
+            earlier,
+        };
         unsent.extend(crate::bus::change_events(exec));
         unsent
     }
@@ -337,7 +493,10 @@ impl Service {
     /// watch writes one by one).
     #[cfg(test)]
     pub(crate) fn gather_for(&self, gather: Duration) {
-        self.gather_us.store(gather.as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.gather_us.store(
+            gather.as_micros() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     /// The engine (plugins, runtime).
@@ -353,7 +512,8 @@ impl Service {
     /// Run the trigger consumer and `workers` job workers until the process ends.
     pub async fn run(self: Arc<Self>, workers: usize) {
         crate::alloc::return_freed_memory_promptly();
-        self.workers.store(workers.max(1), std::sync::atomic::Ordering::Relaxed);
+        self.workers
+            .store(workers.max(1), std::sync::atomic::Ordering::Relaxed);
         let mut tasks = tokio::task::JoinSet::new();
         let me = self.clone();
         tasks.spawn(async move { me.consume_triggers().await });
@@ -399,7 +559,10 @@ impl Service {
                     self.republish(&exec).await;
                     // Every chain of this process died with it.
                     self.push_jobs(&outstanding(&exec, |_| false)).await;
-                    arrivals.extend(exec.entering.map(|stage| lanes::After::arrive(&exec, stage)));
+                    arrivals.extend(
+                        exec.entering
+                            .map(|stage| lanes::After::arrive(&exec, stage)),
+                    );
                     n += 1;
                 }
             }
@@ -411,7 +574,10 @@ impl Service {
     }
 
     async fn consume_triggers(self: &Arc<Self>) {
-        consume(&*self.edges.triggers, "trigger queue", |d| self.handle_trigger(d)).await
+        consume(&*self.edges.triggers, "trigger queue", |d| {
+            self.handle_trigger(d)
+        })
+        .await
     }
 
     async fn consume_jobs(&self) {
@@ -420,14 +586,26 @@ impl Service {
 
     /// Load (and cache) one version of a registered pipeline, parsed and with its plugins
     /// resolved.
-    async fn load(&self, tenant: &str, name: &str, version: Option<u64>) -> Result<Option<Arc<Loaded>>, String> {
+    async fn load(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: Option<u64>,
+    ) -> Result<Option<Arc<Loaded>>, String> {
         // A version, once registered, never changes: no need to read it again.
         if let Some(v) = version {
-            if let Some(hit) = self.loaded.lock().unwrap().get(&(tenant.to_string(), name.to_string(), v)) {
+            if let Some(hit) =
+                self.loaded
+                    .lock()
+                    .unwrap()
+                    .get(&(tenant.to_string(), name.to_string(), v))
+            {
                 return Ok(Some(hit.clone()));
             }
         }
-        let found = pipelines::get(&*self.edges.pipelines, tenant, name, version).await.map_err(|e| e.to_string());
+        let found = pipelines::get(&*self.edges.pipelines, tenant, name, version)
+            .await
+            .map_err(|e| e.to_string());
         let loaded = match found? {
             Some(stored) => self.loaded(tenant, &stored).await.map(Some)?,
             None => None,
@@ -444,7 +622,11 @@ impl Service {
     }
 
     /// A stored pipeline version, parsed and resolved once per engine.
-    pub async fn loaded(&self, tenant: &str, stored: &StoredPipeline) -> Result<Arc<Loaded>, String> {
+    pub async fn loaded(
+        &self,
+        tenant: &str,
+        stored: &StoredPipeline,
+    ) -> Result<Arc<Loaded>, String> {
         let key = (tenant.to_string(), stored.name.clone(), stored.version);
         if let Some(hit) = self.loaded.lock().unwrap().get(&key) {
             return Ok(hit.clone());
@@ -456,18 +638,43 @@ impl Service {
 
     /// Parse and validate a pipeline as registered.
     async fn check(&self, stored: &StoredPipeline) -> Result<Loaded, Diagnostics> {
-        let (pipeline, problems) = crate::model::parse::parse(&stored.file, stored.dir.clone(), &stored.yaml);
+        let (pipeline, problems) =
+            crate::model::parse::parse(&stored.file, stored.dir.clone(), &stored.yaml);
         let Some(pipeline) = pipeline else {
-            return Err(Diagnostics { file: stored.file.clone(), items: problems });
+            return Err(Diagnostics {
+                file: stored.file.clone(),
+                items: problems,
+            });
         };
-        let plugins = self.engine.check(&pipeline, problems, &Default::default()).await?;
-        Ok(Loaded { pipeline: Arc::new(pipeline), plugins, version: stored.version })
+        let plugins = self
+            .engine
+            .check(&pipeline, problems, &Default::default())
+            .await?;
+        Ok(Loaded {
+            pipeline: Arc::new(pipeline),
+            plugins,
+            version: stored.version,
+        })
     }
 
     async fn reject(&self, tenant: &str, pipeline: &str, reason: String, payload: &[u8]) {
         tracing::warn!("trigger for {tenant}/{pipeline} rejected: {reason}");
-        let letter = DeadLetter { tenant: tenant.into(), pipeline: pipeline.into(), reason: reason.clone(), payload: String::from_utf8_lossy(payload).into_owned(), at: Timestamp::now() };
-        let key = format!("{}/dead/{}", if crate::kv::valid_key(tenant) { tenant } else { "_invalid" }, ulid::Ulid::new());
+        let letter = DeadLetter {
+            tenant: tenant.into(),
+            pipeline: pipeline.into(),
+            reason: reason.clone(),
+            payload: String::from_utf8_lossy(payload).into_owned(),
+            at: Timestamp::now(),
+        };
+        let key = format!(
+            "{}/dead/{}",
+            if crate::kv::valid_key(tenant) {
+                tenant
+            } else {
+                "_invalid"
+            },
+            ulid::Ulid::new()
+        );
         if let Ok(bytes) = serde_json::to_vec(&letter) {
             if let Err(e) = self.edges.executions.create(&key, bytes).await {
                 tracing::warn!("could not record the dead letter: {e}");
@@ -495,14 +702,22 @@ impl Service {
     }
 
     async fn handle_trigger(self: &Arc<Self>, delivery: Delivery) {
-        self.handled.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.handled
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let Some((tenant, pipeline)) = subject_parts(&delivery.subject, "trigger") else {
-            self.reject("_invalid", "_invalid", format!("unexpected subject {}", delivery.subject), &delivery.payload).await;
+            self.reject(
+                "_invalid",
+                "_invalid",
+                format!("unexpected subject {}", delivery.subject),
+                &delivery.payload,
+            )
+            .await;
             let _ = delivery.ack().await;
             return;
         };
         let (tenant, pipeline) = (tenant.to_string(), pipeline.to_string());
-        self.handle_trigger_for(&tenant, &pipeline, delivery, self.edges.triggers.ack_wait()).await
+        self.handle_trigger_for(&tenant, &pipeline, delivery, self.edges.triggers.ack_wait())
+            .await
     }
 
     /// Handle a trigger event addressed to `tenant`/`pipeline` (by its subject, or because it
@@ -510,35 +725,68 @@ impl Service {
     /// whose deadline is `ack_wait`. When a job worker is idle, the execution's first jobs run
     /// here in a chain under the event's delivery (see `jobs`), and the next event is taken
     /// meanwhile.
-    pub async fn handle_trigger_for(self: &Arc<Self>, tenant: &str, pipeline: &str, delivery: Delivery, ack_wait: Duration) {
+    pub async fn handle_trigger_for(
+        self: &Arc<Self>,
+        tenant: &str,
+        pipeline: &str,
+        delivery: Delivery,
+        ack_wait: Duration,
+    ) {
         let (tenant, pipeline) = (tenant.to_string(), pipeline.to_string());
         // The idle worker's place the chain runs in; given back however this ends.
         let place = self.take_idle_place();
         match place {
             // A first delivery may start early (see `early`).
-            Some(place) if delivery.delivered == 1 => self.start_early_or_not(tenant, pipeline, delivery, ack_wait, place).await,
-            place => self.start_as_usual(&tenant, &pipeline, delivery, ack_wait, place).await,
+            Some(place) if delivery.delivered == 1 => {
+                self.start_early_or_not(tenant, pipeline, delivery, ack_wait, place)
+                    .await
+            }
+            place => {
+                self.start_as_usual(&tenant, &pipeline, delivery, ack_wait, place)
+                    .await
+            }
         }
     }
 
     /// Handle a trigger: claim its event, then start its execution, in a chain under the
     /// delivery when an idle worker's `place` is at hand.
-    async fn start_as_usual(self: &Arc<Self>, tenant: &str, pipeline: &str, delivery: Delivery, ack_wait: Duration, place: Option<jobs::Place>) {
+    async fn start_as_usual(
+        self: &Arc<Self>,
+        tenant: &str,
+        pipeline: &str,
+        delivery: Delivery,
+        ack_wait: Duration,
+        place: Option<jobs::Place>,
+    ) {
         let (tenant, pipeline) = (tenant.to_string(), pipeline.to_string());
-        match self.start(&tenant, &pipeline, &delivery.payload, delivery.delivered > 1, place.is_some()).await {
+        match self
+            .start(
+                &tenant,
+                &pipeline,
+                &delivery.payload,
+                delivery.delivered > 1,
+                place.is_some(),
+            )
+            .await
+        {
             Ok(Ok((id, recorded))) => {
                 tracing::info!("trigger for {tenant}/{pipeline}: execution {id}");
                 if let Some(recorded) = recorded {
                     let me = self.clone();
                     tokio::spawn(async move {
-                        let result = me.chain_under(recorded, &delivery, trigger_lease(&tenant, &id), ack_wait).await;
+                        let result = me
+                            .chain_under(recorded, &delivery, trigger_lease(&tenant, &id), ack_wait)
+                            .await;
                         drop(place);
                         me.settle_delivery(&delivery, result, "trigger").await;
                     });
                     return;
                 }
             }
-            Ok(Err(reason)) => self.reject(&tenant, &pipeline, reason, &delivery.payload).await,
+            Ok(Err(reason)) => {
+                self.reject(&tenant, &pipeline, reason, &delivery.payload)
+                    .await
+            }
             Err(e) => {
                 // The store is unreachable: leave the event for later (or another engine).
                 tracing::warn!("trigger for {tenant}/{pipeline} not handled yet: {e}");
@@ -549,7 +797,9 @@ impl Service {
         }
         drop(place);
         if let Err(e) = delivery.ack().await {
-            tracing::warn!("ack of a trigger failed ({e}); it will come again and start nothing new");
+            tracing::warn!(
+                "ack of a trigger failed ({e}); it will come again and start nothing new"
+            );
         }
     }
 
@@ -558,13 +808,25 @@ impl Service {
     /// the event came back because the engine that had it did not acknowledge it. With a
     /// `chain`, a new execution whose first jobs run here is returned unwritten, with them: its
     /// chain creates the record (see `journal`). Otherwise the record is created here.
-    async fn start(&self, tenant: &str, name: &str, payload: &[u8], redelivered: bool, chain: bool) -> Result<Result<(String, Option<jobs::Recorded>), String>, KvError> {
+    async fn start(
+        &self,
+        tenant: &str,
+        name: &str,
+        payload: &[u8],
+        redelivered: bool,
+        chain: bool,
+    ) -> Result<Result<(String, Option<jobs::Recorded>), String>, KvError> {
         let event = match TriggerEvent::parse(payload) {
             Ok(e) => e,
             Err(reason) => return Ok(Err(reason)),
         };
-        if !crate::kv::valid_key(tenant) || tenant.starts_with('_') || !crate::model::is_valid_name(name) {
-            return Ok(Err(format!("invalid tenant or pipeline name in `{tenant}`/`{name}`")));
+        if !crate::kv::valid_key(tenant)
+            || tenant.starts_with('_')
+            || !crate::model::is_valid_name(name)
+        {
+            return Ok(Err(format!(
+                "invalid tenant or pipeline name in `{tenant}`/`{name}`"
+            )));
         }
         let kv = &*self.edges.executions;
         // One event id → one execution: the claim names the execution before it exists. It is
@@ -574,10 +836,17 @@ impl Service {
         let claim = claim_key(tenant, name, &event.id);
         let new_id = ulid::Ulid::new().to_string();
         let claim_bytes = serde_json::to_vec(&new_id).unwrap_or_default();
-        let (loaded, lanes, claimed) = futures_util::future::join3(self.load(tenant, name, None), self.read_lanes(tenant, name), kv.create(&claim, claim_bytes)).await;
+        let (loaded, lanes, claimed) = futures_util::future::join3(
+            self.load(tenant, name, None),
+            self.read_lanes(tenant, name),
+            kv.create(&claim, claim_bytes),
+        )
+        .await;
         let checked = match loaded {
             Ok(Some(loaded)) => takes(&loaded, &event, name).map(|()| loaded),
-            Ok(None) => Err(format!("unknown pipeline `{name}` (register it with `sluice pipeline put`)")),
+            Ok(None) => Err(format!(
+                "unknown pipeline `{name}` (register it with `sluice pipeline put`)"
+            )),
             Err(e) => Err(format!("pipeline `{name}` does not load: {e}")),
         };
         // A claimed event (a duplicate) costs a read more.
@@ -598,7 +867,11 @@ impl Service {
         };
         let key = exec_key(tenant, &execution_id);
         // A fresh claim has no execution yet.
-        let found = if fresh { None } else { get_json::<Execution>(kv, &key).await? };
+        let found = if fresh {
+            None
+        } else {
+            get_json::<Execution>(kv, &key).await?
+        };
         if let Some((exec, _)) = found {
             if !exec.status.is_terminal() {
                 // The engine that started it may have died before its first events were
@@ -608,7 +881,8 @@ impl Service {
                 if redelivered {
                     // A chain under this event's earlier delivery died with its engine.
                     let lease = trigger_lease(tenant, &execution_id);
-                    self.push_jobs(&outstanding(&exec, |runner| runner != lease)).await;
+                    self.push_jobs(&outstanding(&exec, |runner| runner != lease))
+                        .await;
                     if let Some(stage) = exec.entering {
                         self.settle(vec![lanes::After::arrive(&exec, stage)]).await;
                     }
@@ -627,19 +901,34 @@ impl Service {
             Err(reason) => return Ok(Err(reason)),
         };
         let (mut exec, before, input, mut commands) = begin(tenant, &loaded, &event, &execution_id);
-        let mut others = self.admit_inline(&mut exec, &mut commands, lanes.ok()).await?;
+        let mut others = self
+            .admit_inline(&mut exec, &mut commands, lanes.ok())
+            .await?;
         let first = outstanding(&exec, |_| true);
-        let (kept, queued) = if chain { self.keep_for_chain(&mut exec, &trigger_lease(tenant, &execution_id), first) } else { (Vec::new(), first) };
+        let (kept, queued) = if chain {
+            self.keep_for_chain(&mut exec, &trigger_lease(tenant, &execution_id), first)
+        } else {
+            (Vec::new(), first)
+        };
         let publish = self.stamp(&mut exec, before, Vec::new(), Vec::new(), Vec::new());
         // Waiting before its first stage: join the lane once recorded.
-        others.extend(exec.entering.map(|stage| lanes::After::arrive(&exec, stage)));
+        others.extend(
+            exec.entering
+                .map(|stage| lanes::After::arrive(&exec, stage)),
+        );
         if !kept.is_empty() {
             // The chain creates the record as its first write, gathering the results of the
             // contained runs that start meanwhile (see `journal`); the rest waits for it.
             let start = journal::Change::start(input, publish, queued, others);
-            return Ok(Ok((execution_id, Some(jobs::Recorded::unwritten(kept, exec, start, None)))));
+            return Ok(Ok((
+                execution_id,
+                Some(jobs::Recorded::unwritten(kept, exec, start, None)),
+            )));
         }
-        match kv.create(&key, serde_json::to_vec(&exec).unwrap_or_default()).await {
+        match kv
+            .create(&key, serde_json::to_vec(&exec).unwrap_or_default())
+            .await
+        {
             Ok(_) => {
                 self.send_and_queue(publish, &queued).await;
                 self.settle(others).await;
@@ -655,18 +944,51 @@ impl Service {
     /// execution in at once (the common case), the admission is part of the same write instead
     /// of a second one. Effects on other executions are returned, to be applied after.
     /// `fresh`: the lanes read since the change became due, for the first entry.
-    pub(crate) async fn admit_inline(&self, exec: &mut Execution, commands: &mut Vec<Command>, mut fresh: Option<lanes::FreshLanes>) -> Result<Vec<lanes::After>, KvError> {
+    pub(crate) async fn admit_inline(
+        &self,
+        exec: &mut Execution,
+        commands: &mut Vec<Command>,
+        mut fresh: Option<lanes::FreshLanes>,
+    ) -> Result<Vec<lanes::After>, KvError> {
         let mut others = Vec::new();
-        while let Some(i) = commands.iter().position(|c| matches!(c, Command::Enter { .. })) {
-            let Command::Enter { stage } = commands.remove(i) else { unreachable!("matched above") };
+        while let Some(i) = commands
+            .iter()
+            .position(|c| matches!(c, Command::Enter { .. }))
+        {
+            let Command::Enter { stage } = commands.remove(i) else {
+                unreachable!("matched above")
+            };
             let name = exec.stages[stage].name.clone();
-            let op = crate::scheduler::lanes::LaneOp::Arrive { execution: exec.execution_id.clone(), stage: name.clone(), mode: exec.mode };
-            for effect in self.lane_from(&exec.tenant, &exec.pipeline, &op, fresh.take()).await? {
+            let op = crate::scheduler::lanes::LaneOp::Arrive {
+                execution: exec.execution_id.clone(),
+                stage: name.clone(),
+                mode: exec.mode,
+            };
+            for effect in self
+                .lane_from(&exec.tenant, &exec.pipeline, &op, fresh.take())
+                .await?
+            {
                 match effect {
-                    crate::scheduler::lanes::Effect::Admit { execution, stage: s } if execution == exec.execution_id && s == name && exec.entering == Some(stage) => {
-                        commands.extend(apply(exec, &Input::Admit { stage, at: Timestamp::now() }));
+                    crate::scheduler::lanes::Effect::Admit {
+                        execution,
+                        stage: s,
+                    } if execution == exec.execution_id
+                        && s == name
+                        && exec.entering == Some(stage) =>
+                    {
+                        commands.extend(apply(
+                            exec,
+                            &Input::Admit {
+                                stage,
+                                at: Timestamp::now(),
+                            },
+                        ));
                     }
-                    other => others.push(lanes::After::Effect { tenant: exec.tenant.clone(), pipeline: exec.pipeline.clone(), effect: other }),
+                    other => others.push(lanes::After::Effect {
+                        tenant: exec.tenant.clone(),
+                        pipeline: exec.pipeline.clone(),
+                        effect: other,
+                    }),
                 }
             }
         }
@@ -685,11 +1007,20 @@ impl Service {
 
     /// Apply an operator control (stop, retry) to a stored execution: refused with the reason
     /// when it does not apply, else recorded (compare-and-swap) with its events and jobs.
-    pub async fn control(&self, tenant: &str, id: &str, make: impl Fn(&Execution) -> Result<Input, String>) -> Result<Execution, String> {
+    pub async fn control(
+        &self,
+        tenant: &str,
+        id: &str,
+        make: impl Fn(&Execution) -> Result<Input, String>,
+    ) -> Result<Execution, String> {
         let kv = &*self.edges.executions;
         let key = exec_key(tenant, id);
         loop {
-            let Some((mut exec, revision)) = self.execution_rev(tenant, id).await.map_err(|e| e.to_string())? else {
+            let Some((mut exec, revision)) = self
+                .execution_rev(tenant, id)
+                .await
+                .map_err(|e| e.to_string())?
+            else {
                 return Err(format!("no execution `{id}`"));
             };
             let input = make(&exec)?;
@@ -698,7 +1029,18 @@ impl Service {
             }
             let unsent = self.unsent(&exec);
             let before = Snapshot::of(&exec);
-            let was_running: Vec<(usize, usize, u32)> = exec.stages.iter().enumerate().flat_map(|(si, s)| s.actions.iter().enumerate().filter(|(_, a)| a.status == Status::InProgress).map(move |(ai, a)| (si, ai, a.attempt))).collect();
+            let was_running: Vec<(usize, usize, u32)> = exec
+                .stages
+                .iter()
+                .enumerate()
+                .flat_map(|(si, s)| {
+                    s.actions
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, a)| a.status == Status::InProgress)
+                        .map(move |(ai, a)| (si, ai, a.attempt))
+                })
+                .collect();
             let commands = apply(&mut exec, &input);
             let (jobs, notices, after) = follow_up(&exec, commands);
             let publish = self.stamp(&mut exec, before, notices, unsent, self.in_flight(&key));
@@ -725,13 +1067,18 @@ impl Service {
                     elsewhere(tenant, abandoned);
                 }
             }
-            futures_util::future::join(self.edges.bus.publish_all(publish), self.push_jobs(&jobs)).await;
+            futures_util::future::join(self.edges.bus.publish_all(publish), self.push_jobs(&jobs))
+                .await;
             self.settle(after).await;
             return Ok(exec);
         }
     }
 
-    async fn execution_rev(&self, tenant: &str, id: &str) -> Result<Option<(Execution, u64)>, KvError> {
+    async fn execution_rev(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> Result<Option<(Execution, u64)>, KvError> {
         if !crate::kv::valid_key(id) {
             return Ok(None);
         }
@@ -743,11 +1090,21 @@ impl Service {
         if !crate::kv::valid_key(id) {
             return Ok(None);
         }
-        Ok(get_json::<Execution>(&*self.edges.executions, &exec_key(tenant, id)).await?.map(|(e, _)| e))
+        Ok(
+            get_json::<Execution>(&*self.edges.executions, &exec_key(tenant, id))
+                .await?
+                .map(|(e, _)| e),
+        )
     }
 
     /// Executions of a tenant, newest first.
-    pub async fn executions(&self, tenant: &str, pipeline: Option<&str>, status: Option<Status>, limit: usize) -> Result<Vec<Execution>, KvError> {
+    pub async fn executions(
+        &self,
+        tenant: &str,
+        pipeline: Option<&str>,
+        status: Option<Status>,
+        limit: usize,
+    ) -> Result<Vec<Execution>, KvError> {
         let mut keys = self.edges.executions.keys(&format!("{tenant}/x/")).await?;
         keys.reverse(); // ULIDs: newest last
         let mut out = Vec::new();
@@ -756,7 +1113,9 @@ impl Service {
                 break;
             }
             if let Some((exec, _)) = get_json::<Execution>(&*self.edges.executions, &key).await? {
-                if pipeline.is_none_or(|p| p == exec.pipeline) && status.is_none_or(|s| s == exec.status) {
+                if pipeline.is_none_or(|p| p == exec.pipeline)
+                    && status.is_none_or(|s| s == exec.status)
+                {
                     out.push(exec);
                 }
             }
@@ -765,7 +1124,17 @@ impl Service {
     }
 
     /// Look up the execution a trigger event started, if any.
-    pub async fn claimed(&self, tenant: &str, pipeline: &str, event_id: &str) -> Result<Option<String>, KvError> {
-        Ok(get_json::<String>(&*self.edges.executions, &claim_key(tenant, pipeline, event_id)).await?.map(|(id, _)| id))
+    pub async fn claimed(
+        &self,
+        tenant: &str,
+        pipeline: &str,
+        event_id: &str,
+    ) -> Result<Option<String>, KvError> {
+        Ok(get_json::<String>(
+            &*self.edges.executions,
+            &claim_key(tenant, pipeline, event_id),
+        )
+        .await?
+        .map(|(id, _)| id))
     }
 }

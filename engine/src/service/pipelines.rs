@@ -37,12 +37,19 @@ pub async fn put(kv: &dyn Kv, tenant: &str, mut p: StoredPipeline) -> Result<u64
         let current = get_json::<StoredPipeline>(kv, &head(tenant, &p.name)).await?;
         // Versions keep counting after `rm`: the version keys stay for running executions.
         let mut version = current.as_ref().map(|(c, _)| c.version).unwrap_or(0) + 1;
-        while kv.get(&versioned(tenant, &p.name, version)).await?.is_some() {
+        while kv
+            .get(&versioned(tenant, &p.name, version))
+            .await?
+            .is_some()
+        {
             version += 1;
         }
         p.version = version;
         let bytes = serde_json::to_vec(&p).map_err(|e| KvError::Backend(e.to_string()))?;
-        match kv.create(&versioned(tenant, &p.name, version), bytes.clone()).await {
+        match kv
+            .create(&versioned(tenant, &p.name, version), bytes.clone())
+            .await
+        {
             Err(KvError::Conflict { .. }) => continue,
             other => other?,
         };
@@ -59,7 +66,12 @@ pub async fn put(kv: &dyn Kv, tenant: &str, mut p: StoredPipeline) -> Result<u64
 }
 
 /// The current version, or a given one.
-pub async fn get(kv: &dyn Kv, tenant: &str, name: &str, version: Option<u64>) -> Result<Option<StoredPipeline>, KvError> {
+pub async fn get(
+    kv: &dyn Kv,
+    tenant: &str,
+    name: &str,
+    version: Option<u64>,
+) -> Result<Option<StoredPipeline>, KvError> {
     let key = match version {
         Some(v) => versioned(tenant, name, v),
         None => head(tenant, name),

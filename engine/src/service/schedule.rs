@@ -28,24 +28,56 @@ impl Service {
             for (tenant, stored) in heads {
                 let key = (tenant.clone(), stored.name.clone(), stored.version);
                 if !parsed.contains_key(&key) {
-                    let Ok(loaded) = self.loaded(&tenant, &stored).await else { continue };
-                    let schedules = loaded.pipeline.triggers.schedule.iter().filter_map(|s| CronSchedule::parse(&s.cron.value, s.timezone.as_ref().map(|t| t.value.as_str())).ok()).collect();
+                    let Ok(loaded) = self.loaded(&tenant, &stored).await else {
+                        continue;
+                    };
+                    let schedules = loaded
+                        .pipeline
+                        .triggers
+                        .schedule
+                        .iter()
+                        .filter_map(|s| {
+                            CronSchedule::parse(
+                                &s.cron.value,
+                                s.timezone.as_ref().map(|t| t.value.as_str()),
+                            )
+                            .ok()
+                        })
+                        .collect();
                     parsed.insert(key.clone(), schedules);
                 }
                 let schedules = &parsed[&key];
                 for (i, schedule) in schedules.iter().enumerate() {
-                    let Some(fire) = schedule.next_after(last) else { continue };
+                    let Some(fire) = schedule.next_after(last) else {
+                        continue;
+                    };
                     if fire > now {
                         continue;
                     }
                     let event = TriggerEvent {
                         id: format!("schedule-{}-{i}-{}", stored.name, fire.as_second()),
-                        source: Some(Source { kind: "schedule".into(), ..Default::default() }),
+                        source: Some(Source {
+                            kind: "schedule".into(),
+                            ..Default::default()
+                        }),
                         variables: Default::default(),
                     };
                     let subject = crate::nats::trigger_subject(&tenant, &stored.name);
-                    match self.edges.triggers.push(&subject, &event.id, serde_json::to_vec(&event).unwrap_or_default()).await {
-                        Ok(()) => tracing::info!("schedule fired for {tenant}/{}: {}", stored.name, event.id),
+                    match self
+                        .edges
+                        .triggers
+                        .push(
+                            &subject,
+                            &event.id,
+                            serde_json::to_vec(&event).unwrap_or_default(),
+                        )
+                        .await
+                    {
+                        Ok(()) => tracing::info!(
+                            "schedule fired for {tenant}/{}: {}",
+                            stored.name,
+                            event.id
+                        ),
                         Err(e) => tracing::warn!("schedule of {tenant}/{}: {e}", stored.name),
                     }
                 }

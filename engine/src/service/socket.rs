@@ -49,14 +49,26 @@ pub async fn serve(service: Arc<Service>, bus: Arc<MemoryBus>, data: &Path) -> a
     }
 }
 
-async fn connection(service: Arc<Service>, bus: Arc<MemoryBus>, stream: UnixStream) -> anyhow::Result<()> {
+async fn connection(
+    service: Arc<Service>,
+    bus: Arc<MemoryBus>,
+    stream: UnixStream,
+) -> anyhow::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read).lines();
     while let Some(line) = lines.next_line().await? {
         let envelope: Envelope = match serde_json::from_str(&line) {
             Ok(e) => e,
             Err(e) => {
-                write.write_all(format!("{}\n", serde_json::json!({ "error": format!("bad request: {e}") })).as_bytes()).await?;
+                write
+                    .write_all(
+                        format!(
+                            "{}\n",
+                            serde_json::json!({ "error": format!("bad request: {e}") })
+                        )
+                        .as_bytes(),
+                    )
+                    .await?;
                 continue;
             }
         };
@@ -65,15 +77,30 @@ async fn connection(service: Arc<Service>, bus: Arc<MemoryBus>, stream: UnixStre
             let mut events = bus.subscribe();
             let done = |e: &crate::scheduler::Execution| e.status.is_terminal();
             let Some(exec) = service.execution(&envelope.tenant, &id).await? else {
-                write.write_all(format!("{}\n", serde_json::json!({ "error": format!("no execution `{id}`") })).as_bytes()).await?;
+                write
+                    .write_all(
+                        format!(
+                            "{}\n",
+                            serde_json::json!({ "error": format!("no execution `{id}`") })
+                        )
+                        .as_bytes(),
+                    )
+                    .await?;
                 return Ok(());
             };
-            write.write_all(format!("{}\n", serde_json::json!({ "snapshot": exec })).as_bytes()).await?;
+            write
+                .write_all(format!("{}\n", serde_json::json!({ "snapshot": exec })).as_bytes())
+                .await?;
             if !done(&exec) {
                 loop {
                     match events.recv().await {
                         Ok(event) if event.execution_id == id => {
-                            write.write_all(format!("{}\n", serde_json::json!({ "event": event })).as_bytes()).await?;
+                            write
+                                .write_all(
+                                    format!("{}\n", serde_json::json!({ "event": event }))
+                                        .as_bytes(),
+                                )
+                                .await?;
                             if event.kind == Kind::Pipeline && event.status.is_terminal() {
                                 break;
                             }
@@ -85,7 +112,9 @@ async fn connection(service: Arc<Service>, bus: Arc<MemoryBus>, stream: UnixStre
                 }
             }
             let exec = service.execution(&envelope.tenant, &id).await?;
-            write.write_all(format!("{}\n", serde_json::json!({ "ok": exec })).as_bytes()).await?;
+            write
+                .write_all(format!("{}\n", serde_json::json!({ "ok": exec })).as_bytes())
+                .await?;
             return Ok(());
         }
         let reply = match envelope.request {

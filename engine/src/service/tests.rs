@@ -90,7 +90,16 @@ pub(super) fn shared_edges(dir: &Path) -> Edges {
 
 /// Register `yaml` (from `file` in `dir`) on `service`.
 pub(super) async fn register(service: &Service, dir: &Path, file: &str, yaml: &str) {
-    let put = service.handle("default", api::Request::PipelinePut { file: file.into(), dir: dir.to_path_buf(), yaml: yaml.into() }).await;
+    let put = service
+        .handle(
+            "default",
+            api::Request::PipelinePut {
+                file: file.into(),
+                dir: dir.to_path_buf(),
+                yaml: yaml.into(),
+            },
+        )
+        .await;
     assert!(put.get("ok").is_some(), "{put}");
 }
 
@@ -106,7 +115,11 @@ async fn events_of_a_change_whose_engine_died_before_sending_them_are_sent_by_th
     let mut seen = bus_b.subscribe();
     let b = engine(&dir.path().join("b"), bus_b.clone(), &shared);
     register(&a, dir.path(), "relay.yaml", PIPELINE).await;
-    let (id, _) = a.start("default", "relay", br#"{"id":"e-1"}"#, false, false).await.unwrap().unwrap();
+    let (id, _) = a
+        .start("default", "relay", br#"{"id":"e-1"}"#, false, false)
+        .await
+        .unwrap()
+        .unwrap();
     tokio::spawn(b.clone().run(1));
 
     let mut events = Vec::new();
@@ -121,13 +134,30 @@ async fn events_of_a_change_whose_engine_died_before_sending_them_are_sent_by_th
         }
     })
     .await;
-    assert!(finished.is_ok(), "the execution did not finish: {events:#?}");
-    let has = |kind: Kind, name: Option<&str>, status: Status| events.iter().any(|e| e.kind == kind && e.status == status && (e.action.as_deref() == name || e.stage.as_deref() == name || name.is_none()));
+    assert!(
+        finished.is_ok(),
+        "the execution did not finish: {events:#?}"
+    );
+    let has = |kind: Kind, name: Option<&str>, status: Status| {
+        events.iter().any(|e| {
+            e.kind == kind
+                && e.status == status
+                && (e.action.as_deref() == name || e.stage.as_deref() == name || name.is_none())
+        })
+    };
     // What A recorded: the pipeline and its first stage and action started.
     assert!(has(Kind::Pipeline, None, Status::InProgress), "{events:#?}");
-    assert!(has(Kind::Stage, Some("One"), Status::InProgress) && has(Kind::Action, Some("A"), Status::InProgress), "{events:#?}");
+    assert!(
+        has(Kind::Stage, Some("One"), Status::InProgress)
+            && has(Kind::Action, Some("A"), Status::InProgress),
+        "{events:#?}"
+    );
     // What B recorded.
-    assert!(has(Kind::Action, Some("B"), Status::Succeeded) && has(Kind::Pipeline, None, Status::Succeeded), "{events:#?}");
+    assert!(
+        has(Kind::Action, Some("B"), Status::Succeeded)
+            && has(Kind::Pipeline, None, Status::Succeeded),
+        "{events:#?}"
+    );
     // Ids name the execution, the change and the event; none repeats here.
     let first = events.iter().find(|e| e.kind == Kind::Pipeline).unwrap();
     assert_eq!(first.id, format!("{id}.1.0"));
@@ -137,7 +167,6 @@ async fn events_of_a_change_whose_engine_died_before_sending_them_are_sent_by_th
     assert_eq!(ids.len(), events.len(), "{events:#?}");
 }
 
-
 /// When a job chain's delivery comes back (its engine died), the engine that gets it queues
 /// again only what that chain ran, not what another engine's live chain is running; a
 /// restarted embedded service queues everything; a trigger delivered again, only runs that
@@ -145,17 +174,39 @@ async fn events_of_a_change_whose_engine_died_before_sending_them_are_sent_by_th
 #[test]
 fn a_dead_chain_hands_back_only_its_own_runs() {
     let yaml = "name: fan\nstages:\n  - name: One\n    actions:\n      - { name: A, uses: noop@1 }\n      - { name: B, uses: noop@1 }\n      - { name: C, uses: noop@1 }\n";
-    let (pipeline, problems) = crate::model::parse::parse("fan.yaml", std::path::PathBuf::new(), yaml);
+    let (pipeline, problems) =
+        crate::model::parse::parse("fan.yaml", std::path::PathBuf::new(), yaml);
     assert!(problems.is_empty(), "{problems:?}");
-    let pin = |uses: &str| PluginRef { reference: uses.to_string(), digest: String::new() };
-    let mut exec = Execution::new("x1".into(), "default", &pipeline.unwrap(), &pin, Default::default());
-    for (action, runner) in exec.stages[0].actions.iter_mut().zip([Some("lease-1"), Some("lease-2"), None]) {
+    let pin = |uses: &str| PluginRef {
+        reference: uses.to_string(),
+        digest: String::new(),
+    };
+    let mut exec = Execution::new(
+        "x1".into(),
+        "default",
+        &pipeline.unwrap(),
+        &pin,
+        Default::default(),
+    );
+    for (action, runner) in
+        exec.stages[0]
+            .actions
+            .iter_mut()
+            .zip([Some("lease-1"), Some("lease-2"), None])
+    {
         action.status = Status::InProgress;
         action.attempt = 1;
         action.runner = runner.map(str::to_string);
     }
-    let names = |jobs: Vec<JobMessage>| jobs.iter().map(|j| exec.stages[j.stage].actions[j.action].name.clone()).collect::<Vec<_>>();
-    assert_eq!(names(outstanding(&exec, |runner| runner != "lease-1")), ["A", "C"]);
+    let names = |jobs: Vec<JobMessage>| {
+        jobs.iter()
+            .map(|j| exec.stages[j.stage].actions[j.action].name.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        names(outstanding(&exec, |runner| runner != "lease-1")),
+        ["A", "C"]
+    );
     assert_eq!(names(outstanding(&exec, |_| false)), ["A", "B", "C"]);
     assert_eq!(names(outstanding(&exec, |_| true)), ["C"]);
 }
@@ -169,22 +220,46 @@ async fn a_chain_whose_engine_dies_is_finished_by_the_engine_its_delivery_comes_
     const CHAIN: &str = "name: chain\nstages:\n  - name: One\n    actions:\n      - { name: A, uses: noop@1 }\n  - name: Two\n    actions:\n      - name: B\n        uses: command@1\n        with: { run: sleep 1 }\n        capabilities: { process: [sh] }\n";
     let dir = tempfile::tempdir().unwrap();
     let shared = shared_edges(dir.path());
-    let a = engine(&dir.path().join("a"), Arc::new(MemoryBus::default()), &shared);
+    let a = engine(
+        &dir.path().join("a"),
+        Arc::new(MemoryBus::default()),
+        &shared,
+    );
     let bus_b = Arc::new(MemoryBus::default());
     let mut seen = bus_b.subscribe();
     let b = engine(&dir.path().join("b"), bus_b.clone(), &shared);
     register(&a, dir.path(), "chain.yaml", CHAIN).await;
-    let (id, _) = a.start("default", "chain", br#"{"id":"e-1"}"#, false, false).await.unwrap().unwrap();
+    let (id, _) = a
+        .start("default", "chain", br#"{"id":"e-1"}"#, false, false)
+        .await
+        .unwrap()
+        .unwrap();
 
     // Engine A takes A's job, runs it, and its chain goes on to B; A dies while B sleeps.
     let delivery = shared.jobs.next().await.unwrap();
-    assert!(tokio::time::timeout(Duration::from_millis(600), a.handle_job(delivery)).await.is_err(), "the chain should still be running B");
-    assert_eq!(a.busy.load(std::sync::atomic::Ordering::Relaxed), 0, "a chain dropped mid-run gives its worker place back");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(600), a.handle_job(delivery))
+            .await
+            .is_err(),
+        "the chain should still be running B"
+    );
+    assert_eq!(
+        a.busy.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "a chain dropped mid-run gives its worker place back"
+    );
     let exec = a.execution("default", &id).await.unwrap().unwrap();
     let (one, two) = (&exec.stages[0].actions[0], &exec.stages[1].actions[0]);
-    assert_eq!((one.status, one.runner.as_deref()), (Status::Succeeded, None));
+    assert_eq!(
+        (one.status, one.runner.as_deref()),
+        (Status::Succeeded, None)
+    );
     assert_eq!(two.status, Status::InProgress);
-    assert_eq!(two.runner.as_deref(), Some(format!("default/{id}/0/0/1").as_str()), "B runs in the chain of A's delivery");
+    assert_eq!(
+        two.runner.as_deref(),
+        Some(format!("default/{id}/0/0/1").as_str()),
+        "B runs in the chain of A's delivery"
+    );
 
     // A's delivery comes back to engine B, which finds A recorded and runs B again.
     tokio::spawn(b.clone().run(1));
@@ -200,11 +275,18 @@ async fn a_chain_whose_engine_dies_is_finished_by_the_engine_its_delivery_comes_
     assert_eq!(finished, Ok(Status::Succeeded));
     let exec = b.execution("default", &id).await.unwrap().unwrap();
     let two = &exec.stages[1].actions[0];
-    assert_eq!((two.status, two.attempt, two.runner.as_deref()), (Status::Succeeded, 1, None));
+    assert_eq!(
+        (two.status, two.attempt, two.runner.as_deref()),
+        (Status::Succeeded, 1, None)
+    );
 }
 
 /// The execution `id` as soon as it satisfies `until` (within 10 s), else `None`.
-pub(super) async fn poll_until(service: &Service, id: &str, until: impl Fn(&Execution) -> bool) -> Option<Execution> {
+pub(super) async fn poll_until(
+    service: &Service,
+    id: &str,
+    until: impl Fn(&Execution) -> bool,
+) -> Option<Execution> {
     tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             let e = service.execution("default", id).await.unwrap().unwrap();
@@ -244,11 +326,19 @@ async fn a_chain_records_its_changes_while_their_events_are_stored() {
     let dir = tempfile::tempdir().unwrap();
     let shared = shared_edges(dir.path());
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let a = engine(&dir.path().join("a"), Arc::new(GatedBus(gate.clone())), &shared);
+    let a = engine(
+        &dir.path().join("a"),
+        Arc::new(GatedBus(gate.clone())),
+        &shared,
+    );
     a.workers.store(4, std::sync::atomic::Ordering::Relaxed); // idle workers: B and C both run here
     register(&a, dir.path(), "fan.yaml", FAN).await;
     gate.add_permits(1); // the start's events
-    let (id, _) = a.start("default", "fan", br#"{"id":"e-1"}"#, false, false).await.unwrap().unwrap();
+    let (id, _) = a
+        .start("default", "fan", br#"{"id":"e-1"}"#, false, false)
+        .await
+        .unwrap()
+        .unwrap();
     let delivery = shared.jobs.next().await.unwrap();
     let job = delivery.payload.clone();
     let chain = tokio::spawn({
@@ -256,37 +346,71 @@ async fn a_chain_records_its_changes_while_their_events_are_stored() {
         async move { a.handle_job(delivery).await }
     });
     // Every result is recorded while none of their events is stored.
-    let exec = poll_until(&a, &id, |e| e.status.is_terminal()).await.expect("the chain records without waiting for the bus");
+    let exec = poll_until(&a, &id, |e| e.status.is_terminal())
+        .await
+        .expect("the chain records without waiting for the bus");
     assert_eq!(exec.status, Status::Succeeded);
     // The last record carries the events of every change the chain made (A, then B and C one
     // after the other: changes 2 to 4), as the bus has stored none of them.
     assert_eq!(exec.outbox.change, 4);
     let carried = crate::bus::outbox_events(&exec);
     for change in 2..=4 {
-        assert!(carried.iter().any(|e| e.id == format!("{id}.{change}.0")), "change {change} is carried: {carried:#?}");
+        assert!(
+            carried.iter().any(|e| e.id == format!("{id}.{change}.0")),
+            "change {change} is carried: {carried:#?}"
+        );
     }
-    let succeeded = |name: &str| carried.iter().any(|e| e.kind == Kind::Action && e.action.as_deref() == Some(name) && e.status == Status::Succeeded);
-    assert!(succeeded("A") && succeeded("B") && succeeded("C"), "{carried:#?}");
-    assert!(carried.iter().any(|e| e.kind == Kind::Pipeline && e.status == Status::Succeeded));
+    let succeeded = |name: &str| {
+        carried.iter().any(|e| {
+            e.kind == Kind::Action
+                && e.action.as_deref() == Some(name)
+                && e.status == Status::Succeeded
+        })
+    };
+    assert!(
+        succeeded("A") && succeeded("B") && succeeded("C"),
+        "{carried:#?}"
+    );
+    assert!(
+        carried
+            .iter()
+            .any(|e| e.kind == Kind::Pipeline && e.status == Status::Succeeded)
+    );
     // The chain's delivery waits for the bus.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(!chain.is_finished(), "the chain ends only once its events are stored");
+    assert!(
+        !chain.is_finished(),
+        "the chain ends only once its events are stored"
+    );
     // Engine A dies now: its job comes back to engine B, which finds the execution ended and
     // sends the events the record carries.
     chain.abort();
     assert!(chain.await.unwrap_err().is_cancelled());
-    assert_eq!(a.busy.load(std::sync::atomic::Ordering::Relaxed), 0, "every worker place the chain took is given back");
+    assert_eq!(
+        a.busy.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "every worker place the chain took is given back"
+    );
     let bus_b = Arc::new(MemoryBus::default());
     let mut seen = bus_b.subscribe();
     let b = engine(&dir.path().join("b"), bus_b.clone(), &shared);
     let counts = Counts::default();
     let acks = counts.acks.clone();
-    b.handle_job(Delivery { subject: "sluice.default.jobs".into(), payload: job, delivered: 2, handle: Box::new(counts) }).await;
+    b.handle_job(Delivery {
+        subject: "sluice.default.jobs".into(),
+        payload: job,
+        delivered: 2,
+        handle: Box::new(counts),
+    })
+    .await;
     let mut sent = Vec::new();
     while let Ok(e) = seen.try_recv() {
         sent.push(e.id);
     }
-    assert_eq!(sent, carried.iter().map(|e| e.id.clone()).collect::<Vec<_>>());
+    assert_eq!(
+        sent,
+        carried.iter().map(|e| e.id.clone()).collect::<Vec<_>>()
+    );
     assert_eq!(acks.load(std::sync::atomic::Ordering::Relaxed), 1);
 }
 
@@ -294,7 +418,12 @@ async fn a_chain_records_its_changes_while_their_events_are_stored() {
 struct ShortDeadline(Arc<MemoryQueue>);
 
 impl WorkQueue for ShortDeadline {
-    fn push<'a>(&'a self, subject: &'a str, id: &'a str, payload: Vec<u8>) -> futures_util::future::BoxFuture<'a, crate::queue::QueueResult<()>> {
+    fn push<'a>(
+        &'a self,
+        subject: &'a str,
+        id: &'a str,
+        payload: Vec<u8>,
+    ) -> futures_util::future::BoxFuture<'a, crate::queue::QueueResult<()>> {
         self.0.push(subject, id, payload)
     }
     fn next(&self) -> futures_util::future::BoxFuture<'_, crate::queue::QueueResult<Delivery>> {
@@ -317,11 +446,15 @@ impl crate::queue::Settle for Counts {
         self.acks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Box::pin(async { Ok(()) })
     }
-    fn nak(&self, _delay: Duration) -> futures_util::future::BoxFuture<'_, crate::queue::QueueResult<()>> {
+    fn nak(
+        &self,
+        _delay: Duration,
+    ) -> futures_util::future::BoxFuture<'_, crate::queue::QueueResult<()>> {
         Box::pin(async { Ok(()) })
     }
     fn progress(&self) -> futures_util::future::BoxFuture<'_, crate::queue::QueueResult<()>> {
-        self.progress.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.progress
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Box::pin(async { Ok(()) })
     }
 }
@@ -331,25 +464,54 @@ impl crate::queue::Settle for Counts {
 /// delivery while the chain still runs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chain_of_short_steps_keeps_its_lease() {
-    let step = |n: usize| format!("  - name: S{n}\n    actions:\n      - name: A\n        uses: command@1\n        with: {{ run: sleep 0.03 }}\n        capabilities: {{ process: [sh] }}\n");
-    let yaml = format!("name: steps\nstages:\n{}", (1..=8).map(step).collect::<String>());
+    let step = |n: usize| {
+        format!(
+            "  - name: S{n}\n    actions:\n      - name: A\n        uses: command@1\n        with: {{ run: sleep 0.03 }}\n        capabilities: {{ process: [sh] }}\n"
+        )
+    };
+    let yaml = format!(
+        "name: steps\nstages:\n{}",
+        (1..=8).map(step).collect::<String>()
+    );
     let dir = tempfile::tempdir().unwrap();
     let mut shared = shared_edges(dir.path());
     shared.jobs = Arc::new(ShortDeadline(MemoryQueue::new(Duration::from_secs(3600))));
-    let a = engine(&dir.path().join("a"), Arc::new(MemoryBus::default()), &shared);
+    let a = engine(
+        &dir.path().join("a"),
+        Arc::new(MemoryBus::default()),
+        &shared,
+    );
     register(&a, dir.path(), "steps.yaml", &yaml).await;
-    let (id, _) = a.start("default", "steps", br#"{"id":"e-1"}"#, false, false).await.unwrap().unwrap();
+    let (id, _) = a
+        .start("default", "steps", br#"{"id":"e-1"}"#, false, false)
+        .await
+        .unwrap()
+        .unwrap();
     let queued = shared.jobs.next().await.unwrap();
     let counts = Counts::default();
-    let watched = Delivery { subject: queued.subject.clone(), payload: queued.payload.clone(), delivered: 1, handle: Box::new(counts.clone()) };
+    let watched = Delivery {
+        subject: queued.subject.clone(),
+        payload: queued.payload.clone(),
+        delivered: 1,
+        handle: Box::new(counts.clone()),
+    };
     queued.ack().await.unwrap();
     let t = std::time::Instant::now();
     a.handle_job(watched).await;
     let took = t.elapsed();
-    assert_eq!(a.execution("default", &id).await.unwrap().unwrap().status, Status::Succeeded);
-    assert!(took >= Duration::from_millis(240), "8 steps of 30 ms ran in {took:?}");
+    assert_eq!(
+        a.execution("default", &id).await.unwrap().unwrap().status,
+        Status::Succeeded
+    );
+    assert!(
+        took >= Duration::from_millis(240),
+        "8 steps of 30 ms ran in {took:?}"
+    );
     let reports = counts.progress.load(std::sync::atomic::Ordering::Relaxed);
-    assert!(reports as u128 >= took.as_millis() / 100 - 1, "{reports} progress reports in {took:?}");
+    assert!(
+        reports as u128 >= took.as_millis() / 100 - 1,
+        "{reports} progress reports in {took:?}"
+    );
 }
 
 /// Each engine tries its own last copy of a pipeline's lanes first. When another engine has
@@ -360,25 +522,60 @@ async fn a_stale_copy_of_the_lanes_never_decides_a_change() {
     use crate::scheduler::lanes::{Effect, LaneOp, Mode};
     let dir = tempfile::tempdir().unwrap();
     let shared = shared_edges(dir.path());
-    let a = engine(&dir.path().join("a"), Arc::new(MemoryBus::default()), &shared);
-    let b = engine(&dir.path().join("b"), Arc::new(MemoryBus::default()), &shared);
-    let arrive = |x: &str| LaneOp::Arrive { execution: x.into(), stage: "Deploy".into(), mode: Mode::Queued };
-    let leave = |x: &str| LaneOp::Leave { execution: x.into(), stage: "Deploy".into() };
-    let admit = |x: &str| vec![Effect::Admit { execution: x.into(), stage: "Deploy".into() }];
+    let a = engine(
+        &dir.path().join("a"),
+        Arc::new(MemoryBus::default()),
+        &shared,
+    );
+    let b = engine(
+        &dir.path().join("b"),
+        Arc::new(MemoryBus::default()),
+        &shared,
+    );
+    let arrive = |x: &str| LaneOp::Arrive {
+        execution: x.into(),
+        stage: "Deploy".into(),
+        mode: Mode::Queued,
+    };
+    let leave = |x: &str| LaneOp::Leave {
+        execution: x.into(),
+        stage: "Deploy".into(),
+    };
+    let admit = |x: &str| {
+        vec![Effect::Admit {
+            execution: x.into(),
+            stage: "Deploy".into(),
+        }]
+    };
 
-    assert_eq!(a.lane("default", "p", &arrive("X")).await.unwrap(), admit("X"));
+    assert_eq!(
+        a.lane("default", "p", &arrive("X")).await.unwrap(),
+        admit("X")
+    );
     // B queues Y behind X: A's copy no longer says so.
     assert_eq!(b.lane("default", "p", &arrive("Y")).await.unwrap(), vec![]);
     // X leaves on A: from A's copy nobody waits, but Y does, and is let in.
-    assert_eq!(a.lane("default", "p", &leave("X")).await.unwrap(), admit("Y"));
+    assert_eq!(
+        a.lane("default", "p", &leave("X")).await.unwrap(),
+        admit("Y")
+    );
     let lane = &a.lanes("default", "p").await.unwrap().stages["Deploy"];
-    assert_eq!((lane.inside.clone(), lane.waiting.clone()), (vec!["Y".to_string()], vec![]));
+    assert_eq!(
+        (lane.inside.clone(), lane.waiting.clone()),
+        (vec!["Y".to_string()], vec![])
+    );
 
     // A's copy now says Y is inside; B lets Y leave. Y arriving again on A would change
     // nothing in A's copy (inside already), so A reads: Y is let in again, and recorded.
     assert_eq!(b.lane("default", "p", &leave("Y")).await.unwrap(), vec![]);
-    assert_eq!(a.lane("default", "p", &arrive("Y")).await.unwrap(), admit("Y"));
-    assert_eq!(b.lanes("default", "p").await.unwrap().stages["Deploy"].inside, vec!["Y".to_string()]);
+    assert_eq!(
+        a.lane("default", "p", &arrive("Y")).await.unwrap(),
+        admit("Y")
+    );
+    assert_eq!(
+        b.lanes("default", "p").await.unwrap().stages["Deploy"].inside,
+        vec!["Y".to_string()]
+    );
 }
 
 /// A trigger's chain runs its first action while the bus stores the start's events, and records
@@ -394,25 +591,62 @@ async fn a_triggers_chain_runs_its_first_action_while_the_starts_events_are_stor
     );
     let shared = shared_edges(dir.path());
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let a = engine(&dir.path().join("a"), Arc::new(GatedBus(gate.clone())), &shared);
+    let a = engine(
+        &dir.path().join("a"),
+        Arc::new(GatedBus(gate.clone())),
+        &shared,
+    );
     a.workers.store(4, std::sync::atomic::Ordering::Relaxed);
     register(&a, dir.path(), "overlap.yaml", &yaml).await;
     let counts = Counts::default();
     let acks = counts.acks.clone();
-    let trigger = Delivery { subject: "sluice.default.trigger.overlap".into(), payload: br#"{"id":"e-1"}"#.to_vec(), delivered: 1, handle: Box::new(counts) };
-    tokio::time::timeout(Duration::from_secs(5), a.handle_trigger_for("default", "overlap", trigger, Duration::from_secs(30)))
-        .await
-        .expect("the trigger goes to its chain without waiting for the start's events");
+    let trigger = Delivery {
+        subject: "sluice.default.trigger.overlap".into(),
+        payload: br#"{"id":"e-1"}"#.to_vec(),
+        delivered: 1,
+        handle: Box::new(counts),
+    };
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        a.handle_trigger_for("default", "overlap", trigger, Duration::from_secs(30)),
+    )
+    .await
+    .expect("the trigger goes to its chain without waiting for the start's events");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let exec = a.executions("default", Some("overlap"), None, 10).await.unwrap().pop().expect("the execution is recorded");
+    let exec = a
+        .executions("default", Some("overlap"), None, 10)
+        .await
+        .unwrap()
+        .pop()
+        .expect("the execution is recorded");
     assert!(ran.exists(), "A ran before the start's events were stored");
-    assert_eq!(exec.stages[0].actions[0].status, Status::Succeeded, "and its result is recorded");
+    assert_eq!(
+        exec.stages[0].actions[0].status,
+        Status::Succeeded,
+        "and its result is recorded"
+    );
     let carried = crate::bus::outbox_events(&exec);
-    assert!(carried.iter().any(|e| e.id == format!("{}.1.0", exec.execution_id)), "with the start's events, not stored yet: {carried:#?}");
-    assert_eq!(acks.load(std::sync::atomic::Ordering::Relaxed), 0, "the trigger's acknowledgement waits for them");
+    assert!(
+        carried
+            .iter()
+            .any(|e| e.id == format!("{}.1.0", exec.execution_id)),
+        "with the start's events, not stored yet: {carried:#?}"
+    );
+    assert_eq!(
+        acks.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "the trigger's acknowledgement waits for them"
+    );
     gate.add_permits(100);
-    let done = poll_until(&a, &exec.execution_id, |e| e.status.is_terminal() && acks.load(std::sync::atomic::Ordering::Relaxed) == 1).await;
-    assert_eq!(done.expect("the execution ends and the trigger is acknowledged").status, Status::Succeeded);
+    let done = poll_until(&a, &exec.execution_id, |e| {
+        e.status.is_terminal() && acks.load(std::sync::atomic::Ordering::Relaxed) == 1
+    })
+    .await;
+    assert_eq!(
+        done.expect("the execution ends and the trigger is acknowledged")
+            .status,
+        Status::Succeeded
+    );
 }
 
 /// A store whose reads (and claims) take a while, counting how many are in flight at once.
@@ -424,7 +658,10 @@ struct SlowReads {
 }
 
 impl crate::kv::Kv for SlowReads {
-    fn get<'a>(&'a self, key: &'a str) -> futures_util::future::BoxFuture<'a, crate::kv::KvResult<Option<(Vec<u8>, u64)>>> {
+    fn get<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> futures_util::future::BoxFuture<'a, crate::kv::KvResult<Option<(Vec<u8>, u64)>>> {
         use std::sync::atomic::Ordering::SeqCst;
         Box::pin(async move {
             self.keys.lock().unwrap().push(key.to_string());
@@ -436,7 +673,11 @@ impl crate::kv::Kv for SlowReads {
             read
         })
     }
-    fn create<'a>(&'a self, key: &'a str, value: Vec<u8>) -> futures_util::future::BoxFuture<'a, crate::kv::KvResult<u64>> {
+    fn create<'a>(
+        &'a self,
+        key: &'a str,
+        value: Vec<u8>,
+    ) -> futures_util::future::BoxFuture<'a, crate::kv::KvResult<u64>> {
         use std::sync::atomic::Ordering::SeqCst;
         if !key.contains("/claim/") {
             return self.inner.create(key, value);
@@ -461,20 +702,57 @@ async fn a_start_reads_the_pipeline_and_its_lanes_while_it_claims_the_event() {
     use std::sync::atomic::Ordering::SeqCst;
     let dir = tempfile::tempdir().unwrap();
     let mut shared = shared_edges(dir.path());
-    let (in_flight, most, keys) = (Arc::default(), Arc::new(std::sync::atomic::AtomicUsize::new(0)), Arc::new(std::sync::Mutex::new(Vec::new())));
-    let slow = |inner: Arc<dyn crate::kv::Kv>| -> Arc<dyn crate::kv::Kv> { Arc::new(SlowReads { inner, in_flight: Arc::clone(&in_flight), most: most.clone(), keys: keys.clone() }) };
+    let (in_flight, most, keys) = (
+        Arc::default(),
+        Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        Arc::new(std::sync::Mutex::new(Vec::new())),
+    );
+    let slow = |inner: Arc<dyn crate::kv::Kv>| -> Arc<dyn crate::kv::Kv> {
+        Arc::new(SlowReads {
+            inner,
+            in_flight: Arc::clone(&in_flight),
+            most: most.clone(),
+            keys: keys.clone(),
+        })
+    };
     shared.pipelines = slow(shared.pipelines.clone());
     shared.executions = slow(shared.executions.clone());
-    let a = engine(&dir.path().join("a"), Arc::new(MemoryBus::default()), &shared);
+    let a = engine(
+        &dir.path().join("a"),
+        Arc::new(MemoryBus::default()),
+        &shared,
+    );
     register(&a, dir.path(), "relay.yaml", PIPELINE).await;
     most.store(0, SeqCst);
     keys.lock().unwrap().clear();
-    let (id, _) = a.start("default", "relay", br#"{"id":"e-1"}"#, false, false).await.unwrap().unwrap();
-    assert_eq!(most.load(SeqCst), 3, "the pipeline and the lanes are read, and the claim written, together");
-    let lane_reads = keys.lock().unwrap().iter().filter(|k| k.as_str() == "default/lane/relay").count();
-    assert_eq!(lane_reads, 1, "and the stage entry uses that read: {:?}", keys.lock().unwrap());
+    let (id, _) = a
+        .start("default", "relay", br#"{"id":"e-1"}"#, false, false)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        most.load(SeqCst),
+        3,
+        "the pipeline and the lanes are read, and the claim written, together"
+    );
+    let lane_reads = keys
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|k| k.as_str() == "default/lane/relay")
+        .count();
+    assert_eq!(
+        lane_reads,
+        1,
+        "and the stage entry uses that read: {:?}",
+        keys.lock().unwrap()
+    );
     let exec = a.execution("default", &id).await.unwrap().unwrap();
-    assert_eq!((exec.stages[0].status, exec.entering), (Status::InProgress, None), "the first stage is entered");
+    assert_eq!(
+        (exec.stages[0].status, exec.entering),
+        (Status::InProgress, None),
+        "the first stage is entered"
+    );
 }
 
 /// A bus whose stores never acknowledge what is sent while `hold` is set (and acknowledge at
@@ -501,26 +779,62 @@ async fn a_change_recorded_beside_a_chain_carries_the_chains_events_not_yet_stor
     let dir = tempfile::tempdir().unwrap();
     let shared = shared_edges(dir.path());
     let hold = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let a = engine(&dir.path().join("a"), Arc::new(HoldBus(hold.clone())), &shared);
+    let a = engine(
+        &dir.path().join("a"),
+        Arc::new(HoldBus(hold.clone())),
+        &shared,
+    );
     register(&a, dir.path(), "gate.yaml", GATE).await;
-    let (id, _) = a.start("default", "gate", br#"{"id":"e-1"}"#, false, false).await.unwrap().unwrap();
+    let (id, _) = a
+        .start("default", "gate", br#"{"id":"e-1"}"#, false, false)
+        .await
+        .unwrap()
+        .unwrap();
     hold.store(true, SeqCst); // what the chain sends is never stored
     let delivery = shared.jobs.next().await.unwrap();
     let chain = tokio::spawn({
         let a = a.clone();
         async move { a.handle_job(delivery).await }
     });
-    let waiting = poll_until(&a, &id, |e| e.stages[1].actions[0].waiting.is_some()).await.expect("the approval waits");
-    let chains = crate::bus::outbox_events(&waiting).into_iter().map(|e| e.id).collect::<Vec<_>>();
+    let waiting = poll_until(&a, &id, |e| e.stages[1].actions[0].waiting.is_some())
+        .await
+        .expect("the approval waits");
+    let chains = crate::bus::outbox_events(&waiting)
+        .into_iter()
+        .map(|e| e.id)
+        .collect::<Vec<_>>();
     assert!(chains.contains(&format!("{id}.2.0")), "{chains:?}");
     hold.store(false, SeqCst);
-    let approved = a.handle("default", api::Request::Approve { execution_id: id.clone(), action: "Two/Ok".into(), approved: true, by: "ana".into(), summary: None, token: None }).await;
+    let approved = a
+        .handle(
+            "default",
+            api::Request::Approve {
+                execution_id: id.clone(),
+                action: "Two/Ok".into(),
+                approved: true,
+                by: "ana".into(),
+                summary: None,
+                token: None,
+            },
+        )
+        .await;
     assert!(approved.get("ok").is_some(), "{approved}");
     let exec = a.execution("default", &id).await.unwrap().unwrap();
-    assert!(exec.outbox.change > waiting.outbox.change, "the approval is recorded");
-    let carried = exec.outbox.earlier.iter().map(|e| e.id.clone()).collect::<Vec<_>>();
+    assert!(
+        exec.outbox.change > waiting.outbox.change,
+        "the approval is recorded"
+    );
+    let carried = exec
+        .outbox
+        .earlier
+        .iter()
+        .map(|e| e.id.clone())
+        .collect::<Vec<_>>();
     for id in &chains {
-        assert!(carried.contains(id), "the approval's record carries {id}, which the chain sent and the bus has not stored: {carried:?}");
+        assert!(
+            carried.contains(id),
+            "the approval's record carries {id}, which the chain sent and the bus has not stored: {carried:?}"
+        );
     }
     chain.abort();
 }
@@ -533,12 +847,24 @@ async fn a_chain_that_never_runs_gives_back_its_places() {
     use std::sync::atomic::Ordering::SeqCst;
     let dir = tempfile::tempdir().unwrap();
     let shared = shared_edges(dir.path());
-    let a = engine(&dir.path().join("a"), Arc::new(MemoryBus::default()), &shared);
+    let a = engine(
+        &dir.path().join("a"),
+        Arc::new(MemoryBus::default()),
+        &shared,
+    );
     a.workers.store(4, SeqCst);
     register(&a, dir.path(), "wide.yaml", WIDE).await;
-    let (_, recorded) = a.start("default", "wide", br#"{"id":"e-1"}"#, false, true).await.unwrap().unwrap();
+    let (_, recorded) = a
+        .start("default", "wide", br#"{"id":"e-1"}"#, false, true)
+        .await
+        .unwrap()
+        .unwrap();
     let recorded = recorded.expect("the start keeps its first jobs");
-    assert_eq!(a.busy.load(SeqCst), 2, "B and C each took an idle worker's place (A runs in the trigger's)");
+    assert_eq!(
+        a.busy.load(SeqCst),
+        2,
+        "B and C each took an idle worker's place (A runs in the trigger's)"
+    );
     drop(recorded);
     assert_eq!(a.busy.load(SeqCst), 0, "given back with the jobs");
 }
@@ -550,14 +876,36 @@ async fn a_chain_that_never_runs_gives_back_its_places() {
 async fn a_refused_event_is_started_under_its_claim_once_accepted() {
     let dir = tempfile::tempdir().unwrap();
     let shared = shared_edges(dir.path());
-    let a = engine(&dir.path().join("a"), Arc::new(MemoryBus::default()), &shared);
-    let refused = a.start("default", "relay", br#"{"id":"e-1"}"#, false, false).await.unwrap();
-    assert!(matches!(&refused, Err(reason) if reason.contains("unknown pipeline")), "refused");
-    let (claimed, _) = crate::kv::get_json::<String>(&*shared.executions, &claim_key("default", "relay", "e-1")).await.unwrap().expect("the claim stays");
+    let a = engine(
+        &dir.path().join("a"),
+        Arc::new(MemoryBus::default()),
+        &shared,
+    );
+    let refused = a
+        .start("default", "relay", br#"{"id":"e-1"}"#, false, false)
+        .await
+        .unwrap();
+    assert!(
+        matches!(&refused, Err(reason) if reason.contains("unknown pipeline")),
+        "refused"
+    );
+    let (claimed, _) =
+        crate::kv::get_json::<String>(&*shared.executions, &claim_key("default", "relay", "e-1"))
+            .await
+            .unwrap()
+            .expect("the claim stays");
     register(&a, dir.path(), "relay.yaml", PIPELINE).await;
-    let (id, _) = a.start("default", "relay", br#"{"id":"e-1"}"#, false, false).await.unwrap().unwrap();
+    let (id, _) = a
+        .start("default", "relay", br#"{"id":"e-1"}"#, false, false)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(id, claimed);
     assert!(a.execution("default", &id).await.unwrap().is_some());
-    let (again, _) = a.start("default", "relay", br#"{"id":"e-1"}"#, false, false).await.unwrap().unwrap();
+    let (again, _) = a
+        .start("default", "relay", br#"{"id":"e-1"}"#, false, false)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(again, id, "one event id, one execution");
 }

@@ -18,7 +18,12 @@ struct HeldWrite {
 }
 
 impl Kv for HeldWrite {
-    fn update<'a>(&'a self, key: &'a str, value: Vec<u8>, revision: u64) -> futures_util::future::BoxFuture<'a, crate::kv::KvResult<u64>> {
+    fn update<'a>(
+        &'a self,
+        key: &'a str,
+        value: Vec<u8>,
+        revision: u64,
+    ) -> futures_util::future::BoxFuture<'a, crate::kv::KvResult<u64>> {
         Box::pin(async move {
             if key.starts_with("default/x/") {
                 let first = {
@@ -57,9 +62,25 @@ fn held_edges() -> Held {
 fn first_update(lose_answer: bool) -> Held {
     let dir = tempfile::tempdir().unwrap();
     let mut shared = shared_edges(dir.path());
-    let (release, updates, held) = (Arc::new(tokio::sync::Semaphore::new(0)), Arc::new(Mutex::new(Vec::new())), Arc::new(AtomicUsize::new(0)));
-    shared.executions = Arc::new(HeldWrite { inner: shared.executions.clone(), release: release.clone(), updates: updates.clone(), held: held.clone(), lose_answer });
-    Held { dir, shared, release, updates, held }
+    let (release, updates, held) = (
+        Arc::new(tokio::sync::Semaphore::new(0)),
+        Arc::new(Mutex::new(Vec::new())),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    shared.executions = Arc::new(HeldWrite {
+        inner: shared.executions.clone(),
+        release: release.clone(),
+        updates: updates.clone(),
+        held: held.clone(),
+        lose_answer,
+    });
+    Held {
+        dir,
+        shared,
+        release,
+        updates,
+        held,
+    }
 }
 
 impl Held {
@@ -76,11 +97,22 @@ impl Held {
 }
 
 /// Start `pipeline` (queued, not chained) and run its first job's chain on `service`.
-async fn start_chain(service: &Arc<Service>, shared: &Edges, pipeline: &str) -> (String, tokio::task::JoinHandle<()>) {
-    let (id, _) = service.start("default", pipeline, br#"{"id":"e-1"}"#, false, false).await.unwrap().unwrap();
+async fn start_chain(
+    service: &Arc<Service>,
+    shared: &Edges,
+    pipeline: &str,
+) -> (String, tokio::task::JoinHandle<()>) {
+    let (id, _) = service
+        .start("default", pipeline, br#"{"id":"e-1"}"#, false, false)
+        .await
+        .unwrap()
+        .unwrap();
     let delivery = shared.jobs.next().await.unwrap();
     let service = service.clone();
-    (id, tokio::spawn(async move { service.handle_job(delivery).await }))
+    (
+        id,
+        tokio::spawn(async move { service.handle_job(delivery).await }),
+    )
 }
 
 /// Three contained actions one after another, in three stages.
@@ -105,7 +137,13 @@ async fn relay_held() -> Relay {
     register(&a, h.dir.path(), "relay3.yaml", RELAY).await;
     let (id, chain) = start_chain(&a, &h.shared, "relay3").await;
     h.until_held().await;
-    Relay { h, a, seen, id, chain }
+    Relay {
+        h,
+        a,
+        seen,
+        id,
+        chain,
+    }
 }
 
 /// Contained actions run while the change that made them runnable is being written, and the
@@ -113,19 +151,44 @@ async fn relay_held() -> Relay {
 /// writes, not three, and every change's events are sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chain_goes_on_while_its_record_is_written_and_writes_what_came_meanwhile_at_once() {
-    let Relay { h, a, mut seen, id, chain } = relay_held().await;
+    let Relay {
+        h,
+        a,
+        mut seen,
+        id,
+        chain,
+    } = relay_held().await;
     // B and C run meanwhile (microseconds each); nothing of theirs is stored or sent yet.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(h.updates.lock().unwrap().len(), 1, "no second write while the first is in flight");
+    assert_eq!(
+        h.updates.lock().unwrap().len(),
+        1,
+        "no second write while the first is in flight"
+    );
     let stored = a.execution("default", &id).await.unwrap().unwrap();
-    assert_eq!(stored.stages[0].actions[0].status, Status::InProgress, "A's result is not stored yet");
+    assert_eq!(
+        stored.stages[0].actions[0].status,
+        Status::InProgress,
+        "A's result is not stored yet"
+    );
     h.release.add_permits(1);
-    tokio::time::timeout(Duration::from_secs(10), chain).await.expect("the chain ends").unwrap();
+    tokio::time::timeout(Duration::from_secs(10), chain)
+        .await
+        .expect("the chain ends")
+        .unwrap();
     let updates = h.updates.lock().unwrap().clone();
-    assert_eq!(updates.len(), 3, "A's result, then B's and C's in one write, then the record without the events it carried");
+    assert_eq!(
+        updates.len(),
+        3,
+        "A's result, then B's and C's in one write, then the record without the events it carried"
+    );
     assert_eq!(updates[0].stages[0].actions[0].status, Status::Succeeded);
     assert_eq!(updates[0].stages[1].actions[0].status, Status::InProgress);
-    assert_eq!(updates[1].status, Status::Succeeded, "the second write holds B's and C's results");
+    assert_eq!(
+        updates[1].status,
+        Status::Succeeded,
+        "the second write holds B's and C's results"
+    );
     let exec = a.execution("default", &id).await.unwrap().unwrap();
     assert_eq!(exec.status, Status::Succeeded);
     // Every change's events, each once, in order of the changes.
@@ -133,11 +196,28 @@ async fn a_chain_goes_on_while_its_record_is_written_and_writes_what_came_meanwh
     while let Ok(e) = seen.try_recv() {
         events.push(e);
     }
-    let said = |name: &str, status: Status| events.iter().filter(|e| e.kind == Kind::Action && e.action.as_deref() == Some(name) && e.status == status).count();
+    let said = |name: &str, status: Status| {
+        events
+            .iter()
+            .filter(|e| {
+                e.kind == Kind::Action && e.action.as_deref() == Some(name) && e.status == status
+            })
+            .count()
+    };
     for name in ["A", "B", "C"] {
-        assert_eq!((said(name, Status::InProgress), said(name, Status::Succeeded)), (1, 1), "{name}: {events:#?}");
+        assert_eq!(
+            (
+                said(name, Status::InProgress),
+                said(name, Status::Succeeded)
+            ),
+            (1, 1),
+            "{name}: {events:#?}"
+        );
     }
-    let changes: Vec<u64> = events.iter().map(|e| e.id.split('.').nth(1).unwrap().parse().unwrap()).collect();
+    let changes: Vec<u64> = events
+        .iter()
+        .map(|e| e.id.split('.').nth(1).unwrap().parse().unwrap())
+        .collect();
     assert!(changes.windows(2).all(|w| w[0] <= w[1]), "{changes:?}");
     assert_eq!(changes.last(), Some(&exec.outbox.change));
 }
@@ -161,27 +241,53 @@ async fn ship_held() -> Ship {
         "name: ship\nstages:\n  - name: Source\n    actions:\n      - {{ name: Snap, uses: source-dir@1, with: {{ path: app }}, outputs: [src] }}\n  - name: Deploy\n    actions:\n      - name: Release\n        uses: deploy-release@1\n        inputs: [src]\n        with: {{ target: '{t}' }}\n        capabilities: {{ dirs: {{ '{t}': rw }} }}\n",
         t = target.display()
     );
-    let a = engine(&h.dir.path().join("a"), Arc::new(MemoryBus::default()), &h.shared);
+    let a = engine(
+        &h.dir.path().join("a"),
+        Arc::new(MemoryBus::default()),
+        &h.shared,
+    );
     register(&a, h.dir.path(), "ship.yaml", &ship).await;
     let (id, chain) = start_chain(&a, &h.shared, "ship").await;
     h.until_held().await;
-    Ship { h, a, target, id, chain }
+    Ship {
+        h,
+        a,
+        target,
+        id,
+        chain,
+    }
 }
 
 /// An action that is not contained (here a deploy, which declares side effects) starts only
 /// once the record that shows it running is stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_action_with_side_effects_waits_until_its_start_is_stored() {
-    let Ship { h, a, target, id, chain } = ship_held().await;
+    let Ship {
+        h,
+        a,
+        target,
+        id,
+        chain,
+    } = ship_held().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!target.join("current").exists(), "the deploy did not start before its start was stored");
+    assert!(
+        !target.join("current").exists(),
+        "the deploy did not start before its start was stored"
+    );
     h.release.add_permits(1);
-    tokio::time::timeout(Duration::from_secs(20), chain).await.expect("the chain ends").unwrap();
+    tokio::time::timeout(Duration::from_secs(20), chain)
+        .await
+        .expect("the chain ends")
+        .unwrap();
     let exec = a.execution("default", &id).await.unwrap().unwrap();
     assert_eq!(exec.status, Status::Succeeded, "{exec:#?}");
     assert!(target.join("current/index.html").exists());
     let updates = h.updates.lock().unwrap();
-    assert_eq!(updates[0].stages[1].actions[0].status, Status::InProgress, "the first write is the deploy's start");
+    assert_eq!(
+        updates[0].stages[1].actions[0].status,
+        Status::InProgress,
+        "the first write is the deploy's start"
+    );
 }
 
 /// A change recorded beside the chain (here a stop) makes the chain's write conflict: the
@@ -189,25 +295,62 @@ async fn an_action_with_side_effects_waits_until_its_start_is_stored() {
 /// stand even though it already ran here, and nothing of it is sent or queued.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_conflicting_change_undoes_what_the_chain_ran_ahead() {
-    let Relay { h, a, mut seen, id, chain } = relay_held().await;
+    let Relay {
+        h,
+        a,
+        mut seen,
+        id,
+        chain,
+    } = relay_held().await;
     tokio::time::sleep(Duration::from_millis(300)).await; // B and C ran ahead
     // A stop (letting running actions finish) is recorded while A's result is being written.
-    let stopped = a.control("default", &id, |_| Ok(Input::Stop { abandon: false, reason: Some("test".into()), at: Timestamp::now() })).await.unwrap();
+    let stopped = a
+        .control("default", &id, |_| {
+            Ok(Input::Stop {
+                abandon: false,
+                reason: Some("test".into()),
+                at: Timestamp::now(),
+            })
+        })
+        .await
+        .unwrap();
     assert_eq!(stopped.status, Status::Stopping);
     h.release.add_permits(1);
-    tokio::time::timeout(Duration::from_secs(10), chain).await.expect("the chain ends").unwrap();
+    tokio::time::timeout(Duration::from_secs(10), chain)
+        .await
+        .expect("the chain ends")
+        .unwrap();
     let exec = a.execution("default", &id).await.unwrap().unwrap();
     assert_eq!(exec.status, Status::Stopped, "{exec:#?}");
-    assert_eq!(exec.stages[0].actions[0].status, Status::Succeeded, "A's result still counts");
+    assert_eq!(
+        exec.stages[0].actions[0].status,
+        Status::Succeeded,
+        "A's result still counts"
+    );
     for stage in &exec.stages[1..] {
-        assert_ne!(stage.actions[0].status, Status::Succeeded, "{} ran ahead, but the stop came first", stage.actions[0].name);
+        assert_ne!(
+            stage.actions[0].status,
+            Status::Succeeded,
+            "{} ran ahead, but the stop came first",
+            stage.actions[0].name
+        );
     }
     let mut events = Vec::new();
     while let Ok(e) = seen.try_recv() {
         events.push(e);
     }
-    assert!(events.iter().all(|e| !matches!(e.action.as_deref(), Some("B") | Some("C"))), "nothing of B or C is sent: {events:#?}");
-    assert!(tokio::time::timeout(Duration::from_millis(200), h.shared.jobs.next()).await.is_err(), "nothing is queued");
+    assert!(
+        events
+            .iter()
+            .all(|e| !matches!(e.action.as_deref(), Some("B") | Some("C"))),
+        "nothing of B or C is sent: {events:#?}"
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), h.shared.jobs.next())
+            .await
+            .is_err(),
+        "nothing is queued"
+    );
 }
 
 /// A conflicting change that leaves the chain's runs alone (here the record written again as
@@ -215,20 +358,43 @@ async fn a_conflicting_change_undoes_what_the_chain_ran_ahead() {
 /// queued for another engine, and every change's events are sent once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_a_chain_started_are_not_queued_again_after_a_conflict() {
-    let Relay { h, a, mut seen, id, chain } = relay_held().await;
+    let Relay {
+        h,
+        a,
+        mut seen,
+        id,
+        chain,
+    } = relay_held().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let key = exec_key("default", &id);
     let (bytes, revision) = h.shared.executions.get(&key).await.unwrap().unwrap();
-    h.shared.executions.update(&key, bytes, revision).await.unwrap();
+    h.shared
+        .executions
+        .update(&key, bytes, revision)
+        .await
+        .unwrap();
     h.release.add_permits(1);
-    tokio::time::timeout(Duration::from_secs(10), chain).await.expect("the chain ends").unwrap();
+    tokio::time::timeout(Duration::from_secs(10), chain)
+        .await
+        .expect("the chain ends")
+        .unwrap();
     let exec = a.execution("default", &id).await.unwrap().unwrap();
     assert_eq!(exec.status, Status::Succeeded, "{exec:#?}");
     for stage in &exec.stages {
         let run = &stage.actions[0];
-        assert_eq!((run.status, run.attempt, run.runner.as_deref()), (Status::Succeeded, 1, None), "{}", run.name);
+        assert_eq!(
+            (run.status, run.attempt, run.runner.as_deref()),
+            (Status::Succeeded, 1, None),
+            "{}",
+            run.name
+        );
     }
-    assert!(tokio::time::timeout(Duration::from_millis(200), h.shared.jobs.next()).await.is_err(), "nothing is queued again");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), h.shared.jobs.next())
+            .await
+            .is_err(),
+        "nothing is queued again"
+    );
     let mut events = Vec::new();
     while let Ok(e) = seen.try_recv() {
         events.push(e);
@@ -238,7 +404,14 @@ async fn runs_a_chain_started_are_not_queued_again_after_a_conflict() {
     ids.dedup();
     assert_eq!(ids.len(), events.len(), "{events:#?}");
     for name in ["A", "B", "C"] {
-        assert_eq!(events.iter().filter(|e| e.action.as_deref() == Some(name) && e.status == Status::Succeeded).count(), 1, "{name}: {events:#?}");
+        assert_eq!(
+            events
+                .iter()
+                .filter(|e| e.action.as_deref() == Some(name) && e.status == Status::Succeeded)
+                .count(),
+            1,
+            "{name}: {events:#?}"
+        );
     }
 }
 
@@ -248,13 +421,34 @@ async fn runs_a_chain_started_are_not_queued_again_after_a_conflict() {
 /// the chain ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_conflict_that_leaves_nothing_to_write_lets_the_waiting_runs_go() {
-    let Ship { h, a, target, id, chain } = ship_held().await;
-    let stopped = a.control("default", &id, |_| Ok(Input::Stop { abandon: true, reason: Some("test".into()), at: Timestamp::now() })).await.unwrap();
+    let Ship {
+        h,
+        a,
+        target,
+        id,
+        chain,
+    } = ship_held().await;
+    let stopped = a
+        .control("default", &id, |_| {
+            Ok(Input::Stop {
+                abandon: true,
+                reason: Some("test".into()),
+                at: Timestamp::now(),
+            })
+        })
+        .await
+        .unwrap();
     assert_eq!(stopped.status, Status::Stopped);
     h.release.add_permits(1);
-    tokio::time::timeout(Duration::from_secs(10), chain).await.expect("the chain ends").unwrap();
+    tokio::time::timeout(Duration::from_secs(10), chain)
+        .await
+        .expect("the chain ends")
+        .unwrap();
     assert!(!target.join("current").exists(), "the deploy never ran");
-    assert_eq!(a.execution("default", &id).await.unwrap().unwrap().status, Status::Stopped);
+    assert_eq!(
+        a.execution("default", &id).await.unwrap().unwrap().status,
+        Status::Stopped
+    );
 }
 
 /// A write that was stored although the store answered with an error is recognised as the
@@ -267,20 +461,43 @@ async fn a_write_stored_though_its_answer_was_lost_still_sends_its_events() {
     let a = engine(&h.dir.path().join("a"), bus.clone(), &h.shared);
     register(&a, h.dir.path(), "relay3.yaml", RELAY).await;
     let (id, chain) = start_chain(&a, &h.shared, "relay3").await;
-    tokio::time::timeout(Duration::from_secs(10), chain).await.expect("the chain ends").unwrap();
-    assert_eq!(a.execution("default", &id).await.unwrap().unwrap().status, Status::Succeeded);
+    tokio::time::timeout(Duration::from_secs(10), chain)
+        .await
+        .expect("the chain ends")
+        .unwrap();
+    assert_eq!(
+        a.execution("default", &id).await.unwrap().unwrap().status,
+        Status::Succeeded
+    );
     let mut events = Vec::new();
     while let Ok(e) = seen.try_recv() {
         events.push(e);
     }
     for name in ["A", "B", "C"] {
-        let said = |status: Status| events.iter().filter(|e| e.kind == Kind::Action && e.action.as_deref() == Some(name) && e.status == status).count();
-        assert_eq!((said(Status::InProgress), said(Status::Succeeded)), (1, 1), "{name}: {events:#?}");
+        let said = |status: Status| {
+            events
+                .iter()
+                .filter(|e| {
+                    e.kind == Kind::Action
+                        && e.action.as_deref() == Some(name)
+                        && e.status == status
+                })
+                .count()
+        };
+        assert_eq!(
+            (said(Status::InProgress), said(Status::Succeeded)),
+            (1, 1),
+            "{name}: {events:#?}"
+        );
     }
 }
 
 /// The execution `id` once it exists and `until` holds (none after 10 s).
-async fn once_recorded(a: &Service, id: &str, until: impl Fn(&Execution) -> bool) -> Option<Execution> {
+async fn once_recorded(
+    a: &Service,
+    id: &str,
+    until: impl Fn(&Execution) -> bool,
+) -> Option<Execution> {
     tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             match a.execution("default", id).await.unwrap() {
@@ -304,7 +521,14 @@ fn drain(seen: &mut tokio::sync::broadcast::Receiver<Event>) -> Vec<Event> {
 
 /// Each action's (started, succeeded) events.
 fn told(events: &[Event], name: &str) -> (usize, usize) {
-    let said = |status: Status| events.iter().filter(|e| e.kind == Kind::Action && e.action.as_deref() == Some(name) && e.status == status).count();
+    let said = |status: Status| {
+        events
+            .iter()
+            .filter(|e| {
+                e.kind == Kind::Action && e.action.as_deref() == Some(name) && e.status == status
+            })
+            .count()
+    };
     (said(Status::InProgress), said(Status::Succeeded))
 }
 
@@ -321,12 +545,29 @@ async fn a_chain_of_contained_actions_writes_once_when_its_runs_are_done() {
     a.gather_for(Duration::from_secs(30));
     register(&a, h.dir.path(), "relay3.yaml", RELAY).await;
     let (id, chain) = start_chain(&a, &h.shared, "relay3").await;
-    tokio::time::timeout(Duration::from_secs(10), chain).await.expect("the chain ends").unwrap();
+    tokio::time::timeout(Duration::from_secs(10), chain)
+        .await
+        .expect("the chain ends")
+        .unwrap();
     let updates = h.updates.lock().unwrap().clone();
-    assert_eq!(updates[0].status, Status::Succeeded, "A's, B's and C's results in one write");
-    assert_eq!(updates.len(), 2, "then only the record without the events it carried");
-    assert_eq!((updates[1].outbox.change, updates[1].outbox.earlier.len()), (updates[0].outbox.change, 0));
-    assert_eq!(a.execution("default", &id).await.unwrap().unwrap().status, Status::Succeeded);
+    assert_eq!(
+        updates[0].status,
+        Status::Succeeded,
+        "A's, B's and C's results in one write"
+    );
+    assert_eq!(
+        updates.len(),
+        2,
+        "then only the record without the events it carried"
+    );
+    assert_eq!(
+        (updates[1].outbox.change, updates[1].outbox.earlier.len()),
+        (updates[0].outbox.change, 0)
+    );
+    assert_eq!(
+        a.execution("default", &id).await.unwrap().unwrap().status,
+        Status::Succeeded
+    );
     let events = drain(&mut seen);
     for name in ["A", "B", "C"] {
         assert_eq!(told(&events, name), (1, 1), "{name}: {events:#?}");
@@ -342,10 +583,17 @@ struct HeldCreate {
 }
 
 impl Kv for HeldCreate {
-    fn create<'a>(&'a self, key: &'a str, value: Vec<u8>) -> futures_util::future::BoxFuture<'a, crate::kv::KvResult<u64>> {
+    fn create<'a>(
+        &'a self,
+        key: &'a str,
+        value: Vec<u8>,
+    ) -> futures_util::future::BoxFuture<'a, crate::kv::KvResult<u64>> {
         Box::pin(async move {
             if key.starts_with("default/x/") {
-                self.created.lock().unwrap().push(serde_json::from_slice(&value).unwrap());
+                self.created
+                    .lock()
+                    .unwrap()
+                    .push(serde_json::from_slice(&value).unwrap());
                 self.release.acquire().await.unwrap().forget();
             }
             self.inner.create(key, value).await
@@ -369,9 +617,16 @@ struct Creating {
 async fn creating(pipeline: &str, yaml: &str) -> Creating {
     let dir = tempfile::tempdir().unwrap();
     let mut shared = shared_edges(dir.path());
-    let (release, created) = (Arc::new(tokio::sync::Semaphore::new(0)), Arc::new(Mutex::new(Vec::new())));
+    let (release, created) = (
+        Arc::new(tokio::sync::Semaphore::new(0)),
+        Arc::new(Mutex::new(Vec::new())),
+    );
     let inner = shared.executions.clone();
-    shared.executions = Arc::new(HeldCreate { inner: inner.clone(), release: release.clone(), created: created.clone() });
+    shared.executions = Arc::new(HeldCreate {
+        inner: inner.clone(),
+        release: release.clone(),
+        created: created.clone(),
+    });
     let bus = Arc::new(MemoryBus::default());
     let seen = bus.subscribe();
     let a = engine(&dir.path().join("a"), bus, &shared);
@@ -379,8 +634,14 @@ async fn creating(pipeline: &str, yaml: &str) -> Creating {
     a.gather_for(Duration::from_secs(30));
     register(&a, dir.path(), &format!("{pipeline}.yaml"), yaml).await;
     let counts = Counts::default();
-    let trigger = Delivery { subject: format!("sluice.default.trigger.{pipeline}"), payload: br#"{"id":"e-1"}"#.to_vec(), delivered: 1, handle: Box::new(counts.clone()) };
-    a.handle_trigger_for("default", pipeline, trigger, Duration::from_secs(30)).await;
+    let trigger = Delivery {
+        subject: format!("sluice.default.trigger.{pipeline}"),
+        payload: br#"{"id":"e-1"}"#.to_vec(),
+        delivered: 1,
+        handle: Box::new(counts.clone()),
+    };
+    a.handle_trigger_for("default", pipeline, trigger, Duration::from_secs(30))
+        .await;
     tokio::time::timeout(Duration::from_secs(10), async {
         while created.lock().unwrap().is_empty() {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -388,7 +649,15 @@ async fn creating(pipeline: &str, yaml: &str) -> Creating {
     })
     .await
     .expect("the chain creates the record");
-    Creating { a, inner, release, created, counts, seen, _dir: dir }
+    Creating {
+        a,
+        inner,
+        release,
+        created,
+        counts,
+        seen,
+        _dir: dir,
+    }
 }
 
 /// A new execution's first contained runs go on while its record is not created yet, and
@@ -396,22 +665,49 @@ async fn creating(pipeline: &str, yaml: &str) -> Creating {
 /// is sent before the record exists, and the trigger is acknowledged after.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_executions_contained_runs_go_on_before_its_record_is_created() {
-    let Creating { a, release, created, counts, mut seen, .. } = creating("relay3", RELAY).await;
+    let Creating {
+        a,
+        release,
+        created,
+        counts,
+        mut seen,
+        ..
+    } = creating("relay3", RELAY).await;
     let first = created.lock().unwrap()[0].clone();
-    assert_eq!(first.status, Status::Succeeded, "A, B and C ran before the record was created: {first:#?}");
+    assert_eq!(
+        first.status,
+        Status::Succeeded,
+        "A, B and C ran before the record was created: {first:#?}"
+    );
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(a.execution("default", &first.execution_id).await.unwrap().is_none(), "not stored yet");
-    assert!(drain(&mut seen).is_empty(), "nothing sent before the record exists");
+    assert!(
+        a.execution("default", &first.execution_id)
+            .await
+            .unwrap()
+            .is_none(),
+        "not stored yet"
+    );
+    assert!(
+        drain(&mut seen).is_empty(),
+        "nothing sent before the record exists"
+    );
     assert_eq!(counts.acks.load(SeqCst), 0);
     release.add_permits(1);
-    let done = once_recorded(&a, &first.execution_id, |e| e.status == Status::Succeeded && counts.acks.load(SeqCst) == 1).await;
+    let done = once_recorded(&a, &first.execution_id, |e| {
+        e.status == Status::Succeeded && counts.acks.load(SeqCst) == 1
+    })
+    .await;
     assert!(done.is_some(), "recorded, and the trigger acknowledged");
     assert_eq!(created.lock().unwrap().len(), 1);
     let events = drain(&mut seen);
     for name in ["A", "B", "C"] {
         assert_eq!(told(&events, name), (1, 1), "{name}: {events:#?}");
     }
-    assert!(events.iter().any(|e| e.kind == Kind::Pipeline && e.status == Status::Succeeded));
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == Kind::Pipeline && e.status == Status::Succeeded)
+    );
 }
 
 /// An action that is not contained (a command) does not start before the record that shows it
@@ -420,14 +716,33 @@ async fn a_new_executions_contained_runs_go_on_before_its_record_is_created() {
 async fn a_new_executions_command_waits_until_its_record_is_created() {
     let dir = tempfile::tempdir().unwrap();
     let ran = dir.path().join("ran-A");
-    let yaml = format!("name: cmd\nstages:\n  - name: One\n    actions:\n      - name: A\n        uses: command@1\n        with: {{ run: touch {} }}\n        capabilities: {{ process: [sh] }}\n", ran.display());
-    let Creating { a, release, created, .. } = creating("cmd", &yaml).await;
+    let yaml = format!(
+        "name: cmd\nstages:\n  - name: One\n    actions:\n      - name: A\n        uses: command@1\n        with: {{ run: touch {} }}\n        capabilities: {{ process: [sh] }}\n",
+        ran.display()
+    );
+    let Creating {
+        a,
+        release,
+        created,
+        ..
+    } = creating("cmd", &yaml).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!ran.exists(), "the command did not run before its start was stored");
-    assert_eq!(created.lock().unwrap()[0].stages[0].actions[0].status, Status::InProgress);
+    assert!(
+        !ran.exists(),
+        "the command did not run before its start was stored"
+    );
+    assert_eq!(
+        created.lock().unwrap()[0].stages[0].actions[0].status,
+        Status::InProgress
+    );
     release.add_permits(1);
     let id = created.lock().unwrap()[0].execution_id.clone();
-    assert_eq!(once_recorded(&a, &id, |e| e.status.is_terminal()).await.map(|e| e.status), Some(Status::Succeeded));
+    assert_eq!(
+        once_recorded(&a, &id, |e| e.status.is_terminal())
+            .await
+            .map(|e| e.status),
+        Some(Status::Succeeded)
+    );
     assert!(ran.exists());
 }
 
@@ -435,29 +750,63 @@ async fn a_new_executions_command_waits_until_its_record_is_created() {
 /// creation conflicts, and nothing it ran is sent or recorded; the execution is theirs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_created_elsewhere_first_is_left_to_its_creator() {
-    let Creating { a, inner, release, created, counts, mut seen, .. } = creating("relay3", RELAY).await;
+    let Creating {
+        a,
+        inner,
+        release,
+        created,
+        counts,
+        mut seen,
+        ..
+    } = creating("relay3", RELAY).await;
     let mut theirs = created.lock().unwrap()[0].clone();
     theirs.status = Status::InProgress;
     theirs.outbox.writer = "another engine".into();
     let key = exec_key("default", &theirs.execution_id);
-    inner.create(&key, serde_json::to_vec(&theirs).unwrap()).await.unwrap();
+    inner
+        .create(&key, serde_json::to_vec(&theirs).unwrap())
+        .await
+        .unwrap();
     release.add_permits(1);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let stored = a.execution("default", &theirs.execution_id).await.unwrap().unwrap();
-    assert_eq!(stored.outbox.writer, "another engine", "their record stands");
-    assert!(drain(&mut seen).is_empty(), "nothing of what ran here is sent");
-    assert_eq!(counts.acks.load(SeqCst), 0, "the trigger is handed back, not acknowledged");
+    let stored = a
+        .execution("default", &theirs.execution_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        stored.outbox.writer, "another engine",
+        "their record stands"
+    );
+    assert!(
+        drain(&mut seen).is_empty(),
+        "nothing of what ran here is sent"
+    );
+    assert_eq!(
+        counts.acks.load(SeqCst),
+        0,
+        "the trigger is handed back, not acknowledged"
+    );
 }
 
 /// [`RELAY`] started (not chained) on an engine whose first update of a record is stored with
 /// its answer lost; the start's events already drained.
-async fn started_losing_an_answer() -> (Held, Arc<Service>, tokio::sync::broadcast::Receiver<Event>, String) {
+async fn started_losing_an_answer() -> (
+    Held,
+    Arc<Service>,
+    tokio::sync::broadcast::Receiver<Event>,
+    String,
+) {
     let h = first_update(true);
     let bus = Arc::new(MemoryBus::default());
     let mut seen = bus.subscribe();
     let a = engine(&h.dir.path().join("a"), bus.clone(), &h.shared);
     register(&a, h.dir.path(), "relay3.yaml", RELAY).await;
-    let (id, _) = a.start("default", "relay3", br#"{"id":"e-1"}"#, false, false).await.unwrap().unwrap();
+    let (id, _) = a
+        .start("default", "relay3", br#"{"id":"e-1"}"#, false, false)
+        .await
+        .unwrap()
+        .unwrap();
     drain(&mut seen);
     (h, a, seen, id)
 }
@@ -468,12 +817,26 @@ async fn started_losing_an_answer() -> (Held, Arc<Service>, tokio::sync::broadca
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recorded_change_whose_answer_was_lost_still_sends_its_events() {
     let (h, a, mut seen, id) = started_losing_an_answer().await;
-    let stop = Input::Stop { abandon: true, reason: Some("test".into()), at: Timestamp::now() };
+    let stop = Input::Stop {
+        abandon: true,
+        reason: Some("test".into()),
+        at: Timestamp::now(),
+    };
     a.complete(&exec_key("default", &id), &stop).await.unwrap();
-    assert_eq!(a.execution("default", &id).await.unwrap().unwrap().status, Status::Stopped);
-    assert_eq!(h.updates.lock().unwrap().len(), 1, "written once, its answer lost");
+    assert_eq!(
+        a.execution("default", &id).await.unwrap().unwrap().status,
+        Status::Stopped
+    );
+    assert_eq!(
+        h.updates.lock().unwrap().len(),
+        1,
+        "written once, its answer lost"
+    );
     let events = drain(&mut seen);
-    let stopped = events.iter().filter(|e| e.kind == Kind::Pipeline && e.status == Status::Stopped).count();
+    let stopped = events
+        .iter()
+        .filter(|e| e.kind == Kind::Pipeline && e.status == Status::Stopped)
+        .count();
     assert_eq!(stopped, 1, "{events:#?}");
 }
 
@@ -482,10 +845,25 @@ async fn a_recorded_change_whose_answer_was_lost_still_sends_its_events() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_control_whose_answer_was_lost_stands() {
     let (_h, a, mut seen, id) = started_losing_an_answer().await;
-    let stopped = a.control("default", &id, |_| Ok(Input::Stop { abandon: true, reason: Some("test".into()), at: Timestamp::now() })).await;
+    let stopped = a
+        .control("default", &id, |_| {
+            Ok(Input::Stop {
+                abandon: true,
+                reason: Some("test".into()),
+                at: Timestamp::now(),
+            })
+        })
+        .await;
     assert_eq!(stopped.map(|e| e.status), Ok(Status::Stopped));
     let events = drain(&mut seen);
-    assert_eq!(events.iter().filter(|e| e.kind == Kind::Pipeline && e.status == Status::Stopped).count(), 1, "{events:#?}");
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.kind == Kind::Pipeline && e.status == Status::Stopped)
+            .count(),
+        1,
+        "{events:#?}"
+    );
 }
 
 /// A chain's write that gathered several changes carries the earlier ones' events in its
@@ -495,14 +873,41 @@ async fn a_control_whose_answer_was_lost_stands() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_at_rest_keeps_no_events_of_earlier_changes() {
     const GATED: &str = "name: gated\nstages:\n  - name: Gate\n    actions:\n      - { name: Approve, uses: approval@1, with: { approvers: '*' } }\n  - name: Go\n    actions:\n      - { name: Run, uses: noop@1 }\n";
-    let Creating { a, release, created, counts, .. } = creating("gated", GATED).await;
+    let Creating {
+        a,
+        release,
+        created,
+        counts,
+        ..
+    } = creating("gated", GATED).await;
     let first = created.lock().unwrap()[0].clone();
-    assert_eq!(first.stages[0].actions[0].waiting.as_ref().map(|w| w.wake.clone()), Some(Wake::Approval), "the approval began waiting before the record was created");
+    assert_eq!(
+        first.stages[0].actions[0]
+            .waiting
+            .as_ref()
+            .map(|w| w.wake.clone()),
+        Some(Wake::Approval),
+        "the approval began waiting before the record was created"
+    );
     let carried = crate::bus::outbox_events(&first);
-    assert!(carried.iter().any(|e| e.kind == Kind::Pipeline && e.status == Status::InProgress), "the start's events ride along: {carried:#?}");
-    assert!(carried.iter().all(|e| e.tenant == "default" && e.pipeline == "gated" && e.execution_id == first.execution_id && e.pipeline_version == Some(1)), "whole: {carried:#?}");
+    assert!(
+        carried
+            .iter()
+            .any(|e| e.kind == Kind::Pipeline && e.status == Status::InProgress),
+        "the start's events ride along: {carried:#?}"
+    );
+    assert!(
+        carried.iter().all(|e| e.tenant == "default"
+            && e.pipeline == "gated"
+            && e.execution_id == first.execution_id
+            && e.pipeline_version == Some(1)),
+        "whole: {carried:#?}"
+    );
     release.add_permits(1);
-    let rests = once_recorded(&a, &first.execution_id, |e| e.outbox.earlier.is_empty() && counts.acks.load(SeqCst) == 1).await;
+    let rests = once_recorded(&a, &first.execution_id, |e| {
+        e.outbox.earlier.is_empty() && counts.acks.load(SeqCst) == 1
+    })
+    .await;
     let rests = rests.expect("written once more without them, and the trigger acknowledged");
     assert_eq!(rests.outbox.change, first.outbox.change, "the same change");
 }

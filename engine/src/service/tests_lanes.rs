@@ -12,7 +12,10 @@ struct CountLaneReads {
 }
 
 impl Kv for CountLaneReads {
-    fn get<'a>(&'a self, key: &'a str) -> futures_util::future::BoxFuture<'a, crate::kv::KvResult<Option<(Vec<u8>, u64)>>> {
+    fn get<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> futures_util::future::BoxFuture<'a, crate::kv::KvResult<Option<(Vec<u8>, u64)>>> {
         if key.contains("/lane/") {
             self.reads.fetch_add(1, SeqCst);
         }
@@ -25,9 +28,21 @@ const PARALLEL: &str = "name: par\nexecution_mode: parallel\nstages:\n  - name: 
 
 /// Run one execution of `pipeline` to its end on `service` (started, its chain run here).
 async fn run_one(service: &Arc<Service>, shared: &Edges, pipeline: &str, event: &str) -> Execution {
-    let (id, _) = service.start("default", pipeline, format!(r#"{{"id":"{event}"}}"#).as_bytes(), false, false).await.unwrap().unwrap();
+    let (id, _) = service
+        .start(
+            "default",
+            pipeline,
+            format!(r#"{{"id":"{event}"}}"#).as_bytes(),
+            false,
+            false,
+        )
+        .await
+        .unwrap()
+        .unwrap();
     let delivery = shared.jobs.next().await.unwrap();
-    tokio::time::timeout(Duration::from_secs(10), service.handle_job(delivery)).await.expect("the chain ends");
+    tokio::time::timeout(Duration::from_secs(10), service.handle_job(delivery))
+        .await
+        .expect("the chain ends");
     service.execution("default", &id).await.unwrap().unwrap()
 }
 
@@ -39,16 +54,33 @@ async fn stage_entries_decide_on_a_watched_copy_of_the_lanes() {
     let dir = tempfile::tempdir().unwrap();
     let mut shared = shared_edges(dir.path());
     let reads = Arc::new(AtomicUsize::new(0));
-    shared.executions = Arc::new(CountLaneReads { inner: shared.executions.clone(), reads: reads.clone() });
-    let a = engine(&dir.path().join("a"), Arc::new(MemoryBus::default()), &shared);
+    shared.executions = Arc::new(CountLaneReads {
+        inner: shared.executions.clone(),
+        reads: reads.clone(),
+    });
+    let a = engine(
+        &dir.path().join("a"),
+        Arc::new(MemoryBus::default()),
+        &shared,
+    );
     register(&a, dir.path(), "par.yaml", PARALLEL).await;
     // The first executions read (and start the watch; a copy read after it is live is current).
     for event in ["e-1", "e-2"] {
-        assert_eq!(run_one(&a, &shared, "par", event).await.status, Status::Succeeded);
+        assert_eq!(
+            run_one(&a, &shared, "par", event).await.status,
+            Status::Succeeded
+        );
     }
     reads.store(0, SeqCst);
-    assert_eq!(run_one(&a, &shared, "par", "e-3").await.status, Status::Succeeded);
-    assert_eq!(reads.load(SeqCst), 0, "three stage entries and exits, decided on the watched copy");
+    assert_eq!(
+        run_one(&a, &shared, "par", "e-3").await.status,
+        Status::Succeeded
+    );
+    assert_eq!(
+        reads.load(SeqCst),
+        0,
+        "three stage entries and exits, decided on the watched copy"
+    );
 }
 
 /// A transition disabled on another engine reaches this engine's copy through the watch: an
@@ -57,18 +89,50 @@ async fn stage_entries_decide_on_a_watched_copy_of_the_lanes() {
 async fn a_transition_disabled_elsewhere_stops_an_execution_decided_on_the_copy() {
     let dir = tempfile::tempdir().unwrap();
     let shared = shared_edges(dir.path());
-    let a = engine(&dir.path().join("a"), Arc::new(MemoryBus::default()), &shared);
-    let b = engine(&dir.path().join("b"), Arc::new(MemoryBus::default()), &shared);
+    let a = engine(
+        &dir.path().join("a"),
+        Arc::new(MemoryBus::default()),
+        &shared,
+    );
+    let b = engine(
+        &dir.path().join("b"),
+        Arc::new(MemoryBus::default()),
+        &shared,
+    );
     register(&a, dir.path(), "par.yaml", PARALLEL).await;
     for event in ["e-1", "e-2"] {
-        assert_eq!(run_one(&a, &shared, "par", event).await.status, Status::Succeeded);
+        assert_eq!(
+            run_one(&a, &shared, "par", event).await.status,
+            Status::Succeeded
+        );
     }
-    let disabled = b.handle("default", api::Request::Transition { pipeline: "par".into(), stage: "Two".into(), enable: false, reason: Some("freeze".into()), by: None }).await;
+    let disabled = b
+        .handle(
+            "default",
+            api::Request::Transition {
+                pipeline: "par".into(),
+                stage: "Two".into(),
+                enable: false,
+                reason: Some("freeze".into()),
+                by: None,
+            },
+        )
+        .await;
     assert!(disabled.get("ok").is_some(), "{disabled}");
     tokio::time::sleep(Duration::from_millis(100)).await; // the watch delivers the change
-    let (id, _) = a.start("default", "par", br#"{"id":"e-3"}"#, false, false).await.unwrap().unwrap();
+    let (id, _) = a
+        .start("default", "par", br#"{"id":"e-3"}"#, false, false)
+        .await
+        .unwrap()
+        .unwrap();
     let delivery = shared.jobs.next().await.unwrap();
-    tokio::time::timeout(Duration::from_secs(10), a.handle_job(delivery)).await.expect("the chain ends");
+    tokio::time::timeout(Duration::from_secs(10), a.handle_job(delivery))
+        .await
+        .expect("the chain ends");
     let exec = a.execution("default", &id).await.unwrap().unwrap();
-    assert_eq!((exec.entering, exec.stages[1].status), (Some(1), Status::NotStarted), "it waits before Two: {exec:#?}");
+    assert_eq!(
+        (exec.entering, exec.stages[1].status),
+        (Some(1), Status::NotStarted),
+        "it waits before Two: {exec:#?}"
+    );
 }

@@ -65,7 +65,8 @@ fn default_kind() -> String {
 impl TriggerEvent {
     /// Parse and check an event.
     pub fn parse(bytes: &[u8]) -> Result<Self, String> {
-        let event: TriggerEvent = serde_json::from_slice(bytes).map_err(|e| format!("not a trigger event: {e}"))?;
+        let event: TriggerEvent =
+            serde_json::from_slice(bytes).map_err(|e| format!("not a trigger event: {e}"))?;
         if event.id.trim().is_empty() {
             return Err("not a trigger event: `id` is empty".into());
         }
@@ -80,7 +81,11 @@ impl TriggerEvent {
         let source = self.source.clone().unwrap_or_default();
         TriggerInfo {
             event_id: self.id.clone(),
-            kind: if self.source.is_some() { source.kind } else { "nats".into() },
+            kind: if self.source.is_some() {
+                source.kind
+            } else {
+                "nats".into()
+            },
             started_by: source.pusher,
             repository: source.repository,
             git_ref: source.git_ref,
@@ -91,7 +96,11 @@ impl TriggerEvent {
 
 fn matches(patterns: &[crate::model::Located<String>], value: &str) -> bool {
     patterns.iter().any(|p| {
-        globset::GlobBuilder::new(&p.value).literal_separator(true).build().map(|g| g.compile_matcher().is_match(value)).unwrap_or(false)
+        globset::GlobBuilder::new(&p.value)
+            .literal_separator(true)
+            .build()
+            .map(|g| g.compile_matcher().is_match(value))
+            .unwrap_or(false)
     })
 }
 
@@ -119,17 +128,28 @@ fn filter_accepts(f: &GitFilter, git_ref: &str, files: &[String]) -> bool {
 /// Whether the pipeline's triggers accept the event: events that are not git pushes, and
 /// every event of a pipeline without git filters, are accepted. `Err` says why not.
 pub fn accepts(triggers: &Triggers, event: &TriggerEvent) -> Result<(), String> {
-    let Some(source) = &event.source else { return Ok(()) };
+    let Some(source) = &event.source else {
+        return Ok(());
+    };
     if triggers.git.is_empty() || source.kind != "git" {
         return Ok(());
     }
     let Some(git_ref) = &source.git_ref else {
-        return Err("filtered out: the pipeline has git filters and the event has no `source.ref`".into());
+        return Err(
+            "filtered out: the pipeline has git filters and the event has no `source.ref`".into(),
+        );
     };
-    if triggers.git.iter().any(|f| filter_accepts(f, git_ref, &source.changed_files)) {
+    if triggers
+        .git
+        .iter()
+        .any(|f| filter_accepts(f, git_ref, &source.changed_files))
+    {
         Ok(())
     } else {
-        Err(format!("filtered out: no git filter of the pipeline matches ref `{git_ref}` with changed files {:?}", source.changed_files))
+        Err(format!(
+            "filtered out: no git filter of the pipeline matches ref `{git_ref}` with changed files {:?}",
+            source.changed_files
+        ))
     }
 }
 
@@ -139,14 +159,25 @@ mod tests {
     use crate::model::{Loc, Located};
 
     fn pats(include: &[&str], exclude: &[&str]) -> Option<Patterns> {
-        let l = |v: &&str| Located { value: v.to_string(), loc: Loc { line: 1, col: 1 } };
-        Some(Patterns { include: include.iter().map(l).collect(), exclude: exclude.iter().map(l).collect() })
+        let l = |v: &&str| Located {
+            value: v.to_string(),
+            loc: Loc { line: 1, col: 1 },
+        };
+        Some(Patterns {
+            include: include.iter().map(l).collect(),
+            exclude: exclude.iter().map(l).collect(),
+        })
     }
 
     fn push(git_ref: &str, files: &[&str]) -> TriggerEvent {
         TriggerEvent {
             id: "e".into(),
-            source: Some(Source { kind: "git".into(), git_ref: Some(git_ref.into()), changed_files: files.iter().map(|f| f.to_string()).collect(), ..Default::default() }),
+            source: Some(Source {
+                kind: "git".into(),
+                git_ref: Some(git_ref.into()),
+                changed_files: files.iter().map(|f| f.to_string()).collect(),
+                ..Default::default()
+            }),
             variables: BTreeMap::new(),
         }
     }
@@ -155,38 +186,74 @@ mod tests {
     fn git_filters_like_codepipeline() {
         let triggers = Triggers {
             git: vec![
-                GitFilter { branches: pats(&["main", "release/*"], &["release/old*"]), file_paths: pats(&["src/**", "Cargo.toml"], &["src/docs/**"]), ..Default::default() },
-                GitFilter { tags: pats(&["v*"], &["v0.*"]), ..Default::default() },
+                GitFilter {
+                    branches: pats(&["main", "release/*"], &["release/old*"]),
+                    file_paths: pats(&["src/**", "Cargo.toml"], &["src/docs/**"]),
+                    ..Default::default()
+                },
+                GitFilter {
+                    tags: pats(&["v*"], &["v0.*"]),
+                    ..Default::default()
+                },
             ],
             ..Default::default()
         };
         let cases: &[(&str, &[&str], bool)] = &[
             ("refs/heads/main", &["src/lib.rs"], true),
-            ("refs/heads/main", &["README.md"], false),            // no included file
-            ("refs/heads/main", &["src/docs/a.md"], false),        // exclude wins
+            ("refs/heads/main", &["README.md"], false), // no included file
+            ("refs/heads/main", &["src/docs/a.md"], false), // exclude wins
             ("refs/heads/main", &["src/docs/a.md", "Cargo.toml"], true), // one file is enough
             ("refs/heads/release/1.2", &["src/a.rs"], true),
-            ("refs/heads/release/old-1", &["src/a.rs"], false),   // excluded branch
-            ("refs/heads/release/1/2", &["src/a.rs"], false),     // `*` stops at `/`
+            ("refs/heads/release/old-1", &["src/a.rs"], false), // excluded branch
+            ("refs/heads/release/1/2", &["src/a.rs"], false),   // `*` stops at `/`
             ("refs/heads/feature", &["src/a.rs"], false),
-            ("refs/tags/v1.0.0", &[], true),                     // the tag filter has no paths
+            ("refs/tags/v1.0.0", &[], true), // the tag filter has no paths
             ("refs/tags/v0.9", &[], false),
-            ("refs/tags/main", &[], false),                      // a tag is not a branch
+            ("refs/tags/main", &[], false), // a tag is not a branch
         ];
         for (git_ref, files, want) in cases {
-            assert_eq!(accepts(&triggers, &push(git_ref, files)).is_ok(), *want, "{git_ref} {files:?}");
+            assert_eq!(
+                accepts(&triggers, &push(git_ref, files)).is_ok(),
+                *want,
+                "{git_ref} {files:?}"
+            );
         }
         // Without git filters every push is accepted; non-git events always are.
         assert!(accepts(&Triggers::default(), &push("refs/heads/x", &[])).is_ok());
-        assert!(accepts(&triggers, &TriggerEvent { id: "m".into(), ..Default::default() }).is_ok());
+        assert!(
+            accepts(
+                &triggers,
+                &TriggerEvent {
+                    id: "m".into(),
+                    ..Default::default()
+                }
+            )
+            .is_ok()
+        );
     }
 
     #[test]
     fn malformed_events_are_refused_with_a_reason() {
-        assert!(TriggerEvent::parse(b"not json").unwrap_err().contains("not a trigger event"));
-        assert!(TriggerEvent::parse(br#"{"source": {}}"#).unwrap_err().contains("id"));
-        assert!(TriggerEvent::parse(br#"{"id": " "}"#).unwrap_err().contains("empty"));
-        assert!(TriggerEvent::parse(br#"{"id": "a", "colour": 1}"#).unwrap_err().contains("colour"));
+        assert!(
+            TriggerEvent::parse(b"not json")
+                .unwrap_err()
+                .contains("not a trigger event")
+        );
+        assert!(
+            TriggerEvent::parse(br#"{"source": {}}"#)
+                .unwrap_err()
+                .contains("id")
+        );
+        assert!(
+            TriggerEvent::parse(br#"{"id": " "}"#)
+                .unwrap_err()
+                .contains("empty")
+        );
+        assert!(
+            TriggerEvent::parse(br#"{"id": "a", "colour": 1}"#)
+                .unwrap_err()
+                .contains("colour")
+        );
         let e = TriggerEvent::parse(br#"{"id": "a", "source": {"type": "git", "ref": "refs/heads/main"}, "variables": {"k": "v"}}"#).unwrap();
         assert_eq!(e.info().git_ref.as_deref(), Some("refs/heads/main"));
     }

@@ -37,18 +37,27 @@ pub struct Waiter {
 pub const INDEX_PREFIX: &str = "_waits/";
 
 fn index_key(subject: &str) -> String {
-    format!("{INDEX_PREFIX}{}", &blake3::hash(subject.as_bytes()).to_hex()[..32])
+    format!(
+        "{INDEX_PREFIX}{}",
+        &blake3::hash(subject.as_bytes()).to_hex()[..32]
+    )
 }
 
 /// Whether a plugin may wait for `subject`: a concrete subject (no wildcards) outside
 /// Sluice's own `sluice.>` and the system's `$…` subjects.
 pub fn valid_wake_subject(subject: &str) -> Result<(), String> {
     let tokens: Vec<&str> = subject.split('.').collect();
-    if subject.is_empty() || tokens.iter().any(|t| t.is_empty() || t.chars().any(char::is_whitespace)) {
+    if subject.is_empty()
+        || tokens
+            .iter()
+            .any(|t| t.is_empty() || t.chars().any(char::is_whitespace))
+    {
         return Err(format!("{subject:?} is not a NATS subject"));
     }
     if tokens.iter().any(|t| *t == "*" || *t == ">") {
-        return Err(format!("{subject:?}: wait for a concrete subject, without wildcards"));
+        return Err(format!(
+            "{subject:?}: wait for a concrete subject, without wildcards"
+        ));
     }
     if tokens[0] == "sluice" || tokens[0].starts_with('$') {
         return Err(format!("{subject:?} is reserved (sluice.> and $…)"));
@@ -65,7 +74,10 @@ impl Service {
         valid_wake_subject(subject)?;
         let key = index_key(subject);
         modify::<WaitIndex, _>(&*self.edges.waits, &key, |current| {
-            let mut index = current.unwrap_or_else(|| WaitIndex { subject: subject.to_string(), waiters: Vec::new() });
+            let mut index = current.unwrap_or_else(|| WaitIndex {
+                subject: subject.to_string(),
+                waiters: Vec::new(),
+            });
             if index.waiters.contains(&waiter) {
                 return None;
             }
@@ -80,15 +92,28 @@ impl Service {
     /// An event arrived on `subject`: wake every action waiting for it. Returns how many woke.
     pub async fn wake_by_subject(&self, subject: &str, payload: &[u8]) -> Result<usize, KvError> {
         let key = index_key(subject);
-        let Some((index, _)) = get_json::<WaitIndex>(&*self.edges.waits, &key).await? else { return Ok(0) };
+        let Some((index, _)) = get_json::<WaitIndex>(&*self.edges.waits, &key).await? else {
+            return Ok(0);
+        };
         let payload = String::from_utf8_lossy(payload).into_owned();
         let mut woken = 0;
         for w in &index.waiters {
             let result = self
                 .control(&w.tenant, &w.execution, |e| {
-                    let run = e.stages.get(w.stage).and_then(|s| s.actions.get(w.action)).ok_or("gone")?;
+                    let run = e
+                        .stages
+                        .get(w.stage)
+                        .and_then(|s| s.actions.get(w.action))
+                        .ok_or("gone")?;
                     match run.waiting.as_ref().map(|x| &x.wake) {
-                        Some(Wake::Event(s)) if s == subject && run.attempt == w.attempt => Ok(Input::Wake { stage: w.stage, action: w.action, payload: Some(payload.clone()), at: Timestamp::now() }),
+                        Some(Wake::Event(s)) if s == subject && run.attempt == w.attempt => {
+                            Ok(Input::Wake {
+                                stage: w.stage,
+                                action: w.action,
+                                payload: Some(payload.clone()),
+                                at: Timestamp::now(),
+                            })
+                        }
                         _ => Err("no longer waiting".into()),
                     }
                 })
@@ -105,7 +130,10 @@ impl Service {
             Some(index)
         })
         .await?;
-        if get_json::<WaitIndex>(&*self.edges.waits, &key).await?.is_some_and(|(i, _)| i.waiters.is_empty()) {
+        if get_json::<WaitIndex>(&*self.edges.waits, &key)
+            .await?
+            .is_some_and(|(i, _)| i.waiters.is_empty())
+        {
             let _ = self.edges.waits.delete(&key).await;
         }
         Ok(woken)

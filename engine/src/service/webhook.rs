@@ -17,7 +17,9 @@ const MAX_BODY: usize = 16 << 20;
 
 /// Serve webhooks on `addr` until the process ends.
 pub async fn serve(service: Arc<Service>, addr: SocketAddr) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("listen on {addr}: {e}"))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("listen on {addr}: {e}"))?;
     loop {
         let (stream, _) = listener.accept().await?;
         let service = service.clone();
@@ -26,7 +28,10 @@ pub async fn serve(service: Arc<Service>, addr: SocketAddr) -> anyhow::Result<()
                 let service = service.clone();
                 async move { Ok::<_, std::convert::Infallible>(service.webhook(req).await) }
             });
-            if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), handler).await {
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), handler)
+                .await
+            {
                 tracing::debug!("webhook connection: {e}");
             }
         });
@@ -36,15 +41,24 @@ pub async fn serve(service: Arc<Service>, addr: SocketAddr) -> anyhow::Result<()
 fn reply(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
     *r.status_mut() = status;
-    r.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        "content-type",
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
     r
 }
 
 /// Whether `signature` (`sha256=<hex>`) is the HMAC-SHA256 of `body` under `secret`.
 pub fn signature_valid(secret: &[u8], body: &[u8], signature: &str) -> bool {
-    let Some(hex) = signature.strip_prefix("sha256=") else { return false };
-    let Some(expected) = decode_hex(hex) else { return false };
-    let Ok(mut mac) = Hmac::<sha2::Sha256>::new_from_slice(secret) else { return false };
+    let Some(hex) = signature.strip_prefix("sha256=") else {
+        return false;
+    };
+    let Some(expected) = decode_hex(hex) else {
+        return false;
+    };
+    let Ok(mut mac) = Hmac::<sha2::Sha256>::new_from_slice(secret) else {
+        return false;
+    };
     mac.update(body);
     mac.verify_slice(&expected).is_ok() // constant time
 }
@@ -53,26 +67,43 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
     if s.len() % 2 != 0 {
         return None;
     }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// A GitHub push payload as a trigger event.
 pub fn push_event(delivery: Option<&str>, payload: &Value) -> Result<TriggerEvent, String> {
-    let git_ref = payload["ref"].as_str().ok_or("the push payload has no `ref`")?;
-    let commit = payload["after"].as_str().ok_or("the push payload has no `after`")?;
+    let git_ref = payload["ref"]
+        .as_str()
+        .ok_or("the push payload has no `ref`")?;
+    let commit = payload["after"]
+        .as_str()
+        .ok_or("the push payload has no `after`")?;
     let mut files: Vec<String> = Vec::new();
     for c in payload["commits"].as_array().into_iter().flatten() {
         for kind in ["added", "modified", "removed"] {
-            for f in c[kind].as_array().into_iter().flatten().filter_map(Value::as_str) {
+            for f in c[kind]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+            {
                 if !files.iter().any(|x| x == f) {
                     files.push(f.to_string());
                 }
             }
         }
     }
-    let repository = payload["repository"]["clone_url"].as_str().or(payload["repository"]["full_name"].as_str()).map(str::to_string);
+    let repository = payload["repository"]["clone_url"]
+        .as_str()
+        .or(payload["repository"]["full_name"].as_str())
+        .map(str::to_string);
     Ok(TriggerEvent {
-        id: delivery.map(str::to_string).unwrap_or_else(|| format!("webhook-{commit}-{git_ref}")),
+        id: delivery
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("webhook-{commit}-{git_ref}")),
         source: Some(Source {
             kind: "git".into(),
             repository,
@@ -88,57 +119,112 @@ pub fn push_event(delivery: Option<&str>, payload: &Value) -> Result<TriggerEven
 impl Service {
     async fn webhook(&self, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
         let path = req.uri().path().to_string();
-        let Some((tenant, pipeline)) = path.strip_prefix("/hooks/").and_then(|r| r.split_once('/')) else {
-            return reply(StatusCode::NOT_FOUND, json!({ "error": "POST /hooks/<tenant>/<pipeline>" }));
+        let Some((tenant, pipeline)) = path.strip_prefix("/hooks/").and_then(|r| r.split_once('/'))
+        else {
+            return reply(
+                StatusCode::NOT_FOUND,
+                json!({ "error": "POST /hooks/<tenant>/<pipeline>" }),
+            );
         };
         let (tenant, pipeline) = (tenant.to_string(), pipeline.to_string());
         if req.method() != hyper::Method::POST {
-            return reply(StatusCode::METHOD_NOT_ALLOWED, json!({ "error": "use POST" }));
+            return reply(
+                StatusCode::METHOD_NOT_ALLOWED,
+                json!({ "error": "use POST" }),
+            );
         }
-        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
-        let (signature, delivery, kind) = (header("x-hub-signature-256"), header("x-github-delivery"), header("x-github-event"));
+        let header = |name: &str| {
+            req.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let (signature, delivery, kind) = (
+            header("x-hub-signature-256"),
+            header("x-github-delivery"),
+            header("x-github-event"),
+        );
         let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
             Ok(b) => b.to_bytes(),
-            Err(e) => return reply(StatusCode::PAYLOAD_TOO_LARGE, json!({ "error": format!("cannot read the body: {e}") })),
+            Err(e) => {
+                return reply(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    json!({ "error": format!("cannot read the body: {e}") }),
+                );
+            }
         };
         if !crate::kv::valid_key(&tenant) || !crate::model::is_valid_name(&pipeline) {
-            return reply(StatusCode::NOT_FOUND, json!({ "error": "no such pipeline" }));
+            return reply(
+                StatusCode::NOT_FOUND,
+                json!({ "error": "no such pipeline" }),
+            );
         }
         let loaded = match self.load(&tenant, &pipeline, None).await {
             Ok(Some(l)) => l,
-            Ok(None) => return reply(StatusCode::NOT_FOUND, json!({ "error": format!("no pipeline `{pipeline}` is registered") })),
+            Ok(None) => {
+                return reply(
+                    StatusCode::NOT_FOUND,
+                    json!({ "error": format!("no pipeline `{pipeline}` is registered") }),
+                );
+            }
             Err(e) => return reply(StatusCode::INTERNAL_SERVER_ERROR, json!({ "error": e })),
         };
         let Some(hook) = &loaded.pipeline.triggers.webhook else {
-            return reply(StatusCode::NOT_FOUND, json!({ "error": format!("pipeline `{pipeline}` has no webhook trigger") }));
+            return reply(
+                StatusCode::NOT_FOUND,
+                json!({ "error": format!("pipeline `{pipeline}` has no webhook trigger") }),
+            );
         };
         let Ok(secret) = std::env::var(&hook.secret_env.value) else {
-            tracing::error!("webhook of {tenant}/{pipeline}: environment variable {} is not set", hook.secret_env.value);
-            return reply(StatusCode::SERVICE_UNAVAILABLE, json!({ "error": "the webhook secret is not configured on this engine" }));
+            tracing::error!(
+                "webhook of {tenant}/{pipeline}: environment variable {} is not set",
+                hook.secret_env.value
+            );
+            return reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({ "error": "the webhook secret is not configured on this engine" }),
+            );
         };
         // Nothing about the payload is trusted, or even parsed, before the signature holds.
         if !signature.is_some_and(|s| signature_valid(secret.as_bytes(), &body, &s)) {
-            return reply(StatusCode::UNAUTHORIZED, json!({ "error": "bad or missing X-Hub-Signature-256" }));
+            return reply(
+                StatusCode::UNAUTHORIZED,
+                json!({ "error": "bad or missing X-Hub-Signature-256" }),
+            );
         }
         if kind.as_deref() == Some("ping") {
             return reply(StatusCode::OK, json!({ "ok": "pong" }));
         }
-        let event = match serde_json::from_slice::<Value>(&body).map_err(|e| format!("not JSON: {e}")).and_then(|v| push_event(delivery.as_deref(), &v)) {
+        let event = match serde_json::from_slice::<Value>(&body)
+            .map_err(|e| format!("not JSON: {e}"))
+            .and_then(|v| push_event(delivery.as_deref(), &v))
+        {
             Ok(e) => e,
             Err(reason) => {
-                self.reject(&tenant, &pipeline, format!("webhook: {reason}"), &body).await;
+                self.reject(&tenant, &pipeline, format!("webhook: {reason}"), &body)
+                    .await;
                 return reply(StatusCode::BAD_REQUEST, json!({ "error": reason }));
             }
         };
         let payload = serde_json::to_vec(&event).unwrap_or_default();
         if let Err(reason) = super::trigger::accepts(&loaded.pipeline.triggers, &event) {
-            self.reject(&tenant, &pipeline, reason.clone(), &payload).await;
-            return reply(StatusCode::ACCEPTED, json!({ "started": false, "reason": reason, "event_id": event.id }));
+            self.reject(&tenant, &pipeline, reason.clone(), &payload)
+                .await;
+            return reply(
+                StatusCode::ACCEPTED,
+                json!({ "started": false, "reason": reason, "event_id": event.id }),
+            );
         }
         let subject = crate::nats::trigger_subject(&tenant, &pipeline);
         match self.edges.triggers.push(&subject, &event.id, payload).await {
-            Ok(()) => reply(StatusCode::ACCEPTED, json!({ "started": true, "event_id": event.id })),
-            Err(e) => reply(StatusCode::SERVICE_UNAVAILABLE, json!({ "error": e.to_string() })),
+            Ok(()) => reply(
+                StatusCode::ACCEPTED,
+                json!({ "started": true, "event_id": event.id }),
+            ),
+            Err(e) => reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({ "error": e.to_string() }),
+            ),
         }
     }
 }
@@ -151,16 +237,35 @@ mod tests {
     fn github_signatures_and_push_payloads() {
         // The example from GitHub's documentation on validating webhook deliveries.
         let sig = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
-        assert!(signature_valid(b"It's a Secret to Everybody", b"Hello, World!", sig));
+        assert!(signature_valid(
+            b"It's a Secret to Everybody",
+            b"Hello, World!",
+            sig
+        ));
         assert!(!signature_valid(b"another secret", b"Hello, World!", sig));
-        assert!(!signature_valid(b"It's a Secret to Everybody", b"Hello, World?", sig));
-        assert!(!signature_valid(b"It's a Secret to Everybody", b"Hello, World!", "sha1=757107"));
+        assert!(!signature_valid(
+            b"It's a Secret to Everybody",
+            b"Hello, World?",
+            sig
+        ));
+        assert!(!signature_valid(
+            b"It's a Secret to Everybody",
+            b"Hello, World!",
+            "sha1=757107"
+        ));
         let payload = json!({"ref": "refs/heads/main", "after": "abc", "repository": {"full_name": "acme/app"}, "pusher": {"name": "alice"},
             "commits": [{"added": ["a.rs"], "modified": ["b.rs"], "removed": []}, {"added": [], "modified": ["b.rs"], "removed": ["c.rs"]}]});
         let e = push_event(Some("guid-1"), &payload).unwrap();
         let s = e.source.unwrap();
-        assert_eq!((e.id.as_str(), s.git_ref.as_deref(), s.pusher.as_deref()), ("guid-1", Some("refs/heads/main"), Some("alice")));
+        assert_eq!(
+            (e.id.as_str(), s.git_ref.as_deref(), s.pusher.as_deref()),
+            ("guid-1", Some("refs/heads/main"), Some("alice"))
+        );
         assert_eq!(s.changed_files, ["a.rs", "b.rs", "c.rs"]);
-        assert!(push_event(None, &json!({"after": "x"})).unwrap_err().contains("ref"));
+        assert!(
+            push_event(None, &json!({"after": "x"}))
+                .unwrap_err()
+                .contains("ref")
+        );
     }
 }

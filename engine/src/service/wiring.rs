@@ -41,17 +41,25 @@ pub async fn embedded(data: &Path) -> anyhow::Result<(Arc<Service>, Arc<MemoryBu
 
 /// A service engine on NATS at `url`, with its local cache (compiled components, workspaces)
 /// in `data`.
-pub async fn nats(url: &str, data: &Path, timing: Timing) -> anyhow::Result<(Arc<Service>, async_nats::Client)> {
+pub async fn nats(
+    url: &str,
+    data: &Path,
+    timing: Timing,
+) -> anyhow::Result<(Arc<Service>, async_nats::Client)> {
     let client = crate::nats::connect(url).await?;
     let layout = Layout::open(&client, timing).await?;
     let bus: Arc<dyn EventBus> = Arc::new(crate::nats::bus::NatsBus::new(layout.js.clone()));
-    let blobs = crate::artifacts::nats_store::NatsStore::open(&layout.js, &data.join("cas")).await?;
+    let blobs =
+        crate::artifacts::nats_store::NatsStore::open(&layout.js, &data.join("cas")).await?;
     let engine = Engine::for_service(data, bus.clone(), Some(std::sync::Arc::new(blobs)))?;
     // `notify-nats@1` and other publishers without a `server` use the service's NATS.
     engine.registry.runtime().nats.set_default(url);
     let js = layout.js.clone();
     let dead_letters = Arc::new(move |letter: &DeadLetter| {
-        let (js, subject) = (js.clone(), crate::nats::dead_letter_subject(&letter.tenant, &letter.pipeline));
+        let (js, subject) = (
+            js.clone(),
+            crate::nats::dead_letter_subject(&letter.tenant, &letter.pipeline),
+        );
         let payload = serde_json::to_vec(letter).unwrap_or_default();
         tokio::spawn(async move {
             if let Ok(ack) = js.publish(subject, payload.into()).await {
@@ -66,7 +74,9 @@ pub async fn nats(url: &str, data: &Path, timing: Timing) -> anyhow::Result<(Arc
     let cancel_elsewhere = Arc::new(move |tenant: &str, ids: Vec<String>| {
         let (client, subject) = (cancel_client.clone(), format!("sluice.{tenant}.cancel"));
         tokio::spawn(async move {
-            let _ = client.publish(subject, serde_json::to_vec(&ids).unwrap_or_default().into()).await;
+            let _ = client
+                .publish(subject, serde_json::to_vec(&ids).unwrap_or_default().into())
+                .await;
         });
     });
     let edges = Edges {
@@ -78,24 +88,33 @@ pub async fn nats(url: &str, data: &Path, timing: Timing) -> anyhow::Result<(Arc
         jobs: Arc::new(layout.jobs),
         bus,
         dead_letters: Some(dead_letters),
-        extra_subjects: Some(Arc::new(move |tenant: String, pipeline: String, subjects: Vec<String>| {
-            let js = extra_js.clone();
-            Box::pin(async move { extra_stream(&js, &tenant, &pipeline, subjects).await.map(|_| ()) }) as futures_util::future::BoxFuture<'static, Result<(), String>>
-        })),
+        extra_subjects: Some(Arc::new(
+            move |tenant: String, pipeline: String, subjects: Vec<String>| {
+                let js = extra_js.clone();
+                Box::pin(async move {
+                    extra_stream(&js, &tenant, &pipeline, subjects)
+                        .await
+                        .map(|_| ())
+                }) as futures_util::future::BoxFuture<'static, Result<(), String>>
+            },
+        )),
         cancel_elsewhere: Some(cancel_elsewhere),
         wake_subject: Some(Arc::new(move |subject: String| {
             let js = wake_js.clone();
-            Box::pin(async move { capture_wake_subjects(&js, &[subject], false).await }) as futures_util::future::BoxFuture<'static, Result<(), String>>
+            Box::pin(async move { capture_wake_subjects(&js, &[subject], false).await })
+                as futures_util::future::BoxFuture<'static, Result<(), String>>
         })),
-        archive_log: Some(Arc::new(move |name: String, lines: Vec<crate::executor::LogLine>| {
-            let logs = logs.clone();
-            Box::pin(async move {
-                // A log that cannot be copied stays on this engine; the action's result stands.
-                if let Err(e) = crate::nats::logs::put(&logs, &name, &lines).await {
-                    tracing::warn!("{e:#}");
-                }
-            }) as futures_util::future::BoxFuture<'static, ()>
-        })),
+        archive_log: Some(Arc::new(
+            move |name: String, lines: Vec<crate::executor::LogLine>| {
+                let logs = logs.clone();
+                Box::pin(async move {
+                    // A log that cannot be copied stays on this engine; the action's result stands.
+                    if let Err(e) = crate::nats::logs::put(&logs, &name, &lines).await {
+                        tracing::warn!("{e:#}");
+                    }
+                }) as futures_util::future::BoxFuture<'static, ()>
+            },
+        )),
     };
     Ok((Service::new(engine, edges), client))
 }
@@ -105,10 +124,26 @@ const WAKES_STREAM: &str = "SLUICE_WAKES";
 const WAKES_SENTINEL: &str = "sluice._wakes";
 
 /// Make `SLUICE_WAKES` capture `subjects`: added to what it has, or (`exact`) exactly these.
-async fn capture_wake_subjects(js: &async_nats::jetstream::Context, subjects: &[String], exact: bool) -> Result<(), String> {
-    let mut stream = js.get_stream(WAKES_STREAM).await.map_err(|e| format!("stream {WAKES_STREAM}: {e}"))?;
-    let mut config = stream.info().await.map_err(|e| format!("stream {WAKES_STREAM}: {e}"))?.config.clone();
-    let mut wanted: Vec<String> = if exact { vec![WAKES_SENTINEL.to_string()] } else { config.subjects.clone() };
+async fn capture_wake_subjects(
+    js: &async_nats::jetstream::Context,
+    subjects: &[String],
+    exact: bool,
+) -> Result<(), String> {
+    let mut stream = js
+        .get_stream(WAKES_STREAM)
+        .await
+        .map_err(|e| format!("stream {WAKES_STREAM}: {e}"))?;
+    let mut config = stream
+        .info()
+        .await
+        .map_err(|e| format!("stream {WAKES_STREAM}: {e}"))?
+        .config
+        .clone();
+    let mut wanted: Vec<String> = if exact {
+        vec![WAKES_SENTINEL.to_string()]
+    } else {
+        config.subjects.clone()
+    };
     for s in subjects {
         if !wanted.contains(s) {
             wanted.push(s.clone());
@@ -121,7 +156,10 @@ async fn capture_wake_subjects(js: &async_nats::jetstream::Context, subjects: &[
         return Ok(());
     }
     config.subjects = wanted;
-    js.update_stream(&config).await.map(|_| ()).map_err(|e| format!("cannot capture {subjects:?} (does another stream capture it?): {e}"))
+    js.update_stream(&config)
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("cannot capture {subjects:?} (does another stream capture it?): {e}"))
 }
 
 /// Wake actions waiting for NATS events: consume `SLUICE_WAKES`, and every few seconds make
@@ -129,7 +167,13 @@ async fn capture_wake_subjects(js: &async_nats::jetstream::Context, subjects: &[
 pub async fn serve_wakes(service: Arc<Service>, js: async_nats::jetstream::Context) {
     let queue = match crate::queue::NatsQueue::open(
         &js,
-        crate::queue::nats_queue::QueueConfig { stream: WAKES_STREAM, subjects: vec![WAKES_SENTINEL.into()], consumer: "sluice-engines", ack_wait: Duration::from_secs(30), duplicate_window: Duration::from_secs(120) },
+        crate::queue::nats_queue::QueueConfig {
+            stream: WAKES_STREAM,
+            subjects: vec![WAKES_SENTINEL.into()],
+            consumer: "sluice-engines",
+            ack_wait: Duration::from_secs(30),
+            duplicate_window: Duration::from_secs(120),
+        },
     )
     .await
     {
@@ -153,7 +197,10 @@ pub async fn serve_wakes(service: Arc<Service>, js: async_nats::jetstream::Conte
     super::consume(&queue, "event wakes", |delivery| {
         let service = service.clone();
         async move {
-            match service.wake_by_subject(&delivery.subject, &delivery.payload).await {
+            match service
+                .wake_by_subject(&delivery.subject, &delivery.payload)
+                .await
+            {
                 Ok(n) => {
                     tracing::info!("event on {}: {n} action(s) woken", delivery.subject);
                     let _ = delivery.ack().await;
@@ -169,7 +216,10 @@ pub async fn serve_wakes(service: Arc<Service>, js: async_nats::jetstream::Conte
 }
 
 /// Cancel jobs abandoned elsewhere: every engine hears `sluice.*.cancel`.
-pub async fn serve_nats_cancellations(service: Arc<Service>, client: async_nats::Client) -> anyhow::Result<()> {
+pub async fn serve_nats_cancellations(
+    service: Arc<Service>,
+    client: async_nats::Client,
+) -> anyhow::Result<()> {
     let mut cancels = client.subscribe("sluice.*.cancel").await?;
     while let Some(message) = cancels.next().await {
         if let Ok(ids) = serde_json::from_slice::<Vec<String>>(&message.payload) {
@@ -180,21 +230,39 @@ pub async fn serve_nats_cancellations(service: Arc<Service>, client: async_nats:
 }
 
 /// Answer control requests on `sluice.*.api.>` (one engine of the queue group answers each).
-pub async fn serve_nats_api(service: Arc<Service>, client: async_nats::Client) -> anyhow::Result<()> {
+pub async fn serve_nats_api(
+    service: Arc<Service>,
+    client: async_nats::Client,
+) -> anyhow::Result<()> {
     tokio::spawn(serve_nats_cancellations(service.clone(), client.clone()));
-    tokio::spawn(serve_extra_triggers(service.clone(), async_nats::jetstream::new(client.clone())));
-    tokio::spawn(serve_wakes(service.clone(), async_nats::jetstream::new(client.clone())));
-    let mut requests = client.queue_subscribe("sluice.*.api.>", crate::nats::API_GROUP.to_string()).await?;
+    tokio::spawn(serve_extra_triggers(
+        service.clone(),
+        async_nats::jetstream::new(client.clone()),
+    ));
+    tokio::spawn(serve_wakes(
+        service.clone(),
+        async_nats::jetstream::new(client.clone()),
+    ));
+    let mut requests = client
+        .queue_subscribe("sluice.*.api.>", crate::nats::API_GROUP.to_string())
+        .await?;
     while let Some(message) = requests.next().await {
         let (service, client) = (service.clone(), client.clone());
         tokio::spawn(async move {
-            let Some(reply) = message.reply.clone() else { return };
+            let Some(reply) = message.reply.clone() else {
+                return;
+            };
             let subject = message.subject.to_string();
-            let answer = match subject.strip_prefix("sluice.").and_then(|r| r.split_once(".api.")) {
-                Some((tenant, verb)) => match super::api::request_for_verb(verb, &message.payload) {
-                    Ok(request) => service.handle(tenant, request).await,
-                    Err(e) => serde_json::json!({ "error": e }),
-                },
+            let answer = match subject
+                .strip_prefix("sluice.")
+                .and_then(|r| r.split_once(".api."))
+            {
+                Some((tenant, verb)) => {
+                    match super::api::request_for_verb(verb, &message.payload) {
+                        Ok(request) => service.handle(tenant, request).await,
+                        Err(e) => serde_json::json!({ "error": e }),
+                    }
+                }
                 None => serde_json::json!({ "error": format!("unexpected subject {subject}") }),
             };
             if let Err(e) = client.publish(reply, answer.to_string().into()).await {
@@ -207,8 +275,16 @@ pub async fn serve_nats_api(service: Arc<Service>, client: async_nats::Client) -
 
 /// The stream (and shared durable consumer) carrying a pipeline's extra `triggers.nats`
 /// subjects, created or updated to exactly `subjects`.
-async fn extra_stream(js: &async_nats::jetstream::Context, tenant: &str, pipeline: &str, subjects: Vec<String>) -> Result<crate::queue::NatsQueue, String> {
-    let name = format!("SLUICE_X_{}", &blake3::hash(format!("{tenant}/{pipeline}").as_bytes()).to_hex()[..20]);
+async fn extra_stream(
+    js: &async_nats::jetstream::Context,
+    tenant: &str,
+    pipeline: &str,
+    subjects: Vec<String>,
+) -> Result<crate::queue::NatsQueue, String> {
+    let name = format!(
+        "SLUICE_X_{}",
+        &blake3::hash(format!("{tenant}/{pipeline}").as_bytes()).to_hex()[..20]
+    );
     let config = async_nats::jetstream::stream::Config {
         name: name.clone(),
         subjects: subjects.clone(),
@@ -218,11 +294,19 @@ async fn extra_stream(js: &async_nats::jetstream::Context, tenant: &str, pipelin
     };
     // Subjects may have changed since the last registration: update, or create.
     if js.get_stream(&name).await.is_ok() {
-        js.update_stream(&config).await.map_err(|e| format!("cannot capture {subjects:?}: {e}"))?;
+        js.update_stream(&config)
+            .await
+            .map_err(|e| format!("cannot capture {subjects:?}: {e}"))?;
     }
     crate::queue::NatsQueue::open(
         js,
-        crate::queue::nats_queue::QueueConfig { stream: &name, subjects, consumer: "sluice-engines", ack_wait: Duration::from_secs(30), duplicate_window: Duration::from_secs(3600) },
+        crate::queue::nats_queue::QueueConfig {
+            stream: &name,
+            subjects,
+            consumer: "sluice-engines",
+            ack_wait: Duration::from_secs(30),
+            duplicate_window: Duration::from_secs(3600),
+        },
     )
     .await
     .map_err(|e| format!("cannot capture the subjects: {e}"))
@@ -231,12 +315,21 @@ async fn extra_stream(js: &async_nats::jetstream::Context, tenant: &str, pipelin
 /// Consume the extra trigger subjects of every registered pipeline: checks the registry every
 /// two seconds and runs one consumer per pipeline that has any.
 pub async fn serve_extra_triggers(service: Arc<Service>, js: async_nats::jetstream::Context) {
-    let mut running: std::collections::HashMap<(String, String), (Vec<String>, tokio::task::JoinHandle<()>)> = std::collections::HashMap::new();
+    let mut running: std::collections::HashMap<
+        (String, String),
+        (Vec<String>, tokio::task::JoinHandle<()>),
+    > = std::collections::HashMap::new();
     loop {
         if let Ok(heads) = super::pipelines::all_heads(&*service.edges().pipelines).await {
             for (tenant, stored) in heads {
                 let subjects: Vec<String> = match service.loaded(&tenant, &stored).await {
-                    Ok(l) => l.pipeline.triggers.nats.iter().map(|s| s.value.clone()).collect(),
+                    Ok(l) => l
+                        .pipeline
+                        .triggers
+                        .nats
+                        .iter()
+                        .map(|s| s.value.clone())
+                        .collect(),
                     Err(_) => continue,
                 };
                 let key = (tenant.clone(), stored.name.clone());
@@ -248,10 +341,19 @@ pub async fn serve_extra_triggers(service: Arc<Service>, js: async_nats::jetstre
                 }
                 match extra_stream(&js, &tenant, &stored.name, subjects.clone()).await {
                     Ok(queue) => {
-                        let (service, tenant2, name) = (service.clone(), tenant.clone(), stored.name.clone());
+                        let (service, tenant2, name) =
+                            (service.clone(), tenant.clone(), stored.name.clone());
                         let task = tokio::spawn(async move {
                             let what = format!("extra triggers of {tenant2}/{name}");
-                            super::consume(&queue, &what, |d| service.handle_trigger_for(&tenant2, &name, d, crate::queue::WorkQueue::ack_wait(&queue))).await
+                            super::consume(&queue, &what, |d| {
+                                service.handle_trigger_for(
+                                    &tenant2,
+                                    &name,
+                                    d,
+                                    crate::queue::WorkQueue::ack_wait(&queue),
+                                )
+                            })
+                            .await
                         });
                         running.insert(key, (subjects, task));
                     }

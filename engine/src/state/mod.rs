@@ -12,7 +12,9 @@ use crate::scheduler::Execution;
 #[non_exhaustive]
 pub enum StateError {
     /// The record changed since it was read.
-    #[error("execution {id} was changed by someone else (expected revision {expected:?}, found {found:?})")]
+    #[error(
+        "execution {id} was changed by someone else (expected revision {expected:?}, found {found:?})"
+    )]
     Conflict {
         /// Execution id.
         id: String,
@@ -39,11 +41,22 @@ pub enum Durability {
 pub trait StateStore: Send + Sync {
     /// Write `exec` if its stored revision is `expected` (`None`: must not exist yet).
     /// Returns the new revision.
-    fn put(&self, exec: &Execution, expected: Option<u64>, durability: Durability) -> Result<u64, StateError>;
+    fn put(
+        &self,
+        exec: &Execution,
+        expected: Option<u64>,
+        durability: Durability,
+    ) -> Result<u64, StateError>;
     /// Read an execution and its revision.
-    fn get(&self, tenant: &str, execution_id: &str) -> Result<Option<(Execution, u64)>, StateError>;
+    fn get(&self, tenant: &str, execution_id: &str)
+    -> Result<Option<(Execution, u64)>, StateError>;
     /// Newest first, optionally for one pipeline.
-    fn list(&self, tenant: &str, pipeline: Option<&str>, limit: usize) -> Result<Vec<Execution>, StateError>;
+    fn list(
+        &self,
+        tenant: &str,
+        pipeline: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Execution>, StateError>;
 }
 
 /// The state store of an engine whose executions live elsewhere (the service's bucket).
@@ -51,7 +64,10 @@ pub struct Detached;
 
 impl StateStore for Detached {
     fn put(&self, exec: &Execution, _: Option<u64>, _: Durability) -> Result<u64, StateError> {
-        Err(StateError::Backend(format!("execution {}: this engine keeps executions in the service's store", exec.execution_id)))
+        Err(StateError::Backend(format!(
+            "execution {}: this engine keeps executions in the service's store",
+            exec.execution_id
+        )))
     }
     fn get(&self, _: &str, _: &str) -> Result<Option<(Execution, u64)>, StateError> {
         Ok(None)

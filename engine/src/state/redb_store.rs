@@ -9,13 +9,19 @@ use std::path::Path;
 const EXECUTIONS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("executions");
 
 fn revision_of(value: &[u8]) -> Result<u64, StateError> {
-    let prefix: [u8; 8] = value.get(..8).and_then(|b| b.try_into().ok()).ok_or_else(|| StateError::Backend("truncated record".into()))?;
+    let prefix: [u8; 8] = value
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| StateError::Backend("truncated record".into()))?;
     Ok(u64::from_be_bytes(prefix))
 }
 
 fn decode(value: &[u8]) -> Result<(Execution, u64), StateError> {
     let revision = revision_of(value)?;
-    Ok((serde_json::from_slice(&value[8..]).map_err(backend)?, revision))
+    Ok((
+        serde_json::from_slice(&value[8..]).map_err(backend)?,
+        revision,
+    ))
 }
 
 /// Executions in a redb database file.
@@ -45,7 +51,12 @@ impl RedbStore {
 }
 
 impl StateStore for RedbStore {
-    fn put(&self, exec: &Execution, expected: Option<u64>, durability: Durability) -> Result<u64, StateError> {
+    fn put(
+        &self,
+        exec: &Execution,
+        expected: Option<u64>,
+        durability: Durability,
+    ) -> Result<u64, StateError> {
         let key = format!("{}/{}", exec.tenant, exec.execution_id);
         let mut tx = self.db.begin_write().map_err(backend)?;
         tx.set_durability(match durability {
@@ -60,28 +71,46 @@ impl StateStore for RedbStore {
                 None => None,
             };
             if found != expected {
-                return Err(StateError::Conflict { id: exec.execution_id.clone(), expected, found });
+                return Err(StateError::Conflict {
+                    id: exec.execution_id.clone(),
+                    expected,
+                    found,
+                });
             }
             let revision = found.unwrap_or(0) + 1;
             let mut bytes = revision.to_be_bytes().to_vec();
             serde_json::to_writer(&mut bytes, exec).map_err(backend)?;
-            table.insert(key.as_str(), bytes.as_slice()).map_err(backend)?;
+            table
+                .insert(key.as_str(), bytes.as_slice())
+                .map_err(backend)?;
             revision
         };
         tx.commit().map_err(backend)?;
         Ok(revision)
     }
 
-    fn get(&self, tenant: &str, execution_id: &str) -> Result<Option<(Execution, u64)>, StateError> {
+    fn get(
+        &self,
+        tenant: &str,
+        execution_id: &str,
+    ) -> Result<Option<(Execution, u64)>, StateError> {
         let tx = self.db.begin_read().map_err(backend)?;
         let table = tx.open_table(EXECUTIONS).map_err(backend)?;
-        match table.get(format!("{tenant}/{execution_id}").as_str()).map_err(backend)? {
+        match table
+            .get(format!("{tenant}/{execution_id}").as_str())
+            .map_err(backend)?
+        {
             Some(v) => Ok(Some(decode(v.value())?)),
             None => Ok(None),
         }
     }
 
-    fn list(&self, tenant: &str, pipeline: Option<&str>, limit: usize) -> Result<Vec<Execution>, StateError> {
+    fn list(
+        &self,
+        tenant: &str,
+        pipeline: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Execution>, StateError> {
         let tx = self.db.begin_read().map_err(backend)?;
         let table = tx.open_table(EXECUTIONS).map_err(backend)?;
         let prefix = format!("{tenant}/");
