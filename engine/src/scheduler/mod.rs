@@ -608,6 +608,31 @@ pub fn approvers(config: &BTreeMap<String, String>) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Whether a refused control may apply in a moment: a decision that reaches an approval while
+/// it takes in an earlier one (its next attempt runs until the approval waits again).
+pub fn settling(exec: &Execution, input: &Input) -> bool {
+    let Input::Decide {
+        stage,
+        action,
+        decision,
+        ..
+    } = input
+    else {
+        return false;
+    };
+    exec.status == Status::InProgress
+        && exec
+            .stages
+            .get(*stage)
+            .and_then(|s| s.actions.get(*action))
+            .is_some_and(|run| {
+                run.status == Status::InProgress
+                    && run.waiting.is_none()
+                    && !run.decisions.is_empty()
+                    && run.decisions.iter().all(|d| d.by != decision.by)
+            })
+}
+
 /// Why an operator control cannot apply to `exec` (for a clear error), or `None` if it can.
 pub fn refusal(exec: &Execution, input: &Input) -> Option<String> {
     match input {
@@ -631,6 +656,14 @@ pub fn refusal(exec: &Execution, input: &Input) -> Option<String> {
             let Some(run) = exec.stages.get(*stage).and_then(|s| s.actions.get(*action)) else {
                 return Some("no such action".into());
             };
+            // (Asked first: while the action takes in a decision it is not waiting for a moment.)
+            if run.status == Status::InProgress && run.decisions.iter().any(|d| d.by == decision.by)
+            {
+                return Some(format!(
+                    "{} has already decided on {}",
+                    decision.by, run.name
+                ));
+            }
             if run.status != Status::InProgress
                 || run
                     .waiting
@@ -660,12 +693,6 @@ pub fn refusal(exec: &Execution, input: &Input) -> Option<String> {
                     decision.by,
                     run.name,
                     allowed.join(", ")
-                ));
-            }
-            if run.decisions.iter().any(|d| d.by == decision.by) {
-                return Some(format!(
-                    "{} has already decided on {}",
-                    decision.by, run.name
                 ));
             }
             None

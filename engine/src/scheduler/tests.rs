@@ -780,9 +780,21 @@ fn a_woken_attempt_gets_its_continuation_and_payload() {
     assert_eq!(a.continuation.as_deref(), Some("c1"));
     assert!(a.wake_payload.as_deref().unwrap().contains("\"by\":\"bo\""));
     assert!(a.waiting.is_none());
+    // While bo's decision is taken in: ana's waits for the approval to wait again, a second
+    // one from bo is told so at once.
     assert!(
         super::refusal(&s, &decide("ana", true))
             .unwrap()
             .contains("not waiting for an approval")
     );
+    assert!(super::settling(&s, &decide("ana", true)));
+    assert!(
+        super::refusal(&s, &decide("bo", true))
+            .unwrap()
+            .contains("bo has already decided on")
+    );
+    assert!(!super::settling(&s, &decide("bo", true)));
+    let (s, _) = step(&s, &pending(0, 0, 2, Wake::Approval));
+    assert!(!super::settling(&s, &decide("ana", true)));
+    assert!(super::refusal(&s, &decide("ana", true)).is_none());
 }

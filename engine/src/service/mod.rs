@@ -153,6 +153,9 @@ pub struct Loaded {
     pub version: u64,
 }
 
+/// How long a decision waits for an approval that is taking in an earlier one.
+const SETTLING: Duration = Duration::from_secs(10);
+
 /// One engine of the service.
 pub struct Service {
     engine: Engine,
@@ -1015,6 +1018,8 @@ impl Service {
     ) -> Result<Execution, String> {
         let kv = &*self.edges.executions;
         let key = exec_key(tenant, id);
+        // A second approver's decision may arrive while the first one's is taken in.
+        let settled_by = std::time::Instant::now() + SETTLING;
         loop {
             let Some((mut exec, revision)) = self
                 .execution_rev(tenant, id)
@@ -1025,6 +1030,12 @@ impl Service {
             };
             let input = make(&exec)?;
             if let Some(why) = crate::scheduler::refusal(&exec, &input) {
+                if crate::scheduler::settling(&exec, &input)
+                    && std::time::Instant::now() < settled_by
+                {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
                 return Err(why);
             }
             let unsent = self.unsent(&exec);

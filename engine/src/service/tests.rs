@@ -909,3 +909,97 @@ async fn a_refused_event_is_started_under_its_claim_once_accepted() {
         .unwrap();
     assert_eq!(again, id, "one event id, one execution");
 }
+
+/// Two approvers deciding at nearly the same time: the second decision arrives while the
+/// approval takes in the first (its next attempt runs) and is applied once it waits again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_waits_while_the_approval_takes_in_an_earlier_one() {
+    const TWO: &str = "name: two\nstages:\n  - name: Gate\n    actions:\n      - { name: Ok, uses: approval@1, with: { approvers: 'ana, bo', min_approvals: '2' } }\n";
+    let dir = tempfile::tempdir().unwrap();
+    let shared = shared_edges(dir.path());
+    let a = engine(
+        &dir.path().join("a"),
+        Arc::new(MemoryBus::default()),
+        &shared,
+    );
+    register(&a, dir.path(), "two.yaml", TWO).await;
+    let (id, _) = a
+        .start("default", "two", br#"{"id":"e-1"}"#, false, false)
+        .await
+        .unwrap()
+        .unwrap();
+    let approve = |who: &str| {
+        let (a, id, who) = (a.clone(), id.clone(), who.to_string());
+        async move {
+            a.handle(
+                "default",
+                api::Request::Approve {
+                    execution_id: id,
+                    action: "Gate/Ok".into(),
+                    approved: true,
+                    by: who,
+                    summary: None,
+                    token: None,
+                },
+            )
+            .await
+        }
+    };
+    a.handle_job(shared.jobs.next().await.unwrap()).await;
+    poll_until(&a, &id, |e| e.stages[0].actions[0].waiting.is_some())
+        .await
+        .expect("the approval waits");
+    let ana = approve("ana").await;
+    assert!(ana.get("ok").is_some(), "{ana}");
+    // The attempt that takes in ana's decision has not run yet: bo's decision waits for it.
+    let mut timers = Vec::new(); // (the approval's deadlines, queued as delayed jobs)
+    let rerun = attempt(&*shared.jobs, 2, &mut timers).await;
+    let bo = tokio::spawn(approve("bo"));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !bo.is_finished(),
+        "bo's decision is not refused while ana's is taken in: {:?}",
+        bo.await
+    );
+    // (The decision that waits gives up after SETTLING; one already made is refused before.)
+    let again = tokio::time::timeout(SETTLING / 2, approve("ana"))
+        .await
+        .expect("ana is answered at once");
+    assert!(
+        again["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("ana has already decided on Ok")),
+        "{again}"
+    );
+    a.handle_job(rerun).await;
+    let bo = bo.await.unwrap();
+    assert!(bo.get("ok").is_some(), "{bo}");
+    a.handle_job(attempt(&*shared.jobs, 3, &mut timers).await)
+        .await;
+    let done = poll_until(&a, &id, |e| e.status.is_terminal())
+        .await
+        .expect("the execution ends");
+    assert_eq!(done.status, Status::Succeeded);
+    let by = done.stages[0].actions[0]
+        .decisions
+        .iter()
+        .map(|d| d.by.as_str())
+        .collect::<Vec<_>>();
+    assert_eq!(by, ["ana", "bo"]);
+}
+
+/// The queued job of an action's `n`th attempt (the deadline jobs met on the way are kept).
+async fn attempt(
+    jobs: &dyn crate::queue::WorkQueue,
+    n: u32,
+    timers: &mut Vec<crate::queue::Delivery>,
+) -> crate::queue::Delivery {
+    loop {
+        let d = jobs.next().await.unwrap();
+        let job: JobMessage = serde_json::from_slice(&d.payload).unwrap();
+        if job.attempt == n && !job.expire {
+            return d;
+        }
+        timers.push(d);
+    }
+}
