@@ -46,6 +46,9 @@ pub struct BenchArgs {
     /// Measure this many executions waiting at an approval instead (embedded service).
     #[arg(long)]
     pub approvals: Option<usize>,
+    /// Only run one measure for this many seconds (`a`, `a2`, `b`), to profile it with `perf`.
+    #[arg(long, hide = true, num_args = 2, value_names = ["MEASURE", "SECONDS"])]
+    pub profile: Vec<String>,
 }
 
 fn per(d: Duration, n: usize) -> Duration {
@@ -105,6 +108,24 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         sandboxed_call(&cx, &job).await?;
     }
     let _ = run_pipeline(&engine, &seq).await?;
+    if let [measure, seconds] = args.profile.as_slice() {
+        let (start, mut calls) = (Instant::now(), 0u32);
+        let until = start + Duration::from_secs_f64(seconds.parse()?);
+        while Instant::now() < until {
+            calls += 1;
+            match measure.as_str() {
+                "a" => runtime.bare_call(&digest).await?,
+                "a2" => sandboxed_call(&cx, &job).await?,
+                "b" => drop(run_pipeline(&engine, &seq).await?),
+                other => anyhow::bail!("no measure `{other}` (a, a2, b)"),
+            }
+        }
+        eprintln!(
+            "{calls} calls, {} each",
+            us(per(start.elapsed(), calls as usize))
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let per_round = (args.iterations / ROUNDS).max(1);
     let forks = (per_round / 4).max(10);
     let [

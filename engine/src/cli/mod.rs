@@ -308,6 +308,21 @@ pub(crate) fn parse_var(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
 }
 
+/// Let the process keep as many files open as its hard limit allows (up to 65,536): pooled
+/// workspaces keep two descriptors each, and the common soft limit of 1,024 is a default for
+/// interactive shells, not for a server (nats-server and most databases raise it too).
+fn raise_open_file_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    let wanted = limit.maximum.unwrap_or(u64::MAX).min(65_536);
+    if limit.current.is_some_and(|c| c < wanted) {
+        limit.current = Some(wanted);
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            tracing::debug!("could not raise the open file limit: {e}");
+        }
+    }
+}
+
 /// Exit codes: 0 succeeded, 1 failed, 2 usage or validation error.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -318,6 +333,7 @@ pub fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    raise_open_file_limit();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -350,7 +350,7 @@ impl Attempt {
 }
 
 /// A workspace to hand back to the pool once the job's result has been reported.
-pub struct Leftover(Option<(PathBuf, super::workspace::Used)>);
+pub struct Leftover(Option<(super::workspace::Workspace, super::workspace::Used)>);
 
 impl Leftover {
     /// Nothing to release.
@@ -385,7 +385,7 @@ pub async fn execute(cx: &JobContext, job: &JobSpec) -> (ActionResult, Leftover)
                 anything: !job.programs.is_empty(),
             };
             (
-                run_in(cx, job, &ws, log.clone()).await,
+                run_in(cx, job, &ws.path, ws.scratch.clone(), log.clone()).await,
                 Leftover(Some((ws, used))),
             )
         }
@@ -430,16 +430,13 @@ async fn run_in(
     cx: &JobContext,
     job: &JobSpec,
     ws: &Path,
+    scratch: Option<crate::runtime::Preopened>,
     log: Arc<dyn LogSink>,
 ) -> Result<ActionResult, String> {
     let mk = |p: &Path| {
         std::fs::create_dir_all(p).map_err(|e| format!("create workspace {}: {e}", p.display()))
     };
-    let mut mounts = vec![Mount {
-        host: ws.join("scratch"),
-        guest: "/scratch".into(),
-        access: Access::Rw,
-    }];
+    let mut mounts = vec![super::workspace::scratch_mount(ws)];
     for name in &job.outputs {
         mk(&ws.join("out").join(name))?;
         mounts.push(Mount {
@@ -550,6 +547,7 @@ async fn run_in(
             .collect(),
         workspace: ws.to_path_buf(),
         mounts,
+        preopened: scratch,
         programs: job.programs.clone(),
         program_env,
         http: job.http.clone(),

@@ -1,15 +1,22 @@
 //! Action workspaces (`in/`, `out/`, `scratch/` on the host), reused from a pool: creating and
 //! deleting directories per action costs more than running a small component, so an
-//! emptied workspace goes back to the pool instead of being deleted.
+//! emptied workspace goes back to the pool instead of being deleted. Its `scratch/` stays open
+//! for the guest's preopen.
+use crate::model::Access;
+use crate::runtime::{Mount, Preopened};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
-/// Used workspaces are emptied by a background thread in batches of this many, so that
-/// emptying (several system calls) stays off the actions' critical path and the thread is
-/// woken once per batch rather than once per action.
-const CLEAN_BATCH: usize = 8;
+/// Used workspaces are emptied by a background thread, so that emptying (several system
+/// calls) stays off the actions' critical path. While there is work it looks every `NAP`
+/// rather than being woken: waking another thread cost an action about a microsecond.
+const NAP: Duration = Duration::from_millis(1);
+/// After this many naps with nothing to empty the cleaner sleeps until woken.
+const NAPS_BEFORE_SLEEP: u32 = 100;
 /// Beyond this many workspaces, `take` empties a used one itself instead of creating more.
-const MAX_WORKSPACES: usize = 256;
+/// (Each keeps two descriptors open.)
+const MAX_WORKSPACES: usize = 128;
 
 /// A pool of workspace directories under one root.
 pub struct WorkspacePool {
@@ -24,9 +31,10 @@ struct Shared {
 
 #[derive(Default)]
 struct PoolState {
-    free: Vec<PathBuf>,
-    dirty: Vec<(PathBuf, Used)>,
+    free: Vec<Workspace>,
+    dirty: Vec<(Workspace, Used)>,
     total: usize,
+    /// The cleaner sleeps until woken (else it looks again within a `NAP`).
     cleaner_idle: bool,
     /// The cleaner is emptying a batch it took.
     cleaning: bool,
@@ -53,7 +61,7 @@ impl WorkspacePool {
     }
 
     /// An empty workspace with `scratch/` in it.
-    pub fn take(&self) -> std::io::Result<PathBuf> {
+    pub fn take(&self) -> std::io::Result<Workspace> {
         let used = {
             let mut st = self.shared.state.lock().unwrap();
             if let Some(ws) = st.free.pop() {
@@ -68,29 +76,38 @@ impl WorkspacePool {
         };
         match used {
             // The pool is at its size: empty a used workspace here rather than grow it.
-            Some((ws, used)) => match empty(&ws, used) {
+            Some((ws, used)) => match ws.empty(used) {
                 Ok(()) => Ok(ws),
                 Err(e) => {
                     self.shared.state.lock().unwrap().total -= 1;
-                    let _ = std::fs::remove_dir_all(&ws);
+                    let _ = std::fs::remove_dir_all(&ws.path);
                     Err(e)
                 }
             },
             None => {
-                let ws = self.shared.root.join(format!("ws-{}", ulid::Ulid::new()));
-                std::fs::create_dir_all(ws.join("scratch"))
-                    .inspect_err(|_| self.shared.state.lock().unwrap().total -= 1)?;
-                Ok(ws)
+                let path = self.shared.root.join(format!("ws-{}", ulid::Ulid::new()));
+                let made = std::fs::create_dir_all(path.join("scratch")).and_then(|()| {
+                    // (A workspace whose `scratch/` cannot be kept open opens it per call.)
+                    let scratch = Preopened::open(scratch_mount(&path)).ok();
+                    let listing = std::fs::File::open(path.join("scratch")).ok();
+                    Ok(Workspace {
+                        path,
+                        scratch,
+                        listing,
+                    })
+                });
+                made.inspect_err(|_| self.shared.state.lock().unwrap().total -= 1)
             }
         }
     }
 
     /// Hand a workspace back; it is emptied in the background and then reused. `used` says
     /// what the job may have created besides `scratch/`.
-    pub fn give_back(&self, ws: PathBuf, used: Used) {
+    pub fn give_back(&self, ws: Workspace, used: Used) {
         let mut st = self.shared.state.lock().unwrap();
         st.dirty.push((ws, used));
-        if st.dirty.len() >= CLEAN_BATCH && st.cleaner_idle {
+        if st.cleaner_idle {
+            st.cleaner_idle = false;
             self.shared.wake.notify_all();
         }
     }
@@ -116,25 +133,25 @@ impl Drop for WorkspacePool {
 
 impl Shared {
     fn clean_loop(&self) {
+        let mut naps = 0;
         loop {
             let dirty = {
                 let mut st = self.state.lock().unwrap();
-                // Wake for a full batch, or now and then for what a quiet engine left.
-                while st.dirty.len() < CLEAN_BATCH && !st.closed {
-                    st.cleaner_idle = true;
-                    let (next, timeout) = self
-                        .wake
-                        .wait_timeout(st, std::time::Duration::from_millis(100))
-                        .unwrap();
-                    st = next;
-                    if timeout.timed_out() && !st.dirty.is_empty() {
-                        break;
+                while st.dirty.is_empty() && !st.closed {
+                    if naps < NAPS_BEFORE_SLEEP {
+                        naps += 1;
+                        st = self.wake.wait_timeout(st, NAP).unwrap().0;
+                    } else {
+                        // Asleep until `give_back` (or the pool's drop) wakes it.
+                        st.cleaner_idle = true;
+                        st = self.wake.wait(st).unwrap();
                     }
                 }
                 st.cleaner_idle = false;
                 if st.closed {
                     return;
                 }
+                naps = 0;
                 st.cleaning = true;
                 std::mem::take(&mut st.dirty)
             };
@@ -145,14 +162,14 @@ impl Shared {
         }
     }
 
-    fn clean(&self, dirty: Vec<(PathBuf, Used)>) {
+    fn clean(&self, dirty: Vec<(Workspace, Used)>) {
         for (ws, used) in dirty {
-            match empty(&ws, used) {
+            match ws.empty(used) {
                 Ok(()) => self.state.lock().unwrap().free.push(ws),
                 Err(e) => {
                     // A workspace that cannot be emptied is deleted instead.
-                    tracing::warn!("could not empty workspace {}: {e}", ws.display());
-                    let _ = std::fs::remove_dir_all(&ws);
+                    tracing::warn!("could not empty workspace {}: {e}", ws.path.display());
+                    let _ = std::fs::remove_dir_all(&ws.path);
                     self.state.lock().unwrap().total -= 1;
                 }
             }
@@ -160,24 +177,74 @@ impl Shared {
     }
 }
 
-/// Empty a used workspace, keeping `scratch/`.
-fn empty(ws: &Path, used: Used) -> std::io::Result<()> {
-    if used.anything {
-        // Host programs run in the workspace: anything may be there.
-        for entry in std::fs::read_dir(ws)? {
-            let entry = entry?;
-            if entry.file_name() != "scratch" {
-                remove(&entry)?;
+impl Workspace {
+    /// Empty it after use, keeping `scratch/`.
+    fn empty(&self, used: Used) -> std::io::Result<()> {
+        let ws = &self.path;
+        if used.anything {
+            // Host programs run in the workspace: anything may be there.
+            for entry in std::fs::read_dir(ws)? {
+                let entry = entry?;
+                if entry.file_name() != "scratch" {
+                    remove(&entry)?;
+                }
+            }
+        } else {
+            for (sub, created) in [("in", used.inputs), ("out", used.outputs)] {
+                if created {
+                    std::fs::remove_dir_all(ws.join(sub))?;
+                }
             }
         }
-    } else {
-        for (sub, created) in [("in", used.inputs), ("out", used.outputs)] {
-            if created {
-                std::fs::remove_dir_all(ws.join(sub))?;
-            }
+        // Most actions leave `scratch/` empty: two system calls on the kept descriptor say so,
+        // where listing it by path takes five and a path walk.
+        if self
+            .listing
+            .as_ref()
+            .is_some_and(|d| is_empty_dir(d).unwrap_or(false))
+        {
+            return Ok(());
+        }
+        empty_dir(&ws.join("scratch"))
+    }
+}
+
+/// Whether the open directory `dir` has no entries (read from its start).
+#[cfg(target_os = "linux")]
+fn is_empty_dir(dir: &std::fs::File) -> std::io::Result<bool> {
+    rustix::fs::seek(dir, rustix::fs::SeekFrom::Start(0))?;
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 512];
+    let mut entries = rustix::fs::RawDir::new(dir, &mut buf);
+    while let Some(entry) = entries.next() {
+        if !matches!(entry?.file_name().to_bytes(), b"." | b"..") {
+            return Ok(false);
         }
     }
-    empty_dir(&ws.join("scratch"))
+    Ok(true)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn is_empty_dir(_dir: &std::fs::File) -> std::io::Result<bool> {
+    Ok(false)
+}
+
+/// One action's workspace.
+pub struct Workspace {
+    /// Its directory on the host.
+    pub path: PathBuf,
+    /// `scratch/`, kept open for the guest's preopen.
+    pub scratch: Option<Preopened>,
+    /// `scratch/`, kept open to see cheaply that it is still empty.
+    listing: Option<std::fs::File>,
+}
+
+/// How the guest sees a workspace's `scratch/`.
+pub fn scratch_mount(ws: &Path) -> Mount {
+    Mount {
+        host: ws.join("scratch"),
+        guest: "/scratch".into(),
+        access: Access::Rw,
+    }
 }
 
 /// What a job may have created in its workspace besides `scratch/`.
@@ -203,5 +270,89 @@ fn remove(entry: &std::fs::DirEntry) -> std::io::Result<()> {
         std::fs::remove_dir_all(entry.path())
     } else {
         std::fs::remove_file(entry.path())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files(dir: &Path) -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    /// A reused workspace comes back with `scratch/` empty, whatever the last action left in
+    /// it, and its kept descriptors still serve the next action.
+    #[test]
+    fn a_reused_workspace_comes_back_empty() {
+        let root = tempfile::tempdir().unwrap();
+        let pool = WorkspacePool::new(root.path().join("work")).unwrap();
+        let ws = pool.take().unwrap();
+        let path = ws.path.clone();
+        assert!(ws.scratch.is_some() && ws.listing.is_some());
+        assert!(
+            is_empty_dir(ws.listing.as_ref().unwrap()).unwrap() || cfg!(not(target_os = "linux"))
+        );
+        std::fs::create_dir_all(path.join("scratch/notes")).unwrap();
+        std::fs::write(path.join("scratch/notes/left"), "behind").unwrap();
+        std::fs::write(path.join("scratch/top"), "level").unwrap();
+        assert!(!is_empty_dir(ws.listing.as_ref().unwrap()).unwrap());
+        pool.give_back(ws, Used::default());
+        pool.flush();
+        let again = pool.take().unwrap();
+        assert_eq!(again.path, path, "the pool reuses its one workspace");
+        assert!(
+            files(&path.join("scratch")).is_empty(),
+            "{:?}",
+            files(&path.join("scratch"))
+        );
+        // The kept descriptor sees what the next action writes (not a stale listing).
+        std::fs::write(path.join("scratch/next"), "x").unwrap();
+        assert!(
+            !is_empty_dir(again.listing.as_ref().unwrap()).unwrap()
+                || cfg!(not(target_os = "linux"))
+        );
+        pool.give_back(
+            again,
+            Used {
+                outputs: false,
+                inputs: false,
+                anything: false,
+            },
+        );
+        pool.flush();
+        assert!(files(&path.join("scratch")).is_empty());
+    }
+
+    /// Without `flush`, the cleaner empties used workspaces on its own soon after.
+    #[test]
+    fn the_cleaner_empties_used_workspaces_in_the_background() {
+        let root = tempfile::tempdir().unwrap();
+        let pool = WorkspacePool::new(root.path().join("work")).unwrap();
+        // Let the cleaner fall asleep first: `give_back` must wake it.
+        std::thread::sleep(NAP * (NAPS_BEFORE_SLEEP + 20));
+        let ws = pool.take().unwrap();
+        std::fs::write(ws.path.join("scratch/left"), "behind").unwrap();
+        std::fs::create_dir_all(ws.path.join("out/site")).unwrap();
+        let path = ws.path.clone();
+        pool.give_back(
+            ws,
+            Used {
+                outputs: true,
+                ..Used::default()
+            },
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while pool.shared.state.lock().unwrap().free.is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the used workspace was not emptied"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(files(&path.join("scratch")).is_empty() && !path.join("out").exists());
     }
 }

@@ -12,10 +12,9 @@ mod host;
 pub mod http;
 pub mod messaging;
 
-pub use host::{Level, LogSink, Mount};
+pub use host::{Level, LogSink, Mount, Preopened};
 
 use crate::artifacts::Digest;
-use crate::model::Access;
 use crate::plugins::{Capability, ConfigKey, Description};
 use anyhow::Context as _;
 use std::collections::HashMap;
@@ -113,6 +112,8 @@ pub struct Invocation {
     pub workspace: PathBuf,
     /// Directories visible to the guest (workspace mounts and granted directories).
     pub mounts: Vec<Mount>,
+    /// Used instead of opening `mounts` when they are exactly its mount.
+    pub preopened: Option<Preopened>,
     /// Host programs the guest may run.
     pub programs: Vec<String>,
     /// Extra environment for host programs (SLUICE_*).
@@ -427,6 +428,7 @@ impl Runtime {
             config: Vec::new(),
             workspace: std::env::temp_dir(),
             mounts: Vec::new(),
+            preopened: None,
             programs: Vec::new(),
             program_env: Vec::new(),
             http: Vec::new(),
@@ -475,12 +477,9 @@ impl Runtime {
         let stderr = capture::Capture::new(STDIO_CAPTURE);
         let mut wasi = WasiCtx::builder();
         wasi.stdout(stdout.clone()).stderr(stderr.clone());
-        for m in &inv.mounts {
-            let perms = match m.access {
-                Access::Ro => wasmtime_wasi::FsPerms::ReadOnly,
-                Access::Rw => wasmtime_wasi::FsPerms::ReadWrite,
-            };
-            wasi.preopened_dir(&m.host, m.guest.to_string_lossy(), perms)
+        let reused = inv.preopened.take().and_then(|p| p.serves(&inv.mounts));
+        for m in inv.mounts.iter().filter(|_| reused.is_none()) {
+            wasi.preopened_dir(&m.host, m.guest.to_string_lossy(), host::perms(m.access))
                 .map_err(|e| {
                     RunError::Instantiate(format!(
                         "cannot mount {} at {}: {e}",
@@ -489,9 +488,13 @@ impl Runtime {
                     ))
                 })?;
         }
+        let mut ctx = wasi.build();
+        if let Some(fs) = reused {
+            *ctx.filesystem() = fs;
+        }
         use std::mem::take;
         let mut state = host::HostState::new(
-            wasi.build(),
+            ctx,
             inv.memory_limit,
             inv.log.clone(),
             take(&mut inv.workspace),
