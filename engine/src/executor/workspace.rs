@@ -38,12 +38,19 @@ struct PoolState {
     cleaner_idle: bool,
     /// The cleaner is emptying a batch it took.
     cleaning: bool,
+    /// Times `take` found nothing free since the cleaner last looked: it makes that many more
+    /// (creating a directory costs far more than emptying one, so not on an action's path).
+    short: usize,
     closed: bool,
 }
 
 impl WorkspacePool {
     /// Workspaces under `root`; whatever a previous process left there is removed.
     pub fn new(root: PathBuf) -> std::io::Result<Self> {
+        Self::start(root, true)
+    }
+
+    fn start(root: PathBuf, cleaner: bool) -> std::io::Result<Self> {
         if root.exists() {
             std::fs::remove_dir_all(&root)?;
         }
@@ -54,9 +61,11 @@ impl WorkspacePool {
             wake: Condvar::new(),
         });
         let s = shared.clone();
-        std::thread::Builder::new()
-            .name("sluice-workspaces".into())
-            .spawn(move || s.clean_loop())?;
+        if cleaner {
+            std::thread::Builder::new()
+                .name("sluice-workspaces".into())
+                .spawn(move || s.clean_loop())?;
+        }
         Ok(WorkspacePool { shared })
     }
 
@@ -67,15 +76,18 @@ impl WorkspacePool {
             if let Some(ws) = st.free.pop() {
                 return Ok(ws);
             }
-            if st.total < MAX_WORKSPACES || st.dirty.is_empty() {
-                st.total += 1;
-                None
-            } else {
-                st.dirty.pop()
+            if st.total < MAX_WORKSPACES {
+                st.short += 1;
             }
+            let used = st.dirty.pop();
+            if used.is_none() {
+                st.total += 1;
+            }
+            used
         };
         match used {
-            // The pool is at its size: empty a used workspace here rather than grow it.
+            // Nothing free: empty a used workspace here (usually two system calls) rather
+            // than create one.
             Some((ws, used)) => match ws.empty(used) {
                 Ok(()) => Ok(ws),
                 Err(e) => {
@@ -84,20 +96,10 @@ impl WorkspacePool {
                     Err(e)
                 }
             },
-            None => {
-                let path = self.shared.root.join(format!("ws-{}", ulid::Ulid::new()));
-                let made = std::fs::create_dir_all(path.join("scratch")).and_then(|()| {
-                    // (A workspace whose `scratch/` cannot be kept open opens it per call.)
-                    let scratch = Preopened::open(scratch_mount(&path)).ok();
-                    let listing = std::fs::File::open(path.join("scratch")).ok();
-                    Ok(Workspace {
-                        path,
-                        scratch,
-                        listing,
-                    })
-                });
-                made.inspect_err(|_| self.shared.state.lock().unwrap().total -= 1)
-            }
+            None => self
+                .shared
+                .create()
+                .inspect_err(|_| self.shared.state.lock().unwrap().total -= 1),
         }
     }
 
@@ -137,7 +139,7 @@ impl Shared {
         loop {
             let dirty = {
                 let mut st = self.state.lock().unwrap();
-                while st.dirty.is_empty() && !st.closed {
+                while st.dirty.is_empty() && st.short == 0 && !st.closed {
                     if naps < NAPS_BEFORE_SLEEP {
                         naps += 1;
                         st = self.wake.wait_timeout(st, NAP).unwrap().0;
@@ -153,13 +155,37 @@ impl Shared {
                 }
                 naps = 0;
                 st.cleaning = true;
-                std::mem::take(&mut st.dirty)
+                let grow =
+                    std::mem::take(&mut st.short).min(MAX_WORKSPACES.saturating_sub(st.total));
+                st.total += grow;
+                (std::mem::take(&mut st.dirty), grow)
             };
+            let (dirty, grow) = dirty;
             self.clean(dirty);
+            for _ in 0..grow {
+                match self.create() {
+                    Ok(ws) => self.state.lock().unwrap().free.push(ws),
+                    Err(_) => self.state.lock().unwrap().total -= 1,
+                }
+            }
             self.state.lock().unwrap().cleaning = false;
             // `flush` may be waiting for this batch.
             self.wake.notify_all();
         }
+    }
+
+    /// A new workspace.
+    fn create(&self) -> std::io::Result<Workspace> {
+        let path = self.root.join(format!("ws-{}", ulid::Ulid::new()));
+        std::fs::create_dir_all(path.join("scratch"))?;
+        // (A workspace whose `scratch/` cannot be kept open opens it per call.)
+        let scratch = Preopened::open(scratch_mount(&path)).ok();
+        let listing = std::fs::File::open(path.join("scratch")).ok();
+        Ok(Workspace {
+            path,
+            scratch,
+            listing,
+        })
     }
 
     fn clean(&self, dirty: Vec<(Workspace, Used)>) {
@@ -325,6 +351,44 @@ mod tests {
         );
         pool.flush();
         assert!(files(&path.join("scratch")).is_empty());
+    }
+
+    /// With nothing free, `take` empties a used workspace rather than create one (on an
+    /// action's path), and the cleaner makes the workspaces that were short in the background.
+    #[test]
+    fn a_short_pool_reuses_used_workspaces_and_grows_in_the_background() {
+        let root = tempfile::tempdir().unwrap();
+        let pool = WorkspacePool::start(root.path().join("work"), false);
+        let pool = pool.unwrap();
+        let ws = pool.take().unwrap();
+        let path = ws.path.clone();
+        std::fs::write(path.join("scratch/left"), "behind").unwrap();
+        pool.give_back(ws, Used::default());
+        let again = pool.take().unwrap();
+        assert_eq!(again.path, path);
+        assert!(files(&path.join("scratch")).is_empty());
+        let st = pool.shared.state.lock().unwrap();
+        assert_eq!((st.total, st.short), (1, 2), "one workspace, short twice");
+        drop(st);
+        pool.give_back(again, Used::default());
+
+        let grown = WorkspacePool::new(root.path().join("grown")).unwrap();
+        let (a, b) = (grown.take().unwrap(), grown.take().unwrap());
+        grown.give_back(a, Used::default());
+        grown.give_back(b, Used::default());
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let free = grown.shared.state.lock().unwrap().free.len();
+            if free == 4 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the pool did not grow: {free} free"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(grown.shared.state.lock().unwrap().total, 4);
     }
 
     /// Without `flush`, the cleaner empties used workspaces on its own soon after.
