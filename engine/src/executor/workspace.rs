@@ -137,7 +137,7 @@ impl Shared {
     fn clean_loop(&self) {
         let mut naps = 0;
         loop {
-            let dirty = {
+            let (dirty, grow) = {
                 let mut st = self.state.lock().unwrap();
                 while st.dirty.is_empty() && st.short == 0 && !st.closed {
                     if naps < NAPS_BEFORE_SLEEP {
@@ -160,7 +160,6 @@ impl Shared {
                 st.total += grow;
                 (std::mem::take(&mut st.dirty), grow)
             };
-            let (dirty, grow) = dirty;
             self.clean(dirty);
             for _ in 0..grow {
                 match self.create() {
