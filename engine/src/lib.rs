@@ -1,8 +1,9 @@
 //! Sluice: a CI/CD pipeline engine whose actions are sandboxed WebAssembly components.
 //!
 //! The parts, from the outside in:
-//! - [`model`]: the pipeline file — parsed with positions, validated, all problems at once;
-//! - [`scheduler`]: CodePipeline's execution rules as a pure state machine;
+//! - [`model`], [`scheduler`]: the pure core (the `sluice-core` crate, re-exported): the
+//!   pipeline file parsed and validated, and CodePipeline's execution rules as a pure state
+//!   machine;
 //! - [`executor`]: the shell that persists state, publishes events and runs jobs;
 //! - [`runtime`]: wasmtime, the sandbox and the host capabilities;
 //! - [`plugins`]: `uses:` resolution and the built-in first-party components;
@@ -17,14 +18,15 @@ pub mod artifacts;
 pub mod bench;
 pub mod bus;
 pub mod cli;
+pub mod clock;
 pub mod executor;
 pub mod identity;
 pub mod kv;
-pub mod model;
 pub mod nats;
 pub mod plugins;
 pub mod queue;
 pub mod runtime;
-pub mod scheduler;
 pub mod service;
 pub mod state;
+
+pub use sluice_core::{model, scheduler};

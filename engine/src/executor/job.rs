@@ -321,7 +321,7 @@ impl Attempt {
                     result,
                     config: spec.config,
                     inputs,
-                    at: Timestamp::now(),
+                    at: crate::clock::now(),
                 };
                 (input, leftover)
             }
@@ -344,7 +344,7 @@ impl Attempt {
             },
             config: BTreeMap::new(),
             inputs: BTreeMap::new(),
-            at: Timestamp::now(),
+            at: crate::clock::now(),
         }
     }
 }
@@ -621,7 +621,7 @@ async fn run_in(
                     .get("timeout")
                     .and_then(|t| crate::model::units::parse_duration(t).ok())
                     .unwrap_or(APPROVAL_TIMEOUT);
-                Timestamp(Timestamp::now().0 + limit.as_millis() as u64)
+                Timestamp(crate::clock::now().0 + limit.as_millis() as u64)
             });
             Ok(ActionResult::Pending {
                 continuation,

@@ -121,7 +121,7 @@ pub struct ActionLog {
 impl LogSink for ActionLog {
     fn log(&self, level: Level, message: &str, fields: &[(String, String)]) {
         let line = LogLine {
-            at: Timestamp::now(),
+            at: crate::clock::now(),
             attempt: self.attempt,
             level,
             message: message.to_string(),

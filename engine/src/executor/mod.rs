@@ -18,7 +18,7 @@ use crate::model::validate::ResolvedPlugins;
 use crate::model::{Diagnostic, Diagnostics, Loc, Pipeline};
 use crate::plugins::Registry;
 use crate::runtime::{Runtime, RuntimeConfig};
-use crate::scheduler::{Command, Execution, Input, PluginRef, Status, Timestamp, apply};
+use crate::scheduler::{Command, Execution, Input, PluginRef, Status, apply};
 use crate::state::{Durability, RedbStore, StateStore};
 use anyhow::Context as _;
 use std::collections::BTreeMap;
@@ -287,7 +287,7 @@ impl LocalApprovals {
     async fn answer(&self, exec: &Execution, stage: usize, action: usize, attempt: u32) -> Input {
         let run = &exec.stages[stage].actions[action];
         let name = format!("{}/{}", exec.stages[stage].name, run.name);
-        let at = Timestamp::now;
+        let at = crate::clock::now;
         let expire = |reason: String| Input::Expire {
             stage,
             action,
@@ -402,7 +402,7 @@ impl Driver {
         let plugins = Arc::new(plugins.clone());
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Input>();
         let mut input = Input::Start {
-            at: Timestamp::now(),
+            at: crate::clock::now(),
         };
         // Only this loop changes the execution, so one snapshot, advanced at each step, is
         // what the last step left.

@@ -23,7 +23,7 @@ pub async fn check(
     si: usize,
     phase: Phase,
 ) -> Input {
-    let at = Timestamp::now();
+    let at = crate::clock::now();
     let failure = match exec.stages.get(si).and_then(|s| s.conditions.get(phase)) {
         None => None,
         Some(c) if c.rules.is_empty() => Some("the condition has no rules".to_string()),

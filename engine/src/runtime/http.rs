@@ -5,45 +5,8 @@ use super::host::{Level, LogSink};
 use std::sync::Arc;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiHttpHooks};
 
-/// The origin of a URL as grants name it: lowercase scheme and host, the port only when it is
-/// not the scheme's default. `None` for anything that is not an absolute http(s) URL.
-pub fn origin(url: &str) -> Option<String> {
-    let uri: http::Uri = url.parse().ok()?;
-    origin_of(&uri)
-}
-
-fn origin_of(uri: &http::Uri) -> Option<String> {
-    let scheme = uri.scheme_str()?.to_ascii_lowercase();
-    let default = match scheme.as_str() {
-        "http" => 80,
-        "https" => 443,
-        _ => return None,
-    };
-    let host = uri.host()?.to_ascii_lowercase();
-    Some(match uri.port_u16() {
-        Some(p) if p != default => format!("{scheme}://{host}:{p}"),
-        _ => format!("{scheme}://{host}"),
-    })
-}
-
-/// Check a grant as written in a pipeline: an origin, with no path, query or credentials.
-pub fn valid_grant(grant: &str) -> Result<String, String> {
-    let normal = origin(grant.trim_end_matches('/')).ok_or_else(|| format!("{grant:?} is not an http(s) origin such as https://example.com or http://127.0.0.1:8080"))?;
-    let uri: http::Uri = grant
-        .trim_end_matches('/')
-        .parse()
-        .map_err(|e| format!("{grant:?}: {e}"))?;
-    if uri
-        .path_and_query()
-        .is_some_and(|p| p.as_str() != "/" && !p.as_str().is_empty())
-        || grant.contains('@')
-    {
-        return Err(format!(
-            "{grant:?}: grant an origin (scheme://host[:port]), without a path or credentials"
-        ));
-    }
-    Ok(normal)
-}
+use sluice_core::grants::http::origin_of;
+pub use sluice_core::grants::http::{origin, valid_grant};
 
 /// The hooks of one call: its granted origins and its log.
 pub(super) struct OriginGuard {

@@ -78,42 +78,7 @@ impl NatsAccess {
     }
 }
 
-/// Whether `subject` matches the grant `pattern` (`*` one token, `>` the rest).
-pub fn subject_matches(pattern: &str, subject: &str) -> bool {
-    let (mut p, mut s) = (pattern.split('.'), subject.split('.'));
-    loop {
-        match (p.next(), s.next()) {
-            (Some(">"), Some(_)) => return true,
-            (Some("*"), Some(_)) => {}
-            (Some(a), Some(b)) if a == b => {}
-            (None, None) => return true,
-            _ => return false,
-        }
-    }
-}
-
-/// Check a grant as written in a pipeline: a subject pattern.
-pub fn valid_grant(pattern: &str) -> Result<(), String> {
-    let tokens: Vec<&str> = pattern.split('.').collect();
-    if pattern.is_empty()
-        || tokens
-            .iter()
-            .any(|t| t.is_empty() || t.chars().any(char::is_whitespace))
-    {
-        return Err(format!(
-            "{pattern:?} is not a NATS subject (dot-separated tokens, no spaces)"
-        ));
-    }
-    if tokens[..tokens.len() - 1].contains(&">") {
-        return Err(format!("{pattern:?}: `>` may only be the last token"));
-    }
-    if tokens[0] == ">" || tokens[0] == "sluice" || tokens[0].starts_with('$') {
-        return Err(format!(
-            "{pattern:?}: grant subjects of your own, not everything or Sluice's `sluice.>` / system `$` subjects"
-        ));
-    }
-    Ok(())
-}
+pub use sluice_core::grants::nats::{subject_matches, valid_grant};
 
 #[cfg(test)]
 mod tests {

@@ -62,8 +62,7 @@ use function_bindings::sluice::action::function_types as fwit;
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// Default guest memory cap (`limits.memory` overrides).
 pub const DEFAULT_MEMORY: u64 = 256 << 20;
-/// The largest `limits.memory` a pipeline may ask for.
-pub const MAX_GUEST_MEMORY: u64 = 4 << 30;
+pub use sluice_core::limits::MAX_GUEST_MEMORY;
 /// Guest calls running at once (the rest wait their turn).
 const MAX_CONCURRENT_CALLS: u32 = 64;
 /// Bytes of a pooled memory or table slot kept mapped between instances (see `Runtime::new`).

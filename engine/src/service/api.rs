@@ -326,7 +326,7 @@ impl Service {
                     file,
                     dir,
                     yaml,
-                    registered_at: Timestamp::now(),
+                    registered_at: crate::clock::now(),
                 };
                 let loaded = match self.check(&stored).await {
                     Ok(l) => l,
@@ -430,7 +430,7 @@ impl Service {
                 abandon,
                 reason,
             } => {
-                let at = Timestamp::now();
+                let at = crate::clock::now();
                 let exec = self
                     .control(tenant, &execution_id, |_| {
                         Ok(Input::Stop {
@@ -449,7 +449,7 @@ impl Service {
                 stage,
                 all,
             } => {
-                let at = Timestamp::now();
+                let at = crate::clock::now();
                 let exec = self
                     .control(tenant, &execution_id, |e| {
                         let index =
@@ -478,7 +478,7 @@ impl Service {
                 summary,
                 token,
             } => {
-                let at = Timestamp::now();
+                let at = crate::clock::now();
                 let exec = self
                     .control(tenant, &execution_id, |e| {
                         let (stage, index) = find(e, &execution_id, &action)?;
@@ -500,7 +500,7 @@ impl Service {
                 action,
                 payload,
             } => {
-                let at = Timestamp::now();
+                let at = crate::clock::now();
                 let exec = self
                     .control(tenant, &execution_id, |e| {
                         let (stage, index) = find(e, &execution_id, &action)?;

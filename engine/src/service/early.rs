@@ -19,8 +19,8 @@
 use super::jobs::{Recorded, Settled};
 use super::journal::{Change, Gate};
 use super::{
-    Command, Input, KvError, Service, Timestamp, TriggerEvent, apply, begin, claim_key, lanes,
-    outstanding, takes, trigger_lease,
+    Command, Input, KvError, Service, TriggerEvent, apply, begin, claim_key, lanes, outstanding,
+    takes, trigger_lease,
 };
 use crate::queue::Delivery;
 use crate::scheduler::lanes::{Effect, LaneOp, step};
@@ -112,7 +112,7 @@ impl Service {
             &mut exec,
             &Input::Admit {
                 stage: 0,
-                at: Timestamp::now(),
+                at: crate::clock::now(),
             },
         ));
         if commands.iter().any(|c| matches!(c, Command::Enter { .. })) {

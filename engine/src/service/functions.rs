@@ -112,7 +112,7 @@ impl Service {
             name: name.to_string(),
             digest: digest.to_string(),
             size,
-            registered_at: Timestamp::now(),
+            registered_at: crate::clock::now(),
         };
         let key = format!("{tenant}/{name}");
         crate::kv::modify::<StoredFunction, _>(&*self.edges.functions, &key, |_| Some(f.clone()))

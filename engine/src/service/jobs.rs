@@ -17,7 +17,7 @@ use crate::bus::{Event, Snapshot};
 use crate::executor::job;
 use crate::kv::{KvError, get_json};
 use crate::queue::Delivery;
-use crate::scheduler::{Execution, Input, Status, Timestamp, Wake, apply};
+use crate::scheduler::{Execution, Input, Status, Wake, apply};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -426,7 +426,7 @@ impl Service {
             }
             return Ok(Settled::Done);
         }
-        let now = Timestamp::now().0;
+        let now = crate::clock::now().0;
         if job.not_before > now {
             if is_chained {
                 self.push_job(job).await;
@@ -445,7 +445,7 @@ impl Service {
                 .as_ref()
                 .map(|w| {
                     crate::model::units::short_duration(Duration::from_millis(
-                        Timestamp::now().0.saturating_sub(w.since.0),
+                        crate::clock::now().0.saturating_sub(w.since.0),
                     ))
                 })
                 .unwrap_or_default();
@@ -454,7 +454,7 @@ impl Service {
                 action: job.action,
                 attempt: job.attempt,
                 reason: format!("timeout: no approval decision within {waited}"),
-                at: Timestamp::now(),
+                at: crate::clock::now(),
             };
             return self.complete(&key, &input).await.map(|()| Settled::Done);
         }

@@ -11,7 +11,7 @@ use super::{Service, exec_key};
 use crate::bus::Snapshot;
 use crate::kv::{KvError, get_json};
 use crate::scheduler::lanes::{self, Disabled, Effect, LaneOp, Lanes, Mode};
-use crate::scheduler::{Execution, Input, Status, Timestamp, TriggerInfo, apply};
+use crate::scheduler::{Execution, Input, Status, TriggerInfo, apply};
 use std::collections::VecDeque;
 
 /// Cross-record work caused by a recorded change of one execution.
@@ -124,7 +124,7 @@ impl Service {
                             action: waiter.action,
                             attempt: waiter.attempt,
                             reason: format!("cannot wait for an event on {subject}: {reason}"),
-                            at: Timestamp::now(),
+                            at: crate::clock::now(),
                         };
                         match self
                             .record(
@@ -165,7 +165,7 @@ impl Service {
                     stage,
                     Box::new(|si| Input::Admit {
                         stage: si,
-                        at: Timestamp::now(),
+                        at: crate::clock::now(),
                     }),
                 ),
                 Effect::Supersede {
@@ -178,7 +178,7 @@ impl Service {
                     Box::new(move |si| Input::Supersede {
                         stage: si,
                         by: by.clone(),
-                        at: Timestamp::now(),
+                        at: crate::clock::now(),
                     }),
                 ),
             };
@@ -424,7 +424,7 @@ impl Service {
                 disabled: Disabled {
                     reason,
                     by: by.into(),
-                    at: Timestamp::now(),
+                    at: crate::clock::now(),
                 },
             }
         };
@@ -517,7 +517,7 @@ impl Service {
         let mut commands = apply(
             &mut exec,
             &Input::Start {
-                at: Timestamp::now(),
+                at: crate::clock::now(),
             },
         );
         let others = self

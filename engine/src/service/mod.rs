@@ -260,7 +260,7 @@ fn begin(
     exec.gated = true;
     let before = Snapshot::of(&exec);
     let input = Input::Start {
-        at: Timestamp::now(),
+        at: crate::clock::now(),
     };
     let commands = apply(&mut exec, &input);
     (exec, before, input, commands)
@@ -337,7 +337,7 @@ fn follow_up(
                 delay_ms,
             } => {
                 let not_before = if delay_ms > 0 {
-                    Timestamp::now().0 + delay_ms
+                    crate::clock::now().0 + delay_ms
                 } else {
                     0
                 };
@@ -667,7 +667,7 @@ impl Service {
             pipeline: pipeline.into(),
             reason: reason.clone(),
             payload: String::from_utf8_lossy(payload).into_owned(),
-            at: Timestamp::now(),
+            at: crate::clock::now(),
         };
         let key = format!(
             "{}/dead/{}",
@@ -696,7 +696,7 @@ impl Service {
             action: None,
             status: Status::Failed,
             attempt: None,
-            at: Timestamp::now(),
+            at: crate::clock::now(),
             duration_ms: None,
             detail: Some(reason),
             pipeline_version: None,
@@ -983,7 +983,7 @@ impl Service {
                             exec,
                             &Input::Admit {
                                 stage,
-                                at: Timestamp::now(),
+                                at: crate::clock::now(),
                             },
                         ));
                     }

@@ -309,7 +309,7 @@ async fn a_conflicting_change_undoes_what_the_chain_ran_ahead() {
             Ok(Input::Stop {
                 abandon: false,
                 reason: Some("test".into()),
-                at: Timestamp::now(),
+                at: crate::clock::now(),
             })
         })
         .await
@@ -433,7 +433,7 @@ async fn a_conflict_that_leaves_nothing_to_write_lets_the_waiting_runs_go() {
             Ok(Input::Stop {
                 abandon: true,
                 reason: Some("test".into()),
-                at: Timestamp::now(),
+                at: crate::clock::now(),
             })
         })
         .await
@@ -820,7 +820,7 @@ async fn a_recorded_change_whose_answer_was_lost_still_sends_its_events() {
     let stop = Input::Stop {
         abandon: true,
         reason: Some("test".into()),
-        at: Timestamp::now(),
+        at: crate::clock::now(),
     };
     a.complete(&exec_key("default", &id), &stop).await.unwrap();
     assert_eq!(
@@ -850,7 +850,7 @@ async fn a_control_whose_answer_was_lost_stands() {
             Ok(Input::Stop {
                 abandon: true,
                 reason: Some("test".into()),
-                at: Timestamp::now(),
+                at: crate::clock::now(),
             })
         })
         .await;

@@ -6,7 +6,7 @@
 //! every mode; subjects need NATS.
 use super::Service;
 use crate::kv::{KvError, get_json, modify};
-use crate::scheduler::{Input, Timestamp, Wake};
+use crate::scheduler::{Input, Wake};
 use serde::{Deserialize, Serialize};
 
 /// Who waits for one subject.
@@ -111,7 +111,7 @@ impl Service {
                                 stage: w.stage,
                                 action: w.action,
                                 payload: Some(payload.clone()),
-                                at: Timestamp::now(),
+                                at: crate::clock::now(),
                             })
                         }
                         _ => Err("no longer waiting".into()),

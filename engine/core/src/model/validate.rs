@@ -1,6 +1,6 @@
 //! Cross-reference and plugin-configuration checks on a parsed [`Pipeline`].
 use super::{Access, Diagnostic, Loc, Pipeline, is_valid_name, parse::suggest, template};
-use crate::plugins::{Capability, Description, Plugin};
+use crate::plugin::{Capability, Description, Plugin};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 

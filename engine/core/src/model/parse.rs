@@ -541,7 +541,7 @@ impl Parser {
                 if let Some(m) = lmap.get_node("memory") {
                     if let Some(v) = self.scalar(m, "`limits.memory`") {
                         match units::parse_size(&v.value) {
-                            Ok(bytes) if bytes > crate::runtime::MAX_GUEST_MEMORY => self.err(
+                            Ok(bytes) if bytes > crate::limits::MAX_GUEST_MEMORY => self.err(
                                 v.loc,
                                 format!(
                                     "`limits.memory`: {} is more than the maximum of 4GiB",
@@ -850,7 +850,7 @@ impl Parser {
                 .filter(|v| no_templates(self, v))
                 .collect();
             for grant in grants {
-                match crate::runtime::http::valid_grant(&grant.value) {
+                match crate::grants::http::valid_grant(&grant.value) {
                     Ok(origin) => caps.http.push(origin),
                     Err(e) => self.err(grant.loc, format!("`capabilities.http`: {e}")),
                 }
@@ -863,7 +863,7 @@ impl Parser {
                 .filter(|v| no_templates(self, v))
                 .collect();
             for grant in grants {
-                match crate::runtime::messaging::valid_grant(&grant.value) {
+                match crate::grants::nats::valid_grant(&grant.value) {
                     Ok(()) => caps.nats.push(grant.value),
                     Err(e) => self.err(grant.loc, format!("`capabilities.nats`: {e}")),
                 }

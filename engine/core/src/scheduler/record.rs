@@ -2,7 +2,7 @@
 //! `sluice run --json` / `sluice show`.
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use super::conditions::StageConditions;
 use super::lanes::Mode;
@@ -56,15 +56,6 @@ impl std::fmt::Display for Status {
 pub struct Timestamp(pub u64);
 
 impl Timestamp {
-    /// The current wall-clock time (only the executor calls this; the scheduler is pure).
-    pub fn now() -> Self {
-        Timestamp(
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0),
-        )
-    }
     /// Time elapsed from `earlier` to `self`.
     pub fn since(self, earlier: Timestamp) -> Duration {
         Duration::from_millis(self.0.saturating_sub(earlier.0))
@@ -162,7 +153,7 @@ pub struct Outbox {
     pub writer: String,
     /// The statuses before the change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub before: Option<crate::bus::Snapshot>,
+    pub before: Option<crate::events::Snapshot>,
     /// (stage, action) of each approval the change began waiting for.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notices: Vec<(usize, usize)>,
@@ -172,9 +163,9 @@ pub struct Outbox {
     #[serde(
         default,
         skip_serializing_if = "Vec::is_empty",
-        with = "crate::bus::stored_events"
+        with = "crate::events::stored_events"
     )]
-    pub earlier: Vec<crate::bus::Event>,
+    pub earlier: Vec<crate::events::Event>,
 }
 
 impl Outbox {
