@@ -11,44 +11,7 @@ fn main() {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
     let wasm_dir = build_guests(&root, &plugins.join("Cargo.toml"));
-    // Guests used only by the integration tests (tests/guests): adversarial and probing plugins.
-    println!(
-        "cargo:rerun-if-changed={}",
-        root.join("tests/guests").display()
-    );
-    let test_dir = build_guests(&root, &root.join("tests/guests/Cargo.toml"));
-    let probe = test_dir.join("sluice_test_probe.wasm");
-    // The example Rust function (examples/functions), built so the tests can register it.
-    println!(
-        "cargo:rerun-if-changed={}",
-        root.join("examples/functions/rust-release-notes").display()
-    );
-    let function = build_guests(
-        &root,
-        &root.join("examples/functions/rust-release-notes/Cargo.toml"),
-    )
-    .join("release_notes.wasm");
-    // The example custom condition rule (examples/rules).
-    println!(
-        "cargo:rerun-if-changed={}",
-        root.join("examples/rules/release-version").display()
-    );
-    let rule = build_guests(
-        &root,
-        &root.join("examples/rules/release-version/Cargo.toml"),
-    )
-    .join("release_version.wasm");
-    std::fs::write(
-        PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("test_guests.rs"),
-        format!(
-            "/// The probe test plugin (tests/guests/probe).\npub const PROBE: &str = {:?};\n/// The example Rust function (examples/functions/rust-release-notes).\npub const RUST_FUNCTION: &str = {:?};\n/// The example custom rule (examples/rules/release-version).\npub const RUST_RULE: &str = {:?};\n",
-            probe.display().to_string(),
-            function.display().to_string(),
-            rule.display().to_string()
-        ),
-    )
-    .unwrap();
-
+    // Test guests and examples are not embedded: the tests build them (tests/harness/guests.rs).
     let manifest = std::fs::read_to_string(plugins.join("Cargo.toml")).unwrap();
     let members = list_after(&manifest, "members");
     let major = manifest

@@ -1,11 +1,9 @@
-//! The process's memory allocator: mimalloc. An action's run allocates and frees a few hundred
+//! Tuning the process's memory allocator when it is mimalloc (the `sluice` binary installs it as
+//! the global allocator; an embedder that does not gets harmless calls). An action's run allocates and frees a few hundred
 //! small objects (WASI context, store, strings of the job and its events); glibc's malloc spent
 //! a quarter of the engine's per-action time on them (consolidating its fast bins on every
 //! larger request), mimalloc's thread-local free lists a fraction of that (see BENCHMARKS.md).
 use libmimalloc_sys as mi;
-
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// `mi_option_purge_delay` (not among the crate's constants): how long freed memory stays
 /// committed in case it is reused soon.

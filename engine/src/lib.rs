@@ -15,9 +15,7 @@
 
 pub mod alloc;
 pub mod artifacts;
-pub mod bench;
 pub mod bus;
-pub mod cli;
 pub mod clock;
 pub mod executor;
 pub mod identity;

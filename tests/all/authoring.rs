@@ -60,7 +60,7 @@ fn a_scaffolded_plugin_builds_tests_and_runs_in_a_pipeline() {
 
     p.write(
         "pipeline.yaml",
-        &format!("name: greet\nstages:\n  - name: S\n    actions:\n      - {{ name: Greet, uses: {wasm}, outputs: [g], namespace: G, with: {{ name: pipeline }} }}\n      - {{ name: Echo, uses: PROBE, run_order: 2, with: {{ mode: ok, value: \"#{{G.Greeting}}\" }} }}\n").replace("PROBE", PROBE),
+        &format!("name: greet\nstages:\n  - name: S\n    actions:\n      - {{ name: Greet, uses: {wasm}, outputs: [g], namespace: G, with: {{ name: pipeline }} }}\n      - {{ name: Echo, uses: PROBE, run_order: 2, with: {{ mode: ok, value: \"#{{G.Greeting}}\" }} }}\n").replace("PROBE", probe()),
     );
     let exec = p.run(&[]).json();
     assert_eq!(status(&exec), "Succeeded");

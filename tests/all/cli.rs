@@ -99,7 +99,7 @@ fn plugin_describe_shows_configuration_and_capabilities() {
     assert!(d.stdout.contains("side effects: yes"));
     assert!(d.stdout.contains("target") && d.stdout.contains("required"));
     assert!(d.stdout.contains("[default: 5]"));
-    let probe = p.sluice(&["plugin", "describe", PROBE, "--json"]);
+    let probe = p.sluice(&["plugin", "describe", probe(), "--json"]);
     let json: serde_json::Value = serde_json::from_str(&probe.stdout).unwrap();
     assert_eq!(json["description"]["name"], "probe");
     assert_eq!(json["description"]["side_effects"], false);

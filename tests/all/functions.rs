@@ -1,7 +1,7 @@
 //! `invoke@1`: Lambda-style functions (components of the `function` world), in Rust and in
 //! Python, called with a job document; success, continue-later with a token, failure.
 use crate::harness::nats::{Engine, wait_for};
-use crate::harness::{Project, RUST_FUNCTION, action, error, repo, status};
+use crate::harness::{Project, action, error, repo, rust_function, status};
 use serde_json::Value;
 use std::process::Command;
 use std::time::Duration;
@@ -78,7 +78,7 @@ fn check(exec: &Value, notes_contain: &str) {
 #[test]
 fn a_rust_function_runs_locally_from_a_file() {
     let p = Project::new(&INVOKING.replace("FN", "release_notes.wasm"));
-    std::fs::copy(RUST_FUNCTION, p.path("release_notes.wasm")).unwrap();
+    std::fs::copy(rust_function(), p.path("release_notes.wasm")).unwrap();
     let r = p.run(&[]);
     check(&r.json(), "Release 1.2 of inv");
     // A name needs the service's registry; the message says so.
@@ -109,7 +109,7 @@ fn registered_functions_in_rust_and_python_run_in_the_service() {
     assert_eq!(p.sluice(&["pipeline", "put", "pipeline.yaml"]).code, 0);
 
     // Not a function: refused, nothing registered.
-    let bad = p.sluice(&["function", "put", "release-notes", crate::harness::PROBE]);
+    let bad = p.sluice(&["function", "put", "release-notes", crate::harness::probe()]);
     assert_eq!(bad.code, 2, "{bad:?}");
     assert!(
         bad.stderr
@@ -119,7 +119,7 @@ fn registered_functions_in_rust_and_python_run_in_the_service() {
     );
 
     for (file, notes) in [
-        (RUST_FUNCTION.to_string(), "Release 1.2 of inv"),
+        (rust_function().to_string(), "Release 1.2 of inv"),
         (
             p.path("release-notes-py.wasm").display().to_string(),
             "[python]",

@@ -442,7 +442,7 @@ stages:
 #[test]
 fn custom_rule_components_decide_conditions_locally_and_in_the_service() {
     let p = Project::new(RULED);
-    std::fs::copy(crate::harness::RUST_RULE, p.path("release_version.wasm")).unwrap();
+    std::fs::copy(crate::harness::rust_rule(), p.path("release_version.wasm")).unwrap();
     // Local run: a release version passes, a pre-release fails the stage with the rule's reason.
     let r = p.run(&[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
@@ -494,7 +494,7 @@ fn custom_rule_components_decide_conditions_locally_and_in_the_service() {
         v.stderr
     );
     // Neither is an action component (the probe plugin).
-    std::fs::copy(crate::harness::PROBE, p.path("action.wasm")).unwrap();
+    std::fs::copy(crate::harness::probe(), p.path("action.wasm")).unwrap();
     p.write(
         "bad.yaml",
         &p.read("pipeline.yaml")

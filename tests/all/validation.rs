@@ -166,7 +166,7 @@ fn each_problem_is_reported_with_file_line_and_column() {
             "expected a validation failure for:\n{yaml}\n{}",
             run.stderr
         );
-        let expected = expected.replace("PROBE", PROBE);
+        let expected = expected.replace("PROBE", probe());
         let wanted = if expected.chars().next().unwrap().is_ascii_digit() {
             format!("pipeline.yaml:{expected}")
         } else {

@@ -5,12 +5,15 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-include!(concat!(env!("OUT_DIR"), "/test_guests.rs"));
+mod guests;
+pub use guests::{probe, rust_function, rust_rule};
 
 /// The repository root.
 pub fn repo() -> PathBuf {
+    // The tests belong to engine/cli.
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
+        .ancestors()
+        .nth(2)
         .unwrap()
         .to_path_buf()
 }
@@ -46,7 +49,7 @@ impl Project {
         let p = Project {
             dir: tempfile::tempdir().unwrap(),
         };
-        p.write("pipeline.yaml", &yaml.replace("PROBE", PROBE));
+        p.write("pipeline.yaml", &yaml.replace("PROBE", probe()));
         p
     }
 

@@ -256,7 +256,8 @@ impl Engine {
         done
     }
 
-    pub(crate) fn job_context(&self) -> job::JobContext {
+    /// What one job needs to run (for tools that run a single job: `plugin test`, the bench).
+    pub fn job_context(&self) -> job::JobContext {
         job::JobContext {
             runtime: self.registry.runtime().clone(),
             blobs: self.blobs.clone(),

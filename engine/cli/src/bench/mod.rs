@@ -8,8 +8,8 @@
 mod approvals;
 mod service;
 
-use crate::bus::MemoryBus;
-use crate::executor::{Engine, LogStore, load_pipeline};
+use sluice_engine::bus::MemoryBus;
+use sluice_engine::executor::{Engine, LogStore, load_pipeline};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::ExitCode;
@@ -88,7 +88,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         .resolve("noop@1", tmp.path())
         .await
         .map_err(anyhow::Error::msg)?;
-    let digest: crate::artifacts::Digest = noop.digest.parse().map_err(anyhow::Error::msg)?;
+    let digest: sluice_engine::artifacts::Digest =
+        noop.digest.parse().map_err(anyhow::Error::msg)?;
     let runtime = engine.registry.runtime().clone();
 
     // Every measure is taken in ROUNDS rounds, interleaved, and its best round kept: on a
@@ -234,8 +235,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// A job for the no-op plugin, as the scheduler would build it.
-fn noop_job(plugin: crate::artifacts::Digest, dir: &Path) -> crate::executor::job::JobSpec {
-    crate::executor::job::JobSpec {
+fn noop_job(
+    plugin: sluice_engine::artifacts::Digest,
+    dir: &Path,
+) -> sluice_engine::executor::job::JobSpec {
+    sluice_engine::executor::job::JobSpec {
         tenant: "default".into(),
         pipeline: "bench".into(),
         execution_id: "bench".into(),
@@ -251,8 +255,8 @@ fn noop_job(plugin: crate::artifacts::Digest, dir: &Path) -> crate::executor::jo
         programs: Vec::new(),
         http: Vec::new(),
         nats: Vec::new(),
-        memory: crate::runtime::DEFAULT_MEMORY,
-        timeout: crate::executor::job::DEFAULT_TIMEOUT,
+        memory: sluice_engine::runtime::DEFAULT_MEMORY,
+        timeout: sluice_engine::executor::job::DEFAULT_TIMEOUT,
         pipeline_dir: dir.to_path_buf(),
         continuation: None,
         wake_payload: None,
@@ -261,13 +265,16 @@ fn noop_job(plugin: crate::artifacts::Digest, dir: &Path) -> crate::executor::jo
 }
 
 async fn sandboxed_call(
-    cx: &crate::executor::job::JobContext,
-    job: &crate::executor::job::JobSpec,
+    cx: &sluice_engine::executor::job::JobContext,
+    job: &sluice_engine::executor::job::JobSpec,
 ) -> anyhow::Result<()> {
-    let (result, leftover) = crate::executor::job::execute(cx, job).await;
+    let (result, leftover) = sluice_engine::executor::job::execute(cx, job).await;
     leftover.release(cx);
     anyhow::ensure!(
-        matches!(result, crate::scheduler::ActionResult::Succeeded { .. }),
+        matches!(
+            result,
+            sluice_engine::scheduler::ActionResult::Succeeded { .. }
+        ),
         "the no-op job failed: {result:?}"
     );
     Ok(())
@@ -317,7 +324,7 @@ async fn run_pipeline(engine: &Engine, file: &Path) -> anyhow::Result<Duration> 
         .await?;
     let took = t.elapsed();
     anyhow::ensure!(
-        exec.status == crate::scheduler::Status::Succeeded,
+        exec.status == sluice_engine::scheduler::Status::Succeeded,
         "benchmark pipeline failed"
     );
     Ok(took)
@@ -334,7 +341,7 @@ fn best_of<T>(n: usize, mut f: impl FnMut() -> anyhow::Result<T>) -> anyhow::Res
 }
 
 fn artifacts(dir: &Path, mib: u64) -> anyhow::Result<bool> {
-    use crate::artifacts::{BlobStore, LocalStore};
+    use sluice_engine::artifacts::{BlobStore, LocalStore};
     let file = dir.join("big.bin");
     {
         use std::io::Write;
@@ -441,7 +448,7 @@ fn artifacts(dir: &Path, mib: u64) -> anyhow::Result<bool> {
 /// Cold compile (and cache write) of a component against loading it from the compile cache,
 /// and its instantiate+call cost next to the no-op Rust component's (`bare`).
 async fn compile_cache(dir: &Path, component: &Path, bare: Duration) -> anyhow::Result<bool> {
-    use crate::runtime::{Runtime, RuntimeConfig};
+    use sluice_engine::runtime::{Runtime, RuntimeConfig};
     let bytes = std::fs::read(component)?;
     let cache = dir.join("compile-cache");
     let cold_rt = Runtime::new(RuntimeConfig {

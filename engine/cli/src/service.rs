@@ -1,12 +1,12 @@
 //! Commands of the service: `serve`, and the clients `pipeline`, `start`, `status`, `watch`,
 //! `executions`.
 use super::progress::{Style, format_event};
-use crate::model::units::short_duration;
-use crate::scheduler::{Execution, Status};
-use crate::service::api::{ExecutionSummary, Request};
-use crate::service::client::{Client, Refused};
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
+use sluice_engine::model::units::short_duration;
+use sluice_engine::scheduler::{Execution, Status};
+use sluice_engine::service::api::{ExecutionSummary, Request};
+use sluice_engine::service::client::{Client, Refused};
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -142,10 +142,11 @@ pub async fn function(cmd: FunctionCmd, target: Target) -> anyhow::Result<ExitCo
                 let js = async_nats::jetstream::new(nc.clone());
                 let cache = tempfile::tempdir()?;
                 let store =
-                    crate::artifacts::nats_store::NatsStore::open(&js, cache.path()).await?;
+                    sluice_engine::artifacts::nats_store::NatsStore::open(&js, cache.path())
+                        .await?;
                 let path = file.clone();
                 let digest = tokio::task::spawn_blocking(move || {
-                    crate::artifacts::BlobStore::put_file(&store, &path)
+                    sluice_engine::artifacts::BlobStore::put_file(&store, &path)
                 })
                 .await??;
                 Request::FunctionPut {
@@ -197,13 +198,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let data = super::default_data(args.data);
     match args.nats {
         None => {
-            let (service, bus) = crate::service::wiring::embedded(&data).await?;
+            let (service, bus) = sluice_engine::service::wiring::embedded(&data).await?;
             eprintln!(
                 "sluice serve: embedded engine, data in {}; control socket {}",
                 data.display(),
-                crate::service::socket::socket_path(&data).display()
+                sluice_engine::service::socket::socket_path(&data).display()
             );
-            let socket = crate::service::socket::serve(service.clone(), bus, &data);
+            let socket = sluice_engine::service::socket::serve(service.clone(), bus, &data);
             let hooks = webhooks(service.clone(), args.http);
             tokio::select! {
                 r = hooks => r?,
@@ -211,13 +212,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 _ = service.run(args.workers) => {},
                 _ = tokio::signal::ctrl_c() => {},
             }
-            let _ = std::fs::remove_file(crate::service::socket::socket_path(&data));
+            let _ = std::fs::remove_file(sluice_engine::service::socket::socket_path(&data));
         }
         Some(url) => {
-            let (service, client) = crate::service::wiring::nats(
+            let (service, client) = sluice_engine::service::wiring::nats(
                 &url,
                 &data,
-                crate::nats::Timing {
+                sluice_engine::nats::Timing {
                     ack_wait: args.ack_wait,
                 },
             )
@@ -226,7 +227,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 "sluice serve: engine on NATS {url}, local cache in {}",
                 data.display()
             );
-            let api = crate::service::wiring::serve_nats_api(service.clone(), client.clone());
+            let api =
+                sluice_engine::service::wiring::serve_nats_api(service.clone(), client.clone());
             let hooks = webhooks(service.clone(), args.http);
             tokio::select! {
                 r = hooks => r?,
@@ -241,13 +243,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn webhooks(
-    service: std::sync::Arc<crate::service::Service>,
+    service: std::sync::Arc<sluice_engine::service::Service>,
     addr: Option<std::net::SocketAddr>,
 ) -> anyhow::Result<()> {
     match addr {
         Some(addr) => {
             eprintln!("sluice serve: webhooks on http://{addr}/hooks/<tenant>/<pipeline>");
-            crate::service::webhook::serve(service, addr).await
+            sluice_engine::service::webhook::serve(service, addr).await
         }
         None => std::future::pending().await,
     }
@@ -318,7 +320,7 @@ pub async fn pipeline(cmd: PipelineCmd, target: Target) -> anyhow::Result<ExitCo
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_lanes(pipeline: &str, lanes: crate::scheduler::lanes::Lanes) {
+fn print_lanes(pipeline: &str, lanes: sluice_engine::scheduler::lanes::Lanes) {
     println!("{pipeline} ({})", lanes.mode);
     if lanes.stages.is_empty() {
         println!("  no execution inside or waiting; every transition enabled");
@@ -342,7 +344,7 @@ fn print_lanes(pipeline: &str, lanes: crate::scheduler::lanes::Lanes) {
 /// Run `sluice transition`.
 pub async fn transition(cmd: TransitionCmd, target: Target) -> anyhow::Result<ExitCode> {
     let client = target.client().await?;
-    let by = Some(crate::identity::current());
+    let by = Some(sluice_engine::identity::current());
     let (pipeline, request) = match cmd {
         TransitionCmd::Disable {
             pipeline,
@@ -392,7 +394,7 @@ pub async fn rollback(
             pipeline,
             stage,
             to,
-            by: Some(crate::identity::current()),
+            by: Some(sluice_engine::identity::current()),
         })
         .await
     {
@@ -422,7 +424,7 @@ pub async fn start(
             pipeline,
             variables,
             event_id,
-            started_by: Some(crate::identity::current()),
+            started_by: Some(sluice_engine::identity::current()),
         })
         .await
     {
@@ -607,7 +609,7 @@ pub async fn logs(
         unreachable!("a --nats target connects over NATS")
     };
     let Ok(store) = async_nats::jetstream::new(nats.clone())
-        .get_object_store(crate::nats::logs::BUCKET)
+        .get_object_store(sluice_engine::nats::logs::BUCKET)
         .await
     else {
         anyhow::bail!("no logs on {url} yet (no engine has stored any)");
@@ -620,14 +622,14 @@ pub async fn logs(
             .filter(|a| only.is_none_or(|(s, n)| s == stage.name && n == a.name))
         {
             for attempt in 1..=action.attempt {
-                let name = crate::nats::logs::object_name(
+                let name = sluice_engine::nats::logs::object_name(
                     &target.tenant,
                     &execution_id,
                     &stage.name,
                     &action.name,
                     attempt,
                 );
-                for line in crate::nats::logs::get(&store, &name)
+                for line in sluice_engine::nats::logs::get(&store, &name)
                     .await?
                     .unwrap_or_default()
                 {

@@ -4,11 +4,11 @@
 //! (latency) trigger event published → pipeline-succeeded event received, for a 3-stage,
 //!   5-action no-op pipeline, one execution at a time;
 //! (throughput) executions per second for a burst of events, with one and with two engines.
-use crate::bus::{Event, Kind};
-use crate::scheduler::Status;
-use crate::service::Service;
-use crate::service::api::Request;
 use futures_util::StreamExt;
+use sluice_engine::bus::{Event, Kind};
+use sluice_engine::scheduler::Status;
+use sluice_engine::service::Service;
+use sluice_engine::service::api::Request;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,15 +45,15 @@ async fn engine(
     name: &str,
     workers: usize,
 ) -> anyhow::Result<(Arc<Service>, async_nats::Client)> {
-    let (service, client) = crate::service::wiring::nats(
+    let (service, client) = sluice_engine::service::wiring::nats(
         url,
         &dir.join(name),
-        crate::nats::Timing {
+        sluice_engine::nats::Timing {
             ack_wait: Duration::from_secs(30),
         },
     )
     .await?;
-    tokio::spawn(crate::service::wiring::serve_nats_api(
+    tokio::spawn(sluice_engine::service::wiring::serve_nats_api(
         service.clone(),
         client.clone(),
     ));
@@ -115,7 +115,7 @@ async fn burst(
 /// Run the NATS benchmark against the server at `url`.
 pub async fn run(url: &str, samples: usize, burst_size: usize) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
-    let client = crate::nats::connect_client(url).await?;
+    let client = sluice_engine::nats::connect_client(url).await?;
     let js = async_nats::jetstream::new(client.clone());
 
     // (floor) publish → consume round trip.

@@ -1,15 +1,23 @@
-//! The `sluice` command line.
+//! The `sluice` command line: commands and their output. The engine is the `sluice-engine`
+//! library; benchmarks (`sluice bench`) live here, so embedders of the library never compile them.
 
+mod bench;
 mod inspect;
 mod plugin_test;
 mod progress;
 mod scaffold;
 mod service;
 
-use crate::bus::MemoryBus;
-use crate::executor::{Engine, LogStore, load_pipeline};
-use crate::model::Diagnostics;
+use sluice_engine::bus::MemoryBus;
+
+/// The process's allocator (why: `sluice_engine::alloc`). A library leaves the choice to the
+/// program that links it; this program chooses mimalloc.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand};
+use sluice_engine::executor::{Engine, LogStore, load_pipeline};
+use sluice_engine::model::Diagnostics;
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -225,7 +233,7 @@ enum Cmd {
         pipeline: Option<String>,
         /// Only this status (InProgress, Succeeded, Failed, ...).
         #[arg(long, value_parser = parse_status)]
-        status: Option<crate::scheduler::Status>,
+        status: Option<sluice_engine::scheduler::Status>,
         /// At most this many.
         #[arg(long, default_value_t = 20)]
         limit: usize,
@@ -257,7 +265,7 @@ struct DecideArgs {
     target: service::Target,
 }
 
-fn parse_status(s: &str) -> Result<crate::scheduler::Status, String> {
+fn parse_status(s: &str) -> Result<sluice_engine::scheduler::Status, String> {
     serde_json::from_value(serde_json::Value::String(s.to_string()))
         .map_err(|_| format!("unknown status {s:?} (InProgress, Succeeded, Failed, Stopped, ...)"))
 }
@@ -396,10 +404,10 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
                 to_stderr: json,
             };
             let printer = progress::spawn(bus.subscribe(), verbose.then_some(live_rx), style);
-            let approvals = crate::executor::LocalApprovals {
+            let approvals = sluice_engine::executor::LocalApprovals {
                 pre_approved: approve,
                 interactive: std::io::stdin().is_terminal() && std::io::stderr().is_terminal(),
-                identity: crate::identity::resolve(as_.as_deref()),
+                identity: sluice_engine::identity::resolve(as_.as_deref()),
             };
             let exec = engine
                 .run_with(pipeline.clone(), &plugins, &overrides, approvals)
@@ -410,7 +418,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&exec)?);
             }
-            Ok(if crate::executor::succeeded(exec.status) {
+            Ok(if sluice_engine::executor::succeeded(exec.status) {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)
@@ -463,7 +471,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             PluginCmd::Test(args) => plugin_test::run(args).await,
             PluginCmd::New(args) => scaffold::run(args),
             PluginCmd::List => {
-                for name in crate::plugins::builtin::names() {
+                for name in sluice_engine::plugins::builtin::names() {
                     println!("{name}");
                 }
                 Ok(ExitCode::SUCCESS)
@@ -495,7 +503,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             target,
         } => {
             service::control(
-                crate::service::api::Request::Stop {
+                sluice_engine::service::api::Request::Stop {
                     execution_id,
                     abandon,
                     reason,
@@ -513,7 +521,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             target,
         } => {
             service::control(
-                crate::service::api::Request::Wake {
+                sluice_engine::service::api::Request::Wake {
                     execution_id,
                     action,
                     payload,
@@ -529,7 +537,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             target,
         } => {
             service::control(
-                crate::service::api::Request::Retry {
+                sluice_engine::service::api::Request::Retry {
                     execution_id,
                     stage,
                     all,
@@ -566,8 +574,8 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
 }
 
 async fn decide(a: DecideArgs, approved: bool) -> anyhow::Result<ExitCode> {
-    let by = crate::identity::resolve(a.as_.as_deref());
-    let request = crate::service::api::Request::Approve {
+    let by = sluice_engine::identity::resolve(a.as_.as_deref());
+    let request = sluice_engine::service::api::Request::Approve {
         execution_id: a.execution_id,
         action: a.action,
         approved,

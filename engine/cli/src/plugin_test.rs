@@ -1,12 +1,12 @@
 //! `sluice plugin test`: run one action of a plugin outside any pipeline and show everything
 //! it did — the plugin author's inner loop. Uses the same job runner as pipelines.
-use crate::artifacts::{Digest, tree};
-use crate::bus::MemoryBus;
-use crate::executor::{Engine, JobSpec, LogStore};
-use crate::model::{Access, normalize, units, validate};
-use crate::plugins::Capability;
-use crate::scheduler::ActionResult;
 use anyhow::Context as _;
+use sluice_engine::artifacts::{Digest, tree};
+use sluice_engine::bus::MemoryBus;
+use sluice_engine::executor::{Engine, JobSpec, LogStore};
+use sluice_engine::model::{Access, normalize, units, validate};
+use sluice_engine::plugins::Capability;
+use sluice_engine::scheduler::ActionResult;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -76,14 +76,16 @@ pub async fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
                 };
                 dirs.push((normalize(&cwd.join(path)), access));
             }
-            Some(("http", origin)) => match crate::runtime::http::valid_grant(origin) {
+            Some(("http", origin)) => match sluice_engine::runtime::http::valid_grant(origin) {
                 Ok(o) => http.push(o),
                 Err(e) => problems.push(format!("--grant {g}: {e}")),
             },
-            Some(("nats", subject)) => match crate::runtime::messaging::valid_grant(subject) {
-                Ok(()) => nats.push(subject.to_string()),
-                Err(e) => problems.push(format!("--grant {g}: {e}")),
-            },
+            Some(("nats", subject)) => {
+                match sluice_engine::runtime::messaging::valid_grant(subject) {
+                    Ok(()) => nats.push(subject.to_string()),
+                    Err(e) => problems.push(format!("--grant {g}: {e}")),
+                }
+            }
             _ => problems.push(format!(
                 "--grant {g}: expected process=PROGRAM, dir=PATH:ro|rw, http=ORIGIN or nats=SUBJECT"
             )),
@@ -123,7 +125,7 @@ pub async fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
         invoke: None,
         continuation: None,
         wake_payload: None,
-        tenant: crate::executor::DEFAULT_TENANT.into(),
+        tenant: sluice_engine::executor::DEFAULT_TENANT.into(),
         pipeline: "plugin-test".into(),
         idempotency_key: format!("default/{execution_id}/Test/{}/1", d.name),
         execution_id: execution_id.clone(),
@@ -143,7 +145,8 @@ pub async fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
         pipeline_dir: cwd.clone(),
     };
     let started = std::time::Instant::now();
-    let (result, leftover) = crate::executor::job::execute(&engine.job_context(), &spec).await;
+    let (result, leftover) =
+        sluice_engine::executor::job::execute(&engine.job_context(), &spec).await;
     leftover.release(&engine.job_context());
     engine.workspaces.flush();
     println!("plugin  {} {} ({})", d.name, d.version, plugin.digest);

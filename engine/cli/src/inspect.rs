@@ -1,11 +1,11 @@
 //! Read-only commands: history, show, logs, plugin describe, artifact ls/get/verify.
 use super::existing_data;
-use crate::artifacts::{Digest, Entry, LocalStore, tree};
-use crate::executor::{DataDir, LogStore};
-use crate::model::units::short_duration;
-use crate::scheduler::Execution;
-use crate::state::{RedbStore, StateStore};
 use anyhow::Context as _;
+use sluice_engine::artifacts::{Digest, Entry, LocalStore, tree};
+use sluice_engine::executor::{DataDir, LogStore};
+use sluice_engine::model::units::short_duration;
+use sluice_engine::scheduler::Execution;
+use sluice_engine::state::{RedbStore, StateStore};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -30,7 +30,7 @@ fn blobs(data: &Path) -> anyhow::Result<LocalStore> {
 }
 
 pub fn history(data: &Path, pipeline: Option<&str>, limit: usize) -> anyhow::Result<ExitCode> {
-    let execs = state(data)?.list(crate::executor::DEFAULT_TENANT, pipeline, limit)?;
+    let execs = state(data)?.list(sluice_engine::executor::DEFAULT_TENANT, pipeline, limit)?;
     if execs.is_empty() {
         println!("no executions yet");
     }
@@ -62,7 +62,7 @@ pub fn local_execution(data: &Path, id: &str) -> anyhow::Result<Option<Execution
         return Ok(None);
     }
     Ok(state(data)?
-        .get(crate::executor::DEFAULT_TENANT, id)?
+        .get(sluice_engine::executor::DEFAULT_TENANT, id)?
         .map(|(e, _)| e))
 }
 
@@ -226,7 +226,7 @@ pub fn logs(data: &Path, id: &str, only: Option<&str>) -> anyhow::Result<ExitCod
 }
 
 /// One log line as `sluice logs` prints it.
-pub fn print_log_line(stage: &str, action: &str, l: &crate::executor::LogLine) {
+pub fn print_log_line(stage: &str, action: &str, l: &sluice_engine::executor::LogLine) {
     let fields: String = l.fields.iter().map(|(k, v)| format!(" {k}={v}")).collect();
     println!(
         "{stage}/{action} #{} {} {:>5} {}{fields}",
@@ -239,9 +239,9 @@ pub fn print_log_line(stage: &str, action: &str, l: &crate::executor::LogLine) {
 
 pub async fn describe_plugin(reference: &str, json: bool) -> anyhow::Result<ExitCode> {
     let scratch = tempfile::tempdir()?;
-    let runtime = std::sync::Arc::new(crate::runtime::Runtime::new(Default::default())?);
+    let runtime = std::sync::Arc::new(sluice_engine::runtime::Runtime::new(Default::default())?);
     let store = std::sync::Arc::new(LocalStore::open(scratch.path())?);
-    let registry = crate::plugins::Registry::new(runtime, store);
+    let registry = sluice_engine::plugins::Registry::new(runtime, store);
     let plugin = registry
         .resolve(reference, &std::env::current_dir()?)
         .await

@@ -2,9 +2,9 @@
 //! `sluice serve` process. Measures the engine process's resident memory before and after
 //! (the baseline is the same engine idle, measured in the same run), restarts it, checks that
 //! every execution still waits, and approves one to see it complete.
-use crate::scheduler::{Execution, Status};
-use crate::service::api::Request;
-use crate::service::client::Client;
+use sluice_engine::scheduler::{Execution, Status};
+use sluice_engine::service::api::Request;
+use sluice_engine::service::client::Client;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -1,9 +1,9 @@
 //! Live progress of a run: one line per change of state, colored on a terminal.
-use crate::bus::{Event, Kind};
-use crate::executor::LogStore;
-use crate::executor::logs::LogLine;
-use crate::model::units::short_duration;
-use crate::scheduler::{Execution, Status};
+use sluice_engine::bus::{Event, Kind};
+use sluice_engine::executor::LogStore;
+use sluice_engine::executor::logs::LogLine;
+use sluice_engine::model::units::short_duration;
+use sluice_engine::scheduler::{Execution, Status};
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 
