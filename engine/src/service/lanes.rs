@@ -82,6 +82,33 @@ impl After {
     }
 }
 
+/// The stages in `arrived` (where changes that a conflict undid let `exec` into the lane)
+/// that `exec`, as it now stands, neither waits for nor is inside: their places are freed.
+/// Without this a stop recorded while a result was applied ahead of the store leaves the
+/// execution inside the next stage's lane, and every later one waits before it.
+pub(super) fn released(exec: &Execution, arrived: &[usize]) -> Vec<After> {
+    let holds = |si: usize| {
+        !exec.status.is_terminal()
+            && (exec.entering == Some(si)
+                || matches!(
+                    exec.stages[si].status,
+                    Status::InProgress | Status::Stopping
+                ))
+    };
+    let mut stages: Vec<usize> = arrived
+        .iter()
+        .copied()
+        .filter(|si| *si < exec.stages.len())
+        .collect();
+    stages.sort_unstable();
+    stages.dedup();
+    stages
+        .into_iter()
+        .filter(|si| !holds(*si))
+        .map(|si| After::leave(exec, si))
+        .collect()
+}
+
 /// A pipeline's lanes as read from the store (none yet: `None`), with their revision.
 pub(crate) struct FreshLanes(Option<(Lanes, u64)>);
 
