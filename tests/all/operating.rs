@@ -341,7 +341,7 @@ stages:
 
 /// `sluice stop ID` (no `--abandon`) while Build's actions run: they finish, the execution
 /// ends `Stopped` without entering Deploy, holds no place in any lane, and the next execution
-/// runs through Deploy.
+/// runs through Deploy. Then `pipeline state --repair` rebuilds the lanes from the executions.
 fn a_graceful_stop_frees_the_next_stage(s: &Service<'_>) {
     s.p.write("stopping.yaml", STOPPING);
     s.p.write("group.yaml", STOPPING_GROUP);
@@ -380,6 +380,17 @@ fn a_graceful_stop_frees_the_next_stage(s: &Service<'_>) {
         assert_eq!(status(&after), "Succeeded", "{pipeline}: {after:#}");
         assert_eq!(stage_status(&after, "Deploy"), "Succeeded");
     }
+    let repaired = s.ok(&["pipeline", "state", "stopping", "--repair"]);
+    assert!(
+        repaired.contains("lanes of stopping rebuilt from its executions")
+            && repaired.contains("no execution inside or waiting"),
+        "{repaired}"
+    );
+    let unknown = s.sluice(&["pipeline", "state", "nope", "--repair"]);
+    assert!(
+        unknown.code == 2 && unknown.stderr.contains("no pipeline `nope`"),
+        "{unknown:?}"
+    );
 }
 
 #[test]
