@@ -319,8 +319,8 @@ stages:
       - { name: Ship, uses: noop@1 }
 "##;
 
-/// [`STOPPING`] with a parallel group in Build: the stop finds both actions running, and the
-/// one that ends last ends the execution.
+/// [`STOPPING`] with a parallel group in Build: the stop comes after one action of the group
+/// ended, while the other still runs, whose end then ends the execution.
 const STOPPING_GROUP: &str = r##"
 name: stopping-group
 stages:
@@ -333,7 +333,7 @@ stages:
       - name: Lint
         uses: command@1
         capabilities: { process: [sh] }
-        with: { run: "sleep 2" }
+        with: { run: "sleep 3" }
   - name: Deploy
     actions:
       - { name: Ship, uses: noop@1 }
@@ -358,6 +358,11 @@ fn a_graceful_stop_frees_the_next_stage(s: &Service<'_>) {
                 .all(|a| s.logged(&format!("running {e1}/Build/{a} attempt 1")))
                 .then_some(())
         });
+        if actions.len() > 1 {
+            s.until(&e1, "Compile to end while Lint runs", |e| {
+                status(action(e, "Build/Compile")) == "Succeeded"
+            });
+        }
         let stop = s.ok(&["stop", &e1]);
         assert!(stop.contains("Stopping"), "{pipeline}: {stop}");
         let end = s.done(&e1);
