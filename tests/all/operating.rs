@@ -118,6 +118,11 @@ impl<'a> Service<'a> {
     fn lanes(&self) -> String {
         self.ok(&["pipeline", "state", "lanes"])
     }
+
+    /// Whether an engine logged `what`.
+    fn logged(&self, what: &str) -> bool {
+        self._engines.iter().any(|e| e.log().contains(what))
+    }
 }
 
 fn project(mode: &str) -> Project {
@@ -297,6 +302,113 @@ fn execution_modes_transitions_and_rollback_on_nats_with_two_engines() {
     queued_mode_and_transitions(&s);
     parallel_mode(&s);
     rollback(&s);
+}
+
+/// Build runs a host program for a while, so that a stop finds it running; Deploy follows.
+const STOPPING: &str = r##"
+name: stopping
+stages:
+  - name: Build
+    actions:
+      - name: Compile
+        uses: command@1
+        capabilities: { process: [sh] }
+        with: { run: "sleep 2" }
+  - name: Deploy
+    actions:
+      - { name: Ship, uses: noop@1 }
+"##;
+
+/// [`STOPPING`] with a parallel group in Build: the stop comes after one action of the group
+/// ended, while the other still runs, whose end then ends the execution.
+const STOPPING_GROUP: &str = r##"
+name: stopping-group
+stages:
+  - name: Build
+    actions:
+      - name: Compile
+        uses: command@1
+        capabilities: { process: [sh] }
+        with: { run: "sleep 1" }
+      - name: Lint
+        uses: command@1
+        capabilities: { process: [sh] }
+        with: { run: "sleep 3" }
+  - name: Deploy
+    actions:
+      - { name: Ship, uses: noop@1 }
+"##;
+
+/// `sluice stop ID` (no `--abandon`) while Build's actions run: they finish, the execution
+/// ends `Stopped` without entering Deploy, holds no place in any lane, and the next execution
+/// runs through Deploy. Then `pipeline state --repair` rebuilds the lanes from the executions.
+fn a_graceful_stop_frees_the_next_stage(s: &Service<'_>) {
+    s.p.write("stopping.yaml", STOPPING);
+    s.p.write("group.yaml", STOPPING_GROUP);
+    s.ok(&["pipeline", "put", "stopping.yaml"]);
+    s.ok(&["pipeline", "put", "group.yaml"]);
+    for (pipeline, actions) in [
+        ("stopping", &["Compile"][..]),
+        ("stopping-group", &["Compile", "Lint"][..]),
+    ] {
+        let e1 = s.start_pipeline(pipeline, &[]);
+        wait_for(Duration::from_secs(30), "Build's programs to run", || {
+            actions
+                .iter()
+                .all(|a| s.logged(&format!("running {e1}/Build/{a} attempt 1")))
+                .then_some(())
+        });
+        if actions.len() > 1 {
+            s.until(&e1, "Compile to end while Lint runs", |e| {
+                status(action(e, "Build/Compile")) == "Succeeded"
+            });
+        }
+        let stop = s.ok(&["stop", &e1]);
+        assert!(stop.contains("Stopping"), "{pipeline}: {stop}");
+        let end = s.done(&e1);
+        assert_eq!(status(&end), "Stopped", "{pipeline}: {end:#}");
+        assert_eq!(stage_status(&end, "Deploy"), "NotStarted", "{pipeline}");
+        for a in actions {
+            assert_eq!(
+                status(action(&end, &format!("Build/{a}"))),
+                "Succeeded",
+                "{pipeline}: a running action finishes"
+            );
+        }
+        let state = s.ok(&["pipeline", "state", pipeline]);
+        assert!(
+            state.contains("no execution inside or waiting"),
+            "{pipeline}: the stopped execution frees its place: {state}"
+        );
+        let e2 = s.start_pipeline(pipeline, &[]);
+        let after = s.done(&e2);
+        assert_eq!(status(&after), "Succeeded", "{pipeline}: {after:#}");
+        assert_eq!(stage_status(&after, "Deploy"), "Succeeded");
+    }
+    let repaired = s.ok(&["pipeline", "state", "stopping", "--repair"]);
+    assert!(
+        repaired.contains("lanes of stopping rebuilt from its executions")
+            && repaired.contains("no execution inside or waiting"),
+        "{repaired}"
+    );
+    let unknown = s.sluice(&["pipeline", "state", "nope", "--repair"]);
+    assert!(
+        unknown.code == 2 && unknown.stderr.contains("no pipeline `nope`"),
+        "{unknown:?}"
+    );
+}
+
+#[test]
+fn a_graceful_stop_frees_the_next_stage_on_the_embedded_service() {
+    let p = project("superseded");
+    a_graceful_stop_frees_the_next_stage(&Service::embedded(&p));
+}
+
+#[test]
+fn a_graceful_stop_frees_the_next_stage_on_nats_with_two_engines() {
+    let nats = NatsServer::start();
+    let p = project("superseded");
+    a_graceful_stop_frees_the_next_stage(&Service::on_nats(&p, &nats.url()));
 }
 
 const CONDITIONED: &str = r##"

@@ -87,6 +87,10 @@ pub enum PipelineCmd {
     State {
         /// Pipeline name.
         name: String,
+        /// Rebuild the lanes from the executions' records first (frees places that executions
+        /// which ended or moved on still hold).
+        #[arg(long)]
+        repair: bool,
     },
 }
 
@@ -291,7 +295,11 @@ pub async fn pipeline(cmd: PipelineCmd, target: Target) -> anyhow::Result<ExitCo
             version: *version,
         },
         PipelineCmd::Rm { name } => Request::PipelineRm { name: name.clone() },
-        PipelineCmd::State { name } => Request::PipelineState { name: name.clone() },
+        PipelineCmd::State {
+            name,
+            repair: false,
+        } => Request::PipelineState { name: name.clone() },
+        PipelineCmd::State { name, repair: true } => Request::PipelineRepair { name: name.clone() },
     };
     let reply = match client.call(&request).await {
         Ok(v) => v,
@@ -315,7 +323,12 @@ pub async fn pipeline(cmd: PipelineCmd, target: Target) -> anyhow::Result<ExitCo
         }
         PipelineCmd::Get { .. } => print!("{}", reply["yaml"].as_str().unwrap_or("")),
         PipelineCmd::Rm { name } => println!("removed {name}"),
-        PipelineCmd::State { name } => print_lanes(&name, serde_json::from_value(reply)?),
+        PipelineCmd::State { name, repair } => {
+            if repair {
+                println!("lanes of {name} rebuilt from its executions");
+            }
+            print_lanes(&name, serde_json::from_value(reply)?)
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -169,6 +169,12 @@ pub enum Request {
         /// Pipeline name.
         name: String,
     },
+    /// Rebuild a pipeline's stage lanes from its executions' records (an operator's repair).
+    #[serde(rename = "pipeline.repair")]
+    PipelineRepair {
+        /// Pipeline name.
+        name: String,
+    },
     /// Start a rollback execution of a stage to an earlier execution.
     #[serde(rename = "rollback")]
     Rollback {
@@ -204,6 +210,7 @@ pub const VERBS: &[&str] = &[
     "pipeline.ls",
     "pipeline.rm",
     "pipeline.state",
+    "pipeline.repair",
     "transition",
     "rollback",
     "start",
@@ -562,6 +569,16 @@ impl Service {
                     .lanes(tenant, &name)
                     .await
                     .map_err(|e| e.to_string())?))
+            }
+            Request::PipelineRepair { name } => {
+                if pipelines::get(store, tenant, &name, None)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .is_none()
+                {
+                    return Err(format!("no pipeline `{name}` is registered"));
+                }
+                Ok(ok(self.repair_lanes(tenant, &name).await?))
             }
             Request::Rollback {
                 pipeline,

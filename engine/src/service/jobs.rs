@@ -676,6 +676,8 @@ impl Service {
     ) -> Result<Vec<lanes::After>, KvError> {
         let kv = &*self.edges.executions;
         let mut carried = Vec::new();
+        // Stages entered by tries a conflict undid: freed unless the record written holds them.
+        let mut arrived = Vec::new();
         loop {
             let (bytes, revision) = kv
                 .get(key)
@@ -684,19 +686,27 @@ impl Service {
             if let Some(landed) = uncertain.take().filter(|u| u.bytes == bytes) {
                 self.send_and_queue(landed.publish, &landed.queued).await;
                 carried.extend(landed.after);
+                if let Ok(exec) = serde_json::from_slice::<Execution>(&bytes) {
+                    carried.extend(lanes::released(&exec, &arrived));
+                }
                 return Ok(carried);
             }
             let mut exec: Execution = serde_json::from_slice(&bytes)
                 .map_err(|e| KvError::Backend(format!("execution {key} unreadable: {e}")))?;
             let Some(input) = make(&exec) else {
+                carried.extend(lanes::released(&exec, &arrived));
                 return Ok(carried);
             };
             let unsent = self.unsent(&exec);
             let before = Snapshot::of(&exec);
             let mut commands = apply(&mut exec, &input);
             // Lane changes for other executions stand even if this write must be retried.
-            carried.extend(self.admit_inline(&mut exec, &mut commands, None).await?);
+            carried.extend(
+                self.enter_inline(&mut exec, &mut commands, None, &mut arrived)
+                    .await?,
+            );
             if commands.is_empty() && before == Snapshot::of(&exec) {
+                carried.extend(lanes::released(&exec, &arrived));
                 return Ok(carried);
             }
             let (queued, notices, after) = super::follow_up(&exec, commands);
@@ -706,6 +716,7 @@ impl Service {
                 Ok(_) => {
                     self.send_and_queue(publish, &queued).await;
                     carried.extend(after);
+                    carried.extend(lanes::released(&exec, &arrived));
                     return Ok(carried);
                 }
                 Err(KvError::Conflict { .. }) => continue,

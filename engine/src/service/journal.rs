@@ -134,6 +134,9 @@ pub(super) struct Change {
     after: Vec<lanes::After>,
     /// Lane work of entering stages (the lanes were changed already).
     entered: Vec<lanes::After>,
+    /// The stages this change let the execution into the lanes of, before it is stored: if a
+    /// conflict undoes it, the places the change made again does not hold are freed.
+    arrived: Vec<usize>,
 }
 
 /// What applying a result to a chain's record leaves to the caller.
@@ -288,6 +291,7 @@ impl Change {
             queued,
             after,
             entered: Vec::new(),
+            arrived: Vec::new(),
         }
     }
 }
@@ -369,7 +373,10 @@ impl Service {
         let unsent = self.unsent(&exec);
         let before = Snapshot::of(&exec);
         let mut commands = apply(&mut exec, &input);
-        let entered = self.admit_inline(&mut exec, &mut commands, None).await?;
+        let mut arrived = Vec::new();
+        let entered = self
+            .enter_inline(&mut exec, &mut commands, None, &mut arrived)
+            .await?;
         if commands.is_empty() && before == Snapshot::of(&exec) {
             return Ok((Vec::new(), entered));
         }
@@ -398,6 +405,7 @@ impl Service {
             queued,
             after,
             entered,
+            arrived,
         });
         Ok((kept, Vec::new()))
     }
@@ -418,9 +426,13 @@ impl Service {
                 let mut head = journal.head.lock().await;
                 if head.pending.is_empty() {
                     head.writing = false;
-                    // Changes a conflict undid are settled too: nobody waits for them.
+                    // Changes a conflict undid are settled too: nobody waits for them. Their
+                    // lane work stands (the lanes were changed already).
                     let applied = head.applied;
+                    let carried = std::mem::take(&mut head.carried);
+                    drop(head);
                     journal.stored.send_modify(|s| s.upto = s.upto.max(applied));
+                    self.settle(carried).await;
                     break Ok(());
                 }
                 match serde_json::to_vec(&head.exec) {
@@ -595,6 +607,14 @@ impl Service {
                 .await?;
             again.carried.extend(entered);
         }
+        // Stages the undone changes entered ahead of the store, which the record as it now
+        // stands does not hold (a stop came first): their places are freed.
+        let arrived: Vec<usize> = head
+            .pending
+            .iter()
+            .flat_map(|c| c.arrived.iter().copied())
+            .collect();
+        again.carried.extend(lanes::released(&again.exec, &arrived));
         again.carried.extend(head.carried.drain(..));
         again.carried.extend(
             head.pending

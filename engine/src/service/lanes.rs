@@ -82,6 +82,104 @@ impl After {
     }
 }
 
+/// How often [`Service::repair_lanes`] rebuilds lanes that changed while it read the executions.
+const REPAIR_TRIES: usize = 10;
+
+/// The lanes the records of `execs` (one pipeline's) call for, keeping the disabled transitions
+/// and the mode of `current`; and what letting those waiting in means for them. Those waiting
+/// keep the order they had, and the others follow in the order they started.
+fn rebuild(current: Option<&Lanes>, execs: &[Execution]) -> (Lanes, Vec<Effect>) {
+    let mode = current
+        .map(|l| l.mode)
+        .or_else(|| {
+            execs
+                .iter()
+                .max_by(|a, b| a.execution_id.cmp(&b.execution_id))
+                .map(|e| e.mode)
+        })
+        .unwrap_or_default();
+    let mut lanes = Lanes {
+        mode,
+        ..Lanes::default()
+    };
+    for (stage, lane) in current.into_iter().flat_map(|l| &l.stages) {
+        if let Some(d) = &lane.disabled {
+            lanes.stages.entry(stage.clone()).or_default().disabled = Some(d.clone());
+        }
+    }
+    let mut live: Vec<&Execution> = execs
+        .iter()
+        .filter(|e| e.gated && !e.status.is_terminal())
+        .collect();
+    live.sort_by(|a, b| a.execution_id.cmp(&b.execution_id));
+    if mode != Mode::Parallel {
+        // (In `parallel` mode nobody is recorded inside.)
+        for e in &live {
+            for (si, s) in e.stages.iter().enumerate() {
+                if e.entering != Some(si)
+                    && matches!(s.status, Status::InProgress | Status::Stopping)
+                {
+                    let lane = lanes.stages.entry(s.name.clone()).or_default();
+                    lane.inside.push(e.execution_id.clone());
+                }
+            }
+        }
+    }
+    let was_waiting = |e: &Execution, stage: &str| {
+        current
+            .and_then(|l| l.stages.get(stage))
+            .and_then(|l| l.waiting.iter().position(|w| *w == e.execution_id))
+            .unwrap_or(usize::MAX)
+    };
+    let mut waiting: Vec<(usize, &Execution, String)> = live
+        .iter()
+        .filter_map(|e| {
+            let stage = e.stages.get(e.entering?)?.name.clone();
+            Some((was_waiting(e, &stage), *e, stage))
+        })
+        .collect();
+    waiting.sort_by(|a, b| (a.0, &a.1.execution_id).cmp(&(b.0, &b.1.execution_id)));
+    let mut effects = Vec::new();
+    for (_, e, stage) in waiting {
+        effects.extend(lanes::step(
+            &mut lanes,
+            &LaneOp::Arrive {
+                execution: e.execution_id.clone(),
+                stage,
+                mode,
+            },
+        ));
+    }
+    (lanes, effects)
+}
+
+/// The stages in `arrived` (where changes that a conflict undid let `exec` into the lane)
+/// that `exec`, as it now stands, neither waits for nor is inside: their places are freed.
+/// Without this a stop recorded while a result was applied ahead of the store leaves the
+/// execution inside the next stage's lane, and every later one waits before it.
+pub(super) fn released(exec: &Execution, arrived: &[usize]) -> Vec<After> {
+    let holds = |si: usize| {
+        !exec.status.is_terminal()
+            && (exec.entering == Some(si)
+                || matches!(
+                    exec.stages[si].status,
+                    Status::InProgress | Status::Stopping
+                ))
+    };
+    let mut stages: Vec<usize> = arrived
+        .iter()
+        .copied()
+        .filter(|si| *si < exec.stages.len())
+        .collect();
+    stages.sort_unstable();
+    stages.dedup();
+    stages
+        .into_iter()
+        .filter(|si| !holds(*si))
+        .map(|si| After::leave(exec, si))
+        .collect()
+}
+
 /// A pipeline's lanes as read from the store (none yet: `None`), with their revision.
 pub(crate) struct FreshLanes(Option<(Lanes, u64)>);
 
@@ -321,6 +419,53 @@ impl Service {
                 .map(|(l, _)| l)
                 .unwrap_or_default(),
         )
+    }
+
+    /// Rebuild the lanes of one pipeline from its executions' records (`sluice pipeline state
+    /// NAME --repair`): an execution that has not ended is inside the stages its record shows
+    /// running and waits before the one it is entering; every other place is freed. Disabled
+    /// transitions and the mode are kept. Those waiting are then let in (or superseded) as the
+    /// mode says. Returns the lanes as written.
+    pub async fn repair_lanes(&self, tenant: &str, pipeline: &str) -> Result<Lanes, String> {
+        let kv = &*self.edges.executions;
+        let key = lane_key(tenant, pipeline);
+        // Executions that move meanwhile change the lanes too: rebuilt again from a fresh read.
+        for _ in 0..REPAIR_TRIES {
+            let current = get_json::<Lanes>(kv, &key)
+                .await
+                .map_err(|e| e.to_string())?;
+            let execs = self
+                .executions(tenant, Some(pipeline), None, usize::MAX)
+                .await
+                .map_err(|e| e.to_string())?;
+            let (lanes, effects) = rebuild(current.as_ref().map(|(l, _)| l), &execs);
+            let bytes = serde_json::to_vec(&lanes).map_err(|e| e.to_string())?;
+            let written = match &current {
+                Some((_, revision)) => kv.update(&key, bytes, *revision).await,
+                None => kv.create(&key, bytes).await,
+            };
+            match written {
+                Ok(_) => {
+                    self.settle(
+                        effects
+                            .into_iter()
+                            .map(|effect| After::Effect {
+                                tenant: tenant.into(),
+                                pipeline: pipeline.into(),
+                                effect,
+                            })
+                            .collect(),
+                    )
+                    .await;
+                    return Ok(lanes);
+                }
+                Err(KvError::Conflict { .. }) => continue,
+                Err(e) => return Err(format!("writing the lanes of `{pipeline}`: {e}")),
+            }
+        }
+        Err(format!(
+            "the lanes of `{pipeline}` kept changing while they were rebuilt; try again"
+        ))
     }
 
     /// Put every lane back in step with the executions it names: forget those that ended or

@@ -951,7 +951,21 @@ impl Service {
         &self,
         exec: &mut Execution,
         commands: &mut Vec<Command>,
+        fresh: Option<lanes::FreshLanes>,
+    ) -> Result<Vec<lanes::After>, KvError> {
+        self.enter_inline(exec, commands, fresh, &mut Vec::new())
+            .await
+    }
+
+    /// [`Service::admit_inline`], noting in `arrived` every stage whose lane the execution
+    /// arrived in: a change that is not stored after all (a conflict) must free those places
+    /// that the change made again does not hold (see [`lanes::released`]).
+    pub(crate) async fn enter_inline(
+        &self,
+        exec: &mut Execution,
+        commands: &mut Vec<Command>,
         mut fresh: Option<lanes::FreshLanes>,
+        arrived: &mut Vec<usize>,
     ) -> Result<Vec<lanes::After>, KvError> {
         let mut others = Vec::new();
         while let Some(i) = commands
@@ -961,6 +975,7 @@ impl Service {
             let Command::Enter { stage } = commands.remove(i) else {
                 unreachable!("matched above")
             };
+            arrived.push(stage);
             let name = exec.stages[stage].name.clone();
             let op = crate::scheduler::lanes::LaneOp::Arrive {
                 execution: exec.execution_id.clone(),

@@ -353,6 +353,54 @@ async fn a_conflicting_change_undoes_what_the_chain_ran_ahead() {
     );
 }
 
+/// A stop (letting running actions finish) recorded while a chain writes the result that took
+/// the execution into the next stages: the chain entered their lanes ahead of the store, and
+/// once the execution is `Stopped` it holds no place there, so a later execution goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_during_a_chains_write_frees_the_stages_it_ran_ahead_into() {
+    let Relay {
+        h, a, id, chain, ..
+    } = relay_held().await;
+    tokio::time::sleep(Duration::from_millis(300)).await; // B and C ran ahead
+    let ahead = a.lanes("default", "relay3").await.unwrap();
+    assert!(
+        ahead.stages.values().any(|l| l.inside.contains(&id)),
+        "the chain entered the next stages ahead of the store: {ahead:?}"
+    );
+    let stopped = a
+        .control("default", &id, |_| {
+            Ok(Input::Stop {
+                abandon: false,
+                reason: None,
+                at: Timestamp::now(),
+            })
+        })
+        .await
+        .unwrap();
+    assert_eq!(stopped.status, Status::Stopping);
+    h.release.add_permits(1);
+    tokio::time::timeout(Duration::from_secs(10), chain)
+        .await
+        .expect("the chain ends")
+        .unwrap();
+    let exec = a.execution("default", &id).await.unwrap().unwrap();
+    assert_eq!(exec.status, Status::Stopped, "{exec:#?}");
+    let lanes = a.lanes("default", "relay3").await.unwrap();
+    assert!(lanes.stages.is_empty(), "no place held: {lanes:?}");
+    // A later execution is not held up before Two.
+    let (later, _) = a
+        .start("default", "relay3", br#"{"id":"e-2"}"#, false, false)
+        .await
+        .unwrap()
+        .unwrap();
+    let delivery = h.shared.jobs.next().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), a.handle_job(delivery))
+        .await
+        .expect("the chain ends");
+    let later = a.execution("default", &later).await.unwrap().unwrap();
+    assert_eq!(later.status, Status::Succeeded, "{later:#?}");
+}
+
 /// A conflicting change that leaves the chain's runs alone (here the record written again as
 /// it was, as by another engine): the chain's results are applied again, its runs are not
 /// queued for another engine, and every change's events are sent once.

@@ -136,3 +136,132 @@ async fn a_transition_disabled_elsewhere_stops_an_execution_decided_on_the_copy(
         "it waits before Two: {exec:#?}"
     );
 }
+
+const RELAY: &str = "name: relay\nstages:\n  - name: One\n    actions:\n      - { name: A, uses: noop@1 }\n  - name: Two\n    actions:\n      - { name: B, uses: noop@1 }\n";
+
+/// Lanes that drifted from the executions (an execution that ended still inside a stage, so
+/// that the next one waits before it for good; one whose record is gone inside another) are
+/// rebuilt from the executions' records by `pipeline.repair` (`sluice pipeline state NAME
+/// --repair`): the places are freed, the waiting execution is let in and runs to its end, and a
+/// disabled transition stays disabled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repairing_the_lanes_frees_places_held_by_ended_executions_and_lets_the_waiting_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = shared_edges(dir.path());
+    let a = engine(
+        &dir.path().join("a"),
+        Arc::new(MemoryBus::default()),
+        &shared,
+    );
+    register(&a, dir.path(), "relay.yaml", RELAY).await;
+    let ended = run_one(&a, &shared, "relay", "e-1").await;
+    assert_eq!(ended.status, Status::Succeeded);
+    let key = lanes::lane_key("default", "relay");
+    let (_, revision) = shared.executions.get(&key).await.unwrap().unwrap();
+    // The drift: the ended execution still inside Two.
+    let lane = |inside: &str, disabled: Option<crate::scheduler::lanes::Disabled>| {
+        crate::scheduler::lanes::Lane {
+            inside: vec![inside.to_string()],
+            disabled,
+            ..Default::default()
+        }
+    };
+    let mut stuck = crate::scheduler::lanes::Lanes::default();
+    stuck
+        .stages
+        .insert("Two".into(), lane(&ended.execution_id, None));
+    shared
+        .executions
+        .update(&key, serde_json::to_vec(&stuck).unwrap(), revision)
+        .await
+        .unwrap();
+    let waiting = run_one(&a, &shared, "relay", "e-2").await;
+    assert_eq!(
+        waiting.entering,
+        Some(1),
+        "it waits before Two: {waiting:#?}"
+    );
+    // More drift: an execution whose record is gone inside One, whose transition is disabled.
+    let freeze = crate::scheduler::lanes::Disabled {
+        reason: "freeze".into(),
+        by: "ops".into(),
+        at: Timestamp::now(),
+    };
+    let (mut stuck, revision) =
+        get_json::<crate::scheduler::lanes::Lanes>(&*shared.executions, &key)
+            .await
+            .unwrap()
+            .unwrap();
+    stuck.stages.insert(
+        "One".into(),
+        lane("01J0000000000000000000GONE", Some(freeze.clone())),
+    );
+    shared
+        .executions
+        .update(&key, serde_json::to_vec(&stuck).unwrap(), revision)
+        .await
+        .unwrap();
+    let repaired = a
+        .handle(
+            "default",
+            api::Request::PipelineRepair {
+                name: "relay".into(),
+            },
+        )
+        .await;
+    let lanes: crate::scheduler::lanes::Lanes = serde_json::from_value(repaired["ok"].clone())
+        .unwrap_or_else(|e| panic!("{e}: {repaired}"));
+    assert_eq!(
+        lanes.stages.get("Two").map(|l| l.inside.clone()),
+        Some(vec![waiting.execution_id.clone()]),
+        "the ended execution's place is freed and the waiting one let in: {lanes:?}"
+    );
+    assert_eq!(
+        lanes
+            .stages
+            .get("One")
+            .map(|l| (l.inside.len(), l.disabled.clone())),
+        Some((0, Some(freeze))),
+        "a record that is gone frees its place; the disabled transition stays: {lanes:?}"
+    );
+    // Let in: its job is queued; it runs to its end and frees its place.
+    let delivery = tokio::time::timeout(Duration::from_secs(10), shared.jobs.next())
+        .await
+        .expect("its job is queued")
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), a.handle_job(delivery))
+        .await
+        .expect("the chain ends");
+    let done = a
+        .execution("default", &waiting.execution_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(done.status, Status::Succeeded, "{done:#?}");
+    assert!(
+        a.lanes("default", "relay").await.unwrap().stages["One"]
+            .inside
+            .is_empty()
+    );
+    assert!(
+        !a.lanes("default", "relay")
+            .await
+            .unwrap()
+            .stages
+            .contains_key("Two")
+    );
+    let unknown = a
+        .handle(
+            "default",
+            api::Request::PipelineRepair {
+                name: "nope".into(),
+            },
+        )
+        .await;
+    assert!(
+        unknown["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no pipeline `nope`")),
+        "{unknown}"
+    );
+}

@@ -365,6 +365,43 @@ fn stopping_while_waiting_for_a_stage_frees_the_place() {
     );
 }
 
+/// The pure core of issue 20's graceful stop: stopped while stage 0's parallel group runs, the
+/// execution leaves stage 0 when the last action ends and never asks to enter stage 1. (The
+/// place it was left holding came from the service applying a completion to a copy of the record
+/// older than the stop: see `service::journal`.)
+#[test]
+fn a_graceful_stop_inside_a_stage_never_enters_the_next() {
+    let (e, _) = step(&gated(&[&[1, 1], &[1]]), &Input::Start { at: Timestamp(1) });
+    let (e, _) = step(
+        &e,
+        &Input::Admit {
+            stage: 0,
+            at: Timestamp(2),
+        },
+    );
+    let stop = Input::Stop {
+        abandon: false,
+        reason: None,
+        at: Timestamp(3),
+    };
+    let (e, cmds) = step(&e, &stop);
+    assert!(cmds.is_empty());
+    assert_eq!(e.status, Status::Stopping);
+    let (e, cmds) = step(&e, &ok(0, 0));
+    assert!(cmds.is_empty(), "the group still runs: {cmds:?}");
+    let (e, cmds) = step(&e, &ok(0, 1));
+    assert_eq!(
+        cmds,
+        vec![
+            Command::Leave { stage: 0 },
+            Command::Finish {
+                status: Status::Stopped
+            }
+        ]
+    );
+    assert_eq!((e.entering, e.stages[1].status), (None, Status::NotStarted));
+}
+
 #[test]
 fn a_retried_gated_stage_goes_back_through_its_lane() {
     let (e, _) = step(&gated(&[&[1]]), &Input::Start { at: Timestamp(1) });
