@@ -319,7 +319,7 @@ impl Attempt {
                     action: self.action,
                     attempt: self.attempt,
                     result,
-                    config: spec.config,
+                    kept: crate::scheduler::kept(&spec.config),
                     inputs,
                     at: Timestamp::now(),
                 };
@@ -342,7 +342,7 @@ impl Attempt {
                 error,
                 kind: FailureKind::Permanent,
             },
-            config: BTreeMap::new(),
+            kept: BTreeMap::new(),
             inputs: BTreeMap::new(),
             at: Timestamp::now(),
         }
