@@ -261,7 +261,10 @@ impl JobSpec {
             dirs,
             programs: action.capabilities.process.clone(),
             http: action.capabilities.http.clone(),
-            nats: action.capabilities.nats.clone(),
+            nats: crate::runtime::messaging::grants(
+                &action.capabilities.nats,
+                &action.capabilities.nats_servers,
+            ),
             memory: action.memory.unwrap_or(crate::runtime::DEFAULT_MEMORY),
             timeout: action.timeout.or(p.timeout).unwrap_or(DEFAULT_TIMEOUT),
             pipeline_dir: p.dir.clone(),
