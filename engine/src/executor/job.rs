@@ -220,6 +220,12 @@ impl JobSpec {
         for cap in &plugin.description.capabilities {
             if let Capability::ReadConfigPath(key) = cap {
                 if let Some(v) = config.get(key) {
+                    // A pipeline registered over NATS has no directory to resolve against.
+                    if p.dir.as_os_str().is_empty() && !Path::new(v).is_absolute() {
+                        return Err(format!(
+                            "`with.{key}`: {v:?} is relative, and a pipeline registered over NATS has no directory on the engine's host: use an absolute path"
+                        ));
+                    }
                     let path = p.host_path(v);
                     if !dirs.iter().any(|(d, _)| d == &path) {
                         dirs.push((path, Access::Ro));
