@@ -115,3 +115,59 @@ fn plugin_describe_shows_configuration_and_capabilities() {
         garbage.stderr
     );
 }
+
+#[test]
+fn show_displays_with_as_written_and_the_record_keeps_no_resolved_configuration() {
+    let p = Project::new(
+        r##"
+name: written
+variables:
+  region: eu-west-1
+stages:
+  - name: Build
+    actions:
+      - name: Compile
+        uses: PROBE
+        with: { mode: ok, target: "deploy-to-#{variables.region}-now" }
+"##,
+    );
+    let r = p.run(&[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let id = r.json()["execution_id"].as_str().unwrap().to_string();
+    let show = p.sluice(&["show", &id, "--data", ".sluice"]);
+    assert!(
+        show.stdout
+            .contains("with      target = deploy-to-#{variables.region}-now"),
+        "{}",
+        show.stdout
+    );
+    // The resolved value was needed to run, never to keep: not in the record, not on disk.
+    let resolved = "deploy-to-eu-west-1-now";
+    let shown = p.sluice(&["show", &id, "--json", "--data", ".sluice"]);
+    assert!(!shown.stdout.contains(resolved), "{}", shown.stdout);
+    assert!(!r.stdout.contains(resolved), "{}", r.stdout);
+    for entry in walk(&p.path(".sluice")) {
+        let bytes = std::fs::read(&entry).unwrap_or_default();
+        assert!(
+            !bytes
+                .windows(resolved.len())
+                .any(|w| w == resolved.as_bytes()),
+            "{} holds the resolved configuration",
+            entry.display()
+        );
+    }
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = e.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}

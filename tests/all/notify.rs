@@ -1,5 +1,5 @@
-//! `notify-nats@1`: messages to granted NATS subjects only, from a local run (explicit server)
-//! and from the service on NATS (its own connection).
+//! `notify-nats@1`: messages to granted NATS subjects only, from a local run (a granted
+//! server) and from the service on NATS (its own connection).
 use crate::harness::nats::{Engine, NatsServer, wait_for};
 use crate::harness::*;
 use futures_util::StreamExt;
@@ -37,10 +37,23 @@ fn notify_nats_publishes_to_granted_subjects_only() {
         nc.flush().await.unwrap();
         (nc, chat, ops)
     });
-    // A local run names the server.
-    let p = Project::new(&NOTIFY.replace("SERVER", &format!(", server: \"{url}\"")));
+    // A local run names the server, which the pipeline grants; a plugin naming a server
+    // nobody granted is refused.
+    let granted =
+        format!("capabilities: {{ nats: {{ server: \"{url}\", subjects: [\"chat.>\"] }} }}");
+    let p = Project::new(&format!(
+        "{}      - name: Ungranted\n        uses: notify-nats@1\n        capabilities: {{ nats: [\"chat.>\"] }}\n        with: {{ subject: chat.releases, message: \"where nobody granted\", server: \"{url}\" }}\n",
+        NOTIFY
+            .replace("SERVER", &format!(", server: \"{url}\""))
+            .replacen("capabilities: { nats: [\"chat.>\"] }", &granted, 1)
+    ));
     let r = p.run(&[]);
     let exec = r.json();
+    let ungranted = action(&exec, "Tell/Ungranted");
+    assert!(
+        error(ungranted).contains(&format!("publishing to NATS server {url} denied")),
+        "{ungranted:#}"
+    );
     let chat_action = action(&exec, "Tell/Chat");
     assert_eq!(status(chat_action), "Succeeded", "{chat_action:#}");
     let msg = rt.block_on(async {

@@ -259,11 +259,13 @@ fn rollback(s: &Service<'_>) {
         shown.contains(&format!("rollback of stage Deploy to {e1}")),
         "{shown}"
     );
-    // `show` finds service executions too: everything about it, resolved configuration included.
+    // `show` finds service executions too: everything about it, `with:` as written (what it
+    // resolved to is in the variables, not kept as configuration).
     let shown = s.ok(&["show", &r]);
     assert!(
         shown.contains(&format!("rollback  of stage Deploy to {e1}"))
-            && shown.contains("with      value = v1"),
+            && shown.contains("with      value = v#{variables.version}")
+            && shown.contains("variable  Value = v1"),
         "{shown}"
     );
     // Guards: not the first stage; only to an execution that succeeded in the stage.

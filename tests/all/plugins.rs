@@ -428,7 +428,7 @@ fn the_release_example_takes_a_git_project_through_build_tests_approval_and_depl
     assert_eq!(checkout["variables"]["BranchName"], "main");
     assert_eq!(action(&exec, "Build/Report")["variables"]["Tests"], "2");
     assert_eq!(
-        action(&exec, "Approve/Gate")["config"]["custom_data"],
+        action(&exec, "Approve/Gate")["kept"]["custom_data"],
         format!("greeter 1.0.0+{head}: 2 tests passed").as_str()
     );
     // The release is live: the packaged greeter, stamped with the commit.

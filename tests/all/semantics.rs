@@ -55,9 +55,10 @@ stages:
         action(&exec, "One/Second")["variables"]["Value"],
         "bonjour/vars/One/Second"
     );
+    // The record keeps `with:` as written; the resolved value was only needed to run.
     assert_eq!(
         action(&exec, "One/Second")["config"]["value"],
-        "bonjour/vars/One/Second"
+        "#{First.Value}/#{sluice.pipeline}/#{sluice.stage}/#{sluice.action}"
     );
     let third = action(&exec, "Two/Third");
     let id = exec["execution_id"].as_str().unwrap();

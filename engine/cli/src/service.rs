@@ -155,16 +155,17 @@ pub async fn function(cmd: FunctionCmd, target: Target) -> anyhow::Result<ExitCo
                 .await??;
                 Request::FunctionPut {
                     name: name.clone(),
-                    path: None,
+                    bytes: None,
                     digest: Some(digest.to_string()),
                 }
             }
+            // The engine reads no file of the client's: send the component itself.
             Client::Local { .. } => Request::FunctionPut {
                 name: name.clone(),
-                path: Some(
-                    std::fs::canonicalize(file)
-                        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?,
-                ),
+                bytes: Some(sluice_engine::service::api::encode_upload(
+                    &std::fs::read(file)
+                        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?,
+                )),
                 digest: None,
             },
         },
@@ -283,10 +284,23 @@ pub async fn pipeline(cmd: PipelineCmd, target: Target) -> anyhow::Result<ExitCo
                 .parent()
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from("/"));
-            Request::PipelinePut {
-                file: file.display().to_string(),
-                dir,
-                yaml,
+            let name = file.display().to_string();
+            match &client {
+                // The embedded service runs as this user on this host: it resolves relative
+                // paths against the file's directory, as `sluice run` does.
+                Client::Local { .. } => Request::PipelinePut {
+                    file: name,
+                    dir: Some(dir),
+                    yaml,
+                    plugins: BTreeMap::new(),
+                },
+                // Engines on NATS read no file of ours: upload the plugin files it names.
+                Client::Nats { client: nc, .. } => Request::PipelinePut {
+                    plugins: upload_plugins(nc, &name, dir, &yaml).await?,
+                    file: name,
+                    dir: None,
+                    yaml,
+                },
             }
         }
         PipelineCmd::Ls => Request::PipelineLs {},
@@ -331,6 +345,41 @@ pub async fn pipeline(cmd: PipelineCmd, target: Target) -> anyhow::Result<ExitCo
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Upload the plugin and rule files a pipeline names to the artifact store on NATS; returns
+/// each path as written → its digest. (A file that does not parse uploads nothing: the
+/// engine reports its problems.)
+async fn upload_plugins(
+    nc: &async_nats::Client,
+    file: &str,
+    dir: PathBuf,
+    yaml: &str,
+) -> anyhow::Result<BTreeMap<String, String>> {
+    let (Some(pipeline), _) = sluice_engine::model::parse::parse(file, dir, yaml) else {
+        return Ok(BTreeMap::new());
+    };
+    let files = sluice_engine::service::pipelines::files(&pipeline);
+    let mut out = BTreeMap::new();
+    if files.is_empty() {
+        return Ok(out);
+    }
+    let js = async_nats::jetstream::new(nc.clone());
+    let cache = tempfile::tempdir()?;
+    let store = std::sync::Arc::new(
+        sluice_engine::artifacts::nats_store::NatsStore::open(&js, cache.path()).await?,
+    );
+    for written in files {
+        let path = pipeline.host_path(&written);
+        let store = store.clone();
+        let digest = tokio::task::spawn_blocking(move || {
+            sluice_engine::artifacts::BlobStore::put_file(&*store, &path)
+                .with_context(|| format!("cannot upload {}", path.display()))
+        })
+        .await??;
+        out.insert(written, digest.to_string());
+    }
+    Ok(out)
 }
 
 fn print_lanes(pipeline: &str, lanes: sluice_engine::scheduler::lanes::Lanes) {

@@ -111,9 +111,9 @@ pub fn approval_event(exec: &Execution, stage: usize, action: usize) -> Option<E
         approval: Some(ApprovalNotice {
             token: w.token.clone(),
             expires_at: w.deadline,
-            approvers: crate::scheduler::approvers(&a.config),
-            external_link: a.config.get("external_link").cloned(),
-            custom_data: a.config.get("custom_data").cloned(),
+            approvers: crate::scheduler::approvers(&a.kept),
+            external_link: a.kept.get("external_link").cloned(),
+            custom_data: a.kept.get("custom_data").cloned(),
             how: format!(
                 "sluice approve {} {}/{} [--summary TEXT]  (or reject)",
                 exec.execution_id, s.name, a.name

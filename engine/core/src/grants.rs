@@ -83,4 +83,17 @@ pub mod nats {
         }
         Ok(())
     }
+
+    /// Check a server grant as written in a pipeline: a NATS URL.
+    pub fn valid_server(url: &str) -> Result<(), String> {
+        let rest = ["nats://", "tls://", "ws://", "wss://"]
+            .iter()
+            .find_map(|scheme| url.strip_prefix(scheme));
+        match rest {
+            Some(r) if !r.is_empty() && !url.chars().any(|c| c.is_whitespace() || c == ',') => Ok(()),
+            _ => Err(format!(
+                "{url:?} is not a NATS server URL (nats://HOST:PORT, tls://, ws:// or wss://)"
+            )),
+        }
+    }
 }

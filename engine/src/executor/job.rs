@@ -220,6 +220,12 @@ impl JobSpec {
         for cap in &plugin.description.capabilities {
             if let Capability::ReadConfigPath(key) = cap {
                 if let Some(v) = config.get(key) {
+                    // A pipeline registered over NATS has no directory to resolve against.
+                    if p.dir.as_os_str().is_empty() && !Path::new(v).is_absolute() {
+                        return Err(format!(
+                            "`with.{key}`: {v:?} is relative, and a pipeline registered over NATS has no directory on the engine's host: use an absolute path"
+                        ));
+                    }
                     let path = p.host_path(v);
                     if !dirs.iter().any(|(d, _)| d == &path) {
                         dirs.push((path, Access::Ro));
@@ -261,7 +267,10 @@ impl JobSpec {
             dirs,
             programs: action.capabilities.process.clone(),
             http: action.capabilities.http.clone(),
-            nats: action.capabilities.nats.clone(),
+            nats: crate::runtime::messaging::grants(
+                &action.capabilities.nats,
+                &action.capabilities.nats_servers,
+            ),
             memory: action.memory.unwrap_or(crate::runtime::DEFAULT_MEMORY),
             timeout: action.timeout.or(p.timeout).unwrap_or(DEFAULT_TIMEOUT),
             pipeline_dir: p.dir.clone(),
@@ -319,7 +328,7 @@ impl Attempt {
                     action: self.action,
                     attempt: self.attempt,
                     result,
-                    config: spec.config,
+                    kept: crate::scheduler::kept(&spec.config),
                     inputs,
                     at: crate::clock::now(),
                 };
@@ -342,7 +351,7 @@ impl Attempt {
                 error,
                 kind: FailureKind::Permanent,
             },
-            config: BTreeMap::new(),
+            kept: BTreeMap::new(),
             inputs: BTreeMap::new(),
             at: crate::clock::now(),
         }

@@ -265,14 +265,8 @@ impl messaging::Host for HostState {
         payload: Vec<u8>,
         server: Option<String>,
     ) -> Result<(), String> {
-        if !self
-            .nats_grants
-            .iter()
-            .any(|g| super::messaging::subject_matches(g, &subject))
-        {
-            let message = format!(
-                "publishing to {subject} denied: not granted (capabilities: {{ nats: [{subject}] }})"
-            );
+        if let Err(denied) = super::messaging::subject_granted(&self.nats_grants, &subject) {
+            let message = denied.to_string();
             self.log.log(Level::Warn, &message, &[]);
             return Err(message);
         }
@@ -280,7 +274,9 @@ impl messaging::Host for HostState {
             .nats
             .clone()
             .ok_or("NATS is not available to this call")?;
-        access.publish(server.as_deref(), &subject, payload).await
+        access
+            .publish(&self.nats_grants, server.as_deref(), &subject, payload)
+            .await
     }
 }
 

@@ -1,5 +1,7 @@
 //! Publishing to NATS for guests (the `messaging` import), deny by default: only subjects
-//! the action was granted (`capabilities.nats`, NATS wildcards allowed) may be used.
+//! the action was granted (`capabilities.nats`, NATS wildcards allowed) may be used, and only
+//! on the engine's own NATS or a server the pipeline granted (`capabilities.nats.server`): a
+//! plugin must not carry messages to any server it names.
 //! Connections are opened on first use and shared by every call of the engine.
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -34,21 +36,27 @@ impl NatsAccess {
         *self.default_url.lock().unwrap() = Some(url.to_string());
     }
 
-    /// Publish and wait for the server to have it.
+    /// Publish and wait for the server to have it: on `server` if it is the engine's own or
+    /// granted in `grants` (see [`grants`]), else on the engine's own.
     pub async fn publish(
         &self,
+        grants: &[String],
         server: Option<&str>,
         subject: &str,
         payload: Vec<u8>,
     ) -> Result<(), String> {
+        let own = self.default_url.lock().unwrap().clone();
         let url = match server {
-            Some(s) => s.to_string(),
-            None => self
-                .default_url
-                .lock()
-                .unwrap()
-                .clone()
-                .ok_or("no NATS server: set `server`, or SLUICE_NATS_URL for the engine")?,
+            Some(s) => {
+                let s = s.trim_end_matches('/');
+                let granted = own.as_deref().map(|o| o.trim_end_matches('/')) == Some(s)
+                    || server_grants(grants).any(|g| g.trim_end_matches('/') == s);
+                if !granted {
+                    return Err(Denied::Server(s.to_string()).to_string());
+                }
+                s.to_string()
+            }
+            None => own.ok_or("no NATS server: set `server`, or SLUICE_NATS_URL for the engine")?,
         };
         let client = {
             let mut clients = self.clients.lock().await;
@@ -78,7 +86,51 @@ impl NatsAccess {
     }
 }
 
-pub use sluice_core::grants::nats::{subject_matches, valid_grant};
+pub use sluice_core::grants::nats::{subject_matches, valid_grant, valid_server};
+
+/// A publish the action's grants do not allow.
+#[derive(Debug, thiserror::Error)]
+pub enum Denied {
+    /// The subject is not granted.
+    #[error("publishing to {0} denied: not granted (capabilities: {{ nats: [{0}] }})")]
+    Subject(String),
+    /// The server is neither the engine's own NATS nor granted.
+    #[error(
+        "publishing to NATS server {0} denied: only the engine's own NATS or a granted server (capabilities: {{ nats: {{ server: \"{0}\", subjects: [...] }} }})"
+    )]
+    Server(String),
+}
+
+/// How a server grant travels among a job's subject grants (a subject has no spaces).
+const SERVER_GRANT: &str = "server ";
+
+/// A job's NATS grants: the subject patterns and the servers besides the engine's own.
+pub fn grants(subjects: &[String], servers: &[String]) -> Vec<String> {
+    subjects
+        .iter()
+        .cloned()
+        .chain(servers.iter().map(|s| format!("{SERVER_GRANT}{s}")))
+        .collect()
+}
+
+fn server_grants(grants: &[String]) -> impl Iterator<Item = &str> {
+    grants.iter().filter_map(|g| g.strip_prefix(SERVER_GRANT))
+}
+
+/// Check that `subject` is granted in `grants` (see [`grants`]).
+pub fn subject_granted(grants: &[String], subject: &str) -> Result<(), Denied> {
+    let granted = !subject.chars().any(char::is_whitespace)
+        && grants
+            .iter()
+            .filter(|g| !g.starts_with(SERVER_GRANT))
+            .any(|g| subject_matches(g, subject));
+    if granted {
+        Ok(())
+    } else {
+        Err(Denied::Subject(subject.to_string()))
+    }
+}
+
 
 #[cfg(test)]
 mod tests {
@@ -98,5 +150,33 @@ mod tests {
         assert!(valid_grant(">").is_err());
         assert!(valid_grant("sluice.default.api.stop").is_err());
         assert!(valid_grant("a..b").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_plugin_cannot_publish_to_an_ungranted_server() {
+        let grants = grants(&["chat.>".into()], &["nats://granted.example:4222".into()]);
+        let access = NatsAccess::default();
+        access.set_default("nats://own.example:4222");
+        // Refused before any connection is tried.
+        let e = access
+            .publish(
+                &grants,
+                Some("nats://evil.example:4222"),
+                "chat.x",
+                b"hi".to_vec(),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            e.contains("NATS server nats://evil.example:4222 denied"),
+            "{e}"
+        );
+        assert!(subject_granted(&grants, "chat.x").is_ok());
+        assert!(subject_granted(&grants, "ops.x").is_err());
+        // A server grant is no subject grant.
+        assert!(subject_granted(&grants, "server nats://granted.example:4222").is_err());
+        assert!(valid_server("nats://127.0.0.1:4222").is_ok());
+        assert!(valid_server("http://x").is_err());
+        assert!(valid_server("nats://").is_err());
     }
 }

@@ -29,10 +29,17 @@ pub enum Request {
     PipelinePut {
         /// File name, for messages.
         file: String,
-        /// Directory relative paths resolve against.
-        dir: PathBuf,
+        /// Directory relative paths resolve against: a directory on the engine's host, so
+        /// only for a [`Caller::HostUser`]; without it the pipeline may reference no relative
+        /// path.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        dir: Option<PathBuf>,
         /// The YAML.
         yaml: String,
+        /// Plugin and rule files the client uploaded to the artifact store: the path as
+        /// written in the YAML → `blake3:` digest.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        plugins: BTreeMap<String, String>,
     },
     /// A registered pipeline (current or given version).
     #[serde(rename = "pipeline.get")]
@@ -126,14 +133,15 @@ pub enum Request {
         #[serde(default)]
         payload: Option<String>,
     },
-    /// Register a function for `invoke@1`.
+    /// Register a function for `invoke@1`. The engine never reads a file the client names:
+    /// the client sends the component.
     #[serde(rename = "function.put")]
     FunctionPut {
         /// Name.
         name: String,
-        /// A component file on the engine's machine (the embedded service)…
+        /// The component's bytes, base64 (at most [`MAX_UPLOAD`] bytes)…
         #[serde(default)]
-        path: Option<PathBuf>,
+        bytes: Option<String>,
         /// …or the digest of a component already uploaded to the artifact store (NATS).
         #[serde(default)]
         digest: Option<String>,
@@ -201,6 +209,27 @@ pub enum Request {
         #[serde(default)]
         limit: Option<usize>,
     },
+}
+
+/// The largest component a request may carry (decoded).
+pub const MAX_UPLOAD: usize = 64 << 20;
+
+/// Decode a component sent in a request, refusing more than [`MAX_UPLOAD`] bytes before
+/// decoding anything.
+pub fn decode_upload(what: &str, base64: &str) -> Result<Vec<u8>, String> {
+    use base64::Engine as _;
+    if base64.len() / 4 * 3 > MAX_UPLOAD {
+        return Err(format!("{what} is larger than {} MiB", MAX_UPLOAD >> 20));
+    }
+    base64::engine::general_purpose::STANDARD
+        .decode(base64)
+        .map_err(|e| format!("{what} is not base64: {e}"))
+}
+
+/// Encode a component for a request.
+pub fn encode_upload(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 /// The verbs, for subscriptions and help.
@@ -311,27 +340,77 @@ impl From<&Execution> for ExecutionSummary {
     }
 }
 
+/// Who sent a request, as far as paths on the engine's host go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// A process of the engine's own user on the engine's host (the embedded service's
+    /// socket): it may name the directory a pipeline's relative paths resolve against, as
+    /// `sluice run` would.
+    HostUser,
+    /// Anyone else (NATS): the engine resolves no path on its host that the caller names.
+    Remote,
+}
+
 impl Service {
-    /// Handle one request for `tenant`.
+    /// Handle one request for `tenant` from a remote caller.
     pub async fn handle(&self, tenant: &str, request: Request) -> Value {
+        self.handle_from(tenant, request, Caller::Remote).await
+    }
+
+    /// Handle one request for `tenant` from `caller`.
+    pub async fn handle_from(&self, tenant: &str, request: Request, caller: Caller) -> Value {
         if !crate::kv::valid_key(tenant) || tenant.contains('/') || tenant.starts_with('_') {
             return error(format!("invalid tenant `{tenant}`"));
         }
-        match self.handle_inner(tenant, request).await {
+        match self.handle_inner(tenant, request, caller).await {
             Ok(v) => v,
             Err(e) => error(e),
         }
     }
 
-    async fn handle_inner(&self, tenant: &str, request: Request) -> Result<Value, String> {
+    async fn handle_inner(
+        &self,
+        tenant: &str,
+        request: Request,
+        caller: Caller,
+    ) -> Result<Value, String> {
         let store = &*self.edges.pipelines;
         match request {
-            Request::PipelinePut { file, dir, yaml } => {
+            Request::PipelinePut {
+                file,
+                dir,
+                yaml,
+                plugins,
+            } => {
+                match &dir {
+                    Some(_) if caller == Caller::Remote => {
+                        return Err("`pipeline.put`: `dir` names a directory on the engine's host, which only the engine's own user there may do (the embedded service's socket); `sluice pipeline put` over NATS uploads the plugin files instead, and other paths in the pipeline must be absolute".into());
+                    }
+                    Some(d) if !d.is_absolute() => {
+                        return Err(format!(
+                            "`pipeline.put`: `dir` {} is not absolute",
+                            d.display()
+                        ));
+                    }
+                    _ => {}
+                }
+                if plugins.len() > pipelines::MAX_PLUGINS {
+                    return Err(format!(
+                        "`pipeline.put`: more than {} plugin files",
+                        pipelines::MAX_PLUGINS
+                    ));
+                }
+                for (path, digest) in &plugins {
+                    digest
+                        .parse::<crate::artifacts::Digest>()
+                        .map_err(|e| format!("`pipeline.put`: plugin file {path}: {e}"))?;
+                }
                 let stored = StoredPipeline {
                     name: String::new(),
                     version: 0,
                     file,
                     dir,
+                    plugins,
                     yaml,
                     registered_at: crate::clock::now(),
                 };
@@ -530,9 +609,19 @@ impl Service {
                     json!({ "execution_id": execution_id, "status": exec.status }),
                 ))
             }
-            Request::FunctionPut { name, path, digest } => Ok(ok(self
-                .put_function(tenant, &name, path.as_deref(), digest.as_deref())
-                .await?)),
+            Request::FunctionPut {
+                name,
+                bytes,
+                digest,
+            } => {
+                let bytes = match bytes {
+                    Some(b) => Some(decode_upload(&format!("function `{name}`"), &b)?),
+                    None => None,
+                };
+                Ok(ok(self
+                    .put_function(tenant, &name, bytes, digest.as_deref())
+                    .await?))
+            }
             Request::FunctionLs {} => Ok(ok(self.list_functions(tenant).await?)),
             Request::FunctionRm { name } => {
                 self.remove_function(tenant, &name).await?;

@@ -73,13 +73,13 @@ impl FunctionResolver for Registered {
 }
 
 impl Service {
-    /// Register `name` as the component with `bytes` (read from a file on this machine) or
-    /// the already uploaded `digest`.
+    /// Register `name` as the component with `bytes` (sent by the client) or the already
+    /// uploaded `digest`.
     pub async fn put_function(
         &self,
         tenant: &str,
         name: &str,
-        path: Option<&Path>,
+        bytes: Option<Vec<u8>>,
         digest: Option<&str>,
     ) -> Result<StoredFunction, String> {
         if !crate::model::is_valid_name(name) {
@@ -89,15 +89,15 @@ impl Service {
         }
         let blobs = self.engine.blobs.clone();
         let runtime = self.engine.registry.runtime().clone();
-        let path = path.map(Path::to_path_buf);
         let digest = digest.map(str::to_string);
         let (digest, size) =
             tokio::task::spawn_blocking(move || -> Result<(Digest, u64), String> {
-                let bytes = match (path, digest) {
-                    (Some(p), _) => std::fs::read(&p)
-                        .map_err(|e| format!("cannot read {}: {e}", p.display()))?,
+                let bytes = match (bytes, digest) {
+                    (Some(b), _) => b,
                     (None, Some(d)) => blobs.get_bytes(&d.parse()?).map_err(|e| e.to_string())?,
-                    (None, None) => return Err("give the function's file or digest".into()),
+                    (None, None) => {
+                        return Err("give the function's component (`bytes`) or digest".into());
+                    }
                 };
                 // Refuse what is not a function before registering it.
                 let digest = runtime

@@ -641,18 +641,35 @@ impl Service {
 
     /// Parse and validate a pipeline as registered.
     async fn check(&self, stored: &StoredPipeline) -> Result<Loaded, Diagnostics> {
-        let (pipeline, problems) =
-            crate::model::parse::parse(&stored.file, stored.dir.clone(), &stored.yaml);
-        let Some(pipeline) = pipeline else {
+        // Without a directory (registered over NATS) nothing may resolve against one: an empty
+        // `dir` resolves nothing, and every relative reference is refused here.
+        let (pipeline, mut problems) = crate::model::parse::parse(
+            &stored.file,
+            stored.dir.clone().unwrap_or_default(),
+            &stored.yaml,
+        );
+        let Some(mut pipeline) = pipeline else {
             return Err(Diagnostics {
                 file: stored.file.clone(),
                 items: problems,
             });
         };
+        if stored.dir.is_none() {
+            problems.extend(pipelines::without_dir(&mut pipeline, &stored.plugins));
+        }
         let plugins = self
             .engine
             .check(&pipeline, problems, &Default::default())
             .await?;
+        if stored.dir.is_none() {
+            let items = pipelines::relative_config_paths(&pipeline, &plugins);
+            if !items.is_empty() {
+                return Err(Diagnostics {
+                    file: stored.file.clone(),
+                    items,
+                });
+            }
+        }
         Ok(Loaded {
             pipeline: Arc::new(pipeline),
             plugins,

@@ -2,9 +2,13 @@
 //! version they run, so a pipeline changed mid-run does not change running executions.
 //! Keys: `<tenant>/<name>` (the current version) and `<tenant>/<name>/<version>`.
 use crate::kv::{Kv, KvError, get_json};
-use crate::scheduler::Timestamp;
+use crate::model::validate::ResolvedPlugins;
+use crate::model::{Diagnostic, Pipeline};
+use crate::plugins::Capability;
+use crate::scheduler::{Rule, Timestamp};
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 /// One version of a registered pipeline.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -15,8 +19,14 @@ pub struct StoredPipeline {
     pub version: u64,
     /// The file it was registered from (for messages).
     pub file: String,
-    /// The file's directory: relative paths in the pipeline resolve against it.
-    pub dir: PathBuf,
+    /// The file's directory, relative paths in the pipeline resolve against it: given only
+    /// by a caller of the engine's own user on its host (the embedded service's socket). None
+    /// for a pipeline registered over NATS, which may reference no relative path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+    /// Plugin and rule files the client uploaded: the path as written → `blake3:` digest.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub plugins: BTreeMap<String, String>,
     /// The YAML as registered.
     pub yaml: String,
     /// When it was registered.
@@ -117,4 +127,155 @@ pub async fn all_heads(kv: &dyn Kv) -> Result<Vec<(String, StoredPipeline)>, KvE
         }
     }
     Ok(out)
+}
+
+/// At most this many uploaded plugin files per pipeline.
+pub const MAX_PLUGINS: usize = 256;
+
+/// Whether a plugin reference (`uses:`) is a file path rather than `NAME@MAJOR` or a digest.
+pub fn is_plugin_file(uses: &str) -> bool {
+    !uses.starts_with("blake3:")
+        && (uses.ends_with(".wasm")
+            || uses.starts_with("./")
+            || uses.starts_with('/')
+            || uses.starts_with("../"))
+}
+
+/// Every plugin and rule file a pipeline names (`uses:` of actions, custom rules), as written.
+pub fn files(p: &Pipeline) -> Vec<String> {
+    let mut out: Vec<String> = p
+        .actions()
+        .map(|(_, _, a)| a.uses.value.clone())
+        .filter(|u| is_plugin_file(u))
+        .chain(rules(p).filter(|u| !u.starts_with("blake3:")).cloned())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn rules(p: &Pipeline) -> impl Iterator<Item = &String> {
+    p.stages.iter().flat_map(|s| {
+        let c = &s.conditions;
+        [&c.before_entry, &c.on_success, &c.on_failure]
+            .into_iter()
+            .flatten()
+            .flat_map(|c| &c.rules)
+            .filter_map(|r| match r {
+                Rule::Custom { uses, .. } => Some(uses),
+                _ => None,
+            })
+    })
+}
+
+const NO_DIR: &str = "a pipeline registered over NATS has no directory on the engine's host";
+
+/// Make a pipeline registered without a directory (over NATS) reference nothing relative on
+/// the engine's host: plugin and rule files become the digests the client uploaded
+/// (`uploads`: path as written → digest); any other file reference or relative path is a
+/// problem that says the fix.
+pub fn without_dir(p: &mut Pipeline, uploads: &BTreeMap<String, String>) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    let not_uploaded = |what: &str| {
+        format!(
+            "{what} is a file, and the engine reads no file of the client's: register the pipeline with `sluice pipeline put FILE`, which uploads it, or write `blake3:<hex>` / NAME@MAJOR"
+        )
+    };
+    for stage in &mut p.stages {
+        for a in &mut stage.actions {
+            if is_plugin_file(&a.uses.value) {
+                match uploads.get(&a.uses.value) {
+                    Some(d) => a.uses.value = d.clone(),
+                    None => out.push(Diagnostic {
+                        loc: a.uses.loc,
+                        message: format!(
+                            "action `{}`: {}",
+                            a.name,
+                            not_uploaded(&format!("`uses: {}`", a.uses.value))
+                        ),
+                    }),
+                }
+            }
+            if a.uses.value == "invoke@1" {
+                if let Some(f) = a
+                    .with
+                    .get("function")
+                    .filter(|f| f.value.ends_with(".wasm"))
+                {
+                    out.push(Diagnostic {
+                        loc: f.loc,
+                        message: format!(
+                            "action `{}`: `function: {}` is a file, and the engine reads no file of the client's: register it with `sluice function put NAME {}` and write `function: NAME`",
+                            a.name, f.value, f.value
+                        ),
+                    });
+                }
+            }
+            for d in a.capabilities.dirs.keys() {
+                if !Path::new(d).is_absolute() {
+                    out.push(Diagnostic {
+                        loc: a.capabilities.loc.unwrap_or(a.loc),
+                        message: format!(
+                            "action `{}`: `capabilities.dirs` path {d:?} is relative, and {NO_DIR}: write an absolute path",
+                            a.name
+                        ),
+                    });
+                }
+            }
+        }
+        let c = &mut stage.conditions;
+        for condition in [&mut c.before_entry, &mut c.on_success, &mut c.on_failure]
+            .into_iter()
+            .flatten()
+        {
+            for rule in &mut condition.rules {
+                if let Rule::Custom { uses, .. } = rule {
+                    if uses.starts_with("blake3:") {
+                        continue;
+                    }
+                    match uploads.get(uses.as_str()) {
+                        Some(d) => *uses = d.clone(),
+                        None => out.push(Diagnostic {
+                            loc: stage.loc,
+                            message: format!(
+                                "stage `{}`: {}",
+                                stage.name,
+                                not_uploaded(&format!("rule {uses}"))
+                            ),
+                        }),
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The paths in plugin configuration (`source-dir`'s `path`, `deploy-release`'s `target`…)
+/// that are relative in a pipeline without a directory; a `#{...}` value is checked when the
+/// action runs.
+pub fn relative_config_paths(p: &Pipeline, plugins: &ResolvedPlugins) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    for (_, _, a) in p.actions() {
+        let Some(Ok(plugin)) = plugins.get(&a.uses.value) else {
+            continue;
+        };
+        for cap in &plugin.description.capabilities {
+            let (Capability::ReadConfigPath(key) | Capability::WriteConfigPath(key)) = cap else {
+                continue;
+            };
+            if let Some(v) = a.with.get(key) {
+                if !v.value.contains("#{") && !Path::new(&v.value).is_absolute() {
+                    out.push(Diagnostic {
+                        loc: v.loc,
+                        message: format!(
+                            "action `{}`: `with.{key}` {:?} is a path relative to the pipeline file, and {NO_DIR}: write an absolute path",
+                            a.name, v.value
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    out
 }

@@ -1,7 +1,7 @@
 //! The embedded service's control transport: a Unix socket in the data directory, one JSON
 //! line per request and one per reply (`watch` streams event lines, then the final record).
 use super::Service;
-use super::api::Request;
+use super::api::{Caller, Request};
 use crate::bus::{Kind, MemoryBus};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -54,6 +54,11 @@ async fn connection(
     bus: Arc<MemoryBus>,
     stream: UnixStream,
 ) -> anyhow::Result<()> {
+    // Only the engine's own user may name paths on its host (see `Caller`).
+    let caller = match stream.peer_cred() {
+        Ok(c) if c.uid() == rustix::process::geteuid().as_raw() => Caller::HostUser,
+        _ => Caller::Remote,
+    };
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read).lines();
     while let Some(line) = lines.next_line().await? {
@@ -118,7 +123,7 @@ async fn connection(
             return Ok(());
         }
         let reply = match envelope.request {
-            Some(request) => service.handle(&envelope.tenant, request).await,
+            Some(request) => service.handle_from(&envelope.tenant, request, caller).await,
             None => serde_json::json!({ "error": "empty request" }),
         };
         write.write_all(format!("{reply}\n").as_bytes()).await?;

@@ -91,13 +91,15 @@ pub(super) fn shared_edges(dir: &Path) -> Edges {
 /// Register `yaml` (from `file` in `dir`) on `service`.
 pub(super) async fn register(service: &Service, dir: &Path, file: &str, yaml: &str) {
     let put = service
-        .handle(
+        .handle_from(
             "default",
             api::Request::PipelinePut {
                 file: file.into(),
-                dir: dir.to_path_buf(),
+                dir: Some(dir.to_path_buf()),
                 yaml: yaml.into(),
+                plugins: Default::default(),
             },
+            api::Caller::HostUser,
         )
         .await;
     assert!(put.get("ok").is_some(), "{put}");
@@ -1002,4 +1004,105 @@ async fn attempt(
         }
         timers.push(d);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn function_put_takes_the_component_never_a_path_on_the_engines_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = shared_edges(dir.path());
+    let a = engine(&dir.path().join("a"), Arc::new(LostBus), &shared);
+    let file = dir.path().join("f.wasm");
+    std::fs::write(&file, b"\0asm not a component").unwrap();
+    // A request naming a file on the engine's host is refused before anything reads it.
+    let body = serde_json::json!({ "name": "f", "path": file }).to_string();
+    let named = api::request_for_verb("function.put", body.as_bytes());
+    assert!(
+        named
+            .as_ref()
+            .is_err_and(|e| e.contains("unknown field `path`")),
+        "{named:?}"
+    );
+    // The component travels in the request…
+    let put = a
+        .handle(
+            "default",
+            api::Request::FunctionPut {
+                name: "f".into(),
+                bytes: Some(api::encode_upload(b"\0asm not a component")),
+                digest: None,
+            },
+        )
+        .await;
+    let e = put["error"].as_str().unwrap_or_default();
+    assert!(!e.is_empty() && !e.contains("cannot read"), "{put}");
+    // …bounded in size, refused before it is decoded.
+    let huge = "A".repeat(api::MAX_UPLOAD / 3 * 4 + 8);
+    let put = a
+        .handle(
+            "default",
+            api::Request::FunctionPut {
+                name: "f".into(),
+                bytes: Some(huge),
+                digest: None,
+            },
+        )
+        .await;
+    assert!(
+        put["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("larger than 64 MiB")),
+        "{put}"
+    );
+    assert!(a.list_functions("default").await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_put_from_a_remote_client_resolves_no_path_on_the_engines_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = shared_edges(dir.path());
+    let a = engine(&dir.path().join("a"), Arc::new(LostBus), &shared);
+    std::fs::create_dir(dir.path().join("app")).unwrap();
+    let put = |yaml: &str, dir: Option<&Path>, caller| {
+        let request = api::Request::PipelinePut {
+            file: "snap.yaml".into(),
+            dir: dir.map(Path::to_path_buf),
+            yaml: yaml.into(),
+            plugins: Default::default(),
+        };
+        let a = a.clone();
+        async move { a.handle_from("default", request, caller).await }
+    };
+    let snap = "name: snap\nstages:\n  - name: Source\n    actions:\n      - { name: Snap, uses: source-dir@1, with: { path: app }, outputs: [src] }\n";
+    // A remote client may not name a directory on the engine's host…
+    let r = put(snap, Some(dir.path()), api::Caller::Remote).await;
+    assert!(
+        r["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("`dir` names a directory on the engine's host")),
+        "{r}"
+    );
+    // …and without one, its relative paths are refused with the line to fix.
+    let r = put(snap, None, api::Caller::Remote).await;
+    let d = r["diagnostics"].as_str().unwrap_or_default();
+    assert!(
+        d.contains("snap.yaml:5:") && d.contains("`with.path` \"app\" is a path relative"),
+        "{r}"
+    );
+    let files = "name: files\nstages:\n  - name: S\n    actions:\n      - name: P\n        uses: ./probe.wasm\n      - name: G\n        uses: noop@1\n        capabilities: { dirs: { out: rw } }\n      - name: F\n        uses: invoke@1\n        with: { function: ./f.wasm }\n";
+    let r = put(files, None, api::Caller::Remote).await;
+    let d = r["diagnostics"].as_str().unwrap_or_default();
+    assert!(
+        d.contains("action `P`: `uses: ./probe.wasm` is a file")
+            && d.contains("action `G`: `capabilities.dirs` path \"out\" is relative")
+            && d.contains("action `F`: `function: ./f.wasm` is a file")
+            && d.contains("sluice function put NAME ./f.wasm"),
+        "{r}"
+    );
+    // Absolute paths name the engine's host as written.
+    let absolute = snap.replace("path: app", &format!("path: {}/app", dir.path().display()));
+    let r = put(&absolute, None, api::Caller::Remote).await;
+    assert!(r.get("ok").is_some(), "{r}");
+    // The engine's own user on its host registers relative paths, as `sluice run` runs them.
+    let r = put(snap, Some(dir.path()), api::Caller::HostUser).await;
+    assert!(r.get("ok").is_some(), "{r}");
 }

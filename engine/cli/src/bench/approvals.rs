@@ -113,8 +113,9 @@ pub async fn run(n: usize) -> anyhow::Result<()> {
     let put = client
         .call(&Request::PipelinePut {
             file: "gated.yaml".into(),
-            dir: dir.to_path_buf(),
+            dir: Some(dir.to_path_buf()),
             yaml: PIPELINE.into(),
+            plugins: Default::default(),
         })
         .await;
     anyhow::ensure!(put.is_ok(), "register: {put:?}");

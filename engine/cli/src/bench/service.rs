@@ -162,8 +162,9 @@ pub async fn run(url: &str, samples: usize, burst_size: usize) -> anyhow::Result
             "default",
             Request::PipelinePut {
                 file: "bench.yaml".into(),
-                dir: tmp.path().to_path_buf(),
+                dir: None,
                 yaml: PIPELINE.into(),
+                plugins: Default::default(),
             },
         )
         .await;

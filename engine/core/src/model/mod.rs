@@ -217,6 +217,9 @@ pub struct Capabilities {
     pub http: Vec<String>,
     /// NATS subjects (patterns) the action may publish to.
     pub nats: Vec<String>,
+    /// NATS servers besides the engine's own the action may publish to
+    /// (`capabilities.nats.server`).
+    pub nats_servers: Vec<String>,
     /// Where `capabilities:` was written (for messages about missing grants).
     pub loc: Option<Loc>,
 }

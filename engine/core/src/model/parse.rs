@@ -182,6 +182,17 @@ impl Parser {
         Some(map)
     }
 
+    /// The node as a mapping (see `mapping`) if it is one.
+    fn mapping_if<'n>(
+        &mut self,
+        node: &'n Node,
+        what: &str,
+        known: &[&str],
+    ) -> Option<&'n MarkedMappingNode> {
+        node.as_mapping()?;
+        self.mapping(node, what, known)
+    }
+
     fn scalar(&mut self, node: &Node, what: &str) -> Option<Located<String>> {
         match node.as_scalar() {
             Some(s) => Some(Located {
@@ -856,7 +867,31 @@ impl Parser {
                 }
             }
         }
-        if let Some(n) = map.get_node("nats") {
+        let mut nats = map.get_node("nats");
+        // `nats: [SUBJECT…]` on the engine's own NATS, or `nats: { server: URL, subjects:
+        // [SUBJECT…] }` to let the action reach that server too.
+        if let Some(m) =
+            nats.and_then(|n| self.mapping_if(n, "`capabilities.nats`", &["server", "subjects"]))
+        {
+            if let Some(url) = m
+                .get_node("server")
+                .and_then(|u| self.scalar(u, "`capabilities.nats.server`"))
+            {
+                match crate::grants::nats::valid_server(&url.value) {
+                    Ok(()) if no_templates(self, &url) => caps.nats_servers.push(url.value),
+                    Ok(()) => {}
+                    Err(e) => self.err(url.loc, format!("`capabilities.nats.server`: {e}")),
+                }
+            }
+            if m.get_node("subjects").is_none() {
+                self.err(
+                    loc(nats.unwrap()),
+                    "`capabilities.nats` needs `subjects: [SUBJECT…]`",
+                );
+            }
+            nats = m.get_node("subjects");
+        }
+        if let Some(n) = nats {
             let grants: Vec<Located<String>> = self
                 .string_list(n, "`capabilities.nats`")
                 .into_iter()

@@ -41,8 +41,8 @@ pub enum Input {
         attempt: u32,
         /// How it ended.
         result: ActionResult,
-        /// The resolved configuration the attempt ran with.
-        config: BTreeMap<String, String>,
+        /// The resolved configuration values the scheduler keeps ([`KEPT_CONFIG`]).
+        kept: BTreeMap<String, String>,
         /// The input artifacts it consumed: name → digest.
         inputs: BTreeMap<String, String>,
         /// When.
@@ -308,7 +308,7 @@ pub fn apply(next: &mut Execution, input: &Input) -> Vec<Command> {
             action,
             attempt,
             result,
-            config,
+            kept,
             inputs,
             at,
         } => {
@@ -322,7 +322,7 @@ pub fn apply(next: &mut Execution, input: &Input) -> Vec<Command> {
             if run.status != Status::InProgress || run.attempt != *attempt {
                 return commands;
             }
-            run.config = config.clone();
+            run.kept = kept.clone();
             run.inputs = inputs.clone();
             if let ActionResult::Pending {
                 continuation,
@@ -593,6 +593,20 @@ fn wake_up(
     });
 }
 
+/// The resolved configuration values an execution record keeps: what approvals need after
+/// the attempt (who may decide, and what the notification shows). Nothing else resolved is
+/// stored, so a value resolved from a secret is never persisted through the record.
+pub const KEPT_CONFIG: &[&str] = &["approvers", "external_link", "custom_data"];
+
+/// The part of a resolved configuration the record keeps ([`KEPT_CONFIG`]).
+pub fn kept(config: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    config
+        .iter()
+        .filter(|(k, _)| KEPT_CONFIG.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
 /// Who may approve: the action's resolved `approvers` (comma- or space-separated; `*` means
 /// anyone but the one who started the execution).
 pub fn approvers(config: &BTreeMap<String, String>) -> Vec<String> {
@@ -686,7 +700,7 @@ pub fn refusal(exec: &Execution, input: &Input) -> Option<String> {
                     decision.by
                 ));
             }
-            let allowed = approvers(&run.config);
+            let allowed = approvers(&run.kept);
             if !allowed.iter().any(|a| a == "*" || *a == decision.by) {
                 return Some(format!(
                     "{} is not an approver of {} (approvers: {})",

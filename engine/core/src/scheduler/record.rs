@@ -290,9 +290,14 @@ pub struct ActionRun {
     pub attempt: u32,
     /// The plugin, pinned.
     pub plugin: PluginRef,
-    /// Resolved configuration of the last attempt.
+    /// Its `with:` as written (`#{...}` unresolved): what `show` and `status` display. The
+    /// resolved configuration is never stored (it may hold what must not be persisted).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub config: BTreeMap<String, String>,
+    /// The few resolved values the scheduler needs after the attempt (see
+    /// [`crate::scheduler::KEPT_CONFIG`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub kept: BTreeMap<String, String>,
     /// Input artifacts consumed: name → digest.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub inputs: BTreeMap<String, String>,
@@ -395,7 +400,7 @@ impl ActionRun {
     pub fn reset(&mut self) {
         self.prepare_rerun();
         self.attempt = 0;
-        self.config.clear();
+        self.kept.clear();
         self.inputs.clear();
         self.artifacts.clear();
         self.variables.clear();
@@ -436,7 +441,12 @@ impl Execution {
                         status: Status::NotStarted,
                         attempt: 0,
                         plugin: plugins(&a.uses.value),
-                        config: BTreeMap::new(),
+                        config: a
+                            .with
+                            .iter()
+                            .map(|(k, v)| (k.clone(), v.value.clone()))
+                            .collect(),
+                        kept: BTreeMap::new(),
                         inputs: BTreeMap::new(),
                         artifacts: BTreeMap::new(),
                         variables: BTreeMap::new(),

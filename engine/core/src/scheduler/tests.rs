@@ -37,6 +37,7 @@ pub(super) fn exec(layout: &[&[u32]]) -> Execution {
                             digest: "blake3:00".into(),
                         },
                         config: BTreeMap::new(),
+                        kept: BTreeMap::new(),
                         inputs: BTreeMap::new(),
                         artifacts: BTreeMap::new(),
                         variables: BTreeMap::new(),
@@ -91,7 +92,7 @@ fn done(stage: usize, action: usize, attempt: u32, success: bool) -> Input {
         action,
         attempt,
         result,
-        config: BTreeMap::new(),
+        kept: BTreeMap::new(),
         inputs: BTreeMap::new(),
         at: Timestamp(2),
     }
@@ -252,7 +253,7 @@ fn failed(attempt: u32, kind: FailureKind) -> Input {
             error: format!("attempt {attempt} failed"),
             kind,
         },
-        config: BTreeMap::new(),
+        kept: BTreeMap::new(),
         inputs: BTreeMap::new(),
         at: Timestamp(attempt as u64 * 10),
     }
@@ -580,7 +581,7 @@ fn pending(stage: usize, action: usize, attempt: u32, wake: Wake) -> Input {
             percent: Some(40),
             deadline: Some(Timestamp(1000)),
         },
-        config: BTreeMap::from([("approvers".to_string(), "ana, bo".to_string())]),
+        kept: BTreeMap::from([("approvers".to_string(), "ana, bo".to_string())]),
         inputs: BTreeMap::new(),
         at: Timestamp(5),
     }

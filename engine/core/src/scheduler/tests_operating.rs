@@ -698,7 +698,7 @@ pub(super) fn failed_at(stage: usize, action: usize, attempt: u32) -> Input {
             error: "boom again".into(),
             kind: FailureKind::Permanent,
         },
-        config: BTreeMap::new(),
+        kept: BTreeMap::new(),
         inputs: BTreeMap::new(),
         at: Timestamp(9),
     }
