@@ -899,3 +899,45 @@ fn events_on_a_pipelines_own_nats_subjects_start_it() {
         bad.stderr
     );
 }
+
+#[test]
+fn a_hostile_pipeline_file_is_refused_and_the_embedded_service_keeps_answering() {
+    let p = Project::new(PIPELINE);
+    let _engine = Engine::start(p.dir.path(), ".sluice", &[]);
+    wait_for(Duration::from_secs(30), "the control socket", || {
+        p.path(".sluice/sluice.sock").exists().then_some(())
+    });
+    // 5,000 nested block sequences (10 KB) and 3,000 nested mappings used to abort the engine.
+    p.write("deep.yaml", &format!("{}x", "- ".repeat(5_000)));
+    let mappings: String = (0..3_000)
+        .map(|i| format!("{}k{i}:\n", " ".repeat(i)))
+        .collect();
+    p.write(
+        "deeper.yaml",
+        &format!("{mappings}{}x\n", " ".repeat(3_000)),
+    );
+    for (file, at) in [("deep.yaml", "1:129"), ("deeper.yaml", "65:68")] {
+        let put = p.sluice(&["pipeline", "put", file]);
+        assert_eq!(put.code, 2, "{put:?}");
+        assert!(
+            put.stderr.contains(&format!(
+                "{file}:{at}: lists and mappings are nested more than 64 levels deep"
+            )),
+            "{}",
+            put.stderr
+        );
+    }
+    let put = p.sluice(&["pipeline", "put", "pipeline.yaml"]);
+    assert_eq!(put.code, 0, "the service still answers: {put:?}");
+    // Over-long ids are refused by the client before anything is sent.
+    let long = "x".repeat(5_000);
+    let status = p.sluice(&["status", &long]);
+    assert_eq!(status.code, 2, "{status:?}");
+    assert!(
+        status
+            .stderr
+            .contains("the execution id is 5000 bytes long; at most 256 are accepted"),
+        "{}",
+        status.stderr
+    );
+}
