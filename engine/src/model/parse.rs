@@ -290,8 +290,9 @@ impl Parser {
                     self.err(
                         name.loc,
                         format!(
-                            "pipeline name {:?} must match [A-Za-z0-9._-]{{1,100}}",
-                            name.value
+                            "pipeline name {:?} must be {}",
+                            name.value,
+                            super::NAME_RULE
                         ),
                     );
                 }
@@ -1021,5 +1022,32 @@ mod tests {
             "{:?}",
             problems(one)
         );
+    }
+
+    #[test]
+    fn names_that_would_make_an_empty_subject_token_are_refused() {
+        for bad in [".a", "a.", "...", "a..b"] {
+            let text = format!(
+                "name: \"{bad}\"\nstages:\n  - name: \"{bad}\"\n    actions:\n      - {{ name: \"{bad}\", uses: noop@1, outputs: [\"{bad}\"], namespace: \"{bad}\" }}\n"
+            );
+            let found = problems(&text);
+            for what in [
+                "pipeline name",
+                "stage name",
+                "action name",
+                "artifact name",
+                "namespace",
+            ] {
+                assert!(
+                    found
+                        .iter()
+                        .any(|p| p.contains(&format!("{what} \"{bad}\" must be"))),
+                    "{what} {bad:?} passed: {found:?}"
+                );
+            }
+        }
+        for good in ["a", "a.b", "v1.2.3", "a-b_c"] {
+            assert!(super::super::is_valid_name(good), "{good}");
+        }
     }
 }
