@@ -95,7 +95,8 @@ pub fn valid_trigger_subject(subject: &str) -> Result<(), String> {
     if tokens[..tokens.len() - 1].contains(&">") {
         return Err(format!("{subject:?}: `>` may only be the last token"));
     }
-    if tokens[0] == "sluice" || tokens[0] == ">" || tokens[0].starts_with('$') {
+    // `*` first matches `sluice` too: a trigger on `*.>` would capture Sluice's own traffic.
+    if matches!(tokens[0], "sluice" | ">" | "*" | "_INBOX") || tokens[0].starts_with('$') {
         return Err(format!(
             "{subject:?} is reserved (sluice.> is Sluice's own; publish to sluice.<tenant>.trigger.<pipeline> directly)"
         ));

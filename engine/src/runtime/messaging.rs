@@ -107,9 +107,12 @@ pub fn valid_grant(pattern: &str) -> Result<(), String> {
     if tokens[..tokens.len() - 1].contains(&">") {
         return Err(format!("{pattern:?}: `>` may only be the last token"));
     }
-    if tokens[0] == ">" || tokens[0] == "sluice" || tokens[0].starts_with('$') {
+    // Wildcards match whole tokens only, so the first token decides whether the pattern can
+    // reach Sluice's own subjects, the system's `$…` ones (JetStream, KV) or reply inboxes:
+    // `*` or `>` there matches them all.
+    if matches!(tokens[0], ">" | "*" | "sluice" | "_INBOX") || tokens[0].starts_with('$') {
         return Err(format!(
-            "{pattern:?}: grant subjects of your own, not everything or Sluice's `sluice.>` / system `$` subjects"
+            "{pattern:?}: grant subjects of your own, starting with a fixed token; nothing that can match Sluice's `sluice.>`, system `$…` or `_INBOX.>` subjects"
         ));
     }
     Ok(())
@@ -133,5 +136,27 @@ mod tests {
         assert!(valid_grant(">").is_err());
         assert!(valid_grant("sluice.default.api.stop").is_err());
         assert!(valid_grant("a..b").is_err());
+    }
+
+    #[test]
+    fn grants_that_could_reach_sluice_system_or_inbox_subjects_are_refused() {
+        for pattern in [
+            "*.>",
+            "*",
+            "*.*.trigger.*",
+            "*.default.api.stop",
+            "sluice",
+            "sluice.>",
+            "$KV.sluice-executions.>",
+            "$JS.API.>",
+            "$SYS.>",
+            "_INBOX.>",
+            "_INBOX.abc",
+        ] {
+            assert!(valid_grant(pattern).is_err(), "{pattern} was accepted");
+        }
+        for pattern in ["chat.*", "chat.>", "acme.*.deploys", "chat.$x"] {
+            assert!(valid_grant(pattern).is_ok(), "{pattern} was refused");
+        }
     }
 }
