@@ -153,7 +153,7 @@ impl Service {
                 );
             }
         };
-        if !crate::kv::valid_key(&tenant) || !crate::model::is_valid_name(&pipeline) {
+        if super::api::check_tenant(&tenant).is_err() || !crate::model::is_valid_name(&pipeline) {
             return reply(
                 StatusCode::NOT_FOUND,
                 json!({ "error": "no such pipeline" }),
@@ -191,6 +191,13 @@ impl Service {
                 StatusCode::UNAUTHORIZED,
                 json!({ "error": "bad or missing X-Hub-Signature-256" }),
             );
+        }
+        // The delivery id becomes the event id, which rides in a message header.
+        if let Some(Err(e)) = delivery
+            .as_deref()
+            .map(|d| super::api::check_len("X-GitHub-Delivery", d))
+        {
+            return reply(StatusCode::BAD_REQUEST, json!({ "error": e.to_string() }));
         }
         if kind.as_deref() == Some("ping") {
             return reply(StatusCode::OK, json!({ "ok": "pong" }));
