@@ -612,10 +612,23 @@ impl Service {
                         let waiting = e.stages[stage].actions[index].waiting.as_ref();
                         if let (Some(t), Some(w)) = (&token, waiting) {
                             if *t != w.token {
-                                return Err(format!("token `{t}` does not match the pending approval of {action} (`{}`)", w.token));
+                                // The real token is the approvers' secret: never in a reply.
+                                return Err(format!(
+                                    "the token does not match the pending approval of {action}"
+                                ));
                             }
                         }
-                        Ok(Input::Decide { stage, action: index, decision: Decision { approved, by: by.clone(), at, summary: summary.clone() }, at })
+                        Ok(Input::Decide {
+                            stage,
+                            action: index,
+                            decision: Decision {
+                                approved,
+                                by: by.clone(),
+                                at,
+                                summary: summary.clone(),
+                            },
+                            at,
+                        })
                     })
                     .await?;
                 Ok(ok(
