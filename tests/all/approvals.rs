@@ -165,6 +165,13 @@ fn service_approvals_check_who_decides_and_survive_a_restart() {
         &["approve", &id, "Production/Gate", "--token", "wrong"],
         "does not match the pending approval",
     );
+    // A wrong token never learns the right one.
+    let wrong = as_user(
+        &p,
+        "ana",
+        &["approve", &id, "Production/Gate", "--token", "wrong"],
+    );
+    assert!(!wrong.stderr.contains(&token), "{}", wrong.stderr);
     refused(
         "ana",
         &["approve", "01ARZ3NDEKTSV4RRFFQ69G5FAV", "Production/Gate"],

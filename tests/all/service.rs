@@ -899,3 +899,128 @@ fn events_on_a_pipelines_own_nats_subjects_start_it() {
         bad.stderr
     );
 }
+
+#[test]
+fn a_hostile_pipeline_file_is_refused_and_the_embedded_service_keeps_answering() {
+    let p = Project::new(PIPELINE);
+    let _engine = Engine::start(p.dir.path(), ".sluice", &[]);
+    wait_for(Duration::from_secs(30), "the control socket", || {
+        p.path(".sluice/sluice.sock").exists().then_some(())
+    });
+    // 5,000 nested block sequences (10 KB) and 3,000 nested mappings used to abort the engine.
+    p.write("deep.yaml", &format!("{}x", "- ".repeat(5_000)));
+    let mappings: String = (0..3_000)
+        .map(|i| format!("{}k{i}:\n", " ".repeat(i)))
+        .collect();
+    p.write(
+        "deeper.yaml",
+        &format!("{mappings}{}x\n", " ".repeat(3_000)),
+    );
+    for (file, at) in [("deep.yaml", "1:129"), ("deeper.yaml", "65:68")] {
+        let put = p.sluice(&["pipeline", "put", file]);
+        assert_eq!(put.code, 2, "{put:?}");
+        assert!(
+            put.stderr.contains(&format!(
+                "{file}:{at}: lists and mappings are nested more than 64 levels deep"
+            )),
+            "{}",
+            put.stderr
+        );
+    }
+    let put = p.sluice(&["pipeline", "put", "pipeline.yaml"]);
+    assert_eq!(put.code, 0, "the service still answers: {put:?}");
+    // Over-long ids are refused by the client before anything is sent.
+    let long = "x".repeat(5_000);
+    let status = p.sluice(&["status", &long]);
+    assert_eq!(status.code, 2, "{status:?}");
+    assert!(
+        status
+            .stderr
+            .contains("the execution id is 5000 bytes long; at most 256 are accepted"),
+        "{}",
+        status.stderr
+    );
+}
+
+#[test]
+fn over_long_ids_on_nats_get_an_error_reply_and_the_engine_keeps_serving() {
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let p = Project::new(PIPELINE);
+    let _engine = Engine::start(p.dir.path(), "engine", &["--nats", &url]);
+    wait_for(Duration::from_secs(30), "the engine to answer", || {
+        (client(&p, &url, &["pipeline", "put", "pipeline.yaml"]).code == 0).then_some(())
+    });
+    let long = "x".repeat(5_000);
+    let id = json!(long);
+    // Sent as any NATS client would, past the CLI's own check: the engine must refuse them.
+    let requests = [
+        ("status", json!({ "execution_id": id })),
+        ("stop", json!({ "execution_id": id })),
+        ("retry", json!({ "execution_id": id, "stage": "Build" })),
+        (
+            "approve",
+            json!({ "execution_id": id, "action": "S/A", "by": "me" }),
+        ),
+        ("wake", json!({ "execution_id": id, "action": "S/A" })),
+        (
+            "rollback",
+            json!({ "pipeline": id, "stage": "Build", "to": "x" }),
+        ),
+        (
+            "rollback",
+            json!({ "pipeline": "svc", "stage": "Build", "to": id }),
+        ),
+        (
+            "transition",
+            json!({ "pipeline": id, "stage": "Build", "enable": true }),
+        ),
+        ("pipeline.get", json!({ "name": id })),
+        ("pipeline.state", json!({ "name": id })),
+        ("pipeline.rm", json!({ "name": id })),
+        ("function.rm", json!({ "name": id })),
+        ("start", json!({ "pipeline": id })),
+        ("start", json!({ "pipeline": "svc", "event_id": id })),
+    ];
+    rt().block_on(async {
+        let nc = async_nats::connect(&url).await.unwrap();
+        for (verb, body) in &requests {
+            let reply = tokio::time::timeout(
+                Duration::from_secs(10),
+                nc.request(
+                    format!("sluice.default.api.{verb}"),
+                    body.to_string().into(),
+                ),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("no reply to {verb} with a 5,000-byte id"))
+            .unwrap_or_else(|e| panic!("{verb}: {e}"));
+            let reply: Value = serde_json::from_slice(&reply.payload).unwrap();
+            assert!(
+                reply["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("is 5000 bytes long; at most 256 are accepted")),
+                "{verb}: {reply}"
+            );
+        }
+    });
+    // Still connected and serving.
+    let ls = client(&p, &url, &["pipeline", "ls"]);
+    assert_eq!(ls.code, 0, "{ls:?}");
+    assert!(ls.stdout.contains("svc"), "{}", ls.stdout);
+    // The client refuses before sending, the tenant included.
+    for args in [
+        vec!["status", long.as_str()],
+        vec!["pipeline", "get", long.as_str()],
+        vec!["pipeline", "ls", "--tenant", long.as_str()],
+    ] {
+        let r = client(&p, &url, &args);
+        assert_eq!(r.code, 2, "{r:?}");
+        assert!(
+            r.stderr
+                .contains("is 5000 bytes long; at most 256 are accepted"),
+            "{}",
+            r.stderr
+        );
+    }
+}

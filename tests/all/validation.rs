@@ -229,3 +229,30 @@ fn unknown_variable_override_is_rejected_and_valid_pipelines_pass() {
         outside.stderr
     );
 }
+
+#[test]
+fn hostile_nesting_and_extra_documents_are_refused_not_crashed_on() {
+    // 20,000 nested block sequences (40 KB) used to overflow the stack: exit 134.
+    let p = Project::new(&format!("{}x", "- ".repeat(20_000)));
+    let run = p.sluice(&["validate", "pipeline.yaml"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(
+            "pipeline.yaml:1:129: lists and mappings are nested more than 64 levels deep"
+        ),
+        "{}",
+        run.stderr
+    );
+    // A second document was silently dropped.
+    p.write(
+        "two.yaml",
+        "name: x\nstages:\n  - { name: S, actions: [{ name: A, uses: noop@1 }] }\n---\nname: y\n",
+    );
+    let run = p.sluice(&["validate", "two.yaml"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("two.yaml:4:1: a second YAML document"),
+        "{}",
+        run.stderr
+    );
+}

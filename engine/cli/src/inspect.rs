@@ -288,26 +288,46 @@ fn parse_digest(s: &str) -> anyhow::Result<Digest> {
 pub fn artifact_ls(data: &Path, digest: &str) -> anyhow::Result<ExitCode> {
     let store = blobs(data)?;
     for (path, entry) in tree::list(&store, &parse_digest(digest)?)? {
-        match entry {
-            Entry::File {
-                size,
-                executable,
-                digest,
-                ..
-            } => println!(
-                "{} {:>10}  {}  {}",
-                if executable { "x" } else { "-" },
-                size,
-                digest,
-                path.display()
-            ),
-            Entry::Dir { .. } => println!("d {:>10}  {:<71}  {}/", "", "", path.display()),
-            Entry::Symlink { target, .. } => {
-                println!("l {:>10}  {:<71}  {} -> {target}", "", "", path.display())
-            }
-        }
+        println!("{}", ls_line(&path, &entry));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One line of `artifact ls`. Names come from whatever the action wrote: control characters
+/// (and `\`, so escapes stay unambiguous) are escaped, never sent raw to the terminal.
+fn ls_line(path: &Path, entry: &Entry) -> String {
+    let path = printable(&path.to_string_lossy());
+    match entry {
+        Entry::File {
+            size,
+            executable,
+            digest,
+            ..
+        } => format!(
+            "{} {:>10}  {}  {}",
+            if *executable { "x" } else { "-" },
+            size,
+            digest,
+            path
+        ),
+        Entry::Dir { .. } => format!("d {:>10}  {:<71}  {path}/", "", ""),
+        Entry::Symlink { target, .. } => {
+            format!("l {:>10}  {:<71}  {path} -> {}", "", "", printable(target))
+        }
+    }
+}
+
+/// `s` with control characters and backslashes escaped (`\n`, `\u{1b}`, `\\`).
+fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() || c == '\\' {
+                c.escape_debug().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 pub fn artifact_get(data: &Path, digest: &str, dest: &Path) -> anyhow::Result<ExitCode> {
@@ -339,5 +359,34 @@ pub fn artifact_verify(data: &Path, digest: &str) -> anyhow::Result<ExitCode> {
             eprintln!("{digest}: {e}");
             Ok(ExitCode::from(1))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn artifact_ls_escapes_control_characters_in_names() {
+        let digest = Digest::of(b"x");
+        let file = Entry::File {
+            name: String::new(),
+            digest,
+            size: 1,
+            executable: false,
+        };
+        let line = ls_line(Path::new("a\x1b[2Jb\nc\\d"), &file);
+        assert!(line.ends_with("a\\u{1b}[2Jb\\nc\\\\d"), "{line}");
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+        let link = Entry::Symlink {
+            name: String::new(),
+            target: "t\rx".into(),
+        };
+        let line = ls_line(Path::new("l\u{7}"), &link);
+        assert!(line.ends_with("l\\u{7} -> t\\rx"), "{line}");
+        assert_eq!(
+            ls_line(Path::new("src/main.rs"), &file).rsplit("  ").next(),
+            Some("src/main.rs")
+        );
     }
 }

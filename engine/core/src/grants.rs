@@ -76,9 +76,12 @@ pub mod nats {
         if tokens[..tokens.len() - 1].contains(&">") {
             return Err(format!("{pattern:?}: `>` may only be the last token"));
         }
-        if tokens[0] == ">" || tokens[0] == "sluice" || tokens[0].starts_with('$') {
+        // Wildcards match whole tokens only, so the first token decides whether the pattern can
+        // reach Sluice's own subjects, the system's `$…` ones (JetStream, KV) or reply inboxes:
+        // `*` or `>` there matches them all.
+        if matches!(tokens[0], ">" | "*" | "sluice" | "_INBOX") || tokens[0].starts_with('$') {
             return Err(format!(
-                "{pattern:?}: grant subjects of your own, not everything or Sluice's `sluice.>` / system `$` subjects"
+                "{pattern:?}: grant subjects of your own, starting with a fixed token; nothing that can match Sluice's `sluice.>`, system `$…` or `_INBOX.>` subjects"
             ));
         }
         Ok(())
@@ -90,7 +93,9 @@ pub mod nats {
             .iter()
             .find_map(|scheme| url.strip_prefix(scheme));
         match rest {
-            Some(r) if !r.is_empty() && !url.chars().any(|c| c.is_whitespace() || c == ',') => Ok(()),
+            Some(r) if !r.is_empty() && !url.chars().any(|c| c.is_whitespace() || c == ',') => {
+                Ok(())
+            }
             _ => Err(format!(
                 "{url:?} is not a NATS server URL (nats://HOST:PORT, tls://, ws:// or wss://)"
             )),

@@ -131,7 +131,6 @@ pub fn subject_granted(grants: &[String], subject: &str) -> Result<(), Denied> {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,5 +177,27 @@ mod tests {
         assert!(valid_server("nats://127.0.0.1:4222").is_ok());
         assert!(valid_server("http://x").is_err());
         assert!(valid_server("nats://").is_err());
+    }
+
+    #[test]
+    fn grants_that_could_reach_sluice_system_or_inbox_subjects_are_refused() {
+        for pattern in [
+            "*.>",
+            "*",
+            "*.*.trigger.*",
+            "*.default.api.stop",
+            "sluice",
+            "sluice.>",
+            "$KV.sluice-executions.>",
+            "$JS.API.>",
+            "$SYS.>",
+            "_INBOX.>",
+            "_INBOX.abc",
+        ] {
+            assert!(valid_grant(pattern).is_err(), "{pattern} was accepted");
+        }
+        for pattern in ["chat.*", "chat.>", "acme.*.deploys", "chat.$x"] {
+            assert!(valid_grant(pattern).is_ok(), "{pattern} was refused");
+        }
     }
 }

@@ -258,6 +258,131 @@ fn yes() -> bool {
     true
 }
 
+/// The longest tenant, id or name a request may carry. Execution ids are 26-byte ULIDs and
+/// names at most 100 bytes (`STAGE/ACTION` 201); they end up in NATS subjects and KV keys,
+/// and a subject longer than the server's control line (4 KiB by default) makes the server
+/// drop the engine's connection. Both the client and the service refuse longer ones.
+pub const MAX_ID_LEN: usize = 256;
+
+/// A tenant, id or name longer than [`MAX_ID_LEN`].
+#[derive(Debug, thiserror::Error)]
+#[error("{what} is {len} bytes long; at most {MAX_ID_LEN} are accepted")]
+pub struct TooLong {
+    /// Which field.
+    pub what: &'static str,
+    /// Its length in bytes.
+    pub len: usize,
+}
+
+/// Refuse a tenant, id or name longer than [`MAX_ID_LEN`].
+pub fn check_len(what: &'static str, value: &str) -> Result<(), TooLong> {
+    if value.len() > MAX_ID_LEN {
+        return Err(TooLong {
+            what,
+            len: value.len(),
+        });
+    }
+    Ok(())
+}
+
+/// A tenant as subjects and keys take it; `Err` says why not.
+pub fn check_tenant(tenant: &str) -> Result<(), String> {
+    check_len("the tenant", tenant).map_err(|e| e.to_string())?;
+    if !crate::kv::valid_key(tenant) || tenant.contains('/') || tenant.starts_with('_') {
+        return Err(format!("invalid tenant `{tenant}`"));
+    }
+    Ok(())
+}
+
+impl Request {
+    /// Refuse ids and names longer than [`MAX_ID_LEN`] (the client before sending, the
+    /// service on receipt). Free text (reasons, payloads, YAML) only rides in message bodies.
+    pub fn check_lengths(&self) -> Result<(), TooLong> {
+        let fields: Vec<(&'static str, &str)> = match self {
+            Request::PipelinePut { .. } | Request::PipelineLs {} | Request::FunctionLs {} => {
+                vec![]
+            }
+            Request::PipelineGet { name, .. }
+            | Request::PipelineRm { name }
+            | Request::PipelineState { name }
+            | Request::PipelineRepair { name } => vec![("the pipeline name", name.as_str())],
+            Request::Start {
+                pipeline,
+                event_id,
+                started_by,
+                ..
+            } => vec![
+                ("the pipeline name", pipeline.as_str()),
+                ("the event id", event_id.as_deref().unwrap_or_default()),
+                ("`started_by`", started_by.as_deref().unwrap_or_default()),
+            ],
+            Request::Status { execution_id } | Request::Stop { execution_id, .. } => {
+                vec![("the execution id", execution_id.as_str())]
+            }
+            Request::Retry {
+                execution_id,
+                stage,
+                ..
+            } => vec![
+                ("the execution id", execution_id.as_str()),
+                ("the stage name", stage.as_str()),
+            ],
+            Request::Approve {
+                execution_id,
+                action,
+                by,
+                token,
+                ..
+            } => vec![
+                ("the execution id", execution_id.as_str()),
+                ("the action", action.as_str()),
+                ("`by`", by.as_str()),
+                ("the token", token.as_deref().unwrap_or_default()),
+            ],
+            Request::Wake {
+                execution_id,
+                action,
+                ..
+            } => vec![
+                ("the execution id", execution_id.as_str()),
+                ("the action", action.as_str()),
+            ],
+            Request::FunctionPut { name, digest, .. } => vec![
+                ("the function name", name.as_str()),
+                ("the digest", digest.as_deref().unwrap_or_default()),
+            ],
+            Request::FunctionRm { name } => vec![("the function name", name.as_str())],
+            Request::Transition {
+                pipeline,
+                stage,
+                by,
+                ..
+            } => vec![
+                ("the pipeline name", pipeline.as_str()),
+                ("the stage name", stage.as_str()),
+                ("`by`", by.as_deref().unwrap_or_default()),
+            ],
+            Request::Rollback {
+                pipeline,
+                stage,
+                to,
+                by,
+            } => vec![
+                ("the pipeline name", pipeline.as_str()),
+                ("the stage name", stage.as_str()),
+                ("the execution id", to.as_str()),
+                ("`by`", by.as_deref().unwrap_or_default()),
+            ],
+            Request::Executions { pipeline, .. } => {
+                vec![("the pipeline name", pipeline.as_deref().unwrap_or_default())]
+            }
+        };
+        fields
+            .iter()
+            .try_for_each(|(what, value)| check_len(what, value))
+    }
+}
+
 /// Parse a request whose verb travels separately (the NATS subject).
 pub fn request_for_verb(verb: &str, body: &[u8]) -> Result<Request, String> {
     let mut value: Value = if body.iter().all(u8::is_ascii_whitespace) {
@@ -359,8 +484,11 @@ impl Service {
 
     /// Handle one request for `tenant` from `caller`.
     pub async fn handle_from(&self, tenant: &str, request: Request, caller: Caller) -> Value {
-        if !crate::kv::valid_key(tenant) || tenant.contains('/') || tenant.starts_with('_') {
-            return error(format!("invalid tenant `{tenant}`"));
+        if let Err(e) = check_tenant(tenant) {
+            return error(e);
+        }
+        if let Err(e) = request.check_lengths() {
+            return error(e.to_string());
         }
         match self.handle_inner(tenant, request, caller).await {
             Ok(v) => v,
@@ -571,10 +699,23 @@ impl Service {
                         let waiting = e.stages[stage].actions[index].waiting.as_ref();
                         if let (Some(t), Some(w)) = (&token, waiting) {
                             if *t != w.token {
-                                return Err(format!("token `{t}` does not match the pending approval of {action} (`{}`)", w.token));
+                                // The real token is the approvers' secret: never in a reply.
+                                return Err(format!(
+                                    "the token does not match the pending approval of {action}"
+                                ));
                             }
                         }
-                        Ok(Input::Decide { stage, action: index, decision: Decision { approved, by: by.clone(), at, summary: summary.clone() }, at })
+                        Ok(Input::Decide {
+                            stage,
+                            action: index,
+                            decision: Decision {
+                                approved,
+                                by: by.clone(),
+                                at,
+                                summary: summary.clone(),
+                            },
+                            at,
+                        })
                     })
                     .await?;
                 Ok(ok(

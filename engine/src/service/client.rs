@@ -65,6 +65,11 @@ impl Client {
 
     /// Send a request; returns the `ok` value or the service's refusal.
     pub async fn call(&self, request: &Request) -> anyhow::Result<Value> {
+        // Refused here, before an over-long id makes a subject the NATS server drops us for.
+        let (Client::Nats { tenant, .. } | Client::Local { tenant, .. }) = self;
+        super::api::check_tenant(tenant)
+            .map_err(refusal)
+            .and_then(|()| request.check_lengths().map_err(|e| refusal(e.to_string())))?;
         let reply: Value = match self {
             Client::Nats { client, tenant } => {
                 let mut body = serde_json::to_value(request)?;
@@ -148,6 +153,8 @@ impl Client {
         execution_id: &str,
         on_event: &mut dyn FnMut(&Event),
     ) -> anyhow::Result<Execution> {
+        super::api::check_len("the execution id", execution_id)
+            .map_err(|e| refusal(e.to_string()))?;
         // Replayed in the order things happened: by time, starts before ends.
         let replay = |exec: &Execution, on_event: &mut dyn FnMut(&Event)| {
             let mut events = crate::bus::diff(&crate::bus::Snapshot::blank(exec), exec);
@@ -238,6 +245,15 @@ impl Client {
             }
         }
     }
+}
+
+/// A request refused before it was sent.
+fn refusal(message: String) -> anyhow::Error {
+    Refused {
+        message,
+        diagnostics: None,
+    }
+    .into()
 }
 
 fn unwrap_reply(mut reply: Value) -> anyhow::Result<Value> {

@@ -84,7 +84,8 @@ impl Service {
     ) -> Result<StoredFunction, String> {
         if !crate::model::is_valid_name(name) {
             return Err(format!(
-                "function name {name:?} must match [A-Za-z0-9._-]{{1,100}}"
+                "function name {name:?} must be {}",
+                crate::model::NAME_RULE
             ));
         }
         let blobs = self.engine.blobs.clone();

@@ -78,6 +78,15 @@ async fn connection(
             }
         };
         if let Some(id) = envelope.watch {
+            let checked = super::api::check_tenant(&envelope.tenant).and_then(|()| {
+                super::api::check_len("the execution id", &id).map_err(|e| e.to_string())
+            });
+            if let Err(e) = checked {
+                write
+                    .write_all(format!("{}\n", serde_json::json!({ "error": e })).as_bytes())
+                    .await?;
+                return Ok(());
+            }
             // Subscribe before reading the record, so no event falls in between.
             let mut events = bus.subscribe();
             let done = |e: &crate::scheduler::Execution| e.status.is_terminal();

@@ -372,7 +372,7 @@ async fn a_stop_during_a_chains_write_frees_the_stages_it_ran_ahead_into() {
             Ok(Input::Stop {
                 abandon: false,
                 reason: None,
-                at: Timestamp::now(),
+                at: crate::clock::now(),
             })
         })
         .await

@@ -185,7 +185,7 @@ async fn repairing_the_lanes_frees_places_held_by_ended_executions_and_lets_the_
     let freeze = crate::scheduler::lanes::Disabled {
         reason: "freeze".into(),
         by: "ops".into(),
-        at: Timestamp::now(),
+        at: crate::clock::now(),
     };
     let (mut stuck, revision) =
         get_json::<crate::scheduler::lanes::Lanes>(&*shared.executions, &key)

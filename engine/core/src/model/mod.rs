@@ -61,7 +61,7 @@ impl fmt::Display for Diagnostics {
 /// A parsed pipeline.
 #[derive(Clone, Debug)]
 pub struct Pipeline {
-    /// `name:`; `[A-Za-z0-9._-]{1,100}`.
+    /// `name:`; see [`NAME_RULE`].
     pub name: String,
     /// `variables:`, with defaults as written.
     pub variables: BTreeMap<String, String>,
@@ -95,7 +95,8 @@ pub fn valid_trigger_subject(subject: &str) -> Result<(), String> {
     if tokens[..tokens.len() - 1].contains(&">") {
         return Err(format!("{subject:?}: `>` may only be the last token"));
     }
-    if tokens[0] == "sluice" || tokens[0] == ">" || tokens[0].starts_with('$') {
+    // `*` first matches `sluice` too: a trigger on `*.>` would capture Sluice's own traffic.
+    if matches!(tokens[0], "sluice" | ">" | "*" | "_INBOX") || tokens[0].starts_with('$') {
         return Err(format!(
             "{subject:?} is reserved (sluice.> is Sluice's own; publish to sluice.<tenant>.trigger.<pipeline> directly)"
         ));
@@ -265,12 +266,16 @@ pub fn normalize(path: &Path) -> PathBuf {
     out
 }
 
+/// The rule of [`is_valid_name`], for messages.
+pub const NAME_RULE: &str = "[A-Za-z0-9._-]{1,100} with no leading, trailing or doubled `.`";
+
 /// Names of pipelines, stages, actions, artifacts and namespaces: safe as file names and subjects.
+/// A pipeline name ends up in NATS subjects (`sluice.<tenant>.trigger.<pipeline>`), where
+/// `.` separates tokens: an empty token (`.a`, `a.`, `a..b`) makes the subject invalid.
 pub fn is_valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 100
-        && name != "."
-        && name != ".."
+        && name.split('.').all(|token| !token.is_empty())
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))

@@ -71,6 +71,9 @@ pub const CAPABILITY_KEYS: &[&str] = &["process", "dirs", "http", "nats"];
 /// Parse `text` (the contents of `file`, whose directory is `dir`). Returns the pipeline as far
 /// as it could be read and every problem found; a YAML syntax error yields no pipeline.
 pub fn parse(file: &str, dir: PathBuf, text: &str) -> (Option<Pipeline>, Vec<Diagnostic>) {
+    if let Some(d) = prescan(text) {
+        return (None, vec![d]);
+    }
     let options = LoaderOptions::default()
         .error_on_duplicate_keys(true)
         .prevent_coercion(false);
@@ -81,6 +84,53 @@ pub fn parse(file: &str, dir: PathBuf, text: &str) -> (Option<Pipeline>, Vec<Dia
     let mut p = Parser { diags: Vec::new() };
     let pipeline = p.pipeline(&root, file, dir);
     (Some(pipeline), p.diags)
+}
+
+/// How deeply mappings and sequences may nest in a pipeline file. Building the tree recurses
+/// once per level, so a few kilobytes of `- - - …` would otherwise overflow the stack and abort
+/// the process; real pipelines nest fewer than ten levels.
+pub const MAX_NESTING: usize = 64;
+
+/// What the tree build cannot survive or would silently drop, found from the parser's events
+/// (produced by a loop, not by recursion) before any tree is built: nesting deeper than
+/// [`MAX_NESTING`], and a second document (the loader keeps only the first). A syntax error
+/// is left to the loader, which reports it.
+fn prescan(text: &str) -> Option<Diagnostic> {
+    use yaml_rust2::parser::{Event, Parser};
+    let mut parser = Parser::new_from_str(text);
+    let (mut depth, mut documents) = (0usize, 0usize);
+    loop {
+        let (event, mark) = parser.next_token().ok()?;
+        let loc = Loc {
+            line: mark.line(),
+            col: mark.col() + 1,
+        };
+        match event {
+            Event::StreamEnd => return None,
+            Event::DocumentStart => {
+                documents += 1;
+                if documents > 1 {
+                    return Some(Diagnostic {
+                        loc,
+                        message: "a second YAML document starts here: a pipeline file holds exactly one pipeline (put each in its own file)".into(),
+                    });
+                }
+            }
+            Event::SequenceStart(..) | Event::MappingStart(..) => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Some(Diagnostic {
+                        loc,
+                        message: format!(
+                            "lists and mappings are nested more than {MAX_NESTING} levels deep"
+                        ),
+                    });
+                }
+            }
+            Event::SequenceEnd | Event::MappingEnd => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
 }
 
 fn load_error(e: marked_yaml::LoadError) -> Diagnostic {
@@ -251,8 +301,9 @@ impl Parser {
                     self.err(
                         name.loc,
                         format!(
-                            "pipeline name {:?} must match [A-Za-z0-9._-]{{1,100}}",
-                            name.value
+                            "pipeline name {:?} must be {}",
+                            name.value,
+                            super::NAME_RULE
                         ),
                     );
                 }
@@ -939,5 +990,99 @@ impl Parser {
             }
         }
         caps
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(text: &str) -> Vec<String> {
+        let (pipeline, mut diags) = parse("p.yaml", PathBuf::from("/"), text);
+        if let Some(p) = &pipeline {
+            diags.extend(super::super::validate::validate(
+                p,
+                &Default::default(),
+                &Default::default(),
+            ));
+        }
+        diags
+            .iter()
+            .map(|d| format!("{}:{}: {}", d.loc.line, d.loc.col, d.message))
+            .collect()
+    }
+
+    #[test]
+    fn deeply_nested_yaml_is_refused_with_its_position_not_a_stack_overflow() {
+        // Block nesting: marked-yaml bounds flow nesting only, and its tree build recurses.
+        let sequences = format!("{}x", "- ".repeat(20_000));
+        let mappings: String = (0..3_000)
+            .map(|i| format!("{}k{i}:\n", " ".repeat(i)))
+            .collect::<String>()
+            + &" ".repeat(3_000)
+            + "x";
+        for text in [sequences, mappings] {
+            let found = problems(&text);
+            assert_eq!(found.len(), 1, "{found:?}");
+            assert!(
+                found[0].contains("nested more than 64 levels deep"),
+                "{found:?}"
+            );
+        }
+        let (_, d) = parse("p.yaml", PathBuf::from("/"), &"- ".repeat(100));
+        assert_eq!((d[0].loc.line, d[0].loc.col), (1, 2 * 64 + 1));
+        // Nesting within the limit is loaded as before.
+        let shallow = format!("name: x\nstages: {}{}\n", "[".repeat(60), "]".repeat(60));
+        assert!(
+            !problems(&shallow).iter().any(|p| p.contains("nested")),
+            "{:?}",
+            problems(&shallow)
+        );
+    }
+
+    #[test]
+    fn a_second_yaml_document_is_refused_with_its_line() {
+        let text = "name: x\nstages:\n  - { name: S, actions: [{ name: A, uses: noop@1 }] }\n---\nname: y\nstages: []\n";
+        let found = problems(text);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with("4:1: a second YAML document"),
+            "{found:?}"
+        );
+        // One document, with or without its explicit markers, is fine.
+        let one =
+            "---\nname: x\nstages:\n  - { name: S, actions: [{ name: A, uses: noop@1 }] }\n...\n";
+        assert!(
+            !problems(one).iter().any(|p| p.contains("document")),
+            "{:?}",
+            problems(one)
+        );
+    }
+
+    #[test]
+    fn names_that_would_make_an_empty_subject_token_are_refused() {
+        for bad in [".a", "a.", "...", "a..b"] {
+            let text = format!(
+                "name: \"{bad}\"\nstages:\n  - name: \"{bad}\"\n    actions:\n      - {{ name: \"{bad}\", uses: noop@1, outputs: [\"{bad}\"], namespace: \"{bad}\" }}\n"
+            );
+            let found = problems(&text);
+            for what in [
+                "pipeline name",
+                "stage name",
+                "action name",
+                "artifact name",
+                "namespace",
+            ] {
+                assert!(
+                    found
+                        .iter()
+                        .any(|p| p.contains(&format!("{what} \"{bad}\" must be"))),
+                    "{what} {bad:?} passed: {found:?}"
+                );
+            }
+        }
+        for good in ["a", "a.b", "v1.2.3", "a-b_c"] {
+            assert!(super::super::is_valid_name(good), "{good}");
+        }
     }
 }

@@ -1,5 +1,7 @@
 //! Cross-reference and plugin-configuration checks on a parsed [`Pipeline`].
-use super::{Access, Diagnostic, Loc, Pipeline, is_valid_name, parse::suggest, template};
+use super::{
+    Access, Diagnostic, Loc, NAME_RULE, Pipeline, is_valid_name, parse::suggest, template,
+};
 use crate::plugin::{Capability, Description, Plugin};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -108,10 +110,7 @@ pub fn validate(
         if !is_valid_name(&stage.name) && !stage.name.is_empty() {
             err(
                 stage.loc,
-                format!(
-                    "stage name {:?} must match [A-Za-z0-9._-]{{1,100}}",
-                    stage.name
-                ),
+                format!("stage name {:?} must be {NAME_RULE}", stage.name),
             );
         }
         if let Some(first) = stage_names.insert(&stage.name, stage.loc) {
@@ -128,10 +127,7 @@ pub fn validate(
             if !is_valid_name(&a.name) && !a.name.is_empty() {
                 err(
                     a.loc,
-                    format!(
-                        "action name {:?} must match [A-Za-z0-9._-]{{1,100}}",
-                        a.name
-                    ),
+                    format!("action name {:?} must be {NAME_RULE}", a.name),
                 );
             }
             if let Some(first) = action_names.insert(&a.name, a.loc) {
@@ -147,10 +143,7 @@ pub fn validate(
                 if !is_valid_name(&out.value) {
                     err(
                         out.loc,
-                        format!(
-                            "artifact name {:?} must match [A-Za-z0-9._-]{{1,100}}",
-                            out.value
-                        ),
+                        format!("artifact name {:?} must be {NAME_RULE}", out.value),
                     );
                 }
                 if let Some((_, _, first)) =
@@ -170,7 +163,7 @@ pub fn validate(
                     err(
                         ns.loc,
                         format!(
-                            "namespace {:?} must match [A-Za-z0-9._-]{{1,100}} and not be `variables` or `sluice`",
+                            "namespace {:?} must be {NAME_RULE} and not be `variables` or `sluice`",
                             ns.value
                         ),
                     );
