@@ -94,8 +94,9 @@ impl Service {
         let (digest, size) =
             tokio::task::spawn_blocking(move || -> Result<(Digest, u64), String> {
                 let bytes = match (path, digest) {
-                    (Some(p), _) => std::fs::read(&p)
-                        .map_err(|e| format!("cannot read {}: {e}", p.display()))?,
+                    (Some(p), _) => {
+                        crate::plugins::read_component(&p).map_err(|e| e.to_string())?
+                    }
                     (None, Some(d)) => blobs.get_bytes(&d.parse()?).map_err(|e| e.to_string())?,
                     (None, None) => return Err("give the function's file or digest".into()),
                 };
