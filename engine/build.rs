@@ -18,6 +18,7 @@ fn main() {
     );
     let test_dir = build_guests(&root, &root.join("tests/guests/Cargo.toml"));
     let probe = test_dir.join("sluice_test_probe.wasm");
+    let hostile = test_dir.join("sluice_test_hostile.wasm");
     // The example Rust function (examples/functions), built so the tests can register it.
     println!(
         "cargo:rerun-if-changed={}",
@@ -41,8 +42,9 @@ fn main() {
     std::fs::write(
         PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("test_guests.rs"),
         format!(
-            "/// The probe test plugin (tests/guests/probe).\npub const PROBE: &str = {:?};\n/// The example Rust function (examples/functions/rust-release-notes).\npub const RUST_FUNCTION: &str = {:?};\n/// The example custom rule (examples/rules/release-version).\npub const RUST_RULE: &str = {:?};\n",
+            "/// The probe test plugin (tests/guests/probe).\npub const PROBE: &str = {:?};\n/// The hostile test plugin (tests/guests/hostile).\npub const HOSTILE: &str = {:?};\n/// The example Rust function (examples/functions/rust-release-notes).\npub const RUST_FUNCTION: &str = {:?};\n/// The example custom rule (examples/rules/release-version).\npub const RUST_RULE: &str = {:?};\n",
             probe.display().to_string(),
+            hostile.display().to_string(),
             function.display().to_string(),
             rule.display().to_string()
         ),
