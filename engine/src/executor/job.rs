@@ -536,7 +536,9 @@ async fn run_in(
     // directory, by whatever name), as the guest sees them, so copies can leave them out.
     let mut exclude = Vec::new();
     for m in &mounts {
-        for p in cx.protected.iter() {
+        // The protected paths and the data dir that holds them.
+        let data = cx.protected.iter().filter_map(|p| p.parent());
+        for p in cx.protected.iter().map(PathBuf::as_path).chain(data) {
             let p = real_path(p).unwrap_or_else(|_| p.to_path_buf());
             if let Ok(rel) = p.strip_prefix(&m.host) {
                 if !rel.as_os_str().is_empty() && !exclude.contains(&m.guest.join(rel)) {

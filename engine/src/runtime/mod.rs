@@ -759,6 +759,11 @@ fn trap_error(e: wasmtime::Error, state: &host::HostState) -> RunError {
         return RunError::Trap(format!("{trap}"));
     }
     let text = format!("{e:#}");
+    if text.contains("resource table has no free keys") {
+        return RunError::Trap(format!(
+            "the plugin held more than {MAX_GUEST_RESOURCES} open files, directories, streams or other resources at once"
+        ));
+    }
     if text.contains("wasm trap") || e.downcast_ref::<wasmtime::WasmBacktrace>().is_some() {
         RunError::Trap(text)
     } else {
