@@ -287,3 +287,30 @@ fn an_output_beyond_its_bounds_is_refused_before_it_is_read() {
         .to_string();
     assert!(err.contains(tree::DEADLINE_PASSED), "{err}");
 }
+
+/// A corrupted blob is replaced by the next put of its content, whichever way it is put
+/// (a re-run deduplicated onto the corrupted copy and failed again).
+#[test]
+fn a_corrupted_blob_is_replaced_by_the_next_put_of_its_content() {
+    let (dir, s) = store();
+    let corrupt = |d: &Digest| {
+        let path = s.blob_path(d);
+        let mut perms = std::fs::metadata(&path).unwrap().permissions();
+        perms.set_mode(0o644);
+        std::fs::set_permissions(&path, perms).unwrap();
+        std::fs::write(&path, b"tampered").unwrap();
+        assert!(s.get_bytes(d).is_err());
+    };
+    let d = s.put_bytes(b"precious").unwrap();
+    corrupt(&d);
+    s.put_bytes(b"precious").unwrap();
+    assert_eq!(s.get_bytes(&d).unwrap(), b"precious");
+    let f = dir.path().join("f");
+    corrupt(&d);
+    std::fs::write(&f, b"precious").unwrap();
+    s.put_file(&f).unwrap();
+    assert_eq!(s.get_bytes(&d).unwrap(), b"precious");
+    corrupt(&d);
+    s.put_owned(&f).unwrap();
+    assert_eq!(s.get_bytes(&d).unwrap(), b"precious");
+}
