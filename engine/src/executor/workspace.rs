@@ -562,7 +562,7 @@ mod tests {
                 let pool = WorkspacePool::start(w, false).unwrap();
                 let ws = pool.take().unwrap();
                 deep_tree(&ws.path.join("out/o"), 20_000);
-                deep_tree(&ws.path.join("scratch/s"), 20_000);
+                deep_tree(&ws.path.join("scratch/s"), 2_000);
                 let path = ws.path.clone();
                 pool.give_back(
                     ws,
