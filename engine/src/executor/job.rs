@@ -540,10 +540,11 @@ async fn run_in(
         let data = cx.protected.iter().filter_map(|p| p.parent());
         for p in cx.protected.iter().map(PathBuf::as_path).chain(data) {
             let p = real_path(p).unwrap_or_else(|_| p.to_path_buf());
-            if let Ok(rel) = p.strip_prefix(&m.host) {
-                if !rel.as_os_str().is_empty() && !exclude.contains(&m.guest.join(rel)) {
-                    exclude.push(m.guest.join(rel));
-                }
+            if let Ok(rel) = p.strip_prefix(&m.host)
+                && !rel.as_os_str().is_empty()
+                && !exclude.contains(&m.guest.join(rel))
+            {
+                exclude.push(m.guest.join(rel));
             }
         }
     }
