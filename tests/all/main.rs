@@ -9,6 +9,7 @@ mod authoring;
 mod cli;
 mod conformance;
 mod functions;
+mod hostile;
 mod http_plugins;
 mod notify;
 mod operating;

@@ -11,6 +11,12 @@ pub fn probe() -> &'static str {
     PATH.get_or_init(|| component("tests/guests/Cargo.toml", "sluice_test_probe.wasm"))
 }
 
+/// The hostile test plugin (tests/guests/hostile).
+pub fn hostile() -> &'static str {
+    static PATH: OnceLock<String> = OnceLock::new();
+    PATH.get_or_init(|| component("tests/guests/Cargo.toml", "sluice_test_hostile.wasm"))
+}
+
 /// The example Rust function (examples/functions/rust-release-notes).
 pub fn rust_function() -> &'static str {
     static PATH: OnceLock<String> = OnceLock::new();

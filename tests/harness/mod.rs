@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod guests;
-pub use guests::{probe, rust_function, rust_rule};
+pub use guests::{hostile, probe, rust_function, rust_rule};
 
 /// The repository root.
 pub fn repo() -> PathBuf {

@@ -163,8 +163,7 @@ pub async fn function(cmd: FunctionCmd, target: Target) -> anyhow::Result<ExitCo
             Client::Local { .. } => Request::FunctionPut {
                 name: name.clone(),
                 bytes: Some(sluice_engine::service::api::encode_upload(
-                    &std::fs::read(file)
-                        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?,
+                    &sluice_engine::plugins::read_component(file)?,
                 )),
                 digest: None,
             },

@@ -40,7 +40,7 @@ impl LocalStore {
     /// Move a fully written, hashed temp file to its digest name (dedup if already there).
     fn commit(&self, temp: tempfile::TempPath, digest: Digest) -> Result<Digest, StoreError> {
         let dest = self.blob_path(&digest);
-        if dest.exists() {
+        if intact(&dest, &digest) {
             return Ok(digest); // dedup: the temp file is removed on drop
         }
         fs::create_dir_all(dest.parent().expect("blob path has a parent"))
@@ -56,6 +56,13 @@ impl LocalStore {
         })?;
         Ok(digest)
     }
+}
+
+/// Whether the blob at `path` exists and still hashes to `digest`. A corrupted blob must not
+/// absorb new puts of its content (a re-run deduplicated onto it and failed again): the put
+/// replaces it instead.
+fn intact(path: &Path, digest: &Digest) -> bool {
+    path.exists() && hash_file(path).is_ok_and(|(actual, _)| actual == *digest)
 }
 
 /// Hash a file without reading it into memory: mmap + multithreaded for large files.
@@ -91,7 +98,7 @@ impl BlobStore for LocalStore {
         // Hash in place, then rename into the store: no copy at all on the same filesystem.
         let (digest, _) = hash_file(path)?;
         let dest = self.blob_path(&digest);
-        if dest.exists() {
+        if intact(&dest, &digest) {
             let _ = fs::remove_file(path);
             return Ok(digest);
         }
@@ -127,7 +134,7 @@ impl BlobStore for LocalStore {
 
     fn put_bytes(&self, bytes: &[u8]) -> Result<Digest, StoreError> {
         let digest = Digest::of(bytes);
-        if self.contains(&digest) {
+        if intact(&self.blob_path(&digest), &digest) {
             return Ok(digest);
         }
         let temp = self.temp_in(&self.root.join("tmp"))?;

@@ -232,3 +232,85 @@ fn a_large_file_is_stored_and_restored_with_bounded_memory() {
         SIZE >> 20
     );
 }
+
+/// An output nested deeper than the limit is refused with the path where it went too deep,
+/// before any path grows long (a guest's 20,000 levels failed with ENAMETOOLONG).
+#[test]
+fn an_output_nested_deeper_than_the_limit_is_refused_with_its_path() {
+    let (dir, s) = store();
+    let root = dir.path().join("out");
+    let mut deep = root.clone();
+    for _ in 0..tree::MAX_DEPTH + 1 {
+        deep.push("d");
+    }
+    std::fs::create_dir_all(&deep).unwrap();
+    let err = tree::put_tree(&s, &root).unwrap_err().to_string();
+    assert!(
+        err.contains("nested more than 64 directories deep"),
+        "{err}"
+    );
+    // At the limit it is fine.
+    std::fs::remove_dir(&deep).unwrap();
+    tree::put_tree(&s, &root).unwrap();
+}
+
+/// Bounds on entries, bytes (a sparse file's size counts, not its blocks) and time.
+#[test]
+fn an_output_beyond_its_bounds_is_refused_before_it_is_read() {
+    let (dir, s) = store();
+    let root = dir.path().join("out");
+    std::fs::create_dir_all(&root).unwrap();
+    let f = std::fs::File::create(root.join("sparse")).unwrap();
+    f.set_len(1 << 40).unwrap();
+    let started = std::time::Instant::now();
+    let err = tree::put_tree(&s, &root).unwrap_err().to_string();
+    assert!(err.contains("the output is too large"), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    std::fs::remove_file(root.join("sparse")).unwrap();
+    for i in 0..5 {
+        std::fs::write(root.join(format!("f{i}")), b"x").unwrap();
+    }
+    let few = tree::Bounds {
+        entries: 4,
+        ..tree::Bounds::default()
+    };
+    let err = tree::put_tree_bounded(&s, &root, tree::Transfer::Copy, &few)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("more than 4 files and directories"), "{err}");
+    let late = tree::Bounds {
+        deadline: Some(std::time::Instant::now()),
+        ..tree::Bounds::default()
+    };
+    let err = tree::put_tree_bounded(&s, &root, tree::Transfer::Copy, &late)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(tree::DEADLINE_PASSED), "{err}");
+}
+
+/// A corrupted blob is replaced by the next put of its content, whichever way it is put
+/// (a re-run deduplicated onto the corrupted copy and failed again).
+#[test]
+fn a_corrupted_blob_is_replaced_by_the_next_put_of_its_content() {
+    let (dir, s) = store();
+    let corrupt = |d: &Digest| {
+        let path = s.blob_path(d);
+        let mut perms = std::fs::metadata(&path).unwrap().permissions();
+        perms.set_mode(0o644);
+        std::fs::set_permissions(&path, perms).unwrap();
+        std::fs::write(&path, b"tampered").unwrap();
+        assert!(s.get_bytes(d).is_err());
+    };
+    let d = s.put_bytes(b"precious").unwrap();
+    corrupt(&d);
+    s.put_bytes(b"precious").unwrap();
+    assert_eq!(s.get_bytes(&d).unwrap(), b"precious");
+    let f = dir.path().join("f");
+    corrupt(&d);
+    std::fs::write(&f, b"precious").unwrap();
+    s.put_file(&f).unwrap();
+    assert_eq!(s.get_bytes(&d).unwrap(), b"precious");
+    corrupt(&d);
+    s.put_owned(&f).unwrap();
+    assert_eq!(s.get_bytes(&d).unwrap(), b"precious");
+}

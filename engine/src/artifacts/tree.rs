@@ -99,6 +99,39 @@ pub struct TreeStats {
     pub bytes: u64,
 }
 
+/// Directory levels an artifact may have. Storing and restoring recurse once per level, so
+/// this also bounds their stack (a guest made 20,000 levels and overflowed it).
+pub const MAX_DEPTH: usize = 64;
+/// Default bound on the files, directories and links of one stored directory.
+pub const MAX_ENTRIES: u64 = 200_000;
+/// Default bound on the bytes of one stored directory (a sparse file costs the guest no
+/// disk but costs the engine reading all of it).
+pub const MAX_BYTES: u64 = 8 << 30;
+
+/// Bounds on a directory stored by [`put_tree_bounded`]: what a guest leaves in `/out`.
+#[derive(Clone, Copy, Debug)]
+pub struct Bounds {
+    /// Levels of subdirectories (at most [`MAX_DEPTH`]).
+    pub depth: usize,
+    /// Files, directories and links.
+    pub entries: u64,
+    /// Bytes of regular files, by their size.
+    pub bytes: u64,
+    /// Stop when this passes (the action's own time limit).
+    pub deadline: Option<std::time::Instant>,
+}
+
+impl Default for Bounds {
+    fn default() -> Self {
+        Bounds {
+            depth: MAX_DEPTH,
+            entries: MAX_ENTRIES,
+            bytes: MAX_BYTES,
+            deadline: None,
+        }
+    }
+}
+
 /// How files travel between the store and a directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transfer {
@@ -122,6 +155,16 @@ pub fn put_tree_with(
     root: &Path,
     transfer: Transfer,
 ) -> Result<(Digest, TreeStats), StoreError> {
+    put_tree_bounded(store, root, transfer, &Bounds::default())
+}
+
+/// [`put_tree_with`] within `bounds`; exceeding one is an error that names it.
+pub fn put_tree_bounded(
+    store: &dyn BlobStore,
+    root: &Path,
+    transfer: Transfer,
+    bounds: &Bounds,
+) -> Result<(Digest, TreeStats), StoreError> {
     // The root itself must be a directory, not a link to one (`ln -s ~ out/site`).
     let meta = fs::symlink_metadata(root).map_err(io(format!("stat {}", root.display())))?;
     if !meta.is_dir() {
@@ -131,16 +174,78 @@ pub fn put_tree_with(
         )));
     }
     let mut stats = TreeStats::default();
-    let d = put_dir(store, root, Path::new(""), transfer, &mut stats)?;
+    let bounds = Bounds {
+        depth: bounds.depth.min(MAX_DEPTH),
+        ..*bounds
+    };
+    let mut entries = 0;
+    let mut walk = Walk {
+        transfer,
+        bounds: &bounds,
+        stats: &mut stats,
+        entries: &mut entries,
+    };
+    let d = put_dir(store, root, Path::new(""), 0, &mut walk)?;
     Ok((d, stats))
+}
+
+/// What one `put_dir` walk carries and counts.
+struct Walk<'a> {
+    transfer: Transfer,
+    bounds: &'a Bounds,
+    stats: &'a mut TreeStats,
+    entries: &'a mut u64,
+}
+
+impl Walk<'_> {
+    /// Count one more entry of `size` bytes at `shown`, refusing it past a bound.
+    fn count(&mut self, shown: &Path, size: u64) -> Result<(), StoreError> {
+        *self.entries += 1;
+        if *self.entries > self.bounds.entries {
+            return Err(StoreError::Invalid(format!(
+                "more than {} files and directories (at {}); the output is too large",
+                self.bounds.entries,
+                shown.display()
+            )));
+        }
+        if self.stats.bytes.saturating_add(size) > self.bounds.bytes {
+            return Err(StoreError::Invalid(format!(
+                "more than {} of files (at {}, {}); the output is too large",
+                bytesize::ByteSize(self.bounds.bytes),
+                shown.display(),
+                bytesize::ByteSize(size)
+            )));
+        }
+        if self
+            .bounds
+            .deadline
+            .is_some_and(|d| std::time::Instant::now() >= d)
+        {
+            return Err(StoreError::Invalid(format!(
+                "{DEADLINE_PASSED} (at {})",
+                shown.display()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The start of the error when [`Bounds::deadline`] passes.
+pub const DEADLINE_PASSED: &str = "the time limit passed while the directory was being stored";
+
+fn too_deep(shown: &Path, max: usize) -> StoreError {
+    StoreError::Invalid(format!(
+        "{} is nested more than {max} directories deep",
+        shown.display()
+    ))
 }
 
 fn put_dir(
     store: &dyn BlobStore,
     root: &Path,
     rel: &Path,
-    transfer: Transfer,
-    stats: &mut TreeStats,
+    depth: usize,
+    walk: &mut Walk<'_>,
 ) -> Result<Digest, StoreError> {
     let dir = root.join(rel);
     let mut entries = Vec::new();
@@ -156,6 +261,7 @@ fn put_dir(
         let path = item.path();
         let meta = fs::symlink_metadata(&path).map_err(io(format!("stat {}", path.display())))?;
         let shown = rel.join(&name);
+        walk.count(&shown, if meta.is_file() { meta.len() } else { 0 })?;
         if meta.is_symlink() {
             let target =
                 fs::read_link(&path).map_err(io(format!("readlink {}", path.display())))?;
@@ -171,18 +277,21 @@ fn put_dir(
             })?;
             entries.push(Entry::Symlink { name, target });
         } else if meta.is_dir() {
+            if depth + 1 > walk.bounds.depth {
+                return Err(too_deep(&shown, walk.bounds.depth));
+            }
             entries.push(Entry::Dir {
-                digest: put_dir(store, root, &shown, transfer, stats)?,
+                digest: put_dir(store, root, &shown, depth + 1, walk)?,
                 name,
             });
         } else if meta.is_file() {
             use std::os::unix::fs::PermissionsExt;
-            let digest = match transfer {
+            let digest = match walk.transfer {
                 Transfer::Copy => store.put_file(&path)?,
                 Transfer::Share => store.put_owned(&path)?,
             };
-            stats.files += 1;
-            stats.bytes += meta.len();
+            walk.stats.files += 1;
+            walk.stats.bytes += meta.len();
             entries.push(Entry::File {
                 name,
                 digest,
@@ -245,6 +354,9 @@ fn materialize_dir(
     transfer: Transfer,
     stats: &mut TreeStats,
 ) -> Result<(), StoreError> {
+    if rel.components().count() > MAX_DEPTH {
+        return Err(too_deep(rel, MAX_DEPTH));
+    }
     let dir = root.join(rel);
     fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
     for entry in get_tree(store, digest)?.entries {
@@ -299,6 +411,9 @@ fn list_into(
     rel: &Path,
     out: &mut Vec<(PathBuf, Entry)>,
 ) -> Result<(), StoreError> {
+    if rel.components().count() > MAX_DEPTH {
+        return Err(too_deep(rel, MAX_DEPTH));
+    }
     for entry in get_tree(store, digest)?.entries {
         let path = rel.join(entry.name());
         if let Entry::Dir { digest, .. } = &entry {

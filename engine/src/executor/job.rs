@@ -121,8 +121,7 @@ pub fn load_function_file(
     pipeline_dir: &Path,
 ) -> Result<Digest, String> {
     let path = pipeline_dir.join(function);
-    let bytes = std::fs::read(&path)
-        .map_err(|e| format!("cannot read function {}: {e}", path.display()))?;
+    let bytes = crate::plugins::read_component(&path).map_err(|e| format!("function: {e}"))?;
     runtime
         .load_function(&bytes)
         .map_err(|e| format!("function {}: {e:#}", path.display()))
@@ -427,6 +426,26 @@ pub async fn execute(cx: &JobContext, job: &JobSpec) -> (ActionResult, Leftover)
     (result, leftover)
 }
 
+/// `path` with every symlink resolved. A missing tail (an `rw` grant is created on demand)
+/// is kept as written below its nearest existing ancestor's real path.
+fn real_path(path: &Path) -> std::io::Result<PathBuf> {
+    let mut existing = path;
+    let mut missing = Vec::new();
+    loop {
+        match existing.canonicalize() {
+            Ok(real) => return Ok(missing.iter().rev().fold(real, |p, n| p.join(n))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let (Some(name), Some(parent)) = (existing.file_name(), existing.parent()) else {
+                    return Err(e);
+                };
+                missing.push(name);
+                existing = parent;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, String> + Send + 'static,
 ) -> Result<T, String> {
@@ -442,6 +461,8 @@ async fn run_in(
     scratch: Option<crate::runtime::Preopened>,
     log: Arc<dyn LogSink>,
 ) -> Result<ActionResult, String> {
+    // The time limit covers the whole attempt, collecting its outputs included.
+    let deadline = std::time::Instant::now() + job.timeout;
     let mk = |p: &Path| {
         std::fs::create_dir_all(p).map_err(|e| format!("create workspace {}: {e}", p.display()))
     };
@@ -484,12 +505,20 @@ async fn run_in(
         }
     }
     for (dir, access) in &job.dirs {
+        // Compared and mounted by real path: a grant written as a symlink (`./alias: rw`,
+        // alias -> the data dir) reaches what the link points to.
+        let real =
+            real_path(dir).map_err(|e| format!("granted directory {}: {e}", dir.display()))?;
         if *access == Access::Rw {
-            if let Some(p) = cx
-                .protected
-                .iter()
-                .find(|p| p.starts_with(dir) || dir.starts_with(p))
-            {
+            if let Some(p) = cx.protected.iter().find(|p| {
+                let p_real = real_path(p).unwrap_or_else(|_| p.to_path_buf());
+                [dir, &real].iter().any(|d| {
+                    p.starts_with(d)
+                        || d.starts_with(p)
+                        || p_real.starts_with(d)
+                        || d.starts_with(&p_real)
+                })
+            }) {
                 return Err(format!(
                     "the grant `{}: rw` would let the action write Sluice's own data ({}); grant a directory outside it",
                     dir.display(),
@@ -497,18 +526,36 @@ async fn run_in(
                 ));
             }
         }
-        if *access == Access::Rw && !dir.exists() {
-            std::fs::create_dir_all(dir)
+        if *access == Access::Rw && !real.exists() {
+            std::fs::create_dir_all(&real)
                 .map_err(|e| format!("create granted directory {}: {e}", dir.display()))?;
         }
-        if !dir.is_dir() {
+        let mounted =
+            real_path(&real).map_err(|e| format!("granted directory {}: {e}", dir.display()))?;
+        if mounted != real || !mounted.is_dir() {
             return Err(format!("{} is not a directory", dir.display()));
         }
         mounts.push(Mount {
-            host: dir.clone(),
+            host: mounted,
             guest: dir.clone(),
             access: *access,
         });
+    }
+    // The engine's own directories inside a granted one (`--data` under the pipeline's
+    // directory, by whatever name), as the guest sees them, so copies can leave them out.
+    let mut exclude = Vec::new();
+    for m in &mounts {
+        // The protected paths and the data dir that holds them.
+        let data = cx.protected.iter().filter_map(|p| p.parent());
+        for p in cx.protected.iter().map(PathBuf::as_path).chain(data) {
+            let p = real_path(p).unwrap_or_else(|_| p.to_path_buf());
+            if let Ok(rel) = p.strip_prefix(&m.host)
+                && !rel.as_os_str().is_empty()
+                && !exclude.contains(&m.guest.join(rel))
+            {
+                exclude.push(m.guest.join(rel));
+            }
+        }
     }
     // Only host programs see these; an action with no program grants needs none of them.
     let program_env = if job.programs.is_empty() {
@@ -559,6 +606,7 @@ async fn run_in(
         preopened: scratch,
         programs: job.programs.clone(),
         program_env,
+        exclude,
         http: job.http.clone(),
         nats: job.nats.clone(),
         memory_limit: job.memory,
@@ -586,24 +634,43 @@ async fn run_in(
         Ok(RunOutcome::Succeeded { variables, summary }) => {
             let mut variables: BTreeMap<String, String> = variables.into_iter().collect();
             let (blobs, outputs, ws2) = (cx.blobs.clone(), job.outputs.clone(), ws.to_path_buf());
+            let timed_out = || ActionResult::Failed {
+                error: format!(
+                    "{}; its outputs were still being collected",
+                    RunError::Timeout(job.timeout)
+                ),
+                kind: FailureKind::Timeout,
+            };
             let artifacts = if outputs.is_empty() {
                 BTreeMap::new()
             } else {
-                blocking(move || {
+                // Bounded: a guest's output costs it nothing to make (a sparse file, a deep
+                // tree) but all of it to collect.
+                let bounds = tree::Bounds {
+                    deadline: Some(deadline),
+                    ..tree::Bounds::default()
+                };
+                let collect = blocking(move || {
                     let mut out = BTreeMap::new();
                     for name in &outputs {
                         // The workspace is ours and about to be emptied: move outputs into the store.
-                        let (digest, _) = tree::put_tree_with(
+                        let (digest, _) = tree::put_tree_bounded(
                             &*blobs,
                             &ws2.join("out").join(name),
                             tree::Transfer::Share,
+                            &bounds,
                         )
                         .map_err(|e| format!("output artifact `{name}`: {e}"))?;
                         out.insert(name.clone(), digest.to_string());
                     }
                     Ok(out)
-                })
-                .await?
+                });
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                match tokio::time::timeout(left, collect).await {
+                    Err(_) => return Ok(timed_out()),
+                    Ok(Err(e)) if e.contains(tree::DEADLINE_PASSED) => return Ok(timed_out()),
+                    Ok(r) => r?,
+                }
             };
             if let [(_, digest)] = artifacts.iter().collect::<Vec<_>>().as_slice() {
                 variables

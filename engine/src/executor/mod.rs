@@ -56,6 +56,18 @@ pub struct DataDir {
 }
 
 impl DataDir {
+    /// The data directory at `data`, created if missing, by its canonical path: workspace
+    /// paths are handed to host programs (`$SLUICE_OUTPUT`) that run elsewhere, and grants
+    /// are compared with it by real path.
+    pub fn create(data: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(data)
+            .with_context(|| format!("create data directory {}", data.display()))?;
+        let root = data
+            .canonicalize()
+            .with_context(|| format!("data directory {}", data.display()))?;
+        Ok(DataDir { root })
+    }
+
     /// Blobs.
     pub fn cas(&self) -> PathBuf {
         self.root.join("cas")
@@ -77,9 +89,13 @@ impl DataDir {
         self.root.join("compiled")
     }
     /// Everything the engine keeps here that an action must never be granted to write, as
-    /// absolute, lexically normalised paths.
+    /// real paths (symlinks resolved) where the directory exists, else absolute, lexically
+    /// normalised ones.
     pub fn protected(&self) -> Vec<PathBuf> {
-        let root = std::path::absolute(&self.root)
+        let root = self
+            .root
+            .canonicalize()
+            .or_else(|_| std::path::absolute(&self.root))
             .map(|p| crate::model::normalize(&p))
             .unwrap_or_else(|_| self.root.clone());
         [
@@ -89,6 +105,7 @@ impl DataDir {
             "logs",
             "state.redb",
             "service.redb",
+            "quarantine",
         ]
         .iter()
         .map(|p| root.join(p))
@@ -99,11 +116,7 @@ impl DataDir {
 impl Engine {
     /// An engine on the embedded edges in `data` (created if missing).
     pub fn embedded(data: &Path, bus: Arc<MemoryBus>, logs: LogStore) -> anyhow::Result<Self> {
-        let dirs = DataDir {
-            root: data.to_path_buf(),
-        };
-        std::fs::create_dir_all(&dirs.root)
-            .with_context(|| format!("create data directory {}", dirs.root.display()))?;
+        let dirs = DataDir::create(data)?;
         let runtime = Arc::new(Runtime::new(RuntimeConfig {
             cache_dir: Some(dirs.compiled()),
         })?);
@@ -132,13 +145,7 @@ impl Engine {
         bus: Arc<dyn EventBus>,
         blobs: Option<Arc<dyn BlobStore>>,
     ) -> anyhow::Result<Self> {
-        // Absolute: workspaces and their paths are handed to host programs that run elsewhere.
-        let dirs = DataDir {
-            root: std::path::absolute(data)
-                .with_context(|| format!("data directory {}", data.display()))?,
-        };
-        std::fs::create_dir_all(&dirs.root)
-            .with_context(|| format!("create data directory {}", dirs.root.display()))?;
+        let dirs = DataDir::create(data)?;
         let runtime = Arc::new(Runtime::new(RuntimeConfig {
             cache_dir: Some(dirs.compiled()),
         })?);
@@ -188,8 +195,8 @@ impl Engine {
                             continue;
                         }
                         let path = pipeline.host_path(uses);
-                        let loaded = std::fs::read(&path)
-                            .map_err(|e| format!("cannot read {}: {e}", path.display()))
+                        let loaded = crate::plugins::read_component(&path)
+                            .map_err(|e| e.to_string())
                             .and_then(|b| {
                                 self.registry
                                     .runtime()

@@ -103,7 +103,7 @@ fn load(cx: &JobContext, pipeline: &Pipeline, uses: &str) -> Result<Digest, Stri
         cx.blobs.get_bytes(&digest).map_err(|e| e.to_string())?
     } else {
         let path = pipeline.host_path(uses);
-        std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?
+        crate::plugins::read_component(&path).map_err(|e| e.to_string())?
     };
     cx.runtime.load_rule(&bytes).map_err(|e| format!("{e:#}"))
 }

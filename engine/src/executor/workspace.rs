@@ -51,8 +51,17 @@ impl WorkspacePool {
     }
 
     fn start(root: PathBuf, cleaner: bool) -> std::io::Result<Self> {
-        if root.exists() {
-            std::fs::remove_dir_all(&root)?;
+        if std::fs::symlink_metadata(&root).is_ok() {
+            // What a guest left there must not keep the engine from starting: if it cannot
+            // be removed, it is moved aside.
+            if let Err(e) = remove_tree(&root) {
+                let aside = quarantine(&root)?;
+                tracing::warn!(
+                    "could not empty {} ({e}); moved it to {}",
+                    root.display(),
+                    aside.display()
+                );
+            }
         }
         std::fs::create_dir_all(&root)?;
         let shared = Arc::new(Shared {
@@ -92,7 +101,7 @@ impl WorkspacePool {
                 Ok(()) => Ok(ws),
                 Err(e) => {
                     self.shared.state.lock().unwrap().total -= 1;
-                    let _ = std::fs::remove_dir_all(&ws.path);
+                    discard(&ws.path, &e);
                     Err(e)
                 }
             },
@@ -192,9 +201,8 @@ impl Shared {
             match ws.empty(used) {
                 Ok(()) => self.state.lock().unwrap().free.push(ws),
                 Err(e) => {
-                    // A workspace that cannot be emptied is deleted instead.
-                    tracing::warn!("could not empty workspace {}: {e}", ws.path.display());
-                    let _ = std::fs::remove_dir_all(&ws.path);
+                    // A workspace that cannot be emptied leaves the pool.
+                    discard(&ws.path, &e);
                     self.state.lock().unwrap().total -= 1;
                 }
             }
@@ -217,7 +225,7 @@ impl Workspace {
         } else {
             for (sub, created) in [("in", used.inputs), ("out", used.outputs)] {
                 if created {
-                    std::fs::remove_dir_all(ws.join(sub))?;
+                    remove_tree(&ws.join(sub))?;
                 }
             }
         }
@@ -292,9 +300,138 @@ fn empty_dir(dir: &Path) -> std::io::Result<()> {
 
 fn remove(entry: &std::fs::DirEntry) -> std::io::Result<()> {
     if entry.file_type()?.is_dir() {
-        std::fs::remove_dir_all(entry.path())
+        remove_tree(&entry.path())
     } else {
         std::fs::remove_file(entry.path())
+    }
+}
+
+/// A workspace that could not be emptied: deleted, or if even that fails moved aside, so
+/// the pool and the engine carry on.
+fn discard(ws: &Path, why: &std::io::Error) {
+    match remove_tree(ws) {
+        Ok(()) => tracing::warn!("could not empty workspace {}: {why}", ws.display()),
+        Err(e) => match quarantine(ws) {
+            Ok(aside) => tracing::warn!(
+                "could not empty workspace {} ({why}) nor delete it ({e}); moved it to {}",
+                ws.display(),
+                aside.display()
+            ),
+            Err(q) => tracing::error!(
+                "could not empty, delete or move aside workspace {}: {why}; {e}; {q}",
+                ws.display()
+            ),
+        },
+    }
+}
+
+/// Move `dir` into `quarantine/` next to the workspace root (same file system), out of the
+/// engine's way; returns where it went.
+fn quarantine(dir: &Path) -> std::io::Result<PathBuf> {
+    let data = dir
+        .ancestors()
+        .find(|a| a.file_name().is_some_and(|n| n == "work"))
+        .and_then(Path::parent)
+        .or_else(|| dir.parent())
+        .unwrap_or(Path::new("."));
+    let aside_dir = data.join("quarantine");
+    std::fs::create_dir_all(&aside_dir)?;
+    let aside = aside_dir.join(format!("{}", ulid::Ulid::new()));
+    std::fs::rename(dir, &aside)?;
+    Ok(aside)
+}
+
+/// Delete the file or directory tree at `path`, however deep: no recursion (a guest's
+/// 20,000 nested directories overflowed the cleaner's stack) and two descriptors at a time
+/// (`std::fs::remove_dir_all` keeps one per level and ran out). Paths are never joined, so
+/// depth is not bounded by `PATH_MAX` either.
+pub(crate) fn remove_tree(path: &Path) -> std::io::Result<()> {
+    use rustix::fs::{AtFlags, Mode, OFlags};
+    let name = path.file_name().ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{} names no entry", path.display()),
+        )
+    })?;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let parent = rustix::fs::open(parent, dir_flags, Mode::empty())?;
+    let top = match rustix::fs::openat(&parent, name, dir_flags, Mode::empty()) {
+        Ok(fd) => fd,
+        // Not a directory (or a symlink to one): remove the entry itself.
+        Err(rustix::io::Errno::NOTDIR | rustix::io::Errno::LOOP) => {
+            return Ok(rustix::fs::unlinkat(&parent, name, AtFlags::empty())?);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    empty_tree(top)?;
+    Ok(rustix::fs::unlinkat(&parent, name, AtFlags::REMOVEDIR)?)
+}
+
+/// Empty the open directory `top`, depth first, walking back up through `..` (checked
+/// against the directory it came from).
+fn empty_tree(top: rustix::fd::OwnedFd) -> std::io::Result<()> {
+    use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+    let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    // Per level below `top`: the directory's name in its parent and the parent's identity.
+    let mut up: Vec<(std::ffi::CString, (u64, u64))> = Vec::new();
+    let mut cur = top;
+    loop {
+        let fd = &cur;
+        let mut sub = None;
+        let mut files = Vec::new();
+        let mut list = rustix::fs::Dir::read_from(fd)?;
+        while let Some(entry) = list.read() {
+            let entry = entry?;
+            let name = entry.file_name();
+            if matches!(name.to_bytes(), b"." | b"..") {
+                continue;
+            }
+            let kind = match entry.file_type() {
+                FileType::Unknown => FileType::from_raw_mode(
+                    rustix::fs::statat(fd, name, AtFlags::SYMLINK_NOFOLLOW)?.st_mode,
+                ),
+                kind => kind,
+            };
+            if kind == FileType::Directory {
+                sub = Some(name.to_owned());
+                break;
+            }
+            files.push(name.to_owned());
+            // Bounded memory for a directory of many files: remove them and list again.
+            if files.len() >= 1024 {
+                break;
+            }
+        }
+        for f in &files {
+            rustix::fs::unlinkat(fd, f.as_c_str(), AtFlags::empty())?;
+        }
+        if let Some(sub) = sub {
+            let st = rustix::fs::fstat(fd)?;
+            let next = rustix::fs::openat(fd, sub.as_c_str(), dir_flags, Mode::empty())?;
+            up.push((sub, (st.st_dev as u64, st.st_ino as u64)));
+            cur = next;
+            continue;
+        }
+        if !files.is_empty() {
+            continue;
+        }
+        // Empty: go back up and remove it.
+        let Some((name, (dev, ino))) = up.pop() else {
+            return Ok(());
+        };
+        let parent = rustix::fs::openat(fd, c"..", dir_flags, Mode::empty())?;
+        let st = rustix::fs::fstat(&parent)?;
+        if (st.st_dev as u64, st.st_ino as u64) != (dev, ino) {
+            return Err(std::io::Error::other(
+                "a directory was moved while its tree was being deleted",
+            ));
+        }
+        rustix::fs::unlinkat(&parent, name.as_c_str(), AtFlags::REMOVEDIR)?;
+        cur = parent;
     }
 }
 
@@ -388,6 +525,63 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         assert_eq!(grown.shared.state.lock().unwrap().total, 4);
+    }
+
+    /// `levels` nested directories under `dir`, made one level at a time from an open
+    /// descriptor as a guest does (no path could name the deepest).
+    fn deep_tree(dir: &Path, levels: usize) {
+        use rustix::fs::{Mode, OFlags};
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        std::fs::create_dir_all(dir).unwrap();
+        let mut fd = rustix::fs::open(dir, flags, Mode::empty()).unwrap();
+        for _ in 0..levels {
+            rustix::fs::mkdirat(&fd, "d", Mode::from_raw_mode(0o755)).unwrap();
+            fd = rustix::fs::openat(&fd, "d", flags, Mode::empty()).unwrap();
+        }
+        rustix::fs::openat(
+            &fd,
+            "file",
+            flags.difference(OFlags::DIRECTORY) | OFlags::CREATE | OFlags::WRONLY,
+            Mode::from_raw_mode(0o644),
+        )
+        .unwrap();
+    }
+
+    /// A guest's 20,000 nested directories are emptied like any other output (they
+    /// overflowed the cleaner's stack), and a tree left behind by a killed engine does not
+    /// keep the next one from starting (it ran out of descriptors).
+    #[test]
+    fn a_tree_20000_levels_deep_is_emptied_and_does_not_block_a_restart() {
+        let root = tempfile::tempdir().unwrap();
+        let work = root.path().join("work");
+        // Run on a thread with a small stack, as the cleaner would.
+        let w = work.clone();
+        std::thread::Builder::new()
+            .stack_size(256 << 10)
+            .spawn(move || {
+                let pool = WorkspacePool::start(w, false).unwrap();
+                let ws = pool.take().unwrap();
+                deep_tree(&ws.path.join("out/o"), 20_000);
+                deep_tree(&ws.path.join("scratch/s"), 2_000);
+                let path = ws.path.clone();
+                pool.give_back(
+                    ws,
+                    Used {
+                        outputs: true,
+                        ..Used::default()
+                    },
+                );
+                pool.flush();
+                assert!(!path.join("out").exists());
+                assert!(files(&path.join("scratch")).is_empty());
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        deep_tree(&work.join("ws-left/out/o"), 20_000);
+        let pool = WorkspacePool::start(work.clone(), false).unwrap();
+        assert!(files(&work).is_empty(), "{:?}", files(&work));
+        drop(pool);
     }
 
     /// Without `flush`, the cleaner empties used workspaces on its own soon after.

@@ -44,8 +44,7 @@ impl Registry {
             || uses.starts_with("../")
         {
             let path = base.join(uses);
-            let bytes =
-                std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let bytes = super::read_component(&path).map_err(|e| e.to_string())?;
             self.store.put_bytes(&bytes).map_err(|e| e.to_string())?;
             bytes
         } else {

@@ -1,10 +1,15 @@
 //! Compiled components cached on disk, named by component digest and the engine's
 //! compatibility hash, loaded by mmap. A cold compile of a large component takes seconds;
 //! loading it from here takes milliseconds.
+//!
+//! Loading compiled code runs it unchecked, so every file written here has its blake3 digest
+//! recorded beside it (`.blake3`), and a file is loaded only from memory, after its bytes
+//! matched that record: code put in its place (a guest once wrote its own over another
+//! plugin's) is discarded and recompiled.
 use crate::artifacts::Digest;
 use anyhow::Context as _;
 use std::hash::{Hash, Hasher};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
@@ -35,14 +40,20 @@ impl CompileCache {
         digest: &Digest,
         bytes: &[u8],
     ) -> anyhow::Result<Component> {
+        // Text would go to the WAT parser, whose errors quote the text.
+        anyhow::ensure!(
+            crate::plugins::is_binary_wasm(bytes),
+            "not a binary WebAssembly component (it does not start with \\0asm)"
+        );
         let Some(dir) = &self.dir else {
             return Component::new(engine, bytes)
                 .map_err(|e| anyhow::anyhow!("{e:#}"))
                 .context("compile component");
         };
         let path = dir.join(format!("{}-{}.cwasm", digest.hex(), self.engine_key));
+        let record = path.with_extension("blake3");
         if path.exists() {
-            match deserialize(engine, &path) {
+            match verified(&path, &record).and_then(|code| deserialize(engine, &code)) {
                 Ok(c) => return Ok(c),
                 Err(e) => tracing::warn!(
                     "discarding unusable compile cache entry {}: {e:#}",
@@ -54,17 +65,81 @@ impl CompileCache {
             .precompile_component(bytes)
             .map_err(|e| anyhow::anyhow!("{e:#}"))
             .context("compile component")?;
+        // The record first: a crash between the two leaves a record without its file, which
+        // is never loaded.
+        let temp = tempfile::NamedTempFile::new_in(dir)?;
+        std::fs::write(temp.path(), Digest::of(&compiled).to_string())?;
+        temp.persist(&record).map_err(|e| e.error)?;
         let temp = tempfile::NamedTempFile::new_in(dir)?;
         std::fs::write(temp.path(), &compiled)?;
         temp.persist(&path).map_err(|e| e.error)?;
-        deserialize(engine, &path)
+        deserialize(engine, &compiled)
     }
 }
 
+/// The bytes of the compiled file at `path`, if they hash to the digest recorded in `record`.
+fn verified(path: &Path, record: &Path) -> anyhow::Result<Vec<u8>> {
+    let expected: Digest = std::fs::read_to_string(record)
+        .with_context(|| format!("no digest recorded for {}", path.display()))?
+        .trim()
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("{}: {e}", record.display()))?;
+    let code = std::fs::read(path)?;
+    let actual = Digest::of(&code);
+    anyhow::ensure!(
+        actual == expected,
+        "{} hashes to {actual}, not to the {expected} recorded when it was written",
+        path.display()
+    );
+    Ok(code)
+}
+
 #[allow(unsafe_code)]
-fn deserialize(engine: &Engine, path: &std::path::Path) -> anyhow::Result<Component> {
-    // SAFETY: the file was written by `precompile_component` of an engine with the same
-    // compatibility hash (it is in the name), atomically, into a directory only this
-    // data dir's owner writes. wasmtime additionally checks the header and version.
-    unsafe { Component::deserialize_file(engine, path) }.map_err(|e| anyhow::anyhow!("{e:#}"))
+fn deserialize(engine: &Engine, code: &[u8]) -> anyhow::Result<Component> {
+    // SAFETY: `code` is what `precompile_component` of an engine with the same compatibility
+    // hash (it is in the name) produced: just compiled, or read back from a file whose bytes
+    // match the digest recorded when it was written. wasmtime additionally checks the header
+    // and version.
+    unsafe { Component::deserialize(engine, code) }.map_err(|e| anyhow::anyhow!("{e:#}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Compiled code put in place of another component's (a guest copied its own `.cwasm`
+    /// over `noop@1`'s) is not loaded: it is discarded and the right code compiled again.
+    #[test]
+    fn compiled_code_replaced_on_disk_is_discarded_not_loaded() {
+        let engine = Engine::default();
+        let dir = tempfile::tempdir().unwrap();
+        let cache = CompileCache::new(&engine, Some(dir.path().to_path_buf())).unwrap();
+        let noop = crate::plugins::builtin::find("noop", 1).unwrap();
+        let other = crate::plugins::builtin::find("command", 1).unwrap();
+        let (noop_digest, other_digest) = (Digest::of(noop), Digest::of(other));
+        cache.load(&engine, &noop_digest, noop).unwrap();
+        cache.load(&engine, &other_digest, other).unwrap();
+        let file = |d: &Digest| {
+            dir.path()
+                .join(format!("{}-{}.cwasm", d.hex(), cache.engine_key))
+        };
+        let good = std::fs::read(file(&noop_digest)).unwrap();
+        std::fs::copy(file(&other_digest), file(&noop_digest)).unwrap();
+        cache.load(&engine, &noop_digest, noop).unwrap();
+        assert!(
+            std::fs::read(file(&noop_digest)).unwrap() == good,
+            "the replaced code was kept"
+        );
+    }
+
+    /// Text is refused before it reaches the WAT parser, whose errors quote it.
+    #[test]
+    fn text_is_never_compiled() {
+        let engine = Engine::default();
+        let cache = CompileCache::new(&engine, None).unwrap();
+        let err = cache
+            .load(&engine, &Digest::of(b"(component)"), b"(component)")
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("not a binary WebAssembly component"));
+    }
 }

@@ -146,6 +146,8 @@ pub(super) struct HostState {
     http_guard: super::http::OriginGuard,
     nats_grants: Vec<String>,
     nats: Option<Arc<super::messaging::NatsAccess>>,
+    /// Bytes the guest sent through the `log` import; past `LOG_LIMIT` entries are dropped.
+    log_bytes: usize,
 }
 
 impl HostState {
@@ -162,7 +164,13 @@ impl HostState {
         let http_guard = super::http::OriginGuard::new(http_origins, log.clone());
         HostState {
             wasi,
-            table: ResourceTable::new(),
+            table: {
+                // Each open file holds a host descriptor: a guest opening one file 20,000
+                // times must fail inside the guest, not exhaust the engine's descriptors.
+                let mut t = ResourceTable::new();
+                t.set_max_capacity(super::MAX_GUEST_RESOURCES);
+                t
+            },
             limits: Limits {
                 memory,
                 exceeded: None,
@@ -176,6 +184,7 @@ impl HostState {
             http_guard,
             nats_grants: Vec::new(),
             nats: None,
+            log_bytes: 0,
         }
     }
 
@@ -289,6 +298,23 @@ impl log::Host for HostState {
             log::Level::Warn => Level::Warn,
             log::Level::Error => Level::Error,
         };
+        // Bounded like stdout: past the limit entries are dropped, once said so.
+        if self.log_bytes > super::LOG_LIMIT {
+            return;
+        }
+        self.log_bytes +=
+            message.len() + fields.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+        if self.log_bytes > super::LOG_LIMIT {
+            self.log.log(
+                Level::Warn,
+                &format!(
+                    "the plugin logged more than {} in this attempt; further log entries are dropped",
+                    bytesize::ByteSize(super::LOG_LIMIT as u64)
+                ),
+                &[],
+            );
+            return;
+        }
         self.log.log(level, &message, &fields);
     }
 }

@@ -71,6 +71,17 @@ const KEEP_RESIDENT: usize = 2 << 20;
 const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Guest stdout/stderr kept for the log, per stream.
 const STDIO_CAPTURE: usize = 1 << 20;
+/// Bytes a guest may send through the `log` import per call; beyond, entries are dropped.
+pub const LOG_LIMIT: usize = 4 << 20;
+/// Resources (open files, directory streams, pollables, HTTP bodies...) a guest may hold at
+/// once. Open files hold host descriptors, which the whole engine shares.
+pub const MAX_GUEST_RESOURCES: usize = 1024;
+/// Bytes of output variables (names, values, and 16 per entry for the record's framing), summary
+/// and continuation a call may return: they go into the execution record, which must stay
+/// well below a NATS message's 1 MiB.
+pub const MAX_OUTCOME_BYTES: usize = 256 << 10;
+/// Bytes of an error message kept; the rest is cut.
+pub const MAX_ERROR_BYTES: usize = 8 << 10;
 
 /// Everything the engine tells a plugin about one run (the WIT `context`).
 #[derive(Clone, Debug, Default)]
@@ -117,6 +128,9 @@ pub struct Invocation {
     pub programs: Vec<String>,
     /// Extra environment for host programs (SLUICE_*).
     pub program_env: Vec<(String, String)>,
+    /// Guest paths inside its mounts that are the engine's own (data directory, workspaces):
+    /// the guest sees them as `SLUICE_EXCLUDE`, one per line, and copies leave them out.
+    pub exclude: Vec<PathBuf>,
     /// Origins the guest may send HTTP requests to (`scheme://host[:port]`).
     pub http: Vec<String>,
     /// NATS subjects (patterns) the guest may publish to.
@@ -201,6 +215,59 @@ pub enum RunError {
     /// The component could not be loaded or instantiated.
     #[error("the plugin could not be started: {0}")]
     Instantiate(String),
+    /// The plugin returned more than the engine keeps (variables, summary, continuation).
+    #[error("{0}")]
+    TooLarge(String),
+}
+
+/// `message` cut to [`MAX_ERROR_BYTES`] (on a character boundary), saying how much was cut.
+pub fn cut_error(mut message: String) -> String {
+    if message.len() > MAX_ERROR_BYTES {
+        let mut end = MAX_ERROR_BYTES;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        let more = message.len() - end;
+        message.truncate(end);
+        message.push_str(&format!("… ({more} more bytes cut)"));
+    }
+    message
+}
+
+/// A call's result within the engine's bounds: error messages cut, an outcome too large
+/// for the execution record refused with a message that says so.
+fn bounded(result: Result<RunOutcome, RunError>) -> Result<RunOutcome, RunError> {
+    let size = |vars: &[(String, String)], texts: &[Option<&String>]| {
+        vars.iter()
+            .map(|(k, v)| k.len() + v.len() + 16)
+            .sum::<usize>()
+            + texts.iter().flatten().map(|t| t.len()).sum::<usize>()
+    };
+    let returned = match &result {
+        Ok(RunOutcome::Succeeded { variables, summary }) => size(variables, &[summary.as_ref()]),
+        Ok(RunOutcome::Pending {
+            continuation,
+            summary,
+            wake,
+            ..
+        }) => size(&[], &[Some(continuation), summary.as_ref(), Some(wake)]),
+        Err(_) => 0,
+    };
+    if returned > MAX_OUTCOME_BYTES {
+        return Err(RunError::TooLarge(format!(
+            "the plugin returned {} of output variables, summary and continuation; at most {} are kept",
+            bytesize::ByteSize(returned as u64),
+            bytesize::ByteSize(MAX_OUTCOME_BYTES as u64)
+        )));
+    }
+    result.map_err(|e| match e {
+        RunError::Config(m) => RunError::Config(cut_error(m)),
+        RunError::Failed(m) => RunError::Failed(cut_error(m)),
+        RunError::Retryable(m) => RunError::Retryable(cut_error(m)),
+        RunError::Trap(m) => RunError::Trap(cut_error(m)),
+        RunError::Instantiate(m) => RunError::Instantiate(cut_error(m)),
+        other => other,
+    })
 }
 
 /// Runtime settings.
@@ -368,7 +435,7 @@ impl Runtime {
         };
         let result = tokio::time::timeout(inv.timeout, call).await;
         drain(&inv.log, &stdout, &stderr);
-        match result {
+        bounded(match result {
             Err(_) => Err(RunError::Timeout(inv.timeout)),
             Ok(Err(e)) => Err(trap_error(e, store.data())),
             Ok(Ok(fwit::Reply::Success(variables))) => Ok(RunOutcome::Succeeded {
@@ -382,7 +449,7 @@ impl Runtime {
                 summary: later.summary,
                 percent_complete: None,
             }),
-        }
+        })
     }
 
     /// Compile (or load from cache) a custom rule component (the `rule` world) and pre-link it.
@@ -430,6 +497,7 @@ impl Runtime {
             preopened: None,
             programs: Vec::new(),
             program_env: Vec::new(),
+            exclude: Vec::new(),
             http: Vec::new(),
             nats: Vec::new(),
             memory_limit: DEFAULT_MEMORY,
@@ -454,8 +522,8 @@ impl Runtime {
         drain(&check.log, &stdout, &stderr);
         match result {
             Err(_) => Err(RunError::Timeout(check.timeout)),
-            Ok(Err(e)) => Err(trap_error(e, store.data())),
-            Ok(Ok(verdict)) => Ok(verdict),
+            Ok(Err(e)) => Err(bounded(Err(trap_error(e, store.data()))).unwrap_err()),
+            Ok(Ok(verdict)) => Ok(verdict.map_err(cut_error)),
         }
     }
 
@@ -476,6 +544,14 @@ impl Runtime {
         let stderr = capture::Capture::new(STDIO_CAPTURE);
         let mut wasi = WasiCtx::builder();
         wasi.stdout(stdout.clone()).stderr(stderr.clone());
+        if !inv.exclude.is_empty() {
+            let paths: Vec<String> = inv
+                .exclude
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
+            wasi.env("SLUICE_EXCLUDE", paths.join("\n"));
+        }
         let reused = inv.preopened.take().and_then(|p| p.serves(&inv.mounts));
         for m in inv.mounts.iter().filter(|_| reused.is_none()) {
             wasi.preopened_dir(&m.host, m.guest.to_string_lossy(), host::perms(m.access))
@@ -597,7 +673,7 @@ impl Runtime {
         };
         let result = tokio::time::timeout(inv.timeout, call).await;
         drain(&inv.log, &stdout, &stderr);
-        match result {
+        bounded(match result {
             Err(_) => Err(RunError::Timeout(inv.timeout)),
             Ok(Err(e)) => Err(trap_error(e, store.data())),
             Ok(Ok(Err(e))) => Err(match e {
@@ -619,7 +695,7 @@ impl Runtime {
                 summary: p.summary,
                 percent_complete: p.percent_complete,
             }),
-        }
+        })
     }
 
     /// Instantiate and call `describe` with a minimal store, nothing else: the benchmark's
@@ -682,6 +758,11 @@ fn trap_error(e: wasmtime::Error, state: &host::HostState) -> RunError {
         return RunError::Trap(format!("{trap}"));
     }
     let text = format!("{e:#}");
+    if text.contains("resource table has no free keys") {
+        return RunError::Trap(format!(
+            "the plugin held more than {MAX_GUEST_RESOURCES} open files, directories, streams or other resources at once"
+        ));
+    }
     if text.contains("wasm trap") || e.downcast_ref::<wasmtime::WasmBacktrace>().is_some() {
         RunError::Trap(text)
     } else {
@@ -714,5 +795,44 @@ impl EpochTicker {
 impl Drop for EpochTicker {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Variables that would not fit the execution record fail the call with a message that
+    /// says so (1.5 MiB of them exceeded the NATS payload and were redelivered for ever);
+    /// error messages are cut.
+    #[test]
+    fn oversized_outcomes_fail_and_long_errors_are_cut() {
+        let huge = Ok(RunOutcome::Succeeded {
+            variables: vec![("Huge".into(), "v".repeat(1_500_000))],
+            summary: None,
+        });
+        let err = bounded(huge).unwrap_err().to_string();
+        assert!(err.contains("at most 256.0 KiB are kept"), "{err}");
+        // Many small entries count their framing too.
+        let many = Ok(RunOutcome::Succeeded {
+            variables: (0..40_000)
+                .map(|i| (format!("{i}"), String::new()))
+                .collect(),
+            summary: None,
+        });
+        assert!(matches!(bounded(many), Err(RunError::TooLarge(_))));
+        let small = Ok(RunOutcome::Succeeded {
+            variables: vec![("A".into(), "b".into())],
+            summary: Some("fine".into()),
+        });
+        assert_eq!(bounded(small.clone()), small);
+        let Err(RunError::Failed(m)) = bounded(Err(RunError::Failed("é".repeat(1 << 20)))) else {
+            panic!()
+        };
+        assert!(
+            m.len() < MAX_ERROR_BYTES + 100 && m.ends_with("more bytes cut)"),
+            "{}",
+            m.len()
+        );
     }
 }

@@ -100,6 +100,13 @@ impl Service {
                         return Err("give the function's component (`bytes`) or digest".into());
                     }
                 };
+                // Binary components only: the WAT parser's errors would quote what it was given.
+                if !crate::plugins::is_binary_wasm(&bytes) {
+                    return Err(
+                        "the function is not a binary WebAssembly component (it does not start with \\0asm)"
+                            .into(),
+                    );
+                }
                 // Refuse what is not a function before registering it.
                 let digest = runtime
                     .load_function(&bytes)

@@ -362,7 +362,8 @@ pub mod fs {
     use std::path::Path;
 
     /// Recursively copy `from` into `to` (created if missing). Entries named in
-    /// `skip` at the top level are left out. Returns the number of files copied.
+    /// `skip` at the top level, and the engine's own directories (its data directory may lie
+    /// inside `from`), are left out. Returns the number of files copied.
     pub fn copy_tree(from: &Path, to: &Path, skip: &[&str]) -> Result<u64, String> {
         std::fs::create_dir_all(to).map_err(|e| format!("create {}: {e}", to.display()))?;
         let mut count = 0;
@@ -377,6 +378,10 @@ pub mod fs {
                 continue;
             }
             let src = entry.path();
+            // The engine's own data (its data directory may lie inside a granted one).
+            if engine_owned(&src) {
+                continue;
+            }
             let dst = to.join(&name);
             let kind = entry.file_type().map_err(|e| format!("stat {}: {e}", src.display()))?;
             if kind.is_dir() {
@@ -393,6 +398,15 @@ pub mod fs {
             }
         }
         Ok(count)
+    }
+
+    /// Whether `path` is one of the engine's own directories (`SLUICE_EXCLUDE`).
+    fn engine_owned(path: &Path) -> bool {
+        static EXCLUDE: std::sync::OnceLock<Vec<std::path::PathBuf>> = std::sync::OnceLock::new();
+        EXCLUDE
+            .get_or_init(|| std::env::var("SLUICE_EXCLUDE").map(|v| v.lines().map(Into::into).collect()).unwrap_or_default())
+            .iter()
+            .any(|p| p == path)
     }
 
     /// Create a relative symbolic link `link` -> `target` inside a writable mount.

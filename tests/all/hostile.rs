@@ -1,0 +1,270 @@
+//! The hostile guest (tests/guests/hostile) attacks the engine that runs it: every attack
+//! fails its own action (or is cut down to size), the engine and its data dir stay usable,
+//! and nothing outside the sandbox is reached.
+use crate::harness::*;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn hostile(yaml: &str) -> Project {
+    Project::new(&yaml.replace("HOSTILE", crate::harness::hostile()))
+}
+
+fn dir_bytes(p: &Path) -> u64 {
+    std::fs::read_dir(p)
+        .map(|entries| {
+            entries
+                .map(|e| e.unwrap())
+                .map(|e| {
+                    let m = e.metadata().unwrap();
+                    if m.is_dir() {
+                        dir_bytes(&e.path())
+                    } else {
+                        m.len()
+                    }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+const OK: &str = "name: ok\nstages:\n  - name: S\n    actions:\n      - { name: Fine, uses: PROBE, with: { mode: ok } }\n";
+
+/// 20,000 nested directories in an output: the action fails naming the depth limit, the
+/// engine finishes the run (the workspace cleaner overflowed its stack), and the next run on
+/// the same data dir starts (it failed with "Too many open files").
+#[test]
+fn a_deep_output_tree_fails_its_action_and_the_data_dir_stays_usable() {
+    let p = hostile(
+        r##"
+name: deep
+stages:
+  - name: S
+    actions:
+      - { name: Deep, uses: HOSTILE, outputs: [o], with: { mode: deep, path: /out/o, count: "20000" } }
+      - { name: DeepScratch, uses: HOSTILE, with: { mode: deep, path: /scratch, count: "20000" } }
+"##,
+    );
+    let run = p.run(&[]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let exec = run.json();
+    let deep = action(&exec, "S/Deep");
+    assert_eq!(status(deep), "Failed");
+    assert!(
+        error(deep).contains("nested more than 64 directories deep"),
+        "{}",
+        error(deep)
+    );
+    assert_eq!(status(action(&exec, "S/DeepScratch")), "Succeeded");
+    p.write("ok.yaml", &OK.replace("PROBE", probe()));
+    let again = p.sluice(&["run", "ok.yaml", "--json"]);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+}
+
+/// A guest opening one file 20,000 times is stopped at its resource bound (it held almost
+/// all of the engine's descriptors); the sibling action runs.
+#[test]
+fn a_descriptor_bomb_fails_inside_the_guest() {
+    let p = hostile(
+        r##"
+name: fds
+stages:
+  - name: S
+    actions:
+      - { name: Bomb, uses: HOSTILE, with: { mode: descriptors, path: /scratch/f, count: "20000" } }
+      - { name: Fine, uses: PROBE, with: { mode: ok } }
+"##,
+    );
+    let run = p.run(&[]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let exec = run.json();
+    let bomb = action(&exec, "S/Bomb");
+    assert_eq!(status(bomb), "Failed");
+    assert!(
+        error(bomb).contains("held more than 1024 open files"),
+        "{}",
+        error(bomb)
+    );
+    assert_eq!(status(action(&exec, "S/Fine")), "Succeeded");
+}
+
+/// 32 MiB through the `log` import: the log keeps at most a few MiB of it and says the rest
+/// was dropped.
+#[test]
+fn guest_logging_is_capped_per_attempt() {
+    let p = hostile(
+        r##"
+name: spam
+stages:
+  - name: S
+    actions:
+      - { name: Spam, uses: HOSTILE, with: { mode: logspam, count: "33554432" } }
+"##,
+    );
+    let run = p.run(&[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let logged = dir_bytes(&p.path(".sluice/logs"));
+    assert!(logged < 6 << 20, "{logged} bytes of log");
+    let id = run.json()["execution_id"].as_str().unwrap().to_string();
+    let logs = p.sluice(&["logs", &id, "--data", ".sluice"]);
+    assert!(
+        logs.stdout.contains("further log entries are dropped"),
+        "{}",
+        &logs.stdout[logs.stdout.len().saturating_sub(500)..]
+    );
+}
+
+/// 1.5 MiB of output variables fail the action with a message that says why (on NATS the
+/// record exceeded the payload limit and was redelivered for ever); a 1 MiB error message
+/// is cut.
+#[test]
+fn huge_variables_fail_and_huge_errors_are_cut() {
+    let p = hostile(
+        r##"
+name: huge
+stages:
+  - name: S
+    actions:
+      - { name: Vars, uses: HOSTILE, with: { mode: variables, count: "1572864" } }
+      - { name: Error, uses: HOSTILE, with: { mode: error, count: "1048576" } }
+"##,
+    );
+    let run = p.run(&[]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let exec = run.json();
+    let vars = action(&exec, "S/Vars");
+    assert_eq!(status(vars), "Failed");
+    assert!(
+        error(vars).contains("at most 256.0 KiB are kept"),
+        "{}",
+        error(vars)
+    );
+    let err = error(action(&exec, "S/Error"));
+    assert!(
+        err.len() < 9 << 10 && err.ends_with("more bytes cut)"),
+        "{} bytes",
+        err.len()
+    );
+    assert!(
+        run.stdout.len() < 64 << 10,
+        "{} bytes of record",
+        run.stdout.len()
+    );
+}
+
+/// A 50 GiB sparse file under `timeout: 5s` fails at once as too large (collecting it took
+/// 20.7 s and succeeded), and 10,000 files under an entry bound would fail too.
+#[test]
+fn a_huge_sparse_output_fails_fast() {
+    let p = hostile(
+        r##"
+name: sparse
+stages:
+  - name: S
+    actions:
+      - { name: Sparse, uses: HOSTILE, outputs: [o], timeout: 5s, with: { mode: sparse, path: /out/o/big, count: "53687091200" } }
+"##,
+    );
+    let started = Instant::now();
+    let run = p.run(&[]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let exec = run.json();
+    let sparse = action(&exec, "S/Sparse");
+    assert_eq!(status(sparse), "Failed");
+    assert!(
+        error(sparse).contains("the output is too large"),
+        "{}",
+        error(sparse)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// `dirs: { ./alias: rw }` with alias -> the data dir is refused like the data dir itself
+/// (it was compared as written; the guest then wrote the CAS and compiled code).
+#[test]
+fn a_symlinked_rw_grant_to_the_data_dir_is_refused() {
+    let p = Project::new(OK);
+    assert_eq!(p.run(&[]).code, 0);
+    std::os::unix::fs::symlink(p.path(".sluice"), p.path("alias")).unwrap();
+    let target = p.path("alias/compiled/planted");
+    p.write(
+        "pipeline.yaml",
+        &format!(
+            "name: alias\nstages:\n  - name: S\n    actions:\n      - {{ name: Plant, uses: {probe}, capabilities: {{ dirs: {{ ./alias: rw }} }}, with: {{ mode: write, path: {} }} }}\n",
+            target.display(),
+            probe = probe()
+        ),
+    );
+    let run = p.run(&[]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let plant = action(&run.json(), "S/Plant").clone();
+    assert!(
+        error(&plant).contains("would let the action write Sluice's own data"),
+        "{plant:#}"
+    );
+    assert!(!p.path(".sluice/compiled/planted").exists());
+}
+
+/// `uses:` naming a device, or a text file, fails with a clear error that quotes nothing.
+#[test]
+fn component_paths_must_name_binary_component_files() {
+    let p = Project::new(OK);
+    p.write(
+        "secret.wasm",
+        "root:$6$very-secret-hash:19000:0:99999:7:::\n",
+    );
+    for (uses, needle) in [
+        ("/dev/zero", "is not a regular file"),
+        ("./secret.wasm", "not a binary WebAssembly component"),
+    ] {
+        p.write(
+            "pipeline.yaml",
+            &format!(
+                "name: c\nstages:\n  - name: S\n    actions:\n      - {{ name: A, uses: {uses} }}\n"
+            ),
+        );
+        let run = p.run(&[]);
+        assert_ne!(run.code, 0);
+        let all = format!("{}{}", run.stdout, run.stderr);
+        assert!(all.contains(needle), "{uses}: {all}");
+        assert!(!all.contains("very-secret"), "{all}");
+    }
+}
+
+/// A data dir inside the snapshotted directory under another name than `.sluice` is left
+/// out of the snapshot, and a relative `--data` keeps `$SLUICE_OUTPUT` working.
+#[test]
+fn source_dir_leaves_out_a_data_dir_under_any_name() {
+    let p = Project::new(
+        r##"
+name: snap
+stages:
+  - name: Source
+    actions:
+      - { name: Snap, uses: source-dir@1, outputs: [src], with: { path: . } }
+  - name: Use
+    actions:
+      - name: Count
+        uses: command@1
+        inputs: [src]
+        capabilities: { process: [sh] }
+        with: { run: 'echo "Files=$(find in/src -type f | wc -l)" >> $SLUICE_OUTPUT' }
+"##,
+    );
+    p.write("app/main.txt", "hello");
+    let run = p.run(&["--data", "state-here"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let exec = run.json();
+    let src = action(&exec, "Source/Snap")["artifacts"]["src"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ls = p.sluice(&["artifact", "ls", &src, "--data", "state-here"]);
+    assert!(ls.stdout.contains("main.txt"), "{}", ls.stdout);
+    assert!(!ls.stdout.contains("state-here"), "{}", ls.stdout);
+    // pipeline.yaml and app/main.txt.
+    assert_eq!(action(&exec, "Use/Count")["variables"]["Files"], "2");
+}
