@@ -23,11 +23,22 @@ impl Action for CommandAction {
         let status = process::run("sh", &["-c", script]).map_err(ActionError::Config)?;
         match status.code {
             Some(0) => {}
-            Some(code) => return Err(ActionError::Failed(format!("command exited with code {code}\n{}", status.output_tail))),
-            None => return Err(ActionError::Failed(format!("command was killed by a signal\n{}", status.output_tail))),
+            Some(code) => {
+                return Err(ActionError::Failed(format!(
+                    "command exited with code {code}\n{}",
+                    status.output_tail
+                )));
+            }
+            None => {
+                return Err(ActionError::Failed(format!(
+                    "command was killed by a signal\n{}",
+                    status.output_tail
+                )));
+            }
         }
         let vars = match std::fs::read_to_string(OUTPUT_FILE) {
-            Ok(text) => sluice_sdk::parse_output_vars(&text).map_err(|e| ActionError::Failed(format!("$SLUICE_OUTPUT: {e}")))?,
+            Ok(text) => sluice_sdk::parse_output_vars(&text)
+                .map_err(|e| ActionError::Failed(format!("$SLUICE_OUTPUT: {e}")))?,
             Err(_) => Vec::new(),
         };
         let mut outcome = Outcome::success();

@@ -14,7 +14,9 @@ fn parse_headers(text: &str) -> Result<Vec<(String, String)>, ActionError> {
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .map(|l| {
-            let (k, v) = l.split_once(':').ok_or_else(|| ActionError::Config(format!("`headers`: {l:?} is not `Name: value`")))?;
+            let (k, v) = l.split_once(':').ok_or_else(|| {
+                ActionError::Config(format!("`headers`: {l:?} is not `Name: value`"))
+            })?;
             Ok((k.trim().to_string(), v.trim().to_string()))
         })
         .collect()
@@ -25,8 +27,12 @@ fn parse_headers(text: &str) -> Result<Vec<(String, String)>, ActionError> {
 /// hand: the tar crate cannot read file metadata on wasm32.
 fn pack(dir: &std::path::Path) -> Result<Vec<u8>, String> {
     let mut builder = tar::Builder::new(GzEncoder::new(Vec::new(), Compression::default()));
-    add_dir(&mut builder, dir, std::path::Path::new(".")).map_err(|e| format!("packing {}: {e}", dir.display()))?;
-    builder.into_inner().and_then(|gz| gz.finish()).map_err(|e| format!("packing {}: {e}", dir.display()))
+    add_dir(&mut builder, dir, std::path::Path::new("."))
+        .map_err(|e| format!("packing {}: {e}", dir.display()))?;
+    builder
+        .into_inner()
+        .and_then(|gz| gz.finish())
+        .map_err(|e| format!("packing {}: {e}", dir.display()))
 }
 
 fn header(kind: tar::EntryType, size: u64, mode: u32) -> tar::Header {
@@ -38,7 +44,11 @@ fn header(kind: tar::EntryType, size: u64, mode: u32) -> tar::Header {
     h
 }
 
-fn add_dir<W: std::io::Write>(b: &mut tar::Builder<W>, host: &std::path::Path, name: &std::path::Path) -> std::io::Result<()> {
+fn add_dir<W: std::io::Write>(
+    b: &mut tar::Builder<W>,
+    host: &std::path::Path,
+    name: &std::path::Path,
+) -> std::io::Result<()> {
     let mut entries: Vec<_> = std::fs::read_dir(host)?.collect::<Result<_, _>>()?;
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
@@ -46,14 +56,26 @@ fn add_dir<W: std::io::Write>(b: &mut tar::Builder<W>, host: &std::path::Path, n
         let kind = e.file_type()?;
         if kind.is_symlink() {
             let target = std::fs::read_link(&path)?;
-            b.append_link(&mut header(tar::EntryType::Symlink, 0, 0o777), &rel, &target)?;
+            b.append_link(
+                &mut header(tar::EntryType::Symlink, 0, 0o777),
+                &rel,
+                &target,
+            )?;
         } else if kind.is_dir() {
-            b.append_data(&mut header(tar::EntryType::Directory, 0, 0o755), &rel, std::io::empty())?;
+            b.append_data(
+                &mut header(tar::EntryType::Directory, 0, 0o755),
+                &rel,
+                std::io::empty(),
+            )?;
             add_dir(b, &path, &rel)?;
         } else {
             let file = std::fs::File::open(&path)?;
             let size = file.metadata()?.len();
-            b.append_data(&mut header(tar::EntryType::Regular, size, 0o644), &rel, file)?;
+            b.append_data(
+                &mut header(tar::EntryType::Regular, size, 0o644),
+                &rel,
+                file,
+            )?;
         }
     }
     Ok(())
@@ -75,24 +97,54 @@ impl Action for DeployHttp {
         let url = config.require("url")?;
         let method = config.get("method").unwrap_or("PUT").to_ascii_uppercase();
         if method != "PUT" && method != "POST" {
-            return Err(ActionError::Config(format!("`method` must be PUT or POST, got {method:?}")));
+            return Err(ActionError::Config(format!(
+                "`method` must be PUT or POST, got {method:?}"
+            )));
         }
         let mut headers = parse_headers(config.get("headers").unwrap_or(""))?;
-        headers.push(("Content-Type".into(), config.get("content_type").unwrap_or("application/gzip").to_string()));
+        headers.push((
+            "Content-Type".into(),
+            config
+                .get("content_type")
+                .unwrap_or("application/gzip")
+                .to_string(),
+        ));
         headers.push(("Idempotency-Key".into(), ctx.idempotency_key.clone()));
         let input = ctx.single_input()?;
         let body = pack(&ctx.input_dir(input)).map_err(ActionError::Failed)?;
-        log::info(&format!("{method} {url} ({} bytes, artifact {input})", body.len()));
-        let pairs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        log::info(&format!(
+            "{method} {url} ({} bytes, artifact {input})",
+            body.len()
+        ));
+        let pairs: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         // Denied origins and refused connections may be transient (a restarting server) only
         // in the second case; a denial is a configuration problem.
-        let response = sluice_sdk::http::request(&method, url, &pairs, &body).map_err(|e| if e.contains("denied") { ActionError::Config(e) } else { ActionError::Retryable(e) })?;
+        let response = sluice_sdk::http::request(&method, url, &pairs, &body).map_err(|e| {
+            if e.contains("denied") {
+                ActionError::Config(e)
+            } else {
+                ActionError::Retryable(e)
+            }
+        })?;
         let status = response.status;
-        let answer = String::from_utf8_lossy(&response.body).chars().take(200).collect::<String>();
+        let answer = String::from_utf8_lossy(&response.body)
+            .chars()
+            .take(200)
+            .collect::<String>();
         match status {
-            500.. => Err(ActionError::Retryable(format!("{url} answered {status}: {answer}"))),
-            400..=499 => Err(ActionError::Failed(format!("{url} answered {status}: {answer}"))),
-            _ => Ok(Outcome::success().var("StatusCode", status).var("Bytes", body.len()).summary(format!("{method} {url} → {status} ({} bytes)", body.len()))),
+            500.. => Err(ActionError::Retryable(format!(
+                "{url} answered {status}: {answer}"
+            ))),
+            400..=499 => Err(ActionError::Failed(format!(
+                "{url} answered {status}: {answer}"
+            ))),
+            _ => Ok(Outcome::success()
+                .var("StatusCode", status)
+                .var("Bytes", body.len())
+                .summary(format!("{method} {url} → {status} ({} bytes)", body.len()))),
         }
     }
 }

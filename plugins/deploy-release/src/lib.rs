@@ -25,28 +25,41 @@ impl Action for DeployRelease {
         let target = ctx.host_path(config.require("target")?);
         let releases = target.join("releases");
         let release = releases.join(&ctx.execution_id);
-        let fail = |what: &str, e: &dyn std::fmt::Display| ActionError::Failed(format!("{what}: {e}"));
+        let fail =
+            |what: &str, e: &dyn std::fmt::Display| ActionError::Failed(format!("{what}: {e}"));
 
         // A redelivered attempt finds its own half-written release: start it again.
         if release.exists() {
             std::fs::remove_dir_all(&release).map_err(|e| fail("remove partial release", &e))?;
         }
-        let files = sluice_sdk::fs::copy_tree(&ctx.input_dir(input), &release, &[]).map_err(ActionError::Failed)?;
+        let files = sluice_sdk::fs::copy_tree(&ctx.input_dir(input), &release, &[])
+            .map_err(ActionError::Failed)?;
 
         let current = target.join("current");
-        let previous = std::fs::read_link(&current).ok().map(|p| p.to_string_lossy().into_owned());
+        let previous = std::fs::read_link(&current)
+            .ok()
+            .map(|p| p.to_string_lossy().into_owned());
         let staged = target.join(format!(".current-{}", ctx.execution_id));
         let _ = std::fs::remove_file(&staged);
         let link_target = Path::new("releases").join(&ctx.execution_id);
         sluice_sdk::fs::symlink(&link_target, &staged).map_err(|e| fail("create symlink", &e))?;
         std::fs::rename(&staged, &current).map_err(|e| fail("switch current", &e))?;
-        log::info(&format!("current -> {} ({files} files)", link_target.display()));
+        log::info(&format!(
+            "current -> {} ({files} files)",
+            link_target.display()
+        ));
 
         prune(&releases, keep, &ctx.execution_id)?;
 
         let mut outcome = Outcome::success()
             .var("ReleaseDir", release.display())
-            .var("Previous", previous.as_deref().and_then(|p| p.rsplit('/').next()).unwrap_or(""))
+            .var(
+                "Previous",
+                previous
+                    .as_deref()
+                    .and_then(|p| p.rsplit('/').next())
+                    .unwrap_or(""),
+            )
             .summary(format!("released {} ({files} files)", ctx.execution_id));
         if let Some(p) = previous {
             log::info(&format!("previous release: {p}"));

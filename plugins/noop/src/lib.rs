@@ -5,7 +5,8 @@ struct Noop;
 
 impl Action for Noop {
     fn describe() -> Description {
-        Description::new("noop", env!("CARGO_PKG_VERSION"), Category::Other).summary("Does nothing, successfully")
+        Description::new("noop", env!("CARGO_PKG_VERSION"), Category::Other)
+            .summary("Does nothing, successfully")
     }
     fn run(_ctx: &Context, _config: &Config) -> Result<Outcome, ActionError> {
         Ok(Outcome::success())

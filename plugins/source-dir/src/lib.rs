@@ -21,12 +21,21 @@ impl Action for SourceDir {
         let out = ctx.single_output()?;
         let source = ctx.host_path(config.require("path")?);
         if !source.is_dir() {
-            return Err(ActionError::Config(format!("`path`: {} is not a directory", source.display())));
+            return Err(ActionError::Config(format!(
+                "`path`: {} is not a directory",
+                source.display()
+            )));
         }
-        let files = sluice_sdk::fs::copy_tree(&source, &ctx.output_dir(out), SKIP).map_err(ActionError::Failed)?;
-        log::info(&format!("snapshotted {files} files from {}", source.display()));
+        let files = sluice_sdk::fs::copy_tree(&source, &ctx.output_dir(out), SKIP)
+            .map_err(ActionError::Failed)?;
+        log::info(&format!(
+            "snapshotted {files} files from {}",
+            source.display()
+        ));
         // The engine reports the artifact's content digest as the `Digest` variable.
-        Ok(Outcome::success().var("FileCount", files).summary(format!("{files} files from {}", source.display())))
+        Ok(Outcome::success()
+            .var("FileCount", files)
+            .summary(format!("{files} files from {}", source.display())))
     }
 }
 

@@ -17,7 +17,10 @@ fn git(what: &str, args: &[&str]) -> Result<String, ActionError> {
     let status = process::run("git", args).map_err(ActionError::Config)?;
     match status.code {
         Some(0) => Ok(status.output_tail),
-        _ => Err(ActionError::Failed(format!("git {what} failed:\n{}", status.output_tail))),
+        _ => Err(ActionError::Failed(format!(
+            "git {what} failed:\n{}",
+            status.output_tail
+        ))),
     }
 }
 
@@ -39,41 +42,99 @@ impl Action for SourceGit {
             format!("file://{rest}")
         } else if repo.starts_with("http://") || repo.starts_with("https://") {
             // The engine's HTTP guard is the authority on remote repositories.
-            let probe = format!("{}/info/refs?service=git-upload-pack", repo.trim_end_matches('/'));
+            let probe = format!(
+                "{}/info/refs?service=git-upload-pack",
+                repo.trim_end_matches('/')
+            );
             match sluice_sdk::http::request("GET", &probe, &[], &[]) {
                 Ok(r) => log::info(&format!("{repo}: reachable (HTTP {})", r.status)),
                 Err(e) if e.contains("denied") => {
-                    return Err(ActionError::Config(format!("`repository`: {repo} is not granted; add its origin to `capabilities: {{ http: [...] }}`")));
+                    return Err(ActionError::Config(format!(
+                        "`repository`: {repo} is not granted; add its origin to `capabilities: {{ http: [...] }}`"
+                    )));
                 }
                 Err(e) => return Err(ActionError::Retryable(format!("`repository`: {e}"))),
             }
             repo.to_string()
         } else if repo.contains("://") {
-            return Err(ActionError::Config(format!("`repository`: {repo} — use a local path, a file:// URL, or an http(s):// URL")));
+            return Err(ActionError::Config(format!(
+                "`repository`: {repo} — use a local path, a file:// URL, or an http(s):// URL"
+            )));
         } else {
             ctx.host_path(repo).display().to_string()
         };
-        let (kind, rev) = match (config.get("branch"), config.get("tag"), config.get("commit")) {
+        let (kind, rev) = match (
+            config.get("branch"),
+            config.get("tag"),
+            config.get("commit"),
+        ) {
             (Some(b), None, None) => ("branch", format!("origin/{b}")),
             (None, Some(t), None) => ("tag", format!("refs/tags/{t}")),
             (None, None, Some(c)) => ("commit", c.to_string()),
-            _ => return Err(ActionError::Config("set exactly one of `branch`, `tag`, `commit`".into())),
+            _ => {
+                return Err(ActionError::Config(
+                    "set exactly one of `branch`, `tag`, `commit`".into(),
+                ));
+            }
         };
         if rev.starts_with('-') || rev.contains("..") {
-            return Err(ActionError::Config(format!("`{kind}`: {rev:?} is not a valid revision")));
+            return Err(ActionError::Config(format!(
+                "`{kind}`: {rev:?} is not a valid revision"
+            )));
         }
         // Host paths are relative to the workspace, which the guest sees at / (scratch/ = /scratch).
-        git("clone", &["clone", "--quiet", "--no-checkout", "--", &source, "scratch/clone"])?;
-        git("checkout", &["-C", "scratch/clone", "-c", "advice.detachedHead=false", "checkout", "--quiet", "--detach", &rev, "--"])?;
-        let meta = git("log", &["-C", "scratch/clone", "log", "-1", "--format=%H%n%aI%n%s"])?;
+        git(
+            "clone",
+            &[
+                "clone",
+                "--quiet",
+                "--no-checkout",
+                "--",
+                &source,
+                "scratch/clone",
+            ],
+        )?;
+        git(
+            "checkout",
+            &[
+                "-C",
+                "scratch/clone",
+                "-c",
+                "advice.detachedHead=false",
+                "checkout",
+                "--quiet",
+                "--detach",
+                &rev,
+                "--",
+            ],
+        )?;
+        let meta = git(
+            "log",
+            &["-C", "scratch/clone", "log", "-1", "--format=%H%n%aI%n%s"],
+        )?;
         let mut lines = meta.lines().rev().take(3).collect::<Vec<_>>();
         lines.reverse();
         let [commit, date, message] = lines.as_slice() else {
-            return Err(ActionError::Failed(format!("unexpected git log output:\n{meta}")));
+            return Err(ActionError::Failed(format!(
+                "unexpected git log output:\n{meta}"
+            )));
         };
-        let files = sluice_sdk::fs::copy_tree(&ctx.scratch_dir().join("clone"), &ctx.output_dir(out), &[".git"]).map_err(ActionError::Failed)?;
-        let name = repo.trim_end_matches('/').rsplit('/').next().unwrap_or(repo).trim_end_matches(".git");
-        log::info(&format!("{name} {kind} {} at {commit}: {files} files", config.get(kind).unwrap_or("")));
+        let files = sluice_sdk::fs::copy_tree(
+            &ctx.scratch_dir().join("clone"),
+            &ctx.output_dir(out),
+            &[".git"],
+        )
+        .map_err(ActionError::Failed)?;
+        let name = repo
+            .trim_end_matches('/')
+            .rsplit('/')
+            .next()
+            .unwrap_or(repo)
+            .trim_end_matches(".git");
+        log::info(&format!(
+            "{name} {kind} {} at {commit}: {files} files",
+            config.get(kind).unwrap_or("")
+        ));
         Ok(Outcome::success()
             .var("CommitId", commit)
             .var("AuthorDate", date)

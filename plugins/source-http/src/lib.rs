@@ -18,14 +18,22 @@ enum Format {
 }
 
 fn format_of(config: Option<&str>, url: &str) -> Result<Format, ActionError> {
-    let path = url.split(['?', '#']).next().unwrap_or(url).to_ascii_lowercase();
+    let path = url
+        .split(['?', '#'])
+        .next()
+        .unwrap_or(url)
+        .to_ascii_lowercase();
     match config.unwrap_or("auto") {
         "tar.gz" | "tgz" => Ok(Format::TarGz),
         "zip" => Ok(Format::Zip),
         "auto" if path.ends_with(".tar.gz") || path.ends_with(".tgz") => Ok(Format::TarGz),
         "auto" if path.ends_with(".zip") => Ok(Format::Zip),
-        "auto" => Err(ActionError::Config(format!("cannot tell the archive format of {url}; set `format: tar.gz` or `format: zip`"))),
-        other => Err(ActionError::Config(format!("`format` must be auto, tar.gz or zip, got {other:?}"))),
+        "auto" => Err(ActionError::Config(format!(
+            "cannot tell the archive format of {url}; set `format: tar.gz` or `format: zip`"
+        ))),
+        other => Err(ActionError::Config(format!(
+            "`format` must be auto, tar.gz or zip, got {other:?}"
+        ))),
     }
 }
 
@@ -36,8 +44,12 @@ fn safe(name: &Path) -> Result<PathBuf, String> {
         match c {
             Component::Normal(p) => out.push(p),
             Component::CurDir => {}
-            Component::ParentDir => return Err(format!("entry {} goes up with `..`", name.display())),
-            Component::RootDir | Component::Prefix(_) => return Err(format!("entry {} has an absolute path", name.display())),
+            Component::ParentDir => {
+                return Err(format!("entry {} goes up with `..`", name.display()));
+            }
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(format!("entry {} has an absolute path", name.display()));
+            }
         }
     }
     Ok(out)
@@ -57,20 +69,40 @@ fn untar(archive: File, dest: &Path) -> Result<u64, String> {
     let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(archive));
     for entry in tar.entries().map_err(|e| format!("not a tar.gz: {e}"))? {
         let mut entry = entry.map_err(|e| format!("broken tar.gz: {e}"))?;
-        let name = entry.path().map_err(|e| format!("bad entry name: {e}"))?.into_owned();
+        let name = entry
+            .path()
+            .map_err(|e| format!("bad entry name: {e}"))?
+            .into_owned();
         let rel = safe(&name)?;
         match entry.header().entry_type() {
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 write_file(dest, &rel, &mut entry)?;
                 files += 1;
             }
-            tar::EntryType::Directory => std::fs::create_dir_all(dest.join(&rel)).map_err(|e| format!("{}: {e}", rel.display()))?,
+            tar::EntryType::Directory => std::fs::create_dir_all(dest.join(&rel))
+                .map_err(|e| format!("{}: {e}", rel.display()))?,
             tar::EntryType::Symlink | tar::EntryType::Link => {
-                let target = entry.link_name().ok().flatten().map(|t| t.display().to_string()).unwrap_or_default();
-                return Err(format!("entry {} is a link (to {target}); links are not unpacked", name.display()));
+                let target = entry
+                    .link_name()
+                    .ok()
+                    .flatten()
+                    .map(|t| t.display().to_string())
+                    .unwrap_or_default();
+                return Err(format!(
+                    "entry {} is a link (to {target}); links are not unpacked",
+                    name.display()
+                ));
             }
-            tar::EntryType::XGlobalHeader | tar::EntryType::XHeader | tar::EntryType::GNULongName | tar::EntryType::GNULongLink => {}
-            other => return Err(format!("entry {} is a {other:?}, not a file or directory", name.display())),
+            tar::EntryType::XGlobalHeader
+            | tar::EntryType::XHeader
+            | tar::EntryType::GNULongName
+            | tar::EntryType::GNULongLink => {}
+            other => {
+                return Err(format!(
+                    "entry {} is a {other:?}, not a file or directory",
+                    name.display()
+                ));
+            }
         }
     }
     Ok(files)
@@ -84,10 +116,14 @@ fn unzip(archive: File, dest: &Path) -> Result<u64, String> {
         let name = PathBuf::from(entry.name());
         let rel = safe(&name)?;
         if entry.is_symlink() {
-            return Err(format!("entry {} is a link; links are not unpacked", name.display()));
+            return Err(format!(
+                "entry {} is a link; links are not unpacked",
+                name.display()
+            ));
         }
         if entry.is_dir() {
-            std::fs::create_dir_all(dest.join(&rel)).map_err(|e| format!("{}: {e}", rel.display()))?;
+            std::fs::create_dir_all(dest.join(&rel))
+                .map_err(|e| format!("{}: {e}", rel.display()))?;
         } else {
             write_file(dest, &rel, &mut entry)?;
             files += 1;
@@ -136,31 +172,60 @@ impl Action for SourceHttp {
             .split(['\n', ';'])
             .map(str::trim)
             .filter(|l| !l.is_empty())
-            .map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).ok_or_else(|| ActionError::Config(format!("`headers`: {l:?} is not `Name: value`"))))
+            .map(|l| {
+                l.split_once(':')
+                    .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                    .ok_or_else(|| {
+                        ActionError::Config(format!("`headers`: {l:?} is not `Name: value`"))
+                    })
+            })
             .collect::<Result<_, _>>()?;
-        let pairs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let pairs: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         let download = ctx.scratch_dir().join("download");
-        let mut file = File::create(&download).map_err(|e| ActionError::Failed(format!("scratch: {e}")))?;
+        let mut file =
+            File::create(&download).map_err(|e| ActionError::Failed(format!("scratch: {e}")))?;
         log::info(&format!("GET {url}"));
-        let response = sluice_sdk::http::request_into("GET", url, &pairs, &[], &mut file).map_err(|e| if e.contains("denied") { ActionError::Config(e) } else { ActionError::Retryable(e) })?;
+        let response =
+            sluice_sdk::http::request_into("GET", url, &pairs, &[], &mut file).map_err(|e| {
+                if e.contains("denied") {
+                    ActionError::Config(e)
+                } else {
+                    ActionError::Retryable(e)
+                }
+            })?;
         drop(file);
         match response.status {
             200..=299 => {}
-            500.. => return Err(ActionError::Retryable(format!("{url} answered {}", response.status))),
+            500.. => {
+                return Err(ActionError::Retryable(format!(
+                    "{url} answered {}",
+                    response.status
+                )));
+            }
             s => return Err(ActionError::Failed(format!("{url} answered {s}"))),
         }
         let (b3, sha, bytes) = digests(&download).map_err(ActionError::Failed)?;
         for (key, actual) in [("blake3", &b3), ("sha256", &sha)] {
             if let Some(expected) = config.get(key) {
-                let expected = expected.trim().trim_start_matches(&format!("{key}:")).to_ascii_lowercase();
+                let expected = expected
+                    .trim()
+                    .trim_start_matches(&format!("{key}:"))
+                    .to_ascii_lowercase();
                 if expected != *actual {
-                    return Err(ActionError::Failed(format!("{key} mismatch for {url}: expected {expected}, got {actual}; nothing was unpacked")));
+                    return Err(ActionError::Failed(format!(
+                        "{key} mismatch for {url}: expected {expected}, got {actual}; nothing was unpacked"
+                    )));
                 }
             }
         }
         let dest = ctx.output_dir(output);
         let mut archive = File::open(&download).map_err(|e| ActionError::Failed(e.to_string()))?;
-        archive.rewind().map_err(|e| ActionError::Failed(e.to_string()))?;
+        archive
+            .rewind()
+            .map_err(|e| ActionError::Failed(e.to_string()))?;
         let files = match format {
             Format::TarGz => untar(archive, &dest),
             Format::Zip => unzip(archive, &dest),

@@ -24,12 +24,22 @@ fn read_report(path: &Path, counts: &mut Counts) -> Result<(), String> {
     let mut current: Option<String> = None;
     let mut outcome: Option<&'static str> = None;
     loop {
-        let event = reader.read_event().map_err(|e| format!("{}: invalid XML at byte {}: {e}", path.display(), reader.buffer_position()))?;
+        let event = reader.read_event().map_err(|e| {
+            format!(
+                "{}: invalid XML at byte {}: {e}",
+                path.display(),
+                reader.buffer_position()
+            )
+        })?;
         let empty = matches!(event, Event::Empty(_));
         match event {
             Event::Start(e) | Event::Empty(e) if e.name().as_ref() == b"testcase" => {
                 let attr = |key: &[u8]| {
-                    e.attributes().flatten().find(|a| a.key.as_ref() == key).and_then(|a| a.unescape_value().ok()).map(|v| v.into_owned())
+                    e.attributes()
+                        .flatten()
+                        .find(|a| a.key.as_ref() == key)
+                        .and_then(|a| a.unescape_value().ok())
+                        .map(|v| v.into_owned())
                 };
                 let name = attr(b"name").unwrap_or_else(|| "(unnamed)".into());
                 let full = match attr(b"classname") {
@@ -73,7 +83,10 @@ fn read_report(path: &Path, counts: &mut Counts) -> Result<(), String> {
 }
 
 fn xml_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
-    let mut entries: Vec<_> = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?.flatten().collect();
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .flatten()
+        .collect();
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
         let path = e.path();
@@ -98,7 +111,9 @@ impl Action for TestReport {
         let input = ctx.single_input()?;
         let rel = config.get("path").unwrap_or(".");
         if rel.starts_with('/') || rel.split('/').any(|p| p == "..") {
-            return Err(ActionError::Config(format!("`path`: {rel:?} must be relative and stay inside the input")));
+            return Err(ActionError::Config(format!(
+                "`path`: {rel:?} must be relative and stay inside the input"
+            )));
         }
         let max: u64 = config.parse_or("max_failures", 0)?;
         let root = ctx.input_dir(input).join(rel);
@@ -109,13 +124,18 @@ impl Action for TestReport {
             files.push(root.clone());
         }
         if files.is_empty() {
-            return Err(ActionError::Failed(format!("no JUnit XML report found at {rel} in `{input}`")));
+            return Err(ActionError::Failed(format!(
+                "no JUnit XML report found at {rel} in `{input}`"
+            )));
         }
         let mut counts = Counts::default();
         for f in &files {
             read_report(f, &mut counts).map_err(ActionError::Failed)?;
         }
-        let summary = format!("{} tests, {} failures, {} errors, {} skipped", counts.tests, counts.failures, counts.errors, counts.skipped);
+        let summary = format!(
+            "{} tests, {} failures, {} errors, {} skipped",
+            counts.tests, counts.failures, counts.errors, counts.skipped
+        );
         log::info(&format!("{summary} in {} reports", files.len()));
         for name in &counts.failing {
             log::warn(&format!("failed: {name}"));
@@ -126,7 +146,11 @@ impl Action for TestReport {
             return Err(ActionError::Failed(format!(
                 "{summary} (more than {max} allowed); failing: {}{}",
                 shown.join(", "),
-                if more > 0 { format!(" and {more} more") } else { String::new() }
+                if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                }
             )));
         }
         Ok(Outcome::success()

@@ -48,11 +48,11 @@ pub use bindings::sluice::action::types::{
 
 /// The usual imports for a plugin author.
 pub mod prelude {
+    pub use crate::export_action;
     pub use crate::{
         Action, ActionError, Capability, Category, Config, Context, Description, Outcome, log,
         process,
     };
-    pub use crate::export_action;
 }
 
 /// Implement this for your plugin type, then call [`export_action!`].
@@ -105,17 +105,32 @@ impl Description {
     }
     /// A configuration key the pipeline must set.
     pub fn required(mut self, name: &str, description: &str) -> Self {
-        self.config.push(ConfigKey { name: name.into(), required: true, description: description.into(), default_value: None });
+        self.config.push(ConfigKey {
+            name: name.into(),
+            required: true,
+            description: description.into(),
+            default_value: None,
+        });
         self
     }
     /// A configuration key the pipeline may set.
     pub fn optional(mut self, name: &str, description: &str) -> Self {
-        self.config.push(ConfigKey { name: name.into(), required: false, description: description.into(), default_value: None });
+        self.config.push(ConfigKey {
+            name: name.into(),
+            required: false,
+            description: description.into(),
+            default_value: None,
+        });
         self
     }
     /// An optional key with a documented default.
     pub fn optional_default(mut self, name: &str, description: &str, default: &str) -> Self {
-        self.config.push(ConfigKey { name: name.into(), required: false, description: description.into(), default_value: Some(default.into()) });
+        self.config.push(ConfigKey {
+            name: name.into(),
+            required: false,
+            description: description.into(),
+            default_value: Some(default.into()),
+        });
         self
     }
     /// A capability the plugin needs (see [`Capability`]).
@@ -133,11 +148,19 @@ impl Description {
 impl Outcome {
     /// A successful outcome with no variables; add some with [`Outcome::var`].
     pub fn success() -> Self {
-        Outcome::Succeeded(Success { variables: Vec::new(), summary: None })
+        Outcome::Succeeded(Success {
+            variables: Vec::new(),
+            summary: None,
+        })
     }
     /// Not finished: call me again with `continuation` when `wake` fires.
     pub fn pending(continuation: impl Into<String>, wake: WakeOn) -> Self {
-        Outcome::Pending(Pending { continuation: continuation.into(), wake, summary: None, percent_complete: None })
+        Outcome::Pending(Pending {
+            continuation: continuation.into(),
+            wake,
+            summary: None,
+            percent_complete: None,
+        })
     }
     /// Add an output variable (ignored on a pending outcome).
     pub fn var(mut self, key: impl Into<String>, value: impl ToString) -> Self {
@@ -221,14 +244,20 @@ impl Context {
     pub fn single_input(&self) -> Result<&str, ActionError> {
         match self.inputs.as_slice() {
             [one] => Ok(one),
-            other => Err(ActionError::Config(format!("expected exactly one input artifact, got {}", other.len()))),
+            other => Err(ActionError::Config(format!(
+                "expected exactly one input artifact, got {}",
+                other.len()
+            ))),
         }
     }
     /// The only output artifact, or a configuration error naming the problem.
     pub fn single_output(&self) -> Result<&str, ActionError> {
         match self.outputs.as_slice() {
             [one] => Ok(one),
-            other => Err(ActionError::Config(format!("expected exactly one output artifact, got {}", other.len()))),
+            other => Err(ActionError::Config(format!(
+                "expected exactly one output artifact, got {}",
+                other.len()
+            ))),
         }
     }
     /// Resolve a host path from configuration the way the engine does when it
@@ -267,13 +296,17 @@ impl Config {
     }
     /// The value of `key`, or a configuration error saying it is missing.
     pub fn require(&self, key: &str) -> Result<&str, ActionError> {
-        self.get(key).ok_or_else(|| ActionError::Config(format!("missing configuration key `{key}`")))
+        self.get(key)
+            .ok_or_else(|| ActionError::Config(format!("missing configuration key `{key}`")))
     }
     /// Parse `key` with `FromStr`, falling back to `default` when absent.
     pub fn parse_or<T: std::str::FromStr>(&self, key: &str, default: T) -> Result<T, ActionError> {
         match self.get(key) {
             None => Ok(default),
-            Some(v) => v.trim().parse().map_err(|_| ActionError::Config(format!("`{key}`: cannot parse {v:?}"))),
+            Some(v) => v
+                .trim()
+                .parse()
+                .map_err(|_| ActionError::Config(format!("`{key}`: cannot parse {v:?}"))),
         }
     }
     /// Every key and value.
@@ -284,8 +317,8 @@ impl Config {
 
 /// Write to the action's log.
 pub mod log {
-    use crate::bindings::sluice::action::log::log;
     pub use crate::bindings::sluice::action::log::Level;
+    use crate::bindings::sluice::action::log::log;
     /// Debug-level entry.
     pub fn debug(message: &str) {
         log(Level::Debug, message, &[]);
@@ -304,7 +337,10 @@ pub mod log {
     }
     /// An entry with structured fields.
     pub fn with_fields(level: Level, message: &str, fields: &[(&str, &str)]) {
-        let fields: Vec<(String, String)> = fields.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let fields: Vec<(String, String)> = fields
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         log(level, message, &fields);
     }
 }
@@ -319,11 +355,18 @@ pub mod process {
         run_with_env(program, args, &[])
     }
     /// Like [`run`], with extra environment variables.
-    pub fn run_with_env(program: &str, args: &[&str], env: &[(&str, &str)]) -> Result<ExitStatus, String> {
+    pub fn run_with_env(
+        program: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<ExitStatus, String> {
         host_run(&Command {
             program: program.into(),
             args: args.iter().map(|a| a.to_string()).collect(),
-            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         })
     }
 }
@@ -348,7 +391,9 @@ pub fn parse_output_vars(text: &str) -> Result<Vec<(String, String)>, String> {
             continue;
         }
         match line.split_once('=') {
-            Some((k, v)) if !k.trim().is_empty() => vars.push((k.trim().to_string(), v.to_string())),
+            Some((k, v)) if !k.trim().is_empty() => {
+                vars.push((k.trim().to_string(), v.to_string()))
+            }
             _ => return Err(format!("line {}: expected KEY=VALUE, got {line:?}", i + 1)),
         }
     }
@@ -383,14 +428,18 @@ pub mod fs {
                 continue;
             }
             let dst = to.join(&name);
-            let kind = entry.file_type().map_err(|e| format!("stat {}: {e}", src.display()))?;
+            let kind = entry
+                .file_type()
+                .map_err(|e| format!("stat {}: {e}", src.display()))?;
             if kind.is_dir() {
                 count += copy_tree(&src, &dst, &[])?;
             } else if kind.is_symlink() {
-                let target = std::fs::read_link(&src).map_err(|e| format!("readlink {}: {e}", src.display()))?;
+                let target = std::fs::read_link(&src)
+                    .map_err(|e| format!("readlink {}: {e}", src.display()))?;
                 symlink(&target, &dst)?;
             } else {
-                std::fs::copy(&src, &dst).map_err(|e| format!("copy {} to {}: {e}", src.display(), dst.display()))?;
+                std::fs::copy(&src, &dst)
+                    .map_err(|e| format!("copy {} to {}: {e}", src.display(), dst.display()))?;
                 if is_executable(&src)? {
                     set_executable(&dst, true)?;
                 }
@@ -404,7 +453,11 @@ pub mod fs {
     fn engine_owned(path: &Path) -> bool {
         static EXCLUDE: std::sync::OnceLock<Vec<std::path::PathBuf>> = std::sync::OnceLock::new();
         EXCLUDE
-            .get_or_init(|| std::env::var("SLUICE_EXCLUDE").map(|v| v.lines().map(Into::into).collect()).unwrap_or_default())
+            .get_or_init(|| {
+                std::env::var("SLUICE_EXCLUDE")
+                    .map(|v| v.lines().map(Into::into).collect())
+                    .unwrap_or_default()
+            })
             .iter()
             .any(|p| p == path)
     }

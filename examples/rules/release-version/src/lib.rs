@@ -17,15 +17,30 @@ struct ReleaseVersion;
 
 fn numbers(core: &str) -> bool {
     let parts: Vec<&str> = core.split('.').collect();
-    parts.len() == 3 && parts.iter().all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
+    parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
 }
 
 impl Guest for ReleaseVersion {
     fn check(ctx: CheckContext, config: Vec<(String, String)>) -> Result<(), String> {
-        let get = |k: &str| config.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+        let get = |k: &str| {
+            config
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+        };
         let version = get("version").ok_or("release-version needs `with: { version: ... }`")?;
         let allow_pre = get("allow_prerelease") == Some("true");
-        log(Level::Info, &format!("checking version {version:?} for {} of {}", ctx.stage, ctx.pipeline), &[]);
+        log(
+            Level::Info,
+            &format!(
+                "checking version {version:?} for {} of {}",
+                ctx.stage, ctx.pipeline
+            ),
+            &[],
+        );
         let (core, pre) = match version.split_once('-') {
             Some((core, pre)) => (core, Some(pre)),
             None => (version, None),

@@ -40,17 +40,26 @@ impl Action for Probe {
             "flaky" => {
                 let succeed_at: u32 = config.parse_or("value", 3)?;
                 if ctx.attempt < succeed_at {
-                    return Err(ActionError::Retryable(format!("attempt {} of a flaky probe", ctx.attempt)));
+                    return Err(ActionError::Retryable(format!(
+                        "attempt {} of a flaky probe",
+                        ctx.attempt
+                    )));
                 }
                 Ok(Outcome::success().var("Attempt", ctx.attempt))
             }
-            "retryable" => Err(ActionError::Retryable("the probe was told to fail transiently".into())),
-            "config" => Err(ActionError::Config("the probe rejects its configuration".into())),
+            "retryable" => Err(ActionError::Retryable(
+                "the probe was told to fail transiently".into(),
+            )),
+            "config" => Err(ActionError::Config(
+                "the probe rejects its configuration".into(),
+            )),
             // Long-running work polled on a timer: two waits, then done; each call sees the
             // continuation the previous one returned.
             "pending" => match ctx.continuation.as_deref() {
-                None => Ok(Outcome::pending("step-1", sluice_sdk::WakeOn::Timer(50)).summary("step 1 of 3")),
-                Some("step-1") => Ok(Outcome::pending("step-2", sluice_sdk::WakeOn::Timer(50)).summary("step 2 of 3")),
+                None => Ok(Outcome::pending("step-1", sluice_sdk::WakeOn::Timer(50))
+                    .summary("step 1 of 3")),
+                Some("step-1") => Ok(Outcome::pending("step-2", sluice_sdk::WakeOn::Timer(50))
+                    .summary("step 2 of 3")),
                 Some(other) => Ok(done().var("Resumed", other)),
             },
             "loop" => {
@@ -83,7 +92,8 @@ impl Action for Probe {
                 if let Some(parent) = Path::new(p).parent() {
                     let _ = std::fs::create_dir_all(parent);
                 }
-                std::fs::write(p, config.get("value").unwrap_or("probe")).map_err(|e| ActionError::Failed(format!("cannot write {p}: {e}")))?;
+                std::fs::write(p, config.get("value").unwrap_or("probe"))
+                    .map_err(|e| ActionError::Failed(format!("cannot write {p}: {e}")))?;
                 Ok(done())
             }
             "symlink" => {
@@ -94,8 +104,13 @@ impl Action for Probe {
             }
             "exec" => {
                 let program = config.require("program")?;
-                let env: Vec<(&str, &str)> = config.get("env").and_then(|e| e.split_once('=')).into_iter().collect();
-                let status = process::run_with_env(program, &["-c", "true"], &env).map_err(ActionError::Failed)?;
+                let env: Vec<(&str, &str)> = config
+                    .get("env")
+                    .and_then(|e| e.split_once('='))
+                    .into_iter()
+                    .collect();
+                let status = process::run_with_env(program, &["-c", "true"], &env)
+                    .map_err(ActionError::Failed)?;
                 Ok(done().var("Code", status.code.unwrap_or(-1)))
             }
             "spam" => {
@@ -107,7 +122,8 @@ impl Action for Probe {
             }
             "hardlink" => {
                 let (from, to) = (path()?, config.require("target")?);
-                std::fs::hard_link(from, to).map_err(|e| ActionError::Failed(format!("cannot link {from} to {to}: {e}")))?;
+                std::fs::hard_link(from, to)
+                    .map_err(|e| ActionError::Failed(format!("cannot link {from} to {to}: {e}")))?;
                 Ok(done())
             }
             "context" => Ok(done()
@@ -130,11 +146,21 @@ impl Action for Probe {
                 let repeated = marker.exists();
                 if !repeated {
                     use std::io::Write;
-                    let mut log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("effects.log")).map_err(|e| ActionError::Failed(format!("effects.log: {e}")))?;
-                    writeln!(log, "{}", ctx.idempotency_key).map_err(|e| ActionError::Failed(e.to_string()))?;
-                    std::fs::write(&marker, b"").map_err(|e| ActionError::Failed(format!("marker: {e}")))?;
+                    let mut log = std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(dir.join("effects.log"))
+                        .map_err(|e| ActionError::Failed(format!("effects.log: {e}")))?;
+                    writeln!(log, "{}", ctx.idempotency_key)
+                        .map_err(|e| ActionError::Failed(e.to_string()))?;
+                    std::fs::write(&marker, b"")
+                        .map_err(|e| ActionError::Failed(format!("marker: {e}")))?;
                 }
-                log::info(&format!("side effect {} for {}", if repeated { "already done" } else { "done" }, ctx.idempotency_key));
+                log::info(&format!(
+                    "side effect {} for {}",
+                    if repeated { "already done" } else { "done" },
+                    ctx.idempotency_key
+                ));
                 let pause: u64 = config.parse_or("pause_ms", 0)?;
                 std::thread::sleep(std::time::Duration::from_millis(pause));
                 Ok(done().var("Repeated", repeated))
@@ -142,12 +168,17 @@ impl Action for Probe {
             // Waits for an approval like approval@1 but with no lower bound on its timeout;
             // succeeds with the decisions it was woken with.
             "approval" => match &ctx.wake_payload {
-                None => Ok(Outcome::pending("probe-wait", sluice_sdk::WakeOn::Approval).summary("probe waiting")),
+                None => Ok(Outcome::pending("probe-wait", sluice_sdk::WakeOn::Approval)
+                    .summary("probe waiting")),
                 Some(p) => Ok(done().var("Decisions", p)),
             },
             // Holds until woken (`sluice wake`): lets tests keep an execution inside a stage.
             "hold" => match ctx.continuation.as_deref() {
-                None => Ok(Outcome::pending("held", sluice_sdk::WakeOn::Event(config.get("subject").unwrap_or("release").into())).summary("held until woken")),
+                None => Ok(Outcome::pending(
+                    "held",
+                    sluice_sdk::WakeOn::Event(config.get("subject").unwrap_or("release").into()),
+                )
+                .summary("held until woken")),
                 Some(_) => Ok(done().var("Released", ctx.wake_payload.clone().unwrap_or_default())),
             },
             other => Err(ActionError::Config(format!("unknown mode {other:?}"))),
