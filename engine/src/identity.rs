@@ -11,10 +11,10 @@ pub fn resolve(as_flag: Option<&str>) -> String {
 /// The caller's identity: `SLUICE_USER`, else the login name, else `unknown`.
 pub fn current() -> String {
     for var in ["SLUICE_USER", "USER", "LOGNAME"] {
-        if let Ok(v) = std::env::var(var) {
-            if !v.trim().is_empty() {
-                return v;
-            }
+        if let Ok(v) = std::env::var(var)
+            && !v.trim().is_empty()
+        {
+            return v;
         }
     }
     "unknown".to_string()

@@ -395,7 +395,7 @@ fn kill_9_of_an_engine_mid_deploy_finishes_on_the_other_with_one_side_effect() {
     let url = nats.url();
     let effects = tempfile::tempdir().unwrap();
     let p = Project::new(&EFFECT.replace("EFFECTS", &effects.path().display().to_string()));
-    let mut engines = vec![
+    let mut engines = [
         Engine::start(
             p.dir.path(),
             "engine-a",

@@ -620,13 +620,13 @@ pub async fn status(execution_id: String, json: bool, target: Target) -> anyhow:
 
 /// Run `sluice show`: a local run's record, else the service's.
 pub async fn show(execution_id: String, json: bool, target: Target) -> anyhow::Result<ExitCode> {
-    if target.nats.is_none() {
-        if let Some(e) = super::inspect::local_execution(
+    if target.nats.is_none()
+        && let Some(e) = super::inspect::local_execution(
             &super::default_data(target.data.clone()),
             &execution_id,
-        )? {
-            return super::inspect::print_execution(&e, json);
-        }
+        )?
+    {
+        return super::inspect::print_execution(&e, json);
     }
     let client = target.client().await?;
     match client.call(&Request::Status { execution_id }).await {

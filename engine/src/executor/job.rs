@@ -217,18 +217,18 @@ impl JobSpec {
         // A plugin that reads a directory named in its configuration gets exactly that
         // directory, read-only: the path the pipeline author wrote is the grant.
         for cap in &plugin.description.capabilities {
-            if let Capability::ReadConfigPath(key) = cap {
-                if let Some(v) = config.get(key) {
-                    // A pipeline registered over NATS has no directory to resolve against.
-                    if p.dir.as_os_str().is_empty() && !Path::new(v).is_absolute() {
-                        return Err(format!(
-                            "`with.{key}`: {v:?} is relative, and a pipeline registered over NATS has no directory on the engine's host: use an absolute path"
-                        ));
-                    }
-                    let path = p.host_path(v);
-                    if !dirs.iter().any(|(d, _)| d == &path) {
-                        dirs.push((path, Access::Ro));
-                    }
+            if let Capability::ReadConfigPath(key) = cap
+                && let Some(v) = config.get(key)
+            {
+                // A pipeline registered over NATS has no directory to resolve against.
+                if p.dir.as_os_str().is_empty() && !Path::new(v).is_absolute() {
+                    return Err(format!(
+                        "`with.{key}`: {v:?} is relative, and a pipeline registered over NATS has no directory on the engine's host: use an absolute path"
+                    ));
+                }
+                let path = p.host_path(v);
+                if !dirs.iter().any(|(d, _)| d == &path) {
+                    dirs.push((path, Access::Ro));
                 }
             }
         }
@@ -509,8 +509,8 @@ async fn run_in(
         // alias -> the data dir) reaches what the link points to.
         let real =
             real_path(dir).map_err(|e| format!("granted directory {}: {e}", dir.display()))?;
-        if *access == Access::Rw {
-            if let Some(p) = cx.protected.iter().find(|p| {
+        if *access == Access::Rw
+            && let Some(p) = cx.protected.iter().find(|p| {
                 let p_real = real_path(p).unwrap_or_else(|_| p.to_path_buf());
                 [dir, &real].iter().any(|d| {
                     p.starts_with(d)
@@ -518,13 +518,13 @@ async fn run_in(
                         || p_real.starts_with(d)
                         || d.starts_with(&p_real)
                 })
-            }) {
-                return Err(format!(
-                    "the grant `{}: rw` would let the action write Sluice's own data ({}); grant a directory outside it",
-                    dir.display(),
-                    p.display()
-                ));
-            }
+            })
+        {
+            return Err(format!(
+                "the grant `{}: rw` would let the action write Sluice's own data ({}); grant a directory outside it",
+                dir.display(),
+                p.display()
+            ));
         }
         if *access == Access::Rw && !real.exists() {
             std::fs::create_dir_all(&real)

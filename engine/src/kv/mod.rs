@@ -30,10 +30,13 @@ pub enum KvError {
 /// The result of a bucket operation.
 pub type KvResult<T> = Result<T, KvError>;
 
+/// A value and its revision, or `None` when the key is absent (or deleted).
+pub type Versioned = Option<(Vec<u8>, u64)>;
+
 /// A bucket of byte values with per-key revisions.
 pub trait Kv: Send + Sync {
     /// The value and its revision, or `None` when the key is absent (or deleted).
-    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, KvResult<Option<(Vec<u8>, u64)>>>;
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, KvResult<Versioned>>;
     /// Write a key that must not exist yet. Returns the new revision.
     fn create<'a>(&'a self, key: &'a str, value: Vec<u8>) -> BoxFuture<'a, KvResult<u64>>;
     /// Write a key whose current revision is `revision`. Returns the new revision.

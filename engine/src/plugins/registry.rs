@@ -49,9 +49,8 @@ impl Registry {
             bytes
         } else {
             let (name, major) = uses.split_once('@').ok_or_else(|| {
-                format!(
-                    "expected NAME@MAJOR (e.g. command@1), blake3:<hex> or a path to a .wasm file"
-                )
+                "expected NAME@MAJOR (e.g. command@1), blake3:<hex> or a path to a .wasm file"
+                    .to_string()
             })?;
             let major: u32 = major
                 .parse()

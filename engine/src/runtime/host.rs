@@ -151,6 +151,8 @@ pub(super) struct HostState {
 }
 
 impl HostState {
+    // One argument per part of an action's sandbox; a struct of them would only rename them.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         wasi: WasiCtx,
         memory: u64,

@@ -697,13 +697,13 @@ impl Service {
                     .control(tenant, &execution_id, |e| {
                         let (stage, index) = find(e, &execution_id, &action)?;
                         let waiting = e.stages[stage].actions[index].waiting.as_ref();
-                        if let (Some(t), Some(w)) = (&token, waiting) {
-                            if *t != w.token {
-                                // The real token is the approvers' secret: never in a reply.
-                                return Err(format!(
-                                    "the token does not match the pending approval of {action}"
-                                ));
-                            }
+                        if let (Some(t), Some(w)) = (&token, waiting)
+                            && *t != w.token
+                        {
+                            // The real token is the approvers' secret: never in a reply.
+                            return Err(format!(
+                                "the token does not match the pending approval of {action}"
+                            ));
                         }
                         Ok(Input::Decide {
                             stage,

@@ -620,10 +620,10 @@ impl Service {
                     .collect::<Vec<_>>()
             })
         });
-        if let Ok(Ok(lines)) = read.await {
-            if !lines.is_empty() {
-                archive(name, lines).await;
-            }
+        if let Ok(Ok(lines)) = read.await
+            && !lines.is_empty()
+        {
+            archive(name, lines).await;
         }
     }
 

@@ -267,6 +267,8 @@ impl Journal {
 }
 
 /// Where a chain's copy of a record starts from.
+// One per chain, moved rarely: boxing the large variant would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Base {
     /// The record as stored at this revision.
     Stored(u64),
@@ -446,11 +448,11 @@ impl Service {
                 }
             };
             let gate = journal.gate.lock().unwrap().take();
-            if let Some(gate) = gate {
-                if let Err(why) = gate.await {
-                    journal.refused.store(true, Ordering::Release);
-                    break Err(why);
-                }
+            if let Some(gate) = gate
+                && let Err(why) = gate.await
+            {
+                journal.refused.store(true, Ordering::Release);
+                break Err(why);
             }
             let written = match attempt.revision {
                 Some(revision) => {
@@ -615,7 +617,7 @@ impl Service {
             .flat_map(|c| c.arrived.iter().copied())
             .collect();
         again.carried.extend(lanes::released(&again.exec, &arrived));
-        again.carried.extend(head.carried.drain(..));
+        again.carried.append(&mut head.carried);
         again.carried.extend(
             head.pending
                 .iter_mut()

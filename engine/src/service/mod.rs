@@ -104,45 +104,45 @@ pub struct Edges {
     /// Events out.
     pub bus: Arc<dyn EventBus>,
     /// Where rejected events also go (the NATS dead-letter subject); the bucket keeps them always.
-    pub dead_letters: Option<Arc<dyn Fn(&DeadLetter) + Send + Sync>>,
+    pub dead_letters: Option<DeadLetterHook>,
     /// Makes a pipeline's extra `triggers.nats` subjects deliver to the engines (NATS: a stream
     /// per pipeline); an error refuses the registration.
-    pub extra_subjects: Option<
-        Arc<
-            dyn Fn(
-                    String,
-                    String,
-                    Vec<String>,
-                ) -> futures_util::future::BoxFuture<'static, Result<(), String>>
-                + Send
-                + Sync,
-        >,
-    >,
+    pub extra_subjects: Option<ExtraSubjectsHook>,
     /// Tells the other engines to cancel jobs (by id) that `stop --abandon` abandoned.
-    pub cancel_elsewhere: Option<Arc<dyn Fn(&str, Vec<String>) + Send + Sync>>,
+    pub cancel_elsewhere: Option<CancelElsewhereHook>,
     /// Makes NATS capture a subject an action waits for (`wake: event(subject)`); none: the
     /// embedded service, where only `sluice wake` wakes such actions.
-    pub wake_subject: Option<
-        Arc<
-            dyn Fn(String) -> futures_util::future::BoxFuture<'static, Result<(), String>>
-                + Send
-                + Sync,
-        >,
-    >,
+    pub wake_subject: Option<WakeSubjectHook>,
     /// Keeps a copy of each attempt's log lines where every engine and client can read them
     /// (NATS: the `sluice-logs` Object Store), given the attempt's object name; none: the
     /// embedded service, whose one engine's data directory has them all.
-    pub archive_log: Option<
-        Arc<
-            dyn Fn(
-                    String,
-                    Vec<crate::executor::LogLine>,
-                ) -> futures_util::future::BoxFuture<'static, ()>
-                + Send
-                + Sync,
-        >,
-    >,
+    pub archive_log: Option<ArchiveLogHook>,
 }
+
+/// [`Edges::dead_letters`].
+pub type DeadLetterHook = Arc<dyn Fn(&DeadLetter) + Send + Sync>;
+/// [`Edges::extra_subjects`]: (tenant, pipeline, subjects).
+pub type ExtraSubjectsHook = Arc<
+    dyn Fn(
+            String,
+            String,
+            Vec<String>,
+        ) -> futures_util::future::BoxFuture<'static, Result<(), String>>
+        + Send
+        + Sync,
+>;
+/// [`Edges::cancel_elsewhere`]: (tenant, job ids).
+pub type CancelElsewhereHook = Arc<dyn Fn(&str, Vec<String>) + Send + Sync>;
+/// [`Edges::wake_subject`].
+pub type WakeSubjectHook = Arc<
+    dyn Fn(String) -> futures_util::future::BoxFuture<'static, Result<(), String>> + Send + Sync,
+>;
+/// [`Edges::archive_log`]: (object name, lines).
+pub type ArchiveLogHook = Arc<
+    dyn Fn(String, Vec<crate::executor::LogLine>) -> futures_util::future::BoxFuture<'static, ()>
+        + Send
+        + Sync,
+>;
 
 /// A parsed, resolved pipeline version.
 pub struct Loaded {
@@ -177,12 +177,15 @@ pub struct Service {
     lane_copies: lane_copies::LaneCopies,
     /// Events this engine published and the stream has not acknowledged yet, by execution key:
     /// every change this engine records carries them in its outbox (see `jobs::in_flight`).
-    unacked: Mutex<HashMap<String, Vec<(jobs::Sent, Vec<Event>)>>>,
+    unacked: Mutex<HashMap<String, Vec<Unacked>>>,
     /// How long a chain gathers changes before writing them, in microseconds (see `journal`).
     gather_us: std::sync::atomic::AtomicU64,
     /// Each pipeline's head as this engine last read it: what an early start runs (see `early`).
     heads: Mutex<HashMap<(String, String), Arc<Loaded>>>,
 }
+
+/// Events sent for one change and not yet acknowledged by the stream.
+type Unacked = (jobs::Sent, Vec<Event>);
 
 /// A job's id: its idempotency key with indices (`tenant/execution/stage/action/attempt`).
 fn job_id(tenant: &str, execution_id: &str, stage: usize, action: usize, attempt: u32) -> String {
@@ -557,17 +560,17 @@ impl Service {
             if !key.contains("/x/") {
                 continue;
             }
-            if let Some((exec, _)) = get_json::<Execution>(&*self.edges.executions, &key).await? {
-                if !exec.status.is_terminal() {
-                    self.republish(&exec).await;
-                    // Every chain of this process died with it.
-                    self.push_jobs(&outstanding(&exec, |_| false)).await;
-                    arrivals.extend(
-                        exec.entering
-                            .map(|stage| lanes::After::arrive(&exec, stage)),
-                    );
-                    n += 1;
-                }
+            if let Some((exec, _)) = get_json::<Execution>(&*self.edges.executions, &key).await?
+                && !exec.status.is_terminal()
+            {
+                self.republish(&exec).await;
+                // Every chain of this process died with it.
+                self.push_jobs(&outstanding(&exec, |_| false)).await;
+                arrivals.extend(
+                    exec.entering
+                        .map(|stage| lanes::After::arrive(&exec, stage)),
+                );
+                n += 1;
             }
         }
         // A crash between recording a change and updating the lanes left them behind.
@@ -596,15 +599,14 @@ impl Service {
         version: Option<u64>,
     ) -> Result<Option<Arc<Loaded>>, String> {
         // A version, once registered, never changes: no need to read it again.
-        if let Some(v) = version {
-            if let Some(hit) =
+        if let Some(v) = version
+            && let Some(hit) =
                 self.loaded
                     .lock()
                     .unwrap()
                     .get(&(tenant.to_string(), name.to_string(), v))
-            {
-                return Ok(Some(hit.clone()));
-            }
+        {
+            return Ok(Some(hit.clone()));
         }
         let found = pipelines::get(&*self.edges.pipelines, tenant, name, version)
             .await
@@ -695,10 +697,10 @@ impl Service {
             },
             ulid::Ulid::new()
         );
-        if let Ok(bytes) = serde_json::to_vec(&letter) {
-            if let Err(e) = self.edges.executions.create(&key, bytes).await {
-                tracing::warn!("could not record the dead letter: {e}");
-            }
+        if let Ok(bytes) = serde_json::to_vec(&letter)
+            && let Err(e) = self.edges.executions.create(&key, bytes).await
+        {
+            tracing::warn!("could not record the dead letter: {e}");
         }
         if let Some(publish) = &self.edges.dead_letters {
             publish(&letter);
@@ -1155,12 +1157,11 @@ impl Service {
             if out.len() >= limit {
                 break;
             }
-            if let Some((exec, _)) = get_json::<Execution>(&*self.edges.executions, &key).await? {
-                if pipeline.is_none_or(|p| p == exec.pipeline)
-                    && status.is_none_or(|s| s == exec.status)
-                {
-                    out.push(exec);
-                }
+            if let Some((exec, _)) = get_json::<Execution>(&*self.edges.executions, &key).await?
+                && pipeline.is_none_or(|p| p == exec.pipeline)
+                && status.is_none_or(|s| s == exec.status)
+            {
+                out.push(exec);
             }
         }
         Ok(out)

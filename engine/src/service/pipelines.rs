@@ -120,10 +120,10 @@ pub async fn all_heads(kv: &dyn Kv) -> Result<Vec<(String, StoredPipeline)>, KvE
     let mut out = Vec::new();
     for key in kv.keys("").await? {
         let mut parts = key.split('/');
-        if let (Some(tenant), Some(_), None) = (parts.next(), parts.next(), parts.next()) {
-            if let Some((p, _)) = get_json::<StoredPipeline>(kv, &key).await? {
-                out.push((tenant.to_string(), p));
-            }
+        if let (Some(tenant), Some(_), None) = (parts.next(), parts.next(), parts.next())
+            && let Some((p, _)) = get_json::<StoredPipeline>(kv, &key).await?
+        {
+            out.push((tenant.to_string(), p));
         }
     }
     Ok(out)
@@ -196,20 +196,19 @@ pub fn without_dir(p: &mut Pipeline, uploads: &BTreeMap<String, String>) -> Vec<
                     }),
                 }
             }
-            if a.uses.value == "invoke@1" {
-                if let Some(f) = a
+            if a.uses.value == "invoke@1"
+                && let Some(f) = a
                     .with
                     .get("function")
                     .filter(|f| f.value.ends_with(".wasm"))
-                {
-                    out.push(Diagnostic {
+            {
+                out.push(Diagnostic {
                         loc: f.loc,
                         message: format!(
                             "action `{}`: `function: {}` is a file, and the engine reads no file of the client's: register it with `sluice function put NAME {}` and write `function: NAME`",
                             a.name, f.value, f.value
                         ),
                     });
-                }
             }
             for d in a.capabilities.dirs.keys() {
                 if !Path::new(d).is_absolute() {
@@ -264,16 +263,17 @@ pub fn relative_config_paths(p: &Pipeline, plugins: &ResolvedPlugins) -> Vec<Dia
             let (Capability::ReadConfigPath(key) | Capability::WriteConfigPath(key)) = cap else {
                 continue;
             };
-            if let Some(v) = a.with.get(key) {
-                if !v.value.contains("#{") && !Path::new(&v.value).is_absolute() {
-                    out.push(Diagnostic {
+            if let Some(v) = a.with.get(key)
+                && !v.value.contains("#{")
+                && !Path::new(&v.value).is_absolute()
+            {
+                out.push(Diagnostic {
                         loc: v.loc,
                         message: format!(
                             "action `{}`: `with.{key}` {:?} is a path relative to the pipeline file, and {NO_DIR}: write an absolute path",
                             a.name, v.value
                         ),
                     });
-                }
             }
         }
     }

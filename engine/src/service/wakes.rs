@@ -143,10 +143,10 @@ impl Service {
     pub async fn awaited_subjects(&self) -> Result<Vec<String>, KvError> {
         let mut out = Vec::new();
         for key in self.edges.waits.keys(INDEX_PREFIX).await? {
-            if let Some((index, _)) = get_json::<WaitIndex>(&*self.edges.waits, &key).await? {
-                if !index.waiters.is_empty() {
-                    out.push(index.subject);
-                }
+            if let Some((index, _)) = get_json::<WaitIndex>(&*self.edges.waits, &key).await?
+                && !index.waiters.is_empty()
+            {
+                out.push(index.subject);
             }
         }
         out.sort();

@@ -64,7 +64,7 @@ pub fn signature_valid(secret: &[u8], body: &[u8], signature: &str) -> bool {
 }
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())

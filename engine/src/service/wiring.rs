@@ -186,10 +186,10 @@ pub async fn serve_wakes(service: Arc<Service>, js: async_nats::jetstream::Conte
     let keeper = service.clone();
     tokio::spawn(async move {
         loop {
-            if let Ok(subjects) = keeper.awaited_subjects().await {
-                if let Err(e) = capture_wake_subjects(&js, &subjects, true).await {
-                    tracing::warn!("event wakes: {e}");
-                }
+            if let Ok(subjects) = keeper.awaited_subjects().await
+                && let Err(e) = capture_wake_subjects(&js, &subjects, true).await
+            {
+                tracing::warn!("event wakes: {e}");
             }
             tokio::time::sleep(Duration::from_secs(5)).await;
         }

@@ -44,10 +44,10 @@ fn spawn(dir: &Path) -> anyhow::Result<Child> {
 async fn answering(dir: &Path) -> anyhow::Result<Client> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if let Ok(c) = Client::connect(None, &dir.join("data"), "default").await {
-            if c.call(&Request::PipelineLs {}).await.is_ok() {
-                return Ok(c);
-            }
+        if let Ok(c) = Client::connect(None, &dir.join("data"), "default").await
+            && c.call(&Request::PipelineLs {}).await.is_ok()
+        {
+            return Ok(c);
         }
         anyhow::ensure!(
             Instant::now() < deadline,

@@ -95,7 +95,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     // Every measure is taken in ROUNDS rounds, interleaved, and its best round kept: on a
     // shared machine a round is only ever slowed down by others, never sped up.
     let cx = engine.job_context();
-    let job = noop_job(digest.clone(), tmp.path());
+    let job = noop_job(digest, tmp.path());
     let n = args.actions.clamp(1, 999);
     // (b) a pipeline of N no-op actions one after another, in stages of at most 50
     // (CodePipeline's limit of actions per stage); (b') the same in parallel groups; (b'') all

@@ -295,37 +295,37 @@ impl Parser {
             return pipeline;
         };
         let at = loc(root);
-        if let Some(n) = self.required(map, "name", "the pipeline", at) {
-            if let Some(name) = self.scalar(n, "`name`") {
-                if !super::is_valid_name(&name.value) {
-                    self.err(
-                        name.loc,
-                        format!(
-                            "pipeline name {:?} must be {}",
-                            name.value,
-                            super::NAME_RULE
-                        ),
-                    );
-                }
-                pipeline.name = name.value;
+        if let Some(n) = self.required(map, "name", "the pipeline", at)
+            && let Some(name) = self.scalar(n, "`name`")
+        {
+            if !super::is_valid_name(&name.value) {
+                self.err(
+                    name.loc,
+                    format!(
+                        "pipeline name {:?} must be {}",
+                        name.value,
+                        super::NAME_RULE
+                    ),
+                );
             }
+            pipeline.name = name.value;
         }
         if let Some(n) = map.get_node("timeout") {
             pipeline.timeout = self.duration(n, "`timeout`");
         }
-        if let Some(n) = map.get_node("execution_mode") {
-            if let Some(m) = self.scalar(n, "`execution_mode`") {
-                match Mode::parse(&m.value) {
-                    Some(mode) => pipeline.mode = mode,
-                    None => self.err(
-                        m.loc,
-                        format!(
-                            "`execution_mode` must be one of {}, got {:?}",
-                            Mode::NAMES.join(", "),
-                            m.value
-                        ),
+        if let Some(n) = map.get_node("execution_mode")
+            && let Some(m) = self.scalar(n, "`execution_mode`")
+        {
+            match Mode::parse(&m.value) {
+                Some(mode) => pipeline.mode = mode,
+                None => self.err(
+                    m.loc,
+                    format!(
+                        "`execution_mode` must be one of {}, got {:?}",
+                        Mode::NAMES.join(", "),
+                        m.value
                     ),
-                }
+                ),
             }
         }
         if let Some(n) = map.get_node("triggers") {
@@ -449,13 +449,12 @@ impl Parser {
         }
         if let Some(hook) = map.get_node("webhook") {
             let at = loc(hook);
-            if let Some(hm) = self.mapping(hook, "`triggers.webhook`", WEBHOOK_KEYS) {
-                if let Some(secret_env) = self
+            if let Some(hm) = self.mapping(hook, "`triggers.webhook`", WEBHOOK_KEYS)
+                && let Some(secret_env) = self
                     .required(hm, "secret_env", "`triggers.webhook`", at)
                     .and_then(|n| self.scalar(n, "`secret_env`"))
-                {
-                    out.webhook = Some(Webhook { secret_env });
-                }
+            {
+                out.webhook = Some(Webhook { secret_env });
             }
         }
         out
@@ -578,18 +577,18 @@ impl Parser {
         if let Some(n) = map.get_node("namespace") {
             action.namespace = self.scalar(n, "`namespace`");
         }
-        if let Some(n) = map.get_node("run_order") {
-            if let Some(v) = self.scalar(n, "`run_order`") {
-                match v.value.parse::<u32>() {
-                    Ok(r) if (1..=999).contains(&r) => action.run_order = r,
-                    _ => self.err(
-                        v.loc,
-                        format!(
-                            "`run_order` must be a whole number from 1 to 999, got {:?}",
-                            v.value
-                        ),
+        if let Some(n) = map.get_node("run_order")
+            && let Some(v) = self.scalar(n, "`run_order`")
+        {
+            match v.value.parse::<u32>() {
+                Ok(r) if (1..=999).contains(&r) => action.run_order = r,
+                _ => self.err(
+                    v.loc,
+                    format!(
+                        "`run_order` must be a whole number from 1 to 999, got {:?}",
+                        v.value
                     ),
-                }
+                ),
             }
         }
         if let Some(n) = map.get_node("timeout") {
@@ -598,23 +597,21 @@ impl Parser {
         if let Some(n) = map.get_node("retry") {
             action.retry = self.retry(n);
         }
-        if let Some(n) = map.get_node("limits") {
-            if let Some(lmap) = self.mapping(n, "`limits`", LIMITS_KEYS) {
-                if let Some(m) = lmap.get_node("memory") {
-                    if let Some(v) = self.scalar(m, "`limits.memory`") {
-                        match units::parse_size(&v.value) {
-                            Ok(bytes) if bytes > crate::limits::MAX_GUEST_MEMORY => self.err(
-                                v.loc,
-                                format!(
-                                    "`limits.memory`: {} is more than the maximum of 4GiB",
-                                    v.value
-                                ),
-                            ),
-                            Ok(bytes) => action.memory = Some(bytes),
-                            Err(e) => self.err(v.loc, format!("`limits.memory`: {e}")),
-                        }
-                    }
-                }
+        if let Some(n) = map.get_node("limits")
+            && let Some(lmap) = self.mapping(n, "`limits`", LIMITS_KEYS)
+            && let Some(m) = lmap.get_node("memory")
+            && let Some(v) = self.scalar(m, "`limits.memory`")
+        {
+            match units::parse_size(&v.value) {
+                Ok(bytes) if bytes > crate::limits::MAX_GUEST_MEMORY => self.err(
+                    v.loc,
+                    format!(
+                        "`limits.memory`: {} is more than the maximum of 4GiB",
+                        v.value
+                    ),
+                ),
+                Ok(bytes) => action.memory = Some(bytes),
+                Err(e) => self.err(v.loc, format!("`limits.memory`: {e}")),
             }
         }
         if let Some(n) = map.get_node("capabilities") {
@@ -721,20 +718,20 @@ impl Parser {
                 let value = self
                     .required(map, "value", "a `variable-check` rule", at)
                     .and_then(|n| self.scalar(n, "`value`"))?;
-                if operator == Operator::Matches {
-                    if let Err(e) = regex::Regex::new(&value.value) {
-                        self.err(
-                            value.loc,
-                            format!(
-                                "`value` is not a regular expression: {}",
-                                e.to_string()
-                                    .lines()
-                                    .last()
-                                    .unwrap_or_default()
-                                    .trim_start_matches("error: ")
-                            ),
-                        );
-                    }
+                if operator == Operator::Matches
+                    && let Err(e) = regex::Regex::new(&value.value)
+                {
+                    self.err(
+                        value.loc,
+                        format!(
+                            "`value` is not a regular expression: {}",
+                            e.to_string()
+                                .lines()
+                                .last()
+                                .unwrap_or_default()
+                                .trim_start_matches("error: ")
+                        ),
+                    );
                 }
                 Some(Rule::VariableCheck {
                     input: input.value,

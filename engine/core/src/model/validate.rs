@@ -209,16 +209,15 @@ pub fn validate(
                 .with
                 .get("min_approvals")
                 .filter(|m| !m.value.contains("#{"))
+                && !m.value.trim().parse::<u32>().is_ok_and(|n| n >= 1)
             {
-                if !m.value.trim().parse::<u32>().is_ok_and(|n| n >= 1) {
-                    err(
-                        m.loc,
-                        format!(
-                            "`min_approvals` must be a whole number of at least 1, got {:?}",
-                            m.value
-                        ),
-                    );
-                }
+                err(
+                    m.loc,
+                    format!(
+                        "`min_approvals` must be a whole number of at least 1, got {:?}",
+                        m.value
+                    ),
+                );
             }
         }
         for input in &a.inputs {
@@ -332,19 +331,18 @@ pub fn validate(
             let Some(value) = a.with.get(key) else {
                 continue;
             };
-            if let Ok(refs) = template::references(&value.value) {
-                if let Some(r) = refs
+            if let Ok(refs) = template::references(&value.value)
+                && let Some(r) = refs
                     .iter()
                     .find(|r| r.namespace != "variables" && r.namespace != "sluice")
-                {
-                    err(
-                        value.loc,
-                        format!(
-                            "`with.{key}` names a directory the action is granted, so it cannot come from another action's output (`#{{{}.{}}}`)",
-                            r.namespace, r.key
-                        ),
-                    );
-                }
+            {
+                err(
+                    value.loc,
+                    format!(
+                        "`with.{key}` names a directory the action is granted, so it cannot come from another action's output (`#{{{}.{}}}`)",
+                        r.namespace, r.key
+                    ),
+                );
             }
         }
         for cap in &d.capabilities {

@@ -1,4 +1,5 @@
 //! Table-driven tests of CodePipeline's execution rules.
+#![allow(clippy::type_complexity)] // table tests: each row is a tuple
 use super::*;
 
 /// Build an execution from a layout: one `&[u32]` of run_orders per stage.
