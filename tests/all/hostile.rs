@@ -268,3 +268,145 @@ stages:
     // pipeline.yaml and app/main.txt.
     assert_eq!(action(&exec, "Use/Count")["variables"]["Files"], "2");
 }
+
+/// POST to the webhook port and return the status line ("" when nothing answered).
+fn post_status(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return String::new();
+    };
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let req = "POST /hooks/default/nope HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}";
+    if s.write_all(req.as_bytes()).is_err() {
+        return String::new();
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.lines().next().unwrap_or_default().to_string()
+}
+
+/// A flood of idle connections to the webhook port exhausts the engine's descriptors: the
+/// accept loop waits it out (it used to end `sluice serve`), answers again once they close,
+/// and drops a connection that sends nothing.
+#[test]
+fn a_connection_flood_that_exhausts_descriptors_does_not_end_the_service() {
+    use std::io::Read;
+    let p = Project::new(OK);
+    let http_port = crate::harness::nats::port();
+    let addr = format!("127.0.0.1:{http_port}");
+    // A low descriptor limit (soft and hard: the engine raises its soft limit to the hard one).
+    let mut engine = std::process::Command::new("sh")
+        .args([
+            "-c",
+            "ulimit -n 256 && exec \"$0\" serve --data d --http \"$1\"",
+        ])
+        .arg(env!("CARGO_BIN_EXE_sluice"))
+        .arg(&addr)
+        .current_dir(p.dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(p.path("engine.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !post_status(&addr).contains("404") {
+        assert!(
+            Instant::now() < deadline,
+            "the webhook port never answered: {}",
+            p.read("engine.log")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let flood: Vec<_> = (0..400)
+        .filter_map(|_| std::net::TcpStream::connect(&addr).ok())
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        engine.try_wait().unwrap().is_none(),
+        "sluice serve ended under the flood: {}",
+        p.read("engine.log")
+    );
+    // More than its descriptors: the kernel's backlog holds what the engine cannot take.
+    assert!(
+        flood.len() > 300,
+        "only {} connections were made",
+        flood.len()
+    );
+    drop(flood);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !post_status(&addr).contains("404") {
+        assert!(
+            Instant::now() < deadline,
+            "the webhook port did not recover: {}",
+            p.read("engine.log")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // A connection that sends nothing is closed by the engine (header read timeout).
+    let mut idle = std::net::TcpStream::connect(&addr).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    let n = idle.read(&mut buf);
+    assert!(
+        n.is_ok() && started.elapsed() < Duration::from_secs(25),
+        "an idle connection was kept open: {n:?} after {:?}",
+        started.elapsed()
+    );
+    let _ = engine.kill();
+    let _ = engine.wait();
+}
+
+/// Whether process `pid` runs (a zombie has ended: only its parent's reaping is left).
+fn running(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+            !state.starts_with('Z') && !state.starts_with('X')
+        })
+        .unwrap_or(false)
+}
+
+/// A host program dies with the engine that started it: after a `kill -9` of the engine, no
+/// leftover keeps running beside the attempt that another engine runs again.
+#[test]
+fn a_host_program_dies_with_the_engine_that_started_it() {
+    let p = Project::new("");
+    let pidfile = p.path("program.pid");
+    p.write(
+        "pipeline.yaml",
+        &format!(
+            "name: linger\nstages:\n  - name: S\n    actions:\n      - name: Run\n        uses: command@1\n        capabilities: {{ process: [sh] }}\n        with: {{ run: \"echo $$ > {}.tmp && mv {0}.tmp {0} && exec sleep 300\" }}\n",
+            pidfile.display()
+        ),
+    );
+    let mut engine = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "pipeline.yaml"])
+        .current_dir(p.dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let pid = loop {
+        if let Ok(pid) = std::fs::read_to_string(&pidfile) {
+            break pid.trim().to_string();
+        }
+        assert!(Instant::now() < deadline, "the host program never started");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(running(&pid), "the host program {pid} is not running");
+    engine.kill().unwrap(); // SIGKILL
+    engine.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while running(&pid) {
+        if Instant::now() > deadline {
+            // Leave nothing behind, then fail.
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid])
+                .status();
+            panic!("host program {pid} outlived the engine that started it");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -450,8 +450,8 @@ impl process::Host for HostState {
             .stderr(std::process::Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
-        let mut child = command
-            .spawn()
+        let mut child = super::spawner::spawn(command)
+            .await
             .map_err(|e| format!("cannot start `{}`: {e}", cmd.program))?;
         // Whatever happens (a timeout drops this future, or the program exits leaving
         // background children), the whole process group is killed.

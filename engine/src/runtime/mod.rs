@@ -11,6 +11,7 @@ mod capture;
 mod host;
 pub mod http;
 pub mod messaging;
+mod spawner;
 
 pub use host::{Level, LogSink, Mount, Preopened};
 

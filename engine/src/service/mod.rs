@@ -17,6 +17,7 @@ mod jobs;
 mod journal;
 mod lane_copies;
 pub mod lanes;
+pub mod listen;
 pub mod pipelines;
 pub mod schedule;
 pub mod socket;

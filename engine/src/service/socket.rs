@@ -38,10 +38,12 @@ pub async fn serve(service: Arc<Service>, bus: Arc<MemoryBus>, data: &Path) -> a
         std::fs::remove_file(&path)?;
     }
     let listener = UnixListener::bind(&path)?;
+    let gate = super::listen::Gate::new("control socket");
     loop {
-        let (stream, _) = listener.accept().await?;
+        let ((stream, _), slot) = gate.accept(|| listener.accept()).await?;
         let (service, bus) = (service.clone(), bus.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             if let Err(e) = connection(service, bus, stream).await {
                 tracing::debug!("control connection: {e}");
             }

@@ -20,15 +20,20 @@ pub async fn serve(service: Arc<Service>, addr: SocketAddr) -> anyhow::Result<()
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("listen on {addr}: {e}"))?;
+    let gate = super::listen::Gate::new("webhooks");
     loop {
-        let (stream, _) = listener.accept().await?;
+        let ((stream, _), slot) = gate.accept(|| listener.accept()).await?;
         let service = service.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let handler = hyper::service::service_fn(move |req| {
                 let service = service.clone();
                 async move { Ok::<_, std::convert::Infallible>(service.webhook(req).await) }
             });
+            // A client that opens a connection and sends nothing is dropped.
             if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(super::listen::READ_TIMEOUT)
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), handler)
                 .await
             {
@@ -146,9 +151,16 @@ impl Service {
             header("x-github-delivery"),
             header("x-github-event"),
         );
-        let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(e) => {
+        let body = Limited::new(req.into_body(), MAX_BODY).collect();
+        let body = match tokio::time::timeout(super::listen::READ_TIMEOUT, body).await {
+            Ok(Ok(b)) => b.to_bytes(),
+            Err(_) => {
+                return reply(
+                    StatusCode::REQUEST_TIMEOUT,
+                    json!({ "error": format!("the body did not arrive within {:?}", super::listen::READ_TIMEOUT) }),
+                );
+            }
+            Ok(Err(e)) => {
                 return reply(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     json!({ "error": format!("cannot read the body: {e}") }),
