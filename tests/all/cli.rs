@@ -97,6 +97,10 @@ fn plugin_describe_shows_configuration_and_capabilities() {
     assert_eq!(d.code, 0, "{}", d.stderr);
     assert!(d.stdout.contains("deploy-release 1.0.0 (deploy)"));
     assert!(d.stdout.contains("side effects: yes"));
+    // `command@1` runs a host program: it is not a contained action.
+    let c = p.sluice(&["plugin", "describe", "command@1"]);
+    assert_eq!(c.code, 0, "{}", c.stderr);
+    assert!(c.stdout.contains("side effects: yes"), "{}", c.stdout);
     assert!(d.stdout.contains("target") && d.stdout.contains("required"));
     assert!(d.stdout.contains("[default: 5]"));
     let probe = p.sluice(&["plugin", "describe", probe(), "--json"]);

@@ -66,6 +66,18 @@ const CASES: &[(&str, &str)] = &[
         "5:26: `uses: nope@1`: no built-in or installed plugin `nope@1`",
     ),
     (
+        "name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: comand@1 }\n",
+        "5:26: `uses: comand@1`: no built-in or installed plugin `comand@1`; did you mean `command@1`?",
+    ),
+    (
+        "name: x\nstages:\n  - name: S\n    actions:\n      - name: A\n        uses: command@1\n        capabilities: { process: [sh] }\n        with:\n          run: ./deploy.sh #{variables.target}\n",
+        "9:28: `with.run`: `#{` starts a YAML comment here; quote the value",
+    ),
+    (
+        "name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: noop@1, retry: { max_attempts: 3, backoff: { multiplier: 1 } } }\n",
+        "5:83: `retry.backoff.multiplier` must be more than 1",
+    ),
+    (
         "name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: ./missing.wasm }\n",
         "5:26: `uses: ./missing.wasm`: cannot read",
     ),
@@ -201,6 +213,26 @@ fn all_problems_are_reported_at_once_and_run_refuses_to_start() {
         "no executions yet",
         "nothing was recorded"
     );
+}
+
+#[test]
+fn counts_of_one_are_written_in_the_singular() {
+    let p =
+        Project::new("name: x\nstages:\n  - { name: S, actions: [{ name: A, uses: noop@1 }] }\n");
+    let ok = p.sluice(&["validate", "pipeline.yaml"]);
+    assert_eq!(ok.code, 0, "{}", ok.stderr);
+    assert!(
+        ok.stdout.contains("ok (1 stage, 1 action)"),
+        "{}",
+        ok.stdout
+    );
+    p.write(
+        "bad.yaml",
+        "name: x\nstages:\n  - { name: S, actions: [{ name: A, uses: noop@1, timeout: never }] }\n",
+    );
+    let bad = p.sluice(&["validate", "bad.yaml"]);
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    assert!(bad.stderr.contains("1 problem found"), "{}", bad.stderr);
 }
 
 #[test]

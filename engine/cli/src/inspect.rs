@@ -3,6 +3,7 @@ use super::existing_data;
 use anyhow::Context as _;
 use sluice_engine::artifacts::{Digest, Entry, LocalStore, tree};
 use sluice_engine::executor::{DataDir, LogStore};
+use sluice_engine::model::count;
 use sluice_engine::model::units::short_duration;
 use sluice_engine::scheduler::Execution;
 use sluice_engine::state::{RedbStore, StateStore};
@@ -337,9 +338,9 @@ pub fn artifact_get(data: &Path, digest: &str, dest: &Path) -> anyhow::Result<Ex
     }
     let stats = tree::materialize(&store, &parse_digest(digest)?, dest)?;
     println!(
-        "{} files, {} bytes, verified, written to {}",
-        stats.files,
-        stats.bytes,
+        "{}, {}, verified, written to {}",
+        count(stats.files, "file"),
+        count(stats.bytes, "byte"),
         dest.display()
     );
     Ok(ExitCode::SUCCESS)
@@ -350,8 +351,9 @@ pub fn artifact_verify(data: &Path, digest: &str) -> anyhow::Result<ExitCode> {
     match tree::verify(&store, &parse_digest(digest)?) {
         Ok(stats) => {
             println!(
-                "{digest}: ok ({} files, {} bytes)",
-                stats.files, stats.bytes
+                "{digest}: ok ({}, {})",
+                count(stats.files, "file"),
+                count(stats.bytes, "byte")
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -17,7 +17,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::{Parser, Subcommand};
 use sluice_engine::executor::{Engine, LogStore, load_pipeline};
-use sluice_engine::model::Diagnostics;
+use sluice_engine::model::{Diagnostics, count};
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -361,11 +361,7 @@ fn default_data(data: Option<PathBuf>) -> PathBuf {
 
 fn validation_failed(d: &Diagnostics) -> ExitCode {
     eprintln!("{d}");
-    eprintln!(
-        "{} problem{} found",
-        d.items.len(),
-        if d.items.len() == 1 { "" } else { "s" }
-    );
+    eprintln!("{} found", count(d.items.len() as u64, "problem"));
     ExitCode::from(2)
 }
 
@@ -440,11 +436,11 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
                 .await
             {
                 Ok(_) => {
-                    let actions = pipeline.actions().count();
                     println!(
-                        "{}: ok ({} stages, {actions} actions)",
+                        "{}: ok ({}, {})",
                         file.display(),
-                        pipeline.stages.len()
+                        count(pipeline.stages.len() as u64, "stage"),
+                        count(pipeline.actions().count() as u64, "action")
                     );
                     Ok(ExitCode::SUCCESS)
                 }

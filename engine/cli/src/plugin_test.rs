@@ -4,7 +4,7 @@ use anyhow::Context as _;
 use sluice_engine::artifacts::{Digest, tree};
 use sluice_engine::bus::MemoryBus;
 use sluice_engine::executor::{Engine, JobSpec, LogStore};
-use sluice_engine::model::{Access, normalize, units, validate};
+use sluice_engine::model::{Access, count, normalize, units, validate};
 use sluice_engine::plugins::Capability;
 use sluice_engine::scheduler::ActionResult;
 use std::collections::BTreeMap;
@@ -115,8 +115,8 @@ pub async fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
         let (digest, stats) = tree::put_tree(&*engine.blobs, &cwd.join(dir))
             .with_context(|| format!("input {name}={dir}"))?;
         println!(
-            "input   {name} = {digest} ({} files from {dir})",
-            stats.files
+            "input   {name} = {digest} ({} from {dir})",
+            count(stats.files, "file")
         );
         inputs.insert(name.clone(), digest);
     }

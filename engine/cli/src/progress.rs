@@ -66,7 +66,7 @@ pub fn spawn(
                             break;
                         }
                     }
-                    Err(broadcast::error::RecvError::Lagged(n)) => style.out(&format!("  ({n} progress events skipped)")),
+                    Err(broadcast::error::RecvError::Lagged(n)) => style.out(&format!("  ({} skipped)", sluice_engine::model::count(n, "progress event"))),
                     Err(_) => break,
                 },
                 Some((stage, action, line)) = async { match logs.as_mut() { Some(l) => l.recv().await, None => std::future::pending().await } } => {

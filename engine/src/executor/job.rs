@@ -496,7 +496,11 @@ async fn run_in(
         })
         .await?;
         for (name, files) in stats {
-            log.log(Level::Debug, &format!("input `{name}`: {files} files"), &[]);
+            log.log(
+                Level::Debug,
+                &format!("input `{name}`: {}", crate::model::count(files, "file")),
+                &[],
+            );
             mounts.push(Mount {
                 host: ws.join("in").join(&name),
                 guest: Path::new("/in").join(&name),

@@ -57,10 +57,17 @@ impl Registry {
                 .map_err(|_| format!("`{major}` is not a major version; write e.g. {name}@1"))?;
             builtin::find(name, major)
                 .ok_or_else(|| {
-                    format!(
-                        "no built-in or installed plugin `{name}@{major}`; built-in: {}",
-                        builtin::names().join(", ")
-                    )
+                    let names = builtin::names();
+                    let known: Vec<&str> = names.iter().map(String::as_str).collect();
+                    match crate::model::parse::suggest(uses, &known) {
+                        Some(s) => format!(
+                            "no built-in or installed plugin `{name}@{major}`; did you mean `{s}`?"
+                        ),
+                        None => format!(
+                            "no built-in or installed plugin `{name}@{major}`; built-in: {}",
+                            known.join(", ")
+                        ),
+                    }
                 })?
                 .to_vec()
         };

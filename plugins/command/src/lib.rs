@@ -16,6 +16,8 @@ impl Action for CommandAction {
             .summary("Runs a shell command in the action's workspace (in/, out/, scratch/)")
             .required("run", "shell command, run with `sh -c`; KEY=VALUE lines appended to $SLUICE_OUTPUT become output variables")
             .needs(Capability::Process("sh".into()))
+            // A host program can change anything it is granted: never run it twice by mistake.
+            .side_effects()
     }
 
     fn run(_ctx: &Context, config: &Config) -> Result<Outcome, ActionError> {

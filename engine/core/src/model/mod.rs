@@ -280,3 +280,23 @@ pub fn is_valid_name(name: &str) -> bool {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
+
+/// `n` and the noun, singular for one: `count(1, "stage")` is "1 stage", `count(3, "stage")`
+/// is "3 stages". For the nouns that take an `s` (stage, action, file, byte, problem, …).
+pub fn count(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn counts_of_one_are_singular() {
+        assert_eq!(super::count(1, "stage"), "1 stage");
+        assert_eq!(super::count(0, "file"), "0 files");
+        assert_eq!(super::count(2, "action"), "2 actions");
+    }
+}

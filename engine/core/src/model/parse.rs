@@ -81,7 +81,10 @@ pub fn parse(file: &str, dir: PathBuf, text: &str) -> (Option<Pipeline>, Vec<Dia
         Ok(node) => node,
         Err(e) => return (None, vec![load_error(e)]),
     };
-    let mut p = Parser { diags: Vec::new() };
+    let mut p = Parser {
+        diags: Vec::new(),
+        text,
+    };
     let pipeline = p.pipeline(&root, file, dir);
     (Some(pipeline), p.diags)
 }
@@ -194,11 +197,57 @@ pub fn suggest<'a>(word: &str, known: &[&'a str]) -> Option<&'a str> {
         .map(|(_, k)| k)
 }
 
-struct Parser {
+struct Parser<'t> {
     diags: Vec<Diagnostic>,
+    /// The source, to see what YAML dropped as a comment.
+    text: &'t str,
 }
 
-impl Parser {
+/// Where ` #{` follows the plain scalar `value` written at `at` on the same line: YAML ends an
+/// unquoted scalar at ` #` and drops the rest of the line as a comment, so `run: echo #{x}`
+/// silently becomes `echo`. A quoted or block scalar, or one spanning lines, never matches:
+/// its source text at `at` is not its value followed by the rest of the line.
+fn comment_cut(text: &str, at: Loc, value: &str) -> Option<Loc> {
+    if value.is_empty() || value.contains('\n') {
+        return None;
+    }
+    let line = text.lines().nth(at.line.checked_sub(1)?)?;
+    let start = line.char_indices().nth(at.col.checked_sub(1)?)?.0;
+    let rest = line[start..].strip_prefix(value)?;
+    let comment = rest.trim_start_matches([' ', '\t']);
+    if comment.len() == rest.len() || !comment.starts_with("#{") {
+        return None;
+    }
+    let byte = line.len() - comment.len();
+    Some(Loc {
+        line: at.line,
+        col: line[..byte].chars().count() + 1,
+    })
+}
+
+impl Parser<'_> {
+    /// Report a `with:` value that YAML cut at ` #{` (see [`comment_cut`]). A value cut to
+    /// nothing (`run: #{x}`) is found after its key: the empty value has no position of its own.
+    fn check_comment_cut(
+        &mut self,
+        key: &marked_yaml::types::MarkedScalarNode,
+        value: &Located<String>,
+    ) {
+        let cut = if value.value.is_empty() {
+            let at = marker_loc(key.span().start());
+            comment_cut(self.text, at, &format!("{}:", key.as_str()))
+        } else {
+            comment_cut(self.text, value.loc, &value.value)
+        };
+        let what = format!("`with.{}`", key.as_str());
+        if let Some(at) = cut {
+            self.err(
+                at,
+                format!("{what}: `#{{` starts a YAML comment here; quote the value"),
+            );
+        }
+    }
+
     fn err(&mut self, loc: Loc, message: impl Into<String>) {
         self.diags.push(Diagnostic {
             loc,
@@ -558,6 +607,7 @@ impl Parser {
             if let Some(wmap) = with.as_mapping() {
                 for (k, v) in wmap.iter() {
                     if let Some(value) = self.scalar(v, &format!("`with.{}`", k.as_str())) {
+                        self.check_comment_cut(k, &value);
                         action.with.insert(k.as_str().to_string(), value);
                     }
                 }
@@ -769,6 +819,7 @@ impl Parser {
                                 if let Some(value) =
                                     self.scalar(v, &format!("`with.{}`", k.as_str()))
                                 {
+                                    self.check_comment_cut(k, &value);
                                     if let Err(e) = super::template::references(&value.value) {
                                         self.err(value.loc, format!("`with.{}`: {e}", k.as_str()));
                                     }
@@ -863,7 +914,18 @@ impl Parser {
                 policy.max_ms = self.duration(n, "`retry.backoff.max`")?.as_millis() as u64;
             }
             if let Some(n) = bmap.get_node("multiplier") {
-                policy.multiplier = self.number(n, "`retry.backoff.multiplier`", 1.0f64, 100.0)?;
+                let m = self.number(n, "`retry.backoff.multiplier`", 1.0f64, 100.0)?;
+                // At 1 every wait is `initial` and `max` never applies: not a backoff.
+                if m <= 1.0 {
+                    self.err(
+                        loc(n),
+                        format!(
+                            "`retry.backoff.multiplier` must be more than 1 (each wait is the previous one times it), got {m}; for equal waits set `max` to `initial`"
+                        ),
+                    );
+                    return None;
+                }
+                policy.multiplier = m;
             }
         }
         if policy.max_ms < policy.initial_ms {
@@ -1054,6 +1116,53 @@ mod tests {
             "{:?}",
             problems(one)
         );
+    }
+
+    #[test]
+    fn an_unquoted_with_value_cut_at_a_hash_brace_is_reported_at_the_comment() {
+        let text = "name: x\nvariables: { v: a }\nstages:\n  - name: S\n    actions:\n      - name: A\n        uses: noop@1\n        with:\n          run: echo #{variables.v}\n          ok: \"echo #{variables.v}\"\n          fine: 'echo #{variables.v}'\n          also: echo#{variables.v}\n          block: |\n            echo #{variables.v}\n          note: echo # a comment\n";
+        let found: Vec<String> = problems(text)
+            .into_iter()
+            .filter(|p| p.contains("comment"))
+            .collect();
+        assert_eq!(
+            found,
+            ["9:21: `with.run`: `#{` starts a YAML comment here; quote the value"]
+        );
+        let empty = "name: x\nstages:\n  - name: S\n    actions:\n      - name: A\n        uses: noop@1\n        with:\n          run: #{variables.v}\n";
+        assert!(
+            problems(empty)
+                .iter()
+                .any(|p| p.starts_with("8:16: `with.run`: `#{` starts a YAML comment")),
+            "{:?}",
+            problems(empty)
+        );
+        // In a custom rule's `with:` too, and after a tab.
+        let rule = "name: x\nstages:\n  - name: S\n    before_entry:\n      result: FAIL\n      rules:\n        - rule: ./r.wasm\n          with:\n            k: a\t#{variables.v}\n    actions: [{ name: A, uses: noop@1 }]\n";
+        assert!(
+            problems(rule)
+                .iter()
+                .any(|p| p.starts_with("9:18: `with.k`: `#{` starts a YAML comment")),
+            "{:?}",
+            problems(rule)
+        );
+    }
+
+    #[test]
+    fn a_backoff_multiplier_of_one_or_less_is_refused() {
+        for (m, refused) in [("1", true), ("1.0", true), ("0.5", true), ("1.5", false)] {
+            let text = format!(
+                "name: x\nstages:\n  - name: S\n    actions:\n      - name: A\n        uses: noop@1\n        retry: {{ max_attempts: 3, backoff: {{ multiplier: {m} }} }}\n"
+            );
+            let found = problems(&text);
+            assert_eq!(
+                found
+                    .iter()
+                    .any(|p| p.contains("`retry.backoff.multiplier` must be")),
+                refused,
+                "{m}: {found:?}"
+            );
+        }
     }
 
     #[test]
