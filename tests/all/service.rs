@@ -1024,3 +1024,228 @@ fn over_long_ids_on_nats_get_an_error_reply_and_the_engine_keeps_serving() {
         );
     }
 }
+
+/// `sluice run`'s words for `--var typo=x` on the test pipeline (without the `FILE:1:1: `).
+fn run_refuses_typo(p: &Project) -> String {
+    let run = p.run(&["--var", "typo=x"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    let line = run
+        .stderr
+        .lines()
+        .find(|l| l.contains("--var typo"))
+        .unwrap_or_else(|| panic!("{run:?}"));
+    line.split_once(": ").unwrap().1.to_string()
+}
+
+/// `start` (as `start(args)` runs it) of an unknown pipeline, or with an undeclared variable,
+/// fails at once, in the words of `sluice run`; nothing is queued for the dead letter.
+fn assert_bad_starts_refused_at_once(p: &Project, start: impl Fn(&[&str]) -> Run) {
+    let words = run_refuses_typo(p);
+    assert!(
+        words.contains("the pipeline declares no variable `typo` (declared: who)"),
+        "{words}"
+    );
+    for (args, want) in [
+        (vec!["start", "svc", "--var", "typo=x"], words.as_str()),
+        (vec!["start", "nope"], "no pipeline `nope` is registered"),
+    ] {
+        let t = std::time::Instant::now();
+        let r = start(&args);
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "{args:?} took {:?}",
+            t.elapsed()
+        );
+        assert_eq!(r.code, 2, "{r:?}");
+        assert!(
+            r.stderr.contains(want),
+            "{args:?}: want {want:?} in {}",
+            r.stderr
+        );
+    }
+    let dead = start(&["deadletter"]);
+    assert_eq!(dead.code, 0, "{dead:?}");
+    assert_eq!(dead.stdout, "", "a refused start is no dead letter");
+}
+
+#[test]
+fn a_bad_start_is_refused_at_once_in_the_words_of_sluice_run_embedded() {
+    let p = Project::new(PIPELINE);
+    let _engine = Engine::start(p.dir.path(), ".sluice", &[]);
+    wait_for(Duration::from_secs(30), "the control socket", || {
+        p.path(".sluice/sluice.sock").exists().then_some(())
+    });
+    assert_eq!(p.sluice(&["pipeline", "put", "pipeline.yaml"]).code, 0);
+    assert_bad_starts_refused_at_once(&p, |args| p.sluice(args));
+}
+
+#[test]
+fn a_bad_start_is_refused_at_once_in_the_words_of_sluice_run_on_nats() {
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let p = Project::new(PIPELINE);
+    let _engine = Engine::start(p.dir.path(), "engine", &["--nats", &url]);
+    wait_for(Duration::from_secs(30), "the engine to answer", || {
+        (client(&p, &url, &["pipeline", "put", "pipeline.yaml"]).code == 0).then_some(())
+    });
+    assert_bad_starts_refused_at_once(&p, |args| client(&p, &url, args));
+    // A raw request, as any NATS client sends it, gets the error as its reply.
+    let words = run_refuses_typo(&p);
+    rt().block_on(async {
+        let nc = async_nats::connect(&url).await.unwrap();
+        let body = json!({ "pipeline": "svc", "variables": { "typo": "x" } });
+        let reply = tokio::time::timeout(
+            Duration::from_secs(5),
+            nc.request("sluice.default.api.start", body.to_string().into()),
+        )
+        .await
+        .expect("a reply to api.start with an undeclared variable")
+        .unwrap();
+        let reply: Value = serde_json::from_slice(&reply.payload).unwrap();
+        assert_eq!(reply["error"], words.as_str(), "{reply}");
+    });
+}
+
+/// Ids of the dead letters `list` printed, in order.
+fn letter_ids(list: &Run) -> Vec<String> {
+    assert_eq!(list.code, 0, "{list:?}");
+    list.stdout
+        .lines()
+        .map(|l| l.split('\t').next().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn refused_events_wait_in_the_dead_letter_and_replay_after_a_fix_on_nats() {
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let p = Project::new(PIPELINE);
+    let _engine = Engine::start(p.dir.path(), "engine", &["--nats", &url]);
+    wait_for(Duration::from_secs(30), "the engine to answer", || {
+        (client(&p, &url, &["pipeline", "put", "pipeline.yaml"]).code == 0).then_some(())
+    });
+    // Events nobody waits on, setting a variable the pipeline does not declare (yet).
+    for (n, id) in ["late-1", "late-2"].iter().enumerate() {
+        let e = json!({"id": id, "variables": {"region": "eu"}});
+        publish(&url, "sluice.default.trigger.svc", &e.to_string(), Some(id));
+        wait_for(Duration::from_secs(30), "the dead letter", || {
+            let r = client(&p, &url, &["deadletter", "svc"]);
+            (r.stdout.lines().count() == n + 1).then_some(())
+        });
+    }
+    let list = client(&p, &url, &["deadletter"]);
+    let ids = letter_ids(&list);
+    assert_eq!(ids.len(), 2, "{list:?}");
+    let lines: Vec<&str> = list.stdout.lines().collect();
+    // Newest first, with the pipeline, the event id and the reason.
+    assert!(lines[0].contains("\tsvc\tlate-2\t"), "{}", list.stdout);
+    assert!(lines[1].contains("\tsvc\tlate-1\t"), "{}", list.stdout);
+    assert!(
+        lines[1].contains("variable `region`, which pipeline `svc` does not declare"),
+        "{}",
+        list.stdout
+    );
+    assert_eq!(
+        letter_ids(&client(&p, &url, &["deadletter", "--limit", "1"])),
+        ids[..1]
+    );
+    assert!(letter_ids(&client(&p, &url, &["deadletter", "other"])).is_empty());
+
+    // Replayed before the fix: still refused, and kept.
+    let early = client(&p, &url, &["deadletter", "replay", &ids[1]]);
+    assert_eq!(early.code, 2, "{early:?}");
+    assert!(early.stderr.contains("still refused"), "{}", early.stderr);
+    // The fix: the pipeline declares the variable. The replay starts the event's execution.
+    p.write(
+        "pipeline.yaml",
+        &p.read("pipeline.yaml")
+            .replace("  who: nobody\n", "  who: nobody\n  region: us\n"),
+    );
+    assert_eq!(
+        client(&p, &url, &["pipeline", "put", "pipeline.yaml"]).code,
+        0
+    );
+    let replay = client(&p, &url, &["deadletter", "replay", &ids[1]]);
+    assert_eq!(replay.code, 0, "{replay:?}");
+    let exec = wait_done(&p, &url, replay.stdout.trim());
+    assert_eq!(status(&exec), "Succeeded", "{exec:#}");
+    assert_eq!(exec["trigger"]["event_id"], "late-1");
+    assert_eq!(exec["variables"]["region"], "eu", "{exec:#}");
+    assert_eq!(exec["pipeline_version"], 2);
+    // Replayed letters leave the dead letter; an unknown id is named.
+    assert_eq!(letter_ids(&client(&p, &url, &["deadletter"])), ids[..1]);
+    let again = client(&p, &url, &["deadletter", "replay", &ids[1]]);
+    assert_eq!(again.code, 2, "{again:?}");
+    assert!(
+        again
+            .stderr
+            .contains(&format!("no dead letter `{}`", ids[1])),
+        "{}",
+        again.stderr
+    );
+}
+
+#[test]
+fn refused_webhook_events_wait_in_the_dead_letter_and_replay_after_a_fix_embedded() {
+    let p = Project::new(HOOKED);
+    let http_port = port();
+    let addr = format!("127.0.0.1:{http_port}");
+    let _engine = Engine::start_env(
+        p.dir.path(),
+        ".sluice",
+        &["--http", &addr],
+        &[("HOOK_SECRET", "s3cret")],
+    );
+    wait_for(Duration::from_secs(30), "the control socket", || {
+        p.path(".sluice/sluice.sock").exists().then_some(())
+    });
+    assert_eq!(p.sluice(&["pipeline", "put", "pipeline.yaml"]).code, 0);
+    // A push to a branch the git filters leave out: accepted, not started.
+    let body = json!({"ref": "refs/heads/feature", "after": "f00d", "repository": {"full_name": "acme/app"},
+        "pusher": {"name": "carol"}, "commits": [{"added": ["src/a.rs"], "modified": [], "removed": []}]})
+    .to_string();
+    let sig = sign("s3cret", body.as_bytes());
+    let headers = [
+        ("x-github-event", "push"),
+        ("x-github-delivery", "g-feature"),
+        ("content-type", "application/json"),
+        ("x-hub-signature-256", sig.as_str()),
+    ];
+    let (code, reply) = http(
+        http_port,
+        "POST",
+        "/hooks/default/hooked",
+        &headers,
+        body.as_bytes(),
+    );
+    assert_eq!(code, 202, "{reply}");
+    let list = wait_for(Duration::from_secs(30), "the dead letter", || {
+        let r = p.sluice(&["deadletter"]);
+        (r.stdout.lines().count() == 1).then_some(r)
+    });
+    assert!(
+        list.stdout.contains("\thooked\tg-feature\tfiltered out"),
+        "{}",
+        list.stdout
+    );
+    let id = letter_ids(&list).remove(0);
+    // The fix: the filters take the branch. The replay starts it.
+    p.write(
+        "pipeline.yaml",
+        &p.read("pipeline.yaml")
+            .replace("branches: [main]", "branches: [main, feature]"),
+    );
+    assert_eq!(p.sluice(&["pipeline", "put", "pipeline.yaml"]).code, 0);
+    let replay = p.sluice(&["deadletter", "replay", &id]);
+    assert_eq!(replay.code, 0, "{replay:?}");
+    let exec_id = replay.stdout.trim().to_string();
+    let exec = wait_for(Duration::from_secs(60), "the replayed execution", || {
+        let r = p.sluice(&["status", &exec_id, "--json"]);
+        let e: Value = serde_json::from_str(&r.stdout).ok()?;
+        matches!(status(&e), "Succeeded" | "Failed").then_some(e)
+    });
+    assert_eq!(status(&exec), "Succeeded", "{exec:#}");
+    assert_eq!(exec["trigger"]["event_id"], "g-feature");
+    assert_eq!(exec["trigger"]["commit"], "f00d");
+    assert!(letter_ids(&p.sluice(&["deadletter"])).is_empty());
+}

@@ -116,6 +116,9 @@ enum Cmd {
     Bench(crate::bench::BenchArgs),
     /// Run the service: start pipelines from trigger events (embedded, or on NATS with --nats).
     Serve(service::ServeArgs),
+    /// List trigger events the service refused (newest first), or replay one after a fix:
+    /// `sluice deadletter [PIPELINE] [--limit N]`, `sluice deadletter replay ID`.
+    Deadletter(service::DeadletterArgs),
     /// Register and inspect pipelines in the service.
     Pipeline {
         #[command(subcommand)]
@@ -483,6 +486,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
         }
         Cmd::Bench(args) => crate::bench::run(args).await,
         Cmd::Serve(args) => service::serve(args).await,
+        Cmd::Deadletter(args) => service::deadletter(args).await,
         Cmd::Pipeline { command, target } => service::pipeline(command, target).await,
         Cmd::Function { command, target } => service::function(command, target).await,
         Cmd::Start {

@@ -5,7 +5,7 @@ use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use sluice_engine::model::units::short_duration;
 use sluice_engine::scheduler::{Execution, Status};
-use sluice_engine::service::api::{ExecutionSummary, Request};
+use sluice_engine::service::api::{DeadLetterSummary, ExecutionSummary, Request};
 use sluice_engine::service::client::{Client, Refused};
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -92,6 +92,75 @@ pub enum PipelineCmd {
         #[arg(long)]
         repair: bool,
     },
+}
+
+/// `sluice deadletter`.
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct DeadletterArgs {
+    #[command(subcommand)]
+    command: Option<DeadletterCmd>,
+    /// Only events addressed to this pipeline.
+    pipeline: Option<String>,
+    /// At most this many.
+    #[arg(long, default_value_t = 20)]
+    limit: usize,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    target: Target,
+}
+
+/// `sluice deadletter …`.
+#[derive(Subcommand, Debug)]
+pub enum DeadletterCmd {
+    /// Send a refused event again (after `sluice pipeline put` fixed the pipeline); prints the
+    /// execution id it started.
+    Replay {
+        /// The dead letter's id, as `sluice deadletter` lists it.
+        id: String,
+    },
+}
+
+/// Run `sluice deadletter …`.
+pub async fn deadletter(args: DeadletterArgs) -> anyhow::Result<ExitCode> {
+    let client = args.target.client().await?;
+    if let Some(DeadletterCmd::Replay { id }) = args.command {
+        return match client.call(&Request::DeadLetterReplay { id }).await {
+            Ok(v) => {
+                println!("{}", v["execution_id"].as_str().unwrap_or(""));
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => refused(e),
+        };
+    }
+    let reply = match client
+        .call(&Request::DeadLetters {
+            pipeline: args.pipeline,
+            limit: Some(args.limit),
+        })
+        .await
+    {
+        Ok(v) => v,
+        Err(e) => return refused(e),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&reply)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<DeadLetterSummary> = serde_json::from_value(reply)?;
+    for r in rows {
+        println!(
+            "{}\t{}\t{}\t{}\t{}",
+            r.id,
+            r.at,
+            r.pipeline,
+            r.event_id.as_deref().unwrap_or("-"),
+            r.reason
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `sluice transition …`.

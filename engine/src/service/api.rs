@@ -196,6 +196,23 @@ pub enum Request {
         #[serde(default)]
         by: Option<String>,
     },
+    /// Rejected trigger events kept in the dead letter, newest first.
+    #[serde(rename = "deadletter.ls")]
+    DeadLetters {
+        /// Only those addressed to this pipeline.
+        #[serde(default)]
+        pipeline: Option<String>,
+        /// At most this many (default 20, at most [`MAX_LIST`]).
+        #[serde(default)]
+        limit: Option<usize>,
+    },
+    /// Send a dead letter's event again (after the pipeline was fixed); it leaves the dead
+    /// letter once an execution has started.
+    #[serde(rename = "deadletter.replay")]
+    DeadLetterReplay {
+        /// The dead letter's id (as `deadletter.ls` lists it).
+        id: String,
+    },
     /// Executions, newest first.
     #[serde(rename = "executions")]
     Executions {
@@ -252,7 +269,12 @@ pub const VERBS: &[&str] = &[
     "function.put",
     "function.ls",
     "function.rm",
+    "deadletter.ls",
+    "deadletter.replay",
 ];
+
+/// The most rows a listing returns, whatever limit it asks for.
+pub const MAX_LIST: usize = 1000;
 
 fn yes() -> bool {
     true
@@ -373,9 +395,10 @@ impl Request {
                 ("the execution id", to.as_str()),
                 ("`by`", by.as_deref().unwrap_or_default()),
             ],
-            Request::Executions { pipeline, .. } => {
+            Request::Executions { pipeline, .. } | Request::DeadLetters { pipeline, .. } => {
                 vec![("the pipeline name", pipeline.as_deref().unwrap_or_default())]
             }
+            Request::DeadLetterReplay { id } => vec![("the dead letter id", id.as_str())],
         };
         fields
             .iter()
@@ -463,6 +486,60 @@ impl From<&Execution> for ExecutionSummary {
                 .collect(),
         }
     }
+}
+
+/// A row of `deadletter.ls`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DeadLetterSummary {
+    /// Id, for `deadletter.replay`.
+    pub id: String,
+    /// The pipeline the event was addressed to.
+    pub pipeline: String,
+    /// The event's id, if it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+    /// Why it was rejected.
+    pub reason: String,
+    /// When.
+    pub at: Timestamp,
+    /// The event as received.
+    pub payload: String,
+}
+
+impl DeadLetterSummary {
+    fn new(id: String, letter: super::DeadLetter) -> Self {
+        let event_id = serde_json::from_str::<Value>(&letter.payload)
+            .ok()
+            .and_then(|v| v["id"].as_str().map(str::to_string));
+        DeadLetterSummary {
+            id,
+            pipeline: letter.pipeline,
+            event_id,
+            reason: letter.reason,
+            at: letter.at,
+            payload: letter.payload,
+        }
+    }
+}
+
+/// Refuse variable overrides the pipeline does not take, in the words of `sluice run --var`.
+fn refuse_overrides(
+    loaded: &super::Loaded,
+    variables: &BTreeMap<String, String>,
+) -> Result<(), String> {
+    if variables.is_empty() {
+        return Ok(());
+    }
+    // The registered pipeline passed validation without overrides: what is found now is theirs.
+    let problems = crate::model::validate::validate(&loaded.pipeline, &loaded.plugins, variables);
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(problems
+        .iter()
+        .map(|d| d.message.as_str())
+        .collect::<Vec<_>>()
+        .join("; "))
 }
 
 /// Who sent a request, as far as paths on the engine's host go.
@@ -606,15 +683,15 @@ impl Service {
                 event_id,
                 started_by,
             } => {
-                if pipelines::get(store, tenant, &pipeline, None)
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .is_none()
-                {
+                // Refused here, at once, rather than in the trigger path, where the caller would
+                // wait for an execution that never comes and the reason would only reach the
+                // dead letter.
+                let Some(loaded) = self.load(tenant, &pipeline, None).await? else {
                     return Err(format!(
                         "no pipeline `{pipeline}` is registered (register it with `sluice pipeline put FILE`)"
                     ));
-                }
+                };
+                refuse_overrides(&loaded, &variables)?;
                 let event = TriggerEvent {
                     id: event_id.unwrap_or_else(|| format!("manual-{}", ulid::Ulid::new())),
                     source: Some(Source {
@@ -821,6 +898,42 @@ impl Service {
                     .await?;
                 Ok(ok(json!({ "execution_id": id })))
             }
+            Request::DeadLetters { pipeline, limit } => {
+                let list = self
+                    .dead_letters(
+                        tenant,
+                        pipeline.as_deref(),
+                        limit.unwrap_or(20).min(MAX_LIST),
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(ok(list
+                    .into_iter()
+                    .map(|(id, letter)| DeadLetterSummary::new(id, letter))
+                    .collect::<Vec<_>>()))
+            }
+            Request::DeadLetterReplay { id } => {
+                let (letter, key) = self.dead_letter(tenant, &id).await?;
+                let event = TriggerEvent::parse(letter.payload.as_bytes())
+                    .map_err(|e| format!("dead letter `{id}` cannot be replayed: {e}"))?;
+                let pipeline = letter.pipeline;
+                let Some(loaded) = self.load(tenant, &pipeline, None).await? else {
+                    return Err(format!(
+                        "dead letter `{id}`: no pipeline `{pipeline}` is registered (register it with `sluice pipeline put FILE`)"
+                    ));
+                };
+                super::takes(&loaded, &event, &pipeline)
+                    .map_err(|e| format!("dead letter `{id}` is still refused: {e}"))?;
+                // The first delivery's message id may still be in the stream's dedup window.
+                let msg_id = format!("{}/replay/{id}", event.id);
+                let execution_id = self.trigger_as(tenant, &pipeline, &event, &msg_id).await?;
+                if let Err(e) = self.edges.executions.delete(&key).await {
+                    tracing::warn!("dead letter {key} replayed but not removed: {e}");
+                }
+                Ok(ok(
+                    json!({ "execution_id": execution_id, "event_id": event.id, "pipeline": pipeline }),
+                ))
+            }
             Request::Executions {
                 pipeline,
                 status,
@@ -846,12 +959,23 @@ impl Service {
         pipeline: &str,
         event: &TriggerEvent,
     ) -> Result<String, String> {
+        self.trigger_as(tenant, pipeline, event, &event.id).await
+    }
+
+    /// [`Service::trigger`], the event sent with message id `msg_id` (the queue's dedup key).
+    async fn trigger_as(
+        &self,
+        tenant: &str,
+        pipeline: &str,
+        event: &TriggerEvent,
+        msg_id: &str,
+    ) -> Result<String, String> {
         let subject = crate::nats::trigger_subject(tenant, pipeline);
         self.edges
             .triggers
             .push(
                 &subject,
-                &event.id,
+                msg_id,
                 serde_json::to_vec(event).map_err(|e| e.to_string())?,
             )
             .await
@@ -875,7 +999,7 @@ impl Service {
             }
             if tokio::time::Instant::now() > deadline {
                 return Err(format!(
-                    "event `{}` was queued but no engine started it within 30 s (see the dead letter)",
+                    "event `{}` was queued but no engine started it within 30 s (see `sluice deadletter`)",
                     event.id
                 ));
             }

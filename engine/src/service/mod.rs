@@ -680,6 +680,46 @@ impl Service {
         })
     }
 
+    /// Dead letters of `tenant` (addressed to `pipeline`, if given), newest first, with their ids.
+    pub async fn dead_letters(
+        &self,
+        tenant: &str,
+        pipeline: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, DeadLetter)>, KvError> {
+        let prefix = format!("{tenant}/dead/");
+        let mut keys = self.edges.executions.keys(&prefix).await?;
+        keys.reverse(); // ULIDs: newest last
+        let mut out = Vec::new();
+        for key in keys {
+            if out.len() >= limit {
+                break;
+            }
+            if let Some((letter, _)) = get_json::<DeadLetter>(&*self.edges.executions, &key).await?
+                && pipeline.is_none_or(|p| p == letter.pipeline)
+            {
+                out.push((key[prefix.len()..].to_string(), letter));
+            }
+        }
+        Ok(out)
+    }
+
+    /// One dead letter of `tenant`, and its key.
+    async fn dead_letter(&self, tenant: &str, id: &str) -> Result<(DeadLetter, String), String> {
+        // Ids are ULIDs: anything else names no key.
+        if id.parse::<ulid::Ulid>().is_err() {
+            return Err(format!("no dead letter `{id}`"));
+        }
+        let key = format!("{tenant}/dead/{id}");
+        match get_json::<DeadLetter>(&*self.edges.executions, &key)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            Some((letter, _)) => Ok((letter, key)),
+            None => Err(format!("no dead letter `{id}`")),
+        }
+    }
+
     async fn reject(&self, tenant: &str, pipeline: &str, reason: String, payload: &[u8]) {
         tracing::warn!("trigger for {tenant}/{pipeline} rejected: {reason}");
         let letter = DeadLetter {
