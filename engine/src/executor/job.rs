@@ -508,6 +508,7 @@ async fn run_in(
             });
         }
     }
+    let first_grant = mounts.len();
     for (dir, access) in &job.dirs {
         // Compared and mounted by real path: a grant written as a symlink (`./alias: rw`,
         // alias -> the data dir) reaches what the link points to.
@@ -547,12 +548,24 @@ async fn run_in(
     }
     // The engine's own directories inside a granted one (`--data` under the pipeline's
     // directory, by whatever name), as the guest sees them, so copies can leave them out.
+    // Only granted directories can hold them (the workspace's own mounts cannot), and resolving
+    // paths costs system calls: an action without grants skips this.
     let mut exclude = Vec::new();
-    for m in &mounts {
+    let granted = &mounts[first_grant..];
+    let engine_dirs: Vec<PathBuf> = if granted.is_empty() {
+        Vec::new()
+    } else {
         // The protected paths and the data dir that holds them.
         let data = cx.protected.iter().filter_map(|p| p.parent());
-        for p in cx.protected.iter().map(PathBuf::as_path).chain(data) {
-            let p = real_path(p).unwrap_or_else(|_| p.to_path_buf());
+        cx.protected
+            .iter()
+            .map(PathBuf::as_path)
+            .chain(data)
+            .map(|p| real_path(p).unwrap_or_else(|_| p.to_path_buf()))
+            .collect()
+    };
+    for m in granted {
+        for p in &engine_dirs {
             if let Ok(rel) = p.strip_prefix(&m.host)
                 && !rel.as_os_str().is_empty()
                 && !exclude.contains(&m.guest.join(rel))
