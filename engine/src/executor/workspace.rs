@@ -508,10 +508,14 @@ mod tests {
         drop(st);
         pool.give_back(again, Used::default());
 
-        let grown = WorkspacePool::new(root.path().join("grown")).unwrap();
+        // The cleaner starts after both takes: one polling in between would make up the first
+        // shortfall before the second take, which then finds it free.
+        let grown = WorkspacePool::start(root.path().join("grown"), false).unwrap();
         let (a, b) = (grown.take().unwrap(), grown.take().unwrap());
         grown.give_back(a, Used::default());
         grown.give_back(b, Used::default());
+        let cleaner = grown.shared.clone();
+        std::thread::spawn(move || cleaner.clean_loop());
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         loop {
             let free = grown.shared.state.lock().unwrap().free.len();
