@@ -515,15 +515,11 @@ async fn run_in(
         let real =
             real_path(dir).map_err(|e| format!("granted directory {}: {e}", dir.display()))?;
         if *access == Access::Rw
-            && let Some(p) = cx.protected.iter().find(|p| {
-                let p_real = real_path(p).unwrap_or_else(|_| p.to_path_buf());
-                [dir, &real].iter().any(|d| {
-                    p.starts_with(d)
-                        || d.starts_with(p)
-                        || p_real.starts_with(d)
-                        || d.starts_with(&p_real)
-                })
-            })
+            // `protected` holds real paths already (resolved once, when the data dir opened).
+            && let Some(p) = cx
+                .protected
+                .iter()
+                .find(|p| [dir, &real].iter().any(|d| p.starts_with(d) || d.starts_with(p)))
         {
             return Err(format!(
                 "the grant `{}: rw` would let the action write Sluice's own data ({}); grant a directory outside it",
@@ -555,13 +551,13 @@ async fn run_in(
     let engine_dirs: Vec<PathBuf> = if granted.is_empty() {
         Vec::new()
     } else {
-        // The protected paths and the data dir that holds them.
+        // The protected paths (real paths already) and the data dir that holds them.
         let data = cx.protected.iter().filter_map(|p| p.parent());
         cx.protected
             .iter()
             .map(PathBuf::as_path)
             .chain(data)
-            .map(|p| real_path(p).unwrap_or_else(|_| p.to_path_buf()))
+            .map(Path::to_path_buf)
             .collect()
     };
     for m in granted {
