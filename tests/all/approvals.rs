@@ -355,7 +355,9 @@ fn approvals_over_nats_notify_survive_an_engine_restart_and_accept_decisions_by_
         assert_eq!(reply["ok"]["decision"], "approved", "{reply}");
         let bad = nc.request("sluice.default.api.approve", serde_json::json!({"execution_id": id, "action": "Production/Gate", "by": "bo"}).to_string().into()).await.unwrap();
         let bad: Value = serde_json::from_slice(&bad.payload).unwrap();
-        assert!(bad["error"].as_str().unwrap().contains("bo has already decided") || bad["error"].as_str().unwrap().contains("not waiting"), "{bad}");
+        let message = bad["error"]["message"].as_str().unwrap();
+        assert!(message.contains("bo has already decided") || message.contains("not waiting"), "{bad}");
+        assert_eq!(bad["error"]["code"], "conflict", "{bad}");
         let e = wait_for(Duration::from_secs(30), "the execution to end", || {
             let r = client("x", &["status", &id, "--json"]);
             let e: Value = serde_json::from_str(&r.stdout).ok()?;

@@ -997,9 +997,10 @@ fn over_long_ids_on_nats_get_an_error_reply_and_the_engine_keeps_serving() {
             .unwrap_or_else(|e| panic!("{verb}: {e}"));
             let reply: Value = serde_json::from_slice(&reply.payload).unwrap();
             assert!(
-                reply["error"]
+                reply["error"]["message"]
                     .as_str()
-                    .is_some_and(|e| e.contains("is 5000 bytes long; at most 256 are accepted")),
+                    .is_some_and(|e| e.contains("is 5000 bytes long; at most 256 are accepted"))
+                    && reply["error"]["code"] == "invalid",
                 "{verb}: {reply}"
             );
         }
@@ -1102,7 +1103,8 @@ fn a_bad_start_is_refused_at_once_in_the_words_of_sluice_run_on_nats() {
         .expect("a reply to api.start with an undeclared variable")
         .unwrap();
         let reply: Value = serde_json::from_slice(&reply.payload).unwrap();
-        assert_eq!(reply["error"], words.as_str(), "{reply}");
+        assert_eq!(reply["error"]["message"], words.as_str(), "{reply}");
+        assert_eq!(reply["error"]["code"], "invalid", "{reply}");
     });
 }
 

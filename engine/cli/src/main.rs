@@ -16,6 +16,7 @@ use sluice_engine::bus::MemoryBus;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::{Parser, Subcommand};
+use sluice_api::{Request, verbs};
 use sluice_engine::executor::{Engine, LogStore, load_pipeline};
 use sluice_engine::model::{Diagnostics, count};
 use std::collections::BTreeMap;
@@ -503,11 +504,11 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             target,
         } => {
             service::control(
-                sluice_engine::service::api::Request::Stop {
+                Request::from(verbs::Stop {
                     execution_id,
                     abandon,
                     reason,
-                },
+                }),
                 target,
             )
             .await
@@ -521,11 +522,11 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             target,
         } => {
             service::control(
-                sluice_engine::service::api::Request::Wake {
+                Request::from(verbs::Wake {
                     execution_id,
                     action,
                     payload,
-                },
+                }),
                 target,
             )
             .await
@@ -537,11 +538,11 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             target,
         } => {
             service::control(
-                sluice_engine::service::api::Request::Retry {
+                Request::from(verbs::Retry {
                     execution_id,
                     stage,
                     all,
-                },
+                }),
                 target,
             )
             .await
@@ -575,14 +576,14 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
 
 async fn decide(a: DecideArgs, approved: bool) -> anyhow::Result<ExitCode> {
     let by = sluice_engine::identity::resolve(a.as_.as_deref());
-    let request = sluice_engine::service::api::Request::Approve {
+    let request = Request::from(verbs::Approve {
         execution_id: a.execution_id,
         action: a.action,
         approved,
         by,
         summary: a.summary,
         token: a.token,
-    };
+    });
     service::control(request, a.target).await
 }
 

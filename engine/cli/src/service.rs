@@ -3,10 +3,11 @@
 use super::progress::{Style, format_event};
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
+use sluice_api::verbs::{self, DeadLetterSummary, ExecutionSummary};
+use sluice_api::{ApiError, Code, Request};
 use sluice_engine::model::units::short_duration;
 use sluice_engine::scheduler::{Execution, Status};
-use sluice_engine::service::api::{DeadLetterSummary, ExecutionSummary, Request};
-use sluice_engine::service::client::{Client, Refused};
+use sluice_engine::service::client::Connection;
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -28,8 +29,8 @@ pub struct Target {
 }
 
 impl Target {
-    async fn client(&self) -> anyhow::Result<Client> {
-        Client::connect(
+    async fn client(&self) -> anyhow::Result<Connection> {
+        sluice_engine::service::client::connect(
             self.nats.as_deref(),
             &super::default_data(self.data.clone()),
             &self.tenant,
@@ -127,7 +128,10 @@ pub enum DeadletterCmd {
 pub async fn deadletter(args: DeadletterArgs) -> anyhow::Result<ExitCode> {
     let client = args.target.client().await?;
     if let Some(DeadletterCmd::Replay { id }) = args.command {
-        return match client.call(&Request::DeadLetterReplay { id }).await {
+        return match client
+            .call(&Request::from(verbs::DeadLetterReplay { id }))
+            .await
+        {
             Ok(v) => {
                 println!("{}", v["execution_id"].as_str().unwrap_or(""));
                 Ok(ExitCode::SUCCESS)
@@ -136,10 +140,10 @@ pub async fn deadletter(args: DeadletterArgs) -> anyhow::Result<ExitCode> {
         };
     }
     let reply = match client
-        .call(&Request::DeadLetters {
+        .call(&Request::from(verbs::DeadLetters {
             pipeline: args.pipeline,
             limit: Some(args.limit),
-        })
+        }))
         .await
     {
         Ok(v) => v,
@@ -208,37 +212,31 @@ pub enum FunctionCmd {
 pub async fn function(cmd: FunctionCmd, target: Target) -> anyhow::Result<ExitCode> {
     let client = target.client().await?;
     let request = match &cmd {
-        FunctionCmd::Put { name, file } => match &client {
-            // Components can be larger than a NATS message: upload to the artifact store, then
-            // register by digest.
-            Client::Nats { client: nc, .. } => {
-                let js = async_nats::jetstream::new(nc.clone());
-                let cache = tempfile::tempdir()?;
-                let store =
-                    sluice_engine::artifacts::nats_store::NatsStore::open(&js, cache.path())
-                        .await?;
-                let path = file.clone();
-                let digest = tokio::task::spawn_blocking(move || {
-                    sluice_engine::artifacts::BlobStore::put_file(&store, &path)
+        FunctionCmd::Put { name, file } => {
+            let bytes = sluice_engine::plugins::read_component(file)?;
+            if client.shares_host() {
+                // The engine reads no file of the client's: send the component itself.
+                Request::from(verbs::FunctionPut {
+                    name: name.clone(),
+                    bytes: Some(sluice_api::limits::encode_upload(&bytes)),
+                    digest: None,
                 })
-                .await??;
-                Request::FunctionPut {
+            } else {
+                // Components can be larger than a message: upload to the artifact store,
+                // then register by digest.
+                let digest = match client.upload(&file.display().to_string(), bytes).await {
+                    Ok(d) => d,
+                    Err(e) => return refused(e),
+                };
+                Request::from(verbs::FunctionPut {
                     name: name.clone(),
                     bytes: None,
-                    digest: Some(digest.to_string()),
-                }
+                    digest: Some(digest),
+                })
             }
-            // The engine reads no file of the client's: send the component itself.
-            Client::Local { .. } => Request::FunctionPut {
-                name: name.clone(),
-                bytes: Some(sluice_engine::service::api::encode_upload(
-                    &sluice_engine::plugins::read_component(file)?,
-                )),
-                digest: None,
-            },
-        },
-        FunctionCmd::Ls => Request::FunctionLs {},
-        FunctionCmd::Rm { name } => Request::FunctionRm { name: name.clone() },
+        }
+        FunctionCmd::Ls => Request::from(verbs::FunctionLs {}),
+        FunctionCmd::Rm { name } => Request::from(verbs::FunctionRm { name: name.clone() }),
     };
     let reply = match client.call(&request).await {
         Ok(v) => v,
@@ -328,16 +326,18 @@ async fn webhooks(
     }
 }
 
-fn refused(e: anyhow::Error) -> anyhow::Result<ExitCode> {
-    match e.downcast::<Refused>() {
-        Ok(r) => {
-            if let Some(d) = &r.diagnostics {
-                eprintln!("{d}");
+/// Report a refusal: the service's answer exits 2; a service that cannot be reached is an
+/// error (exit 1).
+fn refused(e: ApiError) -> anyhow::Result<ExitCode> {
+    match e.code {
+        Code::Unavailable => Err(anyhow::anyhow!(e.message)),
+        _ => {
+            if !e.problems.is_empty() {
+                eprintln!("{}", e.problem_lines());
             }
-            eprintln!("error: {}", r.message);
+            eprintln!("error: {}", e.message);
             Ok(ExitCode::from(2))
         }
-        Err(e) => Err(e),
     }
 }
 
@@ -353,35 +353,37 @@ pub async fn pipeline(cmd: PipelineCmd, target: Target) -> anyhow::Result<ExitCo
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from("/"));
             let name = file.display().to_string();
-            match &client {
+            match client.shares_host() {
                 // The embedded service runs as this user on this host: it resolves relative
                 // paths against the file's directory, as `sluice run` does.
-                Client::Local { .. } => Request::PipelinePut {
+                true => Request::from(verbs::PipelinePut {
                     file: name,
                     dir: Some(dir),
                     yaml,
                     plugins: BTreeMap::new(),
-                },
+                }),
                 // Engines on NATS read no file of ours: upload the plugin files it names.
-                Client::Nats { client: nc, .. } => Request::PipelinePut {
-                    plugins: upload_plugins(nc, &name, dir, &yaml).await?,
+                false => Request::from(verbs::PipelinePut {
+                    plugins: upload_plugins(&client, &name, dir, &yaml).await?,
                     file: name,
                     dir: None,
                     yaml,
-                },
+                }),
             }
         }
-        PipelineCmd::Ls => Request::PipelineLs {},
-        PipelineCmd::Get { name, version } => Request::PipelineGet {
+        PipelineCmd::Ls => Request::from(verbs::PipelineLs {}),
+        PipelineCmd::Get { name, version } => Request::from(verbs::PipelineGet {
             name: name.clone(),
             version: *version,
-        },
-        PipelineCmd::Rm { name } => Request::PipelineRm { name: name.clone() },
+        }),
+        PipelineCmd::Rm { name } => Request::from(verbs::PipelineRm { name: name.clone() }),
         PipelineCmd::State {
             name,
             repair: false,
-        } => Request::PipelineState { name: name.clone() },
-        PipelineCmd::State { name, repair: true } => Request::PipelineRepair { name: name.clone() },
+        } => Request::from(verbs::PipelineState { name: name.clone() }),
+        PipelineCmd::State { name, repair: true } => {
+            Request::from(verbs::PipelineRepair { name: name.clone() })
+        }
     };
     let reply = match client.call(&request).await {
         Ok(v) => v,
@@ -419,7 +421,7 @@ pub async fn pipeline(cmd: PipelineCmd, target: Target) -> anyhow::Result<ExitCo
 /// each path as written → its digest. (A file that does not parse uploads nothing: the
 /// engine reports its problems.)
 async fn upload_plugins(
-    nc: &async_nats::Client,
+    client: &Connection,
     file: &str,
     dir: PathBuf,
     yaml: &str,
@@ -432,20 +434,15 @@ async fn upload_plugins(
     if files.is_empty() {
         return Ok(out);
     }
-    let js = async_nats::jetstream::new(nc.clone());
-    let cache = tempfile::tempdir()?;
-    let store = std::sync::Arc::new(
-        sluice_engine::artifacts::nats_store::NatsStore::open(&js, cache.path()).await?,
-    );
     for written in files {
         let path = pipeline.host_path(&written);
-        let store = store.clone();
-        let digest = tokio::task::spawn_blocking(move || {
-            sluice_engine::artifacts::BlobStore::put_file(&*store, &path)
-                .with_context(|| format!("cannot upload {}", path.display()))
-        })
-        .await??;
-        out.insert(written, digest.to_string());
+        let bytes =
+            std::fs::read(&path).with_context(|| format!("cannot upload {}", path.display()))?;
+        let digest = client
+            .upload(&path.display().to_string(), bytes)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot upload {}: {e}", path.display()))?;
+        out.insert(written, digest);
     }
     Ok(out)
 }
@@ -482,23 +479,23 @@ pub async fn transition(cmd: TransitionCmd, target: Target) -> anyhow::Result<Ex
             reason,
         } => (
             pipeline.clone(),
-            Request::Transition {
+            Request::from(verbs::Transition {
                 pipeline,
                 stage,
                 enable: false,
                 reason: Some(reason),
                 by,
-            },
+            }),
         ),
         TransitionCmd::Enable { pipeline, stage } => (
             pipeline.clone(),
-            Request::Transition {
+            Request::from(verbs::Transition {
                 pipeline,
                 stage,
                 enable: true,
                 reason: None,
                 by,
-            },
+            }),
         ),
     };
     match client.call(&request).await {
@@ -520,12 +517,12 @@ pub async fn rollback(
 ) -> anyhow::Result<ExitCode> {
     let client = target.client().await?;
     let reply = match client
-        .call(&Request::Rollback {
+        .call(&Request::from(verbs::Rollback {
             pipeline,
             stage,
             to,
             by: Some(sluice_engine::identity::current()),
-        })
+        }))
         .await
     {
         Ok(v) => v,
@@ -550,12 +547,12 @@ pub async fn start(
     let client = target.client().await?;
     let variables: BTreeMap<String, String> = vars.into_iter().collect();
     let reply = match client
-        .call(&Request::Start {
+        .call(&Request::from(verbs::Start {
             pipeline,
             variables,
             event_id,
             started_by: Some(sluice_engine::identity::current()),
-        })
+        }))
         .await
     {
         Ok(v) => v,
@@ -591,7 +588,7 @@ pub async fn watch(execution_id: String, target: Target) -> anyhow::Result<ExitC
     follow(&client, &execution_id).await
 }
 
-async fn follow(client: &Client, id: &str) -> anyhow::Result<ExitCode> {
+async fn follow(client: &Connection, id: &str) -> anyhow::Result<ExitCode> {
     let style = Style {
         color: std::io::stderr().is_terminal(),
         to_stderr: true,
@@ -614,7 +611,10 @@ async fn follow(client: &Client, id: &str) -> anyhow::Result<ExitCode> {
 /// Run `sluice status`.
 pub async fn status(execution_id: String, json: bool, target: Target) -> anyhow::Result<ExitCode> {
     let client = target.client().await?;
-    let reply = match client.call(&Request::Status { execution_id }).await {
+    let reply = match client
+        .call(&Request::from(verbs::GetExecution { execution_id }))
+        .await
+    {
         Ok(v) => v,
         Err(e) => return refused(e),
     };
@@ -698,7 +698,10 @@ pub async fn show(execution_id: String, json: bool, target: Target) -> anyhow::R
         return super::inspect::print_execution(&e, json);
     }
     let client = target.client().await?;
-    match client.call(&Request::Status { execution_id }).await {
+    match client
+        .call(&Request::from(verbs::GetExecution { execution_id }))
+        .await
+    {
         Ok(v) => super::inspect::print_execution(&serde_json::from_value(v)?, json),
         Err(e) => refused(e),
     }
@@ -727,15 +730,15 @@ pub async fn logs(
     };
     let client = target.client().await?;
     let exec: Execution = match client
-        .call(&Request::Status {
+        .call(&Request::from(verbs::GetExecution {
             execution_id: execution_id.clone(),
-        })
+        }))
         .await
     {
         Ok(v) => serde_json::from_value(v)?,
         Err(e) => return refused(e),
     };
-    let Client::Nats { client: nats, .. } = &client else {
+    let Some(nats) = &client.nats else {
         unreachable!("a --nats target connects over NATS")
     };
     let Ok(store) = async_nats::jetstream::new(nats.clone())
@@ -789,11 +792,11 @@ pub async fn executions(
 ) -> anyhow::Result<ExitCode> {
     let client = target.client().await?;
     let reply = match client
-        .call(&Request::Executions {
+        .call(&Request::from(verbs::Executions {
             pipeline,
             status,
             limit: Some(limit),
-        })
+        }))
         .await
     {
         Ok(v) => v,

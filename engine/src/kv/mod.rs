@@ -126,6 +126,15 @@ fn decode<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> KvResult<T
     })
 }
 
+impl From<KvError> for sluice_api::ApiError {
+    fn from(e: KvError) -> Self {
+        match e {
+            KvError::Conflict { .. } => sluice_api::ApiError::conflict(e.to_string()),
+            KvError::Backend(_) => sluice_api::ApiError::unavailable(e.to_string()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

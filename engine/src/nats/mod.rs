@@ -16,6 +16,7 @@
 
 pub mod bus;
 pub mod logs;
+pub mod transport;
 
 use crate::kv::NatsKv;
 use crate::queue::NatsQueue;

@@ -6,24 +6,13 @@ use crate::artifacts::{BlobStore, Digest};
 use crate::executor::job::{FunctionResolver, load_function_file};
 use crate::kv::{Kv, get_json};
 use crate::runtime::Runtime;
-use crate::scheduler::Timestamp;
 use futures_util::future::BoxFuture;
-use serde::{Deserialize, Serialize};
+
+use sluice_api::ApiError;
 use std::path::Path;
 use std::sync::Arc;
 
-/// A registered function.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct StoredFunction {
-    /// Name.
-    pub name: String,
-    /// `blake3:<hex>` of the component.
-    pub digest: String,
-    /// Size in bytes.
-    pub size: u64,
-    /// When.
-    pub registered_at: Timestamp,
-}
+pub use sluice_api::verbs::StoredFunction;
 
 /// Resolves `function:` against the registry (or a `.wasm` file).
 pub struct Registered {
@@ -81,41 +70,44 @@ impl Service {
         name: &str,
         bytes: Option<Vec<u8>>,
         digest: Option<&str>,
-    ) -> Result<StoredFunction, String> {
+    ) -> Result<StoredFunction, ApiError> {
         if !crate::model::is_valid_name(name) {
-            return Err(format!(
+            return Err(ApiError::invalid(format!(
                 "function name {name:?} must be {}",
                 crate::model::NAME_RULE
-            ));
+            )));
         }
         let blobs = self.engine.blobs.clone();
         let runtime = self.engine.registry.runtime().clone();
         let digest = digest.map(str::to_string);
         let (digest, size) =
-            tokio::task::spawn_blocking(move || -> Result<(Digest, u64), String> {
+            tokio::task::spawn_blocking(move || -> Result<(Digest, u64), ApiError> {
                 let bytes = match (bytes, digest) {
                     (Some(b), _) => b,
-                    (None, Some(d)) => blobs.get_bytes(&d.parse()?).map_err(|e| e.to_string())?,
+                    (None, Some(d)) => blobs
+                        .get_bytes(&d.parse().map_err(ApiError::invalid)?)
+                        .map_err(|e| ApiError::not_found(format!("component {d}: {e}")))?,
                     (None, None) => {
-                        return Err("give the function's component (`bytes`) or digest".into());
+                        return Err(ApiError::invalid(
+                            "give the function's component (`bytes`) or digest",
+                        ));
                     }
                 };
                 // Binary components only: the WAT parser's errors would quote what it was given.
                 if !crate::plugins::is_binary_wasm(&bytes) {
-                    return Err(
-                        "the function is not a binary WebAssembly component (it does not start with \\0asm)"
-                            .into(),
-                    );
+                    return Err(ApiError::invalid(
+                        "the function is not a binary WebAssembly component (it does not start with \\0asm)",
+                    ));
                 }
                 // Refuse what is not a function before registering it.
                 let digest = runtime
                     .load_function(&bytes)
-                    .map_err(|e| format!("{e:#}"))?;
-                blobs.put_bytes(&bytes).map_err(|e| e.to_string())?;
+                    .map_err(|e| ApiError::invalid(format!("{e:#}")))?;
+                blobs.put_bytes(&bytes).map_err(ApiError::internal)?;
                 Ok((digest, bytes.len() as u64))
             })
             .await
-            .map_err(|e| e.to_string())??;
+            .map_err(ApiError::internal)??;
         let f = StoredFunction {
             name: name.to_string(),
             digest: digest.to_string(),
@@ -125,23 +117,23 @@ impl Service {
         let key = format!("{tenant}/{name}");
         crate::kv::modify::<StoredFunction, _>(&*self.edges.functions, &key, |_| Some(f.clone()))
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(ApiError::from)?;
         Ok(f)
     }
 
     /// Registered functions of a tenant.
-    pub async fn list_functions(&self, tenant: &str) -> Result<Vec<StoredFunction>, String> {
+    pub async fn list_functions(&self, tenant: &str) -> Result<Vec<StoredFunction>, ApiError> {
         let mut out = Vec::new();
         for key in self
             .edges
             .functions
             .keys(&format!("{tenant}/"))
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(ApiError::from)?
         {
             if let Some((f, _)) = get_json::<StoredFunction>(&*self.edges.functions, &key)
                 .await
-                .map_err(|e| e.to_string())?
+                .map_err(ApiError::from)?
             {
                 out.push(f);
             }
@@ -150,22 +142,24 @@ impl Service {
     }
 
     /// Unregister a function (its component stays in the artifact store).
-    pub async fn remove_function(&self, tenant: &str, name: &str) -> Result<(), String> {
+    pub async fn remove_function(&self, tenant: &str, name: &str) -> Result<(), ApiError> {
         let key = format!("{tenant}/{name}");
         if self
             .edges
             .functions
             .get(&key)
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(ApiError::from)?
             .is_none()
         {
-            return Err(format!("no function `{name}` is registered"));
+            return Err(ApiError::not_found(format!(
+                "no function `{name}` is registered"
+            )));
         }
         self.edges
             .functions
             .delete(&key)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(ApiError::from)
     }
 }

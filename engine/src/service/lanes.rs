@@ -12,6 +12,7 @@ use crate::bus::Snapshot;
 use crate::kv::{KvError, get_json};
 use crate::scheduler::lanes::{self, Disabled, Effect, LaneOp, Lanes, Mode};
 use crate::scheduler::{Execution, Input, Status, TriggerInfo, apply};
+use sluice_api::ApiError;
 use std::collections::VecDeque;
 
 /// Cross-record work caused by a recorded change of one execution.
@@ -426,20 +427,17 @@ impl Service {
     /// running and waits before the one it is entering; every other place is freed. Disabled
     /// transitions and the mode are kept. Those waiting are then let in (or superseded) as the
     /// mode says. Returns the lanes as written.
-    pub async fn repair_lanes(&self, tenant: &str, pipeline: &str) -> Result<Lanes, String> {
+    pub async fn repair_lanes(&self, tenant: &str, pipeline: &str) -> Result<Lanes, ApiError> {
         let kv = &*self.edges.executions;
         let key = lane_key(tenant, pipeline);
         // Executions that move meanwhile change the lanes too: rebuilt again from a fresh read.
         for _ in 0..REPAIR_TRIES {
-            let current = get_json::<Lanes>(kv, &key)
-                .await
-                .map_err(|e| e.to_string())?;
+            let current = get_json::<Lanes>(kv, &key).await?;
             let execs = self
                 .executions(tenant, Some(pipeline), None, usize::MAX)
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
             let (lanes, effects) = rebuild(current.as_ref().map(|(l, _)| l), &execs);
-            let bytes = serde_json::to_vec(&lanes).map_err(|e| e.to_string())?;
+            let bytes = serde_json::to_vec(&lanes).map_err(ApiError::internal)?;
             let written = match &current {
                 Some((_, revision)) => kv.update(&key, bytes, *revision).await,
                 None => kv.create(&key, bytes).await,
@@ -460,12 +458,16 @@ impl Service {
                     return Ok(lanes);
                 }
                 Err(KvError::Conflict { .. }) => continue,
-                Err(e) => return Err(format!("writing the lanes of `{pipeline}`: {e}")),
+                Err(e) => {
+                    return Err(ApiError::unavailable(format!(
+                        "writing the lanes of `{pipeline}`: {e}"
+                    )));
+                }
             }
         }
-        Err(format!(
+        Err(ApiError::unavailable(format!(
             "the lanes of `{pipeline}` kept changing while they were rebuilt; try again"
-        ))
+        )))
     }
 
     /// Put every lane back in step with the executions it names: forget those that ended or
@@ -542,17 +544,24 @@ impl Service {
         enable: bool,
         reason: Option<String>,
         by: &str,
-    ) -> Result<Lanes, String> {
+    ) -> Result<Lanes, ApiError> {
         let loaded = self
             .load(tenant, pipeline, None)
-            .await?
-            .ok_or_else(|| format!("no pipeline `{pipeline}` is registered"))?;
+            .await
+            .map_err(ApiError::internal)?
+            .ok_or_else(|| {
+                ApiError::not_found(format!("no pipeline `{pipeline}` is registered"))
+            })?;
         match loaded.pipeline.stages.iter().position(|s| s.name == stage) {
-            None => return Err(format!("pipeline `{pipeline}` has no stage `{stage}`")),
+            None => {
+                return Err(ApiError::not_found(format!(
+                    "pipeline `{pipeline}` has no stage `{stage}`"
+                )));
+            }
             Some(0) => {
-                return Err(format!(
+                return Err(ApiError::invalid(format!(
                     "`{stage}` is the first stage: there is no transition into it"
-                ));
+                )));
             }
             Some(_) => {}
         }
@@ -561,9 +570,9 @@ impl Service {
                 stage: stage.into(),
             }
         } else {
-            let reason = reason
-                .filter(|r| !r.trim().is_empty())
-                .ok_or("disabling a transition needs a reason (--reason TEXT)")?;
+            let reason = reason.filter(|r| !r.trim().is_empty()).ok_or_else(|| {
+                ApiError::invalid("disabling a transition needs a reason (--reason TEXT)")
+            })?;
             LaneOp::Disable {
                 stage: stage.into(),
                 disabled: Disabled {
@@ -579,9 +588,7 @@ impl Service {
             op,
         }])
         .await;
-        self.lanes(tenant, pipeline)
-            .await
-            .map_err(|e| e.to_string())
+        Ok(self.lanes(tenant, pipeline).await?)
     }
 
     /// Start a `Rollback` execution that re-runs `stage` with the artifacts and variables of
@@ -594,7 +601,7 @@ impl Service {
         target: &str,
         by: Option<String>,
         after: Option<String>,
-    ) -> Result<String, String> {
+    ) -> Result<String, ApiError> {
         let (id, work) = self
             .start_rollback(tenant, pipeline, stage, target, by, after)
             .await?;
@@ -611,43 +618,45 @@ impl Service {
         target: &str,
         by: Option<String>,
         after: Option<String>,
-    ) -> Result<(String, Vec<After>), String> {
+    ) -> Result<(String, Vec<After>), ApiError> {
         let target_exec = self
             .execution(tenant, target)
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("no execution `{target}`"))?;
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("no execution `{target}`")))?;
         if target_exec.pipeline != pipeline {
-            return Err(format!(
+            return Err(ApiError::invalid(format!(
                 "execution `{target}` belongs to pipeline `{}`, not `{pipeline}`",
                 target_exec.pipeline
-            ));
+            )));
         }
         let si = target_exec
             .stages
             .iter()
             .position(|s| s.name == stage)
-            .ok_or_else(|| format!("execution `{target}` has no stage `{stage}`"))?;
+            .ok_or_else(|| {
+                ApiError::not_found(format!("execution `{target}` has no stage `{stage}`"))
+            })?;
         if si == 0 {
-            return Err(format!(
+            return Err(ApiError::invalid(format!(
                 "`{stage}` is the first (source) stage: it cannot be rolled back"
-            ));
+            )));
         }
         if target_exec.stages[si].status != Status::Succeeded {
-            return Err(format!(
+            return Err(ApiError::conflict(format!(
                 "execution `{target}` did not succeed in stage `{stage}` (it is {}): roll back only to an execution that did",
                 target_exec.stages[si].status
-            ));
+            )));
         }
         if self
             .load(tenant, pipeline, Some(target_exec.pipeline_version))
-            .await?
+            .await
+            .map_err(ApiError::internal)?
             .is_none()
         {
-            return Err(format!(
+            return Err(ApiError::not_found(format!(
                 "pipeline `{pipeline}` version {} (which `{target}` ran) is no longer registered",
                 target_exec.pipeline_version
-            ));
+            )));
         }
         let id = ulid::Ulid::new().to_string();
         let mut exec = Execution::rollback_of(&target_exec, si, id.clone(), after);
@@ -665,20 +674,16 @@ impl Service {
                 at: crate::clock::now(),
             },
         );
-        let others = self
-            .admit_inline(&mut exec, &mut commands, None)
-            .await
-            .map_err(|e| e.to_string())?;
+        let others = self.admit_inline(&mut exec, &mut commands, None).await?;
         let (jobs, notices, mut work) = super::follow_up(&exec, commands);
         let publish = self.stamp(&mut exec, before, notices, Vec::new(), Vec::new());
         self.edges
             .executions
             .create(
                 &exec_key(tenant, &id),
-                serde_json::to_vec(&exec).map_err(|e| e.to_string())?,
+                serde_json::to_vec(&exec).map_err(ApiError::internal)?,
             )
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         futures_util::future::join(self.edges.bus.publish_all(publish), self.push_jobs(&jobs))
             .await;
         work.extend(others);
@@ -715,7 +720,8 @@ impl Service {
                         Some("sluice (condition)".into()),
                         Some(failed.into()),
                     )
-                    .await?;
+                    .await
+                    .map_err(|e| e.to_string())?;
                 tracing::info!(
                     "{pipeline}: stage {stage} of {failed} rolled back to {} as {id}",
                     t.execution_id

@@ -43,6 +43,7 @@ use crate::queue::{Delivery, WorkQueue};
 use crate::scheduler::{Command, Execution, Input, PluginRef, Status, Timestamp, Wake, apply};
 use pipelines::StoredPipeline;
 use serde::{Deserialize, Serialize};
+use sluice_api::ApiError;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -705,18 +706,15 @@ impl Service {
     }
 
     /// One dead letter of `tenant`, and its key.
-    async fn dead_letter(&self, tenant: &str, id: &str) -> Result<(DeadLetter, String), String> {
+    async fn dead_letter(&self, tenant: &str, id: &str) -> Result<(DeadLetter, String), ApiError> {
         // Ids are ULIDs: anything else names no key.
         if id.parse::<ulid::Ulid>().is_err() {
-            return Err(format!("no dead letter `{id}`"));
+            return Err(ApiError::not_found(format!("no dead letter `{id}`")));
         }
         let key = format!("{tenant}/dead/{id}");
-        match get_json::<DeadLetter>(&*self.edges.executions, &key)
-            .await
-            .map_err(|e| e.to_string())?
-        {
+        match get_json::<DeadLetter>(&*self.edges.executions, &key).await? {
             Some((letter, _)) => Ok((letter, key)),
-            None => Err(format!("no dead letter `{id}`")),
+            None => Err(ApiError::not_found(format!("no dead letter `{id}`"))),
         }
     }
 
@@ -1089,19 +1087,15 @@ impl Service {
         &self,
         tenant: &str,
         id: &str,
-        make: impl Fn(&Execution) -> Result<Input, String>,
-    ) -> Result<Execution, String> {
+        make: impl Fn(&Execution) -> Result<Input, ApiError>,
+    ) -> Result<Execution, ApiError> {
         let kv = &*self.edges.executions;
         let key = exec_key(tenant, id);
         // A second approver's decision may arrive while the first one's is taken in.
         let settled_by = std::time::Instant::now() + SETTLING;
         loop {
-            let Some((mut exec, revision)) = self
-                .execution_rev(tenant, id)
-                .await
-                .map_err(|e| e.to_string())?
-            else {
-                return Err(format!("no execution `{id}`"));
+            let Some((mut exec, revision)) = self.execution_rev(tenant, id).await? else {
+                return Err(ApiError::not_found(format!("no execution `{id}`")));
             };
             let input = make(&exec)?;
             if let Some(why) = crate::scheduler::refusal(&exec, &input) {
@@ -1111,7 +1105,7 @@ impl Service {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 }
-                return Err(why);
+                return Err(ApiError::conflict(why));
             }
             let unsent = self.unsent(&exec);
             let before = Snapshot::of(&exec);
@@ -1130,7 +1124,7 @@ impl Service {
             let commands = apply(&mut exec, &input);
             let (jobs, notices, after) = follow_up(&exec, commands);
             let publish = self.stamp(&mut exec, before, notices, unsent, self.in_flight(&key));
-            let bytes = serde_json::to_vec(&exec).map_err(|e| e.to_string())?;
+            let bytes = serde_json::to_vec(&exec).map_err(ApiError::internal)?;
             match kv.update(&key, bytes.clone(), revision).await {
                 Ok(_) => {}
                 Err(KvError::Conflict { .. }) => continue,
@@ -1138,7 +1132,7 @@ impl Service {
                 // it now would lose its events, and a retry would be refused as done already).
                 Err(e) => {
                     if !matches!(kv.get(&key).await, Ok(Some((stored, _))) if stored == bytes) {
-                        return Err(e.to_string());
+                        return Err(e.into());
                     }
                 }
             }

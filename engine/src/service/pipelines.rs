@@ -5,33 +5,12 @@ use crate::kv::{Kv, KvError, get_json};
 use crate::model::validate::ResolvedPlugins;
 use crate::model::{Diagnostic, Pipeline};
 use crate::plugins::Capability;
-use crate::scheduler::{Rule, Timestamp};
-use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use crate::scheduler::Rule;
 
-/// One version of a registered pipeline.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct StoredPipeline {
-    /// Pipeline name.
-    pub name: String,
-    /// Version, from 1.
-    pub version: u64,
-    /// The file it was registered from (for messages).
-    pub file: String,
-    /// The file's directory, relative paths in the pipeline resolve against it: given only
-    /// by a caller of the engine's own user on its host (the embedded service's socket). None
-    /// for a pipeline registered over NATS, which may reference no relative path.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dir: Option<PathBuf>,
-    /// Plugin and rule files the client uploaded: the path as written → `blake3:` digest.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub plugins: BTreeMap<String, String>,
-    /// The YAML as registered.
-    pub yaml: String,
-    /// When it was registered.
-    pub registered_at: Timestamp,
-}
+use std::collections::BTreeMap;
+use std::path::Path;
+
+pub use sluice_api::verbs::StoredPipeline;
 
 fn head(tenant: &str, name: &str) -> String {
     format!("{tenant}/{name}")

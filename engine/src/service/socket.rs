@@ -1,31 +1,17 @@
-//! The embedded service's control transport: a Unix socket in the data directory, one JSON
-//! line per request and one per reply (`watch` streams event lines, then the final record).
+//! The embedded service's control transport, server side: a Unix socket in the data
+//! directory, one JSON line per request and one per reply (`watch` streams event lines, then
+//! the final record). The client side is [`sluice_api::socket`].
 use super::Service;
-use super::api::{Caller, Request};
 use crate::bus::{Kind, MemoryBus};
-use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sluice_api::socket::{Envelope, read_line};
+use sluice_api::{ApiError, Origin, Principal, wire};
 use std::path::Path;
 use std::sync::Arc;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-/// What a client sends over the socket.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Envelope {
-    /// Tenant.
-    pub tenant: String,
-    /// A request…
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub request: Option<Request>,
-    /// …or an execution to watch.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub watch: Option<String>,
-}
-
-/// The socket's path in a data directory.
-pub fn socket_path(data: &Path) -> std::path::PathBuf {
-    data.join("sluice.sock")
-}
+pub use sluice_api::socket::socket_path;
 
 /// Serve requests on the socket until the process ends.
 pub async fn serve(service: Arc<Service>, bus: Arc<MemoryBus>, data: &Path) -> anyhow::Result<()> {
@@ -51,93 +37,101 @@ pub async fn serve(service: Arc<Service>, bus: Arc<MemoryBus>, data: &Path) -> a
     }
 }
 
+async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, line: Value) -> std::io::Result<()> {
+    write.write_all(format!("{line}\n").as_bytes()).await
+}
+
 async fn connection(
     service: Arc<Service>,
     bus: Arc<MemoryBus>,
     stream: UnixStream,
 ) -> anyhow::Result<()> {
-    // Only the engine's own user may name paths on its host (see `Caller`).
-    let caller = match stream.peer_cred() {
-        Ok(c) if c.uid() == rustix::process::geteuid().as_raw() => Caller::HostUser,
-        _ => Caller::Remote,
+    // Only the engine's own user may name paths on its host (see `Origin`).
+    let origin = match stream.peer_cred() {
+        Ok(c) if c.uid() == rustix::process::geteuid().as_raw() => Origin::HostUser,
+        _ => Origin::Remote,
     };
     let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read).lines();
-    while let Some(line) = lines.next_line().await? {
+    let mut read = BufReader::new(read);
+    // A line longer than the limit ends the connection (its reply says why).
+    loop {
+        let line = match read_line(&mut read).await {
+            Ok(Some(line)) => line,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                let refused = ApiError::invalid(format!("bad request: {e}"));
+                send(&mut write, wire::encode(Err(refused))).await?;
+                return Ok(());
+            }
+        };
         let envelope: Envelope = match serde_json::from_str(&line) {
             Ok(e) => e,
             Err(e) => {
-                write
-                    .write_all(
-                        format!(
-                            "{}\n",
-                            serde_json::json!({ "error": format!("bad request: {e}") })
-                        )
-                        .as_bytes(),
-                    )
-                    .await?;
+                let refused = ApiError::invalid(format!("bad request: {e}"));
+                send(&mut write, wire::encode(Err(refused))).await?;
                 continue;
             }
         };
+        // No authentication yet: the socket's file permissions decide who may connect, and
+        // whoever connects acts for the tenant it names.
+        let principal = Principal::local(envelope.tenant, origin);
         if let Some(id) = envelope.watch {
-            let checked = super::api::check_tenant(&envelope.tenant).and_then(|()| {
-                super::api::check_len("the execution id", &id).map_err(|e| e.to_string())
-            });
-            if let Err(e) = checked {
-                write
-                    .write_all(format!("{}\n", serde_json::json!({ "error": e })).as_bytes())
-                    .await?;
-                return Ok(());
-            }
-            // Subscribe before reading the record, so no event falls in between.
-            let mut events = bus.subscribe();
-            let done = |e: &crate::scheduler::Execution| e.status.is_terminal();
-            let Some(exec) = service.execution(&envelope.tenant, &id).await? else {
-                write
-                    .write_all(
-                        format!(
-                            "{}\n",
-                            serde_json::json!({ "error": format!("no execution `{id}`") })
-                        )
-                        .as_bytes(),
-                    )
-                    .await?;
-                return Ok(());
-            };
-            write
-                .write_all(format!("{}\n", serde_json::json!({ "snapshot": exec })).as_bytes())
-                .await?;
-            if !done(&exec) {
-                loop {
-                    match events.recv().await {
-                        Ok(event) if event.execution_id == id => {
-                            write
-                                .write_all(
-                                    format!("{}\n", serde_json::json!({ "event": event }))
-                                        .as_bytes(),
-                                )
-                                .await?;
-                            if event.kind == Kind::Pipeline && event.status.is_terminal() {
-                                break;
-                            }
-                        }
-                        Ok(_) => {}
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                        Err(_) => break,
-                    }
-                }
-            }
-            let exec = service.execution(&envelope.tenant, &id).await?;
-            write
-                .write_all(format!("{}\n", serde_json::json!({ "ok": exec })).as_bytes())
-                .await?;
+            watch(&service, &bus, &principal, &id, &mut write).await?;
             return Ok(());
         }
         let reply = match envelope.request {
-            Some(request) => service.handle_from(&envelope.tenant, request, caller).await,
-            None => serde_json::json!({ "error": "empty request" }),
+            Some(request) => service.handle(&principal, request).await,
+            None => Err(ApiError::invalid("empty request")),
         };
-        write.write_all(format!("{reply}\n").as_bytes()).await?;
+        send(&mut write, wire::encode(reply)).await?;
     }
+}
+
+/// Stream an execution's record and events until it ends.
+async fn watch(
+    service: &Service,
+    bus: &MemoryBus,
+    principal: &Principal,
+    id: &str,
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+) -> anyhow::Result<()> {
+    let checked = sluice_api::limits::check_tenant(&principal.tenant)
+        .and_then(|()| Ok(sluice_api::limits::check_len("the execution id", id)?));
+    if let Err(e) = checked {
+        send(write, wire::encode(Err(e))).await?;
+        return Ok(());
+    }
+    let tenant = &principal.tenant;
+    // Subscribe before reading the record, so no event falls in between.
+    let mut events = bus.subscribe();
+    let Some(exec) = service.execution(tenant, id).await? else {
+        let missing = ApiError::not_found(format!("no execution `{id}`"));
+        send(write, wire::encode(Err(missing))).await?;
+        return Ok(());
+    };
+    let done = exec.status.is_terminal();
+    send(write, json!({ "snapshot": exec })).await?;
+    if !done {
+        loop {
+            match events.recv().await {
+                Ok(event) if event.execution_id == id && &event.tenant == tenant => {
+                    let end = event.kind == Kind::Pipeline && event.status.is_terminal();
+                    send(write, json!({ "event": event })).await?;
+                    if end {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(_) => break,
+            }
+        }
+    }
+    let exec = service.execution(tenant, id).await?;
+    let last = match exec {
+        Some(e) => serde_json::to_value(e).map_err(ApiError::internal),
+        None => Err(ApiError::not_found(format!("no execution `{id}`"))),
+    };
+    send(write, wire::encode(last)).await?;
     Ok(())
 }

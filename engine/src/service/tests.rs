@@ -4,6 +4,8 @@ use super::*;
 use crate::bus::MemoryBus;
 use crate::kv::RedbKv;
 use crate::queue::MemoryQueue;
+use sluice_api::verbs::{Approve, FunctionPut, PipelinePut};
+use sluice_api::{ApiError, Code, Origin, Principal};
 use std::path::Path;
 
 /// The `Kv` methods a store double passes through to `self.inner` unchanged.
@@ -91,18 +93,27 @@ pub(super) fn shared_edges(dir: &Path) -> Edges {
 /// Register `yaml` (from `file` in `dir`) on `service`.
 pub(super) async fn register(service: &Service, dir: &Path, file: &str, yaml: &str) {
     let put = service
-        .handle_from(
-            "default",
-            api::Request::PipelinePut {
+        .call(
+            &host_user(),
+            PipelinePut {
                 file: file.into(),
                 dir: Some(dir.to_path_buf()),
                 yaml: yaml.into(),
                 plugins: Default::default(),
             },
-            api::Caller::HostUser,
         )
         .await;
-    assert!(put.get("ok").is_some(), "{put}");
+    assert!(put.is_ok(), "{put:?}");
+}
+
+/// The embedded service's own user, for tenant `default`.
+pub(super) fn host_user() -> Principal {
+    Principal::local("default", Origin::HostUser)
+}
+
+/// A remote caller with every role in tenant `default`.
+pub(super) fn remote() -> Principal {
+    Principal::local("default", Origin::Remote)
 }
 
 const PIPELINE: &str = "name: relay\nstages:\n  - name: One\n    actions:\n      - { name: A, uses: noop@1 }\n  - name: Two\n    actions:\n      - { name: B, uses: noop@1 }\n";
@@ -808,9 +819,9 @@ async fn a_change_recorded_beside_a_chain_carries_the_chains_events_not_yet_stor
     assert!(chains.contains(&format!("{id}.2.0")), "{chains:?}");
     hold.store(false, SeqCst);
     let approved = a
-        .handle(
-            "default",
-            api::Request::Approve {
+        .call(
+            &remote(),
+            Approve {
                 execution_id: id.clone(),
                 action: "Two/Ok".into(),
                 approved: true,
@@ -820,7 +831,7 @@ async fn a_change_recorded_beside_a_chain_carries_the_chains_events_not_yet_stor
             },
         )
         .await;
-    assert!(approved.get("ok").is_some(), "{approved}");
+    assert!(approved.is_ok(), "{approved:?}");
     let exec = a.execution("default", &id).await.unwrap().unwrap();
     assert!(
         exec.outbox.change > waiting.outbox.change,
@@ -933,9 +944,9 @@ async fn a_decision_waits_while_the_approval_takes_in_an_earlier_one() {
     let approve = |who: &str| {
         let (a, id, who) = (a.clone(), id.clone(), who.to_string());
         async move {
-            a.handle(
-                "default",
-                api::Request::Approve {
+            a.call(
+                &remote(),
+                Approve {
                     execution_id: id,
                     action: "Gate/Ok".into(),
                     approved: true,
@@ -952,7 +963,7 @@ async fn a_decision_waits_while_the_approval_takes_in_an_earlier_one() {
         .await
         .expect("the approval waits");
     let ana = approve("ana").await;
-    assert!(ana.get("ok").is_some(), "{ana}");
+    assert!(ana.is_ok(), "{ana:?}");
     // The attempt that takes in ana's decision has not run yet: bo's decision waits for it.
     let mut timers = Vec::new(); // (the approval's deadlines, queued as delayed jobs)
     let rerun = attempt(&*shared.jobs, 2, &mut timers).await;
@@ -968,14 +979,14 @@ async fn a_decision_waits_while_the_approval_takes_in_an_earlier_one() {
         .await
         .expect("ana is answered at once");
     assert!(
-        again["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("ana has already decided on Ok")),
-        "{again}"
+        again.as_ref().is_err_and(
+            |e| e.code == Code::Conflict && e.message.contains("ana has already decided on Ok")
+        ),
+        "{again:?}"
     );
     a.handle_job(rerun).await;
     let bo = bo.await.unwrap();
-    assert!(bo.get("ok").is_some(), "{bo}");
+    assert!(bo.is_ok(), "{bo:?}");
     a.handle_job(attempt(&*shared.jobs, 3, &mut timers).await)
         .await;
     let done = poll_until(&a, &id, |e| e.status.is_terminal())
@@ -1015,32 +1026,35 @@ async fn function_put_takes_the_component_never_a_path_on_the_engines_host() {
     std::fs::write(&file, b"\0asm not a component").unwrap();
     // A request naming a file on the engine's host is refused before anything reads it.
     let body = serde_json::json!({ "name": "f", "path": file }).to_string();
-    let named = api::request_for_verb("function.put", body.as_bytes());
+    let named = sluice_api::Request::for_verb("function.put", body.as_bytes());
     assert!(
         named
             .as_ref()
-            .is_err_and(|e| e.contains("unknown field `path`")),
+            .is_err_and(|e| e.code == Code::Invalid && e.message.contains("unknown field `path`")),
         "{named:?}"
     );
     // The component travels in the request…
     let put = a
-        .handle(
-            "default",
-            api::Request::FunctionPut {
+        .call(
+            &remote(),
+            FunctionPut {
                 name: "f".into(),
-                bytes: Some(api::encode_upload(b"\0asm not a component")),
+                bytes: Some(sluice_api::limits::encode_upload(b"\0asm not a component")),
                 digest: None,
             },
         )
         .await;
-    let e = put["error"].as_str().unwrap_or_default();
-    assert!(!e.is_empty() && !e.contains("cannot read"), "{put}");
+    let e = put.unwrap_err();
+    assert!(
+        e.code == Code::Invalid && !e.message.contains("cannot read"),
+        "{e:?}"
+    );
     // …bounded in size, refused before it is decoded.
     let huge = "A".repeat(api::MAX_UPLOAD / 3 * 4 + 8);
     let put = a
-        .handle(
-            "default",
-            api::Request::FunctionPut {
+        .call(
+            &remote(),
+            FunctionPut {
                 name: "f".into(),
                 bytes: Some(huge),
                 digest: None,
@@ -1048,10 +1062,9 @@ async fn function_put_takes_the_component_never_a_path_on_the_engines_host() {
         )
         .await;
     assert!(
-        put["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("larger than 64 MiB")),
-        "{put}"
+        put.as_ref()
+            .is_err_and(|e| e.message.contains("larger than 64 MiB")),
+        "{put:?}"
     );
     assert!(a.list_functions("default").await.unwrap().is_empty());
 }
@@ -1062,47 +1075,108 @@ async fn a_pipeline_put_from_a_remote_client_resolves_no_path_on_the_engines_hos
     let shared = shared_edges(dir.path());
     let a = engine(&dir.path().join("a"), Arc::new(LostBus), &shared);
     std::fs::create_dir(dir.path().join("app")).unwrap();
-    let put = |yaml: &str, dir: Option<&Path>, caller| {
-        let request = api::Request::PipelinePut {
+    let put = |yaml: &str, dir: Option<&Path>, caller: Principal| {
+        let request = PipelinePut {
             file: "snap.yaml".into(),
             dir: dir.map(Path::to_path_buf),
             yaml: yaml.into(),
             plugins: Default::default(),
         };
         let a = a.clone();
-        async move { a.handle_from("default", request, caller).await }
+        async move { a.call(&caller, request).await }
     };
     let snap = "name: snap\nstages:\n  - name: Source\n    actions:\n      - { name: Snap, uses: source-dir@1, with: { path: app }, outputs: [src] }\n";
     // A remote client may not name a directory on the engine's host…
-    let r = put(snap, Some(dir.path()), api::Caller::Remote).await;
+    let r = put(snap, Some(dir.path()), remote()).await;
     assert!(
-        r["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("`dir` names a directory on the engine's host")),
-        "{r}"
+        r.as_ref().is_err_and(|e| e.code == Code::Forbidden
+            && e.message
+                .contains("`dir` names a directory on the engine's host")),
+        "{r:?}"
     );
     // …and without one, its relative paths are refused with the line to fix.
-    let r = put(snap, None, api::Caller::Remote).await;
-    let d = r["diagnostics"].as_str().unwrap_or_default();
+    let r = put(snap, None, remote()).await;
+    let d = r.as_ref().map_err(ApiError::problem_lines).unwrap_err();
     assert!(
         d.contains("snap.yaml:5:") && d.contains("`with.path` \"app\" is a path relative"),
-        "{r}"
+        "{r:?}"
     );
     let files = "name: files\nstages:\n  - name: S\n    actions:\n      - name: P\n        uses: ./probe.wasm\n      - name: G\n        uses: noop@1\n        capabilities: { dirs: { out: rw } }\n      - name: F\n        uses: invoke@1\n        with: { function: ./f.wasm }\n";
-    let r = put(files, None, api::Caller::Remote).await;
-    let d = r["diagnostics"].as_str().unwrap_or_default();
+    let r = put(files, None, remote()).await;
+    let d = r.as_ref().map_err(ApiError::problem_lines).unwrap_err();
     assert!(
         d.contains("action `P`: `uses: ./probe.wasm` is a file")
             && d.contains("action `G`: `capabilities.dirs` path \"out\" is relative")
             && d.contains("action `F`: `function: ./f.wasm` is a file")
             && d.contains("sluice function put NAME ./f.wasm"),
-        "{r}"
+        "{r:?}"
     );
     // Absolute paths name the engine's host as written.
     let absolute = snap.replace("path: app", &format!("path: {}/app", dir.path().display()));
-    let r = put(&absolute, None, api::Caller::Remote).await;
-    assert!(r.get("ok").is_some(), "{r}");
+    let r = put(&absolute, None, remote()).await;
+    assert!(r.is_ok(), "{r:?}");
     // The engine's own user on its host registers relative paths, as `sluice run` runs them.
-    let r = put(snap, Some(dir.path()), api::Caller::HostUser).await;
-    assert!(r.get("ok").is_some(), "{r}");
+    let r = put(snap, Some(dir.path()), host_user()).await;
+    assert!(r.is_ok(), "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_verb_checks_the_principals_role_before_it_touches_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = shared_edges(dir.path());
+    let a = engine(&dir.path().join("a"), Arc::new(LostBus), &shared);
+    register(&a, dir.path(), "relay.yaml", PIPELINE).await;
+    let with = |roles: &[sluice_api::Role]| Principal {
+        roles: roles.to_vec(),
+        ..remote()
+    };
+    use sluice_api::Role::{Approver, Developer, Viewer};
+    use sluice_api::verbs::{PipelineLs, PipelineRm, Start};
+    let start = || Start {
+        pipeline: "relay".into(),
+        ..Default::default()
+    };
+    // A viewer reads, and may not start or remove anything…
+    assert_eq!(
+        a.call(&with(&[Viewer]), PipelineLs {}).await.unwrap().len(),
+        1
+    );
+    for refused in [
+        a.call(&with(&[Viewer]), start()).await.map(|_| ()),
+        a.call(&with(&[Approver]), start()).await.map(|_| ()),
+        a.call(
+            &with(&[Viewer]),
+            PipelineRm {
+                name: "relay".into(),
+            },
+        )
+        .await
+        .map(|_| ()),
+    ] {
+        let e = refused.unwrap_err();
+        assert_eq!(e.code, Code::Forbidden, "{e:?}");
+        assert!(e.message.contains("the developer role"), "{e}");
+    }
+    // …nor approve, which a developer may not either: only approvers (and admins) decide.
+    let approve = || Approve {
+        execution_id: "01ARZ3NDEKTSV4RRFFQ69G5FAV".into(),
+        action: "One/A".into(),
+        approved: true,
+        by: "ana".into(),
+        summary: None,
+        token: None,
+    };
+    let e = a.call(&with(&[Developer]), approve()).await.unwrap_err();
+    assert_eq!(e.code, Code::Forbidden, "{e:?}");
+    // An approver gets past the role check (to the execution, which does not exist).
+    let e = a.call(&with(&[Approver]), approve()).await.unwrap_err();
+    assert_eq!(e.code, Code::NotFound, "{e:?}");
+    // Nothing was started or removed.
+    assert!(
+        a.executions("default", None, None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(a.call(&remote(), PipelineLs {}).await.unwrap().len(), 1);
 }

@@ -107,9 +107,9 @@ async fn a_transition_disabled_elsewhere_stops_an_execution_decided_on_the_copy(
         );
     }
     let disabled = b
-        .handle(
-            "default",
-            api::Request::Transition {
+        .call(
+            &super::tests::remote(),
+            sluice_api::verbs::Transition {
                 pipeline: "par".into(),
                 stage: "Two".into(),
                 enable: false,
@@ -118,7 +118,7 @@ async fn a_transition_disabled_elsewhere_stops_an_execution_decided_on_the_copy(
             },
         )
         .await;
-    assert!(disabled.get("ok").is_some(), "{disabled}");
+    assert!(disabled.is_ok(), "{disabled:?}");
     tokio::time::sleep(Duration::from_millis(100)).await; // the watch delivers the change
     let (id, _) = a
         .start("default", "par", br#"{"id":"e-3"}"#, false, false)
@@ -202,15 +202,14 @@ async fn repairing_the_lanes_frees_places_held_by_ended_executions_and_lets_the_
         .await
         .unwrap();
     let repaired = a
-        .handle(
-            "default",
-            api::Request::PipelineRepair {
+        .call(
+            &super::tests::remote(),
+            sluice_api::verbs::PipelineRepair {
                 name: "relay".into(),
             },
         )
         .await;
-    let lanes: crate::scheduler::lanes::Lanes = serde_json::from_value(repaired["ok"].clone())
-        .unwrap_or_else(|e| panic!("{e}: {repaired}"));
+    let lanes = repaired.unwrap_or_else(|e| panic!("{e:?}"));
     assert_eq!(
         lanes.stages.get("Two").map(|l| l.inside.clone()),
         Some(vec![waiting.execution_id.clone()]),
@@ -251,17 +250,18 @@ async fn repairing_the_lanes_frees_places_held_by_ended_executions_and_lets_the_
             .contains_key("Two")
     );
     let unknown = a
-        .handle(
-            "default",
-            api::Request::PipelineRepair {
+        .call(
+            &super::tests::remote(),
+            sluice_api::verbs::PipelineRepair {
                 name: "nope".into(),
             },
         )
         .await;
     assert!(
-        unknown["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("no pipeline `nope`")),
-        "{unknown}"
+        unknown
+            .as_ref()
+            .is_err_and(|e| e.code == sluice_api::Code::NotFound
+                && e.message.contains("no pipeline `nope`")),
+        "{unknown:?}"
     );
 }

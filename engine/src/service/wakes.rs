@@ -104,7 +104,7 @@ impl Service {
                         .stages
                         .get(w.stage)
                         .and_then(|s| s.actions.get(w.action))
-                        .ok_or("gone")?;
+                        .ok_or_else(|| sluice_api::ApiError::not_found("gone"))?;
                     match run.waiting.as_ref().map(|x| &x.wake) {
                         Some(Wake::Event(s)) if s == subject && run.attempt == w.attempt => {
                             Ok(Input::Wake {
@@ -114,7 +114,7 @@ impl Service {
                                 at: crate::clock::now(),
                             })
                         }
-                        _ => Err("no longer waiting".into()),
+                        _ => Err(sluice_api::ApiError::conflict("no longer waiting")),
                     }
                 })
                 .await;

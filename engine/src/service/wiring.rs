@@ -257,13 +257,21 @@ pub async fn serve_nats_api(
                 .strip_prefix("sluice.")
                 .and_then(|r| r.split_once(".api."))
             {
-                Some((tenant, verb)) => {
-                    match super::api::request_for_verb(verb, &message.payload) {
-                        Ok(request) => service.handle(tenant, request).await,
-                        Err(e) => serde_json::json!({ "error": e }),
-                    }
-                }
-                None => serde_json::json!({ "error": format!("unexpected subject {subject}") }),
+                // The tenant is the subject's: whoever may publish there acts for it (the
+                // NATS server's permissions decide who may).
+                Some((tenant, verb)) => sluice_api::wire::encode(
+                    match sluice_api::Request::for_verb(verb, &message.payload) {
+                        Ok(request) => {
+                            let principal =
+                                sluice_api::Principal::local(tenant, sluice_api::Origin::Remote);
+                            service.handle(&principal, request).await
+                        }
+                        Err(e) => Err(e),
+                    },
+                ),
+                None => sluice_api::wire::encode(Err(sluice_api::ApiError::invalid(format!(
+                    "unexpected subject {subject}"
+                )))),
             };
             if let Err(e) = client.publish(reply, answer.to_string().into()).await {
                 tracing::warn!("reply to {subject}: {e}");

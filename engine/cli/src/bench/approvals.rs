@@ -2,9 +2,9 @@
 //! `sluice serve` process. Measures the engine process's resident memory before and after
 //! (the baseline is the same engine idle, measured in the same run), restarts it, checks that
 //! every execution still waits, and approves one to see it complete.
+use sluice_api::{Request, verbs};
 use sluice_engine::scheduler::{Execution, Status};
-use sluice_engine::service::api::Request;
-use sluice_engine::service::client::Client;
+use sluice_engine::service::client::{Connection, connect};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -41,11 +41,11 @@ fn spawn(dir: &Path) -> anyhow::Result<Child> {
         .spawn()?)
 }
 
-async fn answering(dir: &Path) -> anyhow::Result<Client> {
+async fn answering(dir: &Path) -> anyhow::Result<Connection> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if let Ok(c) = Client::connect(None, &dir.join("data"), "default").await
-            && c.call(&Request::PipelineLs {}).await.is_ok()
+        if let Ok(c) = connect(None, &dir.join("data"), "default").await
+            && c.call(&Request::from(verbs::PipelineLs {})).await.is_ok()
         {
             return Ok(c);
         }
@@ -57,13 +57,13 @@ async fn answering(dir: &Path) -> anyhow::Result<Client> {
     }
 }
 
-async fn waiting(client: &Client, limit: usize) -> anyhow::Result<usize> {
+async fn waiting(client: &Connection, limit: usize) -> anyhow::Result<usize> {
     let v = client
-        .call(&Request::Executions {
+        .call(&Request::from(verbs::Executions {
             pipeline: Some("gated".into()),
             status: Some(Status::InProgress),
             limit: Some(limit),
-        })
+        }))
         .await?;
     // Executions whose gate has run and now waits (not merely started).
     Ok(v.as_array()
@@ -84,14 +84,14 @@ async fn start_many(dir: &Path, n: usize) -> anyhow::Result<Vec<String>> {
             next += 1;
             let data = dir.join("data");
             tasks.spawn(async move {
-                let c = Client::connect(None, &data, "default").await?;
+                let c = connect(None, &data, "default").await?;
                 let v = c
-                    .call(&Request::Start {
+                    .call(&Request::from(verbs::Start {
                         pipeline: "gated".into(),
                         variables: Default::default(),
                         event_id: None,
                         started_by: Some("bench".into()),
-                    })
+                    }))
                     .await?;
                 anyhow::Ok(v["execution_id"].as_str().unwrap_or_default().to_string())
             });
@@ -111,12 +111,12 @@ pub async fn run(n: usize) -> anyhow::Result<()> {
     let mut engine = spawn(dir)?;
     let client = answering(dir).await?;
     let put = client
-        .call(&Request::PipelinePut {
+        .call(&Request::from(verbs::PipelinePut {
             file: "gated.yaml".into(),
             dir: Some(dir.to_path_buf()),
             yaml: PIPELINE.into(),
             plugins: Default::default(),
-        })
+        }))
         .await;
     anyhow::ensure!(put.is_ok(), "register: {put:?}");
     // Warm up (compile the plugins, fill caches), then take the baseline.
@@ -150,21 +150,21 @@ pub async fn run(n: usize) -> anyhow::Result<()> {
     let id = ids.last().cloned().unwrap_or_default();
     let t = Instant::now();
     client
-        .call(&Request::Approve {
+        .call(&Request::from(verbs::Approve {
             execution_id: id.clone(),
             action: "Production/Gate".into(),
             approved: true,
             by: "bench-approver".into(),
             summary: None,
             token: None,
-        })
+        }))
         .await?;
     let done = loop {
         let e: Execution = serde_json::from_value(
             client
-                .call(&Request::Status {
+                .call(&Request::from(verbs::GetExecution {
                     execution_id: id.clone(),
-                })
+                }))
                 .await?,
         )?;
         if e.status.is_terminal() {

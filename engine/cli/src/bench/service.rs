@@ -5,10 +5,10 @@
 //!   5-action no-op pipeline, one execution at a time;
 //! (throughput) executions per second for a burst of events, with one and with two engines.
 use futures_util::StreamExt;
+use sluice_api::{Origin, Principal, verbs};
 use sluice_engine::bus::{Event, Kind};
 use sluice_engine::scheduler::Status;
 use sluice_engine::service::Service;
-use sluice_engine::service::api::Request;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -158,9 +158,9 @@ pub async fn run(url: &str, samples: usize, burst_size: usize) -> anyhow::Result
     let (first, first_client) = engine(url, tmp.path(), "engine-1", 8).await?;
     std::fs::write(tmp.path().join("bench.yaml"), PIPELINE)?;
     let put = first
-        .handle(
-            "default",
-            Request::PipelinePut {
+        .call(
+            &Principal::local("default", Origin::Remote),
+            verbs::PipelinePut {
                 file: "bench.yaml".into(),
                 dir: None,
                 yaml: PIPELINE.into(),
@@ -168,7 +168,7 @@ pub async fn run(url: &str, samples: usize, burst_size: usize) -> anyhow::Result
             },
         )
         .await;
-    anyhow::ensure!(put.get("ok").is_some(), "register the pipeline: {put}");
+    anyhow::ensure!(put.is_ok(), "register the pipeline: {put:?}");
     let run_id = ulid::Ulid::new().to_string();
 
     // (latency) one execution at a time.

@@ -1,0 +1,690 @@
+//! The verbs: one request type each, with the type of its reply and the role it needs.
+//! [`Request`] is any of them as sent on the wire (`{"verb": "start", …}`; on NATS the verb is
+//! the subject's last part and the body holds the rest).
+use crate::error::ApiError;
+use crate::limits::{TooLong, check_len};
+use crate::principal::Role;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use sluice_core::scheduler::lanes::Lanes;
+use sluice_core::scheduler::{Execution, Status, Timestamp};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// A request type: its wire name, its reply and the role it needs.
+pub trait Verb: Serialize + DeserializeOwned + Into<Request> {
+    /// The verb as written on the wire (`pipeline.put`).
+    const NAME: &'static str;
+    /// The role a principal needs.
+    const ROLE: Role;
+    /// What a success returns.
+    type Reply: Serialize + DeserializeOwned;
+}
+
+macro_rules! verbs {
+    ($($(#[$doc:meta])* $name:literal => $ty:ident -> $reply:ty, $role:ident;)*) => {
+        /// Any request, tagged with its verb.
+        #[derive(Clone, Debug, Serialize, Deserialize)]
+        #[serde(tag = "verb")]
+        pub enum Request {
+            $($(#[$doc])* #[serde(rename = $name)] $ty($ty),)*
+        }
+
+        $(
+            impl Verb for $ty {
+                const NAME: &'static str = $name;
+                const ROLE: Role = Role::$role;
+                type Reply = $reply;
+            }
+
+            impl From<$ty> for Request {
+                fn from(v: $ty) -> Self {
+                    Request::$ty(v)
+                }
+            }
+        )*
+
+        /// Every verb's wire name, for subscriptions and help.
+        pub const VERBS: &[&str] = &[$($name),*];
+
+        impl Request {
+            /// The verb's wire name.
+            pub fn verb(&self) -> &'static str {
+                match self {
+                    $(Request::$ty(_) => $name,)*
+                }
+            }
+
+            /// The role the verb needs.
+            pub fn role(&self) -> Role {
+                match self {
+                    $(Request::$ty(_) => Role::$role,)*
+                }
+            }
+        }
+    };
+}
+
+verbs! {
+    /// Register a new version of a pipeline.
+    "pipeline.put" => PipelinePut -> PipelineVersion, Developer;
+    /// A registered pipeline (current or given version).
+    "pipeline.get" => PipelineGet -> StoredPipeline, Viewer;
+    /// Registered pipelines.
+    "pipeline.ls" => PipelineLs -> Vec<PipelineSummary>, Viewer;
+    /// Unregister a pipeline.
+    "pipeline.rm" => PipelineRm -> Named, Developer;
+    /// A pipeline's stage lanes: executions inside and waiting, disabled transitions.
+    "pipeline.state" => PipelineState -> Lanes, Viewer;
+    /// Rebuild a pipeline's stage lanes from its executions' records (an operator's repair).
+    "pipeline.repair" => PipelineRepair -> Lanes, Developer;
+    /// Disable or enable the transition into a stage.
+    "transition" => Transition -> Lanes, Developer;
+    /// Start a rollback execution of a stage to an earlier execution.
+    "rollback" => Rollback -> ExecutionRef, Developer;
+    /// Start a pipeline (through the trigger path, like any event).
+    "start" => Start -> Started, Developer;
+    /// One execution.
+    "status" => GetExecution -> Execution, Viewer;
+    /// Executions, newest first.
+    "executions" => Executions -> Vec<ExecutionSummary>, Viewer;
+    /// Stop an execution.
+    "stop" => Stop -> ExecutionState, Developer;
+    /// Re-run a failed or stopped stage.
+    "retry" => Retry -> ExecutionState, Developer;
+    /// Approve or reject an action waiting for approval.
+    "approve" => Approve -> Decided, Approver;
+    /// Wake an action waiting for an external event.
+    "wake" => Wake -> ExecutionState, Developer;
+    /// Register a function for `invoke@1`.
+    "function.put" => FunctionPut -> StoredFunction, Developer;
+    /// Registered functions.
+    "function.ls" => FunctionLs -> Vec<StoredFunction>, Viewer;
+    /// Unregister a function.
+    "function.rm" => FunctionRm -> Named, Developer;
+    /// Rejected trigger events kept in the dead letter, newest first.
+    "deadletter.ls" => DeadLetters -> Vec<DeadLetterSummary>, Viewer;
+    /// Send a dead letter's event again; it leaves the dead letter once an execution started.
+    "deadletter.replay" => DeadLetterReplay -> Replayed, Developer;
+}
+
+fn yes() -> bool {
+    true
+}
+
+// ---- Requests ----
+
+/// `pipeline.put`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelinePut {
+    /// File name, for messages.
+    pub file: String,
+    /// Directory relative paths resolve against: a directory on the engine's host, so only
+    /// for an [`Origin::HostUser`](crate::Origin::HostUser); without it the pipeline may
+    /// reference no relative path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+    /// The YAML.
+    pub yaml: String,
+    /// Plugin and rule files the client uploaded to the artifact store: the path as written in
+    /// the YAML → `blake3:` digest.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub plugins: BTreeMap<String, String>,
+}
+
+/// `pipeline.get`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineGet {
+    /// Name.
+    pub name: String,
+    /// Version (default: current).
+    #[serde(default)]
+    pub version: Option<u64>,
+}
+
+/// `pipeline.ls`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineLs {}
+
+/// `pipeline.rm`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineRm {
+    /// Name.
+    pub name: String,
+}
+
+/// `pipeline.state`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineState {
+    /// Pipeline name.
+    pub name: String,
+}
+
+/// `pipeline.repair`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineRepair {
+    /// Pipeline name.
+    pub name: String,
+}
+
+/// `transition`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Transition {
+    /// Pipeline name.
+    pub pipeline: String,
+    /// The stage the transition leads into.
+    pub stage: String,
+    /// Enable (else disable).
+    pub enable: bool,
+    /// Why (required to disable).
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Who asks.
+    #[serde(default)]
+    pub by: Option<String>,
+}
+
+/// `rollback`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rollback {
+    /// Pipeline name.
+    pub pipeline: String,
+    /// Stage name.
+    pub stage: String,
+    /// The execution (which succeeded in the stage) to roll back to.
+    pub to: String,
+    /// Who asks.
+    #[serde(default)]
+    pub by: Option<String>,
+}
+
+/// `start`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Start {
+    /// Pipeline name.
+    pub pipeline: String,
+    /// Variable overrides.
+    #[serde(default)]
+    pub variables: BTreeMap<String, String>,
+    /// Event id (default: a fresh one); a repeated id starts nothing new.
+    #[serde(default)]
+    pub event_id: Option<String>,
+    /// Who asks.
+    #[serde(default)]
+    pub started_by: Option<String>,
+}
+
+/// `status`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GetExecution {
+    /// Execution id.
+    pub execution_id: String,
+}
+
+/// `executions`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Executions {
+    /// Only this pipeline.
+    #[serde(default)]
+    pub pipeline: Option<String>,
+    /// Only this status.
+    #[serde(default)]
+    pub status: Option<Status>,
+    /// At most this many (default 20, at most [`MAX_LIST`](crate::limits::MAX_LIST)).
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+/// `stop`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stop {
+    /// Execution id.
+    pub execution_id: String,
+    /// Cancel running actions instead of letting them finish.
+    #[serde(default)]
+    pub abandon: bool,
+    /// Why.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// `retry`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retry {
+    /// Execution id.
+    pub execution_id: String,
+    /// Stage name.
+    pub stage: String,
+    /// Every action, not only those that did not succeed.
+    #[serde(default)]
+    pub all: bool,
+}
+
+/// `approve`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Approve {
+    /// Execution id.
+    pub execution_id: String,
+    /// `STAGE/ACTION`.
+    pub action: String,
+    /// Approve (default) or reject.
+    #[serde(default = "yes")]
+    pub approved: bool,
+    /// Who decides (the caller's identity).
+    pub by: String,
+    /// Why.
+    #[serde(default)]
+    pub summary: Option<String>,
+    /// The token of the approval notification, if the caller quotes it.
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+/// `wake`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Wake {
+    /// Execution id.
+    pub execution_id: String,
+    /// `STAGE/ACTION`.
+    pub action: String,
+    /// The event's payload, handed to the action.
+    #[serde(default)]
+    pub payload: Option<String>,
+}
+
+/// `function.put`. The engine never reads a file the client names: the client sends the
+/// component.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionPut {
+    /// Name.
+    pub name: String,
+    /// The component's bytes, base64 (at most [`MAX_UPLOAD`](crate::limits::MAX_UPLOAD)
+    /// bytes)…
+    #[serde(default)]
+    pub bytes: Option<String>,
+    /// …or the digest of a component already uploaded to the artifact store (NATS).
+    #[serde(default)]
+    pub digest: Option<String>,
+}
+
+/// `function.ls`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionLs {}
+
+/// `function.rm`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionRm {
+    /// Name.
+    pub name: String,
+}
+
+/// `deadletter.ls`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetters {
+    /// Only those addressed to this pipeline.
+    #[serde(default)]
+    pub pipeline: Option<String>,
+    /// At most this many (default 20, at most [`MAX_LIST`](crate::limits::MAX_LIST)).
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+/// `deadletter.replay`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterReplay {
+    /// The dead letter's id (as `deadletter.ls` lists it).
+    pub id: String,
+}
+
+// ---- Replies ----
+
+/// The reply to `pipeline.put`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PipelineVersion {
+    /// Name.
+    pub name: String,
+    /// The version just registered.
+    pub version: u64,
+}
+
+/// A registered pipeline version.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StoredPipeline {
+    /// Pipeline name.
+    pub name: String,
+    /// Version, from 1.
+    pub version: u64,
+    /// The file it was registered from (for messages).
+    pub file: String,
+    /// The file's directory, relative paths in the pipeline resolve against it: given only by
+    /// a caller of the engine's own user on its host. None for a pipeline registered
+    /// remotely, which may reference no relative path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+    /// Plugin and rule files the client uploaded: the path as written → `blake3:` digest.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub plugins: BTreeMap<String, String>,
+    /// The YAML as registered.
+    pub yaml: String,
+    /// When it was registered.
+    pub registered_at: Timestamp,
+}
+
+/// A row of `pipeline.ls`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PipelineSummary {
+    /// Name.
+    pub name: String,
+    /// Current version.
+    pub version: u64,
+    /// The file it was registered from.
+    pub file: String,
+    /// When the current version was registered.
+    pub registered_at: Timestamp,
+}
+
+/// The reply naming what was removed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Named {
+    /// Name.
+    pub name: String,
+}
+
+/// The reply naming an execution just started.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecutionRef {
+    /// Execution id.
+    pub execution_id: String,
+}
+
+/// The reply to `start`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Started {
+    /// The execution (an existing one when the event id was seen before).
+    pub execution_id: String,
+    /// The trigger event's id.
+    pub event_id: String,
+}
+
+/// An execution's status after a control verb.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecutionState {
+    /// Execution id.
+    pub execution_id: String,
+    /// Its status now.
+    pub status: Status,
+}
+
+/// The reply to `approve`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decided {
+    /// Execution id.
+    pub execution_id: String,
+    /// Its status now.
+    pub status: Status,
+    /// `approved` or `rejected`.
+    pub decision: String,
+}
+
+/// A registered function.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredFunction {
+    /// Name.
+    pub name: String,
+    /// `blake3:<hex>` of the component.
+    pub digest: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// When.
+    pub registered_at: Timestamp,
+}
+
+/// The reply to `deadletter.replay`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replayed {
+    /// The execution started.
+    pub execution_id: String,
+    /// The event's id.
+    pub event_id: String,
+    /// Its pipeline.
+    pub pipeline: String,
+}
+
+/// A row of `executions`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ExecutionSummary {
+    /// Id.
+    pub execution_id: String,
+    /// Pipeline.
+    pub pipeline: String,
+    /// Version run.
+    pub pipeline_version: u64,
+    /// Status.
+    pub status: Status,
+    /// Started.
+    pub started_at: Option<Timestamp>,
+    /// Ended.
+    pub finished_at: Option<Timestamp>,
+    /// Trigger kind and event id.
+    pub trigger: Option<String>,
+    /// `STAGE/ACTION`s waiting for an approval or an event, and `entry to STAGE` while it waits
+    /// before a stage.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiting: Vec<String>,
+}
+
+impl From<&Execution> for ExecutionSummary {
+    fn from(e: &Execution) -> Self {
+        ExecutionSummary {
+            execution_id: e.execution_id.clone(),
+            pipeline: e.pipeline.clone(),
+            pipeline_version: e.pipeline_version,
+            status: e.status,
+            started_at: e.started_at,
+            finished_at: e.finished_at,
+            trigger: e
+                .trigger
+                .as_ref()
+                .map(|t| format!("{} {}", t.kind, t.event_id)),
+            waiting: e
+                .stages
+                .iter()
+                .flat_map(|s| {
+                    s.actions
+                        .iter()
+                        .filter(|a| {
+                            a.status == Status::InProgress
+                                && a.waiting.as_ref().is_some_and(|w| {
+                                    !matches!(w.wake, sluice_core::scheduler::Wake::Timer(_))
+                                })
+                        })
+                        .map(move |a| format!("{}/{}", s.name, a.name))
+                })
+                .chain(
+                    e.entering
+                        .map(|si| format!("entry to {}", e.stages[si].name)),
+                )
+                .collect(),
+        }
+    }
+}
+
+/// A row of `deadletter.ls`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DeadLetterSummary {
+    /// Id, for `deadletter.replay`.
+    pub id: String,
+    /// The pipeline the event was addressed to.
+    pub pipeline: String,
+    /// The event's id, if it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+    /// Why it was rejected.
+    pub reason: String,
+    /// When.
+    pub at: Timestamp,
+    /// The event as received.
+    pub payload: String,
+}
+
+// ---- Checks ----
+
+impl Request {
+    /// Refuse ids and names longer than [`MAX_ID_LEN`](crate::limits::MAX_ID_LEN) (the
+    /// client before sending, the server on receipt). Free text (reasons, payloads, YAML) only
+    /// rides in message bodies.
+    pub fn check_lengths(&self) -> Result<(), TooLong> {
+        let opt = |o: &Option<String>| o.clone().unwrap_or_default();
+        let fields: Vec<(&'static str, String)> = match self {
+            Request::PipelinePut(_) | Request::PipelineLs(_) | Request::FunctionLs(_) => vec![],
+            Request::PipelineGet(PipelineGet { name, .. })
+            | Request::PipelineRm(PipelineRm { name })
+            | Request::PipelineState(PipelineState { name })
+            | Request::PipelineRepair(PipelineRepair { name }) => {
+                vec![("the pipeline name", name.clone())]
+            }
+            Request::Start(r) => vec![
+                ("the pipeline name", r.pipeline.clone()),
+                ("the event id", opt(&r.event_id)),
+                ("`started_by`", opt(&r.started_by)),
+            ],
+            Request::GetExecution(GetExecution { execution_id })
+            | Request::Stop(Stop { execution_id, .. }) => {
+                vec![("the execution id", execution_id.clone())]
+            }
+            Request::Retry(r) => vec![
+                ("the execution id", r.execution_id.clone()),
+                ("the stage name", r.stage.clone()),
+            ],
+            Request::Approve(r) => vec![
+                ("the execution id", r.execution_id.clone()),
+                ("the action", r.action.clone()),
+                ("`by`", r.by.clone()),
+                ("the token", opt(&r.token)),
+            ],
+            Request::Wake(r) => vec![
+                ("the execution id", r.execution_id.clone()),
+                ("the action", r.action.clone()),
+            ],
+            Request::FunctionPut(r) => vec![
+                ("the function name", r.name.clone()),
+                ("the digest", opt(&r.digest)),
+            ],
+            Request::FunctionRm(FunctionRm { name }) => vec![("the function name", name.clone())],
+            Request::Transition(r) => vec![
+                ("the pipeline name", r.pipeline.clone()),
+                ("the stage name", r.stage.clone()),
+                ("`by`", opt(&r.by)),
+            ],
+            Request::Rollback(r) => vec![
+                ("the pipeline name", r.pipeline.clone()),
+                ("the stage name", r.stage.clone()),
+                ("the execution id", r.to.clone()),
+                ("`by`", opt(&r.by)),
+            ],
+            Request::Executions(Executions { pipeline, .. })
+            | Request::DeadLetters(DeadLetters { pipeline, .. }) => {
+                vec![("the pipeline name", opt(pipeline))]
+            }
+            Request::DeadLetterReplay(DeadLetterReplay { id }) => {
+                vec![("the dead letter id", id.clone())]
+            }
+        };
+        fields
+            .iter()
+            .try_for_each(|(what, value)| check_len(what, value))
+    }
+
+    /// Parse a request whose verb travels separately (a NATS subject, an HTTP route).
+    pub fn for_verb(verb: &str, body: &[u8]) -> Result<Request, ApiError> {
+        use serde_json::Value;
+        if !VERBS.contains(&verb) {
+            return Err(ApiError::invalid(format!("unknown verb `{verb}`")));
+        }
+        let mut value: Value = if body.iter().all(u8::is_ascii_whitespace) {
+            Value::Object(Default::default())
+        } else {
+            serde_json::from_slice(body)
+                .map_err(|e| ApiError::invalid(format!("request body is not JSON: {e}")))?
+        };
+        let Some(map) = value.as_object_mut() else {
+            return Err(ApiError::invalid("request body must be a JSON object"));
+        };
+        map.insert("verb".into(), Value::String(verb.to_string()));
+        serde_json::from_value(value)
+            .map_err(|e| ApiError::invalid(format!("bad `{verb}` request: {e}")))
+    }
+
+    /// The request's body without its verb (what NATS carries; the verb is in the subject).
+    pub fn body(&self) -> serde_json::Value {
+        let mut value = serde_json::to_value(self).unwrap_or_default();
+        if let Some(map) = value.as_object_mut() {
+            map.remove("verb");
+        }
+        value
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_travel_with_their_verb_and_back() {
+        let r: Request = Stop {
+            execution_id: "e1".into(),
+            abandon: true,
+            reason: None,
+        }
+        .into();
+        let wire = serde_json::to_value(&r).unwrap();
+        assert_eq!(wire["verb"], "stop");
+        assert_eq!(wire["abandon"], true);
+        let back = Request::for_verb("stop", r.body().to_string().as_bytes()).unwrap();
+        assert!(matches!(back, Request::Stop(Stop { abandon: true, .. })));
+        assert_eq!(back.verb(), Stop::NAME);
+    }
+
+    #[test]
+    fn unknown_fields_and_verbs_are_refused_with_invalid() {
+        let e = Request::for_verb("stop", br#"{"execution_id":"e","abandn":true}"#).unwrap_err();
+        assert_eq!(e.code, crate::Code::Invalid);
+        assert!(e.message.contains("abandn"), "{e}");
+        assert!(Request::for_verb("nope", b"{}").is_err());
+        assert!(Request::for_verb("stop", b"[1]").is_err());
+        // A verb without fields takes an empty body.
+        assert!(matches!(
+            Request::for_verb("pipeline.ls", b" ").unwrap(),
+            Request::PipelineLs(_)
+        ));
+    }
+
+    #[test]
+    fn every_verb_is_listed_once() {
+        let mut v = VERBS.to_vec();
+        v.sort();
+        v.dedup();
+        assert_eq!(v.len(), VERBS.len());
+        assert_eq!(VERBS.len(), 20);
+    }
+}
