@@ -10,6 +10,7 @@ mod cli;
 mod conformance;
 mod functions;
 mod hostile;
+mod http_api;
 mod http_plugins;
 mod notify;
 mod operating;

@@ -244,6 +244,9 @@ pub struct Executions {
     /// At most this many (default 20, at most [`MAX_LIST`](crate::limits::MAX_LIST)).
     #[serde(default)]
     pub limit: Option<usize>,
+    /// Only executions older than this one (the last id of the previous page).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<String>,
 }
 
 /// `stop`.
@@ -602,8 +605,13 @@ impl Request {
                 ("the execution id", r.to.clone()),
                 ("`by`", opt(&r.by)),
             ],
-            Request::Executions(Executions { pipeline, .. })
-            | Request::DeadLetters(DeadLetters { pipeline, .. }) => {
+            Request::Executions(Executions {
+                pipeline, before, ..
+            }) => vec![
+                ("the pipeline name", opt(pipeline)),
+                ("the cursor", opt(before)),
+            ],
+            Request::DeadLetters(DeadLetters { pipeline, .. }) => {
                 vec![("the pipeline name", opt(pipeline))]
             }
             Request::DeadLetterReplay(DeadLetterReplay { id }) => {

@@ -53,9 +53,15 @@ pub struct ServeArgs {
     /// Jobs run at once by this engine.
     #[arg(long, default_value_t = 8)]
     pub workers: usize,
-    /// Serve webhooks (`POST /hooks/<tenant>/<pipeline>`) on this address, e.g. 127.0.0.1:8080.
+    /// Serve HTTP on this address, e.g. 127.0.0.1:8080 (port 0: any free port): the API under
+    /// /api/v1 (OpenAPI at /api/v1/openapi.json), webhooks (`POST /hooks/<tenant>/<pipeline>`),
+    /// /healthz and /readyz.
     #[arg(long)]
     pub http: Option<std::net::SocketAddr>,
+    /// Let --http listen on an address other hosts can reach. The API has no authentication
+    /// yet: whoever reaches the port controls the service.
+    #[arg(long)]
+    pub http_allow_remote: bool,
     /// NATS: redelivery deadline of a job whose engine stops reporting progress.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub ack_wait: Duration,
@@ -276,7 +282,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 sluice_engine::service::socket::socket_path(&data).display()
             );
             let socket = sluice_engine::service::socket::serve(service.clone(), bus, &data);
-            let hooks = webhooks(service.clone(), args.http);
+            let hooks = http(service.clone(), args.http, args.http_allow_remote).await?;
             tokio::select! {
                 r = hooks => r?,
                 r = socket => r?,
@@ -300,7 +306,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             );
             let api =
                 sluice_engine::service::wiring::serve_nats_api(service.clone(), client.clone());
-            let hooks = webhooks(service.clone(), args.http);
+            let hooks = http(service.clone(), args.http, args.http_allow_remote).await?;
             tokio::select! {
                 r = hooks => r?,
                 r = api => r?,
@@ -313,17 +319,41 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn webhooks(
+/// Bind the HTTP port (when asked for); the future serves it.
+async fn http(
     service: std::sync::Arc<sluice_engine::service::Service>,
     addr: Option<std::net::SocketAddr>,
-) -> anyhow::Result<()> {
-    match addr {
-        Some(addr) => {
-            eprintln!("sluice serve: webhooks on http://{addr}/hooks/<tenant>/<pipeline>");
-            sluice_engine::service::webhook::serve(service, addr).await
-        }
-        None => std::future::pending().await,
+    allow_remote: bool,
+) -> anyhow::Result<impl Future<Output = anyhow::Result<()>>> {
+    use sluice_engine::service::http;
+    let listener = match addr {
+        Some(addr) if !http::loopback(&addr) && !allow_remote => anyhow::bail!(
+            "--http {addr} can be reached from other hosts, and the API has no authentication yet: listen on 127.0.0.1 (or [::1]), or pass --http-allow-remote to accept that anyone who reaches the port controls this service"
+        ),
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("listen on {addr}: {e}"))?,
+        ),
+        None => None,
+    };
+    if let Some(l) = &listener {
+        let addr = l.local_addr()?;
+        eprintln!(
+            "sluice serve: HTTP on http://{addr}: API http://{addr}/api/v1 (OpenAPI /api/v1/openapi.json), webhooks http://{addr}/hooks/<tenant>/<pipeline>{}",
+            if http::loopback(&addr) {
+                " (loopback only: the API has no authentication yet)"
+            } else {
+                " (reachable from other hosts, without authentication)"
+            }
+        );
     }
+    Ok(async move {
+        match listener {
+            Some(l) => http::serve_on(service, l).await,
+            None => std::future::pending().await,
+        }
+    })
 }
 
 /// Report a refusal: the service's answer exits 2; a service that cannot be reached is an
@@ -796,6 +826,7 @@ pub async fn executions(
             pipeline,
             status,
             limit: Some(limit),
+            before: None,
         }))
         .await
     {

@@ -220,10 +220,10 @@ impl JobSpec {
             if let Capability::ReadConfigPath(key) = cap
                 && let Some(v) = config.get(key)
             {
-                // A pipeline registered over NATS has no directory to resolve against.
+                // A pipeline registered remotely has no directory to resolve against.
                 if p.dir.as_os_str().is_empty() && !Path::new(v).is_absolute() {
                     return Err(format!(
-                        "`with.{key}`: {v:?} is relative, and a pipeline registered over NATS has no directory on the engine's host: use an absolute path"
+                        "`with.{key}`: {v:?} is relative, and a pipeline registered remotely (over NATS or HTTP) has no directory on the engine's host: use an absolute path"
                     ));
                 }
                 let path = p.host_path(v);

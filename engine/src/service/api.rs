@@ -316,10 +316,11 @@ impl Service {
         r: Executions,
     ) -> Result<Vec<ExecutionSummary>, ApiError> {
         let list = self
-            .executions(
+            .executions_before(
                 &p.tenant,
                 r.pipeline.as_deref(),
                 r.status,
+                r.before.as_deref(),
                 r.limit.unwrap_or(20).min(MAX_LIST),
             )
             .await?;

@@ -13,6 +13,7 @@ pub mod api;
 pub mod client;
 mod early;
 pub mod functions;
+pub mod http;
 mod jobs;
 mod journal;
 mod lane_copies;
@@ -1185,10 +1186,27 @@ impl Service {
         status: Option<Status>,
         limit: usize,
     ) -> Result<Vec<Execution>, KvError> {
-        let mut keys = self.edges.executions.keys(&format!("{tenant}/x/")).await?;
+        self.executions_before(tenant, pipeline, status, None, limit)
+            .await
+    }
+
+    /// [`Service::executions`] older than execution `before` (a page after the one that ended
+    /// with it).
+    pub async fn executions_before(
+        &self,
+        tenant: &str,
+        pipeline: Option<&str>,
+        status: Option<Status>,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Execution>, KvError> {
+        let prefix = format!("{tenant}/x/");
+        let mut keys = self.edges.executions.keys(&prefix).await?;
         keys.reverse(); // ULIDs: newest last
         let mut out = Vec::new();
-        for key in keys {
+        // Ids are ULIDs, which sort by start time.
+        let older = |key: &str| before.is_none_or(|b| key[prefix.len()..] < *b);
+        for key in keys.into_iter().filter(|k| older(k)) {
             if out.len() >= limit {
                 break;
             }

@@ -147,7 +147,8 @@ fn rules(p: &Pipeline) -> impl Iterator<Item = &String> {
     })
 }
 
-const NO_DIR: &str = "a pipeline registered over NATS has no directory on the engine's host";
+const NO_DIR: &str =
+    "a pipeline registered remotely (over NATS or HTTP) has no directory on the engine's host";
 
 /// Make a pipeline registered without a directory (over NATS) reference nothing relative on
 /// the engine's host: plugin and rule files become the digests the client uploaded

@@ -1,4 +1,4 @@
-//! Webhooks: `POST /hooks/<tenant>/<pipeline>` (served by `sluice serve --http ADDR`) takes a
+//! Webhooks: `POST /hooks/<tenant>/<pipeline>` (on the HTTP port of `sluice serve --http ADDR`) takes a
 //! GitHub-style push, checks its `X-Hub-Signature-256` HMAC against the secret in the
 //! environment variable the pipeline names, maps it to a trigger event, applies the git
 //! filters and publishes it like any other event.
@@ -9,39 +9,9 @@ use hmac::{Hmac, Mac};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{Request, Response, StatusCode};
 use serde_json::{Value, json};
-use std::net::SocketAddr;
-use std::sync::Arc;
 
 /// Largest accepted webhook body.
 const MAX_BODY: usize = 16 << 20;
-
-/// Serve webhooks on `addr` until the process ends.
-pub async fn serve(service: Arc<Service>, addr: SocketAddr) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("listen on {addr}: {e}"))?;
-    let gate = super::listen::Gate::new("webhooks");
-    loop {
-        let ((stream, _), slot) = gate.accept(|| listener.accept()).await?;
-        let service = service.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            let handler = hyper::service::service_fn(move |req| {
-                let service = service.clone();
-                async move { Ok::<_, std::convert::Infallible>(service.webhook(req).await) }
-            });
-            // A client that opens a connection and sends nothing is dropped.
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(super::listen::READ_TIMEOUT)
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), handler)
-                .await
-            {
-                tracing::debug!("webhook connection: {e}");
-            }
-        });
-    }
-}
 
 fn reply(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
@@ -124,7 +94,10 @@ pub fn push_event(delivery: Option<&str>, payload: &Value) -> Result<TriggerEven
 }
 
 impl Service {
-    async fn webhook(&self, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    pub(super) async fn webhook(
+        &self,
+        req: Request<hyper::body::Incoming>,
+    ) -> Response<Full<Bytes>> {
         let path = req.uri().path().to_string();
         let Some((tenant, pipeline)) = path.strip_prefix("/hooks/").and_then(|r| r.split_once('/'))
         else {

@@ -63,6 +63,7 @@ async fn waiting(client: &Connection, limit: usize) -> anyhow::Result<usize> {
             pipeline: Some("gated".into()),
             status: Some(Status::InProgress),
             limit: Some(limit),
+            before: None,
         }))
         .await?;
     // Executions whose gate has run and now waits (not merely started).

@@ -1,0 +1,664 @@
+//! The routes of `/api/v1`: each maps an HTTP request onto one verb of [`sluice_api`] and its
+//! reply (or [`ApiError`], with the HTTP status its code names) back. The OpenAPI document is
+//! generated from these handlers, so it lists exactly the routes the router serves.
+use super::super::Service;
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use sluice_api::verbs::{self, Verb};
+use sluice_api::{ApiError, Origin, Principal};
+use sluice_core::scheduler::Status;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use utoipa::{OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+type Shared = State<Arc<Service>>;
+
+/// A refusal as HTTP: the status its code names, `{"error": {"code", "message"}}`.
+struct Refusal(ApiError);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.0.code.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
+        (status, Json(json!({ "error": self.0 }))).into_response()
+    }
+}
+
+impl From<ApiError> for Refusal {
+    fn from(e: ApiError) -> Self {
+        Refusal(e)
+    }
+}
+
+type Reply = Result<Json<Value>, Refusal>;
+
+/// Who asks over HTTP: without authentication (the tenancy issue brings it), the single user
+/// of tenant `default`, a remote caller (it names no path on the engine's host).
+fn principal() -> Principal {
+    Principal::local("default", Origin::Remote)
+}
+
+async fn call<V: Verb>(service: &Service, verb: V) -> Reply {
+    Ok(Json(service.handle(&principal(), verb.into()).await?))
+}
+
+/// A JSON body, or the default when there is none.
+fn body<T: DeserializeOwned + Default>(bytes: &Bytes) -> Result<T, Refusal> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(bytes).map_err(|e| {
+        Refusal(ApiError::invalid(format!(
+            "the body is not valid JSON: {e}"
+        )))
+    })
+}
+
+/// The router, and the OpenAPI document at `/api/v1/openapi.json`.
+pub(super) fn router(service: Arc<Service>) -> axum::Router {
+    let (router, doc) = api_router().split_for_parts();
+    let doc = Arc::new(doc);
+    router
+        .route(
+            "/api/v1/openapi.json",
+            axum::routing::get(move || {
+                let doc = doc.clone();
+                async move { Json(doc.as_ref().clone()) }
+            }),
+        )
+        .route("/healthz", axum::routing::get(healthz))
+        .route("/readyz", axum::routing::get(readyz))
+        .fallback(not_found)
+        .with_state(service)
+}
+
+/// The OpenAPI document of the routes under `/api/v1`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api_router::<Arc<Service>>().split_for_parts().1
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Sluice",
+        description = "The control API of a Sluice service: pipelines, executions, functions, dead letters. Errors are `{\"error\": {\"code\", \"message\"}}` with the HTTP status the code names (not_found 404, invalid 422, conflict 409, forbidden 403, unauthenticated 401, quota_exceeded 429, unavailable 503, internal 500)."
+    ),
+    tags(
+        (name = "pipelines"), (name = "executions"), (name = "functions"), (name = "dead letters")
+    )
+)]
+struct Doc;
+
+fn api_router<S>() -> OpenApiRouter<S>
+where
+    Arc<Service>: axum::extract::FromRef<S>,
+    S: Clone + Send + Sync + 'static,
+{
+    OpenApiRouter::with_openapi(Doc::openapi())
+        .routes(routes!(list_pipelines))
+        .routes(routes!(get_pipeline, put_pipeline, delete_pipeline))
+        .routes(routes!(pipeline_state))
+        .routes(routes!(repair_pipeline_state))
+        .routes(routes!(disable_transition))
+        .routes(routes!(enable_transition))
+        .routes(routes!(rollback_stage))
+        .routes(routes!(start_execution))
+        .routes(routes!(list_executions))
+        .routes(routes!(get_execution))
+        .routes(routes!(stop_execution))
+        .routes(routes!(retry_stage))
+        .routes(routes!(approve_action))
+        .routes(routes!(reject_action))
+        .routes(routes!(wake_action))
+        .routes(routes!(list_functions))
+        .routes(routes!(get_function, put_function, delete_function))
+        .routes(routes!(list_dead_letters))
+        .routes(routes!(replay_dead_letter))
+        // A function's component rides in the body; the API's own bound applies, not axum's.
+        .layer(DefaultBodyLimit::max(sluice_api::limits::MAX_UPLOAD))
+}
+
+async fn not_found() -> Refusal {
+    Refusal(ApiError::not_found(
+        "no such route (see /api/v1/openapi.json)",
+    ))
+}
+
+async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "up" }))
+}
+
+/// Ready when the stores answer.
+async fn readyz(State(service): Shared) -> Response {
+    let probe = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        service.edges.executions.get("_ready"),
+    )
+    .await;
+    match probe {
+        Ok(Ok(_)) => Json(json!({ "status": "ready" })).into_response(),
+        Ok(Err(e)) => Refusal(ApiError::unavailable(format!("the store: {e}"))).into_response(),
+        Err(_) => {
+            Refusal(ApiError::unavailable("the store did not answer within 5 s")).into_response()
+        }
+    }
+}
+
+// ---- Pipelines ----
+
+/// Registered pipelines.
+#[utoipa::path(get, path = "/api/v1/pipelines", tag = "pipelines",
+    responses((status = 200, description = "`[{name, version, file, registered_at}]`", body = Value)))]
+async fn list_pipelines(State(s): Shared) -> Reply {
+    call(&s, verbs::PipelineLs {}).await
+}
+
+#[derive(Deserialize, Default, ToSchema)]
+struct VersionQuery {
+    /// A version (default: the current one).
+    version: Option<u64>,
+}
+
+/// A registered pipeline: its YAML and version.
+#[utoipa::path(get, path = "/api/v1/pipelines/{name}", tag = "pipelines",
+    params(("name" = String, Path, description = "Pipeline name"),
+           ("version" = Option<u64>, Query, description = "A version (default: the current one)")),
+    responses((status = 200, description = "`{name, version, file, yaml, registered_at}`", body = Value),
+              (status = 404, description = "Not registered", body = Value)))]
+async fn get_pipeline(
+    State(s): Shared,
+    Path(name): Path<String>,
+    Query(q): Query<VersionQuery>,
+) -> Reply {
+    call(
+        &s,
+        verbs::PipelineGet {
+            name,
+            version: q.version,
+        },
+    )
+    .await
+}
+
+/// Register a new version of a pipeline (the body is its YAML; its `name:` must be the path's).
+#[utoipa::path(put, path = "/api/v1/pipelines/{name}", tag = "pipelines",
+    params(("name" = String, Path, description = "Pipeline name")),
+    request_body(content = String, content_type = "application/yaml", description = "The pipeline's YAML"),
+    responses((status = 200, description = "`{name, version}`", body = Value),
+              (status = 422, description = "Not valid: `error.problems` lists `{line, column, message}`", body = Value)))]
+async fn put_pipeline(State(s): Shared, Path(name): Path<String>, yaml: Bytes) -> Reply {
+    let yaml = String::from_utf8(yaml.to_vec())
+        .map_err(|_| Refusal(ApiError::invalid("the pipeline is not UTF-8")))?;
+    let file = format!("{name}.yaml");
+    // The name in the path is the one registered: a body naming another is refused before
+    // anything is stored.
+    if let (Some(p), _) = sluice_core::model::parse::parse(&file, Default::default(), &yaml)
+        && p.name != name
+    {
+        return Err(Refusal(ApiError::invalid(format!(
+            "the pipeline is named `{}`, not `{name}` as the path says",
+            p.name
+        ))));
+    }
+    call(
+        &s,
+        verbs::PipelinePut {
+            file,
+            dir: None,
+            yaml,
+            plugins: BTreeMap::new(),
+        },
+    )
+    .await
+}
+
+/// Unregister a pipeline.
+#[utoipa::path(delete, path = "/api/v1/pipelines/{name}", tag = "pipelines",
+    params(("name" = String, Path, description = "Pipeline name")),
+    responses((status = 200, description = "`{name}`", body = Value), (status = 404, description = "Not registered", body = Value)))]
+async fn delete_pipeline(State(s): Shared, Path(name): Path<String>) -> Reply {
+    call(&s, verbs::PipelineRm { name }).await
+}
+
+/// The pipeline's stage lanes: executions inside and waiting, disabled transitions.
+#[utoipa::path(get, path = "/api/v1/pipelines/{name}/state", tag = "pipelines",
+    params(("name" = String, Path, description = "Pipeline name")),
+    responses((status = 200, description = "`{mode, stages: {STAGE: {inside, waiting, disabled}}}`", body = Value)))]
+async fn pipeline_state(State(s): Shared, Path(name): Path<String>) -> Reply {
+    call(&s, verbs::PipelineState { name }).await
+}
+
+/// Rebuild the pipeline's lanes from its executions (an operator's repair).
+#[utoipa::path(post, path = "/api/v1/pipelines/{name}/state/repair", tag = "pipelines",
+    params(("name" = String, Path, description = "Pipeline name")),
+    responses((status = 200, description = "The lanes as rebuilt", body = Value)))]
+async fn repair_pipeline_state(State(s): Shared, Path(name): Path<String>) -> Reply {
+    call(&s, verbs::PipelineRepair { name }).await
+}
+
+#[derive(Deserialize, Default, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct TransitionBody {
+    /// Why (required to disable).
+    reason: Option<String>,
+    /// Who asks (until authentication lands).
+    by: Option<String>,
+}
+
+async fn transition(
+    s: &Service,
+    pipeline: String,
+    stage: String,
+    enable: bool,
+    b: &Bytes,
+) -> Reply {
+    let b: TransitionBody = body(b)?;
+    call(
+        s,
+        verbs::Transition {
+            pipeline,
+            stage,
+            enable,
+            reason: b.reason,
+            by: b.by,
+        },
+    )
+    .await
+}
+
+/// Disable the transition into a stage: executions wait before it.
+#[utoipa::path(post, path = "/api/v1/pipelines/{name}/transitions/{stage}/disable", tag = "pipelines",
+    params(("name" = String, Path, description = "Pipeline name"), ("stage" = String, Path, description = "The stage the transition leads into")),
+    request_body(content = TransitionBody, description = "`{\"reason\"}` (required)"),
+    responses((status = 200, description = "The lanes", body = Value)))]
+async fn disable_transition(
+    State(s): Shared,
+    Path((name, stage)): Path<(String, String)>,
+    b: Bytes,
+) -> Reply {
+    transition(&s, name, stage, false, &b).await
+}
+
+/// Enable the transition into a stage.
+#[utoipa::path(post, path = "/api/v1/pipelines/{name}/transitions/{stage}/enable", tag = "pipelines",
+    params(("name" = String, Path, description = "Pipeline name"), ("stage" = String, Path, description = "The stage the transition leads into")),
+    responses((status = 200, description = "The lanes", body = Value)))]
+async fn enable_transition(
+    State(s): Shared,
+    Path((name, stage)): Path<(String, String)>,
+    b: Bytes,
+) -> Reply {
+    transition(&s, name, stage, true, &b).await
+}
+
+#[derive(Deserialize, Default, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct RollbackBody {
+    /// The execution (which succeeded in the stage) to roll back to.
+    to: String,
+    /// Who asks.
+    by: Option<String>,
+}
+
+/// Start a rollback execution of a stage to an earlier execution.
+#[utoipa::path(post, path = "/api/v1/pipelines/{name}/stages/{stage}/rollback", tag = "pipelines",
+    params(("name" = String, Path, description = "Pipeline name"), ("stage" = String, Path, description = "Stage name")),
+    request_body(content = RollbackBody),
+    responses((status = 201, description = "`{execution_id}`", body = Value)))]
+async fn rollback_stage(
+    State(s): Shared,
+    Path((name, stage)): Path<(String, String)>,
+    b: Bytes,
+) -> Result<(StatusCode, Json<Value>), Refusal> {
+    let b: RollbackBody = body(&b)?;
+    let reply = call(
+        &s,
+        verbs::Rollback {
+            pipeline: name,
+            stage,
+            to: b.to,
+            by: b.by,
+        },
+    )
+    .await?;
+    Ok((StatusCode::CREATED, reply))
+}
+
+// ---- Executions ----
+
+#[derive(Deserialize, Default, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct StartBody {
+    /// Variable overrides (declared variables only).
+    #[serde(default)]
+    variables: BTreeMap<String, String>,
+    /// Event id: the same id twice starts one execution (the second answer names it).
+    event_id: Option<String>,
+    /// Who asks.
+    started_by: Option<String>,
+}
+
+/// Start a pipeline.
+#[utoipa::path(post, path = "/api/v1/pipelines/{name}/executions", tag = "executions",
+    params(("name" = String, Path, description = "Pipeline name")),
+    request_body(content = StartBody),
+    responses((status = 201, description = "`{execution_id, event_id}`", body = Value),
+              (status = 404, description = "Not registered", body = Value),
+              (status = 422, description = "A variable the pipeline does not declare", body = Value)))]
+async fn start_execution(
+    State(s): Shared,
+    Path(name): Path<String>,
+    b: Bytes,
+) -> Result<(StatusCode, Json<Value>), Refusal> {
+    let b: StartBody = body(&b)?;
+    let reply = call(
+        &s,
+        verbs::Start {
+            pipeline: name,
+            variables: b.variables,
+            event_id: b.event_id,
+            started_by: b.started_by,
+        },
+    )
+    .await?;
+    Ok((StatusCode::CREATED, reply))
+}
+
+#[derive(Deserialize, Default, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct ExecutionsQuery {
+    /// Only this pipeline.
+    pipeline: Option<String>,
+    /// Only this status (`InProgress`, `Succeeded`, `Failed`, `Stopped`, …).
+    #[schema(value_type = Option<String>)]
+    status: Option<Status>,
+    /// At most this many (default 20, at most 1000).
+    limit: Option<usize>,
+    /// The `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// Executions, newest first, a page at a time.
+#[utoipa::path(get, path = "/api/v1/executions", tag = "executions",
+    params(("pipeline" = Option<String>, Query, description = "Only this pipeline"),
+           ("status" = Option<String>, Query, description = "Only this status"),
+           ("limit" = Option<usize>, Query, description = "Page size (default 20, at most 1000)"),
+           ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page")),
+    responses((status = 200, description = "`{items: [{execution_id, pipeline, status, …}], next_cursor}`", body = Value)))]
+async fn list_executions(State(s): Shared, Query(q): Query<ExecutionsQuery>) -> Reply {
+    let limit = q.limit.unwrap_or(20).clamp(1, sluice_api::limits::MAX_LIST);
+    let Json(items) = call(
+        &s,
+        verbs::Executions {
+            pipeline: q.pipeline,
+            status: q.status,
+            limit: Some(limit),
+            before: q.cursor,
+        },
+    )
+    .await?;
+    let rows = items.as_array().map(Vec::len).unwrap_or(0);
+    let next = (rows == limit)
+        .then(|| {
+            items
+                .as_array()
+                .and_then(|a| a.last())
+                .map(|l| l["execution_id"].clone())
+        })
+        .flatten();
+    Ok(Json(json!({ "items": items, "next_cursor": next })))
+}
+
+/// One execution's record: stages, actions, attempts, variables, artifacts.
+#[utoipa::path(get, path = "/api/v1/executions/{id}", tag = "executions",
+    params(("id" = String, Path, description = "Execution id")),
+    responses((status = 200, description = "The execution record", body = Value), (status = 404, description = "No such execution", body = Value)))]
+async fn get_execution(State(s): Shared, Path(id): Path<String>) -> Reply {
+    call(&s, verbs::GetExecution { execution_id: id }).await
+}
+
+#[derive(Deserialize, Default, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct StopBody {
+    /// Cancel running actions instead of letting them finish.
+    #[serde(default)]
+    abandon: bool,
+    /// Why.
+    reason: Option<String>,
+}
+
+/// Stop an execution.
+#[utoipa::path(post, path = "/api/v1/executions/{id}/stop", tag = "executions",
+    params(("id" = String, Path, description = "Execution id")),
+    request_body(content = StopBody),
+    responses((status = 200, description = "`{execution_id, status}`", body = Value), (status = 409, description = "Already ended", body = Value)))]
+async fn stop_execution(State(s): Shared, Path(id): Path<String>, b: Bytes) -> Reply {
+    let b: StopBody = body(&b)?;
+    call(
+        &s,
+        verbs::Stop {
+            execution_id: id,
+            abandon: b.abandon,
+            reason: b.reason,
+        },
+    )
+    .await
+}
+
+#[derive(Deserialize, Default, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct RetryBody {
+    /// Every action, not only those that did not succeed.
+    #[serde(default)]
+    all: bool,
+}
+
+/// Re-run a failed or stopped stage.
+#[utoipa::path(post, path = "/api/v1/executions/{id}/stages/{stage}/retry", tag = "executions",
+    params(("id" = String, Path, description = "Execution id"), ("stage" = String, Path, description = "Stage name")),
+    request_body(content = RetryBody),
+    responses((status = 200, description = "`{execution_id, status}`", body = Value)))]
+async fn retry_stage(
+    State(s): Shared,
+    Path((id, stage)): Path<(String, String)>,
+    b: Bytes,
+) -> Reply {
+    let b: RetryBody = body(&b)?;
+    call(
+        &s,
+        verbs::Retry {
+            execution_id: id,
+            stage,
+            all: b.all,
+        },
+    )
+    .await
+}
+
+#[derive(Deserialize, Default, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct DecisionBody {
+    /// Who decides (until authentication lands, as `--as` does).
+    by: Option<String>,
+    /// Why.
+    summary: Option<String>,
+    /// The approval notification's token, if quoted.
+    token: Option<String>,
+}
+
+async fn decide(
+    s: &Service,
+    id: String,
+    stage: String,
+    action: String,
+    approved: bool,
+    b: &Bytes,
+) -> Reply {
+    let b: DecisionBody = body(b)?;
+    let by =
+        b.by.filter(|by| !by.trim().is_empty())
+            .ok_or_else(|| Refusal(ApiError::invalid("name the decider in `by`")))?;
+    call(
+        s,
+        verbs::Approve {
+            execution_id: id,
+            action: format!("{stage}/{action}"),
+            approved,
+            by,
+            summary: b.summary,
+            token: b.token,
+        },
+    )
+    .await
+}
+
+/// Approve an action waiting for approval.
+#[utoipa::path(post, path = "/api/v1/executions/{id}/actions/{stage}/{action}/approve", tag = "executions",
+    params(("id" = String, Path, description = "Execution id"), ("stage" = String, Path, description = "Stage name"), ("action" = String, Path, description = "Action name")),
+    request_body(content = DecisionBody),
+    responses((status = 200, description = "`{execution_id, status, decision}`", body = Value), (status = 409, description = "Not waiting, or already decided by this principal", body = Value)))]
+async fn approve_action(
+    State(s): Shared,
+    Path((id, stage, action)): Path<(String, String, String)>,
+    b: Bytes,
+) -> Reply {
+    decide(&s, id, stage, action, true, &b).await
+}
+
+/// Reject an action waiting for approval.
+#[utoipa::path(post, path = "/api/v1/executions/{id}/actions/{stage}/{action}/reject", tag = "executions",
+    params(("id" = String, Path, description = "Execution id"), ("stage" = String, Path, description = "Stage name"), ("action" = String, Path, description = "Action name")),
+    request_body(content = DecisionBody),
+    responses((status = 200, description = "`{execution_id, status, decision}`", body = Value)))]
+async fn reject_action(
+    State(s): Shared,
+    Path((id, stage, action)): Path<(String, String, String)>,
+    b: Bytes,
+) -> Reply {
+    decide(&s, id, stage, action, false, &b).await
+}
+
+#[derive(Deserialize, Default, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct WakeBody {
+    /// The event's payload, handed to the action.
+    payload: Option<String>,
+}
+
+/// Wake an action waiting for an external event.
+#[utoipa::path(post, path = "/api/v1/executions/{id}/actions/{stage}/{action}/wake", tag = "executions",
+    params(("id" = String, Path, description = "Execution id"), ("stage" = String, Path, description = "Stage name"), ("action" = String, Path, description = "Action name")),
+    request_body(content = WakeBody),
+    responses((status = 200, description = "`{execution_id, status}`", body = Value)))]
+async fn wake_action(
+    State(s): Shared,
+    Path((id, stage, action)): Path<(String, String, String)>,
+    b: Bytes,
+) -> Reply {
+    let b: WakeBody = body(&b)?;
+    call(
+        &s,
+        verbs::Wake {
+            execution_id: id,
+            action: format!("{stage}/{action}"),
+            payload: b.payload,
+        },
+    )
+    .await
+}
+
+// ---- Functions ----
+
+/// Registered functions (for `invoke@1`).
+#[utoipa::path(get, path = "/api/v1/functions", tag = "functions",
+    responses((status = 200, description = "`[{name, digest, size, registered_at}]`", body = Value)))]
+async fn list_functions(State(s): Shared) -> Reply {
+    call(&s, verbs::FunctionLs {}).await
+}
+
+/// One registered function.
+#[utoipa::path(get, path = "/api/v1/functions/{name}", tag = "functions",
+    params(("name" = String, Path, description = "Function name")),
+    responses((status = 200, description = "`{name, digest, size, registered_at}`", body = Value), (status = 404, description = "Not registered", body = Value)))]
+async fn get_function(State(s): Shared, Path(name): Path<String>) -> Reply {
+    let Json(all) = call(&s, verbs::FunctionLs {}).await?;
+    all.as_array()
+        .and_then(|a| a.iter().find(|f| f["name"] == name.as_str()))
+        .map(|f| Json(f.clone()))
+        .ok_or_else(|| {
+            Refusal(ApiError::not_found(format!(
+                "no function `{name}` is registered"
+            )))
+        })
+}
+
+/// Register a function: the body is the component (`application/wasm`).
+#[utoipa::path(put, path = "/api/v1/functions/{name}", tag = "functions",
+    params(("name" = String, Path, description = "Function name")),
+    request_body(content = Vec<u8>, content_type = "application/wasm", description = "The component (at most 64 MiB)"),
+    responses((status = 200, description = "`{name, digest, size, registered_at}`", body = Value), (status = 422, description = "Not a function component", body = Value)))]
+async fn put_function(State(s): Shared, Path(name): Path<String>, component: Bytes) -> Reply {
+    call(
+        &s,
+        verbs::FunctionPut {
+            name,
+            bytes: Some(sluice_api::limits::encode_upload(&component)),
+            digest: None,
+        },
+    )
+    .await
+}
+
+/// Unregister a function (its component stays in the artifact store).
+#[utoipa::path(delete, path = "/api/v1/functions/{name}", tag = "functions",
+    params(("name" = String, Path, description = "Function name")),
+    responses((status = 200, description = "`{name}`", body = Value), (status = 404, description = "Not registered", body = Value)))]
+async fn delete_function(State(s): Shared, Path(name): Path<String>) -> Reply {
+    call(&s, verbs::FunctionRm { name }).await
+}
+
+// ---- Dead letters ----
+
+#[derive(Deserialize, Default, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct DeadLettersQuery {
+    /// Only those addressed to this pipeline.
+    pipeline: Option<String>,
+    /// At most this many (default 20).
+    limit: Option<usize>,
+}
+
+/// Rejected trigger events, newest first.
+#[utoipa::path(get, path = "/api/v1/deadletters", tag = "dead letters",
+    params(("pipeline" = Option<String>, Query, description = "Only this pipeline"), ("limit" = Option<usize>, Query, description = "At most this many")),
+    responses((status = 200, description = "`[{id, pipeline, event_id, reason, at, payload}]`", body = Value)))]
+async fn list_dead_letters(State(s): Shared, Query(q): Query<DeadLettersQuery>) -> Reply {
+    call(
+        &s,
+        verbs::DeadLetters {
+            pipeline: q.pipeline,
+            limit: q.limit,
+        },
+    )
+    .await
+}
+
+/// Send a dead letter's event again.
+#[utoipa::path(post, path = "/api/v1/deadletters/{id}/replay", tag = "dead letters",
+    params(("id" = String, Path, description = "The dead letter's id")),
+    responses((status = 201, description = "`{execution_id, event_id, pipeline}`", body = Value)))]
+async fn replay_dead_letter(
+    State(s): Shared,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Value>), Refusal> {
+    let reply = call(&s, verbs::DeadLetterReplay { id }).await?;
+    Ok((StatusCode::CREATED, reply))
+}

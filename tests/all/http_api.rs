@@ -1,0 +1,459 @@
+//! The HTTP API (`sluice serve --http ADDR`): the control API's verbs as routes under
+//! `/api/v1`, errors with codes and fitting statuses, its OpenAPI document, and the same
+//! executions seen from two engines on one NATS.
+use crate::harness::Project;
+use crate::harness::nats::{Engine, NatsServer, http, port, wait_for};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+const WEB: &str = r#"
+name: web
+stages:
+  - name: Build
+    actions:
+      - { name: Compile, uses: noop@1 }
+  - name: Gate
+    actions:
+      - { name: Ok, uses: approval@1, with: { approvers: "ana,bo" } }
+  - name: Deploy
+    actions:
+      - { name: Ship, uses: noop@1 }
+"#;
+
+/// A request to the API; (status, JSON body).
+fn api(port: u16, method: &str, path: &str, body: &str) -> (u16, Value) {
+    let (status, text) = http(port, method, path, &[], body.as_bytes());
+    let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, value)
+}
+
+fn wait_http(port: u16) {
+    wait_for(Duration::from_secs(30), "the HTTP port", || {
+        std::net::TcpStream::connect(("127.0.0.1", port))
+            .is_ok()
+            .then_some(())
+    });
+}
+
+fn status_of(port: u16, id: &str) -> Value {
+    let (code, exec) = api(port, "GET", &format!("/api/v1/executions/{id}"), "");
+    assert_eq!(code, 200, "{exec}");
+    exec
+}
+
+/// Wait until execution `id` satisfies `done`, read through `port`.
+fn until(port: u16, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    wait_for(Duration::from_secs(30), what, || {
+        let exec = status_of(port, id);
+        done(&exec).then_some(exec)
+    })
+}
+
+fn action_status<'a>(exec: &'a Value, stage: &str, action: &str) -> &'a str {
+    exec["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == stage)
+        .and_then(|s| {
+            s["actions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|a| a["name"] == action)
+        })
+        .and_then(|a| a["status"].as_str())
+        .unwrap_or("")
+}
+
+#[test]
+fn the_http_api_registers_starts_approves_and_pages_executions() {
+    let p = Project::new(WEB);
+    let port = port();
+    let _engine = Engine::start(
+        p.dir.path(),
+        ".sluice",
+        &["--http", &format!("127.0.0.1:{port}")],
+    );
+    wait_http(port);
+    assert_eq!(api(port, "GET", "/healthz", "").0, 200);
+    assert_eq!(api(port, "GET", "/readyz", "").0, 200);
+
+    // Register: the YAML is the body; its name must be the path's.
+    let (code, r) = api(port, "PUT", "/api/v1/pipelines/other", WEB);
+    assert_eq!(code, 422, "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("named `web`"),
+        "{r}"
+    );
+    let (code, r) = api(port, "PUT", "/api/v1/pipelines/web", WEB);
+    assert_eq!((code, &r["version"]), (200, &json!(1)), "{r}");
+    // An invalid pipeline: 422, every problem with its line and column, nothing registered.
+    let bad = WEB.replace("noop@1 }\n  - name: Gate", "noop@2 }\n  - name: Gate");
+    let (code, r) = api(port, "PUT", "/api/v1/pipelines/web", &bad);
+    assert_eq!(code, 422, "{r}");
+    assert_eq!(r["error"]["code"], "invalid");
+    let problem = &r["error"]["problems"][0];
+    assert_eq!(
+        (&problem["line"], &problem["column"]),
+        (&json!(6), &json!(32)),
+        "{r}"
+    );
+    assert!(
+        problem["message"]
+            .as_str()
+            .unwrap()
+            .contains("did you mean `noop@1`"),
+        "{r}"
+    );
+    let (_, listed) = api(port, "GET", "/api/v1/pipelines", "");
+    assert_eq!(listed[0]["version"], 1, "{listed}");
+
+    // Start: 201 with the id; the same event id again names the same execution.
+    let (code, first) = api(
+        port,
+        "POST",
+        "/api/v1/pipelines/web/executions",
+        r#"{"event_id": "push-1"}"#,
+    );
+    assert_eq!(code, 201, "{first}");
+    let id = first["execution_id"].as_str().unwrap().to_string();
+    let (code, again) = api(
+        port,
+        "POST",
+        "/api/v1/pipelines/web/executions",
+        r#"{"event_id": "push-1"}"#,
+    );
+    assert_eq!(
+        (code, again["execution_id"].as_str()),
+        (201, Some(id.as_str())),
+        "{again}"
+    );
+
+    // The approval waits; approving with a summary lets the pipeline finish.
+    until(port, &id, "the approval to wait", |e| {
+        action_status(e, "Gate", "Ok") == "InProgress"
+            && e["stages"][1]["actions"][0]["waiting"].is_object()
+    });
+    let (code, r) = api(
+        port,
+        "POST",
+        &format!("/api/v1/executions/{id}/actions/Gate/Ok/approve"),
+        r#"{"summary": "looks good"}"#,
+    );
+    assert_eq!(code, 422, "a decision names its decider: {r}");
+    let (code, r) = api(
+        port,
+        "POST",
+        &format!("/api/v1/executions/{id}/actions/Gate/Ok/approve"),
+        r#"{"by": "ana", "summary": "looks good"}"#,
+    );
+    assert_eq!((code, &r["decision"]), (200, &json!("approved")), "{r}");
+    let done = until(port, &id, "the execution to succeed", |e| {
+        e["status"] == "Succeeded"
+    });
+    let decisions = done["stages"][1]["actions"][0].to_string();
+    assert!(
+        decisions.contains("looks good") && decisions.contains("ana"),
+        "{decisions}"
+    );
+    // Deciding again on an ended execution is a conflict.
+    let (code, r) = api(
+        port,
+        "POST",
+        &format!("/api/v1/executions/{id}/actions/Gate/Ok/reject"),
+        r#"{"by": "bo"}"#,
+    );
+    assert_eq!(
+        (code, &r["error"]["code"]),
+        (409, &json!("conflict")),
+        "{r}"
+    );
+
+    // A disabled transition holds the next execution before Deploy.
+    let (code, r) = api(
+        port,
+        "POST",
+        "/api/v1/pipelines/web/transitions/Deploy/disable",
+        "{}",
+    );
+    assert_eq!(code, 422, "disabling needs a reason: {r}");
+    let (code, r) = api(
+        port,
+        "POST",
+        "/api/v1/pipelines/web/transitions/Deploy/disable",
+        r#"{"reason": "freeze", "by": "ops"}"#,
+    );
+    assert_eq!(code, 200, "{r}");
+    let (_, second) = api(port, "POST", "/api/v1/pipelines/web/executions", "");
+    let second = second["execution_id"].as_str().unwrap().to_string();
+    until(port, &second, "the approval of the second", |e| {
+        e["stages"][1]["actions"][0]["waiting"].is_object()
+    });
+    api(
+        port,
+        "POST",
+        &format!("/api/v1/executions/{second}/actions/Gate/Ok/approve"),
+        r#"{"by": "ana"}"#,
+    );
+    let (_, state) = wait_for(
+        Duration::from_secs(30),
+        "the second to wait before Deploy",
+        || {
+            let (c, s) = api(port, "GET", "/api/v1/pipelines/web/state", "");
+            (s["stages"]["Deploy"]["waiting"] == json!([second])).then_some((c, s))
+        },
+    );
+    assert_eq!(
+        state["stages"]["Deploy"]["disabled"]["reason"], "freeze",
+        "{state}"
+    );
+    assert_eq!(status_of(port, &second)["status"], "InProgress");
+    let (code, _) = api(
+        port,
+        "POST",
+        "/api/v1/pipelines/web/transitions/Deploy/enable",
+        "",
+    );
+    assert_eq!(code, 200);
+    until(port, &second, "the second to succeed", |e| {
+        e["status"] == "Succeeded"
+    });
+
+    // Pages, newest first, a cursor apart.
+    let (_, page) = api(port, "GET", "/api/v1/executions?pipeline=web&limit=1", "");
+    assert_eq!(page["items"][0]["execution_id"], second.as_str(), "{page}");
+    let cursor = page["next_cursor"].as_str().unwrap().to_string();
+    let (_, page) = api(
+        port,
+        "GET",
+        &format!("/api/v1/executions?limit=1&cursor={cursor}"),
+        "",
+    );
+    assert_eq!(page["items"][0]["execution_id"], id.as_str(), "{page}");
+    let (_, page) = api(
+        port,
+        "GET",
+        "/api/v1/executions?status=Succeeded&limit=5",
+        "",
+    );
+    assert_eq!(
+        (
+            page["items"].as_array().unwrap().len(),
+            &page["next_cursor"]
+        ),
+        (2, &Value::Null),
+        "{page}"
+    );
+}
+
+#[test]
+fn bad_http_requests_get_a_clear_4xx_and_change_nothing() {
+    let p = Project::new(WEB);
+    let port = port();
+    let _engine = Engine::start(
+        p.dir.path(),
+        ".sluice",
+        &["--http", &format!("127.0.0.1:{port}")],
+    );
+    wait_http(port);
+    assert_eq!(api(port, "PUT", "/api/v1/pipelines/web", WEB).0, 200);
+    let cases: &[(&str, &str, &str, u16)] = &[
+        ("POST", "/api/v1/pipelines/web/executions", "{not json", 422),
+        (
+            "POST",
+            "/api/v1/pipelines/web/executions",
+            r#"{"variables": 3}"#,
+            422,
+        ),
+        (
+            "POST",
+            "/api/v1/pipelines/web/executions",
+            r#"{"variables": {"undeclared": "x"}}"#,
+            422,
+        ),
+        (
+            "POST",
+            "/api/v1/pipelines/web/executions",
+            r#"{"evnt_id": "x"}"#,
+            422,
+        ),
+        ("POST", "/api/v1/pipelines/nope/executions", "", 404),
+        (
+            "GET",
+            "/api/v1/executions/01ARZ3NDEKTSV4RRFFQ69G5FAV",
+            "",
+            404,
+        ),
+        (
+            "POST",
+            "/api/v1/executions/01ARZ3NDEKTSV4RRFFQ69G5FAV/stop",
+            "",
+            404,
+        ),
+        ("GET", "/api/v1/executions?limit=many", "", 400),
+        ("GET", "/api/v1/nothing-here", "", 404),
+        ("DELETE", "/api/v1/functions/none", "", 404),
+    ];
+    for (method, path, body, want) in cases {
+        let (code, r) = api(port, method, path, body);
+        assert_eq!(code, *want, "{method} {path} {body}: {r}");
+    }
+    // An over-long id is refused with the API's bound.
+    let long = "x".repeat(5000);
+    let (code, r) = api(port, "GET", &format!("/api/v1/executions/{long}"), "");
+    assert_eq!((code, &r["error"]["code"]), (422, &json!("invalid")), "{r}");
+    // A 10 MB body to a JSON route is refused before it is read whole.
+    let huge = format!(r#"{{"event_id": "{}"}}"#, "a".repeat(10 << 20));
+    let (code, _) = api(port, "POST", "/api/v1/pipelines/web/executions", &huge);
+    assert!((400..500).contains(&code), "{code}");
+    // Nothing was started, and the engine still serves.
+    let (code, page) = api(port, "GET", "/api/v1/executions", "");
+    assert_eq!(
+        (code, page["items"].as_array().map(Vec::len)),
+        (200, Some(0)),
+        "{page}"
+    );
+}
+
+#[test]
+fn the_openapi_document_describes_every_route_the_router_serves() {
+    let p = Project::new(WEB);
+    let port = port();
+    let _engine = Engine::start(
+        p.dir.path(),
+        ".sluice",
+        &["--http", &format!("127.0.0.1:{port}")],
+    );
+    wait_http(port);
+    let (code, doc) = api(port, "GET", "/api/v1/openapi.json", "");
+    assert_eq!(code, 200, "{doc}");
+    assert!(
+        doc["openapi"].as_str().unwrap().starts_with("3.1"),
+        "{}",
+        doc["openapi"]
+    );
+    let paths = doc["paths"].as_object().unwrap();
+    let contract = [
+        ("get", "/api/v1/pipelines"),
+        ("put", "/api/v1/pipelines/{name}"),
+        ("get", "/api/v1/pipelines/{name}"),
+        ("delete", "/api/v1/pipelines/{name}"),
+        ("get", "/api/v1/pipelines/{name}/state"),
+        (
+            "post",
+            "/api/v1/pipelines/{name}/transitions/{stage}/disable",
+        ),
+        (
+            "post",
+            "/api/v1/pipelines/{name}/transitions/{stage}/enable",
+        ),
+        ("post", "/api/v1/pipelines/{name}/stages/{stage}/rollback"),
+        ("post", "/api/v1/pipelines/{name}/executions"),
+        ("get", "/api/v1/executions"),
+        ("get", "/api/v1/executions/{id}"),
+        ("post", "/api/v1/executions/{id}/stop"),
+        ("post", "/api/v1/executions/{id}/stages/{stage}/retry"),
+        (
+            "post",
+            "/api/v1/executions/{id}/actions/{stage}/{action}/approve",
+        ),
+        (
+            "post",
+            "/api/v1/executions/{id}/actions/{stage}/{action}/reject",
+        ),
+        ("get", "/api/v1/functions"),
+        ("put", "/api/v1/functions/{name}"),
+        ("get", "/api/v1/functions/{name}"),
+        ("delete", "/api/v1/functions/{name}"),
+    ];
+    for (method, path) in contract {
+        assert!(
+            paths.get(path).and_then(|p| p.get(method)).is_some(),
+            "{method} {path} is not documented"
+        );
+    }
+    // Every documented operation is served: none answers "no such route".
+    let mut operations = 0;
+    for (path, item) in paths {
+        for method in item.as_object().unwrap().keys() {
+            let concrete = path
+                .replace("{name}", "web")
+                .replace("{id}", "01ARZ3NDEKTSV4RRFFQ69G5FAV")
+                .replace("{stage}", "Deploy")
+                .replace("{action}", "Ship");
+            let (code, r) = api(port, &method.to_uppercase(), &concrete, "");
+            let unrouted = code == 405
+                || (code == 404
+                    && r["error"]["message"]
+                        .as_str()
+                        .is_some_and(|m| m.starts_with("no such route")));
+            assert!(
+                !unrouted,
+                "{method} {path} is documented but not served: {code} {r}"
+            );
+            operations += 1;
+        }
+    }
+    assert!(operations >= contract.len(), "{operations}");
+}
+
+#[test]
+fn an_execution_started_over_one_engines_http_is_controlled_over_the_others() {
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let p = Project::new(WEB);
+    let (a, b) = (port(), port());
+    let _one = Engine::start(
+        p.dir.path(),
+        "one",
+        &["--nats", &url, "--http", &format!("127.0.0.1:{a}")],
+    );
+    let _two = Engine::start(
+        p.dir.path(),
+        "two",
+        &["--nats", &url, "--http", &format!("127.0.0.1:{b}")],
+    );
+    wait_http(a);
+    wait_http(b);
+    assert_eq!(api(a, "PUT", "/api/v1/pipelines/web", WEB).0, 200);
+    let (code, started) = api(a, "POST", "/api/v1/pipelines/web/executions", "");
+    assert_eq!(code, 201, "{started}");
+    let id = started["execution_id"].as_str().unwrap().to_string();
+    until(
+        b,
+        &id,
+        "the approval to wait, seen on the other engine",
+        |e| e["stages"][1]["actions"][0]["waiting"].is_object(),
+    );
+    let (code, r) = api(
+        b,
+        "POST",
+        &format!("/api/v1/executions/{id}/actions/Gate/Ok/approve"),
+        r#"{"by": "ana"}"#,
+    );
+    assert_eq!(code, 200, "{r}");
+    until(
+        a,
+        &id,
+        "the execution to succeed, seen on the first engine",
+        |e| e["status"] == "Succeeded",
+    );
+    let (_, listed) = api(b, "GET", "/api/v1/pipelines", "");
+    assert_eq!(listed[0]["name"], "web", "{listed}");
+}
+
+#[test]
+fn the_http_api_refuses_a_reachable_address_without_the_explicit_flag() {
+    let p = Project::new(WEB);
+    let r = p.sluice(&["serve", "--data", "d", "--http", "0.0.0.0:0"]);
+    assert_ne!(r.code, 0, "{r:?}");
+    assert!(
+        r.stderr.contains("--http-allow-remote") && r.stderr.contains("no authentication"),
+        "{}",
+        r.stderr
+    );
+}
