@@ -8,6 +8,7 @@ mod approvals;
 mod authoring;
 mod cli;
 mod conformance;
+mod console;
 mod functions;
 mod hostile;
 mod http_api;

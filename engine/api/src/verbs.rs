@@ -6,6 +6,7 @@ use crate::limits::{TooLong, check_len};
 use crate::principal::Role;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use sluice_core::plugin::Description;
 use sluice_core::scheduler::lanes::Lanes;
 use sluice_core::scheduler::{Execution, Status, Timestamp};
 use std::collections::BTreeMap;
@@ -106,6 +107,10 @@ verbs! {
     "deadletter.ls" => DeadLetters -> Vec<DeadLetterSummary>, Viewer;
     /// Send a dead letter's event again; it leaves the dead letter once an execution started.
     "deadletter.replay" => DeadLetterReplay -> Replayed, Developer;
+    /// One action attempt's log.
+    "logs" => Logs -> LogPage, Viewer;
+    /// The plugins pipelines may use, with their descriptions.
+    "plugin.ls" => PluginLs -> Vec<Description>, Viewer;
 }
 
 fn yes() -> bool {
@@ -359,7 +364,54 @@ pub struct DeadLetterReplay {
     pub id: String,
 }
 
+/// `logs`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Logs {
+    /// Execution id.
+    pub execution_id: String,
+    /// Stage name.
+    pub stage: String,
+    /// Action name.
+    pub action: String,
+    /// Attempt (default: the latest).
+    #[serde(default)]
+    pub attempt: Option<u32>,
+}
+
+/// `plugin.ls`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginLs {}
+
 // ---- Replies ----
+
+/// One log line.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// When.
+    pub at: Timestamp,
+    /// The attempt that wrote it.
+    pub attempt: u32,
+    /// `trace`, `debug`, `info`, `warn` or `error`.
+    pub level: String,
+    /// Text.
+    pub message: String,
+    /// Structured fields.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<(String, String)>,
+}
+
+/// The reply to `logs`: the lines so far, and whether the attempt has ended (no more come).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogPage {
+    /// The attempt shown.
+    pub attempt: u32,
+    /// Its lines, oldest first.
+    pub lines: Vec<LogEntry>,
+    /// The attempt has ended.
+    pub complete: bool,
+}
 
 /// The reply to `pipeline.put`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -617,6 +669,12 @@ impl Request {
             Request::DeadLetterReplay(DeadLetterReplay { id }) => {
                 vec![("the dead letter id", id.clone())]
             }
+            Request::Logs(r) => vec![
+                ("the execution id", r.execution_id.clone()),
+                ("the stage name", r.stage.clone()),
+                ("the action name", r.action.clone()),
+            ],
+            Request::PluginLs(_) => vec![],
         };
         fields
             .iter()
@@ -693,6 +751,6 @@ mod tests {
         v.sort();
         v.dedup();
         assert_eq!(v.len(), VERBS.len());
-        assert_eq!(VERBS.len(), 20);
+        assert_eq!(VERBS.len(), 22);
     }
 }

@@ -281,8 +281,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 data.display(),
                 sluice_engine::service::socket::socket_path(&data).display()
             );
+            let events = sluice_engine::service::http::feed::EventSource::Memory(bus.clone());
             let socket = sluice_engine::service::socket::serve(service.clone(), bus, &data);
-            let hooks = http(service.clone(), args.http, args.http_allow_remote).await?;
+            let hooks = http(service.clone(), events, args.http, args.http_allow_remote).await?;
             tokio::select! {
                 r = hooks => r?,
                 r = socket => r?,
@@ -306,7 +307,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             );
             let api =
                 sluice_engine::service::wiring::serve_nats_api(service.clone(), client.clone());
-            let hooks = http(service.clone(), args.http, args.http_allow_remote).await?;
+            let events = sluice_engine::service::http::feed::EventSource::Nats(client.clone());
+            let hooks = http(service.clone(), events, args.http, args.http_allow_remote).await?;
             tokio::select! {
                 r = hooks => r?,
                 r = api => r?,
@@ -322,6 +324,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
 /// Bind the HTTP port (when asked for); the future serves it.
 async fn http(
     service: std::sync::Arc<sluice_engine::service::Service>,
+    events: sluice_engine::service::http::feed::EventSource,
     addr: Option<std::net::SocketAddr>,
     allow_remote: bool,
 ) -> anyhow::Result<impl Future<Output = anyhow::Result<()>>> {
@@ -350,7 +353,7 @@ async fn http(
     }
     Ok(async move {
         match listener {
-            Some(l) => http::serve_on(service, l).await,
+            Some(l) => http::serve_on(service, events, l).await,
             None => std::future::pending().await,
         }
     })

@@ -66,3 +66,30 @@ pub async fn get(store: &ObjectStore, name: &str) -> anyhow::Result<Option<Vec<L
             .collect(),
     ))
 }
+
+/// The shared log archive on NATS.
+pub struct NatsLogArchive(pub ObjectStore);
+
+impl crate::service::LogArchive for NatsLogArchive {
+    fn put(
+        &self,
+        name: String,
+        lines: Vec<LogLine>,
+    ) -> futures_util::future::BoxFuture<'static, ()> {
+        let store = self.0.clone();
+        Box::pin(async move {
+            // A log that cannot be copied stays on this engine; the action's result stands.
+            if let Err(e) = put(&store, &name, &lines).await {
+                tracing::warn!("{e:#}");
+            }
+        })
+    }
+
+    fn get(
+        &self,
+        name: String,
+    ) -> futures_util::future::BoxFuture<'static, Result<Option<Vec<LogLine>>, String>> {
+        let store = self.0.clone();
+        Box::pin(async move { get(&store, &name).await.map_err(|e| format!("{e:#}")) })
+    }
+}

@@ -134,6 +134,8 @@ impl Service {
             ),
             Request::DeadLetters(r) => reply(self.list_dead_letters(p, r).await),
             Request::DeadLetterReplay(r) => reply(self.replay_dead_letter(p, r).await),
+            Request::Logs(r) => reply(self.logs_of(p, r).await),
+            Request::PluginLs(_) => reply(self.plugin_list().await),
         }
     }
 
@@ -489,6 +491,88 @@ impl Service {
             event_id: event.id,
             pipeline,
         })
+    }
+
+    async fn logs_of(&self, p: &Principal, r: Logs) -> Result<LogPage, ApiError> {
+        // The execution must be the tenant's: log files are kept by execution id alone.
+        let exec = self.get_execution(p, &r.execution_id).await?;
+        let (si, ai) = exec.find_action(&r.stage, &r.action).ok_or_else(|| {
+            ApiError::not_found(format!(
+                "execution `{}` has no action {}/{}",
+                r.execution_id, r.stage, r.action
+            ))
+        })?;
+        let run = &exec.stages[si].actions[ai];
+        let attempt = r.attempt.unwrap_or(run.attempt);
+        if attempt > run.attempt {
+            return Err(ApiError::not_found(format!(
+                "{}/{} has no attempt {attempt} (it is at {})",
+                r.stage, r.action, run.attempt
+            )));
+        }
+        let complete =
+            exec.status.is_terminal() || attempt < run.attempt || run.status.is_terminal();
+        let (logs, id, stage, action) = (
+            self.engine.logs.clone(),
+            r.execution_id.clone(),
+            r.stage.clone(),
+            r.action.clone(),
+        );
+        // A build's log may be large: read it off the async workers.
+        let local = tokio::task::spawn_blocking(move || logs.read(&id, &stage, &action))
+            .await
+            .map_err(ApiError::internal)?
+            .unwrap_or_default();
+        let mut lines: Vec<_> = local.into_iter().filter(|l| l.attempt == attempt).collect();
+        // Another engine ran it: its copy in the shared archive (once the attempt ended).
+        if lines.is_empty()
+            && attempt > 0
+            && let Some(archive) = &self.edges.archive_log
+        {
+            let name = crate::nats::logs::object_name(
+                &p.tenant,
+                &r.execution_id,
+                &r.stage,
+                &r.action,
+                attempt,
+            );
+            lines = archive
+                .get(name)
+                .await
+                .map_err(ApiError::unavailable)?
+                .unwrap_or_default();
+        }
+        Ok(LogPage {
+            attempt,
+            lines: lines
+                .into_iter()
+                .map(|l| LogEntry {
+                    at: l.at,
+                    attempt: l.attempt,
+                    level: serde_json::to_value(l.level)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default(),
+                    message: l.message,
+                    fields: l.fields,
+                })
+                .collect(),
+            complete,
+        })
+    }
+
+    async fn plugin_list(&self) -> Result<Vec<sluice_core::plugin::Description>, ApiError> {
+        let mut out = Vec::new();
+        for name in crate::plugins::builtin::names() {
+            let plugin = self
+                .engine
+                .registry
+                .resolve(&name, std::path::Path::new(""))
+                .await
+                .map_err(ApiError::internal)?;
+            out.push(plugin.description.clone());
+        }
+        Ok(out)
     }
 
     /// Publish a trigger event the way any publisher would, and wait until an engine has

@@ -623,7 +623,7 @@ impl Service {
         if let Ok(Ok(lines)) = read.await
             && !lines.is_empty()
         {
-            archive(name, lines).await;
+            archive.put(name, lines).await;
         }
     }
 

@@ -119,7 +119,7 @@ pub struct Edges {
     /// Keeps a copy of each attempt's log lines where every engine and client can read them
     /// (NATS: the `sluice-logs` Object Store), given the attempt's object name; none: the
     /// embedded service, whose one engine's data directory has them all.
-    pub archive_log: Option<ArchiveLogHook>,
+    pub archive_log: Option<Arc<dyn LogArchive>>,
 }
 
 /// [`Edges::dead_letters`].
@@ -140,12 +140,24 @@ pub type CancelElsewhereHook = Arc<dyn Fn(&str, Vec<String>) + Send + Sync>;
 pub type WakeSubjectHook = Arc<
     dyn Fn(String) -> futures_util::future::BoxFuture<'static, Result<(), String>> + Send + Sync,
 >;
-/// [`Edges::archive_log`]: (object name, lines).
-pub type ArchiveLogHook = Arc<
-    dyn Fn(String, Vec<crate::executor::LogLine>) -> futures_util::future::BoxFuture<'static, ()>
-        + Send
-        + Sync,
->;
+/// Where engines share action logs (on NATS: the `sluice-logs` Object Store bucket), so any
+/// engine can show an attempt another one ran.
+pub trait LogArchive: Send + Sync {
+    /// Keep one attempt's lines under `name` (a failure is logged; the log stays local).
+    fn put(
+        &self,
+        name: String,
+        lines: Vec<crate::executor::LogLine>,
+    ) -> futures_util::future::BoxFuture<'static, ()>;
+    /// One attempt's lines, if kept.
+    fn get(
+        &self,
+        name: String,
+    ) -> futures_util::future::BoxFuture<
+        'static,
+        Result<Option<Vec<crate::executor::LogLine>>, String>,
+    >;
+}
 
 /// A parsed, resolved pipeline version.
 pub struct Loaded {

@@ -104,17 +104,7 @@ pub async fn nats(
             Box::pin(async move { capture_wake_subjects(&js, &[subject], false).await })
                 as futures_util::future::BoxFuture<'static, Result<(), String>>
         })),
-        archive_log: Some(Arc::new(
-            move |name: String, lines: Vec<crate::executor::LogLine>| {
-                let logs = logs.clone();
-                Box::pin(async move {
-                    // A log that cannot be copied stays on this engine; the action's result stands.
-                    if let Err(e) = crate::nats::logs::put(&logs, &name, &lines).await {
-                        tracing::warn!("{e:#}");
-                    }
-                }) as futures_util::future::BoxFuture<'static, ()>
-            },
-        )),
+        archive_log: Some(Arc::new(crate::nats::logs::NatsLogArchive(logs))),
     };
     Ok((Service::new(engine, edges), client))
 }

@@ -1,9 +1,12 @@
 //! The HTTP port of `sluice serve --http ADDR`: the control API under `/api/v1` (the third
 //! transport of [`sluice_api`], next to the socket and NATS), its OpenAPI document at
-//! `/api/v1/openapi.json`, webhooks under `/hooks/`, and `/healthz` and `/readyz`.
+//! `/api/v1/openapi.json`, the web console (`/`), webhooks under `/hooks/`, and `/healthz` and
+//! `/readyz`.
 //!
 //! Connections are accepted through the same [`Gate`](super::listen::Gate) as the webhooks
 //! were: a bounded number at once, headers within a deadline.
+mod console;
+pub mod feed;
 mod routes;
 
 use super::Service;
@@ -19,20 +22,14 @@ pub fn loopback(addr: &SocketAddr) -> bool {
     addr.ip().is_loopback()
 }
 
-/// Serve the HTTP port on `addr` until the process ends.
-pub async fn serve(service: Arc<Service>, addr: SocketAddr) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("listen on {addr}: {e}"))?;
-    serve_on(service, listener).await
-}
-
-/// Serve the HTTP port on a bound listener.
+/// Serve the HTTP port on a bound listener until the process ends; `events` feeds
+/// `/api/v1/events`.
 pub async fn serve_on(
     service: Arc<Service>,
+    events: feed::EventSource,
     listener: tokio::net::TcpListener,
 ) -> anyhow::Result<()> {
-    let router = routes::router(service.clone());
+    let router = routes::router(service.clone(), feed::EventFeed::start(events));
     let gate = super::listen::Gate::new("http");
     loop {
         let ((stream, _), slot) = gate.accept(|| listener.accept()).await?;

@@ -2,11 +2,14 @@
 //! reply (or [`ApiError`], with the HTTP status its code names) back. The OpenAPI document is
 //! generated from these handlers, so it lists exactly the routes the router serves.
 use super::super::Service;
+use super::feed::EventFeed;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use futures_util::stream::{self, Stream};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -20,6 +23,25 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 type Shared = State<Arc<Service>>;
+
+/// What the handlers share: the service, and the events this engine streams.
+#[derive(Clone)]
+pub(super) struct AppState {
+    service: Arc<Service>,
+    feed: Arc<EventFeed>,
+}
+
+impl axum::extract::FromRef<AppState> for Arc<Service> {
+    fn from_ref(s: &AppState) -> Self {
+        s.service.clone()
+    }
+}
+
+impl axum::extract::FromRef<AppState> for Arc<EventFeed> {
+    fn from_ref(s: &AppState) -> Self {
+        s.feed.clone()
+    }
+}
 
 /// A refusal as HTTP: the status its code names, `{"error": {"code", "message"}}`.
 struct Refusal(ApiError);
@@ -63,7 +85,7 @@ fn body<T: DeserializeOwned + Default>(bytes: &Bytes) -> Result<T, Refusal> {
 }
 
 /// The router, and the OpenAPI document at `/api/v1/openapi.json`.
-pub(super) fn router(service: Arc<Service>) -> axum::Router {
+pub(super) fn router(service: Arc<Service>, feed: Arc<EventFeed>) -> axum::Router {
     let (router, doc) = api_router().split_for_parts();
     let doc = Arc::new(doc);
     router
@@ -74,15 +96,16 @@ pub(super) fn router(service: Arc<Service>) -> axum::Router {
                 async move { Json(doc.as_ref().clone()) }
             }),
         )
+        .merge(super::console::routes())
         .route("/healthz", axum::routing::get(healthz))
         .route("/readyz", axum::routing::get(readyz))
         .fallback(not_found)
-        .with_state(service)
+        .with_state(AppState { service, feed })
 }
 
 /// The OpenAPI document of the routes under `/api/v1`.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    api_router::<Arc<Service>>().split_for_parts().1
+    api_router::<AppState>().split_for_parts().1
 }
 
 #[derive(OpenApi)]
@@ -92,7 +115,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         description = "The control API of a Sluice service: pipelines, executions, functions, dead letters. Errors are `{\"error\": {\"code\", \"message\"}}` with the HTTP status the code names (not_found 404, invalid 422, conflict 409, forbidden 403, unauthenticated 401, quota_exceeded 429, unavailable 503, internal 500)."
     ),
     tags(
-        (name = "pipelines"), (name = "executions"), (name = "functions"), (name = "dead letters")
+        (name = "pipelines"), (name = "executions"), (name = "functions"), (name = "dead letters"), (name = "plugins")
     )
 )]
 struct Doc;
@@ -100,6 +123,7 @@ struct Doc;
 fn api_router<S>() -> OpenApiRouter<S>
 where
     Arc<Service>: axum::extract::FromRef<S>,
+    Arc<EventFeed>: axum::extract::FromRef<S>,
     S: Clone + Send + Sync + 'static,
 {
     OpenApiRouter::with_openapi(Doc::openapi())
@@ -122,6 +146,9 @@ where
         .routes(routes!(get_function, put_function, delete_function))
         .routes(routes!(list_dead_letters))
         .routes(routes!(replay_dead_letter))
+        .routes(routes!(action_logs))
+        .routes(routes!(events))
+        .routes(routes!(list_plugins))
         // A function's component rides in the body; the API's own bound applies, not axum's.
         .layer(DefaultBodyLimit::max(sluice_api::limits::MAX_UPLOAD))
 }
@@ -661,4 +688,179 @@ async fn replay_dead_letter(
 ) -> Result<(StatusCode, Json<Value>), Refusal> {
     let reply = call(&s, verbs::DeadLetterReplay { id }).await?;
     Ok((StatusCode::CREATED, reply))
+}
+
+// ---- Logs, events, plugins ----
+
+#[derive(Deserialize, Default, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct LogsQuery {
+    /// The attempt (default: the latest).
+    attempt: Option<u32>,
+}
+
+fn wants_stream(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"))
+}
+
+/// An action attempt's log: JSON lines; with `Accept: text/event-stream`, followed live (one
+/// `line` event per line) until the attempt ends (an `end` event).
+#[utoipa::path(get, path = "/api/v1/executions/{id}/actions/{stage}/{action}/logs", tag = "executions",
+    params(("id" = String, Path, description = "Execution id"), ("stage" = String, Path, description = "Stage name"),
+           ("action" = String, Path, description = "Action name"), ("attempt" = Option<u32>, Query, description = "Attempt (default: the latest)")),
+    responses((status = 200, description = "`application/x-ndjson`: `{at, attempt, level, message, fields}` per line; or `text/event-stream`", body = Value),
+              (status = 404, description = "No such execution, action or attempt", body = Value)))]
+async fn action_logs(
+    State(s): Shared,
+    Path((id, stage, action)): Path<(String, String, String)>,
+    Query(q): Query<LogsQuery>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, Refusal> {
+    let request = verbs::Logs {
+        execution_id: id,
+        stage,
+        action,
+        attempt: q.attempt,
+    };
+    let page = s.call(&principal(), request.clone()).await?;
+    if !wants_stream(&headers) {
+        let mut body = Vec::new();
+        for line in &page.lines {
+            serde_json::to_writer(&mut body, line).map_err(|e| Refusal(ApiError::internal(e)))?;
+            body.push(b'\n');
+        }
+        return Ok((
+            [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
+            body,
+        )
+            .into_response());
+    }
+    // Follow: send what is new every half second until the attempt has ended.
+    let request = verbs::Logs {
+        attempt: Some(page.attempt),
+        ..request
+    };
+    let state = (
+        s,
+        request,
+        0usize,
+        false,
+        std::collections::VecDeque::<SseEvent>::new(),
+    );
+    let lines = stream::unfold(
+        state,
+        |(s, request, mut sent, mut ended, mut queue)| async move {
+            loop {
+                if let Some(event) = queue.pop_front() {
+                    return Some((
+                        Ok::<_, std::convert::Infallible>(event),
+                        (s, request, sent, ended, queue),
+                    ));
+                }
+                if ended {
+                    return None;
+                }
+                match s.call(&principal(), request.clone()).await {
+                    Ok(page) => {
+                        for line in page.lines.iter().skip(sent) {
+                            queue.push_back(
+                                SseEvent::default()
+                                    .event("line")
+                                    .json_data(line)
+                                    .unwrap_or_default(),
+                            );
+                        }
+                        sent = sent.max(page.lines.len());
+                        if page.complete {
+                            ended = true;
+                            queue.push_back(SseEvent::default().event("end").data("{}"));
+                        }
+                    }
+                    Err(e) => {
+                        ended = true;
+                        queue.push_back(
+                            SseEvent::default()
+                                .event("error")
+                                .json_data(&e)
+                                .unwrap_or_default(),
+                        );
+                    }
+                }
+                if queue.is_empty() {
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+            }
+        },
+    );
+    Ok(Sse::new(lines)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+#[derive(Deserialize, Default, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    /// Only this pipeline's events.
+    pipeline: Option<String>,
+}
+
+/// Every state change as server-sent events (the documents NATS carries), numbered: a client
+/// reconnecting with `Last-Event-ID` gets what it missed (of the newest 4,096).
+#[utoipa::path(get, path = "/api/v1/events", tag = "executions",
+    params(("pipeline" = Option<String>, Query, description = "Only this pipeline"),
+           ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event")),
+    responses((status = 200, description = "`text/event-stream` of `{kind, pipeline, execution_id, stage, action, status, …}`", body = Value)))]
+async fn events(
+    State(feed): State<Arc<EventFeed>>,
+    Query(q): Query<EventsQuery>,
+    headers: axum::http::HeaderMap,
+) -> Sse<impl Stream<Item = Result<SseEvent, std::convert::Infallible>>> {
+    let after = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let (backlog, live) = feed.follow(after);
+    let tenant = principal().tenant;
+    let keep = move |e: &crate::bus::Event| {
+        e.tenant == tenant && q.pipeline.as_ref().is_none_or(|p| *p == e.pipeline)
+    };
+    let backlog: std::collections::VecDeque<_> = backlog.into_iter().collect();
+    let events = stream::unfold(
+        (backlog, live, keep),
+        |(mut backlog, mut live, keep)| async move {
+            loop {
+                let (n, event) = match backlog.pop_front() {
+                    Some(item) => item,
+                    None => match live.recv().await {
+                        Ok(item) => item,
+                        // A slow client misses events rather than slowing the engine; it can
+                        // reconnect with the last id it saw.
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(_) => return None,
+                    },
+                };
+                if !keep(&event) {
+                    continue;
+                }
+                let sse = SseEvent::default()
+                    .id(n.to_string())
+                    .event(format!("{:?}", event.kind).to_lowercase())
+                    .json_data(&*event)
+                    .unwrap_or_default();
+                return Some((Ok(sse), (backlog, live, keep)));
+            }
+        },
+    );
+    Sse::new(events).keep_alive(KeepAlive::default())
+}
+
+/// The plugins pipelines may use (`uses:`), with their descriptions: category, configuration
+/// keys, capabilities, side effects.
+#[utoipa::path(get, path = "/api/v1/plugins", tag = "plugins",
+    responses((status = 200, description = "`[{name, version, category, summary, config, capabilities, side_effects}]`", body = Value)))]
+async fn list_plugins(State(s): Shared) -> Reply {
+    call(&s, verbs::PluginLs {}).await
 }

@@ -36,7 +36,11 @@ impl Action for Probe {
                 log::info("probe ok");
                 Ok(done())
             }
-            "fail" => Err(ActionError::Failed("the probe was told to fail".into())),
+            "fail" => {
+                log::info("probe starting");
+                log::error("error: the probe was told to fail");
+                Err(ActionError::Failed("the probe was told to fail".into()))
+            }
             "flaky" => {
                 let succeed_at: u32 = config.parse_or("value", 3)?;
                 if ctx.attempt < succeed_at {
