@@ -20,6 +20,7 @@ pub mod clock;
 pub mod executor;
 pub mod identity;
 pub mod kv;
+pub mod metrics;
 pub mod nats;
 pub mod plugins;
 pub mod queue;

@@ -248,6 +248,23 @@ fn the_http_api_registers_starts_approves_and_pages_executions() {
         (2, &Value::Null),
         "{page}"
     );
+
+    // What happened, counted for Prometheus.
+    let (code, metrics) = http(port, "GET", "/metrics", &[], b"");
+    assert_eq!(code, 200);
+    for expected in [
+        "sluice_executions_started_total{pipeline=\"default/web\"} 2",
+        "sluice_executions_finished_total{pipeline=\"default/web\",status=\"Succeeded\"} 2",
+        "sluice_action_duration_seconds_count{plugin=\"noop@1\"} 4",
+        "sluice_jobs_in_flight 0",
+    ] {
+        assert!(metrics.contains(expected), "{expected} in:\n{metrics}");
+    }
+    let misses = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("sluice_compile_cache_misses_total "))
+        .and_then(|n| n.trim().parse::<u64>().ok());
+    assert!(misses.is_some_and(|n| n >= 1), "{metrics}");
 }
 
 #[test]

@@ -69,10 +69,13 @@ impl NatsStore {
             let mut file = tokio::fs::File::open(&path)
                 .await
                 .map_err(|e| e.to_string())?;
+            let size = file.metadata().await.map(|m| m.len()).unwrap_or(0);
             self.objects
                 .put(name.as_str(), &mut file)
                 .await
-                .map(|_| ())
+                .map(|_| {
+                    crate::metrics::get().artifact_bytes_stored.inc_by(size);
+                })
                 .map_err(|e| e.to_string())
         })
         .map_err(remote("upload to the object store"))?;
@@ -105,9 +108,10 @@ impl NatsStore {
                 let mut file = tokio::fs::File::create(&temp)
                     .await
                     .map_err(|e| e.to_string())?;
-                tokio::io::copy(&mut object, &mut file)
+                let copied = tokio::io::copy(&mut object, &mut file)
                     .await
                     .map_err(|e| e.to_string())?;
+                crate::metrics::get().artifact_bytes_fetched.inc_by(copied);
                 tokio::io::AsyncWriteExt::flush(&mut file)
                     .await
                     .map_err(|e| e.to_string())?;

@@ -55,7 +55,18 @@ pub const API_GROUP: &str = "sluice-engines";
 
 /// Connect a client that keeps retrying (a NATS restart delays work, it does not stop it).
 pub async fn connect(url: &str) -> anyhow::Result<async_nats::Client> {
+    let first = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     async_nats::ConnectOptions::new()
+        .event_callback(move |event| {
+            let first = first.clone();
+            async move {
+                if let async_nats::Event::Connected = event
+                    && !first.swap(false, std::sync::atomic::Ordering::Relaxed)
+                {
+                    crate::metrics::get().nats_reconnects.inc();
+                }
+            }
+        })
         .retry_on_initial_connect()
         .max_reconnects(None)
         .connection_timeout(Duration::from_secs(5))

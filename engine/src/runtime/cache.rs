@@ -54,13 +54,17 @@ impl CompileCache {
         let record = path.with_extension("blake3");
         if path.exists() {
             match verified(&path, &record).and_then(|code| deserialize(engine, &code)) {
-                Ok(c) => return Ok(c),
+                Ok(c) => {
+                    crate::metrics::get().compile_hits.inc();
+                    return Ok(c);
+                }
                 Err(e) => tracing::warn!(
                     "discarding unusable compile cache entry {}: {e:#}",
                     path.display()
                 ),
             }
         }
+        crate::metrics::get().compile_misses.inc();
         let compiled = engine
             .precompile_component(bytes)
             .map_err(|e| anyhow::anyhow!("{e:#}"))

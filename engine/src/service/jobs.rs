@@ -515,10 +515,23 @@ impl Service {
             .lock()
             .unwrap()
             .insert(id.clone(), cancel.clone());
+        let metrics = crate::metrics::get();
+        metrics.jobs_in_flight.inc();
+        let began = std::time::Instant::now();
         let finished = tokio::select! {
             done = attempt.run(&cx) => Some(done),
             _ = cancel.notified() => None,
         };
+        metrics.jobs_in_flight.dec();
+        metrics
+            .action_seconds
+            .get_or_create(&crate::metrics::PluginLabel {
+                plugin: exec.stages[job.stage].actions[job.action]
+                    .plugin
+                    .reference
+                    .clone(),
+            })
+            .observe(began.elapsed().as_secs_f64());
         self.running.lock().unwrap().remove(&id);
         let Some((input, leftover)) = finished else {
             // Abandoned by `stop --abandon`: dropping the call stopped the guest (and killed its

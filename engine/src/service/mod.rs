@@ -159,6 +159,23 @@ pub trait LogArchive: Send + Sync {
     >;
 }
 
+/// A bus that counts what passes (see [`crate::metrics`]).
+struct Metered(Arc<dyn EventBus>);
+
+impl EventBus for Metered {
+    fn publish(&self, event: Event) {
+        crate::metrics::get().observe(&event);
+        self.0.publish(event);
+    }
+
+    fn publish_all(&self, events: Vec<Event>) -> futures_util::future::BoxFuture<'static, ()> {
+        for e in &events {
+            crate::metrics::get().observe(e);
+        }
+        self.0.publish_all(events)
+    }
+}
+
 /// A parsed, resolved pipeline version.
 pub struct Loaded {
     /// The pipeline.
@@ -439,7 +456,9 @@ pub(crate) async fn consume<F: std::future::Future<Output = ()>>(
 
 impl Service {
     /// An engine on `edges`, running jobs with `engine`'s runtime, blobs and workspaces.
-    pub fn new(engine: Engine, edges: Edges) -> Arc<Self> {
+    pub fn new(engine: Engine, mut edges: Edges) -> Arc<Self> {
+        // Every event this engine publishes is counted on its way out.
+        edges.bus = Arc::new(Metered(edges.bus));
         let functions = Arc::new(functions::Registered {
             kv: edges.functions.clone(),
             runtime: engine.registry.runtime().clone(),
@@ -733,6 +752,12 @@ impl Service {
 
     async fn reject(&self, tenant: &str, pipeline: &str, reason: String, payload: &[u8]) {
         tracing::warn!("trigger for {tenant}/{pipeline} rejected: {reason}");
+        crate::metrics::get()
+            .dead_letters
+            .get_or_create(&crate::metrics::PipelineLabel {
+                pipeline: format!("{tenant}/{pipeline}"),
+            })
+            .inc();
         let letter = DeadLetter {
             tenant: tenant.into(),
             pipeline: pipeline.into(),

@@ -98,6 +98,7 @@ pub(super) fn router(service: Arc<Service>, feed: Arc<EventFeed>) -> axum::Route
         )
         .merge(super::console::routes())
         .route("/healthz", axum::routing::get(healthz))
+        .route("/metrics", axum::routing::get(metrics))
         .route("/readyz", axum::routing::get(readyz))
         .fallback(not_found)
         .with_state(AppState { service, feed })
@@ -157,6 +158,18 @@ async fn not_found() -> Refusal {
     Refusal(ApiError::not_found(
         "no such route (see /api/v1/openapi.json)",
     ))
+}
+
+/// Prometheus' text format (see `docs/operations.md`).
+async fn metrics() -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::get().encode(),
+    )
+        .into_response()
 }
 
 async fn healthz() -> Json<Value> {

@@ -187,7 +187,7 @@ async function executionPage(id) {
   const exec = await api("GET", `/executions/${enc(id)}`);
   const terminal = !["InProgress", "Stopping"].includes(exec.status);
   const actionBox = (s, a) => h("div", { class: "action", "data-action": `${s.name}/${a.name}`, "data-status": a.status },
-    h("div", { class: "name" }, a.name, " ", h("span", { class: "muted" }, a.plugin && a.plugin.reference)),
+    h("div", { class: "name" }, a.name, " ", h("span", { class: "muted" }, a.plugin && a.plugin.ref)),
     status(a.status), " ", h("span", { class: "muted" }, `${a.attempt ? `attempt ${a.attempt} · ` : ""}${duration(a)}`),
     a.summary ? h("div", {}, a.summary) : "", a.error ? h("div", { class: "s-Failed" }, a.error) : "",
     kv(a.variables), kv(a.artifacts),
