@@ -641,3 +641,134 @@ fn events_and_logs_stream_over_http_and_a_reconnect_resumes_after_its_last_id() 
         "{approval}"
     );
 }
+
+/// A GET returning (status, headers and body as bytes).
+fn get_bytes(port: u16, path: &str) -> (u16, String, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    let split = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&out[..split]).into_owned();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let mut body = out[split + 4..].to_vec();
+    // Chunked replies (streamed files) are de-chunked here.
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let mut plain = Vec::new();
+        let mut rest = &body[..];
+        loop {
+            let end = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+            let size = usize::from_str_radix(std::str::from_utf8(&rest[..end]).unwrap().trim(), 16)
+                .unwrap();
+            if size == 0 {
+                break;
+            }
+            plain.extend_from_slice(&rest[end + 2..end + 2 + size]);
+            rest = &rest[end + 2 + size + 2..];
+        }
+        body = plain;
+    }
+    (status, head, body)
+}
+
+#[test]
+fn artifacts_download_as_a_tar_or_one_file_and_no_path_leaves_them() {
+    let p = Project::new(
+        "name: art\nstages:\n  - name: Source\n    actions:\n      - { name: Snap, uses: source-dir@1, with: { path: app }, outputs: [src] }\n",
+    );
+    p.write("app/README.md", "hello\n");
+    p.write("app/src/main.rs", "fn main() {}\n");
+    let port = port();
+    let _engine = Engine::start(
+        p.dir.path(),
+        ".sluice",
+        &["--http", &format!("127.0.0.1:{port}")],
+    );
+    wait_http(port);
+    let put = p.sluice(&["pipeline", "put", "pipeline.yaml"]);
+    assert_eq!(put.code, 0, "{put:?}");
+    let (_, started) = api(port, "POST", "/api/v1/pipelines/art/executions", "");
+    let id = started["execution_id"].as_str().unwrap().to_string();
+    let done = until(port, &id, "the snapshot", |e| e["status"] == "Succeeded");
+    let digest = done["stages"][0]["actions"][0]["artifacts"]["src"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Its listing…
+    let (code, listing) = api(
+        port,
+        "GET",
+        &format!("/api/v1/artifacts/{digest}/files"),
+        "",
+    );
+    assert_eq!(code, 200, "{listing}");
+    assert!(
+        listing
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["path"] == "src/main.rs" && e["size"] == 13),
+        "{listing}"
+    );
+    // …one file, by its path inside the artifact.
+    let (code, _, body) = get_bytes(
+        port,
+        &format!("/api/v1/artifacts/{digest}/files/src/main.rs"),
+    );
+    assert_eq!((code, body.as_slice()), (200, b"fn main() {}\n".as_slice()));
+    // The whole tree as a tar archive that `tar` reads back.
+    let (code, head, body) = get_bytes(port, &format!("/api/v1/artifacts/{digest}"));
+    assert_eq!(code, 200, "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/x-tar"),
+        "{head}"
+    );
+    let archive = p.path("art.tar");
+    std::fs::write(&archive, &body).unwrap();
+    let listed = std::process::Command::new("tar")
+        .arg("-tf")
+        .arg(&archive)
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    for name in ["README.md", "src/", "src/main.rs"] {
+        assert!(listed.lines().any(|l| l == name), "{name} in {listed}");
+    }
+    // Paths that try to leave the artifact name nothing there.
+    for bad in [
+        "../../etc/passwd",
+        "%2e%2e/%2e%2e/etc/passwd",
+        "/etc/passwd",
+        "src/../README.md",
+        "src/./main.rs",
+        "src%2f..%2fREADME.md",
+    ] {
+        let (code, _, body) = get_bytes(port, &format!("/api/v1/artifacts/{digest}/files/{bad}"));
+        assert!(
+            code == 422 || code == 404,
+            "{bad}: {code} {}",
+            String::from_utf8_lossy(&body)
+        );
+        assert!(!String::from_utf8_lossy(&body).contains("root:"), "{bad}");
+    }
+    let (code, _, _) = get_bytes(port, &format!("/api/v1/artifacts/{digest}/files/nope.txt"));
+    assert_eq!(code, 404);
+    let (code, _, _) = get_bytes(
+        port,
+        &format!("/api/v1/artifacts/blake3:{}", "0".repeat(64)),
+    );
+    assert_eq!(code, 404);
+    let (code, _, _) = get_bytes(port, "/api/v1/artifacts/not-a-digest");
+    assert_eq!(code, 422);
+    // The engine still serves.
+    assert_eq!(api(port, "GET", "/healthz", "").0, 200);
+}

@@ -5,6 +5,7 @@
 //!
 //! Connections are accepted through the same [`Gate`](super::listen::Gate) as the webhooks
 //! were: a bounded number at once, headers within a deadline.
+mod artifacts;
 mod console;
 pub mod feed;
 mod routes;

@@ -111,12 +111,13 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 
 #[derive(OpenApi)]
 #[openapi(
+    paths(artifact_file),
     info(
         title = "Sluice",
         description = "The control API of a Sluice service: pipelines, executions, functions, dead letters. Errors are `{\"error\": {\"code\", \"message\"}}` with the HTTP status the code names (not_found 404, invalid 422, conflict 409, forbidden 403, unauthenticated 401, quota_exceeded 429, unavailable 503, internal 500)."
     ),
     tags(
-        (name = "pipelines"), (name = "executions"), (name = "functions"), (name = "dead letters"), (name = "plugins")
+        (name = "pipelines"), (name = "executions"), (name = "functions"), (name = "dead letters"), (name = "plugins"), (name = "artifacts")
     )
 )]
 struct Doc;
@@ -150,6 +151,13 @@ where
         .routes(routes!(action_logs))
         .routes(routes!(events))
         .routes(routes!(list_plugins))
+        .routes(routes!(artifact_tar))
+        .routes(routes!(artifact_files))
+        // A path of any depth: axum's catch-all; the document names it `{path}` (in `Doc`).
+        .route(
+            "/api/v1/artifacts/{digest}/files/{*path}",
+            axum::routing::get(artifact_file),
+        )
         // A function's component rides in the body; the API's own bound applies, not axum's.
         .layer(DefaultBodyLimit::max(sluice_api::limits::MAX_UPLOAD))
 }
@@ -876,4 +884,38 @@ async fn events(
     responses((status = 200, description = "`[{name, version, category, summary, config, capabilities, side_effects}]`", body = Value)))]
 async fn list_plugins(State(s): Shared) -> Reply {
     call(&s, verbs::PluginLs {}).await
+}
+
+// ---- Artifacts ----
+
+/// A whole artifact (an output of an action, by its tree digest) as a tar archive. Every file
+/// is checked against its digest as it leaves the store.
+#[utoipa::path(get, path = "/api/v1/artifacts/{digest}", tag = "artifacts",
+    params(("digest" = String, Path, description = "`blake3:<hex>` of the artifact's tree")),
+    responses((status = 200, description = "`application/x-tar`", body = Vec<u8>), (status = 404, description = "No such artifact", body = Value)))]
+async fn artifact_tar(State(s): Shared, Path(digest): Path<String>) -> Result<Response, Refusal> {
+    Ok(super::artifacts::tarball(s.engine.blobs.clone(), &digest).await?)
+}
+
+/// One file of an artifact (`..`, absolute paths and symbolic links name nothing).
+#[utoipa::path(get, path = "/api/v1/artifacts/{digest}/files/{path}", tag = "artifacts",
+    params(("digest" = String, Path, description = "`blake3:<hex>` of the artifact's tree"),
+           ("path" = String, Path, description = "The file's path inside the artifact")),
+    responses((status = 200, description = "The file's bytes", body = Vec<u8>), (status = 404, description = "No such file", body = Value),
+              (status = 422, description = "A path that leaves the artifact", body = Value)))]
+async fn artifact_file(
+    State(s): Shared,
+    Path((digest, path)): Path<(String, String)>,
+) -> Result<Response, Refusal> {
+    Ok(super::artifacts::file(s.engine.blobs.clone(), &digest, &path).await?)
+}
+
+/// Every file, directory and link of an artifact.
+#[utoipa::path(get, path = "/api/v1/artifacts/{digest}/files", tag = "artifacts",
+    params(("digest" = String, Path, description = "`blake3:<hex>` of the artifact's tree")),
+    responses((status = 200, description = "`[{path, kind, size, executable, target}]`", body = Value), (status = 404, description = "No such artifact", body = Value)))]
+async fn artifact_files(State(s): Shared, Path(digest): Path<String>) -> Reply {
+    Ok(Json(
+        super::artifacts::listing(s.engine.blobs.clone(), &digest).await?,
+    ))
 }

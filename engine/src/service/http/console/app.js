@@ -177,6 +177,24 @@ function approvalBox(exec, s, a) {
       h("button", { class: "primary", type: "submit" }, "Approve"), h("button", { type: "button", class: "danger", onclick: () => decide(false) }, "Reject")));
 }
 
+function artifactsOf(a) {
+  const entries = Object.entries(a.artifacts || {});
+  if (!entries.length) return "";
+  return h("div", { class: "kv" }, entries.map(([name, digest]) => {
+    const files = h("ul", { class: "files" });
+    return h("div", { "data-artifact": name }, h("span", { class: "muted" }, "artifact "), h("strong", {}, name), " ",
+      h("a", { href: `/api/v1/artifacts/${enc(digest)}`, download: `${name}.tar` }, "download .tar"), " ",
+      h("button", { onclick: async () => {
+        // Shown in place (no repaint, which would fold the list again).
+        try {
+          const list = await api("GET", `/artifacts/${enc(digest)}/files`);
+          files.replaceChildren(...list.filter(e => e.kind === "file").map(e =>
+            h("li", {}, h("a", { href: `/api/v1/artifacts/${enc(digest)}/files/${e.path.split("/").map(enc).join("/")}` }, e.path), h("span", { class: "muted" }, ` ${e.size} bytes`))));
+        } catch (e) { alertBox(e.message); }
+      } }, "Files"), files);
+  }));
+}
+
 function kv(map) {
   const entries = Object.entries(map || {});
   return entries.length ? h("dl", { class: "kv" }, entries.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])) : "";
@@ -190,7 +208,7 @@ async function executionPage(id) {
     h("div", { class: "name" }, a.name, " ", h("span", { class: "muted" }, a.plugin && a.plugin.ref)),
     status(a.status), " ", h("span", { class: "muted" }, `${a.attempt ? `attempt ${a.attempt} · ` : ""}${duration(a)}`),
     a.summary ? h("div", {}, a.summary) : "", a.error ? h("div", { class: "s-Failed" }, a.error) : "",
-    kv(a.variables), kv(a.artifacts),
+    kv(a.variables), artifactsOf(a),
     (a.decisions || []).map(d => h("div", { class: "muted" }, `${d.approved ? "approved" : "rejected"} by ${d.by}${d.summary ? `: ${d.summary}` : ""}`)),
     a.status === "InProgress" && a.waiting && a.waiting.wake === "approval" ? approvalBox(exec, s, a) : "",
     a.attempt ? h("button", { onclick: () => { openLog = { stage: s.name, action: a.name }; showLog(exec); }, "aria-controls": "logpanel" }, "Log") : "");
