@@ -605,6 +605,8 @@ impl Service {
             .await
             .map_err(|e| ApiError::unavailable(e.to_string()))?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        // Most events are claimed within a millisecond or two: look soon, then less often.
+        let mut pause = Duration::from_millis(1);
         loop {
             if let Some(id) = self.claimed(tenant, pipeline, &event.id).await? {
                 // The claim comes first; wait for the record itself.
@@ -618,7 +620,8 @@ impl Service {
                     event.id
                 )));
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(20));
         }
     }
 }

@@ -6,6 +6,7 @@
 //! (c) fork/exec of `/bin/true`;
 //! (d) artifact put and verified get of a large file, against `b3sum` hashing the same file.
 mod approvals;
+mod http;
 mod service;
 
 use sluice_engine::bus::MemoryBus;

@@ -3,6 +3,8 @@
 //! (floor) a JetStream publish (acknowledged) consumed by a pull consumer: round trip;
 //! (latency) trigger event published → pipeline-succeeded event received, for a 3-stage,
 //!   5-action no-op pipeline, one execution at a time;
+//! (http) a start over HTTP → the succeeded event over SSE, against the same over NATS
+//!   request/reply (see `http.rs`);
 //! (throughput) executions per second for a burst of events, with one and with two engines.
 use futures_util::StreamExt;
 use sluice_api::{Origin, Principal, verbs};
@@ -187,6 +189,10 @@ pub async fn run(url: &str, samples: usize, burst_size: usize) -> anyhow::Result
     };
     latency.sort();
 
+    // (http) the HTTP API against NATS request/reply, on this engine.
+    let (http, reqrep) =
+        super::http::compare(first.clone(), first_client.clone(), &client, samples).await?;
+
     // (throughput) a burst, with one engine and then with two.
     let one = burst(&client, &js, &format!("one-{run_id}"), burst_size).await?;
     let _second = engine(url, tmp.path(), "engine-2", 8).await?;
@@ -214,6 +220,17 @@ pub async fn run(url: &str, samples: usize, burst_size: usize) -> anyhow::Result
         ms(l50),
         ms(l99)
     );
+    let h50 = pct(&http, 0.5).as_secs_f64() / pct(&reqrep, 0.5).as_secs_f64();
+    println!(
+        "| (nats) `api.start` request/reply → pipeline succeeded event on its subject | {} | {} | baseline of (http) |",
+        ms(pct(&reqrep, 0.5)),
+        ms(pct(&reqrep, 0.99))
+    );
+    println!(
+        "| (http) `POST /api/v1/pipelines/bench/executions` → succeeded event on `GET /api/v1/events` (SSE) | {} | {} | {h50:.2}× (nats) at p50 — target ≤ 1.5× |",
+        ms(pct(&http, 0.5)),
+        ms(pct(&http, 0.99))
+    );
     println!(
         "\nThe engine's messages to and from NATS per execution (latency runs; requests, publishes, acks, pulls, replies — not timing, so not noisy): {sent:.1} sent, {received:.1} received."
     );
@@ -227,7 +244,7 @@ pub async fn run(url: &str, samples: usize, burst_size: usize) -> anyhow::Result
     );
     println!(
         "\n{}",
-        if r50 <= 10.0 && r99 <= 30.0 {
+        if r50 <= 10.0 && r99 <= 30.0 && h50 <= 1.5 {
             "latency targets met"
         } else {
             "LATENCY TARGETS MISSED"
