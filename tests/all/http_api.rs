@@ -772,3 +772,50 @@ fn artifacts_download_as_a_tar_or_one_file_and_no_path_leaves_them() {
     // The engine still serves.
     assert_eq!(api(port, "GET", "/healthz", "").0, 200);
 }
+
+#[test]
+fn approval_notifications_link_to_the_console_when_the_public_url_is_known() {
+    let p = Project::new(WEB);
+    let port = port();
+    let _engine = Engine::start(
+        p.dir.path(),
+        ".sluice",
+        &[
+            "--http",
+            &format!("127.0.0.1:{port}"),
+            "--public-url",
+            "https://ci.example.com/",
+        ],
+    );
+    wait_http(port);
+    assert_eq!(api(port, "PUT", "/api/v1/pipelines/web", WEB).0, 200);
+    let id = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let starter = {
+        let id = id.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(500));
+            let (_, r) = api(port, "POST", "/api/v1/pipelines/web/executions", "");
+            *id.lock().unwrap() = r["execution_id"].as_str().unwrap().to_string();
+        })
+    };
+    let stream = read_stream(port, "/api/v1/events?pipeline=web", &[], |s| {
+        s.contains("event: approval")
+    });
+    starter.join().unwrap();
+    let id = id.lock().unwrap().clone();
+    let approval: Value = stream
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
+        .find(|e| e["kind"] == "approval")
+        .unwrap_or_else(|| panic!("no approval event in {stream}"));
+    assert_eq!(
+        approval["approval"]["console_url"],
+        format!("https://ci.example.com/executions/{id}"),
+        "{approval}"
+    );
+    // The page it names is the console's.
+    let (code, page) = http(port, "GET", &format!("/executions/{id}"), &[], b"");
+    assert_eq!(code, 200);
+    assert!(page.contains("/console/app.js"), "{page}");
+}

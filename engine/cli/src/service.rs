@@ -62,6 +62,10 @@ pub struct ServeArgs {
     /// yet: whoever reaches the port controls the service.
     #[arg(long)]
     pub http_allow_remote: bool,
+    /// The URL people reach this service's console at (e.g. https://ci.example.com): approval
+    /// notifications then carry the link to their execution's page (`approval.console_url`).
+    #[arg(long)]
+    pub public_url: Option<String>,
     /// NATS: redelivery deadline of a job whose engine stops reporting progress.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub ack_wait: Duration,
@@ -276,6 +280,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     match args.nats {
         None => {
             let (service, bus) = sluice_engine::service::wiring::embedded(&data).await?;
+            if let Some(url) = &args.public_url {
+                service.set_public_url(url);
+            }
             eprintln!(
                 "sluice serve: embedded engine, data in {}; control socket {}",
                 data.display(),
@@ -301,6 +308,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 },
             )
             .await?;
+            if let Some(url) = &args.public_url {
+                service.set_public_url(url);
+            }
             eprintln!(
                 "sluice serve: engine on NATS {url}, local cache in {}",
                 data.display()

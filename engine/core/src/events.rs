@@ -87,6 +87,10 @@ pub struct ApprovalNotice {
     pub custom_data: Option<String>,
     /// How to decide.
     pub how: String,
+    /// The console page of the execution, when the service knows its public URL
+    /// (`sluice serve --public-url`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console_url: Option<String>,
 }
 
 /// The approval notification for the action (stage, action) of `exec`, if it waits for one.
@@ -118,6 +122,7 @@ pub fn approval_event(exec: &Execution, stage: usize, action: usize) -> Option<E
                 "sluice approve {} {}/{} [--summary TEXT]  (or reject)",
                 exec.execution_id, s.name, a.name
             ),
+            console_url: None,
         }),
     })
 }

@@ -159,20 +159,33 @@ pub trait LogArchive: Send + Sync {
     >;
 }
 
-/// A bus that counts what passes (see [`crate::metrics`]).
-struct Metered(Arc<dyn EventBus>);
+/// The service's bus, as events leave it: counted (see [`crate::metrics`]), and approval
+/// notifications given the console link of their execution when the public URL is known.
+struct Outgoing {
+    inner: Arc<dyn EventBus>,
+    public_url: Arc<std::sync::OnceLock<String>>,
+}
 
-impl EventBus for Metered {
-    fn publish(&self, event: Event) {
-        crate::metrics::get().observe(&event);
-        self.0.publish(event);
+impl Outgoing {
+    fn prepare(&self, event: &mut Event) {
+        crate::metrics::get().observe(event);
+        if let (Some(url), Some(notice)) = (self.public_url.get(), event.approval.as_mut()) {
+            notice.console_url = Some(format!("{url}/executions/{}", event.execution_id));
+        }
+    }
+}
+
+impl EventBus for Outgoing {
+    fn publish(&self, mut event: Event) {
+        self.prepare(&mut event);
+        self.inner.publish(event);
     }
 
-    fn publish_all(&self, events: Vec<Event>) -> futures_util::future::BoxFuture<'static, ()> {
-        for e in &events {
-            crate::metrics::get().observe(e);
+    fn publish_all(&self, mut events: Vec<Event>) -> futures_util::future::BoxFuture<'static, ()> {
+        for e in &mut events {
+            self.prepare(e);
         }
-        self.0.publish_all(events)
+        self.inner.publish_all(events)
     }
 }
 
@@ -192,6 +205,8 @@ const SETTLING: Duration = Duration::from_secs(10);
 pub struct Service {
     engine: Engine,
     edges: Edges,
+    /// The URL people reach the console at (`--public-url`), for links in notifications.
+    public_url: Arc<std::sync::OnceLock<String>>,
     loaded: Mutex<HashMap<(String, String, u64), Arc<Loaded>>>,
     /// Where `invoke@1` finds registered functions.
     functions: Arc<functions::Registered>,
@@ -455,10 +470,20 @@ pub(crate) async fn consume<F: std::future::Future<Output = ()>>(
 }
 
 impl Service {
+    /// Set the URL the console is reached at (once): approval notifications then link to their
+    /// execution's page.
+    pub fn set_public_url(&self, url: &str) {
+        let _ = self.public_url.set(url.trim_end_matches('/').to_string());
+    }
+
     /// An engine on `edges`, running jobs with `engine`'s runtime, blobs and workspaces.
     pub fn new(engine: Engine, mut edges: Edges) -> Arc<Self> {
-        // Every event this engine publishes is counted on its way out.
-        edges.bus = Arc::new(Metered(edges.bus));
+        // Every event this engine publishes passes through here on its way out.
+        let public_url = Arc::new(std::sync::OnceLock::new());
+        edges.bus = Arc::new(Outgoing {
+            inner: edges.bus,
+            public_url: public_url.clone(),
+        });
         let functions = Arc::new(functions::Registered {
             kv: edges.functions.clone(),
             runtime: engine.registry.runtime().clone(),
@@ -474,6 +499,7 @@ impl Service {
             running: Mutex::new(HashMap::new()),
             handled: Default::default(),
             incarnation,
+            public_url,
             workers: Default::default(),
             busy: Default::default(),
             lane_copies,
