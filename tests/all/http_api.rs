@@ -1,8 +1,8 @@
 //! The HTTP API (`sluice serve --http ADDR`): the control API's verbs as routes under
 //! `/api/v1`, errors with codes and fitting statuses, its OpenAPI document, and the same
 //! executions seen from two engines on one NATS.
-use crate::harness::Project;
 use crate::harness::nats::{Engine, NatsServer, http, port, wait_for};
+use crate::harness::{Project, action};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -49,33 +49,22 @@ fn until(port: u16, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Valu
     })
 }
 
-fn action_status<'a>(exec: &'a Value, stage: &str, action: &str) -> &'a str {
-    exec["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == stage)
-        .and_then(|s| {
-            s["actions"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|a| a["name"] == action)
-        })
-        .and_then(|a| a["status"].as_str())
-        .unwrap_or("")
+/// `sluice serve --http` (plus `extra`) in `p`'s directory, embedded, answering on the port
+/// returned.
+fn serve_http(p: &Project, extra: &[&str]) -> (Engine, u16) {
+    let port = port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut args = vec!["--http", addr.as_str()];
+    args.extend_from_slice(extra);
+    let engine = Engine::start(p.dir.path(), ".sluice", &args);
+    wait_http(port);
+    (engine, port)
 }
 
 #[test]
 fn the_http_api_registers_starts_approves_and_pages_executions() {
     let p = Project::new(WEB);
-    let port = port();
-    let _engine = Engine::start(
-        p.dir.path(),
-        ".sluice",
-        &["--http", &format!("127.0.0.1:{port}")],
-    );
-    wait_http(port);
+    let (_engine, port) = serve_http(&p, &[]);
     assert_eq!(api(port, "GET", "/healthz", "").0, 200);
     assert_eq!(api(port, "GET", "/readyz", "").0, 200);
 
@@ -135,7 +124,7 @@ fn the_http_api_registers_starts_approves_and_pages_executions() {
 
     // The approval waits; approving with a summary lets the pipeline finish.
     until(port, &id, "the approval to wait", |e| {
-        action_status(e, "Gate", "Ok") == "InProgress"
+        action(e, "Gate/Ok")["status"] == "InProgress"
             && e["stages"][1]["actions"][0]["waiting"].is_object()
     });
     let (code, r) = api(
@@ -270,13 +259,7 @@ fn the_http_api_registers_starts_approves_and_pages_executions() {
 #[test]
 fn bad_http_requests_get_a_clear_4xx_and_change_nothing() {
     let p = Project::new(WEB);
-    let port = port();
-    let _engine = Engine::start(
-        p.dir.path(),
-        ".sluice",
-        &["--http", &format!("127.0.0.1:{port}")],
-    );
-    wait_http(port);
+    let (_engine, port) = serve_http(&p, &[]);
     assert_eq!(api(port, "PUT", "/api/v1/pipelines/web", WEB).0, 200);
     let cases: &[(&str, &str, &str, u16)] = &[
         ("POST", "/api/v1/pipelines/web/executions", "{not json", 422),
@@ -339,13 +322,7 @@ fn bad_http_requests_get_a_clear_4xx_and_change_nothing() {
 #[test]
 fn the_openapi_document_describes_every_route_the_router_serves() {
     let p = Project::new(WEB);
-    let port = port();
-    let _engine = Engine::start(
-        p.dir.path(),
-        ".sluice",
-        &["--http", &format!("127.0.0.1:{port}")],
-    );
-    wait_http(port);
+    let (_engine, port) = serve_http(&p, &[]);
     let (code, doc) = api(port, "GET", "/api/v1/openapi.json", "");
     assert_eq!(code, 200, "{doc}");
     assert!(
@@ -516,13 +493,7 @@ fn read_stream(
 fn events_and_logs_stream_over_http_and_a_reconnect_resumes_after_its_last_id() {
     let failing = "name: failing\nstages:\n  - name: Build\n    actions:\n      - { name: Test, uses: PROBE, with: { mode: fail } }\n";
     let p = Project::new(failing);
-    let port = port();
-    let _engine = Engine::start(
-        p.dir.path(),
-        ".sluice",
-        &["--http", &format!("127.0.0.1:{port}")],
-    );
-    wait_http(port);
+    let (_engine, port) = serve_http(&p, &[]);
     // Registered from the terminal (the probe is a file on this host).
     let put = p.sluice(&["pipeline", "put", "pipeline.yaml"]);
     assert_eq!(put.code, 0, "{put:?}");
@@ -685,13 +656,7 @@ fn artifacts_download_as_a_tar_or_one_file_and_no_path_leaves_them() {
     );
     p.write("app/README.md", "hello\n");
     p.write("app/src/main.rs", "fn main() {}\n");
-    let port = port();
-    let _engine = Engine::start(
-        p.dir.path(),
-        ".sluice",
-        &["--http", &format!("127.0.0.1:{port}")],
-    );
-    wait_http(port);
+    let (_engine, port) = serve_http(&p, &[]);
     let put = p.sluice(&["pipeline", "put", "pipeline.yaml"]);
     assert_eq!(put.code, 0, "{put:?}");
     let (_, started) = api(port, "POST", "/api/v1/pipelines/art/executions", "");
@@ -776,18 +741,7 @@ fn artifacts_download_as_a_tar_or_one_file_and_no_path_leaves_them() {
 #[test]
 fn approval_notifications_link_to_the_console_when_the_public_url_is_known() {
     let p = Project::new(WEB);
-    let port = port();
-    let _engine = Engine::start(
-        p.dir.path(),
-        ".sluice",
-        &[
-            "--http",
-            &format!("127.0.0.1:{port}"),
-            "--public-url",
-            "https://ci.example.com/",
-        ],
-    );
-    wait_http(port);
+    let (_engine, port) = serve_http(&p, &["--public-url", "https://ci.example.com/"]);
     assert_eq!(api(port, "PUT", "/api/v1/pipelines/web", WEB).0, 200);
     let id = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
     let starter = {
@@ -818,4 +772,40 @@ fn approval_notifications_link_to_the_console_when_the_public_url_is_known() {
     let (code, page) = http(port, "GET", &format!("/executions/{id}"), &[], b"");
     assert_eq!(code, 200);
     assert!(page.contains("/console/app.js"), "{page}");
+}
+
+#[test]
+fn open_streams_are_bounded_and_leave_room_for_the_api() {
+    use std::io::{Read, Write};
+    let p = Project::new(WEB);
+    let (_engine, port) = serve_http(&p, &[]);
+    let open = |path: &str| {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nhost: x\r\naccept: text/event-stream\r\n\r\n")
+                .as_bytes(),
+        )
+        .unwrap();
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).unwrap();
+        (s, String::from_utf8_lossy(&head[9..12]).to_string())
+    };
+    // Half of the port's 512 connections may be streams…
+    let mut held = Vec::new();
+    for i in 0..256 {
+        let (s, status) = open("/api/v1/events");
+        assert_eq!(status, "200", "stream {i}");
+        held.push(s);
+    }
+    // …the next is told to come back later, and the API still answers.
+    let (_refused, status) = open("/api/v1/events");
+    assert_eq!(status, "503");
+    assert_eq!(api(port, "GET", "/api/v1/pipelines", "").0, 200);
+    // A closed stream frees its place.
+    drop(held.pop());
+    wait_for(Duration::from_secs(30), "a freed stream slot", || {
+        let (_s, status) = open("/api/v1/events");
+        (status == "200").then_some(())
+    });
 }

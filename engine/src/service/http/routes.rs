@@ -29,6 +29,32 @@ type Shared = State<Arc<Service>>;
 pub(super) struct AppState {
     service: Arc<Service>,
     feed: Arc<EventFeed>,
+    streams: Streams,
+}
+
+/// Streams (events, followed logs) open at once: they hold a connection each for as long as
+/// the client likes, so they may take at most half of the port's connections, and the API and
+/// webhooks always keep room.
+pub const MAX_STREAMS: usize = super::super::listen::MAX_CONNECTIONS / 2;
+
+/// The stream slots.
+#[derive(Clone)]
+pub(super) struct Streams(Arc<tokio::sync::Semaphore>);
+
+impl Streams {
+    fn open(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Refusal> {
+        self.0.clone().try_acquire_owned().map_err(|_| {
+            Refusal(ApiError::unavailable(format!(
+                "{MAX_STREAMS} streams are open on this port already; try again later"
+            )))
+        })
+    }
+}
+
+impl axum::extract::FromRef<AppState> for Streams {
+    fn from_ref(s: &AppState) -> Self {
+        s.streams.clone()
+    }
 }
 
 impl axum::extract::FromRef<AppState> for Arc<Service> {
@@ -101,7 +127,11 @@ pub(super) fn router(service: Arc<Service>, feed: Arc<EventFeed>) -> axum::Route
         .route("/metrics", axum::routing::get(metrics))
         .route("/readyz", axum::routing::get(readyz))
         .fallback(not_found)
-        .with_state(AppState { service, feed })
+        .with_state(AppState {
+            service,
+            feed,
+            streams: Streams(Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS))),
+        })
 }
 
 /// The OpenAPI document of the routes under `/api/v1`.
@@ -126,6 +156,7 @@ fn api_router<S>() -> OpenApiRouter<S>
 where
     Arc<Service>: axum::extract::FromRef<S>,
     Arc<EventFeed>: axum::extract::FromRef<S>,
+    Streams: axum::extract::FromRef<S>,
     S: Clone + Send + Sync + 'static,
 {
     OpenApiRouter::with_openapi(Doc::openapi())
@@ -736,6 +767,7 @@ fn wants_stream(headers: &axum::http::HeaderMap) -> bool {
               (status = 404, description = "No such execution, action or attempt", body = Value)))]
 async fn action_logs(
     State(s): Shared,
+    State(streams): State<Streams>,
     Path((id, stage, action)): Path<(String, String, String)>,
     Query(q): Query<LogsQuery>,
     headers: axum::http::HeaderMap,
@@ -760,6 +792,7 @@ async fn action_logs(
             .into_response());
     }
     // Follow: send what is new every half second until the attempt has ended.
+    let slot = streams.open()?;
     let request = verbs::Logs {
         attempt: Some(page.attempt),
         ..request
@@ -770,15 +803,16 @@ async fn action_logs(
         0usize,
         false,
         std::collections::VecDeque::<SseEvent>::new(),
+        slot,
     );
     let lines = stream::unfold(
         state,
-        |(s, request, mut sent, mut ended, mut queue)| async move {
+        |(s, request, mut sent, mut ended, mut queue, slot)| async move {
             loop {
                 if let Some(event) = queue.pop_front() {
                     return Some((
                         Ok::<_, std::convert::Infallible>(event),
-                        (s, request, sent, ended, queue),
+                        (s, request, sent, ended, queue, slot),
                     ));
                 }
                 if ended {
@@ -836,9 +870,11 @@ struct EventsQuery {
     responses((status = 200, description = "`text/event-stream` of `{kind, pipeline, execution_id, stage, action, status, …}`", body = Value)))]
 async fn events(
     State(feed): State<Arc<EventFeed>>,
+    State(streams): State<Streams>,
     Query(q): Query<EventsQuery>,
     headers: axum::http::HeaderMap,
-) -> Sse<impl Stream<Item = Result<SseEvent, std::convert::Infallible>>> {
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, std::convert::Infallible>>>, Refusal> {
+    let slot = streams.open()?;
     let after = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -850,8 +886,8 @@ async fn events(
     };
     let backlog: std::collections::VecDeque<_> = backlog.into_iter().collect();
     let events = stream::unfold(
-        (backlog, live, keep),
-        |(mut backlog, mut live, keep)| async move {
+        (backlog, live, keep, slot),
+        |(mut backlog, mut live, keep, slot)| async move {
             loop {
                 let (n, event) = match backlog.pop_front() {
                     Some(item) => item,
@@ -871,11 +907,11 @@ async fn events(
                     .event(format!("{:?}", event.kind).to_lowercase())
                     .json_data(&*event)
                     .unwrap_or_default();
-                return Some((Ok(sse), (backlog, live, keep)));
+                return Some((Ok(sse), (backlog, live, keep, slot)));
             }
         },
     );
-    Sse::new(events).keep_alive(KeepAlive::default())
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }
 
 /// The plugins pipelines may use (`uses:`), with their descriptions: category, configuration
