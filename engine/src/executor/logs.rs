@@ -22,6 +22,22 @@ pub struct LogLine {
     pub fields: Vec<(String, String)>,
 }
 
+/// Where engines share action logs (on NATS: the `sluice-logs` Object Store bucket), so any
+/// engine can show an attempt another one ran.
+pub trait LogArchive: Send + Sync {
+    /// Keep one attempt's lines under `name` (a failure is logged; the log stays local).
+    fn put(
+        &self,
+        name: String,
+        lines: Vec<LogLine>,
+    ) -> futures_util::future::BoxFuture<'static, ()>;
+    /// One attempt's lines, if kept.
+    fn get(
+        &self,
+        name: String,
+    ) -> futures_util::future::BoxFuture<'static, Result<Option<Vec<LogLine>>, String>>;
+}
+
 /// A live copy of log lines for whoever watches a run (the CLI's `--verbose`).
 pub type LiveLog = tokio::sync::mpsc::UnboundedSender<(String, String, LogLine)>;
 

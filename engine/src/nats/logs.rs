@@ -70,7 +70,7 @@ pub async fn get(store: &ObjectStore, name: &str) -> anyhow::Result<Option<Vec<L
 /// The shared log archive on NATS.
 pub struct NatsLogArchive(pub ObjectStore);
 
-impl crate::service::LogArchive for NatsLogArchive {
+impl crate::executor::logs::LogArchive for NatsLogArchive {
     fn put(
         &self,
         name: String,

@@ -140,24 +140,7 @@ pub type CancelElsewhereHook = Arc<dyn Fn(&str, Vec<String>) + Send + Sync>;
 pub type WakeSubjectHook = Arc<
     dyn Fn(String) -> futures_util::future::BoxFuture<'static, Result<(), String>> + Send + Sync,
 >;
-/// Where engines share action logs (on NATS: the `sluice-logs` Object Store bucket), so any
-/// engine can show an attempt another one ran.
-pub trait LogArchive: Send + Sync {
-    /// Keep one attempt's lines under `name` (a failure is logged; the log stays local).
-    fn put(
-        &self,
-        name: String,
-        lines: Vec<crate::executor::LogLine>,
-    ) -> futures_util::future::BoxFuture<'static, ()>;
-    /// One attempt's lines, if kept.
-    fn get(
-        &self,
-        name: String,
-    ) -> futures_util::future::BoxFuture<
-        'static,
-        Result<Option<Vec<crate::executor::LogLine>>, String>,
-    >;
-}
+pub use crate::executor::logs::LogArchive;
 
 /// The service's bus, as events leave it: counted (see [`crate::metrics`]), and approval
 /// notifications given the console link of their execution when the public URL is known.
