@@ -15,6 +15,7 @@
 //! | action logs         | Object Store `sluice-logs`, `<tenant>/<execution>/<stage>/<action>/<attempt>` (30 days) |
 
 pub mod bus;
+pub mod cluster;
 pub mod logs;
 pub mod transport;
 

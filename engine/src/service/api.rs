@@ -202,8 +202,10 @@ impl Service {
             .iter()
             .map(|s| s.value.clone())
             .collect();
-        if let (false, Some(hook)) = (subjects.is_empty(), &self.edges.extra_subjects) {
-            hook(p.tenant.clone(), loaded.pipeline.name.clone(), subjects)
+        if !subjects.is_empty() {
+            self.edges
+                .cluster
+                .capture_triggers(&p.tenant, &loaded.pipeline.name, subjects)
                 .await
                 .map_err(|e| ApiError::invalid(format!("`triggers.nats`: {e}")))?;
         }

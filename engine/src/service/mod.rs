@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod client;
+pub mod cluster;
 mod early;
 pub mod functions;
 pub mod http;
@@ -106,41 +107,17 @@ pub struct Edges {
     pub jobs: Arc<dyn WorkQueue>,
     /// Events out.
     pub bus: Arc<dyn EventBus>,
-    /// Where rejected events also go (the NATS dead-letter subject); the bucket keeps them always.
-    pub dead_letters: Option<DeadLetterHook>,
-    /// Makes a pipeline's extra `triggers.nats` subjects deliver to the engines (NATS: a stream
-    /// per pipeline); an error refuses the registration.
-    pub extra_subjects: Option<ExtraSubjectsHook>,
-    /// Tells the other engines to cancel jobs (by id) that `stop --abandon` abandoned.
-    pub cancel_elsewhere: Option<CancelElsewhereHook>,
-    /// Makes NATS capture a subject an action waits for (`wake: event(subject)`); none: the
-    /// embedded service, where only `sluice wake` wakes such actions.
-    pub wake_subject: Option<WakeSubjectHook>,
+    /// The other engines of the service: dead letters announced, subjects captured, abandoned
+    /// jobs cancelled elsewhere ([`cluster::Alone`] for the embedded service).
+    pub cluster: Arc<dyn Cluster>,
     /// Keeps a copy of each attempt's log lines where every engine and client can read them
     /// (NATS: the `sluice-logs` Object Store), given the attempt's object name; none: the
     /// embedded service, whose one engine's data directory has them all.
     pub archive_log: Option<Arc<dyn LogArchive>>,
 }
 
-/// [`Edges::dead_letters`].
-pub type DeadLetterHook = Arc<dyn Fn(&DeadLetter) + Send + Sync>;
-/// [`Edges::extra_subjects`]: (tenant, pipeline, subjects).
-pub type ExtraSubjectsHook = Arc<
-    dyn Fn(
-            String,
-            String,
-            Vec<String>,
-        ) -> futures_util::future::BoxFuture<'static, Result<(), String>>
-        + Send
-        + Sync,
->;
-/// [`Edges::cancel_elsewhere`]: (tenant, job ids).
-pub type CancelElsewhereHook = Arc<dyn Fn(&str, Vec<String>) + Send + Sync>;
-/// [`Edges::wake_subject`].
-pub type WakeSubjectHook = Arc<
-    dyn Fn(String) -> futures_util::future::BoxFuture<'static, Result<(), String>> + Send + Sync,
->;
 pub use crate::executor::logs::LogArchive;
+pub use cluster::{Alone, Cluster, ClusterError};
 
 /// The service's bus, as events leave it: counted (see [`crate::metrics`]), and approval
 /// notifications given the console link of their execution when the public URL is known.
@@ -788,9 +765,7 @@ impl Service {
         {
             tracing::warn!("could not record the dead letter: {e}");
         }
-        if let Some(publish) = &self.edges.dead_letters {
-            publish(&letter);
-        }
+        self.edges.cluster.dead_letter(&letter);
         self.edges.bus.publish(Event {
             id: String::new(),
             kind: Kind::Trigger,
@@ -1190,9 +1165,7 @@ impl Service {
                 .collect();
             if !abandoned.is_empty() {
                 self.cancel_local(&abandoned);
-                if let Some(elsewhere) = &self.edges.cancel_elsewhere {
-                    elsewhere(tenant, abandoned);
-                }
+                self.edges.cluster.cancel_elsewhere(tenant, abandoned);
             }
             futures_util::future::join(self.edges.bus.publish_all(publish), self.push_jobs(&jobs))
                 .await;

@@ -62,10 +62,7 @@ pub(super) fn engine(data: &Path, bus: Arc<dyn EventBus>, shared: &Edges) -> Arc
         triggers: shared.triggers.clone(),
         jobs: shared.jobs.clone(),
         bus,
-        dead_letters: None,
-        extra_subjects: None,
-        cancel_elsewhere: None,
-        wake_subject: None,
+        cluster: Arc::new(super::Alone),
         archive_log: None,
     };
     Service::new(engine, edges)
@@ -82,10 +79,7 @@ pub(super) fn shared_edges(dir: &Path) -> Edges {
         triggers: MemoryQueue::new(Duration::from_secs(3600)),
         jobs: MemoryQueue::new(Duration::from_secs(3600)),
         bus: Arc::new(LostBus),
-        dead_letters: None,
-        extra_subjects: None,
-        cancel_elsewhere: None,
-        wake_subject: None,
+        cluster: Arc::new(super::Alone),
         archive_log: None,
     }
 }

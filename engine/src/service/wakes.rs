@@ -68,9 +68,9 @@ pub fn valid_wake_subject(subject: &str) -> Result<(), String> {
 impl Service {
     /// Record that an action waits for `subject`, and have NATS capture it.
     pub(crate) async fn await_event(&self, waiter: Waiter, subject: &str) -> Result<(), String> {
-        let Some(capture) = self.edges.wake_subject.clone() else {
+        if !self.edges.cluster.hears_subjects() {
             return Ok(()); // embedded: woken by `sluice wake` only
-        };
+        }
         valid_wake_subject(subject)?;
         let key = index_key(subject);
         modify::<WaitIndex, _>(&*self.edges.waits, &key, |current| {
@@ -86,7 +86,11 @@ impl Service {
         })
         .await
         .map_err(|e| e.to_string())?;
-        capture(subject.to_string()).await
+        self.edges
+            .cluster
+            .capture_wake(subject)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// An event arrived on `subject`: wake every action waiting for it. Returns how many woke.

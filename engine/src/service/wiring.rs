@@ -1,5 +1,5 @@
 //! Putting a service together on either set of edges.
-use super::{DeadLetter, Edges, Service};
+use super::{Edges, Service};
 use crate::bus::{EventBus, MemoryBus};
 use crate::executor::Engine;
 use crate::kv::{Kv, RedbKv};
@@ -25,10 +25,7 @@ pub async fn embedded(data: &Path) -> anyhow::Result<(Arc<Service>, Arc<MemoryBu
         triggers: MemoryQueue::new(Duration::from_secs(3600)),
         jobs: MemoryQueue::new(Duration::from_secs(3600)),
         bus: bus.clone(),
-        dead_letters: None,
-        extra_subjects: None,
-        cancel_elsewhere: None,
-        wake_subject: None,
+        cluster: Arc::new(super::Alone),
         archive_log: None,
     };
     let service = Service::new(engine, edges);
@@ -54,31 +51,8 @@ pub async fn nats(
     let engine = Engine::for_service(data, bus.clone(), Some(std::sync::Arc::new(blobs)))?;
     // `notify-nats@1` and other publishers without a `server` use the service's NATS.
     engine.registry.runtime().nats.set_default(url);
-    let js = layout.js.clone();
-    let dead_letters = Arc::new(move |letter: &DeadLetter| {
-        let (js, subject) = (
-            js.clone(),
-            crate::nats::dead_letter_subject(&letter.tenant, &letter.pipeline),
-        );
-        let payload = serde_json::to_vec(letter).unwrap_or_default();
-        tokio::spawn(async move {
-            if let Ok(ack) = js.publish(subject, payload.into()).await {
-                let _ = ack.await;
-            }
-        });
-    });
     let logs = crate::nats::logs::open(&layout.js).await?;
-    let extra_js = layout.js.clone();
-    let wake_js = layout.js.clone();
-    let cancel_client = client.clone();
-    let cancel_elsewhere = Arc::new(move |tenant: &str, ids: Vec<String>| {
-        let (client, subject) = (cancel_client.clone(), format!("sluice.{tenant}.cancel"));
-        tokio::spawn(async move {
-            let _ = client
-                .publish(subject, serde_json::to_vec(&ids).unwrap_or_default().into())
-                .await;
-        });
-    });
+    let cluster = crate::nats::cluster::NatsCluster::new(client.clone(), layout.js.clone());
     let edges = Edges {
         pipelines: Arc::new(layout.pipelines),
         executions: Arc::new(layout.executions),
@@ -87,69 +61,10 @@ pub async fn nats(
         triggers: Arc::new(layout.triggers),
         jobs: Arc::new(layout.jobs),
         bus,
-        dead_letters: Some(dead_letters),
-        extra_subjects: Some(Arc::new(
-            move |tenant: String, pipeline: String, subjects: Vec<String>| {
-                let js = extra_js.clone();
-                Box::pin(async move {
-                    extra_stream(&js, &tenant, &pipeline, subjects)
-                        .await
-                        .map(|_| ())
-                }) as futures_util::future::BoxFuture<'static, Result<(), String>>
-            },
-        )),
-        cancel_elsewhere: Some(cancel_elsewhere),
-        wake_subject: Some(Arc::new(move |subject: String| {
-            let js = wake_js.clone();
-            Box::pin(async move { capture_wake_subjects(&js, &[subject], false).await })
-                as futures_util::future::BoxFuture<'static, Result<(), String>>
-        })),
+        cluster: Arc::new(cluster),
         archive_log: Some(Arc::new(crate::nats::logs::NatsLogArchive(logs))),
     };
     Ok((Service::new(engine, edges), client))
-}
-
-/// The stream capturing the subjects actions wait for; it always holds this one, its own.
-const WAKES_STREAM: &str = "SLUICE_WAKES";
-const WAKES_SENTINEL: &str = "sluice._wakes";
-
-/// Make `SLUICE_WAKES` capture `subjects`: added to what it has, or (`exact`) exactly these.
-async fn capture_wake_subjects(
-    js: &async_nats::jetstream::Context,
-    subjects: &[String],
-    exact: bool,
-) -> Result<(), String> {
-    let mut stream = js
-        .get_stream(WAKES_STREAM)
-        .await
-        .map_err(|e| format!("stream {WAKES_STREAM}: {e}"))?;
-    let mut config = stream
-        .info()
-        .await
-        .map_err(|e| format!("stream {WAKES_STREAM}: {e}"))?
-        .config
-        .clone();
-    let mut wanted: Vec<String> = if exact {
-        vec![WAKES_SENTINEL.to_string()]
-    } else {
-        config.subjects.clone()
-    };
-    for s in subjects {
-        if !wanted.contains(s) {
-            wanted.push(s.clone());
-        }
-    }
-    let (mut have, mut want) = (config.subjects.clone(), wanted.clone());
-    have.sort();
-    want.sort();
-    if have == want {
-        return Ok(());
-    }
-    config.subjects = wanted;
-    js.update_stream(&config)
-        .await
-        .map(|_| ())
-        .map_err(|e| format!("cannot capture {subjects:?} (does another stream capture it?): {e}"))
 }
 
 /// Wake actions waiting for NATS events: consume `SLUICE_WAKES`, and every few seconds make
@@ -158,8 +73,8 @@ pub async fn serve_wakes(service: Arc<Service>, js: async_nats::jetstream::Conte
     let queue = match crate::queue::NatsQueue::open(
         &js,
         crate::queue::nats_queue::QueueConfig {
-            stream: WAKES_STREAM,
-            subjects: vec![WAKES_SENTINEL.into()],
+            stream: crate::nats::cluster::WAKES_STREAM,
+            subjects: vec![crate::nats::cluster::WAKES_SENTINEL.into()],
             consumer: "sluice-engines",
             ack_wait: Duration::from_secs(30),
             duplicate_window: Duration::from_secs(120),
@@ -177,7 +92,8 @@ pub async fn serve_wakes(service: Arc<Service>, js: async_nats::jetstream::Conte
     tokio::spawn(async move {
         loop {
             if let Ok(subjects) = keeper.awaited_subjects().await
-                && let Err(e) = capture_wake_subjects(&js, &subjects, true).await
+                && let Err(e) =
+                    crate::nats::cluster::capture_wake_subjects(&js, &subjects, true).await
             {
                 tracing::warn!("event wakes: {e}");
             }
@@ -271,45 +187,6 @@ pub async fn serve_nats_api(
     Ok(())
 }
 
-/// The stream (and shared durable consumer) carrying a pipeline's extra `triggers.nats`
-/// subjects, created or updated to exactly `subjects`.
-async fn extra_stream(
-    js: &async_nats::jetstream::Context,
-    tenant: &str,
-    pipeline: &str,
-    subjects: Vec<String>,
-) -> Result<crate::queue::NatsQueue, String> {
-    let name = format!(
-        "SLUICE_X_{}",
-        &blake3::hash(format!("{tenant}/{pipeline}").as_bytes()).to_hex()[..20]
-    );
-    let config = async_nats::jetstream::stream::Config {
-        name: name.clone(),
-        subjects: subjects.clone(),
-        retention: async_nats::jetstream::stream::RetentionPolicy::WorkQueue,
-        duplicate_window: Duration::from_secs(3600),
-        ..Default::default()
-    };
-    // Subjects may have changed since the last registration: update, or create.
-    if js.get_stream(&name).await.is_ok() {
-        js.update_stream(&config)
-            .await
-            .map_err(|e| format!("cannot capture {subjects:?}: {e}"))?;
-    }
-    crate::queue::NatsQueue::open(
-        js,
-        crate::queue::nats_queue::QueueConfig {
-            stream: &name,
-            subjects,
-            consumer: "sluice-engines",
-            ack_wait: Duration::from_secs(30),
-            duplicate_window: Duration::from_secs(3600),
-        },
-    )
-    .await
-    .map_err(|e| format!("cannot capture the subjects: {e}"))
-}
-
 /// Consume the extra trigger subjects of every registered pipeline: checks the registry every
 /// two seconds and runs one consumer per pipeline that has any.
 pub async fn serve_extra_triggers(service: Arc<Service>, js: async_nats::jetstream::Context) {
@@ -337,7 +214,14 @@ pub async fn serve_extra_triggers(service: Arc<Service>, js: async_nats::jetstre
                 if let Some((_, old)) = running.remove(&key) {
                     old.abort();
                 }
-                match extra_stream(&js, &tenant, &stored.name, subjects.clone()).await {
+                match crate::nats::cluster::extra_stream(
+                    &js,
+                    &tenant,
+                    &stored.name,
+                    subjects.clone(),
+                )
+                .await
+                {
                     Ok(queue) => {
                         let (service, tenant2, name) =
                             (service.clone(), tenant.clone(), stored.name.clone());

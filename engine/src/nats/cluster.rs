@@ -1,0 +1,157 @@
+//! The engines of a service on NATS ([`Cluster`]): dead letters published to
+//! `sluice.<tenant>.deadletter.<pipeline>`, abandoned jobs cancelled on `sluice.<tenant>.cancel`,
+//! extra trigger subjects captured by a stream per pipeline, wake subjects by `SLUICE_WAKES`.
+use crate::service::{Cluster, ClusterError, DeadLetter};
+use futures_util::future::BoxFuture;
+use std::time::Duration;
+
+/// The NATS side of [`Cluster`].
+pub struct NatsCluster {
+    client: async_nats::Client,
+    js: async_nats::jetstream::Context,
+}
+
+impl NatsCluster {
+    /// The cluster reached through `client` (and its JetStream context `js`).
+    pub fn new(client: async_nats::Client, js: async_nats::jetstream::Context) -> Self {
+        NatsCluster { client, js }
+    }
+}
+
+impl Cluster for NatsCluster {
+    fn dead_letter(&self, letter: &DeadLetter) {
+        let (js, subject) = (
+            self.js.clone(),
+            super::dead_letter_subject(&letter.tenant, &letter.pipeline),
+        );
+        let payload = serde_json::to_vec(letter).unwrap_or_default();
+        tokio::spawn(async move {
+            if let Ok(ack) = js.publish(subject, payload.into()).await {
+                let _ = ack.await;
+            }
+        });
+    }
+
+    fn capture_triggers(
+        &self,
+        tenant: &str,
+        pipeline: &str,
+        subjects: Vec<String>,
+    ) -> BoxFuture<'static, Result<(), ClusterError>> {
+        let (js, tenant, pipeline) = (self.js.clone(), tenant.to_string(), pipeline.to_string());
+        Box::pin(async move {
+            extra_stream(&js, &tenant, &pipeline, subjects)
+                .await
+                .map(|_| ())
+                .map_err(ClusterError)
+        })
+    }
+
+    fn cancel_elsewhere(&self, tenant: &str, job_ids: Vec<String>) {
+        let (client, subject) = (self.client.clone(), format!("sluice.{tenant}.cancel"));
+        tokio::spawn(async move {
+            let _ = client
+                .publish(
+                    subject,
+                    serde_json::to_vec(&job_ids).unwrap_or_default().into(),
+                )
+                .await;
+        });
+    }
+
+    fn hears_subjects(&self) -> bool {
+        true
+    }
+
+    fn capture_wake(&self, subject: &str) -> BoxFuture<'static, Result<(), ClusterError>> {
+        let (js, subject) = (self.js.clone(), subject.to_string());
+        Box::pin(async move {
+            capture_wake_subjects(&js, &[subject], false)
+                .await
+                .map_err(ClusterError)
+        })
+    }
+}
+
+/// The stream capturing the subjects actions wait for; it always holds this one, its own.
+pub const WAKES_STREAM: &str = "SLUICE_WAKES";
+/// The subject `SLUICE_WAKES` always captures, so that it never has none.
+pub const WAKES_SENTINEL: &str = "sluice._wakes";
+
+/// Make `SLUICE_WAKES` capture `subjects`: added to what it has, or (`exact`) exactly these.
+pub async fn capture_wake_subjects(
+    js: &async_nats::jetstream::Context,
+    subjects: &[String],
+    exact: bool,
+) -> Result<(), String> {
+    let mut stream = js
+        .get_stream(WAKES_STREAM)
+        .await
+        .map_err(|e| format!("stream {WAKES_STREAM}: {e}"))?;
+    let mut config = stream
+        .info()
+        .await
+        .map_err(|e| format!("stream {WAKES_STREAM}: {e}"))?
+        .config
+        .clone();
+    let mut wanted: Vec<String> = if exact {
+        vec![WAKES_SENTINEL.to_string()]
+    } else {
+        config.subjects.clone()
+    };
+    for s in subjects {
+        if !wanted.contains(s) {
+            wanted.push(s.clone());
+        }
+    }
+    let (mut have, mut want) = (config.subjects.clone(), wanted.clone());
+    have.sort();
+    want.sort();
+    if have == want {
+        return Ok(());
+    }
+    config.subjects = wanted;
+    js.update_stream(&config)
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("cannot capture {subjects:?} (does another stream capture it?): {e}"))
+}
+
+/// The stream (and shared durable consumer) carrying a pipeline's extra `triggers.nats`
+/// subjects, created or updated to exactly `subjects`.
+pub async fn extra_stream(
+    js: &async_nats::jetstream::Context,
+    tenant: &str,
+    pipeline: &str,
+    subjects: Vec<String>,
+) -> Result<crate::queue::NatsQueue, String> {
+    let name = format!(
+        "SLUICE_X_{}",
+        &blake3::hash(format!("{tenant}/{pipeline}").as_bytes()).to_hex()[..20]
+    );
+    let config = async_nats::jetstream::stream::Config {
+        name: name.clone(),
+        subjects: subjects.clone(),
+        retention: async_nats::jetstream::stream::RetentionPolicy::WorkQueue,
+        duplicate_window: Duration::from_secs(3600),
+        ..Default::default()
+    };
+    // Subjects may have changed since the last registration: update, or create.
+    if js.get_stream(&name).await.is_ok() {
+        js.update_stream(&config)
+            .await
+            .map_err(|e| format!("cannot capture {subjects:?}: {e}"))?;
+    }
+    crate::queue::NatsQueue::open(
+        js,
+        crate::queue::nats_queue::QueueConfig {
+            stream: &name,
+            subjects,
+            consumer: "sluice-engines",
+            ack_wait: Duration::from_secs(30),
+            duplicate_window: Duration::from_secs(3600),
+        },
+    )
+    .await
+    .map_err(|e| format!("cannot capture the subjects: {e}"))
+}
