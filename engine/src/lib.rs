@@ -5,7 +5,8 @@
 //!   pipeline file parsed and validated, and CodePipeline's execution rules as a pure state
 //!   machine;
 //! - [`executor`]: the shell that persists state, publishes events and runs jobs;
-//! - [`runtime`]: wasmtime, the sandbox and the host capabilities;
+//! - [`runtime`]: wasmtime, the sandbox and the host capabilities (the `sluice-runtime`
+//!   crate, re-exported);
 //! - [`plugins`]: `uses:` resolution and the built-in first-party components;
 //! - [`service`]: `sluice serve` — engines that start pipelines from trigger events and share
 //!   the work through a queue, on the embedded edges or on NATS;
@@ -24,8 +25,8 @@ pub mod metrics;
 pub mod nats;
 pub mod plugins;
 pub mod queue;
-pub mod runtime;
 pub mod service;
 pub mod state;
 
 pub use sluice_core::{model, scheduler};
+pub use sluice_runtime as runtime;

@@ -395,6 +395,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
                 logs
             };
             let engine = Engine::embedded(&data, bus.clone(), logs)?;
+            publish_to_nats(&engine);
             let plugins = match engine.check(&pipeline, problems, &overrides).await {
                 Ok(p) => p,
                 Err(d) => return Ok(validation_failed(&d)),
@@ -596,4 +597,12 @@ fn existing_data(data: &Path) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Let the engine's guests publish to NATS (`capabilities.nats`): the runtime checks the grants,
+/// the NATS edges carry the message.
+pub(crate) fn publish_to_nats(engine: &Engine) {
+    engine.registry.runtime().nats.set_publisher(Arc::new(
+        sluice_engine::nats::publisher::NatsPublisher::default(),
+    ));
 }

@@ -48,6 +48,7 @@ pub async fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
         Arc::new(MemoryBus::default()),
         LogStore::new(scratch.path().join("logs")),
     )?;
+    crate::publish_to_nats(&engine);
     let plugin = engine
         .registry
         .resolve(&args.plugin, &cwd)

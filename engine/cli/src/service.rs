@@ -280,6 +280,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     match args.nats {
         None => {
             let (service, bus) = sluice_engine::service::wiring::embedded(&data).await?;
+            super::publish_to_nats(service.engine());
             if let Some(url) = &args.public_url {
                 service.set_public_url(url);
             }

@@ -75,3 +75,8 @@ pub struct Plugin {
     /// What it says about itself.
     pub description: Description,
 }
+
+/// Whether `bytes` start with the binary WebAssembly magic.
+pub fn is_binary_wasm(bytes: &[u8]) -> bool {
+    bytes.starts_with(b"\0asm")
+}

@@ -3,7 +3,7 @@
 use super::{BlobStore, Digest, StoreError, io};
 use serde::{Deserialize, Serialize};
 use std::fs;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 /// One directory level of an artifact.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,30 +65,7 @@ fn check_name(name: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Whether a symlink at `link_dir` (relative to the artifact root) pointing to `target`
-/// stays inside the artifact.
-///
-/// The target must be relative, with any `..` only at its start (at most as many as the
-/// link's depth). A `..` after a name is refused: the name could itself be a link (`a -> .`),
-/// and the kernel resolves `..` after following it, which a lexical check cannot see. With
-/// this rule every link stays inside on its own, so chains of links do too.
-pub fn link_stays_inside(link_dir: &Path, target: &Path) -> bool {
-    if target.is_absolute() {
-        return false;
-    }
-    let mut ups = 0;
-    let mut seen_name = false;
-    for c in target.components() {
-        match c {
-            Component::ParentDir if seen_name => return false,
-            Component::ParentDir => ups += 1,
-            Component::Normal(_) => seen_name = true,
-            Component::CurDir => {}
-            _ => return false,
-        }
-    }
-    ups <= link_dir.components().count()
-}
+pub use sluice_core::model::link_stays_inside;
 
 /// Summary of a stored artifact.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

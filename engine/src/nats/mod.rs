@@ -17,6 +17,7 @@
 pub mod bus;
 pub mod cluster;
 pub mod logs;
+pub mod publisher;
 pub mod transport;
 
 use crate::kv::NatsKv;

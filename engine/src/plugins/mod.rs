@@ -80,8 +80,3 @@ pub fn read_component(path: &std::path::Path) -> Result<Vec<u8>, ComponentFileEr
     }
     Ok(bytes)
 }
-
-/// Whether `bytes` start with the binary WebAssembly magic.
-pub fn is_binary_wasm(bytes: &[u8]) -> bool {
-    bytes.starts_with(b"\0asm")
-}

@@ -51,6 +51,9 @@ pub async fn nats(
     let engine = Engine::for_service(data, bus.clone(), Some(std::sync::Arc::new(blobs)))?;
     // `notify-nats@1` and other publishers without a `server` use the service's NATS.
     engine.registry.runtime().nats.set_default(url);
+    engine.registry.runtime().nats.set_publisher(Arc::new(
+        crate::nats::publisher::NatsPublisher::with_own(url, client.clone()),
+    ));
     let logs = crate::nats::logs::open(&layout.js).await?;
     let cluster = crate::nats::cluster::NatsCluster::new(client.clone(), layout.js.clone());
     let edges = Edges {

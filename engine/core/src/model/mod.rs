@@ -251,6 +251,31 @@ impl Pipeline {
     }
 }
 
+/// Whether a symlink at `link_dir` (relative to the artifact root) pointing to `target`
+/// stays inside the artifact.
+///
+/// The target must be relative, with any `..` only at its start (at most as many as the
+/// link's depth). A `..` after a name is refused: the name could itself be a link (`a -> .`),
+/// and the kernel resolves `..` after following it, which a lexical check cannot see. With
+/// this rule every link stays inside on its own, so chains of links do too.
+pub fn link_stays_inside(link_dir: &Path, target: &Path) -> bool {
+    if target.is_absolute() {
+        return false;
+    }
+    let mut ups = 0;
+    let mut seen_name = false;
+    for c in target.components() {
+        match c {
+            Component::ParentDir if seen_name => return false,
+            Component::ParentDir => ups += 1,
+            Component::Normal(_) => seen_name = true,
+            Component::CurDir => {}
+            _ => return false,
+        }
+    }
+    ups <= link_dir.components().count()
+}
+
 /// Lexically normalise an absolute path: drop `.`, apply `..`, never follow links.
 pub fn normalize(path: &Path) -> PathBuf {
     let mut out = PathBuf::from("/");

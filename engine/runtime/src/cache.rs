@@ -6,12 +6,32 @@
 //! recorded beside it (`.blake3`), and a file is loaded only from memory, after its bytes
 //! matched that record: code put in its place (a guest once wrote its own over another
 //! plugin's) is discarded and recompiled.
-use crate::artifacts::Digest;
 use anyhow::Context as _;
+use prometheus_client::metrics::counter::Counter;
+use sluice_core::Digest;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use wasmtime::Engine;
 use wasmtime::component::Component;
+
+/// How often the cache was used and missed, counted for the whole process (the engine's
+/// metrics register these counters).
+pub struct CompileCounters {
+    /// Components loaded from the cache.
+    pub hits: Counter,
+    /// Components compiled.
+    pub misses: Counter,
+}
+
+/// The process's [`CompileCounters`].
+pub fn counters() -> &'static CompileCounters {
+    static COUNTERS: std::sync::LazyLock<CompileCounters> =
+        std::sync::LazyLock::new(|| CompileCounters {
+            hits: Counter::default(),
+            misses: Counter::default(),
+        });
+    &COUNTERS
+}
 
 pub(super) struct CompileCache {
     dir: Option<PathBuf>,
@@ -42,7 +62,7 @@ impl CompileCache {
     ) -> anyhow::Result<Component> {
         // Text would go to the WAT parser, whose errors quote the text.
         anyhow::ensure!(
-            crate::plugins::is_binary_wasm(bytes),
+            sluice_core::plugin::is_binary_wasm(bytes),
             "not a binary WebAssembly component (it does not start with \\0asm)"
         );
         let Some(dir) = &self.dir else {
@@ -55,7 +75,7 @@ impl CompileCache {
         if path.exists() {
             match verified(&path, &record).and_then(|code| deserialize(engine, &code)) {
                 Ok(c) => {
-                    crate::metrics::get().compile_hits.inc();
+                    counters().hits.inc();
                     return Ok(c);
                 }
                 Err(e) => tracing::warn!(
@@ -64,7 +84,7 @@ impl CompileCache {
                 ),
             }
         }
-        crate::metrics::get().compile_misses.inc();
+        counters().misses.inc();
         let compiled = engine
             .precompile_component(bytes)
             .map_err(|e| anyhow::anyhow!("{e:#}"))
@@ -118,8 +138,8 @@ mod tests {
         let engine = Engine::default();
         let dir = tempfile::tempdir().unwrap();
         let cache = CompileCache::new(&engine, Some(dir.path().to_path_buf())).unwrap();
-        let noop = crate::plugins::builtin::find("noop", 1).unwrap();
-        let other = crate::plugins::builtin::find("command", 1).unwrap();
+        let noop = &wat::parse_str("(component)").unwrap();
+        let other = &wat::parse_str("(component (core module))").unwrap();
         let (noop_digest, other_digest) = (Digest::of(noop), Digest::of(other));
         cache.load(&engine, &noop_digest, noop).unwrap();
         cache.load(&engine, &other_digest, other).unwrap();

@@ -2,20 +2,28 @@
 //! the action was granted (`capabilities.nats`, NATS wildcards allowed) may be used, and only
 //! on the engine's own NATS or a server the pipeline granted (`capabilities.nats.server`): a
 //! plugin must not carry messages to any server it names.
-//! Connections are opened on first use and shared by every call of the engine.
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::Duration;
+//! The grants are checked here; a [`Publisher`] (the NATS edges) carries what they allow.
+use futures_util::future::BoxFuture;
+use std::sync::{Arc, Mutex, OnceLock};
 
-/// How long connecting and publishing may take.
-const NATS_TIMEOUT: Duration = Duration::from_secs(10);
+/// What carries a granted publish to a NATS server (the NATS edges implement it; the runtime
+/// itself links no NATS client). It waits until the server has the message.
+pub trait Publisher: Send + Sync {
+    /// Publish `payload` on `subject` at the server `url`.
+    fn publish(
+        &self,
+        url: &str,
+        subject: &str,
+        payload: Vec<u8>,
+    ) -> BoxFuture<'static, Result<(), String>>;
+}
 
-/// The engine's NATS connections, by server URL.
+/// Which servers a guest may reach, and what reaches them.
 #[derive(Default)]
 pub struct NatsAccess {
     /// Where `server: none` goes: the service's NATS, else `SLUICE_NATS_URL`.
     default_url: Mutex<Option<String>>,
-    clients: tokio::sync::Mutex<HashMap<String, async_nats::Client>>,
+    publisher: OnceLock<Arc<dyn Publisher>>,
 }
 
 impl NatsAccess {
@@ -34,6 +42,11 @@ impl NatsAccess {
     /// Make `url` the default server (the service on NATS uses its own).
     pub fn set_default(&self, url: &str) {
         *self.default_url.lock().unwrap() = Some(url.to_string());
+    }
+
+    /// What publishes (set once; without one, every publish fails and says so).
+    pub fn set_publisher(&self, publisher: Arc<dyn Publisher>) {
+        let _ = self.publisher.set(publisher);
     }
 
     /// Publish and wait for the server to have it: on `server` if it is the engine's own or
@@ -58,31 +71,11 @@ impl NatsAccess {
             }
             None => own.ok_or("no NATS server: set `server`, or SLUICE_NATS_URL for the engine")?,
         };
-        let client = {
-            let mut clients = self.clients.lock().await;
-            match clients.get(&url) {
-                Some(c) => c.clone(),
-                None => {
-                    let c = tokio::time::timeout(NATS_TIMEOUT, async_nats::connect(url.as_str()))
-                        .await
-                        .map_err(|_| format!("connecting to {url} timed out"))?
-                        .map_err(|e| format!("cannot connect to {url}: {e}"))?;
-                    clients.insert(url.clone(), c.clone());
-                    c
-                }
-            }
-        };
-        let sent = async {
-            client
-                .publish(subject.to_string(), payload.into())
-                .await
-                .map_err(|e| e.to_string())?;
-            client.flush().await.map_err(|e| e.to_string())
-        };
-        tokio::time::timeout(NATS_TIMEOUT, sent)
-            .await
-            .map_err(|_| format!("publishing to {url} timed out"))?
-            .map_err(|e| format!("publishing to {url}: {e}"))
+        let publisher = self
+            .publisher
+            .get()
+            .ok_or("this engine was built without NATS publishing")?;
+        publisher.publish(&url, subject, payload).await
     }
 }
 

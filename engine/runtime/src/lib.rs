@@ -7,6 +7,7 @@
 //! Compiled code is cached on disk by digest and the engine's compatibility hash.
 
 mod cache;
+pub use cache::{CompileCounters, counters as compile_counters};
 mod capture;
 mod host;
 pub mod http;
@@ -15,9 +16,9 @@ mod spawner;
 
 pub use host::{Level, LogSink, Mount, Preopened};
 
-use crate::artifacts::Digest;
-use crate::plugins::{Capability, ConfigKey, Description};
 use anyhow::Context as _;
+use sluice_core::Digest;
+use sluice_core::plugin::{Capability, ConfigKey, Description};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -29,7 +30,7 @@ use wasmtime_wasi::WasiCtx;
 #[allow(missing_docs)]
 mod bindings {
     wasmtime::component::bindgen!({
-        path: "../wit",
+        path: "../../wit",
         world: "sluice:action/action",
         imports: { "sluice:action/process.run": async, "sluice:action/messaging.publish": async },
         exports: { default: async },
@@ -39,7 +40,7 @@ mod bindings {
 #[allow(missing_docs)]
 mod function_bindings {
     wasmtime::component::bindgen!({
-        path: "../wit",
+        path: "../../wit",
         world: "sluice:action/function",
         with: { "sluice:action/log": super::bindings::sluice::action::log },
         exports: { default: async },
@@ -49,7 +50,7 @@ mod function_bindings {
 #[allow(missing_docs)]
 mod rule_bindings {
     wasmtime::component::bindgen!({
-        path: "../wit",
+        path: "../../wit",
         world: "sluice:action/rule",
         with: { "sluice:action/log": super::bindings::sluice::action::log },
         exports: { default: async },

@@ -1,7 +1,7 @@
 //! What the host gives a guest: logging, granted host programs, file metadata, and the
 //! store's resource limits.
 use super::bindings::sluice::action::{files, log, messaging, process, types};
-use crate::model::{Access, normalize};
+use sluice_core::model::{Access, normalize};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -351,7 +351,7 @@ impl files::Host for HostState {
         if Path::new(&target).is_absolute() {
             return Err(format!("symlink target {target:?} must be a relative path"));
         }
-        if !crate::artifacts::tree::link_stays_inside(
+        if !sluice_core::model::link_stays_inside(
             rel.parent().unwrap_or(Path::new("")),
             Path::new(&target),
         ) {
