@@ -11,7 +11,8 @@
 //! - [`service`]: `sluice serve` — engines that start pipelines from trigger events and share
 //!   the work through a queue, on the embedded edges or on NATS;
 //! - [`artifacts`], [`state`], [`bus`], [`kv`], [`queue`]: the edges, each a trait with an
-//!   embedded implementation (and a NATS one where the service needs it: [`nats`]).
+//!   embedded implementation; the NATS ones are the `sluice-nats` crate, which depends on
+//!   this one (the engine links no NATS client).
 #![deny(missing_docs)]
 
 pub mod alloc;
@@ -22,11 +23,11 @@ pub mod executor;
 pub mod identity;
 pub mod kv;
 pub mod metrics;
-pub mod nats;
 pub mod plugins;
 pub mod queue;
 pub mod service;
 pub mod state;
+pub mod subjects;
 
 pub use sluice_core::{model, scheduler};
 pub use sluice_runtime as runtime;

@@ -2,10 +2,12 @@
 //! (redb, in-process queue) and the NATS ones (JetStream KV, work-queue stream), the latter
 //! against a real nats-server.
 use crate::harness::nats::NatsServer;
-use sluice_engine::artifacts::{BlobStore, Digest, LocalStore, StoreError, nats_store::NatsStore};
-use sluice_engine::kv::{Kv, KvError, NatsKv, RedbKv};
-use sluice_engine::queue::nats_queue::QueueConfig;
-use sluice_engine::queue::{MemoryQueue, NatsQueue, WorkQueue};
+use sluice_engine::artifacts::{BlobStore, Digest, LocalStore, StoreError};
+use sluice_engine::kv::{Kv, KvError, RedbKv};
+use sluice_engine::queue::{MemoryQueue, WorkQueue};
+use sluice_nats::kv::NatsKv;
+use sluice_nats::queue::{NatsQueue, QueueConfig};
+use sluice_nats::store::NatsStore;
 use std::time::Duration;
 
 fn rt() -> tokio::runtime::Runtime {

@@ -227,6 +227,18 @@ pub fn logs(data: &Path, id: &str, only: Option<&str>) -> anyhow::Result<ExitCod
 }
 
 /// One log line as `sluice logs` prints it.
+/// A line the `logs` verb returned, printed as [`print_log_line`] prints a local one.
+pub fn print_log_entry(stage: &str, action: &str, l: &sluice_api::verbs::LogEntry) {
+    let fields: String = l.fields.iter().map(|(k, v)| format!(" {k}={v}")).collect();
+    println!(
+        "{stage}/{action} #{} {} {:>5} {}{fields}",
+        l.attempt,
+        l.at,
+        l.level.to_uppercase(),
+        l.message
+    );
+}
+
 pub fn print_log_line(stage: &str, action: &str, l: &sluice_engine::executor::LogLine) {
     let fields: String = l.fields.iter().map(|(k, v)| format!(" {k}={v}")).collect();
     println!(

@@ -602,7 +602,9 @@ fn existing_data(data: &Path) -> anyhow::Result<()> {
 /// Let the engine's guests publish to NATS (`capabilities.nats`): the runtime checks the grants,
 /// the NATS edges carry the message.
 pub(crate) fn publish_to_nats(engine: &Engine) {
-    engine.registry.runtime().nats.set_publisher(Arc::new(
-        sluice_engine::nats::publisher::NatsPublisher::default(),
-    ));
+    engine
+        .registry
+        .runtime()
+        .nats
+        .set_publisher(Arc::new(sluice_nats::publisher::NatsPublisher::default()));
 }

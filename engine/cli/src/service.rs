@@ -3,11 +3,11 @@
 use super::progress::{Style, format_event};
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
+use sluice_api::Client;
 use sluice_api::verbs::{self, DeadLetterSummary, ExecutionSummary};
 use sluice_api::{ApiError, Code, Request};
 use sluice_engine::model::units::short_duration;
 use sluice_engine::scheduler::{Execution, Status};
-use sluice_engine::service::client::Connection;
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -29,14 +29,29 @@ pub struct Target {
 }
 
 impl Target {
-    async fn client(&self) -> anyhow::Result<Connection> {
-        sluice_engine::service::client::connect(
+    async fn client(&self) -> anyhow::Result<Client> {
+        connect(
             self.nats.as_deref(),
             &super::default_data(self.data.clone()),
             &self.tenant,
         )
         .await
     }
+}
+
+/// A client of the service on NATS at `nats`, or else of the embedded one in `data` (through
+/// its socket).
+pub async fn connect(
+    nats: Option<&str>,
+    data: &std::path::Path,
+    tenant: &str,
+) -> anyhow::Result<Client> {
+    Ok(match nats {
+        Some(url) => {
+            Client::new(sluice_nats::transport::NatsTransport::connect(url, tenant).await?)
+        }
+        None => Client::new(sluice_api::socket::SocketTransport::connect(data, tenant)?),
+    })
 }
 
 /// `sluice serve`.
@@ -301,10 +316,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             let _ = std::fs::remove_file(sluice_engine::service::socket::socket_path(&data));
         }
         Some(url) => {
-            let (service, client) = sluice_engine::service::wiring::nats(
+            let (service, client) = sluice_nats::service::serve(
                 &url,
                 &data,
-                sluice_engine::nats::Timing {
+                sluice_nats::Timing {
                     ack_wait: args.ack_wait,
                 },
             )
@@ -316,9 +331,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 "sluice serve: engine on NATS {url}, local cache in {}",
                 data.display()
             );
-            let api =
-                sluice_engine::service::wiring::serve_nats_api(service.clone(), client.clone());
-            let events = sluice_engine::service::http::feed::EventSource::Nats(client.clone());
+            let api = sluice_nats::service::serve_nats_api(service.clone(), client.clone());
+            let events = sluice_engine::service::http::feed::EventSource::Stream(
+                sluice_nats::bus::all_events(&client).await?,
+            );
             let hooks = http(service.clone(), events, args.http, args.http_allow_remote).await?;
             tokio::select! {
                 r = hooks => r?,
@@ -326,7 +342,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 _ = service.run(args.workers) => {},
                 _ = tokio::signal::ctrl_c() => {},
             }
-            let _ = client.flush().await;
+            sluice_nats::flush(&client).await;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -465,7 +481,7 @@ pub async fn pipeline(cmd: PipelineCmd, target: Target) -> anyhow::Result<ExitCo
 /// each path as written → its digest. (A file that does not parse uploads nothing: the
 /// engine reports its problems.)
 async fn upload_plugins(
-    client: &Connection,
+    client: &Client,
     file: &str,
     dir: PathBuf,
     yaml: &str,
@@ -632,7 +648,7 @@ pub async fn watch(execution_id: String, target: Target) -> anyhow::Result<ExitC
     follow(&client, &execution_id).await
 }
 
-async fn follow(client: &Connection, id: &str) -> anyhow::Result<ExitCode> {
+async fn follow(client: &Client, id: &str) -> anyhow::Result<ExitCode> {
     let style = Style {
         color: std::io::stderr().is_terminal(),
         to_stderr: true,
@@ -782,15 +798,8 @@ pub async fn logs(
         Ok(v) => serde_json::from_value(v)?,
         Err(e) => return refused(e),
     };
-    let Some(nats) = &client.nats else {
-        unreachable!("a --nats target connects over NATS")
-    };
-    let Ok(store) = async_nats::jetstream::new(nats.clone())
-        .get_object_store(sluice_engine::nats::logs::BUCKET)
-        .await
-    else {
-        anyhow::bail!("no logs on {url} yet (no engine has stored any)");
-    };
+    // Each attempt through the `logs` verb: the engine that answers reads its own copy, or
+    // the shared archive for an attempt another engine ran.
     let mut any = false;
     for stage in &exec.stages {
         for action in stage
@@ -799,18 +808,16 @@ pub async fn logs(
             .filter(|a| only.is_none_or(|(s, n)| s == stage.name && n == a.name))
         {
             for attempt in 1..=action.attempt {
-                let name = sluice_engine::nats::logs::object_name(
-                    &target.tenant,
-                    &execution_id,
-                    &stage.name,
-                    &action.name,
-                    attempt,
-                );
-                for line in sluice_engine::nats::logs::get(&store, &name)
-                    .await?
-                    .unwrap_or_default()
-                {
-                    super::inspect::print_log_line(&stage.name, &action.name, &line);
+                let page = client
+                    .send(verbs::Logs {
+                        execution_id: execution_id.clone(),
+                        stage: stage.name.clone(),
+                        action: action.name.clone(),
+                        attempt: Some(attempt),
+                    })
+                    .await?;
+                for line in &page.lines {
+                    super::inspect::print_log_entry(&stage.name, &action.name, line);
                     any = true;
                 }
             }

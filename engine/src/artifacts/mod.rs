@@ -6,7 +6,6 @@
 //! a NATS Object Store backend implements the same trait. Trees are built on top in [`tree`].
 
 pub mod local;
-pub mod nats_store;
 pub mod tree;
 
 pub use local::LocalStore;
@@ -45,7 +44,7 @@ pub enum StoreError {
 }
 
 /// Attach context to an I/O error.
-pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {
+pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {
     let context = context.into();
     move |source| StoreError::Io { context, source }
 }

@@ -25,17 +25,32 @@ pub struct LogLine {
 /// Where engines share action logs (on NATS: the `sluice-logs` Object Store bucket), so any
 /// engine can show an attempt another one ran.
 pub trait LogArchive: Send + Sync {
-    /// Keep one attempt's lines under `name` (a failure is logged; the log stays local).
+    /// Keep one attempt's lines (a failure is logged; the log stays local).
     fn put(
         &self,
-        name: String,
+        attempt: AttemptRef,
         lines: Vec<LogLine>,
     ) -> futures_util::future::BoxFuture<'static, ()>;
     /// One attempt's lines, if kept.
     fn get(
         &self,
-        name: String,
+        attempt: AttemptRef,
     ) -> futures_util::future::BoxFuture<'static, Result<Option<Vec<LogLine>>, String>>;
+}
+
+/// One attempt of one action, as the log archive files it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttemptRef {
+    /// Tenant.
+    pub tenant: String,
+    /// Execution id.
+    pub execution: String,
+    /// Stage name.
+    pub stage: String,
+    /// Action name.
+    pub action: String,
+    /// Attempt, from 1.
+    pub attempt: u32,
 }
 
 /// A live copy of log lines for whoever watches a run (the CLI's `--verbose`).

@@ -1,14 +1,12 @@
 //! Key-value buckets with compare-and-swap: where the service keeps pipelines, executions
 //! and trigger claims. Embedded: a redb file ([`RedbKv`]). NATS: a JetStream KV bucket
-//! ([`NatsKv`]). Both pass the same conformance suite (`tests/all/conformance.rs`).
+//! (`sluice_nats::kv::NatsKv`). Both pass the same conformance suite (`tests/all/conformance.rs`).
 //!
 //! Keys are `/`-separated paths that start with the tenant, e.g. `default/quickstart`;
 //! they use only `[A-Za-z0-9._/-]`, which every backend accepts.
 
-mod nats_kv;
 mod redb_kv;
 
-pub use nats_kv::NatsKv;
 pub use redb_kv::RedbKv;
 
 use futures_util::future::BoxFuture;

@@ -1,14 +1,12 @@
 //! Work queues: trigger events and jobs wait here for an engine. Delivery is at least once:
 //! a message stays until a consumer acknowledges it, and comes back if its consumer goes
 //! away. Pushes carry an id, and a second push with an id seen recently is dropped.
-//! Embedded: [`MemoryQueue`] (one process). NATS: [`NatsQueue`], a JetStream stream and a
+//! Embedded: [`MemoryQueue`] (one process). NATS: `sluice_nats::queue::NatsQueue`, a JetStream stream and a
 //! durable pull consumer shared by every engine.
 
 mod memory;
-pub mod nats_queue;
 
 pub use memory::MemoryQueue;
-pub use nats_queue::NatsQueue;
 
 use futures_util::future::BoxFuture;
 use std::time::Duration;

@@ -531,15 +531,14 @@ impl Service {
             && attempt > 0
             && let Some(archive) = &self.edges.archive_log
         {
-            let name = crate::nats::logs::object_name(
-                &p.tenant,
-                &r.execution_id,
-                &r.stage,
-                &r.action,
-                attempt,
-            );
             lines = archive
-                .get(name)
+                .get(crate::executor::logs::AttemptRef {
+                    tenant: p.tenant.clone(),
+                    execution: r.execution_id.clone(),
+                    stage: r.stage.clone(),
+                    action: r.action.clone(),
+                    attempt,
+                })
                 .await
                 .map_err(ApiError::unavailable)?
                 .unwrap_or_default();
@@ -596,7 +595,7 @@ impl Service {
         event: &TriggerEvent,
         msg_id: &str,
     ) -> Result<String, ApiError> {
-        let subject = crate::nats::trigger_subject(tenant, pipeline);
+        let subject = crate::subjects::trigger_subject(tenant, pipeline);
         self.edges
             .triggers
             .push(

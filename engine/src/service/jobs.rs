@@ -128,7 +128,7 @@ impl Service {
 
     async fn push_job(&self, job: &JobMessage) {
         let id = message_id(job);
-        let subject = crate::nats::jobs_subject(&job.tenant);
+        let subject = crate::subjects::jobs_subject(&job.tenant);
         let payload = serde_json::to_vec(job).unwrap_or_default();
         let mut delay = Duration::from_millis(50);
         // A job that cannot be queued would stall its execution: keep trying.
@@ -622,8 +622,13 @@ impl Service {
             job.execution_id.clone(),
             job.attempt,
         );
-        let name =
-            crate::nats::logs::object_name(&job.tenant, &execution, &stage, &action, attempt);
+        let key = crate::executor::logs::AttemptRef {
+            tenant: job.tenant.clone(),
+            execution: execution.clone(),
+            stage: stage.clone(),
+            action: action.clone(),
+            attempt,
+        };
         // A build's log may be large: read it off the async workers.
         let read = tokio::task::spawn_blocking(move || {
             logs.read(&execution, &stage, &action).map(|lines| {
@@ -636,7 +641,7 @@ impl Service {
         if let Ok(Ok(lines)) = read.await
             && !lines.is_empty()
         {
-            archive.put(name, lines).await;
+            archive.put(key, lines).await;
         }
     }
 

@@ -10,7 +10,6 @@
 //! stale completions and pushes are deduplicated.
 
 pub mod api;
-pub mod client;
 pub mod cluster;
 mod early;
 pub mod functions;
@@ -413,7 +412,7 @@ fn follow_up(
 }
 
 /// Handle every delivery of `queue`, for ever; a failing queue (NATS reconnecting) is retried.
-pub(crate) async fn consume<F: std::future::Future<Output = ()>>(
+pub async fn consume<F: std::future::Future<Output = ()>>(
     queue: &dyn WorkQueue,
     what: &str,
     handle: impl Fn(Delivery) -> F,

@@ -62,7 +62,7 @@ impl Service {
                         }),
                         variables: Default::default(),
                     };
-                    let subject = crate::nats::trigger_subject(&tenant, &stored.name);
+                    let subject = crate::subjects::trigger_subject(&tenant, &stored.name);
                     match self
                         .edges
                         .triggers

@@ -209,7 +209,7 @@ impl Service {
                 json!({ "started": false, "reason": reason, "event_id": event.id }),
             );
         }
-        let subject = crate::nats::trigger_subject(&tenant, &pipeline);
+        let subject = crate::subjects::trigger_subject(&tenant, &pipeline);
         match self.edges.triggers.push(&subject, &event.id, payload).await {
             Ok(()) => reply(
                 StatusCode::ACCEPTED,

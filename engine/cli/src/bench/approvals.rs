@@ -2,9 +2,10 @@
 //! `sluice serve` process. Measures the engine process's resident memory before and after
 //! (the baseline is the same engine idle, measured in the same run), restarts it, checks that
 //! every execution still waits, and approves one to see it complete.
+use crate::service::connect;
+use sluice_api::Client;
 use sluice_api::{Request, verbs};
 use sluice_engine::scheduler::{Execution, Status};
-use sluice_engine::service::client::{Connection, connect};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -41,7 +42,7 @@ fn spawn(dir: &Path) -> anyhow::Result<Child> {
         .spawn()?)
 }
 
-async fn answering(dir: &Path) -> anyhow::Result<Connection> {
+async fn answering(dir: &Path) -> anyhow::Result<Client> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Ok(c) = connect(None, &dir.join("data"), "default").await
@@ -57,7 +58,7 @@ async fn answering(dir: &Path) -> anyhow::Result<Connection> {
     }
 }
 
-async fn waiting(client: &Connection, limit: usize) -> anyhow::Result<usize> {
+async fn waiting(client: &Client, limit: usize) -> anyhow::Result<usize> {
     let v = client
         .call(&Request::from(verbs::Executions {
             pipeline: Some("gated".into()),

@@ -6,8 +6,6 @@
 //! (c) fork/exec of `/bin/true`;
 //! (d) artifact put and verified get of a large file, against `b3sum` hashing the same file.
 mod approvals;
-mod http;
-mod service;
 
 use sluice_engine::bus::MemoryBus;
 use sluice_engine::executor::{Engine, LogStore, load_pipeline};
@@ -72,7 +70,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if let Some(url) = &args.nats {
-        service::run(url, args.samples, args.burst).await?;
+        sluice_nats::bench::run(url, args.samples, args.burst).await?;
         return Ok(ExitCode::SUCCESS);
     }
     let tmp = match &args.dir {

@@ -17,8 +17,8 @@ pub fn assert_tree_excludes(package: &str, expected: &[&str], forbidden: &[&str]
             "-p",
         ])
         .arg(package)
-        .arg("--manifest-path")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../../Cargo.toml"))
+        // From the package's folder, cargo finds the workspace.
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("run cargo tree");
     assert!(

@@ -26,8 +26,9 @@ pub struct EventFeed {
 pub enum EventSource {
     /// The embedded service's bus.
     Memory(Arc<crate::bus::MemoryBus>),
-    /// The state-change subjects on NATS (every engine's events).
-    Nats(async_nats::Client),
+    /// Events from elsewhere: on NATS, the state-change subjects (every engine's events,
+    /// `sluice_nats::bus::all_events`).
+    Stream(futures_util::stream::BoxStream<'static, Event>),
 }
 
 impl EventFeed {
@@ -52,19 +53,10 @@ impl EventFeed {
                         }
                     }
                 }
-                EventSource::Nats(client) => {
+                EventSource::Stream(mut events) => {
                     use futures_util::StreamExt as _;
-                    let mut sub = match client.subscribe("sluice.*.events.>").await {
-                        Ok(s) => s,
-                        Err(e) => {
-                            tracing::error!("http event feed: cannot subscribe: {e}");
-                            return;
-                        }
-                    };
-                    while let Some(m) = sub.next().await {
-                        if let Ok(e) = serde_json::from_slice::<Event>(&m.payload) {
-                            forward.push(e);
-                        }
+                    while let Some(e) = events.next().await {
+                        forward.push(e);
                     }
                 }
             }

@@ -1,9 +1,9 @@
 //! The NATS bucket: a JetStream KV bucket. Revisions are the stream sequence numbers, and
 //! `update` sends the expected last sequence, so compare-and-swap holds across engines.
-use super::{Kv, KvError, KvResult};
 use async_nats::jetstream::kv::{CreateErrorKind, Operation, Store, UpdateErrorKind};
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt, TryStreamExt};
+use sluice_engine::kv::{Kv, KvChanges, KvError, KvResult};
 
 /// A JetStream KV bucket.
 #[derive(Clone)]
@@ -109,7 +109,7 @@ impl Kv for NatsKv {
         .boxed()
     }
 
-    fn watch<'a>(&'a self, key: &'a str) -> BoxFuture<'a, KvResult<Option<super::KvChanges>>> {
+    fn watch<'a>(&'a self, key: &'a str) -> BoxFuture<'a, KvResult<Option<KvChanges>>> {
         async move {
             // An ordered consumer delivering only what is written from now on. It would quietly
             // recreate itself after a reconnect, but changes made meanwhile reach it late: the

@@ -1,5 +1,10 @@
-//! Sluice's layout on NATS: subjects, streams and buckets, and the connection that sets
-//! them up. Every subject and key starts with the tenant.
+//! sluice-nats: Sluice on NATS. Every use of the NATS client is here: the edges (KV buckets,
+//! work-queue streams, the Object Store, the event bus), the control API's transport on both
+//! sides, the cluster hooks between engines, and the runtime's `messaging` capability.
+//! [`service::serve`] puts a service engine together on them.
+//!
+//! Sluice's layout on NATS: subjects, streams and buckets. Every subject and key starts with
+//! the tenant.
 //!
 //! | what                | where                                            |
 //! |---------------------|--------------------------------------------------|
@@ -14,43 +19,25 @@
 //! | artifacts           | Object Store `sluice-artifacts`, objects named by blake3 hex |
 //! | action logs         | Object Store `sluice-logs`, `<tenant>/<execution>/<stage>/<action>/<attempt>` (30 days) |
 
+#[cfg(feature = "bench")]
+pub mod bench;
 pub mod bus;
 pub mod cluster;
+pub mod kv;
 pub mod logs;
 pub mod publisher;
+pub mod queue;
+pub mod service;
+pub mod store;
 pub mod transport;
 
 use crate::kv::NatsKv;
-use crate::queue::NatsQueue;
-use crate::queue::nats_queue::QueueConfig;
+use crate::queue::{NatsQueue, QueueConfig};
 use anyhow::Context as _;
 use async_nats::jetstream::{self, stream};
 use std::time::Duration;
 
-/// Subject a trigger event for `pipeline` is published to.
-pub fn trigger_subject(tenant: &str, pipeline: &str) -> String {
-    format!("sluice.{tenant}.trigger.{pipeline}")
-}
-
-/// Subject of the job queue.
-pub fn jobs_subject(tenant: &str) -> String {
-    format!("sluice.{tenant}.jobs")
-}
-
-/// Subject of a control verb.
-pub fn api_subject(tenant: &str, verb: &str) -> String {
-    format!("sluice.{tenant}.api.{verb}")
-}
-
-/// Subject of rejected trigger events.
-pub fn dead_letter_subject(tenant: &str, pipeline: &str) -> String {
-    format!("sluice.{tenant}.deadletter.{pipeline}")
-}
-
-/// Subject of state-change events.
-pub fn event_subject(tenant: &str, kind: &str, pipeline: &str) -> String {
-    format!("sluice.{tenant}.events.{kind}.{pipeline}")
-}
+pub use sluice_engine::subjects::*;
 
 /// Queue group of the engines' control subscriptions: one engine answers each request.
 pub const API_GROUP: &str = "sluice-engines";
@@ -65,7 +52,7 @@ pub async fn connect(url: &str) -> anyhow::Result<async_nats::Client> {
                 if let async_nats::Event::Connected = event
                     && !first.swap(false, std::sync::atomic::Ordering::Relaxed)
                 {
-                    crate::metrics::get().nats_reconnects.inc();
+                    sluice_engine::metrics::get().nats_reconnects.inc();
                 }
             }
         })
@@ -86,6 +73,11 @@ pub async fn connect_client(url: &str) -> anyhow::Result<async_nats::Client> {
         .connect(url)
         .await
         .with_context(|| format!("cannot reach NATS at {url} (is `nats-server -js` running?)"))
+}
+
+/// Send what `client` has buffered before the process ends.
+pub async fn flush(client: &async_nats::Client) {
+    let _ = client.flush().await;
 }
 
 /// Everything the engine keeps on NATS.

@@ -3,8 +3,8 @@
 //! Each engine keeps a [`LocalStore`] as its cache: writes go to the cache and are uploaded
 //! before the action reports success; reads fetch missing blobs into the cache, streamed, and
 //! check that they hash to their name before anything uses them.
-use super::{BlobStore, Digest, LocalStore, StoreError, io};
 use async_nats::jetstream::object_store::ObjectStore;
+use sluice_engine::artifacts::{BlobStore, Digest, LocalStore, StoreError, io};
 use std::path::Path;
 use tokio::runtime::Handle;
 
@@ -74,7 +74,9 @@ impl NatsStore {
                 .put(name.as_str(), &mut file)
                 .await
                 .map(|_| {
-                    crate::metrics::get().artifact_bytes_stored.inc_by(size);
+                    sluice_engine::metrics::get()
+                        .artifact_bytes_stored
+                        .inc_by(size);
                 })
                 .map_err(|e| e.to_string())
         })
@@ -111,7 +113,9 @@ impl NatsStore {
                 let copied = tokio::io::copy(&mut object, &mut file)
                     .await
                     .map_err(|e| e.to_string())?;
-                crate::metrics::get().artifact_bytes_fetched.inc_by(copied);
+                sluice_engine::metrics::get()
+                    .artifact_bytes_fetched
+                    .inc_by(copied);
                 tokio::io::AsyncWriteExt::flush(&mut file)
                     .await
                     .map_err(|e| e.to_string())?;

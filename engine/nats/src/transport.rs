@@ -27,6 +27,12 @@ impl NatsTransport {
         })
     }
 
+    /// Connect to the NATS at `url` (failing fast when nothing listens), for `tenant`.
+    pub async fn connect(url: &str, tenant: &str) -> anyhow::Result<Self> {
+        let client = crate::connect_client(url).await?;
+        Ok(NatsTransport::new(client, tenant)?)
+    }
+
     async fn status(&self, execution_id: &str) -> Result<Execution, ApiError> {
         let request = GetExecution {
             execution_id: execution_id.to_string(),
@@ -119,11 +125,11 @@ impl Transport for NatsTransport {
         Box::pin(async move {
             let js = jetstream::new(self.client.clone());
             let cache = tempfile::tempdir().map_err(ApiError::internal)?;
-            let store = crate::artifacts::nats_store::NatsStore::open(&js, cache.path())
+            let store = crate::store::NatsStore::open(&js, cache.path())
                 .await
                 .map_err(|e| ApiError::unavailable(format!("the artifact store: {e:#}")))?;
             let digest = tokio::task::spawn_blocking(move || {
-                crate::artifacts::BlobStore::put_bytes(&store, &bytes)
+                sluice_engine::artifacts::BlobStore::put_bytes(&store, &bytes)
             })
             .await
             .map_err(ApiError::internal)?

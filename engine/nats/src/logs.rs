@@ -1,8 +1,9 @@
 //! Action logs shared between engines. Every engine writes an action's log in its own data
 //! directory; on NATS it also puts a copy of each attempt's lines into the Object Store bucket
 //! `sluice-logs`, so that `sluice logs --nats` shows them whichever engine ran the action.
-use crate::executor::LogLine;
 use async_nats::jetstream::{self, object_store::ObjectStore};
+use sluice_engine::executor::LogLine;
+use sluice_engine::executor::logs::{AttemptRef, LogArchive};
 use std::time::Duration;
 
 /// The bucket.
@@ -11,14 +12,11 @@ pub const BUCKET: &str = "sluice-logs";
 pub const KEEP: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// The object holding one attempt's lines (JSON lines, as in the engine's own log files).
-pub fn object_name(
-    tenant: &str,
-    execution: &str,
-    stage: &str,
-    action: &str,
-    attempt: u32,
-) -> String {
-    format!("{tenant}/{execution}/{stage}/{action}/{attempt}")
+pub fn object_name(a: &AttemptRef) -> String {
+    format!(
+        "{}/{}/{}/{}/{}",
+        a.tenant, a.execution, a.stage, a.action, a.attempt
+    )
 }
 
 /// Bind to (or create) the bucket.
@@ -70,13 +68,13 @@ pub async fn get(store: &ObjectStore, name: &str) -> anyhow::Result<Option<Vec<L
 /// The shared log archive on NATS.
 pub struct NatsLogArchive(pub ObjectStore);
 
-impl crate::executor::logs::LogArchive for NatsLogArchive {
+impl LogArchive for NatsLogArchive {
     fn put(
         &self,
-        name: String,
+        attempt: AttemptRef,
         lines: Vec<LogLine>,
     ) -> futures_util::future::BoxFuture<'static, ()> {
-        let store = self.0.clone();
+        let (store, name) = (self.0.clone(), object_name(&attempt));
         Box::pin(async move {
             // A log that cannot be copied stays on this engine; the action's result stands.
             if let Err(e) = put(&store, &name, &lines).await {
@@ -87,9 +85,9 @@ impl crate::executor::logs::LogArchive for NatsLogArchive {
 
     fn get(
         &self,
-        name: String,
+        attempt: AttemptRef,
     ) -> futures_util::future::BoxFuture<'static, Result<Option<Vec<LogLine>>, String>> {
-        let store = self.0.clone();
+        let (store, name) = (self.0.clone(), object_name(&attempt));
         Box::pin(async move { get(&store, &name).await.map_err(|e| format!("{e:#}")) })
     }
 }

@@ -1,4 +1,5 @@
-//! `sluice bench --nats URL`: the service on NATS against raw JetStream, in one run.
+//! `sluice bench --nats URL`: the service on NATS against raw JetStream, in one run (built
+//! only with the `bench` feature, which the `sluice` binary turns on).
 //!
 //! (floor) a JetStream publish (acknowledged) consumed by a pull consumer: round trip;
 //! (latency) trigger event published → pipeline-succeeded event received, for a 3-stage,
@@ -6,6 +7,8 @@
 //! (http) a start over HTTP → the succeeded event over SSE, against the same over NATS
 //!   request/reply (see `http.rs`);
 //! (throughput) executions per second for a burst of events, with one and with two engines.
+mod http;
+
 use futures_util::StreamExt;
 use sluice_api::{Origin, Principal, verbs};
 use sluice_engine::bus::{Event, Kind};
@@ -47,15 +50,15 @@ async fn engine(
     name: &str,
     workers: usize,
 ) -> anyhow::Result<(Arc<Service>, async_nats::Client)> {
-    let (service, client) = sluice_engine::service::wiring::nats(
+    let (service, client) = crate::service::serve(
         url,
         &dir.join(name),
-        sluice_engine::nats::Timing {
+        crate::Timing {
             ack_wait: Duration::from_secs(30),
         },
     )
     .await?;
-    tokio::spawn(sluice_engine::service::wiring::serve_nats_api(
+    tokio::spawn(crate::service::serve_nats_api(
         service.clone(),
         client.clone(),
     ));
@@ -117,7 +120,7 @@ async fn burst(
 /// Run the NATS benchmark against the server at `url`.
 pub async fn run(url: &str, samples: usize, burst_size: usize) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
-    let client = sluice_engine::nats::connect_client(url).await?;
+    let client = crate::connect_client(url).await?;
     let js = async_nats::jetstream::new(client.clone());
 
     // (floor) publish → consume round trip.
@@ -191,7 +194,7 @@ pub async fn run(url: &str, samples: usize, burst_size: usize) -> anyhow::Result
 
     // (http) the HTTP API against NATS request/reply, on this engine.
     let (http, reqrep) =
-        super::http::compare(first.clone(), first_client.clone(), &client, samples).await?;
+        http::compare(first.clone(), first_client.clone(), &client, samples).await?;
 
     // (throughput) a burst, with one engine and then with two.
     let one = burst(&client, &js, &format!("one-{run_id}"), burst_size).await?;

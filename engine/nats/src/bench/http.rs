@@ -94,7 +94,9 @@ pub async fn compare(
 ) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let events = sluice_engine::service::http::feed::EventSource::Nats(nats);
+    let events = sluice_engine::service::http::feed::EventSource::Stream(
+        crate::bus::all_events(&nats).await?,
+    );
     tokio::spawn(sluice_engine::service::http::serve_on(
         service, events, listener,
     ));

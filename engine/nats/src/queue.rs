@@ -2,13 +2,13 @@
 //! engine shares, so each message goes to one engine at a time. Pushes carry `Nats-Msg-Id`
 //! for the stream's duplicate window. An engine fetches one message per free worker, so no
 //! message waits in a client buffer while its ack deadline runs.
-use super::{Delivery, QueueError, QueueResult, Settle, WorkQueue};
 use async_nats::jetstream::Context;
 use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
 use async_nats::jetstream::message::{AckKind, Acker, PublishMessage};
 use async_nats::jetstream::stream::{self, RetentionPolicy};
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
+use sluice_engine::queue::{Delivery, QueueError, QueueResult, Settle, WorkQueue};
 use std::time::Duration;
 
 /// A JetStream work queue.

@@ -1,8 +1,8 @@
 //! The engines of a service on NATS ([`Cluster`]): dead letters published to
 //! `sluice.<tenant>.deadletter.<pipeline>`, abandoned jobs cancelled on `sluice.<tenant>.cancel`,
 //! extra trigger subjects captured by a stream per pipeline, wake subjects by `SLUICE_WAKES`.
-use crate::service::{Cluster, ClusterError, DeadLetter};
 use futures_util::future::BoxFuture;
+use sluice_engine::service::{Cluster, ClusterError, DeadLetter};
 use std::time::Duration;
 
 /// The NATS side of [`Cluster`].
@@ -144,7 +144,7 @@ pub async fn extra_stream(
     }
     crate::queue::NatsQueue::open(
         js,
-        crate::queue::nats_queue::QueueConfig {
+        crate::queue::QueueConfig {
             stream: &name,
             subjects,
             consumer: "sluice-engines",

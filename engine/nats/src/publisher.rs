@@ -24,7 +24,7 @@ impl NatsPublisher {
     }
 }
 
-impl crate::runtime::messaging::Publisher for NatsPublisher {
+impl sluice_engine::runtime::messaging::Publisher for NatsPublisher {
     fn publish(
         &self,
         url: &str,

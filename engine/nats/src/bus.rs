@@ -2,10 +2,10 @@
 //! `sluice.<tenant>.events.<kind>.<pipeline>` with its id as `Nats-Msg-Id` (so an event sent
 //! again is stored once), and the publish acknowledged, retried until it is. Core subscribers
 //! see the same messages live.
-use crate::bus::{Event, EventBus};
 use async_nats::jetstream::Context;
 use async_nats::jetstream::message::PublishMessage;
 use futures_util::future::BoxFuture;
+use sluice_engine::bus::{Event, EventBus};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
@@ -112,4 +112,19 @@ impl EventBus for NatsBus {
             let _ = acked.await;
         })
     }
+}
+
+/// Every engine's events, live, from the state-change subjects (`sluice.*.events.>`): what the
+/// HTTP port streams on NATS. A message that is not an event is skipped.
+pub async fn all_events(
+    client: &async_nats::Client,
+) -> anyhow::Result<futures_util::stream::BoxStream<'static, Event>> {
+    use futures_util::StreamExt as _;
+    let sub = client
+        .subscribe("sluice.*.events.>")
+        .await
+        .map_err(|e| anyhow::anyhow!("subscribe to the event subjects: {e}"))?;
+    Ok(sub
+        .filter_map(|m| async move { serde_json::from_slice::<Event>(&m.payload).ok() })
+        .boxed())
 }
