@@ -16,27 +16,27 @@
 //! an early start runs and its gate then refuse, the lane keeps a waiting entry for an execution
 //! that does not exist, until it is admitted and let go like any vanished one.)
 
-use super::jobs::{Recorded, Settled};
-use super::journal::{Change, Gate};
-use super::{
+use crate::queue::Delivery;
+use crate::scheduler::lanes::{Effect, LaneOp, step};
+use crate::service::jobs::{Recorded, Settled};
+use crate::service::journal::{Change, Gate};
+use crate::service::{
     Command, Input, KvError, Service, TriggerEvent, apply, begin, claim_key, lanes, outstanding,
     takes, trigger_lease,
 };
-use crate::queue::Delivery;
-use crate::scheduler::lanes::{Effect, LaneOp, step};
 use std::sync::Arc;
 use std::time::Duration;
 
 impl Service {
     /// Handle a first delivery of a trigger with an idle worker's `place`: start its execution
     /// early if it may, else (or if its gate refuses) the usual way.
-    pub(super) async fn start_early_or_not(
+    pub(in crate::service) async fn start_early_or_not(
         self: &Arc<Self>,
         tenant: String,
         pipeline: String,
         delivery: Delivery,
         ack_wait: Duration,
-        place: super::jobs::Place,
+        place: crate::service::jobs::Place,
     ) {
         let Some((id, recorded)) = self.start_early(&tenant, &pipeline, &delivery.payload) else {
             return self

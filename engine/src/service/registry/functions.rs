@@ -1,11 +1,11 @@
 //! Registered functions for `invoke@1`: `sluice function put NAME FILE.wasm` stores the
 //! component in the artifact store (content-addressed, shared by every engine) and its
 //! digest under `<tenant>/<name>`.
-use super::Service;
 use crate::artifacts::{BlobStore, Digest};
 use crate::executor::job::{FunctionResolver, load_function_file};
 use crate::kv::{Kv, get_json};
 use crate::runtime::Runtime;
+use crate::service::Service;
 use futures_util::future::BoxFuture;
 
 use sluice_api::ApiError;

@@ -37,23 +37,23 @@
 //! **At a chain's end**, a record whose last write carried earlier changes' events (kept until
 //! the bus stores them) is written once more without them ([`Service::compact`]).
 
-use super::jobs::Kept;
-use super::{JobMessage, Loaded, Service, lanes};
 use crate::bus::{Event, Snapshot};
 use crate::kv::KvError;
 use crate::model::Access;
 use crate::scheduler::{Execution, Input, apply};
+use crate::service::jobs::Kept;
+use crate::service::{JobMessage, Loaded, Service, lanes};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// How long a chain gathers changes before writing them while its contained runs go on.
-pub(super) const GATHER: Duration = Duration::from_millis(2);
+pub(in crate::service) const GATHER: Duration = Duration::from_millis(2);
 
 /// A chain's copy of one execution record.
-pub(super) struct Journal {
+pub(in crate::service) struct Journal {
     /// The record's key.
-    pub(super) key: String,
+    pub(in crate::service) key: String,
     /// The chain's lease id, named in the record as the runner of what the chain runs.
     lease: String,
     head: tokio::sync::Mutex<Head>,
@@ -74,11 +74,11 @@ pub(super) struct Journal {
 
 /// What a new record's creation waits for: the trigger's claim written and its pipeline read,
 /// confirming what the chain started from (an error: they do not).
-pub(super) type Gate = futures_util::future::BoxFuture<'static, Result<(), String>>;
+pub(in crate::service) type Gate = futures_util::future::BoxFuture<'static, Result<(), String>>;
 
 /// A run of the chain counted in [`Journal::running`] until its result is applied (or it ends
 /// without one): dropped then.
-pub(super) struct Running(std::sync::Arc<Journal>);
+pub(in crate::service) struct Running(std::sync::Arc<Journal>);
 
 impl Drop for Running {
     fn drop(&mut self) {
@@ -127,7 +127,7 @@ struct Head {
 }
 
 /// One applied result, and what to do once it is stored.
-pub(super) struct Change {
+pub(in crate::service) struct Change {
     input: Input,
     publish: Vec<Event>,
     queued: Vec<JobMessage>,
@@ -140,21 +140,21 @@ pub(super) struct Change {
 }
 
 /// What applying a result to a chain's record leaves to the caller.
-pub(super) struct Applied {
+pub(in crate::service) struct Applied {
     /// Jobs to run here (their start is the change numbered `change`).
-    pub(super) kept: Kept,
+    pub(in crate::service) kept: Kept,
     /// The change's number.
-    pub(super) change: u64,
+    pub(in crate::service) change: u64,
     /// No write was in flight: the caller writes (see [`Service::write_behind`]).
-    pub(super) write: bool,
+    pub(in crate::service) write: bool,
     /// Lane work for a result that changed nothing in the record.
-    pub(super) settle: Vec<lanes::After>,
+    pub(in crate::service) settle: Vec<lanes::After>,
 }
 
 impl Journal {
     /// A chain's copy of the record `exec`, stored as `base` says, whose writes gather changes
     /// for up to `gather`; `runs` of the chain are about to start from it.
-    pub(super) fn new(
+    pub(in crate::service) fn new(
         key: String,
         lease: String,
         exec: Execution,
@@ -194,13 +194,13 @@ impl Journal {
     }
 
     /// Whether the record's creation was refused by its gate (nothing of the chain stands).
-    pub(super) fn refused(&self) -> bool {
+    pub(in crate::service) fn refused(&self) -> bool {
         self.refused.load(Ordering::Acquire)
     }
 
     /// One of the runs counted as started (by [`Journal::new`] or when a change kept it), until
     /// its result is applied.
-    pub(super) fn running(self: &std::sync::Arc<Self>) -> Running {
+    pub(in crate::service) fn running(self: &std::sync::Arc<Self>) -> Running {
         Running(self.clone())
     }
 
@@ -239,12 +239,12 @@ impl Journal {
     }
 
     /// The record with every change applied so far.
-    pub(super) async fn latest(&self) -> Execution {
+    pub(in crate::service) async fn latest(&self) -> Execution {
         self.head.lock().await.exec.clone()
     }
 
     /// Wait until change `change` is stored; an error if the chain can no longer store it.
-    pub(super) async fn stored(&self, change: u64) -> Result<(), String> {
+    pub(in crate::service) async fn stored(&self, change: u64) -> Result<(), String> {
         let mut rx = self.stored.subscribe();
         let behind = rx.borrow().upto < change;
         let _waiting = behind.then(|| {
@@ -269,7 +269,7 @@ impl Journal {
 /// Where a chain's copy of a record starts from.
 // One per chain, moved rarely: boxing the large variant would only add an allocation.
 #[allow(clippy::large_enum_variant)]
-pub(super) enum Base {
+pub(in crate::service) enum Base {
     /// The record as stored at this revision.
     Stored(u64),
     /// A new execution's record, not created yet: its start is the change numbered 1, and the
@@ -281,7 +281,7 @@ pub(super) enum Base {
 impl Change {
     /// A new execution's start: its events, the jobs it queues and its lane work, all for once
     /// the record is created.
-    pub(super) fn start(
+    pub(in crate::service) fn start(
         input: Input,
         publish: Vec<Event>,
         queued: Vec<JobMessage>,
@@ -301,7 +301,7 @@ impl Change {
 /// Whether the action at `stage`/`action` touches nothing outside its workspace: its plugin
 /// declares no side effects and it is granted no host program, origin, subject or writable
 /// directory. Such a run may start before the change that made it runnable is stored.
-pub(super) fn contained(loaded: &Loaded, stage: usize, action: usize) -> bool {
+pub(in crate::service) fn contained(loaded: &Loaded, stage: usize, action: usize) -> bool {
     let Some(a) = loaded
         .pipeline
         .stages
@@ -326,7 +326,7 @@ impl Service {
     /// Apply a result to the chain's record. Returns the jobs it made runnable that run here,
     /// and whether the caller must write the record ([`Service::write_behind`]): when no write
     /// is in flight; otherwise the change goes out with the next one.
-    pub(super) async fn apply_to(
+    pub(in crate::service) async fn apply_to(
         &self,
         journal: &Journal,
         input: &Input,
@@ -382,7 +382,7 @@ impl Service {
         if commands.is_empty() && before == Snapshot::of(&exec) {
             return Ok((Vec::new(), entered));
         }
-        let (jobs, notices, after) = super::follow_up(&exec, commands);
+        let (jobs, notices, after) = crate::service::follow_up(&exec, commands);
         let (kept, queued) = if keep {
             let (kept, queued) = self.keep_for_chain(&mut exec, &journal.lease, jobs);
             Journal::started(head, &kept);
@@ -415,7 +415,7 @@ impl Service {
     /// Write the chain's record until every change applied is stored, then send their events,
     /// queue their jobs and do their lane work. Called by whoever applied a change while no
     /// write was in flight; changes applied meanwhile are written by the same call.
-    pub(super) async fn write_behind(&self, journal: &Journal) -> Result<(), String> {
+    pub(in crate::service) async fn write_behind(&self, journal: &Journal) -> Result<(), String> {
         let kv = &*self.edges.executions;
         let mut delay = Duration::from_millis(100);
         let mut give_up = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -542,7 +542,7 @@ impl Service {
     /// more without them, so that a record that now rests (waiting for an approval, or ended)
     /// stays small. Best effort: a conflict (someone changed the record, and so its outbox) or a
     /// failure leaves it as it is.
-    pub(super) async fn compact(&self, journal: &Journal) {
+    pub(in crate::service) async fn compact(&self, journal: &Journal) {
         let mut head = journal.head.lock().await;
         let Some(revision) = head.revision else {
             return;
@@ -655,7 +655,7 @@ fn requeue(
     started: &HashSet<(usize, usize, u32)>,
     jobs: Vec<JobMessage>,
 ) -> Vec<JobMessage> {
-    super::jobs::forget_ended_runners(exec);
+    crate::service::jobs::forget_ended_runners(exec);
     let mut queued = Vec::new();
     for job in jobs {
         let ours = job.check.is_none() && started.contains(&(job.stage, job.action, job.attempt));

@@ -2,8 +2,8 @@
 //! GitHub-style push, checks its `X-Hub-Signature-256` HMAC against the secret in the
 //! environment variable the pipeline names, maps it to a trigger event, applies the git
 //! filters and publishes it like any other event.
-use super::Service;
-use super::trigger::{Source, TriggerEvent};
+use crate::service::Service;
+use crate::service::trigger::{Source, TriggerEvent};
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use http_body_util::{BodyExt, Full, Limited};
@@ -94,7 +94,7 @@ pub fn push_event(delivery: Option<&str>, payload: &Value) -> Result<TriggerEven
 }
 
 impl Service {
-    pub(super) async fn webhook(
+    pub(in crate::service) async fn webhook(
         &self,
         req: Request<hyper::body::Incoming>,
     ) -> Response<Full<Bytes>> {
@@ -125,12 +125,12 @@ impl Service {
             header("x-github-event"),
         );
         let body = Limited::new(req.into_body(), MAX_BODY).collect();
-        let body = match tokio::time::timeout(super::listen::READ_TIMEOUT, body).await {
+        let body = match tokio::time::timeout(crate::service::listen::READ_TIMEOUT, body).await {
             Ok(Ok(b)) => b.to_bytes(),
             Err(_) => {
                 return reply(
                     StatusCode::REQUEST_TIMEOUT,
-                    json!({ "error": format!("the body did not arrive within {:?}", super::listen::READ_TIMEOUT) }),
+                    json!({ "error": format!("the body did not arrive within {:?}", crate::service::listen::READ_TIMEOUT) }),
                 );
             }
             Ok(Err(e)) => {
@@ -140,7 +140,9 @@ impl Service {
                 );
             }
         };
-        if super::api::check_tenant(&tenant).is_err() || !crate::model::is_valid_name(&pipeline) {
+        if crate::service::api::check_tenant(&tenant).is_err()
+            || !crate::model::is_valid_name(&pipeline)
+        {
             return reply(
                 StatusCode::NOT_FOUND,
                 json!({ "error": "no such pipeline" }),
@@ -182,7 +184,7 @@ impl Service {
         // The delivery id becomes the event id, which rides in a message header.
         if let Some(Err(e)) = delivery
             .as_deref()
-            .map(|d| super::api::check_len("X-GitHub-Delivery", d))
+            .map(|d| crate::service::api::check_len("X-GitHub-Delivery", d))
         {
             return reply(StatusCode::BAD_REQUEST, json!({ "error": e.to_string() }));
         }
@@ -201,7 +203,7 @@ impl Service {
             }
         };
         let payload = serde_json::to_vec(&event).unwrap_or_default();
-        if let Err(reason) = super::trigger::accepts(&loaded.pipeline.triggers, &event) {
+        if let Err(reason) = crate::service::trigger::accepts(&loaded.pipeline.triggers, &event) {
             self.reject(&tenant, &pipeline, reason.clone(), &payload)
                 .await;
             return reply(

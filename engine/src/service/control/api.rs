@@ -1,10 +1,10 @@
 //! The control API's server side: one handler for every verb of [`sluice_api`], whatever
 //! carries it (NATS request/reply on `sluice.<tenant>.api.<verb>`, the embedded service's
 //! socket, HTTP). The transport attaches the [`Principal`]; each verb checks its role first.
-use super::Service;
-use super::pipelines;
-use super::trigger::{Source, TriggerEvent};
 use crate::scheduler::{Decision, Execution, Input};
+use crate::service::Service;
+use crate::service::pipelines;
+use crate::service::trigger::{Source, TriggerEvent};
 use serde_json::Value;
 use sluice_api::verbs::{self, *};
 use sluice_api::{ApiError, Origin, Principal, Request, Verb};
@@ -22,7 +22,7 @@ fn find(e: &Execution, id: &str, path: &str) -> Result<(usize, usize), ApiError>
         .ok_or_else(|| ApiError::not_found(format!("execution `{id}` has no action {path}")))
 }
 
-fn dead_letter_summary(id: String, letter: super::DeadLetter) -> DeadLetterSummary {
+fn dead_letter_summary(id: String, letter: crate::service::DeadLetter) -> DeadLetterSummary {
     let event_id = serde_json::from_str::<Value>(&letter.payload)
         .ok()
         .and_then(|v| v["id"].as_str().map(str::to_string));
@@ -38,7 +38,7 @@ fn dead_letter_summary(id: String, letter: super::DeadLetter) -> DeadLetterSumma
 
 /// Refuse variable overrides the pipeline does not take, in the words of `sluice run --var`.
 fn refuse_overrides(
-    loaded: &super::Loaded,
+    loaded: &crate::service::Loaded,
     variables: &BTreeMap<String, String>,
 ) -> Result<(), ApiError> {
     if variables.is_empty() {
@@ -480,7 +480,7 @@ impl Service {
                     "dead letter `{id}`: no pipeline `{pipeline}` is registered (register it with `sluice pipeline put FILE`)"
                 ))
             })?;
-        super::takes(&loaded, &event, &pipeline)
+        crate::service::takes(&loaded, &event, &pipeline)
             .map_err(|e| ApiError::invalid(format!("dead letter `{id}` is still refused: {e}")))?;
         // The first delivery's message id may still be in the stream's dedup window.
         let msg_id = format!("{}/replay/{id}", event.id);

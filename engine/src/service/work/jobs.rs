@@ -11,19 +11,19 @@
 //! first run here only while this engine has idle workers; the rest go to the queue, where
 //! every engine can take them.
 
-use super::journal::{self, Journal};
-use super::{JobMessage, Service, exec_key, job_id, lanes, outstanding};
 use crate::bus::{Event, Snapshot};
 use crate::executor::job;
 use crate::kv::{KvError, get_json};
 use crate::queue::Delivery;
 use crate::scheduler::{Execution, Input, Status, Wake, apply};
+use crate::service::journal::{self, Journal};
+use crate::service::{JobMessage, Service, exec_key, job_id, lanes, outstanding};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// How a job delivery ended.
-pub(super) enum Settled {
+pub(in crate::service) enum Settled {
     /// Handled: acknowledge it.
     Done,
     /// Handed back to the queue for later.
@@ -34,10 +34,11 @@ pub(super) enum Settled {
 
 /// The events of a change on their way to the bus: done once it holds them. Until then every
 /// change this engine records of the same execution carries them ([`Service::in_flight`]).
-pub(super) type Sent = futures_util::future::Shared<futures_util::future::BoxFuture<'static, ()>>;
+pub(in crate::service) type Sent =
+    futures_util::future::Shared<futures_util::future::BoxFuture<'static, ()>>;
 
 /// The delivery a chain runs under, and how often to push its deadline back.
-pub(super) struct Lease<'a> {
+pub(in crate::service) struct Lease<'a> {
     delivery: &'a Delivery,
     /// The delivered message's id, which the record names as the runner of what the chain runs.
     id: String,
@@ -69,7 +70,7 @@ impl Lease<'_> {
 
 /// A new execution's record, not created yet, with the jobs to run here under its trigger's
 /// lease and its start (the chain's first write creates the record).
-pub(super) struct Recorded {
+pub(in crate::service) struct Recorded {
     kept: Kept,
     exec: Execution,
     start: journal::Change,
@@ -79,7 +80,7 @@ pub(super) struct Recorded {
 impl Recorded {
     /// A new record and its start, with the jobs it keeps; created once `gate` (if any)
     /// confirms it.
-    pub(super) fn unwritten(
+    pub(in crate::service) fn unwritten(
         kept: Kept,
         exec: Execution,
         start: journal::Change,
@@ -122,7 +123,7 @@ fn runs_now(job: &JobMessage) -> bool {
 
 impl Service {
     /// Queue jobs, all at once (each waits for the stream's acknowledgement).
-    pub(super) async fn push_jobs(&self, jobs: &[JobMessage]) {
+    pub(in crate::service) async fn push_jobs(&self, jobs: &[JobMessage]) {
         futures_util::future::join_all(jobs.iter().map(|job| self.push_job(job))).await;
     }
 
@@ -140,7 +141,7 @@ impl Service {
     }
 
     /// Take an idle worker's place for a job run here; none when all are busy.
-    pub(super) fn take_idle_place(&self) -> Option<Place> {
+    pub(in crate::service) fn take_idle_place(&self) -> Option<Place> {
         let workers = self.workers.load(Ordering::Relaxed);
         self.busy
             .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |b| {
@@ -150,7 +151,7 @@ impl Service {
             .map(|_| Place(self.busy.clone()))
     }
 
-    pub(super) async fn handle_job(&self, delivery: Delivery) {
+    pub(in crate::service) async fn handle_job(&self, delivery: Delivery) {
         self.handled.fetch_add(1, Ordering::Relaxed);
         let job: JobMessage = match serde_json::from_slice(&delivery.payload) {
             Ok(j) => j,
@@ -180,7 +181,7 @@ impl Service {
     }
 
     /// Acknowledge a delivery whose work (and chain) is done, or hand it back.
-    pub(super) async fn settle_delivery(
+    pub(in crate::service) async fn settle_delivery(
         &self,
         delivery: &Delivery,
         result: Result<Settled, String>,
@@ -202,7 +203,7 @@ impl Service {
 
     /// Create a new execution's record and run the jobs it kept, under its trigger's delivery
     /// (lease `id`, from a queue whose deadline is `ack_wait`).
-    pub(super) async fn chain_under(
+    pub(in crate::service) async fn chain_under(
         &self,
         recorded: Recorded,
         delivery: &Delivery,
@@ -251,7 +252,7 @@ impl Service {
     /// What caused the change is acknowledged after this, so the events and queued jobs are
     /// stored by the time it returns. (A chain's writes send theirs without waiting: see
     /// [`Service::sending_now`].)
-    pub(super) async fn send_and_queue(
+    pub(in crate::service) async fn send_and_queue(
         &self,
         events: Vec<crate::bus::Event>,
         queued: &[JobMessage],
@@ -261,7 +262,7 @@ impl Service {
     }
 
     /// Send `events` of the execution `key` and count them in flight until the bus stores them.
-    pub(super) fn sending_now(&self, key: &str, events: Vec<Event>) {
+    pub(in crate::service) fn sending_now(&self, key: &str, events: Vec<Event>) {
         if events.is_empty() {
             return;
         }
@@ -300,7 +301,7 @@ impl Service {
     /// Events this engine sent for the execution `key` that the bus has not stored yet: a
     /// change recorded now carries them in its outbox (`earlier`), so that if this engine dies
     /// before they are stored, whoever takes over sends them. Forgets those stored.
-    pub(super) fn in_flight(&self, key: &str) -> Vec<Event> {
+    pub(in crate::service) fn in_flight(&self, key: &str) -> Vec<Event> {
         let mut unacked = self.unacked.lock().unwrap();
         let Some(batches) = unacked.get_mut(key) else {
             return Vec::new();
@@ -647,7 +648,11 @@ impl Service {
 
     /// Apply an input to a stored execution with compare-and-swap (retried on conflict), then
     /// publish its events and queue its jobs.
-    pub(super) async fn complete(&self, key: &str, input: &Input) -> Result<(), String> {
+    pub(in crate::service) async fn complete(
+        &self,
+        key: &str,
+        input: &Input,
+    ) -> Result<(), String> {
         let after = self
             .record(key, &|_: &Execution| Some(input.clone()))
             .await?;
@@ -658,7 +663,7 @@ impl Service {
     /// Apply the input `make` gives for a stored execution (none: nothing to do) with
     /// compare-and-swap, retrying while the store is unreachable, then publish its events and
     /// queue its jobs; returns the cross-record work it caused.
-    pub(super) async fn record(
+    pub(in crate::service) async fn record(
         &self,
         key: &str,
         make: &(dyn Fn(&Execution) -> Option<Input> + Send + Sync),
@@ -727,7 +732,7 @@ impl Service {
                 carried.extend(lanes::released(&exec, &arrived));
                 return Ok(carried);
             }
-            let (queued, notices, after) = super::follow_up(&exec, commands);
+            let (queued, notices, after) = crate::service::follow_up(&exec, commands);
             let publish = self.stamp(&mut exec, before, notices, unsent, self.in_flight(key));
             let bytes = serde_json::to_vec(&exec).map_err(|e| KvError::Backend(e.to_string()))?;
             match kv.update(key, bytes.clone(), revision).await {
@@ -754,7 +759,7 @@ impl Service {
     /// Split the jobs a change made runnable into those the chain runs here (the first that
     /// should start now, and more while idle workers allow) and those to queue, and name the
     /// chain in the record as the runner of those it keeps.
-    pub(super) fn keep_for_chain(
+    pub(in crate::service) fn keep_for_chain(
         &self,
         exec: &mut Execution,
         lease: &str,
@@ -785,7 +790,7 @@ impl Service {
 }
 
 /// A run that ended, or waits (for an approval, an event, a timer), has no runner.
-pub(super) fn forget_ended_runners(exec: &mut Execution) {
+pub(in crate::service) fn forget_ended_runners(exec: &mut Execution) {
     for action in exec.stages.iter_mut().flat_map(|s| s.actions.iter_mut()) {
         // (Only written when set: a write copies an action the record shares.)
         if action.runner.is_some()
@@ -806,15 +811,15 @@ struct Unanswered {
 
 /// Jobs a chain runs here, each with the idle worker's place it took (none for the first: it
 /// runs in the place of what made it runnable).
-pub(super) type Kept = Vec<(JobMessage, Option<Place>)>;
+pub(in crate::service) type Kept = Vec<(JobMessage, Option<Place>)>;
 
 /// A worker's place in the busy count, given back when dropped: also when the task holding it
 /// is aborted (a consumer replaced while it runs), before or during its chain, so no place leaks.
-pub(super) struct Place(Arc<std::sync::atomic::AtomicUsize>);
+pub(in crate::service) struct Place(Arc<std::sync::atomic::AtomicUsize>);
 
 impl Place {
     /// Count one more busy worker (a delivered job), until the place is dropped.
-    pub(super) fn occupy(service: &Service) -> Self {
+    pub(in crate::service) fn occupy(service: &Service) -> Self {
         service.busy.fetch_add(1, Ordering::AcqRel);
         Place(service.busy.clone())
     }

@@ -2,10 +2,10 @@
 //! and publishes a trigger event for each fire time that passed. The event id names the
 //! pipeline, the schedule and the fire time, so when several engines fire the same moment
 //! the claim lets exactly one execution start.
-use super::Service;
-use super::pipelines;
-use super::trigger::{Source, TriggerEvent};
 use crate::model::cron::CronSchedule;
+use crate::service::Service;
+use crate::service::pipelines;
+use crate::service::trigger::{Source, TriggerEvent};
 use std::collections::HashMap;
 use std::time::Duration;
 

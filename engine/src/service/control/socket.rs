@@ -1,8 +1,8 @@
 //! The embedded service's control transport, server side: a Unix socket in the data
 //! directory, one JSON line per request and one per reply (`watch` streams event lines, then
 //! the final record). The client side is [`sluice_api::socket`].
-use super::Service;
 use crate::bus::{Kind, MemoryBus};
+use crate::service::Service;
 use serde_json::{Value, json};
 use sluice_api::socket::{Envelope, read_line};
 use sluice_api::{ApiError, Origin, Principal, wire};
@@ -24,7 +24,7 @@ pub async fn serve(service: Arc<Service>, bus: Arc<MemoryBus>, data: &Path) -> a
         std::fs::remove_file(&path)?;
     }
     let listener = UnixListener::bind(&path)?;
-    let gate = super::listen::Gate::new("control socket");
+    let gate = crate::service::listen::Gate::new("control socket");
     loop {
         let ((stream, _), slot) = gate.accept(|| listener.accept()).await?;
         let (service, bus) = (service.clone(), bus.clone());

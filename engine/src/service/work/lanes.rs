@@ -7,11 +7,11 @@
 //! lanes record the arrival, then the execution records its admission. A crash between two
 //! writes leaves the records disagreeing; [`Service::recover`] (every engine start) puts them
 //! back in step, and every step is idempotent.
-use super::{Service, exec_key};
 use crate::bus::Snapshot;
 use crate::kv::{KvError, get_json};
 use crate::scheduler::lanes::{self, Disabled, Effect, LaneOp, Lanes, Mode};
 use crate::scheduler::{Execution, Input, Status, TriggerInfo, apply};
+use crate::service::{Service, exec_key};
 use sluice_api::ApiError;
 use std::collections::VecDeque;
 
@@ -39,7 +39,7 @@ pub enum After {
     /// Record that an action waits for an event on a NATS subject.
     AwaitEvent {
         /// Who waits.
-        waiter: super::wakes::Waiter,
+        waiter: crate::service::wakes::Waiter,
         /// For what.
         subject: String,
     },
@@ -158,7 +158,7 @@ fn rebuild(current: Option<&Lanes>, execs: &[Execution]) -> (Lanes, Vec<Effect>)
 /// that `exec`, as it now stands, neither waits for nor is inside: their places are freed.
 /// Without this a stop recorded while a result was applied ahead of the store leaves the
 /// execution inside the next stage's lane, and every later one waits before it.
-pub(super) fn released(exec: &Execution, arrived: &[usize]) -> Vec<After> {
+pub(in crate::service) fn released(exec: &Execution, arrived: &[usize]) -> Vec<After> {
     let holds = |si: usize| {
         !exec.status.is_terminal()
             && (exec.entering == Some(si)
@@ -184,7 +184,7 @@ pub(super) fn released(exec: &Execution, arrived: &[usize]) -> Vec<After> {
 /// A pipeline's lanes as read from the store (none yet: `None`), with their revision.
 pub(crate) struct FreshLanes(Option<(Lanes, u64)>);
 
-pub(super) fn lane_key(tenant: &str, pipeline: &str) -> String {
+pub(in crate::service) fn lane_key(tenant: &str, pipeline: &str) -> String {
     format!("{tenant}/lane/{pipeline}")
 }
 
@@ -675,7 +675,7 @@ impl Service {
             },
         );
         let others = self.admit_inline(&mut exec, &mut commands, None).await?;
-        let (jobs, notices, mut work) = super::follow_up(&exec, commands);
+        let (jobs, notices, mut work) = crate::service::follow_up(&exec, commands);
         let publish = self.stamp(&mut exec, before, notices, Vec::new(), Vec::new());
         self.edges
             .executions

@@ -10,7 +10,7 @@ mod console;
 pub mod feed;
 mod routes;
 
-use super::Service;
+use crate::service::Service;
 use axum::body::Body;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,7 +31,7 @@ pub async fn serve_on(
     listener: tokio::net::TcpListener,
 ) -> anyhow::Result<()> {
     let router = routes::router(service.clone(), feed::EventFeed::start(events));
-    let gate = super::listen::Gate::new("http");
+    let gate = crate::service::listen::Gate::new("http");
     loop {
         let ((stream, _), slot) = gate.accept(|| listener.accept()).await?;
         let (service, router) = (service.clone(), router.clone());
@@ -52,7 +52,7 @@ pub async fn serve_on(
             // A client that opens a connection and sends nothing is dropped.
             if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(super::listen::READ_TIMEOUT)
+                .header_read_timeout(crate::service::listen::READ_TIMEOUT)
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), handler)
                 .await
             {

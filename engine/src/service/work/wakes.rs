@@ -4,9 +4,9 @@
 //! an event published while no engine runs is kept, and the first message on a subject wakes
 //! every action waiting for it, with the message as the wake payload. `sluice wake` works in
 //! every mode; subjects need NATS.
-use super::Service;
 use crate::kv::{KvError, get_json, modify};
 use crate::scheduler::{Input, Wake};
+use crate::service::Service;
 use serde::{Deserialize, Serialize};
 
 /// Who waits for one subject.

@@ -1,0 +1,109 @@
+//! The registry: pipelines (`pipelines`: versions, heads) and functions (`functions`), and each
+//! pipeline version parsed and resolved once per engine.
+pub mod functions;
+pub mod pipelines;
+
+use super::*;
+
+/// A parsed, resolved pipeline version.
+pub struct Loaded {
+    /// The pipeline.
+    pub pipeline: Arc<Pipeline>,
+    pub(in crate::service) plugins: ResolvedPlugins,
+    /// Its registered version.
+    pub version: u64,
+}
+
+impl Service {
+    /// Load (and cache) one version of a registered pipeline, parsed and with its plugins
+    /// resolved.
+    pub(in crate::service) async fn load(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: Option<u64>,
+    ) -> Result<Option<Arc<Loaded>>, String> {
+        // A version, once registered, never changes: no need to read it again.
+        if let Some(v) = version
+            && let Some(hit) =
+                self.loaded
+                    .lock()
+                    .unwrap()
+                    .get(&(tenant.to_string(), name.to_string(), v))
+        {
+            return Ok(Some(hit.clone()));
+        }
+        let found = pipelines::get(&*self.edges.pipelines, tenant, name, version)
+            .await
+            .map_err(|e| e.to_string());
+        let loaded = match found? {
+            Some(stored) => self.loaded(tenant, &stored).await.map(Some)?,
+            None => None,
+        };
+        if version.is_none() {
+            let key = (tenant.to_string(), name.to_string());
+            let mut heads = self.heads.lock().unwrap();
+            match &loaded {
+                Some(l) => heads.insert(key, l.clone()),
+                None => heads.remove(&key),
+            };
+        }
+        Ok(loaded)
+    }
+
+    /// A stored pipeline version, parsed and resolved once per engine.
+    pub async fn loaded(
+        &self,
+        tenant: &str,
+        stored: &StoredPipeline,
+    ) -> Result<Arc<Loaded>, String> {
+        let key = (tenant.to_string(), stored.name.clone(), stored.version);
+        if let Some(hit) = self.loaded.lock().unwrap().get(&key) {
+            return Ok(hit.clone());
+        }
+        let loaded = Arc::new(self.check(stored).await.map_err(|d| d.to_string())?);
+        self.loaded.lock().unwrap().insert(key, loaded.clone());
+        Ok(loaded)
+    }
+
+    /// Parse and validate a pipeline as registered.
+    pub(in crate::service) async fn check(
+        &self,
+        stored: &StoredPipeline,
+    ) -> Result<Loaded, Diagnostics> {
+        // Without a directory (registered over NATS) nothing may resolve against one: an empty
+        // `dir` resolves nothing, and every relative reference is refused here.
+        let (pipeline, mut problems) = crate::model::parse::parse(
+            &stored.file,
+            stored.dir.clone().unwrap_or_default(),
+            &stored.yaml,
+        );
+        let Some(mut pipeline) = pipeline else {
+            return Err(Diagnostics {
+                file: stored.file.clone(),
+                items: problems,
+            });
+        };
+        if stored.dir.is_none() {
+            problems.extend(pipelines::without_dir(&mut pipeline, &stored.plugins));
+        }
+        let plugins = self
+            .engine
+            .check(&pipeline, problems, &Default::default())
+            .await?;
+        if stored.dir.is_none() {
+            let items = pipelines::relative_config_paths(&pipeline, &plugins);
+            if !items.is_empty() {
+                return Err(Diagnostics {
+                    file: stored.file.clone(),
+                    items,
+                });
+            }
+        }
+        Ok(Loaded {
+            pipeline: Arc::new(pipeline),
+            plugins,
+            version: stored.version,
+        })
+    }
+}
