@@ -1,6 +1,8 @@
 //! Sluice: a CI/CD pipeline engine whose actions are sandboxed WebAssembly components.
 //!
 //! The parts, from the outside in:
+//! - [`local`]: the facade for one machine (`sluice run`, `validate`, inspecting a data
+//!   directory);
 //! - [`model`], [`scheduler`]: the pure core (the `sluice-core` crate, re-exported): the
 //!   pipeline file parsed and validated, and CodePipeline's execution rules as a pure state
 //!   machine;
@@ -22,6 +24,7 @@ pub mod clock;
 pub mod executor;
 pub mod identity;
 pub mod kv;
+pub mod local;
 pub mod metrics;
 pub mod plugins;
 pub mod queue;

@@ -1,37 +1,14 @@
 //! Read-only commands: history, show, logs, plugin describe, artifact ls/get/verify.
-use super::existing_data;
 use anyhow::Context as _;
-use sluice_engine::artifacts::{Digest, Entry, LocalStore, tree};
-use sluice_engine::executor::{DataDir, LogStore};
+use sluice_engine::local::{Digest, Entry, History};
 use sluice_engine::model::count;
 use sluice_engine::model::units::short_duration;
 use sluice_engine::scheduler::Execution;
-use sluice_engine::state::{RedbStore, StateStore};
 use std::path::Path;
 use std::process::ExitCode;
 
-fn state(data: &Path) -> anyhow::Result<RedbStore> {
-    existing_data(data)?;
-    Ok(RedbStore::open(
-        &DataDir {
-            root: data.to_path_buf(),
-        }
-        .state(),
-    )?)
-}
-
-fn blobs(data: &Path) -> anyhow::Result<LocalStore> {
-    existing_data(data)?;
-    Ok(LocalStore::open(
-        DataDir {
-            root: data.to_path_buf(),
-        }
-        .cas(),
-    )?)
-}
-
 pub fn history(data: &Path, pipeline: Option<&str>, limit: usize) -> anyhow::Result<ExitCode> {
-    let execs = state(data)?.list(sluice_engine::executor::DEFAULT_TENANT, pipeline, limit)?;
+    let execs = History::open(data)?.executions(pipeline, limit)?;
     if execs.is_empty() {
         println!("no executions yet");
     }
@@ -54,17 +31,10 @@ pub fn history(data: &Path, pipeline: Option<&str>, limit: usize) -> anyhow::Res
 
 /// The execution `id` from the local history, if it is there.
 pub fn local_execution(data: &Path, id: &str) -> anyhow::Result<Option<Execution>> {
-    if !(DataDir {
-        root: data.to_path_buf(),
-    })
-    .state()
-    .exists()
-    {
+    if !data.is_dir() {
         return Ok(None);
     }
-    Ok(state(data)?
-        .get(sluice_engine::executor::DEFAULT_TENANT, id)?
-        .map(|(e, _)| e))
+    History::open(data)?.execution(id)
 }
 
 /// Print an execution record in full: for `sluice show`, local or from the service.
@@ -196,13 +166,7 @@ pub fn print_execution(e: &Execution, json: bool) -> anyhow::Result<ExitCode> {
 }
 
 pub fn logs(data: &Path, id: &str, only: Option<&str>) -> anyhow::Result<ExitCode> {
-    existing_data(data)?;
-    let store = LogStore::new(
-        DataDir {
-            root: data.to_path_buf(),
-        }
-        .logs(),
-    );
+    let history = History::open(data)?;
     let actions = match only {
         Some(sa) => {
             let (s, a) = sa
@@ -210,14 +174,14 @@ pub fn logs(data: &Path, id: &str, only: Option<&str>) -> anyhow::Result<ExitCod
                 .context("name the action as STAGE/ACTION")?;
             vec![(s.to_string(), a.to_string())]
         }
-        None => store.actions(id),
+        None => history.logged_actions(id),
     };
     if actions.is_empty() {
         anyhow::bail!("no logs for execution {id} in {}", data.display());
     }
     for (stage, action) in actions {
-        let lines = store
-            .read(id, &stage, &action)
+        let lines = history
+            .log(id, &stage, &action)
             .with_context(|| format!("no log for {stage}/{action} in execution {id}"))?;
         for l in lines {
             print_log_line(&stage, &action, &l);
@@ -239,7 +203,7 @@ pub fn print_log_entry(stage: &str, action: &str, l: &sluice_api::verbs::LogEntr
     );
 }
 
-pub fn print_log_line(stage: &str, action: &str, l: &sluice_engine::executor::LogLine) {
+pub fn print_log_line(stage: &str, action: &str, l: &sluice_engine::local::LogLine) {
     let fields: String = l.fields.iter().map(|(k, v)| format!(" {k}={v}")).collect();
     println!(
         "{stage}/{action} #{} {} {:>5} {}{fields}",
@@ -251,14 +215,8 @@ pub fn print_log_line(stage: &str, action: &str, l: &sluice_engine::executor::Lo
 }
 
 pub async fn describe_plugin(reference: &str, json: bool) -> anyhow::Result<ExitCode> {
-    let scratch = tempfile::tempdir()?;
-    let runtime = std::sync::Arc::new(sluice_engine::runtime::Runtime::new(Default::default())?);
-    let store = std::sync::Arc::new(LocalStore::open(scratch.path())?);
-    let registry = sluice_engine::plugins::Registry::new(runtime, store);
-    let plugin = registry
-        .resolve(reference, &std::env::current_dir()?)
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let plugin =
+        sluice_engine::local::describe_plugin(reference, &std::env::current_dir()?).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&*plugin)?);
         return Ok(ExitCode::SUCCESS);
@@ -299,8 +257,7 @@ fn parse_digest(s: &str) -> anyhow::Result<Digest> {
 }
 
 pub fn artifact_ls(data: &Path, digest: &str) -> anyhow::Result<ExitCode> {
-    let store = blobs(data)?;
-    for (path, entry) in tree::list(&store, &parse_digest(digest)?)? {
+    for (path, entry) in History::open(data)?.artifact_entries(&parse_digest(digest)?)? {
         println!("{}", ls_line(&path, &entry));
     }
     Ok(ExitCode::SUCCESS)
@@ -344,11 +301,11 @@ fn printable(s: &str) -> String {
 }
 
 pub fn artifact_get(data: &Path, digest: &str, dest: &Path) -> anyhow::Result<ExitCode> {
-    let store = blobs(data)?;
+    let history = History::open(data)?;
     if dest.exists() && std::fs::read_dir(dest)?.next().is_some() {
         anyhow::bail!("{} exists and is not empty", dest.display());
     }
-    let stats = tree::materialize(&store, &parse_digest(digest)?, dest)?;
+    let stats = history.artifact_get(&parse_digest(digest)?, dest)?;
     println!(
         "{}, {}, verified, written to {}",
         count(stats.files, "file"),
@@ -359,8 +316,7 @@ pub fn artifact_get(data: &Path, digest: &str, dest: &Path) -> anyhow::Result<Ex
 }
 
 pub fn artifact_verify(data: &Path, digest: &str) -> anyhow::Result<ExitCode> {
-    let store = blobs(data)?;
-    match tree::verify(&store, &parse_digest(digest)?) {
+    match History::open(data)?.artifact_verify(&parse_digest(digest)?)? {
         Ok(stats) => {
             println!(
                 "{digest}: ok ({}, {})",

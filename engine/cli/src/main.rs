@@ -8,8 +8,6 @@ mod progress;
 mod scaffold;
 mod service;
 
-use sluice_engine::bus::MemoryBus;
-
 /// The process's allocator (why: `sluice_engine::alloc`). A library leaves the choice to the
 /// program that links it; this program chooses mimalloc.
 #[global_allocator]
@@ -17,11 +15,12 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::{Parser, Subcommand};
 use sluice_api::{Request, verbs};
-use sluice_engine::executor::{Engine, LogStore, load_pipeline};
+use sluice_engine::executor::Engine;
+use sluice_engine::local;
 use sluice_engine::model::{Diagnostics, count};
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -380,23 +379,16 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             approve,
             as_,
         } => {
-            let (pipeline, problems) = match load_pipeline(&file) {
+            let (pipeline, problems) = match local::load_pipeline(&file) {
                 Ok((p, problems)) => (Arc::new(p), problems),
                 Err(d) => return Ok(validation_failed(&d)),
             };
             let data = data.unwrap_or_else(|| pipeline.dir.join(".sluice"));
             let overrides: BTreeMap<String, String> = vars.into_iter().collect();
-            let bus = Arc::new(MemoryBus::default());
             let (live_tx, live_rx) = tokio::sync::mpsc::unbounded_channel();
-            let logs = LogStore::new(data.join("logs"));
-            let logs = if verbose {
-                logs.with_live(live_tx)
-            } else {
-                logs
-            };
-            let engine = Engine::embedded(&data, bus.clone(), logs)?;
-            publish_to_nats(&engine);
-            let plugins = match engine.check(&pipeline, problems, &overrides).await {
+            let run = local::LocalRun::open(&data, verbose.then_some(live_tx))?;
+            run.publish_with(Arc::new(sluice_nats::publisher::NatsPublisher::default()));
+            let plugins = match run.check(&pipeline, problems, &overrides).await {
                 Ok(p) => p,
                 Err(d) => return Ok(validation_failed(&d)),
             };
@@ -404,43 +396,27 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
                 color: std::io::stderr().is_terminal() && !json,
                 to_stderr: json,
             };
-            let printer = progress::spawn(bus.subscribe(), verbose.then_some(live_rx), style);
-            let approvals = sluice_engine::executor::LocalApprovals {
+            let printer = progress::spawn(run.events(), verbose.then_some(live_rx), style);
+            let approvals = local::LocalApprovals {
                 pre_approved: approve,
                 interactive: std::io::stdin().is_terminal() && std::io::stderr().is_terminal(),
-                identity: sluice_engine::identity::resolve(as_.as_deref()),
+                identity: local::approver(as_.as_deref()),
             };
-            let exec = engine
-                .run_with(pipeline.clone(), &plugins, &overrides, approvals)
-                .await?;
-            drop(engine);
+            let (exec, history) = run.run(pipeline, &plugins, &overrides, approvals).await?;
             let _ = printer.await;
-            progress::summary(&exec, &LogStore::new(data.join("logs")), style);
+            progress::summary(&exec, &history, style);
             if json {
                 println!("{}", serde_json::to_string_pretty(&exec)?);
             }
-            Ok(if sluice_engine::executor::succeeded(exec.status) {
+            Ok(if local::succeeded(exec.status) {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)
             })
         }
         Cmd::Validate { file, vars } => {
-            let (pipeline, problems) = match load_pipeline(&file) {
-                Ok(loaded) => loaded,
-                Err(d) => return Ok(validation_failed(&d)),
-            };
-            let scratch = tempfile::tempdir()?;
-            let engine = Engine::embedded(
-                scratch.path(),
-                Arc::new(MemoryBus::default()),
-                LogStore::new(scratch.path().join("logs")),
-            )?;
-            match engine
-                .check(&pipeline, problems, &vars.into_iter().collect())
-                .await
-            {
-                Ok(_) => {
+            match local::validate(&file, &vars.into_iter().collect()).await? {
+                Ok(pipeline) => {
                     println!(
                         "{}: ok ({}, {})",
                         file.display(),
@@ -576,7 +552,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
 }
 
 async fn decide(a: DecideArgs, approved: bool) -> anyhow::Result<ExitCode> {
-    let by = sluice_engine::identity::resolve(a.as_.as_deref());
+    let by = sluice_engine::local::approver(a.as_.as_deref());
     let request = Request::from(verbs::Approve {
         execution_id: a.execution_id,
         action: a.action,
@@ -586,17 +562,6 @@ async fn decide(a: DecideArgs, approved: bool) -> anyhow::Result<ExitCode> {
         token: a.token,
     });
     service::control(request, a.target).await
-}
-
-/// The data dir must exist for read-only commands; say so clearly instead of creating one.
-fn existing_data(data: &Path) -> anyhow::Result<()> {
-    if !data.is_dir() {
-        anyhow::bail!(
-            "no Sluice data directory at {} (run a pipeline first, or pass --data DIR)",
-            data.display()
-        );
-    }
-    Ok(())
 }
 
 /// Let the engine's guests publish to NATS (`capabilities.nats`): the runtime checks the grants,

@@ -1,7 +1,7 @@
 //! Live progress of a run: one line per change of state, colored on a terminal.
 use sluice_engine::bus::{Event, Kind};
-use sluice_engine::executor::LogStore;
-use sluice_engine::executor::logs::LogLine;
+use sluice_engine::local::History;
+use sluice_engine::local::LogLine;
 use sluice_engine::model::units::short_duration;
 use sluice_engine::scheduler::{Execution, Status};
 use std::time::Duration;
@@ -125,7 +125,7 @@ pub fn format_event(e: &Event, style: Style) -> String {
 }
 
 /// After the run: where to look next, and for a failure the error and the log's last lines.
-pub fn summary(exec: &Execution, logs: &LogStore, style: Style) {
+pub fn summary(exec: &Execution, history: &History, style: Style) {
     for stage in &exec.stages {
         for a in stage.actions.iter().filter(|a| a.status == Status::Failed) {
             style.out(&format!(
@@ -137,7 +137,7 @@ pub fn summary(exec: &Execution, logs: &LogStore, style: Style) {
             for line in a.error.as_deref().unwrap_or("").lines() {
                 style.out(&format!("    {line}"));
             }
-            if let Ok(lines) = logs.read(&exec.execution_id, &stage.name, &a.name) {
+            if let Ok(lines) = history.log(&exec.execution_id, &stage.name, &a.name) {
                 let tail: Vec<_> = lines.iter().filter(|l| l.attempt == a.attempt).collect();
                 if !tail.is_empty() {
                     style.out("  last log lines:");

@@ -1,0 +1,205 @@
+//! The engine on one machine, without the service: what `sluice run`, `sluice validate` and the
+//! commands that inspect a data directory use. A caller names a pipeline file or a data
+//! directory; it never opens the engine's stores, its runtime or its bus itself.
+//!
+//! - [`LocalRun`]: check and run a pipeline in a data directory, watching its events;
+//! - [`validate`]: check a pipeline file without running it;
+//! - [`History`]: the runs, logs and artifacts a data directory keeps.
+use crate::artifacts::tree::{self, TreeStats};
+use crate::artifacts::{LocalStore, StoreError};
+use crate::bus::MemoryBus;
+use crate::executor::{DataDir, Engine, LogStore};
+use crate::model::{Diagnostics, Pipeline};
+use crate::scheduler::Execution;
+use crate::state::{RedbStore, StateStore};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use crate::artifacts::{Digest, Entry};
+pub use crate::bus::Event;
+pub use crate::executor::logs::LiveLog;
+pub use crate::executor::{LocalApprovals, LogLine, load_pipeline, succeeded};
+pub use crate::model::validate::ResolvedPlugins;
+pub use crate::runtime::messaging::Publisher;
+
+/// One pipeline run in a data directory (created if missing), its events on an in-process bus.
+pub struct LocalRun {
+    engine: Engine,
+    bus: Arc<MemoryBus>,
+    data: PathBuf,
+}
+
+impl LocalRun {
+    /// An engine in `data`; with `live`, every log line is also sent there as it is written.
+    pub fn open(data: &Path, live: Option<LiveLog>) -> anyhow::Result<Self> {
+        let bus = Arc::new(MemoryBus::default());
+        let logs = LogStore::new(data.join("logs"));
+        let logs = match live {
+            Some(tx) => logs.with_live(tx),
+            None => logs,
+        };
+        Ok(LocalRun {
+            engine: Engine::embedded(data, bus.clone(), logs)?,
+            bus,
+            data: data.to_path_buf(),
+        })
+    }
+
+    /// Let guests publish to NATS through `publisher` (the runtime checks their grants).
+    pub fn publish_with(&self, publisher: Arc<dyn Publisher>) {
+        self.engine.registry.runtime().nats.set_publisher(publisher);
+    }
+
+    /// The run's events from now on.
+    pub fn events(&self) -> tokio::sync::broadcast::Receiver<Event> {
+        self.bus.subscribe()
+    }
+
+    /// Resolve the pipeline's plugins and validate it with `vars`, reporting `problems` (the
+    /// parser's) with every other problem found.
+    pub async fn check(
+        &self,
+        pipeline: &Pipeline,
+        problems: Vec<crate::model::Diagnostic>,
+        vars: &BTreeMap<String, String>,
+    ) -> Result<ResolvedPlugins, Diagnostics> {
+        self.engine.check(pipeline, problems, vars).await
+    }
+
+    /// Run a checked pipeline to its end, answering approvals as `approvals` says. The engine
+    /// is closed when the run ends (its events end with it); the data directory's
+    /// [`History`] has the record and the logs.
+    pub async fn run(
+        self,
+        pipeline: Arc<Pipeline>,
+        plugins: &ResolvedPlugins,
+        vars: &BTreeMap<String, String>,
+        approvals: LocalApprovals,
+    ) -> anyhow::Result<(Execution, History)> {
+        let exec = self
+            .engine
+            .run_with(pipeline, plugins, vars, approvals)
+            .await?;
+        let data = self.data.clone();
+        drop(self);
+        Ok((exec, History { data }))
+    }
+}
+
+/// Who approves in a local run: `name`, else the user running it.
+pub fn approver(name: Option<&str>) -> String {
+    crate::identity::resolve(name)
+}
+
+/// Check the pipeline file at `file` with `vars`, without running it: every problem at once.
+pub async fn validate(
+    file: &Path,
+    vars: &BTreeMap<String, String>,
+) -> anyhow::Result<Result<Pipeline, Diagnostics>> {
+    let (pipeline, problems) = match load_pipeline(file) {
+        Ok(loaded) => loaded,
+        Err(d) => return Ok(Err(d)),
+    };
+    let scratch = tempfile::tempdir()?;
+    let run = LocalRun::open(scratch.path(), None)?;
+    Ok(run.check(&pipeline, problems, vars).await.map(|_| pipeline))
+}
+
+/// The plugin `reference` names (a built-in `name@major`, a component file relative to `base`,
+/// or a digest), loaded and described, in a scratch engine.
+pub async fn describe_plugin(
+    reference: &str,
+    base: &Path,
+) -> anyhow::Result<Arc<crate::plugins::Plugin>> {
+    let scratch = tempfile::tempdir()?;
+    let runtime = Arc::new(crate::runtime::Runtime::new(Default::default())?);
+    let store = Arc::new(LocalStore::open(scratch.path())?);
+    crate::plugins::Registry::new(runtime, store)
+        .resolve(reference, base)
+        .await
+        .map_err(anyhow::Error::msg)
+}
+
+/// What a data directory keeps: the executions of local runs, their logs and their artifacts.
+pub struct History {
+    data: PathBuf,
+}
+
+impl History {
+    /// The data directory at `data`, which must exist.
+    pub fn open(data: &Path) -> anyhow::Result<Self> {
+        if !data.is_dir() {
+            anyhow::bail!(
+                "no Sluice data directory at {} (run a pipeline first, or pass --data DIR)",
+                data.display()
+            );
+        }
+        Ok(History {
+            data: data.to_path_buf(),
+        })
+    }
+
+    fn dirs(&self) -> DataDir {
+        DataDir {
+            root: self.data.clone(),
+        }
+    }
+
+    /// Executions, newest first (of `pipeline` only, if given), at most `limit`.
+    pub fn executions(
+        &self,
+        pipeline: Option<&str>,
+        limit: usize,
+    ) -> anyhow::Result<Vec<Execution>> {
+        let state = RedbStore::open(&self.dirs().state())?;
+        Ok(state.list(crate::executor::DEFAULT_TENANT, pipeline, limit)?)
+    }
+
+    /// The execution `id`, if a local run recorded it here.
+    pub fn execution(&self, id: &str) -> anyhow::Result<Option<Execution>> {
+        let path = self.dirs().state();
+        if !path.exists() {
+            return Ok(None);
+        }
+        Ok(RedbStore::open(&path)?
+            .get(crate::executor::DEFAULT_TENANT, id)?
+            .map(|(e, _)| e))
+    }
+
+    fn logs(&self) -> LogStore {
+        LogStore::new(self.dirs().logs())
+    }
+
+    /// The (stage, action) pairs of execution `id` that have a log.
+    pub fn logged_actions(&self, id: &str) -> Vec<(String, String)> {
+        self.logs().actions(id)
+    }
+
+    /// Every line an action of execution `id` logged, all attempts.
+    pub fn log(&self, id: &str, stage: &str, action: &str) -> std::io::Result<Vec<LogLine>> {
+        self.logs().read(id, stage, action)
+    }
+
+    fn blobs(&self) -> anyhow::Result<LocalStore> {
+        Ok(LocalStore::open(self.dirs().cas())?)
+    }
+
+    /// Every entry of the artifact `digest`, by path.
+    pub fn artifact_entries(&self, digest: &Digest) -> anyhow::Result<Vec<(PathBuf, Entry)>> {
+        Ok(tree::list(&self.blobs()?, digest)?)
+    }
+
+    /// Write the artifact `digest` to `dest`, each file verified as it is written.
+    pub fn artifact_get(&self, digest: &Digest, dest: &Path) -> anyhow::Result<TreeStats> {
+        Ok(tree::materialize(&self.blobs()?, digest, dest)?)
+    }
+
+    /// Check every blob of the artifact `digest` against its digest.
+    pub fn artifact_verify(
+        &self,
+        digest: &Digest,
+    ) -> anyhow::Result<Result<TreeStats, StoreError>> {
+        Ok(tree::verify(&self.blobs()?, digest))
+    }
+}
