@@ -139,6 +139,49 @@ fn a_user_runs_approves_and_holds_pipelines_from_the_console() {
         c.goto(&format!("{base}/")).await.unwrap();
         until(&c, "a[href='/pipelines/shop']", "the pipeline in the list").await;
         let listing = shot(&c, &shots, "pipelines").await;
+
+        // A pipeline with files of its own, registered without the terminal: the quickstart's
+        // folder chosen with the folder picker, uploaded, registered, started, deployed.
+        let quickstart = crate::harness::Project::copy_of("examples/quickstart");
+        until(
+            &c,
+            "form[data-register] input[name='folder']",
+            "the folder picker",
+        )
+        .await
+        .send_keys(quickstart.dir.path().to_str().unwrap())
+        .await
+        .unwrap();
+        until(
+            &c,
+            "form[data-register] option[value='pipeline.yaml']",
+            "the pipeline file found in the folder",
+        )
+        .await;
+        shot(&c, &shots, "register").await;
+        c.find(Locator::Css("form[data-register] button[type='submit']"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        until(
+            &c,
+            "form[data-start='quickstart'] button",
+            "the registered quickstart's page",
+        )
+        .await
+        .click()
+        .await
+        .unwrap();
+        until(
+            &c,
+            "h1 .status[data-status='Succeeded']",
+            "the quickstart to succeed",
+        )
+        .await;
+        shot(&c, &shots, "quickstart-done").await;
+
         c.goto(&format!("{base}/pipelines/shop")).await.unwrap();
         let start = until(&c, "form[data-start='shop'] button", "the Start button").await;
         shot(&c, &shots, "pipeline").await;
@@ -288,6 +331,7 @@ fn a_user_runs_approves_and_holds_pipelines_from_the_console() {
         c.goto(&format!("{base}/plugins")).await.unwrap();
         until(&c, "[data-plugin='approval']", "the approval plugin").await;
         shot(&c, &shots, "plugins").await;
+
         c.close().await.unwrap();
 
         // A blank page compresses to a few KB; these hold text and boxes.

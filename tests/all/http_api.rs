@@ -809,3 +809,128 @@ fn open_streams_are_bounded_and_leave_room_for_the_api() {
         (status == "200").then_some(())
     });
 }
+
+/// The quickstart's folder (its pipeline and `app/`), as a tar archive.
+fn quickstart_folder() -> Vec<u8> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/quickstart");
+    let mut b = tar::Builder::new(Vec::new());
+    b.append_path_with_name(root.join("pipeline.yaml"), "pipeline.yaml")
+        .unwrap();
+    b.append_dir_all("app", root.join("app")).unwrap();
+    b.into_inner().unwrap()
+}
+
+/// A pipeline whose files live next to it (the quickstart: `source-dir@1` reads `app/`, the
+/// deploy writes `./.sluice/site`) is registered without the terminal: its folder uploaded,
+/// then the pipeline naming it. It runs, and what it deploys lands in the engine's copy of the
+/// folder. Nothing registered this way reaches outside the folder: a grant leading out is
+/// refused at registration with its line, a path a variable leads out fails the action, and
+/// an archive that is not one is refused.
+#[test]
+fn a_pipeline_registered_with_its_uploaded_folder_runs_over_http_and_stays_inside_it() {
+    // The engine's own folder has nothing of the quickstart's.
+    let p = Project::new("");
+    let (_engine, port) = serve_http(&p, &[]);
+    let (status, text) = http(port, "POST", "/api/v1/bundles", &[], &quickstart_folder());
+    assert_eq!(status, 200, "{text}");
+    let bundle: Value = serde_json::from_str(&text).unwrap();
+    let digest = bundle["digest"].as_str().unwrap().to_string();
+    assert!(bundle["files"].as_u64().unwrap() >= 3, "{bundle}");
+    let yaml = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../examples/quickstart/pipeline.yaml"),
+    )
+    .unwrap();
+    let (code, put) = api(
+        port,
+        "PUT",
+        &format!("/api/v1/pipelines/quickstart?bundle={digest}"),
+        &yaml,
+    );
+    assert_eq!(code, 200, "{put}");
+    let (code, started) = api(
+        port,
+        "POST",
+        "/api/v1/pipelines/quickstart/executions",
+        "{}",
+    );
+    assert_eq!(code, 201, "{started}");
+    let id = started["execution_id"].as_str().unwrap().to_string();
+    let exec = until(port, &id, "the quickstart to end", |e| {
+        e["status"] != "InProgress"
+    });
+    assert_eq!(exec["status"], "Succeeded", "{exec:#}");
+    let hex = digest.strip_prefix("blake3:").unwrap();
+    let site = p
+        .dir
+        .path()
+        .join(".sluice/bundles/default")
+        .join(hex)
+        .join(".sluice/site/current/index.html");
+    let page = std::fs::read_to_string(&site).unwrap_or_else(|e| panic!("{}: {e}", site.display()));
+    assert!(page.contains("<h1>Hello from Sluice</h1>"), "{page}");
+
+    // A grant that leads out of the folder: refused, with its line, and nothing registered.
+    let escape = "name: escape\nstages:\n  - name: S\n    actions:\n      - name: W\n        uses: noop@1\n        capabilities:\n          dirs: { ../../outside: rw }\n";
+    let (code, refused) = api(
+        port,
+        "PUT",
+        &format!("/api/v1/pipelines/escape?bundle={digest}"),
+        escape,
+    );
+    assert_eq!(code, 422, "{refused}");
+    assert!(
+        refused
+            .to_string()
+            .contains("leads out of the pipeline's uploaded folder"),
+        "{refused}"
+    );
+    assert_eq!(api(port, "GET", "/api/v1/pipelines/escape", "").0, 404);
+
+    // A path a variable fills in at run time: the action fails, naming why.
+    let leak = "name: leak\nvariables: { src: app }\nstages:\n  - name: S\n    actions:\n      - { name: Snap, uses: source-dir@1, with: { path: \"#{variables.src}\" }, outputs: [src] }\n";
+    let (code, put) = api(
+        port,
+        "PUT",
+        &format!("/api/v1/pipelines/leak?bundle={digest}"),
+        leak,
+    );
+    assert_eq!(code, 200, "{put}");
+    let (code, started) = api(
+        port,
+        "POST",
+        "/api/v1/pipelines/leak/executions",
+        r#"{"variables": {"src": "../../../../../etc"}}"#,
+    );
+    assert_eq!(code, 201, "{started}");
+    let id = started["execution_id"].as_str().unwrap().to_string();
+    let exec = until(port, &id, "the leak to end", |e| {
+        e["status"] != "InProgress"
+    });
+    assert_eq!(exec["status"], "Failed", "{exec:#}");
+    assert!(
+        exec.to_string()
+            .contains("leads out of the pipeline's uploaded folder"),
+        "{exec:#}"
+    );
+
+    // Not an archive, and an unknown folder: refused.
+    let (status, text) = http(
+        port,
+        "POST",
+        "/api/v1/bundles",
+        &[],
+        b"not a tar archive at all",
+    );
+    assert_eq!(status, 422, "{text}");
+    let (code, refused) = api(
+        port,
+        "PUT",
+        &format!(
+            "/api/v1/pipelines/quickstart?bundle=blake3:{}",
+            "0".repeat(64)
+        ),
+        &yaml,
+    );
+    assert_eq!(code, 422, "{refused}");
+}

@@ -67,6 +67,9 @@ macro_rules! verbs {
 }
 
 verbs! {
+    /// Upload a pipeline's folder (a tar archive): a tree in the artifact store that
+    /// `pipeline.put` names as its `bundle`.
+    "bundle.put" => BundlePut -> Bundle, Developer;
     /// Register a new version of a pipeline.
     "pipeline.put" => PipelinePut -> PipelineVersion, Developer;
     /// A registered pipeline (current or given version).
@@ -136,6 +139,31 @@ pub struct PipelinePut {
     /// the YAML → `blake3:` digest.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub plugins: BTreeMap<String, String>,
+    /// The pipeline's folder, uploaded as an artifact tree (`POST /api/v1/bundles`): relative
+    /// paths in the pipeline resolve inside it, on whichever engine runs the pipeline, and none
+    /// may lead out of it. Not together with `dir`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<String>,
+}
+
+/// `bundle.put`: a pipeline's folder as a tar archive (regular files, directories, and links
+/// that stay inside; at most [`MAX_UPLOAD`](crate::limits::MAX_UPLOAD) bytes).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundlePut {
+    /// The archive's bytes, base64.
+    pub tar: String,
+}
+
+/// The reply to `bundle.put`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bundle {
+    /// The folder's tree digest (`blake3:…`), for `pipeline.put`'s `bundle`.
+    pub digest: String,
+    /// Regular files in it.
+    pub files: u64,
+    /// Their bytes.
+    pub bytes: u64,
 }
 
 /// `pipeline.get`.
@@ -439,6 +467,9 @@ pub struct StoredPipeline {
     /// Plugin and rule files the client uploaded: the path as written → `blake3:` digest.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub plugins: BTreeMap<String, String>,
+    /// The pipeline's uploaded folder (an artifact tree's digest), see [`PipelinePut::bundle`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<String>,
     /// The YAML as registered.
     pub yaml: String,
     /// When it was registered.
@@ -674,7 +705,7 @@ impl Request {
                 ("the stage name", r.stage.clone()),
                 ("the action name", r.action.clone()),
             ],
-            Request::PluginLs(_) => vec![],
+            Request::PluginLs(_) | Request::BundlePut(_) => vec![],
         };
         fields
             .iter()
@@ -751,6 +782,6 @@ mod tests {
         v.sort();
         v.dedup();
         assert_eq!(v.len(), VERBS.len());
-        assert_eq!(VERBS.len(), 22);
+        assert_eq!(VERBS.len(), 23);
     }
 }

@@ -421,10 +421,12 @@ pub async fn pipeline(cmd: PipelineCmd, target: Target) -> anyhow::Result<ExitCo
                     dir: Some(dir),
                     yaml,
                     plugins: BTreeMap::new(),
+                    bundle: None,
                 }),
                 // Engines on NATS read no file of ours: upload the plugin files it names.
                 false => Request::from(verbs::PipelinePut {
                     plugins: upload_plugins(&client, &name, dir, &yaml).await?,
+                    bundle: None,
                     file: name,
                     dir: None,
                     yaml,

@@ -227,6 +227,11 @@ impl JobSpec {
                     ));
                 }
                 let path = p.host_path(v);
+                if p.confined && (Path::new(v).is_absolute() || !path.starts_with(&p.dir)) {
+                    return Err(format!(
+                        "`with.{key}`: {v:?} leads out of the pipeline's uploaded folder, which is all it may reach"
+                    ));
+                }
                 if !dirs.iter().any(|(d, _)| d == &path) {
                     dirs.push((path, Access::Ro));
                 }

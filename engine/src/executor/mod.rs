@@ -47,6 +47,8 @@ pub struct Engine {
     /// Engine internals no grant may expose for writing (compiled code, blobs, state, logs,
     /// workspaces).
     pub protected: Arc<Vec<PathBuf>>,
+    /// The data directory (its real path).
+    pub data: PathBuf,
 }
 
 /// The embedded engine's data directory layout.
@@ -134,6 +136,7 @@ impl Engine {
                     .with_context(|| format!("prepare {}", dirs.work().display()))?,
             ),
             protected: Arc::new(dirs.protected()),
+            data: dirs.root.clone(),
         })
     }
 
@@ -165,6 +168,7 @@ impl Engine {
                     .with_context(|| format!("prepare {}", dirs.work().display()))?,
             ),
             protected: Arc::new(dirs.protected()),
+            data: dirs.root.clone(),
         })
     }
 

@@ -94,6 +94,7 @@ pub(super) async fn register(service: &Service, dir: &Path, file: &str, yaml: &s
                 dir: Some(dir.to_path_buf()),
                 yaml: yaml.into(),
                 plugins: Default::default(),
+                bundle: None,
             },
         )
         .await;
@@ -1075,6 +1076,7 @@ async fn a_pipeline_put_from_a_remote_client_resolves_no_path_on_the_engines_hos
             dir: dir.map(Path::to_path_buf),
             yaml: yaml.into(),
             plugins: Default::default(),
+            bundle: None,
         };
         let a = a.clone();
         async move { a.call(&caller, request).await }

@@ -118,6 +118,7 @@ pub async fn run(n: usize) -> anyhow::Result<()> {
             dir: Some(dir.to_path_buf()),
             yaml: PIPELINE.into(),
             plugins: Default::default(),
+            bundle: None,
         }))
         .await;
     anyhow::ensure!(put.is_ok(), "register: {put:?}");

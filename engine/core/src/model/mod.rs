@@ -77,6 +77,9 @@ pub struct Pipeline {
     pub file: String,
     /// Absolute directory of the pipeline file; relative paths are resolved against it.
     pub dir: PathBuf,
+    /// No path may lead out of [`Self::dir`], even one a variable fills in at run time: the
+    /// pipeline was registered with its uploaded folder, which is all it may reach.
+    pub confined: bool,
 }
 
 /// Whether `subject` may be an extra trigger subject: a valid NATS subject (wildcards allowed)

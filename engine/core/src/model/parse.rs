@@ -339,6 +339,7 @@ impl Parser<'_> {
             triggers: Triggers::default(),
             file: file.to_string(),
             dir,
+            confined: false,
         };
         let Some(map) = self.mapping(root, "the pipeline", PIPELINE_KEYS) else {
             return pipeline;

@@ -170,6 +170,7 @@ pub async fn run(url: &str, samples: usize, burst_size: usize) -> anyhow::Result
                 dir: None,
                 yaml: PIPELINE.into(),
                 plugins: Default::default(),
+                bundle: None,
             },
         )
         .await;

@@ -84,6 +84,10 @@ impl Service {
         }
         let p = principal;
         match request {
+            Request::BundlePut(r) => {
+                let tar = sluice_api::limits::decode_upload("the folder", &r.tar)?;
+                reply(self.bundle_put(tar).await)
+            }
             Request::PipelinePut(r) => reply(self.pipeline_put(p, r).await),
             Request::PipelineGet(r) => reply(self.pipeline_get(p, r).await),
             Request::PipelineLs(_) => reply(self.pipeline_ls(p).await),
@@ -159,7 +163,23 @@ impl Service {
             dir,
             yaml,
             plugins,
+            bundle,
         } = r;
+        if let Some(b) = &bundle {
+            if dir.is_some() {
+                return Err(ApiError::invalid(
+                    "`pipeline.put`: give `dir` or `bundle`, not both",
+                ));
+            }
+            let digest = b
+                .parse::<crate::artifacts::Digest>()
+                .map_err(|e| ApiError::invalid(format!("`pipeline.put`: `bundle`: {e}")))?;
+            if !self.engine.blobs.contains(&digest) {
+                return Err(ApiError::invalid(format!(
+                    "`pipeline.put`: no uploaded folder {b} (upload it first: `POST /api/v1/bundles`)"
+                )));
+            }
+        }
         match &dir {
             Some(_) if p.origin == Origin::Remote => {
                 return Err(ApiError::forbidden(
@@ -191,10 +211,11 @@ impl Service {
             file,
             dir,
             plugins,
+            bundle,
             yaml,
             registered_at: crate::clock::now(),
         };
-        let loaded = self.check(&stored).await?;
+        let loaded = self.check(&p.tenant, &stored).await?;
         let subjects: Vec<String> = loaded
             .pipeline
             .triggers

@@ -1,5 +1,6 @@
-//! The registry: pipelines (`pipelines`: versions, heads) and functions (`functions`), and each
-//! pipeline version parsed and resolved once per engine.
+//! The registry: pipelines (`pipelines`: versions, heads), their uploaded folders (`bundles`)
+//! and functions (`functions`), and each pipeline version parsed and resolved once per engine.
+pub mod bundles;
 pub mod functions;
 pub mod pipelines;
 
@@ -61,7 +62,11 @@ impl Service {
         if let Some(hit) = self.loaded.lock().unwrap().get(&key) {
             return Ok(hit.clone());
         }
-        let loaded = Arc::new(self.check(stored).await.map_err(|d| d.to_string())?);
+        let loaded = Arc::new(
+            self.check(tenant, stored)
+                .await
+                .map_err(|d| d.to_string())?,
+        );
         self.loaded.lock().unwrap().insert(key, loaded.clone());
         Ok(loaded)
     }
@@ -69,29 +74,53 @@ impl Service {
     /// Parse and validate a pipeline as registered.
     pub(in crate::service) async fn check(
         &self,
+        tenant: &str,
         stored: &StoredPipeline,
     ) -> Result<Loaded, Diagnostics> {
         // Without a directory (registered over NATS) nothing may resolve against one: an empty
         // `dir` resolves nothing, and every relative reference is refused here.
-        let (pipeline, mut problems) = crate::model::parse::parse(
-            &stored.file,
-            stored.dir.clone().unwrap_or_default(),
-            &stored.yaml,
-        );
+        let dir = match (&stored.bundle, &stored.dir) {
+            (Some(bundle), _) => {
+                Some(
+                    self.bundle_dir(tenant, bundle)
+                        .await
+                        .map_err(|e| Diagnostics {
+                            file: stored.file.clone(),
+                            items: vec![crate::model::Diagnostic {
+                                loc: Default::default(),
+                                message: format!("the pipeline's uploaded folder {bundle}: {e}"),
+                            }],
+                        })?,
+                )
+            }
+            (None, dir) => dir.clone(),
+        };
+        let (pipeline, mut problems) =
+            crate::model::parse::parse(&stored.file, dir.clone().unwrap_or_default(), &stored.yaml);
         let Some(mut pipeline) = pipeline else {
             return Err(Diagnostics {
                 file: stored.file.clone(),
                 items: problems,
             });
         };
-        if stored.dir.is_none() {
+        if dir.is_none() {
             problems.extend(pipelines::without_dir(&mut pipeline, &stored.plugins));
         }
+        pipeline.confined = stored.bundle.is_some();
         let plugins = self
             .engine
             .check(&pipeline, problems, &Default::default())
             .await?;
-        if stored.dir.is_none() {
+        if stored.bundle.is_some() {
+            let items = pipelines::outside_bundle(&pipeline, &plugins);
+            if !items.is_empty() {
+                return Err(Diagnostics {
+                    file: stored.file.clone(),
+                    items,
+                });
+            }
+        }
+        if dir.is_none() {
             let items = pipelines::relative_config_paths(&pipeline, &plugins);
             if !items.is_empty() {
                 return Err(Diagnostics {
@@ -105,5 +134,36 @@ impl Service {
             plugins,
             version: stored.version,
         })
+    }
+
+    /// The folder a pipeline was uploaded with (an artifact tree), on this engine's disk:
+    /// `<data>/bundles/<tenant>/<hex>/`, written (each blob verified) the first time any
+    /// pipeline of the tenant needs it. It is the pipeline's working folder, as a local
+    /// checkout is for `sluice run`: what its actions' grants write there stays.
+    pub(in crate::service) async fn bundle_dir(
+        &self,
+        tenant: &str,
+        bundle: &str,
+    ) -> anyhow::Result<std::path::PathBuf> {
+        let digest: crate::artifacts::Digest = bundle.parse().map_err(anyhow::Error::msg)?;
+        let root = self.engine.data.join("bundles").join(tenant);
+        let dir = root.join(digest.hex());
+        if dir.is_dir() {
+            return Ok(dir);
+        }
+        let blobs = self.engine.blobs.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<std::path::PathBuf> {
+            std::fs::create_dir_all(&root)?;
+            // Written aside, then renamed into place: a half-written folder is never used.
+            let temp = tempfile::Builder::new().prefix(".new-").tempdir_in(&root)?;
+            crate::artifacts::tree::materialize(&*blobs, &digest, &temp.path().join("b"))?;
+            match std::fs::rename(temp.path().join("b"), &dir) {
+                Ok(()) => Ok(dir),
+                // Another job of this engine got there first.
+                Err(_) if dir.is_dir() => Ok(dir),
+                Err(e) => Err(e.into()),
+            }
+        })
+        .await?
     }
 }

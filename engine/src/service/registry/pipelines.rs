@@ -259,3 +259,90 @@ pub fn relative_config_paths(p: &Pipeline, plugins: &ResolvedPlugins) -> Vec<Dia
     }
     out
 }
+
+/// Every path of a pipeline registered with its folder (`bundle`) that would lead out of that
+/// folder: plugin, rule and function files, granted directories, and configuration paths the
+/// engine grants (`read-config-path`, `write-config-path`). The folder is all such a pipeline
+/// may reach on the engine's host.
+pub fn outside_bundle(p: &Pipeline, plugins: &ResolvedPlugins) -> Vec<Diagnostic> {
+    let inside = |written: &str| {
+        !Path::new(written).is_absolute() && p.host_path(written).starts_with(&p.dir)
+    };
+    let leads_out = |what: String| {
+        format!("{what} leads out of the pipeline's uploaded folder: name a path inside it")
+    };
+    let mut out = Vec::new();
+    for stage in &p.stages {
+        for (phase, condition) in [
+            ("before_entry", &stage.conditions.before_entry),
+            ("on_success", &stage.conditions.on_success),
+            ("on_failure", &stage.conditions.on_failure),
+        ] {
+            for rule in condition.iter().flat_map(|c| &c.rules) {
+                if let crate::scheduler::Rule::Custom { uses, .. } = rule
+                    && !uses.starts_with("blake3:")
+                    && !inside(uses)
+                {
+                    out.push(Diagnostic {
+                        loc: stage.loc,
+                        message: leads_out(format!(
+                            "stage `{}`: `{phase}` rule {uses}",
+                            stage.name
+                        )),
+                    });
+                }
+            }
+        }
+        for a in &stage.actions {
+            if is_plugin_file(&a.uses.value) && !inside(&a.uses.value) {
+                out.push(Diagnostic {
+                    loc: a.uses.loc,
+                    message: leads_out(format!("action `{}`: `uses: {}`", a.name, a.uses.value)),
+                });
+            }
+            if a.uses.value == "invoke@1"
+                && let Some(f) = a
+                    .with
+                    .get("function")
+                    .filter(|f| f.value.ends_with(".wasm"))
+                && !inside(&f.value)
+            {
+                out.push(Diagnostic {
+                    loc: f.loc,
+                    message: leads_out(format!("action `{}`: `function: {}`", a.name, f.value)),
+                });
+            }
+            for d in a.capabilities.dirs.keys().filter(|d| !inside(d)) {
+                out.push(Diagnostic {
+                    loc: a.capabilities.loc.unwrap_or(a.loc),
+                    message: leads_out(format!(
+                        "action `{}`: `capabilities.dirs` path {d:?}",
+                        a.name
+                    )),
+                });
+            }
+            let Some(Ok(plugin)) = plugins.get(&a.uses.value) else {
+                continue;
+            };
+            for cap in &plugin.description.capabilities {
+                let (Capability::ReadConfigPath(key) | Capability::WriteConfigPath(key)) = cap
+                else {
+                    continue;
+                };
+                if let Some(v) = a.with.get(key)
+                    && !v.value.contains("#{")
+                    && !inside(&v.value)
+                {
+                    out.push(Diagnostic {
+                        loc: v.loc,
+                        message: leads_out(format!(
+                            "action `{}`: `with.{key}` {:?}",
+                            a.name, v.value
+                        )),
+                    });
+                }
+            }
+        }
+    }
+    out
+}

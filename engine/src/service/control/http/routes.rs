@@ -160,6 +160,7 @@ where
     S: Clone + Send + Sync + 'static,
 {
     OpenApiRouter::with_openapi(Doc::openapi())
+        .routes(routes!(put_bundle))
         .routes(routes!(list_pipelines))
         .routes(routes!(get_pipeline, put_pipeline, delete_pipeline))
         .routes(routes!(pipeline_state))
@@ -267,13 +268,42 @@ async fn get_pipeline(
     .await
 }
 
+/// Upload a pipeline's folder as a tar archive: its files, directories and links that stay
+/// inside. The reply's `digest` is what `PUT /api/v1/pipelines/{name}?bundle=` names.
+#[utoipa::path(post, path = "/api/v1/bundles", tag = "pipelines",
+    request_body(content = Vec<u8>, content_type = "application/x-tar", description = "The folder (at most 64 MiB)"),
+    responses((status = 200, description = "`{digest, files, bytes}`", body = Value),
+              (status = 422, description = "Not a tar archive, or an entry that leads out of the folder", body = Value)))]
+async fn put_bundle(State(s): Shared, tar: Bytes) -> Reply {
+    call(
+        &s,
+        verbs::BundlePut {
+            tar: sluice_api::limits::encode_upload(&tar),
+        },
+    )
+    .await
+}
+
+/// Where a pipeline's relative paths resolve.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+struct PutPipelineQuery {
+    /// The pipeline's uploaded folder (`POST /api/v1/bundles`): relative paths resolve inside it.
+    bundle: Option<String>,
+}
+
 /// Register a new version of a pipeline (the body is its YAML; its `name:` must be the path's).
 #[utoipa::path(put, path = "/api/v1/pipelines/{name}", tag = "pipelines",
-    params(("name" = String, Path, description = "Pipeline name")),
+    params(("name" = String, Path, description = "Pipeline name"), PutPipelineQuery),
     request_body(content = String, content_type = "application/yaml", description = "The pipeline's YAML"),
     responses((status = 200, description = "`{name, version}`", body = Value),
               (status = 422, description = "Not valid: `error.problems` lists `{line, column, message}`", body = Value)))]
-async fn put_pipeline(State(s): Shared, Path(name): Path<String>, yaml: Bytes) -> Reply {
+async fn put_pipeline(
+    State(s): Shared,
+    Path(name): Path<String>,
+    Query(q): Query<PutPipelineQuery>,
+    yaml: Bytes,
+) -> Reply {
     let yaml = String::from_utf8(yaml.to_vec())
         .map_err(|_| Refusal(ApiError::invalid("the pipeline is not UTF-8")))?;
     let file = format!("{name}.yaml");
@@ -294,6 +324,7 @@ async fn put_pipeline(State(s): Shared, Path(name): Path<String>, yaml: Bytes) -
             dir: None,
             yaml,
             plugins: BTreeMap::new(),
+            bundle: q.bundle,
         },
     )
     .await

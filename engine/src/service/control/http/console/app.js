@@ -83,6 +83,87 @@ function startForm(name) {
   } }, vars, h("button", { class: "primary", type: "submit" }, "Start"));
 }
 
+// ---- Registering a pipeline with its folder ----
+
+const utf8 = new TextEncoder();
+
+function octal(buf, offset, length, n) {
+  buf.set(utf8.encode(n.toString(8).padStart(length - 1, "0")), offset);
+  buf[offset + length - 1] = 0;
+}
+
+// A ustar archive of `files` ([{path, bytes}]): what `POST /api/v1/bundles` takes.
+function tarOf(files) {
+  const parts = [];
+  for (const f of files) {
+    const header = new Uint8Array(512);
+    let name = utf8.encode(f.path), prefix = new Uint8Array(0);
+    if (name.length > 100) {
+      const cut = f.path.lastIndexOf("/", 155);
+      if (cut < 1 || utf8.encode(f.path.slice(cut + 1)).length > 100) throw new Error(`path too long for the archive: ${f.path}`);
+      prefix = utf8.encode(f.path.slice(0, cut));
+      name = utf8.encode(f.path.slice(cut + 1));
+    }
+    header.set(name, 0);
+    octal(header, 100, 8, 0o644);
+    octal(header, 108, 8, 0);
+    octal(header, 116, 8, 0);
+    octal(header, 124, 12, f.bytes.length);
+    octal(header, 136, 12, Math.floor(Date.now() / 1000));
+    header.fill(32, 148, 156);
+    header[156] = 48; // a regular file
+    header.set(utf8.encode("ustar\u000000"), 257);
+    header.set(prefix, 345);
+    octal(header, 148, 7, header.reduce((a, b) => a + b, 0));
+    parts.push(header, f.bytes, new Uint8Array((512 - (f.bytes.length % 512)) % 512));
+  }
+  parts.push(new Uint8Array(1024));
+  return new Blob(parts, { type: "application/x-tar" });
+}
+
+async function send(method, path, body, type) {
+  const r = await fetch(`/api/v1${path}`, { method, body, headers: { "content-type": type } });
+  const text = await r.text();
+  let value = null;
+  try { value = JSON.parse(text); } catch { value = text; }
+  if (!r.ok) {
+    const e = value && value.error ? value.error : { message: `${r.status} ${text}` };
+    const problems = (e.problems || []).map(p => `\n${p.file}:${p.line}:${p.column}: ${p.message}`).join("");
+    throw new Error(`${e.message}${problems}`);
+  }
+  return value;
+}
+
+// The folder picker: the whole folder is uploaded (the engine's own `.sluice/` in it left
+// out), then the chosen pipeline file registered with it, so its relative paths resolve there.
+function registerForm() {
+  let files = [];
+  const file = h("select", { name: "file", "aria-label": "Pipeline file" });
+  const folder = h("input", { type: "file", name: "folder", webkitdirectory: true, multiple: true, "aria-label": "Pipeline folder", onchange: () => {
+    // Paths are relative to the chosen folder (the browser puts its name first).
+    files = [...folder.files].map(f => ({ file: f, path: f.webkitRelativePath.split("/").slice(1).join("/") || f.name }))
+      .filter(f => f.path && !f.path.startsWith(".sluice/"));
+    const yamls = files.map(f => f.path).filter(p => /\.ya?ml$/.test(p) && !p.includes("/"));
+    file.replaceChildren(...yamls.map(p => h("option", { value: p, selected: p === "pipeline.yaml" }, p)));
+  } });
+  return h("form", { "data-register": "", onsubmit: e => {
+    e.preventDefault();
+    act(async () => {
+      if (!files.length) throw new Error("choose the pipeline's folder first");
+      const chosen = files.find(f => f.path === file.value);
+      if (!chosen) throw new Error("the folder has no pipeline file (a .yaml at its top)");
+      const yaml = await chosen.file.text();
+      const named = /^name:\s*["']?([A-Za-z0-9._-]+)/m.exec(yaml);
+      if (!named) throw new Error(`${chosen.path} has no \`name:\``);
+      const entries = await Promise.all(files.map(async f => ({ path: f.path, bytes: new Uint8Array(await f.file.arrayBuffer()) })));
+      const bundle = await send("POST", "/bundles", tarOf(entries), "application/x-tar");
+      await send("PUT", `/pipelines/${enc(named[1])}?bundle=${enc(bundle.digest)}`, yaml, "application/yaml");
+      location.href = `/pipelines/${enc(named[1])}`;
+    });
+  } }, h("label", {}, "Folder ", folder), " ", h("label", {}, "Pipeline file ", file), " ",
+    h("button", { class: "primary", type: "submit" }, "Register"));
+}
+
 // ---- Pages ----
 
 async function pipelinesPage() {
@@ -104,7 +185,10 @@ async function pipelinesPage() {
   }));
   return [h("h1", {}, "Pipelines"),
     list.length ? h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "Pipeline"), h("th", {}, "Last execution"), h("th", {}, "Stages"), h("th", {}, ""))), h("tbody", {}, rows))
-      : h("p", {}, "No pipeline is registered. Register one with ", h("code", {}, "PUT /api/v1/pipelines/NAME"), " or ", h("code", {}, "sluice pipeline put FILE"), ".")];
+      : h("p", {}, "No pipeline is registered yet."),
+    h("h2", {}, "Register a pipeline"),
+    h("p", { class: "muted" }, "Choose the folder that holds the pipeline file and what it refers to (its sources, plugins): the whole folder is uploaded, and the pipeline's relative paths resolve inside it."),
+    registerForm()];
 }
 
 function transitionRow(pipeline, stage, lane) {
@@ -336,5 +420,11 @@ for (const kind of ["pipeline", "stage", "action"]) {
     soon();
   });
 }
+
+// Leaving a page closes its streams: a browser keeps at most six connections to one host, and
+// streams left open by pages it keeps for "back" would take them all, so that the next page
+// waits for a free one. A page shown again from that cache loads afresh.
+addEventListener("pagehide", () => { events.close(); if (logSource) logSource.close(); });
+addEventListener("pageshow", e => { if (e.persisted) location.reload(); });
 
 refresh();
