@@ -12,6 +12,12 @@
 //! | `sluice_compile_cache_hits_total` / `_misses_total` | counter | |
 //! | `sluice_artifact_bytes_stored_total` / `_fetched_total` | counter | (to and from the shared store) |
 //! | `sluice_nats_reconnects_total` | counter | |
+//! | `sluice_queue_waiting` | gauge | `queue` (`jobs`, `triggers`): messages not delivered yet |
+//! | `sluice_queue_oldest_seconds` | gauge | `queue`: how long the oldest of them has waited |
+//! | `sluice_actions_waiting` | gauge | actions waiting for an approval, an event or a timer |
+//!
+//! The last three are the service's, not one engine's (every engine reports the same queues
+//! and records): read them with `max`, not `sum`. They are sampled when `/metrics` is read.
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -34,6 +40,13 @@ pub struct FinishedLabel {
     pub pipeline: String,
     /// `Succeeded`, `Failed`, `Stopped`, `Superseded`.
     pub status: String,
+}
+
+/// A work queue.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabel {
+    /// `jobs` or `triggers`.
+    pub queue: String,
 }
 
 /// A plugin (`uses:` as written: `noop@1`, a digest, a file).
@@ -68,6 +81,12 @@ pub struct Metrics {
     pub artifact_bytes_fetched: Counter,
     /// Reconnections to NATS.
     pub nats_reconnects: Counter,
+    /// Messages of each queue not delivered yet.
+    pub queue_waiting: Family<QueueLabel, Gauge>,
+    /// How long the oldest of them has waited, in seconds.
+    pub queue_oldest_seconds: Family<QueueLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// Actions waiting for an approval, an event or a timer.
+    pub actions_waiting: Gauge,
 }
 
 fn durations() -> Histogram {
@@ -89,6 +108,9 @@ impl Metrics {
             artifact_bytes_stored: Counter::default(),
             artifact_bytes_fetched: Counter::default(),
             nats_reconnects: Counter::default(),
+            queue_waiting: Family::default(),
+            queue_oldest_seconds: Family::default(),
+            actions_waiting: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -140,6 +162,21 @@ impl Metrics {
             "nats_reconnects",
             "Reconnections to NATS",
             m.nats_reconnects.clone(),
+        );
+        registry.register(
+            "queue_waiting",
+            "Messages of a queue not delivered yet (the service's: read with max)",
+            m.queue_waiting.clone(),
+        );
+        registry.register(
+            "queue_oldest_seconds",
+            "How long the oldest undelivered message of a queue has waited (the service's)",
+            m.queue_oldest_seconds.clone(),
+        );
+        registry.register(
+            "actions_waiting",
+            "Actions waiting for an approval, an event or a timer (the service's)",
+            m.actions_waiting.clone(),
         );
         Metrics { registry, ..m }
     }

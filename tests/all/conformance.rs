@@ -101,12 +101,22 @@ async fn kv_suite(kv: &dyn Kv) {
 }
 
 async fn queue_suite(q: &dyn WorkQueue) {
+    assert_eq!(q.depth().await.unwrap().waiting, 0, "a new queue is empty");
     q.push("sluice.t.jobs", "a", b"A".to_vec()).await.unwrap();
     q.push("sluice.t.jobs", "a", b"A again".to_vec())
         .await
         .unwrap();
     q.push("sluice.t.jobs", "b", b"B".to_vec()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The metrics' view: two wait (the re-push was dropped), the oldest for a while now.
+    let depth = q.depth().await.unwrap();
+    assert_eq!(depth.waiting, 2, "{depth:?}");
+    assert!(
+        depth.oldest >= Duration::from_millis(40) && depth.oldest < Duration::from_secs(30),
+        "{depth:?}"
+    );
     let first = q.next().await.unwrap();
+    assert_eq!(q.depth().await.unwrap().waiting, 1, "one delivered");
     assert_eq!(
         (
             first.subject.as_str(),

@@ -127,6 +127,17 @@ fn the_http_api_registers_starts_approves_and_pages_executions() {
         action(e, "Gate/Ok")["status"] == "InProgress"
             && e["stages"][1]["actions"][0]["waiting"].is_object()
     });
+    // The service's gauges: one action waits, no job waits for a worker.
+    let (code, metrics) = http(port, "GET", "/metrics", &[], b"");
+    assert_eq!(code, 200);
+    for expected in [
+        "sluice_actions_waiting 1\n",
+        "sluice_queue_waiting{queue=\"jobs\"} 0\n",
+        "sluice_queue_waiting{queue=\"triggers\"} 0\n",
+        "sluice_queue_oldest_seconds{queue=\"jobs\"} 0.0\n",
+    ] {
+        assert!(metrics.contains(expected), "{expected} in:\n{metrics}");
+    }
     let (code, r) = api(
         port,
         "POST",

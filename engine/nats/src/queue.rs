@@ -8,12 +8,13 @@ use async_nats::jetstream::message::{AckKind, Acker, PublishMessage};
 use async_nats::jetstream::stream::{self, RetentionPolicy};
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
-use sluice_engine::queue::{Delivery, QueueError, QueueResult, Settle, WorkQueue};
+use sluice_engine::queue::{Delivery, Depth, QueueError, QueueResult, Settle, WorkQueue};
 use std::time::Duration;
 
 /// A JetStream work queue.
 pub struct NatsQueue {
     js: Context,
+    stream: async_nats::jetstream::stream::Stream,
     consumer: PullConsumer,
     ack_wait: Duration,
 }
@@ -66,6 +67,7 @@ impl NatsQueue {
         let ack_wait = consumer.cached_info().config.ack_wait;
         Ok(NatsQueue {
             js: js.clone(),
+            stream,
             consumer,
             ack_wait,
         })
@@ -157,5 +159,32 @@ impl WorkQueue for NatsQueue {
 
     fn ack_wait(&self) -> Duration {
         self.ack_wait
+    }
+
+    fn depth(&self) -> BoxFuture<'_, QueueResult<Depth>> {
+        async move {
+            // What the shared consumer has not delivered yet: the messages after its delivered
+            // position. The first of them is the oldest waiting (a job held back by a timer
+            // has been delivered and put back, so it does not count as waiting for a worker).
+            let mut consumer = self.consumer.clone();
+            let info = consumer
+                .info()
+                .await
+                .map_err(|e| QueueError(format!("consumer info: {e}")))?;
+            let (waiting, next) = (info.num_pending, info.delivered.stream_sequence + 1);
+            let mut oldest = Duration::ZERO;
+            if waiting > 0
+                && let Ok(m) = self.stream.get_raw_message(next).await
+            {
+                let sent = m.time.unix_timestamp_nanos();
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_nanos() as i128;
+                oldest = Duration::from_nanos((now - sent).max(0) as u64);
+            }
+            Ok(Depth { waiting, oldest })
+        }
+        .boxed()
     }
 }

@@ -1,18 +1,34 @@
 //! The embedded queue: an in-process channel. Messages do not survive the process; the
 //! embedded service rebuilds its jobs from the execution records when it starts.
-use super::{Delivery, QueueResult, Settle, WorkQueue};
+use super::{Delivery, Depth, QueueResult, Settle, WorkQueue};
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 type Message = (String, String, Vec<u8>, u64);
 
+/// The sending side, which also notes when each waiting message was sent (the channel is
+/// first in, first out, so the front is the oldest).
+struct Inbox {
+    tx: mpsc::UnboundedSender<Message>,
+    sent: Mutex<VecDeque<Instant>>,
+}
+
+impl Inbox {
+    fn send(&self, m: Message) {
+        let mut sent = self.sent.lock().unwrap();
+        if self.tx.send(m).is_ok() {
+            sent.push_back(Instant::now());
+        }
+    }
+}
+
 /// An in-process queue.
 pub struct MemoryQueue {
-    tx: mpsc::UnboundedSender<Message>,
+    tx: Arc<Inbox>,
     rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Message>>,
     /// Ids pushed recently, for deduplication.
     seen: Mutex<HashMap<String, Instant>>,
@@ -24,7 +40,10 @@ impl MemoryQueue {
     pub fn new(window: Duration) -> Arc<Self> {
         let (tx, rx) = mpsc::unbounded_channel();
         Arc::new(MemoryQueue {
-            tx,
+            tx: Arc::new(Inbox {
+                tx,
+                sent: Mutex::new(VecDeque::new()),
+            }),
             rx: tokio::sync::Mutex::new(rx),
             seen: Mutex::new(HashMap::new()),
             window,
@@ -33,7 +52,7 @@ impl MemoryQueue {
 }
 
 struct Handle {
-    tx: mpsc::UnboundedSender<Message>,
+    tx: Arc<Inbox>,
     message: Mutex<Option<Message>>,
 }
 
@@ -48,7 +67,7 @@ impl Settle for Handle {
             m.3 += 1;
             tokio::spawn(async move {
                 tokio::time::sleep(delay).await;
-                let _ = tx.send(m);
+                tx.send(m);
             });
         }
         async { Ok(()) }.boxed()
@@ -63,7 +82,7 @@ impl Drop for Handle {
     fn drop(&mut self) {
         if let Some(mut m) = self.message.lock().unwrap().take() {
             m.3 += 1;
-            let _ = self.tx.send(m);
+            self.tx.send(m);
         }
     }
 }
@@ -80,8 +99,7 @@ impl WorkQueue for MemoryQueue {
             let now = Instant::now();
             seen.retain(|_, at| now.duration_since(*at) < self.window);
             if seen.insert(id.to_string(), now).is_none() {
-                let _ = self
-                    .tx
+                self.tx
                     .send((subject.to_string(), id.to_string(), payload, 1));
             }
         }
@@ -97,6 +115,7 @@ impl WorkQueue for MemoryQueue {
                 .recv()
                 .await
                 .ok_or_else(|| super::QueueError("queue closed".into()))?;
+            self.tx.sent.lock().unwrap().pop_front();
             let (subject, payload, delivered) = (message.0.clone(), message.2.clone(), message.3);
             Ok(Delivery {
                 subject,
@@ -113,5 +132,14 @@ impl WorkQueue for MemoryQueue {
 
     fn ack_wait(&self) -> Duration {
         Duration::from_secs(3600)
+    }
+
+    fn depth(&self) -> BoxFuture<'_, QueueResult<Depth>> {
+        let sent = self.tx.sent.lock().unwrap();
+        let depth = Depth {
+            waiting: sent.len() as u64,
+            oldest: sent.front().map(Instant::elapsed).unwrap_or_default(),
+        };
+        async move { Ok(depth) }.boxed()
     }
 }

@@ -66,4 +66,16 @@ pub trait WorkQueue: Send + Sync {
     fn next(&self) -> BoxFuture<'_, QueueResult<Delivery>>;
     /// How long a delivery may go without progress before it is redelivered.
     fn ack_wait(&self) -> Duration;
+    /// Messages waiting for their first delivery, and how long the oldest of them has waited
+    /// (for the metrics: a queue that grows, or a job that waits, means too few workers).
+    fn depth(&self) -> BoxFuture<'_, QueueResult<Depth>>;
+}
+
+/// See [`WorkQueue::depth`].
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Depth {
+    /// Messages not delivered yet.
+    pub waiting: u64,
+    /// How long the oldest of them has waited (zero when none waits).
+    pub oldest: Duration,
 }

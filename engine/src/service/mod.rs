@@ -143,6 +143,8 @@ pub struct Service {
     gather_us: std::sync::atomic::AtomicU64,
     /// Each pipeline's head as this engine last read it: what an early start runs (see `early`).
     heads: Mutex<HashMap<(String, String), Arc<Loaded>>>,
+    /// When the waiting actions were last counted for the metrics (see `control::gauges`).
+    gauges_at: Mutex<Option<std::time::Instant>>,
 }
 
 /// Events sent for one change and not yet acknowledged by the stream.
@@ -211,6 +213,7 @@ impl Service {
             unacked: Default::default(),
             gather_us: (journal::GATHER.as_micros() as u64).into(),
             heads: Default::default(),
+            gauges_at: Mutex::new(None),
         })
     }
 

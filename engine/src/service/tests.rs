@@ -440,6 +440,11 @@ impl WorkQueue for ShortDeadline {
     fn ack_wait(&self) -> Duration {
         Duration::from_millis(300)
     }
+    fn depth(
+        &self,
+    ) -> futures_util::future::BoxFuture<'_, crate::queue::QueueResult<crate::queue::Depth>> {
+        self.0.depth()
+    }
 }
 
 /// Counts a delivery's acknowledgements and progress reports.

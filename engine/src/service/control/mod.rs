@@ -2,6 +2,7 @@
 //! its transports (the embedded socket, HTTP with the console; NATS is `sluice-nats`'s), and
 //! the operator controls and reads they call.
 pub mod api;
+mod gauges;
 pub mod http;
 pub mod listen;
 pub mod socket;

@@ -201,7 +201,8 @@ async fn not_found() -> Refusal {
 }
 
 /// Prometheus' text format (see `docs/operations.md`).
-async fn metrics() -> Response {
+async fn metrics(State(service): Shared) -> Response {
+    service.sample_gauges().await;
     (
         [(
             axum::http::header::CONTENT_TYPE,
