@@ -115,10 +115,9 @@ pub async fn describe_plugin(
     let scratch = tempfile::tempdir()?;
     let runtime = Arc::new(crate::runtime::Runtime::new(Default::default())?);
     let store = Arc::new(LocalStore::open(scratch.path())?);
-    crate::plugins::Registry::new(runtime, store)
+    Ok(crate::plugins::Registry::new(runtime, store)
         .resolve(reference, base)
-        .await
-        .map_err(anyhow::Error::msg)
+        .await?)
 }
 
 /// What a data directory keeps: the executions of local runs, their logs and their artifacts.

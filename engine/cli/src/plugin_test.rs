@@ -49,11 +49,7 @@ pub async fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
         LogStore::new(scratch.path().join("logs")),
     )?;
     crate::publish_to_nats(&engine);
-    let plugin = engine
-        .registry
-        .resolve(&args.plugin, &cwd)
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let plugin = engine.registry.resolve(&args.plugin, &cwd).await?;
     let d = &plugin.description;
     let config: BTreeMap<String, String> = args.config.into_iter().collect();
     let mut problems: Vec<String> =

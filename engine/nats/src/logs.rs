@@ -3,7 +3,7 @@
 //! `sluice-logs`, so that `sluice logs --nats` shows them whichever engine ran the action.
 use async_nats::jetstream::{self, object_store::ObjectStore};
 use sluice_engine::executor::LogLine;
-use sluice_engine::executor::logs::{AttemptRef, LogArchive};
+use sluice_engine::executor::logs::{ArchiveError, AttemptRef, LogArchive};
 use std::time::Duration;
 
 /// The bucket.
@@ -86,8 +86,12 @@ impl LogArchive for NatsLogArchive {
     fn get(
         &self,
         attempt: AttemptRef,
-    ) -> futures_util::future::BoxFuture<'static, Result<Option<Vec<LogLine>>, String>> {
+    ) -> futures_util::future::BoxFuture<'static, Result<Option<Vec<LogLine>>, ArchiveError>> {
         let (store, name) = (self.0.clone(), object_name(&attempt));
-        Box::pin(async move { get(&store, &name).await.map_err(|e| format!("{e:#}")) })
+        Box::pin(async move {
+            get(&store, &name)
+                .await
+                .map_err(|e| ArchiveError(format!("{e:#}")))
+        })
     }
 }

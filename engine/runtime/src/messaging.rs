@@ -15,8 +15,13 @@ pub trait Publisher: Send + Sync {
         url: &str,
         subject: &str,
         payload: Vec<u8>,
-    ) -> BoxFuture<'static, Result<(), String>>;
+    ) -> BoxFuture<'static, Result<(), PublishError>>;
 }
+
+/// A publish that did not reach its server (the message says where and why).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct PublishError(pub String);
 
 /// Which servers a guest may reach, and what reaches them.
 #[derive(Default)]
@@ -75,7 +80,11 @@ impl NatsAccess {
             .publisher
             .get()
             .ok_or("this engine was built without NATS publishing")?;
-        publisher.publish(&url, subject, payload).await
+        // The guest is told in words (the WIT contract's error is a string).
+        publisher
+            .publish(&url, subject, payload)
+            .await
+            .map_err(|e| e.to_string())
     }
 }
 

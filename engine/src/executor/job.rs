@@ -104,7 +104,18 @@ pub trait FunctionResolver: Send + Sync {
         tenant: &'a str,
         function: &'a str,
         pipeline_dir: &'a Path,
-    ) -> futures_util::future::BoxFuture<'a, Result<Digest, String>>;
+    ) -> futures_util::future::BoxFuture<'a, Result<Digest, FunctionError>>;
+}
+
+/// Why `invoke@1` found no function to run.
+#[derive(Debug, thiserror::Error)]
+pub enum FunctionError {
+    /// No function by that name, or no such file.
+    #[error("{0}")]
+    NotFound(String),
+    /// Found, but not usable: not a function component, or its store failed.
+    #[error("{0}")]
+    Unusable(String),
 }
 
 /// Functions as `.wasm` files next to the pipeline: what `sluice run` can reach. Registered
@@ -119,12 +130,13 @@ pub fn load_function_file(
     runtime: &Runtime,
     function: &str,
     pipeline_dir: &Path,
-) -> Result<Digest, String> {
+) -> Result<Digest, FunctionError> {
     let path = pipeline_dir.join(function);
-    let bytes = crate::plugins::read_component(&path).map_err(|e| format!("function: {e}"))?;
+    let bytes = crate::plugins::read_component(&path)
+        .map_err(|e| FunctionError::NotFound(format!("function: {e}")))?;
     runtime
         .load_function(&bytes)
-        .map_err(|e| format!("function {}: {e:#}", path.display()))
+        .map_err(|e| FunctionError::Unusable(format!("function {}: {e:#}", path.display())))
 }
 
 impl FunctionResolver for FileFunctions {
@@ -133,14 +145,14 @@ impl FunctionResolver for FileFunctions {
         _tenant: &'a str,
         function: &'a str,
         pipeline_dir: &'a Path,
-    ) -> futures_util::future::BoxFuture<'a, Result<Digest, String>> {
+    ) -> futures_util::future::BoxFuture<'a, Result<Digest, FunctionError>> {
         Box::pin(async move {
             if function.ends_with(".wasm") {
                 return load_function_file(&self.runtime, function, pipeline_dir);
             }
-            Err(format!(
+            Err(FunctionError::NotFound(format!(
                 "function `{function}` is not a .wasm file; registered functions (`sluice function put {function} FILE.wasm`) run in the service (`sluice serve`)"
-            ))
+            )))
         })
     }
 }
@@ -637,7 +649,8 @@ async fn run_in(
             let digest = cx
                 .functions
                 .resolve(&job.tenant, &call.function, &job.pipeline_dir)
-                .await?;
+                .await
+                .map_err(|e| e.to_string())?;
             log.log(
                 Level::Debug,
                 &format!("invoking function {} ({digest})", call.function),

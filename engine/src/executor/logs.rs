@@ -35,8 +35,13 @@ pub trait LogArchive: Send + Sync {
     fn get(
         &self,
         attempt: AttemptRef,
-    ) -> futures_util::future::BoxFuture<'static, Result<Option<Vec<LogLine>>, String>>;
+    ) -> futures_util::future::BoxFuture<'static, Result<Option<Vec<LogLine>>, ArchiveError>>;
 }
+
+/// The shared log archive could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("the log archive: {0}")]
+pub struct ArchiveError(pub String);
 
 /// One attempt of one action, as the log archive files it.
 #[derive(Clone, Debug, PartialEq, Eq)]

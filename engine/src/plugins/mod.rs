@@ -4,7 +4,7 @@
 pub mod builtin;
 pub mod registry;
 
-pub use registry::Registry;
+pub use registry::{PluginError, Registry};
 
 pub use sluice_core::plugin::*;
 

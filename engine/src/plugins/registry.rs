@@ -32,34 +32,38 @@ impl Registry {
 
     /// Resolve one `uses:` value: `NAME@MAJOR` (built-in), `blake3:<hex>` (in the store), or a
     /// path to a `.wasm` file (relative to the pipeline file; stored so its digest works later).
-    pub async fn resolve(&self, uses: &str, base: &Path) -> Result<Arc<Plugin>, String> {
+    pub async fn resolve(&self, uses: &str, base: &Path) -> Result<Arc<Plugin>, PluginError> {
         let bytes: Vec<u8> = if uses.starts_with("blake3:") {
-            let digest: Digest = uses.parse()?;
-            self.store
-                .get_bytes(&digest)
-                .map_err(|e| format!("{e} (store a plugin first by using it by path)"))?
+            let digest: Digest = uses.parse().map_err(PluginError::Reference)?;
+            self.store.get_bytes(&digest).map_err(|e| {
+                PluginError::NotStored(format!("{e} (store a plugin first by using it by path)"))
+            })?
         } else if uses.ends_with(".wasm")
             || uses.starts_with("./")
             || uses.starts_with('/')
             || uses.starts_with("../")
         {
             let path = base.join(uses);
-            let bytes = super::read_component(&path).map_err(|e| e.to_string())?;
-            self.store.put_bytes(&bytes).map_err(|e| e.to_string())?;
+            let bytes = super::read_component(&path)?;
+            self.store.put_bytes(&bytes)?;
             bytes
         } else {
             let (name, major) = uses.split_once('@').ok_or_else(|| {
-                "expected NAME@MAJOR (e.g. command@1), blake3:<hex> or a path to a .wasm file"
-                    .to_string()
+                PluginError::Reference(
+                    "expected NAME@MAJOR (e.g. command@1), blake3:<hex> or a path to a .wasm file"
+                        .to_string(),
+                )
             })?;
-            let major: u32 = major
-                .parse()
-                .map_err(|_| format!("`{major}` is not a major version; write e.g. {name}@1"))?;
+            let major: u32 = major.parse().map_err(|_| {
+                PluginError::Reference(format!(
+                    "`{major}` is not a major version; write e.g. {name}@1"
+                ))
+            })?;
             builtin::find(name, major)
                 .ok_or_else(|| {
                     let names = builtin::names();
                     let known: Vec<&str> = names.iter().map(String::as_str).collect();
-                    match crate::model::parse::suggest(uses, &known) {
+                    PluginError::Reference(match crate::model::parse::suggest(uses, &known) {
                         Some(s) => format!(
                             "no built-in or installed plugin `{name}@{major}`; did you mean `{s}`?"
                         ),
@@ -67,7 +71,7 @@ impl Registry {
                             "no built-in or installed plugin `{name}@{major}`; built-in: {}",
                             known.join(", ")
                         ),
-                    }
+                    })
                 })?
                 .to_vec()
         };
@@ -75,7 +79,7 @@ impl Registry {
     }
 
     /// Load component bytes and describe them.
-    pub async fn load(&self, reference: &str, bytes: &[u8]) -> Result<Arc<Plugin>, String> {
+    pub async fn load(&self, reference: &str, bytes: &[u8]) -> Result<Arc<Plugin>, PluginError> {
         let digest = Digest::of(bytes);
         let cached = self.by_digest.lock().unwrap().get(&digest).cloned();
         let description = match cached {
@@ -85,13 +89,13 @@ impl Registry {
                 let owned = bytes.to_vec();
                 tokio::task::spawn_blocking(move || runtime.load(&owned))
                     .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| format!("{e:#}"))?;
+                    .map_err(|e| PluginError::Invalid(e.to_string()))?
+                    .map_err(|e| PluginError::Invalid(format!("{e:#}")))?;
                 let d = self
                     .runtime
                     .describe(&digest)
                     .await
-                    .map_err(|e| format!("`describe` failed: {e}"))?;
+                    .map_err(|e| PluginError::Invalid(format!("`describe` failed: {e}")))?;
                 self.by_digest.lock().unwrap().insert(digest, d.clone());
                 d
             }
@@ -109,10 +113,31 @@ impl Registry {
         for (_, _, a) in pipeline.actions() {
             let uses = &a.uses.value;
             if !uses.is_empty() && !out.contains_key(uses) {
+                // Kept as the words a diagnostic shows.
                 let r = self.resolve(uses, &pipeline.dir).await;
-                out.insert(uses.clone(), r);
+                out.insert(uses.clone(), r.map_err(|e| e.to_string()));
             }
         }
         out
     }
+}
+
+/// Why a `uses:` value names no usable plugin.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    /// The reference is malformed, or names no built-in plugin.
+    #[error("{0}")]
+    Reference(String),
+    /// A digest the store does not hold.
+    #[error("{0}")]
+    NotStored(String),
+    /// A component file that cannot be used.
+    #[error(transparent)]
+    File(#[from] super::ComponentFileError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] crate::artifacts::StoreError),
+    /// Not a component of the action world, or its `describe` failed.
+    #[error("{0}")]
+    Invalid(String),
 }

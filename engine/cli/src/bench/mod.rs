@@ -82,11 +82,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         Arc::new(MemoryBus::default()),
         LogStore::new(tmp.path().join("data/logs")),
     )?;
-    let noop = engine
-        .registry
-        .resolve("noop@1", tmp.path())
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let noop = engine.registry.resolve("noop@1", tmp.path()).await?;
     let digest: sluice_engine::artifacts::Digest =
         noop.digest.parse().map_err(anyhow::Error::msg)?;
     let runtime = engine.registry.runtime().clone();

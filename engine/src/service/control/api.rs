@@ -561,7 +561,7 @@ impl Service {
                     attempt,
                 })
                 .await
-                .map_err(ApiError::unavailable)?
+                .map_err(|e| ApiError::unavailable(e.to_string()))?
                 .unwrap_or_default();
         }
         Ok(LogPage {

@@ -2,7 +2,7 @@
 //! component in the artifact store (content-addressed, shared by every engine) and its
 //! digest under `<tenant>/<name>`.
 use crate::artifacts::{BlobStore, Digest};
-use crate::executor::job::{FunctionResolver, load_function_file};
+use crate::executor::job::{FunctionError, FunctionResolver, load_function_file};
 use crate::kv::{Kv, get_json};
 use crate::runtime::Runtime;
 use crate::service::Service;
@@ -30,7 +30,7 @@ impl FunctionResolver for Registered {
         tenant: &'a str,
         function: &'a str,
         pipeline_dir: &'a Path,
-    ) -> BoxFuture<'a, Result<Digest, String>> {
+    ) -> BoxFuture<'a, Result<Digest, FunctionError>> {
         Box::pin(async move {
             if function.ends_with(".wasm") {
                 return load_function_file(&self.runtime, function, pipeline_dir);
@@ -38,23 +38,25 @@ impl FunctionResolver for Registered {
             let key = format!("{tenant}/{function}");
             let Some((f, _)) = get_json::<StoredFunction>(&*self.kv, &key)
                 .await
-                .map_err(|e| e.to_string())?
+                .map_err(|e| FunctionError::Unusable(e.to_string()))?
             else {
-                return Err(format!(
+                return Err(FunctionError::NotFound(format!(
                     "no function `{function}` is registered (sluice function put {function} FILE.wasm)"
-                ));
+                )));
             };
-            let digest: Digest = f.digest.parse()?;
+            let digest: Digest = f.digest.parse().map_err(FunctionError::Unusable)?;
             if !self.runtime.has_function(&digest) {
                 let (blobs, runtime) = (self.blobs.clone(), self.runtime.clone());
                 tokio::task::spawn_blocking(move || {
                     let bytes = blobs
                         .get_bytes(&digest)
-                        .map_err(|e| format!("function component: {e}"))?;
-                    runtime.load_function(&bytes).map_err(|e| format!("{e:#}"))
+                        .map_err(|e| FunctionError::Unusable(format!("function component: {e}")))?;
+                    runtime
+                        .load_function(&bytes)
+                        .map_err(|e| FunctionError::Unusable(format!("{e:#}")))
                 })
                 .await
-                .map_err(|e| e.to_string())??;
+                .map_err(|e| FunctionError::Unusable(e.to_string()))??;
             }
             Ok(digest)
         })
