@@ -22,6 +22,7 @@ pub use crate::executor::logs::LiveLog;
 pub use crate::executor::{LocalApprovals, LogLine, load_pipeline, succeeded};
 pub use crate::model::validate::ResolvedPlugins;
 pub use crate::runtime::messaging::Publisher;
+pub use crate::scheduler::TriggerInfo;
 
 /// One pipeline run in a data directory (created if missing), its events on an in-process bus.
 pub struct LocalRun {
@@ -67,7 +68,8 @@ impl LocalRun {
         self.engine.check(pipeline, problems, vars).await
     }
 
-    /// Run a checked pipeline to its end, answering approvals as `approvals` says. The engine
+    /// Run a checked pipeline to its end, answering approvals as `approvals` says and with
+    /// `trigger` as what started it (`#{trigger.*}`; none: every value empty). The engine
     /// is closed when the run ends (its events end with it); the data directory's
     /// [`History`] has the record and the logs.
     pub async fn run(
@@ -76,10 +78,11 @@ impl LocalRun {
         plugins: &ResolvedPlugins,
         vars: &BTreeMap<String, String>,
         approvals: LocalApprovals,
+        trigger: Option<TriggerInfo>,
     ) -> anyhow::Result<(Execution, History)> {
         let exec = self
             .engine
-            .run_with(pipeline, plugins, vars, approvals)
+            .run_triggered(pipeline, plugins, vars, approvals, trigger)
             .await?;
         let data = self.data.clone();
         drop(self);

@@ -188,7 +188,7 @@ stages:
     );
     let exec = p.run(&[]).json();
     assert!(error(action(&exec, "Source/Remote")).contains("https://example.com/x.git is not granted; add its origin to `capabilities: { http: [...] }`"), "{}", error(action(&exec, "Source/Remote")));
-    assert!(error(action(&exec, "Source/Both")).contains("exactly one of"));
+    assert!(error(action(&exec, "Source/Both")).contains("set one of `branch`, `tag`, `commit`"));
     assert!(error(action(&exec, "Source/Option")).contains("not a valid revision"));
 }
 
@@ -468,6 +468,27 @@ fn the_release_example_takes_a_git_project_through_build_tests_approval_and_depl
             .unwrap(),
         head_release(&p)
     );
+
+    // An event's commit wins over the branch (`commit: "#{trigger.commit}"`): the broken commit,
+    // named on `main`, is what gets built, and fails the same way.
+    let broken = git(&p.path("repo"), &["rev-parse", "broken"]);
+    let r = p.run(&[
+        "--trigger-commit",
+        broken.as_str(),
+        "--trigger-ref",
+        "refs/heads/main",
+        "--approve",
+        "Approve/Gate",
+        "--as",
+        "ana",
+    ]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let exec = r.json();
+    assert_eq!(
+        action(&exec, "Source/Checkout")["variables"]["CommitId"],
+        broken.as_str()
+    );
+    assert!(error(action(&exec, "Build/Report")).contains("2 failures"));
 }
 
 /// The release `current` points to (there is exactly one).

@@ -1251,3 +1251,168 @@ fn refused_webhook_events_wait_in_the_dead_letter_and_replay_after_a_fix_embedde
     assert_eq!(exec["trigger"]["commit"], "f00d");
     assert!(letter_ids(&p.sluice(&["deadletter"])).is_empty());
 }
+
+const TRIGGER_VALUES: &str = r#"
+name: tv
+stages:
+  - name: S
+    actions:
+      - name: Echo
+        uses: command@1
+        namespace: T
+        capabilities: { process: [sh] }
+        with:
+          run: |
+            echo "Commit=#{trigger.commit}" >> "$SLUICE_OUTPUT"
+            echo "Branch=#{trigger.branch}" >> "$SLUICE_OUTPUT"
+            echo "Tag=#{trigger.tag}" >> "$SLUICE_OUTPUT"
+            echo "Type=#{trigger.type}" >> "$SLUICE_OUTPUT"
+            echo "Pusher=#{trigger.pusher}" >> "$SLUICE_OUTPUT"
+            echo "Build=#{trigger.data.build}" >> "$SLUICE_OUTPUT"
+"#;
+
+/// An event's commit, ref, pusher and data reach `#{trigger.*}`, from Sluice's own event
+/// format (with a field it does not know) and from a CloudEvent; a manual start and `sluice run`
+/// have them empty unless given (`--trigger-commit`, `--trigger-ref`); an unknown key is
+/// refused at registration with its line.
+#[test]
+fn trigger_values_reach_references_from_sluice_events_and_cloudevents_on_nats() {
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let p = Project::new(TRIGGER_VALUES);
+    let _engine = Engine::start(p.dir.path(), "engine", &["--nats", &url]);
+    wait_for(Duration::from_secs(30), "the engine to answer", || {
+        (client(&p, &url, &["pipeline", "put", "pipeline.yaml"]).code == 0).then_some(())
+    });
+    let sluice_event = json!({"id": "push-7", "source": {"type": "git", "ref": "refs/heads/main",
+        "commit": "abc123", "pusher": "alice"}, "data": {"build": "nightly"}, "producer": "ci-9"});
+    publish(
+        &url,
+        "sluice.default.trigger.tv",
+        &sluice_event.to_string(),
+        None,
+    );
+    let cloud_event = json!({"specversion": "1.0", "id": "ce-1", "type": "dev.knative.release",
+        "source": "https://git.example.com/acme/app", "data": {"ref": "refs/tags/v2.0.0",
+        "commit": "def456", "pusher": "bo", "build": "release"}});
+    publish(
+        &url,
+        "sluice.default.trigger.tv",
+        &cloud_event.to_string(),
+        None,
+    );
+    let manual = client(
+        &p,
+        &url,
+        &[
+            "start",
+            "tv",
+            "--trigger-commit",
+            "c0ffee",
+            "--trigger-ref",
+            "refs/tags/v3",
+        ],
+    );
+    assert_eq!(manual.code, 0, "{manual:?}");
+    let values = |trigger: &str| {
+        let list = wait_for(Duration::from_secs(60), trigger, || {
+            let r = client(&p, &url, &["executions", "tv", "--json"]);
+            let list: Vec<Value> = serde_json::from_str(&r.stdout).ok()?;
+            list.iter()
+                .find(|e| e["trigger"].as_str().is_some_and(|t| t.contains(trigger)))
+                .filter(|e| e["status"] != "InProgress")
+                .cloned()
+        });
+        let e = wait_done(&p, &url, list["execution_id"].as_str().unwrap());
+        assert_eq!(status(&e), "Succeeded", "{e:#}");
+        e["stages"][0]["actions"][0]["variables"].clone()
+    };
+    let v = values("push-7");
+    assert_eq!(
+        (
+            &v["Commit"],
+            &v["Branch"],
+            &v["Tag"],
+            &v["Type"],
+            &v["Pusher"],
+            &v["Build"]
+        ),
+        (
+            &json!("abc123"),
+            &json!("main"),
+            &json!(""),
+            &json!("git"),
+            &json!("alice"),
+            &json!("nightly")
+        ),
+        "{v:#}"
+    );
+    let v = values("ce-1");
+    assert_eq!(
+        (
+            &v["Commit"],
+            &v["Branch"],
+            &v["Tag"],
+            &v["Type"],
+            &v["Pusher"],
+            &v["Build"]
+        ),
+        (
+            &json!("def456"),
+            &json!(""),
+            &json!("v2.0.0"),
+            &json!("dev.knative.release"),
+            &json!("bo"),
+            &json!("release")
+        ),
+        "{v:#}"
+    );
+    let e = wait_done(&p, &url, manual.stdout.trim());
+    assert_eq!(status(&e), "Succeeded", "{e:#}");
+    let v = e["stages"][0]["actions"][0]["variables"].clone();
+    assert_eq!(
+        (&v["Commit"], &v["Tag"], &v["Type"], &v["Build"]),
+        (&json!("c0ffee"), &json!("v3"), &json!("manual"), &json!("")),
+        "{v:#}"
+    );
+    // `sluice run`: empty unless given.
+    let local = |extra: &[&str]| {
+        let mut args = vec!["run", "pipeline.yaml", "--json"];
+        args.extend_from_slice(extra);
+        let r = p.sluice(&args);
+        assert_eq!(r.code, 0, "{r:?}");
+        let e: Value = serde_json::from_str(&r.stdout).unwrap();
+        e["stages"][0]["actions"][0]["variables"].clone()
+    };
+    let v = local(&[]);
+    assert_eq!(
+        (&v["Commit"], &v["Branch"]),
+        (&json!(""), &json!("")),
+        "{v:#}"
+    );
+    let v = local(&[
+        "--trigger-commit",
+        "f00d",
+        "--trigger-ref",
+        "refs/heads/dev",
+    ]);
+    assert_eq!(
+        (&v["Commit"], &v["Branch"]),
+        (&json!("f00d"), &json!("dev")),
+        "{v:#}"
+    );
+    // A key that is not one: refused at registration, at its line.
+    p.write(
+        "bad.yaml",
+        &TRIGGER_VALUES
+            .replace("name: tv", "name: tv2")
+            .replace("trigger.tag", "trigger.sha"),
+    );
+    let bad = client(&p, &url, &["pipeline", "put", "bad.yaml"]);
+    assert_eq!(bad.code, 2, "{bad:?}");
+    assert!(
+        bad.stderr.contains("bad.yaml:1") && bad.stderr.contains("`#{trigger.sha}`: unknown"),
+        "{}",
+        bad.stderr
+    );
+}

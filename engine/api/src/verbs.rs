@@ -254,6 +254,25 @@ pub struct Start {
     /// Who asks.
     #[serde(default)]
     pub started_by: Option<String>,
+    /// What the start is about, as a push event would say it (`#{trigger.commit}`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<StartSource>,
+}
+
+/// The git fields a manual start may give its execution (`#{trigger.commit}`, `#{trigger.ref}`,
+/// `#{trigger.branch}`, `#{trigger.tag}`, `#{trigger.repository}`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartSource {
+    /// Commit id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    /// `refs/heads/<branch>` or `refs/tags/<tag>`.
+    #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+    pub git_ref: Option<String>,
+    /// Repository URL or path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
 }
 
 /// `status`.

@@ -57,6 +57,8 @@ enum Cmd {
         /// Approve as this identity [default: SLUICE_USER, else the login name].
         #[arg(long = "as", value_name = "NAME")]
         as_: Option<String>,
+        #[command(flatten)]
+        trigger: TriggerArgs,
     },
     /// Check a pipeline file and report every problem as FILE:LINE:COL: message.
     Validate {
@@ -146,6 +148,8 @@ enum Cmd {
         /// Follow the execution until it ends (exit 0 only if it succeeds).
         #[arg(long)]
         watch: bool,
+        #[command(flatten)]
+        trigger: TriggerArgs,
         #[command(flatten)]
         target: service::Target,
     },
@@ -378,6 +382,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             verbose,
             approve,
             as_,
+            trigger,
         } => {
             let (pipeline, problems) = match local::load_pipeline(&file) {
                 Ok((p, problems)) => (Arc::new(p), problems),
@@ -402,7 +407,18 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
                 interactive: std::io::stdin().is_terminal() && std::io::stderr().is_terminal(),
                 identity: local::approver(as_.as_deref()),
             };
-            let (exec, history) = run.run(pipeline, &plugins, &overrides, approvals).await?;
+            let trigger = trigger.source().map(|s| local::TriggerInfo {
+                event_id: format!("run-{}", ulid::Ulid::new()),
+                kind: "manual".into(),
+                started_by: Some(approvals.identity.clone()),
+                repository: s.repository,
+                git_ref: s.git_ref,
+                commit: s.commit,
+                data: Default::default(),
+            });
+            let (exec, history) = run
+                .run(pipeline, &plugins, &overrides, approvals, trigger)
+                .await?;
             let _ = printer.await;
             progress::summary(&exec, &history, style);
             if json {
@@ -472,8 +488,9 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             vars,
             event_id,
             watch,
+            trigger,
             target,
-        } => service::start(pipeline, vars, event_id, watch, target).await,
+        } => service::start(pipeline, vars, event_id, watch, trigger.source(), target).await,
         Cmd::Stop {
             execution_id,
             abandon,
@@ -572,4 +589,31 @@ pub(crate) fn publish_to_nats(engine: &Engine) {
         .runtime()
         .nats
         .set_publisher(Arc::new(sluice_nats::publisher::NatsPublisher::default()));
+}
+
+/// What a start says about the change it builds (`#{trigger.commit}`, `#{trigger.ref}`, …), as a
+/// push event would.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub(crate) struct TriggerArgs {
+    /// The commit (`#{trigger.commit}`).
+    #[arg(long)]
+    trigger_commit: Option<String>,
+    /// The ref, `refs/heads/BRANCH` or `refs/tags/TAG` (`#{trigger.ref}`, `#{trigger.branch}`,
+    /// `#{trigger.tag}`).
+    #[arg(long)]
+    trigger_ref: Option<String>,
+    /// The repository (`#{trigger.repository}`).
+    #[arg(long)]
+    trigger_repository: Option<String>,
+}
+
+impl TriggerArgs {
+    pub(crate) fn source(self) -> Option<verbs::StartSource> {
+        let s = verbs::StartSource {
+            commit: self.trigger_commit,
+            git_ref: self.trigger_ref,
+            repository: self.trigger_repository,
+        };
+        (s != verbs::StartSource::default()).then_some(s)
+    }
 }

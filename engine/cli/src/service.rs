@@ -604,6 +604,7 @@ pub async fn start(
     vars: Vec<(String, String)>,
     event_id: Option<String>,
     watch: bool,
+    source: Option<verbs::StartSource>,
     target: Target,
 ) -> anyhow::Result<ExitCode> {
     let client = target.client().await?;
@@ -614,6 +615,7 @@ pub async fn start(
             variables,
             event_id,
             started_by: Some(sluice_engine::identity::current()),
+            source,
         }))
         .await
     {

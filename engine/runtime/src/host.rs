@@ -9,34 +9,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-/// Log levels, as in the WIT `log` interface.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Level {
-    /// Very detailed.
-    Trace,
-    /// Detailed.
-    Debug,
-    /// Normal.
-    Info,
-    /// Something looks wrong.
-    Warn,
-    /// Something failed.
-    Error,
-}
-
-/// Receives an action's log entries as they happen.
-pub trait LogSink: Send + Sync {
-    /// Record one entry.
-    fn log(&self, level: Level, message: &str, fields: &[(String, String)]);
-}
-
-pub(super) struct NullLog;
-impl LogSink for NullLog {
-    fn log(&self, _: Level, _: &str, _: &[(String, String)]) {}
-}
+use super::logging::{Level, LogSink, NullLog};
 
 /// A host directory visible to the guest.
 #[derive(Clone, Debug)]

@@ -1,7 +1,7 @@
 //! Outbound HTTP for guests (`wasi:http`), deny by default: a request leaves only when its
 //! origin (`scheme://host[:port]`) is one the action was granted (`capabilities.http`).
 //! Everything else gets `HTTP-request-denied` and a line in the action's log.
-use super::host::{Level, LogSink};
+use super::logging::{Level, LogSink};
 use std::sync::Arc;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiHttpHooks};
 

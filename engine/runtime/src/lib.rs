@@ -11,10 +11,12 @@ pub use cache::{CompileCounters, counters as compile_counters};
 mod capture;
 mod host;
 pub mod http;
+mod logging;
 pub mod messaging;
 mod spawner;
 
-pub use host::{Level, LogSink, Mount, Preopened};
+pub use host::{Mount, Preopened};
+pub use logging::{Level, LogSink};
 
 use anyhow::Context as _;
 use sluice_core::Digest;

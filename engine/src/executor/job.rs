@@ -202,6 +202,7 @@ impl JobSpec {
                     "action" => Some(action.name.clone()),
                     _ => None,
                 },
+                "trigger" => crate::scheduler::trigger_value(exec.trigger.as_ref(), key),
                 other => namespaces
                     .get(other)
                     .and_then(|vars| vars.get(key).cloned()),

@@ -18,7 +18,7 @@ use crate::model::validate::ResolvedPlugins;
 use crate::model::{Diagnostic, Diagnostics, Loc, Pipeline};
 use crate::plugins::Registry;
 use crate::runtime::{Runtime, RuntimeConfig};
-use crate::scheduler::{Command, Execution, Input, PluginRef, Status, apply};
+use crate::scheduler::{Command, Execution, Input, PluginRef, Status, TriggerInfo, apply};
 use crate::state::{Durability, RedbStore, StateStore};
 use anyhow::Context as _;
 use std::collections::BTreeMap;
@@ -249,6 +249,20 @@ impl Engine {
         overrides: &BTreeMap<String, String>,
         approvals: LocalApprovals,
     ) -> anyhow::Result<Execution> {
+        self.run_triggered(pipeline, plugins, overrides, approvals, None)
+            .await
+    }
+
+    /// [`Engine::run_with`], the execution recording `trigger` as what started it (its
+    /// `#{trigger.*}` values).
+    pub async fn run_triggered(
+        &self,
+        pipeline: Arc<Pipeline>,
+        plugins: &ResolvedPlugins,
+        overrides: &BTreeMap<String, String>,
+        approvals: LocalApprovals,
+        trigger: Option<TriggerInfo>,
+    ) -> anyhow::Result<Execution> {
         // Drive the execution on a runtime worker: job tasks it spawns start on the same
         // worker and their completions wake it without a cross-thread handoff.
         let driver = Driver {
@@ -257,6 +271,7 @@ impl Engine {
             bus: self.bus.clone(),
             jobs: self.job_context(),
             approvals,
+            trigger,
         };
         let (plugins, overrides) = (plugins.clone(), overrides.clone());
         let done =
@@ -380,6 +395,7 @@ struct Driver {
     bus: Arc<dyn EventBus>,
     jobs: job::JobContext,
     approvals: LocalApprovals,
+    trigger: Option<TriggerInfo>,
 }
 
 impl Driver {
@@ -399,13 +415,14 @@ impl Driver {
                 .map(|p| p.digest.clone())
                 .unwrap_or_default(),
         };
-        let exec = Execution::new(
+        let mut exec = Execution::new(
             ulid::Ulid::new().to_string(),
             &self.tenant,
             &pipeline,
             &pin,
             variables,
         );
+        exec.trigger = self.trigger.clone();
         // The executor changes the execution in place; the writer copies it now and then. Its
         // first write (durable) creates the record while the first action already starts.
         let exec = Arc::new(Mutex::new(exec));

@@ -29,9 +29,9 @@ impl Action for SourceGit {
         Description::new("source-git", env!("CARGO_PKG_VERSION"), Category::Source)
             .summary("Exports a branch, tag or commit of a git repository into one output artifact (without .git)")
             .required("repository", "a local path (relative to the pipeline file), a file:// URL, or an http(s):// URL whose origin is granted in capabilities.http")
-            .optional("branch", "branch to export (exactly one of branch, tag, commit)")
+            .optional("branch", "branch to export (one of branch, tag, commit)")
             .optional("tag", "tag to export")
-            .optional("commit", "commit to export")
+            .optional("commit", "commit to export; wins over `branch` when not empty (commit: \"#{trigger.commit}\" builds what an event pushed)")
             .needs(Capability::Process("git".into()))
     }
 
@@ -63,17 +63,18 @@ impl Action for SourceGit {
         } else {
             ctx.host_path(repo).display().to_string()
         };
-        let (kind, rev) = match (
-            config.get("branch"),
-            config.get("tag"),
-            config.get("commit"),
-        ) {
+        // An empty value is no value: `commit: "#{trigger.commit}"` is empty when no event
+        // named a commit (a manual start, `sluice run`).
+        let given = |key: &str| config.get(key).filter(|v| !v.is_empty());
+        let (kind, rev) = match (given("branch"), given("tag"), given("commit")) {
+            // The event's commit wins over its branch: the build is of what was pushed, not of
+            // whatever the branch points to when the job runs.
+            (_, None, Some(c)) => ("commit", c.to_string()),
             (Some(b), None, None) => ("branch", format!("origin/{b}")),
             (None, Some(t), None) => ("tag", format!("refs/tags/{t}")),
-            (None, None, Some(c)) => ("commit", c.to_string()),
             _ => {
                 return Err(ActionError::Config(
-                    "set exactly one of `branch`, `tag`, `commit`".into(),
+                    "set one of `branch`, `tag`, `commit` (a `commit` may come with the `branch` to build when it is empty)".into(),
                 ));
             }
         };

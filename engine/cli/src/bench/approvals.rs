@@ -93,6 +93,7 @@ async fn start_many(dir: &Path, n: usize) -> anyhow::Result<Vec<String>> {
                         variables: Default::default(),
                         event_id: None,
                         started_by: Some("bench".into()),
+                        source: None,
                     }))
                     .await?;
                 anyhow::Ok(v["execution_id"].as_str().unwrap_or_default().to_string())

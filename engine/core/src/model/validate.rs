@@ -159,11 +159,13 @@ pub fn validate(
                 }
             }
             if let Some(ns) = &a.namespace {
-                if !is_valid_name(&ns.value) || ns.value == "variables" || ns.value == "sluice" {
+                if !is_valid_name(&ns.value)
+                    || ["variables", "sluice", "trigger"].contains(&ns.value.as_str())
+                {
                     err(
                         ns.loc,
                         format!(
-                            "namespace {:?} must be {NAME_RULE} and not be `variables` or `sluice`",
+                            "namespace {:?} must be {NAME_RULE} and not be `variables`, `sluice` or `trigger`",
                             ns.value
                         ),
                     );
@@ -265,6 +267,19 @@ pub fn validate(
                             );
                         }
                     }
+                    "trigger" => {
+                        let data = r.key.strip_prefix("data.").is_some_and(|k| !k.is_empty());
+                        if !data && !crate::scheduler::TRIGGER_KEYS.contains(&r.key.as_str()) {
+                            err(
+                                at,
+                                format!(
+                                    "`#{{trigger.{}}}`: unknown; available: {}, data.KEY",
+                                    r.key,
+                                    crate::scheduler::TRIGGER_KEYS.join(", ")
+                                ),
+                            );
+                        }
+                    }
                     "sluice" => {
                         if !SLUICE_KEYS.contains(&r.key.as_str()) {
                             err(
@@ -336,10 +351,15 @@ pub fn validate(
                     .iter()
                     .find(|r| r.namespace != "variables" && r.namespace != "sluice")
             {
+                let from = if r.namespace == "trigger" {
+                    "the event that started the execution"
+                } else {
+                    "another action's output"
+                };
                 err(
                     value.loc,
                     format!(
-                        "`with.{key}` names a directory the action is granted, so it cannot come from another action's output (`#{{{}.{}}}`)",
+                        "`with.{key}` names a directory the action is granted, so it cannot come from {from} (`#{{{}.{}}}`)",
                         r.namespace, r.key
                     ),
                 );

@@ -262,6 +262,7 @@ pub fn lookup(exec: &Execution, ns: &str, key: &str) -> Option<String> {
             "pipeline" => Some(exec.pipeline.clone()),
             _ => None,
         },
+        "trigger" => super::record::trigger_value(exec.trigger.as_ref(), key),
         other => exec
             .stages
             .iter()

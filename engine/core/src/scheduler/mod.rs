@@ -17,7 +17,7 @@ pub use conditions::{Condition, Outcome, Phase, Rule, StageConditions};
 pub use lanes::Mode;
 pub use record::{
     ActionRun, Decision, Execution, Outbox, PluginRef, RetryPolicy, RollbackOf, StageRun, Status,
-    Timestamp, TriggerInfo, Waiting, Wake,
+    TRIGGER_KEYS, Timestamp, TriggerInfo, Waiting, Wake, trigger_value,
 };
 pub use shared::Shared;
 

@@ -209,6 +209,58 @@ pub struct TriggerInfo {
     /// Commit id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub commit: Option<String>,
+    /// The event's `data`: its top-level string fields (`#{trigger.data.KEY}`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub data: BTreeMap<String, String>,
+}
+
+/// The keys of `#{trigger.KEY}` (and `data.KEY`, any top-level string field of the event's
+/// `data`).
+pub const TRIGGER_KEYS: &[&str] = &[
+    "id",
+    "type",
+    "commit",
+    "ref",
+    "branch",
+    "tag",
+    "pusher",
+    "repository",
+];
+
+impl TriggerInfo {
+    /// `#{trigger.KEY}`: what the event said, or empty when it said nothing (a manual start,
+    /// `sluice run`). `branch` and `tag` come from `ref` (`refs/heads/…`, `refs/tags/…`; a
+    /// bare ref is a branch). `None` for a key that is not one.
+    pub fn value(&self, key: &str) -> Option<String> {
+        let git_ref = self.git_ref.as_deref().unwrap_or("");
+        let some = |v: &Option<String>| Some(v.clone().unwrap_or_default());
+        match key {
+            "id" => Some(self.event_id.clone()),
+            "type" => Some(self.kind.clone()),
+            "commit" => some(&self.commit),
+            "ref" => some(&self.git_ref),
+            "branch" => Some(match git_ref.strip_prefix("refs/heads/") {
+                Some(b) => b.to_string(),
+                None if git_ref.starts_with("refs/") => String::new(),
+                None => git_ref.to_string(),
+            }),
+            "tag" => Some(git_ref.strip_prefix("refs/tags/").unwrap_or("").to_string()),
+            "pusher" => some(&self.started_by),
+            "repository" => some(&self.repository),
+            _ => key
+                .strip_prefix("data.")
+                .map(|k| self.data.get(k).cloned().unwrap_or_default()),
+        }
+    }
+}
+
+/// `#{trigger.KEY}` of an execution that may have no trigger (`sluice run`): every known key is
+/// empty then.
+pub fn trigger_value(trigger: Option<&TriggerInfo>, key: &str) -> Option<String> {
+    match trigger {
+        Some(t) => t.value(key),
+        None => TriggerInfo::default().value(key),
+    }
 }
 
 /// One stage of an execution.

@@ -310,12 +310,19 @@ impl Service {
             id: r
                 .event_id
                 .unwrap_or_else(|| format!("manual-{}", ulid::Ulid::new())),
-            source: Some(Source {
-                kind: "manual".into(),
-                pusher: r.started_by,
-                ..Default::default()
+            source: Some({
+                let given = r.source.unwrap_or_default();
+                Source {
+                    kind: "manual".into(),
+                    pusher: r.started_by,
+                    commit: given.commit,
+                    git_ref: given.git_ref,
+                    repository: given.repository,
+                    ..Default::default()
+                }
             }),
             variables: r.variables,
+            data: None,
         };
         let execution_id = self.trigger(&p.tenant, &r.pipeline, &event).await?;
         Ok(Started {

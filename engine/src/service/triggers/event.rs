@@ -12,9 +12,16 @@
 //!     "changed_files": ["src/main.rs"],
 //!     "pusher": "alice"
 //!   },
-//!   "variables": { "target": "/srv/site" }   // optional: overrides of pipeline variables
+//!   "variables": { "target": "/srv/site" },  // optional: overrides of pipeline variables
+//!   "data": { "build": "nightly" }           // optional: its string fields are #{trigger.data.KEY}
 //! }
 //! ```
+//!
+//! Fields Sluice does not know are accepted and ignored (other producers add their own). A
+//! CloudEvents 1.0 event in structured mode (a JSON object with `specversion`) is taken too:
+//! `id` is the event id, `type` is `#{trigger.type}`, `source` is `#{trigger.repository}`, and
+//! `data`'s `ref`, `commit` and `pusher` (strings) are the git fields, every string field of
+//! `data` also `#{trigger.data.KEY}` (with `subject` there when `data` has none).
 use crate::model::{GitFilter, Patterns, Triggers};
 use crate::scheduler::TriggerInfo;
 use serde::{Deserialize, Serialize};
@@ -22,7 +29,6 @@ use std::collections::BTreeMap;
 
 /// A trigger event.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct TriggerEvent {
     /// Unique id of the event; a second event with the same id starts nothing.
     pub id: String,
@@ -32,11 +38,13 @@ pub struct TriggerEvent {
     /// Pipeline variable overrides.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub variables: BTreeMap<String, String>,
+    /// Whatever else the producer sends: its top-level string fields are `#{trigger.data.KEY}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
 }
 
 /// The change behind an event.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Source {
     /// `git`, `manual`, `schedule`, `webhook`, ...
     #[serde(rename = "type", default = "default_kind")]
@@ -65,8 +73,13 @@ fn default_kind() -> String {
 impl TriggerEvent {
     /// Parse and check an event.
     pub fn parse(bytes: &[u8]) -> Result<Self, String> {
-        let event: TriggerEvent =
+        let value: serde_json::Value =
             serde_json::from_slice(bytes).map_err(|e| format!("not a trigger event: {e}"))?;
+        let event = if value.get("specversion").is_some() {
+            cloud_event(&value)?
+        } else {
+            serde_json::from_value(value).map_err(|e| format!("not a trigger event: {e}"))?
+        };
         if event.id.trim().is_empty() {
             return Err("not a trigger event: `id` is empty".into());
         }
@@ -90,8 +103,56 @@ impl TriggerEvent {
             repository: source.repository,
             git_ref: source.git_ref,
             commit: source.commit,
+            data: string_fields(self.data.as_ref()),
         }
     }
+}
+
+/// The top-level string fields of an event's `data` (at most 64, each at most 4 KiB: they are
+/// kept in the execution record).
+fn string_fields(data: Option<&serde_json::Value>) -> BTreeMap<String, String> {
+    data.and_then(|d| d.as_object())
+        .map(|o| {
+            o.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .filter(|(k, v)| k.len() <= 256 && v.len() <= 4096)
+                .take(64)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A CloudEvents 1.0 event in structured mode, as a trigger event (see the module's words).
+fn cloud_event(v: &serde_json::Value) -> Result<TriggerEvent, String> {
+    let text = |o: Option<&serde_json::Value>, k: &str| {
+        o.and_then(|o| o.get(k))
+            .and_then(|x| x.as_str())
+            .map(str::to_string)
+    };
+    if text(Some(v), "specversion").as_deref() != Some("1.0") {
+        return Err("not a trigger event: only CloudEvents `specversion` 1.0 is understood".into());
+    }
+    let id = text(Some(v), "id").ok_or("not a trigger event: a CloudEvent needs `id`")?;
+    let data = v.get("data");
+    let mut fields = data
+        .cloned()
+        .unwrap_or(serde_json::Value::Object(Default::default()));
+    if let (Some(o), Some(subject)) = (fields.as_object_mut(), text(Some(v), "subject")) {
+        o.entry("subject").or_insert(subject.into());
+    }
+    Ok(TriggerEvent {
+        id,
+        source: Some(Source {
+            kind: text(Some(v), "type").unwrap_or_else(default_kind),
+            repository: text(Some(v), "source"),
+            git_ref: text(data, "ref"),
+            commit: text(data, "commit"),
+            changed_files: Vec::new(),
+            pusher: text(data, "pusher"),
+        }),
+        variables: BTreeMap::new(),
+        data: Some(fields),
+    })
 }
 
 fn matches(patterns: &[crate::model::Located<String>], value: &str) -> bool {
@@ -179,6 +240,7 @@ mod tests {
                 ..Default::default()
             }),
             variables: BTreeMap::new(),
+            data: None,
         }
     }
 
@@ -250,11 +312,54 @@ mod tests {
                 .contains("empty")
         );
         assert!(
-            TriggerEvent::parse(br#"{"id": "a", "colour": 1}"#)
+            TriggerEvent::parse(br#"{"specversion": "0.3", "id": "a"}"#)
                 .unwrap_err()
-                .contains("colour")
+                .contains("1.0")
         );
         let e = TriggerEvent::parse(br#"{"id": "a", "source": {"type": "git", "ref": "refs/heads/main"}, "variables": {"k": "v"}}"#).unwrap();
         assert_eq!(e.info().git_ref.as_deref(), Some("refs/heads/main"));
+    }
+
+    /// Producers other than Sluice's own publishers: fields Sluice does not know are kept out
+    /// of the way, `data`'s string fields become `#{trigger.data.KEY}`, and a CloudEvent (as
+    /// Knative, Argo Events and Tekton Triggers send them) is read by its own field names.
+    #[test]
+    fn events_from_other_producers_and_cloudevents_are_taken() {
+        let e = TriggerEvent::parse(
+            br#"{"id": "a", "colour": 1, "source": {"type": "git", "ref": "refs/tags/v1.2", "commit": "9fc", "mood": "ok"}, "data": {"build": "nightly", "n": 3}}"#,
+        )
+        .unwrap();
+        let info = e.info();
+        assert_eq!(info.value("tag").as_deref(), Some("v1.2"));
+        assert_eq!(info.value("branch").as_deref(), Some(""));
+        assert_eq!(info.value("commit").as_deref(), Some("9fc"));
+        assert_eq!(info.value("data.build").as_deref(), Some("nightly"));
+        assert_eq!(info.value("data.n").as_deref(), Some(""), "not a string");
+        assert_eq!(info.value("colour"), None);
+
+        let ce = TriggerEvent::parse(
+            br#"{"specversion": "1.0", "id": "ce-42", "type": "dev.knative.push", "source": "https://git.example.com/acme/app", "subject": "main", "data": {"ref": "refs/heads/main", "commit": "abc123", "pusher": "ana", "build": "7"}}"#,
+        )
+        .unwrap();
+        let info = ce.info();
+        assert_eq!(info.event_id, "ce-42");
+        for (key, want) in [
+            ("id", "ce-42"),
+            ("type", "dev.knative.push"),
+            ("repository", "https://git.example.com/acme/app"),
+            ("ref", "refs/heads/main"),
+            ("branch", "main"),
+            ("commit", "abc123"),
+            ("pusher", "ana"),
+            ("data.build", "7"),
+            ("data.subject", "main"),
+        ] {
+            assert_eq!(info.value(key).as_deref(), Some(want), "{key}");
+        }
+        assert!(
+            TriggerEvent::parse(br#"{"specversion": "1.0", "type": "x"}"#)
+                .unwrap_err()
+                .contains("id")
+        );
     }
 }

@@ -61,6 +61,7 @@ impl Service {
                             ..Default::default()
                         }),
                         variables: Default::default(),
+                        data: None,
                     };
                     let subject = crate::subjects::trigger_subject(&tenant, &stored.name);
                     match self

@@ -90,6 +90,7 @@ pub fn push_event(delivery: Option<&str>, payload: &Value) -> Result<TriggerEven
             pusher: payload["pusher"]["name"].as_str().map(str::to_string),
         }),
         variables: Default::default(),
+        data: None,
     })
 }
 

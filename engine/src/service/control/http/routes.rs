@@ -455,6 +455,9 @@ struct StartBody {
     event_id: Option<String>,
     /// Who asks.
     started_by: Option<String>,
+    /// What the start is about: `{"commit", "ref", "repository"}` (`#{trigger.commit}`, …).
+    #[schema(value_type = Option<Object>)]
+    source: Option<verbs::StartSource>,
 }
 
 /// Start a pipeline.
@@ -477,6 +480,7 @@ async fn start_execution(
             variables: b.variables,
             event_id: b.event_id,
             started_by: b.started_by,
+            source: b.source,
         },
     )
     .await?;
