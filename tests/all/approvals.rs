@@ -149,6 +149,31 @@ fn service_approvals_check_who_decides_and_survive_a_restart() {
     assert_eq!(gate["summary"], "waiting for 0 of 2 approvals from ana, bo");
     let token = gate["waiting"]["token"].as_str().unwrap().to_string();
 
+    // `sluice approvals` lists it, with what the approvers need to decide; `--mine` only for
+    // those who may decide; never with its token.
+    let listed = as_user(&p, "ana", &["approvals"]);
+    assert_eq!(listed.code, 0, "{listed:?}");
+    for expected in [
+        format!("{id} Production/Gate  gated  waiting "),
+        "approvers: ana, bo".to_string(),
+        "release v1.0".to_string(),
+        "https://example.com/release-notes".to_string(),
+        format!("sluice approve {id} Production/Gate"),
+    ] {
+        assert!(
+            listed.stdout.contains(&expected),
+            "{expected:?} in {}",
+            listed.stdout
+        );
+    }
+    assert!(!listed.stdout.contains(&token), "{}", listed.stdout);
+    let mine = |who: &str| {
+        let r = as_user(&p, who, &["approvals", "--mine", "--json"]);
+        assert_eq!(r.code, 0, "{r:?}");
+        serde_json::from_str::<Vec<Value>>(&r.stdout).unwrap().len()
+    };
+    assert_eq!((mine("ana"), mine("mallory")), (1, 0));
+
     // Refusals change nothing and say why.
     let refused = |who: &str, args: &[&str], why: &str| {
         let r = as_user(&p, who, args);
@@ -205,6 +230,8 @@ fn service_approvals_check_who_decides_and_survive_a_restart() {
     );
     let e = waiting(&p, &id);
     assert_eq!(action(&e, "Production/Gate")["decisions"][0]["by"], "ana");
+    // Ana has decided: it is no longer hers to decide, still bo's.
+    assert_eq!((mine("ana"), mine("bo")), (0, 1));
     engine.kill9();
     let _engine = serve(&p);
     let e = waiting(&p, &id);
@@ -223,6 +250,12 @@ fn service_approvals_check_who_decides_and_survive_a_restart() {
     assert_eq!(
         action(&e, "Production/Deploy")["variables"]["Value"],
         "ana, bo"
+    );
+    assert!(
+        as_user(&p, "bo", &["approvals"])
+            .stdout
+            .contains("no approval waits"),
+        "nothing waits once decided"
     );
     let decisions = action(&e, "Production/Gate")["decisions"]
         .as_array()

@@ -6,6 +6,7 @@ use crate::limits::{TooLong, check_len};
 use crate::principal::Role;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use sluice_core::events::Event;
 use sluice_core::plugin::Description;
 use sluice_core::scheduler::lanes::Lanes;
 use sluice_core::scheduler::{Execution, Status, Timestamp};
@@ -98,6 +99,8 @@ verbs! {
     "retry" => Retry -> ExecutionState, Developer;
     /// Approve or reject an action waiting for approval.
     "approve" => Approve -> Decided, Approver;
+    /// Approvals waiting for a decision, oldest first.
+    "approvals" => Approvals -> Vec<Event>, Viewer;
     /// Wake an action waiting for an external event.
     "wake" => Wake -> ExecutionState, Developer;
     /// Register a function for `invoke@1`.
@@ -273,6 +276,20 @@ pub struct StartSource {
     /// Repository URL or path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repository: Option<String>,
+}
+
+/// `approvals`: each waiting approval as its approval event (`approval`: approvers, custom
+/// data, link, expiry, how to decide; the token left out).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Approvals {
+    /// Only this pipeline's.
+    #[serde(default)]
+    pub pipeline: Option<String>,
+    /// Only those this identity may decide: listed among the approvers (or no list) and not
+    /// decided by it yet.
+    #[serde(default)]
+    pub approver: Option<String>,
 }
 
 /// `status`.
@@ -725,6 +742,10 @@ impl Request {
                 ("the action name", r.action.clone()),
             ],
             Request::PluginLs(_) | Request::BundlePut(_) => vec![],
+            Request::Approvals(r) => vec![
+                ("the pipeline name", opt(&r.pipeline)),
+                ("the approver", opt(&r.approver)),
+            ],
         };
         fields
             .iter()
@@ -801,6 +822,6 @@ mod tests {
         v.sort();
         v.dedup();
         assert_eq!(v.len(), VERBS.len());
-        assert_eq!(VERBS.len(), 23);
+        assert_eq!(VERBS.len(), 24);
     }
 }

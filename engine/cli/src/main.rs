@@ -168,6 +168,25 @@ enum Cmd {
     },
     /// Approve an action waiting for approval (service).
     Approve(DecideArgs),
+    /// Approvals waiting for a decision (service), oldest first: who may decide, custom data,
+    /// link, age and expiry.
+    ///
+    /// Example: `sluice approvals --mine` lists the ones you may approve.
+    Approvals {
+        /// Only this pipeline's.
+        pipeline: Option<String>,
+        /// Only those you may decide (you are among the approvers and have not decided yet).
+        #[arg(long)]
+        mine: bool,
+        /// Who you are, for --mine [default: SLUICE_USER, else the login name].
+        #[arg(long = "as", value_name = "NAME")]
+        as_: Option<String>,
+        /// Print JSON (one approval event each).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: service::Target,
+    },
     /// Reject an action waiting for approval (service): the action fails with your summary.
     Reject(DecideArgs),
     /// Wake an action waiting for an external event, handing it a payload (service).
@@ -508,6 +527,16 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             .await
         }
         Cmd::Approve(a) => decide(a, true).await,
+        Cmd::Approvals {
+            pipeline,
+            mine,
+            as_,
+            json,
+            target,
+        } => {
+            let approver = mine.then(|| local::approver(as_.as_deref()));
+            service::approvals(pipeline, approver, json, target).await
+        }
         Cmd::Reject(a) => decide(a, false).await,
         Cmd::Wake {
             execution_id,

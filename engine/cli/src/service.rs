@@ -630,6 +630,65 @@ pub async fn start(
     Ok(ExitCode::SUCCESS)
 }
 
+/// Run `sluice approvals`.
+pub async fn approvals(
+    pipeline: Option<String>,
+    approver: Option<String>,
+    json: bool,
+    target: Target,
+) -> anyhow::Result<ExitCode> {
+    let client = target.client().await?;
+    let waiting = match client
+        .send(verbs::Approvals {
+            pipeline,
+            approver: approver.clone(),
+        })
+        .await
+    {
+        Ok(w) => w,
+        Err(e) => return refused(e),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&waiting)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if waiting.is_empty() {
+        match approver {
+            Some(who) => println!("no approval waits for {who}"),
+            None => println!("no approval waits"),
+        }
+    }
+    let now = sluice_engine::clock::now();
+    for e in &waiting {
+        let Some(n) = &e.approval else { continue };
+        println!(
+            "{} {}/{}  {}  waiting {}{}",
+            e.execution_id,
+            e.stage.as_deref().unwrap_or(""),
+            e.action.as_deref().unwrap_or(""),
+            e.pipeline,
+            short_duration(now.since(e.at)),
+            n.expires_at
+                .map(|t| format!(", expires {t}"))
+                .unwrap_or_default()
+        );
+        let who = if n.approvers.is_empty() {
+            "anyone".to_string()
+        } else {
+            n.approvers.join(", ")
+        };
+        println!("    approvers: {who}");
+        if let Some(d) = &n.custom_data {
+            println!("    {d}");
+        }
+        if let Some(l) = &n.external_link {
+            println!("    {l}");
+        }
+        println!("    {}", n.how);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Run `sluice stop` / `sluice retry`.
 pub async fn control(request: Request, target: Target) -> anyhow::Result<ExitCode> {
     let client = target.client().await?;

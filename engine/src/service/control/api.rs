@@ -140,6 +140,7 @@ impl Service {
             Request::DeadLetterReplay(r) => reply(self.replay_dead_letter(p, r).await),
             Request::Logs(r) => reply(self.logs_of(p, r).await),
             Request::PluginLs(_) => reply(self.plugin_list().await),
+            Request::Approvals(r) => reply(self.waiting_approvals(p, r).await),
         }
     }
 
@@ -357,6 +358,51 @@ impl Service {
             )
             .await?;
         Ok(list.iter().map(ExecutionSummary::from).collect())
+    }
+
+    async fn waiting_approvals(
+        &self,
+        p: &Principal,
+        r: Approvals,
+    ) -> Result<Vec<crate::bus::Event>, ApiError> {
+        let running = self
+            .executions_before(
+                &p.tenant,
+                r.pipeline.as_deref(),
+                Some(crate::scheduler::Status::InProgress),
+                None,
+                MAX_LIST,
+            )
+            .await?;
+        let mut out = Vec::new();
+        for e in &running {
+            for (si, stage) in e.stages.iter().enumerate() {
+                for (ai, a) in stage.actions.iter().enumerate() {
+                    let waits = a
+                        .waiting
+                        .as_ref()
+                        .is_some_and(|w| w.wake == crate::scheduler::Wake::Approval);
+                    let Some(mut event) = waits
+                        .then(|| sluice_core::events::approval_event(e, si, ai))
+                        .flatten()
+                    else {
+                        continue;
+                    };
+                    let notice = event.approval.as_mut().expect("an approval event");
+                    if let Some(who) = &r.approver {
+                        let listed = notice.approvers.is_empty() || notice.approvers.contains(who);
+                        if !listed || a.decisions.iter().any(|d| &d.by == who) {
+                            continue;
+                        }
+                    }
+                    // The token decides without a name: it stays with the notification.
+                    notice.token.clear();
+                    out.push(event);
+                }
+            }
+        }
+        out.sort_by_key(|e| e.at);
+        Ok(out)
     }
 
     async fn stop(&self, p: &Principal, r: Stop) -> Result<ExecutionState, ApiError> {

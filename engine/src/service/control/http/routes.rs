@@ -176,6 +176,7 @@ where
         .routes(routes!(approve_action))
         .routes(routes!(reject_action))
         .routes(routes!(wake_action))
+        .routes(routes!(list_approvals))
         .routes(routes!(list_functions))
         .routes(routes!(get_function, put_function, delete_function))
         .routes(routes!(list_dead_letters))
@@ -458,6 +459,31 @@ struct StartBody {
     /// What the start is about: `{"commit", "ref", "repository"}` (`#{trigger.commit}`, …).
     #[schema(value_type = Option<Object>)]
     source: Option<verbs::StartSource>,
+}
+
+/// Which waiting approvals to list.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApprovalsQuery {
+    pipeline: Option<String>,
+    approver: Option<String>,
+}
+
+/// Approvals waiting for a decision, oldest first, each as its approval event (the token left
+/// out).
+#[utoipa::path(get, path = "/api/v1/approvals", tag = "executions",
+    params(("pipeline" = Option<String>, Query, description = "Only this pipeline's"),
+           ("approver" = Option<String>, Query, description = "Only those this name may decide (listed among the approvers, or no list, and not decided by it yet)")),
+    responses((status = 200, description = "`[{execution_id, pipeline, stage, action, at, approval: {approvers, custom_data, external_link, expires_at, how}}]`", body = Value)))]
+async fn list_approvals(State(s): Shared, Query(q): Query<ApprovalsQuery>) -> Reply {
+    call(
+        &s,
+        verbs::Approvals {
+            pipeline: q.pipeline,
+            approver: q.approver,
+        },
+    )
+    .await
 }
 
 /// Start a pipeline.
