@@ -134,6 +134,14 @@ const CASES: &[(&str, &str)] = &[
         "6:82: `with.path` names a directory the action is granted, so it cannot come from another action's output",
     ),
     (
+        "name: x\nstages:\n  - name: S\n    actions:\n      - { name: B, uses: source-dir@1, outputs: [p], with: { path: \"#{trigger.ref}\" } }\n",
+        "5:68: `with.path` names a directory the action is granted, so it cannot come from the event that started the execution (`#{trigger.ref}`)",
+    ),
+    (
+        "name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: noop@1, with: { x: \"#{trigger.sha}\" } }\n",
+        "`#{trigger.sha}`: unknown; available: id, type, commit, ref, branch, tag, pusher, repository, data.KEY",
+    ),
+    (
         "name: x\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: ./broken.wasm }\n",
         "5:26: `uses: ./broken.wasm`: compile component: failed to parse WebAssembly",
     ),
