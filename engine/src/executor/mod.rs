@@ -297,6 +297,19 @@ impl Engine {
     }
 }
 
+/// `uses` as an execution records it: the reference as written and the digest it resolved to
+/// (empty when it did not resolve).
+pub(crate) fn pinned(plugins: &ResolvedPlugins, uses: &str) -> PluginRef {
+    PluginRef {
+        reference: uses.to_string(),
+        digest: plugins
+            .get(uses)
+            .and_then(|p| p.as_ref().ok())
+            .map(|p| p.digest.clone())
+            .unwrap_or_default(),
+    }
+}
+
 /// How `sluice run` answers an approval: pre-approved (`--approve STAGE/ACTION`), by a prompt
 /// on a terminal, or not at all (the action fails with a message saying how).
 #[derive(Clone, Debug, Default)]
@@ -407,14 +420,7 @@ impl Driver {
     ) -> anyhow::Result<Execution> {
         let mut variables = pipeline.variables.clone();
         variables.extend(overrides.clone());
-        let pin = |uses: &str| PluginRef {
-            reference: uses.to_string(),
-            digest: plugins
-                .get(uses)
-                .and_then(|p| p.as_ref().ok())
-                .map(|p| p.digest.clone())
-                .unwrap_or_default(),
-        };
+        let pin = |uses: &str| pinned(plugins, uses);
         let mut exec = Execution::new(
             ulid::Ulid::new().to_string(),
             &self.tenant,

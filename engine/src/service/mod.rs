@@ -45,7 +45,7 @@ use crate::kv::{Kv, KvError, get_json};
 use crate::model::validate::ResolvedPlugins;
 use crate::model::{Diagnostics, Pipeline};
 use crate::queue::{Delivery, WorkQueue};
-use crate::scheduler::{Command, Execution, Input, PluginRef, Status, Timestamp, Wake, apply};
+use crate::scheduler::{Command, Execution, Input, Status, Timestamp, Wake, apply};
 use pipelines::StoredPipeline;
 use serde::{Deserialize, Serialize};
 use sluice_api::ApiError;

@@ -185,7 +185,7 @@ fn a_dead_chain_hands_back_only_its_own_runs() {
     let (pipeline, problems) =
         crate::model::parse::parse("fan.yaml", std::path::PathBuf::new(), yaml);
     assert!(problems.is_empty(), "{problems:?}");
-    let pin = |uses: &str| PluginRef {
+    let pin = |uses: &str| crate::scheduler::PluginRef {
         reference: uses.to_string(),
         digest: String::new(),
     };

@@ -74,15 +74,7 @@ pub(in crate::service) fn begin(
     event: &TriggerEvent,
     execution_id: &str,
 ) -> (Execution, Snapshot, Input, Vec<Command>) {
-    let plugins = &loaded.plugins;
-    let pin = |uses: &str| PluginRef {
-        reference: uses.to_string(),
-        digest: plugins
-            .get(uses)
-            .and_then(|p| p.as_ref().ok())
-            .map(|p| p.digest.clone())
-            .unwrap_or_default(),
-    };
+    let pin = |uses: &str| crate::executor::pinned(&loaded.plugins, uses);
     let mut variables = loaded.pipeline.variables.clone();
     variables.extend(event.variables.clone());
     let mut exec = Execution::new(
