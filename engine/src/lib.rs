@@ -32,5 +32,5 @@ pub mod service;
 pub mod state;
 pub mod subjects;
 
-pub use sluice_core::{model, scheduler};
+pub use sluice_core::{limits, model, scheduler};
 pub use sluice_runtime as runtime;

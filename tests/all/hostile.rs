@@ -182,6 +182,57 @@ stages:
     );
 }
 
+/// `limits.output` lowers the bounds on an action's outputs: each bound fails the action
+/// that passes it, naming it, and an output within them is stored; a bound above the
+/// engine's maximum is refused at its line.
+#[test]
+fn limits_output_lowers_the_output_bounds() {
+    let p = hostile(
+        r##"
+name: bounded
+stages:
+  - name: S
+    actions:
+      - { name: Size, uses: HOSTILE, outputs: [a], limits: { output: { size: 1MiB } }, with: { mode: sparse, path: /out/a/big, count: "2097152" } }
+      - { name: Entries, uses: HOSTILE, outputs: [b], limits: { output: { entries: 10 } }, with: { mode: files, path: /out/b, count: "20" } }
+      - { name: Depth, uses: HOSTILE, outputs: [c], limits: { output: { depth: 3 } }, with: { mode: deep, path: /out/c, count: "5" } }
+      - { name: Within, uses: HOSTILE, outputs: [o], limits: { output: { size: 1MiB, entries: 30, depth: 3 } }, with: { mode: files, path: /out/o, count: "20" } }
+"##,
+    );
+    let run = p.run(&[]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let exec = run.json();
+    for (name, words) in [
+        ("S/Size", "the output is too large"),
+        ("S/Entries", "more than 10 files and directories"),
+        ("S/Depth", "nested more than 3 directories deep"),
+    ] {
+        let a = action(&exec, name);
+        assert_eq!(status(a), "Failed", "{name}");
+        assert!(error(a).contains(words), "{name}: {}", error(a));
+    }
+    assert_eq!(status(action(&exec, "S/Within")), "Succeeded");
+    p.write(
+        "over.yaml",
+        "name: over\nstages:\n  - name: S\n    actions:\n      - name: A\n        uses: noop@1\n        limits:\n          output:\n            depth: 100\n            size: 9GiB\n",
+    );
+    let v = p.sluice(&["validate", "over.yaml"]);
+    assert_eq!(v.code, 2, "{v:?}");
+    assert!(
+        v.stderr
+            .contains("over.yaml:9:20: `limits.output.depth`: 100 is more than the maximum of 64"),
+        "{}",
+        v.stderr
+    );
+    assert!(
+        v.stderr.contains(
+            "over.yaml:10:19: `limits.output.size`: 9GiB is more than the maximum of 8GiB"
+        ),
+        "{}",
+        v.stderr
+    );
+}
+
 /// `dirs: { ./alias: rw }` with alias -> the data dir is refused like the data dir itself
 /// (it was compared as written; the guest then wrote the CAS and compiled code).
 #[test]
@@ -409,4 +460,20 @@ fn a_host_program_dies_with_the_engine_that_started_it() {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    // The killed run's record is not left `InProgress` for ever: the next command that opens
+    // the data dir ends it, saying why.
+    let history = p.sluice(&["history"]);
+    let id = history.stdout.split_whitespace().next().unwrap_or_default();
+    let shown = p.sluice(&["show", id, "--json"]);
+    assert_eq!(shown.code, 0, "{history:?} {shown:?}");
+    let exec = shown.json();
+    assert_eq!(status(&exec), "Stopped", "{exec:#}");
+    assert!(
+        exec["stop_reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("ended without recording its end"),
+        "{exec:#}"
+    );
+    assert_eq!(status(action(&exec, "S/Run")), "Abandoned");
 }

@@ -35,6 +35,10 @@ fn json_schema_accepts_exactly_the_keys_the_parser_accepts() {
         sorted(parse::LIMITS_KEYS)
     );
     assert_eq!(
+        keys(&defs["action"]["properties"]["limits"]["properties"]["output"]),
+        sorted(parse::OUTPUT_LIMITS_KEYS)
+    );
+    assert_eq!(
         keys(&defs["action"]["properties"]["capabilities"]),
         sorted(parse::CAPABILITY_KEYS)
     );

@@ -138,6 +138,7 @@ pub async fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
         http,
         nats,
         memory: units::parse_size(&args.memory).map_err(anyhow::Error::msg)?,
+        output_limits: Default::default(),
         timeout: units::parse_duration(&args.timeout).map_err(anyhow::Error::msg)?,
         pipeline_dir: cwd.clone(),
     };

@@ -289,12 +289,16 @@ pub async fn function(cmd: FunctionCmd, target: Target) -> anyhow::Result<ExitCo
     Ok(ExitCode::SUCCESS)
 }
 
+/// `sluice serve`'s exit code when its store can no longer be written (EX_TEMPFAIL: try
+/// again later).
+pub const STORE_FAILED: u8 = 75;
+
 /// Run `sluice serve`.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let data = super::default_data(args.data);
     match args.nats {
         None => {
-            let (service, bus) = sluice_engine::service::wiring::embedded(&data).await?;
+            let (service, bus, store) = sluice_engine::service::wiring::embedded(&data).await?;
             super::publish_to_nats(service.engine());
             if let Some(url) = &args.public_url {
                 service.set_public_url(url);
@@ -307,13 +311,24 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             let events = sluice_engine::service::http::feed::EventSource::Memory(bus.clone());
             let socket = sluice_engine::service::socket::serve(service.clone(), bus, &data);
             let hooks = http(service.clone(), events, args.http, args.http_allow_remote).await?;
-            tokio::select! {
-                r = hooks => r?,
-                r = socket => r?,
-                _ = service.run(args.workers) => {},
-                _ = tokio::signal::ctrl_c() => {},
-            }
+            let failed = tokio::select! {
+                r = hooks => r.map(|_| None)?,
+                r = socket => r.map(|_| None)?,
+                _ = service.run(args.workers) => None,
+                _ = tokio::signal::ctrl_c() => None,
+                why = store.failed() => Some(why),
+            };
             let _ = std::fs::remove_file(sluice_engine::service::socket::socket_path(&data));
+            if let Some(why) = failed {
+                // Nothing more can be recorded: stop accepting work, for a supervisor (or the
+                // operator, once there is space) to start it again; unfinished executions
+                // resume then.
+                eprintln!(
+                    "sluice serve: stopping: {} can no longer be written ({why}); free space and start it again: unfinished executions resume",
+                    data.join("service.redb").display()
+                );
+                return Ok(ExitCode::from(STORE_FAILED));
+            }
         }
         Some(url) => {
             let (service, client) = sluice_nats::service::serve(

@@ -24,4 +24,34 @@ pub use digest::Digest;
 pub mod limits {
     /// The largest `limits.memory` a pipeline may ask for.
     pub const MAX_GUEST_MEMORY: u64 = 4 << 30;
+    /// Directory levels an artifact may have. Storing and restoring recurse once per level,
+    /// so this also bounds their stack (a guest made 20,000 levels and overflowed it).
+    pub const MAX_OUTPUT_DEPTH: usize = 64;
+    /// The most files, directories and links one output artifact may hold.
+    pub const MAX_OUTPUT_ENTRIES: u64 = 200_000;
+    /// The most bytes one output artifact may hold (a sparse file costs the guest no disk
+    /// but costs the engine reading all of it).
+    pub const MAX_OUTPUT_BYTES: u64 = 8 << 30;
+
+    /// `limits.output`: what one output artifact of an action may hold. Each bound may
+    /// only lower the engine's maximum.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+    pub struct OutputLimits {
+        /// Directory levels.
+        pub depth: usize,
+        /// Files, directories and links.
+        pub entries: u64,
+        /// Bytes of regular files, by their size.
+        pub size: u64,
+    }
+
+    impl Default for OutputLimits {
+        fn default() -> Self {
+            OutputLimits {
+                depth: MAX_OUTPUT_DEPTH,
+                entries: MAX_OUTPUT_ENTRIES,
+                size: MAX_OUTPUT_BYTES,
+            }
+        }
+    }
 }

@@ -76,14 +76,9 @@ pub struct TreeStats {
     pub bytes: u64,
 }
 
-/// Directory levels an artifact may have. Storing and restoring recurse once per level, so
-/// this also bounds their stack (a guest made 20,000 levels and overflowed it).
-pub const MAX_DEPTH: usize = 64;
-/// Default bound on the files, directories and links of one stored directory.
-pub const MAX_ENTRIES: u64 = 200_000;
-/// Default bound on the bytes of one stored directory (a sparse file costs the guest no
-/// disk but costs the engine reading all of it).
-pub const MAX_BYTES: u64 = 8 << 30;
+pub use crate::limits::{
+    MAX_OUTPUT_BYTES as MAX_BYTES, MAX_OUTPUT_DEPTH as MAX_DEPTH, MAX_OUTPUT_ENTRIES as MAX_ENTRIES,
+};
 
 /// Bounds on a directory stored by [`put_tree_bounded`]: what a guest leaves in `/out`.
 #[derive(Clone, Copy, Debug)]

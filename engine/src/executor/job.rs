@@ -72,6 +72,9 @@ pub struct JobSpec {
     pub nats: Vec<String>,
     /// Memory cap, bytes.
     pub memory: u64,
+    /// Bounds on each output artifact.
+    #[serde(default)]
+    pub output_limits: crate::limits::OutputLimits,
     /// Wall-clock limit.
     pub timeout: Duration,
     /// Directory of the pipeline file.
@@ -289,6 +292,7 @@ impl JobSpec {
                 &action.capabilities.nats_servers,
             ),
             memory: action.memory.unwrap_or(crate::runtime::DEFAULT_MEMORY),
+            output_limits: action.output_limits,
             timeout: action.timeout.or(p.timeout).unwrap_or(DEFAULT_TIMEOUT),
             pipeline_dir: p.dir.clone(),
         })
@@ -410,10 +414,14 @@ pub async fn execute(cx: &JobContext, job: &JobSpec) -> (ActionResult, Leftover)
                 outputs: !job.outputs.is_empty(),
                 anything: !job.programs.is_empty(),
             };
-            (
-                run_in(cx, job, &ws.path, ws.scratch.clone(), log.clone()).await,
-                Leftover(Some((ws, used))),
-            )
+            let mut result = run_in(cx, job, &ws.path, ws.scratch.clone(), log.clone()).await;
+            if let Err(error) = &mut result {
+                name_a_full_disk(error, &ws.path);
+            }
+            if let Ok(ActionResult::Failed { error, .. }) = &mut result {
+                name_a_full_disk(error, &ws.path);
+            }
+            (result, Leftover(Some((ws, used))))
         }
         Err(e) => (
             Err(format!("cannot create a workspace: {e}")),
@@ -442,6 +450,19 @@ pub async fn execute(cx: &JobContext, job: &JobSpec) -> (ActionResult, Leftover)
         );
     }
     (result, leftover)
+}
+
+/// Free bytes below which a failed action's disk counts as full.
+const FULL_DISK: u64 = 1 << 20;
+
+/// A guest's libc reports a failed write to a full disk as a plain I/O error (it does not ask
+/// the host which error it was), so a failed action whose workspace's disk is full says so.
+fn name_a_full_disk(error: &mut String, workspace: &Path) {
+    if let Ok(fs) = rustix::fs::statvfs(workspace)
+        && fs.f_bavail.saturating_mul(fs.f_frsize) < FULL_DISK
+    {
+        error.push_str(" (insufficient space: the disk holding the workspace is full)");
+    }
 }
 
 /// `path` with every symlink resolved. A missing tail (an `rw` grant is created on demand)
@@ -679,8 +700,10 @@ async fn run_in(
                 // Bounded: a guest's output costs it nothing to make (a sparse file, a deep
                 // tree) but all of it to collect.
                 let bounds = tree::Bounds {
+                    depth: job.output_limits.depth,
+                    entries: job.output_limits.entries,
+                    bytes: job.output_limits.size,
                     deadline: Some(deadline),
-                    ..tree::Bounds::default()
                 };
                 let collect = blocking(move || {
                     let mut out = BTreeMap::new();

@@ -7,7 +7,7 @@
 
 mod redb_kv;
 
-pub use redb_kv::RedbKv;
+pub use redb_kv::{RedbKv, StoreHealth};
 
 use futures_util::future::BoxFuture;
 

@@ -13,6 +13,59 @@ pub struct RedbKv {
     db: Arc<Database>,
     table: String,
     changes: tokio::sync::broadcast::Sender<Change>,
+    health: Arc<StoreHealth>,
+}
+
+/// Whether the database file can still be written. After one I/O error (a full disk) redb
+/// refuses every later write ("previous I/O error") until the file is opened again, even
+/// once space is freed; the embedded service stops on the first one (`sluice serve` exits
+/// for its supervisor to start it again) instead of accepting work it cannot record.
+#[derive(Debug)]
+pub struct StoreHealth {
+    failed: tokio::sync::watch::Sender<Option<String>>,
+}
+
+impl Default for StoreHealth {
+    fn default() -> Self {
+        StoreHealth {
+            failed: tokio::sync::watch::channel(None).0,
+        }
+    }
+}
+
+impl StoreHealth {
+    fn fail(&self, why: String) {
+        self.failed.send_if_modified(|f| {
+            if f.is_none() {
+                tracing::error!("the embedded store can no longer be written: {why}");
+                *f = Some(why);
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Resolves with the first write failure that left the file unwritable.
+    pub async fn failed(&self) -> String {
+        let mut rx = self.failed.subscribe();
+        match rx.wait_for(Option::is_some).await {
+            Ok(why) => why.clone().unwrap_or_default(),
+            Err(_) => std::future::pending().await,
+        }
+    }
+}
+
+/// A write's failure: the record changed, or redb failed.
+enum WriteError {
+    Conflict,
+    Redb(redb::Error),
+}
+
+impl<E: Into<redb::Error>> From<E> for WriteError {
+    fn from(e: E) -> Self {
+        WriteError::Redb(e.into())
+    }
 }
 
 /// A committed change, for watches: the key and its new value and revision (`None`: deleted).
@@ -54,7 +107,29 @@ impl RedbKv {
             db,
             table,
             changes: tokio::sync::broadcast::channel(1024).0,
+            health: Arc::default(),
         })
+    }
+
+    /// Report write failures that leave the file unwritable to `health` (shared by the
+    /// buckets of one database).
+    pub fn reporting_to(mut self, health: Arc<StoreHealth>) -> Self {
+        self.health = health;
+        self
+    }
+
+    /// The outcome of a write: an I/O failure is reported to the store's health.
+    fn written<T>(&self, r: Result<T, WriteError>) -> KvResult<T> {
+        match r {
+            Ok(v) => Ok(v),
+            Err(WriteError::Conflict) => Err(KvError::Backend("conflict".into())),
+            Err(WriteError::Redb(e)) => {
+                if matches!(e, redb::Error::Io(_) | redb::Error::PreviousIo) {
+                    self.health.fail(e.to_string());
+                }
+                Err(backend(e))
+            }
+        }
     }
 
     fn def(&self) -> TableDefinition<'_, &'static str, &'static [u8]> {
@@ -72,24 +147,46 @@ impl RedbKv {
         if !super::valid_key(key) {
             return Err(KvError::Backend(format!("invalid key `{key}`")));
         }
-        let tx = self.db.begin_write().map_err(backend)?;
-        let revision = {
-            let mut table = tx.open_table(self.def()).map_err(backend)?;
-            let found = table.get(key).map_err(backend)?.map(|v| split(v.value()).1);
-            if found != expected {
+        let revision = match self.commit_write(key, value, expected) {
+            Err(WriteError::Conflict) => {
                 return Err(KvError::Conflict {
                     key: key.to_string(),
                 });
             }
+            other => self.written(other)?,
+        };
+        self.announce(key, Some((value.to_vec(), revision)));
+        Ok(revision)
+    }
+
+    fn commit_write(
+        &self,
+        key: &str,
+        value: &[u8],
+        expected: Option<u64>,
+    ) -> Result<u64, WriteError> {
+        let tx = self.db.begin_write()?;
+        let revision = {
+            let mut table = tx.open_table(self.def())?;
+            let found = table.get(key)?.map(|v| split(v.value()).1);
+            if found != expected {
+                return Err(WriteError::Conflict);
+            }
             let revision = found.unwrap_or(0) + 1;
             let mut bytes = revision.to_be_bytes().to_vec();
             bytes.extend_from_slice(value);
-            table.insert(key, bytes.as_slice()).map_err(backend)?;
+            table.insert(key, bytes.as_slice())?;
             revision
         };
-        tx.commit().map_err(backend)?;
-        self.announce(key, Some((value.to_vec(), revision)));
+        tx.commit()?;
         Ok(revision)
+    }
+
+    fn commit_delete(&self, key: &str) -> Result<(), WriteError> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(self.def())?.remove(key)?;
+        tx.commit()?;
+        Ok(())
     }
 
     /// Tell the watches (if any) about a committed change.
@@ -127,12 +224,7 @@ impl Kv for RedbKv {
 
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, KvResult<()>> {
         async move {
-            let tx = self.db.begin_write().map_err(backend)?;
-            tx.open_table(self.def())
-                .map_err(backend)?
-                .remove(key)
-                .map_err(backend)?;
-            tx.commit().map_err(backend)?;
+            self.written(self.commit_delete(key))?;
             self.announce(key, None);
             Ok(())
         }

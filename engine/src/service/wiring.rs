@@ -2,24 +2,33 @@
 use super::{Edges, Service};
 use crate::bus::MemoryBus;
 use crate::executor::Engine;
-use crate::kv::{Kv, RedbKv};
+use crate::kv::{Kv, RedbKv, StoreHealth};
 use crate::queue::MemoryQueue;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// The embedded service in `data`: a redb file for pipelines and executions, in-process
-/// queues, an in-process bus. Jobs of unfinished executions are queued again.
-pub async fn embedded(data: &Path) -> anyhow::Result<(Arc<Service>, Arc<MemoryBus>)> {
+/// queues, an in-process bus. Jobs of unfinished executions are queued again. The store's
+/// health says when its file can no longer be written: the service must stop then.
+pub async fn embedded(
+    data: &Path,
+) -> anyhow::Result<(Arc<Service>, Arc<MemoryBus>, Arc<StoreHealth>)> {
     std::fs::create_dir_all(data)?;
     let bus = Arc::new(MemoryBus::default());
     let engine = Engine::for_service(data, bus.clone(), None)?;
     let db = RedbKv::open_database(&data.join("service.redb"))?;
+    let health = Arc::new(StoreHealth::default());
+    let bucket = |name: &str| -> anyhow::Result<Arc<dyn Kv>> {
+        Ok(Arc::new(
+            RedbKv::bucket(db.clone(), name)?.reporting_to(health.clone()),
+        ))
+    };
     let edges = Edges {
-        pipelines: Arc::new(RedbKv::bucket(db.clone(), "pipelines")?) as Arc<dyn Kv>,
-        executions: Arc::new(RedbKv::bucket(db.clone(), "executions")?),
-        functions: Arc::new(RedbKv::bucket(db.clone(), "functions")?),
-        waits: Arc::new(RedbKv::bucket(db, "waits")?),
+        pipelines: bucket("pipelines")?,
+        executions: bucket("executions")?,
+        functions: bucket("functions")?,
+        waits: bucket("waits")?,
         triggers: MemoryQueue::new(Duration::from_secs(3600)),
         jobs: MemoryQueue::new(Duration::from_secs(3600)),
         bus: bus.clone(),
@@ -31,5 +40,5 @@ pub async fn embedded(data: &Path) -> anyhow::Result<(Arc<Service>, Arc<MemoryBu
     if resumed > 0 {
         tracing::info!("resumed {resumed} unfinished executions");
     }
-    Ok((service, bus))
+    Ok((service, bus, health))
 }

@@ -8,6 +8,14 @@ use std::path::Path;
 /// JSON. The revision prefix lets compare-and-swap check without parsing the record.
 const EXECUTIONS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("executions");
 
+/// The keys of executions not ended yet. A `sluice run` holds the file (redb locks it) while
+/// it runs, so whoever opens the file finds here only runs whose process ended without
+/// recording their end (killed, crashed, or its disk filled): they are ended on open.
+const RUNNING: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("running");
+
+/// Why an orphaned run was ended, in its record.
+pub const ORPHANED: &str = "the sluice run that ran it ended without recording its end (killed, crashed, or its disk was full)";
+
 fn revision_of(value: &[u8]) -> Result<u64, StateError> {
     let prefix: [u8; 8] = value
         .get(..8)
@@ -45,8 +53,63 @@ impl RedbStore {
         })?;
         let tx = db.begin_write().map_err(backend)?;
         tx.open_table(EXECUTIONS).map_err(backend)?;
+        tx.open_table(RUNNING).map_err(backend)?;
         tx.commit().map_err(backend)?;
-        Ok(RedbStore { db })
+        let store = RedbStore { db };
+        // Best effort: on a still-full disk the next open tries again.
+        if let Err(e) = store.end_orphans() {
+            tracing::warn!("{}: could not end interrupted runs: {e}", path.display());
+        }
+        Ok(store)
+    }
+
+    /// End the executions whose `sluice run` died: stopped, their running actions abandoned,
+    /// with the reason [`ORPHANED`].
+    fn end_orphans(&self) -> Result<usize, StateError> {
+        let keys: Vec<String> = {
+            let tx = self.db.begin_read().map_err(backend)?;
+            let table = tx.open_table(RUNNING).map_err(backend)?;
+            table
+                .iter()
+                .map_err(backend)?
+                .map(|item| item.map(|(k, _)| k.value().to_string()))
+                .collect::<Result<_, _>>()
+                .map_err(backend)?
+        };
+        let mut ended = 0;
+        for key in keys {
+            let Some((tenant, id)) = key.split_once('/') else {
+                continue;
+            };
+            match self.get(tenant, id)? {
+                Some((exec, revision)) if !exec.status.is_terminal() => {
+                    let input = crate::scheduler::Input::Stop {
+                        abandon: true,
+                        reason: Some(ORPHANED.to_string()),
+                        at: crate::clock::now(),
+                    };
+                    let (mut next, _) = crate::scheduler::step(&exec, &input);
+                    // A stop settles once nothing runs; nothing does any more.
+                    if !next.status.is_terminal() {
+                        next.status = crate::scheduler::Status::Stopped;
+                    }
+                    if next.finished_at.is_none() {
+                        next.finished_at = Some(input.at());
+                    }
+                    self.put(&next, Some(revision), Durability::Durable)?;
+                    ended += 1;
+                }
+                _ => {
+                    let tx = self.db.begin_write().map_err(backend)?;
+                    tx.open_table(RUNNING)
+                        .map_err(backend)?
+                        .remove(key.as_str())
+                        .map_err(backend)?;
+                    tx.commit().map_err(backend)?;
+                }
+            }
+        }
+        Ok(ended)
     }
 }
 
@@ -83,6 +146,14 @@ impl StateStore for RedbStore {
             table
                 .insert(key.as_str(), bytes.as_slice())
                 .map_err(backend)?;
+            let mut running = tx.open_table(RUNNING).map_err(backend)?;
+            if exec.status.is_terminal() {
+                running.remove(key.as_str()).map_err(backend)?;
+            } else if found.is_none() {
+                running
+                    .insert(key.as_str(), [].as_slice())
+                    .map_err(backend)?;
+            }
             revision
         };
         tx.commit().map_err(backend)?;

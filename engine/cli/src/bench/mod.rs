@@ -251,6 +251,7 @@ fn noop_job(
         http: Vec::new(),
         nats: Vec::new(),
         memory: sluice_engine::runtime::DEFAULT_MEMORY,
+        output_limits: Default::default(),
         timeout: sluice_engine::executor::job::DEFAULT_TIMEOUT,
         pipeline_dir: dir.to_path_buf(),
         continuation: None,

@@ -204,6 +204,8 @@ pub struct Action {
     pub timeout: Option<Duration>,
     /// Guest memory limit in bytes.
     pub memory: Option<u64>,
+    /// `limits.output`: bounds on each output artifact.
+    pub output_limits: crate::limits::OutputLimits,
     /// `retry:`: automatic retry of retryable failures.
     pub retry: Option<crate::scheduler::RetryPolicy>,
     /// Static grants.

@@ -64,7 +64,9 @@ pub const RETRY_KEYS: &[&str] = &["max_attempts", "backoff", "on_timeout"];
 /// Keys accepted under `retry.backoff`.
 pub const BACKOFF_KEYS: &[&str] = &["initial", "max", "multiplier"];
 /// Keys accepted under `limits`.
-pub const LIMITS_KEYS: &[&str] = &["memory"];
+pub const LIMITS_KEYS: &[&str] = &["memory", "output"];
+/// Keys accepted under `limits.output`.
+pub const OUTPUT_LIMITS_KEYS: &[&str] = &["size", "entries", "depth"];
 /// Keys accepted under `capabilities`.
 pub const CAPABILITY_KEYS: &[&str] = &["process", "dirs", "http", "nats"];
 
@@ -601,6 +603,7 @@ impl Parser<'_> {
             run_order: 1,
             timeout: None,
             memory: None,
+            output_limits: Default::default(),
             retry: None,
             capabilities: Capabilities::default(),
         };
@@ -650,19 +653,24 @@ impl Parser<'_> {
         }
         if let Some(n) = map.get_node("limits")
             && let Some(lmap) = self.mapping(n, "`limits`", LIMITS_KEYS)
-            && let Some(m) = lmap.get_node("memory")
-            && let Some(v) = self.scalar(m, "`limits.memory`")
         {
-            match units::parse_size(&v.value) {
-                Ok(bytes) if bytes > crate::limits::MAX_GUEST_MEMORY => self.err(
-                    v.loc,
-                    format!(
-                        "`limits.memory`: {} is more than the maximum of 4GiB",
-                        v.value
+            if let Some(m) = lmap.get_node("memory")
+                && let Some(v) = self.scalar(m, "`limits.memory`")
+            {
+                match units::parse_size(&v.value) {
+                    Ok(bytes) if bytes > crate::limits::MAX_GUEST_MEMORY => self.err(
+                        v.loc,
+                        format!(
+                            "`limits.memory`: {} is more than the maximum of 4GiB",
+                            v.value
+                        ),
                     ),
-                ),
-                Ok(bytes) => action.memory = Some(bytes),
-                Err(e) => self.err(v.loc, format!("`limits.memory`: {e}")),
+                    Ok(bytes) => action.memory = Some(bytes),
+                    Err(e) => self.err(v.loc, format!("`limits.memory`: {e}")),
+                }
+            }
+            if let Some(o) = lmap.get_node("output") {
+                action.output_limits = self.output_limits(o);
             }
         }
         if let Some(n) = map.get_node("capabilities") {
@@ -846,6 +854,52 @@ impl Parser<'_> {
                 None
             }
         }
+    }
+
+    /// `limits.output: { size, entries, depth }`: each at most the engine's maximum.
+    fn output_limits(&mut self, node: &Node) -> crate::limits::OutputLimits {
+        use crate::limits::{MAX_OUTPUT_BYTES, MAX_OUTPUT_DEPTH, MAX_OUTPUT_ENTRIES};
+        let mut limits = crate::limits::OutputLimits::default();
+        let Some(map) = self.mapping(node, "`limits.output`", OUTPUT_LIMITS_KEYS) else {
+            return limits;
+        };
+        if let Some(n) = map.get_node("size")
+            && let Some(v) = self.scalar(n, "`limits.output.size`")
+        {
+            match units::parse_size(&v.value) {
+                Ok(bytes) if bytes > MAX_OUTPUT_BYTES => self.err(
+                    v.loc,
+                    format!(
+                        "`limits.output.size`: {} is more than the maximum of 8GiB",
+                        v.value
+                    ),
+                ),
+                Ok(bytes) => limits.size = bytes,
+                Err(e) => self.err(v.loc, format!("`limits.output.size`: {e}")),
+            }
+        }
+        for (key, max) in [
+            ("entries", MAX_OUTPUT_ENTRIES),
+            ("depth", MAX_OUTPUT_DEPTH as u64),
+        ] {
+            if let Some(n) = map.get_node(key)
+                && let Some(v) = self.scalar(n, &format!("`limits.output.{key}`"))
+            {
+                match v.value.trim().parse::<u64>() {
+                    Ok(count) if count > max => self.err(
+                        v.loc,
+                        format!("`limits.output.{key}`: {count} is more than the maximum of {max}"),
+                    ),
+                    Ok(count) if key == "entries" => limits.entries = count,
+                    Ok(count) => limits.depth = count as usize,
+                    Err(_) => self.err(
+                        v.loc,
+                        format!("`limits.output.{key}`: `{}` is not a whole number", v.value),
+                    ),
+                }
+            }
+        }
+        limits
     }
 
     fn duration(&mut self, node: &Node, what: &str) -> Option<std::time::Duration> {

@@ -24,9 +24,12 @@ impl Action for Hostile {
             .summary("Test plugin: attacks the engine as `mode` says")
             .required(
                 "mode",
-                "deep | descriptors | logspam | variables | error | sparse | files",
+                "deep | descriptors | logspam | variables | error | sparse | files | fill",
             )
-            .optional("path", "deep, descriptors, sparse, files: a guest path")
+            .optional(
+                "path",
+                "deep, descriptors, sparse, files, fill: a guest path",
+            )
             .optional("count", "how many levels, files, descriptors or bytes")
     }
 
@@ -107,6 +110,22 @@ impl Action for Hostile {
                         .map_err(|e| ActionError::Failed(format!("{p}/f{i}: {e}")))?;
                 }
                 Ok(Outcome::success())
+            }
+            // Write `count` bytes of data at `path`, 1 MiB at a time (fills a small disk).
+            "fill" => {
+                use std::io::Write;
+                let p = config.require("path")?;
+                let mut f = std::fs::File::create(p)
+                    .map_err(|e| ActionError::Failed(format!("{p}: {e}")))?;
+                let chunk = vec![7u8; 1 << 20];
+                let mut written = 0;
+                while written < count {
+                    f.write_all(&chunk).and_then(|_| f.flush()).map_err(|e| {
+                        ActionError::Failed(format!("{p} after {written} bytes: {e}"))
+                    })?;
+                    written += chunk.len() as u64;
+                }
+                Ok(Outcome::success().var("Written", written))
             }
             other => Err(ActionError::Config(format!("unknown mode {other:?}"))),
         }
