@@ -6,7 +6,7 @@
 //! - [`validate`]: check a pipeline file without running it;
 //! - [`History`]: the runs, logs and artifacts a data directory keeps.
 use crate::artifacts::tree::{self, TreeStats};
-use crate::artifacts::{LocalStore, StoreError};
+use crate::artifacts::{BlobStore, LocalStore, StoreError};
 use crate::bus::MemoryBus;
 use crate::executor::{DataDir, Engine, LogStore};
 use crate::model::{Diagnostics, Pipeline};
@@ -128,6 +128,19 @@ pub struct History {
     data: PathBuf,
 }
 
+/// What [`History::check_blobs`] found.
+#[derive(Debug, Default)]
+pub struct BlobCheck {
+    /// Blobs that hash to their name.
+    pub intact: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Blobs that do not (removed, with `repair`).
+    pub corrupted: Vec<Digest>,
+    /// Blobs an artifact names that are not stored.
+    pub missing: Vec<Digest>,
+}
+
 impl History {
     /// The data directory at `data`, which must exist.
     pub fn open(data: &Path) -> anyhow::Result<Self> {
@@ -195,6 +208,58 @@ impl History {
     /// Write the artifact `digest` to `dest`, each file verified as it is written.
     pub fn artifact_get(&self, digest: &Digest, dest: &Path) -> anyhow::Result<TreeStats> {
         Ok(tree::materialize(&self.blobs()?, digest, dest)?)
+    }
+
+    /// Re-hash stored blobs: those of the artifact `digest` (its listing included), or every
+    /// blob in the store. With `repair`, remove those that no longer hash to their name, so
+    /// the next run that makes their content stores it again.
+    pub fn check_blobs(
+        &self,
+        artifact: Option<&Digest>,
+        repair: bool,
+    ) -> anyhow::Result<BlobCheck> {
+        let store = self.blobs()?;
+        let mut check = BlobCheck::default();
+        let examine = |d: &Digest, check: &mut BlobCheck| -> anyhow::Result<()> {
+            match store.verify(d) {
+                Ok(bytes) => {
+                    check.intact += 1;
+                    check.bytes += bytes;
+                }
+                Err(StoreError::Corrupted { .. }) => {
+                    if repair {
+                        store.discard_corrupted(d)?;
+                    }
+                    check.corrupted.push(*d);
+                }
+                Err(StoreError::NotFound(_)) => check.missing.push(*d),
+                Err(e) => return Err(e.into()),
+            }
+            Ok(())
+        };
+        match artifact {
+            None => {
+                for d in store.digests()? {
+                    examine(&d, &mut check)?;
+                }
+            }
+            Some(root) => match tree::list(&store, root) {
+                Ok(entries) => {
+                    examine(root, &mut check)?;
+                    for (_, entry) in entries {
+                        if let Entry::File { digest, .. } | Entry::Dir { digest, .. } = entry {
+                            examine(&digest, &mut check)?;
+                        }
+                    }
+                }
+                // The listing itself is damaged: it is the one blob to remove.
+                Err(StoreError::Corrupted { expected, .. }) => {
+                    examine(&expected, &mut check)?;
+                }
+                Err(e) => return Err(e.into()),
+            },
+        }
+        Ok(check)
     }
 
     /// Check every blob of the artifact `digest` against its digest.

@@ -88,6 +88,37 @@ fn history_show_logs_and_artifacts_after_a_run() {
         !p.path("again/index.html").exists(),
         "a corrupted blob is never served"
     );
+    // The whole store is checked without a digest; --repair removes the corrupted blob, and
+    // the next run that makes its content stores it again (it deduplicated onto it before).
+    let all = p.sluice(&["artifact", "verify", "--data", ".sluice"]);
+    assert_eq!(all.code, 1, "{all:?}");
+    assert!(
+        all.stderr.contains(&format!("{blob} is corrupted")) && all.stderr.contains("--repair"),
+        "{}",
+        all.stderr
+    );
+    let repair = p.sluice(&["artifact", "verify", "--repair", "--data", ".sluice"]);
+    assert_eq!(repair.code, 0, "{repair:?}");
+    assert!(
+        repair
+            .stderr
+            .contains(&format!("{blob} is corrupted: removed"))
+            && repair.stdout.contains("removed 1 corrupted blob"),
+        "{repair:?}"
+    );
+    assert!(!path.exists());
+    let again = p.run(&[]).json();
+    assert_eq!(status(&again), "Succeeded");
+    assert_eq!(action(&again, "Build/Compile")["artifacts"]["site"], site);
+    let verify = p.sluice(&["artifact", "verify", site, "--data", ".sluice"]);
+    assert_eq!(verify.code, 0, "{verify:?}");
+    let all = p.sluice(&["artifact", "verify", "--data", ".sluice"]);
+    assert_eq!(all.code, 0, "{all:?}");
+    assert!(
+        all.stdout.contains("the artifact store: ok"),
+        "{}",
+        all.stdout
+    );
 }
 
 #[test]

@@ -257,5 +257,35 @@ fn nats_blob_store_shares_verified_blobs_between_engines() {
             .unwrap()
             .unwrap_err();
         assert!(matches!(err, StoreError::Corrupted { .. }), "{err}");
+        // The forged object is gone: the next put of the real content uploads it (instead of
+        // deduplicating onto it), and another engine then reads the real content.
+        let d = NatsStore::open(&js, &dir.path().join("d")).await.unwrap();
+        let e = NatsStore::open(&js, &dir.path().join("e")).await.unwrap();
+        let read = tokio::task::spawn_blocking(move || {
+            assert_eq!(d.put_bytes(b"the real content").unwrap(), claimed);
+            e.get_bytes(&claimed)
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(read, b"the real content");
+        // discard_corrupted finds and removes a forged object too.
+        let other = Digest::of(b"other content");
+        objects
+            .put(other.hex().as_str(), &mut &b"forged again"[..])
+            .await
+            .unwrap();
+        let f = NatsStore::open(&js, &dir.path().join("f")).await.unwrap();
+        let removed = tokio::task::spawn_blocking(move || f.discard_corrupted(&other))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(removed);
+        assert!(
+            objects
+                .info(other.hex().as_str())
+                .await
+                .is_ok_and(|info| info.deleted)
+        );
     });
 }

@@ -315,21 +315,48 @@ pub fn artifact_get(data: &Path, digest: &str, dest: &Path) -> anyhow::Result<Ex
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn artifact_verify(data: &Path, digest: &str) -> anyhow::Result<ExitCode> {
-    match History::open(data)?.artifact_verify(&parse_digest(digest)?)? {
-        Ok(stats) => {
-            println!(
-                "{digest}: ok ({}, {})",
-                count(stats.files, "file"),
-                count(stats.bytes, "byte")
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(e) => {
-            eprintln!("{digest}: {e}");
-            Ok(ExitCode::from(1))
+pub fn artifact_verify(
+    data: &Path,
+    digest: Option<&str>,
+    repair: bool,
+) -> anyhow::Result<ExitCode> {
+    let artifact = digest.map(parse_digest).transpose()?;
+    let check = History::open(data)?.check_blobs(artifact.as_ref(), repair)?;
+    let what = digest.unwrap_or("the artifact store");
+    for d in &check.missing {
+        eprintln!("{d} is missing");
+    }
+    for d in &check.corrupted {
+        if repair {
+            eprintln!("{d} is corrupted: removed");
+        } else {
+            eprintln!("{d} is corrupted");
         }
     }
+    if check.corrupted.is_empty() && check.missing.is_empty() {
+        println!(
+            "{what}: ok ({}, {})",
+            count(check.intact, "blob"),
+            count(check.bytes, "byte")
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    if repair && check.missing.is_empty() {
+        println!(
+            "{what}: removed {}; a run that makes their content stores it again ({} intact)",
+            count(check.corrupted.len() as u64, "corrupted blob"),
+            count(check.intact, "blob"),
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !check.corrupted.is_empty() && !repair {
+        eprintln!(
+            "{}: run `sluice artifact verify{} --repair` to remove them; a run that makes their content stores it again",
+            count(check.corrupted.len() as u64, "corrupted blob"),
+            digest.map(|d| format!(" {d}")).unwrap_or_default()
+        );
+    }
+    Ok(ExitCode::from(1))
 }
 
 #[cfg(test)]

@@ -329,10 +329,14 @@ enum ArtifactCmd {
         /// Destination directory (must not exist or be empty).
         dest: PathBuf,
     },
-    /// Re-hash every blob of an artifact.
+    /// Re-hash every blob of an artifact (or, without one, every blob in the store); with
+    /// --repair, remove the corrupted ones so the runs that made them store them again.
     Verify {
-        /// Artifact digest.
-        digest: String,
+        /// Artifact digest; every stored blob if left out.
+        digest: Option<String>,
+        /// Remove blobs that no longer hash to their name.
+        #[arg(long)]
+        repair: bool,
     },
 }
 
@@ -494,7 +498,9 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             match command {
                 ArtifactCmd::Ls { digest } => inspect::artifact_ls(&data, &digest),
                 ArtifactCmd::Get { digest, dest } => inspect::artifact_get(&data, &digest, &dest),
-                ArtifactCmd::Verify { digest } => inspect::artifact_verify(&data, &digest),
+                ArtifactCmd::Verify { digest, repair } => {
+                    inspect::artifact_verify(&data, digest.as_deref(), repair)
+                }
             }
         }
         Cmd::Bench(args) => crate::bench::run(args).await,

@@ -58,12 +58,20 @@ impl NatsStore {
         }
     }
 
+    /// Whether the bucket holds the object `name` (a deleted one leaves its info behind).
+    async fn present(&self, name: &str) -> bool {
+        self.objects
+            .info(name)
+            .await
+            .is_ok_and(|info| !info.deleted)
+    }
+
     /// Make the blob shared: upload it unless the bucket has it.
     fn publish(&self, digest: Digest) -> Result<Digest, StoreError> {
         let name = digest.hex();
         let path = self.cache.blob_path(&digest);
         self.block(async {
-            if self.objects.info(&name).await.is_ok() {
+            if self.present(&name).await {
                 return Ok(());
             }
             let mut file = tokio::fs::File::open(&path)
@@ -127,6 +135,9 @@ impl NatsStore {
         }
         let actual = self.cache.put_owned(&temp)?;
         if actual != *digest {
+            // The object's name is its content's hash, so it is provably wrong: remove it, for
+            // the next put of the content to upload it again (it would dedup onto it).
+            let _ = self.block(self.objects.delete(&name));
             return Err(StoreError::Corrupted {
                 expected: *digest,
                 actual,
@@ -166,6 +177,15 @@ impl BlobStore for NatsStore {
         self.cache.verify(digest)
     }
     fn contains(&self, digest: &Digest) -> bool {
-        self.cache.contains(digest) || self.block(self.objects.info(digest.hex())).is_ok()
+        self.cache.contains(digest) || self.block(self.present(&digest.hex()))
+    }
+    fn discard_corrupted(&self, digest: &Digest) -> Result<bool, StoreError> {
+        // The cached copy, then the shared one (a fetch of a corrupted object removes it).
+        let cached = self.cache.discard_corrupted(digest)?;
+        match self.fetch(digest) {
+            Err(StoreError::Corrupted { .. }) => Ok(true),
+            Ok(()) | Err(StoreError::NotFound(_)) => Ok(cached),
+            Err(e) => Err(e),
+        }
     }
 }

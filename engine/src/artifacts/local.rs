@@ -205,4 +205,39 @@ impl BlobStore for LocalStore {
     fn contains(&self, digest: &Digest) -> bool {
         self.blob_path(digest).exists()
     }
+
+    fn discard_corrupted(&self, digest: &Digest) -> Result<bool, StoreError> {
+        match self.verify(digest) {
+            Err(StoreError::Corrupted { .. }) => {
+                fs::remove_file(self.blob_path(digest))
+                    .map_err(io(format!("remove the corrupted blob {digest}")))?;
+                Ok(true)
+            }
+            Ok(_) | Err(StoreError::NotFound(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl LocalStore {
+    /// Every blob stored here, by the name it is stored under (not verified).
+    pub fn digests(&self) -> Result<Vec<Digest>, StoreError> {
+        let mut out = Vec::new();
+        let blobs = self.root.join("blobs");
+        for dir in fs::read_dir(&blobs).map_err(io(format!("list {}", blobs.display())))? {
+            let dir = dir.map_err(io("list blobs"))?;
+            let prefix = dir.file_name().to_string_lossy().into_owned();
+            let Ok(files) = fs::read_dir(dir.path()) else {
+                continue;
+            };
+            for file in files.flatten() {
+                let name = format!("blake3:{prefix}{}", file.file_name().to_string_lossy());
+                if let Ok(d) = name.parse() {
+                    out.push(d);
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
 }

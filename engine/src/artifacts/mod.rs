@@ -74,6 +74,9 @@ pub trait BlobStore: Send + Sync {
     fn verify(&self, digest: &Digest) -> Result<u64, StoreError>;
     /// Whether the blob is present (not verified).
     fn contains(&self, digest: &Digest) -> bool;
+    /// Remove the stored blob `digest` if its bytes no longer hash to it, so the next put
+    /// of its content stores it again; `true` if it was removed.
+    fn discard_corrupted(&self, digest: &Digest) -> Result<bool, StoreError>;
 }
 
 #[cfg(test)]
