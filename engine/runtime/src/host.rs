@@ -121,6 +121,8 @@ pub(super) struct HostState {
     nats: Option<Arc<super::messaging::NatsAccess>>,
     /// Bytes the guest sent through the `log` import; past `LOG_LIMIT` entries are dropped.
     log_bytes: usize,
+    /// Resources it may hold at once (its share of the engine's descriptors).
+    pub(super) resources: usize,
 }
 
 impl HostState {
@@ -135,6 +137,7 @@ impl HostState {
         programs: Vec<String>,
         program_env: Vec<(String, String)>,
         http_origins: &[String],
+        resources: usize,
     ) -> Self {
         let http_guard = super::http::OriginGuard::new(http_origins, log.clone());
         HostState {
@@ -143,7 +146,7 @@ impl HostState {
                 // Each open file holds a host descriptor: a guest opening one file 20,000
                 // times must fail inside the guest, not exhaust the engine's descriptors.
                 let mut t = ResourceTable::new();
-                t.set_max_capacity(super::MAX_GUEST_RESOURCES);
+                t.set_max_capacity(resources);
                 t
             },
             limits: Limits {
@@ -160,6 +163,7 @@ impl HostState {
             nats_grants: Vec::new(),
             nats: None,
             log_bytes: 0,
+            resources,
         }
     }
 
@@ -184,6 +188,7 @@ impl HostState {
             Vec::new(),
             Vec::new(),
             &[],
+            super::MIN_GUEST_RESOURCES,
         )
     }
 

@@ -78,8 +78,44 @@ const STDIO_CAPTURE: usize = 1 << 20;
 /// Bytes a guest may send through the `log` import per call; beyond, entries are dropped.
 pub const LOG_LIMIT: usize = 4 << 20;
 /// Resources (open files, directory streams, pollables, HTTP bodies...) a guest may hold at
-/// once. Open files hold host descriptors, which the whole engine shares.
+/// once, at most. Open files hold host descriptors, which the whole engine shares: see
+/// [`DescriptorBudget`].
 pub const MAX_GUEST_RESOURCES: usize = 1024;
+/// The fewest resources a guest may hold (a plain guest holds about a dozen).
+pub const MIN_GUEST_RESOURCES: usize = 64;
+
+/// How the engine's open-file limit is shared. A quarter of it (at least 64) is kept for the
+/// engine itself (its stores, logs, workspaces, connections); guests share the rest: each call
+/// may hold `per_call` resources, and no more calls run at once than the rest can hold, so
+/// guests together can never take the engine's reserve.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DescriptorBudget {
+    /// Resources one call may hold.
+    pub per_call: usize,
+    /// Calls running at once.
+    pub calls: usize,
+}
+
+impl DescriptorBudget {
+    /// The budget under an open-file limit of `limit` descriptors.
+    pub fn for_limit(limit: u64) -> Self {
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        let reserve = (limit / 4).max(64);
+        let shared = limit.saturating_sub(reserve);
+        let max_calls = MAX_CONCURRENT_CALLS as usize;
+        let per_call = (shared / max_calls).clamp(MIN_GUEST_RESOURCES, MAX_GUEST_RESOURCES);
+        DescriptorBudget {
+            per_call,
+            calls: (shared / per_call).clamp(1, max_calls),
+        }
+    }
+
+    /// The budget under this process's current open-file limit.
+    pub fn of_this_process() -> Self {
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+        Self::for_limit(limit.current.unwrap_or(u64::MAX))
+    }
+}
 /// Bytes of output variables (names, values, and 16 per entry for the record's framing), summary
 /// and continuation a call may return: they go into the execution record, which must stay
 /// well below a NATS message's 1 MiB.
@@ -292,6 +328,7 @@ pub struct Runtime {
     /// NATS connections for the `messaging` import.
     pub nats: Arc<messaging::NatsAccess>,
     runs: Arc<tokio::sync::Semaphore>,
+    budget: DescriptorBudget,
     _ticker: EpochTicker,
 }
 
@@ -329,6 +366,8 @@ impl Runtime {
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         bindings::Action::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
         let cache = cache::CompileCache::new(&engine, config.cache_dir)?;
+        // Read once: the CLI raises the limit before building the runtime.
+        let budget = DescriptorBudget::of_this_process();
         Ok(Runtime {
             _ticker: EpochTicker::start(&engine),
             engine,
@@ -338,8 +377,14 @@ impl Runtime {
             functions: Mutex::new(HashMap::new()),
             rules: Mutex::new(HashMap::new()),
             nats: Arc::new(messaging::NatsAccess::from_env()),
-            runs: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_CALLS as usize)),
+            runs: Arc::new(tokio::sync::Semaphore::new(budget.calls)),
+            budget,
         })
+    }
+
+    /// How the open-file limit is shared between guests and the engine.
+    pub fn descriptor_budget(&self) -> DescriptorBudget {
+        self.budget
     }
 
     /// The wasmtime engine (for the benchmark's bare baseline).
@@ -581,6 +626,7 @@ impl Runtime {
             take(&mut inv.programs),
             take(&mut inv.program_env),
             &inv.http,
+            self.budget.per_call,
         );
         state.grant_nats(take(&mut inv.nats), self.nats.clone());
         Ok((self.store(state), stdout, stderr))
@@ -764,7 +810,8 @@ fn trap_error(e: wasmtime::Error, state: &host::HostState) -> RunError {
     let text = format!("{e:#}");
     if text.contains("resource table has no free keys") {
         return RunError::Trap(format!(
-            "the plugin held more than {MAX_GUEST_RESOURCES} open files, directories, streams or other resources at once"
+            "the plugin held more than {} open files, directories, streams or other resources at once",
+            state.resources
         ));
     }
     if text.contains("wasm trap") || e.downcast_ref::<wasmtime::WasmBacktrace>().is_some() {
@@ -837,6 +884,41 @@ mod tests {
             m.len() < MAX_ERROR_BYTES + 100 && m.ends_with("more bytes cut)"),
             "{}",
             m.len()
+        );
+    }
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+
+    #[test]
+    fn guests_never_share_more_than_three_quarters_of_the_descriptors() {
+        for limit in [64u64, 256, 1024, 4096, 65_536, 1 << 20] {
+            let b = DescriptorBudget::for_limit(limit);
+            let reserve = (limit / 4).max(64);
+            assert!(
+                (b.per_call * b.calls) as u64 <= limit.saturating_sub(reserve).max(64),
+                "{limit}: {b:?}"
+            );
+            assert!(b.per_call >= MIN_GUEST_RESOURCES && b.per_call <= MAX_GUEST_RESOURCES);
+            assert!(b.calls >= 1 && b.calls <= MAX_CONCURRENT_CALLS as usize);
+        }
+        // A server's limit leaves the full count of calls.
+        assert_eq!(
+            DescriptorBudget::for_limit(65_536),
+            DescriptorBudget {
+                per_call: 768,
+                calls: 64
+            }
+        );
+        // `ulimit -n 256`: three guests of 64 at once.
+        assert_eq!(
+            DescriptorBudget::for_limit(256),
+            DescriptorBudget {
+                per_call: 64,
+                calls: 3
+            }
         );
     }
 }

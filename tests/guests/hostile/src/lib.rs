@@ -31,6 +31,7 @@ impl Action for Hostile {
                 "deep, descriptors, sparse, files, fill: a guest path",
             )
             .optional("count", "how many levels, files, descriptors or bytes")
+            .optional("hold", "descriptors: milliseconds to keep them open")
     }
 
     fn run(_ctx: &Context, config: &Config) -> Result<Outcome, ActionError> {
@@ -77,6 +78,9 @@ impl Action for Hostile {
                         }
                     }
                 }
+                // Keep them a while (`hold`, milliseconds), as a slow guest would.
+                let hold: u64 = config.parse_or("hold", 0)?;
+                std::thread::sleep(std::time::Duration::from_millis(hold));
                 Ok(Outcome::success().var("Opened", held.len()))
             }
             // `count` bytes of log, in entries of 64 KiB.
