@@ -34,15 +34,13 @@ pub async fn open(js: &jetstream::Context) -> anyhow::Result<ObjectStore> {
     }
 }
 
-/// Store one attempt's lines.
-pub async fn put(store: &ObjectStore, name: &str, lines: &[LogLine]) -> anyhow::Result<()> {
-    let mut bytes = Vec::new();
-    for line in lines {
-        serde_json::to_writer(&mut bytes, line)?;
-        bytes.push(b'\n');
-    }
+/// Store one attempt's lines from a file of JSON lines, streamed.
+pub async fn put(store: &ObjectStore, name: &str, lines: &std::path::Path) -> anyhow::Result<()> {
+    let mut file = tokio::fs::File::open(lines)
+        .await
+        .map_err(|e| anyhow::anyhow!("store log {name}: {e}"))?;
     store
-        .put(name, &mut bytes.as_slice())
+        .put(name, &mut file)
         .await
         .map_err(|e| anyhow::anyhow!("store log {name}: {e}"))?;
     Ok(())
@@ -72,7 +70,7 @@ impl LogArchive for NatsLogArchive {
     fn put(
         &self,
         attempt: AttemptRef,
-        lines: Vec<LogLine>,
+        lines: std::path::PathBuf,
     ) -> futures_util::future::BoxFuture<'static, ()> {
         let (store, name) = (self.0.clone(), object_name(&attempt));
         Box::pin(async move {

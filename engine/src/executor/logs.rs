@@ -25,11 +25,12 @@ pub struct LogLine {
 /// Where engines share action logs (on NATS: the `sluice-logs` Object Store bucket), so any
 /// engine can show an attempt another one ran.
 pub trait LogArchive: Send + Sync {
-    /// Keep one attempt's lines (a failure is logged; the log stays local).
+    /// Keep one attempt's lines, read from `lines` (a file of JSON lines the caller removes
+    /// once this ends). A failure is logged; the log stays local.
     fn put(
         &self,
         attempt: AttemptRef,
-        lines: Vec<LogLine>,
+        lines: PathBuf,
     ) -> futures_util::future::BoxFuture<'static, ()>;
     /// One attempt's lines, if kept.
     fn get(
@@ -109,6 +110,41 @@ impl LogStore {
         read_lines(&self.path(execution, stage, action))
     }
 
+    /// Copy the lines attempt `attempt` of one action logged into a temporary file under the
+    /// logs' root, a line at a time (a build's log is not read into memory); `None` if it
+    /// logged nothing.
+    pub fn copy_attempt(
+        &self,
+        execution: &str,
+        stage: &str,
+        action: &str,
+        attempt: u32,
+    ) -> std::io::Result<Option<tempfile::TempPath>> {
+        use std::io::BufRead;
+        #[derive(Deserialize)]
+        struct Attempt {
+            attempt: u32,
+        }
+        let source = std::fs::File::open(self.path(execution, stage, action))?;
+        std::fs::create_dir_all(&self.root)?;
+        let mut copy = tempfile::Builder::new()
+            .prefix(".archive-")
+            .tempfile_in(&self.root)?;
+        let mut out = std::io::BufWriter::new(copy.as_file_mut());
+        let mut copied = 0u64;
+        for line in std::io::BufReader::new(source).split(b'\n') {
+            let line = line?;
+            if serde_json::from_slice::<Attempt>(&line).is_ok_and(|l| l.attempt == attempt) {
+                out.write_all(&line)?;
+                out.write_all(b"\n")?;
+                copied += 1;
+            }
+        }
+        out.flush()?;
+        drop(out);
+        Ok((copied > 0).then(|| copy.into_temp_path()))
+    }
+
     /// Whether the action has logged anything (its file exists): a cheap check before reading.
     pub fn exists(&self, execution: &str, stage: &str, action: &str) -> bool {
         self.path(execution, stage, action).exists()
@@ -182,5 +218,32 @@ impl LogSink for ActionLog {
         if let Some((live, stage, action)) = &self.live {
             let _ = live.send((stage.clone(), action.clone(), line));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_attempt_keeps_one_attempts_lines_and_nothing_for_a_silent_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = LogStore::new(dir.path().join("logs"));
+        for attempt in 1..=3 {
+            let sink = logs.sink("e1", "S", "A", attempt);
+            for i in 0..1000 {
+                sink.log(Level::Info, &format!("attempt {attempt} line {i}"), &[]);
+            }
+        }
+        let copy = logs.copy_attempt("e1", "S", "A", 2).unwrap().unwrap();
+        let lines = read_lines(&copy).unwrap();
+        assert_eq!(lines.len(), 1000);
+        assert!(lines.iter().all(|l| l.attempt == 2));
+        assert_eq!(lines[999].message, "attempt 2 line 999");
+        assert!(logs.copy_attempt("e1", "S", "A", 4).unwrap().is_none());
+        // The copy goes away with its handle.
+        let path = copy.to_path_buf();
+        drop(copy);
+        assert!(!path.exists());
     }
 }

@@ -630,19 +630,16 @@ impl Service {
             action: action.clone(),
             attempt,
         };
-        // A build's log may be large: read it off the async workers.
-        let read = tokio::task::spawn_blocking(move || {
-            logs.read(&execution, &stage, &action).map(|lines| {
-                lines
-                    .into_iter()
-                    .filter(|l| l.attempt == attempt)
-                    .collect::<Vec<_>>()
-            })
+        // A build's log may be large: copy it off the async workers, a line at a time, and
+        // stream the copy up.
+        let copy = tokio::task::spawn_blocking(move || {
+            logs.copy_attempt(&execution, &stage, &action, attempt)
         });
-        if let Ok(Ok(lines)) = read.await
-            && !lines.is_empty()
-        {
-            archive.put(key, lines).await;
+        match copy.await {
+            Ok(Ok(Some(file))) => archive.put(key, file.to_path_buf()).await,
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => tracing::warn!("copy the log of {key:?} for the archive: {e}"),
+            Err(e) => tracing::warn!("copy the log of {key:?} for the archive: {e}"),
         }
     }
 
