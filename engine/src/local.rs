@@ -123,10 +123,14 @@ pub async fn describe_plugin(
         .await?)
 }
 
-/// What a data directory keeps: the executions of local runs, their logs and their artifacts.
+/// What a data directory keeps: the executions of local runs, their logs and their artifacts,
+/// and those of an embedded service that is not running.
 pub struct History {
     data: PathBuf,
 }
+
+/// The executions bucket of a stopped embedded service, opened for reading.
+struct StoppedService(crate::kv::RedbKv);
 
 /// What [`History::check_blobs`] found.
 #[derive(Debug, Default)]
@@ -169,6 +173,58 @@ impl History {
     ) -> anyhow::Result<Vec<Execution>> {
         let state = RedbStore::open(&self.dirs().state())?;
         Ok(state.list(crate::executor::DEFAULT_TENANT, pipeline, limit)?)
+    }
+
+    /// The data directory.
+    pub fn data(&self) -> &Path {
+        &self.data
+    }
+
+    /// The embedded service's store here, if it has one and no service holds it.
+    fn stopped_service(&self) -> Option<StoppedService> {
+        let path = self.data.join("service.redb");
+        if !path.is_file() {
+            return None;
+        }
+        let db = crate::kv::RedbKv::open_database(&path).ok()?;
+        crate::kv::RedbKv::bucket(db, "executions")
+            .ok()
+            .map(StoppedService)
+    }
+
+    /// Executions of the embedded service kept here, newest first, when no service is running
+    /// on this data directory (`None`: there is no such store, or a service holds it).
+    pub async fn service_executions(
+        &self,
+        pipeline: Option<&str>,
+        status: Option<crate::scheduler::Status>,
+        limit: usize,
+    ) -> anyhow::Result<Option<Vec<Execution>>> {
+        let Some(StoppedService(kv)) = self.stopped_service() else {
+            return Ok(None);
+        };
+        Ok(Some(
+            crate::service::control::list_executions(
+                &kv,
+                crate::executor::DEFAULT_TENANT,
+                pipeline,
+                status,
+                None,
+                limit,
+            )
+            .await?,
+        ))
+    }
+
+    /// The execution `id` of the embedded service kept here, when no service is running.
+    pub async fn service_execution(&self, id: &str) -> anyhow::Result<Option<Execution>> {
+        let Some(StoppedService(kv)) = self.stopped_service() else {
+            return Ok(None);
+        };
+        let key = crate::service::exec_key(crate::executor::DEFAULT_TENANT, id);
+        Ok(crate::kv::get_json::<Execution>(&kv, &key)
+            .await?
+            .map(|(e, _)| e))
     }
 
     /// The execution `id`, if a local run recorded it here.

@@ -4,7 +4,7 @@
 //! and the embedded service stops instead of accepting work it cannot record, then carries
 //! on once space is freed.
 use crate::harness::nats::wait_for;
-use crate::harness::{Project, action, error, hostile, probe, status};
+use crate::harness::{Project, action, error, hostile, latest, probe, status};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -71,9 +71,8 @@ fn a_run_that_fills_its_disk_is_told_so_and_is_not_left_in_progress() {
     );
     // Whether the run could record its end depends on whether the store's file had to grow
     // while the disk was full; either way the record has ended.
-    let history = p.sluice(&["history", "--data", "disk/data"]);
-    let id = history.stdout.split_whitespace().next().unwrap_or_default();
-    assert!(!id.is_empty(), "{history:?}");
+    let id = latest(&p, &["--data", "disk/data"]);
+    let id = id.as_str();
     let shown = p.sluice(&["show", id, "--json", "--data", "disk/data"]);
     assert_eq!(shown.code, 0, "{shown:?}");
     let exec = shown.json();

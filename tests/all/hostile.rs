@@ -504,10 +504,9 @@ fn a_host_program_dies_with_the_engine_that_started_it() {
     }
     // The killed run's record is not left `InProgress` for ever: the next command that opens
     // the data dir ends it, saying why.
-    let history = p.sluice(&["history"]);
-    let id = history.stdout.split_whitespace().next().unwrap_or_default();
-    let shown = p.sluice(&["show", id, "--json"]);
-    assert_eq!(shown.code, 0, "{history:?} {shown:?}");
+    let id = latest(&p, &[]);
+    let shown = p.sluice(&["show", &id, "--json"]);
+    assert_eq!(shown.code, 0, "{shown:?}");
     let exec = shown.json();
     assert_eq!(status(&exec), "Stopped", "{exec:#}");
     assert!(

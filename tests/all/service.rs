@@ -200,13 +200,102 @@ fn embedded_service_registers_starts_and_watches_pipelines() {
 #[test]
 fn without_a_service_client_commands_say_how_to_start_one() {
     let p = Project::new(PIPELINE);
-    let r = p.sluice(&["executions"]);
+    let r = p.sluice(&["start", "svc"]);
     assert_eq!(r.code, 2);
     assert!(
         r.stderr
             .contains("no service is running: start one with `sluice serve`"),
         "{}",
         r.stderr
+    );
+    // Listing needs no service: there is nothing yet.
+    let list = p.sluice(&["executions"]);
+    assert_eq!(list.code, 0, "{list:?}");
+    assert_eq!(list.stdout.trim(), "no executions yet");
+}
+
+/// One history: `sluice executions` lists local runs and the embedded service's executions
+/// of a data dir together, marked, under a header; with the service stopped its executions
+/// are read from its store (`executions`, `show`, `status`), and from another directory
+/// with `--data`.
+#[test]
+fn one_history_of_local_runs_and_service_executions_readable_with_the_service_stopped() {
+    let p = Project::new(PIPELINE);
+    let run = p.run(&[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let local = run.json()["execution_id"].as_str().unwrap().to_string();
+    let mut engine = Engine::start(p.dir.path(), ".sluice", &[]);
+    wait_for(Duration::from_secs(30), "the engine to answer", || {
+        (p.sluice(&["pipeline", "ls"]).code == 0).then_some(())
+    });
+    assert_eq!(p.sluice(&["pipeline", "put", "pipeline.yaml"]).code, 0);
+    let served = p.sluice(&["start", "svc"]).stdout.trim().to_string();
+    wait_for(Duration::from_secs(30), "the start to succeed", || {
+        let r = p.sluice(&["status", &served, "--json"]);
+        (r.code == 0 && status(&r.json()) == "Succeeded").then_some(())
+    });
+    let listed = |args: &[&str]| -> Vec<(String, String)> {
+        let mut all = vec!["executions", "--json"];
+        all.extend_from_slice(args);
+        let r = p.sluice(&all);
+        assert_eq!(r.code, 0, "{r:?}");
+        serde_json::from_str::<Vec<Value>>(&r.stdout)
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["execution_id"].as_str().unwrap().to_string(),
+                    e["source"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    // Newest first: the service's start came after the local run.
+    assert_eq!(
+        listed(&[]),
+        vec![
+            (served.clone(), "service".into()),
+            (local.clone(), "run".into())
+        ]
+    );
+    engine.kill9();
+    assert_eq!(
+        listed(&[]),
+        vec![
+            (served.clone(), "service (stopped)".into()),
+            (local.clone(), "run".into())
+        ]
+    );
+    let text = p.sluice(&["executions"]);
+    let lines: Vec<&str> = text.stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("ID ") && lines[0].contains("SOURCE"),
+        "{}",
+        text.stdout
+    );
+    // Aligned: every row's status starts in the header's STATUS column.
+    let column = lines[0].find("STATUS").unwrap();
+    for row in &lines[1..] {
+        assert!(row[column..].starts_with("Succeeded"), "{}", text.stdout);
+    }
+    let shown = p.sluice(&["show", &served]);
+    assert!(
+        shown.stdout.contains("pipeline svc v1  Succeeded"),
+        "{shown:?}"
+    );
+    let st = p.sluice(&["status", &served, "--json"]);
+    assert_eq!(status(&st.json()), "Succeeded");
+    // From another directory.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let data = p.path(".sluice");
+    let r = crate::harness::sluice_in(
+        elsewhere.path(),
+        &["executions", "--data", data.to_str().unwrap()],
+        &[],
+    );
+    assert!(
+        r.stdout.contains(&served) && r.stdout.contains(&local),
+        "{r:?}"
     );
 }
 

@@ -117,6 +117,19 @@ pub fn sluice_in(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
     }
 }
 
+/// The newest execution `sluice executions --json ARGS` lists in the project.
+pub fn latest(p: &Project, args: &[&str]) -> String {
+    let mut all = vec!["executions", "--json"];
+    all.extend_from_slice(args);
+    let list = p.sluice(&all);
+    let rows: Value = serde_json::from_str(&list.stdout)
+        .unwrap_or_else(|e| panic!("sluice executions --json: {e}: {list:?}"));
+    rows[0]["execution_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no execution listed: {list:?}"))
+        .to_string()
+}
+
 /// The action `STAGE/ACTION` of an execution record.
 pub fn action<'a>(exec: &'a Value, path: &str) -> &'a Value {
     let (stage, action) = path.split_once('/').unwrap();

@@ -1,4 +1,4 @@
-//! Read-only commands: history, show, logs, plugin describe, artifact ls/get/verify.
+//! Read-only commands: show, logs, plugin describe, artifact ls/get/verify.
 use anyhow::Context as _;
 use sluice_engine::local::{Digest, Entry, History};
 use sluice_engine::model::count;
@@ -6,28 +6,6 @@ use sluice_engine::model::units::short_duration;
 use sluice_engine::scheduler::Execution;
 use std::path::Path;
 use std::process::ExitCode;
-
-pub fn history(data: &Path, pipeline: Option<&str>, limit: usize) -> anyhow::Result<ExitCode> {
-    let execs = History::open(data)?.executions(pipeline, limit)?;
-    if execs.is_empty() {
-        println!("no executions yet");
-    }
-    for e in execs {
-        let took = match (e.started_at, e.finished_at) {
-            (Some(s), Some(f)) => short_duration(f.since(s)),
-            _ => "-".into(),
-        };
-        let started = e.started_at.map(|t| t.to_string()).unwrap_or_default();
-        println!(
-            "{}  {:<20} {:<11} {:>8}  {started}",
-            e.execution_id,
-            e.pipeline,
-            e.status.to_string(),
-            took
-        );
-    }
-    Ok(ExitCode::SUCCESS)
-}
 
 /// The execution `id` from the local history, if it is there.
 pub fn local_execution(data: &Path, id: &str) -> anyhow::Result<Option<Execution>> {

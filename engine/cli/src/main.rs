@@ -68,7 +68,8 @@ enum Cmd {
         #[arg(long = "var", value_name = "KEY=VALUE", value_parser = parse_var)]
         vars: Vec<(String, String)>,
     },
-    /// List past executions, newest first.
+    /// The same list as `executions` (kept for scripts written against it).
+    #[command(hide = true)]
     History {
         /// Only this pipeline.
         #[arg(long)]
@@ -76,9 +77,11 @@ enum Cmd {
         /// At most this many.
         #[arg(long, default_value_t = 20)]
         limit: usize,
-        /// Data directory [default: ./.sluice].
-        #[arg(long, env = "SLUICE_DATA")]
-        data: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: service::Target,
     },
     /// Show one execution: stages, actions, attempts, timings, configuration, artifacts,
     /// variables, trigger — from the local history, else from the service.
@@ -253,7 +256,8 @@ enum Cmd {
         #[command(flatten)]
         target: service::Target,
     },
-    /// List executions in the service, newest first.
+    /// List executions, newest first: local runs (`sluice run`) and the service's, read from
+    /// its store when it is not running (or, with --nats, the service's on NATS).
     Executions {
         /// Only this pipeline.
         pipeline: Option<String>,
@@ -470,8 +474,9 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::History {
             pipeline,
             limit,
-            data,
-        } => inspect::history(&default_data(data), pipeline.as_deref(), limit),
+            json,
+            target,
+        } => service::executions(pipeline, None, limit, json, target).await,
         Cmd::Show {
             execution_id,
             json,

@@ -148,8 +148,39 @@ pub fn summary(exec: &Execution, history: &History, style: Style) {
             }
         }
     }
+    let data = data_flag(history.data());
     style.out(&format!(
-        "\nexecution {}: sluice show {0} · sluice logs {0}",
+        "\nexecution {}: sluice show {0}{data} · sluice logs {0}{data}",
         exec.execution_id
     ));
+}
+
+/// ` --data DIR` when the commands the footer suggests would not find the data directory from
+/// where the user is (a pipeline in another directory keeps its `.sluice` next to it).
+fn data_flag(data: &std::path::Path) -> String {
+    let default = std::env::var_os("SLUICE_DATA")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| ".sluice".into());
+    let real = |p: &std::path::Path| p.canonicalize().ok();
+    if real(data).is_some() && real(data) == real(&default) {
+        return String::new();
+    }
+    let cwd = std::env::current_dir()
+        .ok()
+        .and_then(|c| c.canonicalize().ok());
+    let absolute = real(data).unwrap_or_else(|| data.to_path_buf());
+    let shown = cwd
+        .as_deref()
+        .and_then(|c| absolute.strip_prefix(c).ok())
+        .map(|p| p.to_path_buf())
+        .unwrap_or(absolute);
+    let text = shown.display().to_string();
+    if text
+        .chars()
+        .any(|c| c.is_whitespace() || "'\"$`\\".contains(c))
+    {
+        format!(" --data '{}'", text.replace('\'', "'\\''"))
+    } else {
+        format!(" --data {text}")
+    }
 }

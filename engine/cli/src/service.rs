@@ -748,12 +748,8 @@ async fn follow(client: &Client, id: &str) -> anyhow::Result<ExitCode> {
 
 /// Run `sluice status`.
 pub async fn status(execution_id: String, json: bool, target: Target) -> anyhow::Result<ExitCode> {
-    let client = target.client().await?;
-    let reply = match client
-        .call(&Request::from(verbs::GetExecution { execution_id }))
-        .await
-    {
-        Ok(v) => v,
+    let reply = match execution(&target, execution_id).await? {
+        Ok(e) => serde_json::to_value(e)?,
         Err(e) => return refused(e),
     };
     if json {
@@ -835,14 +831,44 @@ pub async fn show(execution_id: String, json: bool, target: Target) -> anyhow::R
     {
         return super::inspect::print_execution(&e, json);
     }
-    let client = target.client().await?;
-    match client
-        .call(&Request::from(verbs::GetExecution { execution_id }))
-        .await
-    {
-        Ok(v) => super::inspect::print_execution(&serde_json::from_value(v)?, json),
+    match execution(&target, execution_id).await? {
+        Ok(e) => super::inspect::print_execution(&e, json),
         Err(e) => refused(e),
     }
+}
+
+/// The execution `id` from the service, or, when the embedded service in --data is not
+/// running, from its store.
+async fn execution(target: &Target, id: String) -> anyhow::Result<Result<Execution, ApiError>> {
+    let data = super::default_data(target.data.clone());
+    let socket = sluice_engine::service::socket::socket_path(&data);
+    if target.nats.is_some() || socket.exists() {
+        match target
+            .client()
+            .await?
+            .call(&Request::from(verbs::GetExecution {
+                execution_id: id.clone(),
+            }))
+            .await
+        {
+            Ok(v) => return Ok(Ok(serde_json::from_value(v)?)),
+            // A socket left behind by a service that is gone: read its store.
+            Err(e) if e.code == Code::Unavailable && target.nats.is_none() => {}
+            Err(e) => return Ok(Err(e)),
+        }
+    }
+    if data.is_dir()
+        && let Some(e) = sluice_engine::local::History::open(&data)?
+            .service_execution(&id)
+            .await?
+    {
+        return Ok(Ok(e));
+    }
+    if target.nats.is_none() && !socket.exists() && !data.join("service.redb").exists() {
+        // Nothing here at all: say how to start a service.
+        target.client().await?;
+    }
+    Ok(Err(ApiError::not_found(format!("no execution `{id}`"))))
 }
 
 /// Run `sluice logs`: from the data directory, or with --nats from the shared copies
@@ -911,7 +937,17 @@ pub async fn logs(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Run `sluice executions`.
+/// One row of `sluice executions`: a summary and where it was recorded.
+struct Listed {
+    summary: ExecutionSummary,
+    /// `run` (a local `sluice run`), `service`, or `service (stopped)` (read from the store
+    /// of an embedded service that is not running).
+    source: &'static str,
+}
+
+/// Run `sluice executions` (and `sluice history`): local runs and the service's executions of
+/// the data directory, newest first — the service's read from its store when it is not
+/// running; with --nats, the service's on NATS.
 pub async fn executions(
     pipeline: Option<String>,
     status: Option<Status>,
@@ -919,43 +955,143 @@ pub async fn executions(
     json: bool,
     target: Target,
 ) -> anyhow::Result<ExitCode> {
-    let client = target.client().await?;
-    let reply = match client
-        .call(&Request::from(verbs::Executions {
-            pipeline,
+    let mut rows: Vec<Listed> = Vec::new();
+    let data = super::default_data(target.data.clone());
+    let history = match data.is_dir() {
+        true => Some(sluice_engine::local::History::open(&data)?),
+        false => None,
+    };
+    if let Some(history) = &history
+        && target.nats.is_none()
+        && data.join("state.redb").is_file()
+    {
+        let keep = |e: &Execution| status.is_none_or(|s| s == e.status);
+        rows.extend(
+            history
+                .executions(pipeline.as_deref(), 10_000)?
+                .iter()
+                .filter(|e| keep(e))
+                .take(limit)
+                .map(|e| Listed {
+                    summary: ExecutionSummary::from(e),
+                    source: "run",
+                }),
+        );
+    }
+    let served =
+        target.nats.is_some() || sluice_engine::service::socket::socket_path(&data).exists();
+    let mut stopped = !served;
+    if served {
+        let request = Request::from(verbs::Executions {
+            pipeline: pipeline.clone(),
             status,
             limit: Some(limit),
             before: None,
-        }))
-        .await
+        });
+        match target.client().await?.call(&request).await {
+            Ok(reply) => rows.extend(
+                serde_json::from_value::<Vec<ExecutionSummary>>(reply)?
+                    .into_iter()
+                    .map(|summary| Listed {
+                        summary,
+                        source: "service",
+                    }),
+            ),
+            // A socket left behind by a service that is gone.
+            Err(e) if e.code == Code::Unavailable && target.nats.is_none() => stopped = true,
+            Err(e) => return refused(e),
+        }
+    }
+    if stopped
+        && let Some(history) = &history
+        && let Some(list) = history
+            .service_executions(pipeline.as_deref(), status, limit)
+            .await?
     {
-        Ok(v) => v,
-        Err(e) => return refused(e),
-    };
+        rows.extend(list.iter().map(|e| Listed {
+            summary: ExecutionSummary::from(e),
+            source: "service (stopped)",
+        }));
+    }
+    // ULIDs sort by start time.
+    rows.sort_by(|a, b| b.summary.execution_id.cmp(&a.summary.execution_id));
+    rows.truncate(limit);
     if json {
-        println!("{}", serde_json::to_string_pretty(&reply)?);
+        let mut list = Vec::new();
+        for r in &rows {
+            let mut v = serde_json::to_value(&r.summary)?;
+            v["source"] = r.source.into();
+            list.push(v);
+        }
+        println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let rows: Vec<ExecutionSummary> = serde_json::from_value(reply)?;
-    for r in rows {
-        let took = match (r.started_at, r.finished_at) {
-            (Some(s), Some(f)) => short_duration(f.since(s)),
+    if rows.is_empty() {
+        println!("no executions yet");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut table = vec![
+        [
+            "ID", "PIPELINE", "VERSION", "STATUS", "TOOK", "STARTED", "SOURCE", "TRIGGER",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for r in &rows {
+        let s = &r.summary;
+        let took = match (s.started_at, s.finished_at) {
+            (Some(a), Some(b)) => short_duration(b.since(a)),
             _ => "-".into(),
         };
-        let waiting = if r.waiting.is_empty() {
-            String::new()
-        } else {
-            format!("\twaiting: {}", r.waiting.join(", "))
-        };
-        println!(
-            "{}\t{}\tv{}\t{}\t{}\t{}{waiting}",
-            r.execution_id,
-            r.pipeline,
-            r.pipeline_version,
-            r.status,
+        let mut trigger = s.trigger.clone().unwrap_or_else(|| "-".into());
+        if !s.waiting.is_empty() {
+            trigger.push_str(&format!("; waiting: {}", s.waiting.join(", ")));
+        }
+        table.push(vec![
+            s.execution_id.clone(),
+            s.pipeline.clone(),
+            if s.pipeline_version > 0 {
+                format!("v{}", s.pipeline_version)
+            } else {
+                "file".into()
+            },
+            s.status.to_string(),
             took,
-            r.trigger.unwrap_or_default()
-        );
+            s.started_at
+                .map(|t| t.to_string())
+                .unwrap_or_else(|| "-".into()),
+            r.source.to_string(),
+            trigger,
+        ]);
     }
+    print!("{}", aligned(&table));
     Ok(ExitCode::SUCCESS)
+}
+
+/// Rows as columns padded to their widest cell (the last column is not padded).
+fn aligned(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|cell| cell.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            if c + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<w$}  ", w = widths[c]));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
 }

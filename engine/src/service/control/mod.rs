@@ -136,23 +136,44 @@ impl Service {
         before: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Execution>, KvError> {
-        let prefix = format!("{tenant}/x/");
-        let mut keys = self.edges.executions.keys(&prefix).await?;
-        keys.reverse(); // ULIDs: newest last
-        let mut out = Vec::new();
-        // Ids are ULIDs, which sort by start time.
-        let older = |key: &str| before.is_none_or(|b| key[prefix.len()..] < *b);
-        for key in keys.into_iter().filter(|k| older(k)) {
-            if out.len() >= limit {
-                break;
-            }
-            if let Some((exec, _)) = get_json::<Execution>(&*self.edges.executions, &key).await?
-                && pipeline.is_none_or(|p| p == exec.pipeline)
-                && status.is_none_or(|s| s == exec.status)
-            {
-                out.push(exec);
-            }
-        }
-        Ok(out)
+        list_executions(
+            &*self.edges.executions,
+            tenant,
+            pipeline,
+            status,
+            before,
+            limit,
+        )
+        .await
     }
+}
+
+/// The executions of `tenant` in an executions bucket, newest first, older than `before`:
+/// for the service, and for reading a stopped embedded service's store.
+pub async fn list_executions(
+    executions: &dyn Kv,
+    tenant: &str,
+    pipeline: Option<&str>,
+    status: Option<Status>,
+    before: Option<&str>,
+    limit: usize,
+) -> Result<Vec<Execution>, KvError> {
+    let prefix = format!("{tenant}/x/");
+    let mut keys = executions.keys(&prefix).await?;
+    keys.reverse(); // ULIDs: newest last
+    let mut out = Vec::new();
+    // Ids are ULIDs, which sort by start time.
+    let older = |key: &str| before.is_none_or(|b| key[prefix.len()..] < *b);
+    for key in keys.into_iter().filter(|k| older(k)) {
+        if out.len() >= limit {
+            break;
+        }
+        if let Some((exec, _)) = get_json::<Execution>(executions, &key).await?
+            && pipeline.is_none_or(|p| p == exec.pipeline)
+            && status.is_none_or(|s| s == exec.status)
+        {
+            out.push(exec);
+        }
+    }
+    Ok(out)
 }
