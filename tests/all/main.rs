@@ -14,6 +14,7 @@ mod functions;
 mod hostile;
 mod http_api;
 mod http_plugins;
+mod logs;
 mod notify;
 mod operating;
 mod plugins;

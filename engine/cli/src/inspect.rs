@@ -1,5 +1,4 @@
 //! Read-only commands: show, logs, plugin describe, artifact ls/get/verify.
-use anyhow::Context as _;
 use sluice_engine::local::{Digest, Entry, History};
 use sluice_engine::model::count;
 use sluice_engine::model::units::short_duration;
@@ -141,55 +140,6 @@ pub fn print_execution(e: &Execution, json: bool) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-pub fn logs(data: &Path, id: &str, only: Option<&str>) -> anyhow::Result<ExitCode> {
-    let history = History::open(data)?;
-    let actions = match only {
-        Some(sa) => {
-            let (s, a) = sa
-                .split_once('/')
-                .context("name the action as STAGE/ACTION")?;
-            vec![(s.to_string(), a.to_string())]
-        }
-        None => history.logged_actions(id),
-    };
-    if actions.is_empty() {
-        anyhow::bail!("no logs for execution {id} in {}", data.display());
-    }
-    for (stage, action) in actions {
-        let lines = history
-            .log(id, &stage, &action)
-            .with_context(|| format!("no log for {stage}/{action} in execution {id}"))?;
-        for l in lines {
-            print_log_line(&stage, &action, &l);
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// One log line as `sluice logs` prints it.
-/// A line the `logs` verb returned, printed as [`print_log_line`] prints a local one.
-pub fn print_log_entry(stage: &str, action: &str, l: &sluice_api::verbs::LogEntry) {
-    let fields: String = l.fields.iter().map(|(k, v)| format!(" {k}={v}")).collect();
-    println!(
-        "{stage}/{action} #{} {} {:>5} {}{fields}",
-        l.attempt,
-        l.at,
-        l.level.to_uppercase(),
-        l.message
-    );
-}
-
-pub fn print_log_line(stage: &str, action: &str, l: &sluice_engine::local::LogLine) {
-    let fields: String = l.fields.iter().map(|(k, v)| format!(" {k}={v}")).collect();
-    println!(
-        "{stage}/{action} #{} {} {:>5} {}{fields}",
-        l.attempt,
-        l.at,
-        format!("{:?}", l.level).to_uppercase(),
-        l.message
-    );
 }
 
 pub async fn describe_plugin(reference: &str, json: bool) -> anyhow::Result<ExitCode> {

@@ -2,6 +2,7 @@
 //! library; benchmarks (`sluice bench`) live here, so embedders of the library never compile them.
 
 mod bench;
+mod follow;
 mod inspect;
 mod plugin_test;
 mod progress;
@@ -101,6 +102,9 @@ enum Cmd {
         execution_id: String,
         /// Only this action, as STAGE/ACTION.
         action: Option<String>,
+        /// Keep printing lines as they are written, until the execution ends.
+        #[arg(short, long)]
+        follow: bool,
         #[command(flatten)]
         target: service::Target,
     },
@@ -253,6 +257,9 @@ enum Cmd {
     Watch {
         /// Execution id.
         execution_id: String,
+        /// Interleave the actions' log lines with the state changes.
+        #[arg(long)]
+        logs: bool,
         #[command(flatten)]
         target: service::Target,
     },
@@ -485,8 +492,9 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Logs {
             execution_id,
             action,
+            follow,
             target,
-        } => service::logs(execution_id, action, target).await,
+        } => service::logs(execution_id, action, follow, target).await,
         Cmd::Plugin { command } => match command {
             PluginCmd::Describe { plugin, json } => inspect::describe_plugin(&plugin, json).await,
             PluginCmd::Test(args) => plugin_test::run(args).await,
@@ -596,8 +604,9 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
         } => service::status(execution_id, json, target).await,
         Cmd::Watch {
             execution_id,
+            logs,
             target,
-        } => service::watch(execution_id, target).await,
+        } => service::watch(execution_id, logs, target).await,
         Cmd::Executions {
             pipeline,
             status,

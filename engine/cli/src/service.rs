@@ -721,9 +721,30 @@ pub async fn control(request: Request, target: Target) -> anyhow::Result<ExitCod
 }
 
 /// Run `sluice watch`.
-pub async fn watch(execution_id: String, target: Target) -> anyhow::Result<ExitCode> {
+pub async fn watch(execution_id: String, logs: bool, target: Target) -> anyhow::Result<ExitCode> {
     let client = target.client().await?;
-    follow(&client, &execution_id).await
+    if !logs {
+        return follow(&client, &execution_id).await;
+    }
+    // Log lines interleaved with the state changes, on the same stream.
+    let style = Style {
+        color: std::io::stderr().is_terminal(),
+        to_stderr: true,
+    };
+    let lines_client = target.client().await?;
+    let mut reader = super::follow::LogReader::new(
+        super::follow::Source::Service(&lines_client),
+        &execution_id,
+        None,
+    );
+    let (state, lines) = tokio::join!(
+        follow(&client, &execution_id),
+        reader.print(true, |line| style.out(&format!("  | {line}")))
+    );
+    if let Err(e) = lines {
+        tracing::warn!("following the logs of {execution_id}: {e:#}");
+    }
+    state
 }
 
 async fn follow(client: &Client, id: &str) -> anyhow::Result<ExitCode> {
@@ -876,62 +897,72 @@ async fn execution(target: &Target, id: String) -> anyhow::Result<Result<Executi
 pub async fn logs(
     execution_id: String,
     only: Option<String>,
+    follow: bool,
     target: Target,
 ) -> anyhow::Result<ExitCode> {
-    let Some(url) = target.nats.clone() else {
-        return super::inspect::logs(
-            &super::default_data(target.data),
-            &execution_id,
-            only.as_deref(),
-        );
-    };
+    use super::follow::{LogReader, Source};
     let only = match &only {
         Some(sa) => Some(
             sa.split_once('/')
+                .map(|(s, a)| (s.to_string(), a.to_string()))
                 .context("name the action as STAGE/ACTION")?,
         ),
         None => None,
     };
-    let client = target.client().await?;
-    let exec: Execution = match client
-        .call(&Request::from(verbs::GetExecution {
-            execution_id: execution_id.clone(),
-        }))
-        .await
+    let data = super::default_data(target.data.clone());
+    // The service, when it runs and knows the execution: it has the state and, on NATS, every
+    // engine's lines (each attempt through the `logs` verb: the engine that answers reads its
+    // own copy, or the shared archive for an attempt another engine ran). Otherwise the data
+    // directory: a local run's, or a stopped embedded service's.
+    let client = if target.nats.is_some() {
+        Some(target.client().await?)
+    } else if sluice_engine::service::socket::socket_path(&data).exists()
+        && super::inspect::local_execution(&data, &execution_id)
+            .ok()
+            .flatten()
+            .is_none()
     {
-        Ok(v) => serde_json::from_value(v)?,
-        Err(e) => return refused(e),
+        let client = target.client().await?;
+        let known = client
+            .call(&Request::from(verbs::GetExecution {
+                execution_id: execution_id.clone(),
+            }))
+            .await
+            .is_ok();
+        known.then_some(client)
+    } else {
+        None
     };
-    // Each attempt through the `logs` verb: the engine that answers reads its own copy, or
-    // the shared archive for an attempt another engine ran.
-    let mut any = false;
-    for stage in &exec.stages {
-        for action in stage
-            .actions
-            .iter()
-            .filter(|a| only.is_none_or(|(s, n)| s == stage.name && n == a.name))
-        {
-            for attempt in 1..=action.attempt {
-                let page = client
-                    .send(verbs::Logs {
-                        execution_id: execution_id.clone(),
-                        stage: stage.name.clone(),
-                        action: action.name.clone(),
-                        attempt: Some(attempt),
-                    })
-                    .await?;
-                for line in &page.lines {
-                    super::inspect::print_log_entry(&stage.name, &action.name, line);
-                    any = true;
-                }
+    let source = match &client {
+        Some(c) => Source::Service(c),
+        None => {
+            if !data.is_dir() {
+                anyhow::bail!(
+                    "no logs for execution {execution_id}: no data directory at {}",
+                    data.display()
+                );
             }
+            Source::Local(data.clone())
         }
-    }
-    if !any {
+    };
+    let mut reader = LogReader::new(source, &execution_id, only.clone());
+    let printed = match reader.print(follow, |line| println!("{line}")).await {
+        Ok(n) => n,
+        Err(e) => match e.downcast::<ApiError>() {
+            Ok(api) => return refused(api),
+            Err(e) => return Err(e),
+        },
+    };
+    if printed == 0 {
         anyhow::bail!(
-            "no logs for {} of execution {execution_id} on {url}",
+            "no logs for {} of execution {execution_id}{}",
             only.map(|(s, a)| format!("{s}/{a}"))
-                .unwrap_or_else(|| "any action".into())
+                .unwrap_or_else(|| "any action".into()),
+            target
+                .nats
+                .as_ref()
+                .map(|u| format!(" on {u}"))
+                .unwrap_or_else(|| format!(" in {}", data.display()))
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -966,17 +997,18 @@ pub async fn executions(
         && data.join("state.redb").is_file()
     {
         let keep = |e: &Execution| status.is_none_or(|s| s == e.status);
-        rows.extend(
-            history
-                .executions(pipeline.as_deref(), 10_000)?
-                .iter()
-                .filter(|e| keep(e))
-                .take(limit)
-                .map(|e| Listed {
-                    summary: ExecutionSummary::from(e),
-                    source: "run",
-                }),
-        );
+        let runs = match history.executions(pipeline.as_deref(), 10_000) {
+            Ok(runs) => runs,
+            Err(e) => {
+                // A `sluice run` in progress holds the file until it ends.
+                eprintln!("local runs not listed: {e:#}");
+                Vec::new()
+            }
+        };
+        rows.extend(runs.iter().filter(|e| keep(e)).take(limit).map(|e| Listed {
+            summary: ExecutionSummary::from(e),
+            source: "run",
+        }));
     }
     let served =
         target.nats.is_some() || sluice_engine::service::socket::socket_path(&data).exists();
