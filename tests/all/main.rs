@@ -9,6 +9,7 @@ mod authoring;
 mod cli;
 mod conformance;
 mod console;
+mod docs;
 mod full_disk;
 mod functions;
 mod hostile;

@@ -1505,3 +1505,63 @@ fn trigger_values_reach_references_from_sluice_events_and_cloudevents_on_nats() 
         bad.stderr
     );
 }
+
+/// `sluice serve` says what it does at info by default, without colour codes when its
+/// stderr is a file, and as JSON lines with `--log-format json`.
+#[test]
+fn the_engine_says_what_it_does_as_text_or_json() {
+    for json in [false, true] {
+        let p = Project::new(PIPELINE);
+        let log = p.path("engine.log");
+        let mut args = vec!["serve", "--data", ".sluice"];
+        if json {
+            args.extend(["--log-format", "json"]);
+        }
+        let mut engine = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(&args)
+            .current_dir(p.dir.path())
+            .env_remove("SLUICE_LOG")
+            .env_remove("RUST_LOG")
+            .env_remove("SLUICE_DATA")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        wait_for(Duration::from_secs(30), "the engine to answer", || {
+            (p.sluice(&["pipeline", "put", "pipeline.yaml"]).code == 0).then_some(())
+        });
+        let id = p.sluice(&["start", "svc"]).stdout.trim().to_string();
+        let text = wait_for(Duration::from_secs(30), "the engine to log the end", || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            text.contains("execution ended").then_some(text)
+        });
+        let _ = engine.kill();
+        let _ = engine.wait();
+        assert!(!text.contains('\u{1b}'), "colour codes in a file: {text}");
+        for said in ["trigger accepted", "execution started", "execution ended"] {
+            let line = text
+                .lines()
+                .find(|l| l.contains(said))
+                .unwrap_or_else(|| panic!("`{said}` not logged: {text}"));
+            assert!(line.contains(&id), "{line}");
+            if json {
+                let v: Value =
+                    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+                assert_eq!(v["level"], "INFO", "{line}");
+                assert_eq!(v["fields"]["message"], said, "{line}");
+                assert_eq!(v["fields"]["execution"], id.as_str(), "{line}");
+            } else {
+                assert!(line.contains(" INFO ") && line.contains("svc"), "{line}");
+            }
+        }
+        if json {
+            let ended: Value = serde_json::from_str(
+                text.lines()
+                    .find(|l| l.contains("execution ended"))
+                    .unwrap(),
+            )
+            .unwrap();
+            assert_eq!(ended["fields"]["status"], "Succeeded");
+        }
+    }
+}

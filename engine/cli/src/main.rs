@@ -373,15 +373,49 @@ fn raise_open_file_limit() {
 }
 
 /// Exit codes: 0 succeeded, 1 failed, 2 usage or validation error.
+/// The engine's own log: `SLUICE_LOG` (or `RUST_LOG`) filters it, as in `RUST_LOG`; by
+/// default warnings, and for `sluice serve` what the engine does (triggers accepted and
+/// refused, executions started and ended, jobs redelivered, NATS connection changes) at info.
+/// Colours only on a terminal; `--log-format json` for log collectors.
+fn init_logging(command: &Cmd) {
+    use std::io::IsTerminal;
+    let (default, json) = match command {
+        Cmd::Serve(args) => (
+            "warn,sluice_engine=info,sluice_nats=info,sluice_cli=info",
+            args.log_format == service::LogFormat::Json,
+        ),
+        _ => ("warn", false),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| default.into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Printing into a closed pipe (`sluice show ID | head`) ends the process quietly, as other
+/// command-line tools do, instead of panicking.
+#[allow(unsafe_code)]
+fn restore_sigpipe() {
+    // SAFETY: setting a signal's disposition to the default before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    if !matches!(cli.command, Cmd::Serve(_)) {
+        restore_sigpipe();
+    }
+    init_logging(&cli.command);
     raise_open_file_limit();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

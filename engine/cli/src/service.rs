@@ -54,6 +54,15 @@ pub async fn connect(
     })
 }
 
+/// How `sluice serve` writes its log.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
 /// `sluice serve`.
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -73,6 +82,9 @@ pub struct ServeArgs {
     /// /healthz and /readyz.
     #[arg(long)]
     pub http: Option<std::net::SocketAddr>,
+    /// The engine's log on stderr: `text`, or `json` (one object per line, for collectors).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// Let --http listen on an address other hosts can reach. The API has no authentication
     /// yet: whoever reaches the port controls the service.
     #[arg(long)]

@@ -49,10 +49,17 @@ pub async fn connect(url: &str) -> anyhow::Result<async_nats::Client> {
         .event_callback(move |event| {
             let first = first.clone();
             async move {
-                if let async_nats::Event::Connected = event
-                    && !first.swap(false, std::sync::atomic::Ordering::Relaxed)
-                {
-                    sluice_engine::metrics::get().nats_reconnects.inc();
+                match event {
+                    async_nats::Event::Connected => {
+                        if !first.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                            sluice_engine::metrics::get().nats_reconnects.inc();
+                            tracing::info!("NATS connection back: work resumes");
+                        }
+                    }
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!("NATS connection lost: reconnecting (work waits)")
+                    }
+                    other => tracing::debug!("NATS: {other}"),
                 }
             }
         })

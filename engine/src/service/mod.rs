@@ -92,9 +92,34 @@ struct Outgoing {
 impl Outgoing {
     fn prepare(&self, event: &mut Event) {
         crate::metrics::get().observe(event);
+        say(event);
         if let (Some(url), Some(notice)) = (self.public_url.get(), event.approval.as_mut()) {
             notice.console_url = Some(format!("{url}/executions/{}", event.execution_id));
         }
+    }
+}
+
+/// The engine's own log line for an execution starting or ending (a refused trigger says so
+/// where it is refused).
+fn say(event: &Event) {
+    if event.kind != Kind::Pipeline {
+        return;
+    }
+    let (tenant, pipeline, id) = (&event.tenant, &event.pipeline, &event.execution_id);
+    match event.status {
+        Status::InProgress => {
+            tracing::info!(tenant, pipeline, execution = id, "execution started")
+        }
+        s if s.is_terminal() => tracing::info!(
+            tenant,
+            pipeline,
+            execution = id,
+            status = %s,
+            duration_ms = event.duration_ms,
+            detail = event.detail.as_deref(),
+            "execution ended"
+        ),
+        _ => {}
     }
 }
 

@@ -172,6 +172,12 @@ impl Service {
         {
             tracing::warn!("could not record the dead letter: {e}");
         }
+        tracing::info!(
+            tenant,
+            pipeline,
+            reason = %reason,
+            "trigger refused: it waits in the dead letter"
+        );
         self.edges.cluster.dead_letter(&letter);
         self.edges.bus.publish(Event {
             id: String::new(),
@@ -260,7 +266,13 @@ impl Service {
             .await
         {
             Ok(Ok((id, recorded))) => {
-                tracing::info!("trigger for {tenant}/{pipeline}: execution {id}");
+                tracing::info!(
+                    tenant,
+                    pipeline,
+                    execution = %id,
+                    delivery = delivery.delivered,
+                    "trigger accepted"
+                );
                 if let Some(recorded) = recorded {
                     let me = self.clone();
                     tokio::spawn(async move {

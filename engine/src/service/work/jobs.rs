@@ -495,13 +495,26 @@ impl Service {
         } else {
             format!("delivery {}", lease.delivery.delivered)
         };
-        tracing::info!(
-            "running {}/{}/{} attempt {} ({how})",
-            job.execution_id,
-            exec.stages[job.stage].name,
-            exec.stages[job.stage].actions[job.action].name,
-            job.attempt
+        let (stage, action) = (
+            &exec.stages[job.stage].name,
+            &exec.stages[job.stage].actions[job.action].name,
         );
+        if !is_chained && lease.delivery.delivered > 1 {
+            // The engine that had it did not finish it (it died, or lost its lease).
+            tracing::info!(
+                execution = %job.execution_id,
+                action = %format!("{stage}/{action}"),
+                attempt = job.attempt,
+                delivery = lease.delivery.delivered,
+                "job redelivered: the engine that had it did not finish it"
+            );
+        } else {
+            tracing::debug!(
+                "running {}/{stage}/{action} attempt {} ({how})",
+                job.execution_id,
+                job.attempt
+            );
+        }
         let mut cx = self.engine.job_context();
         cx.functions = self.functions.clone();
         let id = job_id(
