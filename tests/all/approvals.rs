@@ -134,6 +134,50 @@ fn finished(p: &Project, id: &str) -> Value {
     })
 }
 
+/// At a terminal, `sluice run` asks with the custom data and the link, and asks again after
+/// an answer that is neither yes nor no (it used to reject the release).
+#[test]
+fn the_local_prompt_shows_what_to_decide_and_asks_again_after_a_wrong_answer() {
+    use std::io::Write;
+    let p = gated(1);
+    // `script` gives the run a terminal; the answers arrive through it.
+    let mut run = std::process::Command::new("script")
+        .args(["-qec"])
+        .arg(format!(
+            "{} run pipeline.yaml --as ana",
+            env!("CARGO_BIN_EXE_sluice")
+        ))
+        .arg("/dev/null")
+        .current_dir(p.dir.path())
+        .env_remove("SLUICE_DATA")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("script (util-linux)");
+    let mut answers = run.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(2));
+        answers.write_all(b"maybe\n").unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        answers.write_all(b"y\n").unwrap();
+        std::thread::sleep(Duration::from_secs(2));
+    });
+    let out = run.wait_with_output().unwrap();
+    feeder.join().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for expected in [
+        "Production/Gate needs approval.",
+        "release v1.0",
+        "https://example.com/release-notes",
+        "Approve as ana? [y/N]",
+        "Please answer y or n (not \"maybe\")",
+        "approved by ana",
+    ] {
+        assert!(text.contains(expected), "{expected:?} in {text}");
+    }
+}
+
 #[test]
 fn service_approvals_check_who_decides_and_survive_a_restart() {
     let p = gated(2);
@@ -148,6 +192,29 @@ fn service_approvals_check_who_decides_and_survive_a_restart() {
     assert_eq!(status(gate), "InProgress");
     assert_eq!(gate["summary"], "waiting for 0 of 2 approvals from ana, bo");
     let token = gate["waiting"]["token"].as_str().unwrap().to_string();
+    // `status` says what the action waits for, since when, and what the approvers need.
+    let text = p.sluice(&["status", &id]);
+    let line = text
+        .stdout
+        .lines()
+        .find(|l| l.contains("Gate InProgress"))
+        .unwrap_or_else(|| panic!("{}", text.stdout));
+    assert!(
+        line.contains("waiting for approval since ")
+            && line
+                .contains(" ago) from ana, bo: release v1.0 (https://example.com/release-notes)")
+            && !line.contains("attempt"),
+        "{line}"
+    );
+    // `start --as` names who started it.
+    let other = p.sluice(&["start", "gated", "--as", "dora"]);
+    assert_eq!(other.code, 0, "{other:?}");
+    let started = record(&p, other.stdout.trim());
+    assert_eq!(started["trigger"]["started_by"], "dora");
+    assert_eq!(
+        p.sluice(&["stop", other.stdout.trim(), "--abandon"]).code,
+        0
+    );
 
     // `sluice approvals` lists it, with what the approvers need to decide; `--mine` only for
     // those who may decide; never with its token.

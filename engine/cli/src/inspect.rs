@@ -121,6 +121,11 @@ pub fn print_execution(e: &Execution, json: bool) -> anyhow::Result<ExitCode> {
                         .map(|d| format!(" until {d}"))
                         .unwrap_or_default()
                 );
+                for key in ["approvers", "custom_data", "external_link"] {
+                    if let Some(v) = a.kept.get(key) {
+                        println!("    {:<9} {v}", key.replace('_', " "));
+                    }
+                }
             }
             for d in &a.decisions {
                 println!(
@@ -285,6 +290,35 @@ pub fn artifact_verify(
         );
     }
     Ok(ExitCode::from(1))
+}
+
+/// What a waiting action waits for, for `sluice status`: "waiting for approval since 12:03:41
+/// (5m ago) from ana, bo: release 1.2 (https://…)".
+pub fn waiting_line(a: &sluice_engine::scheduler::ActionRun) -> Option<String> {
+    let w = a.waiting.as_ref()?;
+    let what = match w.wake {
+        sluice_engine::scheduler::Wake::Approval => "approval",
+        _ => "an event",
+    };
+    let ago = sluice_engine::clock::now().since(w.since);
+    let mut line = format!(
+        "waiting for {what} since {} ({} ago)",
+        w.since,
+        short_duration(ago)
+    );
+    if let Some(approvers) = a.kept.get("approvers") {
+        line.push_str(&format!(" from {approvers}"));
+    }
+    if let Some(data) = a.kept.get("custom_data") {
+        line.push_str(&format!(": {data}"));
+    }
+    if let Some(link) = a.kept.get("external_link") {
+        line.push_str(&format!(" ({link})"));
+    }
+    if let Some(deadline) = w.deadline {
+        line.push_str(&format!("; expires {deadline}"));
+    }
+    Some(line)
 }
 
 #[cfg(test)]

@@ -155,6 +155,10 @@ enum Cmd {
         /// Follow the execution until it ends (exit 0 only if it succeeds).
         #[arg(long)]
         watch: bool,
+        /// Who starts it (recorded as the trigger's `started_by`; default: `SLUICE_USER`, the
+        /// login name).
+        #[arg(long = "as", value_name = "NAME")]
+        as_: Option<String>,
         #[command(flatten)]
         trigger: TriggerArgs,
         #[command(flatten)]
@@ -560,9 +564,21 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             vars,
             event_id,
             watch,
+            as_,
             trigger,
             target,
-        } => service::start(pipeline, vars, event_id, watch, trigger.source(), target).await,
+        } => {
+            service::start(
+                pipeline,
+                vars,
+                event_id,
+                watch,
+                trigger.source(),
+                as_,
+                target,
+            )
+            .await
+        }
         Cmd::Stop {
             execution_id,
             abandon,

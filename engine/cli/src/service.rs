@@ -632,6 +632,7 @@ pub async fn start(
     event_id: Option<String>,
     watch: bool,
     source: Option<verbs::StartSource>,
+    as_: Option<String>,
     target: Target,
 ) -> anyhow::Result<ExitCode> {
     let client = target.client().await?;
@@ -641,7 +642,7 @@ pub async fn start(
             pipeline,
             variables,
             event_id,
-            started_by: Some(sluice_engine::identity::current()),
+            started_by: Some(sluice_engine::identity::resolve(as_.as_deref())),
             source,
         }))
         .await
@@ -837,6 +838,10 @@ pub async fn status(execution_id: String, json: bool, target: Target) -> anyhow:
                 (Some(s), Some(f)) => format!(" in {}", short_duration(f.since(s))),
                 _ => String::new(),
             };
+            if let Some(waiting) = super::inspect::waiting_line(a) {
+                println!("    {} {}: {waiting}", a.name, a.status);
+                continue;
+            }
             let attempt = if a.attempt > 1 {
                 format!(" (attempt {})", a.attempt)
             } else {

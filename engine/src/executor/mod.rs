@@ -357,27 +357,45 @@ impl LocalApprovals {
         let input = if self.pre_approved.contains(&name) {
             decide(true, Some("approved in advance with --approve".into()))
         } else if self.interactive {
+            let mut about = String::new();
+            if let Some(s) = &run.summary {
+                about.push_str(&format!("\n    {s}"));
+            }
+            if let Some(d) = run.kept.get("custom_data") {
+                about.push_str(&format!("\n    {d}"));
+            }
+            if let Some(l) = run.kept.get("external_link") {
+                about.push_str(&format!("\n    {l}"));
+            }
             let prompt = format!(
-                "\n  ? {name} needs approval{}. Approve as {}? [y/N] ",
-                run.summary
-                    .as_ref()
-                    .map(|s| format!(" ({s})"))
-                    .unwrap_or_default(),
+                "\n  ? {name} needs approval.{about}\n  Approve as {}? [y/N] ",
                 self.identity
             );
+            // Asked again until the answer is yes or no (an empty answer is no); no answer at
+            // all (end of input) fails the wait.
             let answer = tokio::task::spawn_blocking(move || {
                 use std::io::Write;
                 eprint!("{prompt}");
-                let _ = std::io::stderr().flush();
-                let mut line = String::new();
-                std::io::stdin()
-                    .read_line(&mut line)
-                    .map(|_| line)
-                    .unwrap_or_default()
+                loop {
+                    let _ = std::io::stderr().flush();
+                    let mut line = String::new();
+                    match std::io::stdin().read_line(&mut line) {
+                        Ok(0) | Err(_) => return None,
+                        Ok(_) => {}
+                    }
+                    match line.trim().to_ascii_lowercase().as_str() {
+                        "y" | "yes" => return Some(true),
+                        "" | "n" | "no" => return Some(false),
+                        other => eprint!("  Please answer y or n (not {other:?}): "),
+                    }
+                }
             })
             .await
-            .unwrap_or_default();
-            let yes = matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes");
+            .ok()
+            .flatten();
+            let Some(yes) = answer else {
+                return expire(format!("{name} was not answered at the prompt"));
+            };
             decide(
                 yes,
                 Some(
