@@ -98,17 +98,27 @@ fn python_and_javascript_scaffolds_build_and_pass_plugin_test() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let t = p.sluice(&[
-        "plugin",
-        "test",
-        "hello-py/hello-py.wasm",
-        "--config",
-        "name=py",
-        "--output",
-        "greeting",
-        "--out",
-        "py",
-    ]);
+    // The compile cache is kept between tests of a plugin: a Python component takes seconds
+    // to compile, the second test loads it.
+    let cache = p.path("compiled");
+    let cache = cache.to_str().unwrap();
+    let test_py = |out: &str| {
+        p.sluice_env(
+            &[
+                "plugin",
+                "test",
+                "hello-py/hello-py.wasm",
+                "--config",
+                "name=py",
+                "--output",
+                "greeting",
+                "--out",
+                out,
+            ],
+            &[("SLUICE_CACHE", cache)],
+        )
+    };
+    let t = test_py("py");
     assert!(
         t.code == 0 && t.stdout.contains("var     Greeting = hello, py"),
         "{}\n{}",
@@ -116,6 +126,16 @@ fn python_and_javascript_scaffolds_build_and_pass_plugin_test() {
         t.stderr
     );
     assert_eq!(p.read("py/greeting/greeting.txt"), "hello, py\n");
+    assert!(t.stdout.contains("), compiled in "), "{}", t.stdout);
+    let again = test_py("py2");
+    assert!(
+        again.code == 0
+            && again
+                .stdout
+                .contains("), loaded from the compile cache in "),
+        "{}",
+        again.stdout
+    );
 
     // JavaScript, with the repository's componentize-js (instead of a second `npm install`).
     assert_eq!(
@@ -167,6 +187,57 @@ fn python_and_javascript_scaffolds_build_and_pass_plugin_test() {
     );
 }
 
+/// A pending plugin's later calls can be tested too: the continuation it returned (and a
+/// wake payload) go into the next call.
+#[test]
+fn plugin_test_calls_a_pending_plugin_again_with_its_continuation() {
+    let p = Project::new("name: placeholder\nstages: []\n");
+    let first = p.sluice(&["plugin", "test", probe(), "--config", "mode=pending"]);
+    assert_eq!(first.code, 0, "{first:?}");
+    assert!(
+        first.stdout.contains("outcome Pending") && first.stdout.contains("continuation step-1"),
+        "{}",
+        first.stdout
+    );
+    assert!(
+        first.stdout.contains("--continuation 'step-1'"),
+        "{}",
+        first.stdout
+    );
+    let second = p.sluice(&[
+        "plugin",
+        "test",
+        probe(),
+        "--config",
+        "mode=pending",
+        "--continuation",
+        "step-1",
+    ]);
+    assert!(
+        second.stdout.contains("continuation step-2"),
+        "{}",
+        second.stdout
+    );
+    let last = p.sluice(&[
+        "plugin",
+        "test",
+        probe(),
+        "--config",
+        "mode=pending",
+        "--continuation",
+        "step-2",
+        "--wake-payload",
+        "{}",
+    ]);
+    assert_eq!(last.code, 0, "{last:?}");
+    assert!(
+        last.stdout.contains("outcome Succeeded")
+            && last.stdout.contains("var     Resumed = step-2"),
+        "{}",
+        last.stdout
+    );
+}
+
 #[test]
 fn plugin_test_runs_built_in_plugins_with_inputs_grants_and_failures() {
     let p = Project::new("name: placeholder\nstages: []\n");
@@ -208,4 +279,34 @@ fn plugin_test_runs_built_in_plugins_with_inputs_grants_and_failures() {
         "{}",
         failing.stdout
     );
+}
+
+/// `sluice init` writes a starter pipeline that runs as it is (and refuses to overwrite one);
+/// `sluice completions` prints a completion script for the shell.
+#[test]
+fn init_writes_a_starter_pipeline_that_runs_and_completions_are_printed() {
+    let p = Project::new("");
+    std::fs::remove_file(p.path("pipeline.yaml")).unwrap();
+    p.write("notes.txt", "a file to list\n");
+    let init = p.sluice(&["init"]);
+    assert_eq!(init.code, 0, "{init:?}");
+    let run = p.run(&[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let exec = run.json();
+    assert_eq!(action(&exec, "Build/List")["variables"]["Listed"], "yes");
+    assert_eq!(
+        action(&exec, "Source/Snapshot")["variables"]["FileCount"],
+        "2"
+    );
+    let again = p.sluice(&["init"]);
+    assert_eq!(again.code, 2, "{again:?}");
+    assert!(again.stderr.contains("--force"), "{}", again.stderr);
+    assert_eq!(p.sluice(&["init", "--force"]).code, 0);
+    for shell in ["bash", "zsh", "fish"] {
+        let c = p.sluice(&["completions", shell]);
+        assert!(
+            c.code == 0 && c.stdout.contains("executions") && c.stdout.contains("serve"),
+            "{shell}: {c:?}"
+        );
+    }
 }

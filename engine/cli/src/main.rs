@@ -36,6 +36,9 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Run a pipeline file locally and show its progress.
+    #[command(
+        after_help = "Examples:\n  sluice run pipeline.yaml\n  sluice run pipeline.yaml --var title=\"Hello\" -v\n  sluice run release.yaml --approve Approve/Gate --as ana --json > record.json"
+    )]
     Run {
         /// The pipeline file (YAML).
         file: PathBuf,
@@ -62,6 +65,7 @@ enum Cmd {
         trigger: TriggerArgs,
     },
     /// Check a pipeline file and report every problem as FILE:LINE:COL: message.
+    #[command(after_help = "Example:\n  sluice validate pipeline.yaml --var target=/srv/site")]
     Validate {
         /// The pipeline file (YAML).
         file: PathBuf,
@@ -97,6 +101,9 @@ enum Cmd {
     },
     /// Print the logs of an execution, or of one STAGE/ACTION of it: from the data directory,
     /// or with --nats from the logs every engine of the service shares.
+    #[command(
+        after_help = "Examples:\n  sluice logs 01M94… \n  sluice logs 01M94… Build/Compile\n  sluice logs -f 01M94…            # until it ends"
+    )]
     Logs {
         /// Execution id.
         execution_id: String,
@@ -124,7 +131,24 @@ enum Cmd {
     /// Measure the engine against bare wasmtime, fork/exec and b3sum (see BENCHMARKS.md).
     Bench(crate::bench::BenchArgs),
     /// Run the service: start pipelines from trigger events (embedded, or on NATS with --nats).
+    #[command(
+        after_help = "Examples:\n  sluice serve                                  # embedded, data in ./.sluice\n  sluice serve --http 127.0.0.1:8080            # with the HTTP API and the console\n  sluice serve --nats nats://127.0.0.1:4222     # one of many engines on NATS"
+    )]
     Serve(service::ServeArgs),
+    /// Write a starter pipeline (pipeline.yaml) in the current directory.
+    #[command(
+        after_help = "Example:\n  mkdir demo && cd demo && sluice init && sluice run pipeline.yaml"
+    )]
+    Init {
+        /// Replace an existing pipeline.yaml.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print a shell completion script: `sluice completions bash > /etc/bash_completion.d/sluice`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
     /// List trigger events the service refused (newest first), or replay one after a fix:
     /// `sluice deadletter [PIPELINE] [--limit N]`, `sluice deadletter replay ID`.
     Deadletter(service::DeadletterArgs),
@@ -143,6 +167,9 @@ enum Cmd {
         target: service::Target,
     },
     /// Start a registered pipeline in the service; prints the execution id.
+    #[command(
+        after_help = "Examples:\n  sluice start release\n  sluice start release --var version=1.2 --watch\n  sluice start release --trigger-commit 3f2a… --as ana"
+    )]
     Start {
         /// Pipeline name.
         pipeline: String,
@@ -269,6 +296,9 @@ enum Cmd {
     },
     /// List executions, newest first: local runs (`sluice run`) and the service's, read from
     /// its store when it is not running (or, with --nats, the service's on NATS).
+    #[command(
+        after_help = "Examples:\n  sluice executions\n  sluice executions release --status Failed --limit 5\n  sluice executions --json | jq '.[0].execution_id'"
+    )]
     Executions {
         /// Only this pipeline.
         pipeline: Option<String>,
@@ -556,6 +586,12 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
         }
         Cmd::Bench(args) => crate::bench::run(args).await,
         Cmd::Serve(args) => service::serve(args).await,
+        Cmd::Init { force } => scaffold::init(force),
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "sluice", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Deadletter(args) => service::deadletter(args).await,
         Cmd::Pipeline { command, target } => service::pipeline(command, target).await,
         Cmd::Function { command, target } => service::function(command, target).await,

@@ -38,18 +38,48 @@ pub struct TestArgs {
     /// Write output artifacts into DIR/<name>.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// Call it as a later attempt of a pending action: the continuation an earlier call
+    /// returned (printed as `continuation …`).
+    #[arg(long, value_name = "TEXT")]
+    pub continuation: Option<String>,
+    /// The payload of the event (or the approvals so far, as JSON) that wakes it.
+    #[arg(long, value_name = "TEXT")]
+    pub wake_payload: Option<String>,
+}
+
+/// Where `plugin test` keeps compiled components between runs: `SLUICE_CACHE`, else
+/// `$XDG_CACHE_HOME/sluice/compiled`, else `~/.cache/sluice/compiled` (none without a home).
+fn compile_cache() -> Option<PathBuf> {
+    let var = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    var("SLUICE_CACHE")
+        .or_else(|| var("XDG_CACHE_HOME").map(|c| c.join("sluice").join("compiled")))
+        .or_else(|| var("HOME").map(|h| h.join(".cache").join("sluice").join("compiled")))
 }
 
 pub async fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
     let cwd = std::env::current_dir()?;
     let scratch = tempfile::tempdir()?;
-    let engine = Engine::embedded(
+    let engine = Engine::embedded_compiling_into(
         scratch.path(),
         Arc::new(MemoryBus::default()),
         LogStore::new(scratch.path().join("logs")),
+        compile_cache(),
     )?;
     crate::publish_to_nats(&engine);
+    let counters = sluice_engine::runtime::compile_counters();
+    let compiled_before = counters.misses.get();
+    let loading = std::time::Instant::now();
     let plugin = engine.registry.resolve(&args.plugin, &cwd).await?;
+    let how = if counters.misses.get() > compiled_before {
+        "compiled"
+    } else {
+        "loaded from the compile cache"
+    };
+    let loaded = format!("{how} in {}", units::short_duration(loading.elapsed()));
     let d = &plugin.description;
     let config: BTreeMap<String, String> = args.config.into_iter().collect();
     let mut problems: Vec<String> =
@@ -120,15 +150,19 @@ pub async fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
     let execution_id = format!("plugin-test-{}", ulid::Ulid::new());
     let spec = JobSpec {
         invoke: None,
-        continuation: None,
-        wake_payload: None,
+        continuation: args.continuation.clone(),
+        wake_payload: args.wake_payload.clone(),
         tenant: sluice_engine::executor::DEFAULT_TENANT.into(),
         pipeline: "plugin-test".into(),
         idempotency_key: format!("default/{execution_id}/Test/{}/1", d.name),
         execution_id: execution_id.clone(),
         stage: "Test".into(),
         action: d.name.clone(),
-        attempt: 1,
+        attempt: if args.continuation.is_some() || args.wake_payload.is_some() {
+            2
+        } else {
+            1
+        },
         plugin: plugin.digest.parse().map_err(anyhow::Error::msg)?,
         config,
         inputs,
@@ -147,7 +181,10 @@ pub async fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
         sluice_engine::executor::job::execute(&engine.job_context(), &spec).await;
     leftover.release(&engine.job_context());
     engine.workspaces.flush();
-    println!("plugin  {} {} ({})", d.name, d.version, plugin.digest);
+    println!(
+        "plugin  {} {} ({}), {loaded}",
+        d.name, d.version, plugin.digest
+    );
     println!("took    {}", units::short_duration(started.elapsed()));
     for line in engine
         .logs
@@ -195,6 +232,11 @@ pub async fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
         } => {
             println!("outcome Pending (the engine would run it again when {wake:?} fires)");
             println!("continuation {continuation}");
+            println!(
+                "next    sluice plugin test {} --continuation '{}' --wake-payload PAYLOAD …",
+                args.plugin,
+                continuation.replace('\'', "'\\''")
+            );
             if let Some(s) = summary {
                 println!("summary {s}");
             }

@@ -280,3 +280,61 @@ pub fn run(args: NewArgs) -> anyhow::Result<ExitCode> {
     println!("  sluice plugin test {wasm} --config name=you --output greeting");
     Ok(ExitCode::SUCCESS)
 }
+
+/// The starter pipeline `sluice init` writes: it runs as it is (a snapshot of the directory,
+/// then a build step that lists it) and shows the main parts of the format.
+fn starter(name: &str) -> String {
+    format!(
+        r##"# A starter pipeline. Run it:       sluice run pipeline.yaml
+# Check it after a change:          sluice validate pipeline.yaml
+# The format: docs/pipelines.md in the Sluice repository.
+name: {name}
+variables:
+  greeting: hello              # override: sluice run pipeline.yaml --var greeting=hi
+stages:
+  - name: Source
+    actions:
+      - name: Snapshot
+        uses: source-dir@1     # copies a directory into an artifact (.sluice is left out)
+        with: {{ path: . }}
+        outputs: [src]
+        namespace: Src         # its variables: #{{Src.FileCount}}, #{{Src.Digest}}
+  - name: Build
+    actions:
+      - name: List
+        uses: command@1        # runs `sh -c` in the action's workspace
+        inputs: [src]
+        capabilities:
+          process: [sh]        # deny by default: this action may start `sh`
+        with:
+          run: |
+            echo "#{{variables.greeting}}: #{{Src.FileCount}} files"
+            ls in/src
+            echo "Listed=yes" >> "$SLUICE_OUTPUT"
+"##
+    )
+}
+
+/// `sluice init`: a starter pipeline.yaml in the current directory, named after it.
+pub fn init(force: bool) -> anyhow::Result<ExitCode> {
+    let path = Path::new("pipeline.yaml");
+    if path.exists() && !force {
+        eprintln!("error: pipeline.yaml exists here; pass --force to replace it");
+        return Ok(ExitCode::from(2));
+    }
+    let dir = std::env::current_dir()?;
+    let mut name: String = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().to_lowercase())
+        .unwrap_or_default()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    name = name.trim_matches('-').to_string();
+    if name.is_empty() || !name.starts_with(|c: char| c.is_ascii_alphabetic()) {
+        name = format!("starter{}", if name.is_empty() { "" } else { "-" }) + &name;
+    }
+    std::fs::write(path, starter(&name))?;
+    println!("wrote pipeline.yaml (pipeline `{name}`): run it with `sluice run pipeline.yaml`");
+    Ok(ExitCode::SUCCESS)
+}

@@ -118,9 +118,20 @@ impl DataDir {
 impl Engine {
     /// An engine on the embedded edges in `data` (created if missing).
     pub fn embedded(data: &Path, bus: Arc<MemoryBus>, logs: LogStore) -> anyhow::Result<Self> {
+        Self::embedded_compiling_into(data, bus, logs, None)
+    }
+
+    /// [`Engine::embedded`], keeping compiled components in `compiled` instead of the data
+    /// directory (`sluice plugin test` runs in a scratch directory but keeps its compiled code).
+    pub fn embedded_compiling_into(
+        data: &Path,
+        bus: Arc<MemoryBus>,
+        logs: LogStore,
+        compiled: Option<PathBuf>,
+    ) -> anyhow::Result<Self> {
         let dirs = DataDir::create(data)?;
         let runtime = Arc::new(Runtime::new(RuntimeConfig {
-            cache_dir: Some(dirs.compiled()),
+            cache_dir: Some(compiled.unwrap_or_else(|| dirs.compiled())),
         })?);
         let blobs: Arc<dyn BlobStore> = Arc::new(LocalStore::open(dirs.cas())?);
         let state: Arc<dyn StateStore> = Arc::new(RedbStore::open(&dirs.state())?);
