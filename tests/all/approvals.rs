@@ -254,14 +254,26 @@ fn service_approvals_check_who_decides_and_survive_a_restart() {
     );
     refused(
         "ana",
-        &["approve", &id, "Production/Gate", "--token", "wrong"],
+        &[
+            "approve",
+            &id,
+            "Production/Gate",
+            "--approval-token",
+            "wrong",
+        ],
         "does not match the pending approval",
     );
     // A wrong token never learns the right one.
     let wrong = as_user(
         &p,
         "ana",
-        &["approve", &id, "Production/Gate", "--token", "wrong"],
+        &[
+            "approve",
+            &id,
+            "Production/Gate",
+            "--approval-token",
+            "wrong",
+        ],
     );
     assert!(!wrong.stderr.contains(&token), "{}", wrong.stderr);
     refused(
@@ -285,7 +297,7 @@ fn service_approvals_check_who_decides_and_survive_a_restart() {
             "Production/Gate",
             "--summary",
             "looks good",
-            "--token",
+            "--approval-token",
             &token,
         ],
     );

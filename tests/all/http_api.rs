@@ -461,7 +461,7 @@ fn the_http_api_refuses_a_reachable_address_without_the_explicit_flag() {
     let r = p.sluice(&["serve", "--data", "d", "--http", "0.0.0.0:0"]);
     assert_ne!(r.code, 0, "{r:?}");
     assert!(
-        r.stderr.contains("--http-allow-remote") && r.stderr.contains("no authentication"),
+        r.stderr.contains("--auth") && r.stderr.contains("no authentication"),
         "{}",
         r.stderr
     );

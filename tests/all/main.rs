@@ -24,4 +24,5 @@ mod sandbox;
 mod schema;
 mod semantics;
 mod service;
+mod tenancy;
 mod validation;

@@ -56,6 +56,18 @@ fn publish(url: &str, subject: &str, payload: &str, msg_id: Option<&str>) {
     })
 }
 
+/// One NATS request, as any client would make it; the reply's payload as text.
+pub fn raw_request(url: &str, subject: &str, payload: &[u8]) -> String {
+    rt().block_on(async {
+        let client = async_nats::connect(url).await.unwrap();
+        let reply = client
+            .request(subject.to_string(), payload.to_vec().into())
+            .await
+            .unwrap();
+        String::from_utf8_lossy(&reply.payload).into_owned()
+    })
+}
+
 /// Messages stored on a JetStream stream subject so far.
 fn stored(url: &str, stream: &str, subject: &str) -> Vec<Value> {
     rt().block_on(async {
@@ -1343,6 +1355,8 @@ fn refused_webhook_events_wait_in_the_dead_letter_and_replay_after_a_fix_embedde
 
 const TRIGGER_VALUES: &str = r#"
 name: tv
+# Every event runs (the default, superseded, may replace one waiting to enter S).
+execution_mode: parallel
 stages:
   - name: S
     actions:

@@ -15,6 +15,7 @@ pub mod error;
 pub mod limits;
 pub mod principal;
 pub mod socket;
+pub mod tenancy;
 pub mod verbs;
 pub mod wire;
 

@@ -13,13 +13,27 @@ pub enum Role {
     Approver,
     /// Pipelines, functions, start/stop/retry/rollback/transitions/wake.
     Developer,
-    /// Everything in the tenant.
+    /// Everything in the tenant: its tokens, its audit trail.
     Admin,
+    /// The platform's operator: tenants, their policies and quotas, every tenant's audit
+    /// trail; everything in any tenant.
+    Operator,
 }
 
 impl Role {
     /// Every role.
-    pub const ALL: [Role; 4] = [Role::Viewer, Role::Approver, Role::Developer, Role::Admin];
+    pub const ALL: [Role; 5] = [
+        Role::Viewer,
+        Role::Approver,
+        Role::Developer,
+        Role::Admin,
+        Role::Operator,
+    ];
+
+    /// The role written `text` (`viewer`, `approver`, `developer`, `admin`, `operator`).
+    pub fn parse(text: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.as_str() == text)
+    }
 
     /// The role as written.
     pub fn as_str(self) -> &'static str {
@@ -28,6 +42,7 @@ impl Role {
             Role::Approver => "approver",
             Role::Developer => "developer",
             Role::Admin => "admin",
+            Role::Operator => "operator",
         }
     }
 }
@@ -69,11 +84,19 @@ impl Principal {
     }
 
     /// Whether the principal may do what needs `role`: admins may do everything in their
-    /// tenant, and every role may read.
+    /// tenant but the operator's work, operators everything, and every role may read.
     pub fn may(&self, role: Role) -> bool {
-        self.roles
-            .iter()
-            .any(|&r| r == role || r == Role::Admin || role == Role::Viewer)
+        self.roles.iter().any(|&r| {
+            r == role
+                || r == Role::Operator
+                || (r == Role::Admin && role != Role::Operator)
+                || (role == Role::Viewer)
+        })
+    }
+
+    /// The principal's name in decisions and the audit trail.
+    pub fn name(&self) -> &str {
+        self.subject.as_deref().unwrap_or("anonymous")
     }
 }
 
@@ -95,6 +118,10 @@ mod tests {
         assert!(!p(&[Role::Viewer]).may(Role::Approver));
         assert!(!p(&[Role::Developer]).may(Role::Approver));
         assert!(p(&[Role::Admin]).may(Role::Developer));
+        assert!(!p(&[Role::Admin]).may(Role::Operator));
+        assert!(p(&[Role::Operator]).may(Role::Admin));
         assert!(!p(&[]).may(Role::Viewer));
+        assert_eq!(Role::parse("approver"), Some(Role::Approver));
+        assert_eq!(Role::parse("root"), None);
     }
 }

@@ -29,6 +29,9 @@ pub struct Envelope {
     /// …or an execution to watch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watch: Option<String>,
+    /// The caller's token, for a service with authentication on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 /// The socket's path in a data directory.
@@ -64,6 +67,7 @@ pub async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
 pub struct SocketTransport {
     socket: PathBuf,
     tenant: String,
+    token: Option<String>,
 }
 
 impl SocketTransport {
@@ -80,7 +84,14 @@ impl SocketTransport {
         Ok(SocketTransport {
             socket,
             tenant: tenant.to_string(),
+            token: None,
         })
+    }
+
+    /// Send `token` with every request (a service with authentication on needs one).
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token;
+        self
     }
 
     async fn send(&self, envelope: Envelope) -> Result<Lines, ApiError> {
@@ -124,6 +135,7 @@ impl Transport for SocketTransport {
                     tenant: self.tenant.clone(),
                     request: Some(request.clone()),
                     watch: None,
+                    token: self.token.clone(),
                 })
                 .await?;
             wire::decode(lines.next().await?)
@@ -141,6 +153,7 @@ impl Transport for SocketTransport {
                     tenant: self.tenant.clone(),
                     request: None,
                     watch: Some(execution_id.to_string()),
+                    token: self.token.clone(),
                 })
                 .await?;
             loop {

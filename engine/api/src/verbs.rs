@@ -4,6 +4,7 @@
 use crate::error::ApiError;
 use crate::limits::{TooLong, check_len};
 use crate::principal::Role;
+pub use crate::tenancy::{AuditRecord, Policy, Quotas, TenantInfo, TokenCreated, TokenInfo, Usage};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sluice_core::events::Event;
@@ -117,6 +118,24 @@ verbs! {
     "logs" => Logs -> LogPage, Viewer;
     /// The plugins pipelines may use, with their descriptions.
     "plugin.ls" => PluginLs -> Vec<Description>, Viewer;
+    /// Make a token for the tenant (shown once).
+    "token.create" => TokenCreate -> TokenCreated, Admin;
+    /// The tenant's tokens (never their secrets).
+    "token.ls" => TokenLs -> Vec<TokenInfo>, Admin;
+    /// Revoke a token: it stops working at once.
+    "token.revoke" => TokenRevoke -> TokenInfo, Admin;
+    /// Create a tenant, with its policy and quotas.
+    "tenant.create" => TenantCreate -> TenantInfo, Operator;
+    /// Every tenant.
+    "tenant.ls" => TenantLs -> Vec<TenantInfo>, Operator;
+    /// Change a tenant's policy or quotas.
+    "tenant.set" => TenantSet -> TenantInfo, Operator;
+    /// Remove a tenant: its tokens stop working (its data stays until removed by hand).
+    "tenant.rm" => TenantRm -> Named, Operator;
+    /// What the tenant uses, against its quotas.
+    "tenant.usage" => TenantUsage -> Usage, Admin;
+    /// The audit trail: changes made and calls refused, newest first.
+    "audit" => Audit -> Vec<AuditRecord>, Admin;
 }
 
 fn yes() -> bool {
@@ -356,7 +375,9 @@ pub struct Approve {
     /// Approve (default) or reject.
     #[serde(default = "yes")]
     pub approved: bool,
-    /// Who decides (the caller's identity).
+    /// Who decides (the caller's identity). With authentication on, the token's holder: left
+    /// empty, or it must name them.
+    #[serde(default)]
     pub by: String,
     /// Why.
     #[serde(default)]
@@ -447,6 +468,105 @@ pub struct Logs {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginLs {}
+
+/// `token.create`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenCreate {
+    /// Who or what will hold it (unique in the tenant): its name in decisions and the audit.
+    pub name: String,
+    /// `viewer`, `approver`, `developer` or `admin` (`operator`: an operator's token, made by
+    /// an operator).
+    pub role: String,
+    /// Its tenant: the caller's own unless an operator names another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// How long it works (`90d`, `12h`); for ever when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
+}
+
+/// `token.ls`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenLs {
+    /// Another tenant's (operators only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+}
+
+/// `token.revoke`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRevoke {
+    /// The token's name (or id).
+    pub name: String,
+    /// Another tenant's (operators only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+}
+
+/// `tenant.create`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantCreate {
+    /// The tenant's name.
+    pub name: String,
+    /// What its pipelines may grant (nothing outside the sandbox when left out).
+    #[serde(default)]
+    pub policy: Policy,
+    /// What it may use (no limits when left out).
+    #[serde(default)]
+    pub quotas: Quotas,
+}
+
+/// `tenant.ls`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantLs {}
+
+/// `tenant.set`: replace a tenant's policy and/or quotas.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantSet {
+    /// The tenant's name.
+    pub name: String,
+    /// The new policy, if it changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<Policy>,
+    /// The new quotas, if they change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quotas: Option<Quotas>,
+}
+
+/// `tenant.rm`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantRm {
+    /// The tenant's name.
+    pub name: String,
+}
+
+/// `tenant.usage`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantUsage {
+    /// Another tenant's (operators only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// `audit`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Audit {
+    /// At most this many (newest first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+    /// Every tenant's (operators only).
+    #[serde(default)]
+    pub all_tenants: bool,
+}
 
 // ---- Replies ----
 
@@ -676,6 +796,25 @@ impl Request {
     /// client before sending, the server on receipt). Free text (reasons, payloads, YAML) only
     /// rides in message bodies.
     pub fn check_lengths(&self) -> Result<(), TooLong> {
+        self.fields()
+            .iter()
+            .try_for_each(|(what, value)| check_len(what, value))
+    }
+
+    /// What the request names first (a pipeline, an execution, a token…), for the audit.
+    pub fn target(&self) -> String {
+        if let Request::PipelinePut(r) = self {
+            return r.file.clone();
+        }
+        self.fields()
+            .into_iter()
+            .map(|(_, v)| v)
+            .find(|v| !v.is_empty())
+            .unwrap_or_default()
+    }
+
+    /// The ids and names the request carries, described.
+    fn fields(&self) -> Vec<(&'static str, String)> {
         let opt = |o: &Option<String>| o.clone().unwrap_or_default();
         let fields: Vec<(&'static str, String)> = match self {
             Request::PipelinePut(_) | Request::PipelineLs(_) | Request::FunctionLs(_) => vec![],
@@ -741,15 +880,31 @@ impl Request {
                 ("the stage name", r.stage.clone()),
                 ("the action name", r.action.clone()),
             ],
-            Request::PluginLs(_) | Request::BundlePut(_) => vec![],
+            Request::PluginLs(_)
+            | Request::BundlePut(_)
+            | Request::TenantLs(_)
+            | Request::Audit(_) => vec![],
+            Request::TokenCreate(r) => vec![
+                ("the token's name", r.name.clone()),
+                ("the role", r.role.clone()),
+                ("the tenant", opt(&r.tenant)),
+                ("the expiry", opt(&r.expires)),
+            ],
+            Request::TokenLs(r) => vec![("the tenant", opt(&r.tenant))],
+            Request::TokenRevoke(r) => vec![
+                ("the token's name", r.name.clone()),
+                ("the tenant", opt(&r.tenant)),
+            ],
+            Request::TenantCreate(TenantCreate { name, .. })
+            | Request::TenantSet(TenantSet { name, .. })
+            | Request::TenantRm(TenantRm { name }) => vec![("the tenant", name.clone())],
+            Request::TenantUsage(r) => vec![("the tenant", opt(&r.name))],
             Request::Approvals(r) => vec![
                 ("the pipeline name", opt(&r.pipeline)),
                 ("the approver", opt(&r.approver)),
             ],
         };
         fields
-            .iter()
-            .try_for_each(|(what, value)| check_len(what, value))
     }
 
     /// Parse a request whose verb travels separately (a NATS subject, an HTTP route).
@@ -822,6 +977,6 @@ mod tests {
         v.sort();
         v.dedup();
         assert_eq!(v.len(), VERBS.len());
-        assert_eq!(VERBS.len(), 24);
+        assert_eq!(VERBS.len(), 33);
     }
 }

@@ -8,6 +8,7 @@ mod plugin_test;
 mod progress;
 mod scaffold;
 mod service;
+mod tenancy;
 
 /// The process's allocator (why: `sluice_engine::alloc`). A library leaves the choice to the
 /// program that links it; this program chooses mimalloc.
@@ -135,6 +136,31 @@ enum Cmd {
         after_help = "Examples:\n  sluice serve                                  # embedded, data in ./.sluice\n  sluice serve --http 127.0.0.1:8080            # with the HTTP API and the console\n  sluice serve --nats nats://127.0.0.1:4222     # one of many engines on NATS"
     )]
     Serve(service::ServeArgs),
+    /// Tokens of a service with authentication on (`sluice serve --auth`): admins for their
+    /// tenant, operators for any.
+    Token {
+        #[command(subcommand)]
+        command: tenancy::TokenCmd,
+    },
+    /// Tenants of a hosted service, their policies and quotas (operators).
+    Tenant {
+        #[command(subcommand)]
+        command: tenancy::TenantCmd,
+    },
+    /// The audit trail of a hosted service: changes made and calls refused, newest first.
+    Audit {
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Every tenant's (operators).
+        #[arg(long)]
+        all_tenants: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: service::Target,
+    },
     /// Write a starter pipeline (pipeline.yaml) in the current directory.
     #[command(
         after_help = "Example:\n  mkdir demo && cd demo && sluice init && sluice run pipeline.yaml"
@@ -329,9 +355,9 @@ struct DecideArgs {
     /// Decide as this identity [default: SLUICE_USER, else the login name].
     #[arg(long = "as", value_name = "NAME")]
     as_: Option<String>,
-    /// The token from the approval notification (checked when given).
-    #[arg(long)]
-    token: Option<String>,
+    /// The approval's token, from its notification (checked when given).
+    #[arg(long = "approval-token", value_name = "T")]
+    approval_token: Option<String>,
     #[command(flatten)]
     target: service::Target,
 }
@@ -587,6 +613,14 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Bench(args) => crate::bench::run(args).await,
         Cmd::Serve(args) => service::serve(args).await,
         Cmd::Init { force } => scaffold::init(force),
+        Cmd::Token { command } => tenancy::token(command).await,
+        Cmd::Tenant { command } => tenancy::tenant(command).await,
+        Cmd::Audit {
+            limit,
+            all_tenants,
+            json,
+            target,
+        } => tenancy::audit(limit, all_tenants, json, target).await,
         Cmd::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "sluice", &mut std::io::stdout());
@@ -704,14 +738,23 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
 }
 
 async fn decide(a: DecideArgs, approved: bool) -> anyhow::Result<ExitCode> {
-    let by = sluice_engine::local::approver(a.as_.as_deref());
+    // With a token, the service knows who decides: only `--as` is sent, for it to check.
+    let with_token = a
+        .target
+        .token
+        .as_deref()
+        .is_some_and(|t| !t.trim().is_empty());
+    let by = match (with_token, &a.as_) {
+        (true, None) => String::new(),
+        _ => sluice_engine::local::approver(a.as_.as_deref()),
+    };
     let request = Request::from(verbs::Approve {
         execution_id: a.execution_id,
         action: a.action,
         approved,
         by,
         summary: a.summary,
-        token: a.token,
+        token: a.approval_token,
     });
     service::control(request, a.target).await
 }

@@ -26,31 +26,40 @@ pub struct Target {
     /// Data directory of the embedded service [default: ./.sluice].
     #[arg(long, env = "SLUICE_DATA", global = true)]
     pub data: Option<PathBuf>,
+    /// Your token, for a service with authentication on (`sluice serve --auth`).
+    #[arg(long, env = "SLUICE_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 impl Target {
-    async fn client(&self) -> anyhow::Result<Client> {
+    pub(crate) async fn client(&self) -> anyhow::Result<Client> {
         connect(
             self.nats.as_deref(),
             &super::default_data(self.data.clone()),
             &self.tenant,
+            self.token.clone().filter(|t| !t.trim().is_empty()),
         )
         .await
     }
 }
 
 /// A client of the service on NATS at `nats`, or else of the embedded one in `data` (through
-/// its socket).
+/// its socket), sending `token` with every request.
 pub async fn connect(
     nats: Option<&str>,
     data: &std::path::Path,
     tenant: &str,
+    token: Option<String>,
 ) -> anyhow::Result<Client> {
     Ok(match nats {
-        Some(url) => {
-            Client::new(sluice_nats::transport::NatsTransport::connect(url, tenant).await?)
-        }
-        None => Client::new(sluice_api::socket::SocketTransport::connect(data, tenant)?),
+        Some(url) => Client::new(
+            sluice_nats::transport::NatsTransport::connect(url, tenant)
+                .await?
+                .with_token(token),
+        ),
+        None => Client::new(
+            sluice_api::socket::SocketTransport::connect(data, tenant)?.with_token(token),
+        ),
     })
 }
 
@@ -85,10 +94,15 @@ pub struct ServeArgs {
     /// The engine's log on stderr: `text`, or `json` (one object per line, for collectors).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
-    /// Let --http listen on an address other hosts can reach. The API has no authentication
-    /// yet: whoever reaches the port controls the service.
+    /// Authenticate every request with a token, take the tenant and roles from it, bound what
+    /// each tenant's pipelines may grant and use, and keep an audit trail. On the first start,
+    /// an operator token is written to `operator.token` in the data directory (mode 0600).
+    /// Needed for --http on an address other hosts can reach.
     #[arg(long)]
-    pub http_allow_remote: bool,
+    pub auth: bool,
+    /// How long audit records are kept (with --auth).
+    #[arg(long, default_value = "90d", value_parser = parse_keep)]
+    pub audit_keep: Duration,
     /// The URL people reach this service's console at (e.g. https://ci.example.com): approval
     /// notifications then carry the link to their execution's page (`approval.console_url`).
     #[arg(long)]
@@ -305,12 +319,51 @@ pub async fn function(cmd: FunctionCmd, target: Target) -> anyhow::Result<ExitCo
 /// again later).
 pub const STORE_FAILED: u8 = 75;
 
+fn parse_keep(text: &str) -> Result<Duration, String> {
+    sluice_engine::model::units::parse_duration(text)
+}
+
+/// Turn authentication on for `service` when asked, and on a first start write the operator's
+/// token into the data directory (readable by its owner only).
+async fn auth(
+    service: &sluice_engine::service::Service,
+    args: &ServeArgs,
+    data: &std::path::Path,
+) -> anyhow::Result<()> {
+    if !args.auth {
+        return Ok(());
+    }
+    service.enable_auth(args.audit_keep);
+    let path = data.join("operator.token");
+    match service.bootstrap_operator().await? {
+        Some(token) => {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&path)
+                .with_context(|| format!("write {}", path.display()))?;
+            writeln!(file, "{token}")?;
+            eprintln!(
+                "sluice serve: authentication on; the operator's token is in {} (mode 0600): `SLUICE_TOKEN=$(cat {0}) sluice tenant create NAME`",
+                path.display()
+            );
+        }
+        None => eprintln!("sluice serve: authentication on"),
+    }
+    Ok(())
+}
+
 /// Run `sluice serve`.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let data = super::default_data(args.data);
-    match args.nats {
+    let data = super::default_data(args.data.clone());
+    match args.nats.clone() {
         None => {
             let (service, bus, store) = sluice_engine::service::wiring::embedded(&data).await?;
+            auth(&service, &args, &data).await?;
             super::publish_to_nats(service.engine());
             if let Some(url) = &args.public_url {
                 service.set_public_url(url);
@@ -322,7 +375,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             );
             let events = sluice_engine::service::http::feed::EventSource::Memory(bus.clone());
             let socket = sluice_engine::service::socket::serve(service.clone(), bus, &data);
-            let hooks = http(service.clone(), events, args.http, args.http_allow_remote).await?;
+            let hooks = http(service.clone(), events, args.http, args.auth).await?;
             let failed = tokio::select! {
                 r = hooks => r.map(|_| None)?,
                 r = socket => r.map(|_| None)?,
@@ -351,6 +404,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 },
             )
             .await?;
+            auth(&service, &args, &data).await?;
             if let Some(url) = &args.public_url {
                 service.set_public_url(url);
             }
@@ -362,7 +416,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             let events = sluice_engine::service::http::feed::EventSource::Stream(
                 sluice_nats::bus::all_events(&client).await?,
             );
-            let hooks = http(service.clone(), events, args.http, args.http_allow_remote).await?;
+            let hooks = http(service.clone(), events, args.http, args.auth).await?;
             tokio::select! {
                 r = hooks => r?,
                 r = api => r?,
@@ -380,12 +434,12 @@ async fn http(
     service: std::sync::Arc<sluice_engine::service::Service>,
     events: sluice_engine::service::http::feed::EventSource,
     addr: Option<std::net::SocketAddr>,
-    allow_remote: bool,
+    authenticated: bool,
 ) -> anyhow::Result<impl Future<Output = anyhow::Result<()>>> {
     use sluice_engine::service::http;
     let listener = match addr {
-        Some(addr) if !http::loopback(&addr) && !allow_remote => anyhow::bail!(
-            "--http {addr} can be reached from other hosts, and the API has no authentication yet: listen on 127.0.0.1 (or [::1]), or pass --http-allow-remote to accept that anyone who reaches the port controls this service"
+        Some(addr) if !http::loopback(&addr) && !authenticated => anyhow::bail!(
+            "--http {addr} can be reached from other hosts, and without --auth the API has no authentication: listen on 127.0.0.1 (or [::1]), or pass --auth"
         ),
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
@@ -398,10 +452,10 @@ async fn http(
         let addr = l.local_addr()?;
         eprintln!(
             "sluice serve: HTTP on http://{addr}: API http://{addr}/api/v1 (OpenAPI /api/v1/openapi.json), webhooks http://{addr}/hooks/<tenant>/<pipeline>{}",
-            if http::loopback(&addr) {
-                " (loopback only: the API has no authentication yet)"
-            } else {
-                " (reachable from other hosts, without authentication)"
+            match (http::loopback(&addr), authenticated) {
+                (_, true) => " (every request needs a token)",
+                (true, false) => " (loopback only: without --auth the API has no authentication)",
+                (false, false) => " (reachable from other hosts)",
             }
         );
     }
@@ -415,7 +469,7 @@ async fn http(
 
 /// Report a refusal: the service's answer exits 2; a service that cannot be reached is an
 /// error (exit 1).
-fn refused(e: ApiError) -> anyhow::Result<ExitCode> {
+pub(crate) fn refused(e: ApiError) -> anyhow::Result<ExitCode> {
     match e.code {
         Code::Unavailable => Err(anyhow::anyhow!(e.message)),
         _ => {
@@ -642,7 +696,17 @@ pub async fn start(
             pipeline,
             variables,
             event_id,
-            started_by: Some(sluice_engine::identity::resolve(as_.as_deref())),
+            // With a token, the service knows who starts it: only `--as` is sent, to be checked.
+            started_by: match (
+                target
+                    .token
+                    .as_deref()
+                    .is_some_and(|t| !t.trim().is_empty()),
+                &as_,
+            ) {
+                (true, None) => None,
+                _ => Some(sluice_engine::identity::resolve(as_.as_deref())),
+            },
             source,
         }))
         .await

@@ -137,18 +137,34 @@ pub async fn serve_nats_api(
                 .strip_prefix("sluice.")
                 .and_then(|r| r.split_once(".api."))
             {
-                // The tenant is the subject's: whoever may publish there acts for it (the
-                // NATS server's permissions decide who may).
-                Some((tenant, verb)) => sluice_api::wire::encode(
-                    match sluice_api::Request::for_verb(verb, &message.payload) {
-                        Ok(request) => {
-                            let principal =
-                                sluice_api::Principal::local(tenant, sluice_api::Origin::Remote);
-                            service.handle(&principal, request).await
-                        }
-                        Err(e) => Err(e),
-                    },
-                ),
+                // The tenant is the subject's: without authentication, whoever may publish
+                // there acts for it (the NATS server's permissions decide who may); with it,
+                // the token in the `Authorization` header decides, and must be that tenant's.
+                Some((tenant, verb)) => {
+                    let token = message
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get("Authorization"))
+                        .map(|v| v.as_str().trim_start_matches("Bearer").trim().to_string());
+                    sluice_api::wire::encode(
+                        match sluice_api::Request::for_verb(verb, &message.payload) {
+                            Ok(request) => {
+                                match service
+                                    .authenticate(
+                                        token.as_deref(),
+                                        tenant,
+                                        sluice_api::Origin::Remote,
+                                    )
+                                    .await
+                                {
+                                    Ok(principal) => service.handle(&principal, request).await,
+                                    Err(refused) => Err(refused),
+                                }
+                            }
+                            Err(e) => Err(e),
+                        },
+                    )
+                }
                 None => sluice_api::wire::encode(Err(sluice_api::ApiError::invalid(format!(
                     "unexpected subject {subject}"
                 )))),

@@ -15,6 +15,7 @@ use std::time::Duration;
 pub struct NatsTransport {
     client: async_nats::Client,
     tenant: String,
+    token: Option<String>,
 }
 
 impl NatsTransport {
@@ -24,7 +25,14 @@ impl NatsTransport {
         Ok(NatsTransport {
             client,
             tenant: tenant.to_string(),
+            token: None,
         })
+    }
+
+    /// Send `token` with every request (in the `Authorization` header).
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token;
+        self
     }
 
     /// Connect to the NATS at `url` (failing fast when nothing listens), for `tenant`.
@@ -48,16 +56,22 @@ impl Transport for NatsTransport {
         Box::pin(async move {
             let subject = super::api_subject(&self.tenant, request.verb());
             let body = serde_json::to_vec(&request.body()).map_err(ApiError::internal)?;
-            let reply = self
-                .client
-                .request(subject.clone(), body.into())
-                .await
-                .map_err(|e| match e.kind() {
-                    async_nats::RequestErrorKind::NoResponders => ApiError::unavailable(format!(
-                        "no engine answers on {subject}: start one with `sluice serve --nats URL`"
-                    )),
-                    _ => ApiError::unavailable(format!("request {subject}: {e}")),
-                })?;
+            let sent = match &self.token {
+                Some(token) => {
+                    let mut headers = async_nats::HeaderMap::new();
+                    headers.insert("Authorization", format!("Bearer {token}").as_str());
+                    self.client
+                        .request_with_headers(subject.clone(), headers, body.into())
+                        .await
+                }
+                None => self.client.request(subject.clone(), body.into()).await,
+            };
+            let reply = sent.map_err(|e| match e.kind() {
+                async_nats::RequestErrorKind::NoResponders => ApiError::unavailable(format!(
+                    "no engine answers on {subject}: start one with `sluice serve --nats URL`"
+                )),
+                _ => ApiError::unavailable(format!("request {subject}: {e}")),
+            })?;
             let value: Value = serde_json::from_slice(&reply.payload)
                 .map_err(|e| ApiError::internal(format!("the reply is not JSON: {e}")))?;
             wire::decode(value)

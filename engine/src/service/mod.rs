@@ -17,6 +17,7 @@
 pub mod cluster;
 pub mod control;
 pub mod registry;
+pub mod tenancy;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -170,6 +171,8 @@ pub struct Service {
     heads: Mutex<HashMap<(String, String), Arc<Loaded>>>,
     /// When the waiting actions were last counted for the metrics (see `control::gauges`).
     gauges_at: Mutex<Option<std::time::Instant>>,
+    /// Authentication, policies, quotas and the audit trail (`sluice serve --auth`).
+    tenancy: tenancy::Tenancy,
 }
 
 /// Events sent for one change and not yet acknowledged by the stream.
@@ -239,6 +242,7 @@ impl Service {
             gather_us: (journal::GATHER.as_micros() as u64).into(),
             heads: Default::default(),
             gauges_at: Mutex::new(None),
+            tenancy: Default::default(),
         })
     }
 

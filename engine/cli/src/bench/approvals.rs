@@ -45,7 +45,7 @@ fn spawn(dir: &Path) -> anyhow::Result<Child> {
 async fn answering(dir: &Path) -> anyhow::Result<Client> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if let Ok(c) = connect(None, &dir.join("data"), "default").await
+        if let Ok(c) = connect(None, &dir.join("data"), "default", None).await
             && c.call(&Request::from(verbs::PipelineLs {})).await.is_ok()
         {
             return Ok(c);
@@ -86,7 +86,7 @@ async fn start_many(dir: &Path, n: usize) -> anyhow::Result<Vec<String>> {
             next += 1;
             let data = dir.join("data");
             tasks.spawn(async move {
-                let c = connect(None, &data, "default").await?;
+                let c = connect(None, &data, "default", None).await?;
                 let v = c
                     .call(&Request::from(verbs::Start {
                         pipeline: "gated".into(),

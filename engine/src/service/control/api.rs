@@ -72,6 +72,16 @@ fn reply<T: serde::Serialize>(r: Result<T, ApiError>) -> Result<Value, ApiError>
 impl Service {
     /// Handle one request from `principal`: the reply's value or the refusal.
     pub async fn handle(&self, principal: &Principal, request: Request) -> Result<Value, ApiError> {
+        if !self.auth_on() {
+            return self.dispatch(principal, request).await;
+        }
+        let audited = request.clone();
+        let outcome = self.dispatch(principal, request).await;
+        self.audit_call(principal, &audited, &outcome).await;
+        outcome
+    }
+
+    async fn dispatch(&self, principal: &Principal, request: Request) -> Result<Value, ApiError> {
         check_tenant(&principal.tenant)?;
         request.check_lengths()?;
         if !principal.may(request.role()) {
@@ -94,22 +104,25 @@ impl Service {
             Request::PipelineRm(r) => reply(self.pipeline_rm(p, r).await),
             Request::PipelineState(r) => reply(self.pipeline_state(p, &r.name, false).await),
             Request::PipelineRepair(r) => reply(self.pipeline_state(p, &r.name, true).await),
-            Request::Transition(r) => reply(
-                self.transition(
-                    &p.tenant,
-                    &r.pipeline,
-                    &r.stage,
-                    r.enable,
-                    r.reason,
-                    r.by.as_deref().unwrap_or("unknown"),
+            Request::Transition(r) => {
+                let by = self.acting_as(p, r.by.as_deref())?;
+                reply(
+                    self.transition(&p.tenant, &r.pipeline, &r.stage, r.enable, r.reason, &by)
+                        .await,
                 )
-                .await,
-            ),
-            Request::Rollback(r) => reply(
-                self.rollback(&p.tenant, &r.pipeline, &r.stage, &r.to, r.by, None)
-                    .await
-                    .map(|execution_id| ExecutionRef { execution_id }),
-            ),
+            }
+            Request::Rollback(r) => {
+                let by = if self.auth_on() {
+                    Some(self.acting_as(p, r.by.as_deref())?)
+                } else {
+                    r.by
+                };
+                reply(
+                    self.rollback(&p.tenant, &r.pipeline, &r.stage, &r.to, by, None)
+                        .await
+                        .map(|execution_id| ExecutionRef { execution_id }),
+                )
+            }
             Request::Start(r) => reply(self.start_execution(p, r).await),
             Request::GetExecution(r) => reply(self.get_execution(p, &r.execution_id).await),
             Request::Executions(r) => reply(self.list_executions(p, r).await),
@@ -139,6 +152,15 @@ impl Service {
             Request::DeadLetters(r) => reply(self.list_dead_letters(p, r).await),
             Request::DeadLetterReplay(r) => reply(self.replay_dead_letter(p, r).await),
             Request::Logs(r) => reply(self.logs_of(p, r).await),
+            Request::TokenCreate(r) => reply(self.token_create(p, r).await),
+            Request::TokenLs(r) => reply(self.token_ls(p, r).await),
+            Request::TokenRevoke(r) => reply(self.token_revoke(p, r).await),
+            Request::TenantCreate(r) => reply(self.tenant_create(r).await),
+            Request::TenantLs(_) => reply(self.tenant_ls().await),
+            Request::TenantSet(r) => reply(self.tenant_set(r).await),
+            Request::TenantRm(r) => reply(self.tenant_rm(r).await),
+            Request::TenantUsage(r) => reply(self.tenant_usage(p, r).await),
+            Request::Audit(r) => reply(self.audit_ls(p, r).await),
             Request::PluginLs(_) => reply(self.plugin_list().await),
             Request::Approvals(r) => reply(self.waiting_approvals(p, r).await),
         }
@@ -217,6 +239,9 @@ impl Service {
             registered_at: crate::clock::now(),
         };
         let loaded = self.check(&p.tenant, &stored).await?;
+        self.check_policy(&p.tenant, &loaded).await?;
+        self.check_pipeline_quota(&p.tenant, &loaded.pipeline.name)
+            .await?;
         let subjects: Vec<String> = loaded
             .pipeline
             .triggers
@@ -307,6 +332,11 @@ impl Service {
             .map_err(ApiError::internal)?
             .ok_or_else(|| no_pipeline(&r.pipeline))?;
         refuse_overrides(&loaded, &r.variables)?;
+        self.check_policy(&p.tenant, &loaded).await?;
+        if let Some(why) = self.start_quota_refusal(&p.tenant, true).await? {
+            return Err(ApiError::new(sluice_api::Code::QuotaExceeded, why));
+        }
+        let started_by = self.acting_as(p, r.started_by.as_deref())?;
         let event = TriggerEvent {
             id: r
                 .event_id
@@ -315,7 +345,7 @@ impl Service {
                 let given = r.source.unwrap_or_default();
                 Source {
                     kind: "manual".into(),
-                    pusher: r.started_by,
+                    pusher: Some(started_by),
                     commit: given.commit,
                     git_ref: given.git_ref,
                     repository: given.repository,
@@ -451,6 +481,7 @@ impl Service {
 
     async fn approve(&self, p: &Principal, r: Approve) -> Result<Decided, ApiError> {
         let at = crate::clock::now();
+        let by = self.acting_as(p, Some(&r.by))?;
         let exec = self
             .control(&p.tenant, &r.execution_id, |e| {
                 let (stage, index) = find(e, &r.execution_id, &r.action)?;
@@ -472,7 +503,7 @@ impl Service {
                     action: index,
                     decision: Decision {
                         approved: r.approved,
-                        by: r.by.clone(),
+                        by: by.clone(),
                         at,
                         summary: r.summary.clone(),
                     },

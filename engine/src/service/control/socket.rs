@@ -72,9 +72,18 @@ async fn connection(
                 continue;
             }
         };
-        // No authentication yet: the socket's file permissions decide who may connect, and
-        // whoever connects acts for the tenant it names.
-        let principal = Principal::local(envelope.tenant, origin);
+        // Without authentication, the socket's file permissions decide who may connect, and
+        // whoever connects acts for the tenant it names; with it, the token decides.
+        let principal = match service
+            .authenticate(envelope.token.as_deref(), &envelope.tenant, origin)
+            .await
+        {
+            Ok(p) => p,
+            Err(refused) => {
+                send(&mut write, wire::encode(Err(refused))).await?;
+                continue;
+            }
+        };
         if let Some(id) = envelope.watch {
             watch(&service, &bus, &principal, &id, &mut write).await?;
             return Ok(());

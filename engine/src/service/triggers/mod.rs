@@ -354,7 +354,18 @@ impl Service {
         // A claimed event (a duplicate) costs a read more.
         let (execution_id, fresh) = match claimed {
             Ok(_) => match &checked {
-                Ok(_) => (new_id, true),
+                Ok(loaded) => {
+                    // The tenant's policy and quotas (with authentication on).
+                    let counted = event.source.as_ref().is_some_and(|s| s.kind == "manual");
+                    if let Some(why) = self
+                        .admission(tenant, loaded, !counted)
+                        .await
+                        .map_err(|e| KvError::Backend(e.message))?
+                    {
+                        return Ok(Err(why));
+                    }
+                    (new_id, true)
+                }
                 // Refused: the claim stays. (Removing it could race with an engine that accepts
                 // the same event at the same time under this claim; a later delivery that is
                 // accepted starts the execution under the claimed id.)

@@ -508,13 +508,12 @@ impl Service {
                 delivery = lease.delivery.delivered,
                 "job redelivered: the engine that had it did not finish it"
             );
-        } else {
-            tracing::debug!(
-                "running {}/{stage}/{action} attempt {} ({how})",
-                job.execution_id,
-                job.attempt
-            );
         }
+        tracing::info!(
+            "running {}/{stage}/{action} attempt {} ({how})",
+            job.execution_id,
+            job.attempt
+        );
         let mut cx = self.engine.job_context();
         cx.functions = self.functions.clone();
         let id = job_id(

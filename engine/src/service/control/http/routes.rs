@@ -88,10 +88,92 @@ impl From<ApiError> for Refusal {
 
 type Reply = Result<Json<Value>, Refusal>;
 
-/// Who asks over HTTP: without authentication (the tenancy issue brings it), the single user
-/// of tenant `default`, a remote caller (it names no path on the engine's host).
+tokio::task_local! {
+    /// The principal [`authenticate`] found for the request being handled.
+    static CALLER: Principal;
+}
+
+/// Who asks over HTTP: the principal the request's token names (a remote caller: it names no
+/// path on the engine's host); without authentication, the single user of tenant `default`.
+/// Read it in the handler, not in a stream the handler returns (that runs later).
 fn principal() -> Principal {
-    Principal::local("default", Origin::Remote)
+    CALLER
+        .try_with(Principal::clone)
+        .unwrap_or_else(|_| Principal::local("default", Origin::Remote))
+}
+
+/// Authenticate every `/api/v1` request (but the OpenAPI document) before its handler runs:
+/// `Authorization: Bearer TOKEN` (or `?access_token=TOKEN`, for browsers' event streams, which
+/// cannot send headers); an operator names the tenant with `X-Sluice-Tenant`.
+async fn authenticate(
+    State(service): Shared,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = request.uri().path();
+    if !path.starts_with("/api/v1/") || path == "/api/v1/openapi.json" {
+        return next.run(request).await;
+    }
+    // (In a block: a borrow of the request may not live across an await, the body not being
+    // shareable between threads.)
+    let (token, claimed) = {
+        let header = |name: &str| {
+            request
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let token = header("authorization")
+            .and_then(|v| v.strip_prefix("Bearer ").map(str::to_string))
+            .or_else(|| {
+                request.uri().query().and_then(|q| {
+                    q.split('&')
+                        .find_map(|kv| kv.strip_prefix("access_token="))
+                        .map(str::to_string)
+                })
+            });
+        let claimed = header("x-sluice-tenant").unwrap_or_else(|| "default".into());
+        (token, claimed)
+    };
+    // The handlers take their own query parameters only.
+    let stripped = request
+        .uri()
+        .query()
+        .filter(|q| q.contains("access_token="))
+        .map(|query| {
+            let rest: Vec<&str> = query
+                .split('&')
+                .filter(|kv| !kv.starts_with("access_token="))
+                .collect();
+            let path = request.uri().path();
+            if rest.is_empty() {
+                path.to_string()
+            } else {
+                format!("{path}?{}", rest.join("&"))
+            }
+        });
+    if let Some(uri) = stripped.and_then(|u| u.parse().ok()) {
+        *request.uri_mut() = uri;
+    }
+    match service
+        .authenticate(token.as_deref(), &claimed, Origin::Remote)
+        .await
+    {
+        Ok(p) => CALLER.scope(p, next.run(request)).await,
+        Err(e) => Refusal(e).into_response(),
+    }
+}
+
+/// Refuse an artifact the caller's tenant does not have, as if it did not exist.
+async fn owned(s: &Service, digest: &str) -> Result<(), Refusal> {
+    if s.owns_artifact(&principal().tenant, digest).await? {
+        Ok(())
+    } else {
+        Err(Refusal(ApiError::not_found(format!(
+            "no artifact {digest}"
+        ))))
+    }
 }
 
 async fn call<V: Verb>(service: &Service, verb: V) -> Reply {
@@ -127,6 +209,10 @@ pub(super) fn router(service: Arc<Service>, feed: Arc<EventFeed>) -> axum::Route
         .route("/metrics", axum::routing::get(metrics))
         .route("/readyz", axum::routing::get(readyz))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            service.clone(),
+            authenticate,
+        ))
         .with_state(AppState {
             service,
             feed,
@@ -644,9 +730,12 @@ async fn decide(
     b: &Bytes,
 ) -> Reply {
     let b: DecisionBody = body(b)?;
-    let by =
-        b.by.filter(|by| !by.trim().is_empty())
-            .ok_or_else(|| Refusal(ApiError::invalid("name the decider in `by`")))?;
+    // With authentication the token names the decider; without, the body must.
+    let by = match b.by.filter(|by| !by.trim().is_empty()) {
+        Some(by) => by,
+        None if s.auth_on() => String::new(),
+        None => return Err(Refusal(ApiError::invalid("name the decider in `by`"))),
+    };
     call(
         s,
         verbs::Approve {
@@ -840,7 +929,8 @@ async fn action_logs(
         action,
         attempt: q.attempt,
     };
-    let page = s.call(&principal(), request.clone()).await?;
+    let who = principal();
+    let page = s.call(&who, request.clone()).await?;
     if !wants_stream(&headers) {
         let mut body = Vec::new();
         for line in &page.lines {
@@ -860,7 +950,7 @@ async fn action_logs(
         ..request
     };
     let state = (
-        s,
+        (s, who),
         request,
         0usize,
         false,
@@ -869,18 +959,18 @@ async fn action_logs(
     );
     let lines = stream::unfold(
         state,
-        |(s, request, mut sent, mut ended, mut queue, slot)| async move {
+        |((s, who), request, mut sent, mut ended, mut queue, slot)| async move {
             loop {
                 if let Some(event) = queue.pop_front() {
                     return Some((
                         Ok::<_, std::convert::Infallible>(event),
-                        (s, request, sent, ended, queue, slot),
+                        ((s, who), request, sent, ended, queue, slot),
                     ));
                 }
                 if ended {
                     return None;
                 }
-                match s.call(&principal(), request.clone()).await {
+                match s.call(&who, request.clone()).await {
                     Ok(page) => {
                         for line in page.lines.iter().skip(sent) {
                             queue.push_back(
@@ -992,6 +1082,7 @@ async fn list_plugins(State(s): Shared) -> Reply {
     params(("digest" = String, Path, description = "`blake3:<hex>` of the artifact's tree")),
     responses((status = 200, description = "`application/x-tar`", body = Vec<u8>), (status = 404, description = "No such artifact", body = Value)))]
 async fn artifact_tar(State(s): Shared, Path(digest): Path<String>) -> Result<Response, Refusal> {
+    owned(&s, &digest).await?;
     Ok(super::artifacts::tarball(s.engine.blobs.clone(), &digest).await?)
 }
 
@@ -1005,6 +1096,7 @@ async fn artifact_file(
     State(s): Shared,
     Path((digest, path)): Path<(String, String)>,
 ) -> Result<Response, Refusal> {
+    owned(&s, &digest).await?;
     Ok(super::artifacts::file(s.engine.blobs.clone(), &digest, &path).await?)
 }
 
@@ -1013,6 +1105,7 @@ async fn artifact_file(
     params(("digest" = String, Path, description = "`blake3:<hex>` of the artifact's tree")),
     responses((status = 200, description = "`[{path, kind, size, executable, target}]`", body = Value), (status = 404, description = "No such artifact", body = Value)))]
 async fn artifact_files(State(s): Shared, Path(digest): Path<String>) -> Reply {
+    owned(&s, &digest).await?;
     Ok(Json(
         super::artifacts::listing(s.engine.blobs.clone(), &digest).await?,
     ))

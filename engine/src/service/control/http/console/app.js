@@ -33,10 +33,24 @@ function alertBox(message) {
   box.hidden = !message;
 }
 
+// With `sluice serve --auth`, every call carries the visitor's token, kept for this tab only;
+// event streams and download links carry it as `access_token` (they cannot send headers).
+function token() { return sessionStorage.getItem("sluice-token") || ""; }
+function authorized(headers) { const t = token(); if (t) headers.authorization = `Bearer ${t}`; return headers; }
+function withToken(url) {
+  const t = token();
+  return t ? `${url}${url.includes("?") ? "&" : "?"}access_token=${encodeURIComponent(t)}` : url;
+}
+function askToken() {
+  const t = prompt("This Sluice service needs a token (`sluice token create …`):");
+  if (t && t.trim()) { sessionStorage.setItem("sluice-token", t.trim()); location.reload(); }
+}
+
 async function api(method, path, body) {
-  const init = { method, headers: {} };
+  const init = { method, headers: authorized({}) };
   if (body !== undefined) { init.body = JSON.stringify(body); init.headers["content-type"] = "application/json"; }
   const r = await fetch(`/api/v1${path}`, init);
+  if (r.status === 401) askToken();
   const text = await r.text();
   let value = null;
   try { value = text ? JSON.parse(text) : null; } catch { value = text; }
@@ -122,7 +136,8 @@ function tarOf(files) {
 }
 
 async function send(method, path, body, type) {
-  const r = await fetch(`/api/v1${path}`, { method, body, headers: { "content-type": type } });
+  const r = await fetch(`/api/v1${path}`, { method, body, headers: authorized({ "content-type": type }) });
+  if (r.status === 401) askToken();
   const text = await r.text();
   let value = null;
   try { value = JSON.parse(text); } catch { value = text; }
@@ -267,13 +282,13 @@ function artifactsOf(a) {
   return h("div", { class: "kv" }, entries.map(([name, digest]) => {
     const files = h("ul", { class: "files" });
     return h("div", { "data-artifact": name }, h("span", { class: "muted" }, "artifact "), h("strong", {}, name), " ",
-      h("a", { href: `/api/v1/artifacts/${enc(digest)}`, download: `${name}.tar` }, "download .tar"), " ",
+      h("a", { href: withToken(`/api/v1/artifacts/${enc(digest)}`), download: `${name}.tar` }, "download .tar"), " ",
       h("button", { onclick: async () => {
         // Shown in place (no repaint, which would fold the list again).
         try {
           const list = await api("GET", `/artifacts/${enc(digest)}/files`);
           files.replaceChildren(...list.filter(e => e.kind === "file").map(e =>
-            h("li", {}, h("a", { href: `/api/v1/artifacts/${enc(digest)}/files/${e.path.split("/").map(enc).join("/")}` }, e.path), h("span", { class: "muted" }, ` ${e.size} bytes`))));
+            h("li", {}, h("a", { href: withToken(`/api/v1/artifacts/${enc(digest)}/files/${e.path.split("/").map(enc).join("/")}`) }, e.path), h("span", { class: "muted" }, ` ${e.size} bytes`))));
         } catch (e) { alertBox(e.message); }
       } }, "Files"), files);
   }));
@@ -351,7 +366,7 @@ function showLog(exec) {
   const add = l => { lines.push(l); };
   const path = `/api/v1/executions/${enc(exec.execution_id)}/actions/${enc(stage)}/${enc(action)}/logs`;
   // Followed live while the attempt runs; read once when it has ended.
-  logSource = new EventSource(path);
+  logSource = new EventSource(withToken(path));
   logSource.addEventListener("line", e => { add(JSON.parse(e.data)); paint(); if (follow) box.scrollTop = box.scrollHeight; note.textContent = `${lines.length} lines`; });
   logSource.addEventListener("end", () => { logSource.close(); logSource = null; note.textContent = `${lines.length} lines (complete)`; paint(); });
   logSource.addEventListener("error", () => { if (logSource) { logSource.close(); logSource = null; } });
@@ -410,7 +425,7 @@ async function refresh() {
 let pending = null;
 function soon() { if (!pending) pending = setTimeout(() => { pending = null; refresh(); }, 150); }
 
-const events = new EventSource(`/api/v1/events${current.pipeline ? `?pipeline=${enc(current.pipeline)}` : ""}`);
+const events = new EventSource(withToken(`/api/v1/events${current.pipeline ? `?pipeline=${enc(current.pipeline)}` : ""}`));
 events.onopen = () => { document.getElementById("live").textContent = "live"; };
 events.onerror = () => { document.getElementById("live").textContent = "reconnecting…"; };
 for (const kind of ["pipeline", "stage", "action"]) {

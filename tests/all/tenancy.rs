@@ -1,0 +1,627 @@
+//! A hosted service (`sluice serve --auth`): tokens, roles, tenants that cannot see or change
+//! each other, policies on what pipelines may grant, quotas, and the audit trail — through the
+//! socket (the CLI) and HTTP.
+use crate::harness::nats::{Engine, http, port, wait_for};
+use crate::harness::{Project, Run, action, status};
+use serde_json::Value;
+use std::time::Duration;
+
+/// Globex's pipeline: an artifact, then an approval that keeps the execution waiting.
+const WEB: &str = r##"
+name: web
+stages:
+  - name: Build
+    actions:
+      - { name: Make, uses: PROBE, outputs: [site], with: { mode: write, path: /out/site/index.html, value: globex } }
+  - name: Gate
+    actions:
+      - { name: Approve, uses: approval@1, with: { approvers: "approver" } }
+"##;
+
+const ROLES: [&str; 4] = ["viewer", "approver", "developer", "admin"];
+
+/// An embedded service with authentication, HTTP on, and the operator's token.
+struct Hosted {
+    p: Project,
+    _engine: Engine,
+    port: u16,
+    operator: String,
+}
+
+impl Hosted {
+    fn start(yaml: &str) -> Self {
+        let p = Project::new(yaml);
+        let port = port();
+        let addr = format!("127.0.0.1:{port}");
+        let engine = Engine::start(p.dir.path(), ".sluice", &["--auth", "--http", &addr]);
+        let file = p.path(".sluice/operator.token");
+        let operator = wait_for(Duration::from_secs(30), "the operator's token", || {
+            std::fs::read_to_string(&file)
+                .ok()
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty())
+        });
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let h = Hosted {
+            p,
+            _engine: engine,
+            port,
+            operator,
+        };
+        wait_for(Duration::from_secs(30), "the service to answer", || {
+            (h.as_(&h.operator.clone(), &["tenant", "ls"]).code == 0).then_some(())
+        });
+        h
+    }
+
+    /// `sluice ARGS` with `token`.
+    fn as_(&self, token: &str, args: &[&str]) -> Run {
+        self.p.sluice_env(args, &[("SLUICE_TOKEN", token)])
+    }
+
+    fn ok(&self, token: &str, args: &[&str]) -> String {
+        let r = self.as_(token, args);
+        assert_eq!(r.code, 0, "sluice {args:?}: {r:?}");
+        r.stdout
+    }
+
+    /// A token made by the operator.
+    fn token(&self, tenant: &str, name: &str, role: &str) -> String {
+        self.ok(
+            &self.operator.clone(),
+            &[
+                "token", "create", "--tenant", tenant, "--name", name, "--role", role,
+            ],
+        )
+        .trim()
+        .to_string()
+    }
+
+    /// An HTTP request with `token`: (status, body).
+    fn http(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        extra: &[(&str, &str)],
+        body: &[u8],
+    ) -> (u16, String) {
+        let bearer = format!("Bearer {token}");
+        let mut headers = vec![("authorization", bearer.as_str())];
+        headers.extend_from_slice(extra);
+        http(self.port, method, path, &headers, body)
+    }
+
+    fn audit(&self) -> Vec<Value> {
+        serde_json::from_str(&self.ok(
+            &self.operator.clone(),
+            &["audit", "--all-tenants", "--json", "--limit", "1000"],
+        ))
+        .unwrap()
+    }
+}
+
+/// A refusal the CLI reports (exit 2, with the service's words).
+fn refused(r: &Run) -> bool {
+    r.code == 2 && r.stderr.contains("error:")
+}
+
+/// Thirty-odd attempts by ACME's principals, each role, on GLOBEX's pipelines, executions,
+/// logs, artifacts, functions and tokens: each is refused (forbidden, or not found: nothing
+/// says whether GLOBEX has such a thing), nothing of GLOBEX's changes, and the refusals of
+/// rights and credentials are in the audit trail.
+#[test]
+fn one_tenant_cannot_see_or_change_another() {
+    let h = Hosted::start(WEB);
+    let op = h.operator.clone();
+    h.ok(&op, &["tenant", "create", "acme"]);
+    h.ok(&op, &["tenant", "create", "globex"]);
+    let acme: Vec<String> = ROLES.iter().map(|r| h.token("acme", r, r)).collect();
+    let globex: Vec<String> = ROLES.iter().map(|r| h.token("globex", r, r)).collect();
+    let [a_view, a_appr, a_dev, a_admin] = [&acme[0], &acme[1], &acme[2], &acme[3]];
+    let g_dev = &globex[2];
+
+    // GLOBEX's things: a pipeline, an execution waiting for approval, its artifact, a function.
+    h.ok(g_dev, &["pipeline", "put", "pipeline.yaml"]);
+    let id = h.ok(g_dev, &["start", "web"]).trim().to_string();
+    let exec = wait_for(
+        Duration::from_secs(30),
+        "GLOBEX's execution to wait",
+        || {
+            let r = h.as_(g_dev, &["status", &id, "--json"]);
+            let e: Value = serde_json::from_str(&r.stdout).ok()?;
+            action(&e, "Gate/Approve")["waiting"]
+                .is_object()
+                .then_some(e)
+        },
+    );
+    let digest = action(&exec, "Build/Make")["artifacts"]["site"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // GLOBEX itself reads its artifact, also with the token in the query (as a browser's
+    // download link or event stream carries it).
+    let (code, _) = h.http(
+        g_dev,
+        "GET",
+        &format!("/api/v1/artifacts/{digest}/files"),
+        &[],
+        b"",
+    );
+    assert_eq!(code, 200);
+    let (code, body) = http(
+        h.port,
+        "GET",
+        &format!("/api/v1/executions?limit=5&access_token={g_dev}"),
+        &[],
+        b"",
+    );
+    assert!(code == 200 && body.contains(&id), "{code} {body}");
+    let before = h.ok(g_dev, &["pipeline", "ls"]);
+
+    let mut attempts = 0;
+    let mut http_refused = |token: &str,
+                            method: &str,
+                            path: &str,
+                            extra: &[(&str, &str)],
+                            body: &[u8],
+                            statuses: &[u16]| {
+        let (code, reply) = h.http(token, method, path, extra, body);
+        assert!(statuses.contains(&code), "{method} {path}: {code} {reply}");
+        attempts += 1;
+    };
+    let hdr_globex = [("x-sluice-tenant", "globex")];
+    for t in [a_view, a_appr, a_dev, a_admin] {
+        http_refused(t, "GET", "/api/v1/pipelines/web", &[], b"", &[404]);
+        http_refused(
+            t,
+            "GET",
+            &format!("/api/v1/executions/{id}"),
+            &[],
+            b"",
+            &[404],
+        );
+        http_refused(
+            t,
+            "GET",
+            &format!("/api/v1/artifacts/{digest}"),
+            &[],
+            b"",
+            &[404],
+        );
+        http_refused(
+            t,
+            "GET",
+            &format!("/api/v1/artifacts/{digest}/files"),
+            &[],
+            b"",
+            &[404],
+        );
+        http_refused(
+            t,
+            "GET",
+            &format!("/api/v1/executions/{id}/actions/Build/Make/logs"),
+            &[],
+            b"",
+            &[404],
+        );
+        // Naming GLOBEX outright.
+        http_refused(t, "GET", "/api/v1/pipelines", &hdr_globex, b"", &[403]);
+        http_refused(
+            t,
+            "GET",
+            &format!("/api/v1/executions/{id}"),
+            &hdr_globex,
+            b"",
+            &[403],
+        );
+    }
+    http_refused(
+        a_dev,
+        "POST",
+        &format!("/api/v1/executions/{id}/stop"),
+        &[],
+        b"{}",
+        &[404],
+    );
+    http_refused(
+        a_dev,
+        "POST",
+        &format!("/api/v1/executions/{id}/stages/Build/retry"),
+        &[],
+        b"{}",
+        &[404, 409],
+    );
+    http_refused(
+        a_appr,
+        "POST",
+        &format!("/api/v1/executions/{id}/actions/Gate/Approve/approve"),
+        &[],
+        b"{}",
+        &[404],
+    );
+    http_refused(
+        a_dev,
+        "POST",
+        &format!("/api/v1/executions/{id}/actions/Gate/Approve/wake"),
+        &[],
+        b"{}",
+        &[404],
+    );
+    http_refused(a_dev, "DELETE", "/api/v1/pipelines/web", &[], b"", &[404]);
+    http_refused(
+        a_view,
+        "PUT",
+        "/api/v1/pipelines/web",
+        &[],
+        WEB.as_bytes(),
+        &[403],
+    );
+    http_refused(
+        a_view,
+        "POST",
+        "/api/v1/pipelines/web/executions",
+        &[],
+        b"{}",
+        &[403],
+    );
+    http_refused(
+        a_dev,
+        "POST",
+        "/api/v1/pipelines/web/executions",
+        &[],
+        b"{}",
+        &[404],
+    );
+    // Through the socket (the CLI).
+    let cli = |token: &str, args: &[&str]| {
+        let r = h.as_(token, args);
+        assert!(refused(&r), "sluice {args:?}: {r:?}");
+        r
+    };
+    for (token, args) in [
+        (a_dev, vec!["status", id.as_str()]),
+        (a_dev, vec!["stop", id.as_str()]),
+        (a_dev, vec!["retry", id.as_str(), "Build"]),
+        (a_dev, vec!["wake", id.as_str(), "Gate/Approve"]),
+        (a_appr, vec!["approve", id.as_str(), "Gate/Approve"]),
+        (a_dev, vec!["pipeline", "rm", "web"]),
+        (a_dev, vec!["pipeline", "get", "web"]),
+        (a_dev, vec!["start", "web"]),
+        (a_dev, vec!["pipeline", "ls", "--tenant", "globex"]),
+        (a_admin, vec!["token", "ls", "--tenant", "globex"]),
+        (
+            a_admin,
+            vec![
+                "--tenant", "globex", "token", "create", "--name", "x", "--role", "admin",
+            ],
+        ),
+        (a_admin, vec!["tenant", "usage", "globex"]),
+        (a_admin, vec!["tenant", "create", "initech"]),
+        (a_admin, vec!["tenant", "rm", "globex"]),
+        (a_admin, vec!["audit", "--all-tenants"]),
+        (
+            a_admin,
+            vec!["token", "create", "--name", "op2", "--role", "operator"],
+        ),
+        (a_dev, vec!["token", "ls"]),
+    ] {
+        cli(token, &args);
+        attempts += 1;
+    }
+    assert!(attempts >= 30, "{attempts} attempts");
+    // Listing shows nothing of GLOBEX's.
+    let listed = h.ok(a_admin, &["executions", "--json"]);
+    assert!(!listed.contains(&id), "{listed}");
+    assert!(!h.ok(a_admin, &["pipeline", "ls"]).contains("web"));
+
+    // Credentials: missing, malformed, wrong, revoked, expired.
+    for bad in [
+        "",
+        "nonsense",
+        "slu_0123456789abcdef_00000000000000000000000000000000000000000000000000000000000000ff",
+    ] {
+        let r = h.as_(bad, &["pipeline", "ls"]);
+        assert!(r.code == 2 && r.stderr.contains("token"), "{bad:?}: {r:?}");
+        let (code, _) = h.http(bad, "GET", "/api/v1/pipelines", &[], b"");
+        assert_eq!(code, 401, "{bad:?}");
+    }
+    let short = h.ok(
+        &op,
+        &[
+            "token",
+            "create",
+            "--tenant",
+            "acme",
+            "--name",
+            "short",
+            "--role",
+            "viewer",
+            "--expires",
+            "1s",
+        ],
+    );
+    let short = short.trim();
+    assert_eq!(h.as_(short, &["pipeline", "ls"]).code, 0);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        h.as_(short, &["pipeline", "ls"])
+            .stderr
+            .contains("has expired")
+    );
+    h.ok(a_admin, &["token", "revoke", "viewer"]);
+    let r = h.as_(a_view, &["pipeline", "ls"]);
+    assert!(r.stderr.contains("was revoked"), "{r:?}");
+    let (code, _) = h.http(a_view, "GET", "/api/v1/pipelines", &[], b"");
+    assert_eq!(code, 401);
+
+    // Nothing of GLOBEX's changed.
+    assert_eq!(h.ok(g_dev, &["pipeline", "ls"]), before);
+    let now: Value = serde_json::from_str(&h.ok(g_dev, &["status", &id, "--json"])).unwrap();
+    assert_eq!(status(&now), "InProgress");
+    assert!(action(&now, "Gate/Approve")["waiting"].is_object());
+    assert!(
+        action(&now, "Gate/Approve")["decisions"]
+            .as_array()
+            .is_none_or(|d| d.is_empty())
+    );
+
+    // The refusals of rights and credentials are in the audit trail, with who and why; no
+    // token appears in it.
+    let trail = h.audit();
+    let text = serde_json::to_string(&trail).unwrap();
+    for t in acme.iter().chain(&globex).chain([&op]) {
+        assert!(!text.contains(t.as_str()), "a token in the audit trail");
+    }
+    let refusals = |outcome: &str| trail.iter().filter(|r| r["outcome"] == outcome).count();
+    assert!(refusals("forbidden") >= 10, "{trail:#?}");
+    assert!(refusals("unauthenticated") >= 6, "{trail:#?}");
+    assert!(trail.iter().any(|r| r["tenant"] == "acme"
+        && r["principal"] == "developer"
+        && r["verb"] == "stop"
+        && r["target"] == id.as_str()
+        && r["outcome"] == "not_found"));
+    // An admin reads their own tenant's trail only.
+    let own: Vec<Value> = serde_json::from_str(&h.ok(a_admin, &["audit", "--json"])).unwrap();
+    assert!(!own.is_empty() && own.iter().all(|r| r["tenant"] == "acme"));
+}
+
+/// Each verb × each role: a verb the role does not carry is refused with the role it needs,
+/// before anything is looked up.
+#[test]
+fn roles_decide_which_verbs_each_principal_may_call() {
+    let h = Hosted::start(WEB);
+    let op = h.operator.clone();
+    h.ok(&op, &["tenant", "create", "acme"]);
+    // (verb's command, the role it needs)
+    let table: [(&[&str], &str); 8] = [
+        (&["pipeline", "ls"], "viewer"),
+        (&["executions"], "viewer"),
+        (&["pipeline", "put", "pipeline.yaml"], "developer"),
+        (&["start", "web"], "developer"),
+        (
+            &["approve", "01ARZ3NDEKTSV4RRFFQ69G5FAV", "Gate/Approve"],
+            "approver",
+        ),
+        (&["token", "ls"], "admin"),
+        (&["audit"], "admin"),
+        (&["tenant", "ls"], "operator"),
+    ];
+    for role in ROLES {
+        let token = h.token("acme", role, role);
+        for (args, needs) in table {
+            let r = h.as_(&token, args);
+            let allowed =
+                needs == "viewer" || role == needs || (role == "admin" && needs != "operator");
+            let forbidden = r.stderr.contains(&format!("needs the {needs} role"));
+            assert_eq!(
+                !forbidden, allowed,
+                "{role} → {args:?} (needs {needs}): {r:?}"
+            );
+        }
+    }
+}
+
+/// The operator's policy bounds what a tenant's pipelines may grant (at registration, with
+/// the line; and again at start, after a tightening), and quotas bound what it may use.
+#[test]
+fn policies_and_quotas_bound_a_tenant() {
+    let h = Hosted::start(WEB);
+    let op = h.operator.clone();
+    h.ok(
+        &op,
+        &[
+            "tenant",
+            "create",
+            "acme",
+            "--max-pipelines",
+            "2",
+            "--max-running",
+            "1",
+        ],
+    );
+    let dev = h.token("acme", "dev", "developer");
+    h.p.write(
+        "shell.yaml",
+        "name: shell\nstages:\n  - name: S\n    actions:\n      - name: Run\n        uses: command@1\n        capabilities: { process: [sh] }\n        with: { run: \"true\" }\n",
+    );
+    let r = h.as_(&dev, &["pipeline", "put", "shell.yaml"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(
+        r.stderr.contains("shell.yaml:7:")
+            && r.stderr.contains("may not run the host program `sh`"),
+        "{}",
+        r.stderr
+    );
+    h.ok(&op, &["tenant", "set", "acme", "--allow-process", "sh"]);
+    h.ok(&dev, &["pipeline", "put", "shell.yaml"]);
+    // Tightened again: the registered pipeline may no longer start.
+    h.ok(
+        &op,
+        &[
+            "tenant",
+            "set",
+            "acme",
+            "--allow-http",
+            "https://example.com",
+        ],
+    );
+    let r = h.as_(&dev, &["start", "shell"]);
+    assert!(
+        r.code == 2 && r.stderr.contains("may not run the host program"),
+        "{r:?}"
+    );
+
+    // Quotas: two pipelines, one running execution.
+    h.ok(&dev, &["pipeline", "put", "pipeline.yaml"]);
+    h.p.write(
+        "third.yaml",
+        &h.p.read("pipeline.yaml")
+            .replace("name: web", "name: third"),
+    );
+    let r = h.as_(&dev, &["pipeline", "put", "third.yaml"]);
+    assert!(
+        r.code == 2 && r.stderr.contains("may register 2 pipelines"),
+        "{r:?}"
+    );
+    let id = h.ok(&dev, &["start", "web"]).trim().to_string();
+    wait_for(
+        Duration::from_secs(30),
+        "the first execution to wait",
+        || {
+            let r = h.as_(&dev, &["status", &id, "--json"]);
+            let e: Value = serde_json::from_str(&r.stdout).ok()?;
+            action(&e, "Gate/Approve")["waiting"]
+                .is_object()
+                .then_some(())
+        },
+    );
+    let r = h.as_(&dev, &["start", "web"]);
+    assert!(
+        r.code == 2 && r.stderr.contains("may run 1 executions at once"),
+        "{r:?}"
+    );
+    // Usage is for admins.
+    assert!(
+        h.as_(&dev, &["tenant", "usage"])
+            .stderr
+            .contains("needs the admin role")
+    );
+    let admin = h.token("acme", "boss", "admin");
+    let usage: Value = serde_json::from_str(&h.ok(&admin, &["tenant", "usage"])).unwrap();
+    assert_eq!(usage["pipelines"], 2);
+    assert_eq!(usage["running_executions"], 1);
+    assert_eq!(usage["quotas"]["concurrent_executions"], 1);
+    // With authentication, who decides is the token's holder: naming someone else is refused.
+    let approver = h.token("acme", "approver", "approver");
+    let r = h.as_(
+        &approver,
+        &["approve", &id, "Gate/Approve", "--as", "mallory"],
+    );
+    assert!(
+        r.code == 2 && r.stderr.contains("you act as your token's holder"),
+        "{r:?}"
+    );
+    h.ok(&approver, &["approve", &id, "Gate/Approve"]);
+    let done = wait_for(Duration::from_secs(30), "the approval to be taken", || {
+        let e: Value = serde_json::from_str(&h.ok(&dev, &["status", &id, "--json"])).ok()?;
+        (status(&e) == "Succeeded").then_some(e)
+    });
+    assert_eq!(
+        action(&done, "Gate/Approve")["decisions"][0]["by"],
+        "approver"
+    );
+    assert_eq!(done["trigger"]["started_by"], "dev");
+}
+
+/// On NATS (two engines), the token in each request decides too: one engine makes the
+/// operator's token, another answers; a tenant's token does not reach another tenant's
+/// executions, naming the other tenant's subject is refused, and a request without a token
+/// (a raw NATS request as well) is refused.
+#[test]
+fn tokens_decide_the_tenant_on_nats_with_two_engines() {
+    use crate::harness::nats::NatsServer;
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let p = Project::new(WEB);
+    let _a = Engine::start(p.dir.path(), "engine-a", &["--nats", &url, "--auth"]);
+    let _b = Engine::start(p.dir.path(), "engine-b", &["--nats", &url, "--auth"]);
+    let operator = wait_for(Duration::from_secs(30), "the operator's token", || {
+        ["engine-a", "engine-b"].iter().find_map(|e| {
+            std::fs::read_to_string(p.path(&format!("{e}/operator.token")))
+                .ok()
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty())
+        })
+    });
+    let run = |token: &str, args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--nats", url.as_str()]);
+        p.sluice_env(&all, &[("SLUICE_TOKEN", token)])
+    };
+    let ok = |token: &str, args: &[&str]| {
+        let r = run(token, args);
+        assert_eq!(r.code, 0, "sluice {args:?}: {r:?}");
+        r.stdout.trim().to_string()
+    };
+    wait_for(Duration::from_secs(30), "the engines to answer", || {
+        (run(&operator, &["tenant", "ls"]).code == 0).then_some(())
+    });
+    ok(&operator, &["tenant", "create", "acme"]);
+    ok(&operator, &["tenant", "create", "globex"]);
+    let mk = |tenant: &str| {
+        ok(
+            &operator,
+            &[
+                "token",
+                "create",
+                "--tenant",
+                tenant,
+                "--name",
+                "dev",
+                "--role",
+                "developer",
+            ],
+        )
+    };
+    let (acme, globex) = (mk("acme"), mk("globex"));
+    ok(&globex, &["pipeline", "put", "pipeline.yaml"]);
+    let id = ok(&globex, &["start", "web"]);
+    wait_for(
+        Duration::from_secs(30),
+        "GLOBEX's execution to wait",
+        || {
+            let r = run(&globex, &["status", &id, "--json"]);
+            let e: Value = serde_json::from_str(&r.stdout).ok()?;
+            action(&e, "Gate/Approve")["waiting"]
+                .is_object()
+                .then_some(())
+        },
+    );
+    for args in [
+        vec!["status", id.as_str()],
+        vec!["stop", id.as_str()],
+        vec!["pipeline", "get", "web"],
+        vec!["status", id.as_str(), "--tenant", "globex"],
+        vec!["pipeline", "rm", "web", "--tenant", "globex"],
+    ] {
+        let r = run(&acme, &args);
+        assert!(refused(&r), "{args:?}: {r:?}");
+    }
+    let r = run("", &["pipeline", "ls", "--tenant", "globex"]);
+    assert!(
+        r.code == 2 && r.stderr.contains("requires a token"),
+        "{r:?}"
+    );
+    // A raw request on GLOBEX's subject, without a token.
+    let reply = crate::service::raw_request(&url, "sluice.globex.api.pipeline.ls", b"{}");
+    assert!(reply.contains("unauthenticated"), "{reply}");
+    // Still there, unchanged.
+    assert!(ok(&globex, &["pipeline", "ls"]).contains("web"));
+    let e: Value = serde_json::from_str(&ok(&globex, &["status", &id, "--json"])).unwrap();
+    assert_eq!(status(&e), "InProgress");
+}
