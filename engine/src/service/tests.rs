@@ -1181,3 +1181,46 @@ async fn every_verb_checks_the_principals_role_before_it_touches_anything() {
     );
     assert_eq!(a.call(&remote(), PipelineLs {}).await.unwrap().len(), 1);
 }
+
+/// Dead letters are kept for [`super::triggers::DEAD_LETTER_KEEP`]: an older one is gone once
+/// they are listed, a recent one stays.
+#[tokio::test]
+async fn dead_letters_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = shared_edges(dir.path());
+    let service = engine(dir.path(), Arc::new(LostBus), &shared);
+    let letter = |at: u64| {
+        serde_json::to_vec(&super::DeadLetter {
+            tenant: "default".into(),
+            pipeline: "p".into(),
+            reason: "refused".into(),
+            payload: "{}".into(),
+            at: crate::scheduler::Timestamp(at),
+        })
+        .unwrap()
+    };
+    let now = crate::clock::now().0;
+    let old_at = now - super::triggers::DEAD_LETTER_KEEP.as_millis() as u64 - 86_400_000;
+    let old = ulid::Ulid::from_parts(old_at, 1);
+    let recent = ulid::Ulid::from_parts(now, 2);
+    for (id, at) in [(old, old_at), (recent, now)] {
+        shared
+            .executions
+            .create(&format!("default/dead/{id}"), letter(at))
+            .await
+            .unwrap();
+    }
+    let listed = service.dead_letters("default", None, 10).await.unwrap();
+    assert_eq!(
+        listed.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>(),
+        vec![recent.to_string()]
+    );
+    assert!(
+        shared
+            .executions
+            .get(&format!("default/dead/{old}"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+}

@@ -8,6 +8,9 @@ pub mod webhook;
 
 use super::*;
 
+/// How long a refused trigger event is kept in the dead letter.
+pub const DEAD_LETTER_KEEP: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// A rejected trigger event, as kept in the dead letter.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DeadLetter {
@@ -104,7 +107,7 @@ impl Service {
         limit: usize,
     ) -> Result<Vec<(String, DeadLetter)>, KvError> {
         let prefix = format!("{tenant}/dead/");
-        let mut keys = self.edges.executions.keys(&prefix).await?;
+        let mut keys = self.expire_dead_letters(&prefix).await?;
         keys.reverse(); // ULIDs: newest last
         let mut out = Vec::new();
         for key in keys {
@@ -118,6 +121,30 @@ impl Service {
             }
         }
         Ok(out)
+    }
+
+    /// Remove the dead letters under `prefix` older than [`DEAD_LETTER_KEEP`]; the keys of
+    /// those left, oldest first.
+    pub(in crate::service) async fn expire_dead_letters(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<String>, KvError> {
+        let keys = self.edges.executions.keys(prefix).await?;
+        let cutoff = crate::clock::now()
+            .0
+            .saturating_sub(DEAD_LETTER_KEEP.as_millis() as u64);
+        let mut kept = Vec::with_capacity(keys.len());
+        for key in keys {
+            let old = key[prefix.len()..]
+                .parse::<ulid::Ulid>()
+                .is_ok_and(|u| u.timestamp_ms() < cutoff);
+            if old {
+                self.edges.executions.delete(&key).await?;
+            } else {
+                kept.push(key);
+            }
+        }
+        Ok(kept)
     }
 
     /// One dead letter of `tenant`, and its key.
@@ -172,12 +199,16 @@ impl Service {
         {
             tracing::warn!("could not record the dead letter: {e}");
         }
-        tracing::info!(
-            tenant,
-            pipeline,
-            reason = %reason,
-            "trigger refused: it waits in the dead letter"
-        );
+        // Old ones go now and then (and whenever they are listed).
+        static WRITTEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        if WRITTEN
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            .is_multiple_of(64)
+            && let Some(prefix) = key.rsplit_once('/').map(|(p, _)| format!("{p}/"))
+            && let Err(e) = self.expire_dead_letters(&prefix).await
+        {
+            tracing::warn!("could not expire old dead letters: {e}");
+        }
         self.edges.cluster.dead_letter(&letter);
         self.edges.bus.publish(Event {
             id: String::new(),

@@ -1,0 +1,169 @@
+//! What a tenant may do: its policy (what its pipelines may grant, see [`super::policy`]) and
+//! its quotas (pipelines, running executions, trigger rate), checked at registration and at
+//! every start.
+use super::{policy, tenant_key};
+use crate::kv::get_json;
+use crate::service::Service;
+use sluice_api::tenancy::{Policy, Quotas, TenantInfo};
+use sluice_api::{ApiError, Code};
+use std::time::Instant;
+
+impl Service {
+    /// A tenant's record, if it exists.
+    pub async fn tenant(&self, name: &str) -> Result<Option<TenantInfo>, ApiError> {
+        Ok(
+            get_json::<TenantInfo>(&*self.edges.pipelines, &tenant_key(name))
+                .await?
+                .map(|(t, _)| t),
+        )
+    }
+
+    /// The policy and quotas that apply to `tenant`: its record's with authentication on;
+    /// none (everything allowed) without.
+    pub(in crate::service) async fn rules_of(
+        &self,
+        tenant: &str,
+    ) -> Result<Option<(Policy, Quotas)>, ApiError> {
+        if !self.auth_on() {
+            return Ok(None);
+        }
+        Ok(Some(match self.tenant(tenant).await? {
+            Some(t) => (t.policy, t.quotas),
+            // No record (an operator acting in a tenant not created): nothing outside the
+            // sandbox, no limits.
+            None => (Policy::default(), Quotas::default()),
+        }))
+    }
+
+    /// Refuse a pipeline whose grants the tenant's policy does not allow, with their lines.
+    pub(in crate::service) async fn check_policy(
+        &self,
+        tenant: &str,
+        loaded: &crate::service::Loaded,
+    ) -> Result<(), ApiError> {
+        let Some((policy, _)) = self.rules_of(tenant).await? else {
+            return Ok(());
+        };
+        let refusals = policy::refusals(&loaded.pipeline, &loaded.plugins, &policy, tenant);
+        if refusals.is_empty() {
+            return Ok(());
+        }
+        Err(ApiError::invalid_pipeline(
+            refusals
+                .into_iter()
+                .map(|(loc, message)| sluice_api::Problem {
+                    file: loaded.pipeline.file.clone(),
+                    line: loc.line,
+                    column: loc.col,
+                    message,
+                })
+                .collect(),
+        ))
+    }
+
+    /// Refuse a new pipeline beyond the tenant's quota of registered pipelines.
+    pub(in crate::service) async fn check_pipeline_quota(
+        &self,
+        tenant: &str,
+        name: &str,
+    ) -> Result<(), ApiError> {
+        let Some((_, quotas)) = self.rules_of(tenant).await? else {
+            return Ok(());
+        };
+        let Some(max) = quotas.pipelines else {
+            return Ok(());
+        };
+        let registered = crate::service::pipelines::list(&*self.edges.pipelines, tenant).await?;
+        if registered.iter().any(|p| p.name == name) {
+            return Ok(()); // a new version
+        }
+        if registered.len() as u64 >= max {
+            return Err(ApiError::new(
+                Code::QuotaExceeded,
+                format!(
+                    "tenant `{tenant}` may register {max} pipelines and has {}",
+                    registered.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Why a new execution of `tenant` may not start now (its quota of running executions,
+    /// or of triggers per second on this engine), if it may not.
+    pub(in crate::service) async fn start_quota_refusal(
+        &self,
+        tenant: &str,
+        count_rate: bool,
+    ) -> Result<Option<String>, ApiError> {
+        let Some((_, quotas)) = self.rules_of(tenant).await? else {
+            return Ok(None);
+        };
+        if let Some(rate) = quotas.triggers_per_second.filter(|r| *r > 0 && count_rate) {
+            let mut rates = self.tenancy.rates.lock().unwrap();
+            let now = Instant::now();
+            let (left, since) = rates
+                .entry(tenant.to_string())
+                .or_insert((rate as f64, now));
+            *left =
+                (*left + now.duration_since(*since).as_secs_f64() * rate as f64).min(rate as f64);
+            *since = now;
+            if *left < 1.0 {
+                return Ok(Some(format!(
+                    "quota_exceeded: tenant `{tenant}` may start {rate} executions per second"
+                )));
+            }
+            *left -= 1.0;
+        }
+        if let Some(max) = quotas.concurrent_executions {
+            let running = self.running_count(tenant, max as usize + 1).await?;
+            if running as u64 >= max {
+                return Ok(Some(format!(
+                    "quota_exceeded: tenant `{tenant}` may run {max} executions at once"
+                )));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Why a trigger of `tenant` may not start an execution of `loaded` (its policy, which may
+    /// have tightened since the pipeline was registered, or its quotas), if it may not.
+    /// `count_rate`: the start was not counted against the trigger rate yet (a `start`
+    /// request was, when it was made).
+    pub(in crate::service) async fn admission(
+        &self,
+        tenant: &str,
+        loaded: &crate::service::Loaded,
+        count_rate: bool,
+    ) -> Result<Option<String>, ApiError> {
+        if !self.auth_on() {
+            return Ok(None);
+        }
+        if let Err(e) = self.check_policy(tenant, loaded).await {
+            let lines = e.problem_lines();
+            return Ok(Some(format!(
+                "policy: {}",
+                if lines.is_empty() { e.message } else { lines }
+            )));
+        }
+        self.start_quota_refusal(tenant, count_rate).await
+    }
+
+    /// Executions of `tenant` running now, counted up to `up_to`.
+    pub(super) async fn running_count(
+        &self,
+        tenant: &str,
+        up_to: usize,
+    ) -> Result<usize, ApiError> {
+        Ok(self
+            .executions_before(
+                tenant,
+                None,
+                Some(crate::scheduler::Status::InProgress),
+                None,
+                up_to,
+            )
+            .await?
+            .len())
+    }
+}
