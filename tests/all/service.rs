@@ -56,10 +56,66 @@ fn publish(url: &str, subject: &str, payload: &str, msg_id: Option<&str>) {
     })
 }
 
+/// Publish to JetStream with headers (a CloudEvent in binary mode), as any NATS client would.
+fn publish_with_headers(url: &str, subject: &str, payload: &str, headers: &[(&str, &str)]) {
+    rt().block_on(async {
+        let client = async_nats::connect(url).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let mut map = async_nats::HeaderMap::new();
+        for (k, v) in headers {
+            map.insert(*k, *v);
+        }
+        js.publish_with_headers(subject.to_string(), map, payload.to_string().into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    })
+}
+
+/// A core NATS publish, as any client would make it (credentials in the URL).
+pub fn raw_publish(url: &str, subject: &str, payload: &[u8]) {
+    rt().block_on(async {
+        let (options, plain) = sluice_nats::options_for(url);
+        let client = options.connect(plain.as_str()).await.unwrap();
+        client
+            .publish(subject.to_string(), payload.to_vec().into())
+            .await
+            .unwrap();
+        client.flush().await.unwrap();
+    })
+}
+
+/// The JSON messages on `subject` (a pattern) that arrive at `url`'s client while `during`
+/// runs and for `window` after.
+pub fn collect(url: &str, subject: &str, window: Duration, during: impl FnOnce()) -> Vec<Value> {
+    let rt = rt();
+    let mut sub = rt.block_on(async {
+        let (options, plain) = sluice_nats::options_for(url);
+        let client = options.connect(plain.as_str()).await.unwrap();
+        let sub = client.subscribe(subject.to_string()).await.unwrap();
+        client.flush().await.unwrap();
+        (client, sub)
+    });
+    during();
+    rt.block_on(async {
+        use futures_util::StreamExt;
+        let mut out = Vec::new();
+        let deadline = tokio::time::Instant::now() + window;
+        while let Ok(Some(m)) = tokio::time::timeout_at(deadline, sub.1.next()).await {
+            if let Ok(v) = serde_json::from_slice(&m.payload) {
+                out.push(v);
+            }
+        }
+        out
+    })
+}
+
 /// One NATS request, as any client would make it; the reply's payload as text.
 pub fn raw_request(url: &str, subject: &str, payload: &[u8]) -> String {
     rt().block_on(async {
-        let client = async_nats::connect(url).await.unwrap();
+        let (options, plain) = sluice_nats::options_for(url);
+        let client = options.connect(plain.as_str()).await.unwrap();
         let reply = client
             .request(subject.to_string(), payload.to_vec().into())
             .await
@@ -1404,6 +1460,18 @@ fn trigger_values_reach_references_from_sluice_events_and_cloudevents_on_nats() 
         &cloud_event.to_string(),
         None,
     );
+    // The same in the NATS binding's binary mode: attributes in `ce-` headers, data the body.
+    publish_with_headers(
+        &url,
+        "sluice.default.trigger.tv",
+        r#"{"ref": "refs/heads/release", "commit": "bead01", "pusher": "cy", "build": "binary"}"#,
+        &[
+            ("ce-specversion", "1.0"),
+            ("ce-id", "ce-bin-1"),
+            ("ce-type", "dev.tekton.push"),
+            ("ce-source", "https://git.example.com/acme/app"),
+        ],
+    );
     let manual = client(
         &p,
         &url,
@@ -1467,6 +1535,24 @@ fn trigger_values_reach_references_from_sluice_events_and_cloudevents_on_nats() 
             &json!("dev.knative.release"),
             &json!("bo"),
             &json!("release")
+        ),
+        "{v:#}"
+    );
+    let v = values("ce-bin-1");
+    assert_eq!(
+        (
+            &v["Commit"],
+            &v["Branch"],
+            &v["Type"],
+            &v["Pusher"],
+            &v["Build"]
+        ),
+        (
+            &json!("bead01"),
+            &json!("release"),
+            &json!("dev.tekton.push"),
+            &json!("cy"),
+            &json!("binary")
         ),
         "{v:#}"
     );

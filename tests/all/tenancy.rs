@@ -625,3 +625,80 @@ fn tokens_decide_the_tenant_on_nats_with_two_engines() {
     let e: Value = serde_json::from_str(&ok(&globex, &["status", &id, "--json"])).unwrap();
     assert_eq!(status(&e), "InProgress");
 }
+
+/// With the sample `examples/hosting/nats-server.conf`, the NATS server decides the tenant:
+/// a client of account `acme` reaches ACME's API and trigger subjects and sees ACME's events,
+/// but naming GLOBEX reaches no engine, a trigger published on GLOBEX's subject starts nothing,
+/// and GLOBEX's events never arrive.
+#[test]
+fn tenants_are_nats_accounts_with_the_sample_server_config() {
+    use crate::harness::nats::NatsServer;
+    let nats = NatsServer::start_with_config(
+        &crate::harness::repo().join("examples/hosting/nats-server.conf"),
+    );
+    let at =
+        |user: &str, password: &str| format!("nats://{user}:{password}@127.0.0.1:{}", nats.port);
+    let (engine_url, acme, globex) = (
+        at("engine", "engine-secret"),
+        at("acme", "acme-secret"),
+        at("globex", "globex-secret"),
+    );
+    let p = Project::new(
+        "name: web\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: noop@1 }\n",
+    );
+    let _engine = Engine::start(p.dir.path(), "engine", &["--nats", &engine_url]);
+    let run = |url: &str, tenant: &str, args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--nats", url, "--tenant", tenant]);
+        p.sluice(&all)
+    };
+    wait_for(Duration::from_secs(30), "the engine to answer ACME", || {
+        (run(&acme, "acme", &["pipeline", "put", "pipeline.yaml"]).code == 0).then_some(())
+    });
+    assert_eq!(
+        run(&globex, "globex", &["pipeline", "put", "pipeline.yaml"]).code,
+        0
+    );
+    // ACME's own: start and read.
+    let id = run(&acme, "acme", &["start", "web"])
+        .stdout
+        .trim()
+        .to_string();
+    wait_for(Duration::from_secs(30), "ACME's execution", || {
+        let r = run(&acme, "acme", &["status", &id, "--json"]);
+        let e: Value = serde_json::from_str(&r.stdout).ok()?;
+        (status(&e) == "Succeeded").then_some(())
+    });
+    // ACME naming GLOBEX: no engine answers there for it.
+    for args in [
+        &["pipeline", "ls"][..],
+        &["start", "web"],
+        &["pipeline", "rm", "web"],
+    ] {
+        let r = run(&acme, "globex", args);
+        assert!(r.code != 0 && !r.stdout.contains("web"), "{args:?}: {r:?}");
+    }
+    // A trigger ACME publishes on GLOBEX's subject starts nothing; on its own, it starts one.
+    let events =
+        crate::service::collect(&acme, "sluice.*.events.>", Duration::from_secs(3), || {
+            crate::service::raw_publish(
+                &acme,
+                "sluice.globex.trigger.web",
+                br#"{"id": "forged-1"}"#,
+            );
+            crate::service::raw_publish(&acme, "sluice.acme.trigger.web", br#"{"id": "own-1"}"#);
+        });
+    assert!(events.iter().all(|e| e["tenant"] == "acme"), "{events:#?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["kind"] == "pipeline" && e["status"] == "Succeeded"),
+        "{events:#?}"
+    );
+    let globex_runs = run(&globex, "globex", &["executions", "--json"]);
+    assert_eq!(
+        globex_runs.stdout.matches("execution_id").count(),
+        0,
+        "{globex_runs:?}"
+    );
+}

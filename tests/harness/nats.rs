@@ -41,15 +41,26 @@ fn free_port() -> u16 {
 pub struct NatsServer {
     pub port: u16,
     store: tempfile::TempDir,
+    config: Option<PathBuf>,
     child: Option<Child>,
 }
 
 impl NatsServer {
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// A server started with the configuration file `config` (accounts, users).
+    pub fn start_with_config(config: &Path) -> Self {
+        Self::start_with(Some(config.to_path_buf()))
+    }
+
+    fn start_with(config: Option<PathBuf>) -> Self {
         check_version();
         let mut s = NatsServer {
             port: free_port(),
             store: tempfile::tempdir().unwrap(),
+            config,
             child: None,
         };
         s.spawn();
@@ -57,7 +68,11 @@ impl NatsServer {
     }
 
     fn spawn(&mut self) {
-        let child = Command::new(server_bin())
+        let mut command = Command::new(server_bin());
+        if let Some(c) = &self.config {
+            command.arg("-c").arg(c);
+        }
+        let child = command
             .args([
                 "-js",
                 "-a",

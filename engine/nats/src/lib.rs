@@ -42,10 +42,30 @@ pub use sluice_engine::subjects::*;
 /// Queue group of the engines' control subscriptions: one engine answers each request.
 pub const API_GROUP: &str = "sluice-engines";
 
+/// The options for `url`, with the user and password it carries (`nats://user:pass@host`,
+/// which the client library does not take from the URL itself: an account's user in a hosted
+/// setup, see examples/hosting/nats-server.conf), and the URL without them.
+pub fn options_for(url: &str) -> (async_nats::ConnectOptions, String) {
+    let options = async_nats::ConnectOptions::new();
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return (options, url.to_string());
+    };
+    let Some((credentials, host)) = rest.rsplit_once('@') else {
+        return (options, url.to_string());
+    };
+    let (user, password) = credentials.split_once(':').unwrap_or((credentials, ""));
+    (
+        options.user_and_password(user.to_string(), password.to_string()),
+        format!("{scheme}://{host}"),
+    )
+}
+
 /// Connect a client that keeps retrying (a NATS restart delays work, it does not stop it).
 pub async fn connect(url: &str) -> anyhow::Result<async_nats::Client> {
     let first = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-    async_nats::ConnectOptions::new()
+    let (options, url) = options_for(url);
+    let url = url.as_str();
+    options
         .event_callback(move |event| {
             let first = first.clone();
             async move {
@@ -74,7 +94,9 @@ pub async fn connect(url: &str) -> anyhow::Result<async_nats::Client> {
 
 /// Connect for a short client command: fail fast when nothing listens.
 pub async fn connect_client(url: &str) -> anyhow::Result<async_nats::Client> {
-    async_nats::ConnectOptions::new()
+    let (options, url) = options_for(url);
+    let url = url.as_str();
+    options
         .connection_timeout(Duration::from_secs(5))
         .request_timeout(Some(Duration::from_secs(60)))
         .connect(url)
@@ -183,5 +205,18 @@ impl Layout {
             triggers,
             jobs,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn credentials_in_a_url_become_options() {
+        let (_, url) = super::options_for("nats://acme:s3cret@127.0.0.1:4222");
+        assert_eq!(url, "nats://127.0.0.1:4222");
+        let (_, url) = super::options_for("nats://127.0.0.1:4222");
+        assert_eq!(url, "nats://127.0.0.1:4222");
+        let (_, url) = super::options_for("tls://user@host:4443");
+        assert_eq!(url, "tls://host:4443");
     }
 }

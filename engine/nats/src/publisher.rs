@@ -44,13 +44,12 @@ impl Publisher for NatsPublisher {
                     match clients.get(&url) {
                         Some(c) => c.clone(),
                         None => {
-                            let c = tokio::time::timeout(
-                                NATS_TIMEOUT,
-                                async_nats::connect(url.as_str()),
-                            )
-                            .await
-                            .map_err(|_| format!("connecting to {url} timed out"))?
-                            .map_err(|e| format!("cannot connect to {url}: {e}"))?;
+                            let (options, plain) = crate::options_for(&url);
+                            let c =
+                                tokio::time::timeout(NATS_TIMEOUT, options.connect(plain.as_str()))
+                                    .await
+                                    .map_err(|_| format!("connecting to {url} timed out"))?
+                                    .map_err(|e| format!("cannot connect to {url}: {e}"))?;
                             clients.insert(url.clone(), c.clone());
                             c
                         }

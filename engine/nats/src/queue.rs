@@ -146,9 +146,18 @@ impl WorkQueue for NatsQueue {
                 let delivered = message.info().map(|i| i.delivered as u64).unwrap_or(1);
                 let subject = message.subject.to_string();
                 let (message, acker) = message.split();
+                // A CloudEvent in binary mode becomes the structured event the trigger path reads.
+                let binary = message.headers.as_ref().and_then(|h| {
+                    sluice_engine::service::trigger::structured_from_binary(
+                        h.iter().flat_map(|(name, values)| {
+                            values.iter().map(move |v| (name.as_ref(), v.as_str()))
+                        }),
+                        &message.payload,
+                    )
+                });
                 return Ok(Delivery {
                     subject,
-                    payload: message.payload.to_vec(),
+                    payload: binary.unwrap_or_else(|| message.payload.to_vec()),
                     delivered,
                     handle: Box::new(Handle(acker)),
                 });

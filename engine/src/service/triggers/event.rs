@@ -155,6 +155,33 @@ fn cloud_event(v: &serde_json::Value) -> Result<TriggerEvent, String> {
     })
 }
 
+/// A CloudEvent in the NATS binding's binary mode (its attributes in `ce-` headers, its data
+/// the message body) as the structured-mode JSON [`TriggerEvent::parse`] reads; `None` when the
+/// headers carry no `ce-specversion` (an ordinary message).
+pub fn structured_from_binary<'h>(
+    headers: impl IntoIterator<Item = (&'h str, &'h str)>,
+    body: &[u8],
+) -> Option<Vec<u8>> {
+    let mut event = serde_json::Map::new();
+    for (name, value) in headers {
+        let lower = name.to_ascii_lowercase();
+        if let Some(attribute) = lower.strip_prefix("ce-")
+            && !attribute.is_empty()
+            && attribute != "data"
+        {
+            event.insert(attribute.to_string(), value.into());
+        }
+    }
+    if !event.contains_key("specversion") {
+        return None;
+    }
+    // JSON data stays JSON; anything else is kept as text.
+    let data = serde_json::from_slice::<serde_json::Value>(body)
+        .unwrap_or_else(|_| String::from_utf8_lossy(body).into_owned().into());
+    event.insert("data".into(), data);
+    serde_json::to_vec(&event).ok()
+}
+
 fn matches(patterns: &[crate::model::Located<String>], value: &str) -> bool {
     patterns.iter().any(|p| {
         globset::GlobBuilder::new(&p.value)
@@ -323,6 +350,39 @@ mod tests {
     /// Producers other than Sluice's own publishers: fields Sluice does not know are kept out
     /// of the way, `data`'s string fields become `#{trigger.data.KEY}`, and a CloudEvent (as
     /// Knative, Argo Events and Tekton Triggers send them) is read by its own field names.
+    #[test]
+    fn a_binary_mode_cloudevent_reads_like_a_structured_one() {
+        let headers = [
+            ("ce-specversion", "1.0"),
+            ("ce-id", "bin-1"),
+            ("ce-type", "dev.tekton.event"),
+            ("ce-source", "https://git.example.com/acme/app"),
+            ("Content-Type", "application/json"),
+        ];
+        let body = br#"{"ref": "refs/heads/main", "commit": "abc", "build": "7"}"#;
+        let json = structured_from_binary(headers, body).unwrap();
+        let event = TriggerEvent::parse(&json).unwrap();
+        assert_eq!(event.id, "bin-1");
+        let info = event.info();
+        assert_eq!(info.kind, "dev.tekton.event");
+        assert_eq!(info.commit.as_deref(), Some("abc"));
+        assert_eq!(info.git_ref.as_deref(), Some("refs/heads/main"));
+        assert_eq!(info.data.get("build").map(String::as_str), Some("7"));
+        // Not a CloudEvent: left as it is.
+        assert!(structured_from_binary([("Nats-Msg-Id", "x")], b"{}").is_none());
+        // Text data is kept as text.
+        let text = structured_from_binary(
+            [("ce-specversion", "1.0"), ("ce-id", "t"), ("ce-type", "x")],
+            b"plain",
+        )
+        .unwrap();
+        assert!(
+            String::from_utf8(text)
+                .unwrap()
+                .contains("\"data\":\"plain\"")
+        );
+    }
+
     #[test]
     fn events_from_other_producers_and_cloudevents_are_taken() {
         let e = TriggerEvent::parse(
