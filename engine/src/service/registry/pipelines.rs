@@ -99,7 +99,10 @@ pub async fn all_heads(kv: &dyn Kv) -> Result<Vec<(String, StoredPipeline)>, KvE
     let mut out = Vec::new();
     for key in kv.keys("").await? {
         let mut parts = key.split('/');
+        // No tenant starts with `_`: those keys are the service's own (`_auth/…`: tokens,
+        // tenants), not pipelines.
         if let (Some(tenant), Some(_), None) = (parts.next(), parts.next(), parts.next())
+            && !tenant.starts_with('_')
             && let Some((p, _)) = get_json::<StoredPipeline>(kv, &key).await?
         {
             out.push((tenant.to_string(), p));
