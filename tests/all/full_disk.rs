@@ -77,15 +77,7 @@ fn a_run_that_fills_its_disk_is_told_so_and_is_not_left_in_progress() {
     assert_eq!(shown.code, 0, "{shown:?}");
     let exec = shown.json();
     if run.stderr.contains("No space left on device") {
-        assert_eq!(status(&exec), "Stopped", "{exec:#}");
-        assert!(
-            exec["stop_reason"]
-                .as_str()
-                .unwrap_or_default()
-                .contains("ended without recording its end"),
-            "{exec:#}"
-        );
-        assert_eq!(status(action(&exec, "S/Fill")), "Abandoned");
+        crate::harness::assert_ended_by_a_dead_run(&exec, "S/Fill");
     } else {
         assert_eq!(status(&exec), "Failed", "{exec:#}");
     }

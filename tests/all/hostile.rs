@@ -508,13 +508,5 @@ fn a_host_program_dies_with_the_engine_that_started_it() {
     let shown = p.sluice(&["show", &id, "--json"]);
     assert_eq!(shown.code, 0, "{shown:?}");
     let exec = shown.json();
-    assert_eq!(status(&exec), "Stopped", "{exec:#}");
-    assert!(
-        exec["stop_reason"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("ended without recording its end"),
-        "{exec:#}"
-    );
-    assert_eq!(status(action(&exec, "S/Run")), "Abandoned");
+    crate::harness::assert_ended_by_a_dead_run(&exec, "S/Run");
 }

@@ -130,6 +130,20 @@ pub fn latest(p: &Project, args: &[&str]) -> String {
         .to_string()
 }
 
+/// Assert that `exec` was ended on open because its `sluice run` died: stopped, with the
+/// reason, and its running action `running` abandoned.
+pub fn assert_ended_by_a_dead_run(exec: &Value, running: &str) {
+    assert_eq!(status(exec), "Stopped", "{exec:#}");
+    assert!(
+        exec["stop_reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("ended without recording its end"),
+        "{exec:#}"
+    );
+    assert_eq!(status(action(exec, running)), "Abandoned");
+}
+
 /// The action `STAGE/ACTION` of an execution record.
 pub fn action<'a>(exec: &'a Value, path: &str) -> &'a Value {
     let (stage, action) = path.split_once('/').unwrap();

@@ -75,9 +75,11 @@ impl Service {
         if !self.auth_on() {
             return self.dispatch(principal, request).await;
         }
-        let audited = request.clone();
+        // What the audit needs, taken before the request is consumed (an upload may be large:
+        // no copy of it).
+        let call = crate::service::tenancy::Call::of(&request);
         let outcome = self.dispatch(principal, request).await;
-        self.audit_call(principal, &audited, &outcome).await;
+        self.audit_call(principal, &call, &outcome).await;
         outcome
     }
 

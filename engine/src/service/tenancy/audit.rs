@@ -6,7 +6,7 @@ use crate::kv::get_json;
 use crate::service::Service;
 use sluice_api::tenancy::AuditRecord;
 use sluice_api::verbs;
-use sluice_api::{ApiError, Code, Principal, Request, Role};
+use sluice_api::{ApiError, Code, Principal, Role};
 
 /// The most records `audit` returns.
 const MAX_AUDIT: usize = 1000;
@@ -67,14 +67,14 @@ impl Service {
     pub(in crate::service) async fn audit_call(
         &self,
         p: &Principal,
-        request: &Request,
+        call: &super::Call,
         outcome: &Result<serde_json::Value, ApiError>,
     ) {
         if !self.auth_on() {
             return;
         }
         let refused = outcome.as_ref().err();
-        let worth = request.role() != Role::Viewer
+        let worth = call.role != Role::Viewer
             || refused.is_some_and(|e| {
                 matches!(
                     e.code,
@@ -88,8 +88,8 @@ impl Service {
             at: crate::clock::now(),
             tenant: p.tenant.clone(),
             principal: p.name().to_string(),
-            verb: request.verb().to_string(),
-            target: request.target(),
+            verb: call.verb.to_string(),
+            target: call.target.clone(),
             outcome: refused.map_or("ok", |e| e.code.as_str()).to_string(),
             reason: refused.map(|e| e.message.clone()),
         })

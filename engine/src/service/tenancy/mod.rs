@@ -37,6 +37,23 @@ pub struct Tenancy {
     written: std::sync::atomic::AtomicU64,
 }
 
+/// What the audit records of a request: its verb, the role it needs and what it names.
+pub(in crate::service) struct Call {
+    verb: &'static str,
+    role: sluice_api::Role,
+    target: String,
+}
+
+impl Call {
+    pub(in crate::service) fn of(request: &sluice_api::Request) -> Self {
+        Call {
+            verb: request.verb(),
+            role: request.role(),
+            target: request.target(),
+        }
+    }
+}
+
 fn unauthenticated(message: impl Into<String>) -> ApiError {
     ApiError::new(Code::Unauthenticated, message)
 }
