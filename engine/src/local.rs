@@ -123,6 +123,37 @@ pub async fn describe_plugin(
         .await?)
 }
 
+/// Load a marketplace component into `data`'s compile cache (so the first run finds it
+/// compiled) and describe it. Nothing is stored: [`store_component`] does that once the
+/// user accepted it.
+pub async fn load_component(
+    data: &Path,
+    bytes: &[u8],
+) -> anyhow::Result<Arc<crate::plugins::Plugin>> {
+    let dirs = DataDir::create(data)?;
+    let runtime = Arc::new(crate::runtime::Runtime::new(
+        crate::runtime::RuntimeConfig {
+            cache_dir: Some(dirs.compiled()),
+        },
+    )?);
+    let scratch = tempfile::tempdir()?;
+    let store = Arc::new(LocalStore::open(scratch.path())?);
+    Ok(crate::plugins::Registry::new(runtime, store)
+        .load("(installing)", bytes)
+        .await?)
+}
+
+/// Keep a component in `data`'s store, where `uses:` through `sluice.lock` finds it.
+pub fn store_component(data: &Path, bytes: &[u8]) -> anyhow::Result<crate::artifacts::Digest> {
+    let dirs = DataDir::create(data)?;
+    Ok(LocalStore::open(dirs.cas())?.put_bytes(bytes)?)
+}
+
+/// Whether `data`'s store holds `digest`.
+pub fn has_component(data: &Path, digest: &crate::artifacts::Digest) -> bool {
+    LocalStore::open(data.join("cas")).is_ok_and(|s| s.get_bytes(digest).is_ok())
+}
+
 /// What a data directory keeps: the executions of local runs, their logs and their artifacts,
 /// and those of an embedded service that is not running.
 pub struct History {

@@ -4,6 +4,7 @@
 mod bench;
 mod follow;
 mod inspect;
+mod market;
 mod plugin_test;
 mod progress;
 mod scaffold;
@@ -116,7 +117,17 @@ enum Cmd {
         #[command(flatten)]
         target: service::Target,
     },
-    /// Inspect plugins.
+    /// Publisher keys for signing plugins.
+    Key {
+        #[command(subcommand)]
+        command: market::KeyCmd,
+    },
+    /// Which publishers' plugin signatures you trust, and for which repositories.
+    Trust {
+        #[command(subcommand)]
+        command: market::TrustCmd,
+    },
+    /// Inspect, test, publish and install plugins.
     Plugin {
         #[command(subcommand)]
         command: PluginCmd,
@@ -384,6 +395,16 @@ enum PluginCmd {
     Test(plugin_test::TestArgs),
     /// Create a new plugin crate that builds with `cargo build --release`.
     New(scaffold::NewArgs),
+    /// Publish a component to an OCI registry or a file:// folder, signed with --key.
+    Publish(market::PublishArgs),
+    /// Find plugins in a registry's catalog.
+    Search(market::SearchArgs),
+    /// A published plugin's description, versions, capabilities and signature.
+    Info(market::InfoArgs),
+    /// Fetch, verify and accept a plugin, and pin it in sluice.lock.
+    Install(market::InstallArgs),
+    /// Withdraw a published version (installs refuse it; locks keep working and warn).
+    Yank(market::YankArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -593,6 +614,11 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             PluginCmd::Describe { plugin, json } => inspect::describe_plugin(&plugin, json).await,
             PluginCmd::Test(args) => plugin_test::run(args).await,
             PluginCmd::New(args) => scaffold::run(args),
+            PluginCmd::Publish(args) => market::publish(args).await,
+            PluginCmd::Search(args) => market::search(args).await,
+            PluginCmd::Info(args) => market::info(args).await,
+            PluginCmd::Install(args) => market::install(args).await,
+            PluginCmd::Yank(args) => market::yank(args).await,
             PluginCmd::List => {
                 for name in sluice_engine::plugins::builtin::names() {
                     println!("{name}");
@@ -600,6 +626,8 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
         },
+        Cmd::Key { command } => market::key(command),
+        Cmd::Trust { command } => market::trust(command),
         Cmd::Artifact { command, data } => {
             let data = default_data(data);
             match command {

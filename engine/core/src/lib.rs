@@ -14,6 +14,7 @@
 mod digest;
 pub mod events;
 pub mod grants;
+pub mod lockfile;
 pub mod model;
 pub mod plugin;
 pub mod scheduler;

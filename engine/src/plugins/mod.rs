@@ -39,6 +39,25 @@ pub enum ComponentFileError {
     NotWasm(std::path::PathBuf),
 }
 
+/// Read a small text file (a lock), bounded, without blocking on a FIFO.
+pub fn read_text(path: &std::path::Path, max: u64) -> std::io::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut text = String::new();
+    file.take(max + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > max {
+        return Err(std::io::Error::other(format!("larger than {max} bytes")));
+    }
+    Ok(text)
+}
+
 /// Read the component file at `path`: opened without blocking (a FIFO must not hang the
 /// engine), a regular file, at most [`MAX_COMPONENT_BYTES`] (`/dev/zero` must not fill
 /// memory), binary WebAssembly (text would go to the WAT parser, whose errors quote it).

@@ -47,6 +47,8 @@ impl Registry {
             let bytes = super::read_component(&path)?;
             self.store.put_bytes(&bytes)?;
             bytes
+        } else if let Some((name, major)) = sluice_core::lockfile::marketplace_reference(uses) {
+            self.locked(uses, name, major, base)?
         } else {
             let (name, major) = uses.split_once('@').ok_or_else(|| {
                 PluginError::Reference(
@@ -76,6 +78,57 @@ impl Registry {
                 .to_vec()
         };
         self.load(uses, &bytes).await
+    }
+
+    /// A marketplace plugin (`NAMESPACE/NAME@MAJOR`): only through `sluice.lock` next to the
+    /// pipeline, and only the bytes it pins (already in the store: `sluice plugin install`
+    /// put them there).
+    fn locked(
+        &self,
+        uses: &str,
+        name: &str,
+        major: u64,
+        base: &Path,
+    ) -> Result<Vec<u8>, PluginError> {
+        use sluice_core::lockfile::{FILE_NAME, Lockfile, MAX_BYTES, major_of};
+        let path = base.join(FILE_NAME);
+        let fix = format!(
+            "run `sluice plugin install REGISTRY/{name}@{major}` in {}",
+            base.display()
+        );
+        if !path.exists() {
+            return Err(PluginError::Reference(format!(
+                "`{uses}` is a marketplace plugin and resolves only through {FILE_NAME}, which is missing: {fix}"
+            )));
+        }
+        let text = super::read_text(&path, MAX_BYTES)
+            .map_err(|e| PluginError::Reference(format!("{}: {e}", path.display())))?;
+        let lock = Lockfile::parse(&text)
+            .map_err(|e| PluginError::Reference(format!("{}: {e}", path.display())))?;
+        let Some(entry) = lock.get(name) else {
+            return Err(PluginError::Reference(format!(
+                "`{name}` is not in {FILE_NAME}: {fix}"
+            )));
+        };
+        if major_of(&entry.version) != Some(major) {
+            return Err(PluginError::Reference(format!(
+                "{FILE_NAME} has {name} {}, not a version {major}: {fix}",
+                entry.version
+            )));
+        }
+        let digest: Digest = entry
+            .blake3
+            .parse()
+            .map_err(|e| PluginError::Reference(format!("{FILE_NAME}: {name}: {e}")))?;
+        // The store checks a blob against its digest as it reads it.
+        self.store.get_bytes(&digest).map_err(|e| match e {
+            crate::artifacts::StoreError::NotFound(_) => PluginError::NotStored(format!(
+                "{name} {} ({digest}) is in {FILE_NAME} but not in this data folder: run `sluice plugin install` in {} to fetch what the lock pins",
+                entry.version,
+                base.display()
+            )),
+            other => PluginError::Store(other),
+        })
     }
 
     /// Load component bytes and describe them.
