@@ -16,6 +16,7 @@ mod hostile;
 mod http_api;
 mod http_plugins;
 mod logs;
+mod marketplace;
 mod notify;
 mod operating;
 mod plugins;

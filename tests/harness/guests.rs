@@ -17,6 +17,18 @@ pub fn hostile() -> &'static str {
     PATH.get_or_init(|| component("tests/guests/Cargo.toml", "sluice_test_hostile.wasm"))
 }
 
+/// The `greet` marketplace test plugin, 1.0.0 (no capabilities).
+pub fn greet_v1() -> &'static str {
+    static PATH: OnceLock<String> = OnceLock::new();
+    PATH.get_or_init(|| component("tests/guests/Cargo.toml", "greet_v1.wasm"))
+}
+
+/// The `greet` marketplace test plugin, 1.1.0 (declares outgoing HTTP).
+pub fn greet_v2() -> &'static str {
+    static PATH: OnceLock<String> = OnceLock::new();
+    PATH.get_or_init(|| component("tests/guests/Cargo.toml", "greet_v2.wasm"))
+}
+
 /// The example Rust function (examples/functions/rust-release-notes).
 pub fn rust_function() -> &'static str {
     static PATH: OnceLock<String> = OnceLock::new();

@@ -90,6 +90,9 @@ impl Transport {
                 registry,
                 repository,
             } => {
+                // reqwest (under oci-client) needs a process-wide TLS provider: ring, as
+                // async-nats uses. A second install fails harmlessly.
+                let _ = rustls::crypto::ring::default_provider().install_default();
                 let plain: Vec<String> = std::iter::once(registry.clone())
                     .filter(|r| loopback(r) || access.insecure.contains(r))
                     .collect();
@@ -245,8 +248,7 @@ impl Transport {
                 }
                 let mut out = Vec::new();
                 while let Some(chunk) = stream.stream.next().await {
-                    let chunk =
-                        chunk.map_err(|e| self.unreachable(format!("blob {digest}: {e}")))?;
+                    let chunk = chunk.map_err(|e| self.blob_error(digest, e))?;
                     if (out.len() + chunk.len()) as u64 > max {
                         return Err(TransportError::Refused(format!(
                             "{}: blob {digest} is larger than {max} bytes",
@@ -266,6 +268,19 @@ impl Transport {
             )));
         }
         Ok(bytes)
+    }
+
+    /// A failed blob read: oci-client checks the digest as the stream ends.
+    fn blob_error(&self, digest: &str, e: impl std::fmt::Display) -> TransportError {
+        let text = e.to_string();
+        if text.contains("Invalid digest") {
+            TransportError::Refused(format!(
+                "{}: blob {digest} was served with other bytes ({text}): it was tampered with",
+                self.repo
+            ))
+        } else {
+            self.unreachable(format!("blob {digest}: {text}"))
+        }
     }
 
     /// Store a blob; returns its digest.
