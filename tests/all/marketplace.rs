@@ -754,3 +754,135 @@ fn a_registry_that_serves_other_bytes_is_refused() {
     user.refused(&["plugin", "install", &format!("{greet}@1")], "tampered");
     assert!(!user.project.path("sluice.lock").exists());
 }
+
+#[test]
+fn a_tenant_installs_on_the_service_and_every_engine_runs_the_same_bytes() {
+    use crate::harness::nats::{Engine, NatsServer, wait_for};
+    use std::time::Duration;
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let shared = tempfile::tempdir().unwrap();
+    let greet = format!("file://{}/acme/greet", shared.path().display());
+    let user = User::new();
+    user.ok(&["key", "generate", "acme"]);
+    user.ok(&[
+        "plugin",
+        "publish",
+        greet_v1(),
+        &format!("{greet}:1.0.0"),
+        "--key",
+        &user.path("acme.key"),
+    ]);
+    user.ok(&[
+        "plugin",
+        "publish",
+        greet_v2(),
+        &format!("{greet}:1.1.0"),
+        "--key",
+        &user.path("acme.key"),
+    ]);
+    user.ok(&[
+        "trust",
+        "add",
+        "acme",
+        &user.path("acme.pub"),
+        "--scope",
+        &format!("file://{}/acme/*", shared.path().display()),
+    ]);
+    let _engines = [
+        Engine::start(user.project.dir.path(), "engine-a", &["--nats", &url]),
+        Engine::start(user.project.dir.path(), "engine-b", &["--nats", &url]),
+    ];
+    user.project.write("pipeline.yaml", GREET_PIPELINE);
+    // Not installed for the tenant yet: refused at the `uses:` line, with the fix.
+    let refused = wait_for(Duration::from_secs(30), "the engines to answer", || {
+        let r = user.sluice(&["pipeline", "put", "pipeline.yaml", "--nats", &url]);
+        (r.code != 0 && r.stderr.contains("not installed for this tenant")).then_some(r)
+    });
+    assert!(
+        refused.stderr.contains("pipeline.yaml:6:"),
+        "{}",
+        refused.stderr
+    );
+
+    // Install 1.0.0 for the tenant (the service keeps the component; no lock is written here).
+    let installed = user.ok(&[
+        "plugin",
+        "install",
+        &format!("{greet}:1.0.0"),
+        "--nats",
+        &url,
+    ]);
+    assert!(
+        installed
+            .stdout
+            .contains("for tenant default on the service"),
+        "{}",
+        installed.stdout
+    );
+    assert!(!user.project.path("sluice.lock").exists());
+    let listed = user.ok(&["plugin", "installed", "--nats", &url]);
+    assert!(
+        listed.stdout.contains("acme/greet") && listed.stdout.contains("1.0.0"),
+        "{}",
+        listed.stdout
+    );
+    user.ok(&["pipeline", "put", "pipeline.yaml", "--nats", &url]);
+    let mut ids = vec![];
+    for _ in 0..6 {
+        let start = user.ok(&["start", "market", "--nats", &url]);
+        ids.push(start.stdout.trim().to_string());
+    }
+    for id in &ids {
+        let exec = wait_for(Duration::from_secs(60), "the execution to end", || {
+            let r = user.sluice(&["status", id, "--json", "--nats", &url]);
+            let v: Value = serde_json::from_str(&r.stdout).ok()?;
+            (status(&v) == "Succeeded").then_some(v)
+        });
+        let greet = action(&exec, "Hello/Greet");
+        assert_eq!(greet["variables"]["Greeting"], "hello, Ada (greet 1.0.0)");
+        assert_eq!(
+            greet["plugin"]["digest"],
+            format!("blake3:{}", blake3_hex(greet_v1()))
+        );
+    }
+
+    // Installing 1.1.0 asks for its new capability against the tenant's 1.0.0, and changes
+    // only pipelines registered afterwards.
+    let no = user.sluice_answering(
+        &["plugin", "install", &format!("{greet}@^1"), "--nats", &url],
+        "n\n",
+    );
+    assert_ne!(no.code, 0);
+    assert!(no.stdout.contains("+ http"), "{}", no.stdout);
+    user.ok(&[
+        "plugin",
+        "install",
+        &format!("{greet}@^1"),
+        "--nats",
+        &url,
+        "--yes",
+    ]);
+    let start = user.ok(&["start", "market", "--watch", "--nats", &url]);
+    let id = start.stdout.trim().to_string();
+    let r = user.sluice(&["status", &id, "--json", "--nats", &url]);
+    let exec: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(
+        action(&exec, "Hello/Greet")["variables"]["Greeting"],
+        "hello, Ada (greet 1.0.0)"
+    );
+    user.project.write("pipeline.yaml", GREET_PIPELINE_HTTP);
+    user.ok(&["pipeline", "put", "pipeline.yaml", "--nats", &url]);
+    let start = user.ok(&["start", "market", "--watch", "--nats", &url]);
+    let id = start.stdout.trim().to_string();
+    let r = user.sluice(&["status", &id, "--json", "--nats", &url]);
+    let exec: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(
+        action(&exec, "Hello/Greet")["variables"]["Greeting"],
+        "hello, Ada (greet 1.1.0)"
+    );
+}
+
+fn blake3_hex(path: &str) -> String {
+    blake3::hash(&read(path)).to_hex().to_string()
+}

@@ -8,6 +8,7 @@ pub use crate::tenancy::{AuditRecord, Policy, Quotas, TenantInfo, TokenCreated, 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sluice_core::events::Event;
+use sluice_core::lockfile::Locked;
 use sluice_core::plugin::Description;
 use sluice_core::scheduler::lanes::Lanes;
 use sluice_core::scheduler::{Execution, Status, Timestamp};
@@ -118,6 +119,11 @@ verbs! {
     "logs" => Logs -> LogPage, Viewer;
     /// The plugins pipelines may use, with their descriptions.
     "plugin.ls" => PluginLs -> Vec<Description>, Viewer;
+    /// Keep a marketplace plugin for the tenant: the client fetched, verified and accepted it
+    /// (`sluice plugin install --service`); pipelines' `uses: NAMESPACE/NAME@MAJOR` resolve to it.
+    "plugin.install" => PluginInstall -> Locked, Developer;
+    /// The tenant's installed marketplace plugins.
+    "plugin.installed" => PluginInstalled -> Vec<Locked>, Viewer;
     /// Make a token for the tenant (shown once).
     "token.create" => TokenCreate -> TokenCreated, Admin;
     /// The tenant's tokens (never their secrets).
@@ -468,6 +474,28 @@ pub struct Logs {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginLs {}
+
+/// `plugin.install`. The engine checks the component against the entry (its blake3 digest,
+/// the name, version and capabilities it describes) before it keeps either.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginInstall {
+    /// The lock entry the client wrote after verifying the signature and the user accepted the
+    /// capabilities.
+    pub locked: Locked,
+    /// The component's bytes, base64 (at most [`MAX_UPLOAD`](crate::limits::MAX_UPLOAD)
+    /// bytes)…
+    #[serde(default)]
+    pub bytes: Option<String>,
+    /// …or the digest of a component already uploaded to the artifact store (NATS).
+    #[serde(default)]
+    pub digest: Option<String>,
+}
+
+/// `plugin.installed`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginInstalled {}
 
 /// `token.create`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -880,7 +908,9 @@ impl Request {
                 ("the stage name", r.stage.clone()),
                 ("the action name", r.action.clone()),
             ],
+            Request::PluginInstall(r) => vec![("the plugin", r.locked.name.clone())],
             Request::PluginLs(_)
+            | Request::PluginInstalled(_)
             | Request::BundlePut(_)
             | Request::TenantLs(_)
             | Request::Audit(_) => vec![],
@@ -977,6 +1007,6 @@ mod tests {
         v.sort();
         v.dedup();
         assert_eq!(v.len(), VERBS.len());
-        assert_eq!(VERBS.len(), 33);
+        assert_eq!(VERBS.len(), 35);
     }
 }

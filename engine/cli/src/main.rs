@@ -405,6 +405,8 @@ enum PluginCmd {
     Install(market::InstallArgs),
     /// Withdraw a published version (installs refuse it; locks keep working and warn).
     Yank(market::YankArgs),
+    /// The marketplace plugins sluice.lock pins (or, with --service, your tenant installed).
+    Installed(market::InstalledArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -619,6 +621,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             PluginCmd::Info(args) => market::info(args).await,
             PluginCmd::Install(args) => market::install(args).await,
             PluginCmd::Yank(args) => market::yank(args).await,
+            PluginCmd::Installed(args) => market::installed(args).await,
             PluginCmd::List => {
                 for name in sluice_engine::plugins::builtin::names() {
                     println!("{name}");

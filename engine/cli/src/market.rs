@@ -62,9 +62,14 @@ pub struct InstallArgs {
     /// The pipelines' folder: sluice.lock is written and sluice.toml read here.
     #[arg(long, default_value = ".")]
     dir: PathBuf,
-    /// Data folder that keeps the component and its compiled code [default: DIR/.sluice].
-    #[arg(long, env = "SLUICE_DATA")]
-    data: Option<PathBuf>,
+    /// Install it for your tenant on the service (the embedded one in --data, or on NATS with
+    /// --nats) instead of into sluice.lock: pipelines registered afterwards use it.
+    #[arg(long)]
+    service: bool,
+    /// The service (with --service), and --data: the data folder that keeps the component
+    /// and its compiled code [default: DIR/.sluice; for --service: ./.sluice].
+    #[command(flatten)]
+    target: crate::service::Target,
     /// Accept the capabilities it declares without asking.
     #[arg(long, short = 'y')]
     yes: bool,
@@ -419,18 +424,40 @@ fn confirm(question: &str) -> bool {
 /// `sluice plugin install`.
 pub async fn install(args: InstallArgs) -> anyhow::Result<ExitCode> {
     let config = Config::load(&args.dir)?;
+    let service = if args.service || args.target.nats.is_some() {
+        Some(args.target.client().await?)
+    } else {
+        None
+    };
     let data = args
+        .target
         .data
         .clone()
         .unwrap_or_else(|| args.dir.join(".sluice"));
     let mut lock = read_lock(&args.dir)?;
     let Some(reference) = args.reference.as_deref() else {
+        if service.is_some() {
+            bail!("name the plugin to install on the service: sluice plugin install REF --service");
+        }
         return sync(&lock, &data, &config).await;
     };
     let reference = parse_ref(reference, &config)?;
     let trust = Policy::load()?;
     let name = reference.repository.plugin_name();
-    let previous = lock.get(&name).cloned();
+    let previous = match &service {
+        Some(client) => installed_on(client)
+            .await?
+            .into_iter()
+            .find(|l| l.name == name),
+        None => lock.get(&name).cloned(),
+    };
+    // On the service the component is kept there; here it only needs describing.
+    let scratch = tempfile::tempdir()?;
+    let data = if service.is_some() {
+        scratch.path().to_path_buf()
+    } else {
+        data
+    };
     let options = install::Options {
         allow_unsigned: args.allow_unsigned,
         max_bytes: config.max_plugin_bytes,
@@ -525,12 +552,41 @@ pub async fn install(args: InstallArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    sluice_engine::local::store_component(&data, &fetched.bytes)?;
-    lock.upsert(fetched.locked(capabilities));
-    let path = write_lock(&args.dir, &lock)?;
     let major = semver::Version::parse(&fetched.version)
         .map(|v| v.major)
         .unwrap_or(0);
+    if let Some(client) = service {
+        let locked = fetched.locked(capabilities);
+        let request = if client.shares_host() {
+            sluice_api::verbs::PluginInstall {
+                locked,
+                bytes: Some(sluice_api::limits::encode_upload(&fetched.bytes)),
+                digest: None,
+            }
+        } else {
+            let digest = match client.upload(&name, fetched.bytes.clone()).await {
+                Ok(d) => d,
+                Err(e) => return crate::service::refused(e),
+            };
+            sluice_api::verbs::PluginInstall {
+                locked,
+                bytes: None,
+                digest: Some(digest),
+            }
+        };
+        if let Err(e) = client.call(&request.into()).await {
+            return crate::service::refused(e);
+        }
+        println!(
+            "installed {name} {} ({}) for tenant {} on the service",
+            fetched.version, fetched.blake3, args.target.tenant
+        );
+        println!("pipelines registered from now on may use it as `uses: {name}@{major}`");
+        return Ok(ExitCode::SUCCESS);
+    }
+    sluice_engine::local::store_component(&data, &fetched.bytes)?;
+    lock.upsert(fetched.locked(capabilities));
+    let path = write_lock(&args.dir, &lock)?;
     println!(
         "installed {name} {} ({}) into {}",
         fetched.version,
@@ -538,6 +594,61 @@ pub async fn install(args: InstallArgs) -> anyhow::Result<ExitCode> {
         path.display()
     );
     println!("use it in a pipeline as `uses: {name}@{major}`");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn installed_on(client: &sluice_api::Client) -> anyhow::Result<Vec<lockfile::Locked>> {
+    let reply = client
+        .call(&sluice_api::verbs::PluginInstalled {}.into())
+        .await
+        .map_err(|e| anyhow::anyhow!(e.message))?;
+    Ok(serde_json::from_value(reply)?)
+}
+
+/// `sluice plugin installed`.
+#[derive(Args, Debug)]
+pub struct InstalledArgs {
+    /// The pipelines' folder whose sluice.lock is listed.
+    #[arg(long, default_value = ".")]
+    dir: PathBuf,
+    /// List your tenant's installs on the service instead.
+    #[arg(long)]
+    service: bool,
+    #[command(flatten)]
+    target: crate::service::Target,
+}
+
+/// `sluice plugin installed`: what sluice.lock pins, or what the tenant installed.
+pub async fn installed(args: InstalledArgs) -> anyhow::Result<ExitCode> {
+    let entries = if args.service || args.target.nats.is_some() {
+        installed_on(&args.target.client().await?).await?
+    } else {
+        read_lock(&args.dir)?.plugins
+    };
+    if entries.is_empty() {
+        println!("no marketplace plugins installed");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<[String; 5]> = entries
+        .iter()
+        .map(|l| {
+            [
+                l.name.clone(),
+                l.version.clone(),
+                l.registry.clone(),
+                if l.unsigned {
+                    "UNSIGNED".into()
+                } else {
+                    "signed".into()
+                },
+                l.blake3.clone(),
+            ]
+        })
+        .collect();
+    print_table(
+        &["NAME", "VERSION", "REGISTRY", "SIGNATURE", "DIGEST"],
+        &rows,
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -164,6 +164,20 @@ impl Service {
             Request::TenantUsage(r) => reply(self.tenant_usage(p, r).await),
             Request::Audit(r) => reply(self.audit_ls(p, r).await),
             Request::PluginLs(_) => reply(self.plugin_list().await),
+            Request::PluginInstall(r) => {
+                let bytes = match &r.bytes {
+                    Some(b) => Some(sluice_api::limits::decode_upload(
+                        &format!("plugin `{}`", r.locked.name),
+                        b,
+                    )?),
+                    None => None,
+                };
+                reply(
+                    self.install_plugin(&p.tenant, r.locked, bytes, r.digest.as_deref())
+                        .await,
+                )
+            }
+            Request::PluginInstalled(_) => reply(self.installed_plugins(&p.tenant).await),
             Request::Approvals(r) => reply(self.waiting_approvals(p, r).await),
         }
     }
@@ -229,6 +243,21 @@ impl Service {
             digest.parse::<crate::artifacts::Digest>().map_err(|e| {
                 ApiError::invalid(format!("`pipeline.put`: plugin file {path}: {e}"))
             })?;
+        }
+        let mut plugins = plugins;
+        // Marketplace plugins resolve only to what the tenant installed, whatever the client
+        // sent: each `uses: NAMESPACE/NAME@MAJOR` is pinned to the installed digest.
+        plugins.retain(|uses, _| sluice_core::lockfile::marketplace_reference(uses).is_none());
+        for uses in crate::service::registry::pipelines::marketplace_uses(&yaml) {
+            if let Some(l) = crate::service::registry::installed::for_uses(
+                &*self.edges.pipelines,
+                &p.tenant,
+                &uses,
+            )
+            .await?
+            {
+                plugins.insert(uses, l.blake3);
+            }
         }
         let stored = StoredPipeline {
             name: String::new(),

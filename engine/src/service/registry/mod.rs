@@ -2,6 +2,7 @@
 //! and functions (`functions`), and each pipeline version parsed and resolved once per engine.
 pub mod bundles;
 pub mod functions;
+pub mod installed;
 pub mod pipelines;
 
 use super::*;
@@ -103,6 +104,7 @@ impl Service {
                 items: problems,
             });
         };
+        problems.extend(pipelines::pin_marketplace(&mut pipeline, &stored.plugins));
         if dir.is_none() {
             problems.extend(pipelines::without_dir(&mut pipeline, &stored.plugins));
         }

@@ -150,6 +150,50 @@ fn rules(p: &Pipeline) -> impl Iterator<Item = &String> {
     })
 }
 
+/// The marketplace plugins (`uses: NAMESPACE/NAME@MAJOR`) a pipeline's YAML names; empty
+/// when it does not parse (the parse error is reported when it is checked).
+pub fn marketplace_uses(yaml: &str) -> Vec<String> {
+    let (pipeline, _) = crate::model::parse::parse("", Default::default(), yaml);
+    let mut out: Vec<String> = pipeline
+        .iter()
+        .flat_map(|p| {
+            p.actions()
+                .map(|(_, _, a)| a.uses.value.clone())
+                .collect::<Vec<_>>()
+        })
+        .filter(|u| sluice_core::lockfile::marketplace_reference(u).is_some())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Pin every marketplace `uses:` to the digest `pins` holds for it (what the tenant had
+/// installed when the pipeline was registered); one that is not installed is a problem at its
+/// line that says the fix.
+pub fn pin_marketplace(p: &mut Pipeline, pins: &BTreeMap<String, String>) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    for stage in &mut p.stages {
+        for a in &mut stage.actions {
+            let Some((name, major)) = sluice_core::lockfile::marketplace_reference(&a.uses.value)
+            else {
+                continue;
+            };
+            match pins.get(&a.uses.value) {
+                Some(d) => a.uses.value = d.clone(),
+                None => out.push(Diagnostic {
+                    loc: a.uses.loc,
+                    message: format!(
+                        "action `{}`: `{name}@{major}` is not installed for this tenant: run `sluice plugin install REGISTRY/{name}@{major} --service` (with --nats URL for a service on NATS), then register the pipeline again",
+                        a.name
+                    ),
+                }),
+            }
+        }
+    }
+    out
+}
+
 const NO_DIR: &str =
     "a pipeline registered remotely (over NATS or HTTP) has no directory on the engine's host";
 

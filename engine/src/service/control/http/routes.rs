@@ -270,6 +270,7 @@ where
         .routes(routes!(action_logs))
         .routes(routes!(events))
         .routes(routes!(list_plugins))
+        .routes(routes!(installed_plugins, install_plugin))
         .routes(routes!(artifact_tar))
         .routes(routes!(artifact_files))
         // A path of any depth: axum's catch-all; the document names it `{path}` (in `Doc`).
@@ -1072,6 +1073,23 @@ async fn events(
     responses((status = 200, description = "`[{name, version, category, summary, config, capabilities, side_effects}]`", body = Value)))]
 async fn list_plugins(State(s): Shared) -> Reply {
     call(&s, verbs::PluginLs {}).await
+}
+
+/// The marketplace plugins installed for the tenant (`sluice plugin install --service`).
+#[utoipa::path(get, path = "/api/v1/plugins/installed", tag = "plugins",
+    responses((status = 200, description = "`[{name, requirement, version, registry, oci-digest, blake3, capabilities, publisher, unsigned}]`", body = Value)))]
+async fn installed_plugins(State(s): Shared) -> Reply {
+    call(&s, verbs::PluginInstalled {}).await
+}
+
+/// Install a marketplace plugin for the tenant: the body is `{locked, bytes}` (the lock entry
+/// the client wrote after verifying it, the component in base64); the service checks the
+/// component against the entry before it keeps either.
+#[utoipa::path(post, path = "/api/v1/plugins/installed", tag = "plugins",
+    request_body(content = Value, description = "`{locked: {name, version, blake3, capabilities, …}, bytes: base64}`"),
+    responses((status = 200, description = "The entry kept", body = Value), (status = 422, description = "The component is not what the entry says", body = Value)))]
+async fn install_plugin(State(s): Shared, Json(body): Json<verbs::PluginInstall>) -> Reply {
+    call(&s, body).await
 }
 
 // ---- Artifacts ----
