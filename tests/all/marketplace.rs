@@ -886,3 +886,50 @@ fn a_tenant_installs_on_the_service_and_every_engine_runs_the_same_bytes() {
 fn blake3_hex(path: &str) -> String {
     blake3::hash(&read(path)).to_hex().to_string()
 }
+
+#[test]
+fn sluice_toml_names_registries_by_alias_and_a_default_to_search() {
+    let shared = tempfile::tempdir().unwrap();
+    let ns = format!("file://{}/acme", shared.path().display());
+    let user = User::new();
+    user.ok(&["key", "generate", "acme"]);
+    user.ok(&[
+        "trust",
+        "add",
+        "acme",
+        &user.path("acme.pub"),
+        "--scope",
+        &format!("{ns}/*"),
+    ]);
+    user.project.write(
+        "sluice.toml",
+        &format!("default-registry = \"acme\"\n\n[registries]\nacme = \"{ns}\"\n"),
+    );
+    user.ok(&[
+        "plugin",
+        "publish",
+        greet_v1(),
+        "acme/greet:1.0.0",
+        "--key",
+        &user.path("acme.key"),
+    ]);
+    let found = user.ok(&["plugin", "search", "greet"]);
+    assert!(
+        found.stdout.contains("acme/greet  1.0.0"),
+        "{}",
+        found.stdout
+    );
+    user.ok(&["plugin", "install", "acme/greet@1"]);
+    assert_eq!(
+        user.lock().get("acme/greet", "registry"),
+        format!("{ns}/greet")
+    );
+    let exec = user.run_pipeline(GREET_PIPELINE);
+    assert_eq!(status(action(&exec, "Hello/Greet")), "Succeeded");
+    let unknown = user.sluice(&["plugin", "install", "zeta/greet@1"]);
+    assert!(
+        unknown.stderr.contains("no registry `zeta` in sluice.toml"),
+        "{}",
+        unknown.stderr
+    );
+}

@@ -95,28 +95,13 @@ impl Config {
 /// `~/.docker/config.json`, `auths.HOST.auth` = base64 of `user:password`), then
 /// `SLUICE_REGISTRY_USERNAME` / `SLUICE_REGISTRY_PASSWORD` for `SLUICE_REGISTRY_HOST`.
 pub fn credentials() -> BTreeMap<String, (String, String)> {
-    use base64::Engine as _;
     let mut out = BTreeMap::new();
     let docker = std::env::var_os("DOCKER_CONFIG")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker")))
         .map(|d| d.join("config.json"));
-    if let Some(bytes) = docker.and_then(|p| crate::transport::read_bounded(&p, 1 << 20).ok())
-        && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes)
-    {
-        for (host, entry) in v["auths"].as_object().into_iter().flatten() {
-            let decoded = entry["auth"]
-                .as_str()
-                .and_then(|a| base64::engine::general_purpose::STANDARD.decode(a).ok())
-                .and_then(|b| String::from_utf8(b).ok());
-            if let Some((user, pass)) = decoded.as_deref().and_then(|d| d.split_once(':')) {
-                let host = host
-                    .trim_start_matches("https://")
-                    .trim_start_matches("http://")
-                    .trim_end_matches('/');
-                out.insert(host.to_string(), (user.to_string(), pass.to_string()));
-            }
-        }
+    if let Some(bytes) = docker.and_then(|p| crate::transport::read_bounded(&p, 1 << 20).ok()) {
+        out.extend(docker_auths(&bytes));
     }
     if let (Ok(host), Ok(user), Ok(pass)) = (
         std::env::var("SLUICE_REGISTRY_HOST"),
@@ -126,4 +111,49 @@ pub fn credentials() -> BTreeMap<String, (String, String)> {
         out.insert(host, (user, pass));
     }
     out
+}
+
+/// The `auths` of a Docker `config.json`: host → (user, password) from each `auth` (base64 of
+/// `user:password`). Entries it cannot read are skipped (credential helpers are not run).
+pub fn docker_auths(config: &[u8]) -> BTreeMap<String, (String, String)> {
+    use base64::Engine as _;
+    let mut out = BTreeMap::new();
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(config) else {
+        return out;
+    };
+    for (host, entry) in v["auths"].as_object().into_iter().flatten() {
+        let decoded = entry["auth"]
+            .as_str()
+            .and_then(|a| base64::engine::general_purpose::STANDARD.decode(a).ok())
+            .and_then(|b| String::from_utf8(b).ok());
+        if let Some((user, pass)) = decoded.as_deref().and_then(|d| d.split_once(':')) {
+            let host = host
+                .trim_start_matches("https://")
+                .trim_start_matches("http://")
+                .trim_end_matches('/');
+            out.insert(host.to_string(), (user.to_string(), pass.to_string()));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_credentials_are_read_per_host() {
+        let config = br#"{"auths": {"https://ghcr.example": {"auth": "YWxpY2U6czNjcjN0"}, "registry.local:5000": {"auth": "Ym9iOnA6dw=="}, "helper.example": {}}}"#;
+        let auths = docker_auths(config);
+        assert_eq!(
+            auths["ghcr.example"],
+            ("alice".to_string(), "s3cr3t".to_string())
+        );
+        assert_eq!(
+            auths["registry.local:5000"],
+            ("bob".to_string(), "p:w".to_string())
+        );
+        assert!(!auths.contains_key("helper.example"));
+        assert!(docker_auths(b"not json").is_empty());
+    }
 }

@@ -450,18 +450,21 @@ fn artifacts(dir: &Path, mib: u64) -> anyhow::Result<bool> {
     Ok(put_ratio >= 0.7 && get_ratio >= 0.7)
 }
 
-/// Cold compile (and cache write) of a component against loading it from the compile cache,
-/// and its instantiate+call cost next to the no-op Rust component's (`bare`).
+/// What `sluice plugin install` does (compile, describe, write the data folder's compile
+/// cache) against what the first run after it does (load from that cache), and the
+/// component's instantiate+call cost next to the no-op Rust component's (`bare`).
 async fn compile_cache(dir: &Path, component: &Path, bare: Duration) -> anyhow::Result<bool> {
     use sluice_engine::runtime::{Runtime, RuntimeConfig};
     let bytes = std::fs::read(component)?;
-    let cache = dir.join("compile-cache");
+    let data = dir.join("installed");
+    let cache = data.join("compiled");
+    let t = Instant::now();
+    sluice_engine::local::load_component(&data, &bytes).await?;
+    let cold = t.elapsed();
     let cold_rt = Runtime::new(RuntimeConfig {
         cache_dir: Some(cache.clone()),
     })?;
-    let t = Instant::now();
     let digest = cold_rt.load(&bytes)?;
-    let cold = t.elapsed();
     let mut cached = Duration::MAX;
     for _ in 0..3 {
         // A fresh runtime each time: nothing in memory, only the cache on disk.
@@ -490,11 +493,11 @@ async fn compile_cache(dir: &Path, component: &Path, bare: Duration) -> anyhow::
     println!("| measure | time | |");
     println!("|---|---|---|");
     println!(
-        "| cold: compile with cranelift, write the cache | {:.0} ms | baseline |",
+        "| install: compile with cranelift, describe, write the cache | {:.0} ms | baseline |",
         cold.as_secs_f64() * 1e3
     );
     println!(
-        "| cached: load from the cache (mmap) | {:.2} ms | {:.2}% of cold — target ≤ 1% |",
+        "| first run after install: load from the cache (mmap) | {:.2} ms | {:.2}% of install — target ≤ 1% |",
         cached.as_secs_f64() * 1e3,
         ratio * 100.0
     );
