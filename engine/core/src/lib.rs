@@ -17,6 +17,7 @@ pub mod grants;
 pub mod lockfile;
 pub mod model;
 pub mod plugin;
+pub mod redact;
 pub mod scheduler;
 
 pub use digest::Digest;
