@@ -27,6 +27,7 @@ pub mod kv;
 pub mod local;
 pub mod metrics;
 pub mod plugins;
+pub mod secrets;
 pub mod queue;
 pub mod service;
 pub mod state;

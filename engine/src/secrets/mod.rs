@@ -1,0 +1,26 @@
+//! Secrets: tenant-scoped values a pipeline may hand to its actions, kept encrypted.
+//!
+//! Each value is sealed with XChaCha20-Poly1305 under its tenant's **data key**, its tenant and
+//! name bound in as associated data (a value moved to another name or tenant does not open).
+//! Each data key is itself sealed under the **master key** (`--master-key-file`, else
+//! `<data>/master.key`, made on first use, mode 0600), and the master key's id is stored with
+//! it, so `sluice secret rotate-key` re-seals data keys without touching values. Records live in
+//! a key-value bucket under `_secrets/<tenant>/`: the data folder's `secrets.redb` for local
+//! runs, the service's pipelines bucket (redb or NATS KV) for the service.
+//!
+//! Nothing here hands a value to a client: [`SecretStore::reveal`] is for the engine, which
+//! passes values only where [`crate::executor`] lets them go.
+pub mod keys;
+mod store;
+
+pub use keys::MasterKey;
+pub use store::{SecretError, SecretInfo, SecretStore};
+
+/// A secret's name: letters, digits and `_`, starting with a letter, at most 64 characters
+/// (it becomes `SLUICE_SECRET_<NAME>` for host programs).
+pub fn valid_name(name: &str) -> bool {
+    let mut c = name.chars();
+    matches!(c.next(), Some(f) if f.is_ascii_alphabetic())
+        && name.len() <= 64
+        && c.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
