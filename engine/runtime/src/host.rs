@@ -167,6 +167,11 @@ impl HostState {
         }
     }
 
+    /// Values the host puts in place of their placeholders in outgoing HTTP headers.
+    pub(super) fn http_secrets(&mut self, secrets: Vec<(String, String)>) {
+        self.http_guard.set_secrets(secrets);
+    }
+
     /// Let the guest publish to NATS subjects matching `grants`.
     pub(super) fn grant_nats(
         &mut self,

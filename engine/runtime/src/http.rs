@@ -12,6 +12,9 @@ pub use sluice_core::grants::http::{origin, valid_grant};
 pub(super) struct OriginGuard {
     allowed: Vec<String>,
     log: Arc<dyn LogSink>,
+    /// Secret placeholders in the guest's configuration and the values the host puts in
+    /// their place in request headers (the guest never holds a value).
+    secrets: Vec<(String, String)>,
 }
 
 impl OriginGuard {
@@ -22,7 +25,38 @@ impl OriginGuard {
                 .filter_map(|g| origin(g.trim_end_matches('/')))
                 .collect(),
             log,
+            secrets: Vec::new(),
         }
+    }
+
+    pub(super) fn set_secrets(&mut self, secrets: Vec<(String, String)>) {
+        self.secrets = secrets;
+    }
+
+    /// Whether any header carries a secret placeholder.
+    fn carries_placeholder(&self, request: &http::Request<wasmtime_wasi_http::WasiBody>) -> bool {
+        request.headers().values().any(|v| {
+            let v = String::from_utf8_lossy(v.as_bytes());
+            self.secrets.iter().any(|(p, _)| v.contains(p.as_str()))
+        })
+    }
+
+    /// Put the values in place of their placeholders in the request's headers.
+    fn substitute(&self, request: &mut http::Request<wasmtime_wasi_http::WasiBody>) -> Result<(), String> {
+        for value in request.headers_mut().values_mut() {
+            let text = String::from_utf8_lossy(value.as_bytes()).into_owned();
+            if !self.secrets.iter().any(|(p, _)| text.contains(p.as_str())) {
+                continue;
+            }
+            let mut replaced = text;
+            for (placeholder, secret) in &self.secrets {
+                replaced = replaced.replace(placeholder.as_str(), secret);
+            }
+            *value = http::HeaderValue::from_str(&replaced)
+                .map_err(|_| "a secret cannot be sent in a header (it holds characters a header may not)".to_string())?;
+            value.set_sensitive(true);
+        }
+        Ok(())
     }
 }
 
@@ -46,7 +80,17 @@ impl WasiHttpHooks for OriginGuard {
         let granted = origin.as_ref().is_some_and(|o| self.allowed.contains(o));
         if !granted {
             let shown = origin.unwrap_or_else(|| request.uri().to_string());
-            self.log.log(Level::Warn, &format!("outbound HTTP to {shown} denied: not granted (capabilities: {{ http: [{shown}] }})"), &[]);
+            let carrying = if self.carries_placeholder(&request) {
+                " (it carried a secret's placeholder; the secret was not sent)"
+            } else {
+                ""
+            };
+            self.log.log(Level::Warn, &format!("outbound HTTP to {shown} denied: not granted (capabilities: {{ http: [{shown}] }}){carrying}"), &[]);
+            return Box::new(async { Err(Error::HttpRequestDenied) });
+        }
+        let mut request = request;
+        if let Err(e) = self.substitute(&mut request) {
+            self.log.log(Level::Error, &format!("outbound HTTP to {} refused: {e}", request.uri()), &[]);
             return Box::new(async { Err(Error::HttpRequestDenied) });
         }
         self.log.log(

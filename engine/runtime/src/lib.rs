@@ -173,6 +173,8 @@ pub struct Invocation {
     pub exclude: Vec<PathBuf>,
     /// Origins the guest may send HTTP requests to (`scheme://host[:port]`).
     pub http: Vec<String>,
+    /// Secret placeholders → values, put into request headers to granted origins.
+    pub http_secrets: Vec<(String, String)>,
     /// NATS subjects (patterns) the guest may publish to.
     pub nats: Vec<String>,
     /// Guest memory cap in bytes.
@@ -548,6 +550,7 @@ impl Runtime {
             program_env: Vec::new(),
             exclude: Vec::new(),
             http: Vec::new(),
+            http_secrets: Vec::new(),
             nats: Vec::new(),
             memory_limit: DEFAULT_MEMORY,
             timeout: check.timeout,
@@ -629,6 +632,7 @@ impl Runtime {
             self.budget.per_call,
         );
         state.grant_nats(take(&mut inv.nats), self.nats.clone());
+        state.http_secrets(take(&mut inv.http_secrets));
         Ok((self.store(state), stdout, stderr))
     }
 

@@ -88,6 +88,10 @@ pub struct JobSpec {
     /// For `invoke@1`: the function to call and its parameters.
     #[serde(default)]
     pub invoke: Option<InvokeSpec>,
+    /// The secrets this action lists: the pipeline's name for each → the stored secret.
+    /// Names only: values are fetched where the job runs, and never queued or stored.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, String>,
 }
 
 /// What `invoke@1` calls.
@@ -206,6 +210,8 @@ impl JobSpec {
                     _ => None,
                 },
                 "trigger" => crate::scheduler::trigger_value(exec.trigger.as_ref(), key),
+                // The guest sees a placeholder; the host puts the value where it may go.
+                "secrets" => Some(crate::secrets::placeholder(key)),
                 other => namespaces
                     .get(other)
                     .and_then(|vars| vars.get(key).cloned()),
@@ -295,6 +301,15 @@ impl JobSpec {
             output_limits: action.output_limits,
             timeout: action.timeout.or(p.timeout).unwrap_or(DEFAULT_TIMEOUT),
             pipeline_dir: p.dir.clone(),
+            secrets: action
+                .secrets
+                .iter()
+                .filter_map(|s| {
+                    p.secrets
+                        .get(&s.value)
+                        .map(|from| (s.value.clone(), from.value.clone()))
+                })
+                .collect(),
         })
     }
 }
@@ -302,6 +317,8 @@ impl JobSpec {
 /// What a worker needs besides the job.
 #[derive(Clone)]
 pub struct JobContext {
+    /// Where the values of secrets come from (`None`: jobs listing secrets fail, saying so).
+    pub secrets: Option<Arc<dyn SecretSource>>,
     /// The sandbox.
     pub runtime: Arc<Runtime>,
     /// Artifact blobs.
@@ -396,15 +413,139 @@ impl Leftover {
     }
 }
 
+/// Where a job's secret values come from: the engine's secret store.
+pub trait SecretSource: Send + Sync {
+    /// The value of the stored secret `name` for `pipeline` of `tenant`.
+    fn reveal<'a>(
+        &'a self,
+        tenant: &'a str,
+        name: &'a str,
+        pipeline: &'a str,
+    ) -> futures_util::future::BoxFuture<'a, Result<String, String>>;
+}
+
+impl SecretSource for crate::secrets::SecretStore {
+    fn reveal<'a>(
+        &'a self,
+        tenant: &'a str,
+        name: &'a str,
+        pipeline: &'a str,
+    ) -> futures_util::future::BoxFuture<'a, Result<String, String>> {
+        Box::pin(async move {
+            crate::secrets::SecretStore::reveal(self, tenant, name, pipeline)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// The values of the secrets a job lists, by the pipeline's names.
+async fn reveal_secrets(cx: &JobContext, job: &JobSpec) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    if job.secrets.is_empty() {
+        return Ok(out);
+    }
+    let Some(source) = &cx.secrets else {
+        return Err("this action uses secrets, and this engine has no secret store".to_string());
+    };
+    for (name, stored) in &job.secrets {
+        let value = source
+            .reveal(&job.tenant, stored, &job.pipeline)
+            .await
+            .map_err(|e| format!("secret `{name}`: {e}"))?;
+        out.insert(name.clone(), value);
+    }
+    Ok(out)
+}
+
+/// An action's log with its secrets' values (in every form) masked before anything is written.
+struct RedactingLog {
+    inner: Arc<dyn LogSink>,
+    redactor: sluice_core::redact::Redactor,
+    stream: std::sync::Mutex<sluice_core::redact::Stream<(Level, Vec<(String, String)>)>>,
+}
+
+impl RedactingLog {
+    fn new(inner: Arc<dyn LogSink>, redactor: sluice_core::redact::Redactor) -> Self {
+        RedactingLog {
+            inner,
+            stream: std::sync::Mutex::new(sluice_core::redact::Stream::new(redactor.clone())),
+            redactor,
+        }
+    }
+
+    /// Write what was held back (the action ended).
+    fn finish(&self) {
+        let held = self.stream.lock().unwrap().finish();
+        for (message, (level, fields)) in held {
+            self.inner.log(level, &message, &fields);
+        }
+    }
+}
+
+impl LogSink for RedactingLog {
+    fn log(&self, level: Level, message: &str, fields: &[(String, String)]) {
+        let fields: Vec<(String, String)> = fields
+            .iter()
+            .map(|(k, v)| (k.clone(), self.redactor.redact(v)))
+            .collect();
+        let ready = self
+            .stream
+            .lock()
+            .unwrap()
+            .push(message.to_string(), (level, fields));
+        for (message, (level, fields)) in ready {
+            self.inner.log(level, &message, &fields);
+        }
+    }
+}
+
+/// What an action returns, with its secrets' values masked (a guest could copy one into a
+/// variable, its summary or its error, which are stored and shown).
+fn redact_result(result: ActionResult, r: &sluice_core::redact::Redactor) -> ActionResult {
+    if r.is_empty() {
+        return result;
+    }
+    match result {
+        ActionResult::Succeeded { variables, artifacts, summary } => ActionResult::Succeeded {
+            variables: variables.into_iter().map(|(k, v)| (k, r.redact(&v))).collect(),
+            artifacts,
+            summary: summary.map(|s| r.redact(&s)),
+        },
+        ActionResult::Pending { continuation, wake, summary, percent, deadline } => ActionResult::Pending {
+            continuation,
+            wake,
+            summary: summary.map(|s| r.redact(&s)),
+            percent,
+            deadline,
+        },
+        ActionResult::Failed { error, kind } => ActionResult::Failed { error: r.redact(&error), kind },
+    }
+}
+
 /// Run a job: prepare its workspace, call the plugin, collect its outputs. Never panics or
 /// fails the engine: every problem becomes the action's failure. The workspace comes back as
 /// a [`Leftover`] so that emptying it happens after the result is on its way.
 pub async fn execute(cx: &JobContext, job: &JobSpec) -> (ActionResult, Leftover) {
-    let log: Arc<dyn LogSink> =
+    let raw_log: Arc<dyn LogSink> =
         Arc::new(
             cx.logs
                 .sink(&job.execution_id, &job.stage, &job.action, job.attempt),
         );
+    let secrets = match reveal_secrets(cx, job).await {
+        Ok(s) => s,
+        Err(error) => {
+            raw_log.log(Level::Error, &error, &[]);
+            let kind = FailureKind::Permanent;
+            return (ActionResult::Failed { error, kind }, Leftover(None));
+        }
+    };
+    let redactor = sluice_core::redact::Redactor::new(secrets.values().map(String::as_str));
+    let redacting = (!redactor.is_empty()).then(|| Arc::new(RedactingLog::new(raw_log.clone(), redactor.clone())));
+    let log: Arc<dyn LogSink> = match &redacting {
+        Some(r) => r.clone(),
+        None => raw_log,
+    };
     let (result, leftover) = match cx.workspaces.take() {
         Ok(ws) => {
             // `in/` and `out/` exist only if the job has inputs or outputs; host programs run
@@ -414,7 +555,8 @@ pub async fn execute(cx: &JobContext, job: &JobSpec) -> (ActionResult, Leftover)
                 outputs: !job.outputs.is_empty(),
                 anything: !job.programs.is_empty(),
             };
-            let mut result = run_in(cx, job, &ws.path, ws.scratch.clone(), log.clone()).await;
+            let mut result =
+                run_in(cx, job, &ws.path, ws.scratch.clone(), log.clone(), &secrets).await;
             if let Err(error) = &mut result {
                 name_a_full_disk(error, &ws.path);
             }
@@ -449,7 +591,10 @@ pub async fn execute(cx: &JobContext, job: &JobSpec) -> (ActionResult, Leftover)
             &[],
         );
     }
-    (result, leftover)
+    if let Some(r) = &redacting {
+        r.finish();
+    }
+    (redact_result(result, &redactor), leftover)
 }
 
 /// Free bytes below which a failed action's disk counts as full.
@@ -499,6 +644,7 @@ async fn run_in(
     ws: &Path,
     scratch: Option<crate::runtime::Preopened>,
     log: Arc<dyn LogSink>,
+    secrets: &BTreeMap<String, String>,
 ) -> Result<ActionResult, String> {
     // The time limit covers the whole attempt, collecting its outputs included.
     let deadline = std::time::Instant::now() + job.timeout;
@@ -610,7 +756,7 @@ async fn run_in(
         }
     }
     // Only host programs see these; an action with no program grants needs none of them.
-    let program_env = if job.programs.is_empty() {
+    let mut program_env = if job.programs.is_empty() {
         Vec::new()
     } else {
         vec![
@@ -633,6 +779,12 @@ async fn run_in(
             ),
         ]
     };
+    // Granted host programs get the values in their environment.
+    if !job.programs.is_empty() {
+        for (name, value) in secrets {
+            program_env.push((format!("SLUICE_SECRET_{}", name.to_uppercase()), value.clone()));
+        }
+    }
     let inv = Invocation {
         context: ActionContext {
             tenant: job.tenant.clone(),
@@ -660,6 +812,10 @@ async fn run_in(
         program_env,
         exclude,
         http: job.http.clone(),
+        http_secrets: secrets
+            .iter()
+            .map(|(name, value)| (crate::secrets::placeholder(name), value.clone()))
+            .collect(),
         nats: job.nats.clone(),
         memory_limit: job.memory,
         timeout: job.timeout,

@@ -49,6 +49,8 @@ pub struct Engine {
     pub protected: Arc<Vec<PathBuf>>,
     /// The data directory (its real path).
     pub data: PathBuf,
+    /// Where secret values come from (`None` until the caller opens a secret store).
+    pub secrets: Option<Arc<dyn job::SecretSource>>,
 }
 
 /// The embedded engine's data directory layout.
@@ -148,6 +150,7 @@ impl Engine {
             ),
             protected: Arc::new(dirs.protected()),
             data: dirs.root.clone(),
+            secrets: None,
         })
     }
 
@@ -180,6 +183,7 @@ impl Engine {
             ),
             protected: Arc::new(dirs.protected()),
             data: dirs.root.clone(),
+            secrets: None,
         })
     }
 
@@ -296,6 +300,7 @@ impl Engine {
     /// What one job needs to run (for tools that run a single job: `plugin test`, the bench).
     pub fn job_context(&self) -> job::JobContext {
         job::JobContext {
+            secrets: self.secrets.clone(),
             runtime: self.registry.runtime().clone(),
             blobs: self.blobs.clone(),
             logs: self.logs.clone(),

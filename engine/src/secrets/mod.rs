@@ -16,11 +16,10 @@ mod store;
 pub use keys::MasterKey;
 pub use store::{SecretError, SecretInfo, SecretStore};
 
-/// A secret's name: letters, digits and `_`, starting with a letter, at most 64 characters
-/// (it becomes `SLUICE_SECRET_<NAME>` for host programs).
-pub fn valid_name(name: &str) -> bool {
-    let mut c = name.chars();
-    matches!(c.next(), Some(f) if f.is_ascii_alphabetic())
-        && name.len() <= 64
-        && c.all(|c| c.is_ascii_alphanumeric() || c == '_')
+pub use sluice_core::model::valid_secret_name as valid_name;
+
+/// What a guest sees where its configuration says `#{secrets.NAME}`: the host puts the value
+/// in its place only in requests to the action's granted HTTP origins.
+pub fn placeholder(name: &str) -> String {
+    format!("[sluice-secret:{name}]")
 }

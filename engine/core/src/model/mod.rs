@@ -80,6 +80,17 @@ pub struct Pipeline {
     /// No path may lead out of [`Self::dir`], even one a variable fills in at run time: the
     /// pipeline was registered with its uploaded folder, which is all it may reach.
     pub confined: bool,
+    /// `secrets:`: the name `#{secrets.NAME}` uses → the stored secret it reads (`from`).
+    pub secrets: BTreeMap<String, Located<String>>,
+}
+
+/// A secret's name (in `secrets:` and as stored): letters, digits and `_`, starting with a
+/// letter, at most 64 characters.
+pub fn valid_secret_name(name: &str) -> bool {
+    let mut c = name.chars();
+    matches!(c.next(), Some(f) if f.is_ascii_alphabetic())
+        && name.len() <= 64
+        && c.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// Whether `subject` may be an extra trigger subject: a valid NATS subject (wildcards allowed)
@@ -210,6 +221,8 @@ pub struct Action {
     pub retry: Option<crate::scheduler::RetryPolicy>,
     /// Static grants.
     pub capabilities: Capabilities,
+    /// `secrets:`: the pipeline's secrets this action may use.
+    pub secrets: Vec<Located<String>>,
 }
 
 /// What an action may reach outside its sandbox. Deny by default.

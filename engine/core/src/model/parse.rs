@@ -17,6 +17,7 @@ pub const PIPELINE_KEYS: &[&str] = &[
     "timeout",
     "execution_mode",
     "triggers",
+    "secrets",
     "stages",
 ];
 /// Keys accepted under `triggers`.
@@ -58,6 +59,7 @@ pub const ACTION_KEYS: &[&str] = &[
     "retry",
     "limits",
     "capabilities",
+    "secrets",
 ];
 /// Keys accepted under `retry`.
 pub const RETRY_KEYS: &[&str] = &["max_attempts", "backoff", "on_timeout"];
@@ -321,6 +323,42 @@ impl Parser<'_> {
         node
     }
 
+    /// `secrets: { NAME: { from: STORED_NAME } }`: the names `#{secrets.NAME}` uses, each the
+    /// stored secret it reads.
+    fn secrets(&mut self, node: &Node) -> BTreeMap<String, Located<String>> {
+        let mut out = BTreeMap::new();
+        let Some(map) = node.as_mapping() else {
+            self.err(loc(node), "`secrets` must be a mapping of NAME: { from: STORED_NAME }");
+            return out;
+        };
+        for (k, v) in map.iter() {
+            let name = k.as_str();
+            let what = format!("secret `{name}`");
+            if !super::valid_secret_name(name) {
+                self.err(
+                    loc(v),
+                    format!("{what}: a secret name is letters, digits and _, starting with a letter"),
+                );
+                continue;
+            }
+            let Some(m) = self.mapping(v, &what, &["from"]) else {
+                continue;
+            };
+            if let Some(from) = self.required(m, "from", &what, loc(v))
+                && let Some(from) = self.scalar(from, &format!("{what}: `from`"))
+            {
+                if !super::valid_secret_name(&from.value) {
+                    self.err(
+                        from.loc,
+                        format!("{what}: `from: {}` is not a stored secret's name", from.value),
+                    );
+                }
+                out.insert(name.to_string(), from);
+            }
+        }
+        out
+    }
+
     fn string_list(&mut self, node: &Node, what: &str) -> Vec<Located<String>> {
         let Some(seq) = node.as_sequence() else {
             self.err(loc(node), format!("{what} must be a list, e.g. [a, b]"));
@@ -342,6 +380,7 @@ impl Parser<'_> {
             file: file.to_string(),
             dir,
             confined: false,
+            secrets: BTreeMap::new(),
         };
         let Some(map) = self.mapping(root, "the pipeline", PIPELINE_KEYS) else {
             return pipeline;
@@ -382,6 +421,9 @@ impl Parser<'_> {
         }
         if let Some(n) = map.get_node("triggers") {
             pipeline.triggers = self.triggers(n);
+        }
+        if let Some(n) = map.get_node("secrets") {
+            pipeline.secrets = self.secrets(n);
         }
         if let Some(vars) = map.get_node("variables") {
             if let Some(vmap) = vars.as_mapping() {
@@ -606,6 +648,7 @@ impl Parser<'_> {
             output_limits: Default::default(),
             retry: None,
             capabilities: Capabilities::default(),
+            secrets: Vec::new(),
         };
         if let Some(with) = map.get_node("with") {
             if let Some(wmap) = with.as_mapping() {
@@ -624,6 +667,9 @@ impl Parser<'_> {
         }
         if let Some(n) = map.get_node("inputs") {
             action.inputs = self.string_list(n, "`inputs`");
+        }
+        if let Some(n) = map.get_node("secrets") {
+            action.secrets = self.string_list(n, "`secrets`");
         }
         if let Some(n) = map.get_node("outputs") {
             action.outputs = self.string_list(n, "`outputs`");
@@ -757,8 +803,13 @@ impl Parser<'_> {
                 let input = self
                     .required(map, "input", "a `variable-check` rule", at)
                     .and_then(|n| self.scalar(n, "`input`"))?;
-                if let Err(e) = super::template::references(&input.value) {
-                    self.err(input.loc, format!("`input`: {e}"));
+                match super::template::references(&input.value) {
+                    Err(e) => self.err(input.loc, format!("`input`: {e}")),
+                    Ok(refs) if refs.iter().any(|r| r.namespace == "secrets") => self.err(
+                        input.loc,
+                        "`input`: a secret may only be used in the `with:` of an action that lists it in `secrets:`",
+                    ),
+                    Ok(_) => {}
                 }
                 let op = self
                     .required(map, "operator", "a `variable-check` rule", at)
@@ -829,8 +880,13 @@ impl Parser<'_> {
                                     self.scalar(v, &format!("`with.{}`", k.as_str()))
                                 {
                                     self.check_comment_cut(k, &value);
-                                    if let Err(e) = super::template::references(&value.value) {
-                                        self.err(value.loc, format!("`with.{}`: {e}", k.as_str()));
+                                    match super::template::references(&value.value) {
+                                        Err(e) => self.err(value.loc, format!("`with.{}`: {e}", k.as_str())),
+                                        Ok(refs) if refs.iter().any(|r| r.namespace == "secrets") => self.err(
+                                            value.loc,
+                                            format!("`with.{}`: a secret may only be used in the `with:` of an action that lists it in `secrets:`, not a rule's", k.as_str()),
+                                        ),
+                                        Ok(_) => {}
                                     }
                                     with.insert(k.as_str().to_string(), value.value);
                                 }

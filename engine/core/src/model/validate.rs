@@ -160,12 +160,12 @@ pub fn validate(
             }
             if let Some(ns) = &a.namespace {
                 if !is_valid_name(&ns.value)
-                    || ["variables", "sluice", "trigger"].contains(&ns.value.as_str())
+                    || ["variables", "sluice", "trigger", "secrets"].contains(&ns.value.as_str())
                 {
                     err(
                         ns.loc,
                         format!(
-                            "namespace {:?} must be {NAME_RULE} and not be `variables`, `sluice` or `trigger`",
+                            "namespace {:?} must be {NAME_RULE} and not be `variables`, `sluice`, `trigger` or `secrets`",
                             ns.value
                         ),
                     );
@@ -241,6 +241,21 @@ pub fn validate(
                 _ => {}
             }
         }
+        for s in &a.secrets {
+            if !p.secrets.contains_key(&s.value) {
+                let known: Vec<&str> = p.secrets.keys().map(String::as_str).collect();
+                let hint = suggest(&s.value, &known)
+                    .map(|k| format!("; did you mean `{k}`?"))
+                    .unwrap_or_default();
+                err(
+                    s.loc,
+                    format!(
+                        "action `{}`: secret `{}` is not declared in the pipeline's `secrets:`{hint}",
+                        a.name, s.value
+                    ),
+                );
+            }
+        }
         for (key, value) in &a.with {
             let refs = match template::references(&value.value) {
                 Ok(r) => r,
@@ -276,6 +291,25 @@ pub fn validate(
                                     "`#{{trigger.{}}}`: unknown; available: {}, data.KEY",
                                     r.key,
                                     crate::scheduler::TRIGGER_KEYS.join(", ")
+                                ),
+                            );
+                        }
+                    }
+                    "secrets" => {
+                        if !p.secrets.contains_key(&r.key) {
+                            err(
+                                at,
+                                format!(
+                                    "`#{{secrets.{}}}`: no secret `{}` is declared in the pipeline's `secrets:`",
+                                    r.key, r.key
+                                ),
+                            );
+                        } else if !a.secrets.iter().any(|s| s.value == r.key) {
+                            err(
+                                at,
+                                format!(
+                                    "`#{{secrets.{}}}`: action `{}` does not list `{}` in its `secrets:`, so it may not use it",
+                                    r.key, a.name, r.key
                                 ),
                             );
                         }
@@ -351,7 +385,9 @@ pub fn validate(
                     .iter()
                     .find(|r| r.namespace != "variables" && r.namespace != "sluice")
             {
-                let from = if r.namespace == "trigger" {
+                let from = if r.namespace == "secrets" {
+                    "a secret"
+                } else if r.namespace == "trigger" {
                     "the event that started the execution"
                 } else {
                     "another action's output"
