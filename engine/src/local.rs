@@ -52,6 +52,73 @@ impl LocalRun {
         self.engine.registry.runtime().nats.set_publisher(publisher);
     }
 
+    /// Give the run the data folder's secrets, when the pipeline declares any: each must be
+    /// stored and allowed for this pipeline, or it is a problem at its `from:` line (a run
+    /// never starts to fail at the action).
+    pub async fn use_secrets(
+        &mut self,
+        pipeline: &Pipeline,
+        master_key: Option<&Path>,
+    ) -> Result<(), Diagnostics> {
+        if pipeline.secrets.is_empty() {
+            return Ok(());
+        }
+        let fail = |items: Vec<crate::model::Diagnostic>| Diagnostics {
+            file: pipeline.file.clone(),
+            items,
+        };
+        let store = match secret_store(&self.data, master_key, false) {
+            Ok((Some(s), _)) => s,
+            Ok((None, _)) => {
+                return Err(fail(
+                    pipeline
+                        .secrets
+                        .iter()
+                        .map(|(name, from)| crate::model::Diagnostic {
+                            loc: from.loc,
+                            message: format!(
+                                "secret `{name}`: no secret `{}` is stored in {} (sluice secret put {} --data {})",
+                                from.value,
+                                self.data.display(),
+                                from.value,
+                                self.data.display()
+                            ),
+                        })
+                        .collect(),
+                ));
+            }
+            Err(e) => {
+                return Err(fail(vec![crate::model::Diagnostic {
+                    loc: Default::default(),
+                    message: format!("{e:#}"),
+                }]));
+            }
+        };
+        if let Err(e) = store.check_key(crate::executor::DEFAULT_TENANT).await {
+            return Err(fail(vec![crate::model::Diagnostic {
+                loc: Default::default(),
+                message: e.to_string(),
+            }]));
+        }
+        let mut items = Vec::new();
+        for (name, from) in &pipeline.secrets {
+            if let Err(e) = store
+                .check(crate::executor::DEFAULT_TENANT, &from.value, &pipeline.name)
+                .await
+            {
+                items.push(crate::model::Diagnostic {
+                    loc: from.loc,
+                    message: format!("secret `{name}`: {e}"),
+                });
+            }
+        }
+        if !items.is_empty() {
+            return Err(fail(items));
+        }
+        self.engine.secrets = Some(Arc::new(store));
+        Ok(())
+    }
+
     /// The run's events from now on.
     pub fn events(&self) -> tokio::sync::broadcast::Receiver<Event> {
         self.bus.subscribe()
@@ -88,6 +155,45 @@ impl LocalRun {
         drop(self);
         Ok((exec, History { data }))
     }
+}
+
+/// The master key file: `master_key`, else `SLUICE_MASTER_KEY_FILE`, else `<data>/master.key`.
+pub fn master_key_path(data: &Path, master_key: Option<&Path>) -> PathBuf {
+    master_key
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("SLUICE_MASTER_KEY_FILE").map(PathBuf::from))
+        .unwrap_or_else(|| data.join("master.key"))
+}
+
+/// The data folder's secret store (`<data>/secrets.redb`, sealed under the master key). With
+/// `create`, a missing master key is made (the flag says so); without, a store that was never
+/// used is `None`.
+pub fn secret_store(
+    data: &Path,
+    master_key: Option<&Path>,
+    create: bool,
+) -> anyhow::Result<(Option<crate::secrets::SecretStore>, bool)> {
+    let key_path = master_key_path(data, master_key);
+    let file = data.join("secrets.redb");
+    let (key, made) = if create {
+        std::fs::create_dir_all(data)?;
+        let (k, made) = crate::secrets::MasterKey::read_or_create(&key_path)?;
+        (k, made)
+    } else {
+        match crate::secrets::MasterKey::read(&key_path)? {
+            Some(k) if file.exists() => (k, false),
+            Some(_) => return Ok((None, false)),
+            None if file.exists() => anyhow::bail!(
+                "{} holds secrets but the master key {} is missing: pass --master-key-file",
+                file.display(),
+                key_path.display()
+            ),
+            None => return Ok((None, false)),
+        }
+    };
+    let db = crate::kv::RedbKv::open_database(&file)?;
+    let kv: Arc<dyn crate::kv::Kv> = Arc::new(crate::kv::RedbKv::bucket(db, "secrets")?);
+    Ok((Some(crate::secrets::SecretStore::new(kv, key)), made))
 }
 
 /// Who approves in a local run: `name`, else the user running it.

@@ -23,6 +23,7 @@ mod plugins;
 mod quickstart;
 mod sandbox;
 mod schema;
+mod secrets;
 mod semantics;
 mod service;
 mod tenancy;

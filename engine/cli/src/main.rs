@@ -8,6 +8,7 @@ mod market;
 mod plugin_test;
 mod progress;
 mod scaffold;
+mod secrets;
 mod service;
 mod tenancy;
 
@@ -60,6 +61,10 @@ enum Cmd {
         /// are asked for on a terminal, and fail the action when there is none.
         #[arg(long, value_name = "STAGE/ACTION")]
         approve: Vec<String>,
+        /// The master key that unseals the data folder's secrets [default:
+        /// SLUICE_MASTER_KEY_FILE, else DATA/master.key].
+        #[arg(long)]
+        master_key_file: Option<PathBuf>,
         /// Approve as this identity [default: SLUICE_USER, else the login name].
         #[arg(long = "as", value_name = "NAME")]
         as_: Option<String>,
@@ -116,6 +121,18 @@ enum Cmd {
         follow: bool,
         #[command(flatten)]
         target: service::Target,
+    },
+    /// Secrets pipelines hand to their actions, kept encrypted: put (the value from stdin),
+    /// ls (never values), rm, rotate-key.
+    Secret {
+        #[command(subcommand)]
+        command: secrets::SecretCmd,
+        /// Data directory [default: ./.sluice].
+        #[arg(long, env = "SLUICE_DATA", global = true)]
+        data: Option<PathBuf>,
+        /// The master key [default: SLUICE_MASTER_KEY_FILE, else DATA/master.key].
+        #[arg(long, env = "SLUICE_MASTER_KEY_FILE", global = true)]
+        master_key_file: Option<PathBuf>,
     },
     /// Publisher keys for signing plugins.
     Key {
@@ -534,6 +551,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             approve,
             as_,
             trigger,
+            master_key_file,
         } => {
             let (pipeline, problems) = match local::load_pipeline(&file) {
                 Ok((p, problems)) => (Arc::new(p), problems),
@@ -542,12 +560,15 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             let data = data.unwrap_or_else(|| pipeline.dir.join(".sluice"));
             let overrides: BTreeMap<String, String> = vars.into_iter().collect();
             let (live_tx, live_rx) = tokio::sync::mpsc::unbounded_channel();
-            let run = local::LocalRun::open(&data, verbose.then_some(live_tx))?;
+            let mut run = local::LocalRun::open(&data, verbose.then_some(live_tx))?;
             run.publish_with(Arc::new(sluice_nats::publisher::NatsPublisher::default()));
             let plugins = match run.check(&pipeline, problems, &overrides).await {
                 Ok(p) => p,
                 Err(d) => return Ok(validation_failed(&d)),
             };
+            if let Err(d) = run.use_secrets(&pipeline, master_key_file.as_deref()).await {
+                return Ok(validation_failed(&d));
+            }
             let style = progress::Style {
                 color: std::io::stderr().is_terminal() && !json,
                 to_stderr: json,
@@ -630,6 +651,11 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             }
         },
         Cmd::Key { command } => market::key(command),
+        Cmd::Secret {
+            command,
+            data,
+            master_key_file,
+        } => secrets::run(command, &default_data(data), master_key_file.as_deref()).await,
         Cmd::Trust { command } => market::trust(command),
         Cmd::Artifact { command, data } => {
             let data = default_data(data);

@@ -149,6 +149,7 @@ pub async fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
     }
     let execution_id = format!("plugin-test-{}", ulid::Ulid::new());
     let spec = JobSpec {
+        secrets: Default::default(),
         invoke: None,
         continuation: args.continuation.clone(),
         wake_payload: args.wake_payload.clone(),

@@ -85,7 +85,9 @@ impl Redactor {
             .rev()
             .find(|&n| {
                 let tail = &hay[hay.len() - n..];
-                self.forms.iter().any(|f| f.len() > n && f.starts_with(tail))
+                self.forms
+                    .iter()
+                    .any(|f| f.len() > n && f.starts_with(tail))
             })
             .unwrap_or(0)
     }
@@ -108,7 +110,13 @@ fn render(bytes: &[u8], masked: &[(usize, usize)]) -> String {
 
 fn hex(b: &[u8], upper: bool) -> String {
     b.iter()
-        .map(|x| if upper { format!("{x:02X}") } else { format!("{x:02x}") })
+        .map(|x| {
+            if upper {
+                format!("{x:02X}")
+            } else {
+                format!("{x:02x}")
+            }
+        })
         .collect()
 }
 
@@ -127,14 +135,22 @@ fn url_encoded(b: &[u8]) -> String {
 /// The part of the base64 of `value` that is the same wherever the value sits, when it starts
 /// `align` bytes into a 3-byte group: the characters that depend on neither the bytes before
 /// it nor the bytes after it.
-fn base64_form(engine: &base64::engine::GeneralPurpose, value: &[u8], align: usize) -> Option<String> {
+fn base64_form(
+    engine: &base64::engine::GeneralPurpose,
+    value: &[u8],
+    align: usize,
+) -> Option<String> {
     let mut padded = vec![0u8; align];
     padded.extend_from_slice(value);
     let encoded = engine.encode(&padded);
     // Characters holding bits of the leading filler.
     let skip = (align * 8).div_ceil(6);
     // The last character is partial unless the value ends a group.
-    let end = if padded.len() % 3 == 0 { encoded.len() } else { encoded.len() - 1 };
+    let end = if padded.len().is_multiple_of(3) {
+        encoded.len()
+    } else {
+        encoded.len() - 1
+    };
     (end > skip).then(|| encoded[skip..end].to_string())
 }
 
@@ -158,7 +174,10 @@ struct Held<T> {
 impl<T> Stream<T> {
     /// A stream redacting with `redactor`.
     pub fn new(redactor: Redactor) -> Self {
-        Stream { redactor, held: Vec::new() }
+        Stream {
+            redactor,
+            held: Vec::new(),
+        }
     }
 
     /// Add an entry; returns the entries now safe to write, redacted, in order.
@@ -166,7 +185,11 @@ impl<T> Stream<T> {
         if self.redactor.is_empty() {
             return vec![(text, extra)];
         }
-        self.held.push(Held { text, extra, masked: Vec::new() });
+        self.held.push(Held {
+            text,
+            extra,
+            masked: Vec::new(),
+        });
         let mut combined = Vec::new();
         let mut starts = Vec::new();
         for h in &self.held {
@@ -224,7 +247,10 @@ mod tests {
             format!("HEX {}", hex(b, true)),
             format!("url {}", url_encoded(b)),
         ];
-        for engine in [&base64::engine::general_purpose::STANDARD, &base64::engine::general_purpose::URL_SAFE] {
+        for engine in [
+            &base64::engine::general_purpose::STANDARD,
+            &base64::engine::general_purpose::URL_SAFE,
+        ] {
             for prefix in ["", "a", "ab"] {
                 // Inside a longer encoded text, at each alignment.
                 let text = format!("{prefix}{SECRET}!");
@@ -234,7 +260,12 @@ mod tests {
         for w in written {
             let out = r.redact(&w);
             assert!(out.contains(MASK), "not redacted: {w} → {out}");
-            assert!(!out.contains(SECRET) && !out.contains(&hex(b, false)) && !out.contains(&hex(b, true)), "{out}");
+            assert!(
+                !out.contains(SECRET)
+                    && !out.contains(&hex(b, false))
+                    && !out.contains(&hex(b, true)),
+                "{out}"
+            );
         }
         assert_eq!(r.redact("nothing secret here"), "nothing secret here");
     }
@@ -243,9 +274,17 @@ mod tests {
     fn a_value_split_across_entries_or_written_byte_by_byte_is_masked() {
         let mut s = Stream::new(redactor());
         let mut out: Vec<String> = Vec::new();
-        out.extend(s.push("before hunter2-is-".into(), ()).into_iter().map(|e| e.0));
+        out.extend(
+            s.push("before hunter2-is-".into(), ())
+                .into_iter()
+                .map(|e| e.0),
+        );
         assert!(out.is_empty(), "held: it may be the start of a secret");
-        out.extend(s.push("not/a+good=token after".into(), ()).into_iter().map(|e| e.0));
+        out.extend(
+            s.push("not/a+good=token after".into(), ())
+                .into_iter()
+                .map(|e| e.0),
+        );
         assert_eq!(out, ["before ***", "*** after"]);
 
         let mut s = Stream::new(redactor());

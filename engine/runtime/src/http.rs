@@ -42,7 +42,10 @@ impl OriginGuard {
     }
 
     /// Put the values in place of their placeholders in the request's headers.
-    fn substitute(&self, request: &mut http::Request<wasmtime_wasi_http::WasiBody>) -> Result<(), String> {
+    fn substitute(
+        &self,
+        request: &mut http::Request<wasmtime_wasi_http::WasiBody>,
+    ) -> Result<(), String> {
         for value in request.headers_mut().values_mut() {
             let text = String::from_utf8_lossy(value.as_bytes()).into_owned();
             if !self.secrets.iter().any(|(p, _)| text.contains(p.as_str())) {
@@ -52,8 +55,10 @@ impl OriginGuard {
             for (placeholder, secret) in &self.secrets {
                 replaced = replaced.replace(placeholder.as_str(), secret);
             }
-            *value = http::HeaderValue::from_str(&replaced)
-                .map_err(|_| "a secret cannot be sent in a header (it holds characters a header may not)".to_string())?;
+            *value = http::HeaderValue::from_str(&replaced).map_err(|_| {
+                "a secret cannot be sent in a header (it holds characters a header may not)"
+                    .to_string()
+            })?;
             value.set_sensitive(true);
         }
         Ok(())
@@ -90,7 +95,11 @@ impl WasiHttpHooks for OriginGuard {
         }
         let mut request = request;
         if let Err(e) = self.substitute(&mut request) {
-            self.log.log(Level::Error, &format!("outbound HTTP to {} refused: {e}", request.uri()), &[]);
+            self.log.log(
+                Level::Error,
+                &format!("outbound HTTP to {} refused: {e}", request.uri()),
+                &[],
+            );
             return Box::new(async { Err(Error::HttpRequestDenied) });
         }
         self.log.log(

@@ -318,7 +318,7 @@ impl JobSpec {
 #[derive(Clone)]
 pub struct JobContext {
     /// Where the values of secrets come from (`None`: jobs listing secrets fail, saying so).
-    pub secrets: Option<Arc<dyn SecretSource>>,
+    pub secrets: Option<Arc<dyn super::secrets::SecretSource>>,
     /// The sandbox.
     pub runtime: Arc<Runtime>,
     /// Artifact blobs.
@@ -413,116 +413,6 @@ impl Leftover {
     }
 }
 
-/// Where a job's secret values come from: the engine's secret store.
-pub trait SecretSource: Send + Sync {
-    /// The value of the stored secret `name` for `pipeline` of `tenant`.
-    fn reveal<'a>(
-        &'a self,
-        tenant: &'a str,
-        name: &'a str,
-        pipeline: &'a str,
-    ) -> futures_util::future::BoxFuture<'a, Result<String, String>>;
-}
-
-impl SecretSource for crate::secrets::SecretStore {
-    fn reveal<'a>(
-        &'a self,
-        tenant: &'a str,
-        name: &'a str,
-        pipeline: &'a str,
-    ) -> futures_util::future::BoxFuture<'a, Result<String, String>> {
-        Box::pin(async move {
-            crate::secrets::SecretStore::reveal(self, tenant, name, pipeline)
-                .await
-                .map_err(|e| e.to_string())
-        })
-    }
-}
-
-/// The values of the secrets a job lists, by the pipeline's names.
-async fn reveal_secrets(cx: &JobContext, job: &JobSpec) -> Result<BTreeMap<String, String>, String> {
-    let mut out = BTreeMap::new();
-    if job.secrets.is_empty() {
-        return Ok(out);
-    }
-    let Some(source) = &cx.secrets else {
-        return Err("this action uses secrets, and this engine has no secret store".to_string());
-    };
-    for (name, stored) in &job.secrets {
-        let value = source
-            .reveal(&job.tenant, stored, &job.pipeline)
-            .await
-            .map_err(|e| format!("secret `{name}`: {e}"))?;
-        out.insert(name.clone(), value);
-    }
-    Ok(out)
-}
-
-/// An action's log with its secrets' values (in every form) masked before anything is written.
-struct RedactingLog {
-    inner: Arc<dyn LogSink>,
-    redactor: sluice_core::redact::Redactor,
-    stream: std::sync::Mutex<sluice_core::redact::Stream<(Level, Vec<(String, String)>)>>,
-}
-
-impl RedactingLog {
-    fn new(inner: Arc<dyn LogSink>, redactor: sluice_core::redact::Redactor) -> Self {
-        RedactingLog {
-            inner,
-            stream: std::sync::Mutex::new(sluice_core::redact::Stream::new(redactor.clone())),
-            redactor,
-        }
-    }
-
-    /// Write what was held back (the action ended).
-    fn finish(&self) {
-        let held = self.stream.lock().unwrap().finish();
-        for (message, (level, fields)) in held {
-            self.inner.log(level, &message, &fields);
-        }
-    }
-}
-
-impl LogSink for RedactingLog {
-    fn log(&self, level: Level, message: &str, fields: &[(String, String)]) {
-        let fields: Vec<(String, String)> = fields
-            .iter()
-            .map(|(k, v)| (k.clone(), self.redactor.redact(v)))
-            .collect();
-        let ready = self
-            .stream
-            .lock()
-            .unwrap()
-            .push(message.to_string(), (level, fields));
-        for (message, (level, fields)) in ready {
-            self.inner.log(level, &message, &fields);
-        }
-    }
-}
-
-/// What an action returns, with its secrets' values masked (a guest could copy one into a
-/// variable, its summary or its error, which are stored and shown).
-fn redact_result(result: ActionResult, r: &sluice_core::redact::Redactor) -> ActionResult {
-    if r.is_empty() {
-        return result;
-    }
-    match result {
-        ActionResult::Succeeded { variables, artifacts, summary } => ActionResult::Succeeded {
-            variables: variables.into_iter().map(|(k, v)| (k, r.redact(&v))).collect(),
-            artifacts,
-            summary: summary.map(|s| r.redact(&s)),
-        },
-        ActionResult::Pending { continuation, wake, summary, percent, deadline } => ActionResult::Pending {
-            continuation,
-            wake,
-            summary: summary.map(|s| r.redact(&s)),
-            percent,
-            deadline,
-        },
-        ActionResult::Failed { error, kind } => ActionResult::Failed { error: r.redact(&error), kind },
-    }
-}
-
 /// Run a job: prepare its workspace, call the plugin, collect its outputs. Never panics or
 /// fails the engine: every problem becomes the action's failure. The workspace comes back as
 /// a [`Leftover`] so that emptying it happens after the result is on its way.
@@ -532,7 +422,7 @@ pub async fn execute(cx: &JobContext, job: &JobSpec) -> (ActionResult, Leftover)
             cx.logs
                 .sink(&job.execution_id, &job.stage, &job.action, job.attempt),
         );
-    let secrets = match reveal_secrets(cx, job).await {
+    let secrets = match super::secrets::reveal(cx, job).await {
         Ok(s) => s,
         Err(error) => {
             raw_log.log(Level::Error, &error, &[]);
@@ -541,7 +431,12 @@ pub async fn execute(cx: &JobContext, job: &JobSpec) -> (ActionResult, Leftover)
         }
     };
     let redactor = sluice_core::redact::Redactor::new(secrets.values().map(String::as_str));
-    let redacting = (!redactor.is_empty()).then(|| Arc::new(RedactingLog::new(raw_log.clone(), redactor.clone())));
+    let redacting = (!redactor.is_empty()).then(|| {
+        Arc::new(super::secrets::RedactingLog::new(
+            raw_log.clone(),
+            redactor.clone(),
+        ))
+    });
     let log: Arc<dyn LogSink> = match &redacting {
         Some(r) => r.clone(),
         None => raw_log,
@@ -594,7 +489,7 @@ pub async fn execute(cx: &JobContext, job: &JobSpec) -> (ActionResult, Leftover)
     if let Some(r) = &redacting {
         r.finish();
     }
-    (redact_result(result, &redactor), leftover)
+    (super::secrets::redact_result(result, &redactor), leftover)
 }
 
 /// Free bytes below which a failed action's disk counts as full.
@@ -782,7 +677,10 @@ async fn run_in(
     // Granted host programs get the values in their environment.
     if !job.programs.is_empty() {
         for (name, value) in secrets {
-            program_env.push((format!("SLUICE_SECRET_{}", name.to_uppercase()), value.clone()));
+            program_env.push((
+                format!("SLUICE_SECRET_{}", name.to_uppercase()),
+                value.clone(),
+            ));
         }
     }
     let inv = Invocation {

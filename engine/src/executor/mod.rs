@@ -4,6 +4,7 @@
 pub mod job;
 pub mod logs;
 pub mod rules;
+pub mod secrets;
 mod workspace;
 mod writer;
 
@@ -50,7 +51,7 @@ pub struct Engine {
     /// The data directory (its real path).
     pub data: PathBuf,
     /// Where secret values come from (`None` until the caller opens a secret store).
-    pub secrets: Option<Arc<dyn job::SecretSource>>,
+    pub secrets: Option<Arc<dyn secrets::SecretSource>>,
 }
 
 /// The embedded engine's data directory layout.

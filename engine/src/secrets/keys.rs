@@ -28,13 +28,18 @@ impl MasterKey {
         let text = crate::plugins::read_text(path, 1024)
             .map_err(|e| anyhow::anyhow!("cannot read the master key {}: {e}", path.display()))?;
         let b64 = text.trim().strip_prefix(PREFIX).ok_or_else(|| {
-            anyhow::anyhow!("{} is not a sluice master key (`{PREFIX}<base64>`)", path.display())
+            anyhow::anyhow!(
+                "{} is not a sluice master key (`{PREFIX}<base64>`)",
+                path.display()
+            )
         })?;
         let bytes: [u8; 32] = base64::engine::general_purpose::STANDARD
             .decode(b64)
             .ok()
             .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| anyhow::anyhow!("{} is damaged: not 32 bytes of base64", path.display()))?;
+            .ok_or_else(|| {
+                anyhow::anyhow!("{} is damaged: not 32 bytes of base64", path.display())
+            })?;
         Ok(Some(Self::from_bytes(bytes)))
     }
 
@@ -55,7 +60,11 @@ impl MasterKey {
             .open(path)
             .map_err(|e| anyhow::anyhow!("cannot create the master key {}: {e}", path.display()))?;
         f.write_all(
-            format!("{PREFIX}{}\n", base64::engine::general_purpose::STANDARD.encode(bytes)).as_bytes(),
+            format!(
+                "{PREFIX}{}\n",
+                base64::engine::general_purpose::STANDARD.encode(bytes)
+            )
+            .as_bytes(),
         )?;
         Ok(Self::from_bytes(bytes))
     }
@@ -87,7 +96,13 @@ pub(super) fn seal(key: &[u8; 32], plaintext: &[u8], aad: &[u8]) -> Sealed {
     getrandom::fill(&mut nonce).expect("the system's random source");
     let cipher = XChaCha20Poly1305::new(&(*key).into());
     let ciphertext = cipher
-        .encrypt(&XNonce::from(nonce), Payload { msg: plaintext, aad })
+        .encrypt(
+            &XNonce::from(nonce),
+            Payload {
+                msg: plaintext,
+                aad,
+            },
+        )
         .expect("sealing cannot fail");
     Sealed {
         nonce: b64.encode(nonce),
@@ -102,6 +117,12 @@ pub(super) fn open(key: &[u8; 32], sealed: &Sealed, aad: &[u8]) -> Option<Vec<u8
     let nonce: [u8; 24] = b64.decode(&sealed.nonce).ok()?.try_into().ok()?;
     let ciphertext = b64.decode(&sealed.ciphertext).ok()?;
     XChaCha20Poly1305::new(&(*key).into())
-        .decrypt(&XNonce::from(nonce), Payload { msg: &ciphertext, aad })
+        .decrypt(
+            &XNonce::from(nonce),
+            Payload {
+                msg: &ciphertext,
+                aad,
+            },
+        )
         .ok()
 }

@@ -45,7 +45,9 @@ pub enum SecretError {
     #[error("no secret `{0}` is stored (sluice secret put {0})")]
     NotFound(String),
     /// The pipeline may not use it.
-    #[error("secret `{name}` is limited to the pipelines {allowed:?}; `{pipeline}` is not one of them")]
+    #[error(
+        "secret `{name}` is limited to the pipelines {allowed:?}; `{pipeline}` is not one of them"
+    )]
     OutOfScope {
         /// The secret.
         name: String,
@@ -55,7 +57,9 @@ pub enum SecretError {
         allowed: Vec<String>,
     },
     /// The master key given is not the one the data key was sealed with.
-    #[error("the master key given (id {given}) is not the one this store's keys were sealed with (id {stored}): nothing was decrypted or changed; pass the right --master-key-file")]
+    #[error(
+        "the master key given (id {given}) is not the one this store's keys were sealed with (id {stored}): nothing was decrypted or changed; pass the right --master-key-file"
+    )]
     WrongMasterKey {
         /// The key given.
         given: String,
@@ -111,16 +115,22 @@ impl SecretStore {
     }
 
     /// The tenant's data key, made (and sealed) on first use.
-    async fn data_key(&self, tenant: &str, create: bool) -> Result<Option<(String, [u8; 32])>, SecretError> {
+    async fn data_key(
+        &self,
+        tenant: &str,
+        create: bool,
+    ) -> Result<Option<(String, [u8; 32])>, SecretError> {
         let key = key_key(tenant);
         let record = match get_json::<DataKey>(&*self.kv, &key).await? {
             Some((r, _)) => r,
             None if !create => return Ok(None),
             None => {
                 let mut bytes = [0u8; 32];
-                getrandom::fill(&mut bytes).map_err(|e| SecretError::Invalid(format!("no randomness: {e}")))?;
+                getrandom::fill(&mut bytes)
+                    .map_err(|e| SecretError::Invalid(format!("no randomness: {e}")))?;
                 let mut id = [0u8; 8];
-                getrandom::fill(&mut id).map_err(|e| SecretError::Invalid(format!("no randomness: {e}")))?;
+                getrandom::fill(&mut id)
+                    .map_err(|e| SecretError::Invalid(format!("no randomness: {e}")))?;
                 let record = DataKey {
                     master_key: self.master.id.clone(),
                     id: id.iter().map(|b| format!("{b:02x}")).collect(),
@@ -153,7 +163,13 @@ impl SecretStore {
     }
 
     /// Store (or replace) a secret's value, optionally limited to `pipelines`.
-    pub async fn put(&self, tenant: &str, name: &str, value: &str, pipelines: Vec<String>) -> Result<SecretInfo, SecretError> {
+    pub async fn put(
+        &self,
+        tenant: &str,
+        name: &str,
+        value: &str,
+        pipelines: Vec<String>,
+    ) -> Result<SecretInfo, SecretError> {
         if !super::valid_name(name) {
             return Err(SecretError::Invalid(format!(
                 "`{name}` is not a secret name: letters, digits and _, starting with a letter, at most 64"
@@ -166,10 +182,14 @@ impl SecretStore {
             )));
         }
         if value.len() > 64 << 10 {
-            return Err(SecretError::Invalid("a secret may be at most 64 KiB".into()));
+            return Err(SecretError::Invalid(
+                "a secret may be at most 64 KiB".into(),
+            ));
         }
         if let Some(p) = pipelines.iter().find(|p| !crate::model::is_valid_name(p)) {
-            return Err(SecretError::Invalid(format!("`{p}` is not a pipeline name")));
+            return Err(SecretError::Invalid(format!(
+                "`{p}` is not a pipeline name"
+            )));
         }
         let (key_id, key) = self.data_key(tenant, true).await?.expect("created");
         let sealed = keys::seal(&key, value.as_bytes(), &value_aad(tenant, name));
@@ -177,9 +197,21 @@ impl SecretStore {
             Some((r, _)) => r.info.created,
             None => now(),
         };
-        let info = SecretInfo { name: name.to_string(), pipelines, created, updated: now() };
-        let record = Record { info: info.clone(), data_key: key_id, sealed };
-        crate::kv::modify::<Record, _>(&*self.kv, &value_key(tenant, name), |_| Some(record.clone())).await?;
+        let info = SecretInfo {
+            name: name.to_string(),
+            pipelines,
+            created,
+            updated: now(),
+        };
+        let record = Record {
+            info: info.clone(),
+            data_key: key_id,
+            sealed,
+        };
+        crate::kv::modify::<Record, _>(&*self.kv, &value_key(tenant, name), |_| {
+            Some(record.clone())
+        })
+        .await?;
         Ok(info)
     }
 
@@ -206,11 +238,18 @@ impl SecretStore {
     }
 
     /// The value of `name` for `pipeline`: only for the engine, to pass where it may go.
-    pub async fn reveal(&self, tenant: &str, name: &str, pipeline: &str) -> Result<String, SecretError> {
-        let Some((record, _)) = get_json::<Record>(&*self.kv, &value_key(tenant, name)).await? else {
+    pub async fn reveal(
+        &self,
+        tenant: &str,
+        name: &str,
+        pipeline: &str,
+    ) -> Result<String, SecretError> {
+        let Some((record, _)) = get_json::<Record>(&*self.kv, &value_key(tenant, name)).await?
+        else {
             return Err(SecretError::NotFound(name.to_string()));
         };
-        if !record.info.pipelines.is_empty() && !record.info.pipelines.iter().any(|p| p == pipeline) {
+        if !record.info.pipelines.is_empty() && !record.info.pipelines.iter().any(|p| p == pipeline)
+        {
             return Err(SecretError::OutOfScope {
                 name: name.to_string(),
                 pipeline: pipeline.to_string(),
@@ -218,22 +257,34 @@ impl SecretStore {
             });
         }
         let Some((key_id, key)) = self.data_key(tenant, false).await? else {
-            return Err(SecretError::Tampered(format!("secret `{name}` (its tenant has no data key)")));
+            return Err(SecretError::Tampered(format!(
+                "secret `{name}` (its tenant has no data key)"
+            )));
         };
         if key_id != record.data_key {
-            return Err(SecretError::Tampered(format!("secret `{name}` (sealed with another data key)")));
+            return Err(SecretError::Tampered(format!(
+                "secret `{name}` (sealed with another data key)"
+            )));
         }
         let bytes = keys::open(&key, &record.sealed, &value_aad(tenant, name))
             .ok_or_else(|| SecretError::Tampered(format!("secret `{name}`")))?;
         String::from_utf8(bytes).map_err(|_| SecretError::Tampered(format!("secret `{name}`")))
     }
 
+    /// Whether this master key opens the tenant's data key (a wrong key is found before
+    /// anything runs).
+    pub async fn check_key(&self, tenant: &str) -> Result<(), SecretError> {
+        self.data_key(tenant, false).await.map(|_| ())
+    }
+
     /// Whether `name` exists and `pipeline` may use it (no value is opened).
     pub async fn check(&self, tenant: &str, name: &str, pipeline: &str) -> Result<(), SecretError> {
-        let Some((record, _)) = get_json::<Record>(&*self.kv, &value_key(tenant, name)).await? else {
+        let Some((record, _)) = get_json::<Record>(&*self.kv, &value_key(tenant, name)).await?
+        else {
             return Err(SecretError::NotFound(name.to_string()));
         };
-        if !record.info.pipelines.is_empty() && !record.info.pipelines.iter().any(|p| p == pipeline) {
+        if !record.info.pipelines.is_empty() && !record.info.pipelines.iter().any(|p| p == pipeline)
+        {
             return Err(SecretError::OutOfScope {
                 name: name.to_string(),
                 pipeline: pipeline.to_string(),
@@ -248,7 +299,10 @@ impl SecretStore {
     pub async fn rotate(&self, new: &MasterKey) -> Result<usize, SecretError> {
         let mut keys_found = Vec::new();
         for key in self.kv.keys("_secrets/").await? {
-            if let Some(tenant) = key.strip_prefix("_secrets/").and_then(|k| k.strip_suffix("/key")) {
+            if let Some(tenant) = key
+                .strip_prefix("_secrets/")
+                .and_then(|k| k.strip_suffix("/key"))
+            {
                 let (_, bytes) = self.data_key(tenant, false).await?.expect("listed");
                 let (record, rev) = get_json::<DataKey>(&*self.kv, &key).await?.expect("listed");
                 keys_found.push((key.clone(), tenant.to_string(), bytes, record, rev));
@@ -260,7 +314,9 @@ impl SecretStore {
                 id: record.id.clone(),
                 sealed: keys::seal(new.bytes(), bytes, &data_key_aad(tenant)),
             };
-            self.kv.update(key, serde_json::to_vec(&resealed).expect("json"), *rev).await?;
+            self.kv
+                .update(key, serde_json::to_vec(&resealed).expect("json"), *rev)
+                .await?;
         }
         Ok(keys_found.len())
     }
@@ -281,43 +337,104 @@ mod tests {
     async fn values_are_sealed_scoped_and_survive_a_key_rotation() {
         let dir = tempfile::tempdir().unwrap();
         let (s, kv) = store(dir.path(), "master.key");
-        s.put("acme", "DEPLOY_TOKEN", "tok-0123456789", vec!["ship".into()]).await.unwrap();
-        s.put("acme", "OPEN", "open-value-123", vec![]).await.unwrap();
-        assert_eq!(s.reveal("acme", "DEPLOY_TOKEN", "ship").await.unwrap(), "tok-0123456789");
-        assert!(matches!(s.reveal("acme", "DEPLOY_TOKEN", "other").await, Err(SecretError::OutOfScope { .. })));
-        assert!(matches!(s.reveal("zeta", "DEPLOY_TOKEN", "ship").await, Err(SecretError::NotFound(_))));
+        s.put(
+            "acme",
+            "DEPLOY_TOKEN",
+            "tok-0123456789",
+            vec!["ship".into()],
+        )
+        .await
+        .unwrap();
+        s.put("acme", "OPEN", "open-value-123", vec![])
+            .await
+            .unwrap();
+        assert_eq!(
+            s.reveal("acme", "DEPLOY_TOKEN", "ship").await.unwrap(),
+            "tok-0123456789"
+        );
+        assert!(matches!(
+            s.reveal("acme", "DEPLOY_TOKEN", "other").await,
+            Err(SecretError::OutOfScope { .. })
+        ));
+        assert!(matches!(
+            s.reveal("zeta", "DEPLOY_TOKEN", "ship").await,
+            Err(SecretError::NotFound(_))
+        ));
         // The bucket never holds the value in the clear.
         for key in kv.keys("").await.unwrap() {
             let (bytes, _) = kv.get(&key).await.unwrap().unwrap();
-            assert!(!String::from_utf8_lossy(&bytes).contains("tok-0123456789"), "{key}");
+            assert!(
+                !String::from_utf8_lossy(&bytes).contains("tok-0123456789"),
+                "{key}"
+            );
         }
-        let names: Vec<_> = s.list("acme").await.unwrap().into_iter().map(|i| i.name).collect();
+        let names: Vec<_> = s
+            .list("acme")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|i| i.name)
+            .collect();
         assert_eq!(names, ["DEPLOY_TOKEN", "OPEN"]);
         assert!(s.put("acme", "SHORT", "abc", vec![]).await.is_err());
 
         // A wrong master key decrypts nothing and changes nothing.
         let (other, _) = MasterKey::read_or_create(&dir.path().join("other.key")).unwrap();
         let wrong = SecretStore::new(kv.clone(), other);
-        assert!(matches!(wrong.reveal("acme", "OPEN", "x").await, Err(SecretError::WrongMasterKey { .. })));
-        assert!(wrong.rotate(&MasterKey::create(&dir.path().join("new0.key")).unwrap()).await.is_err());
-        assert_eq!(s.reveal("acme", "OPEN", "x").await.unwrap(), "open-value-123");
+        assert!(matches!(
+            wrong.reveal("acme", "OPEN", "x").await,
+            Err(SecretError::WrongMasterKey { .. })
+        ));
+        assert!(
+            wrong
+                .rotate(&MasterKey::create(&dir.path().join("new0.key")).unwrap())
+                .await
+                .is_err()
+        );
+        assert_eq!(
+            s.reveal("acme", "OPEN", "x").await.unwrap(),
+            "open-value-123"
+        );
 
         // Rotation re-seals the data key; values open under the new master key only.
         let new = MasterKey::create(&dir.path().join("new.key")).unwrap();
         assert_eq!(s.rotate(&new).await.unwrap(), 1);
-        let rotated = SecretStore::new(kv.clone(), MasterKey::read(&dir.path().join("new.key")).unwrap().unwrap());
-        assert_eq!(rotated.reveal("acme", "DEPLOY_TOKEN", "ship").await.unwrap(), "tok-0123456789");
-        assert!(matches!(s.reveal("acme", "OPEN", "x").await, Err(SecretError::WrongMasterKey { .. })));
+        let rotated = SecretStore::new(
+            kv.clone(),
+            MasterKey::read(&dir.path().join("new.key"))
+                .unwrap()
+                .unwrap(),
+        );
+        assert_eq!(
+            rotated
+                .reveal("acme", "DEPLOY_TOKEN", "ship")
+                .await
+                .unwrap(),
+            "tok-0123456789"
+        );
+        assert!(matches!(
+            s.reveal("acme", "OPEN", "x").await,
+            Err(SecretError::WrongMasterKey { .. })
+        ));
 
         // A tampered value is refused and named.
         let key = "_secrets/acme/value/OPEN";
         let (bytes, rev) = kv.get(key).await.unwrap().unwrap();
         let mut record: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         let ct = record["sealed"]["ciphertext"].as_str().unwrap().to_string();
-        let flipped = format!("{}{}", if ct.starts_with('A') { "B" } else { "A" }, &ct[1..]);
+        let flipped = format!(
+            "{}{}",
+            if ct.starts_with('A') { "B" } else { "A" },
+            &ct[1..]
+        );
         record["sealed"]["ciphertext"] = flipped.into();
-        kv.update(key, serde_json::to_vec(&record).unwrap(), rev).await.unwrap();
+        kv.update(key, serde_json::to_vec(&record).unwrap(), rev)
+            .await
+            .unwrap();
         let e = rotated.reveal("acme", "OPEN", "x").await.unwrap_err();
-        assert!(matches!(e, SecretError::Tampered(_)) && e.to_string().contains("OPEN"), "{e}");
+        assert!(
+            matches!(e, SecretError::Tampered(_)) && e.to_string().contains("OPEN"),
+            "{e}"
+        );
     }
 }

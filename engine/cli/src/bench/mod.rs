@@ -244,6 +244,7 @@ fn noop_job(
     dir: &Path,
 ) -> sluice_engine::executor::job::JobSpec {
     sluice_engine::executor::job::JobSpec {
+        secrets: Default::default(),
         tenant: "default".into(),
         pipeline: "bench".into(),
         execution_id: "bench".into(),

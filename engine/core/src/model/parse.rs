@@ -328,7 +328,10 @@ impl Parser<'_> {
     fn secrets(&mut self, node: &Node) -> BTreeMap<String, Located<String>> {
         let mut out = BTreeMap::new();
         let Some(map) = node.as_mapping() else {
-            self.err(loc(node), "`secrets` must be a mapping of NAME: { from: STORED_NAME }");
+            self.err(
+                loc(node),
+                "`secrets` must be a mapping of NAME: { from: STORED_NAME }",
+            );
             return out;
         };
         for (k, v) in map.iter() {
@@ -337,7 +340,9 @@ impl Parser<'_> {
             if !super::valid_secret_name(name) {
                 self.err(
                     loc(v),
-                    format!("{what}: a secret name is letters, digits and _, starting with a letter"),
+                    format!(
+                        "{what}: a secret name is letters, digits and _, starting with a letter"
+                    ),
                 );
                 continue;
             }
@@ -350,7 +355,10 @@ impl Parser<'_> {
                 if !super::valid_secret_name(&from.value) {
                     self.err(
                         from.loc,
-                        format!("{what}: `from: {}` is not a stored secret's name", from.value),
+                        format!(
+                            "{what}: `from: {}` is not a stored secret's name",
+                            from.value
+                        ),
                     );
                 }
                 out.insert(name.to_string(), from);

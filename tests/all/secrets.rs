@@ -1,0 +1,312 @@
+//! Secrets end to end with the real binary: stored from stdin, sealed at rest, handed to an
+//! HTTP server through the host (the guest holds a placeholder) and to a granted program as an
+//! environment variable, and never in a log line (in any encoding), the record, `show` or the
+//! data folder in the clear.
+use crate::harness::http::HttpServer;
+use crate::harness::*;
+use std::process::{Command, Stdio};
+
+const TOKEN: &str = "tok-3xAmple/S3cret+value=9";
+
+fn put_secret(p: &Project, name: &str, value: &str, extra: &[&str]) -> Run {
+    use std::io::Write as _;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["secret", "put", name])
+        .args(extra)
+        .current_dir(p.dir.path())
+        .env_remove("SLUICE_DATA")
+        .env_remove("SLUICE_MASTER_KEY_FILE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(value.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into(),
+        stderr: String::from_utf8_lossy(&out.stderr).into(),
+    }
+}
+
+const PIPELINE: &str = r##"
+name: ship
+secrets:
+  deploy_token: { from: DEPLOY_TOKEN }
+stages:
+  - name: Source
+    actions:
+      - { name: Files, uses: source-dir@1, outputs: [site], with: { path: site } }
+  - name: Deploy
+    actions:
+      - name: Ship
+        uses: deploy-http@1
+        inputs: [site]
+        secrets: [deploy_token]
+        with:
+          url: "ORIGIN/upload"
+          headers: "Authorization: Bearer #{secrets.deploy_token}"
+        capabilities: { http: ["ORIGIN"] }
+      - name: Script
+        uses: command@1
+        secrets: [deploy_token]
+        capabilities: { process: [sh] }
+        with:
+          run: |
+            echo "plain $SLUICE_SECRET_DEPLOY_TOKEN"
+            printf %s "$SLUICE_SECRET_DEPLOY_TOKEN" | base64 -w0; echo
+            printf %s "x$SLUICE_SECRET_DEPLOY_TOKEN" | base64 -w0; echo
+            printf %s "xy$SLUICE_SECRET_DEPLOY_TOKEN" | base64 -w0 | tr '+/' '-_'; echo
+            printf %s "$SLUICE_SECRET_DEPLOY_TOKEN" | od -An -tx1 | tr -d ' \n'; echo
+            printf %s "$SLUICE_SECRET_DEPLOY_TOKEN" | cut -c1-10; printf %s "$SLUICE_SECRET_DEPLOY_TOKEN" | cut -c11-
+            printf '%s\n' "$SLUICE_SECRET_DEPLOY_TOKEN" | fold -w1
+            echo "Copied=$SLUICE_SECRET_DEPLOY_TOKEN" >> "$SLUICE_OUTPUT"
+            echo done
+"##;
+
+#[test]
+fn a_secret_reaches_the_server_and_the_program_and_nothing_else() {
+    let server = HttpServer::start();
+    let p = Project::new(&PIPELINE.replace("ORIGIN", &server.origin()));
+    p.write("site/index.html", "<h1>hi</h1>\n");
+    server.statuses("/upload", &[201]);
+
+    // A run with a secret that is not stored fails before anything runs, at the line.
+    let missing = p.sluice(&["run", "pipeline.yaml"]);
+    assert_ne!(missing.code, 0);
+    assert!(
+        missing.stderr.contains("pipeline.yaml:4:") && missing.stderr.contains("DEPLOY_TOKEN"),
+        "{}",
+        missing.stderr
+    );
+
+    let put = put_secret(&p, "DEPLOY_TOKEN", &format!("{TOKEN}\n"), &[]);
+    assert_eq!(put.code, 0, "{}", put.stderr);
+    assert!(put.stderr.contains("made a master key"), "{}", put.stderr);
+    let ls = p.sluice(&["secret", "ls"]);
+    assert!(
+        ls.stdout.contains("DEPLOY_TOKEN") && !ls.stdout.contains(TOKEN),
+        "{}",
+        ls.stdout
+    );
+
+    let run = p.sluice(&["run", "pipeline.yaml", "--json", "--verbose"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let exec = run.json();
+
+    // 1. The server got the token; the guest only ever held the placeholder.
+    let got = server.received("/upload");
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        got[0].headers.get("authorization").map(String::as_str),
+        Some(&*format!("Bearer {TOKEN}"))
+    );
+
+    // 2. The program had it in its environment, and every form it logged is masked.
+    let logs = p.sluice(&[
+        "logs",
+        exec["execution_id"].as_str().unwrap(),
+        "Deploy/Script",
+    ]);
+    assert!(logs.stdout.contains("plain ***"), "{}", logs.stdout);
+    assert!(logs.stdout.contains("done"), "{}", logs.stdout);
+    let forms = forms_of(TOKEN);
+    let everything = format!("{}\n{}\n{}", logs.stdout, run.stdout, run.stderr);
+    for f in &forms {
+        assert!(
+            !everything.contains(f.as_str()),
+            "`{f}` leaked:\n{everything}"
+        );
+    }
+    let single_chars: String = logs
+        .stdout
+        .lines()
+        .filter(|l| l.chars().rev().take_while(|c| *c != ' ').count() == 1)
+        .map(|l| l.chars().last().unwrap())
+        .collect();
+    assert!(
+        !single_chars.contains("S3cret"),
+        "written one byte per line: {single_chars}"
+    );
+
+    // 3. The record keeps the configuration as written and no value; a copied variable is masked.
+    let ship = action(&exec, "Deploy/Ship");
+    assert_eq!(status(ship), "Succeeded", "{ship:#}");
+    let shown = p.sluice(&["show", exec["execution_id"].as_str().unwrap(), "--json"]);
+    assert!(
+        shown.stdout.contains("#{secrets.deploy_token}"),
+        "{}",
+        shown.stdout
+    );
+    assert_eq!(action(&exec, "Deploy/Script")["variables"]["Copied"], "***");
+
+    // Nothing in the data folder holds the value in the clear.
+    let grep = Command::new("grep")
+        .args(["-r", "-l", "-a", TOKEN])
+        .arg(p.path(".sluice"))
+        .output()
+        .unwrap();
+    assert!(
+        grep.stdout.is_empty(),
+        "in the clear: {}",
+        String::from_utf8_lossy(&grep.stdout)
+    );
+}
+
+/// The forms a value may be written in (as the Script action writes them).
+fn forms_of(v: &str) -> Vec<String> {
+    use base64::Engine as _;
+    let std = base64::engine::general_purpose::STANDARD;
+    let url = base64::engine::general_purpose::URL_SAFE;
+    let mut out = vec![
+        v.to_string(),
+        std.encode(v),
+        v.bytes().map(|b| format!("{b:02x}")).collect(),
+    ];
+    // The encodings with a prefix hold the value's part from their 3rd character on.
+    out.push(std.encode(format!("x{v}"))[2..30].to_string());
+    out.push(url.encode(format!("xy{v}"))[3..30].to_string());
+    out
+}
+
+#[test]
+fn a_secret_is_used_only_where_the_pipeline_says() {
+    let p = Project::new(
+        r##"
+name: guarded
+secrets:
+  token: { from: TOKEN }
+stages:
+  - name: S
+    actions:
+      - name: NotListed
+        uses: command@1
+        capabilities: { process: [sh] }
+        with: { run: "echo #{secrets.token}" }
+      - name: Undeclared
+        uses: command@1
+        secrets: [other]
+        capabilities: { process: [sh] }
+        with: { run: "true" }
+    before_entry:
+      rules:
+        - { rule: variable-check, input: "#{secrets.token}", operator: equals, value: x }
+      result: FAIL
+"##,
+    );
+    let r = p.sluice(&["validate", "pipeline.yaml"]);
+    assert_ne!(r.code, 0);
+    for words in [
+        "action `NotListed` does not list `token` in its `secrets:`",
+        "secret `other` is not declared in the pipeline's `secrets:`",
+        "`input`: a secret may only be used in the `with:` of an action that lists it",
+    ] {
+        assert!(
+            r.stderr.contains(words),
+            "missing `{words}` in\n{}",
+            r.stderr
+        );
+    }
+
+    // A secret limited to another pipeline is refused at the start, with its line.
+    let p = Project::new(
+        r##"
+name: other
+secrets:
+  token: { from: TOKEN }
+stages:
+  - name: S
+    actions:
+      - { name: A, uses: command@1, secrets: [token], capabilities: { process: [sh] }, with: { run: "true" } }
+"##,
+    );
+    assert_eq!(
+        put_secret(&p, "TOKEN", "0123456789abcdef", &["--pipeline", "release"]).code,
+        0
+    );
+    let r = p.sluice(&["run", "pipeline.yaml"]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr.contains("pipeline.yaml:4:") && r.stderr.contains("limited to the pipelines"),
+        "{}",
+        r.stderr
+    );
+
+    // Too short to keep out of logs: refused.
+    let short = put_secret(&p, "PIN", "1234", &[]);
+    assert_ne!(short.code, 0);
+    assert!(
+        short.stderr.contains("at least 8 bytes"),
+        "{}",
+        short.stderr
+    );
+}
+
+#[test]
+fn a_wrong_master_key_decrypts_nothing_and_a_rotated_key_keeps_every_secret() {
+    let p = Project::new(
+        r##"
+name: rotate
+secrets:
+  token: { from: TOKEN }
+stages:
+  - name: S
+    actions:
+      - name: A
+        uses: command@1
+        secrets: [token]
+        capabilities: { process: [sh] }
+        with: { run: 'test "$SLUICE_SECRET_TOKEN" = "0123456789abcdef" && echo "Ok=yes" >> "$SLUICE_OUTPUT"' }
+"##,
+    );
+    assert_eq!(put_secret(&p, "TOKEN", "0123456789abcdef", &[]).code, 0);
+    let wrong = p.path("wrong.key");
+    std::fs::write(
+        &wrong,
+        "sluice-master-key v1 AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n",
+    )
+    .unwrap();
+    let r = p.sluice(&[
+        "run",
+        "pipeline.yaml",
+        "--master-key-file",
+        wrong.to_str().unwrap(),
+    ]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr
+            .contains("is not the one this store's keys were sealed with"),
+        "{}",
+        r.stderr
+    );
+    let r = p.sluice(&[
+        "secret",
+        "rotate-key",
+        "--master-key-file",
+        wrong.to_str().unwrap(),
+    ]);
+    assert_ne!(r.code, 0);
+    // Nothing was re-sealed: the right key still opens everything.
+    let exec = p.run(&[]).json();
+    assert_eq!(action(&exec, "S/A")["variables"]["Ok"], "yes");
+
+    let r = p.sluice(&["secret", "rotate-key"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(p.path(".sluice/master.key.old").exists());
+    let exec = p.run(&[]).json();
+    assert_eq!(action(&exec, "S/A")["variables"]["Ok"], "yes");
+    let old = p.path(".sluice/master.key.old");
+    let r = p.sluice(&[
+        "run",
+        "pipeline.yaml",
+        "--master-key-file",
+        old.to_str().unwrap(),
+    ]);
+    assert_ne!(r.code, 0, "the old key no longer opens anything");
+}
