@@ -310,3 +310,97 @@ stages:
     ]);
     assert_ne!(r.code, 0, "the old key no longer opens anything");
 }
+
+#[test]
+fn the_service_keeps_a_tenants_secrets_and_refuses_a_pipeline_whose_secret_is_missing() {
+    use crate::harness::nats::{Engine, NatsServer, wait_for};
+    use std::time::Duration;
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let p = Project::new(
+        r##"
+name: svc-secret
+secrets:
+  token: { from: SVC_TOKEN }
+stages:
+  - name: S
+    actions:
+      - name: A
+        uses: command@1
+        secrets: [token]
+        capabilities: { process: [sh] }
+        with:
+          run: |
+            echo "the token is $SLUICE_SECRET_TOKEN"
+            test "$SLUICE_SECRET_TOKEN" = "svc-0123456789" && echo "Ok=yes" >> "$SLUICE_OUTPUT"
+"##,
+    );
+    // Two engines on NATS with the same master key file.
+    let key = p.path("master.key");
+    let env = [("SLUICE_MASTER_KEY_FILE", key.to_str().unwrap())];
+    let _engines = [
+        Engine::start_env(p.dir.path(), "engine-a", &["--nats", &url], &env),
+        Engine::start_env(p.dir.path(), "engine-b", &["--nats", &url], &env),
+    ];
+    // Not stored yet: the registration is refused at the `from:` line.
+    let refused = wait_for(Duration::from_secs(30), "the engines to answer", || {
+        let r = p.sluice(&["pipeline", "put", "pipeline.yaml", "--nats", &url]);
+        (r.code != 0 && r.stderr.contains("SVC_TOKEN")).then_some(r)
+    });
+    assert!(
+        refused.stderr.contains("pipeline.yaml:4:"),
+        "{}",
+        refused.stderr
+    );
+
+    let put = {
+        use std::io::Write as _;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["secret", "put", "SVC_TOKEN", "--nats", &url])
+            .current_dir(p.dir.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"svc-0123456789\n")
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    let ls = p.sluice(&["secret", "ls", "--nats", &url]);
+    assert!(
+        ls.stdout.contains("SVC_TOKEN") && !ls.stdout.contains("svc-0123456789"),
+        "{}",
+        ls.stdout
+    );
+    let put = p.sluice(&["pipeline", "put", "pipeline.yaml", "--nats", &url]);
+    assert_eq!(put.code, 0, "{}", put.stderr);
+    for _ in 0..4 {
+        let start = p.sluice(&["start", "svc-secret", "--watch", "--nats", &url]);
+        assert_eq!(start.code, 0, "{}", start.stderr);
+        let id = start.stdout.trim().to_string();
+        let status = p.sluice(&["status", &id, "--json", "--nats", &url]);
+        let exec: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+        assert_eq!(action(&exec, "S/A")["variables"]["Ok"], "yes", "{exec:#}");
+        let logs = p.sluice(&["logs", &id, "S/A", "--nats", &url]);
+        assert!(logs.stdout.contains("the token is ***"), "{}", logs.stdout);
+        assert!(!logs.stdout.contains("svc-0123456789"), "{}", logs.stdout);
+    }
+    // Removing it: the next registration is refused again.
+    assert_eq!(
+        p.sluice(&["secret", "rm", "SVC_TOKEN", "--nats", &url])
+            .code,
+        0
+    );
+    let again = p.sluice(&["pipeline", "put", "pipeline.yaml", "--nats", &url]);
+    assert_ne!(again.code, 0);
+}

@@ -124,6 +124,12 @@ verbs! {
     "plugin.install" => PluginInstall -> Locked, Developer;
     /// The tenant's installed marketplace plugins.
     "plugin.installed" => PluginInstalled -> Vec<Locked>, Viewer;
+    /// Store (or replace) a secret of the tenant; no verb ever returns a value.
+    "secret.put" => SecretPut -> SecretInfo, Developer;
+    /// The tenant's secrets: names, scopes, dates.
+    "secret.ls" => SecretLs -> Vec<SecretInfo>, Viewer;
+    /// Remove a secret.
+    "secret.rm" => SecretRm -> Named, Developer;
     /// Make a token for the tenant (shown once).
     "token.create" => TokenCreate -> TokenCreated, Admin;
     /// The tenant's tokens (never their secrets).
@@ -490,6 +496,56 @@ pub struct PluginInstall {
     /// …or the digest of a component already uploaded to the artifact store (NATS).
     #[serde(default)]
     pub digest: Option<String>,
+}
+
+/// `secret.put`. Its `Debug` shows no value (requests may be logged).
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretPut {
+    /// Its name: letters, digits and `_`, starting with a letter.
+    pub name: String,
+    /// The value (at least 8 bytes, at most 64 KiB).
+    pub value: String,
+    /// Only these pipelines may use it; empty: every pipeline of the tenant.
+    #[serde(default)]
+    pub pipelines: Vec<String>,
+}
+
+impl std::fmt::Debug for SecretPut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretPut")
+            .field("name", &self.name)
+            .field("value", &"***")
+            .field("pipelines", &self.pipelines)
+            .finish()
+    }
+}
+
+/// `secret.ls`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretLs {}
+
+/// `secret.rm`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretRm {
+    /// Its name.
+    pub name: String,
+}
+
+/// What anyone may see of a secret: never its value.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretInfo {
+    /// Its name.
+    pub name: String,
+    /// The pipelines that may use it; empty: every pipeline of the tenant.
+    #[serde(default)]
+    pub pipelines: Vec<String>,
+    /// When it was first stored (RFC 3339).
+    pub created: String,
+    /// When its value last changed.
+    pub updated: String,
 }
 
 /// `plugin.installed`.
@@ -909,6 +965,10 @@ impl Request {
                 ("the action name", r.action.clone()),
             ],
             Request::PluginInstall(r) => vec![("the plugin", r.locked.name.clone())],
+            Request::SecretPut(SecretPut { name, .. }) | Request::SecretRm(SecretRm { name }) => {
+                vec![("the secret", name.clone())]
+            }
+            Request::SecretLs(_) => vec![],
             Request::PluginLs(_)
             | Request::PluginInstalled(_)
             | Request::BundlePut(_)
@@ -1007,6 +1067,6 @@ mod tests {
         v.sort();
         v.dedup();
         assert_eq!(v.len(), VERBS.len());
-        assert_eq!(VERBS.len(), 35);
+        assert_eq!(VERBS.len(), 38);
     }
 }

@@ -127,12 +127,16 @@ enum Cmd {
     Secret {
         #[command(subcommand)]
         command: secrets::SecretCmd,
-        /// Data directory [default: ./.sluice].
-        #[arg(long, env = "SLUICE_DATA", global = true)]
-        data: Option<PathBuf>,
-        /// The master key [default: SLUICE_MASTER_KEY_FILE, else DATA/master.key].
+        /// The master key of the data folder's secrets [default: SLUICE_MASTER_KEY_FILE, else
+        /// DATA/master.key].
         #[arg(long, env = "SLUICE_MASTER_KEY_FILE", global = true)]
         master_key_file: Option<PathBuf>,
+        /// Your tenant's secrets on the service (the embedded one in --data, or on NATS with
+        /// --nats) instead of the data folder's.
+        #[arg(long, global = true)]
+        service: bool,
+        #[command(flatten)]
+        target: service::Target,
     },
     /// Publisher keys for signing plugins.
     Key {
@@ -653,9 +657,21 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Key { command } => market::key(command),
         Cmd::Secret {
             command,
-            data,
             master_key_file,
-        } => secrets::run(command, &default_data(data), master_key_file.as_deref()).await,
+            service,
+            target,
+        } => {
+            if service || target.nats.is_some() {
+                secrets::on_service(command, &target).await
+            } else {
+                secrets::run(
+                    command,
+                    &default_data(target.data.clone()),
+                    master_key_file.as_deref(),
+                )
+                .await
+            }
+        }
         Cmd::Trust { command } => market::trust(command),
         Cmd::Artifact { command, data } => {
             let data = default_data(data);

@@ -20,7 +20,7 @@ pub async fn serve(
     let layout = Layout::open(&client, timing).await?;
     let bus: Arc<dyn EventBus> = Arc::new(crate::bus::NatsBus::new(layout.js.clone()));
     let blobs = crate::store::NatsStore::open(&layout.js, &data.join("cas")).await?;
-    let engine = Engine::for_service(data, bus.clone(), Some(Arc::new(blobs)))?;
+    let mut engine = Engine::for_service(data, bus.clone(), Some(Arc::new(blobs)))?;
     // `notify-nats@1` and other publishers without a `server` use the service's NATS.
     engine.registry.runtime().nats.set_default(url);
     engine.registry.runtime().nats.set_publisher(Arc::new(
@@ -38,6 +38,13 @@ pub async fn serve(
         bus,
         cluster: Arc::new(cluster),
         archive_log: Some(Arc::new(crate::logs::NatsLogArchive(logs))),
+        secrets: None,
+    };
+    let secrets = sluice_engine::secrets::for_service(edges.pipelines.clone(), data)?;
+    engine.secrets = Some(secrets.clone());
+    let edges = Edges {
+        secrets: Some(secrets),
+        ..edges
     };
     Ok((Service::new(engine, edges), client))
 }

@@ -23,3 +23,23 @@ pub use sluice_core::model::valid_secret_name as valid_name;
 pub fn placeholder(name: &str) -> String {
     format!("[sluice-secret:{name}]")
 }
+
+/// The service's secret store: sealed records in its pipelines bucket, under the master key in
+/// `SLUICE_MASTER_KEY_FILE`, else `<data>/master.key` (made on first start, mode 0600). On NATS
+/// every engine must be given the same key file: an engine with another key refuses every
+/// secret operation (wrong master key) and changes nothing.
+pub fn for_service(
+    kv: std::sync::Arc<dyn crate::kv::Kv>,
+    data: &std::path::Path,
+) -> anyhow::Result<std::sync::Arc<SecretStore>> {
+    let path = crate::local::master_key_path(data, None);
+    let (key, made) = MasterKey::read_or_create(&path)?;
+    if made {
+        tracing::info!(
+            "made a master key for secrets at {} (id {}): give every engine of this service the same file (SLUICE_MASTER_KEY_FILE)",
+            path.display(),
+            key.id
+        );
+    }
+    Ok(std::sync::Arc::new(SecretStore::new(kv, key)))
+}

@@ -24,19 +24,7 @@ struct Record {
     sealed: Sealed,
 }
 
-/// What anyone may see of a secret: never its value.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SecretInfo {
-    /// Its name.
-    pub name: String,
-    /// The pipelines that may use it; empty: every pipeline of the tenant.
-    #[serde(default)]
-    pub pipelines: Vec<String>,
-    /// When it was first stored (RFC 3339).
-    pub created: String,
-    /// When its value last changed.
-    pub updated: String,
-}
+pub use sluice_api::verbs::SecretInfo;
 
 /// Why a secret operation failed. No variant carries a value.
 #[derive(Debug, thiserror::Error)]

@@ -17,6 +17,7 @@
 pub mod cluster;
 pub mod control;
 pub mod registry;
+mod secrets;
 pub mod tenancy;
 #[cfg(test)]
 mod tests;
@@ -78,6 +79,9 @@ pub struct Edges {
     /// (NATS: the `sluice-logs` Object Store), given the attempt's object name; none: the
     /// embedded service, whose one engine's data directory has them all.
     pub archive_log: Option<Arc<dyn LogArchive>>,
+    /// The tenants' secrets, sealed in the pipelines bucket (`_secrets/…`); `None` in tests
+    /// that need none.
+    pub secrets: Option<Arc<crate::secrets::SecretStore>>,
 }
 
 pub use crate::executor::logs::LogArchive;

@@ -64,6 +64,7 @@ pub(super) fn engine(data: &Path, bus: Arc<dyn EventBus>, shared: &Edges) -> Arc
         bus,
         cluster: Arc::new(super::Alone),
         archive_log: None,
+        secrets: None,
     };
     Service::new(engine, edges)
 }
@@ -81,6 +82,7 @@ pub(super) fn shared_edges(dir: &Path) -> Edges {
         bus: Arc::new(LostBus),
         cluster: Arc::new(super::Alone),
         archive_log: None,
+        secrets: None,
     }
 }
 

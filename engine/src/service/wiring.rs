@@ -16,7 +16,7 @@ pub async fn embedded(
 ) -> anyhow::Result<(Arc<Service>, Arc<MemoryBus>, Arc<StoreHealth>)> {
     std::fs::create_dir_all(data)?;
     let bus = Arc::new(MemoryBus::default());
-    let engine = Engine::for_service(data, bus.clone(), None)?;
+    let mut engine = Engine::for_service(data, bus.clone(), None)?;
     let db = RedbKv::open_database(&data.join("service.redb"))?;
     let health = Arc::new(StoreHealth::default());
     let bucket = |name: &str| -> anyhow::Result<Arc<dyn Kv>> {
@@ -34,6 +34,13 @@ pub async fn embedded(
         bus: bus.clone(),
         cluster: Arc::new(super::Alone),
         archive_log: None,
+        secrets: None,
+    };
+    let secrets = crate::secrets::for_service(edges.pipelines.clone(), data)?;
+    engine.secrets = Some(secrets.clone());
+    let edges = Edges {
+        secrets: Some(secrets),
+        ..edges
     };
     let service = Service::new(engine, edges);
     let resumed = service.recover().await?;

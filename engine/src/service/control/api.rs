@@ -178,6 +178,13 @@ impl Service {
                 )
             }
             Request::PluginInstalled(_) => reply(self.installed_plugins(&p.tenant).await),
+            Request::SecretPut(r) => reply(self.secret_put(&p.tenant, r).await),
+            Request::SecretLs(_) => reply(self.secret_ls(&p.tenant).await),
+            Request::SecretRm(r) => reply(
+                self.secret_rm(&p.tenant, &r.name)
+                    .await
+                    .map(|()| Named { name: r.name }),
+            ),
             Request::Approvals(r) => reply(self.waiting_approvals(p, r).await),
         }
     }
@@ -271,6 +278,8 @@ impl Service {
         };
         let loaded = self.check(&p.tenant, &stored).await?;
         self.check_policy(&p.tenant, &loaded).await?;
+        self.check_pipeline_secrets(&p.tenant, &loaded.pipeline)
+            .await?;
         self.check_pipeline_quota(&p.tenant, &loaded.pipeline.name)
             .await?;
         let subjects: Vec<String> = loaded

@@ -271,6 +271,8 @@ where
         .routes(routes!(events))
         .routes(routes!(list_plugins))
         .routes(routes!(installed_plugins, install_plugin))
+        .routes(routes!(list_secrets))
+        .routes(routes!(put_secret, delete_secret))
         .routes(routes!(artifact_tar))
         .routes(routes!(artifact_files))
         // A path of any depth: axum's catch-all; the document names it `{path}` (in `Doc`).
@@ -1090,6 +1092,61 @@ async fn installed_plugins(State(s): Shared) -> Reply {
     responses((status = 200, description = "The entry kept", body = Value), (status = 422, description = "The component is not what the entry says", body = Value)))]
 async fn install_plugin(State(s): Shared, Json(body): Json<verbs::PluginInstall>) -> Reply {
     call(&s, body).await
+}
+
+// ---- Secrets ----
+
+/// The tenant's secrets: names, scopes, dates. No request returns a value.
+#[utoipa::path(get, path = "/api/v1/secrets", tag = "secrets",
+    responses((status = 200, description = "`[{name, pipelines, created, updated}]`", body = Value)))]
+async fn list_secrets(State(s): Shared) -> Reply {
+    call(&s, verbs::SecretLs {}).await
+}
+
+/// Where a secret may be used.
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+struct SecretScope {
+    /// Only this pipeline may use it (comma-separated for several); every pipeline if absent.
+    pipeline: Option<String>,
+}
+
+/// Store (or replace) a secret: the body is its value (UTF-8, at least 8 bytes).
+#[utoipa::path(put, path = "/api/v1/secrets/{name}", tag = "secrets",
+    params(("name" = String, Path, description = "Secret name"), SecretScope),
+    request_body(content = String, content_type = "text/plain", description = "The value"),
+    responses((status = 200, description = "`{name, pipelines, created, updated}`", body = Value), (status = 422, description = "Not a valid name or value", body = Value)))]
+async fn put_secret(
+    State(s): Shared,
+    Path(name): Path<String>,
+    Query(scope): Query<SecretScope>,
+    value: String,
+) -> Reply {
+    let pipelines = scope
+        .pipeline
+        .map(|p| {
+            p.split(',')
+                .map(|p| p.trim().to_string())
+                .filter(|p| !p.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    call(
+        &s,
+        verbs::SecretPut {
+            name,
+            value,
+            pipelines,
+        },
+    )
+    .await
+}
+
+/// Remove a secret.
+#[utoipa::path(delete, path = "/api/v1/secrets/{name}", tag = "secrets",
+    params(("name" = String, Path, description = "Secret name")),
+    responses((status = 200, description = "`{name}`", body = Value), (status = 404, description = "No such secret", body = Value)))]
+async fn delete_secret(State(s): Shared, Path(name): Path<String>) -> Reply {
+    call(&s, verbs::SecretRm { name }).await
 }
 
 // ---- Artifacts ----
