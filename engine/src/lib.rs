@@ -20,6 +20,7 @@
 pub mod alloc;
 pub mod artifacts;
 pub mod bus;
+pub mod cache;
 pub mod clock;
 pub mod executor;
 pub mod identity;

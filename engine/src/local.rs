@@ -119,6 +119,13 @@ impl LocalRun {
         Ok(())
     }
 
+    /// Take pure actions' successes from the data folder's action cache (`cache.redb`), and
+    /// keep theirs there.
+    pub fn use_cache(&mut self) -> anyhow::Result<()> {
+        self.engine.cache = Some(Arc::new(action_cache(&self.data)?));
+        Ok(())
+    }
+
     /// The run's events from now on.
     pub fn events(&self) -> tokio::sync::broadcast::Receiver<Event> {
         self.bus.subscribe()
@@ -194,6 +201,14 @@ pub fn secret_store(
     let db = crate::kv::RedbKv::open_database(&file)?;
     let kv: Arc<dyn crate::kv::Kv> = Arc::new(crate::kv::RedbKv::bucket(db, "secrets")?);
     Ok((Some(crate::secrets::SecretStore::new(kv, key)), made))
+}
+
+/// The data folder's action cache.
+pub fn action_cache(data: &Path) -> anyhow::Result<crate::cache::ActionCache> {
+    std::fs::create_dir_all(data)?;
+    let db = crate::kv::RedbKv::open_database(&data.join("cache.redb"))?;
+    let kv: Arc<dyn crate::kv::Kv> = Arc::new(crate::kv::RedbKv::bucket(db, "cache")?);
+    Ok(crate::cache::ActionCache::new(kv))
 }
 
 /// Who approves in a local run: `name`, else the user running it.

@@ -6,6 +6,7 @@ mod harness;
 
 mod approvals;
 mod authoring;
+mod cache;
 mod cli;
 mod conformance;
 mod console;

@@ -190,6 +190,7 @@ stages:
             && logs.contains("attempt 2 failed (Retryable)"),
         "{logs}"
     );
-    let progress = p.sluice(&["run", "pipeline.yaml"]).stdout;
+    // Run again, past the action cache (the flaky probe is pure: its success would be reused).
+    let progress = p.sluice(&["run", "pipeline.yaml", "--no-cache"]).stdout;
     assert!(progress.contains("S/Flaky (attempt 3)"), "{progress}");
 }

@@ -109,6 +109,11 @@ pub fn print_execution(e: &Execution, json: bool) -> anyhow::Result<ExitCode> {
             for (k, v) in &a.variables {
                 println!("    variable  {k} = {v}");
             }
+            if let Some(from) = &a.cached_from {
+                println!(
+                    "    cached    not run: the same plugin, configuration and inputs succeeded in {from}"
+                );
+            }
             if let Some(s) = &a.summary {
                 println!("    summary   {s}");
             }

@@ -61,6 +61,10 @@ enum Cmd {
         /// are asked for on a terminal, and fail the action when there is none.
         #[arg(long, value_name = "STAGE/ACTION")]
         approve: Vec<String>,
+        /// Run every action, even pure ones whose plugin, configuration and inputs are
+        /// unchanged since a cached success.
+        #[arg(long)]
+        no_cache: bool,
         /// The master key that unseals the data folder's secrets [default:
         /// SLUICE_MASTER_KEY_FILE, else DATA/master.key].
         #[arg(long)]
@@ -137,6 +141,14 @@ enum Cmd {
         service: bool,
         #[command(flatten)]
         target: service::Target,
+    },
+    /// The action cache of the data folder: what pure actions' runs left to reuse.
+    Cache {
+        #[command(subcommand)]
+        command: CacheCmd,
+        /// Data directory [default: ./.sluice].
+        #[arg(long, env = "SLUICE_DATA", global = true)]
+        data: Option<PathBuf>,
     },
     /// Publisher keys for signing plugins.
     Key {
@@ -431,6 +443,24 @@ enum PluginCmd {
 }
 
 #[derive(Subcommand, Debug)]
+enum CacheCmd {
+    /// List the cached successes: pipeline, action they came from, outputs.
+    Ls {
+        /// Only this pipeline's.
+        #[arg(long)]
+        pipeline: Option<String>,
+    },
+    /// How many entries, per pipeline.
+    Stats,
+    /// Forget cached successes (every action runs again next time).
+    Clear {
+        /// Only this pipeline's.
+        #[arg(long)]
+        pipeline: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum ArtifactCmd {
     /// List the files of an artifact.
     Ls {
@@ -453,6 +483,57 @@ enum ArtifactCmd {
         #[arg(long)]
         repair: bool,
     },
+}
+
+async fn cache_command(cmd: CacheCmd, data: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let cache = local::action_cache(data)?;
+    let tenant = sluice_engine::executor::DEFAULT_TENANT;
+    match cmd {
+        CacheCmd::Ls { pipeline } => {
+            let mut all = cache.list(tenant).await?;
+            all.retain(|e| pipeline.as_ref().is_none_or(|p| p == &e.pipeline));
+            all.sort_by(|a, b| b.created.cmp(&a.created));
+            if all.is_empty() {
+                println!("the action cache is empty ({})", data.display());
+            }
+            for e in all {
+                let outputs: Vec<String> = e
+                    .artifacts
+                    .keys()
+                    .cloned()
+                    .chain(e.variables.keys().map(|k| format!("#{k}")))
+                    .collect();
+                println!(
+                    "{}  {:<16} {}  {}  [{}]",
+                    &e.key[..12],
+                    e.pipeline,
+                    e.from,
+                    e.created,
+                    outputs.join(" ")
+                );
+            }
+        }
+        CacheCmd::Stats => {
+            let all = cache.list(tenant).await?;
+            let mut per: BTreeMap<String, usize> = BTreeMap::new();
+            for e in &all {
+                *per.entry(e.pipeline.clone()).or_default() += 1;
+            }
+            println!(
+                "{} entries (at most {} are kept; the oldest go first)",
+                all.len(),
+                sluice_engine::cache::MAX_ENTRIES
+            );
+            for (p, n) in per {
+                println!("  {p}: {n}");
+            }
+        }
+        CacheCmd::Clear { pipeline } => {
+            let n = cache.clear(tenant, pipeline.as_deref()).await?;
+            println!("removed {n} cached result(s)");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 pub(crate) fn parse_var(s: &str) -> Result<(String, String), String> {
@@ -556,6 +637,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             as_,
             trigger,
             master_key_file,
+            no_cache,
         } => {
             let (pipeline, problems) = match local::load_pipeline(&file) {
                 Ok((p, problems)) => (Arc::new(p), problems),
@@ -572,6 +654,9 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             };
             if let Err(d) = run.use_secrets(&pipeline, master_key_file.as_deref()).await {
                 return Ok(validation_failed(&d));
+            }
+            if !no_cache {
+                run.use_cache()?;
             }
             let style = progress::Style {
                 color: std::io::stderr().is_terminal() && !json,
@@ -655,6 +740,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             }
         },
         Cmd::Key { command } => market::key(command),
+        Cmd::Cache { command, data } => cache_command(command, &default_data(data)).await,
         Cmd::Secret {
             command,
             master_key_file,

@@ -150,6 +150,7 @@ pub async fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
     let execution_id = format!("plugin-test-{}", ulid::Ulid::new());
     let spec = JobSpec {
         secrets: Default::default(),
+        cacheable: false,
         invoke: None,
         continuation: args.continuation.clone(),
         wake_payload: args.wake_payload.clone(),
@@ -203,6 +204,7 @@ pub async fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
             variables,
             artifacts,
             summary,
+            ..
         } => {
             println!("outcome Succeeded");
             if let Some(s) = summary {

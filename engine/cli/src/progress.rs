@@ -100,6 +100,7 @@ pub fn format_event(e: &Event, style: Style) -> String {
                 _ => String::new(),
             };
             let detail = match (&e.detail, e.status.is_terminal()) {
+                (Some(d), true) if d.starts_with("(cached from ") => format!(" {d}"),
                 (Some(d), true) => format!(": {}", d.lines().next().unwrap_or("")),
                 _ => String::new(),
             };

@@ -406,7 +406,15 @@ pub fn advance_in(seen: &mut Snapshot, after: &Execution, scope: Scope) -> Vec<E
                 );
                 e.attempt = Some(aa.attempt);
                 e.duration_ms = span(aa.started_at, aa.finished_at);
-                e.detail = aa.error.clone().or_else(|| aa.summary.clone());
+                e.detail = aa
+                    .error
+                    .clone()
+                    .or_else(|| {
+                        aa.cached_from
+                            .as_ref()
+                            .map(|f| format!("(cached from {f})"))
+                    })
+                    .or_else(|| aa.summary.clone());
                 out.push((
                     if aa.status.is_terminal() {
                         (0, si, 0)

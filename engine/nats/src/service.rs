@@ -42,6 +42,9 @@ pub async fn serve(
     };
     let secrets = sluice_engine::secrets::for_service(edges.pipelines.clone(), data)?;
     engine.secrets = Some(secrets.clone());
+    engine.cache = Some(Arc::new(sluice_engine::cache::ActionCache::new(
+        edges.pipelines.clone(),
+    )));
     let edges = Edges {
         secrets: Some(secrets),
         ..edges

@@ -9,6 +9,7 @@
 mod cache;
 pub use cache::{CompileCounters, counters as compile_counters};
 mod capture;
+mod determinism;
 mod host;
 pub mod http;
 mod logging;
@@ -175,6 +176,9 @@ pub struct Invocation {
     pub http: Vec<String>,
     /// Secret placeholders → values, put into request headers to granted origins.
     pub http_secrets: Vec<(String, String)>,
+    /// A fixed clock and a seeded random source (actions whose results are cached: the same
+    /// inputs must give the same result).
+    pub deterministic: bool,
     /// NATS subjects (patterns) the guest may publish to.
     pub nats: Vec<String>,
     /// Guest memory cap in bytes.
@@ -551,6 +555,7 @@ impl Runtime {
             exclude: Vec::new(),
             http: Vec::new(),
             http_secrets: Vec::new(),
+            deterministic: false,
             nats: Vec::new(),
             memory_limit: DEFAULT_MEMORY,
             timeout: check.timeout,
@@ -596,6 +601,14 @@ impl Runtime {
         let stderr = capture::Capture::new(STDIO_CAPTURE);
         let mut wasi = WasiCtx::builder();
         wasi.stdout(stdout.clone()).stderr(stderr.clone());
+        if inv.deterministic {
+            use rand::SeedableRng as _;
+            wasi.wall_clock(determinism::FixedClock)
+                .monotonic_clock(determinism::FixedClock)
+                .secure_random(rand::rngs::StdRng::seed_from_u64(0))
+                .insecure_random(rand::rngs::StdRng::seed_from_u64(1))
+                .insecure_random_seed(0);
+        }
         if !inv.exclude.is_empty() {
             let paths: Vec<String> = inv
                 .exclude

@@ -92,6 +92,11 @@ pub struct JobSpec {
     /// Names only: values are fetched where the job runs, and never queued or stored.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub secrets: BTreeMap<String, String>,
+    /// Pure: its plugin declares no side effects and it is granted nothing outside its
+    /// inputs and outputs, so its success may be taken from the action cache (and it runs
+    /// with a fixed clock and a seeded random source).
+    #[serde(default)]
+    pub cacheable: bool,
 }
 
 /// What `invoke@1` calls.
@@ -301,6 +306,23 @@ impl JobSpec {
             output_limits: action.output_limits,
             timeout: action.timeout.or(p.timeout).unwrap_or(DEFAULT_TIMEOUT),
             pipeline_dir: p.dir.clone(),
+            cacheable: p.cache
+                && action.cache
+                && !plugin.description.side_effects
+                && action.uses.value != "invoke@1"
+                && action.capabilities.process.is_empty()
+                && action.capabilities.http.is_empty()
+                && action.capabilities.nats.is_empty()
+                && action.capabilities.dirs.is_empty()
+                && action.secrets.is_empty()
+                && run.continuation.is_none()
+                && run.wake_payload.is_none()
+                && !plugin.description.capabilities.iter().any(|c| {
+                    matches!(
+                        c,
+                        Capability::ReadConfigPath(_) | Capability::WriteConfigPath(_)
+                    )
+                }),
             secrets: action
                 .secrets
                 .iter()
@@ -317,6 +339,8 @@ impl JobSpec {
 /// What a worker needs besides the job.
 #[derive(Clone)]
 pub struct JobContext {
+    /// Where pure actions' successes are kept and found (`None`: every action runs).
+    pub cache: Option<Arc<crate::cache::ActionCache>>,
     /// Where the values of secrets come from (`None`: jobs listing secrets fail, saying so).
     pub secrets: Option<Arc<dyn super::secrets::SecretSource>>,
     /// The sandbox.
@@ -430,6 +454,27 @@ pub async fn execute(cx: &JobContext, job: &JobSpec) -> (ActionResult, Leftover)
             return (ActionResult::Failed { error, kind }, Leftover(None));
         }
     };
+    let cache = cx.cache.as_ref().filter(|_| job.cacheable);
+    let cache_key = cache.map(|_| crate::cache::key(job));
+    if let (Some(cache), Some(key)) = (cache, &cache_key)
+        && let Some(hit) = cached(cx, cache, &job.tenant, key).await
+    {
+        raw_log.log(
+            Level::Info,
+            &format!(
+                "cached: the same plugin, configuration and inputs succeeded in {} (sluice cache ls)",
+                hit.from
+            ),
+            &[],
+        );
+        let result = ActionResult::Succeeded {
+            variables: hit.variables,
+            artifacts: hit.artifacts,
+            summary: hit.summary,
+            cached_from: Some(hit.from),
+        };
+        return (result, Leftover(None));
+    }
     let redactor = sluice_core::redact::Redactor::new(secrets.values().map(String::as_str));
     let redacting = (!redactor.is_empty()).then(|| {
         Arc::new(super::secrets::RedactingLog::new(
@@ -489,7 +534,47 @@ pub async fn execute(cx: &JobContext, job: &JobSpec) -> (ActionResult, Leftover)
     if let Some(r) = &redacting {
         r.finish();
     }
+    if let (
+        Some(cache),
+        Some(key),
+        ActionResult::Succeeded {
+            variables,
+            artifacts,
+            summary,
+            cached_from: None,
+        },
+    ) = (cache, cache_key, &result)
+    {
+        let entry = crate::cache::Entry {
+            key,
+            pipeline: job.pipeline.clone(),
+            from: format!("{}/{}/{}", job.execution_id, job.stage, job.action),
+            variables: variables.clone(),
+            artifacts: artifacts.clone(),
+            summary: summary.clone(),
+            created: jiff::Timestamp::now().to_string(),
+        };
+        if let Err(e) = cache.put(&job.tenant, entry).await {
+            tracing::warn!("the action cache could not keep a result: {e}");
+        }
+    }
     (super::secrets::redact_result(result, &redactor), leftover)
+}
+
+/// A cache entry whose artifacts are all still in the store (one whose artifacts are gone is
+/// a miss: the action runs and stores them again).
+async fn cached(
+    cx: &JobContext,
+    cache: &crate::cache::ActionCache,
+    tenant: &str,
+    key: &str,
+) -> Option<crate::cache::Entry> {
+    let hit = cache.get(tenant, key).await.ok().flatten()?;
+    let all_there = hit
+        .artifacts
+        .values()
+        .all(|d| d.parse::<Digest>().is_ok_and(|d| cx.blobs.contains(&d)));
+    all_there.then_some(hit)
 }
 
 /// Free bytes below which a failed action's disk counts as full.
@@ -710,6 +795,7 @@ async fn run_in(
         program_env,
         exclude,
         http: job.http.clone(),
+        deterministic: job.cacheable,
         http_secrets: secrets
             .iter()
             .map(|(name, value)| (crate::secrets::placeholder(name), value.clone()))
@@ -790,6 +876,7 @@ async fn run_in(
                 variables,
                 artifacts,
                 summary,
+                cached_from: None,
             })
         }
         Ok(RunOutcome::Pending {

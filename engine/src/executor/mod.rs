@@ -52,6 +52,8 @@ pub struct Engine {
     pub data: PathBuf,
     /// Where secret values come from (`None` until the caller opens a secret store).
     pub secrets: Option<Arc<dyn secrets::SecretSource>>,
+    /// The action cache (`None`: every action runs).
+    pub cache: Option<Arc<crate::cache::ActionCache>>,
 }
 
 /// The embedded engine's data directory layout.
@@ -152,6 +154,7 @@ impl Engine {
             protected: Arc::new(dirs.protected()),
             data: dirs.root.clone(),
             secrets: None,
+            cache: None,
         })
     }
 
@@ -185,6 +188,7 @@ impl Engine {
             protected: Arc::new(dirs.protected()),
             data: dirs.root.clone(),
             secrets: None,
+            cache: None,
         })
     }
 
@@ -301,6 +305,7 @@ impl Engine {
     /// What one job needs to run (for tools that run a single job: `plugin test`, the bench).
     pub fn job_context(&self) -> job::JobContext {
         job::JobContext {
+            cache: self.cache.clone(),
             secrets: self.secrets.clone(),
             runtime: self.registry.runtime().clone(),
             blobs: self.blobs.clone(),

@@ -114,7 +114,9 @@ pub(super) fn redact_result(
             variables,
             artifacts,
             summary,
+            cached_from,
         } => ActionResult::Succeeded {
+            cached_from,
             variables: variables
                 .into_iter()
                 .map(|(k, v)| (k, r.redact(&v)))

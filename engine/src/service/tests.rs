@@ -523,8 +523,10 @@ async fn a_chain_of_short_steps_keeps_its_lease() {
         "8 steps of 30 ms ran in {took:?}"
     );
     let reports = counts.progress.load(std::sync::atomic::Ordering::Relaxed);
+    // A timer restarted at each step (each shorter than the period) would never report;
+    // half the periods is the bar, as a loaded machine delays the reporter's ticks.
     assert!(
-        reports as u128 >= took.as_millis() / 100 - 1,
+        reports >= 1 && reports as u128 >= took.as_millis() / 200,
         "{reports} progress reports in {took:?}"
     );
 }

@@ -38,6 +38,9 @@ pub async fn embedded(
     };
     let secrets = crate::secrets::for_service(edges.pipelines.clone(), data)?;
     engine.secrets = Some(secrets.clone());
+    engine.cache = Some(Arc::new(crate::cache::ActionCache::new(
+        edges.pipelines.clone(),
+    )));
     let edges = Edges {
         secrets: Some(secrets),
         ..edges

@@ -245,6 +245,7 @@ fn noop_job(
 ) -> sluice_engine::executor::job::JobSpec {
     sluice_engine::executor::job::JobSpec {
         secrets: Default::default(),
+        cacheable: false,
         tenant: "default".into(),
         pipeline: "bench".into(),
         execution_id: "bench".into(),

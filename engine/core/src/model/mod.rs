@@ -82,6 +82,8 @@ pub struct Pipeline {
     pub confined: bool,
     /// `secrets:`: the name `#{secrets.NAME}` uses → the stored secret it reads (`from`).
     pub secrets: BTreeMap<String, Located<String>>,
+    /// `cache: false` turns the action cache off for every action.
+    pub cache: bool,
 }
 
 /// A secret's name (in `secrets:` and as stored): letters, digits and `_`, starting with a
@@ -223,6 +225,8 @@ pub struct Action {
     pub capabilities: Capabilities,
     /// `secrets:`: the pipeline's secrets this action may use.
     pub secrets: Vec<Located<String>>,
+    /// `cache: false`: always run it, even when its inputs are unchanged.
+    pub cache: bool,
 }
 
 /// What an action may reach outside its sandbox. Deny by default.

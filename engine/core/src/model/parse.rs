@@ -18,6 +18,7 @@ pub const PIPELINE_KEYS: &[&str] = &[
     "execution_mode",
     "triggers",
     "secrets",
+    "cache",
     "stages",
 ];
 /// Keys accepted under `triggers`.
@@ -60,6 +61,7 @@ pub const ACTION_KEYS: &[&str] = &[
     "limits",
     "capabilities",
     "secrets",
+    "cache",
 ];
 /// Keys accepted under `retry`.
 pub const RETRY_KEYS: &[&str] = &["max_attempts", "backoff", "on_timeout"];
@@ -389,6 +391,7 @@ impl Parser<'_> {
             dir,
             confined: false,
             secrets: BTreeMap::new(),
+            cache: true,
         };
         let Some(map) = self.mapping(root, "the pipeline", PIPELINE_KEYS) else {
             return pipeline;
@@ -432,6 +435,12 @@ impl Parser<'_> {
         }
         if let Some(n) = map.get_node("secrets") {
             pipeline.secrets = self.secrets(n);
+        }
+        if let Some(n) = map.get_node("cache") {
+            match n.as_scalar().and_then(|s| s.as_bool()) {
+                Some(b) => pipeline.cache = b,
+                None => self.err(loc(n), "`cache` must be true or false"),
+            }
         }
         if let Some(vars) = map.get_node("variables") {
             if let Some(vmap) = vars.as_mapping() {
@@ -657,6 +666,7 @@ impl Parser<'_> {
             retry: None,
             capabilities: Capabilities::default(),
             secrets: Vec::new(),
+            cache: true,
         };
         if let Some(with) = map.get_node("with") {
             if let Some(wmap) = with.as_mapping() {
@@ -678,6 +688,12 @@ impl Parser<'_> {
         }
         if let Some(n) = map.get_node("secrets") {
             action.secrets = self.string_list(n, "`secrets`");
+        }
+        if let Some(n) = map.get_node("cache") {
+            match n.as_scalar().and_then(|s| s.as_bool()) {
+                Some(b) => action.cache = b,
+                None => self.err(loc(n), "`cache` must be true or false"),
+            }
         }
         if let Some(n) = map.get_node("outputs") {
             action.outputs = self.string_list(n, "`outputs`");

@@ -161,6 +161,8 @@ pub enum ActionResult {
         artifacts: BTreeMap<String, String>,
         /// One line for humans.
         summary: Option<String>,
+        /// Taken from the action cache: the attempt that recorded it.
+        cached_from: Option<String>,
     },
     /// It is not finished: run it again, with `continuation`, when `wake` fires.
     Pending {
@@ -370,11 +372,13 @@ pub fn apply(next: &mut Execution, input: &Input) -> Vec<Command> {
                     variables,
                     artifacts,
                     summary,
+                    cached_from,
                 } => {
                     run.status = Status::Succeeded;
                     run.variables = variables.clone();
                     run.artifacts = artifacts.clone();
                     run.summary = summary.clone();
+                    run.cached_from = cached_from.clone();
                     run.error = None;
                 }
                 ActionResult::Failed { error, kind } => {

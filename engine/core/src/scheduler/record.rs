@@ -362,6 +362,10 @@ pub struct ActionRun {
     /// One line from the plugin.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<String>,
+    /// Not run: its outcome came from the action cache, recorded by this attempt
+    /// (`EXECUTION/STAGE/ACTION`) with the same inputs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_from: Option<String>,
     /// When the current attempt started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Timestamp>,
@@ -492,6 +496,7 @@ impl Execution {
                         namespace: a.namespace.as_ref().map(|n| n.value.clone()),
                         status: Status::NotStarted,
                         attempt: 0,
+                        cached_from: None,
                         plugin: plugins(&a.uses.value),
                         config: a
                             .with

@@ -33,6 +33,7 @@ pub(super) fn exec(layout: &[&[u32]]) -> Execution {
                         namespace: None,
                         status: Status::NotStarted,
                         attempt: 0,
+                        cached_from: None,
                         plugin: PluginRef {
                             reference: "noop@1".into(),
                             digest: "blake3:00".into(),
@@ -81,6 +82,7 @@ fn done(stage: usize, action: usize, attempt: u32, success: bool) -> Input {
             variables: BTreeMap::new(),
             artifacts: BTreeMap::new(),
             summary: None,
+            cached_from: None,
         }
     } else {
         ActionResult::Failed {

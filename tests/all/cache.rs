@@ -1,0 +1,121 @@
+//! The action cache, end to end: a pure action whose plugin, configuration and inputs are
+//! unchanged is taken from the cache (recorded as cached, with where it came from); any change
+//! runs it again; actions that reach the world always run.
+use crate::harness::*;
+use serde_json::Value;
+
+fn pipeline(plugin: &str, value: &str, copy_cache: bool) -> String {
+    format!(
+        r##"
+name: cachy
+stages:
+  - name: Source
+    actions:
+      - {{ name: Files, uses: source-dir@1, outputs: [src], with: {{ path: src }} }}
+  - name: Build
+    actions:
+      - {{ name: Copy, uses: {plugin}, inputs: [src], outputs: [out], namespace: Build, cache: {copy_cache}, with: {{ mode: copy, value: {value} }} }}
+      - {{ name: Noop, uses: noop@1 }}
+      - {{ name: Cmd, uses: command@1, capabilities: {{ process: [sh] }}, with: {{ run: "true" }} }}
+  - name: Use
+    actions:
+      - {{ name: After, uses: {plugin}, inputs: [out], with: {{ mode: ok, value: "#{{Build.Value}}" }}, namespace: Use }}
+"##
+    )
+}
+
+fn cached(exec: &Value, path: &str) -> Option<String> {
+    action(exec, path)["cached_from"]
+        .as_str()
+        .map(str::to_string)
+}
+
+#[test]
+fn an_unchanged_pure_action_is_taken_from_the_cache_and_any_change_runs_it_again() {
+    let p = Project::new("name: placeholder\nstages: []\n");
+    p.write("src/a.txt", "hello\n");
+    p.write("pipeline.yaml", &pipeline(probe(), "v1", true));
+    let first = p.run(&[]).json();
+    let first_id = first["execution_id"].as_str().unwrap().to_string();
+    assert_eq!(cached(&first, "Build/Copy"), None);
+
+    // Unchanged: the pure actions are cached (with where from), the rest run.
+    let second = p.run(&[]).json();
+    assert_eq!(
+        cached(&second, "Build/Copy"),
+        Some(format!("{first_id}/Build/Copy"))
+    );
+    assert_eq!(
+        cached(&second, "Build/Noop"),
+        Some(format!("{first_id}/Build/Noop"))
+    );
+    assert_eq!(
+        cached(&second, "Source/Files"),
+        None,
+        "source-dir reads the world: it always runs"
+    );
+    assert_eq!(
+        cached(&second, "Build/Cmd"),
+        None,
+        "a granted program always runs"
+    );
+    assert_eq!(status(action(&second, "Build/Copy")), "Succeeded");
+    assert_eq!(
+        action(&second, "Build/Copy")["artifacts"]["out"],
+        action(&first, "Build/Copy")["artifacts"]["out"],
+        "a hit carries the recorded outputs"
+    );
+    assert_eq!(action(&second, "Use/After")["variables"]["Value"], "v1");
+    let shown = p.sluice(&["show", second["execution_id"].as_str().unwrap()]);
+    assert!(
+        shown.stdout.contains("cached    not run"),
+        "{}",
+        shown.stdout
+    );
+
+    // One input file changed: the action and what follows run again.
+    p.write("src/a.txt", "hello, changed\n");
+    let third = p.run(&[]).json();
+    assert_eq!(cached(&third, "Build/Copy"), None);
+    assert_ne!(
+        action(&third, "Build/Copy")["artifacts"]["out"],
+        action(&first, "Build/Copy")["artifacts"]["out"]
+    );
+    assert_eq!(cached(&third, "Use/After"), None, "its input changed");
+    assert!(
+        cached(&third, "Build/Noop").is_some(),
+        "nothing of Noop changed"
+    );
+
+    // A configuration value changed: a miss.
+    p.write("pipeline.yaml", &pipeline(probe(), "v2", true));
+    let fourth = p.run(&[]).json();
+    assert_eq!(cached(&fourth, "Build/Copy"), None);
+    assert_eq!(action(&fourth, "Use/After")["variables"]["Value"], "v2");
+
+    // Another plugin (new digest: a custom section appended): a miss.
+    let mut other = std::fs::read(probe()).unwrap();
+    other.extend_from_slice(&[0x00, 0x05, 0x04, b'n', b'o', b't', b'e']);
+    std::fs::write(p.path("probe2.wasm"), &other).unwrap();
+    p.write("pipeline.yaml", &pipeline("./probe2.wasm", "v2", true));
+    let fifth = p.run(&[]).json();
+    assert_eq!(cached(&fifth, "Build/Copy"), None);
+    let sixth = p.run(&[]).json();
+    assert!(cached(&sixth, "Build/Copy").is_some());
+
+    // --no-cache, `cache: false`, and a cleared cache run it.
+    assert_eq!(cached(&p.run(&["--no-cache"]).json(), "Build/Copy"), None);
+    p.write("pipeline.yaml", &pipeline("./probe2.wasm", "v2", false));
+    assert_eq!(cached(&p.run(&[]).json(), "Build/Copy"), None);
+    p.write("pipeline.yaml", &pipeline("./probe2.wasm", "v2", true));
+    assert!(cached(&p.run(&[]).json(), "Build/Copy").is_some());
+    let ls = p.sluice(&["cache", "ls"]);
+    assert!(
+        ls.stdout.contains("cachy") && ls.stdout.contains("/Build/Copy"),
+        "{}",
+        ls.stdout
+    );
+    let clear = p.sluice(&["cache", "clear", "--pipeline", "cachy"]);
+    assert!(clear.stdout.contains("removed"), "{}", clear.stdout);
+    assert_eq!(cached(&p.run(&[]).json(), "Build/Copy"), None);
+}
