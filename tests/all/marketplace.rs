@@ -7,7 +7,6 @@ use crate::harness::*;
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 /// A user: a home and config folder of their own (keys, trust policy), and a project folder.
 struct User {
@@ -34,29 +33,9 @@ impl User {
 
     /// `sluice ARGS` in the project, answering `input` to any question.
     fn sluice_answering(&self, args: &[&str], input: &str) -> Run {
-        use std::io::Write as _;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(args)
-            .current_dir(self.project.dir.path())
-            .env_remove("SLUICE_DATA")
-            .envs(self.env())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into(),
-            stderr: String::from_utf8_lossy(&out.stderr).into(),
-        }
+        let env = self.env();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        sluice_with_input(self.project.dir.path(), args, &env, input)
     }
 
     fn sluice(&self, args: &[&str]) -> Run {
@@ -870,6 +849,12 @@ fn a_tenant_installs_on_the_service_and_every_engine_runs_the_same_bytes() {
     assert_eq!(
         action(&exec, "Hello/Greet")["variables"]["Greeting"],
         "hello, Ada (greet 1.0.0)"
+    );
+    // greet is pure and nothing changed since the six runs above ended: whichever engine took
+    // this one found their result in the action cache the engines share.
+    assert!(
+        action(&exec, "Hello/Greet")["cached_from"].is_string(),
+        "{exec:#}"
     );
     user.project.write("pipeline.yaml", GREET_PIPELINE_HTTP);
     user.ok(&["pipeline", "put", "pipeline.yaml", "--nats", &url]);

@@ -4,35 +4,14 @@
 //! data folder in the clear.
 use crate::harness::http::HttpServer;
 use crate::harness::*;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 const TOKEN: &str = "tok-3xAmple/S3cret+value=9";
 
 fn put_secret(p: &Project, name: &str, value: &str, extra: &[&str]) -> Run {
-    use std::io::Write as _;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["secret", "put", name])
-        .args(extra)
-        .current_dir(p.dir.path())
-        .env_remove("SLUICE_DATA")
-        .env_remove("SLUICE_MASTER_KEY_FILE")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(value.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into(),
-        stderr: String::from_utf8_lossy(&out.stderr).into(),
-    }
+    let mut args = vec!["secret", "put", name];
+    args.extend_from_slice(extra);
+    sluice_with_input(p.dir.path(), &args, &[], value)
 }
 
 const PIPELINE: &str = r##"
@@ -353,29 +332,8 @@ stages:
         refused.stderr
     );
 
-    let put = {
-        use std::io::Write as _;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(["secret", "put", "SVC_TOKEN", "--nats", &url])
-            .current_dir(p.dir.path())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(b"svc-0123456789\n")
-            .unwrap();
-        child.wait_with_output().unwrap()
-    };
-    assert!(
-        put.status.success(),
-        "{}",
-        String::from_utf8_lossy(&put.stderr)
-    );
+    let put = put_secret(&p, "SVC_TOKEN", "svc-0123456789\n", &["--nats", &url]);
+    assert_eq!(put.code, 0, "{}", put.stderr);
     let ls = p.sluice(&["secret", "ls", "--nats", &url]);
     assert!(
         ls.stdout.contains("SVC_TOKEN") && !ls.stdout.contains("svc-0123456789"),

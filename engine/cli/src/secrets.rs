@@ -156,31 +156,11 @@ pub async fn run(
         SecretCmd::Put { name, pipelines } => {
             let value = read_value(&name)?;
             let info = store.put(tenant, &name, &value, pipelines).await?;
-            println!(
-                "stored secret {} ({})",
-                info.name,
-                if info.pipelines.is_empty() {
-                    "every pipeline".to_string()
-                } else {
-                    format!("pipelines: {}", info.pipelines.join(", "))
-                }
-            );
+            println!("stored secret {} ({})", info.name, scope(&info.pipelines));
         }
         SecretCmd::Ls => {
             let all = store.list(tenant).await?;
-            if all.is_empty() {
-                println!("no secrets in {}", data.display());
-            } else {
-                println!("{:<24} {:<24} UPDATED", "NAME", "PIPELINES");
-                for i in all {
-                    let scope = if i.pipelines.is_empty() {
-                        "(all)".to_string()
-                    } else {
-                        i.pipelines.join(",")
-                    };
-                    println!("{:<24} {:<24} {}", i.name, scope, i.updated);
-                }
-            }
+            print_list(&all, &format!("in {}", data.display()));
         }
         SecretCmd::Rm { name } => {
             if !store.remove(tenant, &name).await? {

@@ -232,18 +232,7 @@ impl SecretStore {
         name: &str,
         pipeline: &str,
     ) -> Result<String, SecretError> {
-        let Some((record, _)) = get_json::<Record>(&*self.kv, &value_key(tenant, name)).await?
-        else {
-            return Err(SecretError::NotFound(name.to_string()));
-        };
-        if !record.info.pipelines.is_empty() && !record.info.pipelines.iter().any(|p| p == pipeline)
-        {
-            return Err(SecretError::OutOfScope {
-                name: name.to_string(),
-                pipeline: pipeline.to_string(),
-                allowed: record.info.pipelines,
-            });
-        }
+        let record = self.record_for(tenant, name, pipeline).await?;
         let Some((key_id, key)) = self.data_key(tenant, false).await? else {
             return Err(SecretError::Tampered(format!(
                 "secret `{name}` (its tenant has no data key)"
@@ -267,6 +256,16 @@ impl SecretStore {
 
     /// Whether `name` exists and `pipeline` may use it (no value is opened).
     pub async fn check(&self, tenant: &str, name: &str, pipeline: &str) -> Result<(), SecretError> {
+        self.record_for(tenant, name, pipeline).await.map(|_| ())
+    }
+
+    /// The stored record of `name`, if `pipeline` may use it.
+    async fn record_for(
+        &self,
+        tenant: &str,
+        name: &str,
+        pipeline: &str,
+    ) -> Result<Record, SecretError> {
         let Some((record, _)) = get_json::<Record>(&*self.kv, &value_key(tenant, name)).await?
         else {
             return Err(SecretError::NotFound(name.to_string()));
@@ -279,7 +278,7 @@ impl SecretStore {
                 allowed: record.info.pipelines,
             });
         }
-        Ok(())
+        Ok(record)
     }
 
     /// Re-seal every tenant's data key under `new` (values are untouched); returns how many.
