@@ -9,7 +9,7 @@ impl Action for Probe {
     fn describe() -> Description {
         Description::new("probe", "1.0.0", Category::Test)
             .summary("Test plugin: behaves as `mode` says")
-            .required("mode", "ok | fail | flaky | retryable | config | pending | loop | alloc | panic | sleep | read | write | symlink | exec | spam | hardlink | context | copy | effect | approval | hold")
+            .required("mode", "ok | fail | flaky | retryable | config | pending | loop | alloc | panic | sleep | read | write | symlink | exec | spam | hardlink | context | copy | hash | effect | approval | hold")
             .optional("path", "a guest path for read/write/symlink")
             .optional("target", "symlink target")
             .optional("program", "host program for exec")
@@ -136,6 +136,43 @@ impl Action for Probe {
                 .var("IdempotencyKey", &ctx.idempotency_key)
                 .var("Inputs", ctx.inputs.join(","))
                 .var("Outputs", ctx.outputs.join(","))),
+            // A pure build step for the action cache's benchmark: hash every file of the input,
+            // write `value` MiB derived from the hash as the output.
+            "hash" => {
+                let from = ctx.input_dir(ctx.single_input()?);
+                let to = ctx.output_dir(ctx.single_output()?);
+                let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+                let mut stack = vec![from];
+                while let Some(dir) = stack.pop() {
+                    let mut entries: Vec<_> = std::fs::read_dir(&dir)
+                        .map_err(|e| ActionError::Failed(e.to_string()))?
+                        .filter_map(Result::ok)
+                        .collect();
+                    entries.sort_by_key(|e| e.file_name());
+                    for e in entries {
+                        let path = e.path();
+                        if path.is_dir() {
+                            stack.push(path);
+                        } else {
+                            let bytes = std::fs::read(&path)
+                                .map_err(|e| ActionError::Failed(e.to_string()))?;
+                            for b in bytes {
+                                hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+                            }
+                        }
+                    }
+                }
+                let mib: usize = config.parse_or("value", 10)?;
+                let block = hash.to_le_bytes().repeat(1 << 17);
+                let mut out = std::fs::File::create(to.join("data.bin"))
+                    .map_err(|e| ActionError::Failed(e.to_string()))?;
+                for _ in 0..mib {
+                    use std::io::Write;
+                    out.write_all(&block)
+                        .map_err(|e| ActionError::Failed(e.to_string()))?;
+                }
+                Ok(Outcome::success().var("Hash", format!("{hash:016x}")))
+            }
             "copy" => {
                 let from = ctx.input_dir(ctx.single_input()?);
                 let to = ctx.output_dir(ctx.single_output()?);
