@@ -6,9 +6,8 @@
 //!
 //! Entries live in a key-value bucket under `_cache/<tenant>/<key>`: the data folder's
 //! `cache.redb` for `sluice run`, the service's pipelines bucket (shared by every engine on
-//! NATS) for the service. Only successes are kept, at most [`MAX_ENTRIES`] per tenant (the
+//! NATS) for the service. The key is the job's ([`crate::executor::job::JobSpec::cache_key`]). Only successes are kept, at most [`MAX_ENTRIES`] per tenant (the
 //! oldest go first).
-use crate::executor::job::JobSpec;
 use crate::kv::{Kv, KvError, get_json};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -16,8 +15,6 @@ use std::sync::Arc;
 
 /// Entries kept per tenant before the oldest are dropped.
 pub const MAX_ENTRIES: usize = 10_000;
-/// Changes when what a key covers changes, so old entries are never taken for new ones.
-const SALT: &str = "sluice-action-cache-v1";
 
 /// One cached success.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -36,38 +33,6 @@ pub struct Entry {
     pub summary: Option<String>,
     /// When it was recorded (RFC 3339).
     pub created: String,
-}
-
-/// The canonical content of a job's key: everything that can change its result.
-#[derive(Serialize)]
-struct KeyParts<'a> {
-    salt: &'a str,
-    world: &'a str,
-    plugin: String,
-    config: &'a BTreeMap<String, String>,
-    inputs: BTreeMap<&'a String, String>,
-    outputs: &'a [String],
-    memory: u64,
-    timeout_ms: u128,
-    output_limits: &'a crate::limits::OutputLimits,
-}
-
-/// The cache key of a job (blake3 hex of its canonical parts).
-pub fn key(job: &JobSpec) -> String {
-    let parts = KeyParts {
-        salt: SALT,
-        world: "sluice:action/action@0.1.0",
-        plugin: job.plugin.to_string(),
-        config: &job.config,
-        inputs: job.inputs.iter().map(|(k, v)| (k, v.to_string())).collect(),
-        outputs: &job.outputs,
-        memory: job.memory,
-        timeout_ms: job.timeout.as_millis(),
-        output_limits: &job.output_limits,
-    };
-    blake3::hash(&serde_json::to_vec(&parts).expect("json"))
-        .to_hex()
-        .to_string()
 }
 
 /// The cache over a bucket.

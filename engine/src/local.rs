@@ -164,13 +164,7 @@ impl LocalRun {
     }
 }
 
-/// The master key file: `master_key`, else `SLUICE_MASTER_KEY_FILE`, else `<data>/master.key`.
-pub fn master_key_path(data: &Path, master_key: Option<&Path>) -> PathBuf {
-    master_key
-        .map(Path::to_path_buf)
-        .or_else(|| std::env::var_os("SLUICE_MASTER_KEY_FILE").map(PathBuf::from))
-        .unwrap_or_else(|| data.join("master.key"))
-}
+pub use crate::secrets::master_key_path;
 
 /// The data folder's secret store (`<data>/secrets.redb`, sealed under the master key). With
 /// `create`, a missing master key is made (the flag says so); without, a store that was never

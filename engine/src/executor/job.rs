@@ -99,6 +99,45 @@ pub struct JobSpec {
     pub cacheable: bool,
 }
 
+/// Changes when what a cache key covers changes, so old entries are never taken for new ones.
+const CACHE_SALT: &str = "sluice-action-cache-v1";
+
+/// The canonical content of a job's key: everything that can change its result.
+#[derive(Serialize)]
+struct KeyParts<'a> {
+    salt: &'a str,
+    world: &'a str,
+    plugin: String,
+    config: &'a BTreeMap<String, String>,
+    inputs: BTreeMap<&'a String, String>,
+    outputs: &'a [String],
+    memory: u64,
+    timeout_ms: u128,
+    output_limits: &'a crate::limits::OutputLimits,
+}
+
+impl JobSpec {
+    /// The action cache's key for this job: blake3 (hex) over a canonical encoding of
+    /// everything that can change its result.
+    pub fn cache_key(&self) -> String {
+        let job = self;
+        let parts = KeyParts {
+            salt: CACHE_SALT,
+            world: "sluice:action/action@0.1.0",
+            plugin: job.plugin.to_string(),
+            config: &job.config,
+            inputs: job.inputs.iter().map(|(k, v)| (k, v.to_string())).collect(),
+            outputs: &job.outputs,
+            memory: job.memory,
+            timeout_ms: job.timeout.as_millis(),
+            output_limits: &job.output_limits,
+        };
+        blake3::hash(&serde_json::to_vec(&parts).expect("json"))
+            .to_hex()
+            .to_string()
+    }
+}
+
 /// What `invoke@1` calls.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct InvokeSpec {
@@ -455,7 +494,7 @@ pub async fn execute(cx: &JobContext, job: &JobSpec) -> (ActionResult, Leftover)
         }
     };
     let cache = cx.cache.as_ref().filter(|_| job.cacheable);
-    let cache_key = cache.map(|_| crate::cache::key(job));
+    let cache_key = cache.map(|_| job.cache_key());
     if let (Some(cache), Some(key)) = (cache, &cache_key)
         && let Some(hit) = cached(cx, cache, &job.tenant, key).await
     {

@@ -24,6 +24,17 @@ pub fn placeholder(name: &str) -> String {
     format!("[sluice-secret:{name}]")
 }
 
+/// The master key file: `master_key`, else `SLUICE_MASTER_KEY_FILE`, else `<data>/master.key`.
+pub fn master_key_path(
+    data: &std::path::Path,
+    master_key: Option<&std::path::Path>,
+) -> std::path::PathBuf {
+    master_key
+        .map(std::path::Path::to_path_buf)
+        .or_else(|| std::env::var_os("SLUICE_MASTER_KEY_FILE").map(std::path::PathBuf::from))
+        .unwrap_or_else(|| data.join("master.key"))
+}
+
 /// The service's secret store: sealed records in its pipelines bucket, under the master key in
 /// `SLUICE_MASTER_KEY_FILE`, else `<data>/master.key` (made on first start, mode 0600). On NATS
 /// every engine must be given the same key file: an engine with another key refuses every
@@ -32,7 +43,7 @@ pub fn for_service(
     kv: std::sync::Arc<dyn crate::kv::Kv>,
     data: &std::path::Path,
 ) -> anyhow::Result<std::sync::Arc<SecretStore>> {
-    let path = crate::local::master_key_path(data, None);
+    let path = master_key_path(data, None);
     let (key, made) = MasterKey::read_or_create(&path)?;
     if made {
         tracing::info!(
