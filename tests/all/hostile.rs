@@ -450,27 +450,18 @@ fn a_connection_flood_that_exhausts_descriptors_does_not_end_the_service() {
     let _ = engine.wait();
 }
 
-/// Whether process `pid` runs (a zombie has ended: only its parent's reaping is left).
-fn running(pid: &str) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|stat| {
-            let state = stat.rsplit(')').next().unwrap_or("").trim_start();
-            !state.starts_with('Z') && !state.starts_with('X')
-        })
-        .unwrap_or(false)
-}
-
 /// A host program dies with the engine that started it: after a `kill -9` of the engine, no
 /// leftover keeps running beside the attempt that another engine runs again.
 #[test]
 fn a_host_program_dies_with_the_engine_that_started_it() {
     let p = Project::new("");
-    let pidfile = p.path("program.pid");
+    std::fs::create_dir_all(p.path("run")).unwrap();
+    // Found by its command line: the program's own pid is one of its PID namespace.
     p.write(
         "pipeline.yaml",
         &format!(
-            "name: linger\nstages:\n  - name: S\n    actions:\n      - name: Run\n        uses: command@1\n        capabilities: {{ process: [sh] }}\n        with: {{ run: \"echo $$ > {}.tmp && mv {0}.tmp {0} && exec sleep 300\" }}\n",
-            pidfile.display()
+            "name: linger\nstages:\n  - name: S\n    actions:\n      - name: Run\n        uses: command@1\n        capabilities: {{ process: [sh], dirs: {{ ./run: rw }} }}\n        with: {{ run: \"touch {}/started && exec sleep 7301\" }}\n",
+            p.path("run").display()
         ),
     );
     let mut engine = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
@@ -481,24 +472,20 @@ fn a_host_program_dies_with_the_engine_that_started_it() {
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
-    let pid = loop {
-        if let Ok(pid) = std::fs::read_to_string(&pidfile) {
-            break pid.trim().to_string();
-        }
+    while !p.path("run/started").exists() || processes_with("sleep 7301").is_empty() {
         assert!(Instant::now() < deadline, "the host program never started");
         std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(running(&pid), "the host program {pid} is not running");
+    }
     engine.kill().unwrap(); // SIGKILL
     engine.wait().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while running(&pid) {
+    while !processes_with("sleep 7301").is_empty() {
         if Instant::now() > deadline {
             // Leave nothing behind, then fail.
-            let _ = std::process::Command::new("kill")
-                .args(["-9", &pid])
+            let _ = std::process::Command::new("pkill")
+                .args(["-9", "-f", "sleep 7301"])
                 .status();
-            panic!("host program {pid} outlived the engine that started it");
+            panic!("the host program outlived the engine that started it");
         }
         std::thread::sleep(Duration::from_millis(50));
     }

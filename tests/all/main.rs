@@ -8,6 +8,7 @@ mod approvals;
 mod authoring;
 mod cache;
 mod cli;
+mod confined;
 mod conformance;
 mod console;
 mod docs;

@@ -56,11 +56,12 @@ name: git
 stages:
   - name: Source
     actions:
-      - { name: Main, uses: source-git@1, outputs: [main], capabilities: { process: [git] }, with: { repository: app, branch: main } }
-      - { name: Feature, uses: source-git@1, outputs: [feature], capabilities: { process: [git] }, with: { repository: app, branch: feature } }
-      - { name: Tag, uses: source-git@1, outputs: [tagged], capabilities: { process: [git] }, with: { repository: app, tag: v1 } }
-      - { name: Commit, uses: source-git@1, outputs: [pinned], capabilities: { process: [git] }, with: { repository: app, commit: FIRST } }
-      - { name: Missing, uses: source-git@1, outputs: [missing], capabilities: { process: [git] }, with: { repository: app, branch: nope } }
+      - { name: Main, uses: source-git@1, outputs: [main], capabilities: { process: [git], dirs: { app: ro } }, with: { repository: app, branch: main } }
+      - { name: Feature, uses: source-git@1, outputs: [feature], capabilities: { process: [git], dirs: { app: ro } }, with: { repository: app, branch: feature } }
+      - { name: Tag, uses: source-git@1, outputs: [tagged], capabilities: { process: [git], dirs: { app: ro } }, with: { repository: app, tag: v1 } }
+      - { name: Commit, uses: source-git@1, outputs: [pinned], capabilities: { process: [git], dirs: { app: ro } }, with: { repository: app, commit: FIRST } }
+      - { name: Missing, uses: source-git@1, outputs: [missing], capabilities: { process: [git], dirs: { app: ro } }, with: { repository: app, branch: nope } }
+      - { name: Ungranted, uses: source-git@1, outputs: [ungranted], capabilities: { process: [git] }, with: { repository: app, branch: main } }
   - name: Check
     actions:
       - name: Files
@@ -107,6 +108,13 @@ stages:
         error(action(&exec, "Source/Missing")).contains("git checkout failed"),
         "{}",
         error(action(&exec, "Source/Missing"))
+    );
+    // git runs confined: a repository the action is not granted is out of its reach.
+    assert!(
+        error(action(&exec, "Source/Ungranted"))
+            .contains("grant it read-only with `capabilities: { dirs: { app: ro } }`"),
+        "{}",
+        error(action(&exec, "Source/Ungranted"))
     );
     // The repository was only read.
     assert_eq!(git(&repo, &["rev-parse", "--abbrev-ref", "HEAD"]), "main");

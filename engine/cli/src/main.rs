@@ -34,6 +34,11 @@ use std::sync::Arc;
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
+    /// Run granted host programs (`capabilities: { process: [...] }`) unconfined: as this
+    /// user, with all its rights, where the kernel cannot confine them (no Landlock, no user
+    /// namespaces). For trusted pipelines only.
+    #[arg(long, env = "SLUICE_UNCONFINED_PROGRAMS", global = true)]
+    unconfined_programs: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -597,6 +602,7 @@ fn restore_sigpipe() {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    sluice_engine::runtime::confine::allow_unconfined(cli.unconfined_programs);
     if !matches!(cli.command, Cmd::Serve(_)) {
         restore_sigpipe();
     }

@@ -115,6 +115,8 @@ pub(super) struct HostState {
     mounts: Vec<super::Mount>,
     programs: Vec<String>,
     program_env: Vec<(String, String)>,
+    /// What confines those programs beyond the grants themselves.
+    program_bounds: ProgramBounds,
     http: wasmtime_wasi_http::WasiHttpCtx,
     http_guard: super::http::OriginGuard,
     nats_grants: Vec<String>,
@@ -158,6 +160,11 @@ impl HostState {
             mounts,
             programs,
             program_env,
+            program_bounds: ProgramBounds {
+                hidden: Vec::new(),
+                file_size: sluice_core::limits::MAX_OUTPUT_BYTES,
+                ports: http_ports(http_origins),
+            },
             http: wasmtime_wasi_http::WasiHttpCtx::new(),
             http_guard,
             nats_grants: Vec::new(),
@@ -170,6 +177,12 @@ impl HostState {
     /// Values the host puts in place of their placeholders in outgoing HTTP headers.
     pub(super) fn http_secrets(&mut self, secrets: Vec<(String, String)>) {
         self.http_guard.set_secrets(secrets);
+    }
+
+    /// The engine's directories programs never reach, and their largest file.
+    pub(super) fn bound_programs(&mut self, hidden: Vec<PathBuf>, file_size: u64) {
+        self.program_bounds.hidden = hidden;
+        self.program_bounds.file_size = file_size;
     }
 
     /// Let the guest publish to NATS subjects matching `grants`.
@@ -397,6 +410,60 @@ fn resolve_program(name: &str) -> Option<PathBuf> {
         })
 }
 
+/// How host programs are confined beyond their grants (see `confine`).
+struct ProgramBounds {
+    /// The engine's own directories (data directory, workspaces), even inside a grant.
+    hidden: Vec<PathBuf>,
+    /// Largest file a program may write.
+    file_size: u64,
+    /// TCP ports of the granted HTTP origins; `None` when no origin is granted (no network).
+    ports: Option<Vec<u16>>,
+}
+
+/// The TCP ports of `scheme://host[:port]` origins.
+fn http_ports(origins: &[String]) -> Option<Vec<u16>> {
+    if origins.is_empty() {
+        return None;
+    }
+    let mut ports: Vec<u16> = origins
+        .iter()
+        .filter_map(|o| {
+            let (scheme, rest) = o.split_once("://")?;
+            let authority = rest.split('/').next()?;
+            match authority.rsplit_once(':') {
+                Some((_, port)) if !port.ends_with(']') => port.parse().ok(),
+                _ => Some(if scheme == "https" { 443 } else { 80 }),
+            }
+        })
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    Some(ports)
+}
+
+impl HostState {
+    /// The confinement of one program run by this action (`None`: run unconfined).
+    fn confinement(&self, program: &Path) -> Result<Option<super::confine::Confinement>, String> {
+        if super::confine::unconfined() {
+            return Ok(None);
+        }
+        let grants = super::confine::Grants {
+            workspace: &self.workspace,
+            dirs: self
+                .mounts
+                .iter()
+                .map(|m| (m.host.as_path(), m.access == Access::Rw))
+                .collect(),
+            hidden: &self.program_bounds.hidden,
+            program,
+            network: self.program_bounds.ports.clone(),
+            memory: self.limits.memory,
+            file_size: self.program_bounds.file_size,
+        };
+        super::confine::Confinement::prepare(&grants).map(Some)
+    }
+}
+
 impl process::Host for HostState {
     async fn run(&mut self, cmd: process::Command) -> Result<process::ExitStatus, String> {
         if !self.programs.iter().any(|p| p == &cmd.program) {
@@ -416,15 +483,20 @@ impl process::Host for HostState {
                 cmd.program
             )
         })?;
+        let confinement = self.confinement(&program)?;
         let mut command = tokio::process::Command::new(&program);
+        command.args(&cmd.args).env_clear().envs(
+            ["PATH", "HOME"]
+                .iter()
+                .filter_map(|k| std::env::var(k).ok().map(|v| (*k, v))),
+        );
+        if confinement.is_some() {
+            // The engine's home and /tmp are out of reach: the workspace stands in for both.
+            command
+                .env("HOME", &self.workspace)
+                .env("TMPDIR", self.workspace.join("scratch"));
+        }
         command
-            .args(&cmd.args)
-            .env_clear()
-            .envs(
-                ["PATH", "HOME"]
-                    .iter()
-                    .filter_map(|k| std::env::var(k).ok().map(|v| (*k, v))),
-            )
             .envs(self.program_env.iter().cloned())
             .envs(cmd.env.iter().cloned())
             .current_dir(&self.workspace)
@@ -433,7 +505,7 @@ impl process::Host for HostState {
             .stderr(std::process::Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
-        let mut child = super::spawner::spawn(command)
+        let (mut child, _cgroup) = super::spawner::spawn(command, confinement)
             .await
             .map_err(|e| format!("cannot start `{}`: {e}", cmd.program))?;
         // Whatever happens (a timeout drops this future, or the program exits leaving

@@ -9,6 +9,7 @@
 mod cache;
 pub use cache::{CompileCounters, counters as compile_counters};
 mod capture;
+pub mod confine;
 mod determinism;
 mod host;
 pub mod http;
@@ -169,6 +170,11 @@ pub struct Invocation {
     pub programs: Vec<String>,
     /// Extra environment for host programs (SLUICE_*).
     pub program_env: Vec<(String, String)>,
+    /// Host paths of the engine's own directories (data directory, workspaces): host
+    /// programs never reach them, even inside a granted directory.
+    pub program_hidden: Vec<PathBuf>,
+    /// The largest file a host program may write (`limits.output.size`).
+    pub program_file_size: u64,
     /// Guest paths inside its mounts that are the engine's own (data directory, workspaces):
     /// the guest sees them as `SLUICE_EXCLUDE`, one per line, and copies leave them out.
     pub exclude: Vec<PathBuf>,
@@ -552,6 +558,8 @@ impl Runtime {
             preopened: None,
             programs: Vec::new(),
             program_env: Vec::new(),
+            program_hidden: Vec::new(),
+            program_file_size: 0,
             exclude: Vec::new(),
             http: Vec::new(),
             http_secrets: Vec::new(),
@@ -645,6 +653,7 @@ impl Runtime {
             self.budget.per_call,
         );
         state.grant_nats(take(&mut inv.nats), self.nats.clone());
+        state.bound_programs(take(&mut inv.program_hidden), inv.program_file_size);
         state.http_secrets(take(&mut inv.http_secrets));
         Ok((self.store(state), stdout, stderr))
     }

@@ -15,17 +15,26 @@ type Request = (
 );
 
 /// Start `command` (its process group, pipes and the rest as configured) from the spawner
-/// thread, with SIGKILL as its parent-death signal. The child belongs to the caller's tokio
-/// runtime (its reaper and pipes).
-pub async fn spawn(mut command: Command) -> std::io::Result<Child> {
+/// thread, with SIGKILL as its parent-death signal, confined by `confinement` if given. The
+/// child belongs to the caller's tokio runtime (its reaper and pipes). The cgroup returned
+/// must live until the program has ended.
+pub async fn spawn(
+    mut command: Command,
+    confinement: Option<super::confine::Confinement>,
+) -> std::io::Result<(Child, Option<super::confine::Cgroup>)> {
+    // First the parent-death signal: it checks that its parent is the engine, which holds
+    // only in the process the engine forked (confinement forks once more).
     die_with_engine(&mut command);
+    let cgroup = confinement.and_then(|c| c.apply(&mut command));
     let handle = tokio::runtime::Handle::current();
     let (tx, rx) = tokio::sync::oneshot::channel();
     spawner()
         .send((command, handle, tx))
         .map_err(|_| std::io::Error::other("the program spawner thread has ended"))?;
-    rx.await
-        .map_err(|_| std::io::Error::other("the program spawner thread has ended"))?
+    let child = rx
+        .await
+        .map_err(|_| std::io::Error::other("the program spawner thread has ended"))??;
+    Ok((child, cgroup))
 }
 
 /// The one spawner thread (started on first use).

@@ -832,6 +832,12 @@ async fn run_in(
         preopened: scratch,
         programs: job.programs.clone(),
         program_env,
+        program_hidden: if job.programs.is_empty() {
+            Vec::new()
+        } else {
+            cx.protected.to_vec()
+        },
+        program_file_size: job.output_limits.size,
         exclude,
         http: job.http.clone(),
         deterministic: job.cacheable,

@@ -113,6 +113,12 @@ impl DataDir {
             "state.redb",
             "service.redb",
             "quarantine",
+            // Not writable by a grant, nor readable by a host program through one.
+            "secrets.redb",
+            "master.key",
+            "cache.redb",
+            "operator.token",
+            "sluice.sock",
         ]
         .iter()
         .map(|p| root.join(p))

@@ -601,10 +601,14 @@ async fn a_stale_copy_of_the_lanes_never_decides_a_change() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_triggers_chain_runs_its_first_action_while_the_starts_events_are_stored() {
     let dir = tempfile::tempdir().unwrap();
-    let ran = dir.path().join("ran-A");
+    // Host programs reach only what is granted: a directory of their own, outside the data.
+    let marks = dir.path().join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    let ran = marks.join("ran-A");
     let yaml = format!(
-        "name: overlap\nstages:\n  - name: One\n    actions:\n      - name: A\n        uses: command@1\n        with: {{ run: touch {} }}\n        capabilities: {{ process: [sh] }}\n  - name: Two\n    actions:\n      - {{ name: B, uses: noop@1 }}\n",
-        ran.display()
+        "name: overlap\nstages:\n  - name: One\n    actions:\n      - name: A\n        uses: command@1\n        with: {{ run: touch {} }}\n        capabilities: {{ process: [sh], dirs: {{ {}: rw }} }}\n  - name: Two\n    actions:\n      - {{ name: B, uses: noop@1 }}\n",
+        ran.display(),
+        marks.display()
     );
     let shared = shared_edges(dir.path());
     let gate = Arc::new(tokio::sync::Semaphore::new(0));

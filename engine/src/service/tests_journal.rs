@@ -763,10 +763,14 @@ async fn a_new_executions_contained_runs_go_on_before_its_record_is_created() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_executions_command_waits_until_its_record_is_created() {
     let dir = tempfile::tempdir().unwrap();
-    let ran = dir.path().join("ran-A");
+    // Host programs reach only what is granted: a directory of their own, outside the data.
+    let marks = dir.path().join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    let ran = marks.join("ran-A");
     let yaml = format!(
-        "name: cmd\nstages:\n  - name: One\n    actions:\n      - name: A\n        uses: command@1\n        with: {{ run: touch {} }}\n        capabilities: {{ process: [sh] }}\n",
-        ran.display()
+        "name: cmd\nstages:\n  - name: One\n    actions:\n      - name: A\n        uses: command@1\n        with: {{ run: touch {} }}\n        capabilities: {{ process: [sh], dirs: {{ {}: rw }} }}\n",
+        ran.display(),
+        marks.display()
     );
     let Creating {
         a,

@@ -12,6 +12,14 @@ use sluice_sdk::prelude::*;
 
 struct SourceGit;
 
+/// The host path of a local repository (a path or a `file://` URL).
+fn local_path(source: &str) -> Option<String> {
+    if source.starts_with("http://") || source.starts_with("https://") {
+        return None;
+    }
+    Some(source.strip_prefix("file://").unwrap_or(source).to_string())
+}
+
 /// Run `git ARGS`; `what` names the step in the error (e.g. "checkout").
 fn git(what: &str, args: &[&str]) -> Result<String, ActionError> {
     let status = process::run("git", args).map_err(ActionError::Config)?;
@@ -81,6 +89,15 @@ impl Action for SourceGit {
         if rev.starts_with('-') || rev.contains("..") {
             return Err(ActionError::Config(format!(
                 "`{kind}`: {rev:?} is not a valid revision"
+            )));
+        }
+        // git runs confined to what the action is granted: a local repository must be granted
+        // (read-only), and the guest sees a granted directory at its host path.
+        if let Some(local) = local_path(&source)
+            && !std::path::Path::new(&local).exists()
+        {
+            return Err(ActionError::Config(format!(
+                "`repository`: {repo} is not granted to this action (or does not exist); grant it read-only with `capabilities: {{ dirs: {{ {repo}: ro }} }}`"
             )));
         }
         // Host paths are relative to the workspace, which the guest sees at / (scratch/ = /scratch).
