@@ -2,11 +2,25 @@
 
 /// Run `cargo build --release --target wasm32-wasip2` on a guest workspace with its own
 /// target directory (so it never waits on the outer build's lock); returns the .wasm dir.
+/// `SLUICE_GUEST_TOOLCHAIN` builds them with another toolchain than the outer build's (the
+/// fuzz targets build with nightly, which has no wasm32-wasip2 here: `SLUICE_GUEST_TOOLCHAIN=1.95.0`).
 fn build_guests(root: &Path, manifest: &Path) -> PathBuf {
-    ensure_wasm_target();
+    println!("cargo:rerun-if-env-changed=SLUICE_GUEST_TOOLCHAIN");
     let target_dir = root.join("target").join("guests");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
+    let mut cmd = match std::env::var("SLUICE_GUEST_TOOLCHAIN") {
+        Ok(toolchain) => {
+            let mut c = Command::new("rustup");
+            c.args(["run", &toolchain, "cargo"]);
+            for var in ["RUSTC", "RUSTDOC", "RUSTUP_TOOLCHAIN", "CARGO"] {
+                c.env_remove(var);
+            }
+            c
+        }
+        Err(_) => {
+            ensure_wasm_target();
+            Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        }
+    };
     cmd.args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
         .arg(manifest)
         .env("CARGO_TARGET_DIR", &target_dir);

@@ -8,6 +8,7 @@ mod approvals;
 mod authoring;
 mod cache;
 mod cli;
+mod cluster;
 mod confined;
 mod conformance;
 mod console;

@@ -350,3 +350,81 @@ stages:
         verify.stderr
     );
 }
+
+/// The engine admits guests against a memory budget, each counted at its cap: those that do
+/// not fit wait for memory instead of the engine being OOM-killed.
+#[test]
+fn guests_beyond_the_memory_budget_wait_for_it() {
+    let p = Project::new(
+        r##"
+name: budget
+stages:
+  - name: Parallel
+    actions:
+      - { name: A, uses: PROBE, limits: { memory: 64MiB }, with: { mode: sleep, ms: "1000" } }
+      - { name: B, uses: PROBE, limits: { memory: 64MiB }, with: { mode: sleep, ms: "1000" } }
+      - { name: C, uses: PROBE, limits: { memory: 64MiB }, with: { mode: sleep, ms: "1000" } }
+      - { name: D, uses: PROBE, with: { mode: sleep, ms: "1000" } }
+"##,
+    );
+    // A budget of 100 MiB: one 64 MiB guest at a time; D's 256 MiB cap waits for all of it.
+    let started = std::time::Instant::now();
+    let run = p.sluice_env(
+        &["run", "pipeline.yaml", "--json"],
+        &[("SLUICE_GUEST_MEMORY", "100MiB")],
+    );
+    let waited = started.elapsed();
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    for name in ["A", "B", "C", "D"] {
+        assert_eq!(
+            status(action(&run.json(), &format!("Parallel/{name}"))),
+            "Succeeded"
+        );
+    }
+    assert!(
+        waited >= std::time::Duration::from_secs(4),
+        "four 1 s guests ran side by side within a budget for one: {waited:?}"
+    );
+    // With the default budget (half the machine's memory) they run side by side.
+    let started = std::time::Instant::now();
+    let run = p.run(&[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(3500),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// A component the engine dropped from memory (beyond its bound of loaded components) is
+/// loaded again when an action needs it.
+#[test]
+fn components_dropped_from_memory_are_loaded_again() {
+    let p = Project::new(
+        r##"
+name: churn
+stages:
+  - name: One
+    actions:
+      - { name: Probe, uses: PROBE, with: { mode: ok, value: first } }
+  - name: Two
+    actions:
+      - { name: Noop, uses: noop@1 }
+  - name: Three
+    actions:
+      - { name: ProbeAgain, uses: PROBE, with: { mode: ok, value: again } }
+      - { name: NoopAgain, uses: noop@1, run_order: 2 }
+"##,
+    );
+    let run = p.sluice_env(
+        &["run", "pipeline.yaml", "--json"],
+        &[("SLUICE_MAX_LOADED", "1")],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let exec = run.json();
+    assert_eq!(
+        action(&exec, "Three/ProbeAgain")["variables"]["Value"],
+        "again"
+    );
+    assert_eq!(status(action(&exec, "Three/NoopAgain")), "Succeeded");
+}

@@ -41,7 +41,9 @@ fn rt() -> tokio::runtime::Runtime {
 /// Publish to JetStream (optionally with a `Nats-Msg-Id`), as any NATS client would.
 fn publish(url: &str, subject: &str, payload: &str, msg_id: Option<&str>) {
     rt().block_on(async {
-        let client = async_nats::connect(url).await.unwrap();
+        let client = async_nats::connect(sluice_nats::servers(url))
+            .await
+            .unwrap();
         let js = async_nats::jetstream::new(client);
         let mut msg = async_nats::jetstream::message::PublishMessage::build()
             .payload(payload.to_string().into());
@@ -59,7 +61,9 @@ fn publish(url: &str, subject: &str, payload: &str, msg_id: Option<&str>) {
 /// Publish to JetStream with headers (a CloudEvent in binary mode), as any NATS client would.
 fn publish_with_headers(url: &str, subject: &str, payload: &str, headers: &[(&str, &str)]) {
     rt().block_on(async {
-        let client = async_nats::connect(url).await.unwrap();
+        let client = async_nats::connect(sluice_nats::servers(url))
+            .await
+            .unwrap();
         let js = async_nats::jetstream::new(client);
         let mut map = async_nats::HeaderMap::new();
         for (k, v) in headers {
@@ -125,10 +129,12 @@ pub fn raw_request(url: &str, subject: &str, payload: &[u8]) -> String {
 }
 
 /// Messages stored on a JetStream stream subject so far.
-fn stored(url: &str, stream: &str, subject: &str) -> Vec<Value> {
+pub fn stored(url: &str, stream: &str, subject: &str) -> Vec<Value> {
     rt().block_on(async {
         use futures_util::StreamExt;
-        let client = async_nats::connect(url).await.unwrap();
+        let client = async_nats::connect(sluice_nats::servers(url))
+            .await
+            .unwrap();
         let js = async_nats::jetstream::new(client);
         let stream = js.get_stream(stream).await.unwrap();
         let consumer = stream
@@ -149,7 +155,7 @@ fn stored(url: &str, stream: &str, subject: &str) -> Vec<Value> {
     })
 }
 
-fn client(p: &Project, url: &str, args: &[&str]) -> Run {
+pub fn client(p: &Project, url: &str, args: &[&str]) -> Run {
     let mut all = args.to_vec();
     all.extend(["--nats", url]);
     p.sluice_env(&all, &[("SLUICE_USER", "tester")])

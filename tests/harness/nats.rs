@@ -87,11 +87,13 @@ impl NatsServer {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {} ({e}); {INSTALL}", server_bin()));
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
+        // A restarted cluster node recovers its JetStream store first: give it time on a
+        // loaded machine.
+        let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             assert!(
                 Instant::now() < deadline,
-                "nats-server did not listen on port {} within 10 s",
+                "nats-server did not listen on port {} within 30 s",
                 self.port
             );
             std::thread::sleep(Duration::from_millis(20));
@@ -237,4 +239,107 @@ pub fn http(
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     (status, body)
+}
+
+/// A JetStream cluster of `nats-server` processes on loopback (cluster routes between them,
+/// one store each, a monitoring port each), killed on drop.
+pub struct NatsCluster {
+    pub nodes: Vec<NatsServer>,
+    monitor: Vec<u16>,
+    _configs: tempfile::TempDir,
+}
+
+impl NatsCluster {
+    pub fn start(size: usize) -> Self {
+        check_version();
+        let configs = tempfile::tempdir().unwrap();
+        let routes: Vec<u16> = (0..size).map(|_| free_port()).collect();
+        let monitor: Vec<u16> = (0..size).map(|_| free_port()).collect();
+        let nodes = (0..size)
+            .map(|i| {
+                let path = configs.path().join(format!("n{i}.conf"));
+                let others: Vec<String> = routes
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .map(|(_, p)| format!("\"nats-route://127.0.0.1:{p}\""))
+                    .collect();
+                std::fs::write(
+                    &path,
+                    format!(
+                        "server_name: n{i}\nhttp_port: {}\ncluster {{\n  name: sluice-test\n  listen: 127.0.0.1:{}\n  routes: [{}]\n}}\n",
+                        monitor[i],
+                        routes[i],
+                        others.join(", ")
+                    ),
+                )
+                .unwrap();
+                let mut s = NatsServer {
+                    port: free_port(),
+                    store: tempfile::tempdir().unwrap(),
+                    config: Some(path),
+                    child: None,
+                };
+                s.spawn();
+                s
+            })
+            .collect();
+        let cluster = NatsCluster {
+            nodes,
+            monitor,
+            _configs: configs,
+        };
+        wait_for(
+            Duration::from_secs(60),
+            "the JetStream cluster to elect a meta leader and see every peer",
+            || cluster.ready().then_some(()),
+        );
+        cluster
+    }
+
+    /// Every node's URL, comma-separated (what `--nats` takes).
+    pub fn url(&self) -> String {
+        self.nodes
+            .iter()
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The index of the node leading JetStream's meta group, once one does.
+    pub fn meta_leader(&self) -> Option<usize> {
+        self.monitor.iter().enumerate().find_map(|(i, port)| {
+            if TcpStream::connect(("127.0.0.1", *port)).is_err() {
+                return None;
+            }
+            let (status, body) = http(*port, "GET", "/jsz", &[], b"");
+            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+            let leader = v["meta_cluster"]["leader"].as_str()?;
+            (status == 200 && leader == format!("n{i}")).then_some(i)
+        })
+    }
+
+    /// Whether a meta leader sees every other node as a current peer.
+    pub fn ready(&self) -> bool {
+        let Some(leader) = self.meta_leader() else {
+            return false;
+        };
+        let (_, body) = http(self.monitor[leader], "GET", "/jsz", &[], b"");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        let peers = v["meta_cluster"]["replicas"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        peers.len() + 1 == self.nodes.len() && peers.iter().all(|p| p["current"] == true)
+    }
+
+    /// kill -9 node `i` (its store stays).
+    pub fn kill9(&mut self, i: usize) {
+        self.nodes[i].kill();
+    }
+
+    /// Start node `i` again on its port and store.
+    pub fn restart(&mut self, i: usize) {
+        self.nodes[i].spawn();
+    }
 }

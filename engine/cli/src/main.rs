@@ -39,6 +39,11 @@ struct Cli {
     /// namespaces). For trusted pipelines only.
     #[arg(long, env = "SLUICE_UNCONFINED_PROGRAMS", global = true)]
     unconfined_programs: bool,
+    /// Memory all running guests may hold at once, each counted at its `limits.memory` cap
+    /// (e.g. 2GiB); a guest that does not fit waits. [default: half of this machine's or
+    /// cgroup's memory]
+    #[arg(long, env = "SLUICE_GUEST_MEMORY", global = true, value_name = "SIZE", value_parser = sluice_engine::model::units::parse_size)]
+    guest_memory: Option<u64>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -603,6 +608,7 @@ fn restore_sigpipe() {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     sluice_engine::runtime::confine::allow_unconfined(cli.unconfined_programs);
+    sluice_engine::runtime::set_guest_memory_budget(cli.guest_memory.unwrap_or(0));
     if !matches!(cli.command, Cmd::Serve(_)) {
         restore_sigpipe();
     }

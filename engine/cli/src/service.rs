@@ -107,6 +107,11 @@ pub struct ServeArgs {
     /// notifications then carry the link to their execution's page (`approval.console_url`).
     #[arg(long)]
     pub public_url: Option<String>,
+    /// NATS: copies a JetStream cluster keeps of every stream, KV bucket and object store this
+    /// engine creates (3 on a 3-node cluster: losing one node loses nothing). Applies when they
+    /// are created.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub replicas: u8,
     /// NATS: redelivery deadline of a job whose engine stops reporting progress.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub ack_wait: Duration,
@@ -360,6 +365,10 @@ async fn auth(
 /// Run `sluice serve`.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let data = super::default_data(args.data.clone());
+    eprintln!(
+        "sluice serve: guests may hold {} of memory at once (--guest-memory); more waits for it",
+        sluice_engine::model::units::size(sluice_engine::runtime::guest_memory_budget())
+    );
     match args.nats.clone() {
         None => {
             let (service, bus, store) = sluice_engine::service::wiring::embedded(&data).await?;
@@ -396,6 +405,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             }
         }
         Some(url) => {
+            sluice_nats::set_replicas(args.replicas as usize);
             let (service, client) = sluice_nats::service::serve(
                 &url,
                 &data,

@@ -134,6 +134,7 @@ pub async fn extra_stream(
         subjects: subjects.clone(),
         retention: async_nats::jetstream::stream::RetentionPolicy::WorkQueue,
         duplicate_window: Duration::from_secs(3600),
+        num_replicas: crate::replicas(),
         ..Default::default()
     };
     // Subjects may have changed since the last registration: update, or create.

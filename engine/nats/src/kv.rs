@@ -29,6 +29,7 @@ impl NatsKv {
                 .create_key_value(async_nats::jetstream::kv::Config {
                     bucket: name.to_string(),
                     history,
+                    num_replicas: crate::replicas(),
                     ..Default::default()
                 })
                 .await

@@ -44,20 +44,50 @@ pub const API_GROUP: &str = "sluice-engines";
 
 /// The options for `url`, with the user and password it carries (`nats://user:pass@host`,
 /// which the client library does not take from the URL itself: an account's user in a hosted
-/// setup, see examples/hosting/nats-server.conf), and the URL without them.
+/// setup, see examples/hosting/nats-server.conf), and the URL without them. `url` may list
+/// several servers of a cluster, comma-separated.
 pub fn options_for(url: &str) -> (async_nats::ConnectOptions, String) {
-    let options = async_nats::ConnectOptions::new();
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return (options, url.to_string());
-    };
-    let Some((credentials, host)) = rest.rsplit_once('@') else {
-        return (options, url.to_string());
-    };
-    let (user, password) = credentials.split_once(':').unwrap_or((credentials, ""));
-    (
-        options.user_and_password(user.to_string(), password.to_string()),
-        format!("{scheme}://{host}"),
-    )
+    let mut options = async_nats::ConnectOptions::new();
+    let mut plain = Vec::new();
+    let mut credentials_taken = false;
+    for one in url.split(',').map(str::trim) {
+        let Some((scheme, rest)) = one.split_once("://") else {
+            plain.push(one.to_string());
+            continue;
+        };
+        let Some((credentials, host)) = rest.rsplit_once('@') else {
+            plain.push(one.to_string());
+            continue;
+        };
+        if !credentials_taken {
+            let (user, password) = credentials.split_once(':').unwrap_or((credentials, ""));
+            options = options.user_and_password(user.to_string(), password.to_string());
+            credentials_taken = true;
+        }
+        plain.push(format!("{scheme}://{host}"));
+    }
+    (options, plain.join(","))
+}
+
+/// The servers of a (comma-separated) URL list, as the client library takes them.
+pub fn servers(url: &str) -> Vec<&str> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect()
+}
+
+static REPLICAS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+
+/// How many copies a JetStream cluster keeps of every stream, KV bucket and object store this
+/// engine creates (`sluice serve --replicas`; 1 on a single server, 3 on a 3-node cluster).
+pub fn set_replicas(n: usize) {
+    REPLICAS.store(n.max(1), std::sync::atomic::Ordering::Relaxed);
+}
+
+/// See [`set_replicas`].
+pub fn replicas() -> usize {
+    REPLICAS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Connect a client that keeps retrying (a NATS restart delays work, it does not stop it).
@@ -87,7 +117,7 @@ pub async fn connect(url: &str) -> anyhow::Result<async_nats::Client> {
         .max_reconnects(None)
         .connection_timeout(Duration::from_secs(5))
         .request_timeout(Some(Duration::from_secs(30)))
-        .connect(url)
+        .connect(servers(url))
         .await
         .with_context(|| format!("connect to NATS at {url}"))
 }
@@ -99,7 +129,7 @@ pub async fn connect_client(url: &str) -> anyhow::Result<async_nats::Client> {
     options
         .connection_timeout(Duration::from_secs(5))
         .request_timeout(Some(Duration::from_secs(60)))
-        .connect(url)
+        .connect(servers(url))
         .await
         .with_context(|| format!("cannot reach NATS at {url} (is `nats-server -js` running?)"))
 }
@@ -154,6 +184,7 @@ impl Layout {
                 name: name.into(),
                 subjects: vec![subject.into()],
                 max_age,
+                num_replicas: replicas(),
                 ..Default::default()
             })
             .await
@@ -188,6 +219,7 @@ impl Layout {
             subjects: vec!["sluice._wakes".into()],
             retention: stream::RetentionPolicy::WorkQueue,
             duplicate_window: Duration::from_secs(120),
+            num_replicas: replicas(),
             ..Default::default()
         })
         .await
@@ -218,5 +250,8 @@ mod tests {
         assert_eq!(url, "nats://127.0.0.1:4222");
         let (_, url) = super::options_for("tls://user@host:4443");
         assert_eq!(url, "tls://host:4443");
+        let (_, url) = super::options_for("nats://u:p@a:1, nats://u:p@b:2");
+        assert_eq!(url, "nats://a:1,nats://b:2");
+        assert_eq!(super::servers(&url), ["nats://a:1", "nats://b:2"]);
     }
 }

@@ -27,6 +27,7 @@ pub async fn open(js: &jetstream::Context) -> anyhow::Result<ObjectStore> {
             .create_object_store(jetstream::object_store::Config {
                 bucket: BUCKET.into(),
                 max_age: KEEP,
+                num_replicas: crate::replicas(),
                 ..Default::default()
             })
             .await

@@ -46,6 +46,7 @@ impl NatsQueue {
                 subjects: config.subjects.clone(),
                 retention: RetentionPolicy::WorkQueue,
                 duplicate_window: config.duplicate_window,
+                num_replicas: crate::replicas(),
                 ..Default::default()
             })
             .await

@@ -9,6 +9,32 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// How long an engine waits for JetStream to take its streams and buckets (a cluster that is
+/// still electing leaders or seeing its peers) before it gives up.
+const JETSTREAM_READY: Duration = Duration::from_secs(120);
+
+/// [`Layout::open`], again while JetStream is not ready yet: engines and a cluster started
+/// together (a restart of everything) must not need starting in order.
+async fn open_layout(client: &async_nats::Client, timing: Timing) -> anyhow::Result<Layout> {
+    let deadline = tokio::time::Instant::now() + JETSTREAM_READY;
+    let mut pause = Duration::from_millis(200);
+    loop {
+        match Layout::open(client, timing).await {
+            Ok(layout) => return Ok(layout),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!("JetStream is not ready ({e:#}); trying again in {pause:?}");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => {
+                return Err(e.context(format!(
+                    "JetStream was not ready within {JETSTREAM_READY:?}"
+                )));
+            }
+        }
+    }
+}
+
 /// A service engine on NATS at `url`, with its local cache (compiled components, workspaces)
 /// in `data`.
 pub async fn serve(
@@ -17,7 +43,7 @@ pub async fn serve(
     timing: Timing,
 ) -> anyhow::Result<(Arc<Service>, async_nats::Client)> {
     let client = crate::connect(url).await?;
-    let layout = Layout::open(&client, timing).await?;
+    let layout = open_layout(&client, timing).await?;
     let bus: Arc<dyn EventBus> = Arc::new(crate::bus::NatsBus::new(layout.js.clone()));
     let blobs = crate::store::NatsStore::open(&layout.js, &data.join("cas")).await?;
     let mut engine = Engine::for_service(data, bus.clone(), Some(Arc::new(blobs)))?;

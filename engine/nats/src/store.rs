@@ -34,6 +34,7 @@ impl NatsStore {
             Err(_) => js
                 .create_object_store(async_nats::jetstream::object_store::Config {
                     bucket: "sluice-artifacts".into(),
+                    num_replicas: crate::replicas(),
                     ..Default::default()
                 })
                 .await

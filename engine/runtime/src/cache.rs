@@ -33,6 +33,10 @@ pub fn counters() -> &'static CompileCounters {
     &COUNTERS
 }
 
+/// Compiled components kept on disk; beyond this many the least recently used are removed
+/// (a hosted service compiles every distinct plugin version any tenant ever ran).
+pub const MAX_COMPILED_FILES: usize = 512;
+
 pub(super) struct CompileCache {
     dir: Option<PathBuf>,
     /// Changes when wasmtime's version or settings change, so stale code is never loaded.
@@ -76,6 +80,11 @@ impl CompileCache {
             match verified(&path, &record).and_then(|code| deserialize(engine, &code)) {
                 Ok(c) => {
                     counters().hits.inc();
+                    // Recently used: pruning goes by modification time.
+                    let _ = std::fs::File::options()
+                        .write(true)
+                        .open(&path)
+                        .and_then(|f| f.set_modified(std::time::SystemTime::now()));
                     return Ok(c);
                 }
                 Err(e) => tracing::warn!(
@@ -97,7 +106,30 @@ impl CompileCache {
         let temp = tempfile::NamedTempFile::new_in(dir)?;
         std::fs::write(temp.path(), &compiled)?;
         temp.persist(&path).map_err(|e| e.error)?;
+        prune(dir, MAX_COMPILED_FILES);
         deserialize(engine, &compiled)
+    }
+}
+
+/// Keep at most `keep` compiled files in `dir`, removing the least recently used (and their
+/// digest records). Another engine sharing the directory that loses a file compiles again.
+fn prune(dir: &Path, keep: usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut compiled: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
+        .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
+        .collect();
+    if compiled.len() <= keep {
+        return;
+    }
+    compiled.sort();
+    for (_, path) in &compiled[..compiled.len() - keep] {
+        let _ = std::fs::remove_file(path);
+        let _ = std::fs::remove_file(path.with_extension("blake3"));
     }
 }
 
@@ -154,6 +186,29 @@ mod tests {
             std::fs::read(file(&noop_digest)).unwrap() == good,
             "the replaced code was kept"
         );
+    }
+
+    /// The disk cache keeps the most recently used compiled files and removes the others.
+    #[test]
+    fn the_disk_cache_keeps_the_most_recently_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+        for (i, name) in ["a", "b", "c"].iter().enumerate() {
+            let path = dir.path().join(format!("{name}.cwasm"));
+            std::fs::write(&path, b"code").unwrap();
+            std::fs::write(path.with_extension("blake3"), b"digest").unwrap();
+            let when = old + std::time::Duration::from_secs(i as u64);
+            std::fs::File::options()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_modified(when)
+                .unwrap();
+        }
+        prune(dir.path(), 2);
+        let left = |n: &str| dir.path().join(n).exists();
+        assert!(!left("a.cwasm") && !left("a.blake3"), "the oldest stays");
+        assert!(left("b.cwasm") && left("c.cwasm") && left("c.blake3"));
     }
 
     /// Text is refused before it reaches the WAT parser, whose errors quote it.

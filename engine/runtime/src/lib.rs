@@ -6,6 +6,8 @@
 //! so the wall-clock timeout around the call can always cancel it, host calls included).
 //! Compiled code is cached on disk by digest and the engine's compatibility hash.
 
+mod admission;
+pub use admission::{guest_memory_budget, set_guest_memory_budget};
 mod cache;
 pub use cache::{CompileCounters, counters as compile_counters};
 mod capture;
@@ -14,6 +16,8 @@ mod determinism;
 mod host;
 pub mod http;
 mod logging;
+mod lru;
+pub use lru::Lru;
 pub mod messaging;
 mod spawner;
 
@@ -23,7 +27,6 @@ pub use logging::{Level, LogSink};
 use anyhow::Context as _;
 use sluice_core::Digest;
 use sluice_core::plugin::{Capability, ConfigKey, Description};
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -322,6 +325,11 @@ fn bounded(result: Result<RunOutcome, RunError>) -> Result<RunOutcome, RunError>
     })
 }
 
+/// Components of each kind (actions, functions, rules) kept compiled and linked in memory; the
+/// least recently used beyond this is dropped and loaded again (from the disk cache) when next
+/// needed. `SLUICE_MAX_LOADED` changes it.
+pub const MAX_LOADED: usize = 256;
+
 /// Runtime settings.
 #[derive(Clone, Debug, Default)]
 pub struct RuntimeConfig {
@@ -334,12 +342,13 @@ pub struct Runtime {
     engine: Engine,
     linker: Linker<host::HostState>,
     cache: cache::CompileCache,
-    loaded: Mutex<HashMap<Digest, bindings::ActionPre<host::HostState>>>,
-    functions: Mutex<HashMap<Digest, function_bindings::FunctionPre<host::HostState>>>,
-    rules: Mutex<HashMap<Digest, rule_bindings::RulePre<host::HostState>>>,
+    loaded: Mutex<lru::Lru<Digest, bindings::ActionPre<host::HostState>>>,
+    functions: Mutex<lru::Lru<Digest, function_bindings::FunctionPre<host::HostState>>>,
+    rules: Mutex<lru::Lru<Digest, rule_bindings::RulePre<host::HostState>>>,
     /// NATS connections for the `messaging` import.
     pub nats: Arc<messaging::NatsAccess>,
-    runs: Arc<tokio::sync::Semaphore>,
+    /// Call slots and the engine-wide guest memory budget.
+    admission: admission::Admission,
     budget: DescriptorBudget,
     _ticker: EpochTicker,
 }
@@ -350,7 +359,7 @@ impl Runtime {
         let mut c = Config::new();
         c.epoch_interruption(true);
         c.wasm_component_model(true);
-        // Pooled instance slots make instantiation a matter of microseconds; `runs` below
+        // Pooled instance slots make instantiation a matter of microseconds; `admission` below
         // keeps concurrent calls within the pool.
         let mut pool = wasmtime::PoolingAllocationConfig::default();
         pool.total_component_instances(MAX_CONCURRENT_CALLS * 2)
@@ -380,18 +389,29 @@ impl Runtime {
         let cache = cache::CompileCache::new(&engine, config.cache_dir)?;
         // Read once: the CLI raises the limit before building the runtime.
         let budget = DescriptorBudget::of_this_process();
+        // An operator's knob (a memory-tight host), and how the tests make it small.
+        let max_loaded = std::env::var("SLUICE_MAX_LOADED")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(MAX_LOADED);
         Ok(Runtime {
             _ticker: EpochTicker::start(&engine),
             engine,
             linker,
             cache,
-            loaded: Mutex::new(HashMap::new()),
-            functions: Mutex::new(HashMap::new()),
-            rules: Mutex::new(HashMap::new()),
+            loaded: Mutex::new(lru::Lru::new(max_loaded)),
+            functions: Mutex::new(lru::Lru::new(max_loaded)),
+            rules: Mutex::new(lru::Lru::new(max_loaded)),
             nats: Arc::new(messaging::NatsAccess::from_env()),
-            runs: Arc::new(tokio::sync::Semaphore::new(budget.calls)),
+            admission: admission::Admission::new(budget.calls, admission::guest_memory_budget()),
             budget,
         })
+    }
+
+    /// The engine-wide guest memory budget and how much of it running guests do not hold,
+    /// in bytes.
+    pub fn guest_memory(&self) -> (u64, u64) {
+        (self.admission.memory_budget(), self.admission.memory_free())
     }
 
     /// How the open-file limit is shared between guests and the engine.
@@ -471,11 +491,7 @@ impl Runtime {
             .get(digest)
             .cloned()
             .ok_or_else(|| RunError::Instantiate(format!("function {digest} is not loaded")))?;
-        let _slot = self
-            .runs
-            .acquire()
-            .await
-            .expect("semaphore is never closed");
+        let _admitted = self.admission.admit(inv.memory_limit).await;
         let (mut store, stdout, stderr) = self.sandbox(&mut inv)?;
         let c = &inv.context;
         let job = fwit::Job {
@@ -545,11 +561,7 @@ impl Runtime {
             .get(digest)
             .cloned()
             .ok_or_else(|| RunError::Instantiate(format!("rule {digest} is not loaded")))?;
-        let _slot = self
-            .runs
-            .acquire()
-            .await
-            .expect("semaphore is never closed");
+        let _admitted = self.admission.admit(DEFAULT_MEMORY).await;
         let mut inv = Invocation {
             context: ActionContext::default(),
             config: Vec::new(),
@@ -658,6 +670,12 @@ impl Runtime {
         Ok((self.store(state), stdout, stderr))
     }
 
+    /// Whether the action component `digest` is loaded (it may have been dropped from memory
+    /// after `MAX_LOADED` others were used since).
+    pub fn is_loaded(&self, digest: &Digest) -> bool {
+        self.loaded.lock().unwrap().contains_key(digest)
+    }
+
     fn pre(&self, digest: &Digest) -> Result<bindings::ActionPre<host::HostState>, RunError> {
         self.loaded
             .lock()
@@ -670,11 +688,7 @@ impl Runtime {
     /// Call `describe` on a loaded component, with no grants.
     pub async fn describe(&self, digest: &Digest) -> Result<Description, RunError> {
         let pre = self.pre(digest)?;
-        let _slot = self
-            .runs
-            .acquire()
-            .await
-            .expect("semaphore is never closed");
+        let _admitted = self.admission.admit(DEFAULT_MEMORY).await;
         let state = host::HostState::without_grants();
         let mut store = self.store(state);
         let call = async {
@@ -736,11 +750,7 @@ impl Runtime {
     /// Run one action attempt in a fresh sandbox.
     pub async fn run(&self, digest: &Digest, mut inv: Invocation) -> Result<RunOutcome, RunError> {
         let pre = self.pre(digest)?;
-        let _slot = self
-            .runs
-            .acquire()
-            .await
-            .expect("semaphore is never closed");
+        let _admitted = self.admission.admit(inv.memory_limit).await;
         let (mut store, stdout, stderr) = self.sandbox(&mut inv)?;
         let ctx = to_wit_context(std::mem::take(&mut inv.context));
         let call = async {
@@ -778,11 +788,7 @@ impl Runtime {
     /// "bare wasmtime" baseline, sharing this runtime's engine and linker.
     pub async fn bare_call(&self, digest: &Digest) -> anyhow::Result<()> {
         let pre = self.pre(digest)?;
-        let _slot = self
-            .runs
-            .acquire()
-            .await
-            .expect("semaphore is never closed");
+        let _admitted = self.admission.admit(DEFAULT_MEMORY).await;
         let state = host::HostState::without_grants();
         let mut store = self.store(state);
         let action = pre

@@ -287,11 +287,16 @@ fn put_dir(
 
 /// Read and check one tree.
 pub fn get_tree(store: &dyn BlobStore, digest: &Digest) -> Result<Tree, StoreError> {
-    let bytes = store.get_bytes(digest)?;
-    let tree: Tree = serde_json::from_slice(&bytes)
-        .map_err(|e| StoreError::Invalid(format!("{digest} is not a tree: {e}")))?;
+    decode(&store.get_bytes(digest)?)
+        .map_err(|e| StoreError::Invalid(format!("{digest} is not a tree: {e}")))
+}
+
+/// Decode and check one tree manifest (bytes from the store: verified, but written by
+/// whoever could put a blob).
+pub fn decode(bytes: &[u8]) -> Result<Tree, String> {
+    let tree: Tree = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
     for e in &tree.entries {
-        check_name(e.name())?;
+        check_name(e.name()).map_err(|e| e.to_string())?;
     }
     Ok(tree)
 }

@@ -375,6 +375,28 @@ impl JobSpec {
     }
 }
 
+/// Load the job's component again if the runtime dropped it from memory (it keeps the
+/// `MAX_LOADED` most recently used): a built-in from the binary, any other from the store,
+/// where resolving it put it.
+async fn reload_if_dropped(cx: &JobContext, digest: &Digest) -> Result<(), String> {
+    if cx.runtime.is_loaded(digest) {
+        return Ok(());
+    }
+    let bytes = match crate::plugins::builtin::by_digest(digest) {
+        Some(b) => b.to_vec(),
+        None => cx
+            .blobs
+            .get_bytes(digest)
+            .map_err(|e| format!("plugin {digest}: {e}"))?,
+    };
+    let runtime = cx.runtime.clone();
+    tokio::task::spawn_blocking(move || runtime.load(&bytes))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("plugin {digest}: {e:#}"))?;
+    Ok(())
+}
+
 /// What a worker needs besides the job.
 #[derive(Clone)]
 pub struct JobContext {
@@ -851,7 +873,10 @@ async fn run_in(
         log: log.clone(),
     };
     let outcome = match &job.invoke {
-        None => cx.runtime.run(&job.plugin, inv).await,
+        None => {
+            reload_if_dropped(cx, &job.plugin).await?;
+            cx.runtime.run(&job.plugin, inv).await
+        }
         Some(call) => {
             let digest = cx
                 .functions

@@ -16,3 +16,20 @@ pub fn names() -> Vec<String> {
         .map(|(n, m, _)| format!("{n}@{m}"))
         .collect()
 }
+
+/// The component bytes of the built-in whose digest is `digest` (to load it again after the
+/// runtime dropped it from memory).
+pub fn by_digest(digest: &crate::artifacts::Digest) -> Option<&'static [u8]> {
+    use std::collections::HashMap;
+    use std::sync::OnceLock;
+    static BY_DIGEST: OnceLock<HashMap<crate::artifacts::Digest, &'static [u8]>> = OnceLock::new();
+    BY_DIGEST
+        .get_or_init(|| {
+            BUILTINS
+                .iter()
+                .map(|(_, _, bytes)| (crate::artifacts::Digest::of(bytes), *bytes))
+                .collect()
+        })
+        .get(digest)
+        .copied()
+}

@@ -4,15 +4,19 @@ use crate::artifacts::{BlobStore, Digest};
 use crate::model::Pipeline;
 use crate::model::validate::ResolvedPlugins;
 use crate::runtime::Runtime;
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+
+/// Plugin descriptions one engine keeps in memory.
+pub const MAX_DESCRIPTIONS: usize = 1024;
 
 /// Plugin resolution with a per-process cache of descriptions.
 pub struct Registry {
     runtime: Arc<Runtime>,
     store: Arc<dyn BlobStore>,
-    by_digest: Mutex<HashMap<Digest, super::Description>>,
+    /// Descriptions by component digest, at most `MAX_DESCRIPTIONS` (described again when
+    /// dropped).
+    by_digest: Mutex<crate::runtime::Lru<Digest, super::Description>>,
 }
 
 impl Registry {
@@ -21,7 +25,7 @@ impl Registry {
         Registry {
             runtime,
             store,
-            by_digest: Mutex::new(HashMap::new()),
+            by_digest: Mutex::new(crate::runtime::Lru::new(MAX_DESCRIPTIONS)),
         }
     }
 

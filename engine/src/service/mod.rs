@@ -145,13 +145,18 @@ impl EventBus for Outgoing {
 /// How long a decision waits for an approval that is taking in an earlier one.
 const SETTLING: Duration = Duration::from_secs(10);
 
+/// Pipeline versions (and heads) one engine keeps parsed and resolved in memory.
+pub const MAX_LOADED_PIPELINES: usize = 1024;
+
 /// One engine of the service.
 pub struct Service {
     engine: Engine,
     edges: Edges,
     /// The URL people reach the console at (`--public-url`), for links in notifications.
     public_url: Arc<std::sync::OnceLock<String>>,
-    loaded: Mutex<HashMap<(String, String, u64), Arc<Loaded>>>,
+    /// Pipeline versions parsed and resolved, at most `MAX_LOADED_PIPELINES` (read again
+    /// from the store when dropped).
+    loaded: Mutex<crate::runtime::Lru<(String, String, u64), Arc<Loaded>>>,
     /// Where `invoke@1` finds registered functions.
     functions: Arc<functions::Registered>,
     /// Jobs running in this engine, by job id, to cancel on `stop --abandon`.
@@ -172,7 +177,7 @@ pub struct Service {
     /// How long a chain gathers changes before writing them, in microseconds (see `journal`).
     gather_us: std::sync::atomic::AtomicU64,
     /// Each pipeline's head as this engine last read it: what an early start runs (see `early`).
-    heads: Mutex<HashMap<(String, String), Arc<Loaded>>>,
+    heads: Mutex<crate::runtime::Lru<(String, String), Arc<Loaded>>>,
     /// When the waiting actions were last counted for the metrics (see `control::gauges`).
     gauges_at: Mutex<Option<std::time::Instant>>,
     /// Authentication, policies, quotas and the audit trail (`sluice serve --auth`).
@@ -233,7 +238,7 @@ impl Service {
         Arc::new(Service {
             engine,
             edges,
-            loaded: Mutex::new(HashMap::new()),
+            loaded: Mutex::new(crate::runtime::Lru::new(MAX_LOADED_PIPELINES)),
             functions,
             running: Mutex::new(HashMap::new()),
             handled: Default::default(),
@@ -244,7 +249,7 @@ impl Service {
             lane_copies,
             unacked: Default::default(),
             gather_us: (journal::GATHER.as_micros() as u64).into(),
-            heads: Default::default(),
+            heads: Mutex::new(crate::runtime::Lru::new(MAX_LOADED_PIPELINES)),
             gauges_at: Mutex::new(None),
             tenancy: Default::default(),
         })

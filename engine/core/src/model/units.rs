@@ -23,6 +23,11 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     Ok(size.as_u64())
 }
 
+/// Format a size for people (`256.0 MiB`).
+pub fn size(bytes: u64) -> String {
+    bytesize::ByteSize::b(bytes).display().iec().to_string()
+}
+
 /// Format a duration compactly for progress output (`1.2s`, `35ms`, `2m03s`).
 pub fn short_duration(d: Duration) -> String {
     let ms = d.as_millis();

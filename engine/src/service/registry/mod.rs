@@ -47,8 +47,8 @@ impl Service {
             let mut heads = self.heads.lock().unwrap();
             match &loaded {
                 Some(l) => heads.insert(key, l.clone()),
-                None => heads.remove(&key),
-            };
+                None => drop(heads.remove(&key)),
+            }
         }
         Ok(loaded)
     }

@@ -17,6 +17,7 @@ impl Action for Probe {
             .optional("env", "KEY=VALUE passed to the program in exec mode")
             .optional("dir", "effect mode: a granted directory where the side effect is recorded")
             .optional("pause_ms", "effect mode: how long to keep working after the side effect")
+            .optional("ms", "sleep mode: how long to sleep (default an hour)")
             .optional("approvers", "approval mode: who may decide")
             .optional("timeout", "approval mode: how long the engine waits for a decision")
             .optional("subject", "hold mode: the NATS subject whose event wakes it")
@@ -81,7 +82,8 @@ impl Action for Probe {
             }
             "panic" => panic!("the probe was told to panic"),
             "sleep" => {
-                std::thread::sleep(std::time::Duration::from_secs(3600));
+                let ms = config.get("ms").and_then(|v| v.parse().ok()).unwrap_or(3_600_000);
+                std::thread::sleep(std::time::Duration::from_millis(ms));
                 Ok(done())
             }
             "read" => {

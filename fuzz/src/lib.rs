@@ -1,0 +1,2 @@
+//! Sluice's fuzz targets: see `entry`.
+pub mod entry;
