@@ -7,6 +7,7 @@ mod harness;
 mod approvals;
 mod authoring;
 mod cache;
+mod chaos;
 mod cli;
 mod cluster;
 mod confined;

@@ -172,6 +172,11 @@ impl Engine {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Its process id (0 once killed).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
     /// kill -9.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
