@@ -30,7 +30,7 @@ const EXECUTIONS: usize = 100;
 /// Start `EXECUTIONS` executions (one trigger event id each) on two engines while the node
 /// `kill` picks is killed (after a third of them) and restarted (after two thirds); check
 /// what was lost or doubled.
-fn through_a_node_loss(kill: impl Fn(&NatsCluster) -> usize) {
+fn through_a_node_loss(name: &str, kill: impl Fn(&NatsCluster) -> usize) {
     // One cluster at a time: three servers and two engines each already fill two cores.
     static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
@@ -72,7 +72,7 @@ fn through_a_node_loss(kill: impl Fn(&NatsCluster) -> usize) {
         }
         // A start refused while the cluster elects new leaders is sent again, with the same
         // event id: at most one execution per id, whatever happened to the first try.
-        let id = format!("event-{n}");
+        let id = format!("{name}-{n}");
         wait_for(Duration::from_secs(60), &format!("start {id}"), || {
             (client(&p, &url, &["start", "svc", "--event-id", &id]).code == 0).then_some(())
         });
@@ -152,7 +152,7 @@ fn through_a_node_loss(kill: impl Fn(&NatsCluster) -> usize) {
 #[test]
 fn a_cluster_node_killed_and_restarted_loses_nothing() {
     // A node that does not lead the meta group.
-    through_a_node_loss(|c| {
+    through_a_node_loss("follower", |c| {
         let leader = c.meta_leader().unwrap_or(0);
         (leader + 1) % c.nodes.len()
     });
@@ -160,7 +160,9 @@ fn a_cluster_node_killed_and_restarted_loses_nothing() {
 
 #[test]
 fn the_meta_leader_killed_and_restarted_loses_nothing() {
-    through_a_node_loss(|c| wait_for(Duration::from_secs(30), "a meta leader", || c.meta_leader()));
+    through_a_node_loss("leader", |c: &NatsCluster| {
+        wait_for(Duration::from_secs(30), "a meta leader", || c.meta_leader())
+    });
 }
 
 fn tail(log: &str) -> String {

@@ -272,8 +272,9 @@ impl NatsCluster {
                 std::fs::write(
                     &path,
                     format!(
-                        "server_name: n{i}\nhttp_port: {}\ncluster {{\n  name: sluice-test\n  listen: 127.0.0.1:{}\n  routes: [{}]\n}}\n",
+                        "server_name: n{i}\nhttp_port: {}\ncluster {{\n  name: sluice-test-{}\n  listen: 127.0.0.1:{}\n  routes: [{}]\n}}\n",
                         monitor[i],
+                        routes[0],
                         routes[i],
                         others.join(", ")
                     ),
