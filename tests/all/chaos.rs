@@ -76,13 +76,16 @@ fn three_engines_killed_at_random_lose_and_double_nothing() {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    let rss_start: u64 = engines
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|e| rss_kib(e.pid()))
-        .max()
-        .unwrap_or(0);
+    let largest_rss = || {
+        engines
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|e| rss_kib(e.pid()))
+            .max()
+            .unwrap_or(0)
+    };
+    let rss_start = largest_rss();
     let started = Instant::now();
     let done = AtomicBool::new(false);
     let kills = AtomicUsize::new(0);
@@ -168,13 +171,7 @@ fn three_engines_killed_at_random_lose_and_double_nothing() {
         },
     );
     let took = started.elapsed();
-    let rss_end: u64 = engines
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|e| rss_kib(e.pid()))
-        .max()
-        .unwrap_or(0);
+    let rss_end = largest_rss();
 
     assert_eq!(executions.len(), EXECUTIONS, "one execution per event id");
     let ids: HashSet<&str> = executions
