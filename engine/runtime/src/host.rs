@@ -574,18 +574,49 @@ impl process::Host for HostState {
         if !drained {
             let _ = tokio::time::timeout(DRAIN_GRACE, &mut drain).await;
         }
-        let output_tail = tail
+        let mut output_tail = tail
             .lock()
             .unwrap()
             .iter()
             .cloned()
             .collect::<Vec<_>>()
             .join("\n");
+        {
+            use std::os::unix::process::ExitStatusExt;
+            if let Some(signal) = status.signal() {
+                // The guest only learns there was no exit code: say which signal, and why
+                // when the engine's limits send it.
+                if !output_tail.is_empty() {
+                    output_tail.push('\n');
+                }
+                output_tail.push_str(&signal_line(signal));
+            }
+        }
         Ok(process::ExitStatus {
             code: status.code(),
             output_tail,
         })
     }
+}
+
+/// How a program killed by `signal` is described.
+fn signal_line(signal: i32) -> String {
+    let (name, why) = match signal {
+        libc::SIGKILL => ("SIGKILL", " (killed: out of memory, or stopped)"),
+        libc::SIGSEGV => (
+            "SIGSEGV",
+            " (invalid memory access, or out of memory under its data limit)",
+        ),
+        libc::SIGABRT => ("SIGABRT", " (aborted)"),
+        libc::SIGXFSZ => ("SIGXFSZ", " (file size limit: limits.output.size)"),
+        libc::SIGXCPU => ("SIGXCPU", " (CPU time limit)"),
+        libc::SIGTERM => ("SIGTERM", ""),
+        libc::SIGINT => ("SIGINT", ""),
+        libc::SIGPIPE => ("SIGPIPE", " (wrote to a closed pipe)"),
+        libc::SIGBUS => ("SIGBUS", " (bus error)"),
+        _ => ("signal", ""),
+    };
+    format!("killed by {name} ({signal}){why}")
 }
 
 /// Kills a process group when dropped.

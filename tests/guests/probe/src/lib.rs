@@ -82,7 +82,10 @@ impl Action for Probe {
             }
             "panic" => panic!("the probe was told to panic"),
             "sleep" => {
-                let ms = config.get("ms").and_then(|v| v.parse().ok()).unwrap_or(3_600_000);
+                let ms = config
+                    .get("ms")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(3_600_000);
                 std::thread::sleep(std::time::Duration::from_millis(ms));
                 Ok(done())
             }
