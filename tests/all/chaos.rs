@@ -65,17 +65,7 @@ fn three_engines_killed_at_random_lose_and_double_nothing() {
             .map(|n| Engine::start(p.dir.path(), n, &args))
             .collect::<Vec<_>>(),
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while client(&p, &url, &["pipeline", "put", "pipeline.yaml"]).code != 0 {
-        if Instant::now() > deadline {
-            let put = client(&p, &url, &["pipeline", "put", "pipeline.yaml"]);
-            panic!(
-                "the engines did not answer: {put:?}\n{}",
-                engines.lock().unwrap()[0].log()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    crate::cluster::register_when_answering(&p, &url, || engines.lock().unwrap()[0].log());
     let largest_rss = || {
         engines
             .lock()

@@ -50,16 +50,13 @@ fn through_a_node_loss(name: &str, kill: impl Fn(&NatsCluster) -> usize) {
         Engine::start(p.dir.path(), "engine-a", &args),
         Engine::start(p.dir.path(), "engine-b", &args),
     ];
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    while client(&p, &url, &["pipeline", "put", "pipeline.yaml"]).code != 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the engines did not answer within 90 s\nengine-a:\n{}\nengine-b:\n{}",
+    register_when_answering(&p, &url, || {
+        format!(
+            "engine-a:\n{}\nengine-b:\n{}",
             tail(&engines[0].log()),
             tail(&engines[1].log())
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        )
+    });
     let mut victim = None;
     for n in 0..EXECUTIONS {
         if n == EXECUTIONS / 3 {
@@ -168,4 +165,22 @@ fn the_meta_leader_killed_and_restarted_loses_nothing() {
 fn tail(log: &str) -> String {
     let lines: Vec<&str> = log.lines().collect();
     lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+/// Register `pipeline.yaml` once the engines answer (they wait for JetStream first); `logs`
+/// says what they did if they never do.
+pub fn register_when_answering(p: &Project, url: &str, logs: impl Fn() -> String) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let put = client(p, url, &["pipeline", "put", "pipeline.yaml"]);
+        if put.code == 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the engines did not answer within 90 s: {put:?}\n{}",
+            logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

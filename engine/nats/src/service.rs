@@ -46,7 +46,7 @@ pub async fn serve(
     let layout = open_layout(&client, timing).await?;
     let bus: Arc<dyn EventBus> = Arc::new(crate::bus::NatsBus::new(layout.js.clone()));
     let blobs = crate::store::NatsStore::open(&layout.js, &data.join("cas")).await?;
-    let mut engine = Engine::for_service(data, bus.clone(), Some(Arc::new(blobs)))?;
+    let engine = Engine::for_service(data, bus.clone(), Some(Arc::new(blobs)))?;
     // `notify-nats@1` and other publishers without a `server` use the service's NATS.
     engine.registry.runtime().nats.set_default(url);
     engine.registry.runtime().nats.set_publisher(Arc::new(
@@ -66,16 +66,8 @@ pub async fn serve(
         archive_log: Some(Arc::new(crate::logs::NatsLogArchive(logs))),
         secrets: None,
     };
-    let secrets = sluice_engine::secrets::for_service(edges.pipelines.clone(), data)?;
-    engine.secrets = Some(secrets.clone());
-    engine.cache = Some(Arc::new(sluice_engine::cache::ActionCache::new(
-        edges.pipelines.clone(),
-    )));
-    let edges = Edges {
-        secrets: Some(secrets),
-        ..edges
-    };
-    Ok((Service::new(engine, edges), client))
+    let service = sluice_engine::service::wiring::assemble(engine, edges, data)?;
+    Ok((service, client))
 }
 
 /// Wake actions waiting for NATS events: consume `SLUICE_WAKES`, and every few seconds make

@@ -130,7 +130,7 @@ impl Confinement {
             rules.push((PathBuf::from(dev), file_rw));
         }
         if let Some(dir) = grants.program.parent() {
-            allow_around(dir, grants.hidden, read, &mut rules);
+            allow_around(dir, grants.hidden, read, &mut rules)?;
         }
         // The workspace lies inside the data directory: allowed as a whole, as what it holds.
         rules.push((grants.workspace.to_path_buf(), fs_all));
@@ -139,7 +139,7 @@ impl Confinement {
             if dir.starts_with(grants.workspace) {
                 rules.push((dir.to_path_buf(), access));
             } else {
-                allow_around(dir, grants.hidden, access, &mut rules);
+                allow_around(dir, grants.hidden, access, &mut rules)?;
             }
         }
         let ruleset = build_ruleset(&rules, grants.network.as_deref())?;
@@ -282,6 +282,11 @@ unsafe fn become_init_of_namespace() -> std::io::Result<()> {
     }
 }
 
+/// Rules one program's confinement may hold: a granted directory that holds the data directory
+/// costs one per entry along the way, and a directory of a million files must not cost a
+/// million rules (and path opens) per program started.
+const MAX_RULES: usize = 4096;
+
 /// Allow `access` beneath `root`, except beneath any `hidden` path: a granted directory that
 /// holds the engine's data directory is allowed entry by entry around it.
 fn allow_around(
@@ -289,21 +294,27 @@ fn allow_around(
     hidden: &[PathBuf],
     access: landlock::BitFlags<AccessFs>,
     rules: &mut Vec<(PathBuf, landlock::BitFlags<AccessFs>)>,
-) {
+) -> Result<(), String> {
     if hidden.iter().any(|h| root.starts_with(h)) {
-        return;
+        return Ok(());
     }
     if !hidden.iter().any(|h| h.starts_with(root)) {
         rules.push((root.to_path_buf(), access));
-        return;
+        return Ok(());
     }
     let Ok(entries) = std::fs::read_dir(root) else {
-        return;
+        return Ok(());
     };
     for entry in entries.flatten() {
+        if rules.len() >= MAX_RULES {
+            return Err(format!(
+                "{} holds the engine's data directory and too many entries to grant around it (more than {MAX_RULES}); grant a directory that does not hold the data directory",
+                root.display()
+            ));
+        }
         let path = entry.path();
         match entry.file_type() {
-            Ok(t) if t.is_dir() => allow_around(&path, hidden, access, rules),
+            Ok(t) if t.is_dir() => allow_around(&path, hidden, access, rules)?,
             Ok(_) if !hidden.contains(&path) => {
                 rules.push((path, access & AccessFs::from_file(landlock::ABI::V7)))
             }
@@ -311,6 +322,7 @@ fn allow_around(
             Err(_) => {}
         }
     }
+    Ok(())
 }
 
 fn build_ruleset(
@@ -507,5 +519,44 @@ fn remove_stale(parent: &Path) {
             }
         }
         let _ = std::fs::remove_dir(entry.path());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_grant_around_the_data_directory_leaves_it_out_and_is_bounded() {
+        let root = tempfile::tempdir().unwrap();
+        let data = root.path().join(".sluice");
+        std::fs::create_dir_all(data.join("cas")).unwrap();
+        std::fs::write(data.join("master.key"), b"k").unwrap();
+        std::fs::write(data.join("notes.txt"), b"n").unwrap();
+        std::fs::write(root.path().join("src.rs"), b"s").unwrap();
+        let hidden = [data.join("cas"), data.join("master.key")];
+        let read = AccessFs::from_read(landlock::ABI::V7);
+        let mut rules = Vec::new();
+        allow_around(root.path(), &hidden, read, &mut rules).unwrap();
+        let paths: Vec<&Path> = rules.iter().map(|(p, _)| p.as_path()).collect();
+        assert!(paths.contains(&root.path().join("src.rs").as_path()));
+        assert!(paths.contains(&data.join("notes.txt").as_path()));
+        assert!(
+            !paths
+                .iter()
+                .any(|p| hidden.iter().any(|h| p.starts_with(h)))
+        );
+        assert!(
+            !paths.contains(&root.path()),
+            "the root itself would reach the hidden"
+        );
+        // A directory of many entries around the data directory is refused, not walked.
+        for i in 0..MAX_RULES + 10 {
+            std::fs::write(root.path().join(format!("f{i}")), b"").unwrap();
+        }
+        let mut rules = Vec::new();
+        let refused = allow_around(root.path(), &hidden, read, &mut rules).unwrap_err();
+        assert!(refused.contains("too many entries"), "{refused}");
+        assert!(rules.len() <= MAX_RULES);
     }
 }

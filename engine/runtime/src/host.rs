@@ -142,6 +142,12 @@ impl HostState {
         resources: usize,
     ) -> Self {
         let http_guard = super::http::OriginGuard::new(http_origins, log.clone());
+        // Only programs need them: an action without any skips the parsing.
+        let ports = if programs.is_empty() {
+            None
+        } else {
+            http_ports(http_origins)
+        };
         HostState {
             wasi,
             table: {
@@ -163,7 +169,7 @@ impl HostState {
             program_bounds: ProgramBounds {
                 hidden: Vec::new(),
                 file_size: sluice_core::limits::MAX_OUTPUT_BYTES,
-                ports: http_ports(http_origins),
+                ports,
             },
             http: wasmtime_wasi_http::WasiHttpCtx::new(),
             http_guard,

@@ -16,7 +16,7 @@ pub async fn embedded(
 ) -> anyhow::Result<(Arc<Service>, Arc<MemoryBus>, Arc<StoreHealth>)> {
     std::fs::create_dir_all(data)?;
     let bus = Arc::new(MemoryBus::default());
-    let mut engine = Engine::for_service(data, bus.clone(), None)?;
+    let engine = Engine::for_service(data, bus.clone(), None)?;
     let db = RedbKv::open_database(&data.join("service.redb"))?;
     let health = Arc::new(StoreHealth::default());
     let bucket = |name: &str| -> anyhow::Result<Arc<dyn Kv>> {
@@ -36,6 +36,18 @@ pub async fn embedded(
         archive_log: None,
         secrets: None,
     };
+    let service = assemble(engine, edges, data)?;
+    let resumed = service.recover().await?;
+    if resumed > 0 {
+        tracing::info!("resumed {resumed} unfinished executions");
+    }
+    Ok((service, bus, health))
+}
+
+/// The service on `edges`, on either backend: the secrets (the tenants' sealed records, under
+/// the master key of `data` or `SLUICE_MASTER_KEY_FILE`) and the action cache both live in the
+/// pipelines bucket, so every engine of the service reads the same ones.
+pub fn assemble(mut engine: Engine, edges: Edges, data: &Path) -> anyhow::Result<Arc<Service>> {
     let secrets = crate::secrets::for_service(edges.pipelines.clone(), data)?;
     engine.secrets = Some(secrets.clone());
     engine.cache = Some(Arc::new(crate::cache::ActionCache::new(
@@ -45,10 +57,5 @@ pub async fn embedded(
         secrets: Some(secrets),
         ..edges
     };
-    let service = Service::new(engine, edges);
-    let resumed = service.recover().await?;
-    if resumed > 0 {
-        tracing::info!("resumed {resumed} unfinished executions");
-    }
-    Ok((service, bus, health))
+    Ok(Service::new(engine, edges))
 }
