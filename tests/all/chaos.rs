@@ -5,8 +5,8 @@
 //! ids. It prints a report (docs/reliability.md keeps the figures of a run).
 use crate::harness::nats::{Engine, NatsServer};
 use crate::harness::*;
-use crate::service::{client, collect};
-use serde_json::Value;
+use crate::service::collect;
+use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -87,6 +87,8 @@ fn three_engines_killed_at_random_lose_and_double_nothing() {
         Duration::from_secs(2),
         || {
             std::thread::scope(|s| {
+                // Whatever ends this body (a failed assertion included) stops the helpers.
+                let _stop = StopOnDrop(&done);
                 // The chaos: every 2–5 s (seeded), one engine killed and started again.
                 s.spawn(|| {
                     let mut seed: u64 = 0x5eed;
@@ -105,13 +107,13 @@ fn three_engines_killed_at_random_lose_and_double_nothing() {
                         kills.fetch_add(1, Ordering::Relaxed);
                     }
                 });
-                // The approver: a bot that approves whatever waits.
+                // The approver: a bot that approves whatever waits, over the API as any NATS
+                // client would (one connection, no process per request).
                 s.spawn(|| {
+                    let bot = Nats::connect(&url);
                     while !done.load(Ordering::Relaxed) {
-                        let r = client(&p, &url, &["approvals", "--json"]);
-                        let waiting: Vec<Value> =
-                            serde_json::from_str(&r.stdout).unwrap_or_default();
-                        for a in waiting {
+                        let waiting = bot.request("approvals", json!({})).unwrap_or_default();
+                        for a in waiting.as_array().into_iter().flatten() {
                             let (Some(id), Some(stage), Some(action)) = (
                                 a["execution_id"].as_str(),
                                 a["stage"].as_str(),
@@ -119,31 +121,32 @@ fn three_engines_killed_at_random_lose_and_double_nothing() {
                             ) else {
                                 continue;
                             };
-                            let gate = format!("{stage}/{action}");
-                            if client(&p, &url, &["approve", id, &gate, "--as", "bot"]).code == 0 {
+                            let decision = json!({"execution_id": id,
+                                "action": format!("{stage}/{action}"), "by": "bot"});
+                            if bot.request("approve", decision).is_some() {
                                 approved.fetch_add(1, Ordering::Relaxed);
                             }
                         }
                         std::thread::sleep(Duration::from_millis(200));
                     }
                 });
-                // Paced over about a minute, so the chaos meets executions in every state.
+                // Trigger events published to JetStream as a producer would (the stream keeps
+                // them while engines die), paced over about a minute so the chaos meets
+                // executions in every state.
+                let producer = Nats::connect(&url);
                 for n in 0..EXECUTIONS {
-                    std::thread::sleep(Duration::from_millis(50));
+                    std::thread::sleep(Duration::from_millis(150));
                     let id = format!("chaos-{n}");
-                    while client(&p, &url, &["start", "svc", "--event-id", &id]).code != 0 {
-                        assert!(started.elapsed() < BOUND, "start {id} kept failing");
-                        std::thread::sleep(Duration::from_millis(100));
-                    }
+                    producer.publish_event("sluice.default.trigger.svc", &id);
                 }
+                let lister = Nats::connect(&url);
                 executions = loop {
-                    let r = client(
-                        &p,
-                        &url,
-                        &["executions", "svc", "--json", "--limit", "1000"],
-                    );
-                    let list: Vec<Value> = serde_json::from_str(&r.stdout).unwrap_or_default();
-                    if list.len() >= EXECUTIONS && list.iter().all(|e| status(e) == "Succeeded") {
+                    let list: Vec<Value> = lister
+                        .request("executions", json!({"pipeline": "svc", "limit": 1000}))
+                        .and_then(|v| serde_json::from_value(v).ok())
+                        .unwrap_or_default();
+                    let events: HashSet<&str> = list.iter().filter_map(event_of).collect();
+                    if events.len() >= EXECUTIONS && list.iter().all(|e| status(e) == "Succeeded") {
                         break list;
                     }
                     // (A listing that fails while an engine restarts is asked again.)
@@ -166,20 +169,37 @@ fn three_engines_killed_at_random_lose_and_double_nothing() {
     let took = started.elapsed();
     let rss_end = largest_rss();
 
-    assert_eq!(executions.len(), EXECUTIONS, "one execution per event id");
-    let ids: HashSet<&str> = executions
-        .iter()
-        .filter_map(|e| e["trigger"].as_str()?.split_whitespace().last())
-        .collect();
-    assert_eq!(ids.len(), EXECUTIONS);
-    let log = std::fs::read_to_string(effects.path().join("effects.log")).unwrap();
-    let effects_done: HashSet<&str> = log.lines().collect();
-    assert_eq!(
-        log.lines().count(),
-        EXECUTIONS,
-        "one side effect per execution"
+    let mut by_event: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for e in &executions {
+        let id = e["execution_id"].as_str().unwrap_or_default();
+        by_event
+            .entry(event_of(e).unwrap_or("(none)"))
+            .or_default()
+            .push(id);
+    }
+    let doubled_starts: Vec<_> = by_event.iter().filter(|(_, ids)| ids.len() > 1).collect();
+    assert!(
+        doubled_starts.is_empty(),
+        "one execution per event id; started twice: {doubled_starts:?}"
     );
-    assert_eq!(effects_done.len(), EXECUTIONS);
+    assert_eq!(executions.len(), EXECUTIONS);
+    // One side effect per execution: its key names the execution and attempt, so a second
+    // execution or attempt would add one, and a repeated run of an attempt finds its marker.
+    let keys = crate::harness::effects(effects.path());
+    let missing: Vec<&str> = executions
+        .iter()
+        .filter_map(|e| e["execution_id"].as_str())
+        .filter(|id| !keys.iter().any(|k| k.contains(id)))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "executions without their effect: {missing:?}"
+    );
+    assert_eq!(
+        keys.len(),
+        EXECUTIONS,
+        "one side effect per execution: {keys:?}"
+    );
     // Events are delivered at least once (an engine resends what it may not have stored);
     // deduplicated by id, no state change may appear twice under different ids.
     let mut seen_ids: HashMap<String, usize> = HashMap::new();
@@ -210,7 +230,7 @@ fn three_engines_killed_at_random_lose_and_double_nothing() {
          p50 {} ms, p99 {} ms per execution; engine RSS {} MiB at the start, {} MiB at the end",
         kills.load(Ordering::Relaxed),
         approved.load(Ordering::Relaxed),
-        log.lines().count(),
+        keys.len(),
         events.len(),
         redelivered,
         doubled.len(),
@@ -227,6 +247,80 @@ fn three_engines_killed_at_random_lose_and_double_nothing() {
         kills.load(Ordering::Relaxed) >= 10,
         "the chaos killed too few engines to count"
     );
+}
+
+/// The trigger event an execution summary names (`nats chaos-7`).
+fn event_of(e: &Value) -> Option<&str> {
+    e["trigger"].as_str()?.split_whitespace().last()
+}
+
+/// Sets the flag the test's helper threads watch, when dropped.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// One NATS connection with its own runtime: trigger events to JetStream, API requests.
+struct Nats {
+    rt: tokio::runtime::Runtime,
+    client: async_nats::Client,
+    js: async_nats::jetstream::Context,
+}
+
+impl Nats {
+    fn connect(url: &str) -> Nats {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let client = rt
+            .block_on(async_nats::connect(sluice_nats::servers(url)))
+            .unwrap();
+        // (The JetStream context spawns a task: made inside the runtime.)
+        let js = rt.block_on(async { async_nats::jetstream::new(client.clone()) });
+        Nats { rt, client, js }
+    }
+
+    /// Publish a trigger event with its id as `Nats-Msg-Id`, until the stream acknowledges it.
+    fn publish_event(&self, subject: &str, id: &str) {
+        let payload = json!({ "id": id }).to_string();
+        self.rt.block_on(async {
+            for _ in 0..100 {
+                let msg = async_nats::jetstream::message::PublishMessage::build()
+                    .payload(payload.clone().into())
+                    .message_id(id);
+                if let Ok(ack) = self.js.send_publish(subject.to_string(), msg).await
+                    && ack.await.is_ok()
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("the stream never acknowledged event {id}");
+        })
+    }
+
+    /// One API request; its `ok` value, or `None` when refused or unanswered (an engine may
+    /// be restarting).
+    fn request(&self, verb: &str, body: Value) -> Option<Value> {
+        self.rt.block_on(async {
+            let reply = tokio::time::timeout(
+                Duration::from_secs(10),
+                self.client.request(
+                    format!("sluice.default.api.{verb}"),
+                    body.to_string().into(),
+                ),
+            )
+            .await
+            .ok()?
+            .ok()?;
+            let value: Value = serde_json::from_slice(&reply.payload).ok()?;
+            sluice_api::wire::decode(value).ok()
+        })
+    }
 }
 
 /// Milliseconds since the epoch of an RFC 3339 timestamp.

@@ -128,12 +128,10 @@ fn through_a_node_loss(name: &str, kill: impl Fn(&NatsCluster) -> usize) {
         EXECUTIONS,
         "one execution per trigger event"
     );
-    // One side effect per execution: its key names the execution, so a second execution
-    // would add a line, and a repeated attempt finds its marker.
-    let log = std::fs::read_to_string(effects.path().join("effects.log")).unwrap();
-    let keys: HashSet<&str> = log.lines().collect();
-    assert_eq!(log.lines().count(), EXECUTIONS, "{log}");
-    assert_eq!(keys.len(), EXECUTIONS);
+    // One side effect per execution: its key names the execution and attempt, so a second
+    // execution or attempt would add one, and a repeated run of an attempt finds its marker.
+    let keys = crate::harness::effects(effects.path());
+    assert_eq!(keys.len(), EXECUTIONS, "{keys:?}");
     // No event id stored twice in the events stream.
     let stored = stored(&url, "SLUICE_EVENTS", "sluice.default.events.>");
     let ids: Vec<&str> = stored.iter().filter_map(|e| e["id"].as_str()).collect();

@@ -89,13 +89,21 @@ async fn browser(driver: &Driver) -> Client {
         .expect("a WebDriver session")
 }
 
-/// Wait (without reloading) until `css` matches an element.
+/// Wait (without reloading) until `css` matches an element. A lookup the browser aborts
+/// because the page is navigating (a form just submitted) is asked again, as a user would
+/// look again once the page is there.
 async fn until(c: &Client, css: &str, what: &str) -> fantoccini::elements::Element {
-    c.wait()
-        .at_most(Duration::from_secs(30))
-        .for_element(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("waiting for {what} ({css}): {e}"))
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let error = match c.find(Locator::Css(css)).await {
+            Ok(element) => return element,
+            Err(e) => e,
+        };
+        if std::time::Instant::now() > deadline {
+            panic!("waiting for {what} ({css}): {error}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 async fn shot(c: &Client, dir: &std::path::Path, name: &str) -> usize {

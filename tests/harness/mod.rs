@@ -228,3 +228,18 @@ pub fn processes_with(needle: &str) -> Vec<String> {
         .filter(|c| c.contains(needle))
         .collect()
 }
+
+/// The side effects the probe's `effect` mode made in `dir`: the idempotency key of each
+/// (one marker file per key, created atomically).
+pub fn effects(dir: &Path) -> Vec<String> {
+    let mut keys: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| {
+            let e = e.ok()?;
+            e.file_name().to_str()?.starts_with("done-").then_some(())?;
+            std::fs::read_to_string(e.path()).ok()
+        })
+        .collect();
+    keys.sort();
+    keys
+}

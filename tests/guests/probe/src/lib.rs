@@ -189,7 +189,24 @@ impl Action for Probe {
             "effect" => {
                 let dir = Path::new(config.require("dir")?);
                 let marker = dir.join(format!("done-{}", ctx.idempotency_key.replace('/', "_")));
-                let repeated = marker.exists();
+                // The key claimed atomically, as a target that deduplicates by idempotency key
+                // does: of two runs of one attempt (a redelivery while the first still runs),
+                // one makes the effect. The marker names the key (effects.log, appended by
+                // concurrent runs through WASI's emulated append, may interleave).
+                let repeated = match std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&marker)
+                {
+                    Ok(mut file) => {
+                        use std::io::Write;
+                        file.write_all(ctx.idempotency_key.as_bytes())
+                            .map_err(|e| ActionError::Failed(format!("marker: {e}")))?;
+                        false
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => true,
+                    Err(e) => return Err(ActionError::Failed(format!("marker: {e}"))),
+                };
                 if !repeated {
                     use std::io::Write;
                     let mut log = std::fs::OpenOptions::new()
@@ -199,8 +216,6 @@ impl Action for Probe {
                         .map_err(|e| ActionError::Failed(format!("effects.log: {e}")))?;
                     writeln!(log, "{}", ctx.idempotency_key)
                         .map_err(|e| ActionError::Failed(e.to_string()))?;
-                    std::fs::write(&marker, b"")
-                        .map_err(|e| ActionError::Failed(format!("marker: {e}")))?;
                 }
                 log::info(&format!(
                     "side effect {} for {}",
