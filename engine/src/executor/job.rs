@@ -520,14 +520,9 @@ pub async fn execute(cx: &JobContext, job: &JobSpec) -> (ActionResult, Leftover)
     if let (Some(cache), Some(key)) = (cache, &cache_key)
         && let Some(hit) = cached(cx, cache, &job.tenant, key).await
     {
-        raw_log.log(
-            Level::Info,
-            &format!(
-                "cached: the same plugin, configuration and inputs succeeded in {} (sluice cache ls)",
-                hit.from
-            ),
-            &[],
-        );
+        // No log line: the record and its events say where the result came from, and the
+        // attempt that recorded it keeps the lines (a line here would cost a hit three times
+        // its lookup: the action's log file created).
         let result = ActionResult::Succeeded {
             variables: hit.variables,
             artifacts: hit.artifacts,

@@ -42,6 +42,14 @@ pub struct BenchArgs {
     /// Benchmark the service on the NATS server at this URL instead (run `nats-server -js`).
     #[arg(long)]
     pub nats: Option<String>,
+    /// With --nats: measure executions/s with 1, 2, … N `sluice serve` processes instead (each
+    /// its own process and connection; on a cluster, give every node's URL, comma-separated).
+    #[arg(long, value_name = "N", requires = "nats")]
+    pub engine_processes: Option<usize>,
+    /// With --engine-processes: the replicas of the streams and buckets the first process
+    /// creates (3 on a 3-node cluster).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub replicas: u8,
     /// Samples of the NATS latency measures.
     #[arg(long, default_value_t = 200)]
     pub samples: usize,
@@ -55,7 +63,8 @@ pub struct BenchArgs {
     /// many executions queued (embedded service).
     #[arg(long, value_name = "N")]
     pub fairness: Option<usize>,
-    /// Only run one measure for this many seconds (`a`, `a2`, `b`), to profile it with `perf`.
+    /// Only run one measure for this many seconds (`a`, `a2`, `b`; `hit` with --cache), to
+    /// profile it with `perf`.
     #[arg(long, hide = true, num_args = 2, value_names = ["MEASURE", "SECONDS"])]
     pub profile: Vec<String>,
 }
@@ -81,6 +90,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(n) = args.fairness {
         fairness::run(n).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let (Some(url), Some(n)) = (&args.nats, args.engine_processes) {
+        anyhow::ensure!((1..=16).contains(&n), "--engine-processes: 1 to 16");
+        let exe = std::env::current_exe()?;
+        sluice_nats::bench::processes::run(url, &exe, n, args.replicas, args.burst).await?;
         return Ok(ExitCode::SUCCESS);
     }
     if let Some(url) = &args.nats {
@@ -118,6 +133,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         sandboxed_call(&cx, &job).await?;
     }
     let _ = run_pipeline(&engine, &seq).await?;
+    if let ([measure, seconds], Some(probe)) = (args.profile.as_slice(), &args.cache)
+        && measure == "hit"
+    {
+        action_cache(tmp.path(), probe, Duration::ZERO, Some(seconds.parse()?)).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
     if let [measure, seconds] = args.profile.as_slice() {
         let (start, mut calls) = (Instant::now(), 0u32);
         let until = start + Duration::from_secs_f64(seconds.parse()?);
@@ -127,7 +148,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 "a" => runtime.bare_call(&digest).await?,
                 "a2" => sandboxed_call(&cx, &job).await?,
                 "b" => drop(run_pipeline(&engine, &seq).await?),
-                other => anyhow::bail!("no measure `{other}` (a, a2, b)"),
+                other => anyhow::bail!("no measure `{other}` (a, a2, b; hit with --cache)"),
             }
         }
         eprintln!(
@@ -226,7 +247,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         ok &= compile_cache(tmp.path(), path, bare).await?;
     }
     if let Some(path) = &args.cache {
-        ok &= action_cache(tmp.path(), path, bare).await?;
+        ok &= action_cache(tmp.path(), path, bare, None).await?;
     }
     if args.artifact_mib > 0 {
         ok &= artifacts(tmp.path(), args.artifact_mib)?;
@@ -327,9 +348,16 @@ fn pipeline_file(
 }
 
 /// The action cache: a chain of ten pure actions (each hashes its input and writes 10 MiB)
-/// after a `source-dir@1` stage, run cold and then again unchanged; a hit's cost is the second
-/// run's time above the source stage's own, per action, next to a bare instantiate+call.
-async fn action_cache(dir: &Path, probe: &Path, bare: Duration) -> anyhow::Result<bool> {
+/// after a `source-dir@1` stage, run cold and then again unchanged; a hit's cost as the engine
+/// takes one job, next to a bare instantiate+call; and hits in a 500-action pipeline against the
+/// same actions run.
+/// With `profile` (seconds), only run the second run again and again for that long.
+async fn action_cache(
+    dir: &Path,
+    probe: &Path,
+    bare: Duration,
+    profile: Option<f64>,
+) -> anyhow::Result<bool> {
     let work = dir.join("cache-bench");
     std::fs::create_dir_all(work.join("src"))?;
     std::fs::write(
@@ -356,19 +384,72 @@ async fn action_cache(dir: &Path, probe: &Path, bare: Duration) -> anyhow::Resul
     engine.cache = Some(Arc::new(sluice_engine::local::action_cache(
         &work.join("data"),
     )?));
-    // The source stage alone, warm: what the second run pays besides the hits.
+    // The source stage alone, warm: what the second run pays besides the hits. Both are
+    // best-of-RUNS: the hits' share of the second run is small next to the noise of one run.
+    const RUNS: usize = 15;
     let mut source_only = Duration::MAX;
-    for _ in 0..5 {
+    for _ in 0..RUNS {
         source_only = source_only.min(run_pipeline(&engine, &work.join("source.yaml")).await?);
     }
     let first = run_pipeline(&engine, &work.join("chain.yaml")).await?;
+    if let Some(seconds) = profile {
+        let (start, mut runs) = (Instant::now(), 0usize);
+        while start.elapsed().as_secs_f64() < seconds {
+            run_pipeline(&engine, &work.join("chain.yaml")).await?;
+            runs += 1;
+        }
+        eprintln!("{runs} runs, {} each", us(per(start.elapsed(), runs)));
+        return Ok(true);
+    }
     let mut second = Duration::MAX;
-    for _ in 0..5 {
+    for _ in 0..RUNS {
         second = second.min(run_pipeline(&engine, &work.join("chain.yaml")).await?);
     }
-    let per_hit = second.saturating_sub(source_only) / 10;
+    // A hit as the engine takes one job, without the scheduler (what (a2) is to a run): the
+    // no-op job, made cacheable, recorded once and then looked up.
+    let cx = engine.job_context();
+    let noop = engine.registry.resolve("noop@1", &work).await?;
+    let mut job = noop_job(noop.digest.parse().map_err(anyhow::Error::msg)?, &work);
+    job.cacheable = true;
+    sandboxed_call(&cx, &job).await?;
+    let mut job_hit = Duration::MAX;
+    for _ in 0..ROUNDS {
+        let t = Instant::now();
+        for _ in 0..400 {
+            let (result, _) = sluice_engine::executor::job::execute(&cx, &job).await;
+            anyhow::ensure!(
+                matches!(
+                    result,
+                    sluice_engine::scheduler::ActionResult::Succeeded {
+                        cached_from: Some(_),
+                        ..
+                    }
+                ),
+                "the cacheable no-op job was not a hit: {result:?}"
+            );
+        }
+        job_hit = job_hit.min(per(t.elapsed(), 400));
+    }
+    let job_hit_over_bare = job_hit.as_secs_f64() / bare.as_secs_f64();
+    // Hits in a long pipeline, where one run's noise is spread over 500 actions: (b)'s shape
+    // (stages of 50, one action after another), every action a hit, against the same actions
+    // run (`cache: false`), interleaved, best of 5 each.
+    let hits = pipeline_file(&work, "hits", 500, STAGE_LIMIT, true)?;
+    let runs = work.join("runs.yaml");
+    std::fs::write(
+        &runs,
+        std::fs::read_to_string(&hits)?
+            .replace("bench-hits", "bench-runs")
+            .replace("uses: noop@1,", "uses: noop@1, cache: false,"),
+    )?;
+    run_pipeline(&engine, &hits).await?;
+    run_pipeline(&engine, &runs).await?;
+    let (mut hit_500, mut run_500) = (Duration::MAX, Duration::MAX);
+    for _ in 0..ROUNDS {
+        hit_500 = hit_500.min(run_pipeline(&engine, &hits).await? / 500);
+        run_500 = run_500.min(run_pipeline(&engine, &runs).await? / 500);
+    }
     let ratio = second.as_secs_f64() / first.as_secs_f64();
-    let hit_over_bare = per_hit.as_secs_f64() / bare.as_secs_f64();
     println!(
         "\n## Action cache: 10 chained pure actions writing 10 MiB each, after a source stage\n"
     );
@@ -379,21 +460,31 @@ async fn action_cache(dir: &Path, probe: &Path, bare: Duration) -> anyhow::Resul
         first.as_secs_f64() * 1e3
     );
     println!(
-        "| second run, unchanged (best of 5) | {:.2} ms | {:.1}% of the first — target ≤ 5% |",
+        "| second run, unchanged (best of 15) | {:.2} ms | {:.1}% of the first — target ≤ 5% |",
         second.as_secs_f64() * 1e3,
         ratio * 100.0
     );
     println!(
-        "| the source stage alone (best of 5) | {:.2} ms | |",
+        "| the source stage alone (best of 15) | {:.2} ms | |",
         source_only.as_secs_f64() * 1e3
     );
     println!(
-        "| a cache hit, per action | {} | {:.2}× a bare instantiate+call ({}) — target ≤ 2× |",
-        us(per_hit),
-        hit_over_bare,
+        "| a cache hit, as the engine takes one job (key, lookup, artifacts checked; no scheduler) | {} | {:.2}× a bare instantiate+call ({}) — target ≤ 2× |",
+        us(job_hit),
+        job_hit_over_bare,
         us(bare)
     );
-    Ok(ratio <= 0.05 && hit_over_bare <= 2.0)
+    println!(
+        "| a cache hit, per action of a 500-action pipeline ((b)'s shape: scheduler, record, events included) | {} | {:.2}× a bare instantiate+call |",
+        us(hit_500),
+        hit_500.as_secs_f64() / bare.as_secs_f64(),
+    );
+    println!(
+        "| the same 500 actions run (`cache: false`), per action: (b) | {} | {:.2}× a bare instantiate+call |",
+        us(run_500),
+        run_500.as_secs_f64() / bare.as_secs_f64(),
+    );
+    Ok(ratio <= 0.05 && job_hit_over_bare <= 2.0)
 }
 
 /// Validate and run a pipeline; returns the time from start to the recorded end.

@@ -7,7 +7,10 @@
 //! (http) a start over HTTP → the succeeded event over SSE, against the same over NATS
 //!   request/reply (see `http.rs`);
 //! (throughput) executions per second for a burst of events, with one and with two engines.
+//!
+//! `processes` measures the same throughput with 1, 2, … `sluice serve` processes instead.
 mod http;
+pub mod processes;
 
 use futures_util::StreamExt;
 use sluice_api::{Origin, Principal, verbs};
@@ -75,22 +78,34 @@ fn message_counts(client: &async_nats::Client) -> (u64, u64) {
     )
 }
 
-/// Publish `n` trigger events and wait until each has a terminal pipeline event.
+/// Publish `n` trigger events for the `bench` pipeline and wait until each has a terminal
+/// pipeline event.
 async fn burst(
     client: &async_nats::Client,
     js: &async_nats::jetstream::Context,
     prefix: &str,
     n: usize,
 ) -> anyhow::Result<Duration> {
+    burst_on(client, js, "bench", prefix, n).await
+}
+
+/// Publish `n` trigger events for `pipeline` and wait until each has a terminal pipeline event.
+async fn burst_on(
+    client: &async_nats::Client,
+    js: &async_nats::jetstream::Context,
+    pipeline: &str,
+    prefix: &str,
+    n: usize,
+) -> anyhow::Result<Duration> {
     let mut events = client
-        .subscribe("sluice.default.events.pipeline.bench")
+        .subscribe(format!("sluice.default.events.pipeline.{pipeline}"))
         .await?;
     let t = Instant::now();
     for i in 0..n {
         let id = format!("{prefix}-{i}");
         let body = serde_json::json!({ "id": id }).to_string();
         js.send_publish(
-            "sluice.default.trigger.bench",
+            format!("sluice.default.trigger.{pipeline}"),
             async_nats::jetstream::message::PublishMessage::build()
                 .message_id(&id)
                 .payload(body.into()),
