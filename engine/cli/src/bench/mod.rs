@@ -50,6 +50,10 @@ pub struct BenchArgs {
     /// creates (3 on a 3-node cluster).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
     pub replicas: u8,
+    /// With --engine-processes: run one action that waits this long (`sleep` in a granted shell)
+    /// instead of the no-op pipeline, so that workers, not cores, bound an engine.
+    #[arg(long, value_name = "MS", requires = "engine_processes")]
+    pub wait_ms: Option<u64>,
     /// Samples of the NATS latency measures.
     #[arg(long, default_value_t = 200)]
     pub samples: usize,
@@ -95,7 +99,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if let (Some(url), Some(n)) = (&args.nats, args.engine_processes) {
         anyhow::ensure!((1..=16).contains(&n), "--engine-processes: 1 to 16");
         let exe = std::env::current_exe()?;
-        sluice_nats::bench::processes::run(url, &exe, n, args.replicas, args.burst).await?;
+        sluice_nats::bench::processes::run(url, &exe, n, args.replicas, args.burst, args.wait_ms)
+            .await?;
         return Ok(ExitCode::SUCCESS);
     }
     if let Some(url) = &args.nats {

@@ -25,6 +25,25 @@ stages:
       - { name: E, uses: noop@1 }
 ";
 
+/// With `--wait-ms`: one action that waits (`sleep` in a granted shell, as a build step waits on I/O
+/// or a remote service), so that an engine's workers, not the cores, bound its rate.
+fn waiting_pipeline(ms: u64) -> String {
+    format!(
+        "name: scale-wait
+execution_mode: parallel
+stages:
+  - name: Build
+    actions:
+      - name: Wait
+        uses: command@1
+        capabilities: {{ process: [sh] }}
+        with: {{ run: \"sleep {}.{:03}\" }}
+",
+        ms / 1000,
+        ms % 1000
+    )
+}
+
 /// One `sluice serve` process, killed when dropped.
 struct Engine {
     child: Child,
@@ -79,31 +98,50 @@ impl Drop for Engine {
     }
 }
 
-/// Register the pipeline through the control API, as `sluice pipeline put --nats` does.
-async fn register(client: &async_nats::Client) -> anyhow::Result<()> {
+/// Register a pipeline through the control API, as `sluice pipeline put --nats` does.
+async fn register(client: &async_nats::Client, yaml: &str) -> anyhow::Result<()> {
     let body = serde_json::to_vec(&sluice_api::verbs::PipelinePut {
         file: "scale.yaml".into(),
         dir: None,
-        yaml: PIPELINE.into(),
+        yaml: yaml.into(),
         plugins: Default::default(),
         bundle: None,
     })?;
     let reply = client
         .request("sluice.default.api.pipeline.put", body.into())
         .await?;
-    sluice_api::wire::decode(serde_json::from_slice(&reply.payload)?)
-        .map_err(|e| anyhow::anyhow!("register the pipeline: {}", e.message))?;
+    sluice_api::wire::decode(serde_json::from_slice(&reply.payload)?).map_err(|e| {
+        anyhow::anyhow!(
+            "register the pipeline: {}\n{}",
+            e.message,
+            e.problem_lines()
+        )
+    })?;
     Ok(())
 }
 
-/// Run the measure: bursts of `burst_size` executions with 1..=`max` engine processes.
+/// Run the measure: bursts of `burst_size` executions with 1..=`max` engine processes, of the
+/// no-op pipeline or (`wait_ms`) of one action that waits.
 pub async fn run(
     url: &str,
     exe: &Path,
     max: usize,
     replicas: u8,
     burst_size: usize,
+    wait_ms: Option<u64>,
 ) -> anyhow::Result<()> {
+    let (name, yaml, shape) = match wait_ms {
+        Some(ms) => (
+            "scale-wait",
+            waiting_pipeline(ms),
+            format!("one action waiting {ms} ms (`sleep` in a granted shell)"),
+        ),
+        None => (
+            "scale",
+            PIPELINE.to_string(),
+            "a 3-stage, 5-action no-op pipeline".to_string(),
+        ),
+    };
     let tmp = tempfile::tempdir()?;
     let client = crate::connect_client(url).await?;
     let js = async_nats::jetstream::new(client.clone());
@@ -115,15 +153,15 @@ pub async fn run(
         engine.ready().await?;
         engines.push(engine);
         if k == 1 {
-            register(&client).await?;
+            register(&client, &yaml).await?;
         }
         // Every process warm (its components loaded, its consumers pulling).
-        burst_on(&client, &js, "scale", &format!("warm{k}-{run_id}"), 20 * k).await?;
-        let took = burst_on(&client, &js, "scale", &format!("b{k}-{run_id}"), burst_size).await?;
+        burst_on(&client, &js, name, &format!("warm{k}-{run_id}"), 20 * k).await?;
+        let took = burst_on(&client, &js, name, &format!("b{k}-{run_id}"), burst_size).await?;
         rates.push(burst_size as f64 / took.as_secs_f64());
     }
     println!(
-        "## Engine processes on NATS ({url}; streams and buckets at {replicas} replica(s); bursts of {burst_size} executions of a 3-stage, 5-action no-op pipeline)\n"
+        "## Engine processes on NATS ({url}; streams and buckets at {replicas} replica(s); bursts of {burst_size} executions of {shape})\n"
     );
     println!("| engine processes | executions/s | vs one process |");
     println!("|---|---|---|");
