@@ -100,6 +100,11 @@ pub struct ServeArgs {
     /// Needed for --http on an address other hosts can reach.
     #[arg(long)]
     pub auth: bool,
+    /// How long ended executions are kept (their records, and the claims of their trigger
+    /// events); executions still running or waiting stay whatever their age. `forever` keeps
+    /// every one.
+    #[arg(long, default_value = "365d", value_parser = parse_retention)]
+    pub keep_executions: Retention,
     /// How long audit records are kept (with --auth).
     #[arg(long, default_value = "90d", value_parser = parse_keep)]
     pub audit_keep: Duration,
@@ -328,13 +333,25 @@ fn parse_keep(text: &str) -> Result<Duration, String> {
     sluice_engine::model::units::parse_duration(text)
 }
 
-/// Turn authentication on for `service` when asked, and on a first start write the operator's
-/// token into the data directory (readable by its owner only).
+/// A retention: a duration, or for ever.
+#[derive(Clone, Copy, Debug)]
+pub struct Retention(Option<Duration>);
+
+fn parse_retention(text: &str) -> Result<Retention, String> {
+    match text {
+        "forever" => Ok(Retention(None)),
+        _ => parse_keep(text).map(|d| Retention(Some(d))),
+    }
+}
+
+/// Set `service`'s retention; turn authentication on when asked, and on a first start write the
+/// operator's token into the data directory (readable by its owner only).
 async fn auth(
     service: &sluice_engine::service::Service,
     args: &ServeArgs,
     data: &std::path::Path,
 ) -> anyhow::Result<()> {
+    service.keep_executions(args.keep_executions.0);
     if !args.auth {
         return Ok(());
     }

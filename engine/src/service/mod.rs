@@ -17,6 +17,7 @@
 pub mod cluster;
 pub mod control;
 pub mod registry;
+pub mod retention;
 mod secrets;
 pub mod tenancy;
 #[cfg(test)]
@@ -182,6 +183,8 @@ pub struct Service {
     gauges_at: Mutex<Option<std::time::Instant>>,
     /// Authentication, policies, quotas and the audit trail (`sluice serve --auth`).
     tenancy: tenancy::Tenancy,
+    /// How long ended executions are kept, in milliseconds; 0: for ever (see `retention`).
+    retention: std::sync::atomic::AtomicU64,
 }
 
 /// Events sent for one change and not yet acknowledged by the stream.
@@ -252,6 +255,7 @@ impl Service {
             heads: Mutex::new(crate::runtime::Lru::new(MAX_LOADED_PIPELINES)),
             gauges_at: Mutex::new(None),
             tenancy: Default::default(),
+            retention: (retention::KEEP_EXECUTIONS.as_millis() as u64).into(),
         })
     }
 
@@ -281,6 +285,8 @@ impl Service {
         }
         let me = self.clone();
         tasks.spawn(async move { me.trim_when_idle().await });
+        let me = self.clone();
+        tasks.spawn(async move { me.sweep_now_and_then().await });
         while tasks.join_next().await.is_some() {}
     }
 

@@ -1,0 +1,206 @@
+//! Retention of execution records: ended executions older than `--keep-executions` are deleted
+//! with their event claims, so the executions bucket does not grow without end (a million
+//! executions a day would otherwise add gigabytes a day to every replica). Executions still
+//! running or waiting — an approval left open for months — are kept whatever their age.
+//!
+//! Every engine sweeps now and then. A sweep reads every key once and the records old enough
+//! to go; deletes are idempotent, so engines sweeping at once only repeat each other's work.
+//! (Logs and dead letters have retentions of their own; audit records `--audit-keep`.)
+use crate::kv::{KvError, get_json};
+use crate::service::{Service, claim_key};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// How long ended executions are kept unless `--keep-executions` says otherwise (a year, as
+/// CodePipeline keeps its execution history).
+pub const KEEP_EXECUTIONS: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Between sweeps.
+const SWEEP_EVERY: Duration = Duration::from_secs(3600);
+
+/// Records deleted by one sweep at most; the next one comes sooner when a sweep was full.
+const SWEEP_BATCH: usize = 10_000;
+
+impl Service {
+    /// Keep ended executions this long (`None`: for ever).
+    pub fn keep_executions(&self, keep: Option<Duration>) {
+        self.retention
+            .store(keep.map_or(0, |k| k.as_millis() as u64), Ordering::Relaxed);
+    }
+
+    /// Delete the ended executions that started more than `keep` ago, with the claims of their
+    /// trigger events, at most [`SWEEP_BATCH`]; returns how many went.
+    pub async fn sweep_executions(&self, keep: Duration) -> Result<usize, KvError> {
+        let Some(cutoff) = crate::clock::now().0.checked_sub(keep.as_millis() as u64) else {
+            return Ok(0);
+        };
+        let kv = &*self.edges.executions;
+        let mut deleted = 0;
+        for key in kv.keys("").await? {
+            // `<tenant>/x/<ULID>`: the id says when it started.
+            let Some((tenant, id)) = key.split_once("/x/") else {
+                continue;
+            };
+            let old = id
+                .parse::<ulid::Ulid>()
+                .is_ok_and(|u| u.timestamp_ms() < cutoff);
+            if !old || tenant.contains('/') {
+                continue;
+            }
+            let Some((exec, _)) = get_json::<crate::scheduler::Execution>(kv, &key).await? else {
+                continue;
+            };
+            if !exec.status.is_terminal() {
+                continue;
+            }
+            if let Some(trigger) = &exec.trigger {
+                let claim = claim_key(tenant, &exec.pipeline, &trigger.event_id);
+                if get_json::<String>(kv, &claim)
+                    .await?
+                    .is_some_and(|(named, _)| named == exec.execution_id)
+                {
+                    kv.delete(&claim).await?;
+                }
+            }
+            kv.delete(&key).await?;
+            deleted += 1;
+            if deleted >= SWEEP_BATCH {
+                break;
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// Sweep a minute after the start and then every hour (sooner while sweeps are full).
+    pub(in crate::service) async fn sweep_now_and_then(&self) {
+        let mut wait = Duration::from_secs(60);
+        loop {
+            tokio::time::sleep(wait).await;
+            wait = SWEEP_EVERY;
+            let keep = self.retention.load(Ordering::Relaxed);
+            if keep == 0 {
+                continue;
+            }
+            match self.sweep_executions(Duration::from_millis(keep)).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(deleted = n, "ended executions past their retention deleted");
+                    if n >= SWEEP_BATCH {
+                        wait = Duration::from_secs(60);
+                    }
+                }
+                Err(e) => tracing::warn!("the retention sweep failed (tried again later): {e}"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::MemoryBus;
+    use crate::kv::Kv;
+    use crate::scheduler::{Execution, Status};
+    use crate::service::exec_key;
+    use crate::service::tests::{engine, register, shared_edges};
+    use std::sync::Arc;
+
+    const PIPELINE: &str =
+        "name: kept\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: noop@1 }\n";
+
+    /// A copy of `exec` under `id`, started at `at_ms`, with `status` and trigger event `event`
+    /// (whose claim names it).
+    async fn copy(
+        kv: &dyn Kv,
+        exec: &Execution,
+        at_ms: u64,
+        status: Status,
+        event: &str,
+    ) -> String {
+        let id = ulid::Ulid::from_parts(at_ms, rand_part(event)).to_string();
+        let mut e = exec.clone();
+        e.execution_id = id.clone();
+        e.status = status;
+        if let Some(t) = &mut e.trigger {
+            t.event_id = event.into();
+        }
+        kv.create(&exec_key("default", &id), serde_json::to_vec(&e).unwrap())
+            .await
+            .unwrap();
+        kv.create(
+            &claim_key("default", "kept", event),
+            serde_json::to_vec(&id).unwrap(),
+        )
+        .await
+        .unwrap();
+        id
+    }
+
+    fn rand_part(event: &str) -> u128 {
+        u128::from_le_bytes(
+            blake3::hash(event.as_bytes()).as_bytes()[..16]
+                .try_into()
+                .unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn ended_executions_past_their_retention_go_with_their_claims_and_the_rest_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = shared_edges(dir.path());
+        let service = engine(dir.path(), Arc::new(MemoryBus::default()), &shared);
+        register(&service, dir.path(), "kept.yaml", PIPELINE).await;
+        let (running, _) = service
+            .start("default", "kept", br#"{"id":"e-0"}"#, false, false)
+            .await
+            .unwrap()
+            .unwrap();
+        let kv = &*shared.executions;
+        let (exec, _) = get_json::<Execution>(kv, &exec_key("default", &running))
+            .await
+            .unwrap()
+            .unwrap();
+        let keep = Duration::from_secs(30 * 24 * 3600);
+        let now = crate::clock::now().0;
+        let old = now - keep.as_millis() as u64 - 86_400_000;
+        let old_ended = copy(kv, &exec, old, Status::Succeeded, "e-1").await;
+        let old_failed = copy(kv, &exec, old, Status::Failed, "e-2").await;
+        let old_waiting = copy(kv, &exec, old, Status::InProgress, "e-3").await;
+        let recent_ended = copy(kv, &exec, now - 1000, Status::Succeeded, "e-4").await;
+
+        assert_eq!(service.sweep_executions(keep).await.unwrap(), 2);
+        let there =
+            |id: String| async move { kv.get(&exec_key("default", &id)).await.unwrap().is_some() };
+        assert!(
+            !there(old_ended.clone()).await,
+            "an old ended execution goes"
+        );
+        assert!(!there(old_failed).await);
+        assert!(
+            there(old_waiting).await,
+            "an old execution still waiting stays"
+        );
+        assert!(there(recent_ended).await, "a recent one stays");
+        assert!(there(running).await);
+        assert!(
+            kv.get(&claim_key("default", "kept", "e-1"))
+                .await
+                .unwrap()
+                .is_none(),
+            "its claim goes"
+        );
+        assert!(
+            kv.get(&claim_key("default", "kept", "e-3"))
+                .await
+                .unwrap()
+                .is_some()
+        );
+        // The listing no longer shows it; a second sweep finds nothing more.
+        let listed = crate::service::control::list_executions(kv, "default", None, None, None, 100)
+            .await
+            .unwrap();
+        assert!(listed.iter().all(|e| e.execution_id != old_ended));
+        assert_eq!(listed.len(), 3);
+        assert_eq!(service.sweep_executions(keep).await.unwrap(), 0);
+    }
+}
