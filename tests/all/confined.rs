@@ -1,7 +1,9 @@
 //! Granted host programs are confined (Linux): a `process:` grant lets an action start a
 //! program, not act as the engine's user. Each test lets a granted shell try what a hostile
 //! pipeline would and checks it was refused or stopped, with the engine unharmed.
+use crate::harness::nats::wait_for;
 use crate::harness::*;
+use std::time::Duration;
 
 /// Lines of shell that record, for each attempt, `NAME=refused` or `NAME=LEAKED` as the
 /// action's output variables.
@@ -141,13 +143,13 @@ stages:
 }
 
 fn wait_until_none(mut f: impl FnMut() -> Vec<String>) -> Vec<String> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
         let left = f();
         if left.is_empty() || std::time::Instant::now() > deadline {
             return left;
         }
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -283,4 +285,68 @@ stages:
     let run = p.run(&["--unconfined-programs"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_ne!(action(&run.json(), "S/Outside")["variables"]["Pid"], "1");
+}
+
+/// The embedded service's control socket lies in its data directory, which a confined program
+/// cannot read; but Landlock does not govern connecting to a named Unix socket, and a program
+/// connecting as the engine's own user would act for it (without `--auth`, with the rights of
+/// the host's user). The service refuses peers in another user namespace: every confined
+/// program's.
+#[test]
+fn a_granted_program_cannot_control_the_service_through_its_socket() {
+    let p = Project::new("");
+    let project = p.dir.path().display().to_string();
+    let socket = p.path(".sluice/sluice.sock").display().to_string();
+    // perl-base (essential on Debian) speaks to a Unix socket; one request line, one reply.
+    p.write(
+        "reach.sh",
+        &format!(
+            r#"perl -MIO::Socket::UNIX -e '$s = IO::Socket::UNIX->new(Peer => $ARGV[0]) or die "connect: $!"; print $s qq({{"tenant":"default","request":{{"verb":"pipeline.ls"}}}}\n); print scalar <$s>' {socket} > scratch/reply.txt 2>&1
+if grep -q '"ok"' scratch/reply.txt; then echo Control=LEAKED; else echo Control=refused; fi >> "$SLUICE_OUTPUT"
+echo "Reply=$(head -c 300 scratch/reply.txt | tr -d '\n')" >> "$SLUICE_OUTPUT"
+"#
+        ),
+    );
+    p.write(
+        "pipeline.yaml",
+        &format!(
+            r##"
+name: reach
+stages:
+  - name: Probe
+    actions:
+      - name: Socket
+        uses: command@1
+        capabilities:
+          process: [sh]
+          dirs: {{ {project}: ro }}
+        with:
+          run: exec sh {project}/reach.sh
+"##
+        ),
+    );
+    let engine = crate::harness::nats::Engine::start(p.dir.path(), ".sluice", &[]);
+    wait_for(Duration::from_secs(30), "the service to answer", || {
+        (p.sluice(&["pipeline", "put", "pipeline.yaml"]).code == 0).then_some(())
+    });
+    let started = p.sluice(&["start", "reach"]);
+    assert_eq!(started.code, 0, "{started:?}");
+    let id = started.stdout.trim().to_string();
+    let exec: serde_json::Value = wait_for(Duration::from_secs(60), "the execution", || {
+        let r = p.sluice(&["status", &id, "--json"]);
+        let e: serde_json::Value = serde_json::from_str(&r.stdout).ok()?;
+        matches!(status(&e), "Succeeded" | "Failed").then_some(e)
+    });
+    assert_eq!(status(&exec), "Succeeded", "{exec:#}\n{}", engine.log());
+    let vars = &action(&exec, "Probe/Socket")["variables"];
+    assert_eq!(vars["Control"], "refused", "{vars:#}");
+    assert!(
+        vars["Reply"]
+            .as_str()
+            .is_some_and(|r| r.contains("forbidden") && r.contains("user namespace")),
+        "the refusal says why: {vars:#}"
+    );
+    // The engine's own user still controls it.
+    let listed = p.sluice(&["pipeline", "ls"]);
+    assert!(listed.stdout.contains("reach"), "{listed:?}");
 }

@@ -37,6 +37,20 @@ pub async fn serve(service: Arc<Service>, bus: Arc<MemoryBus>, data: &Path) -> a
     }
 }
 
+/// Whether process `pid` shares this process's user namespace. A confined host program (an
+/// action's granted `sh`) runs in one of its own: it cannot read the data directory, but may
+/// know the socket's path, and Landlock does not govern connecting to a named Unix socket. A
+/// peer whose namespace cannot be read is taken as ours (the file permissions still decide).
+fn in_our_user_namespace(pid: i32) -> bool {
+    match (
+        std::fs::read_link(format!("/proc/{pid}/ns/user")),
+        std::fs::read_link("/proc/self/ns/user"),
+    ) {
+        (Ok(theirs), Ok(ours)) => theirs == ours,
+        _ => true,
+    }
+}
+
 async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, line: Value) -> std::io::Result<()> {
     write.write_all(format!("{line}\n").as_bytes()).await
 }
@@ -46,12 +60,23 @@ async fn connection(
     bus: Arc<MemoryBus>,
     stream: UnixStream,
 ) -> anyhow::Result<()> {
+    let cred = stream.peer_cred().ok();
     // Only the engine's own user may name paths on its host (see `Origin`).
-    let origin = match stream.peer_cred() {
-        Ok(c) if c.uid() == rustix::process::geteuid().as_raw() => Origin::HostUser,
+    let origin = match &cred {
+        Some(c) if c.uid() == rustix::process::geteuid().as_raw() => Origin::HostUser,
         _ => Origin::Remote,
     };
     let (read, mut write) = stream.into_split();
+    if let Some(pid) = cred.and_then(|c| c.pid())
+        && !in_our_user_namespace(pid)
+    {
+        let refused = ApiError::new(
+            sluice_api::Code::Forbidden,
+            "the control socket serves processes of the engine's own user namespace; a program an action runs (confined in a namespace of its own) may not control the engine",
+        );
+        send(&mut write, wire::encode(Err(refused))).await?;
+        return Ok(());
+    }
     let mut read = BufReader::new(read);
     // A line longer than the limit ends the connection (its reply says why).
     loop {
