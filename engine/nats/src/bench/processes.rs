@@ -7,23 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The pipeline every process runs (the latency benchmark's shape, under another name so both
-/// benchmarks can share a server).
-const PIPELINE: &str = "name: scale
-execution_mode: parallel
-stages:
-  - name: Source
-    actions:
-      - { name: A, uses: noop@1 }
-  - name: Build
-    actions:
-      - { name: B, uses: noop@1 }
-      - { name: C, uses: noop@1 }
-      - { name: D, uses: noop@1, run_order: 2 }
-  - name: Deploy
-    actions:
-      - { name: E, uses: noop@1 }
-";
+/// The pipeline every process runs: the latency benchmark's, under another name so both
+/// benchmarks can share a server.
+fn noop_pipeline() -> String {
+    super::PIPELINE.replace("name: bench", "name: scale")
+}
 
 /// With `--wait-ms`: one action that waits (`sleep` in a granted shell, as a build step waits on I/O
 /// or a remote service), so that an engine's workers, not the cores, bound its rate.
@@ -138,7 +126,7 @@ pub async fn run(
         ),
         None => (
             "scale",
-            PIPELINE.to_string(),
+            noop_pipeline(),
             "a 3-stage, 5-action no-op pipeline".to_string(),
         ),
     };
