@@ -106,6 +106,63 @@ async fn until(c: &Client, css: &str, what: &str) -> fantoccini::elements::Eleme
     }
 }
 
+/// Wait until the element `css` matches shows `needle` and return its text. The live page
+/// replaces elements as the execution changes, so an element found a moment ago can be gone
+/// (stale) when its text is read: it is found again, as a user's eyes would.
+async fn until_text(c: &Client, css: &str, needle: &str, what: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let seen = match c.find(Locator::Css(css)).await {
+            Ok(element) => element.text().await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match &seen {
+            Ok(text) if text.contains(needle) => return text.clone(),
+            _ if std::time::Instant::now() > deadline => {
+                panic!("waiting for {what} ({css} showing {needle:?}): {seen:?}")
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// Click what `css` matches once it is there; a button the live page replaced between finding
+/// and clicking it is found again.
+async fn click(c: &Client, css: &str, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let done = match c.find(Locator::Css(css)).await {
+            Ok(element) => element.click().await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match done {
+            Ok(()) => return,
+            Err(e) if std::time::Instant::now() > deadline => {
+                panic!("clicking {what} ({css}): {e}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// Type `text` into the field `css` matches, finding it again if the page replaced it.
+async fn type_into(c: &Client, css: &str, text: &str, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let done = match c.find(Locator::Css(css)).await {
+            Ok(element) => element.send_keys(text).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match done {
+            Ok(()) => return,
+            Err(e) if std::time::Instant::now() > deadline => {
+                panic!("typing into {what} ({css}): {e}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
 async fn shot(c: &Client, dir: &std::path::Path, name: &str) -> usize {
     let png = c.screenshot().await.expect("a screenshot");
     std::fs::write(dir.join(format!("{name}.png")), &png).unwrap();
@@ -151,15 +208,13 @@ fn a_user_runs_approves_and_holds_pipelines_from_the_console() {
         // A pipeline with files of its own, registered without the terminal: the quickstart's
         // folder chosen with the folder picker, uploaded, registered, started, deployed.
         let quickstart = crate::harness::Project::copy_of("examples/quickstart");
-        until(
+        type_into(
             &c,
             "form[data-register] input[name='folder']",
+            quickstart.dir.path().to_str().unwrap(),
             "the folder picker",
         )
-        .await
-        .send_keys(quickstart.dir.path().to_str().unwrap())
-        .await
-        .unwrap();
+        .await;
         until(
             &c,
             "form[data-register] option[value='pipeline.yaml']",
@@ -167,21 +222,18 @@ fn a_user_runs_approves_and_holds_pipelines_from_the_console() {
         )
         .await;
         shot(&c, &shots, "register").await;
-        c.find(Locator::Css("form[data-register] button[type='submit']"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
-        until(
+        click(
+            &c,
+            "form[data-register] button[type='submit']",
+            "the Register button",
+        )
+        .await;
+        click(
             &c,
             "form[data-start='quickstart'] button",
             "the registered quickstart's page",
         )
-        .await
-        .click()
-        .await
-        .unwrap();
+        .await;
         until(
             &c,
             "h1 .status[data-status='Succeeded']",
@@ -191,9 +243,9 @@ fn a_user_runs_approves_and_holds_pipelines_from_the_console() {
         shot(&c, &shots, "quickstart-done").await;
 
         c.goto(&format!("{base}/pipelines/shop")).await.unwrap();
-        let start = until(&c, "form[data-start='shop'] button", "the Start button").await;
+        until(&c, "form[data-start='shop'] button", "the Start button").await;
         shot(&c, &shots, "pipeline").await;
-        start.click().await.unwrap();
+        click(&c, "form[data-start='shop'] button", "the Start button").await;
 
         // The execution page: actions turn Succeeded live (no reload), the approval waits.
         until(
@@ -208,72 +260,64 @@ fn a_user_runs_approves_and_holds_pipelines_from_the_console() {
             "Check to succeed live",
         )
         .await;
-        let approval = until(&c, "[data-approval='Gate/Ok']", "the approval box").await;
-        assert!(
-            approval
-                .text()
-                .await
-                .unwrap()
-                .contains("Release 1.2 to production")
-        );
+        until_text(
+            &c,
+            "[data-approval='Gate/Ok']",
+            "Release 1.2 to production",
+            "the approval box",
+        )
+        .await;
         let execution = shot(&c, &shots, "execution-waiting").await;
-        c.find(Locator::Css("[data-approval='Gate/Ok'] input[name='by']"))
-            .await
-            .unwrap()
-            .send_keys("ana")
-            .await
-            .unwrap();
-        c.find(Locator::Css(
+        type_into(
+            &c,
+            "[data-approval='Gate/Ok'] input[name='by']",
+            "ana",
+            "the approver's name",
+        )
+        .await;
+        type_into(
+            &c,
             "[data-approval='Gate/Ok'] input[name='summary']",
-        ))
-        .await
-        .unwrap()
-        .send_keys("ship it")
-        .await
-        .unwrap();
-        c.find(Locator::Css(
+            "ship it",
+            "the approval's summary",
+        )
+        .await;
+        click(
+            &c,
             "[data-approval='Gate/Ok'] button[type='submit']",
-        ))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+            "the Approve button",
+        )
+        .await;
         until(
             &c,
             "h1 .status[data-status='Succeeded']",
             "the execution to succeed",
         )
         .await;
-        let decided = c
-            .find(Locator::Css("[data-action='Gate/Ok']"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        assert!(decided.contains("approved by ana: ship it"), "{decided}");
+        until_text(
+            &c,
+            "[data-action='Gate/Ok']",
+            "approved by ana: ship it",
+            "the decision on the approval",
+        )
+        .await;
         shot(&c, &shots, "execution-done").await;
 
         // Disable the transition into Deploy: the next execution waits before it.
         c.goto(&format!("{base}/pipelines/shop")).await.unwrap();
-        until(
+        type_into(
             &c,
             "[data-transition='Deploy'] input[name='reason']",
+            "change freeze",
             "the transition form",
         )
-        .await
-        .send_keys("change freeze")
-        .await
-        .unwrap();
-        c.find(Locator::Css(
+        .await;
+        click(
+            &c,
             "[data-transition='Deploy'] button[type='submit']",
-        ))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+            "the Disable button",
+        )
+        .await;
         until(
             &c,
             "[data-transition='Deploy'].disabled",
@@ -295,21 +339,13 @@ fn a_user_runs_approves_and_holds_pipelines_from_the_console() {
             r#"{"by": "ana"}"#,
         );
         // The page follows the change by itself.
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let row = c
-                .find(Locator::Css("[data-transition='Deploy']"))
-                .await
-                .unwrap();
-            if row.text().await.unwrap_or_default().contains(&next) {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the next execution never showed as waiting before Deploy"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        until_text(
+            &c,
+            "[data-transition='Deploy']",
+            &next,
+            "the next execution waiting before Deploy",
+        )
+        .await;
         shot(&c, &shots, "pipeline-held").await;
 
         // A failed action's log shows its error line.
@@ -318,15 +354,12 @@ fn a_user_runs_approves_and_holds_pipelines_from_the_console() {
         c.goto(&format!("{base}/executions/{failed}"))
             .await
             .unwrap();
-        until(
+        click(
             &c,
             "[data-action='Build/Test'][data-status='Failed'] button",
             "the failed action's Log button",
         )
-        .await
-        .click()
-        .await
-        .unwrap();
+        .await;
         until(
             &c,
             ".log .row[data-line*='the probe was told to fail']",
