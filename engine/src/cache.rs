@@ -9,31 +9,13 @@
 //! NATS) for the service. The key is the job's ([`crate::executor::job::JobSpec::cache_key`]). Only successes are kept, at most [`MAX_ENTRIES`] per tenant (the
 //! oldest go first).
 use crate::kv::{Kv, KvError, get_json};
-use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// Entries kept per tenant before the oldest are dropped.
 pub const MAX_ENTRIES: usize = 10_000;
 
-/// One cached success.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Entry {
-    /// Its key.
-    pub key: String,
-    /// The pipeline it was recorded in.
-    pub pipeline: String,
-    /// The attempt that recorded it: `EXECUTION/STAGE/ACTION`.
-    pub from: String,
-    /// Output variables.
-    pub variables: BTreeMap<String, String>,
-    /// Output artifacts: name → digest.
-    pub artifacts: BTreeMap<String, String>,
-    /// Its summary.
-    pub summary: Option<String>,
-    /// When it was recorded (RFC 3339).
-    pub created: String,
-}
+/// One cached success (the API's type: `sluice cache ls` shows it as stored).
+pub use sluice_api::verbs::CacheEntry as Entry;
 
 /// The cache over a bucket.
 pub struct ActionCache {

@@ -119,3 +119,87 @@ fn an_unchanged_pure_action_is_taken_from_the_cache_and_any_change_runs_it_again
     assert!(clear.stdout.contains("removed"), "{}", clear.stdout);
     assert_eq!(cached(&p.run(&[]).json(), "Build/Copy"), None);
 }
+
+fn ok(p: &Project, args: &[&str]) -> Run {
+    let r = p.sluice(args);
+    assert_eq!(r.code, 0, "sluice {args:?}: {r:?}");
+    r
+}
+
+/// The service's cache, as its users see it: the second execution of an unchanged pipeline
+/// takes the pure action from the cache; `sluice cache ls|stats --service` and the HTTP API
+/// list that entry; clearing it (CLI or HTTP) makes the next execution run the action.
+#[test]
+fn the_services_cache_is_listed_and_cleared_from_the_cli_and_the_http_api() {
+    use crate::harness::nats::{Engine, http, port, wait_for};
+    use std::time::Duration;
+    let p = Project::new(&pipeline(probe(), "v1", true));
+    p.write("src/a.txt", "hello\n");
+    let http_port = port();
+    let _engine = Engine::start(
+        p.dir.path(),
+        ".sluice",
+        &["--http", &format!("127.0.0.1:{http_port}")],
+    );
+    wait_for(Duration::from_secs(30), "the control socket", || {
+        p.path(".sluice/sluice.sock").exists().then_some(())
+    });
+    ok(&p, &["pipeline", "put", "pipeline.yaml"]);
+    let execute = || -> Value {
+        let start = ok(&p, &["start", "cachy", "--watch"]);
+        let id = start.stdout.trim().to_string();
+        serde_json::from_str(&ok(&p, &["status", &id, "--json"]).stdout).unwrap()
+    };
+    let first = execute();
+    let first_id = first["execution_id"].as_str().unwrap();
+    assert_eq!(cached(&first, "Build/Copy"), None);
+    assert_eq!(
+        cached(&execute(), "Build/Copy"),
+        Some(format!("{first_id}/Build/Copy"))
+    );
+
+    let ls = ok(&p, &["cache", "ls", "--service"]);
+    assert!(
+        ls.stdout.contains("cachy") && ls.stdout.contains(&format!("{first_id}/Build/Copy")),
+        "{}",
+        ls.stdout
+    );
+    let local = ok(&p, &["cache", "ls"]);
+    assert!(
+        local.stdout.contains("empty"),
+        "no `sluice run` filled the data folder's own cache: {}",
+        local.stdout
+    );
+    let stats = ok(&p, &["cache", "stats", "--service"]);
+    assert!(
+        stats.stdout.contains("cachy: 3"),
+        "Copy, Noop and After: {}",
+        stats.stdout
+    );
+    let (code, body) = http(http_port, "GET", "/api/v1/cache?pipeline=cachy", &[], b"");
+    assert_eq!(code, 200, "{body}");
+    let listed: Vec<Value> = serde_json::from_str(&body).unwrap();
+    assert!(
+        listed
+            .iter()
+            .any(|e| e["from"] == format!("{first_id}/Build/Copy")
+                && e["artifacts"]["out"].is_string()),
+        "{body}"
+    );
+    let (_, none) = http(http_port, "GET", "/api/v1/cache?pipeline=other", &[], b"");
+    assert_eq!(none.trim(), "[]");
+
+    // Cleared from the CLI: the next execution runs Copy (and records it again).
+    let clear = ok(&p, &["cache", "clear", "--service", "--pipeline", "cachy"]);
+    assert!(clear.stdout.contains("removed 3"), "{}", clear.stdout);
+    let third = execute();
+    assert_eq!(cached(&third, "Build/Copy"), None);
+    assert!(cached(&execute(), "Build/Copy").is_some());
+
+    // Cleared over HTTP: the same.
+    let (code, body) = http(http_port, "DELETE", "/api/v1/cache", &[], b"");
+    assert_eq!(code, 200, "{body}");
+    let removed: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(removed["removed"], 3, "{body}");
+    assert_eq!(cached(&execute(), "Build/Copy"), None);
+}

@@ -856,6 +856,21 @@ fn a_tenant_installs_on_the_service_and_every_engine_runs_the_same_bytes() {
         action(&exec, "Hello/Greet")["cached_from"].is_string(),
         "{exec:#}"
     );
+    // The entry every engine reads is the one `sluice cache --nats` lists and clears.
+    let ls = user.ok(&["cache", "ls", "--nats", &url]);
+    let from = action(&exec, "Hello/Greet")["cached_from"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(ls.stdout.contains(&from), "{from} not in {}", ls.stdout);
+    user.ok(&["cache", "clear", "--nats", &url, "--pipeline", "market"]);
+    let start = user.ok(&["start", "market", "--watch", "--nats", &url]);
+    let r = user.sluice(&["status", start.stdout.trim(), "--json", "--nats", &url]);
+    let exec: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert!(
+        action(&exec, "Hello/Greet")["cached_from"].is_null(),
+        "a cleared cache runs the action: {exec:#}"
+    );
     user.project.write("pipeline.yaml", GREET_PIPELINE_HTTP);
     user.ok(&["pipeline", "put", "pipeline.yaml", "--nats", &url]);
     let start = user.ok(&["start", "market", "--watch", "--nats", &url]);

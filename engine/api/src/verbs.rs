@@ -130,6 +130,10 @@ verbs! {
     "secret.ls" => SecretLs -> Vec<SecretInfo>, Viewer;
     /// Remove a secret.
     "secret.rm" => SecretRm -> Named, Developer;
+    /// The tenant's action cache: the successes pure actions may be taken from.
+    "cache.ls" => CacheLs -> Vec<CacheEntry>, Viewer;
+    /// Forget cached successes (of one pipeline, if named): those actions run again next time.
+    "cache.clear" => CacheClear -> CacheCleared, Developer;
     /// Make a token for the tenant (shown once).
     "token.create" => TokenCreate -> TokenCreated, Admin;
     /// The tenant's tokens (never their secrets).
@@ -546,6 +550,51 @@ pub struct SecretInfo {
     pub created: String,
     /// When its value last changed.
     pub updated: String,
+}
+
+/// `cache.ls`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheLs {
+    /// Only this pipeline's entries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<String>,
+}
+
+/// `cache.clear`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheClear {
+    /// Only this pipeline's entries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<String>,
+}
+
+/// One cached success of a pure action.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheEntry {
+    /// Its key: blake3 over the plugin's digest, world, resolved configuration, inputs' tree
+    /// digests, limits and a version salt.
+    pub key: String,
+    /// The pipeline it was recorded in.
+    pub pipeline: String,
+    /// The attempt that recorded it: `EXECUTION/STAGE/ACTION`.
+    pub from: String,
+    /// Output variables.
+    pub variables: BTreeMap<String, String>,
+    /// Output artifacts: name → digest.
+    pub artifacts: BTreeMap<String, String>,
+    /// Its summary.
+    pub summary: Option<String>,
+    /// When it was recorded (RFC 3339).
+    pub created: String,
+}
+
+/// The reply to `cache.clear`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheCleared {
+    /// Entries removed.
+    pub removed: usize,
 }
 
 /// `plugin.installed`.
@@ -969,6 +1018,10 @@ impl Request {
                 vec![("the secret", name.clone())]
             }
             Request::SecretLs(_) => vec![],
+            Request::CacheLs(CacheLs { pipeline })
+            | Request::CacheClear(CacheClear { pipeline }) => {
+                vec![("the pipeline name", opt(pipeline))]
+            }
             Request::PluginLs(_)
             | Request::PluginInstalled(_)
             | Request::BundlePut(_)

@@ -2,6 +2,7 @@
 //! library; benchmarks (`sluice bench`) live here, so embedders of the library never compile them.
 
 mod bench;
+mod cache;
 mod follow;
 mod inspect;
 mod market;
@@ -152,13 +153,17 @@ enum Cmd {
         #[command(flatten)]
         target: service::Target,
     },
-    /// The action cache of the data folder: what pure actions' runs left to reuse.
+    /// The action cache: what pure actions' runs left to reuse (the data folder's, or with
+    /// --service / --nats your tenant's on the service).
     Cache {
         #[command(subcommand)]
-        command: CacheCmd,
-        /// Data directory [default: ./.sluice].
-        #[arg(long, env = "SLUICE_DATA", global = true)]
-        data: Option<PathBuf>,
+        command: cache::CacheCmd,
+        /// Your tenant's cache on the service (the embedded one in --data, or on NATS with
+        /// --nats) instead of the data folder's.
+        #[arg(long, global = true)]
+        service: bool,
+        #[command(flatten)]
+        target: service::Target,
     },
     /// Publisher keys for signing plugins.
     Key {
@@ -453,24 +458,6 @@ enum PluginCmd {
 }
 
 #[derive(Subcommand, Debug)]
-enum CacheCmd {
-    /// List the cached successes: pipeline, action they came from, outputs.
-    Ls {
-        /// Only this pipeline's.
-        #[arg(long)]
-        pipeline: Option<String>,
-    },
-    /// How many entries, per pipeline.
-    Stats,
-    /// Forget cached successes (every action runs again next time).
-    Clear {
-        /// Only this pipeline's.
-        #[arg(long)]
-        pipeline: Option<String>,
-    },
-}
-
-#[derive(Subcommand, Debug)]
 enum ArtifactCmd {
     /// List the files of an artifact.
     Ls {
@@ -493,57 +480,6 @@ enum ArtifactCmd {
         #[arg(long)]
         repair: bool,
     },
-}
-
-async fn cache_command(cmd: CacheCmd, data: &std::path::Path) -> anyhow::Result<ExitCode> {
-    let cache = local::action_cache(data)?;
-    let tenant = sluice_engine::executor::DEFAULT_TENANT;
-    match cmd {
-        CacheCmd::Ls { pipeline } => {
-            let mut all = cache.list(tenant).await?;
-            all.retain(|e| pipeline.as_ref().is_none_or(|p| p == &e.pipeline));
-            all.sort_by(|a, b| b.created.cmp(&a.created));
-            if all.is_empty() {
-                println!("the action cache is empty ({})", data.display());
-            }
-            for e in all {
-                let outputs: Vec<String> = e
-                    .artifacts
-                    .keys()
-                    .cloned()
-                    .chain(e.variables.keys().map(|k| format!("#{k}")))
-                    .collect();
-                println!(
-                    "{}  {:<16} {}  {}  [{}]",
-                    &e.key[..12],
-                    e.pipeline,
-                    e.from,
-                    e.created,
-                    outputs.join(" ")
-                );
-            }
-        }
-        CacheCmd::Stats => {
-            let all = cache.list(tenant).await?;
-            let mut per: BTreeMap<String, usize> = BTreeMap::new();
-            for e in &all {
-                *per.entry(e.pipeline.clone()).or_default() += 1;
-            }
-            println!(
-                "{} entries (at most {} are kept; the oldest go first)",
-                all.len(),
-                sluice_engine::cache::MAX_ENTRIES
-            );
-            for (p, n) in per {
-                println!("  {p}: {n}");
-            }
-        }
-        CacheCmd::Clear { pipeline } => {
-            let n = cache.clear(tenant, pipeline.as_deref()).await?;
-            println!("removed {n} cached result(s)");
-        }
-    }
-    Ok(ExitCode::SUCCESS)
 }
 
 pub(crate) fn parse_var(s: &str) -> Result<(String, String), String> {
@@ -752,7 +688,17 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             }
         },
         Cmd::Key { command } => market::key(command),
-        Cmd::Cache { command, data } => cache_command(command, &default_data(data)).await,
+        Cmd::Cache {
+            command,
+            service,
+            target,
+        } => {
+            if service || target.nats.is_some() {
+                cache::on_service(command, &target).await
+            } else {
+                cache::local(command, &default_data(target.data.clone())).await
+            }
+        }
         Cmd::Secret {
             command,
             master_key_file,

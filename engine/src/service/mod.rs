@@ -14,6 +14,7 @@
 //! [`registry`] (pipelines and functions). This module holds the [`Service`] they share and its
 //! [`Edges`]; [`cluster`] is what engines tell each other, [`wiring`] the embedded service.
 
+mod action_cache;
 pub mod cluster;
 pub mod control;
 pub mod registry;

@@ -185,6 +185,12 @@ impl Service {
                     .await
                     .map(|()| Named { name: r.name }),
             ),
+            Request::CacheLs(r) => reply(self.cache_ls(&p.tenant, r.pipeline.as_deref()).await),
+            Request::CacheClear(r) => reply(
+                self.cache_clear(&p.tenant, r.pipeline.as_deref())
+                    .await
+                    .map(|removed| sluice_api::verbs::CacheCleared { removed }),
+            ),
             Request::Approvals(r) => reply(self.waiting_approvals(p, r).await),
         }
     }

@@ -273,6 +273,7 @@ where
         .routes(routes!(installed_plugins, install_plugin))
         .routes(routes!(list_secrets))
         .routes(routes!(put_secret, delete_secret))
+        .routes(routes!(list_cache, clear_cache))
         .routes(routes!(artifact_tar))
         .routes(routes!(artifact_files))
         // A path of any depth: axum's catch-all; the document names it `{path}` (in `Doc`).
@@ -1147,6 +1148,42 @@ async fn put_secret(
     responses((status = 200, description = "`{name}`", body = Value), (status = 404, description = "No such secret", body = Value)))]
 async fn delete_secret(State(s): Shared, Path(name): Path<String>) -> Reply {
     call(&s, verbs::SecretRm { name }).await
+}
+
+// ---- The action cache ----
+
+/// Which entries of the action cache.
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+struct CacheQuery {
+    /// Only this pipeline's.
+    pipeline: Option<String>,
+}
+
+/// The tenant's action cache, newest first: successes of pure actions that an unchanged action
+/// is taken from instead of running.
+#[utoipa::path(get, path = "/api/v1/cache", tag = "cache", params(CacheQuery),
+    responses((status = 200, description = "`[{key, pipeline, from, variables, artifacts, summary, created}]`", body = Value)))]
+async fn list_cache(State(s): Shared, Query(q): Query<CacheQuery>) -> Reply {
+    call(
+        &s,
+        verbs::CacheLs {
+            pipeline: q.pipeline,
+        },
+    )
+    .await
+}
+
+/// Forget cached successes: those actions run again next time.
+#[utoipa::path(delete, path = "/api/v1/cache", tag = "cache", params(CacheQuery),
+    responses((status = 200, description = "`{removed}`", body = Value)))]
+async fn clear_cache(State(s): Shared, Query(q): Query<CacheQuery>) -> Reply {
+    call(
+        &s,
+        verbs::CacheClear {
+            pipeline: q.pipeline,
+        },
+    )
+    .await
 }
 
 // ---- Artifacts ----
