@@ -203,3 +203,95 @@ fn the_services_cache_is_listed_and_cleared_from_the_cli_and_the_http_api() {
     assert_eq!(removed["removed"], 3, "{body}");
     assert_eq!(cached(&execute(), "Build/Copy"), None);
 }
+
+/// The docs-site example as its README walks it: built, run twice (the second run takes every
+/// site-tools action from the cache, runs the sources and the deploy), a changed blog post runs
+/// the blog's actions and what reads their outputs but not the guide's, and a lint problem
+/// fails naming the file and line.
+#[test]
+fn the_docs_site_example_reruns_only_what_a_change_reaches() {
+    let p = Project::copy_of("examples/docs-site");
+    let wasm = p.path("site-tools/target/wasm32-wasip2/release/site_tools.wasm");
+    std::fs::create_dir_all(wasm.parent().unwrap()).unwrap();
+    std::fs::copy(site_tools(), &wasm).unwrap();
+    let ran = |exec: &Value| -> Vec<String> {
+        let mut out = Vec::new();
+        for stage in exec["stages"].as_array().unwrap() {
+            for a in stage["actions"].as_array().unwrap() {
+                assert_eq!(a["status"], "Succeeded", "{exec:#}");
+                if a["cached_from"].is_null() {
+                    out.push(format!(
+                        "{}/{}",
+                        stage["name"].as_str().unwrap(),
+                        a["name"].as_str().unwrap()
+                    ));
+                }
+            }
+        }
+        out.sort();
+        out
+    };
+    let first = p.run(&[]).json();
+    assert_eq!(ran(&first).len(), 9, "everything runs the first time");
+    let site = p.read(".sluice/site/current/guide/03-caching.html");
+    assert!(site.contains("<h1>What runs again</h1>"), "{site}");
+    assert!(
+        site.contains("<a href=\"02-first-pipeline.html\">"),
+        "{site}"
+    );
+
+    let second = p.run(&[]).json();
+    assert_eq!(
+        ran(&second),
+        ["Deploy/Publish", "Source/Blog", "Source/Guide"],
+        "only what reads the world or changes it runs again"
+    );
+
+    let post = p.read("blog/2026-12-01-release.md");
+    p.write(
+        "blog/2026-12-01-release.md",
+        &format!("{post}\nOne more line.\n"),
+    );
+    assert_eq!(
+        ran(&p.run(&[]).json()),
+        [
+            "Build/Blog",
+            "Build/Site",
+            "Deploy/Publish",
+            "Lint/Blog",
+            "Source/Blog",
+            "Source/Guide",
+            "Test/Links"
+        ],
+        "the guide's lint and render are not run again"
+    );
+    assert!(
+        p.read(".sluice/site/current/blog/2026-12-01-release.html")
+            .contains("One more line.")
+    );
+
+    // A lint problem fails the run at its file and line; a broken link fails the check.
+    p.write("blog/2026-12-01-release.md", &format!("{post}TODO: more\n"));
+    let failed = p.run(&[]);
+    assert_ne!(failed.code, 0);
+    assert!(
+        failed
+            .stderr
+            .contains("2026-12-01-release.md:8: a TODO left in"),
+        "{}",
+        failed.stderr
+    );
+    p.write(
+        "blog/2026-12-01-release.md",
+        &format!("{post}See [the roadmap](roadmap.md).\n"),
+    );
+    let broken = p.run(&[]);
+    assert_ne!(broken.code, 0);
+    assert!(
+        broken
+            .stderr
+            .contains("blog/2026-12-01-release.html: roadmap.html"),
+        "{}",
+        broken.stderr
+    );
+}

@@ -40,6 +40,17 @@ pub fn rust_function() -> &'static str {
     })
 }
 
+/// The docs-site example's plugin (examples/docs-site/site-tools).
+pub fn site_tools() -> &'static str {
+    static PATH: OnceLock<String> = OnceLock::new();
+    PATH.get_or_init(|| {
+        component(
+            "examples/docs-site/site-tools/Cargo.toml",
+            "site_tools.wasm",
+        )
+    })
+}
+
 /// The example custom condition rule (examples/rules/release-version).
 pub fn rust_rule() -> &'static str {
     static PATH: OnceLock<String> = OnceLock::new();
