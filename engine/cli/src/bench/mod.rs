@@ -6,6 +6,7 @@
 //! (c) fork/exec of `/bin/true`;
 //! (d) artifact put and verified get of a large file, against `b3sum` hashing the same file.
 mod approvals;
+mod artifacts;
 mod fairness;
 
 use sluice_engine::bus::MemoryBus;
@@ -255,7 +256,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         ok &= action_cache(tmp.path(), path, bare, None).await?;
     }
     if args.artifact_mib > 0 {
-        ok &= artifacts(tmp.path(), args.artifact_mib)?;
+        ok &= artifacts::artifacts(tmp.path(), args.artifact_mib)?;
     }
     println!(
         "\n{}",
@@ -509,121 +510,6 @@ async fn run_pipeline(engine: &Engine, file: &Path) -> anyhow::Result<Duration> 
         "benchmark pipeline failed"
     );
     Ok(took)
-}
-
-fn best_of<T>(n: usize, mut f: impl FnMut() -> anyhow::Result<T>) -> anyhow::Result<Duration> {
-    let mut best = Duration::MAX;
-    for _ in 0..n {
-        let t = Instant::now();
-        f()?;
-        best = best.min(t.elapsed());
-    }
-    Ok(best)
-}
-
-fn artifacts(dir: &Path, mib: u64) -> anyhow::Result<bool> {
-    use sluice_engine::artifacts::{BlobStore, LocalStore};
-    let file = dir.join("big.bin");
-    {
-        use std::io::Write;
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&file)?);
-        let mut x: u64 = 0x9E3779B97F4A7C15;
-        let mut chunk = vec![0u8; 1 << 20];
-        for _ in 0..mib {
-            for b in chunk.chunks_mut(8) {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                b.copy_from_slice(&x.to_le_bytes()[..b.len()]);
-            }
-            f.write_all(&chunk)?;
-        }
-    }
-    let bytes = (mib << 20) as f64;
-    let gibs = |d: Duration| bytes / d.as_secs_f64() / (1u64 << 30) as f64;
-    let b3 = best_of(3, || {
-        let out = std::process::Command::new("b3sum")
-            .arg(&file)
-            .output()
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "b3sum: {e} (install it: apt-get install b3sum, or cargo install b3sum)"
-                )
-            })?;
-        anyhow::ensure!(out.status.success(), "b3sum failed");
-        Ok(())
-    })?;
-    let mut digest = None;
-    let fresh_store = || -> anyhow::Result<(tempfile::TempDir, LocalStore)> {
-        let d = tempfile::tempdir_in(dir)?;
-        let s = LocalStore::open(d.path())?;
-        Ok((d, s))
-    };
-    // put, copy semantics (the source stays the caller's): a fresh store each time so the
-    // put is never a dedup hit.
-    let put_copy = best_of(3, || {
-        let (_d, store) = fresh_store()?;
-        digest = Some(store.put_file(&file)?);
-        Ok(())
-    })?;
-    // put of a file the engine owns (an action's output): hashed in place and moved in.
-    let mut put_move = Duration::MAX;
-    for _ in 0..3 {
-        let (_d, store) = fresh_store()?;
-        let staged = _d.path().join("staged.bin");
-        std::fs::copy(&file, &staged)?;
-        let t = Instant::now();
-        anyhow::ensure!(Some(store.put_owned(&staged)?) == digest, "digests differ");
-        put_move = put_move.min(t.elapsed());
-    }
-    let store = LocalStore::open(dir.join("get-store"))?;
-    let d = store.put_file(&file)?;
-    let dest = dir.join("restored.bin");
-    let get_copy = best_of(3, || {
-        let _ = std::fs::remove_file(&dest);
-        store.get_to_file(&d, &dest)?;
-        Ok(())
-    })?;
-    let get_link = best_of(3, || {
-        let _ = std::fs::remove_file(&dest);
-        store.link_to_file(&d, &dest)?;
-        Ok(())
-    })?;
-    let ratio = |t: Duration| gibs(t) / gibs(b3);
-    println!("\n## Artifact store ({mib} MiB file)\n");
-    println!("| measure | time | throughput | vs b3sum |");
-    println!("|---|---|---|---|");
-    println!(
-        "| `b3sum FILE` | {:.0} ms | {:.2} GiB/s | baseline |",
-        b3.as_secs_f64() * 1e3,
-        gibs(b3)
-    );
-    println!(
-        "| put, engine path (action output: hash in place, move in) | {:.0} ms | {:.2} GiB/s | {:.2}× — target ≥ 0.7× |",
-        put_move.as_secs_f64() * 1e3,
-        gibs(put_move),
-        ratio(put_move)
-    );
-    println!(
-        "| verified get, engine path (read-only input: verify, hard link) | {:.0} ms | {:.2} GiB/s | {:.2}× — target ≥ 0.7× |",
-        get_link.as_secs_f64() * 1e3,
-        gibs(get_link),
-        ratio(get_link)
-    );
-    println!(
-        "| put, copy (caller keeps the file) | {:.0} ms | {:.2} GiB/s | {:.2}× |",
-        put_copy.as_secs_f64() * 1e3,
-        gibs(put_copy),
-        ratio(put_copy)
-    );
-    println!(
-        "| verified get, copy (writable input of a process-granted action) | {:.0} ms | {:.2} GiB/s | {:.2}× |",
-        get_copy.as_secs_f64() * 1e3,
-        gibs(get_copy),
-        ratio(get_copy)
-    );
-    let (put_ratio, get_ratio) = (ratio(put_move), ratio(get_link));
-    Ok(put_ratio >= 0.7 && get_ratio >= 0.7)
 }
 
 /// What `sluice plugin install` does (compile, describe, write the data folder's compile
