@@ -5,7 +5,7 @@
 //! on every `cargo test`.
 use sluice_api::Request;
 use sluice_api::socket::Envelope;
-use sluice_core::plugin::{ConfigKey, Description, Plugin};
+use sluice_core::plugin::{ConfigKey, ConfigType, Description, Plugin};
 use sluice_engine::artifacts::tree;
 use sluice_engine::model::{self, template};
 use sluice_engine::service::{trigger, webhook};
@@ -53,6 +53,17 @@ pub fn pipeline(data: &[u8]) {
                             required: k.len() % 3 == 0,
                             description: String::new(),
                             default_value: None,
+                            // Every type, by the key's length, so typed checks are fuzzed too.
+                            ty: match k.len() % 8 {
+                                0 => Some(ConfigType::Integer),
+                                1 => Some(ConfigType::Boolean),
+                                2 => Some(ConfigType::Duration),
+                                3 => Some(ConfigType::Size),
+                                4 => Some(ConfigType::Url),
+                                5 => Some(ConfigType::OneOf(vec!["a".into(), "b c".into()])),
+                                6 => Some(ConfigType::Text),
+                                _ => None,
+                            },
                         })
                         .collect(),
                     capabilities: Vec::new(),

@@ -296,3 +296,63 @@ fn hostile_nesting_and_extra_documents_are_refused_not_crashed_on() {
         run.stderr
     );
 }
+
+/// First-party plugins say their keys' types (`typed-action`): a value that is not one is
+/// refused by `validate` at its line, before anything runs; a value with a reference is left
+/// to the plugin; `plugin describe` shows the type.
+#[test]
+fn typed_configuration_values_are_checked_at_their_line() {
+    let p = Project::new(
+        r##"name: typed
+variables:
+  keep: "3"
+stages:
+  - name: Test
+    actions:
+      - name: Report
+        uses: test-report@1
+        with: { max_failures: none }
+  - name: Deploy
+    actions:
+      - name: Release
+        uses: deploy-release@1
+        capabilities: { dirs: { ./out: rw } }
+        with:
+          target: ./out
+          keep: five
+      - name: FromVariable
+        uses: deploy-release@1
+        capabilities: { dirs: { ./out: rw } }
+        with: { target: ./out, keep: "#{variables.keep}" }
+      - name: Hook
+        uses: deploy-http@1
+        capabilities: { http: ["https://example.com"] }
+        with: { url: example.com/hook }
+"##,
+    );
+    std::fs::create_dir_all(p.path("out")).unwrap();
+    let r = p.sluice(&["validate", "pipeline.yaml"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    for expected in [
+        "pipeline.yaml:9:31: `max_failures` of `test-report@1` expects a whole number, e.g. 5, got \"none\"",
+        "pipeline.yaml:17:17: `keep` of `deploy-release@1` expects a whole number, e.g. 5, got \"five\"",
+        "pipeline.yaml:25:22: `url` of `deploy-http@1` expects an absolute URL",
+        "3 problems found",
+    ] {
+        assert!(
+            r.stderr.contains(expected),
+            "missing {expected:?} in\n{}",
+            r.stderr
+        );
+    }
+    assert!(!r.stderr.contains("FromVariable"), "{}", r.stderr);
+
+    let described = p.sluice(&["plugin", "describe", "deploy-release@1"]);
+    assert!(
+        described
+            .stdout
+            .contains("[default: 5] [a whole number, e.g. 5]"),
+        "{}",
+        described.stdout
+    );
+}

@@ -178,7 +178,11 @@ pub async fn describe_plugin(reference: &str, json: bool) -> anyhow::Result<Exit
                 .as_deref()
                 .map(|v| format!(" [default: {v}]"))
                 .unwrap_or_default();
-            println!("  {:<12} {req:<8} {}{default}", k.name, k.description);
+            let ty =
+                k.ty.as_ref()
+                    .map(|t| format!(" [{}]", t.expected()))
+                    .unwrap_or_default();
+            println!("  {:<12} {req:<8} {}{default}{ty}", k.name, k.description);
         }
     }
     if !d.capabilities.is_empty() {

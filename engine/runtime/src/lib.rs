@@ -26,7 +26,7 @@ pub use logging::{Level, LogSink};
 
 use anyhow::Context as _;
 use sluice_core::Digest;
-use sluice_core::plugin::{Capability, ConfigKey, Description};
+use sluice_core::plugin::{Capability, ConfigKey, ConfigType, Description};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -692,13 +692,33 @@ impl Runtime {
         let state = host::HostState::without_grants();
         let mut store = self.store(state);
         let call = async {
-            let action = pre.instantiate_async(&mut store).await?;
-            action.call_describe(&mut store).await
+            let instance = pre.instance_pre().instantiate_async(&mut store).await?;
+            let action = bindings::Action::new(&mut store, &instance)?;
+            let d = action.call_describe(&mut store).await?;
+            // `typed-action` components also say their keys' types; `action` ones do not.
+            let types = match instance
+                .get_typed_func::<(), (Vec<(String, wit::ConfigType)>,)>(&mut store, "config-types")
+            {
+                Ok(f) => f.call_async(&mut store, ()).await?.0,
+                Err(_) => Vec::new(),
+            };
+            wasmtime::Result::Ok((d, types))
         };
-        let d = match tokio::time::timeout(DESCRIBE_TIMEOUT, call).await {
+        let (d, types) = match tokio::time::timeout(DESCRIBE_TIMEOUT, call).await {
             Err(_) => return Err(RunError::Timeout(DESCRIBE_TIMEOUT)),
             Ok(Err(e)) => return Err(trap_error(e, store.data())),
             Ok(Ok(d)) => d,
+        };
+        let type_of = |key: &str| {
+            types.iter().find(|(k, _)| k == key).map(|(_, t)| match t {
+                wit::ConfigType::Text => ConfigType::Text,
+                wit::ConfigType::Integer => ConfigType::Integer,
+                wit::ConfigType::Boolean => ConfigType::Boolean,
+                wit::ConfigType::Duration => ConfigType::Duration,
+                wit::ConfigType::Size => ConfigType::Size,
+                wit::ConfigType::OneOf(words) => ConfigType::OneOf(words.clone()),
+                wit::ConfigType::Url => ConfigType::Url,
+            })
         };
         Ok(Description {
             name: d.name,
@@ -718,6 +738,7 @@ impl Runtime {
                 .config
                 .into_iter()
                 .map(|k| ConfigKey {
+                    ty: type_of(&k.name),
                     name: k.name,
                     required: k.required,
                     description: k.description,

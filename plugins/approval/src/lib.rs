@@ -30,6 +30,7 @@ impl Action for Approval {
             .optional("custom_data", "text shown to approvers (may use #{...})")
             .optional("external_link", "a link for approvers, e.g. the release notes")
             .optional("timeout", "how long to wait, 5m to 60d (default 7d); then the action fails with `timeout`")
+            .typed("min_approvals", ConfigType::Integer)
     }
 
     fn run(ctx: &Context, config: &Config) -> Result<Outcome, ActionError> {

@@ -89,6 +89,7 @@ impl Action for DeployHttp {
             .optional_default("method", "PUT or POST", "PUT")
             .optional("headers", "extra request headers, `Name: value` per line (or `;`-separated)")
             .optional_default("content_type", "Content-Type of the request", "application/gzip")
+            .typed("url", ConfigType::Url)
             .needs(Capability::Http)
             .side_effects()
     }

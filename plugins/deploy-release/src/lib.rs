@@ -12,6 +12,7 @@ impl Action for DeployRelease {
             .summary("Deploys an artifact as a new release directory and switches `current` to it atomically")
             .required("target", "deployment directory; must be granted under capabilities.dirs as rw")
             .optional_default("keep", "how many releases to keep", "5")
+            .typed("keep", ConfigType::Integer)
             .needs(Capability::WriteConfigPath("target".into()))
             .side_effects()
     }

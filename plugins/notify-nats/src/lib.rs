@@ -18,6 +18,7 @@ impl Action for NotifyNats {
                 "server",
                 "nats:// URL (default: the service's NATS, or SLUICE_NATS_URL)",
             )
+            .typed("server", ConfigType::Url)
             .needs(Capability::Nats)
             .side_effects()
     }

@@ -159,6 +159,11 @@ impl Action for SourceHttp {
             .optional("sha256", "expected sha256 of the archive (hex, or sha256:<hex>)")
             .optional_default("format", "auto (from the URL), tar.gz or zip", "auto")
             .optional("headers", "extra request headers, `Name: value` per line (or `;`-separated)")
+            .typed("url", ConfigType::Url)
+            .typed(
+                "format",
+                ConfigType::OneOf(vec!["auto".into(), "tar.gz".into(), "tgz".into(), "zip".into()]),
+            )
             .needs(Capability::Http)
     }
 

@@ -105,6 +105,7 @@ impl Action for TestReport {
             .summary("Reads JUnit XML reports from its input artifact and fails above a failure threshold")
             .optional_default("path", "report file or directory inside the input artifact (all *.xml below it)", ".")
             .optional_default("max_failures", "failures plus errors allowed before the action fails", "0")
+            .typed("max_failures", ConfigType::Integer)
     }
 
     fn run(ctx: &Context, config: &Config) -> Result<Outcome, ActionError> {

@@ -35,7 +35,7 @@ use std::path::{Component, Path, PathBuf};
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../../wit",
-        world: "sluice:action/action",
+        world: "sluice:action/typed-action",
         pub_export_macro: true,
         export_macro_name: "export_bindings",
         default_bindings_module: "sluice_sdk::bindings",
@@ -43,15 +43,16 @@ pub mod bindings {
 }
 
 pub use bindings::sluice::action::types::{
-    ActionError, Capability, Category, ConfigKey, Description, Outcome, Pending, Success, WakeOn,
+    ActionError, Capability, Category, ConfigKey, ConfigType, Description, Outcome, Pending,
+    Success, WakeOn,
 };
 
 /// The usual imports for a plugin author.
 pub mod prelude {
     pub use crate::export_action;
     pub use crate::{
-        Action, ActionError, Capability, Category, Config, Context, Description, Outcome, log,
-        process,
+        Action, ActionError, Capability, Category, Config, ConfigType, Context, Description,
+        Outcome, log, process,
     };
 }
 
@@ -71,6 +72,9 @@ macro_rules! export_action {
         impl $crate::bindings::Guest for __SluiceExport {
             fn describe() -> $crate::Description {
                 <$plugin as $crate::Action>::describe()
+            }
+            fn config_types() -> ::std::vec::Vec<(::std::string::String, $crate::ConfigType)> {
+                $crate::typed::collect(<$plugin as $crate::Action>::describe)
             }
             fn run(
                 ctx: $crate::bindings::sluice::action::types::Context,
@@ -133,6 +137,18 @@ impl Description {
         });
         self
     }
+    /// The type of key `name` (declared before with `required`, `optional` or
+    /// `optional_default`): validation then refuses a value that is not one, at its line,
+    /// before anything runs. Keys without a type take any text.
+    ///
+    /// ```ignore
+    /// .optional_default("keep", "how many releases to keep", "5")
+    /// .typed("keep", ConfigType::Integer)
+    /// ```
+    pub fn typed(self, name: &str, ty: ConfigType) -> Self {
+        typed::declare(name, ty);
+        self
+    }
     /// A capability the plugin needs (see [`Capability`]).
     pub fn needs(mut self, capability: Capability) -> Self {
         self.capabilities.push(capability);
@@ -142,6 +158,30 @@ impl Description {
     pub fn side_effects(mut self) -> Self {
         self.side_effects = true;
         self
+    }
+}
+
+/// Key types declared by [`Description::typed`]. `Description` is the WIT record, which has
+/// no room for them (types came after it, in the `typed-action` world), so `describe` notes
+/// them here and the `config-types` export reads them back.
+#[doc(hidden)]
+pub mod typed {
+    use super::{ConfigType, Description};
+    use std::cell::RefCell;
+
+    thread_local! {
+        static DECLARED: RefCell<Vec<(String, ConfigType)>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub(crate) fn declare(name: &str, ty: ConfigType) {
+        DECLARED.with(|d| d.borrow_mut().push((name.to_string(), ty)));
+    }
+
+    /// Run `describe` and return the types it declared.
+    pub fn collect(describe: fn() -> Description) -> Vec<(String, ConfigType)> {
+        DECLARED.with(|d| d.borrow_mut().clear());
+        let _ = describe();
+        DECLARED.with(|d| std::mem::take(&mut *d.borrow_mut()))
     }
 }
 

@@ -68,7 +68,7 @@ pub struct BenchArgs {
     /// many executions queued (embedded service).
     #[arg(long, value_name = "N")]
     pub fairness: Option<usize>,
-    /// Only run one measure for this many seconds (`a`, `a2`, `b`; `hit` with --cache), to
+    /// Only run one measure for this many seconds (`a`, `a2`, `b`, `b'`; `hit` with --cache), to
     /// profile it with `perf`.
     #[arg(long, hide = true, num_args = 2, value_names = ["MEASURE", "SECONDS"])]
     pub profile: Vec<String>,
@@ -154,7 +154,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 "a" => runtime.bare_call(&digest).await?,
                 "a2" => sandboxed_call(&cx, &job).await?,
                 "b" => drop(run_pipeline(&engine, &seq).await?),
-                other => anyhow::bail!("no measure `{other}` (a, a2, b; hit with --cache)"),
+                "b'" => drop(run_pipeline(&engine, &par).await?),
+                other => anyhow::bail!("no measure `{other}` (a, a2, b, b'; hit with --cache)"),
             }
         }
         eprintln!(

@@ -49,6 +49,23 @@ pub fn missing_config_keys(uses: &str, d: &Description, has: impl Fn(&str) -> bo
         .collect()
 }
 
+/// A message when `key` has a type in `d` that `value` is not. Values with `#{...}` references
+/// are known only when the action runs: the plugin checks those.
+pub fn mistyped_config_value(
+    uses: &str,
+    d: &Description,
+    key: &str,
+    value: &str,
+) -> Option<String> {
+    if value.contains("#{") {
+        return None;
+    }
+    let ty = d.config.iter().find(|k| k.name == key)?.ty.as_ref()?;
+    ty.check(value)
+        .err()
+        .map(|e| format!("`{key}` of `{uses}` {e}"))
+}
+
 /// Check everything that needs more than one place of the file. `overrides` are `--var` values.
 pub fn validate(
     p: &Pipeline,
@@ -369,6 +386,11 @@ pub fn validate(
         }
         for message in missing_config_keys(&a.uses.value, d, |k| a.with.contains_key(k)) {
             err(a.loc, format!("action `{}`: {message}", a.name));
+        }
+        for (key, value) in &a.with {
+            if let Some(message) = mistyped_config_value(&a.uses.value, d, key, &value.value) {
+                err(value.loc, message);
+            }
         }
         let cap_loc = a.capabilities.loc.unwrap_or(a.loc);
         // A configuration key that names a directory to grant must be fixed by the pipeline
