@@ -552,6 +552,85 @@ stages:
         inputs: [site]
 "##;
 
+/// `status` says which engine runs a long attempt, and once that engine is gone (kill -9),
+/// that it is lost and when the queue gives the job to another engine — which then runs it.
+#[test]
+fn status_names_the_engine_running_an_attempt_and_says_when_it_is_lost() {
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let p = Project::new(
+        "name: svc\nstages:\n  - name: Hold\n    actions:\n      - { name: Sleep, uses: PROBE, cache: false, with: { mode: sleep, ms: \"5000\" } }\n",
+    );
+    let mut engines = [
+        Engine::start(
+            p.dir.path(),
+            "engine-a",
+            &["--nats", &url, "--ack-wait", "6s"],
+        ),
+        Engine::start(
+            p.dir.path(),
+            "engine-b",
+            &["--nats", &url, "--ack-wait", "6s"],
+        ),
+    ];
+    wait_for(Duration::from_secs(30), "the engines to answer", || {
+        (client(&p, &url, &["pipeline", "put", "pipeline.yaml"]).code == 0).then_some(())
+    });
+    let start = client(&p, &url, &["start", "svc"]);
+    assert_eq!(start.code, 0, "{start:?}");
+    let id = start.stdout.trim().to_string();
+    let victim = wait_for(
+        Duration::from_secs(30),
+        "an engine to run Hold/Sleep",
+        || {
+            engines
+                .iter()
+                .position(|e| e.log().contains("/Hold/Sleep attempt 1"))
+        },
+    );
+    let pid = engines[victim].pid();
+    // After one heartbeat period (2 s) the attempt names its engine.
+    let running = wait_for(Duration::from_secs(10), "status to name the engine", || {
+        let r = client(&p, &url, &["status", &id]);
+        r.stdout.contains("running on").then_some(r.stdout)
+    });
+    assert!(running.contains(&format!("/{pid}, heartbeat")), "{running}");
+
+    engines[victim].kill9();
+    let lost = wait_for(
+        Duration::from_secs(10),
+        "status to say the engine is lost",
+        || {
+            let r = client(&p, &url, &["status", &id]);
+            r.stdout.contains("engine lost").then_some(r.stdout)
+        },
+    );
+    assert!(
+        lost.contains(&format!("/{pid}, last heartbeat"))
+            && lost.contains("redelivery to another engine"),
+        "{lost}"
+    );
+    let json: Value =
+        serde_json::from_str(&client(&p, &url, &["status", &id, "--json"]).stdout).unwrap();
+    let held = &action(&json, "Hold/Sleep")["held_by"];
+    assert!(
+        held["lost"] == true || held.is_null(),
+        "lost, or already taken by the other engine: {held}"
+    );
+
+    let exec = wait_done(&p, &url, &id);
+    assert_eq!(status(&exec), "Succeeded", "{exec:#}");
+    assert!(
+        engines[1 - victim].log().contains("/Hold/Sleep attempt 1"),
+        "the other engine ran it:\n{}",
+        engines[1 - victim].log()
+    );
+    assert!(
+        action(&exec, "Hold/Sleep")["held_by"].is_null(),
+        "an ended attempt has no holder: {exec:#}"
+    );
+}
+
 #[test]
 fn kill_9_of_an_engine_mid_deploy_finishes_on_the_other_with_one_side_effect() {
     let nats = NatsServer::start();

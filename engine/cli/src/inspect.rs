@@ -301,6 +301,35 @@ pub fn artifact_verify(
     Ok(ExitCode::from(1))
 }
 
+/// Who runs an in-progress attempt, for `sluice status` (the service fills it in from the
+/// engines' leases): "running on build-1/4242, heartbeat 3s ago", or when the heartbeats
+/// stopped "engine lost: build-1/4242, last heartbeat 12:03:11; redelivery at 12:03:41".
+pub fn holder_line(a: &sluice_engine::scheduler::ActionRun) -> Option<String> {
+    let h = a.held_by.as_ref()?;
+    let now = sluice_engine::clock::now();
+    Some(if h.lost {
+        let when = if now.0 >= h.redelivery_at.0 {
+            "due now".to_string()
+        } else {
+            format!(
+                "at {} (in {})",
+                h.redelivery_at,
+                short_duration(h.redelivery_at.since(now))
+            )
+        };
+        format!(
+            "engine lost: {}, last heartbeat {}; redelivery to another engine {when}",
+            h.engine, h.heartbeat
+        )
+    } else {
+        format!(
+            "running on {}, heartbeat {} ago",
+            h.engine,
+            short_duration(now.since(h.heartbeat))
+        )
+    })
+}
+
 /// What a waiting action waits for, for `sluice status`: "waiting for approval since 12:03:41
 /// (5m ago) from ana, bo: release 1.2 (https://…)".
 pub fn waiting_line(a: &sluice_engine::scheduler::ActionRun) -> Option<String> {

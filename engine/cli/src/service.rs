@@ -944,7 +944,10 @@ pub async fn status(execution_id: String, json: bool, target: Target) -> anyhow:
                 .or(a.summary.as_ref())
                 .map(|d| format!(": {}", d.lines().next().unwrap_or("")))
                 .unwrap_or_default();
-            println!("    {} {}{attempt}{took}{detail}", a.name, a.status);
+            let held = super::inspect::holder_line(a)
+                .map(|h| format!(" ({h})"))
+                .unwrap_or_default();
+            println!("    {} {}{attempt}{took}{held}{detail}", a.name, a.status);
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -16,8 +16,8 @@ mod tests_operating;
 pub use conditions::{Condition, Outcome, Phase, Rule, StageConditions};
 pub use lanes::Mode;
 pub use record::{
-    ActionRun, Decision, Execution, Outbox, PluginRef, RetryPolicy, RollbackOf, StageRun, Status,
-    TRIGGER_KEYS, Timestamp, TriggerInfo, Waiting, Wake, trigger_value,
+    ActionRun, Decision, Execution, Holder, Outbox, PluginRef, RetryPolicy, RollbackOf, StageRun,
+    Status, TRIGGER_KEYS, Timestamp, TriggerInfo, Waiting, Wake, trigger_value,
 };
 pub use shared::Shared;
 

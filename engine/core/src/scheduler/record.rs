@@ -395,6 +395,24 @@ pub struct ActionRun {
     /// queues the attempt again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runner: Option<String>,
+    /// Which engine runs the current attempt and whether it still does: filled in by the
+    /// service's `status` from the engines' leases, never stored in the record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_by: Option<Holder>,
+}
+
+/// An engine running an attempt, as its lease says (see [`ActionRun::held_by`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    /// The engine process, as `HOST/PID`.
+    pub engine: String,
+    /// Its last heartbeat for this attempt.
+    pub heartbeat: Timestamp,
+    /// Its heartbeats stopped (two missed): the engine died, hangs or lost its connection.
+    pub lost: bool,
+    /// When the queue gives the job to another engine if no heartbeat comes (the delivery's
+    /// deadline after the last one).
+    pub redelivery_at: Timestamp,
 }
 
 /// What wakes a pending action.
@@ -517,6 +535,7 @@ impl Execution {
                         wake_payload: None,
                         decisions: Vec::new(),
                         runner: None,
+                        held_by: None,
                     })
                     .map(super::Shared::new)
                     .collect(),

@@ -53,6 +53,7 @@ pub(super) fn exec(layout: &[&[u32]]) -> Execution {
                         wake_payload: None,
                         decisions: Vec::new(),
                         runner: None,
+                        held_by: None,
                     })
                     .map(Shared::new)
                     .collect(),

@@ -411,10 +411,14 @@ impl Service {
     async fn get_execution(&self, p: &Principal, id: &str) -> Result<Execution, ApiError> {
         match self.execution(&p.tenant, id).await? {
             // The outbox is the engines' delivery bookkeeping; its events went out already.
-            Some(e) => Ok(Execution {
-                outbox: Default::default(),
-                ..e
-            }),
+            Some(e) => {
+                let mut e = Execution {
+                    outbox: Default::default(),
+                    ..e
+                };
+                self.fill_holders(&mut e).await;
+                Ok(e)
+            }
             None => Err(ApiError::not_found(format!("no execution `{id}`"))),
         }
     }

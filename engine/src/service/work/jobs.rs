@@ -39,6 +39,8 @@ pub(in crate::service) type Sent =
 
 /// The delivery a chain runs under, and how often to push its deadline back.
 pub(in crate::service) struct Lease<'a> {
+    /// Where heartbeats are recorded for `status` (see `leases`).
+    service: &'a Service,
     delivery: &'a Delivery,
     /// The delivered message's id, which the record names as the runner of what the chain runs.
     id: String,
@@ -55,16 +57,24 @@ impl Lease<'_> {
         // awaiting even an elapsed timer waits for the timer wheel's next millisecond.)
         let mut ticker =
             tokio::time::interval_at(tokio::time::Instant::now() + self.every, self.every);
-        loop {
+        let mut recorded = false;
+        let done = loop {
             tokio::select! {
-                done = &mut work => return done,
+                done = &mut work => break done,
                 _ = ticker.tick() => {
                     if let Err(e) = self.delivery.handle.progress().await {
                         tracing::warn!("progress report failed: {e}");
                     }
+                    // Only work that outlives a heartbeat period says who runs it.
+                    self.service.lease_beat(&self.id, self.every).await;
+                    recorded = true;
                 }
             }
+        };
+        if recorded {
+            self.service.lease_end(&self.id).await;
         }
+        done
     }
 }
 
@@ -163,6 +173,7 @@ impl Service {
         };
         let place = Place::occupy(self);
         let lease = Lease {
+            service: self,
             delivery: &delivery,
             id: message_id(&job),
             every: (self.edges.jobs.ack_wait() / 3).max(Duration::from_millis(100)),
@@ -211,6 +222,7 @@ impl Service {
         ack_wait: Duration,
     ) -> Result<Settled, String> {
         let lease = Lease {
+            service: self,
             delivery,
             id,
             every: (ack_wait / 3).max(Duration::from_millis(100)),

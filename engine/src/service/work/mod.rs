@@ -6,6 +6,7 @@ pub(super) mod jobs;
 pub(super) mod journal;
 pub(super) mod lane_copies;
 pub mod lanes;
+mod leases;
 pub mod wakes;
 
 use super::*;

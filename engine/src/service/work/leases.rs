@@ -1,0 +1,91 @@
+//! Who runs an attempt, for `status`. A job that outlives one heartbeat period writes a lease
+//! record, `_leases/<lease id>` in the pipelines bucket (shared by every engine): the engine
+//! (`HOST/PID`), its last heartbeat, its heartbeat period and the queue's deadline. Every
+//! heartbeat renews it and the job's end removes it; short jobs write nothing. `status` reads
+//! the records of its in-progress actions: heartbeats that stopped mean the engine running the
+//! attempt is gone, and the queue hands the job to another engine at the deadline after the
+//! last one.
+use super::*;
+use sluice_core::scheduler::Holder;
+
+/// A lease as stored.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct LeaseRecord {
+    engine: String,
+    heartbeat: Timestamp,
+    every_ms: u64,
+    ack_wait_ms: u64,
+}
+
+fn key(lease_id: &str) -> String {
+    format!("_leases/{lease_id}")
+}
+
+/// This process, as people find it: `HOST/PID`.
+fn this_engine() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    format!("{host}/{}", std::process::id())
+}
+
+impl Service {
+    /// Renew the lease record of `lease_id` (a heartbeat of a job still running).
+    pub(in crate::service) async fn lease_beat(&self, lease_id: &str, every: Duration) {
+        let record = LeaseRecord {
+            engine: this_engine(),
+            heartbeat: crate::clock::now(),
+            every_ms: every.as_millis() as u64,
+            ack_wait_ms: self.edges.jobs.ack_wait().as_millis() as u64,
+        };
+        let written =
+            crate::kv::modify::<LeaseRecord, _>(&*self.edges.pipelines, &key(lease_id), |_| {
+                Some(LeaseRecord {
+                    engine: record.engine.clone(),
+                    ..record
+                })
+            })
+            .await;
+        if let Err(e) = written {
+            tracing::debug!("lease record of {lease_id} not written: {e}");
+        }
+    }
+
+    /// The job under `lease_id` ended here: nobody holds it now.
+    pub(in crate::service) async fn lease_end(&self, lease_id: &str) {
+        if let Err(e) = self.edges.pipelines.delete(&key(lease_id)).await {
+            tracing::debug!("lease record of {lease_id} not removed: {e}");
+        }
+    }
+
+    /// Fill in who holds each in-progress attempt of `exec` that runs (not one waiting for an
+    /// approval, an event or a timer), from the lease records.
+    pub(in crate::service) async fn fill_holders(&self, exec: &mut Execution) {
+        let now = crate::clock::now();
+        for (si, stage) in exec.stages.iter_mut().enumerate() {
+            for (ai, action) in stage.actions.iter_mut().enumerate() {
+                if action.status != Status::InProgress || action.waiting.is_some() {
+                    continue;
+                }
+                let lease_id = action.runner.clone().unwrap_or_else(|| {
+                    job_id(&exec.tenant, &exec.execution_id, si, ai, action.attempt)
+                });
+                let Ok(Some((lease, _))) =
+                    crate::kv::get_json::<LeaseRecord>(&*self.edges.pipelines, &key(&lease_id))
+                        .await
+                else {
+                    continue;
+                };
+                action.held_by = Some(Holder {
+                    engine: lease.engine,
+                    heartbeat: lease.heartbeat,
+                    lost: now.0 > lease.heartbeat.0 + 2 * lease.every_ms,
+                    redelivery_at: Timestamp(lease.heartbeat.0 + lease.ack_wait_ms),
+                });
+            }
+        }
+    }
+}
