@@ -362,3 +362,87 @@ stages:
     let again = p.sluice(&["pipeline", "put", "pipeline.yaml", "--nats", &url]);
     assert_ne!(again.code, 0);
 }
+
+/// The third path: a plugin that must hold a value (to sign something) declares it
+/// (`reveals_secrets`, shown as the `secrets` capability) and gets the values its action lists
+/// through `reveal` — still masked in its log. A plugin that did not declare it, or a secret the
+/// action does not list, gets an error; the value appears nowhere in the data folder.
+#[test]
+fn only_a_plugin_that_declares_it_holds_a_secrets_value() {
+    let p = Project::new(
+        &r##"
+name: sign
+secrets:
+  key: { from: SIGNING_KEY }
+  other: { from: OTHER_KEY }
+stages:
+  - name: Sign
+    actions:
+      - { name: Probe, uses: PROBE, secrets: [key], with: { mode: reveal, secret: key } }
+      - { name: Unlisted, uses: PROBE, secrets: [key], with: { mode: reveal, secret: other } }
+      - { name: Hostile, uses: HOSTILE, secrets: [key], with: { mode: reveal, secret: key } }
+"##
+        .replace("HOSTILE", hostile()),
+    );
+    for (name, value) in [("SIGNING_KEY", TOKEN), ("OTHER_KEY", "another-value-42")] {
+        let put = put_secret(&p, name, value, &[]);
+        assert_eq!(put.code, 0, "{put:?}");
+    }
+    let described = p.sluice(&["plugin", "describe", probe()]);
+    assert!(
+        described.stdout.contains("secrets: holds the values"),
+        "{}",
+        described.stdout
+    );
+    let run = p.run(&[]);
+    let exec = run.json();
+    let signed = action(&exec, "Sign/Probe");
+    assert_eq!(status(signed), "Succeeded", "{exec:#}");
+    assert_eq!(signed["variables"]["Length"], TOKEN.len().to_string());
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in TOKEN.bytes().chain(b"message".iter().copied()) {
+        hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    assert_eq!(
+        signed["variables"]["Signature"],
+        format!("{hash:016x}"),
+        "the plugin held the real value"
+    );
+    for (path, why) in [
+        ("Sign/Unlisted", "not listed under the action's secrets"),
+        ("Sign/Hostile", "its plugin did not declare reveal"),
+    ] {
+        let a = action(&exec, path);
+        assert_eq!(status(a), "Failed", "{why}: {exec:#}");
+        assert!(
+            a["error"]
+                .as_str()
+                .unwrap()
+                .contains("is not revealed to this action"),
+            "{why}: {a:#}"
+        );
+    }
+    let id = exec["execution_id"].as_str().unwrap();
+    let logs = p.sluice(&["logs", id, "Sign/Probe"]);
+    assert!(
+        logs.stdout.contains("holding *** to sign with"),
+        "{}",
+        logs.stdout
+    );
+    assert!(
+        logs.stdout
+            .contains("the plugin was given secret `key` (reveal)"),
+        "{}",
+        logs.stdout
+    );
+    let grep = Command::new("grep")
+        .args(["-r", "-l", TOKEN])
+        .arg(p.path(".sluice"))
+        .output()
+        .unwrap();
+    assert!(
+        grep.stdout.is_empty(),
+        "the value is in {}",
+        String::from_utf8_lossy(&grep.stdout)
+    );
+}

@@ -151,6 +151,7 @@ pub async fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
     let spec = JobSpec {
         secrets: Default::default(),
         cacheable: false,
+        reveal: false,
         invoke: None,
         continuation: args.continuation.clone(),
         wake_payload: args.wake_payload.clone(),

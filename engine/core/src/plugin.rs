@@ -119,6 +119,9 @@ pub enum Capability {
     WriteConfigPath(String),
     /// Publish to NATS subjects (granted in `capabilities.nats`).
     Nats,
+    /// Hold the values of the secrets its action lists (`reveal`); the action's `secrets:`
+    /// list is the grant.
+    Secrets,
 }
 
 impl std::fmt::Display for Capability {
@@ -131,6 +134,10 @@ impl std::fmt::Display for Capability {
             Capability::WriteConfigPath(k) => write!(
                 f,
                 "writes the directory in `{k}` (grant it under dirs as rw)"
+            ),
+            Capability::Secrets => write!(
+                f,
+                "secrets: holds the values of the secrets its action lists"
             ),
         }
     }

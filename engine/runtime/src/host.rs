@@ -125,6 +125,8 @@ pub(super) struct HostState {
     log_bytes: usize,
     /// Resources it may hold at once (its share of the engine's descriptors).
     pub(super) resources: usize,
+    /// Secrets it may hold (`reveal`): name → value.
+    revealable: Vec<(String, String)>,
 }
 
 impl HostState {
@@ -177,6 +179,31 @@ impl HostState {
             nats: None,
             log_bytes: 0,
             resources,
+            revealable: Vec::new(),
+        }
+    }
+
+    /// Secrets the guest may hold through `reveal`.
+    pub(super) fn revealable(&mut self, secrets: Vec<(String, String)>) {
+        self.revealable = secrets;
+    }
+
+    /// The `secrets.reveal` import: a value only of a secret the action lists, for a plugin
+    /// that declared it holds them. Each call is logged, without the value.
+    pub(super) fn reveal(&self, name: &str) -> Result<String, String> {
+        match self.revealable.iter().find(|(n, _)| n == name) {
+            Some((_, value)) => {
+                self.log.log(
+                    super::logging::Level::Info,
+                    &format!("the plugin was given secret `{name}` (reveal)"),
+                    &[],
+                );
+                Ok(value.clone())
+            }
+            None => Err(format!(
+                "secret `{name}` is not revealed to this action: its plugin must declare `reveal` \
+                 (the `secrets` capability) and the action must list it under `secrets:`"
+            )),
         }
     }
 

@@ -185,6 +185,9 @@ pub struct Invocation {
     pub http: Vec<String>,
     /// Secret placeholders → values, put into request headers to granted origins.
     pub http_secrets: Vec<(String, String)>,
+    /// Secrets the guest may hold through the `secrets` import (the pipeline's name → value):
+    /// only for a plugin with the `secrets` capability, only those its action lists.
+    pub revealable: Vec<(String, String)>,
     /// A fixed clock and a seeded random source (actions whose results are cached: the same
     /// inputs must give the same result).
     pub deterministic: bool,
@@ -386,6 +389,13 @@ impl Runtime {
         // Outbound HTTP: linked for every guest, denied unless the call grants the origin.
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         bindings::Action::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
+        // `typed-action` only: a guest that never calls it does not import it.
+        linker.instance("sluice:action/secrets@0.1.0")?.func_wrap(
+            "reveal",
+            |store: wasmtime::StoreContextMut<'_, host::HostState>, (name,): (String,)| {
+                Ok((store.data().reveal(&name),))
+            },
+        )?;
         let cache = cache::CompileCache::new(&engine, config.cache_dir)?;
         // Read once: the CLI raises the limit before building the runtime.
         let budget = DescriptorBudget::of_this_process();
@@ -575,6 +585,7 @@ impl Runtime {
             exclude: Vec::new(),
             http: Vec::new(),
             http_secrets: Vec::new(),
+            revealable: Vec::new(),
             deterministic: false,
             nats: Vec::new(),
             memory_limit: DEFAULT_MEMORY,
@@ -667,6 +678,7 @@ impl Runtime {
         state.grant_nats(take(&mut inv.nats), self.nats.clone());
         state.bound_programs(take(&mut inv.program_hidden), inv.program_file_size);
         state.http_secrets(take(&mut inv.http_secrets));
+        state.revealable(take(&mut inv.revealable));
         Ok((self.store(state), stdout, stderr))
     }
 
@@ -702,13 +714,23 @@ impl Runtime {
                 Ok(f) => f.call_async(&mut store, ()).await?.0,
                 Err(_) => Vec::new(),
             };
-            wasmtime::Result::Ok((d, types))
+            let secret_uses =
+                match instance.get_typed_func::<(), (Vec<String>,)>(&mut store, "secret-uses") {
+                    Ok(f) => f.call_async(&mut store, ()).await?.0,
+                    Err(_) => Vec::new(),
+                };
+            wasmtime::Result::Ok((d, types, secret_uses))
         };
-        let (d, types) = match tokio::time::timeout(DESCRIBE_TIMEOUT, call).await {
+        let (d, types, secret_uses) = match tokio::time::timeout(DESCRIBE_TIMEOUT, call).await {
             Err(_) => return Err(RunError::Timeout(DESCRIBE_TIMEOUT)),
             Ok(Err(e)) => return Err(trap_error(e, store.data())),
             Ok(Ok(d)) => d,
         };
+        if let Some(unknown) = secret_uses.iter().find(|u| *u != "reveal") {
+            return Err(RunError::Instantiate(format!(
+                "`secret-uses` names {unknown:?}; this engine knows `reveal`"
+            )));
+        }
         let type_of = |key: &str| {
             types.iter().find(|(k, _)| k == key).map(|(_, t)| match t {
                 wit::ConfigType::Text => ConfigType::Text,
@@ -755,6 +777,12 @@ impl Runtime {
                     wit::Capability::ReadConfigPath(k) => Capability::ReadConfigPath(k),
                     wit::Capability::WriteConfigPath(k) => Capability::WriteConfigPath(k),
                 })
+                .chain(
+                    secret_uses
+                        .iter()
+                        .any(|u| u == "reveal")
+                        .then_some(Capability::Secrets),
+                )
                 .collect(),
             side_effects: d.side_effects,
         })

@@ -97,6 +97,10 @@ pub struct JobSpec {
     /// with a fixed clock and a seeded random source).
     #[serde(default)]
     pub cacheable: bool,
+    /// Its plugin declares the `secrets` capability: the guest may hold the values of the
+    /// secrets listed above (`reveal`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reveal: bool,
 }
 
 /// Changes when what a cache key covers changes, so old entries are never taken for new ones.
@@ -371,6 +375,10 @@ impl JobSpec {
                         .map(|from| (s.value.clone(), from.value.clone()))
                 })
                 .collect(),
+            reveal: plugin
+                .description
+                .capabilities
+                .contains(&Capability::Secrets),
         })
     }
 }
@@ -862,6 +870,14 @@ async fn run_in(
             .iter()
             .map(|(name, value)| (crate::secrets::placeholder(name), value.clone()))
             .collect(),
+        revealable: if job.reveal {
+            secrets
+                .iter()
+                .map(|(name, value)| (name.clone(), value.clone()))
+                .collect()
+        } else {
+            Vec::new()
+        },
         nats: job.nats.clone(),
         memory_limit: job.memory,
         timeout: job.timeout,

@@ -74,7 +74,10 @@ macro_rules! export_action {
                 <$plugin as $crate::Action>::describe()
             }
             fn config_types() -> ::std::vec::Vec<(::std::string::String, $crate::ConfigType)> {
-                $crate::typed::collect(<$plugin as $crate::Action>::describe)
+                $crate::typed::collect(<$plugin as $crate::Action>::describe).0
+            }
+            fn secret_uses() -> ::std::vec::Vec<::std::string::String> {
+                $crate::typed::collect(<$plugin as $crate::Action>::describe).1
             }
             fn run(
                 ctx: $crate::bindings::sluice::action::types::Context,
@@ -149,6 +152,15 @@ impl Description {
         typed::declare(name, ty);
         self
     }
+    /// The plugin must hold the values of its action's secrets (to sign something, say):
+    /// [`secrets::reveal`] then gives them, for the secrets the action lists under `secrets:`.
+    /// Shown as the `secrets` capability. Plugins that only send a secret in an HTTP header
+    /// need not: put `#{secrets.NAME}` in the configuration and the header, and the host puts
+    /// the value in the request without the plugin ever holding it.
+    pub fn reveals_secrets(self) -> Self {
+        typed::declare_secret_use("reveal");
+        self
+    }
     /// A capability the plugin needs (see [`Capability`]).
     pub fn needs(mut self, capability: Capability) -> Self {
         self.capabilities.push(capability);
@@ -161,6 +173,17 @@ impl Description {
     }
 }
 
+/// The values of the action's secrets, for plugins that declare
+/// [`Description::reveals_secrets`].
+pub mod secrets {
+    /// The value of the secret the pipeline names `name`; an error unless the plugin declared
+    /// [`Description::reveals_secrets`](crate::Description::reveals_secrets) and the action
+    /// lists `name` under `secrets:`. The engine still masks it in everything the action writes.
+    pub fn reveal(name: &str) -> Result<String, String> {
+        crate::bindings::sluice::action::secrets::reveal(name)
+    }
+}
+
 /// Key types declared by [`Description::typed`]. `Description` is the WIT record, which has
 /// no room for them (types came after it, in the `typed-action` world), so `describe` notes
 /// them here and the `config-types` export reads them back.
@@ -169,17 +192,24 @@ pub mod typed {
     use super::{ConfigType, Description};
     use std::cell::RefCell;
 
+    /// What `describe` declared beyond the WIT record: key types, secret uses.
+    type Declared = (Vec<(String, ConfigType)>, Vec<String>);
+
     thread_local! {
-        static DECLARED: RefCell<Vec<(String, ConfigType)>> = const { RefCell::new(Vec::new()) };
+        static DECLARED: RefCell<Declared> = const { RefCell::new((Vec::new(), Vec::new())) };
     }
 
     pub(crate) fn declare(name: &str, ty: ConfigType) {
-        DECLARED.with(|d| d.borrow_mut().push((name.to_string(), ty)));
+        DECLARED.with(|d| d.borrow_mut().0.push((name.to_string(), ty)));
     }
 
-    /// Run `describe` and return the types it declared.
-    pub fn collect(describe: fn() -> Description) -> Vec<(String, ConfigType)> {
-        DECLARED.with(|d| d.borrow_mut().clear());
+    pub(crate) fn declare_secret_use(word: &str) {
+        DECLARED.with(|d| d.borrow_mut().1.push(word.to_string()));
+    }
+
+    /// Run `describe` and return what it declared.
+    pub fn collect(describe: fn() -> Description) -> Declared {
+        DECLARED.with(|d| *d.borrow_mut() = Default::default());
         let _ = describe();
         DECLARED.with(|d| std::mem::take(&mut *d.borrow_mut()))
     }

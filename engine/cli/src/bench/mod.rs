@@ -282,6 +282,7 @@ fn noop_job(
     sluice_engine::executor::job::JobSpec {
         secrets: Default::default(),
         cacheable: false,
+        reveal: false,
         tenant: "default".into(),
         pipeline: "bench".into(),
         execution_id: "bench".into(),

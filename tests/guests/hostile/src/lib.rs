@@ -24,7 +24,7 @@ impl Action for Hostile {
             .summary("Test plugin: attacks the engine as `mode` says")
             .required(
                 "mode",
-                "deep | descriptors | logspam | variables | error | sparse | files | fill",
+                "deep | descriptors | logspam | variables | error | sparse | files | fill | reveal",
             )
             .optional(
                 "path",
@@ -32,11 +32,20 @@ impl Action for Hostile {
             )
             .optional("count", "how many levels, files, descriptors or bytes")
             .optional("hold", "descriptors: milliseconds to keep them open")
+            .optional(
+                "secret",
+                "reveal: the secret it asks for without declaring it may",
+            )
     }
 
     fn run(_ctx: &Context, config: &Config) -> Result<Outcome, ActionError> {
         let count: u64 = config.parse_or("count", 20_000)?;
         match config.require("mode")? {
+            // Ask for a secret's value without declaring `reveals_secrets`.
+            "reveal" => match sluice_sdk::secrets::reveal(config.require("secret")?) {
+                Ok(value) => Ok(Outcome::success().var("Leaked", value.len())),
+                Err(e) => Err(ActionError::Failed(e)),
+            },
             // `count` nested directories named `d` under `path`.
             "deep" => {
                 let root = CString::new(config.require("path")?).unwrap();

@@ -9,7 +9,7 @@ impl Action for Probe {
     fn describe() -> Description {
         Description::new("probe", "1.0.0", Category::Test)
             .summary("Test plugin: behaves as `mode` says")
-            .required("mode", "ok | fail | flaky | retryable | config | pending | loop | alloc | panic | sleep | read | write | symlink | exec | spam | hardlink | context | copy | hash | effect | approval | hold")
+            .required("mode", "ok | fail | flaky | retryable | config | pending | loop | alloc | panic | sleep | read | write | symlink | exec | spam | hardlink | context | copy | hash | effect | approval | hold | reveal")
             .optional("path", "a guest path for read/write/symlink")
             .optional("target", "symlink target")
             .optional("program", "host program for exec")
@@ -21,6 +21,8 @@ impl Action for Probe {
             .optional("approvers", "approval mode: who may decide")
             .optional("timeout", "approval mode: how long the engine waits for a decision")
             .optional("subject", "hold mode: the NATS subject whose event wakes it")
+            .optional("secret", "reveal mode: the secret to hold (the action must list it)")
+            .reveals_secrets()
     }
 
     fn run(ctx: &Context, config: &Config) -> Result<Outcome, ActionError> {
@@ -242,6 +244,20 @@ impl Action for Probe {
                 .summary("held until woken")),
                 Some(_) => Ok(done().var("Released", ctx.wake_payload.clone().unwrap_or_default())),
             },
+            // Holds a secret, as a signing plugin would: logs it (the engine masks it) and
+            // returns what it derived from it (a keyed digest: FNV-1a over value and message).
+            "reveal" => {
+                let name = config.require("secret")?;
+                let value = sluice_sdk::secrets::reveal(name).map_err(ActionError::Failed)?;
+                log::info(&format!("holding {value} to sign with"));
+                let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+                for b in value.bytes().chain(b"message".iter().copied()) {
+                    hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+                }
+                Ok(done()
+                    .var("Length", value.len())
+                    .var("Signature", format!("{hash:016x}")))
+            }
             other => Err(ActionError::Config(format!("unknown mode {other:?}"))),
         }
     }
