@@ -77,6 +77,11 @@ impl Service {
         loop {
             tokio::time::sleep(wait).await;
             wait = SWEEP_EVERY;
+            match self.sweep_leases().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(removed = n, "lease records of ended jobs removed"),
+                Err(e) => tracing::warn!("the lease sweep failed (tried again later): {e}"),
+            }
             let keep = self.retention.load(Ordering::Relaxed);
             if keep == 0 {
                 continue;

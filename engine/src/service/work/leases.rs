@@ -32,7 +32,32 @@ fn this_engine() -> String {
     format!("{host}/{}", std::process::id())
 }
 
+/// A lease record not renewed for this long belongs to a job that ended without removing it
+/// (its engine died, and the attempt's second run was shorter than a heartbeat period).
+const STALE_LEASE: Duration = Duration::from_secs(3600);
+
 impl Service {
+    /// Remove lease records nobody renewed for an hour (heartbeats come every few seconds),
+    /// so what crashed engines leave behind does not pile up; returns how many went.
+    pub async fn sweep_leases(&self) -> Result<usize, crate::kv::KvError> {
+        let kv = &*self.edges.pipelines;
+        let now = crate::clock::now();
+        let mut removed = 0;
+        for k in kv.keys("_leases/").await? {
+            let stale = match crate::kv::get_json::<LeaseRecord>(kv, &k).await {
+                Ok(Some((lease, _))) => now.since(lease.heartbeat) > STALE_LEASE,
+                Ok(None) => false,
+                // Not a record this version reads: nothing reads it either.
+                Err(_) => true,
+            };
+            if stale {
+                kv.delete(&k).await?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// Renew the lease record of `lease_id` (a heartbeat of a job still running).
     pub(in crate::service) async fn lease_beat(&self, lease_id: &str, every: Duration) {
         let record = LeaseRecord {
@@ -87,5 +112,40 @@ impl Service {
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::MemoryBus;
+    use crate::service::tests::{engine, shared_edges};
+
+    #[tokio::test]
+    async fn leases_not_renewed_for_an_hour_are_swept_and_live_ones_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = shared_edges(dir.path());
+        let service = engine(dir.path(), Arc::new(MemoryBus::default()), &shared);
+        service
+            .lease_beat("default/e1/0/0/1", Duration::from_secs(10))
+            .await;
+        let kv = &*shared.pipelines;
+        let stale = LeaseRecord {
+            engine: "gone/1".into(),
+            heartbeat: Timestamp(crate::clock::now().0 - 2 * 3600 * 1000),
+            every_ms: 10_000,
+            ack_wait_ms: 30_000,
+        };
+        kv.create(
+            &key("default/e2/0/0/1"),
+            serde_json::to_vec(&stale).unwrap(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(service.sweep_leases().await.unwrap(), 1);
+        assert!(kv.get(&key("default/e1/0/0/1")).await.unwrap().is_some());
+        assert!(kv.get(&key("default/e2/0/0/1")).await.unwrap().is_none());
+        service.lease_end("default/e1/0/0/1").await;
+        assert!(kv.keys("_leases/").await.unwrap().is_empty());
     }
 }
