@@ -446,3 +446,65 @@ stages:
         String::from_utf8_lossy(&grep.stdout)
     );
 }
+
+/// A plugin that declares `secrets_in_body` writes a document with a secret's placeholder in
+/// it; the host puts the value in the request body on the way to the granted origin (and
+/// corrects its length). The plugin, its log and the record only ever see the placeholder.
+#[test]
+fn a_secret_reaches_a_request_body_when_the_plugin_declares_it() {
+    let server = HttpServer::start();
+    let p = Project::new(
+        &r##"
+name: notify
+secrets:
+  tok: { from: CHAT_TOKEN }
+stages:
+  - name: Tell
+    actions:
+      - name: Post
+        uses: POSTER
+        secrets: [tok]
+        capabilities: { http: ["ORIGIN"] }
+        with:
+          url: "ORIGIN/hook"
+          body: '{"text":"deployed","token":"#{secrets.tok}"}'
+"##
+        .replace("POSTER", poster())
+        .replace("ORIGIN", &server.origin()),
+    );
+    server.statuses("/hook", &[200]);
+    assert_eq!(put_secret(&p, "CHAT_TOKEN", TOKEN, &[]).code, 0);
+    let described = p.sluice(&["plugin", "describe", poster()]);
+    assert!(
+        described.stdout.contains("secrets-in-body"),
+        "{}",
+        described.stdout
+    );
+
+    let run = p.run(&[]);
+    let exec = run.json();
+    assert_eq!(status(action(&exec, "Tell/Post")), "Succeeded", "{exec:#}");
+    let got = server.received("/hook");
+    assert_eq!(got.len(), 1, "{got:?}");
+    let body = String::from_utf8(got[0].body.clone()).unwrap();
+    assert_eq!(body, format!(r#"{{"text":"deployed","token":"{TOKEN}"}}"#));
+    assert_eq!(got[0].headers["content-length"], body.len().to_string());
+
+    let id = exec["execution_id"].as_str().unwrap();
+    let logs = p.sluice(&["logs", id, "Tell/Post"]);
+    assert!(
+        logs.stdout.contains("\"token\":\"[sluice-secret:tok]\""),
+        "the plugin held the placeholder: {}",
+        logs.stdout
+    );
+    let grep = Command::new("grep")
+        .args(["-r", "-l", TOKEN])
+        .arg(p.path(".sluice"))
+        .output()
+        .unwrap();
+    assert!(
+        grep.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&grep.stdout)
+    );
+}

@@ -29,6 +29,12 @@ pub fn greet_v2() -> &'static str {
     PATH.get_or_init(|| component("tests/guests/Cargo.toml", "greet_v2.wasm"))
 }
 
+/// The `poster` test plugin: POSTs a document with secrets in its body.
+pub fn poster() -> &'static str {
+    static PATH: OnceLock<String> = OnceLock::new();
+    PATH.get_or_init(|| component("tests/guests/Cargo.toml", "poster.wasm"))
+}
+
 /// The example Rust function (examples/functions/rust-release-notes).
 pub fn rust_function() -> &'static str {
     static PATH: OnceLock<String> = OnceLock::new();

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod guests;
-pub use guests::{greet_v1, greet_v2, hostile, probe, rust_function, rust_rule, site_tools};
+pub use guests::{
+    greet_v1, greet_v2, hostile, poster, probe, rust_function, rust_rule, site_tools,
+};
 
 /// The repository root.
 pub fn repo() -> PathBuf {

@@ -152,6 +152,7 @@ pub async fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
         secrets: Default::default(),
         cacheable: false,
         reveal: false,
+        secrets_in_body: false,
         invoke: None,
         continuation: args.continuation.clone(),
         wake_payload: args.wake_payload.clone(),

@@ -122,6 +122,9 @@ pub enum Capability {
     /// Hold the values of the secrets its action lists (`reveal`); the action's `secrets:`
     /// list is the grant.
     Secrets,
+    /// Have the host put its action's secrets in place of their placeholders in the bodies of
+    /// requests to granted origins (not only in the headers); the plugin holds no value.
+    SecretsInBody,
 }
 
 impl std::fmt::Display for Capability {
@@ -138,6 +141,10 @@ impl std::fmt::Display for Capability {
             Capability::Secrets => write!(
                 f,
                 "secrets: holds the values of the secrets its action lists"
+            ),
+            Capability::SecretsInBody => write!(
+                f,
+                "secrets-in-body: the host puts its action's secrets into request bodies to granted origins"
             ),
         }
     }

@@ -207,9 +207,10 @@ impl HostState {
         }
     }
 
-    /// Values the host puts in place of their placeholders in outgoing HTTP headers.
-    pub(super) fn http_secrets(&mut self, secrets: Vec<(String, String)>) {
-        self.http_guard.set_secrets(secrets);
+    /// Values the host puts in place of their placeholders in outgoing HTTP headers (and bodies,
+    /// when `in_body`).
+    pub(super) fn http_secrets(&mut self, secrets: Vec<(String, String)>, in_body: bool) {
+        self.http_guard.set_secrets(secrets, in_body);
     }
 
     /// The engine's directories programs never reach, and their largest file.

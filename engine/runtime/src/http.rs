@@ -15,6 +15,37 @@ pub(super) struct OriginGuard {
     /// Secret placeholders in the guest's configuration and the values the host puts in
     /// their place in request headers (the guest never holds a value).
     secrets: Vec<(String, String)>,
+    /// Also in request bodies (the plugin declared `secrets-in-body`), which are then read
+    /// whole, at most [`MAX_SUBSTITUTED_BODY`] bytes, before they are sent.
+    in_body: bool,
+}
+
+/// The largest request body the host reads to put secrets in: a body with a secret is a small
+/// document (JSON, a form), never an upload.
+pub const MAX_SUBSTITUTED_BODY: usize = 1 << 20;
+
+/// `bytes` with every placeholder replaced by its value.
+fn replace_all(bytes: &[u8], secrets: &[(String, String)]) -> Vec<u8> {
+    let mut out = bytes.to_vec();
+    for (placeholder, value) in secrets {
+        let p = placeholder.as_bytes();
+        if p.is_empty() || !out.windows(p.len()).any(|w| w == p) {
+            continue;
+        }
+        let mut next = Vec::with_capacity(out.len());
+        let mut i = 0;
+        while i < out.len() {
+            if out[i..].starts_with(p) {
+                next.extend_from_slice(value.as_bytes());
+                i += p.len();
+            } else {
+                next.push(out[i]);
+                i += 1;
+            }
+        }
+        out = next;
+    }
+    out
 }
 
 impl OriginGuard {
@@ -26,11 +57,13 @@ impl OriginGuard {
                 .collect(),
             log,
             secrets: Vec::new(),
+            in_body: false,
         }
     }
 
-    pub(super) fn set_secrets(&mut self, secrets: Vec<(String, String)>) {
+    pub(super) fn set_secrets(&mut self, secrets: Vec<(String, String)>, in_body: bool) {
         self.secrets = secrets;
+        self.in_body = in_body;
     }
 
     /// Whether any header carries a secret placeholder.
@@ -108,8 +141,17 @@ impl WasiHttpHooks for OriginGuard {
             &[],
         );
         let _ = fut;
+        let body_secrets = if self.in_body && !self.secrets.is_empty() {
+            Some((self.secrets.clone(), self.log.clone()))
+        } else {
+            None
+        };
         Box::new(async move {
             use http_body_util::BodyExt;
+            let request = match body_secrets {
+                Some((secrets, log)) => with_secrets_in_body(request, &secrets, &*log).await?,
+                None => request,
+            };
             let (res, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
             Ok((
                 res.map(BodyExt::boxed_unsync),
@@ -119,9 +161,66 @@ impl WasiHttpHooks for OriginGuard {
     }
 }
 
+/// The request with its body read (bounded) and each placeholder in it replaced by its value;
+/// a `content-length` the guest set is corrected to the new length.
+async fn with_secrets_in_body(
+    request: http::Request<wasmtime_wasi_http::WasiBody>,
+    secrets: &[(String, String)],
+    log: &dyn LogSink,
+) -> Result<http::Request<wasmtime_wasi_http::WasiBody>, Error> {
+    use http_body_util::BodyExt;
+    let (mut parts, body) = request.into_parts();
+    let bytes = match http_body_util::Limited::new(body, MAX_SUBSTITUTED_BODY)
+        .collect()
+        .await
+    {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) => {
+            log.log(
+                Level::Error,
+                &format!(
+                    "outbound HTTP to {} refused: its body could not be read to put secrets in (at most {MAX_SUBSTITUTED_BODY} bytes): {e}",
+                    parts.uri
+                ),
+                &[],
+            );
+            return Err(Error::HttpRequestBodySize(None));
+        }
+    };
+    let replaced = replace_all(&bytes, secrets);
+    if parts.headers.contains_key(http::header::CONTENT_LENGTH) {
+        parts
+            .headers
+            .insert(http::header::CONTENT_LENGTH, replaced.len().into());
+    }
+    let body = http_body_util::Full::new(bytes::Bytes::from(replaced))
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    Ok(http::Request::from_parts(parts, body))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn placeholders_are_replaced_everywhere_in_a_body() {
+        let secrets = vec![
+            ("[sluice-secret:a]".to_string(), "AAA".to_string()),
+            ("[sluice-secret:b]".to_string(), "".to_string()),
+        ];
+        assert_eq!(
+            replace_all(
+                b"{\"k\":\"[sluice-secret:a]\",\"l\":\"[sluice-secret:a][sluice-secret:b]x\"}",
+                &secrets
+            ),
+            b"{\"k\":\"AAA\",\"l\":\"AAAx\"}"
+        );
+        assert_eq!(
+            replace_all(b"[sluice-secret:", &secrets),
+            b"[sluice-secret:"
+        );
+    }
 
     #[test]
     fn origins_and_grants() {

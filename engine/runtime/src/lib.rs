@@ -185,6 +185,8 @@ pub struct Invocation {
     pub http: Vec<String>,
     /// Secret placeholders → values, put into request headers to granted origins.
     pub http_secrets: Vec<(String, String)>,
+    /// Put `http_secrets` into request bodies too (the plugin declared `http-body`).
+    pub http_secrets_in_body: bool,
     /// Secrets the guest may hold through the `secrets` import (the pipeline's name → value):
     /// only for a plugin with the `secrets` capability, only those its action lists.
     pub revealable: Vec<(String, String)>,
@@ -585,6 +587,7 @@ impl Runtime {
             exclude: Vec::new(),
             http: Vec::new(),
             http_secrets: Vec::new(),
+            http_secrets_in_body: false,
             revealable: Vec::new(),
             deterministic: false,
             nats: Vec::new(),
@@ -677,7 +680,7 @@ impl Runtime {
         );
         state.grant_nats(take(&mut inv.nats), self.nats.clone());
         state.bound_programs(take(&mut inv.program_hidden), inv.program_file_size);
-        state.http_secrets(take(&mut inv.http_secrets));
+        state.http_secrets(take(&mut inv.http_secrets), inv.http_secrets_in_body);
         state.revealable(take(&mut inv.revealable));
         Ok((self.store(state), stdout, stderr))
     }
@@ -726,9 +729,12 @@ impl Runtime {
             Ok(Err(e)) => return Err(trap_error(e, store.data())),
             Ok(Ok(d)) => d,
         };
-        if let Some(unknown) = secret_uses.iter().find(|u| *u != "reveal") {
+        if let Some(unknown) = secret_uses
+            .iter()
+            .find(|u| *u != "reveal" && *u != "http-body")
+        {
             return Err(RunError::Instantiate(format!(
-                "`secret-uses` names {unknown:?}; this engine knows `reveal`"
+                "`secret-uses` names {unknown:?}; this engine knows `reveal` and `http-body`"
             )));
         }
         let type_of = |key: &str| {
@@ -782,6 +788,12 @@ impl Runtime {
                         .iter()
                         .any(|u| u == "reveal")
                         .then_some(Capability::Secrets),
+                )
+                .chain(
+                    secret_uses
+                        .iter()
+                        .any(|u| u == "http-body")
+                        .then_some(Capability::SecretsInBody),
                 )
                 .collect(),
             side_effects: d.side_effects,

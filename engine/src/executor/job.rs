@@ -101,6 +101,10 @@ pub struct JobSpec {
     /// secrets listed above (`reveal`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub reveal: bool,
+    /// Its plugin declares `secrets-in-body`: the host puts the values into request bodies
+    /// to granted origins too.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub secrets_in_body: bool,
 }
 
 /// Changes when what a cache key covers changes, so old entries are never taken for new ones.
@@ -379,6 +383,10 @@ impl JobSpec {
                 .description
                 .capabilities
                 .contains(&Capability::Secrets),
+            secrets_in_body: plugin
+                .description
+                .capabilities
+                .contains(&Capability::SecretsInBody),
         })
     }
 }
@@ -870,6 +878,7 @@ async fn run_in(
             .iter()
             .map(|(name, value)| (crate::secrets::placeholder(name), value.clone()))
             .collect(),
+        http_secrets_in_body: job.secrets_in_body,
         revealable: if job.reveal {
             secrets
                 .iter()

@@ -161,6 +161,15 @@ impl Description {
         typed::declare_secret_use("reveal");
         self
     }
+    /// The host may put its action's secrets into the *bodies* of the plugin's requests to
+    /// granted origins, not only into their headers: a `#{secrets.NAME}` in the configuration
+    /// reaches the plugin as a placeholder, which it may write into a JSON document or a form,
+    /// and the value replaces it on the way out. Bodies of such requests are read whole before
+    /// they are sent (at most 1 MiB). Shown as the `secrets-in-body` capability.
+    pub fn secrets_in_body(self) -> Self {
+        typed::declare_secret_use("http-body");
+        self
+    }
     /// A capability the plugin needs (see [`Capability`]).
     pub fn needs(mut self, capability: Capability) -> Self {
         self.capabilities.push(capability);

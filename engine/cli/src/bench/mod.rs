@@ -283,6 +283,7 @@ fn noop_job(
         secrets: Default::default(),
         cacheable: false,
         reveal: false,
+        secrets_in_body: false,
         tenant: "default".into(),
         pipeline: "bench".into(),
         execution_id: "bench".into(),
