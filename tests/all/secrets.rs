@@ -508,3 +508,103 @@ stages:
         String::from_utf8_lossy(&grep.stdout)
     );
 }
+
+/// The service's master key rotated without stopping the service: engines are restarted one
+/// at a time with the new key and the old one as previous (executions keep getting the secret
+/// throughout), an operator re-seals every data key (`secret rotate-key --nats`), and then the
+/// engines run with the new key alone. An engine with the old key alone now opens nothing.
+#[test]
+fn the_services_master_key_is_rotated_while_it_runs() {
+    use crate::harness::nats::{Engine, NatsServer, wait_for};
+    use std::time::Duration;
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let p = Project::new(
+        "name: rot\nsecrets:\n  tok: { from: ROT_TOKEN }\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: PROBE, secrets: [tok], with: { mode: reveal, secret: tok } }\n",
+    );
+    let (old, new) = (p.path("old.key"), p.path("new.key"));
+    let (old, new) = (old.to_str().unwrap(), new.to_str().unwrap());
+    let only_old = [("SLUICE_MASTER_KEY_FILE", old)];
+    let rotating = [
+        ("SLUICE_MASTER_KEY_FILE", new),
+        ("SLUICE_PREVIOUS_MASTER_KEY_FILE", old),
+    ];
+    let only_new = [("SLUICE_MASTER_KEY_FILE", new)];
+    let serve = |name: &str, env: &[(&str, &str)]| {
+        Engine::start_env(p.dir.path(), name, &["--nats", &url], env)
+    };
+    let mut a = serve("engine-a", &only_old);
+    wait_for(Duration::from_secs(30), "engine a's key", || {
+        std::path::Path::new(old).exists().then_some(())
+    });
+    let mut b = serve("engine-b", &only_old);
+    wait_for(Duration::from_secs(30), "the engines to answer", || {
+        (put_secret(&p, "ROT_TOKEN", TOKEN, &["--nats", &url]).code == 0).then_some(())
+    });
+    assert_eq!(
+        p.sluice(&["pipeline", "put", "pipeline.yaml", "--nats", &url])
+            .code,
+        0
+    );
+    let works = |when: &str| {
+        for _ in 0..3 {
+            let start = p.sluice(&["start", "rot", "--watch", "--nats", &url]);
+            assert_eq!(start.code, 0, "{when}: {}", start.stderr);
+            let r = p.sluice(&["status", start.stdout.trim(), "--json", "--nats", &url]);
+            let exec: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+            assert_eq!(
+                action(&exec, "S/A")["variables"]["Length"],
+                TOKEN.len().to_string(),
+                "{when}: {exec:#}"
+            );
+        }
+    };
+    works("before");
+
+    // One engine at a time: the new key, the old one as previous.
+    a.kill9();
+    a = serve("engine-a", &rotating);
+    wait_for(Duration::from_secs(30), "the new key", || {
+        std::path::Path::new(new).exists().then_some(())
+    });
+    works("one engine restarted");
+    b.kill9();
+    b = serve("engine-b", &rotating);
+    works("both restarted");
+
+    let rotated = wait_for(Duration::from_secs(30), "the rotation", || {
+        let r = p.sluice(&["secret", "rotate-key", "--nats", &url]);
+        (r.code == 0).then_some(r.stdout)
+    });
+    assert!(rotated.contains("re-sealed 1 data key(s)"), "{rotated}");
+    works("rotated");
+
+    // The previous key is no longer needed; the old one alone opens nothing now.
+    a.kill9();
+    b.kill9();
+    let answering = || {
+        wait_for(Duration::from_secs(30), "an engine to answer", || {
+            (p.sluice(&["pipeline", "ls", "--nats", &url]).code == 0).then_some(())
+        })
+    };
+    let _a = serve("engine-a", &only_new);
+    answering();
+    works("new key alone");
+    drop(_a);
+    let _b = serve("engine-b-old", &only_old);
+    answering();
+    let start = wait_for(Duration::from_secs(30), "the old-key engine", || {
+        let r = p.sluice(&["start", "rot", "--watch", "--nats", &url]);
+        (!r.stdout.trim().is_empty()).then_some(r)
+    });
+    let r = p.sluice(&["status", start.stdout.trim(), "--json", "--nats", &url]);
+    let exec: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(status(action(&exec, "S/A")), "Failed", "{exec:#}");
+    assert!(
+        action(&exec, "S/A")["error"]
+            .as_str()
+            .unwrap()
+            .contains("is not the one this store's keys were sealed with"),
+        "{exec:#}"
+    );
+}

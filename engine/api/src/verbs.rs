@@ -130,6 +130,9 @@ verbs! {
     "secret.ls" => SecretLs -> Vec<SecretInfo>, Viewer;
     /// Remove a secret.
     "secret.rm" => SecretRm -> Named, Developer;
+    /// Re-seal every tenant's data key under the engines' current master key (the last step
+    /// of an online rotation: engines first get the new key, with the old one as previous).
+    "secret.rotate-key" => SecretRotateKey -> KeysRotated, Operator;
     /// The tenant's action cache: the successes pure actions may be taken from.
     "cache.ls" => CacheLs -> Vec<CacheEntry>, Viewer;
     /// Forget cached successes (of one pipeline, if named): those actions run again next time.
@@ -550,6 +553,20 @@ pub struct SecretInfo {
     pub created: String,
     /// When its value last changed.
     pub updated: String,
+}
+
+/// `secret.rotate-key`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretRotateKey {}
+
+/// The reply to `secret.rotate-key`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeysRotated {
+    /// Data keys re-sealed (one per tenant with secrets).
+    pub resealed: usize,
+    /// The master key they are sealed under now.
+    pub master_key: String,
 }
 
 /// `cache.ls`.
@@ -1017,7 +1034,7 @@ impl Request {
             Request::SecretPut(SecretPut { name, .. }) | Request::SecretRm(SecretRm { name }) => {
                 vec![("the secret", name.clone())]
             }
-            Request::SecretLs(_) => vec![],
+            Request::SecretLs(_) | Request::SecretRotateKey(_) => vec![],
             Request::CacheLs(CacheLs { pipeline })
             | Request::CacheClear(CacheClear { pipeline }) => {
                 vec![("the pipeline name", opt(pipeline))]
@@ -1120,6 +1137,6 @@ mod tests {
         v.sort();
         v.dedup();
         assert_eq!(v.len(), VERBS.len());
-        assert_eq!(VERBS.len(), 40);
+        assert_eq!(VERBS.len(), 41);
     }
 }

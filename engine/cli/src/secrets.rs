@@ -81,9 +81,12 @@ pub async fn on_service(
         .into(),
         SecretCmd::Ls => verbs::SecretLs {}.into(),
         SecretCmd::Rm { name } => verbs::SecretRm { name: name.clone() }.into(),
-        SecretCmd::RotateKey { .. } => bail!(
-            "the service's master key is rotated with its engines stopped: `sluice secret rotate-key --data DATA` on the embedded service's data folder is not built yet for the service store; see docs/secrets.md"
+        SecretCmd::RotateKey {
+            new_key_file: Some(_),
+        } => bail!(
+            "the service rotates to the master key its engines were started with: give every engine the new key (SLUICE_MASTER_KEY_FILE) and the old one (SLUICE_PREVIOUS_MASTER_KEY_FILE), then run `sluice secret rotate-key --service` without --new-key-file (docs/secrets.md)"
         ),
+        SecretCmd::RotateKey { new_key_file: None } => verbs::SecretRotateKey {}.into(),
     };
     let reply = match client.call(&request).await {
         Ok(v) => v,
@@ -104,7 +107,13 @@ pub async fn on_service(
             print_list(&all, &format!("tenant {}", target.tenant));
         }
         SecretCmd::Rm { name } => println!("removed secret {name}"),
-        SecretCmd::RotateKey { .. } => unreachable!(),
+        SecretCmd::RotateKey { .. } => {
+            let r: verbs::KeysRotated = serde_json::from_value(reply)?;
+            println!(
+                "re-sealed {} data key(s) under master key {}; the previous key is no longer needed (drop SLUICE_PREVIOUS_MASTER_KEY_FILE from the engines)",
+                r.resealed, r.master_key
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

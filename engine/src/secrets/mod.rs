@@ -52,5 +52,28 @@ pub fn for_service(
             key.id
         );
     }
-    Ok(std::sync::Arc::new(SecretStore::new(kv, key)))
+    // An online rotation: the key being rotated away from, which data keys may still be
+    // sealed under until an operator runs `sluice secret rotate-key --service`.
+    let previous = match std::env::var_os("SLUICE_PREVIOUS_MASTER_KEY_FILE") {
+        Some(p) => {
+            let p = std::path::PathBuf::from(p);
+            let prev = MasterKey::read(&p)?.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "SLUICE_PREVIOUS_MASTER_KEY_FILE names {}, which does not exist",
+                    p.display()
+                )
+            })?;
+            tracing::info!(
+                "secrets: master key {} in use; data keys still sealed under {} (from {}) open too",
+                key.id,
+                prev.id,
+                p.display()
+            );
+            Some(prev)
+        }
+        None => None,
+    };
+    Ok(std::sync::Arc::new(
+        SecretStore::new(kv, key).with_previous(previous),
+    ))
 }

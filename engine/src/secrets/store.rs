@@ -69,6 +69,10 @@ pub enum SecretError {
 pub struct SecretStore {
     kv: Arc<dyn Kv>,
     master: MasterKey,
+    /// The master key being rotated away from: data keys sealed under it still open (never
+    /// re-sealed implicitly: engines not yet given the new key must keep opening them until
+    /// an operator rotates).
+    previous: Option<MasterKey>,
 }
 
 fn key_key(tenant: &str) -> String {
@@ -94,7 +98,23 @@ fn now() -> String {
 impl SecretStore {
     /// A store over `kv` with `master`.
     pub fn new(kv: Arc<dyn Kv>, master: MasterKey) -> Self {
-        SecretStore { kv, master }
+        SecretStore {
+            kv,
+            master,
+            previous: None,
+        }
+    }
+
+    /// Also open data keys sealed under `previous` (a rotation in progress).
+    pub fn with_previous(mut self, previous: Option<MasterKey>) -> Self {
+        self.previous = previous;
+        self
+    }
+
+    /// Re-seal every data key under this store's master key, opening those still sealed under
+    /// the previous one; returns how many. The last step of an online rotation.
+    pub async fn rotate_to_current(&self) -> Result<usize, SecretError> {
+        self.rotate(&self.master).await
     }
 
     /// The id of the master key in use.
@@ -136,13 +156,21 @@ impl SecretStore {
                 }
             }
         };
-        if record.master_key != self.master.id {
+        let master = if record.master_key == self.master.id {
+            &self.master
+        } else if let Some(previous) = self.previous.as_ref().filter(|p| p.id == record.master_key)
+        {
+            previous
+        } else {
             return Err(SecretError::WrongMasterKey {
-                given: self.master.id.clone(),
+                given: match &self.previous {
+                    Some(p) => format!("{} (previous: {})", self.master.id, p.id),
+                    None => self.master.id.clone(),
+                },
                 stored: record.master_key,
             });
-        }
-        let bytes = keys::open(self.master.bytes(), &record.sealed, &data_key_aad(tenant))
+        };
+        let bytes = keys::open(master.bytes(), &record.sealed, &data_key_aad(tenant))
             .ok_or_else(|| SecretError::Tampered(format!("the data key of tenant `{tenant}`")))?;
         let bytes: [u8; 32] = bytes
             .try_into()

@@ -37,6 +37,16 @@ impl Service {
             .map_err(refusal)
     }
 
+    /// `secret.rotate-key`: every data key re-sealed under this engine's master key.
+    pub async fn secret_rotate_key(&self) -> Result<sluice_api::verbs::KeysRotated, ApiError> {
+        let store = self.secret_store()?;
+        let resealed = store.rotate_to_current().await.map_err(refusal)?;
+        Ok(sluice_api::verbs::KeysRotated {
+            resealed,
+            master_key: store.master_key_id().to_string(),
+        })
+    }
+
     /// `secret.ls`.
     pub async fn secret_ls(&self, tenant: &str) -> Result<Vec<SecretInfo>, ApiError> {
         self.secret_store()?.list(tenant).await.map_err(refusal)

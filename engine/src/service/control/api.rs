@@ -180,6 +180,7 @@ impl Service {
             Request::PluginInstalled(_) => reply(self.installed_plugins(&p.tenant).await),
             Request::SecretPut(r) => reply(self.secret_put(&p.tenant, r).await),
             Request::SecretLs(_) => reply(self.secret_ls(&p.tenant).await),
+            Request::SecretRotateKey(_) => reply(self.secret_rotate_key().await),
             Request::SecretRm(r) => reply(
                 self.secret_rm(&p.tenant, &r.name)
                     .await

@@ -273,6 +273,7 @@ where
         .routes(routes!(installed_plugins, install_plugin))
         .routes(routes!(list_secrets))
         .routes(routes!(put_secret, delete_secret))
+        .routes(routes!(rotate_secret_key))
         .routes(routes!(list_cache, clear_cache))
         .routes(routes!(artifact_tar))
         .routes(routes!(artifact_files))
@@ -1140,6 +1141,14 @@ async fn put_secret(
         },
     )
     .await
+}
+
+/// Re-seal every tenant's data key under the engines' current master key (operators; the
+/// last step of an online rotation, see docs/secrets.md).
+#[utoipa::path(post, path = "/api/v1/secrets/rotate-key", tag = "secrets",
+    responses((status = 200, description = "`{resealed, master_key}`", body = Value), (status = 403, description = "Not an operator", body = Value)))]
+async fn rotate_secret_key(State(s): Shared) -> Reply {
+    call(&s, verbs::SecretRotateKey {}).await
 }
 
 /// Remove a secret.
