@@ -14,6 +14,20 @@ fn put_secret(p: &Project, name: &str, value: &str, extra: &[&str]) -> Run {
     sluice_with_input(p.dir.path(), &args, &[], value)
 }
 
+/// No file of the project's data folder holds [`TOKEN`] in the clear (binary files included).
+fn nowhere_in_the_clear(p: &Project) {
+    let grep = Command::new("grep")
+        .args(["-r", "-l", "-a", TOKEN])
+        .arg(p.path(".sluice"))
+        .output()
+        .unwrap();
+    assert!(
+        grep.stdout.is_empty(),
+        "in the clear: {}",
+        String::from_utf8_lossy(&grep.stdout)
+    );
+}
+
 const PIPELINE: &str = r##"
 name: ship
 secrets:
@@ -126,16 +140,7 @@ fn a_secret_reaches_the_server_and_the_program_and_nothing_else() {
     assert_eq!(action(&exec, "Deploy/Script")["variables"]["Copied"], "***");
 
     // Nothing in the data folder holds the value in the clear.
-    let grep = Command::new("grep")
-        .args(["-r", "-l", "-a", TOKEN])
-        .arg(p.path(".sluice"))
-        .output()
-        .unwrap();
-    assert!(
-        grep.stdout.is_empty(),
-        "in the clear: {}",
-        String::from_utf8_lossy(&grep.stdout)
-    );
+    nowhere_in_the_clear(&p);
 }
 
 /// The forms a value may be written in (as the Script action writes them).
@@ -435,16 +440,7 @@ stages:
         "{}",
         logs.stdout
     );
-    let grep = Command::new("grep")
-        .args(["-r", "-l", TOKEN])
-        .arg(p.path(".sluice"))
-        .output()
-        .unwrap();
-    assert!(
-        grep.stdout.is_empty(),
-        "the value is in {}",
-        String::from_utf8_lossy(&grep.stdout)
-    );
+    nowhere_in_the_clear(&p);
 }
 
 /// A plugin that declares `secrets_in_body` writes a document with a secret's placeholder in
@@ -497,16 +493,7 @@ stages:
         "the plugin held the placeholder: {}",
         logs.stdout
     );
-    let grep = Command::new("grep")
-        .args(["-r", "-l", TOKEN])
-        .arg(p.path(".sluice"))
-        .output()
-        .unwrap();
-    assert!(
-        grep.stdout.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&grep.stdout)
-    );
+    nowhere_in_the_clear(&p);
 }
 
 /// The service's master key rotated without stopping the service: engines are restarted one

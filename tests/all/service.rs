@@ -552,6 +552,32 @@ stages:
         inputs: [site]
 "##;
 
+/// Two engines on NATS with `--ack-wait ACK_WAIT`, the project's pipeline `svc` registered and
+/// started: the engines and the execution's id.
+fn two_engines_start_svc(p: &Project, url: &str, ack_wait: &str) -> ([Engine; 2], String) {
+    let engines = ["engine-a", "engine-b"]
+        .map(|name| Engine::start(p.dir.path(), name, &["--nats", url, "--ack-wait", ack_wait]));
+    wait_for(Duration::from_secs(30), "the engines to answer", || {
+        (client(p, url, &["pipeline", "put", "pipeline.yaml"]).code == 0).then_some(())
+    });
+    let start = client(p, url, &["start", "svc"]);
+    assert_eq!(start.code, 0, "{start:?}");
+    (engines, start.stdout.trim().to_string())
+}
+
+/// Which of `engines` started the first attempt of `action` (STAGE/ACTION).
+fn runner_of(engines: &[Engine], action: &str) -> usize {
+    wait_for(
+        Duration::from_secs(60),
+        &format!("an engine to run {action}"),
+        || {
+            engines
+                .iter()
+                .position(|e| e.log().contains(&format!("/{action} attempt 1")))
+        },
+    )
+}
+
 /// `status` says which engine runs a long attempt, and once that engine is gone (kill -9),
 /// that it is lost and when the queue gives the job to another engine — which then runs it.
 #[test]
@@ -561,33 +587,8 @@ fn status_names_the_engine_running_an_attempt_and_says_when_it_is_lost() {
     let p = Project::new(
         "name: svc\nstages:\n  - name: Hold\n    actions:\n      - { name: Sleep, uses: PROBE, cache: false, with: { mode: sleep, ms: \"5000\" } }\n",
     );
-    let mut engines = [
-        Engine::start(
-            p.dir.path(),
-            "engine-a",
-            &["--nats", &url, "--ack-wait", "6s"],
-        ),
-        Engine::start(
-            p.dir.path(),
-            "engine-b",
-            &["--nats", &url, "--ack-wait", "6s"],
-        ),
-    ];
-    wait_for(Duration::from_secs(30), "the engines to answer", || {
-        (client(&p, &url, &["pipeline", "put", "pipeline.yaml"]).code == 0).then_some(())
-    });
-    let start = client(&p, &url, &["start", "svc"]);
-    assert_eq!(start.code, 0, "{start:?}");
-    let id = start.stdout.trim().to_string();
-    let victim = wait_for(
-        Duration::from_secs(30),
-        "an engine to run Hold/Sleep",
-        || {
-            engines
-                .iter()
-                .position(|e| e.log().contains("/Hold/Sleep attempt 1"))
-        },
-    );
+    let (mut engines, id) = two_engines_start_svc(&p, &url, "6s");
+    let victim = runner_of(&engines, "Hold/Sleep");
     let pid = engines[victim].pid();
     // After one heartbeat period (2 s) the attempt names its engine.
     let running = wait_for(Duration::from_secs(10), "status to name the engine", || {
@@ -637,35 +638,10 @@ fn kill_9_of_an_engine_mid_deploy_finishes_on_the_other_with_one_side_effect() {
     let url = nats.url();
     let effects = tempfile::tempdir().unwrap();
     let p = Project::new(&EFFECT.replace("EFFECTS", &effects.path().display().to_string()));
-    let mut engines = [
-        Engine::start(
-            p.dir.path(),
-            "engine-a",
-            &["--nats", &url, "--ack-wait", "2s"],
-        ),
-        Engine::start(
-            p.dir.path(),
-            "engine-b",
-            &["--nats", &url, "--ack-wait", "2s"],
-        ),
-    ];
-    wait_for(Duration::from_secs(30), "the engines to answer", || {
-        (client(&p, &url, &["pipeline", "put", "pipeline.yaml"]).code == 0).then_some(())
-    });
-    let start = client(&p, &url, &["start", "svc"]);
-    assert_eq!(start.code, 0, "{start:?}");
-    let id = start.stdout.trim().to_string();
+    let (mut engines, id) = two_engines_start_svc(&p, &url, "2s");
 
     // Find the engine running the deploy, wait for its side effect, and kill it.
-    let victim = wait_for(
-        Duration::from_secs(60),
-        "an engine to run Deploy/Release",
-        || {
-            engines
-                .iter()
-                .position(|e| e.log().contains("/Deploy/Release attempt 1"))
-        },
-    );
+    let victim = runner_of(&engines, "Deploy/Release");
     wait_for(Duration::from_secs(30), "the side effect", || {
         effects.path().join("effects.log").exists().then_some(())
     });
