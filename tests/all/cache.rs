@@ -35,6 +35,12 @@ fn an_unchanged_pure_action_is_taken_from_the_cache_and_any_change_runs_it_again
     let p = Project::new("name: placeholder\nstages: []\n");
     p.write("src/a.txt", "hello\n");
     p.write("pipeline.yaml", &pipeline(probe(), "v1", true));
+    let empty = p.sluice(&["cache", "ls"]);
+    assert!(empty.stdout.contains("empty"), "{empty:?}");
+    assert!(
+        !p.path(".sluice").exists(),
+        "looking at the cache makes no data folder"
+    );
     let first = p.run(&[]).json();
     let first_id = first["execution_id"].as_str().unwrap().to_string();
     assert_eq!(cached(&first, "Build/Copy"), None);

@@ -30,6 +30,16 @@ pub enum CacheCmd {
 
 /// On the data folder's cache.
 pub async fn local(cmd: CacheCmd, data: &Path) -> anyhow::Result<ExitCode> {
+    if !data.exists() {
+        // Nothing ran here: say so without making a data folder as a side effect.
+        let whose = data.display().to_string();
+        match cmd {
+            CacheCmd::Ls { .. } => print_list(&[], &whose),
+            CacheCmd::Stats => print_stats(&[], &whose),
+            CacheCmd::Clear { .. } => println!("removed 0 cached result(s) ({whose})"),
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let cache = local::action_cache(data)?;
     let tenant = sluice_engine::executor::DEFAULT_TENANT;
     let whose = data.display().to_string();
