@@ -80,15 +80,11 @@ impl OriginGuard {
         request: &mut http::Request<wasmtime_wasi_http::WasiBody>,
     ) -> Result<(), String> {
         for value in request.headers_mut().values_mut() {
-            let text = String::from_utf8_lossy(value.as_bytes()).into_owned();
-            if !self.secrets.iter().any(|(p, _)| text.contains(p.as_str())) {
+            let replaced = replace_all(value.as_bytes(), &self.secrets);
+            if replaced == value.as_bytes() {
                 continue;
             }
-            let mut replaced = text;
-            for (placeholder, secret) in &self.secrets {
-                replaced = replaced.replace(placeholder.as_str(), secret);
-            }
-            *value = http::HeaderValue::from_str(&replaced).map_err(|_| {
+            *value = http::HeaderValue::from_bytes(&replaced).map_err(|_| {
                 "a secret cannot be sent in a header (it holds characters a header may not)"
                     .to_string()
             })?;
@@ -220,6 +216,38 @@ mod tests {
             replace_all(b"[sluice-secret:", &secrets),
             b"[sluice-secret:"
         );
+    }
+
+    #[tokio::test]
+    async fn a_body_too_large_to_read_for_secrets_is_refused_and_logged() {
+        use http_body_util::BodyExt;
+        struct Lines(std::sync::Mutex<Vec<String>>);
+        impl LogSink for Lines {
+            fn log(&self, _: Level, message: &str, _: &[(String, String)]) {
+                self.0.lock().unwrap().push(message.to_string());
+            }
+        }
+        let log = Lines(Default::default());
+        let secrets = vec![("[sluice-secret:a]".to_string(), "AAAA".to_string())];
+        let request = |bytes: Vec<u8>| {
+            http::Request::builder()
+                .uri("https://example.com/hook")
+                .header(http::header::CONTENT_LENGTH, bytes.len())
+                .body(
+                    http_body_util::Full::new(bytes::Bytes::from(bytes))
+                        .map_err(|never| match never {})
+                        .boxed_unsync(),
+                )
+                .unwrap()
+        };
+        let huge = request(vec![b'x'; MAX_SUBSTITUTED_BODY + 1]);
+        assert!(with_secrets_in_body(huge, &secrets, &log).await.is_err());
+        assert!(log.0.lock().unwrap()[0].contains("refused"), "{:?}", log.0);
+        let small = request(b"{\"t\":\"[sluice-secret:a]\"}".to_vec());
+        let sent = with_secrets_in_body(small, &secrets, &log).await.unwrap();
+        assert_eq!(sent.headers()[http::header::CONTENT_LENGTH], "12");
+        let body = sent.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"{\"t\":\"AAAA\"}");
     }
 
     #[test]

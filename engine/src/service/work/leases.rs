@@ -21,8 +21,13 @@ fn key(lease_id: &str) -> String {
     format!("_leases/{lease_id}")
 }
 
-/// This process, as people find it: `HOST/PID`.
+/// This process, as people find it: `HOST/PID` (read once).
 fn this_engine() -> String {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(host_and_pid).clone()
+}
+
+fn host_and_pid() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())
