@@ -194,6 +194,36 @@ fn the_services_cache_is_listed_and_cleared_from_the_cli_and_the_http_api() {
     );
     let (_, none) = http(http_port, "GET", "/api/v1/cache?pipeline=other", &[], b"");
     assert_eq!(none.trim(), "[]");
+    // A page at a time: each page's last entry names the next (a whole cache is more than one
+    // NATS message holds); the pages together are the listing, newest first.
+    let mut paged = Vec::new();
+    let mut before = String::new();
+    loop {
+        let (code, body) = http(
+            http_port,
+            "GET",
+            &format!("/api/v1/cache?pipeline=cachy&limit=1{before}"),
+            &[],
+            b"",
+        );
+        assert_eq!(code, 200, "{body}");
+        let page: Vec<Value> = serde_json::from_str(&body).unwrap();
+        assert!(page.len() <= 1, "{body}");
+        let Some(last) = page.last() else { break };
+        let cursor = format!(
+            "{}/{}",
+            last["created"].as_str().unwrap(),
+            last["key"].as_str().unwrap()
+        );
+        before = format!("&before={}", cursor.replace(':', "%3A").replace('+', "%2B"));
+        paged.push(last["key"].clone());
+        assert!(
+            paged.len() <= listed.len(),
+            "the pages do not end: {paged:?}"
+        );
+    }
+    let keys: Vec<Value> = listed.iter().map(|e| e["key"].clone()).collect();
+    assert_eq!(paged, keys);
 
     // Cleared from the CLI: the next execution runs Copy (and records it again).
     let clear = ok(&p, &["cache", "clear", "--service", "--pipeline", "cachy"]);

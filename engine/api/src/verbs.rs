@@ -569,13 +569,21 @@ pub struct KeysRotated {
     pub master_key: String,
 }
 
-/// `cache.ls`.
+/// `cache.ls`: newest first, a page at a time (a tenant may have 10,000 entries: more than one
+/// NATS message holds).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CacheLs {
     /// Only this pipeline's entries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pipeline: Option<String>,
+    /// At most this many (default 100, at most [`MAX_LIST`](crate::limits::MAX_LIST)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+    /// Only entries after this one in the listing: the previous page's last entry as
+    /// [`CacheEntry::cursor`] gives it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<String>,
 }
 
 /// `cache.clear`.
@@ -605,6 +613,14 @@ pub struct CacheEntry {
     pub summary: Option<String>,
     /// When it was recorded (RFC 3339).
     pub created: String,
+}
+
+impl CacheEntry {
+    /// Where this entry stands in `cache.ls`'s order (newest first, then by key): the `before`
+    /// of the page after it.
+    pub fn cursor(&self) -> String {
+        format!("{}/{}", self.created, self.key)
+    }
 }
 
 /// The reply to `cache.clear`.
@@ -1035,8 +1051,13 @@ impl Request {
                 vec![("the secret", name.clone())]
             }
             Request::SecretLs(_) | Request::SecretRotateKey(_) => vec![],
-            Request::CacheLs(CacheLs { pipeline })
-            | Request::CacheClear(CacheClear { pipeline }) => {
+            Request::CacheLs(CacheLs {
+                pipeline, before, ..
+            }) => vec![
+                ("the pipeline name", opt(pipeline)),
+                ("the cursor", opt(before)),
+            ],
+            Request::CacheClear(CacheClear { pipeline }) => {
                 vec![("the pipeline name", opt(pipeline))]
             }
             Request::PluginLs(_)

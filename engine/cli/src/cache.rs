@@ -66,32 +66,39 @@ pub async fn on_service(
 ) -> anyhow::Result<ExitCode> {
     let client = target.client().await?;
     let whose = format!("tenant {} on the service", target.tenant);
-    let request: sluice_api::Request = match &cmd {
-        CacheCmd::Ls { pipeline } => verbs::CacheLs {
-            pipeline: pipeline.clone(),
+    let listed = |pipeline: Option<String>| {
+        let client = &client;
+        async move {
+            // Page by page: a whole cache is more than one NATS message holds.
+            let mut all: Vec<CacheEntry> = Vec::new();
+            loop {
+                let page = client
+                    .send(verbs::CacheLs {
+                        pipeline: pipeline.clone(),
+                        limit: Some(sluice_api::limits::MAX_LIST),
+                        before: all.last().map(CacheEntry::cursor),
+                    })
+                    .await?;
+                let full = page.len() == sluice_api::limits::MAX_LIST;
+                all.extend(page);
+                if !full {
+                    return Ok::<_, sluice_api::ApiError>(all);
+                }
+            }
         }
-        .into(),
-        CacheCmd::Stats => verbs::CacheLs { pipeline: None }.into(),
-        CacheCmd::Clear { pipeline } => verbs::CacheClear {
-            pipeline: pipeline.clone(),
-        }
-        .into(),
     };
-    let reply = match client.call(&request).await {
-        Ok(v) => v,
-        Err(e) => return crate::service::refused(e),
+    let done = match cmd {
+        CacheCmd::Ls { pipeline } => listed(pipeline).await.map(|all| print_list(&all, &whose)),
+        CacheCmd::Stats => listed(None).await.map(|all| print_stats(&all, &whose)),
+        CacheCmd::Clear { pipeline } => client
+            .send(verbs::CacheClear { pipeline })
+            .await
+            .map(|cleared| println!("removed {} cached result(s) ({whose})", cleared.removed)),
     };
-    match cmd {
-        CacheCmd::Ls { .. } => {
-            print_list(&serde_json::from_value::<Vec<CacheEntry>>(reply)?, &whose)
-        }
-        CacheCmd::Stats => print_stats(&serde_json::from_value::<Vec<CacheEntry>>(reply)?, &whose),
-        CacheCmd::Clear { .. } => {
-            let cleared: verbs::CacheCleared = serde_json::from_value(reply)?;
-            println!("removed {} cached result(s) ({whose})", cleared.removed);
-        }
+    match done {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => crate::service::refused(e),
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 fn print_list(all: &[CacheEntry], whose: &str) {

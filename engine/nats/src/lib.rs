@@ -151,6 +151,8 @@ pub struct Layout {
     pub functions: NatsKv,
     /// Who waits for which subject (event wakes).
     pub waits: NatsKv,
+    /// The audit trail.
+    pub audit: NatsKv,
     /// Trigger events.
     pub triggers: NatsQueue,
     /// Jobs.
@@ -228,12 +230,14 @@ impl Layout {
         let executions = NatsKv::open(&js, "sluice-executions", 4).await?;
         let functions = NatsKv::open(&js, "sluice-functions", 4).await?;
         let waits = NatsKv::open(&js, "sluice-waits", 4).await?;
+        let audit = NatsKv::open(&js, "sluice-audit", 1).await?;
         Ok(Layout {
             js,
             pipelines,
             executions,
             functions,
             waits,
+            audit,
             triggers,
             jobs,
         })

@@ -59,6 +59,7 @@ pub async fn serve(
         executions: Arc::new(layout.executions),
         functions: Arc::new(layout.functions),
         waits: Arc::new(layout.waits),
+        audit: Arc::new(layout.audit),
         triggers: Arc::new(layout.triggers),
         jobs: Arc::new(layout.jobs),
         bus,

@@ -6,6 +6,7 @@
 //! they use only `[A-Za-z0-9._/-]`, which every backend accepts.
 
 mod redb_kv;
+mod redb_writes;
 
 pub use redb_kv::{RedbKv, StoreHealth};
 

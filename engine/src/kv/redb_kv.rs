@@ -1,9 +1,10 @@
 //! The embedded bucket: one redb table per bucket. Values carry an 8-byte big-endian
 //! revision prefix, like the embedded state store.
+use super::redb_writes::{Failure, Gathered, Write};
 use super::{Kv, KvError, KvResult};
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, TableDefinition};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -14,6 +15,8 @@ pub struct RedbKv {
     table: String,
     changes: tokio::sync::broadcast::Sender<Change>,
     health: Arc<StoreHealth>,
+    /// Writes wait here for the transaction that commits them (see `redb_writes`).
+    gathered: Gathered,
 }
 
 /// Whether the database file can still be written. After one I/O error (a full disk) redb
@@ -56,18 +59,6 @@ impl StoreHealth {
     }
 }
 
-/// A write's failure: the record changed, or redb failed.
-enum WriteError {
-    Conflict,
-    Redb(redb::Error),
-}
-
-impl<E: Into<redb::Error>> From<E> for WriteError {
-    fn from(e: E) -> Self {
-        WriteError::Redb(e.into())
-    }
-}
-
 /// A committed change, for watches: the key and its new value and revision (`None`: deleted).
 type Change = (String, Option<(Vec<u8>, u64)>);
 
@@ -103,11 +94,19 @@ impl RedbKv {
         tx.open_table(TableDefinition::<&str, &[u8]>::new(&table))
             .map_err(backend)?;
         tx.commit().map_err(backend)?;
+        let changes = tokio::sync::broadcast::channel(1024).0;
+        let announce = changes.clone();
         Ok(RedbKv {
             db,
             table,
-            changes: tokio::sync::broadcast::channel(1024).0,
+            changes,
             health: Arc::default(),
+            gathered: Gathered::new(move |key, value| {
+                // Only when somebody watches (a copy of the value each).
+                if announce.receiver_count() > 0 {
+                    let _ = announce.send((key.to_string(), value.map(|(v, r)| (v.to_vec(), r))));
+                }
+            }),
         })
     }
 
@@ -116,20 +115,6 @@ impl RedbKv {
     pub fn reporting_to(mut self, health: Arc<StoreHealth>) -> Self {
         self.health = health;
         self
-    }
-
-    /// The outcome of a write: an I/O failure is reported to the store's health.
-    fn written<T>(&self, r: Result<T, WriteError>) -> KvResult<T> {
-        match r {
-            Ok(v) => Ok(v),
-            Err(WriteError::Conflict) => Err(KvError::Backend("conflict".into())),
-            Err(WriteError::Redb(e)) => {
-                if matches!(e, redb::Error::Io(_) | redb::Error::PreviousIo) {
-                    self.health.fail(e.to_string());
-                }
-                Err(backend(e))
-            }
-        }
     }
 
     fn def(&self) -> TableDefinition<'_, &'static str, &'static [u8]> {
@@ -142,65 +127,56 @@ impl RedbKv {
         Ok(table.get(key).map_err(backend)?.map(|v| split(v.value())))
     }
 
-    /// Write `value` if the current revision is `expected` (`None`: absent).
-    fn write(&self, key: &str, value: &[u8], expected: Option<u64>) -> KvResult<u64> {
-        if !super::valid_key(key) {
-            return Err(KvError::Backend(format!("invalid key `{key}`")));
-        }
-        let revision = match self.commit_write(key, value, expected) {
-            Err(WriteError::Conflict) => {
-                return Err(KvError::Conflict {
-                    key: key.to_string(),
-                });
-            }
-            other => self.written(other)?,
-        };
-        self.announce(key, Some((value.to_vec(), revision)));
-        Ok(revision)
-    }
-
-    fn commit_write(
+    /// Write `value` if the current revision is `expected` (`None`: absent), or (`value`
+    /// `None`) remove the key; answered once its transaction is committed.
+    async fn write(
         &self,
         key: &str,
-        value: &[u8],
+        value: Option<Vec<u8>>,
         expected: Option<u64>,
-    ) -> Result<u64, WriteError> {
-        let tx = self.db.begin_write()?;
-        let revision = {
-            let mut table = tx.open_table(self.def())?;
-            let found = table.get(key)?.map(|v| split(v.value()).1);
-            if found != expected {
-                return Err(WriteError::Conflict);
+    ) -> KvResult<u64> {
+        if value.is_some() && !super::valid_key(key) {
+            return Err(KvError::Backend(format!("invalid key `{key}`")));
+        }
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.gathered.submit(
+            &self.db,
+            &self.table,
+            Write {
+                key: key.to_string(),
+                value,
+                expected,
+                reply,
+            },
+        );
+        match answer.await {
+            Ok(Ok(revision)) => Ok(revision),
+            Ok(Err(Failure::Conflict)) => Err(KvError::Conflict {
+                key: key.to_string(),
+            }),
+            Ok(Err(Failure::Store { why, io })) => {
+                // After an I/O error redb refuses every later write: see `StoreHealth`.
+                if io {
+                    self.health.fail(why.clone());
+                }
+                Err(KvError::Backend(why))
             }
-            let revision = found.unwrap_or(0) + 1;
-            let mut bytes = revision.to_be_bytes().to_vec();
-            bytes.extend_from_slice(value);
-            table.insert(key, bytes.as_slice())?;
-            revision
-        };
-        tx.commit()?;
-        Ok(revision)
-    }
-
-    fn commit_delete(&self, key: &str) -> Result<(), WriteError> {
-        let tx = self.db.begin_write()?;
-        tx.open_table(self.def())?.remove(key)?;
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// Tell the watches (if any) about a committed change.
-    fn announce(&self, key: &str, value: Option<(Vec<u8>, u64)>) {
-        if self.changes.receiver_count() > 0 {
-            let _ = self.changes.send((key.to_string(), value));
+            Err(_) => Err(KvError::Backend(
+                "the write's transaction ended abnormally; it may not have been made".into(),
+            )),
         }
     }
 }
 
-fn split(stored: &[u8]) -> (Vec<u8>, u64) {
+/// The revision a stored value carries in its first 8 bytes.
+pub(super) fn revision_of(stored: &[u8]) -> u64 {
     let mut prefix = [0u8; 8];
     prefix.copy_from_slice(&stored[..8]);
-    (stored[8..].to_vec(), u64::from_be_bytes(prefix))
+    u64::from_be_bytes(prefix)
+}
+
+fn split(stored: &[u8]) -> (Vec<u8>, u64) {
+    (stored[8..].to_vec(), revision_of(stored))
 }
 
 // redb calls are short and synchronous; running them inline keeps the embedded service simple.
@@ -210,7 +186,7 @@ impl Kv for RedbKv {
     }
 
     fn create<'a>(&'a self, key: &'a str, value: Vec<u8>) -> BoxFuture<'a, KvResult<u64>> {
-        async move { self.write(key, &value, None) }.boxed()
+        self.write(key, Some(value), None).boxed()
     }
 
     fn update<'a>(
@@ -219,16 +195,11 @@ impl Kv for RedbKv {
         value: Vec<u8>,
         revision: u64,
     ) -> BoxFuture<'a, KvResult<u64>> {
-        async move { self.write(key, &value, Some(revision)) }.boxed()
+        self.write(key, Some(value), Some(revision)).boxed()
     }
 
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, KvResult<()>> {
-        async move {
-            self.written(self.commit_delete(key))?;
-            self.announce(key, None);
-            Ok(())
-        }
-        .boxed()
+        async move { self.write(key, None, None).await.map(|_| ()) }.boxed()
     }
 
     fn watch<'a>(&'a self, key: &'a str) -> BoxFuture<'a, KvResult<Option<super::KvChanges>>> {

@@ -117,6 +117,10 @@ impl Drop for Handle {
 }
 
 impl WorkQueue for MemoryQueue {
+    fn local(&self) -> bool {
+        true
+    }
+
     fn push<'a>(
         &'a self,
         subject: &'a str,

@@ -69,6 +69,11 @@ pub trait WorkQueue: Send + Sync {
     /// Messages waiting for their first delivery, and how long the oldest of them has waited
     /// (for the metrics: a queue that grows, or a job that waits, means too few workers).
     fn depth(&self) -> BoxFuture<'_, QueueResult<Depth>>;
+    /// Whether every message is delivered in this process (the embedded queue): what this
+    /// engine did not hear of, nobody did.
+    fn local(&self) -> bool {
+        false
+    }
 }
 
 /// See [`WorkQueue::depth`].

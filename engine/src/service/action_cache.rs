@@ -14,16 +14,15 @@ impl Service {
             .ok_or_else(|| ApiError::unavailable("this service keeps no action cache"))
     }
 
-    /// `cache.ls`: newest first.
+    /// `cache.ls`: newest first (then by key), the page after `r.before`.
     pub async fn cache_ls(
         &self,
         tenant: &str,
-        pipeline: Option<&str>,
+        r: sluice_api::verbs::CacheLs,
     ) -> Result<Vec<Entry>, ApiError> {
         let mut all = self.action_cache()?.list(tenant).await?;
-        all.retain(|e| pipeline.is_none_or(|p| p == e.pipeline));
-        all.sort_by(|a, b| b.created.cmp(&a.created));
-        Ok(all)
+        all.retain(|e| r.pipeline.as_ref().is_none_or(|p| *p == e.pipeline));
+        Ok(page(all, r.before.as_deref(), r.limit))
     }
 
     /// `cache.clear`: how many entries went.
@@ -33,5 +32,59 @@ impl Service {
         pipeline: Option<&str>,
     ) -> Result<usize, ApiError> {
         Ok(self.action_cache()?.clear(tenant, pipeline).await?)
+    }
+}
+
+/// Order `entries` newest first (then by key) and take the page after the cursor `before` (see
+/// `CacheEntry::cursor`): at most `limit` (default 100, at most `MAX_LIST`).
+fn page(mut entries: Vec<Entry>, before: Option<&str>, limit: Option<usize>) -> Vec<Entry> {
+    let order = |e: &Entry| (e.created.clone(), e.key.clone());
+    entries.sort_by_key(|e| std::cmp::Reverse(order(e)));
+    let after = before.and_then(|c| c.rsplit_once('/'));
+    entries
+        .into_iter()
+        .filter(|e| {
+            after.is_none_or(|(created, key)| (e.created.as_str(), e.key.as_str()) < (created, key))
+        })
+        .take(limit.unwrap_or(100).min(sluice_api::limits::MAX_LIST))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(key: &str, created: &str) -> Entry {
+        Entry {
+            key: key.into(),
+            pipeline: "p".into(),
+            from: "x/S/A".into(),
+            variables: Default::default(),
+            artifacts: Default::default(),
+            summary: None,
+            created: created.into(),
+        }
+    }
+
+    #[test]
+    fn pages_follow_each_other_without_gaps_or_repeats() {
+        // Two entries share a second: the key orders them.
+        let all = vec![
+            entry("b", "2026-12-06T10:00:01Z"),
+            entry("a", "2026-12-06T10:00:02Z"),
+            entry("d", "2026-12-06T10:00:01Z"),
+            entry("c", "2026-12-06T10:00:00Z"),
+        ];
+        let mut seen = Vec::new();
+        let mut before = None;
+        loop {
+            let got = page(all.clone(), before.as_deref(), Some(1));
+            let Some(last) = got.last() else { break };
+            before = Some(last.cursor());
+            seen.extend(got.into_iter().map(|e| e.key));
+        }
+        assert_eq!(seen, ["a", "d", "b", "c"]);
+        assert_eq!(page(all.clone(), None, None).len(), 4);
+        assert_eq!(page(all, None, Some(100_000)).len(), 4);
     }
 }

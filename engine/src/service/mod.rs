@@ -68,6 +68,9 @@ pub struct Edges {
     pub functions: Arc<dyn Kv>,
     /// Who waits for which NATS subject (`_waits/<hash>`).
     pub waits: Arc<dyn Kv>,
+    /// The audit trail (`<tenant>/<ULID>`), kept apart from the executions: its own table
+    /// embedded, its own stream (KV bucket `sluice-audit`) on NATS.
+    pub audit: Arc<dyn Kv>,
     /// Trigger events in.
     pub triggers: Arc<dyn WorkQueue>,
     /// Jobs.
@@ -167,10 +170,8 @@ pub struct Service {
     handled: std::sync::atomic::AtomicU64,
     /// This engine process, as named in the outboxes of the changes it records.
     incarnation: String,
-    /// Job workers (set by [`Service::run`]) and how many are busy, counting the parallel
-    /// jobs a chain runs in idle workers' places.
-    workers: std::sync::atomic::AtomicUsize,
-    busy: Arc<std::sync::atomic::AtomicUsize>,
+    /// Job workers (set by [`Service::run`]) and the places taken, by tenant (see `places`).
+    places: Arc<work::places::Places>,
     /// Each pipeline's lanes as this engine last read, wrote or watched them (see `lane_copies`).
     lane_copies: lane_copies::LaneCopies,
     /// Events this engine published and the stream has not acknowledged yet, by execution key:
@@ -186,6 +187,10 @@ pub struct Service {
     tenancy: tenancy::Tenancy,
     /// How long ended executions are kept, in milliseconds; 0: for ever (see `retention`).
     retention: std::sync::atomic::AtomicU64,
+    /// Callers of `start` waiting for their execution, woken when this engine records it.
+    awaited: triggers::started::Awaited,
+    /// Trigger events taken off the queue, waiting for their pipeline's turn (see `intake`).
+    triggers_in_line: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Events sent for one change and not yet acknowledged by the stream.
@@ -248,8 +253,7 @@ impl Service {
             handled: Default::default(),
             incarnation,
             public_url,
-            workers: Default::default(),
-            busy: Default::default(),
+            places: Default::default(),
             lane_copies,
             unacked: Default::default(),
             gather_us: (journal::GATHER.as_micros() as u64).into(),
@@ -257,6 +261,8 @@ impl Service {
             gauges_at: Mutex::new(None),
             tenancy: Default::default(),
             retention: (retention::KEEP_EXECUTIONS.as_millis() as u64).into(),
+            awaited: Default::default(),
+            triggers_in_line: Default::default(),
         })
     }
 
@@ -273,11 +279,21 @@ impl Service {
     /// Run the trigger consumer and `workers` job workers until the process ends.
     pub async fn run(self: Arc<Self>, workers: usize) {
         crate::alloc::return_freed_memory_promptly();
-        self.workers
+        self.places
+            .workers
             .store(workers.max(1), std::sync::atomic::Ordering::Relaxed);
         let mut tasks = tokio::task::JoinSet::new();
         let me = self.clone();
-        tasks.spawn(async move { me.consume_triggers().await });
+        tasks.spawn(async move {
+            let handle = {
+                let me = me.clone();
+                move |d| {
+                    let me = me.clone();
+                    async move { me.handle_trigger(d).await }
+                }
+            };
+            triggers::intake::intake(&*me.edges.triggers, handle, me.triggers_in_line.clone()).await
+        });
         let me = self.clone();
         tasks.spawn(async move { me.run_schedules().await });
         for _ in 0..workers.max(1) {
@@ -306,12 +322,5 @@ impl Service {
                 crate::alloc::release_free_memory();
             }
         }
-    }
-
-    async fn consume_triggers(self: &Arc<Self>) {
-        consume(&*self.edges.triggers, "trigger queue", |d| {
-            self.handle_trigger(d)
-        })
-        .await
     }
 }

@@ -73,6 +73,11 @@ impl Service {
 
     /// Sweep a minute after the start and then every hour (sooner while sweeps are full).
     pub(in crate::service) async fn sweep_now_and_then(&self) {
+        match self.move_old_audit_records().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(moved = n, "audit records moved to the audit bucket"),
+            Err(e) => tracing::warn!("moving old audit records failed: {}", e.message),
+        }
         let mut wait = Duration::from_secs(60);
         loop {
             tokio::time::sleep(wait).await;

@@ -59,6 +59,7 @@ pub(super) fn engine(data: &Path, bus: Arc<dyn EventBus>, shared: &Edges) -> Arc
         executions: shared.executions.clone(),
         functions: shared.functions.clone(),
         waits: shared.waits.clone(),
+        audit: shared.audit.clone(),
         triggers: shared.triggers.clone(),
         jobs: shared.jobs.clone(),
         bus,
@@ -76,7 +77,8 @@ pub(super) fn shared_edges(dir: &Path) -> Edges {
         pipelines: Arc::new(RedbKv::bucket(db.clone(), "pipelines").unwrap()),
         executions: Arc::new(RedbKv::bucket(db.clone(), "executions").unwrap()),
         functions: Arc::new(RedbKv::bucket(db.clone(), "functions").unwrap()),
-        waits: Arc::new(RedbKv::bucket(db, "waits").unwrap()),
+        waits: Arc::new(RedbKv::bucket(db.clone(), "waits").unwrap()),
+        audit: Arc::new(RedbKv::bucket(db, "audit").unwrap()),
         triggers: MemoryQueue::new(Duration::from_secs(3600)),
         jobs: MemoryQueue::new(Duration::from_secs(3600)),
         bus: Arc::new(LostBus),
@@ -254,7 +256,7 @@ async fn a_chain_whose_engine_dies_is_finished_by_the_engine_its_delivery_comes_
         "the chain should still be running B"
     );
     assert_eq!(
-        a.busy.load(std::sync::atomic::Ordering::Relaxed),
+        a.places.busy.load(std::sync::atomic::Ordering::Relaxed),
         0,
         "a chain dropped mid-run gives its worker place back"
     );
@@ -341,7 +343,9 @@ async fn a_chain_records_its_changes_while_their_events_are_stored() {
         Arc::new(GatedBus(gate.clone())),
         &shared,
     );
-    a.workers.store(4, std::sync::atomic::Ordering::Relaxed); // idle workers: B and C both run here
+    a.places
+        .workers
+        .store(4, std::sync::atomic::Ordering::Relaxed); // idle workers: B and C both run here
     register(&a, dir.path(), "fan.yaml", FAN).await;
     gate.add_permits(1); // the start's events
     let (id, _) = a
@@ -397,7 +401,7 @@ async fn a_chain_records_its_changes_while_their_events_are_stored() {
     chain.abort();
     assert!(chain.await.unwrap_err().is_cancelled());
     assert_eq!(
-        a.busy.load(std::sync::atomic::Ordering::Relaxed),
+        a.places.busy.load(std::sync::atomic::Ordering::Relaxed),
         0,
         "every worker place the chain took is given back"
     );
@@ -617,7 +621,9 @@ async fn a_triggers_chain_runs_its_first_action_while_the_starts_events_are_stor
         Arc::new(GatedBus(gate.clone())),
         &shared,
     );
-    a.workers.store(4, std::sync::atomic::Ordering::Relaxed);
+    a.places
+        .workers
+        .store(4, std::sync::atomic::Ordering::Relaxed);
     register(&a, dir.path(), "overlap.yaml", &yaml).await;
     let counts = Counts::default();
     let acks = counts.acks.clone();
@@ -873,7 +879,7 @@ async fn a_chain_that_never_runs_gives_back_its_places() {
         Arc::new(MemoryBus::default()),
         &shared,
     );
-    a.workers.store(4, SeqCst);
+    a.places.workers.store(4, SeqCst);
     register(&a, dir.path(), "wide.yaml", WIDE).await;
     let (_, recorded) = a
         .start("default", "wide", br#"{"id":"e-1"}"#, false, true)
@@ -882,12 +888,12 @@ async fn a_chain_that_never_runs_gives_back_its_places() {
         .unwrap();
     let recorded = recorded.expect("the start keeps its first jobs");
     assert_eq!(
-        a.busy.load(SeqCst),
+        a.places.busy.load(SeqCst),
         2,
         "B and C each took an idle worker's place (A runs in the trigger's)"
     );
     drop(recorded);
-    assert_eq!(a.busy.load(SeqCst), 0, "given back with the jobs");
+    assert_eq!(a.places.busy.load(SeqCst), 0, "given back with the jobs");
 }
 
 /// An event the pipeline refuses (here: no such pipeline yet) keeps the claim written for it

@@ -66,7 +66,7 @@ async fn warmed() -> Early {
     let bus = Arc::new(MemoryBus::default());
     let seen = bus.subscribe();
     let a = engine(&dir.path().join("a"), bus, &shared);
-    a.workers.store(4, SeqCst);
+    a.places.workers.store(4, SeqCst);
     register(&a, dir.path(), "early.yaml", EARLY).await;
     let mut early = Early {
         dir,

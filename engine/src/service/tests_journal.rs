@@ -678,7 +678,7 @@ async fn creating(pipeline: &str, yaml: &str) -> Creating {
     let bus = Arc::new(MemoryBus::default());
     let seen = bus.subscribe();
     let a = engine(&dir.path().join("a"), bus, &shared);
-    a.workers.store(4, SeqCst); // an idle worker: the trigger's jobs run in its chain
+    a.places.workers.store(4, SeqCst); // an idle worker: the trigger's jobs run in its chain
     a.gather_for(Duration::from_secs(30));
     register(&a, dir.path(), &format!("{pipeline}.yaml"), yaml).await;
     let counts = Counts::default();

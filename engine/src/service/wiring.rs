@@ -29,6 +29,7 @@ pub async fn embedded(
         executions: bucket("executions")?,
         functions: bucket("functions")?,
         waits: bucket("waits")?,
+        audit: bucket("audit")?,
         triggers: MemoryQueue::new(Duration::from_secs(3600)),
         jobs: MemoryQueue::new(Duration::from_secs(3600)),
         bus: bus.clone(),

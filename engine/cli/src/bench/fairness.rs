@@ -1,9 +1,10 @@
-//! `sluice bench --fairness N`: one tenant's flood does not starve another. In one embedded
-//! `sluice serve`, tenant B's trigger → succeeded latency (a pipeline of five no-op actions) is
+//! `sluice bench --fairness N [--nats URL]`: one tenant's flood does not starve another. In one
+//! `sluice serve` (embedded, or on the NATS at URL), tenant B's trigger → succeeded latency (a pipeline of five no-op actions) is
 //! measured idle, then while tenant A has N executions queued; and A's throughput alone, then
 //! beside B. Target (hosting issue): B's p50 at most 3× its idle p50, A's throughput within
 //! 20 % of its own alone.
-use super::approvals::{answering_as, spawn};
+use super::approvals::spawn;
+use crate::service::connect;
 use sluice_api::Client;
 use sluice_api::verbs;
 use sluice_engine::scheduler::Status;
@@ -46,12 +47,16 @@ async fn start(c: &Client) -> anyhow::Result<String> {
     .execution_id)
 }
 
-/// One start of B's, until it succeeded.
+/// One start of B's, until it succeeded: the whole, and the `start` call's part of it.
 async fn one(c: &Client) -> anyhow::Result<Duration> {
     let t = Instant::now();
     let id = start(c).await?;
+    let started = t.elapsed();
     let e = c.watch(&id, |_: &sluice_engine::bus::Event| {}).await?;
     anyhow::ensure!(e.status == Status::Succeeded, "{id} ended {}", e.status);
+    if std::env::var_os("SLUICE_BENCH_PHASES").is_some() {
+        eprintln!("start {started:?} total {:?}", t.elapsed());
+    }
     Ok(t.elapsed())
 }
 
@@ -91,11 +96,41 @@ async fn drained(c: &Client) -> anyhow::Result<()> {
     }
 }
 
-pub async fn run(n: usize) -> anyhow::Result<()> {
+/// A client of the engine for `tenant`, once it answers.
+async fn answering(
+    dir: &std::path::Path,
+    nats: Option<&str>,
+    tenant: &str,
+) -> anyhow::Result<Client> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(c) = connect(nats, &dir.join("data"), tenant, None).await
+            && c.send(verbs::PipelineLs {}).await.is_ok()
+        {
+            return Ok(c);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the engine did not answer within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub async fn run(n: usize, nats: Option<&str>) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let mut engine = spawn(dir.path())?;
-    let a = answering_as(dir.path(), "tenant-a").await?;
-    let b = answering_as(dir.path(), "tenant-b").await?;
+    let mut engine = match nats {
+        None => spawn(dir.path())?,
+        Some(url) => std::process::Command::new(std::env::current_exe()?)
+            .args(["serve", "--nats", url, "--data"])
+            .arg(dir.path().join("data"))
+            .current_dir(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?,
+    };
+    let a = answering(dir.path(), nats, "tenant-a").await?;
+    let b = answering(dir.path(), nats, "tenant-b").await?;
     register(&a).await?;
     register(&b).await?;
     for _ in 0..3 {
@@ -141,7 +176,12 @@ pub async fn run(n: usize) -> anyhow::Result<()> {
     let ratio = loaded.as_secs_f64() / idle.as_secs_f64();
     let rate = |d: Duration| n as f64 / d.as_secs_f64();
     let throughput = rate(beside) / rate(alone);
-    println!("## Fairness between tenants (embedded service, {n} executions of tenant A queued)\n");
+    let service = if nats.is_some() {
+        "one engine on NATS"
+    } else {
+        "embedded service"
+    };
+    println!("## Fairness between tenants ({service}, {n} executions of tenant A queued)\n");
     println!("| measure | value | baseline, same run | ratio | target |");
     println!("|---|---|---|---|---|");
     println!(

@@ -65,7 +65,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub approvals: Option<usize>,
     /// Measure fairness between tenants instead: tenant B's latency while tenant A has this
-    /// many executions queued (embedded service).
+    /// many executions queued (embedded service; with --nats, one engine on that NATS).
     #[arg(long, value_name = "N")]
     pub fairness: Option<usize>,
     /// Only run one measure for this many seconds (`a`, `a2`, `b`, `b'`; `hit` with --cache), to
@@ -94,7 +94,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if let Some(n) = args.fairness {
-        fairness::run(n).await?;
+        fairness::run(n, args.nats.as_deref()).await?;
         return Ok(ExitCode::SUCCESS);
     }
     if let (Some(url), Some(n)) = (&args.nats, args.engine_processes) {

@@ -186,7 +186,7 @@ impl Service {
                     .await
                     .map(|()| Named { name: r.name }),
             ),
-            Request::CacheLs(r) => reply(self.cache_ls(&p.tenant, r.pipeline.as_deref()).await),
+            Request::CacheLs(r) => reply(self.cache_ls(&p.tenant, r).await),
             Request::CacheClear(r) => reply(
                 self.cache_clear(&p.tenant, r.pipeline.as_deref())
                     .await
@@ -752,6 +752,10 @@ impl Service {
         msg_id: &str,
     ) -> Result<String, ApiError> {
         let subject = crate::subjects::trigger_subject(tenant, pipeline);
+        // In line before the event is out: the engine recording it wakes us (see `started`).
+        let waiter = self.awaited.wait_for(&crate::service::triggers::claim_key(
+            tenant, pipeline, &event.id,
+        ));
         self.edges
             .triggers
             .push(
@@ -762,8 +766,14 @@ impl Service {
             .await
             .map_err(|e| ApiError::unavailable(e.to_string()))?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        // Most events are claimed within a millisecond or two: look soon, then less often.
+        // Most events are claimed within a millisecond or two: look soon, then less often. This
+        // engine wakes us when it records the execution; the reads are for another engine's.
         let mut pause = Duration::from_millis(1);
+        let longest = if self.edges.triggers.local() {
+            Duration::from_millis(250)
+        } else {
+            Duration::from_millis(20)
+        };
         loop {
             if let Some(id) = self.claimed(tenant, pipeline, &event.id).await? {
                 // The claim comes first; wait for the record itself.
@@ -777,8 +787,8 @@ impl Service {
                     event.id
                 )));
             }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(20));
+            waiter.woken_or(pause).await;
+            pause = (pause * 2).min(longest);
         }
     }
 }

@@ -15,9 +15,13 @@ impl Service {
     /// Bring the service's gauges up to date.
     pub async fn sample_gauges(&self) {
         let m = crate::metrics::get();
-        for (name, queue) in [
-            ("jobs", &self.edges.jobs),
-            ("triggers", &self.edges.triggers),
+        // Trigger events this engine took and holds for their pipeline's turn wait too.
+        let in_line = self
+            .triggers_in_line
+            .load(std::sync::atomic::Ordering::Relaxed) as u64;
+        for (name, queue, held) in [
+            ("jobs", &self.edges.jobs, 0),
+            ("triggers", &self.edges.triggers, in_line),
         ] {
             if let Ok(depth) = queue.depth().await {
                 let label = QueueLabel {
@@ -25,7 +29,7 @@ impl Service {
                 };
                 m.queue_waiting
                     .get_or_create(&label)
-                    .set(depth.waiting as i64);
+                    .set((depth.waiting + held) as i64);
                 m.queue_oldest_seconds
                     .get_or_create(&label)
                     .set(depth.oldest.as_secs_f64());

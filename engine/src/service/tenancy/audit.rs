@@ -1,6 +1,8 @@
 //! The audit trail: every change and every refusal for lack of credentials, rights or quota,
-//! as `{at, tenant, principal, verb, target, outcome, reason}` under `<tenant>/audit/<ulid>`
-//! in the executions bucket, kept for `--audit-keep`.
+//! as `{at, tenant, principal, verb, target, outcome, reason}` under `<tenant>/<ulid>` in the
+//! audit bucket (its own table embedded, its own stream on NATS), kept for `--audit-keep`.
+//! (Earlier versions kept them under `<tenant>/audit/<ulid>` in the executions bucket; the
+//! retention sweep moves those over: see `retention`.)
 use super::{AUDIT_KEEP, NO_TENANT};
 use crate::kv::get_json;
 use crate::service::Service;
@@ -23,10 +25,10 @@ impl Service {
         } else {
             NO_TENANT.to_string()
         };
-        let key = format!("{tenant}/audit/{}", ulid::Ulid::new());
+        let key = format!("{tenant}/{}", ulid::Ulid::new());
         match serde_json::to_vec(&record) {
             Ok(bytes) => {
-                if let Err(e) = self.edges.executions.create(&key, bytes).await {
+                if let Err(e) = self.edges.audit.create(&key, bytes).await {
                     tracing::warn!("audit record not kept: {e} ({record:?})");
                 }
             }
@@ -47,8 +49,8 @@ impl Service {
         let Some(cutoff) = crate::clock::now().0.checked_sub(keep.as_millis() as u64) else {
             return;
         };
-        let prefix = format!("{tenant}/audit/");
-        let Ok(keys) = self.edges.executions.keys(&prefix).await else {
+        let prefix = format!("{tenant}/");
+        let Ok(keys) = self.edges.audit.keys(&prefix).await else {
             return;
         };
         for key in keys {
@@ -58,7 +60,7 @@ impl Service {
             if !old {
                 break; // ULIDs sort by time
             }
-            let _ = self.edges.executions.delete(&key).await;
+            let _ = self.edges.audit.delete(&key).await;
         }
     }
 
@@ -96,6 +98,36 @@ impl Service {
         .await;
     }
 
+    /// Move the records earlier versions kept in the executions bucket (`<tenant>/audit/<ulid>`)
+    /// to the audit bucket; how many moved. Idempotent: engines doing it at once repeat each
+    /// other's work.
+    pub(in crate::service) async fn move_old_audit_records(&self) -> Result<usize, ApiError> {
+        let mut tenants: Vec<String> = self
+            .tenant_ls()
+            .await?
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
+        tenants.extend([NO_TENANT.into(), crate::executor::DEFAULT_TENANT.into()]);
+        let (old, new) = (&self.edges.executions, &self.edges.audit);
+        let mut moved = 0;
+        for t in tenants {
+            let prefix = format!("{t}/audit/");
+            for key in old.keys(&prefix).await? {
+                if let Some((bytes, _)) = old.get(&key).await? {
+                    let to = format!("{t}/{}", &key[prefix.len()..]);
+                    match new.create(&to, bytes).await {
+                        Ok(_) | Err(crate::kv::KvError::Conflict { .. }) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                old.delete(&key).await?;
+                moved += 1;
+            }
+        }
+        Ok(moved)
+    }
+
     /// `audit`: the principal's tenant's records, or every tenant's for an operator.
     pub(in crate::service) async fn audit_ls(
         &self,
@@ -124,8 +156,8 @@ impl Service {
         };
         let mut keys = Vec::new();
         for t in &tenants {
-            let prefix = format!("{t}/audit/");
-            for key in self.edges.executions.keys(&prefix).await? {
+            let prefix = format!("{t}/");
+            for key in self.edges.audit.keys(&prefix).await? {
                 keys.push((key[prefix.len()..].to_string(), key));
             }
         }
@@ -133,10 +165,59 @@ impl Service {
         keys.reverse();
         let mut out = Vec::new();
         for (_, key) in keys.into_iter().take(limit) {
-            if let Some((r, _)) = get_json::<AuditRecord>(&*self.edges.executions, &key).await? {
+            if let Some((r, _)) = get_json::<AuditRecord>(&*self.edges.audit, &key).await? {
                 out.push(r);
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::bus::MemoryBus;
+    use crate::service::tests::{engine, shared_edges};
+    use sluice_api::tenancy::AuditRecord;
+    use sluice_api::{Origin, Principal, verbs};
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn records_kept_by_earlier_versions_move_to_the_audit_bucket() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = shared_edges(dir.path());
+        let service = engine(
+            &dir.path().join("a"),
+            Arc::new(MemoryBus::default()),
+            &shared,
+        );
+        let record = |verb: &str| AuditRecord {
+            at: crate::clock::now(),
+            tenant: "default".into(),
+            principal: "ann".into(),
+            verb: verb.into(),
+            target: "p".into(),
+            outcome: "ok".into(),
+            reason: None,
+        };
+        // Where an earlier version wrote them, among the executions.
+        let old = format!("default/audit/{}", ulid::Ulid::new());
+        let bytes = serde_json::to_vec(&record("pipeline.put")).unwrap();
+        shared.executions.create(&old, bytes).await.unwrap();
+        assert_eq!(service.move_old_audit_records().await.unwrap(), 1);
+        assert!(shared.executions.get(&old).await.unwrap().is_none());
+        assert_eq!(
+            service.move_old_audit_records().await.unwrap(),
+            0,
+            "moved once"
+        );
+        let listed = service
+            .audit_ls(
+                &Principal::local("default", Origin::HostUser),
+                verbs::Audit::default(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].verb, "pipeline.put");
     }
 }

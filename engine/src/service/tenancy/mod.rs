@@ -4,8 +4,8 @@
 //! in the tenant the client names, and none of this applies.
 //!
 //! Records live in the service's own buckets: tokens and tenants in the pipelines bucket
-//! under `_auth/` (no tenant name starts with `_`), audit records in the executions bucket
-//! under `<tenant>/audit/<ulid>`.
+//! under `_auth/` (no tenant name starts with `_`), audit records in the audit bucket under
+//! `<tenant>/<ulid>`.
 mod admin;
 mod audit;
 mod limits;

@@ -36,7 +36,7 @@ impl Service {
         pipeline: String,
         delivery: Delivery,
         ack_wait: Duration,
-        place: crate::service::jobs::Place,
+        place: crate::service::work::places::Place,
     ) {
         let Some((id, recorded)) = self.start_early(&tenant, &pipeline, &delivery.payload) else {
             return self

@@ -3,7 +3,9 @@
 //! and the dead letter for events that cannot start anything.
 pub(super) mod early;
 pub mod event;
+pub(in crate::service) mod intake;
 pub mod schedule;
+pub(in crate::service) mod started;
 pub mod webhook;
 
 use super::*;
@@ -260,8 +262,9 @@ impl Service {
         ack_wait: Duration,
     ) {
         let (tenant, pipeline) = (tenant.to_string(), pipeline.to_string());
-        // The idle worker's place the chain runs in; given back however this ends.
-        let place = self.take_idle_place();
+        // The idle worker's place the chain runs in (or, for a tenant with nothing running
+        // here, its own: see `places`); given back however this ends.
+        let place = self.places.take_idle_or_own(&tenant);
         match place {
             // A first delivery may start early (see `early`).
             Some(place) if delivery.delivered == 1 => {
@@ -283,7 +286,7 @@ impl Service {
         pipeline: &str,
         delivery: Delivery,
         ack_wait: Duration,
-        place: Option<jobs::Place>,
+        place: Option<work::places::Place>,
     ) {
         let (tenant, pipeline) = (tenant.to_string(), pipeline.to_string());
         match self
@@ -436,6 +439,7 @@ impl Service {
                 // events (the record carries them).
                 self.republish(&exec).await;
             }
+            self.awaited.wake(&claim);
             return Ok(Ok((execution_id, None)));
         }
         // The claim's version is the head at claim time, or a later one after a crash:
@@ -474,12 +478,16 @@ impl Service {
             .await
         {
             Ok(_) => {
+                self.awaited.wake(&claim);
                 self.send_and_queue(publish, &queued).await;
                 self.settle(others).await;
                 Ok(Ok((execution_id, None)))
             }
             // Another engine had the same event (delivered again) and created it first.
-            Err(KvError::Conflict { .. }) => Ok(Ok((execution_id, None))),
+            Err(KvError::Conflict { .. }) => {
+                self.awaited.wake(&claim);
+                Ok(Ok((execution_id, None)))
+            }
             Err(e) => Err(e),
         }
     }

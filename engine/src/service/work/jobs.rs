@@ -150,17 +150,6 @@ impl Service {
         }
     }
 
-    /// Take an idle worker's place for a job run here; none when all are busy.
-    pub(in crate::service) fn take_idle_place(&self) -> Option<Place> {
-        let workers = self.workers.load(Ordering::Relaxed);
-        self.busy
-            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |b| {
-                (b < workers).then(|| b + 1)
-            })
-            .ok()
-            .map(|_| Place(self.busy.clone()))
-    }
-
     pub(in crate::service) async fn handle_job(&self, delivery: Delivery) {
         self.handled.fetch_add(1, Ordering::Relaxed);
         let job: JobMessage = match serde_json::from_slice(&delivery.payload) {
@@ -171,7 +160,7 @@ impl Service {
                 return;
             }
         };
-        let place = Place::occupy(self);
+        let place = self.places.occupy(&job.tenant);
         let lease = Lease {
             service: self,
             delivery: &delivery,
@@ -794,7 +783,7 @@ impl Service {
             let place = match runs_now(&job) {
                 false => None,
                 true if kept.is_empty() => Some(None),
-                true => self.take_idle_place().map(Some),
+                true => self.places.take_idle(&job.tenant).map(Some),
             };
             if let Some(place) = place {
                 run.runner = Some(lease.to_string());
@@ -832,22 +821,4 @@ struct Unanswered {
 
 /// Jobs a chain runs here, each with the idle worker's place it took (none for the first: it
 /// runs in the place of what made it runnable).
-pub(in crate::service) type Kept = Vec<(JobMessage, Option<Place>)>;
-
-/// A worker's place in the busy count, given back when dropped: also when the task holding it
-/// is aborted (a consumer replaced while it runs), before or during its chain, so no place leaks.
-pub(in crate::service) struct Place(Arc<std::sync::atomic::AtomicUsize>);
-
-impl Place {
-    /// Count one more busy worker (a delivered job), until the place is dropped.
-    pub(in crate::service) fn occupy(service: &Service) -> Self {
-        service.busy.fetch_add(1, Ordering::AcqRel);
-        Place(service.busy.clone())
-    }
-}
-
-impl Drop for Place {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
+pub(in crate::service) type Kept = Vec<(JobMessage, Option<super::places::Place>)>;

@@ -517,6 +517,17 @@ impl Service {
     /// jobs and do their lane work.
     async fn stored_as(&self, journal: &Journal, revision: u64, attempt: &Attempt) {
         let mut head = journal.head.lock().await;
+        if head.revision.is_none() {
+            // Created: a caller of `start` may be waiting for it.
+            let exec = &head.exec;
+            if let Some(trigger) = &exec.trigger {
+                self.awaited.wake(&crate::service::triggers::claim_key(
+                    &exec.tenant,
+                    &exec.pipeline,
+                    &trigger.event_id,
+                ));
+            }
+        }
         head.revision = Some(revision);
         let (mut events, mut queued, mut lane_work) =
             (Vec::new(), Vec::new(), std::mem::take(&mut head.carried));

@@ -1,12 +1,13 @@
 //! Work: the jobs an execution waits for and the changes their results make — job workers
 //! and their chains (`jobs`; a chain's record written behind: `journal`), the lanes of a
 //! pipeline's stages and the work that crosses executions (`lanes`, the engine's watched copies
-//! of them: `lane_copies`), and event wakes (`wakes`).
+//! of them: `lane_copies`), event wakes (`wakes`) and the workers' places (`places`).
 pub(super) mod jobs;
 pub(super) mod journal;
 pub(super) mod lane_copies;
 pub mod lanes;
 mod leases;
+pub(super) mod places;
 pub mod wakes;
 
 use super::*;

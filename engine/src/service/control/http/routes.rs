@@ -1168,15 +1168,27 @@ struct CacheQuery {
     pipeline: Option<String>,
 }
 
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+struct CachePage {
+    /// Only this pipeline's.
+    pipeline: Option<String>,
+    /// At most this many (default 100, at most 1000).
+    limit: Option<usize>,
+    /// The page after this entry: `<created>/<key>` of the previous page's last entry.
+    before: Option<String>,
+}
+
 /// The tenant's action cache, newest first: successes of pure actions that an unchanged action
 /// is taken from instead of running.
-#[utoipa::path(get, path = "/api/v1/cache", tag = "cache", params(CacheQuery),
+#[utoipa::path(get, path = "/api/v1/cache", tag = "cache", params(CachePage),
     responses((status = 200, description = "`[{key, pipeline, from, variables, artifacts, summary, created}]`", body = Value)))]
-async fn list_cache(State(s): Shared, Query(q): Query<CacheQuery>) -> Reply {
+async fn list_cache(State(s): Shared, Query(q): Query<CachePage>) -> Reply {
     call(
         &s,
         verbs::CacheLs {
             pipeline: q.pipeline,
+            limit: q.limit,
+            before: q.before,
         },
     )
     .await
