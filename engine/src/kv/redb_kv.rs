@@ -1,6 +1,6 @@
 //! The embedded bucket: one redb table per bucket. Values carry an 8-byte big-endian
 //! revision prefix, like the embedded state store.
-use super::redb_writes::{Failure, Gathered, Write};
+use super::redb_writes::{Failure, Gathered, Write, revision_of};
 use super::{Kv, KvError, KvResult};
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
@@ -166,13 +166,6 @@ impl RedbKv {
             )),
         }
     }
-}
-
-/// The revision a stored value carries in its first 8 bytes.
-pub(super) fn revision_of(stored: &[u8]) -> u64 {
-    let mut prefix = [0u8; 8];
-    prefix.copy_from_slice(&stored[..8]);
-    u64::from_be_bytes(prefix)
 }
 
 fn split(stored: &[u8]) -> (Vec<u8>, u64) {

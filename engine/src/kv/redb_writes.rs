@@ -135,6 +135,13 @@ impl Gathered {
     }
 }
 
+/// The revision a stored value carries in its first 8 bytes (big-endian; the value follows).
+pub(super) fn revision_of(stored: &[u8]) -> u64 {
+    let mut prefix = [0u8; 8];
+    prefix.copy_from_slice(&stored[..8]);
+    u64::from_be_bytes(prefix)
+}
+
 /// Apply `writes` in order in one transaction and commit it: each write's outcome, or the
 /// failure of the whole transaction (then none was made).
 fn commit(db: &Database, table: &str, writes: &[Write]) -> Result<Vec<Outcome>, Failure> {
@@ -151,7 +158,7 @@ fn commit(db: &Database, table: &str, writes: &[Write]) -> Result<Vec<Outcome>, 
             let found = t
                 .get(w.key.as_str())
                 .map_err(|e| failed(e.into()))?
-                .map(|v| super::redb_kv::revision_of(v.value()));
+                .map(|v| revision_of(v.value()));
             let outcome = match &w.value {
                 None => {
                     t.remove(w.key.as_str()).map_err(|e| failed(e.into()))?;

@@ -8,6 +8,7 @@ use sluice_api::socket::{Envelope, read_line};
 use sluice_api::{ApiError, Origin, Principal, wire};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
@@ -67,9 +68,13 @@ async fn connection(
         _ => Origin::Remote,
     };
     let (read, mut write) = stream.into_split();
+    let mut read = BufReader::new(read);
     if let Some(pid) = cred.and_then(|c| c.pid())
         && !in_our_user_namespace(pid)
     {
+        // Its request is read (and ignored) first: a client whose request met a closed
+        // connection would die of SIGPIPE before it read why.
+        let _ = tokio::time::timeout(Duration::from_secs(2), read_line(&mut read)).await;
         let refused = ApiError::new(
             sluice_api::Code::Forbidden,
             "the control socket serves processes of the engine's own user namespace; a program an action runs (confined in a namespace of its own) may not control the engine",
@@ -77,7 +82,6 @@ async fn connection(
         send(&mut write, wire::encode(Err(refused))).await?;
         return Ok(());
     }
-    let mut read = BufReader::new(read);
     // A line longer than the limit ends the connection (its reply says why).
     loop {
         let line = match read_line(&mut read).await {
