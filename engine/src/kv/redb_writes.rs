@@ -229,8 +229,19 @@ mod tests {
             );
             kv.delete("k/199").await.unwrap();
         }
-        // Durable once answered: all of it is there after the file is opened again.
-        let kv = RedbKv::bucket(RedbKv::open_database(&path).unwrap(), "b").unwrap();
+        // Durable once answered: all of it is there after the file is opened again (once the
+        // last leader's blocking task, which answers before it ends, has let go of it).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let db = loop {
+            match RedbKv::open_database(&path) {
+                Ok(db) => break db,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
+        let kv = RedbKv::bucket(db, "b").unwrap();
         assert_eq!(kv.keys("k/").await.unwrap().len(), 199);
         assert!(kv.get("claim").await.unwrap().is_some());
         let (value, revision) = kv.get("k/007").await.unwrap().unwrap();
