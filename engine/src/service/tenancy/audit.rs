@@ -98,17 +98,26 @@ impl Service {
         .await;
     }
 
-    /// Move the records earlier versions kept in the executions bucket (`<tenant>/audit/<ulid>`)
-    /// to the audit bucket; how many moved. Idempotent: engines doing it at once repeat each
-    /// other's work.
-    pub(in crate::service) async fn move_old_audit_records(&self) -> Result<usize, ApiError> {
-        let mut tenants: Vec<String> = self
+    /// Every tenant that may have audit records: the registered ones, the default tenant, and
+    /// the one refusals of unnamed tenants are kept under.
+    async fn audited_tenants(&self) -> Result<Vec<String>, ApiError> {
+        let mut all: Vec<String> = self
             .tenant_ls()
             .await?
             .into_iter()
             .map(|t| t.name)
             .collect();
-        tenants.extend([NO_TENANT.into(), crate::executor::DEFAULT_TENANT.into()]);
+        all.extend([NO_TENANT.into(), crate::executor::DEFAULT_TENANT.into()]);
+        all.sort();
+        all.dedup();
+        Ok(all)
+    }
+
+    /// Move the records earlier versions kept in the executions bucket (`<tenant>/audit/<ulid>`)
+    /// to the audit bucket; how many moved. Idempotent: engines doing it at once repeat each
+    /// other's work.
+    pub(in crate::service) async fn move_old_audit_records(&self) -> Result<usize, ApiError> {
+        let tenants = self.audited_tenants().await?;
         let (old, new) = (&self.edges.executions, &self.edges.audit);
         let mut moved = 0;
         for t in tenants {
@@ -141,16 +150,7 @@ impl Service {
                     "only an operator may read every tenant's audit",
                 ));
             }
-            let mut all: Vec<String> = self
-                .tenant_ls()
-                .await?
-                .into_iter()
-                .map(|t| t.name)
-                .collect();
-            all.push(NO_TENANT.into());
-            all.push(crate::executor::DEFAULT_TENANT.into());
-            all.dedup();
-            all
+            self.audited_tenants().await?
         } else {
             vec![p.tenant.clone()]
         };
