@@ -266,3 +266,105 @@ impl LocalStore {
         Ok(out)
     }
 }
+
+/// Sealed blobs (see [`super::sealed`]) live beside the plain ones, a directory per namespace:
+/// `<root>/sealed/<ns>/<2 hex>/<62 hex>`.
+impl super::SealedObjects for LocalStore {
+    fn sealed_path(&self, ns: &str, address: &Digest) -> Result<PathBuf, StoreError> {
+        let path = self.sealed_blob_path(ns, address)?;
+        if !path.exists() {
+            return Err(StoreError::NotFound(*address));
+        }
+        Ok(path)
+    }
+
+    fn has_sealed(&self, ns: &str, address: &Digest) -> bool {
+        self.sealed_blob_path(ns, address).is_ok_and(|p| p.exists())
+    }
+
+    fn keep_sealed(&self, ns: &str, address: &Digest, file: &Path) -> Result<(), StoreError> {
+        let dest = self.sealed_blob_path(ns, address)?;
+        fs::create_dir_all(dest.parent().expect("blob path has a parent"))
+            .map_err(io("create blob directory"))?;
+        let mut perms = fs::metadata(file)
+            .map_err(io(format!("stat {}", file.display())))?
+            .permissions();
+        perms.set_readonly(true);
+        fs::set_permissions(file, perms).map_err(io("make blob read-only"))?;
+        match fs::rename(file, &dest) {
+            Ok(()) => Ok(()),
+            // Another filesystem: copy into ours, then move into place.
+            Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+                let temp = self.copy_to_temp(file, &self.root.join("tmp"), "a sealed blob")?;
+                temp.persist(&dest).map_err(|e| StoreError::Io {
+                    context: format!("store {address}"),
+                    source: e.error,
+                })?;
+                let _ = fs::remove_file(file);
+                Ok(())
+            }
+            Err(e) => Err(StoreError::Io {
+                context: format!("store {address}"),
+                source: e,
+            }),
+        }
+    }
+
+    fn drop_sealed(&self, ns: &str, address: &Digest) -> Result<(), StoreError> {
+        match fs::remove_file(self.sealed_blob_path(ns, address)?) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::Io {
+                context: format!("remove {address}"),
+                source: e,
+            }),
+        }
+    }
+
+    fn sealed_tmp(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+}
+
+impl LocalStore {
+    /// Where a sealed blob lives; `ns` must be one plain path part.
+    pub(crate) fn sealed_blob_path(&self, ns: &str, d: &Digest) -> Result<PathBuf, StoreError> {
+        let plain = !ns.is_empty()
+            && !ns.starts_with('.')
+            && ns
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if !plain {
+            return Err(StoreError::Invalid(format!(
+                "`{ns}` cannot name an artifact namespace"
+            )));
+        }
+        let hex = d.hex();
+        Ok(self
+            .root
+            .join("sealed")
+            .join(ns)
+            .join(&hex[..2])
+            .join(&hex[2..]))
+    }
+
+    /// Bytes of sealed blobs kept for namespace `ns` (ciphertext, tags and trailers).
+    pub fn sealed_bytes(&self, ns: &str) -> u64 {
+        let Ok(dir) = self.sealed_blob_path(ns, &Digest([0; 32])) else {
+            return 0;
+        };
+        let root = dir.parent().and_then(Path::parent).map(Path::to_path_buf);
+        let mut total = 0;
+        for sub in root
+            .and_then(|r| fs::read_dir(r).ok())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            for file in fs::read_dir(sub.path()).into_iter().flatten().flatten() {
+                total += file.metadata().map(|m| m.len()).unwrap_or(0);
+            }
+        }
+        total
+    }
+}

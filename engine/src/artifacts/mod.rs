@@ -6,9 +6,12 @@
 //! a NATS Object Store backend implements the same trait. Trees are built on top in [`tree`].
 
 pub mod local;
+pub mod sealed;
+pub mod tenants;
 pub mod tree;
 
 pub use local::LocalStore;
+pub use sealed::{SealedObjects, SealedStore, TenantKey};
 pub use tree::{Entry, Tree};
 
 use std::path::Path;
@@ -30,6 +33,9 @@ pub enum StoreError {
         /// What its content hashes to now.
         actual: Digest,
     },
+    /// A sealed blob whose ciphertext does not open under its tenant's key: changed at rest.
+    #[error("{0} does not decrypt: its stored bytes were changed; it was not used")]
+    Tampered(Digest),
     /// A tree that cannot be stored or restored safely.
     #[error("{0}")]
     Invalid(String),

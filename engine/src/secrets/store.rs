@@ -453,3 +453,21 @@ mod tests {
         );
     }
 }
+
+/// A tenant's artifacts are sealed under a key derived from its data key: made with it, and
+/// unchanged when the master key is rotated (which re-seals data keys only).
+impl crate::artifacts::tenants::ArtifactKeys for SecretStore {
+    fn root_key<'a>(
+        &'a self,
+        tenant: &'a str,
+    ) -> futures_util::future::BoxFuture<'a, Result<[u8; 32], String>> {
+        Box::pin(async move {
+            let (_, key) = self
+                .data_key(tenant, true)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("tenant `{tenant}` has no data key"))?;
+            Ok(blake3::derive_key("sluice 2026-12 artifact root v1", &key))
+        })
+    }
+}

@@ -1,0 +1,499 @@
+//! Artifacts sealed at rest, per tenant.
+//!
+//! A [`SealedStore`] is one tenant's view of the artifact store. A blob's address is a
+//! **keyed** blake3 of its content under the tenant's address key, so equal content in two
+//! tenants gets unrelated addresses and a digest says nothing across tenants; within a tenant
+//! it is as stable as a plain digest. The bytes at rest are AES-256-GCM ciphertext in 1 MiB
+//! chunks, each with its own tag, under a key made for the blob from the tenant's sealing key
+//! and a random salt:
+//!
+//! ```text
+//! ciphertext (as long as the content) | tag × chunks (16 bytes each) | trailer (64 bytes)
+//! trailer = "sluice-sealed-1\0" | salt (32) | chunk size (u32 LE) | 0 (u32) | length (u64 LE)
+//! ```
+//!
+//! The ciphertext is exactly as long as the content, so an action's output is sealed where it
+//! lies (no second copy of a large file is written) and its tags and trailer appended. Every
+//! chunk's nonce is its index and every chunk authenticates the trailer, so chunks cannot be
+//! moved, dropped or truncated unseen. Every read checks each chunk's tag and then the keyed
+//! hash of the whole content against the address (a valid ciphertext of other content, say
+//! a swapped file, is refused as well). Large blobs are processed a window at a time, so memory
+//! stays bounded whatever their size; within a window, hashing and chunks run on every core.
+//!
+//! Where sealed files are kept is the backend's business ([`SealedObjects`]): a directory per
+//! tenant in the embedded store, the object store (with a local cache of ciphertext) on NATS.
+use super::{BlobStore, Digest, StoreError, io};
+use rayon::prelude::*;
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, Tag, UnboundKey};
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Bytes per sealed chunk.
+pub const CHUNK: usize = 1 << 20;
+/// Bytes processed at a time (hashed, then sealed or opened on every core).
+const WINDOW: usize = 16 * CHUNK;
+const TAG: usize = 16;
+const TRAILER: usize = 64;
+const MAGIC: &[u8; 16] = b"sluice-sealed-1\0";
+/// Below this, an owned file is sealed into a new file rather than in place (not worth a map).
+const IN_PLACE_MIN: u64 = 4 * CHUNK as u64;
+
+/// Where a backend keeps sealed files: by namespace (the tenant) and address. Nothing here
+/// reads the content; [`SealedStore`] checks everything it reads.
+pub trait SealedObjects: Send + Sync {
+    /// A local file holding the sealed blob, fetched first where the blobs live elsewhere.
+    fn sealed_path(&self, ns: &str, address: &Digest) -> Result<PathBuf, StoreError>;
+    /// Whether the sealed blob is kept (not checked).
+    fn has_sealed(&self, ns: &str, address: &Digest) -> bool;
+    /// Keep the sealed file at `file` as `address`: moved in (copied only across
+    /// filesystems), and shared where the backend shares.
+    fn keep_sealed(&self, ns: &str, address: &Digest, file: &Path) -> Result<(), StoreError>;
+    /// Forget the sealed blob (a damaged one: the next put of its content stores it again).
+    fn drop_sealed(&self, ns: &str, address: &Digest) -> Result<(), StoreError>;
+    /// A directory for temporary files on the same filesystem as the kept ones.
+    fn sealed_tmp(&self) -> PathBuf;
+}
+
+/// A tenant's artifact keys, derived from one root key (the tenant's data key): rotating the
+/// master key, which re-seals data keys, leaves them unchanged.
+#[derive(Clone)]
+pub struct TenantKey {
+    address: [u8; 32],
+    seal: [u8; 32],
+}
+
+impl TenantKey {
+    /// The keys derived from `root`.
+    pub fn derive(root: &[u8; 32]) -> Self {
+        TenantKey {
+            address: blake3::derive_key("sluice 2026-12 artifact addresses v1", root),
+            seal: blake3::derive_key("sluice 2026-12 artifact sealing v1", root),
+        }
+    }
+
+    /// The address content would have under this key.
+    pub fn address_of(&self, bytes: &[u8]) -> Digest {
+        Digest(*blake3::keyed_hash(&self.address, bytes).as_bytes())
+    }
+
+    fn blob_key(&self, salt: &[u8; 32]) -> LessSafeKey {
+        let key = blake3::keyed_hash(&self.seal, salt);
+        LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key.as_bytes()).expect("32-byte key"))
+    }
+}
+
+impl std::fmt::Debug for TenantKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TenantKey(…)")
+    }
+}
+
+/// The end of a sealed file.
+struct Trailer {
+    salt: [u8; 32],
+    len: u64,
+}
+
+impl Trailer {
+    fn new(len: u64) -> Result<Self, StoreError> {
+        let mut salt = [0u8; 32];
+        getrandom::fill(&mut salt)
+            .map_err(|e| StoreError::Invalid(format!("no randomness for a blob key: {e}")))?;
+        Ok(Trailer { salt, len })
+    }
+
+    fn encode(&self) -> [u8; TRAILER] {
+        let mut out = [0u8; TRAILER];
+        out[..16].copy_from_slice(MAGIC);
+        out[16..48].copy_from_slice(&self.salt);
+        out[48..52].copy_from_slice(&(CHUNK as u32).to_le_bytes());
+        out[56..64].copy_from_slice(&self.len.to_le_bytes());
+        out
+    }
+
+    fn decode(bytes: &[u8; TRAILER]) -> Option<Self> {
+        let chunk = u32::from_le_bytes(bytes[48..52].try_into().ok()?);
+        if &bytes[..16] != MAGIC || chunk as usize != CHUNK || bytes[52..56] != [0; 4] {
+            return None;
+        }
+        Some(Trailer {
+            salt: bytes[16..48].try_into().ok()?,
+            len: u64::from_le_bytes(bytes[56..64].try_into().ok()?),
+        })
+    }
+
+    /// Chunks (an empty blob has one, empty, so its tag still vouches for the trailer).
+    fn chunks(&self) -> u64 {
+        self.len.div_ceil(CHUNK as u64).max(1)
+    }
+
+    fn sealed_len(&self) -> u64 {
+        self.len + self.chunks() * TAG as u64 + TRAILER as u64
+    }
+}
+
+fn nonce(chunk: u64) -> Nonce {
+    let mut n = [0u8; 12];
+    n[4..].copy_from_slice(&chunk.to_be_bytes());
+    Nonce::assume_unique_for_key(n)
+}
+
+/// Hash a window of content, then seal its chunks in place (on every core); returns their tags.
+fn seal_window(
+    hasher: &mut blake3::Hasher,
+    key: &LessSafeKey,
+    aad: &[u8; TRAILER],
+    window: &mut [u8],
+    first_chunk: u64,
+) -> Vec<[u8; TAG]> {
+    hash(hasher, window);
+    if window.is_empty() {
+        // The one chunk of an empty blob (par_chunks gives none).
+        let tag = key
+            .seal_in_place_separate_tag(nonce(first_chunk), Aad::from(aad), window)
+            .expect("AES-GCM seals an empty chunk");
+        return vec![tag.as_ref().try_into().expect("16-byte tag")];
+    }
+    window
+        .par_chunks_mut(CHUNK)
+        .enumerate()
+        .map(|(i, chunk)| {
+            let tag = key
+                .seal_in_place_separate_tag(nonce(first_chunk + i as u64), Aad::from(aad), chunk)
+                .expect("AES-GCM seals any chunk this size");
+            tag.as_ref().try_into().expect("16-byte tag")
+        })
+        .collect()
+}
+
+/// Open a window's chunks in place (on every core), then hash the content.
+fn open_window(
+    hasher: &mut blake3::Hasher,
+    key: &LessSafeKey,
+    aad: &[u8; TRAILER],
+    window: &mut [u8],
+    tags: &[u8],
+    first_chunk: u64,
+) -> bool {
+    if window.is_empty() {
+        // The one chunk of an empty blob (par_chunks gives none).
+        let Ok(tag) = <[u8; TAG]>::try_from(tags) else {
+            return false;
+        };
+        return key
+            .open_in_place_separate_tag(
+                nonce(first_chunk),
+                Aad::from(aad),
+                Tag::from(tag),
+                window,
+                0..,
+            )
+            .is_ok();
+    }
+    if tags.len() != window.len().div_ceil(CHUNK) * TAG {
+        return false;
+    }
+    let opened = window
+        .par_chunks_mut(CHUNK)
+        .zip(tags.par_chunks(TAG))
+        .enumerate()
+        .all(|(i, (chunk, tag))| {
+            let tag = Tag::from(<[u8; TAG]>::try_from(tag).expect("16-byte tag"));
+            key.open_in_place_separate_tag(
+                nonce(first_chunk + i as u64),
+                Aad::from(aad),
+                tag,
+                chunk,
+                0..,
+            )
+            .is_ok()
+        });
+    if opened {
+        hash(hasher, window);
+    }
+    opened
+}
+
+fn hash(hasher: &mut blake3::Hasher, bytes: &[u8]) {
+    if bytes.len() >= 256 * 1024 {
+        hasher.update_rayon(bytes);
+    } else {
+        hasher.update(bytes);
+    }
+}
+
+/// One tenant's artifacts, sealed.
+pub struct SealedStore {
+    objects: Arc<dyn SealedObjects>,
+    ns: String,
+    key: TenantKey,
+}
+
+impl SealedStore {
+    /// The artifacts of namespace `ns` (a tenant) in `objects`, under `key`.
+    pub fn new(objects: Arc<dyn SealedObjects>, ns: &str, key: TenantKey) -> Self {
+        SealedStore {
+            objects,
+            ns: ns.to_string(),
+            key,
+        }
+    }
+
+    fn hasher(&self) -> blake3::Hasher {
+        blake3::Hasher::new_keyed(&self.key.address)
+    }
+
+    fn temp(&self) -> Result<tempfile::NamedTempFile, StoreError> {
+        let dir = self.objects.sealed_tmp();
+        tempfile::Builder::new()
+            .prefix(".sluice-seal-")
+            .tempfile_in(&dir)
+            .map_err(io(format!("create a temporary file in {}", dir.display())))
+    }
+
+    /// Keep a sealed file under its address, unless that address is kept already.
+    fn keep(&self, address: Digest, file: &Path) -> Result<Digest, StoreError> {
+        if self.objects.has_sealed(&self.ns, &address) {
+            let _ = fs::remove_file(file);
+            return Ok(address);
+        }
+        self.objects.keep_sealed(&self.ns, &address, file)?;
+        Ok(address)
+    }
+
+    /// Seal `len` bytes read from `src` into a new temporary file; returns it and the address.
+    fn seal_from(
+        &self,
+        src: &fs::File,
+        len: u64,
+        what: &str,
+    ) -> Result<(tempfile::TempPath, Digest), StoreError> {
+        let trailer = Trailer::new(len)?;
+        let (aad, key) = (trailer.encode(), self.key.blob_key(&trailer.salt));
+        let mut hasher = self.hasher();
+        let mut out = std::io::BufWriter::with_capacity(CHUNK, self.temp()?);
+        let mut tags = Vec::with_capacity(trailer.chunks() as usize * TAG);
+        let mut window = vec![0u8; (len as usize).min(WINDOW)];
+        let mut at = 0u64;
+        while at < len {
+            let n = ((len - at) as usize).min(WINDOW);
+            src.read_exact_at(&mut window[..n], at)
+                .map_err(io(format!("read {what}")))?;
+            for tag in seal_window(&mut hasher, &key, &aad, &mut window[..n], at / CHUNK as u64) {
+                tags.extend_from_slice(&tag);
+            }
+            out.write_all(&window[..n])
+                .map_err(io("write a sealed blob"))?;
+            at += n as u64;
+        }
+        if len == 0 {
+            tags.extend_from_slice(&seal_window(&mut hasher, &key, &aad, &mut [], 0)[0]);
+        }
+        out.write_all(&tags).map_err(io("write a sealed blob"))?;
+        out.write_all(&aad).map_err(io("write a sealed blob"))?;
+        let file = out.into_inner().map_err(|e| StoreError::Io {
+            context: "write a sealed blob".into(),
+            source: e.into_error(),
+        })?;
+        Ok((file.into_temp_path(), Digest(*hasher.finalize().as_bytes())))
+    }
+
+    /// Seal a file we own where it lies: its content becomes the ciphertext, window by window
+    /// through a map of the file, and the tags and trailer are appended.
+    #[allow(unsafe_code)] // mapping a file
+    fn seal_in_place(&self, path: &Path) -> Result<Digest, StoreError> {
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(io(format!("open {}", path.display())))?;
+        let len = file
+            .metadata()
+            .map_err(io(format!("stat {}", path.display())))?
+            .len();
+        let trailer = Trailer::new(len)?;
+        let (aad, key) = (trailer.encode(), self.key.blob_key(&trailer.salt));
+        let mut hasher = self.hasher();
+        let mut tags = Vec::with_capacity(trailer.chunks() as usize * TAG);
+        let mut at = 0u64;
+        while at < len {
+            let n = ((len - at) as usize).min(WINDOW);
+            // SAFETY: the file is ours (an action's output, handed over: nobody writes it
+            // any more), and the map is dropped before the next one is made.
+            let mut map = unsafe { memmap2::MmapOptions::new().offset(at).len(n).map_mut(&file) }
+                .map_err(io(format!("map {}", path.display())))?;
+            for tag in seal_window(&mut hasher, &key, &aad, &mut map, at / CHUNK as u64) {
+                tags.extend_from_slice(&tag);
+            }
+            drop(map);
+            at += n as u64;
+        }
+        file.write_all_at(&tags, len)
+            .and_then(|()| file.write_all_at(&aad, len + tags.len() as u64))
+            .map_err(io(format!("seal {}", path.display())))?;
+        let address = Digest(*hasher.finalize().as_bytes());
+        drop(file);
+        self.keep(address, path)
+    }
+
+    /// Open the sealed blob and hand its content to `sink` a window at a time, every chunk's
+    /// tag checked before its content is handed on and the content's address checked at the
+    /// end; returns the content's length. A sink must not make anything visible before this
+    /// returns `Ok`.
+    fn open_into(
+        &self,
+        address: &Digest,
+        mut sink: impl FnMut(&[u8]) -> Result<(), StoreError>,
+    ) -> Result<u64, StoreError> {
+        let path = self.objects.sealed_path(&self.ns, address)?;
+        let file = fs::File::open(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => StoreError::NotFound(*address),
+            _ => StoreError::Io {
+                context: format!("read {address}"),
+                source: e,
+            },
+        })?;
+        let size = file
+            .metadata()
+            .map_err(io(format!("stat {address}")))?
+            .len();
+        let tampered = || StoreError::Tampered(*address);
+        if size < (TAG + TRAILER) as u64 {
+            return Err(tampered());
+        }
+        let mut aad = [0u8; TRAILER];
+        file.read_exact_at(&mut aad, size - TRAILER as u64)
+            .map_err(io(format!("read {address}")))?;
+        let trailer = Trailer::decode(&aad).ok_or_else(tampered)?;
+        if trailer.len >= size || trailer.sealed_len() != size {
+            return Err(tampered());
+        }
+        let key = self.key.blob_key(&trailer.salt);
+        let mut tags = vec![0u8; trailer.chunks() as usize * TAG];
+        file.read_exact_at(&mut tags, trailer.len)
+            .map_err(io(format!("read {address}")))?;
+        let mut hasher = self.hasher();
+        let mut window = vec![0u8; (trailer.len as usize).min(WINDOW)];
+        let mut at = 0u64;
+        while at < trailer.len {
+            let n = ((trailer.len - at) as usize).min(WINDOW);
+            file.read_exact_at(&mut window[..n], at)
+                .map_err(io(format!("read {address}")))?;
+            let first = at / CHUNK as u64;
+            let these = &tags[first as usize * TAG..][..n.div_ceil(CHUNK) * TAG];
+            if !open_window(&mut hasher, &key, &aad, &mut window[..n], these, first) {
+                return Err(tampered());
+            }
+            sink(&window[..n])?;
+            at += n as u64;
+        }
+        if trailer.len == 0 && !open_window(&mut hasher, &key, &aad, &mut [], &tags, 0) {
+            return Err(tampered());
+        }
+        let actual = Digest(*hasher.finalize().as_bytes());
+        if actual != *address {
+            return Err(StoreError::Corrupted {
+                expected: *address,
+                actual,
+            });
+        }
+        Ok(trailer.len)
+    }
+}
+
+impl BlobStore for SealedStore {
+    fn put_file(&self, path: &Path) -> Result<Digest, StoreError> {
+        let what = path.display().to_string();
+        let src = fs::File::open(path).map_err(io(format!("read {what}")))?;
+        let len = src.metadata().map_err(io(format!("stat {what}")))?.len();
+        let (temp, address) = self.seal_from(&src, len, &what)?;
+        let kept = self.keep(address, &temp);
+        // Kept: the file was moved; not kept: it goes with the guard.
+        drop(temp);
+        kept
+    }
+
+    fn put_owned(&self, path: &Path) -> Result<Digest, StoreError> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = fs::symlink_metadata(path).map_err(io(format!("stat {}", path.display())))?;
+        // A file with other names is not ours to change (see `LocalStore::put_owned`).
+        if meta.nlink() > 1 || meta.len() < IN_PLACE_MIN || !meta.is_file() {
+            let address = self.put_file(path)?;
+            let _ = fs::remove_file(path);
+            return Ok(address);
+        }
+        self.seal_in_place(path)
+    }
+
+    fn put_bytes(&self, bytes: &[u8]) -> Result<Digest, StoreError> {
+        let address = self.key.address_of(bytes);
+        if self.objects.has_sealed(&self.ns, &address) {
+            return Ok(address);
+        }
+        let mut temp = self.temp()?;
+        temp.write_all(bytes).map_err(io("write a blob"))?;
+        let (sealed, actual) =
+            self.seal_from(temp.as_file(), bytes.len() as u64, "a blob being stored")?;
+        debug_assert_eq!(actual, address);
+        let kept = self.keep(actual, &sealed);
+        drop(sealed);
+        kept
+    }
+
+    fn get_to_file(&self, address: &Digest, dest: &Path) -> Result<(), StoreError> {
+        let dir = dest.parent().unwrap_or(Path::new("."));
+        let temp = tempfile::Builder::new()
+            .prefix(".sluice-tmp-")
+            .tempfile_in(dir)
+            .map_err(io(format!("create a temporary file in {}", dir.display())))?;
+        let mut out = std::io::BufWriter::with_capacity(CHUNK, temp);
+        self.open_into(address, |bytes| {
+            out.write_all(bytes)
+                .map_err(io(format!("write {}", dest.display())))
+        })?;
+        let temp = out.into_inner().map_err(|e| StoreError::Io {
+            context: format!("write {}", dest.display()),
+            source: e.into_error(),
+        })?;
+        temp.persist(dest).map_err(|e| StoreError::Io {
+            context: format!("write {}", dest.display()),
+            source: e.error,
+        })?;
+        Ok(())
+    }
+
+    fn get_bytes(&self, address: &Digest) -> Result<Vec<u8>, StoreError> {
+        let mut out = Vec::new();
+        self.open_into(address, |bytes| {
+            out.extend_from_slice(bytes);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    fn verify(&self, address: &Digest) -> Result<u64, StoreError> {
+        self.open_into(address, |_| Ok(()))
+    }
+
+    fn contains(&self, address: &Digest) -> bool {
+        self.objects.has_sealed(&self.ns, address)
+    }
+
+    fn discard_corrupted(&self, address: &Digest) -> Result<bool, StoreError> {
+        match self.verify(address) {
+            Err(StoreError::Corrupted { .. } | StoreError::Tampered(_)) => {
+                self.objects.drop_sealed(&self.ns, address)?;
+                Ok(true)
+            }
+            Ok(_) | Err(StoreError::NotFound(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "sealed_tests.rs"]
+mod tests;
