@@ -3,8 +3,12 @@
 //! Each engine keeps a [`LocalStore`] as its cache: writes go to the cache and are uploaded
 //! before the action reports success; reads fetch missing blobs into the cache, streamed, and
 //! check that they hash to their name before anything uses them.
+//!
+//! Sealed blobs (each tenant's artifacts, see `sluice_engine::artifacts::sealed`) are objects
+//! named `sealed/<tenant>/<address hex>`, cached as ciphertext too: no engine keeps a tenant's
+//! content plain at rest. They are checked by the sealed store on every read, not here.
 use async_nats::jetstream::object_store::ObjectStore;
-use sluice_engine::artifacts::{BlobStore, Digest, LocalStore, StoreError, io};
+use sluice_engine::artifacts::{BlobStore, Digest, LocalStore, SealedObjects, StoreError, io};
 use std::path::Path;
 use tokio::runtime::Handle;
 
@@ -188,5 +192,94 @@ impl BlobStore for NatsStore {
             Ok(()) | Err(StoreError::NotFound(_)) => Ok(cached),
             Err(e) => Err(e),
         }
+    }
+}
+
+fn sealed_name(ns: &str, address: &Digest) -> String {
+    format!("sealed/{ns}/{}", address.hex())
+}
+
+impl SealedObjects for NatsStore {
+    fn sealed_path(&self, ns: &str, address: &Digest) -> Result<std::path::PathBuf, StoreError> {
+        if let Ok(path) = self.cache.sealed_path(ns, address) {
+            return Ok(path);
+        }
+        let temp = tempfile::Builder::new()
+            .prefix(".sluice-fetch-")
+            .tempfile_in(&self.tmp)
+            .map_err(io("create a temporary file"))?
+            .into_temp_path();
+        let name = sealed_name(ns, address);
+        let found = self
+            .block(async {
+                let mut object = match self.objects.get(&name).await {
+                    Ok(o) => o,
+                    Err(e)
+                        if e.kind()
+                            == async_nats::jetstream::object_store::GetErrorKind::NotFound =>
+                    {
+                        return Ok(false);
+                    }
+                    Err(e) => return Err(e.to_string()),
+                };
+                let mut file = tokio::fs::File::create(&temp)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let copied = tokio::io::copy(&mut object, &mut file)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                sluice_engine::metrics::get()
+                    .artifact_bytes_fetched
+                    .inc_by(copied);
+                tokio::io::AsyncWriteExt::flush(&mut file)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(true)
+            })
+            .map_err(remote("download from the object store"))?;
+        if !found {
+            return Err(StoreError::NotFound(*address));
+        }
+        self.cache.keep_sealed(ns, address, &temp)?;
+        self.cache.sealed_path(ns, address)
+    }
+
+    fn has_sealed(&self, ns: &str, address: &Digest) -> bool {
+        self.cache.has_sealed(ns, address) || self.block(self.present(&sealed_name(ns, address)))
+    }
+
+    fn keep_sealed(&self, ns: &str, address: &Digest, file: &Path) -> Result<(), StoreError> {
+        self.cache.keep_sealed(ns, address, file)?;
+        let path = self.cache.sealed_path(ns, address)?;
+        let name = sealed_name(ns, address);
+        self.block(async {
+            if self.present(&name).await {
+                return Ok(());
+            }
+            let mut file = tokio::fs::File::open(&path)
+                .await
+                .map_err(|e| e.to_string())?;
+            let size = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+            self.objects
+                .put(name.as_str(), &mut file)
+                .await
+                .map(|_| {
+                    sluice_engine::metrics::get()
+                        .artifact_bytes_stored
+                        .inc_by(size);
+                })
+                .map_err(|e| e.to_string())
+        })
+        .map_err(remote("upload to the object store"))
+    }
+
+    fn drop_sealed(&self, ns: &str, address: &Digest) -> Result<(), StoreError> {
+        self.cache.drop_sealed(ns, address)?;
+        let _ = self.block(self.objects.delete(sealed_name(ns, address)));
+        Ok(())
+    }
+
+    fn sealed_tmp(&self) -> std::path::PathBuf {
+        self.tmp.clone()
     }
 }

@@ -422,8 +422,10 @@ pub struct JobContext {
     pub secrets: Option<Arc<dyn super::secrets::SecretSource>>,
     /// The sandbox.
     pub runtime: Arc<Runtime>,
-    /// Artifact blobs.
+    /// Plugin blobs, and artifacts where they are not sealed.
     pub blobs: Arc<dyn BlobStore>,
+    /// Each tenant's sealed artifacts (`None`: artifacts are in `blobs`).
+    pub artifacts: Option<Arc<crate::artifacts::tenants::TenantStores>>,
     /// Action logs.
     pub logs: Arc<LogStore>,
     /// Action workspaces.
@@ -531,10 +533,22 @@ pub async fn execute(cx: &JobContext, job: &JobSpec) -> (ActionResult, Leftover)
             return (ActionResult::Failed { error, kind }, Leftover(None));
         }
     };
+    let store = match &cx.artifacts {
+        None => cx.blobs.clone(),
+        Some(tenants) => match tenants.store(&job.tenant).await {
+            Ok(s) => s,
+            Err(e) => {
+                let error = format!("the tenant's artifact store: {e}");
+                raw_log.log(Level::Error, &error, &[]);
+                let kind = FailureKind::Retryable;
+                return (ActionResult::Failed { error, kind }, Leftover(None));
+            }
+        },
+    };
     let cache = cx.cache.as_ref().filter(|_| job.cacheable);
     let cache_key = cache.map(|_| job.cache_key());
     if let (Some(cache), Some(key)) = (cache, &cache_key)
-        && let Some(hit) = cached(cx, cache, &job.tenant, key).await
+        && let Some(hit) = cached(&*store, cache, &job.tenant, key).await
     {
         // No log line: the record and its events say where the result came from, and the
         // attempt that recorded it keeps the lines (a line here would cost a hit three times
@@ -567,8 +581,16 @@ pub async fn execute(cx: &JobContext, job: &JobSpec) -> (ActionResult, Leftover)
                 outputs: !job.outputs.is_empty(),
                 anything: !job.programs.is_empty(),
             };
-            let mut result =
-                run_in(cx, job, &ws.path, ws.scratch.clone(), log.clone(), &secrets).await;
+            let mut result = run_in(
+                cx,
+                &store,
+                job,
+                &ws.path,
+                ws.scratch.clone(),
+                log.clone(),
+                &secrets,
+            )
+            .await;
             if let Err(error) = &mut result {
                 name_a_full_disk(error, &ws.path);
             }
@@ -636,7 +658,7 @@ pub async fn execute(cx: &JobContext, job: &JobSpec) -> (ActionResult, Leftover)
 /// A cache entry whose artifacts are all still in the store (one whose artifacts are gone is
 /// a miss: the action runs and stores them again).
 async fn cached(
-    cx: &JobContext,
+    store: &dyn BlobStore,
     cache: &crate::cache::ActionCache,
     tenant: &str,
     key: &str,
@@ -645,7 +667,7 @@ async fn cached(
     let all_there = hit
         .artifacts
         .values()
-        .all(|d| d.parse::<Digest>().is_ok_and(|d| cx.blobs.contains(&d)));
+        .all(|d| d.parse::<Digest>().is_ok_and(|d| store.contains(&d)));
     all_there.then_some(hit)
 }
 
@@ -692,6 +714,7 @@ async fn blocking<T: Send + 'static>(
 
 async fn run_in(
     cx: &JobContext,
+    store: &Arc<dyn BlobStore>,
     job: &JobSpec,
     ws: &Path,
     scratch: Option<crate::runtime::Preopened>,
@@ -713,7 +736,7 @@ async fn run_in(
         });
     }
     if !job.inputs.is_empty() {
-        let (blobs, inputs, ws2) = (cx.blobs.clone(), job.inputs.clone(), ws.to_path_buf());
+        let (blobs, inputs, ws2) = (store.clone(), job.inputs.clone(), ws.to_path_buf());
         // The guest sees inputs read-only, so they may share storage with the store; a host
         // program could write them, so actions with process grants get copies.
         let transfer = if job.programs.is_empty() {
@@ -916,7 +939,7 @@ async fn run_in(
     match outcome {
         Ok(RunOutcome::Succeeded { variables, summary }) => {
             let mut variables: BTreeMap<String, String> = variables.into_iter().collect();
-            let (blobs, outputs, ws2) = (cx.blobs.clone(), job.outputs.clone(), ws.to_path_buf());
+            let (blobs, outputs, ws2) = (store.clone(), job.outputs.clone(), ws.to_path_buf());
             let timed_out = || ActionResult::Failed {
                 error: format!(
                     "{}; its outputs were still being collected",

@@ -13,7 +13,8 @@ pub use workspace::WorkspacePool;
 pub use job::JobSpec;
 pub use logs::{LogLine, LogStore};
 
-use crate::artifacts::{BlobStore, LocalStore};
+use crate::artifacts::tenants::{ArtifactKeys, TenantStores};
+use crate::artifacts::{BlobStore, LocalStore, SealedObjects, StoreError};
 use crate::bus::{EventBus, MemoryBus, Scope, Snapshot, advance_in};
 use crate::model::validate::ResolvedPlugins;
 use crate::model::{Diagnostic, Diagnostics, Loc, Pipeline};
@@ -54,7 +55,17 @@ pub struct Engine {
     pub secrets: Option<Arc<dyn secrets::SecretSource>>,
     /// The action cache (`None`: every action runs).
     pub cache: Option<Arc<crate::cache::ActionCache>>,
+    /// Each tenant's artifacts, sealed at rest (`None`: artifacts are plain blobs in `blobs`,
+    /// as for `sluice run` without `--encrypt`). Plugins stay in `blobs` either way: they are
+    /// named by their plain digest.
+    pub artifacts: Option<Arc<TenantStores>>,
+    /// Where sealed artifacts are kept (the service's backend), for [`Engine::seal_artifacts`].
+    pub sealed_objects: Option<Arc<dyn SealedObjects>>,
 }
+
+/// A blob store that can also keep sealed blobs: a backend for the service.
+pub trait ArtifactBackend: BlobStore + SealedObjects {}
+impl<T: BlobStore + SealedObjects> ArtifactBackend for T {}
 
 /// The embedded engine's data directory layout.
 pub struct DataDir {
@@ -161,6 +172,8 @@ impl Engine {
             data: dirs.root.clone(),
             secrets: None,
             cache: None,
+            artifacts: None,
+            sealed_objects: None,
         })
     }
 
@@ -170,16 +183,18 @@ impl Engine {
     pub fn for_service(
         data: &Path,
         bus: Arc<dyn EventBus>,
-        blobs: Option<Arc<dyn BlobStore>>,
+        backend: Option<Arc<dyn ArtifactBackend>>,
     ) -> anyhow::Result<Self> {
         let dirs = DataDir::create(data)?;
         let runtime = Arc::new(Runtime::new(RuntimeConfig {
             cache_dir: Some(dirs.compiled()),
         })?);
-        let blobs: Arc<dyn BlobStore> = match blobs {
+        let backend: Arc<dyn ArtifactBackend> = match backend {
             Some(b) => b,
             None => Arc::new(LocalStore::open(dirs.cas())?),
         };
+        let sealed_objects: Arc<dyn SealedObjects> = backend.clone();
+        let blobs: Arc<dyn BlobStore> = backend;
         Ok(Engine {
             tenant: DEFAULT_TENANT.to_string(),
             registry: Arc::new(Registry::new(runtime, blobs.clone())),
@@ -195,6 +210,8 @@ impl Engine {
             data: dirs.root.clone(),
             secrets: None,
             cache: None,
+            artifacts: None,
+            sealed_objects: Some(sealed_objects),
         })
     }
 
@@ -308,9 +325,34 @@ impl Engine {
         done
     }
 
+    /// Seal every tenant's artifacts from now on, under keys from `keys` (the service's
+    /// secret store), in the backend this engine was made with (else its data directory's).
+    pub fn seal_artifacts(&mut self, keys: Arc<dyn ArtifactKeys>) -> anyhow::Result<()> {
+        let objects: Arc<dyn SealedObjects> = match &self.sealed_objects {
+            Some(o) => o.clone(),
+            None => Arc::new(LocalStore::open(
+                DataDir {
+                    root: self.data.clone(),
+                }
+                .cas(),
+            )?),
+        };
+        self.artifacts = Some(Arc::new(TenantStores::new(objects, keys)));
+        Ok(())
+    }
+
+    /// Where the tenant's artifacts are: its sealed store, or the plain one.
+    pub async fn artifacts_for(&self, tenant: &str) -> Result<Arc<dyn BlobStore>, StoreError> {
+        match &self.artifacts {
+            Some(t) => t.store(tenant).await,
+            None => Ok(self.blobs.clone()),
+        }
+    }
+
     /// What one job needs to run (for tools that run a single job: `plugin test`, the bench).
     pub fn job_context(&self) -> job::JobContext {
         job::JobContext {
+            artifacts: self.artifacts.clone(),
             cache: self.cache.clone(),
             secrets: self.secrets.clone(),
             runtime: self.registry.runtime().clone(),

@@ -51,6 +51,8 @@ pub async fn embedded(
 pub fn assemble(mut engine: Engine, edges: Edges, data: &Path) -> anyhow::Result<Arc<Service>> {
     let secrets = crate::secrets::for_service(edges.pipelines.clone(), data)?;
     engine.secrets = Some(secrets.clone());
+    // Every tenant's artifacts sealed at rest under a key derived from its data key.
+    engine.seal_artifacts(secrets.clone())?;
     engine.cache = Some(Arc::new(crate::cache::ActionCache::new(
         edges.pipelines.clone(),
     )));

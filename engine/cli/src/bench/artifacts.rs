@@ -8,9 +8,12 @@
 //! path next to its baseline (which goes first alternates), so load that comes and goes (other
 //! processes, page-cache eviction) meets both alike; dirty pages are written back before each
 //! measure. The best of [`ROUNDS`] is kept for each.
-use sluice_engine::artifacts::{BlobStore, Digest, LocalStore};
+use sluice_engine::artifacts::{
+    BlobStore, Digest, LocalStore, SealedObjects, SealedStore, TenantKey,
+};
 use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const ROUNDS: usize = 5;
@@ -198,5 +201,115 @@ pub fn artifacts(dir: &Path, mib: u64) -> anyhow::Result<bool> {
         &get_copy,
         "",
     );
-    Ok(put_move.ratio() >= 0.7 && get_link.ratio() >= 0.7)
+    let plain = put_move.ratio() >= 0.7 && get_link.ratio() >= 0.7;
+    let sealed = sealed(dir, &file, mib)?;
+    Ok(plain && sealed)
+}
+
+/// (d') Artifacts sealed at rest (the service's store, `sluice run --encrypt`): the same
+/// engine paths through a tenant's [`SealedStore`] — an action's output sealed where it lies,
+/// a verified get decrypting into a new file — against `b3sum` on the same bytes; then the
+/// growth of peak RSS while a file four times as large is sealed and restored.
+fn sealed(dir: &Path, file: &Path, mib: u64) -> anyhow::Result<bool> {
+    let key = TenantKey::derive(&[7; 32]); // any key: the work is the same
+    let objects = Arc::new(LocalStore::open(dir.join("sealed-store"))?);
+    let store = SealedStore::new(objects.clone(), "bench", key.clone());
+    let address = store.put_file(file)?;
+    let at_rest = objects.sealed_path("bench", &address)?;
+    let dest = dir.join("unsealed.bin");
+    let (mut put, mut get) = (Pair::new(), Pair::new());
+    for round in 0..ROUNDS {
+        let first = round % 2 == 0;
+        let dir = tempfile::tempdir_in(dir)?;
+        let fresh = SealedStore::new(
+            Arc::new(LocalStore::open(dir.path().join("store"))?),
+            "bench",
+            key.clone(),
+        );
+        let (staged, twin) = (dir.path().join("staged.bin"), dir.path().join("twin.bin"));
+        std::fs::copy(file, &twin)?;
+        std::fs::copy(file, &staged)?;
+        let (p, b) = both(
+            first,
+            || b3sum(&twin),
+            || {
+                anyhow::ensure!(fresh.put_owned(&staged)? == address, "addresses differ");
+                Ok(())
+            },
+        )?;
+        put.keep(p, b);
+        let _ = std::fs::remove_file(&dest);
+        let (p, b) = both(
+            first,
+            || b3sum(&at_rest),
+            || Ok(store.get_to_file(&address, &dest)?),
+        )?;
+        get.keep(p, b);
+    }
+    let _ = std::fs::remove_file(&dest);
+
+    // Peak RSS while a file 4× as large goes in and comes out.
+    let big = dir.join("sealed-rss.bin");
+    write_random(&big, 4 * mib)?;
+    let before = rss_kib()?;
+    reset_peak_rss();
+    let big_address = store.put_owned(&big)?;
+    store.get_to_file(&big_address, &big)?;
+    let growth_mib = (peak_rss_kib()?.saturating_sub(before)) as f64 / 1024.0;
+    let _ = std::fs::remove_file(&big);
+
+    let bytes = (mib << 20) as f64;
+    let gibs = |d: Duration| bytes / d.as_secs_f64() / (1u64 << 30) as f64;
+    println!(
+        "\n## Artifacts sealed at rest ({mib} MiB file, best of {ROUNDS} interleaved rounds)\n"
+    );
+    println!("| measure | time | throughput | baseline on the same bytes | vs baseline |");
+    println!("|---|---|---|---|---|");
+    for (what, baseline, p) in [
+        (
+            "sealed put, engine path (action output: keyed hash, sealed in place, moved in)",
+            "`b3sum` of a file written the same way",
+            &put,
+        ),
+        (
+            "verified sealed get (every tag and the address checked, decrypted into a new file)",
+            "`b3sum` of the sealed blob",
+            &get,
+        ),
+    ] {
+        println!(
+            "| {what} | {:.0} ms | {:.2} GiB/s | {baseline}: {:.0} ms | {:.2}× — target ≥ 0.5× |",
+            p.path.as_secs_f64() * 1e3,
+            gibs(p.path),
+            p.baseline.as_secs_f64() * 1e3,
+            p.ratio()
+        );
+    }
+    println!(
+        "\nPeak RSS growth while sealing and restoring {} MiB: {growth_mib:.1} MiB (target ≤ 64 MiB)",
+        4 * mib
+    );
+    Ok(put.ratio() >= 0.5 && get.ratio() >= 0.5 && growth_mib <= 64.0)
+}
+
+fn status_kib(field: &str) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no {field} in /proc/self/status"))
+}
+
+fn rss_kib() -> anyhow::Result<u64> {
+    status_kib("VmRSS:")
+}
+
+fn peak_rss_kib() -> anyhow::Result<u64> {
+    status_kib("VmHWM:")
+}
+
+/// Start the peak (VmHWM) again from the current RSS (Linux: `clear_refs` 5).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
 }

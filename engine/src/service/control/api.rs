@@ -98,7 +98,7 @@ impl Service {
         match request {
             Request::BundlePut(r) => {
                 let tar = sluice_api::limits::decode_upload("the folder", &r.tar)?;
-                reply(self.bundle_put(tar).await)
+                reply(self.bundle_put(&p.tenant, tar).await)
             }
             Request::PipelinePut(r) => reply(self.pipeline_put(p, r).await),
             Request::PipelineGet(r) => reply(self.pipeline_get(p, r).await),
@@ -227,7 +227,7 @@ impl Service {
             let digest = b
                 .parse::<crate::artifacts::Digest>()
                 .map_err(|e| ApiError::invalid(format!("`pipeline.put`: `bundle`: {e}")))?;
-            if !self.engine.blobs.contains(&digest) {
+            if !self.artifacts_of(&p.tenant).await?.contains(&digest) {
                 return Err(ApiError::invalid(format!(
                     "`pipeline.put`: no uploaded folder {b} (upload it first: `POST /api/v1/bundles`)"
                 )));

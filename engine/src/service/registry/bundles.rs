@@ -13,8 +13,12 @@ pub const MAX_ENTRIES: usize = 20_000;
 
 impl crate::service::Service {
     /// Unpack `tar` (checking every entry) and store it as a tree.
-    pub(in crate::service) async fn bundle_put(&self, tar: Vec<u8>) -> Result<Bundle, ApiError> {
-        let blobs = self.engine.blobs.clone();
+    pub(in crate::service) async fn bundle_put(
+        &self,
+        tenant: &str,
+        tar: Vec<u8>,
+    ) -> Result<Bundle, ApiError> {
+        let blobs = self.artifacts_of(tenant).await?;
         tokio::task::spawn_blocking(move || {
             let dir = tempfile::tempdir().map_err(ApiError::internal)?;
             unpack(&tar, dir.path())?;
@@ -185,5 +189,18 @@ mod tests {
             assert!(err.message.contains("entry"), "{i}: {err}");
         }
         assert!(!dir.path().join("escape").exists());
+    }
+}
+
+impl crate::service::Service {
+    /// The tenant's artifact store (sealed under its key in the service).
+    pub(in crate::service) async fn artifacts_of(
+        &self,
+        tenant: &str,
+    ) -> Result<std::sync::Arc<dyn crate::artifacts::BlobStore>, ApiError> {
+        self.engine
+            .artifacts_for(tenant)
+            .await
+            .map_err(|e| ApiError::unavailable(format!("the artifact store: {e}")))
     }
 }

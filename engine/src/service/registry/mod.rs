@@ -153,7 +153,7 @@ impl Service {
         if dir.is_dir() {
             return Ok(dir);
         }
-        let blobs = self.engine.blobs.clone();
+        let blobs = self.engine.artifacts_for(tenant).await?;
         tokio::task::spawn_blocking(move || -> anyhow::Result<std::path::PathBuf> {
             std::fs::create_dir_all(&root)?;
             // Written aside, then renamed into place: a half-written folder is never used.

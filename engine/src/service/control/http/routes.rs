@@ -1216,7 +1216,7 @@ async fn clear_cache(State(s): Shared, Query(q): Query<CacheQuery>) -> Reply {
     responses((status = 200, description = "`application/x-tar`", body = Vec<u8>), (status = 404, description = "No such artifact", body = Value)))]
 async fn artifact_tar(State(s): Shared, Path(digest): Path<String>) -> Result<Response, Refusal> {
     owned(&s, &digest).await?;
-    Ok(super::artifacts::tarball(s.engine.blobs.clone(), &digest).await?)
+    Ok(super::artifacts::tarball(s.artifacts_of(&principal().tenant).await?, &digest).await?)
 }
 
 /// One file of an artifact (`..`, absolute paths and symbolic links name nothing).
@@ -1230,7 +1230,7 @@ async fn artifact_file(
     Path((digest, path)): Path<(String, String)>,
 ) -> Result<Response, Refusal> {
     owned(&s, &digest).await?;
-    Ok(super::artifacts::file(s.engine.blobs.clone(), &digest, &path).await?)
+    Ok(super::artifacts::file(s.artifacts_of(&principal().tenant).await?, &digest, &path).await?)
 }
 
 /// Every file, directory and link of an artifact.
@@ -1240,6 +1240,6 @@ async fn artifact_file(
 async fn artifact_files(State(s): Shared, Path(digest): Path<String>) -> Reply {
     owned(&s, &digest).await?;
     Ok(Json(
-        super::artifacts::listing(s.engine.blobs.clone(), &digest).await?,
+        super::artifacts::listing(s.artifacts_of(&principal().tenant).await?, &digest).await?,
     ))
 }
