@@ -119,6 +119,16 @@ impl LocalRun {
         Ok(())
     }
 
+    /// Seal this run's artifacts at rest (`--encrypt`), under a key derived from the data
+    /// folder's data key (itself sealed under the master key, made on first use).
+    pub async fn encrypt_artifacts(&mut self, master_key: Option<&Path>) -> anyhow::Result<()> {
+        let root = local_artifact_key(&self.data, master_key, true)
+            .await?
+            .expect("made on demand");
+        self.engine
+            .seal_artifacts(Arc::new(crate::artifacts::tenants::FixedKey(root)))
+    }
+
     /// Take pure actions' successes from the data folder's action cache (`cache.redb`), and
     /// keep theirs there.
     pub fn use_cache(&mut self) -> anyhow::Result<()> {
@@ -160,11 +170,54 @@ impl LocalRun {
             .await?;
         let data = self.data.clone();
         drop(self);
-        Ok((exec, History { data }))
+        Ok((exec, History { data, sealed: None }))
     }
 }
 
 pub use crate::secrets::master_key_path;
+
+/// The root key of the data folder's sealed artifacts (`None`: no key yet, and `create` not
+/// asked). The secret store is closed again before this returns, so a run can open it after.
+async fn local_artifact_key(
+    data: &Path,
+    master_key: Option<&Path>,
+    create: bool,
+) -> anyhow::Result<Option<[u8; 32]>> {
+    use crate::artifacts::tenants::ArtifactKeys;
+    let Some(store) = secret_store(data, master_key, create)?.0 else {
+        return Ok(None);
+    };
+    let root = store
+        .root_key(crate::executor::DEFAULT_TENANT)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    Ok(Some(root))
+}
+
+/// The data folder's sealed artifacts (`sluice run --encrypt`), if it has any.
+pub async fn sealed_artifacts(
+    data: &Path,
+    master_key: Option<&Path>,
+) -> anyhow::Result<Option<Arc<dyn BlobStore>>> {
+    let dirs = DataDir {
+        root: data.to_path_buf(),
+    };
+    if !dirs.cas().join("sealed").is_dir() {
+        return Ok(None);
+    }
+    let Some(root) = local_artifact_key(data, master_key, false).await? else {
+        anyhow::bail!(
+            "{} holds encrypted artifacts but no master key opens them: pass --master-key-file",
+            data.display()
+        );
+    };
+    let objects = Arc::new(LocalStore::open(dirs.cas())?);
+    Ok(Some(Arc::new(crate::artifacts::SealedStore::new(
+        objects,
+        crate::executor::DEFAULT_TENANT,
+        crate::artifacts::TenantKey::derive(&root),
+    ))))
+}
 
 /// The data folder's secret store (`<data>/secrets.redb`, sealed under the master key). With
 /// `create`, a missing master key is made (the flag says so); without, a store that was never
@@ -273,6 +326,8 @@ pub fn has_component(data: &Path, digest: &crate::artifacts::Digest) -> bool {
 /// and those of an embedded service that is not running.
 pub struct History {
     data: PathBuf,
+    /// Artifacts sealed at rest, when runs made some.
+    sealed: Option<Arc<dyn BlobStore>>,
 }
 
 /// The executions bucket of a stopped embedded service, opened for reading.
@@ -302,6 +357,7 @@ impl History {
         }
         Ok(History {
             data: data.to_path_buf(),
+            sealed: None,
         })
     }
 
@@ -398,18 +454,31 @@ impl History {
         self.logs().read(id, stage, action)
     }
 
-    fn blobs(&self) -> anyhow::Result<LocalStore> {
-        Ok(LocalStore::open(self.dirs().cas())?)
+    fn blobs(&self) -> anyhow::Result<Box<dyn BlobStore>> {
+        let plain = LocalStore::open(self.dirs().cas())?;
+        Ok(match &self.sealed {
+            Some(sealed) => Box::new(PlainOrSealed {
+                plain,
+                sealed: sealed.clone(),
+            }),
+            None => Box::new(plain),
+        })
+    }
+
+    /// Also read artifacts sealed at rest (runs with `--encrypt`): see [`sealed_artifacts`].
+    pub fn with_sealed(mut self, sealed: Option<Arc<dyn BlobStore>>) -> Self {
+        self.sealed = sealed;
+        self
     }
 
     /// Every entry of the artifact `digest`, by path.
     pub fn artifact_entries(&self, digest: &Digest) -> anyhow::Result<Vec<(PathBuf, Entry)>> {
-        Ok(tree::list(&self.blobs()?, digest)?)
+        Ok(tree::list(&*self.blobs()?, digest)?)
     }
 
     /// Write the artifact `digest` to `dest`, each file verified as it is written.
     pub fn artifact_get(&self, digest: &Digest, dest: &Path) -> anyhow::Result<TreeStats> {
-        Ok(tree::materialize(&self.blobs()?, digest, dest)?)
+        Ok(tree::materialize(&*self.blobs()?, digest, dest)?)
     }
 
     /// Re-hash stored blobs: those of the artifact `digest` (its listing included), or every
@@ -428,7 +497,7 @@ impl History {
                     check.intact += 1;
                     check.bytes += bytes;
                 }
-                Err(StoreError::Corrupted { .. }) => {
+                Err(StoreError::Corrupted { .. } | StoreError::Tampered(_)) => {
                     if repair {
                         store.discard_corrupted(d)?;
                     }
@@ -441,11 +510,12 @@ impl History {
         };
         match artifact {
             None => {
-                for d in store.digests()? {
+                // The plain blobs (sealed ones are checked artifact by artifact).
+                for d in LocalStore::open(self.dirs().cas())?.digests()? {
                     examine(&d, &mut check)?;
                 }
             }
-            Some(root) => match tree::list(&store, root) {
+            Some(root) => match tree::list(&*store, root) {
                 Ok(entries) => {
                     examine(root, &mut check)?;
                     for (_, entry) in entries {
@@ -469,6 +539,47 @@ impl History {
         &self,
         digest: &Digest,
     ) -> anyhow::Result<Result<TreeStats, StoreError>> {
-        Ok(tree::verify(&self.blobs()?, digest))
+        Ok(tree::verify(&*self.blobs()?, digest))
+    }
+}
+
+/// The data folder's artifacts when some runs sealed theirs: an address is looked up among the
+/// sealed ones first (keyed addresses never equal plain digests), else among the plain ones.
+struct PlainOrSealed {
+    plain: LocalStore,
+    sealed: Arc<dyn BlobStore>,
+}
+
+impl PlainOrSealed {
+    fn of(&self, d: &Digest) -> &dyn BlobStore {
+        if self.sealed.contains(d) {
+            &*self.sealed
+        } else {
+            &self.plain
+        }
+    }
+}
+
+impl BlobStore for PlainOrSealed {
+    fn put_file(&self, path: &Path) -> Result<Digest, StoreError> {
+        self.plain.put_file(path)
+    }
+    fn put_bytes(&self, bytes: &[u8]) -> Result<Digest, StoreError> {
+        self.plain.put_bytes(bytes)
+    }
+    fn get_to_file(&self, d: &Digest, dest: &Path) -> Result<(), StoreError> {
+        self.of(d).get_to_file(d, dest)
+    }
+    fn get_bytes(&self, d: &Digest) -> Result<Vec<u8>, StoreError> {
+        self.of(d).get_bytes(d)
+    }
+    fn verify(&self, d: &Digest) -> Result<u64, StoreError> {
+        self.of(d).verify(d)
+    }
+    fn contains(&self, d: &Digest) -> bool {
+        self.sealed.contains(d) || self.plain.contains(d)
+    }
+    fn discard_corrupted(&self, d: &Digest) -> Result<bool, StoreError> {
+        self.of(d).discard_corrupted(d)
     }
 }

@@ -209,3 +209,72 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// `sluice run --encrypt`: the run's artifacts are sealed at rest under the data folder's key
+/// (made on first use), addressed by a keyed digest, and still listed and fetched by the
+/// `artifact` commands; a run without it keeps plain blobs.
+#[test]
+fn run_with_encrypt_keeps_artifacts_sealed_and_readable() {
+    let p = Project::new(
+        r##"
+name: sealed
+stages:
+  - name: Build
+    actions:
+      - { name: Make, uses: PROBE, outputs: [site], with: { mode: write, path: /out/site/page.txt, value: "local-plain-text-never-at-rest" } }
+  - name: Use
+    actions:
+      - { name: Read, uses: PROBE, inputs: [site], with: { mode: read, path: /in/site/page.txt } }
+"##,
+    );
+    let sealed = p.run(&["--encrypt", "--no-cache"]);
+    assert_eq!(sealed.code, 0, "{sealed:?}");
+    let exec = sealed.json();
+    assert_eq!(action(&exec, "Use/Read")["variables"]["Bytes"], "30");
+    assert!(
+        p.path(".sluice/master.key").exists(),
+        "the key is made on first use"
+    );
+    let site = action(&exec, "Build/Make")["artifacts"]["site"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let mut files = Vec::new();
+    let mut dirs = vec![p.path(".sluice/cas")];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(d).unwrap().flatten() {
+            if e.path().is_dir() {
+                dirs.push(e.path());
+            } else {
+                files.push(e.path());
+            }
+        }
+    }
+    assert!(
+        files
+            .iter()
+            .any(|f| f.to_string_lossy().contains("/sealed/"))
+    );
+    for f in &files {
+        let bytes = std::fs::read(f).unwrap();
+        assert!(
+            !bytes.windows(13).any(|w| w == b"never-at-rest"),
+            "{} holds the content plain",
+            f.display()
+        );
+    }
+
+    let ls = p.sluice(&["artifact", "ls", &site, "--data", ".sluice"]);
+    assert!(ls.code == 0 && ls.stdout.contains("page.txt"), "{ls:?}");
+    let get = p.sluice(&["artifact", "get", &site, "out", "--data", ".sluice"]);
+    assert_eq!(get.code, 0, "{get:?}");
+    assert_eq!(p.read("out/page.txt"), "local-plain-text-never-at-rest");
+
+    // Without --encrypt: the same content, a plain digest (another address).
+    let plain = p.run(&["--no-cache"]).json();
+    let plain_site = action(&plain, "Build/Make")["artifacts"]["site"]
+        .as_str()
+        .unwrap();
+    assert_ne!(plain_site, site);
+}

@@ -706,3 +706,127 @@ fn tenants_are_nats_accounts_with_the_sample_server_config() {
         "{globex_runs:?}"
     );
 }
+
+/// Two tenants whose pipelines write the same file: each gets its own artifact address, the
+/// next action reads it back, nothing in the artifact store holds it plain, and a sealed blob
+/// changed at rest is refused, named, instead of being served.
+const SAME_CONTENT: &str = r##"
+name: site
+stages:
+  - name: Build
+    actions:
+      - { name: Make, uses: PROBE, outputs: [site], with: { mode: write, path: /out/site/index.html, value: "plain-text-that-must-not-rest-0x5e41" } }
+  - name: Use
+    actions:
+      - { name: Read, uses: PROBE, inputs: [site], with: { mode: read, path: /in/site/index.html } }
+"##;
+
+fn files_under(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files_under(&path, out);
+        } else {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn artifacts_are_sealed_per_tenant_at_rest() {
+    let h = Hosted::start(SAME_CONTENT);
+    let op = h.operator.clone();
+    let mut sites = Vec::new();
+    for tenant in ["acme", "globex"] {
+        h.ok(&op, &["tenant", "create", tenant]);
+        let dev = h.token(tenant, "dev", "developer");
+        h.ok(&dev, &["pipeline", "put", "pipeline.yaml"]);
+        let id = h.ok(&dev, &["start", "site"]).trim().to_string();
+        let exec = wait_for(Duration::from_secs(60), "the execution to end", || {
+            let r = h.as_(&dev, &["status", &id, "--json"]);
+            let e: Value = serde_json::from_str(&r.stdout).ok()?;
+            (status(&e) != "InProgress").then_some(e)
+        });
+        assert_eq!(status(&exec), "Succeeded", "{exec}");
+        // The next action read the artifact back through the tenant's store.
+        assert_eq!(
+            action(&exec, "Use/Read")["variables"]["Bytes"],
+            "36",
+            "{exec}"
+        );
+        let site = action(&exec, "Build/Make")["artifacts"]["site"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let (code, body) = h.http(
+            &dev,
+            "GET",
+            &format!("/api/v1/artifacts/{site}/files/index.html"),
+            &[],
+            b"",
+        );
+        assert_eq!(
+            (code, body.as_str()),
+            (200, "plain-text-that-must-not-rest-0x5e41")
+        );
+        sites.push((tenant, dev, site));
+    }
+    // The same content, unrelated addresses.
+    assert_ne!(sites[0].2, sites[1].2);
+
+    // At rest: no file of the artifact store (or of a workspace) holds the content.
+    let data = h.p.path(".sluice");
+    let mut files = Vec::new();
+    files_under(&data.join("cas"), &mut files);
+    files_under(&data.join("work"), &mut files);
+    assert!(
+        files
+            .iter()
+            .any(|f| f.starts_with(data.join("cas/sealed/globex"))),
+        "{files:?}"
+    );
+    for f in &files {
+        let bytes = std::fs::read(f).unwrap_or_default();
+        assert!(
+            !bytes
+                .windows(b"must-not-rest".len())
+                .any(|w| w == b"must-not-rest"),
+            "{} holds the content plain",
+            f.display()
+        );
+    }
+
+    // Every sealed blob of GLOBEX's changed by one bit: its artifact is refused, named.
+    let (_, dev, site) = &sites[1];
+    let mut sealed = Vec::new();
+    files_under(&data.join("cas/sealed/globex"), &mut sealed);
+    for f in &sealed {
+        let mut bytes = std::fs::read(f).unwrap();
+        bytes[0] ^= 1;
+        let mut perms = std::fs::metadata(f).unwrap().permissions();
+        #[allow(clippy::permissions_set_readonly_false)]
+        perms.set_readonly(false);
+        std::fs::set_permissions(f, perms).unwrap();
+        std::fs::write(f, bytes).unwrap();
+    }
+    let (code, body) = h.http(
+        dev,
+        "GET",
+        &format!("/api/v1/artifacts/{site}/files/index.html"),
+        &[],
+        b"",
+    );
+    assert_eq!(code, 500, "{body}");
+    assert!(body.contains("does not decrypt"), "{body}");
+    assert!(!body.contains("must-not-rest"), "{body}");
+    // ACME's artifact, sealed under its own key, is untouched.
+    let (_, acme_dev, acme_site) = &sites[0];
+    let (code, _) = h.http(
+        acme_dev,
+        "GET",
+        &format!("/api/v1/artifacts/{acme_site}/files/index.html"),
+        &[],
+        b"",
+    );
+    assert_eq!(code, 200);
+}

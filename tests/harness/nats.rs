@@ -154,6 +154,9 @@ impl Engine {
             .env("SLUICE_LOG", "sluice_engine=info")
             .env_remove("SLUICE_DATA")
             .env_remove("SLUICE_NATS_URL")
+            // The engines of one service share a master key (it seals the tenants' secrets and
+            // artifacts), as the hosting guide says to set up; a test may give its own.
+            .env("SLUICE_MASTER_KEY_FILE", dir.join("service-master.key"))
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())

@@ -198,8 +198,8 @@ fn parse_digest(s: &str) -> anyhow::Result<Digest> {
     s.parse().map_err(anyhow::Error::msg)
 }
 
-pub fn artifact_ls(data: &Path, digest: &str) -> anyhow::Result<ExitCode> {
-    for (path, entry) in History::open(data)?.artifact_entries(&parse_digest(digest)?)? {
+pub fn artifact_ls(data: &Path, sealed: Sealed, digest: &str) -> anyhow::Result<ExitCode> {
+    for (path, entry) in artifacts(data, sealed)?.artifact_entries(&parse_digest(digest)?)? {
         println!("{}", ls_line(&path, &entry));
     }
     Ok(ExitCode::SUCCESS)
@@ -242,8 +242,13 @@ fn printable(s: &str) -> String {
         .collect()
 }
 
-pub fn artifact_get(data: &Path, digest: &str, dest: &Path) -> anyhow::Result<ExitCode> {
-    let history = History::open(data)?;
+pub fn artifact_get(
+    data: &Path,
+    sealed: Sealed,
+    digest: &str,
+    dest: &Path,
+) -> anyhow::Result<ExitCode> {
+    let history = artifacts(data, sealed)?;
     if dest.exists() && std::fs::read_dir(dest)?.next().is_some() {
         anyhow::bail!("{} exists and is not empty", dest.display());
     }
@@ -259,11 +264,12 @@ pub fn artifact_get(data: &Path, digest: &str, dest: &Path) -> anyhow::Result<Ex
 
 pub fn artifact_verify(
     data: &Path,
+    sealed: Sealed,
     digest: Option<&str>,
     repair: bool,
 ) -> anyhow::Result<ExitCode> {
     let artifact = digest.map(parse_digest).transpose()?;
-    let check = History::open(data)?.check_blobs(artifact.as_ref(), repair)?;
+    let check = artifacts(data, sealed)?.check_blobs(artifact.as_ref(), repair)?;
     let what = digest.unwrap_or("the artifact store");
     for d in &check.missing {
         eprintln!("{d} is missing");
@@ -357,6 +363,15 @@ pub fn waiting_line(a: &sluice_engine::scheduler::ActionRun) -> Option<String> {
         line.push_str(&format!("; expires {deadline}"));
     }
     Some(line)
+}
+
+/// Artifacts sealed at rest (`sluice run --encrypt`), read through the data folder's key: the
+/// `artifact` commands open them first ([`sluice_engine::local::sealed_artifacts`]).
+pub type Sealed = Option<std::sync::Arc<dyn sluice_engine::artifacts::BlobStore>>;
+
+/// The data folder's history, its sealed artifacts included.
+fn artifacts(data: &Path, sealed: Sealed) -> anyhow::Result<History> {
+    Ok(History::open(data)?.with_sealed(sealed))
 }
 
 #[cfg(test)]

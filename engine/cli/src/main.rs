@@ -76,6 +76,10 @@ enum Cmd {
         /// unchanged since a cached success.
         #[arg(long)]
         no_cache: bool,
+        /// Keep this run's artifacts encrypted at rest, under addresses keyed by the data
+        /// folder's key (as the service always does): see README, "Artifacts at rest".
+        #[arg(long)]
+        encrypt: bool,
         /// The master key that unseals the data folder's secrets [default:
         /// SLUICE_MASTER_KEY_FILE, else DATA/master.key].
         #[arg(long)]
@@ -586,6 +590,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             trigger,
             master_key_file,
             no_cache,
+            encrypt,
         } => {
             let (pipeline, problems) = match local::load_pipeline(&file) {
                 Ok((p, problems)) => (Arc::new(p), problems),
@@ -600,6 +605,9 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
                 Ok(p) => p,
                 Err(d) => return Ok(validation_failed(&d)),
             };
+            if encrypt {
+                run.encrypt_artifacts(master_key_file.as_deref()).await?;
+            }
             if let Err(d) = run.use_secrets(&pipeline, master_key_file.as_deref()).await {
                 return Ok(validation_failed(&d));
             }
@@ -719,11 +727,19 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Trust { command } => market::trust(command),
         Cmd::Artifact { command, data } => {
             let data = default_data(data);
+            // Artifacts of runs with --encrypt are read through the data folder's key.
+            let sealed = if data.is_dir() {
+                local::sealed_artifacts(&data, None).await?
+            } else {
+                None
+            };
             match command {
-                ArtifactCmd::Ls { digest } => inspect::artifact_ls(&data, &digest),
-                ArtifactCmd::Get { digest, dest } => inspect::artifact_get(&data, &digest, &dest),
+                ArtifactCmd::Ls { digest } => inspect::artifact_ls(&data, sealed, &digest),
+                ArtifactCmd::Get { digest, dest } => {
+                    inspect::artifact_get(&data, sealed, &digest, &dest)
+                }
                 ArtifactCmd::Verify { digest, repair } => {
-                    inspect::artifact_verify(&data, digest.as_deref(), repair)
+                    inspect::artifact_verify(&data, sealed, digest.as_deref(), repair)
                 }
             }
         }

@@ -34,7 +34,7 @@ use std::sync::Arc;
 /// Bytes per sealed chunk.
 pub const CHUNK: usize = 1 << 20;
 /// Bytes processed at a time (hashed, then sealed or opened on every core).
-const WINDOW: usize = 16 * CHUNK;
+const WINDOW: usize = 8 * CHUNK;
 const TAG: usize = 16;
 const TRAILER: usize = 64;
 const MAGIC: &[u8; 16] = b"sluice-sealed-1\0";
@@ -223,6 +223,48 @@ fn hash(hasher: &mut blake3::Hasher, bytes: &[u8]) {
     } else {
         hasher.update(bytes);
     }
+}
+
+/// Run `produce`, writing what it hands its sink to `file` on a thread of its own, so the
+/// disk's time (a new file's pages) overlaps the next window's decryption and hashing. At most
+/// two windows' copies are in hand; the file is complete when this returns `Ok`.
+fn write_behind(
+    file: fs::File,
+    what: &str,
+    produce: impl FnOnce(&mut dyn FnMut(&[u8]) -> Result<(), StoreError>) -> Result<u64, StoreError>,
+) -> Result<(), StoreError> {
+    use std::sync::mpsc;
+    std::thread::scope(|scope| {
+        let (full_tx, full_rx) = mpsc::sync_channel::<Vec<u8>>(0);
+        let (empty_tx, empty_rx) = mpsc::channel::<Vec<u8>>();
+        let writer = scope.spawn(move || -> std::io::Result<()> {
+            let mut file = file;
+            for buf in full_rx {
+                file.write_all(&buf)?;
+                let _ = empty_tx.send(buf);
+            }
+            Ok(())
+        });
+        let produced = produce(&mut |bytes| {
+            let mut buf = empty_rx.try_recv().unwrap_or_default();
+            buf.clear();
+            buf.extend_from_slice(bytes);
+            // A writer that stopped says why below.
+            full_tx
+                .send(buf)
+                .map_err(|_| StoreError::Invalid(String::new()))
+        });
+        drop(full_tx);
+        let written = writer.join().expect("the writer thread does not panic");
+        match (produced, written) {
+            (_, Err(e)) => Err(StoreError::Io {
+                context: format!("write {what}"),
+                source: e,
+            }),
+            (Err(e), Ok(())) => Err(e),
+            (Ok(_), Ok(())) => Ok(()),
+        }
+    })
 }
 
 /// One tenant's artifacts, sealed.
@@ -449,17 +491,11 @@ impl BlobStore for SealedStore {
             .prefix(".sluice-tmp-")
             .tempfile_in(dir)
             .map_err(io(format!("create a temporary file in {}", dir.display())))?;
-        let mut out = std::io::BufWriter::with_capacity(CHUNK, temp);
-        self.open_into(address, |bytes| {
-            out.write_all(bytes)
-                .map_err(io(format!("write {}", dest.display())))
-        })?;
-        let temp = out.into_inner().map_err(|e| StoreError::Io {
-            context: format!("write {}", dest.display()),
-            source: e.into_error(),
-        })?;
+        let what = dest.display().to_string();
+        let file = temp.reopen().map_err(io(format!("write {what}")))?;
+        write_behind(file, &what, |sink| self.open_into(address, sink))?;
         temp.persist(dest).map_err(|e| StoreError::Io {
-            context: format!("write {}", dest.display()),
+            context: format!("write {what}"),
             source: e.error,
         })?;
         Ok(())

@@ -47,25 +47,30 @@ impl MasterKey {
     pub fn create(path: &Path) -> anyhow::Result<Self> {
         use base64::Engine as _;
         use std::io::Write as _;
-        use std::os::unix::fs::OpenOptionsExt as _;
+        use std::os::unix::fs::PermissionsExt as _;
         let mut bytes = [0u8; 32];
         getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
+        // Written whole aside, then linked into place (which never replaces a file), so an
+        // engine starting at the same moment reads either no key or the whole of it.
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        let temp = tempfile::Builder::new()
+            .prefix(".master-key-")
+            .permissions(std::fs::Permissions::from_mode(0o600))
+            .tempfile_in(dir.unwrap_or(Path::new(".")))
             .map_err(|e| anyhow::anyhow!("cannot create the master key {}: {e}", path.display()))?;
-        f.write_all(
+        temp.as_file().write_all(
             format!(
                 "{PREFIX}{}\n",
                 base64::engine::general_purpose::STANDARD.encode(bytes)
             )
             .as_bytes(),
         )?;
+        temp.as_file().sync_all()?;
+        std::fs::hard_link(temp.path(), path)
+            .map_err(|e| anyhow::anyhow!("cannot create the master key {}: {e}", path.display()))?;
         Ok(Self::from_bytes(bytes))
     }
 
@@ -73,7 +78,16 @@ impl MasterKey {
     pub fn read_or_create(path: &Path) -> anyhow::Result<(Self, bool)> {
         match Self::read(path)? {
             Some(k) => Ok((k, false)),
-            None => Ok((Self::create(path)?, true)),
+            None => match Self::create(path) {
+                Ok(k) => Ok((k, true)),
+                // Another engine made it meanwhile: theirs is the key.
+                Err(_) if path.exists() => Ok((
+                    Self::read(path)?
+                        .ok_or_else(|| anyhow::anyhow!("{} vanished", path.display()))?,
+                    false,
+                )),
+                Err(e) => Err(e),
+            },
         }
     }
 

@@ -337,6 +337,24 @@ impl SecretStore {
     }
 }
 
+/// A tenant's artifacts are sealed under a key derived from its data key: made with it, and
+/// unchanged when the master key is rotated (which re-seals data keys only).
+impl crate::artifacts::tenants::ArtifactKeys for SecretStore {
+    fn root_key<'a>(
+        &'a self,
+        tenant: &'a str,
+    ) -> futures_util::future::BoxFuture<'a, Result<[u8; 32], String>> {
+        Box::pin(async move {
+            let (_, key) = self
+                .data_key(tenant, true)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("tenant `{tenant}` has no data key"))?;
+            Ok(blake3::derive_key("sluice 2026-12 artifact root v1", &key))
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -451,23 +469,5 @@ mod tests {
             matches!(e, SecretError::Tampered(_)) && e.to_string().contains("OPEN"),
             "{e}"
         );
-    }
-}
-
-/// A tenant's artifacts are sealed under a key derived from its data key: made with it, and
-/// unchanged when the master key is rotated (which re-seals data keys only).
-impl crate::artifacts::tenants::ArtifactKeys for SecretStore {
-    fn root_key<'a>(
-        &'a self,
-        tenant: &'a str,
-    ) -> futures_util::future::BoxFuture<'a, Result<[u8; 32], String>> {
-        Box::pin(async move {
-            let (_, key) = self
-                .data_key(tenant, true)
-                .await
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("tenant `{tenant}` has no data key"))?;
-            Ok(blake3::derive_key("sluice 2026-12 artifact root v1", &key))
-        })
     }
 }

@@ -130,6 +130,19 @@ pub fn unpack(tar: &[u8], root: &Path) -> Result<(), ApiError> {
     Ok(())
 }
 
+impl crate::service::Service {
+    /// The tenant's artifact store (sealed under its key in the service).
+    pub(in crate::service) async fn artifacts_of(
+        &self,
+        tenant: &str,
+    ) -> Result<std::sync::Arc<dyn crate::artifacts::BlobStore>, ApiError> {
+        self.engine
+            .artifacts_for(tenant)
+            .await
+            .map_err(|e| ApiError::unavailable(format!("the artifact store: {e}")))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,18 +202,5 @@ mod tests {
             assert!(err.message.contains("entry"), "{i}: {err}");
         }
         assert!(!dir.path().join("escape").exists());
-    }
-}
-
-impl crate::service::Service {
-    /// The tenant's artifact store (sealed under its key in the service).
-    pub(in crate::service) async fn artifacts_of(
-        &self,
-        tenant: &str,
-    ) -> Result<std::sync::Arc<dyn crate::artifacts::BlobStore>, ApiError> {
-        self.engine
-            .artifacts_for(tenant)
-            .await
-            .map_err(|e| ApiError::unavailable(format!("the artifact store: {e}")))
     }
 }
