@@ -25,14 +25,21 @@ fn sealed_file(local: &LocalStore, ns: &str, d: &Digest) -> PathBuf {
 fn content_of_every_size_comes_back_and_is_never_kept_plain() {
     let dir = tempfile::tempdir().unwrap();
     let (local, acme, _) = stores(&dir.path().join("cas"));
+    // Around every boundary of chunks and windows.
     for len in [
         0,
         1,
         CHUNK - 1,
         CHUNK,
         CHUNK + 1,
+        2 * CHUNK,
         3 * CHUNK + 5,
+        4 * CHUNK,
+        5 * CHUNK - 1,
+        7 * CHUNK + 1024,
+        WINDOW,
         WINDOW + CHUNK + 3,
+        2 * WINDOW + 1,
     ] {
         let bytes = content(len);
         let expected = TenantKey::derive(&[1; 32]).address_of(&bytes);
