@@ -73,18 +73,22 @@ impl NatsStore {
 
     /// Make the blob shared: upload it unless the bucket has it.
     fn publish(&self, digest: Digest) -> Result<Digest, StoreError> {
-        let name = digest.hex();
-        let path = self.cache.blob_path(&digest);
+        self.upload(&digest.hex(), &self.cache.blob_path(&digest))?;
+        Ok(digest)
+    }
+
+    /// Upload the file at `path` as object `name`, unless the bucket has it.
+    fn upload(&self, name: &str, path: &Path) -> Result<(), StoreError> {
         self.block(async {
-            if self.present(&name).await {
+            if self.present(name).await {
                 return Ok(());
             }
-            let mut file = tokio::fs::File::open(&path)
+            let mut file = tokio::fs::File::open(path)
                 .await
                 .map_err(|e| e.to_string())?;
             let size = file.metadata().await.map(|m| m.len()).unwrap_or(0);
             self.objects
-                .put(name.as_str(), &mut file)
+                .put(name, &mut file)
                 .await
                 .map(|_| {
                     sluice_engine::metrics::get()
@@ -93,24 +97,20 @@ impl NatsStore {
                 })
                 .map_err(|e| e.to_string())
         })
-        .map_err(remote("upload to the object store"))?;
-        Ok(digest)
+        .map_err(remote("upload to the object store"))
     }
 
-    /// Bring a blob into the cache, verified.
-    fn fetch(&self, digest: &Digest) -> Result<(), StoreError> {
-        if self.cache.contains(digest) {
-            return Ok(());
-        }
+    /// Download object `name` into a temporary file (not checked: the caller does); `None` if
+    /// the bucket has no such object.
+    fn download(&self, name: &str) -> Result<Option<tempfile::TempPath>, StoreError> {
         let temp = tempfile::Builder::new()
             .prefix(".sluice-fetch-")
             .tempfile_in(&self.tmp)
             .map_err(io("create a temporary file"))?
             .into_temp_path();
-        let name = digest.hex();
         let found = self
             .block(async {
-                let mut object = match self.objects.get(&name).await {
+                let mut object = match self.objects.get(name).await {
                     Ok(o) => o,
                     Err(e)
                         if e.kind()
@@ -135,9 +135,18 @@ impl NatsStore {
                 Ok(true)
             })
             .map_err(remote("download from the object store"))?;
-        if !found {
-            return Err(StoreError::NotFound(*digest));
+        Ok(found.then_some(temp))
+    }
+
+    /// Bring a blob into the cache, verified.
+    fn fetch(&self, digest: &Digest) -> Result<(), StoreError> {
+        if self.cache.contains(digest) {
+            return Ok(());
         }
+        let name = digest.hex();
+        let Some(temp) = self.download(&name)? else {
+            return Err(StoreError::NotFound(*digest));
+        };
         let actual = self.cache.put_owned(&temp)?;
         if actual != *digest {
             // The object's name is its content's hash, so it is provably wrong: remove it, for
@@ -204,42 +213,9 @@ impl SealedObjects for NatsStore {
         if let Ok(path) = self.cache.sealed_path(ns, address) {
             return Ok(path);
         }
-        let temp = tempfile::Builder::new()
-            .prefix(".sluice-fetch-")
-            .tempfile_in(&self.tmp)
-            .map_err(io("create a temporary file"))?
-            .into_temp_path();
-        let name = sealed_name(ns, address);
-        let found = self
-            .block(async {
-                let mut object = match self.objects.get(&name).await {
-                    Ok(o) => o,
-                    Err(e)
-                        if e.kind()
-                            == async_nats::jetstream::object_store::GetErrorKind::NotFound =>
-                    {
-                        return Ok(false);
-                    }
-                    Err(e) => return Err(e.to_string()),
-                };
-                let mut file = tokio::fs::File::create(&temp)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let copied = tokio::io::copy(&mut object, &mut file)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                sluice_engine::metrics::get()
-                    .artifact_bytes_fetched
-                    .inc_by(copied);
-                tokio::io::AsyncWriteExt::flush(&mut file)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                Ok(true)
-            })
-            .map_err(remote("download from the object store"))?;
-        if !found {
+        let Some(temp) = self.download(&sealed_name(ns, address))? else {
             return Err(StoreError::NotFound(*address));
-        }
+        };
         self.cache.keep_sealed(ns, address, &temp)?;
         self.cache.sealed_path(ns, address)
     }
@@ -251,26 +227,7 @@ impl SealedObjects for NatsStore {
     fn keep_sealed(&self, ns: &str, address: &Digest, file: &Path) -> Result<(), StoreError> {
         self.cache.keep_sealed(ns, address, file)?;
         let path = self.cache.sealed_path(ns, address)?;
-        let name = sealed_name(ns, address);
-        self.block(async {
-            if self.present(&name).await {
-                return Ok(());
-            }
-            let mut file = tokio::fs::File::open(&path)
-                .await
-                .map_err(|e| e.to_string())?;
-            let size = file.metadata().await.map(|m| m.len()).unwrap_or(0);
-            self.objects
-                .put(name.as_str(), &mut file)
-                .await
-                .map(|_| {
-                    sluice_engine::metrics::get()
-                        .artifact_bytes_stored
-                        .inc_by(size);
-                })
-                .map_err(|e| e.to_string())
-        })
-        .map_err(remote("upload to the object store"))
+        self.upload(&sealed_name(ns, address), &path)
     }
 
     fn drop_sealed(&self, ns: &str, address: &Digest) -> Result<(), StoreError> {

@@ -347,24 +347,4 @@ impl LocalStore {
             .join(&hex[..2])
             .join(&hex[2..]))
     }
-
-    /// Bytes of sealed blobs kept for namespace `ns` (ciphertext, tags and trailers).
-    pub fn sealed_bytes(&self, ns: &str) -> u64 {
-        let Ok(dir) = self.sealed_blob_path(ns, &Digest([0; 32])) else {
-            return 0;
-        };
-        let root = dir.parent().and_then(Path::parent).map(Path::to_path_buf);
-        let mut total = 0;
-        for sub in root
-            .and_then(|r| fs::read_dir(r).ok())
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            for file in fs::read_dir(sub.path()).into_iter().flatten().flatten() {
-                total += file.metadata().map(|m| m.len()).unwrap_or(0);
-            }
-        }
-        total
-    }
 }
