@@ -241,16 +241,7 @@ stages:
         .to_string();
 
     let mut files = Vec::new();
-    let mut dirs = vec![p.path(".sluice/cas")];
-    while let Some(d) = dirs.pop() {
-        for e in std::fs::read_dir(d).unwrap().flatten() {
-            if e.path().is_dir() {
-                dirs.push(e.path());
-            } else {
-                files.push(e.path());
-            }
-        }
-    }
+    files_under(&p.path(".sluice/cas"), &mut files);
     assert!(
         files
             .iter()

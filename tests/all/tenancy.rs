@@ -721,17 +721,6 @@ stages:
       - { name: Read, uses: PROBE, inputs: [site], with: { mode: read, path: /in/site/index.html } }
 "##;
 
-fn files_under(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            files_under(&path, out);
-        } else {
-            out.push(path);
-        }
-    }
-}
-
 #[test]
 fn artifacts_are_sealed_per_tenant_at_rest() {
     let h = Hosted::start(SAME_CONTENT);
@@ -777,8 +766,8 @@ fn artifacts_are_sealed_per_tenant_at_rest() {
     // At rest: no file of the artifact store (or of a workspace) holds the content.
     let data = h.p.path(".sluice");
     let mut files = Vec::new();
-    files_under(&data.join("cas"), &mut files);
-    files_under(&data.join("work"), &mut files);
+    crate::harness::files_under(&data.join("cas"), &mut files);
+    crate::harness::files_under(&data.join("work"), &mut files);
     assert!(
         files
             .iter()
@@ -799,7 +788,7 @@ fn artifacts_are_sealed_per_tenant_at_rest() {
     // Every sealed blob of GLOBEX's changed by one bit: its artifact is refused, named.
     let (_, dev, site) = &sites[1];
     let mut sealed = Vec::new();
-    files_under(&data.join("cas/sealed/globex"), &mut sealed);
+    crate::harness::files_under(&data.join("cas/sealed/globex"), &mut sealed);
     for f in &sealed {
         let mut bytes = std::fs::read(f).unwrap();
         bytes[0] ^= 1;

@@ -245,3 +245,15 @@ pub fn effects(dir: &Path) -> Vec<String> {
     keys.sort();
     keys
 }
+
+/// Every file under `dir` (recursively), added to `out`; a missing `dir` adds nothing.
+pub fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files_under(&path, out);
+        } else {
+            out.push(path);
+        }
+    }
+}
