@@ -822,7 +822,7 @@ fn open_streams_are_bounded_and_leave_room_for_the_api() {
 }
 
 /// The quickstart's folder (its pipeline and `app/`), as a tar archive.
-fn quickstart_folder() -> Vec<u8> {
+pub(crate) fn quickstart_folder() -> Vec<u8> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/quickstart");
     let mut b = tar::Builder::new(Vec::new());
     b.append_path_with_name(root.join("pipeline.yaml"), "pipeline.yaml")

@@ -540,6 +540,68 @@ fn policies_and_quotas_bound_a_tenant() {
         "approver"
     );
     assert_eq!(done["trigger"]["started_by"], "dev");
+
+    // Artifact bytes: what the tenant keeps counts against its quota. An artifact that would
+    // pass it is not kept and fails its action; a tenant at its quota starts nothing.
+    let kept = || {
+        let usage: Value = serde_json::from_str(&h.ok(&admin, &["tenant", "usage"])).unwrap();
+        usage["artifact_bytes"].as_u64().unwrap()
+    };
+    let before = kept();
+    assert!(before > 0, "the site artifact is counted");
+    let room = (before + 1024).to_string();
+    h.ok(
+        &op,
+        &["tenant", "set", "acme", "--max-artifact-bytes", &room],
+    );
+    h.p.write(
+        "big.yaml",
+        &format!(
+            "name: big\nstages:\n  - name: Build\n    actions:\n      - {{ name: Make, uses: PROBE, outputs: [site], with: {{ mode: write, path: /out/site/big.html, value: {} }} }}\n",
+            "x".repeat(4096)
+        )
+        .replace("PROBE", crate::harness::probe()),
+    );
+    h.ok(&dev, &["pipeline", "put", "big.yaml"]);
+    let id = h.ok(&dev, &["start", "big"]).trim().to_string();
+    let failed = wait_for(Duration::from_secs(30), "the big artifact to fail", || {
+        let e: Value = serde_json::from_str(&h.ok(&dev, &["status", &id, "--json"])).ok()?;
+        (status(&e) == "Failed").then_some(e)
+    });
+    let error = action(&failed, "Build/Make")["error"].to_string();
+    assert!(
+        error.contains("quota_exceeded") && error.contains("may keep"),
+        "{error}"
+    );
+    assert_eq!(kept(), before, "nothing of the refused artifact is kept");
+    h.ok(
+        &op,
+        &[
+            "tenant",
+            "set",
+            "acme",
+            "--max-artifact-bytes",
+            &before.to_string(),
+        ],
+    );
+    let r = h.as_(&dev, &["start", "web"]);
+    assert!(
+        r.code == 2 && r.stderr.contains("quota_exceeded") && r.stderr.contains("may keep"),
+        "{r:?}"
+    );
+    // An upload (a pipeline's folder) is refused the same way, over HTTP.
+    let (code, body) = h.http(
+        &dev,
+        "POST",
+        "/api/v1/bundles",
+        &[],
+        &crate::http_api::quickstart_folder(),
+    );
+    assert!(
+        code == 429 && body.contains("quota_exceeded"),
+        "{code} {body}"
+    );
+    assert_eq!(kept(), before);
 }
 
 /// On NATS (two engines), the token in each request decides too: one engine makes the
@@ -628,6 +690,30 @@ fn tokens_decide_the_tenant_on_nats_with_two_engines() {
     assert!(ok(&globex, &["pipeline", "ls"]).contains("web"));
     let e: Value = serde_json::from_str(&ok(&globex, &["status", &id, "--json"])).unwrap();
     assert_eq!(status(&e), "InProgress");
+    // Artifact bytes are counted per tenant in one place every engine reads: GLOBEX's site
+    // is, ACME keeps nothing; at its quota, GLOBEX starts nothing on any engine.
+    let kept = |tenant: &str| {
+        let usage: Value =
+            serde_json::from_str(&ok(&operator, &["tenant", "usage", tenant])).unwrap();
+        usage["artifact_bytes"].as_u64().unwrap()
+    };
+    let globex_kept = kept("globex");
+    assert!(globex_kept > 0);
+    assert_eq!(kept("acme"), 0);
+    ok(
+        &operator,
+        &[
+            "tenant",
+            "set",
+            "globex",
+            "--max-artifact-bytes",
+            &globex_kept.to_string(),
+        ],
+    );
+    for _ in 0..2 {
+        let r = run(&globex, &["start", "web"]);
+        assert!(r.code == 2 && r.stderr.contains("quota_exceeded"), "{r:?}");
+    }
 }
 
 /// With the sample `examples/hosting/nats-server.conf`, the NATS server decides the tenant:

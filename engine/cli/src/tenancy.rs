@@ -71,6 +71,9 @@ pub struct Rules {
     /// Starts (triggers) per second on each engine.
     #[arg(long)]
     max_trigger_rate: Option<u64>,
+    /// Bytes of artifacts kept (e.g. 50GiB).
+    #[arg(long, value_name = "SIZE")]
+    max_artifact_bytes: Option<String>,
 }
 
 impl Rules {
@@ -96,12 +99,18 @@ impl Rules {
         })
     }
 
-    fn quotas(&self) -> Quotas {
-        Quotas {
+    fn quotas(&self) -> anyhow::Result<Quotas> {
+        Ok(Quotas {
             pipelines: self.max_pipelines,
             concurrent_executions: self.max_running,
             triggers_per_second: self.max_trigger_rate,
-        }
+            artifact_bytes: self
+                .max_artifact_bytes
+                .as_deref()
+                .map(sluice_engine::model::units::parse_size)
+                .transpose()
+                .map_err(anyhow::Error::msg)?,
+        })
     }
 
     fn any_policy(&self) -> bool {
@@ -116,6 +125,7 @@ impl Rules {
         self.max_pipelines.is_some()
             || self.max_running.is_some()
             || self.max_trigger_rate.is_some()
+            || self.max_artifact_bytes.is_some()
     }
 }
 
@@ -260,7 +270,7 @@ pub async fn tenant(cmd: TenantCmd) -> anyhow::Result<ExitCode> {
             let request = verbs::TenantCreate {
                 name,
                 policy: rules.policy()?,
-                quotas: rules.quotas(),
+                quotas: rules.quotas()?,
             };
             let t: TenantInfo = match call(&target, request.into()).await? {
                 Ok(t) => t,
@@ -295,7 +305,7 @@ pub async fn tenant(cmd: TenantCmd) -> anyhow::Result<ExitCode> {
             let request = verbs::TenantSet {
                 name,
                 policy: rules.any_policy().then(|| rules.policy()).transpose()?,
-                quotas: rules.any_quota().then(|| rules.quotas()),
+                quotas: rules.any_quota().then(|| rules.quotas()).transpose()?,
             };
             let t: TenantInfo = match call(&target, request.into()).await? {
                 Ok(t) => t,

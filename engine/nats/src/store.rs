@@ -16,6 +16,9 @@ use tokio::runtime::Handle;
 pub struct NatsStore {
     cache: LocalStore,
     objects: ObjectStore,
+    /// Bytes of sealed objects per namespace (tenant), shared by every engine: bucket
+    /// `sluice-artifact-usage`, a counter per namespace, changed by compare-and-swap.
+    usage: crate::kv::NatsKv,
     tmp: std::path::PathBuf,
     runtime: Handle,
 }
@@ -44,10 +47,12 @@ impl NatsStore {
                 .await
                 .map_err(|e| anyhow::anyhow!("create object store sluice-artifacts: {e}"))?,
         };
+        let usage = crate::kv::NatsKv::open(js, "sluice-artifact-usage", 1).await?;
         let tmp = cache_dir.join("tmp");
         Ok(NatsStore {
             cache: LocalStore::open(cache_dir)?,
             objects,
+            usage,
             tmp,
             runtime: Handle::current(),
         })
@@ -77,11 +82,24 @@ impl NatsStore {
         Ok(digest)
     }
 
-    /// Upload the file at `path` as object `name`, unless the bucket has it.
-    fn upload(&self, name: &str, path: &Path) -> Result<(), StoreError> {
+    /// Add `delta` to namespace `ns`'s count of sealed bytes. Two engines uploading the same
+    /// new object at once both count it: the count may run over, never under.
+    fn count(&self, ns: &str, delta: i64) -> Result<(), StoreError> {
+        self.block(sluice_engine::kv::modify::<u64, _>(
+            &self.usage,
+            ns,
+            |used| Some(used.unwrap_or(0).saturating_add_signed(delta)),
+        ))
+        .map(drop)
+        .map_err(|e| remote("count a tenant's artifact bytes")(e.to_string()))
+    }
+
+    /// Upload the file at `path` as object `name`, unless the bucket has it; returns the
+    /// bytes uploaded (0: the bucket had it).
+    fn upload(&self, name: &str, path: &Path) -> Result<u64, StoreError> {
         self.block(async {
             if self.present(name).await {
-                return Ok(());
+                return Ok(0);
             }
             let mut file = tokio::fs::File::open(path)
                 .await
@@ -94,6 +112,7 @@ impl NatsStore {
                     sluice_engine::metrics::get()
                         .artifact_bytes_stored
                         .inc_by(size);
+                    size
                 })
                 .map_err(|e| e.to_string())
         })
@@ -227,13 +246,30 @@ impl SealedObjects for NatsStore {
     fn keep_sealed(&self, ns: &str, address: &Digest, file: &Path) -> Result<(), StoreError> {
         self.cache.keep_sealed(ns, address, file)?;
         let path = self.cache.sealed_path(ns, address)?;
-        self.upload(&sealed_name(ns, address), &path)
+        match self.upload(&sealed_name(ns, address), &path)? {
+            0 => Ok(()),
+            uploaded => self.count(ns, uploaded as i64),
+        }
     }
 
     fn drop_sealed(&self, ns: &str, address: &Digest) -> Result<(), StoreError> {
         self.cache.drop_sealed(ns, address)?;
-        let _ = self.block(self.objects.delete(sealed_name(ns, address)));
-        Ok(())
+        let name = sealed_name(ns, address);
+        let size = self.block(async {
+            let info = self.objects.info(&name).await.ok().filter(|i| !i.deleted)?;
+            self.objects.delete(&name).await.ok()?;
+            Some(info.size)
+        });
+        match size {
+            Some(size) => self.count(ns, -(size as i64)),
+            None => Ok(()),
+        }
+    }
+
+    fn sealed_bytes(&self, ns: &str) -> Result<u64, StoreError> {
+        self.block(sluice_engine::kv::get_json::<u64>(&self.usage, ns))
+            .map(|found| found.map_or(0, |(used, _)| used))
+            .map_err(|e| remote("read a tenant's artifact bytes")(e.to_string()))
     }
 
     fn sealed_tmp(&self) -> std::path::PathBuf {

@@ -5,13 +5,19 @@
 //! (`copy_file_range`, reflinks where the filesystem has them) and hashing memory-maps the
 //! copy, so a blob of any size needs no more than a constant amount of anonymous memory.
 use super::{BlobStore, Digest, StoreError, io};
+use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 /// Blobs in a local directory.
 #[derive(Debug, Clone)]
 pub struct LocalStore {
     root: PathBuf,
+    /// Bytes kept in each sealed namespace: counted from the files on first ask, then kept up
+    /// to date by this store's own keeps and drops (shared by its clones; one process owns
+    /// an embedded data directory).
+    sealed_usage: Arc<Mutex<HashMap<String, u64>>>,
 }
 
 impl LocalStore {
@@ -20,7 +26,10 @@ impl LocalStore {
         let root = root.into();
         fs::create_dir_all(root.join("blobs")).map_err(io(format!("create {}", root.display())))?;
         fs::create_dir_all(root.join("tmp")).map_err(io(format!("create {}", root.display())))?;
-        Ok(LocalStore { root })
+        Ok(LocalStore {
+            root,
+            sealed_usage: Arc::default(),
+        })
     }
 
     /// Where the blob with this digest lives (whether or not it exists).
@@ -286,17 +295,82 @@ impl super::SealedObjects for LocalStore {
         let dest = self.sealed_blob_path(ns, address)?;
         fs::create_dir_all(dest.parent().expect("blob path has a parent"))
             .map_err(io("create blob directory"))?;
-        let mut perms = fs::metadata(file)
-            .map_err(io(format!("stat {}", file.display())))?
-            .permissions();
+        let meta = fs::metadata(file).map_err(io(format!("stat {}", file.display())))?;
+        let mut perms = meta.permissions();
         perms.set_readonly(true);
         fs::set_permissions(file, perms).map_err(io("make blob read-only"))?;
-        match fs::rename(file, &dest) {
+        // Counted under the lock, so a first count (a walk) never misses or doubles it.
+        let mut usage = self.sealed_usage.lock().expect("sealed usage");
+        let new = !dest.exists();
+        self.move_sealed(address, file, &dest)?;
+        if let Some(used) = usage.get_mut(ns).filter(|_| new) {
+            *used += meta.len();
+        }
+        Ok(())
+    }
+
+    fn drop_sealed(&self, ns: &str, address: &Digest) -> Result<(), StoreError> {
+        let path = self.sealed_blob_path(ns, address)?;
+        let mut usage = self.sealed_usage.lock().expect("sealed usage");
+        let len = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        match fs::remove_file(path) {
+            Ok(()) => {
+                if let Some(used) = usage.get_mut(ns) {
+                    *used = used.saturating_sub(len);
+                }
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::Io {
+                context: format!("remove {address}"),
+                source: e,
+            }),
+        }
+    }
+
+    fn sealed_bytes(&self, ns: &str) -> Result<u64, StoreError> {
+        let mut usage = self.sealed_usage.lock().expect("sealed usage");
+        if let Some(used) = usage.get(ns) {
+            return Ok(*used);
+        }
+        let dir = self
+            .sealed_blob_path(ns, &Digest([0; 32]))?
+            .parent()
+            .and_then(Path::parent)
+            .expect("a namespace directory")
+            .to_path_buf();
+        let mut used = 0;
+        if let Ok(prefixes) = fs::read_dir(&dir) {
+            for prefix in prefixes.flatten() {
+                let Ok(files) = fs::read_dir(prefix.path()) else {
+                    continue;
+                };
+                used += files
+                    .flatten()
+                    .filter_map(|f| f.metadata().ok())
+                    .filter(|m| m.is_file())
+                    .map(|m| m.len())
+                    .sum::<u64>();
+            }
+        }
+        usage.insert(ns.to_string(), used);
+        Ok(used)
+    }
+
+    fn sealed_tmp(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+}
+
+impl LocalStore {
+    /// Move a sealed file into place at `dest` (copied only across filesystems).
+    fn move_sealed(&self, address: &Digest, file: &Path, dest: &Path) -> Result<(), StoreError> {
+        match fs::rename(file, dest) {
             Ok(()) => Ok(()),
             // Another filesystem: copy into ours, then move into place.
             Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
                 let temp = self.copy_to_temp(file, &self.root.join("tmp"), "a sealed blob")?;
-                temp.persist(&dest).map_err(|e| StoreError::Io {
+                temp.persist(dest).map_err(|e| StoreError::Io {
                     context: format!("store {address}"),
                     source: e.error,
                 })?;
@@ -310,23 +384,6 @@ impl super::SealedObjects for LocalStore {
         }
     }
 
-    fn drop_sealed(&self, ns: &str, address: &Digest) -> Result<(), StoreError> {
-        match fs::remove_file(self.sealed_blob_path(ns, address)?) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(StoreError::Io {
-                context: format!("remove {address}"),
-                source: e,
-            }),
-        }
-    }
-
-    fn sealed_tmp(&self) -> PathBuf {
-        self.root.join("tmp")
-    }
-}
-
-impl LocalStore {
     /// Where a sealed blob lives; `ns` must be one plain path part.
     pub(crate) fn sealed_blob_path(&self, ns: &str, d: &Digest) -> Result<PathBuf, StoreError> {
         let plain = !ns.is_empty()

@@ -36,6 +36,9 @@ pub enum StoreError {
     /// A sealed blob whose ciphertext does not open under its tenant's key: changed at rest.
     #[error("{0} does not decrypt: its stored bytes were changed; it was not used")]
     Tampered(Digest),
+    /// Keeping it would bring its tenant over its quota of artifact bytes (it was not kept).
+    #[error("quota_exceeded: {0}")]
+    QuotaExceeded(String),
     /// A tree that cannot be stored or restored safely.
     #[error("{0}")]
     Invalid(String),

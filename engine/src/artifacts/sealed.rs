@@ -30,6 +30,7 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Bytes per sealed chunk.
 pub const CHUNK: usize = 1 << 20;
@@ -55,6 +56,9 @@ pub trait SealedObjects: Send + Sync {
     fn drop_sealed(&self, ns: &str, address: &Digest) -> Result<(), StoreError>;
     /// A directory for temporary files on the same filesystem as the kept ones.
     fn sealed_tmp(&self) -> PathBuf;
+    /// Bytes kept in namespace `ns` (sealed files as stored): what a tenant's quota of
+    /// artifact bytes counts.
+    fn sealed_bytes(&self, ns: &str) -> Result<u64, StoreError>;
 }
 
 /// A tenant's artifact keys, derived from one root key (the tenant's data key): rotating the
@@ -267,6 +271,9 @@ pub struct SealedStore {
     objects: Arc<dyn SealedObjects>,
     ns: String,
     key: TenantKey,
+    /// The most bytes the namespace may keep (`u64::MAX`: no limit), set from the tenant's
+    /// quota by its [`super::tenants::TenantStores`].
+    limit: AtomicU64,
 }
 
 impl SealedStore {
@@ -276,7 +283,36 @@ impl SealedStore {
             objects,
             ns: ns.to_string(),
             key,
+            limit: AtomicU64::new(u64::MAX),
         }
+    }
+
+    /// Keep no new blob that would bring the namespace's bytes over `limit` (`None`: any).
+    pub fn set_limit(&self, limit: Option<u64>) {
+        self.limit
+            .store(limit.unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// Refuse a new blob of `len` bytes that the namespace's limit has no room for. Puts
+    /// running at once are each checked against what is kept, so together they may pass
+    /// the limit by what they are writing; the next put sees it.
+    fn check_room(&self, len: u64) -> Result<(), StoreError> {
+        let limit = self.limit.load(Ordering::Relaxed);
+        if limit == u64::MAX {
+            return Ok(());
+        }
+        let used = self.objects.sealed_bytes(&self.ns)?;
+        if used.saturating_add(len) <= limit {
+            return Ok(());
+        }
+        use sluice_core::model::units::size;
+        Err(StoreError::QuotaExceeded(format!(
+            "tenant `{}` may keep {} of artifacts and keeps {}; this artifact needs {} more",
+            self.ns,
+            size(limit),
+            size(used),
+            size(len)
+        )))
     }
 
     fn temp(&self) -> Result<tempfile::NamedTempFile, StoreError> {
@@ -292,6 +328,11 @@ impl SealedStore {
         if self.objects.has_sealed(&self.ns, &address) {
             let _ = fs::remove_file(file);
             return Ok(address);
+        }
+        let len = fs::metadata(file).map_err(io("stat a sealed blob"))?.len();
+        if let Err(e) = self.check_room(len) {
+            let _ = fs::remove_file(file);
+            return Err(e);
         }
         self.objects.keep_sealed(&self.ns, &address, file)?;
         Ok(address)

@@ -152,3 +152,49 @@ impl SealedStore {
         self.objects.drop_sealed(&self.ns, address).unwrap();
     }
 }
+
+#[test]
+fn a_namespace_keeps_no_new_blob_past_its_limit_and_its_bytes_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let cas = dir.path().join("cas");
+    let (local, acme, globex) = stores(&cas);
+    let small = acme.put_bytes(&content(1000)).unwrap();
+    let kept = local.sealed_bytes("acme").unwrap();
+    assert_eq!(
+        kept,
+        fs::metadata(sealed_file(&local, "acme", &small))
+            .unwrap()
+            .len()
+    );
+    acme.set_limit(Some(kept + 2000));
+    // Room for one more small blob; the same content again costs nothing.
+    let second = acme.put_bytes(&content(1500)).unwrap();
+    assert_eq!(acme.put_bytes(&content(1000)).unwrap(), small);
+    let kept = local.sealed_bytes("acme").unwrap();
+    // A file handed over that does not fit: refused, not kept, and gone from the workspace.
+    let big = dir.path().join("big");
+    fs::write(&big, content(5 * CHUNK)).unwrap();
+    let err = acme.put_owned(&big).unwrap_err();
+    assert!(matches!(err, StoreError::QuotaExceeded(_)), "{err}");
+    assert!(err.to_string().contains("tenant `acme` may keep"), "{err}");
+    assert!(!big.exists());
+    assert!(matches!(
+        acme.put_bytes(&content(3000)),
+        Err(StoreError::QuotaExceeded(_))
+    ));
+    assert_eq!(local.sealed_bytes("acme").unwrap(), kept);
+    // Another namespace is not bounded by it, nor counted in it.
+    globex.put_bytes(&content(3000)).unwrap();
+    assert_eq!(local.sealed_bytes("acme").unwrap(), kept);
+    // A dropped blob no longer counts; a store opened afresh counts what is on disk.
+    acme.discard_all_for_test(&second);
+    let after = local.sealed_bytes("acme").unwrap();
+    assert!(after < kept);
+    assert_eq!(
+        LocalStore::open(&cas)
+            .unwrap()
+            .sealed_bytes("acme")
+            .unwrap(),
+        after
+    );
+}

@@ -22,8 +22,12 @@ impl crate::service::Service {
         tokio::task::spawn_blocking(move || {
             let dir = tempfile::tempdir().map_err(ApiError::internal)?;
             unpack(&tar, dir.path())?;
-            let (digest, stats) = tree::put_tree(&*blobs, dir.path())
-                .map_err(|e| ApiError::invalid(e.to_string()))?;
+            let (digest, stats) = tree::put_tree(&*blobs, dir.path()).map_err(|e| match e {
+                crate::artifacts::StoreError::QuotaExceeded(why) => {
+                    ApiError::new(sluice_api::Code::QuotaExceeded, why)
+                }
+                e => ApiError::invalid(e.to_string()),
+            })?;
             Ok(Bundle {
                 digest: digest.to_string(),
                 files: stats.files,

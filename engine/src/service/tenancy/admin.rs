@@ -206,19 +206,24 @@ impl Service {
         &self,
         r: verbs::TenantSet,
     ) -> Result<TenantInfo, ApiError> {
-        crate::kv::modify::<TenantInfo, _>(&*self.edges.pipelines, &tenant_key(&r.name), |t| {
-            t.map(|mut t| {
-                if let Some(p) = &r.policy {
-                    t.policy = p.clone();
-                }
-                if let Some(q) = &r.quotas {
-                    t.quotas = q.clone();
-                }
-                t
+        let set =
+            crate::kv::modify::<TenantInfo, _>(&*self.edges.pipelines, &tenant_key(&r.name), |t| {
+                t.map(|mut t| {
+                    if let Some(p) = &r.policy {
+                        t.policy = p.clone();
+                    }
+                    if let Some(q) = &r.quotas {
+                        t.quotas = q.clone();
+                    }
+                    t
+                })
             })
-        })
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no tenant `{}`", r.name)))
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("no tenant `{}`", r.name)))?;
+        if let Some(stores) = &self.engine.artifacts {
+            stores.quota_changed(&r.name);
+        }
+        Ok(set)
     }
 
     /// `tenant.rm`: the tenant's tokens stop working; its data stays.
@@ -252,6 +257,7 @@ impl Service {
             running_executions: self
                 .running_count(&tenant, crate::service::api::MAX_LIST)
                 .await? as u64,
+            artifact_bytes: self.artifact_bytes(&tenant)?,
             quotas,
             tenant,
         })

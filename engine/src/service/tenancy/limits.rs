@@ -6,7 +6,27 @@ use crate::kv::get_json;
 use crate::service::Service;
 use sluice_api::tenancy::{Policy, Quotas, TenantInfo};
 use sluice_api::{ApiError, Code};
+use sluice_core::model::units::size;
+use std::sync::Arc;
 use std::time::Instant;
+
+/// Each tenant's quota of artifact bytes, from its record (read by the artifact store when
+/// it opens a tenant's store, and again every few seconds).
+pub(super) struct RecordedQuotas(pub Arc<dyn crate::kv::Kv>);
+
+impl crate::artifacts::tenants::ArtifactQuotas for RecordedQuotas {
+    fn limit<'a>(
+        &'a self,
+        tenant: &'a str,
+    ) -> futures_util::future::BoxFuture<'a, Result<Option<u64>, String>> {
+        Box::pin(async move {
+            Ok(get_json::<TenantInfo>(&*self.0, &tenant_key(tenant))
+                .await
+                .map_err(|e| e.to_string())?
+                .and_then(|(t, _)| t.quotas.artifact_bytes))
+        })
+    }
+}
 
 impl Service {
     /// A tenant's record, if it exists.
@@ -115,6 +135,16 @@ impl Service {
             }
             *left -= 1.0;
         }
+        if let Some(max) = quotas.artifact_bytes {
+            let kept = self.artifact_bytes(tenant)?;
+            if kept >= max {
+                return Ok(Some(format!(
+                    "quota_exceeded: tenant `{tenant}` may keep {} of artifacts and keeps {}",
+                    size(max),
+                    size(kept)
+                )));
+            }
+        }
         if let Some(max) = quotas.concurrent_executions {
             let running = self.running_count(tenant, max as usize + 1).await?;
             if running as u64 >= max {
@@ -147,6 +177,16 @@ impl Service {
             )));
         }
         self.start_quota_refusal(tenant, count_rate).await
+    }
+
+    /// Bytes of artifacts `tenant` keeps (0 where artifacts are not sealed per tenant).
+    pub(super) fn artifact_bytes(&self, tenant: &str) -> Result<u64, ApiError> {
+        match &self.engine.artifacts {
+            Some(stores) => stores
+                .stored_bytes(tenant)
+                .map_err(|e| ApiError::unavailable(format!("the artifact store: {e}"))),
+            None => Ok(0),
+        }
     }
 
     /// Executions of `tenant` running now, counted up to `up_to`.

@@ -70,6 +70,11 @@ impl Service {
             .on
             .store(true, std::sync::atomic::Ordering::SeqCst);
         *self.tenancy.keep.lock().unwrap() = Some(keep);
+        if let Some(stores) = &self.engine.artifacts {
+            stores.limit_by(std::sync::Arc::new(limits::RecordedQuotas(
+                self.edges.pipelines.clone(),
+            )));
+        }
     }
 
     /// Whether requests must carry a token.
