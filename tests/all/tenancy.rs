@@ -509,6 +509,32 @@ fn policies_and_quotas_bound_a_tenant() {
         r.code == 2 && r.stderr.contains("may run 1 executions at once"),
         "{r:?}"
     );
+    // With places to wait, a start beyond the running quota waits instead (it starts when the
+    // running one ends, below); beyond the places, it is refused.
+    h.ok(
+        &op,
+        &[
+            "tenant",
+            "set",
+            "acme",
+            "--max-pipelines",
+            "2",
+            "--max-running",
+            "1",
+            "--max-queued",
+            "1",
+        ],
+    );
+    let r = h.as_(&dev, &["start", "web"]);
+    assert!(r.code == 0 && r.stderr.contains("queued"), "{r:?}");
+    let waiting = r.stdout.trim().to_string();
+    let r = h.as_(&dev, &["status", &waiting]);
+    assert!(r.code != 0 && r.stderr.contains("has not started"), "{r:?}");
+    let r = h.as_(&dev, &["start", "web"]);
+    assert!(
+        r.code == 2 && r.stderr.contains("places to wait are taken"),
+        "{r:?}"
+    );
     // Usage is for admins.
     assert!(
         h.as_(&dev, &["tenant", "usage"])
@@ -519,6 +545,7 @@ fn policies_and_quotas_bound_a_tenant() {
     let usage: Value = serde_json::from_str(&h.ok(&admin, &["tenant", "usage"])).unwrap();
     assert_eq!(usage["pipelines"], 2);
     assert_eq!(usage["running_executions"], 1);
+    assert_eq!(usage["queued_executions"], 1);
     assert_eq!(usage["quotas"]["concurrent_executions"], 1);
     // With authentication, who decides is the token's holder: naming someone else is refused.
     let approver = h.token("acme", "approver", "approver");
@@ -540,6 +567,20 @@ fn policies_and_quotas_bound_a_tenant() {
         "approver"
     );
     assert_eq!(done["trigger"]["started_by"], "dev");
+    // The first one ended: the queued one starts, and leaves the queue.
+    wait_for(
+        Duration::from_secs(30),
+        "the queued execution to start",
+        || {
+            let r = h.as_(&dev, &["status", &waiting, "--json"]);
+            let e: Value = serde_json::from_str(&r.stdout).ok()?;
+            action(&e, "Gate/Approve")["waiting"]
+                .is_object()
+                .then_some(())
+        },
+    );
+    let usage: Value = serde_json::from_str(&h.ok(&admin, &["tenant", "usage"])).unwrap();
+    assert_eq!(usage["queued_executions"], 0);
 
     // Artifact bytes: what the tenant keeps counts against its quota. An artifact that would
     // pass it is not kept and fails its action; a tenant at its quota starts nothing.
@@ -690,6 +731,41 @@ fn tokens_decide_the_tenant_on_nats_with_two_engines() {
     assert!(ok(&globex, &["pipeline", "ls"]).contains("web"));
     let e: Value = serde_json::from_str(&ok(&globex, &["status", &id, "--json"])).unwrap();
     assert_eq!(status(&e), "InProgress");
+    // A start beyond the running quota waits in the tenant's one queue (in KV), whichever
+    // engine takes its event, and starts when the running execution ends.
+    ok(
+        &operator,
+        &[
+            "tenant",
+            "set",
+            "globex",
+            "--max-running",
+            "1",
+            "--max-queued",
+            "1",
+        ],
+    );
+    let r = run(&globex, &["start", "web"]);
+    assert!(r.code == 0 && r.stderr.contains("queued"), "{r:?}");
+    let waiting = r.stdout.trim().to_string();
+    let approver = ok(
+        &operator,
+        &[
+            "token", "create", "--tenant", "globex", "--name", "approver", "--role", "approver",
+        ],
+    );
+    ok(&approver, &["approve", &id, "Gate/Approve"]);
+    wait_for(
+        Duration::from_secs(30),
+        "the queued execution to start",
+        || {
+            let r = run(&globex, &["status", &waiting, "--json"]);
+            let e: Value = serde_json::from_str(&r.stdout).ok()?;
+            action(&e, "Gate/Approve")["waiting"]
+                .is_object()
+                .then_some(())
+        },
+    );
     // Artifact bytes are counted per tenant in one place every engine reads: GLOBEX's site
     // is, ACME keeps nothing; at its quota, GLOBEX starts nothing on any engine.
     let kept = |tenant: &str| {

@@ -44,6 +44,10 @@ pub struct Quotas {
     /// Trigger events and starts per second, per engine (with a burst of as many).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub triggers_per_second: Option<u64>,
+    /// Starts waiting for one of the tenant's running executions to end, beyond
+    /// `concurrent_executions` (`None`: a start beyond it is refused, not queued).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued_executions: Option<u64>,
     /// Bytes of artifacts kept (sealed, as stored): an artifact that would pass it is not
     /// kept and its action fails with `quota_exceeded`; once it is reached, starts are refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -74,6 +78,9 @@ pub struct Usage {
     pub pipelines: u64,
     /// Executions running now.
     pub running_executions: u64,
+    /// Starts waiting for a running execution to end.
+    #[serde(default)]
+    pub queued_executions: u64,
     /// Bytes of artifacts kept (sealed, as stored).
     #[serde(default)]
     pub artifact_bytes: u64,

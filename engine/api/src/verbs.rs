@@ -832,6 +832,10 @@ pub struct Started {
     pub execution_id: String,
     /// The trigger event's id.
     pub event_id: String,
+    /// The tenant is at its quota of running executions: the execution starts when one of
+    /// them ends (it waits in the tenant's queue; until then `status` does not find it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub queued: bool,
 }
 
 /// An execution's status after a control verb.

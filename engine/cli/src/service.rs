@@ -743,6 +743,23 @@ pub async fn start(
     };
     let id = reply["execution_id"].as_str().unwrap_or("").to_string();
     println!("{id}");
+    if reply["queued"].as_bool() == Some(true) {
+        eprintln!(
+            "queued: the tenant runs as many executions as its quota allows; this one starts when one of them ends"
+        );
+        if watch {
+            // Until it starts, it has no record to follow.
+            while client
+                .call(&Request::from(verbs::GetExecution {
+                    execution_id: id.clone(),
+                }))
+                .await
+                .is_err()
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        }
+    }
     if watch {
         return follow(&client, &id).await;
     }

@@ -71,6 +71,10 @@ pub struct Rules {
     /// Starts (triggers) per second on each engine.
     #[arg(long)]
     max_trigger_rate: Option<u64>,
+    /// Starts that wait for a running execution to end, beyond --max-running (without it, a
+    /// start beyond --max-running is refused).
+    #[arg(long)]
+    max_queued: Option<u64>,
     /// Bytes of artifacts kept (e.g. 50GiB).
     #[arg(long, value_name = "SIZE")]
     max_artifact_bytes: Option<String>,
@@ -104,6 +108,7 @@ impl Rules {
             pipelines: self.max_pipelines,
             concurrent_executions: self.max_running,
             triggers_per_second: self.max_trigger_rate,
+            queued_executions: self.max_queued,
             artifact_bytes: self
                 .max_artifact_bytes
                 .as_deref()
@@ -125,6 +130,7 @@ impl Rules {
         self.max_pipelines.is_some()
             || self.max_running.is_some()
             || self.max_trigger_rate.is_some()
+            || self.max_queued.is_some()
             || self.max_artifact_bytes.is_some()
     }
 }

@@ -913,7 +913,7 @@ async fn a_refused_event_is_started_under_its_claim_once_accepted() {
         .await
         .unwrap();
     assert!(
-        matches!(&refused, Err(reason) if reason.contains("unknown pipeline")),
+        matches!(&refused, Err(crate::service::triggers::NotStarted::Rejected(reason)) if reason.contains("unknown pipeline")),
         "refused"
     );
     let (claimed, _) =

@@ -380,8 +380,17 @@ impl Service {
             .ok_or_else(|| no_pipeline(&r.pipeline))?;
         refuse_overrides(&loaded, &r.variables)?;
         self.check_policy(&p.tenant, &loaded).await?;
-        if let Some(why) = self.start_quota_refusal(&p.tenant, true).await? {
-            return Err(ApiError::new(sluice_api::Code::QuotaExceeded, why));
+        match self.start_quota_refusal(&p.tenant, true).await? {
+            None => {}
+            // Room in the tenant's queue: the trigger path keeps the start's place there.
+            Some(crate::service::tenancy::Refused::Wait { places, .. })
+                if (self.queued(&p.tenant).await?.len() as u64) < places => {}
+            Some(refused) => {
+                return Err(ApiError::new(
+                    sluice_api::Code::QuotaExceeded,
+                    refused.into_reason(),
+                ));
+            }
         }
         let started_by = self.acting_as(p, r.started_by.as_deref())?;
         let event = TriggerEvent {
@@ -403,9 +412,11 @@ impl Service {
             data: None,
         };
         let execution_id = self.trigger(&p.tenant, &r.pipeline, &event).await?;
+        let queued = self.execution(&p.tenant, &execution_id).await?.is_none();
         Ok(Started {
             execution_id,
             event_id: event.id,
+            queued,
         })
     }
 
@@ -419,6 +430,11 @@ impl Service {
                 };
                 self.fill_holders(&mut e).await;
                 Ok(e)
+            }
+            None if self.queued(&p.tenant).await?.iter().any(|q| q == id) => {
+                Err(ApiError::not_found(format!(
+                    "execution `{id}` has not started: it waits for one of the tenant's running executions to end (its quota)"
+                )))
             }
             None => Err(ApiError::not_found(format!("no execution `{id}`"))),
         }
@@ -776,8 +792,11 @@ impl Service {
         };
         loop {
             if let Some(id) = self.claimed(tenant, pipeline, &event.id).await? {
-                // The claim comes first; wait for the record itself.
-                if self.execution(tenant, &id).await?.is_some() {
+                // The claim comes first; wait for the record itself, or its place in the
+                // tenant's queue.
+                if self.execution(tenant, &id).await?.is_some()
+                    || self.queued(tenant).await?.contains(&id)
+                {
                     return Ok(id);
                 }
             }

@@ -257,6 +257,7 @@ impl Service {
             running_executions: self
                 .running_count(&tenant, crate::service::api::MAX_LIST)
                 .await? as u64,
+            queued_executions: self.queued(&tenant).await?.len() as u64,
             artifact_bytes: self.artifact_bytes(&tenant)?,
             quotas,
             tenant,

@@ -10,6 +10,29 @@ use sluice_core::model::units::size;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// Why a start may not go ahead now.
+#[derive(Debug)]
+pub(in crate::service) enum Refused {
+    /// Refused, for this reason.
+    Now(String),
+    /// The tenant runs as many executions as it may (`why`): the start may wait in its queue
+    /// of `places` (see `queue`).
+    Wait { why: String, places: u64 },
+}
+
+impl Refused {
+    /// The reason of a refusal for good (for `Wait`: its queue is full), as the dead letter
+    /// and the caller see it.
+    pub(in crate::service) fn into_reason(self) -> String {
+        match self {
+            Refused::Now(why) => why,
+            Refused::Wait { why, places } => {
+                format!("{why}, and its {places} places to wait are taken")
+            }
+        }
+    }
+}
+
 /// Each tenant's quota of artifact bytes, from its record (read by the artifact store when
 /// it opens a tenant's store, and again every few seconds).
 pub(super) struct RecordedQuotas(pub Arc<dyn crate::kv::Kv>);
@@ -110,12 +133,12 @@ impl Service {
     }
 
     /// Why a new execution of `tenant` may not start now (its quota of running executions,
-    /// or of triggers per second on this engine), if it may not.
+    /// of artifact bytes, or of triggers per second on this engine), if it may not.
     pub(in crate::service) async fn start_quota_refusal(
         &self,
         tenant: &str,
         count_rate: bool,
-    ) -> Result<Option<String>, ApiError> {
+    ) -> Result<Option<Refused>, ApiError> {
         let Some((_, quotas)) = self.rules_of(tenant).await? else {
             return Ok(None);
         };
@@ -129,28 +152,31 @@ impl Service {
                 (*left + now.duration_since(*since).as_secs_f64() * rate as f64).min(rate as f64);
             *since = now;
             if *left < 1.0 {
-                return Ok(Some(format!(
+                return Ok(Some(Refused::Now(format!(
                     "quota_exceeded: tenant `{tenant}` may start {rate} executions per second"
-                )));
+                ))));
             }
             *left -= 1.0;
         }
         if let Some(max) = quotas.artifact_bytes {
             let kept = self.artifact_bytes(tenant)?;
             if kept >= max {
-                return Ok(Some(format!(
+                return Ok(Some(Refused::Now(format!(
                     "quota_exceeded: tenant `{tenant}` may keep {} of artifacts and keeps {}",
                     size(max),
                     size(kept)
-                )));
+                ))));
             }
         }
         if let Some(max) = quotas.concurrent_executions {
             let running = self.running_count(tenant, max as usize + 1).await?;
             if running as u64 >= max {
-                return Ok(Some(format!(
-                    "quota_exceeded: tenant `{tenant}` may run {max} executions at once"
-                )));
+                let why =
+                    format!("quota_exceeded: tenant `{tenant}` may run {max} executions at once");
+                return Ok(Some(match quotas.queued_executions {
+                    Some(places) if places > 0 => Refused::Wait { why, places },
+                    _ => Refused::Now(why),
+                }));
             }
         }
         Ok(None)
@@ -165,16 +191,16 @@ impl Service {
         tenant: &str,
         loaded: &crate::service::Loaded,
         count_rate: bool,
-    ) -> Result<Option<String>, ApiError> {
+    ) -> Result<Option<Refused>, ApiError> {
         if !self.auth_on() {
             return Ok(None);
         }
         if let Err(e) = self.check_policy(tenant, loaded).await {
             let lines = e.problem_lines();
-            return Ok(Some(format!(
+            return Ok(Some(Refused::Now(format!(
                 "policy: {}",
                 if lines.is_empty() { e.message } else { lines }
-            )));
+            ))));
         }
         self.start_quota_refusal(tenant, count_rate).await
     }

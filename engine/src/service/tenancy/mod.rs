@@ -9,7 +9,9 @@
 mod admin;
 mod audit;
 mod limits;
+pub(in crate::service) use limits::Refused;
 pub mod policy;
+pub(super) mod queue;
 pub mod tokens;
 
 use super::Service;

@@ -10,7 +10,8 @@
 //! before, or the pipeline changed), none of it was stored or sent; the chain is dropped and the
 //! trigger is started the usual way, under the same delivery.
 //!
-//! Only a first delivery with an idle worker starts early, and only when nothing in the lanes
+//! Only a first delivery with an idle worker starts early, never with authentication on (the
+//! tenant's policy and quotas are read first), and only when nothing in the lanes
 //! would change: a `parallel` pipeline whose lanes copy a watch keeps current, entered through an
 //! enabled transition (see `lane_copies`). (Should a later stage's transition be disabled while
 //! an early start runs and its gate then refuse, the lane keeps a waiting entry for an execution
@@ -69,6 +70,11 @@ impl Service {
         name: &str,
         payload: &[u8],
     ) -> Option<(String, Recorded)> {
+        // With authentication on, every start passes the tenant's policy and quotas first,
+        // which an early start (deciding before any read) cannot.
+        if self.auth_on() {
+            return None;
+        }
         let event = TriggerEvent::parse(payload).ok()?;
         if !crate::kv::valid_key(tenant)
             || tenant.starts_with('_')

@@ -10,6 +10,15 @@ pub mod webhook;
 
 use super::*;
 
+/// Why a trigger started nothing (now).
+#[derive(Debug)]
+pub(in crate::service) enum NotStarted {
+    /// Refused: the event goes to the dead letter with this reason.
+    Rejected(String),
+    /// Waiting in the tenant's queue (`--max-queued`): the event is delivered again later.
+    Queued,
+}
+
 /// How long a refused trigger event is kept in the dead letter.
 pub const DEAD_LETTER_KEEP: Duration = Duration::from_secs(30 * 24 * 3600);
 
@@ -319,9 +328,15 @@ impl Service {
                     return;
                 }
             }
-            Ok(Err(reason)) => {
+            Ok(Err(NotStarted::Rejected(reason))) => {
                 self.reject(&tenant, &pipeline, reason, &delivery.payload)
                     .await
+            }
+            Ok(Err(NotStarted::Queued)) => {
+                // Waiting for one of the tenant's running executions to end.
+                drop(place);
+                let _ = delivery.nak(crate::service::tenancy::queue::RETRY).await;
+                return;
             }
             Err(e) => {
                 // The store is unreachable: leave the event for later (or another engine).
@@ -339,6 +354,24 @@ impl Service {
         }
     }
 
+    /// A start the tenant's quotas refuse: it waits in the tenant's queue when it may and the
+    /// queue has room (or has its place already), else it is refused (and leaves the queue).
+    async fn queue_or_refuse(
+        &self,
+        tenant: &str,
+        pipeline: &str,
+        execution: &str,
+        refused: tenancy::Refused,
+    ) -> Result<Result<(String, Option<jobs::Recorded>), NotStarted>, KvError> {
+        if let tenancy::Refused::Wait { places, .. } = &refused
+            && self.hold(tenant, execution, pipeline, *places).await?
+        {
+            return Ok(Err(NotStarted::Queued));
+        }
+        self.unhold(tenant, execution).await?;
+        Ok(Err(NotStarted::Rejected(refused.into_reason())))
+    }
+
     /// Start an execution for a trigger event, at most once per event id. The outer error is
     /// a store failure (try again); the inner one a reason to reject the event. `redelivered`:
     /// the event came back because the engine that had it did not acknowledge it. With a
@@ -351,18 +384,18 @@ impl Service {
         payload: &[u8],
         redelivered: bool,
         chain: bool,
-    ) -> Result<Result<(String, Option<jobs::Recorded>), String>, KvError> {
+    ) -> Result<Result<(String, Option<jobs::Recorded>), NotStarted>, KvError> {
         let event = match TriggerEvent::parse(payload) {
             Ok(e) => e,
-            Err(reason) => return Ok(Err(reason)),
+            Err(reason) => return Ok(Err(NotStarted::Rejected(reason))),
         };
         if !crate::kv::valid_key(tenant)
             || tenant.starts_with('_')
             || !crate::model::is_valid_name(name)
         {
-            return Ok(Err(format!(
+            return Ok(Err(NotStarted::Rejected(format!(
                 "invalid tenant or pipeline name in `{tenant}`/`{name}`"
-            )));
+            ))));
         }
         let kv = &*self.edges.executions;
         // One event id → one execution: the claim names the execution before it exists. It is
@@ -391,19 +424,19 @@ impl Service {
                 Ok(loaded) => {
                     // The tenant's policy and quotas (with authentication on).
                     let counted = event.source.as_ref().is_some_and(|s| s.kind == "manual");
-                    if let Some(why) = self
+                    let refused = self
                         .admission(tenant, loaded, !counted)
                         .await
-                        .map_err(|e| KvError::Backend(e.message))?
-                    {
-                        return Ok(Err(why));
+                        .map_err(|e| KvError::Backend(e.message))?;
+                    if let Some(refused) = refused {
+                        return self.queue_or_refuse(tenant, name, &new_id, refused).await;
                     }
                     (new_id, true)
                 }
                 // Refused: the claim stays. (Removing it could race with an engine that accepts
                 // the same event at the same time under this claim; a later delivery that is
                 // accepted starts the execution under the claimed id.)
-                Err(reason) => return Ok(Err(reason.clone())),
+                Err(reason) => return Ok(Err(NotStarted::Rejected(reason.clone()))),
             },
             // An event claimed before the pipeline changed still names its execution.
             Err(KvError::Conflict { .. }) => match get_json::<String>(kv, &claim).await? {
@@ -419,6 +452,23 @@ impl Service {
         } else {
             get_json::<Execution>(kv, &key).await?
         };
+        // A start waiting in the tenant's queue comes back here: admitted now, or still waiting.
+        if !fresh
+            && found.is_none()
+            && let Ok(loaded) = &checked
+            && self.queued(tenant).await?.contains(&execution_id)
+        {
+            let refused = self
+                .admission(tenant, loaded, false)
+                .await
+                .map_err(|e| KvError::Backend(e.message))?;
+            if let Some(refused) = refused {
+                return self
+                    .queue_or_refuse(tenant, name, &execution_id, refused)
+                    .await;
+            }
+            self.unhold(tenant, &execution_id).await?;
+        }
         if let Some((exec, _)) = found {
             if !exec.status.is_terminal() {
                 // The engine that started it may have died before its first events were
@@ -446,7 +496,7 @@ impl Service {
         // either way a registered version.
         let loaded = match checked {
             Ok(l) => l,
-            Err(reason) => return Ok(Err(reason)),
+            Err(reason) => return Ok(Err(NotStarted::Rejected(reason))),
         };
         let (mut exec, before, input, mut commands) = begin(tenant, &loaded, &event, &execution_id);
         let mut others = self
