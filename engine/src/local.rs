@@ -120,13 +120,17 @@ impl LocalRun {
     }
 
     /// Seal this run's artifacts at rest (`--encrypt`), under a key derived from the data
-    /// folder's data key (itself sealed under the master key, made on first use).
-    pub async fn encrypt_artifacts(&mut self, master_key: Option<&Path>) -> anyhow::Result<()> {
-        let root = local_artifact_key(&self.data, master_key, true)
-            .await?
-            .expect("made on demand");
+    /// folder's data key (itself sealed under the master key, made on first use). Returns
+    /// where the master key was made, if it was made now (the caller says so).
+    pub async fn encrypt_artifacts(
+        &mut self,
+        master_key: Option<&Path>,
+    ) -> anyhow::Result<Option<PathBuf>> {
+        let (root, made) = local_artifact_key(&self.data, master_key, true).await?;
+        let root = root.expect("made on demand");
         self.engine
-            .seal_artifacts(Arc::new(crate::artifacts::tenants::FixedKey(root)))
+            .seal_artifacts(Arc::new(crate::artifacts::tenants::FixedKey(root)))?;
+        Ok(made.then(|| master_key_path(&self.data, master_key)))
     }
 
     /// Take pure actions' successes from the data folder's action cache (`cache.redb`), and
@@ -177,21 +181,22 @@ impl LocalRun {
 pub use crate::secrets::master_key_path;
 
 /// The root key of the data folder's sealed artifacts (`None`: no key yet, and `create` not
-/// asked). The secret store is closed again before this returns, so a run can open it after.
+/// asked), and whether the master key was made now. The secret store is closed again before
+/// this returns, so a run can open it after.
 async fn local_artifact_key(
     data: &Path,
     master_key: Option<&Path>,
     create: bool,
-) -> anyhow::Result<Option<[u8; 32]>> {
+) -> anyhow::Result<(Option<[u8; 32]>, bool)> {
     use crate::artifacts::tenants::ArtifactKeys;
-    let Some(store) = secret_store(data, master_key, create)?.0 else {
-        return Ok(None);
+    let (Some(store), made) = secret_store(data, master_key, create)? else {
+        return Ok((None, false));
     };
     let root = store
         .root_key(crate::executor::DEFAULT_TENANT)
         .await
         .map_err(anyhow::Error::msg)?;
-    Ok(Some(root))
+    Ok((Some(root), made))
 }
 
 /// The data folder's sealed artifacts (`sluice run --encrypt`), if it has any.
@@ -205,7 +210,7 @@ pub async fn sealed_artifacts(
     if !dirs.cas().join("sealed").is_dir() {
         return Ok(None);
     }
-    let Some(root) = local_artifact_key(data, master_key, false).await? else {
+    let (Some(root), _) = local_artifact_key(data, master_key, false).await? else {
         anyhow::bail!(
             "{} holds encrypted artifacts but no master key opens them: pass --master-key-file",
             data.display()

@@ -232,8 +232,9 @@ stages:
     let exec = sealed.json();
     assert_eq!(action(&exec, "Use/Read")["variables"]["Bytes"], "30");
     assert!(
-        p.path(".sluice/master.key").exists(),
-        "the key is made on first use"
+        p.path(".sluice/master.key").exists() && sealed.stderr.contains("made a master key at"),
+        "the key is made on first use, and the run says so: {}",
+        sealed.stderr
     );
     let site = action(&exec, "Build/Make")["artifacts"]["site"]
         .as_str()
