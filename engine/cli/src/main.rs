@@ -605,8 +605,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
                 Ok(p) => p,
                 Err(d) => return Ok(validation_failed(&d)),
             };
-            if encrypt
-                && let Some(made) = run.encrypt_artifacts(master_key_file.as_deref()).await?
+            if encrypt && let Some(made) = run.encrypt_artifacts(master_key_file.as_deref()).await?
             {
                 eprintln!(
                     "made a master key at {} (mode 0600): it unseals this folder's artifacts and secrets; back it up, or pass --master-key-file",

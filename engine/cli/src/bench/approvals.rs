@@ -32,14 +32,33 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     Ok(line.split_whitespace().nth(1).unwrap_or("0").parse()?)
 }
 
-pub(super) fn spawn(dir: &Path) -> anyhow::Result<Child> {
-    Ok(Command::new(std::env::current_exe()?)
-        .args(["serve", "--data"])
-        .arg(dir.join("data"))
-        .current_dir(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?)
+pub(super) fn spawn(dir: &Path) -> anyhow::Result<Served> {
+    Ok(Served(
+        Command::new(std::env::current_exe()?)
+            .args(["serve", "--data"])
+            .arg(dir.join("data"))
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    ))
+}
+
+/// A `sluice serve` the bench started: killed when dropped, so a bench that fails half way
+/// leaves no engine behind (on NATS, one left would answer the next run's requests).
+pub(super) struct Served(pub Child);
+
+impl Served {
+    pub(super) fn id(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 async fn answering(dir: &Path) -> anyhow::Result<Client> {
@@ -116,7 +135,7 @@ pub async fn run(n: usize) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path();
     std::fs::write(dir.join("gated.yaml"), PIPELINE)?;
-    let mut engine = spawn(dir)?;
+    let engine = spawn(dir)?;
     let client = answering(dir).await?;
     let put = client
         .call(&Request::from(verbs::PipelinePut {
@@ -149,9 +168,8 @@ pub async fn run(n: usize) -> anyhow::Result<()> {
         .unwrap_or(0);
 
     // Restart: kill -9, start again; everything still waits.
-    engine.kill()?;
-    engine.wait()?;
-    let mut engine = spawn(dir)?;
+    drop(engine);
+    let engine = spawn(dir)?;
     let client = answering(dir).await?;
     let restarted_rss = rss_kib(engine.id())?;
     let still = waiting(&client, total + 10).await?;
@@ -186,8 +204,7 @@ pub async fn run(n: usize) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let approved_in = t.elapsed();
-    let _ = engine.kill();
-    let _ = engine.wait();
+    drop(engine);
 
     let growth = after.saturating_sub(before);
     println!("## Waiting costs nothing ({n} executions at an approval, embedded `sluice serve`)\n");

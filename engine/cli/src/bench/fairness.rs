@@ -119,15 +119,17 @@ async fn answering(
 
 pub async fn run(n: usize, nats: Option<&str>) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let mut engine = match nats {
+    let engine = match nats {
         None => spawn(dir.path())?,
-        Some(url) => std::process::Command::new(std::env::current_exe()?)
-            .args(["serve", "--nats", url, "--data"])
-            .arg(dir.path().join("data"))
-            .current_dir(dir.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()?,
+        Some(url) => super::approvals::Served(
+            std::process::Command::new(std::env::current_exe()?)
+                .args(["serve", "--nats", url, "--data"])
+                .arg(dir.path().join("data"))
+                .current_dir(dir.path())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()?,
+        ),
     };
     let a = answering(dir.path(), nats, "tenant-a").await?;
     let b = answering(dir.path(), nats, "tenant-b").await?;
@@ -169,8 +171,7 @@ pub async fn run(n: usize, nats: Option<&str>) -> anyhow::Result<()> {
     let sampled = sampled?;
     let during = sampled.iter().filter(|(at, _)| *at < beside).count();
     let loaded: Vec<Duration> = sampled.into_iter().map(|(_, d)| d).collect();
-    let _ = engine.kill();
-    let _ = engine.wait();
+    drop(engine);
 
     let (idle, loaded) = (p50(idle), p50(loaded));
     let ratio = loaded.as_secs_f64() / idle.as_secs_f64();
