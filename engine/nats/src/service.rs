@@ -68,6 +68,7 @@ pub async fn serve(
         secrets: None,
     };
     let service = sluice_engine::service::wiring::assemble(engine, edges, data)?;
+    service.check_master_key().await?;
     Ok((service, client))
 }
 

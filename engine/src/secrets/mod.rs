@@ -37,8 +37,8 @@ pub fn master_key_path(
 
 /// The service's secret store: sealed records in its pipelines bucket, under the master key in
 /// `SLUICE_MASTER_KEY_FILE`, else `<data>/master.key` (made on first start, mode 0600). On NATS
-/// every engine must be given the same key file: an engine with another key refuses every
-/// secret operation (wrong master key) and changes nothing.
+/// every engine must be given the same key file: an engine with another key refuses to
+/// start (wrong master key: see [`SecretStore::check_master_key`]) and changes nothing.
 pub fn for_service(
     kv: std::sync::Arc<dyn crate::kv::Kv>,
     data: &std::path::Path,

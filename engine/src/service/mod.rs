@@ -276,6 +276,17 @@ impl Service {
         &self.edges
     }
 
+    /// Refuse to serve with a master key that does not open the secrets' data keys already
+    /// stored (another engine's key, or one made afresh where the service's was not given).
+    pub async fn check_master_key(&self) -> anyhow::Result<()> {
+        if let Some(secrets) = &self.edges.secrets {
+            secrets.check_master_key().await.map_err(|e| {
+                anyhow::anyhow!("{e} (set SLUICE_MASTER_KEY_FILE to the service's master key)")
+            })?;
+        }
+        Ok(())
+    }
+
     /// Run the trigger consumer and `workers` job workers until the process ends.
     pub async fn run(self: Arc<Self>, workers: usize) {
         crate::alloc::return_freed_memory_promptly();

@@ -38,6 +38,7 @@ pub async fn embedded(
         secrets: None,
     };
     let service = assemble(engine, edges, data)?;
+    service.check_master_key().await?;
     let resumed = service.recover().await?;
     if resumed > 0 {
         tracing::info!("resumed {resumed} unfinished executions");
