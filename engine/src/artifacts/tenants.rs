@@ -52,7 +52,7 @@ impl TenantStores {
     }
 
     /// The tenant's quota changed: read it again at its next store (on this engine; others
-    /// read it within [`QUOTA_FRESH`]).
+    /// read it within `QUOTA_FRESH`, 2 s).
     pub fn quota_changed(&self, tenant: &str) {
         self.open
             .lock()
