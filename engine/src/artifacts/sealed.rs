@@ -26,7 +26,6 @@ use super::{BlobStore, Digest, StoreError, io};
 use rayon::prelude::*;
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, Tag, UnboundKey};
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -266,6 +265,26 @@ fn preallocate(file: &fs::File, len: u64) {
     }
 }
 
+/// Content to seal: a file's, or bytes in memory (read a window at a time either way).
+#[derive(Clone, Copy)]
+enum Plain<'a> {
+    File(&'a fs::File),
+    Bytes(&'a [u8]),
+}
+
+impl Plain<'_> {
+    fn read_at(&self, buf: &mut [u8], at: u64) -> std::io::Result<()> {
+        match self {
+            Plain::File(f) => f.read_exact_at(buf, at),
+            Plain::Bytes(b) => {
+                let at = at as usize;
+                buf.copy_from_slice(&b[at..at + buf.len()]);
+                Ok(())
+            }
+        }
+    }
+}
+
 /// One tenant's artifacts, sealed.
 pub struct SealedStore {
     objects: Arc<dyn SealedObjects>,
@@ -343,7 +362,7 @@ impl SealedStore {
     /// is sealed; then append the tags and trailer. Returns the content's address.
     fn seal_into(
         &self,
-        src: &fs::File,
+        src: Plain<'_>,
         dest: fs::File,
         len: u64,
         what: &str,
@@ -359,7 +378,7 @@ impl SealedStore {
             while at < len {
                 let n = ((len - at) as usize).min(WINDOW);
                 window.resize(n, 0);
-                src.read_exact_at(&mut window, at)
+                src.read_at(&mut window, at)
                     .map_err(io(format!("read {what}")))?;
                 for tag in seal_window(&mut hasher, &key, &aad, &mut window, at / CHUNK as u64) {
                     tags.extend_from_slice(&tag);
@@ -381,7 +400,7 @@ impl SealedStore {
     /// Seal `len` bytes read from `src` into a new temporary file; returns it and the address.
     fn seal_from(
         &self,
-        src: &fs::File,
+        src: Plain<'_>,
         len: u64,
         what: &str,
     ) -> Result<(tempfile::TempPath, Digest), StoreError> {
@@ -404,7 +423,7 @@ impl SealedStore {
             .map_err(io(format!("open {what}")))?;
         let len = file.metadata().map_err(io(format!("stat {what}")))?.len();
         let back = file.try_clone().map_err(io(format!("open {what}")))?;
-        let address = self.seal_into(&file, back, len, &what)?;
+        let address = self.seal_into(Plain::File(&file), back, len, &what)?;
         drop(file);
         self.keep(address, path)
     }
@@ -492,7 +511,7 @@ impl BlobStore for SealedStore {
         let what = path.display().to_string();
         let src = fs::File::open(path).map_err(io(format!("read {what}")))?;
         let len = src.metadata().map_err(io(format!("stat {what}")))?.len();
-        let (temp, address) = self.seal_from(&src, len, &what)?;
+        let (temp, address) = self.seal_from(Plain::File(&src), len, &what)?;
         let kept = self.keep(address, &temp);
         // Kept: the file was moved; not kept: it goes with the guard.
         drop(temp);
@@ -516,10 +535,11 @@ impl BlobStore for SealedStore {
         if self.objects.has_sealed(&self.ns, &address) {
             return Ok(address);
         }
-        let mut temp = self.temp()?;
-        temp.write_all(bytes).map_err(io("write a blob"))?;
-        let (sealed, actual) =
-            self.seal_from(temp.as_file(), bytes.len() as u64, "a blob being stored")?;
+        let (sealed, actual) = self.seal_from(
+            Plain::Bytes(bytes),
+            bytes.len() as u64,
+            "a blob being stored",
+        )?;
         debug_assert_eq!(actual, address);
         let kept = self.keep(actual, &sealed);
         drop(sealed);

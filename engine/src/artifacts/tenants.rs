@@ -105,6 +105,18 @@ impl TenantStores {
     }
 }
 
+/// The tenant's artifact store: its sealed one where `stores` seal artifacts, else `plain`.
+pub async fn store_of(
+    stores: Option<&TenantStores>,
+    plain: &Arc<dyn BlobStore>,
+    tenant: &str,
+) -> Result<Arc<dyn BlobStore>, StoreError> {
+    match stores {
+        Some(stores) => stores.store(tenant).await,
+        None => Ok(plain.clone()),
+    }
+}
+
 /// One root key for every tenant: a local data folder, which has only one.
 pub struct FixedKey(pub [u8; 32]);
 

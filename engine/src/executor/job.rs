@@ -533,9 +533,10 @@ pub async fn execute(cx: &JobContext, job: &JobSpec) -> (ActionResult, Leftover)
             return (ActionResult::Failed { error, kind }, Leftover(None));
         }
     };
-    let store = match &cx.artifacts {
-        None => cx.blobs.clone(),
-        Some(tenants) => match tenants.store(&job.tenant).await {
+    let store =
+        match crate::artifacts::tenants::store_of(cx.artifacts.as_deref(), &cx.blobs, &job.tenant)
+            .await
+        {
             Ok(s) => s,
             Err(e) => {
                 let error = format!("the tenant's artifact store: {e}");
@@ -543,8 +544,7 @@ pub async fn execute(cx: &JobContext, job: &JobSpec) -> (ActionResult, Leftover)
                 let kind = FailureKind::Retryable;
                 return (ActionResult::Failed { error, kind }, Leftover(None));
             }
-        },
-    };
+        };
     let cache = cx.cache.as_ref().filter(|_| job.cacheable);
     let cache_key = cache.map(|_| job.cache_key());
     if let (Some(cache), Some(key)) = (cache, &cache_key)

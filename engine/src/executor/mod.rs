@@ -343,10 +343,7 @@ impl Engine {
 
     /// Where the tenant's artifacts are: its sealed store, or the plain one.
     pub async fn artifacts_for(&self, tenant: &str) -> Result<Arc<dyn BlobStore>, StoreError> {
-        match &self.artifacts {
-            Some(t) => t.store(tenant).await,
-            None => Ok(self.blobs.clone()),
-        }
+        crate::artifacts::tenants::store_of(self.artifacts.as_deref(), &self.blobs, tenant).await
     }
 
     /// What one job needs to run (for tools that run a single job: `plugin test`, the bench).
