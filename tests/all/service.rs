@@ -39,7 +39,7 @@ fn rt() -> tokio::runtime::Runtime {
 }
 
 /// Publish to JetStream (optionally with a `Nats-Msg-Id`), as any NATS client would.
-fn publish(url: &str, subject: &str, payload: &str, msg_id: Option<&str>) {
+pub(crate) fn publish(url: &str, subject: &str, payload: &str, msg_id: Option<&str>) {
     rt().block_on(async {
         let client = async_nats::connect(sluice_nats::servers(url))
             .await

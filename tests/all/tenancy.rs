@@ -790,6 +790,25 @@ fn tokens_decide_the_tenant_on_nats_with_two_engines() {
         let r = run(&globex, &["start", "web"]);
         assert!(r.code == 2 && r.stderr.contains("quota_exceeded"), "{r:?}");
     }
+    // A trigger published past the quota goes to the dead letter, and replaying it passes the
+    // quotas again: it is refused, nothing starts.
+    crate::service::publish(
+        &url,
+        "sluice.globex.trigger.web",
+        r#"{"id":"over-quota"}"#,
+        Some("over-quota"),
+    );
+    let letter = wait_for(Duration::from_secs(30), "the trigger's dead letter", || {
+        let r = run(&globex, &["deadletter", "web"]);
+        r.stdout
+            .lines()
+            .find(|l| l.contains("over-quota") && l.contains("quota_exceeded"))
+            .map(|l| l.split('\t').next().unwrap().to_string())
+    });
+    let before = ok(&globex, &["executions", "--json"]);
+    let r = run(&globex, &["deadletter", "replay", &letter]);
+    assert!(r.code == 2 && r.stderr.contains("quota_exceeded"), "{r:?}");
+    assert_eq!(ok(&globex, &["executions", "--json"]), before);
 }
 
 /// With the sample `examples/hosting/nats-server.conf`, the NATS server decides the tenant:

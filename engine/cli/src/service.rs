@@ -748,14 +748,17 @@ pub async fn start(
             "queued: the tenant runs as many executions as its quota allows; this one starts when one of them ends"
         );
         if watch {
-            // Until it starts, it has no record to follow.
-            while client
+            // Until it starts, it has no record to follow; one refused meanwhile (its place
+            // lost, the tenant's policy tightened) has none ever.
+            while let Err(e) = client
                 .call(&Request::from(verbs::GetExecution {
                     execution_id: id.clone(),
                 }))
                 .await
-                .is_err()
             {
+                if !e.to_string().contains("has not started") {
+                    return refused(e);
+                }
                 tokio::time::sleep(std::time::Duration::from_millis(500)).await;
             }
         }

@@ -83,7 +83,8 @@ impl NatsStore {
     }
 
     /// Add `delta` to namespace `ns`'s count of sealed bytes. Two engines uploading the same
-    /// new object at once both count it: the count may run over, never under.
+    /// new object at once both count it (the count runs over); two dropping the same damaged
+    /// object at once both take it off (it runs under, by that object).
     fn count(&self, ns: &str, delta: i64) -> Result<(), StoreError> {
         self.block(sluice_engine::kv::modify::<u64, _>(
             &self.usage,
@@ -246,9 +247,20 @@ impl SealedObjects for NatsStore {
     fn keep_sealed(&self, ns: &str, address: &Digest, file: &Path) -> Result<(), StoreError> {
         self.cache.keep_sealed(ns, address, file)?;
         let path = self.cache.sealed_path(ns, address)?;
-        match self.upload(&sealed_name(ns, address), &path)? {
-            0 => Ok(()),
-            uploaded => self.count(ns, uploaded as i64),
+        let name = sealed_name(ns, address);
+        if self.block(self.present(&name)) {
+            return Ok(());
+        }
+        // Counted before it is uploaded: an engine that dies in between leaves the count
+        // over, never under.
+        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0) as i64;
+        self.count(ns, size)?;
+        match self.upload(&name, &path) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let _ = self.count(ns, -size);
+                Err(e)
+            }
         }
     }
 

@@ -301,8 +301,28 @@ impl super::SealedObjects for LocalStore {
         fs::set_permissions(file, perms).map_err(io("make blob read-only"))?;
         // Counted under the lock, so a first count (a walk) never misses or doubles it.
         let mut usage = self.sealed_usage.lock().expect("sealed usage");
-        let new = !dest.exists();
-        self.move_sealed(address, file, &dest)?;
+        let mut new = !dest.exists();
+        match fs::rename(file, &dest) {
+            Ok(()) => {}
+            // Another filesystem: copied onto ours (outside the lock), then moved into place.
+            Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+                drop(usage);
+                let temp = self.copy_to_temp(file, &self.root.join("tmp"), "a sealed blob")?;
+                let _ = fs::remove_file(file);
+                usage = self.sealed_usage.lock().expect("sealed usage");
+                new = !dest.exists();
+                temp.persist(&dest).map_err(|e| StoreError::Io {
+                    context: format!("store {address}"),
+                    source: e.error,
+                })?;
+            }
+            Err(e) => {
+                return Err(StoreError::Io {
+                    context: format!("store {address}"),
+                    source: e,
+                });
+            }
+        }
         if let Some(used) = usage.get_mut(ns).filter(|_| new) {
             *used += meta.len();
         }
@@ -363,27 +383,6 @@ impl super::SealedObjects for LocalStore {
 }
 
 impl LocalStore {
-    /// Move a sealed file into place at `dest` (copied only across filesystems).
-    fn move_sealed(&self, address: &Digest, file: &Path, dest: &Path) -> Result<(), StoreError> {
-        match fs::rename(file, dest) {
-            Ok(()) => Ok(()),
-            // Another filesystem: copy into ours, then move into place.
-            Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
-                let temp = self.copy_to_temp(file, &self.root.join("tmp"), "a sealed blob")?;
-                temp.persist(dest).map_err(|e| StoreError::Io {
-                    context: format!("store {address}"),
-                    source: e.error,
-                })?;
-                let _ = fs::remove_file(file);
-                Ok(())
-            }
-            Err(e) => Err(StoreError::Io {
-                context: format!("store {address}"),
-                source: e,
-            }),
-        }
-    }
-
     /// Where a sealed blob lives; `ns` must be one plain path part.
     pub(crate) fn sealed_blob_path(&self, ns: &str, d: &Digest) -> Result<PathBuf, StoreError> {
         let plain = !ns.is_empty()

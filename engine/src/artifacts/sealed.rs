@@ -350,7 +350,10 @@ impl SealedStore {
         }
         let len = fs::metadata(file).map_err(io("stat a sealed blob"))?.len();
         if let Err(e) = self.check_room(len) {
-            let _ = fs::remove_file(file);
+            // Refused: not kept. (The count unreadable: left where it is, for a retry.)
+            if matches!(e, StoreError::QuotaExceeded(_)) {
+                let _ = fs::remove_file(file);
+            }
             return Err(e);
         }
         self.objects.keep_sealed(&self.ns, &address, file)?;

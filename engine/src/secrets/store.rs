@@ -286,7 +286,13 @@ impl SecretStore {
             .filter(|t| !t.contains('/'))
             .take(3)
         {
-            self.data_key(tenant, false).await?;
+            // Only a key that is not the service's stops an engine; a damaged data key fails
+            // its own tenant's operations, not everyone's.
+            match self.data_key(tenant, false).await {
+                Err(e @ SecretError::WrongMasterKey { .. }) => return Err(e),
+                Err(e) => tracing::warn!("tenant `{tenant}`: {e}"),
+                Ok(_) => {}
+            }
         }
         Ok(())
     }

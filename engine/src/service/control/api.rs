@@ -380,18 +380,7 @@ impl Service {
             .ok_or_else(|| no_pipeline(&r.pipeline))?;
         refuse_overrides(&loaded, &r.variables)?;
         self.check_policy(&p.tenant, &loaded).await?;
-        match self.start_quota_refusal(&p.tenant, true).await? {
-            None => {}
-            // Room in the tenant's queue: the trigger path keeps the start's place there.
-            Some(crate::service::tenancy::Refused::Wait { places, .. })
-                if (self.queued(&p.tenant).await?.len() as u64) < places => {}
-            Some(refused) => {
-                return Err(ApiError::new(
-                    sluice_api::Code::QuotaExceeded,
-                    refused.into_reason(),
-                ));
-            }
-        }
+        self.refuse_over_quota(&p.tenant).await?;
         let started_by = self.acting_as(p, r.started_by.as_deref())?;
         let event = TriggerEvent {
             id: r
@@ -418,6 +407,25 @@ impl Service {
             event_id: event.id,
             queued,
         })
+    }
+
+    /// Refuse a start (`start`, a replay) the tenant's quotas do not allow now and its queue
+    /// has no room for, with `quota_exceeded`, rather than publish an event that waits for
+    /// nothing.
+    async fn refuse_over_quota(&self, tenant: &str) -> Result<(), ApiError> {
+        match self.start_quota_refusal(tenant, true).await? {
+            None => Ok(()),
+            // Room in the tenant's queue: the trigger path keeps the start's place there.
+            Some(crate::service::tenancy::Refused::Wait { places, .. })
+                if (self.queued(tenant).await?.len() as u64) < places =>
+            {
+                Ok(())
+            }
+            Some(refused) => Err(ApiError::new(
+                sluice_api::Code::QuotaExceeded,
+                refused.into_reason(),
+            )),
+        }
     }
 
     async fn get_execution(&self, p: &Principal, id: &str) -> Result<Execution, ApiError> {
@@ -654,6 +662,9 @@ impl Service {
             })?;
         crate::service::takes(&loaded, &event, &pipeline)
             .map_err(|e| ApiError::invalid(format!("dead letter `{id}` is still refused: {e}")))?;
+        // A replay starts like any start: within the tenant's policy and quotas.
+        self.check_policy(tenant, &loaded).await?;
+        self.refuse_over_quota(tenant).await?;
         // The first delivery's message id may still be in the stream's dedup window.
         let msg_id = format!("{}/replay/{id}", event.id);
         let execution_id = self.trigger_as(tenant, &pipeline, &event, &msg_id).await?;

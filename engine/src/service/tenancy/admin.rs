@@ -258,7 +258,7 @@ impl Service {
                 .running_count(&tenant, crate::service::api::MAX_LIST)
                 .await? as u64,
             queued_executions: self.queued(&tenant).await?.len() as u64,
-            artifact_bytes: self.artifact_bytes(&tenant)?,
+            artifact_bytes: self.artifact_bytes(&tenant).await?,
             quotas,
             tenant,
         })

@@ -159,7 +159,7 @@ impl Service {
             *left -= 1.0;
         }
         if let Some(max) = quotas.artifact_bytes {
-            let kept = self.artifact_bytes(tenant)?;
+            let kept = self.artifact_bytes(tenant).await?;
             if kept >= max {
                 return Ok(Some(Refused::Now(format!(
                     "quota_exceeded: tenant `{tenant}` may keep {} of artifacts and keeps {}",
@@ -206,13 +206,16 @@ impl Service {
     }
 
     /// Bytes of artifacts `tenant` keeps (0 where artifacts are not sealed per tenant).
-    pub(super) fn artifact_bytes(&self, tenant: &str) -> Result<u64, ApiError> {
-        match &self.engine.artifacts {
-            Some(stores) => stores
-                .stored_bytes(tenant)
-                .map_err(|e| ApiError::unavailable(format!("the artifact store: {e}"))),
-            None => Ok(0),
-        }
+    pub(super) async fn artifact_bytes(&self, tenant: &str) -> Result<u64, ApiError> {
+        let Some(stores) = self.engine.artifacts.clone() else {
+            return Ok(0);
+        };
+        // The first count of a tenant walks its files (embedded) or reads the store (NATS).
+        let tenant = tenant.to_string();
+        tokio::task::spawn_blocking(move || stores.stored_bytes(&tenant))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(|e| ApiError::unavailable(format!("the artifact store: {e}")))
     }
 
     /// Executions of `tenant` running now, counted up to `up_to`.

@@ -91,6 +91,16 @@ impl Service {
         .map(drop)
     }
 
+    /// [`Service::unhold`] for a start whose record is written: a failure leaves its place
+    /// to lapse (after `STALE`) rather than undo the start.
+    pub(in crate::service) async fn leave_queue(&self, tenant: &str, execution: &str) {
+        if let Err(e) = self.unhold(tenant, execution).await {
+            tracing::warn!(
+                "{execution} started but keeps its place in the queue of {tenant} until it lapses: {e}"
+            );
+        }
+    }
+
     /// The executions waiting in the tenant's queue, oldest first.
     pub(in crate::service) async fn queued(&self, tenant: &str) -> Result<Vec<String>, KvError> {
         let now = crate::clock::now();

@@ -452,22 +452,31 @@ impl Service {
         } else {
             get_json::<Execution>(kv, &key).await?
         };
-        // A start waiting in the tenant's queue comes back here: admitted now, or still waiting.
-        if !fresh
-            && found.is_none()
-            && let Ok(loaded) = &checked
-            && self.queued(tenant).await?.contains(&execution_id)
-        {
-            let refused = self
-                .admission(tenant, loaded, false)
-                .await
-                .map_err(|e| KvError::Backend(e.message))?;
-            if let Some(refused) = refused {
-                return self
-                    .queue_or_refuse(tenant, name, &execution_id, refused)
-                    .await;
+        // Claimed before but never recorded: a start waiting in the tenant's queue, a dead
+        // letter replayed, or a start whose engine died first. With authentication on it passes
+        // the tenant's policy and quotas again; a waiting start goes only in its turn (the
+        // oldest first) and leaves the queue once its record is written, so the starts that
+        // wait never pass the running quota together.
+        let mut leaves_queue = false;
+        if !fresh && found.is_none() && self.auth_on() {
+            let queue = self.queued(tenant).await?;
+            let place = queue.iter().position(|q| *q == execution_id);
+            if place.is_some_and(|i| i > 0) {
+                self.hold(tenant, &execution_id, name, u64::MAX).await?;
+                return Ok(Err(NotStarted::Queued));
             }
-            self.unhold(tenant, &execution_id).await?;
+            leaves_queue = place.is_some();
+            if let Ok(loaded) = &checked {
+                let refused = self
+                    .admission(tenant, loaded, false)
+                    .await
+                    .map_err(|e| KvError::Backend(e.message))?;
+                if let Some(refused) = refused {
+                    return self
+                        .queue_or_refuse(tenant, name, &execution_id, refused)
+                        .await;
+                }
+            }
         }
         if let Some((exec, _)) = found {
             if !exec.status.is_terminal() {
@@ -496,8 +505,15 @@ impl Service {
         // either way a registered version.
         let loaded = match checked {
             Ok(l) => l,
-            Err(reason) => return Ok(Err(NotStarted::Rejected(reason))),
+            Err(reason) => {
+                if leaves_queue {
+                    self.unhold(tenant, &execution_id).await?;
+                }
+                return Ok(Err(NotStarted::Rejected(reason)));
+            }
         };
+        // A start leaving the queue is recorded here, before it leaves (not by a chain later).
+        let chain = chain && !leaves_queue;
         let (mut exec, before, input, mut commands) = begin(tenant, &loaded, &event, &execution_id);
         let mut others = self
             .admit_inline(&mut exec, &mut commands, lanes.ok())
@@ -528,6 +544,9 @@ impl Service {
             .await
         {
             Ok(_) => {
+                if leaves_queue {
+                    self.leave_queue(tenant, &execution_id).await;
+                }
                 self.awaited.wake(&claim);
                 self.send_and_queue(publish, &queued).await;
                 self.settle(others).await;
@@ -535,6 +554,9 @@ impl Service {
             }
             // Another engine had the same event (delivered again) and created it first.
             Err(KvError::Conflict { .. }) => {
+                if leaves_queue {
+                    self.leave_queue(tenant, &execution_id).await;
+                }
                 self.awaited.wake(&claim);
                 Ok(Ok((execution_id, None)))
             }
