@@ -24,7 +24,7 @@ fn build_guests(root: &Path, manifest: &Path) -> PathBuf {
     cmd.args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
         .arg(manifest)
         .env("CARGO_TARGET_DIR", &target_dir);
-    for var in ["CARGO_ENCODED_RUSTFLAGS", "RUSTFLAGS", "CARGO_BUILD_TARGET", "RUSTC_WORKSPACE_WRAPPER", "CARGO_PROFILE_RELEASE_DEBUG"] {
+    for var in ["CARGO_ENCODED_RUSTFLAGS", "RUSTFLAGS", "CARGO_BUILD_TARGET", "RUSTC_WORKSPACE_WRAPPER", "CLIPPY_ARGS", "CARGO_PROFILE_RELEASE_DEBUG"] {
         cmd.env_remove(var);
     }
     let status = cmd.status().expect("run cargo for the guest components");

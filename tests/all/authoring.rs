@@ -20,6 +20,8 @@ fn a_scaffolded_plugin_builds_tests_and_runs_in_a_pipeline() {
         .env("CARGO_TARGET_DIR", &target)
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("CLIPPY_ARGS")
         .output()
         .unwrap();
     assert!(

@@ -96,6 +96,10 @@ fn build(root: &Path, manifest: &Path) -> PathBuf {
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_BUILD_TARGET")
+        // CI lints the engine's crates through clippy-driver as the workspace wrapper; guest
+        // workspaces are linted on their own (see .ci/run).
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("CLIPPY_ARGS")
         .output()
         .expect("run cargo to build the test guests");
     assert!(

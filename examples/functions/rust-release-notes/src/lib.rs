@@ -44,10 +44,10 @@ impl Guest for ReleaseNotes {
             "Release {version} of {} (execution {})\n",
             job.pipeline, job.execution_id
         );
-        if let Some(out) = job.outputs.first() {
-            if let Err(e) = std::fs::write(format!("/out/{out}/NOTES.md"), &notes) {
-                return Reply::Failure(format!("cannot write the notes: {e}"));
-            }
+        if let Some(out) = job.outputs.first()
+            && let Err(e) = std::fs::write(format!("/out/{out}/NOTES.md"), &notes)
+        {
+            return Reply::Failure(format!("cannot write the notes: {e}"));
         }
         Reply::Success(vec![
             ("Notes".into(), notes.trim().to_string()),

@@ -9,6 +9,8 @@
 //!     - rule: ./release_version.wasm
 //!       with: { version: "#{Build.Version}" }
 //! ```
+// The bindings wit-bindgen generates for the rule world take many arguments.
+#![allow(clippy::too_many_arguments)]
 wit_bindgen::generate!({ path: "../../../wit", world: "sluice:action/rule@0.1.0" });
 
 use sluice::action::log::{Level, log};
