@@ -284,12 +284,21 @@ pub async fn validate(
 
 /// The plugin `reference` names (a built-in `name@major`, a component file relative to `base`,
 /// or a digest), loaded and described, in a scratch engine.
+/// With `data`, the component is compiled through that data folder's compile cache, so a
+/// run there after describing (or a second description) loads it compiled.
 pub async fn describe_plugin(
     reference: &str,
     base: &Path,
+    data: Option<&Path>,
 ) -> anyhow::Result<Arc<crate::plugins::Plugin>> {
     let scratch = tempfile::tempdir()?;
-    let runtime = Arc::new(crate::runtime::Runtime::new(Default::default())?);
+    let cache_dir = match data {
+        Some(data) => Some(DataDir::create(data)?.compiled()),
+        None => None,
+    };
+    let runtime = Arc::new(crate::runtime::Runtime::new(
+        crate::runtime::RuntimeConfig { cache_dir },
+    )?);
     let store = Arc::new(LocalStore::open(scratch.path())?);
     Ok(crate::plugins::Registry::new(runtime, store)
         .resolve(reference, base)

@@ -156,26 +156,33 @@ fn python_and_javascript_scaffolds_build_and_pass_plugin_test() {
         "{}",
         String::from_utf8_lossy(&built.stderr)
     );
-    let t = p.sluice(&[
-        "plugin",
-        "test",
-        "hello-js/hello-js.wasm",
-        "--config",
-        "name=js",
-    ]);
+    // Through the same compile cache: the second test of it loads it compiled.
+    let t = p.sluice_env(
+        &[
+            "plugin",
+            "test",
+            "hello-js/hello-js.wasm",
+            "--config",
+            "name=js",
+        ],
+        &[("SLUICE_CACHE", cache)],
+    );
     assert!(
         t.code == 0 && t.stdout.contains("var     Greeting = hello, js"),
         "{}\n{}",
         t.stdout,
         t.stderr
     );
-    let bad = p.sluice(&[
-        "plugin",
-        "test",
-        "hello-js/hello-js.wasm",
-        "--config",
-        "name= ",
-    ]);
+    let bad = p.sluice_env(
+        &[
+            "plugin",
+            "test",
+            "hello-js/hello-js.wasm",
+            "--config",
+            "name= ",
+        ],
+        &[("SLUICE_CACHE", cache)],
+    );
     assert!(
         bad.stdout
             .contains("configuration error: `name` must not be empty"),

@@ -200,8 +200,24 @@ stages:
     assert!(error(action(&exec, "Source/Option")).contains("not a valid revision"));
 }
 
-/// Build a Python plugin from source with componentize-py (PyPI, pinned in .ci/run).
+/// Build a Python plugin from source with componentize-py (PyPI, pinned in .ci/run), once per
+/// source for all the tests of this run (a build takes a core for 10–20 s), copied to `out`.
 pub fn componentize_python(src: &std::path::Path, out: &std::path::Path) {
+    type Built = std::collections::HashMap<std::path::PathBuf, std::path::PathBuf>;
+    static BUILT: std::sync::Mutex<Option<Built>> = std::sync::Mutex::new(None);
+    let mut built = BUILT.lock().unwrap();
+    let built = built.get_or_insert_with(Built::new);
+    if !built.contains_key(src) {
+        // Built anew by each run of the tests (never a stale one from before).
+        let wasm = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("python-plugin-{}.wasm", built.len()));
+        build_python(src, &wasm);
+        built.insert(src.to_path_buf(), wasm);
+    }
+    std::fs::copy(&built[src], out).unwrap();
+}
+
+fn build_python(src: &std::path::Path, out: &std::path::Path) {
     let status = Command::new("componentize-py")
         .args(["-d", repo().join("wit").to_str().unwrap(), "-w", "sluice:action/action@0.1.0", "componentize", "app", "-p"])
         .arg(src)
@@ -274,7 +290,8 @@ stages:
 "##,
     );
     componentize_js(&p.path("semver.wasm"));
-    let d = p.sluice(&["plugin", "describe", "./semver.wasm"]);
+    // Compiled once, through the project's compile cache, for `plugin describe` and the run.
+    let d = p.sluice(&["plugin", "describe", "./semver.wasm", "--data", ".sluice"]);
     assert!(
         d.stdout.contains("semver-bump 1.0.0 (other)"),
         "{}\n{}",
@@ -320,13 +337,24 @@ fn a_python_plugin_runs_in_a_pipeline() {
         &repo().join("examples/plugins/python-wordcount"),
         &p.path("wordcount.wasm"),
     );
-    let d = p.sluice(&["plugin", "describe", "./wordcount.wasm"]);
+    let d = p.sluice(&[
+        "plugin",
+        "describe",
+        "./wordcount.wasm",
+        "--data",
+        ".sluice",
+    ]);
     assert!(
         d.stdout.contains("wordcount 1.0.0 (test)"),
         "{}\n{}",
         d.stdout,
         d.stderr
     );
+    // Described through the project's compile cache: the run below loads it compiled.
+    let compiled = std::fs::read_dir(p.path(".sluice/compiled"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert!(compiled > 0, "nothing in .sluice/compiled after describing");
     p.write("docs/a.txt", "one two three\nfour\n");
     p.write("docs/sub/b.txt", "five six\n");
     p.write("docs/skip.md", "not counted at all\n");

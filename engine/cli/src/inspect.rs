@@ -3,7 +3,7 @@ use sluice_engine::local::{Digest, Entry, History};
 use sluice_engine::model::count;
 use sluice_engine::model::units::short_duration;
 use sluice_engine::scheduler::Execution;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// The execution `id` from the local history, if it is there.
@@ -152,9 +152,22 @@ pub fn print_execution(e: &Execution, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn describe_plugin(reference: &str, json: bool) -> anyhow::Result<ExitCode> {
-    let plugin =
-        sluice_engine::local::describe_plugin(reference, &std::env::current_dir()?).await?;
+pub async fn describe_plugin(
+    reference: &str,
+    json: bool,
+    data: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
+    // The data folder's compile cache: given, or the current folder's `.sluice` when there
+    // is one (where `sluice run` keeps it for a pipeline here). Otherwise nothing is kept.
+    let data = data
+        .map(Path::to_path_buf)
+        .or_else(|| Some(PathBuf::from(".sluice")).filter(|d| d.is_dir()));
+    let plugin = sluice_engine::local::describe_plugin(
+        reference,
+        &std::env::current_dir()?,
+        data.as_deref(),
+    )
+    .await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&*plugin)?);
         return Ok(ExitCode::SUCCESS);

@@ -439,6 +439,10 @@ enum PluginCmd {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Compile it through this data folder's compile cache, so a run there finds it
+        /// compiled [default: ./.sluice when it exists, else nothing is kept].
+        #[arg(long)]
+        data: Option<PathBuf>,
     },
     /// List the built-in plugins.
     List,
@@ -683,7 +687,9 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             target,
         } => service::logs(execution_id, action, follow, target).await,
         Cmd::Plugin { command } => match command {
-            PluginCmd::Describe { plugin, json } => inspect::describe_plugin(&plugin, json).await,
+            PluginCmd::Describe { plugin, json, data } => {
+                inspect::describe_plugin(&plugin, json, data.as_deref()).await
+            }
             PluginCmd::Test(args) => plugin_test::run(args).await,
             PluginCmd::New(args) => scaffold::run(args),
             PluginCmd::Publish(args) => market::publish(args).await,
