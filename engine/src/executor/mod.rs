@@ -634,22 +634,25 @@ impl Driver {
                 let (tx, cx) = (tx.clone(), self.jobs.clone());
                 tokio::spawn(async move {
                     // A bug that panics inside a job must fail that action, not leave the
-                    // execution waiting for a result that never comes.
+                    // execution waiting for a result that never comes. (Caught in this task,
+                    // not by a second task around the job: one spawn per action, not two.)
                     let (stage, action, number) = (attempt.stage, attempt.action, attempt.attempt);
-                    let inner = cx.clone();
-                    let (next, leftover) =
-                        match tokio::spawn(async move { attempt.run(&inner).await }).await {
-                            Ok(done) => done,
-                            Err(e) => (
-                                job::Attempt::failure(
-                                    stage,
-                                    action,
-                                    number,
-                                    format!("internal error while running the action: {e}"),
+                    let run = std::panic::AssertUnwindSafe(attempt.run(&cx));
+                    let (next, leftover) = match futures_util::FutureExt::catch_unwind(run).await {
+                        Ok(done) => done,
+                        Err(panic) => (
+                            job::Attempt::failure(
+                                stage,
+                                action,
+                                number,
+                                format!(
+                                    "internal error while running the action: it panicked: {}",
+                                    panic_message(&*panic)
                                 ),
-                                job::Leftover::none(),
                             ),
-                        };
+                            job::Leftover::none(),
+                        ),
+                    };
                     let _ = tx.send(next);
                     leftover.release(&cx);
                 });
@@ -660,6 +663,15 @@ impl Driver {
                 .context("all jobs ended without reporting")?;
         }
     }
+}
+
+/// What a caught panic said, when it said it with a string.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
 }
 
 /// Read and parse a pipeline file. A file that cannot be read or is not YAML is an error;

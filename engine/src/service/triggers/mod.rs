@@ -462,7 +462,7 @@ impl Service {
             let queue = self.queued(tenant).await?;
             let place = queue.iter().position(|q| *q == execution_id);
             if place.is_some_and(|i| i > 0) {
-                self.hold(tenant, &execution_id, name, u64::MAX).await?;
+                self.renew(tenant, &execution_id, name).await?;
                 return Ok(Err(NotStarted::Queued));
             }
             leaves_queue = place.is_some();
