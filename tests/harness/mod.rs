@@ -232,14 +232,16 @@ pub fn processes_with(needle: &str) -> Vec<String> {
 }
 
 /// The side effects the probe's `effect` mode made in `dir`: the idempotency key of each
-/// (one marker file per key, created atomically).
+/// (one marker file per key, created atomically), as the marker's name has it (`/` as `_`).
+/// The name, not the content: an engine killed between creating the marker and writing the
+/// key into it leaves it empty, and the effect is made all the same (a second run of the
+/// attempt finds the marker and makes none).
 pub fn effects(dir: &Path) -> Vec<String> {
     let mut keys: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .filter_map(|e| {
-            let e = e.ok()?;
-            e.file_name().to_str()?.starts_with("done-").then_some(())?;
-            std::fs::read_to_string(e.path()).ok()
+            let name = e.ok()?.file_name();
+            Some(name.to_str()?.strip_prefix("done-")?.to_string())
         })
         .collect();
     keys.sort();

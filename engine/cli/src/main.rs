@@ -441,7 +441,7 @@ enum PluginCmd {
         json: bool,
         /// Compile it through this data folder's compile cache, so a run there finds it
         /// compiled [default: ./.sluice when it exists, else nothing is kept].
-        #[arg(long)]
+        #[arg(long, env = "SLUICE_DATA")]
         data: Option<PathBuf>,
     },
     /// List the built-in plugins.

@@ -439,12 +439,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 "sluice serve: engine on NATS {url}, local cache in {}",
                 data.display()
             );
-            let api_client = sluice_nats::connect_client(&url).await?;
-            let api = sluice_nats::service::serve_nats_api(
-                service.clone(),
-                client.clone(),
-                api_client.clone(),
-            );
+            let api = sluice_nats::service::serve_nats_api(service.clone(), client.clone());
             let events = sluice_engine::service::http::feed::EventSource::Stream(
                 sluice_nats::bus::all_events(&client).await?,
             );
@@ -456,7 +451,6 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 _ = tokio::signal::ctrl_c() => {},
             }
             sluice_nats::flush(&client).await;
-            sluice_nats::flush(&api_client).await;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -1,6 +1,5 @@
 //! The engines of a service on NATS ([`Cluster`]): dead letters published to
 //! `sluice.<tenant>.deadletter.<pipeline>`, abandoned jobs cancelled on `sluice.<tenant>.cancel`,
-//! executions started announced on `sluice.<tenant>.started` (for callers of `start` elsewhere),
 //! extra trigger subjects captured by a stream per pipeline, wake subjects by `SLUICE_WAKES`.
 use futures_util::future::BoxFuture;
 use sluice_engine::service::{Cluster, ClusterError, DeadLetter};
@@ -57,14 +56,6 @@ impl Cluster for NatsCluster {
                     serde_json::to_vec(&job_ids).unwrap_or_default().into(),
                 )
                 .await;
-        });
-    }
-
-    fn started_elsewhere(&self, tenant: &str, claim: &str, execution_id: &str) {
-        let (client, subject) = (self.client.clone(), format!("sluice.{tenant}.started"));
-        let payload = serde_json::to_vec(&(claim, execution_id)).unwrap_or_default();
-        tokio::spawn(async move {
-            let _ = client.publish(subject, payload.into()).await;
         });
     }
 

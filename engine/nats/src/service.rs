@@ -139,33 +139,12 @@ pub async fn serve_nats_cancellations(
     Ok(())
 }
 
-/// Wake the callers of `start` waiting here for an execution another engine recorded.
-pub async fn serve_nats_started(
-    service: Arc<Service>,
-    client: async_nats::Client,
-) -> anyhow::Result<()> {
-    let mut started = client.subscribe("sluice.*.started").await?;
-    while let Some(message) = started.next().await {
-        let tenant = message.subject.split('.').nth(1).unwrap_or_default();
-        if let Ok((claim, id)) = serde_json::from_slice::<(String, String)>(&message.payload) {
-            service.started_elsewhere(tenant, &claim, &id);
-        }
-    }
-    Ok(())
-}
-
-/// Answer control requests on `sluice.*.api.>` (one engine of the queue group answers each),
-/// received and answered on `api`: a connection of their own, so that a request and its reply
-/// never wait in line behind the store's traffic on `client` (on a busy engine, thousands of
-/// messages a second: under one tenant's flood, another tenant's `start` took 4–7 ms longer at
-/// the client than in the engine, measured with one connection).
+/// Answer control requests on `sluice.*.api.>` (one engine of the queue group answers each).
 pub async fn serve_nats_api(
     service: Arc<Service>,
     client: async_nats::Client,
-    api: async_nats::Client,
 ) -> anyhow::Result<()> {
     tokio::spawn(serve_nats_cancellations(service.clone(), client.clone()));
-    tokio::spawn(serve_nats_started(service.clone(), client.clone()));
     tokio::spawn(serve_extra_triggers(
         service.clone(),
         async_nats::jetstream::new(client.clone()),
@@ -174,11 +153,11 @@ pub async fn serve_nats_api(
         service.clone(),
         async_nats::jetstream::new(client.clone()),
     ));
-    let mut requests = api
+    let mut requests = client
         .queue_subscribe("sluice.*.api.>", crate::API_GROUP.to_string())
         .await?;
     while let Some(message) = requests.next().await {
-        let (service, client) = (service.clone(), api.clone());
+        let (service, client) = (service.clone(), client.clone());
         tokio::spawn(async move {
             let Some(reply) = message.reply.clone() else {
                 return;

@@ -601,12 +601,7 @@ impl Driver {
                 // Answer an approval before anything else (a stage with one approval has nothing
                 // else running; others keep running meanwhile and report through the channel).
                 for attempt in jobs {
-                    let (tx, cx) = (tx.clone(), self.jobs.clone());
-                    tokio::spawn(async move {
-                        let (next, leftover) = attempt.run(&cx).await;
-                        let _ = tx.send(next);
-                        leftover.release(&cx);
-                    });
+                    spawn_job(attempt, tx.clone(), self.jobs.clone());
                 }
                 let snapshot = exec.lock().unwrap().clone();
                 input = self
@@ -631,31 +626,7 @@ impl Driver {
                 continue;
             }
             for attempt in jobs {
-                let (tx, cx) = (tx.clone(), self.jobs.clone());
-                tokio::spawn(async move {
-                    // A bug that panics inside a job must fail that action, not leave the
-                    // execution waiting for a result that never comes. (Caught in this task,
-                    // not by a second task around the job: one spawn per action, not two.)
-                    let (stage, action, number) = (attempt.stage, attempt.action, attempt.attempt);
-                    let run = std::panic::AssertUnwindSafe(attempt.run(&cx));
-                    let (next, leftover) = match futures_util::FutureExt::catch_unwind(run).await {
-                        Ok(done) => done,
-                        Err(panic) => (
-                            job::Attempt::failure(
-                                stage,
-                                action,
-                                number,
-                                format!(
-                                    "internal error while running the action: it panicked: {}",
-                                    panic_message(&*panic)
-                                ),
-                            ),
-                            job::Leftover::none(),
-                        ),
-                    };
-                    let _ = tx.send(next);
-                    leftover.release(&cx);
-                });
+                spawn_job(attempt, tx.clone(), self.jobs.clone());
             }
             input = rx
                 .recv()
@@ -663,6 +634,38 @@ impl Driver {
                 .context("all jobs ended without reporting")?;
         }
     }
+}
+
+/// Run `attempt` in a task of its own and send how it went to the execution's loop. A bug that
+/// panics inside a job must fail that action, not leave the execution waiting for a result that
+/// never comes: the panic is caught in this task (not by a second task around the job: one
+/// spawn per action, not two).
+fn spawn_job(
+    attempt: job::Attempt,
+    tx: tokio::sync::mpsc::UnboundedSender<Input>,
+    cx: job::JobContext,
+) {
+    tokio::spawn(async move {
+        let (stage, action, number) = (attempt.stage, attempt.action, attempt.attempt);
+        let run = std::panic::AssertUnwindSafe(attempt.run(&cx));
+        let (next, leftover) = match futures_util::FutureExt::catch_unwind(run).await {
+            Ok(done) => done,
+            Err(panic) => (
+                job::Attempt::failure(
+                    stage,
+                    action,
+                    number,
+                    format!(
+                        "internal error while running the action: it panicked: {}",
+                        panic_message(&*panic)
+                    ),
+                ),
+                job::Leftover::none(),
+            ),
+        };
+        let _ = tx.send(next);
+        leftover.release(&cx);
+    });
 }
 
 /// What a caught panic said, when it said it with a string.

@@ -27,12 +27,6 @@ pub trait Cluster: Send + Sync {
     /// Tell the other engines to cancel these jobs (by id), abandoned by `stop --abandon`.
     fn cancel_elsewhere(&self, tenant: &str, job_ids: Vec<String>);
 
-    /// Tell the other engines that the trigger event claimed as `claim` started `execution_id`
-    /// (recorded): a caller of `start` waiting on another engine returns at once, instead of
-    /// reading the store until it sees the record. At most once: a lost one costs that caller
-    /// its next read.
-    fn started_elsewhere(&self, tenant: &str, claim: &str, execution_id: &str);
-
     /// Whether events on NATS subjects reach this service, so that `wake: event(subject)`
     /// can wake an action without `sluice wake`.
     fn hears_subjects(&self) -> bool;
@@ -58,8 +52,6 @@ impl Cluster for Alone {
     }
 
     fn cancel_elsewhere(&self, _tenant: &str, _job_ids: Vec<String>) {}
-
-    fn started_elsewhere(&self, _tenant: &str, _claim: &str, _execution_id: &str) {}
 
     fn hears_subjects(&self) -> bool {
         false

@@ -96,6 +96,11 @@ impl RedbStore {
                     if next.finished_at.is_none() {
                         next.finished_at = Some(input.at());
                     }
+                    // A run that died before it recorded its start (its disk filled first) is
+                    // not stopped by the step above, yet ends for the same reason.
+                    if next.stop_reason.is_none() {
+                        next.stop_reason = Some(ORPHANED.to_string());
+                    }
                     self.put(&next, Some(revision), Durability::Durable)?;
                     ended += 1;
                 }

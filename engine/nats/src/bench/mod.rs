@@ -64,7 +64,6 @@ async fn engine(
     tokio::spawn(crate::service::serve_nats_api(
         service.clone(),
         client.clone(),
-        client.clone(),
     ));
     tokio::spawn(service.clone().run(workers));
     Ok((service, client))

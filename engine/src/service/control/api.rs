@@ -770,22 +770,6 @@ impl Service {
         self.trigger_as(tenant, pipeline, event, &event.id).await
     }
 
-    /// The execution the trigger event `event_id` started, once it is recorded or waits in the
-    /// tenant's queue. (The claim comes first: then the record itself, or the place.)
-    async fn look_for_start(
-        &self,
-        tenant: &str,
-        pipeline: &str,
-        event_id: &str,
-    ) -> Result<Option<String>, ApiError> {
-        let Some(id) = self.claimed(tenant, pipeline, event_id).await? else {
-            return Ok(None);
-        };
-        let started = self.execution(tenant, &id).await?.is_some()
-            || self.queued(tenant).await?.contains(&id);
-        Ok(started.then_some(id))
-    }
-
     /// [`Service::trigger`], the event sent with message id `msg_id` (the queue's dedup key).
     async fn trigger_as(
         &self,
@@ -809,26 +793,23 @@ impl Service {
             .await
             .map_err(|e| ApiError::unavailable(e.to_string()))?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        // Most events are claimed within a millisecond or two: look soon, then less often. The
-        // engine that records the execution wakes us (this one, or another through the
-        // cluster); the reads are for a wake-up lost on the way. (Reading every 20 ms, 256
-        // callers of one tenant in flight made thousands of reads a second, every other
-        // tenant's writes waiting behind them on the server.)
+        // Most events are claimed within a millisecond or two: look soon, then less often. This
+        // engine wakes us when it records the execution; the reads are for another engine's.
         let mut pause = Duration::from_millis(1);
-        let longest = Duration::from_millis(250);
+        let longest = if self.edges.triggers.local() {
+            Duration::from_millis(250)
+        } else {
+            Duration::from_millis(20)
+        };
         loop {
-            // Recorded here: the wake-up named it.
-            if let Some(id) = waiter.recorded() {
-                return Ok(id.to_string());
-            }
-            // A look at the store, cut short by the wake-up (under load a read waits behind
-            // other tenants' writes; the wake-up already has the answer).
-            let looked = tokio::select! {
-                looked = self.look_for_start(tenant, pipeline, &event.id) => looked?,
-                () = waiter.woken() => None,
-            };
-            if let Some(id) = looked {
-                return Ok(id);
+            if let Some(id) = self.claimed(tenant, pipeline, &event.id).await? {
+                // The claim comes first; wait for the record itself, or its place in the
+                // tenant's queue.
+                if self.execution(tenant, &id).await?.is_some()
+                    || self.queued(tenant).await?.contains(&id)
+                {
+                    return Ok(id);
+                }
             }
             if tokio::time::Instant::now() > deadline {
                 return Err(ApiError::unavailable(format!(

@@ -5,9 +5,7 @@
 //! read per pause, and under a flood (hundreds of starts in flight) those reads took the cores
 //! another tenant's start was waiting for. The engine that records an execution now wakes the
 //! callers waiting in its own process at once; a caller whose event another engine took (NATS)
-//! still finds the record by reading now and then. The wake-up carries the execution id, so a
-//! caller woken returns without reading the store at all (two reads fewer, each a round trip
-//! that waits behind every other tenant's writes on a busy NATS).
+//! still finds the record by reading now and then.
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
@@ -15,28 +13,21 @@ use tokio::sync::Notify;
 /// The callers waiting in this process, by the claim key of their event.
 #[derive(Default)]
 pub(in crate::service) struct Awaited {
-    waiting: Mutex<HashMap<String, Arc<Slot>>>,
-}
-
-/// What the callers waiting for one event share: the wake-up, and the execution recorded.
-#[derive(Default)]
-struct Slot {
-    notify: Notify,
-    recorded: std::sync::OnceLock<String>,
+    waiting: Mutex<HashMap<String, Arc<Notify>>>,
 }
 
 /// One caller's place among the waiting; leaves when dropped.
 pub(in crate::service) struct Waiter<'a> {
     awaited: &'a Awaited,
     claim: String,
-    slot: Arc<Slot>,
+    notify: Arc<Notify>,
 }
 
 impl Awaited {
     /// Wait for the execution of the event whose claim key is `claim` (taken before the event
     /// is published, so no wake-up comes too early to be seen).
     pub(in crate::service) fn wait_for(&self, claim: &str) -> Waiter<'_> {
-        let slot = self
+        let notify = self
             .waiting
             .lock()
             .unwrap()
@@ -46,19 +37,17 @@ impl Awaited {
         Waiter {
             awaited: self,
             claim: claim.to_string(),
-            slot,
+            notify,
         }
     }
 
-    /// The execution of the event claimed as `claim` is recorded, as `execution_id`: wake
-    /// whoever waits for it.
-    pub(in crate::service) fn wake(&self, claim: &str, execution_id: &str) {
+    /// The execution of the event claimed as `claim` is recorded: wake whoever waits for it.
+    pub(in crate::service) fn wake(&self, claim: &str) {
         let waiting = self.waiting.lock().unwrap();
-        if let Some(slot) = waiting.get(claim) {
-            let _ = slot.recorded.set(execution_id.to_string());
+        if let Some(notify) = waiting.get(claim) {
             // Those waiting now, and (a permit) the one between two looks at the store.
-            slot.notify.notify_waiters();
-            slot.notify.notify_one();
+            notify.notify_waiters();
+            notify.notify_one();
         }
     }
 
@@ -68,42 +57,10 @@ impl Awaited {
     }
 }
 
-impl crate::service::Service {
-    /// The trigger event claimed as `claim` started `execution_id`, recorded here: wake the
-    /// callers of `start` waiting for it, here and on the other engines.
-    pub(in crate::service) fn recorded_start(&self, tenant: &str, claim: &str, execution_id: &str) {
-        self.awaited.wake(claim, execution_id);
-        self.edges
-            .cluster
-            .started_elsewhere(tenant, claim, execution_id);
-    }
-
-    /// Another engine recorded `execution_id` for the event claimed as `claim` (of `tenant`:
-    /// a claim of another tenant's is not taken from this one's subject).
-    pub fn started_elsewhere(&self, tenant: &str, claim: &str, execution_id: &str) {
-        if claim
-            .strip_prefix(tenant)
-            .is_some_and(|r| r.starts_with('/'))
-        {
-            self.awaited.wake(claim, execution_id);
-        }
-    }
-}
-
 impl Waiter<'_> {
     /// Until woken, or `pause` has passed (then the caller reads the store itself).
     pub(in crate::service) async fn woken_or(&self, pause: std::time::Duration) {
-        let _ = tokio::time::timeout(pause, self.slot.notify.notified()).await;
-    }
-
-    /// Until woken.
-    pub(in crate::service) async fn woken(&self) {
-        self.slot.notify.notified().await
-    }
-
-    /// The execution this process recorded for the event, once it has.
-    pub(in crate::service) fn recorded(&self) -> Option<&str> {
-        self.slot.recorded.get().map(String::as_str)
+        let _ = tokio::time::timeout(pause, self.notify.notified()).await;
     }
 }
 
@@ -111,7 +68,7 @@ impl Drop for Waiter<'_> {
     fn drop(&mut self) {
         let mut waiting = self.awaited.waiting.lock().unwrap();
         // The map's reference and ours: nobody else waits for this event.
-        if Arc::strong_count(&self.slot) <= 2 {
+        if Arc::strong_count(&self.notify) <= 2 {
             waiting.remove(&self.claim);
         }
     }
@@ -128,17 +85,12 @@ mod tests {
         {
             let waiter = awaited.wait_for("t/claim/p/1");
             // Woken while the caller reads the store: the next wait returns at once.
-            awaited.wake("t/claim/p/1", "E1");
+            awaited.wake("t/claim/p/1");
             let t = Instant::now();
             waiter.woken_or(Duration::from_secs(10)).await;
             assert!(t.elapsed() < Duration::from_secs(5));
-            assert_eq!(
-                waiter.recorded(),
-                Some("E1"),
-                "the wake-up names the execution"
-            );
             // Another event's wake-up does not end this wait early.
-            awaited.wake("t/claim/p/2", "E2");
+            awaited.wake("t/claim/p/2");
             let t = Instant::now();
             waiter.woken_or(Duration::from_millis(50)).await;
             assert!(t.elapsed() >= Duration::from_millis(50));
@@ -157,11 +109,10 @@ mod tests {
         let t = Instant::now();
         let wake = async {
             tokio::time::sleep(Duration::from_millis(20)).await;
-            awaited.wake("k", "E");
+            awaited.wake("k");
         };
         futures_util::future::join(both, wake).await;
         assert!(t.elapsed() < Duration::from_secs(5));
-        assert_eq!((a.recorded(), b.recorded()), (Some("E"), Some("E")));
         drop(a);
         assert_eq!(awaited.len(), 1, "b still waits");
         drop(b);

@@ -521,15 +521,11 @@ impl Service {
             // Created: a caller of `start` may be waiting for it.
             let exec = &head.exec;
             if let Some(trigger) = &exec.trigger {
-                self.recorded_start(
+                self.awaited.wake(&crate::service::triggers::claim_key(
                     &exec.tenant,
-                    &crate::service::triggers::claim_key(
-                        &exec.tenant,
-                        &exec.pipeline,
-                        &trigger.event_id,
-                    ),
-                    &exec.execution_id,
-                );
+                    &exec.pipeline,
+                    &trigger.event_id,
+                ));
             }
         }
         head.revision = Some(revision);
