@@ -164,6 +164,12 @@ pub fn latest(p: &Project, args: &[&str]) -> String {
 /// Assert that `exec` was ended on open because its `sluice run` died: stopped, with the
 /// reason, and its running action `running` abandoned.
 pub fn assert_ended_by_a_dead_run(exec: &Value, running: &str) {
+    assert_stopped_as_orphan(exec);
+    assert_eq!(status(action(exec, running)), "Abandoned");
+}
+
+/// `exec` was ended on open because the run that owned it died: stopped, with the reason.
+pub fn assert_stopped_as_orphan(exec: &Value) {
     assert_eq!(status(exec), "Stopped", "{exec:#}");
     assert!(
         exec["stop_reason"]
@@ -172,7 +178,6 @@ pub fn assert_ended_by_a_dead_run(exec: &Value, running: &str) {
             .contains("ended without recording its end"),
         "{exec:#}"
     );
-    assert_eq!(status(action(exec, running)), "Abandoned");
 }
 
 /// The action `STAGE/ACTION` of an execution record.

@@ -104,7 +104,10 @@ impl Kv for NatsKv {
                     .map_err(backend)?,
                 Err(e) => return Err(backend(e)),
             };
+            // The listing is an ordered consumer: when it is recreated mid-way (a node or
+            // leader lost) it delivers again from where it stood, so a key can come twice.
             keys.sort();
+            keys.dedup();
             Ok(keys)
         }
         .boxed()
