@@ -158,7 +158,16 @@ fn three_engines_killed_at_random_lose_and_double_nothing() {
                         for e in &list {
                             *by_status.entry(status(e).to_string()).or_default() += 1;
                         }
-                        panic!("after {BOUND:?}: {} executions {by_status:?}", list.len());
+                        // The unfinished ones, whole: where each stands says what stuck.
+                        let unfinished: Vec<&Value> = list
+                            .iter()
+                            .filter(|e| status(e) != "Succeeded")
+                            .take(5)
+                            .collect();
+                        panic!(
+                            "after {BOUND:?}: {} executions {by_status:?}; unfinished: {unfinished:#?}",
+                            list.len()
+                        );
                     }
                     std::thread::sleep(Duration::from_millis(500));
                 };

@@ -151,6 +151,7 @@ pub async fn extra_stream(
             consumer: "sluice-engines",
             ack_wait: Duration::from_secs(30),
             duplicate_window: Duration::from_secs(3600),
+            prefetch: 64,
         },
     )
     .await

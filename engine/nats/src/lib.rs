@@ -201,6 +201,8 @@ impl Layout {
                 // A trigger's delivery may hold the chain of its execution's first jobs.
                 ack_wait: timing.ack_wait,
                 duplicate_window: Duration::from_secs(3600),
+                // Its one intake takes events in hand: ask ahead.
+                prefetch: 64,
             },
         )
         .await?;
@@ -212,6 +214,7 @@ impl Layout {
                 consumer: "sluice-workers",
                 ack_wait: timing.ack_wait,
                 duplicate_window: Duration::from_secs(3600),
+                prefetch: 1,
             },
         )
         .await?;

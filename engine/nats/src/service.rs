@@ -83,6 +83,7 @@ pub async fn serve_wakes(service: Arc<Service>, js: async_nats::jetstream::Conte
             consumer: "sluice-engines",
             ack_wait: Duration::from_secs(30),
             duplicate_window: Duration::from_secs(120),
+            prefetch: 1,
         },
     )
     .await
