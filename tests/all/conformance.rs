@@ -2,12 +2,15 @@
 //! (redb, in-process queue) and the NATS ones (JetStream KV, work-queue stream), the latter
 //! against a real nats-server.
 use crate::harness::nats::NatsServer;
-use sluice_engine::artifacts::{BlobStore, Digest, LocalStore, StoreError};
+use sluice_engine::artifacts::{
+    BlobStore, Digest, LocalStore, SealedObjects, SealedStore, StoreError, TenantKey,
+};
 use sluice_engine::kv::{Kv, KvError, RedbKv};
 use sluice_engine::queue::{MemoryQueue, WorkQueue};
 use sluice_nats::kv::NatsKv;
 use sluice_nats::queue::{NatsQueue, QueueConfig};
 use sluice_nats::store::NatsStore;
+use std::sync::Arc;
 use std::time::Duration;
 
 fn rt() -> tokio::runtime::Runtime {
@@ -296,5 +299,74 @@ fn nats_blob_store_shares_verified_blobs_between_engines() {
                 .await
                 .is_ok_and(|info| info.deleted)
         );
+    });
+}
+
+/// Sealed blobs as the artifact collector sees them: listed with their namespace, size and
+/// last use; removed only when unused since a time; a put after a removal keeps the blob again
+/// where every engine finds it (`writer` and `other` are two engines: on NATS, two caches).
+fn sealed_collection_suite(writer: Arc<dyn SealedObjects>, other: Arc<dyn SealedObjects>) {
+    use std::time::SystemTime;
+    let used = |o: &dyn SealedObjects, ns: &str| o.sealed_bytes(ns).unwrap();
+    let key = TenantKey::derive(&[3; 32]);
+    let a = SealedStore::new(writer.clone(), "acme", key.clone());
+    let b = SealedStore::new(other.clone(), "acme", key);
+    let started = SystemTime::now() - Duration::from_secs(2);
+    let d = a.put_bytes(b"collected, then kept again").unwrap();
+    let listed = other.list_sealed().unwrap();
+    let info = listed
+        .iter()
+        .find(|i| i.ns == "acme" && i.address == d)
+        .expect("listed by every engine");
+    assert!(info.bytes > 26 && info.used_at >= started, "{info:?}");
+    let bytes = used(&*other, "acme");
+    assert!(bytes >= info.bytes, "{bytes} counted");
+    // Used since `before`: stays.
+    assert_eq!(
+        other.drop_unused_sealed("acme", &d, info.used_at).unwrap(),
+        None
+    );
+    assert!(b.contains(&d));
+    // Unused since: removed by one engine, counted off, gone for both.
+    let later = SystemTime::now() + Duration::from_secs(5);
+    assert_eq!(
+        other.drop_unused_sealed("acme", &d, later).unwrap(),
+        Some(info.bytes)
+    );
+    assert_eq!(used(&*other, "acme"), bytes - info.bytes);
+    assert!(!other.touch_sealed("acme", &d).unwrap());
+    assert!(
+        !writer.touch_sealed("acme", &d).unwrap(),
+        "not in its cache's word"
+    );
+    // The writer puts the same content again (its cache may still hold it): kept again,
+    // and the other engine reads it.
+    assert_eq!(a.put_bytes(b"collected, then kept again").unwrap(), d);
+    assert_eq!(b.get_bytes(&d).unwrap(), b"collected, then kept again");
+    assert!(other.touch_sealed("acme", &d).unwrap());
+    assert_eq!(used(&*other, "acme"), bytes);
+}
+
+#[test]
+fn local_sealed_objects_conform() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn SealedObjects> = Arc::new(LocalStore::open(dir.path().join("cas")).unwrap());
+    sealed_collection_suite(store.clone(), store);
+}
+
+#[test]
+fn nats_sealed_objects_conform_across_engines() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let a: Arc<dyn SealedObjects> =
+            Arc::new(NatsStore::open(&js, &dir.path().join("a")).await.unwrap());
+        let b: Arc<dyn SealedObjects> =
+            Arc::new(NatsStore::open(&js, &dir.path().join("b")).await.unwrap());
+        tokio::task::spawn_blocking(move || sealed_collection_suite(a, b))
+            .await
+            .unwrap();
     });
 }

@@ -105,6 +105,11 @@ pub struct ServeArgs {
     /// every one.
     #[arg(long, default_value = "365d", value_parser = parse_retention)]
     pub keep_executions: Retention,
+    /// How long an artifact that no execution, pipeline or action-cache entry names any more
+    /// is kept after it was last stored or used, before the hourly sweep removes it (and takes
+    /// it off its tenant's stored bytes). At least 10m.
+    #[arg(long, default_value = "1d", value_parser = parse_keep)]
+    pub artifact_grace: Duration,
     /// How long audit records are kept (with --auth).
     #[arg(long, default_value = "90d", value_parser = parse_keep)]
     pub audit_keep: Duration,
@@ -352,6 +357,7 @@ async fn auth(
     data: &std::path::Path,
 ) -> anyhow::Result<()> {
     service.keep_executions(args.keep_executions.0);
+    service.artifact_grace(args.artifact_grace);
     if !args.auth {
         return Ok(());
     }

@@ -7,9 +7,13 @@
 //! Sealed blobs (each tenant's artifacts, see `sluice_engine::artifacts::sealed`) are objects
 //! named `sealed/<tenant>/<address hex>`, cached as ciphertext too: no engine keeps a tenant's
 //! content plain at rest. They are checked by the sealed store on every read, not here.
-use async_nats::jetstream::object_store::ObjectStore;
-use sluice_engine::artifacts::{BlobStore, Digest, LocalStore, SealedObjects, StoreError, io};
+use async_nats::jetstream::object_store::{InfoErrorKind, ObjectInfo, ObjectStore, UpdateMetadata};
+use sluice_engine::artifacts::sealed::USE_NOTED_WITHIN;
+use sluice_engine::artifacts::{
+    BlobStore, Digest, LocalStore, SealedInfo, SealedObjects, StoreError, io,
+};
 use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::runtime::Handle;
 
 /// A [`BlobStore`] on a JetStream Object Store with a local cache.
@@ -286,5 +290,154 @@ impl SealedObjects for NatsStore {
 
     fn sealed_tmp(&self) -> std::path::PathBuf {
         self.tmp.clone()
+    }
+
+    fn touch_sealed(&self, ns: &str, address: &Digest) -> Result<bool, StoreError> {
+        // In the bucket, not the cache: a blob collected there may still be in this cache.
+        let name = sealed_name(ns, address);
+        self.block(async {
+            let info = match self.objects.info(&name).await {
+                Ok(info) if !info.deleted => info,
+                Ok(_) => return Ok(false),
+                Err(e) if e.kind() == InfoErrorKind::NotFound => return Ok(false),
+                Err(e) => return Err(e.to_string()),
+            };
+            // Noted once in a while, not at every use (each note is a write).
+            if used_at(&info).elapsed().unwrap_or_default() < USE_NOTED_WITHIN {
+                return Ok(true);
+            }
+            self.objects
+                .update_metadata(
+                    &name,
+                    UpdateMetadata {
+                        name: name.clone(),
+                        description: Some(format!("{USED_AT}{}", unix_secs(SystemTime::now()))),
+                        metadata: info.metadata,
+                        headers: info.headers,
+                    },
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(true)
+        })
+        .map_err(remote("note a use of a sealed blob"))
+    }
+
+    fn list_sealed(&self) -> Result<Vec<SealedInfo>, StoreError> {
+        self.block(async {
+            let mut list = self.objects.list().await.map_err(|e| e.to_string())?;
+            let mut out = Vec::new();
+            while let Some(info) = futures_util::StreamExt::next(&mut list).await {
+                let info = info.map_err(|e| e.to_string())?;
+                let Some((ns, hex)) = info
+                    .name
+                    .strip_prefix("sealed/")
+                    .and_then(|rest| rest.split_once('/'))
+                else {
+                    continue;
+                };
+                let Ok(address) = format!("blake3:{hex}").parse::<Digest>() else {
+                    continue;
+                };
+                if !info.deleted {
+                    out.push(SealedInfo {
+                        ns: ns.to_string(),
+                        address,
+                        bytes: info.size as u64,
+                        used_at: used_at(&info),
+                    });
+                }
+            }
+            Ok(out)
+        })
+        .map_err(remote("list the sealed blobs"))
+    }
+
+    fn drop_unused_sealed(
+        &self,
+        ns: &str,
+        address: &Digest,
+        before: SystemTime,
+    ) -> Result<Option<u64>, StoreError> {
+        let name = sealed_name(ns, address);
+        let freed = self
+            .block(async {
+                let info = match self.objects.info(&name).await {
+                    Ok(info) if !info.deleted => info,
+                    _ => return Ok(None),
+                };
+                if used_at(&info) >= before {
+                    return Ok(None);
+                }
+                self.objects
+                    .delete(&name)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(Some(info.size as u64))
+            })
+            .map_err(remote("remove an unused sealed blob"))?;
+        if let Some(bytes) = freed {
+            self.count(ns, -(bytes as i64))?;
+            let _ = self.cache.drop_sealed(ns, address);
+        }
+        Ok(freed)
+    }
+}
+
+/// How a later use of a sealed object is noted: its description, `used at <unix seconds>`
+/// (the object store's own time is its upload's, and rewriting the object to renew it would
+/// upload it again).
+const USED_AT: &str = "used at ";
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
+}
+
+/// When the object was last kept or used: its upload, or a use noted since.
+fn used_at(info: &ObjectInfo) -> SystemTime {
+    let uploaded = info.modified.map_or(UNIX_EPOCH, |m| {
+        UNIX_EPOCH + Duration::from_secs(m.unix_timestamp().max(0) as u64)
+    });
+    let noted = info
+        .description
+        .as_deref()
+        .and_then(|d| d.strip_prefix(USED_AT))
+        .and_then(|secs| secs.parse::<u64>().ok())
+        .map(|secs| UNIX_EPOCH + Duration::from_secs(secs));
+    noted.map_or(uploaded, |noted| noted.max(uploaded))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(uploaded_secs: i64, description: Option<&str>) -> ObjectInfo {
+        ObjectInfo {
+            name: "sealed/acme/00".into(),
+            description: description.map(str::to_string),
+            metadata: Default::default(),
+            headers: None,
+            options: None,
+            bucket: "sluice-artifacts".into(),
+            nuid: String::new(),
+            size: 10,
+            chunks: 1,
+            modified: Some(
+                async_nats::datetime::DateTime::from_unix_timestamp(uploaded_secs).unwrap(),
+            ),
+            digest: None,
+            deleted: false,
+        }
+    }
+
+    #[test]
+    fn an_objects_last_use_is_its_upload_or_a_later_use_noted_in_its_description() {
+        let at = |secs| UNIX_EPOCH + Duration::from_secs(secs);
+        assert_eq!(used_at(&info(1_000, None)), at(1_000));
+        assert_eq!(used_at(&info(1_000, Some("used at 5000"))), at(5_000));
+        // A note older than the upload (an object uploaded again) and a description not
+        // ours do not move it back.
+        assert_eq!(used_at(&info(9_000, Some("used at 5000"))), at(9_000));
+        assert_eq!(used_at(&info(1_000, Some("a user's words"))), at(1_000));
     }
 }

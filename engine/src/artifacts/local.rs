@@ -380,6 +380,88 @@ impl super::SealedObjects for LocalStore {
     fn sealed_tmp(&self) -> PathBuf {
         self.root.join("tmp")
     }
+
+    fn touch_sealed(&self, ns: &str, address: &Digest) -> Result<bool, StoreError> {
+        let path = self.sealed_blob_path(ns, address)?;
+        // Under the lock the collector removes under: a blob touched is not removed as unused.
+        let _usage = self.sealed_usage.lock().expect("sealed usage");
+        match fs::File::open(&path) {
+            Ok(file) => {
+                file.set_modified(std::time::SystemTime::now())
+                    .map_err(io(format!("note a use of {address}")))?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(StoreError::Io {
+                context: format!("open {address}"),
+                source: e,
+            }),
+        }
+    }
+
+    fn list_sealed(&self) -> Result<Vec<super::SealedInfo>, StoreError> {
+        let mut out = Vec::new();
+        let Ok(namespaces) = fs::read_dir(self.root.join("sealed")) else {
+            return Ok(out);
+        };
+        // `<ns>/<2 hex>/<62 hex>`; anything else there is not a blob of ours.
+        for ns in namespaces.flatten() {
+            let Some(name) = ns.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            for prefix in fs::read_dir(ns.path()).into_iter().flatten().flatten() {
+                let prefix_name = prefix.file_name();
+                for file in fs::read_dir(prefix.path()).into_iter().flatten().flatten() {
+                    let hex = format!(
+                        "blake3:{}{}",
+                        prefix_name.to_string_lossy(),
+                        file.file_name().to_string_lossy()
+                    );
+                    let (Ok(address), Ok(meta)) = (hex.parse::<Digest>(), file.metadata()) else {
+                        continue;
+                    };
+                    if meta.is_file() {
+                        out.push(super::SealedInfo {
+                            ns: name.clone(),
+                            address,
+                            bytes: meta.len(),
+                            used_at: meta.modified().unwrap_or(std::time::UNIX_EPOCH),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn drop_unused_sealed(
+        &self,
+        ns: &str,
+        address: &Digest,
+        before: std::time::SystemTime,
+    ) -> Result<Option<u64>, StoreError> {
+        let path = self.sealed_blob_path(ns, address)?;
+        let mut usage = self.sealed_usage.lock().expect("sealed usage");
+        let Ok(meta) = fs::metadata(&path) else {
+            return Ok(None);
+        };
+        if meta.modified().map_err(io(format!("stat {address}")))? >= before {
+            return Ok(None);
+        }
+        match fs::remove_file(&path) {
+            Ok(()) => {
+                if let Some(used) = usage.get_mut(ns) {
+                    *used = used.saturating_sub(meta.len());
+                }
+                Ok(Some(meta.len()))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::Io {
+                context: format!("remove {address}"),
+                source: e,
+            }),
+        }
+    }
 }
 
 impl LocalStore {

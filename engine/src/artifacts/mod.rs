@@ -5,13 +5,14 @@
 //! [`BlobStore`] is the edge: [`local::LocalStore`] is the embedded backend (a directory);
 //! a NATS Object Store backend implements the same trait. Trees are built on top in [`tree`].
 
+pub mod collect;
 pub mod local;
 pub mod sealed;
 pub mod tenants;
 pub mod tree;
 
 pub use local::LocalStore;
-pub use sealed::{SealedObjects, SealedStore, TenantKey};
+pub use sealed::{SealedInfo, SealedObjects, SealedStore, TenantKey};
 pub use tree::{Entry, Tree};
 
 use std::path::Path;

@@ -58,7 +58,38 @@ pub trait SealedObjects: Send + Sync {
     /// Bytes kept in namespace `ns` (sealed files as stored): what a tenant's quota of
     /// artifact bytes counts.
     fn sealed_bytes(&self, ns: &str) -> Result<u64, StoreError>;
+    /// Mark the sealed blob as used now (a put found it kept), so the collector spares it as
+    /// it spares a new one; `false`: it is not kept (here: where every engine finds it).
+    fn touch_sealed(&self, ns: &str, address: &Digest) -> Result<bool, StoreError>;
+    /// Every sealed blob of every namespace, with when it was last kept or used.
+    fn list_sealed(&self) -> Result<Vec<SealedInfo>, StoreError>;
+    /// Remove the sealed blob if it was last kept or used before `before` (checked as it is
+    /// removed: a put that uses it meanwhile keeps it); the bytes freed, if it went.
+    fn drop_unused_sealed(
+        &self,
+        ns: &str,
+        address: &Digest,
+        before: std::time::SystemTime,
+    ) -> Result<Option<u64>, StoreError>;
 }
+
+/// A sealed blob as listed for the collector.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SealedInfo {
+    /// Its namespace (tenant).
+    pub ns: String,
+    /// Its address.
+    pub address: Digest,
+    /// Bytes as stored.
+    pub bytes: u64,
+    /// When it was last kept or used (a backend may note a use only once in a while: within
+    /// [`USE_NOTED_WITHIN`]).
+    pub used_at: std::time::SystemTime,
+}
+
+/// A use of a sealed blob is noted at most this long after the last one noted (a use is a
+/// write where the blobs are shared): the collector's grace must be longer.
+pub const USE_NOTED_WITHIN: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// A tenant's artifact keys, derived from one root key (the tenant's data key): rotating the
 /// master key, which re-seals data keys, leaves them unchanged.
@@ -344,7 +375,9 @@ impl SealedStore {
 
     /// Keep a sealed file under its address, unless that address is kept already.
     fn keep(&self, address: Digest, file: &Path) -> Result<Digest, StoreError> {
-        if self.objects.has_sealed(&self.ns, &address) {
+        // Kept already: noted as used, so the collector does not take it while a record about
+        // to name it is written.
+        if self.objects.touch_sealed(&self.ns, &address)? {
             let _ = fs::remove_file(file);
             return Ok(address);
         }
@@ -535,7 +568,7 @@ impl BlobStore for SealedStore {
 
     fn put_bytes(&self, bytes: &[u8]) -> Result<Digest, StoreError> {
         let address = self.key.address_of(bytes);
-        if self.objects.has_sealed(&self.ns, &address) {
+        if self.objects.touch_sealed(&self.ns, &address)? {
             return Ok(address);
         }
         let (sealed, actual) = self.seal_from(

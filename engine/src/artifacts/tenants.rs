@@ -60,6 +60,11 @@ impl TenantStores {
             .remove(&tenant.to_string());
     }
 
+    /// Where every tenant's sealed blobs are kept.
+    pub fn objects(&self) -> &Arc<dyn SealedObjects> {
+        &self.objects
+    }
+
     /// Bytes the tenant keeps (sealed, as stored).
     pub fn stored_bytes(&self, tenant: &str) -> Result<u64, StoreError> {
         self.objects.sealed_bytes(tenant)

@@ -16,6 +16,7 @@
 
 mod action_cache;
 pub mod cluster;
+pub mod collector;
 pub mod control;
 pub mod registry;
 pub mod retention;
@@ -187,6 +188,9 @@ pub struct Service {
     tenancy: tenancy::Tenancy,
     /// How long ended executions are kept, in milliseconds; 0: for ever (see `retention`).
     retention: std::sync::atomic::AtomicU64,
+    /// How long an artifact nothing names is kept after its last use, in milliseconds (see
+    /// `collector`).
+    grace_ms: std::sync::atomic::AtomicU64,
     /// Callers of `start` waiting for their execution, woken when this engine records it.
     awaited: triggers::started::Awaited,
     /// Trigger events taken off the queue, waiting for their pipeline's turn (see `intake`).
@@ -261,6 +265,7 @@ impl Service {
             gauges_at: Mutex::new(None),
             tenancy: Default::default(),
             retention: (retention::KEEP_EXECUTIONS.as_millis() as u64).into(),
+            grace_ms: (collector::ARTIFACT_GRACE.as_millis() as u64).into(),
             awaited: Default::default(),
             triggers_in_line: Default::default(),
         })

@@ -5,7 +5,8 @@
 //!
 //! Every engine sweeps now and then. A sweep reads every key once and the records old enough
 //! to go; deletes are idempotent, so engines sweeping at once only repeat each other's work.
-//! (Logs and dead letters have retentions of their own; audit records `--audit-keep`.)
+//! (Logs and dead letters have retentions of their own; audit records `--audit-keep`; the
+//! artifacts records no longer name go with the same sweep, see `collector`.)
 use crate::kv::{KvError, get_json};
 use crate::service::{Service, claim_key};
 use std::sync::atomic::Ordering;
@@ -87,6 +88,8 @@ impl Service {
                 Ok(n) => tracing::info!(removed = n, "lease records of ended jobs removed"),
                 Err(e) => tracing::warn!("the lease sweep failed (tried again later): {e}"),
             }
+            // Artifacts of records the last sweep deleted go a sweep later.
+            self.collect_and_log().await;
             let keep = self.retention.load(Ordering::Relaxed);
             if keep == 0 {
                 continue;

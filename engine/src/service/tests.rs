@@ -54,6 +54,11 @@ impl EventBus for LostBus {
 
 pub(super) fn engine(data: &Path, bus: Arc<dyn EventBus>, shared: &Edges) -> Arc<Service> {
     let engine = Engine::for_service(data, bus.clone(), None).unwrap();
+    service_of(engine, bus, shared)
+}
+
+/// A service on `shared` running jobs with `engine`.
+pub(super) fn service_of(engine: Engine, bus: Arc<dyn EventBus>, shared: &Edges) -> Arc<Service> {
     let edges = Edges {
         pipelines: shared.pipelines.clone(),
         executions: shared.executions.clone(),

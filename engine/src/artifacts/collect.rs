@@ -1,0 +1,210 @@
+//! Collecting a namespace's sealed blobs that nothing names any more: without it, every
+//! artifact an action ever wrote stays, and a tenant's quota of artifact bytes only fills.
+//!
+//! Marking starts from the artifacts the caller's records name (trees), walks their
+//! subdirectories' trees, and spares every file they list. A blob is removed only when no root
+//! reaches it **and** it was last kept or used before `before` (the grace): an action's
+//! outputs are stored before the record naming them is written, and a folder is uploaded
+//! before the pipeline naming it is registered. A put that finds its blob kept notes the use
+//! ([`SealedObjects::touch_sealed`]), and the backend checks that time again as it removes.
+use super::{BlobStore, Digest, SealedInfo, SealedObjects, StoreError};
+use std::collections::{HashMap, HashSet};
+use std::time::SystemTime;
+
+/// Larger blobs are not read as trees (a tree lists at most `MAX_OUTPUT_ENTRIES` entries:
+/// a few MiB): a root naming a file is spared without reading it.
+const MAX_TREE_BYTES: u64 = 64 << 20;
+
+/// What one collection did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Collected {
+    /// Blobs kept (reached, or used within the grace).
+    pub kept: usize,
+    /// Blobs removed.
+    pub removed: usize,
+    /// Bytes they held, as stored.
+    pub bytes: u64,
+}
+
+/// Remove the blobs of `listed` (namespace `ns`'s, as [`SealedObjects::list_sealed`] gave them)
+/// that no tree of `roots` reaches and that were last used before `before`. A tree that
+/// cannot be read (damaged, the backend unreachable) ends the collection with its error:
+/// nothing is removed on a guess. A root not stored is skipped (nothing below it can be read).
+pub fn collect(
+    store: &dyn BlobStore,
+    objects: &dyn SealedObjects,
+    ns: &str,
+    listed: &[SealedInfo],
+    roots: impl IntoIterator<Item = Digest>,
+    before: SystemTime,
+) -> Result<Collected, StoreError> {
+    let sizes: HashMap<Digest, u64> = listed.iter().map(|b| (b.address, b.bytes)).collect();
+    let mut reached: HashSet<Digest> = HashSet::new();
+    let mut trees: Vec<Digest> = roots.into_iter().collect();
+    while let Some(digest) = trees.pop() {
+        if !reached.insert(digest) {
+            continue;
+        }
+        let Some(&bytes) = sizes.get(&digest) else {
+            continue;
+        };
+        if bytes > MAX_TREE_BYTES {
+            continue;
+        }
+        let content = match store.get_bytes(&digest) {
+            Ok(content) => content,
+            Err(StoreError::NotFound(_)) => continue,
+            Err(e) => return Err(e),
+        };
+        // A root may name a file rather than a tree: nothing below it.
+        let Ok(tree) = super::tree::decode(&content) else {
+            continue;
+        };
+        for entry in tree.entries {
+            match entry {
+                super::Entry::File { digest, .. } => {
+                    reached.insert(digest);
+                }
+                super::Entry::Dir { digest, .. } => trees.push(digest),
+                super::Entry::Symlink { .. } => {}
+            }
+        }
+    }
+    let mut done = Collected::default();
+    for blob in listed.iter().filter(|b| b.ns == ns) {
+        if reached.contains(&blob.address) || blob.used_at >= before {
+            done.kept += 1;
+            continue;
+        }
+        match objects.drop_unused_sealed(ns, &blob.address, before)? {
+            Some(bytes) => {
+                done.removed += 1;
+                done.bytes += bytes;
+            }
+            // Used meanwhile (or gone already).
+            None => done.kept += 1,
+        }
+    }
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::artifacts::{LocalStore, SealedStore, TenantKey, tree};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    fn write(dir: &std::path::Path, files: &[(&str, &str)]) {
+        for (path, content) in files {
+            let path = dir.join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, content).unwrap();
+        }
+    }
+
+    /// Make every blob of `ns` look last used two days ago.
+    fn age(local: &LocalStore, ns: &str) {
+        let old = SystemTime::now() - Duration::from_secs(2 * 86_400);
+        for b in local.list_sealed().unwrap().iter().filter(|b| b.ns == ns) {
+            let path = local.sealed_path(ns, &b.address).unwrap();
+            std::fs::File::open(path)
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
+        }
+    }
+
+    fn addresses(local: &LocalStore, ns: &str) -> HashSet<Digest> {
+        let listed = local.list_sealed().unwrap();
+        listed
+            .into_iter()
+            .filter(|b| b.ns == ns)
+            .map(|b| b.address)
+            .collect()
+    }
+
+    #[test]
+    fn what_no_root_reaches_goes_once_past_its_grace_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let local = Arc::new(LocalStore::open(dir.path().join("cas")).unwrap());
+        let acme = SealedStore::new(local.clone(), "acme", TenantKey::derive(&[1; 32]));
+        let globex = SealedStore::new(local.clone(), "globex", TenantKey::derive(&[2; 32]));
+        let (kept_dir, gone_dir) = (dir.path().join("kept"), dir.path().join("gone"));
+        write(&kept_dir, &[("a", "shared"), ("sub/b", "only kept")]);
+        write(&gone_dir, &[("a", "shared"), ("c", "only gone")]);
+        let (kept, _) = tree::put_tree(&acme, &kept_dir).unwrap();
+        let (gone, _) = tree::put_tree(&acme, &gone_dir).unwrap();
+        let loose = acme.put_bytes(b"named by nothing").unwrap();
+        tree::put_tree(&globex, &gone_dir).unwrap();
+        let before_acme = addresses(&local, "acme");
+        let globex_blobs = addresses(&local, "globex");
+        // kept: its tree, a, sub's tree, b; gone: its tree, c (a is shared); the loose blob.
+        assert_eq!(before_acme.len(), 7);
+        let collect_now = |before: SystemTime| {
+            let listed = local.list_sealed().unwrap();
+            collect(&acme, &*local, "acme", &listed, [kept], before).unwrap()
+        };
+
+        // Within the grace: everything stays.
+        let done = collect_now(SystemTime::now() - Duration::from_secs(86_400));
+        assert_eq!((done.kept, done.removed), (7, 0));
+
+        // Past it: what `kept` does not reach goes, with its bytes counted off the quota.
+        age(&local, "acme");
+        let used = local.sealed_bytes("acme").unwrap();
+        let done = collect_now(SystemTime::now() - Duration::from_secs(86_400));
+        assert_eq!((done.kept, done.removed), (4, 3), "{done:?}");
+        assert_eq!(local.sealed_bytes("acme").unwrap(), used - done.bytes);
+        let after = addresses(&local, "acme");
+        assert!(!after.contains(&gone) && !after.contains(&loose));
+        assert!(after.contains(&kept));
+        tree::materialize(&acme, &kept, &dir.path().join("out")).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("out/sub/b")).unwrap(),
+            "only kept"
+        );
+        // Another tenant's blobs, the same content among them, are not touched.
+        assert_eq!(addresses(&local, "globex"), globex_blobs);
+
+        // A put of content kept long ago notes its use: the next collection spares it.
+        age(&local, "acme");
+        let again = acme.put_bytes(b"shared").unwrap();
+        let listed = local.list_sealed().unwrap();
+        let done = collect(
+            &acme,
+            &*local,
+            "acme",
+            &listed,
+            [],
+            SystemTime::now() - Duration::from_secs(86_400),
+        )
+        .unwrap();
+        assert_eq!((done.kept, done.removed), (1, 3), "{done:?}");
+        assert_eq!(addresses(&local, "acme"), HashSet::from([again]));
+    }
+
+    #[test]
+    fn a_tree_that_cannot_be_read_removes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let local = Arc::new(LocalStore::open(dir.path().join("cas")).unwrap());
+        let acme = SealedStore::new(local.clone(), "acme", TenantKey::derive(&[1; 32]));
+        write(&dir.path().join("t"), &[("a", "one"), ("b", "two")]);
+        let (root, _) = tree::put_tree(&acme, &dir.path().join("t")).unwrap();
+        acme.put_bytes(b"loose").unwrap();
+        age(&local, "acme");
+        // The root's ciphertext changed at rest.
+        let path = local.sealed_path("acme", &root).unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[0] ^= 1;
+        let mut perms = std::fs::metadata(&path).unwrap().permissions();
+        #[allow(clippy::permissions_set_readonly_false)]
+        perms.set_readonly(false);
+        std::fs::set_permissions(&path, perms).unwrap();
+        std::fs::write(&path, bytes).unwrap();
+        let listed = local.list_sealed().unwrap();
+        let err = collect(&acme, &*local, "acme", &listed, [root], SystemTime::now()).unwrap_err();
+        assert!(matches!(err, StoreError::Tampered(_)), "{err}");
+        assert_eq!(addresses(&local, "acme").len(), 4);
+    }
+}
