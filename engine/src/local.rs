@@ -128,8 +128,10 @@ impl LocalRun {
     ) -> anyhow::Result<Option<PathBuf>> {
         let (root, made) = local_artifact_key(&self.data, master_key, true).await?;
         let root = root.expect("made on demand");
-        self.engine
-            .seal_artifacts(Arc::new(crate::artifacts::tenants::FixedKey(root)))?;
+        self.engine.seal_artifacts_in(
+            Arc::new(crate::artifacts::tenants::FixedKey(root)),
+            Some(crate::artifacts::tenants::LOCAL_NAMESPACE),
+        )?;
         Ok(made.then(|| master_key_path(&self.data, master_key)))
     }
 

@@ -303,37 +303,55 @@ fn nats_blob_store_shares_verified_blobs_between_engines() {
 }
 
 /// Sealed blobs as the artifact collector sees them: listed with their namespace, size and
-/// last use; removed only when unused since a time; a put after a removal keeps the blob again
-/// where every engine finds it (`writer` and `other` are two engines: on NATS, two caches).
-fn sealed_collection_suite(writer: Arc<dyn SealedObjects>, other: Arc<dyn SealedObjects>) {
+/// last use; a put of content kept notes a use; removed only when unused since a time, and
+/// counted off once; a put after a removal keeps the blob again where every engine finds it
+/// (`writer` and `other` are two engines: on NATS, two caches). `age` makes a blob look last
+/// used two days ago.
+fn sealed_collection_suite(
+    writer: Arc<dyn SealedObjects>,
+    other: Arc<dyn SealedObjects>,
+    age: impl Fn(&str, &Digest),
+) {
     use std::time::SystemTime;
-    let used = |o: &dyn SealedObjects, ns: &str| o.sealed_bytes(ns).unwrap();
+    const CONTENT: &[u8] = b"collected, then kept again";
+    let used = |o: &dyn SealedObjects| o.sealed_bytes("acme").unwrap();
+    let last_use = |d: &Digest| {
+        let listed = other.list_sealed().unwrap();
+        listed
+            .into_iter()
+            .find(|i| i.ns == "acme" && i.address == *d)
+            .expect("listed by every engine")
+    };
     let key = TenantKey::derive(&[3; 32]);
     let a = SealedStore::new(writer.clone(), "acme", key.clone());
     let b = SealedStore::new(other.clone(), "acme", key);
     let started = SystemTime::now() - Duration::from_secs(2);
-    let d = a.put_bytes(b"collected, then kept again").unwrap();
-    let listed = other.list_sealed().unwrap();
-    let info = listed
-        .iter()
-        .find(|i| i.ns == "acme" && i.address == d)
-        .expect("listed by every engine");
-    assert!(info.bytes > 26 && info.used_at >= started, "{info:?}");
-    let bytes = used(&*other, "acme");
+    let d = a.put_bytes(CONTENT).unwrap();
+    let info = last_use(&d);
+    assert!(
+        info.bytes > CONTENT.len() as u64 && info.used_at >= started,
+        "{info:?}"
+    );
+    let bytes = used(&*other);
     assert!(bytes >= info.bytes, "{bytes} counted");
     // Used since `before`: stays.
-    assert_eq!(
-        other.drop_unused_sealed("acme", &d, info.used_at).unwrap(),
-        None
-    );
+    assert_eq!(other.drop_unused_sealed("acme", &d, started).unwrap(), None);
+    // Kept long ago, then put again: the use is noted, and it stays.
+    age("acme", &d);
+    assert!(last_use(&d).used_at < started);
+    assert_eq!(a.put_bytes(CONTENT).unwrap(), d);
+    assert!(last_use(&d).used_at >= started, "the put noted its use");
+    assert_eq!(other.drop_unused_sealed("acme", &d, started).unwrap(), None);
     assert!(b.contains(&d));
-    // Unused since: removed by one engine, counted off, gone for both.
-    let later = SystemTime::now() + Duration::from_secs(5);
+    // Unused since: removed by one engine, counted off once, gone for both.
+    age("acme", &d);
+    let now = SystemTime::now();
     assert_eq!(
-        other.drop_unused_sealed("acme", &d, later).unwrap(),
+        other.drop_unused_sealed("acme", &d, now).unwrap(),
         Some(info.bytes)
     );
-    assert_eq!(used(&*other, "acme"), bytes - info.bytes);
+    assert_eq!(writer.drop_unused_sealed("acme", &d, now).unwrap(), None);
+    assert_eq!(used(&*other), bytes - info.bytes);
     assert!(!other.touch_sealed("acme", &d).unwrap());
     assert!(
         !writer.touch_sealed("acme", &d).unwrap(),
@@ -341,17 +359,29 @@ fn sealed_collection_suite(writer: Arc<dyn SealedObjects>, other: Arc<dyn Sealed
     );
     // The writer puts the same content again (its cache may still hold it): kept again,
     // and the other engine reads it.
-    assert_eq!(a.put_bytes(b"collected, then kept again").unwrap(), d);
-    assert_eq!(b.get_bytes(&d).unwrap(), b"collected, then kept again");
+    assert_eq!(a.put_bytes(CONTENT).unwrap(), d);
+    assert_eq!(b.get_bytes(&d).unwrap(), CONTENT);
     assert!(other.touch_sealed("acme", &d).unwrap());
-    assert_eq!(used(&*other, "acme"), bytes);
+    assert_eq!(used(&*other), bytes);
+}
+
+/// Two days ago.
+fn two_days_ago() -> std::time::SystemTime {
+    std::time::SystemTime::now() - Duration::from_secs(2 * 86_400)
 }
 
 #[test]
 fn local_sealed_objects_conform() {
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn SealedObjects> = Arc::new(LocalStore::open(dir.path().join("cas")).unwrap());
-    sealed_collection_suite(store.clone(), store);
+    let local = Arc::new(LocalStore::open(dir.path().join("cas")).unwrap());
+    let store: Arc<dyn SealedObjects> = local.clone();
+    sealed_collection_suite(store.clone(), store, |ns, d| {
+        let path = local.sealed_path(ns, d).unwrap();
+        std::fs::File::open(path)
+            .unwrap()
+            .set_modified(two_days_ago())
+            .unwrap();
+    });
 }
 
 #[test]
@@ -365,7 +395,40 @@ fn nats_sealed_objects_conform_across_engines() {
             Arc::new(NatsStore::open(&js, &dir.path().join("a")).await.unwrap());
         let b: Arc<dyn SealedObjects> =
             Arc::new(NatsStore::open(&js, &dir.path().join("b")).await.unwrap());
-        tokio::task::spawn_blocking(move || sealed_collection_suite(a, b))
+        // Aged as an object uploaded two days ago would be: its info rewritten, as the object
+        // store writes it.
+        let handle = tokio::runtime::Handle::current();
+        let age = move |ns: &str, d: &Digest| {
+            handle.block_on(async {
+                use base64::Engine;
+                let objects = js.get_object_store("sluice-artifacts").await.unwrap();
+                let name = format!("sealed/{ns}/{}", d.hex());
+                let mut info = objects.info(&name).await.unwrap();
+                let secs = two_days_ago()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs() as i64;
+                info.modified =
+                    Some(async_nats::datetime::DateTime::from_unix_timestamp(secs).unwrap());
+                info.description = None;
+                let subject = format!(
+                    "$O.sluice-artifacts.M.{}",
+                    base64::engine::general_purpose::URL_SAFE.encode(&name)
+                );
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert("Nats-Rollup", "sub");
+                js.publish_with_headers(
+                    subject,
+                    headers,
+                    serde_json::to_vec(&info).unwrap().into(),
+                )
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+            })
+        };
+        tokio::task::spawn_blocking(move || sealed_collection_suite(a, b, age))
             .await
             .unwrap();
     });

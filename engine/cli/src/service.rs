@@ -107,7 +107,7 @@ pub struct ServeArgs {
     pub keep_executions: Retention,
     /// How long an artifact that no execution, pipeline or action-cache entry names any more
     /// is kept after it was last stored or used, before the hourly sweep removes it (and takes
-    /// it off its tenant's stored bytes). At least 10m.
+    /// it off its tenant's stored bytes). At least 1h.
     #[arg(long, default_value = "1d", value_parser = parse_keep)]
     pub artifact_grace: Duration,
     /// How long audit records are kept (with --auth).

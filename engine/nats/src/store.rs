@@ -7,7 +7,8 @@
 //! Sealed blobs (each tenant's artifacts, see `sluice_engine::artifacts::sealed`) are objects
 //! named `sealed/<tenant>/<address hex>`, cached as ciphertext too: no engine keeps a tenant's
 //! content plain at rest. They are checked by the sealed store on every read, not here.
-use async_nats::jetstream::object_store::{InfoErrorKind, ObjectInfo, ObjectStore, UpdateMetadata};
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::object_store::{ObjectInfo, ObjectStore};
 use sluice_engine::artifacts::sealed::USE_NOTED_WITHIN;
 use sluice_engine::artifacts::{
     BlobStore, Digest, LocalStore, SealedInfo, SealedObjects, StoreError, io,
@@ -20,6 +21,10 @@ use tokio::runtime::Handle;
 pub struct NatsStore {
     cache: LocalStore,
     objects: ObjectStore,
+    /// The object store's stream and the context to publish into it: an object's info is
+    /// changed only if it is still the one read (the collector against a use).
+    js: async_nats::jetstream::Context,
+    meta: async_nats::jetstream::stream::Stream,
     /// Bytes of sealed objects per namespace (tenant), shared by every engine: bucket
     /// `sluice-artifact-usage`, a counter per namespace, changed by compare-and-swap.
     usage: crate::kv::NatsKv,
@@ -40,22 +45,28 @@ impl NatsStore {
         js: &async_nats::jetstream::Context,
         cache_dir: &Path,
     ) -> anyhow::Result<Self> {
-        let objects = match js.get_object_store("sluice-artifacts").await {
+        let objects = match js.get_object_store(BUCKET).await {
             Ok(o) => o,
             Err(_) => js
                 .create_object_store(async_nats::jetstream::object_store::Config {
-                    bucket: "sluice-artifacts".into(),
+                    bucket: BUCKET.into(),
                     num_replicas: crate::replicas(),
                     ..Default::default()
                 })
                 .await
                 .map_err(|e| anyhow::anyhow!("create object store sluice-artifacts: {e}"))?,
         };
+        let meta = js
+            .get_stream(format!("OBJ_{BUCKET}"))
+            .await
+            .map_err(|e| anyhow::anyhow!("the stream of object store {BUCKET}: {e}"))?;
         let usage = crate::kv::NatsKv::open(js, "sluice-artifact-usage", 1).await?;
         let tmp = cache_dir.join("tmp");
         Ok(NatsStore {
             cache: LocalStore::open(cache_dir)?,
             objects,
+            js: js.clone(),
+            meta,
             usage,
             tmp,
             runtime: Handle::current(),
@@ -296,29 +307,24 @@ impl SealedObjects for NatsStore {
         // In the bucket, not the cache: a blob collected there may still be in this cache.
         let name = sealed_name(ns, address);
         self.block(async {
-            let info = match self.objects.info(&name).await {
-                Ok(info) if !info.deleted => info,
-                Ok(_) => return Ok(false),
-                Err(e) if e.kind() == InfoErrorKind::NotFound => return Ok(false),
-                Err(e) => return Err(e.to_string()),
-            };
-            // Noted once in a while, not at every use (each note is a write).
-            if used_at(&info).elapsed().unwrap_or_default() < USE_NOTED_WITHIN {
-                return Ok(true);
+            loop {
+                let Some((mut info, sequence)) = self.meta_of(&name).await? else {
+                    return Ok(false);
+                };
+                if info.deleted {
+                    return Ok(false);
+                }
+                // Noted once in a while, not at every use (each note is a write).
+                if used_at(&info).elapsed().unwrap_or_default() < USE_NOTED_WITHIN {
+                    return Ok(true);
+                }
+                info.description = Some(format!("{USED_AT}{}", unix_secs(SystemTime::now())));
+                if self.write_meta_if(&name, &info, sequence).await? {
+                    return Ok(true);
+                }
+                // Changed meanwhile (removed, uploaded again, noted by another engine): read
+                // it again.
             }
-            self.objects
-                .update_metadata(
-                    &name,
-                    UpdateMetadata {
-                        name: name.clone(),
-                        description: Some(format!("{USED_AT}{}", unix_secs(SystemTime::now()))),
-                        metadata: info.metadata,
-                        headers: info.headers,
-                    },
-                )
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok(true)
         })
         .map_err(remote("note a use of a sealed blob"))
     }
@@ -362,18 +368,25 @@ impl SealedObjects for NatsStore {
         let name = sealed_name(ns, address);
         let freed = self
             .block(async {
-                let info = match self.objects.info(&name).await {
-                    Ok(info) if !info.deleted => info,
-                    _ => return Ok(None),
+                let Some((mut info, sequence)) = self.meta_of(&name).await? else {
+                    return Ok(None);
                 };
-                if used_at(&info) >= before {
+                if info.deleted || used_at(&info) >= before {
                     return Ok(None);
                 }
-                self.objects
-                    .delete(&name)
+                // Marked deleted only if nothing wrote its info since it was read (a use
+                // noted, another engine's removal): then only this removal counts it off.
+                let (nuid, bytes) = (info.nuid.clone(), info.size as u64);
+                (info.deleted, info.size, info.chunks) = (true, 0, 0);
+                if !self.write_meta_if(&name, &info, sequence).await? {
+                    return Ok(None);
+                }
+                self.meta
+                    .purge()
+                    .filter(format!("$O.{BUCKET}.C.{nuid}"))
                     .await
                     .map_err(|e| e.to_string())?;
-                Ok(Some(info.size as u64))
+                Ok(Some(bytes))
             })
             .map_err(remote("remove an unused sealed blob"))?;
         if let Some(bytes) = freed {
@@ -382,6 +395,63 @@ impl SealedObjects for NatsStore {
         }
         Ok(freed)
     }
+}
+
+impl NatsStore {
+    /// An object's info and the stream sequence of the message holding it.
+    async fn meta_of(&self, name: &str) -> Result<Option<(ObjectInfo, u64)>, String> {
+        use async_nats::jetstream::stream::LastRawMessageErrorKind;
+        match self
+            .meta
+            .get_last_raw_message_by_subject(&meta_subject(name))
+            .await
+        {
+            Ok(m) => serde_json::from_slice(&m.payload)
+                .map(|info| Some((info, m.sequence)))
+                .map_err(|e| format!("the info of {name}: {e}")),
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Write `info` as the object's info (replacing the last, as the object store does) if
+    /// the last is still the message at `sequence`; `false` if another write came first.
+    async fn write_meta_if(
+        &self,
+        name: &str,
+        info: &ObjectInfo,
+        sequence: u64,
+    ) -> Result<bool, String> {
+        use async_nats::jetstream::context::PublishErrorKind;
+        let payload = serde_json::to_vec(info).map_err(|e| e.to_string())?;
+        let message = PublishMessage::build()
+            .header("Nats-Rollup", "sub")
+            .expected_last_subject_sequence(sequence)
+            .payload(payload.into());
+        let ack = self
+            .js
+            .send_publish(meta_subject(name), message)
+            .await
+            .map_err(|e| e.to_string())?;
+        match ack.await {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(false),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// The object store bucket holding every blob.
+const BUCKET: &str = "sluice-artifacts";
+
+/// The subject of an object's info, as the object store names it (its name in URL-safe
+/// base64).
+fn meta_subject(name: &str) -> String {
+    use base64::Engine;
+    format!(
+        "$O.{BUCKET}.M.{}",
+        base64::engine::general_purpose::URL_SAFE.encode(name)
+    )
 }
 
 /// How a later use of a sealed object is noted: its description, `used at <unix seconds>`

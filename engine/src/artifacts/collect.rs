@@ -8,12 +8,8 @@
 //! before the pipeline naming it is registered. A put that finds its blob kept notes the use
 //! ([`SealedObjects::touch_sealed`]), and the backend checks that time again as it removes.
 use super::{BlobStore, Digest, SealedInfo, SealedObjects, StoreError};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::SystemTime;
-
-/// Larger blobs are not read as trees (a tree lists at most `MAX_OUTPUT_ENTRIES` entries:
-/// a few MiB): a root naming a file is spared without reading it.
-const MAX_TREE_BYTES: u64 = 64 << 20;
 
 /// What one collection did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -28,8 +24,9 @@ pub struct Collected {
 
 /// Remove the blobs of `listed` (namespace `ns`'s, as [`SealedObjects::list_sealed`] gave them)
 /// that no tree of `roots` reaches and that were last used before `before`. A tree that
-/// cannot be read (damaged, the backend unreachable) ends the collection with its error:
-/// nothing is removed on a guess. A root not stored is skipped (nothing below it can be read).
+/// cannot be read (damaged, not a tree, the backend unreachable) ends the collection with its
+/// error: nothing is removed on a guess. A root not stored is skipped (nothing below it can be
+/// read).
 pub fn collect(
     store: &dyn BlobStore,
     objects: &dyn SealedObjects,
@@ -38,27 +35,22 @@ pub fn collect(
     roots: impl IntoIterator<Item = Digest>,
     before: SystemTime,
 ) -> Result<Collected, StoreError> {
-    let sizes: HashMap<Digest, u64> = listed.iter().map(|b| (b.address, b.bytes)).collect();
+    let stored: HashSet<Digest> = listed.iter().map(|b| b.address).collect();
     let mut reached: HashSet<Digest> = HashSet::new();
     let mut trees: Vec<Digest> = roots.into_iter().collect();
     while let Some(digest) = trees.pop() {
         if !reached.insert(digest) {
             continue;
         }
-        let Some(&bytes) = sizes.get(&digest) else {
-            continue;
-        };
-        if bytes > MAX_TREE_BYTES {
+        if !stored.contains(&digest) {
             continue;
         }
-        let content = match store.get_bytes(&digest) {
-            Ok(content) => content,
+        // Every root and every directory names a tree: one that does not read as a tree
+        // (damaged, or a format this version does not know) leaves its files unknown.
+        let tree = match super::tree::get_tree(store, &digest) {
+            Ok(tree) => tree,
             Err(StoreError::NotFound(_)) => continue,
             Err(e) => return Err(e),
-        };
-        // A root may name a file rather than a tree: nothing below it.
-        let Ok(tree) = super::tree::decode(&content) else {
-            continue;
         };
         for entry in tree.entries {
             match entry {
@@ -191,8 +183,13 @@ mod tests {
         let acme = SealedStore::new(local.clone(), "acme", TenantKey::derive(&[1; 32]));
         write(&dir.path().join("t"), &[("a", "one"), ("b", "two")]);
         let (root, _) = tree::put_tree(&acme, &dir.path().join("t")).unwrap();
-        acme.put_bytes(b"loose").unwrap();
+        let loose = acme.put_bytes(b"loose").unwrap();
         age(&local, "acme");
+        // A root that is not a tree (its files would be unknown).
+        let listed = local.list_sealed().unwrap();
+        let err = collect(&acme, &*local, "acme", &listed, [loose], SystemTime::now()).unwrap_err();
+        assert!(matches!(err, StoreError::Invalid(_)), "{err}");
+        assert_eq!(addresses(&local, "acme").len(), 4);
         // The root's ciphertext changed at rest.
         let path = local.sealed_path("acme", &root).unwrap();
         let mut bytes = std::fs::read(&path).unwrap();

@@ -84,6 +84,11 @@ pub trait BlobStore: Send + Sync {
     fn verify(&self, digest: &Digest) -> Result<u64, StoreError>;
     /// Whether the blob is present (not verified).
     fn contains(&self, digest: &Digest) -> bool;
+    /// Whether the blob is present, noting a use where the store collects what nothing names
+    /// (see [`collect`]): for a record about to name a blob stored long ago.
+    fn touch(&self, digest: &Digest) -> Result<bool, StoreError> {
+        Ok(self.contains(digest))
+    }
     /// Remove the stored blob `digest` if its bytes no longer hash to it, so the next put
     /// of its content stores it again; `true` if it was removed.
     fn discard_corrupted(&self, digest: &Digest) -> Result<bool, StoreError>;

@@ -619,6 +619,10 @@ impl BlobStore for SealedStore {
         self.objects.has_sealed(&self.ns, address)
     }
 
+    fn touch(&self, address: &Digest) -> Result<bool, StoreError> {
+        self.objects.touch_sealed(&self.ns, address)
+    }
+
     fn discard_corrupted(&self, address: &Digest) -> Result<bool, StoreError> {
         match self.verify(address) {
             Err(StoreError::Corrupted { .. } | StoreError::Tampered(_)) => {

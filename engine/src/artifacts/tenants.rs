@@ -32,7 +32,14 @@ pub struct TenantStores {
     keys: Arc<dyn ArtifactKeys>,
     open: Mutex<crate::runtime::Lru<String, OpenStore>>,
     quotas: OnceLock<Arc<dyn ArtifactQuotas>>,
+    /// Every tenant's artifacts kept in this one namespace (a local data folder's runs).
+    namespace: Option<String>,
 }
+
+/// The namespace of a local data folder's sealed artifacts (`sluice run --encrypt`): apart from
+/// a service's tenants in the same folder (tenant names never start with `_`), whose collector
+/// removes what their records do not name.
+pub const LOCAL_NAMESPACE: &str = "_local";
 
 impl TenantStores {
     /// Stores in `objects`, keyed from `keys`.
@@ -42,6 +49,15 @@ impl TenantStores {
             keys,
             open: Mutex::new(crate::runtime::Lru::new(OPEN)),
             quotas: OnceLock::new(),
+            namespace: None,
+        }
+    }
+
+    /// Keep every tenant's artifacts in namespace `ns` instead of the tenant's own.
+    pub fn in_namespace(self, ns: &str) -> Self {
+        TenantStores {
+            namespace: Some(ns.to_string()),
+            ..self
         }
     }
 
@@ -104,7 +120,7 @@ impl TenantStores {
         })?;
         Ok(Arc::new(SealedStore::new(
             self.objects.clone(),
-            tenant,
+            self.namespace.as_deref().unwrap_or(tenant),
             TenantKey::derive(&root),
         )))
     }

@@ -656,7 +656,8 @@ pub async fn execute(cx: &JobContext, job: &JobSpec) -> (ActionResult, Leftover)
 }
 
 /// A cache entry whose artifacts are all still in the store (one whose artifacts are gone is
-/// a miss: the action runs and stores them again).
+/// a miss: the action runs and stores them again), each noted as used: the record about to
+/// name them must find them kept (see `artifacts::collect`).
 async fn cached(
     store: &dyn BlobStore,
     cache: &crate::cache::ActionCache,
@@ -664,10 +665,10 @@ async fn cached(
     key: &str,
 ) -> Option<crate::cache::Entry> {
     let hit = cache.get(tenant, key).await.ok().flatten()?;
-    let all_there = hit
-        .artifacts
-        .values()
-        .all(|d| d.parse::<Digest>().is_ok_and(|d| store.contains(&d)));
+    let all_there = hit.artifacts.values().all(|d| {
+        d.parse::<Digest>()
+            .is_ok_and(|d| store.touch(&d).unwrap_or(false))
+    });
     all_there.then_some(hit)
 }
 

@@ -328,6 +328,15 @@ impl Engine {
     /// Seal every tenant's artifacts from now on, under keys from `keys` (the service's
     /// secret store), in the backend this engine was made with (else its data directory's).
     pub fn seal_artifacts(&mut self, keys: Arc<dyn ArtifactKeys>) -> anyhow::Result<()> {
+        self.seal_artifacts_in(keys, None)
+    }
+
+    /// [`Engine::seal_artifacts`], every tenant's in namespace `ns` when given.
+    pub fn seal_artifacts_in(
+        &mut self,
+        keys: Arc<dyn ArtifactKeys>,
+        ns: Option<&str>,
+    ) -> anyhow::Result<()> {
         let objects: Arc<dyn SealedObjects> = match &self.sealed_objects {
             Some(o) => o.clone(),
             None => Arc::new(LocalStore::open(
@@ -337,7 +346,11 @@ impl Engine {
                 .cas(),
             )?),
         };
-        self.artifacts = Some(Arc::new(TenantStores::new(objects, keys)));
+        let stores = TenantStores::new(objects, keys);
+        self.artifacts = Some(Arc::new(match ns {
+            Some(ns) => stores.in_namespace(ns),
+            None => stores,
+        }));
         Ok(())
     }
 

@@ -22,8 +22,21 @@ use std::time::{Duration, SystemTime};
 /// registered with it.
 pub const ARTIFACT_GRACE: Duration = Duration::from_secs(24 * 3600);
 
-/// The least grace accepted: a use of a shared blob is noted only this often.
-pub const MIN_GRACE: Duration = crate::artifacts::sealed::USE_NOTED_WITHIN;
+/// The least grace accepted: twice as long as a use of a shared blob may go unnoted, with room
+/// for the engines' clocks to differ.
+pub const MIN_GRACE: Duration = Duration::from_secs(3600);
+
+/// Between collections (the retention sweep may come sooner while it has a backlog).
+const COLLECT_EVERY: Duration = Duration::from_secs(3600);
+
+/// What one collection did, per tenant.
+#[derive(Debug, Default)]
+pub struct Sweep {
+    /// Tenants collected.
+    pub done: BTreeMap<String, Collected>,
+    /// Tenants whose collection stopped (nothing removed after the error), with why.
+    pub failed: BTreeMap<String, String>,
+}
 
 impl Service {
     /// Keep artifacts nothing names for `grace` after their last use (at least [`MIN_GRACE`]).
@@ -34,12 +47,12 @@ impl Service {
     }
 
     /// Remove, in every tenant's sealed store, the artifacts nothing names that were last
-    /// kept or used more than the grace ago; per tenant, what was done. (A service that keeps
-    /// artifacts plain — none in this codebase — collects nothing.)
-    pub async fn collect_artifacts(&self) -> Result<BTreeMap<String, Collected>, String> {
-        let mut done = BTreeMap::new();
+    /// kept or used more than the grace ago. A tenant whose records or trees cannot all be
+    /// read is left as it is (reported in [`Sweep::failed`]); the others are collected.
+    pub async fn collect_artifacts(&self) -> Result<Sweep, String> {
+        let mut sweep = Sweep::default();
         let Some(stores) = self.engine.artifacts.clone() else {
-            return Ok(done);
+            return Ok(sweep);
         };
         let grace = Duration::from_millis(self.grace_ms.load(Ordering::Relaxed));
         let before = SystemTime::now() - grace;
@@ -49,7 +62,9 @@ impl Service {
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
         let mut by_tenant: BTreeMap<String, Vec<SealedInfo>> = BTreeMap::new();
-        for blob in listed {
+        // Namespaces that are not tenants (`_local`: the runs of a data folder the embedded
+        // service shares) are not the service's to collect.
+        for blob in listed.into_iter().filter(|b| !b.ns.starts_with('_')) {
             by_tenant.entry(blob.ns.clone()).or_default().push(blob);
         }
         for (tenant, blobs) in by_tenant {
@@ -57,54 +72,56 @@ impl Service {
             if blobs.iter().all(|b| b.used_at >= before) {
                 continue;
             }
-            let roots = self.artifact_roots(&tenant).await?;
-            let store = stores.store(&tenant).await.map_err(|e| e.to_string())?;
-            let objects = stores.objects().clone();
-            let ns = tenant.clone();
-            let collected = tokio::task::spawn_blocking(move || {
-                collect(&*store, &*objects, &ns, &blobs, roots, before)
-            })
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("tenant `{tenant}`: {e}"))?;
-            done.insert(tenant, collected);
+            match self.collect_tenant(&stores, &tenant, blobs, before).await {
+                Ok(collected) => drop(sweep.done.insert(tenant, collected)),
+                Err(e) => drop(sweep.failed.insert(tenant, e)),
+            }
         }
-        Ok(done)
+        Ok(sweep)
     }
 
-    /// Every artifact the tenant's records name: its executions' inputs and outputs, its
-    /// pipelines' uploaded folders (every version: a running execution may run an older
-    /// one), its action-cache entries' outputs.
-    async fn artifact_roots(&self, tenant: &str) -> Result<Vec<Digest>, String> {
-        let mut roots = Vec::new();
-        let mut named = |digest: &str| {
-            if let Ok(d) = digest.parse::<Digest>() {
-                roots.push(d);
-            }
-        };
-        let executions = &*self.edges.executions;
-        for key in executions
-            .keys(&format!("{tenant}/x/"))
+    async fn collect_tenant(
+        &self,
+        stores: &crate::artifacts::tenants::TenantStores,
+        tenant: &str,
+        blobs: Vec<SealedInfo>,
+        before: SystemTime,
+    ) -> Result<Collected, String> {
+        let roots = self.artifact_roots(tenant).await?;
+        let store = stores.store(tenant).await.map_err(|e| e.to_string())?;
+        let objects = stores.objects().clone();
+        let ns = tenant.to_string();
+        tokio::task::spawn_blocking(move || collect(&*store, &*objects, &ns, &blobs, roots, before))
             .await
             .map_err(|e| e.to_string())?
-        {
-            // A record that cannot be read stops the collection: what it names is unknown.
-            let Some((exec, _)) = get_json::<crate::scheduler::Execution>(executions, &key)
-                .await
-                .map_err(|e| e.to_string())?
-            else {
-                continue;
-            };
-            for action in exec.stages.iter().flat_map(|s| &s.actions) {
-                action
-                    .inputs
-                    .values()
-                    .chain(action.artifacts.values())
-                    .for_each(|d| named(d));
+            .map_err(|e| e.to_string())
+    }
+
+    /// Every artifact the tenant's records name: its action-cache entries' outputs, its
+    /// pipelines' uploaded folders (every version: a running execution may run an older
+    /// one), its executions' inputs and outputs — read in that order, so a cache hit recorded
+    /// while they are read is found in its entry or in the execution that took it. A record
+    /// that cannot be read, or names what is not a digest, stops the tenant's collection:
+    /// what it names is unknown.
+    async fn artifact_roots(&self, tenant: &str) -> Result<Vec<Digest>, String> {
+        let mut roots = Vec::new();
+        let mut named = |digest: &str, whose: &str| -> Result<(), String> {
+            roots.push(
+                digest
+                    .parse::<Digest>()
+                    .map_err(|e| format!("{whose} names {e}"))?,
+            );
+            Ok(())
+        };
+        if let Some(cache) = &self.engine.cache {
+            for entry in cache.list(tenant).await.map_err(|e| e.to_string())? {
+                for d in entry.artifacts.values() {
+                    named(d, &format!("cache entry {}", entry.key))?;
+                }
             }
         }
-        // Pipelines (heads and versions) share the bucket with other records: only the
-        // field read here matters.
+        // Pipelines (heads and versions) share the bucket with other records of the tenant,
+        // all JSON objects: only the field read here matters.
         #[derive(serde::Deserialize)]
         struct WithBundle {
             bundle: Option<String>,
@@ -115,29 +132,44 @@ impl Service {
             .await
             .map_err(|e| e.to_string())?
         {
-            let Some((bytes, _)) = pipelines.get(&key).await.map_err(|e| e.to_string())? else {
-                continue;
-            };
-            if let Ok(WithBundle {
-                bundle: Some(bundle),
-            }) = serde_json::from_slice(&bytes)
+            if let Some((WithBundle { bundle: Some(b) }, _)) =
+                get_json::<WithBundle>(pipelines, &key)
+                    .await
+                    .map_err(|e| e.to_string())?
             {
-                named(&bundle);
+                named(&b, &key)?;
             }
         }
-        if let Some(cache) = &self.engine.cache {
-            for entry in cache.list(tenant).await.map_err(|e| e.to_string())? {
-                entry.artifacts.values().for_each(|d| named(d));
+        let executions = &*self.edges.executions;
+        for key in executions
+            .keys(&format!("{tenant}/x/"))
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            let Some((exec, _)) = get_json::<crate::scheduler::Execution>(executions, &key)
+                .await
+                .map_err(|e| e.to_string())?
+            else {
+                continue;
+            };
+            for action in exec.stages.iter().flat_map(|s| &s.actions) {
+                for d in action.inputs.values().chain(action.artifacts.values()) {
+                    named(d, &key)?;
+                }
             }
         }
         Ok(roots)
     }
 
-    /// One sweep of the collector, logged.
-    pub(in crate::service) async fn collect_and_log(&self) {
+    /// One collection, logged, unless one ran less than [`COLLECT_EVERY`] ago.
+    pub(in crate::service) async fn collect_and_log(&self, last: &mut Option<std::time::Instant>) {
+        if last.is_some_and(|at| at.elapsed() < COLLECT_EVERY) {
+            return;
+        }
+        *last = Some(std::time::Instant::now());
         match self.collect_artifacts().await {
-            Ok(done) => {
-                for (tenant, c) in done.iter().filter(|(_, c)| c.removed > 0) {
+            Ok(sweep) => {
+                for (tenant, c) in sweep.done.iter().filter(|(_, c)| c.removed > 0) {
                     tracing::info!(
                         tenant = %tenant,
                         removed = c.removed,
@@ -145,6 +177,9 @@ impl Service {
                         kept = c.kept,
                         "artifacts nothing names any more removed"
                     );
+                }
+                for (tenant, e) in &sweep.failed {
+                    tracing::warn!(tenant = %tenant, "the artifact collector left the tenant's artifacts as they are: {e}");
                 }
             }
             Err(e) => tracing::warn!("the artifact collector failed (tried again later): {e}"),
@@ -155,6 +190,7 @@ impl Service {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::artifacts::BlobStore;
     use crate::artifacts::tenants::FixedKey;
     use crate::artifacts::tree;
     use crate::bus::MemoryBus;
@@ -221,7 +257,10 @@ mod tests {
         crate::service::registry::pipelines::put(&*shared.pipelines, "default", stored)
             .await
             .unwrap();
-        let cached = store.put_bytes(b"a cached output").unwrap();
+        let cached_dir = dir.path().join("cached");
+        std::fs::create_dir_all(&cached_dir).unwrap();
+        std::fs::write(cached_dir.join("out.txt"), "a cached output").unwrap();
+        let (cached, _) = tree::put_tree(&*store, &cached_dir).unwrap();
         cache
             .put(
                 "default",
@@ -237,6 +276,14 @@ mod tests {
             )
             .await
             .unwrap();
+        // A local run's artifact in the same data folder (not a tenant's: never collected).
+        let local_run = crate::artifacts::SealedStore::new(
+            service.engine.artifacts.as_ref().unwrap().objects().clone(),
+            crate::artifacts::tenants::LOCAL_NAMESPACE,
+            crate::artifacts::TenantKey::derive(&[9; 32]),
+        )
+        .put_bytes(b"a local run's output")
+        .unwrap();
         let listed = |service: &Service| -> std::collections::HashSet<Digest> {
             let objects = service.engine.artifacts.as_ref().unwrap().objects();
             objects
@@ -250,16 +297,23 @@ mod tests {
         assert!(all.contains(&loose) && all.contains(&src) && all.contains(&bundle));
 
         // Within the grace nothing goes, named or not.
-        assert!(service.collect_artifacts().await.unwrap().is_empty());
+        let sweep = service.collect_artifacts().await.unwrap();
+        assert!(
+            sweep.done.is_empty() && sweep.failed.is_empty(),
+            "{sweep:?}"
+        );
         assert_eq!(listed(&service), all);
 
         // Past it, only what nothing names.
         age_all(&service);
-        let done = service.collect_artifacts().await.unwrap();
+        let sweep = service.collect_artifacts().await.unwrap();
+        assert!(sweep.failed.is_empty(), "{sweep:?}");
+        let done = sweep.done;
         assert_eq!(done["default"].removed, 1, "{done:?}");
         let now = listed(&service);
         assert!(!now.contains(&loose));
         assert_eq!(now.len(), all.len() - 1);
+        assert!(now.contains(&local_run));
         tree::materialize(&*store, &src, &dir.path().join("restored")).unwrap();
         assert_eq!(
             std::fs::read_to_string(dir.path().join("restored/sub/style.css")).unwrap(),
@@ -281,11 +335,15 @@ mod tests {
             .await
             .unwrap();
         age_all(&service);
-        let done = service.collect_artifacts().await.unwrap();
+        let done = service.collect_artifacts().await.unwrap().done;
         let gone = done["default"];
-        assert!(gone.removed >= 3, "a tree, a subtree, two files: {done:?}");
+        assert_eq!(gone.removed, 4, "a tree, a subtree, two files: {done:?}");
         let now = listed(&service);
         assert!(!now.contains(&src) && now.contains(&bundle) && now.contains(&cached));
+        assert!(
+            now.contains(&local_run),
+            "a local run's artifacts are not the service's"
+        );
         assert_eq!(
             service
                 .engine

@@ -80,6 +80,7 @@ impl Service {
             Err(e) => tracing::warn!("moving old audit records failed: {}", e.message),
         }
         let mut wait = Duration::from_secs(60);
+        let mut collected = None;
         loop {
             tokio::time::sleep(wait).await;
             wait = SWEEP_EVERY;
@@ -89,7 +90,7 @@ impl Service {
                 Err(e) => tracing::warn!("the lease sweep failed (tried again later): {e}"),
             }
             // Artifacts of records the last sweep deleted go a sweep later.
-            self.collect_and_log().await;
+            self.collect_and_log(&mut collected).await;
             let keep = self.retention.load(Ordering::Relaxed);
             if keep == 0 {
                 continue;

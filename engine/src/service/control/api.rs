@@ -227,7 +227,13 @@ impl Service {
             let digest = b
                 .parse::<crate::artifacts::Digest>()
                 .map_err(|e| ApiError::invalid(format!("`pipeline.put`: `bundle`: {e}")))?;
-            if !self.artifacts_of(&p.tenant).await?.contains(&digest) {
+            // Noted as used: the version about to name it must find it kept.
+            if !self
+                .artifacts_of(&p.tenant)
+                .await?
+                .touch(&digest)
+                .map_err(|e| ApiError::unavailable(format!("the artifact store: {e}")))?
+            {
                 return Err(ApiError::invalid(format!(
                     "`pipeline.put`: no uploaded folder {b} (upload it first: `POST /api/v1/bundles`)"
                 )));
