@@ -219,11 +219,18 @@ pub async fn sealed_artifacts(
         );
     };
     let objects = Arc::new(LocalStore::open(dirs.cas())?);
-    Ok(Some(Arc::new(crate::artifacts::SealedStore::new(
-        objects,
-        crate::executor::DEFAULT_TENANT,
-        crate::artifacts::TenantKey::derive(&root),
-    ))))
+    let sealed_in = |ns: &str| -> Arc<dyn BlobStore> {
+        Arc::new(crate::artifacts::SealedStore::new(
+            objects.clone(),
+            ns,
+            crate::artifacts::TenantKey::derive(&root),
+        ))
+    };
+    // Runs sealed theirs under the tenant's name before they had a namespace of their own.
+    Ok(Some(Arc::new(PlainOrSealed {
+        sealed: sealed_in(crate::artifacts::tenants::LOCAL_NAMESPACE),
+        plain: sealed_in(crate::executor::DEFAULT_TENANT),
+    })))
 }
 
 /// The data folder's secret store (`<data>/secrets.redb`, sealed under the master key). With
@@ -474,7 +481,7 @@ impl History {
         let plain = LocalStore::open(self.dirs().cas())?;
         Ok(match &self.sealed {
             Some(sealed) => Box::new(PlainOrSealed {
-                plain,
+                plain: Arc::new(plain),
                 sealed: sealed.clone(),
             }),
             None => Box::new(plain),
@@ -561,8 +568,10 @@ impl History {
 
 /// The data folder's artifacts when some runs sealed theirs: an address is looked up among the
 /// sealed ones first (keyed addresses never equal plain digests), else among the plain ones.
+/// (Also the sealed ones of two namespaces: `_local`, then `default` where runs sealed theirs
+/// before they had a namespace of their own.)
 struct PlainOrSealed {
-    plain: LocalStore,
+    plain: Arc<dyn BlobStore>,
     sealed: Arc<dyn BlobStore>,
 }
 
@@ -571,7 +580,7 @@ impl PlainOrSealed {
         if self.sealed.contains(d) {
             &*self.sealed
         } else {
-            &self.plain
+            &*self.plain
         }
     }
 }

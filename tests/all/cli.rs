@@ -246,7 +246,8 @@ stages:
     assert!(
         files
             .iter()
-            .any(|f| f.to_string_lossy().contains("/sealed/"))
+            .any(|f| f.to_string_lossy().contains("/sealed/_local/")),
+        "a local run's namespace, never a tenant's: {files:?}"
     );
     for f in &files {
         let bytes = std::fs::read(f).unwrap();

@@ -85,10 +85,11 @@ impl NatsStore {
 
     /// Whether the bucket holds the object `name` (a deleted one leaves its info behind).
     async fn present(&self, name: &str) -> bool {
-        self.objects
-            .info(name)
+        // From the stream's leader (a direct get may answer from a lagging replica, and a
+        // put believing a removed blob kept would store nothing).
+        self.meta_of(name)
             .await
-            .is_ok_and(|info| !info.deleted)
+            .is_ok_and(|found| found.is_some_and(|(info, _)| !info.deleted))
     }
 
     /// Make the blob shared: upload it unless the bucket has it.
@@ -281,16 +282,7 @@ impl SealedObjects for NatsStore {
 
     fn drop_sealed(&self, ns: &str, address: &Digest) -> Result<(), StoreError> {
         self.cache.drop_sealed(ns, address)?;
-        let name = sealed_name(ns, address);
-        let size = self.block(async {
-            let info = self.objects.info(&name).await.ok().filter(|i| !i.deleted)?;
-            self.objects.delete(&name).await.ok()?;
-            Some(info.size)
-        });
-        match size {
-            Some(size) => self.count(ns, -(size as i64)),
-            None => Ok(()),
-        }
+        self.remove_if(ns, address, |_| true).map(drop)
     }
 
     fn sealed_bytes(&self, ns: &str) -> Result<u64, StoreError> {
@@ -365,32 +357,8 @@ impl SealedObjects for NatsStore {
         address: &Digest,
         before: SystemTime,
     ) -> Result<Option<u64>, StoreError> {
-        let name = sealed_name(ns, address);
-        let freed = self
-            .block(async {
-                let Some((mut info, sequence)) = self.meta_of(&name).await? else {
-                    return Ok(None);
-                };
-                if info.deleted || used_at(&info) >= before {
-                    return Ok(None);
-                }
-                // Marked deleted only if nothing wrote its info since it was read (a use
-                // noted, another engine's removal): then only this removal counts it off.
-                let (nuid, bytes) = (info.nuid.clone(), info.size as u64);
-                (info.deleted, info.size, info.chunks) = (true, 0, 0);
-                if !self.write_meta_if(&name, &info, sequence).await? {
-                    return Ok(None);
-                }
-                self.meta
-                    .purge()
-                    .filter(format!("$O.{BUCKET}.C.{nuid}"))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                Ok(Some(bytes))
-            })
-            .map_err(remote("remove an unused sealed blob"))?;
-        if let Some(bytes) = freed {
-            self.count(ns, -(bytes as i64))?;
+        let freed = self.remove_if(ns, address, |info| used_at(info) < before)?;
+        if freed.is_some() {
             let _ = self.cache.drop_sealed(ns, address);
         }
         Ok(freed)
@@ -398,6 +366,48 @@ impl SealedObjects for NatsStore {
 }
 
 impl NatsStore {
+    /// Remove the sealed object if `unused` holds for its info, counted off its namespace
+    /// once: marked deleted only if nothing wrote its info since it was read (a use noted,
+    /// another engine's removal). Returns the bytes freed, if it went.
+    fn remove_if(
+        &self,
+        ns: &str,
+        address: &Digest,
+        unused: impl Fn(&ObjectInfo) -> bool,
+    ) -> Result<Option<u64>, StoreError> {
+        let name = sealed_name(ns, address);
+        let freed = self
+            .block(async {
+                let Some((mut info, sequence)) = self.meta_of(&name).await? else {
+                    return Ok(None);
+                };
+                if info.deleted || !unused(&info) {
+                    return Ok(None);
+                }
+                let (nuid, bytes) = (info.nuid.clone(), info.size as u64);
+                (info.deleted, info.size, info.chunks) = (true, 0, 0);
+                if !self.write_meta_if(&name, &info, sequence).await? {
+                    return Ok(None);
+                }
+                // Gone from now on, whatever becomes of its chunks: they are only bytes to
+                // free (a later upload of the name writes new ones).
+                if let Err(e) = self
+                    .meta
+                    .purge()
+                    .filter(format!("$O.{BUCKET}.C.{nuid}"))
+                    .await
+                {
+                    tracing::warn!("the chunks of removed object {name} stay: {e}");
+                }
+                Ok(Some(bytes))
+            })
+            .map_err(remote("remove a sealed blob"))?;
+        if let Some(bytes) = freed {
+            self.count(ns, -(bytes as i64))?;
+        }
+        Ok(freed)
+    }
+
     /// An object's info and the stream sequence of the message holding it.
     async fn meta_of(&self, name: &str) -> Result<Option<(ObjectInfo, u64)>, String> {
         use async_nats::jetstream::stream::LastRawMessageErrorKind;

@@ -11,6 +11,51 @@ use super::{BlobStore, Digest, SealedInfo, SealedObjects, StoreError};
 use std::collections::HashSet;
 use std::time::SystemTime;
 
+/// Blobs used lately and named by nothing are read as possible trees up to this size.
+const MAX_LATELY_READ: u64 = 16 << 20;
+
+/// Mark every blob reached from the trees `trees` (stored ones: others have nothing below
+/// them that can be read). Every root and every directory a record names is a tree: with
+/// `strict`, one that does not read as a tree (damaged, or a format this version does not
+/// know) leaves its files unknown, and is an error; without (a blob only guessed to be a tree,
+/// which anyone able to write a file could have shaped as one), it is passed over.
+fn mark(
+    store: &dyn BlobStore,
+    stored: &HashSet<Digest>,
+    reached: &mut HashSet<Digest>,
+    mut trees: Vec<Digest>,
+    strict: bool,
+) -> Result<(), StoreError> {
+    while let Some(digest) = trees.pop() {
+        if !reached.insert(digest) || !stored.contains(&digest) {
+            continue;
+        }
+        let tree = match super::tree::get_tree(store, &digest) {
+            Ok(tree) => tree,
+            Err(StoreError::NotFound(_)) => continue,
+            Err(_) if !strict => continue,
+            Err(e) => return Err(e),
+        };
+        trees.extend(entries_below(tree, reached));
+    }
+    Ok(())
+}
+
+/// Mark a tree's files as reached; returns its subdirectories' trees, to be read.
+fn entries_below(tree: super::Tree, reached: &mut HashSet<Digest>) -> Vec<Digest> {
+    let mut dirs = Vec::new();
+    for entry in tree.entries {
+        match entry {
+            super::Entry::File { digest, .. } => {
+                reached.insert(digest);
+            }
+            super::Entry::Dir { digest, .. } => dirs.push(digest),
+            super::Entry::Symlink { .. } => {}
+        }
+    }
+    dirs
+}
+
 /// What one collection did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Collected {
@@ -37,30 +82,33 @@ pub fn collect(
 ) -> Result<Collected, StoreError> {
     let stored: HashSet<Digest> = listed.iter().map(|b| b.address).collect();
     let mut reached: HashSet<Digest> = HashSet::new();
-    let mut trees: Vec<Digest> = roots.into_iter().collect();
-    while let Some(digest) = trees.pop() {
-        if !reached.insert(digest) {
+    mark(
+        store,
+        &stored,
+        &mut reached,
+        roots.into_iter().collect(),
+        true,
+    )?;
+    // A blob used lately that nothing names may be a tree about to be named (a cache hit or
+    // a `pipeline put` notes the use of an artifact's tree, not of each file under it): what
+    // it lists is spared too. Only small ones are read (trees are: a few MiB at most); one
+    // that is not a tree, or cannot be read, has nothing below it.
+    let lately: Vec<Digest> = listed
+        .iter()
+        .filter(|b| b.ns == ns && b.used_at >= before && b.bytes <= MAX_LATELY_READ)
+        .filter(|b| !reached.contains(&b.address))
+        .map(|b| b.address)
+        .collect();
+    for digest in lately {
+        if reached.contains(&digest) {
             continue;
         }
-        if !stored.contains(&digest) {
+        let Ok(tree) = super::tree::get_tree(store, &digest) else {
             continue;
-        }
-        // Every root and every directory names a tree: one that does not read as a tree
-        // (damaged, or a format this version does not know) leaves its files unknown.
-        let tree = match super::tree::get_tree(store, &digest) {
-            Ok(tree) => tree,
-            Err(StoreError::NotFound(_)) => continue,
-            Err(e) => return Err(e),
         };
-        for entry in tree.entries {
-            match entry {
-                super::Entry::File { digest, .. } => {
-                    reached.insert(digest);
-                }
-                super::Entry::Dir { digest, .. } => trees.push(digest),
-                super::Entry::Symlink { .. } => {}
-            }
-        }
+        reached.insert(digest);
+        let dirs = entries_below(tree, &mut reached);
+        mark(store, &stored, &mut reached, dirs, false)?;
     }
     let mut done = Collected::default();
     for blob in listed.iter().filter(|b| b.ns == ns) {
@@ -83,7 +131,7 @@ pub fn collect(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::artifacts::{LocalStore, SealedStore, TenantKey, tree};
+    use crate::artifacts::{BlobStore, LocalStore, SealedStore, TenantKey, tree};
     use std::sync::Arc;
     use std::time::Duration;
 
@@ -174,6 +222,27 @@ mod tests {
         .unwrap();
         assert_eq!((done.kept, done.removed), (1, 3), "{done:?}");
         assert_eq!(addresses(&local, "acme"), HashSet::from([again]));
+    }
+
+    #[test]
+    fn a_tree_used_lately_keeps_its_files_though_nothing_names_it_yet() {
+        let dir = tempfile::tempdir().unwrap();
+        let local = Arc::new(LocalStore::open(dir.path().join("cas")).unwrap());
+        let acme = SealedStore::new(local.clone(), "acme", TenantKey::derive(&[1; 32]));
+        write(&dir.path().join("t"), &[("a", "one"), ("sub/b", "two")]);
+        let (root, _) = tree::put_tree(&acme, &dir.path().join("t")).unwrap();
+        let file = acme.put_bytes(b"not a tree, used lately").unwrap();
+        let old = acme.put_bytes(b"old and named by nothing").unwrap();
+        age(&local, "acme");
+        // A cache hit about to name the tree, a put of the file: each notes only its own use.
+        assert!(acme.touch(&root).unwrap() && acme.touch(&file).unwrap());
+        let listed = local.list_sealed().unwrap();
+        let before = SystemTime::now() - Duration::from_secs(86_400);
+        let done = collect(&acme, &*local, "acme", &listed, [], before).unwrap();
+        assert_eq!((done.kept, done.removed), (5, 1), "{done:?}");
+        let left = addresses(&local, "acme");
+        assert!(left.contains(&root) && left.contains(&file) && !left.contains(&old));
+        tree::materialize(&acme, &root, &dir.path().join("out")).unwrap();
     }
 
     #[test]

@@ -658,7 +658,9 @@ fn spawn_job(
     tx: tokio::sync::mpsc::UnboundedSender<Input>,
     cx: job::JobContext,
 ) {
-    tokio::spawn(async move {
+    // Boxed: the job's future is large (wasmtime's calls inside), and a task holding it
+    // inline copies all of it again when it completes (profiled: 5 % of (b')).
+    tokio::spawn(Box::pin(async move {
         let (stage, action, number) = (attempt.stage, attempt.action, attempt.attempt);
         let run = std::panic::AssertUnwindSafe(attempt.run(&cx));
         let (next, leftover) = match futures_util::FutureExt::catch_unwind(run).await {
@@ -678,7 +680,7 @@ fn spawn_job(
         };
         let _ = tx.send(next);
         leftover.release(&cx);
-    });
+    }));
 }
 
 /// What a caught panic said, when it said it with a string.
