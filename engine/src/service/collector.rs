@@ -293,6 +293,18 @@ mod tests {
                 .map(|b| b.address)
                 .collect()
         };
+        // Another tenant with a record this version cannot read: what its blobs are named by
+        // is unknown, so they stay; the other tenants are collected all the same.
+        let broken = service.engine.artifacts_for("broken").await.unwrap();
+        let unknown = broken.put_bytes(b"named by who knows").unwrap();
+        shared
+            .executions
+            .create(
+                &exec_key("broken", "01KB0000000000000000000000"),
+                b"{ not a record".to_vec(),
+            )
+            .await
+            .unwrap();
         let all = listed(&service);
         assert!(all.contains(&loose) && all.contains(&src) && all.contains(&bundle));
 
@@ -307,11 +319,14 @@ mod tests {
         // Past it, only what nothing names.
         age_all(&service);
         let sweep = service.collect_artifacts().await.unwrap();
-        assert!(sweep.failed.is_empty(), "{sweep:?}");
+        assert!(
+            sweep.failed.len() == 1 && sweep.failed["broken"].contains("cannot read"),
+            "{sweep:?}"
+        );
         let done = sweep.done;
         assert_eq!(done["default"].removed, 1, "{done:?}");
         let now = listed(&service);
-        assert!(!now.contains(&loose));
+        assert!(!now.contains(&loose) && now.contains(&unknown));
         assert_eq!(now.len(), all.len() - 1);
         assert!(now.contains(&local_run));
         tree::materialize(&*store, &src, &dir.path().join("restored")).unwrap();
