@@ -311,6 +311,7 @@ fn sealed_collection_suite(
     writer: Arc<dyn SealedObjects>,
     other: Arc<dyn SealedObjects>,
     age: impl Fn(&str, &Digest),
+    caches: bool,
 ) {
     use std::time::SystemTime;
     const CONTENT: &[u8] = b"collected, then kept again";
@@ -357,6 +358,16 @@ fn sealed_collection_suite(
         !writer.touch_sealed("acme", &d).unwrap(),
         "not in its cache's word"
     );
+    // The writer's copy (an engine's cache of the shared store) is forgotten once it sees
+    // the shared store without it.
+    assert_eq!(writer.has_sealed("acme", &d), caches, "a cached copy");
+    let forgotten = writer
+        .forget_removed(&other.list_sealed().unwrap(), now)
+        .unwrap();
+    assert_eq!(
+        (forgotten, writer.has_sealed("acme", &d)),
+        (caches as usize, false)
+    );
     // The writer puts the same content again (its cache may still hold it): kept again,
     // and the other engine reads it.
     assert_eq!(a.put_bytes(CONTENT).unwrap(), d);
@@ -375,13 +386,14 @@ fn local_sealed_objects_conform() {
     let dir = tempfile::tempdir().unwrap();
     let local = Arc::new(LocalStore::open(dir.path().join("cas")).unwrap());
     let store: Arc<dyn SealedObjects> = local.clone();
-    sealed_collection_suite(store.clone(), store, |ns, d| {
+    let age = |ns: &str, d: &Digest| {
         let path = local.sealed_path(ns, d).unwrap();
         std::fs::File::open(path)
             .unwrap()
             .set_modified(two_days_ago())
             .unwrap();
-    });
+    };
+    sealed_collection_suite(store.clone(), store, age, false);
 }
 
 #[test]
@@ -428,7 +440,7 @@ fn nats_sealed_objects_conform_across_engines() {
                 .unwrap();
             })
         };
-        tokio::task::spawn_blocking(move || sealed_collection_suite(a, b, age))
+        tokio::task::spawn_blocking(move || sealed_collection_suite(a, b, age, true))
             .await
             .unwrap();
     });

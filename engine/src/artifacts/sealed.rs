@@ -71,6 +71,16 @@ pub trait SealedObjects: Send + Sync {
         address: &Digest,
         before: std::time::SystemTime,
     ) -> Result<Option<u64>, StoreError>;
+    /// Where an engine keeps copies of shared blobs: forget those the shared store's
+    /// `listed` no longer holds (another engine collected them), cached before `before`;
+    /// returns how many. A store of its own keeps no copies.
+    fn forget_removed(
+        &self,
+        _listed: &[SealedInfo],
+        _before: std::time::SystemTime,
+    ) -> Result<usize, StoreError> {
+        Ok(0)
+    }
 }
 
 /// A sealed blob as listed for the collector.

@@ -57,10 +57,18 @@ impl Service {
         let grace = Duration::from_millis(self.grace_ms.load(Ordering::Relaxed));
         let before = SystemTime::now() - grace;
         let objects = stores.objects().clone();
-        let listed = tokio::task::spawn_blocking(move || objects.list_sealed())
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+        let listed = tokio::task::spawn_blocking(move || {
+            let listed = objects.list_sealed()?;
+            // This engine's copies of what another engine collected (else they stay for ever).
+            let forgotten = objects.forget_removed(&listed, before)?;
+            if forgotten > 0 {
+                tracing::info!(forgotten, "cached copies of collected artifacts removed");
+            }
+            Ok::<_, crate::artifacts::StoreError>(listed)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
         let mut by_tenant: BTreeMap<String, Vec<SealedInfo>> = BTreeMap::new();
         // Namespaces that are not tenants (`_local`: the runs of a data folder the embedded
         // service shares) are not the service's to collect.
