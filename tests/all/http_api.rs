@@ -467,6 +467,18 @@ fn the_http_api_refuses_a_reachable_address_without_the_explicit_flag() {
     );
 }
 
+#[test]
+fn an_artifact_grace_below_the_least_is_refused_with_it() {
+    let p = Project::new(WEB);
+    let r = p.sluice(&["serve", "--data", "d", "--artifact-grace", "5m"]);
+    assert_ne!(r.code, 0, "{r:?}");
+    assert!(
+        r.stderr.contains("--artifact-grace") && r.stderr.contains("at least 1h"),
+        "{}",
+        r.stderr
+    );
+}
+
 /// Read a server-sent event stream from `path` until `done` holds for what arrived (or 30 s).
 fn read_stream(
     port: u16,

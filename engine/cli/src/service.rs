@@ -108,7 +108,7 @@ pub struct ServeArgs {
     /// How long an artifact that no execution, pipeline or action-cache entry names any more
     /// is kept after it was last stored or used, before the hourly sweep removes it (and takes
     /// it off its tenant's stored bytes). At least 1h.
-    #[arg(long, default_value = "1d", value_parser = parse_keep)]
+    #[arg(long, default_value = "1d", value_parser = parse_grace)]
     pub artifact_grace: Duration,
     /// How long audit records are kept (with --auth).
     #[arg(long, default_value = "90d", value_parser = parse_keep)]
@@ -336,6 +336,20 @@ pub const STORE_FAILED: u8 = 75;
 
 fn parse_keep(text: &str) -> Result<Duration, String> {
     sluice_engine::model::units::parse_duration(text)
+}
+
+/// `--artifact-grace`: a duration of at least the collector's minimum (refused below it
+/// rather than raised without a word).
+fn parse_grace(text: &str) -> Result<Duration, String> {
+    let grace = parse_keep(text)?;
+    let least = sluice_engine::service::collector::MIN_GRACE;
+    match grace < least {
+        true => Err(format!(
+            "at least {}: a use of a shared artifact is noted only every few minutes, and engines' clocks differ",
+            humantime::format_duration(least)
+        )),
+        false => Ok(grace),
+    }
 }
 
 /// A retention: a duration, or for ever.
