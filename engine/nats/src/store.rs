@@ -356,8 +356,22 @@ impl SealedObjects for NatsStore {
         listed: &[SealedInfo],
         before: SystemTime,
     ) -> Result<usize, StoreError> {
-        // (A blob kept here and not yet uploaded is newer than `before`.)
-        self.forget_cached(listed, before)
+        // Cached copies of blobs the bucket no longer lists (another engine collected them).
+        // A blob kept here and not yet uploaded is newer than `before`, so it stays.
+        let shared: std::collections::HashSet<(&str, Digest)> =
+            listed.iter().map(|b| (b.ns.as_str(), b.address)).collect();
+        let mut forgotten = 0;
+        for cached in self.cache.list_sealed()? {
+            if !shared.contains(&(cached.ns.as_str(), cached.address))
+                && self
+                    .cache
+                    .drop_unused_sealed(&cached.ns, &cached.address, before)?
+                    .is_some()
+            {
+                forgotten += 1;
+            }
+        }
+        Ok(forgotten)
     }
 
     fn drop_unused_sealed(
@@ -375,27 +389,6 @@ impl SealedObjects for NatsStore {
 }
 
 impl NatsStore {
-    fn forget_cached(
-        &self,
-        listed: &[SealedInfo],
-        before: SystemTime,
-    ) -> Result<usize, StoreError> {
-        let shared: std::collections::HashSet<(&str, Digest)> =
-            listed.iter().map(|b| (b.ns.as_str(), b.address)).collect();
-        let mut forgotten = 0;
-        for cached in self.cache.list_sealed()? {
-            if !shared.contains(&(cached.ns.as_str(), cached.address))
-                && self
-                    .cache
-                    .drop_unused_sealed(&cached.ns, &cached.address, before)?
-                    .is_some()
-            {
-                forgotten += 1;
-            }
-        }
-        Ok(forgotten)
-    }
-
     /// Remove the sealed object if `unused` holds for its info, counted off its namespace
     /// once: marked deleted only if nothing wrote its info since it was read (a use noted,
     /// another engine's removal). Returns the bytes freed, if it went.
