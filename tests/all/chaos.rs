@@ -164,8 +164,21 @@ fn three_engines_killed_at_random_lose_and_double_nothing() {
                             .filter(|e| status(e) != "Succeeded")
                             .take(5)
                             .collect();
+                        // Their records' stages (who runs what, which attempt) and the
+                        // approvals the bot was shown: where each stands says what stuck.
+                        let records: Vec<Value> = unfinished
+                            .iter()
+                            .filter_map(|e| e["execution_id"].as_str())
+                            .map(|id| {
+                                lister
+                                    .request("status", json!({"execution_id": id}))
+                                    .map_or(Value::Null, |r| r["stages"].clone())
+                            })
+                            .collect();
+                        let waiting = lister.request("approvals", json!({}));
                         panic!(
-                            "after {BOUND:?}: {} executions {by_status:?}; unfinished: {unfinished:#?}",
+                            "after {BOUND:?}: {} executions {by_status:?}; unfinished: {unfinished:#?}\n\
+                             their stages: {records:#?}\napprovals waiting: {waiting:#?}",
                             list.len()
                         );
                     }

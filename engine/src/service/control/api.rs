@@ -406,8 +406,10 @@ impl Service {
             variables: r.variables,
             data: None,
         };
-        let execution_id = self.trigger(&p.tenant, &r.pipeline, &event).await?;
-        let queued = self.execution(&p.tenant, &execution_id).await?.is_none();
+        let (execution_id, recorded) = self
+            .trigger_as(&p.tenant, &r.pipeline, &event, &event.id)
+            .await?;
+        let queued = !recorded && self.execution(&p.tenant, &execution_id).await?.is_none();
         Ok(Started {
             execution_id,
             event_id: event.id,
@@ -673,7 +675,7 @@ impl Service {
         self.refuse_over_quota(tenant).await?;
         // The first delivery's message id may still be in the stream's dedup window.
         let msg_id = format!("{}/replay/{id}", event.id);
-        let execution_id = self.trigger_as(tenant, &pipeline, &event, &msg_id).await?;
+        let (execution_id, _) = self.trigger_as(tenant, &pipeline, &event, &msg_id).await?;
         if let Err(e) = self.edges.executions.delete(&key).await {
             tracing::warn!("dead letter {key} replayed but not removed: {e}");
         }
@@ -773,17 +775,19 @@ impl Service {
         pipeline: &str,
         event: &TriggerEvent,
     ) -> Result<String, ApiError> {
-        self.trigger_as(tenant, pipeline, event, &event.id).await
+        Ok(self.trigger_as(tenant, pipeline, event, &event.id).await?.0)
     }
 
     /// [`Service::trigger`], the event sent with message id `msg_id` (the queue's dedup key).
+    /// Also returns whether the execution is known to be recorded (`false`: recorded, or in the
+    /// tenant's queue).
     async fn trigger_as(
         &self,
         tenant: &str,
         pipeline: &str,
         event: &TriggerEvent,
         msg_id: &str,
-    ) -> Result<String, ApiError> {
+    ) -> Result<(String, bool), ApiError> {
         let subject = crate::subjects::trigger_subject(tenant, pipeline);
         // In line before the event is out: the engine recording it wakes us (see `started`).
         let waiter = self.awaited.wait_for(&crate::service::triggers::claim_key(
@@ -808,14 +812,29 @@ impl Service {
             Duration::from_millis(20)
         };
         loop {
-            if let Some(id) = self.claimed(tenant, pipeline, &event.id).await? {
-                // The claim comes first; wait for the record itself, or its place in the
-                // tenant's queue.
-                if self.execution(tenant, &id).await?.is_some()
-                    || self.queued(tenant).await?.contains(&id)
-                {
-                    return Ok(id);
+            if let Some(id) = waiter.recorded() {
+                return Ok((id, true));
+            }
+            // Another engine's execution, or one in the tenant's queue: read. A wake-up meanwhile
+            // answers at once, without waiting for the read to come back.
+            let read = async {
+                if let Some(id) = self.claimed(tenant, pipeline, &event.id).await? {
+                    // The claim comes first; wait for the record itself, or its place in the
+                    // tenant's queue.
+                    if self.execution(tenant, &id).await?.is_some()
+                        || self.queued(tenant).await?.contains(&id)
+                    {
+                        return Ok::<_, ApiError>(Some(id));
+                    }
                 }
+                Ok(None)
+            };
+            tokio::select! {
+                biased;
+                id = waiter.woken() => return Ok((id, true)),
+                found = read => if let Some(id) = found? {
+                    return Ok((id, false));
+                },
             }
             if tokio::time::Instant::now() > deadline {
                 return Err(ApiError::unavailable(format!(

@@ -498,7 +498,7 @@ impl Service {
                 // events (the record carries them).
                 self.republish(&exec).await;
             }
-            self.awaited.wake(&claim);
+            self.awaited.wake(&claim, &execution_id);
             return Ok(Ok((execution_id, None)));
         }
         // The claim's version is the head at claim time, or a later one after a crash:
@@ -547,7 +547,7 @@ impl Service {
                 if leaves_queue {
                     self.leave_queue(tenant, &execution_id).await;
                 }
-                self.awaited.wake(&claim);
+                self.awaited.wake(&claim, &execution_id);
                 self.send_and_queue(publish, &queued).await;
                 self.settle(others).await;
                 Ok(Ok((execution_id, None)))
@@ -557,7 +557,7 @@ impl Service {
                 if leaves_queue {
                     self.leave_queue(tenant, &execution_id).await;
                 }
-                self.awaited.wake(&claim);
+                self.awaited.wake(&claim, &execution_id);
                 Ok(Ok((execution_id, None)))
             }
             Err(e) => Err(e),

@@ -521,11 +521,14 @@ impl Service {
             // Created: a caller of `start` may be waiting for it.
             let exec = &head.exec;
             if let Some(trigger) = &exec.trigger {
-                self.awaited.wake(&crate::service::triggers::claim_key(
-                    &exec.tenant,
-                    &exec.pipeline,
-                    &trigger.event_id,
-                ));
+                self.awaited.wake(
+                    &crate::service::triggers::claim_key(
+                        &exec.tenant,
+                        &exec.pipeline,
+                        &trigger.event_id,
+                    ),
+                    &exec.execution_id,
+                );
             }
         }
         head.revision = Some(revision);
