@@ -455,27 +455,24 @@ fn an_execution_started_over_one_engines_http_is_controlled_over_the_others() {
     assert_eq!(listed[0]["name"], "web", "{listed}");
 }
 
+/// `sluice serve --data d ARGS` refuses to start, saying each of `says`.
+fn serve_refuses(args: &[&str], says: [&str; 2]) {
+    let p = Project::new(WEB);
+    let r = p.sluice(&[&["serve", "--data", "d"], args].concat());
+    assert_ne!(r.code, 0, "{r:?}");
+    assert!(says.iter().all(|s| r.stderr.contains(s)), "{}", r.stderr);
+}
+
 #[test]
 fn the_http_api_refuses_a_reachable_address_without_the_explicit_flag() {
-    let p = Project::new(WEB);
-    let r = p.sluice(&["serve", "--data", "d", "--http", "0.0.0.0:0"]);
-    assert_ne!(r.code, 0, "{r:?}");
-    assert!(
-        r.stderr.contains("--auth") && r.stderr.contains("no authentication"),
-        "{}",
-        r.stderr
-    );
+    serve_refuses(&["--http", "0.0.0.0:0"], ["--auth", "no authentication"]);
 }
 
 #[test]
 fn an_artifact_grace_below_the_least_is_refused_with_it() {
-    let p = Project::new(WEB);
-    let r = p.sluice(&["serve", "--data", "d", "--artifact-grace", "5m"]);
-    assert_ne!(r.code, 0, "{r:?}");
-    assert!(
-        r.stderr.contains("--artifact-grace") && r.stderr.contains("at least 1h"),
-        "{}",
-        r.stderr
+    serve_refuses(
+        &["--artifact-grace", "5m"],
+        ["--artifact-grace", "at least 1h"],
     );
 }
 
