@@ -25,6 +25,8 @@ pub mod tenancy;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_backstop;
+#[cfg(test)]
 mod tests_early;
 #[cfg(test)]
 mod tests_journal;
@@ -41,6 +43,7 @@ pub use registry::{functions, pipelines};
 pub use triggers::event as trigger;
 pub use triggers::{DeadLetter, schedule, webhook};
 use triggers::{begin, claim_key, takes, trigger_lease};
+use work::backstop::Backstop;
 pub use work::{JobMessage, lanes, wakes};
 use work::{follow_up, jobs, journal, lane_copies, outstanding};
 

@@ -61,8 +61,20 @@ impl Service {
                 })
                 .collect();
             let commands = apply(&mut exec, &input);
+            let lane_commands: Vec<_> = commands
+                .iter()
+                .filter(|c| matches!(c, Command::Enter { .. } | Command::Leave { .. }))
+                .cloned()
+                .collect();
             let (jobs, notices, after) = follow_up(&exec, commands);
             let publish = self.stamp(&mut exec, before, notices, unsent, self.in_flight(&key));
+            // An API call is not delivered again: should this engine die between the write
+            // and the queueing below, the backstop (queued first) does the queueing.
+            if !self.edges.jobs.local()
+                && let Some(backstop) = Backstop::job(&exec, &jobs, &lane_commands)
+            {
+                self.push_jobs(&[backstop]).await;
+            }
             let bytes = serde_json::to_vec(&exec).map_err(ApiError::internal)?;
             match kv.update(&key, bytes.clone(), revision).await {
                 Ok(_) => {}

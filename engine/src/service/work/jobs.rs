@@ -106,7 +106,10 @@ impl Recorded {
 }
 
 /// A job's message id on the queue (duplicates within the stream's window are dropped).
-fn message_id(job: &JobMessage) -> String {
+pub(in crate::service) fn message_id(job: &JobMessage) -> String {
+    if let Some(b) = &job.backstop {
+        return format!("{}/{}/backstop/{}", job.tenant, job.execution_id, b.change);
+    }
     if let Some((phase, round)) = job.check {
         return format!(
             "{}/{}/{}/check/{}/{round}",
@@ -371,6 +374,9 @@ impl Service {
                 self.republish(&exec).await;
             }
             return Ok(Settled::Done);
+        }
+        if let Some(backstop) = &job.backstop {
+            return self.redrive(&exec, job, backstop, lease.delivery).await;
         }
         if let Some((phase, _)) = job.check {
             if exec

@@ -2,6 +2,7 @@
 //! and their chains (`jobs`; a chain's record written behind: `journal`), the lanes of a
 //! pipeline's stages and the work that crosses executions (`lanes`, the engine's watched copies
 //! of them: `lane_copies`), event wakes (`wakes`) and the workers' places (`places`).
+pub(super) mod backstop;
 pub(super) mod jobs;
 pub(super) mod journal;
 pub(super) mod lane_copies;
@@ -35,6 +36,10 @@ pub struct JobMessage {
     /// number is the stage's start time, which tells checks of a re-entered stage apart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub check: Option<(crate::scheduler::Phase, u64)>,
+    /// Not a run: queue again what an API call's change left to do, had its engine died
+    /// before doing it (see `backstop`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backstop: Option<backstop::Backstop>,
 }
 
 /// The jobs an execution is waiting for: a run of every action in progress, or for one that
@@ -59,6 +64,7 @@ pub(in crate::service) fn outstanding(
                 not_before: 0,
                 expire: false,
                 check: None,
+                backstop: None,
             };
             match action.waiting.as_ref().map(|w| (&w.wake, w)) {
                 None => {}
@@ -96,6 +102,7 @@ pub(in crate::service) fn check_job(
         not_before: 0,
         expire: false,
         check: Some((phase, round)),
+        backstop: None,
     }
 }
 
@@ -128,6 +135,7 @@ pub(in crate::service) fn follow_up(
                     not_before,
                     expire: false,
                     check: None,
+                    backstop: None,
                 });
             }
             Command::Await {
@@ -146,6 +154,7 @@ pub(in crate::service) fn follow_up(
                         not_before: deadline.0,
                         expire: true,
                         check: None,
+                        backstop: None,
                     });
                 }
                 if waiting.is_some_and(|w| w.wake == Wake::Approval) {
