@@ -198,6 +198,8 @@ pub struct Service {
     awaited: triggers::started::Awaited,
     /// Trigger events taken off the queue, waiting for their pipeline's turn (see `intake`).
     triggers_in_line: Arc<std::sync::atomic::AtomicUsize>,
+    /// Each tenant's API calls in hand and waiting (see `control::turns`).
+    turns: control::turns::Turns,
 }
 
 /// Events sent for one change and not yet acknowledged by the stream.
@@ -271,6 +273,7 @@ impl Service {
             grace_ms: (collector::ARTIFACT_GRACE.as_millis() as u64).into(),
             awaited: Default::default(),
             triggers_in_line: Default::default(),
+            turns: Default::default(),
         })
     }
 

@@ -1243,3 +1243,35 @@ async fn dead_letters_expire() {
             .is_none()
     );
 }
+
+/// A tenant whose calls hold every turn of an engine makes its next call wait, not another
+/// tenant's; the waiting call goes on once a turn is given back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_with_every_turn_in_hand_does_not_hold_up_another_tenants_calls() {
+    use sluice_api::verbs::PipelineLs;
+    let dir = tempfile::tempdir().unwrap();
+    let shared = shared_edges(dir.path());
+    let a = engine(&dir.path().join("a"), Arc::new(LostBus), &shared);
+    let mut held = Vec::new();
+    for _ in 0..control::turns::CALLS {
+        held.push(a.turns.take("default").await.unwrap());
+    }
+    let other = Principal::local("other", Origin::Remote);
+    let answered = tokio::time::timeout(Duration::from_secs(5), a.call(&other, PipelineLs {}))
+        .await
+        .expect("another tenant's call is answered at once");
+    assert!(answered.is_ok(), "{answered:?}");
+    let caller = remote();
+    let mut waiting = Box::pin(a.call(&caller, PipelineLs {}));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), &mut waiting)
+            .await
+            .is_err(),
+        "the tenant's own call waits for a turn"
+    );
+    held.pop();
+    let answered = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("a turn given back lets it go on");
+    assert!(answered.is_ok(), "{answered:?}");
+}

@@ -94,6 +94,8 @@ impl Service {
                 principal.tenant
             )));
         }
+        // Checked before waiting: a refusal costs no turn.
+        let _turn = self.turns.take(&principal.tenant).await?;
         let p = principal;
         match request {
             Request::BundlePut(r) => {

@@ -6,6 +6,7 @@ mod gauges;
 pub mod http;
 pub mod listen;
 pub mod socket;
+pub(in crate::service) mod turns;
 
 use super::*;
 
