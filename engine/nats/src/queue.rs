@@ -208,7 +208,7 @@ impl WorkQueue for NatsQueue {
                 subject,
                 payload: binary.unwrap_or_else(|| message.payload.to_vec()),
                 delivered,
-                handle: Box::new(Handle(acker)),
+                handle: std::sync::Arc::new(Handle(acker)),
             })
         }
         .boxed()

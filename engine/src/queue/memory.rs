@@ -158,7 +158,7 @@ impl WorkQueue for MemoryQueue {
                 subject,
                 payload,
                 delivered,
-                handle: Box::new(Handle {
+                handle: Arc::new(Handle {
                     tx: self.tx.clone(),
                     message: Mutex::new(Some(message)),
                 }),

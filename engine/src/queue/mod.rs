@@ -29,7 +29,7 @@ pub struct Delivery {
     /// How many times it has been delivered, this time included.
     pub delivered: u64,
     /// Settles it.
-    pub handle: Box<dyn Settle>,
+    pub handle: std::sync::Arc<dyn Settle>,
 }
 
 /// How a consumer settles a delivery.

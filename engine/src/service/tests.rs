@@ -419,7 +419,7 @@ async fn a_chain_records_its_changes_while_their_events_are_stored() {
         subject: "sluice.default.jobs".into(),
         payload: job,
         delivered: 2,
-        handle: Box::new(counts),
+        handle: Arc::new(counts),
     })
     .await;
     let mut sent = Vec::new();
@@ -517,7 +517,7 @@ async fn a_chain_of_short_steps_keeps_its_lease() {
         subject: queued.subject.clone(),
         payload: queued.payload.clone(),
         delivered: 1,
-        handle: Box::new(counts.clone()),
+        handle: Arc::new(counts.clone()),
     };
     queued.ack().await.unwrap();
     let t = std::time::Instant::now();
@@ -636,7 +636,7 @@ async fn a_triggers_chain_runs_its_first_action_while_the_starts_events_are_stor
         subject: "sluice.default.trigger.overlap".into(),
         payload: br#"{"id":"e-1"}"#.to_vec(),
         delivered: 1,
-        handle: Box::new(counts),
+        handle: Arc::new(counts),
     };
     tokio::time::timeout(
         Duration::from_secs(5),

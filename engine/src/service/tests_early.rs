@@ -98,7 +98,7 @@ impl Early {
             subject: "sluice.default.trigger.early".into(),
             payload,
             delivered: 1,
-            handle: Box::new(counts.clone()),
+            handle: Arc::new(counts.clone()),
         };
         // (Spawned: the usual start waits for the claim.)
         let a = self.a.clone();

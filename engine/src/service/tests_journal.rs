@@ -686,7 +686,7 @@ async fn creating(pipeline: &str, yaml: &str) -> Creating {
         subject: format!("sluice.default.trigger.{pipeline}"),
         payload: br#"{"id":"e-1"}"#.to_vec(),
         delivered: 1,
-        handle: Box::new(counts.clone()),
+        handle: Arc::new(counts.clone()),
     };
     a.handle_trigger_for("default", pipeline, trigger, Duration::from_secs(30))
         .await;

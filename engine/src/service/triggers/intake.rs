@@ -10,6 +10,11 @@
 //! must exceed what one tenant has in flight, or another tenant's event waits behind the flood's
 //! events in the queue instead (on NATS, with 64 in hand, B's start took 250 ms beside 256 of A's
 //! starts in flight; with 1,024, 23–39 ms).
+//!
+//! An event waiting in its line is still this engine's: every third of the queue's ack deadline
+//! its delivery reports progress, so a long line does not make the queue hand its events to
+//! another engine meanwhile (which would handle them twice, and whose delivery this engine's
+//! later acknowledgement would settle while the other engine still works on it).
 use crate::queue::{Delivery, WorkQueue};
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -46,6 +51,11 @@ pub(in crate::service) async fn intake<F>(
     let in_hand = Arc::new(tokio::sync::Semaphore::new(IN_HAND));
     let in_hand_kib = Arc::new(tokio::sync::Semaphore::new(IN_HAND_KIB));
     let lines: Lines = Arc::default();
+    // The embedded queue has no deadline to keep (nothing else takes its messages).
+    let _keeping = (!queue.local()).then(|| {
+        let every = (queue.ack_wait() / 3).max(Duration::from_millis(100));
+        KeepOnDrop(tokio::spawn(keep_in_hand(lines.clone(), every)))
+    });
     loop {
         let Ok(count) = in_hand.clone().acquire_owned().await else {
             return;
@@ -99,6 +109,31 @@ pub(in crate::service) async fn intake<F>(
                 }
             }
         });
+    }
+}
+
+/// Aborts the task when the intake ends.
+struct KeepOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for KeepOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Every `every`, report progress on each delivery waiting in a line.
+async fn keep_in_hand(lines: Lines, every: Duration) {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        ticks.tick().await;
+        let waiting: Vec<Arc<dyn crate::queue::Settle>> = lines
+            .lock()
+            .unwrap()
+            .values()
+            .flatten()
+            .map(|(delivery, _)| delivery.handle.clone())
+            .collect();
+        futures_util::future::join_all(waiting.iter().map(|h| h.progress())).await;
     }
 }
 
@@ -165,5 +200,110 @@ mod tests {
         for pair in a.windows(2) {
             assert!(pair[1].2 >= pair[0].3, "two of A's events at once: {log:?}");
         }
+    }
+
+    /// A shared queue's events (deadline 300 ms) whose deliveries count the progress reported.
+    struct Shared {
+        inner: Arc<MemoryQueue>,
+        progress: Arc<Mutex<Vec<u8>>>,
+    }
+
+    struct Counting {
+        inner: Arc<dyn crate::queue::Settle>,
+        payload: u8,
+        progress: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl crate::queue::Settle for Counting {
+        fn ack(&self) -> futures_util::future::BoxFuture<'_, crate::queue::QueueResult<()>> {
+            self.inner.ack()
+        }
+        fn nak(
+            &self,
+            delay: Duration,
+        ) -> futures_util::future::BoxFuture<'_, crate::queue::QueueResult<()>> {
+            self.inner.nak(delay)
+        }
+        fn progress(&self) -> futures_util::future::BoxFuture<'_, crate::queue::QueueResult<()>> {
+            self.progress.lock().unwrap().push(self.payload);
+            self.inner.progress()
+        }
+    }
+
+    impl WorkQueue for Shared {
+        fn push<'a>(
+            &'a self,
+            subject: &'a str,
+            id: &'a str,
+            payload: Vec<u8>,
+        ) -> futures_util::future::BoxFuture<'a, crate::queue::QueueResult<()>> {
+            self.inner.push(subject, id, payload)
+        }
+        fn next(&self) -> futures_util::future::BoxFuture<'_, crate::queue::QueueResult<Delivery>> {
+            Box::pin(async move {
+                let mut d = self.inner.next().await?;
+                d.handle = Arc::new(Counting {
+                    inner: d.handle.clone(),
+                    payload: d.payload[0],
+                    progress: self.progress.clone(),
+                });
+                Ok(d)
+            })
+        }
+        fn ack_wait(&self) -> Duration {
+            Duration::from_millis(300)
+        }
+        fn depth(
+            &self,
+        ) -> futures_util::future::BoxFuture<'_, crate::queue::QueueResult<crate::queue::Depth>>
+        {
+            self.inner.depth()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn events_waiting_in_line_keep_their_deliveries() {
+        let progress: Arc<Mutex<Vec<u8>>> = Arc::default();
+        let queue = Arc::new(Shared {
+            inner: MemoryQueue::new(Duration::from_secs(60)),
+            progress: progress.clone(),
+        });
+        for i in 0..3 {
+            queue.push("t.a", &format!("a{i}"), vec![i]).await.unwrap();
+        }
+        let handled = Arc::new(AtomicUsize::new(0));
+        let handle = {
+            let handled = handled.clone();
+            move |d: Delivery| {
+                let handled = handled.clone();
+                async move {
+                    // Each event takes longer than the queue's deadline.
+                    tokio::time::sleep(Duration::from_millis(400)).await;
+                    let _ = d.ack().await;
+                    handled.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        };
+        let q = queue.clone();
+        let consumer =
+            tokio::spawn(async move { intake(&*q, handle, Arc::new(AtomicUsize::new(0))).await });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while handled.load(Ordering::Relaxed) < 3 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(handled.load(Ordering::Relaxed), 3);
+        let seen = progress.lock().unwrap().clone();
+        // The second event waited 400 ms in line, the third 800 ms: a report every 100 ms.
+        let of = |i: u8| seen.iter().filter(|p| **p == i).count();
+        assert!(of(1) >= 2 && of(2) >= 5, "progress reported: {seen:?}");
+        assert_eq!(
+            of(0),
+            0,
+            "the event in hand is its handler's to keep: {seen:?}"
+        );
+        // Nothing waits now: nothing more is reported.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(progress.lock().unwrap().len(), seen.len());
+        consumer.abort();
     }
 }
