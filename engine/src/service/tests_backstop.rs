@@ -60,10 +60,17 @@ impl Kv for DiesAfterWrite {
 
 const GATED: &str = "name: gated\nstages:\n  - name: Approve\n    actions:\n      - { name: Gate, uses: approval@1, with: { approvers: ana } }\n  - name: Deploy\n    actions:\n      - { name: Ship, uses: noop@1 }\n";
 
-/// An approval is recorded by engine A, which dies before it queues the job that takes the
-/// decision in: engine B, which only runs queued jobs, carries the execution to its end.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_approval_whose_engine_died_after_recording_it_goes_on_elsewhere() {
+/// Engine B, which only runs queued jobs, and engine A, which dies after its first write once
+/// armed; both on one shared queue, [`GATED`] registered.
+struct Two {
+    _dir: tempfile::TempDir,
+    a: Arc<Service>,
+    b: Arc<Service>,
+    armed: Arc<AtomicBool>,
+    written: Arc<AtomicBool>,
+}
+
+async fn two_engines() -> Two {
     let dir = tempfile::tempdir().unwrap();
     let mut shared = shared_edges(dir.path());
     shared.jobs = Arc::new(SharedQueue(shared.jobs.clone()));
@@ -103,6 +110,26 @@ async fn an_approval_whose_engine_died_after_recording_it_goes_on_elsewhere() {
         let engine = Engine::for_service(&dir.path().join("a"), bus, None).unwrap();
         Service::new(engine, edges)
     };
+    Two {
+        _dir: dir,
+        a,
+        b,
+        armed,
+        written,
+    }
+}
+
+/// An approval is recorded by engine A, which dies before it queues the job that takes the
+/// decision in: engine B, which only runs queued jobs, carries the execution to its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_whose_engine_died_after_recording_it_goes_on_elsewhere() {
+    let Two {
+        _dir,
+        a,
+        b,
+        armed,
+        written,
+    } = two_engines().await;
     let (id, _) = b
         .start("default", "gated", br#"{"id":"e-1"}"#, false, false)
         .await
@@ -155,4 +182,68 @@ async fn an_approval_whose_engine_died_after_recording_it_goes_on_elsewhere() {
     .expect("the execution ends without engine A");
     assert_eq!(done.status, Status::Succeeded, "{done:#?}");
     assert_eq!(done.stages[1].actions[0].status, Status::Succeeded);
+}
+
+/// A stop is recorded by engine A, which dies before it tells the stage's lane that the
+/// execution left: the backstop does, and the execution waiting to enter is let in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_whose_engine_died_after_recording_it_frees_the_lane_elsewhere() {
+    let Two {
+        _dir,
+        a,
+        b,
+        armed,
+        written,
+    } = two_engines().await;
+    let start = |event: &'static str| {
+        let b = b.clone();
+        async move {
+            b.start("default", "gated", event.as_bytes(), false, false)
+                .await
+                .unwrap()
+                .unwrap()
+                .0
+        }
+    };
+    let first = start(r#"{"id":"e-1"}"#).await;
+    poll_until(&b, &first, |e| e.stages[0].actions[0].waiting.is_some())
+        .await
+        .expect("the first execution waits at the approval");
+    let second = start(r#"{"id":"e-2"}"#).await;
+    poll_until(&b, &second, |e| e.entering == Some(0))
+        .await
+        .expect("the second waits to enter the stage the first holds");
+    armed.store(true, SeqCst);
+    let stopping = tokio::spawn({
+        let (a, id) = (a.clone(), first.clone());
+        async move {
+            a.call(
+                &remote(),
+                sluice_api::verbs::Stop {
+                    execution_id: id,
+                    abandon: true,
+                    reason: None,
+                },
+            )
+            .await
+        }
+    });
+    let stopped = poll_until(&b, &first, |e| e.status.is_terminal())
+        .await
+        .expect("the stop is recorded");
+    assert!(written.load(SeqCst));
+    stopping.abort(); // A is dead: the lane never hears of the stop from it
+    assert_eq!(stopped.status, Status::Stopped, "{stopped:#?}");
+    let let_in = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            let e = b.execution("default", &second).await.unwrap().unwrap();
+            if e.stages[0].actions[0].waiting.is_some() {
+                return e;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the second execution enters the stage without engine A");
+    assert_eq!(let_in.entering, None);
 }

@@ -73,7 +73,8 @@ impl Backstop {
 }
 
 impl Service {
-    /// Handle a backstop of `exec` (read from the store, not ended): once due and once its
+    /// Handle a backstop of `exec` (read from the store; ended, it may still owe its lanes
+    /// departures): once due and once its
     /// change is recorded, queue again the jobs of that change the record still holds
     /// outstanding (runs nobody holds), publish the last change's events if another engine
     /// wrote it, and repeat its lane arrival and departures that still stand.

@@ -367,6 +367,11 @@ impl Service {
                 }
             },
         };
+        // (Before the check below: a change that ended the execution, a stop, may still owe
+        // its stages' lanes their departures.)
+        if let Some(backstop) = &job.backstop {
+            return self.redrive(&exec, job, backstop, lease.delivery).await;
+        }
         if exec.status.is_terminal() {
             // A delivery that comes back to an ended execution: its engine may have died
             // before the bus stored the last changes' events (the record carries them).
@@ -374,9 +379,6 @@ impl Service {
                 self.republish(&exec).await;
             }
             return Ok(Settled::Done);
-        }
-        if let Some(backstop) = &job.backstop {
-            return self.redrive(&exec, job, backstop, lease.delivery).await;
         }
         if let Some((phase, _)) = job.check {
             if exec
