@@ -8,16 +8,24 @@ use futures_util::future::BoxFuture;
 use sluice_api::verbs::Approve;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 
-/// The embedded queue seen as a shared one (as NATS is): engines may die apart from it.
-struct SharedQueue(Arc<dyn WorkQueue>);
+/// The embedded queue seen as a shared one (as NATS is): engines may die apart from it. With
+/// `late`, every backstop is queued as if made that long ago (a queue stalled meanwhile).
+struct SharedQueue(Arc<dyn WorkQueue>, Option<Duration>);
 
 impl WorkQueue for SharedQueue {
     fn push<'a>(
         &'a self,
         subject: &'a str,
         id: &'a str,
-        payload: Vec<u8>,
+        mut payload: Vec<u8>,
     ) -> BoxFuture<'a, QueueResult<()>> {
+        if let Some(late) = self.1
+            && let Ok(mut job) = serde_json::from_slice::<JobMessage>(&payload)
+            && job.backstop.is_some()
+        {
+            job.not_before -= late.as_millis() as u64;
+            payload = serde_json::to_vec(&job).unwrap();
+        }
         self.0.push(subject, id, payload)
     }
     fn next(&self) -> BoxFuture<'_, QueueResult<Delivery>> {
@@ -71,9 +79,13 @@ struct Two {
 }
 
 async fn two_engines() -> Two {
+    two_engines_with_backstops_late(None).await
+}
+
+async fn two_engines_with_backstops_late(late: Option<Duration>) -> Two {
     let dir = tempfile::tempdir().unwrap();
     let mut shared = shared_edges(dir.path());
-    shared.jobs = Arc::new(SharedQueue(shared.jobs.clone()));
+    shared.jobs = Arc::new(SharedQueue(shared.jobs.clone(), late));
     let b = engine(
         &dir.path().join("b"),
         Arc::new(MemoryBus::default()),
@@ -123,13 +135,52 @@ async fn two_engines() -> Two {
 /// decision in: engine B, which only runs queued jobs, carries the execution to its end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_approval_whose_engine_died_after_recording_it_goes_on_elsewhere() {
+    let (b, id, _dir) = approved_by_an_engine_that_died(None).await;
+    let done = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            let e = b.execution("default", &id).await.unwrap().unwrap();
+            if e.status.is_terminal() {
+                return e;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the execution ends without engine A");
+    assert_eq!(done.status, Status::Succeeded, "{done:#?}");
+    assert_eq!(done.stages[1].actions[0].status, Status::Succeeded);
+}
+
+/// A backstop delivered past the queue's deduplication window (an hour) could queue a second
+/// copy of a job its engine did queue: it queues nothing and leaves the execution to recovery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backstop_delivered_an_hour_late_queues_nothing() {
+    let (b, id, _dir) = approved_by_an_engine_that_died(Some(Duration::from_secs(2 * 3600))).await;
+    // The backstop is due at once; give it time to be handled.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let e = b.execution("default", &id).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            e.stages[0].actions[0].status,
+            &e.stages[1].actions[0].status
+        ),
+        (Status::InProgress, &Status::NotStarted),
+        "nothing was queued: {e:#?}"
+    );
+}
+
+/// Engine A records an approval of an execution engine B runs and dies before queueing the
+/// job that takes the decision in; B and the execution's id are returned.
+async fn approved_by_an_engine_that_died(
+    late: Option<Duration>,
+) -> (Arc<Service>, String, tempfile::TempDir) {
     let Two {
         _dir,
         a,
         b,
         armed,
         written,
-    } = two_engines().await;
+    } = two_engines_with_backstops_late(late).await;
     let (id, _) = b
         .start("default", "gated", br#"{"id":"e-1"}"#, false, false)
         .await
@@ -169,19 +220,7 @@ async fn an_approval_whose_engine_died_after_recording_it_goes_on_elsewhere() {
         (Status::InProgress, &Status::NotStarted),
         "the decision is taken in by a job queued after the write: {recorded:#?}"
     );
-    let done = tokio::time::timeout(Duration::from_secs(15), async {
-        loop {
-            let e = b.execution("default", &id).await.unwrap().unwrap();
-            if e.status.is_terminal() {
-                return e;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("the execution ends without engine A");
-    assert_eq!(done.status, Status::Succeeded, "{done:#?}");
-    assert_eq!(done.stages[1].actions[0].status, Status::Succeeded);
+    (b, id, _dir)
 }
 
 /// A stop is recorded by engine A, which dies before it tells the stage's lane that the

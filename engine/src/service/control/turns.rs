@@ -7,12 +7,16 @@ use sluice_api::{ApiError, Code};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::sync::Semaphore;
 
 /// Calls of one tenant handled at once by one engine.
 pub const CALLS: usize = 16;
 /// Calls of one tenant waiting for a turn in one engine before more are refused.
 pub const WAITING: usize = 4096;
+/// How long a call waits for its turn before it is refused (its client's own deadline is
+/// usually shorter; a call that waited this long is better refused than handled late).
+pub const WAIT_AT_MOST: Duration = Duration::from_secs(30);
 
 /// The turns of every tenant with a call in hand (a tenant leaves the map with its last call,
 /// so names nobody authenticated cannot make it grow).
@@ -20,6 +24,7 @@ pub(in crate::service) struct Turns {
     tenants: Mutex<HashMap<String, Arc<TenantTurns>>>,
     calls: usize,
     waiting: usize,
+    wait_at_most: Duration,
 }
 
 impl Default for Turns {
@@ -37,7 +42,8 @@ struct TenantTurns {
 pub(in crate::service) struct Turn<'a> {
     turns: &'a Turns,
     tenant: String,
-    of: Arc<TenantTurns>,
+    /// Taken (and dropped under the map's lock) when the turn ends.
+    of: Option<Arc<TenantTurns>>,
     /// Whether the turn was given (a refused or abandoned call holds none).
     held: bool,
 }
@@ -58,12 +64,13 @@ impl Turns {
             tenants: Mutex::default(),
             calls,
             waiting,
+            wait_at_most: WAIT_AT_MOST,
         }
     }
 
     /// Wait for a turn of `tenant`'s, or refuse the call when too many wait already.
     pub(in crate::service) async fn take(&self, tenant: &str) -> Result<Turn<'_>, ApiError> {
-        let of = self
+        let entry = self
             .tenants
             .lock()
             .unwrap()
@@ -79,11 +86,14 @@ impl Turns {
         let mut turn = Turn {
             turns: self,
             tenant: tenant.to_string(),
-            of,
+            of: Some(entry),
             held: false,
         };
-        if turn.of.waiting.fetch_add(1, Ordering::AcqRel) >= self.waiting {
-            turn.of.waiting.fetch_sub(1, Ordering::AcqRel);
+        // Borrowed from the turn: no other handle on the entry outlives it, whichever way
+        // this call ends (refused, waited too long, or abandoned by its client).
+        let of = turn.of.as_deref().expect("just set");
+        if of.waiting.fetch_add(1, Ordering::AcqRel) >= self.waiting {
+            of.waiting.fetch_sub(1, Ordering::AcqRel);
             return Err(ApiError::new(
                 Code::QuotaExceeded,
                 format!(
@@ -92,13 +102,20 @@ impl Turns {
                 ),
             ));
         }
-        let waiting = Waiting(&turn.of.waiting);
-        turn.of
-            .free
-            .acquire()
-            .await
-            .expect("the semaphore is never closed")
-            .forget();
+        let waiting = Waiting(&of.waiting);
+        match tokio::time::timeout(self.wait_at_most, of.free.acquire()).await {
+            Ok(permit) => permit.expect("the semaphore is never closed").forget(),
+            Err(_) => {
+                return Err(ApiError::new(
+                    Code::QuotaExceeded,
+                    format!(
+                        "tenant `{tenant}`'s API call waited {} s for one of the {} calls this engine handles at once for a tenant: send fewer at a time",
+                        self.wait_at_most.as_secs(),
+                        self.calls
+                    ),
+                ));
+            }
+        }
         drop(waiting);
         turn.held = true;
         Ok(turn)
@@ -107,12 +124,18 @@ impl Turns {
 
 impl Drop for Turn<'_> {
     fn drop(&mut self) {
+        let Some(of) = self.of.take() else { return };
         if self.held {
-            self.of.free.add_permits(1);
+            of.free.add_permits(1);
         }
         let mut tenants = self.turns.tenants.lock().unwrap();
-        // Nobody else holds the entry (the map and this turn): no call in hand or waiting.
-        if Arc::strong_count(&self.of) == 2 {
+        drop(of);
+        // Dropped under the lock: when only the map holds the entry now, no call is in hand
+        // or waiting (two last turns ending together cannot both see the other's count).
+        if tenants
+            .get(&self.tenant)
+            .is_some_and(|of| Arc::strong_count(of) == 1)
+        {
             tenants.remove(&self.tenant);
         }
     }
@@ -170,6 +193,45 @@ mod tests {
         drop(held);
         assert!(turns.tenants.lock().unwrap().is_empty());
         let again = turns.take("a").await.unwrap();
-        assert_eq!(again.of.free.available_permits(), 0, "one turn, not two");
+        assert_eq!(
+            again.of.as_ref().unwrap().free.available_permits(),
+            0,
+            "one turn, not two"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_call_waits_for_its_turn_only_so_long() {
+        let mut turns = Turns::new(1, 4);
+        turns.wait_at_most = Duration::from_millis(30);
+        let held = turns.take("a").await.unwrap();
+        let refused = turns.take("a").await.err().unwrap();
+        assert_eq!(refused.code, Code::QuotaExceeded);
+        assert!(refused.message.contains("waited"), "{}", refused.message);
+        // The refused call waits no more: the next one is the only one waiting.
+        assert_eq!(held.of.as_ref().unwrap().waiting.load(Ordering::Acquire), 0);
+        drop(held);
+        assert!(turns.tenants.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn turns_ending_together_leave_no_entry_behind() {
+        let turns = Arc::new(Turns::new(2, 64));
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let turns = turns.clone();
+                tokio::spawn(async move {
+                    for _ in 0..500 {
+                        let turn = turns.take("a").await.unwrap();
+                        tokio::task::yield_now().await;
+                        drop(turn);
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert!(turns.tenants.lock().unwrap().is_empty());
     }
 }

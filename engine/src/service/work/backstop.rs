@@ -20,11 +20,25 @@ const BACKSTOP_AFTER: Duration = Duration::from_secs(3);
 /// and was tried again under another number).
 const WAITS_FOR_CHANGE: u64 = 30;
 
+/// How old a backstop may be and still queue jobs: the queue drops a job pushed twice only
+/// within its hour-long window, so a backstop delivered later than this (a queue stalled that
+/// long) could queue a second copy of a job its engine did queue, and the action would run
+/// twice. Past it, the engines' recovery of stale executions is what is left.
+const QUEUES_JOBS_FOR: Duration = Duration::from_secs(50 * 60);
+
+/// How old a backstop may be and still publish its change's events: the bus drops an event
+/// published twice only within two minutes.
+const PUBLISHES_FOR: Duration = Duration::from_secs(90);
+
 /// What a backstop re-drives: the follow-up of change number `change`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Backstop {
     /// The change's number in the record's outbox.
     pub change: u64,
+    /// Tells apart the backstops of two calls racing to write the same change number (the
+    /// loser writes again under the next one): each keeps its own message id.
+    #[serde(default)]
+    pub nonce: String,
     /// Message ids of the jobs it queued.
     pub jobs: Vec<String>,
     /// The stage it began entering.
@@ -44,6 +58,7 @@ impl Backstop {
     ) -> Option<JobMessage> {
         let mut backstop = Backstop {
             change: exec.outbox.change,
+            nonce: ulid::Ulid::new().to_string(),
             jobs: jobs.iter().map(message_id).collect(),
             enter: None,
             leave: Vec::new(),
@@ -103,7 +118,24 @@ impl Service {
             }
             return Ok(Settled::Done);
         }
-        self.republish(exec).await;
+        // When it was made: due `BACKSTOP_AFTER` later.
+        let age = Duration::from_millis(
+            now.saturating_sub(job.not_before) + BACKSTOP_AFTER.as_millis() as u64,
+        );
+        if age > QUEUES_JOBS_FOR {
+            tracing::warn!(
+                "a backstop of {}/{} came {} s late: left to recovery",
+                job.tenant,
+                job.execution_id,
+                age.as_secs()
+            );
+            return Ok(Settled::Done);
+        }
+        // Only the last change's events are still unsent in the record, and only this one's
+        // are this backstop's to publish.
+        if exec.outbox.change == backstop.change && age < PUBLISHES_FOR {
+            self.republish(exec).await;
+        }
         let due: Vec<JobMessage> = outstanding(exec, |_| true)
             .into_iter()
             .filter(|j| backstop.jobs.contains(&message_id(j)))

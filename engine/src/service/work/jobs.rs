@@ -108,7 +108,10 @@ impl Recorded {
 /// A job's message id on the queue (duplicates within the stream's window are dropped).
 pub(in crate::service) fn message_id(job: &JobMessage) -> String {
     if let Some(b) = &job.backstop {
-        return format!("{}/{}/backstop/{}", job.tenant, job.execution_id, b.change);
+        return format!(
+            "{}/{}/backstop/{}/{}",
+            job.tenant, job.execution_id, b.change, b.nonce
+        );
     }
     if let Some((phase, round)) = job.check {
         return format!(
