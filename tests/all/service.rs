@@ -642,8 +642,12 @@ fn kill_9_of_an_engine_mid_deploy_finishes_on_the_other_with_one_side_effect() {
 
     // Find the engine running the deploy, wait for its side effect, and kill it.
     let victim = runner_of(&engines, "Deploy/Release");
+    // Made means written, not only created: a kill between the guest's open and its write
+    // would leave an empty log (the survivor then finds the marker and writes nothing).
     wait_for(Duration::from_secs(30), "the side effect", || {
-        effects.path().join("effects.log").exists().then_some(())
+        std::fs::read_to_string(effects.path().join("effects.log"))
+            .is_ok_and(|log| log.ends_with('\n'))
+            .then_some(())
     });
     engines[victim].kill9();
     let survivor = &engines[1 - victim];
