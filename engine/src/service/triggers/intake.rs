@@ -11,10 +11,10 @@
 //! events in the queue instead (on NATS, with 64 in hand, B's start took 250 ms beside 256 of A's
 //! starts in flight; with 1,024, 23–39 ms).
 //!
-//! An event waiting in its line is still this engine's: every third of the queue's ack deadline
-//! its delivery reports progress, so a long line does not make the queue hand its events to
-//! another engine meanwhile (which would handle them twice, and whose delivery this engine's
-//! later acknowledgement would settle while the other engine still works on it).
+//! An event waiting in its line (or for the bytes in hand) is still this engine's: every third
+//! of the queue's ack deadline its delivery reports progress, so a long wait does not make the
+//! queue hand it to another engine meanwhile (which would handle it twice, and whose delivery
+//! this engine's later acknowledgement would settle while the other engine still works on it).
 use crate::queue::{Delivery, WorkQueue};
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -52,10 +52,8 @@ pub(in crate::service) async fn intake<F>(
     let in_hand_kib = Arc::new(tokio::sync::Semaphore::new(IN_HAND_KIB));
     let lines: Lines = Arc::default();
     // The embedded queue has no deadline to keep (nothing else takes its messages).
-    let _keeping = (!queue.local()).then(|| {
-        let every = (queue.ack_wait() / 3).max(Duration::from_millis(100));
-        KeepOnDrop(tokio::spawn(keep_in_hand(lines.clone(), every)))
-    });
+    let every = (!queue.local()).then(|| (queue.ack_wait() / 3).max(Duration::from_millis(100)));
+    let _keeping = every.map(|every| KeepOnDrop(tokio::spawn(keep_in_hand(lines.clone(), every))));
     loop {
         let Ok(count) = in_hand.clone().acquire_owned().await else {
             return;
@@ -71,7 +69,13 @@ pub(in crate::service) async fn intake<F>(
         let kib = (delivery.payload.len() >> 10).min(IN_HAND_KIB) as u32;
         let bytes = match kib {
             0 => None,
-            kib => in_hand_kib.clone().acquire_many_owned(kib).await.ok(),
+            kib => keeping(
+                &delivery,
+                every,
+                in_hand_kib.clone().acquire_many_owned(kib),
+            )
+            .await
+            .ok(),
         };
         let permit = Held {
             _count: count,
@@ -118,6 +122,30 @@ struct KeepOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for KeepOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// Await `wait` while reporting progress on `delivery` every `every` (if any): an event
+/// waiting for the byte budget is this engine's as much as one waiting in a line.
+async fn keeping<T>(
+    delivery: &Delivery,
+    every: Option<Duration>,
+    wait: impl Future<Output = T>,
+) -> T {
+    let Some(every) = every else {
+        return wait.await;
+    };
+    tokio::pin!(wait);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        tokio::select! {
+            done = &mut wait => return done,
+            _ = ticks.tick() => {
+                if let Err(e) = delivery.handle.progress().await {
+                    tracing::warn!("progress report failed: {e}");
+                }
+            }
+        }
     }
 }
 
@@ -261,23 +289,15 @@ mod tests {
         }
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn events_waiting_in_line_keep_their_deliveries() {
-        let progress: Arc<Mutex<Vec<u8>>> = Arc::default();
-        let queue = Arc::new(Shared {
-            inner: MemoryQueue::new(Duration::from_secs(60)),
-            progress: progress.clone(),
-        });
-        for i in 0..3 {
-            queue.push("t.a", &format!("a{i}"), vec![i]).await.unwrap();
-        }
+    /// Run the intake over `queue`, each event taking 400 ms (longer than its deadline),
+    /// until `n` are handled (or 10 s); the intake, still running, is returned.
+    async fn handle_slowly(queue: &Arc<Shared>, n: usize) -> tokio::task::JoinHandle<()> {
         let handled = Arc::new(AtomicUsize::new(0));
         let handle = {
             let handled = handled.clone();
             move |d: Delivery| {
                 let handled = handled.clone();
                 async move {
-                    // Each event takes longer than the queue's deadline.
                     tokio::time::sleep(Duration::from_millis(400)).await;
                     let _ = d.ack().await;
                     handled.fetch_add(1, Ordering::Relaxed);
@@ -288,10 +308,24 @@ mod tests {
         let consumer =
             tokio::spawn(async move { intake(&*q, handle, Arc::new(AtomicUsize::new(0))).await });
         let deadline = Instant::now() + Duration::from_secs(10);
-        while handled.load(Ordering::Relaxed) < 3 && Instant::now() < deadline {
+        while handled.load(Ordering::Relaxed) < n && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert_eq!(handled.load(Ordering::Relaxed), 3);
+        assert_eq!(handled.load(Ordering::Relaxed), n, "every event handled");
+        consumer
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn events_waiting_in_line_keep_their_deliveries() {
+        let progress: Arc<Mutex<Vec<u8>>> = Arc::default();
+        let queue = Arc::new(Shared {
+            inner: MemoryQueue::new(Duration::from_secs(60)),
+            progress: progress.clone(),
+        });
+        for i in 0..3 {
+            queue.push("t.a", &format!("a{i}"), vec![i]).await.unwrap();
+        }
+        let consumer = handle_slowly(&queue, 3).await;
         let seen = progress.lock().unwrap().clone();
         // The second event waited 400 ms in line, the third 800 ms: a report every 100 ms.
         let of = |i: u8| seen.iter().filter(|p| **p == i).count();
@@ -305,5 +339,30 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(progress.lock().unwrap().len(), seen.len());
         consumer.abort();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_event_waiting_for_the_byte_budget_keeps_its_delivery() {
+        let progress: Arc<Mutex<Vec<u8>>> = Arc::default();
+        let queue = Arc::new(Shared {
+            inner: MemoryQueue::new(Duration::from_secs(60)),
+            progress: progress.clone(),
+        });
+        // Two events of two subjects, together over the bytes in hand: the second waits until
+        // the first is handled.
+        let big = IN_HAND_KIB / 2 + 1;
+        for i in 0..2u8 {
+            let payload = vec![i; big << 10];
+            queue
+                .push(&format!("t.{i}"), &format!("e{i}"), payload)
+                .await
+                .unwrap();
+        }
+        handle_slowly(&queue, 2).await.abort();
+        let seen = progress.lock().unwrap().clone();
+        let of = |i: u8| seen.iter().filter(|p| **p == i).count();
+        // The second waited about 400 ms for the first's bytes: a report every 100 ms.
+        assert!(of(1) >= 2, "progress reported: {seen:?}");
+        assert_eq!(of(0), 0, "the event in hand is its handler's: {seen:?}");
     }
 }
