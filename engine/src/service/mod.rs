@@ -252,6 +252,7 @@ impl Service {
             blobs: engine.blobs.clone(),
         });
         let incarnation = ulid::Ulid::new().to_string();
+        let turns = control::turns::Turns::for_queue(edges.jobs.local());
         let lane_copies = lane_copies::LaneCopies::new(edges.executions.clone());
         Arc::new(Service {
             engine,
@@ -273,7 +274,7 @@ impl Service {
             grace_ms: (collector::ARTIFACT_GRACE.as_millis() as u64).into(),
             awaited: Default::default(),
             triggers_in_line: Default::default(),
-            turns: Default::default(),
+            turns,
         })
     }
 

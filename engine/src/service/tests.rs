@@ -1254,7 +1254,12 @@ async fn a_tenant_with_every_turn_in_hand_does_not_hold_up_another_tenants_calls
     let a = engine(&dir.path().join("a"), Arc::new(LostBus), &shared);
     let mut held = Vec::new();
     for _ in 0..control::turns::CALLS {
-        held.push(a.turns.take("default").await.unwrap());
+        held.push(
+            a.turns
+                .take("default", control::turns::Kind::Other)
+                .await
+                .unwrap(),
+        );
     }
     let other = Principal::local("other", Origin::Remote);
     let answered = tokio::time::timeout(Duration::from_secs(5), a.call(&other, PipelineLs {}))

@@ -3,6 +3,7 @@
 //! socket, HTTP). The transport attaches the [`Principal`]; each verb checks its role first.
 use crate::scheduler::{Decision, Execution, Input};
 use crate::service::Service;
+use crate::service::control::turns;
 use crate::service::pipelines;
 use crate::service::trigger::{Source, TriggerEvent};
 use serde_json::Value;
@@ -95,7 +96,11 @@ impl Service {
             )));
         }
         // Checked before waiting: a refusal costs no turn.
-        let _turn = self.turns.take(&principal.tenant).await?;
+        let kind = match request {
+            Request::Start(_) => turns::Kind::Start,
+            _ => turns::Kind::Other,
+        };
+        let _turn = self.turns.take(&principal.tenant, kind).await?;
         let p = principal;
         match request {
             Request::BundlePut(r) => {
