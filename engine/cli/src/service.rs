@@ -110,6 +110,11 @@ pub struct ServeArgs {
     /// it off its tenant's stored bytes). At least 1h.
     #[arg(long, default_value = "1d", value_parser = parse_grace)]
     pub artifact_grace: Duration,
+    /// How many of one tenant's `start`s an engine handles at once; the rest wait their turn.
+    /// Fewer keep one tenant's flood of starts from slowing other tenants' down; more let a lone
+    /// tenant start more per second. Default: 2 on NATS, 16 embedded (BENCHMARKS.md, fairness).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=4096))]
+    pub starts_per_tenant: Option<u16>,
     /// How long audit records are kept (with --auth).
     #[arg(long, default_value = "90d", value_parser = parse_keep)]
     pub audit_keep: Duration,
@@ -363,8 +368,8 @@ fn parse_retention(text: &str) -> Result<Retention, String> {
     }
 }
 
-/// Set `service`'s retention; turn authentication on when asked, and on a first start write the
-/// operator's token into the data directory (readable by its owner only).
+/// Set `service`'s retention and start turns; turn authentication on when asked, and on a
+/// first start write the operator's token into the data directory (readable by its owner only).
 async fn auth(
     service: &sluice_engine::service::Service,
     args: &ServeArgs,
@@ -372,6 +377,9 @@ async fn auth(
 ) -> anyhow::Result<()> {
     service.keep_executions(args.keep_executions.0);
     service.artifact_grace(args.artifact_grace);
+    if let Some(n) = args.starts_per_tenant {
+        service.starts_per_tenant(n.into());
+    }
     if !args.auth {
         return Ok(());
     }

@@ -34,7 +34,8 @@ pub const WAIT_AT_MOST: Duration = Duration::from_secs(30);
 pub(in crate::service) struct Turns {
     tenants: Mutex<HashMap<(String, Kind), Arc<TenantTurns>>>,
     calls: usize,
-    starts: usize,
+    /// Read when a tenant's start turns are made (`sluice serve --starts-per-tenant`).
+    starts: AtomicUsize,
     waiting: usize,
     wait_at_most: Duration,
 }
@@ -86,10 +87,16 @@ impl Turns {
         Turns {
             tenants: Mutex::default(),
             calls,
-            starts,
+            starts: AtomicUsize::new(starts),
             waiting,
             wait_at_most: WAIT_AT_MOST,
         }
+    }
+
+    /// Handle `starts` of a tenant's starts at once from now on (at least one; a tenant with
+    /// starts in hand keeps its turns until its last one ends).
+    pub(in crate::service) fn set_starts(&self, starts: usize) {
+        self.starts.store(starts.max(1), Ordering::Relaxed);
     }
 
     /// Wait for a turn of `tenant`'s of `kind`, or refuse the call when too many wait already.
@@ -99,7 +106,7 @@ impl Turns {
         kind: Kind,
     ) -> Result<Turn<'_>, ApiError> {
         let at_once = match kind {
-            Kind::Start => self.starts,
+            Kind::Start => self.starts.load(Ordering::Relaxed),
             Kind::Other => self.calls,
         };
         let key = (tenant.to_string(), kind);
@@ -153,6 +160,14 @@ impl Turns {
         drop(waiting);
         turn.held = true;
         Ok(turn)
+    }
+}
+
+impl crate::service::Service {
+    /// Handle at most `n` of a tenant's `start`s at once (the default: [`STARTS`] on a shared
+    /// queue, [`CALLS`] embedded).
+    pub fn starts_per_tenant(&self, n: usize) {
+        self.turns.set_starts(n);
     }
 }
 
@@ -297,5 +312,15 @@ mod tests {
         );
         let b = given(turns.take("b", Kind::Start)).await;
         assert!(matches!(b, Some(Ok(_))), "nor another tenant's starts");
+    }
+
+    #[tokio::test]
+    async fn the_starts_at_once_can_be_set() {
+        let turns = Turns::new(2, 1, 8);
+        turns.set_starts(2);
+        let _first = turns.take("a", Kind::Start).await.unwrap();
+        let second = given(turns.take("a", Kind::Start)).await;
+        assert!(matches!(second, Some(Ok(_))), "two starts at once");
+        assert!(given(turns.take("a", Kind::Start)).await.is_none());
     }
 }
