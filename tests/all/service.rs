@@ -117,11 +117,20 @@ pub fn collect(url: &str, subject: &str, window: Duration, during: impl FnOnce()
 
 /// One NATS request, as any client would make it; the reply's payload as text.
 pub fn raw_request(url: &str, subject: &str, payload: &[u8]) -> String {
+    raw_request_with(url, subject, None, payload)
+}
+
+/// [`raw_request`] with `token` in the `Authorization` header, as the CLI sends it.
+pub fn raw_request_with(url: &str, subject: &str, token: Option<&str>, payload: &[u8]) -> String {
     rt().block_on(async {
         let (options, plain) = sluice_nats::options_for(url);
         let client = options.connect(plain.as_str()).await.unwrap();
+        let mut headers = async_nats::HeaderMap::new();
+        if let Some(token) = token {
+            headers.insert("Authorization", format!("Bearer {token}").as_str());
+        }
         let reply = client
-            .request(subject.to_string(), payload.to_vec().into())
+            .request_with_headers(subject.to_string(), headers, payload.to_vec().into())
             .await
             .unwrap();
         String::from_utf8_lossy(&reply.payload).into_owned()

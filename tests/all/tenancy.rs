@@ -888,6 +888,144 @@ fn tenants_are_nats_accounts_with_the_sample_server_config() {
     );
 }
 
+/// A component padded past two upload parts: the probe with a custom section appended (a
+/// component may carry custom sections anywhere between its sections).
+fn padded_probe(to: &std::path::Path) {
+    let mut bytes = std::fs::read(crate::harness::probe()).unwrap();
+    let (name, data) = (b"padding", vec![0x5au8; 1_200_000]);
+    let mut body = leb128(name.len());
+    body.extend_from_slice(name);
+    body.extend_from_slice(&data);
+    bytes.push(0);
+    bytes.extend(leb128(body.len()));
+    bytes.extend(body);
+    std::fs::write(to, bytes).unwrap();
+}
+
+fn leb128(mut n: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            return out;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+/// A tenant's NATS account reaches the engines' API and nothing else of theirs (not their
+/// object store): with `--auth`, its developer registers a pipeline whose plugin is a file
+/// larger than a NATS message, and a function, both uploaded through the API in parts, and
+/// the pipeline runs. Another tenant cannot join ACME's parts.
+#[test]
+fn a_tenant_account_uploads_its_plugins_and_functions_through_the_api() {
+    use crate::harness::nats::NatsServer;
+    let nats = NatsServer::start_with_config(
+        &crate::harness::repo().join("examples/hosting/nats-server.conf"),
+    );
+    let at =
+        |user: &str, password: &str| format!("nats://{user}:{password}@127.0.0.1:{}", nats.port);
+    let (engine_url, acme) = (at("engine", "engine-secret"), at("acme", "acme-secret"));
+    let p = Project::new(
+        "name: big\nstages:\n  - name: Build\n    actions:\n      - { name: Make, uses: ./big-probe.wasm, outputs: [site], with: { mode: write, path: /out/site/index.html, value: acme } }\n",
+    );
+    padded_probe(&p.path("big-probe.wasm"));
+    let _engine = Engine::start(p.dir.path(), ".sluice", &["--nats", &engine_url, "--auth"]);
+    let file = p.path(".sluice/operator.token");
+    let operator = wait_for(Duration::from_secs(30), "the operator's token", || {
+        std::fs::read_to_string(&file)
+            .ok()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+    });
+    let run = |url: &str, tenant: &str, token: &str, args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--nats", url, "--tenant", tenant]);
+        p.sluice_env(&all, &[("SLUICE_TOKEN", token)])
+    };
+    wait_for(Duration::from_secs(30), "the engine to answer", || {
+        (run(
+            &engine_url,
+            "acme",
+            &operator,
+            &["tenant", "create", "acme"],
+        )
+        .code
+            == 0)
+            .then_some(())
+    });
+    let made = run(
+        &engine_url,
+        "acme",
+        &operator,
+        &["token", "create", "--name", "ci", "--role", "developer"],
+    );
+    assert_eq!(made.code, 0, "{made:?}");
+    let ci = made.stdout.trim().to_string();
+
+    let put = run(&acme, "acme", &ci, &["pipeline", "put", "pipeline.yaml"]);
+    assert_eq!(put.code, 0, "{put:?}");
+    let id = run(&acme, "acme", &ci, &["start", "big"])
+        .stdout
+        .trim()
+        .to_string();
+    wait_for(Duration::from_secs(30), "ACME's execution", || {
+        let r = run(&acme, "acme", &ci, &["status", &id, "--json"]);
+        let e: Value = serde_json::from_str(&r.stdout).ok()?;
+        (status(&e) == "Succeeded").then_some(e)
+    });
+    let f = run(
+        &acme,
+        "acme",
+        &ci,
+        &["function", "put", "notes", crate::harness::rust_function()],
+    );
+    assert_eq!(f.code, 0, "{f:?}");
+    assert!(
+        f.stdout.contains("registered function notes blake3:"),
+        "{f:?}"
+    );
+
+    // ACME's parts are ACME's: a part uploaded by ACME is not found for GLOBEX.
+    let globex_token = {
+        run(
+            &engine_url,
+            "globex",
+            &operator,
+            &["tenant", "create", "globex"],
+        );
+        let made = run(
+            &engine_url,
+            "globex",
+            &operator,
+            &["token", "create", "--name", "ci", "--role", "developer"],
+        );
+        made.stdout.trim().to_string()
+    };
+    let part = crate::service::raw_request_with(
+        &acme,
+        "sluice.acme.api.upload.part",
+        Some(&ci),
+        br#"{"bytes": "aGVsbG8="}"#,
+    );
+    let part: Value = serde_json::from_str(&part).unwrap();
+    let part = part["ok"]["part"].as_str().expect("a part").to_string();
+    let joined = crate::service::raw_request_with(
+        &at("globex", "globex-secret"),
+        "sluice.globex.api.upload.join",
+        Some(&globex_token),
+        format!(
+            r#"{{"parts": ["{part}"], "digest": "blake3:{}"}}"#,
+            blake3::hash(b"hello").to_hex()
+        )
+        .as_bytes(),
+    );
+    let joined: Value = serde_json::from_str(&joined).unwrap();
+    assert_eq!(joined["error"]["code"], "not_found", "{joined}");
+}
+
 /// Two tenants whose pipelines write the same file: each gets its own artifact address, the
 /// next action reads it back, nothing in the artifact store holds it plain, and a sealed blob
 /// changed at rest is refused, named, instead of being served.

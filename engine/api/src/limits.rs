@@ -14,6 +14,13 @@ pub const MAX_LIST: usize = 1000;
 /// The largest component a request may carry (decoded).
 pub const MAX_UPLOAD: usize = 64 << 20;
 
+/// The largest part of an upload (`upload.part`): its base64 and the request around it stay
+/// under NATS's default message size (1 MiB).
+pub const MAX_PART: usize = 512 << 10;
+
+/// The most parts an upload joins: [`MAX_UPLOAD`] in parts of [`MAX_PART`].
+pub const MAX_PARTS: usize = MAX_UPLOAD / MAX_PART;
+
 /// A tenant, id or name longer than [`MAX_ID_LEN`].
 #[derive(Debug, thiserror::Error)]
 #[error("{what} is {len} bytes long; at most {MAX_ID_LEN} are accepted")]
@@ -61,12 +68,19 @@ pub fn check_tenant(tenant: &str) -> Result<(), ApiError> {
 /// Decode a component sent in a request, refusing more than [`MAX_UPLOAD`] bytes before
 /// decoding anything.
 pub fn decode_upload(what: &str, base64: &str) -> Result<Vec<u8>, ApiError> {
+    decode_at_most(what, base64, MAX_UPLOAD)
+}
+
+/// Decode base64 sent in a request, refusing more than `max` bytes before decoding.
+pub fn decode_at_most(what: &str, base64: &str, max: usize) -> Result<Vec<u8>, ApiError> {
     use base64::Engine as _;
-    if base64.len() / 4 * 3 > MAX_UPLOAD {
-        return Err(ApiError::invalid(format!(
-            "{what} is larger than {} MiB",
-            MAX_UPLOAD >> 20
-        )));
+    let padding = base64.bytes().rev().take(2).filter(|b| *b == b'=').count();
+    if (base64.len() / 4 * 3).saturating_sub(padding) > max {
+        let size = match max >= 1 << 20 {
+            true => format!("{} MiB", max >> 20),
+            false => format!("{} KiB", max >> 10),
+        };
+        return Err(ApiError::invalid(format!("{what} is larger than {size}")));
     }
     base64::engine::general_purpose::STANDARD
         .decode(base64)

@@ -73,6 +73,13 @@ verbs! {
     /// Upload a pipeline's folder (a tar archive): a tree in the artifact store that
     /// `pipeline.put` names as its `bundle`.
     "bundle.put" => BundlePut -> Bundle, Developer;
+    /// Keep one part of a file being uploaded (at most
+    /// [`MAX_PART`](crate::limits::MAX_PART) bytes), for transports whose messages are
+    /// smaller than a component (NATS); `upload.join` makes the file of its parts.
+    "upload.part" => UploadPart -> UploadedPart, Developer;
+    /// Make one file of uploaded parts, for the engines: its `blake3:` digest is what
+    /// `pipeline.put`'s `plugins` and `function.put`'s `digest` name.
+    "upload.join" => UploadJoin -> Uploaded, Developer;
     /// Register a new version of a pipeline.
     "pipeline.put" => PipelinePut -> PipelineVersion, Developer;
     /// A registered pipeline (current or given version).
@@ -204,6 +211,45 @@ pub struct Bundle {
     /// Regular files in it.
     pub files: u64,
     /// Their bytes.
+    pub bytes: u64,
+}
+
+/// `upload.part`: one part of a file, in order; a part is kept in the tenant's artifact store
+/// (counted against its quota) until the collector finds nothing names it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadPart {
+    /// The part's bytes, base64 (at most [`MAX_PART`](crate::limits::MAX_PART) decoded).
+    pub bytes: String,
+}
+
+/// The reply to `upload.part`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadedPart {
+    /// The part's address in the tenant's store, for `upload.join`.
+    pub part: String,
+    /// Its bytes.
+    pub bytes: u64,
+}
+
+/// `upload.join`: the parts, in order, and the digest the whole must have.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadJoin {
+    /// What `upload.part` replied, in the file's order (at most
+    /// [`MAX_PARTS`](crate::limits::MAX_PARTS)).
+    pub parts: Vec<String>,
+    /// The whole file's `blake3:` digest, as the client computed it: a file that comes out
+    /// otherwise is refused.
+    pub digest: String,
+}
+
+/// The reply to `upload.join`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Uploaded {
+    /// The file's `blake3:` digest.
+    pub digest: String,
+    /// Its bytes.
     pub bytes: u64,
 }
 
@@ -1067,8 +1113,12 @@ impl Request {
             Request::PluginLs(_)
             | Request::PluginInstalled(_)
             | Request::BundlePut(_)
+            | Request::UploadPart(_)
             | Request::TenantLs(_)
             | Request::Audit(_) => vec![],
+            Request::UploadJoin(r) => std::iter::once(("the digest", r.digest.clone()))
+                .chain(r.parts.iter().map(|p| ("a part", p.clone())))
+                .collect(),
             Request::TokenCreate(r) => vec![
                 ("the token's name", r.name.clone()),
                 ("the role", r.role.clone()),
@@ -1162,6 +1212,6 @@ mod tests {
         v.sort();
         v.dedup();
         assert_eq!(v.len(), VERBS.len());
-        assert_eq!(VERBS.len(), 41);
+        assert_eq!(VERBS.len(), 43);
     }
 }

@@ -293,8 +293,8 @@ pub async fn function(cmd: FunctionCmd, target: Target) -> anyhow::Result<ExitCo
                     digest: None,
                 })
             } else {
-                // Components can be larger than a message: upload to the artifact store,
-                // then register by digest.
+                // Components can be larger than a message: upload them (in parts), then
+                // register by digest.
                 let digest = match client.upload(&file.display().to_string(), bytes).await {
                     Ok(d) => d,
                     Err(e) => return refused(e),
@@ -639,7 +639,8 @@ async fn upload_plugins(
         let digest = client
             .upload(&path.display().to_string(), bytes)
             .await
-            .map_err(|e| anyhow::anyhow!("cannot upload {}: {e}", path.display()))?;
+            // The transport's refusal names the file already.
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         out.insert(written, digest);
     }
     Ok(out)

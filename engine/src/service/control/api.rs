@@ -107,6 +107,8 @@ impl Service {
                 let tar = sluice_api::limits::decode_upload("the folder", &r.tar)?;
                 reply(self.bundle_put(&p.tenant, tar).await)
             }
+            Request::UploadPart(r) => reply(self.upload_part(&p.tenant, &r.bytes).await),
+            Request::UploadJoin(r) => reply(self.upload_join(&p.tenant, r.parts, &r.digest).await),
             Request::PipelinePut(r) => reply(self.pipeline_put(p, r).await),
             Request::PipelineGet(r) => reply(self.pipeline_get(p, r).await),
             Request::PipelineLs(_) => reply(self.pipeline_ls(p).await),

@@ -1,9 +1,11 @@
-//! The registry: pipelines (`pipelines`: versions, heads), their uploaded folders (`bundles`)
-//! and functions (`functions`), and each pipeline version parsed and resolved once per engine.
+//! The registry: pipelines (`pipelines`: versions, heads), their uploaded folders (`bundles`),
+//! functions (`functions`) and files uploaded in parts (`uploads`), and each pipeline version
+//! parsed and resolved once per engine.
 pub mod bundles;
 pub mod functions;
 pub mod installed;
 pub mod pipelines;
+pub mod uploads;
 
 use super::*;
 

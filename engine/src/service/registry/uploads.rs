@@ -1,0 +1,221 @@
+//! Files uploaded in parts (`upload.part`, `upload.join`), for clients whose messages are
+//! smaller than a component: a tenant's NATS account reaches only the API, never the engines'
+//! object store, and NATS carries 1 MiB a message by default.
+//!
+//! Stateless across engines: each part is kept in the tenant's artifact store (so it counts
+//! against the tenant's quota, and the collector removes it once nothing names it), and the
+//! join, on whichever engine takes it, reads the parts back, checks the whole against the digest
+//! the client computed, and keeps the file where plugins and functions are looked up.
+use crate::artifacts::{Digest, StoreError};
+use sluice_api::limits::{MAX_PART, MAX_PARTS, MAX_UPLOAD};
+use sluice_api::verbs::{Uploaded, UploadedPart};
+use sluice_api::{ApiError, Code};
+use std::io::Write as _;
+
+fn store_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::QuotaExceeded(why) => ApiError::new(Code::QuotaExceeded, why),
+        e => ApiError::unavailable(format!("the artifact store: {e}")),
+    }
+}
+
+impl crate::service::Service {
+    /// Keep one part (base64 in `bytes`) in the tenant's store.
+    pub(in crate::service) async fn upload_part(
+        &self,
+        tenant: &str,
+        bytes: &str,
+    ) -> Result<UploadedPart, ApiError> {
+        let bytes = sluice_api::limits::decode_at_most("the part", bytes, MAX_PART)?;
+        let store = self.artifacts_of(tenant).await?;
+        tokio::task::spawn_blocking(move || {
+            let part = store.put_bytes(&bytes).map_err(store_error)?;
+            Ok(UploadedPart {
+                part: part.to_string(),
+                bytes: bytes.len() as u64,
+            })
+        })
+        .await
+        .map_err(ApiError::internal)?
+    }
+
+    /// Join the tenant's `parts`, in order, into one file that must hash to `digest`, and keep
+    /// it where plugins and functions are looked up.
+    pub(in crate::service) async fn upload_join(
+        &self,
+        tenant: &str,
+        parts: Vec<String>,
+        digest: &str,
+    ) -> Result<Uploaded, ApiError> {
+        if parts.is_empty() || parts.len() > MAX_PARTS {
+            return Err(ApiError::invalid(format!(
+                "an upload joins 1 to {MAX_PARTS} parts, not {}",
+                parts.len()
+            )));
+        }
+        let want: Digest = digest
+            .parse()
+            .map_err(|e| ApiError::invalid(format!("the upload's digest: {e}")))?;
+        let parts = parts
+            .iter()
+            .map(|p| {
+                p.parse::<Digest>()
+                    .map_err(|e| ApiError::invalid(format!("part {p:?}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let store = self.artifacts_of(tenant).await?;
+        let blobs = self.engine.blobs.clone();
+        tokio::task::spawn_blocking(move || {
+            let dir = tempfile::tempdir().map_err(ApiError::internal)?;
+            let joined = dir.path().join("joined");
+            let mut out = std::fs::File::create(&joined).map_err(ApiError::internal)?;
+            let mut hasher = blake3::Hasher::new();
+            let mut total = 0usize;
+            for (n, part) in parts.iter().enumerate() {
+                // Streamed to a file, not read into memory: a part may name any of the
+                // tenant's artifacts, of any size; its size is checked once it is out.
+                let file = dir.path().join("part");
+                store.get_to_file(part, &file).map_err(|e| match e {
+                    StoreError::NotFound(_) => ApiError::not_found(format!(
+                        "part {} ({part}) is not kept (never uploaded, or collected): upload it again",
+                        n + 1
+                    )),
+                    e => store_error(e),
+                })?;
+                let len = std::fs::metadata(&file).map_err(ApiError::internal)?.len();
+                if len > MAX_PART as u64 {
+                    return Err(ApiError::invalid(format!(
+                        "part {} ({part}) is larger than a part may be ({} KiB)",
+                        n + 1,
+                        MAX_PART >> 10
+                    )));
+                }
+                let bytes = std::fs::read(&file).map_err(ApiError::internal)?;
+                total += bytes.len();
+                if total > MAX_UPLOAD {
+                    return Err(ApiError::invalid(format!(
+                        "the upload is larger than {} MiB",
+                        MAX_UPLOAD >> 20
+                    )));
+                }
+                hasher.update(&bytes);
+                out.write_all(&bytes).map_err(ApiError::internal)?;
+            }
+            drop(out);
+            let actual = Digest(*hasher.finalize().as_bytes());
+            if actual != want {
+                return Err(ApiError::invalid(format!(
+                    "the parts join into {actual}, not {want}: a part is missing, repeated or out of order"
+                )));
+            }
+            let kept = blobs.put_file(&joined).map_err(store_error)?;
+            Ok(Uploaded {
+                digest: kept.to_string(),
+                bytes: total as u64,
+            })
+        })
+        .await
+        .map_err(ApiError::internal)?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::artifacts::tenants::FixedKey;
+    use crate::bus::MemoryBus;
+    use crate::executor::Engine;
+    use crate::service::tests::{service_of, shared_edges};
+    use sluice_api::limits::{MAX_PART, MAX_PARTS, encode_upload};
+    use sluice_api::verbs::{UploadJoin, UploadPart};
+    use sluice_api::{Code, Origin, Principal};
+    use std::sync::Arc;
+
+    fn of(tenant: &str) -> Principal {
+        Principal::local(tenant, Origin::Remote)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn parts_join_into_the_file_their_digest_names_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = shared_edges(dir.path());
+        let bus: Arc<dyn crate::bus::EventBus> = Arc::new(MemoryBus::default());
+        let mut engine = Engine::for_service(&dir.path().join("a"), bus.clone(), None).unwrap();
+        engine.seal_artifacts(Arc::new(FixedKey([7; 32]))).unwrap();
+        let service = service_of(engine, bus, &shared);
+        let file: Vec<u8> = (0..MAX_PART * 2 + 1000)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        let digest = format!("blake3:{}", blake3::hash(&file).to_hex());
+        let mut parts = Vec::new();
+        for chunk in file.chunks(MAX_PART) {
+            let bytes = encode_upload(chunk);
+            let part = service
+                .call(&of("acme"), UploadPart { bytes })
+                .await
+                .unwrap();
+            assert_eq!(part.bytes, chunk.len() as u64);
+            parts.push(part.part);
+        }
+        let join = |tenant: &str, parts: Vec<String>, digest: &str| {
+            let (service, p) = (service.clone(), of(tenant));
+            let digest = digest.to_string();
+            async move { service.call(&p, UploadJoin { parts, digest }).await }
+        };
+        // Out of order, short of a part, or one part twice: refused, nothing kept.
+        for wrong in [
+            vec![parts[1].clone(), parts[0].clone(), parts[2].clone()],
+            parts[..2].to_vec(),
+            vec![
+                parts[0].clone(),
+                parts[0].clone(),
+                parts[1].clone(),
+                parts[2].clone(),
+            ],
+        ] {
+            let e = join("acme", wrong, &digest).await.unwrap_err();
+            assert_eq!(e.code, Code::Invalid, "{e:?}");
+            assert!(e.message.contains("out of order"), "{e}");
+        }
+        assert!(!service.engine.blobs.contains(&digest.parse().unwrap()));
+        // Another tenant naming ACME's parts finds none of them.
+        let e = join("globex", parts.clone(), &digest).await.unwrap_err();
+        assert_eq!(e.code, Code::NotFound, "{e:?}");
+        assert!(e.message.contains("part 1"), "{e}");
+        // In order: the file, kept where plugins and functions are looked up.
+        let joined = join("acme", parts.clone(), &digest).await.unwrap();
+        assert_eq!(
+            (joined.digest.as_str(), joined.bytes),
+            (digest.as_str(), file.len() as u64)
+        );
+        assert_eq!(
+            service
+                .engine
+                .blobs
+                .get_bytes(&digest.parse().unwrap())
+                .unwrap(),
+            file
+        );
+        // Bounds: a part over its size, before it is decoded; more parts than an upload takes.
+        let e = service
+            .call(
+                &of("acme"),
+                UploadPart {
+                    bytes: "A".repeat((MAX_PART / 3 + 1) * 4),
+                },
+            )
+            .await
+            .unwrap_err();
+        assert!(e.message.contains("larger than 512 KiB"), "{e}");
+        let e = join("acme", vec![parts[0].clone(); MAX_PARTS + 1], &digest)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, Code::Invalid, "{e:?}");
+        // A part naming a larger artifact of the tenant is refused, not read into memory.
+        let store = service.engine.artifacts_for("acme").await.unwrap();
+        let big = store.put_bytes(&vec![1u8; MAX_PART + 1]).unwrap();
+        let e = join("acme", vec![big.to_string()], &digest)
+            .await
+            .unwrap_err();
+        assert!(e.message.contains("larger than a part may be"), "{e}");
+    }
+}
