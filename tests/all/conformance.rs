@@ -10,6 +10,7 @@ use sluice_engine::queue::{MemoryQueue, WorkQueue};
 use sluice_nats::kv::NatsKv;
 use sluice_nats::queue::{NatsQueue, QueueConfig};
 use sluice_nats::store::NatsStore;
+use sluice_nats::tenant_queue::{TenantQueue, TenantQueueConfig};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -209,6 +210,117 @@ fn nats_queue_conforms() {
             .unwrap();
             queue_suite(&q, &subject, prefetch > 1).await;
         }
+    });
+}
+
+fn tenant_queue_config(stream: &str, ack_wait: Duration) -> TenantQueueConfig<'_> {
+    TenantQueueConfig {
+        stream,
+        prefix: "sluice.",
+        suffix: ".trigger.>",
+        ack_wait,
+        duplicate_window: Duration::from_secs(60),
+    }
+}
+
+/// The trigger queue on NATS, a consumer per tenant: a queue like the others, and one tenant's
+/// thousands of events in the stream do not stand in front of another tenant's event.
+#[test]
+fn nats_tenant_queue_conforms_and_takes_tenants_in_turns() {
+    let nats = NatsServer::start();
+    rt().block_on(async {
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let q = TenantQueue::open(&js, tenant_queue_config("TRIGGERS", Duration::from_secs(1)))
+            .await
+            .unwrap();
+        queue_suite(&q, "sluice.t.trigger.p", true).await;
+        drop(q);
+        js.delete_stream("TRIGGERS").await.unwrap();
+        // (A deadline long enough that nothing comes back meanwhile.)
+        let q = TenantQueue::open(&js, tenant_queue_config("TURNS", Duration::from_secs(60)))
+            .await
+            .unwrap();
+
+        // 3,000 of A's events, then one of B's.
+        for i in 0..3000 {
+            q.push("sluice.a.trigger.p", &format!("a-{i}"), b"A".to_vec())
+                .await
+                .unwrap();
+        }
+        q.push("sluice.b.trigger.p", "b-0", b"B".to_vec())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let next = || async {
+            tokio::time::timeout(Duration::from_secs(1), q.next())
+                .await
+                .ok()
+                .map(Result::unwrap)
+        };
+        // B's comes second (A's turn, then B's), none of A's settled.
+        let mut held = vec![next().await.unwrap(), next().await.unwrap()];
+        assert_eq!(
+            (held[0].payload.as_slice(), held[1].payload.as_slice()),
+            (&b"A"[..], &b"B"[..])
+        );
+        // A holds at most 64 unsettled in an engine: then nothing more of A's comes…
+        for _ in 1..64 {
+            let d = next().await.expect("A's next event");
+            assert_eq!(d.payload, b"A");
+            held.push(d);
+        }
+        assert!(next().await.is_none(), "a 65th of A's events in hand");
+        // …until one of them is done.
+        let done = held.remove(0);
+        done.ack().await.unwrap();
+        drop(done);
+        let d = next().await.expect("A's next event once one is done");
+        assert_eq!(d.payload, b"A");
+        assert_eq!(q.tenants(), ["a", "b"]);
+    });
+}
+
+/// The shared trigger consumer of earlier versions gives way: an event it had delivered and
+/// not settled comes to the tenant's consumer.
+#[test]
+fn nats_tenant_queue_replaces_the_shared_consumer() {
+    let nats = NatsServer::start();
+    rt().block_on(async {
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let shared = NatsQueue::open(
+            &js,
+            QueueConfig {
+                stream: "OLD",
+                subjects: vec!["sluice.*.trigger.>".into()],
+                consumer: "sluice-engines",
+                ack_wait: Duration::from_secs(30),
+                duplicate_window: Duration::from_secs(60),
+                prefetch: 64,
+            },
+        )
+        .await
+        .unwrap();
+        shared
+            .push("sluice.acme.trigger.web", "e-1", b"E".to_vec())
+            .await
+            .unwrap();
+        let unsettled = shared.next().await.unwrap();
+        let q = TenantQueue::open(&js, tenant_queue_config("OLD", Duration::from_secs(30)))
+            .await
+            .unwrap();
+        let stream = js.get_stream("OLD").await.unwrap();
+        assert!(stream.consumer_info("sluice-engines").await.is_err());
+        let again = tokio::time::timeout(Duration::from_secs(10), q.next())
+            .await
+            .expect("the event comes to the tenant's consumer")
+            .unwrap();
+        assert_eq!(
+            (again.subject.as_str(), again.payload.as_slice()),
+            ("sluice.acme.trigger.web", &b"E"[..])
+        );
+        drop(unsettled);
     });
 }
 

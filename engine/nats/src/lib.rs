@@ -8,7 +8,7 @@
 //!
 //! | what                | where                                            |
 //! |---------------------|--------------------------------------------------|
-//! | trigger events in   | `sluice.<tenant>.trigger.<pipeline>` → stream `SLUICE_TRIGGERS` (dedup by `Nats-Msg-Id`) |
+//! | trigger events in   | `sluice.<tenant>.trigger.<pipeline>` → stream `SLUICE_TRIGGERS` (dedup by `Nats-Msg-Id`), a consumer per tenant |
 //! | jobs                | `sluice.<tenant>.jobs` → work-queue stream `SLUICE_JOBS` |
 //! | state changes out   | `sluice.<tenant>.events.<kind>.<pipeline>` → stream `SLUICE_EVENTS` |
 //! | rejected triggers   | `sluice.<tenant>.deadletter.<pipeline>` → stream `SLUICE_DEADLETTER` |
@@ -29,10 +29,12 @@ pub mod publisher;
 pub mod queue;
 pub mod service;
 pub mod store;
+pub mod tenant_queue;
 pub mod transport;
 
 use crate::kv::NatsKv;
 use crate::queue::{NatsQueue, QueueConfig};
+use crate::tenant_queue::{TenantQueue, TenantQueueConfig};
 use anyhow::Context as _;
 use async_nats::jetstream::{self, stream};
 use std::time::Duration;
@@ -154,7 +156,7 @@ pub struct Layout {
     /// The audit trail.
     pub audit: NatsKv,
     /// Trigger events.
-    pub triggers: NatsQueue,
+    pub triggers: TenantQueue,
     /// Jobs.
     pub jobs: NatsQueue,
 }
@@ -192,17 +194,16 @@ impl Layout {
             .await
             .map_err(|e| anyhow::anyhow!("stream {name}: {e}"))?;
         }
-        let triggers = NatsQueue::open(
+        // A consumer per tenant, tenants in turns: one tenant's flood waits behind itself.
+        let triggers = TenantQueue::open(
             &js,
-            QueueConfig {
+            TenantQueueConfig {
                 stream: "SLUICE_TRIGGERS",
-                subjects: vec!["sluice.*.trigger.>".into()],
-                consumer: "sluice-engines",
+                prefix: "sluice.",
+                suffix: ".trigger.>",
                 // A trigger's delivery may hold the chain of its execution's first jobs.
                 ack_wait: timing.ack_wait,
                 duplicate_window: Duration::from_secs(3600),
-                // Its one intake takes events in hand: ask ahead.
-                prefetch: 64,
             },
         )
         .await?;

@@ -134,6 +134,65 @@ impl NatsQueue {
     }
 }
 
+/// Publish to a queue's stream, with `id` for its duplicate window; waits for the stream to
+/// have it.
+pub(crate) async fn publish(
+    js: &Context,
+    subject: &str,
+    id: &str,
+    payload: Vec<u8>,
+) -> QueueResult<()> {
+    let ack = js
+        .send_publish(
+            subject.to_string(),
+            PublishMessage::build()
+                .message_id(id)
+                .payload(payload.into()),
+        )
+        .await
+        .map_err(|e| QueueError(format!("publish to {subject}: {e}")))?;
+    ack.await
+        .map_err(|e| QueueError(format!("publish to {subject}: {e}")))?;
+    Ok(())
+}
+
+/// How long ago message `sequence` of `stream` was stored (zero if it cannot be read).
+pub(crate) async fn age_of(
+    stream: &async_nats::jetstream::stream::Stream,
+    sequence: u64,
+) -> Duration {
+    let Ok(m) = stream.get_raw_message(sequence).await else {
+        return Duration::ZERO;
+    };
+    let sent = m.time.unix_timestamp_nanos();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos() as i128;
+    Duration::from_nanos((now - sent).max(0) as u64)
+}
+
+/// A delivered message as the engine takes it.
+pub(crate) fn delivery_of(message: async_nats::jetstream::Message) -> Delivery {
+    let delivered = message.info().map(|i| i.delivered as u64).unwrap_or(1);
+    let subject = message.subject.to_string();
+    let (message, acker) = message.split();
+    // A CloudEvent in binary mode becomes the structured event the trigger path reads.
+    let binary = message.headers.as_ref().and_then(|h| {
+        sluice_engine::service::trigger::structured_from_binary(
+            h.iter()
+                .flat_map(|(name, values)| values.iter().map(move |v| (name.as_ref(), v.as_str()))),
+            &message.payload,
+        )
+    });
+    Delivery {
+        subject,
+        payload: binary.unwrap_or_else(|| message.payload.to_vec()),
+        delivered,
+        handle: std::sync::Arc::new(Handle(acker)),
+    }
+}
+
 struct Handle(Acker);
 
 impl Settle for Handle {
@@ -168,22 +227,7 @@ impl WorkQueue for NatsQueue {
         id: &'a str,
         payload: Vec<u8>,
     ) -> BoxFuture<'a, QueueResult<()>> {
-        async move {
-            let ack = self
-                .js
-                .send_publish(
-                    subject.to_string(),
-                    PublishMessage::build()
-                        .message_id(id)
-                        .payload(payload.into()),
-                )
-                .await
-                .map_err(|e| QueueError(format!("publish to {subject}: {e}")))?;
-            ack.await
-                .map_err(|e| QueueError(format!("publish to {subject}: {e}")))?;
-            Ok(())
-        }
-        .boxed()
+        publish(&self.js, subject, id, payload).boxed()
     }
 
     fn next(&self) -> BoxFuture<'_, QueueResult<Delivery>> {
@@ -192,24 +236,7 @@ impl WorkQueue for NatsQueue {
                 1 => self.fetch_one().await?,
                 _ => self.pull_ahead().await?,
             };
-            let delivered = message.info().map(|i| i.delivered as u64).unwrap_or(1);
-            let subject = message.subject.to_string();
-            let (message, acker) = message.split();
-            // A CloudEvent in binary mode becomes the structured event the trigger path reads.
-            let binary = message.headers.as_ref().and_then(|h| {
-                sluice_engine::service::trigger::structured_from_binary(
-                    h.iter().flat_map(|(name, values)| {
-                        values.iter().map(move |v| (name.as_ref(), v.as_str()))
-                    }),
-                    &message.payload,
-                )
-            });
-            Ok(Delivery {
-                subject,
-                payload: binary.unwrap_or_else(|| message.payload.to_vec()),
-                delivered,
-                handle: std::sync::Arc::new(Handle(acker)),
-            })
+            Ok(delivery_of(message))
         }
         .boxed()
     }
@@ -229,17 +256,10 @@ impl WorkQueue for NatsQueue {
                 .await
                 .map_err(|e| QueueError(format!("consumer info: {e}")))?;
             let (waiting, next) = (info.num_pending, info.delivered.stream_sequence + 1);
-            let mut oldest = Duration::ZERO;
-            if waiting > 0
-                && let Ok(m) = self.stream.get_raw_message(next).await
-            {
-                let sent = m.time.unix_timestamp_nanos();
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_nanos() as i128;
-                oldest = Duration::from_nanos((now - sent).max(0) as u64);
-            }
+            let oldest = match waiting {
+                0 => Duration::ZERO,
+                _ => age_of(&self.stream, next).await,
+            };
             Ok(Depth { waiting, oldest })
         }
         .boxed()

@@ -68,6 +68,10 @@ pub struct BenchArgs {
     /// many executions queued (embedded service; with --nats, one engine on that NATS).
     #[arg(long, value_name = "N")]
     pub fairness: Option<usize>,
+    /// How tenant A floods in --fairness: through the API's `start` (`starts`), or trigger
+    /// events published straight to NATS (`published`, with --nats), as a webhook relay would.
+    #[arg(long, value_enum, default_value = "starts", requires = "fairness")]
+    pub flood: fairness::Flood,
     /// Only run one measure for this many seconds (`a`, `a2`, `b`, `b'`; `hit` with --cache), to
     /// profile it with `perf`.
     #[arg(long, hide = true, num_args = 2, value_names = ["MEASURE", "SECONDS"])]
@@ -94,7 +98,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if let Some(n) = args.fairness {
-        fairness::run(n, args.nats.as_deref()).await?;
+        fairness::run(n, args.nats.as_deref(), args.flood).await?;
         return Ok(ExitCode::SUCCESS);
     }
     if let (Some(url), Some(n)) = (&args.nats, args.engine_processes) {

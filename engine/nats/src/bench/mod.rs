@@ -271,3 +271,36 @@ pub async fn run(url: &str, samples: usize, burst_size: usize) -> anyhow::Result
     );
     Ok(())
 }
+
+/// Publish `n` trigger events (ids `flood-{round}-{i}`) straight to `subject`, 256
+/// acknowledgements awaited at once, as a webhook relay would; then wait until the engines have
+/// taken every one off the triggers stream (`sluice bench --fairness N --flood published`).
+pub async fn publish_triggers(
+    url: &str,
+    subject: &str,
+    n: usize,
+    round: &str,
+) -> anyhow::Result<()> {
+    use futures_util::StreamExt;
+    let js = async_nats::jetstream::new(crate::connect_client(url).await?);
+    let acks: Vec<anyhow::Result<()>> = futures_util::stream::iter(0..n)
+        .map(|i| {
+            let (js, subject) = (js.clone(), subject.to_string());
+            let body = format!(r#"{{"id": "flood-{round}-{i}"}}"#);
+            async move {
+                js.publish(subject, body.into()).await?.await?;
+                Ok(())
+            }
+        })
+        .buffer_unordered(256)
+        .collect()
+        .await;
+    for r in acks {
+        r?;
+    }
+    let mut stream = js.get_stream("SLUICE_TRIGGERS").await?;
+    while stream.info().await?.state.messages > 0 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
