@@ -164,6 +164,13 @@ impl TenantQueue {
     }
 }
 
+impl Drop for TenantQueue {
+    /// The pulling tasks hold the queue's insides: stop them with it.
+    fn drop(&mut self) {
+        self.inner.pulling.lock().unwrap().clear();
+    }
+}
+
 /// The consumer of `tenant`'s events (a name a consumer may have, whatever the tenant).
 fn consumer_name(tenant: &str) -> String {
     format!("tenant-{}", &blake3::hash(tenant.as_bytes()).to_hex()[..24])
