@@ -27,13 +27,15 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 /// A tenant's events held by this engine at once, at most: pulled and waiting for their turn
 /// here, or handed out and not yet settled (so one tenant's events never fill the intake's
-/// hand, and another's is taken as soon as it arrives).
+/// hand, and another's is taken as soon as it arrives). Room is taken before a pull asks the
+/// server for events, so none waits in the client's buffer, where nobody reports progress.
 const AHEAD: usize = 64;
 /// How often the stream's subjects are read for tenants with events.
 const SCAN: Duration = Duration::from_secs(1);
 /// Subjects read per scan, at most.
 const SCAN_SUBJECTS: usize = 10_000;
-/// Tenants an engine pulls for at once, at most (each one pull request kept at the server).
+/// Tenants an engine pulls for at once, at most (each one pull request kept at the server);
+/// past it, the one whose last event is oldest and that holds none stops, for the newcomer.
 pub const MAX_TENANTS: usize = 4096;
 /// A tenant's pulling stops after this long without an event (until then each tenant costs an
 /// engine one pull request renewed every 30 s, and a heartbeat every 5 s).
@@ -60,6 +62,7 @@ pub struct TenantQueueConfig<'a> {
 /// A work-queue stream read through one consumer per tenant, tenants in turns.
 pub struct TenantQueue {
     inner: Arc<Inner>,
+    /// Looks for tenants, and keeps the events waiting here.
     _scan: AbortOnDrop,
 }
 
@@ -80,7 +83,24 @@ struct Inner {
     ready: Mutex<Ready>,
     arrived: Notify,
     /// The tenants this engine pulls for, and their pulling tasks.
-    pulling: Mutex<HashMap<String, AbortOnDrop>>,
+    pulling: Mutex<Pulling>,
+}
+
+/// The pulling tasks, by tenant.
+#[derive(Default)]
+struct Pulling {
+    tasks: HashMap<String, Puller>,
+    /// Numbers the tasks, so that one that ends removes itself and not its successor.
+    made: u64,
+    /// The queue was dropped: no more tasks.
+    closed: bool,
+}
+
+struct Puller {
+    id: u64,
+    /// When its last event arrived (or it started).
+    last: Arc<Mutex<std::time::Instant>>,
+    _task: AbortOnDrop,
 }
 
 /// Events pulled and not yet handed out, per tenant, and whose turn is next.
@@ -125,12 +145,12 @@ impl TenantQueue {
             .map_err(|e| QueueError(format!("stream {}: {e}", config.stream)))?;
         // A work-queue stream takes filtered consumers only when none overlaps: the shared one
         // of earlier versions goes (what it had delivered and not settled comes back to the
-        // tenants' consumers).
-        if stream.consumer_info(SHARED).await.is_ok() {
-            stream
-                .delete_consumer(SHARED)
-                .await
-                .map_err(|e| QueueError(format!("consumer {SHARED}: {e}")))?;
+        // tenants' consumers). Another engine starting at the same moment may remove it first.
+        if stream.consumer_info(SHARED).await.is_ok()
+            && let Err(e) = stream.delete_consumer(SHARED).await
+            && stream.consumer_info(SHARED).await.is_ok()
+        {
+            return Err(QueueError(format!("consumer {SHARED}: {e}")));
         }
         let inner = Arc::new(Inner {
             js: js.clone(),
@@ -144,11 +164,22 @@ impl TenantQueue {
         });
         inner.scan().await;
         let scanning = inner.clone();
+        let keeping = inner.clone();
+        let every = (inner.ack_wait / 3).max(Duration::from_millis(100));
         let scan = tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(SCAN).await;
-                scanning.scan().await;
-            }
+            let scan = async {
+                loop {
+                    tokio::time::sleep(SCAN).await;
+                    scanning.scan().await;
+                }
+            };
+            let keep = async {
+                loop {
+                    tokio::time::sleep(every).await;
+                    keeping.keep_ready().await;
+                }
+            };
+            tokio::join!(scan, keep);
         });
         Ok(TenantQueue {
             inner,
@@ -158,7 +189,8 @@ impl TenantQueue {
 
     /// The tenants this engine pulls for now.
     pub fn tenants(&self) -> Vec<String> {
-        let mut t: Vec<String> = self.inner.pulling.lock().unwrap().keys().cloned().collect();
+        let pulling = self.inner.pulling.lock().unwrap();
+        let mut t: Vec<String> = pulling.tasks.keys().cloned().collect();
         t.sort();
         t
     }
@@ -167,7 +199,9 @@ impl TenantQueue {
 impl Drop for TenantQueue {
     /// The pulling tasks hold the queue's insides: stop them with it.
     fn drop(&mut self) {
-        self.inner.pulling.lock().unwrap().clear();
+        let mut pulling = self.inner.pulling.lock().unwrap();
+        pulling.closed = true;
+        pulling.tasks.clear();
     }
 }
 
@@ -205,90 +239,150 @@ impl Inner {
         }
     }
 
-    /// Pull for `tenant` (its consumer made if need be), unless this engine already does.
+    /// Pull for `tenant` (its consumer made, or brought up to date, if need be), unless this
+    /// engine already does.
     async fn ensure(self: &Arc<Self>, tenant: &str) -> QueueResult<()> {
-        {
-            let pulling = self.pulling.lock().unwrap();
-            if pulling.contains_key(tenant) {
-                return Ok(());
-            }
-            if pulling.len() >= MAX_TENANTS {
-                return Err(QueueError(format!(
-                    "this engine pulls for {MAX_TENANTS} tenants already; their events wait"
-                )));
-            }
+        if self.pulling.lock().unwrap().tasks.contains_key(tenant) {
+            return Ok(());
         }
         let name = consumer_name(tenant);
+        // Created, or updated (a changed `--ack-wait` applies to consumers made before).
         let consumer: PullConsumer = self
             .stream
-            .get_or_create_consumer(
-                &name,
-                pull::Config {
-                    durable_name: Some(name.clone()),
-                    description: Some(format!("trigger events of tenant {tenant}")),
-                    filter_subject: format!("{}{tenant}{}", self.prefix, self.suffix),
-                    ack_policy: AckPolicy::Explicit,
-                    ack_wait: self.ack_wait,
-                    max_ack_pending: 10_000,
-                    inactive_threshold: FORGOTTEN,
-                    ..Default::default()
-                },
-            )
+            .create_consumer(pull::Config {
+                durable_name: Some(name.clone()),
+                description: Some(format!("trigger events of tenant {tenant}")),
+                filter_subject: format!("{}{tenant}{}", self.prefix, self.suffix),
+                ack_policy: AckPolicy::Explicit,
+                ack_wait: self.ack_wait,
+                max_ack_pending: 10_000,
+                inactive_threshold: FORGOTTEN,
+                ..Default::default()
+            })
             .await
             .map_err(|e| QueueError(format!("consumer {name}: {e}")))?;
         let mut pulling = self.pulling.lock().unwrap();
-        if !pulling.contains_key(tenant) {
-            let task = tokio::spawn(self.clone().pull(tenant.to_string(), consumer));
-            pulling.insert(tenant.to_string(), AbortOnDrop(task));
+        if pulling.closed || pulling.tasks.contains_key(tenant) {
+            return Ok(());
         }
+        if pulling.tasks.len() >= MAX_TENANTS {
+            // The quietest tenant holding nothing makes room (its next event brings it back).
+            let ready = self.ready.lock().unwrap();
+            let quietest = pulling
+                .tasks
+                .iter()
+                .filter(|(t, _)| !ready.held.contains_key(*t))
+                .min_by_key(|(_, p)| *p.last.lock().unwrap())
+                .map(|(t, _)| t.clone());
+            drop(ready);
+            match quietest {
+                Some(t) => drop(pulling.tasks.remove(&t)),
+                None => {
+                    return Err(QueueError(format!(
+                        "this engine pulls for {MAX_TENANTS} tenants, each holding events; tenant {tenant}'s wait"
+                    )));
+                }
+            }
+        }
+        pulling.made += 1;
+        let (id, last) = (
+            pulling.made,
+            Arc::new(Mutex::new(std::time::Instant::now())),
+        );
+        let task = tokio::spawn(
+            self.clone()
+                .pull(tenant.to_string(), id, last.clone(), consumer),
+        );
+        pulling.tasks.insert(
+            tenant.to_string(),
+            Puller {
+                id,
+                last,
+                _task: AbortOnDrop(task),
+            },
+        );
         Ok(())
     }
 
     /// Pull `tenant`'s events into [`Ready`], [`AHEAD`] at most held at once (see there);
-    /// stop after [`IDLE`] without one, or when the consumer is gone (the next scan or push
-    /// starts again). A pull that fails (NATS reconnecting) is made again.
-    async fn pull(self: Arc<Self>, tenant: String, consumer: PullConsumer) {
+    /// stop after [`IDLE`] without one, or when pulls keep failing (the consumer is gone; the
+    /// next scan or push starts again). A pull that fails (NATS reconnecting) is made again.
+    async fn pull(
+        self: Arc<Self>,
+        tenant: String,
+        id: u64,
+        last: Arc<Mutex<std::time::Instant>>,
+        consumer: PullConsumer,
+    ) {
         let room = Arc::new(Semaphore::new(AHEAD));
         // Failures in a row: past a few, the consumer is taken to be gone.
         let mut failures = 0;
-        while failures < 10 {
-            let messages = consumer
-                .stream()
-                .max_messages_per_batch(AHEAD)
+        while failures < 10 && last.lock().unwrap().elapsed() < IDLE {
+            let Ok(first) = room.clone().acquire_owned().await else {
+                break;
+            };
+            let mut slots = vec![first];
+            while slots.len() < AHEAD
+                && let Ok(slot) = room.clone().try_acquire_owned()
+            {
+                slots.push(slot);
+            }
+            // Asks for as many as there is room for; it ends when they came or after 30 s.
+            let batch = consumer
+                .batch()
+                .max_messages(slots.len())
                 .expires(Duration::from_secs(30))
                 .heartbeat(Duration::from_secs(5))
                 .messages()
                 .await;
-            let mut messages = match messages {
-                Ok(m) => m,
+            let mut batch = match batch {
+                Ok(b) => b,
                 Err(e) => {
                     tracing::debug!("pulling trigger events of tenant {tenant}: {e}");
-                    break;
+                    failures += 1;
+                    tokio::time::sleep(Duration::from_millis(100 * failures)).await;
+                    continue;
                 }
             };
-            let failed = loop {
-                let Ok(permit) = room.clone().acquire_owned().await else {
-                    break false;
-                };
-                match tokio::time::timeout(IDLE, messages.next()).await {
-                    Err(_) | Ok(None) => break false,
-                    Ok(Some(Err(e))) => {
-                        tracing::debug!("pulling trigger events of tenant {tenant}: {e}");
-                        break true;
-                    }
-                    Ok(Some(Ok(message))) => {
+            while let Some(message) = batch.next().await {
+                match message {
+                    Ok(message) => {
                         failures = 0;
-                        self.arrive(&tenant, delivery_of(message), permit)
+                        *last.lock().unwrap() = std::time::Instant::now();
+                        let Some(slot) = slots.pop() else { break };
+                        self.arrive(&tenant, delivery_of(message), slot);
+                    }
+                    Err(e) => {
+                        tracing::debug!("pulling trigger events of tenant {tenant}: {e}");
+                        failures += 1;
+                        tokio::time::sleep(Duration::from_millis(100 * failures)).await;
+                        break;
                     }
                 }
-            };
-            if !failed {
-                break;
             }
-            failures += 1;
-            tokio::time::sleep(Duration::from_millis(100 * failures)).await;
         }
-        self.pulling.lock().unwrap().remove(&tenant);
+        let mut pulling = self.pulling.lock().unwrap();
+        if pulling.tasks.get(&tenant).is_some_and(|p| p.id == id) {
+            // Its own entry: dropping it aborts this task, which ends here anyway.
+            pulling.tasks.remove(&tenant);
+        }
+    }
+
+    /// Report progress on the events pulled and waiting here for their tenant's turn, so that
+    /// a long wait (the intake's hand full) does not have them delivered again elsewhere.
+    async fn keep_ready(&self) {
+        let handles: Vec<Arc<dyn Settle>> = {
+            let ready = self.ready.lock().unwrap();
+            ready
+                .held
+                .values()
+                .flatten()
+                .map(|d| d.handle.clone())
+                .collect()
+        };
+        for handle in handles {
+            let _ = handle.progress().await;
+        }
     }
 
     fn arrive(&self, tenant: &str, delivery: Delivery, room: OwnedSemaphorePermit) {
@@ -334,9 +428,12 @@ impl WorkQueue for TenantQueue {
         payload: Vec<u8>,
     ) -> BoxFuture<'a, QueueResult<()>> {
         async move {
-            // Pulled for before it is out, so that it is taken as soon as it is stored.
-            if let Some(tenant) = self.inner.tenant_of(subject) {
-                self.inner.ensure(tenant).await?;
+            // Pulled for before it is out, so that it is taken as soon as it is stored (if that
+            // fails, the next scan finds it).
+            if let Some(tenant) = self.inner.tenant_of(subject)
+                && let Err(e) = self.inner.ensure(tenant).await
+            {
+                tracing::warn!("trigger events of tenant {tenant}: {e}");
             }
             publish(&self.inner.js, subject, id, payload).await
         }
@@ -384,7 +481,7 @@ impl WorkQueue for TenantQueue {
                 .map_err(|e| QueueError(format!("stream info: {e}")))?
                 .state
                 .clone();
-            let oldest = match state.messages {
+            let oldest = match waiting {
                 0 => Duration::ZERO,
                 _ => age_of(&stream, state.first_sequence).await,
             };

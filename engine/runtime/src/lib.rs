@@ -450,6 +450,14 @@ impl Runtime {
         Ok(digest)
     }
 
+    /// Compile a component (or load it from the disk cache), whatever world it fits: whether
+    /// this engine can run it at all. Returns its digest.
+    pub fn compile(&self, bytes: &[u8]) -> anyhow::Result<Digest> {
+        let digest = Digest::of(bytes);
+        self.cache.load(&self.engine, &digest, bytes)?;
+        Ok(digest)
+    }
+
     /// Compile (or load from the disk cache) and link against this engine's imports.
     fn prelink(
         &self,

@@ -221,6 +221,19 @@ impl BlobStore for LocalStore {
         Ok(bytes)
     }
 
+    fn size_of(&self, digest: &Digest) -> Result<Option<u64>, StoreError> {
+        match fs::metadata(self.blob_path(digest)) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(StoreError::NotFound(*digest))
+            }
+            Err(e) => Err(StoreError::Io {
+                context: format!("stat {digest}"),
+                source: e,
+            }),
+        }
+    }
+
     fn verify(&self, digest: &Digest) -> Result<u64, StoreError> {
         let path = self.blob_path(digest);
         if !path.exists() {

@@ -80,6 +80,11 @@ pub trait BlobStore: Send + Sync {
     }
     /// Read a (small) blob into memory, verified.
     fn get_bytes(&self, digest: &Digest) -> Result<Vec<u8>, StoreError>;
+    /// The blob's size in bytes, as the store records it (not verified), where the store can
+    /// tell without reading the blob; `None` where it cannot.
+    fn size_of(&self, _digest: &Digest) -> Result<Option<u64>, StoreError> {
+        Ok(None)
+    }
     /// Re-hash a stored blob and report corruption.
     fn verify(&self, digest: &Digest) -> Result<u64, StoreError>;
     /// Whether the blob is present (not verified).

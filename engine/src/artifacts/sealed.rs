@@ -625,6 +625,11 @@ impl BlobStore for SealedStore {
         self.open_into(address, &mut Ok)
     }
 
+    fn size_of(&self, address: &Digest) -> Result<Option<u64>, StoreError> {
+        self.sealed(address)
+            .map(|(_, trailer, _)| Some(trailer.len))
+    }
+
     fn contains(&self, address: &Digest) -> bool {
         self.objects.has_sealed(&self.ns, address)
     }

@@ -5,7 +5,8 @@
 //! Stateless across engines: each part is kept in the tenant's artifact store (so it counts
 //! against the tenant's quota, and the collector removes it once nothing names it), and the
 //! join, on whichever engine takes it, reads the parts back, checks the whole against the digest
-//! the client computed, and keeps the file where plugins and functions are looked up.
+//! the client computed, checks that it is a component the engines can compile, and keeps it
+//! where plugins and functions are looked up.
 use crate::artifacts::{Digest, StoreError};
 use sluice_api::limits::{MAX_PART, MAX_PARTS, MAX_UPLOAD};
 use sluice_api::verbs::{Uploaded, UploadedPart};
@@ -65,6 +66,7 @@ impl crate::service::Service {
             .collect::<Result<Vec<_>, _>>()?;
         let store = self.artifacts_of(tenant).await?;
         let blobs = self.engine.blobs.clone();
+        let runtime = self.engine.registry.runtime().clone();
         tokio::task::spawn_blocking(move || {
             let dir = tempfile::tempdir().map_err(ApiError::internal)?;
             let joined = dir.path().join("joined");
@@ -72,23 +74,30 @@ impl crate::service::Service {
             let mut hasher = blake3::Hasher::new();
             let mut total = 0usize;
             for (n, part) in parts.iter().enumerate() {
-                // Streamed to a file, not read into memory: a part may name any of the
-                // tenant's artifacts, of any size; its size is checked once it is out.
-                let file = dir.path().join("part");
-                store.get_to_file(part, &file).map_err(|e| match e {
+                // A part may name any of the tenant's artifacts, of any size: its recorded
+                // size is checked before it is read, and what is read is checked again.
+                let missing = |e| match e {
                     StoreError::NotFound(_) => ApiError::not_found(format!(
                         "part {} ({part}) is not kept (never uploaded, or collected): upload it again",
                         n + 1
                     )),
                     e => store_error(e),
-                })?;
-                let len = std::fs::metadata(&file).map_err(ApiError::internal)?.len();
-                if len > MAX_PART as u64 {
-                    return Err(ApiError::invalid(format!(
+                };
+                let too_large = || {
+                    ApiError::invalid(format!(
                         "part {} ({part}) is larger than a part may be ({} KiB)",
                         n + 1,
                         MAX_PART >> 10
-                    )));
+                    ))
+                };
+                if store.size_of(part).map_err(missing)? > Some(MAX_PART as u64) {
+                    return Err(too_large());
+                }
+                let file = dir.path().join("part");
+                store.get_to_file(part, &file).map_err(missing)?;
+                let len = std::fs::metadata(&file).map_err(ApiError::internal)?.len();
+                if len > MAX_PART as u64 {
+                    return Err(too_large());
                 }
                 let bytes = std::fs::read(&file).map_err(ApiError::internal)?;
                 total += bytes.len();
@@ -108,7 +117,20 @@ impl crate::service::Service {
                     "the parts join into {actual}, not {want}: a part is missing, repeated or out of order"
                 )));
             }
-            let kept = blobs.put_file(&joined).map_err(store_error)?;
+            // Only what the engines can run goes where every tenant's plugins are kept: a
+            // component that compiles (compiled here once, into the compile cache).
+            let bytes = std::fs::read(&joined).map_err(ApiError::internal)?;
+            if !crate::plugins::is_binary_wasm(&bytes) {
+                return Err(ApiError::invalid(
+                    "the upload is not a binary WebAssembly component (it does not start with \\0asm)",
+                ));
+            }
+            runtime.compile(&bytes).map_err(|e| {
+                ApiError::invalid(format!(
+                    "the upload is not a component this engine can compile: {e:#}"
+                ))
+            })?;
+            let kept = blobs.put_bytes(&bytes).map_err(store_error)?;
             Ok(Uploaded {
                 digest: kept.to_string(),
                 bytes: total as u64,
@@ -134,6 +156,46 @@ mod tests {
         Principal::local(tenant, Origin::Remote)
     }
 
+    /// A real component made larger than two parts: the no-op plugin with a custom section
+    /// appended (a component may carry custom sections between its sections).
+    fn padded_component() -> Vec<u8> {
+        let mut bytes = crate::plugins::builtin::find("noop", 1).unwrap().to_vec();
+        let leb = |mut n: usize| {
+            let mut out = Vec::new();
+            loop {
+                let byte = (n & 0x7f) as u8;
+                n >>= 7;
+                if n == 0 {
+                    out.push(byte);
+                    return out;
+                }
+                out.push(byte | 0x80);
+            }
+        };
+        let mut body = leb(7);
+        body.extend_from_slice(b"padding");
+        body.extend((0..MAX_PART * 2).map(|i| (i * 7 % 251) as u8));
+        bytes.push(0);
+        bytes.extend(leb(body.len()));
+        bytes.extend(body);
+        bytes
+    }
+
+    /// Upload `file` in parts as `tenant`; the parts' names.
+    async fn parts_of(service: &crate::service::Service, tenant: &str, file: &[u8]) -> Vec<String> {
+        let mut parts = Vec::new();
+        for chunk in file.chunks(MAX_PART) {
+            let bytes = encode_upload(chunk);
+            let part = service
+                .call(&of(tenant), UploadPart { bytes })
+                .await
+                .unwrap();
+            assert_eq!(part.bytes, chunk.len() as u64);
+            parts.push(part.part);
+        }
+        parts
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn parts_join_into_the_file_their_digest_names_and_nothing_else() {
         let dir = tempfile::tempdir().unwrap();
@@ -142,20 +204,10 @@ mod tests {
         let mut engine = Engine::for_service(&dir.path().join("a"), bus.clone(), None).unwrap();
         engine.seal_artifacts(Arc::new(FixedKey([7; 32]))).unwrap();
         let service = service_of(engine, bus, &shared);
-        let file: Vec<u8> = (0..MAX_PART * 2 + 1000)
-            .map(|i| (i * 7 % 251) as u8)
-            .collect();
+        let file = padded_component();
         let digest = format!("blake3:{}", blake3::hash(&file).to_hex());
-        let mut parts = Vec::new();
-        for chunk in file.chunks(MAX_PART) {
-            let bytes = encode_upload(chunk);
-            let part = service
-                .call(&of("acme"), UploadPart { bytes })
-                .await
-                .unwrap();
-            assert_eq!(part.bytes, chunk.len() as u64);
-            parts.push(part.part);
-        }
+        let parts = parts_of(&service, "acme", &file).await;
+        assert_eq!(parts.len(), 3);
         let join = |tenant: &str, parts: Vec<String>, digest: &str| {
             let (service, p) = (service.clone(), of(tenant));
             let digest = digest.to_string();
@@ -210,12 +262,32 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(e.code, Code::Invalid, "{e:?}");
-        // A part naming a larger artifact of the tenant is refused, not read into memory.
+        // A part naming a larger artifact of the tenant is refused, before it is read.
         let store = service.engine.artifacts_for("acme").await.unwrap();
         let big = store.put_bytes(&vec![1u8; MAX_PART + 1]).unwrap();
         let e = join("acme", vec![big.to_string()], &digest)
             .await
             .unwrap_err();
         assert!(e.message.contains("larger than a part may be"), "{e}");
+        // What the engines could not run is not kept where plugins are: not WebAssembly, or
+        // WebAssembly that does not compile (the no-op plugin cut short).
+        let noop = crate::plugins::builtin::find("noop", 1).unwrap();
+        for (bytes, says) in [
+            (
+                &b"just some bytes"[..],
+                "not a binary WebAssembly component",
+            ),
+            (
+                &noop[..noop.len() / 2],
+                "not a component this engine can compile",
+            ),
+        ] {
+            let parts = parts_of(&service, "acme", bytes).await;
+            let digest = format!("blake3:{}", blake3::hash(bytes).to_hex());
+            let e = join("acme", parts, &digest).await.unwrap_err();
+            assert_eq!(e.code, Code::Invalid, "{e:?}");
+            assert!(e.message.contains(says), "{e}");
+            assert!(!service.engine.blobs.contains(&digest.parse().unwrap()));
+        }
     }
 }
