@@ -48,17 +48,13 @@ pub struct QueueConfig<'a> {
 impl NatsQueue {
     /// Create (or bind to) the stream and its durable consumer.
     pub async fn open(js: &Context, config: QueueConfig<'_>) -> QueueResult<Self> {
-        let stream = js
-            .get_or_create_stream(stream::Config {
-                name: config.stream.to_string(),
-                subjects: config.subjects.clone(),
-                retention: RetentionPolicy::WorkQueue,
-                duplicate_window: config.duplicate_window,
-                num_replicas: crate::replicas(),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| QueueError(format!("stream {}: {e}", config.stream)))?;
+        let stream = work_queue_stream(
+            js,
+            config.stream,
+            config.subjects.clone(),
+            config.duplicate_window,
+        )
+        .await?;
         let consumer: PullConsumer = stream
             .get_or_create_consumer(
                 config.consumer,
@@ -132,6 +128,25 @@ impl NatsQueue {
             }
         }
     }
+}
+
+/// Create (or bind to) work-queue stream `name` capturing `subjects`.
+pub(crate) async fn work_queue_stream(
+    js: &Context,
+    name: &str,
+    subjects: Vec<String>,
+    duplicate_window: Duration,
+) -> QueueResult<stream::Stream> {
+    js.get_or_create_stream(stream::Config {
+        name: name.to_string(),
+        subjects,
+        retention: RetentionPolicy::WorkQueue,
+        duplicate_window,
+        num_replicas: crate::replicas(),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| QueueError(format!("stream {name}: {e}")))
 }
 
 /// Publish to a queue's stream, with `id` for its duplicate window; waits for the stream to

@@ -13,10 +13,10 @@
 //! may wait that second. A tenant's pulling stops after [`IDLE`] without an event, and its
 //! consumer is removed by the server after [`FORGOTTEN`] without anyone pulling; both come back
 //! with the tenant's next event.
-use crate::queue::{age_of, delivery_of, publish};
+use crate::queue::{age_of, delivery_of, publish, work_queue_stream};
 use async_nats::jetstream::Context;
 use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
-use async_nats::jetstream::stream::{self, RetentionPolicy};
+use async_nats::jetstream::stream;
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt, TryStreamExt};
 use sluice_engine::queue::{Delivery, Depth, QueueError, QueueResult, Settle, WorkQueue};
@@ -132,17 +132,8 @@ impl TenantQueue {
     /// Create (or bind to) the stream, and start looking for tenants with events.
     pub async fn open(js: &Context, config: TenantQueueConfig<'_>) -> QueueResult<Self> {
         let subjects = vec![format!("{}*{}", config.prefix, config.suffix)];
-        let stream = js
-            .get_or_create_stream(stream::Config {
-                name: config.stream.to_string(),
-                subjects,
-                retention: RetentionPolicy::WorkQueue,
-                duplicate_window: config.duplicate_window,
-                num_replicas: crate::replicas(),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| QueueError(format!("stream {}: {e}", config.stream)))?;
+        let stream =
+            work_queue_stream(js, config.stream, subjects, config.duplicate_window).await?;
         // A work-queue stream takes filtered consumers only when none overlaps: the shared one
         // of earlier versions goes (what it had delivered and not settled comes back to the
         // tenants' consumers). Another engine starting at the same moment may remove it first.

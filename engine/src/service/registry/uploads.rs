@@ -11,7 +11,7 @@ use crate::artifacts::{Digest, StoreError};
 use sluice_api::limits::{MAX_PART, MAX_PARTS, MAX_UPLOAD};
 use sluice_api::verbs::{Uploaded, UploadedPart};
 use sluice_api::{ApiError, Code};
-use std::io::Write as _;
+use std::io::Read as _;
 
 fn store_error(e: StoreError) -> ApiError {
     match e {
@@ -69,10 +69,8 @@ impl crate::service::Service {
         let runtime = self.engine.registry.runtime().clone();
         tokio::task::spawn_blocking(move || {
             let dir = tempfile::tempdir().map_err(ApiError::internal)?;
-            let joined = dir.path().join("joined");
-            let mut out = std::fs::File::create(&joined).map_err(ApiError::internal)?;
-            let mut hasher = blake3::Hasher::new();
-            let mut total = 0usize;
+            // In memory: at most MAX_UPLOAD, checked part by part, and compiled from memory.
+            let mut joined = Vec::new();
             for (n, part) in parts.iter().enumerate() {
                 // A part may name any of the tenant's artifacts, of any size: its recorded
                 // size is checked before it is read, and what is read is checked again.
@@ -99,19 +97,17 @@ impl crate::service::Service {
                 if len > MAX_PART as u64 {
                     return Err(too_large());
                 }
-                let bytes = std::fs::read(&file).map_err(ApiError::internal)?;
-                total += bytes.len();
-                if total > MAX_UPLOAD {
+                if joined.len() + len as usize > MAX_UPLOAD {
                     return Err(ApiError::invalid(format!(
                         "the upload is larger than {} MiB",
                         MAX_UPLOAD >> 20
                     )));
                 }
-                hasher.update(&bytes);
-                out.write_all(&bytes).map_err(ApiError::internal)?;
+                let mut file = std::fs::File::open(&file).map_err(ApiError::internal)?;
+                file.read_to_end(&mut joined).map_err(ApiError::internal)?;
             }
-            drop(out);
-            let actual = Digest(*hasher.finalize().as_bytes());
+            let bytes = joined;
+            let actual = Digest::of(&bytes);
             if actual != want {
                 return Err(ApiError::invalid(format!(
                     "the parts join into {actual}, not {want}: a part is missing, repeated or out of order"
@@ -119,7 +115,6 @@ impl crate::service::Service {
             }
             // Only what the engines can run goes where every tenant's plugins are kept: a
             // component that compiles (compiled here once, into the compile cache).
-            let bytes = std::fs::read(&joined).map_err(ApiError::internal)?;
             if !crate::plugins::is_binary_wasm(&bytes) {
                 return Err(ApiError::invalid(
                     "the upload is not a binary WebAssembly component (it does not start with \\0asm)",
@@ -133,7 +128,7 @@ impl crate::service::Service {
             let kept = blobs.put_bytes(&bytes).map_err(store_error)?;
             Ok(Uploaded {
                 digest: kept.to_string(),
-                bytes: total as u64,
+                bytes: bytes.len() as u64,
             })
         })
         .await
