@@ -156,14 +156,15 @@ impl Service {
         }
     }
 
-    pub(in crate::service) async fn handle_job(&self, delivery: Delivery) {
+    /// Run a delivered job (and its chain); returns its tenant, if it was a job.
+    pub(in crate::service) async fn handle_job(&self, delivery: Delivery) -> Option<String> {
         self.handled.fetch_add(1, Ordering::Relaxed);
         let job: JobMessage = match serde_json::from_slice(&delivery.payload) {
             Ok(j) => j,
             Err(e) => {
                 tracing::error!("dropping a malformed job: {e}");
                 let _ = delivery.ack().await;
-                return;
+                return None;
             }
         };
         let place = self.places.occupy(&job.tenant);
@@ -184,6 +185,7 @@ impl Service {
             .await;
         drop(place);
         self.settle_delivery(&delivery, result, &lease.id).await;
+        Some(job.tenant)
     }
 
     /// Acknowledge a delivery whose work (and chain) is done, or hand it back.

@@ -274,8 +274,22 @@ impl Service {
         Ok(n)
     }
 
+    /// A job worker: takes jobs off the queue one at a time, for ever, each once the tenant
+    /// of the one before is under its share of the workers (see `places`).
     pub(in crate::service) async fn consume_jobs(&self) {
-        consume(&*self.edges.jobs, "job queue", |d| self.handle_job(d)).await
+        let mut last: Option<String> = None;
+        loop {
+            if let Some(tenant) = last.take() {
+                self.places.turn_after(&tenant).await;
+            }
+            match self.edges.jobs.next().await {
+                Ok(delivery) => last = self.handle_job(delivery).await,
+                Err(e) => {
+                    tracing::warn!("job queue: {e}; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+            }
+        }
     }
 
     /// Enter stages through their lanes before the change is written: when the lane lets the

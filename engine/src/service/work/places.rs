@@ -8,9 +8,34 @@
 //! here is now given a place of its own beyond the workers (at most as many such places as there
 //! are workers): its trigger starts a chain as on an idle engine. That is the tenants' share of
 //! the engine's workers: whoever floods it, every other tenant gets at least one place.
+//!
+//! **Shares.** A place of its own is not enough: the flooding tenant's jobs, one in every
+//! other worker, still share the two cores with it, and its chain's every step waited behind
+//! theirs (B's five-action execution took 3.7× its idle time beside A's flood of published
+//! events, against 2.0–2.7× with half the workers). So while several tenants run here, each
+//! may hold at most its share of the workers (the workers divided by the tenants running, at
+//! least one): a trigger or a chain of a tenant at its share takes no idle place (its jobs go
+//! to the queue), and a worker that has just run a job of a tenant at its share waits before it
+//! takes the next off the queue, for a place of that tenant to end or another tenant to leave
+//! (at most [`SHARE_PAUSE`]: the queue's next job may be another tenant's, and the queue, not
+//! this engine, knows). Alone, a tenant has every worker.
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How long a tenant still counts as running here after its last place ended: a tenant
+/// running short executions one after another keeps its share between them, instead of the
+/// flood taking every worker back in each gap (and its next execution waiting for the
+/// flood's chains to end).
+const RECENT: Duration = Duration::from_millis(100);
+
+/// At most this many tenants remembered in [`Places::ended`] (a bound on what grows; they
+/// are forgotten after [`RECENT`]).
+const MAX_ENDED: usize = 4096;
+
+/// The longest a worker waits for its last tenant to fall under its share.
+pub(in crate::service) const SHARE_PAUSE: Duration = Duration::from_millis(500);
 
 /// The busy places, in all and by tenant.
 #[derive(Default)]
@@ -22,6 +47,11 @@ pub(in crate::service) struct Places {
     /// Places taken beyond the workers by tenants that had none.
     own: AtomicUsize,
     by_tenant: Mutex<HashMap<String, usize>>,
+    /// When tenants running nothing here now last gave a place back: they count as running
+    /// for [`RECENT`] after.
+    ended: Mutex<HashMap<String, std::time::Instant>>,
+    /// Told whenever a place is given back.
+    given_back: tokio::sync::Notify,
 }
 
 /// A place in the busy count, given back when dropped: also when the task holding it is
@@ -55,8 +85,44 @@ impl Places {
         self.counted(tenant, false)
     }
 
-    /// An idle worker's place for `tenant`'s job run here; none when all are busy.
+    /// Whether `tenant` holds as many places as its share, other tenants running here too.
+    fn at_share(&self, tenant: &str) -> bool {
+        let by_tenant = self.by_tenant.lock().unwrap();
+        let held = by_tenant.get(tenant).copied().unwrap_or(0);
+        let mut tenants = by_tenant.len() + usize::from(held == 0);
+        // (Locked in the same order as when a place is given back.)
+        let mut ended = self.ended.lock().unwrap();
+        if !ended.is_empty() {
+            let now = std::time::Instant::now();
+            ended.retain(|t, at| now.duration_since(*at) < RECENT && !by_tenant.contains_key(t));
+            tenants += ended.keys().filter(|t| *t != tenant).count();
+        }
+        drop((ended, by_tenant));
+        tenants > 1 && held >= (self.workers.load(Ordering::Relaxed) / tenants).max(1)
+    }
+
+    /// Wait (at most [`SHARE_PAUSE`]) until `tenant`, whose job a worker has just run, is
+    /// under its share, before that worker takes the next job off the queue.
+    pub(in crate::service) async fn turn_after(&self, tenant: &str) {
+        let deadline = tokio::time::Instant::now() + SHARE_PAUSE;
+        loop {
+            let given_back = self.given_back.notified();
+            tokio::pin!(given_back);
+            given_back.as_mut().enable();
+            if !self.at_share(tenant)
+                || tokio::time::timeout_at(deadline, given_back).await.is_err()
+            {
+                return;
+            }
+        }
+    }
+
+    /// An idle worker's place for `tenant`'s job run here; none when all are busy, or when
+    /// `tenant` holds its share already.
     pub(in crate::service) fn take_idle(self: &Arc<Self>, tenant: &str) -> Option<Place> {
+        if self.at_share(tenant) {
+            return None;
+        }
         let workers = self.workers.load(Ordering::Relaxed);
         self.busy
             .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |b| {
@@ -100,8 +166,14 @@ impl Drop for Place {
             *n -= 1;
             if *n == 0 {
                 by_tenant.remove(&self.tenant);
+                let mut ended = places.ended.lock().unwrap();
+                if ended.len() < MAX_ENDED {
+                    ended.insert(self.tenant.clone(), std::time::Instant::now());
+                }
             }
         }
+        drop(by_tenant);
+        places.given_back.notify_waiters();
     }
 }
 
@@ -136,5 +208,49 @@ mod tests {
         assert_eq!(places.busy.load(Ordering::Relaxed), 0);
         assert_eq!(places.own.load(Ordering::Relaxed), 0);
         assert!(places.by_tenant.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_tenant_beside_another_holds_at_most_its_share() {
+        let places = Arc::new(Places::default());
+        places.workers.store(8, Ordering::Relaxed);
+        // Alone, A may have every worker.
+        let mut a: Vec<Place> = (0..8)
+            .map(|_| places.take_idle("a").expect("an idle worker"))
+            .collect();
+        // B comes (its own place: the workers are busy): A's share is now 8 / 2.
+        let b = places.take_idle_or_own("b").expect("B's own place");
+        a.truncate(5);
+        assert!(places.take_idle("a").is_none(), "A holds 5, its share is 4");
+        a.truncate(3);
+        assert!(places.take_idle("a").is_some(), "A holds 3");
+        assert!(places.take_idle("b").is_some(), "B is under its share");
+
+        // A worker that has just run A's job waits while A is at its share, and goes on as
+        // soon as one of A's places ends.
+        a.push(places.occupy("a"));
+        let waiting = tokio::spawn({
+            let places = places.clone();
+            async move { places.turn_after("a").await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished(), "A is at its share");
+        a.pop();
+        tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .expect("goes on once a place of A's ends")
+            .unwrap();
+
+        // B ended: for a moment it still counts (its next execution may come), then A has
+        // every worker again.
+        drop(b);
+        a.extend((0..2).map(|_| places.occupy("a")));
+        assert!(places.take_idle("a").is_none(), "B ran a moment ago");
+        std::thread::sleep(RECENT);
+        assert!(places.take_idle("a").is_some(), "A alone again");
+        // The same wait, with nobody else running, does not wait.
+        tokio::time::timeout(Duration::from_millis(5), places.turn_after("a"))
+            .await
+            .expect("alone, no wait");
     }
 }
