@@ -1024,6 +1024,37 @@ fn a_tenant_account_uploads_its_plugins_and_functions_through_the_api() {
     );
     let joined: Value = serde_json::from_str(&joined).unwrap();
     assert_eq!(joined["error"]["code"], "not_found", "{joined}");
+
+    // ACME's components are ACME's: GLOBEX naming one by digest (kept in the store every
+    // engine shares) is told what it would be told of a digest nobody uploaded.
+    let acmes = f
+        .stdout
+        .split_whitespace()
+        .find(|w| w.starts_with("blake3:"))
+        .unwrap()
+        .to_string();
+    let nobodys = format!("blake3:{}", "ab".repeat(32));
+    let refusal = |verb: &str, body: String| {
+        let reply = crate::service::raw_request_with(
+            &at("globex", "globex-secret"),
+            &format!("sluice.globex.api.{verb}"),
+            Some(&globex_token),
+            body.as_bytes(),
+        );
+        let reply: Value = serde_json::from_str(&reply).unwrap();
+        reply["error"].to_string()
+    };
+    for verb in ["function.put", "pipeline.put"] {
+        let body = |digest: &str| match verb {
+            "function.put" => format!(r#"{{"name": "notes", "digest": "{digest}"}}"#),
+            _ => format!(
+                r#"{{"file": "p.yaml", "yaml": "name: p\nstages:\n  - name: S\n    actions:\n      - {{ name: A, uses: {digest} }}\n"}}"#
+            ),
+        };
+        let (theirs, nobody) = (refusal(verb, body(&acmes)), refusal(verb, body(&nobodys)));
+        assert!(theirs.contains("not one this tenant uploaded"), "{verb}: {theirs}");
+        assert_eq!(theirs.replace(&acmes, "D"), nobody.replace(&nobodys, "D"), "{verb}");
+    }
 }
 
 /// Two tenants whose pipelines write the same file: each gets its own artifact address, the

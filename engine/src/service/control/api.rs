@@ -273,6 +273,35 @@ impl Service {
                 ApiError::invalid(format!("`pipeline.put`: plugin file {path}: {e}"))
             })?;
         }
+        // Components named by digest, by the client's file list or the YAML itself, are the
+        // tenant's own (see `owned`): checked before anything is resolved, so that one the
+        // tenant does not own is refused alike whether or not the shared store holds it.
+        for (path, digest) in &plugins {
+            if sluice_core::lockfile::marketplace_reference(path).is_none() {
+                self.owned(&p.tenant, digest).await.map_err(|e| {
+                    ApiError::not_found(format!("`pipeline.put`: plugin file {path}: {}", e.message))
+                })?;
+            }
+        }
+        let mut unowned = Vec::new();
+        for (loc, digest) in pipelines::named_digests(&yaml) {
+            if let Err(e) = self.owned(&p.tenant, &digest).await {
+                if e.code != sluice_api::Code::NotFound {
+                    return Err(e);
+                }
+                unowned.push(crate::model::Diagnostic {
+                    loc,
+                    message: e.message,
+                });
+            }
+        }
+        if !unowned.is_empty() {
+            return Err(crate::model::Diagnostics {
+                file: file.clone(),
+                items: unowned,
+            }
+            .into());
+        }
         let mut plugins = plugins;
         // Marketplace plugins resolve only to what the tenant installed, whatever the client
         // sent: each `uses: NAMESPACE/NAME@MAJOR` is pinned to the installed digest.

@@ -81,7 +81,11 @@ impl Service {
         }
         let blobs = self.engine.blobs.clone();
         let runtime = self.engine.registry.runtime().clone();
-        let digest = digest.map(str::to_string);
+        // A component named by digest must be one the tenant uploaded (see `owned`).
+        let digest = match digest {
+            Some(d) if bytes.is_none() => Some(self.owned(tenant, d).await?.to_string()),
+            _ => None,
+        };
         let (digest, size) =
             tokio::task::spawn_blocking(move || -> Result<(Digest, u64), ApiError> {
                 let bytes = match (bytes, digest) {
@@ -110,6 +114,7 @@ impl Service {
             })
             .await
             .map_err(ApiError::internal)??;
+        self.own(tenant, &digest, size).await?;
         let f = StoredFunction {
             name: name.to_string(),
             digest: digest.to_string(),

@@ -48,7 +48,8 @@ impl Service {
         let bytes = match (bytes, digest) {
             (Some(b), _) => b,
             (None, Some(d)) => {
-                let d: Digest = d.parse().map_err(ApiError::invalid)?;
+                // Only a component the tenant uploaded (see `owned`).
+                let d = self.owned(tenant, d).await?;
                 tokio::task::spawn_blocking(move || blobs.get_bytes(&d))
                     .await
                     .map_err(ApiError::internal)?
@@ -98,10 +99,12 @@ impl Service {
             )));
         }
         let blobs = self.engine.blobs.clone();
-        tokio::task::spawn_blocking(move || blobs.put_bytes(&bytes))
+        let size = bytes.len() as u64;
+        let kept = tokio::task::spawn_blocking(move || blobs.put_bytes(&bytes))
             .await
             .map_err(ApiError::internal)?
             .map_err(ApiError::internal)?;
+        self.own(tenant, &kept, size).await?;
         let entry = locked.clone();
         crate::kv::modify::<Locked, _>(&*self.edges.pipelines, &key(tenant, &locked.name), |_| {
             Some(entry.clone())

@@ -1,9 +1,10 @@
 //! The registry: pipelines (`pipelines`: versions, heads), their uploaded folders (`bundles`),
-//! functions (`functions`) and files uploaded in parts (`uploads`), and each pipeline version
-//! parsed and resolved once per engine.
+//! functions (`functions`) and files uploaded in parts (`uploads`), which components each tenant
+//! may name by digest (`owned`), and each pipeline version parsed and resolved once per engine.
 pub mod bundles;
 pub mod functions;
 pub mod installed;
+pub mod owned;
 pub mod pipelines;
 pub mod uploads;
 

@@ -168,6 +168,33 @@ pub fn marketplace_uses(yaml: &str) -> Vec<String> {
     out
 }
 
+/// The components a pipeline's YAML names by digest (`uses: blake3:…` of actions and custom
+/// rules), with where; empty when it does not parse (reported when it is checked).
+pub fn named_digests(yaml: &str) -> Vec<(crate::model::Loc, String)> {
+    let (pipeline, _) = crate::model::parse::parse("", Default::default(), yaml);
+    let Some(p) = pipeline else {
+        return Vec::new();
+    };
+    let actions = p
+        .actions()
+        .filter(|(_, _, a)| a.uses.value.starts_with("blake3:"))
+        .map(|(_, _, a)| (a.uses.loc, a.uses.value.clone()));
+    let rules = p.stages.iter().flat_map(|s| {
+        let c = &s.conditions;
+        [&c.before_entry, &c.on_success, &c.on_failure]
+            .into_iter()
+            .flatten()
+            .flat_map(|c| &c.rules)
+            .filter_map(move |r| match r {
+                Rule::Custom { uses, .. } if uses.starts_with("blake3:") => {
+                    Some((s.loc, uses.clone()))
+                }
+                _ => None,
+            })
+    });
+    actions.chain(rules).collect()
+}
+
 /// Pin every marketplace `uses:` to the digest `pins` holds for it (what the tenant had
 /// installed when the pipeline was registered); one that is not installed is a problem at its
 /// line that says the fix.

@@ -67,7 +67,7 @@ impl crate::service::Service {
         let store = self.artifacts_of(tenant).await?;
         let blobs = self.engine.blobs.clone();
         let runtime = self.engine.registry.runtime().clone();
-        tokio::task::spawn_blocking(move || {
+        let uploaded = tokio::task::spawn_blocking(move || {
             let dir = tempfile::tempdir().map_err(ApiError::internal)?;
             // In memory: at most MAX_UPLOAD, checked part by part, and compiled from memory.
             let mut joined = Vec::new();
@@ -126,13 +126,16 @@ impl crate::service::Service {
                 ))
             })?;
             let kept = blobs.put_bytes(&bytes).map_err(store_error)?;
-            Ok(Uploaded {
-                digest: kept.to_string(),
-                bytes: bytes.len() as u64,
-            })
+            Ok((kept, bytes.len() as u64))
         })
         .await
-        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)??;
+        let (kept, bytes) = uploaded;
+        self.own(tenant, &kept, bytes).await?;
+        Ok(Uploaded {
+            digest: kept.to_string(),
+            bytes,
+        })
     }
 }
 

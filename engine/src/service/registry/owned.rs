@@ -1,0 +1,214 @@
+//! Which components a tenant may name by digest. Plugins and functions are kept in one store
+//! every engine shares (content-addressed: one copy of a component however many tenants use
+//! it), so a digest alone must not be enough to use a component: another tenant's private
+//! plugin, named by a digest seen in a lockfile, would run, and registering it would tell
+//! whether it exists. Each component a tenant hands over (an upload joined, a function or
+//! plugin sent with its bytes) is noted under `_components/<tenant>/<hex>` in the pipelines
+//! bucket; a registration that names a component by digest (`uses: blake3:…`, the files of
+//! `pipeline put`, `function put --digest`, an install by digest) names only the tenant's own.
+//! One it does not own gets the same answer whether or not the store holds it.
+use crate::artifacts::Digest;
+use crate::kv::get_json;
+use crate::service::Service;
+use serde::{Deserialize, Serialize};
+use sluice_api::ApiError;
+use sluice_core::scheduler::Timestamp;
+
+/// A component a tenant handed over.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Owned {
+    bytes: u64,
+    /// When it was last handed over.
+    at: Timestamp,
+}
+
+fn key(tenant: &str, digest: &Digest) -> String {
+    format!("_components/{tenant}/{}", digest.hex())
+}
+
+/// The refusal for a component the tenant does not own, the same whether or not the shared
+/// store holds it.
+pub(in crate::service) fn not_owned(digest: &str) -> ApiError {
+    ApiError::not_found(format!(
+        "component {digest} is not one this tenant uploaded: send its bytes (`sluice pipeline put FILE`, `sluice function put NAME FILE` upload them)"
+    ))
+}
+
+impl Service {
+    /// Note that `tenant` handed over the component `digest` (`bytes` long).
+    pub(in crate::service) async fn own(
+        &self,
+        tenant: &str,
+        digest: &Digest,
+        bytes: u64,
+    ) -> Result<(), ApiError> {
+        let owned = Owned {
+            bytes,
+            at: crate::clock::now(),
+        };
+        crate::kv::modify::<Owned, _>(&*self.edges.pipelines, &key(tenant, digest), |_| {
+            Some(owned.clone())
+        })
+        .await
+        .map_err(ApiError::from)?;
+        Ok(())
+    }
+
+    /// `digest` (as a client wrote it) if `tenant` handed that component over; otherwise
+    /// [`not_owned`] (also for what does not parse as a digest).
+    pub(in crate::service) async fn owned(
+        &self,
+        tenant: &str,
+        digest: &str,
+    ) -> Result<Digest, ApiError> {
+        let Ok(parsed) = digest.parse::<Digest>() else {
+            return Err(not_owned(digest));
+        };
+        match get_json::<Owned>(&*self.edges.pipelines, &key(tenant, &parsed)).await? {
+            Some(_) => Ok(parsed),
+            None => Err(not_owned(digest)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::bus::MemoryBus;
+    use crate::executor::Engine;
+    use crate::service::tests::{service_of, shared_edges};
+    use sluice_api::limits::encode_upload;
+    use sluice_api::verbs::{FunctionPut, PipelinePut, UploadJoin, UploadPart};
+    use sluice_api::{ApiError, Code, Origin, Principal};
+    use std::sync::Arc;
+
+    fn of(tenant: &str) -> Principal {
+        Principal::local(tenant, Origin::Remote)
+    }
+
+    fn pipeline(uses: &str) -> String {
+        format!("name: p\nstages:\n  - name: S\n    actions:\n      - name: A\n        uses: {uses}\n")
+    }
+
+    /// What a refusal says, with the digest it names taken out.
+    fn said(e: &ApiError, digest: &str) -> String {
+        format!("{:?} {} {}", e.code, e.message, e.problem_lines()).replace(digest, "D")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_tenant_names_by_digest_only_the_components_it_uploaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = shared_edges(dir.path());
+        let bus: Arc<dyn crate::bus::EventBus> = Arc::new(MemoryBus::default());
+        let engine = Engine::for_service(&dir.path().join("a"), bus.clone(), None).unwrap();
+        let service = service_of(engine, bus, &shared);
+        // ACME uploads a component (the no-op plugin's bytes): it is in the shared store.
+        let file = crate::plugins::builtin::find("noop", 1).unwrap().to_vec();
+        let acmes = format!("blake3:{}", blake3::hash(&file).to_hex());
+        let part = service
+            .call(&of("acme"), UploadPart { bytes: encode_upload(&file) })
+            .await
+            .unwrap()
+            .part;
+        service
+            .call(
+                &of("acme"),
+                UploadJoin {
+                    parts: vec![part],
+                    digest: acmes.clone(),
+                },
+            )
+            .await
+            .unwrap();
+        assert!(service.engine.blobs.contains(&acmes.parse().unwrap()));
+        let nobodys = format!("blake3:{}", "ab".repeat(32));
+        let put = |tenant: &str, yaml: String, plugins: Vec<(&str, &str)>| {
+            let (service, p) = (service.clone(), of(tenant));
+            let plugins = plugins
+                .into_iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect();
+            async move {
+                service
+                    .call(
+                        &p,
+                        PipelinePut {
+                            file: "p.yaml".into(),
+                            yaml,
+                            plugins,
+                            ..Default::default()
+                        },
+                    )
+                    .await
+            }
+        };
+        // ACME may name it, in the YAML or as the file it uploaded.
+        put("acme", pipeline(&acmes), vec![]).await.unwrap();
+        put("acme", pipeline("./noop.wasm"), vec![("./noop.wasm", &acmes)])
+            .await
+            .unwrap();
+
+        // GLOBEX may not, and is told the same as for a digest nobody uploaded: the line of
+        // the `uses:`, nothing about whether the store holds it.
+        for (yaml, plugins) in [
+            (pipeline("DIGEST"), vec![]),
+            (pipeline("./noop.wasm"), vec![("./noop.wasm", "DIGEST")]),
+        ] {
+            let mut refusals = Vec::new();
+            for digest in [&acmes, &nobodys] {
+                let plugins = plugins
+                    .iter()
+                    .map(|(f, d)| (*f, if *d == "DIGEST" { digest.as_str() } else { d }))
+                    .collect();
+                let e = put("globex", yaml.replace("DIGEST", digest), plugins)
+                    .await
+                    .unwrap_err();
+                refusals.push(said(&e, digest));
+            }
+            assert_eq!(refusals[0], refusals[1]);
+            assert!(refusals[0].contains("not one this tenant uploaded"), "{}", refusals[0]);
+        }
+        let e = put("globex", pipeline(&acmes), vec![]).await.unwrap_err();
+        assert_eq!(e.code, Code::Invalid);
+        assert_eq!(
+            (e.problems[0].line, e.problems[0].column),
+            (6, 15),
+            "{}",
+            e.problem_lines()
+        );
+        // Nor register it as a function.
+        let mut refusals = Vec::new();
+        for digest in [&acmes, &nobodys] {
+            let e = service
+                .call(
+                    &of("globex"),
+                    FunctionPut {
+                        name: "f".into(),
+                        bytes: None,
+                        digest: Some(digest.clone()),
+                    },
+                )
+                .await
+                .unwrap_err();
+            assert_eq!(e.code, Code::NotFound);
+            refusals.push(said(&e, digest));
+        }
+        assert_eq!(refusals[0], refusals[1]);
+        // Once GLOBEX uploads the same bytes itself, it may.
+        let part = service
+            .call(&of("globex"), UploadPart { bytes: encode_upload(&file) })
+            .await
+            .unwrap()
+            .part;
+        service
+            .call(
+                &of("globex"),
+                UploadJoin {
+                    parts: vec![part],
+                    digest: acmes.clone(),
+                },
+            )
+            .await
+            .unwrap();
+        put("globex", pipeline(&acmes), vec![]).await.unwrap();
+    }
+}
