@@ -278,8 +278,12 @@ impl Service {
         // tenant does not own is refused alike whether or not the shared store holds it.
         for (path, digest) in &plugins {
             if sluice_core::lockfile::marketplace_reference(path).is_none() {
-                self.owned(&p.tenant, digest).await.map_err(|e| {
-                    ApiError::not_found(format!("`pipeline.put`: plugin file {path}: {}", e.message))
+                self.owned(&p.tenant, digest).await.map_err(|e| match e.code {
+                    sluice_api::Code::NotFound => ApiError::not_found(format!(
+                        "`pipeline.put`: plugin file {path}: {}",
+                        e.message
+                    )),
+                    _ => e,
                 })?;
             }
         }
@@ -329,6 +333,11 @@ impl Service {
         };
         let loaded = self.check(&p.tenant, &stored).await?;
         self.check_policy(&p.tenant, &loaded).await?;
+        // Plugin files read from the client's folder or the uploaded one are the tenant's
+        // from now on: it may name them by digest later (see `owned`).
+        if stored.dir.is_some() || stored.bundle.is_some() {
+            self.own_files(&p.tenant, &loaded.plugins).await?;
+        }
         self.check_pipeline_secrets(&p.tenant, &loaded.pipeline)
             .await?;
         self.check_pipeline_quota(&p.tenant, &loaded.pipeline.name)

@@ -3,8 +3,9 @@
 //! it), so a digest alone must not be enough to use a component: another tenant's private
 //! plugin, named by a digest seen in a lockfile, would run, and registering it would tell
 //! whether it exists. Each component a tenant hands over (an upload joined, a function or
-//! plugin sent with its bytes) is noted under `_components/<tenant>/<hex>` in the pipelines
-//! bucket; a registration that names a component by digest (`uses: blake3:…`, the files of
+//! plugin sent with its bytes, a plugin file the embedded service read from the client's
+//! folder or an uploaded folder) is noted under `_components/<tenant>/<hex>` in the functions
+//! bucket (which no engine lists whole); a registration that names a component by digest (`uses: blake3:…`, the files of
 //! `pipeline put`, `function put --digest`, an install by digest) names only the tenant's own.
 //! One it does not own gets the same answer whether or not the store holds it.
 use crate::artifacts::Digest;
@@ -30,7 +31,7 @@ fn key(tenant: &str, digest: &Digest) -> String {
 /// store holds it.
 pub(in crate::service) fn not_owned(digest: &str) -> ApiError {
     ApiError::not_found(format!(
-        "component {digest} is not one this tenant uploaded: send its bytes (`sluice pipeline put FILE`, `sluice function put NAME FILE` upload them)"
+        "component {digest} is not one this tenant uploaded: name it by its file (`uses: ./plugin.wasm`; `sluice pipeline put` uploads it) or send its bytes (`sluice function put NAME FILE`)"
     ))
 }
 
@@ -46,11 +47,35 @@ impl Service {
             bytes,
             at: crate::clock::now(),
         };
-        crate::kv::modify::<Owned, _>(&*self.edges.pipelines, &key(tenant, digest), |_| {
+        crate::kv::modify::<Owned, _>(&*self.edges.functions, &key(tenant, digest), |_| {
             Some(owned.clone())
         })
         .await
         .map_err(ApiError::from)?;
+        Ok(())
+    }
+
+    /// Note as `tenant`'s the plugins of a pipeline resolved from files (by path).
+    pub(in crate::service) async fn own_files(
+        &self,
+        tenant: &str,
+        plugins: &crate::model::validate::ResolvedPlugins,
+    ) -> Result<(), ApiError> {
+        for plugin in plugins.values().flatten() {
+            if !crate::service::pipelines::is_plugin_file(&plugin.reference) {
+                continue;
+            }
+            let Ok(digest) = plugin.digest.parse::<Digest>() else {
+                continue;
+            };
+            let blobs = self.engine.blobs.clone();
+            let bytes = tokio::task::spawn_blocking(move || blobs.size_of(&digest).ok().flatten())
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or(0);
+            self.own(tenant, &digest, bytes).await?;
+        }
         Ok(())
     }
 
@@ -64,7 +89,7 @@ impl Service {
         let Ok(parsed) = digest.parse::<Digest>() else {
             return Err(not_owned(digest));
         };
-        match get_json::<Owned>(&*self.edges.pipelines, &key(tenant, &parsed)).await? {
+        match get_json::<Owned>(&*self.edges.functions, &key(tenant, &parsed)).await? {
             Some(_) => Ok(parsed),
             None => Err(not_owned(digest)),
         }
@@ -210,5 +235,36 @@ mod tests {
             .await
             .unwrap();
         put("globex", pipeline(&acmes), vec![]).await.unwrap();
+    }
+
+    /// A plugin the embedded service read from the client's folder may be named by digest
+    /// afterwards, by the same tenant only (`uses:` by path, then by digest, as locally).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_plugin_used_by_path_is_the_tenants_to_name_by_digest() {
+        use crate::service::tests::{host_user, register, remote};
+        let dir = tempfile::tempdir().unwrap();
+        let shared = shared_edges(dir.path());
+        let bus: Arc<dyn crate::bus::EventBus> = Arc::new(MemoryBus::default());
+        let engine = Engine::for_service(&dir.path().join("a"), bus.clone(), None).unwrap();
+        let service = service_of(engine, bus, &shared);
+        let file = crate::plugins::builtin::find("noop", 1).unwrap().to_vec();
+        std::fs::write(dir.path().join("mine.wasm"), &file).unwrap();
+        let digest = format!("blake3:{}", blake3::hash(&file).to_hex());
+        let by_digest = |p: Principal| {
+            let (service, yaml) = (service.clone(), pipeline(&digest));
+            async move {
+                let put = PipelinePut {
+                    file: "p.yaml".into(),
+                    yaml,
+                    ..Default::default()
+                };
+                service.call(&p, put).await
+            }
+        };
+        by_digest(remote()).await.unwrap_err();
+        register(&service, dir.path(), "p.yaml", &pipeline("./mine.wasm")).await;
+        assert_eq!(host_user().tenant, remote().tenant);
+        by_digest(remote()).await.unwrap();
+        by_digest(of("globex")).await.unwrap_err();
     }
 }

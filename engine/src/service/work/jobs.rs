@@ -157,17 +157,30 @@ impl Service {
     }
 
     /// Run a delivered job (and its chain); returns its tenant, if it was a job.
+    #[cfg(test)]
     pub(in crate::service) async fn handle_job(&self, delivery: Delivery) -> Option<String> {
+        self.handle_job_in(delivery, None).await
+    }
+
+    /// [`Service::handle_job`] by a worker whose `turn` (see `places`) ends once the job has
+    /// its place.
+    pub(in crate::service) async fn handle_job_in(
+        &self,
+        delivery: Delivery,
+        turn: Option<super::places::Turn>,
+    ) -> Option<String> {
         self.handled.fetch_add(1, Ordering::Relaxed);
         let job: JobMessage = match serde_json::from_slice(&delivery.payload) {
             Ok(j) => j,
             Err(e) => {
+                drop(turn);
                 tracing::error!("dropping a malformed job: {e}");
                 let _ = delivery.ack().await;
                 return None;
             }
         };
         let place = self.places.occupy(&job.tenant);
+        drop(turn);
         let lease = Lease {
             service: self,
             delivery: &delivery,

@@ -279,11 +279,26 @@ impl Service {
     pub(in crate::service) async fn consume_jobs(&self) {
         let mut last: Option<String> = None;
         loop {
-            if let Some(tenant) = last.take() {
-                self.places.turn_after(&tenant).await;
-            }
-            match self.edges.jobs.next().await {
-                Ok(delivery) => last = self.handle_job(delivery).await,
+            let mut turn = match last.take() {
+                Some(tenant) => Some(self.places.turn_after(&tenant).await),
+                None => None,
+            };
+            let next = self.edges.jobs.next();
+            tokio::pin!(next);
+            // A turn holds a place of its tenant's share only while a job is about to come:
+            // on a quiet queue it ends (the wait for the next job goes on).
+            let next = match turn {
+                Some(_) => tokio::select! {
+                    next = &mut next => next,
+                    _ = tokio::time::sleep(places::SHARE_PAUSE) => {
+                        turn = None;
+                        next.await
+                    }
+                },
+                None => next.await,
+            };
+            match next {
+                Ok(delivery) => last = self.handle_job_in(delivery, turn).await,
                 Err(e) => {
                     tracing::warn!("job queue: {e}; retrying");
                     tokio::time::sleep(std::time::Duration::from_millis(500)).await;

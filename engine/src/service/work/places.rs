@@ -18,7 +18,9 @@
 //! to the queue), and a worker that has just run a job of a tenant at its share waits before it
 //! takes the next off the queue, for a place of that tenant to end or another tenant to leave
 //! (at most [`SHARE_PAUSE`]: the queue's next job may be another tenant's, and the queue, not
-//! this engine, knows). Alone, a tenant has every worker.
+//! this engine, knows). The worker that goes on holds a place of the share (a [`Turn`]) until
+//! its job has one: when one place ended, every worker waiting went at once. Alone, a tenant
+//! has every worker.
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -54,6 +56,22 @@ pub(in crate::service) struct Places {
     given_back: tokio::sync::Notify,
 }
 
+/// A worker's turn at the queue (see [`Places::turn_after`]): a place of its tenant's share,
+/// kept from the moment the worker may go on until the job it takes has a place of its own.
+pub(in crate::service) struct Turn {
+    places: Arc<Places>,
+    /// The tenant whose share it holds a place of (none: the wait ran out).
+    tenant: Option<String>,
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        if let Some(tenant) = self.tenant.take() {
+            self.places.give_back(&tenant);
+        }
+    }
+}
+
 /// A place in the busy count, given back when dropped: also when the task holding it is
 /// aborted (a consumer replaced while it runs), before or during its chain, so no place leaks.
 pub(in crate::service) struct Place {
@@ -64,6 +82,30 @@ pub(in crate::service) struct Place {
 }
 
 impl Places {
+    /// The places and turns held, all tenants together.
+    #[cfg(test)]
+    pub(in crate::service) fn held(&self) -> usize {
+        self.by_tenant.lock().unwrap().values().sum()
+    }
+
+    /// One of `tenant`'s places (or turns) ends: a tenant left with none still counts as
+    /// running for [`RECENT`]; workers waiting for a share look again.
+    fn give_back(&self, tenant: &str) {
+        let mut by_tenant = self.by_tenant.lock().unwrap();
+        if let Some(n) = by_tenant.get_mut(tenant) {
+            *n -= 1;
+            if *n == 0 {
+                by_tenant.remove(tenant);
+                let mut ended = self.ended.lock().unwrap();
+                if ended.len() < MAX_ENDED {
+                    ended.insert(tenant.to_string(), std::time::Instant::now());
+                }
+            }
+        }
+        drop(by_tenant);
+        self.given_back.notify_waiters();
+    }
+
     /// A place for `tenant`, counted in `busy` already.
     fn counted(self: &Arc<Self>, tenant: &str, own: bool) -> Place {
         *self
@@ -85,34 +127,46 @@ impl Places {
         self.counted(tenant, false)
     }
 
-    /// Whether `tenant` holds as many places as its share, other tenants running here too.
-    fn at_share(&self, tenant: &str) -> bool {
-        let by_tenant = self.by_tenant.lock().unwrap();
+    /// Whether `tenant` holds as many places (or turns, see [`Turn`]) as its share, other
+    /// tenants running here too; `by_tenant` is [`Places::by_tenant`], locked.
+    fn at_share(&self, by_tenant: &HashMap<String, usize>, tenant: &str) -> bool {
         let held = by_tenant.get(tenant).copied().unwrap_or(0);
         let mut tenants = by_tenant.len() + usize::from(held == 0);
-        // (Locked in the same order as when a place is given back.)
+        // (Locked after `by_tenant`, as everywhere.)
         let mut ended = self.ended.lock().unwrap();
         if !ended.is_empty() {
             let now = std::time::Instant::now();
             ended.retain(|t, at| now.duration_since(*at) < RECENT && !by_tenant.contains_key(t));
             tenants += ended.keys().filter(|t| *t != tenant).count();
         }
-        drop((ended, by_tenant));
         tenants > 1 && held >= (self.workers.load(Ordering::Relaxed) / tenants).max(1)
     }
 
     /// Wait (at most [`SHARE_PAUSE`]) until `tenant`, whose job a worker has just run, is
-    /// under its share, before that worker takes the next job off the queue.
-    pub(in crate::service) async fn turn_after(&self, tenant: &str) {
+    /// under its share, before that worker takes the next job off the queue; the turn holds
+    /// a place of the share until that job has its own, so that the workers waiting do not all
+    /// go at once when one place ends.
+    pub(in crate::service) async fn turn_after(self: &Arc<Self>, tenant: &str) -> Turn {
         let deadline = tokio::time::Instant::now() + SHARE_PAUSE;
         loop {
             let given_back = self.given_back.notified();
             tokio::pin!(given_back);
             given_back.as_mut().enable();
-            if !self.at_share(tenant)
-                || tokio::time::timeout_at(deadline, given_back).await.is_err()
             {
-                return;
+                let mut by_tenant = self.by_tenant.lock().unwrap();
+                if !self.at_share(&by_tenant, tenant) {
+                    *by_tenant.entry(tenant.to_string()).or_default() += 1;
+                    return Turn {
+                        places: self.clone(),
+                        tenant: Some(tenant.to_string()),
+                    };
+                }
+            }
+            if tokio::time::timeout_at(deadline, given_back).await.is_err() {
+                return Turn {
+                    places: self.clone(),
+                    tenant: None,
+                };
             }
         }
     }
@@ -120,7 +174,8 @@ impl Places {
     /// An idle worker's place for `tenant`'s job run here; none when all are busy, or when
     /// `tenant` holds its share already.
     pub(in crate::service) fn take_idle(self: &Arc<Self>, tenant: &str) -> Option<Place> {
-        if self.at_share(tenant) {
+        let mut by_tenant = self.by_tenant.lock().unwrap();
+        if self.at_share(&by_tenant, tenant) {
             return None;
         }
         let workers = self.workers.load(Ordering::Relaxed);
@@ -129,7 +184,12 @@ impl Places {
                 (b < workers).then_some(b + 1)
             })
             .ok()?;
-        Some(self.counted(tenant, false))
+        *by_tenant.entry(tenant.to_string()).or_default() += 1;
+        Some(Place {
+            places: self.clone(),
+            tenant: tenant.to_string(),
+            own: false,
+        })
     }
 
     /// An idle worker's place, or, when every worker is busy and `tenant` has nothing running
@@ -161,19 +221,7 @@ impl Drop for Place {
         if self.own {
             places.own.fetch_sub(1, Ordering::AcqRel);
         }
-        let mut by_tenant = places.by_tenant.lock().unwrap();
-        if let Some(n) = by_tenant.get_mut(&self.tenant) {
-            *n -= 1;
-            if *n == 0 {
-                by_tenant.remove(&self.tenant);
-                let mut ended = places.ended.lock().unwrap();
-                if ended.len() < MAX_ENDED {
-                    ended.insert(self.tenant.clone(), std::time::Instant::now());
-                }
-            }
-        }
-        drop(by_tenant);
-        places.given_back.notify_waiters();
+        places.give_back(&self.tenant);
     }
 }
 
@@ -226,20 +274,37 @@ mod tests {
         assert!(places.take_idle("a").is_some(), "A holds 3");
         assert!(places.take_idle("b").is_some(), "B is under its share");
 
-        // A worker that has just run A's job waits while A is at its share, and goes on as
-        // soon as one of A's places ends.
+        // Two workers that have just run A's jobs wait while A is at its share; when one of
+        // A's places ends, one of them goes on (its turn holding the place), not both.
         a.push(places.occupy("a"));
-        let waiting = tokio::spawn({
+        let wait = || {
             let places = places.clone();
-            async move { places.turn_after("a").await }
-        });
+            tokio::spawn(async move { places.turn_after("a").await })
+        };
+        let (first, second) = (wait(), wait());
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(!waiting.is_finished(), "A is at its share");
+        assert!(!first.is_finished() && !second.is_finished(), "A is at its share");
         a.pop();
-        tokio::time::timeout(Duration::from_secs(1), waiting)
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            first.is_finished() != second.is_finished(),
+            "one goes on when a place of A's ends"
+        );
+        let (gone, still) = match first.is_finished() {
+            true => (first, second),
+            false => (second, first),
+        };
+        let turn = gone.await.unwrap();
+        assert!(places.take_idle("a").is_none(), "the turn holds A's place");
+        // Its job has a place of its own: the turn ends, and the other worker goes on.
+        a.push(places.occupy("a"));
+        drop(turn);
+        a.pop();
+        let other = tokio::time::timeout(Duration::from_secs(1), still)
             .await
             .expect("goes on once a place of A's ends")
             .unwrap();
+        drop(other);
 
         // B ended: for a moment it still counts (its next execution may come), then A has
         // every worker again.
@@ -252,5 +317,32 @@ mod tests {
         tokio::time::timeout(Duration::from_millis(5), places.turn_after("a"))
             .await
             .expect("alone, no wait");
+    }
+
+    /// Workers of an engine gone quiet hold no place of anyone's share: a tenant that ran
+    /// something once does not count as running here for ever after (it would shrink the
+    /// share of the next tenant to come, alone).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn workers_waiting_on_a_quiet_queue_hold_no_place() {
+        use crate::service::tests::{engine, poll_until, register, shared_edges};
+        let dir = tempfile::tempdir().unwrap();
+        let shared = shared_edges(dir.path());
+        let bus: Arc<dyn crate::bus::EventBus> = Arc::new(crate::bus::MemoryBus::default());
+        let service = engine(&dir.path().join("a"), bus, &shared);
+        tokio::spawn(service.clone().run(2));
+        let yaml = "name: two\nstages:\n  - name: One\n    actions:\n      - { name: A, uses: noop@1 }\n  - name: Two\n    actions:\n      - { name: B, uses: noop@1 }\n";
+        register(&service, dir.path(), "two.yaml", yaml).await;
+        // Not chained: the jobs go through the queue, to the workers.
+        let (id, _) = service
+            .start("default", "two", br#"{"id":"e-1"}"#, false, false)
+            .await
+            .unwrap()
+            .unwrap();
+        let exec = poll_until(&service, &id, |e| e.status.is_terminal())
+            .await
+            .expect("the execution ends");
+        assert_eq!(exec.status, crate::scheduler::Status::Succeeded);
+        tokio::time::sleep(SHARE_PAUSE + Duration::from_millis(200)).await;
+        assert_eq!(service.places.held(), 0, "a place or turn outlived its job");
     }
 }
