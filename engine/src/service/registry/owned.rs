@@ -114,6 +114,21 @@ mod tests {
         format!("name: p\nstages:\n  - name: S\n    actions:\n      - name: A\n        uses: {uses}\n")
     }
 
+    /// Upload `file` as `tenant`, in one part.
+    async fn upload(service: &crate::service::Service, tenant: &str, file: &[u8]) {
+        let part = service
+            .call(&of(tenant), UploadPart { bytes: encode_upload(file) })
+            .await
+            .unwrap()
+            .part;
+        let digest = format!("blake3:{}", blake3::hash(file).to_hex());
+        let join = UploadJoin {
+            parts: vec![part],
+            digest,
+        };
+        service.call(&of(tenant), join).await.unwrap();
+    }
+
     /// What a refusal says, with the digest it names taken out.
     fn said(e: &ApiError, digest: &str) -> String {
         format!("{:?} {} {}", e.code, e.message, e.problem_lines()).replace(digest, "D")
@@ -129,21 +144,7 @@ mod tests {
         // ACME uploads a component (the no-op plugin's bytes): it is in the shared store.
         let file = crate::plugins::builtin::find("noop", 1).unwrap().to_vec();
         let acmes = format!("blake3:{}", blake3::hash(&file).to_hex());
-        let part = service
-            .call(&of("acme"), UploadPart { bytes: encode_upload(&file) })
-            .await
-            .unwrap()
-            .part;
-        service
-            .call(
-                &of("acme"),
-                UploadJoin {
-                    parts: vec![part],
-                    digest: acmes.clone(),
-                },
-            )
-            .await
-            .unwrap();
+        upload(&service, "acme", &file).await;
         assert!(service.engine.blobs.contains(&acmes.parse().unwrap()));
         let nobodys = format!("blake3:{}", "ab".repeat(32));
         let put = |tenant: &str, yaml: String, plugins: Vec<(&str, &str)>| {
@@ -219,21 +220,7 @@ mod tests {
         }
         assert_eq!(refusals[0], refusals[1]);
         // Once GLOBEX uploads the same bytes itself, it may.
-        let part = service
-            .call(&of("globex"), UploadPart { bytes: encode_upload(&file) })
-            .await
-            .unwrap()
-            .part;
-        service
-            .call(
-                &of("globex"),
-                UploadJoin {
-                    parts: vec![part],
-                    digest: acmes.clone(),
-                },
-            )
-            .await
-            .unwrap();
+        upload(&service, "globex", &file).await;
         put("globex", pipeline(&acmes), vec![]).await.unwrap();
     }
 
