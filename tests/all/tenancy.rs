@@ -1052,8 +1052,15 @@ fn a_tenant_account_uploads_its_plugins_and_functions_through_the_api() {
             ),
         };
         let (theirs, nobody) = (refusal(verb, body(&acmes)), refusal(verb, body(&nobodys)));
-        assert!(theirs.contains("not one this tenant uploaded"), "{verb}: {theirs}");
-        assert_eq!(theirs.replace(&acmes, "D"), nobody.replace(&nobodys, "D"), "{verb}");
+        assert!(
+            theirs.contains("not one this tenant uploaded"),
+            "{verb}: {theirs}"
+        );
+        assert_eq!(
+            theirs.replace(&acmes, "D"),
+            nobody.replace(&nobodys, "D"),
+            "{verb}"
+        );
     }
 }
 

@@ -111,7 +111,9 @@ async fn start_chain(
     let service = service.clone();
     (
         id,
-        tokio::spawn(async move { service.handle_job(delivery).await; }),
+        tokio::spawn(async move {
+            service.handle_job(delivery).await;
+        }),
     )
 }
 

@@ -278,13 +278,15 @@ impl Service {
         // tenant does not own is refused alike whether or not the shared store holds it.
         for (path, digest) in &plugins {
             if sluice_core::lockfile::marketplace_reference(path).is_none() {
-                self.owned(&p.tenant, digest).await.map_err(|e| match e.code {
-                    sluice_api::Code::NotFound => ApiError::not_found(format!(
-                        "`pipeline.put`: plugin file {path}: {}",
-                        e.message
-                    )),
-                    _ => e,
-                })?;
+                self.owned(&p.tenant, digest)
+                    .await
+                    .map_err(|e| match e.code {
+                        sluice_api::Code::NotFound => ApiError::not_found(format!(
+                            "`pipeline.put`: plugin file {path}: {}",
+                            e.message
+                        )),
+                        _ => e,
+                    })?;
             }
         }
         let mut unowned = Vec::new();

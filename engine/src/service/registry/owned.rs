@@ -111,13 +111,20 @@ mod tests {
     }
 
     fn pipeline(uses: &str) -> String {
-        format!("name: p\nstages:\n  - name: S\n    actions:\n      - name: A\n        uses: {uses}\n")
+        format!(
+            "name: p\nstages:\n  - name: S\n    actions:\n      - name: A\n        uses: {uses}\n"
+        )
     }
 
     /// Upload `file` as `tenant`, in one part.
     async fn upload(service: &crate::service::Service, tenant: &str, file: &[u8]) {
         let part = service
-            .call(&of(tenant), UploadPart { bytes: encode_upload(file) })
+            .call(
+                &of(tenant),
+                UploadPart {
+                    bytes: encode_upload(file),
+                },
+            )
             .await
             .unwrap()
             .part;
@@ -169,9 +176,13 @@ mod tests {
         };
         // ACME may name it, in the YAML or as the file it uploaded.
         put("acme", pipeline(&acmes), vec![]).await.unwrap();
-        put("acme", pipeline("./noop.wasm"), vec![("./noop.wasm", &acmes)])
-            .await
-            .unwrap();
+        put(
+            "acme",
+            pipeline("./noop.wasm"),
+            vec![("./noop.wasm", &acmes)],
+        )
+        .await
+        .unwrap();
 
         // GLOBEX may not, and is told the same as for a digest nobody uploaded: the line of
         // the `uses:`, nothing about whether the store holds it.
@@ -191,7 +202,11 @@ mod tests {
                 refusals.push(said(&e, digest));
             }
             assert_eq!(refusals[0], refusals[1]);
-            assert!(refusals[0].contains("not one this tenant uploaded"), "{}", refusals[0]);
+            assert!(
+                refusals[0].contains("not one this tenant uploaded"),
+                "{}",
+                refusals[0]
+            );
         }
         let e = put("globex", pipeline(&acmes), vec![]).await.unwrap_err();
         assert_eq!(e.code, Code::Invalid);

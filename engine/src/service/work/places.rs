@@ -283,7 +283,10 @@ mod tests {
         };
         let (first, second) = (wait(), wait());
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(!first.is_finished() && !second.is_finished(), "A is at its share");
+        assert!(
+            !first.is_finished() && !second.is_finished(),
+            "A is at its share"
+        );
         a.pop();
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(
