@@ -49,6 +49,8 @@ pub(in crate::service) struct Places {
     /// Places taken beyond the workers by tenants that had none.
     own: AtomicUsize,
     by_tenant: Mutex<HashMap<String, usize>>,
+    /// Of those, the turns (see [`Turn`]); changed with `by_tenant` locked.
+    turns: Mutex<HashMap<String, usize>>,
     /// When tenants running nothing here now last gave a place back: they count as running
     /// for [`RECENT`] after.
     ended: Mutex<HashMap<String, std::time::Instant>>,
@@ -67,7 +69,7 @@ pub(in crate::service) struct Turn {
 impl Drop for Turn {
     fn drop(&mut self) {
         if let Some(tenant) = self.tenant.take() {
-            self.places.give_back(&tenant);
+            self.places.give_back(&tenant, true);
         }
     }
 }
@@ -88,10 +90,19 @@ impl Places {
         self.by_tenant.lock().unwrap().values().sum()
     }
 
-    /// One of `tenant`'s places (or turns) ends: a tenant left with none still counts as
+    /// One of `tenant`'s places (or a `turn`) ends: a tenant left with none still counts as
     /// running for [`RECENT`]; workers waiting for a share look again.
-    fn give_back(&self, tenant: &str) {
+    fn give_back(&self, tenant: &str, turn: bool) {
         let mut by_tenant = self.by_tenant.lock().unwrap();
+        if turn {
+            let mut turns = self.turns.lock().unwrap();
+            if let Some(n) = turns.get_mut(tenant) {
+                *n -= 1;
+                if *n == 0 {
+                    turns.remove(tenant);
+                }
+            }
+        }
         if let Some(n) = by_tenant.get_mut(tenant) {
             *n -= 1;
             if *n == 0 {
@@ -149,6 +160,16 @@ impl Places {
     pub(in crate::service) async fn turn_after(self: &Arc<Self>, tenant: &str) -> Turn {
         let deadline = tokio::time::Instant::now() + SHARE_PAUSE;
         loop {
+            // Look again when a place ends, or when a tenant that ran a moment ago stops
+            // counting (the share grows then too), or give up at the deadline.
+            let look_again = self
+                .ended
+                .lock()
+                .unwrap()
+                .values()
+                .min()
+                .map(|at| tokio::time::Instant::from_std(*at + RECENT))
+                .map_or(deadline, |at| at.min(deadline));
             let given_back = self.given_back.notified();
             tokio::pin!(given_back);
             given_back.as_mut().enable();
@@ -156,13 +177,23 @@ impl Places {
                 let mut by_tenant = self.by_tenant.lock().unwrap();
                 if !self.at_share(&by_tenant, tenant) {
                     *by_tenant.entry(tenant.to_string()).or_default() += 1;
+                    *self
+                        .turns
+                        .lock()
+                        .unwrap()
+                        .entry(tenant.to_string())
+                        .or_default() += 1;
                     return Turn {
                         places: self.clone(),
                         tenant: Some(tenant.to_string()),
                     };
                 }
             }
-            if tokio::time::timeout_at(deadline, given_back).await.is_err() {
+            if tokio::time::timeout_at(look_again, given_back)
+                .await
+                .is_err()
+                && look_again == deadline
+            {
                 return Turn {
                     places: self.clone(),
                     tenant: None,
@@ -198,8 +229,12 @@ impl Places {
         if let Some(place) = self.take_idle(tenant) {
             return Some(place);
         }
+        // Nothing running: places, not turns (a worker about to take a job of the tenant's
+        // may well take another's).
         let by_tenant = self.by_tenant.lock().unwrap();
-        if by_tenant.get(tenant).is_some_and(|n| *n > 0) {
+        let held = by_tenant.get(tenant).copied().unwrap_or(0);
+        let turns = self.turns.lock().unwrap().get(tenant).copied().unwrap_or(0);
+        if held > turns {
             return None;
         }
         let workers = self.workers.load(Ordering::Relaxed);
@@ -221,7 +256,7 @@ impl Drop for Place {
         if self.own {
             places.own.fetch_sub(1, Ordering::AcqRel);
         }
-        places.give_back(&self.tenant);
+        places.give_back(&self.tenant, false);
     }
 }
 
@@ -320,6 +355,24 @@ mod tests {
         tokio::time::timeout(Duration::from_millis(5), places.turn_after("a"))
             .await
             .expect("alone, no wait");
+    }
+
+    /// A worker's turn for a tenant (it may take another's job) does not count as the
+    /// tenant running something: its next start still gets a place of its own.
+    #[tokio::test]
+    async fn a_turn_alone_does_not_keep_a_tenant_from_its_own_place() {
+        let places = Arc::new(Places::default());
+        places.workers.store(2, Ordering::Relaxed);
+        let b = places.occupy("b");
+        drop(b);
+        let turn = places.turn_after("b").await;
+        let a = [places.occupy("a"), places.occupy("a")];
+        assert!(
+            places.take_idle_or_own("b").is_some(),
+            "B runs nothing, its turn aside"
+        );
+        drop((turn, a));
+        assert_eq!(places.held(), 0);
     }
 
     /// Workers of an engine gone quiet hold no place of anyone's share: a tenant that ran
