@@ -99,8 +99,7 @@ impl Service {
 #[cfg(test)]
 mod tests {
     use crate::bus::MemoryBus;
-    use crate::executor::Engine;
-    use crate::service::tests::{service_of, shared_edges};
+    use crate::service::tests::{engine, shared_edges};
     use sluice_api::limits::encode_upload;
     use sluice_api::verbs::{FunctionPut, PipelinePut, UploadJoin, UploadPart};
     use sluice_api::{ApiError, Code, Origin, Principal};
@@ -146,8 +145,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let shared = shared_edges(dir.path());
         let bus: Arc<dyn crate::bus::EventBus> = Arc::new(MemoryBus::default());
-        let engine = Engine::for_service(&dir.path().join("a"), bus.clone(), None).unwrap();
-        let service = service_of(engine, bus, &shared);
+        let service = engine(&dir.path().join("a"), bus, &shared);
         // ACME uploads a component (the no-op plugin's bytes): it is in the shared store.
         let file = crate::plugins::builtin::find("noop", 1).unwrap().to_vec();
         let acmes = format!("blake3:{}", blake3::hash(&file).to_hex());
@@ -247,8 +245,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let shared = shared_edges(dir.path());
         let bus: Arc<dyn crate::bus::EventBus> = Arc::new(MemoryBus::default());
-        let engine = Engine::for_service(&dir.path().join("a"), bus.clone(), None).unwrap();
-        let service = service_of(engine, bus, &shared);
+        let service = engine(&dir.path().join("a"), bus, &shared);
         let file = crate::plugins::builtin::find("noop", 1).unwrap().to_vec();
         std::fs::write(dir.path().join("mine.wasm"), &file).unwrap();
         let digest = format!("blake3:{}", blake3::hash(&file).to_hex());
