@@ -276,21 +276,24 @@ impl Service {
         // Components named by digest, by the client's file list or the YAML itself, are the
         // tenant's own (see `owned`): checked before anything is resolved, so that one the
         // tenant does not own is refused alike whether or not the shared store holds it.
+        // (Marketplace plugins resolve only to what the tenant installed, whatever the client
+        // sent: pinned below.)
+        let mut plugins = plugins;
+        plugins.retain(|uses, _| sluice_core::lockfile::marketplace_reference(uses).is_none());
         for (path, digest) in &plugins {
-            if sluice_core::lockfile::marketplace_reference(path).is_none() {
-                self.owned(&p.tenant, digest)
-                    .await
-                    .map_err(|e| match e.code {
-                        sluice_api::Code::NotFound => ApiError::not_found(format!(
-                            "`pipeline.put`: plugin file {path}: {}",
-                            e.message
-                        )),
-                        _ => e,
-                    })?;
-            }
+            self.owned(&p.tenant, digest)
+                .await
+                .map_err(|e| match e.code {
+                    sluice_api::Code::NotFound => ApiError::not_found(format!(
+                        "`pipeline.put`: plugin file {path}: {}",
+                        e.message
+                    )),
+                    _ => e,
+                })?;
         }
+        let named = pipelines::named(&yaml);
         let mut unowned = Vec::new();
-        for (loc, digest) in pipelines::named_digests(&yaml) {
+        for (loc, digest) in named.digests {
             if let Err(e) = self.owned(&p.tenant, &digest).await {
                 if e.code != sluice_api::Code::NotFound {
                     return Err(e);
@@ -308,11 +311,8 @@ impl Service {
             }
             .into());
         }
-        let mut plugins = plugins;
-        // Marketplace plugins resolve only to what the tenant installed, whatever the client
-        // sent: each `uses: NAMESPACE/NAME@MAJOR` is pinned to the installed digest.
-        plugins.retain(|uses, _| sluice_core::lockfile::marketplace_reference(uses).is_none());
-        for uses in crate::service::registry::pipelines::marketplace_uses(&yaml) {
+        // Each `uses: NAMESPACE/NAME@MAJOR` is pinned to the digest the tenant installed.
+        for uses in named.marketplace {
             if let Some(l) = crate::service::registry::installed::for_uses(
                 &*self.edges.pipelines,
                 &p.tenant,

@@ -150,31 +150,31 @@ fn rules(p: &Pipeline) -> impl Iterator<Item = &String> {
     })
 }
 
-/// The marketplace plugins (`uses: NAMESPACE/NAME@MAJOR`) a pipeline's YAML names; empty
-/// when it does not parse (the parse error is reported when it is checked).
-pub fn marketplace_uses(yaml: &str) -> Vec<String> {
-    let (pipeline, _) = crate::model::parse::parse("", Default::default(), yaml);
-    let mut out: Vec<String> = pipeline
-        .iter()
-        .flat_map(|p| {
-            p.actions()
-                .map(|(_, _, a)| a.uses.value.clone())
-                .collect::<Vec<_>>()
-        })
-        .filter(|u| sluice_core::lockfile::marketplace_reference(u).is_some())
-        .collect();
-    out.sort();
-    out.dedup();
-    out
+/// What a pipeline's YAML names for `pipeline.put` to check before it is resolved: the
+/// marketplace plugins (`uses: NAMESPACE/NAME@MAJOR`, sorted, once each) and the components
+/// named by digest (`uses: blake3:…` of actions and custom rules, with where). Parsed once;
+/// both empty when it does not parse (reported when it is checked).
+#[derive(Default)]
+pub struct Named {
+    /// Marketplace references.
+    pub marketplace: Vec<String>,
+    /// Digests, with where.
+    pub digests: Vec<(crate::model::Loc, String)>,
 }
 
-/// The components a pipeline's YAML names by digest (`uses: blake3:…` of actions and custom
-/// rules), with where; empty when it does not parse (reported when it is checked).
-pub fn named_digests(yaml: &str) -> Vec<(crate::model::Loc, String)> {
+/// See [`Named`].
+pub fn named(yaml: &str) -> Named {
     let (pipeline, _) = crate::model::parse::parse("", Default::default(), yaml);
     let Some(p) = pipeline else {
-        return Vec::new();
+        return Named::default();
     };
+    let mut marketplace: Vec<String> = p
+        .actions()
+        .map(|(_, _, a)| a.uses.value.clone())
+        .filter(|u| sluice_core::lockfile::marketplace_reference(u).is_some())
+        .collect();
+    marketplace.sort();
+    marketplace.dedup();
     let actions = p
         .actions()
         .filter(|(_, _, a)| a.uses.value.starts_with("blake3:"))
@@ -192,7 +192,10 @@ pub fn named_digests(yaml: &str) -> Vec<(crate::model::Loc, String)> {
                 _ => None,
             })
     });
-    actions.chain(rules).collect()
+    Named {
+        marketplace,
+        digests: actions.chain(rules).collect(),
+    }
 }
 
 /// Pin every marketplace `uses:` to the digest `pins` holds for it (what the tenant had

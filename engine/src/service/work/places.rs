@@ -48,14 +48,27 @@ pub(in crate::service) struct Places {
     pub(in crate::service) busy: AtomicUsize,
     /// Places taken beyond the workers by tenants that had none.
     own: AtomicUsize,
-    by_tenant: Mutex<HashMap<String, usize>>,
-    /// Of those, the turns (see [`Turn`]); changed with `by_tenant` locked.
-    turns: Mutex<HashMap<String, usize>>,
+    /// What each tenant holds (a tenant holding nothing has no entry).
+    by_tenant: Mutex<HashMap<String, Held>>,
     /// When tenants running nothing here now last gave a place back: they count as running
     /// for [`RECENT`] after.
     ended: Mutex<HashMap<String, std::time::Instant>>,
     /// Told whenever a place is given back.
     given_back: tokio::sync::Notify,
+}
+
+/// What a tenant holds here: places, and turns (see [`Turn`]).
+#[derive(Clone, Copy, Default)]
+struct Held {
+    places: usize,
+    turns: usize,
+}
+
+impl Held {
+    /// Places and turns, which its share bounds together.
+    fn all(self) -> usize {
+        self.places + self.turns
+    }
 }
 
 /// A worker's turn at the queue (see [`Places::turn_after`]): a place of its tenant's share,
@@ -87,25 +100,24 @@ impl Places {
     /// The places and turns held, all tenants together.
     #[cfg(test)]
     pub(in crate::service) fn held(&self) -> usize {
-        self.by_tenant.lock().unwrap().values().sum()
+        self.by_tenant
+            .lock()
+            .unwrap()
+            .values()
+            .map(|h| h.all())
+            .sum()
     }
 
     /// One of `tenant`'s places (or a `turn`) ends: a tenant left with none still counts as
     /// running for [`RECENT`]; workers waiting for a share look again.
     fn give_back(&self, tenant: &str, turn: bool) {
         let mut by_tenant = self.by_tenant.lock().unwrap();
-        if turn {
-            let mut turns = self.turns.lock().unwrap();
-            if let Some(n) = turns.get_mut(tenant) {
-                *n -= 1;
-                if *n == 0 {
-                    turns.remove(tenant);
-                }
+        if let Some(h) = by_tenant.get_mut(tenant) {
+            match turn {
+                true => h.turns -= 1,
+                false => h.places -= 1,
             }
-        }
-        if let Some(n) = by_tenant.get_mut(tenant) {
-            *n -= 1;
-            if *n == 0 {
+            if h.all() == 0 {
                 by_tenant.remove(tenant);
                 let mut ended = self.ended.lock().unwrap();
                 if ended.len() < MAX_ENDED {
@@ -119,12 +131,12 @@ impl Places {
 
     /// A place for `tenant`, counted in `busy` already.
     fn counted(self: &Arc<Self>, tenant: &str, own: bool) -> Place {
-        *self
-            .by_tenant
+        self.by_tenant
             .lock()
             .unwrap()
             .entry(tenant.to_string())
-            .or_default() += 1;
+            .or_default()
+            .places += 1;
         Place {
             places: self.clone(),
             tenant: tenant.to_string(),
@@ -140,8 +152,8 @@ impl Places {
 
     /// Whether `tenant` holds as many places (or turns, see [`Turn`]) as its share, other
     /// tenants running here too; `by_tenant` is [`Places::by_tenant`], locked.
-    fn at_share(&self, by_tenant: &HashMap<String, usize>, tenant: &str) -> bool {
-        let held = by_tenant.get(tenant).copied().unwrap_or(0);
+    fn at_share(&self, by_tenant: &HashMap<String, Held>, tenant: &str) -> bool {
+        let held = by_tenant.get(tenant).map_or(0, |h| h.all());
         let mut tenants = by_tenant.len() + usize::from(held == 0);
         // (Locked after `by_tenant`, as everywhere.)
         let mut ended = self.ended.lock().unwrap();
@@ -176,13 +188,7 @@ impl Places {
             {
                 let mut by_tenant = self.by_tenant.lock().unwrap();
                 if !self.at_share(&by_tenant, tenant) {
-                    *by_tenant.entry(tenant.to_string()).or_default() += 1;
-                    *self
-                        .turns
-                        .lock()
-                        .unwrap()
-                        .entry(tenant.to_string())
-                        .or_default() += 1;
+                    by_tenant.entry(tenant.to_string()).or_default().turns += 1;
                     return Turn {
                         places: self.clone(),
                         tenant: Some(tenant.to_string()),
@@ -215,7 +221,7 @@ impl Places {
                 (b < workers).then_some(b + 1)
             })
             .ok()?;
-        *by_tenant.entry(tenant.to_string()).or_default() += 1;
+        by_tenant.entry(tenant.to_string()).or_default().places += 1;
         Some(Place {
             places: self.clone(),
             tenant: tenant.to_string(),
@@ -232,9 +238,7 @@ impl Places {
         // Nothing running: places, not turns (a worker about to take a job of the tenant's
         // may well take another's).
         let by_tenant = self.by_tenant.lock().unwrap();
-        let held = by_tenant.get(tenant).copied().unwrap_or(0);
-        let turns = self.turns.lock().unwrap().get(tenant).copied().unwrap_or(0);
-        if held > turns {
+        if by_tenant.get(tenant).is_some_and(|h| h.places > 0) {
             return None;
         }
         let workers = self.workers.load(Ordering::Relaxed);
