@@ -414,6 +414,40 @@ fn nats_blob_store_shares_verified_blobs_between_engines() {
     });
 }
 
+/// A component nobody owns any more is removed from the shared object store (the service's
+/// `release`): engines without a copy no longer find it, and a later put of the same bytes
+/// keeps it again for all. The embedded data folder's store keeps it (it may also hold a
+/// local run's artifact with the same bytes).
+#[test]
+fn nats_blob_store_removes_a_released_component_and_keeps_it_again_when_put() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let local = LocalStore::open(dir.path().join("cas")).unwrap();
+    let kept = local.put_bytes(b"a component").unwrap();
+    assert!(!local.remove_component(&kept).unwrap());
+    assert!(local.contains(&kept));
+    rt().block_on(async {
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let a = NatsStore::open(&js, &dir.path().join("a")).await.unwrap();
+        let b = NatsStore::open(&js, &dir.path().join("b")).await.unwrap();
+        let c = NatsStore::open(&js, &dir.path().join("c")).await.unwrap();
+        tokio::task::spawn_blocking(move || {
+            let d = a.put_bytes(b"a component").unwrap();
+            assert_eq!(b.size_of(&d).unwrap(), Some(11), "from the object's info");
+            assert!(a.remove_component(&d).unwrap());
+            assert!(!a.remove_component(&d).unwrap(), "removed once");
+            assert!(!a.contains(&d) && !c.contains(&d));
+            assert!(matches!(c.get_bytes(&d), Err(StoreError::NotFound(_))));
+            assert_eq!(b.size_of(&d).unwrap(), None);
+            assert_eq!(b.put_bytes(b"a component").unwrap(), d);
+            assert_eq!(c.get_bytes(&d).unwrap(), b"a component");
+        })
+        .await
+        .unwrap();
+    });
+}
+
 /// Sealed blobs as the artifact collector sees them: listed with their namespace, size and
 /// last use; a put of content kept notes a use; removed only when unused since a time, and
 /// counted off once; a put after a removal keeps the blob again where every engine finds it

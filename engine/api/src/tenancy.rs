@@ -52,6 +52,11 @@ pub struct Quotas {
     /// kept and its action fails with `quota_exceeded`; once it is reached, starts are refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifact_bytes: Option<u64>,
+    /// Bytes of components (plugins, functions) the tenant handed over and keeps: a new one
+    /// that would pass it is refused with `quota_exceeded`. One that no registration of the
+    /// tenant names stops counting once the grace of the collector has passed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub component_bytes: Option<u64>,
 }
 
 /// A tenant.
@@ -84,6 +89,9 @@ pub struct Usage {
     /// Bytes of artifacts kept (sealed, as stored).
     #[serde(default)]
     pub artifact_bytes: u64,
+    /// Bytes of components (plugins, functions) the tenant keeps.
+    #[serde(default)]
+    pub component_bytes: u64,
     /// The quotas.
     pub quotas: Quotas,
 }

@@ -838,6 +838,11 @@ pub struct StoredPipeline {
     /// The pipeline's uploaded folder (an artifact tree's digest), see [`PipelinePut::bundle`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bundle: Option<String>,
+    /// The components of the plugin and rule files read from `dir` or `bundle` when it was
+    /// registered (`blake3:` digests): the shared store keeps them while this version is.
+    /// `None` in a record written before they were noted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub components: Option<Vec<String>>,
     /// The YAML as registered.
     pub yaml: String,
     /// When it was registered.

@@ -78,6 +78,9 @@ pub struct Rules {
     /// Bytes of artifacts kept (e.g. 50GiB).
     #[arg(long, value_name = "SIZE")]
     max_artifact_bytes: Option<String>,
+    /// Bytes of components (plugins and functions) it keeps (e.g. 1GiB).
+    #[arg(long, value_name = "SIZE")]
+    max_component_bytes: Option<String>,
 }
 
 impl Rules {
@@ -115,6 +118,12 @@ impl Rules {
                 .map(sluice_engine::model::units::parse_size)
                 .transpose()
                 .map_err(anyhow::Error::msg)?,
+            component_bytes: self
+                .max_component_bytes
+                .as_deref()
+                .map(sluice_engine::model::units::parse_size)
+                .transpose()
+                .map_err(anyhow::Error::msg)?,
         })
     }
 
@@ -132,6 +141,7 @@ impl Rules {
             || self.max_trigger_rate.is_some()
             || self.max_queued.is_some()
             || self.max_artifact_bytes.is_some()
+            || self.max_component_bytes.is_some()
     }
 }
 

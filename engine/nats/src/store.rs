@@ -226,8 +226,41 @@ impl BlobStore for NatsStore {
         self.fetch(digest)?;
         self.cache.verify(digest)
     }
+    fn size_of(&self, digest: &Digest) -> Result<Option<u64>, StoreError> {
+        // From the cached copy (a component just resolved is cached), else the object's info.
+        match self.cache.size_of(digest) {
+            Ok(Some(size)) => return Ok(Some(size)),
+            Ok(None) | Err(StoreError::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+        self.block(self.meta_of(&digest.hex()))
+            .map(|found| {
+                found
+                    .filter(|(info, _)| !info.deleted)
+                    .map(|(info, _)| info.size as u64)
+            })
+            .map_err(remote("read an object's info"))
+    }
     fn contains(&self, digest: &Digest) -> bool {
         self.cache.contains(digest) || self.block(self.present(&digest.hex()))
+    }
+    fn remove_component(&self, digest: &Digest) -> Result<bool, StoreError> {
+        let name = digest.hex();
+        let removed = self.block(async {
+            if !self.present(&name).await {
+                return Ok(false);
+            }
+            self.objects
+                .delete(&name)
+                .await
+                .map(|_| true)
+                .map_err(|e| e.to_string())
+        });
+        let removed = removed.map_err(remote("remove a component"))?;
+        // This engine's copy too; other engines' copies stay until they are restarted with a
+        // fresh cache (they serve what they hold, and a later put uploads the object again).
+        let _ = std::fs::remove_file(self.cache.blob_path(digest));
+        Ok(removed)
     }
     fn discard_corrupted(&self, digest: &Digest) -> Result<bool, StoreError> {
         // The cached copy, then the shared one (a fetch of a corrupted object removes it).

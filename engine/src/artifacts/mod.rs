@@ -94,6 +94,14 @@ pub trait BlobStore: Send + Sync {
     fn touch(&self, digest: &Digest) -> Result<bool, StoreError> {
         Ok(self.contains(digest))
     }
+    /// Remove a component (a plugin or function nobody owns any more, see the service's
+    /// `release`) from a store where blobs are only components; `false` where it was not
+    /// there, or where the store also keeps other blobs (the embedded data folder's store
+    /// holds local runs' plain artifacts too, which may share its bytes): there it stays.
+    fn remove_component(&self, digest: &Digest) -> Result<bool, StoreError> {
+        let _ = digest;
+        Ok(false)
+    }
     /// Remove the stored blob `digest` if its bytes no longer hash to it, so the next put
     /// of its content stores it again; `true` if it was removed.
     fn discard_corrupted(&self, digest: &Digest) -> Result<bool, StoreError>;

@@ -175,6 +175,25 @@ impl Service {
             return;
         }
         *last = Some(std::time::Instant::now());
+        // First the versions and components nothing needs: the folders of the versions that
+        // go are collected with the artifacts right after.
+        match self.release_unused().await {
+            Ok(r) => {
+                if r.versions + r.components + r.removed > 0 {
+                    tracing::info!(
+                        versions = r.versions,
+                        components = r.components,
+                        bytes = r.bytes,
+                        removed = r.removed,
+                        "pipeline versions and components nothing names any more released"
+                    );
+                }
+                for (tenant, why) in &r.unknown {
+                    tracing::warn!(tenant = %tenant, "the tenant's components stay as they are: {why}");
+                }
+            }
+            Err(e) => tracing::warn!("releasing unused components failed (tried again later): {e}"),
+        }
         match self.collect_artifacts().await {
             Ok(sweep) => {
                 for (tenant, c) in sweep.done.iter().filter(|(_, c)| c.removed > 0) {

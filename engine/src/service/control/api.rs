@@ -330,6 +330,7 @@ impl Service {
             dir,
             plugins,
             bundle,
+            components: Some(Vec::new()),
             yaml,
             registered_at: crate::clock::now(),
         };
@@ -337,9 +338,11 @@ impl Service {
         self.check_policy(&p.tenant, &loaded).await?;
         // Plugin files read from the client's folder or the uploaded one are the tenant's
         // from now on: it may name them by digest later (see `owned`).
-        if stored.dir.is_some() || stored.bundle.is_some() {
-            self.own_files(&p.tenant, &loaded.plugins).await?;
-        }
+        let components = if stored.dir.is_some() || stored.bundle.is_some() {
+            self.own_files(&p.tenant, &loaded.plugins).await?
+        } else {
+            Vec::new()
+        };
         self.check_pipeline_secrets(&p.tenant, &loaded.pipeline)
             .await?;
         self.check_pipeline_quota(&p.tenant, &loaded.pipeline.name)
@@ -360,6 +363,7 @@ impl Service {
         }
         let stored = StoredPipeline {
             name: loaded.pipeline.name.clone(),
+            components: Some(components),
             ..stored
         };
         let name = stored.name.clone();

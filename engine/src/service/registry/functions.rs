@@ -86,8 +86,9 @@ impl Service {
             Some(d) if bytes.is_none() => Some(self.owned(tenant, d).await?.to_string()),
             _ => None,
         };
-        let (digest, size) =
-            tokio::task::spawn_blocking(move || -> Result<(Digest, u64), ApiError> {
+        let blobs_for_put = blobs.clone();
+        let (digest, bytes) =
+            tokio::task::spawn_blocking(move || -> Result<(Digest, Vec<u8>), ApiError> {
                 let bytes = match (bytes, digest) {
                     (Some(b), _) => b,
                     (None, Some(d)) => blobs
@@ -109,12 +110,17 @@ impl Service {
                 let digest = runtime
                     .load_function(&bytes)
                     .map_err(|e| ApiError::invalid(format!("{e:#}")))?;
-                blobs.put_bytes(&bytes).map_err(ApiError::internal)?;
-                Ok((digest, bytes.len() as u64))
+                Ok((digest, bytes))
             })
             .await
             .map_err(ApiError::internal)??;
+        let size = bytes.len() as u64;
+        // Owned (within the tenant's quota) before it is stored: see `owned`.
         self.own(tenant, &digest, size).await?;
+        tokio::task::spawn_blocking(move || blobs_for_put.put_bytes(&bytes))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(ApiError::internal)?;
         let f = StoredFunction {
             name: name.to_string(),
             digest: digest.to_string(),

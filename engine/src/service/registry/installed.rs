@@ -99,12 +99,12 @@ impl Service {
             )));
         }
         let blobs = self.engine.blobs.clone();
-        let size = bytes.len() as u64;
-        let kept = tokio::task::spawn_blocking(move || blobs.put_bytes(&bytes))
+        // Owned (within the tenant's quota) before it is stored: see `owned`.
+        self.own(tenant, &expected, bytes.len() as u64).await?;
+        tokio::task::spawn_blocking(move || blobs.put_bytes(&bytes))
             .await
             .map_err(ApiError::internal)?
             .map_err(ApiError::internal)?;
-        self.own(tenant, &kept, size).await?;
         let entry = locked.clone();
         crate::kv::modify::<Locked, _>(&*self.edges.pipelines, &key(tenant, &locked.name), |_| {
             Some(entry.clone())

@@ -1,11 +1,13 @@
 //! The registry: pipelines (`pipelines`: versions, heads), their uploaded folders (`bundles`),
 //! functions (`functions`) and files uploaded in parts (`uploads`), which components each tenant
-//! may name by digest (`owned`), and each pipeline version parsed and resolved once per engine.
+//! may name by digest (`owned`), what no registration needs any more (`release`), and each
+//! pipeline version parsed and resolved once per engine.
 pub mod bundles;
 pub mod functions;
 pub mod installed;
 pub mod owned;
 pub mod pipelines;
+pub mod release;
 pub mod uploads;
 
 use super::*;

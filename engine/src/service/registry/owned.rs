@@ -8,6 +8,10 @@
 //! bucket (which no engine lists whole); a registration that names a component by digest (`uses: blake3:…`, the files of
 //! `pipeline put`, `function put --digest`, an install by digest) names only the tenant's own.
 //! One it does not own gets the same answer whether or not the store holds it.
+//!
+//! The ledger is also what bounds the store: a tenant's components count against its
+//! `component_bytes` quota, and the collector (see `release`) releases those no registration
+//! of the tenant names any more, then removes from the shared store what nobody owns.
 use crate::artifacts::Digest;
 use crate::kv::get_json;
 use crate::service::Service;
@@ -17,14 +21,20 @@ use sluice_core::scheduler::Timestamp;
 
 /// A component a tenant handed over.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-struct Owned {
-    bytes: u64,
+pub(in crate::service) struct Owned {
+    pub bytes: u64,
     /// When it was last handed over.
-    at: Timestamp,
+    pub at: Timestamp,
+    /// Being released by the collector (owned by nobody from then on): written by
+    /// compare-and-swap, so a hand-over between the collector's read and its write wins.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub released: bool,
 }
 
-fn key(tenant: &str, digest: &Digest) -> String {
-    format!("_components/{tenant}/{}", digest.hex())
+pub(in crate::service) const PREFIX: &str = "_components/";
+
+pub(in crate::service) fn key(tenant: &str, digest: &Digest) -> String {
+    format!("{PREFIX}{tenant}/{}", digest.hex())
 }
 
 /// The refusal for a component the tenant does not own, the same whether or not the shared
@@ -36,16 +46,78 @@ pub(in crate::service) fn not_owned(digest: &str) -> ApiError {
 }
 
 impl Service {
-    /// Note that `tenant` handed over the component `digest` (`bytes` long).
+    /// Note that `tenant` hands over the component `digest` (`bytes` long), unless it would
+    /// pass the tenant's quota of component bytes. Called before the component is stored: a
+    /// refused one is not kept, and the collector never sees a stored component with no
+    /// owner that it should have removed.
     pub(in crate::service) async fn own(
         &self,
         tenant: &str,
         digest: &Digest,
         bytes: u64,
     ) -> Result<(), ApiError> {
+        self.check_component_quota(tenant, digest, bytes).await?;
+        self.note_owned(tenant, digest, bytes).await
+    }
+
+    /// Refuse a component of `bytes` that would take `tenant` past its quota of component
+    /// bytes (counting the others it keeps: handing one over again does not count twice).
+    async fn check_component_quota(
+        &self,
+        tenant: &str,
+        digest: &Digest,
+        bytes: u64,
+    ) -> Result<(), ApiError> {
+        let Some((_, quotas)) = self.rules_of(tenant).await? else {
+            return Ok(());
+        };
+        let Some(max) = quotas.component_bytes else {
+            return Ok(());
+        };
+        let others = self.component_bytes(tenant, Some(digest)).await?;
+        if others.saturating_add(bytes) > max {
+            use sluice_core::model::units::size;
+            return Err(ApiError::new(
+                sluice_api::Code::QuotaExceeded,
+                format!(
+                    "tenant `{tenant}` may keep {} of components (plugins and functions) and keeps {}: this one ({}) would pass it. A component no pipeline, function or installed plugin names any more is released an hour (`--artifact-grace`) after it was last handed over",
+                    size(max),
+                    size(others),
+                    size(bytes)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Bytes of the components `tenant` keeps, `except` one.
+    pub(in crate::service) async fn component_bytes(
+        &self,
+        tenant: &str,
+        except: Option<&Digest>,
+    ) -> Result<u64, ApiError> {
+        let skip = except.map(|d| key(tenant, d));
+        let mut total = 0u64;
+        let kv = &*self.edges.functions;
+        for k in kv.keys(&format!("{PREFIX}{tenant}/")).await? {
+            if Some(&k) == skip.as_ref() {
+                continue;
+            }
+            if let Some((o, _)) = get_json::<Owned>(kv, &k).await?
+                && !o.released
+            {
+                total = total.saturating_add(o.bytes);
+            }
+        }
+        Ok(total)
+    }
+
+    /// Note the hand-over, whatever the quota.
+    async fn note_owned(&self, tenant: &str, digest: &Digest, bytes: u64) -> Result<(), ApiError> {
         let owned = Owned {
             bytes,
             at: crate::clock::now(),
+            released: false,
         };
         crate::kv::modify::<Owned, _>(&*self.edges.functions, &key(tenant, digest), |_| {
             Some(owned.clone())
@@ -55,12 +127,17 @@ impl Service {
         Ok(())
     }
 
-    /// Note as `tenant`'s the plugins of a pipeline resolved from files (by path).
+    /// Note as `tenant`'s the plugins of a pipeline resolved from files (by path). They are
+    /// stored already (resolving them stored them), so each is noted whatever the quota (the
+    /// collector releases it if the pipeline is refused); then the pipeline is refused if they
+    /// took the tenant past its quota.
+    /// Returns their digests, for the version's record (see `release`).
     pub(in crate::service) async fn own_files(
         &self,
         tenant: &str,
         plugins: &crate::model::validate::ResolvedPlugins,
-    ) -> Result<(), ApiError> {
+    ) -> Result<Vec<String>, ApiError> {
+        let mut noted = Vec::new();
         for plugin in plugins.values().flatten() {
             if !crate::service::pipelines::is_plugin_file(&plugin.reference) {
                 continue;
@@ -74,9 +151,14 @@ impl Service {
                 .ok()
                 .flatten()
                 .unwrap_or(0);
-            self.own(tenant, &digest, bytes).await?;
+            let over = self.check_component_quota(tenant, &digest, bytes).await;
+            self.note_owned(tenant, &digest, bytes).await?;
+            over?;
+            noted.push(digest.to_string());
         }
-        Ok(())
+        noted.sort();
+        noted.dedup();
+        Ok(noted)
     }
 
     /// `digest` (as a client wrote it) if `tenant` handed that component over; otherwise
@@ -90,8 +172,8 @@ impl Service {
             return Err(not_owned(digest));
         };
         match get_json::<Owned>(&*self.edges.functions, &key(tenant, &parsed)).await? {
-            Some(_) => Ok(parsed),
-            None => Err(not_owned(digest)),
+            Some((o, _)) if !o.released => Ok(parsed),
+            _ => Err(not_owned(digest)),
         }
     }
 }

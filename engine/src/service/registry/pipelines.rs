@@ -24,8 +24,14 @@ fn versioned(tenant: &str, name: &str, version: u64) -> String {
 pub async fn put(kv: &dyn Kv, tenant: &str, mut p: StoredPipeline) -> Result<u64, KvError> {
     loop {
         let current = get_json::<StoredPipeline>(kv, &head(tenant, &p.name)).await?;
-        // Versions keep counting after `rm`: the version keys stay for running executions.
-        let mut version = current.as_ref().map(|(c, _)| c.version).unwrap_or(0) + 1;
+        // Versions keep counting after `rm`: the version keys executions name stay, and the
+        // collector (`release`) never removes the highest, so no number is used twice (an
+        // engine may hold an old version, parsed, under its number).
+        let last = match &current {
+            Some((c, _)) => c.version,
+            None => last_version(kv, tenant, &p.name).await?,
+        };
+        let mut version = last + 1;
         while kv
             .get(&versioned(tenant, &p.name, version))
             .await?
@@ -52,6 +58,23 @@ pub async fn put(kv: &dyn Kv, tenant: &str, mut p: StoredPipeline) -> Result<u64
             Err(e) => return Err(e),
         }
     }
+}
+
+/// The highest version number kept of a pipeline (0: none).
+async fn last_version(kv: &dyn Kv, tenant: &str, name: &str) -> Result<u64, KvError> {
+    let prefix = format!("{}/", head(tenant, name));
+    Ok(kv
+        .keys(&prefix)
+        .await?
+        .iter()
+        .filter_map(|k| k[prefix.len()..].parse::<u64>().ok())
+        .max()
+        .unwrap_or(0))
+}
+
+/// Every version key kept of a pipeline, by number.
+pub(in crate::service) fn version_key(tenant: &str, name: &str, version: u64) -> String {
+    versioned(tenant, name, version)
 }
 
 /// The current version, or a given one.

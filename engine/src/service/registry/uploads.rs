@@ -65,7 +65,6 @@ impl crate::service::Service {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let store = self.artifacts_of(tenant).await?;
-        let blobs = self.engine.blobs.clone();
         let runtime = self.engine.registry.runtime().clone();
         let uploaded = tokio::task::spawn_blocking(move || {
             let dir = tempfile::tempdir().map_err(ApiError::internal)?;
@@ -125,16 +124,21 @@ impl crate::service::Service {
                     "the upload is not a component this engine can compile: {e:#}"
                 ))
             })?;
-            let kept = blobs.put_bytes(&bytes).map_err(store_error)?;
-            Ok((kept, bytes.len() as u64))
+            Ok(bytes)
         })
         .await
         .map_err(ApiError::internal)??;
-        let (kept, bytes) = uploaded;
-        self.own(tenant, &kept, bytes).await?;
+        let blobs = self.engine.blobs.clone();
+        let size = uploaded.len() as u64;
+        // Owned (within the tenant's quota) before it is stored: see `owned`.
+        self.own(tenant, &want, size).await?;
+        let kept = tokio::task::spawn_blocking(move || blobs.put_bytes(&uploaded))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(store_error)?;
         Ok(Uploaded {
             digest: kept.to_string(),
-            bytes,
+            bytes: size,
         })
     }
 }
