@@ -414,17 +414,20 @@ fn nats_blob_store_shares_verified_blobs_between_engines() {
     });
 }
 
-/// A component nobody owns any more is removed from the shared object store (the service's
-/// `release`): engines without a copy no longer find it, and a later put of the same bytes
-/// keeps it again for all. The embedded data folder's store keeps it (it may also hold a
-/// local run's artifact with the same bytes).
+/// The shared object store as the service's component collector (`release`) sees it: its
+/// components listed with their last use; one unused since a time is removed (checked as it
+/// goes), engines without a copy no longer find it, and a later put keeps it again for all.
+/// The embedded data folder's store lists nothing (it may also hold a local run's artifact
+/// with a component's bytes): nothing is collected there.
 #[test]
-fn nats_blob_store_removes_a_released_component_and_keeps_it_again_when_put() {
+fn nats_blob_store_lists_and_removes_unused_components() {
     let nats = NatsServer::start();
     let dir = tempfile::tempdir().unwrap();
     let local = LocalStore::open(dir.path().join("cas")).unwrap();
     let kept = local.put_bytes(b"a component").unwrap();
-    assert!(!local.remove_component(&kept).unwrap());
+    assert!(local.list_components().unwrap().is_none());
+    let later = std::time::SystemTime::now() + Duration::from_secs(3600);
+    assert_eq!(local.drop_unused_component(&kept, later).unwrap(), None);
     assert!(local.contains(&kept));
     rt().block_on(async {
         let client = async_nats::connect(nats.url()).await.unwrap();
@@ -434,9 +437,23 @@ fn nats_blob_store_removes_a_released_component_and_keeps_it_again_when_put() {
         let c = NatsStore::open(&js, &dir.path().join("c")).await.unwrap();
         tokio::task::spawn_blocking(move || {
             let d = a.put_bytes(b"a component").unwrap();
+            // Sealed objects are not components.
+            let sealed = tempfile::NamedTempFile::new().unwrap();
+            std::fs::write(sealed.path(), b"sealed bytes").unwrap();
+            a.keep_sealed("acme", &Digest::of(b"sealed"), sealed.path())
+                .unwrap();
+            assert!(b.has_sealed("acme", &Digest::of(b"sealed")));
+            let listed = b.list_components().unwrap().unwrap();
+            assert_eq!(listed.len(), 1, "{listed:?}");
+            assert_eq!((listed[0].digest, listed[0].bytes), (d, 11));
+            let since = listed[0].used_at;
             assert_eq!(b.size_of(&d).unwrap(), Some(11), "from the object's info");
-            assert!(a.remove_component(&d).unwrap());
-            assert!(!a.remove_component(&d).unwrap(), "removed once");
+            // Used at or after `since`: it stays.
+            assert_eq!(b.drop_unused_component(&d, since).unwrap(), None);
+            let after = since + Duration::from_secs(1);
+            assert_eq!(a.drop_unused_component(&d, after).unwrap(), Some(11));
+            assert_eq!(a.drop_unused_component(&d, after).unwrap(), None, "once");
+            assert!(b.list_components().unwrap().unwrap().is_empty());
             assert!(!a.contains(&d) && !c.contains(&d));
             assert!(matches!(c.get_bytes(&d), Err(StoreError::NotFound(_))));
             assert_eq!(b.size_of(&d).unwrap(), None);

@@ -11,7 +11,7 @@ use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::object_store::{ObjectInfo, ObjectStore};
 use sluice_engine::artifacts::sealed::USE_NOTED_WITHIN;
 use sluice_engine::artifacts::{
-    BlobStore, Digest, LocalStore, SealedInfo, SealedObjects, StoreError, io,
+    BlobStore, ComponentInfo, Digest, LocalStore, SealedInfo, SealedObjects, StoreError, io,
 };
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -94,7 +94,11 @@ impl NatsStore {
 
     /// Make the blob shared: upload it unless the bucket has it.
     fn publish(&self, digest: Digest) -> Result<Digest, StoreError> {
-        self.upload(&digest.hex(), &self.cache.blob_path(&digest))?;
+        // Kept already: the put is a use (the component collector spares what was put or
+        // used within its grace, and its removal fails if a use is noted meanwhile).
+        if !self.touch_name(&digest.hex())? {
+            self.upload(&digest.hex(), &self.cache.blob_path(&digest))?;
+        }
         Ok(digest)
     }
 
@@ -244,23 +248,43 @@ impl BlobStore for NatsStore {
     fn contains(&self, digest: &Digest) -> bool {
         self.cache.contains(digest) || self.block(self.present(&digest.hex()))
     }
-    fn remove_component(&self, digest: &Digest) -> Result<bool, StoreError> {
-        let name = digest.hex();
-        let removed = self.block(async {
-            if !self.present(&name).await {
-                return Ok(false);
+    fn touch(&self, digest: &Digest) -> Result<bool, StoreError> {
+        self.touch_name(&digest.hex())
+    }
+    fn list_components(&self) -> Result<Option<Vec<ComponentInfo>>, StoreError> {
+        self.block(async {
+            let mut list = self.objects.list().await.map_err(|e| e.to_string())?;
+            let mut out = Vec::new();
+            while let Some(info) = futures_util::StreamExt::next(&mut list).await {
+                let info = info.map_err(|e| e.to_string())?;
+                // Plain objects are named by their digest's hex; sealed ones `sealed/…`.
+                let Ok(digest) = format!("blake3:{}", info.name).parse::<Digest>() else {
+                    continue;
+                };
+                if !info.deleted {
+                    out.push(ComponentInfo {
+                        digest,
+                        bytes: info.size as u64,
+                        used_at: used_at(&info),
+                    });
+                }
             }
-            self.objects
-                .delete(&name)
-                .await
-                .map(|_| true)
-                .map_err(|e| e.to_string())
-        });
-        let removed = removed.map_err(remote("remove a component"))?;
-        // This engine's copy too; other engines' copies stay until they are restarted with a
-        // fresh cache (they serve what they hold, and a later put uploads the object again).
-        let _ = std::fs::remove_file(self.cache.blob_path(digest));
-        Ok(removed)
+            Ok(Some(out))
+        })
+        .map_err(remote("list the components"))
+    }
+    fn drop_unused_component(
+        &self,
+        digest: &Digest,
+        before: SystemTime,
+    ) -> Result<Option<u64>, StoreError> {
+        let freed = self.remove_name_if(&digest.hex(), |info| used_at(info) < before)?;
+        if freed.is_some() {
+            // This engine's copy too; other engines keep theirs (they serve what they hold,
+            // and a later put uploads the object again).
+            let _ = std::fs::remove_file(self.cache.blob_path(digest));
+        }
+        Ok(freed)
     }
     fn discard_corrupted(&self, digest: &Digest) -> Result<bool, StoreError> {
         // The cached copy, then the shared one (a fetch of a corrupted object removes it).
@@ -330,28 +354,7 @@ impl SealedObjects for NatsStore {
 
     fn touch_sealed(&self, ns: &str, address: &Digest) -> Result<bool, StoreError> {
         // In the bucket, not the cache: a blob collected there may still be in this cache.
-        let name = sealed_name(ns, address);
-        self.block(async {
-            loop {
-                let Some((mut info, sequence)) = self.meta_of(&name).await? else {
-                    return Ok(false);
-                };
-                if info.deleted {
-                    return Ok(false);
-                }
-                // Noted once in a while, not at every use (each note is a write).
-                if used_at(&info).elapsed().unwrap_or_default() < USE_NOTED_WITHIN {
-                    return Ok(true);
-                }
-                info.description = Some(format!("{USED_AT}{}", unix_secs(SystemTime::now())));
-                if self.write_meta_if(&name, &info, sequence).await? {
-                    return Ok(true);
-                }
-                // Changed meanwhile (removed, uploaded again, noted by another engine): read
-                // it again.
-            }
-        })
-        .map_err(remote("note a use of a sealed blob"))
+        self.touch_name(&sealed_name(ns, address))
     }
 
     fn list_sealed(&self) -> Result<Vec<SealedInfo>, StoreError> {
@@ -422,6 +425,33 @@ impl SealedObjects for NatsStore {
 }
 
 impl NatsStore {
+    /// Note a use of the object `name` (at most every [`USE_NOTED_WITHIN`]), for the
+    /// collectors; `false` if the bucket does not hold it.
+    fn touch_name(&self, name: &str) -> Result<bool, StoreError> {
+        let name = name.to_string();
+        self.block(async {
+            loop {
+                let Some((mut info, sequence)) = self.meta_of(&name).await? else {
+                    return Ok(false);
+                };
+                if info.deleted {
+                    return Ok(false);
+                }
+                // Noted once in a while, not at every use (each note is a write).
+                if used_at(&info).elapsed().unwrap_or_default() < USE_NOTED_WITHIN {
+                    return Ok(true);
+                }
+                info.description = Some(format!("{USED_AT}{}", unix_secs(SystemTime::now())));
+                if self.write_meta_if(&name, &info, sequence).await? {
+                    return Ok(true);
+                }
+                // Changed meanwhile (removed, uploaded again, noted by another engine): read
+                // it again.
+            }
+        })
+        .map_err(remote("note a use of a blob"))
+    }
+
     /// Remove the sealed object if `unused` holds for its info, counted off its namespace
     /// once: marked deleted only if nothing wrote its info since it was read (a use noted,
     /// another engine's removal). Returns the bytes freed, if it went.
@@ -431,37 +461,45 @@ impl NatsStore {
         address: &Digest,
         unused: impl Fn(&ObjectInfo) -> bool,
     ) -> Result<Option<u64>, StoreError> {
-        let name = sealed_name(ns, address);
-        let freed = self
-            .block(async {
-                let Some((mut info, sequence)) = self.meta_of(&name).await? else {
-                    return Ok(None);
-                };
-                if info.deleted || !unused(&info) {
-                    return Ok(None);
-                }
-                let (nuid, bytes) = (info.nuid.clone(), info.size as u64);
-                (info.deleted, info.size, info.chunks) = (true, 0, 0);
-                if !self.write_meta_if(&name, &info, sequence).await? {
-                    return Ok(None);
-                }
-                // Gone from now on, whatever becomes of its chunks: they are only bytes to
-                // free (a later upload of the name writes new ones).
-                if let Err(e) = self
-                    .meta
-                    .purge()
-                    .filter(format!("$O.{BUCKET}.C.{nuid}"))
-                    .await
-                {
-                    tracing::warn!("the chunks of removed object {name} stay: {e}");
-                }
-                Ok(Some(bytes))
-            })
-            .map_err(remote("remove a sealed blob"))?;
+        let freed = self.remove_name_if(&sealed_name(ns, address), unused)?;
         if let Some(bytes) = freed {
             self.count(ns, -(bytes as i64))?;
         }
         Ok(freed)
+    }
+
+    /// Remove the object `name` if `unused` holds for its info, only if nothing wrote its
+    /// info since it was read; the bytes freed, if it went.
+    fn remove_name_if(
+        &self,
+        name: &str,
+        unused: impl Fn(&ObjectInfo) -> bool,
+    ) -> Result<Option<u64>, StoreError> {
+        self.block(async {
+            let Some((mut info, sequence)) = self.meta_of(name).await? else {
+                return Ok(None);
+            };
+            if info.deleted || !unused(&info) {
+                return Ok(None);
+            }
+            let (nuid, bytes) = (info.nuid.clone(), info.size as u64);
+            (info.deleted, info.size, info.chunks) = (true, 0, 0);
+            if !self.write_meta_if(name, &info, sequence).await? {
+                return Ok(None);
+            }
+            // Gone from now on, whatever becomes of its chunks: they are only bytes to
+            // free (a later upload of the name writes new ones).
+            if let Err(e) = self
+                .meta
+                .purge()
+                .filter(format!("$O.{BUCKET}.C.{nuid}"))
+                .await
+            {
+                tracing::warn!("the chunks of removed object {name} stay: {e}");
+            }
+            Ok(Some(bytes))
+        })
+        .map_err(remote("remove a blob"))
     }
 
     /// An object's info and the stream sequence of the message holding it.

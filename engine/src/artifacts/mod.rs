@@ -94,17 +94,38 @@ pub trait BlobStore: Send + Sync {
     fn touch(&self, digest: &Digest) -> Result<bool, StoreError> {
         Ok(self.contains(digest))
     }
-    /// Remove a component (a plugin or function nobody owns any more, see the service's
-    /// `release`) from a store where blobs are only components; `false` where it was not
-    /// there, or where the store also keeps other blobs (the embedded data folder's store
-    /// holds local runs' plain artifacts too, which may share its bytes): there it stays.
-    fn remove_component(&self, digest: &Digest) -> Result<bool, StoreError> {
-        let _ = digest;
-        Ok(false)
+    /// Every blob kept, with its last use, where the store holds only components (plugins
+    /// and functions: the service's shared store on NATS), for the service's component
+    /// collector (`release`); `None` where it holds other blobs too (the embedded data
+    /// folder's store also keeps local runs' plain artifacts, which may share their bytes):
+    /// nothing is collected there.
+    fn list_components(&self) -> Result<Option<Vec<ComponentInfo>>, StoreError> {
+        Ok(None)
+    }
+    /// Remove the component `digest` if it was last kept or used before `before` (checked
+    /// again as it goes: a use noted meanwhile keeps it); the bytes freed, if it went.
+    fn drop_unused_component(
+        &self,
+        digest: &Digest,
+        before: std::time::SystemTime,
+    ) -> Result<Option<u64>, StoreError> {
+        let _ = (digest, before);
+        Ok(None)
     }
     /// Remove the stored blob `digest` if its bytes no longer hash to it, so the next put
     /// of its content stores it again; `true` if it was removed.
     fn discard_corrupted(&self, digest: &Digest) -> Result<bool, StoreError>;
+}
+
+/// A component as [`BlobStore::list_components`] lists it.
+#[derive(Clone, Debug)]
+pub struct ComponentInfo {
+    /// Its digest.
+    pub digest: Digest,
+    /// Its size.
+    pub bytes: u64,
+    /// When it was last kept or used (noted at most every [`sealed::USE_NOTED_WITHIN`]).
+    pub used_at: std::time::SystemTime,
 }
 
 #[cfg(test)]

@@ -185,11 +185,12 @@ impl Service {
                         components = r.components,
                         bytes = r.bytes,
                         removed = r.removed,
+                        removed_bytes = r.removed_bytes,
                         "pipeline versions and components nothing names any more released"
                     );
                 }
                 for (tenant, why) in &r.unknown {
-                    tracing::warn!(tenant = %tenant, "the tenant's components stay as they are: {why}");
+                    tracing::warn!(tenant = %tenant, "the tenant's versions and components stay as they are, and the shared store is not swept: {why}");
                 }
             }
             Err(e) => tracing::warn!("releasing unused components failed (tried again later): {e}"),

@@ -336,17 +336,17 @@ impl Service {
         };
         let loaded = self.check(&p.tenant, &stored).await?;
         self.check_policy(&p.tenant, &loaded).await?;
+        self.check_pipeline_secrets(&p.tenant, &loaded.pipeline)
+            .await?;
+        self.check_pipeline_quota(&p.tenant, &loaded.pipeline.name)
+            .await?;
         // Plugin files read from the client's folder or the uploaded one are the tenant's
-        // from now on: it may name them by digest later (see `owned`).
+        // from now on (within its quota): it may name them by digest later (see `owned`).
         let components = if stored.dir.is_some() || stored.bundle.is_some() {
             self.own_files(&p.tenant, &loaded.plugins).await?
         } else {
             Vec::new()
         };
-        self.check_pipeline_secrets(&p.tenant, &loaded.pipeline)
-            .await?;
-        self.check_pipeline_quota(&p.tenant, &loaded.pipeline.name)
-            .await?;
         let subjects: Vec<String> = loaded
             .pipeline
             .triggers

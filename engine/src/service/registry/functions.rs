@@ -154,7 +154,8 @@ impl Service {
         Ok(out)
     }
 
-    /// Unregister a function (its component stays in the artifact store).
+    /// Unregister a function (its component stays until the collector finds nothing names
+    /// it, see `release`).
     pub async fn remove_function(&self, tenant: &str, name: &str) -> Result<(), ApiError> {
         let key = format!("{tenant}/{name}");
         if self

@@ -33,6 +33,10 @@ pub(in crate::service) struct Owned {
 
 pub(in crate::service) const PREFIX: &str = "_components/";
 
+/// A use of an owned component is noted at most this often (the collector's grace is an hour
+/// at least).
+const USE_NOTED_WITHIN_MS: u64 = 10 * 60 * 1000;
+
 pub(in crate::service) fn key(tenant: &str, digest: &Digest) -> String {
     format!("{PREFIX}{tenant}/{}", digest.hex())
 }
@@ -56,17 +60,18 @@ impl Service {
         digest: &Digest,
         bytes: u64,
     ) -> Result<(), ApiError> {
-        self.check_component_quota(tenant, digest, bytes).await?;
+        self.check_component_quota(tenant, &[(*digest, bytes)])
+            .await?;
         self.note_owned(tenant, digest, bytes).await
     }
 
-    /// Refuse a component of `bytes` that would take `tenant` past its quota of component
-    /// bytes (counting the others it keeps: handing one over again does not count twice).
+    /// Refuse components (digest, bytes) that would take `tenant` past its quota of
+    /// component bytes (counting the others it keeps: handing one over again does not count
+    /// twice).
     async fn check_component_quota(
         &self,
         tenant: &str,
-        digest: &Digest,
-        bytes: u64,
+        components: &[(Digest, u64)],
     ) -> Result<(), ApiError> {
         let Some((_, quotas)) = self.rules_of(tenant).await? else {
             return Ok(());
@@ -74,13 +79,15 @@ impl Service {
         let Some(max) = quotas.component_bytes else {
             return Ok(());
         };
-        let others = self.component_bytes(tenant, Some(digest)).await?;
+        let digests: Vec<Digest> = components.iter().map(|(d, _)| *d).collect();
+        let others = self.component_bytes(tenant, &digests).await?;
+        let bytes = components.iter().map(|(_, b)| b).sum::<u64>();
         if others.saturating_add(bytes) > max {
             use sluice_core::model::units::size;
             return Err(ApiError::new(
                 sluice_api::Code::QuotaExceeded,
                 format!(
-                    "tenant `{tenant}` may keep {} of components (plugins and functions) and keeps {}: this one ({}) would pass it. A component no pipeline, function or installed plugin names any more is released an hour (`--artifact-grace`) after it was last handed over",
+                    "tenant `{tenant}` may keep {} of components (plugins and functions) and keeps {}: {} more would pass it. A component no pipeline version, function or installed plugin names any more stops counting once `--artifact-grace` (a day by default) has passed since it was last handed over",
                     size(max),
                     size(others),
                     size(bytes)
@@ -90,17 +97,17 @@ impl Service {
         Ok(())
     }
 
-    /// Bytes of the components `tenant` keeps, `except` one.
+    /// Bytes of the components `tenant` keeps, but those in `except`.
     pub(in crate::service) async fn component_bytes(
         &self,
         tenant: &str,
-        except: Option<&Digest>,
+        except: &[Digest],
     ) -> Result<u64, ApiError> {
-        let skip = except.map(|d| key(tenant, d));
+        let skip: Vec<String> = except.iter().map(|d| key(tenant, d)).collect();
         let mut total = 0u64;
         let kv = &*self.edges.functions;
         for k in kv.keys(&format!("{PREFIX}{tenant}/")).await? {
-            if Some(&k) == skip.as_ref() {
+            if skip.contains(&k) {
                 continue;
             }
             if let Some((o, _)) = get_json::<Owned>(kv, &k).await?
@@ -127,17 +134,16 @@ impl Service {
         Ok(())
     }
 
-    /// Note as `tenant`'s the plugins of a pipeline resolved from files (by path). They are
-    /// stored already (resolving them stored them), so each is noted whatever the quota (the
-    /// collector releases it if the pipeline is refused); then the pipeline is refused if they
-    /// took the tenant past its quota.
-    /// Returns their digests, for the version's record (see `release`).
+    /// Note as `tenant`'s the plugins of a pipeline resolved from files (by path), all or
+    /// none: refused when together they would take the tenant past its quota. (Resolving
+    /// them stored them; refused, nobody owns them and the collector removes them.) Returns
+    /// their digests, for the version's record (see `release`).
     pub(in crate::service) async fn own_files(
         &self,
         tenant: &str,
         plugins: &crate::model::validate::ResolvedPlugins,
     ) -> Result<Vec<String>, ApiError> {
-        let mut noted = Vec::new();
+        let mut files: Vec<(Digest, u64)> = Vec::new();
         for plugin in plugins.values().flatten() {
             if !crate::service::pipelines::is_plugin_file(&plugin.reference) {
                 continue;
@@ -145,19 +151,25 @@ impl Service {
             let Ok(digest) = plugin.digest.parse::<Digest>() else {
                 continue;
             };
+            if files.iter().any(|(d, _)| *d == digest) {
+                continue;
+            }
             let blobs = self.engine.blobs.clone();
-            let bytes = tokio::task::spawn_blocking(move || blobs.size_of(&digest).ok().flatten())
-                .await
-                .ok()
-                .flatten()
-                .unwrap_or(0);
-            let over = self.check_component_quota(tenant, &digest, bytes).await;
-            self.note_owned(tenant, &digest, bytes).await?;
-            over?;
-            noted.push(digest.to_string());
+            let bytes = tokio::task::spawn_blocking(move || match blobs.size_of(&digest) {
+                Ok(Some(size)) => Ok(size),
+                _ => blobs.get_bytes(&digest).map(|b| b.len() as u64),
+            })
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(|e| ApiError::unavailable(format!("the component store: {e}")))?;
+            files.push((digest, bytes));
         }
+        self.check_component_quota(tenant, &files).await?;
+        for (digest, bytes) in &files {
+            self.note_owned(tenant, digest, *bytes).await?;
+        }
+        let mut noted: Vec<String> = files.iter().map(|(d, _)| d.to_string()).collect();
         noted.sort();
-        noted.dedup();
         Ok(noted)
     }
 
@@ -171,9 +183,27 @@ impl Service {
         let Ok(parsed) = digest.parse::<Digest>() else {
             return Err(not_owned(digest));
         };
-        match get_json::<Owned>(&*self.edges.functions, &key(tenant, &parsed)).await? {
-            Some((o, _)) if !o.released => Ok(parsed),
-            _ => Err(not_owned(digest)),
+        // A registration about to name it is a use: noted (at most every ten minutes, by
+        // compare-and-swap), so the collector does not release it meanwhile — its release,
+        // written by compare-and-swap too, fails, or came first and the answer is no.
+        let (kv, k) = (&*self.edges.functions, key(tenant, &parsed));
+        loop {
+            let Some((o, revision)) = get_json::<Owned>(kv, &k).await? else {
+                return Err(not_owned(digest));
+            };
+            if o.released {
+                return Err(not_owned(digest));
+            }
+            let now = crate::clock::now();
+            if now.0.saturating_sub(o.at.0) < USE_NOTED_WITHIN_MS {
+                return Ok(parsed);
+            }
+            let used = serde_json::to_vec(&Owned { at: now, ..o }).map_err(ApiError::internal)?;
+            match kv.update(&k, used, revision).await {
+                Ok(_) => return Ok(parsed),
+                Err(crate::kv::KvError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
         }
     }
 }

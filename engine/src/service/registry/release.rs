@@ -11,12 +11,19 @@
 //!    the current version before its record names it). The highest stays, so no number is
 //!    ever used twice.
 //! 2. **A tenant's components** that none of its pipeline versions, functions or installed
-//!    plugins names, last handed over more than the grace ago, are released: they stop
-//!    counting against its quota, and it may no longer name them by digest.
-//! 3. **Components nobody owns any more** and no registration of any tenant names are removed
-//!    from the shared store, where it holds only components (NATS; the embedded data folder's
-//!    store keeps them, see `BlobStore::remove_component`). A component stored before owners
-//!    were noted was never owned, so never released: it stays.
+//!    plugins names, last handed over or named more than the grace ago, are released (by
+//!    compare-and-swap: a use noted meanwhile keeps them): they stop counting against its
+//!    quota, and it may no longer name them by digest.
+//! 3. **The shared store is swept** where it holds only components (NATS; see
+//!    `BlobStore::list_components`): a component no tenant owns and no registration of any
+//!    tenant names, not stored or used within the grace, is removed. Every hand-over notes
+//!    its owner before it stores the component, and a store of what is kept notes a use, so
+//!    a removal checked against the use it read (the store refuses it if a use was noted
+//!    since) never takes a component being handed over. What a refused registration stored
+//!    and components stored before owners were noted go the same way.
+//!
+//! A tenant whose records cannot all be read is left as it is (its versions and components
+//! stay), and the sweep waits for a pass that reads everything: what it names is unknown.
 use super::owned::{Owned, PREFIX};
 use super::pipelines::{StoredPipeline, named, version_key};
 use crate::artifacts::Digest;
@@ -24,6 +31,10 @@ use crate::kv::{KvError, get_json};
 use crate::service::Service;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+/// A released owner's mark is kept this long (a hand-over overwrites it), then deleted.
+const KEEP_RELEASE_MARKS: Duration = Duration::from_secs(30 * 86_400);
 
 /// What one pass released.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -36,8 +47,10 @@ pub struct Released {
     pub bytes: u64,
     /// Components removed from the shared store.
     pub removed: usize,
-    /// Tenants whose components were left as they are, with why (a record that does not say
-    /// what it names); while there is one, nothing is removed from the shared store.
+    /// Their bytes.
+    pub removed_bytes: u64,
+    /// Tenants left as they are, with why (a record that cannot be read); while there is
+    /// one, the shared store is not swept.
     pub unknown: BTreeMap<String, String>,
 }
 
@@ -49,29 +62,8 @@ struct Runs {
     pipeline_version: u64,
 }
 
-/// The components a pipeline version names: its uploaded files (by path) and marketplace
-/// pins, `uses: blake3:…`, and the files read from its folder when it was registered.
-fn components_of(p: &StoredPipeline) -> Result<Vec<Digest>, String> {
-    let mut out: Vec<Digest> = p.plugins.values().filter_map(|d| d.parse().ok()).collect();
-    // A digest that does not parse named nothing (the pipeline could not have run).
-    out.extend(
-        named(&p.yaml)
-            .digests
-            .iter()
-            .filter_map(|(_, d)| d.parse::<Digest>().ok()),
-    );
-    match &p.components {
-        Some(files) => out.extend(files.iter().filter_map(|d| d.parse::<Digest>().ok())),
-        None if p.dir.is_some() || p.bundle.is_some() => {
-            return Err(format!(
-                "version {} of `{}` was registered before the components of its folder were noted",
-                p.version, p.name
-            ));
-        }
-        None => {}
-    }
-    Ok(out)
-}
+/// Per tenant, the (pipeline, version) its execution records name, or why they cannot be read.
+type Pinned = HashMap<String, Result<HashSet<(String, u64)>, String>>;
 
 fn kv_error(e: KvError) -> String {
     e.to_string()
@@ -92,13 +84,17 @@ impl Service {
         let mut found: BTreeMap<(String, String), (bool, Vec<u64>)> = BTreeMap::new();
         for key in pipelines.keys("").await.map_err(kv_error)? {
             if let Some(rest) = key.strip_prefix("_plugins/") {
-                if let Some((tenant, _)) = rest.split_once('/')
-                    && let Some((l, _)) = get_json::<sluice_core::lockfile::Locked>(pipelines, &key)
-                        .await
-                        .map_err(kv_error)?
-                    && let Ok(d) = l.blake3.parse()
-                {
-                    roots.entry(tenant.to_string()).or_default().insert(d);
+                let Some((tenant, _)) = rest.split_once('/') else {
+                    continue;
+                };
+                match get_json::<sluice_core::lockfile::Locked>(pipelines, &key).await {
+                    Ok(Some((l, _))) => {
+                        if let Ok(d) = l.blake3.parse() {
+                            roots.entry(tenant.to_string()).or_default().insert(d);
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => drop(out.unknown.insert(tenant.to_string(), e.to_string())),
                 }
                 continue;
             }
@@ -120,66 +116,18 @@ impl Service {
             }
         }
         // Versions each tenant's execution records name, read once per tenant, when needed.
-        let mut pinned: HashMap<String, Result<HashSet<(String, u64)>, String>> = HashMap::new();
-        for ((tenant, name), (has_head, mut numbers)) in found {
-            let head = match has_head {
-                true => get_json::<StoredPipeline>(pipelines, &format!("{tenant}/{name}"))
-                    .await
-                    .map_err(kv_error)?
-                    .map(|(p, _)| p),
-                false => None,
-            };
-            numbers.sort_unstable();
-            let mut versions = Vec::with_capacity(numbers.len());
-            for n in &numbers {
-                if let Some((p, _)) =
-                    get_json::<StoredPipeline>(pipelines, &version_key(&tenant, &name, *n))
-                        .await
-                        .map_err(kv_error)?
-                {
-                    versions.push(p);
+        let mut pinned = Pinned::new();
+        for ((tenant, name), (has_head, numbers)) in found {
+            match self
+                .prune_versions(&tenant, &name, has_head, numbers, before, &mut pinned)
+                .await
+            {
+                Ok((removed, named)) => {
+                    out.versions += removed;
+                    roots.entry(tenant).or_default().extend(named);
                 }
+                Err(why) => drop(out.unknown.insert(tenant, why)),
             }
-            let highest = numbers.last().copied();
-            let mut kept: Vec<&StoredPipeline> = head.iter().collect();
-            for (i, p) in versions.iter().enumerate() {
-                // Current until the next version was registered.
-                let current_until = versions.get(i + 1).map(|next| next.registered_at.0);
-                let keep = head.as_ref().is_some_and(|h| h.version == p.version)
-                    || Some(p.version) == highest
-                    || current_until.is_none_or(|t| t >= before)
-                    || p.registered_at.0 >= before;
-                if !keep && !pinned.contains_key(&tenant) {
-                    let runs = self.pinned_versions(&tenant).await;
-                    pinned.insert(tenant.clone(), runs);
-                }
-                let named_by_a_run = match pinned.get(&tenant) {
-                    Some(Ok(runs)) => runs.contains(&(name.clone(), p.version)),
-                    // What its executions run is unknown: every version stays.
-                    Some(Err(why)) => {
-                        out.unknown.insert(tenant.clone(), why.clone());
-                        true
-                    }
-                    None => false,
-                };
-                if keep || named_by_a_run {
-                    kept.push(p);
-                    continue;
-                }
-                pipelines
-                    .delete(&version_key(&tenant, &name, p.version))
-                    .await
-                    .map_err(kv_error)?;
-                out.versions += 1;
-            }
-            let mut named_here = Vec::new();
-            for p in kept {
-                match components_of(p) {
-                    Ok(c) => named_here.extend(c),
-                    Err(why) => drop(out.unknown.insert(tenant.clone(), why)),
-                }
-            }
-            roots.entry(tenant).or_default().extend(named_here);
         }
 
         // The functions bucket: functions `<tenant>/<name>` and the ledger of owners.
@@ -197,33 +145,46 @@ impl Service {
             if key.starts_with('_') {
                 continue;
             }
-            if let [tenant, _] = key.split('/').collect::<Vec<_>>()[..]
-                && let Some((f, _)) = get_json::<super::functions::StoredFunction>(functions, &key)
-                    .await
-                    .map_err(kv_error)?
-                && let Ok(d) = f.digest.parse()
-            {
-                roots.entry(tenant.to_string()).or_default().insert(d);
+            let [tenant, _] = key.split('/').collect::<Vec<_>>()[..] else {
+                continue;
+            };
+            match get_json::<super::functions::StoredFunction>(functions, &key).await {
+                Ok(Some((f, _))) => {
+                    if let Ok(d) = f.digest.parse() {
+                        roots.entry(tenant.to_string()).or_default().insert(d);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => drop(out.unknown.insert(tenant.to_string(), e.to_string())),
             }
         }
 
-        // Release what a tenant no longer names, by compare-and-swap: a hand-over between
-        // the read and the write keeps it.
-        let mut owned_still = HashSet::new();
-        let mut releasing = Vec::new();
+        // Release what a tenant no longer names, by compare-and-swap: a hand-over or a use
+        // between the read and the write keeps it.
+        let mut owned = HashSet::new();
+        let marks_until = crate::clock::now()
+            .0
+            .saturating_sub(KEEP_RELEASE_MARKS.as_millis() as u64);
         for (tenant, digest, key) in ledger {
-            let Some((o, revision)) = get_json::<Owned>(functions, &key).await.map_err(kv_error)?
-            else {
-                continue;
+            let (o, revision) = match get_json::<Owned>(functions, &key).await {
+                Ok(Some(found)) => found,
+                Ok(None) => continue,
+                Err(e) => {
+                    // Unreadable: taken as owned.
+                    out.unknown.insert(tenant, e.to_string());
+                    owned.insert(digest);
+                    continue;
+                }
             };
             if o.released {
-                // Released by a pass that did not finish.
-                releasing.push((digest, key));
+                if o.at.0 < marks_until {
+                    functions.delete(&key).await.map_err(kv_error)?;
+                }
                 continue;
             }
             let named = roots.get(&tenant).is_some_and(|r| r.contains(&digest));
             if out.unknown.contains_key(&tenant) || named || o.at.0 >= before {
-                owned_still.insert(digest);
+                owned.insert(digest);
                 continue;
             }
             let released = serde_json::to_vec(&Owned {
@@ -235,54 +196,146 @@ impl Service {
                 Ok(_) => {
                     out.components += 1;
                     out.bytes += o.bytes;
-                    releasing.push((digest, key));
                 }
-                Err(KvError::Conflict { .. }) => drop(owned_still.insert(digest)),
+                Err(KvError::Conflict { .. }) => drop(owned.insert(digest)),
                 Err(e) => return Err(e.to_string()),
             }
         }
-        if releasing.is_empty() || !out.unknown.is_empty() {
-            // Without every tenant's roots, a released component might still be named:
-            // its mark stays for a later pass to finish.
+
+        // The sweep.
+        if !out.unknown.is_empty() {
             return Ok(out);
         }
-
-        // Owners that came since the ledger was read.
-        let released: HashSet<Digest> = releasing.iter().map(|(d, _)| *d).collect();
-        for key in functions.keys(PREFIX).await.map_err(kv_error)? {
-            let Some(d) = key
-                .rsplit_once('/')
-                .and_then(|(_, hex)| format!("blake3:{hex}").parse::<Digest>().ok())
-                .filter(|d| released.contains(d))
-            else {
+        let blobs = self.engine.blobs.clone();
+        let listed = tokio::task::spawn_blocking(move || blobs.list_components())
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        let Some(listed) = listed else {
+            return Ok(out);
+        };
+        let kept_since = SystemTime::UNIX_EPOCH + Duration::from_millis(before);
+        let named: HashSet<&Digest> = roots.values().flatten().collect();
+        for c in listed {
+            if c.used_at >= kept_since || owned.contains(&c.digest) || named.contains(&c.digest) {
                 continue;
-            };
-            if get_json::<Owned>(functions, &key)
-                .await
-                .map_err(kv_error)?
-                .is_some_and(|(o, _)| !o.released)
-            {
-                owned_still.insert(d);
+            }
+            let blobs = self.engine.blobs.clone();
+            let freed = tokio::task::spawn_blocking(move || {
+                blobs.drop_unused_component(&c.digest, kept_since)
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+            if let Some(bytes) = freed {
+                out.removed += 1;
+                out.removed_bytes += bytes;
             }
         }
-        let named_anywhere: HashSet<&Digest> = roots.values().flatten().collect();
-        for (digest, key) in releasing {
-            if !owned_still.contains(&digest) && !named_anywhere.contains(&digest) {
-                let blobs = self.engine.blobs.clone();
-                let removed = tokio::task::spawn_blocking(move || blobs.remove_component(&digest))
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| e.to_string())?;
-                out.removed += usize::from(removed);
-            }
-            // The mark goes, unless the component was handed over again meanwhile.
-            if get_json::<Owned>(functions, &key)
+        Ok(out)
+    }
+
+    /// Remove the versions of `tenant`'s pipeline `name` that may go (see the module);
+    /// returns how many went and the components the others name. An error if a record
+    /// cannot be read (then nothing of the pipeline goes).
+    async fn prune_versions(
+        &self,
+        tenant: &str,
+        name: &str,
+        has_head: bool,
+        mut numbers: Vec<u64>,
+        before: u64,
+        pinned: &mut Pinned,
+    ) -> Result<(usize, Vec<Digest>), String> {
+        let pipelines = &*self.edges.pipelines;
+        let head = match has_head {
+            true => get_json::<StoredPipeline>(pipelines, &format!("{tenant}/{name}"))
                 .await
                 .map_err(kv_error)?
-                .is_some_and(|(o, _)| o.released)
+                .map(|(p, _)| p),
+            false => None,
+        };
+        numbers.sort_unstable();
+        let mut versions = Vec::with_capacity(numbers.len());
+        for n in &numbers {
+            if let Some((p, _)) =
+                get_json::<StoredPipeline>(pipelines, &version_key(tenant, name, *n))
+                    .await
+                    .map_err(kv_error)?
             {
-                functions.delete(&key).await.map_err(kv_error)?;
+                versions.push(p);
             }
+        }
+        let highest = numbers.last().copied();
+        let mut kept: Vec<&StoredPipeline> = head.iter().collect();
+        let mut removed = 0;
+        for (i, p) in versions.iter().enumerate() {
+            // Current until the next version was registered.
+            let current_until = versions.get(i + 1).map(|next| next.registered_at.0);
+            let keep = head.as_ref().is_some_and(|h| h.version == p.version)
+                || Some(p.version) == highest
+                || current_until.is_none_or(|t| t >= before)
+                || p.registered_at.0 >= before;
+            if !keep && !pinned.contains_key(tenant) {
+                let runs = self.pinned_versions(tenant).await;
+                pinned.insert(tenant.to_string(), runs);
+            }
+            let named_by_a_run = match pinned.get(tenant) {
+                Some(Ok(runs)) => runs.contains(&(name.to_string(), p.version)),
+                // What its executions run is unknown: every version stays.
+                Some(Err(why)) => return Err(why.clone()),
+                None => false,
+            };
+            if keep || named_by_a_run {
+                kept.push(p);
+                continue;
+            }
+            pipelines
+                .delete(&version_key(tenant, name, p.version))
+                .await
+                .map_err(kv_error)?;
+            removed += 1;
+        }
+        let mut named = Vec::new();
+        for p in kept {
+            named.extend(self.components_of(tenant, p).await?);
+        }
+        Ok((removed, named))
+    }
+
+    /// The components a pipeline version names: its uploaded files (by path) and marketplace
+    /// pins, `uses: blake3:…`, and the files read from its folder when it was registered (for
+    /// a version registered before they were noted, read again from the folder).
+    async fn components_of(&self, tenant: &str, p: &StoredPipeline) -> Result<Vec<Digest>, String> {
+        let mut out: Vec<Digest> = p.plugins.values().filter_map(|d| d.parse().ok()).collect();
+        // A digest that does not parse named nothing (the pipeline could not have run).
+        out.extend(
+            named(&p.yaml)
+                .digests
+                .iter()
+                .filter_map(|(_, d)| d.parse::<Digest>().ok()),
+        );
+        match &p.components {
+            Some(files) => out.extend(files.iter().filter_map(|d| d.parse::<Digest>().ok())),
+            None if p.dir.is_some() || p.bundle.is_some() => {
+                let loaded = self.loaded(tenant, p).await.map_err(|e| {
+                    format!(
+                        "version {} of `{}` (registered before the plugin files of its folder were noted) cannot be read again: {e}",
+                        p.version, p.name
+                    )
+                })?;
+                out.extend(
+                    loaded
+                        .plugins
+                        .values()
+                        .flatten()
+                        .filter(|plugin| {
+                            crate::service::pipelines::is_plugin_file(&plugin.reference)
+                        })
+                        .filter_map(|plugin| plugin.digest.parse::<Digest>().ok()),
+                );
+            }
+            None => {}
         }
         Ok(out)
     }
@@ -308,6 +361,7 @@ impl Service {
 #[cfg(test)]
 mod tests {
     use crate::artifacts::tenants::FixedKey;
+    use crate::artifacts::{BlobStore, ComponentInfo, Digest, LocalStore, StoreError};
     use crate::bus::MemoryBus;
     use crate::executor::Engine;
     use crate::service::tests::{service_of, shared_edges};
@@ -317,9 +371,66 @@ mod tests {
         PipelineGet, PipelinePut, PipelineRm, TenantCreate, TenantUsage, UploadJoin, UploadPart,
     };
     use sluice_api::{ApiError, Code, Origin, Principal};
+    use std::path::Path;
     use std::sync::Arc;
     use std::sync::atomic::Ordering;
-    use std::time::Duration;
+    use std::time::{Duration, SystemTime};
+
+    /// The data folder's store, holding only components, as the service's store on NATS
+    /// does: listed with each file's time as its last use.
+    struct OnlyComponents(LocalStore);
+
+    impl BlobStore for OnlyComponents {
+        fn put_file(&self, path: &Path) -> Result<Digest, StoreError> {
+            self.0.put_file(path)
+        }
+        fn put_bytes(&self, bytes: &[u8]) -> Result<Digest, StoreError> {
+            self.0.put_bytes(bytes)
+        }
+        fn get_to_file(&self, digest: &Digest, dest: &Path) -> Result<(), StoreError> {
+            self.0.get_to_file(digest, dest)
+        }
+        fn get_bytes(&self, digest: &Digest) -> Result<Vec<u8>, StoreError> {
+            self.0.get_bytes(digest)
+        }
+        fn size_of(&self, digest: &Digest) -> Result<Option<u64>, StoreError> {
+            self.0.size_of(digest)
+        }
+        fn verify(&self, digest: &Digest) -> Result<u64, StoreError> {
+            self.0.verify(digest)
+        }
+        fn contains(&self, digest: &Digest) -> bool {
+            self.0.contains(digest)
+        }
+        fn discard_corrupted(&self, digest: &Digest) -> Result<bool, StoreError> {
+            self.0.discard_corrupted(digest)
+        }
+        fn list_components(&self) -> Result<Option<Vec<ComponentInfo>>, StoreError> {
+            let mut out = Vec::new();
+            for digest in self.0.digests()? {
+                let m = std::fs::metadata(self.0.blob_path(&digest)).unwrap();
+                out.push(ComponentInfo {
+                    digest,
+                    bytes: m.len(),
+                    used_at: m.modified().unwrap(),
+                });
+            }
+            Ok(Some(out))
+        }
+        fn drop_unused_component(
+            &self,
+            digest: &Digest,
+            before: SystemTime,
+        ) -> Result<Option<u64>, StoreError> {
+            let path = self.0.blob_path(digest);
+            let m = std::fs::metadata(&path).unwrap();
+            if m.modified().unwrap() >= before {
+                return Ok(None);
+            }
+            std::fs::remove_file(path).unwrap();
+            Ok(Some(m.len()))
+        }
+    }
 
     fn acme() -> Principal {
         Principal::local("acme", Origin::Remote)
@@ -369,17 +480,21 @@ mod tests {
 
     /// A tenant's components count against its quota until nothing of its names them: then
     /// the pass releases them (with the old pipeline versions that named them), the quota
-    /// has room again, and the tenant may no longer name them by digest. A version an
-    /// execution ran stays, and so does the highest of a removed pipeline (numbers are never
-    /// used twice).
+    /// has room again, the tenant may no longer name them by digest, and the shared store
+    /// removes what nobody owns or names — not while a tenant's records cannot be read. A
+    /// version an execution ran stays, and so does the highest of a removed pipeline (numbers
+    /// are never used twice).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn components_nothing_names_are_released_and_their_quota_freed() {
         let dir = tempfile::tempdir().unwrap();
         let shared = shared_edges(dir.path());
         let bus: Arc<dyn crate::bus::EventBus> = Arc::new(MemoryBus::default());
         // Sealed artifacts, as the service's: the parts of an upload are not components.
-        let mut engine = Engine::for_service(&dir.path().join("a"), bus.clone(), None).unwrap();
+        let data = dir.path().join("a");
+        let mut engine = Engine::for_service(&data, bus.clone(), None).unwrap();
         engine.seal_artifacts(Arc::new(FixedKey([7; 32]))).unwrap();
+        let cas = crate::executor::DataDir::create(&data).unwrap().cas();
+        engine.blobs = Arc::new(OnlyComponents(LocalStore::open(cas).unwrap()));
         let service = service_of(engine, bus, &shared);
         tokio::spawn(service.clone().run(2));
         service.enable_auth(Duration::from_secs(3600));
@@ -416,15 +531,17 @@ mod tests {
                     .component_bytes
             }
         };
+        let blobs = service.engine.blobs.clone();
 
         // Two components do not fit: the second is refused, and not kept.
         let a_digest = upload(&service, a).await.unwrap();
         let e = upload(&service, b).await.unwrap_err();
         assert_eq!(e.code, Code::QuotaExceeded, "{e:?}");
         assert!(e.message.contains("components"), "{}", e.message);
-        let b_digest: crate::artifacts::Digest = crate::artifacts::Digest::of(b);
-        assert!(!service.engine.blobs.contains(&b_digest));
+        assert!(!blobs.contains(&Digest::of(b)));
         assert_eq!(used().await, a.len() as u64);
+        // Something stored that nobody owns (as a refused registration's plugin file).
+        let stray = blobs.put_bytes(b"\0asm stray").unwrap();
 
         // Version 1 of `p` names the component; version 2 no longer does. `q` runs once on
         // its version 1, then gets a version 2.
@@ -452,19 +569,26 @@ mod tests {
 
         // Within the grace, nothing goes.
         let r = service.release_unused().await.unwrap();
-        assert_eq!((r.versions, r.components), (0, 0), "{r:?}");
+        assert_eq!(r, Default::default());
         assert!(version(&service, "p", 1).await.is_some());
 
-        // Past it: p's version 1 goes, and with it the only name of the component.
+        // Past it, but with a tenant whose records cannot be read: p's version 1 goes, and
+        // the component it alone named is released, but the shared store is not swept.
         service.grace_ms.store(0, Ordering::Relaxed);
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        shared
+            .pipelines
+            .create("broken/p/1", b"{ not a record".to_vec())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
         let r = service.release_unused().await.unwrap();
         assert_eq!(
-            (r.versions, r.components, r.bytes),
-            (1, 1, a.len() as u64),
+            (r.versions, r.components, r.bytes, r.removed),
+            (1, 1, a.len() as u64, 0),
             "{r:?}"
         );
-        assert!(r.unknown.is_empty(), "{r:?}");
+        assert!(r.unknown.contains_key("broken"), "{r:?}");
+        assert!(blobs.contains(&Digest::of(a)) && blobs.contains(&stray));
         assert_eq!(version(&service, "p", 1).await, None);
         assert_eq!(version(&service, "p", 2).await, Some(2));
         assert_eq!(
@@ -478,9 +602,41 @@ mod tests {
             e.problem_lines().contains("not one this tenant uploaded"),
             "{e:?}"
         );
-        // The quota has room again.
+
+        // Every record readable: what nobody owns or names goes from the shared store.
+        shared.pipelines.delete("broken/p/1").await.unwrap();
+        let r = service.release_unused().await.unwrap();
+        assert_eq!((r.removed, r.components), (2, 0), "{r:?}");
+        assert_eq!(r.removed_bytes, (a.len() + b"\0asm stray".len()) as u64);
+        assert!(!blobs.contains(&Digest::of(a)) && !blobs.contains(&stray));
+
+        // The quota has room again. A component its owner handed over within the grace stays
+        // however long ago the store last saw it used; past the grace, it is released and
+        // removed in one pass.
         upload(&service, b).await.unwrap();
         assert_eq!(used().await, b.len() as u64);
+        let b_path = crate::executor::DataDir::create(&data)
+            .unwrap()
+            .cas()
+            .join("blobs")
+            .join(&Digest::of(b).hex()[..2])
+            .join(&Digest::of(b).hex()[2..]);
+        std::fs::File::options()
+            .write(true)
+            .open(&b_path)
+            .unwrap()
+            .set_modified(SystemTime::now() - Duration::from_secs(2 * 86_400))
+            .unwrap();
+        service.grace_ms.store(3_600_000, Ordering::Relaxed);
+        let r = service.release_unused().await.unwrap();
+        assert_eq!((r.components, r.removed), (0, 0), "{r:?}");
+        assert!(blobs.contains(&Digest::of(b)));
+        service.grace_ms.store(0, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let r = service.release_unused().await.unwrap();
+        assert_eq!((r.components, r.removed), (1, 1), "{r:?}");
+        assert!(!blobs.contains(&Digest::of(b)));
+        assert_eq!(used().await, 0);
 
         // A removed pipeline keeps its highest version; registered again, it counts on.
         service
@@ -491,8 +647,5 @@ mod tests {
         let r = service.release_unused().await.unwrap();
         assert_eq!(r.versions, 0, "{r:?}");
         assert_eq!(put(&service, pipeline("p", "noop@1")).await.unwrap(), 3);
-        // Nothing named the second component for longer than the (nil) grace: released too.
-        assert_eq!(r.components, 1, "{r:?}");
-        assert_eq!(used().await, 0);
     }
 }

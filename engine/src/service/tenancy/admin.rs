@@ -259,7 +259,7 @@ impl Service {
                 .await? as u64,
             queued_executions: self.queued(&tenant).await?.len() as u64,
             artifact_bytes: self.artifact_bytes(&tenant).await?,
-            component_bytes: self.component_bytes(&tenant, None).await?,
+            component_bytes: self.component_bytes(&tenant, &[]).await?,
             quotas,
             tenant,
         })
