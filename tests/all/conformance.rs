@@ -448,14 +448,22 @@ fn nats_blob_store_lists_and_removes_unused_components() {
             assert_eq!((listed[0].digest, listed[0].bytes), (d, 11));
             let since = listed[0].used_at;
             assert_eq!(b.size_of(&d).unwrap(), Some(11), "from the object's info");
+            assert_eq!(c.get_bytes(&d).unwrap(), b"a component", "c keeps a copy");
             // Used at or after `since`: it stays.
             assert_eq!(b.drop_unused_component(&d, since).unwrap(), None);
             let after = since + Duration::from_secs(1);
             assert_eq!(a.drop_unused_component(&d, after).unwrap(), Some(11));
             assert_eq!(a.drop_unused_component(&d, after).unwrap(), None, "once");
-            assert!(b.list_components().unwrap().unwrap().is_empty());
-            assert!(!a.contains(&d) && !c.contains(&d));
-            assert!(matches!(c.get_bytes(&d), Err(StoreError::NotFound(_))));
+            let listed = b.list_components().unwrap().unwrap();
+            assert!(listed.is_empty());
+            assert!(!a.contains(&d) && !b.contains(&d));
+            assert!(matches!(b.get_bytes(&d), Err(StoreError::NotFound(_))));
+            // c's copy stays while it is recent, and is forgotten once it is not.
+            assert_eq!(c.forget_removed_components(&listed, since).unwrap(), 0);
+            assert!(c.contains(&d));
+            let later = std::time::SystemTime::now() + Duration::from_secs(1);
+            assert_eq!(c.forget_removed_components(&listed, later).unwrap(), 1);
+            assert!(!c.contains(&d));
             assert_eq!(b.size_of(&d).unwrap(), None);
             assert_eq!(b.put_bytes(b"a component").unwrap(), d);
             assert_eq!(c.get_bytes(&d).unwrap(), b"a component");

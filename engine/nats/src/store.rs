@@ -273,6 +273,28 @@ impl BlobStore for NatsStore {
         })
         .map_err(remote("list the components"))
     }
+    fn forget_removed_components(
+        &self,
+        listed: &[ComponentInfo],
+        before: SystemTime,
+    ) -> Result<usize, StoreError> {
+        // A copy put here and not yet uploaded is newer than `before`, so it stays.
+        let shared: std::collections::HashSet<Digest> = listed.iter().map(|c| c.digest).collect();
+        let mut forgotten = 0;
+        for cached in self.cache.digests()? {
+            if shared.contains(&cached) {
+                continue;
+            }
+            let path = self.cache.blob_path(&cached);
+            let old = std::fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .is_ok_and(|at| at < before);
+            if old && std::fs::remove_file(&path).is_ok() {
+                forgotten += 1;
+            }
+        }
+        Ok(forgotten)
+    }
     fn drop_unused_component(
         &self,
         digest: &Digest,

@@ -102,6 +102,17 @@ pub trait BlobStore: Send + Sync {
     fn list_components(&self) -> Result<Option<Vec<ComponentInfo>>, StoreError> {
         Ok(None)
     }
+    /// Forget this engine's cached copies of components the shared store no longer lists
+    /// (`listed`, from [`BlobStore::list_components`]: another engine removed them), kept or
+    /// used here before `before`; how many went.
+    fn forget_removed_components(
+        &self,
+        listed: &[ComponentInfo],
+        before: std::time::SystemTime,
+    ) -> Result<usize, StoreError> {
+        let _ = (listed, before);
+        Ok(0)
+    }
     /// Remove the component `digest` if it was last kept or used before `before` (checked
     /// again as it goes: a use noted meanwhile keeps it); the bytes freed, if it went.
     fn drop_unused_component(

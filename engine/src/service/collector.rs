@@ -179,13 +179,14 @@ impl Service {
         // go are collected with the artifacts right after.
         match self.release_unused().await {
             Ok(r) => {
-                if r.versions + r.components + r.removed > 0 {
+                if r.versions + r.components + r.removed + r.forgotten > 0 {
                     tracing::info!(
                         versions = r.versions,
                         components = r.components,
                         bytes = r.bytes,
                         removed = r.removed,
                         removed_bytes = r.removed_bytes,
+                        forgotten = r.forgotten,
                         "pipeline versions and components nothing names any more released"
                     );
                 }

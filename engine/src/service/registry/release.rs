@@ -49,6 +49,8 @@ pub struct Released {
     pub removed: usize,
     /// Their bytes.
     pub removed_bytes: u64,
+    /// This engine's cached copies of components another engine removed, forgotten.
+    pub forgotten: usize,
     /// Tenants left as they are, with why (a record that cannot be read); while there is
     /// one, the shared store is not swept.
     pub unknown: BTreeMap<String, String>,
@@ -215,6 +217,14 @@ impl Service {
             return Ok(out);
         };
         let kept_since = SystemTime::UNIX_EPOCH + Duration::from_millis(before);
+        // This engine's copies of what another engine removed (else they stay for ever).
+        let (blobs, shared) = (self.engine.blobs.clone(), listed.clone());
+        out.forgotten = tokio::task::spawn_blocking(move || {
+            blobs.forget_removed_components(&shared, kept_since)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
         let named: HashSet<&Digest> = roots.values().flatten().collect();
         for c in listed {
             if c.used_at >= kept_since || owned.contains(&c.digest) || named.contains(&c.digest) {
