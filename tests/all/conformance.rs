@@ -23,6 +23,16 @@ fn rt() -> tokio::runtime::Runtime {
 }
 
 async fn kv_suite(kv: &dyn Kv) {
+    // A removal on condition: refused once the key changed, made while it has not.
+    let d1 = kv.create("t/d", b"one".to_vec()).await.unwrap();
+    let d2 = kv.update("t/d", b"two".to_vec(), d1).await.unwrap();
+    assert!(matches!(
+        kv.delete_if("t/d", d1).await,
+        Err(KvError::Conflict { .. })
+    ));
+    assert_eq!(kv.get("t/d").await.unwrap(), Some((b"two".to_vec(), d2)));
+    kv.delete_if("t/d", d2).await.unwrap();
+    assert_eq!(kv.get("t/d").await.unwrap(), None);
     assert_eq!(kv.get("t/a").await.unwrap(), None);
     let r1 = kv.create("t/a", b"one".to_vec()).await.unwrap();
     assert!(

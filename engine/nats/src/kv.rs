@@ -94,6 +94,21 @@ impl Kv for NatsKv {
         async move { self.store.delete(key).await.map_err(backend) }.boxed()
     }
 
+    fn delete_if<'a>(&'a self, key: &'a str, revision: u64) -> BoxFuture<'a, KvResult<()>> {
+        async move {
+            self.store
+                .delete_expect_revision(key, Some(revision))
+                .await
+                .map_err(|e| match e.kind() {
+                    UpdateErrorKind::WrongLastRevision => KvError::Conflict {
+                        key: key.to_string(),
+                    },
+                    _ => backend(e),
+                })
+        }
+        .boxed()
+    }
+
     fn keys<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, KvResult<Vec<String>>> {
         async move {
             let mut keys: Vec<String> = match self.store.keys().await {

@@ -94,6 +94,11 @@ impl NatsStore {
 
     /// Make the blob shared: upload it unless the bucket has it.
     fn publish(&self, digest: Digest) -> Result<Digest, StoreError> {
+        // This engine's copy is in use: its new time keeps `forget_removed_components` off it
+        // while it is uploaded again.
+        if let Ok(f) = std::fs::File::open(self.cache.blob_path(&digest)) {
+            let _ = f.set_modified(SystemTime::now());
+        }
         // Kept already: the put is a use (the component collector spares what was put or
         // used within its grace, and its removal fails if a use is noted meanwhile).
         if !self.touch_name(&digest.hex())? {
@@ -278,7 +283,8 @@ impl BlobStore for NatsStore {
         listed: &[ComponentInfo],
         before: SystemTime,
     ) -> Result<usize, StoreError> {
-        // A copy put here and not yet uploaded is newer than `before`, so it stays.
+        // A copy put here and not yet uploaded is newer than `before` (`publish` renews its
+        // time), so it stays.
         let shared: std::collections::HashSet<Digest> = listed.iter().map(|c| c.digest).collect();
         let mut forgotten = 0;
         for cached in self.cache.digests()? {

@@ -47,6 +47,8 @@ pub trait Kv: Send + Sync {
     ) -> BoxFuture<'a, KvResult<u64>>;
     /// Remove a key (absent keys are fine).
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, KvResult<()>>;
+    /// Remove a key whose current revision is `revision` (`Conflict` if it changed).
+    fn delete_if<'a>(&'a self, key: &'a str, revision: u64) -> BoxFuture<'a, KvResult<()>>;
     /// Keys that start with `prefix`, sorted.
     fn keys<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, KvResult<Vec<String>>>;
     /// Watch `key`: once this returns, every later change of it is delivered, in order. The

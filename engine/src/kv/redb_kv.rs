@@ -195,6 +195,10 @@ impl Kv for RedbKv {
         async move { self.write(key, None, None).await.map(|_| ()) }.boxed()
     }
 
+    fn delete_if<'a>(&'a self, key: &'a str, revision: u64) -> BoxFuture<'a, KvResult<()>> {
+        async move { self.write(key, None, Some(revision)).await.map(|_| ()) }.boxed()
+    }
+
     fn watch<'a>(&'a self, key: &'a str) -> BoxFuture<'a, KvResult<Option<super::KvChanges>>> {
         let rx = self.changes.subscribe();
         let key = key.to_string();

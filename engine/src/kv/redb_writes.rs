@@ -13,7 +13,7 @@ use redb::{Database, ReadableTable, TableDefinition};
 use std::sync::{Arc, Mutex};
 
 /// One write: `value` written if the key's revision is `expected` (`None`: absent), or
-/// (`value` `None`) the key removed.
+/// (`value` `None`) the key removed — if its revision is `expected`, when one is given.
 pub(super) struct Write {
     pub key: String,
     pub value: Option<Vec<u8>>,
@@ -160,6 +160,7 @@ fn commit(db: &Database, table: &str, writes: &[Write]) -> Result<Vec<Outcome>, 
                 .map_err(|e| failed(e.into()))?
                 .map(|v| revision_of(v.value()));
             let outcome = match &w.value {
+                None if w.expected.is_some() && found != w.expected => Err(Failure::Conflict),
                 None => {
                     t.remove(w.key.as_str()).map_err(|e| failed(e.into()))?;
                     Ok(0)

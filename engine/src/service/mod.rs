@@ -185,6 +185,9 @@ pub struct Service {
     gather_us: std::sync::atomic::AtomicU64,
     /// Each pipeline's head as this engine last read it: what an early start runs (see `early`).
     heads: Mutex<crate::runtime::Lru<(String, String), Arc<Loaded>>>,
+    /// Pipeline versions as the release pass read them (see `release`).
+    release_memo:
+        Mutex<crate::runtime::Lru<(String, String, u64), Arc<registry::release::VersionMemo>>>,
     /// When the waiting actions were last counted for the metrics (see `control::gauges`).
     gauges_at: Mutex<Option<std::time::Instant>>,
     /// Authentication, policies, quotas and the audit trail (`sluice serve --auth`).
@@ -268,6 +271,9 @@ impl Service {
             unacked: Default::default(),
             gather_us: (journal::GATHER.as_micros() as u64).into(),
             heads: Mutex::new(crate::runtime::Lru::new(MAX_LOADED_PIPELINES)),
+            release_memo: Mutex::new(crate::runtime::Lru::new(
+                registry::release::MAX_VERSION_MEMOS,
+            )),
             gauges_at: Mutex::new(None),
             tenancy: Default::default(),
             retention: (retention::KEEP_EXECUTIONS.as_millis() as u64).into(),

@@ -31,6 +31,11 @@ macro_rules! passthrough {
             self.inner.delete(key)
         }
     };
+    (@ delete_if) => {
+        fn delete_if<'a>(&'a self, key: &'a str, revision: u64) -> futures_util::future::BoxFuture<'a, crate::kv::KvResult<()>> {
+            self.inner.delete_if(key, revision)
+        }
+    };
     (@ keys) => {
         fn keys<'a>(&'a self, prefix: &'a str) -> futures_util::future::BoxFuture<'a, crate::kv::KvResult<Vec<String>>> {
             self.inner.keys(prefix)
@@ -723,7 +728,7 @@ impl crate::kv::Kv for SlowReads {
             created
         })
     }
-    passthrough!(update, delete, keys);
+    passthrough!(update, delete, delete_if, keys);
 }
 
 /// Starting an execution reads the pipeline and the lanes of its first stage and writes the

@@ -63,7 +63,7 @@ impl Kv for DiesAfterWrite {
             self.inner.update(key, value, revision).await
         })
     }
-    super::tests::passthrough!(get, create, delete, keys);
+    super::tests::passthrough!(get, create, delete, delete_if, keys);
 }
 
 const GATED: &str = "name: gated\nstages:\n  - name: Approve\n    actions:\n      - { name: Gate, uses: approval@1, with: { approvers: ana } }\n  - name: Deploy\n    actions:\n      - { name: Ship, uses: noop@1 }\n";

@@ -30,7 +30,7 @@ impl Kv for Claims {
             self.inner.create(key, value).await
         })
     }
-    super::tests::passthrough!(get, update, delete, keys, watch);
+    super::tests::passthrough!(get, update, delete, delete_if, keys, watch);
 }
 
 const EARLY: &str = "name: early\nexecution_mode: parallel\nstages:\n  - name: Source\n    actions:\n      - { name: Snap, uses: source-dir@1, with: { path: app }, outputs: [src] }\n  - name: Two\n    actions:\n      - { name: B, uses: noop@1 }\n";

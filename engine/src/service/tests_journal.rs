@@ -43,7 +43,7 @@ impl Kv for HeldWrite {
             self.inner.update(key, value, revision).await
         })
     }
-    super::tests::passthrough!(get, create, delete, keys);
+    super::tests::passthrough!(get, create, delete, delete_if, keys);
 }
 
 struct Held {
@@ -649,7 +649,7 @@ impl Kv for HeldCreate {
             self.inner.create(key, value).await
         })
     }
-    super::tests::passthrough!(get, update, delete, keys);
+    super::tests::passthrough!(get, update, delete, delete_if, keys);
 }
 
 /// A trigger for `pipeline`, handled on `a` as its chain's first write (the record's creation)

@@ -21,7 +21,7 @@ impl Kv for CountLaneReads {
         }
         self.inner.get(key)
     }
-    super::tests::passthrough!(create, update, delete, keys, watch);
+    super::tests::passthrough!(create, update, delete, delete_if, keys, watch);
 }
 
 const PARALLEL: &str = "name: par\nexecution_mode: parallel\nstages:\n  - name: One\n    actions:\n      - { name: A, uses: noop@1 }\n  - name: Two\n    actions:\n      - { name: B, uses: noop@1 }\n  - name: Three\n    actions:\n      - { name: C, uses: noop@1 }\n";

@@ -312,6 +312,7 @@ impl Service {
             .into());
         }
         // Each `uses: NAMESPACE/NAME@MAJOR` is pinned to the digest the tenant installed.
+        let mut pins = Vec::new();
         for uses in named.marketplace {
             if let Some(l) = crate::service::registry::installed::for_uses(
                 &*self.edges.pipelines,
@@ -320,9 +321,18 @@ impl Service {
             )
             .await?
             {
+                pins.extend(l.blake3.parse::<crate::artifacts::Digest>().ok());
                 plugins.insert(uses, l.blake3);
             }
         }
+        // A pin is a use of the component: noted on the shared store, so a sweep that read
+        // the registrations before this version (and no longer finds the install that named
+        // it: reinstalled since) spares it. (A digest the YAML names noted its use in `owned`.)
+        let blobs = self.engine.blobs.clone();
+        tokio::task::spawn_blocking(move || pins.iter().try_for_each(|d| blobs.touch(d).map(drop)))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(|e| ApiError::unavailable(format!("the component store: {e}")))?;
         let stored = StoredPipeline {
             name: String::new(),
             version: 0,
