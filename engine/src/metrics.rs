@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | `sluice_executions_started_total` | counter | `pipeline` |
 //! | `sluice_executions_finished_total` | counter | `pipeline`, `status` |
-//! | `sluice_action_duration_seconds` | histogram | `plugin` |
+//! | `sluice_action_duration_seconds` | histogram | `plugin` (`component` for a file or digest) |
 //! | `sluice_jobs_in_flight` | gauge | |
 //! | `sluice_trigger_dead_letters_total` | counter | `pipeline` |
 //! | `sluice_compile_cache_hits_total` / `_misses_total` | counter | |
@@ -15,6 +15,9 @@
 //! | `sluice_queue_waiting` | gauge | `queue` (`jobs`, `triggers`): messages not delivered yet |
 //! | `sluice_queue_oldest_seconds` | gauge | `queue`: how long the oldest of them has waited |
 //! | `sluice_actions_waiting` | gauge | actions waiting for an approval, an event or a timer |
+//!
+//! Each label takes at most `MAX_LABEL_VALUES` values (tenants name pipelines and plugins),
+//! then `_other`. With authentication on, `/metrics` needs an operator's token.
 //!
 //! The last three are the service's, not one engine's (every engine reports the same queues
 //! and records): read them with `max`, not `sum`. They are sampled when `/metrics` is read.
@@ -49,7 +52,8 @@ pub struct QueueLabel {
     pub queue: String,
 }
 
-/// A plugin (`uses:` as written: `noop@1`, a digest, a file).
+/// A plugin (`uses:` as written for a built-in or marketplace plugin, `component` for a file
+/// or a digest).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PluginLabel {
     /// The plugin.
@@ -193,7 +197,7 @@ impl Metrics {
     pub fn observe(&self, e: &crate::bus::Event) {
         use crate::bus::Kind;
         use crate::scheduler::Status;
-        let pipeline = || format!("{}/{}", e.tenant, e.pipeline);
+        let pipeline = || PipelineLabel::of(&e.tenant, &e.pipeline).pipeline;
         match (e.kind, e.status) {
             (Kind::Pipeline, Status::InProgress) => {
                 self.executions_started
@@ -215,6 +219,54 @@ impl Metrics {
     }
 }
 
+/// Label values a family takes, at most: the pipelines and plugins are tenants' names, and a
+/// label set once made is never dropped. Past it, new values count under `_other`.
+pub const MAX_LABEL_VALUES: usize = 10_000;
+
+/// `value`, or `_other` once `family` has taken [`MAX_LABEL_VALUES`] others.
+fn bounded(family: &'static str, value: String) -> String {
+    use std::collections::{HashMap, HashSet};
+    static SEEN: LazyLock<std::sync::Mutex<HashMap<&'static str, HashSet<String>>>> =
+        LazyLock::new(Default::default);
+    let mut seen = SEEN.lock().unwrap();
+    let values = seen.entry(family).or_default();
+    if values.contains(&value) {
+        return value;
+    }
+    if values.len() >= MAX_LABEL_VALUES {
+        return "_other".into();
+    }
+    values.insert(value.clone());
+    value
+}
+
+impl PipelineLabel {
+    /// `<tenant>/<pipeline>`, bounded (see [`MAX_LABEL_VALUES`]).
+    pub fn of(tenant: &str, pipeline: &str) -> Self {
+        PipelineLabel {
+            pipeline: bounded("pipeline", format!("{tenant}/{pipeline}")),
+        }
+    }
+}
+
+impl PluginLabel {
+    /// A plugin as `uses:` names it: a built-in or marketplace plugin by its name; a file or a
+    /// digest as `component` (a path says more than a metric should, and each is one more
+    /// series); bounded (see [`MAX_LABEL_VALUES`]).
+    pub fn of(uses: &str) -> Self {
+        let named = !uses.starts_with("blake3:")
+            && !uses.ends_with(".wasm")
+            && !uses.starts_with('.')
+            && !uses.starts_with('/');
+        PluginLabel {
+            plugin: match named {
+                true => bounded("plugin", uses.to_string()),
+                false => "component".into(),
+            },
+        }
+    }
+}
+
 /// The process's metrics.
 pub fn get() -> &'static Metrics {
     static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -224,6 +276,33 @@ pub fn get() -> &'static Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn labels_name_plugins_not_files_and_take_a_bounded_number_of_values() {
+        assert_eq!(PluginLabel::of("noop@1").plugin, "noop@1");
+        assert_eq!(PluginLabel::of("acme/lint@2").plugin, "acme/lint@2");
+        for file in [
+            "./plugins/x.wasm",
+            "/home/ann/x.wasm",
+            "../x.wasm",
+            "blake3:00ff",
+        ] {
+            assert_eq!(PluginLabel::of(file).plugin, "component", "{file}");
+        }
+        let values: Vec<String> = (0..MAX_LABEL_VALUES + 2)
+            .map(|i| bounded("a family of this test", format!("v{i}")))
+            .collect();
+        assert_eq!(
+            values[MAX_LABEL_VALUES - 1],
+            format!("v{}", MAX_LABEL_VALUES - 1)
+        );
+        assert_eq!(values[MAX_LABEL_VALUES], "_other");
+        assert_eq!(
+            bounded("a family of this test", "v0".into()),
+            "v0",
+            "known values stay"
+        );
+    }
 
     #[test]
     fn the_text_format_names_every_metric_with_its_labels() {

@@ -353,6 +353,18 @@ fn one_tenant_cannot_see_or_change_another() {
             .stderr
             .contains("has expired")
     );
+    // The metrics name every tenant's pipelines: an operator's token reads them, a tenant's
+    // admin's does not, nor a request without one.
+    let (code, text) = h.http(a_admin, "GET", "/metrics", &[], b"");
+    assert_eq!(code, 403, "{text}");
+    let (code, _) = http(h.port, "GET", "/metrics", &[], b"");
+    assert_eq!(code, 401);
+    let (code, text) = h.http(&op, "GET", "/metrics", &[], b"");
+    assert_eq!(code, 200, "{text}");
+    assert!(
+        text.contains("sluice_executions_started_total{pipeline=\"globex/web\"}"),
+        "{text}"
+    );
     h.ok(a_admin, &["token", "revoke", "viewer"]);
     let r = h.as_(a_view, &["pipeline", "ls"]);
     assert!(r.stderr.contains("was revoked"), "{r:?}");

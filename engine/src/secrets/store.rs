@@ -26,6 +26,9 @@ struct Record {
 
 pub use sluice_api::verbs::SecretInfo;
 
+/// Secrets a tenant keeps, at most.
+pub const MAX_SECRETS: usize = 1000;
+
 /// Why a secret operation failed. No variant carries a value.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
@@ -211,7 +214,19 @@ impl SecretStore {
         let sealed = keys::seal(&key, value.as_bytes(), &value_aad(tenant, name));
         let created = match get_json::<Record>(&*self.kv, &value_key(tenant, name)).await? {
             Some((r, _)) => r.info.created,
-            None => now(),
+            None => {
+                let kept = self
+                    .kv
+                    .keys(&format!("_secrets/{tenant}/value/"))
+                    .await?
+                    .len();
+                if kept >= MAX_SECRETS {
+                    return Err(SecretError::Invalid(format!(
+                        "a tenant keeps at most {MAX_SECRETS} secrets: remove one first (sluice secret rm NAME)"
+                    )));
+                }
+                now()
+            }
         };
         let info = SecretInfo {
             name: name.to_string(),

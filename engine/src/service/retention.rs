@@ -89,6 +89,13 @@ impl Service {
                 Ok(n) => tracing::info!(removed = n, "lease records of ended jobs removed"),
                 Err(e) => tracing::warn!("the lease sweep failed (tried again later): {e}"),
             }
+            match self.prune_all_audit().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(removed = n, "audit records past --audit-keep removed"),
+                Err(e) => {
+                    tracing::warn!("the audit sweep failed (tried again later): {}", e.message)
+                }
+            }
             // Artifacts of records the last sweep deleted go a sweep later.
             self.collect_and_log(&mut collected).await;
             let keep = self.retention.load(Ordering::Relaxed);

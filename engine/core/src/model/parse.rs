@@ -77,6 +77,19 @@ pub const CAPABILITY_KEYS: &[&str] = &["process", "dirs", "http", "nats"];
 /// Parse `text` (the contents of `file`, whose directory is `dir`). Returns the pipeline as far
 /// as it could be read and every problem found; a YAML syntax error yields no pipeline.
 pub fn parse(file: &str, dir: PathBuf, text: &str) -> (Option<Pipeline>, Vec<Diagnostic>) {
+    if text.len() > MAX_PIPELINE_BYTES {
+        return (
+            None,
+            vec![Diagnostic {
+                loc: Loc { line: 1, col: 1 },
+                message: format!(
+                    "the pipeline file is {} KiB; a pipeline file may be at most {} KiB",
+                    text.len() >> 10,
+                    MAX_PIPELINE_BYTES >> 10
+                ),
+            }],
+        );
+    }
     if let Some(d) = prescan(text) {
         return (None, vec![d]);
     }
@@ -94,6 +107,10 @@ pub fn parse(file: &str, dir: PathBuf, text: &str) -> (Option<Pipeline>, Vec<Dia
     let pipeline = p.pipeline(&root, file, dir);
     (Some(pipeline), p.diags)
 }
+
+/// The largest pipeline file read (a thousand actions take about a tenth of it): every
+/// engine parses a registered pipeline, and keeps it parsed.
+pub const MAX_PIPELINE_BYTES: usize = 1 << 20;
 
 /// How deeply mappings and sequences may nest in a pipeline file. Building the tree recurses
 /// once per level, so a few kilobytes of `- - - …` would otherwise overflow the stack and abort
@@ -1204,6 +1221,27 @@ mod tests {
             .iter()
             .map(|d| format!("{}:{}: {}", d.loc.line, d.loc.col, d.message))
             .collect()
+    }
+
+    #[test]
+    fn a_pipeline_file_over_a_mebibyte_is_refused_before_it_is_read() {
+        let one = "  - name: S{i}\n    actions:\n      - { name: A, uses: noop@1 }\n";
+        let stages =
+            |n: usize| -> String { (0..n).map(|i| one.replace("{i}", &i.to_string())).collect() };
+        // A thousand stages of one action each: well within.
+        let fits = format!("name: p\nstages:\n{}", stages(1000));
+        assert!(fits.len() < MAX_PIPELINE_BYTES / 10, "{}", fits.len());
+        let (read, diags) = parse("p.yaml", PathBuf::from("/"), &fits);
+        assert!(diags.is_empty() && read.is_some_and(|p| p.stages.len() == 1000));
+        let huge = format!("name: p\nstages:\n{}", stages(20_000));
+        assert!(huge.len() > MAX_PIPELINE_BYTES);
+        let found = problems(&huge);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with("1:1: the pipeline file is")
+                && found[0].contains("at most 1024 KiB"),
+            "{found:?}"
+        );
     }
 
     #[test]

@@ -14,6 +14,9 @@ use std::sync::Arc;
 
 pub use sluice_api::verbs::StoredFunction;
 
+/// Functions a tenant registers, at most.
+pub const MAX_FUNCTIONS: usize = 1000;
+
 /// Resolves `function:` against the registry (or a `.wasm` file).
 pub struct Registered {
     /// The functions bucket.
@@ -79,6 +82,18 @@ impl Service {
                 crate::model::NAME_RULE
             )));
         }
+        let key = format!("{tenant}/{name}");
+        if self.edges.functions.get(&key).await?.is_none() {
+            let kept = self.list_functions(tenant).await?.len();
+            if kept >= MAX_FUNCTIONS {
+                return Err(ApiError::new(
+                    sluice_api::Code::QuotaExceeded,
+                    format!(
+                        "a tenant registers at most {MAX_FUNCTIONS} functions: remove one first (sluice function rm NAME)"
+                    ),
+                ));
+            }
+        }
         let blobs = self.engine.blobs.clone();
         let runtime = self.engine.registry.runtime().clone();
         // A component named by digest must be one the tenant uploaded (see `owned`).
@@ -127,7 +142,6 @@ impl Service {
             size,
             registered_at: crate::clock::now(),
         };
-        let key = format!("{tenant}/{name}");
         crate::kv::modify::<StoredFunction, _>(&*self.edges.functions, &key, |_| Some(f.clone()))
             .await
             .map_err(ApiError::from)?;

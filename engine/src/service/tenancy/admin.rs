@@ -5,7 +5,12 @@ use crate::kv::get_json;
 use crate::service::Service;
 use sluice_api::tenancy::{TenantInfo, TokenCreated, TokenInfo, Usage};
 use sluice_api::verbs::{self, Named};
-use sluice_api::{ApiError, Principal, Role};
+use sluice_api::{ApiError, Code, Principal, Role};
+
+/// Tokens of a tenant (or of the operators) that work, at most.
+pub const MAX_WORKING_TOKENS: usize = 1000;
+/// Token records of a tenant, revoked and expired ones included, at most.
+pub const MAX_TOKEN_RECORDS: usize = 10_000;
 
 impl Service {
     /// `token.create`.
@@ -55,6 +60,23 @@ impl Service {
             }
             None => None,
         };
+        // At most so many per tenant: working ones, and records kept (revoked and expired
+        // tokens stay listed).
+        let theirs = self.tokens(Some(tenant.as_deref())).await?;
+        let now = crate::clock::now();
+        let working = theirs
+            .iter()
+            .filter(|t| !t.revoked && t.expires_at.is_none_or(|at| at > now))
+            .count();
+        if working >= MAX_WORKING_TOKENS || theirs.len() >= MAX_TOKEN_RECORDS {
+            return Err(ApiError::new(
+                Code::QuotaExceeded,
+                format!(
+                    "a tenant holds at most {MAX_WORKING_TOKENS} working tokens and {MAX_TOKEN_RECORDS} token records (revoked and expired ones included); it holds {working} and {}",
+                    theirs.len()
+                ),
+            ));
+        }
         let (token, id, hash) = tokens::mint();
         // The name is unique in its tenant: claimed first.
         let name_key = tokens::name_key(tenant.as_deref(), &r.name);

@@ -44,6 +44,27 @@ impl Service {
         }
     }
 
+    /// Remove every tenant's records older than `--audit-keep` (with the retention sweep: the
+    /// pruning on writes reaches only the tenants still written to); how many went.
+    pub(in crate::service) async fn prune_all_audit(&self) -> Result<usize, ApiError> {
+        let keep = self.tenancy.keep.lock().unwrap().unwrap_or(AUDIT_KEEP);
+        let Some(cutoff) = crate::clock::now().0.checked_sub(keep.as_millis() as u64) else {
+            return Ok(0);
+        };
+        let mut removed = 0;
+        for key in self.edges.audit.keys("").await? {
+            let old = key
+                .rsplit_once('/')
+                .and_then(|(_, id)| id.parse::<ulid::Ulid>().ok())
+                .is_some_and(|u| u.timestamp_ms() < cutoff);
+            if old {
+                self.edges.audit.delete(&key).await?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     async fn prune_audit(&self, tenant: &str) {
         let keep = self.tenancy.keep.lock().unwrap().unwrap_or(AUDIT_KEEP);
         let Some(cutoff) = crate::clock::now().0.checked_sub(keep.as_millis() as u64) else {
@@ -180,6 +201,58 @@ mod tests {
     use sluice_api::tenancy::AuditRecord;
     use sluice_api::{Origin, Principal, verbs};
     use std::sync::Arc;
+
+    /// Requests without a valid token, each naming a made-up tenant, as fast as they come:
+    /// their refusals are recorded under `_invalid` (no record under a tenant that does not
+    /// exist, which nothing would prune), at most a burst of them at once; the next record
+    /// says how many were not recorded one by one. Old records of every tenant go with the
+    /// sweep.
+    #[tokio::test]
+    async fn failed_authentications_are_recorded_within_bounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = shared_edges(dir.path());
+        let service = engine(
+            &dir.path().join("a"),
+            Arc::new(MemoryBus::default()),
+            &shared,
+        );
+        service.enable_auth(std::time::Duration::from_secs(3600));
+        for i in 0..200 {
+            let refused = service
+                .authenticate(Some("not-a-token"), &format!("made-up-{i}"), Origin::Remote)
+                .await;
+            assert!(refused.is_err());
+        }
+        let keys = shared.audit.keys("").await.unwrap();
+        assert!(keys.iter().all(|k| k.starts_with("_invalid/")), "{keys:?}");
+        assert!((10..=12).contains(&keys.len()), "{}", keys.len());
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let _ = service
+            .authenticate(None, "made-up-again", Origin::Remote)
+            .await;
+        let listed = service
+            .audit_ls(
+                &Principal::local("_invalid", Origin::HostUser),
+                verbs::Audit::default(),
+            )
+            .await
+            .unwrap();
+        let last = listed.iter().max_by_key(|r| r.at).unwrap();
+        assert!(
+            last.reason
+                .as_deref()
+                .is_some_and(|r| r.contains("more failed authentications not recorded")),
+            "{last:?}"
+        );
+        assert_eq!(last.target, "made-up-again");
+
+        // Past `--audit-keep`, the sweep removes them, whatever the tenant.
+        *service.tenancy.keep.lock().unwrap() = Some(std::time::Duration::from_millis(1));
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let removed = service.prune_all_audit().await.unwrap();
+        assert_eq!(removed, keys.len() + 1);
+        assert!(shared.audit.keys("").await.unwrap().is_empty());
+    }
 
     #[tokio::test]
     async fn records_kept_by_earlier_versions_move_to_the_audit_bucket() {

@@ -37,6 +37,36 @@ pub struct Tenancy {
     rates: Mutex<HashMap<String, (f64, Instant)>>,
     /// Audit writes since the last pruning.
     written: std::sync::atomic::AtomicU64,
+    /// Per tenant (one that exists, or `_invalid`): failed authentications this engine may
+    /// still record now, when they were counted, and how many went unrecorded since the last
+    /// record (see `authenticate`).
+    refusals: Mutex<HashMap<String, (f64, Instant, u64)>>,
+}
+
+/// Failed authentications recorded per second and tenant on an engine, at most (with a burst
+/// of as many): anyone may send requests without a valid token, as fast as they like.
+const REFUSALS_PER_SECOND: f64 = 10.0;
+
+impl Tenancy {
+    /// Whether a failed authentication in `tenant` is recorded now; if so, with how many went
+    /// unrecorded before it.
+    fn refusal_recorded(&self, tenant: &str) -> Option<u64> {
+        let now = Instant::now();
+        let mut refusals = self.refusals.lock().unwrap();
+        let (left, since, unrecorded) =
+            refusals
+                .entry(tenant.to_string())
+                .or_insert((REFUSALS_PER_SECOND, now, 0));
+        *left = (*left + now.duration_since(*since).as_secs_f64() * REFUSALS_PER_SECOND)
+            .min(REFUSALS_PER_SECOND);
+        *since = now;
+        if *left < 1.0 {
+            *unrecorded += 1;
+            return None;
+        }
+        *left -= 1.0;
+        Some(std::mem::take(unrecorded))
+    }
 }
 
 /// What the audit records of a request: its verb, the role it needs and what it names.
@@ -101,16 +131,30 @@ impl Service {
             Ok(p) => return Ok(p),
             Err(e) => e,
         };
-        self.audit(AuditRecord {
-            at: crate::clock::now(),
-            tenant: claimed.to_string(),
-            principal: "anonymous".into(),
-            verb: "authenticate".into(),
-            target: String::new(),
-            outcome: refused.code.as_str().into(),
-            reason: Some(refused.message.clone()),
-        })
-        .await;
+        // Kept under the tenant named only if it exists (else under `_invalid`: a name made up
+        // for each request would leave records nothing prunes), and only so many a second.
+        let tenant = match self.tenant(claimed).await {
+            Ok(Some(_)) => claimed,
+            _ => NO_TENANT,
+        };
+        if let Some(unrecorded) = self.tenancy.refusal_recorded(tenant) {
+            let mut reason = refused.message.clone();
+            if unrecorded > 0 {
+                reason.push_str(&format!(
+                    " (and {unrecorded} more failed authentications not recorded one by one)"
+                ));
+            }
+            self.audit(AuditRecord {
+                at: crate::clock::now(),
+                tenant: tenant.to_string(),
+                principal: "anonymous".into(),
+                verb: "authenticate".into(),
+                target: claimed.chars().take(64).collect(),
+                outcome: refused.code.as_str().into(),
+                reason: Some(reason),
+            })
+            .await;
+        }
         Err(refused)
     }
 

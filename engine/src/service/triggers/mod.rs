@@ -185,9 +185,7 @@ impl Service {
         tracing::warn!("trigger for {tenant}/{pipeline} rejected: {reason}");
         crate::metrics::get()
             .dead_letters
-            .get_or_create(&crate::metrics::PipelineLabel {
-                pipeline: format!("{tenant}/{pipeline}"),
-            })
+            .get_or_create(&crate::metrics::PipelineLabel::of(tenant, pipeline))
             .inc();
         let letter = DeadLetter {
             tenant: tenant.into(),

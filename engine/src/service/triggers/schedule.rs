@@ -25,6 +25,13 @@ impl Service {
                     continue;
                 }
             };
+            // Only the current versions' schedules are kept: each `pipeline put` would
+            // otherwise leave one more entry on every engine.
+            let current: std::collections::HashSet<(String, String, u64)> = heads
+                .iter()
+                .map(|(t, p)| (t.clone(), p.name.clone(), p.version))
+                .collect();
+            parsed.retain(|key, _| current.contains(key));
             for (tenant, stored) in heads {
                 let key = (tenant.clone(), stored.name.clone(), stored.version);
                 if !parsed.contains_key(&key) {

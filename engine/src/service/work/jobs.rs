@@ -565,12 +565,9 @@ impl Service {
         metrics.jobs_in_flight.dec();
         metrics
             .action_seconds
-            .get_or_create(&crate::metrics::PluginLabel {
-                plugin: exec.stages[job.stage].actions[job.action]
-                    .plugin
-                    .reference
-                    .clone(),
-            })
+            .get_or_create(&crate::metrics::PluginLabel::of(
+                &exec.stages[job.stage].actions[job.action].plugin.reference,
+            ))
             .observe(began.elapsed().as_secs_f64());
         self.running.lock().unwrap().remove(&id);
         let Some((input, leftover)) = finished else {

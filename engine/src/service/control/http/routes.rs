@@ -293,7 +293,27 @@ async fn not_found() -> Refusal {
 }
 
 /// Prometheus' text format (see `docs/operations.md`).
-async fn metrics(State(service): Shared) -> Response {
+async fn metrics(State(service): Shared, headers: axum::http::HeaderMap) -> Response {
+    // With authentication on, the figures name every tenant's pipelines: an operator's only.
+    if service.auth_on() {
+        let token = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match service
+            .authenticate(token, "default", sluice_api::Origin::Remote)
+            .await
+        {
+            Ok(p) if p.may(sluice_api::Role::Operator) => {}
+            Ok(_) => {
+                return Refusal(ApiError::forbidden(
+                    "`/metrics` names every tenant's pipelines: it needs an operator's token",
+                ))
+                .into_response();
+            }
+            Err(e) => return Refusal(e).into_response(),
+        }
+    }
     service.sample_gauges().await;
     (
         [(
