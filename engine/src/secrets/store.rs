@@ -402,6 +402,34 @@ mod tests {
         (SecretStore::new(kv.clone(), master), kv)
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_tenant_keeps_a_bounded_number_of_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, _) = store(dir.path(), "master.key");
+        let puts = (0..MAX_SECRETS).map(|i| {
+            let s = &s;
+            async move {
+                s.put("acme", &format!("S{i}"), "value-0123456789", vec![])
+                    .await
+            }
+        });
+        for put in futures_util::future::join_all(puts).await {
+            put.unwrap();
+        }
+        let e = s
+            .put("acme", "ONE_MORE", "value-0123456789", vec![])
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("at most 1000 secrets"), "{e}");
+        // A secret kept may change; another tenant has its own count.
+        s.put("acme", "S0", "value-9876543210", vec![])
+            .await
+            .unwrap();
+        s.put("globex", "S0", "value-0123456789", vec![])
+            .await
+            .unwrap();
+    }
+
     #[tokio::test]
     async fn values_are_sealed_scoped_and_survive_a_key_rotation() {
         let dir = tempfile::tempdir().unwrap();
