@@ -185,6 +185,22 @@ fn nats_kv_conforms() {
         let js = async_nats::jetstream::new(client);
         let kv = NatsKv::open(&js, "test", 4).await.unwrap();
         kv_suite(&kv).await;
+        // A removed key leaves none of its revisions in the bucket's stream (the bucket keeps
+        // four per key): only the marker of its removal.
+        let stream = js.get_stream("KV_test").await.unwrap();
+        let r1 = kv.create("t/gone", b"one".to_vec()).await.unwrap();
+        let r2 = kv.update("t/gone", b"two".to_vec(), r1).await.unwrap();
+        assert!(stream.get_raw_message(r1).await.is_ok());
+        kv.delete("t/gone").await.unwrap();
+        for r in [r1, r2] {
+            assert!(
+                stream.get_raw_message(r).await.is_err(),
+                "revision {r} kept"
+            );
+        }
+        assert_eq!(kv.get("t/gone").await.unwrap(), None);
+        assert!(!kv.keys("t/").await.unwrap().contains(&"t/gone".to_string()));
+        kv.create("t/gone", b"again".to_vec()).await.unwrap();
     });
 }
 

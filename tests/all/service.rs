@@ -1138,14 +1138,15 @@ fn a_hostile_pipeline_file_is_refused_and_the_embedded_service_keeps_answering()
     wait_for(Duration::from_secs(30), "the control socket", || {
         p.path(".sluice/sluice.sock").exists().then_some(())
     });
-    // 5,000 nested block sequences (10 KB) and 3,000 nested mappings used to abort the engine.
+    // 5,000 nested block sequences (10 KB) and 1,400 nested mappings (just under the 1 MiB a
+    // pipeline file may be) used to abort the engine.
     p.write("deep.yaml", &format!("{}x", "- ".repeat(5_000)));
-    let mappings: String = (0..3_000)
+    let mappings: String = (0..1_400)
         .map(|i| format!("{}k{i}:\n", " ".repeat(i)))
         .collect();
     p.write(
         "deeper.yaml",
-        &format!("{mappings}{}x\n", " ".repeat(3_000)),
+        &format!("{mappings}{}x\n", " ".repeat(1_400)),
     );
     for (file, at) in [("deep.yaml", "1:129"), ("deeper.yaml", "65:68")] {
         let put = p.sluice(&["pipeline", "put", file]);

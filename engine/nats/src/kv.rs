@@ -90,14 +90,16 @@ impl Kv for NatsKv {
         .boxed()
     }
 
+    // A purge, not a delete: a delete marker keeps the key's earlier revisions (up to the
+    // bucket's history) in the stream for ever; a purge leaves the marker alone.
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, KvResult<()>> {
-        async move { self.store.delete(key).await.map_err(backend) }.boxed()
+        async move { self.store.purge(key).await.map_err(backend) }.boxed()
     }
 
     fn delete_if<'a>(&'a self, key: &'a str, revision: u64) -> BoxFuture<'a, KvResult<()>> {
         async move {
             self.store
-                .delete_expect_revision(key, Some(revision))
+                .purge_expect_revision(key, Some(revision))
                 .await
                 .map_err(|e| match e.kind() {
                     UpdateErrorKind::WrongLastRevision => KvError::Conflict {
