@@ -72,6 +72,56 @@ impl Service {
         Ok(deleted)
     }
 
+    /// Delete what refused trigger events leave once it is older than [`DEAD_LETTER_KEEP`]:
+    /// their dead letters (the listing drops them too, but nobody may list them), and the
+    /// claims of events that started no execution (an unknown pipeline, a policy, a quota;
+    /// claims of executions go with their records, above) — after that, the same event id may
+    /// start an execution. At most [`SWEEP_BATCH`]; returns how many went.
+    ///
+    /// [`DEAD_LETTER_KEEP`]: super::triggers::DEAD_LETTER_KEEP
+    pub async fn sweep_refused_triggers(&self) -> Result<usize, KvError> {
+        let Some(cutoff) = crate::clock::now()
+            .0
+            .checked_sub(super::triggers::DEAD_LETTER_KEEP.as_millis() as u64)
+        else {
+            return Ok(0);
+        };
+        let old = |id: &str| {
+            id.parse::<ulid::Ulid>()
+                .is_ok_and(|u| u.timestamp_ms() < cutoff)
+        };
+        let kv = &*self.edges.executions;
+        let mut deleted = 0;
+        for key in kv.keys("").await? {
+            let gone = if let Some((tenant, id)) = key.split_once("/dead/") {
+                // `<tenant>/dead/<ULID>`.
+                !tenant.contains('/') && old(id)
+            } else if let Some((tenant, _)) = key.split_once("/claim/") {
+                // `<tenant>/claim/<pipeline>/<hash>` → the id of the execution it would start.
+                if tenant.contains('/') {
+                    continue;
+                }
+                match get_json::<String>(kv, &key).await? {
+                    Some((id, _)) => {
+                        old(&id) && kv.get(&super::exec_key(tenant, &id)).await?.is_none()
+                    }
+                    None => false,
+                }
+            } else {
+                false
+            };
+            if !gone {
+                continue;
+            }
+            kv.delete(&key).await?;
+            deleted += 1;
+            if deleted >= SWEEP_BATCH {
+                break;
+            }
+        }
+        Ok(deleted)
+    }
+
     /// Sweep a minute after the start and then every hour (sooner while sweeps are full).
     pub(in crate::service) async fn sweep_now_and_then(&self) {
         match self.move_old_audit_records().await {
@@ -88,6 +138,14 @@ impl Service {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(removed = n, "lease records of ended jobs removed"),
                 Err(e) => tracing::warn!("the lease sweep failed (tried again later): {e}"),
+            }
+            match self.sweep_refused_triggers().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    removed = n,
+                    "dead letters and claims of refused trigger events removed"
+                ),
+                Err(e) => tracing::warn!("the claim sweep failed (tried again later): {e}"),
             }
             match self.prune_all_audit().await {
                 Ok(0) => {}

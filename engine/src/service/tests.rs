@@ -1249,6 +1249,50 @@ async fn dead_letters_expire() {
     );
 }
 
+/// What refused trigger events leave goes with the sweep once older than the dead letters
+/// are kept: their dead letters, and the claims that started no execution. A claim whose
+/// execution is kept stays (it goes with the record), and so does anything recent.
+#[tokio::test]
+async fn the_sweep_removes_old_dead_letters_and_claims_of_refused_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = shared_edges(dir.path());
+    let service = engine(dir.path(), Arc::new(LostBus), &shared);
+    let kv = &*shared.executions;
+    let now = crate::clock::now().0;
+    let old_at = now - super::triggers::DEAD_LETTER_KEEP.as_millis() as u64 - 86_400_000;
+    let (old, recent) = (
+        ulid::Ulid::from_parts(old_at, 1).to_string(),
+        ulid::Ulid::from_parts(now, 2).to_string(),
+    );
+    let ran = ulid::Ulid::from_parts(old_at, 3).to_string();
+    let json = |id: &str| serde_json::to_vec(id).unwrap();
+    kv.create(&format!("acme/dead/{old}"), b"{}".to_vec())
+        .await
+        .unwrap();
+    kv.create(&format!("acme/dead/{recent}"), b"{}".to_vec())
+        .await
+        .unwrap();
+    kv.create("acme/claim/p/refused", json(&old)).await.unwrap();
+    kv.create("acme/claim/p/fresh", json(&recent))
+        .await
+        .unwrap();
+    kv.create("acme/claim/p/ran", json(&ran)).await.unwrap();
+    kv.create(&exec_key("acme", &ran), b"{}".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(service.sweep_refused_triggers().await.unwrap(), 2);
+    let mut left = kv.keys("acme/").await.unwrap();
+    left.sort();
+    let mut want = vec![
+        format!("acme/dead/{recent}"),
+        "acme/claim/p/fresh".to_string(),
+        "acme/claim/p/ran".to_string(),
+        exec_key("acme", &ran),
+    ];
+    want.sort();
+    assert_eq!(left, want);
+}
+
 /// A tenant whose calls hold every turn of an engine makes its next call wait, not another
 /// tenant's; the waiting call goes on once a turn is given back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
