@@ -139,6 +139,14 @@ impl Service {
                 Ok(n) => tracing::info!(removed = n, "lease records of ended jobs removed"),
                 Err(e) => tracing::warn!("the lease sweep failed (tried again later): {e}"),
             }
+            match self.sweep_waits().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    removed = n,
+                    "waiters no longer waiting for their event removed"
+                ),
+                Err(e) => tracing::warn!("the wait sweep failed (tried again later): {e}"),
+            }
             match self.sweep_refused_triggers().await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(

@@ -1293,6 +1293,116 @@ async fn the_sweep_removes_old_dead_letters_and_claims_of_refused_events() {
     assert_eq!(left, want);
 }
 
+/// The index of actions waiting for events keeps those still waiting (or about to), and
+/// loses those whose wait ended without an event — a newer attempt, an ended action or
+/// execution, a record gone — with the subject once nobody waits for it.
+#[tokio::test]
+async fn the_sweep_takes_out_of_the_wait_index_those_no_longer_waiting() {
+    use super::wakes::Waiter;
+    use crate::scheduler::{Waiting, Wake};
+    let dir = tempfile::tempdir().unwrap();
+    let shared = shared_edges(dir.path());
+    let service = engine(dir.path(), Arc::new(LostBus), &shared);
+    let yaml = "name: w\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: noop@1 }\n      - { name: B, uses: noop@1 }\n      - { name: C, uses: noop@1 }\n";
+    let (pipeline, _) = crate::model::parse::parse("w.yaml", std::path::PathBuf::new(), yaml);
+    let pin = |uses: &str| crate::scheduler::PluginRef {
+        reference: uses.to_string(),
+        digest: String::new(),
+    };
+    let mut exec = Execution::new(
+        "x1".into(),
+        "acme",
+        &pipeline.unwrap(),
+        &pin,
+        Default::default(),
+    );
+    exec.status = Status::InProgress;
+    for (i, run) in exec.stages[0].actions.iter_mut().enumerate() {
+        run.status = Status::InProgress;
+        run.attempt = 1;
+        // A waits for the subject; B is about to (its wait not recorded yet); C has moved on
+        // to its second attempt.
+        if i == 0 {
+            run.waiting = Some(Waiting {
+                wake: Wake::Event("deploys.done".into()),
+                since: crate::clock::now(),
+                deadline: None,
+                percent: None,
+                token: "t".into(),
+            });
+        }
+        if i == 2 {
+            run.attempt = 2;
+        }
+    }
+    shared
+        .executions
+        .create(&exec_key("acme", "x1"), serde_json::to_vec(&exec).unwrap())
+        .await
+        .unwrap();
+    let waiter = |execution: &str, action: usize| Waiter {
+        tenant: "acme".into(),
+        execution: execution.into(),
+        stage: 0,
+        action,
+        attempt: 1,
+    };
+    // Written as `await_event` writes them (it writes only on NATS).
+    let write = |subject: &str, waiters: Vec<Waiter>| {
+        let kv = shared.waits.clone();
+        let index = super::wakes::WaitIndex {
+            subject: subject.into(),
+            waiters,
+        };
+        let key = format!(
+            "{}{}",
+            super::wakes::INDEX_PREFIX,
+            &blake3::hash(subject.as_bytes()).to_hex()[..32]
+        );
+        async move {
+            kv.create(&key, serde_json::to_vec(&index).unwrap())
+                .await
+                .unwrap()
+        }
+    };
+    write(
+        "deploys.done",
+        vec![
+            waiter("x1", 0),
+            waiter("x1", 1),
+            waiter("x1", 2),
+            waiter("gone", 0),
+        ],
+    )
+    .await;
+    write("other.subject", vec![waiter("gone", 1)]).await;
+    assert_eq!(service.sweep_waits().await.unwrap(), 3);
+    assert_eq!(
+        service.awaited_subjects().await.unwrap(),
+        vec!["deploys.done"]
+    );
+    // Once the execution ends, its waiters go too, and the subject with them.
+    exec.status = Status::Stopped;
+    let (_, revision) = shared
+        .executions
+        .get(&exec_key("acme", "x1"))
+        .await
+        .unwrap()
+        .unwrap();
+    shared
+        .executions
+        .update(
+            &exec_key("acme", "x1"),
+            serde_json::to_vec(&exec).unwrap(),
+            revision,
+        )
+        .await
+        .unwrap();
+    assert_eq!(service.sweep_waits().await.unwrap(), 2);
+    assert!(service.awaited_subjects().await.unwrap().is_empty());
+    assert!(shared.waits.keys("").await.unwrap().is_empty());
+}
+
 /// A tenant whose calls hold every turn of an engine makes its next call wait, not another
 /// tenant's; the waiting call goes on once a turn is given back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -143,6 +143,61 @@ impl Service {
         Ok(woken)
     }
 
+    /// Take out of the index the waiters no longer waiting for their subject (their wait
+    /// timed out, was stopped or woken by `sluice wake`, or their record is gone), which only
+    /// an event on the subject would otherwise take out — and, on NATS, the subjects the stream
+    /// captures with them. Returns how many went.
+    pub async fn sweep_waits(&self) -> Result<usize, KvError> {
+        let mut removed = 0;
+        for key in self.edges.waits.keys(INDEX_PREFIX).await? {
+            let Some((index, _)) = get_json::<WaitIndex>(&*self.edges.waits, &key).await? else {
+                continue;
+            };
+            let mut gone = Vec::new();
+            for w in &index.waiters {
+                let exec = get_json::<crate::scheduler::Execution>(
+                    &*self.edges.executions,
+                    &crate::service::exec_key(&w.tenant, &w.execution),
+                )
+                .await?;
+                // Still waiting, or about to: the attempt runs, and waits for nothing else
+                // (its wait may be recorded after the index names it).
+                let waits = exec.is_some_and(|(e, _)| {
+                    !e.status.is_terminal()
+                        && e.stages
+                            .get(w.stage)
+                            .and_then(|s| s.actions.get(w.action))
+                            .is_some_and(|run| {
+                                run.attempt == w.attempt
+                                    && !run.status.is_terminal()
+                                    && match run.waiting.as_ref().map(|x| &x.wake) {
+                                        Some(Wake::Event(s)) => *s == index.subject,
+                                        Some(_) => false,
+                                        None => true,
+                                    }
+                            })
+                });
+                if !waits {
+                    gone.push(w.clone());
+                }
+            }
+            if gone.is_empty() {
+                continue;
+            }
+            removed += gone.len();
+            let left = modify::<WaitIndex, _>(&*self.edges.waits, &key, |current| {
+                let mut index = current?;
+                index.waiters.retain(|w| !gone.contains(w));
+                Some(index)
+            })
+            .await?;
+            if left.is_some_and(|i| i.waiters.is_empty()) {
+                self.edges.waits.delete(&key).await?;
+            }
+        }
+        Ok(removed)
+    }
+
     /// Every subject some action waits for.
     pub async fn awaited_subjects(&self) -> Result<Vec<String>, KvError> {
         let mut out = Vec::new();
