@@ -1129,6 +1129,25 @@ fn events_on_a_pipelines_own_nats_subjects_start_it() {
         "{}",
         bad.stderr
     );
+    // Removed, the pipeline's stream goes too (it had no limit but a month's age, and nobody
+    // would consume it again).
+    let stream = sluice_nats::cluster::extra_stream_name("default", "extra");
+    let present = || {
+        rt().block_on(async {
+            let nc = async_nats::connect(&url).await.unwrap();
+            async_nats::jetstream::new(nc)
+                .get_stream(&stream)
+                .await
+                .is_ok()
+        })
+    };
+    assert!(present());
+    assert_eq!(client(&p, &url, &["pipeline", "rm", "extra"]).code, 0);
+    wait_for(
+        Duration::from_secs(90),
+        "the removed pipeline's stream to go",
+        || (!present()).then_some(()),
+    );
 }
 
 #[test]

@@ -117,6 +117,57 @@ pub async fn capture_wake_subjects(
         .map_err(|e| format!("cannot capture {subjects:?} (does another stream capture it?): {e}"))
 }
 
+/// The name of the stream carrying `tenant`'s `pipeline`'s extra `triggers.nats` subjects.
+pub fn extra_stream_name(tenant: &str, pipeline: &str) -> String {
+    format!(
+        "{EXTRA_PREFIX}{}",
+        &blake3::hash(format!("{tenant}/{pipeline}").as_bytes()).to_hex()[..20]
+    )
+}
+
+/// What every extra trigger stream's name starts with.
+pub const EXTRA_PREFIX: &str = "SLUICE_X_";
+
+/// How long an event waits in an extra trigger stream, at most (as long as a dead letter).
+const EXTRA_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Delete the extra trigger streams no current pipeline version asks for (`wanted`: their
+/// names), unless made within the last 30 s (a `pipeline put` makes its stream before its
+/// version is current); returns how many went.
+pub async fn drop_unwanted_extra_streams(
+    js: &async_nats::jetstream::Context,
+    wanted: &std::collections::HashSet<String>,
+) -> Result<usize, String> {
+    use futures_util::TryStreamExt;
+    let names: Vec<String> = js
+        .stream_names()
+        .try_collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut dropped = 0;
+    for name in names {
+        if !name.starts_with(EXTRA_PREFIX) || wanted.contains(&name) {
+            continue;
+        }
+        let Ok(mut stream) = js.get_stream(&name).await else {
+            continue;
+        };
+        let Ok(info) = stream.info().await else {
+            continue;
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        if now - info.created.unix_timestamp() < 30 {
+            continue;
+        }
+        if js.delete_stream(&name).await.is_ok() {
+            dropped += 1;
+        }
+    }
+    Ok(dropped)
+}
+
 /// The stream (and shared durable consumer) carrying a pipeline's extra `triggers.nats`
 /// subjects, created or updated to exactly `subjects`.
 pub async fn extra_stream(
@@ -125,14 +176,12 @@ pub async fn extra_stream(
     pipeline: &str,
     subjects: Vec<String>,
 ) -> Result<crate::queue::NatsQueue, String> {
-    let name = format!(
-        "SLUICE_X_{}",
-        &blake3::hash(format!("{tenant}/{pipeline}").as_bytes()).to_hex()[..20]
-    );
+    let name = extra_stream_name(tenant, pipeline);
     let config = async_nats::jetstream::stream::Config {
         name: name.clone(),
         subjects: subjects.clone(),
         retention: async_nats::jetstream::stream::RetentionPolicy::WorkQueue,
+        max_age: EXTRA_MAX_AGE,
         duplicate_window: Duration::from_secs(3600),
         num_replicas: crate::replicas(),
         ..Default::default()

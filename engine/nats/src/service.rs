@@ -215,11 +215,16 @@ pub async fn serve_extra_triggers(service: Arc<Service>, js: async_nats::jetstre
         (String, String),
         (Vec<String>, tokio::task::JoinHandle<()>),
     > = std::collections::HashMap::new();
+    let mut swept = std::time::Instant::now();
     loop {
         if let Ok(heads) =
             sluice_engine::service::pipelines::all_heads(&*service.edges().pipelines).await
         {
+            // The pipelines whose current version has extra subjects (a removed pipeline, or
+            // a version without them, stops its consumer and, below, its stream).
+            let mut wanted = std::collections::HashSet::new();
             for (tenant, stored) in heads {
+                let key = (tenant.clone(), stored.name.clone());
                 let subjects: Vec<String> = match service.loaded(&tenant, &stored).await {
                     Ok(l) => l
                         .pipeline
@@ -228,9 +233,15 @@ pub async fn serve_extra_triggers(service: Arc<Service>, js: async_nats::jetstre
                         .iter()
                         .map(|s| s.value.clone())
                         .collect(),
-                    Err(_) => continue,
+                    // Unknown for now: whatever runs for it stays.
+                    Err(_) => {
+                        wanted.insert(key);
+                        continue;
+                    }
                 };
-                let key = (tenant.clone(), stored.name.clone());
+                if !subjects.is_empty() {
+                    wanted.insert(key.clone());
+                }
                 if subjects.is_empty() || running.get(&key).is_some_and(|(s, _)| *s == subjects) {
                     continue;
                 }
@@ -258,6 +269,29 @@ pub async fn serve_extra_triggers(service: Arc<Service>, js: async_nats::jetstre
                         running.insert(key, (subjects, task));
                     }
                     Err(e) => tracing::warn!("extra triggers of {tenant}/{}: {e}", stored.name),
+                }
+            }
+            running.retain(|key, (_, task)| {
+                let keep = wanted.contains(key);
+                if !keep {
+                    task.abort();
+                }
+                keep
+            });
+            // Now and then, the streams nobody wants any more (every engine looks; deleting
+            // twice is harmless).
+            if swept.elapsed() > Duration::from_secs(30) {
+                swept = std::time::Instant::now();
+                let names = wanted
+                    .iter()
+                    .map(|(t, p)| crate::cluster::extra_stream_name(t, p))
+                    .collect();
+                match crate::cluster::drop_unwanted_extra_streams(&js, &names).await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!(dropped = n, "trigger streams of removed pipelines deleted")
+                    }
+                    Err(e) => tracing::warn!("extra trigger streams: {e}"),
                 }
             }
         }
