@@ -76,10 +76,11 @@ impl Service {
     /// their dead letters (the listing drops them too, but nobody may list them), and the
     /// claims of events that started no execution (an unknown pipeline, a policy, a quota;
     /// claims of executions go with their records, above) — after that, the same event id may
-    /// start an execution. At most [`SWEEP_BATCH`]; returns how many went.
+    /// start an execution. Claims only when `claims` (each is read: once a day is enough).
+    /// At most [`SWEEP_BATCH`]; returns how many went.
     ///
     /// [`DEAD_LETTER_KEEP`]: super::triggers::DEAD_LETTER_KEEP
-    pub async fn sweep_refused_triggers(&self) -> Result<usize, KvError> {
+    pub async fn sweep_refused_triggers(&self, claims: bool) -> Result<usize, KvError> {
         let Some(cutoff) = crate::clock::now()
             .0
             .checked_sub(super::triggers::DEAD_LETTER_KEEP.as_millis() as u64)
@@ -91,29 +92,45 @@ impl Service {
                 .is_ok_and(|u| u.timestamp_ms() < cutoff)
         };
         let kv = &*self.edges.executions;
+        let keys = kv.keys("").await?;
+        // Executions kept, from the listing (not read one by one).
+        let kept: std::collections::HashSet<&str> = keys
+            .iter()
+            .filter(|k| k.contains("/x/"))
+            .map(String::as_str)
+            .collect();
+        let mut held: std::collections::HashMap<String, Vec<String>> = Default::default();
         let mut deleted = 0;
-        for key in kv.keys("").await? {
-            let gone = if let Some((tenant, id)) = key.split_once("/dead/") {
-                // `<tenant>/dead/<ULID>`.
-                !tenant.contains('/') && old(id)
-            } else if let Some((tenant, _)) = key.split_once("/claim/") {
+        for key in &keys {
+            let gone = if let Some((tenant, _)) = key.split_once("/claim/") {
                 // `<tenant>/claim/<pipeline>/<hash>` → the id of the execution it would start.
-                if tenant.contains('/') {
+                if !claims || tenant.contains('/') {
                     continue;
                 }
-                match get_json::<String>(kv, &key).await? {
-                    Some((id, _)) => {
-                        old(&id) && kv.get(&super::exec_key(tenant, &id)).await?.is_none()
-                    }
-                    None => false,
+                let Some((id, _)) = get_json::<String>(kv, key).await? else {
+                    continue;
+                };
+                if !old(&id) || kept.contains(super::exec_key(tenant, &id).as_str()) {
+                    continue;
                 }
+                // A start waiting in the tenant's queue this long keeps its claim.
+                if !held.contains_key(tenant) {
+                    held.insert(
+                        tenant.to_string(),
+                        self.queued(tenant).await.unwrap_or_default(),
+                    );
+                }
+                !held[tenant].contains(&id)
+            } else if let Some((tenant, id)) = key.split_once("/dead/") {
+                // `<tenant>/dead/<ULID>`.
+                !tenant.contains('/') && old(id)
             } else {
                 false
             };
             if !gone {
                 continue;
             }
-            kv.delete(&key).await?;
+            kv.delete(key).await?;
             deleted += 1;
             if deleted >= SWEEP_BATCH {
                 break;
@@ -131,6 +148,7 @@ impl Service {
         }
         let mut wait = Duration::from_secs(60);
         let mut collected = None;
+        let mut claims_swept = None;
         loop {
             tokio::time::sleep(wait).await;
             wait = SWEEP_EVERY;
@@ -147,7 +165,13 @@ impl Service {
                 ),
                 Err(e) => tracing::warn!("the wait sweep failed (tried again later): {e}"),
             }
-            match self.sweep_refused_triggers().await {
+            let claims = claims_swept.is_none_or(|at: std::time::Instant| {
+                at.elapsed() >= Duration::from_secs(24 * 3600)
+            });
+            if claims {
+                claims_swept = Some(std::time::Instant::now());
+            }
+            match self.sweep_refused_triggers(claims).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(
                     removed = n,

@@ -9,8 +9,6 @@ use sluice_api::{ApiError, Code, Principal, Role};
 
 /// Tokens of a tenant (or of the operators) that work, at most.
 pub const MAX_WORKING_TOKENS: usize = 1000;
-/// Token records of a tenant, revoked and expired ones included, at most.
-pub const MAX_TOKEN_RECORDS: usize = 10_000;
 
 impl Service {
     /// `token.create`.
@@ -60,24 +58,29 @@ impl Service {
             }
             None => None,
         };
-        // At most so many per tenant: working ones, and records kept (revoked and expired
-        // tokens stay listed).
-        // (Counted by their names, one key each; their records read only near the limit.)
+        // At most so many working tokens per tenant. (Counted by their names, one key each;
+        // near the limit, the records of tokens that no longer work — revoked, expired — are
+        // removed, with their names, so that they never fill the tenant's place.)
         let names = tokens::name_key(tenant.as_deref(), "");
-        let records = self.edges.pipelines.keys(&names).await?.len();
-        if records >= MAX_WORKING_TOKENS {
+        if self.edges.pipelines.keys(&names).await?.len() >= MAX_WORKING_TOKENS {
             let now = crate::clock::now();
-            let working = self
-                .tokens(Some(tenant.as_deref()))
-                .await?
-                .iter()
-                .filter(|t| !t.revoked && t.expires_at.is_none_or(|at| at > now))
-                .count();
-            if working >= MAX_WORKING_TOKENS || records >= MAX_TOKEN_RECORDS {
+            let mut working = 0;
+            for t in self.tokens(Some(tenant.as_deref())).await? {
+                if !t.revoked && t.expires_at.is_none_or(|at| at > now) {
+                    working += 1;
+                    continue;
+                }
+                self.edges.pipelines.delete(&tokens::key(&t.id)).await?;
+                self.edges
+                    .pipelines
+                    .delete(&tokens::name_key(t.tenant.as_deref(), &t.name))
+                    .await?;
+            }
+            if working >= MAX_WORKING_TOKENS {
                 return Err(ApiError::new(
                     Code::QuotaExceeded,
                     format!(
-                        "a tenant holds at most {MAX_WORKING_TOKENS} working tokens and {MAX_TOKEN_RECORDS} token records (revoked and expired ones included); it holds {working} and {records}"
+                        "a tenant holds at most {MAX_WORKING_TOKENS} working tokens: revoke one first (sluice token revoke NAME)"
                     ),
                 ));
             }
@@ -290,5 +293,58 @@ impl Service {
             quotas,
             tenant,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MAX_WORKING_TOKENS;
+    use crate::bus::MemoryBus;
+    use crate::service::tests::{engine, shared_edges};
+    use sluice_api::verbs::{TenantCreate, TokenCreate, TokenRevoke};
+    use sluice_api::{Code, Origin, Principal};
+    use std::sync::Arc;
+
+    /// A tenant holds a bounded number of working tokens; tokens revoked or expired do not
+    /// take its place for ever: at the limit, creating one removes them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_tenant_holds_a_bounded_number_of_working_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = shared_edges(dir.path());
+        let service = engine(dir.path(), Arc::new(MemoryBus::default()), &shared);
+        service.enable_auth(std::time::Duration::from_secs(3600));
+        let op = Principal::local("acme", Origin::HostUser);
+        let create = TenantCreate {
+            name: "acme".into(),
+            policy: Default::default(),
+            quotas: Default::default(),
+        };
+        service.call(&op, create).await.unwrap();
+        let token = |name: String| TokenCreate {
+            name,
+            role: "viewer".into(),
+            tenant: None,
+            expires: None,
+        };
+        let made = (0..MAX_WORKING_TOKENS).map(|i| service.call(&op, token(format!("t{i}"))));
+        for made in futures_util::future::join_all(made).await {
+            made.unwrap();
+        }
+        let e = service
+            .call(&op, token("one-more".into()))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, Code::QuotaExceeded, "{e:?}");
+        let revoke = TokenRevoke {
+            name: "t7".into(),
+            tenant: None,
+        };
+        service.call(&op, revoke).await.unwrap();
+        service.call(&op, token("one-more".into())).await.unwrap();
+        // The revoked token went, name and all: the name may be given again (once there is
+        // room).
+        let names = shared.pipelines.keys("_auth/names/acme/").await.unwrap();
+        assert_eq!(names.len(), MAX_WORKING_TOKENS);
+        assert!(!names.iter().any(|n| n.ends_with("/t7")));
     }
 }

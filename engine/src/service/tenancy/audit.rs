@@ -217,6 +217,7 @@ mod tests {
             &shared,
         );
         service.enable_auth(std::time::Duration::from_secs(3600));
+        let began = std::time::Instant::now();
         for i in 0..200 {
             let refused = service
                 .authenticate(Some("not-a-token"), &format!("made-up-{i}"), Origin::Remote)
@@ -225,7 +226,13 @@ mod tests {
         }
         let keys = shared.audit.keys("").await.unwrap();
         assert!(keys.iter().all(|k| k.starts_with("_invalid/")), "{keys:?}");
-        assert!((10..=12).contains(&keys.len()), "{}", keys.len());
+        // A burst of ten, then ten a second (however long the 200 took on this machine).
+        let most = 10 + (began.elapsed().as_secs_f64() * 10.0).ceil() as usize;
+        assert!(
+            (10..=most).contains(&keys.len()) && keys.len() < 100,
+            "{} of 200 recorded, at most {most}",
+            keys.len()
+        );
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         let _ = service
             .authenticate(None, "made-up-again", Origin::Remote)

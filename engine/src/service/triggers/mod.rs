@@ -183,9 +183,19 @@ impl Service {
         payload: &[u8],
     ) {
         tracing::warn!("trigger for {tenant}/{pipeline} rejected: {reason}");
+        // A pipeline this engine knows by its name; any other as `_unknown` (whoever may
+        // publish a trigger could otherwise use up the label's values with made-up names).
+        let known = self
+            .heads
+            .lock()
+            .unwrap()
+            .contains_key(&(tenant.to_string(), pipeline.to_string()));
         crate::metrics::get()
             .dead_letters
-            .get_or_create(&crate::metrics::PipelineLabel::of(tenant, pipeline))
+            .get_or_create(&crate::metrics::PipelineLabel::of(
+                tenant,
+                if known { pipeline } else { "_unknown" },
+            ))
             .inc();
         let letter = DeadLetter {
             tenant: tenant.into(),

@@ -134,12 +134,7 @@ impl Service {
             Some(index)
         })
         .await?;
-        if get_json::<WaitIndex>(&*self.edges.waits, &key)
-            .await?
-            .is_some_and(|(i, _)| i.waiters.is_empty())
-        {
-            let _ = self.edges.waits.delete(&key).await;
-        }
+        let _ = self.drop_index_if_empty(&key).await;
         Ok(woken)
     }
 
@@ -160,21 +155,15 @@ impl Service {
                     &crate::service::exec_key(&w.tenant, &w.execution),
                 )
                 .await?;
-                // Still waiting, or about to: the attempt runs, and waits for nothing else
-                // (its wait may be recorded after the index names it).
+                // Its attempt still runs (waiting for the event, or for something before it):
+                // it stays.
                 let waits = exec.is_some_and(|(e, _)| {
                     !e.status.is_terminal()
                         && e.stages
                             .get(w.stage)
                             .and_then(|s| s.actions.get(w.action))
                             .is_some_and(|run| {
-                                run.attempt == w.attempt
-                                    && !run.status.is_terminal()
-                                    && match run.waiting.as_ref().map(|x| &x.wake) {
-                                        Some(Wake::Event(s)) => *s == index.subject,
-                                        Some(_) => false,
-                                        None => true,
-                                    }
+                                run.attempt == w.attempt && !run.status.is_terminal()
                             })
                 });
                 if !waits {
@@ -185,17 +174,31 @@ impl Service {
                 continue;
             }
             removed += gone.len();
-            let left = modify::<WaitIndex, _>(&*self.edges.waits, &key, |current| {
+            modify::<WaitIndex, _>(&*self.edges.waits, &key, |current| {
                 let mut index = current?;
                 index.waiters.retain(|w| !gone.contains(w));
                 Some(index)
             })
             .await?;
-            if left.is_some_and(|i| i.waiters.is_empty()) {
-                self.edges.waits.delete(&key).await?;
-            }
+            self.drop_index_if_empty(&key).await?;
         }
         Ok(removed)
+    }
+
+    /// Remove the index entry `key` if nobody waits in it any more — unless a waiter came
+    /// meanwhile (removed only at the revision read).
+    async fn drop_index_if_empty(&self, key: &str) -> Result<(), KvError> {
+        let Some((bytes, revision)) = self.edges.waits.get(key).await? else {
+            return Ok(());
+        };
+        let empty = serde_json::from_slice::<WaitIndex>(&bytes).is_ok_and(|i| i.waiters.is_empty());
+        if empty {
+            match self.edges.waits.delete_if(key, revision).await {
+                Ok(()) | Err(KvError::Conflict { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// Every subject some action waits for.
