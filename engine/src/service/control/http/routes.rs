@@ -245,10 +245,18 @@ where
     Streams: axum::extract::FromRef<S>,
     S: Clone + Send + Sync + 'static,
 {
-    OpenApiRouter::with_openapi(Doc::openapi())
+    // Requests that carry a file: a folder, a pipeline, a component. The API's own bounds
+    // apply (`MAX_UPLOAD`), not axum's.
+    let files = OpenApiRouter::new()
         .routes(routes!(put_bundle))
-        .routes(routes!(list_pipelines))
         .routes(routes!(get_pipeline, put_pipeline, delete_pipeline))
+        .routes(routes!(get_function, put_function, delete_function))
+        .routes(routes!(installed_plugins, install_plugin))
+        .layer(DefaultBodyLimit::max(sluice_api::limits::MAX_UPLOAD));
+    // The others carry a few fields: a body larger than `MAX_BODY` is refused before it is
+    // read (a tenant's client cannot make an engine hold 64 MiB per call).
+    OpenApiRouter::with_openapi(Doc::openapi())
+        .routes(routes!(list_pipelines))
         .routes(routes!(pipeline_state))
         .routes(routes!(repair_pipeline_state))
         .routes(routes!(disable_transition))
@@ -264,13 +272,11 @@ where
         .routes(routes!(wake_action))
         .routes(routes!(list_approvals))
         .routes(routes!(list_functions))
-        .routes(routes!(get_function, put_function, delete_function))
         .routes(routes!(list_dead_letters))
         .routes(routes!(replay_dead_letter))
         .routes(routes!(action_logs))
         .routes(routes!(events))
         .routes(routes!(list_plugins))
-        .routes(routes!(installed_plugins, install_plugin))
         .routes(routes!(list_secrets))
         .routes(routes!(put_secret, delete_secret))
         .routes(routes!(rotate_secret_key))
@@ -282,9 +288,12 @@ where
             "/api/v1/artifacts/{digest}/files/{*path}",
             axum::routing::get(artifact_file),
         )
-        // A function's component rides in the body; the API's own bound applies, not axum's.
-        .layer(DefaultBodyLimit::max(sluice_api::limits::MAX_UPLOAD))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .merge(files)
 }
+
+/// The largest body of a request that carries no file (a secret's value is at most 64 KiB).
+const MAX_BODY: usize = 1 << 20;
 
 async fn not_found() -> Refusal {
     Refusal(ApiError::not_found(
