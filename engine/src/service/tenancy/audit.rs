@@ -10,6 +10,9 @@ use sluice_api::tenancy::AuditRecord;
 use sluice_api::verbs;
 use sluice_api::{ApiError, Code, Principal, Role};
 
+/// How long the records of failed authentications under `_invalid` are kept, at most.
+const ANONYMOUS_KEEP: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
 /// The most records `audit` returns.
 const MAX_AUDIT: usize = 1000;
 
@@ -51,8 +54,18 @@ impl Service {
         let Some(cutoff) = crate::clock::now().0.checked_sub(keep.as_millis() as u64) else {
             return Ok(0);
         };
+        // Failed authentications naming no tenant that exists: anyone may cause them, so they
+        // are kept a week at most.
+        let anonymous_cutoff = crate::clock::now()
+            .0
+            .saturating_sub(ANONYMOUS_KEEP.as_millis() as u64)
+            .max(cutoff);
         let mut removed = 0;
         for key in self.edges.audit.keys("").await? {
+            let cutoff = match key.starts_with(&format!("{NO_TENANT}/")) {
+                true => anonymous_cutoff,
+                false => cutoff,
+            };
             let old = key
                 .rsplit_once('/')
                 .and_then(|(_, id)| id.parse::<ulid::Ulid>().ok())
@@ -253,6 +266,23 @@ mod tests {
         );
         assert_eq!(last.target, "made-up-again");
 
+        // Those naming no tenant go after a week, a tenant's after `--audit-keep` (90 days).
+        *service.tenancy.keep.lock().unwrap() = Some(super::AUDIT_KEEP);
+        let eight_days_ago = crate::clock::now().0 - 8 * 86_400_000;
+        let old = ulid::Ulid::from_parts(eight_days_ago, 1);
+        for key in [format!("_invalid/{old}"), format!("acme/{old}")] {
+            shared.audit.create(&key, b"{}".to_vec()).await.unwrap();
+        }
+        assert_eq!(service.prune_all_audit().await.unwrap(), 1);
+        assert!(
+            shared
+                .audit
+                .get(&format!("acme/{old}"))
+                .await
+                .unwrap()
+                .is_some()
+        );
+        shared.audit.delete(&format!("acme/{old}")).await.unwrap();
         // Past `--audit-keep`, the sweep removes them, whatever the tenant.
         *service.tenancy.keep.lock().unwrap() = Some(std::time::Duration::from_millis(1));
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
