@@ -201,6 +201,28 @@ fn nats_kv_conforms() {
         assert_eq!(kv.get("t/gone").await.unwrap(), None);
         assert!(!kv.keys("t/").await.unwrap().contains(&"t/gone".to_string()));
         kv.create("t/gone", b"again".to_vec()).await.unwrap();
+        // The marker a removal leaves goes too, once it is old enough; a key written again
+        // keeps its new value.
+        kv.create("t/marked", b"one".to_vec()).await.unwrap();
+        kv.delete("t/marked").await.unwrap();
+        let marker = "$KV.test.t/marked";
+        assert!(stream.get_last_raw_message_by_subject(marker).await.is_ok());
+        assert_eq!(
+            kv.purge_markers(Duration::from_secs(3600)).await.unwrap(),
+            0,
+            "not an hour old"
+        );
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert!(kv.purge_markers(Duration::ZERO).await.unwrap() >= 1);
+        assert!(
+            stream
+                .get_last_raw_message_by_subject(marker)
+                .await
+                .is_err()
+        );
+        assert_eq!(kv.get("t/gone").await.unwrap().unwrap().0, b"again");
+        kv.create("t/marked", b"two".to_vec()).await.unwrap();
+        assert_eq!(kv.get("t/marked").await.unwrap().unwrap().0, b"two");
     });
 }
 

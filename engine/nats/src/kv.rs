@@ -40,6 +40,77 @@ impl NatsKv {
             client: js.client(),
         })
     }
+
+    /// Remove the markers that removed keys left, for keys removed more than `older_than` ago:
+    /// a purge takes a key's revisions but leaves its marker (one message per key ever
+    /// removed, which every listing walks). A key written again since keeps its new value
+    /// (only what precedes the marker goes). Returns how many markers went.
+    pub async fn purge_markers(&self, older_than: std::time::Duration) -> KvResult<usize> {
+        let mut stream = self.store.stream.clone();
+        if stream.info().await.map_err(backend)?.state.messages == 0 {
+            return Ok(0);
+        }
+        let cutoff = std::time::SystemTime::now()
+            .checked_sub(older_than)
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs() as i64);
+        // The last message of every key, markers included, headers only (a listing, as
+        // `keys` reads it: the values are not sent).
+        let consumer = stream
+            .create_consumer(async_nats::jetstream::consumer::push::OrderedConfig {
+                deliver_subject: self.client.new_inbox(),
+                filter_subject: format!("{}>", self.store.prefix),
+                headers_only: true,
+                replay_policy: async_nats::jetstream::consumer::ReplayPolicy::Instant,
+                deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::LastPerSubject,
+                ..Default::default()
+            })
+            .await
+            .map_err(backend)?;
+        if consumer.cached_info().num_pending == 0 {
+            return Ok(0);
+        }
+        let mut messages = consumer.messages().await.map_err(backend)?;
+        let mut markers = Vec::new();
+        loop {
+            let next = tokio::time::timeout(std::time::Duration::from_secs(5), messages.next());
+            let Ok(Some(message)) = next.await else {
+                break;
+            };
+            let message = message.map_err(backend)?;
+            let info = message.info().map_err(backend)?;
+            let removed = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("KV-Operation"))
+                .is_some_and(|op| op.as_str() == "DEL" || op.as_str() == "PURGE");
+            if removed && info.published.unix_timestamp() < cutoff {
+                let key = message
+                    .subject
+                    .as_str()
+                    .strip_prefix(self.store.prefix.as_str())
+                    .unwrap_or_default()
+                    .to_string();
+                markers.push((key, info.stream_sequence));
+            }
+            if info.pending == 0 {
+                break;
+            }
+        }
+        let mut purged = 0;
+        for (key, revision) in markers {
+            let done = stream
+                .purge()
+                .filter(format!("{}{key}", self.store.prefix))
+                .sequence(revision + 1)
+                .await;
+            match done {
+                Ok(_) => purged += 1,
+                Err(e) => tracing::warn!("the marker of removed key {key} stays: {e}"),
+            }
+        }
+        Ok(purged)
+    }
 }
 
 impl Kv for NatsKv {

@@ -35,6 +35,9 @@ async fn open_layout(client: &async_nats::Client, timing: Timing) -> anyhow::Res
     }
 }
 
+/// How often, and how long after its removal, a removed key's marker is purged.
+const MARKERS_EVERY: Duration = Duration::from_secs(3600);
+
 /// A service engine on NATS at `url`, with its local cache (compiled components, workspaces)
 /// in `data`.
 pub async fn serve(
@@ -54,6 +57,27 @@ pub async fn serve(
     ));
     let logs = crate::logs::open(&layout.js).await?;
     let cluster = crate::cluster::NatsCluster::new(client.clone(), layout.js.clone());
+    // Hourly, the markers of keys removed more than an hour ago (every engine: repeating
+    // another's purge is harmless).
+    let buckets = [
+        layout.pipelines.clone(),
+        layout.executions.clone(),
+        layout.functions.clone(),
+        layout.waits.clone(),
+        layout.audit.clone(),
+    ];
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(MARKERS_EVERY).await;
+            for bucket in &buckets {
+                match bucket.purge_markers(MARKERS_EVERY).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(markers = n, "markers of removed keys purged"),
+                    Err(e) => tracing::warn!("markers of removed keys stay: {e}"),
+                }
+            }
+        }
+    });
     let edges = Edges {
         pipelines: Arc::new(layout.pipelines),
         executions: Arc::new(layout.executions),
