@@ -47,9 +47,14 @@ impl NatsKv {
     /// (only what precedes the marker goes). Returns how many markers went.
     pub async fn purge_markers(&self, older_than: std::time::Duration) -> KvResult<usize> {
         let mut stream = self.store.stream.clone();
-        if stream.info().await.map_err(backend)?.state.messages == 0 {
+        let info = stream.info().await.map_err(backend)?;
+        let state = &info.state;
+        if state.messages == 0 {
             return Ok(0);
         }
+        // What is written after this is not looked at (a bucket written all the time would
+        // otherwise keep the listing going).
+        let last = state.last_sequence;
         let cutoff = std::time::SystemTime::now()
             .checked_sub(older_than)
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
@@ -77,23 +82,30 @@ impl NatsKv {
             let Ok(Some(message)) = next.await else {
                 break;
             };
-            let message = message.map_err(backend)?;
-            let info = message.info().map_err(backend)?;
+            // A listing cut short purges what it found.
+            let Ok(message) = message else {
+                break;
+            };
+            let Ok(info) = message.info() else {
+                break;
+            };
             let removed = message
                 .headers
                 .as_ref()
                 .and_then(|h| h.get("KV-Operation"))
                 .is_some_and(|op| op.as_str() == "DEL" || op.as_str() == "PURGE");
-            if removed && info.published.unix_timestamp() < cutoff {
-                let key = message
-                    .subject
-                    .as_str()
-                    .strip_prefix(self.store.prefix.as_str())
-                    .unwrap_or_default()
-                    .to_string();
-                markers.push((key, info.stream_sequence));
+            let key = message
+                .subject
+                .as_str()
+                .strip_prefix(self.store.prefix.as_str())
+                .filter(|k| !k.is_empty());
+            if let Some(key) = key
+                && removed
+                && info.published.unix_timestamp() < cutoff
+            {
+                markers.push((key.to_string(), info.stream_sequence));
             }
-            if info.pending == 0 {
+            if info.pending == 0 || info.stream_sequence >= last {
                 break;
             }
         }
@@ -128,15 +140,24 @@ impl Kv for NatsKv {
 
     fn create<'a>(&'a self, key: &'a str, value: Vec<u8>) -> BoxFuture<'a, KvResult<u64>> {
         async move {
-            self.store
-                .create(key, value.into())
-                .await
-                .map_err(|e| match e.kind() {
-                    CreateErrorKind::AlreadyExists => KvError::Conflict {
-                        key: key.to_string(),
-                    },
-                    _ => backend(e),
-                })
+            let mut tries = 0;
+            loop {
+                match self.store.create(key, value.clone().into()).await {
+                    Ok(revision) => return Ok(revision),
+                    Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {
+                        // The create of a removed key writes over its marker: a marker purged
+                        // meanwhile (`purge_markers`) makes it fail with no key there.
+                        tries += 1;
+                        if tries < 3 && self.get(key).await?.is_none() {
+                            continue;
+                        }
+                        return Err(KvError::Conflict {
+                            key: key.to_string(),
+                        });
+                    }
+                    Err(e) => return Err(backend(e)),
+                }
+            }
         }
         .boxed()
     }

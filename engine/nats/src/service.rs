@@ -67,8 +67,12 @@ pub async fn serve(
         layout.audit.clone(),
     ];
     tokio::spawn(async move {
+        // First a few minutes after the start (an engine restarted more often than hourly
+        // still does it), then hourly.
+        let mut wait = Duration::from_secs(300);
         loop {
-            tokio::time::sleep(MARKERS_EVERY).await;
+            tokio::time::sleep(wait).await;
+            wait = MARKERS_EVERY;
             for bucket in &buckets {
                 match bucket.purge_markers(MARKERS_EVERY).await {
                     Ok(0) => {}

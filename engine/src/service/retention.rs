@@ -99,7 +99,7 @@ impl Service {
             .filter(|k| k.contains("/x/"))
             .map(String::as_str)
             .collect();
-        let mut held: std::collections::HashMap<String, Vec<String>> = Default::default();
+        let mut held: std::collections::HashMap<String, Option<Vec<String>>> = Default::default();
         let mut deleted = 0;
         for key in &keys {
             let gone = if let Some((tenant, _)) = key.split_once("/claim/") {
@@ -113,14 +113,14 @@ impl Service {
                 if !old(&id) || kept.contains(super::exec_key(tenant, &id).as_str()) {
                     continue;
                 }
-                // A start waiting in the tenant's queue this long keeps its claim.
+                // A start waiting in the tenant's queue this long keeps its claim (and all
+                // of them, while the queue cannot be read).
                 if !held.contains_key(tenant) {
-                    held.insert(
-                        tenant.to_string(),
-                        self.queued(tenant).await.unwrap_or_default(),
-                    );
+                    held.insert(tenant.to_string(), self.queued(tenant).await.ok());
                 }
-                !held[tenant].contains(&id)
+                let waiting = held[tenant].as_ref().is_none_or(|q| q.contains(&id));
+                // Recorded since the listing (it left the queue): its claim stays.
+                !waiting && kv.get(&super::exec_key(tenant, &id)).await?.is_none()
             } else if let Some((tenant, id)) = key.split_once("/dead/") {
                 // `<tenant>/dead/<ULID>`.
                 !tenant.contains('/') && old(id)
@@ -168,10 +168,11 @@ impl Service {
             let claims = claims_swept.is_none_or(|at: std::time::Instant| {
                 at.elapsed() >= Duration::from_secs(24 * 3600)
             });
-            if claims {
+            let result = self.sweep_refused_triggers(claims).await;
+            if claims && result.is_ok() {
                 claims_swept = Some(std::time::Instant::now());
             }
-            match self.sweep_refused_triggers(claims).await {
+            match result {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(
                     removed = n,

@@ -70,11 +70,15 @@ impl Service {
                     working += 1;
                     continue;
                 }
-                self.edges.pipelines.delete(&tokens::key(&t.id)).await?;
-                self.edges
-                    .pipelines
-                    .delete(&tokens::name_key(t.tenant.as_deref(), &t.name))
+                // The name first, and only while it still names this token (another admin
+                // may have removed it and given the name to a new one).
+                self.drop_name_if(&tokens::name_key(t.tenant.as_deref(), &t.name), Some(&t.id))
                     .await?;
+                self.edges.pipelines.delete(&tokens::key(&t.id)).await?;
+            }
+            // Names left without their record (a removal cut short) go too.
+            for name in self.edges.pipelines.keys(&names).await? {
+                self.drop_name_if(&name, None).await?;
             }
             if working >= MAX_WORKING_TOKENS {
                 return Err(ApiError::new(
@@ -119,6 +123,27 @@ impl Service {
             )
             .await?;
         Ok(TokenCreated { token, info })
+    }
+
+    /// Remove the token name `name` if it names `id` (`None`: a token with no record), at
+    /// the revision read.
+    async fn drop_name_if(&self, name: &str, id: Option<&str>) -> Result<(), ApiError> {
+        let kv = &*self.edges.pipelines;
+        let Some((named, revision)) = kv.get(name).await? else {
+            return Ok(());
+        };
+        let named = String::from_utf8_lossy(&named).into_owned();
+        let drop = match id {
+            Some(id) => named == id,
+            None => kv.get(&tokens::key(&named)).await?.is_none(),
+        };
+        if drop {
+            match kv.delete_if(name, revision).await {
+                Ok(()) | Err(crate::kv::KvError::Conflict { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
     }
 
     /// Every token record, or those of one tenant (`Some(None)`: operators').
