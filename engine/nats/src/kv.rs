@@ -16,6 +16,16 @@ fn backend(e: impl std::fmt::Display) -> KvError {
     KvError::Backend(e.to_string())
 }
 
+/// A write at a revision that is no longer the key's is a conflict; anything else, the backend.
+fn conflict_or_backend(key: &str, e: async_nats::jetstream::kv::UpdateError) -> KvError {
+    match e.kind() {
+        UpdateErrorKind::WrongLastRevision => KvError::Conflict {
+            key: key.to_string(),
+        },
+        _ => backend(e),
+    }
+}
+
 impl NatsKv {
     /// The bucket `name` (created if missing), keeping `history` revisions per key.
     pub async fn open(
@@ -172,12 +182,7 @@ impl Kv for NatsKv {
             self.store
                 .update(key, value.into(), revision)
                 .await
-                .map_err(|e| match e.kind() {
-                    UpdateErrorKind::WrongLastRevision => KvError::Conflict {
-                        key: key.to_string(),
-                    },
-                    _ => backend(e),
-                })
+                .map_err(|e| conflict_or_backend(key, e))
         }
         .boxed()
     }
@@ -193,12 +198,7 @@ impl Kv for NatsKv {
             self.store
                 .purge_expect_revision(key, Some(revision))
                 .await
-                .map_err(|e| match e.kind() {
-                    UpdateErrorKind::WrongLastRevision => KvError::Conflict {
-                        key: key.to_string(),
-                    },
-                    _ => backend(e),
-                })
+                .map_err(|e| conflict_or_backend(key, e))
         }
         .boxed()
     }
