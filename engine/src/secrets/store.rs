@@ -63,6 +63,11 @@ pub enum SecretError {
     /// Bad input.
     #[error("{0}")]
     Invalid(String),
+    /// The tenant keeps as many secrets as it may.
+    #[error(
+        "a tenant keeps at most {MAX_SECRETS} secrets: remove one first (sluice secret rm NAME)"
+    )]
+    TooMany,
     /// The bucket failed.
     #[error(transparent)]
     Kv(#[from] KvError),
@@ -221,9 +226,7 @@ impl SecretStore {
                     .await?
                     .len();
                 if kept >= MAX_SECRETS {
-                    return Err(SecretError::Invalid(format!(
-                        "a tenant keeps at most {MAX_SECRETS} secrets: remove one first (sluice secret rm NAME)"
-                    )));
+                    return Err(SecretError::TooMany);
                 }
                 now()
             }
@@ -420,6 +423,7 @@ mod tests {
             .put("acme", "ONE_MORE", "value-0123456789", vec![])
             .await
             .unwrap_err();
+        assert!(matches!(e, SecretError::TooMany), "{e}");
         assert!(e.to_string().contains("at most 1000 secrets"), "{e}");
         // A secret kept may change; another tenant has its own count.
         s.put("acme", "S0", "value-9876543210", vec![])

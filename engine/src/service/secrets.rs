@@ -12,6 +12,7 @@ fn refusal(e: SecretError) -> ApiError {
         SecretError::Invalid(_) | SecretError::OutOfScope { .. } => {
             ApiError::invalid(e.to_string())
         }
+        SecretError::TooMany => ApiError::new(sluice_api::Code::QuotaExceeded, e.to_string()),
         SecretError::Kv(k) => k.into(),
         SecretError::WrongMasterKey { .. } | SecretError::Tampered(_) => ApiError::internal(e),
     }
