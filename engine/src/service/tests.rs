@@ -303,15 +303,44 @@ async fn a_chain_whose_engine_dies_is_finished_by_the_engine_its_delivery_comes_
     );
 }
 
+/// Upload `file` as `tenant`'s (one part, then the join, as a remote client does); its digest.
+pub(super) async fn upload_as(
+    service: &Service,
+    tenant: &str,
+    file: &[u8],
+) -> Result<String, ApiError> {
+    use sluice_api::verbs::{UploadJoin, UploadPart};
+    let who = Principal::local(tenant, Origin::Remote);
+    let bytes = sluice_api::limits::encode_upload(file);
+    let part = service.call(&who, UploadPart { bytes }).await?.part;
+    let digest = format!("blake3:{}", blake3::hash(file).to_hex());
+    let join = UploadJoin {
+        parts: vec![part],
+        digest: digest.clone(),
+    };
+    service.call(&who, join).await?;
+    Ok(digest)
+}
+
 /// The execution `id` as soon as it satisfies `until` (within 10 s), else `None`.
 pub(super) async fn poll_until(
     service: &Service,
     id: &str,
     until: impl Fn(&Execution) -> bool,
 ) -> Option<Execution> {
+    poll_until_in(service, "default", id, until).await
+}
+
+/// [`poll_until`] for an execution of `tenant`.
+pub(super) async fn poll_until_in(
+    service: &Service,
+    tenant: &str,
+    id: &str,
+    until: impl Fn(&Execution) -> bool,
+) -> Option<Execution> {
     tokio::time::timeout(Duration::from_secs(10), async {
         loop {
-            let e = service.execution("default", id).await.unwrap().unwrap();
+            let e = service.execution(tenant, id).await.unwrap().unwrap();
             if until(&e) {
                 return e;
             }

@@ -212,8 +212,7 @@ impl Service {
 mod tests {
     use crate::bus::MemoryBus;
     use crate::service::tests::{engine, shared_edges};
-    use sluice_api::limits::encode_upload;
-    use sluice_api::verbs::{FunctionPut, PipelinePut, UploadJoin, UploadPart};
+    use sluice_api::verbs::{FunctionPut, PipelinePut};
     use sluice_api::{ApiError, Code, Origin, Principal};
     use std::sync::Arc;
 
@@ -229,22 +228,9 @@ mod tests {
 
     /// Upload `file` as `tenant`, in one part.
     async fn upload(service: &crate::service::Service, tenant: &str, file: &[u8]) {
-        let part = service
-            .call(
-                &of(tenant),
-                UploadPart {
-                    bytes: encode_upload(file),
-                },
-            )
+        crate::service::tests::upload_as(service, tenant, file)
             .await
-            .unwrap()
-            .part;
-        let digest = format!("blake3:{}", blake3::hash(file).to_hex());
-        let join = UploadJoin {
-            parts: vec![part],
-            digest,
-        };
-        service.call(&of(tenant), join).await.unwrap();
+            .unwrap();
     }
 
     /// What a refusal says, with the digest it names taken out.

@@ -428,11 +428,8 @@ mod tests {
     use crate::bus::MemoryBus;
     use crate::executor::Engine;
     use crate::service::tests::{service_of, shared_edges};
-    use sluice_api::limits::encode_upload;
     use sluice_api::tenancy::Quotas;
-    use sluice_api::verbs::{
-        PipelineGet, PipelinePut, PipelineRm, TenantCreate, TenantUsage, UploadJoin, UploadPart,
-    };
+    use sluice_api::verbs::{PipelineGet, PipelinePut, PipelineRm, TenantCreate, TenantUsage};
     use sluice_api::{ApiError, Code, Origin, Principal};
     use std::path::Path;
     use std::sync::Arc;
@@ -506,22 +503,7 @@ mod tests {
     }
 
     async fn upload(service: &crate::service::Service, file: &[u8]) -> Result<String, ApiError> {
-        let part = service
-            .call(
-                &acme(),
-                UploadPart {
-                    bytes: encode_upload(file),
-                },
-            )
-            .await?
-            .part;
-        let digest = format!("blake3:{}", blake3::hash(file).to_hex());
-        let join = UploadJoin {
-            parts: vec![part],
-            digest: digest.clone(),
-        };
-        service.call(&acme(), join).await?;
-        Ok(digest)
+        crate::service::tests::upload_as(service, "acme", file).await
     }
 
     async fn put(service: &crate::service::Service, yaml: String) -> Result<u64, ApiError> {
@@ -616,18 +598,9 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        tokio::time::timeout(Duration::from_secs(10), async {
-            while !service
-                .execution("acme", &id)
-                .await
-                .unwrap()
-                .is_some_and(|e| e.status.is_terminal())
-            {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await
-        .expect("the execution ends");
+        crate::service::tests::poll_until_in(&service, "acme", &id, |e| e.status.is_terminal())
+            .await
+            .expect("the execution ends");
         assert_eq!(put(&service, pipeline("q", "noop@1")).await.unwrap(), 2);
 
         // Within the grace, nothing goes.

@@ -105,6 +105,15 @@ fn principal() -> Principal {
 /// Authenticate every `/api/v1` request (but the OpenAPI document) before its handler runs:
 /// `Authorization: Bearer TOKEN` (or `?access_token=TOKEN`, for browsers' event streams, which
 /// cannot send headers); an operator names the tenant with `X-Sluice-Tenant`.
+/// The token of an `Authorization: Bearer …` header.
+fn bearer(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_string)
+}
+
 async fn authenticate(
     State(service): Shared,
     mut request: axum::extract::Request,
@@ -124,15 +133,13 @@ async fn authenticate(
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string)
         };
-        let token = header("authorization")
-            .and_then(|v| v.strip_prefix("Bearer ").map(str::to_string))
-            .or_else(|| {
-                request.uri().query().and_then(|q| {
-                    q.split('&')
-                        .find_map(|kv| kv.strip_prefix("access_token="))
-                        .map(str::to_string)
-                })
-            });
+        let token = bearer(request.headers()).or_else(|| {
+            request.uri().query().and_then(|q| {
+                q.split('&')
+                    .find_map(|kv| kv.strip_prefix("access_token="))
+                    .map(str::to_string)
+            })
+        });
         let claimed = header("x-sluice-tenant").unwrap_or_else(|| "default".into());
         (token, claimed)
     };
@@ -305,12 +312,9 @@ async fn not_found() -> Refusal {
 async fn metrics(State(service): Shared, headers: axum::http::HeaderMap) -> Response {
     // With authentication on, the figures name every tenant's pipelines: an operator's only.
     if service.auth_on() {
-        let token = headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+        let token = bearer(&headers);
         match service
-            .authenticate(token, "default", sluice_api::Origin::Remote)
+            .authenticate(token.as_deref(), "default", sluice_api::Origin::Remote)
             .await
         {
             Ok(p) if p.may(sluice_api::Role::Operator) => {}
