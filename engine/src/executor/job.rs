@@ -216,6 +216,26 @@ impl FunctionResolver for FileFunctions {
     }
 }
 
+/// Whether the action at `stage`/`action` touches nothing outside its workspace: its plugin
+/// declares no side effects and it is granted no host program, origin, subject or writable
+/// directory. Such a run may start before the record that made it runnable is stored (the
+/// service's journal, a local run's first moments): if the engine dies, nothing it did is left
+/// outside to account for.
+pub fn contained(p: &Pipeline, plugins: &ResolvedPlugins, stage: usize, action: usize) -> bool {
+    let Some(a) = p.stages.get(stage).and_then(|s| s.actions.get(action)) else {
+        return false;
+    };
+    let pure = plugins
+        .get(&a.uses.value)
+        .and_then(|p| p.as_ref().ok())
+        .is_some_and(|p| !p.description.side_effects);
+    let c = &a.capabilities;
+    pure && c.process.is_empty()
+        && c.http.is_empty()
+        && c.nats.is_empty()
+        && c.dirs.values().all(|access| *access == Access::Ro)
+}
+
 impl JobSpec {
     /// Resolve the action's configuration and inputs against the execution so far.
     pub fn build(

@@ -8,6 +8,9 @@ pub mod secrets;
 mod workspace;
 mod writer;
 
+#[cfg(test)]
+mod tests;
+
 pub use workspace::WorkspacePool;
 
 pub use job::JobSpec;
@@ -528,10 +531,12 @@ impl Driver {
         );
         exec.trigger = self.trigger.clone();
         // The executor changes the execution in place; the writer copies it now and then. Its
-        // first write (durable) creates the record while the first action already starts.
+        // first write (durable) creates the record while the first actions already run: at
+        // once if one of them reaches outside the sandbox (below), else within the writer's
+        // interval, or with the final state if the run is over by then.
         let exec = Arc::new(Mutex::new(exec));
         let writer = writer::StateWriter::spawn(self.state.clone(), None, exec.clone());
-        writer.changed(Durability::Durable)?;
+        writer.changed(Durability::Eventual)?;
         let plugins = Arc::new(plugins.clone());
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Input>();
         let mut input = Input::Start {
@@ -593,6 +598,14 @@ impl Driver {
                 for event in events {
                     self.bus.publish(event);
                 }
+            }
+            // Nothing reaches outside the sandbox before the run's record exists: a run killed
+            // after that is found, and ended, by the next command that opens the data folder.
+            if jobs
+                .iter()
+                .any(|j| !job::contained(&pipeline, &plugins, j.stage, j.action))
+            {
+                writer.created().await?;
             }
             if finished {
                 writer.finish()?;

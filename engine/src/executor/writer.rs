@@ -2,6 +2,11 @@
 //! place and says "dirty"; this thread takes a copy at most every [`PROGRESS_INTERVAL`] and
 //! writes it (a compare-and-swap on the revision). A durable (terminal) change is written at
 //! once, and [`StateWriter::finish`] returns only after everything is written.
+//!
+//! The write that creates the record is always durable, but a new run's creation may wait
+//! like progress: a short run of contained actions then writes its record once, at the end
+//! (one flush instead of two). Before anything reaches outside the sandbox the executor
+//! asks for it at once ([`StateWriter::created`]), so a run killed after that leaves a record.
 use crate::scheduler::Execution;
 use crate::state::{Durability, StateError, StateStore};
 use std::sync::{Arc, Condvar, Mutex};
@@ -10,7 +15,7 @@ use std::time::{Duration, Instant};
 
 /// Progress is written at most this often; a crash loses at most this much progress
 /// (actions then run again, with the same idempotency keys).
-const PROGRESS_INTERVAL: Duration = Duration::from_millis(20);
+pub(super) const PROGRESS_INTERVAL: Duration = Duration::from_millis(20);
 
 #[derive(Default)]
 struct Flags {
@@ -25,6 +30,8 @@ struct Flags {
 struct Shared {
     flags: Mutex<Flags>,
     wake: Condvar,
+    /// Whether the record exists durably (said once, by the writer).
+    created: tokio::sync::watch::Sender<bool>,
 }
 
 pub(super) struct StateWriter {
@@ -42,6 +49,7 @@ impl StateWriter {
         let shared = Arc::new(Shared {
             flags: Mutex::new(Flags::default()),
             wake: Condvar::new(),
+            created: tokio::sync::watch::Sender::new(revision.is_some()),
         });
         let s = shared.clone();
         let thread = std::thread::Builder::new()
@@ -50,6 +58,8 @@ impl StateWriter {
                 if let Err(e) = write_loop(&*store, revision, &exec, &s) {
                     s.flags.lock().unwrap().failed = Some(e);
                 }
+                // Wake whoever waits for the creation, written or not.
+                s.created.send_replace(true);
             })
             .expect("spawn state writer");
         StateWriter {
@@ -71,6 +81,21 @@ impl StateWriter {
             self.shared.wake.notify_one();
         }
         Ok(())
+    }
+
+    /// Wait until the record exists durably, asking for it to be written now if it is not yet.
+    /// Returns an error if the write failed (the run must stop).
+    pub(super) async fn created(&self) -> Result<(), StateError> {
+        let mut created = self.shared.created.subscribe();
+        if !*created.borrow() {
+            self.changed(Durability::Durable)?;
+            // The sender lives as long as `self`, and says `true` when the writer ends.
+            let _ = created.wait_for(|done| *done).await;
+        }
+        match self.shared.flags.lock().unwrap().failed.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// Wait until every change is written.
@@ -127,11 +152,15 @@ fn write_loop(
             std::mem::take(&mut f.durable)
         };
         let snapshot = exec.lock().unwrap().clone();
-        let d = if durability || snapshot.status.is_terminal() {
+        let creates = revision.is_none();
+        let d = if durability || creates || snapshot.status.is_terminal() {
             Durability::Durable
         } else {
             Durability::Eventual
         };
         revision = Some(store.put(&snapshot, revision, d)?);
+        if creates {
+            shared.created.send_replace(true);
+        }
     }
 }

@@ -39,7 +39,6 @@
 
 use crate::bus::{Event, Snapshot};
 use crate::kv::KvError;
-use crate::model::Access;
 use crate::scheduler::{Execution, Input, apply};
 use crate::service::jobs::Kept;
 use crate::service::{JobMessage, Loaded, Service, lanes};
@@ -298,28 +297,10 @@ impl Change {
     }
 }
 
-/// Whether the action at `stage`/`action` touches nothing outside its workspace: its plugin
-/// declares no side effects and it is granted no host program, origin, subject or writable
-/// directory. Such a run may start before the change that made it runnable is stored.
+/// Whether the action at `stage`/`action` touches nothing outside its workspace (the rule local
+/// runs use too): such a run may start before the change that made it runnable is stored.
 pub(in crate::service) fn contained(loaded: &Loaded, stage: usize, action: usize) -> bool {
-    let Some(a) = loaded
-        .pipeline
-        .stages
-        .get(stage)
-        .and_then(|s| s.actions.get(action))
-    else {
-        return false;
-    };
-    let pure = loaded
-        .plugins
-        .get(&a.uses.value)
-        .and_then(|p| p.as_ref().ok())
-        .is_some_and(|p| !p.description.side_effects);
-    let c = &a.capabilities;
-    pure && c.process.is_empty()
-        && c.http.is_empty()
-        && c.nats.is_empty()
-        && c.dirs.values().all(|access| *access == Access::Ro)
+    crate::executor::job::contained(&loaded.pipeline, &loaded.plugins, stage, action)
 }
 
 impl Service {
