@@ -961,3 +961,52 @@ fn a_pipeline_registered_with_its_uploaded_folder_runs_over_http_and_stays_insid
     );
     assert_eq!(code, 422, "{refused}");
 }
+
+/// A tenant registers at most 1,000 functions: one more is refused with `quota_exceeded` (429)
+/// and not registered; replacing one it has is taken, and one more after a removal.
+#[test]
+fn a_tenant_registers_at_most_a_thousand_functions() {
+    let p = Project::new("");
+    let (_engine, port) = serve_http(&p, &[]);
+    // The same component under every name: compiled once, each put is one registration.
+    let component = std::fs::read(crate::harness::rust_function()).unwrap();
+    let put = |name: &str| {
+        http(
+            port,
+            "PUT",
+            &format!("/api/v1/functions/{name}"),
+            &[],
+            &component,
+        )
+    };
+    for i in 0..1000 {
+        let (code, body) = put(&format!("f{i}"));
+        assert_eq!(code, 200, "function {i}: {body}");
+    }
+    let (code, body) = put("one-more");
+    assert_eq!(code, 429, "{body}");
+    assert!(
+        body.contains("quota_exceeded") && body.contains("at most 1000 functions"),
+        "{body}"
+    );
+    let listed = |name: &str| {
+        let (code, list) = api(port, "GET", "/api/v1/functions", "");
+        assert_eq!(code, 200, "{list}");
+        let names: Vec<&str> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["name"].as_str().unwrap())
+            .collect();
+        (names.len(), names.contains(&name))
+    };
+    assert_eq!(listed("one-more"), (1000, false));
+    assert_eq!(
+        put("f7").0,
+        200,
+        "replacing one the tenant has is no new function"
+    );
+    assert_eq!(api(port, "DELETE", "/api/v1/functions/f0", "").0, 200);
+    assert_eq!(put("one-more").0, 200);
+    assert_eq!(listed("one-more"), (1000, true));
+}
