@@ -112,9 +112,14 @@ async fn a_short_run_of_contained_actions_writes_its_record_once() {
 async fn a_host_program_starts_only_once_the_record_exists() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("run")).unwrap();
-    let yaml = format!(
-        "name: outside\nstages:\n  - name: S\n    actions:\n      - name: Run\n        uses: command@1\n        capabilities: {{ process: [sh], dirs: {{ ./run: rw }} }}\n        with: {{ run: \"touch {}/run/started\" }}\n",
+    // A contained action first (it may run before the record exists), then two programs in
+    // parallel (started by the loop's tasks, not inline).
+    let program = format!(
+        "        uses: command@1\n        capabilities: {{ process: [sh], dirs: {{ ./run: rw }} }}\n        with: {{ run: \"touch {}/run/started\" }}\n",
         dir.path().display()
+    );
+    let yaml = format!(
+        "name: outside\nstages:\n  - name: Pure\n    actions:\n      - {{ name: A, uses: noop@1 }}\n  - name: S\n    actions:\n      - name: Run1\n{program}      - name: Run2\n{program}"
     );
     // The creation is slow to write: the program must wait for it, not run meanwhile.
     let (exec, puts, _) = run_recorded(dir.path(), &yaml, Duration::from_millis(300)).await;
@@ -175,9 +180,10 @@ async fn the_writer_creates_the_record_durably_when_asked_or_after_its_interval(
             "a new run's creation waits like progress"
         );
     }
-    w.created().await.unwrap();
+    let within = |f| tokio::time::timeout(Duration::from_secs(30), f);
+    within(w.created()).await.expect("created").unwrap();
     assert_eq!(puts_of(&store), 1);
-    w.created().await.unwrap();
+    within(w.created()).await.expect("created").unwrap();
     w.finish().unwrap();
     {
         let puts = store.puts.lock().unwrap();
@@ -203,4 +209,34 @@ async fn the_writer_creates_the_record_durably_when_asked_or_after_its_interval(
         );
     }
     w.finish().unwrap();
+}
+
+/// A store whose every write fails, as a full disk does.
+struct Failing;
+
+impl StateStore for Failing {
+    fn put(&self, exec: &Execution, _: Option<u64>, _: Durability) -> Result<u64, StateError> {
+        Err(StateError::Backend(format!(
+            "{}: no space left on device",
+            exec.execution_id
+        )))
+    }
+    fn get(&self, _: &str, _: &str) -> Result<Option<(Execution, u64)>, StateError> {
+        Ok(None)
+    }
+    fn list(&self, _: &str, _: Option<&str>, _: usize) -> Result<Vec<Execution>, StateError> {
+        Ok(Vec::new())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_creation_that_cannot_be_written_is_an_error_not_a_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = writer::StateWriter::spawn(Arc::new(Failing), None, new_execution(dir.path()));
+    w.changed(Durability::Eventual).unwrap();
+    let created = tokio::time::timeout(Duration::from_secs(30), w.created())
+        .await
+        .expect("the waiter is woken");
+    let e = created.unwrap_err();
+    assert!(e.to_string().contains("no space left"), "{e}");
 }

@@ -23,6 +23,8 @@ struct Flags {
     idle: bool,
     dirty: bool,
     durable: bool,
+    /// Write the record's creation now instead of within the interval.
+    hurry: bool,
     closed: bool,
     failed: Option<StateError>,
 }
@@ -55,11 +57,10 @@ impl StateWriter {
         let thread = std::thread::Builder::new()
             .name("sluice-state".into())
             .spawn(move || {
+                let ended = Ended(&s);
                 if let Err(e) = write_loop(&*store, revision, &exec, &s) {
-                    s.flags.lock().unwrap().failed = Some(e);
+                    ended.0.flags.lock().unwrap().failed = Some(e);
                 }
-                // Wake whoever waits for the creation, written or not.
-                s.created.send_replace(true);
             })
             .expect("spawn state writer");
         StateWriter {
@@ -88,8 +89,11 @@ impl StateWriter {
     pub(super) async fn created(&self) -> Result<(), StateError> {
         let mut created = self.shared.created.subscribe();
         if !*created.borrow() {
-            self.changed(Durability::Durable)?;
-            // The sender lives as long as `self`, and says `true` when the writer ends.
+            // Not created: the creation is pending (dirty) or being written.
+            self.shared.flags.lock().unwrap().hurry = true;
+            self.shared.wake.notify_one();
+            // The sender lives as long as `self`, and says `true` when the writer ends
+            // (failed, or even panicked: see `Ended`).
             let _ = created.wait_for(|done| *done).await;
         }
         match self.shared.flags.lock().unwrap().failed.take() {
@@ -116,6 +120,22 @@ impl StateWriter {
     }
 }
 
+/// Said when the writer's thread ends, however it ends: whoever waits for the creation wakes,
+/// and a panic is a failure the run reports.
+struct Ended<'a>(&'a Shared);
+
+impl Drop for Ended<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let mut f = self.0.flags.lock().unwrap_or_else(|p| p.into_inner());
+            f.failed.get_or_insert_with(|| {
+                StateError::Backend("the execution's state writer failed unexpectedly".into())
+            });
+        }
+        self.0.created.send_replace(true);
+    }
+}
+
 impl Drop for StateWriter {
     fn drop(&mut self) {
         self.close();
@@ -139,9 +159,11 @@ fn write_loop(
             if !f.dirty {
                 return Ok(()); // closed and nothing left to write
             }
-            // Let progress accumulate for a moment; durable changes and closing cut it short.
+            // Let progress accumulate for a moment; durable changes, closing and a hurried
+            // creation cut it short.
             let deadline = Instant::now() + PROGRESS_INTERVAL;
-            while !f.durable && !f.closed {
+            let hurried = |f: &Flags| f.hurry && revision.is_none();
+            while !(f.durable || f.closed || hurried(&f)) {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
                     break;
@@ -149,6 +171,7 @@ fn write_loop(
                 f = shared.wake.wait_timeout(f, left).unwrap().0;
             }
             f.dirty = false;
+            f.hurry = false;
             std::mem::take(&mut f.durable)
         };
         let snapshot = exec.lock().unwrap().clone();

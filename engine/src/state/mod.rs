@@ -33,7 +33,8 @@ pub enum StateError {
 pub enum Durability {
     /// On disk when this returns (creation, terminal states).
     Durable,
-    /// May be lost on power failure until the next durable write (progress within a run).
+    /// May be lost if the process is killed or the power fails before the next durable write
+    /// (progress within a run).
     Eventual,
 }
 
