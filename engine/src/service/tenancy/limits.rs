@@ -236,3 +236,95 @@ impl Service {
             .len())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::bus::MemoryBus;
+    use crate::service::tests::{engine, shared_edges};
+    use crate::service::triggers::NotStarted;
+    use sluice_api::tenancy::Quotas;
+    use sluice_api::verbs::{PipelinePut, Start, TenantCreate};
+    use sluice_api::{Code, Origin, Principal};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    /// `--max-trigger-rate`: trigger events beyond the rate (with a burst of as many) are
+    /// refused with `quota_exceeded` (their dead letter's reason), and so are API starts;
+    /// the rate refills with time.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn starts_beyond_the_trigger_rate_are_refused_until_it_refills() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = shared_edges(dir.path());
+        let service = engine(dir.path(), Arc::new(MemoryBus::default()), &shared);
+        tokio::spawn(service.clone().run(2));
+        service.enable_auth(Duration::from_secs(3600));
+        let acme = Principal::local("acme", Origin::Remote);
+        let create = TenantCreate {
+            name: "acme".into(),
+            policy: Default::default(),
+            quotas: Quotas {
+                triggers_per_second: Some(2),
+                ..Default::default()
+            },
+        };
+        service
+            .call(&Principal::local("acme", Origin::HostUser), create)
+            .await
+            .unwrap();
+        let put = PipelinePut {
+            file: "p.yaml".into(),
+            yaml:
+                "name: p\nstages:\n  - name: S\n    actions:\n      - { name: A, uses: noop@1 }\n"
+                    .into(),
+            ..Default::default()
+        };
+        service.call(&acme, put).await.unwrap();
+        let trigger = |n: u32| {
+            let service = service.clone();
+            async move {
+                service
+                    .start(
+                        "acme",
+                        "p",
+                        format!(r#"{{"id":"e-{n}"}}"#).as_bytes(),
+                        false,
+                        false,
+                    )
+                    .await
+                    .unwrap()
+            }
+        };
+
+        // A burst of two, then the third at once is refused.
+        let burst = Instant::now();
+        assert!(trigger(1).await.is_ok());
+        assert!(trigger(2).await.is_ok());
+        let third = trigger(3).await;
+        // (Only when the three took less than the half second that refills one.)
+        if burst.elapsed() < Duration::from_millis(400) {
+            match third {
+                Err(NotStarted::Rejected(why)) => assert!(
+                    why.contains("quota_exceeded") && why.contains("2 executions per second"),
+                    "{why}"
+                ),
+                Err(NotStarted::Queued) => panic!("queued, not refused"),
+                Ok(_) => panic!("a third start within the second was taken"),
+            }
+            // An API start is counted against the same rate.
+            let start = Start {
+                pipeline: "p".into(),
+                ..Default::default()
+            };
+            let e = service.call(&acme, start).await.unwrap_err();
+            assert_eq!(e.code, Code::QuotaExceeded, "{e:?}");
+        }
+        // A second later the rate has refilled.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert!(trigger(4).await.is_ok());
+        let start = Start {
+            pipeline: "p".into(),
+            ..Default::default()
+        };
+        service.call(&acme, start).await.unwrap();
+    }
+}
