@@ -169,6 +169,40 @@ impl Service {
         Ok(roots)
     }
 
+    /// On an engine whose turn it is not to sweep: forget its cached copies of the artifacts
+    /// and components the sweeping engine removed, logged, unless this ran less than
+    /// [`COLLECT_EVERY`] ago. (The sweeping engine does it as part of its collection.)
+    pub(in crate::service) async fn forget_and_log(&self, last: &mut Option<std::time::Instant>) {
+        if last.is_some_and(|at| at.elapsed() < COLLECT_EVERY) {
+            return;
+        }
+        *last = Some(std::time::Instant::now());
+        let grace = Duration::from_millis(self.grace_ms.load(Ordering::Relaxed));
+        let before = SystemTime::now() - grace;
+        let (artifacts, blobs) = (self.engine.artifacts.clone(), self.engine.blobs.clone());
+        let forgotten = tokio::task::spawn_blocking(move || {
+            let mut forgotten = 0;
+            if let Some(stores) = artifacts {
+                let objects = stores.objects();
+                forgotten += objects.forget_removed(&objects.list_sealed()?, before)?;
+            }
+            if let Some(listed) = blobs.list_components()? {
+                forgotten += blobs.forget_removed_components(&listed, before)?;
+            }
+            Ok::<_, crate::artifacts::StoreError>(forgotten)
+        })
+        .await;
+        match forgotten {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(
+                forgotten = n,
+                "cached copies of artifacts and components another engine removed forgotten"
+            ),
+            Ok(Err(e)) => tracing::warn!("cached copies of removed artifacts stay: {e}"),
+            Err(e) => tracing::warn!("cached copies of removed artifacts stay: {e}"),
+        }
+    }
+
     /// One collection, logged, unless one ran less than [`COLLECT_EVERY`] ago.
     pub(in crate::service) async fn collect_and_log(&self, last: &mut Option<std::time::Instant>) {
         if last.is_some_and(|at| at.elapsed() < COLLECT_EVERY) {

@@ -3,12 +3,15 @@
 //! executions a day would otherwise add gigabytes a day to every replica). Executions still
 //! running or waiting — an approval left open for months — are kept whatever their age.
 //!
-//! Every engine sweeps now and then. A sweep reads every key once and the records old enough
-//! to go; deletes are idempotent, so engines sweeping at once only repeat each other's work.
+//! One engine of a service at a time sweeps, hourly (whose turn it is: [`TURN_KEY`]). A sweep
+//! reads every key once and the records old enough to go; deletes are idempotent, so engines
+//! that sweep at once (a turn taken over, a store that could not be read) only repeat each
+//! other's work. The others only forget their cached copies of what the sweep removed.
 //! (Logs and dead letters have retentions of their own; audit records `--audit-keep`; the
 //! artifacts records no longer name go with the same sweep, see `collector`.)
 use crate::kv::{KvError, get_json};
 use crate::service::{Service, claim_key};
+use serde::{Deserialize, Serialize};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -21,6 +24,22 @@ const SWEEP_EVERY: Duration = Duration::from_secs(3600);
 
 /// Records deleted by one sweep at most; the next one comes sooner when a sweep was full.
 const SWEEP_BATCH: usize = 10_000;
+
+/// In the pipelines bucket (the service's own records start with `_`): which engine sweeps.
+pub(in crate::service) const TURN_KEY: &str = "_turns/sweep";
+
+/// A turn its engine has not renewed for this long (it stopped, or hangs) is another's to take.
+pub(in crate::service) const TURN_LAPSE: Duration =
+    Duration::from_secs(SWEEP_EVERY.as_secs() + 1800);
+
+/// Whose turn it is to sweep, since when.
+#[derive(Serialize, Deserialize)]
+pub(in crate::service) struct Turn {
+    /// The engine process (`Service::incarnation`).
+    pub engine: String,
+    /// When it took or last renewed the turn (ms since the epoch).
+    pub at: u64,
+}
 
 impl Service {
     /// Keep ended executions this long (`None`: for ever).
@@ -139,7 +158,47 @@ impl Service {
         Ok(deleted)
     }
 
-    /// Sweep a minute after the start and then every hour (sooner while sweeps are full).
+    /// Whether this engine sweeps now: it takes the turn when nobody holds it or its holder
+    /// let it lapse, and renews its own, by compare-and-swap (of two engines asking at once,
+    /// one gets it). A turn that cannot be read or written: sweep all the same (the sweeps
+    /// are safe to repeat; only skipping them for good would not be).
+    pub(in crate::service) async fn sweep_turn(&self) -> bool {
+        let kv = &*self.edges.pipelines;
+        let now = crate::clock::now().0;
+        let mine = match serde_json::to_vec(&Turn {
+            engine: self.incarnation.clone(),
+            at: now,
+        }) {
+            Ok(bytes) => bytes,
+            Err(_) => return true,
+        };
+        let taken = match get_json::<Turn>(kv, TURN_KEY).await {
+            Ok(None) => kv.create(TURN_KEY, mine).await.map(|_| ()),
+            Ok(Some((turn, revision)))
+                if turn.engine == self.incarnation
+                    || now.saturating_sub(turn.at) >= TURN_LAPSE.as_millis() as u64 =>
+            {
+                kv.update(TURN_KEY, mine, revision).await.map(|_| ())
+            }
+            Ok(Some(_)) => return false,
+            Err(e) => {
+                tracing::warn!("whose turn it is to sweep cannot be read ({e}): sweeping");
+                return true;
+            }
+        };
+        match taken {
+            Ok(()) => true,
+            // Another engine took it first.
+            Err(KvError::Conflict { .. }) => false,
+            Err(e) => {
+                tracing::warn!("the turn to sweep cannot be written ({e}): sweeping");
+                true
+            }
+        }
+    }
+
+    /// Sweep a minute after the start and then every hour (sooner while sweeps are full),
+    /// when it is this engine's turn.
     pub(in crate::service) async fn sweep_now_and_then(&self) {
         match self.move_old_audit_records().await {
             Ok(0) => {}
@@ -152,6 +211,11 @@ impl Service {
         loop {
             tokio::time::sleep(wait).await;
             wait = SWEEP_EVERY;
+            if !self.sweep_turn().await {
+                // Another engine sweeps; what it removes, this one stops keeping copies of.
+                self.forget_and_log(&mut collected).await;
+                continue;
+            }
             match self.sweep_leases().await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(removed = n, "lease records of ended jobs removed"),
@@ -314,5 +378,54 @@ mod tests {
         assert!(listed.iter().all(|e| e.execution_id != old_ended));
         assert_eq!(listed.len(), 3);
         assert_eq!(service.sweep_executions(keep).await.unwrap(), 0);
+    }
+
+    /// One engine of a service sweeps at a time: the first to ask takes the turn and keeps it
+    /// while it renews it; another takes it over only once it has lapsed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_engine_at_a_time_sweeps_and_a_lapsed_turn_is_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = shared_edges(dir.path());
+        let a = engine(
+            &dir.path().join("a"),
+            Arc::new(MemoryBus::default()),
+            &shared,
+        );
+        let b = engine(
+            &dir.path().join("b"),
+            Arc::new(MemoryBus::default()),
+            &shared,
+        );
+        // Asked at once, one of the two gets it.
+        let (first, second) = futures_util::future::join(a.sweep_turn(), b.sweep_turn()).await;
+        assert!(first ^ second, "a: {first}, b: {second}");
+        let (holder, other) = if first { (&a, &b) } else { (&b, &a) };
+        // Renewed by its holder; still not the other's.
+        assert!(holder.sweep_turn().await);
+        assert!(!other.sweep_turn().await);
+        // Its holder stops renewing it: once lapsed, the other takes it, and keeps it.
+        let (_, revision) = get_json::<Turn>(&*shared.pipelines, TURN_KEY)
+            .await
+            .unwrap()
+            .unwrap();
+        let lapsed = Turn {
+            engine: holder.incarnation.clone(),
+            at: crate::clock::now().0 - TURN_LAPSE.as_millis() as u64 - 1,
+        };
+        shared
+            .pipelines
+            .update(TURN_KEY, serde_json::to_vec(&lapsed).unwrap(), revision)
+            .await
+            .unwrap();
+        assert!(other.sweep_turn().await);
+        assert!(!holder.sweep_turn().await);
+        assert!(other.sweep_turn().await);
+        // The turn is none of a tenant's pipelines.
+        assert!(
+            crate::service::pipelines::all_heads(&*shared.pipelines)
+                .await
+                .unwrap()
+                .is_empty()
+        );
     }
 }
