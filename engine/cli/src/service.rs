@@ -475,9 +475,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             tokio::select! {
                 r = hooks => r?,
                 r = api => r?,
-                _ = service.run(args.workers) => {},
+                _ = service.clone().run(args.workers) => {},
                 _ = tokio::signal::ctrl_c() => {},
             }
+            // Another engine sweeps from its next hour on, not after the turn's lapse.
+            service.give_up_sweep_turn().await;
             sluice_nats::flush(&client).await;
         }
     }

@@ -33,6 +33,11 @@ pub trait Cluster: Send + Sync {
 
     /// Capture `subject`, which an action now waits for (only when [`Self::hears_subjects`]).
     fn capture_wake(&self, subject: &str) -> BoxFuture<'static, Result<(), ClusterError>>;
+
+    /// Whether this engine is the service's only one (the hourly sweeps then need no turn).
+    fn alone(&self) -> bool {
+        false
+    }
 }
 
 /// The embedded service: one engine, nothing to tell anyone. Extra trigger subjects and event
@@ -55,6 +60,10 @@ impl Cluster for Alone {
 
     fn hears_subjects(&self) -> bool {
         false
+    }
+
+    fn alone(&self) -> bool {
+        true
     }
 
     fn capture_wake(&self, _subject: &str) -> BoxFuture<'static, Result<(), ClusterError>> {

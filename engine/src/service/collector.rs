@@ -180,26 +180,33 @@ impl Service {
         let grace = Duration::from_millis(self.grace_ms.load(Ordering::Relaxed));
         let before = SystemTime::now() - grace;
         let (artifacts, blobs) = (self.engine.artifacts.clone(), self.engine.blobs.clone());
+        // The two are independent: one failing leaves the other to do.
         let forgotten = tokio::task::spawn_blocking(move || {
-            let mut forgotten = 0;
-            if let Some(stores) = artifacts {
+            let artifacts = artifacts.map(|stores| {
                 let objects = stores.objects();
-                forgotten += objects.forget_removed(&objects.list_sealed()?, before)?;
-            }
-            if let Some(listed) = blobs.list_components()? {
-                forgotten += blobs.forget_removed_components(&listed, before)?;
-            }
-            Ok::<_, crate::artifacts::StoreError>(forgotten)
+                objects
+                    .list_sealed()
+                    .and_then(|listed| objects.forget_removed(&listed, before))
+            });
+            let components = blobs.list_components().and_then(|listed| match listed {
+                Some(listed) => blobs.forget_removed_components(&listed, before),
+                None => Ok(0),
+            });
+            (artifacts.unwrap_or(Ok(0)), components)
         })
         .await;
-        match forgotten {
-            Ok(Ok(0)) => {}
-            Ok(Ok(n)) => tracing::info!(
-                forgotten = n,
-                "cached copies of artifacts and components another engine removed forgotten"
-            ),
-            Ok(Err(e)) => tracing::warn!("cached copies of removed artifacts stay: {e}"),
-            Err(e) => tracing::warn!("cached copies of removed artifacts stay: {e}"),
+        let Ok((artifacts, components)) = forgotten else {
+            return;
+        };
+        for (what, result) in [("artifacts", artifacts), ("components", components)] {
+            match result {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    forgotten = n,
+                    "cached copies of {what} another engine removed forgotten"
+                ),
+                Err(e) => tracing::warn!("cached copies of removed {what} stay: {e}"),
+            }
         }
     }
 

@@ -158,10 +158,11 @@ impl Service {
         Ok(deleted)
     }
 
-    /// Whether this engine sweeps now: it takes the turn when nobody holds it or its holder
-    /// let it lapse, and renews its own, by compare-and-swap (of two engines asking at once,
-    /// one gets it). A turn that cannot be read or written: sweep all the same (the sweeps
-    /// are safe to repeat; only skipping them for good would not be).
+    /// Whether this engine sweeps now: it takes the turn when nobody holds it, its holder let
+    /// it lapse, or its record cannot be read (written by another version), and renews its
+    /// own, by compare-and-swap (of two engines asking at once, one gets it). A store that
+    /// cannot be reached: sweep all the same (the sweeps are safe to repeat; only skipping
+    /// them for good would not be).
     pub(in crate::service) async fn sweep_turn(&self) -> bool {
         let kv = &*self.edges.pipelines;
         let now = crate::clock::now().0;
@@ -172,28 +173,39 @@ impl Service {
             Ok(bytes) => bytes,
             Err(_) => return true,
         };
-        let taken = match get_json::<Turn>(kv, TURN_KEY).await {
+        let taken = match kv.get(TURN_KEY).await {
             Ok(None) => kv.create(TURN_KEY, mine).await.map(|_| ()),
-            Ok(Some((turn, revision)))
-                if turn.engine == self.incarnation
-                    || now.saturating_sub(turn.at) >= TURN_LAPSE.as_millis() as u64 =>
-            {
+            Ok(Some((bytes, revision))) => {
+                let ours = serde_json::from_slice::<Turn>(&bytes).map_or(true, |turn| {
+                    turn.engine == self.incarnation
+                        || now.saturating_sub(turn.at) >= TURN_LAPSE.as_millis() as u64
+                });
+                if !ours {
+                    return false;
+                }
                 kv.update(TURN_KEY, mine, revision).await.map(|_| ())
             }
-            Ok(Some(_)) => return false,
-            Err(e) => {
-                tracing::warn!("whose turn it is to sweep cannot be read ({e}): sweeping");
-                return true;
-            }
+            Err(e) => Err(e),
         };
         match taken {
             Ok(()) => true,
             // Another engine took it first.
             Err(KvError::Conflict { .. }) => false,
             Err(e) => {
-                tracing::warn!("the turn to sweep cannot be written ({e}): sweeping");
+                tracing::warn!("whose turn it is to sweep cannot be known ({e}): sweeping");
                 true
             }
+        }
+    }
+
+    /// Give up this engine's turn to sweep (it stops): another engine takes it at its next
+    /// sweep instead of after the lapse.
+    pub async fn give_up_sweep_turn(&self) {
+        let kv = &*self.edges.pipelines;
+        if let Ok(Some((turn, revision))) = get_json::<Turn>(kv, TURN_KEY).await
+            && turn.engine == self.incarnation
+        {
+            let _ = kv.delete_if(TURN_KEY, revision).await;
         }
     }
 
@@ -211,7 +223,7 @@ impl Service {
         loop {
             tokio::time::sleep(wait).await;
             wait = SWEEP_EVERY;
-            if !self.sweep_turn().await {
+            if !self.edges.cluster.alone() && !self.sweep_turn().await {
                 // Another engine sweeps; what it removes, this one stops keeping copies of.
                 self.forget_and_log(&mut collected).await;
                 continue;
@@ -253,6 +265,10 @@ impl Service {
             }
             // Artifacts of records the last sweep deleted go a sweep later.
             self.collect_and_log(&mut collected).await;
+            // Renewed again after the longest part, so a long collection keeps the turn.
+            if !self.edges.cluster.alone() {
+                self.sweep_turn().await;
+            }
             let keep = self.retention.load(Ordering::Relaxed);
             if keep == 0 {
                 continue;
@@ -420,6 +436,20 @@ mod tests {
         assert!(other.sweep_turn().await);
         assert!(!holder.sweep_turn().await);
         assert!(other.sweep_turn().await);
+        // Given up (its engine stops): the first to ask takes it at once.
+        other.give_up_sweep_turn().await;
+        holder.give_up_sweep_turn().await; // not its own: changes nothing
+        assert!(holder.sweep_turn().await);
+        assert!(!other.sweep_turn().await);
+        // A record this version cannot read does not stop every engine taking the turn.
+        let (_, revision) = shared.pipelines.get(TURN_KEY).await.unwrap().unwrap();
+        shared
+            .pipelines
+            .update(TURN_KEY, b"{\"holder\": 7}".to_vec(), revision)
+            .await
+            .unwrap();
+        assert!(other.sweep_turn().await);
+        assert!(!holder.sweep_turn().await);
         // The turn is none of a tenant's pipelines.
         assert!(
             crate::service::pipelines::all_heads(&*shared.pipelines)
