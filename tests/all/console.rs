@@ -294,6 +294,23 @@ fn a_user_runs_approves_and_holds_pipelines_from_the_console() {
             "the execution to succeed",
         )
         .await;
+        // Ship (a no-op like Compile, with the same configuration) was taken from the action
+        // cache: it says from where, linked to that execution.
+        let shown = c.current_url().await.unwrap();
+        let this = shown.path().rsplit('/').next().unwrap().to_string();
+        until_text(
+            &c,
+            "[data-action='Deploy/Ship'] [data-cached-from]",
+            &format!("cached from {this}/Build/Compile"),
+            "the cached action saying where its result came from",
+        )
+        .await;
+        until(
+            &c,
+            &format!("[data-action='Deploy/Ship'] [data-cached-from] a[href='/executions/{this}']"),
+            "a link to the execution the result came from",
+        )
+        .await;
         until_text(
             &c,
             "[data-action='Gate/Ok']",

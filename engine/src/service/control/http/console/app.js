@@ -294,6 +294,13 @@ function artifactsOf(a) {
   }));
 }
 
+// A result the action cache gave: where it was made (`<execution>/<stage>/<action>`), linked.
+function cachedFrom(from) {
+  const [id, ...rest] = from.split("/");
+  return h("div", { class: "muted", "data-cached-from": from }, "cached from ",
+    h("a", { href: `/executions/${enc(id)}` }, id), rest.length ? `/${rest.join("/")}` : "");
+}
+
 function kv(map) {
   const entries = Object.entries(map || {});
   return entries.length ? h("dl", { class: "kv" }, entries.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])) : "";
@@ -306,6 +313,7 @@ async function executionPage(id) {
   const actionBox = (s, a) => h("div", { class: "action", "data-action": `${s.name}/${a.name}`, "data-status": a.status },
     h("div", { class: "name" }, a.name, " ", h("span", { class: "muted" }, a.plugin && a.plugin.ref)),
     status(a.status), " ", h("span", { class: "muted" }, `${a.attempt ? `attempt ${a.attempt} · ` : ""}${duration(a)}`),
+    a.cached_from ? cachedFrom(a.cached_from) : "",
     a.summary ? h("div", {}, a.summary) : "", a.error ? h("div", { class: "s-Failed" }, a.error) : "",
     kv(a.variables), artifactsOf(a),
     (a.decisions || []).map(d => h("div", { class: "muted" }, `${d.approved ? "approved" : "rejected"} by ${d.by}${d.summary ? `: ${d.summary}` : ""}`)),
