@@ -198,6 +198,19 @@ impl Service {
         }
     }
 
+    /// Whether this engine should run the hourly work that goes with the sweep (on NATS, the
+    /// purge of removed keys' markers): unless another engine holds a turn that has not lapsed.
+    pub async fn holds_sweep_turn(&self) -> bool {
+        match get_json::<Turn>(&*self.edges.pipelines, TURN_KEY).await {
+            Ok(Some((turn, _))) => {
+                turn.engine == self.incarnation
+                    || crate::clock::now().0.saturating_sub(turn.at)
+                        >= TURN_LAPSE.as_millis() as u64
+            }
+            _ => true,
+        }
+    }
+
     /// Give up this engine's turn to sweep (it stops): another engine takes it at its next
     /// sweep instead of after the lapse.
     pub async fn give_up_sweep_turn(&self) {
@@ -436,6 +449,9 @@ mod tests {
         assert!(other.sweep_turn().await);
         assert!(!holder.sweep_turn().await);
         assert!(other.sweep_turn().await);
+        // Only its holder does the work that goes with the sweep.
+        assert!(other.holds_sweep_turn().await);
+        assert!(!holder.holds_sweep_turn().await);
         // Given up (its engine stops): the first to ask takes it at once.
         other.give_up_sweep_turn().await;
         holder.give_up_sweep_turn().await; // not its own: changes nothing
