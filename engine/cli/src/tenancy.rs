@@ -107,23 +107,20 @@ impl Rules {
     }
 
     fn quotas(&self) -> anyhow::Result<Quotas> {
+        let size = |given: &Option<String>| {
+            given
+                .as_deref()
+                .map(sluice_engine::model::units::parse_size)
+                .transpose()
+                .map_err(anyhow::Error::msg)
+        };
         Ok(Quotas {
             pipelines: self.max_pipelines,
             concurrent_executions: self.max_running,
             triggers_per_second: self.max_trigger_rate,
             queued_executions: self.max_queued,
-            artifact_bytes: self
-                .max_artifact_bytes
-                .as_deref()
-                .map(sluice_engine::model::units::parse_size)
-                .transpose()
-                .map_err(anyhow::Error::msg)?,
-            component_bytes: self
-                .max_component_bytes
-                .as_deref()
-                .map(sluice_engine::model::units::parse_size)
-                .transpose()
-                .map_err(anyhow::Error::msg)?,
+            artifact_bytes: size(&self.max_artifact_bytes)?,
+            component_bytes: size(&self.max_component_bytes)?,
         })
     }
 

@@ -145,20 +145,18 @@ pub async fn drop_unwanted_extra_streams(
         .await
         .map_err(|e| e.to_string())?;
     let mut dropped = 0;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
     for name in names {
         if !name.starts_with(EXTRA_PREFIX) || wanted.contains(&name) {
             continue;
         }
-        let Ok(mut stream) = js.get_stream(&name).await else {
+        // Its info comes with it (no second request).
+        let Ok(stream) = js.get_stream(&name).await else {
             continue;
         };
-        let Ok(info) = stream.info().await else {
-            continue;
-        };
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
-        if now - info.created.unix_timestamp() < 30 {
+        if now - stream.cached_info().created.unix_timestamp() < 30 {
             continue;
         }
         if js.delete_stream(&name).await.is_ok() {

@@ -136,6 +136,10 @@ impl NatsKv {
 }
 
 impl Kv for NatsKv {
+    fn purge_markers(&self, older_than: std::time::Duration) -> BoxFuture<'_, KvResult<usize>> {
+        Box::pin(NatsKv::purge_markers(self, older_than))
+    }
+
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, KvResult<Option<(Vec<u8>, u64)>>> {
         async move {
             match self.store.entry(key).await.map_err(backend)? {

@@ -35,9 +35,6 @@ async fn open_layout(client: &async_nats::Client, timing: Timing) -> anyhow::Res
     }
 }
 
-/// How often, and how long after its removal, a removed key's marker is purged.
-const MARKERS_EVERY: Duration = Duration::from_secs(3600);
-
 /// A service engine on NATS at `url`, with its local cache (compiled components, workspaces)
 /// in `data`.
 pub async fn serve(
@@ -57,15 +54,6 @@ pub async fn serve(
     ));
     let logs = crate::logs::open(&layout.js).await?;
     let cluster = crate::cluster::NatsCluster::new(client.clone(), layout.js.clone());
-    // Hourly, the markers of keys removed more than an hour ago, by the engine whose turn it
-    // is to sweep (another's repeating it would only cost time).
-    let buckets = [
-        layout.pipelines.clone(),
-        layout.executions.clone(),
-        layout.functions.clone(),
-        layout.waits.clone(),
-        layout.audit.clone(),
-    ];
     let edges = Edges {
         pipelines: Arc::new(layout.pipelines),
         executions: Arc::new(layout.executions),
@@ -81,26 +69,6 @@ pub async fn serve(
     };
     let service = sluice_engine::service::wiring::assemble(engine, edges, data)?;
     service.check_master_key().await?;
-    let sweeper = service.clone();
-    tokio::spawn(async move {
-        // First a few minutes after the start (an engine restarted more often than hourly
-        // still does it), then hourly.
-        let mut wait = Duration::from_secs(300);
-        loop {
-            tokio::time::sleep(wait).await;
-            wait = MARKERS_EVERY;
-            if !sweeper.holds_sweep_turn().await {
-                continue;
-            }
-            for bucket in &buckets {
-                match bucket.purge_markers(MARKERS_EVERY).await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(markers = n, "markers of removed keys purged"),
-                    Err(e) => tracing::warn!("markers of removed keys stay: {e}"),
-                }
-            }
-        }
-    });
     Ok((service, client))
 }
 

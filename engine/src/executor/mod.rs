@@ -538,6 +538,20 @@ impl Driver {
         let writer = writer::StateWriter::spawn(self.state.clone(), None, exec.clone());
         writer.changed(Durability::Eventual)?;
         let plugins = Arc::new(plugins.clone());
+        // Which actions reach outside the sandbox, worked out once (not per attempt); `None`
+        // once the record exists, when it no longer matters.
+        let mut outside: Option<Vec<Vec<bool>>> = Some(
+            pipeline
+                .stages
+                .iter()
+                .enumerate()
+                .map(|(si, stage)| {
+                    (0..stage.actions.len())
+                        .map(|ai| !job::contained(&pipeline, &plugins, si, ai))
+                        .collect()
+                })
+                .collect(),
+        );
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Input>();
         let mut input = Input::Start {
             at: crate::clock::now(),
@@ -601,11 +615,11 @@ impl Driver {
             }
             // Nothing reaches outside the sandbox before the run's record exists: a run killed
             // after that is found, and ended, by the next command that opens the data folder.
-            if jobs
-                .iter()
-                .any(|j| !job::contained(&pipeline, &plugins, j.stage, j.action))
+            if let Some(reaches) = &outside
+                && jobs.iter().any(|j| reaches[j.stage][j.action])
             {
                 writer.created().await?;
+                outside = None;
             }
             if finished {
                 writer.finish()?;

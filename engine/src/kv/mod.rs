@@ -51,6 +51,12 @@ pub trait Kv: Send + Sync {
     fn delete_if<'a>(&'a self, key: &'a str, revision: u64) -> BoxFuture<'a, KvResult<()>>;
     /// Keys that start with `prefix`, sorted.
     fn keys<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, KvResult<Vec<String>>>;
+    /// Drop what removals of keys more than `older_than` ago left behind, where the backend
+    /// leaves anything (NATS KV's markers); returns how many went.
+    fn purge_markers(&self, older_than: std::time::Duration) -> BoxFuture<'_, KvResult<usize>> {
+        let _ = older_than;
+        Box::pin(async { Ok(0) })
+    }
     /// Watch `key`: once this returns, every later change of it is delivered, in order. The
     /// stream ends, or yields an error, when the watch is lost. `None`: this bucket cannot
     /// watch (callers read instead).

@@ -57,18 +57,10 @@ impl Service {
         let grace = Duration::from_millis(self.grace_ms.load(Ordering::Relaxed));
         let before = SystemTime::now() - grace;
         let objects = stores.objects().clone();
-        let listed = tokio::task::spawn_blocking(move || {
-            let listed = objects.list_sealed()?;
-            // This engine's copies of what another engine collected (else they stay for ever).
-            let forgotten = objects.forget_removed(&listed, before)?;
-            if forgotten > 0 {
-                tracing::info!(forgotten, "cached copies of collected artifacts removed");
-            }
-            Ok::<_, crate::artifacts::StoreError>(listed)
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+        let listed = tokio::task::spawn_blocking(move || list_sealed_forgetting(&*objects, before))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
         let mut by_tenant: BTreeMap<String, Vec<SealedInfo>> = BTreeMap::new();
         // Namespaces that are not tenants (`_local`: the runs of a data folder the embedded
         // service shares) are not the service's to collect.
@@ -173,49 +165,42 @@ impl Service {
     /// and components the sweeping engine removed, logged, unless this ran less than
     /// [`COLLECT_EVERY`] ago. (The sweeping engine does it as part of its collection.)
     pub(in crate::service) async fn forget_and_log(&self, last: &mut Option<std::time::Instant>) {
-        if last.is_some_and(|at| at.elapsed() < COLLECT_EVERY) {
+        if !due(last) {
             return;
         }
-        *last = Some(std::time::Instant::now());
         let grace = Duration::from_millis(self.grace_ms.load(Ordering::Relaxed));
         let before = SystemTime::now() - grace;
         let (artifacts, blobs) = (self.engine.artifacts.clone(), self.engine.blobs.clone());
         // The two are independent: one failing leaves the other to do.
-        let forgotten = tokio::task::spawn_blocking(move || {
-            let artifacts = artifacts.map(|stores| {
-                let objects = stores.objects();
-                objects
-                    .list_sealed()
-                    .and_then(|listed| objects.forget_removed(&listed, before))
-            });
-            let components = blobs.list_components().and_then(|listed| match listed {
+        let done = tokio::task::spawn_blocking(move || {
+            if let Some(Err(e)) =
+                artifacts.map(|stores| list_sealed_forgetting(&**stores.objects(), before))
+            {
+                tracing::warn!("cached copies of removed artifacts stay: {e}");
+            }
+            match blobs.list_components().and_then(|listed| match listed {
                 Some(listed) => blobs.forget_removed_components(&listed, before),
                 None => Ok(0),
-            });
-            (artifacts.unwrap_or(Ok(0)), components)
-        })
-        .await;
-        let Ok((artifacts, components)) = forgotten else {
-            return;
-        };
-        for (what, result) in [("artifacts", artifacts), ("components", components)] {
-            match result {
+            }) {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(
                     forgotten = n,
-                    "cached copies of {what} another engine removed forgotten"
+                    "cached copies of removed components forgotten"
                 ),
-                Err(e) => tracing::warn!("cached copies of removed {what} stay: {e}"),
+                Err(e) => tracing::warn!("cached copies of removed components stay: {e}"),
             }
+        })
+        .await;
+        if let Err(e) = done {
+            tracing::warn!("cached copies of removed artifacts and components stay: {e}");
         }
     }
 
     /// One collection, logged, unless one ran less than [`COLLECT_EVERY`] ago.
     pub(in crate::service) async fn collect_and_log(&self, last: &mut Option<std::time::Instant>) {
-        if last.is_some_and(|at| at.elapsed() < COLLECT_EVERY) {
+        if !due(last) {
             return;
         }
-        *last = Some(std::time::Instant::now());
         // First the versions and components nothing needs: the folders of the versions that
         // go are collected with the artifacts right after.
         match self.release_unused().await {
@@ -255,6 +240,30 @@ impl Service {
             Err(e) => tracing::warn!("the artifact collector failed (tried again later): {e}"),
         }
     }
+}
+
+/// Whether the hourly work is due (none ran, or the last ran [`COLLECT_EVERY`] ago); if so,
+/// it counts as run now.
+pub(in crate::service) fn due(last: &mut Option<std::time::Instant>) -> bool {
+    if last.is_some_and(|at| at.elapsed() < COLLECT_EVERY) {
+        return false;
+    }
+    *last = Some(std::time::Instant::now());
+    true
+}
+
+/// The sealed blobs every engine shares, listed after this engine forgot its cached copies of
+/// those another engine collected (else they stay for ever).
+fn list_sealed_forgetting(
+    objects: &dyn crate::artifacts::SealedObjects,
+    before: SystemTime,
+) -> Result<Vec<SealedInfo>, crate::artifacts::StoreError> {
+    let listed = objects.list_sealed()?;
+    let forgotten = objects.forget_removed(&listed, before)?;
+    if forgotten > 0 {
+        tracing::info!(forgotten, "cached copies of collected artifacts removed");
+    }
+    Ok(listed)
 }
 
 #[cfg(test)]

@@ -198,19 +198,6 @@ impl Service {
         }
     }
 
-    /// Whether this engine should run the hourly work that goes with the sweep (on NATS, the
-    /// purge of removed keys' markers): unless another engine holds a turn that has not lapsed.
-    pub async fn holds_sweep_turn(&self) -> bool {
-        match get_json::<Turn>(&*self.edges.pipelines, TURN_KEY).await {
-            Ok(Some((turn, _))) => {
-                turn.engine == self.incarnation
-                    || crate::clock::now().0.saturating_sub(turn.at)
-                        >= TURN_LAPSE.as_millis() as u64
-            }
-            _ => true,
-        }
-    }
-
     /// Give up this engine's turn to sweep (it stops): another engine takes it at its next
     /// sweep instead of after the lapse.
     pub async fn give_up_sweep_turn(&self) {
@@ -232,6 +219,7 @@ impl Service {
         }
         let mut wait = Duration::from_secs(60);
         let mut collected = None;
+        let mut purged = None;
         let mut claims_swept = None;
         loop {
             tokio::time::sleep(wait).await;
@@ -240,6 +228,22 @@ impl Service {
                 // Another engine sweeps; what it removes, this one stops keeping copies of.
                 self.forget_and_log(&mut collected).await;
                 continue;
+            }
+            // What removed keys left behind (NATS KV's markers), an hour after their removal.
+            if super::collector::due(&mut purged) {
+                for bucket in [
+                    &self.edges.pipelines,
+                    &self.edges.executions,
+                    &self.edges.functions,
+                    &self.edges.waits,
+                    &self.edges.audit,
+                ] {
+                    match bucket.purge_markers(SWEEP_EVERY).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(markers = n, "markers of removed keys purged"),
+                        Err(e) => tracing::warn!("markers of removed keys stay: {e}"),
+                    }
+                }
             }
             match self.sweep_leases().await {
                 Ok(0) => {}
@@ -307,7 +311,7 @@ mod tests {
     use crate::kv::Kv;
     use crate::scheduler::{Execution, Status};
     use crate::service::exec_key;
-    use crate::service::tests::{engine, register, shared_edges};
+    use crate::service::tests::{engine, engine_in, register, shared_edges};
     use std::sync::Arc;
 
     const PIPELINE: &str =
@@ -415,16 +419,8 @@ mod tests {
     async fn one_engine_at_a_time_sweeps_and_a_lapsed_turn_is_taken_over() {
         let dir = tempfile::tempdir().unwrap();
         let shared = shared_edges(dir.path());
-        let a = engine(
-            &dir.path().join("a"),
-            Arc::new(MemoryBus::default()),
-            &shared,
-        );
-        let b = engine(
-            &dir.path().join("b"),
-            Arc::new(MemoryBus::default()),
-            &shared,
-        );
+        let a = engine_in(dir.path(), "a", &shared);
+        let b = engine_in(dir.path(), "b", &shared);
         // Asked at once, one of the two gets it.
         let (first, second) = futures_util::future::join(a.sweep_turn(), b.sweep_turn()).await;
         assert!(first ^ second, "a: {first}, b: {second}");
@@ -449,9 +445,6 @@ mod tests {
         assert!(other.sweep_turn().await);
         assert!(!holder.sweep_turn().await);
         assert!(other.sweep_turn().await);
-        // Only its holder does the work that goes with the sweep.
-        assert!(other.holds_sweep_turn().await);
-        assert!(!holder.holds_sweep_turn().await);
         // Given up (its engine stops): the first to ask takes it at once.
         other.give_up_sweep_turn().await;
         holder.give_up_sweep_turn().await; // not its own: changes nothing

@@ -63,6 +63,11 @@ pub(super) fn engine(data: &Path, bus: Arc<dyn EventBus>, shared: &Edges) -> Arc
 }
 
 /// A service on `shared` running jobs with `engine`.
+/// An engine named `name` in `dir` on the `shared` edges, its events on a bus of its own.
+pub(super) fn engine_in(dir: &Path, name: &str, shared: &Edges) -> Arc<Service> {
+    engine(&dir.join(name), Arc::new(MemoryBus::default()), shared)
+}
+
 pub(super) fn service_of(engine: Engine, bus: Arc<dyn EventBus>, shared: &Edges) -> Arc<Service> {
     let edges = Edges {
         pipelines: shared.pipelines.clone(),
@@ -242,11 +247,7 @@ async fn a_chain_whose_engine_dies_is_finished_by_the_engine_its_delivery_comes_
     const CHAIN: &str = "name: chain\nstages:\n  - name: One\n    actions:\n      - { name: A, uses: noop@1 }\n  - name: Two\n    actions:\n      - name: B\n        uses: command@1\n        with: { run: sleep 1 }\n        capabilities: { process: [sh] }\n";
     let dir = tempfile::tempdir().unwrap();
     let shared = shared_edges(dir.path());
-    let a = engine(
-        &dir.path().join("a"),
-        Arc::new(MemoryBus::default()),
-        &shared,
-    );
+    let a = engine_in(dir.path(), "a", &shared);
     let bus_b = Arc::new(MemoryBus::default());
     let mut seen = bus_b.subscribe();
     let b = engine(&dir.path().join("b"), bus_b.clone(), &shared);
@@ -534,11 +535,7 @@ async fn a_chain_of_short_steps_keeps_its_lease() {
     let dir = tempfile::tempdir().unwrap();
     let mut shared = shared_edges(dir.path());
     shared.jobs = Arc::new(ShortDeadline(MemoryQueue::new(Duration::from_secs(3600))));
-    let a = engine(
-        &dir.path().join("a"),
-        Arc::new(MemoryBus::default()),
-        &shared,
-    );
+    let a = engine_in(dir.path(), "a", &shared);
     register(&a, dir.path(), "steps.yaml", &yaml).await;
     let (id, _) = a
         .start("default", "steps", br#"{"id":"e-1"}"#, false, false)
@@ -582,16 +579,8 @@ async fn a_stale_copy_of_the_lanes_never_decides_a_change() {
     use crate::scheduler::lanes::{Effect, LaneOp, Mode};
     let dir = tempfile::tempdir().unwrap();
     let shared = shared_edges(dir.path());
-    let a = engine(
-        &dir.path().join("a"),
-        Arc::new(MemoryBus::default()),
-        &shared,
-    );
-    let b = engine(
-        &dir.path().join("b"),
-        Arc::new(MemoryBus::default()),
-        &shared,
-    );
+    let a = engine_in(dir.path(), "a", &shared);
+    let b = engine_in(dir.path(), "b", &shared);
     let arrive = |x: &str| LaneOp::Arrive {
         execution: x.into(),
         stage: "Deploy".into(),
@@ -783,11 +772,7 @@ async fn a_start_reads_the_pipeline_and_its_lanes_while_it_claims_the_event() {
     };
     shared.pipelines = slow(shared.pipelines.clone());
     shared.executions = slow(shared.executions.clone());
-    let a = engine(
-        &dir.path().join("a"),
-        Arc::new(MemoryBus::default()),
-        &shared,
-    );
+    let a = engine_in(dir.path(), "a", &shared);
     register(&a, dir.path(), "relay.yaml", PIPELINE).await;
     most.store(0, SeqCst);
     keys.lock().unwrap().clear();
@@ -913,11 +898,7 @@ async fn a_chain_that_never_runs_gives_back_its_places() {
     use std::sync::atomic::Ordering::SeqCst;
     let dir = tempfile::tempdir().unwrap();
     let shared = shared_edges(dir.path());
-    let a = engine(
-        &dir.path().join("a"),
-        Arc::new(MemoryBus::default()),
-        &shared,
-    );
+    let a = engine_in(dir.path(), "a", &shared);
     a.places.workers.store(4, SeqCst);
     register(&a, dir.path(), "wide.yaml", WIDE).await;
     let (_, recorded) = a
@@ -942,11 +923,7 @@ async fn a_chain_that_never_runs_gives_back_its_places() {
 async fn a_refused_event_is_started_under_its_claim_once_accepted() {
     let dir = tempfile::tempdir().unwrap();
     let shared = shared_edges(dir.path());
-    let a = engine(
-        &dir.path().join("a"),
-        Arc::new(MemoryBus::default()),
-        &shared,
-    );
+    let a = engine_in(dir.path(), "a", &shared);
     let refused = a
         .start("default", "relay", br#"{"id":"e-1"}"#, false, false)
         .await
@@ -983,11 +960,7 @@ async fn a_decision_waits_while_the_approval_takes_in_an_earlier_one() {
     const TWO: &str = "name: two\nstages:\n  - name: Gate\n    actions:\n      - { name: Ok, uses: approval@1, with: { approvers: 'ana, bo', min_approvals: '2' } }\n";
     let dir = tempfile::tempdir().unwrap();
     let shared = shared_edges(dir.path());
-    let a = engine(
-        &dir.path().join("a"),
-        Arc::new(MemoryBus::default()),
-        &shared,
-    );
+    let a = engine_in(dir.path(), "a", &shared);
     register(&a, dir.path(), "two.yaml", TWO).await;
     let (id, _) = a
         .start("default", "two", br#"{"id":"e-1"}"#, false, false)

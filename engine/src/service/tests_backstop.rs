@@ -1,6 +1,6 @@
 //! Backstops: a change made by an API call, carried on by another engine when the engine that
 //! recorded it died before queueing what follows.
-use super::tests::{engine, poll_until, register, remote, shared_edges};
+use super::tests::{engine_in, poll_until, register, remote, shared_edges};
 use super::*;
 use crate::bus::MemoryBus;
 use crate::queue::{Depth, QueueResult};
@@ -86,11 +86,7 @@ async fn two_engines_with_backstops_late(late: Option<Duration>) -> Two {
     let dir = tempfile::tempdir().unwrap();
     let mut shared = shared_edges(dir.path());
     shared.jobs = Arc::new(SharedQueue(shared.jobs.clone(), late));
-    let b = engine(
-        &dir.path().join("b"),
-        Arc::new(MemoryBus::default()),
-        &shared,
-    );
+    let b = engine_in(dir.path(), "b", &shared);
     register(&b, dir.path(), "gated.yaml", GATED).await;
     tokio::spawn({
         let b = b.clone();

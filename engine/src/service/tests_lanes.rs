@@ -1,7 +1,6 @@
 //! Lanes decided on this engine's watched copy of them (`lane_copies`).
-use super::tests::{engine, register, shared_edges};
+use super::tests::{engine_in, register, shared_edges};
 use super::*;
-use crate::bus::MemoryBus;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 
 /// An execution store that counts reads of lanes keys (and passes everything else through,
@@ -58,11 +57,7 @@ async fn stage_entries_decide_on_a_watched_copy_of_the_lanes() {
         inner: shared.executions.clone(),
         reads: reads.clone(),
     });
-    let a = engine(
-        &dir.path().join("a"),
-        Arc::new(MemoryBus::default()),
-        &shared,
-    );
+    let a = engine_in(dir.path(), "a", &shared);
     register(&a, dir.path(), "par.yaml", PARALLEL).await;
     // The first executions read (and start the watch; a copy read after it is live is current).
     for event in ["e-1", "e-2"] {
@@ -89,16 +84,8 @@ async fn stage_entries_decide_on_a_watched_copy_of_the_lanes() {
 async fn a_transition_disabled_elsewhere_stops_an_execution_decided_on_the_copy() {
     let dir = tempfile::tempdir().unwrap();
     let shared = shared_edges(dir.path());
-    let a = engine(
-        &dir.path().join("a"),
-        Arc::new(MemoryBus::default()),
-        &shared,
-    );
-    let b = engine(
-        &dir.path().join("b"),
-        Arc::new(MemoryBus::default()),
-        &shared,
-    );
+    let a = engine_in(dir.path(), "a", &shared);
+    let b = engine_in(dir.path(), "b", &shared);
     register(&a, dir.path(), "par.yaml", PARALLEL).await;
     for event in ["e-1", "e-2"] {
         assert_eq!(
@@ -148,11 +135,7 @@ const RELAY: &str = "name: relay\nstages:\n  - name: One\n    actions:\n      - 
 async fn repairing_the_lanes_frees_places_held_by_ended_executions_and_lets_the_waiting_in() {
     let dir = tempfile::tempdir().unwrap();
     let shared = shared_edges(dir.path());
-    let a = engine(
-        &dir.path().join("a"),
-        Arc::new(MemoryBus::default()),
-        &shared,
-    );
+    let a = engine_in(dir.path(), "a", &shared);
     register(&a, dir.path(), "relay.yaml", RELAY).await;
     let ended = run_one(&a, &shared, "relay", "e-1").await;
     assert_eq!(ended.status, Status::Succeeded);

@@ -84,7 +84,13 @@ impl Service {
         }
         let key = format!("{tenant}/{name}");
         if self.edges.functions.get(&key).await?.is_none() {
-            let kept = self.list_functions(tenant).await?.len();
+            // Counted by their keys: no record needs reading.
+            let kept = self
+                .edges
+                .functions
+                .keys(&format!("{tenant}/"))
+                .await?
+                .len();
             if kept >= MAX_FUNCTIONS {
                 return Err(ApiError::new(
                     sluice_api::Code::QuotaExceeded,

@@ -82,6 +82,25 @@ fn kv_error(e: KvError) -> String {
     e.to_string()
 }
 
+/// Note the component a record of `tenant` names (its digest, read), or that the tenant's
+/// records cannot all be read (then nothing of it is released).
+fn note_named(
+    roots: &mut HashMap<String, HashSet<Digest>>,
+    out: &mut Released,
+    tenant: &str,
+    read: Result<Option<String>, KvError>,
+) {
+    match read {
+        Ok(Some(digest)) => {
+            if let Ok(d) = digest.parse() {
+                roots.entry(tenant.to_string()).or_default().insert(d);
+            }
+        }
+        Ok(None) => {}
+        Err(e) => drop(out.unknown.insert(tenant.to_string(), e.to_string())),
+    }
+}
+
 impl Service {
     /// One pass (see the module): returns what went.
     pub async fn release_unused(&self) -> Result<Released, String> {
@@ -100,15 +119,13 @@ impl Service {
                 let Some((tenant, _)) = rest.split_once('/') else {
                     continue;
                 };
-                match get_json::<sluice_core::lockfile::Locked>(pipelines, &key).await {
-                    Ok(Some((l, _))) => {
-                        if let Ok(d) = l.blake3.parse() {
-                            roots.entry(tenant.to_string()).or_default().insert(d);
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(e) => drop(out.unknown.insert(tenant.to_string(), e.to_string())),
-                }
+                let pin = get_json::<sluice_core::lockfile::Locked>(pipelines, &key).await;
+                note_named(
+                    &mut roots,
+                    &mut out,
+                    tenant,
+                    pin.map(|l| l.map(|(l, _)| l.blake3)),
+                );
                 continue;
             }
             if key.starts_with('_') {
@@ -161,15 +178,13 @@ impl Service {
             let [tenant, _] = key.split('/').collect::<Vec<_>>()[..] else {
                 continue;
             };
-            match get_json::<super::functions::StoredFunction>(functions, &key).await {
-                Ok(Some((f, _))) => {
-                    if let Ok(d) = f.digest.parse() {
-                        roots.entry(tenant.to_string()).or_default().insert(d);
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => drop(out.unknown.insert(tenant.to_string(), e.to_string())),
-            }
+            let function = get_json::<super::functions::StoredFunction>(functions, &key).await;
+            note_named(
+                &mut roots,
+                &mut out,
+                tenant,
+                function.map(|f| f.map(|(f, _)| f.digest)),
+            );
         }
 
         // Release what a tenant no longer names, by compare-and-swap: a hand-over or a use

@@ -209,11 +209,9 @@ impl Service {
 
 #[cfg(test)]
 mod tests {
-    use crate::bus::MemoryBus;
-    use crate::service::tests::{engine, shared_edges};
+    use crate::service::tests::{engine_in, shared_edges};
     use sluice_api::tenancy::AuditRecord;
     use sluice_api::{Origin, Principal, verbs};
-    use std::sync::Arc;
 
     /// Requests without a valid token, each naming a made-up tenant, as fast as they come:
     /// their refusals are recorded under `_invalid` (no record under a tenant that does not
@@ -224,11 +222,7 @@ mod tests {
     async fn failed_authentications_are_recorded_within_bounds() {
         let dir = tempfile::tempdir().unwrap();
         let shared = shared_edges(dir.path());
-        let service = engine(
-            &dir.path().join("a"),
-            Arc::new(MemoryBus::default()),
-            &shared,
-        );
+        let service = engine_in(dir.path(), "a", &shared);
         service.enable_auth(std::time::Duration::from_secs(3600));
         let began = std::time::Instant::now();
         for i in 0..200 {
@@ -295,11 +289,7 @@ mod tests {
     async fn records_kept_by_earlier_versions_move_to_the_audit_bucket() {
         let dir = tempfile::tempdir().unwrap();
         let shared = shared_edges(dir.path());
-        let service = engine(
-            &dir.path().join("a"),
-            Arc::new(MemoryBus::default()),
-            &shared,
-        );
+        let service = engine_in(dir.path(), "a", &shared);
         let record = |verb: &str| AuditRecord {
             at: crate::clock::now(),
             tenant: "default".into(),

@@ -144,19 +144,14 @@ impl Service {
         };
         if let Some(rate) = quotas.triggers_per_second.filter(|r| *r > 0 && count_rate) {
             let mut rates = self.tenancy.rates.lock().unwrap();
-            let now = Instant::now();
             let (left, since) = rates
                 .entry(tenant.to_string())
-                .or_insert((rate as f64, now));
-            *left =
-                (*left + now.duration_since(*since).as_secs_f64() * rate as f64).min(rate as f64);
-            *since = now;
-            if *left < 1.0 {
+                .or_insert((rate as f64, Instant::now()));
+            if !super::take_one(left, since, rate as f64) {
                 return Ok(Some(Refused::Now(format!(
                     "quota_exceeded: tenant `{tenant}` may start {rate} executions per second"
                 ))));
             }
-            *left -= 1.0;
         }
         if let Some(max) = quotas.artifact_bytes {
             let kept = self.artifact_bytes(tenant).await?;

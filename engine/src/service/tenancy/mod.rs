@@ -51,22 +51,30 @@ impl Tenancy {
     /// Whether a failed authentication in `tenant` is recorded now; if so, with how many went
     /// unrecorded before it.
     fn refusal_recorded(&self, tenant: &str) -> Option<u64> {
-        let now = Instant::now();
         let mut refusals = self.refusals.lock().unwrap();
         let (left, since, unrecorded) =
             refusals
                 .entry(tenant.to_string())
-                .or_insert((REFUSALS_PER_SECOND, now, 0));
-        *left = (*left + now.duration_since(*since).as_secs_f64() * REFUSALS_PER_SECOND)
-            .min(REFUSALS_PER_SECOND);
-        *since = now;
-        if *left < 1.0 {
+                .or_insert((REFUSALS_PER_SECOND, Instant::now(), 0));
+        if !take_one(left, since, REFUSALS_PER_SECOND) {
             *unrecorded += 1;
             return None;
         }
-        *left -= 1.0;
         Some(std::mem::take(unrecorded))
     }
+}
+
+/// A token bucket of `rate` a second with a burst of as many (`left` tokens, refilled `since`):
+/// refill it, and take one if there is one.
+pub(super) fn take_one(left: &mut f64, since: &mut Instant, rate: f64) -> bool {
+    let now = Instant::now();
+    *left = (*left + now.duration_since(*since).as_secs_f64() * rate).min(rate);
+    *since = now;
+    if *left < 1.0 {
+        return false;
+    }
+    *left -= 1.0;
+    true
 }
 
 /// What the audit records of a request: its verb, the role it needs and what it names.

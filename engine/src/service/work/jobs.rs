@@ -342,7 +342,7 @@ impl Service {
 
     /// Run one job: the delivered one (`chained` none), or one of its chain, from the chain's
     /// copy of the record, once the change numbered as given is stored if it must wait for
-    /// that (an action that is not [`journal::contained`]).
+    /// that (an action that is not [`crate::executor::job::contained`]).
     async fn run_job(
         &self,
         job: &JobMessage,
@@ -363,8 +363,7 @@ impl Service {
                 let loaded = self
                     .load(&job.tenant, &exec.pipeline, Some(exec.pipeline_version))
                     .await;
-                let contained =
-                    matches!(&loaded, Ok(Some(l)) if journal::contained(l, job.stage, job.action));
+                let contained = matches!(&loaded, Ok(Some(l)) if crate::executor::job::contained(&l.pipeline, &l.plugins, job.stage, job.action));
                 early = Some(loaded);
                 // (What the checks below see is the record as it is once the start is stored.)
                 if contained {

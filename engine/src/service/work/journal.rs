@@ -41,7 +41,7 @@ use crate::bus::{Event, Snapshot};
 use crate::kv::KvError;
 use crate::scheduler::{Execution, Input, apply};
 use crate::service::jobs::Kept;
-use crate::service::{JobMessage, Loaded, Service, lanes};
+use crate::service::{JobMessage, Service, lanes};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -295,12 +295,6 @@ impl Change {
             arrived: Vec::new(),
         }
     }
-}
-
-/// Whether the action at `stage`/`action` touches nothing outside its workspace (the rule local
-/// runs use too): such a run may start before the change that made it runnable is stored.
-pub(in crate::service) fn contained(loaded: &Loaded, stage: usize, action: usize) -> bool {
-    crate::executor::job::contained(&loaded.pipeline, &loaded.plugins, stage, action)
 }
 
 impl Service {
